@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` and `make test`.
+# Each creates .venv on first use and installs everything it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+# torch first, so the CPU wheel is used where one is at hand; override for CUDA builds,
+# e.g. `make test TORCH=torch==2.13.0+cu128`, or TORCH= to keep an installed torch.
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+
+.PHONY: demo test test-all bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/medrecon demo --output out/demo --overwrite
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+test-all: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+clean:
+	rm -rf $(VENV) out

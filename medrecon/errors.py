@@ -1,0 +1,9 @@
+"""Exceptions shown to users as one clear line (the CLI prints them without a traceback)."""
+
+
+class MedreconError(Exception):
+    """Base class: the message names the file or key and the fix."""
+
+
+class InputError(MedreconError):
+    """Bad user input: a file, folder, key or value that cannot be used as given."""

@@ -1,0 +1,33 @@
+"""Conjugate gradients on a symmetric positive (semi-)definite system M x = b (the normal equations)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..linop import inner
+
+
+def conjugate_gradient(apply_m: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch.Tensor,
+                       n_iter: int, tol: float = 0.0) -> torch.Tensor:
+    """``n_iter`` CG iterations for M x = b started from x0 (the whole tensor is one system).
+
+    Stops early when ||r|| <= tol * ||b||. With n_iter = 1 this is one steepest-descent step with
+    exact line search, as in DiffusionMBIR's single CG iteration per diffusion step.
+    """
+    x = x0.clone()
+    r = b - apply_m(x)
+    p = r.clone()
+    rs = inner(r, r)
+    stop = (tol * torch.linalg.vector_norm(b)) ** 2
+    for _ in range(n_iter):
+        if rs <= stop or rs == 0:
+            break
+        mp = apply_m(p)
+        alpha = rs / inner(p, mp)
+        x = x + alpha * p
+        r = r - alpha * mp
+        rs_new = inner(r, r)
+        p = r + (rs_new / rs) * p
+        rs = rs_new
+    return x

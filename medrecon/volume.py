@@ -1,0 +1,89 @@
+"""The Volume: float32 voxels (Z, Y, X) plus the geometry that places them in the patient.
+
+Conventions
+-----------
+* ``data[z, y, x]``: Z is the slice axis that the 2D prior sees and TV runs along.
+* Geometry is stored the ITK/DICOM way, in **LPS** patient coordinates (mm):
+  ``spacing`` and ``origin`` in (x, y, z) order as ITK does, ``direction`` a 3x3 matrix whose
+  *columns* are the world directions of the x, y and z voxel axes.
+  The world position of voxel (i=x, j=y, k=z) is ``origin + direction @ (spacing * [i, j, k])``.
+* NIfTI (nibabel) is **RAS**: ``affine_ras = diag(-1, -1, 1, 1) @ affine_lps`` and the voxel axes of the
+  NIfTI array are (i, j, k) = (x, y, z), i.e. the transpose of ``data``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    data: np.ndarray  # float32 (Z, Y, X)
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (x, y, z) mm
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # LPS mm, centre of voxel (0,0,0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))  # columns: x, y, z axes in LPS
+    meta: dict = field(default_factory=dict)  # source description, DICOM tags for derived series, ...
+
+    def __post_init__(self):
+        self.data = np.asarray(self.data, dtype=np.float32)
+        if self.data.ndim != 3:
+            raise ValueError(f"Volume data must be 3D (Z, Y, X), got shape {self.data.shape}")
+        self.spacing = tuple(float(s) for s in self.spacing)
+        self.origin = tuple(float(o) for o in self.origin)
+        self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        if min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be positive, got {self.spacing}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape)
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        return (self.spacing[2], self.spacing[1], self.spacing[0])
+
+    @property
+    def affine_lps(self) -> np.ndarray:
+        """4x4 map from voxel index (x, y, z, 1) to LPS mm."""
+        a = np.eye(4)
+        a[:3, :3] = self.direction @ np.diag(self.spacing)
+        a[:3, 3] = self.origin
+        return a
+
+    @property
+    def affine_ras(self) -> np.ndarray:
+        """4x4 map from voxel index (x, y, z, 1) to RAS mm (the NIfTI affine)."""
+        return LPS_TO_RAS @ self.affine_lps
+
+    @classmethod
+    def from_affine_ras(cls, data: np.ndarray, affine_ras: np.ndarray, meta: dict | None = None) -> "Volume":
+        """Build from (Z, Y, X) data and a NIfTI (RAS) affine over (x, y, z) voxel indices."""
+        lps = LPS_TO_RAS @ np.asarray(affine_ras, dtype=np.float64)
+        m = lps[:3, :3]
+        spacing = np.linalg.norm(m, axis=0)
+        return cls(data, tuple(spacing), tuple(lps[:3, 3]), m / spacing, dict(meta or {}))
+
+    def world_lps(self, index_xyz) -> np.ndarray:
+        """LPS position (mm) of voxel centres given as (..., 3) (x, y, z) indices."""
+        idx = np.asarray(index_xyz, dtype=np.float64)
+        return idx @ (self.direction @ np.diag(self.spacing)).T + np.asarray(self.origin)
+
+    def with_data(self, data: np.ndarray, **meta_updates) -> "Volume":
+        """Same geometry, new voxels (e.g. a reconstruction of this volume)."""
+        data = np.asarray(data, dtype=np.float32)
+        if data.shape != self.data.shape:
+            raise ValueError(f"new data shape {data.shape} differs from the volume's {self.data.shape}")
+        return replace(self, data=data, meta={**self.meta, **meta_updates})
+
+    def describe(self) -> dict:
+        finite = self.data[np.isfinite(self.data)]
+        return {
+            "shape": list(self.shape),
+            "spacing": [round(s, 6) for s in self.spacing_zyx],
+            "origin_lps": [round(o, 4) for o in self.origin],
+            "direction": np.round(self.direction, 6).tolist(),
+            "range": [float(finite.min()), float(finite.max())] if finite.size else [None, None],
+        }

@@ -1,0 +1,2 @@
+"""`simulate`, `reconstruct`, `evaluate` and `batch`."""
+from .app import app  # noqa: F401

@@ -66,6 +66,20 @@ class Volume:
         spacing = np.linalg.norm(m, axis=0)
         return cls(data, tuple(spacing), tuple(lps[:3, 3]), m / spacing, dict(meta or {}))
 
+    @property
+    def orientation(self) -> str:
+        """Patient directions the x, y, z voxel axes point to (dominant LPS component), e.g. 'LPS' for
+        axial DICOM slices, 'RAS' for a NIfTI stored in RAS order (the same letters as nibabel's
+        aff2axcodes)."""
+        axis = np.argmax(np.abs(self.direction), axis=0)
+        sign = self.direction[axis, range(3)] > 0
+        return "".join(("LPS" if s else "RAI")[a] for a, s in zip(axis, sign))
+
+    @property
+    def is_oblique(self) -> bool:
+        """True when a voxel axis is not aligned with a patient axis (to 1e-6)."""
+        return bool(np.abs(np.abs(self.direction).max(axis=0) - 1).max() > 1e-6)
+
     def world_lps(self, index_xyz) -> np.ndarray:
         """LPS position (mm) of voxel centres given as (..., 3) (x, y, z) indices."""
         idx = np.asarray(index_xyz, dtype=np.float64)

@@ -5,6 +5,7 @@ traceback and exit with status 2.
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -17,6 +18,7 @@ from . import commands_io, commands_train, commands_recon, commands_demo  # noqa
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         app(args=argv, standalone_mode=False)
     except MedreconError as e:

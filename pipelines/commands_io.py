@@ -1,2 +1,90 @@
-"""`info` and `convert`: volume I/O from the command line."""
-from .app import app  # noqa: F401
+"""`medrecon info` and `medrecon convert`: volume I/O from the command line.
+
+Both read with medrecon.io.read_volume and `convert` writes with medrecon.io.write_volume, the same
+reader and writers the reconstruction pipelines use. Bad input raises medrecon.InputError, which
+`pipelines.cli.main` prints as one line (exit status 2).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medrecon import InputError, Volume
+from medrecon.io import read_volume, write_volume
+
+from .app import app
+
+SERIES_HELP = "SeriesInstanceUID to read from a folder holding several series (default: the largest)."
+SPACING_HELP = "Voxel spacing 'z,y,x' in mm for .npy input (default 1 mm)."
+RESAMPLE_HELP = "Interpolate a DICOM series with uneven slice gaps linearly onto its median spacing."
+
+
+def parse_spacing(text: Optional[str]) -> Optional[tuple[float, float, float]]:
+    """'z,y,x' in mm -> (z, y, x) floats; None stays None."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) <= 0:
+        raise InputError(f"--spacing {text!r}: give three positive numbers 'z,y,x' in mm, e.g. 2.5,0.7,0.7")
+    return values
+
+
+def describe(vol: Volume) -> dict:
+    """What `info` reports: geometry in (z, y, x) order, value range, series and warnings (no patient data)."""
+    out = {"path": vol.meta.get("source"), "format": vol.meta.get("format"), **vol.describe(),
+           "orientation": vol.orientation, "oblique": vol.is_oblique}
+    dicom = vol.meta.get("dicom", {})
+    if dicom:
+        out.update(series_uid=vol.meta.get("series_uid"), modality=dicom.get("Modality"),
+                   series_description=dicom.get("SeriesDescription"))
+    if "series_in_folder" in vol.meta:
+        out["series"] = vol.meta["series_in_folder"]
+    out["warnings"] = list(vol.meta.get("warnings", []))
+    return out
+
+
+@app.command()
+def info(path: Path = typer.Argument(..., help="DICOM series folder or file, .nii/.nii.gz, .nrrd/.mha/.mhd or .npy."),
+         series: Optional[str] = typer.Option(None, "--series", help=SERIES_HELP),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON (shape and spacing in (z, y, x) order)."),
+         spacing: Optional[str] = typer.Option(None, "--spacing", help=SPACING_HELP),
+         resample: bool = typer.Option(False, "--resample", help=RESAMPLE_HELP)):
+    """Show the series found, shape (Z,Y,X), spacing, orientation and value range of a volume."""
+    d = describe(read_volume(path, series=series, spacing=parse_spacing(spacing), resample_nonuniform=resample))
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    for s in d.get("series", []):
+        mark = "*" if s["uid"] == d.get("series_uid") else " "
+        typer.echo(f"{mark} series {s['uid']}  {s['n_files']} files  {s['modality']}  '{s['description']}'")
+    typer.echo(f"path:          {d['path']} ({d['format']})")
+    typer.echo(f"shape (Z,Y,X): {' x '.join(map(str, d['shape']))}")
+    typer.echo(f"spacing (z,y,x) mm: {', '.join(f'{v:g}' for v in d['spacing'])}")
+    typer.echo(f"origin (LPS) mm:    {', '.join(f'{v:g}' for v in d['origin_lps'])}")
+    typer.echo(f"orientation:   axes x,y,z point to {d['orientation']} (LPS letters)"
+               + ("; oblique" if d["oblique"] else ""))
+    typer.echo(f"values:        {d['range'][0]:g} .. {d['range'][1]:g}")
+
+
+@app.command()
+def convert(input: Path = typer.Argument(..., help="DICOM series folder or file, .nii/.nii.gz, .nrrd/.mha/.mhd or .npy."),
+            output: Path = typer.Argument(..., help="A .nii/.nii.gz or .nrrd/.mha file, or a folder for a derived DICOM series."),
+            series: Optional[str] = typer.Option(None, "--series", help=SERIES_HELP),
+            overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
+            resample: bool = typer.Option(False, "--resample", help=RESAMPLE_HELP),
+            spacing: Optional[str] = typer.Option(None, "--spacing", help=SPACING_HELP),
+            modality: Optional[str] = typer.Option(None, "--modality",
+                                                   help="DICOM output: CT, MR or OT (default: the source's, else OT)."),
+            description: str = typer.Option("medrecon convert", "--description",
+                                            help="DICOM output: SeriesDescription.")):
+    """Convert between DICOM series, NIfTI and NRRD/MHA; the output type follows OUTPUT."""
+    vol = read_volume(input, series=series, spacing=parse_spacing(spacing), resample_nonuniform=resample)
+    out = write_volume(vol, output, overwrite=overwrite, series_description=description, modality=modality)
+    typer.echo(f"wrote {out}: shape (Z,Y,X) {' x '.join(map(str, vol.shape))}, "
+               f"spacing (z,y,x) {', '.join(f'{v:g}' for v in vol.spacing_zyx)} mm")

@@ -1,0 +1,420 @@
+"""Reading DICOM series into a Volume.
+
+* Discovery (:func:`list_series`) reads headers only (pydicom), so that every series can be described
+  and every damaged file named.
+* Geometry comes from the headers: slices are sorted by their position along the slice normal
+  n = row x column direction (ImageOrientationPatient), in LPS like DICOM and ITK; the Volume's z axis
+  is n, its origin the ImagePositionPatient of the first slice along n.
+* Pixels are decoded by SimpleITK's ImageSeriesReader (GDCM: compressed transfer syntaxes too), which
+  applies each slice's RescaleSlope/RescaleIntercept (HU for CT) into float32.
+
+Bad input is refused with an :class:`InputError` naming the path and the fix (mixed orientations or
+sizes, duplicate positions, gantry tilt, non-uniform spacing unless ``resample_nonuniform``);
+damaged files are skipped with a warning naming them.
+"""
+from __future__ import annotations
+
+import os
+import warnings as _warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.uid import UID, MediaStorageDirectoryStorage
+from pydicom.valuerep import PersonName
+
+from ..errors import InputError
+from ..volume import Volume
+from .common import warn
+
+# Source tags kept in Volume.meta["dicom"]: what a derived series needs (patient, study, frame of
+# reference, series context, acquisition attributes of the CT/MR modules) and nothing else.
+SOURCE_TAGS = (
+    "SpecificCharacterSet", "SOPClassUID",
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "PatientSize", "PatientWeight", "PatientIdentityRemoved", "DeidentificationMethod",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+    "ReferringPhysicianName", "StudyDescription",
+    "Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
+    "PatientPosition", "Laterality",
+    "FrameOfReferenceUID", "PositionReferenceIndicator",
+    "Manufacturer", "ManufacturerModelName", "SliceThickness", "KVP", "ConvolutionKernel",
+    "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "RepetitionTime",
+    "EchoTime", "InversionTime", "EchoTrainLength", "MagneticFieldStrength", "ImagedNucleus",
+    "FlipAngle",
+)
+
+_SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription",
+              "Rows"]
+
+
+@dataclass
+class SeriesInfo:
+    """One DICOM image series found on disk."""
+
+    uid: str  # SeriesInstanceUID
+    files: list[Path]
+    description: str = ""
+    modality: str = ""
+    study_uid: str = ""
+    unreadable: list[str] = field(default_factory=list)  # damaged files seen in the same folder(s)
+
+    @property
+    def n_files(self) -> int:
+        return len(self.files)
+
+    @property
+    def folder(self) -> Path:
+        return Path(os.path.commonpath([f.parent for f in self.files])) if self.files else Path()
+
+    def to_dict(self) -> dict:
+        return {"uid": self.uid, "n_files": self.n_files, "description": self.description,
+                "modality": self.modality, "study_uid": self.study_uid, "folder": str(self.folder),
+                "unreadable": list(self.unreadable)}
+
+
+def list_series(folder, recursive: bool = False) -> list[SeriesInfo]:
+    """Every DICOM image series in ``folder`` (and its sub-folders when ``recursive``), largest first.
+
+    Files that are not DICOM (and hidden files) are ignored; DICOM files too damaged to read are listed
+    in ``SeriesInfo.unreadable`` of every series sharing their folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder; give the folder that holds the DICOM files")
+    found: dict[str, SeriesInfo] = {}
+    damaged: dict[Path, list[str]] = {}
+    for path in _files(folder, recursive):
+        try:
+            ds = _header(path, specific_tags=_SCAN_TAGS)
+        except Exception as e:  # noqa: BLE001  (any parse failure means a damaged file)
+            damaged.setdefault(path.parent, []).append(f"{path} ({type(e).__name__}: {e})")
+            continue
+        kind = _kind(ds)
+        if kind == "damaged":
+            damaged.setdefault(path.parent, []).append(f"{path} (incomplete header: truncated file?)")
+        elif kind == "image":
+            uid = str(ds.SeriesInstanceUID)
+            if uid not in found:
+                found[uid] = SeriesInfo(uid, [], str(ds.get("SeriesDescription", "") or ""),
+                                        str(ds.get("Modality", "") or ""), str(ds.get("StudyInstanceUID", "") or ""))
+            found[uid].files.append(path)
+    for info in found.values():
+        info.unreadable = sorted(m for d in {f.parent for f in info.files} for m in damaged.get(d, []))
+    return sorted(found.values(), key=lambda s: (-s.n_files, s.uid))
+
+
+def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple[SeriesInfo, str | None]:
+    """The series with SeriesInstanceUID ``uid``, or by default the largest; also a note for the user
+    when others were passed over. Ties and unknown UIDs are errors listing the choices."""
+    listing = "; ".join(f"{s.uid} ({s.n_files} files, {s.modality} '{s.description}')" for s in all_series)
+    if uid is not None:
+        chosen = [s for s in all_series if s.uid == uid]
+        if not chosen:
+            raise InputError(f"{where} holds no series {uid}; the series there are: {listing}")
+        return chosen[0], None
+    if len(all_series) == 1:
+        return all_series[0], None
+    if all_series[0].n_files == all_series[1].n_files:
+        raise InputError(f"{where} holds {len(all_series)} series and the largest are the same size; "
+                         f"choose one with --series UID: {listing}")
+    return all_series[0], (f"{where} holds {len(all_series)} series; reading the largest, "
+                           f"{all_series[0].uid} (choose another with --series UID): {listing}")
+
+
+def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool = False) -> Volume:
+    """Read one series (a :class:`SeriesInfo` or a list of its files) into a Volume (HU for CT).
+
+    Non-uniform slice spacing is an error unless ``resample_nonuniform``, which interpolates linearly
+    along the slice normal onto the median spacing.
+    """
+    info = series if isinstance(series, SeriesInfo) else SeriesInfo("", [Path(f) for f in series])
+    if not info.files:
+        raise InputError("no DICOM files given; give a series folder or its files")
+    where = info.folder if info.n_files > 1 else info.files[0]
+    notes: list[str] = []
+    for m in info.unreadable:
+        warn(notes, f"skipped unreadable file {m}")
+    headers = []
+    for f in info.files:
+        try:
+            ds = _header(f)
+        except Exception as e:  # noqa: BLE001
+            ds, reason = None, f"{type(e).__name__}: {e}"
+        else:
+            reason = "not a DICOM file"
+        if ds is None or _kind(ds) != "image":
+            warn(notes, f"skipped unreadable file {f} ({reason})")
+            continue
+        headers.append((f, ds))
+    if not headers:
+        raise InputError(f"{where}: no readable DICOM image; check the files are complete DICOM images")
+    if len({str(ds.SeriesInstanceUID) for _, ds in headers}) > 1:
+        raise InputError(f"{where}: the files belong to several series; read one series at a time "
+                         "(medrecon info FOLDER lists them)")
+
+    stack = _Stack.build(headers, where, notes)
+    stack.check_uniform(resample_nonuniform)
+    data, bad = _read_pixels(stack.files)
+    if bad:  # damaged pixel data among good headers: skip those slices, re-check the stack
+        for f, reason in bad:
+            warn(notes, f"skipped unreadable file {f} ({reason})")
+        headers = [(f, ds) for f, ds in headers if f not in {b for b, _ in bad}]
+        if not headers:
+            raise InputError(f"{where}: no slice could be decoded; check the files are complete")
+        stack = _Stack.build(headers, where, [])
+        stack.check_uniform(resample_nonuniform)
+        data, bad = _read_pixels(stack.files)
+        if bad:
+            raise InputError(f"{where}: cannot decode {bad[0][0]} ({bad[0][1]})")
+    _check_rescale(headers, where, notes)
+
+    meta = {"format": "dicom", "source": str(where), "series_uid": str(headers[0][1].SeriesInstanceUID),
+            "dicom": _source_tags(stack.headers[0]), "warnings": notes}
+    if not stack.uniform:
+        data = resample_along_normal(data, stack.positions, stack.step)
+        meta["resampled_from_positions"] = [round(float(p), 6) for p in stack.positions]
+        warn(notes, f"{where}: resampled {len(stack.positions)} unevenly spaced slices onto {data.shape[0]} "
+                    f"slices {stack.step:g} mm apart (linear interpolation along the slice normal)")
+    return Volume(data, (stack.pixel_spacing[0], stack.pixel_spacing[1], stack.step),
+                  tuple(stack.origin), stack.direction, meta)
+
+
+def resample_along_normal(data: np.ndarray, positions: np.ndarray, step: float) -> np.ndarray:
+    """Linear interpolation of slices at ascending ``positions`` (mm) onto positions[0] + k*step."""
+    count = int(np.floor((positions[-1] - positions[0]) / step + 1e-6)) + 1
+    target = positions[0] + step * np.arange(count)
+    i = np.clip(np.searchsorted(positions, target, side="right") - 1, 0, len(positions) - 2)
+    w = ((target - positions[i]) / (positions[i + 1] - positions[i])).astype(np.float32)[:, None, None]
+    return ((1 - w) * data[i] + w * data[i + 1]).astype(np.float32)
+
+
+@dataclass
+class _Stack:
+    """The slices of one series sorted along their normal, with the geometry they imply."""
+
+    files: list[Path]
+    headers: list
+    where: Path
+    origin: np.ndarray
+    direction: np.ndarray  # columns: row direction, column direction, normal (LPS)
+    pixel_spacing: tuple[float, float]  # (x, y) mm
+    positions: np.ndarray  # mm along the normal, ascending
+    step: float  # slice spacing (median gap) in mm
+
+    @property
+    def gaps(self) -> np.ndarray:
+        return np.diff(self.positions)
+
+    @property
+    def uniform(self) -> bool:
+        g = self.gaps
+        return g.size < 2 or float(np.abs(g - self.step).max()) <= 0.01 + 0.005 * self.step
+
+    def check_uniform(self, resample: bool) -> None:
+        if self.uniform or resample:
+            return
+        g = self.gaps
+        k = int(np.argmax(np.abs(g - self.step)))
+        raise InputError(
+            f"{self.where}: slice spacing is not uniform (gaps {g.min():.4g} to {g.max():.4g} mm, median "
+            f"{self.step:.4g} mm; e.g. {g[k]:.4g} mm between {self.files[k].name} and {self.files[k + 1].name}: "
+            "missing slices?). Pass --resample (resample_nonuniform=True) to interpolate linearly onto a "
+            f"{self.step:.4g} mm grid along the slice normal, or choose another series with --series")
+
+    @classmethod
+    def build(cls, headers: list, where: Path, notes: list) -> "_Stack":
+        for f, ds in headers:
+            if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+                raise InputError(f"{f} is a multi-frame (enhanced) DICOM image, which medrecon does not "
+                                 "read; convert it to NIfTI first (e.g. dcm2niix) and use the .nii.gz")
+            if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+                raise InputError(f"{f} is a colour image; medrecon reads grayscale CT/MR series only")
+        _same(headers, where, lambda ds: (int(ds.Rows), int(ds.Columns)), "image sizes (Rows, Columns)")
+        _same(headers, where, lambda ds: _floats(ds.get("PixelSpacing")), "PixelSpacing")
+        first = headers[0][1]
+        spacing = _floats(first.get("PixelSpacing") or first.get("ImagerPixelSpacing"))
+        if spacing is None:
+            warn(notes, f"{headers[0][0]}: no PixelSpacing; assuming 1 mm pixels")
+            spacing = (1.0, 1.0)
+        pixel_spacing = (spacing[1], spacing[0])  # DICOM lists (row spacing = y, column spacing = x)
+        geometry = [(_floats(ds.get("ImageOrientationPatient")), _floats(ds.get("ImagePositionPatient")))
+                    for _, ds in headers]
+        missing = [f for (f, _), (iop, ipp) in zip(headers, geometry) if iop is None or ipp is None]
+        if missing and len(headers) == 1:
+            warn(notes, f"{missing[0]}: no ImagePositionPatient/ImageOrientationPatient; "
+                        "placing the slice at the origin with identity orientation")
+            thickness = _floats(first.get("SpacingBetweenSlices") or first.get("SliceThickness"))
+            return cls([headers[0][0]], [first], where, np.zeros(3), np.eye(3), pixel_spacing,
+                       np.zeros(1), thickness[0] if thickness else 1.0)
+        if missing:
+            raise InputError(f"{missing[0]} has no ImagePositionPatient/ImageOrientationPatient, so the "
+                             f"slices of {where} cannot be placed in 3D; use a series with patient geometry")
+        iop = np.array(geometry[0][0])
+        for (f, _), (other, _) in zip(headers, geometry):
+            if np.abs(np.array(other) - iop).max() > 1e-4:
+                raise InputError(f"{where}: the slices differ in orientation (ImageOrientationPatient of "
+                                 f"{headers[0][0].name}: {iop.tolist()}, of {f.name}: {list(other)}): localizer or "
+                                 "radial slices, not one 3D stack; choose another series with --series")
+        r = iop[:3] / np.linalg.norm(iop[:3])
+        c = iop[3:] - (iop[3:] @ r) * r
+        if abs(iop[3:] @ r) > 1e-3 * np.linalg.norm(iop[3:]):
+            raise InputError(f"{headers[0][0]}: ImageOrientationPatient {iop.tolist()} has non-orthogonal "
+                             "row and column directions; the file's geometry is damaged")
+        c /= np.linalg.norm(c)
+        n = np.cross(r, c)
+        pos = np.array([ipp for _, ipp in geometry])
+        order = np.argsort(pos @ n, kind="stable")
+        pos, files, hdrs = pos[order], [headers[i][0] for i in order], [headers[i][1] for i in order]
+        s = pos @ n
+        gaps = np.diff(s)
+        if gaps.size and gaps.min() < 1e-3:
+            k = int(np.argmin(gaps))
+            raise InputError(f"{where}: {files[k].name} and {files[k + 1].name} lie at the same position "
+                             f"({s[k]:.3f} mm along the normal): the series holds several acquisitions "
+                             "(echoes, phases, time points); split them into separate folders or choose "
+                             "another series with --series")
+        rel = pos - pos[0]
+        lateral = float(np.linalg.norm(rel - np.outer(rel @ n, n), axis=1).max())
+        extent = float(s[-1] - s[0])
+        if lateral > 0.01 + 1e-3 * extent:
+            tag = first.get("GantryDetectorTilt")
+            raise InputError(
+                f"{where}: gantry tilt of about {np.degrees(np.arctan2(lateral, extent)):.1f} degrees (slice "
+                f"positions shift {lateral:.2f} mm sideways over {extent:.1f} mm"
+                + (f"; GantryDetectorTilt = {tag}" if tag is not None else "") + "): the slices do not form a "
+                "rectangular grid and medrecon does not correct tilt; convert the series with a tool that "
+                "does (e.g. dcm2niix) and use the resulting NIfTI")
+        step = float(np.median(gaps)) if gaps.size else _single_slice_step(first)
+        return cls(files, hdrs, where, pos[0], np.stack([r, c, n], axis=1), pixel_spacing, s, step)
+
+
+def _single_slice_step(ds) -> float:
+    value = _floats(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness"))
+    return value[0] if value and value[0] > 0 else 1.0
+
+
+def _same(headers, where, key, what: str) -> None:
+    first = key(headers[0][1])
+    for f, ds in headers[1:]:
+        if key(ds) != first:
+            raise InputError(f"{where}: the slices differ in {what} ({headers[0][0].name}: {first}, "
+                             f"{f.name}: {key(ds)}); choose another series with --series or remove the "
+                             "odd files")
+
+
+def _check_rescale(headers, where, notes: list) -> None:
+    """CT requires RescaleSlope/Intercept (HU = slope * stored + intercept); GDCM assumes 1 and 0."""
+    missing = [f for f, ds in headers if "RescaleSlope" not in ds or "RescaleIntercept" not in ds]
+    if missing and str(headers[0][1].get("Modality", "")) == "CT":
+        warn(notes, f"{where}: {len(missing)} of {len(headers)} CT slices have no RescaleSlope/RescaleIntercept "
+                    f"(e.g. {missing[0]}); assuming slope 1 and intercept 0, so values may not be HU: "
+                    "check the value range with `medrecon info`")
+
+
+def _read_pixels(files: list[Path]) -> tuple[np.ndarray | None, list[tuple[Path, str]]]:
+    """(Z, Y, X) float32 after rescale, in the given order; or the files whose pixels cannot be read."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in files])
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        with _itk_quiet():
+            return sitk.GetArrayFromImage(reader.Execute()), []
+    except RuntimeError:
+        pass
+    bad = []
+    for f in files:
+        try:
+            with _itk_quiet():
+                sitk.ReadImage(str(f), sitk.sitkFloat32)
+        except RuntimeError:
+            bad.append((f, "pixel data cannot be decoded: truncated or damaged file"))
+    if not bad:
+        raise InputError(f"{files[0].parent}: SimpleITK cannot read these slices as one series")
+    return None, bad
+
+
+@contextmanager
+def _itk_quiet():
+    """Silence ITK's own warnings on stderr (medrecon reports what matters itself)."""
+    old = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(old)
+
+
+def _files(folder: Path, recursive: bool) -> list[Path]:
+    paths = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in paths if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _header(path: Path, **kw):
+    """The pydicom header (no pixel data), None for a file that is not DICOM; raises if damaged."""
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=True, **kw)
+        except InvalidDicomError:
+            pass
+        try:  # DICOM without the 128-byte preamble (old ACR-NEMA style): accept only real image headers
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, **kw)
+            return ds if "SeriesInstanceUID" in ds and "Rows" in ds else None
+        except Exception:  # noqa: BLE001
+            return None
+
+
+def is_dicom_file(path) -> bool:
+    try:
+        return _header(Path(path), specific_tags=_SCAN_TAGS) is not None
+    except Exception:  # noqa: BLE001  (damaged DICOM: still DICOM)
+        return True
+
+
+def _kind(ds) -> str:
+    """'image', 'other' (not DICOM, directory, report, ...) or 'damaged' (an image header cut short)."""
+    if ds is None:
+        return "other"
+    meta = getattr(ds, "file_meta", None)
+    sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+    if sop == MediaStorageDirectoryStorage:
+        return "other"
+    if "SeriesInstanceUID" in ds and "Rows" in ds:
+        return "image"
+    return "damaged" if "Image Storage" in UID(sop).name or "SeriesInstanceUID" not in ds else "other"
+
+
+def _floats(value):
+    if value is None or value == "":
+        return None
+    try:
+        return tuple(float(v) for v in (value if isinstance(value, (list, MultiValue)) else [value]))
+    except (TypeError, ValueError):
+        return None
+
+
+def _source_tags(ds) -> dict:
+    """The SOURCE_TAGS of ``ds`` as JSON-friendly values (DS/IS kept as their exact text)."""
+    out = {}
+    for kw in SOURCE_TAGS:
+        if kw in ds and ds.data_element(kw).value is not None:
+            out[kw] = _plain(ds.data_element(kw).value)
+    return out
+
+
+def _plain(v):
+    if isinstance(v, (list, MultiValue)):
+        return [_plain(x) for x in v]
+    if isinstance(v, (int, float)) and type(v) not in (int, float):  # pydicom DS/IS: keep the text
+        return str(v)
+    if isinstance(v, PersonName):
+        return str(v)
+    return v if isinstance(v, (int, float)) else str(v)

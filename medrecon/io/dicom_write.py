@@ -1,0 +1,174 @@
+"""Writing a Volume as a derived DICOM series: one file per slice, atomic.
+
+* New SeriesInstanceUID and SOPInstanceUIDs; ImageType DERIVED\\SECONDARY; SeriesDescription and
+  DerivationDescription name the method.
+* Patient and study modules copied from the source series (``Volume.meta['dicom']``); the frame of
+  reference too, since the voxels keep the source's patient coordinates. A source without them (NIfTI,
+  npy) gets a minimal valid module: PatientName "Anonymous^medrecon", new StudyInstanceUID and frame.
+* SOP class from the modality: CT Image Storage (so viewers treat values as HU), MR Image Storage, or
+  Secondary Capture ("OT") for anything else.
+* Stored values int16 with one RescaleSlope/RescaleIntercept for the series: slope 1 intercept 0 when
+  the voxels are integers within int16 (exact, e.g. HU), else chosen to span the value range.
+* Per slice: ImagePositionPatient, InstanceNumber, SliceLocation; for all: ImageOrientationPatient,
+  PixelSpacing, SliceThickness (= slice spacing; MR also SpacingBetweenSlices), FrameOfReferenceUID.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, SecondaryCaptureImageStorage, \
+    generate_uid
+from pydicom.valuerep import format_number_as_ds
+
+from .. import __version__
+from ..errors import InputError
+from ..volume import Volume
+from .atomic import atomic_path
+from .common import check_voxels
+
+SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
+PATIENT_STUDY_TAGS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+                      "PatientAge", "PatientSize", "PatientWeight", "PatientIdentityRemoved",
+                      "DeidentificationMethod", "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID",
+                      "AccessionNumber", "ReferringPhysicianName", "StudyDescription")
+SERIES_CONTEXT_TAGS = ("BodyPartExamined", "PatientPosition", "Laterality", "PositionReferenceIndicator")
+# Type 2 attributes (present, may be empty) of the patient, study, series and frame modules.
+TYPE2_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+               "ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator")
+# Modality modules: attribute -> value when the source has none.
+CT_TAGS = {"KVP": "", "AcquisitionNumber": ""}
+MR_TAGS = {"ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": "", "MRAcquisitionType": "",
+           "EchoTime": "", "EchoTrainLength": "", "RepetitionTime": "", "InversionTime": None,
+           "MagneticFieldStrength": None, "ImagedNucleus": None, "FlipAngle": None}
+
+
+def int16_scaling(data: np.ndarray) -> tuple[str, str]:
+    """(RescaleSlope, RescaleIntercept) as DICOM DS text: "1", "0" for integer voxels within int16,
+    else an intercept at mid-range and a slope that maps the range into about +-32000."""
+    lo, hi = float(data.min()), float(data.max())
+    if -32768 <= lo and hi <= 32767 and np.array_equal(data, np.round(data)):
+        return "1", "0"
+    intercept = format_number_as_ds((lo + hi) / 2)
+    half = max(hi - float(intercept), float(intercept) - lo)
+    return (format_number_as_ds(half / 32000) if half > 0 else "1"), intercept
+
+
+def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon reconstruction",
+                       source_meta: dict | None = None, overwrite: bool = False, *,
+                       modality: str | None = None, series_number: int | None = None) -> Path:
+    """Write ``vol`` as a derived series into ``folder`` (one file per slice, in z order).
+
+    ``source_meta``: DICOM tags of the source, keyword -> value (default ``vol.meta['dicom']``).
+    ``modality``: "CT", "MR" or other (default: the source's, else "OT" as Secondary Capture).
+    """
+    folder = Path(folder)
+    data = check_voxels(vol.data, folder)
+    src = dict(vol.meta.get("dicom", {}) if source_meta is None else source_meta)
+    modality = str(modality or src.get("Modality") or "OT").upper()
+    if not re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality):
+        raise InputError(f"modality {modality!r} for {folder}: give a DICOM modality code such as CT, MR or OT")
+    slope, intercept = int16_scaling(data)
+    ds = _series_dataset(vol, src, modality, series_description, series_number, slope, intercept)
+    normal = np.cross(vol.direction[:, 0], vol.direction[:, 1])
+    width = max(4, len(str(vol.shape[0])))
+    with atomic_path(folder, overwrite, protect=[vol.meta.get("source")]) as tmp:
+        tmp.mkdir()
+        for k in range(vol.shape[0]):
+            position = vol.world_lps([0, 0, k])
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.InstanceNumber = k + 1
+            ds.ImagePositionPatient = [format_number_as_ds(float(x)) for x in position]
+            ds.SliceLocation = format_number_as_ds(float(position @ normal))
+            stored = np.round((data[k].astype(np.float64) - float(intercept)) / float(slope))
+            ds.PixelData = np.clip(stored, -32768, 32767).astype("<i2").tobytes()
+            ds.save_as(tmp / f"IM{k + 1:0{width}d}.dcm", enforce_file_format=True)
+    return folder
+
+
+def _series_dataset(vol: Volume, src: dict, modality: str, description: str, series_number,
+                    slope: str, intercept: str) -> Dataset:
+    """Every attribute shared by the slices of the derived series."""
+    sop_class = SOP_CLASSES.get(modality, SecondaryCaptureImageStorage)
+    now = datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+
+    if src.get("StudyInstanceUID"):
+        _copy(ds, src, PATIENT_STUDY_TAGS)
+    else:  # no source study (NIfTI, npy): a minimal, valid patient/study module
+        ds.PatientName, ds.PatientID = "Anonymous^medrecon", "medrecon"
+        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = generate_uid(), date, time
+        ds.StudyID, ds.StudyDescription = "1", "medrecon"
+    ds.Modality = modality
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = series_number if series_number is not None else 1000 + _int(src.get("SeriesNumber"))
+    ds.SeriesDescription = description[:64]
+    ds.SeriesDate, ds.SeriesTime = date, time
+    _copy(ds, src, SERIES_CONTEXT_TAGS)
+    if "Laterality" not in ds and "BodyPartExamined" not in ds:
+        ds.Laterality = ""  # type 2C: empty means unknown (whether the body part is paired is unknown)
+    if modality in SOP_CLASSES and "PatientPosition" not in ds:
+        ds.PatientPosition = ""  # type 2C for CT and MR
+    ds.FrameOfReferenceUID = src.get("FrameOfReferenceUID") or generate_uid()
+    for keyword in TYPE2_EMPTY:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    ds.Manufacturer = "medrecon"
+    ds.SoftwareVersions = __version__
+
+    ds.ImageType = ["DERIVED", "SECONDARY"] + {"CT": ["AXIAL"], "MR": ["OTHER"]}.get(modality, [])
+    ds.DerivationDescription = description[:1024]
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.PixelSpacing = [format_number_as_ds(vol.spacing[1]), format_number_as_ds(vol.spacing[0])]
+    ds.ImageOrientationPatient = [format_number_as_ds(float(v))
+                                  for v in (*vol.direction[:, 0], *vol.direction[:, 1])]
+    ds.SliceThickness = format_number_as_ds(vol.spacing[2])
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = vol.shape[1], vol.shape[2]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope = intercept, slope
+
+    if modality == "CT":
+        _copy(ds, src, CT_TAGS)
+    elif modality == "MR":
+        _copy(ds, src, MR_TAGS)
+        ds.SpacingBetweenSlices = ds.SliceThickness
+    else:  # Secondary Capture
+        ds.ConversionType = "WSD"  # workstation
+        ds.RescaleType = "US"  # unspecified units
+        ds.PatientOrientation = list(vol.orientation[:2])
+    if any(isinstance(v, str) and not v.isascii() for v in _strings(ds)):
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8
+    return ds
+
+
+def _copy(ds: Dataset, src: dict, tags) -> None:
+    """Copy ``tags`` present in ``src``; for a dict of defaults, fill the missing ones (None: omit)."""
+    for keyword in tags:
+        value = src.get(keyword)
+        if value is None and isinstance(tags, dict):
+            value = tags[keyword]
+        if value is not None:
+            setattr(ds, keyword, value)
+
+
+def _strings(ds: Dataset):
+    for elem in ds:
+        values = elem.value if isinstance(elem.value, (list, tuple, MultiValue)) else [elem.value]
+        yield from (str(v) for v in values if isinstance(v, str) or elem.VR == "PN")
+
+
+def _int(value) -> int:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return 0

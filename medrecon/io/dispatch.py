@@ -1,0 +1,104 @@
+"""read_volume / write_volume: one entry point for every format, chosen from the path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..volume import Volume
+from .common import check_voxels, volume_array, warn
+from .dicom_read import choose_series, is_dicom_file, list_series, read_dicom_series
+from .dicom_write import write_dicom_series
+from .itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
+from .nifti import is_nifti, read_nifti, write_nifti
+
+READABLE = "a DICOM series folder, a DICOM file, .nii/.nii.gz, .nrrd/.nhdr/.mha/.mhd or .npy"
+
+
+def read_volume(path, series: str | None = None, spacing: tuple | None = None,
+                resample_nonuniform: bool = False) -> Volume:
+    """Read a volume from a DICOM series folder, a single DICOM file, NIfTI, NRRD/MetaImage or .npy.
+
+    * ``series``: SeriesInstanceUID to read from a folder holding several (default: the largest, with
+      a warning listing the others).
+    * ``spacing``: (z, y, x) mm for a .npy array (which carries no geometry; default 1 mm, warned).
+    * ``resample_nonuniform``: interpolate a DICOM series with uneven slice gaps onto its median spacing
+      instead of refusing it.
+    Warnings are logged (logger ``medrecon.io``) and kept in ``Volume.meta['warnings']``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist; give {READABLE}")
+    if spacing is not None and not str(path).lower().endswith(".npy"):
+        raise InputError(f"{path}: a spacing can only be given for .npy input; this format carries its own")
+    if path.is_dir():
+        return _read_dicom_folder(path, series, resample_nonuniform)
+    if series is not None:
+        raise InputError(f"{path} is a single file; --series applies to a folder of DICOM files")
+    name = path.name.lower()
+    if is_nifti(name):
+        return read_nifti(path)
+    if name.endswith(ITK_READ_SUFFIXES):
+        return read_itk(path)
+    if name.endswith(".npy"):
+        return read_npy(path, spacing)
+    if is_dicom_file(path):
+        return read_dicom_series([path], resample_nonuniform)
+    raise InputError(f"{path}: unknown format; give {READABLE}")
+
+
+def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volume:
+    if not any(folder.iterdir()):
+        raise InputError(f"{folder} is empty; give the folder that holds the DICOM files of one series")
+    found = list_series(folder)
+    if series is not None and series not in {s.uid for s in found}:
+        found = list_series(folder, recursive=True)  # a series split over sub-folders
+    if not found:
+        subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        hint = (f"; the files may be in its sub-folders ({', '.join(subfolders[:5])}"
+                f"{', ...' if len(subfolders) > 5 else ''}): give one of those") if subfolders else ""
+        raise InputError(f"{folder} holds no readable DICOM image files{hint}")
+    info, note = choose_series(found, series, folder)
+    vol = read_dicom_series(info, resample)
+    if note:
+        warn(vol.meta["warnings"], note)
+    vol.meta["series_in_folder"] = [s.to_dict() for s in found]
+    return vol
+
+
+def read_npy(path, spacing: tuple | None = None) -> Volume:
+    """A (Z, Y, X) array; ``spacing`` (z, y, x) mm, default 1 mm with a warning. LPS origin 0, axes
+    aligned with L, P, S."""
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read {path}: {e}; save the array with numpy.save") from e
+    data = check_voxels(volume_array(data, path, "(Z, Y, X)"), path)
+    notes: list[str] = []
+    if spacing is None:
+        warn(notes, f"{path}: a .npy array has no spacing; assuming 1 mm (give --spacing z,y,x)")
+        spacing = (1.0, 1.0, 1.0)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise InputError(f"{path}: spacing must be three positive values (z, y, x) in mm, got {spacing}")
+    return Volume(data, tuple(float(s) for s in spacing[::-1]),
+                  meta={"format": "npy", "source": str(path), "warnings": notes})
+
+
+def write_volume(vol: Volume, path, overwrite: bool = False, *,
+                 series_description: str = "medrecon reconstruction", modality: str | None = None,
+                 source_meta: dict | None = None, series_number: int | None = None) -> Path:
+    """Write atomically by the path: .nii/.nii.gz -> NIfTI, .nrrd/.mha -> ITK image, any other path ->
+    a folder holding a derived DICOM series (the keyword arguments apply to DICOM only)."""
+    path = Path(path)
+    name = path.name.lower()
+    if is_nifti(name):
+        return write_nifti(vol, path, overwrite)
+    if name.endswith(ITK_WRITE_SUFFIXES):
+        return write_itk(vol, path, overwrite)
+    if path.suffix.lower() in (".dcm", ".npy", ".mhd", ".nhdr", ".img", ".hdr", ".gz"):
+        raise InputError(f"{path}: medrecon writes .nii/.nii.gz, .nrrd/.mha, or a DICOM series into a "
+                         "folder (give a folder path such as out/series)")
+    return write_dicom_series(vol, path, series_description, source_meta, overwrite,
+                              modality=modality, series_number=series_number)

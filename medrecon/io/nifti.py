@@ -1,0 +1,69 @@
+"""NIfTI (.nii, .nii.gz) through nibabel.
+
+NIfTI world coordinates are RAS and its array axes are (i, j, k) = (x, y, z); the Volume keeps LPS and
+(Z, Y, X). So reading transposes the array and flips the sign of the first two world rows of the affine
+(``Volume.from_affine_ras``), and writing does the reverse (``Volume.affine_ras``). Voxel order is kept
+as stored (no reorientation), so each voxel keeps its world position exactly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import InputError
+from ..volume import Volume
+from .atomic import atomic_path
+from .common import check_voxels, volume_array
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def read_nifti(path) -> Volume:
+    """Read a 3D NIfTI (2D: one slice; 4D only with one volume) into a Volume in LPS."""
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        if img.get_data_dtype().kind in "iufb":
+            data = img.get_fdata(dtype=np.float32)  # applies scl_slope / scl_inter
+        else:  # complex or RGB: refused by check_voxels below
+            data = np.asanyarray(img.dataobj)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001  (nibabel raises many kinds on damaged files)
+        raise InputError(f"cannot read NIfTI {path}: {e}; check that the file is complete") from e
+    data = check_voxels(volume_array(data, path, "(X, Y, Z)"), path)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    m = affine[:3, :3]
+    norms = np.linalg.norm(m, axis=0)
+    if np.any(norms == 0) or not np.all(np.isfinite(affine)):
+        raise InputError(f"{path}: the NIfTI affine {affine[:3].tolist()} is degenerate; fix the header "
+                         "(sform/qform) before use")
+    cosines = (m / norms).T @ (m / norms)
+    if np.abs(cosines - np.eye(3)).max() > 1e-4:
+        raise InputError(f"{path}: the NIfTI affine is sheared (voxel axes not orthogonal); resample the image "
+                         "onto an orthogonal grid first")
+    header = img.header
+    meta = {"format": "nifti", "source": str(path), "warnings": [],
+            "nifti": {"sform_code": int(header["sform_code"]), "qform_code": int(header["qform_code"])}}
+    return Volume.from_affine_ras(np.ascontiguousarray(data.transpose(2, 1, 0)), affine, meta)
+
+
+def write_nifti(vol: Volume, path, overwrite: bool = False) -> Path:
+    """Write float32 voxels with the Volume's affine (RAS) as sform and qform; atomic."""
+    path = Path(path)
+    if not is_nifti(path):
+        raise InputError(f"{path}: a NIfTI file name ends in .nii or .nii.gz")
+    img = nib.Nifti1Image(np.ascontiguousarray(vol.data.transpose(2, 1, 0)), vol.affine_ras)
+    codes = vol.meta.get("nifti", {})
+    img.set_sform(vol.affine_ras, code=codes.get("sform_code") or 1)  # 1: scanner (patient) coordinates
+    img.set_qform(vol.affine_ras, code=codes.get("qform_code") or 1)
+    img.header.set_xyzt_units("mm")
+    with atomic_path(path, overwrite, protect=[vol.meta.get("source")]) as tmp:
+        nib.save(img, str(tmp))
+    return path

@@ -1,0 +1,178 @@
+"""`medrecon info` and `medrecon convert`, and every bad input through the CLI: exit status 2 and a message
+naming the path (or, where medrecon goes on, exit 0 and a warning naming the file)."""
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from medrecon.io import read_volume
+from pipelines.cli import main
+
+TESTS = Path(pydicom.__file__).parent / "data/test_files/dicomdirtests"
+CT5N, CT2 = TESTS / "98892001/CT5N", TESTS / "77654033/CT2"
+
+pytestmark = pytest.mark.skipif(not CT5N.is_dir(), reason="pydicom's test files are not installed")
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def edited_ct5n(tmp_path, edit):
+    """A copy of CT5N with edit(k, dataset) applied to each slice, k counted along z (inferior first)."""
+    folder = tmp_path / "series"
+    shutil.copytree(CT5N, folder)
+    files = sorted(folder.iterdir(), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        edit(k, ds)
+        ds.save_as(f)
+    return folder, files
+
+
+def test_info_json_reports_zyx_shape_and_spacing(capsys):
+    code, out, _ = run(capsys, "info", CT5N, "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert d["shape"] == [5, 16, 16]
+    assert d["spacing"] == pytest.approx([2.5, 0.488281, 0.488281])
+    assert d["orientation"] == "LPS" and d["modality"] == "CT"
+    assert d["range"] == [-888.0, 85.0]  # HU of these slices (min/max of pydicom's pixels - 1024)
+    assert [s["n_files"] for s in d["series"]] == [5] and "PatientName" not in out
+
+
+def test_info_text(capsys):
+    code, out, _ = run(capsys, "info", CT5N)
+    assert code == 0 and "5 x 16 x 16" in out and "2.5, 0.488281, 0.488281" in out
+
+
+def test_convert_dicom_nifti_dicom(tmp_path, capsys):
+    assert run(capsys, "convert", CT5N, tmp_path / "ct.nii.gz")[0] == 0
+    assert run(capsys, "convert", tmp_path / "ct.nii.gz", tmp_path / "dcm", "--modality", "CT")[0] == 0
+    src, back = read_volume(CT5N), read_volume(tmp_path / "dcm")
+    np.testing.assert_array_equal(back.data, src.data)
+    np.testing.assert_allclose(back.affine_lps, src.affine_lps, atol=1e-4)  # NIfTI stores float32
+    code, _, err = run(capsys, "convert", CT5N, tmp_path / "ct.nii.gz")
+    assert code == 2 and "--overwrite" in err and str(tmp_path / "ct.nii.gz") in err
+    assert run(capsys, "convert", CT5N, tmp_path / "ct.nii.gz", "--overwrite")[0] == 0
+
+
+def _bad_input(case, tmp_path):
+    """(path the message must name, CLI arguments, text the message must contain) for one bad input."""
+    out = tmp_path / "out.nii"
+    if case == "missing":
+        return tmp_path / "nowhere", ["info", tmp_path / "nowhere"], "does not exist"
+    if case == "empty":
+        (path := tmp_path / "empty").mkdir()
+        return path, ["info", path], "empty"
+    if case == "no-dicom":
+        (path := tmp_path / "docs").mkdir()
+        (path / "readme.txt").write_text("no images here")
+        (path / "scan.dcm").write_bytes(os.urandom(2000))
+        return path, ["info", path], "no readable DICOM"
+    if case == "nonuniform":
+        return CT2, ["convert", CT2, out], "--resample"
+    if case == "tilt":  # each slice shifted 2.5 mm * tan(15 deg) along y: a sheared stack
+        path, _ = edited_ct5n(tmp_path, lambda k, ds: setattr(ds, "ImagePositionPatient", [
+            ds.ImagePositionPatient[0], -143.0 + k * 2.5 * np.tan(np.radians(15)), ds.ImagePositionPatient[2]]))
+        return path, ["convert", path, out], "gantry tilt"
+    if case == "nan-nifti":
+        data = np.zeros((4, 4, 3), np.float32)
+        data[0, 0, 0], data[1, 1, 1], data[2, 2, 2] = np.nan, np.nan, np.inf
+        nib.save(nib.Nifti1Image(data, np.eye(4)), path := tmp_path / "bad.nii.gz")
+        return path, ["convert", path, out], "2 NaN and 1 Inf"
+    if case == "unknown-series":  # the message lists the series that are there
+        return CT5N, ["info", CT5N, "--series", "1.2.3"], "1.3.6.1.4.1.5962.1.1.0.0.0.1194734704.16302.0.6"
+    if case == "radial":
+        path = TESTS / "98892003/MR700"
+        return path, ["info", path], "orientation"
+    if case == "input-as-output":
+        shutil.copytree(CT5N, path := tmp_path / "in")
+        return path, ["convert", path, path, "--overwrite"], "input"
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no-dicom", "nonuniform", "tilt", "nan-nifti",
+                                  "unknown-series", "radial", "input-as-output"])
+def test_bad_input_exits_2_naming_the_path(tmp_path, capsys, case):
+    path, args, expected = _bad_input(case, tmp_path)
+    code, _, err = run(capsys, *args)
+    assert code == 2, err
+    assert str(path) in err and expected in err and "Traceback" not in err
+    assert not (tmp_path / "out.nii").exists()
+    if case == "input-as-output":
+        assert sorted(f.name for f in path.iterdir()) == sorted(f.name for f in CT5N.iterdir())
+
+
+def test_nonuniform_series_resampled_on_request(tmp_path, capsys):
+    code, out, _ = run(capsys, "convert", CT2, tmp_path / "ct2.nii", "--resample")
+    assert code == 0 and "165 x 16 x 16" in out
+    assert nib.load(tmp_path / "ct2.nii").header.get_zooms()[2] == pytest.approx(1.25)
+
+
+def test_unwritable_output(tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    dest = tmp_path / "file.txt/out.nii"
+    code, _, err = run(capsys, "convert", CT5N, dest)
+    assert code == 2 and str(tmp_path / "file.txt") in err and "writable" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
+def test_read_only_output_folder(tmp_path, capsys):
+    (ro := tmp_path / "ro").mkdir()
+    ro.chmod(0o500)
+    try:
+        code, _, err = run(capsys, "convert", CT5N, ro / "out.nii")
+    finally:
+        ro.chmod(0o700)
+    assert code == 2 and str(ro / "out.nii") in err
+
+
+def test_corrupt_slices_are_skipped_with_a_warning(tmp_path, capsys, caplog):
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
+    files[-1].write_bytes(files[-1].read_bytes()[:-100])  # top slice: pixel data cut short
+    (folder / "9999").write_bytes(files[0].read_bytes()[:500])  # a header cut short
+    with caplog.at_level(logging.WARNING, logger="medrecon"):
+        code, out, err = run(capsys, "info", folder, "--json")
+    assert code == 0, err
+    assert json.loads(out)["shape"] == [4, 16, 16]
+    assert str(files[-1]) in caplog.text and str(folder / "9999") in caplog.text
+    # A damaged slice in the middle leaves a gap: refused as non-uniform spacing.
+    files[2].write_bytes(files[2].read_bytes()[:-100])
+    code, _, err = run(capsys, "info", folder)
+    assert code == 2 and "--resample" in err and str(folder) in err
+
+
+def test_missing_rescale_tags_assume_identity_with_a_warning(tmp_path, capsys, caplog):
+    def drop(k, ds):
+        if k == 1:
+            del ds.RescaleSlope, ds.RescaleIntercept
+    folder, files = edited_ct5n(tmp_path, drop)
+    with caplog.at_level(logging.WARNING, logger="medrecon"):
+        code, out, err = run(capsys, "convert", folder, tmp_path / "o.nii")
+    assert code == 0, err
+    assert "RescaleSlope" in caplog.text and str(files[1]) in caplog.text
+    data = nib.load(tmp_path / "o.nii").get_fdata()
+    np.testing.assert_array_equal(data[:, :, 1].T, pydicom.dcmread(files[1]).pixel_array)  # stored values
+
+
+def test_mixed_series_default_to_the_largest_listing_all(tmp_path, capsys, caplog):
+    shutil.copytree(CT5N, tmp_path / "mixed")
+    for f in CT2.iterdir():
+        shutil.copy(f, tmp_path / "mixed")
+    uid5 = str(pydicom.dcmread(CT5N / "2062").SeriesInstanceUID)
+    uid4 = str(pydicom.dcmread(CT2 / "17106").SeriesInstanceUID)
+    with caplog.at_level(logging.WARNING, logger="medrecon"):
+        code, out, _ = run(capsys, "info", tmp_path / "mixed", "--json")
+    assert code == 0 and json.loads(out)["series_uid"] == uid5
+    assert uid5 in caplog.text and uid4 in caplog.text and "--series" in caplog.text
+    code, out, _ = run(capsys, "info", tmp_path / "mixed", "--json", "--series", uid4, "--resample")
+    assert code == 0 and json.loads(out)["shape"][0] == 165

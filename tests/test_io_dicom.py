@@ -1,0 +1,213 @@
+"""DICOM series reading and derived-series writing, checked against pydicom's bundled test series and,
+when installed, the DICOM validator dciodvfy and the converter dcm2niix."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from medrecon import InputError, Volume
+from medrecon.io import list_series, read_nifti, read_volume, write_dicom_series, write_nifti
+
+DICOMDIR_TESTS = Path(pydicom.__file__).parent / "data/test_files/dicomdirtests"
+CT5N = DICOMDIR_TESTS / "98892001/CT5N"  # 5 slices, z decreases as InstanceNumber increases
+CT2 = DICOMDIR_TESTS / "77654033/CT2"  # 4 slices, one 202.5 mm gap then 1.25 mm
+MR700 = DICOMDIR_TESTS / "98892003/MR700"  # 7 radial slices (a different orientation each)
+
+pytestmark = pytest.mark.skipif(not CT5N.is_dir(), reason="pydicom's test files are not installed")
+
+
+def source_slices(folder):
+    """(position along z, HU pixels (Y, X), dataset) of every file, read independently with pydicom."""
+    out = []
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        out.append((float(ds.ImagePositionPatient[2]), hu, ds))
+    return sorted(out, key=lambda t: t[0])
+
+
+def oblique_volume(shape=(6, 8, 10), handed=1.0, seed=0):
+    """A volume rotated about two axes (no voxel axis along a patient axis), float values in +-1000."""
+    a, b = np.radians(30), np.radians(-20)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    rz = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
+    direction = rz @ rx @ np.diag([1, 1, handed])
+    data = np.random.default_rng(seed).uniform(-1000, 1000, shape).astype(np.float32)
+    return Volume(data, (0.7, 0.8, 2.0), (10.0, -20.0, 30.0), direction)
+
+
+def test_ct5n_comes_out_in_spatial_order_with_2_5mm_spacing():
+    files = source_slices(CT5N)
+    assert [int(ds.InstanceNumber) for _, _, ds in files] == [10, 9, 8, 7, 6]  # reversed on disk
+    vol = read_volume(CT5N)
+    assert vol.shape == (5, 16, 16)
+    assert vol.spacing_zyx == pytest.approx((2.5, 0.488281, 0.488281), abs=1e-9)
+    np.testing.assert_allclose(vol.direction, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(vol.origin, [-72.199997, -143.0, -1.2375], atol=1e-9)
+    for k, (z, hu, _) in enumerate(files):
+        assert vol.world_lps([0, 0, k])[2] == pytest.approx(z, abs=1e-9)
+        np.testing.assert_array_equal(vol.data[k], hu)  # HU = slope * stored + intercept
+    assert vol.meta["dicom"]["PatientID"] == "98890234" and vol.meta["dicom"]["Modality"] == "CT"
+    assert vol.meta["warnings"] == []
+
+
+def test_single_dicom_file_reads_as_one_slice():
+    vol = read_volume(CT5N / "2062")
+    assert vol.shape == (1, 16, 16) and vol.spacing_zyx[0] == pytest.approx(2.5)
+    assert vol.origin[2] == pytest.approx(8.7625)
+
+
+def test_nonuniform_spacing_refused_naming_the_fix():
+    with pytest.raises(InputError, match="--resample") as e:
+        read_volume(CT2)
+    assert str(CT2) in str(e.value) and "202.5" in str(e.value)
+
+
+def test_nonuniform_spacing_resampled_linearly_to_the_median():
+    src = source_slices(CT2)
+    z = np.array([t[0] for t in src])
+    vol = read_volume(CT2, resample_nonuniform=True)
+    assert vol.spacing_zyx[0] == pytest.approx(1.25)
+    assert vol.shape[0] == round((z[-1] - z[0]) / 1.25) + 1 == 165
+    # The grid passes through every source slice (202.5 = 162 * 1.25): those come back unchanged.
+    for k, (_, hu, _) in zip([0, 162, 163, 164], src):
+        np.testing.assert_allclose(vol.data[k], hu, atol=1e-3)
+    # Half-way across the gap: the mean of its two end slices.
+    np.testing.assert_allclose(vol.data[81], (src[0][1] + src[1][1]) / 2, atol=1e-3)
+    assert "resampled" in vol.meta["warnings"][0]
+
+
+def test_radial_slices_refused():
+    with pytest.raises(InputError, match="orientation"):
+        read_volume(MR700)
+
+
+def test_per_slice_rescale_is_applied(tmp_path):
+    shutil.copytree(CT5N, tmp_path / "s")
+    ds = pydicom.dcmread(tmp_path / "s/2693")
+    ds.RescaleSlope, ds.RescaleIntercept = "2", "-500"
+    ds.save_as(tmp_path / "s/2693")
+    vol = read_volume(tmp_path / "s")
+    k = [t[2].SOPInstanceUID for t in source_slices(CT5N)].index(ds.SOPInstanceUID)
+    np.testing.assert_array_equal(vol.data[k], ds.pixel_array * 2.0 - 500)
+
+
+def test_list_series_recursive(tmp_path):
+    for src in (CT5N, CT2, MR700):
+        shutil.copytree(src, tmp_path / "tree" / src.parent.name / src.name)
+    (tmp_path / "tree/98892001/CT5N/notes.txt").write_text("not DICOM")
+    damaged = tmp_path / "tree/98892001/CT5N/9999"
+    damaged.write_bytes((CT5N / "2062").read_bytes()[:500])
+    assert list_series(tmp_path / "tree") == []
+    found = {s.n_files: s for s in list_series(tmp_path / "tree", recursive=True)}
+    assert sorted(found) == [4, 5, 7]
+    assert found[5].folder == tmp_path / "tree/98892001/CT5N" and found[5].modality == "CT"
+    assert found[5].uid == str(pydicom.dcmread(CT5N / "2062").SeriesInstanceUID)
+    assert [u.split(" ")[0] for u in found[5].unreadable] == [str(damaged)]
+    assert found[4].unreadable == [] and found[7].description
+
+
+def test_derived_series_round_trip_keeps_geometry_and_hu_exactly(tmp_path):
+    src = read_volume(CT5N)
+    out = write_dicom_series(src, tmp_path / "derived", series_description="medrecon test method")
+    back = read_volume(out)
+    np.testing.assert_array_equal(back.data, src.data)  # integer HU: slope 1, intercept 0
+    np.testing.assert_allclose(back.affine_lps, src.affine_lps, atol=1e-9)
+
+    source = source_slices(CT5N)
+    written = sorted((pydicom.dcmread(f) for f in out.iterdir()), key=lambda d: int(d.InstanceNumber))
+    assert [int(d.InstanceNumber) for d in written] == [1, 2, 3, 4, 5]
+    assert len({d.SOPInstanceUID for d in written}) == 5
+    s0 = source[0][2]
+    for d, (_, hu, s) in zip(written, source):
+        assert list(d.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert d.SOPClassUID == pydicom.uid.CTImageStorage and d.Modality == "CT"
+        assert d.SeriesInstanceUID != s0.SeriesInstanceUID and d.SOPInstanceUID != s.SOPInstanceUID
+        for kw in ("StudyInstanceUID", "PatientID", "PatientName", "FrameOfReferenceUID", "AccessionNumber"):
+            assert d[kw].value == s0[kw].value
+        assert d.SeriesDescription == "medrecon test method"
+        np.testing.assert_allclose([float(v) for v in d.ImagePositionPatient],
+                                   [float(v) for v in s.ImagePositionPatient], atol=1e-9)
+        assert float(d.SliceLocation) == pytest.approx(float(s.ImagePositionPatient[2]))
+        assert d.pixel_array.dtype == np.int16
+        np.testing.assert_array_equal(d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept), hu)
+
+
+def test_float_values_within_int16_quantisation_and_oblique_geometry_survives(tmp_path):
+    vol = oblique_volume()
+    back = read_volume(write_dicom_series(vol, tmp_path / "obl", modality="CT"))
+    ds = pydicom.dcmread(next((tmp_path / "obl").iterdir()))
+    assert [float(v) for v in ds.PixelSpacing] == [0.8, 0.7]  # (between rows = y, between columns = x)
+    np.testing.assert_allclose([float(v) for v in ds.ImageOrientationPatient],
+                               np.concatenate([vol.direction[:, 0], vol.direction[:, 1]]), atol=1e-12)
+    slope = float(ds.RescaleSlope)
+    assert slope < 2000 / 60000  # the int16 range is used
+    assert np.abs(back.data - vol.data).max() <= slope / 2 + 1e-3
+    np.testing.assert_allclose(back.direction, vol.direction, atol=1e-12)
+    np.testing.assert_allclose(back.origin, vol.origin, atol=1e-9)
+    np.testing.assert_allclose(back.spacing, vol.spacing, atol=1e-9)
+
+
+def test_left_handed_volume_keeps_world_positions(tmp_path):
+    vol = oblique_volume(handed=-1.0)  # slice axis opposite to row x column: read back in reverse
+    back = read_volume(write_dicom_series(vol, tmp_path / "lh"))
+    np.testing.assert_allclose(back.data, vol.data[::-1], atol=0.02)
+    n = vol.shape[0] - 1
+    corners = np.array([[0, 0, 0], [9, 0, 0], [0, 7, 0], [9, 7, 0]])
+    np.testing.assert_allclose(back.world_lps(corners + [0, 0, n]), vol.world_lps(corners), atol=1e-9)
+
+
+def test_nifti_source_gets_a_minimal_patient_study_module(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((4, 3, 2), np.float32), np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / "a.nii")
+    out = write_dicom_series(read_nifti(tmp_path / "a.nii"), tmp_path / "d", modality="MR")
+    ds = pydicom.dcmread(next(out.iterdir()))
+    assert str(ds.PatientName) == "Anonymous^medrecon" and ds.SOPClassUID == pydicom.uid.MRImageStorage
+    assert ds.StudyInstanceUID and ds.FrameOfReferenceUID and ds.StudyInstanceUID != ds.SeriesInstanceUID
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
+@pytest.mark.parametrize("case", ["ct-from-dicom", "mr-float", "ct-from-nifti", "secondary-capture"])
+def test_derived_slice_passes_dciodvfy(tmp_path, case):
+    src = read_volume(CT5N)
+    vol, modality = {"ct-from-dicom": (src, None), "mr-float": (src.with_data(src.data * 0.37 + 0.1), "MR"),
+                     "ct-from-nifti": (oblique_volume(), "CT"), "secondary-capture": (oblique_volume(), None)}[case]
+    out = write_dicom_series(vol, tmp_path / "d", modality=modality)
+    result = subprocess.run(["dciodvfy", str(next(out.iterdir()))], capture_output=True, text=True)
+    report = result.stdout + result.stderr
+    assert report.strip() and not [line for line in report.splitlines() if "Error" in line], report
+
+
+def _dcm2niix():
+    for exe in (Path(sys.executable).parent / "dcm2niix", shutil.which("dcm2niix")):
+        if exe and Path(exe).is_file():
+            return str(exe)
+    return None
+
+
+@pytest.mark.skipif(_dcm2niix() is None, reason="dcm2niix not installed")
+def test_dcm2niix_reads_our_series_with_our_affine(tmp_path):
+    series = write_dicom_series(oblique_volume(), tmp_path / "obl", modality="CT")
+    ours = write_nifti(read_volume(series), tmp_path / "ours.nii")
+    (tmp_path / "d2n").mkdir()
+    subprocess.run([_dcm2niix(), "-z", "n", "-b", "n", "-f", "theirs", "-o", str(tmp_path / "d2n"), str(series)],
+                   check=True, capture_output=True)
+    theirs = nib.load(tmp_path / "d2n/theirs.nii")
+    # dcm2niix may flip voxel axes (it writes rows bottom-up): compare in the closest canonical order.
+    a, b = nib.as_closest_canonical(nib.load(ours)), nib.as_closest_canonical(theirs)
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-4)
+    np.testing.assert_allclose(a.get_fdata(), b.get_fdata(), atol=1e-3)
+
+
+def test_series_split_over_subfolders_is_found_by_uid(tmp_path):
+    for i, f in enumerate(sorted(CT5N.iterdir())):
+        (tmp_path / f"part{i % 2}").mkdir(exist_ok=True)
+        shutil.copy(f, tmp_path / f"part{i % 2}" / f.name)
+    uid = str(pydicom.dcmread(CT5N / "2062").SeriesInstanceUID)
+    [info] = list_series(tmp_path, recursive=True)
+    assert info.n_files == 5 and info.folder == tmp_path
+    np.testing.assert_array_equal(read_volume(tmp_path, series=uid).data, read_volume(CT5N).data)

@@ -1,0 +1,145 @@
+"""NIfTI, NRRD/MHA and .npy reading and writing, world coordinates against DICOM, and atomic writes."""
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from medrecon import InputError, Volume
+from medrecon.io import atomic_path, read_volume, write_itk, write_nifti, write_volume
+
+CT5N = Path(pydicom.__file__).parent / "data/test_files/dicomdirtests/98892001/CT5N"
+
+
+def oblique_affine(handed=1.0):
+    """A RAS affine with rotated, scaled axes (det sign = handed) and an offset."""
+    a = np.radians(25)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rot = rot @ np.array([[1, 0, 0], [0, np.cos(2 * a), -np.sin(2 * a)], [0, np.sin(2 * a), np.cos(2 * a)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.9, 1.1, 2.5 * handed])
+    affine[:3, 3] = [12.5, -40.25, 7.0]
+    return affine
+
+
+@pytest.mark.skipif(not CT5N.is_dir(), reason="pydicom's test files are not installed")
+def test_dicom_to_nifti_keeps_world_coordinates_of_every_corner_voxel(tmp_path):
+    write_nifti(read_volume(CT5N), tmp_path / "ct.nii.gz")
+    img = nib.load(tmp_path / "ct.nii.gz")  # read back independently with nibabel (RAS)
+    data = img.get_fdata()
+    for f in CT5N.iterdir():
+        ds = pydicom.dcmread(f)
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        k = [kk for kk in range(data.shape[2]) if np.array_equal(data[:, :, kk].T, hu)]
+        assert len(k) == 1  # NIfTI voxel (i, j) = DICOM pixel (row j, column i)
+        ipp, iop = np.array(ds.ImagePositionPatient, float), np.array(ds.ImageOrientationPatient, float)
+        dr, dc = (float(v) for v in ds.PixelSpacing)
+        for i in (0, ds.Columns - 1):
+            for j in (0, ds.Rows - 1):
+                lps = ipp + i * dc * iop[:3] + j * dr * iop[3:]  # DICOM PS3.3 C.7.6.2.1.1
+                ras = img.affine @ [i, j, k[0], 1]
+                np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-4)
+
+
+@pytest.mark.parametrize("handed", [1.0, -1.0])
+def test_nifti_to_nifti_is_exact(tmp_path, handed):
+    data = np.random.default_rng(1).normal(size=(7, 6, 5)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, oblique_affine(handed)), tmp_path / "in.nii.gz")
+    vol = read_volume(tmp_path / "in.nii.gz")
+    assert vol.shape == (5, 6, 7) and vol.is_oblique
+    write_nifti(vol, tmp_path / "out.nii")
+    src, out = nib.load(tmp_path / "in.nii.gz"), nib.load(tmp_path / "out.nii")
+    np.testing.assert_array_equal(out.get_fdata(dtype=np.float32), data)
+    np.testing.assert_array_equal(out.affine, src.affine)
+    np.testing.assert_allclose(out.header.get_qform(), src.affine, atol=1e-5)
+
+
+def test_scaled_integer_nifti_and_single_volume_4d(tmp_path):
+    img = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4, 1), np.eye(4))
+    img.header.set_slope_inter(0.5, -10)
+    nib.save(img, tmp_path / "s.nii")
+    vol = read_volume(tmp_path / "s.nii")
+    assert vol.shape == (4, 3, 2)
+    assert vol.data[3, 2, 1] == pytest.approx(23 * 0.5 - 10)
+    assert vol.orientation == "".join(nib.aff2axcodes(np.eye(4))) == "RAS"
+
+
+def test_nifti_with_several_volumes_refused(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((2, 3, 4, 2), np.float32), np.eye(4)), tmp_path / "t.nii")
+    with pytest.raises(InputError, match="4D"):
+        read_volume(tmp_path / "t.nii")
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_itk_formats_round_trip_with_lps_geometry(tmp_path, suffix):
+    vol = Volume.from_affine_ras(np.random.default_rng(2).normal(size=(5, 6, 7)), oblique_affine())
+    write_itk(vol, tmp_path / f"v{suffix}")
+    img = sitk.ReadImage(str(tmp_path / f"v{suffix}"))  # independent reader: ITK geometry is LPS
+    np.testing.assert_allclose(img.GetOrigin(), vol.origin, atol=1e-9)
+    np.testing.assert_allclose(np.array(img.GetDirection()).reshape(3, 3), vol.direction, atol=1e-9)
+    back = read_volume(tmp_path / f"v{suffix}")
+    np.testing.assert_array_equal(back.data, vol.data)
+    np.testing.assert_allclose(back.affine_ras, vol.affine_ras, atol=1e-9)
+
+
+def test_npy_spacing_is_zyx_and_defaults_to_1mm_with_a_warning(tmp_path, caplog):
+    np.save(tmp_path / "a.npy", np.ones((3, 4, 5), np.float32))
+    assert read_volume(tmp_path / "a.npy", spacing=(2.5, 0.7, 0.6)).spacing_zyx == (2.5, 0.7, 0.6)
+    vol = read_volume(tmp_path / "a.npy")
+    assert vol.spacing == (1.0, 1.0, 1.0) and "--spacing" in vol.meta["warnings"][0]
+    assert "--spacing" in caplog.text
+
+
+def test_write_volume_dispatches_on_the_path(tmp_path):
+    vol = Volume(np.arange(24, dtype=np.float32).reshape(2, 3, 4), (0.5, 0.5, 2.0))
+    assert nib.load(write_volume(vol, tmp_path / "a.nii.gz")).shape == (4, 3, 2)
+    assert len(list(write_volume(vol, tmp_path / "series").iterdir())) == 2
+    with pytest.raises(InputError, match="folder"):
+        write_volume(vol, tmp_path / "x.dcm")
+
+
+def test_atomic_path_never_overwrites_unless_asked(tmp_path):
+    dest = tmp_path / "out.txt"
+    dest.write_text("old")
+    with pytest.raises(InputError, match="--overwrite"):
+        with atomic_path(dest) as tmp:
+            tmp.write_text("new")
+    assert dest.read_text() == "old"
+    with atomic_path(dest, overwrite=True) as tmp:
+        tmp.write_text("new")
+        assert dest.read_text() == "old"  # nothing visible until the block ends
+    assert dest.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_atomic_path_replaces_folders_and_cleans_up_after_errors(tmp_path):
+    dest = tmp_path / "series"
+    dest.mkdir()  # an empty folder is free to use
+    with atomic_path(dest) as tmp:
+        tmp.mkdir()
+        (tmp / "a").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_path(dest, overwrite=True) as tmp:
+            tmp.mkdir()
+            (tmp / "b").write_text("2")
+            raise RuntimeError("interrupted")
+    assert [p.name for p in dest.iterdir()] == ["a"]
+    with atomic_path(dest, overwrite=True) as tmp:
+        tmp.mkdir()
+        (tmp / "b").write_text("2")
+    assert [p.name for p in dest.iterdir()] == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]  # no temporary left behind
+
+
+def test_atomic_path_protects_inputs_and_folders_with_subfolders(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/sub").mkdir()
+    for dest in (tmp_path / "in", tmp_path / "in/new.nii", tmp_path):
+        with pytest.raises(InputError, match="input"):
+            with atomic_path(dest, overwrite=True, protect=[tmp_path / "in"]):
+                pass
+    with pytest.raises(InputError, match="sub-folders"):
+        with atomic_path(tmp_path / "in", overwrite=True):
+            pass
+    assert (tmp_path / "in/sub").is_dir()

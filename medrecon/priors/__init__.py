@@ -1,3 +1,7 @@
-"""2D diffusion priors behind one denoiser contract (see base.py)."""
+"""2D diffusion priors behind one denoiser contract (see base.py); ``load_prior`` is the entry point."""
 from .base import (Denoiser, GaussianDenoiser, IntensityMap, NoiseSchedule, VESchedule, VPSchedule,  # noqa: F401
-                   schedule_from_dict)
+                   schedule_from_dict, sigma_to_vp, vp_to_sigma)
+from .card import CARD_NAME, default_card, read_model_card, write_model_card  # noqa: F401
+from .loader import load_prior  # noqa: F401
+from .network import EDMPrior, NetworkPrior, VEScorePrior, VPEpsPrior  # noqa: F401
+from .train import SliceData, TrainOptions, heldout_loss, load_slices, prepare_slices, train_prior  # noqa: F401

@@ -157,9 +157,18 @@ class Denoiser:
     card: dict
     intensity: IntensityMap | None = None
     name: str = "prior"
+    nfe: int = 0  # slices denoised so far: a denoise() call on B slices adds B (set to 0 to restart counting)
+    sha256: str | None = None  # SHA-256 of the weights file, for reports (None for analytic priors)
+    network = None  # the torch.nn.Module behind the prior, if any
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """D(x, sigma) for x (B, 1, H, W) and sigma (B,) or a scalar."""
+        sigma = self._checked(x, sigma)
+        self.nfe += x.shape[0]
+        return self._denoise(x, sigma)
+
+    def _checked(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Validate the slice shape against the prior; sigma as a (B,) tensor in x's dtype and device."""
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"{self.name}: expected slices of shape (B, 1, H, W), got {tuple(x.shape)}")
         if self.image_size is not None and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
@@ -168,7 +177,12 @@ class Denoiser:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
-        return self._denoise(x, sigma)
+        return sigma
+
+    def score(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Score of the noisy density, (D(x, sigma) - x) / sigma^2 (Tweedie); VE score priors return it directly."""
+        s2 = self._checked(x, sigma).view(-1, 1, 1, 1) ** 2
+        return (self.denoise(x, sigma) - x) / s2
 
     def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

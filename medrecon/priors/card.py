@@ -1,0 +1,126 @@
+"""Model cards: a small YAML file next to the weights that says what the prior is and how to use it.
+
+Fields (all plain YAML):
+
+``format``            ``medrecon-model-card/1``
+``name``              short identifier used in reports
+``architecture``      ``ncsnpp`` (score_sde) | ``adm`` (guided-diffusion) | ``diffusers-unet2d`` (medrecon's own)
+``parameterization``  ``ve-score`` | ``vp-eps`` | ``edm``
+``weights``           weights file, relative to the card's folder
+``config``            network configuration (architecture specific)
+``schedule``          noise schedule: ``{type: ve, sigma_min, sigma_max, num_scales}`` or
+                      ``{type: vp, beta_start, beta_end, num_timesteps}``
+``image_size``        slice size the network was trained at (square)
+``pixel_spacing_mm``  in-plane spacing of the training slices (x, y), or null when unknown
+``modality``          ``ct`` | ``mri``
+``intensity``         physical units -> model range: ``{physical_min, physical_max, model_min, model_max, unit}``
+                      plus, for MRI, ``normalisation`` (how each volume was scaled before the map)
+``training``          data description, exact command, steps, final loss, ...
+``assumptions``       list of statements that were guessed rather than known (the user may override them)
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..errors import InputError
+from .adm import AAPM256_CONFIG as ADM_AAPM256
+from .ncsnpp import AAPM256_CONFIG as NCSNPP_AAPM256
+
+CARD_NAME = "model_card.yaml"
+CARD_FORMAT = "medrecon-model-card/1"
+ARCHITECTURES = ("ncsnpp", "adm", "diffusers-unet2d")
+
+# Assumed intensity mapping of the public AAPM checkpoints (DiffusionMBIR, DDS): slices in [0, 1].
+_AAPM_INTENSITY = {"physical_min": -1024.0, "physical_max": 3071.0, "model_min": 0.0, "model_max": 1.0,
+                   "unit": "HU"}
+_AAPM_ASSUMPTIONS = [
+    "intensity: the AAPM training slices are taken to be HU linearly mapped from [-1024, 3071] to [0, 1] "
+    "(the 12-bit CT range); the published code does not state the window. Override in model_card.yaml.",
+    "pixel_spacing_mm: AAPM 2016 Grand Challenge slices (512x512, about 0.7 mm) downsampled to 256x256 "
+    "are taken to be about 1.5 mm per pixel. Override in model_card.yaml.",
+]
+
+DEFAULT_CARDS = {
+    "ncsnpp": {
+        "format": CARD_FORMAT, "architecture": "ncsnpp",
+        "parameterization": "ve-score", "config": NCSNPP_AAPM256,
+        "schedule": {"type": "ve", "sigma_min": 0.01, "sigma_max": 378.0, "num_scales": 2000},
+        "image_size": 256, "pixel_spacing_mm": [1.5, 1.5], "modality": "ct", "intensity": _AAPM_INTENSITY,
+        "training": {"data": "AAPM 2016 Low Dose CT Grand Challenge, axial slices at 256x256 (DiffusionMBIR)",
+                     "command": "score_sde main.py --config configs/ve/AAPM_256_ncsnpp_continuous.py",
+                     "source": "DiffusionMBIR checkpoint_185.pth"},
+        "assumptions": _AAPM_ASSUMPTIONS,
+    },
+    "adm": {
+        "format": CARD_FORMAT, "architecture": "adm", "parameterization": "vp-eps",
+        "config": ADM_AAPM256,
+        "schedule": {"type": "vp", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000},
+        "image_size": 256, "pixel_spacing_mm": [1.5, 1.5], "modality": "ct", "intensity": _AAPM_INTENSITY,
+        "training": {"data": "AAPM 2016 Low Dose CT Grand Challenge, axial slices at 256x256 (DDS)",
+                     "command": "guided-diffusion image_train.py with DDS configs/vp/AAPM256.yml",
+                     "source": "DDS AAPM256_1M.pt"},
+        "assumptions": _AAPM_ASSUMPTIONS,
+    },
+}
+
+
+def default_card(architecture: str) -> dict:
+    """A deep copy of the default card for a public checkpoint format (the AAPM CT models)."""
+    return copy.deepcopy(DEFAULT_CARDS[architecture])
+
+
+def merge_cards(base: dict, override: dict) -> dict:
+    """``base`` updated by ``override``; nested dicts are merged key by key."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = merge_cards(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _plain(v):
+    """YAML-safe plain Python: tuples -> lists, numpy/torch scalars and arrays -> numbers/lists, Path -> str."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, (Path, str)):  # str subclasses too (torch.__version__)
+        return str(v)
+    if hasattr(v, "tolist"):  # numpy or torch
+        return _plain(v.tolist())
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def write_model_card(path: str | Path, card: dict) -> Path:
+    """Write ``card`` as YAML to ``path`` (a folder gets ``model_card.yaml``); returns the file written."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CARD_NAME
+    card = {"format": CARD_FORMAT, **_plain(card)}
+    path.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=110))
+    return path
+
+
+def read_model_card(path: str | Path) -> dict:
+    """Read a model card (the YAML file, or a folder holding ``model_card.yaml``); InputError if unusable."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CARD_NAME
+    if not path.is_file():
+        raise InputError(f"{path}: model card not found; a prior folder needs a {CARD_NAME} "
+                         "(medrecon train writes one; for a public checkpoint write one or load the file itself)")
+    try:
+        card = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML ({e}); fix the model card") from None
+    if not isinstance(card, dict):
+        raise InputError(f"{path}: a model card must be a YAML mapping (key: value), got {type(card).__name__}")
+    arch = card.get("architecture")
+    if arch is not None and arch not in ARCHITECTURES:
+        raise InputError(f"{path}: unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+    return card

@@ -1,0 +1,236 @@
+"""``load_prior``: recognise a prior by its content, build the network, check the weights, wrap it as a Denoiser.
+
+Recognised inputs
+-----------------
+* a folder with ``model_card.yaml``: medrecon's own format (diffusers UNet2DModel + safetensors), or a
+  card naming a public checkpoint file (``weights:``) with its config and intensity mapping;
+* a score_sde checkpoint file (a dict with ``model`` and ``ema``): NCSN++, VE, continuous; EMA applied;
+* a guided-diffusion state dict file (keys like ``input_blocks.0.0.weight``): ADM, VP, learned sigma.
+  Its size config is read from the tensor shapes; the image size comes from a card when it cannot be.
+A file may also have a ``model_card.yaml`` beside it whose ``weights`` names it, or get a card passed in.
+
+Safety: files are read with ``torch.load(weights_only=True)`` (tensors and plain containers only). A file
+that needs full pickle is refused unless ``allow_unsafe_pickle=True``: unpickling can run arbitrary code,
+so only do that for files from a source you trust.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from .adm import ADMUNet, adm_config, adm_config_from_state_dict
+from .base import Denoiser, IntensityMap, schedule_from_dict
+from .card import CARD_NAME, default_card, merge_cards, read_model_card
+from .ncsnpp import NCSNpp, ncsnpp_config, ncsnpp_state_from_checkpoint
+from .network import EDMPrior, VEScorePrior, VPEpsPrior
+from .unet import CONFIG_NAME, EDM_SCHEDULE, WEIGHTS_NAME, build_unet, read_unet_config
+
+
+def _abbrev(names: list[str], n: int = 5) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f", ... (+{len(names) - n} more)" if len(names) > n else "")
+
+
+def torch_load(path: Path, allow_unsafe_pickle: bool = False):
+    """torch.load with weights_only=True; clear InputErrors for corrupt files and files that need pickle."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if not found:  # the weights-only unpickler met bytes that are no pickle at all
+            raise InputError(f"{path}: cannot read the checkpoint (not a valid torch file); the file is truncated "
+                             "or corrupt: copy or download it again") from None
+        if not allow_unsafe_pickle:
+            raise InputError(
+                f"{path}: this checkpoint holds Python objects ({found.group(1)}) that only full pickle can load, "
+                "and unpickling can run arbitrary code. If and only if you trust the file's source, load it with "
+                "allow_unsafe_pickle=True (CLI: --allow-unsafe-pickle); better, re-save its tensors with "
+                "torch.save(state_dict).") from None
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # zip/miniz errors, EOF, garbage bytes
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"{path}: cannot read the checkpoint ({msg[:160]}); the file is truncated or corrupt: "
+                         "copy or download it again") from None
+
+
+def load_checked(network: torch.nn.Module, state: dict, path: Path, what: str) -> torch.nn.Module:
+    """Load ``state`` into ``network`` (built on the meta device) after checking keys, shapes and finiteness."""
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise InputError(
+            f"{path}: the weights do not fit {what}: {len(missing)} missing keys [{_abbrev(missing)}] and "
+            f"{len(unexpected)} unexpected keys [{_abbrev(unexpected)}]. Wrong file, or the model card's "
+            f"architecture/config does not describe this checkpoint: fix {CARD_NAME}.")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise InputError(f"{path}: {len(wrong)} tensors have other shapes than {what} expects (file vs network): "
+                         f"[{_abbrev(wrong, 3)}]. Fix the config in {CARD_NAME}.")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputError(f"{path}: {len(bad)} weight tensors contain NaN or Inf [{_abbrev(bad)}]: the file is "
+                         "damaged or training diverged; use another checkpoint.")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    network.load_state_dict(state, strict=True, assign=True)
+    return network.eval()
+
+
+def _on_meta(build, *args):
+    with torch.device("meta"):
+        return build(*args)
+
+
+def _detect(obj) -> str | None:
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "ema" in obj:
+        return "ncsnpp"
+    if isinstance(obj, dict) and any(str(k).split(".", 1)[-1].startswith("input_blocks.0.0.") or
+                                     str(k).startswith("input_blocks.0.0.") for k in obj):
+        return "adm"
+    return None
+
+
+def _card_beside(path: Path) -> dict | None:
+    """A model_card.yaml in the file's folder whose ``weights`` names this file."""
+    cp = path.parent / CARD_NAME
+    if cp.is_file():
+        card = read_model_card(cp)
+        if Path(str(card.get("weights", ""))).name == path.name:
+            return card
+    return None
+
+
+def _build_ncsnpp(obj, card: dict, given: dict, path: Path, use_ema: bool) -> VEScorePrior:
+    """``card``: defaults merged with ``given`` (the user's card, whose schedule wins if it has one)."""
+    try:
+        cfg = ncsnpp_config(card.get("config"))
+    except ValueError as e:
+        raise InputError(f"{path}: {e}; fix config in {CARD_NAME}") from None
+    net = _on_meta(NCSNpp, cfg)
+    try:
+        state = ncsnpp_state_from_checkpoint(obj, net, use_ema=use_ema)
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: score_sde checkpoint does not fit NCSN++ (nf={cfg['nf']}, ch_mult="
+                         f"{cfg['ch_mult']}, num_res_blocks={cfg['num_res_blocks']}): {e}. "
+                         f"Give the right config in {CARD_NAME}.") from None
+    what = f"NCSN++ (nf={cfg['nf']}, ch_mult={cfg['ch_mult']}, num_res_blocks={cfg['num_res_blocks']})"
+    net = load_checked(net, state, path, what)
+    sched = given.get("schedule") or {"type": "ve", "sigma_min": cfg["sigma_min"], "sigma_max": cfg["sigma_max"],
+                                      "num_scales": cfg["num_scales"]}
+    card = merge_cards(card, {"config": cfg, "image_size": cfg["image_size"], "schedule": sched,
+                              "ema_applied": bool(obj.get("ema")) and use_ema, "checkpoint_step": obj.get("step")})
+    return VEScorePrior(net, card, schedule_from_dict(sched), _intensity(card), cfg["image_size"], weights_path=path)
+
+
+def _build_adm(state: dict, card: dict, given: dict, path: Path) -> VPEpsPrior:
+    """Size config from the tensor shapes, completed/overridden by ``given`` (the user's card)."""
+    state = {(k[len("module."):] if str(k).startswith("module.") else k): v for k, v in state.items()}
+    try:
+        inferred = adm_config_from_state_dict(state)
+    except (KeyError, ValueError) as e:
+        raise InputError(f"{path}: looks like a guided-diffusion state dict but its layout is not an ADM UNet "
+                         f"(missing {e}); check the file") from None
+    cfg = {**inferred, **(given.get("config") or {})}
+    cfg["image_size"] = given.get("image_size") or cfg["image_size"]
+    if cfg["image_size"] is None:
+        raise InputError(f"{path}: cannot tell the image size this ADM was trained at (channel_mult "
+                         f"{inferred['channel_mult']} has no guided-diffusion default). Write a {CARD_NAME} beside "
+                         "it with `weights: <file name>`, `architecture: adm` and `image_size: <size>`.")
+    try:
+        cfg = adm_config(cfg)
+    except ValueError as e:
+        raise InputError(f"{path}: {e}; fix config in {CARD_NAME}") from None
+    what = (f"ADM (model_channels={cfg['model_channels']}, channel_mult={cfg['channel_mult']}, "
+            f"num_res_blocks={cfg['num_res_blocks']})")
+    net = load_checked(_on_meta(ADMUNet, cfg), state, path, what)
+    card = merge_cards(card, {"config": cfg, "image_size": cfg["image_size"]})
+    return VPEpsPrior(net, card, schedule_from_dict(card["schedule"]), _intensity(card), cfg["image_size"],
+                      weights_path=path)
+
+
+def _build_unet(folder: Path, card: dict) -> EDMPrior:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = folder / card.get("weights", WEIGHTS_NAME)
+    for f in (folder / CONFIG_NAME, weights):
+        if not f.is_file():
+            raise InputError(f"{f}: missing; a medrecon prior folder holds {CARD_NAME}, {CONFIG_NAME} and "
+                             f"{WEIGHTS_NAME} (as written by `medrecon train`)")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InputError(f"{weights}: cannot read the weights ({e}); the file is truncated or corrupt") from None
+    try:
+        net = _on_meta(build_unet, read_unet_config(folder))
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{folder / CONFIG_NAME}: not a usable UNet2DModel config ({e})") from None
+    net = load_checked(net, state, weights, "the UNet2DModel of config.json")
+    sigma_data = float(card.get("config", {}).get("sigma_data", 0.5))
+    sched = schedule_from_dict(card.get("schedule") or EDM_SCHEDULE)
+    return EDMPrior(net, card, sched, _intensity(card), card.get("image_size") or net.config.sample_size,
+                    weights_path=weights, sigma_data=sigma_data)
+
+
+def _intensity(card: dict) -> IntensityMap | None:
+    return IntensityMap.from_dict(card["intensity"]) if card.get("intensity") else None
+
+
+def load_prior(path: str | Path, device=None, allow_unsafe_pickle: bool = False, card: dict | str | Path | None = None,
+               use_ema: bool = True) -> Denoiser:
+    """Load a prior from a folder (with model_card.yaml) or a public checkpoint file; see the module docstring.
+
+    ``card`` (a dict or a YAML path) overrides/completes the card found with the weights; for public
+    checkpoints the defaults are the AAPM-256 CT cards (``card.DEFAULT_CARDS``). ``use_ema=False`` loads a
+    score_sde checkpoint's raw ``model`` weights instead of the EMA ones (for diagnosis only).
+    ``device``: None/"cpu", "cuda", "auto" (CUDA when available) or a torch.device.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder (give a prior folder with {CARD_NAME} or a checkpoint file)")
+    user = (read_model_card(card) if isinstance(card, (str, Path)) else dict(card)) if card is not None else {}
+    if path.is_dir():
+        found = merge_cards(read_model_card(path), user)
+        weights = path / found["weights"] if found.get("weights") else None
+        if found.get("architecture") == "diffusers-unet2d" or (weights is None and (path / CONFIG_NAME).is_file()):
+            prior = _build_unet(path, found)
+            return prior.to(_device(device))
+        if weights is None:
+            raise InputError(f"{path / CARD_NAME}: names no `weights:` file and the folder has no {CONFIG_NAME}")
+    else:
+        weights, found = path, merge_cards(_card_beside(path) or {}, user)
+    if not weights.is_file():
+        raise InputError(f"{weights}: weights file named by the model card does not exist")
+    obj = torch_load(weights, allow_unsafe_pickle)
+    arch = _detect(obj)
+    if arch is None:
+        keys = list(obj)[:6] if isinstance(obj, dict) else type(obj).__name__
+        raise InputError(f"{weights}: not a recognised prior checkpoint (expected a score_sde checkpoint with keys "
+                         f"model/ema/optimizer/step, or a guided-diffusion state dict with keys like "
+                         f"input_blocks.0.0.weight; found {keys})")
+    if found.get("architecture") not in (None, arch):
+        raise InputError(f"{weights}: the model card says architecture {found['architecture']!r} but the file is a "
+                         f"{arch} checkpoint; fix {CARD_NAME}")
+    full = merge_cards(default_card(arch), found)
+    if not found.get("weights"):
+        full["weights"] = weights.name
+    full.setdefault("name", weights.stem)
+    if arch == "ncsnpp":
+        prior = _build_ncsnpp(obj, full, found, weights, use_ema)
+    else:
+        prior = _build_adm(obj, full, found, weights)
+    return prior.to(_device(device))
+
+
+def _device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+__all__ = ["load_prior", "torch_load", "load_checked"]

@@ -1,0 +1,139 @@
+"""load_prior: recognition by content, model cards, safety, and clear errors for bad inputs."""
+import argparse
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from medrecon.errors import InputError
+from medrecon.priors import load_prior, read_model_card, write_model_card
+
+NCSN = Path("/work/shared/fixtures/ncsnpp")
+ADM = Path("/work/shared/fixtures/adm")
+pytestmark = pytest.mark.skipif(not (NCSN.is_dir() and ADM.is_dir()), reason="shared fixtures not present")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared, oversubscribed CPU, OpenMP spinning makes 2 threads 40x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ncsn_golden():
+    return torch.load(NCSN / "tiny_golden.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def adm_state():
+    return torch.load(ADM / "tiny_checkpoint.pt", weights_only=True)
+
+
+def rel_err(a, b):
+    return ((a - b).abs().flatten(1).max(1).values / b.abs().flatten(1).max(1).values)
+
+
+def test_truncated_file(tmp_path):
+    f = tmp_path / "cut.pt"
+    data = (ADM / "tiny_checkpoint.pt").read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"cut\.pt: cannot read the checkpoint.*truncated or corrupt"):
+        load_prior(f)
+    g = tmp_path / "garbage.pth"
+    g.write_bytes(b"not a checkpoint" * 10)
+    with pytest.raises(InputError, match=r"garbage\.pth: .*truncated or corrupt"):
+        load_prior(g)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(InputError, match="no such file or folder"):
+        load_prior(tmp_path / "nope.pt")
+
+
+def test_pickle_needing_file_is_refused_unless_trusted(tmp_path, ncsn_golden):
+    ck = torch.load(NCSN / "tiny_checkpoint.pth", weights_only=True)
+    ck["config"] = argparse.Namespace(nf=16)  # a Python object: needs full pickle
+    f = tmp_path / "pickled.pth"
+    torch.save(ck, f)
+    card = {"config": ncsn_golden["config"]}
+    with pytest.raises(InputError, match=r"pickled\.pth: .*arbitrary code.*allow_unsafe_pickle=True"):
+        load_prior(f, card=card)
+    p = load_prior(f, card=card, allow_unsafe_pickle=True)
+    out = p.network(ncsn_golden["x"], ncsn_golden["labels"])
+    assert rel_err(out, ncsn_golden["model_output"]).max() <= 1e-5
+
+
+def test_wrong_architecture_lists_missing_and_unexpected_keys(tmp_path, adm_state):
+    sd = dict(adm_state)
+    sd["extra.weight"] = torch.zeros(3)
+    sd["input_blocks.1.0.extra"] = torch.zeros(3)
+    del sd["middle_block.1.qkv.weight"]
+    f = tmp_path / "broken.pt"
+    torch.save(sd, f)
+    with pytest.raises(InputError) as e:
+        load_prior(f, card={"image_size": 32})
+    msg = str(e.value)
+    assert "broken.pt" in msg and "1 missing keys [middle_block.1.qkv.weight]" in msg
+    assert "2 unexpected keys [extra.weight, input_blocks.1.0.extra]" in msg
+
+
+def test_ncsnpp_config_mismatch_is_reported(tmp_path, ncsn_golden):
+    cfg = {**ncsn_golden["config"]["model"], "image_size": 32, "num_res_blocks": 2}
+    with pytest.raises(InputError, match=r"tiny_checkpoint.pth: .*does not fit NCSN\+\+ .*num_res_blocks=2"):
+        load_prior(NCSN / "tiny_checkpoint.pth", card={"config": cfg})
+    # without a card the AAPM-256 defaults are tried: shapes differ, the message points to the card
+    with pytest.raises(InputError, match=r"tiny_checkpoint.pth: .*(EMA|missing|shapes).*model_card.yaml"):
+        load_prior(NCSN / "tiny_checkpoint.pth")
+
+
+def test_unrecognised_content(tmp_path):
+    f = tmp_path / "other.pt"
+    torch.save({"encoder.weight": torch.zeros(2)}, f)
+    with pytest.raises(InputError, match=r"other.pt: not a recognised prior checkpoint.*encoder.weight"):
+        load_prior(f)
+
+
+def test_non_finite_weights(tmp_path, adm_state):
+    sd = dict(adm_state)
+    sd["out.2.bias"] = sd["out.2.bias"].clone()
+    sd["out.2.bias"][0] = float("nan")
+    f = tmp_path / "nan.pt"
+    torch.save(sd, f)
+    with pytest.raises(InputError, match=r"nan.pt: 1 weight tensors contain NaN or Inf \[out.2.bias\]"):
+        load_prior(f, card={"image_size": 32})
+
+
+def test_card_beside_the_checkpoint_and_sha256(tmp_path):
+    f = tmp_path / "AAPM_tiny.pt"
+    shutil.copy(ADM / "tiny_checkpoint.pt", f)
+    write_model_card(tmp_path, {"architecture": "adm", "weights": "AAPM_tiny.pt", "image_size": 32,
+                                "intensity": {"physical_min": -1000, "physical_max": 1000, "unit": "HU"}})
+    for path in (f, tmp_path):  # the file itself, or the folder holding card + file
+        p = load_prior(path)
+        assert p.image_size == 32 and p.name == "AAPM_tiny"
+        assert p.intensity.physical_min == -1000 and p.intensity.model_max == 1.0
+        assert p.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+    write_model_card(tmp_path, {"architecture": "ncsnpp", "weights": "AAPM_tiny.pt"})
+    with pytest.raises(InputError, match="card says architecture 'ncsnpp' but the file is a adm checkpoint"):
+        load_prior(f)
+
+
+def test_model_card_round_trip_and_errors(tmp_path):
+    card = {"name": "x", "architecture": "adm", "config": {"channel_mult": (1, 2)}, "path": tmp_path}
+    f = write_model_card(tmp_path, card)
+    back = read_model_card(f)
+    assert back["config"]["channel_mult"] == [1, 2] and back["path"] == str(tmp_path)
+    assert back["format"].startswith("medrecon-model-card")
+    f.write_text("a: [unclosed")
+    with pytest.raises(InputError, match="model_card.yaml: not valid YAML"):
+        read_model_card(tmp_path)
+    f.write_text("architecture: transformer\n")
+    with pytest.raises(InputError, match="unknown architecture 'transformer'"):
+        read_model_card(f)
+    with pytest.raises(InputError, match="model card not found"):
+        load_prior(tmp_path / "sub" if (tmp_path / "sub").mkdir() is None else None)

@@ -1,0 +1,91 @@
+"""Classical solvers: exact least-squares solutions, SIRT convergence, ADMM-TV against closed forms."""
+import pytest
+import torch
+
+from medrecon.linop import FiniteDifference, Identity, MatrixOperator
+from medrecon.solvers import admm_tv, cg_normal, cgls, sirt
+from operators.ct import ParallelBeamGeometry, SliceProjector
+from operators.mri import CartesianMRI
+from operators.masks import make_mask
+from operator_registry import one_torch_thread  # noqa: F401 (autouse fixture)
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _lstsq_problem(device, dtype=torch.float64, m=30, n=12, batch=(3,)):
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(m, n, generator=g, dtype=dtype)
+    y = torch.randn(*batch, m, generator=g, dtype=dtype)
+    ref = torch.linalg.lstsq(M, y.T).solution.T
+    return MatrixOperator(M.to(device)), y.to(device), ref.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cgls_and_cg_normal_reach_the_least_squares_solution(device):
+    A, y, ref = _lstsq_problem(device)
+    for x in (cgls(A, y, n_iter=40), cg_normal(A, y, n_iter=40), cgls(A, y, x0=torch.ones_like(ref), n_iter=40)):
+        assert x.device.type == device
+        assert torch.allclose(x, ref, atol=1e-9)
+    x = cgls(A, y, n_iter=200, tol=1e-3)  # stops once ||A^T r|| <= tol ||A^T y||, before converging fully
+    grad = A.adjoint(y - A(x)).norm() / A.adjoint(y).norm()
+    assert 1e-9 < float(grad) <= 1e-3
+
+
+def test_cg_normal_tikhonov_matches_closed_form():
+    A, y, _ = _lstsq_problem("cpu")
+    lam = 0.7
+    M = A.matrix
+    ref = torch.linalg.solve(M.T @ M + lam * torch.eye(M.shape[1], dtype=M.dtype), M.T @ y.T).T
+    assert torch.allclose(cg_normal(A, y, n_iter=40, lam=lam), ref, atol=1e-9)
+
+
+def test_least_squares_sense_on_complex_data_in_float32():
+    mask = make_mask("uniform1d", (16, 16), 1, 0.0)  # fully sampled: LS solution is the image itself
+    A = CartesianMRI((16, 16), mask)
+    x = torch.randn(2, 16, 16, dtype=torch.complex64)
+    rec = cg_normal(A, A(x), n_iter=3)
+    assert rec.dtype == torch.complex64 and torch.allclose(rec, x, atol=1e-5)
+
+
+def test_sirt_converges_on_consistent_ct_data_and_respects_nonnegativity():
+    g = ParallelBeamGeometry.sparse_view(24, 30)
+    A = SliceProjector(g)
+    x_true = torch.zeros(2, 24, 24, dtype=torch.float64)
+    x_true[:, 6:16, 8:18] = 1.0
+    y = A(x_true)
+    res = [float((A(sirt(A, y, n_iter=k)) - y).norm() / y.norm()) for k in (5, 50, 300)]
+    assert res[0] > res[1] > res[2] and res[2] < 0.01
+    x = sirt(A, y - 0.5 * y.mean(), n_iter=30, nonneg=True)
+    assert float(x.min()) >= 0
+    with pytest.raises(TypeError):
+        sirt(CartesianMRI((4, 4), torch.ones(4, 4, dtype=torch.bool)), torch.zeros(4, 4, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("boundary,factor", [("neumann", 1), ("periodic", 2)])
+def test_admm_tv_two_slice_closed_form(device, boundary, factor):
+    """A = I on two slices: min 1/2|x-y|^2 + lam*k*|x2 - x1| has a closed form (k = 1 Neumann, 2 periodic):
+    if |y2 - y1| > 2 k lam both move k*lam towards each other, otherwise both become the mean."""
+    lam = 0.1
+    y = torch.tensor([[[0.0, 1.0]], [[0.5, 1.05]]], dtype=torch.float64, device=device)  # (Z=2, 1, 2)
+    x = admm_tv(Identity((2, 1, 2)), y, lam=lam, rho=1.0, n_iter=300, axes=(0,), boundary=boundary, n_cg=2)
+    d = y[1] - y[0]
+    shift = torch.where(d.abs() > 2 * factor * lam, factor * lam * torch.sign(d), d / 2)
+    ref = torch.stack([y[0] + shift, y[1] - shift])
+    assert torch.allclose(x, ref, atol=1e-6), (x, ref)
+
+
+def test_admm_tv_without_tv_is_least_squares_and_runs_slice_wise_ct():
+    A, y, ref = _lstsq_problem("cpu", batch=(4,))
+    x = admm_tv(A, y, lam=0.0, rho=1.0, n_iter=30, n_cg=5)
+    assert torch.allclose(x, ref, atol=1e-8)
+    g = ParallelBeamGeometry.sparse_view(16, 6)
+    P = SliceProjector(g)
+    vol = torch.zeros(5, 16, 16)
+    vol[:, 4:12, 4:12] = 1.0
+    seen = []
+    x = admm_tv(P, P(vol), lam=0.01, rho=0.5, n_iter=30, axes=(0,), nonneg=True, callback=lambda k, xk: seen.append(k))
+    assert x.shape == vol.shape and x.dtype == torch.float32 and seen == list(range(30))
+    assert float(x.min()) >= 0 and float((x - vol).norm() / vol.norm()) < 0.3
+    D = FiniteDifference((5, 16, 16), (0,))
+    assert float(D.forward(x).abs().sum()) < 1e-2 * float(x.abs().sum())  # z-TV keeps identical slices alike

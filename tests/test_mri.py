@@ -1,0 +1,173 @@
+"""MRI: masks (exact acceleration, centre, seeds, Poisson-disc spacing, files), the Cartesian operator
+(centred orthonormal FFT, per-slice and 3D masks, SENSE), coil-map estimation, least-squares SENSE and
+ADMM-TV against zero-filled on a textured phantom simulated on a finer grid with noise."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from medrecon.errors import InputError
+from medrecon.solvers import admm_tv, cg_normal
+from operators.masks import KINDS, load_mask, make_mask, poisson_disc, save_mask
+from operators.mri import CartesianMRI, estimate_coil_maps, fftc, ifftc, zero_filled
+from operator_registry import one_torch_thread, psnr, smooth_coil_maps, textured_phantom  # noqa: F401
+
+ONE_D = [k for k in KINDS if k != "poisson2d"]
+
+
+@pytest.mark.parametrize("kind", ONE_D)
+@pytest.mark.parametrize("shape,acc,cf", [((64, 96), 4, 0.08), ((3, 40, 50), 8, 0.04), ((32, 33), 2.5, 0.1)])
+def test_1d_masks_exact_acceleration_centre_and_shape(kind, shape, acc, cf):
+    m = make_mask(kind, shape, acc, cf, seed=3)
+    n = shape[-1]
+    assert m.dtype == bool and m.shape == (1,) * (len(shape) - 1) + (n,)
+    assert m.sum() == round(n / acc)
+    n_c = round(n * cf)
+    assert m.ravel()[n // 2 - n_c // 2: n // 2 - n_c // 2 + n_c].all() and m.ravel()[n // 2]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_masks_are_reproducible_from_the_seed(kind):
+    shape = (12, 4, 40) if kind == "poisson2d" else (40, 64)
+    a, b, c = (make_mask(kind, shape, 4, 0.1, seed=s) for s in (7, 7, 8))
+    assert np.array_equal(a, b) and a.sum() == c.sum()
+    if kind != "equispaced1d":
+        assert not np.array_equal(a, c)
+
+
+def test_gaussian1d_is_denser_near_the_centre():
+    m = np.mean([make_mask("gaussian1d", 256, 6, 0.04, seed=s) for s in range(20)], axis=0)
+    centre = m[128 - 40: 128 + 40].mean()
+    edges = np.r_[m[:60], m[-60:]].mean()
+    assert centre > 3 * edges
+
+
+def test_poisson2d_exact_count_centre_and_variable_density():
+    shape = (48, 6, 64)
+    m = make_mask("poisson2d", shape, 6, 0.1, seed=1)
+    assert m.shape == (48, 1, 64) and m.sum() == round(48 * 64 / 6)
+    plane = m[:, 0]
+    assert plane[24 - 2: 24 + 3, 32 - 3: 32 + 3].all()  # round(4.8) x round(6.4) centre box
+    r = np.hypot(*np.meshgrid(np.arange(48) - 24, np.arange(64) - 32, indexing="ij"))
+    assert plane[r < 12].mean() > 1.5 * plane[r > 24].mean()
+
+
+def test_poisson_disc_minimum_distance_property():
+    rng = np.random.default_rng(0)
+    exclude = np.zeros((40, 50), bool)
+    exclude[18:22, 23:27] = True
+    mask, radius = poisson_disc((40, 50), 300, rng, exclude=exclude)
+    assert mask.sum() == 300 and not (mask & exclude).any()
+    pts = np.argwhere(mask)
+    d = np.hypot(*(pts[:, None, :] - pts[None, :, :]).transpose(2, 0, 1))
+    rmin = np.minimum(radius[tuple(pts.T)][:, None], radius[tuple(pts.T)][None, :])
+    off = ~np.eye(len(pts), dtype=bool)
+    assert (d[off] >= rmin[off] - 1e-9).all()
+    assert radius.max() > 2.0, "the spacing binds at high frequencies, not a random pick"
+
+
+def test_mask_errors_and_file_round_trip(tmp_path):
+    with pytest.raises(InputError, match="center_fraction"):
+        make_mask("uniform1d", 100, 16, 0.08)  # 6 lines allowed, centre needs 8
+    with pytest.raises(InputError, match="kind"):
+        make_mask("radial", 100, 4)
+    with pytest.raises(InputError, match="poisson2d"):
+        make_mask("poisson2d", (32, 32), 4)
+    m = make_mask("poisson2d", (16, 3, 20), 3, 0.1, seed=5)
+    path = save_mask(tmp_path / "mask.npz", m, kind="poisson2d", acceleration=3, seed=5)
+    m2, meta = load_mask(path)
+    assert np.array_equal(m, m2) and meta == {"kind": "poisson2d", "acceleration": 3, "seed": 5}
+    with pytest.raises(InputError, match="does not exist"):
+        load_mask(tmp_path / "missing.npz")
+
+
+def test_centred_orthonormal_fft_matches_numpy():
+    x = np.random.default_rng(0).standard_normal((2, 6, 7)) + 1j * np.random.default_rng(1).standard_normal((2, 6, 7))
+    for nd in (2, 3):
+        axes = tuple(range(-nd, 0))
+        ref = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(x, axes=axes), axes=axes, norm="ortho"), axes=axes)
+        k = fftc(torch.from_numpy(x), nd)
+        assert np.allclose(k.numpy(), ref) and np.allclose(ifftc(k, nd).numpy(), x)
+    # the DC coefficient sits at index n // 2
+    assert np.argmax(np.abs(fftc(torch.ones(6, 7, dtype=torch.complex128), 2).numpy())) == 3 * 7 + 3
+
+
+def test_operator_masks_zero_filled_and_per_slice_masks():
+    x = torch.randn(3, 8, 10, dtype=torch.complex128)
+    masks = np.stack([make_mask("uniform1d", (8, 10), 2, 0.2, seed=s) for s in range(3)])  # (3, 1, 10)
+    A = CartesianMRI((8, 10), masks)
+    y = A(x)
+    for z in range(3):
+        single = CartesianMRI((8, 10), masks[z])
+        assert torch.allclose(y[z], single(x[z]))
+        assert (y[z][:, ~masks[z][0]] == 0).all()
+    assert torch.allclose(zero_filled(y, A), ifftc(y, 2))
+    assert abs(A.acceleration - 2.0) < 1e-12
+    with pytest.raises(RuntimeError):
+        A(x[:2])  # a per-slice mask fixes the number of slices
+    with pytest.raises(InputError, match="broadcast"):
+        CartesianMRI((8, 10), np.ones((1, 9), bool))
+    with pytest.raises(InputError, match="samples nothing"):
+        CartesianMRI((8, 10), np.zeros((1, 10), bool))
+    with pytest.raises(InputError, match="coil_maps"):
+        CartesianMRI((8, 10), masks[0], coil_maps=torch.ones(2, 8, 9))
+
+
+def test_3d_operator_samples_the_kz_kx_plane_with_full_readout():
+    m = make_mask("poisson2d", (8, 6, 10), 3, 0.2, seed=2)
+    A = CartesianMRI((8, 6, 10), m)
+    x = torch.randn(8, 6, 10, dtype=torch.complex128)
+    y = A(x)
+    full = fftc(x, 3)
+    assert torch.allclose(y, full * torch.from_numpy(m))
+    sampled = torch.from_numpy(np.broadcast_to(m, (8, 6, 10)).copy())
+    assert (y[~sampled] == 0).all() and sampled[:, :, 0].all(dim=1).eq(sampled[:, 0, 0]).all()
+
+
+def test_coil_map_estimate_and_least_squares_sense():
+    n = 64
+    img = torch.from_numpy(textured_phantom(n, 1)[0]).double()
+    true_maps = smooth_coil_maps(4, (n, n), seed=3)
+    k = fftc(true_maps * img, 2)
+    maps = estimate_coil_maps(k, calib_fraction=0.25)
+    obj = torch.from_numpy(textured_phantom(n, 1)[0] > 0.15)
+    assert float(((maps - true_maps).abs()[:, obj] ** 2).sum() / (true_maps.abs()[:, obj] ** 2).sum()) < 0.05
+    mask = make_mask("equispaced1d", (n, n), 2, 0.1)
+    for sens in (true_maps, maps):
+        A = CartesianMRI((n, n), mask, coil_maps=sens)
+        y = A(img)
+        x = cg_normal(A, y, n_iter=60)
+        zf = zero_filled(y, A)
+        err = float((x.abs() - img)[obj].norm() / img[obj].norm())
+        err_zf = float((zf.abs() - img)[obj].norm() / img[obj].norm())
+        assert err < (1e-3 if sens is true_maps else 0.08) and err < err_zf / 4, (err, err_zf)
+
+
+def test_admm_tv_beats_zero_filled_at_4x():
+    nz, n = 4, 128
+    fine = torch.from_numpy(textured_phantom(2 * n, nz)).double()
+    truth = fine.reshape(nz, n, 2, n, 2).mean((2, 4)).numpy()
+    k = fftc(fine.to(torch.complex128), 2)[..., n // 2: n // 2 + n, n // 2: n // 2 + n] * 0.5  # finer grid
+    mask = make_mask("gaussian1d", (n, n), 4, 0.08, seed=0)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.complex(torch.randn(k.shape, generator=g, dtype=torch.float64),
+                          torch.randn(k.shape, generator=g, dtype=torch.float64))
+    y = (k + 0.05 * noise) * torch.from_numpy(mask)
+    A = CartesianMRI((n, n), mask, real_input=True)
+    p_zf = psnr(zero_filled(y, A).numpy(), truth)
+    x = admm_tv(A, y, lam=0.01, rho=0.1, n_iter=40, axes=(0, 1, 2), n_cg=5)
+    p_admm = psnr(x.numpy(), truth)
+    assert p_admm >= p_zf + 3, (p_admm, p_zf)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("real_input,coils", list(itertools.product([False, True], [0, 3])))
+def test_mri_cuda_matches_cpu(real_input, coils):
+    maps = smooth_coil_maps(coils, (16, 20)) if coils else None
+    A = CartesianMRI((16, 20), make_mask("gaussian1d", (16, 20), 3, 0.1), coil_maps=maps, real_input=real_input)
+    x = torch.randn(2, 16, 20, dtype=torch.float32 if real_input else torch.complex64)
+    y = A(x)
+    yc = A(x.cuda())
+    assert yc.is_cuda and torch.allclose(yc.cpu(), y, atol=1e-5)
+    assert torch.allclose(A.adjoint(yc).cpu(), A.adjoint(y), atol=1e-5)

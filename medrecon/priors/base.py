@@ -9,7 +9,6 @@ whatever the network's own parameterisation (Karras et al., EDM 2022):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -124,8 +123,11 @@ class VPSchedule(NoiseSchedule):
 
     def sampling_timesteps(self, n_steps: int) -> torch.Tensor:
         """DDS/DDIM grid: skip = T // n, t = T - skip, ..., 0 (descending)."""
-        skip = max(self.num_timesteps // n_steps, 1)
-        return torch.arange(self.num_timesteps - skip, -1, -skip)[:n_steps]
+        T = self.num_timesteps
+        if T % n_steps == 0:  # DDS's grid exactly: T - skip, ..., skip, 0
+            skip = T // n_steps
+            return torch.arange(T - skip, -1, -skip)
+        return torch.linspace(T - T / n_steps, 0, min(n_steps, T)).round().long().unique_consecutive()
 
     def sampling_sigmas(self, n_steps: int) -> torch.Tensor:
         return self.sigmas[self.sampling_timesteps(n_steps)]

@@ -1,6 +1,10 @@
-"""Solvers: CG, the shared ADMM-TV step, and the classical reconstructions built on them."""
+"""Solvers: CG, the shared ADMM-TV step, the classical reconstructions and the diffusion samplers built on them."""
 from .admm import ADMMState, ADMMTV, soft_threshold
 from .cg import conjugate_gradient
 from .classical import admm_tv, cg_normal, cgls, sirt
+from .diffusion import (DiffusionMBIR, DiffusionSolver, FastSampler, SamplerState, auto_chunk_size, defaults_for,
+                        sample_posterior, slicewise)
 
-__all__ = ["ADMMState", "ADMMTV", "soft_threshold", "conjugate_gradient", "admm_tv", "cg_normal", "cgls", "sirt"]
+__all__ = ["ADMMState", "ADMMTV", "soft_threshold", "conjugate_gradient", "admm_tv", "cg_normal", "cgls", "sirt",
+           "DiffusionMBIR", "DiffusionSolver", "FastSampler", "SamplerState", "auto_chunk_size", "defaults_for",
+           "sample_posterior", "slicewise"]

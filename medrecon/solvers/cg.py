@@ -24,7 +24,12 @@ def conjugate_gradient(apply_m: Callable[[torch.Tensor], torch.Tensor], b: torch
         if rs <= stop or rs == 0:
             break
         mp = apply_m(p)
-        alpha = rs / inner(p, mp)
+        pmp = inner(p, mp)
+        # Breakdown guard: once the residual lies in M's null space (e.g. A^T A a projector, converged after one
+        # step in float32) p.Mp is ~0 or rounding-negative and another step would divide by it.
+        if not torch.isfinite(pmp) or pmp <= 1e-12 * rs:
+            break
+        alpha = rs / pmp
         x = x + alpha * p
         r = r - alpha * mp
         rs_new = inner(r, r)

@@ -7,7 +7,6 @@ It also holds the phantoms and metrics the CT and MRI tests share.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from medrecon.linop import FiniteDifference
@@ -16,14 +15,6 @@ from operators.masks import make_mask
 from operators.mri import CartesianMRI
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run a module's tests on one torch thread: these problems are small, and on a shared machine
-    OpenMP threads spinning at barriers made the ADMM tests 30x slower. Import into a test module to use."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def smooth_coil_maps(n_coils: int, shape, seed: int = 0) -> torch.Tensor:

@@ -7,7 +7,6 @@ from medrecon.solvers import admm_tv, cg_normal, cgls, sirt
 from operators.ct import ParallelBeamGeometry, SliceProjector
 from operators.mri import CartesianMRI
 from operators.masks import make_mask
-from operator_registry import one_torch_thread  # noqa: F401 (autouse fixture)
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 

@@ -12,7 +12,7 @@ from medrecon.errors import InputError, MedreconError
 from medrecon.solvers import admm_tv
 from operators.ct import (ConeBeamGeometry, ConeProjector, FanBeamGeometry, ParallelBeamGeometry, SliceProjector,
                           fbp, fdk, geometry_from_dict, system_matrix)
-from operator_registry import disc, one_torch_thread, psnr, textured_phantom  # noqa: F401
+from operator_registry import disc, psnr, textured_phantom
 
 GPU = pytest.mark.gpu
 

@@ -11,7 +11,7 @@ from medrecon.errors import InputError
 from medrecon.solvers import admm_tv, cg_normal
 from operators.masks import KINDS, load_mask, make_mask, poisson_disc, save_mask
 from operators.mri import CartesianMRI, estimate_coil_maps, fftc, ifftc, zero_filled
-from operator_registry import one_torch_thread, psnr, smooth_coil_maps, textured_phantom  # noqa: F401
+from operator_registry import psnr, smooth_coil_maps, textured_phantom
 
 ONE_D = [k for k in KINDS if k != "poisson2d"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medrecon.linop import inner
-from operator_registry import REGISTRY, one_torch_thread  # noqa: F401 (autouse fixture)
+from operator_registry import REGISTRY
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 TOL_ADJ = {torch.float64: 1e-6, torch.float32: 1e-4}

@@ -15,13 +15,6 @@ ADM = Path("/work/shared/fixtures/adm")
 pytestmark = pytest.mark.skipif(not (NCSN.is_dir() and ADM.is_dir()), reason="shared fixtures not present")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU, OpenMP spinning makes 2 threads 40x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

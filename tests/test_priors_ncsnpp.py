@@ -11,13 +11,6 @@ FIX = Path("/work/shared/fixtures/ncsnpp")
 pytestmark = pytest.mark.skipif(not FIX.is_dir(), reason="shared NCSN++ fixtures not present")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU, OpenMP spinning makes 2 threads 40x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def rel_err(a, b):

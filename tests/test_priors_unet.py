@@ -9,13 +9,6 @@ from medrecon.priors.unet import EDM_SCHEDULE
 from medrecon.priors.unet import WEIGHTS_NAME, build_unet, save_unet_prior, unet_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU, OpenMP spinning makes 2 threads 40x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 CARD = {"name": "tiny", "parameterization": "edm", "config": {"sigma_data": 0.5}, "schedule": EDM_SCHEDULE,

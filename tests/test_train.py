@@ -14,13 +14,6 @@ from medrecon.priors.train import TrainOptions, heldout_loss, prepare_slices, tr
 from medrecon.volume import Volume
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU, OpenMP spinning makes 2 threads 40x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def phantom_volume(rng, z=16, n=32):

@@ -1,0 +1,24 @@
+"""Orchestration: configs, tasks (simulate / reconstruct / evaluate / batch) and the `medrecon` CLI.
+
+Python API (mirrors the commands)::
+
+    import pipelines
+    pipelines.simulate("sparse_view_ct_8", "ct_series/", "out/sim")
+    res = pipelines.reconstruct("sparse_view_ct_8", "out/sim/measurements.npz", "out/recon",
+                                overrides=["solver.name=admm_tv"])
+    pipelines.evaluate("out/sim/reference.nii.gz", "out/recon/recon.nii.gz")
+    pipelines.batch("dicom_tree/", "recon_tree/", "sparse_view_ct_8", dry_run=True)
+
+The names are imported on first use, so `medrecon --help` does not load torch.
+"""
+import importlib
+
+_API = {"simulate": "tasks", "reconstruct": "tasks", "evaluate": "tasks", "batch": "batch",
+        "load_config": "config"}
+__all__ = list(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,2 +1,72 @@
 """`simulate`, `reconstruct`, `evaluate` and `batch`."""
-from .app import app  # noqa: F401
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .app import app
+
+CONFIG = typer.Option(..., "--config", "-c", help="YAML file, or a name in configs/ (e.g. sparse_view_ct_8).")
+SET = typer.Option(None, "--set", help="Override a config value: --set solver.steps=50 (repeatable).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output.")
+SERIES = typer.Option(None, "--series", help="SeriesInstanceUID when the DICOM folder holds several series.")
+
+
+@app.command()
+def simulate(config: str = CONFIG,
+             input: Path = typer.Option(..., "--input", "-i", help="Ground-truth volume: DICOM folder or NIfTI."),
+             output: Path = typer.Option(..., "--output", "-o", help="Folder for measurements.npz and "
+                                                                     "reference.nii.gz."),
+             set: Optional[List[str]] = SET, series: Optional[str] = SERIES, overwrite: bool = OVERWRITE):
+    """Simulate noisy measurements of a volume (no inverse crime) and write the reference."""
+    from .tasks import simulate as run
+    out = run(config, input, output, overrides=set or [], overwrite=overwrite, series=series)
+    typer.echo(f"wrote {out / 'measurements.npz'} and {out / 'reference.nii.gz'}")
+
+
+@app.command()
+def reconstruct(config: str = CONFIG,
+                input: Path = typer.Option(..., "--input", "-i", help="Volume (simulated first) or "
+                                                                      "measurements (.npz, fastMRI .h5)."),
+                output: Path = typer.Option(..., "--output", "-o", help="Output folder."),
+                set: Optional[List[str]] = SET, series: Optional[str] = SERIES, overwrite: bool = OVERWRITE,
+                progress: bool = typer.Option(True, "--progress/--quiet", help="Show a progress bar.")):
+    """Reconstruct; writes recon.nii.gz, dicom/, preview.png and report.json."""
+    from .tasks import reconstruct as run
+    res = run(config, input, output, overrides=set or [], overwrite=overwrite, series=series, progress=progress)
+    r = res.report
+    typer.echo(f"wrote {res.output}: {', '.join(r['files'])}, report.json "
+               f"({r['timings_s']['total']:.1f} s, {r['network_evaluations_per_slice']} network evaluations/slice)")
+
+
+@app.command()
+def evaluate(reference: Path = typer.Option(..., "--reference", "-r", help="Reference volume."),
+             input: Path = typer.Option(..., "--input", "-i", help="Reconstruction to score."),
+             output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics JSON here."),
+             data_range: Optional[float] = typer.Option(None, "--data-range",
+                                                        help="Data range R of PSNR/SSIM (default: reference "
+                                                             "max - min).")):
+    """PSNR and SSIM per plane (axial, coronal, sagittal) and over the volume, as JSON."""
+    from .tasks import evaluate as run
+    typer.echo(json.dumps(run(reference, input, output, data_range), indent=2))
+
+
+@app.command()
+def batch(input_root: Path = typer.Argument(..., help="Folder tree holding DICOM series."),
+          output_root: Path = typer.Argument(..., help="Where the tree is mirrored, with manifest.csv."),
+          config: str = CONFIG, set: Optional[List[str]] = SET,
+          dry_run: bool = typer.Option(False, "--dry-run", help="List the plan and stop."),
+          overwrite: bool = typer.Option(False, "--overwrite", help="Redo finished series too."),
+          progress: bool = typer.Option(False, "--progress/--quiet", help="Progress bar per series.")):
+    """Reconstruct every DICOM series under INPUT_ROOT; exit code 1 if any failed."""
+    from .batch import batch as run
+    res = run(input_root, output_root, config, overrides=set or [], dry_run=dry_run, overwrite=overwrite,
+              progress=progress, echo=typer.echo)
+    if not dry_run:
+        typer.echo(f"manifest: {res.manifest} ({len(res.rows) - res.failed} ok, {res.failed} failed)")
+    if res.failed:  # a ClickException exits with status 1 (typer.Exit's code is lost under standalone_mode=False)
+        import click
+        raise click.ClickException(f"{res.failed} of {len(res.rows)} series failed; see {res.manifest}")

@@ -1,0 +1,66 @@
+"""PSNR and SSIM of a 3D reconstruction against a reference, per viewing plane.
+
+A volume is (Z, Y, X). "axial" averages the metric over the Z slices (each a Y-X image), "coronal"
+over the Y slices (Z-X images), "sagittal" over the X slices (Z-Y images); "volume" is computed on the
+whole 3D array at once (3D SSIM window). This is how DiffusionMBIR reports its numbers: a 2D prior
+shows its slice-to-slice incoherence in the coronal and sagittal averages.
+
+SSIM is scikit-image's ``structural_similarity`` (uniform 7x7 window, K1=0.01, K2=0.03), with the
+window shrunk to the largest odd size <= 7 that fits the smallest image side (never below 3).
+``data_range`` is stated by the caller; the default used by the pipelines is ``ref.max() - ref.min()``.
+A slice whose error is exactly zero has infinite PSNR; it is capped at ``PSNR_CAP`` dB so that means and
+JSON stay finite.
+"""
+from __future__ import annotations
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+PSNR_CAP = 100.0
+AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+
+
+def psnr(ref: np.ndarray, x: np.ndarray, data_range: float) -> float:
+    """10 log10(R^2 / MSE) in dB, capped at PSNR_CAP."""
+    mse = float(np.mean((np.asarray(ref, np.float64) - np.asarray(x, np.float64)) ** 2))
+    if mse == 0.0:
+        return PSNR_CAP
+    return float(min(PSNR_CAP, 10.0 * np.log10(data_range ** 2 / mse)))
+
+
+def ssim_window(shape) -> int:
+    """Largest odd window <= 7 that fits every side of an image of this shape."""
+    w = min(7, min(shape))
+    w = w if w % 2 == 1 else w - 1
+    if w < 3:
+        raise ValueError(f"SSIM needs every image side >= 3, got an image of shape {tuple(shape)}")
+    return w
+
+
+def ssim(ref: np.ndarray, x: np.ndarray, data_range: float) -> float:
+    ref = np.asarray(ref, np.float64)
+    return float(structural_similarity(ref, np.asarray(x, np.float64), data_range=data_range,
+                                       win_size=ssim_window(ref.shape)))
+
+
+def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = None) -> dict:
+    """{"psnr": {axial, coronal, sagittal, volume}, "ssim": {...}, "data_range": R} for (Z, Y, X) arrays."""
+    ref = np.asarray(ref, np.float64)
+    x = np.asarray(x, np.float64)
+    if ref.ndim != 3 or ref.shape != x.shape:
+        raise ValueError(f"reference and reconstruction must be 3D arrays of one shape, got {ref.shape} "
+                         f"and {x.shape}")
+    if not (np.isfinite(ref).all() and np.isfinite(x).all()):
+        raise ValueError("reference or reconstruction holds NaN or infinite values")
+    if data_range is None:
+        data_range = float(ref.max() - ref.min())
+    if not data_range > 0:
+        raise ValueError(f"data range must be positive, got {data_range} (a constant reference? give one)")
+    out = {"psnr": {}, "ssim": {}, "data_range": float(data_range)}
+    for name, axis in AXES.items():
+        r, y = np.moveaxis(ref, axis, 0), np.moveaxis(x, axis, 0)
+        out["psnr"][name] = float(np.mean([psnr(a, b, data_range) for a, b in zip(r, y)]))
+        out["ssim"][name] = float(np.mean([ssim(a, b, data_range) for a, b in zip(r, y)]))
+    out["psnr"]["volume"] = psnr(ref, x, data_range)
+    out["ssim"]["volume"] = ssim(ref, x, data_range)
+    return out

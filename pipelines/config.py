@@ -1,0 +1,367 @@
+"""Task configs: pydantic models, YAML loading, ``--set key.path=value`` overrides, readable errors.
+
+A config is validated completely before anything runs. Every problem is reported on its own line as
+``<config file>: <key path>: <what is wrong>``, for example::
+
+    configs/my.yaml: solver.admm.rho: expected a number, got "ten"
+    configs/my.yaml: solver.admm.rhoo: unknown key (did you mean "rho"?)
+    configs/my.yaml: prior.path: file not found: /x/y (give a prior directory or bundled:ct)
+
+Values left ``null`` are filled by :meth:`Config.resolved` (solver defaults per method, ADMM weights per
+modality: CT lam 0.04 / rho 10, MRI lam 0.005 / rho 0.01, the DiffusionMBIR paper's values).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from medrecon.errors import InputError
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+BUNDLED_PRIORS = Path(__file__).resolve().parents[1] / "medrecon" / "assets" / "priors"
+
+PRIOR_SOLVERS = ("diffusion_mbir", "fast", "slicewise_fast", "slicewise_mbir")
+SolverName = Literal["diffusion_mbir", "fast", "slicewise_fast", "slicewise_mbir", "admm_tv", "fbp", "cgls",
+                     "sirt", "zero_filled"]
+# steps, n_cg when the config leaves them null
+SOLVER_DEFAULTS = {"diffusion_mbir": (2000, 1), "slicewise_mbir": (2000, 1), "fast": (50, 5),
+                   "slicewise_fast": (50, 5), "admm_tv": (100, 5), "cgls": (50, 1), "sirt": (100, 1),
+                   "fbp": (1, 1), "zero_filled": (1, 1)}
+ADMM_DEFAULTS = {"ct": (0.04, 10.0), "mri": (0.005, 0.01)}
+# physical -> [0, 1] model units when no prior gives its own intensity map
+INTENSITY_DEFAULTS = {"ct": (-1000.0, 1000.0, "HU"), "mri": (0.0, 1.0, "normalised magnitude")}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------- CT
+class Detector(_Section):
+    n_det: Optional[int] = Field(None, gt=0)  # null: ceil(sqrt(2) * image_size) bins
+    spacing: Optional[float] = Field(None, gt=0)  # mm; null: the reconstruction pixel size
+
+
+class Fan(_Section):
+    source_distance: Optional[float] = Field(None, gt=0)  # source to rotation centre, mm; null: 2x the width
+    detector_distance: Optional[float] = Field(None, ge=0)  # rotation centre to detector, mm; null: 1x width
+
+
+class CT(_Section):
+    beam: Literal["parallel", "fan"] = "parallel"
+    n_views: Optional[int] = Field(None, gt=0)  # sparse view: uniform over 180 deg (parallel) / 360 (fan)
+    wedge_deg: Optional[float] = Field(None, gt=0, le=360)  # limited angle: one view per degree
+    image_size: Optional[int] = Field(None, gt=0)  # null: the prior's size (256 without a prior)
+    pixel_size: Optional[float] = Field(None, gt=0)  # mm; null: the input's field of view / image_size
+    detector: Detector = Detector()
+    fan: Fan = Fan()
+    fbp_filter: str = "ram-lak"
+
+    @model_validator(mode="after")
+    def _one_angle_spec(self):
+        if (self.n_views is None) == (self.wedge_deg is None):
+            raise ValueError("give exactly one of n_views (sparse view) or wedge_deg (limited angle)")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- MRI
+class Mask(_Section):
+    kind: Literal["uniform1d", "gaussian1d", "equispaced1d", "poisson2d"] = "uniform1d"
+    acceleration: float = Field(4.0, gt=1)
+    center_fraction: float = Field(0.08, gt=0, lt=1)
+    seed: int = 0
+
+
+class MRI(_Section):
+    mode: Literal["2d", "3d"] = "2d"  # 2d: same mask on every slice; 3d: mask over (kz, ky), readout x
+    image_size: Optional[int] = Field(None, gt=0)  # null: the prior's size (320 without a prior)
+    pixel_size: Optional[float] = Field(None, gt=0)  # mm; null: the input's field of view / image_size
+    mask: Mask = Mask()
+    coils: Literal["single", "multi"] = "single"
+    n_coils: int = Field(8, gt=0)  # simulation only
+    coil_maps: Literal["given", "estimate"] = "given"  # multi-coil: stored maps, or estimate from the centre
+
+
+# ------------------------------------------------------------------------------------ the rest
+class Prior(_Section):
+    path: Optional[str] = None  # a prior directory, or bundled:ct / bundled:mri
+
+
+class ADMM(_Section):
+    lam: Optional[float] = Field(None, ge=0)
+    rho: Optional[float] = Field(None, gt=0)
+
+
+class Solver(_Section):
+    name: SolverName = "fast"
+    steps: Optional[int] = Field(None, gt=0)  # diffusion steps or classical iterations
+    n_cg: Optional[int] = Field(None, gt=0)
+    admm: ADMM = ADMM()
+    tv: Literal["z", "3d"] = "z"  # TV along z only (DiffusionMBIR) or along all three axes
+    chunk_size: Optional[int] = Field(None, gt=0)  # slices per network call; null: automatic
+    eta: float = Field(0.85, ge=0, le=1)
+    snr: float = Field(0.16, gt=0)
+    samples: int = Field(1, gt=0)  # > 1: posterior mean and voxel-wise std
+    nonneg: bool = False  # clamp at the physical minimum of the intensity map
+    clip: Optional[tuple[float, float]] = None  # physical units (HU for CT)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def needs_prior(self) -> bool:
+        return self.name in PRIOR_SOLVERS
+
+
+class Noise(_Section):
+    kind: Literal["poisson", "gaussian", "complex_gaussian", "none"] = "none"
+    I0: float = Field(1e5, gt=0)  # CT incident photons per detector bin
+    sigma: float = Field(0.0, ge=0)  # gaussian: line-integral units (CT); complex: per real/imag part (MRI)
+    seed: int = 0
+
+
+class Simulation(_Section):
+    upsample: int = Field(2, ge=1)  # simulate on a grid this much finer (no inverse crime)
+
+
+class Outputs(_Section):
+    dicom: bool = True
+    preview: bool = True
+    snapshots_every: int = Field(0, ge=0)
+    window: Optional[tuple[float, float]] = None  # preview window, physical units; null: 1st-99th pct
+
+
+class Intensity(_Section):
+    physical_min: float
+    physical_max: float
+    unit: str = "HU"
+
+
+class Config(_Section):
+    task: str
+    modality: Literal["ct", "mri"]
+    ct: Optional[CT] = None
+    mri: Optional[MRI] = None
+    prior: Prior = Prior()
+    solver: Solver = Solver()
+    noise: Noise = Noise()
+    simulation: Simulation = Simulation()
+    outputs: Outputs = Outputs()
+    intensity: Optional[Intensity] = None  # used when the solver has no prior
+    _source: str = PrivateAttr("<config>")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        other = "mri" if self.modality == "ct" else "ct"
+        if getattr(self, self.modality) is None:
+            raise ValueError(f"{self.modality}: section missing (modality is {self.modality})")
+        if getattr(self, other) is not None:
+            raise ValueError(f"{other}: remove this section (modality is {self.modality})")
+        allowed = {"ct": ("poisson", "gaussian", "none"), "mri": ("complex_gaussian", "none")}[self.modality]
+        if self.noise.kind not in allowed:
+            raise ValueError(f"noise.kind: {self.noise.kind} does not fit modality {self.modality} "
+                             f"(use one of {', '.join(allowed)})")
+        if self.solver.name == "fbp" and self.modality != "ct":
+            raise ValueError("solver.name: fbp works only for CT (use zero_filled for MRI)")
+        if self.solver.name == "zero_filled" and self.modality != "mri":
+            raise ValueError("solver.name: zero_filled works only for MRI (use fbp for CT)")
+        if self.solver.samples > 1 and not self.solver.needs_prior:
+            raise ValueError(f"solver.samples: > 1 needs a diffusion solver, not {self.solver.name}")
+        return self
+
+    # -- derived values ------------------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def operator(self) -> CT | MRI:
+        return self.ct if self.modality == "ct" else self.mri
+
+    @property
+    def image_size(self) -> int | None:
+        return self.operator.image_size
+
+    def resolved(self) -> "Config":
+        """A copy with every null solver value replaced by its default (the config 'as run')."""
+        d = self.model_dump()
+        s = d["solver"]
+        steps, n_cg = SOLVER_DEFAULTS[s["name"]]
+        lam, rho = ADMM_DEFAULTS[self.modality]
+        s["steps"] = s["steps"] or steps
+        s["n_cg"] = s["n_cg"] or n_cg
+        s["admm"] = {"lam": lam if s["admm"]["lam"] is None else s["admm"]["lam"],
+                     "rho": s["admm"]["rho"] or rho}
+        if d["intensity"] is None:
+            lo, hi, unit = INTENSITY_DEFAULTS[self.modality]
+            d["intensity"] = {"physical_min": lo, "physical_max": hi, "unit": unit}
+        out = Config.model_validate(d)
+        out._source = self._source
+        return out
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+# ----------------------------------------------------------------------------------- loading
+def config_names() -> list[str]:
+    return sorted(p.stem for p in REPO_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML file path, or a bare name of one in the repository's configs/ folder."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    if len(p.parts) == 1:
+        for cand in (REPO_CONFIGS / p.name, REPO_CONFIGS / f"{p.name}.yaml", REPO_CONFIGS / f"{p.name}.yml"):
+            if cand.is_file():
+                return cand
+    raise InputError(f"config not found: {name_or_path} (give a YAML file or one of: {', '.join(config_names())})")
+
+
+def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = (),
+                check_files: bool = True) -> Config:
+    """Load, override and validate a config; raise InputError listing every problem."""
+    if isinstance(source, Config):
+        raw, label = source.model_dump(), source.source
+    elif isinstance(source, dict):
+        raw, label = json.loads(json.dumps(source)), "<config>"
+    else:
+        path = resolve_config_path(source)
+        label = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"{label}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{label}: expected a mapping of keys at the top level")
+    problems = [p for o in overrides for p in _apply_override(raw, o)]
+    cfg = None
+    if not problems:
+        try:
+            cfg = Config.model_validate(raw)
+        except ValidationError as e:
+            problems = [_describe(err) for err in e.errors()]
+    if cfg is not None and check_files:
+        problems += _check_files(cfg, Path(label).parent if label != "<config>" else Path("."))
+    if problems:
+        raise InputError("\n".join(f"{label}: {p}" for p in problems))
+    cfg._source = label
+    return cfg
+
+
+def _apply_override(raw: dict, item: str) -> list[str]:
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        return [f"--set {item}: expected KEY=VALUE (e.g. --set solver.steps=50)"]
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    node, parts = raw, key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            return [f"--set {item}: {'.'.join(parts[:i + 1])} is a value, not a section"]
+        node = child
+    node[parts[-1]] = parsed
+    return []
+
+
+# -------------------------------------------------------------------------- error messages
+def _show(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return repr(value)
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The config section class at a key path (to suggest its field names)."""
+    cls: Any = Config
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        args = [a for a in getattr(ann, "__args__", ()) if a is not type(None)]
+        ann = args[0] if args and not (isinstance(ann, type) and issubclass(ann, BaseModel)) else ann
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return cls
+
+
+_EXPECT = {"float_parsing": "a number", "float_type": "a number", "int_parsing": "an integer",
+           "int_type": "an integer", "int_from_float": "an integer", "bool_parsing": "true or false",
+           "bool_type": "true or false", "string_type": "a string", "model_type": "a section (key: value lines)",
+           "model_attributes_type": "a section (key: value lines)", "dict_type": "a section (key: value lines)",
+           "tuple_type": "a list [low, high]", "list_type": "a list", "finite_number": "a finite number"}
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _describe(err: dict) -> str:
+    loc, kind, ctx = tuple(err["loc"]), err["type"], err.get("ctx") or {}
+    where = _loc(loc) or "(top level)"
+    if kind == "extra_forbidden":
+        section = _model_at(loc[:-1])
+        names = list(section.model_fields) if section else []
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+        hint = f'did you mean "{close[0]}"?' if close else f"known keys: {', '.join(names)}"
+        return f"{where}: unknown key ({hint})"
+    if kind == "missing" and loc and isinstance(loc[-1], int):
+        return f"{_loc(loc[:-1])}: expected a list [low, high]"
+    if kind == "missing":
+        return f"{where}: required key missing"
+    if kind in _EXPECT:
+        return f"{where}: expected {_EXPECT[kind]}, got {_show(err['input'])}"
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", "")).replace("'", '"')
+        return f"{where}: expected one of {expected}, got {_show(err['input'])}"
+    if kind in _BOUNDS:
+        bound = next(v for k, v in ctx.items())
+        return f"{where}: must be {_BOUNDS[kind]} {bound}, got {_show(err['input'])}"
+    if kind in ("too_short", "too_long"):
+        return f"{where}: expected {ctx.get('min_length', ctx.get('max_length'))} values, got {_show(err['input'])}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if loc else msg  # whole-config checks name their keys themselves
+
+
+# ---------------------------------------------------------------------------- file checks
+def resolve_prior_path(spec: str, base_dir: Path = Path(".")) -> Path:
+    """``bundled:NAME`` -> medrecon/assets/priors/NAME; a path as given, else relative to the config."""
+    if spec.startswith("bundled:"):
+        return BUNDLED_PRIORS / spec.split(":", 1)[1]
+    p = Path(spec).expanduser()
+    if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+        p = base_dir / p
+    return p
+
+
+def _check_files(cfg: Config, base_dir: Path) -> list[str]:
+    if not cfg.solver.needs_prior:
+        return []
+    hint = f"give a prior directory or bundled:{cfg.modality}"
+    if not cfg.prior.path:
+        return [f"prior.path: solver {cfg.solver.name} needs a prior ({hint})"]
+    p = resolve_prior_path(cfg.prior.path, base_dir)
+    if not p.exists():
+        if cfg.prior.path.startswith("bundled:"):
+            return [f"prior.path: bundled prior not found: {p} (train or install it, or give a prior directory)"]
+        return [f"prior.path: file not found: {p} ({hint})"]
+    return []

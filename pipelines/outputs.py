@@ -1,0 +1,145 @@
+"""What a run leaves behind besides the volumes: preview PNG, report.json, stage timings, peak memory."""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from medrecon import __version__
+from medrecon.volume import Volume
+
+
+class Timings:
+    """Wall time per named stage: ``with timings("solve"): ...``; ``as_dict()`` in seconds."""
+
+    def __init__(self):
+        self._t: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._t[stage] = self._t.get(stage, 0.0) + time.perf_counter() - t0
+
+    def as_dict(self) -> dict:
+        d = {k: round(v, 4) for k, v in self._t.items()}
+        d["total"] = round(sum(self._t.values()), 4)
+        return d
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process (getrusage maxrss) and peak CUDA allocation, in MiB."""
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    if sys.platform == "darwin":
+        rss_kib /= 1024  # bytes there
+    out = {"rss_mib": round(rss_kib / 1024, 1), "cuda_mib": None}
+    try:
+        import torch
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    except Exception:  # noqa: BLE001 - memory figures are informative only
+        pass
+    return out
+
+
+def software() -> dict:
+    import torch
+    return {"medrecon": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__}
+
+
+def write_json(path: Path, data: dict) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def report(config: dict, **fields) -> dict:
+    """The report.json content: config as run, software versions, UTC time, then the given fields."""
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "software": software(),
+            "config": config, **fields}
+
+
+# ------------------------------------------------------------------------------------ preview
+def default_window(data: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(data[np.isfinite(data)], [1.0, 99.0])
+    return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
+
+
+def orthogonal_views(vol: Volume) -> list[np.ndarray]:
+    """Axial, coronal and sagittal slices through the centre, oriented for display.
+
+    Axial: rows y (anterior at the top), columns x (patient right on the left, radiological convention).
+    Coronal and sagittal: superior at the top (z flipped, as z runs from inferior to superior in LPS).
+    Pixel sizes are equalised by ``preview_png``. Assumes an axis-aligned direction matrix.
+    """
+    d = vol.data
+    z, y, x = (s // 2 for s in d.shape)
+    return [d[z], d[::-1, y, :], d[::-1, :, x]]
+
+
+def _resize(img: np.ndarray, height_mm: float, width_mm: float, px_per_mm: float) -> Image.Image:
+    size = (max(1, int(round(width_mm * px_per_mm))), max(1, int(round(height_mm * px_per_mm))))
+    return Image.fromarray(img).resize(size, Image.BILINEAR)
+
+
+def preview_png(vol: Volume, path: Path, window: tuple[float, float] | None = None, height: int = 256) -> tuple:
+    """Write the three central planes (axial, coronal, sagittal) side by side as an 8-bit grey PNG."""
+    return preview_grid([("", vol)], path, window, height)
+
+
+def preview_grid(rows: list[tuple[str, Volume]], path: Path, window: tuple[float, float] | None = None,
+                 height: int = 256) -> tuple:
+    """One labelled row per volume, each with its axial, coronal and sagittal centre planes; returns the window.
+
+    All panels share one scale (square pixels in mm), chosen so the tallest panel is ``height`` pixels;
+    all rows share one grey window (default: from the first volume).
+    """
+    from PIL import ImageDraw
+
+    lo, hi = window or default_window(rows[0][1].data)
+    gap, label_h = 4, (14 if any(label for label, _ in rows) else 0)
+    row_images = []
+    for label, vol in rows:
+        sx, sy, sz = vol.spacing
+        nz, ny, nx = vol.shape
+        zmm, ymm, xmm = nz * sz, ny * sy, nx * sx
+        scale = height / max(ymm, zmm)
+        scaled = [np.clip((v - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8) for v in orthogonal_views(vol)]
+        panels = [_resize(scaled[0], ymm, xmm, scale), _resize(scaled[1], zmm, xmm, scale),
+                  _resize(scaled[2], zmm, ymm, scale)]
+        img = Image.new("L", (sum(p.width for p in panels) + gap * (len(panels) - 1),
+                              max(p.height for p in panels) + label_h), 0)
+        x0 = 0
+        for p in panels:
+            img.paste(p, (x0, label_h + (img.height - label_h - p.height) // 2))
+            x0 += p.width + gap
+        if label:
+            ImageDraw.Draw(img).text((2, 1), label, fill=255)
+        row_images.append(img)
+    canvas = Image.new("L", (max(r.width for r in row_images), sum(r.height for r in row_images)
+                             + gap * (len(row_images) - 1)), 0)
+    y0 = 0
+    for r in row_images:
+        canvas.paste(r, (0, y0))
+        y0 += r.height + gap
+    canvas.save(path)
+    return (float(lo), float(hi))

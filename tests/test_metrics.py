@@ -1,0 +1,58 @@
+"""medrecon.metrics: per-plane PSNR/SSIM checked against closed-form values."""
+import math
+
+import numpy as np
+import pytest
+
+from medrecon.metrics import PSNR_CAP, per_axis_metrics
+
+
+def _ref(shape=(6, 16, 12), seed=0):
+    return np.random.default_rng(seed).uniform(0.0, 1.0, shape)
+
+
+def test_uniform_offset_gives_the_same_psnr_in_every_plane():
+    ref = _ref()
+    m = per_axis_metrics(ref, ref + 0.1, data_range=2.0)
+    expected = 10 * math.log10(2.0 ** 2 / 0.1 ** 2)
+    for plane in ("axial", "coronal", "sagittal", "volume"):
+        assert m["psnr"][plane] == pytest.approx(expected, abs=1e-9)
+    assert m["data_range"] == 2.0
+
+
+def test_error_in_one_axial_slice_separates_the_planes():
+    ref = _ref()
+    z, e, r = ref.shape[0], 0.2, 1.0
+    x = ref.copy()
+    x[2] += e
+    m = per_axis_metrics(ref, x, data_range=r)
+    one = 10 * math.log10(r ** 2 / e ** 2)
+    assert m["psnr"]["axial"] == pytest.approx(((z - 1) * PSNR_CAP + one) / z, abs=1e-9)
+    spread = 10 * math.log10(r ** 2 * z / e ** 2)  # every coronal/sagittal image has one bad row of z
+    assert m["psnr"]["coronal"] == pytest.approx(spread, abs=1e-9)
+    assert m["psnr"]["sagittal"] == pytest.approx(spread, abs=1e-9)
+    assert m["psnr"]["volume"] == pytest.approx(spread, abs=1e-9)
+    assert m["ssim"]["axial"] < 1.0 and m["ssim"]["coronal"] < 1.0
+
+
+def test_ssim_closed_form_for_constant_images():
+    v, c, r = 0.5, 0.1, 1.0
+    ref = np.full((5, 9, 9), v)
+    m = per_axis_metrics(ref, ref + c, data_range=r)
+    c1 = (0.01 * r) ** 2
+    expected = (2 * v * (v + c) + c1) / (v ** 2 + (v + c) ** 2 + c1)  # contrast/structure terms are 1
+    for plane in ("axial", "coronal", "sagittal", "volume"):
+        assert m["ssim"][plane] == pytest.approx(expected, rel=1e-9)
+    ident = per_axis_metrics(ref, ref, data_range=r)
+    assert ident["ssim"]["volume"] == pytest.approx(1.0) and ident["psnr"]["volume"] == PSNR_CAP
+
+
+def test_default_data_range_and_errors():
+    ref = _ref()
+    assert per_axis_metrics(ref, ref * 0.9)["data_range"] == pytest.approx(ref.max() - ref.min())
+    with pytest.raises(ValueError, match="one shape"):
+        per_axis_metrics(ref, ref[:-1])
+    with pytest.raises(ValueError, match="data range"):
+        per_axis_metrics(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)))
+    with pytest.raises(ValueError, match=">= 3"):
+        per_axis_metrics(np.zeros((2, 8, 8)), np.ones((2, 8, 8)), data_range=1.0)

@@ -20,7 +20,7 @@ from . import commands_io, commands_train, commands_recon, commands_demo  # noqa
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except MedreconError as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
         return 2
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             e.show()
             return e.exit_code
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_fixtures import fixtures_root
 
 from medrecon.errors import InputError
 from medrecon.priors import GaussianDenoiser, VPEpsPrior, VPSchedule, load_prior
 from medrecon.priors.adm import AAPM256_CONFIG, ADMUNet, adm_config_from_state_dict
 
-FIX = Path("/work/shared/fixtures/adm")
+FIX = fixtures_root() / "adm"
 pytestmark = pytest.mark.skipif(not FIX.is_dir(), reason="shared ADM fixtures not present")
 
 

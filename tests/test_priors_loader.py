@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_fixtures import fixtures_root
 
 from medrecon.errors import InputError
 from medrecon.priors import load_prior, read_model_card, write_model_card
 
-NCSN = Path("/work/shared/fixtures/ncsnpp")
-ADM = Path("/work/shared/fixtures/adm")
+NCSN = fixtures_root() / "ncsnpp"
+ADM = fixtures_root() / "adm"
 pytestmark = pytest.mark.skipif(not (NCSN.is_dir() and ADM.is_dir()), reason="shared fixtures not present")
 
 

@@ -3,11 +3,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_fixtures import fixtures_root
 
 from medrecon.priors import load_prior
 from medrecon.priors.ncsnpp import NCSNpp
 
-FIX = Path("/work/shared/fixtures/ncsnpp")
+FIX = fixtures_root() / "ncsnpp"
 pytestmark = pytest.mark.skipif(not FIX.is_dir(), reason="shared NCSN++ fixtures not present")
 
 

@@ -25,13 +25,16 @@ from medrecon.errors import InputError
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BUNDLED_PRIORS = Path(__file__).resolve().parents[1] / "medrecon" / "assets" / "priors"
 
-PRIOR_SOLVERS = ("diffusion_mbir", "fast", "slicewise_fast", "slicewise_mbir")
-SolverName = Literal["diffusion_mbir", "fast", "slicewise_fast", "slicewise_mbir", "admm_tv", "fbp", "cgls",
-                     "sirt", "zero_filled"]
+PRIOR_SOLVERS = ("diffusion_mbir", "fast", "slicewise_fast", "slicewise_mbir", "projection", "mcg", "dps")
+# the paper's slice-wise baselines (medrecon.solvers.guidance): z-TV off unless solver.admm.lam is set
+GUIDED_SOLVERS = ("projection", "mcg", "dps")
+SolverName = Literal["diffusion_mbir", "fast", "slicewise_fast", "slicewise_mbir", "projection", "mcg", "dps",
+                     "admm_tv", "fbp", "cgls", "sirt", "zero_filled"]
 # steps, n_cg when the config leaves them null
 SOLVER_DEFAULTS = {"diffusion_mbir": (2000, 1), "slicewise_mbir": (2000, 1), "fast": (50, 5),
                    "slicewise_fast": (50, 5), "admm_tv": (100, 5), "cgls": (50, 1), "sirt": (100, 1),
-                   "fbp": (1, 1), "zero_filled": (1, 1)}
+                   "fbp": (1, 1), "zero_filled": (1, 1),
+                   "projection": (1000, 5), "mcg": (1000, 5), "dps": (1000, 5)}  # papers: 1000 (DPS) - 2000
 ADMM_DEFAULTS = {"ct": (0.04, 10.0), "mri": (0.005, 0.01)}
 # physical -> [0, 1] model units when no prior gives its own intensity map
 INTENSITY_DEFAULTS = {"ct": (-1000.0, 1000.0, "HU"), "mri": (0.0, 1.0, "normalised magnitude")}
@@ -105,7 +108,10 @@ class Solver(_Section):
     tv: Literal["z", "3d"] = "z"  # TV along z only (DiffusionMBIR) or along all three axes
     chunk_size: Optional[int] = Field(None, gt=0)  # slices per network call; null: automatic
     eta: float = Field(0.85, ge=0, le=1)
-    snr: float = Field(0.16, gt=0)
+    snr: float = Field(0.16, gt=0)  # Langevin corrector (diffusion_mbir, projection, mcg; dps has none)
+    zeta: float = Field(1.0, ge=0)  # gradient step scale c in c/||r|| * grad ||r||^2: DPS zeta, MCG alpha
+    lambda_proj: float = Field(1.0, ge=0, le=1)  # projection blending weight (projection, mcg)
+    likelihood: Literal["gaussian", "poisson"] = "gaussian"  # dps; poisson: CT transmission weights
     samples: int = Field(1, gt=0)  # > 1: posterior mean and voxel-wise std
     nonneg: bool = False  # clamp at the physical minimum of the intensity map
     clip: Optional[tuple[float, float]] = None  # physical units (HU for CT)
@@ -169,6 +175,8 @@ class Config(_Section):
             raise ValueError("solver.name: fbp works only for CT (use zero_filled for MRI)")
         if self.solver.name == "zero_filled" and self.modality != "mri":
             raise ValueError("solver.name: zero_filled works only for MRI (use fbp for CT)")
+        if self.solver.likelihood == "poisson" and (self.solver.name != "dps" or self.modality != "ct"):
+            raise ValueError("solver.likelihood: poisson works only for solver.name=dps with CT data")
         if self.solver.samples > 1 and not self.solver.needs_prior:
             raise ValueError(f"solver.samples: > 1 needs a diffusion solver, not {self.solver.name}")
         return self
@@ -194,6 +202,7 @@ class Config(_Section):
         lam, rho = ADMM_DEFAULTS[self.modality]
         s["steps"] = s["steps"] or steps
         s["n_cg"] = s["n_cg"] or n_cg
+        lam = 0.0 if s["name"] in GUIDED_SOLVERS else lam
         s["admm"] = {"lam": lam if s["admm"]["lam"] is None else s["admm"]["lam"],
                      "rho": s["admm"]["rho"] or rho}
         if d["intensity"] is None:

@@ -370,8 +370,10 @@ def load_configured_prior(cfg: Config, device):
 
 
 def run_solver(cfg: Config, A: LinearOperator, y: torch.Tensor, shape, geom, prior, imap: IntensityMap,
-               progress: bool = False, snapshot=None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """(reconstruction, std or None, network evaluations per slice), all in model units."""
+               progress: bool = False, snapshot=None, counters: dict | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """(reconstruction, std or None, network evaluations per slice), all in model units. ``counters``, when
+    given, receives ``backward_passes_per_slice`` (backpropagations through the network; mcg and dps)."""
     s = cfg.solver
     # Bounds in model units. `nonneg` means "not below the intensity map's physical minimum" (CT: mu >= 0 at
     # -1000 HU), which is model_min, not model 0 (a [-1, 1] prior has model 0 at the window's centre).
@@ -394,15 +396,43 @@ def run_solver(cfg: Config, A: LinearOperator, y: torch.Tensor, shape, geom, pri
         dc = ADMMTV(A, y, D, lam, rho, s.n_cg, clip=clip)
         return dc.solve(torch.zeros(shape, device=y.device), s.steps), None, 0
     diff = importlib.import_module("medrecon.solvers.diffusion")
-    cls = diff.DiffusionMBIR if s.name in ("diffusion_mbir", "slicewise_mbir") else diff.FastSampler
-    extra = {"snr": s.snr} if cls is diff.DiffusionMBIR else {"eta": s.eta}
+    if s.name in ("projection", "mcg", "dps"):
+        cls, extra = _guided_solver(s, A, y, shape, geom, imap)
+    else:
+        cls = diff.DiffusionMBIR if s.name in ("diffusion_mbir", "slicewise_mbir") else diff.FastSampler
+        extra = {"snr": s.snr} if cls is diff.DiffusionMBIR else {"eta": s.eta}
     solver = cls(prior, A, y, n_steps=s.steps, lam=0.0 if s.name.startswith("slicewise") else lam, rho=rho,
                  n_cg=s.n_cg, clip=clip, chunk_size=s.chunk_size, seed=s.seed,
                  progress=progress, snapshot=snapshot, snapshot_every=cfg.outputs.snapshots_every, **extra)
     if s.samples > 1:
         mean, std = diff.sample_posterior(solver, s.samples)
-        return mean, std, solver.nfe * s.samples
-    return solver.run(), None, solver.nfe
+        out = mean, std, solver.nfe * s.samples
+    else:
+        out = solver.run(), None, solver.nfe
+    if counters is not None:
+        counters["backward_passes_per_slice"] = solver.backward_passes * s.samples
+    return out
+
+
+def _guided_solver(s, A: LinearOperator, y: torch.Tensor, shape, geom, imap: IntensityMap):
+    """Class and keyword arguments of the projection / mcg / dps baselines (medrecon.solvers.guidance).
+    DPS's Poisson likelihood on CT: weights proportional to the detected counts I ~ exp(-line integral), the
+    inverse variances of the log data, from y in model units (y_line = a y + b A(1), see data_term), mean 1."""
+    guid = importlib.import_module("medrecon.solvers.guidance")
+    if s.name == "projection":
+        return guid.ProjectionSampler, {"snr": s.snr, "lambda_proj": s.lambda_proj}
+    if s.name == "mcg":
+        return guid.MCGSampler, {"snr": s.snr, "lambda_proj": s.lambda_proj, "alpha": s.zeta}
+    extra = {"zeta": s.zeta}
+    if s.likelihood == "poisson":
+        def phi(u):
+            return geom.pixel_size_mm * MU_WATER * (1.0 + u / 1000.0)
+        b = phi(imap.to_physical(0.0))
+        a = phi(imap.to_physical(1.0)) - b
+        line = a * y + b * A.forward(torch.ones(tuple(shape), device=y.device))
+        w = torch.exp(-(line - line.min()))
+        extra.update(likelihood="poisson", weights=w / w.mean())
+    return guid.DPSSampler, extra
 
 
 # ================================================================================ the API
@@ -529,9 +559,10 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                 meas.data = meas.data / scale
             A, y, geom = data_term(meas, imap, device, coil_maps)
         with t("solve"):
+            counters: dict = {}
             x, std, nfe = run_solver(cfg, A, y, meas.grid.shape, geom, prior, imap, progress,
                                      _snapshot_writer(tmp / "snapshots", meas.grid, imap)
-                                     if cfg.outputs.snapshots_every else None)
+                                     if cfg.outputs.snapshots_every else None, counters=counters)
         with t("write"):
             recon = meas.grid.with_data(imap.to_physical(x.real.float().cpu().numpy()), description="medrecon")
             files = _write_results(cfg, tmp, recon, std, imap, src if src is not None and _source_is_dicom(inp)
@@ -542,6 +573,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          intensity={"physical_min": imap.physical_min, "physical_max": imap.physical_max,
                                     "model_min": imap.model_min, "model_max": imap.model_max, "unit": imap.unit},
                          seed=cfg.solver.seed, network_evaluations_per_slice=int(nfe),
+                         backward_passes_per_slice=int(counters.get("backward_passes_per_slice", 0)),
                          measured_data_scale=scale, files=files)
         rep["timings_s"] = t.as_dict()
         rep["peak_memory"] = peak_memory()

@@ -4,7 +4,9 @@ from .cg import conjugate_gradient
 from .classical import admm_tv, cg_normal, cgls, sirt
 from .diffusion import (DiffusionMBIR, DiffusionSolver, FastSampler, SamplerState, auto_chunk_size, defaults_for,
                         sample_posterior, slicewise)
+from .guidance import DPSSampler, GuidedSampler, MCGSampler, ProjectionSampler, poisson_weights
 
 __all__ = ["ADMMState", "ADMMTV", "soft_threshold", "conjugate_gradient", "admm_tv", "cg_normal", "cgls", "sirt",
            "DiffusionMBIR", "DiffusionSolver", "FastSampler", "SamplerState", "auto_chunk_size", "defaults_for",
-           "sample_posterior", "slicewise"]
+           "sample_posterior", "slicewise", "DPSSampler", "GuidedSampler", "MCGSampler", "ProjectionSampler",
+           "poisson_weights"]

@@ -49,6 +49,7 @@ class SamplerState:
     chunk_size: int               # slices per network call
     step: int = 0                 # diffusion steps done
     nfe: int = 0                  # network evaluations per slice so far
+    backward: int = 0             # backward passes through the network per slice so far (guided samplers)
 
 
 def auto_chunk_size(prior: Denoiser, hw: Sequence[int], device: torch.device, cpu_default: int = 8,
@@ -92,6 +93,7 @@ class DiffusionSolver:
     default_steps = 50
     default_n_cg = 1
     nfe_per_step = 1
+    backward_per_step = 0
 
     def __init__(self, prior: Denoiser, A: LinearOperator, y: torch.Tensor, *, n_steps: int | None = None,
                  lam: float = 0.04, rho: float = 10.0, n_cg: int | None = None, boundary: str = "neumann",
@@ -112,7 +114,7 @@ class DiffusionSolver:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size, self.seed, self.progress = chunk_size, int(seed), progress
         self.snapshot, self.snapshot_every = snapshot, int(snapshot_every)
-        self.nfe = 0
+        self.nfe = self.backward_passes = 0
 
     @property
     def n_steps(self) -> int:
@@ -153,6 +155,19 @@ class DiffusionSolver:
         """D(x, sigma) on a chunk of slices (c, H, W) -> (c, H, W): one network evaluation per slice."""
         return self.prior.denoise(x.unsqueeze(1), sigma).squeeze(1)
 
+    def score(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The prior's score on a chunk (c, H, W): (D(x, sigma) - x) / sigma^2, or a VE score network's own output."""
+        return self.prior.score(x.unsqueeze(1), sigma).squeeze(1)
+
+    def langevin(self, x: torch.Tensor, sigma: float, z: torch.Tensor, snr: float) -> torch.Tensor:
+        """One Langevin corrector step on a chunk (c, H, W) with noise z: e = 2 (snr ||z|| / ||s(x)||)^2 per slice,
+        x + e s(x) + sqrt(2e) z (one network evaluation per slice)."""
+        s = self.score(x, sigma)
+        ratio = torch.linalg.vector_norm(z.flatten(1), dim=1) / \
+            torch.linalg.vector_norm(s.flatten(1), dim=1).clamp_min(1e-30)
+        e = (2.0 * (snr * ratio) ** 2).view(-1, 1, 1)
+        return x + e * s + torch.sqrt(2.0 * e) * z
+
     # -- driver -----------------------------------------------------------------------------------
     def _step(self, state: SamplerState, i: int) -> torch.Tensor:
         raise NotImplementedError
@@ -163,6 +178,7 @@ class DiffusionSolver:
         est = self._step(state, state.step)
         state.step += 1
         state.nfe += self.nfe_per_step
+        state.backward += self.backward_per_step
         return est
 
     @torch.no_grad()
@@ -176,7 +192,7 @@ class DiffusionSolver:
         est = state.x
         while state.step < self.n_steps:
             est = self.step(state)
-            self.nfe = state.nfe
+            self.nfe, self.backward_passes = state.nfe, state.backward
             bar.update(1)
             bar.set_postfix(nfe=state.nfe, refresh=False)
             if self.snapshot is not None and (state.step == self.n_steps or (
@@ -212,10 +228,6 @@ class DiffusionMBIR(DiffusionSolver):
         super().__init__(prior, A, y, **kwargs)
         self.snr = float(snr)
 
-    def score(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The prior's score on a chunk (c, H, W): (D(x, sigma) - x) / sigma^2, or a VE score network's own output."""
-        return self.prior.score(x.unsqueeze(1), sigma).squeeze(1)
-
     def _step(self, state, i):
         sigma, sigma_next = self.sigma_pair(i)
         g2 = sigma ** 2 - sigma_next ** 2
@@ -223,11 +235,7 @@ class DiffusionMBIR(DiffusionSolver):
         for sl in self.chunks(state):
             xc = state.x[sl]
             xc = xc + g2 * self.score(xc, sigma) + math.sqrt(g2) * z_pred[sl]
-            s, zc = self.score(xc, sigma), z_corr[sl]
-            ratio = torch.linalg.vector_norm(zc.flatten(1), dim=1) / \
-                torch.linalg.vector_norm(s.flatten(1), dim=1).clamp_min(1e-30)
-            e = (2.0 * (self.snr * ratio) ** 2).view(-1, 1, 1)
-            state.x[sl] = xc + e * s + torch.sqrt(2.0 * e) * zc
+            state.x[sl] = self.langevin(xc, sigma, z_corr[sl], self.snr)
         del z_pred, z_corr
         state.x = self.dc.step(state.x, state.admm)
         return state.x

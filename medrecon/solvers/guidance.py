@@ -1,0 +1,196 @@
+"""The DiffusionMBIR paper's slice-wise diffusion baselines as samplers of the same framework.
+
+* ``ProjectionSampler`` — projection-type data consistency (Song, Shen, Xing, Ermon, ICLR 2022, "Solving
+  inverse problems in medical imaging with score-based generative models").
+* ``MCGSampler`` — manifold-constrained gradient followed by the projection (Chung, Sim, Ryu, Ye, NeurIPS 2022).
+* ``DPSSampler`` — diffusion posterior sampling: the manifold-constrained gradient alone, step zeta/||r||
+  (Chung, Kim, Mccann, Klasky, Ye, ICLR 2023), Gaussian or weighted (Poisson) likelihood.
+
+All three share one VE reverse process, the one of ``DiffusionMBIR`` (denoiser contract, any prior). Step i,
+sigma = sigma_i, sigma' = sigma_{i+1} (0 after the last step), g2 = sigma^2 - sigma'^2:
+
+    x0 = D(x, sigma) per chunk (Tweedie)  [MCG/DPS: with the gradient G = grad_x sum_s ||y_s - A x0_s||^2_W]
+    x <- x + g2 (x0 - x) / sigma^2 + sqrt(g2) z1                  (reverse-diffusion predictor)
+    x <- x - c / ||r_s|| * G          per slice s, r = y - A x0   (MCG: c = alpha, DPS: c = zeta)
+    x <- Langevin corrector at sigma (snr > 0; as DiffusionMBIR)  (second network evaluation)
+    x <- x + lambda_proj * A^+(y_sigma' - A x),  y_sigma' = y + sigma' A z3    (projection, MCG)
+    x <- one shared ADMM z-TV step (``ADMMTV.step``, only when lam > 0; off by default: slice-wise baselines)
+
+A^+ is ``n_cg`` CG iterations on the normal equations started from x (``conjugate_gradient``; whole volume).
+For MRI with an orthonormal masked FFT, when A^H A = Re F^H M F is a projector (complex images, or a real
+image with a mask symmetric under k -> -k) one CG iteration is exact and the projection with lambda_proj = 1
+replaces the sampled k-space of x by the noised measurement: Song et al.'s k-space step. For a real image
+and an asymmetric mask, k-space replacement followed by taking the real part is not a projection; CG then
+gives the least-squares step instead.
+
+The gradient flows through the network only one chunk at a time: the chunk's x gets ``requires_grad``, the
+network is evaluated with grad enabled, and the data-term gradient dL/dx0 = -2 A^H W (y - A x0) is pulled
+back with one vector-Jacobian product; the graph is freed before the next chunk (memory of one chunk).
+With a slice-wise operator (``A.in_shape`` = (H, W)) this costs no extra network evaluation; with a
+volume operator (in_shape (Z, H, W), e.g. 3D MRI masks) dL/dx0 needs the whole x0 first, so the chunks
+are denoised twice (one more evaluation per slice and step) and ||r|| is the volume's norm.
+
+Counters per slice: ``nfe`` (network evaluations) and ``backward_passes`` (vector-Jacobian products).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..linop import LinearOperator
+from ..priors.base import Denoiser
+from .cg import conjugate_gradient
+from .diffusion import DiffusionSolver, SamplerState
+
+
+def poisson_weights(counts: torch.Tensor, floor: float = 1.0) -> torch.Tensor:
+    """DPS's Poisson likelihood as weighted least squares: W = diag(1 / (2 max(y, floor))) for counts y."""
+    return 1.0 / (2.0 * counts.clamp_min(floor))
+
+
+class GuidedSampler(DiffusionSolver):
+    """VE predictor(-corrector) reverse diffusion with optional manifold-constrained gradient and projection.
+
+    Subclasses set ``guided`` (take the gradient step, size ``step_scale / ||r||``) and ``projects``.
+    Parameters besides ``DiffusionSolver``'s: ``snr`` (Langevin corrector, 0 = predictor only),
+    ``lambda_proj`` (projection blending weight in [0, 1]), ``step_scale`` (alpha / zeta), ``weights``
+    (likelihood weights W, the shape of y; None = Gaussian, W = I). ``n_cg`` counts the CG iterations of
+    the projection and of the optional z-TV step; ``lam`` defaults to 0 (no z-TV).
+    """
+
+    default_steps = 200     # CPU-friendly; the papers use 1000 (DPS) to 2000 (score-SDE, MCG) steps
+    default_n_cg = 5
+    guided = False
+    projects = False
+
+    def __init__(self, prior: Denoiser, A: LinearOperator, y: torch.Tensor, *, lam: float = 0.0,
+                 snr: float = 0.16, lambda_proj: float = 1.0, step_scale: float = 1.0,
+                 weights: torch.Tensor | None = None, **kwargs):
+        super().__init__(prior, A, y, lam=lam, **kwargs)
+        if not 0.0 <= lambda_proj <= 1.0:
+            raise ValueError(f"lambda_proj must lie in [0, 1], got {lambda_proj}")
+        if snr < 0 or step_scale < 0:
+            raise ValueError(f"need snr >= 0 and a step scale >= 0, got snr={snr}, step={step_scale}")
+        self.A, self.y = A, self.dc.y
+        self.snr, self.lambda_proj, self.step_scale = float(snr), float(lambda_proj), float(step_scale)
+        self.weights = None if weights is None else weights.to(self.device, torch.float32).expand_as(self.y)
+        self.slicewise_op = len(A.in_shape) == 2
+        self.nfe_per_step = 1 + (self.snr > 0) + (self.guided and not self.slicewise_op)
+        self.backward_per_step = int(self.guided)
+
+    # -- the manifold-constrained gradient ----------------------------------------------------------
+    def data_gradient(self, x0: torch.Tensor, sl: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """dL/dx0 = -2 A^H W (y - A x0) and ||r||_W per slice (one norm for a volume operator).
+        ``sl`` selects the slices of y (slice-wise operator); None means the whole volume."""
+        y = self.y if sl is None else self.y[sl]
+        r = y - self.A.forward(x0)
+        wr = r if self.weights is None else (self.weights if sl is None else self.weights[sl]) * r
+        dims = tuple(range(1, r.ndim)) if self.slicewise_op else tuple(range(r.ndim))
+        norm = torch.sqrt(torch.sum(torch.real(r.conj() * wr), dim=dims))
+        return -2.0 * self.A.adjoint(wr).real.to(x0.dtype), norm
+
+    def _pullback(self, xc: torch.Tensor, sigma: float, sl: slice, g0: torch.Tensor | None):
+        """D(xc) and the vector-Jacobian product of D at xc with dL/dx0 (computed here from the chunk's slices
+        ``sl`` when ``g0`` is None: slice-wise operator). The graph lives only inside this call."""
+        with torch.enable_grad():
+            xg = xc.detach().requires_grad_(True)
+            x0 = self.denoise(xg, sigma)
+            norm = None
+            if g0 is None:
+                g0, norm = self.data_gradient(x0.detach(), sl)
+            grad, = torch.autograd.grad(x0, xg, g0)
+        return x0.detach(), grad, norm
+
+    def tweedie(self, x: torch.Tensor, sigma: float, chunk_size: int):
+        """(x0, G, ||r||): x0 = D(x, sigma), G = grad_x sum_s ||y_s - A D(x_s, sigma)||^2_W (None when not
+        ``guided``), r = y - A x0 per slice; chunk by chunk."""
+        z = x.shape[0]
+        chunks = [slice(s, min(s + chunk_size, z)) for s in range(0, z, chunk_size)]
+        x0 = torch.empty_like(x)
+        if not self.guided:
+            for sl in chunks:
+                x0[sl] = self.denoise(x[sl], sigma)
+            return x0, None, None
+        grad, norms, g0 = torch.empty_like(x), [], None
+        if not self.slicewise_op:            # dL/dx0 needs the whole x0: one extra pass without a graph
+            for sl in chunks:
+                x0[sl] = self.denoise(x[sl], sigma)
+            g0, norm = self.data_gradient(x0)
+            norms = [norm.expand(z)]
+        for sl in chunks:
+            x0[sl], grad[sl], n = self._pullback(x[sl], sigma, sl, None if g0 is None else g0[sl])
+            if n is not None:
+                norms.append(n)
+        return x0, grad, torch.cat(norms)
+
+    # -- projection -----------------------------------------------------------------------------------
+    def project(self, x: torch.Tensor, sigma: float, g: torch.Generator) -> torch.Tensor:
+        """x + lambda_proj * A^+(y_sigma - A x), y_sigma = y + sigma A z (n_cg CG steps on the normal equations)."""
+        y = self.y if sigma == 0 else self.y + sigma * self.A.forward(self.noise(g)).to(self.y.dtype)
+        full = conjugate_gradient(self.A.normal, self.A.adjoint(y).real, x, self.dc.n_cg)
+        return torch.lerp(x, full, self.lambda_proj)
+
+    # -- one step ---------------------------------------------------------------------------------------
+    def _step(self, state: SamplerState, i: int) -> torch.Tensor:
+        sigma, sigma_next = self.sigma_pair(i)
+        g2 = sigma ** 2 - sigma_next ** 2
+        x0, grad, norm = self.tweedie(state.x, sigma, state.chunk_size)
+        x = state.x.add_(x0.sub_(state.x), alpha=g2 / sigma ** 2)
+        x.add_(self.noise(state.generator), alpha=math.sqrt(g2))
+        del x0
+        if grad is not None:
+            step = self.step_scale / norm.clamp_min(1e-30)
+            x.sub_(step.view(-1, 1, 1) * grad)
+            del grad
+        if self.snr > 0:
+            z = self.noise(state.generator)
+            for sl in self.chunks(state):
+                x[sl] = self.langevin(x[sl], sigma, z[sl], self.snr)
+        if self.projects:
+            x = self.project(x, sigma_next, state.generator)
+        if self.dc.uses_tv:
+            x = self.dc.step(x, state.admm)
+        state.x = x
+        return x
+
+
+class ProjectionSampler(GuidedSampler):
+    """Projection-type consistency (Song et al. 2022): predictor-corrector, then x + lambda_proj A^+(y_sigma' - A x)."""
+
+    projects = True
+
+
+class MCGSampler(GuidedSampler):
+    """MCG (Chung et al. 2022): predictor-corrector, manifold-constrained gradient step alpha/||r|| * G, projection.
+
+    ``alpha`` is the gradient step scale (the reference codes' weight on grad ||r|| is 2 alpha)."""
+
+    guided = projects = True
+
+    def __init__(self, prior, A, y, *, alpha: float = 1.0, **kwargs):
+        super().__init__(prior, A, y, step_scale=alpha, **kwargs)
+
+
+class DPSSampler(GuidedSampler):
+    """DPS (Chung et al. 2023): reverse diffusion with the gradient step zeta/||r||_W * grad ||r||^2_W, no projection.
+
+    ``likelihood="gaussian"`` (W = I) or ``"poisson"``: weighted least squares with ``weights`` (e.g. detected
+    counts for CT line integrals, the inverse variances) or, without weights, DPS's W = 1/(2 max(y, 1)) for
+    a count measurement y. No corrector by default (snr = 0), as DPS's ancestral sampler."""
+
+    guided = True
+
+    def __init__(self, prior, A, y, *, zeta: float = 1.0, likelihood: str = "gaussian",
+                 weights: torch.Tensor | None = None, snr: float = 0.0, **kwargs):
+        if likelihood not in ("gaussian", "poisson"):
+            raise ValueError(f"likelihood must be 'gaussian' or 'poisson', got {likelihood!r}")
+        if likelihood == "poisson" and weights is None:
+            weights = poisson_weights(y.real.float())
+        if likelihood == "gaussian" and weights is not None:
+            raise ValueError("weights need likelihood='poisson'")
+        super().__init__(prior, A, y, step_scale=zeta, weights=weights, snr=snr, **kwargs)
+        self.likelihood = likelihood
+
+
+__all__ = ["DPSSampler", "GuidedSampler", "MCGSampler", "ProjectionSampler", "poisson_weights"]

@@ -1,0 +1,138 @@
+"""Run several reconstruction methods on one simulated measurement and score them against the reference.
+
+Shared by `medrecon demo` and benchmarks/bench_quality.py: one simulation, one operator, one prior, one
+metric definition, so every column of a comparison differs only in the solver.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from medrecon.metrics import per_axis_metrics
+from medrecon.volume import Volume
+
+from .tasks import _image_size, _prepare, choose_device, data_term, load_configured_prior, run_solver, simulate_volume
+
+
+class PeakMemory:
+    """Peak resident memory (MiB) above the starting level while the block runs, sampled every 20 ms
+    (Linux /proc), and CUDA peak allocation when the solver runs on a GPU."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.cpu_mib, self.cuda_mib = device, 0.0, None
+
+    @staticmethod
+    def _rss() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except OSError:
+            return 0.0
+
+    def _watch(self):
+        while not self._stop.wait(0.02):
+            self._peak = max(self._peak, self._rss())
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._base = self._peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.cpu_mib = max(self._peak, self._rss()) - self._base
+        if self.device.type == "cuda":
+            self.cuda_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+
+
+@dataclass
+class MethodResult:
+    label: str
+    solver: str
+    volume: Volume  # physical units (HU or normalised magnitude)
+    metrics: dict
+    nfe_per_slice: int
+    backward_per_slice: int
+    seconds: float
+    peak_cpu_mib: float
+    peak_cuda_mib: float | None = None
+    overrides: list = field(default_factory=list)
+
+    def row(self) -> dict:
+        m = self.metrics
+        return {"method": self.label, "solver": self.solver,
+                **{f"psnr_{k}": round(v, 2) for k, v in m["psnr"].items()},
+                **{f"ssim_{k}": round(v, 4) for k, v in m["ssim"].items()},
+                "nfe_per_slice": self.nfe_per_slice, "backward_per_slice": self.backward_per_slice, "seconds": round(self.seconds, 1),
+                "peak_cpu_mib": round(self.peak_cpu_mib, 1),
+                "peak_cuda_mib": None if self.peak_cuda_mib is None else round(self.peak_cuda_mib, 1)}
+
+
+def compare_methods(config, source: Volume, methods: dict[str, list[str]], common: list[str] = (),
+                    data_range: float | None = None, progress: bool = False, echo=None) -> tuple[Volume, list[MethodResult]]:
+    """Simulate measurements of ``source`` with ``config`` once, then reconstruct them with each method.
+
+    ``methods`` maps a label to config overrides (e.g. ``{"ADMM-TV": ["solver.name=admm_tv"]}``);
+    ``common`` overrides apply to all. The prior is loaded once, from the first method that needs one.
+    Returns the reference volume (at reconstruction resolution) and one MethodResult per method.
+    """
+    cfgs = {label: _prepare(config, [*common, *ov]) for label, ov in methods.items()}
+    first = next(iter(cfgs.values()))
+    device = choose_device(first.solver.device)
+    prior = None
+    for cfg in cfgs.values():
+        if cfg.solver.needs_prior:
+            prior = load_configured_prior(cfg, device)
+            break
+    from medrecon.priors import IntensityMap
+
+    imap = prior.intensity if prior is not None and prior.intensity is not None else \
+        IntensityMap(**first.intensity.model_dump())
+    ref, meas = simulate_volume(first, source, _image_size(first, prior))
+    A, y, geom = data_term(meas, imap, device)
+    if data_range is None:
+        data_range = float(imap.physical_max - imap.physical_min)
+    results = []
+    for label, cfg in cfgs.items():
+        if echo:
+            echo(f"{label}: {cfg.solver.name} ...")
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            counters: dict = {}
+            x, _, nfe = run_solver(cfg, A, y, meas.grid.shape, geom, prior if cfg.solver.needs_prior else None,
+                                   imap, progress, counters=counters)
+            seconds = time.perf_counter() - t0
+        vol = meas.grid.with_data(imap.to_physical(x.real.float().cpu().numpy()), description=label)
+        metrics = per_axis_metrics(ref.data, vol.data, data_range)
+        results.append(MethodResult(label, cfg.solver.name, vol, metrics, int(nfe),
+                                    int(counters.get("backward_passes_per_slice", 0)), seconds, mem.cpu_mib,
+                                    mem.cuda_mib, list(methods[label])))
+        if echo:
+            echo(f"{label}: PSNR axial {metrics['psnr']['axial']:.2f} dB, {seconds:.1f} s")
+    return ref, results
+
+
+def markdown_table(results: list[MethodResult], title: str = "") -> str:
+    """PSNR/SSIM per plane, network evaluations per slice, wall time and peak memory, one row per method."""
+    head = ("| method | PSNR axial | PSNR coronal | PSNR sagittal | SSIM axial | SSIM coronal | SSIM sagittal "
+            "| NFE/slice | backward/slice | time (s) | peak mem (MiB) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in results:
+        p, s = r.metrics["psnr"], r.metrics["ssim"]
+        mem = r.peak_cuda_mib if r.peak_cuda_mib is not None else r.peak_cpu_mib
+        lines.append(f"| {r.label} | {p['axial']:.2f} | {p['coronal']:.2f} | {p['sagittal']:.2f} | {s['axial']:.3f} "
+                     f"| {s['coronal']:.3f} | {s['sagittal']:.3f} | {r.nfe_per_slice} | {r.backward_per_slice} | {r.seconds:.1f} | {mem:.0f} |")
+    return (f"{title}\n\n" if title else "") + head + "\n".join(lines) + "\n"
+
+
+__all__ = ["compare_methods", "markdown_table", "MethodResult", "PeakMemory"]

@@ -12,14 +12,17 @@ def conjugate_gradient(apply_m: Callable[[torch.Tensor], torch.Tensor], b: torch
                        n_iter: int, tol: float = 0.0) -> torch.Tensor:
     """``n_iter`` CG iterations for M x = b started from x0 (the whole tensor is one system).
 
-    Stops early when ||r|| <= tol * ||b||. With n_iter = 1 this is one steepest-descent step with
-    exact line search, as in DiffusionMBIR's single CG iteration per diffusion step.
+    Stops early when ||r|| <= tol * ||b||, with tol at least 100 machine epsilons of the dtype: past that point
+    the residual is rounding noise and a further step can divide by p.Mp ~ 0 (e.g. A^T A a projector, as for a
+    masked orthonormal FFT, is solved exactly by one step). With n_iter = 1 this is one steepest-descent step
+    with exact line search, as in DiffusionMBIR's single CG iteration per diffusion step.
     """
     x = x0.clone()
     r = b - apply_m(x)
     p = r.clone()
     rs = inner(r, r)
-    stop = (tol * torch.linalg.vector_norm(b)) ** 2
+    eps = torch.finfo(b.real.dtype if b.is_complex() else b.dtype).eps
+    stop = (max(tol, 100 * eps) * torch.linalg.vector_norm(b)) ** 2
     for _ in range(n_iter):
         if rs <= stop or rs == 0:
             break

@@ -21,7 +21,9 @@ from .tasks import _image_size, _prepare, choose_device, data_term, load_configu
 
 class PeakMemory:
     """Peak resident memory (MiB) above the starting level while the block runs, sampled every 20 ms
-    (Linux /proc), and CUDA peak allocation when the solver runs on a GPU."""
+    (Linux /proc), and CUDA peak allocation when the solver runs on a GPU. On CPU this is a lower bound when
+    earlier work in the same process left freed memory for the allocator to reuse; for per-process figures
+    see benchmarks/bench_samplers.py."""
 
     def __init__(self, device: torch.device):
         self.device, self.cpu_mib, self.cuda_mib = device, 0.0, None
@@ -125,7 +127,7 @@ def compare_methods(config, source: Volume, methods: dict[str, list[str]], commo
 def markdown_table(results: list[MethodResult], title: str = "") -> str:
     """PSNR/SSIM per plane, network evaluations per slice, wall time and peak memory, one row per method."""
     head = ("| method | PSNR axial | PSNR coronal | PSNR sagittal | SSIM axial | SSIM coronal | SSIM sagittal "
-            "| NFE/slice | backward/slice | time (s) | peak mem (MiB) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "| NFE/slice | backward/slice | time (s) | peak RSS growth (MiB) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in results:
         p, s = r.metrics["psnr"], r.metrics["ssim"]

@@ -10,3 +10,8 @@ def fixtures_root() -> Path:
         if cand and Path(cand).is_dir():
             return Path(cand)
     return Path("/work/shared/fixtures")  # absent: the tests that need it skip
+
+
+def rel_err(a, b):
+    """Per-sample max |a - b| / max |b| (the golden-output criterion of FORMATS.md)."""
+    return (a - b).abs().flatten(1).max(1).values / b.abs().flatten(1).max(1).values

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from shared_fixtures import fixtures_root
+from shared_fixtures import fixtures_root, rel_err
 
 from medrecon.errors import InputError
 from medrecon.priors import GaussianDenoiser, VPEpsPrior, VPSchedule, load_prior
@@ -11,12 +11,6 @@ from medrecon.priors.adm import AAPM256_CONFIG, ADMUNet, adm_config_from_state_d
 
 FIX = fixtures_root() / "adm"
 pytestmark = pytest.mark.skipif(not FIX.is_dir(), reason="shared ADM fixtures not present")
-
-
-
-
-def rel_err(a, b):
-    return ((a - b).abs().flatten(1).max(1).values / b.abs().flatten(1).max(1).values)
 
 
 @pytest.fixture(scope="module")

@@ -3,20 +3,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from shared_fixtures import fixtures_root
+from shared_fixtures import fixtures_root, rel_err
 
 from medrecon.priors import load_prior
 from medrecon.priors.ncsnpp import NCSNpp
 
 FIX = fixtures_root() / "ncsnpp"
 pytestmark = pytest.mark.skipif(not FIX.is_dir(), reason="shared NCSN++ fixtures not present")
-
-
-
-
-def rel_err(a, b):
-    """Per-sample max |a - b| / max |b|."""
-    return ((a - b).abs().flatten(1).max(1).values / b.abs().flatten(1).max(1).values)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.compare import compare_methods, markdown_table  # noqa: E402
+from pipelines.compare import admm_tv_overrides, compare_methods, markdown_table  # noqa: E402
 from pipelines.phantoms import HELD_OUT_SEEDS, ct_phantom, mr_phantom  # noqa: E402
 
 CASES = {  # name: (config, modality, extra overrides)
@@ -45,14 +45,9 @@ def phantom(modality: str, slices: int, size: int, seed: int):
     return mr_phantom((slices, 2 * size, 2 * size), seed=seed, contrast="T1", slice_thickness_mm=4.0)
 
 
-def admm_overrides(lam: float, iters: int) -> list[str]:
-    return ["solver.name=admm_tv", "solver.tv=3d", f"solver.steps={iters}", "solver.n_cg=5",
-            f"solver.admm.lam={lam}", "solver.admm.rho=" + str(10 * lam)]
-
-
 def tune_lambda(config, modality, common, slices, size, iters) -> float:
     """Best 3D ADMM-TV weight (axial PSNR) on the tuning phantom."""
-    grid = {f"lam={lam}": admm_overrides(lam, iters) for lam in LAMBDA_GRID[modality]}
+    grid = {f"lam={lam}": admm_tv_overrides(lam, iters) for lam in LAMBDA_GRID[modality]}
     _, res = compare_methods(config, phantom(modality, slices, size, TUNE_SEED), grid, common)
     best = max(res, key=lambda r: r.metrics["psnr"]["axial"])
     return float(best.label.split("=")[1])
@@ -86,7 +81,7 @@ def main(argv=None):
         classical = "fbp" if modality == "ct" else "zero_filled"
         methods = {
             "FBP" if modality == "ct" else "zero-filled": [f"solver.name={classical}"],
-            f"ADMM-TV 3D (lam {lam:g})": admm_overrides(lam, a.admm_iters),
+            f"ADMM-TV 3D (lam {lam:g})": admm_tv_overrides(lam, a.admm_iters),
             "2D prior only (fast, no z-TV)": ["solver.name=slicewise_fast", f"solver.steps={a.fast_steps}"],
             f"DiffusionMBIR ({mbir_steps} steps)": ["solver.name=diffusion_mbir", f"solver.steps={mbir_steps}"],
             f"fast sampler ({a.fast_steps} steps)": ["solver.name=fast", f"solver.steps={a.fast_steps}"],

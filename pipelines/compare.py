@@ -80,20 +80,27 @@ class MethodResult:
                 "peak_cuda_mib": None if self.peak_cuda_mib is None else round(self.peak_cuda_mib, 1)}
 
 
+def admm_tv_overrides(lam: float, iters: int = 100) -> list[str]:
+    """Config overrides for the classical baseline: 3D anisotropic ADMM-TV, rho = 10 lam, 5 CG steps."""
+    return ["solver.name=admm_tv", "solver.tv=3d", f"solver.steps={iters}", "solver.n_cg=5",
+            f"solver.admm.lam={lam}", f"solver.admm.rho={10 * lam}"]
+
+
 def compare_methods(config, source: Volume, methods: dict[str, list[str]], common: list[str] = (),
-                    data_range: float | None = None, progress: bool = False, echo=None) -> tuple[Volume, list[MethodResult]]:
+                    data_range: float | None = None, progress: bool = False, echo=None,
+                    prior=None) -> tuple[Volume, list[MethodResult]]:
     """Simulate measurements of ``source`` with ``config`` once, then reconstruct them with each method.
 
     ``methods`` maps a label to config overrides (e.g. ``{"ADMM-TV": ["solver.name=admm_tv"]}``);
-    ``common`` overrides apply to all. The prior is loaded once, from the first method that needs one.
+    ``common`` overrides apply to all. ``prior`` (already loaded) is used as given; otherwise it is loaded
+    once, from the first method that needs one.
     Returns the reference volume (at reconstruction resolution) and one MethodResult per method.
     """
     cfgs = {label: _prepare(config, [*common, *ov]) for label, ov in methods.items()}
     first = next(iter(cfgs.values()))
     device = choose_device(first.solver.device)
-    prior = None
     for cfg in cfgs.values():
-        if cfg.solver.needs_prior:
+        if prior is None and cfg.solver.needs_prior:
             prior = load_configured_prior(cfg, device)
             break
     from medrecon.priors import IntensityMap
@@ -137,4 +144,4 @@ def markdown_table(results: list[MethodResult], title: str = "") -> str:
     return (f"{title}\n\n" if title else "") + head + "\n".join(lines) + "\n"
 
 
-__all__ = ["compare_methods", "markdown_table", "MethodResult", "PeakMemory"]
+__all__ = ["admm_tv_overrides", "compare_methods", "markdown_table", "MethodResult", "PeakMemory"]

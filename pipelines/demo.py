@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .compare import compare_methods, markdown_table
-from .outputs import preview_grid, write_json
+from .compare import admm_tv_overrides, compare_methods, markdown_table
+from .outputs import preview_grid, report, write_json
 from .phantoms import HELD_OUT_SEEDS, ct_phantom
 from .tasks import _atomic
 
@@ -16,8 +16,7 @@ DEMO_WINDOW = (-400.0, 600.0)  # HU: soft-tissue window (W 1000, L 100) for the 
 # ADMM-TV weight chosen on another held-out seed (see benchmarks/bench_quality.py --tune), not on this one.
 DEMO_METHODS = {
     "FBP": ["solver.name=fbp"],
-    "ADMM-TV (3D)": ["solver.name=admm_tv", "solver.tv=3d", "solver.steps=100", "solver.admm.lam=0.1",
-                     "solver.admm.rho=1.0", "solver.n_cg=5"],
+    "ADMM-TV (3D)": admm_tv_overrides(0.1),
     "Diffusion + z-TV (fast)": ["solver.name=fast"],
 }
 DIFFUSION = "Diffusion + z-TV (fast)"
@@ -26,13 +25,18 @@ DIFFUSION = "Diffusion + z-TV (fast)"
 def run_demo(output: str | Path, prior: str = "bundled:ct", slices: int = 24, seed: int = DEMO_SEED,
              steps: int | None = None, overwrite: bool = False, progress: bool = True, echo=print) -> dict:
     """Run the demo into ``output``; returns {"metrics": {method: metrics}, "table": markdown}."""
+    from medrecon.errors import InputError
     from medrecon.io import write_dicom_series, write_nifti
     from medrecon.priors import load_prior
 
     from .config import resolve_prior_path
 
+    out = Path(output)
+    if out.exists() and not overwrite:  # say so before the work, not after it
+        raise InputError(f"output exists: {out} (use --overwrite to replace it)")
     prior_dir = resolve_prior_path(prior, Path.cwd())
-    size = load_prior(prior_dir).image_size or 64
+    loaded = load_prior(prior_dir)
+    size = loaded.image_size or 64
     # Twice the reconstruction resolution: the reference is resampled from it and the sinogram is projected
     # from it, so the reconstruction never sees its own discretisation (no inverse crime).
     source = ct_phantom((slices, 2 * size, 2 * size), seed=seed, slice_thickness_mm=6.0)
@@ -42,8 +46,7 @@ def run_demo(output: str | Path, prior: str = "bundled:ct", slices: int = 24, se
     echo(f"demo: held-out phantom seed {seed}, {slices} slices of {size}x{size}, 8 views, Poisson noise")
     ref, results = compare_methods("sparse_view_ct_8", source, methods,
                                    common=[f"prior.path={prior_dir}", f"ct.image_size={size}"],
-                                   progress=progress, echo=echo)
-    out = Path(output)
+                                   progress=progress, echo=echo, prior=loaded)
     table = markdown_table(results, f"8-view sparse-view CT, held-out phantom seed {seed}, "
                                     f"{slices}x{size}x{size}, PSNR/SSIM over 2000 HU")
     with _atomic(out, overwrite) as tmp:
@@ -58,6 +61,11 @@ def run_demo(output: str | Path, prior: str = "bundled:ct", slices: int = 24, se
         preview_grid([("reference", ref)] + [(r.label, r.volume) for r in results], tmp / "preview.png",
                      DEMO_WINDOW)
         write_json(tmp / "metrics.json", {r.label: r.row() for r in results})
+        # report.json makes this a regular medrecon output folder, which --overwrite can replace.
+        write_json(tmp / "report.json", report({"task": "sparse_view_ct_8", "methods": methods}, command="demo",
+                                               phantom_seed=seed, slices=slices, output=str(out),
+                                               prior={"name": loaded.name, "sha256": loaded.sha256},
+                                               results={r.label: r.row() for r in results}))
         (tmp / "metrics.md").write_text(table)
     echo("")
     echo(table)

@@ -43,7 +43,11 @@ def test_demo_reduced_end_to_end(tmp_path, capsys):
     # 8 views with Poisson noise: FBP is streak-dominated; both regularised methods must clear it by 5 dB
     # even with 8 diffusion steps (measured: FBP ~14 dB, ADMM-TV ~25 dB, diffusion ~24-27 dB).
     assert tv > fbp + 5 and diff > fbp + 5
+    assert json.loads((out / "report.json").read_text())["prior"]["sha256"]
     assert main(["demo", "--output", str(out), "--slices", "4", "--steps", "8", "--no-progress"]) == 2  # no overwrite
+    # `make demo` runs with --overwrite every time: a second run must replace the first (it holds dicom/).
+    assert main(["demo", "--output", str(out), "--slices", "4", "--steps", "8", "--no-progress", "--overwrite"]) == 0
+    assert (out / "dicom").is_dir() and not list(tmp_path.glob(".medrecon-tmp*"))
 
 
 @pytest.mark.slow

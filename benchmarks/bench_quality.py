@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.compare import admm_tv_overrides, compare_methods, markdown_table  # noqa: E402
+from pipelines.compare import admm_tv_settings, compare_methods, markdown_table  # noqa: E402
 from pipelines.phantoms import HELD_OUT_SEEDS, ct_phantom, mr_phantom  # noqa: E402
 
 CASES = {  # name: (config, modality, extra overrides)
@@ -47,7 +47,7 @@ def phantom(modality: str, slices: int, size: int, seed: int):
 
 def tune_lambda(config, modality, common, slices, size, iters) -> float:
     """Best 3D ADMM-TV weight (axial PSNR) on the tuning phantom."""
-    grid = {f"lam={lam}": admm_tv_overrides(lam, iters) for lam in LAMBDA_GRID[modality]}
+    grid = {f"lam={lam}": admm_tv_settings(lam, iters) for lam in LAMBDA_GRID[modality]}
     _, res = compare_methods(config, phantom(modality, slices, size, TUNE_SEED), grid, common)
     best = max(res, key=lambda r: r.metrics["psnr"]["axial"])
     return float(best.label.split("=")[1])
@@ -80,14 +80,14 @@ def main(argv=None):
         lam = tune_lambda(config, modality, common, a.slices, a.size, a.admm_iters)
         classical = "fbp" if modality == "ct" else "zero_filled"
         methods = {
-            "FBP" if modality == "ct" else "zero-filled": [f"solver.name={classical}"],
-            f"ADMM-TV 3D (lam {lam:g})": admm_tv_overrides(lam, a.admm_iters),
-            "2D prior only (fast, no z-TV)": ["solver.name=slicewise_fast", f"solver.steps={a.fast_steps}"],
-            f"DiffusionMBIR ({mbir_steps} steps)": ["solver.name=diffusion_mbir", f"solver.steps={mbir_steps}"],
-            f"fast sampler ({a.fast_steps} steps)": ["solver.name=fast", f"solver.steps={a.fast_steps}"],
+            "FBP" if modality == "ct" else "zero-filled": {"name": classical},
+            f"ADMM-TV 3D (lam {lam:g})": admm_tv_settings(lam, a.admm_iters),
+            "2D prior only (fast, no z-TV)": {"name": "slicewise_fast", "steps": a.fast_steps},
+            f"DiffusionMBIR ({mbir_steps} steps)": {"name": "diffusion_mbir", "steps": mbir_steps},
+            f"fast sampler ({a.fast_steps} steps)": {"name": "fast", "steps": a.fast_steps},
         }
         if a.baselines:  # the paper's slice-wise diffusion baselines (issue 8), no z-TV
-            methods.update({f"{n} ({a.baseline_steps} steps)": [f"solver.name={n}", f"solver.steps={a.baseline_steps}"]
+            methods.update({f"{n} ({a.baseline_steps} steps)": {"name": n, "steps": a.baseline_steps}
                             for n in ("projection", "mcg", "dps")})
         _, res = compare_methods(config, phantom(modality, a.slices, a.size, TEST_SEED), methods, common,
                                  echo=lambda m: print(f"[{name}] {m}", flush=True))

@@ -35,6 +35,10 @@ import torch
 from medrecon.priors.base import Denoiser, VESchedule
 from medrecon.solvers.diffusion import DiffusionMBIR, FastSampler
 
+from pipelines.registry import ADMM_DEFAULTS
+
+LAM, RHO = ADMM_DEFAULTS["ct"]  # the DiffusionMBIR paper's CT z-TV weight and ADMM penalty
+
 
 class UNetDenoiser(Denoiser):
     """A diffusers UNet2DModel as an EDM-style denoiser (random weights: the cost, not the quality, matters)."""
@@ -96,8 +100,8 @@ def overhead(args) -> list[dict]:
     t_chunk = _time_chunk_call(prior, args.chunk, args.size)
     calls_per_eval = math.ceil(args.slices / args.chunk)
     rows = []
-    for cls, lam_rho in ((DiffusionMBIR, dict(lam=0.04, rho=10.0)), (FastSampler, dict(lam=0.04, rho=10.0))):
-        solver = cls(prior, A, y, n_steps=args.steps, chunk_size=args.chunk, seed=0, **lam_rho)
+    for cls in (DiffusionMBIR, FastSampler):
+        solver = cls(prior, A, y, n_steps=args.steps, chunk_size=args.chunk, seed=0, lam=LAM, rho=RHO)
         prior.calls = []
         t0 = time.perf_counter()
         solver.run()
@@ -124,7 +128,7 @@ def _peak_child(args):
     prior = UNetDenoiser(args.size)
     A, y = _problem(args.size, args.slices, args.views)
     cls = {"mbir": DiffusionMBIR, "fast": FastSampler}[args.child]
-    solver = cls(prior, A, y, n_steps=args.steps, chunk_size=args.chunk, lam=0.04, rho=10.0)
+    solver = cls(prior, A, y, n_steps=args.steps, chunk_size=args.chunk, lam=LAM, rho=RHO)
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medrecon.errors import InputError
+from medrecon.io import list_series
 
 from .config import load_config
+from .tasks import reconstruct
 
 MANIFEST_FIELDS = ("series_uid", "input_path", "output_path", "status", "seconds", "error")
 MAX_NAME = 64
@@ -98,14 +100,13 @@ class BatchResult:
 def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, overwrite: bool = False,
           progress: bool = False, echo=print) -> BatchResult:
     """Reconstruct every DICOM series under input_root (see the module docstring)."""
-    from .tasks import _api, reconstruct
     cfg = load_config(config, list(overrides))  # validated before anything runs
     input_root, output_root = Path(input_root), Path(output_root)
     if not input_root.is_dir():
         raise InputError(f"input root not found or not a folder: {input_root}")
     if output_root.resolve().is_relative_to(input_root.resolve()):
         raise InputError(f"output root {output_root} lies inside the input tree {input_root}; choose another")
-    jobs = plan(input_root, output_root, _api("medrecon.io", "list_series"))
+    jobs = plan(input_root, output_root, list_series)
     if not jobs:
         raise InputError(f"no DICOM series found under {input_root}")
     manifest = output_root / "manifest.csv"

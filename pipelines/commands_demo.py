@@ -1,17 +1,12 @@
 """`phantom` (synthetic training/test volumes) and `demo` (the bundled phantom and prior, end to end)."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 
 from .app import app
-
-
-class PhantomKind(str, Enum):
-    ct = "ct"
-    mri = "mri"
+from .modality import Modality
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -31,7 +26,7 @@ def parse_seeds(text: str) -> list[int]:
 @app.command()
 def phantom(
     output: Path = typer.Argument(..., help="Folder to write one NIfTI per seed into."),
-    modality: PhantomKind = typer.Option(PhantomKind.ct, "--modality"),
+    modality: Modality = typer.Option(Modality.ct, "--modality"),
     seeds: str = typer.Option("1000", "--seeds", help="Seeds: 0-199 (training range 0-999, held out 1000-1099)."),
     shape: str = typer.Option("32,64,64", "--shape", help="Z,Y,X voxels."),
     slice_thickness: float = typer.Option(None, "--slice-thickness", help="mm (default: the phantom's own)."),
@@ -50,11 +45,11 @@ def phantom(
         assert len(zyx) == 3
     except (ValueError, AssertionError):
         raise InputError(f"--shape {shape!r}: expected Z,Y,X such as 32,64,64") from None
-    make = ct_phantom if modality == PhantomKind.ct else mr_phantom
+    make = ct_phantom if modality == Modality.ct else mr_phantom
     kw = {} if slice_thickness is None else {"slice_thickness_mm": slice_thickness}
     output.mkdir(parents=True, exist_ok=True)
     for seed in tqdm(parse_seeds(seeds), desc=f"{modality.value} phantoms", unit="vol"):
-        contrast = {} if modality == PhantomKind.ct else {"contrast": ("T1", "T2", "PD")[seed % 3]}
+        contrast = {} if modality == Modality.ct else {"contrast": ("T1", "T2", "PD")[seed % 3]}
         write_nifti(make(zyx, seed=seed, **kw, **contrast), output / f"{modality.value}_seed{seed:04d}.nii.gz",
                     overwrite=overwrite)
 

@@ -1,4 +1,4 @@
-"""`train`: train a 2D diffusion prior on the user's volumes."""
+"""`train`: train a 2D diffusion prior (whole slices or position-aware patches) on the user's volumes."""
 from __future__ import annotations
 
 import shlex
@@ -9,11 +9,12 @@ from typing import List, Optional, Tuple
 import typer
 
 from .app import app
+from .modality import Modality
 
 
-class Modality(str, Enum):
-    ct = "ct"
-    mri = "mri"
+class Arch(str, Enum):
+    unet = "unet"
+    patch = "patch"
 
 
 def _command_line(ctx: typer.Context) -> str:
@@ -25,6 +26,8 @@ def _command_line(ctx: typer.Context) -> str:
             continue
         if p.name == "data":  # paths given positionally after --data belong to it
             v = list(v) + list(ctx.params.get("more") or [])
+            if not v:
+                continue
         if getattr(p, "is_flag", False):
             words.append(p.opts[0] if v else (p.secondary_opts[0] if p.secondary_opts else ""))
         elif getattr(p, "multiple", False):
@@ -37,57 +40,155 @@ def _command_line(ctx: typer.Context) -> str:
     return shlex.join(w for w in words if w)
 
 
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    from medrecon.errors import InputError
+
+    try:
+        return tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise InputError(f"{what} {text!r}: expected comma-separated integers, e.g. 32,64,128") from None
+
+
+def training_intensity(modality: Modality, hu_window, mri_percentile: float) -> tuple[dict, float | None]:
+    """The intensity section and the per-volume magnitude percentile for a modality (core knows none)."""
+    from .modality import intensity_card
+
+    imap = intensity_card(modality)
+    if modality == Modality.ct:
+        imap.update(physical_min=float(hu_window[0]), physical_max=float(hu_window[1]))
+        return imap, None
+    imap["normalisation"] = f"per volume: |v| / {mri_percentile}th percentile of |v|, clipped to [0, 1]"
+    return imap, float(mri_percentile)
+
+
+def _dataset_volumes(names: list[str], modality: Modality) -> tuple[list[Path], list[dict]]:
+    """Paths and provenance records of registered datasets (pipelines.datasets), fetched beforehand."""
+    from medrecon.errors import InputError
+
+    from . import datasets
+
+    paths, prov = [], []
+    for n in names:
+        s = datasets.scan(n)
+        if s.modality != modality.value:
+            raise InputError(f"dataset {n!r} is {s.modality}, not {modality.value}")
+        paths.append(datasets.path(n))
+        prov.append({**s.provenance, "path": str(paths[-1])})
+    return paths, prov
+
+
 @app.command()
 def train(
     ctx: typer.Context,
-    data: List[Path] = typer.Option(..., "--data", "-d", help="DICOM series folders, NIfTI files, or folders "
-                                    "holding them (searched recursively). Several paths may follow --data."),
+    data: Optional[List[Path]] = typer.Option(None, "--data", "-d", help="DICOM series folders, NIfTI/NRRD files, or "
+                                              "folders holding them (searched recursively). Several paths may "
+                                              "follow --data."),
     more: Optional[List[Path]] = typer.Argument(None, help="More data paths (as if listed after --data).",
                                                 show_default=False),
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="A registered scan (pipelines.datasets, "
+                                                "fetched by `medrecon data fetch`) to train on; repeatable; "
+                                                "'train' = every training scan of the modality."),
+    heldout_dataset: Optional[List[str]] = typer.Option(None, "--heldout-dataset", help="Registered scans scored "
+                                                        "for the held-out loss (never trained on); 'test' = every "
+                                                        "held-out scan of the modality."),
     output: Path = typer.Option(..., "--output", "-o", help="Prior folder to write (model card, weights, logs)."),
+    arch: Arch = typer.Option(Arch.unet, "--arch", help="unet: whole slices at --image-size; patch: position-aware "
+                              "patches (PaDIS), usable on slices of any size."),
     modality: Modality = typer.Option(Modality.ct, "--modality", help="ct: HU window; mri: per-volume normalisation."),
-    image_size: int = typer.Option(64, "--image-size", help="Training slice size (square, divisible by 2^(levels-1))."),
+    image_size: int = typer.Option(64, "--image-size", help="unet: training slice size (square, divisible by "
+                                   "2^(levels-1))."),
+    patch_sizes: str = typer.Option("16,32,64", "--patch-sizes", help="patch: training patch sizes, comma separated "
+                                    "(the largest is used at inference)."),
+    pixel_range: Tuple[float, float] = typer.Option((0.7, 4.0), "--pixel-range", help="patch: range of in-plane "
+                                                    "pixel sizes (mm) drawn by random rescaling."),
     steps: int = typer.Option(5000, "--steps", help="Total optimisation steps (with --resume: the new total)."),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    batch_size: int = typer.Option(16, "--batch-size", help="unet: slices per step; patch: patches of the largest "
+                                   "size per step (smaller sizes get proportionally more)."),
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (after a linear warm-up)."),
     channels: str = typer.Option("32,64,128,128", "--channels", help="UNet widths per level, comma separated."),
     layers_per_block: int = typer.Option(1, "--layers-per-block"),
+    attention: Optional[bool] = typer.Option(None, "--attention/--no-attention", help="Self-attention at the "
+                                             "coarsest level (default: unet yes, patch no)."),
     hu_window: Tuple[float, float] = typer.Option((-1000.0, 1000.0), "--hu-window",
                                                   help="CT: HU mapped to the model range [-1, 1]."),
     mri_percentile: float = typer.Option(99.5, "--mri-percentile", help="MRI: percentile that maps to 1."),
     ema_decay: float = typer.Option(0.999, "--ema-decay"),
-    heldout_fraction: float = typer.Option(0.05, "--heldout-fraction",
-                                           help="Last slices held out to score denoising before/after."),
+    heldout_fraction: float = typer.Option(0.05, "--heldout-fraction", help="unet without --heldout-dataset: last "
+                                           "slices held out to score denoising before/after."),
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
+    heldout_every: Optional[int] = typer.Option(None, "--heldout-every", help="Held-out loss every N steps "
+                                                "(default: at every checkpoint; 0: only before/after)."),
     sample_every: int = typer.Option(1000, "--sample-every", help="Sample grid PNG every N steps (0: only at end)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's)."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast on CUDA."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/checkpoints/state.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prior in OUTPUT."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Train a 2D diffusion prior (diffusers UNet2DModel, EDM) on axial slices; writes a folder load_prior accepts."""
-    from medrecon.errors import InputError
-    from medrecon.priors.train import TrainOptions, load_slices, train_prior
+    import torch
 
-    try:
-        widths = tuple(int(c) for c in channels.split(","))
-    except ValueError:
-        raise InputError(f"--channels {channels!r}: expected comma-separated integers, e.g. 32,64,128") from None
-    opts = TrainOptions(image_size=image_size, channels=widths, layers_per_block=layers_per_block, steps=steps,
-                        batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, device=device, amp=amp,
-                        checkpoint_every=checkpoint_every, sample_every=sample_every or steps)
-    sd = load_slices(list(data) + list(more or []), modality.value, image_size, hu_window=hu_window,
-                     mri_percentile=mri_percentile)
-    n = sd.slices.shape[0]
-    n_held = int(round(n * heldout_fraction)) if n >= 8 else 0
-    heldout = sd.slices[n - n_held:] if n_held else None
-    if n_held:
-        sd.slices = sd.slices[:n - n_held]
-        sd.description["heldout_slices"] = n_held
-    typer.echo(f"training on {sd.slices.shape[0]} slices from {sd.description['n_volumes']} volumes "
-               f"({image_size}x{image_size}), {n_held} held out", err=True)
+    from medrecon.errors import InputError
+    from medrecon.priors.patch import heldout_slices
+    from medrecon.priors.train import TrainOptions, train_prior
+    from medrecon.priors.training_data import load_patch_data, load_slices
+
+    from . import datasets
+
+    if threads:
+        torch.set_num_threads(threads)
+    widths = _ints(channels, "--channels")
+    sizes = _ints(patch_sizes, "--patch-sizes")
+    paths = list(data or []) + list(more or [])
+    sources: list = list(paths)
+    names = [n for d in (dataset or []) for n in (datasets.names("train", modality.value) if d == "train" else [d])]
+    if names:
+        dpaths, prov = _dataset_volumes(names, modality)
+        paths += dpaths
+        sources += prov
+    if not paths:
+        raise InputError("no training data: give --data PATH... and/or --dataset NAME")
+    held_names = [n for d in (heldout_dataset or [])
+                  for n in (datasets.names("test", modality.value) if d == "test" else [d])]
+    overlap = sorted(set(held_names) & set(names))
+    if overlap:
+        raise InputError(f"datasets {', '.join(overlap)} are both trained on and held out: drop them from one list")
+    imap, pct = training_intensity(modality, hu_window, mri_percentile)
+    opts = TrainOptions(arch=arch.value, image_size=image_size, channels=widths, layers_per_block=layers_per_block,
+                        attention=attention, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
+                        patch_sizes=sizes, pixel_spacing_range=tuple(pixel_range), seed=seed, device=device,
+                        amp=amp, checkpoint_every=checkpoint_every, heldout_every=heldout_every,
+                        sample_every=sample_every or steps)
+    heldout, held_desc = None, None
+    if arch == Arch.patch:
+        sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources)
+        if held_names:
+            hp, hprov = _dataset_volumes(held_names, modality)
+            hd = load_patch_data(hp, imap, magnitude_percentile=pct, modality=modality.value, sources=hprov)
+            heldout = heldout_slices(hd, opts.heldout_spacing_mm)
+            held_desc = hprov
+        what = f"{sd.n_slices} slices at their own pixel size, patches {','.join(map(str, sizes))}"
+    else:
+        sd = load_slices(paths, imap, image_size, magnitude_percentile=pct, modality=modality.value, sources=sources)
+        if held_names:
+            hp, hprov = _dataset_volumes(held_names, modality)
+            heldout = load_slices(hp, imap, image_size, magnitude_percentile=pct, sources=hprov).slices
+            held_desc = hprov
+        else:
+            n = sd.slices.shape[0]
+            n_held = int(round(n * heldout_fraction)) if n >= 8 else 0
+            if n_held:
+                heldout = sd.slices[n - n_held:]
+                sd.slices = sd.slices[:n - n_held]
+                sd.description["heldout_slices"] = n_held
+        what = f"{sd.slices.shape[0]} slices ({image_size}x{image_size})"
+    if held_desc:
+        sd.description["heldout_volumes"] = held_desc
+    n_held = 0 if heldout is None else sum(h.shape[0] for h in ([heldout] if torch.is_tensor(heldout) else heldout))
+    typer.echo(f"training {arch.value} prior on {what} from {sd.description['n_volumes']} volumes, "
+               f"{n_held} held-out slices", err=True)
     out = train_prior(sd, output, opts, command=_command_line(ctx), resume=resume, overwrite=overwrite,
                       heldout=heldout, progress=progress)
     typer.echo(str(out))

@@ -10,13 +10,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from medrecon.metrics import per_axis_metrics
 from medrecon.volume import Volume
 
-from .tasks import _image_size, _prepare, choose_device, data_term, load_configured_prior, run_solver, simulate_volume
+from .config import Config, load_config
+from .problem import Problem
+from .registry import SOLVERS
 
 
 class PeakMemory:
@@ -68,7 +69,7 @@ class MethodResult:
     seconds: float
     peak_cpu_mib: float
     peak_cuda_mib: float | None = None
-    overrides: list = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # the method's solver section
 
     def row(self) -> dict:
         m = self.metrics
@@ -80,55 +81,58 @@ class MethodResult:
                 "peak_cuda_mib": None if self.peak_cuda_mib is None else round(self.peak_cuda_mib, 1)}
 
 
-def admm_tv_overrides(lam: float, iters: int = 100) -> list[str]:
-    """Config overrides for the classical baseline: 3D anisotropic ADMM-TV, rho = 10 lam, 5 CG steps."""
-    return ["solver.name=admm_tv", "solver.tv=3d", f"solver.steps={iters}", "solver.n_cg=5",
-            f"solver.admm.lam={lam}", f"solver.admm.rho={10 * lam}"]
+def admm_tv_settings(lam: float, iters: int = 100) -> dict:
+    """The classical baseline's solver section: 3D anisotropic ADMM-TV, rho = 10 lam, 5 CG steps."""
+    return {"name": "admm_tv", "tv": "3d", "steps": iters, "n_cg": 5, "admm": {"lam": lam, "rho": 10 * lam}}
 
 
-def compare_methods(config, source: Volume, methods: dict[str, list[str]], common: list[str] = (),
+def method_configs(config, methods: dict[str, dict], common=()) -> dict[str, Config]:
+    """One resolved config per method: ``config`` with ``common`` overrides and the method's solver section (a
+    ``solver:`` mapping, validated by the registry like a config file's) over the settings of the file's solver
+    that the method's solver also takes (e.g. ``nonneg``, ``device``)."""
+    base = load_config(config, list(common), check_files=False)
+    out = {}
+    for label, solver in methods.items():
+        d = base.model_dump()
+        takes = SOLVERS[solver["name"]].settings.model_fields
+        d["solver"] = {**{k: v for k, v in d["solver"].items() if k in takes and k != "name"}, **solver}
+        cfg = load_config(d)
+        cfg._source = base.source
+        out[label] = cfg.resolved()
+    return out
+
+
+def compare_methods(config, source: Volume, methods: dict[str, dict], common=(),
                     data_range: float | None = None, progress: bool = False, echo=None,
                     prior=None) -> tuple[Volume, list[MethodResult]]:
     """Simulate measurements of ``source`` with ``config`` once, then reconstruct them with each method.
 
-    ``methods`` maps a label to config overrides (e.g. ``{"ADMM-TV": ["solver.name=admm_tv"]}``);
-    ``common`` overrides apply to all. ``prior`` (already loaded) is used as given; otherwise it is loaded
-    once, from the first method that needs one.
+    ``methods`` maps a label to a solver section (e.g. ``{"ADMM-TV": {"name": "admm_tv"}}``); ``common``
+    overrides (``key=value``) apply to the config. ``prior`` (already loaded) is used as given; otherwise it is
+    loaded once, from the first method that needs one. Every method sees the same ``Problem``.
     Returns the reference volume (at reconstruction resolution) and one MethodResult per method.
     """
-    cfgs = {label: _prepare(config, [*common, *ov]) for label, ov in methods.items()}
-    first = next(iter(cfgs.values()))
-    device = choose_device(first.solver.device)
-    for cfg in cfgs.values():
-        if prior is None and cfg.solver.needs_prior:
-            prior = load_configured_prior(cfg, device)
-            break
-    from medrecon.priors import IntensityMap
-
-    imap = prior.intensity if prior is not None and prior.intensity is not None else \
-        IntensityMap(**first.intensity.model_dump())
-    ref, meas = simulate_volume(first, source, _image_size(first, prior))
-    A, y, geom = data_term(meas, imap, device)
+    cfgs = method_configs(config, methods, common)
+    first = next((c for c in cfgs.values() if c.needs_prior), next(iter(cfgs.values())))
+    problem = Problem.build(first, source, prior=prior)
     if data_range is None:
-        data_range = float(imap.physical_max - imap.physical_min)
+        data_range = float(problem.intensity.physical_max - problem.intensity.physical_min)
     results = []
     for label, cfg in cfgs.items():
         if echo:
             echo(f"{label}: {cfg.solver.name} ...")
-        with PeakMemory(device) as mem:
+        with PeakMemory(problem.device) as mem:
             t0 = time.perf_counter()
-            counters: dict = {}
-            x, _, nfe = run_solver(cfg, A, y, meas.grid.shape, geom, prior if cfg.solver.needs_prior else None,
-                                   imap, progress, counters=counters)
+            sol = problem.solve(cfg.solver, progress)
             seconds = time.perf_counter() - t0
-        vol = meas.grid.with_data(imap.to_physical(x.real.float().cpu().numpy()), description=label)
-        metrics = per_axis_metrics(ref.data, vol.data, data_range)
-        results.append(MethodResult(label, cfg.solver.name, vol, metrics, int(nfe),
-                                    int(counters.get("backward_passes_per_slice", 0)), seconds, mem.cpu_mib,
-                                    mem.cuda_mib, list(methods[label])))
+        vol = problem.to_volume(sol.x, description=label)
+        metrics = per_axis_metrics(problem.reference.data, vol.data, data_range)
+        results.append(MethodResult(label, cfg.solver.name, vol, metrics, int(sol.nfe_per_slice),
+                                    int(sol.backward_per_slice), seconds, mem.cpu_mib, mem.cuda_mib,
+                                    dict(methods[label])))
         if echo:
             echo(f"{label}: PSNR axial {metrics['psnr']['axial']:.2f} dB, {seconds:.1f} s")
-    return ref, results
+    return problem.reference, results
 
 
 def markdown_table(results: list[MethodResult], title: str = "") -> str:
@@ -144,4 +148,4 @@ def markdown_table(results: list[MethodResult], title: str = "") -> str:
     return (f"{title}\n\n" if title else "") + head + "\n".join(lines) + "\n"
 
 
-__all__ = ["admm_tv_overrides", "compare_methods", "markdown_table", "MethodResult", "PeakMemory"]
+__all__ = ["admm_tv_settings", "method_configs", "compare_methods", "markdown_table", "MethodResult", "PeakMemory"]

@@ -7,8 +7,13 @@ A config is validated completely before anything runs. Every problem is reported
     configs/my.yaml: solver.admm.rhoo: unknown key (did you mean "rho"?)
     configs/my.yaml: prior.path: file not found: /x/y (give a prior directory or bundled:ct)
 
-Values left ``null`` are filled by :meth:`Config.resolved` (solver defaults per method, ADMM weights per
-modality: CT lam 0.04 / rho 10, MRI lam 0.005 / rho 0.01, the DiffusionMBIR paper's values).
+The ``solver:`` section holds the settings of one solver (``pipelines.registry``): a key of another solver is
+an error that names the solver. When ``--set solver.name=X`` switches to another solver than the file's, the
+file's solver keys that X does not take are left behind (they were settings of the file's solver), while
+keys given with ``--set`` must belong to X.
+
+Values left ``null`` are filled by :meth:`Config.resolved` from the registry (steps and CG iterations per
+solver, z-TV weight and ADMM penalty per modality).
 """
 from __future__ import annotations
 
@@ -18,44 +23,29 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
 from medrecon.errors import InputError
+
+from .modality import intensity_card
+from .registry import SOLVERS, FastSettings, Section, SolverSettings
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BUNDLED_PRIORS = Path(__file__).resolve().parents[1] / "medrecon" / "assets" / "priors"
 
-PRIOR_SOLVERS = ("diffusion_mbir", "fast", "slicewise_fast", "slicewise_mbir", "projection", "mcg", "dps")
-# the paper's slice-wise baselines (medrecon.solvers.guidance): z-TV off unless solver.admm.lam is set
-GUIDED_SOLVERS = ("projection", "mcg", "dps")
-SolverName = Literal["diffusion_mbir", "fast", "slicewise_fast", "slicewise_mbir", "projection", "mcg", "dps",
-                     "admm_tv", "fbp", "cgls", "sirt", "zero_filled"]
-# steps, n_cg when the config leaves them null
-SOLVER_DEFAULTS = {"diffusion_mbir": (2000, 1), "slicewise_mbir": (2000, 1), "fast": (50, 5),
-                   "slicewise_fast": (50, 5), "admm_tv": (100, 5), "cgls": (50, 1), "sirt": (100, 1),
-                   "fbp": (1, 1), "zero_filled": (1, 1),
-                   "projection": (1000, 5), "mcg": (1000, 5), "dps": (1000, 5)}  # papers: 1000 (DPS) - 2000
-ADMM_DEFAULTS = {"ct": (0.04, 10.0), "mri": (0.005, 0.01)}
-# physical -> [0, 1] model units when no prior gives its own intensity map
-INTENSITY_DEFAULTS = {"ct": (-1000.0, 1000.0, "HU"), "mri": (0.0, 1.0, "normalised magnitude")}
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
 
 # ---------------------------------------------------------------------------------------------- CT
-class Detector(_Section):
+class Detector(Section):
     n_det: Optional[int] = Field(None, gt=0)  # null: ceil(sqrt(2) * image_size) bins
     spacing: Optional[float] = Field(None, gt=0)  # mm; null: the reconstruction pixel size
 
 
-class Fan(_Section):
+class Fan(Section):
     source_distance: Optional[float] = Field(None, gt=0)  # source to rotation centre, mm; null: 2x the width
     detector_distance: Optional[float] = Field(None, ge=0)  # rotation centre to detector, mm; null: 1x width
 
 
-class CT(_Section):
+class CT(Section):
     beam: Literal["parallel", "fan"] = "parallel"
     n_views: Optional[int] = Field(None, gt=0)  # sparse view: uniform over 180 deg (parallel) / 360 (fan)
     wedge_deg: Optional[float] = Field(None, gt=0, le=360)  # limited angle: one view per degree
@@ -73,14 +63,14 @@ class CT(_Section):
 
 
 # --------------------------------------------------------------------------------------------- MRI
-class Mask(_Section):
+class Mask(Section):
     kind: Literal["uniform1d", "gaussian1d", "equispaced1d", "poisson2d"] = "uniform1d"
     acceleration: float = Field(4.0, gt=1)
     center_fraction: float = Field(0.08, gt=0, lt=1)
     seed: int = 0
 
 
-class MRI(_Section):
+class MRI(Section):
     mode: Literal["2d", "3d"] = "2d"  # 2d: same mask on every slice; 3d: mask over (kz, ky), readout x
     image_size: Optional[int] = Field(None, gt=0)  # null: the prior's size (320 without a prior)
     pixel_size: Optional[float] = Field(None, gt=0)  # mm; null: the input's field of view / image_size
@@ -91,69 +81,41 @@ class MRI(_Section):
 
 
 # ------------------------------------------------------------------------------------ the rest
-class Prior(_Section):
+class Prior(Section):
     path: Optional[str] = None  # a prior directory, or bundled:ct / bundled:mri
 
 
-class ADMM(_Section):
-    lam: Optional[float] = Field(None, ge=0)
-    rho: Optional[float] = Field(None, gt=0)
-
-
-class Solver(_Section):
-    name: SolverName = "fast"
-    steps: Optional[int] = Field(None, gt=0)  # diffusion steps or classical iterations
-    n_cg: Optional[int] = Field(None, gt=0)
-    admm: ADMM = ADMM()
-    tv: Literal["z", "3d"] = "z"  # TV along z only (DiffusionMBIR) or along all three axes
-    chunk_size: Optional[int] = Field(None, gt=0)  # slices per network call; null: automatic
-    eta: float = Field(0.85, ge=0, le=1)
-    snr: float = Field(0.16, gt=0)  # Langevin corrector (diffusion_mbir, projection, mcg; dps has none)
-    zeta: float = Field(1.0, ge=0)  # gradient step scale c in c/||r|| * grad ||r||^2: DPS zeta, MCG alpha
-    lambda_proj: float = Field(1.0, ge=0, le=1)  # projection blending weight (projection, mcg)
-    likelihood: Literal["gaussian", "poisson"] = "gaussian"  # dps; poisson: CT transmission weights
-    samples: int = Field(1, gt=0)  # > 1: posterior mean and voxel-wise std
-    nonneg: bool = False  # clamp at the physical minimum of the intensity map
-    clip: Optional[tuple[float, float]] = None  # physical units (HU for CT)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @property
-    def needs_prior(self) -> bool:
-        return self.name in PRIOR_SOLVERS
-
-
-class Noise(_Section):
+class Noise(Section):
     kind: Literal["poisson", "gaussian", "complex_gaussian", "none"] = "none"
     I0: float = Field(1e5, gt=0)  # CT incident photons per detector bin
     sigma: float = Field(0.0, ge=0)  # gaussian: line-integral units (CT); complex: per real/imag part (MRI)
     seed: int = 0
 
 
-class Simulation(_Section):
+class Simulation(Section):
     upsample: int = Field(2, ge=1)  # simulate on a grid this much finer (no inverse crime)
 
 
-class Outputs(_Section):
+class Outputs(Section):
     dicom: bool = True
     preview: bool = True
     snapshots_every: int = Field(0, ge=0)
     window: Optional[tuple[float, float]] = None  # preview window, physical units; null: 1st-99th pct
 
 
-class Intensity(_Section):
+class Intensity(Section):
     physical_min: float
     physical_max: float
     unit: str = "HU"
 
 
-class Config(_Section):
+class Config(Section):
     task: str
     modality: Literal["ct", "mri"]
     ct: Optional[CT] = None
     mri: Optional[MRI] = None
     prior: Prior = Prior()
-    solver: Solver = Solver()
+    solver: SolverSettings = Field(default_factory=FastSettings)
     noise: Noise = Noise()
     simulation: Simulation = Simulation()
     outputs: Outputs = Outputs()
@@ -171,14 +133,12 @@ class Config(_Section):
         if self.noise.kind not in allowed:
             raise ValueError(f"noise.kind: {self.noise.kind} does not fit modality {self.modality} "
                              f"(use one of {', '.join(allowed)})")
-        if self.solver.name == "fbp" and self.modality != "ct":
-            raise ValueError("solver.name: fbp works only for CT (use zero_filled for MRI)")
-        if self.solver.name == "zero_filled" and self.modality != "mri":
-            raise ValueError("solver.name: zero_filled works only for MRI (use fbp for CT)")
-        if self.solver.likelihood == "poisson" and (self.solver.name != "dps" or self.modality != "ct"):
-            raise ValueError("solver.likelihood: poisson works only for solver.name=dps with CT data")
-        if self.solver.samples > 1 and not self.solver.needs_prior:
-            raise ValueError(f"solver.samples: > 1 needs a diffusion solver, not {self.solver.name}")
+        spec = SOLVERS[self.solver.name]
+        if self.modality not in spec.modalities:
+            raise ValueError(f"solver.name: {spec.name} works only for {', '.join(spec.modalities)} "
+                             f"(see the solver table in the README)")
+        if getattr(self.solver, "likelihood", None) == "poisson" and self.modality != "ct":
+            raise ValueError("solver.likelihood: poisson works only with CT data")
         return self
 
     # -- derived values ------------------------------------------------------------------------
@@ -194,20 +154,21 @@ class Config(_Section):
     def image_size(self) -> int | None:
         return self.operator.image_size
 
+    @property
+    def needs_prior(self) -> bool:
+        return SOLVERS[self.solver.name].needs_prior
+
     def resolved(self) -> "Config":
-        """A copy with every null solver value replaced by its default (the config 'as run')."""
+        """A copy with every null solver value replaced by its registry default (the config 'as run')."""
         d = self.model_dump()
-        s = d["solver"]
-        steps, n_cg = SOLVER_DEFAULTS[s["name"]]
-        lam, rho = ADMM_DEFAULTS[self.modality]
-        s["steps"] = s["steps"] or steps
-        s["n_cg"] = s["n_cg"] or n_cg
-        lam = 0.0 if s["name"] in GUIDED_SOLVERS else lam
-        s["admm"] = {"lam": lam if s["admm"]["lam"] is None else s["admm"]["lam"],
-                     "rho": s["admm"]["rho"] or rho}
+        for key, value in SOLVERS[self.solver.name].defaults(self.modality).items():
+            if isinstance(value, dict):
+                d["solver"][key] = {k: v if d["solver"][key][k] is None else d["solver"][key][k]
+                                    for k, v in value.items()}
+            elif d["solver"].get(key) is None:
+                d["solver"][key] = value
         if d["intensity"] is None:
-            lo, hi, unit = INTENSITY_DEFAULTS[self.modality]
-            d["intensity"] = {"physical_min": lo, "physical_max": hi, "unit": unit}
+            d["intensity"] = {k: v for k, v in intensity_card(self.modality).items() if k in Intensity.model_fields}
         out = Config.model_validate(d)
         out._source = self._source
         return out
@@ -249,7 +210,10 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
             raise InputError(f"{label}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise InputError(f"{label}: expected a mapping of keys at the top level")
+    file_solver = dict(raw.get("solver") or {}) if isinstance(raw.get("solver"), dict) else None
     problems = [p for o in overrides for p in _apply_override(raw, o)]
+    if not problems and file_solver is not None:
+        _leave_other_solvers_keys(raw, file_solver, overrides)
     cfg = None
     if not problems:
         try:
@@ -262,6 +226,18 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
         raise InputError("\n".join(f"{label}: {p}" for p in problems))
     cfg._source = label
     return cfg
+
+
+def _leave_other_solvers_keys(raw: dict, file_solver: dict, overrides) -> None:
+    """After ``--set solver.name=X`` (X not the file's solver): drop the file's solver keys X does not take."""
+    section = raw.get("solver")
+    name = section.get("name") if isinstance(section, dict) else None
+    if name == file_solver.get("name") or name not in SOLVERS:
+        return
+    given = {o.partition("=")[0].strip().split(".")[1] for o in overrides if o.strip().startswith("solver.")
+             and len(o.partition("=")[0].strip().split(".")) > 1}
+    takes = SOLVERS[name].settings.model_fields
+    raw["solver"] = {k: v for k, v in section.items() if k in given or k in takes}
 
 
 def _apply_override(raw: dict, item: str) -> list[str]:
@@ -300,9 +276,18 @@ def _loc(loc: tuple) -> str:
     return out
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
+def _solver_loc(loc: tuple) -> tuple[tuple, str | None]:
+    """Pydantic puts the solver's name into the key path of its errors (solver.fast.eta): take it out."""
+    if len(loc) > 1 and loc[0] == "solver" and loc[1] in SOLVERS:
+        return (loc[0], *loc[2:]), str(loc[1])
+    return loc, None
+
+
+def _model_at(loc: tuple, solver: str | None = None) -> type[BaseModel] | None:
     """The config section class at a key path (to suggest its field names)."""
     cls: Any = Config
+    if solver is not None and loc and loc[0] == "solver":
+        cls, loc = SOLVERS[solver].settings, loc[1:]
     for part in loc:
         field = cls.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
@@ -325,14 +310,21 @@ _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "l
 
 
 def _describe(err: dict) -> str:
-    loc, kind, ctx = tuple(err["loc"]), err["type"], err.get("ctx") or {}
+    (loc, solver), kind, ctx = _solver_loc(tuple(err["loc"])), err["type"], err.get("ctx") or {}
     where = _loc(loc) or "(top level)"
     if kind == "extra_forbidden":
-        section = _model_at(loc[:-1])
+        section = _model_at(loc[:-1], solver)
         names = list(section.model_fields) if section else []
         close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
         hint = f'did you mean "{close[0]}"?' if close else f"known keys: {', '.join(names)}"
+        owners = [n for n, s in SOLVERS.items() if loc[-1] in s.settings.model_fields]
+        if solver is not None and len(loc) == 2 and owners:
+            return f"{where}: not a setting of solver {solver} (it belongs to {', '.join(owners)})"
         return f"{where}: unknown key ({hint})"
+    if kind == "union_tag_invalid":
+        return f"{where}.name: expected one of {', '.join(SOLVERS)}, got {_show(ctx.get('tag'))}"
+    if kind == "union_tag_not_found":
+        return f"{where}.name: required key missing (one of {', '.join(SOLVERS)})"
     if kind == "missing" and loc and isinstance(loc[-1], int):
         return f"{_loc(loc[:-1])}: expected a list [low, high]"
     if kind == "missing":
@@ -363,7 +355,7 @@ def resolve_prior_path(spec: str, base_dir: Path = Path(".")) -> Path:
 
 
 def _check_files(cfg: Config, base_dir: Path) -> list[str]:
-    if not cfg.solver.needs_prior:
+    if not cfg.needs_prior:
         return []
     hint = f"give a prior directory or bundled:{cfg.modality}"
     if not cfg.prior.path:

@@ -6,18 +6,22 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .compare import admm_tv_overrides, compare_methods, markdown_table
-from .outputs import preview_grid, report, write_json
+from medrecon.errors import InputError
+from medrecon.io import write_dicom_series, write_nifti
+
+from .compare import admm_tv_settings, compare_methods, markdown_table
+from .config import resolve_prior_path
+from .outputs import atomic_output, preview_grid, report, write_json
 from .phantoms import HELD_OUT_SEEDS, ct_phantom
-from .tasks import _atomic
+from .prior_cards import load_prior_for
 
 DEMO_SEED = HELD_OUT_SEEDS[0]
 DEMO_WINDOW = (-400.0, 600.0)  # HU: soft-tissue window (W 1000, L 100) for the preview
 # ADMM-TV weight chosen on another held-out seed (see benchmarks/bench_quality.py --tune), not on this one.
 DEMO_METHODS = {
-    "FBP": ["solver.name=fbp"],
-    "ADMM-TV (3D)": admm_tv_overrides(0.1),
-    "Diffusion + z-TV (fast)": ["solver.name=fast"],
+    "FBP": {"name": "fbp"},
+    "ADMM-TV (3D)": admm_tv_settings(0.1),
+    "Diffusion + z-TV (fast)": {"name": "fast"},
 }
 DIFFUSION = "Diffusion + z-TV (fast)"
 
@@ -25,31 +29,25 @@ DIFFUSION = "Diffusion + z-TV (fast)"
 def run_demo(output: str | Path, prior: str = "bundled:ct", slices: int = 24, seed: int = DEMO_SEED,
              steps: int | None = None, overwrite: bool = False, progress: bool = True, echo=print) -> dict:
     """Run the demo into ``output``; returns {"metrics": {method: metrics}, "table": markdown}."""
-    from medrecon.errors import InputError
-    from medrecon.io import write_dicom_series, write_nifti
-    from medrecon.priors import load_prior
-
-    from .config import resolve_prior_path
-
     out = Path(output)
     if out.exists() and not overwrite:  # say so before the work, not after it
         raise InputError(f"output exists: {out} (use --overwrite to replace it)")
     prior_dir = resolve_prior_path(prior, Path.cwd())
-    loaded = load_prior(prior_dir)
+    loaded = load_prior_for(prior_dir)
     size = loaded.image_size or 64
     # Twice the reconstruction resolution: the reference is resampled from it and the sinogram is projected
     # from it, so the reconstruction never sees its own discretisation (no inverse crime).
     source = ct_phantom((slices, 2 * size, 2 * size), seed=seed, slice_thickness_mm=6.0)
-    methods = {k: list(v) for k, v in DEMO_METHODS.items()}
+    methods = {k: dict(v) for k, v in DEMO_METHODS.items()}
     if steps:
-        methods[DIFFUSION] = methods[DIFFUSION] + [f"solver.steps={steps}"]
+        methods[DIFFUSION]["steps"] = steps
     echo(f"demo: held-out phantom seed {seed}, {slices} slices of {size}x{size}, 8 views, Poisson noise")
     ref, results = compare_methods("sparse_view_ct_8", source, methods,
                                    common=[f"prior.path={prior_dir}", f"ct.image_size={size}"],
                                    progress=progress, echo=echo, prior=loaded)
     table = markdown_table(results, f"8-view sparse-view CT, held-out phantom seed {seed}, "
                                     f"{slices}x{size}x{size}, PSNR/SSIM over 2000 HU")
-    with _atomic(out, overwrite) as tmp:
+    with atomic_output(out, overwrite) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         write_nifti(ref, tmp / "reference.nii.gz")

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
+import uuid
 import resource
 import sys
 import time
@@ -14,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from medrecon import __version__
+from medrecon.io.atomic import atomic_path
 from medrecon.volume import Volume
 
 
@@ -35,6 +39,25 @@ class Timings:
         d = {k: round(v, 4) for k, v in self._t.items()}
         d["total"] = round(sum(self._t.values()), 4)
         return d
+
+
+@contextmanager
+def atomic_output(output, overwrite: bool, protect=()):
+    """``medrecon.io.atomic_path`` for an output folder. A previous medrecon output (it holds report.json and
+    sub-folders, which atomic_path will not replace) is moved aside first and restored if the run fails."""
+    out, aside = Path(output), None
+    if overwrite and (out / "report.json").is_file():
+        aside = out.with_name(f".medrecon-tmp-old-{uuid.uuid4().hex[:8]}-{out.name}")
+        os.rename(out, aside)
+    try:
+        with atomic_path(out, overwrite, protect=protect) as tmp:
+            yield tmp
+    except BaseException:
+        if aside is not None and not out.exists():
+            os.rename(aside, out)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def peak_memory() -> dict:

@@ -11,8 +11,7 @@ import torch
 
 from medrecon.linop import FiniteDifference
 from operators.ct import FanBeamGeometry, ParallelBeamGeometry, SliceProjector
-from operators.masks import make_mask
-from operators.mri import CartesianMRI
+from operators.mri import CartesianMRI, PerSliceOperator, make_mask
 
 
 
@@ -59,6 +58,13 @@ def textured_phantom(n, nz):
     return np.stack(slices).astype(np.float32)
 
 
+def _per_slice(real_input: bool):
+    """Three slices, each with its own mask and its own coil maps (as fastMRI sens_maps (Z, C, H, W))."""
+    return PerSliceOperator([CartesianMRI((8, 10), make_mask("uniform1d", (8, 10), 2, 0.2, seed=z),
+                                          coil_maps=smooth_coil_maps(2, (8, 10), seed=z), real_input=real_input)
+                             for z in range(3)])
+
+
 def _par(**kw):
     return SliceProjector(ParallelBeamGeometry.sparse_view(12, 8, pixel_size_mm=0.8, **kw))
 
@@ -79,6 +85,8 @@ REGISTRY = {
     "mri2d_perslice_multicoil_real": lambda: (CartesianMRI(
         (8, 10), np.stack([make_mask("uniform1d", (8, 10), 2, 0.2, seed=s) for s in range(3)]),
         coil_maps=smooth_coil_maps(2, (8, 10)), real_input=True), (3,), False),
+    "mri2d_per_slice_operator_complex": lambda: (_per_slice(False), (), True),
+    "mri2d_per_slice_operator_real": lambda: (_per_slice(True), (2,), False),
     "mri3d_poisson": lambda: (CartesianMRI((6, 5, 8), make_mask("poisson2d", (6, 5, 8), 3, 0.25)), (), True),
     "mri3d_multicoil_real": lambda: (CartesianMRI((4, 5, 6), make_mask("poisson2d", (4, 5, 6), 2, 0.25),
                                                   coil_maps=smooth_coil_maps(2, (4, 5, 6)), real_input=True),

@@ -71,7 +71,7 @@ def test_batch_records_failures_and_resumes(tree, tmp_path):
 
 def test_interrupted_batch_redoes_the_half_written_series(tree, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    import pipelines.tasks as tasks  # batch() imports reconstruct from here when it runs
+    import pipelines.tasks as tasks
     real, good = tasks.reconstruct, []
     sets = ["solver.name=fbp", "ct.image_size=16"]
 
@@ -85,13 +85,13 @@ def test_interrupted_batch_redoes_the_half_written_series(tree, tmp_path, monkey
                 raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(tasks, "reconstruct", killed_on_second_good_series)
+    monkeypatch.setattr(batch_mod, "reconstruct", killed_on_second_good_series)
     with pytest.raises(KeyboardInterrupt):
         batch_mod.batch(tree, out, "sparse_view_ct_8", sets, echo=lambda s: None)
     status = {r["output_path"]: r["status"] for r in _manifest(out)}
     assert status[str(good[0])] == "done" and status[str(good[1])] == "pending"
     assert not (good[1] / "report.json").exists()
-    monkeypatch.setattr(tasks, "reconstruct", real)
+    monkeypatch.setattr(batch_mod, "reconstruct", real)
     res = batch_mod.batch(tree, out, "sparse_view_ct_8", sets, echo=lambda s: None)
     status = {r["output_path"]: r["status"] for r in res.rows}
     assert status[str(good[0])] == "skipped" and status[str(good[1])] == "done"

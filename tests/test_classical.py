@@ -5,8 +5,7 @@ import torch
 from medrecon.linop import FiniteDifference, Identity, MatrixOperator
 from medrecon.solvers import admm_tv, cg_normal, cgls, sirt
 from operators.ct import ParallelBeamGeometry, SliceProjector
-from operators.mri import CartesianMRI
-from operators.masks import make_mask
+from operators.mri import CartesianMRI, make_mask
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 

@@ -10,8 +10,10 @@ import torch
 
 from medrecon.errors import InputError, MedreconError
 from medrecon.solvers import admm_tv
-from operators.ct import (ConeBeamGeometry, ConeProjector, FanBeamGeometry, ParallelBeamGeometry, SliceProjector,
-                          fbp, fdk, geometry_from_dict, system_matrix)
+from operators.ct import (MU_WATER, ConeBeamGeometry, ConeProjector, FanBeamGeometry, ParallelBeamGeometry,
+                          SliceProjector, attenuation_per_pixel, fbp, fdk, geometry_from_dict, hu_to_mu, make_geometry,
+                          noisy_line_integrals, pixel_unit_projector, poisson_weights_from_line_integrals,
+                          system_matrix)
 from operator_registry import disc, psnr, textured_phantom
 
 GPU = pytest.mark.gpu
@@ -134,6 +136,60 @@ def test_system_matrix_is_cached_per_geometry_and_batches_match_single_slices():
     assert torch.allclose(y[1, 2], A(x[1, 2]))
     with pytest.raises(InputError, match="projector"):
         SliceProjector(g, "line_fanflat")
+
+
+def test_attenuation_per_pixel_is_affine_and_unclamped_hu_to_mu_is_clamped():
+    assert attenuation_per_pixel(-1000.0, 0.5) == 0.0  # air
+    assert attenuation_per_pixel(0.0, 0.5) == pytest.approx(0.5 * MU_WATER, rel=1e-15)  # water
+    assert attenuation_per_pixel(-2000.0, 1.0) == pytest.approx(-MU_WATER, rel=1e-15)  # affine: below air too
+    hu = np.array([-2000.0, -1000.0, 0.0, 1000.0])
+    assert np.allclose(hu_to_mu(hu), [0.0, 0.0, MU_WATER, 2 * MU_WATER], rtol=1e-15, atol=0)
+    t = attenuation_per_pixel(torch.tensor([0.0, 1000.0], dtype=torch.float64), 2.0)  # tensors as well
+    assert torch.allclose(t, torch.tensor([2 * MU_WATER, 4 * MU_WATER], dtype=torch.float64))
+
+
+def test_noisy_line_integrals_none_gaussian_and_poisson():
+    p = np.full(20000, 1.0)
+    assert noisy_line_integrals(p, "none", np.random.default_rng(0)) is p
+    g = noisy_line_integrals(p, "gaussian", np.random.default_rng(0), sigma=0.1)
+    assert abs(g.mean() - 1.0) < 0.005 and abs(g.std() - 0.1) < 0.005  # 5 and 7 standard errors
+    # Poisson, I0 = 1e5, e^-1 I0 = 36788 counts: the log estimator's bias 1/(2 counts) = 1.4e-5 and its
+    # standard error over 20000 rays 3.7e-5 are both far below the 2e-4 allowed; spread 1/sqrt(counts).
+    y = noisy_line_integrals(p, "poisson", np.random.default_rng(1), I0=1e5)
+    assert abs(y.mean() - 1.0) < 2e-4
+    assert abs(y.std() * np.sqrt(1e5 * np.exp(-1.0)) - 1.0) < 0.03
+    assert noisy_line_integrals(np.array([60.0]), "poisson", np.random.default_rng(0), I0=1e5)[0] == \
+        pytest.approx(np.log(1e5 / 0.5))  # zero counts are read as 0.5
+    with pytest.raises(InputError, match="noise"):
+        noisy_line_integrals(p, "complex_gaussian", np.random.default_rng(0))
+
+
+def test_make_geometry_defaults_like_and_pixel_unit_projector():
+    g = make_geometry("parallel", 64, 0.5, n_views=8)
+    assert g == ParallelBeamGeometry.sparse_view(64, 8, n_det=91, pixel_size_mm=0.5, det_spacing_mm=0.5)
+    la = make_geometry("parallel", 32, 1.0, wedge_deg=90, n_det=50, det_spacing_mm=0.8)
+    assert la.angles_deg == tuple(float(a) for a in range(90)) and (la.n_det, la.det_spacing_mm) == (50, 0.8)
+    fan = make_geometry("fan", 32, 0.5, n_views=6, source_distance_mm=60.0)
+    assert fan == FanBeamGeometry.sparse_view(32, 6, pixel_size_mm=0.5, det_spacing_mm=0.5, source_origin_mm=60.0)
+    fine = make_geometry("fan", 64, 0.25, n_views=6, like=fan)  # same detector and distances, finer pixels
+    assert (fine.n_det, fine.det_spacing_mm, fine.source_origin_mm, fine.origin_det_mm, fine.pixel_size_mm) == \
+        (fan.n_det, fan.det_spacing_mm, fan.source_origin_mm, fan.origin_det_mm, 0.25)
+    for bad in ({}, {"n_views": 4, "wedge_deg": 90}):
+        with pytest.raises(InputError, match="exactly one"):
+            make_geometry("parallel", 32, 1.0, **bad)
+    with pytest.raises(InputError, match="beam"):
+        make_geometry("cone", 32, 1.0, n_views=4)
+    # pixel units: a uniform object of 1 per pixel gives chord lengths in pixels (mm / pixel size)
+    x = torch.rand(2, 64, 64, dtype=torch.float64)
+    assert torch.allclose(pixel_unit_projector(g)(x), SliceProjector(g)(x) / 0.5)
+    assert isinstance(pixel_unit_projector(la), SliceProjector)
+
+
+def test_poisson_weights_follow_the_counts_with_mean_one():
+    line = torch.tensor([[0.5, 1.5], [2.5, 0.5]], dtype=torch.float64)
+    w = poisson_weights_from_line_integrals(line)
+    assert float(w.mean()) == pytest.approx(1.0, rel=1e-12)
+    assert torch.allclose(w / w.max(), torch.exp(-(line - 0.5)))
 
 
 @pytest.mark.skipif(astra.use_cuda(), reason="checks the no-GPU guard")

@@ -197,8 +197,11 @@ def test_projection_replaces_sampled_kspace():
 def test_options_and_defaults():
     prior, A, y, _, _ = _white_problem()
     for cls in (ProjectionSampler, MCGSampler, DPSSampler):
-        s = cls(prior, A, y)
-        assert s.n_steps == 200 and s.lam == 0.0 and s.dc.n_cg == 5
+        s = cls(prior, A, y)                    # no z-TV by default, so no rho needed
+        assert s.n_steps == cls.default_steps == 1000 and s.lam == 0.0 and not s.dc.uses_tv
+        assert s.dc.n_cg == cls.default_n_cg == 5
+        with pytest.raises(ValueError, match="rho"):
+            cls(prior, A, y, lam=0.05)          # z-TV needs an explicit ADMM penalty
     assert DPSSampler(prior, A, y).snr == 0.0 and MCGSampler(prior, A, y).snr == 0.16
     with pytest.raises(ValueError):
         ProjectionSampler(prior, A, y, lambda_proj=1.5)
@@ -214,28 +217,25 @@ def test_options_and_defaults():
 
 # ---------------------------------------------------------------------------------------------------------
 # Pipeline dispatch: solver.name = projection | mcg | dps (and DPS's Poisson likelihood on CT) through
-# pipelines.tasks.run_solver on a tiny simulated sparse-view CT case, Gaussian prior. Asserted: the counters
+# pipelines.problem.Problem.solve on a tiny simulated sparse-view CT case, Gaussian prior. Asserted: the counters
 # (steps 6: projection/mcg 2 evaluations per step with the corrector, 1 backward for mcg/dps) and that the
 # data residual ||A x - y|| drops below that of the prior mean (measured ratios: projection and mcg 0.40, dps
 # 0.82 with zeta 0.5: its normalised step moves only ~2 zeta per step, and 6 steps is very few).
 # ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,extra,nfe,bwd", [("projection", [], 12, 0), ("mcg", [], 12, 6), ("dps", [], 6, 6),
-                                                ("dps", ["solver.likelihood=poisson"], 6, 6)])
+@pytest.mark.parametrize("name,extra,nfe,bwd", [("projection", [], 12, 0), ("mcg", ["solver.zeta=0.5"], 12, 6),
+                                                ("dps", ["solver.zeta=0.5"], 6, 6),
+                                                ("dps", ["solver.zeta=0.5", "solver.likelihood=poisson"], 6, 6)])
 def test_pipeline_dispatch(name, extra, nfe, bwd):
-    from pipelines import tasks
     from pipelines.config import load_config
     from pipelines.phantoms import ct_phantom
-    from medrecon.priors.base import IntensityMap
+    from pipelines.problem import Problem
     cfg = load_config("sparse_view_ct_8", ["ct.image_size=32", f"solver.name={name}", "solver.steps=6",
-                                           "noise.kind=poisson", "solver.zeta=0.5"] + extra, check_files=False).resolved()
+                                           "noise.kind=poisson"] + extra, check_files=False).resolved()
     assert cfg.solver.admm.lam == 0.0 and cfg.solver.n_cg == 5      # the papers' baselines: no z-TV unless asked
-    _, meas = tasks.simulate_volume(cfg, ct_phantom((3, 32, 32), seed=1), 32)
-    imap = IntensityMap(**cfg.intensity.model_dump())
-    A, y, geom = tasks.data_term(meas, imap, torch.device("cpu"))
-    prior = GaussianDenoiser(0.5, 0.1)
-    counters = {}
-    x, std, n = tasks.run_solver(cfg, A, y, meas.grid.shape, geom, prior, imap, counters=counters)
-    assert (n, counters["backward_passes_per_slice"], std) == (nfe, bwd, None)
+    p = Problem.build(cfg, ct_phantom((3, 32, 32), seed=1), prior=GaussianDenoiser(0.5, 0.1))
+    sol = p.solve()
+    x, A, y = sol.x, p.operator, p.data
+    assert (sol.nfe_per_slice, sol.backward_per_slice, sol.std) == (nfe, bwd, None)
     assert torch.isfinite(x).all()
     base = float((A.forward(torch.full_like(x, 0.5)) - y).norm())
     assert float((A.forward(x) - y).norm()) < (0.9 if name == "dps" else 0.5) * base

@@ -9,8 +9,8 @@ import torch
 
 from medrecon.errors import InputError
 from medrecon.solvers import admm_tv, cg_normal
-from operators.masks import KINDS, load_mask, make_mask, poisson_disc, save_mask
-from operators.mri import CartesianMRI, estimate_coil_maps, fftc, ifftc, zero_filled
+from operators.mri import (KINDS, CartesianMRI, PerSliceOperator, estimate_coil_maps, fftc, ifftc, load_mask,
+                           make_mask, mri_operator, poisson_disc, save_mask, synthetic_coil_maps, zero_filled)
 from operator_registry import psnr, smooth_coil_maps, textured_phantom
 
 ONE_D = [k for k in KINDS if k != "poisson2d"]
@@ -91,6 +91,52 @@ def test_centred_orthonormal_fft_matches_numpy():
         assert np.allclose(k.numpy(), ref) and np.allclose(ifftc(k, nd).numpy(), x)
     # the DC coefficient sits at index n // 2
     assert np.argmax(np.abs(fftc(torch.ones(6, 7, dtype=torch.complex128), 2).numpy())) == 3 * 7 + 3
+    # dims as a sequence of axes: the same transform as the count of last axes
+    t = torch.from_numpy(x)
+    assert torch.equal(fftc(t, (-2, -1)), fftc(t, 2)) and torch.equal(ifftc(t, (-3, -2, -1)), ifftc(t, 3))
+    assert torch.allclose(fftc(t.transpose(0, 2), (1, 2)).transpose(0, 2), fftc(t, (-3, -2)))
+
+
+def test_synthetic_coil_maps_are_normalised_smooth_and_grid_independent():
+    maps = synthetic_coil_maps(6, (24, 32))
+    assert maps.shape == (6, 24, 32) and maps.dtype == np.complex64
+    # sum |S|^2 = 1 up to float32 rounding (a few ulps of 1)
+    assert np.abs((np.abs(maps.astype(np.complex128)) ** 2).sum(0) - 1).max() < 8 * np.finfo(np.float32).eps
+    # pixel centres: a 2x finer grid averaged over 2x2 blocks is close to the coarse grid
+    fine = synthetic_coil_maps(6, (48, 64)).reshape(6, 24, 2, 32, 2).mean((2, 4))
+    assert np.abs(fine - maps).max() < 0.02
+
+
+def test_mri_operator_builder_layouts():
+    z, c, h, w = 3, 2, 8, 10
+    mask = make_mask("uniform1d", (h, w), 2, 0.2)
+    maps = torch.from_numpy(np.stack([synthetic_coil_maps(c, (h, w)) * np.exp(1j * s) for s in range(z)]))
+    x = torch.randn(z, h, w, dtype=torch.float64)
+    # 2D, per-slice maps (Z, C, H, W): one operator per slice
+    A = mri_operator((z, h, w), mask, kspace=torch.zeros(z, c, h, w, dtype=torch.complex64), coil_maps=maps)
+    assert isinstance(A, PerSliceOperator) and A.in_shape == (z, h, w) and A.out_shape == (z, c, h, w)
+    for k in range(z):
+        assert torch.allclose(A(x)[k], CartesianMRI((h, w), mask, coil_maps=maps[k], real_input=True)(x[k]))
+    # 2D, shared maps (C, H, W): one (H, W) operator for all slices; single-coil k-space drops the maps
+    B = mri_operator((z, h, w), mask, coil_maps=maps[0])
+    assert isinstance(B, CartesianMRI) and B.out_shape == (c, h, w) and B.real_input
+    S = mri_operator((z, h, w), mask, kspace=torch.zeros(z, h, w), coil_maps=maps[0], real_input=False)
+    assert isinstance(S, CartesianMRI) and S.coil_maps is None and not S.real_input
+    # multi-coil k-space without maps, or estimate_maps=True: estimate_coil_maps from the k-space
+    k = fftc(maps * torch.rand(z, 1, h, w, generator=torch.Generator().manual_seed(0)), 2)
+    for kw in ({}, {"coil_maps": maps, "estimate_maps": True}):
+        E = mri_operator((z, h, w), mask, kspace=k, **kw)
+        assert isinstance(E, PerSliceOperator)
+        assert torch.equal(E.ops[1].coil_maps, estimate_coil_maps(k, ndim=2)[1])
+    # 3D: maps (C, Y, X) are the same on every slice
+    mask3 = make_mask("poisson2d", (z, h, w), 2, 0.25)
+    D = mri_operator((z, h, w), mask3, kspace=torch.zeros(c, z, h, w), coil_maps=maps[0], three_d=True)
+    assert D.in_shape == (z, h, w) and D.out_shape == (c, z, h, w)
+    assert torch.equal(D.coil_maps[:, 2], maps[0])
+    with pytest.raises(InputError, match="kspace"):
+        mri_operator((z, h, w), mask, estimate_maps=True)
+    with pytest.raises(InputError, match="image_shape"):
+        mri_operator((h, w), mask3, three_d=True)
 
 
 def test_operator_masks_zero_filled_and_per_slice_masks():

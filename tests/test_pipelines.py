@@ -15,6 +15,9 @@ from medrecon.io import read_volume, write_dicom_series, write_nifti
 from medrecon.priors.base import GaussianDenoiser, IntensityMap
 from medrecon.volume import Volume
 from pipelines import tasks
+from pipelines.measurement import Measurement
+from pipelines import problem as problem_module
+from pipelines.problem import Problem
 from pipelines.cli import main
 from pipelines.phantoms import ct_phantom
 
@@ -54,16 +57,18 @@ def _psnr(tmp, ref, recon):
     return json.loads(out.read_text())
 
 
-def _run_family(tmp, config, volume, sets, direct, regularised, steps=25):
+def _run_family(tmp, config, volume, sets, direct, regularised, solver_sets=(), steps=25):
+    """Simulate once; reconstruct with the direct method and with the regularised one (``solver_sets``: its
+    own solver settings, which the direct method does not take)."""
     sim = tmp / "sim"
     _cli("simulate", "--config", config, "--input", volume, "--output", sim, *sum((["--set", s] for s in sets), []))
     ref_path, meas = sim / "reference.nii.gz", sim / "measurements.npz"
     assert ref_path.is_file() and meas.is_file()
     results = {}
-    for name in (direct, regularised):
+    for name, own in ((direct, []), (regularised, list(solver_sets))):
         out = tmp / name
         _cli("reconstruct", "--config", config, "--input", meas, "--output", out, "--quiet",
-             *sum((["--set", s] for s in sets + [f"solver.name={name}", f"solver.steps={steps}"]), []))
+             *sum((["--set", s] for s in sets + [f"solver.name={name}", f"solver.steps={steps}"] + own), []))
         ref_img, rec_img = nib.load(ref_path), nib.load(out / "recon.nii.gz")
         assert np.allclose(ref_img.affine, rec_img.affine) and ref_img.shape == rec_img.shape
         rep = json.loads((out / "report.json").read_text())
@@ -76,7 +81,7 @@ def _run_family(tmp, config, volume, sets, direct, regularised, steps=25):
 
 
 def test_sparse_view_ct(tmp_path, ct_nifti):
-    m = _run_family(tmp_path, "sparse_view_ct_8", ct_nifti, ["ct.image_size=32", "solver.tv=3d"], "fbp", "admm_tv")
+    m = _run_family(tmp_path, "sparse_view_ct_8", ct_nifti, ["ct.image_size=32"], "fbp", "admm_tv", ["solver.tv=3d"])
     # measured: FBP 16.9 dB, ADMM-TV 24.5 dB axial
     assert m["admm_tv"]["psnr"]["axial"] > m["fbp"]["psnr"]["axial"] + 4.0
     assert m["admm_tv"]["ssim"]["axial"] > m["fbp"]["ssim"]["axial"]
@@ -84,22 +89,21 @@ def test_sparse_view_ct(tmp_path, ct_nifti):
 
 
 def test_limited_angle_ct(tmp_path, ct_nifti):
-    m = _run_family(tmp_path, "limited_angle_ct_90", ct_nifti, ["ct.image_size=32", "solver.tv=3d"], "fbp",
-                    "admm_tv")
+    m = _run_family(tmp_path, "limited_angle_ct_90", ct_nifti, ["ct.image_size=32"], "fbp",
+                    "admm_tv", ["solver.tv=3d"])
     assert m["admm_tv"]["psnr"]["axial"] > m["fbp"]["psnr"]["axial"] + 3.0
 
 
 def test_cs_mri_2d(tmp_path, mr_nifti):
-    m = _run_family(tmp_path, "cs_mri_x4", mr_nifti, ["mri.image_size=32", "solver.admm.lam=0.002",
-                                                      "solver.admm.rho=0.05", "solver.tv=3d"],
-                    "zero_filled", "admm_tv")
+    m = _run_family(tmp_path, "cs_mri_x4", mr_nifti, ["mri.image_size=32"], "zero_filled", "admm_tv",
+                    ["solver.admm.lam=0.002", "solver.admm.rho=0.05", "solver.tv=3d"])
     assert m["admm_tv"]["psnr"]["axial"] > m["zero_filled"]["psnr"]["axial"] + 1.0
 
 
 def test_cs_mri_3d_poisson_multicoil(tmp_path, mr_nifti):
     m = _run_family(tmp_path, "cs_mri_3d_poisson", mr_nifti,
-                    ["mri.image_size=32", "mri.coils=multi", "mri.n_coils=4", "mri.mask.acceleration=4",
-                     "solver.admm.lam=0.002", "solver.admm.rho=0.05", "solver.tv=3d"], "zero_filled", "admm_tv")
+                    ["mri.image_size=32", "mri.coils=multi", "mri.n_coils=4", "mri.mask.acceleration=4"],
+                    "zero_filled", "admm_tv", ["solver.admm.lam=0.002", "solver.admm.rho=0.05", "solver.tv=3d"])
     assert m["admm_tv"]["psnr"]["axial"] > m["zero_filled"]["psnr"]["axial"] + 1.0
 
 
@@ -107,9 +111,8 @@ def test_ct_units_round_trip_without_noise(ct_nifti):
     """The data term in model units reproduces the simulated line integrals (only discretisation differs)."""
     from pipelines.config import load_config
     cfg = load_config("sparse_view_ct_8", ["noise.kind=none", "ct.image_size=32", "solver.name=fbp"]).resolved()
-    ref, meas = tasks.simulate_volume(cfg, read_volume(ct_nifti), 32)
-    imap = IntensityMap(**cfg.intensity.model_dump())
-    A, y, _ = tasks.data_term(meas, imap, torch.device("cpu"))
+    p = Problem.build(cfg, read_volume(ct_nifti))
+    ref, meas, imap, A, y = p.reference, p.measurement, p.intensity, p.operator, p.data
     x = torch.from_numpy(imap.to_model(ref.data))
     assert float((A.forward(x) - y).norm() / y.norm()) < 0.05  # measured 0.028 at 32² (finer-grid projection)
     # and the data are physical: the water-equivalent path length of the central ray is plausible
@@ -121,8 +124,9 @@ def test_mri_simulation_matches_operator_on_the_same_grid(mr_nifti):
     from pipelines.config import load_config
     cfg = load_config("cs_mri_x4", ["noise.kind=none", "simulation.upsample=1", "mri.image_size=32",
                                     "solver.name=zero_filled"]).resolved()
-    ref, meas = tasks.simulate_volume(cfg, read_volume(mr_nifti), 32)
-    A, y, _ = tasks.data_term(meas, IntensityMap(0.0, 1.0, unit="n"), torch.device("cpu"))
+    p = Problem.build(cfg, read_volume(mr_nifti))
+    assert (p.intensity.physical_min, p.intensity.physical_max) == (0.0, 1.0)
+    ref, A, y = p.reference, p.operator, p.data
     assert torch.allclose(A.forward(torch.from_numpy(ref.data)), y, atol=1e-5)
 
 
@@ -148,7 +152,7 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
     """The fast sampler with a Gaussian prior runs end to end, counts its network evaluations and gives std."""
     prior = GaussianDenoiser(mean=0.3, var=0.1)
     prior.image_size, prior.intensity, prior.sha256 = 32, IntensityMap(0.0, 1.0, unit="normalised"), "abc"
-    monkeypatch.setattr(tasks, "load_configured_prior", lambda cfg, device: prior)
+    monkeypatch.setattr(problem_module, "configured_prior", lambda cfg, device: prior)
     (tmp_path / "prior").mkdir()
     out = tmp_path / "out"
     res = tasks.reconstruct("cs_mri_x4", mr_nifti, out, overrides=[f"prior.path={tmp_path / 'prior'}",
@@ -178,7 +182,7 @@ def test_fastmri_hdf5_input(tmp_path, mr_nifti):
     import h5py
     sim = tmp_path / "sim"
     tasks.simulate("cs_mri_x4", mr_nifti, sim, overrides=["mri.image_size=32", "noise.kind=none"])
-    meas = tasks.Measurement.load(sim / "measurements.npz")
+    meas = Measurement.load(sim / "measurements.npz")
     with h5py.File(tmp_path / "file.h5", "w") as f:
         f["kspace"] = meas.data * 1000.0  # arbitrary scanner scale
     a = tasks.reconstruct("cs_mri_x4", sim / "measurements.npz", tmp_path / "a",

@@ -131,3 +131,37 @@ def test_model_card_round_trip_and_errors(tmp_path):
         read_model_card(f)
     with pytest.raises(InputError, match="model card not found"):
         load_prior(tmp_path / "sub" if (tmp_path / "sub").mkdir() is None else None)
+
+
+def test_public_defaults_come_from_the_caller(tmp_path):
+    """The core knows the formats, not their data: the AAPM CT card comes from pipelines.prior_cards."""
+    from pipelines.prior_cards import PUBLIC_CARDS, load_prior_for
+
+    bare = load_prior(ADM / "tiny_checkpoint.pt", card={"image_size": 32})
+    assert bare.intensity is None and "modality" not in bare.card
+    p = load_prior_for(ADM / "tiny_checkpoint.pt", "cpu", card={"image_size": 32})
+    assert p.intensity.unit == "HU" and p.intensity.physical_min == -1024 and p.card["modality"] == "ct"
+    assert p.card["assumptions"] == PUBLIC_CARDS["adm"]["assumptions"] and p.image_size == 32
+    # a card beside the checkpoint wins key by key over the defaults
+    f = tmp_path / "m.pt"
+    shutil.copy(ADM / "tiny_checkpoint.pt", f)
+    write_model_card(tmp_path, {"architecture": "adm", "weights": "m.pt", "image_size": 32, "modality": "mri",
+                                "intensity": {"physical_min": 0, "physical_max": 1, "unit": "magnitude"}})
+    q = load_prior_for(f)
+    assert q.card["modality"] == "mri" and q.intensity.unit == "magnitude" and q.intensity.physical_max == 1
+
+
+def test_device_names_are_resolved_with_clear_errors(monkeypatch):
+    from medrecon.device import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(torch.device("cpu")).type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu" and resolve_device(None).type == "cpu"
+    for name in ("cuda", "cuda:1", "CUDA:0"):
+        with pytest.raises(InputError, match=f"device '{name}': CUDA is not available"):
+            resolve_device(name)
+    for name in ("gpu", "cuda:x"):
+        with pytest.raises(InputError, match="expected auto, cpu, cuda or cuda:N"):
+            resolve_device(name)
+    with pytest.raises(InputError, match="CUDA is not available"):
+        load_prior(ADM / "tiny_checkpoint.pt", card={"image_size": 32}, device="cuda")

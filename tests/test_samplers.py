@@ -10,8 +10,7 @@ import torch
 from medrecon.linop import FiniteDifference, MatrixOperator
 from medrecon.priors.base import Denoiser, GaussianDenoiser, VESchedule, VPSchedule
 from medrecon.solvers.admm import ADMMTV
-from medrecon.solvers.diffusion import (DiffusionMBIR, DiffusionSolver, FastSampler, defaults_for,
-                                        sample_posterior, slicewise)
+from medrecon.solvers.diffusion import DiffusionMBIR, DiffusionSolver, FastSampler, sample_posterior
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -184,7 +183,7 @@ def _zdiff_error_and_psnr(x, vol):
 ])
 def test_ztv_improves_z_consistency(cls, kw, max_ratio, min_gain):
     vol, A, y, prior = _ztv_problem()
-    base = slicewise(cls, prior, A, y, **{**kw, "rho": 1.0, "seed": 0}).run()
+    base = cls(prior, A, y, **{**kw, "lam": 0.0}, rho=1.0, seed=0).run()    # slice-wise 2D baseline
     ztv = cls(prior, A, y, **kw, rho=1.0, seed=0).run()
     e0, p0 = _zdiff_error_and_psnr(base, vol)
     e1, p1 = _zdiff_error_and_psnr(ztv, vol)
@@ -253,18 +252,26 @@ def test_projection_options_and_defaults():
     prior, A, y = _small_problem(z=4)
     x = FastSampler(prior, A, y, n_steps=10, lam=0.05, rho=1.0, nonneg=True, clip=(0.0, 0.7)).run()
     assert float(x.min()) >= 0.0 and float(x.max()) <= 0.7
-    assert defaults_for("CT") == {"lam": 0.04, "rho": 10.0} and defaults_for("mri") == {"lam": 0.005, "rho": 0.01}
-    assert slicewise(DiffusionMBIR, prior, A, y, lam=0.3).lam == 0.0
-    assert DiffusionMBIR(prior, A, y).n_steps == 2000 and FastSampler(prior, A, y).n_steps == 50
-    assert DiffusionMBIR(prior, A, y).dc.n_cg == 1 and FastSampler(prior, A, y).dc.n_cg == 5
+    # lam and rho are required (the core knows no modality, hence no default weights); lam = 0: no z-TV
+    for cls in (DiffusionMBIR, FastSampler):
+        with pytest.raises(TypeError, match="lam"):
+            cls(prior, A, y, rho=1.0)
+        with pytest.raises(TypeError, match="rho"):
+            cls(prior, A, y, lam=0.0)
+        assert not cls(prior, A, y, lam=0.0, rho=1.0).dc.uses_tv and cls(prior, A, y, lam=0.3, rho=1.0).dc.uses_tv
+    kw = dict(lam=0.05, rho=1.0)
+    assert DiffusionMBIR(prior, A, y, **kw).n_steps == DiffusionMBIR.default_steps == 2000
+    assert FastSampler(prior, A, y, **kw).n_steps == FastSampler.default_steps == 50
+    assert DiffusionMBIR(prior, A, y, **kw).dc.n_cg == DiffusionMBIR.default_n_cg == 1
+    assert FastSampler(prior, A, y, **kw).dc.n_cg == FastSampler.default_n_cg == 5
     with pytest.raises(ValueError):
-        FastSampler(prior, A, y).run(shape=(3, 32, 32))
+        FastSampler(prior, A, y, **kw).run(shape=(3, 32, 32))
 
 
 def test_solvers_never_take_ground_truth():
     forbidden = ("gt", "truth", "ground", "target", "reference", "x_true", "clean", "label")
     for fn in (DiffusionSolver.__init__, DiffusionMBIR.__init__, FastSampler.__init__, DiffusionSolver.run,
-               DiffusionSolver.init_state, sample_posterior, slicewise):
+               DiffusionSolver.init_state, sample_posterior):
         for name in inspect.signature(fn).parameters:
             assert not any(f in name.lower() for f in forbidden), (fn.__qualname__, name)
 

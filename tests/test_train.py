@@ -10,10 +10,12 @@ import torch
 
 from medrecon.errors import InputError
 from medrecon.priors import load_prior, read_model_card
-from medrecon.priors.train import TrainOptions, heldout_loss, prepare_slices, train_prior
+from medrecon.priors.train import TrainOptions, heldout_loss, train_prior
+from medrecon.priors.training_data import prepare_slices
 from medrecon.volume import Volume
 
-
+CT = {"physical_min": -1000.0, "physical_max": 1000.0, "unit": "HU"}
+MR = {"physical_min": 0.0, "physical_max": 1.0, "unit": "normalised magnitude"}
 
 
 def phantom_volume(rng, z=16, n=32):
@@ -33,8 +35,8 @@ def phantom_volume(rng, z=16, n=32):
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
-    train = prepare_slices([phantom_volume(rng) for _ in range(4)], "ct", 16)
-    held = prepare_slices([phantom_volume(rng)], "ct", 16).slices
+    train = prepare_slices([phantom_volume(rng) for _ in range(4)], CT, 16, modality="ct")
+    held = prepare_slices([phantom_volume(rng)], CT, 16).slices
     return train, held
 
 
@@ -43,7 +45,7 @@ def test_prepare_slices_ct_window_crop_resize_spacing():
     v[0, :, :12] = 1000.0
     v[0, :, 12:] = 0.0
     v[2] = 3000.0  # beyond the window: clipped, then constant -> dropped
-    sd = prepare_slices([Volume(v, spacing=(0.8, 0.8, 2.0))], "ct", 10, hu_window=(-1000, 1000))
+    sd = prepare_slices([Volume(v, spacing=(0.8, 0.8, 2.0))], CT, 10)
     assert sd.slices.shape == (1, 1, 10, 10)  # slice 1 (all air) and 2 (all clipped) are constant: dropped
     s = sd.slices[0, 0]
     assert s.min() == 0.0 and s.max() == 1.0  # 0 HU -> 0, 1000 HU -> 1 in [-1, 1]
@@ -55,13 +57,15 @@ def test_prepare_slices_ct_window_crop_resize_spacing():
 def test_prepare_slices_mri_is_per_volume_normalised():
     rng = np.random.default_rng(3)
     v = rng.gamma(2.0, 1.0, size=(4, 16, 16)).astype(np.float32)
-    a = prepare_slices([v], "mri", 16).slices
-    b = prepare_slices([v * 1000.0], "mri", 16).slices
+    a = prepare_slices([v], MR, 16, magnitude_percentile=99.5).slices
+    b = prepare_slices([v * 1000.0], MR, 16, magnitude_percentile=99.5).slices
     assert torch.allclose(a, b, atol=1e-5)
     q = np.percentile(v, 99.5)
     assert np.isclose(float(a.max()), 1.0) and np.isclose(float(((v <= q).mean())), 0.995, atol=0.003)
-    with pytest.raises(InputError, match="modality 'pet'"):
-        prepare_slices([v], "pet", 16)
+    with pytest.raises(InputError, match="needs physical_max"):
+        prepare_slices([v], {"physical_min": 0.0}, 16)
+    with pytest.raises(InputError, match="is empty"):
+        prepare_slices([v], {"physical_min": 1.0, "physical_max": 1.0}, 16)
 
 
 def test_training_lowers_heldout_denoising_loss(data, tmp_path):
@@ -147,3 +151,19 @@ def test_cuda_bf16_training_and_device_transfer(data, tmp_path):
     d_gpu = gpu.denoise(x.cuda(), s.cuda())
     assert d_gpu.device.type == "cuda"
     assert torch.allclose(d_gpu.cpu(), cpu.denoise(x, s), atol=1e-3)
+
+
+def test_find_volume_paths_discovers_volume_files_and_dicom_folders(tmp_path):
+    from medrecon.io import find_volume_paths
+
+    (tmp_path / "a" / "series").mkdir(parents=True)
+    (tmp_path / "a" / "x.nii.gz").write_bytes(b"")
+    (tmp_path / "a" / "y.nrrd").write_bytes(b"")
+    (tmp_path / "a" / "notes.txt").write_text("no volume")
+    (tmp_path / "a" / "series" / "1.dcm").write_bytes(b"")
+    (tmp_path / "a" / ".hidden").mkdir()
+    (tmp_path / "a" / ".hidden" / "z.nii").write_bytes(b"")
+    found = find_volume_paths([tmp_path / "a"])
+    assert found == [tmp_path / "a" / "x.nii.gz", tmp_path / "a" / "y.nrrd", tmp_path / "a" / "series"]
+    with pytest.raises(InputError, match="no such file or folder"):
+        find_volume_paths([tmp_path / "missing"])

@@ -6,10 +6,11 @@ Every write is atomic (:func:`atomic_path`) and never replaces an existing outpu
 from .atomic import atomic_path
 from .dicom_read import SeriesInfo, choose_series, list_series, read_dicom_series, resample_along_normal
 from .dicom_write import int16_scaling, write_dicom_series
+from .discovery import find_volume_paths
 from .dispatch import read_npy, read_volume, write_volume
 from .itk import read_itk, write_itk
 from .nifti import read_nifti, write_nifti
 
 __all__ = ["atomic_path", "SeriesInfo", "choose_series", "list_series", "read_dicom_series",
-           "resample_along_normal", "int16_scaling", "write_dicom_series", "read_npy", "read_volume",
+           "resample_along_normal", "find_volume_paths", "int16_scaling", "write_dicom_series", "read_npy", "read_volume",
            "write_volume", "read_itk", "write_itk", "read_nifti", "write_nifti"]

@@ -4,4 +4,6 @@ from .base import (Denoiser, GaussianDenoiser, IntensityMap, NoiseSchedule, VESc
 from .card import CARD_NAME, default_card, read_model_card, write_model_card  # noqa: F401
 from .loader import load_prior  # noqa: F401
 from .network import EDMPrior, NetworkPrior, VEScorePrior, VPEpsPrior  # noqa: F401
-from .train import SliceData, TrainOptions, heldout_loss, load_slices, prepare_slices, train_prior  # noqa: F401
+from .patch import PatchData, PatchPrior, patchwise, position_channels, prepare_volumes  # noqa: F401
+from .train import TrainOptions, heldout_loss, train_prior  # noqa: F401
+from .training_data import SliceData, load_patch_data, load_slices, prepare_slices  # noqa: F401

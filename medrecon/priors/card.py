@@ -4,7 +4,10 @@ Fields (all plain YAML):
 
 ``format``            ``medrecon-model-card/1``
 ``name``              short identifier used in reports
-``architecture``      ``ncsnpp`` (score_sde) | ``adm`` (guided-diffusion) | ``diffusers-unet2d`` (medrecon's own)
+``architecture``      ``ncsnpp`` (score_sde) | ``adm`` (guided-diffusion) | ``diffusers-unet2d`` (medrecon's own,
+                      whole slices) | ``diffusers-unet2d-patch`` (medrecon's own patch prior, see patch.py:
+                      a ``patch`` section {sizes, inference_size, positions, seed} and
+                      ``pixel_spacing_mm_range`` [min, max]; ``image_size`` null: any size)
 ``parameterization``  ``ve-score`` | ``vp-eps`` | ``edm``
 ``weights``           weights file, relative to the card's folder
 ``config``            network configuration (architecture specific)
@@ -32,45 +35,26 @@ from .ncsnpp import AAPM256_CONFIG as NCSNPP_AAPM256
 
 CARD_NAME = "model_card.yaml"
 CARD_FORMAT = "medrecon-model-card/1"
-ARCHITECTURES = ("ncsnpp", "adm", "diffusers-unet2d")
+ARCHITECTURES = ("ncsnpp", "adm", "diffusers-unet2d", "diffusers-unet2d-patch")
 
-# Assumed intensity mapping of the public AAPM checkpoints (DiffusionMBIR, DDS): slices in [0, 1].
-_AAPM_INTENSITY = {"physical_min": -1024.0, "physical_max": 3071.0, "model_min": 0.0, "model_max": 1.0,
-                   "unit": "HU"}
-_AAPM_ASSUMPTIONS = [
-    "intensity: the AAPM training slices are taken to be HU linearly mapped from [-1024, 3071] to [0, 1] "
-    "(the 12-bit CT range); the published code does not state the window. Override in model_card.yaml.",
-    "pixel_spacing_mm: AAPM 2016 Grand Challenge slices (512x512, about 0.7 mm) downsampled to 256x256 "
-    "are taken to be about 1.5 mm per pixel. Override in model_card.yaml.",
-]
-
-DEFAULT_CARDS = {
-    "ncsnpp": {
-        "format": CARD_FORMAT, "architecture": "ncsnpp",
-        "parameterization": "ve-score", "config": NCSNPP_AAPM256,
-        "schedule": {"type": "ve", "sigma_min": 0.01, "sigma_max": 378.0, "num_scales": 2000},
-        "image_size": 256, "pixel_spacing_mm": [1.5, 1.5], "modality": "ct", "intensity": _AAPM_INTENSITY,
-        "training": {"data": "AAPM 2016 Low Dose CT Grand Challenge, axial slices at 256x256 (DiffusionMBIR)",
-                     "command": "score_sde main.py --config configs/ve/AAPM_256_ncsnpp_continuous.py",
-                     "source": "DiffusionMBIR checkpoint_185.pth"},
-        "assumptions": _AAPM_ASSUMPTIONS,
-    },
-    "adm": {
-        "format": CARD_FORMAT, "architecture": "adm", "parameterization": "vp-eps",
-        "config": ADM_AAPM256,
-        "schedule": {"type": "vp", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000},
-        "image_size": 256, "pixel_spacing_mm": [1.5, 1.5], "modality": "ct", "intensity": _AAPM_INTENSITY,
-        "training": {"data": "AAPM 2016 Low Dose CT Grand Challenge, axial slices at 256x256 (DDS)",
-                     "command": "guided-diffusion image_train.py with DDS configs/vp/AAPM256.yml",
-                     "source": "DDS AAPM256_1M.pt"},
-        "assumptions": _AAPM_ASSUMPTIONS,
-    },
+# What the public checkpoint formats are as networks (parameterisation, network config, noise schedule),
+# whatever data they were trained on. What they were trained on (modality, intensity map, pixel size,
+# provenance) is not the core's to know: callers pass it as a card (pipelines.prior_cards holds the
+# AAPM CT cards of the DiffusionMBIR and DDS checkpoints).
+ARCH_DEFAULTS = {
+    "ncsnpp": {"format": CARD_FORMAT, "architecture": "ncsnpp", "parameterization": "ve-score",
+               "config": NCSNPP_AAPM256,
+               "schedule": {"type": "ve", "sigma_min": 0.01, "sigma_max": 378.0, "num_scales": 2000},
+               "image_size": 256},
+    "adm": {"format": CARD_FORMAT, "architecture": "adm", "parameterization": "vp-eps", "config": ADM_AAPM256,
+            "schedule": {"type": "vp", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000},
+            "image_size": 256},
 }
 
 
 def default_card(architecture: str) -> dict:
-    """A deep copy of the default card for a public checkpoint format (the AAPM CT models)."""
-    return copy.deepcopy(DEFAULT_CARDS[architecture])
+    """A deep copy of the network-level defaults of a public checkpoint format (no data, no intensity)."""
+    return copy.deepcopy(ARCH_DEFAULTS[architecture])
 
 
 def merge_cards(base: dict, override: dict) -> dict:

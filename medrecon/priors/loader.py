@@ -2,8 +2,10 @@
 
 Recognised inputs
 -----------------
-* a folder with ``model_card.yaml``: medrecon's own format (diffusers UNet2DModel + safetensors), or a
-  card naming a public checkpoint file (``weights:``) with its config and intensity mapping;
+* a folder with ``model_card.yaml``: medrecon's own format (diffusers UNet2DModel + safetensors): a
+  whole-slice EDMPrior (``architecture: diffusers-unet2d``) or a position-aware PatchPrior of any slice
+  size (``architecture: diffusers-unet2d-patch``, patch.py); or a card naming a public checkpoint file
+  (``weights:``) with its config and intensity mapping;
 * a score_sde checkpoint file (a dict with ``model`` and ``ema``): NCSN++, VE, continuous; EMA applied;
 * a guided-diffusion state dict file (keys like ``input_blocks.0.0.weight``): ADM, VP, learned sigma.
   Its size config is read from the tensor shapes; the image size comes from a card when it cannot be.
@@ -21,12 +23,15 @@ from pathlib import Path
 
 import torch
 
+from ..device import resolve_device
 from ..errors import InputError
 from .adm import ADMUNet, adm_config, adm_config_from_state_dict
 from .base import Denoiser, IntensityMap, schedule_from_dict
 from .card import CARD_NAME, default_card, merge_cards, read_model_card
 from .ncsnpp import NCSNpp, ncsnpp_config, ncsnpp_state_from_checkpoint
 from .network import EDMPrior, VEScorePrior, VPEpsPrior
+from .patch import ARCHITECTURE as PATCH_ARCHITECTURE
+from .patch import patch_prior_from_card
 from .unet import CONFIG_NAME, EDM_SCHEDULE, WEIGHTS_NAME, build_unet, read_unet_config
 
 
@@ -173,8 +178,18 @@ def _build_unet(folder: Path, card: dict) -> EDMPrior:
     net = load_checked(net, state, weights, "the UNet2DModel of config.json")
     sigma_data = float(card.get("config", {}).get("sigma_data", 0.5))
     sched = schedule_from_dict(card.get("schedule") or EDM_SCHEDULE)
+    if card.get("architecture") == PATCH_ARCHITECTURE:
+        if net.config.in_channels != 3:
+            raise InputError(f"{folder / CONFIG_NAME}: a patch prior's network takes 3 input channels (image, x, "
+                             f"y), this one {net.config.in_channels}; fix the architecture in {CARD_NAME}")
+        return patch_prior_from_card(net, card, sched, _intensity(card), weights_path=weights)
     return EDMPrior(net, card, sched, _intensity(card), card.get("image_size") or net.config.sample_size,
                     weights_path=weights, sigma_data=sigma_data)
+
+
+def _target_device(device) -> torch.device:
+    """None: the CPU; otherwise medrecon.device.resolve_device ('auto', 'cpu', 'cuda', 'cuda:N', torch.device)."""
+    return torch.device("cpu") if device is None else resolve_device(device)
 
 
 def _intensity(card: dict) -> IntensityMap | None:
@@ -182,13 +197,16 @@ def _intensity(card: dict) -> IntensityMap | None:
 
 
 def load_prior(path: str | Path, device=None, allow_unsafe_pickle: bool = False, card: dict | str | Path | None = None,
-               use_ema: bool = True) -> Denoiser:
+               use_ema: bool = True, defaults: dict | None = None) -> Denoiser:
     """Load a prior from a folder (with model_card.yaml) or a public checkpoint file; see the module docstring.
 
-    ``card`` (a dict or a YAML path) overrides/completes the card found with the weights; for public
-    checkpoints the defaults are the AAPM-256 CT cards (``card.DEFAULT_CARDS``). ``use_ema=False`` loads a
-    score_sde checkpoint's raw ``model`` weights instead of the EMA ones (for diagnosis only).
-    ``device``: None/"cpu", "cuda", "auto" (CUDA when available) or a torch.device.
+    ``card`` (a dict or a YAML path) overrides/completes the card found with the weights. ``defaults``:
+    cards by public architecture ({'ncsnpp': {...}, 'adm': {...}}) for what a public checkpoint's weights
+    cannot tell (modality, intensity map, pixel size, provenance); they lie under the card found or given,
+    which wins key by key (the core itself only knows the formats' network defaults, ``card.ARCH_DEFAULTS``;
+    pipelines.prior_cards has the AAPM CT cards). ``use_ema=False`` loads a score_sde checkpoint's raw
+    ``model`` weights instead of the EMA ones (for diagnosis only). ``device``: None (CPU), "cpu", "cuda",
+    "cuda:N", "auto" (CUDA when available) or a torch.device (medrecon.device.resolve_device).
     """
     path = Path(path)
     if not path.exists():
@@ -197,9 +215,10 @@ def load_prior(path: str | Path, device=None, allow_unsafe_pickle: bool = False,
     if path.is_dir():
         found = merge_cards(read_model_card(path), user)
         weights = path / found["weights"] if found.get("weights") else None
-        if found.get("architecture") == "diffusers-unet2d" or (weights is None and (path / CONFIG_NAME).is_file()):
+        if found.get("architecture") in ("diffusers-unet2d", PATCH_ARCHITECTURE) or \
+                (weights is None and (path / CONFIG_NAME).is_file()):
             prior = _build_unet(path, found)
-            return prior.to(_device(device))
+            return prior.to(_target_device(device))
         if weights is None:
             raise InputError(f"{path / CARD_NAME}: names no `weights:` file and the folder has no {CONFIG_NAME}")
     else:
@@ -216,7 +235,7 @@ def load_prior(path: str | Path, device=None, allow_unsafe_pickle: bool = False,
     if found.get("architecture") not in (None, arch):
         raise InputError(f"{weights}: the model card says architecture {found['architecture']!r} but the file is a "
                          f"{arch} checkpoint; fix {CARD_NAME}")
-    full = merge_cards(default_card(arch), found)
+    full = merge_cards(merge_cards(default_card(arch), (defaults or {}).get(arch) or {}), found)
     if not found.get("weights"):
         full["weights"] = weights.name
     full.setdefault("name", weights.stem)
@@ -224,13 +243,7 @@ def load_prior(path: str | Path, device=None, allow_unsafe_pickle: bool = False,
         prior = _build_ncsnpp(obj, full, found, weights, use_ema)
     else:
         prior = _build_adm(obj, full, found, weights)
-    return prior.to(_device(device))
-
-
-def _device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return prior.to(_target_device(device))
 
 
 __all__ = ["load_prior", "torch_load", "load_checked"]

@@ -47,6 +47,16 @@ class NetworkPrior(Denoiser):
         self._sha256 = card.get("sha256")
 
     @property
+    def pixel_spacing_mm_range(self) -> tuple[float, float] | None:
+        """(smallest, largest) in-plane pixel size in mm the prior was trained at, from the card: the
+        ``pixel_spacing_mm_range`` of a patch prior, or the (x, y) ``pixel_spacing_mm`` of a whole-slice one."""
+        r = self.card.get("pixel_spacing_mm_range") or self.card.get("pixel_spacing_mm")
+        if not r:
+            return None
+        r = [float(v) for v in (r if isinstance(r, (list, tuple)) else [r])]
+        return (min(r), max(r))
+
+    @property
     def sha256(self) -> str | None:
         if self._sha256 is None and self.weights_path is not None and self.weights_path.is_file():
             self._sha256 = file_sha256(self.weights_path)
@@ -125,10 +135,17 @@ class EDMPrior(NetworkPrior):
         return edm_denoise(self.network, x, sigma, self.sigma_data)
 
 
-def edm_denoise(unet: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
-    """D(x, sigma) of an EDM-preconditioned diffusers UNet2DModel (shared by training and inference)."""
+def edm_denoise(unet: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, sigma_data: float,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
+    """D(x, sigma) of an EDM-preconditioned diffusers UNet2DModel (shared by training and inference).
+
+    ``cond`` (B, C, H, W): extra input channels appended after the scaled image, not preconditioned (the
+    patch prior's pixel positions, see patch.py); the network then has 1 + C input channels."""
     c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, sigma_data)
-    f = unet(_bcast(c_in) * x, c_noise).sample
+    inp = _bcast(c_in) * x
+    if cond is not None:
+        inp = torch.cat([inp, cond.to(inp.dtype)], dim=1)
+    f = unet(inp, c_noise).sample
     return _bcast(c_skip) * x + _bcast(c_out) * f.to(x.dtype)
 
 

@@ -19,9 +19,14 @@ EDM_SCHEDULE = {"type": "ve", "sigma_min": 0.002, "sigma_max": 80.0, "num_scales
 
 
 def unet_config(image_size: int = 64, channels: tuple[int, ...] = (32, 64, 128, 128), layers_per_block: int = 1,
-                norm_num_groups: int = 8, attention_head_dim: int = 32) -> dict:
-    """UNet2DModel keyword arguments for a single-channel prior: ADM-like (scale-shift time conditioning),
-    self-attention only at the coarsest level and in the middle block (cheap at small sizes)."""
+                norm_num_groups: int = 8, attention_head_dim: int = 32, in_channels: int = 1,
+                attention: bool = True) -> dict:
+    """UNet2DModel keyword arguments for a prior with one output channel: ADM-like (scale-shift time
+    conditioning), self-attention only at the coarsest level and in the middle block (cheap at small sizes).
+
+    ``in_channels``: 1 for a whole-slice prior; 3 for a patch prior (the image and two position channels,
+    see patch.py). ``attention=False`` drops the coarsest level's self-attention (the middle block keeps
+    its own), which is cheaper on CPU."""
     channels = tuple(int(c) for c in channels)
     levels = len(channels)
     if image_size % 2 ** (levels - 1):
@@ -30,10 +35,10 @@ def unet_config(image_size: int = 64, channels: tuple[int, ...] = (32, 64, 128, 
     if bad:
         raise ValueError(f"channel widths {bad} are not divisible by norm_num_groups={norm_num_groups}")
     return {
-        "sample_size": int(image_size), "in_channels": 1, "out_channels": 1,
+        "sample_size": int(image_size), "in_channels": int(in_channels), "out_channels": 1,
         "block_out_channels": list(channels), "layers_per_block": int(layers_per_block),
-        "down_block_types": ["DownBlock2D"] * (levels - 1) + ["AttnDownBlock2D"],
-        "up_block_types": ["AttnUpBlock2D"] + ["UpBlock2D"] * (levels - 1),
+        "down_block_types": ["DownBlock2D"] * (levels - 1) + ["AttnDownBlock2D" if attention else "DownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D" if attention else "UpBlock2D"] + ["UpBlock2D"] * (levels - 1),
         "norm_num_groups": int(norm_num_groups), "attention_head_dim": min(int(attention_head_dim), channels[-1]),
         "resnet_time_scale_shift": "scale_shift", "time_embedding_type": "positional",
         "flip_sin_to_cos": True, "freq_shift": 0,
@@ -58,5 +63,6 @@ def save_unet_prior(folder: str | Path, unet, card: dict) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(folder, safe_serialization=True)
-    write_model_card(folder, {**card, "architecture": "diffusers-unet2d", "weights": WEIGHTS_NAME})
+    write_model_card(folder, {**card, "architecture": card.get("architecture", "diffusers-unet2d"),
+                              "weights": WEIGHTS_NAME})
     return folder

@@ -2,11 +2,9 @@
 from .admm import ADMMState, ADMMTV, soft_threshold
 from .cg import conjugate_gradient
 from .classical import admm_tv, cg_normal, cgls, sirt
-from .diffusion import (DiffusionMBIR, DiffusionSolver, FastSampler, SamplerState, auto_chunk_size, defaults_for,
-                        sample_posterior, slicewise)
+from .diffusion import DiffusionMBIR, DiffusionSolver, FastSampler, SamplerState, auto_chunk_size, sample_posterior
 from .guidance import DPSSampler, GuidedSampler, MCGSampler, ProjectionSampler, poisson_weights
 
 __all__ = ["ADMMState", "ADMMTV", "soft_threshold", "conjugate_gradient", "admm_tv", "cg_normal", "cgls", "sirt",
-           "DiffusionMBIR", "DiffusionSolver", "FastSampler", "SamplerState", "auto_chunk_size", "defaults_for",
-           "sample_posterior", "slicewise", "DPSSampler", "GuidedSampler", "MCGSampler", "ProjectionSampler",
-           "poisson_weights"]
+           "DiffusionMBIR", "DiffusionSolver", "FastSampler", "SamplerState", "auto_chunk_size", "sample_posterior",
+           "DPSSampler", "GuidedSampler", "MCGSampler", "ProjectionSampler", "poisson_weights"]

@@ -8,7 +8,9 @@ sees the whole volume (its ``in_shape`` is (H, W) for a slice-wise operator, or 
 Data consistency is the one shared ADMM step (``ADMMTV.step``) for
     min_x 1/2 ||A x - y||^2 + lam ||D_z x||_1,  D_z = FiniteDifference(volume, axes=(0,), boundary),
 with z and u created once per run and shared by all diffusion steps. lam = 0 switches the z-TV term off
-and gives the slice-wise 2D baseline through the same code path (``slicewise``).
+and gives the slice-wise 2D baseline through the same code path. lam and rho have no default here: the
+weights depend on the modality and the image scaling, which the core does not know (the caller, e.g. the
+pipelines' solver registry, supplies them).
 
 Randomness: one ``torch.Generator`` per run, seeded; each step draws its noise for the whole volume at
 once, so the result does not depend on the chunk size. No solver ever takes the ground truth.
@@ -25,19 +27,6 @@ from tqdm.auto import tqdm
 from ..linop import FiniteDifference, LinearOperator
 from ..priors.base import Denoiser
 from .admm import ADMMState, ADMMTV
-
-#: Reference ADMM weights of DiffusionMBIR (and DDS's 3D CT scripts): CT lam 0.04, rho 10; MRI lam 0.005,
-#: rho 0.01. They assume the reference scaling (images in [0, 1], the reference operators).
-_DEFAULTS = {"ct": {"lam": 0.04, "rho": 10.0}, "mri": {"lam": 0.005, "rho": 0.01}}
-
-
-def defaults_for(modality: str) -> dict:
-    """The paper's z-TV weight and ADMM penalty for ``"ct"`` or ``"mri"``: ``{"lam": ..., "rho": ...}``."""
-    key = modality.lower()
-    if key not in _DEFAULTS:
-        raise ValueError(f"unknown modality {modality!r}: expected one of {sorted(_DEFAULTS)}")
-    return dict(_DEFAULTS[key])
-
 
 @dataclass
 class SamplerState:
@@ -79,7 +68,8 @@ class DiffusionSolver:
 
     Parameters: ``prior`` (Denoiser), ``A`` (LinearOperator on slices or on the volume), ``y`` (its
     measurement of the volume, model units), ``n_steps`` (diffusion steps; a VP prior caps them at its
-    number of timesteps), ``lam``/``rho`` (z-TV weight and ADMM penalty, see ``defaults_for``),
+    number of timesteps), ``lam``/``rho`` (z-TV weight and ADMM penalty, required: lam = 0 is the slice-wise
+    2D baseline, rho > 0 is then unused),
     ``n_cg`` (CG iterations per ADMM step), ``boundary`` of D_z (``"neumann"``: the first and last slices
     are not tied; ``"periodic"``: the reference code's wrap-around), ``nonneg``/``clip`` (projections after
     the CG update, see ``ADMMTV``), ``chunk_size`` (None: ``auto_chunk_size``), ``seed``, ``progress``
@@ -90,13 +80,14 @@ class DiffusionSolver:
     image: safe), the noisy sample in DiffusionMBIR (clamping a noisy sample biases it; off by default).
     """
 
+    #: a subclass's defaults for ``n_steps`` / ``n_cg`` (the single source the pipelines' registry reads)
     default_steps = 50
     default_n_cg = 1
     nfe_per_step = 1
     backward_per_step = 0
 
     def __init__(self, prior: Denoiser, A: LinearOperator, y: torch.Tensor, *, n_steps: int | None = None,
-                 lam: float = 0.04, rho: float = 10.0, n_cg: int | None = None, boundary: str = "neumann",
+                 lam: float, rho: float, n_cg: int | None = None, boundary: str = "neumann",
                  nonneg: bool = False, clip: tuple[float, float] | None = None, chunk_size: int | None = None,
                  seed: int = 0, progress: bool = False,
                  snapshot: Callable[[int, torch.Tensor], None] | None = None, snapshot_every: int = 0):
@@ -147,9 +138,10 @@ class DiffusionSolver:
         shape = self.shape if n is None else (n, *self.shape)
         return torch.randn(shape, generator=g, device=self.device, dtype=torch.float32)
 
-    def chunks(self, state: SamplerState):
+    def chunks(self, chunk_size: int) -> list[slice]:
+        """The z ranges of the network calls: ``chunk_size`` slices each (the last one may be shorter)."""
         z = self.shape[0]
-        return [slice(s, min(s + state.chunk_size, z)) for s in range(0, z, state.chunk_size)]
+        return [slice(s, min(s + chunk_size, z)) for s in range(0, z, chunk_size)]
 
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """D(x, sigma) on a chunk of slices (c, H, W) -> (c, H, W): one network evaluation per slice."""
@@ -232,7 +224,7 @@ class DiffusionMBIR(DiffusionSolver):
         sigma, sigma_next = self.sigma_pair(i)
         g2 = sigma ** 2 - sigma_next ** 2
         z_pred, z_corr = self.noise(state.generator, 2)
-        for sl in self.chunks(state):
+        for sl in self.chunks(state.chunk_size):
             xc = state.x[sl]
             xc = xc + g2 * self.score(xc, sigma) + math.sqrt(g2) * z_pred[sl]
             state.x[sl] = self.langevin(xc, sigma, z_corr[sl], self.snr)
@@ -271,7 +263,7 @@ class FastSampler(DiffusionSolver):
     def _step(self, state, i):
         sigma, sigma_next = self.sigma_pair(i)
         x0 = torch.empty_like(state.x)
-        for sl in self.chunks(state):
+        for sl in self.chunks(state.chunk_size):
             x0[sl] = self.denoise(state.x[sl], sigma)
         x0_dc = self.dc.step(x0, state.admm)
         if i + 1 == self.n_steps:
@@ -283,13 +275,6 @@ class FastSampler(DiffusionSolver):
         eps.add_(self.noise(state.generator), alpha=sigma_next * self.eta).add_(x0_dc)
         state.x = eps
         return x0_dc
-
-
-def slicewise(solver_cls: type[DiffusionSolver], prior: Denoiser, A: LinearOperator, y: torch.Tensor,
-              **kwargs) -> DiffusionSolver:
-    """The slice-wise 2D baseline ("2D prior only"): the same solver with the z-TV term off (lam = 0)."""
-    kwargs["lam"] = 0.0
-    return solver_cls(prior, A, y, **kwargs)
 
 
 def sample_posterior(solver: DiffusionSolver | Callable[[int], DiffusionSolver], k: int,
@@ -322,5 +307,4 @@ def sample_posterior(solver: DiffusionSolver | Callable[[int], DiffusionSolver],
     return mean, std
 
 
-__all__ = ["DiffusionMBIR", "DiffusionSolver", "FastSampler", "SamplerState", "auto_chunk_size", "defaults_for",
-           "sample_posterior", "slicewise"]
+__all__ = ["DiffusionMBIR", "DiffusionSolver", "FastSampler", "SamplerState", "auto_chunk_size", "sample_posterior"]

@@ -56,18 +56,26 @@ class GuidedSampler(DiffusionSolver):
     Parameters besides ``DiffusionSolver``'s: ``snr`` (Langevin corrector, 0 = predictor only),
     ``lambda_proj`` (projection blending weight in [0, 1]), ``step_scale`` (alpha / zeta), ``weights``
     (likelihood weights W, the shape of y; None = Gaussian, W = I). ``n_cg`` counts the CG iterations of
-    the projection and of the optional z-TV step; ``lam`` defaults to 0 (no z-TV).
+    the projection and of the optional z-TV step.
+
+    z-TV is optional here, unlike in ``DiffusionSolver``: ``lam`` defaults to 0 (the papers' slice-wise
+    baselines) and then ``rho`` is unused and may be left out; with ``lam > 0`` the ADMM penalty ``rho`` must
+    be given (its value depends on the modality and scaling, which the core does not know).
     """
 
-    default_steps = 200     # CPU-friendly; the papers use 1000 (DPS) to 2000 (score-SDE, MCG) steps
+    default_steps = 1000    # the papers use 1000 (DPS) to 2000 (score-SDE, MCG) steps
     default_n_cg = 5
     guided = False
     projects = False
 
     def __init__(self, prior: Denoiser, A: LinearOperator, y: torch.Tensor, *, lam: float = 0.0,
-                 snr: float = 0.16, lambda_proj: float = 1.0, step_scale: float = 1.0,
+                 rho: float | None = None, snr: float = 0.16, lambda_proj: float = 1.0, step_scale: float = 1.0,
                  weights: torch.Tensor | None = None, **kwargs):
-        super().__init__(prior, A, y, lam=lam, **kwargs)
+        if rho is None:
+            if lam > 0:
+                raise ValueError(f"z-TV (lam={lam}) needs the ADMM penalty rho")
+            rho = 1.0                        # unused: without z-TV the ADMM step is never taken
+        super().__init__(prior, A, y, lam=lam, rho=rho, **kwargs)
         if not 0.0 <= lambda_proj <= 1.0:
             raise ValueError(f"lambda_proj must lie in [0, 1], got {lambda_proj}")
         if snr < 0 or step_scale < 0:
@@ -104,9 +112,8 @@ class GuidedSampler(DiffusionSolver):
 
     def tweedie(self, x: torch.Tensor, sigma: float, chunk_size: int):
         """(x0, G, ||r||): x0 = D(x, sigma), G = grad_x sum_s ||y_s - A D(x_s, sigma)||^2_W (None when not
-        ``guided``), r = y - A x0 per slice; chunk by chunk."""
-        z = x.shape[0]
-        chunks = [slice(s, min(s + chunk_size, z)) for s in range(0, z, chunk_size)]
+        ``guided``), r = y - A x0 per slice; chunk by chunk (x: the whole volume)."""
+        chunks = self.chunks(chunk_size)
         x0 = torch.empty_like(x)
         if not self.guided:
             for sl in chunks:
@@ -117,7 +124,7 @@ class GuidedSampler(DiffusionSolver):
             for sl in chunks:
                 x0[sl] = self.denoise(x[sl], sigma)
             g0, norm = self.data_gradient(x0)
-            norms = [norm.expand(z)]
+            norms = [norm.expand(x.shape[0])]
         for sl in chunks:
             x0[sl], grad[sl], n = self._pullback(x[sl], sigma, sl, None if g0 is None else g0[sl])
             if n is not None:
@@ -145,7 +152,7 @@ class GuidedSampler(DiffusionSolver):
             del grad
         if self.snr > 0:
             z = self.noise(state.generator)
-            for sl in self.chunks(state):
+            for sl in self.chunks(state.chunk_size):
                 x[sl] = self.langevin(x[sl], sigma, z[sl], self.snr)
         if self.projects:
             x = self.project(x, sigma_next, state.generator)

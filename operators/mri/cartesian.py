@@ -5,7 +5,7 @@
 F is the centred orthonormal DFT (ifftshift -> fft(norm="ortho") -> fftshift) over the last 2 axes of a
 (H, W) slice operator or the last 3 axes of a (Z, Y, X) volume operator; M multiplies by the 0/1 mask, so
 unsampled k-space positions are stored as zeros and ||A|| = 1 for one coil (and for coil maps with
-sum_c |S_c|^2 = 1). Mask axis conventions are those of ``operators.masks`` (readout along H/Y fully
+sum_c |S_c|^2 = 1). Mask axis conventions are those of ``operators.mri.masks`` (readout along H/Y fully
 sampled, phase encoding along W/X, and Z in 3D).
 
 Images are complex by default. ``real_input=True`` makes the operator map *real* images to complex
@@ -23,27 +23,7 @@ import torch
 from medrecon.errors import InputError
 from medrecon.linop import LinearOperator
 
-_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
-
-
-def _as_complex(t: torch.Tensor) -> torch.Tensor:
-    if t.is_complex():
-        return t
-    if not t.is_floating_point():
-        t = t.to(torch.get_default_dtype())
-    return t.to(_COMPLEX.get(t.dtype, torch.complex64))
-
-
-def fftc(x: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Centred orthonormal FFT over the last ``ndim`` axes."""
-    dims = tuple(range(-ndim, 0))
-    return torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(x, dim=dims), dim=dims, norm="ortho"), dim=dims)
-
-
-def ifftc(k: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Inverse of ``fftc``."""
-    dims = tuple(range(-ndim, 0))
-    return torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(k, dim=dims), dim=dims, norm="ortho"), dim=dims)
+from .physics import as_complex, fftc, ifftc
 
 
 class CartesianMRI(LinearOperator):
@@ -73,7 +53,7 @@ class CartesianMRI(LinearOperator):
             raise InputError("the sampling mask samples nothing")
         maps = None
         if coil_maps is not None:
-            maps = _as_complex(torch.as_tensor(coil_maps))
+            maps = as_complex(torch.as_tensor(coil_maps))
             if tuple(maps.shape[1:]) != image_shape or maps.ndim != nd + 1:
                 raise InputError(f"coil_maps must have shape (C, {', '.join(map(str, image_shape))}), "
                                  f"got {tuple(maps.shape)}")
@@ -101,14 +81,14 @@ class CartesianMRI(LinearOperator):
     def _forward(self, x):
         if self.real_input and x.is_complex():
             raise TypeError("CartesianMRI(real_input=True) takes real images")
-        x = _as_complex(x)
+        x = as_complex(x)
         mask, maps = self._on(x)
         if maps is not None:
             x = x.unsqueeze(-self.ndim - 1) * maps
         return fftc(x, self.ndim) * mask
 
     def _adjoint(self, y):
-        y = _as_complex(y)
+        y = as_complex(y)
         mask, maps = self._on(y)
         x = ifftc(y * mask, self.ndim)
         if maps is not None:
@@ -124,28 +104,3 @@ def zero_filled(y: torch.Tensor, op: CartesianMRI) -> torch.Tensor:
     energy — intensities are biased low by the unsampled energy, not rescaled by 1/acceleration.
     """
     return op.adjoint(y)
-
-
-def estimate_coil_maps(kspace: torch.Tensor, calib_fraction: float = 0.08, ndim: int = 2,
-                       floor: float = 0.05) -> torch.Tensor:
-    """Coil maps from the fully sampled k-space centre: normalised low-resolution coil images.
-
-    ``kspace`` is (..., C, *img) with ``ndim`` image axes (centred, as produced by ``fftc``). The central
-    box of ``calib_fraction`` of every image axis is Hann-windowed, zero-filled and inverse transformed to
-    low-resolution coil images I_c; maps are S_c = I_c / max(rss, floor·max(rss)), rss = sqrt(sum |I_c|^2).
-    So sum_c |S_c|^2 = 1 wherever the object gives signal (simple sum-of-squares normalisation, not
-    ESPIRiT); the maps carry the low-resolution object phase, so the SENSE image comes out nearly real.
-    """
-    k = _as_complex(torch.as_tensor(kspace))
-    img = k.shape[k.ndim - ndim:]
-    win = None
-    for n in img:
-        w = max(int(round(n * calib_fraction)), 2)
-        line = torch.zeros(n, dtype=k.real.dtype, device=k.device)
-        line[n // 2 - w // 2: n // 2 - w // 2 + w] = torch.hann_window(w + 2, periodic=False, dtype=k.real.dtype,
-                                                                       device=k.device)[1:-1]
-        win = line if win is None else win[..., None] * line
-    low = ifftc(k * win, ndim)
-    rss = torch.sqrt((low.abs() ** 2).sum(dim=-ndim - 1, keepdim=True))
-    top = rss.amax(dim=tuple(range(-ndim, 0)), keepdim=True)
-    return low / torch.maximum(rss, floor * top)

@@ -1,0 +1,34 @@
+"""One device resolver for the whole package: 'auto' | 'cpu' | 'cuda' | 'cuda:N' (or a torch.device)."""
+from __future__ import annotations
+
+import torch
+
+from .errors import InputError
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The torch.device for a user's choice. ``None`` or 'auto': CUDA when available, else CPU.
+
+    Asking for CUDA where there is none (or for a GPU index that does not exist) raises InputError."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    key = (name or "auto").strip().lower()
+    if key == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if key == "cpu":
+        return torch.device("cpu")
+    if key == "cuda" or key.startswith("cuda:"):
+        idx = key[5:]
+        if idx and not idx.isdigit():
+            raise InputError(f"device {name!r}: expected auto, cpu, cuda or cuda:N (N a GPU index)")
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r}: CUDA is not available on this machine (no GPU or a CPU-only "
+                             "torch build); use --device cpu or auto")
+        if idx and int(idx) >= torch.cuda.device_count():
+            raise InputError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA devices "
+                             f"(cuda:0 ... cuda:{torch.cuda.device_count() - 1})")
+        return torch.device(key)
+    raise InputError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+
+
+__all__ = ["resolve_device"]

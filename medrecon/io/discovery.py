@@ -1,0 +1,41 @@
+"""Finding volumes under files and folders (training data): volume files, and DICOM series folders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from .dicom_read import is_dicom_file
+from .itk import ITK_READ_SUFFIXES
+from .nifti import is_nifti
+
+VOLUME_SUFFIXES = (".npy",) + tuple(ITK_READ_SUFFIXES)
+
+
+def is_volume_file(path) -> bool:
+    """A file whose name says it is a volume: NIfTI, NRRD/MetaImage or .npy (DICOM files are found by content)."""
+    name = Path(path).name.lower()
+    return is_nifti(name) or name.endswith(VOLUME_SUFFIXES)
+
+
+def find_volume_paths(paths) -> list[Path]:
+    """Expand files and folders into volume paths: volume files (NIfTI, NRRD/MetaImage, .npy) and folders
+    that directly hold DICOM files (one series folder each); folders are searched recursively, hidden
+    entries skipped. A file given explicitly is kept whatever its name."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise InputError(f"{p}: no such file or folder (training data must be DICOM series folders or "
+                             "volume files: NIfTI, NRRD, MetaImage)")
+        if p.is_file():
+            out.append(p)
+            continue
+        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+        vols = [f for f in files if is_volume_file(f)]
+        out += vols
+        if any(f.suffix.lower() == ".dcm" or is_dicom_file(f) for f in files if f not in vols):
+            out.append(p)
+        out += find_volume_paths(sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    return out
+
+
+__all__ = ["find_volume_paths", "is_volume_file"]

@@ -1,0 +1,297 @@
+"""Patch-based, position-aware diffusion prior (PaDIS; Hu, Song, Xu, Shen, Fessler, NeurIPS 2024).
+
+The network is an EDM-preconditioned diffusers UNet2DModel (unet.py, network.py) with three input channels:
+the noisy patch and two position channels holding, for every pixel of the patch, its normalised x and y
+coordinate in the WHOLE slice. It is trained on random patches of several sizes, so it never needs a whole
+slice, and the slice size at inference is free.
+
+Positions (``POSITION_CONVENTION``): by pixel index, relative to the slice. The pixel in column j of a
+slice W pixels wide has x = -1 + 2 j / (W - 1); the row i of H rows has y = -1 + 2 i / (H - 1); so the
+corner pixel centres are exactly (+-1, +-1) whatever the slice size (a 1-pixel axis has 0). Channel 1 of
+the network input is x, channel 2 is y. A position is therefore a fraction of the field of view, not a
+physical distance: the denoiser needs no pixel size at inference (the Denoiser contract passes none).
+Pixel size still matters for texture: training samples slices over a range of pixel sizes (random
+in-plane rescaling); the card's ``pixel_spacing_mm_range`` records that range, and slices should be
+reconstructed at a pixel size inside it.
+
+Whole-slice denoising (:func:`patchwise`): shift a patch grid by a random offset (drawn from the prior's
+own seeded generator at every call, so patch borders move between diffusion steps and runs are
+reproducible), pad the slice (reflect) to whole patches, denoise all patches in batches with their
+position channels, stitch, crop. Tiles do not overlap, so if the network returned its input D would be the
+identity exactly: stitching adds no seams of its own.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from .base import IntensityMap
+from .network import EDMPrior, edm_denoise
+
+ARCHITECTURE = "diffusers-unet2d-patch"
+POSITION_CONVENTION = "pixel-index: x = -1 + 2 j / (W - 1), y = -1 + 2 i / (H - 1) over the whole slice"
+
+
+# ---- positions and whole-slice denoising from patches ------------------------------------------------------
+
+def slice_positions(rows: torch.Tensor, cols: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Position channels (2, len(rows), len(cols)): x of each column index and y of each row index in a
+    slice of ``height`` x ``width`` (indices may lie outside it, e.g. in padding: they extrapolate)."""
+    dt = rows.dtype if rows.is_floating_point() else torch.float32
+    x = -1.0 + 2.0 * cols.to(dt) / (width - 1) if width > 1 else torch.zeros(len(cols), dtype=dt, device=cols.device)
+    y = -1.0 + 2.0 * rows.to(dt) / (height - 1) if height > 1 else torch.zeros(len(rows), dtype=dt,
+                                                                                  device=rows.device)
+    return torch.stack([x[None, :].expand(len(rows), -1), y[:, None].expand(-1, len(cols))])
+
+
+def position_channels(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Position channels (2, H, W) of a whole slice: x in channel 0, y in channel 1, corners +-1."""
+    r = torch.arange(height, dtype=dtype, device=device)
+    c = torch.arange(width, dtype=dtype, device=device)
+    return slice_positions(r, c, height, width)
+
+
+def _pad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    if not any(pad):
+        return x
+    l, r, t, b = pad
+    if max(l, r) < x.shape[-1] and max(t, b) < x.shape[-2]:
+        return F.pad(x, pad, mode="reflect")
+    return F.pad(x, pad, mode="replicate")
+
+
+def patchwise(fn, x: torch.Tensor, sigma: torch.Tensor, patch_size: int, offset=(0, 0),
+              max_batch: int | None = None) -> torch.Tensor:
+    """Apply a patch denoiser ``fn(patches (N,1,P,P), positions (N,2,P,P), sigma (N,)) -> (N,1,P,P)`` to
+    whole slices x (B, 1, H, W) of any size: a grid of P x P tiles shifted by ``offset`` = (dy, dx) in
+    [0, P) covers the slice (padded by reflection to whole tiles); outputs are stitched and cropped back."""
+    b, _, h, w = x.shape
+    p = int(patch_size)
+    oy, ox = (int(o) % p for o in offset)
+    hp, wp = math.ceil((h + oy) / p) * p, math.ceil((w + ox) / p) * p
+    xp = _pad(x, (ox, wp - w - ox, oy, hp - h - oy))
+    nh, nw = hp // p, wp // p
+    tiles = xp.reshape(b, 1, nh, p, nw, p).permute(0, 2, 4, 1, 3, 5).reshape(b * nh * nw, 1, p, p)
+    rows = torch.arange(hp, device=x.device, dtype=x.dtype) - oy
+    cols = torch.arange(wp, device=x.device, dtype=x.dtype) - ox
+    pos = slice_positions(rows, cols, h, w).reshape(2, nh, p, nw, p).permute(1, 3, 0, 2, 4)
+    pos = pos.reshape(1, nh * nw, 2, p, p).expand(b, -1, -1, -1, -1).reshape(b * nh * nw, 2, p, p)
+    sig = sigma.reshape(-1).to(x.dtype).repeat_interleave(nh * nw)
+    n = tiles.shape[0]
+    step = n if not max_batch else int(max_batch)
+    out = torch.cat([fn(tiles[i:i + step], pos[i:i + step], sig[i:i + step]) for i in range(0, n, step)])
+    out = out.reshape(b, nh, nw, 1, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, 1, hp, wp)
+    return out[..., oy:oy + h, ox:ox + w]
+
+
+class PatchPrior(EDMPrior):
+    """A patch-trained, position-aware EDM prior used on whole slices of any size (``image_size`` None).
+
+    ``patch_size``: the tile size at inference (the card's ``patch.inference_size``, by default the largest
+    training size); ``seed``: of the generator that shifts the tile grid at each call (``reseed`` restarts
+    it); ``shift=False`` keeps the grid fixed at offset 0 (diagnosis only); ``max_batch``: patches per
+    network call (bounds memory)."""
+
+    def __init__(self, network, card, schedule, intensity, *, patch_size: int, sigma_data: float = 0.5,
+                 seed: int = 0, max_batch: int = 64, shift: bool = True, name=None, weights_path=None):
+        super().__init__(network, card, schedule, intensity, None, name=name, weights_path=weights_path,
+                         sigma_data=sigma_data)
+        self.patch_size = int(patch_size)
+        self.max_batch = int(max_batch)
+        self.shift = shift
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def reseed(self, seed: int | None = None) -> "PatchPrior":
+        """Restart the grid-shift generator (at ``seed``, default the prior's own)."""
+        self.seed = self.seed if seed is None else int(seed)
+        self.generator.manual_seed(self.seed)
+        return self
+
+    def next_offset(self) -> tuple[int, int]:
+        if not self.shift:
+            return (0, 0)
+        dy, dx = torch.randint(self.patch_size, (2,), generator=self.generator).tolist()
+        return dy, dx
+
+    def _patch_fn(self, tiles, pos, sigma):
+        return edm_denoise(self.network, tiles, sigma, self.sigma_data, cond=pos)
+
+    def _denoise_native(self, x, sigma):
+        return patchwise(self._patch_fn, x, sigma, self.patch_size, self.next_offset(), self.max_batch)
+
+
+def patch_prior_from_card(network, card: dict, schedule, intensity, weights_path=None, **kw) -> PatchPrior:
+    p = card.get("patch") or {}
+    sizes = p.get("sizes") or [network.config.sample_size]
+    return PatchPrior(network, card, schedule, intensity, patch_size=int(p.get("inference_size") or max(sizes)),
+                      sigma_data=float((card.get("config") or {}).get("sigma_data", 0.5)),
+                      seed=int(p.get("seed", 0)), weights_path=weights_path, **kw)
+
+
+# ---- training data: whole volumes at their own pixel size, patches drawn with augmentation -------------------
+
+@dataclass
+class PatchData:
+    """Training volumes for a patch prior: per volume (Z, 1, H, W) float32 in the model range, at the
+    volume's own in-plane pixel size ``spacings[k]`` = (x, y) mm (None when unknown)."""
+
+    volumes: list
+    spacings: list
+    modality: str | None
+    intensity: dict
+    description: dict = field(default_factory=dict)
+
+    @property
+    def n_slices(self) -> int:
+        return int(sum(v.shape[0] for v in self.volumes))
+
+
+def prepare_volumes(volumes, intensity: dict, *, magnitude_percentile: float | None = None,
+                    model_range=(-1.0, 1.0), min_std: float = 1e-3, default_spacing_mm: float = 1.0,
+                    modality: str | None = None, sources=None) -> PatchData:
+    """Axial slices of ``volumes`` (Volume objects or (Z, Y, X) arrays) mapped to the model range.
+
+    ``intensity``: the caller's physical window {physical_min, physical_max, unit, ...}; its model range is
+    set to ``model_range``. ``magnitude_percentile`` (e.g. 99.5 for MRI magnitude): each volume becomes
+    |v| / its percentile before the window. Nearly constant slices (std < ``min_std``) are dropped."""
+    from ..volume import Volume
+    from .training_data import model_slices
+
+    imap = {**intensity, "model_min": float(model_range[0]), "model_max": float(model_range[1])}
+    lo, hi, mlo, mhi = (float(imap[k]) for k in ("physical_min", "physical_max", "model_min", "model_max"))
+    if hi <= lo:
+        raise InputError(f"intensity window [{lo}, {hi}] is empty: physical_max must exceed physical_min")
+    vols, spacings, kept, src = [], [], [], []
+    to_model = IntensityMap.from_dict(imap)
+    for i, v in enumerate(volumes):
+        x = model_slices(v, to_model, magnitude_percentile)
+        x = x[x.flatten(1).std(dim=1) >= min_std].contiguous()
+        kept.append(int(x.shape[0]))
+        if x.shape[0] == 0:
+            continue
+        vols.append(x)
+        sp = (float(v.spacing[0]), float(v.spacing[1])) if isinstance(v, Volume) else (default_spacing_mm,) * 2
+        spacings.append(sp)
+        if sources is not None:
+            src.append(sources[i])
+    if not vols:
+        raise InputError("no usable training slices: the volumes are empty or constant in the intensity window")
+    desc = {"volumes": [str(s) if not isinstance(s, dict) else s for s in src] if sources is not None
+            else f"{len(kept)} in-memory volumes",
+            "n_volumes": len(vols), "n_slices": int(sum(kept)), "slices_per_volume": kept,
+            "pixel_spacing_mm": [[round(a, 4), round(b, 4)] for a, b in spacings]}
+    return PatchData(vols, spacings, modality, imap, desc)
+
+
+class PatchSampler:
+    """Random training patches with their position channels, drawn from ``PatchData`` with augmentation.
+
+    Per batch one patch size P (``sizes`` with ``probs``); the batch holds ``pixels // P^2`` patches (at
+    least 1) so every step costs about the same. Per patch: a slice uniformly over all slices; a target
+    pixel size s ~ log-uniform over ``spacing_range`` mm (at most ``max_upsample`` x finer than the scan's
+    own, and coarse enough for the slice to hold a patch); a rotation of the whole slice by U(-rotate_deg,
+    rotate_deg) degrees; a left-right flip with probability 1/2; then the patch position uniformly inside
+    the rescaled slice. Positions refer to the rescaled, rotated slice. Downsampling is antialiased by
+    sampling (bilinear) from a 2x box-filtered pyramid level at most 2x finer than the target. Intensity
+    jitter x -> x (1 + a) + b, a, b ~ U(-j, j)."""
+
+    def __init__(self, data: PatchData, sizes=(16, 32, 64), probs=None, pixels: int = 8 * 64 * 64,
+                 spacing_range=(0.7, 4.0), max_upsample: float = 1.25, rotate_deg: float = 10.0,
+                 flip: bool = True, jitter: float = 0.02, max_batch: int = 256):
+        self.sizes = [int(s) for s in sizes]
+        p = np.asarray(probs if probs is not None else [1.0] * len(self.sizes), dtype=np.float64)
+        self.probs = torch.tensor(p / p.sum())
+        self.pixels, self.max_batch = int(pixels), int(max_batch)
+        self.spacing_range = (float(spacing_range[0]), float(spacing_range[1]))
+        self.max_upsample, self.rotate_deg, self.flip, self.jitter = float(max_upsample), float(rotate_deg), flip, \
+            float(jitter)
+        self.spacings = data.spacings
+        self.pyramids = []
+        for v in data.volumes:
+            levels = [v]
+            while min(levels[-1].shape[-2:]) >= 2 * max(self.sizes) and len(levels) < 6:
+                levels.append(F.avg_pool2d(levels[-1], 2))
+            self.pyramids.append(levels)
+        counts = torch.tensor([float(v.shape[0]) for v in data.volumes])
+        self.vol_probs = counts / counts.sum()
+        self.used_spacing = [math.inf, 0.0]  # smallest and largest pixel size actually drawn
+
+    def batch_size(self, p: int) -> int:
+        return max(1, min(self.max_batch, self.pixels // (p * p)))
+
+    def sample(self, gen: torch.Generator, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(patches (B, 1, P, P), positions (B, 2, P, P)) on the CPU."""
+        p = size or self.sizes[int(torch.multinomial(self.probs, 1, generator=gen))]
+        b = self.batch_size(p)
+        vols = torch.multinomial(self.vol_probs, b, replacement=True, generator=gen).tolist()
+        u = torch.rand(b, 7, generator=gen, dtype=torch.float64).numpy()
+        xs, ps = [], []
+        for k, v in enumerate(vols):
+            x, pos = self._one(v, p, u[k])
+            xs.append(x)
+            ps.append(pos)
+        x = torch.stack(xs)
+        if self.jitter:
+            a, c = (torch.rand(2, b, 1, 1, 1, generator=gen) * 2 - 1) * self.jitter
+            x = x * (1 + a) + c
+        return x, torch.stack(ps)
+
+    def _one(self, v: int, p: int, u) -> tuple[torch.Tensor, torch.Tensor]:
+        levels = self.pyramids[v]
+        z_n, _, h0, w0 = levels[0].shape
+        sx0, sy0 = self.spacings[v]
+        lo, hi = self.spacing_range
+        s = math.exp(math.log(lo) + u[0] * (math.log(hi) - math.log(lo)))
+        s = max(s, max(sx0, sy0) / self.max_upsample)
+        s = min(s, min(h0 * sy0, w0 * sx0) / p)  # the rescaled slice must hold a patch
+        self.used_spacing = [min(self.used_spacing[0], s), max(self.used_spacing[1], s)]
+        h1, w1 = max(p, int(h0 * sy0 / s)), max(p, int(w0 * sx0 / s))
+        z = min(int(u[1] * z_n), z_n - 1)
+        i1 = min(int(u[2] * (h1 - p + 1)), h1 - p)
+        j1 = min(int(u[3] * (w1 - p + 1)), w1 - p)
+        theta = math.radians((2 * u[4] - 1) * self.rotate_deg)
+        flip = self.flip and u[5] < 0.5
+        r = torch.arange(p, dtype=torch.float32)
+        rows, cols = i1 + r, j1 + r
+        pos = slice_positions(rows, cols, h1, w1)
+        # output pixel (centred, in output pixels) -> rotated -> source pixel of level 0
+        uu = (rows - (h1 - 1) / 2)[:, None].expand(p, p)
+        ww = (cols - (w1 - 1) / 2)[None, :].expand(p, p)
+        ct, st = math.cos(theta), math.sin(theta)
+        ys = (h0 - 1) / 2 + (ct * uu - st * ww) * (s / sy0)
+        xs = (w0 - 1) / 2 + (st * uu + ct * ww) * (s / sx0)
+        if flip:
+            xs = (w0 - 1) - xs
+        f = min(s / sy0, s / sx0)
+        lev = max(0, min(len(levels) - 1, int(math.floor(math.log2(f))) if f >= 2 else 0))
+        img = levels[lev][z:z + 1]
+        k = 2 ** lev
+        yl, xl = (ys - (k - 1) / 2) / k, (xs - (k - 1) / 2) / k
+        hl, wl = img.shape[-2:]
+        grid = torch.stack([2 * xl / max(wl - 1, 1) - 1, 2 * yl / max(hl - 1, 1) - 1], dim=-1)[None]
+        out = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return out[0], pos
+
+
+def heldout_slices(data: PatchData, spacing_mm: float = 2.0, per_volume: int = 4) -> list[torch.Tensor]:
+    """Fixed whole slices for the held-out loss: ``per_volume`` evenly spaced slices of each volume,
+    resampled (antialiased) to ``spacing_mm`` pixels; one tensor (n, 1, H, W) per volume."""
+    out = []
+    for v, (sx, sy) in zip(data.volumes, data.spacings):
+        idx = np.unique(np.linspace(0, v.shape[0] - 1, per_volume + 2)[1:-1].round().astype(int))
+        x = v[idx]
+        h, w = max(8, round(x.shape[-2] * sy / spacing_mm)), max(8, round(x.shape[-1] * sx / spacing_mm))
+        if (h, w) != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        out.append(x.contiguous())
+    return out
+
+
+__all__ = ["ARCHITECTURE", "POSITION_CONVENTION", "PatchPrior", "PatchData", "PatchSampler", "heldout_slices",
+           "patch_prior_from_card", "patchwise", "position_channels", "prepare_volumes", "slice_positions"]

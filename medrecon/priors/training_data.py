@@ -1,0 +1,133 @@
+"""Training data for the priors: axial slices (whole-image priors) or volumes at their own pixel size (patch
+priors) from the caller's volumes, mapped to [-1, 1] by the caller's intensity window (the core knows no
+modality; ``medrecon train`` takes the window from pipelines.modality)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..volume import Volume
+from .base import IntensityMap
+
+MODEL_RANGE = (-1.0, 1.0)
+
+
+@dataclass
+class SliceData:
+    """Training slices (N, 1, S, S) float32 in the model range [-1, 1] and what the card says about them."""
+
+    slices: torch.Tensor
+    modality: str
+    intensity: dict
+    pixel_spacing_mm: list | None = None
+    description: dict = field(default_factory=dict)
+
+
+def read_training_volume(path: Path) -> Volume:
+    """One training volume (DICOM series folder or file, NIfTI, NRRD/MetaImage, .npy) via medrecon.io."""
+    from ..io import read_volume
+
+    return read_volume(path)
+
+
+def training_intensity(intensity: dict) -> dict:
+    """The caller's intensity section (physical window, unit, notes) on the training model range [-1, 1]."""
+    missing = [k for k in ("physical_min", "physical_max") if k not in intensity]
+    if missing:
+        raise InputError(f"the intensity card needs {', '.join(missing)} (the physical window mapped to the model "
+                         "range)")
+    lo, hi = MODEL_RANGE
+    out = {**intensity, "physical_min": float(intensity["physical_min"]),
+           "physical_max": float(intensity["physical_max"]), "model_min": lo, "model_max": hi}
+    if out["physical_max"] <= out["physical_min"]:
+        raise InputError(f"intensity window [{out['physical_min']}, {out['physical_max']}] is empty")
+    return out
+
+
+def square_resize(x: torch.Tensor, size: int) -> tuple[torch.Tensor, float]:
+    """Centre crop (N, 1, H, W) to a square, resize to size; returns the images and the zoom (in px / out px)."""
+    h, w = x.shape[-2:]
+    m = min(h, w)
+    x = x[..., (h - m) // 2:(h - m) // 2 + m, (w - m) // 2:(w - m) // 2 + m]
+    if m != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=m > size)
+    return x, m / size
+
+
+def model_slices(volume, to_model: IntensityMap, magnitude_percentile: float | None = None) -> torch.Tensor:
+    """A Volume or (Z, Y, X) array in physical units as (Z, 1, Y, X) slices in model units, clamped to the
+    map's model range; ``magnitude_percentile``: |v| / its percentile first (MRI magnitude)."""
+    data = np.asarray(volume.data if isinstance(volume, Volume) else volume, dtype=np.float32)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3:
+        raise InputError(f"training volumes must be (Z, Y, X) arrays or Volumes, got shape {data.shape}")
+    if magnitude_percentile is not None:
+        data = np.abs(data)
+        data = data / max(float(np.percentile(data, magnitude_percentile)), 1e-12)
+    x = torch.from_numpy(to_model.to_model(data))
+    return x.clamp(to_model.model_min, to_model.model_max)[:, None]
+
+
+def prepare_slices(volumes, intensity: dict, image_size: int = 64, *, magnitude_percentile: float | None = None,
+                   modality: str | None = None, min_std: float = 1e-3, sources=None) -> SliceData:
+    """Axial slices of ``volumes`` (Volume objects or (Z, Y, X) arrays in physical units) as training data.
+
+    ``intensity``: the caller's physical window {physical_min, physical_max, unit, ...} (the core knows no
+    modality: e.g. CT HU -1000..1000, MRI normalised magnitude 0..1), mapped to [-1, 1].
+    ``magnitude_percentile`` (MRI): each volume becomes |v| / its percentile first. ``modality`` is only
+    recorded in the card. Slices that are nearly constant after the map (std < ``min_std``) are dropped.
+    """
+    imap = training_intensity(intensity)
+    to_model = IntensityMap.from_dict(imap)
+    out, spacings, kept = [], [], []
+    for v in volumes:
+        x = model_slices(v, to_model, magnitude_percentile)
+        x, zoom = square_resize(x, image_size)
+        x = x[x.flatten(1).std(dim=1) >= min_std]
+        out.append(x)
+        kept.append(int(x.shape[0]))
+        if isinstance(v, Volume):
+            spacings.append([v.spacing[0] * zoom, v.spacing[1] * zoom])
+    slices = torch.cat(out) if out else torch.zeros(0, 1, image_size, image_size)
+    if slices.shape[0] == 0:
+        raise InputError("no usable training slices: the volumes are empty or constant in the intensity window")
+    spacing = [round(float(s), 4) for s in np.median(np.array(spacings), axis=0)] if spacings else None
+    desc = {"volumes": [str(s) if not isinstance(s, dict) else s for s in sources] if sources
+            else f"{len(kept)} in-memory volumes",
+            "n_volumes": len(kept), "n_slices": int(slices.shape[0]), "slices_per_volume": kept}
+    return SliceData(slices.contiguous(), modality, imap, spacing, desc)
+
+
+def found_volumes(paths) -> list[Path]:
+    from ..io.discovery import find_volume_paths
+
+    found = find_volume_paths(paths)
+    if not found:
+        raise InputError(f"no volumes (DICOM series, NIfTI, NRRD) found under {', '.join(map(str, paths))}")
+    return found
+
+
+def load_slices(paths, intensity: dict, image_size: int = 64, *, sources=None, **kw) -> SliceData:
+    """Find, read and prepare the volumes under ``paths`` (files or folders) for a whole-slice prior.
+    ``sources``: what to record per volume in the card (default the paths found)."""
+    found = found_volumes(paths)
+    return prepare_slices([read_training_volume(p) for p in found], intensity, image_size,
+                          sources=sources or found, **kw)
+
+
+def load_patch_data(paths, intensity: dict, *, sources=None, **kw):
+    """Find, read and prepare the volumes under ``paths`` for a patch prior (kept at their own pixel size)."""
+    from .patch import prepare_volumes
+
+    found = found_volumes(paths)
+    return prepare_volumes([read_training_volume(p) for p in found], training_intensity(intensity),
+                           model_range=MODEL_RANGE, sources=sources or found, **kw)
+
+
+# ---- training ---------------------------------------------------------------------------------------------

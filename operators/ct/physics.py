@@ -1,0 +1,91 @@
+"""CT physics, one home per rule: attenuation from HU, transmission noise, the pixel-unit projector, the
+configured geometry, DPS Poisson weights.
+
+Measurements are line integrals of the linear attenuation mu (dimensionless, ``-log(I/I0)``), with
+mu = MU_WATER * (1 + HU / 1000), MU_WATER = 0.02 / mm (water at about 70 keV).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from medrecon.errors import InputError
+from medrecon.linop import LinearOperator
+
+from .geometry import FanBeamGeometry, ParallelBeamGeometry
+from .projector import SliceProjector
+
+MU_WATER = 0.02  # 1/mm, linear attenuation of water (about 70 keV)
+NOISE_KINDS = ("poisson", "gaussian", "none")
+
+
+def attenuation_per_pixel(hu, pixel_size_mm: float):
+    """mu per pixel, pixel_size_mm * MU_WATER * (1 + HU/1000): affine in HU and unclamped (floats, arrays,
+    tensors), so it maps model units to the data of the pixel-unit projector exactly."""
+    return pixel_size_mm * MU_WATER * (1.0 + hu / 1000.0)
+
+
+def hu_to_mu(hu: np.ndarray) -> np.ndarray:
+    """Linear attenuation (1/mm) from HU, clamped at 0 (nothing attenuates less than vacuum)."""
+    return np.maximum(attenuation_per_pixel(hu, 1.0), 0.0)
+
+
+def noisy_line_integrals(p: np.ndarray, kind: str, rng: np.random.Generator, I0: float = 1e5,
+                         sigma: float = 0.0) -> np.ndarray:
+    """Noisy line integrals ``p``: 'poisson' counts with incident ``I0`` per bin (zero counts -> 0.5 before
+    the log), 'gaussian' of std ``sigma`` (line-integral units), or 'none' (``p`` itself)."""
+    if kind == "poisson":
+        counts = rng.poisson(I0 * np.exp(-p)).astype(np.float64)
+        return -np.log(np.maximum(counts, 0.5) / I0)
+    if kind == "gaussian":
+        return p + sigma * rng.standard_normal(p.shape)
+    if kind == "none":
+        return p
+    raise InputError(f"unknown CT noise kind {kind!r}; choose one of {NOISE_KINDS}")
+
+
+def pixel_unit_projector(geometry) -> LinearOperator:
+    """Projector in pixel units, as in DiffusionMBIR (a unit pixel integrates to its chord length in pixels):
+    (1 / pixel_size_mm) times the geometry's SliceProjector (line integrals in mm)."""
+    P = SliceProjector(geometry)
+    return P * (1.0 / geometry.pixel_size_mm) if geometry.pixel_size_mm != 1.0 else P
+
+
+def make_geometry(beam: str, size: int, pixel_size_mm: float, *, n_views: int | None = None,
+                  wedge_deg: float | None = None, n_det: int | None = None, det_spacing_mm: float | None = None,
+                  source_distance_mm: float | None = None, detector_distance_mm: float | None = None, like=None):
+    """The slice geometry for ``size``^2 pixels of ``pixel_size_mm``: sparse view (``n_views``) or limited
+    angle (``wedge_deg``, one view per degree); give exactly one.
+
+    Defaults: detector spacing = pixel size; n_det = ceil(sqrt(2) * size) for parallel beam, the geometry's
+    own default for fan beam (see FanBeamGeometry, also for the distances, fan only). ``like``: copy the
+    detector and distances of that geometry instead (a finer simulation grid sees the same detector).
+    """
+    classes = {"parallel": ParallelBeamGeometry, "fan": FanBeamGeometry}
+    if beam not in classes:
+        raise InputError(f"unknown CT beam {beam!r}; choose one of {sorted(classes)}")
+    if (n_views is None) == (wedge_deg is None):
+        raise InputError("give exactly one of n_views (sparse view) or wedge_deg (limited angle)")
+    if like is not None:
+        if like.type != beam:
+            raise InputError(f"make_geometry: like= is a {like.type} geometry, not {beam}")
+        kw = {k: v for k, v in like.to_dict().items() if k not in ("type", "image_size", "angles_deg")}
+        kw["pixel_size_mm"] = pixel_size_mm
+    else:
+        kw = {"pixel_size_mm": pixel_size_mm, "det_spacing_mm": det_spacing_mm or pixel_size_mm,
+              "n_det": n_det or (math.ceil(math.sqrt(2) * size) if beam == "parallel" else None)}
+        if beam == "fan":
+            kw.update(source_origin_mm=source_distance_mm, origin_det_mm=detector_distance_mm)
+    cls = classes[beam]
+    if n_views is not None:
+        return cls.sparse_view(size, n_views, **kw)
+    return cls.limited_angle(size, wedge_deg, **kw)
+
+
+def poisson_weights_from_line_integrals(line: torch.Tensor) -> torch.Tensor:
+    """DPS Poisson-likelihood weights: proportional to the detected counts I ~ exp(-line integral) (the
+    inverse variances of the log data), w = exp(-(line - min)), normalised to mean 1."""
+    w = torch.exp(-(line - line.min()))
+    return w / w.mean()

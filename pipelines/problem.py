@@ -1,0 +1,224 @@
+"""One reconstruction problem: built once from a validated config and an input, solved by any registered solver.
+
+Flow: input (volume -> simulated measurement, or a measurements file) -> ``Problem`` (prior, intensity map,
+operator, data in model units, output grid) -> ``Problem.solve(settings)`` -> ``Problem.to_volume(x)``.
+``reconstruct``, ``compare``, ``batch``, ``demo`` and the Python API all go through it.
+
+Units: solvers work in the **model units** of an intensity map (the prior's, or the config's ``intensity``
+section). With phi the measured quantity of a physical value (CT: mu per pixel, ``attenuation_per_pixel``;
+MRI: the value itself) and HU = to_physical(x) affine in x, the data the solver sees are
+    y_model = (y - b A(1)) / a,   a = phi(to_physical(1)) - phi(to_physical(0)),   b = phi(to_physical(0)),
+so that A x = y_model exactly. The CT operator is the projector in pixel units (DiffusionMBIR's scaling,
+so the paper's lam/rho keep their meaning). Measured k-space is scaled so that the zero-filled magnitude's
+99.9th percentile is 1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medrecon.device import resolve_device
+from medrecon.errors import InputError
+from medrecon.io import read_volume
+from medrecon.linop import LinearOperator
+from medrecon.priors import Denoiser, IntensityMap
+from medrecon.solvers import admm_tv, cgls, sample_posterior, sirt
+from medrecon.volume import Volume
+from operators.ct import attenuation_per_pixel, fbp, geometry_from_dict, pixel_unit_projector
+from operators.ct import poisson_weights_from_line_integrals
+from operators.mri import mri_operator
+
+from .config import Config, resolve_prior_path
+from .measurement import Measurement, is_measurement_file
+from .modality import Modality
+from .prior_cards import load_prior_for
+from .registry import SOLVERS
+from .simulate import simulate_volume
+
+DEFAULT_SIZE = {Modality.ct: 256, Modality.mri: 320}  # slice size without a prior that fixes it
+
+
+@dataclass
+class Solution:
+    x: torch.Tensor  # model units
+    std: torch.Tensor | None = None  # posterior std (samples > 1), model units
+    nfe_per_slice: int = 0  # network evaluations
+    backward_per_slice: int = 0  # backward passes through the network (mcg, dps)
+
+
+@dataclass
+class Problem:
+    """Everything a solver needs, built once (see the module docstring)."""
+
+    config: Config  # resolved
+    device: torch.device
+    prior: Denoiser | None
+    intensity: IntensityMap
+    measurement: Measurement
+    operator: LinearOperator  # model units
+    data: torch.Tensor  # y in model units
+    geometry: object | None = None  # CT geometry
+    reference: Volume | None = None  # the simulated case's ground truth on the reconstruction grid
+    source: Volume | None = None  # the input volume (DICOM metadata for the derived series)
+    data_scale: float = 1.0  # measured k-space was divided by this
+    info: dict = field(default_factory=dict)
+
+    # -- building ------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, cfg: Config, input, *, series: str | None = None, prior: Denoiser | None = None,
+              load_prior: bool = True) -> "Problem":
+        """From a volume (simulated first), a measurements file, a Volume or a Measurement.
+        ``prior``: an already loaded prior (else loaded from the config when its solver needs one)."""
+        device = resolve_device(cfg.solver.device)
+        if prior is None and load_prior and cfg.needs_prior:
+            prior = configured_prior(cfg, device)
+        imap = prior.intensity if prior is not None and prior.intensity is not None else \
+            IntensityMap(**cfg.intensity.model_dump())
+        reference = source = None
+        if isinstance(input, Measurement):
+            meas = input
+        elif not isinstance(input, Volume) and is_measurement_file(input):
+            meas = Measurement.load(input)
+        else:
+            source = input if isinstance(input, Volume) else read_volume(input, series=series)
+            reference, meas = simulate_volume(cfg, source, grid_size(cfg, prior))
+        if meas.modality != cfg.modality:
+            raise InputError(f"{meas.info.get('source') or 'the input'}: holds {meas.modality} measurements but "
+                             f"the config is for {cfg.modality}")
+        check_grid(prior, meas)
+        return cls.from_measurement(cfg, meas, device, prior, imap, reference=reference, source=source)
+
+    @classmethod
+    def from_measurement(cls, cfg, meas: Measurement, device, prior, imap: IntensityMap, **kw) -> "Problem":
+        geom, scale = None, 1.0
+        if meas.modality == "ct":
+            geom = geometry_from_dict(meas.geometry)
+            A = pixel_unit_projector(geom)
+            y = torch.from_numpy(np.asarray(meas.data, np.float32))
+
+            def phi(u):
+                return attenuation_per_pixel(u, geom.pixel_size_mm)
+        else:
+            A = _mri_operator(cfg, meas)
+            y = torch.from_numpy(np.asarray(meas.data, np.complex64))
+            if meas.info.get("units", "").startswith("measured"):
+                scale = _measured_scale(A, y)
+                y = y / scale
+
+            def phi(u):
+                return u
+        b = phi(imap.to_physical(0.0))
+        a = phi(imap.to_physical(1.0)) - b
+        y = y.to(device)
+        y_model = (y - b * A.forward(torch.ones(meas.grid.shape, device=device)).to(y.dtype)) / a
+        return cls(cfg, device, prior, imap, meas, A, y_model, geom, data_scale=scale, **kw)
+
+    # -- solving -------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.measurement.grid.shape)
+
+    def bounds(self, settings) -> tuple[float, float] | None:
+        """Clamp interval in model units: ``clip`` (physical units) and ``nonneg`` (not below the intensity
+        map's physical minimum, e.g. mu >= 0 at -1000 HU: model_min, not model 0)."""
+        lo, hi = (-math.inf, math.inf) if settings.clip is None else \
+            (float(self.intensity.to_model(settings.clip[0])), float(self.intensity.to_model(settings.clip[1])))
+        if settings.nonneg:
+            lo = max(lo, self.intensity.model_min)
+        return None if (lo, hi) == (-math.inf, math.inf) else (lo, hi)
+
+    def solve(self, settings=None, progress: bool = False, snapshot=None, snapshot_every: int = 0) -> Solution:
+        """Run one registered solver (``settings``: a resolved solver section; default: the config's)."""
+        s = settings or self.config.solver
+        A, y, zeros = self.operator, self.data, torch.zeros(self.shape, device=self.device)
+        if s.name == "fbp":  # FBP inverts the mm projector
+            return Solution(torch.as_tensor(fbp(y, self.geometry, self.config.ct.fbp_filter))
+                            * self.geometry.pixel_size_mm)
+        if s.name == "zero_filled":
+            return Solution(A.adjoint(y))
+        if s.name in ("cgls", "sirt"):
+            return Solution({"cgls": cgls, "sirt": sirt}[s.name](A, y, n_iter=s.steps, x0=zeros))
+        if s.name == "admm_tv":
+            return Solution(admm_tv(A, y, s.admm.lam, s.admm.rho, s.steps, axes=(0,) if s.tv == "z" else (0, 1, 2),
+                                    n_cg=s.n_cg, x0=zeros, clip=self.bounds(s)))
+        if self.prior is None:
+            raise InputError(f"solver {s.name} needs a prior (prior.path)")
+        lam, rho = (s.admm.lam, s.admm.rho) if hasattr(s, "admm") else (0.0, 1.0)  # slicewise: no z-TV
+        solver = SOLVERS[s.name].sampler(
+            self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, n_cg=s.n_cg, clip=self.bounds(s),
+            chunk_size=s.chunk_size, seed=s.seed, progress=progress, snapshot=snapshot,
+            snapshot_every=snapshot_every, **self._sampler_options(s))
+        if s.samples > 1:
+            mean, std = sample_posterior(solver, s.samples)
+            out = Solution(mean, std, solver.nfe * s.samples)
+        else:
+            out = Solution(solver.run(), None, solver.nfe)
+        out.backward_per_slice = solver.backward_passes * s.samples
+        return out
+
+    def _sampler_options(self, s) -> dict:
+        """Keyword arguments of the sampler class beyond the shared ones, from its settings."""
+        opts = {k: getattr(s, k) for k in ("eta", "snr", "lambda_proj") if hasattr(s, k)}
+        if s.name == "mcg":
+            opts["alpha"] = s.zeta
+        if s.name == "dps":
+            opts.update(zeta=s.zeta, likelihood=s.likelihood)
+            if s.likelihood == "poisson":  # weights ~ detected counts, from the line integrals
+                opts["weights"] = poisson_weights_from_line_integrals(
+                    torch.from_numpy(np.asarray(self.measurement.data, np.float32)).to(self.device))
+        return opts
+
+    # -- results -------------------------------------------------------------------------------
+    def to_volume(self, x: torch.Tensor, description: str = "medrecon") -> Volume:
+        """A model-unit estimate as a Volume in physical units on the output grid."""
+        return self.measurement.grid.with_data(self.intensity.to_physical(x.real.float().cpu().numpy()),
+                                               description=description)
+
+    def prior_summary(self) -> dict | None:
+        p = self.prior
+        return None if p is None else {"name": p.name, "sha256": getattr(p, "sha256", None),
+                                       "image_size": p.image_size}
+
+
+def configured_prior(cfg: Config, device) -> Denoiser:
+    return load_prior_for(resolve_prior_path(cfg.prior.path, Path(cfg.source).parent), device=device)
+
+
+def grid_size(cfg: Config, prior) -> int:
+    """Slice size of the reconstruction grid: the config's, else the prior's, else the modality default."""
+    want = cfg.image_size
+    have = getattr(prior, "image_size", None) if prior is not None else None
+    if want is not None and have is not None and want != have:
+        raise InputError(f"{cfg.modality}.image_size: {want}, but prior {prior.name} was trained at {have}x{have} "
+                         f"(set {cfg.modality}.image_size={have} or leave it null)")
+    return want or have or DEFAULT_SIZE[Modality(cfg.modality)]
+
+
+def check_grid(prior, meas: Measurement) -> None:
+    size = getattr(prior, "image_size", None)
+    if size is not None and meas.grid.shape[-2:] != (size, size):
+        raise InputError(f"the measurements are on a {meas.grid.shape[-2]}x{meas.grid.shape[-1]} grid but prior "
+                         f"{prior.name} was trained at {size}x{size}: use a matching prior or a classical "
+                         f"solver (--set solver.name=admm_tv)")
+
+
+def _mri_operator(cfg: Config, meas: Measurement) -> LinearOperator:
+    k = torch.from_numpy(np.asarray(meas.data))
+    three_d = meas.info.get("layout") == "3d"
+    return mri_operator(meas.grid.shape if three_d else meas.grid.shape[1:], meas.mask, kspace=k,
+                        coil_maps=None if meas.coil_maps is None else torch.from_numpy(np.asarray(meas.coil_maps)),
+                        estimate_maps=cfg.mri.coil_maps == "estimate", three_d=three_d)
+
+
+def _measured_scale(A: LinearOperator, y: torch.Tensor) -> float:
+    """Normalisation of measured k-space: the zero-filled image's 99.9th percentile becomes 1."""
+    zf = A.adjoint(y).abs().flatten()
+    v = float(torch.quantile(zf[:: max(1, zf.numel() // 1_000_000)].float(), 0.999))
+    return v if v > 0 else 1.0
+
+
+__all__ = ["Problem", "Solution", "check_grid", "configured_prior", "grid_size"]

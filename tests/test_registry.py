@@ -1,0 +1,62 @@
+"""The solver registry is the one source of truth: config defaults, config comments and the README follow it."""
+from pathlib import Path
+
+import pytest
+
+from medrecon.errors import InputError
+from pipelines.config import REPO_CONFIGS, load_config
+from pipelines.registry import ADMM_DEFAULTS, SOLVERS, solver_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("modality,config", [("ct", "sparse_view_ct_8"), ("mri", "cs_mri_x4")])
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_resolved_config_takes_the_registry_defaults(name, modality, config):
+    spec = SOLVERS[name]
+    if modality not in spec.modalities:
+        with pytest.raises(InputError, match=f"solver.name: {name} works only for"):
+            load_config(config, [f"solver.name={name}"], check_files=False)
+        return
+    s = load_config(config, [f"solver.name={name}"], check_files=False).resolved().solver
+    d = spec.defaults(modality)
+    assert s.steps == d["steps"]
+    if spec.sampler is not None:  # diffusion samplers: the class is the source of its step defaults
+        assert (s.steps, s.n_cg) == (spec.sampler.default_steps, spec.sampler.default_n_cg)
+    if spec.z_tv == "default":
+        assert (s.admm.lam, s.admm.rho) == ADMM_DEFAULTS[modality]
+    elif spec.z_tv == "optional":
+        assert s.admm.lam == 0.0
+    else:
+        assert not hasattr(s, "admm")
+
+
+def test_a_knob_of_another_solver_is_an_error_that_names_it():
+    with pytest.raises(InputError) as e:
+        load_config("sparse_view_ct_8", ["solver.snr=0.2"], check_files=False)
+    assert "solver.snr: not a setting of solver fast (it belongs to diffusion_mbir, slicewise_mbir, projection, " \
+           "mcg)" in str(e.value)
+    with pytest.raises(InputError, match="solver.zeta: not a setting of solver admm_tv"):
+        load_config("sparse_view_ct_8", ["solver.name=admm_tv", "solver.zeta=2"], check_files=False)
+    with pytest.raises(InputError, match="solver.name: expected one of diffusion_mbir, fast"):
+        load_config("sparse_view_ct_8", ["solver.name=magic"], check_files=False)
+
+
+def test_switching_solver_leaves_the_files_other_settings_behind():
+    cfg = load_config("sparse_view_ct_8", ["solver.name=fbp"], check_files=False)
+    assert cfg.solver.name == "fbp" and not hasattr(cfg.solver, "eta")
+    cfg = load_config("sparse_view_ct_8", ["solver.name=admm_tv"], check_files=False)
+    assert cfg.solver.nonneg is True  # a setting both solvers take is kept from the file
+
+
+@pytest.mark.parametrize("path", sorted(REPO_CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_config_comments_list_the_registry(path):
+    cfg = load_config(path, check_files=False)
+    line = next(l for l in path.read_text().splitlines() if l.strip().startswith("name:"))
+    listed = [n.strip() for n in line.split("#", 1)[1].split("|")]
+    assert listed == [n for n, s in SOLVERS.items() if cfg.modality in s.modalities]
+    assert set(cfg.solver.model_fields_set) <= set(SOLVERS[cfg.solver.name].settings.model_fields)
+
+
+def test_readme_solver_table_is_the_registry():
+    assert solver_table() in (ROOT / "README.md").read_text()

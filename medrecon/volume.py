@@ -92,6 +92,19 @@ class Volume:
             raise ValueError(f"new data shape {data.shape} differs from the volume's {self.data.shape}")
         return replace(self, data=data, meta={**self.meta, **meta_updates})
 
+    def slab(self, start: int, stop: int) -> "Volume":
+        """Slices start..stop-1 (along z), placed where they were in space."""
+        if not 0 <= start < stop <= self.shape[0]:
+            raise ValueError(f"slab {start}:{stop} is outside the volume's {self.shape[0]} slices")
+        origin = tuple(self.world_lps([0.0, 0.0, float(start)]))
+        return replace(self, data=self.data[start:stop].copy(), origin=origin, meta=dict(self.meta))
+
+    def central_slab(self, n: int) -> "Volume":
+        """The n central slices (all of them when the volume has fewer)."""
+        n = min(n, self.shape[0])
+        start = (self.shape[0] - n) // 2
+        return self.slab(start, start + n)
+
     def describe(self) -> dict:
         finite = self.data[np.isfinite(self.data)]
         return {

@@ -13,6 +13,8 @@ CONFIG = typer.Option(..., "--config", "-c", help="YAML file, or a name in confi
 SET = typer.Option(None, "--set", help="Override a config value: --set solver.steps=50 (repeatable).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output.")
 SERIES = typer.Option(None, "--series", help="SeriesInstanceUID when the DICOM folder holds several series.")
+RESAMPLE = typer.Option(False, "--resample", help="Allow resampling the input onto the prior's grid or pixel-size "
+                                                  "range (recorded in report.json); without it a mismatch stops.")
 
 
 @app.command()
@@ -33,10 +35,12 @@ def reconstruct(config: str = CONFIG,
                                                                       "measurements (.npz, fastMRI .h5)."),
                 output: Path = typer.Option(..., "--output", "-o", help="Output folder."),
                 set: Optional[List[str]] = SET, series: Optional[str] = SERIES, overwrite: bool = OVERWRITE,
+                resample: bool = RESAMPLE,
                 progress: bool = typer.Option(True, "--progress/--quiet", help="Show a progress bar.")):
     """Reconstruct; writes recon.nii.gz, dicom/, preview.png and report.json."""
     from .tasks import reconstruct as run
-    res = run(config, input, output, overrides=set or [], overwrite=overwrite, series=series, progress=progress)
+    res = run(config, input, output, overrides=set or [], overwrite=overwrite, series=series, progress=progress,
+              resample=resample)
     r = res.report
     typer.echo(f"wrote {res.output}: {', '.join(r['files'])}, report.json "
                f"({r['timings_s']['total']:.1f} s, {r['network_evaluations_per_slice']} network evaluations/slice)")

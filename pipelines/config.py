@@ -163,8 +163,8 @@ class Config(Section):
         d = self.model_dump()
         for key, value in SOLVERS[self.solver.name].defaults(self.modality).items():
             if isinstance(value, dict):
-                d["solver"][key] = {k: v if d["solver"][key][k] is None else d["solver"][key][k]
-                                    for k, v in value.items()}
+                section = d["solver"][key]
+                section.update({k: v for k, v in value.items() if section.get(k) is None})
             elif d["solver"].get(key) is None:
                 d["solver"][key] = value
         if d["intensity"] is None:

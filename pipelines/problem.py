@@ -34,7 +34,7 @@ from operators.mri import mri_operator
 
 from .config import Config, resolve_prior_path
 from .measurement import Measurement, is_measurement_file
-from .modality import Modality
+from .modality import DICOM_MODALITY, Modality
 from .prior_cards import load_prior_for
 from .registry import SOLVERS
 from .simulate import simulate_volume
@@ -70,27 +70,33 @@ class Problem:
     # -- building ------------------------------------------------------------------------------
     @classmethod
     def build(cls, cfg: Config, input, *, series: str | None = None, prior: Denoiser | None = None,
-              load_prior: bool = True) -> "Problem":
+              load_prior: bool = True, resample: bool = False) -> "Problem":
         """From a volume (simulated first), a measurements file, a Volume or a Measurement.
-        ``prior``: an already loaded prior (else loaded from the config when its solver needs one)."""
+        ``prior``: an already loaded prior (else loaded from the config when its solver needs one).
+        ``resample``: allow resampling the input onto the prior's grid or pixel-size range (else a mismatch is
+        an error that says what disagrees); every resampling is recorded in ``info["grid"]``."""
         device = resolve_device(cfg.solver.device)
         if prior is None and load_prior and cfg.needs_prior:
             prior = configured_prior(cfg, device)
         imap = prior.intensity if prior is not None and prior.intensity is not None else \
             IntensityMap(**cfg.intensity.model_dump())
         reference = source = None
+        info: dict = {}
         if isinstance(input, Measurement):
             meas = input
         elif not isinstance(input, Volume) and is_measurement_file(input):
             meas = Measurement.load(input)
         else:
             source = input if isinstance(input, Volume) else read_volume(input, series=series)
-            reference, meas = simulate_volume(cfg, source, grid_size(cfg, prior))
+            check_domain(cfg, prior, source)
+            grid = reconstruction_grid(cfg, prior, source, resample)
+            info["grid"] = grid
+            reference, meas = simulate_volume(cfg, source, grid["size"], grid["pixel_mm"])
         if meas.modality != cfg.modality:
             raise InputError(f"{meas.info.get('source') or 'the input'}: holds {meas.modality} measurements but "
                              f"the config is for {cfg.modality}")
         check_grid(prior, meas)
-        return cls.from_measurement(cfg, meas, device, prior, imap, reference=reference, source=source)
+        return cls.from_measurement(cfg, meas, device, prior, imap, reference=reference, source=source, info=info)
 
     @classmethod
     def from_measurement(cls, cfg, meas: Measurement, device, prior, imap: IntensityMap, **kw) -> "Problem":
@@ -148,17 +154,28 @@ class Problem:
         if self.prior is None:
             raise InputError(f"solver {s.name} needs a prior (prior.path)")
         lam, rho = (s.admm.lam, s.admm.rho) if hasattr(s, "admm") else (0.0, 1.0)  # slicewise: no z-TV
+        x_init, start_sigma = self.warm_start(s)
         solver = SOLVERS[s.name].sampler(
             self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, n_cg=s.n_cg, clip=self.bounds(s),
             chunk_size=s.chunk_size, seed=s.seed, progress=progress, snapshot=snapshot,
-            snapshot_every=snapshot_every, **self._sampler_options(s))
+            snapshot_every=snapshot_every, start_sigma=start_sigma, **self._sampler_options(s))
         if s.samples > 1:
-            mean, std = sample_posterior(solver, s.samples)
+            mean, std = sample_posterior(solver, s.samples, x_init=x_init)
             out = Solution(mean, std, solver.nfe * s.samples)
         else:
-            out = Solution(solver.run(), None, solver.nfe)
+            out = Solution(solver.run(x_init=x_init), None, solver.nfe)
         out.backward_per_slice = solver.backward_passes * s.samples
         return out
+
+    def warm_start(self, s) -> tuple[torch.Tensor | None, float | None]:
+        """(x_init, start_sigma) of a warm-started sampler: 3D ADMM-TV (rho = 10 lam, 5 CG steps) and the noise
+        level the reverse diffusion starts at; (None, None) for a cold start."""
+        w = getattr(s, "warm_start", None)
+        if w is None or w.method == "none":
+            return None, None
+        x0 = admm_tv(self.operator, self.data, w.lam, 10 * w.lam, w.iters, axes=(0, 1, 2), n_cg=5,
+                     x0=torch.zeros(self.shape, device=self.device), clip=self.bounds(s))
+        return x0, w.start_sigma
 
     def _sampler_options(self, s) -> dict:
         """Keyword arguments of the sampler class beyond the shared ones, from its settings."""
@@ -189,13 +206,79 @@ def configured_prior(cfg: Config, device) -> Denoiser:
 
 
 def grid_size(cfg: Config, prior) -> int:
-    """Slice size of the reconstruction grid: the config's, else the prior's, else the modality default."""
+    """Slice size of a grid that no input fixes (simulate without a volume's own grid): the config's, else the
+    prior's, else the modality default."""
     want = cfg.image_size
     have = getattr(prior, "image_size", None) if prior is not None else None
     if want is not None and have is not None and want != have:
         raise InputError(f"{cfg.modality}.image_size: {want}, but prior {prior.name} was trained at {have}x{have} "
                          f"(set {cfg.modality}.image_size={have} or leave it null)")
     return want or have or DEFAULT_SIZE[Modality(cfg.modality)]
+
+
+def reconstruction_grid(cfg: Config, prior, source: Volume, resample: bool = False) -> dict:
+    """The in-plane grid of the reconstruction: the input's own (square: the larger side, the other padded) at
+    its own pixel size, unless the config names ``image_size``/``pixel_size`` (an explicit resampling) or a
+    whole-slice prior needs its own size (allowed only with ``resample``). A pixel size outside the prior's
+    training range is an error unless ``resample``, which then moves it into the range. Returns
+    {size, pixel_mm, source_pixel_mm, resampled, reason}."""
+    op = cfg.operator
+    sx, sy = float(source.spacing[0]), float(source.spacing[1])
+    fov = max(source.shape[2] * sx, source.shape[1] * sy)
+    native = min(sx, sy)
+    size, pixel, reason = round(fov / native), native, None
+    if op.pixel_size is not None or op.image_size is not None:
+        pixel = op.pixel_size or fov / op.image_size
+        size = op.image_size or round(fov / pixel)
+        reason = f"{cfg.modality}.image_size/pixel_size in the config"
+    fixed = getattr(prior, "image_size", None)
+    if fixed is not None and size != fixed:
+        if not resample and reason is None:
+            raise InputError(
+                f"{source.meta.get('source', 'the input')}: slices of {source.shape[1]}x{source.shape[2]} at "
+                f"{native:.3g} mm, but prior {prior.name} works on {fixed}x{fixed} slices only: use a prior that "
+                f"works at any size (a patch prior, e.g. prior.path=bundled:{cfg.modality}_patch), train one on your "
+                f"scans (medrecon train --arch patch), or pass --resample to resample the input onto {fixed}x{fixed}")
+        if op.image_size is not None and op.image_size != fixed:
+            raise InputError(f"{cfg.modality}.image_size: {op.image_size}, but prior {prior.name} works on "
+                             f"{fixed}x{fixed} slices only (set {cfg.modality}.image_size={fixed} or leave it null)")
+        size, pixel = fixed, op.pixel_size or fov / fixed
+        reason = reason or f"--resample onto the {fixed}x{fixed} grid of prior {prior.name}"
+    span = getattr(prior, "pixel_spacing_mm_range", None) if fixed is None else None
+    if span is not None and not (span[0] * 0.99 <= pixel <= span[1] * 1.01):
+        if not resample:
+            raise InputError(
+                f"{source.meta.get('source', 'the input')}: pixel size {pixel:.3g} mm is outside the range prior "
+                f"{prior.name} was trained on ({span[0]:.3g}-{span[1]:.3g} mm): set {cfg.modality}.pixel_size inside "
+                f"it, use a prior trained at this pixel size (medrecon train --arch patch on your scans), or pass "
+                f"--resample to move it into the range")
+        pixel = min(max(pixel, span[0]), span[1])
+        size = round(fov / pixel)
+        reason = f"--resample into the pixel-size range of prior {prior.name}"
+    return {"size": int(size), "pixel_mm": float(pixel), "source_pixel_mm": [sx, sy],
+            "resampled": bool(abs(pixel - native) > 1e-6 * native), "reason": reason}
+
+
+def check_domain(cfg: Config, prior, source: Volume) -> None:
+    """Stop when the input, the config and the prior disagree on what the data are."""
+    problems = []
+    where = source.meta.get("source", "the input")
+    dicom_modality = str((source.meta.get("dicom") or {}).get("Modality", "") or "")
+    known = {v: k.value for k, v in DICOM_MODALITY.items()}  # CT -> ct, MR -> mri
+    if known.get(dicom_modality, cfg.modality) != cfg.modality:
+        problems.append(f"{where}: a {dicom_modality} series, but the config is for {cfg.modality}: use a "
+                        f"{known[dicom_modality]} config")
+    card_modality = (getattr(prior, "card", None) or {}).get("modality") if prior is not None else None
+    if card_modality and card_modality != cfg.modality:
+        problems.append(f"prior {prior.name} was trained on {card_modality} but the config is for {cfg.modality}: "
+                        f"use a {cfg.modality} prior")
+    if cfg.modality == "ct" and dicom_modality != "CT":
+        lo = float(np.percentile(source.data, 0.5))
+        if lo > -500.0:
+            problems.append(f"{where}: values from {lo:.4g} up do not look like CT in HU (air is -1000 HU): "
+                            f"convert the volume to HU, or use an MRI config")
+    if problems:
+        raise InputError("\n".join(problems))
 
 
 def check_grid(prior, meas: Measurement) -> None:
@@ -221,4 +304,5 @@ def _measured_scale(A: LinearOperator, y: torch.Tensor) -> float:
     return v if v > 0 else 1.0
 
 
-__all__ = ["Problem", "Solution", "check_grid", "configured_prior", "grid_size"]
+__all__ = ["Problem", "Solution", "check_domain", "check_grid", "configured_prior", "grid_size",
+           "reconstruction_grid"]

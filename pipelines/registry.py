@@ -19,6 +19,9 @@ from medrecon.solvers import DiffusionMBIR, DPSSampler, FastSampler, MCGSampler,
 
 #: z-TV weight lam and ADMM penalty rho per modality (DiffusionMBIR, CVPR 2023; model units in [0, 1])
 ADMM_DEFAULTS = {"ct": (0.04, 10.0), "mri": (0.005, 0.01)}
+#: warm start per modality: the noise level the reverse diffusion starts at and the 3D ADMM-TV weight of the
+#: starting point (model units), chosen on training scans (benchmarks/bench_real.py --tune), never on test scans
+WARM_START_DEFAULTS = {"ct": {"start_sigma": 0.2, "lam": 0.1}, "mri": {"start_sigma": 0.1, "lam": 0.01}}
 
 
 class Section(BaseModel):
@@ -73,17 +76,29 @@ class ADMMTVSettings(_Iterative, _ZTV):
     tv: Literal["z", "3d"] = "z"  # TV along z only, or along all three axes (the classical baseline)
 
 
-class FastSettings(_Diffusion, _ZTV):
+class WarmStart(Section):
+    """Start the reverse diffusion from a noised 3D ADMM-TV reconstruction (Come-Closer-Diffuse-Faster)."""
+    method: Literal["none", "admm_tv"] = "none"
+    start_sigma: Optional[float] = Field(None, gt=0)  # model units; null: the registry's default
+    lam: Optional[float] = Field(None, gt=0)  # the 3D ADMM-TV weight (rho = 10 lam); null: registry default
+    iters: int = Field(100, gt=0)
+
+
+class _Warm(Section):
+    warm_start: WarmStart = WarmStart()
+
+
+class FastSettings(_Diffusion, _ZTV, _Warm):
     name: Literal["fast"] = "fast"
     eta: float = Field(0.85, ge=0, le=1)  # stochasticity of the re-noising
 
 
-class SlicewiseFastSettings(_Diffusion):
+class SlicewiseFastSettings(_Diffusion, _Warm):
     name: Literal["slicewise_fast"] = "slicewise_fast"
     eta: float = Field(0.85, ge=0, le=1)
 
 
-class MBIRSettings(_Diffusion, _ZTV):
+class MBIRSettings(_Diffusion, _ZTV, _Warm):
     name: Literal["diffusion_mbir"] = "diffusion_mbir"
     snr: float = Field(0.16, gt=0)  # Langevin corrector
 
@@ -130,6 +145,8 @@ class SolverSpec:
         if self.z_tv != "none":
             lam, rho = ADMM_DEFAULTS[modality]
             out["admm"] = {"lam": lam if self.z_tv == "default" else 0.0, "rho": rho}
+        if issubclass(self.settings, _Warm):
+            out["warm_start"] = dict(WARM_START_DEFAULTS[modality])
         return out
 
 
@@ -171,4 +188,4 @@ def solver_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["ADMM", "ADMM_DEFAULTS", "SOLVERS", "Section", "SolverSettings", "SolverSpec", "solver_table", "spec"]
+__all__ = ["ADMM", "ADMM_DEFAULTS", "WARM_START_DEFAULTS", "SOLVERS", "Section", "SolverSettings", "SolverSpec", "solver_table", "spec"]

@@ -57,8 +57,8 @@ def mri_mask(cfg: Config, shape: tuple[int, ...]) -> np.ndarray:
     return make_mask(m.kind, shape, m.acceleration, m.center_fraction, m.seed)
 
 
-def simulate_ct(cfg: Config, src: Volume, size: int) -> tuple[Volume, Measurement]:
-    ref = resample_inplane(src, size, cfg.ct.pixel_size)
+def simulate_ct(cfg: Config, src: Volume, size: int, pixel_mm: float | None = None) -> tuple[Volume, Measurement]:
+    ref = resample_inplane(src, size, pixel_mm or cfg.ct.pixel_size)
     s = ref.spacing[0]
     geom = ct_geometry(cfg, size, s)
     f = cfg.simulation.upsample
@@ -73,8 +73,8 @@ def simulate_ct(cfg: Config, src: Volume, size: int) -> tuple[Volume, Measuremen
     return ref, Measurement("ct", y, ref.with_data(np.zeros(ref.shape)), geom.to_dict(), info=info)
 
 
-def simulate_mri(cfg: Config, src: Volume, size: int) -> tuple[Volume, Measurement]:
-    ref = resample_inplane(src, size, cfg.mri.pixel_size)
+def simulate_mri(cfg: Config, src: Volume, size: int, pixel_mm: float | None = None) -> tuple[Volume, Measurement]:
+    ref = resample_inplane(src, size, pixel_mm or cfg.mri.pixel_size)
     scale = float(np.abs(ref.data).max()) or 1.0
     ref = ref.with_data(ref.data / scale)
     f = cfg.simulation.upsample
@@ -100,9 +100,10 @@ def simulate_mri(cfg: Config, src: Volume, size: int) -> tuple[Volume, Measureme
     return ref, Measurement("mri", y, ref.with_data(np.zeros(ref.shape)), None, mask, maps, info)
 
 
-def simulate_volume(cfg: Config, src: Volume, size: int) -> tuple[Volume, Measurement]:
-    """Reference volume (reconstruction grid, physical units) and simulated measurement."""
-    ref, meas = (simulate_ct if cfg.modality == "ct" else simulate_mri)(cfg, src, size)
+def simulate_volume(cfg: Config, src: Volume, size: int, pixel_mm: float | None = None) -> tuple[Volume, Measurement]:
+    """Reference volume on the reconstruction grid (size x size pixels of ``pixel_mm``; None: the config's
+    pixel size, else the field of view / size), in physical units, and the simulated measurement."""
+    ref, meas = (simulate_ct if cfg.modality == "ct" else simulate_mri)(cfg, src, size, pixel_mm)
     meas.info["source"] = str(src.meta.get("source", ""))
     return ref, meas
 

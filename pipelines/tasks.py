@@ -5,6 +5,7 @@ Units and the data term are explained in ``pipelines.problem``; simulation witho
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from .measurement import Measurement
 from .outputs import Timings, atomic_output, peak_memory, preview_png, report, write_json
 from .problem import Problem, Solution, configured_prior, grid_size
 from .simulate import simulate_volume
+
+log = logging.getLogger("medrecon")
 
 
 @dataclass
@@ -53,11 +56,13 @@ def simulate(config, input, output, overrides=(), overwrite: bool = False, serie
 
 
 def reconstruct(config, input, output, overrides=(), overwrite: bool = False, series: str | None = None,
-                progress: bool = False) -> RunResult:
+                progress: bool = False, resample: bool = False) -> RunResult:
     """Reconstruct a volume (simulated first, into OUTPUT/simulation/) or a measurements file.
 
     Writes recon.nii.gz, dicom/ (DICOM source only), preview.png, report.json and, with samples > 1,
-    std.nii.gz, all into a temporary folder renamed to OUTPUT at the end.
+    std.nii.gz, all into a temporary folder renamed to OUTPUT at the end. The reconstruction grid is the
+    input's own unless the config names one or ``resample`` lets the input be resampled for the prior
+    (``Problem.build``); report.json records it under ``grid``.
     """
     cfg = prepare_config(config, overrides)
     inp, out = Path(input), Path(output)
@@ -67,7 +72,11 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         raise InputError(f"output exists: {out} (use --overwrite to replace it)")
     t = Timings()
     with t("setup"):
-        problem = Problem.build(cfg, inp, series=series)
+        problem = Problem.build(cfg, inp, series=series, resample=resample)
+    grid = problem.info.get("grid")
+    if grid and grid["resampled"]:
+        log.warning(f"{inp}: resampled to {grid['size']}x{grid['size']} pixels of {grid['pixel_mm']:.3g} mm "
+                    f"(from {grid['source_pixel_mm'][0]:.3g} mm): {grid['reason']}")
     with atomic_output(out, overwrite, protect=[inp]) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -84,7 +93,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),
                          network_evaluations_per_slice=int(sol.nfe_per_slice),
                          backward_passes_per_slice=int(sol.backward_per_slice),
-                         measured_data_scale=problem.data_scale, files=files)
+                         measured_data_scale=problem.data_scale, grid=grid, files=files)
         rep["timings_s"] = t.as_dict()
         rep["peak_memory"] = peak_memory()
         write_json(tmp / "report.json", rep)

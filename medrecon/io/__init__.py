@@ -4,7 +4,8 @@ Geometry is kept in LPS (DICOM, ITK) in the Volume; NIfTI is converted to and fr
 Every write is atomic (:func:`atomic_path`) and never replaces an existing output unless asked.
 """
 from .atomic import atomic_path
-from .dicom_read import SeriesInfo, choose_series, list_series, read_dicom_series, resample_along_normal
+from .dicom_read import read_dicom_series, resample_along_normal
+from .dicom_scan import SeriesInfo, choose_series, list_series
 from .dicom_write import int16_scaling, write_dicom_series
 from .discovery import find_volume_paths
 from .dispatch import read_npy, read_volume, write_volume

@@ -76,7 +76,7 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
     ds = _series_dataset(vol, src, modality, series_description, series_number, slope, intercept)
     normal = np.cross(vol.direction[:, 0], vol.direction[:, 1])
     width = max(4, len(str(vol.shape[0])))
-    with atomic_path(folder, overwrite, protect=[vol.meta.get("source")]) as tmp:
+    with atomic_path(folder, overwrite, protect=[vol.meta.get("source")], marker=False) as tmp:
         tmp.mkdir()
         for k in range(vol.shape[0]):
             position = vol.world_lps([0, 0, k])

@@ -8,7 +8,8 @@ import numpy as np
 from ..errors import InputError
 from ..volume import Volume
 from .common import check_voxels, volume_array, warn
-from .dicom_read import choose_series, is_dicom_file, list_series, read_dicom_series
+from .dicom_read import read_dicom_series
+from .dicom_scan import choose_series, is_dicom_file, list_series
 from .dicom_write import write_dicom_series
 from .itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
 from .nifti import is_nifti, read_nifti, write_nifti

@@ -68,7 +68,7 @@ def run_demo(output: str | Path, prior: str = "bundled:ct", slices: int = 24, se
     echo("")
     echo(table)
     echo(f"wrote {out}/: reference.nii.gz, {', '.join(_slug(r.label) + '.nii.gz' for r in results)}, dicom/, "
-         f"preview.png, metrics.json, metrics.md")
+         f"preview.png, metrics.json, metrics.md, report.json")
     return {"metrics": {r.label: r.metrics for r in results}, "table": table}
 
 

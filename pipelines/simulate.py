@@ -7,6 +7,8 @@ grid's operator never produced the data. The physics (HU -> mu, noise, coil maps
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter, map_coordinates
@@ -103,7 +105,7 @@ def simulate_mri(cfg: Config, src: Volume, size: int) -> tuple[Volume, Measureme
 def simulate_volume(cfg: Config, src: Volume, size: int) -> tuple[Volume, Measurement]:
     """Reference volume (reconstruction grid, physical units) and simulated measurement."""
     ref, meas = (simulate_ct if cfg.modality == "ct" else simulate_mri)(cfg, src, size)
-    meas.info["source"] = str(src.meta.get("source", ""))
+    meas.info["source"] = Path(str(src.meta.get("source", ""))).name  # a name only: folders may name patients
     return ref, meas
 
 

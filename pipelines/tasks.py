@@ -144,7 +144,7 @@ def write_results(cfg: Config, folder: Path, recon: Volume, sol: Solution, imap:
         files.append("std.nii.gz")
     if cfg.outputs.dicom and dicom_src is not None:
         write_dicom_series(recon, folder / "dicom", series_description=f"medrecon {cfg.task} {cfg.solver.name}",
-                           source_meta=dicom_src.meta.get("dicom"))
+                           source_meta=dicom_src.meta.get("dicom"), deidentify=cfg.outputs.deidentify)
         files.append("dicom/")
     if cfg.outputs.preview:
         preview_png(recon, folder / "preview.png", cfg.outputs.window)

@@ -49,7 +49,7 @@ DEID_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Stu
               "AccessionNumber", "ReferringPhysicianName")
 DEID_REMOVE = ("IssuerOfPatientID", "PatientAge", "PatientSize", "PatientWeight", "StudyDescription")
 DEID_UIDS = ("StudyInstanceUID", "FrameOfReferenceUID")
-DEID_METHOD = "DICOM PS3.15 Basic Application Level Confidentiality Profile (medrecon)"
+DEID_METHOD = "DICOM PS3.15 Basic Application Level Confidentiality Profile"  # LO: <= 64
 # Modality modules: attribute -> value when the source has none.
 CT_TAGS = {"KVP": "", "AcquisitionNumber": ""}
 MR_TAGS = {"ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": "", "MRAcquisitionType": "",

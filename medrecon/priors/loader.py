@@ -47,11 +47,11 @@ def torch_load(path: Path, allow_unsafe_pickle: bool = False):
     except pickle.UnpicklingError as e:
         text = str(e)
         found = re.search(r"GLOBAL (\S+)", text)
-        if not found and "Weights only load failed" not in text:  # bytes that are no pickle at all
+        if not found:  # bytes that are no pickle at all (torch also says "Weights only load failed" then)
             raise InputError(f"{path}: cannot read the checkpoint (not a valid torch file); the file is truncated "
                              "or corrupt: copy or download it again") from None
         if not allow_unsafe_pickle:
-            what = f" ({found.group(1)})" if found else ""
+            what = f" ({found.group(1)})"
             raise InputError(
                 f"{path}: this checkpoint needs code to load: it holds Python objects{what} that only full "
                 "unpickling can build, and unpickling can run arbitrary code, so medrecon refuses it. If and only if "

@@ -44,7 +44,11 @@ def ssim(ref: np.ndarray, x: np.ndarray, data_range: float) -> float:
 
 
 def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = None) -> dict:
-    """{"psnr": {axial, coronal, sagittal, volume}, "ssim": {...}, "data_range": R} for (Z, Y, X) arrays."""
+    """{"psnr": {axial, coronal, sagittal, volume}, "ssim": {...}, "data_range": R} for (Z, Y, X) arrays.
+
+    SSIM needs images at least 3 pixels on every side: a plane whose images are thinner (e.g. the coronal
+    and sagittal planes of a single-slice volume) gets SSIM None and a note; the volume's SSIM is computed
+    over its axes longer than one voxel."""
     ref = np.asarray(ref, np.float64)
     x = np.asarray(x, np.float64)
     if ref.ndim != 3 or ref.shape != x.shape:
@@ -57,10 +61,22 @@ def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = 
     if not data_range > 0:
         raise ValueError(f"data range must be positive, got {data_range} (a constant reference? give one)")
     out = {"psnr": {}, "ssim": {}, "data_range": float(data_range)}
+    notes = []
     for name, axis in AXES.items():
         r, y = np.moveaxis(ref, axis, 0), np.moveaxis(x, axis, 0)
         out["psnr"][name] = float(np.mean([psnr(a, b, data_range) for a, b in zip(r, y)]))
-        out["ssim"][name] = float(np.mean([ssim(a, b, data_range) for a, b in zip(r, y)]))
+        if min(r.shape[1:]) >= 3:
+            out["ssim"][name] = float(np.mean([ssim(a, b, data_range) for a, b in zip(r, y)]))
+        else:
+            out["ssim"][name] = None
+            notes.append(f"no {name} SSIM: its images are {r.shape[1]}x{r.shape[2]} pixels (SSIM needs >= 3 a side)")
     out["psnr"]["volume"] = psnr(ref, x, data_range)
-    out["ssim"]["volume"] = ssim(ref, x, data_range)
+    keep = tuple(n for n in ref.shape if n > 1)
+    if len(keep) >= 2 and min(keep) >= 3:
+        out["ssim"]["volume"] = ssim(ref.reshape(keep), x.reshape(keep), data_range)
+    else:
+        out["ssim"]["volume"] = None
+        notes.append(f"no volume SSIM: shape {ref.shape} is too thin")
+    if notes:
+        out["notes"] = notes
     return out

@@ -3,7 +3,7 @@ import typer
 
 from medrecon import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="3D reconstruction of undersampled CT and MRI with 2D diffusion priors and z-TV.")
 
 

@@ -2,12 +2,18 @@
 
 OUTPUT_ROOT/<relative folder of the series>/<description>_<UID tail>/ holds one ``reconstruct`` output.
 Every path component is sanitised to ``[A-Za-z0-9._-]`` (no '..', at most 64 characters), and the
-final path is checked to lie inside OUTPUT_ROOT, so no DICOM tag or folder name can escape it.
+final path is checked to lie inside OUTPUT_ROOT, so no DICOM tag or folder name can escape it. A top-level
+folder named like the manifest is mirrored as ``manifest.csv_``. Symbolic links to folders are followed
+(each real folder once).
 
-``manifest.csv`` (series_uid, input_path, output_path, status, seconds, error) is rewritten atomically
-after every series. A series whose output folder holds ``report.json`` is finished and skipped; the
-temporary folder of an interrupted one is removed and the series redone. A failing series is recorded
-with its error and the batch goes on.
+Identity: each output's marker (and report.json) records the SeriesInstanceUID and the SHA-256 of the
+series' file list. A series is finished when its folder's marker names it with the same file list; the
+manifest keeps the series -> folder mapping, which a later run reuses and never changes, and a new series
+never takes a folder that holds another series' output (colliding names get _2, _3, ...).
+
+``manifest.csv`` (series_uid, input_path, output_path, status, seconds, error; paths relative to
+INPUT_ROOT and OUTPUT_ROOT) is rewritten atomically after every series. A failing series is recorded with
+its error and the batch goes on. :func:`run_series` is the work for one series, for any engine.
 """
 from __future__ import annotations
 
@@ -20,14 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medrecon.errors import InputError
-from medrecon.io import list_series
+from medrecon.io import atomic_path, list_series
+from medrecon.io.atomic import read_marker
 
 from .config import load_config
 from .tasks import reconstruct
 
+MANIFEST = "manifest.csv"
 MANIFEST_FIELDS = ("series_uid", "input_path", "output_path", "status", "seconds", "error")
 MAX_NAME = 64
-TMP_PREFIX = ".medrecon-tmp-"  # medrecon.io.atomic's temporary siblings
 
 
 def sanitize(name: str, fallback: str = "series") -> str:
@@ -42,27 +49,73 @@ class Job:
     uid: str
     input: Path  # the series folder
     output: Path
-    done: bool  # a complete output exists
+    files_sha256: str = ""
+    input_root: Path = Path("/")
+    output_root: Path = Path("/")
+
+    @property
+    def state(self) -> str:
+        """'new' (no output yet), 'done', 'changed' (the series' files changed since) or 'other' (the folder
+        holds an output of another series, or one that does not say which)."""
+        mark = read_marker(self.output)
+        if mark is None:
+            return "new"
+        if mark.get("series_uid") != self.uid:
+            return "other"
+        return "done" if mark.get("files_sha256") == self.files_sha256 else "changed"
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+    def row(self, status: str, seconds: str = "", error: str = "") -> dict:
+        return {"series_uid": self.uid, "input_path": _rel(self.input, self.input_root),
+                "output_path": _rel(self.output, self.output_root), "status": status, "seconds": seconds,
+                "error": error}
 
 
-def plan(input_root: Path, output_root: Path, list_series) -> list[Job]:
-    """One job per DICOM series under input_root, output folders mirrored under output_root."""
-    input_root, output_root = Path(input_root).resolve(), Path(output_root).resolve()
-    jobs, used = [], set()
+def _rel(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _absolute(path) -> Path:
+    return Path(os.path.abspath(path))  # symbolic links kept: a linked folder keeps its place in the tree
+
+
+def plan(input_root: Path, output_root: Path, list_series, known: dict[str, Path] | None = None) -> list[Job]:
+    """One job per DICOM series under input_root, output folders mirrored under output_root. ``known``:
+    series UID -> output folder of earlier runs (the manifest), kept as they are."""
+    input_root, output_root = _absolute(input_root), _absolute(output_root)
+    known = dict(known or {})
+    claimed = set(known.values())
+    jobs = []
     for info in list_series(input_root, recursive=True):
-        folder = Path(info.folder).resolve()
-        rel = [sanitize(p, "folder") for p in folder.relative_to(input_root).parts]
-        leaf = sanitize(f"{info.description or 'series'}_{str(info.uid)[-12:]}")
-        out = output_root.joinpath(*rel, leaf)
-        n = 2
-        while out in used:  # two series that sanitise to one name
-            out = output_root.joinpath(*rel, f"{leaf}_{n}")
-            n += 1
-        used.add(out)
-        if not out.resolve().is_relative_to(output_root):
+        folder, uid = _absolute(info.folder), str(info.uid)
+        out = known.get(uid)
+        if out is None:
+            rel = [sanitize(p, "folder") for p in folder.relative_to(input_root).parts]
+            if rel and rel[0].lower() == MANIFEST:
+                rel[0] += "_"  # the manifest is a file there
+            leaf, n = sanitize(f"{info.description or 'series'}_{uid[-12:]}"), 1
+            out = output_root.joinpath(*rel, leaf)
+            while out in claimed or _taken(out, uid):  # two series that sanitise to one name
+                n += 1
+                out = output_root.joinpath(*rel, f"{leaf}_{n}")
+            claimed.add(out)
+        if not out.resolve().is_relative_to(output_root.resolve()):
             raise InputError(f"internal error: output {out} escapes {output_root}")
-        jobs.append(Job(str(info.uid), folder, out, (out / "report.json").is_file()))
+        jobs.append(Job(uid, folder, out, info.files_sha256, input_root, output_root))
     return jobs
+
+
+def _taken(out: Path, uid: str) -> bool:
+    """The folder exists and is not free for series ``uid`` (not empty, and not that series' output)."""
+    if not out.exists():
+        return False
+    if out.is_dir() and not any(out.iterdir()):
+        return False
+    mark = read_marker(out)
+    return mark is None or mark.get("series_uid") != uid
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
@@ -71,9 +124,8 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
     w = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS)
     w.writeheader()
     w.writerows(rows)
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(buf.getvalue())
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -81,10 +133,50 @@ def read_manifest(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _remove_stale_temps(out: Path) -> None:
-    import shutil
-    for p in out.parent.glob(f"{TMP_PREFIX}*-{out.name}"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+def known_outputs(output_root: Path) -> dict[str, Path]:
+    """Series UID -> output folder recorded by the manifest of earlier runs (empty when there is none)."""
+    path = output_root / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        rows = read_manifest(path)
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {path} ({e}); move it away to start the batch afresh") from e
+    return {r["series_uid"]: _absolute(output_root / r["output_path"]) for r in rows
+            if r.get("series_uid") and r.get("output_path")}
+
+
+def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False, resample: bool = False) -> dict:
+    """Reconstruct one series of a batch unless it is finished; returns its manifest row. Never raises for a
+    bad series: the error goes into the row, and a failed series leaves no empty folders behind."""
+    state = job.state
+    if state == "done" and not overwrite:
+        return job.row("skipped", "0.0")
+    if state in ("changed", "other") and not overwrite:
+        why = ("the series' files changed since it was written" if state == "changed" else
+               "it holds the output of another series, or one that does not record its series")
+        return job.row("failed", "0.0", f"{_rel(job.output, job.output_root)} exists but {why}; "
+                                        "pass --overwrite to redo it")
+    t0 = time.perf_counter()
+    try:
+        reconstruct(cfg, job.input, job.output, overwrite=overwrite, series=job.uid, progress=progress,
+                    resample=resample)
+        status, error = "done", ""
+    except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
+        error = f"{type(e).__name__}: {e}".replace(f"{job.input_root}{os.sep}", "")  # paths relative, as above
+        status, error = "failed", " ".join(error.split())[:500]
+        _prune_empty(job.output, job.output_root)
+    return job.row(status, f"{time.perf_counter() - t0:.2f}", error)
+
+
+def _prune_empty(folder: Path, root: Path) -> None:
+    """Remove ``folder`` and its parents up to (not including) ``root`` while they are empty."""
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
 
 
 @dataclass
@@ -98,44 +190,37 @@ class BatchResult:
 
 
 def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, overwrite: bool = False,
-          progress: bool = False, echo=print) -> BatchResult:
+          progress: bool = False, echo=print, resample: bool = False) -> BatchResult:
     """Reconstruct every DICOM series under input_root (see the module docstring)."""
+    from tqdm.auto import tqdm
+
     cfg = load_config(config, list(overrides))  # validated before anything runs
     input_root, output_root = Path(input_root), Path(output_root)
     if not input_root.is_dir():
         raise InputError(f"input root not found or not a folder: {input_root}")
     if output_root.resolve().is_relative_to(input_root.resolve()):
         raise InputError(f"output root {output_root} lies inside the input tree {input_root}; choose another")
-    jobs = plan(input_root, output_root, list_series)
+    jobs = plan(input_root, output_root, list_series, known_outputs(output_root))
     if not jobs:
         raise InputError(f"no DICOM series found under {input_root}")
-    manifest = output_root / "manifest.csv"
+    manifest = output_root / MANIFEST
     if dry_run:
         for j in jobs:
             echo(f"{'skip' if j.done and not overwrite else 'run '}  {j.uid}  {j.input}  ->  {j.output}")
         return BatchResult(manifest, [])
-    output_root.mkdir(parents=True, exist_ok=True)
+    try:
+        output_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the output root {output_root}: {e.strerror or e}; "
+                         "choose a writable location") from e
     rows = []
-    for i, j in enumerate(jobs, 1):
-        row = {"series_uid": j.uid, "input_path": str(j.input), "output_path": str(j.output), "seconds": "0.0",
-               "error": ""}
-        if j.done and not overwrite:
-            row["status"] = "skipped"
-        else:
-            _remove_stale_temps(j.output)
-            t0 = time.perf_counter()
-            try:
-                reconstruct(cfg, j.input, j.output, overwrite=overwrite, series=j.uid, progress=progress)
-                row["status"] = "done"
-            except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
-                row["status"], row["error"] = "failed", " ".join(f"{type(e).__name__}: {e}".split())[:500]
-            row["seconds"] = f"{time.perf_counter() - t0:.2f}"
-        rows.append(row)
-        write_manifest(manifest, rows + [_pending(k) for k in jobs[i:]])
-        echo(f"[{i}/{len(jobs)}] {row['status']:7s} {j.output} {row['error']}".rstrip())
+    bar = tqdm(jobs, desc="series", unit="series", disable=not progress, position=0)
+    say = bar.write if progress else echo
+    for i, j in enumerate(bar, 1):
+        bar.set_postfix_str(j.output.name, refresh=True)
+        rows.append(run_series(j, cfg, overwrite=overwrite, progress=progress, resample=resample))
+        write_manifest(manifest, rows + [k.row("pending") for k in jobs[i:]])
+        r = rows[-1]
+        say(f"[{i}/{len(jobs)}] {r['status']:7s} {r['output_path']} {r['error']}".rstrip())
+    bar.close()
     return BatchResult(manifest, rows)
-
-
-def _pending(j: Job) -> dict:
-    return {"series_uid": j.uid, "input_path": str(j.input), "output_path": str(j.output), "status": "pending",
-            "seconds": "", "error": ""}

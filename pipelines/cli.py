@@ -1,7 +1,7 @@
 """The `medrecon` command line. Orchestration only: parse, call the pipelines, print.
 
 Errors that are the user's to fix (medrecon.MedreconError) are printed as one line without a
-traceback and exit with status 2.
+traceback and exit with status 2, as are usage errors (click's usage message).
 """
 from __future__ import annotations
 
@@ -20,22 +20,15 @@ from . import commands_io, commands_train, commands_recon, commands_demo, comman
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
-        rc = app(args=argv, standalone_mode=False)
+        # standalone mode: usage errors (unknown option or command, missing or bad value, no arguments)
+        # print click's usage message and exit 2; typer.Exit gives its code; Ctrl-C exits 1.
+        app(args=argv, standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except MedreconError as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
         return 2
-    except typer.Exit as e:
-        return e.exit_code
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        return 1
-    except Exception as e:  # click usage errors
-        import click
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        raise
-    return rc if isinstance(rc, int) else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -47,7 +47,11 @@ def phantom(
         raise InputError(f"--shape {shape!r}: expected Z,Y,X such as 32,64,64") from None
     make = ct_phantom if modality == Modality.ct else mr_phantom
     kw = {} if slice_thickness is None else {"slice_thickness_mm": slice_thickness}
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the output folder {output}: {e.strerror or e}; choose a writable "
+                         "location") from e
     for seed in tqdm(parse_seeds(seeds), desc=f"{modality.value} phantoms", unit="vol"):
         contrast = {} if modality == Modality.ct else {"contrast": ("T1", "T2", "PD")[seed % 3]}
         write_nifti(make(zyx, seed=seed, **kw, **contrast), output / f"{modality.value}_seed{seed:04d}.nii.gz",

@@ -13,13 +13,16 @@ from typing import Optional
 import typer
 
 from medrecon import InputError, Volume
-from medrecon.io import read_volume, write_volume
+from medrecon.io import dicom_text, read_volume, write_volume
 
 from .app import app
 
 SERIES_HELP = "SeriesInstanceUID to read from a folder holding several series (default: the largest)."
 SPACING_HELP = "Voxel spacing 'z,y,x' in mm for .npy input (default 1 mm)."
-RESAMPLE_HELP = "Interpolate a DICOM series with uneven slice gaps linearly onto its median spacing."
+RESAMPLE_HELP = ("Interpolate a DICOM series whose slice gaps are uneven (beyond 0.2 mm) linearly onto its "
+                 "median spacing instead of refusing it.")
+AXIS_WORDS = {"L": "patient left", "R": "patient right", "P": "posterior", "A": "anterior", "S": "superior",
+              "I": "inferior"}
 
 
 def parse_spacing(text: Optional[str]) -> Optional[tuple[float, float, float]]:
@@ -42,7 +45,7 @@ def describe(vol: Volume) -> dict:
     dicom = vol.meta.get("dicom", {})
     if dicom:
         out.update(series_uid=vol.meta.get("series_uid"), modality=dicom.get("Modality"),
-                   series_description=dicom.get("SeriesDescription"))
+                   series_description=dicom_text(dicom.get("SeriesDescription")))
     if "series_in_folder" in vol.meta:
         out["series"] = vol.meta["series_in_folder"]
     out["warnings"] = list(vol.meta.get("warnings", []))
@@ -67,8 +70,9 @@ def info(path: Path = typer.Argument(..., help="DICOM series folder or file, .ni
     typer.echo(f"shape (Z,Y,X): {' x '.join(map(str, d['shape']))}")
     typer.echo(f"spacing (z,y,x) mm: {', '.join(f'{v:g}' for v in d['spacing'])}")
     typer.echo(f"origin (LPS) mm:    {', '.join(f'{v:g}' for v in d['origin_lps'])}")
-    typer.echo(f"orientation:   axes x,y,z point to {d['orientation']} (LPS letters)"
-               + ("; oblique" if d["oblique"] else ""))
+    towards = ", ".join(AXIS_WORDS[c] for c in d["orientation"])
+    typer.echo(f"orientation:   {d['orientation']}: voxel axes x, y, z run towards {towards}"
+               + (" (nearest; oblique)" if d["oblique"] else ""))
     typer.echo(f"values:        {d['range'][0]:g} .. {d['range'][1]:g}")
 
 
@@ -82,9 +86,12 @@ def convert(input: Path = typer.Argument(..., help="DICOM series folder or file,
             modality: Optional[str] = typer.Option(None, "--modality",
                                                    help="DICOM output: CT, MR or OT (default: the source's, else OT)."),
             description: str = typer.Option("medrecon convert", "--description",
-                                            help="DICOM output: SeriesDescription.")):
+                                            help="DICOM output: SeriesDescription."),
+            deidentify: bool = typer.Option(False, "--deidentify", help="DICOM output: no patient identifiers "
+                                            "(DICOM PS3.15 basic profile).")):
     """Convert between DICOM series, NIfTI and NRRD/MHA; the output type follows OUTPUT."""
     vol = read_volume(input, series=series, spacing=parse_spacing(spacing), resample_nonuniform=resample)
-    out = write_volume(vol, output, overwrite=overwrite, series_description=description, modality=modality)
+    out = write_volume(vol, output, overwrite=overwrite, series_description=description, modality=modality,
+                       deidentify=deidentify)
     typer.echo(f"wrote {out}: shape (Z,Y,X) {' x '.join(map(str, vol.shape))}, "
                f"spacing (z,y,x) {', '.join(f'{v:g}' for v in vol.spacing_zyx)} mm")

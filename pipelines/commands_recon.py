@@ -13,8 +13,9 @@ CONFIG = typer.Option(..., "--config", "-c", help="YAML file, or a name in confi
 SET = typer.Option(None, "--set", help="Override a config value: --set solver.steps=50 (repeatable).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output.")
 SERIES = typer.Option(None, "--series", help="SeriesInstanceUID when the DICOM folder holds several series.")
-RESAMPLE = typer.Option(False, "--resample", help="Allow resampling the input onto the prior's grid or pixel-size "
-                                                  "range (recorded in report.json); without it a mismatch stops.")
+RESAMPLE = typer.Option(False, "--resample", help="Allow resampling, recorded in report.json: a DICOM series with "
+                        "uneven slice gaps (beyond 0.2 mm) onto its median spacing, and the input onto the prior's "
+                        "grid or pixel-size range. Without it such inputs stop with a message.")
 
 
 @app.command()
@@ -22,10 +23,11 @@ def simulate(config: str = CONFIG,
              input: Path = typer.Option(..., "--input", "-i", help="Ground-truth volume: DICOM folder or NIfTI."),
              output: Path = typer.Option(..., "--output", "-o", help="Folder for measurements.npz and "
                                                                      "reference.nii.gz."),
-             set: Optional[List[str]] = SET, series: Optional[str] = SERIES, overwrite: bool = OVERWRITE):
+             set: Optional[List[str]] = SET, series: Optional[str] = SERIES, overwrite: bool = OVERWRITE,
+             resample: bool = RESAMPLE):
     """Simulate noisy measurements of a volume (no inverse crime) and write the reference."""
     from .tasks import simulate as run
-    out = run(config, input, output, overrides=set or [], overwrite=overwrite, series=series)
+    out = run(config, input, output, overrides=set or [], overwrite=overwrite, series=series, resample=resample)
     typer.echo(f"wrote {out / 'measurements.npz'} and {out / 'reference.nii.gz'}")
 
 
@@ -64,13 +66,16 @@ def batch(input_root: Path = typer.Argument(..., help="Folder tree holding DICOM
           config: str = CONFIG, set: Optional[List[str]] = SET,
           dry_run: bool = typer.Option(False, "--dry-run", help="List the plan and stop."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Redo finished series too."),
-          progress: bool = typer.Option(False, "--progress/--quiet", help="Progress bar per series.")):
+          resample: bool = RESAMPLE,
+          progress: bool = typer.Option(True, "--progress/--quiet", help="Progress bars over the series and "
+                                                                        "within each.")):
     """Reconstruct every DICOM series under INPUT_ROOT; exit code 1 if any failed."""
     from .batch import batch as run
     res = run(input_root, output_root, config, overrides=set or [], dry_run=dry_run, overwrite=overwrite,
-              progress=progress, echo=typer.echo)
+              progress=progress, echo=typer.echo, resample=resample)
     if not dry_run:
         typer.echo(f"manifest: {res.manifest} ({len(res.rows) - res.failed} ok, {res.failed} failed)")
-    if res.failed:  # a ClickException exits with status 1 (typer.Exit's code is lost under standalone_mode=False)
-        import click
-        raise click.ClickException(f"{res.failed} of {len(res.rows)} series failed; see {res.manifest}")
+    if res.failed:
+        typer.secho(f"error: {res.failed} of {len(res.rows)} series failed; see {res.manifest}", err=True,
+                    fg=typer.colors.RED)
+        raise typer.Exit(1)

@@ -137,6 +137,9 @@ def train(
 
     from . import datasets
 
+    from medrecon.device import resolve_device
+
+    resolve_device(device)  # before the data are loaded: `--device cuda` without CUDA is one line, nothing written
     if threads:
         torch.set_num_threads(threads)
     widths = _ints(channels, "--channels")

@@ -101,6 +101,7 @@ class Outputs(Section):
     preview: bool = True
     snapshots_every: int = Field(0, ge=0)
     window: Optional[tuple[float, float]] = None  # preview window, physical units; null: 1st-99th pct
+    deidentify: bool = False  # derived DICOM series under the PS3.15 basic profile (no patient identifiers)
 
 
 class Intensity(Section):

@@ -90,7 +90,7 @@ def _load_fastmri(path: Path) -> Measurement:
         mask = np.broadcast_to(mask, k.shape[-2:]).copy()
     z = k.shape[0]
     grid = Volume(np.zeros((z, *k.shape[-2:]), np.float32))
-    return Measurement("mri", k, grid, None, mask, maps, {"source": str(path), "layout": "2d",
+    return Measurement("mri", k, grid, None, mask, maps, {"source": Path(path).name, "layout": "2d",
                                                          "units": "measured k-space, rescaled at load"})
 
 

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
-import uuid
 import resource
 import sys
 import time
@@ -41,23 +38,10 @@ class Timings:
         return d
 
 
-@contextmanager
-def atomic_output(output, overwrite: bool, protect=()):
-    """``medrecon.io.atomic_path`` for an output folder. A previous medrecon output (it holds report.json and
-    sub-folders, which atomic_path will not replace) is moved aside first and restored if the run fails."""
-    out, aside = Path(output), None
-    if overwrite and (out / "report.json").is_file():
-        aside = out.with_name(f".medrecon-tmp-old-{uuid.uuid4().hex[:8]}-{out.name}")
-        os.rename(out, aside)
-    try:
-        with atomic_path(out, overwrite, protect=protect) as tmp:
-            yield tmp
-    except BaseException:
-        if aside is not None and not out.exists():
-            os.rename(aside, out)
-        raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+def atomic_output(output, overwrite: bool, protect=(), marker: dict | None = None):
+    """``medrecon.io.atomic_path`` for an output folder: a previous medrecon output stays in place until the
+    new one is complete, then the two are swapped; ``marker`` is recorded in the folder's marker file."""
+    return atomic_path(Path(output), overwrite, protect=protect, marker=marker)
 
 
 def peak_memory() -> dict:

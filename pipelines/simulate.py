@@ -7,6 +7,8 @@ grid's operator never produced the data. The physics (HU -> mu, noise, coil maps
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter, map_coordinates
@@ -104,7 +106,7 @@ def simulate_volume(cfg: Config, src: Volume, size: int, pixel_mm: float | None 
     """Reference volume on the reconstruction grid (size x size pixels of ``pixel_mm``; None: the config's
     pixel size, else the field of view / size), in physical units, and the simulated measurement."""
     ref, meas = (simulate_ct if cfg.modality == "ct" else simulate_mri)(cfg, src, size, pixel_mm)
-    meas.info["source"] = str(src.meta.get("source", ""))
+    meas.info["source"] = Path(str(src.meta.get("source", ""))).name  # a name only: folders may name patients
     return ref, meas
 
 

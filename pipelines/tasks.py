@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 
 from medrecon.errors import InputError
-from medrecon.io import read_volume, write_dicom_series, write_nifti
+from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
 from medrecon.metrics import per_axis_metrics
 from medrecon.priors import IntensityMap
 from medrecon.volume import Volume
 
 from .config import Config, load_config
-from .measurement import Measurement
+from .measurement import Measurement, is_measurement_file
 from .outputs import Timings, atomic_output, peak_memory, preview_png, report, write_json
 from .problem import Problem, Solution, configured_prior, grid_size
 from .simulate import simulate_volume
@@ -44,12 +44,14 @@ def write_simulation(folder: Path, ref: Volume, meas: Measurement) -> None:
     write_nifti(ref, folder / "reference.nii.gz")
 
 
-def simulate(config, input, output, overrides=(), overwrite: bool = False, series: str | None = None) -> Path:
+def simulate(config, input, output, overrides=(), overwrite: bool = False, series: str | None = None,
+             resample: bool = False) -> Path:
     """Simulate measurements of a ground-truth volume; writes OUTPUT/measurements.npz and reference.nii.gz."""
     cfg = load_config(config, list(overrides), check_files=False)
     cfg = prepare_config(config, overrides) if cfg.image_size is None else cfg.resolved()  # the prior sets the size
     prior = configured_prior(cfg, "cpu") if cfg.image_size is None else None
-    ref, meas = simulate_volume(cfg, read_volume(input, series=series), grid_size(cfg, prior))
+    ref, meas = simulate_volume(cfg, read_volume(input, series=series, resample_nonuniform=resample),
+                                grid_size(cfg, prior))
     with atomic_output(output, overwrite, protect=[input]) as tmp:
         write_simulation(Path(tmp), ref, meas)
     return Path(output)
@@ -61,8 +63,10 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
 
     Writes recon.nii.gz, dicom/ (DICOM source only), preview.png, report.json and, with samples > 1,
     std.nii.gz, all into a temporary folder renamed to OUTPUT at the end. The reconstruction grid is the
-    input's own unless the config names one or ``resample`` lets the input be resampled for the prior
-    (``Problem.build``); report.json records it under ``grid``.
+    input's own unless the config names one; ``resample`` allows resampling (a DICOM series with uneven slice
+    gaps onto its median spacing, the input onto the prior's grid or pixel-size range; ``Problem.build``), and
+    report.json records the grid under ``grid``. The output's marker and report record the source series
+    (see :func:`source_identity`); paths are recorded by name only.
     """
     cfg = prepare_config(config, overrides)
     inp, out = Path(input), Path(output)
@@ -72,12 +76,14 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         raise InputError(f"output exists: {out} (use --overwrite to replace it)")
     t = Timings()
     with t("setup"):
-        problem = Problem.build(cfg, inp, series=series, resample=resample)
+        src = inp if is_measurement_file(inp) else read_volume(inp, series=series, resample_nonuniform=resample)
+        problem = Problem.build(cfg, src, series=series, resample=resample)
     grid = problem.info.get("grid")
     if grid and grid["resampled"]:
-        log.warning(f"{inp}: resampled to {grid['size']}x{grid['size']} pixels of {grid['pixel_mm']:.3g} mm "
+        log.warning(f"{inp.name}: resampled to {grid['size']}x{grid['size']} pixels of {grid['pixel_mm']:.3g} mm "
                     f"(from {grid['source_pixel_mm'][0]:.3g} mm): {grid['reason']}")
-    with atomic_output(out, overwrite, protect=[inp]) as tmp:
+    identity = source_identity(problem.source)
+    with atomic_output(out, overwrite, protect=[inp], marker=identity) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         if problem.reference is not None:
@@ -89,7 +95,8 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
             recon = problem.to_volume(sol.x)
             files = write_results(cfg, tmp, recon, sol, problem.intensity,
                                   problem.source if _source_is_dicom(inp) else None)
-            rep = report(run_config(cfg, problem), input=str(inp), output=str(out), device=str(problem.device),
+            rep = report(run_config(cfg, problem), input=inp.name, output=out.name, **identity,
+                         device=str(problem.device),
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),
                          network_evaluations_per_slice=int(sol.nfe_per_slice),
                          backward_passes_per_slice=int(sol.backward_per_slice),
@@ -98,6 +105,13 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         rep["peak_memory"] = peak_memory()
         write_json(tmp / "report.json", rep)
     return RunResult(out, recon, rep)
+
+
+def source_identity(source: Volume | None) -> dict:
+    """What identifies the input of an output: the DICOM SeriesInstanceUID and the SHA-256 of its file list
+    (names and sizes); empty for other inputs."""
+    meta = source.meta if source is not None else {}
+    return {k: meta[k] for k in ("series_uid", "files_sha256") if meta.get(k)}
 
 
 def _seed(cfg: Config) -> int:
@@ -139,7 +153,7 @@ def write_results(cfg: Config, folder: Path, recon: Volume, sol: Solution, imap:
         files.append("std.nii.gz")
     if cfg.outputs.dicom and dicom_src is not None:
         write_dicom_series(recon, folder / "dicom", series_description=f"medrecon {cfg.task} {cfg.solver.name}",
-                           source_meta=dicom_src.meta.get("dicom"))
+                           source_meta=dicom_src.meta.get("dicom"), deidentify=cfg.outputs.deidentify)
         files.append("dicom/")
     if cfg.outputs.preview:
         preview_png(recon, folder / "preview.png", cfg.outputs.window)
@@ -148,7 +162,8 @@ def write_results(cfg: Config, folder: Path, recon: Volume, sol: Solution, imap:
 
 
 def evaluate(reference, input, output=None, data_range: float | None = None) -> dict:
-    """PSNR/SSIM per plane of ``input`` against ``reference`` (volumes or paths); optionally written as JSON."""
+    """PSNR/SSIM per plane of ``input`` against ``reference`` (volumes or paths); optionally written as JSON
+    (atomically; an existing metrics file is replaced)."""
     ref, rec = (v if isinstance(v, Volume) else read_volume(v) for v in (reference, input))
     if ref.shape != rec.shape:
         raise InputError(f"reference shape {ref.shape} and input shape {rec.shape} differ (evaluate needs the "
@@ -158,7 +173,8 @@ def evaluate(reference, input, output=None, data_range: float | None = None) -> 
     except ValueError as e:
         raise InputError(str(e)) from None
     if output is not None:
-        write_json(Path(output), m)
+        with atomic_path(Path(output), overwrite=True, protect=[v for v in (reference, input) if not isinstance(v, Volume)]) as tmp:
+            write_json(tmp, m)
     return m
 
 

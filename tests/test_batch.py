@@ -1,5 +1,6 @@
 """DICOM-folder batch: mirrored tree, manifest, a corrupt series, interruption and resumption, safe names."""
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +50,17 @@ def test_batch_records_failures_and_resumes(tree, tmp_path):
     rows = _manifest(out)
     assert sorted(r["status"] for r in rows) == ["done", "done", "failed"]
     failed = next(r for r in rows if r["status"] == "failed")
-    assert "broken" in failed["input_path"] and failed["error"]
+    assert failed["input_path"] == "studyB/broken" and failed["error"] and str(tmp_path) not in failed["error"]
     for r in rows:
         p = out.resolve()
-        assert p in Path(r["output_path"]).parents  # nothing escapes OUTPUT_ROOT
+        assert not Path(r["output_path"]).is_absolute() and not Path(r["input_path"]).is_absolute()
+        assert p in (out / r["output_path"]).resolve().parents  # nothing escapes OUTPUT_ROOT
         if r["status"] == "done":
-            assert (Path(r["output_path"]) / "report.json").is_file()
-            assert (Path(r["output_path"]) / "dicom").is_dir()
+            assert (out / r["output_path"] / "report.json").is_file()
+            assert (out / r["output_path"] / "dicom").is_dir()
+    assert not (out / "studyB" / "broken").exists()  # #13.15: no empty folder for the failed series
     escaped = next(r["output_path"] for r in rows if "escape" in r["output_path"])
-    assert escaped.startswith(str(out.resolve() / "studyB" / "deep" / "ct" / "escape_me_"))
+    assert escaped.startswith("studyB/deep/ct/escape_me_")
     assert (out / "study_A" / "ct").is_dir()  # the tree is mirrored (sanitised folder names)
 
     # resume: finished series are skipped (no time spent), the broken one is tried again
@@ -85,18 +88,115 @@ def test_interrupted_batch_redoes_the_half_written_series(tree, tmp_path, monkey
                 raise KeyboardInterrupt
         return real(*a, **k)
 
+    def rel(p):
+        return p.relative_to(out.absolute()).as_posix()
+
     monkeypatch.setattr(batch_mod, "reconstruct", killed_on_second_good_series)
     with pytest.raises(KeyboardInterrupt):
         batch_mod.batch(tree, out, "sparse_view_ct_8", sets, echo=lambda s: None)
     status = {r["output_path"]: r["status"] for r in _manifest(out)}
-    assert status[str(good[0])] == "done" and status[str(good[1])] == "pending"
+    assert status[rel(good[0])] == "done" and status[rel(good[1])] == "pending"
     assert not (good[1] / "report.json").exists()
     monkeypatch.setattr(batch_mod, "reconstruct", real)
     res = batch_mod.batch(tree, out, "sparse_view_ct_8", sets, echo=lambda s: None)
     status = {r["output_path"]: r["status"] for r in res.rows}
-    assert status[str(good[0])] == "skipped" and status[str(good[1])] == "done"
+    assert status[rel(good[0])] == "skipped" and status[rel(good[1])] == "done"
     assert sorted(status.values()) == ["done", "failed", "skipped"] and res.failed == 1
     assert not list(good[1].parent.glob(".medrecon-tmp-*"))  # the half-written folder is gone
+
+
+def _uid_of(out, row):
+    return json.loads((out / row["output_path"] / "report.json").read_text())["series_uid"]
+
+
+def test_resume_never_attaches_a_series_to_another_series_output(tmp_path):
+    """#13.3: two series whose names collide get _2 in discovery order; when the order changes on a later
+    run (here: the first one is moved away), each series still maps to its own output, never another's."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    _series(root / "a", 1, "same")
+    _series(root / "b", 2, "same")
+    for ds_folder, uid in ((root / "a", "1.2.3.100000000001"), (root / "b", "1.2.3.200000000001")):
+        for f in ds_folder.iterdir():  # UIDs with one tail, so the folder names collide
+            import pydicom
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID = uid
+            ds.save_as(f)
+    (root / "b").rename(root / "a" / "b")  # one mirrored folder for both
+    (root / "a" / "sub").mkdir()
+    assert _run(root, out, "--quiet") == 0
+    rows = _manifest(out)
+    first = {r["series_uid"]: r["output_path"] for r in rows}
+    assert len(set(first.values())) == 2 and all(_uid_of(out, r) == r["series_uid"] for r in rows)
+    report = json.loads((out / rows[0]["output_path"] / "report.json").read_text())
+    assert report["input"] in ("a", "b") and str(tmp_path) not in json.dumps(report)  # #13.18: names only
+    # a run without the manifest (lost) still finds each series' own output through its marker
+    (out / "manifest.csv").unlink()
+    assert _run(root, out, "--quiet") == 0
+    assert {r["series_uid"]: r["output_path"] for r in _manifest(out)} == first
+    assert all(r["status"] == "skipped" for r in _manifest(out))
+    # the series discovered first disappears: the other keeps its folder (the mapping never changes)
+    gone = next(r for r in rows if r["input_path"] == "a")
+    import shutil
+    shutil.move(str(root / "a" / "b"), str(root / "b2"))
+    shutil.rmtree(root / "a")
+    assert _run(root, out, "--quiet") == 0
+    now = {r["series_uid"]: r for r in _manifest(out)}
+    other = next(u for u in first if u != gone["series_uid"])
+    assert now[other]["output_path"] == first[other] and now[other]["status"] == "skipped"
+    # a series whose files changed is not taken as finished
+    next((root / "b2").iterdir()).unlink()
+    assert _run(root, out, "--quiet") == 1
+    assert "changed" in _manifest(out)[0]["error"] and "--overwrite" in _manifest(out)[0]["error"]
+
+
+def test_top_level_folder_named_like_the_manifest_and_symlinked_series(tmp_path, capsys):
+    """#13.9 and #13.17: a folder named manifest.csv is mirrored beside the manifest; a symlinked series
+    folder is followed (a link loop is not)."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    _series(root / "manifest.csv", 1, "m")
+    _series(tmp_path / "elsewhere" / "ct", 2, "linked")
+    (root / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    assert _run(root, out, "--quiet") == 0
+    rows = _manifest(out)
+    assert sorted(r["input_path"] for r in rows) == ["link/ct", "manifest.csv"]
+    assert (out / "manifest.csv").is_file() and (out / "manifest.csv_").is_dir()
+    assert not [p for p in out.iterdir() if p.name.startswith(".medrecon-tmp")]
+
+
+def test_batch_overwrite_killed_keeps_the_outputs_the_manifest_lists(tree, tmp_path, monkeypatch):
+    """#13.4: --overwrite interrupted: every folder the manifest lists still exists."""
+    out = tmp_path / "out"
+    assert _run(tree, out, "--quiet") == 1
+    import pipelines.tasks as tasks
+    seen = []
+
+    def killed_while_solving(self, *a, **k):  # as if killed -9 here: nothing after this point runs
+        seen.append(all((out / r["output_path"] / "report.json").is_file()
+                        for r in _manifest(out) if r["status"] == "done"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tasks.Problem, "solve", killed_while_solving)
+    with pytest.raises(KeyboardInterrupt):
+        batch_mod.batch(tree, out, "sparse_view_ct_8", ["solver.name=fbp", "ct.image_size=16"], overwrite=True,
+                        echo=lambda s: None)
+    assert seen == [True]
+    for r in _manifest(out):
+        if r["status"] in ("done", "pending"):
+            assert (out / r["output_path"] / "report.json").is_file() or "broken" in r["input_path"]
+
+
+def test_batch_progress_bars_and_unwritable_output(tree, tmp_path, capsys):
+    """#13.14: a bar over the series and the per-series bars by default; #13.7: an unwritable output root is
+    one line, exit 2."""
+    out = tmp_path / "out"
+    assert _run(tree, out) == 1
+    err = capsys.readouterr().err
+    assert "series" in err and "3/3" in err
+    (tmp_path / "file").write_text("not a folder")
+    code = _run(tree, tmp_path / "file" / "out")
+    err = capsys.readouterr().err
+    assert code == 2 and "error: cannot create the output root" in err and "Traceback" not in err
 
 
 def test_sanitize():

@@ -176,3 +176,95 @@ def test_mixed_series_default_to_the_largest_listing_all(tmp_path, capsys, caplo
     assert uid5 in caplog.text and uid4 in caplog.text and "--series" in caplog.text
     code, out, _ = run(capsys, "info", tmp_path / "mixed", "--json", "--series", uid4, "--resample")
     assert code == 0 and json.loads(out)["shape"][0] == 165
+
+
+@pytest.mark.parametrize("interpretation", ["MONOCHROME2", "MONOCHROME1"])
+def test_photometric_interpretation_does_not_change_the_values(tmp_path, capsys, interpretation):
+    """#13.1: the modality LUT gives HU whatever MONOCHROME1/2 says (GDCM's inversion is undone); the
+    unsigned 12-bit case too."""
+    for signed in (True, False):
+        def edit(k, ds):
+            ds.PhotometricInterpretation = interpretation
+            if not signed:  # unsigned 12-bit stored values, slope 2
+                stored = ds.pixel_array.astype(np.int32) + 1024
+                ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 0, 12, 11
+                ds.PixelData = stored.astype(np.uint16).tobytes()
+                ds.RescaleSlope, ds.RescaleIntercept = 2, -3072
+        folder, _ = edited_ct5n(tmp_path / f"{interpretation}{signed}", edit)
+        want = read_volume(CT5N).data * (1 if signed else 2) + (0 if signed else 1024)
+        np.testing.assert_array_equal(read_volume(folder).data, want)
+        assert run(capsys, "convert", folder, tmp_path / f"{interpretation}{signed}.nii")[0] == 0
+        assert np.corrcoef(nib.load(tmp_path / f"{interpretation}{signed}.nii").get_fdata().ravel(),
+                           want.transpose(2, 1, 0).ravel())[0, 1] > 0.999
+
+
+def test_rescale_slope_zero_is_refused(tmp_path, capsys):
+    """#13.2"""
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: setattr(ds, "RescaleSlope", 0) if k == 2 else None)
+    code, _, err = run(capsys, "convert", folder, tmp_path / "out.nii")
+    assert code == 2 and "RescaleSlope" in err and files[2].name in err and not (tmp_path / "out.nii").exists()
+
+
+def test_slightly_uneven_spacing_of_real_scanners_is_accepted(tmp_path, capsys):
+    """#13.13: gaps of 2.45-2.55 mm (positions rounded by the scanner) are within the 0.2 mm tolerance and
+    read as uniform with a note; a missing slice is still refused and the message says which tolerance."""
+    jitter = [0.0, 0.05, -0.04, 0.06, 0.0]
+    folder, _ = edited_ct5n(tmp_path / "a", lambda k, ds: setattr(ds, "ImagePositionPatient", [
+        *ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + jitter[k]]))
+    code, out, err = run(capsys, "info", folder, "--json")
+    assert code == 0 and json.loads(out)["shape"] == [5, 16, 16]
+    assert "tolerance" in " ".join(json.loads(out)["warnings"])
+    code, _, err = run(capsys, "info", CT2)
+    assert code == 2 and "0.2 mm" in err and "--resample" in err
+
+
+def test_truncated_and_huge_npy_and_nifti(tmp_path, capsys):
+    """#13.8: a truncated or header-only .npy is called truncated; a huge one is refused before reading."""
+    np.save(ok := tmp_path / "ok.npy", np.zeros((2, 3, 4), np.float32))
+    data = ok.read_bytes()
+    (cut := tmp_path / "cut.npy").write_bytes(data[:-10])
+    (header := tmp_path / "header.npy").write_bytes(data[:128])
+    huge = tmp_path / "huge.npy"
+    with open(huge, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (8192,) * 3})
+        f.truncate(f.tell() + 8192 ** 3 * 4)  # sparse: 2 TiB declared and present
+    for path, text in ((cut, "truncated"), (header, "truncated"), (huge, "GiB")):
+        code, _, err = run(capsys, "info", path)
+        assert code == 2 and str(path) in err and text in err and "Traceback" not in err, err
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), big := tmp_path / "big.nii")
+    hdr = nib.load(big).header.copy()
+    hdr.set_data_shape((8192, 8192, 8192))
+    with open(big, "r+b") as f:
+        f.write(hdr.binaryblock)
+        f.truncate(int(hdr.get_data_offset()) + 8192 ** 3 * 4)
+    code, _, err = run(capsys, "info", big)
+    assert code == 2 and "memory" in err and "complete" not in err
+
+
+def test_info_wording_and_multi_valued_description(tmp_path, capsys):
+    """#13.19: the orientation line reads plainly; a multi-valued SeriesDescription is text, not a list."""
+    folder, _ = edited_ct5n(tmp_path, lambda k, ds: setattr(ds, "SeriesDescription", ["Chest", "Lung"]))
+    code, out, _ = run(capsys, "info", folder)
+    assert code == 0 and "'Chest / Lung'" in out and "[" not in out
+    assert "LPS: voxel axes x, y, z run towards patient left, posterior, superior" in out
+    assert json.loads(run(capsys, "info", folder, "--json")[1])["series_description"] == "Chest / Lung"
+
+
+def test_deidentified_dicom_output_and_window_tags(tmp_path, capsys):
+    """#13.18: --deidentify writes no patient identifiers (PS3.15 basic profile); #13.19: WindowCenter/Width,
+    and no empty Laterality."""
+    src = pydicom.dcmread(next(CT5N.iterdir()))
+    assert run(capsys, "convert", CT5N, tmp_path / "plain")[0] == 0
+    assert run(capsys, "convert", CT5N, tmp_path / "anon", "--deidentify")[0] == 0
+    plain = pydicom.dcmread(next((tmp_path / "plain").glob("*.dcm")))
+    anon = pydicom.dcmread(next((tmp_path / "anon").glob("*.dcm")))
+    assert plain.PatientName == src.PatientName and plain.StudyInstanceUID == src.StudyInstanceUID
+    assert "WindowCenter" in plain and float(plain.WindowWidth) >= 1 and "Laterality" not in plain
+    assert str(anon.PatientName) == "Anonymous" and anon.PatientID == "" and anon.PatientIdentityRemoved == "YES"
+    assert anon.StudyInstanceUID != src.StudyInstanceUID and anon.FrameOfReferenceUID != src.FrameOfReferenceUID
+    for keyword in ("PatientBirthDate", "StudyDate", "AccessionNumber", "ReferringPhysicianName"):
+        assert anon.get(keyword, "") == "", keyword
+    assert "StudyDescription" not in anon and "SeriesDate" not in anon
+    again = tmp_path / "anon2"
+    assert run(capsys, "convert", CT5N, again, "--deidentify")[0] == 0  # the same source: the same new study UID
+    assert pydicom.dcmread(next(again.glob("*.dcm"))).StudyInstanceUID == anon.StudyInstanceUID

@@ -113,6 +113,10 @@ def test_atomic_path_never_overwrites_unless_asked(tmp_path):
     assert dest.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
 
+def _visible(folder):
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def test_atomic_path_replaces_folders_and_cleans_up_after_errors(tmp_path):
     dest = tmp_path / "series"
     dest.mkdir()  # an empty folder is free to use
@@ -124,11 +128,11 @@ def test_atomic_path_replaces_folders_and_cleans_up_after_errors(tmp_path):
             tmp.mkdir()
             (tmp / "b").write_text("2")
             raise RuntimeError("interrupted")
-    assert [p.name for p in dest.iterdir()] == ["a"]
+    assert _visible(dest) == ["a"]
     with atomic_path(dest, overwrite=True) as tmp:
         tmp.mkdir()
         (tmp / "b").write_text("2")
-    assert [p.name for p in dest.iterdir()] == ["b"]
+    assert _visible(dest) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]  # no temporary left behind
 
 
@@ -139,7 +143,51 @@ def test_atomic_path_protects_inputs_and_folders_with_subfolders(tmp_path):
         with pytest.raises(InputError, match="input"):
             with atomic_path(dest, overwrite=True, protect=[tmp_path / "in"]):
                 pass
-    with pytest.raises(InputError, match="sub-folders"):
+    with pytest.raises(InputError, match="medrecon did not write"):
         with atomic_path(tmp_path / "in", overwrite=True):
             pass
     assert (tmp_path / "in/sub").is_dir()
+
+
+def test_overwrite_never_replaces_a_folder_medrecon_did_not_write(tmp_path):
+    """#13.5: a folder holding only a user's files is not an output (a notes.txt was lost)."""
+    (dest := tmp_path / "notes").mkdir()
+    (dest / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="medrecon did not write"):
+        with atomic_path(dest, overwrite=True) as tmp:
+            tmp.mkdir()
+    vol = Volume(np.zeros((2, 3, 4), np.float32), (1.0, 1.0, 1.0))
+    with pytest.raises(InputError, match="medrecon did not write"):
+        write_volume(vol, dest, overwrite=True)
+    assert (dest / "notes.txt").read_text() == "mine"
+    write_volume(vol, tmp_path / "series")  # a derived DICOM series is recognised as medrecon's (no extra file)
+    assert _visible(tmp_path / "series") == ["IM0001.dcm", "IM0002.dcm"] and len(list((tmp_path / "series").iterdir())) == 2
+    write_volume(vol, tmp_path / "series", overwrite=True)
+
+
+def test_killed_overwrite_keeps_the_old_output_and_the_next_run_cleans_up(tmp_path):
+    """#13.4/#13.15: the old output stays in place until the new one is complete; temporaries of killed
+    runs (or an old output set aside by a killed swap) are dealt with by the next write."""
+    dest = tmp_path / "k1"
+    with atomic_path(dest) as tmp:
+        tmp.mkdir()
+        (tmp / "a").write_text("old")
+    dead = tmp_path / ".medrecon-tmp-999999999-0badcafe-k1"  # no such process
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(dest, overwrite=True) as tmp:
+            tmp.mkdir()
+            (tmp / "b").write_text("new")
+            tmp.rename(dead)  # as if the process had been killed here, its temporary left behind
+            raise KeyboardInterrupt
+    assert _visible(dest) == ["a"] and dead.is_dir()
+    with atomic_path(dest, overwrite=True) as tmp:
+        assert not dead.exists()  # the killed run's temporary is gone
+        tmp.mkdir()
+        (tmp / "b").write_text("new")
+    assert _visible(dest) == ["b"] and sorted(p.name for p in tmp_path.iterdir()) == ["k1"]
+    # killed between the two renames of the fallback swap: dest missing, the old output aside
+    dest.rename(tmp_path / ".medrecon-tmp-old-999999999-0badcafe-k1")
+    with pytest.raises(InputError, match="--overwrite"):  # the old output is back, so this is refused
+        with atomic_path(dest) as tmp:
+            pass
+    assert _visible(dest) == ["b"]

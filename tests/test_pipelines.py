@@ -235,3 +235,83 @@ def test_native_grid_by_default_and_domain_checks(tmp_path, ct_nifti, mr_nifti, 
     write_dicom_series(read_volume(mr_nifti), mr_series, modality="MR")
     with pytest.raises(InputError, match="a MR series, but the config is for ct: use a mri config"):
         Problem.build(cfg, mr_series)
+
+
+def _fast_ct(src, out, *extra):
+    return main(["reconstruct", "--config", "sparse_view_ct_8", "--input", str(src), "--output", str(out), "--quiet",
+                 "--set", "solver.name=fbp", "--set", "ct.image_size=16", *map(str, extra)])
+
+
+def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tmp_path, monkeypatch):
+    """#13.4: reconstruct --overwrite killed -9 mid-run left out/k1 absent; #13.15: and left .medrecon-tmp-*."""
+    import pipelines.tasks as tasks
+    src, out = tmp_path / "series", tmp_path / "k1"
+    write_dicom_series(ct_phantom((3, 24, 24), seed=1), src, series_description="CT")
+    assert _fast_ct(src, out) == 0
+    before = (out / "report.json").read_text()
+    marker = json.loads((out / ".medrecon-output").read_text())
+    assert marker["series_uid"] and len(marker["files_sha256"]) == 64  # #13.3: the output names its series
+    report = json.loads(before)
+    assert report["series_uid"] == marker["series_uid"] and report["input"] == "series"  # #13.18: a name only
+    real = tasks.Problem.solve
+    seen = []
+
+    def killed(self, *a, **k):  # nothing after this point runs, as after kill -9; leave the temporary behind
+        seen.append((out / "report.json").read_text() == before)
+        tmp = next(tmp_path.glob(".medrecon-tmp-*-k1"))
+        tmp.rename(tmp_path / ".medrecon-tmp-999999999-0badcafe-k1")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tasks.Problem, "solve", killed)
+    assert _fast_ct(src, out, "--overwrite") == 130  # click: "Aborted!", exit 128 + SIGINT
+    assert seen == [True] and (out / "report.json").read_text() == before
+    monkeypatch.setattr(tasks.Problem, "solve", real)
+    assert _fast_ct(src, out, "--overwrite") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k1", "series"]  # the killed run's temporary is gone
+    (notes := tmp_path / "notes").mkdir()
+    (notes / "notes.txt").write_text("mine")
+    assert _fast_ct(src, notes, "--overwrite") == 2 and (notes / "notes.txt").read_text() == "mine"  # #13.5
+
+
+def test_reconstruct_and_batch_offer_resample_for_uneven_series(tmp_path, capsys):
+    """#13.13: the error says "Pass --resample", and reconstruct (and batch, simulate) now have it."""
+    import pydicom
+    src = tmp_path / "series"
+    write_dicom_series(ct_phantom((4, 24, 24), seed=1), src, series_description="CT")
+    last = sorted(src.glob("*.dcm"))[-1]
+    ds = pydicom.dcmread(last)
+    ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1],
+                               float(ds.ImagePositionPatient[2]) + 2.0]
+    ds.save_as(last)
+    assert _fast_ct(src, tmp_path / "a") == 2
+    assert "--resample" in capsys.readouterr().err
+    assert _fast_ct(src, tmp_path / "a", "--resample") == 0
+    for command in ("reconstruct", "batch", "simulate", "info", "convert"):
+        assert main([command, "--help"]) == 0
+        assert "--resample" in capsys.readouterr().out, command
+
+
+def test_evaluate_single_slice_and_unwritable_output(tmp_path, capsys):
+    """#13.16: a one-slice volume gets the planes SSIM can score (the others null, with a note); #13.7: an
+    unwritable --output is one line, exit 2."""
+    import pipelines
+    v = Volume(np.random.default_rng(0).normal(size=(1, 16, 16)).astype(np.float32), (1.0, 1.0, 2.0))
+    write_nifti(v, ref := tmp_path / "ref.nii.gz")
+    write_nifti(v.with_data(v.data + 0.1), rec := tmp_path / "rec.nii.gz")
+    m = pipelines.evaluate(ref, rec)
+    assert 0 < m["ssim"]["axial"] < 1 and m["ssim"]["coronal"] is None and m["ssim"]["sagittal"] is None
+    assert m["ssim"]["volume"] == pytest.approx(m["ssim"]["axial"]) and len(m["notes"]) == 2
+    assert all(np.isfinite(list(m["psnr"].values())))
+    (tmp_path / "file").write_text("x")
+    code = main(["evaluate", "-r", str(ref), "-i", str(rec), "-o", str(tmp_path / "file" / "m.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "error:" in err and str(tmp_path / "file") in err and "Traceback" not in err
+    assert main(["evaluate", "-r", str(ref), "-i", str(rec), "-o", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["ssim"]["coronal"] is None
+
+
+def test_phantom_unwritable_output(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code = main(["phantom", str(tmp_path / "file" / "ph"), "--shape", "4,8,8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot create the output folder" in err and "Traceback" not in err

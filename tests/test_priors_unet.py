@@ -76,3 +76,33 @@ def test_image_size_checks(saved):
         direct.denoise(torch.zeros(1, 1, 32, 32), torch.ones(1))
     with pytest.raises(ValueError, match="divisible by 2"):
         unet_config(30, (16, 32, 32))
+
+
+def test_wrong_shape_error_names_config_json(saved, tmp_path):
+    """#13.19: the shapes come from config.json, so the message points there, not at model_card.yaml."""
+    folder, _ = saved
+    other = save_unet_prior(tmp_path / "other", build_unet(unet_config(16, (16, 48))), CARD)
+    (other / WEIGHTS_NAME).write_bytes((folder / WEIGHTS_NAME).read_bytes())
+    with pytest.raises(InputError, match=r"Fix the config in .*config\.json"):
+        load_prior(other)
+
+
+class Foreign:  # a harmless class: still needs code to load
+    pass
+
+
+class Malicious:
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo never run",))
+
+
+@pytest.mark.parametrize("obj,name", [({"w": Foreign()}, "Foreign"), (Malicious(), "system")])
+def test_pickled_objects_are_refused_with_the_right_diagnosis(tmp_path, obj, name):
+    """#13.11: not called truncated or corrupt; no --allow-unsafe-pickle option is recommended (there is none)."""
+    torch.save(obj, f := tmp_path / "model.pt")
+    with pytest.raises(InputError) as e:
+        load_prior(f)
+    msg = str(e.value)
+    assert "needs code to load" in msg and name in msg and "allow_unsafe_pickle=True" in msg
+    assert "truncated" not in msg and "--allow-unsafe-pickle" not in msg

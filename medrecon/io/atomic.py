@@ -1,12 +1,21 @@
 """Atomic output: write into a hidden temporary sibling, then rename it onto the destination.
 
 A reader never sees a half-written file or series folder, an interrupted run leaves the destination
-untouched, and an existing output is replaced only when the caller asks (``overwrite=True``).
+untouched (an old output stays in place until the new one is complete, then the two are swapped), and an
+existing output is replaced only when the caller asks (``overwrite=True``). Every folder medrecon writes
+carries a marker file (``.medrecon-output``, JSON); ``overwrite`` replaces files, empty folders and marked
+folders only, never a folder medrecon did not write. Temporaries left by killed runs are removed by the
+next write to the same destination.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
 import os
+import re
 import shutil
+import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,30 +24,38 @@ from typing import Iterable, Iterator
 from ..errors import InputError
 
 TMP_PREFIX = ".medrecon-tmp-"
+MARKER = ".medrecon-output"
+_TMP_NAME = re.compile(r"\.medrecon-tmp-(?P<old>old-)?(?:(?P<pid>\d+)-)?[0-9a-f]{8}-(?P<name>.+)")
 
 
 @contextmanager
-def atomic_path(dest, overwrite: bool = False, protect: Iterable = ()) -> Iterator[Path]:
+def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: dict | bool = True) -> Iterator[Path]:
     """Yield a temporary sibling path of ``dest`` (not yet created) for the caller to write a file or
     a folder at; on a clean exit it is renamed onto ``dest``, on an error it is removed.
 
     * ``dest`` existing (other than as an empty folder) is an :class:`InputError` unless ``overwrite``;
-      a replaced file goes in one ``os.replace``, a replaced folder in two renames (old aside, new in).
-    * A folder holding sub-folders is never replaced (it does not look like one output).
+      a folder without medrecon's marker is never replaced.
     * ``protect``: paths (the inputs) that ``dest`` must not be, contain or lie inside.
+    * ``marker``: extra fields for the marker file of a folder output (e.g. the series it was made from);
+      False writes none (a derived DICOM series, recognised by its headers instead, stays pure DICOM).
     * Missing parent folders are created; any OS error becomes an :class:`InputError` naming ``dest``.
     """
     dest = Path(dest)
     _check_not_input(dest, protect)
-    _check_free(dest, overwrite)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(dest)
     except OSError as e:
         raise InputError(f"cannot create the output folder {dest.parent}: {e.strerror or e}; "
                          "choose a writable location") from e
-    tmp = dest.parent / f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{dest.name}"
+    _check_free(dest, overwrite)
+    tmp = dest.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{dest.name}"
     try:
         yield tmp
+        if marker is not False and tmp.is_dir() and not tmp.is_symlink():
+            from .. import __version__
+            fields = marker if isinstance(marker, dict) else {}
+            (tmp / MARKER).write_text(json.dumps({"medrecon": __version__, **fields}, indent=2) + "\n")
         _check_free(dest, overwrite)  # again: something may have appeared meanwhile
         _commit(tmp, dest)
     except OSError as e:
@@ -46,6 +63,66 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = ()) -> Iterat
                          "choose a writable location with enough free space") from e
     finally:
         _remove(tmp)
+
+
+def read_marker(folder) -> dict | None:
+    """The marker of a folder medrecon wrote (a dict), or None for any other path. A derived DICOM series
+    is recognised by its files (all IM*.dcm, Manufacturer "medrecon"), a reconstruction written before
+    markers existed by its report.json (which names the medrecon version)."""
+    series = _medrecon_dicom_series(Path(folder))
+    if series is not None:
+        return series
+    for name in (MARKER, "report.json"):
+        try:
+            data = json.loads((Path(folder) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and (name == MARKER or "medrecon" in (data.get("software") or {})):
+            return data if name == MARKER else {"medrecon": data["software"]["medrecon"]}
+    return None
+
+
+def _medrecon_dicom_series(folder: Path) -> dict | None:
+    from .dicom_scan import read_header
+
+    try:
+        files = sorted(folder.iterdir()) if folder.is_dir() else []
+        if not files or not all(re.fullmatch(r"IM\d+\.dcm", f.name) and f.is_file() for f in files):
+            return None
+        ds = read_header(files[0])
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return None
+    if ds is None or str(ds.get("Manufacturer", "")) != "medrecon":
+        return None
+    return {"medrecon": str(ds.get("SoftwareVersions", "")), "kind": "dicom series"}
+
+
+def remove_stale_temporaries(dest) -> None:
+    """Remove the temporaries that killed runs left beside ``dest`` (those of live processes stay); if
+    ``dest`` is missing but a killed swap left the old output aside, put it back."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return
+    for p in sorted(dest.parent.iterdir(), key=lambda q: q.name):
+        m = _TMP_NAME.fullmatch(p.name)
+        if not m or m["name"] != dest.name or (m["pid"] and _alive(int(m["pid"]))):
+            continue
+        if m["old"] and not (dest.exists() or dest.is_symlink()):
+            os.rename(p, dest)
+        else:
+            _remove(p)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_not_input(dest: Path, protect: Iterable) -> None:
@@ -62,30 +139,51 @@ def _check_not_input(dest: Path, protect: Iterable) -> None:
 def _check_free(dest: Path, overwrite: bool) -> None:
     if not (dest.exists() or dest.is_symlink()):
         return
-    if dest.is_dir() and not any(dest.iterdir()):
+    if dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
         return  # an empty folder made ready for the output
     if not overwrite:
         raise InputError(f"{dest} already exists; pass --overwrite (overwrite=True) to replace it, "
                          "or choose another output path")
-    if dest.is_dir() and any(p.is_dir() for p in dest.iterdir()):
-        raise InputError(f"refusing to replace {dest}: it holds sub-folders, so it is not a single output "
-                         "of medrecon; remove it yourself or choose another output path")
+    if dest.is_dir() and read_marker(dest) is None:
+        raise InputError(f"refusing to replace {dest}: it is a folder that medrecon did not write (it has no "
+                         f"{MARKER} marker); remove it yourself or choose another output path")
 
 
 def _commit(tmp: Path, dest: Path) -> None:
     if not tmp.exists():
         raise InputError(f"nothing was written for {dest}")
-    if not (dest.exists() or dest.is_symlink()) or not (tmp.is_dir() or dest.is_dir()):
+    if not (dest.exists() or dest.is_symlink()) or not (tmp.is_dir() or dest.is_dir()) or \
+            (dest.is_dir() and not any(dest.iterdir())):
         os.replace(tmp, dest)
         return
-    old = dest.parent / f"{TMP_PREFIX}old-{uuid.uuid4().hex[:8]}-{dest.name}"
-    os.rename(dest, old)
+    if _exchange(tmp, dest):  # one atomic step: dest is never missing
+        return
+    old = dest.parent / f"{TMP_PREFIX}old-{os.getpid()}-{uuid.uuid4().hex[:8]}-{dest.name}"
+    os.rename(dest, old)  # killed between these two renames: the next write puts `old` back
     try:
         os.rename(tmp, dest)
     except OSError:
         os.rename(old, dest)
         raise
     _remove(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _remove(path: Path) -> None:

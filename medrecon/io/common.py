@@ -16,6 +16,28 @@ def warn(warnings: list, message: str) -> None:
     warnings.append(message)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits_in_memory(shape, path) -> None:
+    """An :class:`InputError` naming ``path`` when a float32 volume of ``shape`` cannot fit in memory."""
+    need = int(np.prod([int(n) for n in shape], dtype=np.float64)) * 4
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise InputError(f"{path}: a volume of shape {tuple(int(n) for n in shape)} needs {need / 2 ** 30:.1f} GiB "
+                         f"as float32 but only {avail / 2 ** 30:.1f} GiB of memory is available; crop or "
+                         "downsample it first, or use a machine with more memory")
+
+
 def check_voxels(data: np.ndarray, path) -> np.ndarray:
     """Real, finite scalar voxels as float32, or an :class:`InputError` naming ``path``."""
     data = np.asarray(data)

@@ -1,12 +1,13 @@
 """Reading DICOM series into a Volume.
 
-* Discovery (:func:`list_series`) reads headers only (pydicom), so that every series can be described
-  and every damaged file named.
+* Discovery (:func:`list_series`, in dicom_scan.py) reads headers only.
 * Geometry comes from the headers: slices are sorted by their position along the slice normal
   n = row x column direction (ImageOrientationPatient), in LPS like DICOM and ITK; the Volume's z axis
   is n, its origin the ImagePositionPatient of the first slice along n.
 * Pixels are decoded by SimpleITK's ImageSeriesReader (GDCM: compressed transfer syntaxes too), which
-  applies each slice's RescaleSlope/RescaleIntercept (HU for CT) into float32.
+  applies each slice's RescaleSlope/RescaleIntercept (HU for CT) into float32. GDCM inverts MONOCHROME1
+  slices before the rescale; that is undone here, since the modality LUT gives HU whatever the
+  Photometric Interpretation (which only says how to display them).
 
 Bad input is refused with an :class:`InputError` naming the path and the fix (mixed orientations or
 sizes, duplicate positions, gantry tilt, non-uniform spacing unless ``resample_nonuniform``);
@@ -14,24 +15,23 @@ damaged files are skipped with a warning naming them.
 """
 from __future__ import annotations
 
-import os
-import warnings as _warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, MediaStorageDirectoryStorage
 from pydicom.valuerep import PersonName
 
 from ..errors import InputError
 from ..volume import Volume
 from .common import warn
+from .dicom_scan import SeriesInfo, choose_series, header_kind, is_dicom_file, list_series, read_header
+
+__all__ = ["SOURCE_TAGS", "SeriesInfo", "choose_series", "is_dicom_file", "list_series", "read_dicom_series",
+           "resample_along_normal"]
 
 # Source tags kept in Volume.meta["dicom"]: what a derived series needs (patient, study, frame of
 # reference, series context, acquisition attributes of the CT/MR modules) and nothing else.
@@ -49,83 +49,9 @@ SOURCE_TAGS = (
     "EchoTime", "InversionTime", "EchoTrainLength", "MagneticFieldStrength", "ImagedNucleus",
     "FlipAngle",
 )
-
-_SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription",
-              "Rows"]
-
-
-@dataclass
-class SeriesInfo:
-    """One DICOM image series found on disk."""
-
-    uid: str  # SeriesInstanceUID
-    files: list[Path]
-    description: str = ""
-    modality: str = ""
-    study_uid: str = ""
-    unreadable: list[str] = field(default_factory=list)  # damaged files seen in the same folder(s)
-
-    @property
-    def n_files(self) -> int:
-        return len(self.files)
-
-    @property
-    def folder(self) -> Path:
-        return Path(os.path.commonpath([f.parent for f in self.files])) if self.files else Path()
-
-    def to_dict(self) -> dict:
-        return {"uid": self.uid, "n_files": self.n_files, "description": self.description,
-                "modality": self.modality, "study_uid": self.study_uid, "folder": str(self.folder),
-                "unreadable": list(self.unreadable)}
-
-
-def list_series(folder, recursive: bool = False) -> list[SeriesInfo]:
-    """Every DICOM image series in ``folder`` (and its sub-folders when ``recursive``), largest first.
-
-    Files that are not DICOM (and hidden files) are ignored; DICOM files too damaged to read are listed
-    in ``SeriesInfo.unreadable`` of every series sharing their folder.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder} is not a folder; give the folder that holds the DICOM files")
-    found: dict[str, SeriesInfo] = {}
-    damaged: dict[Path, list[str]] = {}
-    for path in _files(folder, recursive):
-        try:
-            ds = _header(path, specific_tags=_SCAN_TAGS)
-        except Exception as e:  # noqa: BLE001  (any parse failure means a damaged file)
-            damaged.setdefault(path.parent, []).append(f"{path} ({type(e).__name__}: {e})")
-            continue
-        kind = _kind(ds)
-        if kind == "damaged":
-            damaged.setdefault(path.parent, []).append(f"{path} (incomplete header: truncated file?)")
-        elif kind == "image":
-            uid = str(ds.SeriesInstanceUID)
-            if uid not in found:
-                found[uid] = SeriesInfo(uid, [], str(ds.get("SeriesDescription", "") or ""),
-                                        str(ds.get("Modality", "") or ""), str(ds.get("StudyInstanceUID", "") or ""))
-            found[uid].files.append(path)
-    for info in found.values():
-        info.unreadable = sorted(m for d in {f.parent for f in info.files} for m in damaged.get(d, []))
-    return sorted(found.values(), key=lambda s: (-s.n_files, s.uid))
-
-
-def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple[SeriesInfo, str | None]:
-    """The series with SeriesInstanceUID ``uid``, or by default the largest; also a note for the user
-    when others were passed over. Ties and unknown UIDs are errors listing the choices."""
-    listing = "; ".join(f"{s.uid} ({s.n_files} files, {s.modality} '{s.description}')" for s in all_series)
-    if uid is not None:
-        chosen = [s for s in all_series if s.uid == uid]
-        if not chosen:
-            raise InputError(f"{where} holds no series {uid}; the series there are: {listing}")
-        return chosen[0], None
-    if len(all_series) == 1:
-        return all_series[0], None
-    if all_series[0].n_files == all_series[1].n_files:
-        raise InputError(f"{where} holds {len(all_series)} series and the largest are the same size; "
-                         f"choose one with --series UID: {listing}")
-    return all_series[0], (f"{where} holds {len(all_series)} series; reading the largest, "
-                           f"{all_series[0].uid} (choose another with --series UID): {listing}")
+# Slices may deviate this much (mm) from a uniform grid and still be read as one; dcm2niix warns when
+# two gaps differ by more than 0.2 mm. Real scanners round positions (gaps of 6.958-7.071 mm are seen).
+SPACING_TOLERANCE_MM = 0.2
 
 
 def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool = False) -> Volume:
@@ -144,12 +70,12 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
     headers = []
     for f in info.files:
         try:
-            ds = _header(f)
+            ds = read_header(f)
         except Exception as e:  # noqa: BLE001
             ds, reason = None, f"{type(e).__name__}: {e}"
         else:
             reason = "not a DICOM file"
-        if ds is None or _kind(ds) != "image":
+        if ds is None or header_kind(ds) != "image":
             warn(notes, f"skipped unreadable file {f} ({reason})")
             continue
         headers.append((f, ds))
@@ -173,16 +99,22 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
         data, bad = _read_pixels(stack.files)
         if bad:
             raise InputError(f"{where}: cannot decode {bad[0][0]} ({bad[0][1]})")
-    _check_rescale(headers, where, notes)
+    _check_rescale(list(zip(stack.files, stack.headers)), where, notes)
+    data = _undo_monochrome1(data, stack.headers)
 
     meta = {"format": "dicom", "source": str(where), "series_uid": str(headers[0][1].SeriesInstanceUID),
+            "files_sha256": info.files_sha256,
             "dicom": _source_tags(stack.headers[0]), "warnings": notes}
+    step = stack.grid_step
     if not stack.uniform:
-        data = resample_along_normal(data, stack.positions, stack.step)
+        data = resample_along_normal(data, stack.positions, step := stack.step)
         meta["resampled_from_positions"] = [round(float(p), 6) for p in stack.positions]
         warn(notes, f"{where}: resampled {len(stack.positions)} unevenly spaced slices onto {data.shape[0]} "
                     f"slices {stack.step:g} mm apart (linear interpolation along the slice normal)")
-    return Volume(data, (stack.pixel_spacing[0], stack.pixel_spacing[1], stack.step),
+    elif stack.deviation > 0.01:
+        warn(notes, f"{where}: slice positions deviate up to {stack.deviation:.3g} mm from a uniform "
+                    f"{step:.6g} mm grid (within the {SPACING_TOLERANCE_MM} mm tolerance); read as uniform")
+    return Volume(data, (stack.pixel_spacing[0], stack.pixel_spacing[1], step),
                   tuple(stack.origin), stack.direction, meta)
 
 
@@ -213,9 +145,20 @@ class _Stack:
         return np.diff(self.positions)
 
     @property
+    def grid_step(self) -> float:
+        """The spacing of the uniform grid through the first and last slice."""
+        n = len(self.positions)
+        return float(self.positions[-1] - self.positions[0]) / (n - 1) if n > 1 else self.step
+
+    @property
+    def deviation(self) -> float:
+        """How far (mm) the farthest slice lies from that grid."""
+        grid = self.positions[0] + self.grid_step * np.arange(len(self.positions))
+        return float(np.abs(self.positions - grid).max())
+
+    @property
     def uniform(self) -> bool:
-        g = self.gaps
-        return g.size < 2 or float(np.abs(g - self.step).max()) <= 0.01 + 0.005 * self.step
+        return self.deviation <= SPACING_TOLERANCE_MM
 
     def check_uniform(self, resample: bool) -> None:
         if self.uniform or resample:
@@ -224,9 +167,10 @@ class _Stack:
         k = int(np.argmax(np.abs(g - self.step)))
         raise InputError(
             f"{self.where}: slice spacing is not uniform (gaps {g.min():.4g} to {g.max():.4g} mm, median "
-            f"{self.step:.4g} mm; e.g. {g[k]:.4g} mm between {self.files[k].name} and {self.files[k + 1].name}: "
-            "missing slices?). Pass --resample (resample_nonuniform=True) to interpolate linearly onto a "
-            f"{self.step:.4g} mm grid along the slice normal, or choose another series with --series")
+            f"{self.step:.4g} mm; e.g. {g[k]:.4g} mm between {self.files[k].name} and {self.files[k + 1].name}; "
+            f"a slice lies {self.deviation:.3g} mm off a uniform grid, more than the {SPACING_TOLERANCE_MM} mm "
+            "tolerance: missing slices?). Pass --resample (resample_nonuniform=True) to interpolate linearly onto "
+            f"a {self.step:.4g} mm grid along the slice normal, or choose another series with --series")
 
     @classmethod
     def build(cls, headers: list, where: Path, notes: list) -> "_Stack":
@@ -310,12 +254,33 @@ def _same(headers, where, key, what: str) -> None:
 
 
 def _check_rescale(headers, where, notes: list) -> None:
-    """CT requires RescaleSlope/Intercept (HU = slope * stored + intercept); GDCM assumes 1 and 0."""
+    """CT requires RescaleSlope/Intercept (HU = slope * stored + intercept); GDCM assumes 1 and 0.
+    A slope of 0 (every voxel the intercept) or one that is not a finite number is refused."""
+    for f, ds in headers:
+        slope = _floats(ds.get("RescaleSlope"))
+        if "RescaleSlope" in ds and (slope is None or not np.isfinite(slope[0]) or slope[0] == 0):
+            raise InputError(f"{f}: RescaleSlope is {ds.get('RescaleSlope')!r}, which maps every stored value to "
+                             "one (or no) number; the header is damaged: fix RescaleSlope (usually 1) or remove "
+                             "the file")
     missing = [f for f, ds in headers if "RescaleSlope" not in ds or "RescaleIntercept" not in ds]
     if missing and str(headers[0][1].get("Modality", "")) == "CT":
         warn(notes, f"{where}: {len(missing)} of {len(headers)} CT slices have no RescaleSlope/RescaleIntercept "
                     f"(e.g. {missing[0]}); assuming slope 1 and intercept 0, so values may not be HU: "
                     "check the value range with `medrecon info`")
+
+
+def _undo_monochrome1(data: np.ndarray, headers: list) -> np.ndarray:
+    """GDCM turns MONOCHROME1 into MONOCHROME2 by inverting the stored values (unsigned: 2^bits - 1 - v,
+    signed: -v - 1) before the rescale; undo it so the values are slope * stored + intercept."""
+    for k, ds in enumerate(headers):
+        if str(ds.get("PhotometricInterpretation", "")).strip() != "MONOCHROME1":
+            continue
+        m = (_floats(ds.get("RescaleSlope")) or (1.0,))[0]
+        b = (_floats(ds.get("RescaleIntercept")) or (0.0,))[0]
+        bits = int(ds.get("BitsStored", 16) or 16)
+        inverted_max = -1.0 if int(ds.get("PixelRepresentation", 0) or 0) else 2.0 ** bits - 1
+        data[k] = (m * inverted_max + 2 * b) - data[k]
+    return data
 
 
 def _read_pixels(files: list[Path]) -> tuple[np.ndarray | None, list[tuple[Path, str]]]:
@@ -349,47 +314,6 @@ def _itk_quiet():
         yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(old)
-
-
-def _files(folder: Path, recursive: bool) -> list[Path]:
-    paths = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in paths if p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-def _header(path: Path, **kw):
-    """The pydicom header (no pixel data), None for a file that is not DICOM; raises if damaged."""
-    with _warnings.catch_warnings():
-        _warnings.simplefilter("ignore")
-        try:
-            return pydicom.dcmread(path, stop_before_pixels=True, **kw)
-        except InvalidDicomError:
-            pass
-        try:  # DICOM without the 128-byte preamble (old ACR-NEMA style): accept only real image headers
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, **kw)
-            return ds if "SeriesInstanceUID" in ds and "Rows" in ds else None
-        except Exception:  # noqa: BLE001
-            return None
-
-
-def is_dicom_file(path) -> bool:
-    try:
-        return _header(Path(path), specific_tags=_SCAN_TAGS) is not None
-    except Exception:  # noqa: BLE001  (damaged DICOM: still DICOM)
-        return True
-
-
-def _kind(ds) -> str:
-    """'image', 'other' (not DICOM, directory, report, ...) or 'damaged' (an image header cut short)."""
-    if ds is None:
-        return "other"
-    meta = getattr(ds, "file_meta", None)
-    sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
-    if sop == MediaStorageDirectoryStorage:
-        return "other"
-    if "SeriesInstanceUID" in ds and "Rows" in ds:
-        return "image"
-    return "damaged" if "Image Storage" in UID(sop).name or "SeriesInstanceUID" not in ds else "other"
 
 
 def _floats(value):

@@ -10,7 +10,11 @@
 * Stored values int16 with one RescaleSlope/RescaleIntercept for the series: slope 1 intercept 0 when
   the voxels are integers within int16 (exact, e.g. HU), else chosen to span the value range.
 * Per slice: ImagePositionPatient, InstanceNumber, SliceLocation; for all: ImageOrientationPatient,
-  PixelSpacing, SliceThickness (= slice spacing; MR also SpacingBetweenSlices), FrameOfReferenceUID.
+  PixelSpacing, SliceThickness (= slice spacing; MR also SpacingBetweenSlices), FrameOfReferenceUID,
+  WindowCenter/WindowWidth (the 1st-99th percentile of the values).
+* ``deidentify=True``: DICOM PS3.15 Basic Application Level Confidentiality Profile for the attributes
+  copied: patient and study identifiers and dates emptied or removed, study and frame-of-reference UIDs
+  replaced by UIDs derived from them (the same source gives the same new UID), PatientIdentityRemoved YES.
 """
 from __future__ import annotations
 
@@ -40,6 +44,12 @@ SERIES_CONTEXT_TAGS = ("BodyPartExamined", "PatientPosition", "Laterality", "Pos
 # Type 2 attributes (present, may be empty) of the patient, study, series and frame modules.
 TYPE2_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                "ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator")
+# PS3.15 basic profile for the copied attributes: Z (emptied), X (removed), U (UID replaced).
+DEID_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+              "AccessionNumber", "ReferringPhysicianName")
+DEID_REMOVE = ("IssuerOfPatientID", "PatientAge", "PatientSize", "PatientWeight", "StudyDescription")
+DEID_UIDS = ("StudyInstanceUID", "FrameOfReferenceUID")
+DEID_METHOD = "DICOM PS3.15 Basic Application Level Confidentiality Profile"  # LO: <= 64
 # Modality modules: attribute -> value when the source has none.
 CT_TAGS = {"KVP": "", "AcquisitionNumber": ""}
 MR_TAGS = {"ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": "", "MRAcquisitionType": "",
@@ -60,11 +70,13 @@ def int16_scaling(data: np.ndarray) -> tuple[str, str]:
 
 def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon reconstruction",
                        source_meta: dict | None = None, overwrite: bool = False, *,
-                       modality: str | None = None, series_number: int | None = None) -> Path:
+                       modality: str | None = None, series_number: int | None = None,
+                       deidentify: bool = False) -> Path:
     """Write ``vol`` as a derived series into ``folder`` (one file per slice, in z order).
 
     ``source_meta``: DICOM tags of the source, keyword -> value (default ``vol.meta['dicom']``).
     ``modality``: "CT", "MR" or other (default: the source's, else "OT" as Secondary Capture).
+    ``deidentify``: apply the PS3.15 basic profile to what is copied from the source (module docstring).
     """
     folder = Path(folder)
     data = check_voxels(vol.data, folder)
@@ -73,10 +85,14 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
     if not re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality):
         raise InputError(f"modality {modality!r} for {folder}: give a DICOM modality code such as CT, MR or OT")
     slope, intercept = int16_scaling(data)
+    if deidentify:
+        src = deidentified(src)
     ds = _series_dataset(vol, src, modality, series_description, series_number, slope, intercept)
+    if deidentify:
+        _mark_deidentified(ds)
     normal = np.cross(vol.direction[:, 0], vol.direction[:, 1])
     width = max(4, len(str(vol.shape[0])))
-    with atomic_path(folder, overwrite, protect=[vol.meta.get("source")]) as tmp:
+    with atomic_path(folder, overwrite, protect=[vol.meta.get("source")], marker=False) as tmp:
         tmp.mkdir()
         for k in range(vol.shape[0]):
             position = vol.world_lps([0, 0, k])
@@ -114,8 +130,6 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
     ds.SeriesDescription = description[:64]
     ds.SeriesDate, ds.SeriesTime = date, time
     _copy(ds, src, SERIES_CONTEXT_TAGS)
-    if "Laterality" not in ds and "BodyPartExamined" not in ds:
-        ds.Laterality = ""  # type 2C: empty means unknown (whether the body part is paired is unknown)
     if modality in SOP_CLASSES and "PatientPosition" not in ds:
         ds.PatientPosition = ""  # type 2C for CT and MR
     ds.FrameOfReferenceUID = src.get("FrameOfReferenceUID") or generate_uid()
@@ -136,6 +150,9 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
     ds.Rows, ds.Columns = vol.shape[1], vol.shape[2]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     ds.RescaleIntercept, ds.RescaleSlope = intercept, slope
+    lo, hi = (float(v) for v in np.percentile(vol.data, [1.0, 99.0]))
+    ds.WindowCenter = format_number_as_ds((lo + hi) / 2)
+    ds.WindowWidth = format_number_as_ds(max(hi - lo, 1.0))  # the standard wants >= 1
 
     if modality == "CT":
         _copy(ds, src, CT_TAGS)
@@ -149,6 +166,29 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
     if any(isinstance(v, str) and not v.isascii() for v in _strings(ds)):
         ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8
     return ds
+
+
+def deidentified(src: dict) -> dict:
+    """The source tags after the PS3.15 basic profile (see the module docstring)."""
+    out = {k: v for k, v in src.items() if k not in DEID_REMOVE}
+    out.update({k: "" for k in DEID_EMPTY if k in out})
+    for k in DEID_UIDS:
+        if out.get(k):
+            out[k] = generate_uid(entropy_srcs=["medrecon-deidentify", str(out[k])])
+    return out
+
+
+def _mark_deidentified(ds: Dataset) -> None:
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = DEID_METHOD
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113100", "DCM", "Basic Application " \
+        "Confidentiality Profile"
+    ds.DeidentificationMethodCodeSequence = [code]
+    ds.PatientName = ds.PatientName or "Anonymous"
+    for keyword in ("SeriesDate", "SeriesTime"):
+        delattr(ds, keyword)
+    ds.ContentDate = ds.ContentTime = ""  # when the derived series was made dates the study
 
 
 def _copy(ds: Dataset, src: dict, tags) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from .dicom_read import is_dicom_file
+from .dicom_scan import is_dicom_file
 from .itk import ITK_READ_SUFFIXES
 from .nifti import is_nifti
 

@@ -7,8 +7,9 @@ import numpy as np
 
 from ..errors import InputError
 from ..volume import Volume
-from .common import check_voxels, volume_array, warn
-from .dicom_read import choose_series, is_dicom_file, list_series, read_dicom_series
+from .common import check_fits_in_memory, check_voxels, volume_array, warn
+from .dicom_read import read_dicom_series
+from .dicom_scan import choose_series, is_dicom_file, list_series
 from .dicom_write import write_dicom_series
 from .itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
 from .nifti import is_nifti, read_nifti, write_nifti
@@ -72,10 +73,11 @@ def read_npy(path, spacing: tuple | None = None) -> Volume:
     aligned with L, P, S."""
     path = Path(path)
     try:
-        data = np.load(path, allow_pickle=False)
+        data = np.load(path, mmap_mode="r", allow_pickle=False)  # the header is checked before any voxel is read
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot read {path}: {e}; save the array with numpy.save") from e
-    data = check_voxels(volume_array(data, path, "(Z, Y, X)"), path)
+        raise InputError(f"cannot read {path}: {_npy_problem(path) or e}; save the array with numpy.save") from e
+    check_fits_in_memory(data.shape, path)
+    data = check_voxels(volume_array(np.asarray(data), path, "(Z, Y, X)"), path)
     notes: list[str] = []
     if spacing is None:
         warn(notes, f"{path}: a .npy array has no spacing; assuming 1 mm (give --spacing z,y,x)")
@@ -86,9 +88,28 @@ def read_npy(path, spacing: tuple | None = None) -> Volume:
                   meta={"format": "npy", "source": str(path), "warnings": notes})
 
 
+def _npy_problem(path: Path) -> str | None:
+    """Why a .npy file cannot be mapped, when its header says (truncated data), else None."""
+    try:
+        with open(path, "rb") as f:
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
+            shape, _, dtype = read(f)
+            offset = f.tell()
+    except Exception:  # noqa: BLE001 - not even a header: numpy's own message says more
+        return None
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    have = path.stat().st_size - offset
+    if have < need:
+        return (f"the file is truncated: its header declares shape {tuple(shape)} of {dtype} ({need} bytes of "
+                f"data) but it holds {have} bytes")
+    return None
+
+
 def write_volume(vol: Volume, path, overwrite: bool = False, *,
                  series_description: str = "medrecon reconstruction", modality: str | None = None,
-                 source_meta: dict | None = None, series_number: int | None = None) -> Path:
+                 source_meta: dict | None = None, series_number: int | None = None,
+                 deidentify: bool = False) -> Path:
     """Write atomically by the path: .nii/.nii.gz -> NIfTI, .nrrd/.mha -> ITK image, any other path ->
     a folder holding a derived DICOM series (the keyword arguments apply to DICOM only)."""
     path = Path(path)
@@ -101,4 +122,4 @@ def write_volume(vol: Volume, path, overwrite: bool = False, *,
         raise InputError(f"{path}: medrecon writes .nii/.nii.gz, .nrrd/.mha, or a DICOM series into a "
                          "folder (give a folder path such as out/series)")
     return write_dicom_series(vol, path, series_description, source_meta, overwrite,
-                              modality=modality, series_number=series_number)
+                              modality=modality, series_number=series_number, deidentify=deidentify)

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InputError
 from ..volume import Volume
 from .atomic import atomic_path
-from .common import check_voxels, volume_array
+from .common import check_fits_in_memory, check_voxels, volume_array
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -29,12 +29,16 @@ def read_nifti(path) -> Volume:
     path = Path(path)
     try:
         img = nib.load(str(path))
+        check_fits_in_memory(img.shape, path)
         if img.get_data_dtype().kind in "iufb":
             data = img.get_fdata(dtype=np.float32)  # applies scl_slope / scl_inter
         else:  # complex or RGB: refused by check_voxels below
             data = np.asanyarray(img.dataobj)
     except InputError:
         raise
+    except MemoryError:
+        raise InputError(f"{path}: the volume of shape {img.shape} does not fit in memory; crop or downsample it "
+                         "first, or use a machine with more memory") from None
     except Exception as e:  # noqa: BLE001  (nibabel raises many kinds on damaged files)
         raise InputError(f"cannot read NIfTI {path}: {e}; check that the file is complete") from e
     data = check_voxels(volume_array(data, path, "(X, Y, Z)"), path)

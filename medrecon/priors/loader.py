@@ -45,16 +45,19 @@ def torch_load(path: Path, allow_unsafe_pickle: bool = False):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if not found:  # the weights-only unpickler met bytes that are no pickle at all
+        text = str(e)
+        found = re.search(r"GLOBAL (\S+)", text)
+        if not found:  # bytes that are no pickle at all (torch also says "Weights only load failed" then)
             raise InputError(f"{path}: cannot read the checkpoint (not a valid torch file); the file is truncated "
                              "or corrupt: copy or download it again") from None
         if not allow_unsafe_pickle:
+            what = f" ({found.group(1)})"
             raise InputError(
-                f"{path}: this checkpoint holds Python objects ({found.group(1)}) that only full pickle can load, "
-                "and unpickling can run arbitrary code. If and only if you trust the file's source, load it with "
-                "allow_unsafe_pickle=True (CLI: --allow-unsafe-pickle); better, re-save its tensors with "
-                "torch.save(state_dict).") from None
+                f"{path}: this checkpoint needs code to load: it holds Python objects{what} that only full "
+                "unpickling can build, and unpickling can run arbitrary code, so medrecon refuses it. If and only if "
+                "you trust the file's source, load it in Python with medrecon.priors.load_prior(path, "
+                "allow_unsafe_pickle=True), or better re-save its tensors with torch.save(state_dict) and use "
+                "that file.") from None
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # zip/miniz errors, EOF, garbage bytes
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -62,8 +65,10 @@ def torch_load(path: Path, allow_unsafe_pickle: bool = False):
                          "copy or download it again") from None
 
 
-def load_checked(network: torch.nn.Module, state: dict, path: Path, what: str) -> torch.nn.Module:
-    """Load ``state`` into ``network`` (built on the meta device) after checking keys, shapes and finiteness."""
+def load_checked(network: torch.nn.Module, state: dict, path: Path, what: str,
+                 config_from: str = CARD_NAME) -> torch.nn.Module:
+    """Load ``state`` into ``network`` (built on the meta device) after checking keys, shapes and finiteness.
+    ``config_from``: the file the network's shapes came from, named in the error message."""
     expected = network.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -76,7 +81,8 @@ def load_checked(network: torch.nn.Module, state: dict, path: Path, what: str) -
              if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
         raise InputError(f"{path}: {len(wrong)} tensors have other shapes than {what} expects (file vs network): "
-                         f"[{_abbrev(wrong, 3)}]. Fix the config in {CARD_NAME}.")
+                         f"[{_abbrev(wrong, 3)}]. Fix the config in {config_from} or use the weights it was written "
+                         "with.")
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise InputError(f"{path}: {len(bad)} weight tensors contain NaN or Inf [{_abbrev(bad)}]: the file is "
@@ -175,7 +181,7 @@ def _build_unet(folder: Path, card: dict) -> EDMPrior:
         net = _on_meta(build_unet, read_unet_config(folder))
     except (ValueError, TypeError) as e:
         raise InputError(f"{folder / CONFIG_NAME}: not a usable UNet2DModel config ({e})") from None
-    net = load_checked(net, state, weights, "the UNet2DModel of config.json")
+    net = load_checked(net, state, weights, "the UNet2DModel of config.json", config_from=str(folder / CONFIG_NAME))
     sigma_data = float(card.get("config", {}).get("sigma_data", 0.5))
     sched = schedule_from_dict(card.get("schedule") or EDM_SCHEDULE)
     if card.get("architecture") == PATCH_ARCHITECTURE:

@@ -342,6 +342,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         raise InputError(f"{out / STATE_FILE}: nothing to resume (no training state); drop --resume to start anew")
     if not resume and (out / CARD_NAME).exists() and not overwrite:
         raise InputError(f"{out}: already holds a prior; use --resume to continue it or --overwrite to replace it")
+    resolve_device(opts.device)  # an unusable device is an error before anything is written
     out.mkdir(parents=True, exist_ok=True)
     tr = (_PatchTrainer if opts.arch == "patch" else _Trainer)(data, out, opts, command)
     if resume:

@@ -1,0 +1,170 @@
+"""Finding DICOM series on disk: headers only (pydicom), so that every series can be described and every
+damaged file named. Symbolic links to folders are followed (each real folder once, so a link loop ends)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings as _warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.uid import UID, MediaStorageDirectoryStorage
+
+from ..errors import InputError
+
+_SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription",
+              "Rows"]
+
+
+@dataclass
+class SeriesInfo:
+    """One DICOM image series found on disk."""
+
+    uid: str  # SeriesInstanceUID
+    files: list[Path]
+    description: str = ""
+    modality: str = ""
+    study_uid: str = ""
+    unreadable: list[str] = field(default_factory=list)  # damaged files seen in the same folder(s)
+
+    @property
+    def n_files(self) -> int:
+        return len(self.files)
+
+    @property
+    def folder(self) -> Path:
+        return Path(os.path.commonpath([f.parent for f in self.files])) if self.files else Path()
+
+    @property
+    def files_sha256(self) -> str:
+        """SHA-256 of the sorted file names (relative to the series folder) and sizes: changes when a file of
+        the series is added, removed or replaced by one of another size."""
+        h = hashlib.sha256()
+        for f in sorted(self.files):
+            h.update(f"{os.path.relpath(f, self.folder)}\0{f.stat().st_size}\n".encode())
+        return h.hexdigest()
+
+    def to_dict(self) -> dict:
+        return {"uid": self.uid, "n_files": self.n_files, "description": self.description,
+                "modality": self.modality, "study_uid": self.study_uid, "folder": str(self.folder),
+                "unreadable": list(self.unreadable)}
+
+
+def list_series(folder, recursive: bool = False) -> list[SeriesInfo]:
+    """Every DICOM image series in ``folder`` (and its sub-folders when ``recursive``), largest first.
+
+    Files that are not DICOM (and hidden files) are ignored; DICOM files too damaged to read are listed
+    in ``SeriesInfo.unreadable`` of every series sharing their folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder; give the folder that holds the DICOM files")
+    found: dict[str, SeriesInfo] = {}
+    damaged: dict[Path, list[str]] = {}
+    for path in _files(folder, recursive):
+        try:
+            ds = read_header(path, specific_tags=_SCAN_TAGS)
+        except Exception as e:  # noqa: BLE001  (any parse failure means a damaged file)
+            damaged.setdefault(path.parent, []).append(f"{path} ({type(e).__name__}: {e})")
+            continue
+        kind = header_kind(ds)
+        if kind == "damaged":
+            damaged.setdefault(path.parent, []).append(f"{path} (incomplete header: truncated file?)")
+        elif kind == "image":
+            uid = str(ds.SeriesInstanceUID)
+            if uid not in found:
+                found[uid] = SeriesInfo(uid, [], dicom_text(ds.get("SeriesDescription")),
+                                        str(ds.get("Modality", "") or ""), str(ds.get("StudyInstanceUID", "") or ""))
+            found[uid].files.append(path)
+    for info in found.values():
+        info.unreadable = sorted(m for d in {f.parent for f in info.files} for m in damaged.get(d, []))
+    return sorted(found.values(), key=lambda s: (-s.n_files, s.uid))
+
+
+def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple[SeriesInfo, str | None]:
+    """The series with SeriesInstanceUID ``uid``, or by default the largest; also a note for the user
+    when others were passed over. Ties and unknown UIDs are errors listing the choices."""
+    listing = "; ".join(f"{s.uid} ({s.n_files} files, {s.modality} '{s.description}')" for s in all_series)
+    if uid is not None:
+        chosen = [s for s in all_series if s.uid == uid]
+        if not chosen:
+            raise InputError(f"{where} holds no series {uid}; the series there are: {listing}")
+        return chosen[0], None
+    if len(all_series) == 1:
+        return all_series[0], None
+    if all_series[0].n_files == all_series[1].n_files:
+        raise InputError(f"{where} holds {len(all_series)} series and the largest are the same size; "
+                         f"choose one with --series UID: {listing}")
+    return all_series[0], (f"{where} holds {len(all_series)} series; reading the largest, "
+                           f"{all_series[0].uid} (choose another with --series UID): {listing}")
+
+
+
+def dicom_text(value) -> str:
+    """A DICOM string value as text: a multi-valued one (e.g. SeriesDescription 'A\\B') joined with ' / '."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        return " / ".join(str(v) for v in value)
+    return str(value)
+
+
+def _files(folder: Path, recursive: bool) -> list[Path]:
+    """Visible files under ``folder``, following symbolic links to folders; each real folder is visited once
+    (a link loop, or a link back into the tree, adds nothing) and each real file is listed once."""
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    seen_dirs, seen_files, out = set(), set(), []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            p = Path(root) / name
+            if name.startswith(".") or not p.is_file() or os.path.realpath(p) in seen_files:
+                continue
+            seen_files.add(os.path.realpath(p))
+            out.append(p)
+    return sorted(out)
+
+
+def read_header(path: Path, **kw):
+    """The pydicom header (no pixel data), None for a file that is not DICOM; raises if damaged."""
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=True, **kw)
+        except InvalidDicomError:
+            pass
+        try:  # DICOM without the 128-byte preamble (old ACR-NEMA style): accept only real image headers
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, **kw)
+            return ds if "SeriesInstanceUID" in ds and "Rows" in ds else None
+        except Exception:  # noqa: BLE001
+            return None
+
+
+def is_dicom_file(path) -> bool:
+    try:
+        return read_header(Path(path), specific_tags=_SCAN_TAGS) is not None
+    except Exception:  # noqa: BLE001  (damaged DICOM: still DICOM)
+        return True
+
+
+def header_kind(ds) -> str:
+    """'image', 'other' (not DICOM, directory, report, ...) or 'damaged' (an image header cut short)."""
+    if ds is None:
+        return "other"
+    meta = getattr(ds, "file_meta", None)
+    sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+    if sop == MediaStorageDirectoryStorage:
+        return "other"
+    if "SeriesInstanceUID" in ds and "Rows" in ds:
+        return "image"
+    return "damaged" if "Image Storage" in UID(sop).name or "SeriesInstanceUID" not in ds else "other"
+

@@ -23,6 +23,7 @@ from medrecon.errors import InputError
 from medrecon.io import list_series
 
 from .config import load_config
+from .html_report import write_batch_index
 from .tasks import reconstruct
 
 MANIFEST_FIELDS = ("series_uid", "input_path", "output_path", "status", "seconds", "error")
@@ -132,6 +133,7 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
             row["seconds"] = f"{time.perf_counter() - t0:.2f}"
         rows.append(row)
         write_manifest(manifest, rows + [_pending(k) for k in jobs[i:]])
+        write_batch_index(output_root, rows + [_pending(k) for k in jobs[i:]])
         echo(f"[{i}/{len(jobs)}] {row['status']:7s} {j.output} {row['error']}".rstrip())
     return BatchResult(manifest, rows)
 

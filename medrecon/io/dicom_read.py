@@ -176,7 +176,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
     _check_rescale(headers, where, notes)
 
     meta = {"format": "dicom", "source": str(where), "series_uid": str(headers[0][1].SeriesInstanceUID),
-            "dicom": _source_tags(stack.headers[0]), "warnings": notes}
+            "dicom": {**_source_tags(stack.headers[0]), "SourceImages": _source_images(stack)}, "warnings": notes}
     if not stack.uniform:
         data = resample_along_normal(data, stack.positions, stack.step)
         meta["resampled_from_positions"] = [round(float(p), 6) for p in stack.positions]
@@ -408,6 +408,14 @@ def _source_tags(ds) -> dict:
         if kw in ds and ds.data_element(kw).value is not None:
             out[kw] = _plain(ds.data_element(kw).value)
     return out
+
+
+def _source_images(stack: "_Stack") -> list[dict]:
+    """SOP class, SOP instance UID and position along the normal (mm) of every slice, in stack order:
+    what a derived series references (``dicom_write``: SourceImageSequence, ReferencedSeriesSequence)."""
+    return [{"SOPClassUID": str(ds.get("SOPClassUID", "")), "SOPInstanceUID": str(ds.get("SOPInstanceUID", "")),
+             "Position": round(float(p), 4)} for ds, p in zip(stack.headers, stack.positions)
+            if ds.get("SOPInstanceUID")]
 
 
 def _plain(v):

@@ -1,0 +1,417 @@
+"""DICOM networking with a PACS (pynetdicom): settings, C-ECHO, C-FIND, C-MOVE / C-GET into a folder,
+C-STORE of a folder, and medrecon's own storage SCP.
+
+* Settings come from a ``pacs:`` section of a YAML file and/or the command line (:func:`load_settings`).
+* Every network failure is a :class:`PacsError` (one line, no traceback) naming the peer and the fix.
+* A retrieved series is written into a hidden temporary folder and renamed into place only when the PACS
+  reported every sub-operation successful and the count of files matches, so a folder under
+  ``received/`` is always a complete series; anything else is removed.
+* Messages name series by SeriesInstanceUID, never by patient; pynetdicom's own (verbose) logging is
+  kept at warning level.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydicom.dataset import Dataset
+
+from medrecon.errors import InputError, MedreconError
+
+logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+TMP_PREFIX = ".medrecon-tmp-"  # medrecon.io.atomic's temporary siblings
+OK_STORE = (0x0000, 0xB000, 0xB006, 0xB007)  # success and the storage warnings (coercion, elements discarded)
+MOVE_STATUS = {0xA701: "out of resources (number of matches)", 0xA702: "out of resources (sub-operations)",
+               0xA801: "move destination unknown", 0xA900: "identifier does not match SOP class",
+               0xFE00: "cancelled", 0x0122: "SOP class not supported", 0xC000: "unable to process"}
+
+
+class PacsError(MedreconError):
+    """A PACS could not be reached, refused us, or a transfer failed; the message says which and why."""
+
+
+class TLS(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ca_file: Optional[Path] = None  # CA certificate(s) the PACS's certificate must chain to
+    cert_file: Optional[Path] = None  # medrecon's certificate, when the PACS checks its clients
+    key_file: Optional[Path] = None
+    server_name: Optional[str] = None  # check the PACS certificate against this host name
+
+
+class PacsSettings(BaseModel):
+    """Where the PACS is and who medrecon is on the network (the ``pacs:`` YAML section)."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: Optional[str] = None  # the PACS; not needed to listen only
+    port: int = Field(104, gt=0, lt=65536)
+    aet: str = "ANY-SCP"  # the PACS's AE title (called AE)
+    calling_aet: str = "MEDRECON"  # medrecon's AE title; the PACS must know it (host, port) for C-MOVE
+    retrieve: Literal["move", "get"] = "move"
+    store_port: Optional[int] = Field(None, gt=0, lt=65536)  # medrecon's storage SCP (C-MOVE, listen)
+    store_address: str = "0.0.0.0"  # where the storage SCP listens
+    timeout: float = Field(30.0, gt=0)  # seconds: connection, association, each DIMSE message
+    tls: Optional[TLS] = None
+
+    @field_validator("aet", "calling_aet")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        if not re.fullmatch(r"[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}", v) or not v.strip():
+            raise ValueError(f"{v!r} is not an AE title (1-16 printable characters, no backslash)")
+        return v.strip()
+
+    def peer(self) -> str:
+        return f"{self.aet}@{self.host}:{self.port}"
+
+    def need_host(self) -> None:
+        if not self.host:
+            raise InputError("no PACS host: give --host (and --port, --aet) or host: in the pacs: section")
+
+
+def load_settings(path: Path | None = None, **overrides) -> PacsSettings:
+    """The ``pacs:`` section of the YAML file ``path`` (optional), with the non-None ``overrides`` on top."""
+    data, where = {}, "command line"
+    if path is not None:
+        where = str(path)
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise InputError(f"{path}: cannot read the PACS settings: {e}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("pacs", {}), dict):
+            raise InputError(f"{path}: expected a mapping with a 'pacs:' section")
+        data = dict(doc.get("pacs") or {})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return PacsSettings(**data)
+    except ValidationError as e:
+        lines = [f"{where}: pacs.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise InputError("; ".join(lines)) from None
+
+
+# ------------------------------------------------------------------------------------------ associations
+def ssl_context(tls: TLS, server: bool) -> ssl.SSLContext:
+    purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
+    try:
+        ctx = ssl.create_default_context(purpose, cafile=str(tls.ca_file) if tls.ca_file else None)
+        ctx.check_hostname = bool(tls.server_name) and not server
+        if tls.cert_file:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    except (OSError, ssl.SSLError) as e:
+        raise InputError(f"pacs.tls: cannot load the certificates: {e}") from None
+    return ctx
+
+
+def application_entity(settings: PacsSettings):
+    from pynetdicom import AE
+    ae = AE(ae_title=settings.calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = settings.timeout
+    return ae
+
+
+def associate(settings: PacsSettings, contexts, what: str, ae=None, **kw):
+    """An established association with the PACS, or a PacsError saying why not."""
+    from pynetdicom import evt
+    settings.need_host()
+    ae = ae or application_entity(settings)
+    for cx in contexts:
+        ae.add_requested_context(cx) if isinstance(cx, str) else ae.add_requested_context(*cx)
+    seen: dict = {}
+    handlers = [(evt.EVT_CONN_OPEN, lambda e: seen.setdefault("open", True)),
+                (evt.EVT_ACSE_RECV, lambda e: seen.setdefault("primitive", e.primitive))] + kw.pop("evt_handlers", [])
+    tls = None
+    if settings.tls is not None:
+        tls = (ssl_context(settings.tls, server=False), settings.tls.server_name)
+    try:
+        assoc = ae.associate(settings.host, settings.port, ae_title=settings.aet, tls_args=tls,
+                             evt_handlers=handlers, **kw)
+    except (OSError, ssl.SSLError) as e:
+        raise PacsError(f"{what}: cannot connect to the PACS {settings.peer()}: {e}") from None
+    if assoc.is_established:
+        return assoc
+    if assoc.is_rejected:
+        p = seen.get("primitive")
+        reason = f"{p.result_str}, {p.reason_str}" if p is not None else "no reason given"
+        hint = ("check --aet (the PACS's AE title) and that the PACS knows medrecon's AE title "
+                f"{settings.calling_aet!r}")
+        raise PacsError(f"{what}: the PACS {settings.peer()} refused the association ({reason}); {hint}")
+    if not seen.get("open"):
+        raise PacsError(f"{what}: cannot connect to the PACS {settings.peer()} (nothing answers there within "
+                        f"{settings.timeout:g} s): is it running, and are --host and --port right?")
+    raise PacsError(f"{what}: the PACS {settings.peer()} aborted the association (no accepted presentation "
+                    "context, a TLS mismatch, or a timeout); check its log and the tls: settings")
+
+
+def echo(settings: PacsSettings) -> None:
+    """C-ECHO: a PacsError unless the PACS answers."""
+    from pynetdicom.sop_class import Verification
+    assoc = associate(settings, [Verification], "C-ECHO")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if not status or status.Status != 0:
+        raise PacsError(f"C-ECHO: the PACS {settings.peer()} did not answer with success")
+
+
+# ------------------------------------------------------------------------------------------------ C-FIND
+@dataclass
+class Query:
+    """What to look for; empty fields match everything. ``study_date``: YYYYMMDD, or a range
+    YYYYMMDD-YYYYMMDD (either end may be left open); ``description``: SeriesDescription, * and ? wildcards."""
+
+    patient_id: str = ""
+    study_date: str = ""
+    modality: str = ""
+    description: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+
+    def __post_init__(self):
+        if self.study_date and not re.fullmatch(r"\d{8}|\d{8}-|-\d{8}|\d{8}-\d{8}", self.study_date):
+            raise InputError(f"--date {self.study_date!r}: give YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
+
+
+@dataclass
+class SeriesHit:
+    study_uid: str
+    series_uid: str
+    modality: str = ""
+    description: str = ""
+    study_date: str = ""
+    series_number: str = ""
+    n_instances: Optional[int] = None
+
+
+def find_series(settings: PacsSettings, query: Query) -> list[SeriesHit]:
+    """C-FIND (study root): the studies matching the patient, date and study UID, then their series
+    matching modality, description and series UID."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+    assoc = associate(settings, [FIND], "C-FIND")
+    try:
+        studies = _find(assoc, FIND, QueryRetrieveLevel="STUDY", StudyInstanceUID=query.study_uid,
+                        PatientID=query.patient_id, StudyDate=query.study_date)
+        hits = []
+        for st in studies:
+            for se in _find(assoc, FIND, QueryRetrieveLevel="SERIES", StudyInstanceUID=st.StudyInstanceUID,
+                            SeriesInstanceUID=query.series_uid, Modality=query.modality,
+                            SeriesDescription=query.description, SeriesNumber="",
+                            NumberOfSeriesRelatedInstances=""):
+                n = se.get("NumberOfSeriesRelatedInstances")
+                hits.append(SeriesHit(str(st.StudyInstanceUID), str(se.SeriesInstanceUID), str(se.get("Modality", "")),
+                                      str(se.get("SeriesDescription", "") or ""), str(st.get("StudyDate", "") or ""),
+                                      str(se.get("SeriesNumber", "") or ""), int(n) if n not in (None, "") else None))
+    finally:
+        assoc.release()
+    return sorted(hits, key=lambda h: (h.study_date, h.study_uid, h.series_number, h.series_uid))
+
+
+def _find(assoc, model, **keys) -> list[Dataset]:
+    ds = Dataset()
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    out = []
+    for status, identifier in assoc.send_c_find(ds, model):
+        if not status:
+            raise PacsError("C-FIND: the PACS stopped answering (connection lost or timed out)")
+        if status.Status in (0xFF00, 0xFF01):
+            if identifier is not None and "StudyInstanceUID" in identifier:
+                out.append(identifier)
+        elif status.Status != 0:
+            raise PacsError(f"C-FIND {keys['QueryRetrieveLevel']}: the PACS answered status 0x{status.Status:04X}")
+    return out
+
+
+# ------------------------------------------------------------------------------------ receiving series
+class Inbox:
+    """Where received instances land: ``<root>/.medrecon-tmp-incoming-<series>/<SOP UID>.dcm``; a series is
+    moved to its final folder with :meth:`take` once complete. Thread-safe (handlers run per association)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}
+        self._last: dict[str, float] = {}
+
+    def folder(self, series_uid: str) -> Path:
+        return self.root / f"{TMP_PREFIX}incoming-{safe_uid(series_uid)}"
+
+    def on_store(self, event) -> int:
+        """pynetdicom EVT_C_STORE handler: write the instance as received (with its file meta)."""
+        try:
+            ds = event.dataset
+            series, sop = str(ds.SeriesInstanceUID), str(event.request.AffectedSOPInstanceUID)
+            folder = self.folder(series)
+            folder.mkdir(exist_ok=True)
+            tmp = folder / f".part-{safe_uid(sop)}"
+            tmp.write_bytes(event.encoded_dataset())
+            os.replace(tmp, folder / f"{safe_uid(sop)}.dcm")
+        except Exception:  # noqa: BLE001 - any failure is a failed sub-operation for the sender
+            return 0xC211  # processing failure
+        with self._lock:
+            self._count[series] = self._count.get(series, 0) + 1
+            self._last[series] = time.monotonic()
+        return 0x0000
+
+    def count(self, series_uid: str) -> int:
+        with self._lock:
+            return self._count.get(series_uid, 0)
+
+    def stable(self, age_s: float) -> list[str]:
+        """Series that have received nothing for ``age_s`` seconds."""
+        now = time.monotonic()
+        with self._lock:
+            return [s for s, t in self._last.items() if now - t >= age_s]
+
+    def take(self, series_uid: str, dest: Path) -> int:
+        """Move the received instances of the series into ``dest`` (renamed in one step when ``dest`` is new);
+        returns how many there were."""
+        with self._lock:
+            n = self._count.pop(series_uid, 0)
+            self._last.pop(series_uid, None)
+        src = self.folder(series_uid)
+        if not src.is_dir():
+            return 0
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src, dest)
+        else:
+            for f in src.glob("*.dcm"):
+                os.replace(f, dest / f.name)
+            shutil.rmtree(src, ignore_errors=True)
+        return n
+
+    def discard(self, series_uid: str | None = None) -> None:
+        """Drop what was received of one series (all, by default)."""
+        with self._lock:
+            for s in ([series_uid] if series_uid else list(self._count)):
+                self._count.pop(s, None)
+                self._last.pop(s, None)
+        pattern = f"{TMP_PREFIX}incoming-{safe_uid(series_uid) if series_uid else '*'}"
+        for p in self.root.glob(pattern):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def safe_uid(uid: str) -> str:
+    return re.sub(r"[^0-9A-Za-z.]", "_", str(uid))[:64] or "unknown"
+
+
+def serve(settings: PacsSettings, inbox: Inbox):
+    """Start medrecon's storage SCP on ``store_address:store_port`` (any storage SOP class, any transfer
+    syntax) writing into ``inbox``; returns the server (call ``.shutdown()``)."""
+    from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification
+    if settings.store_port is None:
+        raise InputError("no port for medrecon's storage SCP: give --store-port (or store_port: in pacs:); "
+                         "the PACS must list medrecon's AE title with this host and port")
+    ae = application_entity(settings)
+    ae.require_called_aet = True
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    ctx = ssl_context(settings.tls, server=True) if settings.tls is not None else None
+    try:
+        return ae.start_server((settings.store_address, settings.store_port), block=False, ssl_context=ctx,
+                               evt_handlers=[(evt.EVT_C_STORE, inbox.on_store)])
+    except OSError as e:
+        raise PacsError(f"cannot listen on {settings.store_address}:{settings.store_port} for incoming series: "
+                        f"{e.strerror or e}; choose another --store-port") from None
+
+
+def retrieve_series(settings: PacsSettings, hit: SeriesHit, dest: Path, inbox: Inbox) -> int:
+    """C-MOVE (to medrecon's SCP, which must be serving ``inbox``) or C-GET one series into ``dest``, a new
+    folder that appears only when the series arrived complete; returns the number of instances."""
+    from pynetdicom import build_role, evt
+    from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelGet as GET,
+                                      StudyRootQueryRetrieveInformationModelMove as MOVE)
+    what = f"C-{settings.retrieve.upper()} of series {hit.series_uid}"
+    inbox.discard(hit.series_uid)
+    ident = Dataset()
+    ident.QueryRetrieveLevel, ident.StudyInstanceUID, ident.SeriesInstanceUID = "SERIES", hit.study_uid, hit.series_uid
+    try:
+        if settings.retrieve == "move":
+            assoc = associate(settings, [MOVE], what)
+            responses = assoc.send_c_move(ident, settings.calling_aet, MOVE)
+        else:
+            ae = application_entity(settings)
+            storage = _storage_classes()
+            roles = [build_role(uid, scp_role=True) for uid in storage]
+            assoc = associate(settings, [GET] + storage, what, ae=ae, ext_neg=roles,
+                              evt_handlers=[(evt.EVT_C_STORE, inbox.on_store)])
+            responses = assoc.send_c_get(ident, GET)
+        try:
+            final = _final_status(responses, what, settings)
+        finally:
+            assoc.release()
+        received = inbox.count(hit.series_uid)
+        completed, failed = final
+        if failed or received == 0 or received != completed or (hit.n_instances and received != hit.n_instances):
+            raise PacsError(f"{what}: incomplete ({received} received, {completed} reported sent, {failed} failed"
+                            + (f", {hit.n_instances} expected" if hit.n_instances else "") + "); nothing kept")
+        return inbox.take(hit.series_uid, dest)
+    finally:
+        inbox.discard(hit.series_uid)
+
+
+def _final_status(responses, what: str, settings: PacsSettings) -> tuple[int, int]:
+    completed = failed = 0
+    for status, _ in responses:
+        if not status:
+            raise PacsError(f"{what}: the PACS stopped answering (connection lost or timed out after "
+                            f"{settings.timeout:g} s)")
+        s = int(status.Status)
+        completed = int(status.get("NumberOfCompletedSuboperations", completed) or 0)
+        failed = int(status.get("NumberOfFailedSuboperations", failed) or 0)
+        if s == 0xA801:
+            raise PacsError(f"{what}: the PACS does not know the move destination {settings.calling_aet!r}; "
+                            "add medrecon's AE title, host and --store-port to the PACS's modalities "
+                            "(Orthanc: DicomModalities) or use --retrieve get")
+        if s not in (0x0000, 0xFF00, 0xB000):
+            raise PacsError(f"{what}: the PACS answered status 0x{s:04X} "
+                            f"({MOVE_STATUS.get(s, 'failure')}); nothing kept")
+    return completed, failed
+
+
+def _storage_classes() -> list[str]:
+    """Storage SOP classes offered for C-GET (a presentation context each; at most 128 in all)."""
+    from pynetdicom import sop_class as sc
+    return [sc.CTImageStorage, sc.MRImageStorage, sc.EnhancedCTImageStorage, sc.EnhancedMRImageStorage,
+            sc.SecondaryCaptureImageStorage, sc.PositronEmissionTomographyImageStorage]
+
+
+# ---------------------------------------------------------------------------------------------- C-STORE
+def store_folder(settings: PacsSettings, folder: Path) -> int:
+    """C-STORE every DICOM file of ``folder`` in one association; a PacsError names the first refused one.
+    Sending the same files again is harmless (same SOP instance UIDs), so a failed send is simply redone."""
+    import pydicom
+    files = sorted(Path(folder).glob("*.dcm"))
+    if not files:
+        raise InputError(f"{folder}: no DICOM files to send")
+    contexts = set()
+    for f in files:
+        meta = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
+        contexts.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+    what = f"C-STORE of {folder}"
+    assoc = associate(settings, [(sop, [ts]) for sop, ts in sorted(contexts)], what)
+    try:
+        for f in files:
+            status = assoc.send_c_store(f)
+            if not status:
+                raise PacsError(f"{what}: the PACS stopped answering at {f.name} (connection lost or timed out); "
+                                "the series is sent again on the next run")
+            if int(status.Status) not in OK_STORE:
+                raise PacsError(f"{what}: the PACS refused {f.name} (status 0x{int(status.Status):04X}); "
+                                "the series is sent again on the next run")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return len(files)

@@ -6,8 +6,8 @@ C-STORE of a folder, and medrecon's own storage SCP.
 * A retrieved series is written into a hidden temporary folder and renamed into place only when the PACS
   reported every sub-operation successful and the count of files matches, so a folder under
   ``received/`` is always a complete series; anything else is removed.
-* Messages name series by SeriesInstanceUID, never by patient; pynetdicom's own (verbose) logging is
-  kept at warning level.
+* Messages name series by SeriesInstanceUID, never by patient; pynetdicom's own (verbose, multi-line)
+  logging is silenced.
 """
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ from pydicom.dataset import Dataset
 
 from medrecon.errors import InputError, MedreconError
 
-logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # PacsError says what failed, in one line
 TMP_PREFIX = ".medrecon-tmp-"  # medrecon.io.atomic's temporary siblings
+MANUFACTURER = "medrecon"  # what medrecon.io.dicom_write puts in Manufacturer of every derived series
 OK_STORE = (0x0000, 0xB000, 0xB006, 0xB007)  # success and the storage warnings (coercion, elements discarded)
 MOVE_STATUS = {0xA701: "out of resources (number of matches)", 0xA702: "out of resources (sub-operations)",
                0xA801: "move destination unknown", 0xA900: "identifier does not match SOP class",
@@ -137,9 +138,9 @@ def associate(settings: PacsSettings, contexts, what: str, ae=None, **kw):
         raise PacsError(f"{what}: cannot connect to the PACS {settings.peer()}: {e}") from None
     if assoc.is_established:
         return assoc
-    if assoc.is_rejected:
-        p = seen.get("primitive")
-        reason = f"{p.result_str}, {p.reason_str}" if p is not None else "no reason given"
+    p = seen.get("primitive")
+    if assoc.is_rejected or getattr(p, "result", None) in (0x01, 0x02):
+        reason = f"{p.result_str}, {p.reason_str}" if getattr(p, "result", None) in (1, 2) else "no reason given"
         hint = ("check --aet (the PACS's AE title) and that the PACS knows medrecon's AE title "
                 f"{settings.calling_aet!r}")
         raise PacsError(f"{what}: the PACS {settings.peer()} refused the association ({reason}); {hint}")
@@ -189,6 +190,12 @@ class SeriesHit:
     study_date: str = ""
     series_number: str = ""
     n_instances: Optional[int] = None
+    manufacturer: str = ""
+
+    @property
+    def made_by_medrecon(self) -> bool:
+        """A derived series medrecon wrote (never reconstructed again: no loops through the PACS)."""
+        return self.manufacturer == MANUFACTURER or self.description.startswith(f"{MANUFACTURER} ")
 
 
 def find_series(settings: PacsSettings, query: Query) -> list[SeriesHit]:
@@ -197,31 +204,35 @@ def find_series(settings: PacsSettings, query: Query) -> list[SeriesHit]:
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
     assoc = associate(settings, [FIND], "C-FIND")
     try:
-        studies = _find(assoc, FIND, QueryRetrieveLevel="STUDY", StudyInstanceUID=query.study_uid,
+        studies = _find(assoc, settings, QueryRetrieveLevel="STUDY", StudyInstanceUID=query.study_uid,
                         PatientID=query.patient_id, StudyDate=query.study_date)
         hits = []
         for st in studies:
-            for se in _find(assoc, FIND, QueryRetrieveLevel="SERIES", StudyInstanceUID=st.StudyInstanceUID,
+            for se in _find(assoc, settings, QueryRetrieveLevel="SERIES", StudyInstanceUID=st.StudyInstanceUID,
                             SeriesInstanceUID=query.series_uid, Modality=query.modality,
-                            SeriesDescription=query.description, SeriesNumber="",
+                            SeriesDescription=query.description, SeriesNumber="", Manufacturer="",
                             NumberOfSeriesRelatedInstances=""):
                 n = se.get("NumberOfSeriesRelatedInstances")
                 hits.append(SeriesHit(str(st.StudyInstanceUID), str(se.SeriesInstanceUID), str(se.get("Modality", "")),
                                       str(se.get("SeriesDescription", "") or ""), str(st.get("StudyDate", "") or ""),
-                                      str(se.get("SeriesNumber", "") or ""), int(n) if n not in (None, "") else None))
+                                      str(se.get("SeriesNumber", "") or ""), int(n) if n not in (None, "") else None,
+                                      str(se.get("Manufacturer", "") or "")))
     finally:
         assoc.release()
     return sorted(hits, key=lambda h: (h.study_date, h.study_uid, h.series_number, h.series_uid))
 
 
-def _find(assoc, model, **keys) -> list[Dataset]:
+def _find(assoc, settings: PacsSettings, **keys) -> list[Dataset]:
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
     ds = Dataset()
     for k, v in keys.items():
         setattr(ds, k, v)
     out = []
-    for status, identifier in assoc.send_c_find(ds, model):
+    for status, identifier in assoc.send_c_find(ds, FIND):
         if not status:
-            raise PacsError("C-FIND: the PACS stopped answering (connection lost or timed out)")
+            raise PacsError(f"C-FIND: the PACS {settings.peer()} broke off the query (aborted or timed out after "
+                            f"{settings.timeout:g} s); does it accept queries from AE {settings.calling_aet!r}? "
+                            "(Orthanc: DicomModalities)")
         if status.Status in (0xFF00, 0xFF01):
             if identifier is not None and "StudyInstanceUID" in identifier:
                 out.append(identifier)
@@ -349,11 +360,19 @@ def retrieve_series(settings: PacsSettings, hit: SeriesHit, dest: Path, inbox: I
                               evt_handlers=[(evt.EVT_C_STORE, inbox.on_store)])
             responses = assoc.send_c_get(ident, GET)
         try:
-            final = _final_status(responses, what, settings)
+            status, completed, failed = _final_status(responses, what, settings)
         finally:
             assoc.release()
         received = inbox.count(hit.series_uid)
-        completed, failed = final
+        if status not in (0x0000, 0xB000):
+            meaning = f"status 0x{status:04X}, {MOVE_STATUS.get(status, 'failure')}"
+            if received or completed or failed:
+                raise PacsError(f"{what}: failed mid-transfer after {received} instances ({meaning}); nothing kept")
+            hint = ""
+            if settings.retrieve == "move" and (status == 0xA801 or status >> 12 == 0xC):
+                hint = (f"; does the PACS know the move destination {settings.calling_aet!r} (medrecon's AE title, "
+                        "host and --store-port in its modalities; Orthanc: DicomModalities)? Or use --retrieve get")
+            raise PacsError(f"{what}: the PACS answered {meaning}; nothing kept{hint}")
         if failed or received == 0 or received != completed or (hit.n_instances and received != hit.n_instances):
             raise PacsError(f"{what}: incomplete ({received} received, {completed} reported sent, {failed} failed"
                             + (f", {hit.n_instances} expected" if hit.n_instances else "") + "); nothing kept")
@@ -362,8 +381,9 @@ def retrieve_series(settings: PacsSettings, hit: SeriesHit, dest: Path, inbox: I
         inbox.discard(hit.series_uid)
 
 
-def _final_status(responses, what: str, settings: PacsSettings) -> tuple[int, int]:
-    completed = failed = 0
+def _final_status(responses, what: str, settings: PacsSettings) -> tuple[int, int, int]:
+    """(final status, completed, failed sub-operations) of a C-MOVE/C-GET; a PacsError if the PACS went silent."""
+    s = completed = failed = 0
     for status, _ in responses:
         if not status:
             raise PacsError(f"{what}: the PACS stopped answering (connection lost or timed out after "
@@ -371,14 +391,7 @@ def _final_status(responses, what: str, settings: PacsSettings) -> tuple[int, in
         s = int(status.Status)
         completed = int(status.get("NumberOfCompletedSuboperations", completed) or 0)
         failed = int(status.get("NumberOfFailedSuboperations", failed) or 0)
-        if s == 0xA801:
-            raise PacsError(f"{what}: the PACS does not know the move destination {settings.calling_aet!r}; "
-                            "add medrecon's AE title, host and --store-port to the PACS's modalities "
-                            "(Orthanc: DicomModalities) or use --retrieve get")
-        if s not in (0x0000, 0xFF00, 0xB000):
-            raise PacsError(f"{what}: the PACS answered status 0x{s:04X} "
-                            f"({MOVE_STATUS.get(s, 'failure')}); nothing kept")
-    return completed, failed
+    return s, completed, failed
 
 
 def _storage_classes() -> list[str]:

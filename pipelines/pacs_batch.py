@@ -21,7 +21,7 @@ from .batch import BatchResult, sanitize, read_manifest, write_manifest
 from .config import load_config
 from .html_report import write_batch_index
 from .outputs import write_json
-from .pacs import Inbox, PacsError, PacsSettings, Query, SeriesHit, find_series, retrieve_series, serve, \
+from .pacs import MANUFACTURER, Inbox, PacsError, PacsSettings, Query, SeriesHit, find_series, retrieve_series, serve, \
     store_folder
 from .tasks import reconstruct
 
@@ -75,6 +75,9 @@ class Runner:
                     raise PacsError(f"series {uid} was not received")
                 n = retrieve_series(self.settings, hit, src, self.inbox)
                 self.echo(f"        received {n} instances of {uid}")
+            if not done and _made_by_medrecon(src):  # e.g. a routing rule sending our own output back
+                row["status"], row["error"] = "skipped", "a series made by medrecon: not reconstructed again"
+                return self.record(row)
             stage = "reconstruct"
             if not done:
                 _remove_stale_temps(out)
@@ -107,6 +110,10 @@ def pacs_batch(settings: PacsSettings, query: Query, output_root, config, overri
     """Find the series matching ``query`` on the PACS, retrieve, reconstruct and store each (see the module)."""
     settings.need_host()
     hits = find_series(settings, query)
+    ours = [h for h in hits if h.made_by_medrecon]
+    if ours:
+        echo(f"leaving out {len(ours)} series made by medrecon (derived series are not reconstructed again)")
+    hits = [h for h in hits if not h.made_by_medrecon]
     if not hits:
         raise InputError(f"the PACS {settings.peer()} holds no series matching the query")
     if dry_run:
@@ -173,6 +180,15 @@ def _description(folder: Path) -> str:
         return found[0].description if found else ""
     except Exception:  # noqa: BLE001 - only a folder name
         return ""
+
+
+def _made_by_medrecon(folder: Path) -> bool:
+    import pydicom
+    first = next(iter(sorted(folder.glob("*.dcm"))), None)
+    if first is None:
+        return False
+    ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["Manufacturer", "ImageType"])
+    return str(ds.get("Manufacturer", "")) == MANUFACTURER and "DERIVED" in list(ds.get("ImageType", []))
 
 
 def _series_uid(folder: Path) -> str:

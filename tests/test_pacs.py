@@ -224,3 +224,43 @@ def test_listen_reconstructs_what_the_pacs_sends(pacs, tmp_path):
     assert row["status"] == "done"
     sent = json.loads((Path(row["output_path"]) / "pacs.json").read_text())
     assert len(_derived_on_pacs(pacs, sent["derived_series_uid"])) == 4
+
+
+def _certificates(folder):
+    """A CA, and a certificate signed by it for 127.0.0.1 (used by both ends), made with openssl."""
+    import shutil
+    import subprocess
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder.mkdir()
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=medrecon test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "peer.key", "-out", "peer.csr")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "peer.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "ext.cnf", "-out", "peer.pem")
+    return folder
+
+
+def test_tls(tmp_path):
+    """A PACS that needs DICOM TLS: echo and find work with the pacs.tls settings and fail clearly without."""
+    certs = _certificates(tmp_path / "certs")
+    server = start_orthanc(tmp_path / "orthanc", {}, {
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(certs / "peer.pem"),
+        "DicomTlsPrivateKey": str(certs / "peer.key"), "DicomTlsTrustedCertificates": str(certs / "ca.pem"),
+        "DicomTlsRemoteCertificateRequired": True, "DicomAlwaysAllowFind": True})
+    if server is None:
+        pytest.skip("Orthanc does not start with DICOM TLS here")
+    try:
+        (tmp_path / "pacs.yaml").write_text(
+            f"pacs:\n  host: 127.0.0.1\n  port: {server.dicom_port}\n  aet: ORTHANC\n  timeout: 5\n"
+            f"  tls: {{ca_file: {certs / 'ca.pem'}, cert_file: {certs / 'peer.pem'}, key_file: {certs / 'peer.key'},"
+            f" server_name: 127.0.0.1}}\n")
+        assert main(["pacs", "echo", "--pacs", str(tmp_path / "pacs.yaml")]) == 0
+        assert main(["pacs", "find", "--pacs", str(tmp_path / "pacs.yaml")]) == 0
+        assert main(["pacs", "echo", *_net(server)]) == 2  # plain DICOM to a TLS port: a clear error, no hang
+    finally:
+        server.stop()

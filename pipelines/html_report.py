@@ -29,6 +29,7 @@ MAX_TILE = 256  # pixels: longest side of one slice in a sprite (larger slices a
 VIEW_PX = 256  # CSS pixels of the largest extent (mm) of the three planes
 PLANES = ("axial", "coronal", "sagittal")
 PAGE_METRIC_VOXELS = 64e6  # compute PSNR/SSIM against the reference up to this size
+CT_PRESETS = [["soft tissue", 400, 40], ["lung", 1500, -600], ["bone", 1800, 400], ["brain", 80, 40]]
 
 
 def plane_slices(data: np.ndarray, plane: str) -> np.ndarray:
@@ -102,7 +103,8 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
                "solver": ((report.get("config") or {}).get("solver") or {}).get("name"),
                "task": (report.get("config") or {}).get("task"), "seconds": (report.get("timings_s") or {}).get("total")}
     write_json(assets / "summary.json", summary)
-    view = {"lo": lo, "hi": hi, "window": list(window), "rows": rows,
+    ct = (report.get("config") or {}).get("modality") == "ct" or lo <= -500  # HU
+    view = {"lo": lo, "hi": hi, "window": list(window), "rows": rows, "presets": CT_PRESETS if ct else [],
             "size": {p: _css_size(vols[0][1], p) for p in PLANES}}
     page = (SERIES_HTML.replace("{{TITLE}}", html.escape(summary["title"]))
             .replace("{{STEP}}", f"{(hi - lo) / 255:.3g}").replace("{{RANGE}}", f"{lo:.4g} to {hi:.4g}")
@@ -227,7 +229,7 @@ SERIES_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{{TITLE
 </feComponentTransfer></filter></svg>
 <h1>{{TITLE}}</h1>
 <div id="controls">Window <input id="ww" type="number" step="any" size="6"> Level <input id="wc" type="number"
-step="any" size="6"> <span class="lab">display range {{RANGE}}, grey step {{STEP}}</span><br>
+step="any" size="6"> <span id="presets"></span> <span class="lab">display range {{RANGE}}, grey step {{STEP}}</span><br>
 <span id="sliders"></span></div><div id="rows"></div>
 <h2>Metrics</h2>{{METRICS}}<h2>Settings</h2><pre>{{SETTINGS}}</pre>
 <script>
@@ -274,6 +276,9 @@ for (const p of planes) {
 for (const id of ["ww", "wc"]) document.getElementById(id).addEventListener("input", () =>
   setWL(document.getElementById("ww").value, document.getElementById("wc").value));
 const [lo0, hi0] = V.window; setWL(hi0 - lo0, (hi0 + lo0) / 2);
+V.presets.concat([["initial", hi0 - lo0, (hi0 + lo0) / 2]]).forEach(([name, w, c]) => {
+  const b = document.createElement("button"); b.textContent = name; b.title = `W ${w} L ${c}`;
+  b.onclick = () => setWL(w, c); document.getElementById("presets").appendChild(b); });
 function fromHash() {  // #axial=5&coronal=3&wl=400,40: moves the sliders as a user would
   for (const kv of location.hash.slice(1).split("&")) {
     const [k, v] = kv.split("=");

@@ -120,3 +120,17 @@ def test_batch_index_links_series_and_sorts(series, tmp_path):
     assert "bad &lt;series&gt;" in page  # escaped
     dom = _chromium(tmp_path, index.as_uri(), "--dump-dom")
     assert dom.count("<tr><td>") == 2 and "1 done, 1 failed" in dom
+
+
+def test_reconstruct_and_batch_write_their_pages(tmp_path):
+    from medrecon.io import write_dicom_series
+    from pipelines.cli import main
+    vol = _volume(n=3)
+    write_dicom_series(Volume(vol.data, vol.spacing, meta={"dicom": {"Modality": "CT"}}), tmp_path / "in" / "a" / "ct",
+                       series_description="Head")
+    assert main(["batch", str(tmp_path / "in"), str(tmp_path / "out"), "--config", "sparse_view_ct_8",
+                 "--set", "solver.name=fbp", "--set", "ct.image_size=16"]) == 0
+    series = next((tmp_path / "out" / "a" / "ct").iterdir())
+    assert (series / "index.html").is_file() and (series / ASSETS / "v0_sagittal.png").is_file()
+    index = (tmp_path / "out" / "index.html").read_text()
+    assert f'href="a/ct/{series.name}/index.html"' in index and ">done<" in index

@@ -101,7 +101,8 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
                     .astype(np.uint8)).resize((96, 96), Image.BILINEAR).save(assets / "thumb.png")
     summary = {"title": title or folder.name, "methods": [label for label, _ in vols], "metrics": metrics,
                "solver": ((report.get("config") or {}).get("solver") or {}).get("name"),
-               "task": (report.get("config") or {}).get("task"), "seconds": (report.get("timings_s") or {}).get("total")}
+               "task": (report.get("config") or {}).get("task"),
+               "seconds": (report.get("timings_s") or {}).get("total")}
     write_json(assets / "summary.json", summary)
     ct = (report.get("config") or {}).get("modality") == "ct" or lo <= -500  # HU
     view = {"lo": lo, "hi": hi, "window": list(window), "rows": rows, "presets": CT_PRESETS if ct else [],

@@ -21,11 +21,9 @@ from .batch import BatchResult, sanitize, read_manifest, write_manifest
 from .config import load_config
 from .html_report import write_batch_index
 from .outputs import write_json
-from .pacs import MANUFACTURER, Inbox, PacsError, PacsSettings, Query, SeriesHit, find_series, retrieve_series, serve, \
-    store_folder
+from .pacs import MANUFACTURER, TMP_PREFIX, PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
+from .pacs_retrieve import Inbox, retrieve_series, serve
 from .tasks import reconstruct
-
-TMP_PREFIX = ".medrecon-tmp-"
 
 
 class Runner:

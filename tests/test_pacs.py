@@ -157,7 +157,7 @@ def test_unreachable_pacs_and_wrong_ae_titles(pacs, tmp_path, capsys):
 
 
 def test_series_failing_mid_transfer_is_not_kept_and_the_batch_goes_on(pacs, tmp_path, monkeypatch):
-    import pipelines.pacs as pacs_mod
+    import pipelines.pacs_retrieve as pacs_mod
     real, seen = pacs_mod.Inbox.on_store, []
 
     def drop_third_chest_image(self, event):
@@ -171,7 +171,8 @@ def test_series_failing_mid_transfer_is_not_kept_and_the_batch_goes_on(pacs, tmp
     assert _run(pacs, out, "--no-send") == 1
     rows = _manifest(out)
     assert rows["Abdomen"]["status"] == "done" and rows["Chest"]["status"] == "failed"
-    assert rows["Chest"]["error"].startswith("retrieve: PacsError:") and "failed mid-transfer after 2 instances" in rows["Chest"]["error"]
+    error = rows["Chest"]["error"]
+    assert error.startswith("retrieve: PacsError:") and "failed mid-transfer after 2 instances" in error
     assert sorted(p.name for p in (out / "received").iterdir()) == [Path(rows["Abdomen"]["input_path"]).name]
     monkeypatch.setattr(pacs_mod.Inbox, "on_store", real)
     assert _run(pacs, out, "--no-send") == 0  # resume: only the chest series is retrieved and reconstructed

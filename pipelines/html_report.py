@@ -6,7 +6,8 @@ Self-contained and static: one sprite PNG per volume and plane in ``index_files/
 a display range common to the volumes of the page), no network, no server. Window/level acts in the
 browser through an SVG linear transfer filter, so it never needs the pixels in JavaScript (file:// pages
 may not read image pixels); its finest grey step is the display range / 255, shown on the page.
-The URL hash sets the view, e.g. ``index.html#axial=5&coronal=10&wl=400,40`` (what the tests use).
+The URL hash sets the view, e.g. ``index.html#axial=5&coronal=10&wl=400,40`` (slices counted from 1, as the
+page shows them; what the tests use).
 """
 from __future__ import annotations
 
@@ -66,9 +67,11 @@ def write_sprite(slices: np.ndarray, lo: float, hi: float, path: Path) -> dict:
     return {"src": f"{ASSETS}/{path.name}", "n": n, "cols": cols, "rows": rows}
 
 
-def display_range(vols: list[Volume]) -> tuple[float, float]:
-    values = np.concatenate([np.percentile(v.data, [0.05, 99.95]) for v in vols])
-    lo, hi = float(values.min()), float(values.max())
+def display_range(base: Volume, window: tuple[float, float]) -> tuple[float, float]:
+    """The values the 8-bit sprites span: ``base``'s 0.05-99.95 percentiles (the reference when there is
+    one, so that one method's streaks do not coarsen every grey step), widened to hold the initial window."""
+    lo, hi = (float(v) for v in np.percentile(base.data, [0.05, 99.95]))
+    lo, hi = min(lo, float(window[0])), max(hi, float(window[1]))
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
@@ -84,16 +87,15 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     std = read_volume(folder / "std.nii.gz") if (folder / "std.nii.gz").is_file() else None
     assets = folder / ASSETS
     assets.mkdir(exist_ok=True)
-    main = [v for _, v in vols]
-    lo, hi = display_range(main)
     if window is None:
         w = (report.get("config") or {}).get("outputs", {}).get("window")
         window = tuple(w) if w else default_window(vols[-1][1].data)
+    ref = next((v for label, v in vols if label == "reference"), None)
+    lo, hi = display_range(ref if ref is not None else vols[-1][1], window)
     rows = [_row(label, v, lo, hi, assets, i) for i, (label, v) in enumerate(vols)]
     if std is not None:
         rows.append({**_row("uncertainty (posterior std)", std, 0.0, max(float(np.percentile(std.data, 99.5)), 1e-6),
                             assets, len(rows)), "fixed": True})
-    ref = next((v for label, v in vols if label == "reference"), None)
     metrics = _metrics(folder, ref, vols)
     thumb = plane_slices(vols[-1][1].data, "axial")
     thumb_lo, thumb_hi = window
@@ -223,7 +225,7 @@ th{cursor:pointer;background:#222}pre{background:#1a1a1a;padding:6px;max-height:
 
 SERIES_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{{TITLE}}</title><style>""" + STYLE + """
 .view{background-repeat:no-repeat;filter:url(#wl);image-rendering:auto;border:1px solid #333}
-.fixed{filter:none}.cell{display:inline-block;vertical-align:top;margin:2px}.lab{font-size:12px;color:#aaa}
+.fixed{filter:none}input[type=number]{width:6em}.cell{display:inline-block;vertical-align:top;margin:2px}.lab{font-size:12px;color:#aaa}
 </style></head><body>
 <svg width="0" height="0" style="position:absolute"><filter id="wl" color-interpolation-filters="sRGB">
 <feComponentTransfer><feFuncR id="fr" type="linear"/><feFuncG id="fg" type="linear"/><feFuncB id="fb" type="linear"/>
@@ -280,10 +282,10 @@ const [lo0, hi0] = V.window; setWL(hi0 - lo0, (hi0 + lo0) / 2);
 V.presets.concat([["initial", hi0 - lo0, (hi0 + lo0) / 2]]).forEach(([name, w, c]) => {
   const b = document.createElement("button"); b.textContent = name; b.title = `W ${w} L ${c}`;
   b.onclick = () => setWL(w, c); document.getElementById("presets").appendChild(b); });
-function fromHash() {  // #axial=5&coronal=3&wl=400,40: moves the sliders as a user would
+function fromHash() {  // #axial=5&coronal=3&wl=400,40 (slices counted from 1, as shown): moves the sliders
   for (const kv of location.hash.slice(1).split("&")) {
     const [k, v] = kv.split("=");
-    if (planes.includes(k)) { const s = document.getElementById(k + "-slider"); s.value = v;
+    if (planes.includes(k)) { const s = document.getElementById(k + "-slider"); s.value = Number(v) - 1;
       s.dispatchEvent(new Event("input")); }
     if (k === "wl") { const [w, c] = v.split(","); setWL(w, c); }
   }

@@ -79,7 +79,7 @@ def test_series_page_files(series):
 def test_slider_moves_to_the_slice_and_shows_it(series, tmp_path):
     folder, ref = series
     k = 5
-    dom = _chromium(tmp_path, (folder / "index.html").as_uri() + f"#axial={k}&coronal=3&wl=400,40", "--dump-dom")
+    dom = _chromium(tmp_path, (folder / "index.html").as_uri() + f"#axial={k + 1}&coronal=3&wl=400,40", "--dump-dom")
     assert re.search(r'id="axial-label"[^>]*>6 / 8<', dom)
     view = _element(dom, "v1-axial")
     assert f'data-slice="{k}"' in view
@@ -93,7 +93,7 @@ def test_slider_moves_to_the_slice_and_shows_it(series, tmp_path):
     assert tile[7, 2 + 2 * k + 1] > 200 and tile[7, 2 + 2 * (k - 2) + 1] < 200  # the square of slice k, not k-2
     # window/level 400/40 on the SVG filter: slope = (hi - lo) / W
     slope = float(re.search(r'id="fr"[^>]*slope="([-0-9.e]+)"', dom).group(1))
-    assert 4 < slope < 6  # display range about -1000..800+ HU over a 400 HU window
+    assert 4 < slope < 6  # display range about -1000..1000 HU (the reference, widened to the window) / 400 HU
 
 
 def test_screenshot_is_not_blank_and_window_level_changes_it(series, tmp_path):

@@ -30,6 +30,7 @@ from medrecon.io import atomic_path, list_series
 from medrecon.io.atomic import read_marker
 
 from .config import load_config
+from .html_report import write_batch_index
 from .tasks import reconstruct
 
 MANIFEST = "manifest.csv"
@@ -220,6 +221,7 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
         bar.set_postfix_str(j.output.name, refresh=True)
         rows.append(run_series(j, cfg, overwrite=overwrite, progress=progress, resample=resample))
         write_manifest(manifest, rows + [k.row("pending") for k in jobs[i:]])
+        write_batch_index(output_root, rows + [k.row("pending") for k in jobs[i:]])
         r = rows[-1]
         say(f"[{i}/{len(jobs)}] {r['status']:7s} {r['output_path']} {r['error']}".rstrip())
     bar.close()

@@ -15,6 +15,7 @@ from medrecon import MedreconError
 from .app import app
 # Each module registers its subcommands on `app`.
 from . import commands_io, commands_train, commands_recon, commands_demo, commands_data  # noqa: F401,E402
+from . import commands_pacs  # noqa: F401,E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from medrecon.io import read_volume, write_dicom_series, write_nifti
 from . import datasets
 from .compare import admm_tv_settings, compare_methods, markdown_table
 from .config import resolve_prior_path
+from .html_report import write_series_page
 from .outputs import atomic_output, preview_grid, report, write_json
 from .phantoms import HELD_OUT_SEEDS, ct_phantom
 from .prior_cards import load_prior_for
@@ -99,6 +100,8 @@ def run_demo(output: str | Path, source: str = "scan", prior: str | None = None,
                                                prior={"name": loaded.name, "sha256": loaded.sha256},
                                                results={r.label: r.row() for r in results}))
         (tmp / "metrics.md").write_text(table)
+        write_series_page(tmp, [("reference", ref)] + [(r.label, r.volume) for r in results], DEMO_WINDOW,
+                          title=f"medrecon demo: 8-view sparse-view CT, phantom seed {seed}")
     echo("")
     echo(table)
     echo(f"wrote {out}/: reference.nii.gz, {', '.join(_slug(r.label) + '.nii.gz' for r in results)}, dicom/, "

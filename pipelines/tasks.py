@@ -18,6 +18,7 @@ from medrecon.priors import IntensityMap
 from medrecon.volume import Volume
 
 from .config import Config, load_config
+from .html_report import write_series_page
 from .measurement import Measurement, is_measurement_file
 from .outputs import Timings, atomic_output, peak_memory, preview_png, report, write_json
 from .problem import Problem, Solution, configured_prior, grid_size
@@ -104,6 +105,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         rep["timings_s"] = t.as_dict()
         rep["peak_memory"] = peak_memory()
         write_json(tmp / "report.json", rep)
+        write_series_page(tmp, title=f"{out.name}: {cfg.task} {cfg.solver.name}")
     return RunResult(out, recon, rep)
 
 

@@ -104,7 +104,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
 
     meta = {"format": "dicom", "source": str(where), "series_uid": str(headers[0][1].SeriesInstanceUID),
             "files_sha256": info.files_sha256,
-            "dicom": _source_tags(stack.headers[0]), "warnings": notes}
+            "dicom": {**_source_tags(stack.headers[0]), "SourceImages": _source_images(stack)}, "warnings": notes}
     step = stack.grid_step
     if not stack.uniform:
         data = resample_along_normal(data, stack.positions, step := stack.step)
@@ -332,6 +332,14 @@ def _source_tags(ds) -> dict:
         if kw in ds and ds.data_element(kw).value is not None:
             out[kw] = _plain(ds.data_element(kw).value)
     return out
+
+
+def _source_images(stack: "_Stack") -> list[dict]:
+    """SOP class, SOP instance UID and position along the normal (mm) of every slice, in stack order:
+    what a derived series references (``dicom_write``: SourceImageSequence, ReferencedSeriesSequence)."""
+    return [{"SOPClassUID": str(ds.get("SOPClassUID", "")), "SOPInstanceUID": str(ds.get("SOPInstanceUID", "")),
+             "Position": round(float(p), 4)} for ds, p in zip(stack.headers, stack.positions)
+            if ds.get("SOPInstanceUID")]
 
 
 def _plain(v):

@@ -15,6 +15,9 @@
 * ``deidentify=True``: DICOM PS3.15 Basic Application Level Confidentiality Profile for the attributes
   copied: patient and study identifiers and dates emptied or removed, study and frame-of-reference UIDs
   replaced by UIDs derived from them (the same source gives the same new UID), PatientIdentityRemoved YES.
+* References to the source series when it was DICOM (``source_meta['SourceImages']``, from ``dicom_read``):
+  ReferencedSeriesSequence (Common Instance Reference module: the source series and all its instances) in
+  every slice, and per slice a SourceImageSequence naming the source slice nearest along the normal.
 """
 from __future__ import annotations
 
@@ -92,6 +95,9 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
         _mark_deidentified(ds)
     normal = np.cross(vol.direction[:, 0], vol.direction[:, 1])
     width = max(4, len(str(vol.shape[0])))
+    sources = src.get("SourceImages") or []
+    if sources and src.get("SeriesInstanceUID"):
+        ds.ReferencedSeriesSequence = [_series_reference(src["SeriesInstanceUID"], sources)]
     with atomic_path(folder, overwrite, protect=[vol.meta.get("source")], marker=False) as tmp:
         tmp.mkdir()
         for k in range(vol.shape[0]):
@@ -100,6 +106,8 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
             ds.InstanceNumber = k + 1
             ds.ImagePositionPatient = [format_number_as_ds(float(x)) for x in position]
             ds.SliceLocation = format_number_as_ds(float(position @ normal))
+            if sources:
+                ds.SourceImageSequence = [_instance_reference(_nearest(sources, float(position @ normal)))]
             stored = np.round((data[k].astype(np.float64) - float(intercept)) / float(slope))
             ds.PixelData = np.clip(stored, -32768, 32767).astype("<i2").tobytes()
             ds.save_as(tmp / f"IM{k + 1:0{width}d}.dcm", enforce_file_format=True)
@@ -189,6 +197,24 @@ def _mark_deidentified(ds: Dataset) -> None:
     for keyword in ("SeriesDate", "SeriesTime"):
         delattr(ds, keyword)
     ds.ContentDate = ds.ContentTime = ""  # when the derived series was made dates the study
+
+
+def _instance_reference(item: dict) -> Dataset:
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = item["SOPClassUID"], item["SOPInstanceUID"]
+    return ref
+
+
+def _series_reference(series_uid: str, sources: list[dict]) -> Dataset:
+    ref = Dataset()
+    ref.SeriesInstanceUID = series_uid
+    ref.ReferencedInstanceSequence = [_instance_reference(s) for s in sources]
+    return ref
+
+
+def _nearest(sources: list[dict], position: float) -> dict:
+    """The source slice whose position along the normal (mm) is nearest to ``position``."""
+    return min(sources, key=lambda s: abs(float(s["Position"]) - position))
 
 
 def _copy(ds: Dataset, src: dict, tags) -> None:

@@ -1,0 +1,121 @@
+"""`medrecon pacs echo | find | run | listen`: series from and to a PACS over DICOM networking."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .app import app
+
+pacs_app = typer.Typer(no_args_is_help=True, help="Query/retrieve series from a PACS, reconstruct them and store "
+                                                  "the derived series back; or listen for series sent to medrecon.")
+app.add_typer(pacs_app, name="pacs")
+
+PACS_FILE = typer.Option(None, "--pacs", help="YAML file with a 'pacs:' section (host, port, aet, calling_aet, "
+                                              "retrieve, store_port, store_address, timeout, tls).")
+HOST = typer.Option(None, "--host", help="The PACS's host name or address.")
+PORT = typer.Option(None, "--port", help="The PACS's DICOM port.")
+AET = typer.Option(None, "--aet", help="The PACS's AE title (called AE).")
+CALLING = typer.Option(None, "--calling-aet", help="medrecon's AE title (default MEDRECON).")
+STORE_PORT = typer.Option(None, "--store-port", help="Port of medrecon's storage SCP (C-MOVE destination, listen).")
+STORE_ADDRESS = typer.Option(None, "--store-address", help="Address the storage SCP listens on (default 0.0.0.0).")
+RETRIEVE = typer.Option(None, "--retrieve", help="move (C-MOVE to medrecon's SCP, default) or get (C-GET).")
+TIMEOUT = typer.Option(None, "--timeout", help="Seconds to wait for the PACS (default 30).")
+CONFIG = typer.Option(..., "--config", "-c", help="Reconstruction config (YAML file or a name in configs/).")
+SET = typer.Option(None, "--set", help="Override a config value: --set solver.steps=50 (repeatable).")
+PATIENT = typer.Option("", "--patient-id", help="PatientID to match.")
+DATE = typer.Option("", "--date", help="StudyDate: YYYYMMDD or YYYYMMDD-YYYYMMDD (open ends allowed).")
+MODALITY = typer.Option("", "--modality", help="Modality to match, e.g. CT or MR.")
+DESCRIPTION = typer.Option("", "--description", help="SeriesDescription to match (* and ? wildcards).")
+STUDY = typer.Option("", "--study-uid", help="StudyInstanceUID to match.")
+SERIES = typer.Option("", "--series-uid", help="SeriesInstanceUID to match.")
+
+
+def _settings(pacs, host, port, aet, calling_aet, store_port, store_address, retrieve, timeout):
+    from .pacs import load_settings
+    return load_settings(pacs, host=host, port=port, aet=aet, calling_aet=calling_aet, store_port=store_port,
+                         store_address=store_address, retrieve=retrieve, timeout=timeout)
+
+
+def _query(patient_id, date, modality, description, study_uid, series_uid):
+    from .pacs import Query
+    return Query(patient_id, date, modality, description, study_uid, series_uid)
+
+
+def _finish(res) -> None:
+    typer.echo(f"manifest: {res.manifest} ({len(res.rows) - res.failed} ok, {res.failed} failed); "
+               f"report: {res.manifest.parent / 'index.html'}")
+    if res.failed:  # a ClickException exits with status 1 (typer.Exit's code is lost under standalone_mode=False)
+        import click
+        raise click.ClickException(f"{res.failed} of {len(res.rows)} series failed; see {res.manifest}")
+
+
+@pacs_app.command()
+def echo(pacs: Optional[Path] = PACS_FILE, host: Optional[str] = HOST, port: Optional[int] = PORT,
+         aet: Optional[str] = AET, calling_aet: Optional[str] = CALLING, timeout: Optional[float] = TIMEOUT):
+    """C-ECHO: check that the PACS answers and accepts medrecon's AE title."""
+    from .pacs import echo as run
+    s = _settings(pacs, host, port, aet, calling_aet, None, None, None, timeout)
+    run(s)
+    typer.echo(f"{s.peer()} answers {s.calling_aet}")
+
+
+@pacs_app.command()
+def find(pacs: Optional[Path] = PACS_FILE, host: Optional[str] = HOST, port: Optional[int] = PORT,
+         aet: Optional[str] = AET, calling_aet: Optional[str] = CALLING, timeout: Optional[float] = TIMEOUT,
+         patient_id: str = PATIENT, date: str = DATE, modality: str = MODALITY, description: str = DESCRIPTION,
+         study_uid: str = STUDY, series_uid: str = SERIES):
+    """C-FIND: list the matching series (UID, modality, images, study date, description; no patient data)."""
+    from .pacs import find_series
+    s = _settings(pacs, host, port, aet, calling_aet, None, None, None, timeout)
+    hits = find_series(s, _query(patient_id, date, modality, description, study_uid, series_uid))
+    for h in hits:
+        typer.echo(f"{h.series_uid}  {h.modality:3s} {h.n_instances or '?':>4} images  {h.study_date}  {h.description}")
+    typer.echo(f"{len(hits)} series on {s.peer()}")
+
+
+@pacs_app.command()
+def run(output_root: Path = typer.Argument(..., help="Folder for received series, outputs, manifest.csv and "
+                                                     "index.html (resumable)."),
+        config: str = CONFIG, set: Optional[List[str]] = SET,
+        pacs: Optional[Path] = PACS_FILE, host: Optional[str] = HOST, port: Optional[int] = PORT,
+        aet: Optional[str] = AET, calling_aet: Optional[str] = CALLING, store_port: Optional[int] = STORE_PORT,
+        store_address: Optional[str] = STORE_ADDRESS, retrieve: Optional[str] = RETRIEVE,
+        timeout: Optional[float] = TIMEOUT,
+        patient_id: str = PATIENT, date: str = DATE, modality: str = MODALITY, description: str = DESCRIPTION,
+        study_uid: str = STUDY, series_uid: str = SERIES,
+        send: bool = typer.Option(True, "--send/--no-send", help="Store the derived series back on the PACS."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="List the matching series and stop."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Redo finished series too."),
+        progress: bool = typer.Option(False, "--progress/--quiet", help="Progress bar per series.")):
+    """Find the matching series, retrieve, reconstruct and store each back; exit code 1 if any failed."""
+    from .pacs_batch import pacs_batch
+    s = _settings(pacs, host, port, aet, calling_aet, store_port, store_address, retrieve, timeout)
+    res = pacs_batch(s, _query(patient_id, date, modality, description, study_uid, series_uid), output_root,
+                     config, overrides=set or [], send=send, overwrite=overwrite, dry_run=dry_run,
+                     progress=progress, echo=typer.echo)
+    if not dry_run:
+        _finish(res)
+
+
+@pacs_app.command()
+def listen(output_root: Path = typer.Argument(..., help="Folder for received series, outputs, manifest.csv and "
+                                                        "index.html."),
+           config: str = CONFIG, set: Optional[List[str]] = SET,
+           pacs: Optional[Path] = PACS_FILE, host: Optional[str] = HOST, port: Optional[int] = PORT,
+           aet: Optional[str] = AET, calling_aet: Optional[str] = CALLING, store_port: Optional[int] = STORE_PORT,
+           store_address: Optional[str] = STORE_ADDRESS, timeout: Optional[float] = TIMEOUT,
+           send: bool = typer.Option(True, "--send/--no-send", help="Store each derived series on the PACS "
+                                                                  "(--host etc.)."),
+           stable: float = typer.Option(10.0, "--stable-seconds", help="A series is complete after this many "
+                                                                       "seconds without new images."),
+           max_series: Optional[int] = typer.Option(None, "--max-series", help="Stop after this many series."),
+           idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="Stop after this many idle seconds."),
+           progress: bool = typer.Option(False, "--progress/--quiet", help="Progress bar per series.")):
+    """Storage SCP: reconstruct every series sent to medrecon (e.g. by a PACS routing rule) and store the
+    result back."""
+    from .pacs_batch import listen as run_listen
+    s = _settings(pacs, host, port, aet, calling_aet, store_port, store_address, None, timeout)
+    _finish(run_listen(s, output_root, config, overrides=set or [], send=send, stable_s=stable,
+                       max_series=max_series, idle_exit_s=idle_exit, progress=progress, echo=typer.echo))

@@ -1,0 +1,313 @@
+"""Browsable offline reports: ``index.html`` in a reconstruct/demo output folder (axial, coronal and
+sagittal views with a slice slider each, window/level, the methods side by side, the uncertainty map, the
+settings) and in a batch output root (a sortable table of series with thumbnails and links).
+
+Self-contained and static: one sprite PNG per volume and plane in ``index_files/`` (every slice, 8-bit over
+a display range common to the volumes of the page), no network, no server. Window/level acts in the
+browser through an SVG linear transfer filter, so it never needs the pixels in JavaScript (file:// pages
+may not read image pixels); its finest grey step is the display range / 255, shown on the page.
+The URL hash sets the view, e.g. ``index.html#axial=5&coronal=10&wl=400,40`` (slices counted from 1, as the
+page shows them; what the tests use).
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from medrecon.io import read_volume
+from medrecon.volume import Volume
+
+from .outputs import default_window, write_json
+
+ASSETS = "index_files"
+MAX_TILE = 256  # pixels: longest side of one slice in a sprite (larger slices are downsampled)
+VIEW_PX = 256  # CSS pixels of the largest extent (mm) of the three planes
+PLANES = ("axial", "coronal", "sagittal")
+PAGE_METRIC_VOXELS = 64e6  # compute PSNR/SSIM against the reference up to this size
+CT_PRESETS = [["soft tissue", 400, 40], ["lung", 1500, -600], ["bone", 1800, 400], ["brain", 80, 40]]
+
+
+def plane_slices(data: np.ndarray, plane: str) -> np.ndarray:
+    """The stack of 2D slices of a (Z, Y, X) volume for a plane, oriented for display as in preview.png:
+    axial (y down, x across), coronal and sagittal with superior at the top."""
+    if plane == "axial":
+        return data
+    if plane == "coronal":
+        return np.moveaxis(data[::-1], 1, 0)  # (Y, Z, X)
+    return np.moveaxis(data[::-1], 2, 0)  # (X, Z, Y)
+
+
+def plane_extent_mm(vol: Volume, plane: str) -> tuple[float, float]:
+    """(width, height) in mm of one slice of the plane."""
+    (sx, sy, sz), (nz, ny, nx) = vol.spacing, vol.shape
+    return {"axial": (nx * sx, ny * sy), "coronal": (nx * sx, nz * sz), "sagittal": (ny * sy, nz * sz)}[plane]
+
+
+def write_sprite(slices: np.ndarray, lo: float, hi: float, path: Path) -> dict:
+    """All slices on a grid of ceil(sqrt(n)) columns, 8-bit over [lo, hi]; returns the grid layout."""
+    n, h, w = slices.shape
+    scale = min(1.0, MAX_TILE / max(h, w))
+    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    sheet = Image.new("L", (cols * tw, rows * th), 0)
+    grey = np.clip((slices.astype(np.float64) - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    for k in range(n):
+        tile = Image.fromarray(grey[k])
+        if (th, tw) != (h, w):
+            tile = tile.resize((tw, th), Image.BILINEAR)
+        sheet.paste(tile, ((k % cols) * tw, (k // cols) * th))
+    sheet.save(path, optimize=True)
+    return {"src": f"{ASSETS}/{path.name}", "n": n, "cols": cols, "rows": rows}
+
+
+def display_range(base: Volume, window: tuple[float, float]) -> tuple[float, float]:
+    """The values the 8-bit sprites span: ``base``'s 0.05-99.95 percentiles (the reference when there is
+    one, so that one method's streaks do not coarsen every grey step), widened to hold the initial window."""
+    lo, hi = (float(v) for v in np.percentile(base.data, [0.05, 99.95]))
+    lo, hi = min(lo, float(window[0])), max(hi, float(window[1]))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = None,
+                      window: tuple[float, float] | None = None, title: str | None = None) -> Path:
+    """Write ``folder/index.html`` and ``folder/index_files/``; ``volumes`` default to what the folder holds
+    (reference, recon.nii.gz; std.nii.gz as the uncertainty map). Returns the page's path."""
+    folder = Path(folder)
+    report = _json(folder / "report.json")
+    vols = [(label, v if isinstance(v, Volume) else read_volume(v)) for label, v in (volumes or _found(folder))]
+    if not vols:
+        raise FileNotFoundError(f"{folder}: no volume to show (recon.nii.gz)")
+    std = read_volume(folder / "std.nii.gz") if (folder / "std.nii.gz").is_file() else None
+    assets = folder / ASSETS
+    assets.mkdir(exist_ok=True)
+    if window is None:
+        w = (report.get("config") or {}).get("outputs", {}).get("window")
+        window = tuple(w) if w else default_window(vols[-1][1].data)
+    ref = next((v for label, v in vols if label == "reference"), None)
+    lo, hi = display_range(ref if ref is not None else vols[-1][1], window)
+    rows = [_row(label, v, lo, hi, assets, i) for i, (label, v) in enumerate(vols)]
+    if std is not None:
+        rows.append({**_row("uncertainty (posterior std)", std, 0.0, max(float(np.percentile(std.data, 99.5)), 1e-6),
+                            assets, len(rows)), "fixed": True})
+    metrics = _metrics(folder, ref, vols)
+    thumb = plane_slices(vols[-1][1].data, "axial")
+    thumb_lo, thumb_hi = window
+    Image.fromarray(np.clip((thumb[len(thumb) // 2] - thumb_lo) / (thumb_hi - thumb_lo) * 255, 0, 255)
+                    .astype(np.uint8)).resize((96, 96), Image.BILINEAR).save(assets / "thumb.png")
+    summary = {"title": title or folder.name, "methods": [label for label, _ in vols], "metrics": metrics,
+               "solver": ((report.get("config") or {}).get("solver") or {}).get("name"),
+               "task": (report.get("config") or {}).get("task"),
+               "seconds": (report.get("timings_s") or {}).get("total")}
+    write_json(assets / "summary.json", summary)
+    ct = (report.get("config") or {}).get("modality") == "ct" or lo <= -500  # HU
+    view = {"lo": lo, "hi": hi, "window": list(window), "rows": rows, "presets": CT_PRESETS if ct else [],
+            "size": {p: _css_size(vols[0][1], p) for p in PLANES}}
+    page = (SERIES_HTML.replace("{{TITLE}}", html.escape(summary["title"]))
+            .replace("{{STEP}}", f"{(hi - lo) / 255:.3g}").replace("{{RANGE}}", f"{lo:.4g} to {hi:.4g}")
+            .replace("{{METRICS}}", _metrics_table(metrics)).replace("{{SETTINGS}}", html.escape(_settings(report)))
+            .replace("{{VIEW}}", json.dumps(view).replace("</", "<\\/")))
+    return _write(folder / "index.html", page)
+
+
+def _row(label: str, vol: Volume, lo: float, hi: float, assets: Path, i: int) -> dict:
+    sprites = {p: write_sprite(plane_slices(vol.data, p), lo, hi, assets / f"v{i}_{p}.png") for p in PLANES}
+    return {"label": label, "sprites": sprites, "fixed": False}
+
+
+def _css_size(vol: Volume, plane: str) -> list[int]:
+    scale = VIEW_PX / max(max(plane_extent_mm(vol, p)) for p in PLANES)
+    w, h = plane_extent_mm(vol, plane)
+    return [max(1, round(w * scale)), max(1, round(h * scale))]
+
+
+def _found(folder: Path) -> list[tuple[str, Path]]:
+    out = []
+    for ref in (folder / "simulation" / "reference.nii.gz", folder / "reference.nii.gz"):
+        if ref.is_file():
+            out.append(("reference", ref))
+            break
+    if (folder / "recon.nii.gz").is_file():
+        out.append(("reconstruction", folder / "recon.nii.gz"))
+    return out
+
+
+def _metrics(folder: Path, ref: Volume | None, vols) -> dict:
+    """{label: {"psnr_axial": .., ...}}: the folder's metrics.json (demo) or computed against the reference."""
+    given = _json(folder / "metrics.json")
+    if given:
+        return {k: {m: v for m, v in row.items() if m.startswith(("psnr_", "ssim_"))} for k, row in given.items()}
+    if ref is None or ref.data.size > PAGE_METRIC_VOXELS:
+        return {}
+    from medrecon.metrics import per_axis_metrics
+    out = {}
+    for label, v in vols:
+        if v is not ref and v.shape == ref.shape:
+            m = per_axis_metrics(ref.data, v.data)
+            out[label] = {**{f"psnr_{k}": round(x, 2) for k, x in m["psnr"].items()},
+                          **{f"ssim_{k}": round(x, 4) for k, x in m["ssim"].items()}}
+    return out
+
+
+def _metrics_table(metrics: dict) -> str:
+    if not metrics:
+        return "<p>No reference: no metrics.</p>"
+    cols = list(next(iter(metrics.values())))
+    head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in cols)
+    body = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{m.get(c, '')}</td>" for c in cols) + "</tr>"
+                   for k, m in metrics.items())
+    return f"<table><tr><th>method</th>{head}</tr>{body}</table>"
+
+
+def _settings(report: dict) -> str:
+    keep = {k: report[k] for k in ("created", "command", "config", "methods", "device", "prior", "seed",
+                                   "network_evaluations_per_slice", "timings_s", "peak_memory", "software")
+            if k in report}
+    return json.dumps(keep, indent=1, default=str)
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".medrecon-tmp-{os.getpid()}-{path.name}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ batch index
+def write_batch_index(root, rows: list[dict], title: str = "medrecon batch") -> Path:
+    """``root/index.html``: one table row per manifest row, linking each finished series' page."""
+    root = Path(root)
+    lines = []
+    for r in rows:
+        out = Path(r.get("output_path") or "")
+        s = _json(out / ASSETS / "summary.json") if out.name else {}
+        page = out / "index.html"
+        rel = os.path.relpath(out, root) if out.name else ""
+        link = (f'<a href="{html.escape(rel)}/index.html">{html.escape(out.name)}</a>' if page.is_file()
+                else html.escape(out.name))
+        thumb = (f'<img src="{html.escape(rel)}/{ASSETS}/thumb.png" width="64" height="64" alt="">'
+                 if (out / ASSETS / "thumb.png").is_file() else "")
+        rec = (s.get("metrics") or {}).get((s.get("methods") or [""])[-1], {})
+        cells = [thumb, link, r.get("series_uid", ""), r.get("status", ""), s.get("solver") or "",
+                 s.get("task") or "", r.get("seconds", ""), rec.get("psnr_axial", ""), rec.get("ssim_axial", ""),
+                 r.get("error", "")]
+        lines.append("<tr>" + "".join(f"<td>{c if i < 2 else html.escape(str(c))}</td>" for i, c in enumerate(cells))
+                     + "</tr>")
+    page = (BATCH_HTML.replace("{{TITLE}}", html.escape(title)).replace("{{ROWS}}", "\n".join(lines))
+            .replace("{{COUNTS}}", html.escape(", ".join(f"{n} {s}" for s, n in _counts(rows).items()))))
+    root.mkdir(parents=True, exist_ok=True)
+    return _write(root / "index.html", page)
+
+
+def _counts(rows) -> dict:
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r.get("status", "")] = out.get(r.get("status", ""), 0) + 1
+    return out
+
+
+STYLE = """body{font:14px sans-serif;background:#111;color:#ddd;margin:1em}a{color:#8cf}
+table{border-collapse:collapse}td,th{border:1px solid #444;padding:2px 6px;text-align:left}
+th{cursor:pointer;background:#222}pre{background:#1a1a1a;padding:6px;max-height:30em;overflow:auto}"""
+
+SERIES_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{{TITLE}}</title><style>""" + STYLE + """
+.view{background-repeat:no-repeat;filter:url(#wl);image-rendering:auto;border:1px solid #333}
+.fixed{filter:none}input[type=number]{width:6em}.cell{display:inline-block;vertical-align:top;margin:2px}.lab{font-size:12px;color:#aaa}
+</style></head><body>
+<svg width="0" height="0" style="position:absolute"><filter id="wl" color-interpolation-filters="sRGB">
+<feComponentTransfer><feFuncR id="fr" type="linear"/><feFuncG id="fg" type="linear"/><feFuncB id="fb" type="linear"/>
+</feComponentTransfer></filter></svg>
+<h1>{{TITLE}}</h1>
+<div id="controls">Window <input id="ww" type="number" step="any" size="6"> Level <input id="wc" type="number"
+step="any" size="6"> <span id="presets"></span> <span class="lab">display range {{RANGE}}, grey step {{STEP}}</span><br>
+<span id="sliders"></span></div><div id="rows"></div>
+<h2>Metrics</h2>{{METRICS}}<h2>Settings</h2><pre>{{SETTINGS}}</pre>
+<script>
+const V = {{VIEW}};
+const planes = ["axial", "coronal", "sagittal"], idx = {};
+function place(k, p) {  // show slice k of plane p in every row
+  idx[p] = k;
+  document.getElementById(p + "-label").textContent = (k + 1) + " / " + V.rows[0].sprites[p].n;
+  const [w, h] = V.size[p];
+  V.rows.forEach((r, i) => {
+    const s = r.sprites[p], el = document.getElementById("v" + i + "-" + p);
+    el.style.backgroundPosition = (-(k % s.cols) * w) + "px " + (-Math.floor(k / s.cols) * h) + "px";
+    el.dataset.slice = k;
+  });
+}
+function setWL(w, c) {  // grey = (v - (c - w/2)) / w with v = lo + t (hi - lo), t the stored grey in [0, 1]
+  w = Math.max(Number(w), 1e-6); c = Number(c);
+  const slope = (V.hi - V.lo) / w, icpt = (V.lo - c + w / 2) / w;
+  for (const id of ["fr", "fg", "fb"]) {
+    const f = document.getElementById(id); f.setAttribute("slope", slope); f.setAttribute("intercept", icpt); }
+  document.getElementById("ww").value = +w.toPrecision(5); document.getElementById("wc").value = +c.toPrecision(5);
+}
+const sl = document.getElementById("sliders"), rows = document.getElementById("rows");
+for (const p of planes) {
+  const n = V.rows[0].sprites[p].n;
+  sl.insertAdjacentHTML("beforeend", `${p} <input id="${p}-slider" type="range" min="0" max="${n - 1}"
+    value="${Math.floor(n / 2)}"> <span id="${p}-label"></span> &nbsp; `);
+}
+V.rows.forEach((r, i) => {
+  let h = `<div><div class="lab">${r.label}</div>`;
+  for (const p of planes) {
+    const s = r.sprites[p], [w, hh] = V.size[p];
+    h += `<div class="cell"><div id="v${i}-${p}" class="view${r.fixed ? " fixed" : ""}" style="width:${w}px;` +
+      `height:${hh}px;background-image:url('${s.src}');background-size:${s.cols * w}px ${s.rows * hh}px"></div>` +
+      `<div class="lab">${p}</div></div>`;
+  }
+  rows.insertAdjacentHTML("beforeend", h + "</div>");
+});
+for (const p of planes) {
+  const s = document.getElementById(p + "-slider");
+  s.addEventListener("input", () => place(Number(s.value), p));
+  place(Number(s.value), p);
+}
+for (const id of ["ww", "wc"]) document.getElementById(id).addEventListener("input", () =>
+  setWL(document.getElementById("ww").value, document.getElementById("wc").value));
+const [lo0, hi0] = V.window; setWL(hi0 - lo0, (hi0 + lo0) / 2);
+V.presets.concat([["initial", hi0 - lo0, (hi0 + lo0) / 2]]).forEach(([name, w, c]) => {
+  const b = document.createElement("button"); b.textContent = name; b.title = `W ${w} L ${c}`;
+  b.onclick = () => setWL(w, c); document.getElementById("presets").appendChild(b); });
+function fromHash() {  // #axial=5&coronal=3&wl=400,40 (slices counted from 1, as shown): moves the sliders
+  for (const kv of location.hash.slice(1).split("&")) {
+    const [k, v] = kv.split("=");
+    if (planes.includes(k)) { const s = document.getElementById(k + "-slider"); s.value = Number(v) - 1;
+      s.dispatchEvent(new Event("input")); }
+    if (k === "wl") { const [w, c] = v.split(","); setWL(w, c); }
+  }
+}
+window.addEventListener("hashchange", fromHash); fromHash();
+</script></body></html>
+"""
+
+BATCH_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{{TITLE}}</title><style>""" + STYLE + """
+</style></head><body><h1>{{TITLE}}</h1><p>{{COUNTS}}. Click a column heading to sort.</p>
+<table id="t"><thead><tr><th></th><th>series</th><th>SeriesInstanceUID</th><th>status</th><th>method</th>
+<th>task</th><th>seconds</th><th>PSNR axial</th><th>SSIM axial</th><th>error</th></tr></thead><tbody>
+{{ROWS}}
+</tbody></table>
+<script>
+document.querySelectorAll("#t th").forEach((th, col) => th.addEventListener("click", () => {
+  const body = document.querySelector("#t tbody"), rows = [...body.rows], dir = th.dataset.dir === "1" ? -1 : 1;
+  th.dataset.dir = dir;
+  const key = r => { const t = r.cells[col].textContent.trim(), n = parseFloat(t); return isNaN(n) ? t : n; };
+  rows.sort((a, b) => { const x = key(a), y = key(b);
+    return (typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : typeof x === "number" ? -1 : 1) * dir; });
+  rows.forEach(r => body.appendChild(r));
+}));
+</script></body></html>
+"""

@@ -1,0 +1,260 @@
+"""DICOM networking with a PACS (pynetdicom): settings, associations, C-ECHO, C-FIND and C-STORE of a folder
+(receiving series, C-MOVE / C-GET and medrecon's storage SCP: ``pipelines.pacs_retrieve``).
+
+* Settings come from a ``pacs:`` section of a YAML file and/or the command line (:func:`load_settings`).
+* Every network failure is a :class:`PacsError` (one line, no traceback) naming the peer and the fix.
+* Messages name series by SeriesInstanceUID, never by patient; pynetdicom's own (verbose, multi-line)
+  logging is silenced.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydicom.dataset import Dataset
+
+from medrecon.errors import InputError, MedreconError
+
+logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # PacsError says what failed, in one line
+TMP_PREFIX = ".medrecon-tmp-"  # medrecon.io.atomic's temporary siblings
+MANUFACTURER = "medrecon"  # what medrecon.io.dicom_write puts in Manufacturer of every derived series
+OK_STORE = (0x0000, 0xB000, 0xB006, 0xB007)  # success and the storage warnings (coercion, elements discarded)
+
+
+class PacsError(MedreconError):
+    """A PACS could not be reached, refused us, or a transfer failed; the message says which and why."""
+
+
+class TLS(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ca_file: Optional[Path] = None  # CA certificate(s) the PACS's certificate must chain to
+    cert_file: Optional[Path] = None  # medrecon's certificate, when the PACS checks its clients
+    key_file: Optional[Path] = None
+    server_name: Optional[str] = None  # check the PACS certificate against this host name
+
+
+class PacsSettings(BaseModel):
+    """Where the PACS is and who medrecon is on the network (the ``pacs:`` YAML section)."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: Optional[str] = None  # the PACS; not needed to listen only
+    port: int = Field(104, gt=0, lt=65536)
+    aet: str = "ANY-SCP"  # the PACS's AE title (called AE)
+    calling_aet: str = "MEDRECON"  # medrecon's AE title; the PACS must know it (host, port) for C-MOVE
+    retrieve: Literal["move", "get"] = "move"
+    store_port: Optional[int] = Field(None, gt=0, lt=65536)  # medrecon's storage SCP (C-MOVE, listen)
+    store_address: str = "0.0.0.0"  # where the storage SCP listens
+    timeout: float = Field(30.0, gt=0)  # seconds: connection, association, each DIMSE message
+    tls: Optional[TLS] = None
+
+    @field_validator("aet", "calling_aet")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        if not re.fullmatch(r"[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}", v) or not v.strip():
+            raise ValueError(f"{v!r} is not an AE title (1-16 printable characters, no backslash)")
+        return v.strip()
+
+    def peer(self) -> str:
+        return f"{self.aet}@{self.host}:{self.port}"
+
+    def need_host(self) -> None:
+        if not self.host:
+            raise InputError("no PACS host: give --host (and --port, --aet) or host: in the pacs: section")
+
+
+def load_settings(path: Path | None = None, **overrides) -> PacsSettings:
+    """The ``pacs:`` section of the YAML file ``path`` (optional), with the non-None ``overrides`` on top."""
+    data, where = {}, "command line"
+    if path is not None:
+        where = str(path)
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise InputError(f"{path}: cannot read the PACS settings: {e}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("pacs", {}), dict):
+            raise InputError(f"{path}: expected a mapping with a 'pacs:' section")
+        data = dict(doc.get("pacs") or {})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return PacsSettings(**data)
+    except ValidationError as e:
+        lines = [f"{where}: pacs.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise InputError("; ".join(lines)) from None
+
+
+# ------------------------------------------------------------------------------------------ associations
+def ssl_context(tls: TLS, server: bool) -> ssl.SSLContext:
+    purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
+    try:
+        ctx = ssl.create_default_context(purpose, cafile=str(tls.ca_file) if tls.ca_file else None)
+        ctx.check_hostname = bool(tls.server_name) and not server
+        if tls.cert_file:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    except (OSError, ssl.SSLError) as e:
+        raise InputError(f"pacs.tls: cannot load the certificates: {e}") from None
+    return ctx
+
+
+def application_entity(settings: PacsSettings):
+    from pynetdicom import AE
+    ae = AE(ae_title=settings.calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = settings.timeout
+    return ae
+
+
+def associate(settings: PacsSettings, contexts, what: str, ae=None, **kw):
+    """An established association with the PACS, or a PacsError saying why not."""
+    from pynetdicom import evt
+    settings.need_host()
+    ae = ae or application_entity(settings)
+    for cx in contexts:
+        ae.add_requested_context(cx) if isinstance(cx, str) else ae.add_requested_context(*cx)
+    seen: dict = {}
+    handlers = [(evt.EVT_CONN_OPEN, lambda e: seen.setdefault("open", True)),
+                (evt.EVT_ACSE_RECV, lambda e: seen.setdefault("primitive", e.primitive))] + kw.pop("evt_handlers", [])
+    tls = None
+    if settings.tls is not None:
+        tls = (ssl_context(settings.tls, server=False), settings.tls.server_name)
+    try:
+        assoc = ae.associate(settings.host, settings.port, ae_title=settings.aet, tls_args=tls,
+                             evt_handlers=handlers, **kw)
+    except (OSError, ssl.SSLError) as e:
+        raise PacsError(f"{what}: cannot connect to the PACS {settings.peer()}: {e}") from None
+    if assoc.is_established:
+        return assoc
+    p = seen.get("primitive")
+    if assoc.is_rejected or getattr(p, "result", None) in (0x01, 0x02):
+        reason = f"{p.result_str}, {p.reason_str}" if getattr(p, "result", None) in (1, 2) else "no reason given"
+        hint = ("check --aet (the PACS's AE title) and that the PACS knows medrecon's AE title "
+                f"{settings.calling_aet!r}")
+        raise PacsError(f"{what}: the PACS {settings.peer()} refused the association ({reason}); {hint}")
+    if not seen.get("open"):
+        raise PacsError(f"{what}: cannot connect to the PACS {settings.peer()} (nothing answers there within "
+                        f"{settings.timeout:g} s): is it running, and are --host and --port right?")
+    raise PacsError(f"{what}: the PACS {settings.peer()} aborted the association (no accepted presentation "
+                    "context, a TLS mismatch, or a timeout); check its log and the tls: settings")
+
+
+def echo(settings: PacsSettings) -> None:
+    """C-ECHO: a PacsError unless the PACS answers."""
+    from pynetdicom.sop_class import Verification
+    assoc = associate(settings, [Verification], "C-ECHO")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if not status or status.Status != 0:
+        raise PacsError(f"C-ECHO: the PACS {settings.peer()} did not answer with success")
+
+
+# ------------------------------------------------------------------------------------------------ C-FIND
+@dataclass
+class Query:
+    """What to look for; empty fields match everything. ``study_date``: YYYYMMDD, or a range
+    YYYYMMDD-YYYYMMDD (either end may be left open); ``description``: SeriesDescription, * and ? wildcards."""
+
+    patient_id: str = ""
+    study_date: str = ""
+    modality: str = ""
+    description: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+
+    def __post_init__(self):
+        if self.study_date and not re.fullmatch(r"\d{8}|\d{8}-|-\d{8}|\d{8}-\d{8}", self.study_date):
+            raise InputError(f"--date {self.study_date!r}: give YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
+
+
+@dataclass
+class SeriesHit:
+    study_uid: str
+    series_uid: str
+    modality: str = ""
+    description: str = ""
+    study_date: str = ""
+    series_number: str = ""
+    n_instances: Optional[int] = None
+    manufacturer: str = ""
+
+    @property
+    def made_by_medrecon(self) -> bool:
+        """A derived series medrecon wrote (never reconstructed again: no loops through the PACS)."""
+        return self.manufacturer == MANUFACTURER or self.description.startswith(f"{MANUFACTURER} ")
+
+
+def find_series(settings: PacsSettings, query: Query) -> list[SeriesHit]:
+    """C-FIND (study root): the studies matching the patient, date and study UID, then their series
+    matching modality, description and series UID."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+    assoc = associate(settings, [FIND], "C-FIND")
+    try:
+        studies = _find(assoc, settings, QueryRetrieveLevel="STUDY", StudyInstanceUID=query.study_uid,
+                        PatientID=query.patient_id, StudyDate=query.study_date)
+        hits = []
+        for st in studies:
+            for se in _find(assoc, settings, QueryRetrieveLevel="SERIES", StudyInstanceUID=st.StudyInstanceUID,
+                            SeriesInstanceUID=query.series_uid, Modality=query.modality,
+                            SeriesDescription=query.description, SeriesNumber="", Manufacturer="",
+                            NumberOfSeriesRelatedInstances=""):
+                n = se.get("NumberOfSeriesRelatedInstances")
+                hits.append(SeriesHit(str(st.StudyInstanceUID), str(se.SeriesInstanceUID), str(se.get("Modality", "")),
+                                      str(se.get("SeriesDescription", "") or ""), str(st.get("StudyDate", "") or ""),
+                                      str(se.get("SeriesNumber", "") or ""), int(n) if n not in (None, "") else None,
+                                      str(se.get("Manufacturer", "") or "")))
+    finally:
+        assoc.release()
+    return sorted(hits, key=lambda h: (h.study_date, h.study_uid, h.series_number, h.series_uid))
+
+
+def _find(assoc, settings: PacsSettings, **keys) -> list[Dataset]:
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+    ds = Dataset()
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    out = []
+    for status, identifier in assoc.send_c_find(ds, FIND):
+        if not status:
+            raise PacsError(f"C-FIND: the PACS {settings.peer()} broke off the query (aborted or timed out after "
+                            f"{settings.timeout:g} s); does it accept queries from AE {settings.calling_aet!r}? "
+                            "(Orthanc: DicomModalities)")
+        if status.Status in (0xFF00, 0xFF01):
+            if identifier is not None and "StudyInstanceUID" in identifier:
+                out.append(identifier)
+        elif status.Status != 0:
+            raise PacsError(f"C-FIND {keys['QueryRetrieveLevel']}: the PACS answered status 0x{status.Status:04X}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- C-STORE
+def store_folder(settings: PacsSettings, folder: Path) -> int:
+    """C-STORE every DICOM file of ``folder`` in one association; a PacsError names the first refused one.
+    Sending the same files again is harmless (same SOP instance UIDs), so a failed send is simply redone."""
+    import pydicom
+    files = sorted(Path(folder).glob("*.dcm"))
+    if not files:
+        raise InputError(f"{folder}: no DICOM files to send")
+    contexts = set()
+    for f in files:
+        meta = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
+        contexts.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+    what = f"C-STORE of {folder}"
+    assoc = associate(settings, [(sop, [ts]) for sop, ts in sorted(contexts)], what)
+    try:
+        for f in files:
+            status = assoc.send_c_store(f)
+            if not status:
+                raise PacsError(f"{what}: the PACS stopped answering at {f.name} (connection lost or timed out); "
+                                "the series is sent again on the next run")
+            if int(status.Status) not in OK_STORE:
+                raise PacsError(f"{what}: the PACS refused {f.name} (status 0x{int(status.Status):04X}); "
+                                "the series is sent again on the next run")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return len(files)

@@ -1,0 +1,200 @@
+"""Query/retrieve/reconstruct/store against a PACS (``medrecon pacs run``) and the listening mode
+(``medrecon pacs listen``), resumable through the batch manifest.
+
+OUTPUT_ROOT holds ``manifest.csv`` (the batch's columns; ``error`` starts with the stage that failed:
+``retrieve:``, ``reconstruct:`` or ``store:``), ``index.html``, ``received/<SeriesInstanceUID>/`` (each
+source series as retrieved, present only when complete) and one ``reconstruct`` output per series,
+``<description>_<UID tail>/``, which gets ``pacs.json`` once its derived series was stored on the PACS.
+A rerun skips what is finished: no retrieval when ``received/<UID>`` exists, no reconstruction when the
+output holds ``report.json``, no send when it holds ``pacs.json``.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from medrecon.errors import InputError
+from medrecon.io import list_series
+
+from .batch import BatchResult, sanitize, read_manifest, write_manifest
+from .config import load_config
+from .html_report import write_batch_index
+from .outputs import write_json
+from .pacs import MANUFACTURER, TMP_PREFIX, PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
+from .pacs_retrieve import Inbox, retrieve_series, serve
+from .tasks import reconstruct
+
+
+class Runner:
+    """What every series goes through: retrieve (unless received), reconstruct (unless done), store back
+    (when ``send``); one manifest row each, the manifest and index.html rewritten after every series."""
+
+    def __init__(self, settings: PacsSettings, output_root: Path, config, overrides=(), send: bool = True,
+                 overwrite: bool = False, progress: bool = False, echo=print):
+        self.cfg = load_config(config, list(overrides))  # validated before anything runs
+        self.settings, self.send, self.overwrite, self.progress, self.echo = settings, send, overwrite, progress, echo
+        if send:
+            settings.need_host()
+        self.root = Path(output_root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.received = self.root / "received"
+        self.inbox = Inbox(self.received)
+        self.manifest = self.root / "manifest.csv"
+        self.rows: dict[str, dict] = {}
+        if self.manifest.is_file():  # keep the history of earlier runs (listen mode appends)
+            self.rows = {r["series_uid"]: r for r in read_manifest(self.manifest)}
+
+    def output_for(self, uid: str, description: str) -> Path:
+        known = self.rows.get(uid, {}).get("output_path")
+        if known:
+            return Path(known)
+        out = self.root / sanitize(f"{description or 'series'}_{uid[-12:]}")
+        used = {r["output_path"] for r in self.rows.values()}
+        n = 2
+        while str(out) in used:
+            out = self.root / sanitize(f"{description or 'series'}_{uid[-12:]}_{n}")
+            n += 1
+        return out
+
+    def process(self, uid: str, description: str = "", hit: SeriesHit | None = None) -> dict:
+        src, out = self.received / sanitize(uid, "series"), self.output_for(uid, description)
+        row = {"series_uid": uid, "input_path": str(src), "output_path": str(out), "status": "", "seconds": "0.0",
+               "error": ""}
+        done = (out / "report.json").is_file() and not self.overwrite
+        sent = (out / "pacs.json").is_file() and not self.overwrite
+        if done and (sent or not self.send):
+            row["status"] = "skipped"
+            return self.record(row)
+        t0, stage = time.perf_counter(), "retrieve"
+        try:
+            if not done and not src.is_dir():
+                if hit is None:
+                    raise PacsError(f"series {uid} was not received")
+                n = retrieve_series(self.settings, hit, src, self.inbox)
+                self.echo(f"        received {n} instances of {uid}")
+            if not done and _made_by_medrecon(src):  # e.g. a routing rule sending our own output back
+                row["status"], row["error"] = "skipped", "a series made by medrecon: not reconstructed again"
+                return self.record(row)
+            stage = "reconstruct"
+            if not done:
+                _remove_stale_temps(out)
+                reconstruct(self.cfg, src, out, overwrite=self.overwrite, series=uid, progress=self.progress)
+            stage = "store"
+            if self.send:
+                n = store_folder(self.settings, out / "dicom")
+                derived = _series_uid(out / "dicom")
+                write_json(out / "pacs.json", {"stored_to": self.settings.peer(), "instances": n,
+                                               "derived_series_uid": derived, "source_series_uid": uid,
+                                               "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                self.echo(f"        stored {n} instances of {derived} on {self.settings.peer()}")
+            row["status"] = "done"
+        except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
+            row["status"] = "failed"
+            row["error"] = " ".join(f"{stage}: {type(e).__name__}: {e}".split())[:500]
+        row["seconds"] = f"{time.perf_counter() - t0:.2f}"
+        return self.record(row)
+
+    def record(self, row: dict, pending=()) -> dict:
+        self.rows[row["series_uid"]] = row
+        rows = list(self.rows.values()) + [p for p in pending if p["series_uid"] not in self.rows]
+        write_manifest(self.manifest, rows)
+        write_batch_index(self.root, rows, title=f"medrecon PACS batch ({self.settings.peer()})")
+        return row
+
+
+def pacs_batch(settings: PacsSettings, query: Query, output_root, config, overrides=(), send: bool = True,
+               overwrite: bool = False, dry_run: bool = False, progress: bool = False, echo=print) -> BatchResult:
+    """Find the series matching ``query`` on the PACS, retrieve, reconstruct and store each (see the module)."""
+    settings.need_host()
+    hits = find_series(settings, query)
+    ours = [h for h in hits if h.made_by_medrecon]
+    if ours:
+        echo(f"leaving out {len(ours)} series made by medrecon (derived series are not reconstructed again)")
+    hits = [h for h in hits if not h.made_by_medrecon]
+    if not hits:
+        raise InputError(f"the PACS {settings.peer()} holds no series matching the query")
+    if dry_run:
+        for h in hits:
+            echo(f"{h.series_uid}  {h.modality:3s} {h.n_instances or '?':>4} images  {h.study_date}  {h.description}")
+        return BatchResult(Path(output_root) / "manifest.csv", [])
+    if settings.retrieve == "move" and settings.store_port is None:
+        raise InputError("C-MOVE needs medrecon's storage SCP: give --store-port (the port the PACS knows for "
+                         f"AE {settings.calling_aet!r}) or use --retrieve get")
+    run = Runner(settings, output_root, config, overrides, send, overwrite, progress, echo)
+    server = serve(settings, run.inbox) if settings.retrieve == "move" else None
+    rows = []
+    try:
+        for i, h in enumerate(hits, 1):
+            row = run.process(h.series_uid, h.description, h)
+            rows.append(row)
+            echo(f"[{i}/{len(hits)}] {row['status']:7s} {h.series_uid} -> {row['output_path']} {row['error']}".rstrip())
+    finally:
+        if server is not None:
+            server.shutdown()
+        run.inbox.discard()
+    return BatchResult(run.manifest, rows)
+
+
+def listen(settings: PacsSettings, output_root, config, overrides=(), send: bool = True, stable_s: float = 10.0,
+           max_series: int | None = None, idle_exit_s: float | None = None, progress: bool = False,
+           echo=print) -> BatchResult:
+    """Storage SCP: every series received (complete once nothing arrived for ``stable_s`` seconds) is
+    reconstructed and, with ``send``, stored back on the PACS. Stops on Ctrl-C, after ``max_series``
+    series, or after ``idle_exit_s`` seconds without work. Series received earlier but not finished are
+    done first (resume)."""
+    run = Runner(settings, output_root, config, overrides, send, False, progress, echo)
+    server = serve(settings, run.inbox)
+    echo(f"listening as {settings.calling_aet} on {settings.store_address}:{settings.store_port}; "
+         f"a series is complete after {stable_s:g} s without new images (Ctrl-C stops)")
+    rows, idle_since = [], time.monotonic()
+    todo = [p.name for p in sorted(run.received.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    try:
+        while max_series is None or len(rows) < max_series:
+            for uid in run.inbox.stable(stable_s):
+                n = run.inbox.take(uid, run.received / sanitize(uid, "series"))
+                echo(f"        received {n} instances of {uid}")
+                todo.append(uid)
+            if not todo:
+                if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                    break
+                time.sleep(0.2)
+                continue
+            uid = todo.pop(0)
+            row = run.process(uid, _description(run.received / sanitize(uid, "series")))
+            rows.append(row)
+            echo(f"[{len(rows)}] {row['status']:7s} {uid} -> {row['output_path']} {row['error']}".rstrip())
+            idle_since = time.monotonic()
+    except KeyboardInterrupt:
+        echo("stopped")
+    finally:
+        server.shutdown()
+    return BatchResult(run.manifest, rows)
+
+
+def _description(folder: Path) -> str:
+    try:
+        found = list_series(folder)
+        return found[0].description if found else ""
+    except Exception:  # noqa: BLE001 - only a folder name
+        return ""
+
+
+def _made_by_medrecon(folder: Path) -> bool:
+    import pydicom
+    first = next(iter(sorted(folder.glob("*.dcm"))), None)
+    if first is None:
+        return False
+    ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["Manufacturer", "ImageType"])
+    return str(ds.get("Manufacturer", "")) == MANUFACTURER and "DERIVED" in list(ds.get("ImageType", []))
+
+
+def _series_uid(folder: Path) -> str:
+    import pydicom
+    first = sorted(folder.glob("*.dcm"))[0]
+    return str(pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)
+
+
+def _remove_stale_temps(out: Path) -> None:
+    for p in out.parent.glob(f"{TMP_PREFIX}*-{out.name}"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

@@ -1,0 +1,136 @@
+"""index.html of a series and of a batch: written next to the outputs, and checked in a real headless Chromium
+(file://, no server): the slider moves to the slice the URL asks for, the displayed tile is that slice, window/level
+changes the rendered grey, the screenshot is not blank. The browser checks skip cleanly without Chromium."""
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medrecon.io import write_nifti
+from medrecon.volume import Volume
+from pipelines.html_report import ASSETS, plane_slices, write_batch_index, write_series_page
+
+BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+def _volume(n=8, seed=0):
+    """A CT-like volume whose slices differ: a bright square moving with the slice index, soft tissue around."""
+    rng = np.random.default_rng(seed)
+    data = np.full((n, 20, 24), -1000.0, np.float32)
+    data[:, 3:17, 3:21] = 40.0 + rng.normal(0, 5, (n, 14, 18))
+    for k in range(n):
+        data[k, 6:10, 2 + 2 * k:6 + 2 * k] = 800.0
+    return Volume(data, spacing=(1.5, 1.5, 3.0))
+
+
+@pytest.fixture()
+def series(tmp_path):
+    folder = tmp_path / "series"
+    (folder / "simulation").mkdir(parents=True)
+    ref = _volume()
+    write_nifti(ref, folder / "simulation" / "reference.nii.gz")
+    write_nifti(ref.with_data(ref.data + np.float32(20.0)), folder / "recon.nii.gz")
+    write_nifti(ref.with_data(np.abs(ref.data) / 100), folder / "std.nii.gz")
+    (folder / "report.json").write_text(json.dumps({"config": {"task": "sparse_view_ct_8", "solver": {"name": "fast"},
+                                                               "outputs": {"window": [-1000, 1000]}},
+                                                    "timings_s": {"total": 1.5}}))
+    write_series_page(folder, title="test series")
+    return folder, ref
+
+
+def _chromium(tmp_path, url, *flags, size=(1000, 1400)):
+    if BROWSER is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+           f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--window-size={size[0]},{size[1]}",
+           "--virtual-time-budget=3000", *flags, url]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"Chromium does not run here: {e}")
+    if r.returncode != 0:
+        pytest.skip(f"Chromium does not run here (exit {r.returncode}): {r.stderr[-300:]}")
+    return r.stdout
+
+
+def _element(dom, element_id):
+    m = re.search(rf'<[^>]*id="{element_id}"[^>]*>', dom)
+    assert m, f"#{element_id} not in the page"
+    return m.group(0)
+
+
+def test_series_page_files(series):
+    folder, ref = series
+    page = (folder / "index.html").read_text()
+    assert "http://" not in page and "https://" not in page  # nothing from the network
+    summary = json.loads((folder / ASSETS / "summary.json").read_text())
+    assert summary["methods"] == ["reference", "reconstruction"] and summary["solver"] == "fast"
+    assert summary["metrics"]["reconstruction"]["psnr_axial"] < 60  # computed against the reference
+    sprite = Image.open(folder / ASSETS / "v1_axial.png")
+    assert sprite.size == (3 * 24, 3 * 20)  # 8 slices on a 3 x 3 grid
+    assert (folder / ASSETS / "v2_axial.png").is_file()  # the uncertainty map
+
+
+def test_slider_moves_to_the_slice_and_shows_it(series, tmp_path):
+    folder, ref = series
+    k = 5
+    dom = _chromium(tmp_path, (folder / "index.html").as_uri() + f"#axial={k + 1}&coronal=3&wl=400,40", "--dump-dom")
+    assert re.search(r'id="axial-label"[^>]*>6 / 8<', dom)
+    view = _element(dom, "v1-axial")
+    assert f'data-slice="{k}"' in view
+    # the view shows tile k of its sprite: background-position = -(k % cols) * w, -(k // cols) * h
+    w, h = (int(v) for v in re.search(r"width: (\d+)px; height: (\d+)px", view).groups())
+    x, y = (int(v) for v in re.search(r"background-position: (-?\d+)px (-?\d+)px", view).groups())
+    cols = 3
+    assert (x, y) == (-(k % cols) * w, -(k // cols) * h)
+    sprite = np.asarray(Image.open(folder / ASSETS / "v1_axial.png"), np.float64)
+    tile = sprite[(k // cols) * 20:(k // cols + 1) * 20, (k % cols) * 24:(k % cols + 1) * 24]
+    assert tile[7, 2 + 2 * k + 1] > 200 and tile[7, 2 + 2 * (k - 2) + 1] < 200  # the square of slice k, not k-2
+    # window/level 400/40 on the SVG filter: slope = (hi - lo) / W
+    slope = float(re.search(r'id="fr"[^>]*slope="([-0-9.e]+)"', dom).group(1))
+    assert 4 < slope < 6  # display range about -1000..1000 HU (the reference, widened to the window) / 400 HU
+
+
+def test_screenshot_is_not_blank_and_window_level_changes_it(series, tmp_path):
+    folder, _ = series
+    url = (folder / "index.html").as_uri()
+    shots = {}
+    for name, wl in (("wide", "2000,0"), ("narrow", "100,40")):
+        out = tmp_path / f"{name}.png"
+        _chromium(tmp_path, f"{url}#axial=4&wl={wl}", f"--screenshot={out}", size=(900, 900))
+        shots[name] = np.asarray(Image.open(out).convert("L"), np.float64)
+    wide = shots["wide"]
+    assert wide.std() > 20 and (wide > 200).mean() > 0.002  # images, not an empty page
+    assert np.abs(shots["narrow"] - wide).mean() > 2  # the window really re-greys the pixels
+
+
+def test_batch_index_links_series_and_sorts(series, tmp_path):
+    folder, _ = series
+    rows = [{"series_uid": "1.2.3", "output_path": str(folder), "status": "done", "seconds": "12.5", "error": ""},
+            {"series_uid": "1.2.4", "output_path": str(tmp_path / "gone"), "status": "failed", "seconds": "0.3",
+             "error": "reconstruct: InputError: bad <series>"}]
+    index = write_batch_index(tmp_path, rows)
+    page = index.read_text()
+    assert 'href="series/index.html"' in page and f"series/{ASSETS}/thumb.png" in page
+    assert "bad &lt;series&gt;" in page  # escaped
+    dom = _chromium(tmp_path, index.as_uri(), "--dump-dom")
+    assert dom.count("<tr><td>") == 2 and "1 done, 1 failed" in dom
+
+
+def test_reconstruct_and_batch_write_their_pages(tmp_path):
+    from medrecon.io import write_dicom_series
+    from pipelines.cli import main
+    vol = _volume(n=3)
+    write_dicom_series(Volume(vol.data, vol.spacing, meta={"dicom": {"Modality": "CT"}}), tmp_path / "in" / "a" / "ct",
+                       series_description="Head")
+    assert main(["batch", str(tmp_path / "in"), str(tmp_path / "out"), "--config", "sparse_view_ct_8",
+                 "--set", "solver.name=fbp", "--set", "ct.image_size=16"]) == 0
+    series = next((tmp_path / "out" / "a" / "ct").iterdir())
+    assert (series / "index.html").is_file() and (series / ASSETS / "v0_sagittal.png").is_file()
+    index = (tmp_path / "out" / "index.html").read_text()
+    assert f'href="a/ct/{series.name}/index.html"' in index and ">done<" in index

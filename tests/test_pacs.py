@@ -1,0 +1,267 @@
+"""PACS in and out against a real Orthanc on 127.0.0.1: query, retrieve (C-MOVE and C-GET), reconstruct,
+store back, resume; the listening mode; the bad cases (PACS down, wrong AE title, unknown move destination,
+a series failing mid-transfer in either direction). Skips cleanly without pynetdicom or Orthanc."""
+import csv
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+pytest.importorskip("pynetdicom")
+
+from medrecon.io import write_dicom_series  # noqa: E402
+from medrecon.volume import Volume  # noqa: E402
+from orthanc_server import free_port, start_orthanc  # noqa: E402
+from pipelines.cli import main  # noqa: E402
+
+SETS = ["--set", "solver.name=fbp", "--set", "ct.image_size=16"]
+PATIENT = ("Doe^Jane", "PID-4711")
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """Orthanc knowing medrecon (AE MEDRECON at 127.0.0.1:scp_port) as a C-MOVE destination, with two CT series."""
+    root = tmp_path_factory.mktemp("pacs")
+    scp_port = free_port()
+    # Like many hospital PACS: queries from any AE, C-MOVE only to the destinations it knows.
+    server = start_orthanc(root / "orthanc", {"medrecon": ["MEDRECON", "127.0.0.1", scp_port]},
+                           {"DicomAlwaysAllowFind": True, "DicomAlwaysAllowMove": True})
+    if server is None:
+        pytest.skip("Orthanc is not installed or does not start (apt-get install orthanc)")
+    server.scp_port = scp_port
+    server.sources = {}
+    for seed, desc in ((1, "Chest 1.0"), (2, "Abdomen 2.0")):
+        folder = root / f"src{seed}"
+        _series(folder, seed, desc)
+        server.upload(folder)
+        server.sources[desc] = folder
+    yield server
+    server.stop()
+
+
+def _series(folder, seed, description, n=4):
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, k) for k in (n, 24, 24)), indexing="ij")
+    hu = np.where(x ** 2 + (y - 0.1 * seed) ** 2 < 0.6, 40.0 + 10 * seed, -1000.0).astype(np.float32)
+    meta = {"Modality": "CT", "PatientName": PATIENT[0], "PatientID": PATIENT[1], "StudyDate": "20240105",
+            "StudyInstanceUID": f"1.2.826.0.1.3680043.8.498.1{seed}", "FrameOfReferenceUID": f"1.2.826.0.1.36.{seed}"}
+    vol = Volume(hu, spacing=(2.0, 2.0, 3.0), origin=(-23.0, -23.0, 100.0), meta={"dicom": meta})
+    write_dicom_series(vol, folder, series_description=description)
+    for f in folder.iterdir():  # as a scanner writes it (medrecon's own derived series are never reconstructed)
+        ds = pydicom.dcmread(f)
+        ds.Manufacturer, ds.ImageType = "ACME CT", ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.save_as(f)
+
+
+def _net(pacs, *extra):
+    return ["--host", "127.0.0.1", "--port", str(pacs.dicom_port), "--aet", "ORTHANC", "--timeout", "5", *extra]
+
+
+def _run(pacs, out, *extra):
+    return main(["pacs", "run", str(out), "--config", "sparse_view_ct_8", *SETS,
+                 *_net(pacs, "--store-port", str(pacs.scp_port), "--store-address", "127.0.0.1"), *extra])
+
+
+def _manifest(out):
+    with open(out / "manifest.csv", newline="") as fh:
+        return {r["output_path"].rsplit("/", 1)[-1].split("_")[0]: r for r in csv.DictReader(fh)}
+
+
+def _derived_on_pacs(pacs, uid):
+    """The instances' tags of the series ``uid`` in Orthanc (REST), sorted by InstanceNumber."""
+    series = pacs.series_by_uid().get(uid)
+    if series is None:
+        return []
+    tags = [pacs.get(f"/instances/{i}/tags?simplify") for i in series["Instances"]]
+    return sorted(tags, key=lambda t: int(t["InstanceNumber"]))
+
+
+def _source_uids(folder):
+    ds = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(Path(folder).iterdir())]
+    return ds[0].SeriesInstanceUID, {d.SOPInstanceUID for d in ds}
+
+
+def test_query_retrieve_reconstruct_store_and_resume(pacs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(pacs, out, "--modality", "CT", "--date", "20240101-20240131", "--description", "Chest*") == 0
+    rows = _manifest(out)
+    assert list(rows) == ["Chest"] and rows["Chest"]["status"] == "done"
+    assert _run(pacs, out, "--patient-id", PATIENT[1], "--description", "*") == 0  # chest skipped, abdomen done
+    rows = _manifest(out)
+    assert {k: r["status"] for k, r in rows.items()} == {"Chest": "skipped", "Abdomen": "done"}
+    logs = capsys.readouterr()
+    assert not any(p in logs.out + logs.err for p in (*PATIENT, "Doe", "Jane"))  # UIDs only, never the patient
+
+    for name, desc in (("Chest", "Chest 1.0"), ("Abdomen", "Abdomen 2.0")):
+        series_out = Path(rows[name]["output_path"])
+        sent = __import__("json").loads((series_out / "pacs.json").read_text())
+        derived = _derived_on_pacs(pacs, sent["derived_series_uid"])
+        src_uid, src_sops = _source_uids(pacs.sources[desc])
+        assert sent["source_series_uid"] == src_uid and len(derived) == sent["instances"] == 4
+        src = pydicom.dcmread(sorted(pacs.sources[desc].iterdir())[0])
+        for t in derived:  # same patient, study and frame; derived; references to the source series
+            assert t["StudyInstanceUID"] == src.StudyInstanceUID and t["PatientID"] == PATIENT[1]
+            assert t["FrameOfReferenceUID"] == src.FrameOfReferenceUID and t["SeriesInstanceUID"] != src_uid
+            assert t["ImageType"].startswith("DERIVED\\SECONDARY")
+            ref = t["ReferencedSeriesSequence"][0]
+            assert ref["SeriesInstanceUID"] == src_uid
+            assert {r["ReferencedSOPInstanceUID"] for r in ref["ReferencedInstanceSequence"]} == src_sops
+            assert t["SourceImageSequence"][0]["ReferencedSOPInstanceUID"] in src_sops
+        # geometry: the source's field of view (24 px x 2 mm) on a 16 px grid, same slices and orientation
+        assert [float(v) for v in derived[0]["PixelSpacing"].split("\\")] == pytest.approx([3.0, 3.0])
+        assert [float(v) for v in derived[0]["ImageOrientationPatient"].split("\\")] == [1, 0, 0, 0, 1, 0]
+        z = [float(t["ImagePositionPatient"].split("\\")[2]) for t in derived]
+        assert z == pytest.approx([100.0, 103.0, 106.0, 109.0])
+        assert (int(derived[0]["Rows"]), int(derived[0]["Columns"])) == (16, 16)
+        assert (series_out / "index.html").is_file()
+
+    # resume: everything is finished, nothing is sent twice
+    n_series = len(pacs.get("/series"))
+    assert _run(pacs, out, "--patient-id", PATIENT[1]) == 0
+    assert {r["status"] for r in _manifest(out).values()} == {"skipped"}
+    assert len(pacs.get("/series")) == n_series
+    index = (out / "index.html").read_text()
+    assert index.count("<tr><td>") == 2 and "Chest_1.0_" in index and "Abdomen_2.0_" in index
+
+
+def test_c_get_and_dry_run(pacs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(pacs, out, "--description", "Abdomen*", "--dry-run") == 0 and not out.exists()
+    assert "Abdomen 2.0" in capsys.readouterr().out
+    assert main(["pacs", "run", str(out), "--config", "sparse_view_ct_8", *SETS, *_net(pacs), "--retrieve", "get",
+                 "--description", "Abdomen*", "--no-send"]) == 0
+    row = _manifest(out)["Abdomen"]
+    assert row["status"] == "done" and len(list(Path(row["input_path"]).glob("*.dcm"))) == 4
+    assert not (Path(row["output_path"]) / "pacs.json").exists()  # --no-send
+
+
+def test_unreachable_pacs_and_wrong_ae_titles(pacs, tmp_path, capsys):
+    closed = free_port()
+    assert main(["pacs", "echo", "--host", "127.0.0.1", "--port", str(closed), "--aet", "ORTHANC",
+                 "--timeout", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect to the PACS ORTHANC@127.0.0.1" in err and err.count("\n") == 1
+    assert main(["pacs", "find", *_net(pacs)[:4], "--aet", "NOT-ORTHANC"]) == 2
+    err = capsys.readouterr().err
+    assert "refused the association" in err and "Called AE title not recognised" in err
+    assert main(["pacs", "echo", *_net(pacs)]) == 0
+    # a calling AE the PACS does not know as a move destination: the batch records it and goes on
+    out = tmp_path / "out"
+    assert _run(pacs, out, "--calling-aet", "STRANGER") == 1
+    rows = _manifest(out)
+    assert {r["status"] for r in rows.values()} == {"failed"}
+    assert all("retrieve:" in r["error"] and "STRANGER" in r["error"] for r in rows.values())
+    assert not list((out / "received").iterdir())  # nothing half-received
+
+
+def test_series_failing_mid_transfer_is_not_kept_and_the_batch_goes_on(pacs, tmp_path, monkeypatch):
+    import pipelines.pacs_retrieve as pacs_mod
+    real, seen = pacs_mod.Inbox.on_store, []
+
+    def drop_third_chest_image(self, event):
+        if str(event.dataset.SeriesDescription) == "Chest 1.0":
+            seen.append(1)
+            if len(seen) == 3:
+                return 0xA700  # out of resources: the PACS counts a failed sub-operation
+        return real(self, event)
+    monkeypatch.setattr(pacs_mod.Inbox, "on_store", drop_third_chest_image)
+    out = tmp_path / "out"
+    assert _run(pacs, out, "--no-send") == 1
+    rows = _manifest(out)
+    assert rows["Abdomen"]["status"] == "done" and rows["Chest"]["status"] == "failed"
+    error = rows["Chest"]["error"]
+    assert error.startswith("retrieve: PacsError:") and "failed mid-transfer after 2 instances" in error
+    assert sorted(p.name for p in (out / "received").iterdir()) == [Path(rows["Abdomen"]["input_path"]).name]
+    monkeypatch.setattr(pacs_mod.Inbox, "on_store", real)
+    assert _run(pacs, out, "--no-send") == 0  # resume: only the chest series is retrieved and reconstructed
+    assert {k: r["status"] for k, r in _manifest(out).items()} == {"Chest": "done", "Abdomen": "skipped"}
+
+
+def test_store_failing_mid_transfer_is_redone_on_resume(pacs, tmp_path, monkeypatch):
+    from pynetdicom.association import Association
+    real, sent = Association.send_c_store, []
+
+    def abort_after_two(self, dataset, *a, **k):
+        sent.append(dataset)
+        if len(sent) == 3:
+            self.abort()
+            return pydicom.Dataset()  # no status: the connection is gone
+        return real(self, dataset, *a, **k)
+    monkeypatch.setattr(Association, "send_c_store", abort_after_two)
+    out = tmp_path / "out"
+    assert _run(pacs, out, "--description", "Chest*") == 1
+    row = _manifest(out)["Chest"]
+    assert row["status"] == "failed" and row["error"].startswith("store: PacsError:")
+    assert not (Path(row["output_path"]) / "pacs.json").exists()
+    monkeypatch.setattr(Association, "send_c_store", real)
+    assert _run(pacs, out, "--description", "Chest*") == 0  # only the send is redone
+    sent_info = __import__("json").loads((Path(row["output_path"]) / "pacs.json").read_text())
+    assert len(_derived_on_pacs(pacs, sent_info["derived_series_uid"])) == 4
+
+
+def test_listen_reconstructs_what_the_pacs_sends(pacs, tmp_path):
+    out, port = tmp_path / "out", free_port()
+    import json
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{pacs.http_port}/modalities/listener", method="PUT",
+                                 data=json.dumps({"AET": "LISTENER", "Host": "127.0.0.1", "Port": port}).encode())
+    urllib.request.urlopen(req, timeout=10).read()
+    result = {}
+    args = ["pacs", "listen", str(out), "--config", "sparse_view_ct_8", *SETS, *_net(pacs), "--calling-aet",
+            "LISTENER", "--store-port", str(port), "--store-address", "127.0.0.1", "--stable-seconds", "0.5",
+            "--max-series", "1", "--idle-exit", "30"]
+    t = threading.Thread(target=lambda: result.setdefault("rc", main(args)))
+    t.start()
+    time.sleep(1.0)
+    chest = next(sid for sid in pacs.get("/series")
+                 if pacs.get(f"/series/{sid}")["MainDicomTags"].get("SeriesDescription") == "Chest 1.0")
+    pacs.post("/modalities/listener/store", json.dumps({"Resources": [chest], "Synchronous": True}).encode(),
+              "application/json")
+    t.join(60)
+    assert result.get("rc") == 0
+    row = _manifest(out)["Chest"]
+    assert row["status"] == "done"
+    sent = json.loads((Path(row["output_path"]) / "pacs.json").read_text())
+    assert len(_derived_on_pacs(pacs, sent["derived_series_uid"])) == 4
+
+
+def _certificates(folder):
+    """A CA, and a certificate signed by it for 127.0.0.1 (used by both ends), made with openssl."""
+    import shutil
+    import subprocess
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder.mkdir()
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=medrecon test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "peer.key", "-out", "peer.csr")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "peer.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "ext.cnf", "-out", "peer.pem")
+    return folder
+
+
+def test_tls(tmp_path):
+    """A PACS that needs DICOM TLS: echo and find work with the pacs.tls settings and fail clearly without."""
+    certs = _certificates(tmp_path / "certs")
+    server = start_orthanc(tmp_path / "orthanc", {}, {
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(certs / "peer.pem"),
+        "DicomTlsPrivateKey": str(certs / "peer.key"), "DicomTlsTrustedCertificates": str(certs / "ca.pem"),
+        "DicomTlsRemoteCertificateRequired": True, "DicomAlwaysAllowFind": True})
+    if server is None:
+        pytest.skip("Orthanc does not start with DICOM TLS here")
+    try:
+        (tmp_path / "pacs.yaml").write_text(
+            f"pacs:\n  host: 127.0.0.1\n  port: {server.dicom_port}\n  aet: ORTHANC\n  timeout: 5\n"
+            f"  tls: {{ca_file: {certs / 'ca.pem'}, cert_file: {certs / 'peer.pem'}, key_file: {certs / 'peer.key'},"
+            f" server_name: 127.0.0.1}}\n")
+        assert main(["pacs", "echo", "--pacs", str(tmp_path / "pacs.yaml")]) == 0
+        assert main(["pacs", "find", "--pacs", str(tmp_path / "pacs.yaml")]) == 0
+        assert main(["pacs", "echo", *_net(server)]) == 2  # plain DICOM to a TLS port: a clear error, no hang
+    finally:
+        server.stop()

@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from .app import app
+from .commands_recon import exit_if_series_failed
 
 pacs_app = typer.Typer(no_args_is_help=True, help="Query/retrieve series from a PACS, reconstruct them and store "
                                                   "the derived series back; or listen for series sent to medrecon.")
@@ -46,9 +47,7 @@ def _query(patient_id, date, modality, description, study_uid, series_uid):
 def _finish(res) -> None:
     typer.echo(f"manifest: {res.manifest} ({len(res.rows) - res.failed} ok, {res.failed} failed); "
                f"report: {res.manifest.parent / 'index.html'}")
-    if res.failed:  # a ClickException exits with status 1 (typer.Exit's code is lost under standalone_mode=False)
-        import click
-        raise click.ClickException(f"{res.failed} of {len(res.rows)} series failed; see {res.manifest}")
+    exit_if_series_failed(res)
 
 
 @pacs_app.command()

@@ -75,6 +75,11 @@ def batch(input_root: Path = typer.Argument(..., help="Folder tree holding DICOM
               progress=progress, echo=typer.echo, resample=resample)
     if not dry_run:
         typer.echo(f"manifest: {res.manifest} ({len(res.rows) - res.failed} ok, {res.failed} failed)")
+    exit_if_series_failed(res)
+
+
+def exit_if_series_failed(res) -> None:
+    """Exit status 1, with one line, when any series of a batch failed (the manifest says which)."""
     if res.failed:
         typer.secho(f"error: {res.failed} of {len(res.rows)} series failed; see {res.manifest}", err=True,
                     fg=typer.colors.RED)

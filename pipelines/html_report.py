@@ -192,7 +192,8 @@ def write_batch_index(root, rows: list[dict], title: str = "medrecon batch") -> 
     root = Path(root)
     lines = []
     for r in rows:
-        out = Path(r.get("output_path") or "")
+        op = r.get("output_path") or ""
+        out = root / op if op else Path("")  # manifests hold paths relative to the root (or absolute ones)
         s = _json(out / ASSETS / "summary.json") if out.name else {}
         page = out / "index.html"
         rel = os.path.relpath(out, root) if out.name else ""

@@ -7,6 +7,7 @@ Modules: ``physics`` (fftc/ifftc), ``cartesian`` (CartesianMRI), ``masks`` (make
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from medrecon.errors import InputError
@@ -67,5 +68,8 @@ def mri_operator(image_shape, mask, *, kspace=None, coil_maps=None, maps_from: s
         maps = maps[:, None].expand(maps.shape[0], shape[0], *maps.shape[1:])
     kw = dict(real_input=real_input, kspace_shape=kshape)
     if maps is not None and not three_d and maps.ndim == 4:
-        return PerSliceOperator([CartesianMRI(shape, mask, coil_maps=m, **kw) for m in maps])
+        m = np.asarray(mask)
+        per_slice_mask = m.ndim == 3 and m.shape[0] == maps.shape[0] > 1  # (Z, 1|H, W): slice z gets mask z
+        return PerSliceOperator([CartesianMRI(shape, m[z] if per_slice_mask else mask, coil_maps=maps[z], **kw)
+                                 for z in range(maps.shape[0])])
     return CartesianMRI(shape, mask, coil_maps=maps, **kw)

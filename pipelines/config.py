@@ -77,7 +77,10 @@ class MRI(Section):
     mask: Mask = Mask()
     coils: Literal["single", "multi"] = "single"
     n_coils: int = Field(8, gt=0)  # simulation only
-    coil_maps: Literal["given", "estimate"] = "given"  # multi-coil: stored maps, or estimate from the centre
+    # multi-coil: stored maps | simple estimate from the k-space centre | ESPIRiT (needs sigpy)
+    coil_maps: Literal["given", "estimate", "espirit"] = "given"
+    # auto: complex for measured k-space, real for simulation from magnitude volumes | real | complex
+    image: Literal["auto", "real", "complex"] = "auto"
 
 
 # ------------------------------------------------------------------------------------ the rest
@@ -102,6 +105,7 @@ class Outputs(Section):
     snapshots_every: int = Field(0, ge=0)
     window: Optional[tuple[float, float]] = None  # preview window, physical units; null: 1st-99th pct
     deidentify: bool = False  # derived DICOM series under the PS3.15 basic profile (no patient identifiers)
+    phase: bool = False  # complex MRI images: also write phase.nii.gz (radians)
 
 
 class Intensity(Section):

@@ -11,6 +11,12 @@ MRI: the value itself) and HU = to_physical(x) affine in x, the data the solver 
 so that A x = y_model exactly. The CT operator is the projector in pixel units (DiffusionMBIR's scaling,
 so the paper's lam/rho keep their meaning). Measured k-space is scaled so that the zero-filled magnitude's
 99.9th percentile is 1.
+
+MRI images are complex for measured k-space (``mri.image: auto``; real for simulations from magnitude
+volumes): the intensity map then acts on the real and the imaginary part alike (b (1 + i) above), so a
+real-valued prior sees both parts in its own units (score-MRI), the image's mean phase is rotated to 0 at
+load (so the real part carries the signal), and ``to_volume`` returns the magnitude (``phase_volume`` the
+phase).
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from operators.mri import mri_operator
 from .config import Config, resolve_prior_path
 from .measurement import Measurement, is_measurement_file
 from .modality import DICOM_MODALITY, Modality
+from .raw_mri import MEASURED
 from .prior_cards import load_prior_for
 from .registry import SOLVERS
 from .simulate import simulate_volume
@@ -109,18 +116,27 @@ class Problem:
             def phi(u):
                 return attenuation_per_pixel(u, geom.pixel_size_mm)
         else:
-            A = _mri_operator(cfg, meas)
+            cplx = _complex_images(cfg, meas)
+            A = _mri_operator(cfg, meas, cplx)
             y = torch.from_numpy(np.asarray(meas.data, np.complex64))
-            if meas.info.get("units", "").startswith("measured"):
+            if meas.info.get("units", "") == MEASURED:
                 scale = _measured_scale(A, y)
                 y = y / scale
+            if cplx:
+                y = y * _phase_alignment(A, y)
+                kw.setdefault("info", {})["complex_images"] = True
+                if meas.reference is not None and kw.get("reference") is None:
+                    kw["reference"] = meas.grid.with_data(meas.reference / scale, description="reference")
 
             def phi(u):
                 return u
         b = phi(imap.to_physical(0.0))
         a = phi(imap.to_physical(1.0)) - b
         y = y.to(device)
-        y_model = (y - b * A.forward(torch.ones(meas.grid.shape, device=device)).to(y.dtype)) / a
+        ones = torch.ones(meas.grid.shape, device=device)
+        if kw.get("info", {}).get("complex_images"):
+            ones = torch.complex(ones, ones)  # the offset on the real and the imaginary part
+        y_model = (y - b * A.forward(ones).to(y.dtype)) / a
         return cls(cfg, device, prior, imap, meas, A, y_model, geom, data_scale=scale, **kw)
 
     # -- solving -------------------------------------------------------------------------------
@@ -128,9 +144,15 @@ class Problem:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.measurement.grid.shape)
 
+    @property
+    def complex_images(self) -> bool:
+        return bool(self.info.get("complex_images"))
+
     def bounds(self, settings) -> tuple[float, float] | None:
         """Clamp interval in model units: ``clip`` (physical units) and ``nonneg`` (not below the intensity
-        map's physical minimum, e.g. mu >= 0 at -1000 HU: model_min, not model 0)."""
+        map's physical minimum, e.g. mu >= 0 at -1000 HU: model_min, not model 0); none for complex images."""
+        if self.complex_images:
+            return None
         lo, hi = (-math.inf, math.inf) if settings.clip is None else \
             (float(self.intensity.to_model(settings.clip[0])), float(self.intensity.to_model(settings.clip[1])))
         if settings.nonneg:
@@ -153,6 +175,9 @@ class Problem:
                                     n_cg=s.n_cg, x0=zeros, clip=self.bounds(s)))
         if self.prior is None:
             raise InputError(f"solver {s.name} needs a prior (prior.path)")
+        if self.complex_images and s.name in ("projection", "mcg", "dps"):
+            raise InputError(f"solver {s.name} works on real images; use fast or diffusion_mbir for measured "
+                             f"k-space, or set mri.image=real")
         lam, rho = (s.admm.lam, s.admm.rho) if hasattr(s, "admm") else (0.0, 1.0)  # slicewise: no z-TV
         x_init, start_sigma = self.warm_start(s)
         solver = SOLVERS[s.name].sampler(
@@ -191,9 +216,20 @@ class Problem:
 
     # -- results -------------------------------------------------------------------------------
     def to_volume(self, x: torch.Tensor, description: str = "medrecon") -> Volume:
-        """A model-unit estimate as a Volume in physical units on the output grid."""
+        """A model-unit estimate as a Volume in physical units on the output grid (complex images: magnitude)."""
+        if x.is_complex():
+            return self.measurement.grid.with_data(np.abs(self._physical_complex(x)), description=description)
         return self.measurement.grid.with_data(self.intensity.to_physical(x.real.float().cpu().numpy()),
                                                description=description)
+
+    def phase_volume(self, x: torch.Tensor, description: str = "medrecon phase") -> Volume:
+        """The phase (radians) of a complex estimate, after the load-time rotation (see the module doc)."""
+        return self.measurement.grid.with_data(np.angle(self._physical_complex(x)), description=description)
+
+    def _physical_complex(self, x: torch.Tensor) -> np.ndarray:
+        x = x.detach().cpu()
+        to_phys = self.intensity.to_physical
+        return to_phys(x.real.double().numpy()) + 1j * to_phys(x.imag.double().numpy())
 
     def prior_summary(self) -> dict | None:
         p = self.prior
@@ -289,12 +325,26 @@ def check_grid(prior, meas: Measurement) -> None:
                          f"solver (--set solver.name=admm_tv)")
 
 
-def _mri_operator(cfg: Config, meas: Measurement) -> LinearOperator:
+def _complex_images(cfg: Config, meas: Measurement) -> bool:
+    mode = cfg.mri.image
+    return meas.info.get("units", "") == MEASURED if mode == "auto" else mode == "complex"
+
+
+def _mri_operator(cfg: Config, meas: Measurement, complex_images: bool) -> LinearOperator:
     k = torch.from_numpy(np.asarray(meas.data))
     three_d = meas.info.get("layout") == "3d"
     return mri_operator(meas.grid.shape if three_d else meas.grid.shape[1:], meas.mask, kspace=k,
                         coil_maps=None if meas.coil_maps is None else torch.from_numpy(np.asarray(meas.coil_maps)),
-                        estimate_maps=cfg.mri.coil_maps == "estimate", three_d=three_d)
+                        maps_from=cfg.mri.coil_maps, three_d=three_d, real_input=not complex_images,
+                        kspace_shape=meas.info.get("kspace_shape"))
+
+
+def _phase_alignment(A: LinearOperator, y: torch.Tensor) -> complex:
+    """exp(-i theta), theta the magnitude-weighted mean phase of the zero-filled image (a constant rotation:
+    the magnitude is unchanged, and a real-valued prior then sees the signal in the real part)."""
+    zf = A.adjoint(y)
+    s = torch.sum(zf * zf.abs())
+    return complex(torch.exp(-1j * torch.angle(s))) if s.abs() > 0 else 1.0
 
 
 def _measured_scale(A: LinearOperator, y: torch.Tensor) -> float:

@@ -87,7 +87,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     with atomic_output(out, overwrite, protect=[inp], marker=identity) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
-        if problem.reference is not None:
+        if problem.reference is not None and problem.source is not None:
             write_simulation(tmp / "simulation", problem.reference, problem.measurement)
         with t("solve"):
             snap = snapshot_writer(tmp / "snapshots", problem) if cfg.outputs.snapshots_every else None
@@ -95,7 +95,9 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         with t("write"):
             recon = problem.to_volume(sol.x)
             files = write_results(cfg, tmp, recon, sol, problem.intensity,
-                                  problem.source if _source_is_dicom(inp) else None)
+                                  problem.source if _source_is_dicom(inp) else None,
+                                  measured_mri=problem.source is None and cfg.modality == "mri")
+            files += write_measured_extras(cfg, tmp, problem, sol)
             rep = report(run_config(cfg, problem), input=inp.name, output=out.name, **identity,
                          device=str(problem.device),
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),
@@ -146,16 +148,31 @@ def run_config(cfg: Config, problem: Problem) -> dict:
     return d
 
 
+def write_measured_extras(cfg: Config, folder: Path, problem: Problem, sol: Solution) -> list[str]:
+    """Complex MRI: phase.nii.gz (outputs.phase) and the file's own reference magnitude (reference.nii.gz)."""
+    files = []
+    if cfg.outputs.phase and sol.x.is_complex():
+        write_nifti(problem.phase_volume(sol.x), folder / "phase.nii.gz")
+        files.append("phase.nii.gz")
+    if problem.reference is not None and problem.source is None:
+        write_nifti(problem.reference, folder / "reference.nii.gz")
+        files.append("reference.nii.gz")
+    return files
+
+
 def write_results(cfg: Config, folder: Path, recon: Volume, sol: Solution, imap: IntensityMap,
-                  dicom_src: Volume | None) -> list[str]:
+                  dicom_src: Volume | None, measured_mri: bool = False) -> list[str]:
+    """recon.nii.gz, std.nii.gz, dicom/ (a DICOM source's derived series; measured MRI: a new MR series)
+    and preview.png."""
     files = ["recon.nii.gz"]
     write_nifti(recon, folder / "recon.nii.gz")
     if sol.std is not None:
         write_nifti(recon.with_data(sol.std.float().cpu().numpy() / imap.scale), folder / "std.nii.gz")
         files.append("std.nii.gz")
-    if cfg.outputs.dicom and dicom_src is not None:
+    if cfg.outputs.dicom and (dicom_src is not None or measured_mri):
         write_dicom_series(recon, folder / "dicom", series_description=f"medrecon {cfg.task} {cfg.solver.name}",
-                           source_meta=dicom_src.meta.get("dicom"), deidentify=cfg.outputs.deidentify)
+                           source_meta=dicom_src.meta.get("dicom") if dicom_src is not None else {},
+                           modality=None if dicom_src is not None else "MR", deidentify=cfg.outputs.deidentify)
         files.append("dicom/")
     if cfg.outputs.preview:
         preview_png(recon, folder / "preview.png", cfg.outputs.window)

@@ -11,7 +11,7 @@ import torch
 
 from medrecon.linop import FiniteDifference
 from operators.ct import FanBeamGeometry, ParallelBeamGeometry, SliceProjector
-from operators.mri import CartesianMRI, PerSliceOperator, make_mask
+from operators.mri import CartesianMRI, CentreCrop, PerSliceOperator, make_mask
 
 
 
@@ -91,6 +91,12 @@ REGISTRY = {
     "mri3d_multicoil_real": lambda: (CartesianMRI((4, 5, 6), make_mask("poisson2d", (4, 5, 6), 2, 0.25),
                                                   coil_maps=smooth_coil_maps(2, (4, 5, 6)), real_input=True),
                                      (), False),
+    "crop_centre_even_odd": lambda: (CentreCrop((12, 9), (6, 5)), (2,), True),
+    "mri2d_oversampled_multicoil": lambda: (CartesianMRI((6, 6), make_mask("uniform1d", (12, 7), 2, 0.3),
+                                                         coil_maps=smooth_coil_maps(3, (6, 6)),
+                                                         kspace_shape=(12, 7)), (2,), True),
+    "mri2d_oversampled_real": lambda: (CartesianMRI((5, 6), make_mask("uniform1d", (10, 6), 2, 0.3),
+                                                    real_input=True, kspace_shape=(10, 6)), (), False),
     "fd_z": lambda: (FiniteDifference((4, 5, 6), (0,)), (), False),
     "fd_3d": lambda: (FiniteDifference((4, 5, 6), (0, 1, 2)), (2,), False),
     "fd_3d_periodic": lambda: (FiniteDifference((4, 5, 6), (0, 1, 2), "periodic"), (), False),

@@ -122,9 +122,9 @@ def test_mri_operator_builder_layouts():
     assert isinstance(B, CartesianMRI) and B.out_shape == (c, h, w) and B.real_input
     S = mri_operator((z, h, w), mask, kspace=torch.zeros(z, h, w), coil_maps=maps[0], real_input=False)
     assert isinstance(S, CartesianMRI) and S.coil_maps is None and not S.real_input
-    # multi-coil k-space without maps, or estimate_maps=True: estimate_coil_maps from the k-space
+    # multi-coil k-space without maps, or maps_from="estimate": estimate_coil_maps from the k-space
     k = fftc(maps * torch.rand(z, 1, h, w, generator=torch.Generator().manual_seed(0)), 2)
-    for kw in ({}, {"coil_maps": maps, "estimate_maps": True}):
+    for kw in ({}, {"coil_maps": maps, "maps_from": "estimate"}):
         E = mri_operator((z, h, w), mask, kspace=k, **kw)
         assert isinstance(E, PerSliceOperator)
         assert torch.equal(E.ops[1].coil_maps, estimate_coil_maps(k, ndim=2)[1])
@@ -134,7 +134,7 @@ def test_mri_operator_builder_layouts():
     assert D.in_shape == (z, h, w) and D.out_shape == (c, z, h, w)
     assert torch.equal(D.coil_maps[:, 2], maps[0])
     with pytest.raises(InputError, match="kspace"):
-        mri_operator((z, h, w), mask, estimate_maps=True)
+        mri_operator((z, h, w), mask, maps_from="estimate")
     with pytest.raises(InputError, match="image_shape"):
         mri_operator((h, w), mask3, three_d=True)
 

@@ -90,8 +90,8 @@ def _fully_sampled(op):
     """The same MRI operator (per slice: each slice's) with every k-space point sampled."""
     if isinstance(op, PerSliceOperator):
         return PerSliceOperator([_fully_sampled(o) for o in op.ops])
-    return type(op)(op.in_shape, torch.ones(op.in_shape, dtype=torch.bool), coil_maps=op.coil_maps,
-                    real_input=op.real_input)
+    return type(op)(op.in_shape, torch.ones(op.kspace_shape, dtype=torch.bool), coil_maps=op.coil_maps,
+                    real_input=op.real_input, kspace_shape=op.kspace_shape)
 
 
 @pytest.mark.parametrize("name", [n for n in sorted(REGISTRY) if n.startswith("mri")])

@@ -1,9 +1,11 @@
-"""Volume I/O: DICOM series, NIfTI, NRRD/MetaImage and .npy in; NIfTI, NRRD/MHA and derived DICOM out.
+"""Volume I/O: DICOM series, NIfTI, NRRD/MetaImage and .npy in; NIfTI, NRRD/MHA and derived DICOM out;
+BART .cfl/.hdr arrays in and out.
 
 Geometry is kept in LPS (DICOM, ITK) in the Volume; NIfTI is converted to and from RAS on the way.
 Every write is atomic (:func:`atomic_path`) and never replaces an existing output unless asked.
 """
 from .atomic import atomic_path
+from .cfl import read_cfl, write_cfl
 from .dicom_read import read_dicom_series, resample_along_normal
 from .dicom_scan import SeriesInfo, choose_series, dicom_text, list_series
 from .dicom_write import int16_scaling, write_dicom_series
@@ -12,6 +14,6 @@ from .dispatch import read_npy, read_volume, write_volume
 from .itk import read_itk, write_itk
 from .nifti import read_nifti, write_nifti
 
-__all__ = ["atomic_path", "dicom_text", "SeriesInfo", "choose_series", "list_series", "read_dicom_series",
+__all__ = ["atomic_path", "dicom_text", "read_cfl", "write_cfl", "SeriesInfo", "choose_series", "list_series", "read_dicom_series",
            "resample_along_normal", "find_volume_paths", "int16_scaling", "write_dicom_series", "read_npy", "read_volume",
            "write_volume", "read_itk", "write_itk", "read_nifti", "write_nifti"]

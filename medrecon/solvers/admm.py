@@ -6,6 +6,9 @@
     z <- soft_threshold(D x + u, lam / rho)
     u <- u + D x - z
 
+Complex images (MRI from measured k-space) run through the same step: CG uses the real inner product
+Re<a, b>, and the soft threshold shrinks the magnitude of each complex difference and keeps its phase.
+
 ``D`` is a FiniteDifference along z (DiffusionMBIR) or along all three axes (3D TV). With lam = 0 the
 TV term vanishes and the step is plain CG on the normal equations (slice-wise 2D baselines).
 The solver state (z, u) is explicit: DiffusionMBIR keeps one ADMMState across all diffusion steps.
@@ -27,6 +30,10 @@ class ADMMState:
 
 
 def soft_threshold(v: torch.Tensor, t: float) -> torch.Tensor:
+    """Proximal map of t|.|: real v -> sign(v) max(|v| - t, 0); complex v -> v max(|v| - t, 0) / |v|."""
+    if v.is_complex():
+        mag = v.abs()
+        return v * (torch.clamp(mag - t, min=0.0) / mag.clamp_min(torch.finfo(mag.dtype).tiny))
     return torch.sign(v) * torch.clamp(v.abs() - t, min=0.0)
 
 
@@ -35,7 +42,8 @@ class ADMMTV:
 
     ``nonneg`` clamps x at 0 and ``clip=(lo, hi)`` clamps x into an interval after each x-update
     (in the units of x). Both are projections applied outside the ADMM splitting: a practical
-    safeguard, not part of the convex problem, and off by default.
+    safeguard, not part of the convex problem, and off by default; they need real images.
+    x is complex when ``A.adjoint`` returns complex images (a complex-input MRI operator).
     """
 
     def __init__(self, A: LinearOperator, y: torch.Tensor, D: LinearOperator | None, lam: float, rho: float,
@@ -46,8 +54,8 @@ class ADMMTV:
         self.lam, self.rho, self.n_cg = float(lam), float(rho), int(n_cg)
         self.nonneg, self.clip = nonneg, clip
         self.aty = A.adjoint(y)
-        if self.aty.is_complex():
-            raise ValueError("ADMMTV works on real images; use a real-input operator")
+        if self.aty.is_complex() and (nonneg or clip is not None):
+            raise ValueError("nonneg/clip need real images; this operator's images are complex")
 
     @property
     def uses_tv(self) -> bool:

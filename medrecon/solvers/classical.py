@@ -88,7 +88,8 @@ def admm_tv(A: LinearOperator, y: torch.Tensor, lam: float, rho: float, n_iter: 
     slice-wise operator applied to a (Z, n, n) volume, ``axes=(0,)`` is TV along z (DiffusionMBIR) and
     ``axes=(0, 1, 2)`` is 3D TV; for one (n, n) slice ``axes=(0, 1)`` is 2D TV. ``boundary`` is
     "neumann" (no difference across the last slice) or "periodic" (the reference's wrap-around).
-    x must be real (use ``real_input=True`` for MRI). Starts from zeros unless x0 is given.
+    x is complex for a complex-input operator (TV then shrinks the magnitude of complex differences).
+    Starts from zeros unless x0 is given.
     """
     shape = (*y.shape[: y.ndim - len(A.out_shape)], *A.in_shape)
     D = FiniteDifference(shape, axes, boundary)

@@ -12,6 +12,10 @@ and gives the slice-wise 2D baseline through the same code path. lam and rho hav
 weights depend on the modality and the image scaling, which the core does not know (the caller, e.g. the
 pipelines' solver registry, supplies them).
 
+Complex volumes (MRI from measured k-space, a complex-input operator): the real-valued prior sees the real
+and the imaginary part as two images in one batch (score-MRI, Chung and Ye 2022), the noise is complex
+with variance sigma^2 per part, and the ADMM step's z-TV shrinks magnitudes of complex differences.
+
 Randomness: one ``torch.Generator`` per run, seeded; each step draws its noise for the whole volume at
 once, so the result does not depend on the chunk size. No solver ever takes the ground truth.
 """
@@ -27,6 +31,15 @@ from tqdm.auto import tqdm
 from ..linop import FiniteDifference, LinearOperator
 from ..priors.base import Denoiser
 from .admm import ADMMState, ADMMTV
+
+
+def through_parts(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """fn on a real batch (c, ...); a complex x goes through as its real and imaginary parts, one batch of 2c."""
+    if not x.is_complex():
+        return fn(x)
+    out = fn(torch.cat([x.real, x.imag]))
+    return torch.complex(out[: len(x)], out[len(x):])
+
 
 @dataclass
 class SamplerState:
@@ -116,6 +129,7 @@ class DiffusionSolver:
                              f"gives {self.shape}")
         D = FiniteDifference(self.shape, axes=(0,), boundary=boundary) if lam > 0 else None
         self.dc = ADMMTV(A, y, D, lam, rho, self.default_n_cg if n_cg is None else n_cg, nonneg, clip)
+        self.is_complex = self.dc.aty.is_complex()  # complex images: the prior sees real and imaginary parts
         self.sigmas = noise_levels(prior.schedule, n_steps or self.default_steps, start_sigma)
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -146,12 +160,17 @@ class DiffusionSolver:
                 raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {self.shape}")
             x += x_init.to(x)
         admm = self.dc.init_state(x)
-        chunk = self.chunk_size or auto_chunk_size(self.prior, self.shape[1:], self.device)
+        chunk = self.chunk_size or max(1, auto_chunk_size(self.prior, self.shape[1:], self.device)
+                                       // (2 if self.is_complex else 1))
         return SamplerState(x, admm, g, min(chunk, self.shape[0]))
 
     def noise(self, g: torch.Generator, n: int | None = None) -> torch.Tensor:
-        """Standard normal noise for the whole volume (or n volumes), drawn at once (chunk-independent)."""
+        """Standard normal noise for the whole volume (or n volumes), drawn at once (chunk-independent);
+        complex volumes: unit variance in the real and in the imaginary part."""
         shape = self.shape if n is None else (n, *self.shape)
+        if self.is_complex:
+            return torch.view_as_complex(torch.randn((*shape, 2), generator=g, device=self.device,
+                                                     dtype=torch.float32))
         return torch.randn(shape, generator=g, device=self.device, dtype=torch.float32)
 
     def chunks(self, chunk_size: int) -> list[slice]:
@@ -160,12 +179,13 @@ class DiffusionSolver:
         return [slice(s, min(s + chunk_size, z)) for s in range(0, z, chunk_size)]
 
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """D(x, sigma) on a chunk of slices (c, H, W) -> (c, H, W): one network evaluation per slice."""
-        return self.prior.denoise(x.unsqueeze(1), sigma).squeeze(1)
+        """D(x, sigma) on a chunk of slices (c, H, W) -> (c, H, W): one network evaluation per slice
+        (per part of a complex slice)."""
+        return through_parts(lambda v: self.prior.denoise(v.unsqueeze(1), sigma).squeeze(1), x)
 
     def score(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """The prior's score on a chunk (c, H, W): (D(x, sigma) - x) / sigma^2, or a VE score network's own output."""
-        return self.prior.score(x.unsqueeze(1), sigma).squeeze(1)
+        return through_parts(lambda v: self.prior.score(v.unsqueeze(1), sigma).squeeze(1), x)
 
     def langevin(self, x: torch.Tensor, sigma: float, z: torch.Tensor, snr: float) -> torch.Tensor:
         """One Langevin corrector step on a chunk (c, H, W) with noise z: e = 2 (snr ||z|| / ||s(x)||)^2 per slice,
@@ -324,4 +344,4 @@ def sample_posterior(solver: DiffusionSolver | Callable[[int], DiffusionSolver],
 
 
 __all__ = ["DiffusionMBIR", "DiffusionSolver", "FastSampler", "SamplerState", "auto_chunk_size", "noise_levels",
-           "sample_posterior"]
+           "sample_posterior", "through_parts"]

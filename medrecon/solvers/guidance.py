@@ -76,6 +76,9 @@ class GuidedSampler(DiffusionSolver):
                 raise ValueError(f"z-TV (lam={lam}) needs the ADMM penalty rho")
             rho = 1.0                        # unused: without z-TV the ADMM step is never taken
         super().__init__(prior, A, y, lam=lam, rho=rho, **kwargs)
+        if self.is_complex:
+            raise ValueError(f"{type(self).__name__} works on real images; use a real-input operator "
+                             f"(DiffusionMBIR and FastSampler take complex images)")
         if not 0.0 <= lambda_proj <= 1.0:
             raise ValueError(f"lambda_proj must lie in [0, 1], got {lambda_proj}")
         if snr < 0 or step_scale < 0:

@@ -10,8 +10,12 @@ sampled, phase encoding along W/X, and Z in 3D).
 
 Images are complex by default. ``real_input=True`` makes the operator map *real* images to complex
 k-space; its adjoint is Re(A^H y), the adjoint for the real inner product of ``medrecon.linop.inner``.
-That is the form a real-valued image prior (and ``ADMMTV``) expects: the DiffusionMBIR MRI reference
-works on real magnitude-like images with a single coil.
+That is the form a real-valued image prior expects for magnitude-like images (the DiffusionMBIR MRI
+reference: simulated single-coil data). Measured k-space needs complex images (``real_input=False``).
+
+``kspace_shape``: the encoded matrix when it is larger than the image (readout oversampling, fastMRI's
+640 x 368 k-space of a 320 x 320 image): the (coil) image is zero-padded to it before the FFT and the
+adjoint crops after the inverse FFT (``operators.mri.crop``); the mask then broadcasts to ``kspace_shape``.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import torch
 from medrecon.errors import InputError
 from medrecon.linop import LinearOperator
 
+from .crop import centre_crop, crop_slices, zero_pad
 from .physics import as_complex, fftc, ifftc
 
 
@@ -32,21 +37,24 @@ class CartesianMRI(LinearOperator):
     ``mask``: boolean array broadcastable to ``image_shape`` (e.g. (1, W) or (Z, 1, X) from ``make_mask``).
     A 2D operator also takes a per-slice mask with one extra leading axis, e.g. (Z, 1, W): the operator
     then applies to batches of exactly those Z slices. ``coil_maps``: (C, *image_shape) complex
-    sensitivities; the output gains a coil axis, ``out_shape = (C, *image_shape)``.
+    sensitivities; the output gains a coil axis, ``out_shape = (C, *kspace_shape)``.
     """
 
-    def __init__(self, image_shape: Sequence[int], mask, coil_maps=None, real_input: bool = False):
+    def __init__(self, image_shape: Sequence[int], mask, coil_maps=None, real_input: bool = False,
+                 kspace_shape: Sequence[int] | None = None):
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) not in (2, 3):
             raise InputError(f"CartesianMRI: image_shape must be (H, W) or (Z, Y, X), got {image_shape}")
         nd = len(image_shape)
+        kshape = image_shape if kspace_shape is None else tuple(int(s) for s in kspace_shape)
+        crop_slices(kshape, image_shape)
         m = torch.as_tensor(np.asarray(mask, dtype=bool))
         if m.ndim < nd:
             m = m.reshape((1,) * (nd - m.ndim) + tuple(m.shape))
         try:
-            torch.broadcast_shapes(tuple(m.shape[m.ndim - nd:]), image_shape)
+            torch.broadcast_shapes(tuple(m.shape[m.ndim - nd:]), kshape)
         except RuntimeError:
-            raise InputError(f"mask of shape {tuple(m.shape)} does not broadcast to images {image_shape}") from None
+            raise InputError(f"mask of shape {tuple(m.shape)} does not broadcast to k-space {kshape}") from None
         if m.ndim > nd + (1 if nd == 2 else 0):
             raise InputError(f"mask of shape {tuple(m.shape)}: at most one leading (per-slice) axis, 2D only")
         if not bool(m.any()):
@@ -59,8 +67,9 @@ class CartesianMRI(LinearOperator):
                                  f"got {tuple(maps.shape)}")
             if m.ndim > nd:  # per-slice mask: make room for the coil axis
                 m = m.unsqueeze(-nd - 1)
-        out_shape = image_shape if maps is None else (maps.shape[0], *image_shape)
+        out_shape = kshape if maps is None else (maps.shape[0], *kshape)
         super().__init__(image_shape, out_shape)
+        self.kspace_shape = kshape
         self.ndim, self.real_input = nd, bool(real_input)
         self.mask, self.coil_maps = m, maps
         self._cache: dict = {}
@@ -68,7 +77,7 @@ class CartesianMRI(LinearOperator):
     @property
     def acceleration(self) -> float:
         """Number of k-space positions over the number sampled (averaged over slices for per-slice masks)."""
-        return 1.0 / float(self.mask.expand(*self.mask.shape[:-self.ndim], *self.in_shape).float().mean())
+        return 1.0 / float(self.mask.expand(*self.mask.shape[:-self.ndim], *self.kspace_shape).float().mean())
 
     def _on(self, like: torch.Tensor):
         key = (like.device, like.dtype)
@@ -85,12 +94,16 @@ class CartesianMRI(LinearOperator):
         mask, maps = self._on(x)
         if maps is not None:
             x = x.unsqueeze(-self.ndim - 1) * maps
+        if self.kspace_shape != self.in_shape:
+            x = zero_pad(x, self.kspace_shape)
         return fftc(x, self.ndim) * mask
 
     def _adjoint(self, y):
         y = as_complex(y)
         mask, maps = self._on(y)
         x = ifftc(y * mask, self.ndim)
+        if self.kspace_shape != self.in_shape:
+            x = centre_crop(x, self.in_shape)
         if maps is not None:
             x = (x * maps.conj()).sum(dim=-self.ndim - 1)
         return x.real if self.real_input else x

@@ -1,0 +1,55 @@
+"""ESPIRiT coil sensitivities (Uecker et al., MRM 2014) through sigpy's kept implementation.
+
+The calibration region is the fully sampled k-space centre: ``calibration_width`` measures it from the
+mask (the contiguous run of sampled phase-encode columns around DC), because a calibration box wider than
+the fully sampled centre would put unsampled zeros into the calibration matrix. The maps come from the
+null space of that matrix: one eigenvector per pixel, eigenvalue threshold ``crop`` (pixels without
+signal get zero maps), phase relative to the first coil. sigpy is an optional dependency
+(``pip install 'medrecon[mri]'``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medrecon.errors import InputError
+
+
+def calibration_width(mask, default: int = 24) -> int:
+    """Width of the contiguous fully sampled centre of a mask (…, W) about column W // 2 (at most ``default``)."""
+    m = np.asarray(mask, bool)
+    cols = m.reshape(-1, m.shape[-1]).all(axis=0) if m.ndim > 1 else m
+    n = cols.size
+    if not cols[n // 2]:
+        raise InputError("the mask does not sample the k-space centre: ESPIRiT needs a fully sampled "
+                         "calibration region (use coil_maps: given)")
+    lo = hi = n // 2
+    while lo > 0 and cols[lo - 1]:
+        lo -= 1
+    while hi + 1 < n and cols[hi + 1]:
+        hi += 1
+    return int(min(hi - lo + 1, default))
+
+
+def espirit_maps(kspace, calib_width: int = 24, kernel_width: int = 6, thresh: float = 0.02,
+                 crop: float = 0.95, ndim: int = 2) -> torch.Tensor:
+    """ESPIRiT maps of centred k-space (..., C, *img) with ``ndim`` image axes; leading axes (slices) one by one.
+
+    Returns complex64 maps of the same shape (sigpy's ``mri.app.EspiritCalib``, CPU).
+    """
+    try:
+        from sigpy.mri.app import EspiritCalib
+    except ImportError:
+        raise InputError("coil_maps: espirit needs sigpy (pip install 'medrecon[mri]'), or use "
+                         "coil_maps: estimate") from None
+    k = torch.as_tensor(kspace).detach().cpu().numpy().astype(np.complex64)
+    if k.ndim < ndim + 1:
+        raise InputError(f"ESPIRiT needs multi-coil k-space (..., C, {'x'.join(['n'] * ndim)}), got {k.shape}")
+    cw = int(min(calib_width, *k.shape[-ndim:]))
+    if kernel_width >= cw:
+        raise InputError(f"ESPIRiT: the calibration region ({cw} lines) must be wider than the kernel "
+                         f"({kernel_width}); sample a larger centre")
+    flat = k.reshape(-1, *k.shape[-ndim - 1:])
+    maps = [EspiritCalib(s, calib_width=cw, thresh=thresh, kernel_width=kernel_width, crop=crop,
+                         show_pbar=False).run() for s in flat]
+    return torch.from_numpy(np.stack(maps).reshape(k.shape).astype(np.complex64))

@@ -1,0 +1,162 @@
+"""Measured MRI raw data: fastMRI HDF5, ISMRMRD HDF5 (through the ``ismrmrd`` package) and BART .cfl k-space.
+
+All return a ``Measurement`` with complex k-space (Z, [C,] H, W), the sampling mask, the reconstruction
+grid from the ISMRMRD header (recon matrix and field of view: pixel spacing = FOV / matrix, slice spacing
+= the recon FOV along z) and ``info['kspace_shape']`` when the encoded matrix is larger than the recon
+matrix (readout oversampling: the operator crops, see ``operators.mri.crop``). Rows H are the readout
+(ISMRMRD x), columns W the phase encoding (y), as fastMRI stores them. k-space is centred (index n // 2 is
+DC, the ``fftc`` convention).
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+from medrecon.errors import InputError
+from medrecon.io import read_cfl
+from medrecon.volume import Volume
+
+from .measurement import Measurement
+
+MEASURED = "measured k-space, rescaled at load"
+
+
+def parse_ismrmrd_header(xml: str | bytes) -> dict:
+    """Encoded and recon matrix sizes and fields of view (mm) from an ISMRMRD XML header:
+    {"encoded": {"matrix": [x, y, z], "fov_mm": [x, y, z]}, "recon": {...}, "ky_center": int | None}."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
+        raise InputError(f"ISMRMRD header: not valid XML ({e})") from None
+    for el in root.iter():  # drop the namespace
+        el.tag = el.tag.rsplit("}", 1)[-1]
+    enc = root.find("encoding")
+    if enc is None:
+        raise InputError("ISMRMRD header: no <encoding> section")
+
+    def space(name):
+        sp = enc.find(name)
+        try:
+            return {"matrix": [int(sp.find(f"matrixSize/{a}").text) for a in "xyz"],
+                    "fov_mm": [float(sp.find(f"fieldOfView_mm/{a}").text) for a in "xyz"]}
+        except (AttributeError, TypeError, ValueError):
+            raise InputError(f"ISMRMRD header: <{name}> needs matrixSize and fieldOfView_mm x, y, z") from None
+    centre = enc.find("encodingLimits/kspace_encoding_step_1/center")
+    return {"encoded": space("encodedSpace"), "recon": space("reconSpace"),
+            "ky_center": None if centre is None else int(centre.text)}
+
+
+def _grid(n_slices: int, kshape: tuple[int, int], header: dict | None) -> tuple[Volume, dict]:
+    """The reconstruction grid and the info entries of the k-space/recon matrices."""
+    if header is None:
+        return Volume(np.zeros((n_slices, *kshape), np.float32)), {}
+    rec = header["recon"]
+    shape = (rec["matrix"][0], rec["matrix"][1])  # rows: readout x, columns: phase y
+    if shape[0] > kshape[0] or shape[1] > kshape[1]:
+        raise InputError(f"the recon matrix {shape[0]}x{shape[1]} of the header is larger than the k-space "
+                         f"{kshape[0]}x{kshape[1]}")
+    fov = rec["fov_mm"]
+    spacing = (fov[1] / shape[1], fov[0] / shape[0], fov[2] if fov[2] > 0 else 1.0)  # (x, y, z) = (cols, rows, z)
+    info = {"recon_fov_mm": fov, "encoded_matrix": header["encoded"]["matrix"]}
+    if shape != kshape:
+        info["kspace_shape"] = list(kshape)
+    return Volume(np.zeros((n_slices, *shape), np.float32), spacing), info
+
+
+def _mask(mask, k: np.ndarray) -> np.ndarray:
+    if mask is None:  # the non-zero columns
+        mask = np.abs(k).reshape(-1, k.shape[-1]).sum(0) > 0
+    mask = np.asarray(mask, np.float32)
+    if mask.ndim == 1:
+        if mask.size != k.shape[-1]:
+            raise InputError(f"mask has {mask.size} entries but the k-space has {k.shape[-1]} columns")
+        mask = np.broadcast_to(mask, k.shape[-2:]).copy()
+    return mask
+
+
+def load_fastmri(path: Path) -> Measurement:
+    """fastMRI HDF5: ``kspace`` (slices, [coils,] H, W), optional ``mask`` (W,) or (H, W), ``ismrmrd_header``,
+    ``reconstruction_rss`` (the reference magnitude) and ``sens_maps``/``coil_maps`` (medrecon's own files)."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            if "kspace" not in f:
+                raise InputError(f"{path}: no 'kspace' dataset (fastMRI-style files hold kspace "
+                                 f"(slices, [coils,] H, W))")
+            k = np.asarray(f["kspace"][()]).astype(np.complex64)
+            maps = next((np.asarray(f[n][()]).astype(np.complex64) for n in ("sens_maps", "coil_maps") if n in f),
+                        None)
+            mask = np.asarray(f["mask"][()]) if "mask" in f else None
+            xml = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
+            ref = np.asarray(f["reconstruction_rss"][()], np.float32) if "reconstruction_rss" in f else None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read HDF5 ({e})") from None
+    if k.ndim not in (3, 4):
+        raise InputError(f"{path}: kspace must be (slices, [coils,] H, W), got shape {k.shape}")
+    header = None if xml is None else parse_ismrmrd_header(xml.tobytes() if hasattr(xml, "tobytes") else xml)
+    grid, info = _grid(k.shape[0], k.shape[-2:], header)
+    if ref is not None and ref.shape != grid.shape:
+        raise InputError(f"{path}: reconstruction_rss has shape {ref.shape}, the recon grid is {grid.shape}")
+    return Measurement("mri", k, grid, None, _mask(mask, k), maps,
+                       {"source": str(path), "layout": "2d", "units": MEASURED, **info}, reference=ref)
+
+
+def is_ismrmrd(path: Path) -> bool:
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            return "dataset" in f and "data" in f["dataset"] and "xml" in f["dataset"]
+    except OSError:
+        return False
+
+
+def load_ismrmrd(path: Path) -> Measurement:
+    """ISMRMRD raw data (Cartesian, 2D multi-slice): acquisitions placed by slice and phase-encode index,
+    noise scans skipped; ky is centred with the header's encoding limits."""
+    try:
+        import ismrmrd
+    except ImportError:
+        raise InputError(f"{path}: ISMRMRD raw data need the ismrmrd package (pip install 'medrecon[mri]')") \
+            from None
+    dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
+    try:
+        header = parse_ismrmrd_header(dset.read_xml_header())
+        n_ky = header["encoded"]["matrix"][1]
+        centre = header["ky_center"] if header["ky_center"] is not None else n_ky // 2
+        acqs = [dset.read_acquisition(i) for i in range(dset.number_of_acquisitions())]
+    finally:
+        dset.close()
+    acqs = [a for a in acqs if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
+    if not acqs:
+        raise InputError(f"{path}: no imaging acquisitions")
+    n_slices = 1 + max(a.idx.slice for a in acqs)
+    n_coils, n_ro = acqs[0].data.shape
+    k = np.zeros((n_slices, n_coils, n_ro, n_ky), np.complex64)
+    for a in acqs:
+        ky = a.idx.kspace_encode_step_1 - centre + n_ky // 2
+        if not 0 <= ky < n_ky or a.data.shape != (n_coils, n_ro):
+            raise InputError(f"{path}: acquisition at ky {a.idx.kspace_encode_step_1} does not fit the "
+                             f"encoded matrix ({n_coils} coils x {n_ro} samples x {n_ky} lines)")
+        k[a.idx.slice, :, :, ky] = a.data
+    grid, info = _grid(n_slices, (n_ro, n_ky), header)
+    return Measurement("mri", k if n_coils > 1 else k[:, 0], grid, None, _mask(None, k), None,
+                       {"source": str(path), "layout": "2d", "units": MEASURED, **info})
+
+
+def load_cfl(path: Path) -> Measurement:
+    """BART k-space (RO, PE1, 1, COIL[, ..., slices in dim 13]) as 2D multi-slice; mask = sampled positions."""
+    a = read_cfl(path)
+    a = a.reshape(*a.shape, *([1] * (16 - a.ndim)))
+    if a.shape[2] != 1 or any(a.shape[d] != 1 for d in range(4, 16) if d != 13):
+        raise InputError(f"{path}: only 2D k-space (RO, PE1, 1, COIL) with slices along dim 13 is read, "
+                         f"got dimensions {a.shape}")
+    k = np.ascontiguousarray(np.moveaxis(a[:, :, 0, :, 0, 0, 0, 0, 0, 0, 0, 0, 0, :, 0, 0], (3, 2), (0, 1)))
+    mask = (np.abs(k).reshape(-1, *k.shape[-2:]).sum(0) > 0).astype(np.float32)
+    grid, info = _grid(k.shape[0], k.shape[-2:], None)
+    return Measurement("mri", k if k.shape[1] > 1 else k[:, 0], grid, None, mask, None,
+                       {"source": str(path), "layout": "2d", "units": MEASURED, **info})
+
+
+__all__ = ["MEASURED", "is_ismrmrd", "load_cfl", "load_fastmri", "load_ismrmrd", "parse_ismrmrd_header"]

@@ -8,6 +8,9 @@ final path is checked to lie inside OUTPUT_ROOT, so no DICOM tag or folder name 
 after every series. A series whose output folder holds ``report.json`` is finished and skipped; the
 temporary folder of an interrupted one is removed and the series redone. A failing series is recorded
 with its error and the batch goes on.
+
+The work of one series is ``run_series``; the local loop here and the distributed engine
+(``pipelines.engines``, ``--engine ray``) both call it, and only the driver writes the manifest.
 """
 from __future__ import annotations
 
@@ -43,6 +46,10 @@ class Job:
     input: Path  # the series folder
     output: Path
     done: bool  # a complete output exists
+
+    def todo(self, overwrite: bool) -> bool:
+        """Whether this series is (re)done: not finished yet, or ``overwrite``."""
+        return overwrite or not self.done
 
 
 def plan(input_root: Path, output_root: Path, list_series) -> list[Job]:
@@ -98,8 +105,10 @@ class BatchResult:
 
 
 def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, overwrite: bool = False,
-          progress: bool = False, echo=print) -> BatchResult:
-    """Reconstruct every DICOM series under input_root (see the module docstring)."""
+          progress: bool = False, echo=print, engine=None) -> BatchResult:
+    """Reconstruct every DICOM series under input_root (see the module docstring). ``engine``: None runs the
+    series one after the other here; an object with ``run(cfg, jobs, manifest, overwrite, echo) -> rows``
+    (``pipelines.engines.RayEngine``) runs them elsewhere."""
     cfg = load_config(config, list(overrides))  # validated before anything runs
     input_root, output_root = Path(input_root), Path(output_root)
     if not input_root.is_dir():
@@ -112,30 +121,43 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
     manifest = output_root / "manifest.csv"
     if dry_run:
         for j in jobs:
-            echo(f"{'skip' if j.done and not overwrite else 'run '}  {j.uid}  {j.input}  ->  {j.output}")
+            echo(f"{'run ' if j.todo(overwrite) else 'skip'}  {j.uid}  {j.input}  ->  {j.output}")
         return BatchResult(manifest, [])
     output_root.mkdir(parents=True, exist_ok=True)
+    if engine is not None:  # e.g. pipelines.engines.RayEngine: same run_series, same manifest
+        return BatchResult(manifest, engine.run(cfg, jobs, manifest, overwrite=overwrite, echo=echo))
     rows = []
     for i, j in enumerate(jobs, 1):
-        row = {"series_uid": j.uid, "input_path": str(j.input), "output_path": str(j.output), "seconds": "0.0",
-               "error": ""}
-        if j.done and not overwrite:
-            row["status"] = "skipped"
-        else:
-            _remove_stale_temps(j.output)
-            t0 = time.perf_counter()
-            try:
-                reconstruct(cfg, j.input, j.output, overwrite=overwrite, series=j.uid, progress=progress)
-                row["status"] = "done"
-            except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
-                row["status"], row["error"] = "failed", " ".join(f"{type(e).__name__}: {e}".split())[:500]
-            row["seconds"] = f"{time.perf_counter() - t0:.2f}"
-        rows.append(row)
-        write_manifest(manifest, rows + [_pending(k) for k in jobs[i:]])
-        echo(f"[{i}/{len(jobs)}] {row['status']:7s} {j.output} {row['error']}".rstrip())
+        rows.append(run_series(cfg, j, overwrite=overwrite, progress=progress))
+        write_manifest(manifest, rows + [pending_row(k) for k in jobs[i:]])
+        echo(f"[{i}/{len(jobs)}] {rows[-1]['status']:7s} {j.output} {rows[-1]['error']}".rstrip())
     return BatchResult(manifest, rows)
 
 
-def _pending(j: Job) -> dict:
+def run_series(cfg, job: Job, overwrite: bool = False, progress: bool = False) -> dict:
+    """One series: skipped when finished (unless ``overwrite``), else reconstructed into its output folder
+    (atomically; a stale temporary folder of an interrupted run is removed first). Returns its manifest row;
+    an error is recorded in the row, never raised (one bad series must not stop the batch)."""
+    row = {**pending_row(job), "seconds": "0.0"}
+    if not job.todo(overwrite):
+        row["status"] = "skipped"
+        return row
+    _remove_stale_temps(job.output)
+    t0 = time.perf_counter()
+    try:
+        reconstruct(cfg, job.input, job.output, overwrite=overwrite, series=job.uid, progress=progress)
+        row["status"] = "done"
+    except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
+        row["status"], row["error"] = "failed", error_text(e)
+    row["seconds"] = f"{time.perf_counter() - t0:.2f}"
+    return row
+
+
+def error_text(e: BaseException) -> str:
+    """An exception as one manifest-safe line: 'Type: message', at most 500 characters."""
+    return " ".join(f"{type(e).__name__}: {e}".split())[:500]
+
+
+def pending_row(j: Job) -> dict:
     return {"series_uid": j.uid, "input_path": str(j.input), "output_path": str(j.output), "status": "pending",
             "seconds": "", "error": ""}

@@ -134,10 +134,11 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
     return BatchResult(manifest, rows)
 
 
-def run_series(cfg, job: Job, overwrite: bool = False, progress: bool = False) -> dict:
+def run_series(cfg, job: Job, overwrite: bool = False, progress: bool = False, prior=None) -> dict:
     """One series: skipped when finished (unless ``overwrite``), else reconstructed into its output folder
     (atomically; a stale temporary folder of an interrupted run is removed first). Returns its manifest row;
-    an error is recorded in the row, never raised (one bad series must not stop the batch)."""
+    an error is recorded in the row, never raised (one bad series must not stop the batch). ``prior``: the
+    config's prior already loaded (None: loaded for this series)."""
     row = {**pending_row(job), "seconds": "0.0"}
     if not job.todo(overwrite):
         row["status"] = "skipped"
@@ -145,7 +146,8 @@ def run_series(cfg, job: Job, overwrite: bool = False, progress: bool = False) -
     _remove_stale_temps(job.output)
     t0 = time.perf_counter()
     try:
-        reconstruct(cfg, job.input, job.output, overwrite=overwrite, series=job.uid, progress=progress)
+        reconstruct(cfg, job.input, job.output, overwrite=overwrite, series=job.uid, progress=progress,
+                    prior=prior)
         row["status"] = "done"
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
         row["status"], row["error"] = "failed", error_text(e)

@@ -1,22 +1,24 @@
 """The distributed batch engine: one Ray task per DICOM series, on GPUs where the cluster has some, else CPUs.
 
 ``medrecon batch IN OUT --config C --engine ray [--address auto|HOST:PORT]``. The driver (this process)
-plans the batch exactly as the local engine does (``pipelines.batch``), submits one task per series still to
-do and alone writes the manifest: atomically, after every finished series, in plan order, with 'pending'
-for the series not finished yet. A task runs ``pipelines.batch.run_series``, the same function the local
-engine calls, which writes its series' output atomically (input and output trees on shared storage, at the
-same paths on every node) and returns the series' manifest row.
+plans the batch exactly as the local engine does (``pipelines.batch``), hands the series still to do to a
+pool of Ray actors and alone writes the manifest: atomically, after every finished series, in plan order,
+with 'pending' for the series not finished yet. An actor (``SeriesWorker``) runs
+``pipelines.batch.run_series``, the function the local engine calls, which writes its series' output
+atomically (input and output trees on shared storage, at the same paths on every node) and returns the
+series' manifest row.
 
-* Resources per series: ``gpus_per_series`` (default: 1 where the cluster has GPUs, else 0; fractions pack
-  several series on one GPU) and ``cpus_per_series`` (default 1; Ray sets OMP_NUM_THREADS to it). Ray sets
-  CUDA_VISIBLE_DEVICES of each task to its GPUs, so the solver's 'auto' device is that GPU; report.json
-  records it under ``runtime``. A GPU task gets a fresh worker process (Ray's default for GPU tasks: a CUDA
-  context never outlives its GPU assignment); CPU tasks reuse workers.
-* Faults: a series whose worker process dies (killed, out of memory, node lost) is rerun by Ray up to
-  ``max_retries`` times and then recorded as failed with the reason; the rerun removes the half-written
-  temporary folder first. An error inside a series is recorded as the local engine records it (no rerun:
-  it would fail again). Exit status and resumption are the local engine's.
-* Ctrl-C: the series still running are cancelled (their workers killed), the manifest keeps them as
+* Resources: one actor per ``gpus_per_series`` GPUs (default: 1 where the cluster has GPUs, else 0;
+  fractions pack several series on one GPU) and ``cpus_per_series`` CPUs (default 1; Ray sets
+  OMP_NUM_THREADS to it), as many as the cluster holds (at most one per series). Ray sets
+  CUDA_VISIBLE_DEVICES of each actor to its GPUs, so the solver's 'auto' device is that GPU; report.json
+  records it under ``runtime``. An actor keeps torch, its CUDA context and the prior loaded from series to
+  series (a fresh process costs seconds of imports; measured in the README).
+* Faults: a series whose worker process dies (killed, out of memory, node lost) is rerun on a restarted
+  actor up to ``max_retries`` times and then recorded as failed with the reason; the rerun removes the
+  half-written temporary folder first. An error inside a series is recorded as the local engine records it
+  (no rerun: it would fail again). Exit status and resumption are the local engine's.
+* Ctrl-C: the actors are killed (with the series they were running), the manifest keeps those series as
   'pending' and KeyboardInterrupt propagates; a rerun of the batch redoes them.
 """
 from __future__ import annotations
@@ -118,18 +120,19 @@ class RayEngine:
 
     def _run(self, cfg, jobs, manifest, overwrite, echo) -> list[dict]:
         ray = self.ray
-        res = series_resources(ray.cluster_resources(), self.gpus_per_series, self.cpus_per_series)
+        cluster = ray.cluster_resources()
+        res = series_resources(cluster, self.gpus_per_series, self.cpus_per_series)
         rows: dict[int, dict] = {}
-        todo = []
+        queue = []
         for i, j in enumerate(jobs):
             if j.todo(overwrite):
-                todo.append(i)
+                queue.append(i)
             else:
                 rows[i] = run_series(cfg, j, overwrite)  # the skip rule's one home: returns 'skipped' at once
-        task = ray.remote(self.series_fn).options(max_retries=self.max_retries, retry_exceptions=False, **res)
-        cfg_ref = ray.put(cfg)
-        t0 = time.perf_counter()
-        refs = {task.remote(cfg_ref, jobs[i], overwrite): i for i in todo}
+        n_todo = len(queue)
+        worker_cls = ray.remote(max_restarts=-1, max_task_retries=self.max_retries, **res)(SeriesWorker)
+        workers = [worker_cls.remote(self.series_fn, cfg) for _ in range(min(n_todo, capacity(cluster, res)))]
+        idle, running = list(workers), {}  # ref -> (job index, worker, submitted at)
 
         def save() -> None:
             write_manifest(manifest, [rows.get(k) or pending_row(j) for k, j in enumerate(jobs)])
@@ -137,42 +140,84 @@ class RayEngine:
         for i in sorted(rows):
             echo(f"[{len(rows)}/{len(jobs)}] skipped {jobs[i].output}")
         save()  # every series listed before the first one finishes
-        bar = tqdm(total=len(todo), unit="series", desc=f"batch ({res['num_gpus']:g} GPU, "
-                   f"{res['num_cpus']:g} CPU per series)", disable=None)
+        t0 = time.perf_counter()
+        bar = tqdm(total=n_todo, unit="series", desc=f"batch ({len(workers)} workers, {res['num_gpus']:g} GPU "
+                   f"and {res['num_cpus']:g} CPU each)", disable=None)
         try:
-            while refs:
-                ready, _ = ray.wait(list(refs), num_returns=1, timeout=self.poll_s)
+            while queue or running:
+                while queue and idle:
+                    w, i = idle.pop(), queue.pop(0)
+                    running[w.run.remote(jobs[i], overwrite)] = (i, w, time.perf_counter())
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=self.poll_s)
                 for ref in ready:
-                    i = refs.pop(ref)
-                    rows[i] = self._result(ref, jobs[i], time.perf_counter() - t0)
+                    i, w, t_sub = running.pop(ref)
+                    rows[i], lost = self._result(ref, jobs[i], time.perf_counter() - t_sub)
+                    if lost:  # replace a worker that died more often than max_retries
+                        ray.kill(w)
+                        w = worker_cls.remote(self.series_fn, cfg)
+                        workers.append(w)
+                    idle.append(w)
                     save()
                     bar.update(1)
-                    finished = len(todo) - len(refs)  # (a disabled bar does not count)
-                    eta = tqdm.format_interval((time.perf_counter() - t0) / finished * len(refs))
+                    finished = n_todo - len(queue) - len(running)  # (a disabled bar does not count)
+                    eta = tqdm.format_interval((time.perf_counter() - t0) / finished * (n_todo - finished))
                     with tqdm.external_write_mode():
                         echo(f"[{len(rows)}/{len(jobs)}] {rows[i]['status']:7s} {jobs[i].output} "
                              f"{rows[i]['error']}".rstrip() + f"  (eta {eta})")
         except KeyboardInterrupt:
-            for ref in refs:
-                ray.cancel(ref, force=True)
-            echo(f"interrupted: cancelled {len(refs)} running series; they stay 'pending' in {manifest} "
+            echo(f"interrupted: stopped {len(running)} running series; they stay 'pending' in {manifest} "
                  "and a rerun redoes them")
             raise
         finally:
             bar.close()
+            for w in workers:  # kills the series still running (their temporary folders go at the rerun)
+                ray.kill(w)
         return [rows[i] for i in range(len(jobs))]
 
-    def _result(self, ref, job: Job, seconds: float) -> dict:
-        """The task's row, or a failed row when its worker was lost more than max_retries times."""
+    def _result(self, ref, job: Job, seconds: float) -> tuple[dict, bool]:
+        """(the series' row, whether its worker was lost more than max_retries times)."""
         ray = self.ray
         try:
-            return ray.get(ref)
+            return ray.get(ref), False
         except ray.exceptions.RayError as e:
-            lost = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError)
-            what = (f"worker lost {self.max_retries + 1} times (last: {type(e).__name__}: "
-                    f"{str(e).splitlines()[0] if str(e) else ''})") if isinstance(e, lost) else error_text(e)
+            lost = isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                                  ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError))
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            what = f"worker lost {self.max_retries + 1} times (last: {type(e).__name__}: {first})" if lost \
+                else error_text(e)
             return {**pending_row(job), "status": "failed", "seconds": f"{seconds:.2f}",
-                    "error": " ".join(what.split())[:500]}
+                    "error": " ".join(what.split())[:500]}, lost
 
 
-__all__ = ["ENGINES", "INSTALL_HINT", "RayEngine", "import_ray", "make_engine", "series_resources"]
+def capacity(cluster: dict, res: dict) -> int:
+    """How many series the cluster runs at once with ``res`` per series (at least 1)."""
+    by = [cluster.get("CPU", 0) / res["num_cpus"]] + ([cluster.get("GPU", 0) / res["num_gpus"]] if res["num_gpus"] else [])
+    return max(1, int(min(by) + 1e-9))
+
+
+class SeriesWorker:
+    """A Ray actor (one per GPU, or per ``cpus_per_series`` CPUs): runs series after series in one process,
+    keeping torch, the CUDA context and the config's prior loaded between them."""
+
+    def __init__(self, series_fn: Callable, cfg):
+        self.series_fn, self.cfg, self.prior = series_fn, cfg, None
+
+    def run(self, job: Job, overwrite: bool) -> dict:
+        return self.series_fn(self.cfg, job, overwrite, False, prior=self._prior())
+
+    def _prior(self):
+        """The config's prior, loaded once; None when the solver needs none or it cannot be loaded (then
+        run_series loads it itself and records the error in the series' row)."""
+        from medrecon.device import resolve_device
+
+        from .problem import configured_prior
+        if self.prior is None and self.cfg.needs_prior:
+            try:
+                self.prior = configured_prior(self.cfg, resolve_device(self.cfg.solver.device))
+            except Exception:  # noqa: BLE001 - reported through run_series
+                return None
+        return self.prior
+
+
+__all__ = ["ENGINES", "INSTALL_HINT", "RayEngine", "SeriesWorker", "capacity", "import_ray", "make_engine",
+           "series_resources"]

@@ -53,8 +53,9 @@ def simulate(config, input, output, overrides=(), overwrite: bool = False, serie
 
 
 def reconstruct(config, input, output, overrides=(), overwrite: bool = False, series: str | None = None,
-                progress: bool = False) -> RunResult:
+                progress: bool = False, prior=None) -> RunResult:
     """Reconstruct a volume (simulated first, into OUTPUT/simulation/) or a measurements file.
+    ``prior``: the config's prior, already loaded (a batch worker keeps it); None loads it when needed.
 
     Writes recon.nii.gz, dicom/ (DICOM source only), preview.png, report.json and, with samples > 1,
     std.nii.gz, all into a temporary folder renamed to OUTPUT at the end.
@@ -67,7 +68,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         raise InputError(f"output exists: {out} (use --overwrite to replace it)")
     t = Timings()
     with t("setup"):
-        problem = Problem.build(cfg, inp, series=series)
+        problem = Problem.build(cfg, inp, series=series, prior=prior)
     with atomic_output(out, overwrite, protect=[inp]) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)

@@ -66,14 +66,14 @@ def _quiet(s):
 def _recording(log: Path, wait_for: int):
     """run_series after writing where it ran (pid, CUDA_VISIBLE_DEVICES, times) and waiting until
     ``wait_for`` series have started (proves they run at the same time)."""
-    def series(cfg, job, overwrite, progress=False):
+    def series(cfg, job, overwrite, progress=False, prior=None):
         start = time.time()
         (log / f"start-{job.input.name}").touch()
         while len(list(log.glob("start-*"))) < wait_for and time.time() < start + 60:
             time.sleep(0.05)
-        row = run_series(cfg, job, overwrite, progress)
+        row = run_series(cfg, job, overwrite, progress, prior)
         (log / f"{job.input.name}.json").write_text(json.dumps(
-            {"pid": os.getpid(), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start,
+            {"pid": os.getpid(), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "prior": id(prior),
              "end": time.time()}))
         return row
     return series
@@ -82,7 +82,7 @@ def _recording(log: Path, wait_for: int):
 def _killing(log: Path, once: str, always: str):
     """Kills its worker (SIGKILL) in the middle of writing the outputs: series ``once`` on its first attempt,
     series ``always`` on every attempt."""
-    def series(cfg, job, overwrite, progress=False):
+    def series(cfg, job, overwrite, progress=False, prior=None):
         import pipelines.tasks as tasks
         name = job.input.name
         n = len(list(log.glob(f"{name}-*")))
@@ -94,16 +94,16 @@ def _killing(log: Path, once: str, always: str):
                 real(*a, **k)  # recon.nii.gz etc. are in the temporary folder, report.json is not
                 os.kill(os.getpid(), signal.SIGKILL)
             tasks.write_results = die_after_recon
-        return run_series(cfg, job, overwrite, progress)
+        return run_series(cfg, job, overwrite, progress, prior)
     return series
 
 
 def _hanging(log: Path, name: str):
-    def series(cfg, job, overwrite, progress=False):
+    def series(cfg, job, overwrite, progress=False, prior=None):
         if job.input.name == name:
             (log / "hang").write_text(str(os.getpid()))
             time.sleep(120)
-        return run_series(cfg, job, overwrite, progress)
+        return run_series(cfg, job, overwrite, progress, prior)
     return series
 
 
@@ -142,6 +142,8 @@ def test_one_series_per_logical_gpu_and_same_results_as_local(cluster, tree, tmp
     assert rows["broken"]["error"] == lrows["broken"]["error"]
     ran = {n: json.loads((log / f"{n}.json").read_text()) for n in ("a", "b", "broken")}
     assert all(r["cuda"] in ("0", "1") for r in ran.values())  # one logical GPU each
+    assert len({r["pid"] for r in ran.values()}) == 2  # one worker per GPU, kept for the batch ...
+    assert len({(r["pid"], r["cuda"], r["prior"]) for r in ran.values()}) == 2  # ... with its GPU and its prior
     first, second = sorted(ran.values(), key=lambda r: r["start"])[:2]
     assert first["start"] < second["end"] and second["start"] < first["end"]  # at the same time ...
     assert first["cuda"] != second["cuda"]  # ... on different GPUs

@@ -191,7 +191,9 @@ class RayEngine:
 
 def capacity(cluster: dict, res: dict) -> int:
     """How many series the cluster runs at once with ``res`` per series (at least 1)."""
-    by = [cluster.get("CPU", 0) / res["num_cpus"]] + ([cluster.get("GPU", 0) / res["num_gpus"]] if res["num_gpus"] else [])
+    by = [cluster.get("CPU", 0) / res["num_cpus"]]
+    if res["num_gpus"]:
+        by.append(cluster.get("GPU", 0) / res["num_gpus"])
     return max(1, int(min(by) + 1e-9))
 
 

@@ -17,7 +17,7 @@ from medrecon.io import read_volume, write_dicom_series
 from medrecon.volume import Volume
 from pipelines.batch import batch, run_series
 from pipelines.cli import main
-from pipelines.engines import RayEngine, series_resources
+from pipelines.engines import RayEngine, capacity, series_resources
 
 try:
     import ray
@@ -116,6 +116,9 @@ def test_series_resources():
         series_resources({"CPU": 8}, 1, 1)
     with pytest.raises(Exception, match="has 8 CPUs"):
         series_resources({"CPU": 8}, None, 16)
+    assert capacity({"CPU": 8, "GPU": 2}, {"num_cpus": 1.0, "num_gpus": 1.0}) == 2  # one worker per GPU
+    assert capacity({"CPU": 8, "GPU": 2}, {"num_cpus": 1.0, "num_gpus": 0.5}) == 4
+    assert capacity({"CPU": 8, "GPU": 2}, {"num_cpus": 3.0, "num_gpus": 0.0}) == 2  # CPU slots
 
 
 def test_engine_ray_without_ray_says_how_to_install(tree, tmp_path, monkeypatch, capsys):

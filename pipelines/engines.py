@@ -23,6 +23,7 @@ series' manifest row.
 """
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -93,6 +94,7 @@ class RayEngine:
         if self.max_retries < 0:
             raise InputError(f"--retries {self.max_retries}: must be >= 0")
         self.ray = import_ray()
+        check_reachable(self.address)  # before anything is written
 
     def run(self, cfg, jobs: list[Job], manifest, overwrite: bool = False, echo=print) -> list[dict]:
         started = self._connect()
@@ -187,6 +189,18 @@ class RayEngine:
                 else error_text(e)
             return {**pending_row(job), "status": "failed", "seconds": f"{seconds:.2f}",
                     "error": " ".join(what.split())[:500]}, lost
+
+
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT address must accept a TCP connection (ray.init retries an unreachable one for minutes)."""
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        raise InputError(f"--address {address}: no Ray head answers there ({e}); check the host and port of "
+                         "'ray start --head' (default port 6379)") from None
 
 
 def capacity(cluster: dict, res: dict) -> int:

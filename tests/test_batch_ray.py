@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -128,6 +129,17 @@ def test_engine_ray_without_ray_says_how_to_install(tree, tmp_path, monkeypatch,
     assert not (tmp_path / "out").exists()
     assert main(["batch", str(tree), str(tmp_path / "out"), "--config", "sparse_view_ct_8",
                  "--address", "auto"]) == 2  # Ray options without --engine ray
+
+
+@needs_ray
+def test_unreachable_address_is_one_line_error(tree, tmp_path, capsys):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc = main(["batch", str(tree), str(tmp_path / "out"), "--config", "sparse_view_ct_8", "--engine", "ray",
+               "--address", f"127.0.0.1:{port}"])
+    assert rc == 2 and "no Ray head answers there" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @needs_ray

@@ -14,6 +14,8 @@ never takes a folder that holds another series' output (colliding names get _2, 
 ``manifest.csv`` (series_uid, input_path, output_path, status, seconds, error; paths relative to
 INPUT_ROOT and OUTPUT_ROOT) is rewritten atomically after every series. A failing series is recorded with
 its error and the batch goes on. :func:`run_series` is the work for one series, for any engine.
+The local loop here and the distributed engine (``pipelines.engines``, ``--engine ray``) both call
+:func:`run_series`, and only the driver writes the manifest.
 """
 from __future__ import annotations
 
@@ -68,6 +70,10 @@ class Job:
     @property
     def done(self) -> bool:
         return self.state == "done"
+
+    def todo(self, overwrite: bool) -> bool:
+        """Whether ``run_series`` would reconstruct it (else it returns 'skipped' or 'failed' at once)."""
+        return overwrite or self.state == "new"
 
     def row(self, status: str, seconds: str = "", error: str = "") -> dict:
         return {"series_uid": self.uid, "input_path": _rel(self.input, self.input_root),
@@ -147,9 +153,11 @@ def known_outputs(output_root: Path) -> dict[str, Path]:
             if r.get("series_uid") and r.get("output_path")}
 
 
-def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False, resample: bool = False) -> dict:
+def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False, resample: bool = False,
+               prior=None) -> dict:
     """Reconstruct one series of a batch unless it is finished; returns its manifest row. Never raises for a
-    bad series: the error goes into the row, and a failed series leaves no empty folders behind."""
+    bad series: the error goes into the row, and a failed series leaves no empty folders behind. ``prior``:
+    the config's prior already loaded (None: loaded for this series)."""
     state = job.state
     if state == "done" and not overwrite:
         return job.row("skipped", "0.0")
@@ -161,13 +169,21 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
     t0 = time.perf_counter()
     try:
         reconstruct(cfg, job.input, job.output, overwrite=overwrite, series=job.uid, progress=progress,
-                    resample=resample)
+                    resample=resample, prior=prior)
         status, error = "done", ""
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
-        error = f"{type(e).__name__}: {e}".replace(f"{job.input_root}{os.sep}", "")  # paths relative, as above
-        status, error = "failed", " ".join(error.split())[:500]
+        status, error = "failed", error_text(e, job.input_root)
         _prune_empty(job.output, job.output_root)
     return job.row(status, f"{time.perf_counter() - t0:.2f}", error)
+
+
+def error_text(e: BaseException, input_root: Path | None = None) -> str:
+    """An exception as one manifest-safe line: 'Type: message', paths relative to the input root, at most
+    500 characters."""
+    text = f"{type(e).__name__}: {e}"
+    if input_root is not None:
+        text = text.replace(f"{input_root}{os.sep}", "")
+    return " ".join(text.split())[:500]
 
 
 def _prune_empty(folder: Path, root: Path) -> None:
@@ -191,8 +207,10 @@ class BatchResult:
 
 
 def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, overwrite: bool = False,
-          progress: bool = False, echo=print, resample: bool = False) -> BatchResult:
-    """Reconstruct every DICOM series under input_root (see the module docstring)."""
+          progress: bool = False, echo=print, resample: bool = False, engine=None) -> BatchResult:
+    """Reconstruct every DICOM series under input_root (see the module docstring). ``engine``: None runs the
+    series one after the other here; an object with ``run(cfg, jobs, manifest, overwrite, echo, resample)
+    -> rows`` (``pipelines.engines.RayEngine``) runs them elsewhere."""
     from tqdm.auto import tqdm
 
     cfg = load_config(config, list(overrides))  # validated before anything runs
@@ -207,13 +225,17 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
     manifest = output_root / MANIFEST
     if dry_run:
         for j in jobs:
-            echo(f"{'skip' if j.done and not overwrite else 'run '}  {j.uid}  {j.input}  ->  {j.output}")
+            echo(f"{'run ' if j.todo(overwrite) else 'skip'}  {j.uid}  {j.input}  ->  {j.output}")
         return BatchResult(manifest, [])
     try:
         output_root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create the output root {output_root}: {e.strerror or e}; "
                          "choose a writable location") from e
+    if engine is not None:  # e.g. pipelines.engines.RayEngine: same run_series, same manifest
+        rows = engine.run(cfg, jobs, manifest, overwrite=overwrite, echo=echo, resample=resample)
+        write_batch_index(output_root, rows)
+        return BatchResult(manifest, rows)
     rows = []
     bar = tqdm(jobs, desc="series", unit="series", disable=not progress, position=0)
     say = bar.write if progress else echo

@@ -68,11 +68,22 @@ def batch(input_root: Path = typer.Argument(..., help="Folder tree holding DICOM
           overwrite: bool = typer.Option(False, "--overwrite", help="Redo finished series too."),
           resample: bool = RESAMPLE,
           progress: bool = typer.Option(True, "--progress/--quiet", help="Progress bars over the series and "
-                                                                        "within each.")):
+                                                                        "within each."),
+          engine: str = typer.Option("local", "--engine", help="local (one series after the other here) or ray "
+                                                                 "(one Ray task per series; README: distributed batch)."),
+          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto or HOST:PORT (default: "
+                                                                         "a new Ray instance on this machine)."),
+          gpus_per_series: Optional[float] = typer.Option(None, "--gpus-per-series", help="Ray: GPUs per series "
+                                                          "(default 1 where the cluster has GPUs, else 0)."),
+          cpus_per_series: Optional[float] = typer.Option(None, "--cpus-per-series", help="Ray: CPUs per series "
+                                                          "(default 1)."),
+          retries: int = typer.Option(2, "--retries", help="Ray: reruns of a series whose worker died.")):
     """Reconstruct every DICOM series under INPUT_ROOT; exit code 1 if any failed."""
     from .batch import batch as run
+    from .engines import make_engine
+    eng = make_engine(engine, address, gpus_per_series, cpus_per_series, retries)
     res = run(input_root, output_root, config, overrides=set or [], dry_run=dry_run, overwrite=overwrite,
-              progress=progress, echo=typer.echo, resample=resample)
+              progress=progress, echo=typer.echo, resample=resample, engine=eng)
     if not dry_run:
         typer.echo(f"manifest: {res.manifest} ({len(res.rows) - res.failed} ok, {res.failed} failed)")
     exit_if_series_failed(res)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import sys
@@ -79,10 +80,16 @@ def _jsonable(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def runtime() -> dict:
+    """Where a run ran: host, process, and the GPUs it was given (CUDA_VISIBLE_DEVICES, as Ray or Slurm set it)."""
+    return {"host": platform.node(), "pid": os.getpid(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
 def report(config: dict, **fields) -> dict:
-    """The report.json content: config as run, software versions, UTC time, then the given fields."""
+    """The report.json content: config as run, software versions, UTC time, host, then the given fields."""
     return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "software": software(),
-            "config": config, **fields}
+            "runtime": runtime(), "config": config, **fields}
 
 
 # ------------------------------------------------------------------------------------ preview

@@ -59,8 +59,9 @@ def simulate(config, input, output, overrides=(), overwrite: bool = False, serie
 
 
 def reconstruct(config, input, output, overrides=(), overwrite: bool = False, series: str | None = None,
-                progress: bool = False, resample: bool = False) -> RunResult:
+                progress: bool = False, resample: bool = False, prior=None) -> RunResult:
     """Reconstruct a volume (simulated first, into OUTPUT/simulation/) or a measurements file.
+    ``prior``: the config's prior, already loaded (a batch worker keeps it); None loads it when needed.
 
     Writes recon.nii.gz, dicom/ (DICOM source only), preview.png, report.json and, with samples > 1,
     std.nii.gz, all into a temporary folder renamed to OUTPUT at the end. The reconstruction grid is the
@@ -78,7 +79,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     t = Timings()
     with t("setup"):
         src = inp if is_measurement_file(inp) else read_volume(inp, series=series, resample_nonuniform=resample)
-        problem = Problem.build(cfg, src, series=series, resample=resample)
+        problem = Problem.build(cfg, src, series=series, resample=resample, prior=prior)
     grid = problem.info.get("grid")
     if grid and grid["resampled"]:
         log.warning(f"{inp.name}: resampled to {grid['size']}x{grid['size']} pixels of {grid['pixel_mm']:.3g} mm "

@@ -1,0 +1,222 @@
+"""`medrecon batch --engine ray` on a local Ray cluster with two logical GPUs: scheduling, identity with the
+local engine, a worker killed mid-series, Ctrl-C and resumption. Skips where Ray is not installed."""
+import csv
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import _thread
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medrecon.io import read_volume, write_dicom_series
+from medrecon.volume import Volume
+from pipelines.batch import batch, run_series
+from pipelines.cli import main
+from pipelines.engines import RayEngine, capacity, series_resources
+
+try:
+    import ray
+except ImportError:
+    ray = None
+needs_ray = pytest.mark.skipif(ray is None, reason="ray is not installed (pip install 'medrecon[distributed]')")
+
+FBP = ["solver.name=fbp", "ct.image_size=16"]
+
+
+def _series(folder, seed, description):
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in (3, 16, 16)), indexing="ij")
+    hu = np.where(x ** 2 + (y - 0.1 * seed) ** 2 < 0.6, 40.0 + 10 * seed, -1000.0).astype(np.float32)
+    vol = Volume(hu, spacing=(2.0, 2.0, 3.0), meta={"dicom": {"Modality": "CT", "PatientID": f"P{seed}"}})
+    write_dicom_series(vol, folder, series_description=description)
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    root = tmp_path / "in"
+    _series(root / "a", 1, "first")
+    _series(root / "b", 2, "second")
+    _series(root / "broken", 3, "broken")
+    for f in (root / "broken").iterdir():  # listed as a series, but cannot be read
+        f.write_bytes(f.read_bytes()[:-300])
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="warning")
+    yield
+    ray.shutdown()
+
+
+def _rows(out):
+    with open(out / "manifest.csv", newline="") as fh:
+        return {Path(r["input_path"]).name: r for r in csv.DictReader(fh)}
+
+
+def _quiet(s):
+    pass
+
+
+# --- series functions the workers run (closures: Ray pickles them by value) -------------------------------
+def _recording(log: Path, wait_for: int):
+    """run_series after writing where it ran (pid, CUDA_VISIBLE_DEVICES, times) and waiting until
+    ``wait_for`` series have started (proves they run at the same time)."""
+    def series(job, cfg, **kw):
+        start = time.time()
+        (log / f"start-{job.input.name}").touch()
+        while len(list(log.glob("start-*"))) < wait_for and time.time() < start + 60:
+            time.sleep(0.05)
+        row = run_series(job, cfg, **kw)
+        (log / f"{job.input.name}.json").write_text(json.dumps(
+            {"pid": os.getpid(), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "prior": id(kw.get("prior")),
+             "end": time.time()}))
+        return row
+    return series
+
+
+def _killing(log: Path, once: str, always: str):
+    """Kills its worker (SIGKILL) in the middle of writing the outputs: series ``once`` on its first attempt,
+    series ``always`` on every attempt."""
+    def series(job, cfg, **kw):
+        import pipelines.tasks as tasks
+        name = job.input.name
+        n = len(list(log.glob(f"{name}-*")))
+        (log / f"{name}-{n}").touch()
+        if name == always or (name == once and n == 0):
+            real = tasks.write_results
+
+            def die_after_recon(*a, **k):
+                real(*a, **k)  # recon.nii.gz etc. are in the temporary folder, report.json is not
+                os.kill(os.getpid(), signal.SIGKILL)
+            tasks.write_results = die_after_recon
+        return run_series(job, cfg, **kw)
+    return series
+
+
+def _hanging(log: Path, name: str):
+    def series(job, cfg, **kw):
+        if job.input.name == name:
+            (log / "hang").write_text(str(os.getpid()))
+            time.sleep(120)
+        return run_series(job, cfg, **kw)
+    return series
+
+
+# --- tests ----------------------------------------------------------------------------------------------
+def test_series_resources():
+    assert series_resources({"CPU": 8, "GPU": 2}, None, 1) == {"num_cpus": 1.0, "num_gpus": 1.0}
+    assert series_resources({"CPU": 8}, None, 2) == {"num_cpus": 2.0, "num_gpus": 0.0}  # CPUs otherwise
+    assert series_resources({"CPU": 8, "GPU": 2}, 0.5, 1)["num_gpus"] == 0.5
+    with pytest.raises(Exception, match="has 0 GPUs"):
+        series_resources({"CPU": 8}, 1, 1)
+    with pytest.raises(Exception, match="has 8 CPUs"):
+        series_resources({"CPU": 8}, None, 16)
+    assert capacity({"CPU": 8, "GPU": 2}, {"num_cpus": 1.0, "num_gpus": 1.0}) == 2  # one worker per GPU
+    assert capacity({"CPU": 8, "GPU": 2}, {"num_cpus": 1.0, "num_gpus": 0.5}) == 4
+    assert capacity({"CPU": 8, "GPU": 2}, {"num_cpus": 3.0, "num_gpus": 0.0}) == 2  # CPU slots
+
+
+def test_engine_ray_without_ray_says_how_to_install(tree, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    rc = main(["batch", str(tree), str(tmp_path / "out"), "--config", "sparse_view_ct_8", "--engine", "ray"])
+    assert rc == 2 and "pip install 'medrecon[distributed]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["batch", str(tree), str(tmp_path / "out"), "--config", "sparse_view_ct_8",
+                 "--address", "auto"]) == 2  # Ray options without --engine ray
+
+
+@needs_ray
+def test_unreachable_address_is_one_line_error(tree, tmp_path, capsys):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc = main(["batch", str(tree), str(tmp_path / "out"), "--config", "sparse_view_ct_8", "--engine", "ray",
+               "--address", f"127.0.0.1:{port}"])
+    assert rc == 2 and "no Ray head answers there" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@needs_ray
+def test_one_series_per_logical_gpu_and_same_results_as_local(cluster, tree, tmp_path):
+    sets = ["solver.name=fast", "solver.steps=2", "solver.seed=3"]  # the bundled prior, seeded
+    local = batch(tree, tmp_path / "local", "sparse_view_ct_8", sets, echo=_quiet)
+    log = tmp_path / "log"
+    log.mkdir()
+    res = batch(tree, tmp_path / "ray", "sparse_view_ct_8", sets, echo=_quiet,
+                engine=RayEngine(series_fn=_recording(log, wait_for=2)))
+    assert res.failed == local.failed == 1
+    rows, lrows = _rows(tmp_path / "ray"), _rows(tmp_path / "local")
+    assert {k: r["status"] for k, r in rows.items()} == {k: r["status"] for k, r in lrows.items()} == \
+        {"a": "done", "b": "done", "broken": "failed"}
+    assert rows["broken"]["error"] == lrows["broken"]["error"]
+    ran = {n: json.loads((log / f"{n}.json").read_text()) for n in ("a", "b", "broken")}
+    assert all(r["cuda"] in ("0", "1") for r in ran.values())  # one logical GPU each
+    assert len({r["pid"] for r in ran.values()}) == 2  # one worker per GPU, kept for the batch ...
+    assert len({(r["pid"], r["cuda"], r["prior"]) for r in ran.values()}) == 2  # ... with its GPU and its prior
+    first, second = sorted(ran.values(), key=lambda r: r["start"])[:2]
+    assert first["start"] < second["end"] and second["start"] < first["end"]  # at the same time ...
+    assert first["cuda"] != second["cuda"]  # ... on different GPUs
+    for n in ("a", "b"):
+        out = Path(rows[n]["output_path"])
+        assert json.loads((out / "report.json").read_text())["runtime"]["cuda_visible_devices"] == ran[n]["cuda"]
+        mine, theirs = (read_volume(Path(r[n]["output_path"]) / "recon.nii.gz").data for r in (rows, lrows))
+        assert np.array_equal(mine, theirs)  # identical to the local engine for the same seed
+
+
+@needs_ray
+def test_worker_killed_mid_series_is_retried_then_recorded(cluster, tree, tmp_path):
+    log, out = tmp_path / "log", tmp_path / "out"
+    log.mkdir()
+    res = batch(tree, out, "sparse_view_ct_8", FBP, echo=_quiet,
+                engine=RayEngine(max_retries=1, series_fn=_killing(log, once="a", always="b")))
+    rows = _rows(out)
+    assert rows["a"]["status"] == "done" and len(list(log.glob("a-*"))) == 2  # killed once, rerun
+    assert rows["b"]["status"] == "failed" and len(list(log.glob("b-*"))) == 2  # 1 + max_retries attempts
+    assert "worker lost 2 times" in rows["b"]["error"]
+    assert rows["broken"]["status"] == "failed" and len(list(log.glob("broken-*"))) == 1  # an error: no rerun
+    assert res.failed == 2 and (Path(rows["a"]["output_path"]) / "report.json").is_file()
+    assert not (Path(rows["b"]["output_path"])).exists()
+    b_name = Path(rows["b"]["output_path"]).name  # a rerun of the batch removes what b's last worker left
+    assert all(p.name.endswith(b_name) for p in out.rglob(".medrecon-tmp-*"))
+
+
+@needs_ray
+def test_ctrl_c_cancels_and_the_rerun_finishes(cluster, tree, tmp_path):
+    log, out = tmp_path / "log", tmp_path / "out"
+    log.mkdir()
+
+    def interrupt_when_hanging():
+        deadline = time.time() + 60
+        while not (log / "hang").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        _thread.interrupt_main()
+    threading.Thread(target=interrupt_when_hanging, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        batch(tree, out, "sparse_view_ct_8", FBP, echo=_quiet, engine=RayEngine(series_fn=_hanging(log, "a")))
+    rows = _rows(out)
+    assert rows["a"]["status"] == "pending" and not (Path(rows["a"]["output_path"]) / "report.json").exists()
+    for r in rows.values():  # the manifest is never ahead of the files
+        assert r["status"] != "done" or (Path(r["output_path"]) / "report.json").is_file()
+    pid, deadline = int((log / "hang").read_text()), time.time() + 20
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)  # the running series' worker was killed
+    res = batch(tree, out, "sparse_view_ct_8", FBP, echo=_quiet, engine=RayEngine())
+    assert {k: r["status"] for k, r in _rows(out).items()}["a"] == "done" and res.failed == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+    except OSError:
+        return False

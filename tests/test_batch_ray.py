@@ -144,7 +144,7 @@ def test_unreachable_address_is_one_line_error(tree, tmp_path, capsys):
 
 @needs_ray
 def test_one_series_per_logical_gpu_and_same_results_as_local(cluster, tree, tmp_path):
-    sets = ["solver.name=fast", "solver.steps=2", "solver.seed=3"]  # the bundled prior, seeded
+    sets = ["solver.name=fast", "solver.steps=2", "solver.seed=3", "ct.image_size=64"]  # the bundled prior, seeded
     local = batch(tree, tmp_path / "local", "sparse_view_ct_8", sets, echo=_quiet)
     log = tmp_path / "log"
     log.mkdir()
@@ -163,9 +163,10 @@ def test_one_series_per_logical_gpu_and_same_results_as_local(cluster, tree, tmp
     assert first["start"] < second["end"] and second["start"] < first["end"]  # at the same time ...
     assert first["cuda"] != second["cuda"]  # ... on different GPUs
     for n in ("a", "b"):
-        out = Path(rows[n]["output_path"])
+        out = tmp_path / "ray" / rows[n]["output_path"]  # manifest paths are relative to the output root
         assert json.loads((out / "report.json").read_text())["runtime"]["cuda_visible_devices"] == ran[n]["cuda"]
-        mine, theirs = (read_volume(Path(r[n]["output_path"]) / "recon.nii.gz").data for r in (rows, lrows))
+        mine, theirs = (read_volume(tmp_path / root / r[n]["output_path"] / "recon.nii.gz").data
+                        for root, r in (("ray", rows), ("local", lrows)))
         assert np.array_equal(mine, theirs)  # identical to the local engine for the same seed
 
 
@@ -180,9 +181,9 @@ def test_worker_killed_mid_series_is_retried_then_recorded(cluster, tree, tmp_pa
     assert rows["b"]["status"] == "failed" and len(list(log.glob("b-*"))) == 2  # 1 + max_retries attempts
     assert "worker lost 2 times" in rows["b"]["error"]
     assert rows["broken"]["status"] == "failed" and len(list(log.glob("broken-*"))) == 1  # an error: no rerun
-    assert res.failed == 2 and (Path(rows["a"]["output_path"]) / "report.json").is_file()
-    assert not (Path(rows["b"]["output_path"])).exists()
-    b_name = Path(rows["b"]["output_path"]).name  # a rerun of the batch removes what b's last worker left
+    assert res.failed == 2 and ((out / rows["a"]["output_path"]) / "report.json").is_file()
+    assert not ((out / rows["b"]["output_path"])).exists()
+    b_name = (out / rows["b"]["output_path"]).name  # a rerun of the batch removes what b's last worker left
     assert all(p.name.endswith(b_name) for p in out.rglob(".medrecon-tmp-*"))
 
 
@@ -200,9 +201,9 @@ def test_ctrl_c_cancels_and_the_rerun_finishes(cluster, tree, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         batch(tree, out, "sparse_view_ct_8", FBP, echo=_quiet, engine=RayEngine(series_fn=_hanging(log, "a")))
     rows = _rows(out)
-    assert rows["a"]["status"] == "pending" and not (Path(rows["a"]["output_path"]) / "report.json").exists()
+    assert rows["a"]["status"] == "pending" and not ((out / rows["a"]["output_path"]) / "report.json").exists()
     for r in rows.values():  # the manifest is never ahead of the files
-        assert r["status"] != "done" or (Path(r["output_path"]) / "report.json").is_file()
+        assert r["status"] != "done" or ((out / r["output_path"]) / "report.json").is_file()
     pid, deadline = int((log / "hang").read_text()), time.time() + 20
     while _alive(pid) and time.time() < deadline:
         time.sleep(0.1)

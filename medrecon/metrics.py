@@ -80,3 +80,12 @@ def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = 
     if notes:
         out["notes"] = notes
     return out
+
+
+def flat_metrics(m: dict) -> dict:
+    """``per_axis_metrics`` output as flat rounded fields (psnr_axial, ..., ssim_volume); a plane that could not
+    be scored (None, e.g. SSIM of a single slice) stays None."""
+    out = {}
+    for name, digits in (("psnr", 2), ("ssim", 4)):
+        out.update({f"{name}_{k}": None if v is None else round(v, digits) for k, v in m[name].items()})
+    return out

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from medrecon.metrics import per_axis_metrics
+from medrecon.metrics import flat_metrics, per_axis_metrics
 from medrecon.volume import Volume
 
 from .config import Config, load_config
@@ -74,8 +74,7 @@ class MethodResult:
     def row(self) -> dict:
         m = self.metrics
         return {"method": self.label, "solver": self.solver,
-                **{f"psnr_{k}": round(v, 2) for k, v in m["psnr"].items()},
-                **{f"ssim_{k}": round(v, 4) for k, v in m["ssim"].items()},
+                **flat_metrics(m),
                 "nfe_per_slice": self.nfe_per_slice, "backward_per_slice": self.backward_per_slice, "seconds": round(self.seconds, 1),
                 "peak_cpu_mib": round(self.peak_cpu_mib, 1),
                 "peak_cuda_mib": None if self.peak_cuda_mib is None else round(self.peak_cuda_mib, 1)}

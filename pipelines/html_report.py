@@ -145,13 +145,12 @@ def _metrics(folder: Path, ref: Volume | None, vols) -> dict:
         return {k: {m: v for m, v in row.items() if m.startswith(("psnr_", "ssim_"))} for k, row in given.items()}
     if ref is None or ref.data.size > PAGE_METRIC_VOXELS:
         return {}
-    from medrecon.metrics import per_axis_metrics
+    from medrecon.metrics import flat_metrics, per_axis_metrics
     out = {}
     for label, v in vols:
         if v is not ref and v.shape == ref.shape:
             m = per_axis_metrics(ref.data, v.data)
-            out[label] = {**{f"psnr_{k}": round(x, 2) for k, x in m["psnr"].items()},
-                          **{f"ssim_{k}": round(x, 4) for k, x in m["ssim"].items()}}
+            out[label] = flat_metrics(m)
     return out
 
 

@@ -22,7 +22,6 @@ from pydicom.dataset import Dataset
 from medrecon.errors import InputError, MedreconError
 
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # PacsError says what failed, in one line
-TMP_PREFIX = ".medrecon-tmp-"  # medrecon.io.atomic's temporary siblings
 MANUFACTURER = "medrecon"  # what medrecon.io.dicom_write puts in Manufacturer of every derived series
 OK_STORE = (0x0000, 0xB000, 0xB006, 0xB007)  # success and the storage warnings (coercion, elements discarded)
 

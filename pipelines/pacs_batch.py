@@ -10,7 +10,6 @@ output holds ``report.json``, no send when it holds ``pacs.json``.
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from .batch import BatchResult, sanitize, read_manifest, write_manifest
 from .config import load_config
 from .html_report import write_batch_index
 from .outputs import write_json
-from .pacs import MANUFACTURER, TMP_PREFIX, PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
+from .pacs import MANUFACTURER, PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
 from .pacs_retrieve import Inbox, retrieve_series, serve
 from .tasks import reconstruct
 
@@ -77,8 +76,7 @@ class Runner:
                 row["status"], row["error"] = "skipped", "a series made by medrecon: not reconstructed again"
                 return self.record(row)
             stage = "reconstruct"
-            if not done:
-                _remove_stale_temps(out)
+            if not done:  # reconstruct's atomic writer clears what killed runs left (medrecon.io.atomic)
                 reconstruct(self.cfg, src, out, overwrite=self.overwrite, series=uid, progress=self.progress)
             stage = "store"
             if self.send:
@@ -193,8 +191,3 @@ def _series_uid(folder: Path) -> str:
     import pydicom
     first = sorted(folder.glob("*.dcm"))[0]
     return str(pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)
-
-
-def _remove_stale_temps(out: Path) -> None:
-    for p in out.parent.glob(f"{TMP_PREFIX}*-{out.name}"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

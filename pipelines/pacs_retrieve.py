@@ -13,8 +13,9 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from medrecon.errors import InputError
+from medrecon.io.atomic import TMP_PREFIX
 
-from .pacs import TMP_PREFIX, PacsError, PacsSettings, SeriesHit, application_entity, associate, ssl_context
+from .pacs import PacsError, PacsSettings, SeriesHit, application_entity, associate, ssl_context
 
 MOVE_STATUS = {0xA701: "out of resources (number of matches)", 0xA702: "out of resources (sub-operations)",
                0xA801: "move destination unknown", 0xA900: "identifier does not match SOP class",

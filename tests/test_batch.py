@@ -3,23 +3,18 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import pipelines.batch as batch_mod
-from medrecon.io import write_dicom_series
-from medrecon.volume import Volume
 from pipelines.batch import sanitize
 from pipelines.cli import main
+from dicom_trees import write_test_series  # noqa: E402
 
 SETS = ["--set", "solver.name=fbp", "--set", "ct.image_size=16"]
 
 
 def _series(folder, seed, description):
-    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in (3, 24, 24)), indexing="ij")
-    hu = np.where(x ** 2 + (y - 0.1 * seed) ** 2 < 0.6, 40.0 + 10 * seed, -1000.0).astype(np.float32)
-    vol = Volume(hu, spacing=(2.0, 2.0, 3.0), meta={"dicom": {"Modality": "CT", "PatientID": f"P{seed}"}})
-    write_dicom_series(vol, folder, series_description=description)
+    write_test_series(folder, seed, description, size=24)
 
 
 @pytest.fixture()

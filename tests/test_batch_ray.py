@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medrecon.io import read_volume, write_dicom_series
-from medrecon.volume import Volume
+from medrecon.io import read_volume
 from pipelines.batch import batch, run_series
 from pipelines.cli import main
 from pipelines.engines import RayEngine, capacity, series_resources
+from dicom_trees import write_test_series  # noqa: E402
 
 try:
     import ray
@@ -30,10 +30,7 @@ FBP = ["solver.name=fbp", "ct.image_size=16"]
 
 
 def _series(folder, seed, description):
-    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in (3, 16, 16)), indexing="ij")
-    hu = np.where(x ** 2 + (y - 0.1 * seed) ** 2 < 0.6, 40.0 + 10 * seed, -1000.0).astype(np.float32)
-    vol = Volume(hu, spacing=(2.0, 2.0, 3.0), meta={"dicom": {"Modality": "CT", "PatientID": f"P{seed}"}})
-    write_dicom_series(vol, folder, series_description=description)
+    write_test_series(folder, seed, description, size=16)
 
 
 @pytest.fixture()

@@ -178,6 +178,23 @@ class Identity(LinearOperator):
         return y
 
 
+class Diagonal(LinearOperator):
+    """Elementwise multiplication by real ``weights`` (self-adjoint): ``weights`` has trailing dims ``shape`` and
+    may carry the leading (batch) dims of the data it multiplies, e.g. per-ray weights of every slice."""
+
+    def __init__(self, weights: torch.Tensor, shape: Sequence[int]):
+        super().__init__(shape, shape)
+        if tuple(weights.shape[weights.ndim - len(self.in_shape):]) != self.in_shape or weights.is_complex():
+            raise ValueError(f"Diagonal: real weights of trailing shape {self.in_shape} expected, "
+                             f"got {tuple(weights.shape)} {weights.dtype}")
+        self.weights = weights
+
+    def _forward(self, x):
+        return x * self.weights.to(device=x.device, dtype=x.real.dtype)  # keeps the data's precision
+
+    _adjoint = _forward
+
+
 class MatrixOperator(LinearOperator):
     """A dense matrix acting on flattened ``in_shape`` (small problems, tests, analytic checks)."""
 

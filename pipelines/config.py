@@ -54,6 +54,9 @@ class CT(Section):
     detector: Detector = Detector()
     fan: Fan = Fan()
     fbp_filter: str = "ram-lak"
+    # Data term of the iterative solvers: poisson = ray weights from the counts (PWLS, operators.ct.physics),
+    # none = plain least squares; auto = poisson unless the data's noise is recorded as gaussian or none.
+    weighting: Literal["auto", "poisson", "none"] = "auto"
 
     @model_validator(mode="after")
     def _one_angle_spec(self):

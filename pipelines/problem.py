@@ -30,7 +30,7 @@ import torch
 from medrecon.device import resolve_device
 from medrecon.errors import InputError
 from medrecon.io import read_volume
-from medrecon.linop import LinearOperator
+from medrecon.linop import Diagonal, LinearOperator
 from medrecon.priors import Denoiser, IntensityMap
 from medrecon.solvers import admm_tv, cgls, sample_posterior, sirt
 from medrecon.volume import Volume
@@ -46,6 +46,7 @@ from .prior_cards import load_prior_for
 from .registry import SOLVERS
 from .simulate import simulate_volume
 
+GUIDED = ("projection", "mcg", "dps")  # samplers that apply A to chunks of slices (weights passed, not folded in)
 DEFAULT_SIZE = {Modality.ct: 256, Modality.mri: 320}  # slice size without a prior that fixes it
 
 
@@ -72,6 +73,7 @@ class Problem:
     reference: Volume | None = None  # the simulated case's ground truth on the reconstruction grid
     source: Volume | None = None  # the input volume (DICOM metadata for the derived series)
     data_scale: float = 1.0  # measured k-space was divided by this
+    sqrt_weights: torch.Tensor | None = None  # CT ray weights W^1/2 of the data term (see ``least_squares``)
     info: dict = field(default_factory=dict)
 
     # -- building ------------------------------------------------------------------------------
@@ -107,11 +109,14 @@ class Problem:
 
     @classmethod
     def from_measurement(cls, cfg, meas: Measurement, device, prior, imap: IntensityMap, **kw) -> "Problem":
-        geom, scale = None, 1.0
+        geom, scale, sqrt_w = None, 1.0, None
         if meas.modality == "ct":
             geom = geometry_from_dict(meas.geometry)
             A = pixel_unit_projector(geom)
             y = torch.from_numpy(np.asarray(meas.data, np.float32))
+            if ct_weighting(cfg, meas) == "poisson":
+                sqrt_w = poisson_weights_from_line_integrals(y, capped=True).sqrt().to(device)
+                kw.setdefault("info", {})["weighting"] = "poisson"
 
             def phi(u):
                 return attenuation_per_pixel(u, geom.pixel_size_mm)
@@ -137,7 +142,7 @@ class Problem:
         if kw.get("info", {}).get("complex_images"):
             ones = torch.complex(ones, ones)  # the offset on the real and the imaginary part
         y_model = (y - b * A.forward(ones).to(y.dtype)) / a
-        return cls(cfg, device, prior, imap, meas, A, y_model, geom, data_scale=scale, **kw)
+        return cls(cfg, device, prior, imap, meas, A, y_model, geom, data_scale=scale, sqrt_weights=sqrt_w, **kw)
 
     # -- solving -------------------------------------------------------------------------------
     @property
@@ -162,9 +167,10 @@ class Problem:
     def solve(self, settings=None, progress: bool = False, snapshot=None, snapshot_every: int = 0) -> Solution:
         """Run one registered solver (``settings``: a resolved solver section; default: the config's)."""
         s = settings or self.config.solver
-        A, y, zeros = self.operator, self.data, torch.zeros(self.shape, device=self.device)
-        if s.name == "fbp":  # FBP inverts the mm projector
-            return Solution(torch.as_tensor(fbp(y, self.geometry, self.config.ct.fbp_filter))
+        A, y = self.least_squares() if s.name not in GUIDED else (self.operator, self.data)
+        zeros = torch.zeros(self.shape, device=self.device)
+        if s.name == "fbp":  # FBP inverts the mm projector (unweighted data)
+            return Solution(torch.as_tensor(fbp(self.data, self.geometry, self.config.ct.fbp_filter))
                             * self.geometry.pixel_size_mm)
         if s.name == "zero_filled":
             return Solution(A.adjoint(y))
@@ -175,7 +181,7 @@ class Problem:
                                     n_cg=s.n_cg, x0=zeros, clip=self.bounds(s)))
         if self.prior is None:
             raise InputError(f"solver {s.name} needs a prior (prior.path)")
-        if self.complex_images and s.name in ("projection", "mcg", "dps"):
+        if self.complex_images and s.name in GUIDED:
             raise InputError(f"solver {s.name} works on real images; use fast or diffusion_mbir for measured "
                              f"k-space, or set mri.image=real")
         lam, rho = (s.admm.lam, s.admm.rho) if hasattr(s, "admm") else (0.0, 1.0)  # slicewise: no z-TV
@@ -198,18 +204,30 @@ class Problem:
         w = getattr(s, "warm_start", None)
         if w is None or w.method == "none":
             return None, None
-        x0 = admm_tv(self.operator, self.data, w.lam, 10 * w.lam, w.iters, axes=(0, 1, 2), n_cg=5,
+        x0 = admm_tv(*self.least_squares(), w.lam, 10 * w.lam, w.iters, axes=(0, 1, 2), n_cg=5,
                      x0=torch.zeros(self.shape, device=self.device), clip=self.bounds(s))
         return x0, w.start_sigma
+
+    def least_squares(self) -> tuple[LinearOperator, torch.Tensor]:
+        """(A, y) of the data term 1/2 ||A x - y||^2 the iterative solvers minimise: W^1/2 A and W^1/2 y with
+        CT ray weights (PWLS), else the operator and data themselves. The guided samplers take W instead
+        (``weights``), as they apply A to chunks of slices."""
+        if self.sqrt_weights is None:
+            return self.operator, self.data
+        return Diagonal(self.sqrt_weights, self.operator.out_shape) @ self.operator, self.data * self.sqrt_weights
 
     def _sampler_options(self, s) -> dict:
         """Keyword arguments of the sampler class beyond the shared ones, from its settings."""
         opts = {k: getattr(s, k) for k in ("eta", "snr", "lambda_proj") if hasattr(s, k)}
+        if s.name in GUIDED and self.sqrt_weights is not None:
+            opts["weights"] = self.sqrt_weights ** 2
         if s.name == "mcg":
             opts["alpha"] = s.zeta
         if s.name == "dps":
             opts.update(zeta=s.zeta, likelihood=s.likelihood)
-            if s.likelihood == "poisson":  # weights ~ detected counts, from the line integrals
+            if s.likelihood == "gaussian":
+                opts.pop("weights", None)
+            elif self.sqrt_weights is None:  # weights ~ detected counts, from the line integrals
                 opts["weights"] = poisson_weights_from_line_integrals(
                     torch.from_numpy(np.asarray(self.measurement.data, np.float32)).to(self.device))
         return opts
@@ -315,6 +333,14 @@ def check_domain(cfg: Config, prior, source: Volume) -> None:
                             f"convert the volume to HU, or use an MRI config")
     if problems:
         raise InputError("\n".join(problems))
+
+
+def ct_weighting(cfg: Config, meas: Measurement) -> str:
+    """'poisson' or 'none': ``ct.weighting``, with auto = poisson unless the data's noise is recorded as
+    gaussian or none (transmission data of unknown noise are counts)."""
+    if cfg.ct.weighting != "auto":
+        return cfg.ct.weighting
+    return "none" if (meas.info.get("noise") or {}).get("kind") in ("gaussian", "none") else "poisson"
 
 
 def check_grid(prior, meas: Measurement) -> None:

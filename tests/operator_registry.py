@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medrecon.linop import FiniteDifference
+from medrecon.linop import Diagonal, FiniteDifference
 from operators.ct import FanBeamGeometry, ParallelBeamGeometry, SliceProjector
 from operators.mri import CartesianMRI, CentreCrop, PerSliceOperator, make_mask
 
@@ -69,6 +69,13 @@ def _par(**kw):
     return SliceProjector(ParallelBeamGeometry.sparse_view(12, 8, pixel_size_mm=0.8, **kw))
 
 
+def _weighted_par():
+    """W^1/2 A with per-ray weights of each of the two slices of the batch (CT PWLS)."""
+    A = _par()
+    w = torch.rand((2, *A.out_shape), generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.1
+    return Diagonal(w, A.out_shape) @ A
+
+
 REGISTRY = {
     "ct_parallel_sparse": lambda: (_par(), (2,), False),
     "ct_parallel_strip": lambda: (SliceProjector(ParallelBeamGeometry.sparse_view(10, 5), "strip"), (2,), False),
@@ -100,6 +107,7 @@ REGISTRY = {
     "fd_z": lambda: (FiniteDifference((4, 5, 6), (0,)), (), False),
     "fd_3d": lambda: (FiniteDifference((4, 5, 6), (0, 1, 2)), (2,), False),
     "fd_3d_periodic": lambda: (FiniteDifference((4, 5, 6), (0, 1, 2), "periodic"), (), False),
+    "ct_ray_weighted": lambda: (_weighted_par(), (2,), False),
     "compose_ct_normal": lambda: (_par().H @ _par(), (2,), False),
     "compose_scaled_sum": lambda: (2.5 * _par() + _par(), (2,), False),
     "compose_mri_adjoint_view": lambda: (CartesianMRI((8, 10), make_mask("uniform1d", (8, 10), 2, 0.2)).H, (), True),

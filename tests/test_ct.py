@@ -245,3 +245,11 @@ def test_admm_tv_beats_fbp_by_5db_at_8_views():
     x = admm_tv(SliceProjector(g), y, lam=0.05, rho=0.5, n_iter=60, axes=(0, 1, 2), n_cg=5)
     p_admm = psnr(x.numpy(), truth)
     assert p_admm >= p_fbp + 5, (p_admm, p_fbp)
+
+
+def test_capped_poisson_weights_down_weight_only_rays_darker_than_a_typical_object_ray():
+    line = torch.tensor([0.0, 0.0, 2.0, 3.0, 4.0, 9.0], dtype=torch.float64)  # air, air, object rays
+    w = poisson_weights_from_line_integrals(line, capped=True)
+    assert float(w.mean()) == pytest.approx(1.0, rel=1e-12)
+    ref = 3.0  # median of the object rays (line > 5 % of the maximum; torch takes the lower middle value)
+    assert torch.allclose(w / w[0], torch.exp(-(line - ref)).clamp(max=1.0))

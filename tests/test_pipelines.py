@@ -319,3 +319,36 @@ def test_phantom_unwritable_output(tmp_path, capsys):
     code = main(["phantom", str(tmp_path / "file" / "ph"), "--shape", "4,8,8"])
     err = capsys.readouterr().err
     assert code == 2 and "cannot create the output folder" in err and "Traceback" not in err
+
+
+def _starved_phantom() -> Volume:
+    """A wide water ellipse (500 x 200 mm) with two dense bone rods at its ends: its lateral rays cross ~10 mu-path
+    lengths (a few photons at I0 = 1e5), its vertical ones ~4."""
+    n, px = 64, 8.0
+    yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * px
+    hu = np.full((n, n), -1000.0)
+    hu[(xx / 250) ** 2 + (yy / 100) ** 2 <= 1] = 0.0
+    for cx in (-200.0, 200.0):
+        hu[(xx - cx) ** 2 + yy ** 2 <= 30.0 ** 2] = 1500.0
+    return Volume(np.repeat(hu[None], 2, axis=0).astype(np.float32), (px, px, px))
+
+
+def test_poisson_weighting_removes_photon_starvation_streaks():
+    """PWLS ray weights (ct.weighting=poisson, the default under Poisson noise) on a phantom whose lateral view is
+    photon-starved: the noise's imprint on ADMM-TV (RMS difference to the noise-free reconstruction of the same
+    solver) is well below that of plain least squares."""
+    from pipelines.config import load_config
+    src = _starved_phantom()
+
+    def recon(weighting, noise):
+        cfg = load_config("sparse_view_ct_8", ["ct.image_size=32", "ct.pixel_size=16", f"ct.weighting={weighting}",
+                                               f"noise.kind={noise}", "solver.name=admm_tv", "solver.steps=60",
+                                               "solver.admm.lam=1.0", "solver.admm.rho=10.0"]).resolved()
+        p = Problem.build(cfg, src)
+        assert (p.sqrt_weights is not None) == (weighting == "poisson")
+        if noise == "poisson":
+            assert float(p.measurement.data.max()) > 8.0  # some rays are starved: < 35 photons
+        return p.to_volume(p.solve().x).data
+
+    imprint = {w: float(np.sqrt(np.mean((recon(w, "poisson") - recon(w, "none")) ** 2))) for w in ("poisson", "none")}
+    assert imprint["poisson"] < 0.7 * imprint["none"], imprint  # HU; measured 22 vs 39 (0.56x)

@@ -84,8 +84,18 @@ def make_geometry(beam: str, size: int, pixel_size_mm: float, *, n_views: int | 
     return cls.limited_angle(size, wedge_deg, **kw)
 
 
-def poisson_weights_from_line_integrals(line: torch.Tensor) -> torch.Tensor:
-    """DPS Poisson-likelihood weights: proportional to the detected counts I ~ exp(-line integral) (the
-    inverse variances of the log data), w = exp(-(line - min)), normalised to mean 1."""
-    w = torch.exp(-(line - line.min()))
+def poisson_weights_from_line_integrals(line: torch.Tensor, capped: bool = False) -> torch.Tensor:
+    """Poisson-likelihood (PWLS) weights, normalised to mean 1: proportional to the detected counts
+    I ~ exp(-line integral), the inverse variances of the log data; w = exp(-(line - min)) (DPS).
+
+    ``capped``: w = min(1, exp(-(line - ref))), ref the median line integral of the rays through the object
+    (line > 5 % of the maximum): rays darker than a typical object ray are down-weighted by their counts
+    (photon-starved rays no longer streak), brighter ones keep weight 1, which keeps the weighted normal
+    equations as well conditioned as the unweighted ones for CG."""
+    if not capped:
+        w = torch.exp(-(line - line.min()))
+    else:
+        through = line[line > 0.05 * line.max()]
+        ref = through.median() if through.numel() else line.max()
+        w = torch.exp(-(line - ref)).clamp(max=1.0)
     return w / w.mean()

@@ -1,7 +1,9 @@
 """What a run leaves behind besides the volumes: preview PNG, report.json, stage timings, peak memory."""
 from __future__ import annotations
 
+
 import json
+import math
 import os
 import platform
 import resource
@@ -125,17 +127,21 @@ def preview_grid(rows: list[tuple[str, Volume]], path: Path, window: tuple[float
     """One labelled row per volume, each with its axial, coronal and sagittal centre planes; returns the window.
 
     All panels share one scale (square pixels in mm), chosen so the tallest panel is ``height`` pixels;
-    all rows share one grey window (default: from the first volume).
+    all rows share one grey window (default: from the first volume). A thin slab (z extent under a quarter of
+    the in-plane one) has its coronal and sagittal panels stretched along z by a whole factor, said in the label.
     """
     from PIL import ImageDraw
 
     lo, hi = window or default_window(rows[0][1].data)
-    gap, label_h = 4, (14 if any(label for label, _ in rows) else 0)
+    gap = 4
     row_images = []
     for label, vol in rows:
         sx, sy, sz = vol.spacing
         nz, ny, nx = vol.shape
         zmm, ymm, xmm = nz * sz, ny * sy, nx * sx
+        stretch = max(1, math.ceil(0.25 * max(ymm, xmm) / zmm))
+        zmm *= stretch
+        label_h = 14 if label or stretch > 1 else 0
         scale = height / max(ymm, zmm)
         scaled = [np.clip((v - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8) for v in orthogonal_views(vol)]
         panels = [_resize(scaled[0], ymm, xmm, scale), _resize(scaled[1], zmm, xmm, scale),
@@ -146,8 +152,9 @@ def preview_grid(rows: list[tuple[str, Volume]], path: Path, window: tuple[float
         for p in panels:
             img.paste(p, (x0, label_h + (img.height - label_h - p.height) // 2))
             x0 += p.width + gap
-        if label:
-            ImageDraw.Draw(img).text((2, 1), label, fill=255)
+        if label or stretch > 1:
+            note = f"   (coronal, sagittal: z x{stretch})" if stretch > 1 else ""
+            ImageDraw.Draw(img).text((2, 1), f"{label}{note}", fill=255)
         row_images.append(img)
     canvas = Image.new("L", (max(r.width for r in row_images), sum(r.height for r in row_images)
                              + gap * (len(row_images) - 1)), 0)

@@ -21,8 +21,8 @@ from medrecon.solvers import DiffusionMBIR, DPSSampler, FastSampler, MCGSampler,
 ADMM_DEFAULTS = {"ct": (0.04, 10.0), "mri": (0.005, 0.01)}
 #: warm start per modality: the noise level the reverse diffusion starts at and the 3D ADMM-TV weight of the
 #: starting point (model units), chosen on training scans (benchmarks/bench_real.py --tune), never on test scans
-WARM_START_DEFAULTS = {"ct": {"start_sigma": 0.4, "lam": 1.0},  # tuned: ct_chest_contrast, 8 views, 2 mm
-                       "mri": {"start_sigma": 0.1, "lam": 0.01}}  # not tuned (no MRI patch prior good enough yet)
+WARM_START_DEFAULTS = {"ct": {"method": "admm_tv", "start_sigma": 0.4, "lam": 1.0},  # tuned: ct_chest_contrast, 8 views, 2 mm
+                       "mri": {"method": "admm_tv", "start_sigma": 0.1, "lam": 0.01}}  # not tuned (no MRI patch prior good enough yet)
 
 
 class Section(BaseModel):
@@ -79,7 +79,7 @@ class ADMMTVSettings(_Iterative, _ZTV):
 
 class WarmStart(Section):
     """Start the reverse diffusion from a noised 3D ADMM-TV reconstruction (Come-Closer-Diffuse-Faster)."""
-    method: Literal["none", "admm_tv"] = "none"
+    method: Optional[Literal["none", "admm_tv"]] = None  # null: the registry's default (admm_tv)
     start_sigma: Optional[float] = Field(None, gt=0)  # model units; null: the registry's default
     lam: Optional[float] = Field(None, gt=0)  # the 3D ADMM-TV weight (rho = 10 lam); null: registry default
     iters: int = Field(100, gt=0)

@@ -141,7 +141,8 @@ def test_unreachable_address_is_one_line_error(tree, tmp_path, capsys):
 
 @needs_ray
 def test_one_series_per_logical_gpu_and_same_results_as_local(cluster, tree, tmp_path):
-    sets = ["solver.name=fast", "solver.steps=2", "solver.seed=3", "ct.image_size=64"]  # the bundled prior, seeded
+    sets = ["solver.name=fast", "solver.steps=2", "solver.seed=3", "ct.image_size=64",
+            "prior.path=bundled:ct"]  # the 64² phantom prior (the tree holds small phantoms), seeded
     local = batch(tree, tmp_path / "local", "sparse_view_ct_8", sets, echo=_quiet)
     log = tmp_path / "log"
     log.mkdir()

@@ -168,17 +168,17 @@ class Problem:
         """Run one registered solver (``settings``: a resolved solver section; default: the config's)."""
         s = settings or self.config.solver
         A, y = self.least_squares() if s.name not in GUIDED else (self.operator, self.data)
-        zeros = torch.zeros(self.shape, device=self.device)
+        start = self.physical_zero()
         if s.name == "fbp":  # FBP inverts the mm projector (unweighted data)
             return Solution(torch.as_tensor(fbp(self.data, self.geometry, self.config.ct.fbp_filter))
                             * self.geometry.pixel_size_mm)
         if s.name == "zero_filled":
             return Solution(A.adjoint(y))
         if s.name in ("cgls", "sirt"):
-            return Solution({"cgls": cgls, "sirt": sirt}[s.name](A, y, n_iter=s.steps, x0=zeros))
+            return Solution({"cgls": cgls, "sirt": sirt}[s.name](A, y, n_iter=s.steps, x0=start))
         if s.name == "admm_tv":
             return Solution(admm_tv(A, y, s.admm.lam, s.admm.rho, s.steps, axes=(0,) if s.tv == "z" else (0, 1, 2),
-                                    n_cg=s.n_cg, x0=zeros, clip=self.bounds(s)))
+                                    n_cg=s.n_cg, x0=start, clip=self.bounds(s)))
         if self.prior is None:
             raise InputError(f"solver {s.name} needs a prior (prior.path)")
         if self.complex_images and s.name in GUIDED:
@@ -198,6 +198,14 @@ class Problem:
         out.backward_per_slice = solver.backward_passes * s.samples
         return out
 
+    def physical_zero(self) -> torch.Tensor:
+        """The iterative solvers' start: physical value 0 in model units (CT: 0 HU; MRI: 0, i.e. model_min in the
+        real and the imaginary part), so pixels the data do not see (outside the coil maps) stay 0, not the
+        physical value of model 0."""
+        v = float(self.intensity.to_model(0.0))
+        x = torch.full(self.shape, v, device=self.device)
+        return torch.complex(x, x) if self.complex_images else x
+
     def warm_start(self, s) -> tuple[torch.Tensor | None, float | None]:
         """(x_init, start_sigma) of a warm-started sampler: 3D ADMM-TV (rho = 10 lam, 5 CG steps) and the noise
         level the reverse diffusion starts at; (None, None) for a cold start."""
@@ -205,7 +213,7 @@ class Problem:
         if w is None or w.method == "none":
             return None, None
         x0 = admm_tv(*self.least_squares(), w.lam, 10 * w.lam, w.iters, axes=(0, 1, 2), n_cg=5,
-                     x0=torch.zeros(self.shape, device=self.device), clip=self.bounds(s))
+                     x0=self.physical_zero(), clip=self.bounds(s))
         return x0, w.start_sigma
 
     def least_squares(self) -> tuple[LinearOperator, torch.Tensor]:

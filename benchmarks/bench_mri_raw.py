@@ -44,7 +44,7 @@ from pipelines.tasks import prepare_config  # noqa: E402
 LAM_TV = [1e-3, 3e-3, 1e-2]
 LAM_BART = [3e-3, 1e-2, 3e-2]
 LS_ITERS = [5, 10, 20]
-START_SIGMAS = [0.02, 0.05, 0.1]  # model units (the image's 99.9th percentile is 1)
+START_SIGMAS = [0.05, 0.1, 0.2]  # model units (the image's 99.9th percentile is 1)
 
 
 def load_vfa(frames):
@@ -162,12 +162,11 @@ def bench(args):
             prior = load_prior_for(args.prior, device="cuda" if torch.cuda.is_available() else "cpu")
             lam_tv = next(r["setting"] for r in rows if r["method"] == "ADMM-TV 3D")
             # warm start from the tuned 3D ADMM-TV (Come-Closer-Diffuse-Faster): the noise level it restarts at is
-            # tuned on frame --tune like every other weight; z-TV weight = the ADMM-TV weight
+            # tuned on frame --tune like every other weight; z-TV: the registry's defaults
             for name, steps in (("fast", args.fast_steps), ("diffusion_mbir", args.mbir_steps)):
                 if steps:
                     tuned(f"{name} + z-TV ({steps} steps, warm)", START_SIGMAS, lambda s0: run(meas, cfg, [
-                        f"solver.name={name}", f"solver.steps={steps}", "solver.nonneg=false",
-                        f"solver.admm.lam={lam_tv}", f"solver.admm.rho={10 * lam_tv}", f"prior.path={args.prior}",
+                        f"solver.name={name}", f"solver.steps={steps}", "solver.nonneg=false", f"prior.path={args.prior}",
                         "mri.image=complex", "solver.warm_start.method=admm_tv", f"solver.warm_start.lam={lam_tv}",
                         f"solver.warm_start.iters={args.admm_steps}", f"solver.warm_start.start_sigma={s0}"],
                         prior), tune, report, rows)

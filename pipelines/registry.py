@@ -5,7 +5,7 @@ own settings model (the ``solver:`` section of a config is a union of these, tol
 key that belongs to another solver is an error naming it) and its defaults. Diffusion samplers take their
 step and CG defaults from their class (``default_steps``, ``default_n_cg``); the z-TV weight and ADMM penalty
 per modality are the DiffusionMBIR paper's (``ADMM_DEFAULTS``), except where a solver's entry carries its own
-tuned values (``SolverSpec.admm``: the warm-started fast sampler on CT).
+tuned values (``SolverSpec.admm``: the warm-started fast sampler, ``FAST_ZTV``).
 
 How a solver runs on a built problem lives in ``pipelines.problem`` (``Problem.solve``).
 """
@@ -23,10 +23,13 @@ ADMM_DEFAULTS = {"ct": (0.04, 10.0), "mri": (0.005, 0.01)}
 #: warm start per modality: the noise level the reverse diffusion starts at and the 3D ADMM-TV weight of the
 #: starting point (model units), chosen on training scans (benchmarks/bench_real.py --tune), never on test scans
 WARM_START_DEFAULTS = {"ct": {"method": "admm_tv", "start_sigma": 0.8, "lam": 1.0},  # tuned: ct_chest_contrast, 8 views, 2 mm
-                       "mri": {"method": "admm_tv", "start_sigma": 0.1, "lam": 0.01}}  # not tuned (no MRI patch prior good enough yet)
-#: the fast sampler's z-TV weight on CT, warm-started, PWLS data term: tuned on ct_chest_contrast (8 views, 2 mm:
-#: lam 0.04 / 0.15 / 0.5 / 1.5 / 4 gave 23.57 / 23.72 / 24.03 / 23.82 / 23.69 dB with eta 1; ADMM-TV 3D 22.74)
-FAST_CT_ZTV = (0.5, 10.0)
+                       "mri": {"method": "admm_tv", "start_sigma": 0.2, "lam": 0.003}}  # tuned: mr_head_t1w, x4, 2 mm
+#: the fast sampler's z-TV weight and ADMM penalty, warm-started, tuned on training scans. CT (PWLS data term),
+#: ct_chest_contrast, 8 views, 2 mm: lam 0.04 / 0.15 / 0.5 / 1.5 / 4 (rho 10) gave 23.57 / 23.72 / 24.03 / 23.82 /
+#: 23.69 dB with eta 1 (ADMM-TV 3D 22.74). MRI, mr_head_t1w x4, 2 mm: (0.005, 0.01) / (0.05, 10) / (0.2, 10) /
+#: (0.5, 10) gave axial 26.47 / 26.44 / 25.79 / 25.47 and sagittal 29.91 / 32.62 / 32.86 / 32.67 dB (ADMM-TV 3D
+#: 26.17 / 31.76): the paper's pair flattens z.
+FAST_ZTV = {"ct": (0.5, 10.0), "mri": (0.05, 10.0)}
 
 
 class Section(BaseModel):
@@ -160,7 +163,7 @@ SOLVERS = {s.name: s for s in (
     SolverSpec("diffusion_mbir", MBIRSettings, "DiffusionMBIR: VE predictor-corrector + one z-TV ADMM step per "
                "diffusion step (paper: 2000 steps)", True, sampler=DiffusionMBIR, z_tv="default"),
     SolverSpec("fast", FastSettings, "DDS-style fast sampler: DDIM steps with z-TV ADMM on the Tweedie estimate",
-               True, sampler=FastSampler, z_tv="default", admm={"ct": FAST_CT_ZTV}),
+               True, sampler=FastSampler, z_tv="default", admm=FAST_ZTV),
     SolverSpec("slicewise_fast", SlicewiseFastSettings, "the fast sampler without z-TV (2D prior only)", True,
                sampler=FastSampler),
     SolverSpec("slicewise_mbir", SlicewiseMBIRSettings, "DiffusionMBIR without z-TV (2D prior only)", True,

@@ -17,7 +17,7 @@ def test_bundled_configs_validate(name):
     cfg = load_config(name, check_files=False).resolved()
     assert cfg.task == name
     assert cfg.solver.steps == 50 and cfg.solver.n_cg == 5  # fast sampler defaults
-    lam, rho = (0.5, 10.0) if cfg.modality == "ct" else (0.005, 0.01)  # fast on CT: tuned (registry.FAST_CT_ZTV)
+    lam, rho = (0.5, 10.0) if cfg.modality == "ct" else (0.05, 10.0)  # the fast sampler's tuned registry.FAST_ZTV
     assert (cfg.solver.admm.lam, cfg.solver.admm.rho) == (lam, rho)
     assert cfg.solver.warm_start.method == "admm_tv"  # the default starts from the classical solution
 

@@ -88,7 +88,7 @@ class MRI(Section):
 
 # ------------------------------------------------------------------------------------ the rest
 class Prior(Section):
-    path: Optional[str] = None  # a prior directory, or bundled:ct / bundled:mri
+    path: Optional[str] = None  # a prior directory, or bundled:NAME (ct_patch, mri_patch, ct, mri)
 
 
 class Noise(Section):

@@ -17,7 +17,6 @@ Writes OUT/mri_raw.md and OUT/mri_raw.json. ``bart`` (Debian package) adds the B
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from pipelines import datasets  # noqa: E402
 from pipelines.measurement import Measurement  # noqa: E402
 from pipelines.problem import Problem  # noqa: E402
 from pipelines.raw_mri import MEASURED  # noqa: E402
+from pipelines.compare import write_tables  # noqa: E402
 from pipelines.tasks import prepare_config  # noqa: E402
 
 LAM_TV = [1e-3, 3e-3, 1e-2]
@@ -212,8 +212,7 @@ def main():
         ap.error("--tune and --report must be different frames")
     results = bench(args)
     md = markdown(results, args)
-    Path(args.out, "mri_raw.md").write_text(md)
-    Path(args.out, "mri_raw.json").write_text(json.dumps(results, indent=1))
+    write_tables(args.out, "mri_raw", [md], results)
     print(md)
 
 

@@ -14,7 +14,6 @@ Writes OUT/quality.md (the table for the README) and OUT/quality.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.compare import admm_tv_settings, compare_methods, markdown_table  # noqa: E402
+from pipelines.compare import admm_tv_settings, compare_methods, markdown_table, write_tables  # noqa: E402
 from pipelines.phantoms import HELD_OUT_SEEDS, ct_phantom, mr_phantom  # noqa: E402
 
 CASES = {  # name: (config, modality, extra overrides)
@@ -95,8 +94,7 @@ def main(argv=None):
                  f"on seed {TUNE_SEED}; {time.perf_counter() - t0:.0f} s)")
         tables.append(markdown_table(res, title))
         rows[name] = {"config": config, "lam": lam, "methods": [r.row() for r in res]}
-        (a.out / "quality.md").write_text("\n".join(tables))
-        (a.out / "quality.json").write_text(json.dumps(rows, indent=2))
+        write_tables(a.out, "quality", tables, rows)
         print(tables[-1], flush=True)
     print(f"wrote {a.out / 'quality.md'}")
 

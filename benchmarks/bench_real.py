@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from medrecon.io import read_volume  # noqa: E402
 from pipelines import datasets  # noqa: E402
-from pipelines.compare import admm_tv_settings, compare_methods, markdown_table  # noqa: E402
+from pipelines.compare import admm_tv_settings, compare_methods, markdown_table, write_tables  # noqa: E402
 from pipelines.outputs import preview_grid  # noqa: E402
 
 CASES = {"ct8": ("sparse_view_ct_8", "ct"), "ct4": ("sparse_view_ct_4", "ct"), "ct2": ("sparse_view_ct_2", "ct"),
@@ -115,8 +115,7 @@ def main(argv=None):
                      f"{time.perf_counter() - t0:.0f} s)")
             tables.append(markdown_table(res, title))
             rows.setdefault(case, {"tuned": tuned, "scans": {}})["scans"][scan] = [r.row() for r in res]
-            (a.out / "real.md").write_text("\n".join(tables))
-            (a.out / "real.json").write_text(json.dumps(rows, indent=2))
+            write_tables(a.out, "real", tables, rows)
             print(tables[-1], flush=True)
     print(f"wrote {a.out / 'real.md'}")
 

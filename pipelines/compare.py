@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -16,6 +17,7 @@ from medrecon.metrics import flat_metrics, per_axis_metrics
 from medrecon.volume import Volume
 
 from .config import Config, load_config
+from .outputs import write_json
 from .problem import Problem
 from .registry import SOLVERS
 
@@ -147,4 +149,10 @@ def markdown_table(results: list[MethodResult], title: str = "") -> str:
     return (f"{title}\n\n" if title else "") + head + "\n".join(lines) + "\n"
 
 
-__all__ = ["admm_tv_settings", "method_configs", "compare_methods", "markdown_table", "MethodResult", "PeakMemory"]
+def write_tables(out, stem: str, tables: list[str], rows: dict) -> None:
+    """A benchmark's results so far: OUT/<stem>.md (its tables) and OUT/<stem>.json (their rows)."""
+    Path(out, f"{stem}.md").write_text("\n".join(tables))
+    write_json(Path(out, f"{stem}.json"), rows)
+
+
+__all__ = ["admm_tv_settings", "write_tables", "method_configs", "compare_methods", "markdown_table", "MethodResult", "PeakMemory"]

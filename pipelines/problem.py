@@ -167,13 +167,13 @@ class Problem:
     def solve(self, settings=None, progress: bool = False, snapshot=None, snapshot_every: int = 0) -> Solution:
         """Run one registered solver (``settings``: a resolved solver section; default: the config's)."""
         s = settings or self.config.solver
-        A, y = self.least_squares() if s.name not in GUIDED else (self.operator, self.data)
-        start = self.physical_zero()
         if s.name == "fbp":  # FBP inverts the mm projector (unweighted data)
             return Solution(torch.as_tensor(fbp(self.data, self.geometry, self.config.ct.fbp_filter))
                             * self.geometry.pixel_size_mm)
         if s.name == "zero_filled":
-            return Solution(A.adjoint(y))
+            return Solution(self.operator.adjoint(self.data))
+        A, y = self.least_squares() if s.name not in GUIDED else (self.operator, self.data)
+        start = self.physical_zero()
         if s.name in ("cgls", "sirt"):
             return Solution({"cgls": cgls, "sirt": sirt}[s.name](A, y, n_iter=s.steps, x0=start))
         if s.name == "admm_tv":

@@ -1,4 +1,6 @@
 """medrecon's own prior format (diffusers UNet2DModel + safetensors + model card, EDM preconditioning)."""
+import re
+
 import pytest
 import torch
 
@@ -62,12 +64,14 @@ def test_corrupt_and_missing_files(saved, tmp_path):
         load_prior(bad)
 
 
-def test_wrong_size_network_config_is_reported(saved, tmp_path):
+def test_wrong_size_network_config_is_reported_naming_config_json(saved, tmp_path):
+    """#13.19: the shapes come from config.json, so the message points there, not at model_card.yaml."""
     folder, _ = saved
     other = save_unet_prior(tmp_path / "other", build_unet(unet_config(16, (16, 48))), CARD)
     (other / WEIGHTS_NAME).write_bytes((folder / WEIGHTS_NAME).read_bytes())
-    with pytest.raises(InputError, match=r"tensors have other shapes than the UNet2DModel"):
+    with pytest.raises(InputError, match=r"tensors have other shapes than the UNet2DModel") as e:
         load_prior(other)
+    assert re.search(r"Fix the config in .*config\.json", str(e.value))
 
 
 def test_image_size_checks(saved):
@@ -76,15 +80,6 @@ def test_image_size_checks(saved):
         direct.denoise(torch.zeros(1, 1, 32, 32), torch.ones(1))
     with pytest.raises(ValueError, match="divisible by 2"):
         unet_config(30, (16, 32, 32))
-
-
-def test_wrong_shape_error_names_config_json(saved, tmp_path):
-    """#13.19: the shapes come from config.json, so the message points there, not at model_card.yaml."""
-    folder, _ = saved
-    other = save_unet_prior(tmp_path / "other", build_unet(unet_config(16, (16, 48))), CARD)
-    (other / WEIGHTS_NAME).write_bytes((folder / WEIGHTS_NAME).read_bytes())
-    with pytest.raises(InputError, match=r"Fix the config in .*config\.json"):
-        load_prior(other)
 
 
 class Foreign:  # a harmless class: still needs code to load

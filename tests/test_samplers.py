@@ -147,6 +147,25 @@ def test_admm_tv_step_decreases_objective():
         assert prob.objective(x + 1e-3 * d / d.norm()) >= f[-1] - 1e-9
 
 
+def test_admm_state_starts_from_the_warm_start():
+    """A warm start keeps its z-structure through the first x-update: z starts at the start's shrunk
+    z-differences, not at 0 (which, with rho large against the data term, as in MRI at rho 10, pulls the volume
+    towards one constant along z; that cost 1.5 dB on a real 6.5 mm MR volume). Here x is the noise-free truth,
+    so one step may move it only by the shrinkage lam/rho (0.001) per difference."""
+    Z, H, W, m = 6, 8, 8, 16
+    g = torch.Generator().manual_seed(1)
+    A = MatrixOperator(torch.randn(m, H * W, generator=g, dtype=torch.float64) / math.sqrt(m), (H, W), (m,))
+    xt = torch.linspace(0.0, 1.0, Z, dtype=torch.float64)[:, None, None] * torch.rand(H, W, generator=g,
+                                                                                    dtype=torch.float64)
+    prob = ADMMTV(A, A.forward(xt), FiniteDifference((Z, H, W)), lam=0.01, rho=10.0, n_cg=50)
+    state = prob.init_state(xt)
+    assert torch.allclose(state.z, FiniteDifference((Z, H, W)).forward(xt), atol=1e-3 + 1e-12)
+    x1 = prob.step(xt.clone(), state)
+    dz_true = FiniteDifference((Z, H, W)).forward(xt)
+    assert float((FiniteDifference((Z, H, W)).forward(x1) - dz_true).norm() / dz_true.norm()) < 0.02
+    assert torch.equal(prob.init_state(torch.zeros_like(xt)).z, torch.zeros_like(dz_true))  # a constant start: 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # z-TV consistency: 12 slices of 32^2 with three soft disks drifting slowly along z, a random Gaussian
 # operator per slice at 4x undersampling (256 of 1024 measurements) with 1 % noise, and a slice-wise prior

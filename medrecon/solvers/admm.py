@@ -62,10 +62,12 @@ class ADMMTV:
         return self.D is not None and self.lam > 0
 
     def init_state(self, x: torch.Tensor) -> ADMMState:
+        """z = the shrunk differences of the start x (0 for a constant start), u = 0: a warm start keeps its
+        z-structure instead of being pulled towards a volume constant along z by the first x-update."""
         if not self.uses_tv:
             return ADMMState(torch.zeros(0), torch.zeros(0))
-        zero = torch.zeros_like(self.D.forward(x))
-        return ADMMState(zero, zero.clone())
+        z = soft_threshold(self.D.forward(x), self.lam / self.rho)
+        return ADMMState(z, torch.zeros_like(z))
 
     def _normal(self, x):
         out = self.A.normal(x)

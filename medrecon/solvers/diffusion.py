@@ -159,7 +159,7 @@ class DiffusionSolver:
             if tuple(x_init.shape) != self.shape:
                 raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {self.shape}")
             x += x_init.to(x)
-        admm = self.dc.init_state(x)
+        admm = self.dc.init_state(x_init.to(x) if x_init is not None else torch.zeros_like(x))  # not the noise
         chunk = self.chunk_size or max(1, auto_chunk_size(self.prior, self.shape[1:], self.device)
                                        // (2 if self.is_complex else 1))
         return SamplerState(x, admm, g, min(chunk, self.shape[0]))

@@ -37,6 +37,7 @@ TUNE_SCAN = {"ct": "ct_chest_contrast", "mri": "mr_head_t1w"}
 LAMBDA_GRID = {"ct": [0.3, 1.0, 3.0], "mri": [0.003, 0.01, 0.03, 0.1]}
 START_GRID = {"ct": [0.4, 0.8, 1.2], "mri": [0.05, 0.1, 0.2]}
 WINDOW = {"ct": (-400.0, 600.0), "mri": (0.0, 1.0)}
+PRIOR = {"ct": "bundled:ct_patch", "mri": "bundled:mri_patch"}
 
 
 def load(name: str, slices: int):
@@ -76,8 +77,8 @@ def main(argv=None):
     ap.add_argument("--fast-steps", type=int, default=20)
     ap.add_argument("--cold", action="store_true", help="also the cold-started fast sampler (2x the steps)")
     ap.add_argument("--mbir-steps", type=int, default=0, help="also DiffusionMBIR with this many steps (0: off)")
-    ap.add_argument("--ct-prior", default="bundled:ct_patch")
-    ap.add_argument("--mri-prior", default="bundled:mri_patch")
+    ap.add_argument("--ct-prior", default=PRIOR["ct"])
+    ap.add_argument("--mri-prior", default=PRIOR["mri"])
     ap.add_argument("--tuned", type=Path, default=None, help="reuse the tuning of an earlier real.json")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench_real")
     a = ap.parse_args(argv)

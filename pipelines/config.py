@@ -172,6 +172,8 @@ class Config(Section):
         for key, value in SOLVERS[self.solver.name].defaults(self.modality).items():
             if isinstance(value, dict):
                 section = d["solver"][key]
+                if key == "admm" and section.get("lam") is not None:
+                    value = {**value, "at_slice_mm": None}  # a lam the user set is used as is
                 section.update({k: v for k, v in value.items() if section.get(k) is None})
             elif d["solver"].get(key) is None:
                 d["solver"][key] = value

@@ -150,6 +150,11 @@ class Problem:
         return tuple(self.measurement.grid.shape)
 
     @property
+    def slice_mm(self) -> float:
+        """The distance between slices (mm), which the z-TV weight follows (``ADMM.weight``)."""
+        return float(self.measurement.grid.spacing[2])
+
+    @property
     def complex_images(self) -> bool:
         return bool(self.info.get("complex_images"))
 
@@ -177,14 +182,15 @@ class Problem:
         if s.name in ("cgls", "sirt"):
             return Solution({"cgls": cgls, "sirt": sirt}[s.name](A, y, n_iter=s.steps, x0=start))
         if s.name == "admm_tv":
-            return Solution(admm_tv(A, y, s.admm.lam, s.admm.rho, s.steps, axes=(0,) if s.tv == "z" else (0, 1, 2),
+            return Solution(admm_tv(A, y, s.admm.weight(self.slice_mm), s.admm.rho, s.steps, axes=(0,) if s.tv == "z" else (0, 1, 2),
                                     n_cg=s.n_cg, x0=start, clip=self.bounds(s)))
         if self.prior is None:
             raise InputError(f"solver {s.name} needs a prior (prior.path)")
         if self.complex_images and s.name in GUIDED:
             raise InputError(f"solver {s.name} works on real images; use fast or diffusion_mbir for measured "
                              f"k-space, or set mri.image=real")
-        lam, rho = (s.admm.lam, s.admm.rho) if hasattr(s, "admm") else (0.0, 1.0)  # slicewise: no z-TV
+        lam, rho = (s.admm.weight(self.slice_mm), s.admm.rho) if hasattr(s, "admm") else (0.0, 1.0)  # slicewise: none
+        self.info["z_tv"] = {"lam": lam, "rho": rho, "slice_mm": self.slice_mm}
         x_init, start_sigma = self.warm_start(s)
         solver = SOLVERS[s.name].sampler(
             self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, n_cg=s.n_cg, clip=self.bounds(s),

@@ -5,7 +5,8 @@ own settings model (the ``solver:`` section of a config is a union of these, tol
 key that belongs to another solver is an error naming it) and its defaults. Diffusion samplers take their
 step and CG defaults from their class (``default_steps``, ``default_n_cg``); the z-TV weight and ADMM penalty
 per modality are the DiffusionMBIR paper's (``ADMM_DEFAULTS``), except where a solver's entry carries its own
-tuned values (``SolverSpec.admm``: the warm-started fast sampler, ``FAST_ZTV``).
+tuned values (``SolverSpec.admm``: the warm-started fast sampler, ``FAST_ZTV``, which also records the slice
+spacing its weight was tuned at: the weight used is scaled by that spacing over the data's, see ``ADMM``).
 
 How a solver runs on a built problem lives in ``pipelines.problem`` (``Problem.solve``).
 """
@@ -18,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medrecon.solvers import DiffusionMBIR, DPSSampler, FastSampler, MCGSampler, ProjectionSampler
 
-#: z-TV weight lam and ADMM penalty rho per modality (DiffusionMBIR, CVPR 2023; model units in [0, 1])
-ADMM_DEFAULTS = {"ct": (0.04, 10.0), "mri": (0.005, 0.01)}
+#: z-TV weight lam, ADMM penalty rho and the slice spacing lam holds at (None: lam as is) per modality
+#: (DiffusionMBIR, CVPR 2023; model units in [0, 1])
+ADMM_DEFAULTS = {"ct": (0.04, 10.0, None), "mri": (0.005, 0.01, None)}
 #: warm start per modality: the noise level the reverse diffusion starts at and the 3D ADMM-TV weight of the
 #: starting point (model units), chosen on training scans (benchmarks/bench_real.py --tune), never on test scans
 WARM_START_DEFAULTS = {"ct": {"method": "admm_tv", "start_sigma": 0.8, "lam": 1.0},  # tuned: ct_chest_contrast, 8 views, 2 mm
@@ -28,8 +30,11 @@ WARM_START_DEFAULTS = {"ct": {"method": "admm_tv", "start_sigma": 0.8, "lam": 1.
 #: ct_chest_contrast, 8 views, 2 mm: lam 0.04 / 0.15 / 0.5 / 1.5 / 4 (rho 10) gave 23.57 / 23.72 / 24.03 / 23.82 /
 #: 23.69 dB with eta 1 (ADMM-TV 3D 22.74). MRI, mr_head_t1w x4, 2 mm: (0.005, 0.01) / (0.05, 10) / (0.2, 10) /
 #: (0.5, 10) gave axial 26.47 / 26.44 / 25.79 / 25.47 and sagittal 29.91 / 32.62 / 32.86 / 32.67 dB (ADMM-TV 3D
-#: 26.17 / 31.76): the paper's pair flattens z.
-FAST_ZTV = {"ct": (0.5, 10.0), "mri": (0.05, 10.0)}
+#: 26.17 / 31.76): the paper's pair flattens z. The third value is the tuning scan's slice spacing (mm): z-steps
+#: of a smooth anatomy grow with the spacing, so lam is scaled by it over the data's spacing; on the training
+#: scans (benchmarks/tune_ztv.py, x4) the best lam was 0.05 at 0.94 mm (mr_head_t1w) and 0.005 at 6.5 mm
+#: (mr_brain1), where 0.05 lost 0.35 dB axial.
+FAST_ZTV = {"ct": (0.5, 10.0, 1.5), "mri": (0.05, 10.0, 0.94)}
 
 
 class Section(BaseModel):
@@ -40,6 +45,13 @@ class Section(BaseModel):
 class ADMM(Section):
     lam: Optional[float] = Field(None, ge=0)  # z-TV weight; null: the registry's default for the modality
     rho: Optional[float] = Field(None, gt=0)  # ADMM penalty; null: likewise
+    # the slice spacing (mm) lam is meant for: the weight used is lam * at_slice_mm / the data's slice spacing;
+    # null: lam as is. Filled from the registry only together with lam (a lam you set is used as is).
+    at_slice_mm: Optional[float] = Field(None, gt=0)
+
+    def weight(self, slice_mm: float) -> float:
+        """The z-TV weight for slices ``slice_mm`` apart."""
+        return self.lam * (self.at_slice_mm / slice_mm if self.at_slice_mm and slice_mm > 0 else 1.0)
 
 
 class _Solver(Section):
@@ -144,7 +156,7 @@ class SolverSpec:
     steps: int | None = None  # default steps when there is no sampler class
     n_cg: int | None = None  # default CG iterations per step when there is no sampler class
     z_tv: str = "none"  # "default": lam/rho from ADMM_DEFAULTS; "optional": lam 0 unless set; "none"
-    admm: dict | None = None  # {modality: (lam, rho)} replacing ADMM_DEFAULTS for this solver
+    admm: dict | None = None  # {modality: (lam, rho, at_slice_mm)} replacing ADMM_DEFAULTS for this solver
 
     def defaults(self, modality: str) -> dict:
         """The values a null setting takes for this solver on ``modality``."""
@@ -152,8 +164,8 @@ class SolverSpec:
         if issubclass(self.settings, _Iterative):
             out["n_cg"] = self.sampler.default_n_cg if self.sampler else self.n_cg
         if self.z_tv != "none":
-            lam, rho = (self.admm or {}).get(modality, ADMM_DEFAULTS[modality])
-            out["admm"] = {"lam": lam if self.z_tv == "default" else 0.0, "rho": rho}
+            lam, rho, at_mm = (self.admm or {}).get(modality, ADMM_DEFAULTS[modality])
+            out["admm"] = {"lam": lam if self.z_tv == "default" else 0.0, "rho": rho, "at_slice_mm": at_mm}
         if issubclass(self.settings, _Warm):
             out["warm_start"] = dict(WARM_START_DEFAULTS[modality])
         return out

@@ -104,7 +104,8 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),
                          network_evaluations_per_slice=int(sol.nfe_per_slice),
                          backward_passes_per_slice=int(sol.backward_per_slice),
-                         measured_data_scale=problem.data_scale, grid=grid, files=files)
+                         measured_data_scale=problem.data_scale, grid=grid, z_tv=problem.info.get("z_tv"),
+                         files=files)
         rep["timings_s"] = t.as_dict()
         rep["peak_memory"] = peak_memory()
         write_json(tmp / "report.json", rep)

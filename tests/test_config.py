@@ -17,8 +17,8 @@ def test_bundled_configs_validate(name):
     cfg = load_config(name, check_files=False).resolved()
     assert cfg.task == name
     assert cfg.solver.steps == 50 and cfg.solver.n_cg == 5  # fast sampler defaults
-    lam, rho = (0.5, 10.0) if cfg.modality == "ct" else (0.05, 10.0)  # the fast sampler's tuned registry.FAST_ZTV
-    assert (cfg.solver.admm.lam, cfg.solver.admm.rho) == (lam, rho)
+    tuned = (0.5, 10.0, 1.5) if cfg.modality == "ct" else (0.05, 10.0, 0.94)  # the fast sampler's registry.FAST_ZTV
+    assert (cfg.solver.admm.lam, cfg.solver.admm.rho, cfg.solver.admm.at_slice_mm) == tuned
     assert cfg.solver.warm_start.method == "admm_tv"  # the default starts from the classical solution
 
 
@@ -106,3 +106,15 @@ def test_config_resolution_by_name_and_errors(tmp_path):
     with pytest.raises(InputError, match="not valid YAML"):
         load_config(bad)
     assert yaml.safe_load((REPO_CONFIGS / "cs_mri_x4.yaml").read_text())["modality"] == "mri"
+
+
+def test_ztv_weight_follows_the_slice_spacing():
+    """The registry's tuned z-TV weight holds at its tuning scan's slice spacing and is scaled by that spacing
+    over the data's (thicker slices: weaker z coupling); a lam the user sets is used as is."""
+    adm = load_config("sparse_view_ct_8", check_files=False).resolved().solver.admm
+    assert adm.weight(1.5) == pytest.approx(0.5) and adm.weight(5.0) == pytest.approx(0.15)
+    own = load_config("sparse_view_ct_8", ["solver.admm.lam=0.2"], check_files=False).resolved().solver.admm
+    assert own.at_slice_mm is None and own.weight(5.0) == 0.2
+    both = load_config("cs_mri_x4", ["solver.admm.lam=0.2", "solver.admm.at_slice_mm=1.0"],
+                       check_files=False).resolved().solver.admm
+    assert both.weight(4.0) == pytest.approx(0.05)

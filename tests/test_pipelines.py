@@ -162,6 +162,9 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
     assert rep["network_evaluations_per_slice"] == 16 and rep["prior"]["sha256"] == "abc"
     assert rep["config"]["mri"]["image_size"] == 32
     assert rep["grid"]["resampled"] and "--resample" in rep["grid"]["reason"]  # 64x64 input, 32x32 prior
+    zt = rep["z_tv"]  # the registry's weight, scaled to this volume's slice spacing
+    assert zt["slice_mm"] == pytest.approx(float(read_volume(mr_nifti).spacing[2]))
+    assert zt["lam"] == pytest.approx(0.05 * 0.94 / zt["slice_mm"]) and zt["rho"] == 10.0
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["sample1_step_00004.nii.gz", "sample1_step_00008.nii.gz",
                                                                        "step_00004.nii.gz", "step_00008.nii.gz"]
     std = nib.load(out / "std.nii.gz").get_fdata()

@@ -24,7 +24,8 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
     if spec.sampler is not None:  # diffusion samplers: the class is the source of its step defaults
         assert (s.steps, s.n_cg) == (spec.sampler.default_steps, spec.sampler.default_n_cg)
     if spec.z_tv == "default":
-        assert (s.admm.lam, s.admm.rho) == (spec.admm or {}).get(modality, ADMM_DEFAULTS[modality])
+        assert (s.admm.lam, s.admm.rho, s.admm.at_slice_mm) == (spec.admm or {}).get(modality,
+                                                                               ADMM_DEFAULTS[modality])
     elif spec.z_tv == "optional":
         assert s.admm.lam == 0.0
     else:

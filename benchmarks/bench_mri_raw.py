@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from medrecon.io import read_cfl, write_cfl  # noqa: E402
 from medrecon.metrics import psnr, ssim  # noqa: E402
+from medrecon.priors import IntensityMap  # noqa: E402
 from medrecon.volume import Volume  # noqa: E402
 from operators.mri import espirit_maps, fftc, ifftc, make_mask  # noqa: E402
 from pipelines import datasets  # noqa: E402
@@ -41,10 +42,10 @@ from pipelines.raw_mri import MEASURED  # noqa: E402
 from pipelines.compare import write_tables  # noqa: E402
 from pipelines.tasks import prepare_config  # noqa: E402
 
-LAM_TV = [1e-3, 3e-3, 1e-2]
+LAM_TV = [3e-4, 1e-3, 3e-3]
 LAM_BART = [3e-3, 1e-2, 3e-2]
 LS_ITERS = [5, 10, 20]
-START_SIGMAS = [0.05, 0.1, 0.2]  # model units (the image's 99.9th percentile is 1)
+START_SIGMAS = [0.03, 0.05, 0.1]  # model units of the prior (the image's 99.9th percentile is 1)
 
 
 def load_vfa(frames):
@@ -160,7 +161,10 @@ def bench(args):
         if args.prior:
             from pipelines.prior_cards import load_prior_for
             prior = load_prior_for(args.prior, device="cuda" if torch.cuda.is_available() else "cpu")
-            lam_tv = next(r["setting"] for r in rows if r["method"] == "ADMM-TV 3D")
+            # the ADMM-TV weight was tuned in the config's intensity units; the warm start runs in the prior's:
+            # x_model = s x_physical scales the data term by s^2 and TV by s, so lam_model = lam * s_prior / s_config
+            plain = IntensityMap(**prepare_config(cfg, []).intensity.model_dump())
+            lam_tv = next(r["setting"] for r in rows if r["method"] == "ADMM-TV 3D") * prior.intensity.scale / plain.scale
             # warm start from the tuned 3D ADMM-TV (Come-Closer-Diffuse-Faster): the noise level it restarts at is
             # tuned on frame --tune like every other weight; z-TV: the registry's defaults
             for name, steps in (("fast", args.fast_steps), ("diffusion_mbir", args.mbir_steps)):

@@ -181,16 +181,15 @@ class Problem:
         start = self.physical_zero()
         if s.name in ("cgls", "sirt"):
             return Solution({"cgls": cgls, "sirt": sirt}[s.name](A, y, n_iter=s.steps, x0=start))
+        lam, rho = self._z_tv(s)
         if s.name == "admm_tv":
-            return Solution(admm_tv(A, y, s.admm.weight(self.slice_mm), s.admm.rho, s.steps, axes=(0,) if s.tv == "z" else (0, 1, 2),
+            return Solution(admm_tv(A, y, lam, rho, s.steps, axes=(0,) if s.tv == "z" else (0, 1, 2),
                                     n_cg=s.n_cg, x0=start, clip=self.bounds(s)))
         if self.prior is None:
             raise InputError(f"solver {s.name} needs a prior (prior.path)")
         if self.complex_images and s.name in GUIDED:
             raise InputError(f"solver {s.name} works on real images; use fast or diffusion_mbir for measured "
                              f"k-space, or set mri.image=real")
-        lam, rho = (s.admm.weight(self.slice_mm), s.admm.rho) if hasattr(s, "admm") else (0.0, 1.0)  # slicewise: none
-        self.info["z_tv"] = {"lam": lam, "rho": rho, "slice_mm": self.slice_mm}
         x_init, start_sigma = self.warm_start(s)
         solver = SOLVERS[s.name].sampler(
             self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, n_cg=s.n_cg, clip=self.bounds(s),
@@ -203,6 +202,15 @@ class Problem:
             out = Solution(solver.run(x_init=x_init), None, solver.nfe)
         out.backward_per_slice = solver.backward_passes * s.samples
         return out
+
+    def _z_tv(self, s) -> tuple[float, float]:
+        """(lam, rho) of the solver's TV term, lam scaled to this volume's slice spacing (``ADMM.weight``; 3D TV
+        keeps its lam), recorded in ``info["z_tv"]``; (0, 1) for solvers without one (slice-wise)."""
+        if not hasattr(s, "admm"):
+            return 0.0, 1.0
+        lam = s.admm.lam if getattr(s, "tv", "z") == "3d" else s.admm.weight(self.slice_mm)
+        self.info["z_tv"] = {"lam": lam, "rho": s.admm.rho, "slice_mm": self.slice_mm}
+        return lam, s.admm.rho
 
     def physical_zero(self) -> torch.Tensor:
         """The iterative solvers' start: physical value 0 in model units (CT: 0 HU; MRI: 0, i.e. model_min in the

@@ -45,8 +45,8 @@ class Section(BaseModel):
 class ADMM(Section):
     lam: Optional[float] = Field(None, ge=0)  # z-TV weight; null: the registry's default for the modality
     rho: Optional[float] = Field(None, gt=0)  # ADMM penalty; null: likewise
-    # the slice spacing (mm) lam is meant for: the weight used is lam * at_slice_mm / the data's slice spacing;
-    # null: lam as is. Filled from the registry only together with lam (a lam you set is used as is).
+    # the slice spacing (mm) lam is meant for: the z-TV weight used is lam * at_slice_mm / the data's slice
+    # spacing (3D TV keeps lam); null: lam as is. Filled from the registry only together with lam.
     at_slice_mm: Optional[float] = Field(None, gt=0)
 
     def weight(self, slice_mm: float) -> float:

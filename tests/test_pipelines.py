@@ -142,6 +142,7 @@ def test_dicom_source_gives_a_derived_series_and_simulation(tmp_path):
     assert back.shape == (4, 32, 32) and np.allclose(back.affine_lps, ref.affine_lps, atol=1e-3)
     rec = read_volume(out / "recon.nii.gz")
     assert np.abs(back.data - rec.data).max() < 1.0  # int16 storage with rescale: sub-HU round-off
+    assert json.loads((out / "report.json").read_text())["z_tv"]["lam"] == 0.04  # the paper's, at no spacing
     assert main(["reconstruct", "--config", "sparse_view_ct_8", "--input", str(src), "--output", str(out)]) == 2
     _cli("reconstruct", "--config", "sparse_view_ct_8", "--input", src, "--output", out, "--quiet", "--overwrite",
          "--set", "solver.name=fbp", "--set", "ct.image_size=32")
@@ -355,3 +356,19 @@ def test_poisson_weighting_removes_photon_starvation_streaks():
 
     imprint = {w: float(np.sqrt(np.mean((recon(w, "poisson") - recon(w, "none")) ** 2))) for w in ("poisson", "none")}
     assert imprint["poisson"] < 0.7 * imprint["none"], imprint  # HU; measured 22 vs 39 (0.56x)
+
+
+def test_ztv_weight_is_scaled_by_the_slice_spacing_and_3d_tv_is_not(ct_nifti):
+    """``admm.at_slice_mm`` scales the z-TV weight to the volume's slice spacing (report.json's ``z_tv``)."""
+    from pipelines.config import load_config
+
+    def z_tv(*overrides):
+        cfg = load_config("sparse_view_ct_8", ["solver.name=admm_tv", "solver.steps=1", "ct.image_size=32",
+                                               "solver.admm.lam=0.3", "solver.admm.at_slice_mm=1.0", *overrides],
+                          check_files=False).resolved()
+        p = Problem.build(cfg, read_volume(ct_nifti))
+        p.solve()
+        return p.info["z_tv"]
+    zt = z_tv()
+    assert zt["lam"] == pytest.approx(0.3 / zt["slice_mm"]) and zt["slice_mm"] != 1.0
+    assert z_tv("solver.tv=3d")["lam"] == 0.3

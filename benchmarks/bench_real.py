@@ -102,9 +102,8 @@ def main(argv=None):
         if a.cold:
             methods["fast + z-TV (cold)"] = fast(2 * a.fast_steps, lam)
         if a.mbir_steps:
-            methods[f"DiffusionMBIR ({a.mbir_steps} steps, warm)"] = {
-                "name": "diffusion_mbir", "steps": a.mbir_steps,
-                "warm_start": {"method": "admm_tv", "start_sigma": s0, "lam": lam}}
+            methods[f"DiffusionMBIR ({a.mbir_steps} steps, warm)"] = {  # its own start_sigma: registry.MBIR_WARM
+                "name": "diffusion_mbir", "steps": a.mbir_steps, "warm_start": {"method": "admm_tv", "lam": lam}}
         for scan in a.scans or TEST_SCANS[modality]:
             vol = load(scan, a.slices)
             ref, res = compare_methods(config, vol, methods, common, echo=lambda m: print(f"[{case} {scan}] {m}",

@@ -5,7 +5,7 @@ import pytest
 
 from medrecon.errors import InputError
 from pipelines.config import REPO_CONFIGS, load_config
-from pipelines.registry import ADMM_DEFAULTS, SOLVERS, solver_table
+from pipelines.registry import ADMM_DEFAULTS, SOLVERS, WARM_START_DEFAULTS, solver_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +23,9 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
     assert s.steps == d["steps"]
     if spec.sampler is not None:  # diffusion samplers: the class is the source of its step defaults
         assert (s.steps, s.n_cg) == (spec.sampler.default_steps, spec.sampler.default_n_cg)
+    if hasattr(s, "warm_start"):  # the modality's warm start, with the solver's own values over it
+        assert s.warm_start.model_dump() == {**WARM_START_DEFAULTS[modality], "iters": 100,
+                                             **(spec.warm or {}).get(modality, {})}
     if spec.z_tv == "default":
         assert (s.admm.lam, s.admm.rho, s.admm.at_slice_mm) == (spec.admm or {}).get(modality,
                                                                                ADMM_DEFAULTS[modality])

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_real import CASES, PRIOR, load  # noqa: E402
-from pipelines.compare import compare_methods, write_tables  # noqa: E402
+from pipelines.compare import compare_methods, markdown_table, write_tables  # noqa: E402
 
 GRID = {"ct": ["0.05:10", "0.15:10", "0.5:10", "1.5:10"], "mri": ["0.005:10", "0.015:10", "0.05:10", "0.15:10"]}
 
@@ -42,21 +42,19 @@ def main(argv=None):
         lam, rho = (float(v) for v in pair.split(":"))
         methods[f"lam {lam:g} rho {rho:g}"] = {"name": "fast", "steps": a.steps, "admm": {"lam": lam, "rho": rho}}
     common = [f"prior.path={PRIOR[modality]}", f"{modality}.pixel_size={a.pixel}"]
-    lines, rows = [], {}
+    tables, rows = [], {}
     for scan in a.scans:
         vol = load(scan, a.slices)
         t0 = time.perf_counter()
         _, res = compare_methods(config, vol, methods, common, echo=lambda m: print(f"[{scan}] {m}", flush=True))
         dz = float(vol.spacing[2])
         rows[scan] = {"slice_mm": dz, "rows": [r.row() for r in res]}
-        best = max(res, key=lambda r: sum(r.metrics["psnr"].values()))
-        lines += [f"**{scan}** ({a.case}, slices {dz:.3g} mm apart; {time.perf_counter() - t0:.0f} s): best "
-                  f"{best.label} (sum of the three planes' PSNR)", "", "| lam | axial | coronal | sagittal |",
-                  "|---|---|---|---|"]
-        lines += [f"| {r.label} | {r.metrics['psnr']['axial']:.2f} | {r.metrics['psnr']['coronal']:.2f} "
-                  f"| {r.metrics['psnr']['sagittal']:.2f} |" for r in res] + [""]
-        write_tables(a.out, f"ztv_{a.case}", ["\n".join(lines)], rows)
-        print("\n".join(lines), flush=True)
+        best = max(res, key=lambda r: sum(r.metrics["psnr"][p] for p in ("axial", "coronal", "sagittal")))
+        tables.append(markdown_table(res, f"**{scan}** ({a.case}, slices {dz:.3g} mm apart; "
+                                          f"{time.perf_counter() - t0:.0f} s): best {best.label} (sum of the three "
+                                          f"planes' PSNR)"))
+        write_tables(a.out, f"ztv_{a.case}", tables, rows)
+        print(tables[-1], flush=True)
 
 
 if __name__ == "__main__":

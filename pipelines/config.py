@@ -170,11 +170,10 @@ class Config(Section):
         """A copy with every null solver value replaced by its registry default (the config 'as run')."""
         d = self.model_dump()
         for key, value in SOLVERS[self.solver.name].defaults(self.modality).items():
-            if isinstance(value, dict):
-                section = d["solver"][key]
-                if key == "admm" and section.get("lam") is not None:
-                    value = {**value, "at_slice_mm": None}  # a lam the user set is used as is
-                section.update({k: v for k, v in value.items() if section.get(k) is None})
+            if isinstance(value, dict):  # a sub-section: its null keys, each with the key it is tied to (if any)
+                section, tied = d["solver"][key], getattr(type(getattr(self.solver, key)), "TIED", {})
+                section.update({k: v for k, v in value.items()
+                                if section.get(k) is None and section.get(tied.get(k, k)) is None})
             elif d["solver"].get(key) is None:
                 d["solver"][key] = value
         if d["intensity"] is None:

@@ -13,7 +13,7 @@ How a solver runs on a built problem lives in ``pipelines.problem`` (``Problem.s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,8 +50,10 @@ class ADMM(Section):
     lam: Optional[float] = Field(None, ge=0)  # z-TV weight; null: the registry's default for the modality
     rho: Optional[float] = Field(None, gt=0)  # ADMM penalty; null: likewise
     # the slice spacing (mm) lam is meant for: the z-TV weight used is lam * at_slice_mm / the data's slice
-    # spacing (3D TV keeps lam); null: lam as is. Filled from the registry only together with lam.
+    # spacing (3D TV keeps lam); null: lam as is
     at_slice_mm: Optional[float] = Field(None, gt=0)
+    #: defaults filled only together with the key they belong to: a lam the user sets is used as is
+    TIED: ClassVar[dict] = {"at_slice_mm": "lam"}
 
     def weight(self, slice_mm: float) -> float:
         """The z-TV weight for slices ``slice_mm`` apart."""

@@ -118,3 +118,10 @@ def test_ztv_weight_follows_the_slice_spacing():
     both = load_config("cs_mri_x4", ["solver.admm.lam=0.2", "solver.admm.at_slice_mm=1.0"],
                        check_files=False).resolved().solver.admm
     assert both.weight(4.0) == pytest.approx(0.05)
+
+
+def test_diffusion_mbir_has_its_own_ct_warm_start():
+    """DiffusionMBIR restarts lower than the fast sampler on CT (its corrector's noise; registry.MBIR_WARM)."""
+    mbir, fast = (load_config("sparse_view_ct_8", [f"solver.name={n}"], check_files=False).resolved().solver.warm_start
+                  for n in ("diffusion_mbir", "fast"))
+    assert (mbir.start_sigma, fast.start_sigma) == (0.3, 0.8) and mbir.lam == fast.lam == 1.0

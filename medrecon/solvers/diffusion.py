@@ -155,11 +155,11 @@ class DiffusionSolver:
         """x = x_init + sigma_0 * noise (x_init defaults to zeros): the start of the reverse diffusion."""
         g = torch.Generator(device=self.device).manual_seed(self.seed if seed is None else int(seed))
         x = self.noise(g).mul_(float(self.sigmas[0]))
-        if x_init is not None:
-            if tuple(x_init.shape) != self.shape:
-                raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {self.shape}")
-            x += x_init.to(x)
-        admm = self.dc.init_state(x_init.to(x) if x_init is not None else torch.zeros_like(x))  # not the noise
+        start = torch.zeros_like(x) if x_init is None else x_init.to(x)
+        if tuple(start.shape) != self.shape:
+            raise ValueError(f"x_init has shape {tuple(start.shape)}, expected {self.shape}")
+        x += start
+        admm = self.dc.init_state(start)  # z from the start's differences, not the noise's
         chunk = self.chunk_size or max(1, auto_chunk_size(self.prior, self.shape[1:], self.device)
                                        // (2 if self.is_complex else 1))
         return SamplerState(x, admm, g, min(chunk, self.shape[0]))

@@ -72,6 +72,7 @@ class MethodResult:
     peak_cpu_mib: float
     peak_cuda_mib: float | None = None
     settings: dict = field(default_factory=dict)  # the method's solver section
+    cross_validation: dict | None = None  # what solver.cross_validate tried and chose
 
     def row(self) -> dict:
         m = self.metrics
@@ -79,7 +80,8 @@ class MethodResult:
                 **flat_metrics(m),
                 "nfe_per_slice": self.nfe_per_slice, "backward_per_slice": self.backward_per_slice, "seconds": round(self.seconds, 1),
                 "peak_cpu_mib": round(self.peak_cpu_mib, 1),
-                "peak_cuda_mib": None if self.peak_cuda_mib is None else round(self.peak_cuda_mib, 1)}
+                "peak_cuda_mib": None if self.peak_cuda_mib is None else round(self.peak_cuda_mib, 1),
+                **({"cross_validation": self.cross_validation} if self.cross_validation else {})}
 
 
 def admm_tv_settings(lam: float, iters: int = 100) -> dict:
@@ -130,7 +132,7 @@ def compare_methods(config, source: Volume, methods: dict[str, dict], common=(),
         metrics = per_axis_metrics(problem.reference.data, vol.data, data_range)
         results.append(MethodResult(label, cfg.solver.name, vol, metrics, int(sol.nfe_per_slice),
                                     int(sol.backward_per_slice), seconds, mem.cpu_mib, mem.cuda_mib,
-                                    dict(methods[label])))
+                                    dict(methods[label]), problem.info.pop("cross_validation", None)))
         if echo:
             echo(f"{label}: PSNR axial {metrics['psnr']['axial']:.2f} dB, {seconds:.1f} s")
     return problem.reference, results

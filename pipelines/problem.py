@@ -39,6 +39,7 @@ from operators.ct import poisson_weights_from_line_integrals
 from operators.mri import mri_operator
 
 from .config import Config, resolve_prior_path
+from .crossval import cross_validate
 from .measurement import Measurement, is_measurement_file
 from .modality import DICOM_MODALITY, Modality
 from .raw_mri import MEASURED
@@ -172,6 +173,8 @@ class Problem:
     def solve(self, settings=None, progress: bool = False, snapshot=None, snapshot_every: int = 0) -> Solution:
         """Run one registered solver (``settings``: a resolved solver section; default: the config's)."""
         s = settings or self.config.solver
+        if getattr(s, "cross_validate", None) is not None and s.cross_validate.enabled:
+            s = cross_validate(self, s)  # the start_sigma and z-TV weight that predict held-out data best
         if s.name == "fbp":  # FBP inverts the mm projector (unweighted data)
             return Solution(torch.as_tensor(fbp(self.data, self.geometry, self.config.ct.fbp_filter))
                             * self.geometry.pixel_size_mm)

@@ -105,6 +105,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          network_evaluations_per_slice=int(sol.nfe_per_slice),
                          backward_passes_per_slice=int(sol.backward_per_slice),
                          measured_data_scale=problem.data_scale, grid=grid, z_tv=problem.info.get("z_tv"),
+                         cross_validation=problem.info.get("cross_validation"),
                          files=files)
         rep["timings_s"] = t.as_dict()
         rep["peak_memory"] = peak_memory()

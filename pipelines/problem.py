@@ -207,13 +207,23 @@ class Problem:
         return out
 
     def _z_tv(self, s) -> tuple[float, float]:
-        """(lam, rho) of the solver's TV term, lam scaled to this volume's slice spacing (``ADMM.weight``; 3D TV
-        keeps its lam), recorded in ``info["z_tv"]``; (0, 1) for solvers without one (slice-wise)."""
+        """(lam, rho) of the solver's TV term, scaled to this volume's slice spacing and mask (``ADMM.weights``; 3D
+        TV keeps its own), recorded in ``info["z_tv"]``; (0, 1) for solvers without one (slice-wise)."""
         if not hasattr(s, "admm"):
             return 0.0, 1.0
-        lam = s.admm.lam if getattr(s, "tv", "z") == "3d" else s.admm.weight(self.slice_mm)
-        self.info["z_tv"] = {"lam": lam, "rho": s.admm.rho, "slice_mm": self.slice_mm}
-        return lam, s.admm.rho
+        lam, rho = (s.admm.lam, s.admm.rho) if getattr(s, "tv", "z") == "3d" else \
+            s.admm.weights(self.slice_mm, self.same_mask)
+        self.info["z_tv"] = {"lam": lam, "rho": rho, "slice_mm": self.slice_mm, "same_mask": self.same_mask}
+        return lam, rho
+
+    @property
+    def same_mask(self) -> bool:
+        """MRI slices (2D layout) that share one k-space mask: their undersampling aliasing is the same on every slice."""
+        m = self.measurement
+        if m.modality != "mri" or m.info.get("layout") == "3d" or m.mask is None:
+            return False
+        mask = np.asarray(m.mask)
+        return mask.ndim < 3 or mask.shape[0] == 1 or bool((mask == mask[:1]).all())
 
     def physical_zero(self) -> torch.Tensor:
         """The iterative solvers' start: physical value 0 in model units (CT: 0 HU; MRI: 0, i.e. model_min in the

@@ -19,15 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medrecon.solvers import DiffusionMBIR, DPSSampler, FastSampler, MCGSampler, ProjectionSampler
 
-#: z-TV weight lam, ADMM penalty rho and the slice spacing lam holds at (None: lam as is) per modality
-#: (DiffusionMBIR, CVPR 2023; model units in [0, 1])
-ADMM_DEFAULTS = {"ct": (0.04, 10.0, None), "mri": (0.005, 0.01, None)}
+#: z-TV weight lam, ADMM penalty rho, the slice spacing lam holds at (None: lam as is) and the scale of both on MRI
+#: data with one k-space mask for every slice (None: 1) per modality (DiffusionMBIR, CVPR 2023; model units in [0, 1])
+ADMM_DEFAULTS = {"ct": (0.04, 10.0, None, None), "mri": (0.005, 0.01, None, None)}
 #: warm start per modality: the noise level the reverse diffusion starts at and the 3D ADMM-TV weight of the
 #: starting point (model units), chosen on training scans (benchmarks/bench_real.py --tune), never on test scans
 WARM_START_DEFAULTS = {"ct": {"method": "admm_tv", "start_sigma": 0.8, "lam": 1.0},  # tuned: ct_chest_contrast, 8 views, 2 mm
-                       "mri": {"method": "admm_tv", "start_sigma": 0.4, "lam": 0.003}}  # tuned: mr_head_t1w, x4, 2 mm
-# (MRI start_sigma, eta 1, 20 steps: 0.2 / 0.4 / 0.8 gave 26.98 / 27.09 / 27.01 dB on mr_head_t1w and 27.78 /
-# 27.86 / 27.82 on mr_brain1)
+                       "mri": {"method": "admm_tv", "start_sigma": 0.8, "lam": 0.003}}  # tuned: mr_head_t1w, x4, 2 mm
+# (MRI start_sigma, eta 1, 20 steps, the earlier z-TV (0.05, 10): 0.2 / 0.4 / 0.8 gave 26.98 / 27.09 / 27.01 dB on
+# mr_head_t1w and 27.78 / 27.86 / 27.82 on mr_brain1; with the z-TV below and 50 steps bench_real's tuning on
+# mr_head_t1w chose 0.8 of 0.2 / 0.4 / 0.8)
 #: the fast sampler's z-TV weight and ADMM penalty, warm-started, tuned on training scans. CT (PWLS data term),
 #: ct_chest_contrast, 8 views, 2 mm: lam 0.04 / 0.15 / 0.5 / 1.5 / 4 (rho 10) gave 23.57 / 23.72 / 24.03 / 23.82 /
 #: 23.69 dB with eta 1 (ADMM-TV 3D 22.74). MRI, mr_head_t1w x4, 2 mm: (0.005, 0.01) / (0.05, 10) / (0.2, 10) /
@@ -35,8 +36,13 @@ WARM_START_DEFAULTS = {"ct": {"method": "admm_tv", "start_sigma": 0.8, "lam": 1.
 #: 26.17 / 31.76): the paper's pair flattens z. The third value is the tuning scan's slice spacing (mm): z-steps
 #: of a smooth anatomy grow with the spacing, so lam is scaled by it over the data's spacing; on the training
 #: scans (benchmarks/tune_ztv.py, x4) the best lam was 0.05 at 0.94 mm (mr_head_t1w) and 0.005 at 6.5 mm
-#: (mr_brain1), where 0.05 lost 0.35 dB axial.
-FAST_ZTV = {"ct": (0.5, 10.0, 1.5), "mri": (0.05, 10.0, 0.94)}
+#: (mr_brain1), where 0.05 lost 0.35 dB axial. The fourth value scales lam and rho together (the threshold
+#: lam/rho stays) on MRI data whose slices share one k-space mask: their aliasing is the same on every slice, so
+#: z-TV cannot remove it, and rho 10 held on to the warm start's (eta 1, 50 steps, x4, (lam, rho) at 0.94 mm:
+#: 0.05, 10 / 0.0005, 0.1 / 0.002, 0.1 / 0.005, 1 / 0.02, 1 gave 27.34 / 28.09 / 27.95 / 28.04 / 27.74 dB on
+#: mr_head_t1w and 27.86 (lam 0.005) / 28.11 / 27.59 / 27.83 / 27.15 on mr_brain1 (2D prior alone 27.76 / 28.17);
+#: on measured k-space with a mask per frame the strong pair beat ADMM-TV and 0.01 of it lost 1.8 dB at x4).
+FAST_ZTV = {"ct": (0.5, 10.0, 1.5, None), "mri": (0.05, 10.0, 0.94, 0.01)}
 #: DiffusionMBIR's own warm start over WARM_START_DEFAULTS: its Langevin corrector adds noise that 20 steps from
 #: sigma 0.8 do not remove. CT, ct_chest_contrast, 8 views, 2 mm, 20 steps: start_sigma 0.8 / 0.3 gave 21.73 /
 #: 22.93 dB (snr 0.04: 21.80 / 22.92; ADMM-TV 3D 22.74).
@@ -54,12 +60,20 @@ class ADMM(Section):
     # the slice spacing (mm) lam is meant for: the z-TV weight used is lam * at_slice_mm / the data's slice
     # spacing (3D TV keeps lam); null: lam as is
     at_slice_mm: Optional[float] = Field(None, gt=0)
+    # MRI data whose slices share one k-space mask: lam and rho are multiplied by this (their aliasing is the same
+    # on every slice, which z-TV cannot remove, and a strong penalty holds on to the warm start's); null: 1
+    same_mask_scale: Optional[float] = Field(None, gt=0)
     #: defaults filled only together with the key they belong to: a lam the user sets is used as is
-    TIED: ClassVar[dict] = {"at_slice_mm": "lam"}
+    TIED: ClassVar[dict] = {"at_slice_mm": "lam", "same_mask_scale": "lam"}
 
     def weight(self, slice_mm: float) -> float:
         """The z-TV weight for slices ``slice_mm`` apart."""
         return self.lam * (self.at_slice_mm / slice_mm if self.at_slice_mm and slice_mm > 0 else 1.0)
+
+    def weights(self, slice_mm: float, same_mask: bool = False) -> tuple[float, float]:
+        """(lam, rho) of z-TV for slices ``slice_mm`` apart, on data whose slices share one mask or not."""
+        scale = self.same_mask_scale if same_mask and self.same_mask_scale else 1.0
+        return self.weight(slice_mm) * scale, self.rho * scale
 
 
 class _Solver(Section):
@@ -179,7 +193,7 @@ class SolverSpec:
     steps: int | None = None  # default steps when there is no sampler class
     n_cg: int | None = None  # default CG iterations per step when there is no sampler class
     z_tv: str = "none"  # "default": lam/rho from ADMM_DEFAULTS; "optional": lam 0 unless set; "none"
-    admm: dict | None = None  # {modality: (lam, rho, at_slice_mm)} replacing ADMM_DEFAULTS for this solver
+    admm: dict | None = None  # {modality: (lam, rho, at_slice_mm, same_mask_scale)} replacing ADMM_DEFAULTS
     warm: dict | None = None  # {modality: {key: value}} over WARM_START_DEFAULTS for this solver
 
     def defaults(self, modality: str) -> dict:
@@ -188,8 +202,9 @@ class SolverSpec:
         if issubclass(self.settings, _Iterative):
             out["n_cg"] = self.sampler.default_n_cg if self.sampler else self.n_cg
         if self.z_tv != "none":
-            lam, rho, at_mm = (self.admm or {}).get(modality, ADMM_DEFAULTS[modality])
-            out["admm"] = {"lam": lam if self.z_tv == "default" else 0.0, "rho": rho, "at_slice_mm": at_mm}
+            lam, rho, at_mm, same_mask = (self.admm or {}).get(modality, ADMM_DEFAULTS[modality])
+            out["admm"] = {"lam": lam if self.z_tv == "default" else 0.0, "rho": rho, "at_slice_mm": at_mm,
+                           "same_mask_scale": same_mask}
         if issubclass(self.settings, _Warm):
             out["warm_start"] = {**WARM_START_DEFAULTS[modality], **(self.warm or {}).get(modality, {})}
         return out

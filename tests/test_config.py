@@ -6,6 +6,7 @@ import yaml
 
 from medrecon.errors import InputError
 from pipelines.commands_recon import app  # noqa: F401  (the CLI module imports cleanly)
+from pipelines.registry import FAST_ZTV
 from pipelines.config import REPO_CONFIGS, load_config, resolve_config_path
 
 REQUIRED = ["sparse_view_ct_8", "sparse_view_ct_4", "sparse_view_ct_2", "limited_angle_ct_90", "cs_mri_x4",
@@ -17,8 +18,8 @@ def test_bundled_configs_validate(name):
     cfg = load_config(name, check_files=False).resolved()
     assert cfg.task == name
     assert cfg.solver.steps == 50 and cfg.solver.n_cg == 5  # fast sampler defaults
-    tuned = (0.5, 10.0, 1.5) if cfg.modality == "ct" else (0.05, 10.0, 0.94)  # the fast sampler's registry.FAST_ZTV
-    assert (cfg.solver.admm.lam, cfg.solver.admm.rho, cfg.solver.admm.at_slice_mm) == tuned
+    adm = cfg.solver.admm
+    assert (adm.lam, adm.rho, adm.at_slice_mm, adm.same_mask_scale) == FAST_ZTV[cfg.modality]
     assert cfg.solver.warm_start.method == "admm_tv"  # the default starts from the classical solution
 
 
@@ -118,6 +119,15 @@ def test_ztv_weight_follows_the_slice_spacing():
     both = load_config("cs_mri_x4", ["solver.admm.lam=0.2", "solver.admm.at_slice_mm=1.0"],
                        check_files=False).resolved().solver.admm
     assert both.weight(4.0) == pytest.approx(0.05)
+    assert both.same_mask_scale is None and both.weights(4.0, same_mask=True) == (pytest.approx(0.05), both.rho)
+
+
+def test_ztv_of_mri_slices_sharing_one_mask_is_weaker():
+    """On MRI slices that share one k-space mask the registry's z-TV lam and rho are scaled together."""
+    adm = load_config("cs_mri_x4", check_files=False).resolved().solver.admm
+    lam, rho, at_mm, scale = FAST_ZTV["mri"]
+    assert adm.weights(at_mm, same_mask=False) == (pytest.approx(lam), rho)
+    assert adm.weights(at_mm, same_mask=True) == (pytest.approx(lam * scale), pytest.approx(rho * scale))
 
 
 def test_diffusion_mbir_has_its_own_ct_warm_start():

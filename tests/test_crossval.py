@@ -86,4 +86,23 @@ def test_cross_validation_chooses_the_smallest_held_out_error_and_reports_its_se
     assert cv["chosen"]["lam"] == min(second, key=lambda c: c["heldout_error"])["lam"]
     assert all(np.isfinite(c["heldout_error"]) and c["heldout_error"] > 0 for c in tried)
     # the final reconstruction used the chosen weight, scaled to the slice spacing like any other
-    assert rep["z_tv"]["lam"] == pytest.approx(cv["chosen"]["lam"] * 0.94 / rep["z_tv"]["slice_mm"])
+    adm = rep["config"]["solver"]["admm"]
+    assert rep["z_tv"]["lam"] == pytest.approx(cv["chosen"]["lam"] * adm["same_mask_scale"] * adm["at_slice_mm"]
+                                               / rep["z_tv"]["slice_mm"])
+
+
+def test_same_mask_tells_one_mask_for_all_slices_from_a_mask_per_slice(tmp_path):
+    """The z-TV scale for shared masks (``ADMM.same_mask_scale``) applies only when every slice has the same mask."""
+    import dataclasses
+    p = _problem(tmp_path, "cs_mri_x4", _mr_volume((3, 32, 32)), "mri.image_size=32")
+    assert p.same_mask  # the simulation's one mask
+    m = np.asarray(p.measurement.mask, bool).reshape(1, 1, -1)
+    p.measurement = dataclasses.replace(p.measurement, mask=np.repeat(m, 3, axis=0))
+    assert p.same_mask  # one mask per slice, all equal
+    varied = np.repeat(m, 3, axis=0)
+    varied[1] = np.roll(varied[1], 1)
+    p.measurement = dataclasses.replace(p.measurement, mask=varied)
+    assert not p.same_mask
+    (tmp_path / "ct").mkdir()
+    ct = _problem(tmp_path / "ct", "sparse_view_ct_8", ct_phantom((3, 32, 32), seed=1), "ct.image_size=32")
+    assert not ct.same_mask

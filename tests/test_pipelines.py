@@ -19,6 +19,7 @@ from pipelines.measurement import Measurement
 from pipelines import problem as problem_module
 from pipelines.problem import Problem
 from pipelines.cli import main
+from pipelines.registry import FAST_ZTV
 from pipelines.phantoms import ct_phantom
 
 
@@ -165,7 +166,9 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
     assert rep["grid"]["resampled"] and "--resample" in rep["grid"]["reason"]  # 64x64 input, 32x32 prior
     zt = rep["z_tv"]  # the registry's weight, scaled to this volume's slice spacing
     assert zt["slice_mm"] == pytest.approx(float(read_volume(mr_nifti).spacing[2]))
-    assert zt["lam"] == pytest.approx(0.05 * 0.94 / zt["slice_mm"]) and zt["rho"] == 10.0
+    lam, rho, at_mm, scale = FAST_ZTV["mri"]  # one simulated mask for all slices: same_mask
+    assert zt["same_mask"] and zt["lam"] == pytest.approx(lam * scale * at_mm / zt["slice_mm"])
+    assert zt["rho"] == pytest.approx(rho * scale)
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["sample1_step_00004.nii.gz", "sample1_step_00008.nii.gz",
                                                                        "step_00004.nii.gz", "step_00008.nii.gz"]
     std = nib.load(out / "std.nii.gz").get_fdata()

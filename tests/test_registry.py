@@ -27,8 +27,8 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
         assert s.warm_start.model_dump() == {**WARM_START_DEFAULTS[modality], "iters": 100,
                                              **(spec.warm or {}).get(modality, {})}
     if spec.z_tv == "default":
-        assert (s.admm.lam, s.admm.rho, s.admm.at_slice_mm) == (spec.admm or {}).get(modality,
-                                                                               ADMM_DEFAULTS[modality])
+        assert (s.admm.lam, s.admm.rho, s.admm.at_slice_mm, s.admm.same_mask_scale) == \
+            (spec.admm or {}).get(modality, ADMM_DEFAULTS[modality])
     elif spec.z_tv == "optional":
         assert s.admm.lam == 0.0
     else:

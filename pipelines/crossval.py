@@ -31,12 +31,18 @@ def holdout_mask(problem, fraction: float, seed: int = 0) -> tuple[torch.Tensor,
         views = sorted({(n_views // 2 + seed + round(k * n_views / n)) % n_views for k in range(n)})
         keep[..., views, :] = 0
         return keep, f"views {views} of {n_views}"
-    # MRI, every layout: phase-encode positions are (first axis, last axis); readout is axis -2
-    others = tuple(d for d in range(y.ndim) if d not in (0, y.ndim - 1))
-    sampled = torch.as_tensor(y.abs() > 0).amax(dim=others)  # (Z, W) sampled positions
-    centre = _central_run(sampled.all(0))
+    # MRI: phase-encode positions are (z, last axis), z the first axis in 2D ((Z, [C,] H, W)) and the third from the
+    # end in 3D ((C,) Z, Y, X)); the readout is axis -2, kept or held out whole
+    three_d = problem.measurement.info.get("layout") == "3d"
+    z_axis = y.ndim - 3 if three_d else 0
+    sampled = torch.as_tensor(y.abs() > 0).amax(dim=tuple(d for d in range(y.ndim) if d not in (z_axis, y.ndim - 1)))
     outer = sampled.clone()
-    outer[:, centre] = False
+    if three_d:  # the fully sampled block around the k-space centre
+        zc, wc = sampled.shape[0] // 2, sampled.shape[1] // 2
+        outer[_central_run(sampled[:, wc]), _central_run(sampled[zc])] = False
+    else:  # the fully sampled central lines of every slice
+        outer[:, _central_run(sampled.all(0))] = False
+    n_centre = int(sampled.sum() - outer.sum())
     where = outer.nonzero()
     n = max(1, round(fraction * len(where)))
     if len(where) < 2:
@@ -44,9 +50,9 @@ def holdout_mask(problem, fraction: float, seed: int = 0) -> tuple[torch.Tensor,
     g = torch.Generator().manual_seed(int(seed))
     for z, w in where[torch.randperm(len(where), generator=g)[:n]].tolist():
         index = [slice(None)] * y.ndim
-        index[0], index[-1] = z, w
+        index[z_axis], index[-1] = z, w
         keep[tuple(index)] = 0
-    return keep, f"{n} of {int(sampled.sum())} sampled lines (none of the {centre.stop - centre.start} central ones)"
+    return keep, f"{n} of {int(sampled.sum())} sampled lines (none of the {n_centre} central ones)"
 
 
 def _central_run(columns: torch.Tensor) -> slice:

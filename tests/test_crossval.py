@@ -51,6 +51,20 @@ def test_mri_holds_out_sampled_lines_outside_the_centre(tmp_path):
     assert int(held.sum()) == round(0.2 * outer)
 
 
+def test_mri_3d_multicoil_holds_out_whole_readout_lines_of_every_coil(tmp_path):
+    p = _problem(tmp_path, "cs_mri_3d_poisson", _mr_volume((8, 32, 32)), "mri.image_size=32", "mri.coils=multi",
+                 "mri.n_coils=2")
+    y = p.data  # (C, Z, Y, X)
+    keep, _ = holdout_mask(p, 0.2)
+    held = (keep == 0).any(dim=2)  # (C, Z, X)
+    assert y.ndim == 4 and bool(held.any())
+    assert bool((held == held[:1]).all())  # the same positions in every coil
+    assert bool(((keep == 0).sum(dim=2)[held] == y.shape[2]).all())  # whole readout lines
+    assert bool((y.abs() > 0).any(dim=2)[held].all())  # only sampled positions
+    zc, xc = y.shape[1] // 2, y.shape[3] // 2
+    assert not bool(held[:, zc, xc].any())  # not the k-space centre
+
+
 def test_the_fit_problem_never_sees_the_held_out_data(tmp_path):
     """Changing the held-out measurements changes the held-out error but not the reconstruction fitted without
     them."""

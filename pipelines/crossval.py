@@ -16,6 +16,8 @@ import logging
 
 import torch
 
+from medrecon.errors import InputError
+
 log = logging.getLogger("medrecon")
 
 
@@ -27,7 +29,8 @@ def holdout_mask(problem, fraction: float, seed: int = 0) -> tuple[torch.Tensor,
         n_views = y.shape[-2]
         n = min(n_views - 1, max(1, round(fraction * n_views)))
         if n < 1:
-            raise ValueError("cross-validation needs at least two views")
+            raise InputError(f"solver.cross_validate: needs at least two views to hold one out, the data have "
+                             f"{n_views}: set solver.cross_validate.enabled=false")
         views = sorted({(n_views // 2 + seed + round(k * n_views / n)) % n_views for k in range(n)})
         keep[..., views, :] = 0
         return keep, f"views {views} of {n_views}"
@@ -46,7 +49,8 @@ def holdout_mask(problem, fraction: float, seed: int = 0) -> tuple[torch.Tensor,
     where = outer.nonzero()
     n = max(1, round(fraction * len(where)))
     if len(where) < 2:
-        raise ValueError("cross-validation needs sampled lines outside the fully sampled centre")
+        raise InputError("solver.cross_validate: no sampled k-space lines outside the fully sampled centre to hold "
+                         "out: set solver.cross_validate.enabled=false")
     g = torch.Generator().manual_seed(int(seed))
     for z, w in where[torch.randperm(len(where), generator=g)[:n]].tolist():
         index = [slice(None)] * y.ndim

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from medrecon.errors import InputError
 from medrecon.io import read_volume, write_nifti
 from medrecon.priors.base import GaussianDenoiser, IntensityMap
 from pipelines import problem as problem_module
@@ -31,6 +32,11 @@ def test_ct_holds_out_whole_views_spread_over_the_arc(tmp_path):
         assert len(held) == n and str(held) in what
         assert bool((keep[:, held, :] == 0).all()) and int((keep == 0).sum()) == n * keep.shape[0] * keep.shape[2]
     assert held[1] - held[0] == 4  # 2 of 8 views: opposite halves of the arc
+    (tmp_path / "one").mkdir()
+    one = _problem(tmp_path / "one", "sparse_view_ct_8", ct_phantom((3, 32, 32), seed=1), "ct.image_size=32",
+                   "ct.n_views=1")
+    with pytest.raises(InputError, match="solver.cross_validate.enabled=false"):
+        holdout_mask(one, 0.125)
 
 
 def test_mri_holds_out_sampled_lines_outside_the_centre(tmp_path):

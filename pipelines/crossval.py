@@ -17,6 +17,7 @@ import logging
 import torch
 
 from medrecon.errors import InputError
+from operators.mri import central_run
 
 log = logging.getLogger("medrecon")
 
@@ -38,13 +39,13 @@ def holdout_mask(problem, fraction: float, seed: int = 0) -> tuple[torch.Tensor,
     # end in 3D ((C,) Z, Y, X)); the readout is axis -2, kept or held out whole
     three_d = problem.measurement.info.get("layout") == "3d"
     z_axis = y.ndim - 3 if three_d else 0
-    sampled = torch.as_tensor(y.abs() > 0).amax(dim=tuple(d for d in range(y.ndim) if d not in (z_axis, y.ndim - 1)))
+    sampled = (y.abs() > 0).amax(dim=tuple(d for d in range(y.ndim) if d not in (z_axis, y.ndim - 1))).cpu()
     outer = sampled.clone()
     if three_d:  # the fully sampled block around the k-space centre
         zc, wc = sampled.shape[0] // 2, sampled.shape[1] // 2
-        outer[_central_run(sampled[:, wc]), _central_run(sampled[zc])] = False
+        outer[central_run(sampled[:, wc]), central_run(sampled[zc])] = False
     else:  # the fully sampled central lines of every slice
-        outer[:, _central_run(sampled.all(0))] = False
+        outer[:, central_run(sampled.all(0))] = False
     n_centre = int(sampled.sum() - outer.sum())
     where = outer.nonzero()
     n = max(1, round(fraction * len(where)))
@@ -57,19 +58,6 @@ def holdout_mask(problem, fraction: float, seed: int = 0) -> tuple[torch.Tensor,
         index[z_axis], index[-1] = z, w
         keep[tuple(index)] = 0
     return keep, f"{n} of {int(sampled.sum())} sampled lines (none of the {n_centre} central ones)"
-
-
-def _central_run(columns: torch.Tensor) -> slice:
-    """The run of True around the middle of a 1D mask (the fully sampled k-space centre)."""
-    c = len(columns) // 2
-    if not bool(columns[c]):
-        return slice(c, c)
-    lo, hi = c, c
-    while lo > 0 and columns[lo - 1]:
-        lo -= 1
-    while hi + 1 < len(columns) and columns[hi + 1]:
-        hi += 1
-    return slice(lo, hi + 1)
 
 
 def fit_problem(problem, keep: torch.Tensor):

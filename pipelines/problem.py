@@ -211,9 +211,10 @@ class Problem:
         TV keeps its own), recorded in ``info["z_tv"]``; (0, 1) for solvers without one (slice-wise)."""
         if not hasattr(s, "admm"):
             return 0.0, 1.0
+        same_mask = self.same_mask
         lam, rho = (s.admm.lam, s.admm.rho) if getattr(s, "tv", "z") == "3d" else \
-            s.admm.weights(self.slice_mm, self.same_mask)
-        self.info["z_tv"] = {"lam": lam, "rho": rho, "slice_mm": self.slice_mm, "same_mask": self.same_mask}
+            s.admm.weights(self.slice_mm, same_mask)
+        self.info["z_tv"] = {"lam": lam, "rho": rho, "slice_mm": self.slice_mm, "same_mask": same_mask}
         return lam, rho
 
     @property
@@ -223,7 +224,7 @@ class Problem:
         if m.modality != "mri" or m.info.get("layout") == "3d" or m.mask is None:
             return False
         mask = np.asarray(m.mask)
-        return mask.ndim < 3 or mask.shape[0] == 1 or bool((mask == mask[:1]).all())
+        return mask.ndim < 3 or bool((mask == mask[:1]).all())
 
     def physical_zero(self) -> torch.Tensor:
         """The iterative solvers' start: physical value 0 in model units (CT: 0 HU; MRI: 0, i.e. model_min in the

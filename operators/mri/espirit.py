@@ -14,21 +14,17 @@ import torch
 
 from medrecon.errors import InputError
 
+from .masks import central_run
+
 
 def calibration_width(mask, default: int = 24) -> int:
     """Width of the contiguous fully sampled centre of a mask (…, W) about column W // 2 (at most ``default``)."""
     m = np.asarray(mask, bool)
-    cols = m.reshape(-1, m.shape[-1]).all(axis=0) if m.ndim > 1 else m
-    n = cols.size
-    if not cols[n // 2]:
+    run = central_run(m.reshape(-1, m.shape[-1]).all(axis=0) if m.ndim > 1 else m)
+    if run.stop == run.start:
         raise InputError("the mask does not sample the k-space centre: ESPIRiT needs a fully sampled "
                          "calibration region (use coil_maps: given)")
-    lo = hi = n // 2
-    while lo > 0 and cols[lo - 1]:
-        lo -= 1
-    while hi + 1 < n and cols[hi + 1]:
-        hi += 1
-    return int(min(hi - lo + 1, default))
+    return int(min(run.stop - run.start, default))
 
 
 def espirit_maps(kspace, calib_width: int = 24, kernel_width: int = 6, thresh: float = 0.02,

@@ -28,6 +28,21 @@ from medrecon.errors import InputError
 KINDS = ("uniform1d", "gaussian1d", "equispaced1d", "poisson2d")
 
 
+def central_run(columns) -> slice:
+    """The run of sampled positions around the middle of a 1D mask (its fully sampled centre); empty when the
+    middle is not sampled."""
+    cols = np.asarray(columns, bool)
+    c = cols.size // 2
+    if not cols[c]:
+        return slice(c, c)
+    lo = hi = c
+    while lo > 0 and cols[lo - 1]:
+        lo -= 1
+    while hi + 1 < cols.size and cols[hi + 1]:
+        hi += 1
+    return slice(lo, hi + 1)
+
+
 def _centre_slice(n: int, n_centre: int) -> slice:
     start = n // 2 - n_centre // 2
     return slice(start, start + n_centre)

@@ -141,7 +141,7 @@ def run_sampler(cls, prior, size: int, slices: int, steps: int, device: torch.de
         net.to(memory_format=torch.channels_last)
     prior.network = TimedNetwork(net, variant, device)
     try:
-        lam, rho = ADMM_DEFAULTS["ct"][:2]  # the paper's, no slice-spacing scaling
+        lam, rho = ADMM_DEFAULTS["ct"]["lam"], ADMM_DEFAULTS["ct"]["rho"]  # the paper's, no slice-spacing scaling
         solver = cls(prior, A, y_meas, n_steps=steps, lam=lam, rho=rho, seed=0)
         chunk = auto_chunk_size(prior, (size, size), device)
         solver.chunk_size = chunk

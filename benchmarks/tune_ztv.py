@@ -1,11 +1,14 @@
 """How the fast sampler's z-TV weight should follow the slice spacing: sweep lam on *training* scans of
-different slice spacings (never a test scan) and print the best lam per scan.
+different slice spacings (never a test scan) and print the best lam per scan (or, with --lam-xy, the in-plane
+TV weight).
 
 The warm start and the noise level it restarts at are the registry's defaults; each point of the sweep is a
 (lam, rho) pair of the z-TV ADMM step. ``lam 0`` is the 2D prior alone (``slicewise_fast``).
 
     python benchmarks/tune_ztv.py --case mri4 --scans mr_head_t1w mr_brain1
     python benchmarks/tune_ztv.py --case ct8 --scans ct_chest_contrast ct_lung1
+    python benchmarks/tune_ztv.py --case ct4 --scans ct_chest_contrast ct_lung1 --steps 50 --warm 1.2:0.3 \
+        --lam-xy 0 0.1 0.3 1       # the in-plane TV weight (solver.admm.lam_xy) at the registry's z-TV
 
 Writes OUT/ztv_<case>.md and .json.
 """
@@ -33,14 +36,25 @@ def main(argv=None):
     ap.add_argument("--pixel", type=float, default=2.0)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--pairs", nargs="+", default=None, help="lam:rho pairs (default: a lam grid at rho 10)")
+    ap.add_argument("--lam-xy", nargs="+", type=float, default=None,
+                    help="sweep the in-plane TV weight instead, at the registry's z-TV")
+    ap.add_argument("--warm", default=None, help="start_sigma:lam of the warm start (default: the registry's)")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "tune_ztv")
     a = ap.parse_args(argv)
     config, modality = CASES[a.case]
     a.out.mkdir(parents=True, exist_ok=True)
-    methods = {"lam 0 (2D prior only)": {"name": "slicewise_fast", "steps": a.steps}}
-    for pair in a.pairs or GRID[modality]:
+    warm = {}
+    if a.warm:
+        sigma, lam = (float(v) for v in a.warm.split(":"))
+        warm = {"warm_start": {"method": "admm_tv", "start_sigma": sigma, "lam": lam}}
+    if a.lam_xy is not None:
+        methods = {f"lam_xy {v:g}": {"name": "fast", "steps": a.steps, "admm": {"lam_xy": v}, **warm} for v in a.lam_xy}
+    else:
+        methods = {"lam 0 (2D prior only)": {"name": "slicewise_fast", "steps": a.steps, **warm}}
+    for pair in [] if a.lam_xy is not None else a.pairs or GRID[modality]:
         lam, rho = (float(v) for v in pair.split(":"))
-        methods[f"lam {lam:g} rho {rho:g}"] = {"name": "fast", "steps": a.steps, "admm": {"lam": lam, "rho": rho}}
+        methods[f"lam {lam:g} rho {rho:g}"] = {"name": "fast", "steps": a.steps, "admm": {"lam": lam, "rho": rho},
+                                               **warm}
     common = [f"prior.path={PRIOR[modality]}", f"{modality}.pixel_size={a.pixel}"]
     tables, rows = [], {}
     for scan in a.scans:

@@ -184,7 +184,7 @@ class Problem:
         start = self.physical_zero()
         if s.name in ("cgls", "sirt"):
             return Solution({"cgls": cgls, "sirt": sirt}[s.name](A, y, n_iter=s.steps, x0=start))
-        lam, rho = self._z_tv(s)
+        lam, rho, lam_xy = self._z_tv(s)
         if s.name == "admm_tv":
             return Solution(admm_tv(A, y, lam, rho, s.steps, axes=(0,) if s.tv == "z" else (0, 1, 2),
                                     n_cg=s.n_cg, x0=start, clip=self.bounds(s)))
@@ -195,7 +195,7 @@ class Problem:
                              f"k-space, or set mri.image=real")
         x_init, start_sigma = self.warm_start(s)
         solver = SOLVERS[s.name].sampler(
-            self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, n_cg=s.n_cg, clip=self.bounds(s),
+            self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, lam_xy=lam_xy, n_cg=s.n_cg, clip=self.bounds(s),
             chunk_size=s.chunk_size, seed=s.seed, progress=progress, snapshot=snapshot,
             snapshot_every=snapshot_every, start_sigma=start_sigma, **self._sampler_options(s))
         if s.samples > 1:
@@ -206,16 +206,19 @@ class Problem:
         out.backward_per_slice = solver.backward_passes * s.samples
         return out
 
-    def _z_tv(self, s) -> tuple[float, float]:
-        """(lam, rho) of the solver's TV term, scaled to this volume's slice spacing and mask (``ADMM.weights``; 3D
-        TV keeps its own), recorded in ``info["z_tv"]``; (0, 1) for solvers without one (slice-wise)."""
+    def _z_tv(self, s) -> tuple[float, float, float]:
+        """(lam, rho, lam_xy) of the solver's TV term: lam scaled to this volume's slice spacing and mask
+        (``ADMM.weights``; 3D TV keeps its own), lam_xy the in-plane weight, recorded in ``info["z_tv"]``; (0, 1, 0)
+        for solvers without one (slice-wise)."""
         if not hasattr(s, "admm"):
-            return 0.0, 1.0
+            return 0.0, 1.0, 0.0
         same_mask = self.same_mask
         lam, rho = (s.admm.lam, s.admm.rho) if getattr(s, "tv", "z") == "3d" else \
             s.admm.weights(self.slice_mm, same_mask)
-        self.info["z_tv"] = {"lam": lam, "rho": rho, "slice_mm": self.slice_mm, "same_mask": same_mask}
-        return lam, rho
+        lam_xy = s.admm.lam_xy or 0.0
+        self.info["z_tv"] = {"lam": lam, "rho": rho, "lam_xy": lam_xy, "slice_mm": self.slice_mm,
+                             "same_mask": same_mask}
+        return lam, rho, lam_xy
 
     @property
     def same_mask(self) -> bool:

@@ -15,13 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medrecon.solvers import DiffusionMBIR, DPSSampler, FastSampler, MCGSampler, ProjectionSampler
 
-#: z-TV weight lam, ADMM penalty rho, the slice spacing lam holds at (None: lam as is) and the scale of both on MRI
-#: data with one k-space mask for every slice (None: 1) per modality (DiffusionMBIR, CVPR 2023; model units in [0, 1])
-ADMM_DEFAULTS = {"ct": (0.04, 10.0, None, None), "mri": (0.005, 0.01, None, None)}
+#: z-TV weight lam and ADMM penalty rho per modality (DiffusionMBIR, CVPR 2023; model units in [0, 1]); a solver's
+#: own entry (``SolverSpec.admm``) may add the other keys of ``ADMM`` (at_slice_mm, same_mask_scale, lam_xy)
+ADMM_DEFAULTS = {"ct": {"lam": 0.04, "rho": 10.0}, "mri": {"lam": 0.005, "rho": 0.01}}
 #: warm start per modality: the noise level the reverse diffusion starts at and the 3D ADMM-TV weight of the
 #: starting point (model units), chosen on training scans (benchmarks/bench_real.py --tune), never on test scans
 WARM_START_DEFAULTS = {"ct": {"method": "admm_tv", "start_sigma": 0.8, "lam": 1.0},  # tuned: ct_chest_contrast, 8 views, 2 mm
@@ -42,7 +42,15 @@ WARM_START_DEFAULTS = {"ct": {"method": "admm_tv", "start_sigma": 0.8, "lam": 1.
 #: 0.05, 10 / 0.0005, 0.1 / 0.002, 0.1 / 0.005, 1 / 0.02, 1 gave 27.34 / 28.09 / 27.95 / 28.04 / 27.74 dB on
 #: mr_head_t1w and 27.86 (lam 0.005) / 28.11 / 27.59 / 27.83 / 27.15 on mr_brain1 (2D prior alone 27.76 / 28.17);
 #: on measured k-space with a mask per frame the strong pair beat ADMM-TV and 0.01 of it lost 1.8 dB at x4).
-FAST_ZTV = {"ct": (0.5, 10.0, 1.5, None), "mri": (0.05, 10.0, 0.94, 0.01)}
+#: No in-plane TV by default (``ADMM.lam_xy``): light in-plane TV inside the sampler's ADMM step removes the grain
+#: the slice prior leaves along the few views' streak directions, but it helped only at 4 views and lost on the
+#: thick-slice training scan at 8 views, and it turns the prior's texture into TV's flat patches (fast sampler, 50
+#: steps, warm start of bench_real's tuning, axial PSNR): ct_chest_contrast 4 views, lam_xy 0 / 0.1 / 0.3 / 1:
+#: 20.14 / 20.35 / 20.37 / 20.28 dB; ct_lung1 (5 mm) 8 views, 0 / 0.1 / 0.3: 28.47 / 28.24 / 27.91 dB; MRI
+#: (mr_head_t1w x4; a first variant that scaled the in-plane differences instead of their threshold) 0 / 0.0003 /
+#: 0.001 / 0.003: 28.14 / 27.94 / 27.36 / 26.60 dB.
+FAST_ZTV = {"ct": {"lam": 0.5, "rho": 10.0, "at_slice_mm": 1.5},
+            "mri": {"lam": 0.05, "rho": 10.0, "at_slice_mm": 0.94, "same_mask_scale": 0.01}}
 #: DiffusionMBIR's own warm start over WARM_START_DEFAULTS: its Langevin corrector adds noise that 20 steps from
 #: sigma 0.8 do not remove. CT, ct_chest_contrast, 8 views, 2 mm, 20 steps: start_sigma 0.8 / 0.3 gave 21.73 /
 #: 22.93 dB (snr 0.04: 21.80 / 22.92; ADMM-TV 3D 22.74).
@@ -63,6 +71,9 @@ class ADMM(Section):
     # MRI data whose slices share one k-space mask: lam and rho are multiplied by this (their aliasing is the same
     # on every slice, which z-TV cannot remove, and a strong penalty holds on to the warm start's); null: 1
     same_mask_scale: Optional[float] = Field(None, gt=0)
+    # in-plane TV weight inside a diffusion sampler's ADMM step (lam_xy (|D_y x| + |D_x x|), rho shared); null: the
+    # registry's default (0 for the classical admm_tv: its tv key chooses the axes)
+    lam_xy: Optional[float] = Field(None, ge=0)
     #: defaults filled only together with the key they belong to: a lam the user sets is used as is
     TIED: ClassVar[dict] = {"at_slice_mm": "lam", "same_mask_scale": "lam"}
 
@@ -116,6 +127,13 @@ class SIRTSettings(_Solver):
 class ADMMTVSettings(_Iterative, _ZTV):
     name: Literal["admm_tv"] = "admm_tv"
     tv: Literal["z", "3d"] = "z"  # TV along z only, or along all three axes (the classical baseline)
+
+    @model_validator(mode="after")
+    def _no_inplane_weight(self):
+        if self.admm.lam_xy:
+            raise ValueError("admm.lam_xy: the classical admm_tv has no in-plane weight of its own; set tv: 3d "
+                             "for TV along all three axes (lam_xy belongs to the diffusion samplers)")
+        return self
 
 
 class WarmStart(Section):
@@ -193,7 +211,7 @@ class SolverSpec:
     steps: int | None = None  # default steps when there is no sampler class
     n_cg: int | None = None  # default CG iterations per step when there is no sampler class
     z_tv: str = "none"  # "default": lam/rho from ADMM_DEFAULTS; "optional": lam 0 unless set; "none"
-    admm: dict | None = None  # {modality: (lam, rho, at_slice_mm, same_mask_scale)} replacing ADMM_DEFAULTS
+    admm: dict | None = None  # {modality: {lam, rho, ...: the keys of ADMM}} replacing ADMM_DEFAULTS
     warm: dict | None = None  # {modality: {key: value}} over WARM_START_DEFAULTS for this solver
 
     def defaults(self, modality: str) -> dict:
@@ -202,9 +220,9 @@ class SolverSpec:
         if issubclass(self.settings, _Iterative):
             out["n_cg"] = self.sampler.default_n_cg if self.sampler else self.n_cg
         if self.z_tv != "none":
-            lam, rho, at_mm, same_mask = (self.admm or {}).get(modality, ADMM_DEFAULTS[modality])
-            out["admm"] = {"lam": lam if self.z_tv == "default" else 0.0, "rho": rho, "at_slice_mm": at_mm,
-                           "same_mask_scale": same_mask}
+            admm = {"at_slice_mm": None, "same_mask_scale": None, "lam_xy": 0.0,
+                    **(self.admm or {}).get(modality, ADMM_DEFAULTS[modality])}
+            out["admm"] = {**admm, "lam": admm["lam"] if self.z_tv == "default" else 0.0}
         if issubclass(self.settings, _Warm):
             out["warm_start"] = {**WARM_START_DEFAULTS[modality], **(self.warm or {}).get(modality, {})}
         return out

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from medrecon.linop import FiniteDifference, Identity, MatrixOperator
-from medrecon.solvers import admm_tv, cg_normal, cgls, sirt
+from medrecon.solvers import ADMMTV, admm_tv, axis_weights, cg_normal, cgls, sirt
 from operators.ct import ParallelBeamGeometry, SliceProjector
 from operators.mri import CartesianMRI, make_mask
 
@@ -71,6 +71,26 @@ def test_admm_tv_two_slice_closed_form(device, boundary, factor):
     shift = torch.where(d.abs() > 2 * factor * lam, factor * lam * torch.sign(d), d / 2)
     ref = torch.stack([y[0] + shift, y[1] - shift])
     assert torch.allclose(x, ref, atol=1e-6), (x, ref)
+
+
+@pytest.mark.parametrize("lam_z", [0.0, 0.2])
+def test_per_axis_tv_weights(lam_z):
+    """A = I, two identical slices that differ only along x: z-TV has nothing to do whatever its weight, and the x
+    pair moves lam_x towards each other (|y2 - y1| > 2 lam_x): the in-plane weight, not z's."""
+    lam_x = 0.05
+    y = torch.tensor([[[0.0, 1.0]], [[0.0, 1.0]]], dtype=torch.float64)  # (Z=2, 1, 2)
+    axes, lams = axis_weights((lam_z, lam_x, lam_x))
+    assert axes == ((0, 1, 2) if lam_z else (1, 2)) and lams == ((lam_z,) if lam_z else ()) + (lam_x, lam_x)
+    D = FiniteDifference(y.shape, axes)
+    prob = ADMMTV(Identity(y.shape), y, D, lams, rho=1.0, n_cg=2)
+    x = prob.solve(y.clone(), 300)
+    assert torch.allclose(x, torch.tensor([[[lam_x, 1 - lam_x]]] * 2, dtype=torch.float64), atol=1e-6)
+    tv = lam_z * FiniteDifference(y.shape, (0,)).forward(x).abs().sum() + \
+        lam_x * FiniteDifference(y.shape, (1, 2)).forward(x).abs().sum()
+    assert prob.objective(x) == pytest.approx(0.5 * float(((x - y) ** 2).sum()) + float(tv))
+    assert axis_weights((0, 0, 0)) == ((), ())
+    with pytest.raises(ValueError, match="2 TV weights for the 3 axes of D"):
+        ADMMTV(Identity(y.shape), y, FiniteDifference(y.shape, (0, 1, 2)), (0.1, 0.2), rho=1.0)
 
 
 def test_admm_tv_without_tv_is_least_squares_and_runs_slice_wise_ct():

@@ -166,7 +166,8 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
     assert rep["grid"]["resampled"] and "--resample" in rep["grid"]["reason"]  # 64x64 input, 32x32 prior
     zt = rep["z_tv"]  # the registry's weight, scaled to this volume's slice spacing
     assert zt["slice_mm"] == pytest.approx(float(read_volume(mr_nifti).spacing[2]))
-    lam, rho, at_mm, scale = FAST_ZTV["mri"]  # one simulated mask for all slices: same_mask
+    lam, rho, at_mm, scale = (FAST_ZTV["mri"][k] for k in ("lam", "rho", "at_slice_mm", "same_mask_scale"))
+    # one simulated mask for all slices: same_mask
     assert zt["same_mask"] and zt["lam"] == pytest.approx(lam * scale * at_mm / zt["slice_mm"])
     assert zt["rho"] == pytest.approx(rho * scale)
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["sample1_step_00004.nii.gz", "sample1_step_00008.nii.gz",

@@ -27,8 +27,8 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
         assert s.warm_start.model_dump() == {**WARM_START_DEFAULTS[modality], "iters": 100,
                                              **(spec.warm or {}).get(modality, {})}
     if spec.z_tv == "default":
-        assert (s.admm.lam, s.admm.rho, s.admm.at_slice_mm, s.admm.same_mask_scale) == \
-            (spec.admm or {}).get(modality, ADMM_DEFAULTS[modality])
+        own = (spec.admm or {}).get(modality, ADMM_DEFAULTS[modality])
+        assert s.admm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "lam_xy": 0.0, **own}
     elif spec.z_tv == "optional":
         assert s.admm.lam == 0.0
     else:
@@ -42,6 +42,8 @@ def test_a_knob_of_another_solver_is_an_error_that_names_it():
            "mcg)" in str(e.value)
     with pytest.raises(InputError, match="solver.zeta: not a setting of solver admm_tv"):
         load_config("sparse_view_ct_8", ["solver.name=admm_tv", "solver.zeta=2"], check_files=False)
+    with pytest.raises(InputError, match="admm.lam_xy: the classical admm_tv has no in-plane weight"):
+        load_config("sparse_view_ct_8", ["solver.name=admm_tv", "solver.admm.lam_xy=0.1"], check_files=False)
     with pytest.raises(InputError, match="solver.name: expected one of diffusion_mbir, fast"):
         load_config("sparse_view_ct_8", ["solver.name=magic"], check_files=False)
 

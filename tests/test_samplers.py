@@ -210,6 +210,22 @@ def test_ztv_improves_z_consistency(cls, kw, max_ratio, min_gain):
     assert p1 > p0 + min_gain, (p0, p1)
 
 
+def test_inplane_tv_removes_what_a_white_prior_leaves_in_the_null_space():
+    """lam_xy adds in-plane TV to the same ADMM step (its own threshold lam_xy / rho; z keeps its own). The white
+    slice prior fills each slice's null space with pixel noise; light in-plane TV removes it (measured: PSNR 13.7 ->
+    26.9 dB, in-plane mean |grad| 0.123 -> 0.019, the truth's 0.019)."""
+    vol, A, y, prior = _ztv_problem()
+    inplane = FiniteDifference(vol.shape, (1, 2))
+    runs = {lxy: FastSampler(prior, A, y, n_steps=50, lam=0.05, rho=1.0, lam_xy=lxy, seed=0) for lxy in (0.0, 0.02)}
+    assert runs[0.02].dc.D.axes == (0, 1, 2) and runs[0.02].dc.lams == (0.05, 0.02, 0.02)
+    x0, x = (s.run() for s in runs.values())
+    (_, p0), (_, p1) = _zdiff_error_and_psnr(x0, vol), _zdiff_error_and_psnr(x, vol)
+    assert p1 > p0 + 10.0, (p0, p1)
+    assert float(inplane.forward(x).abs().mean()) < 1.5 * float(inplane.forward(vol).abs().mean())
+    slicewise = FastSampler(prior, A, y, n_steps=2, lam=0.0, rho=1.0, lam_xy=0.02)
+    assert slicewise.dc.D.axes == (1, 2) and slicewise.dc.lams == (0.02, 0.02)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Determinism, chunking, bookkeeping, posterior statistics, API.
 # ---------------------------------------------------------------------------------------------------------

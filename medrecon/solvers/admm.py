@@ -1,9 +1,9 @@
 """ADMM for anisotropic TV-regularised least squares — the one data-consistency step all solvers share.
 
-    min_x  1/2 ||A x - y||^2 + lam * ||D x||_1
+    min_x  1/2 ||A x - y||^2 + sum_a lam_a ||D_a x||_1   (lam: one weight, or one per axis of D)
 
     x <- CG (n_cg iterations, warm-started at x) on (A^H A + rho D^H D) x = A^H y + rho D^H (z - u)
-    z <- soft_threshold(D x + u, lam / rho)
+    z <- soft_threshold(D x + u, lam / rho)     (per axis: lam_a / rho, one rho for all)
     u <- u + D x - z
 
 Complex images (MRI from measured k-space) run through the same step: CG uses the real inner product
@@ -16,6 +16,7 @@ The solver state (z, u) is explicit: DiffusionMBIR keeps one ADMMState across al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -29,12 +30,19 @@ class ADMMState:
     u: torch.Tensor
 
 
-def soft_threshold(v: torch.Tensor, t: float) -> torch.Tensor:
-    """Proximal map of t|.|: real v -> sign(v) max(|v| - t, 0); complex v -> v max(|v| - t, 0) / |v|."""
+def soft_threshold(v: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """Proximal map of t|.| (t a number or a tensor broadcasting against v): real v -> sign(v) max(|v| - t, 0); complex v -> v max(|v| - t, 0) / |v|."""
     if v.is_complex():
         mag = v.abs()
         return v * (torch.clamp(mag - t, min=0.0) / mag.clamp_min(torch.finfo(mag.dtype).tiny))
     return torch.sign(v) * torch.clamp(v.abs() - t, min=0.0)
+
+
+def axis_weights(lams) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The axes whose TV weight in ``lams`` (one per volume axis) is > 0, and those weights: D's axes and
+    ``ADMMTV``'s per-axis lam (e.g. (lam_z, lam_xy, lam_xy) -> z-TV plus in-plane TV)."""
+    axes = tuple(a for a, w in enumerate(lams) if w > 0)
+    return axes, tuple(float(lams[a]) for a in axes)
 
 
 class ADMMTV:
@@ -46,27 +54,45 @@ class ADMMTV:
     x is complex when ``A.adjoint`` returns complex images (a complex-input MRI operator).
     """
 
-    def __init__(self, A: LinearOperator, y: torch.Tensor, D: LinearOperator | None, lam: float, rho: float,
-                 n_cg: int = 1, nonneg: bool = False, clip: tuple[float, float] | None = None):
-        if lam < 0 or rho <= 0:
+    def __init__(self, A: LinearOperator, y: torch.Tensor, D: LinearOperator | None, lam: float | Sequence[float],
+                 rho: float, n_cg: int = 1, nonneg: bool = False, clip: tuple[float, float] | None = None):
+        lams = (float(lam),) if isinstance(lam, (int, float)) else tuple(float(v) for v in lam)
+        if min(lams) < 0 or rho <= 0:
             raise ValueError(f"need lam >= 0 and rho > 0, got lam={lam}, rho={rho}")
+        if len(lams) > 1 and (D is None or len(lams) != D.out_shape[0]):
+            raise ValueError(f"{len(lams)} TV weights for the {0 if D is None else D.out_shape[0]} axes of D")
         self.A, self.y, self.D = A, y, D
-        self.lam, self.rho, self.n_cg = float(lam), float(rho), int(n_cg)
+        self.lams, self.rho, self.n_cg = lams, float(rho), int(n_cg)
         self.nonneg, self.clip = nonneg, clip
         self.aty = A.adjoint(y)
         if self.aty.is_complex() and (nonneg or clip is not None):
             raise ValueError("nonneg/clip need real images; this operator's images are complex")
 
     @property
+    def lam(self) -> float:
+        """The largest TV weight (0: no TV)."""
+        return max(self.lams)
+
+    @property
     def uses_tv(self) -> bool:
         return self.D is not None and self.lam > 0
+
+    def _per_axis(self, v: torch.Tensor, values: Sequence[float]):
+        """One value per axis of D, shaped to broadcast against D's output v (a float when they are all equal)."""
+        if len(set(values)) == 1:
+            return values[0]
+        return torch.tensor(values, dtype=v.real.dtype, device=v.device).view(-1, *([1] * (len(self.D.out_shape) - 1)))
+
+    def _threshold(self, v: torch.Tensor):
+        return self._per_axis(v, [lam / self.rho for lam in self.lams])
 
     def init_state(self, x: torch.Tensor) -> ADMMState:
         """z = the shrunk differences of the start x (0 for a constant start), u = 0: a warm start keeps its
         z-structure instead of being pulled towards a volume constant along z by the first x-update."""
         if not self.uses_tv:
             return ADMMState(torch.zeros(0), torch.zeros(0))
-        z = soft_threshold(self.D.forward(x), self.lam / self.rho)
+        dx = self.D.forward(x)
+        z = soft_threshold(dx, self._threshold(dx))
         return ADMMState(z, torch.zeros_like(z))
 
     def _normal(self, x):
@@ -84,7 +110,7 @@ class ADMMTV:
         x = self.project(x)
         if self.uses_tv:
             dx = self.D.forward(x)
-            state.z = soft_threshold(dx + state.u, self.lam / self.rho)
+            state.z = soft_threshold(dx + state.u, self._threshold(dx))
             state.u = state.u + dx - state.z
         return x
 
@@ -99,7 +125,8 @@ class ADMMTV:
         r = self.A.forward(x) - self.y
         f = 0.5 * float(torch.sum(torch.abs(r) ** 2))
         if self.uses_tv:
-            f += self.lam * float(torch.sum(torch.abs(self.D.forward(x))))
+            dx = self.D.forward(x)
+            f += float(torch.sum(self._per_axis(dx, self.lams) * torch.abs(dx)))
         return f
 
     def solve(self, x0: torch.Tensor, n_iter: int, callback=None) -> torch.Tensor:

@@ -8,7 +8,9 @@ sees the whole volume (its ``in_shape`` is (H, W) for a slice-wise operator, or 
 Data consistency is the one shared ADMM step (``ADMMTV.step``) for
     min_x 1/2 ||A x - y||^2 + lam ||D_z x||_1,  D_z = FiniteDifference(volume, axes=(0,), boundary),
 with z and u created once per run and shared by all diffusion steps. lam = 0 switches the z-TV term off
-and gives the slice-wise 2D baseline through the same code path. lam and rho have no default here: the
+and gives the slice-wise 2D baseline through the same code path. ``lam_xy`` > 0 adds an in-plane TV term
+lam_xy (||D_y x||_1 + ||D_x x||_1) to the same step (its own threshold lam_xy / rho, the same rho): a light
+one removes the grain a slice prior leaves along the few views' streak directions. lam and rho have no default here: the
 weights depend on the modality and the image scaling, which the core does not know (the caller, e.g. the
 pipelines' solver registry, supplies them).
 
@@ -30,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..linop import FiniteDifference, LinearOperator
 from ..priors.base import Denoiser
-from .admm import ADMMState, ADMMTV
+from .admm import ADMMState, ADMMTV, axis_weights
 
 
 def through_parts(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +99,7 @@ class DiffusionSolver:
     Parameters: ``prior`` (Denoiser), ``A`` (LinearOperator on slices or on the volume), ``y`` (its
     measurement of the volume, model units), ``n_steps`` (diffusion steps; a VP prior caps them at its
     number of timesteps), ``lam``/``rho`` (z-TV weight and ADMM penalty, required: lam = 0 is the slice-wise
-    2D baseline, rho > 0 is then unused),
+    2D baseline, rho > 0 is then unused unless ``lam_xy`` > 0), ``lam_xy`` (in-plane TV weight, default 0: none),
     ``n_cg`` (CG iterations per ADMM step), ``boundary`` of D_z (``"neumann"``: the first and last slices
     are not tied; ``"periodic"``: the reference code's wrap-around), ``nonneg``/``clip`` (projections after
     the CG update, see ``ADMMTV``), ``chunk_size`` (None: ``auto_chunk_size``), ``seed``, ``progress``
@@ -116,7 +118,7 @@ class DiffusionSolver:
     backward_per_step = 0
 
     def __init__(self, prior: Denoiser, A: LinearOperator, y: torch.Tensor, *, n_steps: int | None = None,
-                 lam: float, rho: float, n_cg: int | None = None, boundary: str = "neumann",
+                 lam: float, rho: float, lam_xy: float = 0.0, n_cg: int | None = None, boundary: str = "neumann",
                  nonneg: bool = False, clip: tuple[float, float] | None = None, chunk_size: int | None = None,
                  seed: int = 0, progress: bool = False, start_sigma: float | None = None,
                  snapshot: Callable[[int, torch.Tensor], None] | None = None, snapshot_every: int = 0):
@@ -127,8 +129,12 @@ class DiffusionSolver:
         if len(self.shape) != 3:
             raise ValueError(f"the volume must be (Z, H, W); operator {A} with measurement {tuple(y.shape)} "
                              f"gives {self.shape}")
-        D = FiniteDifference(self.shape, axes=(0,), boundary=boundary) if lam > 0 else None
-        self.dc = ADMMTV(A, y, D, lam, rho, self.default_n_cg if n_cg is None else n_cg, nonneg, clip)
+        if lam < 0 or lam_xy < 0:
+            raise ValueError(f"TV weights must be >= 0, got lam={lam}, lam_xy={lam_xy}")
+        self.lam, self.lam_xy = float(lam), float(lam_xy)
+        axes, lams = axis_weights((lam, lam_xy, lam_xy))
+        D = FiniteDifference(self.shape, axes=axes, boundary=boundary) if axes else None
+        self.dc = ADMMTV(A, y, D, lams or 0.0, rho, self.default_n_cg if n_cg is None else n_cg, nonneg, clip)
         self.is_complex = self.dc.aty.is_complex()  # complex images: the prior sees real and imaginary parts
         self.sigmas = noise_levels(prior.schedule, n_steps or self.default_steps, start_sigma)
         if chunk_size is not None and chunk_size < 1:
@@ -140,10 +146,6 @@ class DiffusionSolver:
     @property
     def n_steps(self) -> int:
         return len(self.sigmas)
-
-    @property
-    def lam(self) -> float:
-        return self.dc.lam
 
     def sigma_pair(self, i: int) -> tuple[float, float]:
         """(sigma_i, sigma_{i+1}) with sigma_N = 0 after the last step."""

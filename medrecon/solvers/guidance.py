@@ -72,8 +72,8 @@ class GuidedSampler(DiffusionSolver):
                  rho: float | None = None, snr: float = 0.16, lambda_proj: float = 1.0, step_scale: float = 1.0,
                  weights: torch.Tensor | None = None, **kwargs):
         if rho is None:
-            if lam > 0:
-                raise ValueError(f"z-TV (lam={lam}) needs the ADMM penalty rho")
+            if lam > 0 or kwargs.get("lam_xy", 0) > 0:
+                raise ValueError(f"TV (lam={lam}, lam_xy={kwargs.get('lam_xy', 0)}) needs the ADMM penalty rho")
             rho = 1.0                        # unused: without z-TV the ADMM step is never taken
         super().__init__(prior, A, y, lam=lam, rho=rho, **kwargs)
         if self.is_complex:

@@ -48,6 +48,22 @@ def test_any_slice_size_gives_the_same_shape():
     assert prior.denoise(torch.randn(1, 1, 5, 70), 0.5).shape == (1, 1, 5, 70)  # smaller than a patch
 
 
+def test_a_sampler_run_does_not_depend_on_what_ran_before_it():
+    """The tile shifts restart from the run's seed: the same run gives the same volume after another run
+    (another method of a comparison, the previous study of a batch) and differs with another seed."""
+    from medrecon.linop import Identity
+    from medrecon.solvers import FastSampler
+    prior = tiny_prior()
+    y = torch.randn(2, 24, 24, generator=torch.Generator().manual_seed(1)) * 0.3
+
+    def run(seed):
+        return FastSampler(prior, Identity((24, 24)), y, n_steps=4, lam=0.0, rho=1.0, seed=seed).run()
+    first = run(0)
+    run(5)
+    assert torch.equal(run(0), first)
+    assert not torch.equal(run(5), first)
+
+
 def test_stitching_is_exact_for_an_identity_network():
     x = torch.randn(3, 1, 45, 31, dtype=torch.float64)
     sigma = torch.ones(3, dtype=torch.float64)

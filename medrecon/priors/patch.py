@@ -112,8 +112,7 @@ class PatchPrior(EDMPrior):
 
     def reseed(self, seed: int | None = None) -> "PatchPrior":
         """Restart the grid-shift generator (at ``seed``, default the prior's own)."""
-        self.seed = self.seed if seed is None else int(seed)
-        self.generator.manual_seed(self.seed)
+        self.generator.manual_seed(self.seed if seed is None else int(seed))
         return self
 
     def next_offset(self) -> tuple[int, int]:

@@ -19,7 +19,7 @@ and the imaginary part as two images in one batch (score-MRI, Chung and Ye 2022)
 with variance sigma^2 per part, and the ADMM step's z-TV shrinks magnitudes of complex differences.
 
 Randomness: one ``torch.Generator`` per run, seeded; each step draws its noise for the whole volume at
-once, so the result does not depend on the chunk size. No solver ever takes the ground truth.
+once, so the result does not depend on the chunk size; a patch prior's tile shifts restart from the same seed. No solver ever takes the ground truth.
 """
 from __future__ import annotations
 
@@ -154,8 +154,13 @@ class DiffusionSolver:
 
     # -- state ------------------------------------------------------------------------------------
     def init_state(self, x_init: torch.Tensor | None = None, seed: int | None = None) -> SamplerState:
-        """x = x_init + sigma_0 * noise (x_init defaults to zeros): the start of the reverse diffusion."""
-        g = torch.Generator(device=self.device).manual_seed(self.seed if seed is None else int(seed))
+        """x = x_init + sigma_0 * noise (x_init defaults to zeros): the start of the reverse diffusion. A prior with
+        randomness of its own (a patch prior's tile shifts) is reseeded from the run's seed, so a run does not
+        depend on what ran before it in the process (another method, the previous study of a batch)."""
+        seed = self.seed if seed is None else int(seed)
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        if hasattr(self.prior, "reseed"):
+            self.prior.reseed(seed)
         x = self.noise(g).mul_(float(self.sigmas[0]))
         start = torch.zeros_like(x) if x_init is None else x_init.to(x)
         if tuple(start.shape) != self.shape:

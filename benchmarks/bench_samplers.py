@@ -37,7 +37,7 @@ from medrecon.solvers.diffusion import DiffusionMBIR, FastSampler
 
 from pipelines.registry import ADMM_DEFAULTS
 
-LAM, RHO = ADMM_DEFAULTS["ct"]["lam"], ADMM_DEFAULTS["ct"]["rho"]  # the DiffusionMBIR paper's CT z-TV weight and ADMM penalty
+LAM, RHO = ADMM_DEFAULTS["ct"]["lam"], ADMM_DEFAULTS["ct"]["rho"]  # the DiffusionMBIR paper's CT z-TV and ADMM penalty
 
 
 class UNetDenoiser(Denoiser):

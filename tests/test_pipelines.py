@@ -170,6 +170,7 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
     # one simulated mask for all slices: same_mask
     assert zt["same_mask"] and zt["lam"] == pytest.approx(lam * scale * at_mm / zt["slice_mm"])
     assert zt["rho"] == pytest.approx(rho * scale)
+    assert zt["lam_xy"] == 0.0  # no in-plane TV on MRI
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["sample1_step_00004.nii.gz", "sample1_step_00008.nii.gz",
                                                                        "step_00004.nii.gz", "step_00008.nii.gz"]
     std = nib.load(out / "std.nii.gz").get_fdata()

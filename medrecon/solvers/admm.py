@@ -31,7 +31,8 @@ class ADMMState:
 
 
 def soft_threshold(v: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-    """Proximal map of t|.| (t a number or a tensor broadcasting against v): real v -> sign(v) max(|v| - t, 0); complex v -> v max(|v| - t, 0) / |v|."""
+    """Proximal map of t|.| (t a number or a tensor broadcasting against v): real v -> sign(v) max(|v| - t, 0);
+    complex v -> v max(|v| - t, 0) / |v|."""
     if v.is_complex():
         mag = v.abs()
         return v * (torch.clamp(mag - t, min=0.0) / mag.clamp_min(torch.finfo(mag.dtype).tiny))
@@ -81,7 +82,8 @@ class ADMMTV:
         """One value per axis of D, shaped to broadcast against D's output v (a float when they are all equal)."""
         if len(set(values)) == 1:
             return values[0]
-        return torch.tensor(values, dtype=v.real.dtype, device=v.device).view(-1, *([1] * (len(self.D.out_shape) - 1)))
+        shape = (-1, *([1] * (len(self.D.out_shape) - 1)))
+        return torch.tensor(values, dtype=v.real.dtype, device=v.device).view(shape)
 
     def _threshold(self, v: torch.Tensor):
         return self._per_axis(v, [lam / self.rho for lam in self.lams])

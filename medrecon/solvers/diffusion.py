@@ -10,16 +10,17 @@ Data consistency is the one shared ADMM step (``ADMMTV.step``) for
 with z and u created once per run and shared by all diffusion steps. lam = 0 switches the z-TV term off
 and gives the slice-wise 2D baseline through the same code path. ``lam_xy`` > 0 adds an in-plane TV term
 lam_xy (||D_y x||_1 + ||D_x x||_1) to the same step (its own threshold lam_xy / rho, the same rho): a light
-one removes the grain a slice prior leaves along the few views' streak directions. lam and rho have no default here: the
-weights depend on the modality and the image scaling, which the core does not know (the caller, e.g. the
-pipelines' solver registry, supplies them).
+one removes the grain a slice prior leaves along the few views' streak directions. lam and rho have no
+default here: the weights depend on the modality and the image scaling, which the core does not know (the
+caller, e.g. the pipelines' solver registry, supplies them).
 
 Complex volumes (MRI from measured k-space, a complex-input operator): the real-valued prior sees the real
 and the imaginary part as two images in one batch (score-MRI, Chung and Ye 2022), the noise is complex
 with variance sigma^2 per part, and the ADMM step's z-TV shrinks magnitudes of complex differences.
 
 Randomness: one ``torch.Generator`` per run, seeded; each step draws its noise for the whole volume at
-once, so the result does not depend on the chunk size; a patch prior's tile shifts restart from the same seed. No solver ever takes the ground truth.
+once, so the result does not depend on the chunk size; a patch prior's tile shifts restart from the same
+seed. No solver ever takes the ground truth.
 """
 from __future__ import annotations
 

@@ -51,10 +51,10 @@ def main(argv=None):
         methods = {f"lam_xy {v:g}": {"name": "fast", "steps": a.steps, "admm": {"lam_xy": v}, **warm} for v in a.lam_xy}
     else:
         methods = {"lam 0 (2D prior only)": {"name": "slicewise_fast", "steps": a.steps, **warm}}
-    for pair in [] if a.lam_xy is not None else a.pairs or GRID[modality]:
-        lam, rho = (float(v) for v in pair.split(":"))
-        methods[f"lam {lam:g} rho {rho:g}"] = {"name": "fast", "steps": a.steps, "admm": {"lam": lam, "rho": rho},
-                                               **warm}
+        for pair in a.pairs or GRID[modality]:
+            lam, rho = (float(v) for v in pair.split(":"))
+            methods[f"lam {lam:g} rho {rho:g}"] = {"name": "fast", "steps": a.steps,
+                                                   "admm": {"lam": lam, "rho": rho}, **warm}
     common = [f"prior.path={PRIOR[modality]}", f"{modality}.pixel_size={a.pixel}"]
     tables, rows = [], {}
     for scan in a.scans:

@@ -70,13 +70,8 @@ class ADMMTV:
             raise ValueError("nonneg/clip need real images; this operator's images are complex")
 
     @property
-    def lam(self) -> float:
-        """The largest TV weight (0: no TV)."""
-        return max(self.lams)
-
-    @property
     def uses_tv(self) -> bool:
-        return self.D is not None and self.lam > 0
+        return self.D is not None and max(self.lams) > 0
 
     def _per_axis(self, v: torch.Tensor, values: Sequence[float]):
         """One value per axis of D, shaped to broadcast against D's output v (a float when they are all equal)."""

@@ -132,7 +132,7 @@ class DiffusionSolver:
                              f"gives {self.shape}")
         if lam < 0 or lam_xy < 0:
             raise ValueError(f"TV weights must be >= 0, got lam={lam}, lam_xy={lam_xy}")
-        self.lam, self.lam_xy = float(lam), float(lam_xy)
+        self.lam, self.lam_xy = float(lam), float(lam_xy)  # the z-TV and in-plane TV weights (public settings)
         axes, lams = axis_weights((lam, lam_xy, lam_xy))
         D = FiniteDifference(self.shape, axes=axes, boundary=boundary) if axes else None
         self.dc = ADMMTV(A, y, D, lams or 0.0, rho, self.default_n_cg if n_cg is None else n_cg, nonneg, clip)

@@ -19,7 +19,7 @@ from pipelines.measurement import Measurement
 from pipelines import problem as problem_module
 from pipelines.problem import Problem
 from pipelines.cli import main
-from pipelines.registry import FAST_ZTV
+from pipelines.registry import FAST_ZTV, FINAL_SIGMA
 from pipelines.phantoms import ct_phantom
 
 
@@ -161,7 +161,9 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
                                                                  "solver.steps=8", "solver.samples=2",
                                                                  "outputs.snapshots_every=4"], resample=True)
     rep = json.loads((out / "report.json").read_text())
-    assert rep["network_evaluations_per_slice"] == 16 and rep["prior"]["sha256"] == "abc"
+    # 8 steps and the final denoising (the registry's final_sigma), 2 samples
+    assert rep["config"]["solver"]["final_sigma"] == FINAL_SIGMA["mri"] > 0
+    assert rep["network_evaluations_per_slice"] == 18 and rep["prior"]["sha256"] == "abc"
     assert rep["config"]["mri"]["image_size"] == 32
     assert rep["grid"]["resampled"] and "--resample" in rep["grid"]["reason"]  # 64x64 input, 32x32 prior
     zt = rep["z_tv"]  # the registry's weight, scaled to this volume's slice spacing

@@ -270,6 +270,23 @@ def test_nfe_snapshots_and_chunks(cls, per_step):
     assert auto.init_state().chunk_size == 8
 
 
+@pytest.mark.parametrize("cls", [FastSampler, DiffusionMBIR])
+def test_final_sigma_returns_the_prior_estimate_of_the_last_output(cls):
+    """final_sigma > 0: the result is D(x, final_sigma) of what the run returns without it (same seed), one more
+    network evaluation per slice, and the last snapshot is that result."""
+    prior, A, y = _small_problem(z=4)
+    kw = dict(n_steps=6, lam=0.05, rho=1.0, seed=3, chunk_size=3)
+    plain = cls(prior, A, y, **kw)
+    snaps = []
+    final = cls(prior, A, y, final_sigma=0.2, snapshot=lambda k, x: snaps.append(x.clone()), **kw)
+    a, b = plain.run(), final.run()
+    expect = prior.denoise(a.unsqueeze(1), 0.2).squeeze(1)
+    assert torch.allclose(b, expect, atol=1e-6) and float((b - a).abs().max()) > 1e-3
+    assert final.nfe == plain.nfe + 1 and torch.equal(snaps[-1], b)
+    with pytest.raises(ValueError, match="final_sigma"):
+        cls(prior, A, y, final_sigma=-0.1, **kw)
+
+
 def test_sample_posterior_welford_matches_direct():
     prior, A, y = _small_problem(z=4)
     solver = FastSampler(prior, A, y, n_steps=10, lam=0.05, rho=1.0, seed=11)

@@ -105,8 +105,11 @@ class DiffusionSolver:
     are not tied; ``"periodic"``: the reference code's wrap-around), ``nonneg``/``clip`` (projections after
     the CG update, see ``ADMMTV``), ``chunk_size`` (None: ``auto_chunk_size``), ``seed``, ``progress``
     (tqdm bar with step, NFE and ETA), ``start_sigma`` (warm start: the reverse diffusion begins at this noise
-    level around ``run(x_init=...)``, see ``noise_levels``), ``snapshot(step, estimate)`` called every ``snapshot_every`` steps
-    and after the last one (the estimate tensor may be reused by the next step: copy it to keep it).
+    level around ``run(x_init=...)``, see ``noise_levels``), ``final_sigma`` (> 0: the result is the prior's
+    estimate D(x, final_sigma) of the last step's output, one more network evaluation per slice; it removes the
+    fine grain the last data-consistency step and the small-noise steps leave; 0: none), ``snapshot(step,
+    estimate)`` called every ``snapshot_every`` steps and after the last one (the estimate tensor may be reused
+    by the next step: copy it to keep it).
 
     ``nonneg`` and ``clip`` act on what the ADMM step updates: the Tweedie estimate in FastSampler (a clean
     image: safe), the noisy sample in DiffusionMBIR (clamping a noisy sample biases it; off by default).
@@ -121,7 +124,7 @@ class DiffusionSolver:
     def __init__(self, prior: Denoiser, A: LinearOperator, y: torch.Tensor, *, n_steps: int | None = None,
                  lam: float, rho: float, lam_xy: float = 0.0, n_cg: int | None = None, boundary: str = "neumann",
                  nonneg: bool = False, clip: tuple[float, float] | None = None, chunk_size: int | None = None,
-                 seed: int = 0, progress: bool = False, start_sigma: float | None = None,
+                 seed: int = 0, progress: bool = False, start_sigma: float | None = None, final_sigma: float = 0.0,
                  snapshot: Callable[[int, torch.Tensor], None] | None = None, snapshot_every: int = 0):
         self.prior, self.device = prior, prior.device
         y = y.to(self.device, torch.complex64 if y.is_complex() else torch.float32)
@@ -138,6 +141,9 @@ class DiffusionSolver:
         self.dc = ADMMTV(A, y, D, lams or 0.0, rho, self.default_n_cg if n_cg is None else n_cg, nonneg, clip)
         self.is_complex = self.dc.aty.is_complex()  # complex images: the prior sees real and imaginary parts
         self.sigmas = noise_levels(prior.schedule, n_steps or self.default_steps, start_sigma)
+        if final_sigma < 0:
+            raise ValueError(f"final_sigma must be >= 0, got {final_sigma}")
+        self.final_sigma = float(final_sigma)
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size, self.seed, self.progress = chunk_size, int(seed), progress
@@ -191,6 +197,13 @@ class DiffusionSolver:
         (per part of a complex slice)."""
         return through_parts(lambda v: self.prior.denoise(v.unsqueeze(1), sigma).squeeze(1), x)
 
+    def denoise_volume(self, x: torch.Tensor, sigma: float, chunk_size: int) -> torch.Tensor:
+        """D(x, sigma) on the whole volume (Z, H, W), ``chunk_size`` slices per network call."""
+        out = torch.empty_like(x)
+        for sl in self.chunks(chunk_size):
+            out[sl] = self.denoise(x[sl], sigma)
+        return out
+
     def score(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """The prior's score on a chunk (c, H, W): (D(x, sigma) - x) / sigma^2, or a VE score network's own output."""
         return through_parts(lambda v: self.prior.score(v.unsqueeze(1), sigma).squeeze(1), x)
@@ -215,6 +228,9 @@ class DiffusionSolver:
         state.step += 1
         state.nfe += self.nfe_per_step
         state.backward += self.backward_per_step
+        if state.step == self.n_steps and self.final_sigma > 0:
+            est = state.x = self.denoise_volume(est, self.final_sigma, state.chunk_size)
+            state.nfe += 1
         return est
 
     @torch.no_grad()
@@ -306,9 +322,7 @@ class FastSampler(DiffusionSolver):
 
     def _step(self, state, i):
         sigma, sigma_next = self.sigma_pair(i)
-        x0 = torch.empty_like(state.x)
-        for sl in self.chunks(state.chunk_size):
-            x0[sl] = self.denoise(state.x[sl], sigma)
+        x0 = self.denoise_volume(state.x, sigma, state.chunk_size)
         x0_dc = self.dc.step(x0, state.admm)
         if i + 1 == self.n_steps:
             state.x = x0_dc

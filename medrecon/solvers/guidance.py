@@ -116,19 +116,14 @@ class GuidedSampler(DiffusionSolver):
     def tweedie(self, x: torch.Tensor, sigma: float, chunk_size: int):
         """(x0, G, ||r||): x0 = D(x, sigma), G = grad_x sum_s ||y_s - A D(x_s, sigma)||^2_W (None when not
         ``guided``), r = y - A x0 per slice; chunk by chunk (x: the whole volume)."""
-        chunks = self.chunks(chunk_size)
-        x0 = torch.empty_like(x)
         if not self.guided:
-            for sl in chunks:
-                x0[sl] = self.denoise(x[sl], sigma)
-            return x0, None, None
+            return self.denoise_volume(x, sigma, chunk_size), None, None
         grad, norms, g0 = torch.empty_like(x), [], None
         if not self.slicewise_op:            # dL/dx0 needs the whole x0: one extra pass without a graph
-            for sl in chunks:
-                x0[sl] = self.denoise(x[sl], sigma)
-            g0, norm = self.data_gradient(x0)
+            g0, norm = self.data_gradient(self.denoise_volume(x, sigma, chunk_size))
             norms = [norm.expand(x.shape[0])]
-        for sl in chunks:
+        x0 = torch.empty_like(x)
+        for sl in self.chunks(chunk_size):
             x0[sl], grad[sl], n = self._pullback(x[sl], sigma, sl, None if g0 is None else g0[sl])
             if n is not None:
                 norms.append(n)

@@ -283,6 +283,8 @@ def test_final_sigma_returns_the_prior_estimate_of_the_last_output(cls):
     expect = prior.denoise(a.unsqueeze(1), 0.2).squeeze(1)
     assert torch.allclose(b, expect, atol=1e-6) and float((b - a).abs().max()) > 1e-3
     assert final.nfe == plain.nfe + 1 and torch.equal(snaps[-1], b)
+    clipped = cls(prior, A, y, final_sigma=0.2, clip=(0.0, 0.3), **kw).run()  # D pulls towards 0.4: clipped again
+    assert float(clipped.min()) >= 0.0 and float(clipped.max()) <= 0.3 + 1e-6  # the float32 bound
     with pytest.raises(ValueError, match="final_sigma"):
         cls(prior, A, y, final_sigma=-0.1, **kw)
 

@@ -106,8 +106,9 @@ class DiffusionSolver:
     the CG update, see ``ADMMTV``), ``chunk_size`` (None: ``auto_chunk_size``), ``seed``, ``progress``
     (tqdm bar with step, NFE and ETA), ``start_sigma`` (warm start: the reverse diffusion begins at this noise
     level around ``run(x_init=...)``, see ``noise_levels``), ``final_sigma`` (> 0: the result is the prior's
-    estimate D(x, final_sigma) of the last step's output, one more network evaluation per slice; it removes the
-    fine grain the last data-consistency step and the small-noise steps leave; 0: none), ``snapshot(step,
+    estimate D(x, final_sigma) of the last step's output (then ``nonneg``/``clip``), one more network
+    evaluation per slice; it removes the fine grain the last data-consistency step and the small-noise steps
+    leave; 0: none), ``snapshot(step,
     estimate)`` called every ``snapshot_every`` steps and after the last one (the estimate tensor may be reused
     by the next step: copy it to keep it).
 
@@ -229,7 +230,7 @@ class DiffusionSolver:
         state.nfe += self.nfe_per_step
         state.backward += self.backward_per_step
         if state.step == self.n_steps and self.final_sigma > 0:
-            est = state.x = self.denoise_volume(est, self.final_sigma, state.chunk_size)
+            est = state.x = self.dc.project(self.denoise_volume(est, self.final_sigma, state.chunk_size))
             state.nfe += 1
         return est
 

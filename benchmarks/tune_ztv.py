@@ -1,6 +1,6 @@
 """How the fast sampler's z-TV weight should follow the slice spacing: sweep lam on *training* scans of
 different slice spacings (never a test scan) and print the best lam per scan (or, with --lam-xy, the in-plane
-TV weight; with --final-sigma, the noise level of the final denoising).
+TV weight; with --setting KEY V1 V2 ..., any other key of the fast sampler's solver section, e.g. end_sigma).
 
 The warm start and the noise level it restarts at are the registry's defaults; each point of the sweep is a
 (lam, rho) pair of the z-TV ADMM step. ``lam 0`` is the 2D prior alone (``slicewise_fast``).
@@ -10,7 +10,7 @@ The warm start and the noise level it restarts at are the registry's defaults; e
     python benchmarks/tune_ztv.py --case ct4 --scans ct_chest_contrast ct_lung1 --steps 50 --warm 1.2:0.3 \
         --lam-xy 0 0.1 0.3 1       # the in-plane TV weight (solver.admm.lam_xy) at the registry's z-TV
     python benchmarks/tune_ztv.py --case ct8 --scans ct_chest_contrast ct_lung1 --warm 0.8:1 \
-        --final-sigma 0 0.02 0.04  # solver.final_sigma at the registry's z-TV
+        --setting end_sigma 0.002 0.01 0.02 0.04   # solver.end_sigma at the registry's z-TV
 
 Writes OUT/ztv_<case>.md and .json.
 """
@@ -40,8 +40,8 @@ def main(argv=None):
     ap.add_argument("--pairs", nargs="+", default=None, help="lam:rho pairs (default: a lam grid at rho 10)")
     ap.add_argument("--lam-xy", nargs="+", type=float, default=None,
                     help="sweep the in-plane TV weight instead, at the registry's z-TV")
-    ap.add_argument("--final-sigma", nargs="+", type=float, default=None,
-                    help="sweep the final denoising's noise level instead, at the registry's z-TV")
+    ap.add_argument("--setting", nargs="+", default=None, metavar="KEY V",
+                    help="sweep another solver key instead (e.g. end_sigma 0.01 0.02), at the registry's z-TV")
     ap.add_argument("--warm", default=None, help="start_sigma:lam of the warm start (default: the registry's)")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "tune_ztv")
     a = ap.parse_args(argv)
@@ -51,13 +51,13 @@ def main(argv=None):
     if a.warm:
         sigma, lam = (float(v) for v in a.warm.split(":"))
         warm = {"warm_start": {"method": "admm_tv", "start_sigma": sigma, "lam": lam}}
-    if a.lam_xy is not None and a.final_sigma is not None:
-        ap.error("sweep one of --lam-xy and --final-sigma")
+    if a.lam_xy is not None and a.setting is not None:
+        ap.error("sweep one of --lam-xy and --setting")
     if a.lam_xy is not None:
         methods = {f"lam_xy {v:g}": {"name": "fast", "steps": a.steps, "admm": {"lam_xy": v}, **warm} for v in a.lam_xy}
-    elif a.final_sigma is not None:
-        methods = {f"final_sigma {v:g}": {"name": "fast", "steps": a.steps, "final_sigma": v, **warm}
-                   for v in a.final_sigma}
+    elif a.setting is not None:
+        key, values = a.setting[0], [float(v) for v in a.setting[1:]]
+        methods = {f"{key} {v:g}": {"name": "fast", "steps": a.steps, key: v, **warm} for v in values}
     else:
         methods = {"lam 0 (2D prior only)": {"name": "slicewise_fast", "steps": a.steps, **warm}}
         for pair in a.pairs or GRID[modality]:

@@ -197,7 +197,7 @@ class Problem:
         solver = SOLVERS[s.name].sampler(
             self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, lam_xy=lam_xy, n_cg=s.n_cg, clip=self.bounds(s),
             chunk_size=s.chunk_size, seed=s.seed, progress=progress, snapshot=snapshot,
-            snapshot_every=snapshot_every, start_sigma=start_sigma, final_sigma=s.final_sigma,
+            snapshot_every=snapshot_every, start_sigma=start_sigma, end_sigma=s.end_sigma, final_sigma=s.final_sigma,
             **self._sampler_options(s))
         if s.samples > 1:
             mean, std = sample_posterior(solver, s.samples, x_init=x_init)

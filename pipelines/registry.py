@@ -55,14 +55,11 @@ FAST_ZTV = {"ct": {"lam": 0.5, "rho": 10.0, "at_slice_mm": 1.5},
 #: sigma 0.8 do not remove. CT, ct_chest_contrast, 8 views, 2 mm, 20 steps: start_sigma 0.8 / 0.3 gave 21.73 /
 #: 22.93 dB (snr 0.04: 21.80 / 22.92; ADMM-TV 3D 22.74).
 MBIR_WARM = {"ct": {"start_sigma": 0.3}}
-#: the fast samplers' final denoising (``final_sigma``, model units): the result is D(x, sigma) of the last step's
-#: output, which removes the fine grain the last data-consistency step and the small-noise steps leave. Tuned on
-#: training scans (20 steps CT, 50 MRI; benchmarks/bench_real.py's warm starts; axial / coronal / sagittal PSNR,
-#: none / 0.02 / 0.04): ct_chest_contrast 8 views 24.16/27.01/25.69, 24.25/27.13/25.83, 24.30/27.06/25.91; 4 views
-#: 19.91/23.71/21.06, 19.93/23.72/21.10, 19.96/23.66/21.13; ct_lung1 8 views 28.05/33.45/28.89, 28.24/33.90/29.16,
-#: 28.33/32.96/29.30; mr_head_t1w x4 28.14/30.42/35.12, 28.28/30.87/35.13, 28.37/30.76/34.64. 0.02 gains on every
-#: axis of every case; 0.04 gains more axially but loses up to 0.9 dB coronal (the 2D denoiser works slice by slice).
-FINAL_SIGMA = {"ct": 0.02, "mri": 0.02}
+#: how the fast samplers end (model units): the reverse diffusion stops at ``end_sigma`` (its steps spread over the
+#: levels where the prior still changes the result) and the result is D(x, ``final_sigma``) of the last step's output,
+#: which removes the fine grain the last data-consistency step leaves. Tuned on training scans: README, "How the
+#: fast sampler ends" (benchmarks/tune_ztv.py --end-sigma / --final-sigma).
+FAST_END = {"ct": {"end_sigma": 0.02, "final_sigma": 0.02}, "mri": {"final_sigma": 0.02}}  # MRI: end at the prior's own
 
 
 class Section(BaseModel):
@@ -108,8 +105,11 @@ class _Iterative(_Solver):
 
 class _Diffusion(_Iterative):
     chunk_size: Optional[int] = Field(None, gt=0)  # slices per network call; null: automatic
+    # the smallest noise level of the reverse diffusion (model units); null: the registry's (FAST_END for the fast
+    # samplers, else the prior's own smallest)
+    end_sigma: Optional[float] = Field(None, gt=0)
     # > 0: the result is the prior's estimate D(x, final_sigma) of the last step's output (model units); null: the
-    # registry's default (FINAL_SIGMA for the fast samplers, else 0: none)
+    # registry's default (FAST_END for the fast samplers, else 0: none)
     final_sigma: Optional[float] = Field(None, ge=0)
     samples: int = Field(1, gt=0)  # > 1: posterior mean and voxel-wise std
     seed: int = 0
@@ -224,7 +224,7 @@ class SolverSpec:
     z_tv: str = "none"  # "default": lam/rho from ADMM_DEFAULTS; "optional": lam 0 unless set; "none"
     admm: dict | None = None  # {modality: {lam, rho, ...: the keys of ADMM}} replacing ADMM_DEFAULTS
     warm: dict | None = None  # {modality: {key: value}} over WARM_START_DEFAULTS for this solver
-    final_sigma: dict | None = None  # {modality: noise level of the final denoising}; None: 0 (none)
+    ending: dict | None = None  # {modality: {end_sigma, final_sigma}}; None: the prior's smallest level, no final D
 
     def defaults(self, modality: str) -> dict:
         """The values a null setting takes for this solver on ``modality``."""
@@ -236,7 +236,7 @@ class SolverSpec:
                     **(self.admm or {}).get(modality, ADMM_DEFAULTS[modality])}
             out["admm"] = {**admm, "lam": admm["lam"] if self.z_tv == "default" else 0.0}
         if issubclass(self.settings, _Diffusion):
-            out["final_sigma"] = (self.final_sigma or {}).get(modality, 0.0)
+            out.update({"end_sigma": None, "final_sigma": 0.0, **(self.ending or {}).get(modality, {})})
         if issubclass(self.settings, _Warm):
             out["warm_start"] = {**WARM_START_DEFAULTS[modality], **(self.warm or {}).get(modality, {})}
         return out
@@ -246,9 +246,9 @@ SOLVERS = {s.name: s for s in (
     SolverSpec("diffusion_mbir", MBIRSettings, "DiffusionMBIR: VE predictor-corrector + one z-TV ADMM step per "
                "diffusion step (paper: 2000 steps)", True, sampler=DiffusionMBIR, z_tv="default", warm=MBIR_WARM),
     SolverSpec("fast", FastSettings, "DDS-style fast sampler: DDIM steps with z-TV ADMM on the Tweedie estimate",
-               True, sampler=FastSampler, z_tv="default", admm=FAST_ZTV, final_sigma=FINAL_SIGMA),
+               True, sampler=FastSampler, z_tv="default", admm=FAST_ZTV, ending=FAST_END),
     SolverSpec("slicewise_fast", SlicewiseFastSettings, "the fast sampler without z-TV (2D prior only)", True,
-               sampler=FastSampler, final_sigma=FINAL_SIGMA),
+               sampler=FastSampler, ending=FAST_END),
     SolverSpec("slicewise_mbir", SlicewiseMBIRSettings, "DiffusionMBIR without z-TV (2D prior only)", True,
                sampler=DiffusionMBIR),
     SolverSpec("projection", ProjectionSettings, "projection-type data consistency (Song et al. 2022); z-TV "
@@ -280,4 +280,4 @@ def solver_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["ADMM", "ADMM_DEFAULTS", "FINAL_SIGMA", "MBIR_WARM", "WARM_START_DEFAULTS", "SOLVERS", "Section", "SolverSettings", "SolverSpec", "solver_table", "spec"]
+__all__ = ["ADMM", "ADMM_DEFAULTS", "FAST_END", "MBIR_WARM", "WARM_START_DEFAULTS", "SOLVERS", "Section", "SolverSettings", "SolverSpec", "solver_table", "spec"]

@@ -19,7 +19,7 @@ from pipelines.measurement import Measurement
 from pipelines import problem as problem_module
 from pipelines.problem import Problem
 from pipelines.cli import main
-from pipelines.registry import FAST_ZTV, FINAL_SIGMA
+from pipelines.registry import FAST_END, FAST_ZTV
 from pipelines.phantoms import ct_phantom
 
 
@@ -162,7 +162,8 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
                                                                  "outputs.snapshots_every=4"], resample=True)
     rep = json.loads((out / "report.json").read_text())
     # 8 steps and the final denoising (the registry's final_sigma), 2 samples
-    assert rep["config"]["solver"]["final_sigma"] == FINAL_SIGMA["mri"] > 0
+    assert rep["config"]["solver"]["final_sigma"] == FAST_END["mri"]["final_sigma"] > 0
+    assert rep["config"]["solver"]["end_sigma"] is None  # MRI ends at the prior's smallest noise level
     assert rep["network_evaluations_per_slice"] == 18 and rep["prior"]["sha256"] == "abc"
     assert rep["config"]["mri"]["image_size"] == 32
     assert rep["grid"]["resampled"] and "--resample" in rep["grid"]["reason"]  # 64x64 input, 32x32 prior
@@ -379,3 +380,31 @@ def test_ztv_weight_is_scaled_by_the_slice_spacing_and_3d_tv_is_not(ct_nifti):
     zt = z_tv()
     assert zt["lam"] == pytest.approx(0.3 / zt["slice_mm"]) and zt["slice_mm"] != 1.0
     assert z_tv("solver.tv=3d")["lam"] == 0.3
+
+
+def test_the_fast_sampler_gets_its_ending_from_the_config(ct_nifti):
+    """solver.end_sigma / final_sigma (registry defaults for CT, or set) reach the sampler Problem.solve builds."""
+    from pipelines.config import load_config
+    from pipelines.registry import SOLVERS
+    from medrecon.solvers import FastSampler
+
+    built = []
+
+    class Recording(FastSampler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            built.append(self)
+
+    object.__setattr__(SOLVERS["fast"], "sampler", Recording)  # SolverSpec is frozen
+    try:
+        prior = GaussianDenoiser(mean=0.0, var=0.1)
+        prior.intensity = IntensityMap(-1000.0, 1000.0, -1.0, 1.0, unit="HU")
+        for overrides, (end, final) in (([], (FAST_END["ct"]["end_sigma"], FAST_END["ct"]["final_sigma"])),
+                                        (["solver.end_sigma=0.1", "solver.final_sigma=0"], (0.1, 0.0))):
+            cfg = load_config("sparse_view_ct_8", ["solver.steps=4", "ct.image_size=32", *overrides],
+                              check_files=False).resolved()
+            Problem.build(cfg, read_volume(ct_nifti), prior=prior, resample=True).solve()
+            last = float(built[-1].sigmas[-1])  # 4 steps: the grid's last level at or just above end_sigma
+            assert built[-1].final_sigma == final and end * (1 - 1e-9) <= last < 4 * end
+    finally:
+        object.__setattr__(SOLVERS["fast"], "sampler", FastSampler)

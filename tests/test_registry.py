@@ -5,7 +5,7 @@ import pytest
 
 from medrecon.errors import InputError
 from pipelines.config import REPO_CONFIGS, load_config
-from pipelines.registry import ADMM_DEFAULTS, FINAL_SIGMA, SOLVERS, WARM_START_DEFAULTS, solver_table
+from pipelines.registry import ADMM_DEFAULTS, FAST_END, SOLVERS, WARM_START_DEFAULTS, solver_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +26,10 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
     if hasattr(s, "warm_start"):  # the modality's warm start, with the solver's own values over it
         assert s.warm_start.model_dump() == {**WARM_START_DEFAULTS[modality], "iters": 100,
                                              **(spec.warm or {}).get(modality, {})}
-    if hasattr(s, "final_sigma"):  # diffusion samplers: the fast ones' final denoising, none for the others
-        assert s.final_sigma == (FINAL_SIGMA[modality] if name in ("fast", "slicewise_fast") else 0.0)
+    if hasattr(s, "final_sigma"):  # diffusion samplers: how the fast ones end; the others keep their papers' ending
+        fast = name in ("fast", "slicewise_fast")
+        own = FAST_END[modality] if fast else {}
+        assert (s.end_sigma, s.final_sigma) == (own.get("end_sigma"), own.get("final_sigma", 0.0))
     if spec.z_tv == "default":
         own = (spec.admm or {}).get(modality, ADMM_DEFAULTS[modality])
         assert s.admm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "lam_xy": 0.0, **own}

@@ -10,7 +10,7 @@ import torch
 from medrecon.linop import FiniteDifference, MatrixOperator
 from medrecon.priors.base import Denoiser, GaussianDenoiser, VESchedule, VPSchedule
 from medrecon.solvers.admm import ADMMTV
-from medrecon.solvers.diffusion import DiffusionMBIR, DiffusionSolver, FastSampler, sample_posterior
+from medrecon.solvers.diffusion import DiffusionMBIR, DiffusionSolver, FastSampler, noise_levels, sample_posterior
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -287,6 +287,26 @@ def test_final_sigma_returns_the_prior_estimate_of_the_last_output(cls):
     assert float(clipped.min()) >= 0.0 and float(clipped.max()) <= 0.3 + 1e-6  # the float32 bound
     with pytest.raises(ValueError, match="final_sigma"):
         cls(prior, A, y, final_sigma=-0.1, **kw)
+
+
+@pytest.mark.parametrize("schedule", [VESchedule(0.002, 80.0, 1000), VPSchedule()], ids=["ve", "vp"])
+def test_noise_levels_between_start_and_end(schedule):
+    """A warm start keeps the levels at or below start_sigma, end_sigma those at or above it, both on the schedule's
+    own (finer) grid, descending; about n_steps of them on the geometric VE grid."""
+    full = noise_levels(schedule, 20)
+    assert torch.equal(full, schedule.sampling_sigmas(20).double())
+    for start, end in ((0.8, None), (None, 0.05), (0.8, 0.05)):
+        s = noise_levels(schedule, 20, start, end)
+        assert bool((s[1:] < s[:-1]).all())
+        assert float(s[0]) <= (start or math.inf) * (1 + 1e-9) and float(s[-1]) >= (end or 0.0) * (1 - 1e-9)
+        if isinstance(schedule, VPSchedule):  # levels of the model's own timesteps
+            assert all(bool(torch.isclose(schedule.sigmas.double(), v, rtol=1e-6).any()) for v in s)
+        else:
+            assert 18 <= len(s) <= 21
+            ratio = s[1:] / s[:-1]          # still geometric: one ratio between neighbours
+            assert float(ratio.max() - ratio.min()) < 1e-9
+    with pytest.raises(ValueError, match="end_sigma"):
+        noise_levels(schedule, 20, 0.05, 0.8)
 
 
 def test_sample_posterior_welford_matches_direct():

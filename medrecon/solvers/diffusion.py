@@ -76,19 +76,27 @@ def auto_chunk_size(prior: Denoiser, hw: Sequence[int], device: torch.device, cp
     return max(1, int(fraction * free / per_slice))
 
 
-def noise_levels(schedule, n_steps: int, start_sigma: float | None = None) -> torch.Tensor:
-    """``n_steps`` sampling noise levels (float64, descending) on the schedule's own grid; with ``start_sigma``
-    only the part of a finer grid at or below it, about ``n_steps`` levels (a warm start: Come-Closer-Diffuse-
-    Faster, Chung, Sim, Ye, CVPR 2022, starts the reverse diffusion from a noised cheap reconstruction)."""
-    if start_sigma is None or start_sigma >= schedule.sigma_max:
+def noise_levels(schedule, n_steps: int, start_sigma: float | None = None,
+                 end_sigma: float | None = None) -> torch.Tensor:
+    """``n_steps`` sampling noise levels (float64, descending) on the schedule's own grid. With ``start_sigma``
+    and/or ``end_sigma``: only the part of a finer grid between them, about ``n_steps`` levels. A start below the
+    prior's largest level is a warm start (Come-Closer-Diffuse-Faster, Chung, Sim, Ye, CVPR 2022, starts the
+    reverse diffusion from a noised cheap reconstruction); an end above its smallest stops the reverse diffusion
+    there, spending no steps on levels too small to change the result."""
+    lo, hi = schedule.sigma_min, schedule.sigma_max
+    top = hi if start_sigma is None else min(float(start_sigma), hi)
+    bottom = lo if end_sigma is None else max(float(end_sigma), lo)
+    if start_sigma is not None and start_sigma <= lo:
+        raise ValueError(f"start_sigma {start_sigma} is below the prior's smallest noise level {lo}")
+    if bottom >= top:
+        raise ValueError(f"end_sigma {end_sigma} must lie below the start of the reverse diffusion ({top:g})")
+    if (top, bottom) == (hi, lo):
         return schedule.sampling_sigmas(n_steps).double().cpu()
-    if start_sigma <= schedule.sigma_min:
-        raise ValueError(f"start_sigma {start_sigma} is below the prior's smallest noise level {schedule.sigma_min}")
-    span = math.log(schedule.sigma_max / schedule.sigma_min) / math.log(start_sigma / schedule.sigma_min)
+    span = math.log(hi / lo) / math.log(top / bottom)
     n_full = max(n_steps, math.ceil(n_steps * span))
     n_full = min(n_full, getattr(schedule, "num_timesteps", n_full))
     sigmas = schedule.sampling_sigmas(n_full).double().cpu()
-    return sigmas[sigmas <= start_sigma * (1 + 1e-9)]
+    return sigmas[(sigmas <= top * (1 + 1e-9)) & (sigmas >= bottom * (1 - 1e-9))]
 
 
 class DiffusionSolver:
@@ -105,7 +113,8 @@ class DiffusionSolver:
     are not tied; ``"periodic"``: the reference code's wrap-around), ``nonneg``/``clip`` (projections after
     the CG update, see ``ADMMTV``), ``chunk_size`` (None: ``auto_chunk_size``), ``seed``, ``progress``
     (tqdm bar with step, NFE and ETA), ``start_sigma`` (warm start: the reverse diffusion begins at this noise
-    level around ``run(x_init=...)``, see ``noise_levels``), ``final_sigma`` (> 0: the result is the prior's
+    level around ``run(x_init=...)``, see ``noise_levels``), ``end_sigma`` (the smallest noise level of the
+    reverse diffusion; None: the prior's), ``final_sigma`` (> 0: the result is the prior's
     estimate D(x, final_sigma) of the last step's output (then ``nonneg``/``clip``), one more network
     evaluation per slice; it removes the fine grain the last data-consistency step and the small-noise steps
     leave; 0: none), ``snapshot(step,
@@ -125,7 +134,8 @@ class DiffusionSolver:
     def __init__(self, prior: Denoiser, A: LinearOperator, y: torch.Tensor, *, n_steps: int | None = None,
                  lam: float, rho: float, lam_xy: float = 0.0, n_cg: int | None = None, boundary: str = "neumann",
                  nonneg: bool = False, clip: tuple[float, float] | None = None, chunk_size: int | None = None,
-                 seed: int = 0, progress: bool = False, start_sigma: float | None = None, final_sigma: float = 0.0,
+                 seed: int = 0, progress: bool = False, start_sigma: float | None = None,
+                 end_sigma: float | None = None, final_sigma: float = 0.0,
                  snapshot: Callable[[int, torch.Tensor], None] | None = None, snapshot_every: int = 0):
         self.prior, self.device = prior, prior.device
         y = y.to(self.device, torch.complex64 if y.is_complex() else torch.float32)
@@ -141,7 +151,7 @@ class DiffusionSolver:
         D = FiniteDifference(self.shape, axes=axes, boundary=boundary) if axes else None
         self.dc = ADMMTV(A, y, D, lams or 0.0, rho, self.default_n_cg if n_cg is None else n_cg, nonneg, clip)
         self.is_complex = self.dc.aty.is_complex()  # complex images: the prior sees real and imaginary parts
-        self.sigmas = noise_levels(prior.schedule, n_steps or self.default_steps, start_sigma)
+        self.sigmas = noise_levels(prior.schedule, n_steps or self.default_steps, start_sigma, end_sigma)
         if final_sigma < 0:
             raise ValueError(f"final_sigma must be >= 0, got {final_sigma}")
         self.final_sigma = float(final_sigma)

@@ -197,8 +197,7 @@ class Problem:
         solver = SOLVERS[s.name].sampler(
             self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, lam_xy=lam_xy, n_cg=s.n_cg, clip=self.bounds(s),
             chunk_size=s.chunk_size, seed=s.seed, progress=progress, snapshot=snapshot,
-            snapshot_every=snapshot_every, start_sigma=start_sigma, end_sigma=s.end_sigma, final_sigma=s.final_sigma,
-            **self._sampler_options(s))
+            snapshot_every=snapshot_every, start_sigma=start_sigma, **self._sampler_options(s))
         if s.samples > 1:
             mean, std = sample_posterior(solver, s.samples, x_init=x_init)
             out = Solution(mean, std, solver.nfe * s.samples)
@@ -258,7 +257,7 @@ class Problem:
 
     def _sampler_options(self, s) -> dict:
         """Keyword arguments of the sampler class beyond the shared ones, from its settings."""
-        opts = {k: getattr(s, k) for k in ("eta", "snr", "lambda_proj") if hasattr(s, k)}
+        opts = {k: getattr(s, k) for k in ("eta", "snr", "lambda_proj", "end_sigma", "final_sigma") if hasattr(s, k)}
         if s.name in GUIDED and self.sqrt_weights is not None:
             opts["weights"] = self.sqrt_weights ** 2
         if s.name == "mcg":

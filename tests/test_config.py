@@ -23,6 +23,8 @@ def test_bundled_configs_validate(name):
     assert adm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, **FAST_ZTV[cfg.modality],
                                 "lam_xy": inplane}
     assert cfg.solver.warm_start.method == "admm_tv"  # the default starts from the classical solution
+    assert cfg.solver.end_sigma == (0.02 if name == "sparse_view_ct_8" else None)  # 8 views: tuned (README)
+    assert cfg.solver.final_sigma == 0.02
 
 
 def test_config_contents_match_their_task():

@@ -256,8 +256,8 @@ class DiffusionSolver:
         while state.step < self.n_steps:
             est = self.step(state)
             self.nfe, self.backward_passes = state.nfe, state.backward
+            bar.set_postfix(nfe=state.nfe, refresh=False)  # before update() redraws: shows this step's NFE
             bar.update(1)
-            bar.set_postfix(nfe=state.nfe, refresh=False)
             if self.snapshot is not None and (state.step == self.n_steps or (
                     self.snapshot_every > 0 and state.step % self.snapshot_every == 0)):
                 self.snapshot(state.step, est)

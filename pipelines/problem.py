@@ -193,6 +193,7 @@ class Problem:
         if self.complex_images and s.name in GUIDED:
             raise InputError(f"solver {s.name} works on real images; use fast or diffusion_mbir for measured "
                              f"k-space, or set mri.image=real")
+        self._check_end_sigma(s)
         x_init, start_sigma = self.warm_start(s)
         solver = SOLVERS[s.name].sampler(
             self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, lam_xy=lam_xy, n_cg=s.n_cg, clip=self.bounds(s),
@@ -205,6 +206,18 @@ class Problem:
             out = Solution(solver.run(x_init=x_init), None, solver.nfe)
         out.backward_per_slice = solver.backward_passes * s.samples
         return out
+
+    def _check_end_sigma(self, s) -> None:
+        """A fast sampler's end_sigma must lie below the noise level its reverse diffusion starts at."""
+        end, w = getattr(s, "end_sigma", None), getattr(s, "warm_start", None)
+        if end is None:
+            return
+        warm = w is not None and w.method != "none"
+        start = w.start_sigma if warm else self.prior.schedule.sigma_max
+        if end >= start:
+            key = "solver.warm_start.start_sigma" if warm else "the prior's largest noise level"
+            raise InputError(f"solver.end_sigma {end:g} is not below {key} ({start:g}): lower end_sigma or set it "
+                             f"to null")
 
     def _z_tv(self, s) -> tuple[float, float, float]:
         """(lam, rho, lam_xy) of the solver's TV term: lam scaled to this volume's slice spacing and mask

@@ -169,7 +169,7 @@ class _CV(_ZTV, _Warm):
 
 class _FastEnding(Section):
     """How the fast samplers end (the other samplers keep their papers' last step)."""
-    # the smallest noise level of the reverse diffusion (model units); null: the registry's (the prior's own)
+    # the smallest noise level of the reverse diffusion (model units); null: the prior's own smallest level
     end_sigma: Optional[float] = Field(None, gt=0)
     # > 0: the result is the prior's estimate D(x, final_sigma) of the last step's output (model units); null: the
     # registry's (FAST_END)

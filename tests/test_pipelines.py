@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from medrecon.errors import InputError
 from medrecon.io import read_volume, write_dicom_series, write_nifti
 from medrecon.priors.base import GaussianDenoiser, IntensityMap
 from medrecon.volume import Volume
@@ -221,7 +222,6 @@ def test_evaluate_errors_and_python_api(tmp_path, ct_nifti):
 def test_native_grid_by_default_and_domain_checks(tmp_path, ct_nifti, mr_nifti, monkeypatch):
     """No silent resampling: the input's own grid by default; a prior whose grid or pixel-size range disagrees,
     a DICOM modality or values that contradict the config stop with a message naming the fix."""
-    from medrecon.errors import InputError
     from pipelines.problem import reconstruction_grid
     v = read_volume(ct_nifti)
     cfg = tasks.prepare_config("sparse_view_ct_8", ["solver.name=fbp"])
@@ -407,5 +407,9 @@ def test_the_fast_sampler_gets_its_ending_from_the_config(ct_nifti):
             Problem.build(cfg, read_volume(ct_nifti), prior=prior, resample=True).solve()
             last = float(built[-1].sigmas[-1])  # 4 steps: the grid's last level at or just above end_sigma
             assert built[-1].final_sigma == final and end * (1 - 1e-9) <= last < 4 * end
+        cfg = load_config("sparse_view_ct_8", ["solver.steps=4", "ct.image_size=32", "solver.end_sigma=0.9"],
+                          check_files=False).resolved()  # the warm start begins at 0.8
+        with pytest.raises(InputError, match="solver.end_sigma 0.9 is not below solver.warm_start.start_sigma"):
+            Problem.build(cfg, read_volume(ct_nifti), prior=prior, resample=True).solve()
     finally:
         object.__setattr__(SOLVERS["fast"], "sampler", FastSampler)

@@ -114,12 +114,11 @@ class DiffusionSolver:
     the CG update, see ``ADMMTV``), ``chunk_size`` (None: ``auto_chunk_size``), ``seed``, ``progress``
     (tqdm bar with step, NFE and ETA), ``start_sigma`` (warm start: the reverse diffusion begins at this noise
     level around ``run(x_init=...)``, see ``noise_levels``), ``end_sigma`` (the smallest noise level of the
-    reverse diffusion; None: the prior's), ``final_sigma`` (> 0: the result is the prior's
-    estimate D(x, final_sigma) of the last step's output (then ``nonneg``/``clip``), one more network
-    evaluation per slice; it removes the fine grain the last data-consistency step and the small-noise steps
-    leave; 0: none), ``snapshot(step,
-    estimate)`` called every ``snapshot_every`` steps and after the last one (the estimate tensor may be reused
-    by the next step: copy it to keep it).
+    reverse diffusion; None: the prior's), ``final_sigma`` (> 0: the result is the prior's estimate
+    D(x, final_sigma) of the last step's output (then ``nonneg``/``clip``), one more network evaluation per
+    slice; it removes the fine grain the last data-consistency step and the small-noise steps leave; 0: none),
+    ``snapshot(step, estimate)`` called every ``snapshot_every`` steps and after the last one (the estimate
+    tensor may be reused by the next step: copy it to keep it).
 
     ``nonneg`` and ``clip`` act on what the ADMM step updates: the Tweedie estimate in FastSampler (a clean
     image: safe), the noisy sample in DiffusionMBIR (clamping a noisy sample biases it; off by default).

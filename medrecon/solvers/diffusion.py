@@ -79,8 +79,8 @@ def auto_chunk_size(prior: Denoiser, hw: Sequence[int], device: torch.device, cp
 def noise_levels(schedule, n_steps: int, start_sigma: float | None = None,
                  end_sigma: float | None = None) -> torch.Tensor:
     """``n_steps`` sampling noise levels (float64, descending) on the schedule's own grid. With ``start_sigma``
-    and/or ``end_sigma``: only the part of a finer grid between them, about ``n_steps`` levels. A start below the
-    prior's largest level is a warm start (Come-Closer-Diffuse-Faster, Chung, Sim, Ye, CVPR 2022, starts the
+    and/or ``end_sigma``: the part of a finer grid between them, refined until it holds ``n_steps`` levels (exactly
+    on a geometric VE grid; a few more on a VP's DDS grid; fewer only where a discrete schedule has no more). A start below the prior's largest level is a warm start (Come-Closer-Diffuse-Faster, Chung, Sim, Ye, CVPR 2022, starts the
     reverse diffusion from a noised cheap reconstruction); an end above its smallest stops the reverse diffusion
     there, spending no steps on levels too small to change the result."""
     lo, hi = schedule.sigma_min, schedule.sigma_max
@@ -93,10 +93,15 @@ def noise_levels(schedule, n_steps: int, start_sigma: float | None = None,
     if (top, bottom) == (hi, lo):
         return schedule.sampling_sigmas(n_steps).double().cpu()
     span = math.log(hi / lo) / math.log(top / bottom)
+    cap = getattr(schedule, "num_timesteps", None)  # a discrete schedule has no finer grid than its own
     n_full = max(n_steps, math.ceil(n_steps * span))
-    n_full = min(n_full, getattr(schedule, "num_timesteps", n_full))
-    sigmas = schedule.sampling_sigmas(n_full).double().cpu()
-    return sigmas[(sigmas <= top * (1 + 1e-9)) & (sigmas >= bottom * (1 - 1e-9))]
+    while True:  # refine the grid until the range holds n_steps levels (or a discrete schedule has no more)
+        n_full = n_full if cap is None else min(n_full, cap)
+        sigmas = schedule.sampling_sigmas(n_full).double().cpu()
+        sigmas = sigmas[(sigmas <= top * (1 + 1e-9)) & (sigmas >= bottom * (1 - 1e-9))]
+        if len(sigmas) >= n_steps or n_full == cap:
+            return sigmas
+        n_full += 1
 
 
 class DiffusionSolver:

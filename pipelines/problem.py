@@ -193,12 +193,14 @@ class Problem:
         if self.complex_images and s.name in GUIDED:
             raise InputError(f"solver {s.name} works on real images; use fast or diffusion_mbir for measured "
                              f"k-space, or set mri.image=real")
-        self._check_end_sigma(s)
-        x_init, start_sigma = self.warm_start(s)
-        solver = SOLVERS[s.name].sampler(
-            self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, lam_xy=lam_xy, n_cg=s.n_cg, clip=self.bounds(s),
-            chunk_size=s.chunk_size, seed=s.seed, progress=progress, snapshot=snapshot,
-            snapshot_every=snapshot_every, start_sigma=start_sigma, **self._sampler_options(s))
+        try:  # the sampler checks its arguments (e.g. end_sigma below the start) before the warm start's work
+            solver = SOLVERS[s.name].sampler(
+                self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, lam_xy=lam_xy, n_cg=s.n_cg,
+                clip=self.bounds(s), chunk_size=s.chunk_size, seed=s.seed, progress=progress, snapshot=snapshot,
+                snapshot_every=snapshot_every, start_sigma=self.start_sigma(s), **self._sampler_options(s))
+        except ValueError as e:
+            raise InputError(f"solver ({s.name}): {e}") from None
+        x_init = self.warm_start(s)
         if s.samples > 1:
             mean, std = sample_posterior(solver, s.samples, x_init=x_init)
             out = Solution(mean, std, solver.nfe * s.samples)
@@ -206,18 +208,6 @@ class Problem:
             out = Solution(solver.run(x_init=x_init), None, solver.nfe)
         out.backward_per_slice = solver.backward_passes * s.samples
         return out
-
-    def _check_end_sigma(self, s) -> None:
-        """A fast sampler's end_sigma must lie below the noise level its reverse diffusion starts at."""
-        end, w = getattr(s, "end_sigma", None), getattr(s, "warm_start", None)
-        if end is None:
-            return
-        warm = w is not None and w.method != "none"
-        start = w.start_sigma if warm else self.prior.schedule.sigma_max
-        if end >= start:
-            key = "solver.warm_start.start_sigma" if warm else "the prior's largest noise level"
-            raise InputError(f"solver.end_sigma {end:g} is not below {key} ({start:g}): lower end_sigma or set it "
-                             f"to null")
 
     def _z_tv(self, s) -> tuple[float, float, float]:
         """(lam, rho, lam_xy) of the solver's TV term: lam scaled to this volume's slice spacing and mask
@@ -250,15 +240,19 @@ class Problem:
         x = torch.full(self.shape, v, device=self.device)
         return torch.complex(x, x) if self.complex_images else x
 
-    def warm_start(self, s) -> tuple[torch.Tensor | None, float | None]:
-        """(x_init, start_sigma) of a warm-started sampler: 3D ADMM-TV (rho = 10 lam, 5 CG steps) and the noise
-        level the reverse diffusion starts at; (None, None) for a cold start."""
+    @staticmethod
+    def start_sigma(s) -> float | None:
+        """The noise level a warm-started sampler's reverse diffusion starts at; None for a cold start."""
         w = getattr(s, "warm_start", None)
-        if w is None or w.method == "none":
-            return None, None
-        x0 = admm_tv(*self.least_squares(), w.lam, 10 * w.lam, w.iters, axes=(0, 1, 2), n_cg=5,
-                     x0=self.physical_zero(), clip=self.bounds(s))
-        return x0, w.start_sigma
+        return None if w is None or w.method == "none" else w.start_sigma
+
+    def warm_start(self, s) -> torch.Tensor | None:
+        """The start of a warm-started sampler: 3D ADMM-TV (rho = 10 lam, 5 CG steps); None for a cold start."""
+        if self.start_sigma(s) is None:
+            return None
+        w = s.warm_start
+        return admm_tv(*self.least_squares(), w.lam, 10 * w.lam, w.iters, axes=(0, 1, 2), n_cg=5,
+                       x0=self.physical_zero(), clip=self.bounds(s))
 
     def least_squares(self) -> tuple[LinearOperator, torch.Tensor]:
         """(A, y) of the data term 1/2 ||A x - y||^2 the iterative solvers minimise: W^1/2 A and W^1/2 y with

@@ -382,9 +382,10 @@ def test_ztv_weight_is_scaled_by_the_slice_spacing_and_3d_tv_is_not(ct_nifti):
     assert z_tv("solver.tv=3d")["lam"] == 0.3
 
 
-def test_the_fast_sampler_gets_its_ending_from_the_config(ct_nifti):
+def test_the_fast_sampler_gets_its_ending_from_the_config(ct_nifti, monkeypatch):
     """solver.end_sigma / final_sigma (the config's and the registry's, or set) reach the sampler Problem.solve
-    builds."""
+    builds; an end_sigma not below the start is a one-line error before any work."""
+    import dataclasses
     from pipelines.config import load_config
     from pipelines.registry import SOLVERS
     from medrecon.solvers import FastSampler
@@ -396,20 +397,18 @@ def test_the_fast_sampler_gets_its_ending_from_the_config(ct_nifti):
             super().__init__(*a, **kw)
             built.append(self)
 
-    object.__setattr__(SOLVERS["fast"], "sampler", Recording)  # SolverSpec is frozen
-    try:
-        prior = GaussianDenoiser(mean=0.0, var=0.1)
-        prior.intensity = IntensityMap(-1000.0, 1000.0, -1.0, 1.0, unit="HU")
-        for overrides, (end, final) in (([], (0.02, FAST_END["ct"]["final_sigma"])),  # sparse_view_ct_8's end
-                                        (["solver.end_sigma=0.1", "solver.final_sigma=0"], (0.1, 0.0))):
-            cfg = load_config("sparse_view_ct_8", ["solver.steps=4", "ct.image_size=32", *overrides],
-                              check_files=False).resolved()
-            Problem.build(cfg, read_volume(ct_nifti), prior=prior, resample=True).solve()
-            last = float(built[-1].sigmas[-1])  # 4 steps: the grid's last level at or just above end_sigma
-            assert built[-1].final_sigma == final and end * (1 - 1e-9) <= last < 4 * end
-        cfg = load_config("sparse_view_ct_8", ["solver.steps=4", "ct.image_size=32", "solver.end_sigma=0.9"],
-                          check_files=False).resolved()  # the warm start begins at 0.8
-        with pytest.raises(InputError, match="solver.end_sigma 0.9 is not below solver.warm_start.start_sigma"):
-            Problem.build(cfg, read_volume(ct_nifti), prior=prior, resample=True).solve()
-    finally:
-        object.__setattr__(SOLVERS["fast"], "sampler", FastSampler)
+    monkeypatch.setitem(SOLVERS, "fast", dataclasses.replace(SOLVERS["fast"], sampler=Recording))
+    prior = GaussianDenoiser(mean=0.0, var=0.1)
+    prior.intensity = IntensityMap(-1000.0, 1000.0, -1.0, 1.0, unit="HU")
+    for overrides, (end, final) in (([], (0.02, FAST_END["ct"]["final_sigma"])),  # sparse_view_ct_8's end
+                                    (["solver.end_sigma=0.1", "solver.final_sigma=0"], (0.1, 0.0))):
+        cfg = load_config("sparse_view_ct_8", ["solver.steps=4", "ct.image_size=32", *overrides],
+                          check_files=False).resolved()
+        Problem.build(cfg, read_volume(ct_nifti), prior=prior, resample=True).solve()
+        last = float(built[-1].sigmas[-1])  # the grid's last level at or just above end_sigma
+        assert built[-1].final_sigma == final and len(built[-1].sigmas) == 4 and end * (1 - 1e-9) <= last < 4 * end
+    cfg = load_config("sparse_view_ct_8", ["solver.steps=4", "ct.image_size=32", "solver.end_sigma=0.9"],
+                      check_files=False).resolved()  # the warm start begins at 0.8
+    monkeypatch.setattr(Problem, "warm_start", lambda self, s: pytest.fail("the warm start ran before the check"))
+    with pytest.raises(InputError, match="end_sigma 0.9 is not below the warm start's start_sigma 0.8"):
+        Problem.build(cfg, read_volume(ct_nifti), prior=prior, resample=True).solve()

@@ -79,17 +79,20 @@ def auto_chunk_size(prior: Denoiser, hw: Sequence[int], device: torch.device, cp
 def noise_levels(schedule, n_steps: int, start_sigma: float | None = None,
                  end_sigma: float | None = None) -> torch.Tensor:
     """``n_steps`` sampling noise levels (float64, descending) on the schedule's own grid. With ``start_sigma``
-    and/or ``end_sigma``: the part of a finer grid between them, refined until it holds ``n_steps`` levels (exactly
-    on a geometric VE grid; a few more on a VP's DDS grid; fewer only where a discrete schedule has no more). A start below the prior's largest level is a warm start (Come-Closer-Diffuse-Faster, Chung, Sim, Ye, CVPR 2022, starts the
-    reverse diffusion from a noised cheap reconstruction); an end above its smallest stops the reverse diffusion
-    there, spending no steps on levels too small to change the result."""
+    and/or ``end_sigma``: the part of a finer grid between them, refined until it holds ``n_steps`` levels
+    (exactly on a geometric VE grid; a few more on a VP's DDS grid; fewer only where a discrete schedule has no
+    more). A start below the prior's largest level is a warm start (Come-Closer-Diffuse-Faster, Chung, Sim, Ye,
+    CVPR 2022, starts the reverse diffusion from a noised cheap reconstruction); an end above its smallest stops
+    the reverse diffusion there, spending no steps on levels too small to change the result."""
     lo, hi = schedule.sigma_min, schedule.sigma_max
     top = hi if start_sigma is None else min(float(start_sigma), hi)
     bottom = lo if end_sigma is None else max(float(end_sigma), lo)
     if start_sigma is not None and start_sigma <= lo:
         raise ValueError(f"start_sigma {start_sigma} is below the prior's smallest noise level {lo}")
     if bottom >= top:
-        raise ValueError(f"end_sigma {end_sigma} must lie below the start of the reverse diffusion ({top:g})")
+        start = "the warm start's start_sigma" if start_sigma is not None else "the prior's largest noise level"
+        raise ValueError(f"end_sigma {end_sigma:g} is not below {start} {top:g}, where the reverse diffusion starts: "
+                         f"lower end_sigma or set it to null")
     if (top, bottom) == (hi, lo):
         return schedule.sampling_sigmas(n_steps).double().cpu()
     span = math.log(hi / lo) / math.log(top / bottom)

@@ -85,8 +85,9 @@ def main(argv=None):
             f"DiffusionMBIR ({mbir_steps} steps)": {"name": "diffusion_mbir", "steps": mbir_steps},
             f"fast sampler ({a.fast_steps} steps)": {"name": "fast", "steps": a.fast_steps},
         }
-        if a.baselines:  # the paper's slice-wise diffusion baselines (issue 8), no z-TV
-            methods.update({f"{n} ({a.baseline_steps} steps)": {"name": n, "steps": a.baseline_steps}
+        if a.baselines:  # the papers' slice-wise diffusion baselines (issue 8): no z-TV, and no in-plane TV
+            methods.update({f"{n} ({a.baseline_steps} steps)":  # even where the config sets one for its sampler
+                            {"name": n, "steps": a.baseline_steps, "admm": {"lam_xy": 0.0}}
                             for n in ("projection", "mcg", "dps")})
         _, res = compare_methods(config, phantom(modality, a.slices, a.size, TEST_SEED), methods, common,
                                  echo=lambda m: print(f"[{name}] {m}", flush=True))

@@ -43,6 +43,7 @@ def main(argv=None):
     ap.add_argument("--setting", nargs="+", default=None, metavar="KEY V",
                     help="sweep another solver key instead (e.g. end_sigma 0.01 0.02), at the registry's z-TV")
     ap.add_argument("--warm", default=None, help="start_sigma:lam of the warm start (default: the registry's)")
+    ap.add_argument("--prior", default=None, help="prior.path (default: bench_real's bundled prior of the modality)")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "tune_ztv")
     a = ap.parse_args(argv)
     config, modality = CASES[a.case]
@@ -64,7 +65,7 @@ def main(argv=None):
             lam, rho = (float(v) for v in pair.split(":"))
             methods[f"lam {lam:g} rho {rho:g}"] = {"name": "fast", "steps": a.steps,
                                                    "admm": {"lam": lam, "rho": rho}, **warm}
-    common = [f"prior.path={PRIOR[modality]}", f"{modality}.pixel_size={a.pixel}"]
+    common = [f"prior.path={a.prior or PRIOR[modality]}", f"{modality}.pixel_size={a.pixel}"]
     tables, rows = [], {}
     for scan in a.scans:
         vol = load(scan, a.slices)

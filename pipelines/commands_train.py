@@ -101,6 +101,10 @@ def train(
                                     "(the largest is used at inference)."),
     pixel_range: Tuple[float, float] = typer.Option((0.7, 4.0), "--pixel-range", help="patch: range of in-plane "
                                                     "pixel sizes (mm) drawn by random rescaling."),
+    context_slices: int = typer.Option(0, "--context-slices", min=0, help="patch: 2.5D, the network also sees "
+                                       "this many noisy slices on each side of the one it denoises."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from this prior's weights (a folder "
+                                            "or bundled:NAME, same network; inputs it lacks start at zero)."),
     steps: int = typer.Option(5000, "--steps", help="Total optimisation steps (with --resume: the new total)."),
     batch_size: int = typer.Option(16, "--batch-size", help="unet: slices per step; patch: patches of the largest "
                                    "size per step (smaller sizes get proportionally more)."),
@@ -158,19 +162,25 @@ def train(
     overlap = sorted(set(held_names) & set(names))
     if overlap:
         raise InputError(f"datasets {', '.join(overlap)} are both trained on and held out: drop them from one list")
+    if context_slices and arch != Arch.patch:
+        raise InputError("--context-slices needs --arch patch (2.5D patches); drop it for a whole-slice prior")
+    if init_from:
+        from .config import resolve_prior_path
+
+        init_from = str(resolve_prior_path(init_from))
     imap, pct = training_intensity(modality, hu_window, mri_percentile)
     opts = TrainOptions(arch=arch.value, image_size=image_size, channels=widths, layers_per_block=layers_per_block,
                         attention=attention, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
                         patch_sizes=sizes, pixel_spacing_range=tuple(pixel_range), seed=seed, device=device,
                         amp=amp, checkpoint_every=checkpoint_every, heldout_every=heldout_every,
-                        sample_every=sample_every or steps)
+                        sample_every=sample_every or steps, context_slices=context_slices, init_from=init_from)
     heldout, held_desc = None, None
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources)
         if held_names:
             hp, hprov = _dataset_volumes(held_names, modality)
             hd = load_patch_data(hp, imap, magnitude_percentile=pct, modality=modality.value, sources=hprov)
-            heldout = heldout_slices(hd, opts.heldout_spacing_mm)
+            heldout = heldout_slices(hd, opts.heldout_spacing_mm, context=context_slices)
             held_desc = hprov
         what = f"{sd.n_slices} slices at their own pixel size, patches {','.join(map(str, sizes))}"
     else:

@@ -151,7 +151,8 @@ class Denoiser:
     """Base class of every prior. Subclasses implement ``_denoise``.
 
     Attributes: ``schedule`` (NoiseSchedule), ``card`` (the model card as a dict), ``image_size``
-    (int or None when any size works), ``intensity`` (IntensityMap from physical units to model range).
+    (int or None when any size works), ``intensity`` (IntensityMap from physical units to model range),
+    ``context_slices`` (k: a 2.5D prior also sees the k noisy slices on each side of the one it denoises).
     """
 
     schedule: NoiseSchedule
@@ -162,12 +163,23 @@ class Denoiser:
     nfe: int = 0  # slices denoised so far: a denoise() call on B slices adds B (set to 0 to restart counting)
     sha256: str | None = None  # SHA-256 of the weights file, for reports (None for analytic priors)
     network = None  # the torch.nn.Module behind the prior, if any
+    context_slices: int = 0  # 2.5D: noisy neighbouring slices on each side the denoiser also sees
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """D(x, sigma) for x (B, 1, H, W) and sigma (B,) or a scalar."""
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """D(x, sigma) for x (B, 1, H, W) and sigma (B,) or a scalar. ``context`` (B, 2k, H, W): for a 2.5D
+        prior (k = ``context_slices``), the k slices below and then the k above each slice, noisy at the same
+        sigma; None: the slice stands in for its neighbours (a caller with single slices). Ignored when k = 0."""
         sigma = self._checked(x, sigma)
         self.nfe += x.shape[0]
-        return self._denoise(x, sigma)
+        k = self.context_slices
+        if not k:
+            return self._denoise(x, sigma)
+        if context is None:
+            context = x.expand(-1, 2 * k, -1, -1)
+        if tuple(context.shape) != (x.shape[0], 2 * k, *x.shape[-2:]):
+            raise ValueError(f"{self.name}: context must be (B, {2 * k}, H, W) for x {tuple(x.shape)}, "
+                             f"got {tuple(context.shape)}")
+        return self._denoise(torch.cat([x, context.to(x)], dim=1), sigma)  # the centre slice first
 
     def _checked(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """Validate the slice shape against the prior; sigma as a (B,) tensor in x's dtype and device."""
@@ -181,10 +193,10 @@ class Denoiser:
             sigma = sigma.expand(x.shape[0])
         return sigma
 
-    def score(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Score of the noisy density, (D(x, sigma) - x) / sigma^2 (Tweedie); VE score priors return it directly."""
         s2 = self._checked(x, sigma).view(-1, 1, 1, 1) ** 2
-        return (self.denoise(x, sigma) - x) / s2
+        return (self.denoise(x, sigma, context) - x) / s2
 
     def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

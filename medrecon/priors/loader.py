@@ -185,9 +185,11 @@ def _build_unet(folder: Path, card: dict) -> EDMPrior:
     sigma_data = float(card.get("config", {}).get("sigma_data", 0.5))
     sched = schedule_from_dict(card.get("schedule") or EDM_SCHEDULE)
     if card.get("architecture") == PATCH_ARCHITECTURE:
-        if net.config.in_channels != 3:
-            raise InputError(f"{folder / CONFIG_NAME}: a patch prior's network takes 3 input channels (image, x, "
-                             f"y), this one {net.config.in_channels}; fix the architecture in {CARD_NAME}")
+        k = int((card.get("patch") or {}).get("context_slices", 0))
+        if net.config.in_channels != 3 + 2 * k:
+            raise InputError(f"{folder / CONFIG_NAME}: a patch prior's network takes {3 + 2 * k} input channels "
+                             f"(image, x, y{f', {2 * k} neighbouring slices' if k else ''}; patch.context_slices "
+                             f"{k}), this one {net.config.in_channels}; fix the architecture in {CARD_NAME}")
         return patch_prior_from_card(net, card, sched, _intensity(card), weights_path=weights)
     return EDMPrior(net, card, sched, _intensity(card), card.get("image_size") or net.config.sample_size,
                     weights_path=weights, sigma_data=sigma_data)

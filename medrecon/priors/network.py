@@ -87,7 +87,7 @@ def _bcast(v: torch.Tensor) -> torch.Tensor:
 class VEScorePrior(NetworkPrior):
     """Continuous VE score model: the network takes (x, sigma) and returns the score (score_sde, NCSN++)."""
 
-    def score(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, sigma: torch.Tensor, context=None) -> torch.Tensor:
         sigma = self._checked(x, sigma)
         self.nfe += x.shape[0]
         dev, dt = self.device, next(self.network.parameters()).dtype
@@ -136,15 +136,19 @@ class EDMPrior(NetworkPrior):
 
 
 def edm_denoise(unet: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, sigma_data: float,
-                cond: torch.Tensor | None = None) -> torch.Tensor:
+                cond: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
     """D(x, sigma) of an EDM-preconditioned diffusers UNet2DModel (shared by training and inference).
 
     ``cond`` (B, C, H, W): extra input channels appended after the scaled image, not preconditioned (the
-    patch prior's pixel positions, see patch.py); the network then has 1 + C input channels."""
+    patch prior's pixel positions, see patch.py). ``context`` (B, K, H, W): noisy images at the same sigma
+    that inform the estimate of x (a 2.5D prior's neighbouring slices), preconditioned like x and appended
+    last. The network has 1 + C + K input channels and estimates x only."""
     c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, sigma_data)
     inp = _bcast(c_in) * x
     if cond is not None:
         inp = torch.cat([inp, cond.to(inp.dtype)], dim=1)
+    if context is not None:
+        inp = torch.cat([inp, _bcast(c_in) * context.to(inp.dtype)], dim=1)
     f = unet(inp, c_noise).sample
     return _bcast(c_skip) * x + _bcast(c_out) * f.to(x.dtype)
 

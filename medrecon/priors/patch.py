@@ -37,6 +37,16 @@ ARCHITECTURE = "diffusers-unet2d-patch"
 POSITION_CONVENTION = "pixel-index: x = -1 + 2 j / (W - 1), y = -1 + 2 i / (H - 1) over the whole slice"
 
 
+def stack_indices(z: int, z_n: int, k: int, z_flip: bool = False) -> list[int]:
+    """Slice z of z_n, then the k slices below and the k above it (the edge slice repeats past the volume's
+    ends): the channel order of a 2.5D prior's input. ``z_flip`` swaps below and above."""
+    below = [max(z - d, 0) for d in range(k, 0, -1)]
+    above = [min(z + d, z_n - 1) for d in range(1, k + 1)]
+    if z_flip:
+        below, above = above[::-1], below[::-1]
+    return [z] + below + above
+
+
 # ---- positions and whole-slice denoising from patches ------------------------------------------------------
 
 def slice_positions(rows: torch.Tensor, cols: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -67,16 +77,17 @@ def _pad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
 
 def patchwise(fn, x: torch.Tensor, sigma: torch.Tensor, patch_size: int, offset=(0, 0),
               max_batch: int | None = None) -> torch.Tensor:
-    """Apply a patch denoiser ``fn(patches (N,1,P,P), positions (N,2,P,P), sigma (N,)) -> (N,1,P,P)`` to
-    whole slices x (B, 1, H, W) of any size: a grid of P x P tiles shifted by ``offset`` = (dy, dx) in
-    [0, P) covers the slice (padded by reflection to whole tiles); outputs are stitched and cropped back."""
-    b, _, h, w = x.shape
+    """Apply a patch denoiser ``fn(patches (N,C,P,P), positions (N,2,P,P), sigma (N,)) -> (N,1,P,P)`` to
+    whole slices x (B, C, H, W) of any size (channel 0 the slice, any others its context): a grid of P x P
+    tiles shifted by ``offset`` = (dy, dx) in [0, P) covers the slice (padded by reflection to whole tiles);
+    outputs are stitched and cropped back to (B, 1, H, W)."""
+    b, c, h, w = x.shape
     p = int(patch_size)
     oy, ox = (int(o) % p for o in offset)
     hp, wp = math.ceil((h + oy) / p) * p, math.ceil((w + ox) / p) * p
     xp = _pad(x, (ox, wp - w - ox, oy, hp - h - oy))
     nh, nw = hp // p, wp // p
-    tiles = xp.reshape(b, 1, nh, p, nw, p).permute(0, 2, 4, 1, 3, 5).reshape(b * nh * nw, 1, p, p)
+    tiles = xp.reshape(b, c, nh, p, nw, p).permute(0, 2, 4, 1, 3, 5).reshape(b * nh * nw, c, p, p)
     rows = torch.arange(hp, device=x.device, dtype=x.dtype) - oy
     cols = torch.arange(wp, device=x.device, dtype=x.dtype) - ox
     pos = slice_positions(rows, cols, h, w).reshape(2, nh, p, nw, p).permute(1, 3, 0, 2, 4)
@@ -97,13 +108,15 @@ class PatchPrior(EDMPrior):
     it); ``shift=False`` keeps the grid fixed at offset 0 (diagnosis only); ``max_batch``: patches per
     network call (bounds memory); ``shifts``: tile grids averaged per call, the first at a random offset and
     the others spread evenly over the diagonal (1: PaDIS; 2 removes the tile seams a single call leaves at
-    small noise levels, at twice the cost)."""
+    small noise levels, at twice the cost); ``context_slices`` (k > 0: a 2.5D prior, whose network also sees
+    the k noisy slices on each side, see ``Denoiser.denoise``)."""
 
     def __init__(self, network, card, schedule, intensity, *, patch_size: int, sigma_data: float = 0.5,
-                 seed: int = 0, max_batch: int = 64, shift: bool = True, shifts: int = 1, name=None,
-                 weights_path=None):
+                 seed: int = 0, max_batch: int = 64, shift: bool = True, shifts: int = 1, context_slices: int = 0,
+                 name=None, weights_path=None):
         super().__init__(network, card, schedule, intensity, None, name=name, weights_path=weights_path,
                          sigma_data=sigma_data)
+        self.context_slices = int(context_slices)
         self.patch_size = int(patch_size)
         self.max_batch = int(max_batch)
         self.shift, self.shifts = shift, max(1, int(shifts))
@@ -122,7 +135,8 @@ class PatchPrior(EDMPrior):
         return dy, dx
 
     def _patch_fn(self, tiles, pos, sigma):
-        return edm_denoise(self.network, tiles, sigma, self.sigma_data, cond=pos)
+        context = tiles[:, 1:] if self.context_slices else None
+        return edm_denoise(self.network, tiles[:, :1], sigma, self.sigma_data, cond=pos, context=context)
 
     def _denoise_native(self, x, sigma):
         dy, dx = self.next_offset()
@@ -138,7 +152,7 @@ def patch_prior_from_card(network, card: dict, schedule, intensity, weights_path
     return PatchPrior(network, card, schedule, intensity, patch_size=int(p.get("inference_size") or max(sizes)),
                       sigma_data=float((card.get("config") or {}).get("sigma_data", 0.5)),
                       seed=int(p.get("seed", 0)), shifts=int(p.get("inference_shifts", 1)),
-                      weights_path=weights_path, **kw)
+                      context_slices=int(p.get("context_slices", 0)), weights_path=weights_path, **kw)
 
 
 # ---- training data: whole volumes at their own pixel size, patches drawn with augmentation -------------------
@@ -206,11 +220,14 @@ class PatchSampler:
     rotate_deg) degrees; a left-right flip with probability 1/2; then the patch position uniformly inside
     the rescaled slice. Positions refer to the rescaled, rotated slice. Downsampling is antialiased by
     sampling (bilinear) from a 2x box-filtered pyramid level at most 2x finer than the target. Intensity
-    jitter x -> x (1 + a) + b, a, b ~ U(-j, j)."""
+    jitter x -> x (1 + a) + b, a, b ~ U(-j, j). ``context`` k > 0 (2.5D): each patch also carries the same
+    region of the k slices below and the k above (channels 1..2k; the volume's edge slice repeats past its
+    ends), their order reversed with probability 1/2 (z flip)."""
 
     def __init__(self, data: PatchData, sizes=(16, 32, 64), probs=None, pixels: int = 8 * 64 * 64,
                  spacing_range=(0.7, 4.0), max_upsample: float = 1.25, rotate_deg: float = 10.0,
-                 flip: bool = True, jitter: float = 0.02, max_batch: int = 256):
+                 flip: bool = True, jitter: float = 0.02, max_batch: int = 256, context: int = 0):
+        self.context = int(context)
         self.sizes = [int(s) for s in sizes]
         p = np.asarray(probs if probs is not None else [1.0] * len(self.sizes), dtype=np.float64)
         self.probs = torch.tensor(p / p.sum())
@@ -233,7 +250,7 @@ class PatchSampler:
         return max(1, min(self.max_batch, self.pixels // (p * p)))
 
     def sample(self, gen: torch.Generator, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(patches (B, 1, P, P), positions (B, 2, P, P)) on the CPU."""
+        """(patches (B, 1 + 2 context, P, P), positions (B, 2, P, P)) on the CPU."""
         p = size or self.sizes[int(torch.multinomial(self.probs, 1, generator=gen))]
         b = self.batch_size(p)
         vols = torch.multinomial(self.vol_probs, b, replacement=True, generator=gen).tolist()
@@ -277,7 +294,7 @@ class PatchSampler:
             xs = (w0 - 1) - xs
         f = min(s / sy0, s / sx0)
         lev = max(0, min(len(levels) - 1, int(math.floor(math.log2(f))) if f >= 2 else 0))
-        img = levels[lev][z:z + 1]
+        img = levels[lev][stack_indices(z, z_n, self.context, self.context > 0 and u[6] < 0.5)].reshape(1, -1, *levels[lev].shape[-2:])
         k = 2 ** lev
         yl, xl = (ys - (k - 1) / 2) / k, (xs - (k - 1) / 2) / k
         hl, wl = img.shape[-2:]
@@ -286,13 +303,16 @@ class PatchSampler:
         return out[0], pos
 
 
-def heldout_slices(data: PatchData, spacing_mm: float = 2.0, per_volume: int = 4) -> list[torch.Tensor]:
+def heldout_slices(data: PatchData, spacing_mm: float = 2.0, per_volume: int = 4,
+                   context: int = 0) -> list[torch.Tensor]:
     """Fixed whole slices for the held-out loss: ``per_volume`` evenly spaced slices of each volume,
-    resampled (antialiased) to ``spacing_mm`` pixels; one tensor (n, 1, H, W) per volume."""
+    resampled (antialiased) to ``spacing_mm`` pixels; one tensor (n, 1 + 2 context, H, W) per volume
+    (``context`` > 0: each slice with its neighbours, as ``stack_indices`` orders them)."""
     out = []
     for v, (sx, sy) in zip(data.volumes, data.spacings):
         idx = np.unique(np.linspace(0, v.shape[0] - 1, per_volume + 2)[1:-1].round().astype(int))
-        x = v[idx]
+        x = v[[j for i in idx for j in stack_indices(int(i), v.shape[0], context)]].reshape(
+            len(idx), 1 + 2 * context, *v.shape[-2:])
         h, w = max(8, round(x.shape[-2] * sy / spacing_mm)), max(8, round(x.shape[-1] * sx / spacing_mm))
         if (h, w) != tuple(x.shape[-2:]):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
@@ -301,4 +321,5 @@ def heldout_slices(data: PatchData, spacing_mm: float = 2.0, per_volume: int = 4
 
 
 __all__ = ["ARCHITECTURE", "POSITION_CONVENTION", "PatchPrior", "PatchData", "PatchSampler", "heldout_slices",
-           "patch_prior_from_card", "patchwise", "position_channels", "prepare_volumes", "slice_positions"]
+           "patch_prior_from_card", "patchwise", "position_channels", "prepare_volumes", "slice_positions",
+           "stack_indices"]

@@ -75,6 +75,8 @@ class TrainOptions:
     max_upsample: float = 1.25  # patch: never draw pixels finer than the scan's own / this
     rotate_deg: float = 10.0  # patch: random in-plane rotation in [-r, r] degrees
     heldout_spacing_mm: float = 2.0  # patch: pixel size of the held-out whole slices
+    context_slices: int = 0  # patch: 2.5D, the network also sees this many noisy slices on each side
+    init_from: str | None = None  # a prior folder whose weights start the network (extra inputs start at 0)
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -87,14 +89,18 @@ class TrainOptions:
 
 
 def edm_loss(unet, x0: torch.Tensor, opts: TrainOptions, generator: torch.Generator | None = None,
-             sigma: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+             sigma: torch.Tensor | None = None, cond: torch.Tensor | None = None,
+             context: torch.Tensor | None = None) -> torch.Tensor:
     """EDM denoising score matching loss, one value per sample: w(sigma) * mean (D(x0 + sigma n) - x0)^2.
-    ``cond``: extra network input channels (a patch prior's positions)."""
+    ``cond``: extra network input channels (a patch prior's positions); ``context``: clean neighbouring
+    slices of x0 (2.5D), given to the network with noise of the same sigma."""
     b = x0.shape[0]
     if sigma is None:
         sigma = torch.exp(opts.p_mean + opts.p_std * torch.randn(b, generator=generator)).to(x0.device)
     n = torch.randn(x0.shape, generator=generator).to(x0.device)
-    d = edm_denoise(unet, x0 + sigma.view(-1, 1, 1, 1) * n, sigma, opts.sigma_data, cond=cond)
+    if context is not None:
+        context = context + sigma.view(-1, 1, 1, 1) * torch.randn(context.shape, generator=generator).to(x0.device)
+    d = edm_denoise(unet, x0 + sigma.view(-1, 1, 1, 1) * n, sigma, opts.sigma_data, cond=cond, context=context)
     w = (sigma ** 2 + opts.sigma_data ** 2) / (sigma * opts.sigma_data) ** 2
     return w * ((d.float() - x0) ** 2).flatten(1).mean(1)
 
@@ -104,20 +110,22 @@ def heldout_loss(prior: Denoiser, x0, sigmas=(0.02, 0.1, 0.3, 1.0, 3.0), sigma_d
     """Denoising loss of any prior on fixed slices, noise and sigmas (parameterisation independent):
     mean over sigma of mean (D(x0 + sigma n, sigma) - x0)^2 / (sigma^2 sd^2 / (sigma^2 + sd^2)).
     1.0 is the error of the best constant-mean linear shrinkage for data of std sd; lower is better.
-    ``x0``: (N, 1, H, W), or a list of such tensors of different sizes (pixel-weighted mean). A prior with
+    ``x0``: (N, 1, H, W), or a list of such tensors of different sizes (pixel-weighted mean); (N, 1 + 2k, H, W)
+    for a 2.5D prior: each slice and its neighbours (noised alike, only the slice scored). A prior with
     a random tile shift (patch prior) is reseeded first, so the number is reproducible."""
     if hasattr(prior, "reseed"):
         prior.reseed()
     g = torch.Generator().manual_seed(seed)
     parts = [x0] if torch.is_tensor(x0) else list(x0)
-    total, weight = 0.0, sum(p.numel() for p in parts)
+    total, weight = 0.0, sum(p[:, :1].numel() for p in parts)
     with torch.no_grad():
         for s in sigmas:
             norm = s ** 2 * sigma_data ** 2 / (s ** 2 + sigma_data ** 2)
             for x in parts:
-                n = torch.randn(x.shape, generator=g)
-                d = prior.denoise(x + s * n, torch.full((x.shape[0],), float(s)))
-                total += float(((d - x) ** 2).sum()) / norm
+                noisy = x + s * torch.randn(x.shape, generator=g)
+                context = noisy[:, 1:] if x.shape[1] > 1 else None
+                d = prior.denoise(noisy[:, :1], torch.full((x.shape[0],), float(s)), context)
+                total += float(((d - x[:, :1]) ** 2).sum()) / norm
     return total / weight / len(sigmas)
 class _Trainer:
     """The training state (network, EMA, optimiser, step) and one optimisation step (whole-slice prior)."""
@@ -129,7 +137,10 @@ class _Trainer:
         self.device = resolve_device(opts.device)
         torch.manual_seed(opts.seed)
         self.unet_config = self.network_config()
-        self.model = build_unet(self.unet_config).to(self.device).train()
+        self.model = build_unet(self.unet_config).train()
+        if opts.init_from:
+            init_weights(self.model, opts.init_from)
+        self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optim = torch.optim.Adam(self.model.parameters(), lr=opts.lr)
         self.gen = torch.Generator().manual_seed(opts.seed + 1)
@@ -175,9 +186,10 @@ class _Trainer:
         for grp in self.optim.param_groups:
             grp["lr"] = o.lr * min(1.0, (self.step + 1) / warmup)
         x0, cond = self.batch()
+        context = x0[:, 1:] if o.context_slices else None  # a 2.5D batch: the slice, then its neighbours
         amp = o.amp and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = edm_loss(self.model, x0, o, self.gen, cond=cond).mean()
+            loss = edm_loss(self.model, x0[:, :1], o, self.gen, cond=cond, context=context).mean()
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         if o.grad_clip:
@@ -241,12 +253,13 @@ class _PatchTrainer(_Trainer):
         self.sampler = PatchSampler(data, opts.patch_sizes, opts.patch_probs,
                                     pixels=opts.batch_size * max(opts.patch_sizes) ** 2,
                                     spacing_range=opts.pixel_spacing_range, max_upsample=opts.max_upsample,
-                                    rotate_deg=opts.rotate_deg, flip=opts.flip, jitter=opts.intensity_jitter)
+                                    rotate_deg=opts.rotate_deg, flip=opts.flip, jitter=opts.intensity_jitter,
+                                    context=opts.context_slices)
         super().__init__(data, out, opts, command)
 
     def network_config(self) -> dict:
         o = self.opts
-        return unet_config(max(o.patch_sizes), o.channels, o.layers_per_block, in_channels=3,
+        return unet_config(max(o.patch_sizes), o.channels, o.layers_per_block, in_channels=3 + 2 * o.context_slices,
                            attention=bool(o.attention))
 
     def state(self) -> dict:
@@ -270,7 +283,7 @@ class _PatchTrainer(_Trainer):
 
         return PatchPrior(self.ema, self.card(), schedule_from_dict(EDM_SCHEDULE),
                           IntensityMap.from_dict(self.data.intensity), patch_size=self.inference_size(),
-                          sigma_data=self.opts.sigma_data)
+                          sigma_data=self.opts.sigma_data, context_slices=self.opts.context_slices)
 
     def card(self, heldout: dict | None = None) -> dict:
         from .patch import ARCHITECTURE, POSITION_CONVENTION
@@ -284,7 +297,8 @@ class _PatchTrainer(_Trainer):
                 "schedule": dict(EDM_SCHEDULE), "image_size": None,
                 "patch": {"sizes": list(o.patch_sizes), "probs": list(o.patch_probs) if o.patch_probs else None,
                           "inference_size": self.inference_size(), "positions": POSITION_CONVENTION,
-                          "position_channels": ["x", "y"], "grid_shift": "random per call (seeded)", "seed": 0},
+                          "position_channels": ["x", "y"], "grid_shift": "random per call (seeded)", "seed": 0,
+                          "context_slices": o.context_slices},
                 "pixel_spacing_mm_range": rng, "pixel_spacing_mm": None,
                 "modality": self.data.modality, "intensity": self.data.intensity,
                 "training": {**self.training_record(heldout),
@@ -292,6 +306,28 @@ class _PatchTrainer(_Trainer):
                                               "max_upsample": o.max_upsample, "rotate_deg": o.rotate_deg,
                                               "flip": "left-right" if o.flip else None,
                                               "intensity_jitter": o.intensity_jitter}}}
+
+
+def init_weights(model: torch.nn.Module, prior_dir: str | Path) -> None:
+    """Start ``model`` from the weights of the prior in ``prior_dir`` (same network but for the number of
+    input channels: inputs the prior lacks, e.g. a 2.5D prior's neighbouring slices, get zero weights, so
+    the model starts as exactly that prior)."""
+    from safetensors.torch import load_file
+
+    path = Path(prior_dir) / WEIGHTS_NAME
+    if not path.is_file():
+        raise InputError(f"{path}: no prior weights to start from; give --init-from a prior folder of medrecon's "
+                         f"format (a model_card.yaml and {WEIGHTS_NAME})")
+    weights, own = load_file(str(path)), model.state_dict()
+    w = weights.get("conv_in.weight")
+    if w is not None and w.shape[1] < own["conv_in.weight"].shape[1]:
+        weights["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], own["conv_in.weight"].shape[1] - w.shape[1],
+                                                              *w.shape[2:])], dim=1)
+    bad = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
+    if bad:
+        raise InputError(f"{path}: its network differs from the one asked for ({bad[0]}, ...): give the same "
+                         f"--channels/--layers-per-block/--patch-sizes as that prior")
+    model.load_state_dict(weights)
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -36,11 +36,13 @@ from ..priors.base import Denoiser
 from .admm import ADMMState, ADMMTV, axis_weights
 
 
-def through_parts(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """fn on a real batch (c, ...); a complex x goes through as its real and imaginary parts, one batch of 2c."""
+def through_parts(fn: Callable, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    """fn(batch, context) on a real batch (c, ...); a complex x (and its context) goes through as its real and
+    imaginary parts, one batch of 2c."""
     if not x.is_complex():
-        return fn(x)
-    out = fn(torch.cat([x.real, x.imag]))
+        return fn(x, context)
+    parts = None if context is None else torch.cat([context.real, context.imag])
+    out = fn(torch.cat([x.real, x.imag]), parts)
     return torch.complex(out[: len(x)], out[len(x):])
 
 
@@ -210,26 +212,37 @@ class DiffusionSolver:
         z = self.shape[0]
         return [slice(s, min(s + chunk_size, z)) for s in range(0, z, chunk_size)]
 
-    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def neighbours(self, x: torch.Tensor, sl: slice) -> torch.Tensor | None:
+        """The noisy neighbouring slices a 2.5D prior sees with the chunk ``sl`` of the volume x (Z, H, W):
+        (c, 2k, H, W), k slices below then k above each (the edge slice repeats); None for a 2D prior."""
+        k = self.prior.context_slices
+        if not k:
+            return None
+        z = torch.arange(sl.start, sl.stop, device=x.device)[:, None]
+        offsets = torch.tensor([*range(-k, 0), *range(1, k + 1)], device=x.device)
+        return x[(z + offsets).clamp_(0, x.shape[0] - 1)]
+
+    def denoise(self, x: torch.Tensor, sigma: float, context: torch.Tensor | None = None) -> torch.Tensor:
         """D(x, sigma) on a chunk of slices (c, H, W) -> (c, H, W): one network evaluation per slice
-        (per part of a complex slice)."""
-        return through_parts(lambda v: self.prior.denoise(v.unsqueeze(1), sigma).squeeze(1), x)
+        (per part of a complex slice); ``context``: a 2.5D prior's neighbours (``neighbours``)."""
+        return through_parts(lambda v, ctx: self.prior.denoise(v.unsqueeze(1), sigma, ctx).squeeze(1), x, context)
 
     def denoise_volume(self, x: torch.Tensor, sigma: float, chunk_size: int) -> torch.Tensor:
         """D(x, sigma) on the whole volume (Z, H, W), ``chunk_size`` slices per network call."""
         out = torch.empty_like(x)
         for sl in self.chunks(chunk_size):
-            out[sl] = self.denoise(x[sl], sigma)
+            out[sl] = self.denoise(x[sl], sigma, self.neighbours(x, sl))
         return out
 
-    def score(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def score(self, x: torch.Tensor, sigma: float, context: torch.Tensor | None = None) -> torch.Tensor:
         """The prior's score on a chunk (c, H, W): (D(x, sigma) - x) / sigma^2, or a VE score network's own output."""
-        return through_parts(lambda v: self.prior.score(v.unsqueeze(1), sigma).squeeze(1), x)
+        return through_parts(lambda v, ctx: self.prior.score(v.unsqueeze(1), sigma, ctx).squeeze(1), x, context)
 
-    def langevin(self, x: torch.Tensor, sigma: float, z: torch.Tensor, snr: float) -> torch.Tensor:
+    def langevin(self, x: torch.Tensor, sigma: float, z: torch.Tensor, snr: float,
+                 context: torch.Tensor | None = None) -> torch.Tensor:
         """One Langevin corrector step on a chunk (c, H, W) with noise z: e = 2 (snr ||z|| / ||s(x)||)^2 per slice,
         x + e s(x) + sqrt(2e) z (one network evaluation per slice)."""
-        s = self.score(x, sigma)
+        s = self.score(x, sigma, context)
         ratio = torch.linalg.vector_norm(z.flatten(1), dim=1) / \
             torch.linalg.vector_norm(s.flatten(1), dim=1).clamp_min(1e-30)
         e = (2.0 * (snr * ratio) ** 2).view(-1, 1, 1)
@@ -302,10 +315,10 @@ class DiffusionMBIR(DiffusionSolver):
         sigma, sigma_next = self.sigma_pair(i)
         g2 = sigma ** 2 - sigma_next ** 2
         z_pred, z_corr = self.noise(state.generator, 2)
-        for sl in self.chunks(state.chunk_size):
+        for sl in self.chunks(state.chunk_size):  # a 2.5D prior's neighbours: the volume as it stands
             xc = state.x[sl]
-            xc = xc + g2 * self.score(xc, sigma) + math.sqrt(g2) * z_pred[sl]
-            state.x[sl] = self.langevin(xc, sigma, z_corr[sl], self.snr)
+            xc = xc + g2 * self.score(xc, sigma, self.neighbours(state.x, sl)) + math.sqrt(g2) * z_pred[sl]
+            state.x[sl] = self.langevin(xc, sigma, z_corr[sl], self.snr, self.neighbours(state.x, sl))
         del z_pred, z_corr
         state.x = self.dc.step(state.x, state.admm)
         return state.x

@@ -1,0 +1,114 @@
+"""Variants of the fast sampler tried on *training* scans and not adopted (README: "Tried in the eighth session").
+
+Each variant patches one function of the installed code for this process only, then runs ``tune_ztv.py``
+with the remaining arguments (so the scans, case, warm start and step count are tune_ztv's options):
+
+    python benchmarks/sampler_variants.py --variant flip -- --case ct8 --scans ct_chest_contrast ct_lung1 \
+        ct_abdomen --warm 0.8:1 --setting final_sigma 0.02
+    python benchmarks/sampler_variants.py --variant restart --restart 0.3:10 -- --case ct4 ...
+    python benchmarks/sampler_variants.py --variant final-dc -- --case mri4 --scans mr_brain1 mr_head_t1w \
+        --steps 50 --warm 0.8:0.003 --setting final_sigma 0.02 0.04
+    python benchmarks/sampler_variants.py --variant mr-scale --scale auto -- --case mri8 ...
+
+flip: the second of the patch prior's two tile grids sees the slice mirrored left-right (the prior was trained
+with left-right flips), a self-ensemble at the same cost. restart: after the run, re-noise its result to
+sigma and run the given number of steps again from there (restart sampling). final-dc: the final denoising
+is followed by one more data-consistency / z-TV step instead of the projection alone. mr-scale: the prior sees
+the image multiplied by c (auto: 1 / the warm start's 99.5th percentile, the MR prior's training
+normalisation; the pipeline normalises simulated MRI by its maximum).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from medrecon.priors import patch  # noqa: E402
+from medrecon.solvers import diffusion  # noqa: E402
+
+
+def flip_ensemble():
+    def denoise(self, x, sigma):
+        dy, dx = self.next_offset()
+        step = self.patch_size // self.shifts
+        out = []
+        for k in range(self.shifts):
+            flip = k % 2 == 1
+            xi = x.flip(-1) if flip else x
+            o = patch.patchwise(self._patch_fn, xi, sigma, self.patch_size, (dy + k * step, dx + k * step),
+                                self.max_batch)
+            out.append(o.flip(-1) if flip else o)
+        return torch.stack(out).mean(0)
+    patch.PatchPrior._denoise_native = denoise
+
+
+def restart(spec: str):
+    run = diffusion.DiffusionSolver.run
+
+    def restarted(self, shape=None, x_init=None, seed=None):
+        est = run(self, shape, x_init, seed)
+        levels, nfe = self.sigmas, self.nfe
+        end = float(levels[-1]) if float(levels[-1]) > self.prior.schedule.sigma_min * 1.001 else None
+        for k, part in enumerate(p for p in spec.split(",") if p):
+            sigma, steps = part.split(":")
+            self.sigmas = diffusion.noise_levels(self.prior.schedule, int(steps), float(sigma), end)
+            est = run(self, None, est.clone(), (self.seed if seed is None else seed) + 1 + k)
+            nfe += self.nfe
+        self.sigmas, self.nfe = levels, nfe
+        return est
+    diffusion.DiffusionSolver.run = restarted
+
+
+def final_dc():
+    def step(self, state):
+        est = self._step(state, state.step)
+        state.step += 1
+        state.nfe += self.nfe_per_step
+        if state.step == self.n_steps and self.final_sigma > 0:
+            est = state.x = self.dc.step(self.denoise_volume(est, self.final_sigma, state.chunk_size), state.admm)
+            state.nfe += 1
+        return est
+    diffusion.DiffusionSolver.step = step
+
+
+def mr_scale(scale: str):
+    run, denoise = diffusion.DiffusionSolver.run, diffusion.DiffusionSolver.denoise
+
+    def scaled_run(self, shape=None, x_init=None, seed=None):
+        if scale == "auto":  # model units [-1, 1] <-> normalised magnitude [0, 1]
+            v = ((x_init + 1) / 2).abs().flatten()
+            v = v[torch.randperm(len(v))[:1_000_000]]
+            self.intensity_scale = 1.0 / max(float(torch.quantile(v, 0.995)), 1e-6)
+        else:
+            self.intensity_scale = float(scale)
+        print(f"[mr-scale] c = {self.intensity_scale:.3f}", flush=True)
+        return run(self, shape, x_init, seed)
+
+    def scaled_denoise(self, x, sigma):
+        c = self.intensity_scale
+        return (denoise(self, c * (x + 1) - 1, c * sigma) + 1) / c - 1
+    diffusion.DiffusionSolver.run, diffusion.DiffusionSolver.denoise = scaled_run, scaled_denoise
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", required=True, choices=["flip", "restart", "final-dc", "mr-scale"])
+    ap.add_argument("--restart", default="0.3:10", help="sigma:steps[,sigma:steps] of the restarts")
+    ap.add_argument("--scale", default="auto", help="mr-scale: c, or auto")
+    a = ap.parse_args(own)
+    {"flip": flip_ensemble, "restart": lambda: restart(a.restart), "final-dc": final_dc,
+     "mr-scale": lambda: mr_scale(a.scale)}[a.variant]()
+    import tune_ztv
+    tune_ztv.main(rest)
+
+
+if __name__ == "__main__":
+    main()

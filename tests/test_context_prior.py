@@ -7,8 +7,8 @@ import torch
 from medrecon.errors import InputError
 from medrecon.linop import Identity
 from medrecon.priors import load_prior, read_model_card
-from medrecon.priors.base import Denoiser, schedule_from_dict
-from medrecon.priors.patch import PatchPrior, PatchSampler, prepare_volumes, stack_indices
+from medrecon.priors.base import Denoiser, schedule_from_dict, stack_indices
+from medrecon.priors.patch import PatchPrior, PatchSampler, prepare_volumes
 from medrecon.priors.unet import EDM_SCHEDULE
 from medrecon.solvers import FastSampler
 from medrecon.volume import Volume

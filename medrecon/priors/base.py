@@ -147,6 +147,16 @@ def schedule_from_dict(d: dict) -> NoiseSchedule:
     raise ValueError(f"unknown noise schedule type {kind!r} (expected 've' or 'vp')")
 
 
+def stack_indices(z: int, z_n: int, k: int, z_flip: bool = False) -> list[int]:
+    """Slice z of z_n, then the k slices below and the k above it (the edge slice repeats past the volume's
+    ends): the order of a 2.5D prior's input (``Denoiser.denoise``). ``z_flip`` swaps below and above."""
+    below = [max(z - d, 0) for d in range(k, 0, -1)]
+    above = [min(z + d, z_n - 1) for d in range(1, k + 1)]
+    if z_flip:
+        below, above = above[::-1], below[::-1]
+    return [z] + below + above
+
+
 class Denoiser:
     """Base class of every prior. Subclasses implement ``_denoise``.
 
@@ -242,4 +252,4 @@ def vp_to_sigma(alpha_bar: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["Denoiser", "GaussianDenoiser", "IntensityMap", "NoiseSchedule", "VESchedule", "VPSchedule",
-           "schedule_from_dict", "sigma_to_vp", "vp_to_sigma"]
+           "schedule_from_dict", "sigma_to_vp", "stack_indices", "vp_to_sigma"]

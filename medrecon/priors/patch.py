@@ -30,21 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .base import IntensityMap
+from .base import IntensityMap, stack_indices
 from .network import EDMPrior, edm_denoise
 
 ARCHITECTURE = "diffusers-unet2d-patch"
 POSITION_CONVENTION = "pixel-index: x = -1 + 2 j / (W - 1), y = -1 + 2 i / (H - 1) over the whole slice"
-
-
-def stack_indices(z: int, z_n: int, k: int, z_flip: bool = False) -> list[int]:
-    """Slice z of z_n, then the k slices below and the k above it (the edge slice repeats past the volume's
-    ends): the channel order of a 2.5D prior's input. ``z_flip`` swaps below and above."""
-    below = [max(z - d, 0) for d in range(k, 0, -1)]
-    above = [min(z + d, z_n - 1) for d in range(1, k + 1)]
-    if z_flip:
-        below, above = above[::-1], below[::-1]
-    return [z] + below + above
 
 
 # ---- positions and whole-slice denoising from patches ------------------------------------------------------
@@ -294,7 +284,8 @@ class PatchSampler:
             xs = (w0 - 1) - xs
         f = min(s / sy0, s / sx0)
         lev = max(0, min(len(levels) - 1, int(math.floor(math.log2(f))) if f >= 2 else 0))
-        img = levels[lev][stack_indices(z, z_n, self.context, self.context > 0 and u[6] < 0.5)].reshape(1, -1, *levels[lev].shape[-2:])
+        stack = stack_indices(z, z_n, self.context, z_flip=self.context > 0 and u[6] < 0.5)
+        img = levels[lev][stack].reshape(1, -1, *levels[lev].shape[-2:])  # (1, 1 + 2 context, h, w)
         k = 2 ** lev
         yl, xl = (ys - (k - 1) / 2) / k, (xs - (k - 1) / 2) / k
         hl, wl = img.shape[-2:]
@@ -321,5 +312,4 @@ def heldout_slices(data: PatchData, spacing_mm: float = 2.0, per_volume: int = 4
 
 
 __all__ = ["ARCHITECTURE", "POSITION_CONVENTION", "PatchPrior", "PatchData", "PatchSampler", "heldout_slices",
-           "patch_prior_from_card", "patchwise", "position_channels", "prepare_volumes", "slice_positions",
-           "stack_indices"]
+           "patch_prior_from_card", "patchwise", "position_channels", "prepare_volumes", "slice_positions"]

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..linop import FiniteDifference, LinearOperator
-from ..priors.base import Denoiser
+from ..priors.base import Denoiser, stack_indices
 from .admm import ADMMState, ADMMTV, axis_weights
 
 
@@ -218,9 +218,8 @@ class DiffusionSolver:
         k = self.prior.context_slices
         if not k:
             return None
-        z = torch.arange(sl.start, sl.stop, device=x.device)[:, None]
-        offsets = torch.tensor([*range(-k, 0), *range(1, k + 1)], device=x.device)
-        return x[(z + offsets).clamp_(0, x.shape[0] - 1)]
+        return x[torch.tensor([stack_indices(z, x.shape[0], k)[1:] for z in range(sl.start, sl.stop)],
+                              device=x.device)]
 
     def denoise(self, x: torch.Tensor, sigma: float, context: torch.Tensor | None = None) -> torch.Tensor:
         """D(x, sigma) on a chunk of slices (c, H, W) -> (c, H, W): one network evaluation per slice

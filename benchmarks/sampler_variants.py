@@ -9,13 +9,15 @@ with the remaining arguments (so the scans, case, warm start and step count are 
     python benchmarks/sampler_variants.py --variant final-dc -- --case mri4 --scans mr_brain1 mr_head_t1w \
         --steps 50 --warm 0.8:0.003 --setting final_sigma 0.02 0.04
     python benchmarks/sampler_variants.py --variant mr-scale --scale auto -- --case mri8 ...
+    python benchmarks/sampler_variants.py --variant prior-above --other-prior out/train/ct_patch25 --tau 0.3 -- ...
 
 flip: the second of the patch prior's two tile grids sees the slice mirrored left-right (the prior was trained
 with left-right flips), a self-ensemble at the same cost. restart: after the run, re-noise its result to
 sigma and run the given number of steps again from there (restart sampling). final-dc: the final denoising
 is followed by one more data-consistency / z-TV step instead of the projection alone. mr-scale: the prior sees
 the image multiplied by c (auto: 1 / the warm start's 99.5th percentile, the MR prior's training
-normalisation; the pipeline normalises simulated MRI by its maximum).
+normalisation; the pipeline normalises simulated MRI by its maximum). prior-above: another prior (e.g. a 2.5D
+one) denoises at noise levels above tau, the run's own prior below.
 """
 from __future__ import annotations
 
@@ -96,16 +98,34 @@ def mr_scale(scale: str):
     diffusion.DiffusionSolver.run, diffusion.DiffusionSolver.denoise = scaled_run, scaled_denoise
 
 
+def prior_above(path: str, tau: float):
+    from medrecon.priors import load_prior
+
+    other, denoise_volume = load_prior(path), diffusion.DiffusionSolver.denoise_volume
+
+    def switched(self, x, sigma, chunk_size):
+        if sigma <= tau:
+            return denoise_volume(self, x, sigma, chunk_size)
+        own, self.prior = self.prior, other
+        try:
+            return denoise_volume(self, x, sigma, chunk_size)
+        finally:
+            self.prior = own
+    diffusion.DiffusionSolver.denoise_volume = switched
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", required=True, choices=["flip", "restart", "final-dc", "mr-scale"])
+    ap.add_argument("--variant", required=True, choices=["flip", "restart", "final-dc", "mr-scale", "prior-above"])
     ap.add_argument("--restart", default="0.3:10", help="sigma:steps[,sigma:steps] of the restarts")
     ap.add_argument("--scale", default="auto", help="mr-scale: c, or auto")
+    ap.add_argument("--other-prior", default=None, help="prior-above: the prior used above tau")
+    ap.add_argument("--tau", type=float, default=0.3, help="prior-above: the noise level where the priors switch")
     a = ap.parse_args(own)
     {"flip": flip_ensemble, "restart": lambda: restart(a.restart), "final-dc": final_dc,
-     "mr-scale": lambda: mr_scale(a.scale)}[a.variant]()
+     "mr-scale": lambda: mr_scale(a.scale), "prior-above": lambda: prior_above(a.other_prior, a.tau)}[a.variant]()
     import tune_ztv
     tune_ztv.main(rest)
 

@@ -93,14 +93,20 @@ def test_a_2p5d_prior_started_from_a_2d_one_is_that_prior_whatever_its_context(p
         b.denoise(x, s, ctx[:, :1])
 
 
-def test_cli_refuses_context_without_patches_and_a_mismatched_start(priors, tmp_path):
+def test_cli_refuses_context_without_patches_and_a_mismatched_start(priors, tmp_path, capsys):
     from pipelines.cli import main
 
     p2d, _, files = priors
     assert main(["train", "--data", *files, "--output", str(tmp_path / "u"), "--context-slices", "1",
                  "--steps", "1", "--no-progress"]) == 2
+    assert "--context-slices needs --arch patch" in capsys.readouterr().err
     assert main(["train", "--arch", "patch", "--data", *files, "--output", str(tmp_path / "w"), "--patch-sizes",
                  "8,16", "--channels", "8,16,32", "--steps", "1", "--init-from", str(p2d), "--no-progress"]) == 2
+    assert "its network differs from the one asked for" in capsys.readouterr().err
+    assert main(["train", "--arch", "patch", "--data", *files, "--output", str(tmp_path / "x"), "--patch-sizes",
+                 "8,16", "--channels", "8,16", "--steps", "1", "--init-from", str(tmp_path), "--no-progress"]) == 2
+    assert str(tmp_path) in capsys.readouterr().err  # not a prior folder: the loader's own message names it
+    assert not (tmp_path / "x").exists()  # and nothing was written
 
 
 def test_loader_checks_the_input_channels_against_the_card(priors, tmp_path):

@@ -311,21 +311,17 @@ class _PatchTrainer(_Trainer):
 def init_weights(model: torch.nn.Module, prior_dir: str | Path) -> None:
     """Start ``model`` from the weights of the prior in ``prior_dir`` (same network but for the number of
     input channels: inputs the prior lacks, e.g. a 2.5D prior's neighbouring slices, get zero weights, so
-    the model starts as exactly that prior)."""
-    from safetensors.torch import load_file
+    the model starts as exactly that prior). The prior is read by ``load_prior``, with its checks."""
+    from .loader import load_prior
 
-    path = Path(prior_dir) / WEIGHTS_NAME
-    if not path.is_file():
-        raise InputError(f"{path}: no prior weights to start from; give --init-from a prior folder of medrecon's "
-                         f"format (a model_card.yaml and {WEIGHTS_NAME})")
-    weights, own = load_file(str(path)), model.state_dict()
-    w = weights.get("conv_in.weight")
-    if w is not None and w.shape[1] < own["conv_in.weight"].shape[1]:
-        weights["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], own["conv_in.weight"].shape[1] - w.shape[1],
-                                                              *w.shape[2:])], dim=1)
+    weights, own = dict(load_prior(prior_dir).network.state_dict()), model.state_dict()
+    w, w_own = weights.get("conv_in.weight"), own["conv_in.weight"]
+    if w is not None and w.shape[1] < w_own.shape[1]:
+        weights["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], w_own.shape[1] - w.shape[1], *w.shape[2:])],
+                                              dim=1)
     bad = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
     if bad:
-        raise InputError(f"{path}: its network differs from the one asked for ({bad[0]}, ...): give the same "
+        raise InputError(f"{prior_dir}: its network differs from the one asked for ({bad[0]}, ...): give the same "
                          f"--channels/--layers-per-block/--patch-sizes as that prior")
     model.load_state_dict(weights)
 
@@ -379,8 +375,8 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
     if not resume and (out / CARD_NAME).exists() and not overwrite:
         raise InputError(f"{out}: already holds a prior; use --resume to continue it or --overwrite to replace it")
     resolve_device(opts.device)  # an unusable device is an error before anything is written
+    tr = (_PatchTrainer if opts.arch == "patch" else _Trainer)(data, out, opts, command)  # reads --init-from
     out.mkdir(parents=True, exist_ok=True)
-    tr = (_PatchTrainer if opts.arch == "patch" else _Trainer)(data, out, opts, command)
     if resume:
         tr.restore(out / STATE_FILE)
         for log_file in (out / "loss.csv", out / "heldout.csv"):  # drop what was logged after the checkpoint

@@ -314,10 +314,10 @@ class DiffusionMBIR(DiffusionSolver):
         sigma, sigma_next = self.sigma_pair(i)
         g2 = sigma ** 2 - sigma_next ** 2
         z_pred, z_corr = self.noise(state.generator, 2)
-        for sl in self.chunks(state.chunk_size):  # a 2.5D prior's neighbours: the volume as it stands
-            xc = state.x[sl]
-            xc = xc + g2 * self.score(xc, sigma, self.neighbours(state.x, sl)) + math.sqrt(g2) * z_pred[sl]
-            state.x[sl] = self.langevin(xc, sigma, z_corr[sl], self.snr, self.neighbours(state.x, sl))
+        for sl in self.chunks(state.chunk_size):
+            xc, context = state.x[sl], self.neighbours(state.x, sl)  # a 2.5D prior's: the volume as it stands
+            xc = xc + g2 * self.score(xc, sigma, context) + math.sqrt(g2) * z_pred[sl]
+            state.x[sl] = self.langevin(xc, sigma, z_corr[sl], self.snr, context)
         del z_pred, z_corr
         state.x = self.dc.step(state.x, state.admm)
         return state.x

@@ -103,6 +103,9 @@ def train(
                                                     "pixel sizes (mm) drawn by random rescaling."),
     context_slices: int = typer.Option(0, "--context-slices", min=0, help="patch: 2.5D, the network also sees "
                                        "this many noisy slices on each side of the one it denoises."),
+    intensity_scale: Tuple[float, float] = typer.Option((1.0, 1.0), "--intensity-scale", help="patch: brightness "
+                                                        "augmentation, each patch x c, c log-uniform in [LO, HI] "
+                                                        "(MRI: a magnitude normalised otherwise than in training)."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from this prior's weights (a folder "
                                             "or bundled:NAME, same network; inputs it lacks start at zero)."),
     steps: int = typer.Option(5000, "--steps", help="Total optimisation steps (with --resume: the new total)."),
@@ -164,6 +167,11 @@ def train(
         raise InputError(f"datasets {', '.join(overlap)} are both trained on and held out: drop them from one list")
     if context_slices and arch != Arch.patch:
         raise InputError("--context-slices needs --arch patch (2.5D patches); drop it for a whole-slice prior")
+    if min(intensity_scale) <= 0 or intensity_scale[0] > intensity_scale[1]:
+        raise InputError(f"--intensity-scale {intensity_scale[0]} {intensity_scale[1]}: give 0 < LO <= HI, "
+                         "e.g. 0.5 1.1")
+    if intensity_scale != (1.0, 1.0) and arch != Arch.patch:
+        raise InputError("--intensity-scale needs --arch patch; drop it for a whole-slice prior")
     if init_from:
         from .config import resolve_prior_path
 
@@ -173,7 +181,8 @@ def train(
                         attention=attention, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
                         patch_sizes=sizes, pixel_spacing_range=tuple(pixel_range), seed=seed, device=device,
                         amp=amp, checkpoint_every=checkpoint_every, heldout_every=heldout_every,
-                        sample_every=sample_every or steps, context_slices=context_slices, init_from=init_from)
+                        sample_every=sample_every or steps, context_slices=context_slices, init_from=init_from,
+                        intensity_scale=tuple(intensity_scale) if intensity_scale != (1.0, 1.0) else None)
     heldout, held_desc = None, None
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources)

@@ -104,6 +104,26 @@ def test_position_channels_at_corners_and_in_sampled_patches():
         assert min(float((p - v).abs().max()) for v in data.volumes[0]) < 1e-5
 
 
+def test_brightness_augmentation_scales_about_physical_zero_within_the_range():
+    """--intensity-scale: each patch is the slice c times as bright in physical units (about physical 0, not
+    the model's 0), one c per patch, log-uniform over [lo, hi]; lo = hi = 1 draws nothing."""
+    mr = {"physical_min": 0.0, "physical_max": 1.0, "unit": "normalised"}
+    vol = np.random.default_rng(0).uniform(0.05, 1.0, (2, 16, 16)).astype(np.float32)
+    data = prepare_volumes([Volume(vol, spacing=(1.0, 1.0, 1.0))], mr)
+    kw = dict(sizes=(16,), pixels=64 * 16 * 16, spacing_range=(1.0, 1.0), rotate_deg=0, flip=False, jitter=0)
+    lo, hi, origin = 0.5, 1.1, -1.0  # physical 0 -> model -1 in [-1, 1]
+    patches, _ = PatchSampler(data, scale_range=(lo, hi), scale_origin=origin, **kw).sample(torch.Generator())
+    plain, _ = PatchSampler(data, **kw).sample(torch.Generator())
+    phys = (patches[:, 0] + 1) / 2  # back to physical units
+    ratios = [min((p / torch.from_numpy(v) for v in vol), key=lambda r: float(r.std())) for p in phys]
+    assert max(float(r.std() / r.mean()) for r in ratios) < 1e-4  # one factor for the whole patch
+    c = np.array([float(r.mean()) for r in ratios])
+    assert lo - 1e-6 <= c.min() and c.max() <= hi + 1e-6
+    assert c.min() < 0.6 and c.max() > 0.95  # spread over the range, not one value
+    assert all(min(float((p[0] - torch.from_numpy(v) * 2 + 1).abs().max()) for v in vol) < 1e-5
+               for p in plain)  # no range: the slices unchanged
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     rng = np.random.default_rng(0)

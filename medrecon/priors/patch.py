@@ -210,14 +210,19 @@ class PatchSampler:
     rotate_deg) degrees; a left-right flip with probability 1/2; then the patch position uniformly inside
     the rescaled slice. Positions refer to the rescaled, rotated slice. Downsampling is antialiased by
     sampling (bilinear) from a 2x box-filtered pyramid level at most 2x finer than the target. Intensity
-    jitter x -> x (1 + a) + b, a, b ~ U(-j, j). ``context`` k > 0 (2.5D): each patch also carries the same
+    jitter x -> x (1 + a) + b, a, b ~ U(-j, j); before it, with ``scale_range`` (lo, hi), a brightness scale
+    x -> o + c (x - o), c ~ log-uniform over [lo, hi], about ``scale_origin`` o (the model value of physical 0:
+    an MR magnitude image c times as bright). ``context`` k > 0 (2.5D): each patch also carries the same
     region of the k slices below and the k above (channels 1..2k; the volume's edge slice repeats past its
     ends), their order reversed with probability 1/2 (z flip)."""
 
     def __init__(self, data: PatchData, sizes=(16, 32, 64), probs=None, pixels: int = 8 * 64 * 64,
                  spacing_range=(0.7, 4.0), max_upsample: float = 1.25, rotate_deg: float = 10.0,
-                 flip: bool = True, jitter: float = 0.02, max_batch: int = 256, context: int = 0):
+                 flip: bool = True, jitter: float = 0.02, max_batch: int = 256, context: int = 0,
+                 scale_range=None, scale_origin: float = 0.0):
         self.context = int(context)
+        self.scale_range = tuple(float(v) for v in scale_range) if scale_range else None
+        self.scale_origin = float(scale_origin)
         self.sizes = [int(s) for s in sizes]
         p = np.asarray(probs if probs is not None else [1.0] * len(self.sizes), dtype=np.float64)
         self.probs = torch.tensor(p / p.sum())
@@ -251,6 +256,10 @@ class PatchSampler:
             xs.append(x)
             ps.append(pos)
         x = torch.stack(xs)
+        if self.scale_range and self.scale_range[0] != self.scale_range[1]:
+            lo, hi = (math.log(v) for v in self.scale_range)
+            c = torch.exp(lo + torch.rand(b, 1, 1, 1, generator=gen) * (hi - lo))
+            x = self.scale_origin + c * (x - self.scale_origin)
         if self.jitter:
             a, c = (torch.rand(2, b, 1, 1, 1, generator=gen) * 2 - 1) * self.jitter
             x = x * (1 + a) + c

@@ -68,6 +68,7 @@ class TrainOptions:
     p_std: float = 1.2
     flip: bool = True  # left-right flips
     intensity_jitter: float = 0.02  # x -> x * (1 + a) + b, a, b ~ U(-j, j), in the model range
+    intensity_scale: tuple | None = None  # patch: brightness c ~ log-U(lo, hi) about physical 0 (MR magnitude)
     patch_sizes: tuple = (16, 32, 64)  # patch: training patch sizes (each divisible by 2^(levels-1))
     patch_probs: tuple | None = None  # patch: probability of each size (None: equal)
     patch_inference_size: int | None = None  # patch: tile size at inference (None: the largest)
@@ -254,7 +255,8 @@ class _PatchTrainer(_Trainer):
                                     pixels=opts.batch_size * max(opts.patch_sizes) ** 2,
                                     spacing_range=opts.pixel_spacing_range, max_upsample=opts.max_upsample,
                                     rotate_deg=opts.rotate_deg, flip=opts.flip, jitter=opts.intensity_jitter,
-                                    context=opts.context_slices)
+                                    context=opts.context_slices, scale_range=opts.intensity_scale,
+                                    scale_origin=IntensityMap.from_dict(data.intensity).to_model(0.0))
         super().__init__(data, out, opts, command)
 
     def network_config(self) -> dict:
@@ -305,7 +307,9 @@ class _PatchTrainer(_Trainer):
                              "augmentation": {"pixel_spacing_range_mm": list(o.pixel_spacing_range),
                                               "max_upsample": o.max_upsample, "rotate_deg": o.rotate_deg,
                                               "flip": "left-right" if o.flip else None,
-                                              "intensity_jitter": o.intensity_jitter}}}
+                                              "intensity_jitter": o.intensity_jitter,
+                                              "intensity_scale": list(o.intensity_scale) if o.intensity_scale
+                                              else None}}}
 
 
 def init_weights(model: torch.nn.Module, prior_dir: str | Path) -> None:

@@ -9,6 +9,8 @@ frozen for the test scans. Measurements are simulated on a 2x finer grid with no
     medrecon data fetch                                   # set-up: the scans (once)
     python benchmarks/bench_real.py                       # CT 8 and 4 views, both test scans
     python benchmarks/bench_real.py --cases ct8 --scans ct_abdomen_dicom --slices 6 --pixel 2.0
+    python benchmarks/bench_real.py --cases ct8 --scans ct_small --slices 1 --pixel 0.8   # pydicom's CT_small
+    python benchmarks/bench_real.py --cases ct8 --scans ct_lung1 --fov 100 --pixel 1.0     # a window inside the body
 
 Writes OUT/real.md (the README table), OUT/real.json and OUT/<case>_<scan>.png (reference and every method).
 """
@@ -40,17 +42,25 @@ WINDOW = {"ct": (-400.0, 600.0), "mri": (0.0, 1.0)}
 PRIOR = {"ct": "bundled:ct_patch", "mri": "bundled:mri_patch"}
 
 
-def load(name: str, slices: int):
-    return read_volume(datasets.path(name)).central_slab(slices)
+def load(name: str, slices: int, fov_mm: float | None = None):
+    """The central slab of a registered scan (or pydicom's CT_small), cut to a central ``fov_mm`` window."""
+    if name == "ct_small":
+        from pydicom.data import get_testdata_file
+
+        vol = read_volume(get_testdata_file("CT_small.dcm"))
+    else:
+        vol = read_volume(datasets.path(name))
+    vol = vol.central_slab(slices)
+    return vol.central_window(fov_mm) if fov_mm else vol
 
 
 def best(results, key=lambda r: r.metrics["psnr"]["axial"]):
     return max(results, key=key)
 
 
-def tune(config, modality, common, slices, fast_steps) -> dict:
+def tune(config, modality, common, slices, fast_steps, fov_mm=None) -> dict:
     """The baseline's lam and the warm start's noise level, on the tuning scan (never a test scan)."""
-    vol = load(TUNE_SCAN[modality], slices)
+    vol = load(TUNE_SCAN[modality], slices, fov_mm)
     _, res = compare_methods(config, vol, {f"{lam}": admm_tv_settings(lam) for lam in LAMBDA_GRID[modality]},
                              common)
     lam = float(best(res).label)
@@ -78,10 +88,13 @@ def cv_note(r) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=["ct8", "ct4"], choices=list(CASES))
-    ap.add_argument("--scans", nargs="+", default=None, help="test scans (default: the held-out ones)")
+    ap.add_argument("--scans", nargs="+", default=None, help="test scans (default: the held-out ones; also "
+                                                               "ct_small, pydicom's CT_small.dcm)")
     ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--pixel", type=float, default=2.0, help="reconstruction pixel size in mm (inside the "
                                                              "prior's trained range)")
+    ap.add_argument("--fov", type=float, default=None, help="cut every scan (the tuning scan too) to its central "
+                                                               "FOV x FOV mm window (a field of view inside the body)")
     ap.add_argument("--fast-steps", type=int, default=20)
     ap.add_argument("--cold", action="store_true", help="also the cold-started fast sampler (2x the steps)")
     ap.add_argument("--cv", action="store_true", help="also the fast sampler with its noise level and z-TV weight "
@@ -101,7 +114,7 @@ def main(argv=None):
         prior = a.ct_prior if modality == "ct" else a.mri_prior
         common = [f"prior.path={prior}", f"{modality}.pixel_size={a.pixel}"]
         t0 = time.perf_counter()
-        tuned = earlier.get(case, {}).get("tuned") or tune(config, modality, common, a.slices, a.fast_steps)
+        tuned = earlier.get(case, {}).get("tuned") or tune(config, modality, common, a.slices, a.fast_steps, a.fov)
         lam, s0 = tuned["lam"], tuned["start_sigma"]
         methods = {
             "FBP" if modality == "ct" else "zero-filled": {"name": "fbp" if modality == "ct" else "zero_filled"},
@@ -117,7 +130,7 @@ def main(argv=None):
             methods[f"DiffusionMBIR ({a.mbir_steps} steps, warm)"] = {  # its own start_sigma: registry.MBIR_WARM
                 "name": "diffusion_mbir", "steps": a.mbir_steps, "warm_start": {"method": "admm_tv", "lam": lam}}
         for scan in a.scans or TEST_SCANS[modality]:
-            vol = load(scan, a.slices)
+            vol = load(scan, a.slices, a.fov)
             ref, res = compare_methods(config, vol, methods, common, echo=lambda m: print(f"[{case} {scan}] {m}",
                                                                                           flush=True))
             preview_grid([("reference", ref)] + [(r.label, r.volume) for r in res], a.out / f"{case}_{scan}.png",

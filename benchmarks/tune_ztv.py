@@ -36,6 +36,7 @@ def main(argv=None):
     ap.add_argument("--scans", nargs="+", required=True, help="training scans (pipelines.datasets)")
     ap.add_argument("--slices", type=int, default=6)
     ap.add_argument("--pixel", type=float, default=2.0)
+    ap.add_argument("--fov", type=float, default=None, help="cut each scan to its central FOV x FOV mm window")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--pairs", nargs="+", default=None, help="lam:rho pairs (default: a lam grid at rho 10)")
     ap.add_argument("--lam-xy", nargs="+", type=float, default=None,
@@ -68,7 +69,7 @@ def main(argv=None):
     common = [f"prior.path={a.prior or PRIOR[modality]}", f"{modality}.pixel_size={a.pixel}"]
     tables, rows = [], {}
     for scan in a.scans:
-        vol = load(scan, a.slices)
+        vol = load(scan, a.slices, a.fov)
         t0 = time.perf_counter()
         _, res = compare_methods(config, vol, methods, common, echo=lambda m: print(f"[{scan}] {m}", flush=True))
         dz = float(vol.spacing[2])

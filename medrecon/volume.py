@@ -105,6 +105,15 @@ class Volume:
         start = (self.shape[0] - n) // 2
         return self.slab(start, start + n)
 
+    def central_window(self, fov_mm: float) -> "Volume":
+        """The central in-plane window of ``fov_mm`` x ``fov_mm`` (a side shorter than that stays whole), placed
+        where it was: a field of view that cuts through the body, as a targeted reconstruction's does."""
+        (h, w), (sx, sy) = self.shape[1:], self.spacing[:2]
+        nh, nw = min(h, max(1, round(fov_mm / sy))), min(w, max(1, round(fov_mm / sx)))
+        i0, j0 = (h - nh) // 2, (w - nw) // 2
+        origin = tuple(self.world_lps([float(j0), float(i0), 0.0]))
+        return replace(self, data=self.data[:, i0:i0 + nh, j0:j0 + nw].copy(), origin=origin, meta=dict(self.meta))
+
     def describe(self) -> dict:
         finite = self.data[np.isfinite(self.data)]
         return {

@@ -106,6 +106,9 @@ def train(
     intensity_scale: Tuple[float, float] = typer.Option((1.0, 1.0), "--intensity-scale", help="patch: brightness "
                                                         "augmentation, each patch x c, c log-uniform in [LO, HI] "
                                                         "(MRI: a magnitude normalised otherwise than in training)."),
+    fov_crop: float = typer.Option(0.0, "--fov-crop", min=0.0, max=1.0, help="patch: probability that a training "
+                                   "slice is first cut to a random smaller field of view (positions refer to the "
+                                   "cut), for scans whose field of view cuts through the body."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from this prior's weights (a folder "
                                             "or bundled:NAME, same network; inputs it lacks start at zero)."),
     steps: int = typer.Option(5000, "--steps", help="Total optimisation steps (with --resume: the new total)."),
@@ -172,6 +175,8 @@ def train(
                          "e.g. 0.5 1.1")
     if intensity_scale != (1.0, 1.0) and arch != Arch.patch:
         raise InputError("--intensity-scale needs --arch patch; drop it for a whole-slice prior")
+    if fov_crop and arch != Arch.patch:
+        raise InputError("--fov-crop needs --arch patch; drop it for a whole-slice prior")
     if init_from:
         from .config import resolve_prior_path
 
@@ -182,7 +187,8 @@ def train(
                         patch_sizes=sizes, pixel_spacing_range=tuple(pixel_range), seed=seed, device=device,
                         amp=amp, checkpoint_every=checkpoint_every, heldout_every=heldout_every,
                         sample_every=sample_every or steps, context_slices=context_slices, init_from=init_from,
-                        intensity_scale=tuple(intensity_scale) if intensity_scale != (1.0, 1.0) else None)
+                        intensity_scale=tuple(intensity_scale) if intensity_scale != (1.0, 1.0) else None,
+                        fov_crop=fov_crop)
     heldout, held_desc = None, None
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources)

@@ -138,6 +138,14 @@ def compare_methods(config, source: Volume, methods: dict[str, dict], common=(),
     return problem.reference, results
 
 
+AXES = ("axial", "coronal", "sagittal")
+
+
+def _num(v, digits: int) -> str:
+    """A table cell: the value rounded, or a dash where the plane does not exist (one slice: no coronal)."""
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
 def markdown_table(results: list[MethodResult], title: str = "") -> str:
     """PSNR/SSIM per plane, network evaluations per slice, wall time and peak memory, one row per method."""
     head = ("| method | PSNR axial | PSNR coronal | PSNR sagittal | SSIM axial | SSIM coronal | SSIM sagittal "
@@ -146,8 +154,9 @@ def markdown_table(results: list[MethodResult], title: str = "") -> str:
     for r in results:
         p, s = r.metrics["psnr"], r.metrics["ssim"]
         mem = r.peak_cuda_mib if r.peak_cuda_mib is not None else r.peak_cpu_mib
-        lines.append(f"| {r.label} | {p['axial']:.2f} | {p['coronal']:.2f} | {p['sagittal']:.2f} | {s['axial']:.3f} "
-                     f"| {s['coronal']:.3f} | {s['sagittal']:.3f} | {r.nfe_per_slice} | {r.backward_per_slice} | {r.seconds:.1f} | {mem:.0f} |")
+        cells = [_num(p[a], 2) for a in AXES] + [_num(s[a], 3) for a in AXES]
+        lines.append(f"| {r.label} | {' | '.join(cells)} | {r.nfe_per_slice} | {r.backward_per_slice} | {r.seconds:.1f} "
+                     f"| {mem:.0f} |")
     return (f"{title}\n\n" if title else "") + head + "\n".join(lines) + "\n"
 
 

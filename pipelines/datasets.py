@@ -87,6 +87,7 @@ _TS_DICOM = {_TS_DICOM_PREFIX + k: v for k, v in {
 _RAD = ("pyradiomics", "3.0.1")
 _DEFACE = ("pydeface", "2.1.0")
 _QMRI = ("pyqmri", "1.3.0")
+_SDC = ("sdcflows", "2.16.0")
 
 SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("ct_chest_contrast", *_TS, "tests/reference_files/aorta_report/example_ct.nii.gz",
@@ -110,6 +111,12 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("mr_head_t1w", *_DEFACE, "tests/data/ds000031_sub-01_ses-006_run-001_T1w.nii.gz",
          "577d1484b5376b3925e9a4141d9f4534b0f29e1df7feeea3427525a19b91c5d2", "mri", "train",
          "3D T1w head MR (OpenNeuro ds000031), NIfTI, 192x256x256 at about 0.9 mm"),
+    Scan("mr_abdomen", *_TS, "tests/reference_files/example_mr_sm.nii.gz",
+         "209b46efaff595dd54a9332872e17a722b62654bbb68dbd89acd5090701bbd4f", "mri", "train",
+         "abdomen MR, NIfTI, 117x91x20 at 3 mm isotropic"),
+    Scan("mr_brain_epi", *_SDC, "sdcflows/tests/data/epi.nii.gz",
+         "22f6c6edcbfca69fbd9a38d0e3a9ce50f68ed1a5b46ab5e6538ecb0c6c2af140", "mri", "train",
+         "brain EPI MR (T2*-weighted, with skull), NIfTI, 100x100x60 at 2 mm isotropic"),
     Scan("mr_brain2", *_RAD, "data/brain2_image.nrrd",
          "d35a1c6a3e1eb72bae97c5515472fbe057fb38ee8e1e199215d1c3c6f292332e", "mri", "test",
          "brain MR magnitude, NRRD, 256x256x23, 0.78 mm in-plane, 6.5 mm slices (held out)"),

@@ -359,6 +359,9 @@ def reconstruction_grid(cfg: Config, prior, source: Volume, resample: bool = Fal
             "resampled": bool(abs(pixel - native) > 1e-6 * native), "reason": reason}
 
 
+CT_HU_BELOW = -50.0  # a CT volume in HU has values below this (air, lung or fat), even inside the body
+
+
 def check_domain(cfg: Config, prior, source: Volume) -> None:
     """Stop when the input, the config and the prior disagree on what the data are."""
     problems = []
@@ -374,9 +377,9 @@ def check_domain(cfg: Config, prior, source: Volume) -> None:
                         f"use a {cfg.modality} prior")
     if cfg.modality == "ct" and dicom_modality != "CT":
         lo = float(np.percentile(source.data, 0.5))
-        if lo > -500.0:
-            problems.append(f"{where}: values from {lo:.4g} up do not look like CT in HU (air is -1000 HU): "
-                            f"convert the volume to HU, or use an MRI config")
+        if lo > CT_HU_BELOW:  # no air, lung or fat: MR magnitude or attenuation values, not HU
+            problems.append(f"{where}: values from {lo:.4g} up do not look like CT in HU (air is -1000 HU, fat "
+                            f"-100): convert the volume to HU, or use an MRI config")
     if problems:
         raise InputError("\n".join(problems))
 

@@ -106,6 +106,9 @@ def test_cli_refuses_context_without_patches_and_a_mismatched_start(priors, tmp_
     assert main(["train", "--arch", "patch", "--data", *files, "--output", str(tmp_path / "u"), "--intensity-scale",
                  "1.1", "0.5", "--steps", "1", "--no-progress"]) == 2
     assert "--intensity-scale 1.1 0.5: give 0 < LO <= HI" in capsys.readouterr().err
+    assert main(["train", "--data", *files, "--output", str(tmp_path / "u"), "--fov-crop", "0.3",
+                 "--steps", "1", "--no-progress"]) == 2
+    assert "--fov-crop needs --arch patch" in capsys.readouterr().err
     assert main(["train", "--arch", "patch", "--data", *files, "--output", str(tmp_path / "w"), "--patch-sizes",
                  "8,16", "--channels", "8,16,32", "--steps", "1", "--init-from", str(p2d), "--no-progress"]) == 2
     assert "its network differs from the one asked for" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from pipelines.datasets import Scan
 def test_registry_split_and_provenance():
     assert set(datasets.names("test", "ct")) == {"ct_lung2", "ct_abdomen_dicom"}
     assert set(datasets.names("train", "ct")) == {"ct_chest_contrast", "ct_abdomen", "ct_lung1"}
-    assert set(datasets.names("train", "mri")) == {"mr_brain1", "mr_head_t1w"}
+    assert set(datasets.names("train", "mri")) == {"mr_brain1", "mr_head_t1w", "mr_abdomen", "mr_brain_epi"}
     assert datasets.names("test", "mri") == ["mr_brain2"]
     for s in datasets.SCANS.values():
         assert s.role in ("train", "test") and s.modality in ("ct", "mri", "mri-kspace")

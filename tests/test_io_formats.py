@@ -191,3 +191,18 @@ def test_killed_overwrite_keeps_the_old_output_and_the_next_run_cleans_up(tmp_pa
         with atomic_path(dest) as tmp:
             pass
     assert _visible(dest) == ["b"]
+
+
+def test_central_window_keeps_every_voxel_where_it_was():
+    """Volume.central_window (the benchmarks' field of view inside the body): the window's voxels keep their
+    world positions under an oblique direction and anisotropic pixels; a side shorter than the window stays."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    vol = Volume(rng.normal(size=(3, 40, 30)).astype(np.float32), spacing=(0.5, 2.0, 3.0),
+                 origin=(10.0, -5.0, 7.0), direction=q)
+    win = vol.central_window(20.0)  # 20 mm: 10 rows of 2 mm, 40 columns of 0.5 mm > 30: all columns
+    assert win.shape == (3, 10, 30)
+    i0 = (40 - 10) // 2
+    assert np.array_equal(win.data, vol.data[:, i0:i0 + 10, :])
+    idx = np.array([[3.0, 4.0, 2.0], [29.0, 0.0, 0.0]])  # (x, y, z) in the window
+    assert np.allclose(win.world_lps(idx), vol.world_lps(idx + [0.0, i0, 0.0]))

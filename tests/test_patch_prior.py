@@ -124,6 +124,26 @@ def test_brightness_augmentation_scales_about_physical_zero_within_the_range():
                for p in plain)  # no range: the slices unchanged
 
 
+def test_fov_crop_positions_refer_to_a_random_window_that_holds_the_patch():
+    """--fov-crop: the patch is still a block of the slice, but its positions are those of a random window
+    (between the patch and the slice in size) taken as the whole slice: steeper, and -1/+1 at the window's
+    edges, which may lie inside the slice; fov_crop 0 keeps the whole slice's positions."""
+    vol = torch.rand(2, 1, 32, 32) * 2 - 1
+    data = prepare_volumes([Volume(vol[:, 0].numpy() * 1000.0, spacing=(1.0, 1.0, 1.0))], CT)
+    kw = dict(sizes=(16,), pixels=64 * 16 * 16, spacing_range=(1.0, 1.0), rotate_deg=0, flip=False, jitter=0)
+    patches, pos = PatchSampler(data, fov_crop=1.0, **kw).sample(torch.Generator().manual_seed(0))
+    slope_x = (pos[:, 0, 0, 1] - pos[:, 0, 0, 0]).numpy()  # 2 / (window width - 1)
+    widths = 1 + 2 / slope_x
+    assert np.allclose(widths, np.round(widths), atol=1e-3) and widths.min() >= 16 - 1e-3 and widths.max() <= 32.001
+    assert (widths < 31).mean() > 0.5  # most windows are smaller than the slice
+    assert pos.min() >= -1 - 1e-5 and pos.max() <= 1 + 1e-5  # the patch lies inside its window
+    blocks = [v[0, i:i + 16, j:j + 16] for v in data.volumes[0] for i in range(17) for j in range(17)]
+    for p in patches:  # still a block of one of the slices
+        assert min(float((p[0] - b).abs().max()) for b in blocks) < 1e-5
+    _, whole = PatchSampler(data, **kw).sample(torch.Generator().manual_seed(0))
+    assert torch.allclose(whole[:, 0, 0, 1] - whole[:, 0, 0, 0], torch.tensor(2 / 31))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     rng = np.random.default_rng(0)

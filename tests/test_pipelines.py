@@ -247,6 +247,10 @@ def test_native_grid_by_default_and_domain_checks(tmp_path, ct_nifti, mr_nifti, 
 
     with pytest.raises(InputError, match="do not look like CT in HU"):
         Problem.build(cfg, read_volume(mr_nifti))
+    with pytest.raises(InputError, match="do not look like CT in HU"):  # attenuation values (1/mm), not HU
+        Problem.build(cfg, v.with_data(np.clip(v.data, -1000, None) * 1.9e-5 + 0.019))
+    inside = v.with_data(np.where(v.data < -120, -120.0, v.data))  # a field of view inside the body: fat, no air
+    Problem.build(cfg, inside)
     mr_series = tmp_path / "mr"
     write_dicom_series(read_volume(mr_nifti), mr_series, modality="MR")
     with pytest.raises(InputError, match="a MR series, but the config is for ct: use a mri config"):
@@ -412,3 +416,13 @@ def test_the_fast_sampler_gets_its_ending_from_the_config(ct_nifti, monkeypatch)
     monkeypatch.setattr(Problem, "warm_start", lambda self, s: pytest.fail("the warm start ran before the check"))
     with pytest.raises(InputError, match="end_sigma 0.9 is not below the warm start's start_sigma 0.8"):
         Problem.build(cfg, read_volume(ct_nifti), prior=prior, resample=True).solve()
+
+
+def test_comparison_table_of_a_single_slice_has_dashes_for_the_missing_planes():
+    """One slice has no coronal or sagittal plane: the table says so instead of failing (bench_real on CT_small)."""
+    from pipelines.compare import MethodResult, markdown_table
+    m = {"psnr": {"axial": 25.614, "coronal": None, "sagittal": None},
+         "ssim": {"axial": 0.6691, "coronal": None, "sagittal": None}}
+    r = MethodResult("fast", "fast", None, m, 51, 0, 11.94, 12.0)
+    row = markdown_table([r]).strip().splitlines()[-1]
+    assert row == "| fast | 25.61 | – | – | 0.669 | – | – | 51 | 0 | 11.9 | 12 |"

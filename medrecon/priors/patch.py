@@ -212,15 +212,19 @@ class PatchSampler:
     sampling (bilinear) from a 2x box-filtered pyramid level at most 2x finer than the target. Intensity
     jitter x -> x (1 + a) + b, a, b ~ U(-j, j); before it, with ``scale_range`` (lo, hi), a brightness scale
     x -> o + c (x - o), c ~ log-uniform over [lo, hi], about ``scale_origin`` o (the model value of physical 0:
-    an MR magnitude image c times as bright). ``context`` k > 0 (2.5D): each patch also carries the same
+    an MR magnitude image c times as bright). With probability ``fov_crop`` the rescaled slice is first cut to a
+    random window (each side uniform between P and the slice's, placed uniformly) that then counts as the whole
+    slice for the positions: scans whose field of view cuts through the body have no air at their edges, and a
+    prior that only saw whole bodies paints a skin line there. ``context`` k > 0 (2.5D): each patch also carries the same
     region of the k slices below and the k above (channels 1..2k; the volume's edge slice repeats past its
     ends), their order reversed with probability 1/2 (z flip)."""
 
     def __init__(self, data: PatchData, sizes=(16, 32, 64), probs=None, pixels: int = 8 * 64 * 64,
                  spacing_range=(0.7, 4.0), max_upsample: float = 1.25, rotate_deg: float = 10.0,
                  flip: bool = True, jitter: float = 0.02, max_batch: int = 256, context: int = 0,
-                 scale_range=None, scale_origin: float = 0.0):
+                 scale_range=None, scale_origin: float = 0.0, fov_crop: float = 0.0):
         self.context = int(context)
+        self.fov_crop = float(fov_crop)
         self.scale_range = tuple(float(v) for v in scale_range) if scale_range else None
         self.scale_origin = float(scale_origin)
         self.sizes = [int(s) for s in sizes]
@@ -249,7 +253,7 @@ class PatchSampler:
         p = size or self.sizes[int(torch.multinomial(self.probs, 1, generator=gen))]
         b = self.batch_size(p)
         vols = torch.multinomial(self.vol_probs, b, replacement=True, generator=gen).tolist()
-        u = torch.rand(b, 7, generator=gen, dtype=torch.float64).numpy()
+        u = torch.rand(b, 12 if self.fov_crop else 7, generator=gen, dtype=torch.float64).numpy()
         xs, ps = [], []
         for k, v in enumerate(vols):
             x, pos = self._one(v, p, u[k])
@@ -276,13 +280,17 @@ class PatchSampler:
         self.used_spacing = [min(self.used_spacing[0], s), max(self.used_spacing[1], s)]
         h1, w1 = max(p, int(h0 * sy0 / s)), max(p, int(w0 * sx0 / s))
         z = min(int(u[1] * z_n), z_n - 1)
-        i1 = min(int(u[2] * (h1 - p + 1)), h1 - p)
-        j1 = min(int(u[3] * (w1 - p + 1)), w1 - p)
+        hc, wc, oi, oj = h1, w1, 0, 0  # the window that counts as the slice (fov_crop), its offset
+        if len(u) > 7 and u[7] < self.fov_crop:
+            hc, wc = p + min(int(u[8] * (h1 - p + 1)), h1 - p), p + min(int(u[9] * (w1 - p + 1)), w1 - p)
+            oi, oj = min(int(u[10] * (h1 - hc + 1)), h1 - hc), min(int(u[11] * (w1 - wc + 1)), w1 - wc)
+        i1 = oi + min(int(u[2] * (hc - p + 1)), hc - p)
+        j1 = oj + min(int(u[3] * (wc - p + 1)), wc - p)
         theta = math.radians((2 * u[4] - 1) * self.rotate_deg)
         flip = self.flip and u[5] < 0.5
         r = torch.arange(p, dtype=torch.float32)
         rows, cols = i1 + r, j1 + r
-        pos = slice_positions(rows, cols, h1, w1)
+        pos = slice_positions(rows - oi, cols - oj, hc, wc)
         # output pixel (centred, in output pixels) -> rotated -> source pixel of level 0
         uu = (rows - (h1 - 1) / 2)[:, None].expand(p, p)
         ww = (cols - (w1 - 1) / 2)[None, :].expand(p, p)

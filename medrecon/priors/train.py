@@ -68,6 +68,7 @@ class TrainOptions:
     p_std: float = 1.2
     flip: bool = True  # left-right flips
     intensity_jitter: float = 0.02  # x -> x * (1 + a) + b, a, b ~ U(-j, j), in the model range
+    fov_crop: float = 0.0  # patch: probability that a slice is cut to a random smaller field of view first
     intensity_scale: tuple | None = None  # patch: brightness c ~ log-U(lo, hi) about physical 0 (MR magnitude)
     patch_sizes: tuple = (16, 32, 64)  # patch: training patch sizes (each divisible by 2^(levels-1))
     patch_probs: tuple | None = None  # patch: probability of each size (None: equal)
@@ -256,7 +257,8 @@ class _PatchTrainer(_Trainer):
                                     spacing_range=opts.pixel_spacing_range, max_upsample=opts.max_upsample,
                                     rotate_deg=opts.rotate_deg, flip=opts.flip, jitter=opts.intensity_jitter,
                                     context=opts.context_slices, scale_range=opts.intensity_scale,
-                                    scale_origin=IntensityMap.from_dict(data.intensity).to_model(0.0))
+                                    scale_origin=IntensityMap.from_dict(data.intensity).to_model(0.0),
+                                    fov_crop=opts.fov_crop)
         super().__init__(data, out, opts, command)
 
     def network_config(self) -> dict:
@@ -309,7 +311,7 @@ class _PatchTrainer(_Trainer):
                                               "flip": "left-right" if o.flip else None,
                                               "intensity_jitter": o.intensity_jitter,
                                               "intensity_scale": list(o.intensity_scale) if o.intensity_scale
-                                              else None}}}
+                                              else None, "fov_crop": o.fov_crop}}}
 
 
 def init_weights(model: torch.nn.Module, prior_dir: str | Path) -> None:

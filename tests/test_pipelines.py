@@ -426,3 +426,17 @@ def test_comparison_table_of_a_single_slice_has_dashes_for_the_missing_planes():
     r = MethodResult("fast", "fast", None, m, 51, 0, 11.94, 12.0)
     row = markdown_table([r]).strip().splitlines()[-1]
     assert row == "| fast | 25.61 | – | – | 0.669 | – | – | 51 | 0 | 11.9 | 12 |"
+
+
+def test_finer_grid_of_the_same_field_of_view_keeps_a_body_cut_by_the_edge():
+    """The simulation projects a 2x finer grid of the reconstruction's field of view: its outer samples lie
+    within the source's outer pixels (a quarter pixel beyond their centres) and must take their values, not
+    the padding — else a body cut by the field of view loses a rim in the data. Beyond the pixels: padding."""
+    from pipelines.simulate import resample_inplane
+    data = np.full((1, 30, 30), 40.0, np.float32)
+    data[0, 0, 0] = -1000.0  # the minimum, i.e. the padding value
+    vol = Volume(data, spacing=(1.0, 1.0, 2.0))
+    fine = resample_inplane(vol, 60, 0.5).data[0]
+    assert np.all(fine[3:, :] == 40.0) and np.all(fine[:, 3:] == 40.0)  # every edge but the air corner
+    wide = resample_inplane(vol, 40, 1.0).data[0]  # 5 mm beyond the source on each side: padding there
+    assert np.all(wide[:4] == -1000.0) and np.all(wide[:, -4:] == -1000.0) and wide[20, 20] == 40.0

@@ -15,7 +15,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 
 from medrecon.volume import Volume
 from operators.ct import MU_WATER, hu_to_mu, make_geometry, noisy_line_integrals, pixel_unit_projector
-from operators.mri import fftc, make_mask, synthetic_coil_maps
+from operators.mri import fftc, ifftc, make_mask, synthetic_coil_maps
 
 from .config import Config
 from .measurement import Measurement
@@ -88,21 +88,30 @@ def simulate_mri(cfg: Config, src: Volume, size: int, pixel_mm: float | None = N
     s = ref.spacing[0]
     fine = (resample_inplane(src, size * f, s / f).data / scale) if f > 1 else ref.data
     three_d = cfg.mri.mode == "3d"
+    dims = (-3, -2, -1) if three_d else (-2, -1)
     img = torch.from_numpy(fine.astype(np.float32)).to(torch.complex64)  # (Z, H, W)
+    lo = (size * f - size) // 2
+
+    def k_space(x):  # the fine grid's k-space, its central size x size (the reconstruction grid's band)
+        return fftc(x, dims)[..., lo:lo + size, lo:lo + size] / f
+
+    k = k_space(img)
+    # The reference is the image these data hold: the fine image limited to the grid's band (what a fully
+    # sampled, noise-free acquisition reconstructs), not an interpolation of it, which no data can reach.
+    band = ifftc(k, dims)
+    ref = ref.with_data(band.abs().numpy() if cfg.mri.image == "complex" else band.real.numpy())
     maps = None
     if cfg.mri.coils == "multi":
         maps = synthetic_coil_maps(cfg.mri.n_coils, (size, size))
         maps_fine = torch.from_numpy(synthetic_coil_maps(cfg.mri.n_coils, (size * f, size * f)))
-        img = maps_fine[None] * img[:, None] if not three_d else maps_fine[:, None] * img[None]
-    k = fftc(img, (-3, -2, -1) if three_d else (-2, -1))
-    lo = (size * f - size) // 2
-    k = k[..., lo:lo + size, lo:lo + size] / f
+        k = k_space(maps_fine[None] * img[:, None] if not three_d else maps_fine[:, None] * img[None])
     mask = np.asarray(mri_mask(cfg, ref.shape if three_d else (size, size)), bool)
     g = torch.Generator().manual_seed(cfg.noise.seed)
     if cfg.noise.kind == "complex_gaussian" and cfg.noise.sigma > 0:
         k = k + cfg.noise.sigma * torch.complex(torch.randn(k.shape, generator=g), torch.randn(k.shape, generator=g))
     y = (k * torch.from_numpy(mask)).numpy().astype(np.complex64)
     info = {"units": "k-space of the normalised magnitude (centred orthonormal FFT)", "scale": scale,
+            "reference": "the fine image limited to the grid's k-space band (a fully sampled, noise-free scan)",
             "noise": cfg.noise.model_dump(), "upsample": f, "layout": cfg.mri.mode, "reference_unit": "normalised"}
     return ref, Measurement("mri", y, ref.with_data(np.zeros(ref.shape)), None, mask, maps, info)
 

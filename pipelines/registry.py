@@ -50,7 +50,8 @@ WARM_START_DEFAULTS = {"ct": {"method": "admm_tv", "start_sigma": 0.8, "lam": 1.
 #: (mr_head_t1w x4; a first variant that scaled the in-plane differences instead of their threshold) 0 / 0.0003 /
 #: 0.001 / 0.003: 28.14 / 27.94 / 27.36 / 26.60 dB.
 FAST_ZTV = {"ct": {"lam": 0.5, "rho": 10.0, "at_slice_mm": 1.5},
-            "mri": {"lam": 0.05, "rho": 10.0, "at_slice_mm": 0.94, "same_mask_scale": 0.01}}
+            "mri": {"lam": 0.05, "rho": 10.0, "at_slice_mm": 0.94, "same_mask_scale": 0.01,
+                    "rho_follows_spacing": True}}  # rho too: ninth session, mr_brain1 (6.5 mm) x4 / x8 (README)
 #: DiffusionMBIR's own warm start over WARM_START_DEFAULTS: its Langevin corrector adds noise that 20 steps from
 #: sigma 0.8 do not remove. CT, ct_chest_contrast, 8 views, 2 mm, 20 steps: start_sigma 0.8 / 0.3 gave 21.73 /
 #: 22.93 dB (snr 0.04: 21.80 / 22.92; ADMM-TV 3D 22.74).
@@ -76,20 +77,27 @@ class ADMM(Section):
     # MRI data whose slices share one k-space mask: lam and rho are multiplied by this (their aliasing is the same
     # on every slice, which z-TV cannot remove, and a strong penalty holds on to the warm start's); null: 1
     same_mask_scale: Optional[float] = Field(None, gt=0)
+    # rho follows the slice spacing as lam does (x at_slice_mm / the data's): the ADMM coupling of thick slices,
+    # whose z-differences are large, weakens with their weight; null: rho as is
+    rho_follows_spacing: Optional[bool] = None
     # in-plane TV weight inside a diffusion sampler's ADMM step (lam_xy (|D_y x| + |D_x x|), rho shared); null: the
     # registry's default (0 for the classical admm_tv: its tv key chooses the axes)
     lam_xy: Optional[float] = Field(None, ge=0)
     #: defaults filled only together with the key they belong to: a lam the user sets is used as is
-    TIED: ClassVar[dict] = {"at_slice_mm": "lam", "same_mask_scale": "lam"}
+    TIED: ClassVar[dict] = {"at_slice_mm": "lam", "same_mask_scale": "lam", "rho_follows_spacing": "lam"}
+
+    def spacing_factor(self, slice_mm: float) -> float:
+        return self.at_slice_mm / slice_mm if self.at_slice_mm and slice_mm > 0 else 1.0
 
     def weight(self, slice_mm: float) -> float:
         """The z-TV weight for slices ``slice_mm`` apart."""
-        return self.lam * (self.at_slice_mm / slice_mm if self.at_slice_mm and slice_mm > 0 else 1.0)
+        return self.lam * self.spacing_factor(slice_mm)
 
     def weights(self, slice_mm: float, same_mask: bool = False) -> tuple[float, float]:
         """(lam, rho) of z-TV for slices ``slice_mm`` apart, on data whose slices share one mask or not."""
         scale = self.same_mask_scale if same_mask and self.same_mask_scale else 1.0
-        return self.weight(slice_mm) * scale, self.rho * scale
+        rho = self.rho * (self.spacing_factor(slice_mm) if self.rho_follows_spacing else 1.0)
+        return self.weight(slice_mm) * scale, rho * scale
 
 
 class _Solver(Section):
@@ -235,7 +243,7 @@ class SolverSpec:
         if issubclass(self.settings, _Iterative):
             out["n_cg"] = self.sampler.default_n_cg if self.sampler else self.n_cg
         if self.z_tv != "none":
-            admm = {"at_slice_mm": None, "same_mask_scale": None, "lam_xy": 0.0,
+            admm = {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None, "lam_xy": 0.0,
                     **(self.admm or {}).get(modality, ADMM_DEFAULTS[modality])}
             out["admm"] = {**admm, "lam": admm["lam"] if self.z_tv == "default" else 0.0}
         if issubclass(self.settings, _FastEnding):

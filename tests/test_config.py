@@ -20,8 +20,8 @@ def test_bundled_configs_validate(name):
     assert cfg.solver.steps == 50 and cfg.solver.n_cg == 5  # fast sampler defaults
     adm = cfg.solver.admm
     inplane = 0.1 if name in ("sparse_view_ct_4", "sparse_view_ct_2") else 0.0  # the configs' own (README)
-    assert adm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, **FAST_ZTV[cfg.modality],
-                                "lam_xy": inplane}
+    assert adm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None,
+                                **FAST_ZTV[cfg.modality], "lam_xy": inplane}
     assert cfg.solver.warm_start.method == "admm_tv"  # the default starts from the classical solution
     assert cfg.solver.end_sigma == (0.02 if name == "sparse_view_ct_8" else None)  # 8 views: tuned (README)
     assert cfg.solver.final_sigma == 0.02
@@ -132,6 +132,10 @@ def test_ztv_of_mri_slices_sharing_one_mask_is_weaker():
     lam, rho, at_mm, scale = (FAST_ZTV["mri"][k] for k in ("lam", "rho", "at_slice_mm", "same_mask_scale"))
     assert adm.weights(at_mm, same_mask=False) == (pytest.approx(lam), rho)
     assert adm.weights(at_mm, same_mask=True) == (pytest.approx(lam * scale), pytest.approx(rho * scale))
+    # thicker slices: lam and (MRI) rho both follow the spacing, so the threshold lam / rho stays
+    assert adm.weights(4 * at_mm, same_mask=True) == (pytest.approx(lam * scale / 4), pytest.approx(rho * scale / 4))
+    ct = load_config("sparse_view_ct_8", check_files=False).resolved().solver.admm  # CT: rho as is
+    assert ct.weights(2 * ct.at_slice_mm) == (pytest.approx(ct.lam / 2), ct.rho)
 
 
 def test_diffusion_mbir_has_its_own_ct_warm_start():

@@ -174,7 +174,7 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
     lam, rho, at_mm, scale = (FAST_ZTV["mri"][k] for k in ("lam", "rho", "at_slice_mm", "same_mask_scale"))
     # one simulated mask for all slices: same_mask
     assert zt["same_mask"] and zt["lam"] == pytest.approx(lam * scale * at_mm / zt["slice_mm"])
-    assert zt["rho"] == pytest.approx(rho * scale)
+    assert zt["rho"] == pytest.approx(rho * scale * at_mm / zt["slice_mm"])  # rho follows the spacing too (MRI)
     assert zt["lam_xy"] == 0.0  # no in-plane TV on MRI
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["sample1_step_00004.nii.gz", "sample1_step_00008.nii.gz",
                                                                        "step_00004.nii.gz", "step_00008.nii.gz"]

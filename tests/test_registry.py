@@ -32,7 +32,8 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
         assert s.final_sigma == FAST_END[modality]["final_sigma"]
     if spec.z_tv == "default":
         own = (spec.admm or {}).get(modality, ADMM_DEFAULTS[modality])
-        assert s.admm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "lam_xy": 0.0, **own}
+        assert s.admm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None, "lam_xy": 0.0,
+                                           **own}
     elif spec.z_tv == "optional":
         assert s.admm.lam == 0.0
     else:

@@ -170,10 +170,11 @@ def train(
         raise InputError(f"datasets {', '.join(overlap)} are both trained on and held out: drop them from one list")
     if context_slices and arch != Arch.patch:
         raise InputError("--context-slices needs --arch patch (2.5D patches); drop it for a whole-slice prior")
+    scale = tuple(intensity_scale) if tuple(intensity_scale) != (1.0, 1.0) else None  # (1, 1): none
     if min(intensity_scale) <= 0 or intensity_scale[0] > intensity_scale[1]:
         raise InputError(f"--intensity-scale {intensity_scale[0]} {intensity_scale[1]}: give 0 < LO <= HI, "
                          "e.g. 0.5 1.1")
-    if intensity_scale != (1.0, 1.0) and arch != Arch.patch:
+    if scale and arch != Arch.patch:
         raise InputError("--intensity-scale needs --arch patch; drop it for a whole-slice prior")
     if fov_crop and arch != Arch.patch:
         raise InputError("--fov-crop needs --arch patch; drop it for a whole-slice prior")
@@ -187,8 +188,7 @@ def train(
                         patch_sizes=sizes, pixel_spacing_range=tuple(pixel_range), seed=seed, device=device,
                         amp=amp, checkpoint_every=checkpoint_every, heldout_every=heldout_every,
                         sample_every=sample_every or steps, context_slices=context_slices, init_from=init_from,
-                        intensity_scale=tuple(intensity_scale) if intensity_scale != (1.0, 1.0) else None,
-                        fov_crop=fov_crop)
+                        intensity_scale=scale, fov_crop=fov_crop)
     heldout, held_desc = None, None
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from medrecon.metrics import flat_metrics, per_axis_metrics
+from medrecon.metrics import AXES, flat_metrics, per_axis_metrics
 from medrecon.volume import Volume
 
 from .config import Config, load_config
@@ -136,9 +136,6 @@ def compare_methods(config, source: Volume, methods: dict[str, dict], common=(),
         if echo:
             echo(f"{label}: PSNR axial {metrics['psnr']['axial']:.2f} dB, {seconds:.1f} s")
     return problem.reference, results
-
-
-AXES = ("axial", "coronal", "sagittal")
 
 
 def _num(v, digits: int) -> str:

@@ -43,8 +43,7 @@ def resample_inplane(vol: Volume, size: int, pixel_size: float | None = None, or
     # the nearest values there; beyond them the padding. Constant mode alone also turned the outer half pixel into
     # air, so a finer grid of the same field of view (the simulation's) lost a rim of a body cut by the edge.
     outside = (yy < -0.5) | (yy > ny - 0.5) | (xx < -0.5) | (xx > nx - 0.5)
-    coords = [np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)]
-    out = np.stack([np.where(outside, pad, map_coordinates(s, coords, order=order, mode="nearest")) for s in data])
+    out = np.stack([np.where(outside, pad, map_coordinates(s, [yy, xx], order=order, mode="nearest")) for s in data])
     origin = vol.world_lps([cx[0], cy[0], 0.0])
     return Volume(out, (pixel_size, pixel_size, sz), tuple(origin), vol.direction, dict(vol.meta))
 

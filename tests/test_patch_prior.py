@@ -106,7 +106,7 @@ def test_position_channels_at_corners_and_in_sampled_patches():
 
 def test_brightness_augmentation_scales_about_physical_zero_within_the_range():
     """--intensity-scale: each patch is the slice c times as bright in physical units (about physical 0, not
-    the model's 0), one c per patch, log-uniform over [lo, hi]; lo = hi = 1 draws nothing."""
+    the model's 0), one c per patch, log-uniform over [lo, hi]; no range draws nothing, lo = hi that factor."""
     mr = {"physical_min": 0.0, "physical_max": 1.0, "unit": "normalised"}
     vol = np.random.default_rng(0).uniform(0.05, 1.0, (2, 16, 16)).astype(np.float32)
     data = prepare_volumes([Volume(vol, spacing=(1.0, 1.0, 1.0))], mr)
@@ -122,6 +122,9 @@ def test_brightness_augmentation_scales_about_physical_zero_within_the_range():
     assert c.min() < 0.6 and c.max() > 0.95  # spread over the range, not one value
     assert all(min(float((p[0] - torch.from_numpy(v) * 2 + 1).abs().max()) for v in vol) < 1e-5
                for p in plain)  # no range: the slices unchanged
+    fixed, _ = PatchSampler(data, scale_range=(0.8, 0.8), scale_origin=origin, **kw).sample(torch.Generator())
+    assert all(min(float(((p[0] + 1) / 2 - 0.8 * torch.from_numpy(v)).abs().max()) for v in vol) < 1e-5
+               for p in fixed)  # lo = hi: that one factor for every patch, not none
 
 
 def test_fov_crop_positions_refer_to_a_random_window_that_holds_the_patch():

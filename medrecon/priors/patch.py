@@ -260,7 +260,7 @@ class PatchSampler:
             xs.append(x)
             ps.append(pos)
         x = torch.stack(xs)
-        if self.scale_range and self.scale_range[0] != self.scale_range[1]:
+        if self.scale_range:
             lo, hi = (math.log(v) for v in self.scale_range)
             c = torch.exp(lo + torch.rand(b, 1, 1, 1, generator=gen) * (hi - lo))
             x = self.scale_origin + c * (x - self.scale_origin)

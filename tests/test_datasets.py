@@ -12,7 +12,7 @@ from pipelines.datasets import Scan
 
 def test_registry_split_and_provenance():
     assert set(datasets.names("test", "ct")) == {"ct_lung2", "ct_abdomen_dicom"}
-    assert set(datasets.names("train", "ct")) == {"ct_chest_contrast", "ct_abdomen", "ct_lung1"}
+    assert set(datasets.names("train", "ct")) == {"ct_chest_contrast", "ct_abdomen", "ct_lung1", "ct_head"}
     assert set(datasets.names("train", "mri")) == {"mr_brain1", "mr_head_t1w", "mr_abdomen", "mr_brain_epi"}
     assert datasets.names("test", "mri") == ["mr_brain2"]
     for s in datasets.SCANS.values():
@@ -20,7 +20,7 @@ def test_registry_split_and_provenance():
         digests = s.sha256.values() if isinstance(s.sha256, dict) else [s.sha256]
         assert all(len(d) == 64 and int(d, 16) >= 0 for d in digests)
         prov = s.provenance
-        assert prov["source"].startswith(f"{s.package}=={s.version}") and len(prov["sha256"]) == 64
+        assert prov["source"].startswith(s.requirement) and s.version in s.requirement and len(prov["sha256"]) == 64
     assert len(datasets.SCANS["ct_abdomen_dicom"].sha256) == 20
     with pytest.raises(InputError, match="unknown dataset 'nope'"):
         datasets.scan("nope")
@@ -90,6 +90,57 @@ def test_checksum_mismatch_names_the_member(fake, monkeypatch):
                                                              "0" * 64, "ct", "train"))
     with pytest.raises(InputError, match="has no member 'data/none.nrrd'"):
         datasets.fetch(["fake_missing"], cache_dir=cache, echo=lambda m: None)
+
+
+def _tar_bytes(files: dict, mode: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for rel, data in files.items():
+            info = tarfile.TarInfo(rel)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _ar(members: dict) -> bytes:
+    """A Debian package's ar container."""
+    out = b"!<arch>\n"
+    for name, data in members.items():
+        out += f"{name + '/':16s}{0:<12d}{0:<6d}{0:<6d}{'100644':8s}{len(data):<10d}`\n".encode() + data
+        out += b"\n" if len(data) % 2 else b""
+    return out
+
+
+def test_debian_scan_is_read_flipped_to_anterior_up_and_verified(tmp_path, monkeypatch):
+    import numpy as np
+
+    from medrecon.io import read_volume
+
+    vol = np.arange(2 * 3 * 4, dtype="<i2").reshape(2, 3, 4) - 1000  # (z, y, x), HU
+    raw = vol.tobytes()
+    project = _tar_bytes({"tmpx/matrix.dat": raw, "tmpx/main.plist": b"<plist/>"}, "w:gz")
+    data = _tar_bytes({"./usr/share/doc/x/Head.inv3": project}, "w:xz")
+    cache = tmp_path / "cache"
+    (cache / "debs").mkdir(parents=True)
+    (cache / "debs" / "fake-examples_1.0-1_all.deb").write_bytes(
+        _ar({"debian-binary": b"2.0\n", "control.tar.xz": _tar_bytes({}, "w:xz"), "data.tar.xz": data}))
+    flipped = np.ascontiguousarray(vol[:, ::-1, :]).tobytes()
+    scan = Scan("fake_deb", "fake-examples", "1.0-1", "usr/share/doc/x/Head.inv3:tmpx/matrix.dat",
+                {"Head.raw": _sha(flipped)}, "ct", "train", registry="debian",
+                extra={"pool": "main/f/fake", "source_sha256": _sha(raw), "shape_zyx": (2, 3, 4),
+                       "spacing_xyz": (0.5, 0.5, 2.0)})
+    monkeypatch.setitem(datasets.SCANS, "fake_deb", scan)
+    got = datasets.fetch(["fake_deb"], cache_dir=cache, echo=lambda m: None)["fake_deb"]
+    assert got.name == "Head.mhd" and datasets.verify("fake_deb", cache) == got
+    v = read_volume(got)
+    assert v.spacing == (0.5, 0.5, 2.0)
+    np.testing.assert_array_equal(v.data, vol[:, ::-1, :].astype(np.float32))
+    assert scan.provenance["source"].startswith("Debian fake-examples 1.0-1")
+    bad = Scan(**{**scan.__dict__, "extra": {**scan.extra, "source_sha256": "0" * 64}})
+    monkeypatch.setitem(datasets.SCANS, "fake_deb", bad)
+    (cache / "fake_deb" / "Head.raw").unlink()
+    with pytest.raises(InputError, match=r"fake-examples_1.0-1_all.deb:tmpx/matrix.dat: SHA-256 mismatch"):
+        datasets.fetch(["fake_deb"], cache_dir=cache, echo=lambda m: None)
 
 
 def test_cache_dir_from_environment(monkeypatch, tmp_path):

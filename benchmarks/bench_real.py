@@ -43,11 +43,14 @@ PRIOR = {"ct": "bundled:ct_patch", "mri": "bundled:mri_patch"}
 
 
 def load(name: str, slices: int, fov_mm: float | None = None):
-    """The central slab of a registered scan (or pydicom's CT_small), cut to a central ``fov_mm`` window."""
+    """The central slab of a registered scan (or pydicom's CT_small, or a volume file), cut to a central ``fov_mm``
+    window."""
     if name == "ct_small":
         from pydicom.data import get_testdata_file
 
         vol = read_volume(get_testdata_file("CT_small.dcm"))
+    elif Path(name).exists():
+        vol = read_volume(name)
     else:
         vol = read_volume(datasets.path(name))
     vol = vol.central_slab(slices)
@@ -89,7 +92,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=["ct8", "ct4"], choices=list(CASES))
     ap.add_argument("--scans", nargs="+", default=None, help="test scans (default: the held-out ones; also "
-                                                               "ct_small, pydicom's CT_small.dcm)")
+                                                               "ct_small, pydicom's CT_small.dcm, or a volume file)")
     ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--pixel", type=float, default=2.0, help="reconstruction pixel size in mm (inside the "
                                                              "prior's trained range)")
@@ -102,7 +105,9 @@ def main(argv=None):
     ap.add_argument("--mbir-steps", type=int, default=0, help="also DiffusionMBIR with this many steps (0: off)")
     ap.add_argument("--ct-prior", default=PRIOR["ct"])
     ap.add_argument("--mri-prior", default=PRIOR["mri"])
-    ap.add_argument("--tuned", type=Path, default=None, help="reuse the tuning of an earlier real.json")
+    ap.add_argument("--tuned", type=Path, default=None, help="reuse the tuning of an earlier real.json (or a JSON "
+                    "{case: {tuned: {lam, start_sigma, scan[, warm_lam]}}}; warm_lam: the warm start's ADMM-TV "
+                    "weight when it differs from the baseline's lam)")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench_real")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -116,11 +121,12 @@ def main(argv=None):
         t0 = time.perf_counter()
         tuned = earlier.get(case, {}).get("tuned") or tune(config, modality, common, a.slices, a.fast_steps, a.fov)
         lam, s0 = tuned["lam"], tuned["start_sigma"]
+        warm_lam = tuned.get("warm_lam", lam)  # the warm start's own ADMM-TV weight, when tuned apart
         methods = {
             "FBP" if modality == "ct" else "zero-filled": {"name": "fbp" if modality == "ct" else "zero_filled"},
             f"ADMM-TV 3D (lam {lam:g})": admm_tv_settings(lam),
-            "2D prior only (warm, no z-TV)": fast(a.fast_steps, lam, s0, name="slicewise_fast"),
-            "fast + z-TV (warm)": fast(a.fast_steps, lam, s0),
+            "2D prior only (warm, no z-TV)": fast(a.fast_steps, warm_lam, s0, name="slicewise_fast"),
+            "fast + z-TV (warm)": fast(a.fast_steps, warm_lam, s0),
         }
         if a.cv:
             methods["fast + z-TV + CV (warm)"] = {**fast(a.fast_steps, lam, s0), "cross_validate": {"enabled": True}}
@@ -131,6 +137,7 @@ def main(argv=None):
                 "name": "diffusion_mbir", "steps": a.mbir_steps, "warm_start": {"method": "admm_tv", "lam": lam}}
         for scan in a.scans or TEST_SCANS[modality]:
             vol = load(scan, a.slices, a.fov)
+            scan = Path(scan).name.split(".")[0] if Path(scan).exists() else scan  # a file: named by its stem
             ref, res = compare_methods(config, vol, methods, common, echo=lambda m: print(f"[{case} {scan}] {m}",
                                                                                           flush=True))
             preview_grid([("reference", ref)] + [(r.label, r.volume) for r in res], a.out / f"{case}_{scan}.png",

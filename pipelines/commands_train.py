@@ -115,6 +115,8 @@ def train(
     batch_size: int = typer.Option(16, "--batch-size", help="unet: slices per step; patch: patches of the largest "
                                    "size per step (smaller sizes get proportionally more)."),
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (after a linear warm-up)."),
+    lr_final: Optional[float] = typer.Option(None, "--lr-final", help="Cosine decay of the learning rate from "
+                                             "--lr to this at the last step (default: constant)."),
     channels: str = typer.Option("32,64,128,128", "--channels", help="UNet widths per level, comma separated."),
     layers_per_block: int = typer.Option(1, "--layers-per-block"),
     attention: Optional[bool] = typer.Option(None, "--attention/--no-attention", help="Self-attention at the "
@@ -184,7 +186,8 @@ def train(
         init_from = str(resolve_prior_path(init_from))
     imap, pct = training_intensity(modality, hu_window, mri_percentile)
     opts = TrainOptions(arch=arch.value, image_size=image_size, channels=widths, layers_per_block=layers_per_block,
-                        attention=attention, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
+                        attention=attention, steps=steps, batch_size=batch_size, lr=lr, lr_final=lr_final,
+                        ema_decay=ema_decay,
                         patch_sizes=sizes, pixel_spacing_range=tuple(pixel_range), seed=seed, device=device,
                         amp=amp, checkpoint_every=checkpoint_every, heldout_every=heldout_every,
                         sample_every=sample_every or steps, context_slices=context_slices, init_from=init_from,

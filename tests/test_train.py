@@ -10,7 +10,7 @@ import torch
 
 from medrecon.errors import InputError
 from medrecon.priors import load_prior, read_model_card
-from medrecon.priors.train import TrainOptions, heldout_loss, train_prior
+from medrecon.priors.train import TrainOptions, heldout_loss, learning_rate, train_prior
 from medrecon.priors.training_data import prepare_slices
 from medrecon.volume import Volume
 
@@ -167,3 +167,16 @@ def test_find_volume_paths_discovers_volume_files_and_dicom_folders(tmp_path):
     assert found == [tmp_path / "a" / "x.nii.gz", tmp_path / "a" / "y.nrrd", tmp_path / "a" / "series"]
     with pytest.raises(InputError, match="no such file or folder"):
         find_volume_paths([tmp_path / "missing"])
+
+
+def test_learning_rate_warms_up_then_stays_or_decays_by_cosine():
+    """Linear warm-up to lr; constant without lr_final; with it, a cosine that ends at lr_final on the
+    last step, passes the mean halfway and never rises."""
+    o = TrainOptions(steps=1000, lr=1e-3, warmup=100)
+    assert learning_rate(o, 0) == pytest.approx(1e-5) and learning_rate(o, 99) == pytest.approx(1e-3)
+    assert learning_rate(o, 999) == pytest.approx(1e-3)
+    c = replace(o, lr_final=1e-4)
+    lrs = [learning_rate(c, s) for s in range(100, 1000)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
+    assert learning_rate(c, 100 + 899 // 2) == pytest.approx(5.5e-4, rel=1e-2)
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))

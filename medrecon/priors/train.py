@@ -61,6 +61,7 @@ class TrainOptions:
     batch_size: int = 16  # unet: slices per step; patch: patches of the largest size per step (smaller: more)
     lr: float = 2e-4
     warmup: int = 200  # steps of linear lr warm-up (at most steps // 10)
+    lr_final: float | None = None  # cosine decay from lr to this at the last step (None: constant lr)
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     sigma_data: float = 0.5
@@ -88,6 +89,17 @@ class TrainOptions:
     sample_every: int = 1000
     num_samples: int = 16
     sample_steps: int = 18
+
+
+def learning_rate(o: TrainOptions, step: int) -> float:
+    """Linear warm-up (at most a tenth of the run), then o.lr, or a cosine from o.lr to o.lr_final."""
+    warmup = max(1, min(o.warmup, o.steps // 10))
+    if step < warmup:
+        return o.lr * (step + 1) / warmup
+    if o.lr_final is None:
+        return o.lr
+    t = min(1.0, (step - warmup) / max(1, o.steps - 1 - warmup))
+    return o.lr_final + (o.lr - o.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def edm_loss(unet, x0: torch.Tensor, opts: TrainOptions, generator: torch.Generator | None = None,
@@ -184,9 +196,8 @@ class _Trainer:
 
     def train_step(self) -> float:
         o = self.opts
-        warmup = max(1, min(o.warmup, o.steps // 10))  # linear warm-up, at most a tenth of the run
         for grp in self.optim.param_groups:
-            grp["lr"] = o.lr * min(1.0, (self.step + 1) / warmup)
+            grp["lr"] = learning_rate(o, self.step)
         x0, cond = self.batch()
         context = x0[:, 1:] if o.context_slices else None  # a 2.5D batch: the slice, then its neighbours
         amp = o.amp and self.device.type == "cuda"

@@ -152,6 +152,9 @@ def train(
     from medrecon.device import resolve_device
 
     resolve_device(device)  # before the data are loaded: `--device cuda` without CUDA is one line, nothing written
+    if lr_final is not None and not 0 <= lr_final <= lr:
+        raise InputError(f"--lr-final {lr_final:g}: give a value in [0, --lr] ({lr:g}), "
+                         "or leave it out for a constant rate")
     if threads:
         torch.set_num_threads(threads)
     widths = _ints(channels, "--channels")

@@ -180,3 +180,12 @@ def test_learning_rate_warms_up_then_stays_or_decays_by_cosine():
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
     assert learning_rate(c, 100 + 899 // 2) == pytest.approx(5.5e-4, rel=1e-2)
     assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize("value", ["-1e-5", "1"])
+def test_cli_lr_final_outside_zero_to_lr_is_one_line_error(tmp_path, capsys, value):
+    from pipelines.cli import main
+
+    out = tmp_path / "prior"
+    assert main(["train", "--data", str(tmp_path), "--output", str(out), "--lr", "1e-4", "--lr-final", value]) == 2
+    assert "--lr-final" in capsys.readouterr().err and not out.exists()

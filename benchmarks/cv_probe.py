@@ -1,10 +1,10 @@
-"""Can cross-validation on held-out measurements tell which sampler variant suits a scan? For each training
-scan, the fast sampler with and without one variant of ``sampler_variants.py`` is fitted without the held-out
-views (``solver.cross_validate`` with one candidate) and scored on them, then run on all the data and scored
-against the reference. A usable criterion ranks the two the same way on every scan.
+"""Can cross-validation on held-out measurements tell which sampler suits a scan? For each training scan, the
+fast sampler with and without the two-scale denoiser of ``sampler_variants.py`` (``coarse``) is fitted without
+the held-out views (``solver.cross_validate`` with one candidate) and scored on them, then run on all the data
+and scored against the reference. A usable criterion ranks the two the same way on every scan.
 
     python benchmarks/cv_probe.py --case ct8 --scans ct_chest_contrast ct_lung1 ct_abdomen --warm 0.8:0.3 \
-        --variant coarse --tau 0.1 --keep-fine
+        --tau 0.1 --keep-fine
 """
 from __future__ import annotations
 
@@ -28,9 +28,8 @@ def main(argv=None):
     ap.add_argument("--scans", nargs="+", required=True)
     ap.add_argument("--warm", required=True, help="start_sigma:lam of the warm start")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--variant", default="coarse", choices=["coarse"])
-    ap.add_argument("--tau", type=float, default=0.1)
-    ap.add_argument("--keep-fine", action="store_true")
+    ap.add_argument("--tau", type=float, default=0.1, help="the two-scale denoiser above this noise level")
+    ap.add_argument("--keep-fine", action="store_true", help="keep the full-resolution high frequencies")
     a = ap.parse_args(argv)
     config, modality = CASES[a.case]
     sigma, lam = (float(v) for v in a.warm.split(":"))
@@ -42,7 +41,7 @@ def main(argv=None):
     print("| scan | run | held-out error | PSNR axial |\n|---|---|---|---|")
     for scan in a.scans:
         vol = load(scan, 6, None)
-        for label in ("default", f"{a.variant} {a.tau:g}{' keep-fine' if a.keep_fine else ''}"):
+        for label in ("default", f"coarse {a.tau:g}{' keep-fine' if a.keep_fine else ''}"):
             diffusion.DiffusionSolver.denoise = original
             if label != "default":
                 sampler_variants.coarse(a.tau, a.keep_fine)

@@ -146,6 +146,7 @@ def coarse(tau: float, keep_fine: bool):
     def two_scale(self, x, sigma, context=None):
         if sigma <= tau or x.is_complex() or context is not None:
             return denoise(self, x, sigma, context)
+
         def down(v):
             return F.interpolate(v.unsqueeze(1), scale_factor=0.5, mode="area").squeeze(1)
 

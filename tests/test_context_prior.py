@@ -154,3 +154,22 @@ def test_the_solver_gives_every_slice_its_own_neighbours_at_any_chunk_size():
         assert torch.equal(solver.denoise_volume(x, 0.3, chunk), want)
     xc = torch.complex(x, -x)  # complex volumes: real and imaginary parts with their own neighbours
     assert torch.equal(solver.denoise_volume(xc, 0.3, 2), torch.complex(want, -want))
+
+
+def test_a_wider_prior_started_from_a_narrow_one_is_that_prior(priors, tmp_path):
+    from pipelines.cli import main
+
+    p2d, _, files = priors
+    assert main(["train", "--arch", "patch", "--data", *files, "--output", str(tmp_path / "wide"), "--patch-sizes",
+                 "8,16", "--channels", "16,32", "--batch-size", "2", "--steps", "1", "--lr", "0", "--pixel-range",
+                 "0.9", "2.0", "--checkpoint-every", "0", "--sample-every", "0", "--init-from", str(p2d),
+                 "--device", "cpu", "--no-progress"]) == 0
+    a, b = load_prior(p2d), load_prior(tmp_path / "wide")
+    assert list(b.network.config.block_out_channels) == [16, 32]
+    x = torch.randn(2, 1, 30, 20, generator=torch.Generator().manual_seed(1))
+    s = torch.tensor([0.1, 1.0])
+    a.reseed()
+    b.reseed()
+    d_narrow, d_wide = a.denoise(x, s), b.denoise(x, s)
+    gap = float((d_wide - d_narrow).abs().max())
+    assert 0 < gap < 0.05 * float(d_narrow.abs().max())  # the same function up to the symmetry-breaking noise

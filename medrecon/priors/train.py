@@ -43,6 +43,7 @@ from .card import CARD_NAME
 from .network import EDMPrior, edm_denoise
 from .samples import quick_samples, save_grid
 from .unet import EDM_SCHEDULE, WEIGHTS_NAME, build_unet, save_unet_prior, unet_config
+from .widen import wide_config, widen_state_dict, widening_factor
 
 STATE_FILE = Path("checkpoints") / "state.pt"
 
@@ -150,10 +151,15 @@ class _Trainer:
         self.data, self.out, self.opts, self.command = data, out, opts, command
         self.device = resolve_device(opts.device)
         torch.manual_seed(opts.seed)
+        from .loader import load_prior
+
+        start = load_prior(opts.init_from) if opts.init_from else None  # read by the loader, with its checks
         self.unet_config = self.network_config()
+        if start is not None:  # a narrower prior's heads are copied whole: the head width follows it
+            self.unet_config = wide_config(dict(start.network.config), self.unet_config)
         self.model = build_unet(self.unet_config).train()
-        if opts.init_from:
-            init_weights(self.model, opts.init_from)
+        if start is not None:
+            init_weights(self.model, start, opts.init_from, seed=opts.seed)
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optim = torch.optim.Adam(self.model.parameters(), lr=opts.lr)
@@ -325,21 +331,24 @@ class _PatchTrainer(_Trainer):
                                               else None, "fov_crop": o.fov_crop}}}
 
 
-def init_weights(model: torch.nn.Module, prior_dir: str | Path) -> None:
-    """Start ``model`` from the weights of the prior in ``prior_dir`` (same network but for the number of
-    input channels: inputs the prior lacks, e.g. a 2.5D prior's neighbouring slices, get zero weights, so
-    the model starts as exactly that prior). The prior is read by ``load_prior``, with its checks."""
-    from .loader import load_prior
-
-    weights, own = dict(load_prior(prior_dir).network.state_dict()), model.state_dict()
+def init_weights(model: torch.nn.Module, prior, source: str | Path, seed: int = 0) -> None:
+    """Start ``model`` from the weights of ``prior``, loaded from ``source``: the same network but for the number of input
+    channels (inputs the prior lacks, e.g. a 2.5D prior's neighbouring slices, get zero weights) and for
+    widths k times the prior's (widen.py: the channels are copied). Either way the model starts as that
+    prior (up to the widening's symmetry-breaking noise)."""
+    weights, own = dict(prior.network.state_dict()), model.state_dict()
     w, w_own = weights.get("conv_in.weight"), own["conv_in.weight"]
     if w is not None and w.shape[1] < w_own.shape[1]:
         weights["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], w_own.shape[1] - w.shape[1], *w.shape[2:])],
                                               dim=1)
+    k = widening_factor(dict(prior.network.config), dict(model.config))
+    if k and k > 1:
+        weights = widen_state_dict(weights, {n: t.shape for n, t in own.items()}, k,
+                                   generator=torch.Generator().manual_seed(seed))
     bad = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
     if bad:
-        raise InputError(f"{prior_dir}: its network differs from the one asked for ({bad[0]}, ...): give the same "
-                         f"--channels/--layers-per-block/--patch-sizes as that prior")
+        raise InputError(f"{source}: its network differs from the one asked for ({bad[0]}, ...): give the same "
+                         f"--layers-per-block/--patch-sizes as that prior and its --channels or an integer multiple of them")
     model.load_state_dict(weights)
 
 

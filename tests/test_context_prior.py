@@ -173,3 +173,26 @@ def test_a_wider_prior_started_from_a_narrow_one_is_that_prior(priors, tmp_path)
     d_narrow, d_wide = a.denoise(x, s), b.denoise(x, s)
     gap = float((d_wide - d_narrow).abs().max())
     assert 0 < gap < 0.05 * float(d_narrow.abs().max())  # the same function up to the symmetry-breaking noise
+
+
+def test_edm_loss_input_error_reaches_the_slice_and_its_context_but_not_the_target():
+    from types import SimpleNamespace
+
+    from medrecon.priors.network import edm_coefficients
+    from medrecon.priors.train import TrainOptions, edm_loss
+
+    seen = {}
+
+    def unet(inp, c_noise):  # D = c_skip * input: what the network is given shows through
+        seen["inp"] = inp
+        return SimpleNamespace(sample=torch.zeros(inp.shape[0], 1, *inp.shape[-2:]))
+
+    x0, ctx = torch.zeros(2, 1, 8, 8), torch.zeros(2, 2, 8, 8)
+    err = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigma = torch.full((2,), 1e-6)
+    loss = edm_loss(unet, x0, TrainOptions(), sigma=sigma, context=ctx, input_error=err)
+    c_skip, _, c_in, _ = (float(v[0]) for v in edm_coefficients(sigma, 0.5))
+    assert torch.allclose(seen["inp"][:, :1], c_in * err, atol=1e-5)  # the slice
+    assert torch.allclose(seen["inp"][:, 1:], c_in * err.expand(-1, 2, -1, -1), atol=1e-5)  # each neighbour alike
+    w = (1e-12 + 0.25) / (1e-12 * 0.25)
+    assert torch.allclose(loss, w * (c_skip * err).pow(2).flatten(1).mean(1), rtol=1e-4)  # scored against x0

@@ -105,17 +105,23 @@ def learning_rate(o: TrainOptions, step: int) -> float:
 
 def edm_loss(unet, x0: torch.Tensor, opts: TrainOptions, generator: torch.Generator | None = None,
              sigma: torch.Tensor | None = None, cond: torch.Tensor | None = None,
-             context: torch.Tensor | None = None) -> torch.Tensor:
+             context: torch.Tensor | None = None, input_error: torch.Tensor | None = None) -> torch.Tensor:
     """EDM denoising score matching loss, one value per sample: w(sigma) * mean (D(x0 + sigma n) - x0)^2.
     ``cond``: extra network input channels (a patch prior's positions); ``context``: clean neighbouring
-    slices of x0 (2.5D), given to the network with noise of the same sigma."""
+    slices of x0 (2.5D), given to the network with noise of the same sigma; ``input_error`` (B, 1, H, W):
+    added to the noisy slice and alike to every context slice, not to the target (an error the network
+    must learn to remove although the neighbours share it)."""
     b = x0.shape[0]
     if sigma is None:
         sigma = torch.exp(opts.p_mean + opts.p_std * torch.randn(b, generator=generator)).to(x0.device)
     n = torch.randn(x0.shape, generator=generator).to(x0.device)
     if context is not None:
         context = context + sigma.view(-1, 1, 1, 1) * torch.randn(context.shape, generator=generator).to(x0.device)
-    d = edm_denoise(unet, x0 + sigma.view(-1, 1, 1, 1) * n, sigma, opts.sigma_data, cond=cond, context=context)
+    noisy = x0 + sigma.view(-1, 1, 1, 1) * n
+    if input_error is not None:
+        noisy = noisy + input_error
+        context = None if context is None else context + input_error
+    d = edm_denoise(unet, noisy, sigma, opts.sigma_data, cond=cond, context=context)
     w = (sigma ** 2 + opts.sigma_data ** 2) / (sigma * opts.sigma_data) ** 2
     return w * ((d.float() - x0) ** 2).flatten(1).mean(1)
 

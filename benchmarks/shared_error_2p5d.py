@@ -2,10 +2,11 @@
 
 Inside the sampler every slice is measured from the same few angles, so the data step leaves streaks along the
 same directions, alike in neighbouring slices; a 2.5D prior trained on clean neighbours takes what its
-neighbours confirm for anatomy (README, "Tried in the eighth session"). Here, with probability ``--p``, each
-training patch gets a random field of ridges along K equally spaced directions (K of 2, 4, 8; smooth random
-profiles; RMS uniform in [0, --amp] times the patch's noise level sigma: the sampler's step errors shrink with sigma), added to the slice and its neighbours alike but not to the
-target (``edm_loss(input_error=...)``). Every other argument goes to ``medrecon train`` unchanged:
+neighbours confirm for anatomy (README, "Tried in the eighth session"). Here, with probability ``--p``, a
+training batch gets, per patch, a random field of ridges along K equally spaced directions (K of 2, 4, 8; smooth
+random profiles; RMS uniform in [0, --amp] times the patch's noise level sigma, as the sampler's step errors
+shrink with it), added to the slice and its neighbours alike but not to the target
+(``edm_loss(input_error=...)``). Every other argument goes to ``medrecon train`` unchanged:
 
     python benchmarks/shared_error_2p5d.py --amp 0.5 --p 0.5 -- --arch patch --modality ct --context-slices 1 \\
         --init-from bundled:ct_patch --dataset ct_chest_contrast ... --output out/train/ct_patch25_se

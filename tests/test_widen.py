@@ -36,3 +36,5 @@ def test_widening_factor_refuses_other_shapes():
     assert widening_factor(base, unet_config(16, (16, 24), 1)) is None  # not one factor
     assert widening_factor(base, unet_config(16, (16, 32), 2)) is None  # deeper, not wider
     assert widening_factor(base, unet_config(16, (16, 32, 64), 1)) is None
+    shifted = {"freq_shift": 1}  # other time frequencies: the old ones are not among the wide ones
+    assert widening_factor({**base, **shifted}, {**unet_config(16, (16, 32), 1), **shifted}) is None

@@ -338,10 +338,10 @@ class _PatchTrainer(_Trainer):
 
 
 def init_weights(model: torch.nn.Module, prior, source: str | Path, seed: int = 0) -> None:
-    """Start ``model`` from the weights of ``prior``, loaded from ``source``: the same network but for the number of input
-    channels (inputs the prior lacks, e.g. a 2.5D prior's neighbouring slices, get zero weights) and for
-    widths k times the prior's (widen.py: the channels are copied). Either way the model starts as that
-    prior (up to the widening's symmetry-breaking noise)."""
+    """Start ``model`` from the weights of ``prior`` (loaded from ``source``): the same network but for the
+    number of input channels (inputs the prior lacks, e.g. a 2.5D prior's neighbouring slices, get zero
+    weights) and for widths k times the prior's (widen.py: the channels are copied). Either way the model
+    starts as that prior (up to the widening's symmetry-breaking noise)."""
     weights, own = dict(prior.network.state_dict()), model.state_dict()
     w, w_own = weights.get("conv_in.weight"), own["conv_in.weight"]
     if w is not None and w.shape[1] < w_own.shape[1]:
@@ -351,10 +351,10 @@ def init_weights(model: torch.nn.Module, prior, source: str | Path, seed: int = 
     if k and k > 1:
         weights = widen_state_dict(weights, {n: t.shape for n, t in own.items()}, k,
                                    generator=torch.Generator().manual_seed(seed))
-    bad = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
+    bad = [name for name in own if name not in weights or weights[name].shape != own[name].shape]
     if bad:
         raise InputError(f"{source}: its network differs from the one asked for ({bad[0]}, ...): give the same "
-                         f"--layers-per-block/--patch-sizes as that prior and its --channels or an integer multiple of them")
+                         "--layers-per-block/--patch-sizes as that prior, and its --channels or k times them")
     model.load_state_dict(weights)
 
 

@@ -22,7 +22,7 @@ def widening_factor(narrow: dict, wide: dict) -> int | None:
     """k if ``wide`` is the UNet config ``narrow`` with every width times the integer k (1: the same widths),
     else None."""
     a, b = list(narrow["block_out_channels"]), list(wide["block_out_channels"])
-    if len(a) != len(b) or b[0] % a[0]:
+    if len(a) != len(b) or b[0] % a[0] or narrow.get("freq_shift", 0):  # time features: see _time_feature_columns
         return None
     k = b[0] // a[0]
     shared = (set(narrow) & set(wide)) - {"block_out_channels", "attention_head_dim", "in_channels"}
@@ -41,7 +41,7 @@ def wide_config(narrow: dict, wide: dict) -> dict:
 
 def _time_feature_columns(n_old: int, k: int) -> torch.Tensor:
     """For each of the wide network's n_old * k sinusoidal time features, the old feature of the same
-    frequency, or -1 (cos half then sin half; frequencies 10000^(-i / half))."""
+    frequency, or -1 (cos half then sin half; frequencies 10000^(-i / half), i.e. diffusers' freq_shift 0)."""
     half = n_old // 2
     j = torch.arange(half * k)
     old = torch.where(j % k == 0, j // k, torch.full_like(j, -1))

@@ -56,11 +56,11 @@ def main(argv=None) -> int:
 
     def edm_loss(unet, x0, opts, generator=None, sigma=None, cond=None, context=None, input_error=None):
         if context is not None and input_error is None and float(torch.rand(1, generator=generator)) < a.p:
-            if sigma is None:  # drawn here as edm_loss would, so the error can follow it
-                sigma = torch.exp(opts.p_mean + opts.p_std * torch.randn(x0.shape[0], generator=generator))
-            input_error = streak_field(x0.shape[0], x0.shape[-1], generator, a.amp) * sigma.view(-1, 1, 1, 1)
-        return plain(unet, x0, opts, generator, sigma, cond, context, input_error.to(x0.device)
-                     if input_error is not None else None)
+            if sigma is None:  # drawn here, as edm_loss would, so that the error can follow it
+                sigma = train.training_sigma(opts, x0.shape[0], generator, x0.device)
+            field = streak_field(x0.shape[0], x0.shape[-1], generator, a.amp).to(x0.device)
+            input_error = field * sigma.view(-1, 1, 1, 1)
+        return plain(unet, x0, opts, generator, sigma, cond, context, input_error)
 
     train.edm_loss = edm_loss  # the trainer's step looks it up in the module: this run only
     from pipelines.cli import main as cli

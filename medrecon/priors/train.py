@@ -103,6 +103,12 @@ def learning_rate(o: TrainOptions, step: int) -> float:
     return o.lr_final + (o.lr - o.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def training_sigma(opts: TrainOptions, b: int, generator: torch.Generator | None = None,
+                   device=None) -> torch.Tensor:
+    """b noise levels drawn as EDM training draws them: ln(sigma) ~ N(p_mean, p_std^2)."""
+    return torch.exp(opts.p_mean + opts.p_std * torch.randn(b, generator=generator)).to(device)
+
+
 def edm_loss(unet, x0: torch.Tensor, opts: TrainOptions, generator: torch.Generator | None = None,
              sigma: torch.Tensor | None = None, cond: torch.Tensor | None = None,
              context: torch.Tensor | None = None, input_error: torch.Tensor | None = None) -> torch.Tensor:
@@ -113,7 +119,7 @@ def edm_loss(unet, x0: torch.Tensor, opts: TrainOptions, generator: torch.Genera
     must learn to remove although the neighbours share it)."""
     b = x0.shape[0]
     if sigma is None:
-        sigma = torch.exp(opts.p_mean + opts.p_std * torch.randn(b, generator=generator)).to(x0.device)
+        sigma = training_sigma(opts, b, generator, x0.device)
     n = torch.randn(x0.shape, generator=generator).to(x0.device)
     if context is not None:
         context = context + sigma.view(-1, 1, 1, 1) * torch.randn(context.shape, generator=generator).to(x0.device)

@@ -99,7 +99,9 @@ def main(argv=None):
     ap.add_argument("--fov", type=float, default=None, help="cut every scan (the tuning scan too) to its central "
                                                                "FOV x FOV mm window (a field of view inside the body)")
     ap.add_argument("--fast-steps", type=int, default=20)
-    ap.add_argument("--cold", action="store_true", help="also the cold-started fast sampler (2x the steps)")
+    ap.add_argument("--cold", action="store_true", help="also the cold-started fast sampler and 2D prior alone (2x "
+                                                        "the steps): z-TV over a purely slice-wise prior, as the "
+                                                        "DiffusionMBIR paper compares them")
     ap.add_argument("--cv", action="store_true", help="also the fast sampler with its noise level and z-TV weight "
                                                       "chosen per scan by cross-validation (solver.cross_validate)")
     ap.add_argument("--mbir-steps", type=int, default=0, help="also DiffusionMBIR with this many steps (0: off)")
@@ -131,6 +133,7 @@ def main(argv=None):
         if a.cv:
             methods["fast + z-TV + CV (warm)"] = {**fast(a.fast_steps, lam, s0), "cross_validate": {"enabled": True}}
         if a.cold:
+            methods["2D prior only (cold, no z-TV)"] = fast(2 * a.fast_steps, lam, name="slicewise_fast")
             methods["fast + z-TV (cold)"] = fast(2 * a.fast_steps, lam)
         if a.mbir_steps:
             methods[f"DiffusionMBIR ({a.mbir_steps} steps, warm)"] = {  # its own start_sigma: registry.MBIR_WARM

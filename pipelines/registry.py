@@ -51,7 +51,8 @@ WARM_START_DEFAULTS = {"ct": {"method": "admm_tv", "start_sigma": 0.8, "lam": 1.
 #: 0.001 / 0.003: 28.14 / 27.94 / 27.36 / 26.60 dB.
 FAST_ZTV = {"ct": {"lam": 0.5, "rho": 10.0, "at_slice_mm": 1.5},
             "mri": {"lam": 0.05, "rho": 10.0, "at_slice_mm": 0.94, "same_mask_scale": 0.01,
-                    "rho_follows_spacing": True}}  # rho too: ninth session, mr_brain1 (6.5 mm) x4 / x8 (README)
+                    "rho_follows_spacing": True}}  # rho too: ninth session, mr_brain1 (6.5 mm) x4 / x8
+# (the tuning of every value above: benchmarks/RESULTS.md)
 #: DiffusionMBIR's own warm start over WARM_START_DEFAULTS: its Langevin corrector adds noise that 20 steps from
 #: sigma 0.8 do not remove. CT, ct_chest_contrast, 8 views, 2 mm, 20 steps: start_sigma 0.8 / 0.3 gave 21.73 /
 #: 22.93 dB (snr 0.04: 21.80 / 22.92; ADMM-TV 3D 22.74).
@@ -59,7 +60,8 @@ MBIR_WARM = {"ct": {"start_sigma": 0.3}}
 #: how the fast samplers end (model units): the result is D(x, ``final_sigma``) of the last step's output, which
 #: removes the fine grain the last data-consistency step leaves (it gained on every training scan and case). Stopping
 #: the reverse diffusion early (``end_sigma``) is a config's choice, not a default: it gained at 8 views on the
-#: training scans and split them at 4 views, so only sparse_view_ct_8 sets it. README, "How the fast sampler ends".
+#: training scans and split them at 4 views, so only sparse_view_ct_8 sets it (benchmarks/RESULTS.md, "How the
+#: fast sampler ends").
 FAST_END = {"ct": {"final_sigma": 0.02}, "mri": {"final_sigma": 0.02}}
 
 

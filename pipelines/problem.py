@@ -360,6 +360,7 @@ def reconstruction_grid(cfg: Config, prior, source: Volume, resample: bool = Fal
 
 
 CT_HU_BELOW = -50.0  # a CT volume in HU has values below this (air, lung or fat), even inside the body
+MR_NEGATIVE_FRACTION = 0.05  # MR magnitudes are not negative: a volume reaching below -5 % of its top is not one
 
 
 def check_domain(cfg: Config, prior, source: Volume) -> None:
@@ -380,6 +381,11 @@ def check_domain(cfg: Config, prior, source: Volume) -> None:
         if lo > CT_HU_BELOW:  # no air, lung or fat: MR magnitude or attenuation values, not HU
             problems.append(f"{where}: values from {lo:.4g} up do not look like CT in HU (air is -1000 HU, fat "
                             f"-100): convert the volume to HU, or use an MRI config")
+    if cfg.modality == "mri" and dicom_modality != "MR":
+        lo, hi = (float(v) for v in np.percentile(source.data, [0.5, 99.5]))
+        if lo < -MR_NEGATIVE_FRACTION * max(abs(hi), 1e-12):  # e.g. CT in HU: air at -1000
+            problems.append(f"{where}: values down to {lo:.4g} (top {hi:.4g}) do not look like MR magnitudes, which "
+                            f"are not negative: use a CT config for CT in HU, or give the magnitude of MR images")
     if problems:
         raise InputError("\n".join(problems))
 

@@ -252,6 +252,12 @@ def test_native_grid_by_default_and_domain_checks(tmp_path, ct_nifti, mr_nifti, 
         Problem.build(cfg, v.with_data(np.clip(v.data, -1000, None) * 1.9e-5 + 0.019))
     inside = v.with_data(np.where(v.data < -120, -120.0, v.data))  # a field of view inside the body: fat, no air
     Problem.build(cfg, inside)
+    mri = tasks.prepare_config("cs_mri_x4", ["solver.name=zero_filled"])
+    with pytest.raises(InputError, match="do not look like MR magnitudes"):  # CT in HU under an MRI config
+        Problem.build(mri, v)
+    mr = read_volume(mr_nifti)
+    top = float(np.percentile(mr.data, 99.5))
+    Problem.build(mri, mr.with_data(mr.data - 0.01 * top))  # a slightly negative background is still MR
     mr_series = tmp_path / "mr"
     write_dicom_series(read_volume(mr_nifti), mr_series, modality="MR")
     with pytest.raises(InputError, match="a MR series, but the config is for ct: use a mri config"):

@@ -110,6 +110,8 @@ def main(argv=None):
     ap.add_argument("--tuned", type=Path, default=None, help="reuse the tuning of an earlier real.json (or a JSON "
                     "{case: {tuned: {lam, start_sigma, scan[, warm_lam]}}}; warm_lam: the warm start's ADMM-TV "
                     "weight when it differs from the baseline's lam)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value for every case (repeatable), e.g. noise.I0=1e7")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench_real")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -119,7 +121,7 @@ def main(argv=None):
     for case in a.cases:
         config, modality = CASES[case]
         prior = a.ct_prior if modality == "ct" else a.mri_prior
-        common = [f"prior.path={prior}", f"{modality}.pixel_size={a.pixel}"]
+        common = [f"prior.path={prior}", f"{modality}.pixel_size={a.pixel}", *a.overrides]
         t0 = time.perf_counter()
         tuned = earlier.get(case, {}).get("tuned") or tune(config, modality, common, a.slices, a.fast_steps, a.fov)
         lam, s0 = tuned["lam"], tuned["start_sigma"]

@@ -12,6 +12,8 @@ with the remaining arguments (so the scans, case, warm start and step count are 
     python benchmarks/sampler_variants.py --variant prior-above --other-prior out/train/ct_patch25 --tau 0.3 -- ...
     python benchmarks/sampler_variants.py --variant inflate --inflate 1.2:0.02 -- --case ct8 ...
     python benchmarks/sampler_variants.py --variant coarse --tau 0.3 -- --case ct8 ...
+    python benchmarks/sampler_variants.py --variant context --context oracle -- --case ct8 --scans ct_abdomen \
+        --warm 0.8:0.3 --setting final_sigma 0.02 --prior out/train/ct_patch25_se --per-slice
 
 flip: the second of the patch prior's two tile grids sees the slice mirrored left-right (the prior was trained
 with left-right flips), a self-ensemble at the same cost. restart: after the run, re-noise its result to
@@ -25,6 +27,10 @@ of the sampler's own noise (the final denoising keeps its sigma). coarse: above 
 slice at twice the pixel size (2x2 means: noise sigma / 2, twice the context per tile; inside the patch
 prior's trained range of pixel sizes) and the result is interpolated back (bilinear); with --keep-fine, only its
 low frequencies replace those of the full-resolution estimate (D_fine - up(down(D_fine)) + up(D_coarse)).
+context (a 2.5D prior): the neighbouring slices it sees are replaced, a diagnostic: oracle = the reference's
+neighbouring slices with fresh noise of the step's sigma (what training shows it; a cheat), self = the slice itself
+as every neighbour (no z information), reflect = slice 1 for the missing slice -1 at the volume's ends (and
+alike at the other end) instead of the edge slice itself.
 """
 from __future__ import annotations
 
@@ -160,12 +166,55 @@ def coarse(tau: float, keep_fine: bool):
     diffusion.DiffusionSolver.denoise = two_scale
 
 
+def context(mode: str):
+    import numpy as np
+
+    from medrecon.priors.base import stack_indices
+    from pipelines.problem import Problem
+
+    solve, denoise_volume = Problem.solve, diffusion.DiffusionSolver.denoise_volume
+    gen = torch.Generator().manual_seed(7)
+
+    def solve_keeping_truth(self, *args, **kw):
+        diffusion.DiffusionSolver._truth = torch.as_tensor(  # model units, on the reconstruction grid
+            np.asarray(self.intensity.to_model(self.reference.data)), dtype=torch.float32)
+        return solve(self, *args, **kw)
+
+    def reflected(z, n, k):
+        def r(i):
+            return max(0, min(n - 1, -i if i < 0 else 2 * (n - 1) - i if i > n - 1 else i))
+        return [r(z - d) for d in range(k, 0, -1)] + [r(z + d) for d in range(1, k + 1)]
+
+    def neighbours(self, x, sl):
+        k = self.prior.context_slices
+        if not k:
+            return None
+        if mode == "self":
+            return x[sl].unsqueeze(1).expand(-1, 2 * k, -1, -1).clone()
+        rows = [(reflected(z, x.shape[0], k) if mode == "reflect" else stack_indices(z, x.shape[0], k)[1:])
+                for z in range(sl.start, sl.stop)]
+        idx = torch.tensor(rows, device=x.device)
+        if mode == "reflect":
+            return x[idx]
+        t = self._truth.to(x.device)[idx]
+        return t + self._sigma * torch.randn(t.shape, generator=gen).to(x.device)
+
+    def denoise_volume_at(self, x, sigma, chunk_size):
+        self._sigma = sigma
+        return denoise_volume(self, x, sigma, chunk_size)
+    Problem.solve = solve_keeping_truth
+    diffusion.DiffusionSolver.neighbours = neighbours
+    diffusion.DiffusionSolver.denoise_volume = denoise_volume_at
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", required=True, choices=["flip", "restart", "final-dc", "mr-scale", "prior-above",
-                                                             "inflate", "coarse"])
+                                                             "inflate", "coarse", "context"])
+    ap.add_argument("--context", default="oracle", choices=["oracle", "self", "reflect"],
+                    help="context: what a 2.5D prior sees as its neighbours")
     ap.add_argument("--restart", default="0.3:10", help="sigma:steps[,sigma:steps] of the restarts")
     ap.add_argument("--scale", default="auto", help="mr-scale: c, or auto")
     ap.add_argument("--other-prior", default=None, help="prior-above: the prior used above tau")
@@ -176,7 +225,8 @@ def main(argv=None):
     a = ap.parse_args(own)
     {"flip": flip_ensemble, "restart": lambda: restart(a.restart), "final-dc": final_dc,
      "mr-scale": lambda: mr_scale(a.scale), "prior-above": lambda: prior_above(a.other_prior, a.tau),
-     "inflate": lambda: inflate(a.inflate), "coarse": lambda: coarse(a.tau, a.keep_fine)}[a.variant]()
+     "inflate": lambda: inflate(a.inflate), "coarse": lambda: coarse(a.tau, a.keep_fine),
+     "context": lambda: context(a.context)}[a.variant]()
     import tune_ztv
     tune_ztv.main(rest)
 

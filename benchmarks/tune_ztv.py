@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_real import CASES, PRIOR, load  # noqa: E402
+from medrecon.metrics import psnr  # noqa: E402
 from pipelines.compare import compare_methods, markdown_table, write_tables  # noqa: E402
 
 GRID = {"ct": ["0.05:10", "0.15:10", "0.5:10", "1.5:10"], "mri": ["0.005:10", "0.015:10", "0.05:10", "0.15:10"]}
@@ -45,6 +46,7 @@ def main(argv=None):
                     help="sweep another solver key instead (e.g. end_sigma 0.01 0.02), at the registry's z-TV")
     ap.add_argument("--warm", default=None, help="start_sigma:lam of the warm start (default: the registry's)")
     ap.add_argument("--prior", default=None, help="prior.path (default: bench_real's bundled prior of the modality)")
+    ap.add_argument("--per-slice", action="store_true", help="also each method's axial PSNR per slice")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "tune_ztv")
     a = ap.parse_args(argv)
     config, modality = CASES[a.case]
@@ -71,13 +73,19 @@ def main(argv=None):
     for scan in a.scans:
         vol = load(scan, a.slices, a.fov)
         t0 = time.perf_counter()
-        _, res = compare_methods(config, vol, methods, common, echo=lambda m: print(f"[{scan}] {m}", flush=True))
+        ref, res = compare_methods(config, vol, methods, common, echo=lambda m: print(f"[{scan}] {m}", flush=True))
         dz = float(vol.spacing[2])
         rows[scan] = {"slice_mm": dz, "rows": [r.row() for r in res]}
         best = max(res, key=lambda r: sum(r.metrics["psnr"][p] for p in ("axial", "coronal", "sagittal")))
-        tables.append(markdown_table(res, f"**{scan}** ({a.case}, slices {dz:.3g} mm apart; "
-                                          f"{time.perf_counter() - t0:.0f} s): best {best.label} (sum of the three "
-                                          f"planes' PSNR)"))
+        table = markdown_table(res, f"**{scan}** ({a.case}, slices {dz:.3g} mm apart; {time.perf_counter() - t0:.0f} "
+                                    f"s): best {best.label} (sum of the three planes' PSNR)")
+        if a.per_slice:
+            for r, row in zip(res, rows[scan]["rows"]):
+                row["psnr_per_slice"] = [round(psnr(ref.data[z], r.volume.data[z], r.metrics["data_range"]), 2)
+                                         for z in range(ref.shape[0])]
+                table += f"\n{r.label}: axial PSNR per slice " + " / ".join(f"{v:.2f}" for v in row["psnr_per_slice"])
+            table += "\n"
+        tables.append(table)
         write_tables(a.out, f"ztv_{a.case}", tables, rows)
         print(tables[-1], flush=True)
 

@@ -44,8 +44,11 @@ def reconstruct(config: str = CONFIG,
     res = run(config, input, output, overrides=set or [], overwrite=overwrite, series=series, progress=progress,
               resample=resample)
     r = res.report
+    scored = r.get("vs_reference")
     typer.echo(f"wrote {res.output}: {', '.join(r['files'])}, report.json "
-               f"({r['timings_s']['total']:.1f} s, {r['network_evaluations_per_slice']} network evaluations/slice)")
+               f"({r['timings_s']['total']:.1f} s, {r['network_evaluations_per_slice']} network evaluations/slice"
+               + (f"; PSNR axial {scored['psnr']['axial']:.2f} dB against {scored['reference']}" if scored else "")
+               + ")")
 
 
 @app.command()

@@ -106,12 +106,23 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          backward_passes_per_slice=int(sol.backward_per_slice),
                          measured_data_scale=problem.data_scale, grid=grid, z_tv=problem.info.get("z_tv"),
                          cross_validation=problem.info.get("cross_validation"),
-                         files=files)
+                         vs_reference=scores_against_reference(problem, recon), files=files)
         rep["timings_s"] = t.as_dict()
         rep["peak_memory"] = peak_memory()
         write_json(tmp / "report.json", rep)
         write_series_page(tmp, title=f"{out.name}: {cfg.task} {cfg.solver.name}")
     return RunResult(out, recon, rep)
+
+
+def scores_against_reference(problem: Problem, recon: Volume) -> dict | None:
+    """PSNR / SSIM per plane of the result against the reference written beside it (the simulation's ground
+    truth, or a measured file's own reference), over the intensity window as the benchmarks score; None without."""
+    ref = problem.reference
+    if ref is None or ref.shape != recon.shape:
+        return None
+    window = float(problem.intensity.physical_max - problem.intensity.physical_min)
+    where = "simulation/reference.nii.gz" if problem.source is not None else "reference.nii.gz"
+    return {"reference": where, **per_axis_metrics(ref.data, recon.data, window)}
 
 
 def source_identity(source: Volume | None) -> dict:

@@ -80,6 +80,7 @@ def _run_family(tmp, config, volume, sets, direct, regularised, solver_sets=(), 
         assert rep["software"]["medrecon"] and rep["network_evaluations_per_slice"] == 0
         assert Image.open(out / "preview.png").size[1] == 256 + 14  # thin slab: a 14-pixel line says "z xN"
         results[name] = _psnr(tmp, ref_path, out / "recon.nii.gz")
+        assert rep["vs_reference"] is None  # measurements without a reference: nothing to score against
     return results
 
 
@@ -145,7 +146,14 @@ def test_dicom_source_gives_a_derived_series_and_simulation(tmp_path):
     assert back.shape == (4, 32, 32) and np.allclose(back.affine_lps, ref.affine_lps, atol=1e-3)
     rec = read_volume(out / "recon.nii.gz")
     assert np.abs(back.data - rec.data).max() < 1.0  # int16 storage with rescale: sub-HU round-off
-    assert json.loads((out / "report.json").read_text())["z_tv"]["lam"] == 0.04  # the paper's, at no spacing
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["z_tv"]["lam"] == 0.04  # the paper's, at no spacing
+    scored = rep["vs_reference"]  # scored against the simulation's reference, as evaluate does over 2000 HU
+    assert scored["reference"] == "simulation/reference.nii.gz" and scored["data_range"] == 2000.0
+    again = tmp_path / "again.json"
+    _cli("evaluate", "--reference", out / "simulation" / "reference.nii.gz", "--input", out / "recon.nii.gz",
+         "--output", again, "--data-range", 2000)
+    assert scored["psnr"]["axial"] == pytest.approx(json.loads(again.read_text())["psnr"]["axial"], abs=1e-3)
     assert main(["reconstruct", "--config", "sparse_view_ct_8", "--input", str(src), "--output", str(out)]) == 2
     _cli("reconstruct", "--config", "sparse_view_ct_8", "--input", src, "--output", out, "--quiet", "--overwrite",
          "--set", "solver.name=fbp", "--set", "ct.image_size=32")

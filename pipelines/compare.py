@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from medrecon.metrics import AXES, flat_metrics, per_axis_metrics
+from medrecon.metrics import AXES, flat_metrics
 from medrecon.volume import Volume
 
 from .config import Config, load_config
@@ -118,8 +118,6 @@ def compare_methods(config, source: Volume, methods: dict[str, dict], common=(),
     cfgs = method_configs(config, methods, common)
     first = next((c for c in cfgs.values() if c.needs_prior), next(iter(cfgs.values())))
     problem = Problem.build(first, source, prior=prior)
-    if data_range is None:
-        data_range = float(problem.intensity.physical_max - problem.intensity.physical_min)
     results = []
     for label, cfg in cfgs.items():
         if echo:
@@ -129,7 +127,7 @@ def compare_methods(config, source: Volume, methods: dict[str, dict], common=(),
             sol = problem.solve(cfg.solver, progress)
             seconds = time.perf_counter() - t0
         vol = problem.to_volume(sol.x, description=label)
-        metrics = per_axis_metrics(problem.reference.data, vol.data, data_range)
+        metrics = problem.score(vol, data_range)
         results.append(MethodResult(label, cfg.solver.name, vol, metrics, int(sol.nfe_per_slice),
                                     int(sol.backward_per_slice), seconds, mem.cpu_mib, mem.cuda_mib,
                                     dict(methods[label]), problem.info.pop("cross_validation", None)))

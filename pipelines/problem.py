@@ -31,6 +31,7 @@ from medrecon.device import resolve_device
 from medrecon.errors import InputError
 from medrecon.io import read_volume
 from medrecon.linop import Diagonal, LinearOperator
+from medrecon.metrics import per_axis_metrics
 from medrecon.priors import Denoiser, IntensityMap
 from medrecon.solvers import admm_tv, cgls, sample_posterior, sirt
 from medrecon.volume import Volume
@@ -279,6 +280,13 @@ class Problem:
         return opts
 
     # -- results -------------------------------------------------------------------------------
+    def score(self, vol: Volume, data_range: float | None = None) -> dict:
+        """PSNR / SSIM per plane of ``vol`` against the reference, over the intensity window (CT: 2000 HU) unless
+        ``data_range`` is given: how every benchmark and report.json score a result."""
+        if data_range is None:
+            data_range = float(self.intensity.physical_max - self.intensity.physical_min)
+        return per_axis_metrics(self.reference.data, vol.data, data_range)
+
     def to_volume(self, x: torch.Tensor, description: str = "medrecon") -> Volume:
         """A model-unit estimate as a Volume in physical units on the output grid (complex images: magnitude)."""
         if x.is_complex():

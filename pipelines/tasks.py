@@ -120,9 +120,8 @@ def scores_against_reference(problem: Problem, recon: Volume) -> dict | None:
     ref = problem.reference
     if ref is None or ref.shape != recon.shape:
         return None
-    window = float(problem.intensity.physical_max - problem.intensity.physical_min)
     where = "simulation/reference.nii.gz" if problem.source is not None else "reference.nii.gz"
-    return {"reference": where, **per_axis_metrics(ref.data, recon.data, window)}
+    return {"reference": where, **problem.score(recon)}
 
 
 def source_identity(source: Volume | None) -> dict:

@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from medrecon.priors import train  # noqa: E402
-from pipelines.cli import main as cli  # noqa: E402
+from medrecon.priors import train
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--p-mean", type=float, required=True)
     ap.add_argument("--p-std", type=float, required=True)
-    a = ap.parse_args(own)
-    train.training_sigma = lambda opts, b, generator=None, device=None: torch.exp(
+    ap.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then medrecon train's arguments")
+    a = ap.parse_args(argv)
+    rest = a.train_args[1:] if a.train_args[:1] == ["--"] else a.train_args
+    train.training_sigma = lambda opts, b, generator=None, device=None: torch.exp(  # this run only
         a.p_mean + a.p_std * torch.randn(b, generator=generator)).to(device)
+    from pipelines.cli import main as cli
+
     return cli(["train", *rest])
 
 

@@ -116,9 +116,9 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
 
 def scores_against_reference(problem: Problem, recon: Volume) -> dict | None:
     """PSNR / SSIM per plane of the result against the reference written beside it (the simulation's ground
-    truth, or a measured file's own reference), over the intensity window as the benchmarks score; None without."""
-    ref = problem.reference
-    if ref is None or ref.shape != recon.shape:
+    truth, or a measured file's own reference; both on the result's grid), over the intensity window as the
+    benchmarks score; None without one."""
+    if problem.reference is None:
         return None
     where = "simulation/reference.nii.gz" if problem.source is not None else "reference.nii.gz"
     return {"reference": where, **problem.score(recon)}

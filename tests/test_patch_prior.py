@@ -185,6 +185,7 @@ def test_loader_picks_the_patch_format_from_the_card(trained, tmp_path):
     card = prior.card
     assert isinstance(prior, PatchPrior) and card["architecture"] == "diffusers-unet2d-patch"
     assert prior.image_size is None and prior.patch_size == 16 and card["patch"]["sizes"] == [8, 16]
+    assert prior.shifts == card["patch"]["inference_shifts"] == 2  # a trained card keeps the two tile grids
     lo, hi = prior.pixel_spacing_mm_range
     assert 0.8 <= lo <= hi <= 1.5
     assert prior.intensity.physical_min == -1000 and prior.intensity.model_min == -1

@@ -75,6 +75,7 @@ class TrainOptions:
     patch_sizes: tuple = (16, 32, 64)  # patch: training patch sizes (each divisible by 2^(levels-1))
     patch_probs: tuple | None = None  # patch: probability of each size (None: equal)
     patch_inference_size: int | None = None  # patch: tile size at inference (None: the largest)
+    patch_inference_shifts: int = 2  # patch: tile grids averaged per denoiser call (1: PaDIS's single grid, seams)
     pixel_spacing_range: tuple = (0.7, 4.0)  # patch: in-plane pixel sizes (mm) drawn by random rescaling
     max_upsample: float = 1.25  # patch: never draw pixels finer than the scan's own / this
     rotate_deg: float = 10.0  # patch: random in-plane rotation in [-r, r] degrees
@@ -316,7 +317,8 @@ class _PatchTrainer(_Trainer):
 
         return PatchPrior(self.ema, self.card(), schedule_from_dict(EDM_SCHEDULE),
                           IntensityMap.from_dict(self.data.intensity), patch_size=self.inference_size(),
-                          sigma_data=self.opts.sigma_data, context_slices=self.opts.context_slices)
+                          sigma_data=self.opts.sigma_data, context_slices=self.opts.context_slices,
+                          shifts=self.opts.patch_inference_shifts)
 
     def card(self, heldout: dict | None = None) -> dict:
         from .patch import ARCHITECTURE, POSITION_CONVENTION
@@ -329,7 +331,8 @@ class _PatchTrainer(_Trainer):
                 "config": {"sigma_data": o.sigma_data, "c_noise": "ln(sigma) / 4", "unet": self.unet_config},
                 "schedule": dict(EDM_SCHEDULE), "image_size": None,
                 "patch": {"sizes": list(o.patch_sizes), "probs": list(o.patch_probs) if o.patch_probs else None,
-                          "inference_size": self.inference_size(), "positions": POSITION_CONVENTION,
+                          "inference_size": self.inference_size(),
+                          "inference_shifts": o.patch_inference_shifts, "positions": POSITION_CONVENTION,
                           "position_channels": ["x", "y"], "grid_shift": "random per call (seeded)", "seed": 0,
                           "context_slices": o.context_slices},
                 "pixel_spacing_mm_range": rng, "pixel_spacing_mm": None,

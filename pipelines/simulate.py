@@ -63,7 +63,14 @@ def mri_mask(cfg: Config, shape: tuple[int, ...]) -> np.ndarray:
     return make_mask(m.kind, shape, m.acceleration, m.center_fraction, m.seed)
 
 
+#: scanners store nothing below -1024 HU but padding outside their reconstruction circle (-2048, -3024): air here
+CT_FLOOR_HU = -1024.0
+
+
 def simulate_ct(cfg: Config, src: Volume, size: int, pixel_mm: float | None = None) -> tuple[Volume, Measurement]:
+    """The reference (HU, floored at ``CT_FLOOR_HU``: the data see padding as air, mu >= 0, and so must the
+    scores) and the simulated line integrals, projected from a ``simulation.upsample`` times finer grid."""
+    src = src.with_data(np.maximum(src.data, CT_FLOOR_HU))
     ref = resample_inplane(src, size, pixel_mm or cfg.ct.pixel_size)
     s = ref.spacing[0]
     geom = ct_geometry(cfg, size, s)
@@ -75,7 +82,8 @@ def simulate_ct(cfg: Config, src: Volume, size: int, pixel_mm: float | None = No
     n = cfg.noise
     y = noisy_line_integrals(p, n.kind, np.random.default_rng(n.seed), I0=n.I0, sigma=n.sigma).astype(np.float32)
     info = {"units": "line integrals of mu (-log(I/I0)); mu = MU_WATER * (1 + HU/1000)",
-            "mu_water_per_mm": MU_WATER, "noise": n.model_dump(), "upsample": f, "reference_unit": "HU"}
+            "mu_water_per_mm": MU_WATER, "noise": n.model_dump(), "upsample": f, "reference_unit": "HU",
+            "reference_floor_hu": CT_FLOOR_HU}
     return ref, Measurement("ct", y, ref.with_data(np.zeros(ref.shape)), geom.to_dict(), info=info)
 
 
@@ -123,4 +131,4 @@ def simulate_volume(cfg: Config, src: Volume, size: int, pixel_mm: float | None 
     return ref, meas
 
 
-__all__ = ["ct_geometry", "mri_mask", "resample_inplane", "simulate_ct", "simulate_mri", "simulate_volume"]
+__all__ = ["CT_FLOOR_HU", "ct_geometry", "mri_mask", "resample_inplane", "simulate_ct", "simulate_mri", "simulate_volume"]

@@ -19,7 +19,7 @@ from pipelines import tasks
 from pipelines.measurement import Measurement
 from pipelines import problem as problem_module
 from pipelines.problem import Problem
-from pipelines.simulate import resample_inplane
+from pipelines.simulate import CT_FLOOR_HU, resample_inplane, simulate_ct
 from pipelines.cli import main
 from pipelines.registry import FAST_END, FAST_ZTV
 from pipelines.phantoms import ct_phantom
@@ -132,6 +132,25 @@ def test_mri_simulation_matches_operator_on_the_same_grid(mr_nifti):
     assert (p.intensity.physical_min, p.intensity.physical_max) == (0.0, 1.0)
     ref, A, y = p.reference, p.operator, p.data
     assert torch.allclose(A.forward(torch.from_numpy(ref.data)), y, atol=1e-5)
+
+
+def test_ct_padding_outside_the_scan_circle_is_air_in_data_and_reference():
+    """Scanners pad outside their reconstruction circle with -2048 or -3024 HU: the data see it as air (mu >= 0),
+    and the reference must too, or every method is scored against values no attenuation can have."""
+    from pipelines.config import load_config
+
+    cfg = load_config("sparse_view_ct_8", ["noise.kind=none"])
+    hu = ct_phantom((2, 32, 32), seed=3).data
+    yy, xx = np.mgrid[:32, :32]
+    outside = (yy - 15.5) ** 2 + (xx - 15.5) ** 2 > 15.5 ** 2
+    air = Volume(np.where(outside, -1024.0, hu), (1.0, 1.0, 2.0))  # air as scanners store it
+    padded = air.with_data(np.where(outside, -2048.0, hu))
+    ref_air, meas_air = simulate_ct(cfg, air, 32, 1.0)
+    ref_pad, meas_pad = simulate_ct(cfg, padded, 32, 1.0)
+    assert ref_pad.data.min() == CT_FLOOR_HU
+    assert np.array_equal(meas_pad.data, meas_air.data)  # the padding projects as the air it stands for
+    assert np.array_equal(ref_pad.data, ref_air.data)
+    assert meas_pad.info["reference_floor_hu"] == CT_FLOOR_HU
 
 
 def test_dicom_source_gives_a_derived_series_and_simulation(tmp_path):

@@ -1,10 +1,10 @@
 """Quality on real scans the priors never saw: FBP, tuned 3D ADMM-TV, 2D prior only, fast sampler + z-TV (warm-started;
 cold with --cold; weights by cross-validation with --cv) and DiffusionMBIR (--mbir-steps), all on one grid per case.
 
-Held out: the test scans of ``pipelines.datasets`` (CT: ct_abdomen_dicom, ct_lung2, the default; also
-ct_tumour1-4 with --scans; MR: mr_brain2), never used for training. Every weight that is tuned (the ADMM-TV lam of the baseline, the warm start's noise level) is tuned
-on a *training* scan (``--tune-on``, default ct_chest_contrast / mr_head_t1w) against its reference, then
-frozen for the test scans. Measurements are simulated on a 2x finer grid with noise (no inverse crime).
+Held out: the test scans of ``pipelines.datasets`` (CT: ct_abdomen_dicom, ct_lung2, the default; also ct_tumour1-4,
+ct_abdomen_slice, ct_pelvis_slice with --scans; MR: mr_brain2), never used for training. Every weight that is tuned
+(the ADMM-TV lam of the baseline, the warm start's noise level) is tuned on a *training* scan (``--tune-on``,
+default ct_chest_contrast / mr_head_t1w) against its reference, then frozen for the test scans. Measurements are simulated on a 2x finer grid with noise (no inverse crime).
 
     medrecon data fetch                                   # set-up: the scans (once)
     python benchmarks/bench_real.py                       # CT 8 and 4 views, both test scans

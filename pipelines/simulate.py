@@ -63,7 +63,8 @@ def mri_mask(cfg: Config, shape: tuple[int, ...]) -> np.ndarray:
     return make_mask(m.kind, shape, m.acceleration, m.center_fraction, m.seed)
 
 
-#: scanners store nothing below -1024 HU but padding outside their reconstruction circle (-2048, -3024): air here
+#: below -1024 HU a scan holds padding outside the scanner's reconstruction circle (-2048, -3024) or noise in air
+#: (a few voxels): air, here as in the data (mu is clamped at 0)
 CT_FLOOR_HU = -1024.0
 
 
@@ -131,4 +132,5 @@ def simulate_volume(cfg: Config, src: Volume, size: int, pixel_mm: float | None 
     return ref, meas
 
 
-__all__ = ["CT_FLOOR_HU", "ct_geometry", "mri_mask", "resample_inplane", "simulate_ct", "simulate_mri", "simulate_volume"]
+__all__ = ["CT_FLOOR_HU", "ct_geometry", "mri_mask", "resample_inplane", "simulate_ct", "simulate_mri",
+           "simulate_volume"]

@@ -28,6 +28,8 @@ DIFFUSION = "Diffusion + z-TV (fast)"
 # ADMM-TV weights chosen on other data than the demo's (benchmarks/bench_real.py --tune on a training scan;
 # bench_quality.py --tune on another phantom seed), never on the demo's own case.
 SCAN_TV_LAM = WARM_START_DEFAULTS["ct"]["lam"]
+#: the registry's noise level, tuned at 20 steps (the 8-view config's 0.4 is for its 50); eta, z-TV: the config's
+DEMO_START_SIGMA = WARM_START_DEFAULTS["ct"]["start_sigma"]
 PHANTOM_TV_LAM = 0.1
 
 
@@ -49,7 +51,7 @@ def demo_case(source: str, slices: int | None, seed: int):
         vol = vol.central_slab(slices) if slices else vol
         case = DemoCase("bundled:ct_patch", ["ct.pixel_size=2.5"], {
             "FBP": {"name": "fbp"}, "ADMM-TV (3D)": admm_tv_settings(SCAN_TV_LAM),
-            DIFFUSION: {"name": "fast", "steps": 20}},  # warm start, eta, z-TV: the registry defaults
+            DIFFUSION: {"name": "fast", "steps": 20, "warm_start": {"start_sigma": DEMO_START_SIGMA}}},
             f"held-out real abdomen CT ({DEMO_SCAN}, {datasets.scan(DEMO_SCAN).requirement})")
         return vol, case
     if source == "phantom":

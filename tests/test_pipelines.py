@@ -445,10 +445,10 @@ def test_the_fast_sampler_gets_its_ending_from_the_config(ct_nifti, monkeypatch)
         Problem.build(cfg, read_volume(ct_nifti), prior=prior, resample=True).solve()
         last = float(built[-1].sigmas[-1])  # the grid's last level at or just above end_sigma
         assert built[-1].final_sigma == final and len(built[-1].sigmas) == 4 and end * (1 - 1e-9) <= last < 4 * end
-    cfg = load_config("sparse_view_ct_8", ["solver.steps=4", "ct.image_size=32", "solver.end_sigma=0.9"],
-                      check_files=False).resolved()  # the warm start begins at 0.8
+    cfg = load_config("sparse_view_ct_8", ["solver.steps=4", "ct.image_size=32", "solver.end_sigma=0.5"],
+                      check_files=False).resolved()  # the config's warm start begins at 0.4
     monkeypatch.setattr(Problem, "warm_start", lambda self, s: pytest.fail("the warm start ran before the check"))
-    with pytest.raises(InputError, match="end_sigma 0.9 is not below the warm start's start_sigma 0.8"):
+    with pytest.raises(InputError, match="end_sigma 0.5 is not below the warm start's start_sigma 0.4"):
         Problem.build(cfg, read_volume(ct_nifti), prior=prior, resample=True).solve()
 
 

@@ -10,7 +10,7 @@ from pipelines.registry import ADMM_DEFAULTS, FAST_END, SOLVERS, WARM_START_DEFA
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("modality,config", [("ct", "sparse_view_ct_8"), ("mri", "cs_mri_x4")])
+@pytest.mark.parametrize("modality,config", [("ct", "limited_angle_ct_90"), ("mri", "cs_mri_x4")])  # no own warm start
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_resolved_config_takes_the_registry_defaults(name, modality, config):
     spec = SOLVERS[name]

@@ -13,7 +13,8 @@ class Modality(str, Enum):
     mri = "mri"
 
 
-#: physical window mapped onto model units [0, 1] when no prior brings its own intensity map:
+#: physical window mapped onto the model range (``medrecon.priors.MODEL_RANGE``, [-1, 1]) when no prior brings its
+#: own intensity map:
 #: (physical_min, physical_max, unit)
 INTENSITY_WINDOWS = {Modality.ct: (-1000.0, 1000.0, "HU"), Modality.mri: (0.0, 1.0, "normalised magnitude")}
 
@@ -23,5 +24,8 @@ DICOM_MODALITY = {Modality.ct: "CT", Modality.mri: "MR"}
 
 def intensity_card(modality: str | Modality) -> dict:
     """The default intensity map of a modality as a model-card ``intensity`` section."""
+    from medrecon.priors import MODEL_RANGE
+
     lo, hi, unit = INTENSITY_WINDOWS[Modality(modality)]
-    return {"physical_min": lo, "physical_max": hi, "model_min": 0.0, "model_max": 1.0, "unit": unit}
+    return {"physical_min": lo, "physical_max": hi, "model_min": MODEL_RANGE[0], "model_max": MODEL_RANGE[1],
+            "unit": unit}

@@ -13,7 +13,7 @@ from PIL import Image
 
 from medrecon.errors import InputError
 from medrecon.io import read_volume, write_dicom_series, write_nifti
-from medrecon.priors.base import GaussianDenoiser, IntensityMap
+from medrecon.priors.base import MODEL_RANGE, GaussianDenoiser, IntensityMap
 from medrecon.volume import Volume
 from pipelines import tasks
 from pipelines.measurement import Measurement
@@ -124,14 +124,16 @@ def test_ct_units_round_trip_without_noise(ct_nifti):
 
 
 def test_mri_simulation_matches_operator_on_the_same_grid(mr_nifti):
-    """With upsample=1 and no noise the simulated k-space is exactly the operator applied to the reference."""
+    """With upsample=1 and no noise the simulated k-space is exactly the operator applied to the reference (in the
+    model units of the default intensity map, which every trained prior shares)."""
     from pipelines.config import load_config
     cfg = load_config("cs_mri_x4", ["noise.kind=none", "simulation.upsample=1", "mri.image_size=32",
                                     "solver.name=zero_filled"]).resolved()
     p = Problem.build(cfg, read_volume(mr_nifti))
     assert (p.intensity.physical_min, p.intensity.physical_max) == (0.0, 1.0)
+    assert (p.intensity.model_min, p.intensity.model_max) == MODEL_RANGE
     ref, A, y = p.reference, p.operator, p.data
-    assert torch.allclose(A.forward(torch.from_numpy(ref.data)), y, atol=1e-5)
+    assert torch.allclose(A.forward(torch.from_numpy(p.intensity.to_model(ref.data))), y, atol=1e-5)
 
 
 def test_ct_padding_outside_the_scan_circle_is_air_in_data_and_reference():

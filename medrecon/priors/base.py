@@ -14,14 +14,20 @@ from dataclasses import dataclass
 import torch
 
 
+#: the model range of every prior medrecon trains and of runs without a prior, so that a weight acting on model
+#: units (a TV lam, a noise level) means the same with and without such a prior
+MODEL_RANGE = (-1.0, 1.0)
+
+
 @dataclass(frozen=True)
 class IntensityMap:
-    """Affine map between physical units (HU, normalised magnitude) and the model's range."""
+    """Affine map between physical units (HU, normalised magnitude) and the model's range (default
+    ``MODEL_RANGE``)."""
 
     physical_min: float
     physical_max: float
-    model_min: float = 0.0
-    model_max: float = 1.0
+    model_min: float = MODEL_RANGE[0]
+    model_max: float = MODEL_RANGE[1]
     unit: str = "HU"
 
     @property

@@ -12,9 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..volume import Volume
-from .base import IntensityMap
-
-MODEL_RANGE = (-1.0, 1.0)
+from .base import MODEL_RANGE, IntensityMap
 
 
 @dataclass

@@ -19,11 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medrecon.solvers import DiffusionMBIR, DPSSampler, FastSampler, MCGSampler, ProjectionSampler
 
-#: z-TV weight lam and ADMM penalty rho per modality (DiffusionMBIR, CVPR 2023; model units in [0, 1]); a solver's
-#: own entry (``SolverSpec.admm``) may add the other keys of ``ADMM`` (at_slice_mm, same_mask_scale, lam_xy)
+#: z-TV weight lam and ADMM penalty rho per modality (DiffusionMBIR, CVPR 2023: the paper's values, for images in
+#: [0, 1]; here they act on MODEL_RANGE [-1, 1], so lam at half the paper's strength, as it always has with the
+#: bundled priors); a solver's own entry (``SolverSpec.admm``) may add the other keys of ``ADMM`` (at_slice_mm,
+#: same_mask_scale, lam_xy)
 ADMM_DEFAULTS = {"ct": {"lam": 0.04, "rho": 10.0}, "mri": {"lam": 0.005, "rho": 0.01}}
 #: warm start per modality: the noise level the reverse diffusion starts at and the 3D ADMM-TV weight of the
-#: starting point (model units), chosen on training scans (benchmarks/bench_real.py --tune), never on test scans
+#: starting point (model units, MODEL_RANGE), chosen on training scans (benchmarks/bench_real.py --tune), never on test scans
 # CT start_sigma tuned at 20 steps; sparse_view_ct_8 sets 0.4 for its 50 (four training scans), _4 1.2 (README)
 WARM_START_DEFAULTS = {"ct": {"method": "admm_tv", "start_sigma": 0.8, "lam": 1.0},  # tuned: ct_chest_contrast, 8 views, 2 mm
                        "mri": {"method": "admm_tv", "start_sigma": 0.8, "lam": 0.003}}  # tuned: mr_head_t1w, x4, 2 mm

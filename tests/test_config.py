@@ -140,8 +140,10 @@ def test_ztv_of_mri_slices_sharing_one_mask_is_weaker():
 
 def test_diffusion_mbir_has_its_own_ct_warm_start():
     """DiffusionMBIR restarts lower than the fast sampler on CT (its corrector's noise; registry.MBIR_WARM)."""
-    mbir, fast = (load_config("limited_angle_ct_90", [f"solver.name={n}"], check_files=False).resolved().solver
+    mbir, fast = (load_config("sparse_view_ct_2", [f"solver.name={n}"], check_files=False).resolved().solver
                   .warm_start for n in ("diffusion_mbir", "fast"))
     assert (mbir.start_sigma, fast.start_sigma) == (0.3, 0.8) and mbir.lam == fast.lam == 1.0
     eight = load_config("sparse_view_ct_8", check_files=False).resolved().solver.warm_start  # its own, for 50 steps
     assert (eight.start_sigma, eight.lam) == (0.4, 1.0)
+    wedge = load_config("limited_angle_ct_90", check_files=False).resolved().solver.warm_start  # more TV at 90 deg
+    assert (wedge.start_sigma, wedge.lam) == (0.8, 5.0)

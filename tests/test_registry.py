@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from medrecon.errors import InputError
 from pipelines.config import REPO_CONFIGS, load_config
@@ -10,7 +11,7 @@ from pipelines.registry import ADMM_DEFAULTS, FAST_END, SOLVERS, WARM_START_DEFA
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("modality,config", [("ct", "limited_angle_ct_90"), ("mri", "cs_mri_x4")])  # no own warm start
+@pytest.mark.parametrize("modality,config", [("ct", "limited_angle_ct_90"), ("mri", "cs_mri_x4")])
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_resolved_config_takes_the_registry_defaults(name, modality, config):
     spec = SOLVERS[name]
@@ -23,9 +24,11 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
     assert s.steps == d["steps"]
     if spec.sampler is not None:  # diffusion samplers: the class is the source of its step defaults
         assert (s.steps, s.n_cg) == (spec.sampler.default_steps, spec.sampler.default_n_cg)
-    if hasattr(s, "warm_start"):  # the modality's warm start, with the solver's own values over it
+    if hasattr(s, "warm_start"):  # the modality's warm start, the solver's own values and the config's over it
+        own = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text())["solver"]["warm_start"]
         assert s.warm_start.model_dump() == {**WARM_START_DEFAULTS[modality], "iters": 100,
-                                             **(spec.warm or {}).get(modality, {})}
+                                             **(spec.warm or {}).get(modality, {}),
+                                             **{k: v for k, v in own.items() if v is not None}}
     # how the fast samplers end (end_sigma: the config's, see test_config); the others keep their papers' last step
     assert hasattr(s, "final_sigma") == (name in ("fast", "slicewise_fast"))
     if hasattr(s, "final_sigma"):

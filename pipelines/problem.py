@@ -76,6 +76,7 @@ class Problem:
     source: Volume | None = None  # the input volume (DICOM metadata for the derived series)
     data_scale: float = 1.0  # measured k-space was divided by this
     sqrt_weights: torch.Tensor | None = None  # CT ray weights W^1/2 of the data term (see ``least_squares``)
+    no_signal: float = 0.0  # the model value whose measured quantity is 0 (CT: mu 0, -1000 HU; MRI: 0), -b / a
     info: dict = field(default_factory=dict)
 
     # -- building ------------------------------------------------------------------------------
@@ -144,7 +145,8 @@ class Problem:
         if kw.get("info", {}).get("complex_images"):
             ones = torch.complex(ones, ones)  # the offset on the real and the imaginary part
         y_model = (y - b * A.forward(ones).to(y.dtype)) / a
-        return cls(cfg, device, prior, imap, meas, A, y_model, geom, data_scale=scale, sqrt_weights=sqrt_w, **kw)
+        return cls(cfg, device, prior, imap, meas, A, y_model, geom, data_scale=scale, sqrt_weights=sqrt_w,
+                   no_signal=-float(b) / float(a), **kw)
 
     # -- solving -------------------------------------------------------------------------------
     @property
@@ -176,11 +178,8 @@ class Problem:
         s = settings or self.config.solver
         if getattr(s, "cross_validate", None) is not None and s.cross_validate.enabled:
             s = cross_validate(self, s)  # the start_sigma and z-TV weight that predict held-out data best
-        if s.name == "fbp":  # FBP inverts the mm projector (unweighted data)
-            return Solution(torch.as_tensor(fbp(self.data, self.geometry, self.config.ct.fbp_filter))
-                            * self.geometry.pixel_size_mm)
-        if s.name == "zero_filled":
-            return Solution(self.operator.adjoint(self.data))
+        if s.name in ("fbp", "zero_filled"):
+            return Solution(self.linear_reconstruction(s.name))
         A, y = self.least_squares() if s.name not in GUIDED else (self.operator, self.data)
         start = self.physical_zero()
         if s.name in ("cgls", "sirt"):
@@ -232,6 +231,19 @@ class Problem:
             return False
         mask = np.asarray(m.mask)
         return mask.ndim < 3 or bool((mask == mask[:1]).all())
+
+    def linear_reconstruction(self, name: str) -> torch.Tensor:
+        """FBP (CT; it inverts the mm projector, unweighted data) or zero-filled (MRI) of the data's deviation from
+        the image that measures nothing (``no_signal``): the linear inverse of the physical data, whatever offset
+        the intensity map puts on model 0 (a sparse-view FBP of a constant image is not constant)."""
+        x0 = torch.full(self.shape, self.no_signal, device=self.device)
+        if self.complex_images:
+            x0 = torch.complex(x0, x0)
+        r = self.data - self.operator.forward(x0).to(self.data.dtype)
+        if name == "zero_filled":
+            return self.operator.adjoint(r) + x0
+        x = fbp(r, self.geometry, self.config.ct.fbp_filter)
+        return torch.as_tensor(x, device=self.device) * self.geometry.pixel_size_mm + x0
 
     def physical_zero(self) -> torch.Tensor:
         """The iterative solvers' start: physical value 0 in model units (CT: 0 HU; MRI: 0, i.e. model_min in the

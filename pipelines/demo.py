@@ -30,8 +30,8 @@ DIFFUSION = "Diffusion + z-TV (fast)"
 SCAN_TV_LAM = WARM_START_DEFAULTS["ct"]["lam"]
 #: the registry's noise level, tuned at 20 steps (the 8-view config's 0.4 is for its 50); eta, z-TV: the config's
 DEMO_START_SIGMA = WARM_START_DEFAULTS["ct"]["start_sigma"]
-#: bench_quality.py's tuning on phantom seed 1001 (0.05 / 0.1 / 0.2 / 0.3 / 0.5 / 1: 23.82 / 24.42 / 24.97 / 24.89 / 24.71 /
-#: 24.30 dB); 0.1 until the fifteenth session, chosen when runs without a prior had model units [0, 1]
+#: bench_quality.py's tuning on phantom seed 1001 (0.05 / 0.1 / 0.2 / 0.3 / 0.5 / 1: 23.82 / 24.42 / 24.97 / 24.89 /
+#: 24.71 / 24.30 dB); 0.1 until the fifteenth session, chosen when runs without a prior had model units [0, 1]
 PHANTOM_TV_LAM = 0.2
 
 

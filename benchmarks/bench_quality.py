@@ -33,7 +33,7 @@ CASES = {  # name: (config, modality, extra overrides)
     "mri8": ("cs_mri_x8", "mri", []),
     "mri3d": ("cs_mri_3d_poisson", "mri", []),
 }
-LAMBDA_GRID = {"ct": [0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0], "mri": [0.001, 0.003, 0.01, 0.03, 0.1]}
+LAMBDA_GRID = {"ct": [0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0], "mri": [0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]}
 TUNE_SEED, TEST_SEED = HELD_OUT_SEEDS[1], HELD_OUT_SEEDS[0]
 
 

@@ -236,9 +236,7 @@ class Problem:
         """FBP (CT; it inverts the mm projector, unweighted data) or zero-filled (MRI) of the data's deviation from
         the image that measures nothing (``no_signal``): the linear inverse of the physical data, whatever offset
         the intensity map puts on model 0 (a sparse-view FBP of a constant image is not constant)."""
-        x0 = torch.full(self.shape, self.no_signal, device=self.device)
-        if self.complex_images:
-            x0 = torch.complex(x0, x0)
+        x0 = self.constant_image(self.no_signal)
         r = self.data - self.operator.forward(x0).to(self.data.dtype)
         if name == "zero_filled":
             return self.operator.adjoint(r) + x0
@@ -249,8 +247,11 @@ class Problem:
         """The iterative solvers' start: physical value 0 in model units (CT: 0 HU; MRI: 0, i.e. model_min in the
         real and the imaginary part), so pixels the data do not see (outside the coil maps) stay 0, not the
         physical value of model 0."""
-        v = float(self.intensity.to_model(0.0))
-        x = torch.full(self.shape, v, device=self.device)
+        return self.constant_image(float(self.intensity.to_model(0.0)))
+
+    def constant_image(self, value: float) -> torch.Tensor:
+        """A volume of ``value`` (model units; complex images: in the real and the imaginary part)."""
+        x = torch.full(self.shape, value, device=self.device)
         return torch.complex(x, x) if self.complex_images else x
 
     @staticmethod

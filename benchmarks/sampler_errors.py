@@ -1,5 +1,5 @@
 """Record the fast sampler's own errors on training scans (sixteenth session; input for
-``benchmarks/train_on_sampler_errors.py``).
+``medrecon train --sampler-errors``, see ``medrecon.priors.sampler_errors``).
 
 Inside a warm-started sampler the prior is never shown a clean slice plus Gaussian noise: at step i it sees
 x0' + sigma_i n, where x0' (the warm start, then each step's data-consistent estimate) carries the errors the

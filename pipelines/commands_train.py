@@ -111,6 +111,14 @@ def train(
                                    "cut), for scans whose field of view cuts through the body."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from this prior's weights (a folder "
                                             "or bundled:NAME, same network; inputs it lacks start at zero)."),
+    sampler_errors: Optional[Path] = typer.Option(None, "--sampler-errors", help="patch: a folder of the fast "
+                                                  "sampler's recorded steps (benchmarks/sampler_errors.py); with "
+                                                  "probability --sampler-error-prob a step trains on them "
+                                                  "(medrecon.priors.sampler_errors)."),
+    sampler_error_prob: float = typer.Option(0.5, "--sampler-error-prob", min=0.0, max=1.0,
+                                             help="patch: probability that a step trains on recorded steps."),
+    sampler_error_sigma_min: float = typer.Option(0.0, "--sampler-error-sigma-min", min=0.0, help="patch: only "
+                                                  "recorded steps at this noise level or above."),
     steps: int = typer.Option(5000, "--steps", help="Total optimisation steps (with --resume: the new total)."),
     batch_size: int = typer.Option(16, "--batch-size", help="unet: slices per step; patch: patches of the largest "
                                    "size per step (smaller sizes get proportionally more)."),
@@ -183,6 +191,11 @@ def train(
         raise InputError("--intensity-scale needs --arch patch; drop it for a whole-slice prior")
     if fov_crop and arch != Arch.patch:
         raise InputError("--fov-crop needs --arch patch; drop it for a whole-slice prior")
+    if sampler_errors and arch != Arch.patch:
+        raise InputError("--sampler-errors needs --arch patch; drop it for a whole-slice prior")
+    if sampler_errors and not sampler_errors.is_dir():
+        raise InputError(f"--sampler-errors {sampler_errors}: no such folder; record the sampler's steps with "
+                         "benchmarks/sampler_errors.py --out FOLDER first")
     if init_from:
         from .config import resolve_prior_path
 
@@ -194,7 +207,9 @@ def train(
                         patch_sizes=sizes, pixel_spacing_range=tuple(pixel_range), seed=seed, device=device,
                         amp=amp, checkpoint_every=checkpoint_every, heldout_every=heldout_every,
                         sample_every=sample_every or steps, context_slices=context_slices, init_from=init_from,
-                        intensity_scale=scale, fov_crop=fov_crop)
+                        intensity_scale=scale, fov_crop=fov_crop,
+                        sampler_errors=str(sampler_errors) if sampler_errors else None,
+                        sampler_error_prob=sampler_error_prob, sampler_error_sigma_min=sampler_error_sigma_min)
     heldout, held_desc = None, None
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources)

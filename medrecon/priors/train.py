@@ -82,6 +82,9 @@ class TrainOptions:
     heldout_spacing_mm: float = 2.0  # patch: pixel size of the held-out whole slices
     context_slices: int = 0  # patch: 2.5D, the network also sees this many noisy slices on each side
     init_from: str | None = None  # a prior folder whose weights start the network (extra inputs start at 0)
+    sampler_errors: str | None = None  # patch: a folder of recorded sampler steps (sampler_errors.py)
+    sampler_error_prob: float = 0.5  # patch: probability that a step trains on recorded steps
+    sampler_error_sigma_min: float = 0.0  # patch: only recorded steps at this noise level or above
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -221,7 +224,7 @@ class _Trainer:
         context = x0[:, 1:] if o.context_slices else None  # a 2.5D batch: the slice, then its neighbours
         amp = o.amp and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = edm_loss(self.model, x0[:, :1], o, self.gen, cond=cond, context=context).mean()
+            loss = self.loss(x0, cond, context).mean()
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         if o.grad_clip:
@@ -233,6 +236,10 @@ class _Trainer:
                 pe.lerp_(p, 1 - decay)
         self.step += 1
         return float(loss.detach())
+
+    def loss(self, x0: torch.Tensor, cond: torch.Tensor | None, context: torch.Tensor | None) -> torch.Tensor:
+        """The step's loss per sample (the patch trainer may swap in recorded sampler steps)."""
+        return edm_loss(self.model, x0[:, :1], self.opts, self.gen, cond=cond, context=context)
 
     def prior(self) -> Denoiser:
         return EDMPrior(self.ema, self.card(), schedule_from_dict(EDM_SCHEDULE),
@@ -289,6 +296,13 @@ class _PatchTrainer(_Trainer):
                                     context=opts.context_slices, scale_range=opts.intensity_scale,
                                     scale_origin=IntensityMap.from_dict(data.intensity).to_model(0.0),
                                     fov_crop=opts.fov_crop)
+        self.recorded = None
+        if opts.sampler_errors:
+            from .sampler_errors import RecordedSteps
+
+            if opts.context_slices:
+                raise InputError("--sampler-errors trains on single slices: drop --context-slices")
+            self.recorded = RecordedSteps(opts.sampler_errors, opts.sampler_error_sigma_min)
         super().__init__(data, out, opts, command)
 
     def network_config(self) -> dict:
@@ -308,6 +322,12 @@ class _PatchTrainer(_Trainer):
     def batch(self):
         x, pos = self.sampler.sample(self.gen)
         return x.to(self.device), pos.to(self.device)
+
+    def loss(self, x0, cond, context):
+        o = self.opts
+        if self.recorded is not None and float(torch.rand(1, generator=self.gen)) < o.sampler_error_prob:
+            return self.recorded.loss(self.model, x0.shape[0], x0.shape[-1], o.sigma_data, self.gen, self.device)
+        return super().loss(x0, cond, context)
 
     def inference_size(self) -> int:
         return int(self.opts.patch_inference_size or max(self.opts.patch_sizes))
@@ -343,7 +363,10 @@ class _PatchTrainer(_Trainer):
                                               "flip": "left-right" if o.flip else None,
                                               "intensity_jitter": o.intensity_jitter,
                                               "intensity_scale": list(o.intensity_scale) if o.intensity_scale
-                                              else None, "fov_crop": o.fov_crop}}}
+                                              else None, "fov_crop": o.fov_crop},
+                             **({"sampler_errors": self.recorded.describe(o.sampler_error_prob,
+                                                                          o.sampler_error_sigma_min)}
+                                if self.recorded is not None else {})}}
 
 
 def init_weights(model: torch.nn.Module, prior, source: str | Path, seed: int = 0) -> None:

@@ -148,6 +148,7 @@ def main(argv=None):
             f"ADMM-TV 3D (lam {lam:g})": admm_tv_settings(lam)}
         if not (a.baselines_only or a.no_slicewise):
             methods["2D prior only (warm, no z-TV)"] = fast(a.fast_steps, warm_lam, s0, name="slicewise_fast")
+        if not a.baselines_only:
             methods["fast + z-TV (warm)"] = fast(a.fast_steps, warm_lam, s0)
         if a.cv:
             methods["fast + z-TV + CV (warm)"] = {**fast(a.fast_steps, lam, s0), "cross_validate": {"enabled": True}}

@@ -42,6 +42,7 @@ class RecordedSteps:
                 raise InputError(f"{f}: no recorded step at sigma >= {sigma_min:g}; lower --sampler-error-sigma-min")
             self.runs.append((torch.from_numpy(d["reference"]), torch.from_numpy(d["errors"][keep]),
                               torch.from_numpy(d["sigmas"][keep])))
+        self.min_side = min(min(ref.shape[-2:]) for ref, _, _ in self.runs)
         sizes = torch.tensor([float(e.shape[0] * e.shape[1]) for _, e, _ in self.runs])
         self.run_probs = sizes / sizes.sum()
 

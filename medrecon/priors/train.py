@@ -303,6 +303,10 @@ class _PatchTrainer(_Trainer):
             if opts.context_slices:
                 raise InputError("--sampler-errors trains on single slices: drop --context-slices")
             self.recorded = RecordedSteps(opts.sampler_errors, opts.sampler_error_sigma_min)
+            if self.recorded.min_side < max(opts.patch_sizes):
+                raise InputError(f"{opts.sampler_errors}: a recorded slice is {self.recorded.min_side} pixels on a "
+                                 f"side, smaller than the largest patch ({max(opts.patch_sizes)}); record larger "
+                                 "slabs or train with smaller --patch-sizes")
         super().__init__(data, out, opts, command)
 
     def network_config(self) -> dict:

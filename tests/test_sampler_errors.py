@@ -98,3 +98,19 @@ def test_cli_sampler_errors_needs_a_patch_prior_and_a_folder(tmp_path, capsys):
     assert "--sampler-errors needs --arch patch" in capsys.readouterr().err
     assert main([*base, "--arch", "patch", "--sampler-errors", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_resume_with_recorded_steps_continues_exactly(tmp_path):
+    from dataclasses import replace
+
+    rng = np.random.default_rng(4)
+    data = prepare_volumes([phantom(rng, z=3, n=24) for _ in range(2)], CT)
+    record(tmp_path / "rec", data.volumes[0][:, 0].numpy(), rng.normal(0, 0.1, (3, 3, 24, 24)))
+    opts = TrainOptions(arch="patch", channels=(8, 16), patch_sizes=(8, 16), batch_size=2, steps=6, warmup=2,
+                        checkpoint_every=0, sample_every=0, log_every=2, device="cpu",
+                        sampler_errors=str(tmp_path / "rec"), sampler_error_prob=0.5)
+    straight = train_prior(data, tmp_path / "a", opts, progress=False)
+    train_prior(data, tmp_path / "b", replace(opts, steps=3), progress=False)
+    resumed = train_prior(data, tmp_path / "b", opts, resume=True, progress=False)
+    x, s = torch.randn(2, 1, 30, 20), torch.tensor([0.1, 1.0])
+    assert torch.equal(load_prior(straight).denoise(x, s), load_prior(resumed).denoise(x, s))

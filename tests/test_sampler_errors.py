@@ -1,4 +1,6 @@
 """Training on the sampler's recorded steps (medrecon.priors.sampler_errors, `medrecon train --sampler-errors`)."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -72,8 +74,8 @@ def test_training_on_recorded_steps_teaches_the_network_to_remove_their_error(tm
                         warmup=10, checkpoint_every=0, heldout_every=0, sample_every=0, device="cpu",
                         pixel_spacing_range=(0.9, 1.1), rotate_deg=0.0)
     plain = load_prior(train_prior(data, tmp_path / "plain", opts, progress=False))
-    out = train_prior(data, tmp_path / "se", TrainOptions(**{**opts.__dict__, "sampler_errors": str(folder),
-                                                             "sampler_error_prob": 0.7}), progress=False)
+    out = train_prior(data, tmp_path / "se", replace(opts, sampler_errors=str(folder), sampler_error_prob=0.7),
+                      progress=False)
     taught = load_prior(out)
     x = torch.from_numpy(ref[:, None])
     noisy = x + torch.from_numpy(stripes[:, None]) + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
@@ -101,8 +103,8 @@ def test_cli_sampler_errors_needs_a_patch_prior_and_a_folder(tmp_path, capsys):
 
 
 def test_resume_with_recorded_steps_continues_exactly(tmp_path):
-    from dataclasses import replace
-
+    """Resume is exact, and the run did train on recorded steps: it differs from the run with probability 0, which
+    draws the same coin flips and would be identical had no flip chosen a recorded batch."""
     rng = np.random.default_rng(4)
     data = prepare_volumes([phantom(rng, z=3, n=24) for _ in range(2)], CT)
     record(tmp_path / "rec", data.volumes[0][:, 0].numpy(), rng.normal(0, 0.1, (3, 3, 24, 24)))
@@ -112,5 +114,8 @@ def test_resume_with_recorded_steps_continues_exactly(tmp_path):
     straight = train_prior(data, tmp_path / "a", opts, progress=False)
     train_prior(data, tmp_path / "b", replace(opts, steps=3), progress=False)
     resumed = train_prior(data, tmp_path / "b", opts, resume=True, progress=False)
+    never = train_prior(data, tmp_path / "c", replace(opts, sampler_error_prob=0.0), progress=False)
     x, s = torch.randn(2, 1, 30, 20), torch.tensor([0.1, 1.0])
-    assert torch.equal(load_prior(straight).denoise(x, s), load_prior(resumed).denoise(x, s))
+    d = load_prior(straight).denoise(x, s)
+    assert torch.equal(d, load_prior(resumed).denoise(x, s))
+    assert not torch.equal(d, load_prior(never).denoise(x, s))

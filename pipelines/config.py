@@ -36,7 +36,7 @@ BUNDLED_PRIORS = Path(__file__).resolve().parents[1] / "medrecon" / "assets" / "
 
 # ---------------------------------------------------------------------------------------------- CT
 class Detector(Section):
-    n_det: Optional[int] = Field(None, gt=0)  # null: ceil(sqrt(2) * image_size) bins
+    n_det: Optional[int] = Field(None, gt=0)  # null: about sqrt(2) * image_size bins, centred on the pixel rows
     spacing: Optional[float] = Field(None, gt=0)  # mm; null: the reconstruction pixel size
 
 

@@ -21,6 +21,13 @@ from .config import Config
 from .measurement import Measurement
 
 
+def _covered(centres: np.ndarray, width: float, n: int) -> np.ndarray:
+    """Fraction of each new pixel (centre in source pixel units, ``width`` source pixels wide) inside the
+    source's n pixels, which span [-0.5, n - 0.5]."""
+    lo, hi = np.maximum(centres - width / 2, -0.5), np.minimum(centres + width / 2, n - 0.5)
+    return np.clip(hi - lo, 0.0, width) / width
+
+
 def resample_inplane(vol: Volume, size: int, pixel_size: float | None = None, order: int = 1) -> Volume:
     """Every axial slice resampled onto size x size pixels of ``pixel_size`` mm, centred on the slice centre.
 
@@ -39,11 +46,16 @@ def resample_inplane(vol: Volume, size: int, pixel_size: float | None = None, or
         data = gaussian_filter(data, sig, mode="nearest")
     yy, xx = np.meshgrid(cy, cx, indexing="ij")
     pad = float(vol.data.min())
-    # a sample within the source's pixels (up to their outer edges, half a pixel beyond the last centre) takes
-    # the nearest values there; beyond them the padding. Constant mode alone also turned the outer half pixel into
-    # air, so a finer grid of the same field of view (the simulation's) lost a rim of a body cut by the edge.
-    outside = (yy < -0.5) | (yy > ny - 0.5) | (xx < -0.5) | (xx > nx - 0.5)
-    out = np.stack([np.where(outside, pad, map_coordinates(s, [yy, xx], order=order, mode="nearest")) for s in data])
+    # the source covers its pixels up to their outer edges (half a pixel beyond the last centre); a new pixel takes
+    # the nearest values there, mixed with the padding by the fraction of its area the source covers. So a body
+    # cut by the field of view keeps its rim on a finer grid (the simulation's), and a coarser grid (the
+    # reference) holds the same partial row at the cut as the data do, wherever the cut falls.
+    cover = np.outer(_covered(cy, pixel_size / sy, ny), _covered(cx, pixel_size / sx, nx))
+    def one(s):
+        v = map_coordinates(s, [yy, xx], order=order, mode="nearest")
+        return np.where(cover == 1.0, v, pad + cover * (v - pad)).astype(v.dtype)
+
+    out = np.stack([one(s) for s in data])
     origin = vol.world_lps([cx[0], cy[0], 0.0])
     return Volume(out, (pixel_size, pixel_size, sz), tuple(origin), vol.direction, dict(vol.meta))
 

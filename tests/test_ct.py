@@ -2,6 +2,7 @@
 and ADMM-TV against FBP on a textured phantom (measurements simulated on a finer grid with another
 projector and noise, so no inverse crime)."""
 import json
+import math
 
 import astra
 import numpy as np
@@ -12,8 +13,8 @@ from medrecon.errors import InputError, MedreconError
 from medrecon.solvers import admm_tv
 from operators.ct import (MU_WATER, ConeBeamGeometry, ConeProjector, FanBeamGeometry, ParallelBeamGeometry,
                           SliceProjector, attenuation_per_pixel, fbp, fdk, geometry_from_dict, hu_to_mu, make_geometry,
-                          noisy_line_integrals, pixel_unit_projector, poisson_weights_from_line_integrals,
-                          system_matrix)
+                          noisy_line_integrals, parallel_det_count, pixel_unit_projector,
+                          poisson_weights_from_line_integrals, system_matrix)
 from operator_registry import disc, psnr, textured_phantom
 
 GPU = pytest.mark.gpu
@@ -105,7 +106,7 @@ def test_fbp_scale_uses_the_acquired_angular_step():
 
 def test_geometry_defaults_angles_and_round_trip():
     g = ParallelBeamGeometry.sparse_view(256, 8)
-    assert g.n_det == 363 and g.sino_shape == (8, 363)
+    assert g.n_det == 364 and g.sino_shape == (8, 364)  # ceil(sqrt(2) 256) = 363, one more for the parity
     assert np.allclose(g.angles_deg, np.linspace(0, 180, 8, endpoint=False))
     la = ParallelBeamGeometry.limited_angle(64, 90)
     assert la.angles_deg == tuple(float(a) for a in range(90))
@@ -164,9 +165,29 @@ def test_noisy_line_integrals_none_gaussian_and_poisson():
         noisy_line_integrals(p, "complex_gaussian", np.random.default_rng(0))
 
 
+@pytest.mark.parametrize("n", [63, 64, 87])
+def test_default_detector_bins_lie_on_the_pixel_rows(n):
+    """At 90 degrees a bin of the default detector sees one pixel row whole, so a pattern alternating from row to
+    row projects as strongly as a flat image (its norm ratio 1 up to the ends). A detector half a pixel off (one
+    bin more or fewer) averages neighbouring rows and all but loses it: the null space that left ringing along a
+    body cut by the field of view (eighteenth session)."""
+    rows = ((-1.0) ** torch.arange(n, dtype=torch.float64))[:, None].expand(n, n).contiguous()
+    flat = torch.ones(n, n, dtype=torch.float64)
+    g = ParallelBeamGeometry(n, (0.0, 90.0))
+    assert g.n_det == parallel_det_count(n, 1.0, 1.0) and (g.n_det - n) % 2 == 0 and g.n_det >= math.sqrt(2) * n
+
+    def seen(geom):
+        p = SliceProjector(geom)
+        return float(p(rows)[1].norm() / p(flat)[1].norm())
+
+    assert seen(g) == pytest.approx(1.0, abs=1e-5)  # the projector's float32 weights
+    assert seen(ParallelBeamGeometry(n, (0.0, 90.0), n_det=g.n_det + 1)) < 0.1
+    assert parallel_det_count(n, 1.0, 0.7) == math.ceil(math.sqrt(2) * n / 0.7)  # other bin widths: no parity rule
+
+
 def test_make_geometry_defaults_like_and_pixel_unit_projector():
     g = make_geometry("parallel", 64, 0.5, n_views=8)
-    assert g == ParallelBeamGeometry.sparse_view(64, 8, n_det=91, pixel_size_mm=0.5, det_spacing_mm=0.5)
+    assert g == ParallelBeamGeometry.sparse_view(64, 8, n_det=92, pixel_size_mm=0.5, det_spacing_mm=0.5)
     la = make_geometry("parallel", 32, 1.0, wedge_deg=90, n_det=50, det_spacing_mm=0.8)
     assert la.angles_deg == tuple(float(a) for a in range(90)) and (la.n_det, la.det_spacing_mm) == (50, 0.8)
     fan = make_geometry("fan", 32, 0.5, n_views=6, source_distance_mm=60.0)

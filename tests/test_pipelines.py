@@ -477,6 +477,20 @@ def test_finer_grid_of_the_same_field_of_view_keeps_a_body_cut_by_the_edge():
     assert np.all(wide[:4] == -1000.0) and np.all(wide[:, -4:] == -1000.0) and wide[20, 20] == 40.0
 
 
+def test_reference_holds_the_partial_pixels_the_data_see_at_a_cut():
+    """Where the field of view cuts the body mid-pixel of the reference grid, a reference pixel is the area mix of
+    body and padding, the mean of the finer grid the data are projected from (before, a pixel whose centre lay
+    beyond the cut was air: a row of errors of several hundred HU on a body cut at the edge, for every method)."""
+    data = np.full((1, 30, 30), 40.0, np.float32)
+    data[0, 0, 0] = -1000.0  # the padding value
+    vol = Volume(data, spacing=(1.0, 1.0, 2.0))
+    coarse = resample_inplane(vol, 16, 2.0).data[0]  # 32 mm: the source's edges fall mid-pixel on every side
+    fine = resample_inplane(vol, 32, 1.0).data[0]
+    block = fine.reshape(16, 2, 16, 2).mean((1, 3))
+    assert coarse[8, -1] == pytest.approx(-480.0) and coarse[-1, -1] == pytest.approx(-740.0)  # 1/2, 1/4 body
+    assert np.allclose(coarse[3:, 3:], block[3:, 3:], atol=1e-3)  # away from the air corner (prefiltered here)
+
+
 @pytest.mark.parametrize("coils", ["single", "multi"])
 def test_simulated_mri_reference_is_what_fully_sampled_noise_free_data_reconstruct(coils):
     """The MRI reference is the image the simulated k-space holds (the 2x finer image limited to the grid's

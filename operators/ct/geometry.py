@@ -121,9 +121,21 @@ def _fan_det_count(width_mm: float, so: float, od: float, ds: float) -> int:
     return int(math.ceil(2.0 * half / ds))
 
 
+def parallel_det_count(image_size: int, pixel_size_mm: float, det_spacing_mm: float) -> int:
+    """Default bins of a centred parallel-beam detector: enough to see the whole square (√2 times its width);
+    when the bins are as wide as the pixels, one more where needed to give the count the image size's parity,
+    so that at 0° and 90° every bin is centred on a pixel row (column). Half a pixel off, each bin would straddle
+    two rows and those views could not see a pattern alternating from row to row: a null space of the geometry,
+    not of sparse-view CT, that leaves ringing along straight edges (a body cut by the field of view)."""
+    n = int(math.ceil(math.sqrt(2.0) * image_size * pixel_size_mm / det_spacing_mm - 1e-9))
+    if math.isclose(det_spacing_mm, pixel_size_mm, rel_tol=1e-9) and (n - image_size) % 2:
+        n += 1
+    return n
+
+
 @dataclass(frozen=True, repr=False)
 class ParallelBeamGeometry(_SliceGeometry):
-    """Parallel beam, every axial slice alike. ``n_det`` defaults to ceil(√2·n·pixel/det_spacing)."""
+    """Parallel beam, every axial slice alike. ``n_det`` defaults to :func:`parallel_det_count`."""
 
     image_size: int
     angles_deg: tuple
@@ -136,8 +148,7 @@ class ParallelBeamGeometry(_SliceGeometry):
     def __post_init__(self):
         _check_common(self, self.image_size, self.pixel_size_mm, self.det_spacing_mm)
         if self.n_det is None:
-            w = self.image_size * self.pixel_size_mm
-            self._set("n_det", int(math.ceil(math.sqrt(2.0) * w / self.det_spacing_mm - 1e-9)))
+            self._set("n_det", parallel_det_count(self.image_size, self.pixel_size_mm, self.det_spacing_mm))
         self._set("n_det", int(self.n_det))
 
     def astra_geometries(self):

@@ -6,7 +6,6 @@ mu = MU_WATER * (1 + HU / 1000), MU_WATER = 0.02 / mm (water at about 70 keV).
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -59,9 +58,10 @@ def make_geometry(beam: str, size: int, pixel_size_mm: float, *, n_views: int | 
     """The slice geometry for ``size``^2 pixels of ``pixel_size_mm``: sparse view (``n_views``) or limited
     angle (``wedge_deg``, one view per degree); give exactly one.
 
-    Defaults: detector spacing = pixel size; n_det = ceil(sqrt(2) * size) for parallel beam, the geometry's
-    own default for fan beam (see FanBeamGeometry, also for the distances, fan only). ``like``: copy the
-    detector and distances of that geometry instead (a finer simulation grid sees the same detector).
+    Defaults: detector spacing = pixel size; n_det the geometry's own (parallel: ``parallel_det_count``, about
+    sqrt(2) * size bins centred on the pixel rows at 0 and 90 degrees; fan: see FanBeamGeometry, also for the
+    distances). ``like``: copy the detector and distances of that geometry instead (a finer simulation grid sees
+    the same detector).
     """
     classes = {"parallel": ParallelBeamGeometry, "fan": FanBeamGeometry}
     if beam not in classes:
@@ -75,7 +75,7 @@ def make_geometry(beam: str, size: int, pixel_size_mm: float, *, n_views: int | 
         kw["pixel_size_mm"] = pixel_size_mm
     else:
         kw = {"pixel_size_mm": pixel_size_mm, "det_spacing_mm": det_spacing_mm or pixel_size_mm,
-              "n_det": n_det or (math.ceil(math.sqrt(2) * size) if beam == "parallel" else None)}
+              "n_det": n_det}
         if beam == "fan":
             kw.update(source_origin_mm=source_distance_mm, origin_det_mm=detector_distance_mm)
     cls = classes[beam]

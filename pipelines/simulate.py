@@ -51,6 +51,7 @@ def resample_inplane(vol: Volume, size: int, pixel_size: float | None = None, or
     # cut by the field of view keeps its rim on a finer grid (the simulation's), and a coarser grid (the
     # reference) holds the same partial row at the cut as the data do, wherever the cut falls.
     cover = np.outer(_covered(cy, pixel_size / sy, ny), _covered(cx, pixel_size / sx, nx))
+
     def one(s):
         v = map_coordinates(s, [yy, xx], order=order, mode="nearest")
         return np.where(cover == 1.0, v, pad + cover * (v - pad)).astype(v.dtype)

@@ -14,7 +14,7 @@ from .physics import (MU_WATER, NOISE_KINDS, attenuation_per_pixel, hu_to_mu, ma
 from .projector import DEFAULT_PROJECTOR, SliceProjector, SystemMatrix, clear_matrix_cache, system_matrix
 
 __all__ = ["ConeProjector", "fdk", "FILTERS", "fbp", "ramp_filter", "GEOMETRIES", "ConeBeamGeometry",
-           "FanBeamGeometry", "ParallelBeamGeometry", "geometry_from_dict", "parallel_det_count", "MU_WATER", "NOISE_KINDS",
-           "attenuation_per_pixel", "hu_to_mu", "make_geometry", "noisy_line_integrals", "pixel_unit_projector",
-           "poisson_weights_from_line_integrals", "DEFAULT_PROJECTOR", "SliceProjector", "SystemMatrix",
-           "clear_matrix_cache", "system_matrix"]
+           "FanBeamGeometry", "ParallelBeamGeometry", "geometry_from_dict", "parallel_det_count", "MU_WATER",
+           "NOISE_KINDS", "attenuation_per_pixel", "hu_to_mu", "make_geometry", "noisy_line_integrals",
+           "pixel_unit_projector", "poisson_weights_from_line_integrals", "DEFAULT_PROJECTOR", "SliceProjector",
+           "SystemMatrix", "clear_matrix_cache", "system_matrix"]

@@ -6,7 +6,6 @@ mu = MU_WATER * (1 + HU / 1000), MU_WATER = 0.02 / mm (water at about 70 keV).
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

@@ -24,8 +24,9 @@ from .measurement import Measurement
 def _covered(centres: np.ndarray, width: float, n: int) -> np.ndarray:
     """Fraction of each new pixel (centre in source pixel units, ``width`` source pixels wide) inside the
     source's n pixels, which span [-0.5, n - 0.5]."""
-    lo, hi = np.maximum(centres - width / 2, -0.5), np.minimum(centres + width / 2, n - 0.5)
-    return np.clip(hi - lo, 0.0, width) / width
+    first, last = centres - width / 2, centres + width / 2
+    part = np.clip(np.minimum(last, n - 0.5) - np.maximum(first, -0.5), 0.0, width) / width
+    return np.where((first >= -0.5) & (last <= n - 0.5), 1.0, part)  # exactly 1 inside: values kept as they are
 
 
 def resample_inplane(vol: Volume, size: int, pixel_size: float | None = None, order: int = 1) -> Volume:

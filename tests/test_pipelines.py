@@ -491,7 +491,7 @@ def test_reference_holds_the_partial_pixels_the_data_see_at_a_cut():
     assert np.allclose(coarse[3:, 3:], block[3:, 3:], atol=1e-3)  # away from the air corner (prefiltered here)
     # pixels wholly inside the scan keep their values to the bit (a whole-body scan's data do not change)
     flat = np.full((1, 40, 40), 37.3, np.float32)
-    flat[0, 0, 0] = -1000.0
+    flat[0, 0, 0] = -1000.0  # one air pixel, so the padding (the scan's minimum) differs from the body value
     inside = resample_inplane(Volume(flat, spacing=(0.977, 0.977, 2.0)), 25, 1.3).data[0, 4:-4, 4:-4]
     assert np.all(inside == np.float32(37.3))
 

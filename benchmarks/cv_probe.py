@@ -1,10 +1,9 @@
 """Can cross-validation on held-out measurements tell which sampler suits a scan? For each training scan, the
-fast sampler with and without the two-scale denoiser of ``sampler_variants.py`` (``coarse``) is fitted without
+fast sampler with and without its two-scale denoiser (``solver.coarse_above``) is fitted without
 the held-out views (``solver.cross_validate`` with one candidate) and scored on them, then run on all the data
 and scored against the reference. A usable criterion ranks the two the same way on every scan.
 
-    python benchmarks/cv_probe.py --case ct8 --scans ct_chest_contrast ct_lung1 ct_abdomen --warm 0.8:0.3 \
-        --tau 0.1 --keep-fine
+    python benchmarks/cv_probe.py --case ct8 --scans ct_chest_contrast ct_lung1 ct_abdomen --warm 0.8:0.3 --tau 0.1
 """
 from __future__ import annotations
 
@@ -16,9 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import sampler_variants  # noqa: E402
 from bench_real import CASES, PRIOR, load  # noqa: E402
-from medrecon.solvers import diffusion  # noqa: E402
 from pipelines.compare import compare_methods  # noqa: E402
 
 
@@ -29,7 +26,6 @@ def main(argv=None):
     ap.add_argument("--warm", required=True, help="start_sigma:lam of the warm start")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--tau", type=float, default=0.1, help="the two-scale denoiser above this noise level")
-    ap.add_argument("--keep-fine", action="store_true", help="keep the full-resolution high frequencies")
     a = ap.parse_args(argv)
     config, modality = CASES[a.case]
     sigma, lam = (float(v) for v in a.warm.split(":"))
@@ -37,18 +33,14 @@ def main(argv=None):
               "warm_start": {"method": "admm_tv", "start_sigma": sigma, "lam": lam},
               "cross_validate": {"enabled": True, "start_sigma": [1.0], "lam": [1.0]}}
     common = [f"prior.path={PRIOR[modality]}", f"{modality}.pixel_size=2.0"]
-    original = diffusion.DiffusionSolver.denoise
     print("| scan | run | held-out error | PSNR axial |\n|---|---|---|---|")
     for scan in a.scans:
         vol = load(scan, 6, None)
-        for label in ("default", f"coarse {a.tau:g}{' keep-fine' if a.keep_fine else ''}"):
-            diffusion.DiffusionSolver.denoise = original
-            if label != "default":
-                sampler_variants.coarse(a.tau, a.keep_fine)
-            _, (r,) = compare_methods(config, vol, {label: method}, common, echo=lambda m: None)
+        for label, tau in (("one scale", 0.0), (f"two-scale above {a.tau:g}", a.tau)):
+            _, (r,) = compare_methods(config, vol, {label: {**method, "coarse_above": tau}}, common,
+                                      echo=lambda m: None)
             err = r.cross_validation["candidates"][0]["heldout_error"]
             print(f"| {scan} | {label} | {err:.5f} | {r.metrics['psnr']['axial']:.2f} |", flush=True)
-    diffusion.DiffusionSolver.denoise = original
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ with the remaining arguments (so the scans, case, warm start and step count are 
     python benchmarks/sampler_variants.py --variant mr-scale --scale auto -- --case mri8 ...
     python benchmarks/sampler_variants.py --variant prior-above --other-prior out/train/ct_patch25 --tau 0.3 -- ...
     python benchmarks/sampler_variants.py --variant inflate --inflate 1.2:0.02 -- --case ct8 ...
-    python benchmarks/sampler_variants.py --variant coarse --tau 0.3 -- --case ct8 ...
     python benchmarks/sampler_variants.py --variant context --context oracle -- --case ct8 --scans ct_abdomen \
         --warm 0.8:0.3 --setting final_sigma 0.02 --prior out/train/ct_patch25_se --per-slice
 
@@ -23,10 +22,9 @@ the image multiplied by c (auto: 1 / the warm start's 99.5th percentile, the MR 
 normalisation; the pipeline normalises simulated MRI by its maximum). prior-above: another prior (e.g. a 2.5D
 one) denoises at noise levels above tau, the run's own prior below. inflate c:e: the network is told the noise
 level sqrt((c sigma)^2 + e^2) instead of sigma, for the structured error the data-consistency step leaves on top
-of the sampler's own noise (the final denoising keeps its sigma). coarse: above tau the network denoises the
-slice at twice the pixel size (2x2 means: noise sigma / 2, twice the context per tile; inside the patch
-prior's trained range of pixel sizes) and the result is interpolated back (bilinear); with --keep-fine, only its
-low frequencies replace those of the full-resolution estimate (D_fine - up(down(D_fine)) + up(D_coarse)).
+of the sampler's own noise (the final denoising keeps its sigma). The two-scale variant of the eleventh and
+nineteenth sessions ("coarse --keep-fine") is now built in: the fast sampler's ``solver.coarse_above``
+(``tune_ztv.py --setting coarse_above 0 0.1``); its coarse-only form, not adopted, is in this file's history.
 context (a 2.5D prior): the neighbouring slices it sees are replaced, a diagnostic: oracle = the reference's
 neighbouring slices with fresh noise of the step's sigma (what training shows it; a cheat), self = the slice itself
 as every neighbour (no z information), reflect = slice 1 for the missing slice -1 at the volume's ends (and
@@ -144,28 +142,6 @@ def inflate(spec: str):
     diffusion.DiffusionSolver.denoise, diffusion.DiffusionSolver._step = inflated, marked_step
 
 
-def coarse(tau: float, keep_fine: bool):
-    import torch.nn.functional as F
-
-    denoise = diffusion.DiffusionSolver.denoise
-
-    def two_scale(self, x, sigma, context=None):
-        if sigma <= tau or x.is_complex() or context is not None:
-            return denoise(self, x, sigma, context)
-
-        def down(v):
-            return F.interpolate(v.unsqueeze(1), scale_factor=0.5, mode="area").squeeze(1)
-
-        def up(v):
-            return F.interpolate(v.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
-        low = up(denoise(self, down(x), sigma / 2))
-        if not keep_fine:
-            return low
-        fine = denoise(self, x, sigma)
-        return fine - up(down(fine)) + low
-    diffusion.DiffusionSolver.denoise = two_scale
-
-
 def context(mode: str):
     import numpy as np
 
@@ -212,21 +188,18 @@ def main(argv=None):
     own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", required=True, choices=["flip", "restart", "final-dc", "mr-scale", "prior-above",
-                                                             "inflate", "coarse", "context"])
+                                                             "inflate", "context"])
     ap.add_argument("--context", default="oracle", choices=["oracle", "self", "reflect"],
                     help="context: what a 2.5D prior sees as its neighbours")
     ap.add_argument("--restart", default="0.3:10", help="sigma:steps[,sigma:steps] of the restarts")
     ap.add_argument("--scale", default="auto", help="mr-scale: c, or auto")
     ap.add_argument("--other-prior", default=None, help="prior-above: the prior used above tau")
     ap.add_argument("--inflate", default="1.2:0", help="inflate: c:e of the noise level told to the network")
-    ap.add_argument("--keep-fine", action="store_true", help="coarse: keep the full-resolution high frequencies")
-    ap.add_argument("--tau", type=float, default=0.3, help="prior-above: the noise level where the priors switch; "
-                    "coarse: above it the coarse grid")
+    ap.add_argument("--tau", type=float, default=0.3, help="prior-above: the noise level where the priors switch")
     a = ap.parse_args(own)
     {"flip": flip_ensemble, "restart": lambda: restart(a.restart), "final-dc": final_dc,
      "mr-scale": lambda: mr_scale(a.scale), "prior-above": lambda: prior_above(a.other_prior, a.tau),
-     "inflate": lambda: inflate(a.inflate), "coarse": lambda: coarse(a.tau, a.keep_fine),
-     "context": lambda: context(a.context)}[a.variant]()
+     "inflate": lambda: inflate(a.inflate), "context": lambda: context(a.context)}[a.variant]()
     import tune_ztv
     tune_ztv.main(rest)
 

@@ -223,6 +223,20 @@ class Problem:
                              "same_mask": same_mask}
         return lam, rho, lam_xy
 
+    def coarse_above(self, asked: float) -> float:
+        """The fast sampler's two-scale noise level: ``asked`` where the prior was trained at twice this grid's pixel
+        size (a patch prior's range), else 0 (off); recorded in ``info["two_scale"]``."""
+        coarse_mm = 2 * float(min(self.measurement.grid.spacing[:2]))
+        span = getattr(self.prior, "pixel_spacing_mm_range", None)
+        fits = getattr(self.prior, "image_size", None) is None and span is not None and coarse_mm <= span[1] * 1.01
+        used = asked if fits else 0.0
+        self.info["two_scale"] = {"coarse_above": used, "coarse_pixel_mm": round(coarse_mm, 4)}
+        if asked and not fits:
+            self.info["two_scale"]["off"] = (
+                f"the coarse pixel {coarse_mm:.3g} mm is outside the pixel sizes prior {self.prior.name} was trained at"
+                + (f" ({span[0]:.3g}-{span[1]:.3g} mm)" if span else "") + ": one scale only")
+        return used
+
     @property
     def same_mask(self) -> bool:
         """MRI slices (2D layout) that share one k-space mask: their undersampling aliasing is the same on every slice."""
@@ -279,6 +293,8 @@ class Problem:
     def _sampler_options(self, s) -> dict:
         """Keyword arguments of the sampler class beyond the shared ones, from its settings."""
         opts = {k: getattr(s, k) for k in ("eta", "snr", "lambda_proj", "end_sigma", "final_sigma") if hasattr(s, k)}
+        if hasattr(s, "coarse_above"):
+            opts["coarse_above"] = self.coarse_above(s.coarse_above or 0.0)
         if s.name in GUIDED and self.sqrt_weights is not None:
             opts["weights"] = self.sqrt_weights ** 2
         if s.name == "mcg":

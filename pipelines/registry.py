@@ -189,13 +189,19 @@ class _FastEnding(Section):
     final_sigma: Optional[float] = Field(None, ge=0)
 
 
-class FastSettings(_Diffusion, _CV, _FastEnding):
+class _TwoScale(Section):
+    # > 0: above this noise level (model units) the fast sampler's denoiser also works at twice the pixel size and
+    # that estimate's low frequencies are used, where the prior knows that size (Problem.coarse_above); 0 or null: off
+    coarse_above: Optional[float] = Field(None, ge=0)
+
+
+class FastSettings(_Diffusion, _CV, _FastEnding, _TwoScale):
     name: Literal["fast"] = "fast"
     # stochasticity of the re-noising: 1.0 beat DDS's 0.85 (and 0.5, 0) on the CT and the MR training scans
     eta: float = Field(1.0, ge=0, le=1)
 
 
-class SlicewiseFastSettings(_Diffusion, _Warm, _FastEnding):
+class SlicewiseFastSettings(_Diffusion, _Warm, _FastEnding, _TwoScale):
     name: Literal["slicewise_fast"] = "slicewise_fast"
     eta: float = Field(1.0, ge=0, le=1)
 
@@ -253,6 +259,8 @@ class SolverSpec:
             out["admm"] = {**admm, "lam": admm["lam"] if self.z_tv == "default" else 0.0}
         if issubclass(self.settings, _FastEnding):
             out.update({"end_sigma": None, "final_sigma": 0.0, **(self.ending or {}).get(modality, {})})
+        if issubclass(self.settings, _TwoScale):
+            out["coarse_above"] = 0.0
         if issubclass(self.settings, _Warm):
             out["warm_start"] = {**WARM_START_DEFAULTS[modality], **(self.warm or {}).get(modality, {})}
         return out

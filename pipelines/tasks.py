@@ -93,6 +93,8 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         with t("solve"):
             snap = snapshot_writer(tmp / "snapshots", problem) if cfg.outputs.snapshots_every else None
             sol = problem.solve(progress=progress, snapshot=snap, snapshot_every=cfg.outputs.snapshots_every)
+        if (problem.info.get("two_scale") or {}).get("off"):
+            log.info(f"{inp.name}: two-scale denoising off: {problem.info['two_scale']['off']}")
         with t("write"):
             recon = problem.to_volume(sol.x)
             files = write_results(cfg, tmp, recon, sol, problem.intensity,
@@ -105,6 +107,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          network_evaluations_per_slice=int(sol.nfe_per_slice),
                          backward_passes_per_slice=int(sol.backward_per_slice),
                          measured_data_scale=problem.data_scale, grid=grid, z_tv=problem.info.get("z_tv"),
+                         two_scale=problem.info.get("two_scale"),
                          cross_validation=problem.info.get("cross_validation"),
                          vs_reference=scores_against_reference(problem, recon), files=files)
         rep["timings_s"] = t.as_dict()

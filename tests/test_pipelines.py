@@ -422,11 +422,9 @@ def test_ztv_weight_is_scaled_by_the_slice_spacing_and_3d_tv_is_not(ct_nifti):
     assert z_tv("solver.tv=3d")["lam"] == 0.3
 
 
-def test_the_fast_sampler_gets_its_ending_from_the_config(ct_nifti, monkeypatch):
-    """solver.end_sigma / final_sigma (the config's and the registry's, or set) reach the sampler Problem.solve
-    builds; an end_sigma not below the start is a one-line error before any work."""
+def _record_fast_samplers(monkeypatch) -> list:
+    """The fast samplers Problem.solve builds from now on, in a list (the registry's class, recording itself)."""
     import dataclasses
-    from pipelines.config import load_config
     from pipelines.registry import SOLVERS
     from medrecon.solvers import FastSampler
 
@@ -438,6 +436,14 @@ def test_the_fast_sampler_gets_its_ending_from_the_config(ct_nifti, monkeypatch)
             built.append(self)
 
     monkeypatch.setitem(SOLVERS, "fast", dataclasses.replace(SOLVERS["fast"], sampler=Recording))
+    return built
+
+
+def test_the_fast_sampler_gets_its_ending_from_the_config(ct_nifti, monkeypatch):
+    """solver.end_sigma / final_sigma (the config's and the registry's, or set) reach the sampler Problem.solve
+    builds; an end_sigma not below the start is a one-line error before any work."""
+    from pipelines.config import load_config
+    built = _record_fast_samplers(monkeypatch)
     prior = GaussianDenoiser(mean=0.0, var=0.1)
     prior.intensity = IntensityMap(-1000.0, 1000.0, -1.0, 1.0, unit="HU")
     for overrides, (end, final) in (([], (0.02, FAST_END["ct"]["final_sigma"])),  # sparse_view_ct_8's end
@@ -452,6 +458,32 @@ def test_the_fast_sampler_gets_its_ending_from_the_config(ct_nifti, monkeypatch)
     monkeypatch.setattr(Problem, "warm_start", lambda self, s: pytest.fail("the warm start ran before the check"))
     with pytest.raises(InputError, match="end_sigma 0.5 is not below the warm start's start_sigma 0.4"):
         Problem.build(cfg, read_volume(ct_nifti), prior=prior, resample=True).solve()
+
+
+def test_two_scale_denoising_only_where_the_prior_knows_twice_the_pixel(ct_nifti, monkeypatch):
+    """solver.coarse_above (sparse_view_ct_8's 0.1, or set) reaches the fast sampler when twice the grid's pixel lies
+    in the prior's trained pixel range; else the sampler gets 0 and report.json's two_scale says why."""
+    from pipelines.config import load_config
+    built = _record_fast_samplers(monkeypatch)
+    vol = read_volume(ct_nifti)
+    pixel32 = vol.shape[2] * float(vol.spacing[0]) / 32
+    prior = GaussianDenoiser(mean=0.0, var=0.1)
+    prior.intensity, prior.name = IntensityMap(-1000.0, 1000.0, -1.0, 1.0, unit="HU"), "stub"
+    prior.pixel_spacing_mm_range = (pixel32, 2 * pixel32)  # grids of 32 and 16 pixels: both inside
+    for size, overrides, expect in ((32, [], 0.1), (32, ["solver.coarse_above=0.3"], 0.3), (16, [], 0.0),
+                                    (32, ["solver.coarse_above=null"], 0.0)):
+        cfg = load_config("sparse_view_ct_8", ["solver.steps=2", f"ct.image_size={size}", *overrides],
+                          check_files=False).resolved()
+        p = Problem.build(cfg, vol, prior=prior)
+        p.solve()
+        assert built[-1].coarse_above == expect and p.info["two_scale"]["coarse_above"] == expect
+        assert p.info["two_scale"]["coarse_pixel_mm"] == pytest.approx(2 * pixel32 * 32 / size, rel=1e-3)
+        off = p.info["two_scale"].get("off", "")  # why a pass that was asked for did not run
+        assert ("outside the pixel sizes prior stub was trained at" in off) == (size == 16)
+    prior.image_size = 16  # a whole-slice prior knows one slice size: no coarse pass
+    cfg = load_config("sparse_view_ct_8", ["solver.steps=2", "ct.image_size=16"], check_files=False).resolved()
+    Problem.build(cfg, vol, prior=prior).solve()
+    assert built[-1].coarse_above == 0.0
 
 
 def test_comparison_table_of_a_single_slice_has_dashes_for_the_missing_planes():

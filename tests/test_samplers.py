@@ -289,6 +289,38 @@ def test_final_sigma_returns_the_prior_estimate_of_the_last_output(cls):
         cls(prior, A, y, final_sigma=-0.1, **kw)
 
 
+def test_two_scale_denoising_takes_the_coarse_estimates_low_frequencies():
+    """coarse_above: above it the estimate is D_fine - up(down(D_fine)) + up(D_coarse), with D_coarse the network's
+    estimate of the 2x2-mean slice at sigma / 2 (one more evaluation per step); at and below it, D_fine alone.
+    A stub network returns 0 on full-size slices and 1 on half-size ones: the two-scale estimate is then exactly 1
+    (bilinear interpolation of a constant is that constant), the one-scale one 0."""
+    prior, A, y = _small_problem(z=3)
+    calls = []
+
+    class SizeDependent(Denoiser):
+        schedule, name = prior.schedule, "size-dependent"
+
+        def _denoise(self, x, sigma):
+            calls.append((tuple(x.shape[-2:]), round(float(sigma.flatten()[0]), 6)))
+            return torch.full_like(x, float(x.shape[-1] < 32))
+
+    solver = FastSampler(SizeDependent(), A, y, n_steps=4, lam=0.05, rho=1.0, coarse_above=0.5)
+    x = torch.randn(3, 32, 32)
+    assert torch.equal(solver.denoise(x, 0.8), torch.ones_like(x))
+    assert calls == [((32, 32), 0.8), ((16, 16), 0.4)]
+    assert torch.equal(solver.denoise(x, 0.5), torch.zeros_like(x)) and calls[-1] == ((32, 32), 0.5)
+    wide = torch.randn(2, 31, 32) + 1j * torch.randn(2, 31, 32)   # odd sizes and complex slices (two parts)
+    assert torch.allclose(solver.denoise(wide, 0.8), torch.complex(torch.ones(2, 31, 32), torch.ones(2, 31, 32)))
+    above = sum(s > 0.5 for s in solver.sigmas.tolist())
+    assert 0 < above < solver.n_steps
+    one_scale = FastSampler(prior, A, y, n_steps=4, lam=0.05, rho=1.0)
+    two_scale = FastSampler(prior, A, y, n_steps=4, lam=0.05, rho=1.0, coarse_above=0.5)
+    one_scale.run(), two_scale.run()
+    assert two_scale.nfe == one_scale.nfe + above
+    with pytest.raises(ValueError, match="coarse_above"):
+        FastSampler(prior, A, y, n_steps=4, lam=0.05, rho=1.0, coarse_above=-1.0)
+
+
 @pytest.mark.parametrize("schedule", [VESchedule(0.002, 80.0, 1000), VPSchedule()], ids=["ve", "vp"])
 def test_noise_levels_between_start_and_end(schedule):
     """A warm start keeps the levels at or below start_sigma, end_sigma those at or above it, both on the schedule's

@@ -228,7 +228,7 @@ class Problem:
         size (a patch prior's range), else 0 (off); recorded in ``info["two_scale"]``."""
         coarse_mm = 2 * float(min(self.measurement.grid.spacing[:2]))
         span = getattr(self.prior, "pixel_spacing_mm_range", None)
-        fits = getattr(self.prior, "image_size", None) is None and span is not None and coarse_mm <= span[1] * 1.01
+        fits = getattr(self.prior, "image_size", None) is None and span is not None and in_pixel_range(coarse_mm, span)
         used = asked if fits else 0.0
         self.info["two_scale"] = {"coarse_above": used, "coarse_pixel_mm": round(coarse_mm, 4)}
         if asked and not fits:
@@ -353,6 +353,11 @@ def grid_size(cfg: Config, prior) -> int:
     return want or have or DEFAULT_SIZE[Modality(cfg.modality)]
 
 
+def in_pixel_range(pixel_mm: float, span: tuple[float, float]) -> bool:
+    """Whether a pixel size lies in a prior's trained range (1 % slack for rounded card values)."""
+    return span[0] * 0.99 <= pixel_mm <= span[1] * 1.01
+
+
 def reconstruction_grid(cfg: Config, prior, source: Volume, resample: bool = False) -> dict:
     """The in-plane grid of the reconstruction: the input's own (square: the larger side, the other padded) at
     its own pixel size, unless the config names ``image_size``/``pixel_size`` (an explicit resampling) or a
@@ -382,7 +387,7 @@ def reconstruction_grid(cfg: Config, prior, source: Volume, resample: bool = Fal
         size, pixel = fixed, op.pixel_size or fov / fixed
         reason = reason or f"--resample onto the {fixed}x{fixed} grid of prior {prior.name}"
     span = getattr(prior, "pixel_spacing_mm_range", None) if fixed is None else None
-    if span is not None and not (span[0] * 0.99 <= pixel <= span[1] * 1.01):
+    if span is not None and not in_pixel_range(pixel, span):
         if not resample:
             raise InputError(
                 f"{source.meta.get('source', 'the input')}: pixel size {pixel:.3g} mm is outside the range prior "

@@ -480,7 +480,8 @@ def test_two_scale_denoising_only_where_the_prior_knows_twice_the_pixel(ct_nifti
         assert p.info["two_scale"]["coarse_pixel_mm"] == pytest.approx(2 * pixel32 * 32 / size, rel=1e-3)
         off = p.info["two_scale"].get("off", "")  # why a pass that was asked for did not run
         assert ("outside the pixel sizes prior stub was trained at" in off) == (size == 16)
-    prior.image_size = 16  # a whole-slice prior knows one slice size: no coarse pass
+    prior.image_size = 16  # a whole-slice prior knows one slice size: no coarse pass, though its range holds it
+    prior.pixel_spacing_mm_range = (pixel32, 4 * pixel32)
     cfg = load_config("sparse_view_ct_8", ["solver.steps=2", "ct.image_size=16"], check_files=False).resolved()
     Problem.build(cfg, vol, prior=prior).solve()
     assert built[-1].coarse_above == 0.0

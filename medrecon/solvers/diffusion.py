@@ -47,22 +47,22 @@ def through_parts(fn: Callable, x: torch.Tensor, context: torch.Tensor | None = 
     return torch.complex(out[: len(x)], out[len(x):])
 
 
-def halve(v: torch.Tensor) -> torch.Tensor:
-    """(..., H, W) -> (..., H // 2, W // 2): the means of 2x2 pixels (area; complex: each part)."""
+def _per_plane(v: torch.Tensor, fn: Callable) -> torch.Tensor:
+    """fn on every (H, W) plane of a real or complex (..., H, W) tensor, as a batch (N, 1, H, W); complex: each part."""
     if v.is_complex():
-        return torch.complex(halve(v.real), halve(v.imag))
-    flat = v.reshape(-1, 1, *v.shape[-2:])
-    out = F.interpolate(flat, size=(v.shape[-2] // 2, v.shape[-1] // 2), mode="area")
+        return torch.complex(_per_plane(v.real, fn), _per_plane(v.imag, fn))
+    out = fn(v.reshape(-1, 1, *v.shape[-2:]))
     return out.reshape(*v.shape[:-2], *out.shape[-2:])
+
+
+def halve(v: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) -> (..., H // 2, W // 2): the means of 2x2 pixels (area; an odd side averages uneven windows)."""
+    return _per_plane(v, lambda b: F.interpolate(b, size=(b.shape[-2] // 2, b.shape[-1] // 2), mode="area"))
 
 
 def double(v: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(..., h, w) -> (..., *size): bilinear interpolation back onto the finer grid (complex: each part)."""
-    if v.is_complex():
-        return torch.complex(double(v.real, size), double(v.imag, size))
-    flat = v.reshape(-1, 1, *v.shape[-2:])
-    out = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)
-    return out.reshape(*v.shape[:-2], *out.shape[-2:])
+    """(..., h, w) -> (..., *size): bilinear interpolation back onto the finer grid."""
+    return _per_plane(v, lambda b: F.interpolate(b, size=tuple(size), mode="bilinear", align_corners=False))
 
 
 @dataclass

@@ -292,23 +292,29 @@ def test_final_sigma_returns_the_prior_estimate_of_the_last_output(cls):
 def test_two_scale_denoising_takes_the_coarse_estimates_low_frequencies():
     """coarse_above: above it the estimate is D_fine - up(down(D_fine)) + up(D_coarse), with D_coarse the network's
     estimate of the 2x2-mean slice at sigma / 2 (one more evaluation per step); at and below it, D_fine alone.
-    A stub network returns 0 on full-size slices and 1 on half-size ones: the two-scale estimate is then exactly 1
-    (bilinear interpolation of a constant is that constant), the one-scale one 0."""
+    A stub network returns 1 on half-size slices and, on full-size ones, 3 plus a pixel checkerboard (whose 2x2
+    means are 0) where both sides are even, else 3: the two-scale estimate is then exactly 1 plus the checkerboard
+    (the coarse estimate's low frequencies, the fine one's high; bilinear interpolation of a constant is that
+    constant), the one-scale one 3 plus it."""
     prior, A, y = _small_problem(z=3)
     calls = []
+
+    def checker(x):
+        i, j = torch.meshgrid(torch.arange(x.shape[-2]), torch.arange(x.shape[-1]), indexing="ij")
+        return ((i + j) % 2 * 2 - 1).to(x.dtype).expand_as(x) if x.shape[-2] % 2 == 0 else torch.zeros_like(x)
 
     class SizeDependent(Denoiser):
         schedule, name = prior.schedule, "size-dependent"
 
         def _denoise(self, x, sigma):
             calls.append((tuple(x.shape[-2:]), round(float(sigma.flatten()[0]), 6)))
-            return torch.full_like(x, float(x.shape[-1] < 32))
+            return torch.ones_like(x) if x.shape[-1] < 32 else 3 + checker(x)
 
     solver = FastSampler(SizeDependent(), A, y, n_steps=4, lam=0.05, rho=1.0, coarse_above=0.5)
     x = torch.randn(3, 32, 32)
-    assert torch.equal(solver.denoise(x, 0.8), torch.ones_like(x))
+    assert torch.equal(solver.denoise(x, 0.8), 1 + checker(x))
     assert calls == [((32, 32), 0.8), ((16, 16), 0.4)]
-    assert torch.equal(solver.denoise(x, 0.5), torch.zeros_like(x)) and calls[-1] == ((32, 32), 0.5)
+    assert torch.equal(solver.denoise(x, 0.5), 3 + checker(x)) and calls[-1] == ((32, 32), 0.5)
     wide = torch.randn(2, 31, 32) + 1j * torch.randn(2, 31, 32)   # odd sizes and complex slices (two parts)
     assert torch.allclose(solver.denoise(wide, 0.8), torch.complex(torch.ones(2, 31, 32), torch.ones(2, 31, 32)))
     above = sum(s > 0.5 for s in solver.sigmas.tolist())

@@ -379,14 +379,13 @@ class FastSampler(DiffusionSolver):
     def denoise(self, x: torch.Tensor, sigma: float, context: torch.Tensor | None = None) -> torch.Tensor:
         """D(x, sigma); above ``coarse_above`` two-scale: the network also denoises the chunk at twice the pixel size
         (2x2 means, noise sigma / 2, twice the anatomy per tile), and that estimate's low frequencies replace the
-        full-resolution estimate's: D = D_fine - up(down(D_fine)) + up(D_coarse). The caller makes sure the prior
-        knows the coarser pixel (a patch prior trained over a range of pixel sizes)."""
+        full-resolution estimate's: D = D_fine + up(D_coarse - down(D_fine)) (up is linear, so one interpolation).
+        The caller makes sure the prior knows the coarser pixel (a patch prior trained over a range of pixel sizes)."""
         fine = super().denoise(x, sigma, context)
         if not self.two_scale(sigma):
             return fine
         coarse = super().denoise(halve(x), sigma / 2, None if context is None else halve(context))
-        size = x.shape[-2:]
-        return fine - double(halve(fine), size) + double(coarse, size)
+        return fine + double(coarse - halve(fine), x.shape[-2:])
 
     def _step(self, state, i):
         sigma, sigma_next = self.sigma_pair(i)

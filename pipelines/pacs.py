@@ -110,13 +110,18 @@ def application_entity(settings: PacsSettings):
 def associate(settings: PacsSettings, contexts, what: str, ae=None, **kw):
     """An established association with the PACS, or a PacsError saying why not."""
     from pynetdicom import evt
+    from pynetdicom.pdu import A_ASSOCIATE_RJ
     settings.need_host()
     ae = ae or application_entity(settings)
     for cx in contexts:
         ae.add_requested_context(cx) if isinstance(cx, str) else ae.add_requested_context(*cx)
     seen: dict = {}
+
+    def on_pdu(event):  # the rejection as it arrives: a PACS that closes right after rejecting races pynetdicom's
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):  # state machine, which may then report an abort instead
+            seen.setdefault("rejection", event.pdu)
     handlers = [(evt.EVT_CONN_OPEN, lambda e: seen.setdefault("open", True)),
-                (evt.EVT_ACSE_RECV, lambda e: seen.setdefault("primitive", e.primitive))] + kw.pop("evt_handlers", [])
+                (evt.EVT_PDU_RECV, on_pdu)] + kw.pop("evt_handlers", [])
     tls = None
     if settings.tls is not None:
         tls = (ssl_context(settings.tls, server=False), settings.tls.server_name)
@@ -127,9 +132,9 @@ def associate(settings: PacsSettings, contexts, what: str, ae=None, **kw):
         raise PacsError(f"{what}: cannot connect to the PACS {settings.peer()}: {e}") from None
     if assoc.is_established:
         return assoc
-    p = seen.get("primitive")
-    if assoc.is_rejected or getattr(p, "result", None) in (0x01, 0x02):
-        reason = f"{p.result_str}, {p.reason_str}" if getattr(p, "result", None) in (1, 2) else "no reason given"
+    rj = seen.get("rejection")
+    if assoc.is_rejected or rj is not None:
+        reason = _rejection_reason(rj)
         hint = ("check --aet (the PACS's AE title) and that the PACS knows medrecon's AE title "
                 f"{settings.calling_aet!r}")
         raise PacsError(f"{what}: the PACS {settings.peer()} refused the association ({reason}); {hint}")
@@ -138,6 +143,14 @@ def associate(settings: PacsSettings, contexts, what: str, ae=None, **kw):
                         f"{settings.timeout:g} s): is it running, and are --host and --port right?")
     raise PacsError(f"{what}: the PACS {settings.peer()} aborted the association (no accepted presentation "
                     "context, a TLS mismatch, or a timeout); check its log and the tls: settings")
+
+
+def _rejection_reason(rj) -> str:
+    """'Rejected (Permanent), Called AE title not recognised' from an A-ASSOCIATE-RJ PDU (None: not received)."""
+    try:
+        return f"{rj.result_str}, {rj.reason_str}"
+    except (AttributeError, ValueError):  # none received, or values outside the standard's tables
+        return "no reason given"
 
 
 def echo(settings: PacsSettings) -> None:

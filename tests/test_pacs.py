@@ -156,6 +156,53 @@ def test_unreachable_pacs_and_wrong_ae_titles(pacs, tmp_path, capsys):
     assert not list((out / "received").iterdir())  # nothing half-received
 
 
+def test_rejection_followed_at_once_by_a_closed_connection_is_reported_as_a_rejection():
+    """A PACS that rejects and closes at once (Orthanc does) races pynetdicom's state machine, which then reports an
+    abort in some tries (18 of 300 against Orthanc): the rejection's reason must still reach the user every time."""
+    import socket
+    from pipelines.pacs import PacsError, PacsSettings, associate
+    rejection = bytes([0x03, 0, 0, 0, 0, 4, 0, 1, 1, 7])  # A-ASSOCIATE-RJ: permanent, service user, called AE
+    server = socket.create_server(("127.0.0.1", 0))
+    tries = 100
+
+    def reject_and_close():
+        for _ in range(tries):
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(rejection)
+    threading.Thread(target=reject_and_close, daemon=True).start()
+    settings = PacsSettings(host="127.0.0.1", port=server.getsockname()[1], aet="NOT-ORTHANC", timeout=5)
+    messages = set()
+    for _ in range(tries):
+        with pytest.raises(PacsError) as e:
+            associate(settings, ["1.2.840.10008.1.1"], "C-ECHO")
+        messages.add(str(e.value).split(": ", 1)[1])
+    server.close()
+    assert messages == {f"the PACS {settings.peer()} refused the association (Rejected (Permanent), Called AE "
+                        f"title not recognised); check --aet (the PACS's AE title) and that the PACS knows "
+                        f"medrecon's AE title 'MEDRECON'"}
+
+
+def test_rejection_that_pynetdicom_reports_as_an_abort_is_still_a_rejection(monkeypatch):
+    """The losing side of that race, made certain: the RJ PDU arrives, then the association says aborted."""
+    from types import SimpleNamespace
+    from pynetdicom import AE, evt
+    from pynetdicom.pdu import A_ASSOCIATE_RJ
+    from pipelines.pacs import PacsError, PacsSettings, associate
+
+    def rejected_then_aborted(self, *args, evt_handlers=(), **kw):
+        rj = A_ASSOCIATE_RJ()
+        rj.decode(bytes([0x03, 0, 0, 0, 0, 4, 0, 2, 3, 1]))  # transient, presentation provider: congestion
+        for event, handler in evt_handlers:
+            if event in (evt.EVT_CONN_OPEN, evt.EVT_PDU_RECV):
+                handler(SimpleNamespace(pdu=rj))
+        return SimpleNamespace(is_established=False, is_rejected=False, is_aborted=True)
+    monkeypatch.setattr(AE, "associate", rejected_then_aborted)
+    with pytest.raises(PacsError, match=r"refused the association \(Rejected \(Transient\), Temporary congestion\)"):
+        associate(PacsSettings(host="127.0.0.1", port=104), ["1.2.840.10008.1.1"], "C-ECHO")
+
+
 def test_series_failing_mid_transfer_is_not_kept_and_the_batch_goes_on(pacs, tmp_path, monkeypatch):
     import pipelines.pacs_retrieve as pacs_mod
     real, seen = pacs_mod.Inbox.on_store, []

@@ -147,9 +147,11 @@ def associate(settings: PacsSettings, contexts, what: str, ae=None, **kw):
 
 def _rejection_reason(rj) -> str:
     """'Rejected (Permanent), Called AE title not recognised' from an A-ASSOCIATE-RJ PDU (None: not received)."""
+    if rj is None:
+        return "no reason given"
     try:
         return f"{rj.result_str}, {rj.reason_str}"
-    except (AttributeError, ValueError):  # none received, or values outside the standard's tables
+    except ValueError:  # values outside the standard's tables
         return "no reason given"
 
 

@@ -290,7 +290,7 @@ def test_final_sigma_returns_the_prior_estimate_of_the_last_output(cls):
 
 
 def test_two_scale_denoising_takes_the_coarse_estimates_low_frequencies():
-    """coarse_above: above it the estimate is D_fine - up(down(D_fine)) + up(D_coarse), with D_coarse the network's
+    """coarse_above: above it the estimate is D_fine + up(D_coarse - down(D_fine)), with D_coarse the network's
     estimate of the 2x2-mean slice at sigma / 2 (one more evaluation per step); at and below it, D_fine alone.
     A stub network returns 1 on half-size slices and, on full-size ones, 3 plus a pixel checkerboard (whose 2x2
     means are 0) where both sides are even, else 3: the two-scale estimate is then exactly 1 plus the checkerboard

@@ -38,7 +38,7 @@ CASES = {"ct8": ("sparse_view_ct_8", "ct"), "ct4": ("sparse_view_ct_4", "ct"), "
 TEST_SCANS = {"ct": ["ct_abdomen_dicom", "ct_lung2"], "mri": ["mr_brain2"]}
 TUNE_SCANS = {"ct": ["ct_chest_contrast", "ct_lung1", "ct_abdomen", "ct_chest_drr"],
               "mri": ["mr_head_t1w", "mr_brain1"]}
-LAMBDA_GRID = {"ct": [0.3, 0.5, 1.0, 2.0, 5.0, 10.0], "mri": [0.001, 0.003, 0.006, 0.01, 0.03]}
+LAMBDA_GRID = {"ct": [0.3, 0.5, 1.0, 2.0, 5.0, 10.0], "mri": [0.0003, 0.001, 0.003, 0.006, 0.01, 0.03]}
 START_GRID = {"ct": [0.4, 0.8, 1.2], "mri": [0.2, 0.4, 0.8]}
 WINDOW = {"ct": (-400.0, 600.0), "mri": (0.0, 1.0)}
 PRIOR = {"ct": "bundled:ct_patch", "mri": "bundled:mri_patch"}

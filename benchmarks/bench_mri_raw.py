@@ -45,7 +45,7 @@ from pipelines.tasks import prepare_config  # noqa: E402
 LAM_TV = [3e-4, 1e-3, 3e-3]
 LAM_BART = [3e-3, 1e-2, 3e-2]
 LS_ITERS = [5, 10, 20]
-START_SIGMAS = [0.03, 0.05, 0.1]  # model units of the prior (the image's 99.9th percentile is 1)
+START_SIGMAS = [0.03, 0.05, 0.1]  # model units of the prior (the image's 99.9th percentile is 1); --start-sigmas
 
 
 def load_vfa(frames):
@@ -169,11 +169,16 @@ def bench(args):
             # tuned on frame --tune like every other weight; z-TV: the registry's defaults
             for name, steps in (("fast", args.fast_steps), ("diffusion_mbir", args.mbir_steps)):
                 if steps:
-                    tuned(f"{name} + z-TV ({steps} steps, warm)", START_SIGMAS, lambda s0: run(meas, cfg, [
+                    tuned(f"{name} + z-TV ({steps} steps, warm)", args.start_sigmas, lambda s0: run(meas, cfg, [
                         f"solver.name={name}", f"solver.steps={steps}", "solver.nonneg=false", f"prior.path={args.prior}",
                         "mri.image=complex", "solver.warm_start.method=admm_tv", f"solver.warm_start.lam={lam_tv}",
                         f"solver.warm_start.iters={args.admm_steps}", f"solver.warm_start.start_sigma={s0}"],
                         prior), tune, report, rows)
+            # the config as a user runs it: every solver value null, so measured k-space's defaults
+            # (registry.MEASURED_KSPACE), the registry's warm start and z-TV; nothing tuned
+            mag, ref, sec = run(meas, cfg, [f"prior.path={args.prior}"], prior)
+            p, s = score(mag, ref, report)
+            rows.append({"method": "fast, the config's defaults", "setting": "", "psnr": p, "ssim": s, "seconds": sec})
         else:
             rows.append({"method": "fast sampler + z-TV / DiffusionMBIR", "setting": "no prior for 224x224 MR "
                          "(bundled:mri is a 64x64 whole-image prior): give --prior", "psnr": None, "ssim": None})
@@ -207,8 +212,10 @@ def main():
     ap.add_argument("--mask", default="uniform1d")
     ap.add_argument("--admm-steps", type=int, default=30)
     ap.add_argument("--prior", default=None, help="an any-size (patch) MR prior directory")
-    ap.add_argument("--fast-steps", type=int, default=20)
+    ap.add_argument("--fast-steps", type=int, default=20, help="the tuned fast-sampler rows' steps (0: none)")
     ap.add_argument("--mbir-steps", type=int, default=0, help="also DiffusionMBIR, warm, with this many steps")
+    ap.add_argument("--start-sigmas", type=float, nargs="+", default=START_SIGMAS,
+                    help="the warm start's noise levels tried on frame --tune (the MRI configs' default: 0.8)")
     ap.add_argument("--phase-split", type=float, nargs="*", default=[8],
                     help="accelerations that also run the magnitude/phase-split (real image) rows")
     args = ap.parse_args()

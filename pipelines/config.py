@@ -129,6 +129,7 @@ class Config(Section):
     outputs: Outputs = Outputs()
     intensity: Optional[Intensity] = None  # used when the solver has no prior
     _source: str = PrivateAttr("<config>")
+    _given: Optional["Config"] = PrivateAttr(None)  # resolved(): the config before its nulls were filled
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -166,10 +167,11 @@ class Config(Section):
     def needs_prior(self) -> bool:
         return SOLVERS[self.solver.name].needs_prior
 
-    def resolved(self) -> "Config":
-        """A copy with every null solver value replaced by its registry default (the config 'as run')."""
+    def resolved(self, complex_images: bool = False) -> "Config":
+        """A copy with every null solver value replaced by its registry default (the config 'as run');
+        ``complex_images``: the defaults for MRI from measured k-space (``registry.MEASURED_KSPACE``)."""
         d = self.model_dump()
-        for key, value in SOLVERS[self.solver.name].defaults(self.modality).items():
+        for key, value in SOLVERS[self.solver.name].defaults(self.modality, complex_images).items():
             if isinstance(value, dict):  # a sub-section: its null keys, each with the key it is tied to (if any)
                 section, tied = d["solver"][key], getattr(type(getattr(self.solver, key)), "TIED", {})
                 section.update({k: v for k, v in value.items()
@@ -179,8 +181,13 @@ class Config(Section):
         if d["intensity"] is None:
             d["intensity"] = {k: v for k, v in intensity_card(self.modality).items() if k in Intensity.model_fields}
         out = Config.model_validate(d)
-        out._source = self._source
+        out._source, out._given = self._source, self
         return out
+
+    def for_complex_images(self) -> "Config":
+        """This resolved config with the defaults for complex images (MRI from measured k-space) in the values
+        its source left null; itself when it was not made by ``resolved``."""
+        return self if self._given is None else self._given.resolved(complex_images=True)
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

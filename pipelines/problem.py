@@ -131,6 +131,7 @@ class Problem:
                 scale = _measured_scale(A, y)
                 y = y / scale
             if cplx:
+                cfg = cfg.for_complex_images()  # the solver defaults for measured k-space (registry.MEASURED_KSPACE)
                 y = y * _phase_alignment(A, y)
                 kw.setdefault("info", {})["complex_images"] = True
                 if meas.reference is not None and kw.get("reference") is None:

@@ -80,6 +80,10 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     with t("setup"):
         src = inp if is_measurement_file(inp) else read_volume(inp, series=series, resample_nonuniform=resample)
         problem = Problem.build(cfg, src, series=series, resample=resample, prior=prior)
+    if problem.config.solver != cfg.solver:
+        log.info(f"{inp.name}: measured k-space (complex images): the solver's null settings take the defaults for "
+                 f"it (steps {problem.config.solver.steps}; README: measured k-space)")
+    cfg = problem.config  # as run
     grid = problem.info.get("grid")
     if grid and grid["resampled"]:
         log.warning(f"{inp.name}: resampled to {grid['size']}x{grid['size']} pixels of {grid['pixel_mm']:.3g} mm "
@@ -101,7 +105,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                                   problem.source if _source_is_dicom(inp) else None,
                                   measured_mri=problem.source is None and cfg.modality == "mri")
             files += write_measured_extras(cfg, tmp, problem, sol)
-            rep = report(run_config(cfg, problem), input=inp.name, output=out.name, **identity,
+            rep = report(run_config(problem), input=inp.name, output=out.name, **identity,
                          device=str(problem.device),
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),
                          network_evaluations_per_slice=int(sol.nfe_per_slice),
@@ -157,10 +161,11 @@ def snapshot_writer(folder: Path, problem: Problem):
     return snap
 
 
-def run_config(cfg: Config, problem: Problem) -> dict:
-    """The config as run: resolved, with the slice size of the grid actually used."""
-    d = cfg.to_dict()
-    d[cfg.modality]["image_size"] = int(problem.shape[-1])
+def run_config(problem: Problem) -> dict:
+    """The config as run: resolved (for measured k-space with its defaults), with the slice size of the grid
+    actually used."""
+    d = problem.config.to_dict()
+    d[problem.config.modality]["image_size"] = int(problem.shape[-1])
     return d
 
 

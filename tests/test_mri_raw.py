@@ -266,3 +266,30 @@ def test_pixels_outside_the_coil_maps_stay_zero_in_prior_model_units():
     assert mag[:, outside].max() < 0.01 * mag.max()  # exactly the start value: no data, no TV pull there
     inside = (support > 0) & (np.abs(x[0]) > 0)
     assert np.median(mag[0][inside]) > 0.3 * mag.max()
+
+
+def test_measured_kspace_takes_its_own_solver_defaults_unless_the_config_sets_them(tmp_path):
+    """Complex images (measured k-space) resolve the fast sampler's null steps and warm-start sigma from
+    registry.MEASURED_KSPACE; values the config gives are kept; simulated (real) MRI keeps the modality's."""
+    from pipelines.config import load_config
+    from pipelines.problem import Problem
+    from pipelines.registry import MEASURED_KSPACE, WARM_START_DEFAULTS
+    x, k, mask, rss, maps = _oversampled_case()
+    src = tmp_path / "scan.h5"
+    write_fastmri(src, k, mask, rss, header(fov=64.0), np.stack([maps, maps]))  # 2 mm pixels: in the prior's range
+    measured = MEASURED_KSPACE["fast"]
+
+    def built(*overrides):
+        return Problem.build(load_config("cs_mri_x4", list(overrides)).resolved(), src).config.solver
+
+    s = built()
+    assert s.steps == measured["steps"] and s.warm_start.start_sigma == measured["warm_start"]["start_sigma"]
+    s = built("solver.steps=7", "solver.warm_start.start_sigma=0.5")
+    assert s.steps == 7 and s.warm_start.start_sigma == 0.5
+    real = load_config("cs_mri_x4", ["mri.image=real"]).resolved()
+    s = Problem.build(real, src).config.solver
+    assert s.steps == 50 and s.warm_start.start_sigma == WARM_START_DEFAULTS["mri"]["start_sigma"]
+    from pipelines.tasks import reconstruct
+    res = reconstruct("cs_mri_x4", src, tmp_path / "out")  # report.json records the values used
+    assert res.report["config"]["solver"]["steps"] == measured["steps"]
+    assert res.report["network_evaluations_per_slice"] == measured["steps"] + 1  # the steps and the final denoising

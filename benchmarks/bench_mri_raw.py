@@ -91,6 +91,13 @@ def score(mag, ref, frame):
     return psnr(ref[frame], mag[frame], r), ssim(ref[frame], mag[frame], r)
 
 
+def untuned(label, result, report, rows):
+    """One row for a run with nothing tuned: ``result`` is ``run``'s (magnitude, reference, seconds)."""
+    mag, ref, sec = result
+    p, s = score(mag, ref, report)
+    rows.append({"method": label, "setting": "", "psnr": p, "ssim": s, "seconds": sec})
+
+
 def tuned(label, grid, make, tune, report, rows):
     """Run ``make(value)`` over the grid, keep the value with the best PSNR on frame ``tune``."""
     best = None
@@ -134,9 +141,7 @@ def bench(args):
         rows = []
         cfg = "cs_mri_x8"
         print(f"x{acc}", flush=True)
-        mag, ref, sec = run(meas, cfg, ["solver.name=zero_filled", "mri.image=complex"])
-        p, s = score(mag, ref, report)
-        rows.append({"method": "zero-filled (A^H y)", "setting": "", "psnr": p, "ssim": s, "seconds": sec})
+        untuned("zero-filled (A^H y)", run(meas, cfg, ["solver.name=zero_filled", "mri.image=complex"]), report, rows)
         for image in ("complex", "real") if acc in args.phase_split else ("complex",):
             # real: the magnitude/phase split, each frame's low-resolution phase folded into the maps
             m = meas if image == "complex" else Measurement(**{**vars(meas),
@@ -176,9 +181,7 @@ def bench(args):
                         prior), tune, report, rows)
             # the config as a user runs it: every solver value null, so measured k-space's defaults
             # (registry.MEASURED_KSPACE), the registry's warm start and z-TV; nothing tuned
-            mag, ref, sec = run(meas, cfg, [f"prior.path={args.prior}"], prior)
-            p, s = score(mag, ref, report)
-            rows.append({"method": "fast, the config's defaults", "setting": "", "psnr": p, "ssim": s, "seconds": sec})
+            untuned("fast, the config's defaults", run(meas, cfg, [f"prior.path={args.prior}"], prior), report, rows)
         else:
             rows.append({"method": "fast sampler + z-TV / DiffusionMBIR", "setting": "no prior for 224x224 MR "
                          "(bundled:mri is a 64x64 whole-image prior): give --prior", "psnr": None, "ssim": None})
@@ -215,7 +218,7 @@ def main():
     ap.add_argument("--fast-steps", type=int, default=20, help="the tuned fast-sampler rows' steps (0: none)")
     ap.add_argument("--mbir-steps", type=int, default=0, help="also DiffusionMBIR, warm, with this many steps")
     ap.add_argument("--start-sigmas", type=float, nargs="+", default=START_SIGMAS,
-                    help="the warm start's noise levels tried on frame --tune (the MRI configs' default: 0.8)")
+                    help="the warm start's noise levels tried on frame --tune (the default on measured k-space: 0.03)")
     ap.add_argument("--phase-split", type=float, nargs="*", default=[8],
                     help="accelerations that also run the magnitude/phase-split (real image) rows")
     args = ap.parse_args()

@@ -167,11 +167,11 @@ class Config(Section):
     def needs_prior(self) -> bool:
         return SOLVERS[self.solver.name].needs_prior
 
-    def resolved(self, complex_images: bool = False) -> "Config":
+    def resolved(self, measured_kspace: bool = False) -> "Config":
         """A copy with every null solver value replaced by its registry default (the config 'as run');
-        ``complex_images``: the defaults for MRI from measured k-space (``registry.MEASURED_KSPACE``)."""
+        ``measured_kspace``: the defaults for complex images of measured k-space (``registry.MEASURED_KSPACE``)."""
         d = self.model_dump()
-        for key, value in SOLVERS[self.solver.name].defaults(self.modality, complex_images).items():
+        for key, value in SOLVERS[self.solver.name].defaults(self.modality, measured_kspace).items():
             if isinstance(value, dict):  # a sub-section: its null keys, each with the key it is tied to (if any)
                 section, tied = d["solver"][key], getattr(type(getattr(self.solver, key)), "TIED", {})
                 section.update({k: v for k, v in value.items()
@@ -184,10 +184,10 @@ class Config(Section):
         out._source, out._given = self._source, self
         return out
 
-    def for_complex_images(self) -> "Config":
-        """This resolved config with the defaults for complex images (MRI from measured k-space) in the values
-        its source left null; itself when it was not made by ``resolved``."""
-        return self if self._given is None else self._given.resolved(complex_images=True)
+    def for_measured_kspace(self) -> "Config":
+        """This resolved config with the defaults for complex images of measured k-space in the values its
+        source left null; itself when it was not made by ``resolved``."""
+        return self if self._given is None else self._given.resolved(measured_kspace=True)
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

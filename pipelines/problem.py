@@ -127,11 +127,13 @@ class Problem:
             cplx = _complex_images(cfg, meas)
             A = _mri_operator(cfg, meas, cplx)
             y = torch.from_numpy(np.asarray(meas.data, np.complex64))
-            if meas.info.get("units", "") == MEASURED:
+            measured = meas.info.get("units", "") == MEASURED
+            if measured:
                 scale = _measured_scale(A, y)
                 y = y / scale
+            if measured and cplx:
+                cfg = cfg.for_measured_kspace()  # its own solver defaults (registry.MEASURED_KSPACE)
             if cplx:
-                cfg = cfg.for_complex_images()  # the solver defaults for measured k-space (registry.MEASURED_KSPACE)
                 y = y * _phase_alignment(A, y)
                 kw.setdefault("info", {})["complex_images"] = True
                 if meas.reference is not None and kw.get("reference") is None:

@@ -66,8 +66,8 @@ MBIR_WARM = {"ct": {"start_sigma": 0.3}}
 #: training scans and split them at 4 views, so only sparse_view_ct_8 sets it (benchmarks/RESULTS.md, "How the
 #: fast sampler ends").
 FAST_END = {"ct": {"final_sigma": 0.02}, "mri": {"final_sigma": 0.02}}
-#: over a solver's defaults when the images are complex (MRI from measured k-space, ``mri.image``): the warm start of
-#: measured data is already close and a prior trained on magnitude images, run from sigma 0.8 for 50 steps, pulls
+#: over a solver's defaults for complex images of measured k-space (``mri.image: auto`` or ``complex``; a simulation
+#: keeps the modality's defaults, whatever its ``mri.image``): the warm start of measured data is already close and a prior trained on magnitude images, run from sigma 0.8 for 50 steps, pulls
 #: it away. bench_mri_raw (13-coil brain k-space, tuned on flip angle 2, reported on 4; twenty-fourth session):
 #: fast, x4, flip angle 2: 20 steps at sigma 0.03 / 0.05 / 0.1 gave 34.70 / 34.63 / 34.44 dB, 50 steps at 0.03 /
 #: 0.2 / 0.8 34.02 / 33.10 / 32.97 (ADMM-TV 3D 34.80); x8: 28.90 / 28.86 / 28.76 and 28.86 / 28.39 / 28.14 (27.98);
@@ -256,9 +256,9 @@ class SolverSpec:
     warm: dict | None = None  # {modality: {key: value}} over WARM_START_DEFAULTS for this solver
     ending: dict | None = None  # {modality: {end_sigma, final_sigma}}; None: the prior's smallest level, no final D
 
-    def defaults(self, modality: str, complex_images: bool = False) -> dict:
-        """The values a null setting takes for this solver on ``modality`` (``complex_images``: MRI from measured
-        k-space, ``MEASURED_KSPACE`` over the rest)."""
+    def defaults(self, modality: str, measured_kspace: bool = False) -> dict:
+        """The values a null setting takes for this solver on ``modality`` (``measured_kspace``: complex images of
+        measured k-space, ``MEASURED_KSPACE`` over the rest)."""
         out = {"steps": self.sampler.default_steps if self.sampler else self.steps}
         if issubclass(self.settings, _Iterative):
             out["n_cg"] = self.sampler.default_n_cg if self.sampler else self.n_cg
@@ -272,7 +272,7 @@ class SolverSpec:
             out["coarse_above"] = 0.0
         if issubclass(self.settings, _Warm):
             out["warm_start"] = {**WARM_START_DEFAULTS[modality], **(self.warm or {}).get(modality, {})}
-        for key, value in (MEASURED_KSPACE.get(self.name, {}) if complex_images else {}).items():
+        for key, value in (MEASURED_KSPACE.get(self.name, {}) if measured_kspace else {}).items():
             out[key] = {**out[key], **value} if isinstance(value, dict) else value
         return out
 

@@ -81,8 +81,8 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         src = inp if is_measurement_file(inp) else read_volume(inp, series=series, resample_nonuniform=resample)
         problem = Problem.build(cfg, src, series=series, resample=resample, prior=prior)
     if problem.config.solver != cfg.solver:
-        log.info(f"{inp.name}: measured k-space (complex images): the solver's null settings take the defaults for "
-                 f"it (steps {problem.config.solver.steps}; README: measured k-space)")
+        log.info(f"{inp.name}: measured k-space: the solver's null settings take its defaults (steps "
+                 f"{problem.config.solver.steps}; README: 'Defaults for measured k-space')")
     cfg = problem.config  # as run
     grid = problem.info.get("grid")
     if grid and grid["resampled"]:

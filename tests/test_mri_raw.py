@@ -269,11 +269,12 @@ def test_pixels_outside_the_coil_maps_stay_zero_in_prior_model_units():
 
 
 def test_measured_kspace_takes_its_own_solver_defaults_unless_the_config_sets_them(tmp_path):
-    """Complex images (measured k-space) resolve the fast sampler's null steps and warm-start sigma from
-    registry.MEASURED_KSPACE; values the config gives are kept; simulated (real) MRI keeps the modality's."""
+    """Complex images of measured k-space resolve the fast sampler's null steps and warm-start sigma from
+    registry.MEASURED_KSPACE; values the config gives are kept; a real image (the magnitude/phase split) keeps the
+    modality's."""
     from pipelines.config import load_config
     from pipelines.problem import Problem
-    from pipelines.registry import MEASURED_KSPACE, WARM_START_DEFAULTS
+    from pipelines.registry import MEASURED_KSPACE, SOLVERS
     x, k, mask, rss, maps = _oversampled_case()
     src = tmp_path / "scan.h5"
     write_fastmri(src, k, mask, rss, header(fov=64.0), np.stack([maps, maps]))  # 2 mm pixels: in the prior's range
@@ -288,7 +289,9 @@ def test_measured_kspace_takes_its_own_solver_defaults_unless_the_config_sets_th
     assert s.steps == 7 and s.warm_start.start_sigma == 0.5
     real = load_config("cs_mri_x4", ["mri.image=real"]).resolved()
     s = Problem.build(real, src).config.solver
-    assert s.steps == 50 and s.warm_start.start_sigma == WARM_START_DEFAULTS["mri"]["start_sigma"]
+    magnitude = SOLVERS["fast"].defaults("mri")
+    assert magnitude["steps"] != measured["steps"]  # else the first assertion could not tell the two apart
+    assert s.steps == magnitude["steps"] and s.warm_start.start_sigma == magnitude["warm_start"]["start_sigma"]
     from pipelines.tasks import reconstruct
     res = reconstruct("cs_mri_x4", src, tmp_path / "out")  # report.json records the values used
     assert res.report["config"]["solver"]["steps"] == measured["steps"]

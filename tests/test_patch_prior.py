@@ -127,6 +127,30 @@ def test_brightness_augmentation_scales_about_physical_zero_within_the_range():
                for p in fixed)  # lo = hi: that one factor for every patch, not none
 
 
+def test_synthetic_phase_makes_parts_of_complex_images_with_a_smooth_phase():
+    """--synthetic-phase: a patch becomes o + (x - o) cos(phi), the real (or imaginary) part of the magnitude image
+    times a smooth phase phi(position): never brighter than the magnitude, negative in physical units where
+    cos(phi) < 0, the factor smooth over the patch; probability 0 leaves every patch as it was, 1/2 about half."""
+    mr = {"physical_min": 0.0, "physical_max": 1.0, "unit": "normalised"}
+    vol = np.random.default_rng(0).uniform(0.3, 1.0, (2, 32, 32)).astype(np.float32)
+    data = prepare_volumes([Volume(vol, spacing=(1.0, 1.0, 1.0))], mr)
+    kw = dict(sizes=(16,), pixels=64 * 16 * 16, spacing_range=(1.0, 1.0), rotate_deg=0, flip=False, jitter=0,
+              scale_origin=-1.0)
+    plain, _ = PatchSampler(data, **kw).sample(torch.Generator().manual_seed(0))
+    parts, _ = PatchSampler(data, phase=1.0, **kw).sample(torch.Generator().manual_seed(0))
+    none, _ = PatchSampler(data, phase=0.0, **kw).sample(torch.Generator().manual_seed(0))
+    half, _ = PatchSampler(data, phase=0.5, **kw).sample(torch.Generator().manual_seed(0))
+    assert torch.equal(none, plain)
+    factor = (parts + 1) / (plain + 1)  # cos(phi): the magnitude is >= 0.3, so no division by ~0
+    assert factor.abs().max() <= 1 + 1e-5
+    assert (factor < -0.2).any() and (factor > 0.2).any()  # both signs: real and imaginary parts, any phase
+    steps = torch.cat([factor.diff(dim=-1).abs().flatten(), factor.diff(dim=-2).abs().flatten()])
+    # smooth: |cos'| <= |phi'|, a few rad per slice width (2 / 31 per pixel); noise from pixel to pixel would step ~1
+    assert steps.mean() < 0.05 and torch.quantile(steps, 0.99) < 0.25
+    unchanged = ((half - plain).flatten(1).abs().max(1).values < 1e-6).float().mean()
+    assert 0.3 < unchanged < 0.7
+
+
 def test_fov_crop_positions_refer_to_a_random_window_that_holds_the_patch():
     """--fov-crop: the patch is still a block of the slice, but its positions are those of a random window
     (between the patch and the slice in size) taken as the whole slice: steeper, and -1/+1 at the window's

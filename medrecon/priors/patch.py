@@ -215,15 +215,17 @@ class PatchSampler:
     an MR magnitude image c times as bright). With probability ``fov_crop`` the rescaled slice is first cut to a
     random window (each side uniform between P and the slice's, placed uniformly) that then counts as the whole
     slice for the positions: scans whose field of view cuts through the body have no air at their edges, and a
-    prior that only saw whole bodies paints a skin line there. ``context`` k > 0 (2.5D): each patch also carries the same
+    prior that only saw whole bodies paints a skin line there. With probability ``phase`` a patch becomes one
+    part of a complex image with a smooth synthetic phase (``synthetic_phase``): x -> o + (x - o) cos(phi). ``context`` k > 0 (2.5D): each patch also carries the same
     region of the k slices below and the k above (channels 1..2k; the volume's edge slice repeats past its
     ends), their order reversed with probability 1/2 (z flip)."""
 
     def __init__(self, data: PatchData, sizes=(16, 32, 64), probs=None, pixels: int = 8 * 64 * 64,
                  spacing_range=(0.7, 4.0), max_upsample: float = 1.25, rotate_deg: float = 10.0,
                  flip: bool = True, jitter: float = 0.02, max_batch: int = 256, context: int = 0,
-                 scale_range=None, scale_origin: float = 0.0, fov_crop: float = 0.0):
+                 scale_range=None, scale_origin: float = 0.0, fov_crop: float = 0.0, phase: float = 0.0):
         self.context = int(context)
+        self.phase = float(phase)
         self.fov_crop = float(fov_crop)
         self.scale_range = tuple(float(v) for v in scale_range) if scale_range else None
         self.scale_origin = float(scale_origin)
@@ -264,6 +266,11 @@ class PatchSampler:
             lo, hi = (math.log(v) for v in self.scale_range)
             c = torch.exp(lo + torch.rand(b, 1, 1, 1, generator=gen) * (hi - lo))
             x = self.scale_origin + c * (x - self.scale_origin)
+        if self.phase:
+            pos = torch.stack(ps)
+            keep = torch.rand(b, generator=gen) >= self.phase
+            cos = torch.where(keep.view(-1, 1, 1, 1), 1.0, torch.cos(synthetic_phase(pos[:, 0:1], pos[:, 1:2], gen)))
+            x = self.scale_origin + cos * (x - self.scale_origin)
         if self.jitter:
             a, c = (torch.rand(2, b, 1, 1, 1, generator=gen) * 2 - 1) * self.jitter
             x = x * (1 + a) + c
@@ -311,6 +318,18 @@ class PatchSampler:
         return out[0], pos
 
 
+def synthetic_phase(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, std: float = 1.0) -> torch.Tensor:
+    """A smooth random phase (radians) at slice positions x, y in [-1, 1] (B, 1, P, P): per item a uniform
+    constant plus a quadratic a1 x + a2 y + a3 (x^2 - 1/3) + a4 (y^2 - 1/3) + a5 x y, a_k ~ N(0, std^2), which
+    spreads about 1 rad over a slice (a coil-combined brain image's phase spreads about as much, with slow
+    gradients). cos(phase) times a magnitude image is the real part of a complex image with that phase; the
+    constant, uniform over the circle, makes it the imaginary part as often."""
+    b = x.shape[0]
+    c0 = torch.rand(b, 1, 1, 1, generator=gen) * 2 * math.pi
+    a = torch.randn(5, b, 1, 1, 1, generator=gen) * std
+    return c0 + a[0] * x + a[1] * y + a[2] * (x * x - 1 / 3) + a[3] * (y * y - 1 / 3) + a[4] * x * y
+
+
 def heldout_slices(data: PatchData, spacing_mm: float = 2.0, per_volume: int = 4,
                    context: int = 0) -> list[torch.Tensor]:
     """Fixed whole slices for the held-out loss: ``per_volume`` evenly spaced slices of each volume,
@@ -329,4 +348,5 @@ def heldout_slices(data: PatchData, spacing_mm: float = 2.0, per_volume: int = 4
 
 
 __all__ = ["ARCHITECTURE", "POSITION_CONVENTION", "PatchPrior", "PatchData", "PatchSampler", "heldout_slices",
-           "patch_prior_from_card", "patchwise", "position_channels", "prepare_volumes", "slice_positions"]
+           "patch_prior_from_card", "patchwise", "position_channels", "prepare_volumes", "slice_positions",
+           "synthetic_phase"]

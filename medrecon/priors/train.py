@@ -72,6 +72,7 @@ class TrainOptions:
     intensity_jitter: float = 0.02  # x -> x * (1 + a) + b, a, b ~ U(-j, j), in the model range
     fov_crop: float = 0.0  # patch: probability that a slice is cut to a random smaller field of view first
     intensity_scale: tuple | None = None  # patch: brightness c ~ log-U(lo, hi) about physical 0 (MR magnitude)
+    synthetic_phase: float = 0.0  # patch: probability that a patch is a part of a complex image (smooth phase)
     patch_sizes: tuple = (16, 32, 64)  # patch: training patch sizes (each divisible by 2^(levels-1))
     patch_probs: tuple | None = None  # patch: probability of each size (None: equal)
     patch_inference_size: int | None = None  # patch: tile size at inference (None: the largest)
@@ -295,7 +296,7 @@ class _PatchTrainer(_Trainer):
                                     rotate_deg=opts.rotate_deg, flip=opts.flip, jitter=opts.intensity_jitter,
                                     context=opts.context_slices, scale_range=opts.intensity_scale,
                                     scale_origin=IntensityMap.from_dict(data.intensity).to_model(0.0),
-                                    fov_crop=opts.fov_crop)
+                                    fov_crop=opts.fov_crop, phase=opts.synthetic_phase)
         self.recorded = None
         if opts.sampler_errors:
             from .sampler_errors import RecordedSteps
@@ -367,7 +368,8 @@ class _PatchTrainer(_Trainer):
                                               "flip": "left-right" if o.flip else None,
                                               "intensity_jitter": o.intensity_jitter,
                                               "intensity_scale": list(o.intensity_scale) if o.intensity_scale
-                                              else None, "fov_crop": o.fov_crop},
+                                              else None, "fov_crop": o.fov_crop,
+                                              "synthetic_phase": o.synthetic_phase},
                              **({"sampler_errors": self.recorded.describe(o.sampler_error_prob,
                                                                           o.sampler_error_sigma_min)}
                                 if self.recorded is not None else {})}}

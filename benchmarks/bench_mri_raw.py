@@ -12,7 +12,8 @@ data range = the reference frame's maximum.
     python benchmarks/bench_mri_raw.py --out out/bench_mri_raw                    # LS, ADMM-TV, BART
     python benchmarks/bench_mri_raw.py --prior PATH --out out/bench_mri_raw        # + diffusion rows
 
-Writes OUT/mri_raw.md and OUT/mri_raw.json. ``bart`` (Debian package) adds the BART rows when installed.
+Writes OUT/mri_raw.md and OUT/mri_raw.json. ``bart`` on PATH (Debian package; ``sh benchmarks/get_bart.sh``
+unpacks it without root) adds the BART rows.
 """
 from __future__ import annotations
 

@@ -49,15 +49,22 @@ LS_ITERS = [5, 10, 20]
 START_SIGMAS = [0.03, 0.05, 0.1]  # model units of the prior (the image's 99.9th percentile is 1); --start-sigmas
 
 
-def load_vfa(frames):
+def read_vfa(frames):
+    """The file's coil images (Z, coils, H, W) of ``frames`` and their coil-combined complex image (Z, H, W), combined
+    with the file's own coil maps."""
     import h5py
     with h5py.File(datasets.path("mr_kspace_vfa"), "r") as f:
         k = (f["real_dat"][()] + 1j * f["imag_dat"][()])[frames, :, 0].astype(np.complex64)
         maps = f["Coils"][()][:, 0].astype(np.complex64)
     coil_img = np.fft.ifft2(k, norm="ortho")  # the file's k-space has DC at [0, 0]
-    kc = fftc(torch.from_numpy(coil_img), 2).numpy().astype(np.complex64)  # centred, as the operators expect
-    ref = np.abs((coil_img * maps.conj()[None]).sum(1)).astype(np.float32)
-    return kc, ref
+    return coil_img, (coil_img * maps.conj()[None]).sum(1)
+
+
+def load_vfa(frames):
+    """Centred k-space (Z, coils, H, W), as the operators expect, and the reference magnitude (Z, H, W)."""
+    coil_img, combined = read_vfa(frames)
+    kc = fftc(torch.from_numpy(coil_img), 2).numpy().astype(np.complex64)
+    return kc, np.abs(combined).astype(np.float32)
 
 
 def measurement(kc, ref, acc, kind, maps):

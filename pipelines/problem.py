@@ -466,10 +466,14 @@ def _mri_operator(cfg: Config, meas: Measurement, complex_images: bool) -> Linea
 
 
 def _phase_alignment(A: LinearOperator, y: torch.Tensor) -> complex:
-    """exp(-i theta), theta the magnitude-weighted mean phase of the zero-filled image (a constant rotation:
-    the magnitude is unchanged, and a real-valued prior then sees the signal in the real part)."""
-    zf = A.adjoint(y)
-    s = torch.sum(zf * zf.abs())
+    """The rotation (``phase_rotation``) of the zero-filled image A^H y."""
+    return phase_rotation(A.adjoint(y))
+
+
+def phase_rotation(image: torch.Tensor) -> complex:
+    """exp(-i theta), theta the magnitude-weighted mean phase of a complex image (a constant rotation: the
+    magnitude is unchanged, and a real-valued prior then sees the signal in the real part)."""
+    s = torch.sum(image * image.abs())
     return complex(torch.exp(-1j * torch.angle(s))) if s.abs() > 0 else 1.0
 
 
@@ -480,5 +484,5 @@ def _measured_scale(A: LinearOperator, y: torch.Tensor) -> float:
     return v if v > 0 else 1.0
 
 
-__all__ = ["Problem", "Solution", "check_domain", "check_grid", "configured_prior", "grid_size",
+__all__ = ["Problem", "Solution", "check_domain", "check_grid", "configured_prior", "grid_size", "phase_rotation",
            "reconstruction_grid"]

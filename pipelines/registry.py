@@ -67,8 +67,8 @@ MBIR_WARM = {"ct": {"start_sigma": 0.3}}
 #: fast sampler ends").
 FAST_END = {"ct": {"final_sigma": 0.02}, "mri": {"final_sigma": 0.02}}
 #: over a solver's defaults for complex images of measured k-space (``mri.image: auto`` or ``complex``; a simulation
-#: keeps the modality's defaults, whatever its ``mri.image``): the warm start of measured data is already close and a prior trained on magnitude images, run from sigma 0.8 for 50 steps, pulled
-#: it away. bench_mri_raw (13-coil brain k-space, tuned on flip angle 2, reported on 4; twenty-fourth session):
+#: keeps the modality's defaults, whatever its ``mri.image``): the warm start of measured data is already close, and
+#: a prior trained on magnitude images, run from sigma 0.8 for 50 steps, pulled it away. bench_mri_raw (13-coil brain k-space, tuned on flip angle 2, reported on 4; twenty-fourth session):
 #: fast, x4, flip angle 2: 20 steps at sigma 0.03 / 0.05 / 0.1 gave 34.70 / 34.63 / 34.44 dB, 50 steps at 0.03 /
 #: 0.2 / 0.8 34.02 / 33.10 / 32.97 (ADMM-TV 3D 34.80); x8: 28.90 / 28.86 / 28.76 and 28.86 / 28.39 / 28.14 (27.98);
 #: reported (flip angle 4): 20 steps at 0.03 +0.43 / +0.67 dB over ADMM-TV at x4 / x8, DiffusionMBIR +0.99 / +0.79.

@@ -261,20 +261,19 @@ class PatchSampler:
             x, pos = self._one(v, p, u[k])
             xs.append(x)
             ps.append(pos)
-        x = torch.stack(xs)
+        x, pos = torch.stack(xs), torch.stack(ps)
         if self.scale_range:
             lo, hi = (math.log(v) for v in self.scale_range)
             c = torch.exp(lo + torch.rand(b, 1, 1, 1, generator=gen) * (hi - lo))
             x = self.scale_origin + c * (x - self.scale_origin)
         if self.phase:
-            pos = torch.stack(ps)
             keep = torch.rand(b, generator=gen) >= self.phase
             cos = torch.where(keep.view(-1, 1, 1, 1), 1.0, torch.cos(synthetic_phase(pos[:, 0:1], pos[:, 1:2], gen)))
             x = self.scale_origin + cos * (x - self.scale_origin)
         if self.jitter:
             a, c = (torch.rand(2, b, 1, 1, 1, generator=gen) * 2 - 1) * self.jitter
             x = x * (1 + a) + c
-        return x, torch.stack(ps)
+        return x, pos
 
     def _one(self, v: int, p: int, u) -> tuple[torch.Tensor, torch.Tensor]:
         levels = self.pyramids[v]

@@ -165,6 +165,12 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("mr_kspace_vfa", *_QMRI, "test/VFA_cart_smalltest.h5",
          "336d6557ebb2ab7e7d750422992b07b76278d6795d4b0de6513c28e23d10a573", "mri-kspace", "test",
          "raw multi-coil Cartesian k-space (variable flip angle), HDF5"),
+    # mirtorch's demo data: a fastMRI brain slice (file name AXT2_210_6001736), so the fastMRI data-sharing terms
+    # apply: fetched at set-up, used only to evaluate, never committed
+    Scan("mr_kspace_t2", "mirtorch", "0.1.2", "examples/AXT2_210_6001736_layer11.npz",
+         "c21028038e1c8c44f20b0cec96518baaeaa9abcdcb4c257f37369ae378171d79", "mri-kspace", "test",
+         "raw 16-coil Cartesian brain k-space (axial T2, one slice, 768x396 with 2x readout oversampling) and "
+         "coil maps, int16 real/imaginary parts (npz)"),
 ]}
 
 

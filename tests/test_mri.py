@@ -117,6 +117,9 @@ def test_mri_operator_builder_layouts():
     assert isinstance(A, PerSliceOperator) and A.in_shape == (z, h, w) and A.out_shape == (z, c, h, w)
     for k in range(z):
         assert torch.allclose(A(x)[k], CartesianMRI((h, w), mask, coil_maps=maps[k], real_input=True)(x[k]))
+    # one slice with its own mask (1, 1, W), as measured single-slice k-space comes: the shapes stay (1, H, W)
+    one = mri_operator((1, h, w), mask[None], kspace=torch.zeros(1, c, h, w, dtype=torch.complex64), coil_maps=maps[:1])
+    assert one.adjoint(one(x[:1])).shape == (1, h, w)
     # 2D, shared maps (C, H, W): one (H, W) operator for all slices; single-coil k-space drops the maps
     B = mri_operator((z, h, w), mask, coil_maps=maps[0])
     assert isinstance(B, CartesianMRI) and B.out_shape == (c, h, w) and B.real_input

@@ -69,7 +69,7 @@ def mri_operator(image_shape, mask, *, kspace=None, coil_maps=None, maps_from: s
     kw = dict(real_input=real_input, kspace_shape=kshape)
     if maps is not None and not three_d and maps.ndim == 4:
         m = np.asarray(mask)
-        per_slice_mask = m.ndim == 3 and m.shape[0] == maps.shape[0] > 1  # (Z, 1|H, W): slice z gets mask z
+        per_slice_mask = m.ndim == 3 and m.shape[0] == maps.shape[0]  # (Z, 1|H, W): slice z gets mask z (Z = 1 too)
         return PerSliceOperator([CartesianMRI(shape, m[z] if per_slice_mask else mask, coil_maps=maps[z], **kw)
                                  for z in range(maps.shape[0])])
     return CartesianMRI(shape, mask, coil_maps=maps, **kw)

@@ -37,7 +37,7 @@ from medrecon.solvers import admm_tv, cgls, sample_posterior, sirt
 from medrecon.volume import Volume
 from operators.ct import attenuation_per_pixel, fbp, geometry_from_dict, pixel_unit_projector
 from operators.ct import poisson_weights_from_line_integrals
-from operators.mri import mri_operator
+from operators.mri import coil_support, mri_operator
 
 from .config import Config, resolve_prior_path
 from .crossval import cross_validate
@@ -177,8 +177,16 @@ class Problem:
         return None if (lo, hi) == (-math.inf, math.inf) else (lo, hi)
 
     def solve(self, settings=None, progress: bool = False, snapshot=None, snapshot_every: int = 0) -> Solution:
-        """Run one registered solver (``settings``: a resolved solver section; default: the config's)."""
-        s = settings or self.config.solver
+        """Run one registered solver (``settings``: a resolved solver section; default: the config's). MRI pixels
+        no coil sees (outside the coil maps' support) are physical 0 in every result: no data constrain them, and
+        a sampler would leave noise and the prior's tile seams there."""
+        out = self._solve(settings or self.config.solver, progress, snapshot, snapshot_every)
+        unseen = None if self.measurement.modality == "ct" else coil_support(self.operator)
+        if unseen is not None:
+            out.x = torch.where(unseen.to(out.x.device), out.x, self.physical_zero())
+        return out
+
+    def _solve(self, s, progress: bool, snapshot, snapshot_every: int) -> Solution:
         if getattr(s, "cross_validate", None) is not None and s.cross_validate.enabled:
             s = cross_validate(self, s)  # the start_sigma and z-TV weight that predict held-out data best
         if s.name in ("fbp", "zero_filled"):

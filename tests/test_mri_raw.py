@@ -239,16 +239,11 @@ def test_espirit_maps_agree_with_the_known_maps():
     assert np.percentile(agree, 1) > 0.97, np.percentile(agree, [1, 5, 50])
 
 
-def test_pixels_outside_the_coil_maps_stay_zero_in_prior_model_units():
-    """With a prior's intensity map (physical 0..1 -> model -1..1) the iterative solvers start from physical 0:
-    pixels no coil sees (ESPIRiT maps vanish outside the head) stay 0, not the physical value of model 0."""
-    from medrecon.priors.base import IntensityMap
+def _measured_with_support(z=2, n=32):
+    """Measured-like multi-coil k-space whose coil maps vanish outside a disc (as ESPIRiT's outside the head)."""
     from medrecon.volume import Volume
-    from pipelines.config import load_config
     from pipelines.measurement import Measurement
-    from pipelines.problem import Problem
     from pipelines.raw_mri import MEASURED
-    z, n = 2, 32
     x = smooth_phase_image(z, n)
     yy, xx = np.meshgrid(np.linspace(-1, 1, n), np.linspace(-1, 1, n), indexing="ij")
     support = (xx ** 2 + yy ** 2 < 0.8).astype(np.float32)
@@ -257,6 +252,16 @@ def test_pixels_outside_the_coil_maps_stay_zero_in_prior_model_units():
     k = (fftc(torch.from_numpy(x[:, None] * maps[None]), 2).numpy() * mask[:, None]).astype(np.complex64)
     meas = Measurement("mri", k, Volume(np.zeros((z, n, n), np.float32)), None, mask, maps[None].repeat(z, 0),
                        {"layout": "2d", "units": MEASURED}, reference=np.abs(x))
+    return x, support, meas
+
+
+def test_pixels_outside_the_coil_maps_stay_zero_in_prior_model_units():
+    """With a prior's intensity map (physical 0..1 -> model -1..1) the iterative solvers start from physical 0:
+    pixels no coil sees (ESPIRiT maps vanish outside the head) stay 0, not the physical value of model 0."""
+    from medrecon.priors.base import IntensityMap
+    from pipelines.config import load_config
+    from pipelines.problem import Problem
+    x, support, meas = _measured_with_support()
     cfg = load_config("cs_mri_x4", ["mri.coil_maps=given", "mri.image=complex", "solver.name=admm_tv",
                                     "solver.tv=3d", "solver.steps=20", "solver.nonneg=false",
                                     "solver.admm.lam=0.001", "solver.admm.rho=0.01"], check_files=False).resolved()
@@ -268,10 +273,30 @@ def test_pixels_outside_the_coil_maps_stay_zero_in_prior_model_units():
     assert np.median(mag[0][inside]) > 0.3 * mag.max()
 
 
+def test_samplers_leave_pixels_no_coil_sees_at_zero():
+    """A diffusion sampler adds noise everywhere and only the prior removes it where no data constrain the image:
+    every result is physical 0 outside the coil maps' support (coil_support), and inside it the data are fitted."""
+    from medrecon.priors.base import GaussianDenoiser, IntensityMap, VESchedule
+    from operators.mri import coil_support
+    from pipelines.config import load_config
+    from pipelines.problem import Problem
+    x, support, meas = _measured_with_support()
+    n = x.shape[-1]
+    prior = GaussianDenoiser(torch.zeros(n, n), 0.5, VESchedule(0.01, 10.0))
+    cfg = load_config("cs_mri_x4", ["mri.coil_maps=given", "mri.image=complex", "solver.steps=10",
+                                    "solver.warm_start.start_sigma=0.3"], check_files=False).resolved()
+    p = Problem.from_measurement(cfg, meas, torch.device("cpu"), prior, IntensityMap(0.0, 1.0, -1.0, 1.0))
+    assert torch.equal(coil_support(p.operator), torch.from_numpy(support > 0)[None].expand(2, n, n))
+    mag = p.to_volume(p.solve().x).data
+    assert np.all(mag[:, support == 0] == 0)
+    inside = (support > 0) & (np.abs(x[0]) > 0)
+    assert np.median(mag[0][inside]) > 0.3 * mag.max()
+
+
 def test_measured_kspace_takes_its_own_solver_defaults_unless_the_config_sets_them(tmp_path):
-    """Complex images of measured k-space resolve the fast sampler's null steps and warm-start sigma from
-    registry.MEASURED_KSPACE; values the config gives are kept; a real image (the magnitude/phase split) keeps the
-    modality's."""
+    """Complex images of measured k-space resolve the fast sampler's (and DiffusionMBIR's) null steps and warm-start
+    sigma from registry.MEASURED_KSPACE; values the config gives are kept; a real image (the magnitude/phase split)
+    keeps the modality's."""
     from pipelines.config import load_config
     from pipelines.problem import Problem
     from pipelines.registry import MEASURED_KSPACE, SOLVERS
@@ -287,6 +312,9 @@ def test_measured_kspace_takes_its_own_solver_defaults_unless_the_config_sets_th
     assert s.steps == measured["steps"] and s.warm_start.start_sigma == measured["warm_start"]["start_sigma"]
     s = built("solver.steps=7", "solver.warm_start.start_sigma=0.5")
     assert s.steps == 7 and s.warm_start.start_sigma == 0.5
+    mbir = built("solver.name=diffusion_mbir")  # DiffusionMBIR too: 20 steps, not the paper's 2000
+    paper = SOLVERS["diffusion_mbir"].defaults("mri")["steps"]
+    assert mbir.steps == MEASURED_KSPACE["diffusion_mbir"]["steps"] != paper
     real = load_config("cs_mri_x4", ["mri.image=real"]).resolved()
     s = Problem.build(real, src).config.solver
     magnitude = SOLVERS["fast"].defaults("mri")

@@ -20,7 +20,7 @@ from .espirit import calibration_width, espirit_maps
 from .masks import KINDS, central_run, load_mask, make_mask, poisson_disc, save_mask
 from .physics import fftc, ifftc
 
-__all__ = ["CartesianMRI", "zero_filled", "PerSliceOperator", "estimate_coil_maps", "synthetic_coil_maps",
+__all__ = ["coil_support", "CartesianMRI", "zero_filled", "PerSliceOperator", "estimate_coil_maps", "synthetic_coil_maps",
            "CentreCrop", "centre_crop", "zero_pad", "calibration_width", "espirit_maps", "MAPS_FROM",
            "KINDS", "central_run", "load_mask", "make_mask", "poisson_disc", "save_mask", "fftc", "ifftc", "mri_operator"]
 
@@ -73,3 +73,16 @@ def mri_operator(image_shape, mask, *, kspace=None, coil_maps=None, maps_from: s
         return PerSliceOperator([CartesianMRI(shape, m[z] if per_slice_mask else mask, coil_maps=maps[z], **kw)
                                  for z in range(maps.shape[0])])
     return CartesianMRI(shape, mask, coil_maps=maps, **kw)
+
+
+def coil_support(A: LinearOperator) -> torch.Tensor | None:
+    """The image pixels some coil sees (sum over coils of |S_c|^2 > 0) of an ``mri_operator``: (Z, H, W) for one
+    operator per slice, the maps' image shape otherwise; None when every pixel is seen or there are no maps. Outside
+    it (ESPIRiT's crop) no data constrain the image."""
+    ops = A.ops if isinstance(A, PerSliceOperator) else [A]
+    maps = [getattr(op, "coil_maps", None) for op in ops]
+    if any(m is None for m in maps):
+        return None
+    seen = torch.stack([(m.abs() ** 2).sum(0) > 1e-12 for m in maps])
+    seen = seen if isinstance(A, PerSliceOperator) else seen[0]
+    return None if bool(seen.all()) else seen

@@ -112,6 +112,9 @@ def train(
     synthetic_phase: float = typer.Option(0.0, "--synthetic-phase", min=0.0, max=1.0, help="patch, MRI: "
                                           "probability that a training patch is the real or imaginary part of the "
                                           "image times a smooth random phase, for complex images (measured k-space)."),
+    random_contrast: float = typer.Option(0.0, "--random-contrast", min=0.0, max=1.0, help="patch: probability "
+                                          "that a training patch's intensities go through a random curve that keeps "
+                                          "0 (other contrasts than the training scans': T2 from T1)."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from this prior's weights (a folder "
                                             "or bundled:NAME, same network; inputs it lacks start at zero)."),
     sampler_errors: Optional[Path] = typer.Option(None, "--sampler-errors", help="patch: a folder of the fast "
@@ -192,7 +195,8 @@ def train(
                          "e.g. 0.5 1.1")
     if scale and arch != Arch.patch:
         raise InputError("--intensity-scale needs --arch patch; drop it for a whole-slice prior")
-    for flag, value in (("--fov-crop", fov_crop), ("--synthetic-phase", synthetic_phase)):
+    for flag, value in (("--fov-crop", fov_crop), ("--synthetic-phase", synthetic_phase),
+                        ("--random-contrast", random_contrast)):
         if value and arch != Arch.patch:
             raise InputError(f"{flag} needs --arch patch; drop it for a whole-slice prior")
     if sampler_errors and arch != Arch.patch:
@@ -212,6 +216,7 @@ def train(
                         amp=amp, checkpoint_every=checkpoint_every, heldout_every=heldout_every,
                         sample_every=sample_every or steps, context_slices=context_slices, init_from=init_from,
                         intensity_scale=scale, fov_crop=fov_crop, synthetic_phase=synthetic_phase,
+                        random_contrast=random_contrast,
                         sampler_errors=str(sampler_errors) if sampler_errors else None,
                         sampler_error_prob=sampler_error_prob, sampler_error_sigma_min=sampler_error_sigma_min)
     heldout, held_desc = None, None

@@ -151,6 +151,30 @@ def test_synthetic_phase_makes_parts_of_complex_images_with_a_smooth_phase():
     assert 0.3 < unchanged < 0.7
 
 
+def test_random_contrast_is_a_curve_through_zero_that_can_reorder_tissues():
+    """--random-contrast: each changed patch is f(x) for one piecewise-linear f per patch with f(0) = 0 (air stays
+    0), values in 0..1 at the knots, and some curves reverse the order of two intensities (T1 -> T2-like);
+    probability 0 leaves every patch as it was."""
+    from medrecon.priors.patch import random_contrast
+    t = torch.linspace(0, 1, 301).view(1, 1, 1, 301).repeat(400, 1, 1, 1)
+    f = random_contrast(t, torch.Generator().manual_seed(0))
+    assert torch.allclose(f[..., 0], torch.zeros(400, 1, 1)) and f.min() >= 0 and f.max() <= 1 + 1e-6
+    assert torch.allclose(f[..., 150], (f[..., 100] + f[..., 200]) / 2, atol=1e-5)  # linear between knots
+    reversed_order = (f[..., 60] > f[..., 270]).float().mean()  # dark tissue made brighter than bright tissue
+    assert 0.1 < reversed_order < 0.9
+    mr = {"physical_min": 0.0, "physical_max": 1.0, "unit": "normalised"}
+    vol = np.random.default_rng(0).uniform(0.0, 1.0, (2, 32, 32)).astype(np.float32)
+    data = prepare_volumes([Volume(vol, spacing=(1.0, 1.0, 1.0))], mr)
+    kw = dict(sizes=(16,), pixels=64 * 16 * 16, spacing_range=(1.0, 1.0), rotate_deg=0, flip=False, jitter=0,
+              scale_origin=-1.0)
+    plain, _ = PatchSampler(data, **kw).sample(torch.Generator().manual_seed(0))
+    none, _ = PatchSampler(data, contrast=0.0, **kw).sample(torch.Generator().manual_seed(0))
+    every, _ = PatchSampler(data, contrast=1.0, **kw).sample(torch.Generator().manual_seed(0))
+    assert torch.equal(none, plain)
+    changed = ((every - plain).flatten(1).abs().max(1).values > 1e-3).float().mean()
+    assert changed > 0.9 and every.min() >= -1 - 1e-5 and every.max() <= 1 + 1e-5
+
+
 def test_fov_crop_positions_refer_to_a_random_window_that_holds_the_patch():
     """--fov-crop: the patch is still a block of the slice, but its positions are those of a random window
     (between the patch and the slice in size) taken as the whole slice: steeper, and -1/+1 at the window's

@@ -216,16 +216,19 @@ class PatchSampler:
     random window (each side uniform between P and the slice's, placed uniformly) that then counts as the whole
     slice for the positions: scans whose field of view cuts through the body have no air at their edges, and a
     prior that only saw whole bodies paints a skin line there. With probability ``phase`` a patch becomes one
-    part of a complex image with a smooth synthetic phase (``synthetic_phase``): x -> o + (x - o) cos(phi). ``context`` k > 0 (2.5D): each patch also carries the same
+    part of a complex image with a smooth synthetic phase (``synthetic_phase``): x -> o + (x - o) cos(phi). With
+    probability ``contrast`` (before the phase) its intensities go through a random curve that keeps 0
+    (``random_contrast``): another contrast of the same anatomy. ``context`` k > 0 (2.5D): each patch also carries the same
     region of the k slices below and the k above (channels 1..2k; the volume's edge slice repeats past its
     ends), their order reversed with probability 1/2 (z flip)."""
 
     def __init__(self, data: PatchData, sizes=(16, 32, 64), probs=None, pixels: int = 8 * 64 * 64,
                  spacing_range=(0.7, 4.0), max_upsample: float = 1.25, rotate_deg: float = 10.0,
                  flip: bool = True, jitter: float = 0.02, max_batch: int = 256, context: int = 0,
-                 scale_range=None, scale_origin: float = 0.0, fov_crop: float = 0.0, phase: float = 0.0):
+                 scale_range=None, scale_origin: float = 0.0, fov_crop: float = 0.0, phase: float = 0.0,
+                 contrast: float = 0.0):
         self.context = int(context)
-        self.phase = float(phase)
+        self.phase, self.contrast = float(phase), float(contrast)
         self.fov_crop = float(fov_crop)
         self.scale_range = tuple(float(v) for v in scale_range) if scale_range else None
         self.scale_origin = float(scale_origin)
@@ -266,6 +269,10 @@ class PatchSampler:
             lo, hi = (math.log(v) for v in self.scale_range)
             c = torch.exp(lo + torch.rand(b, 1, 1, 1, generator=gen) * (hi - lo))
             x = self.scale_origin + c * (x - self.scale_origin)
+        if self.contrast:
+            keep = (torch.rand(b, generator=gen) >= self.contrast).view(-1, 1, 1, 1)
+            o = self.scale_origin
+            x = torch.where(keep, x, o + 2 * random_contrast((x - o) / 2, gen))  # model range 2: physical 0..1
         if self.phase:
             keep = torch.rand(b, generator=gen) >= self.phase
             cos = torch.where(keep.view(-1, 1, 1, 1), 1.0, torch.cos(synthetic_phase(pos[:, 0:1], pos[:, 1:2], gen)))
@@ -329,6 +336,24 @@ def synthetic_phase(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, std:
     return c0 + a[0] * x + a[1] * y + a[2] * (x * x - 1 / 3) + a[3] * (y * y - 1 / 3) + a[4] * x * y
 
 
+def random_contrast(t: torch.Tensor, gen: torch.Generator, knots: int = 3) -> torch.Tensor:
+    """A random intensity curve per item of t (B, C, P, P; physical 0..1): piecewise linear through 0 at 0 and
+    values ~ U(0.05, 1) at 1/3, 2/3 and 1, scaled so that the largest is 1, extended linearly past both ends. It
+    keeps air at 0 and may reorder the tissues (T1 -> T2-like: dark fluid made bright), so a prior trained with
+    it has seen more than its scans' contrasts."""
+    b = t.shape[0]
+    v = torch.rand(b, knots, generator=gen) * 0.95 + 0.05
+    v = torch.cat([torch.zeros(b, 1), v / v.max(1, keepdim=True).values], 1)
+    v = v.view(b, knots + 1, 1, 1).expand(b, knots + 1, *t.shape[-2:])
+    seg = torch.clamp(torch.floor(t * knots), 0, knots - 1).long()
+
+    def value(i):  # the curve's value at knot i (B, C, P, P), per channel
+        return torch.cat([torch.gather(v, 1, i[:, c:c + 1]) for c in range(t.shape[1])], 1)
+
+    lo, hi = value(seg), value(seg + 1)
+    return lo + (hi - lo) * (t * knots - seg)
+
+
 def heldout_slices(data: PatchData, spacing_mm: float = 2.0, per_volume: int = 4,
                    context: int = 0) -> list[torch.Tensor]:
     """Fixed whole slices for the held-out loss: ``per_volume`` evenly spaced slices of each volume,
@@ -348,4 +373,4 @@ def heldout_slices(data: PatchData, spacing_mm: float = 2.0, per_volume: int = 4
 
 __all__ = ["ARCHITECTURE", "POSITION_CONVENTION", "PatchPrior", "PatchData", "PatchSampler", "heldout_slices",
            "patch_prior_from_card", "patchwise", "position_channels", "prepare_volumes", "slice_positions",
-           "synthetic_phase"]
+           "random_contrast", "synthetic_phase"]

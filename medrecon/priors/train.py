@@ -73,6 +73,7 @@ class TrainOptions:
     fov_crop: float = 0.0  # patch: probability that a slice is cut to a random smaller field of view first
     intensity_scale: tuple | None = None  # patch: brightness c ~ log-U(lo, hi) about physical 0 (MR magnitude)
     synthetic_phase: float = 0.0  # patch: probability that a patch is a part of a complex image (smooth phase)
+    random_contrast: float = 0.0  # patch: probability that a patch's intensities go through a random curve
     patch_sizes: tuple = (16, 32, 64)  # patch: training patch sizes (each divisible by 2^(levels-1))
     patch_probs: tuple | None = None  # patch: probability of each size (None: equal)
     patch_inference_size: int | None = None  # patch: tile size at inference (None: the largest)
@@ -296,7 +297,8 @@ class _PatchTrainer(_Trainer):
                                     rotate_deg=opts.rotate_deg, flip=opts.flip, jitter=opts.intensity_jitter,
                                     context=opts.context_slices, scale_range=opts.intensity_scale,
                                     scale_origin=IntensityMap.from_dict(data.intensity).to_model(0.0),
-                                    fov_crop=opts.fov_crop, phase=opts.synthetic_phase)
+                                    fov_crop=opts.fov_crop, phase=opts.synthetic_phase,
+                                    contrast=opts.random_contrast)
         self.recorded = None
         if opts.sampler_errors:
             from .sampler_errors import RecordedSteps
@@ -369,7 +371,8 @@ class _PatchTrainer(_Trainer):
                                               "intensity_jitter": o.intensity_jitter,
                                               "intensity_scale": list(o.intensity_scale) if o.intensity_scale
                                               else None, "fov_crop": o.fov_crop,
-                                              "synthetic_phase": o.synthetic_phase},
+                                              "synthetic_phase": o.synthetic_phase,
+                                              "random_contrast": o.random_contrast},
                              **({"sampler_errors": self.recorded.describe(o.sampler_error_prob,
                                                                           o.sampler_error_sigma_min)}
                                 if self.recorded is not None else {})}}

@@ -127,19 +127,23 @@ def test_brightness_augmentation_scales_about_physical_zero_within_the_range():
                for p in fixed)  # lo = hi: that one factor for every patch, not none
 
 
+def _mr_patches(low: float):
+    """draw(**augmentation) -> 64 patches of 16 pixels, the same draw each call, from MR-like noise in [low, 1]
+    (physical 0..1 -> model -1..1), with no other augmentation."""
+    mr = {"physical_min": 0.0, "physical_max": 1.0, "unit": "normalised"}
+    vol = np.random.default_rng(0).uniform(low, 1.0, (2, 32, 32)).astype(np.float32)
+    data = prepare_volumes([Volume(vol, spacing=(1.0, 1.0, 1.0))], mr)
+    kw = dict(sizes=(16,), pixels=64 * 16 * 16, spacing_range=(1.0, 1.0), rotate_deg=0, flip=False, jitter=0,
+              scale_origin=-1.0)
+    return lambda **aug: PatchSampler(data, **kw, **aug).sample(torch.Generator().manual_seed(0))[0]
+
+
 def test_synthetic_phase_makes_parts_of_complex_images_with_a_smooth_phase():
     """--synthetic-phase: a patch becomes o + (x - o) cos(phi), the real (or imaginary) part of the magnitude image
     times a smooth phase phi(position): never brighter than the magnitude, negative in physical units where
     cos(phi) < 0, the factor smooth over the patch; probability 0 leaves every patch as it was, 1/2 about half."""
-    mr = {"physical_min": 0.0, "physical_max": 1.0, "unit": "normalised"}
-    vol = np.random.default_rng(0).uniform(0.3, 1.0, (2, 32, 32)).astype(np.float32)
-    data = prepare_volumes([Volume(vol, spacing=(1.0, 1.0, 1.0))], mr)
-    kw = dict(sizes=(16,), pixels=64 * 16 * 16, spacing_range=(1.0, 1.0), rotate_deg=0, flip=False, jitter=0,
-              scale_origin=-1.0)
-    plain, _ = PatchSampler(data, **kw).sample(torch.Generator().manual_seed(0))
-    parts, _ = PatchSampler(data, phase=1.0, **kw).sample(torch.Generator().manual_seed(0))
-    none, _ = PatchSampler(data, phase=0.0, **kw).sample(torch.Generator().manual_seed(0))
-    half, _ = PatchSampler(data, phase=0.5, **kw).sample(torch.Generator().manual_seed(0))
+    draw = _mr_patches(low=0.3)
+    plain, parts, none, half = draw(), draw(phase=1.0), draw(phase=0.0), draw(phase=0.5)
     assert torch.equal(none, plain)
     factor = (parts + 1) / (plain + 1)  # cos(phi): the magnitude is >= 0.3, so no division by ~0
     assert factor.abs().max() <= 1 + 1e-5
@@ -162,14 +166,8 @@ def test_random_contrast_is_a_curve_through_zero_that_can_reorder_tissues():
     assert torch.allclose(f[..., 150], (f[..., 100] + f[..., 200]) / 2, atol=1e-5)  # linear between knots
     reversed_order = (f[..., 60] > f[..., 270]).float().mean()  # dark tissue made brighter than bright tissue
     assert 0.1 < reversed_order < 0.9
-    mr = {"physical_min": 0.0, "physical_max": 1.0, "unit": "normalised"}
-    vol = np.random.default_rng(0).uniform(0.0, 1.0, (2, 32, 32)).astype(np.float32)
-    data = prepare_volumes([Volume(vol, spacing=(1.0, 1.0, 1.0))], mr)
-    kw = dict(sizes=(16,), pixels=64 * 16 * 16, spacing_range=(1.0, 1.0), rotate_deg=0, flip=False, jitter=0,
-              scale_origin=-1.0)
-    plain, _ = PatchSampler(data, **kw).sample(torch.Generator().manual_seed(0))
-    none, _ = PatchSampler(data, contrast=0.0, **kw).sample(torch.Generator().manual_seed(0))
-    every, _ = PatchSampler(data, contrast=1.0, **kw).sample(torch.Generator().manual_seed(0))
+    draw = _mr_patches(low=0.0)
+    plain, none, every = draw(), draw(contrast=0.0), draw(contrast=1.0)
     assert torch.equal(none, plain)
     changed = ((every - plain).flatten(1).abs().max(1).values > 1e-3).float().mean()
     assert changed > 0.9 and every.min() >= -1 - 1e-5 and every.max() <= 1 + 1e-5

@@ -176,10 +176,10 @@ def bench(args):
             tag = "" if image == "complex" else " [phase split, real image]"
             tuned(f"LS-SENSE (cgls){tag}", args.ls_iters, lambda n: run(m, cfg, [
                 "solver.name=cgls", f"solver.steps={n}", f"mri.image={image}"]), tune, report, rows)
-            admm_tv = lambda lam: run(m, cfg, [  # noqa: E731
-                "solver.name=admm_tv", "solver.tv=3d", f"solver.steps={args.admm_steps}", "solver.n_cg=3",
-                "solver.nonneg=false", f"solver.admm.lam={lam}", f"solver.admm.rho={10 * lam}",
-                f"mri.image={image}"])
+            def admm_tv(lam, m=m, image=image):
+                return run(m, cfg, ["solver.name=admm_tv", "solver.tv=3d", f"solver.steps={args.admm_steps}",
+                                    "solver.n_cg=3", "solver.nonneg=false", f"solver.admm.lam={lam}",
+                                    f"solver.admm.rho={10 * lam}", f"mri.image={image}"])
             tuned(f"ADMM-TV 3D{tag}", args.lam_tv, admm_tv, tune, report, rows)
             if args.data == "t2" and image == "complex":  # the classical method's best case: lam chosen here
                 tuned("ADMM-TV 3D, lam chosen on this slice", LAM_TV, admm_tv, report, report, rows)

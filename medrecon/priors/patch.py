@@ -346,11 +346,7 @@ def random_contrast(t: torch.Tensor, gen: torch.Generator, knots: int = 3) -> to
     v = torch.cat([torch.zeros(b, 1), v / v.max(1, keepdim=True).values], 1)
     v = v.view(b, knots + 1, 1, 1).expand(b, knots + 1, *t.shape[-2:])
     seg = torch.clamp(torch.floor(t * knots), 0, knots - 1).long()
-
-    def value(i):  # the curve's value at knot i (B, C, P, P), per channel
-        return torch.cat([torch.gather(v, 1, i[:, c:c + 1]) for c in range(t.shape[1])], 1)
-
-    lo, hi = value(seg), value(seg + 1)
+    lo, hi = torch.gather(v, 1, seg), torch.gather(v, 1, seg + 1)  # the curve at each pixel's knots, per channel
     return lo + (hi - lo) * (t * knots - seg)
 
 

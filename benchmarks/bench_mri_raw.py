@@ -211,7 +211,8 @@ def bench(args):
                         prior), tune, report, rows)
             # the config as a user runs it: every solver value null, so measured k-space's defaults
             # (registry.MEASURED_KSPACE), the registry's warm start and z-TV; nothing tuned
-            untuned("fast, the config's defaults", run(meas, cfg, [f"prior.path={args.prior}"], prior), report, rows)
+            label = "fast, the config's defaults" + (f" ({', '.join(args.overrides)})" if args.overrides else "")
+            untuned(label, run(meas, cfg, [f"prior.path={args.prior}", *args.overrides], prior), report, rows)
         else:
             rows.append({"method": "fast sampler + z-TV / DiffusionMBIR", "setting": "no prior for 224x224 MR "
                          "(bundled:mri is a 64x64 whole-image prior): give --prior", "psnr": None, "ssim": None})
@@ -258,6 +259,8 @@ def main():
     ap.add_argument("--lam-tv", type=float, nargs="+", default=LAM_TV, help="ADMM-TV weights tried (one: fixed)")
     ap.add_argument("--lam-bart", type=float, nargs="+", default=LAM_BART, help="BART TV weights tried")
     ap.add_argument("--ls-iters", type=int, nargs="+", default=LS_ITERS, help="LS-SENSE iterations tried")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config overrides for the config's-defaults diffusion row (e.g. solver.seed=1)")
     args = ap.parse_args()
     if args.data == "vfa" and args.tune == args.report:
         ap.error("--tune and --report must be different frames")

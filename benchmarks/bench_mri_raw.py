@@ -118,11 +118,13 @@ def score(mag, ref, frame):
     return psnr(ref[frame], mag[frame], r), ssim(ref[frame], mag[frame], r)
 
 
-def untuned(label, result, report, rows):
-    """One row for a run with nothing tuned: ``result`` is ``run``'s (magnitude, reference, seconds)."""
+def untuned(label, result, tune, report, rows):
+    """One row for a run with nothing tuned: ``result`` is ``run``'s (magnitude, reference, seconds); the JSON also
+    keeps frame ``tune``'s PSNR (``psnr_tune``), on which a setting given with --set may be chosen."""
     mag, ref, sec = result
     p, s = score(mag, ref, report)
-    rows.append({"method": label, "setting": "", "psnr": p, "ssim": s, "seconds": sec})
+    rows.append({"method": label, "setting": "", "psnr": p, "ssim": s, "seconds": sec,
+                 "psnr_tune": score(mag, ref, tune)[0]})
 
 
 def tuned(label, grid, make, tune, report, rows):
@@ -168,7 +170,8 @@ def bench(args):
         rows = []
         cfg = "cs_mri_x8"
         print(f"x{acc}", flush=True)
-        untuned("zero-filled (A^H y)", run(meas, cfg, ["solver.name=zero_filled", "mri.image=complex"]), report, rows)
+        untuned("zero-filled (A^H y)", run(meas, cfg, ["solver.name=zero_filled", "mri.image=complex"]), tune, report,
+                rows)
         for image in ("complex", "real") if acc in args.phase_split else ("complex",):
             # real: the magnitude/phase split, each frame's low-resolution phase folded into the maps
             m = meas if image == "complex" else Measurement(**{**vars(meas),
@@ -212,7 +215,7 @@ def bench(args):
             # the config as a user runs it: every solver value null, so measured k-space's defaults
             # (registry.MEASURED_KSPACE), the registry's warm start and z-TV; nothing tuned
             label = "fast, the config's defaults" + (f" ({', '.join(args.overrides)})" if args.overrides else "")
-            untuned(label, run(meas, cfg, [f"prior.path={args.prior}", *args.overrides], prior), report, rows)
+            untuned(label, run(meas, cfg, [f"prior.path={args.prior}", *args.overrides], prior), tune, report, rows)
         else:
             rows.append({"method": "fast sampler + z-TV / DiffusionMBIR", "setting": "no prior for 224x224 MR "
                          "(bundled:mri is a 64x64 whole-image prior): give --prior", "psnr": None, "ssim": None})

@@ -14,6 +14,8 @@ from medrecon.device import resolve_device
 from medrecon.priors import load_prior
 from medrecon.priors.base import Denoiser
 
+from .config import resolve_prior_path
+
 # Assumed intensity mapping of the public AAPM checkpoints (DiffusionMBIR, DDS): slices in [0, 1].
 AAPM_INTENSITY = {"physical_min": -1024.0, "physical_max": 3071.0, "model_min": 0.0, "model_max": 1.0,
                   "unit": "HU"}
@@ -48,10 +50,11 @@ def public_card(architecture: str) -> dict:
 
 
 def load_prior_for(path, device="cpu", card=None, allow_unsafe_pickle: bool = False) -> Denoiser:
-    """Load the prior at ``path`` for the pipelines: medrecon.priors.load_prior with the public checkpoints'
-    default cards (used only where the checkpoint comes without its own card) and the device resolved by
-    medrecon.device.resolve_device ('auto' | 'cpu' | 'cuda' | 'cuda:N')."""
-    return load_prior(path, device=resolve_device(device), card=card, allow_unsafe_pickle=allow_unsafe_pickle,
+    """Load the prior at ``path`` (a folder, a checkpoint or ``bundled:NAME``) for the pipelines:
+    medrecon.priors.load_prior with the public checkpoints' default cards (used only where the checkpoint comes
+    without its own card) and the device resolved by medrecon.device.resolve_device ('auto' | 'cpu' | 'cuda' |
+    'cuda:N')."""
+    return load_prior(resolve_prior_path(str(path)), device=resolve_device(device), card=card, allow_unsafe_pickle=allow_unsafe_pickle,
                       defaults=PUBLIC_CARDS)
 
 

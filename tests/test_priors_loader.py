@@ -151,6 +151,18 @@ def test_public_defaults_come_from_the_caller(tmp_path):
     assert q.card["modality"] == "mri" and q.intensity.unit == "magnitude" and q.intensity.physical_max == 1
 
 
+def test_bundled_names_load_where_a_folder_does():
+    """``bundled:NAME`` is accepted wherever a prior is loaded (the benchmarks pass it straight through)."""
+    from pipelines.config import BUNDLED_PRIORS
+    from pipelines.prior_cards import load_prior_for
+
+    by_name, by_folder = load_prior_for("bundled:mri_patch"), load_prior_for(BUNDLED_PRIORS / "mri_patch")
+    assert by_name.card["modality"] == by_folder.card["modality"] == "mri"
+    assert by_name.weights_path == by_folder.weights_path and by_name._sha256 == by_folder._sha256
+    with pytest.raises(InputError, match="no such file"):
+        load_prior_for("bundled:no_such_prior")
+
+
 def test_device_names_are_resolved_with_clear_errors(monkeypatch):
     from medrecon.device import resolve_device
 

@@ -61,9 +61,10 @@ def holdout_mask(problem, fraction: float, seed: int = 0) -> tuple[torch.Tensor,
 
 
 def fit_problem(problem, keep: torch.Tensor):
-    """The problem without the held-out measurements (their data-term weight set to 0)."""
+    """The problem without the held-out measurements (their data-term weight set to 0). It keeps what ``info``
+    says of the problem (complex images) in a copy, where its own runs' records go."""
     sw = problem.sqrt_weights
-    return dataclasses.replace(problem, sqrt_weights=keep if sw is None else sw * keep, info={})
+    return dataclasses.replace(problem, sqrt_weights=keep if sw is None else sw * keep, info=dict(problem.info))
 
 
 def heldout_error(problem, keep: torch.Tensor, x: torch.Tensor) -> float:

@@ -293,6 +293,24 @@ def test_samplers_leave_pixels_no_coil_sees_at_zero():
     assert np.median(mag[0][inside]) > 0.3 * mag.max()
 
 
+def test_cross_validation_runs_on_the_complex_images_of_measured_kspace():
+    """The fit without held-out lines is the same complex-image problem (a sampler's nonneg/clip would refuse a
+    real-image reading of it), and its runs' records stay out of the problem's own info."""
+    from medrecon.priors.base import GaussianDenoiser, IntensityMap, VESchedule
+    from pipelines.config import load_config
+    from pipelines.crossval import fit_problem, heldout_error, holdout_mask
+    from pipelines.problem import Problem
+    x, support, meas = _measured_with_support()
+    prior = GaussianDenoiser(torch.zeros(x.shape[-1], x.shape[-1]), 0.5, VESchedule(0.01, 10.0))
+    cfg = load_config("cs_mri_x4", ["mri.coil_maps=given", "solver.steps=4"], check_files=False).resolved()
+    p = Problem.from_measurement(cfg, meas, torch.device("cpu"), prior, IntensityMap(0.0, 1.0, -1.0, 1.0))
+    keep, _ = holdout_mask(p, 0.25)
+    fit = fit_problem(p, keep)
+    assert p.complex_images and fit.complex_images
+    err = heldout_error(p, keep, fit.solve().x)
+    assert 0 < err < 1 and "z_tv" in fit.info and "z_tv" not in p.info
+
+
 def test_measured_kspace_takes_its_own_solver_defaults_unless_the_config_sets_them(tmp_path):
     """Complex images of measured k-space resolve the fast sampler's (and DiffusionMBIR's) null steps and warm-start
     sigma from registry.MEASURED_KSPACE; values the config gives are kept; a real image (the magnitude/phase split)

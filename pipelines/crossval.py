@@ -7,7 +7,8 @@ for PWLS CT), relative to the held-out data's norm. The best candidate then reco
 
 Candidates are factors of the settings' own warm-start noise level and z-TV weight, searched one after the
 other (noise level at the given weight, then the weight at the chosen level), so the cost is
-``len(start_sigma) + len(lam) - 1`` extra reconstructions.
+``len(start_sigma) + len(lam) - 1`` extra reconstructions. A noise-level factor 0 is the warm start itself (3D
+ADMM-TV, no diffusion): chosen, the result is the warm start, and no weight is searched.
 """
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def cross_validate(problem, settings):
 
     cold = settings.warm_start.method == "none"
     sigma = sigma0 if cold else min((sigma0 * f for f in cv.start_sigma), key=lambda s: score(s, lam0))
-    lam = min((lam0 * f for f in cv.lam), key=lambda v: score(sigma, v))
+    # no diffusion (sigma 0): the z-TV weight does not act
+    lam = lam0 if sigma == 0 else min((lam0 * f for f in cv.lam), key=lambda v: score(sigma, v))
     problem.info["cross_validation"] = {
         "held_out": held, "chosen": {"start_sigma": sigma, "lam": lam},
         "candidates": [{"start_sigma": s, "lam": v, "heldout_error": e} for (s, v), e in tried.items()]}

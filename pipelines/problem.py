@@ -199,6 +199,8 @@ class Problem:
         if s.name == "admm_tv":
             return Solution(admm_tv(A, y, lam, rho, s.steps, axes=(0,) if s.tv == "z" else (0, 1, 2),
                                     n_cg=s.n_cg, x0=start, clip=self.bounds(s)))
+        if self.start_sigma(s) == 0:  # cross-validation chose the warm start itself: no diffusion
+            return Solution(self.warm_start(s))
         if self.prior is None:
             raise InputError(f"solver {s.name} needs a prior (prior.path)")
         if self.complex_images and s.name in GUIDED:

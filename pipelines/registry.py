@@ -186,7 +186,9 @@ class CrossValidation(Section):
     measurements (``pipelines.crossval``); off by default."""
     enabled: bool = False
     holdout: float = Field(0.125, gt=0, lt=0.5)  # CT: fraction of the views; MRI: of the sampled outer lines
-    start_sigma: list[float] = [0.5, 1.0, 1.5]  # factors of warm_start.start_sigma tried
+    # factors of warm_start.start_sigma tried; 0: the warm start itself, no diffusion (a prior that does not suit
+    # the scan then cannot leave it worse than its classical start, when the held-out data say so)
+    start_sigma: list[Annotated[float, Field(ge=0)]] = [0.5, 1.0, 1.5]
     lam: list[float] = [0.33, 1.0, 3.0]  # factors of admm.lam tried (at the chosen noise level)
     seed: int = 0
 

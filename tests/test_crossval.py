@@ -126,3 +126,25 @@ def test_same_mask_tells_one_mask_for_all_slices_from_a_mask_per_slice(tmp_path)
     (tmp_path / "ct").mkdir()
     ct = _problem(tmp_path / "ct", "sparse_view_ct_8", ct_phantom((3, 32, 32), seed=1), "ct.image_size=32")
     assert not ct.same_mask
+
+
+def test_a_noise_factor_of_zero_is_the_warm_start_itself_and_wins_when_the_prior_does_not_suit(tmp_path):
+    """``cross_validate.start_sigma`` factor 0: the warm start (3D ADMM-TV) with no diffusion. A prior far from the
+    scan (every pixel pulled to one value) predicts the held-out lines worse, so 0 is chosen, no weight is searched,
+    and the result is the warm start; a noise factor below 0 is refused."""
+    prior = GaussianDenoiser(mean=0.9, var=1e-4)
+    prior.image_size, prior.intensity, prior.sha256 = 32, IntensityMap(0.0, 1.0, unit="normalised"), "abc"
+    src = tmp_path / "mr.nii.gz"
+    write_nifti(_mr_volume((4, 32, 32)), src)
+    cv_set = ["solver.cross_validate.enabled=true", "solver.cross_validate.start_sigma=[0, 1]",
+              "solver.cross_validate.lam=[1]"]
+    cfg = load_config("cs_mri_x4", ["mri.image_size=32", "solver.steps=3", *cv_set], check_files=False).resolved()
+    p = Problem.build(cfg, read_volume(src), prior=prior)
+    x = p.solve().x
+    cv = p.info["cross_validation"]
+    errors = {c["start_sigma"]: c["heldout_error"] for c in cv["candidates"]}
+    assert len(errors) == 2 and cv["chosen"]["start_sigma"] == 0
+    assert 0 < errors[0] < errors[cfg.solver.warm_start.start_sigma]
+    assert torch.equal(x, p.warm_start(cfg.solver))
+    with pytest.raises(InputError, match="start_sigma"):
+        load_config("cs_mri_x4", ["solver.cross_validate.start_sigma=[-1, 1]"], check_files=False)

@@ -109,6 +109,11 @@ def run(meas, config, overrides, prior=None):
     p = Problem.build(cfg, meas, prior=prior, load_prior=prior is not None)
     t = time.time()
     sol = p.solve()
+    if "cross_validation" in p.info:  # solver.cross_validate given with --set: what it tried and chose
+        cv = p.info["cross_validation"]
+        tried = ", ".join(f"{c['start_sigma']:.3g} / {c['lam']:.3g}: {c['heldout_error']:.5f}" for c in cv["candidates"])
+        print(f"  cross-validation ({cv['held_out']}): chose {cv['chosen']}; held-out error per start sigma / lam: "
+              f"{tried}", flush=True)
     mag = p.to_volume(sol.x).data
     return mag, p.reference.data if p.reference is not None else meas.reference / p.data_scale, time.time() - t
 

@@ -54,8 +54,8 @@ def load_prior_for(path, device="cpu", card=None, allow_unsafe_pickle: bool = Fa
     medrecon.priors.load_prior with the public checkpoints' default cards (used only where the checkpoint comes
     without its own card) and the device resolved by medrecon.device.resolve_device ('auto' | 'cpu' | 'cuda' |
     'cuda:N')."""
-    return load_prior(resolve_prior_path(str(path)), device=resolve_device(device), card=card, allow_unsafe_pickle=allow_unsafe_pickle,
-                      defaults=PUBLIC_CARDS)
+    return load_prior(resolve_prior_path(str(path)), device=resolve_device(device), card=card,
+                      allow_unsafe_pickle=allow_unsafe_pickle, defaults=PUBLIC_CARDS)
 
 
 __all__ = ["AAPM_INTENSITY", "PUBLIC_CARDS", "public_card", "load_prior_for"]

@@ -123,6 +123,12 @@ def score(mag, ref, frame):
     return psnr(ref[frame], mag[frame], r), ssim(ref[frame], mag[frame], r)
 
 
+def admm_tv_overrides(lam, steps=30, image="complex"):
+    """The ADMM-TV rows' settings: 3D TV of weight ``lam`` (rho 10 lam), ``steps`` iterations of 3 CG steps."""
+    return ["solver.name=admm_tv", "solver.tv=3d", f"solver.steps={steps}", "solver.n_cg=3", "solver.nonneg=false",
+            f"solver.admm.lam={lam}", f"solver.admm.rho={10 * lam}", f"mri.image={image}"]
+
+
 def untuned(label, result, tune, report, rows):
     """One row for a run with nothing tuned: ``result`` is ``run``'s (magnitude, reference, seconds); the JSON also
     keeps frame ``tune``'s PSNR (``psnr_tune``), on which a setting given with --set may be chosen."""
@@ -185,9 +191,7 @@ def bench(args):
             tuned(f"LS-SENSE (cgls){tag}", args.ls_iters, lambda n: run(m, cfg, [
                 "solver.name=cgls", f"solver.steps={n}", f"mri.image={image}"]), tune, report, rows)
             def admm_tv(lam, m=m, image=image):
-                return run(m, cfg, ["solver.name=admm_tv", "solver.tv=3d", f"solver.steps={args.admm_steps}",
-                                    "solver.n_cg=3", "solver.nonneg=false", f"solver.admm.lam={lam}",
-                                    f"solver.admm.rho={10 * lam}", f"mri.image={image}"])
+                return run(m, cfg, admm_tv_overrides(lam, args.admm_steps, image))
             tuned(f"ADMM-TV 3D{tag}", args.lam_tv, admm_tv, tune, report, rows)
             if args.data == "t2" and image == "complex":  # the classical method's best case: lam chosen here
                 tuned("ADMM-TV 3D, lam chosen on this slice", LAM_TV, admm_tv, report, report, rows)

@@ -113,8 +113,9 @@ def train(
                                           "probability that a training patch is the real or imaginary part of the "
                                           "image times a smooth random phase, for complex images (measured k-space)."),
     random_contrast: float = typer.Option(0.0, "--random-contrast", min=0.0, max=1.0, help="patch: probability "
-                                          "that a training patch's intensities go through a random curve that keeps "
-                                          "0 (other contrasts than the training scans': T2 from T1)."),
+                                          "that a training patch's intensities go through a random curve over the "
+                                          "intensity window that keeps its bottom, air (other contrasts than the "
+                                          "training scans': T2 from T1)."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from this prior's weights (a folder "
                                             "or bundled:NAME, same network; inputs it lacks start at zero)."),
     sampler_errors: Optional[Path] = typer.Option(None, "--sampler-errors", help="patch: a folder of the fast "

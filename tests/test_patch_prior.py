@@ -173,6 +173,23 @@ def test_random_contrast_is_a_curve_through_zero_that_can_reorder_tissues():
     assert changed > 0.9 and every.min() >= -1 - 1e-5 and every.max() <= 1 + 1e-5
 
 
+def test_random_contrast_keeps_the_bottom_of_the_intensity_window_air():
+    """The curve acts on the intensity window (CT: -1000..1000 HU), not on physical 0..1: CT air stays air, so a CT
+    prior's patches keep their background; tissue intensities change."""
+    from medrecon.priors.base import IntensityMap
+    vol = np.full((2, 32, 32), -1000.0, dtype=np.float32)
+    vol[:, 8:24, 8:24] = np.random.default_rng(0).uniform(-100, 300, (2, 16, 16))
+    data = prepare_volumes([Volume(vol, spacing=(1.0, 1.0, 1.0))], CT)
+    imap = IntensityMap.from_dict(data.intensity)
+    kw = dict(sizes=(32,), pixels=16 * 32 * 32, spacing_range=(1.0, 1.0), rotate_deg=0, flip=False, jitter=0,
+              scale_origin=imap.to_model(0.0), window=(imap.model_min, imap.model_max))
+    plain = PatchSampler(data, **kw).sample(torch.Generator().manual_seed(0))[0]
+    every = PatchSampler(data, contrast=1.0, **kw).sample(torch.Generator().manual_seed(0))[0]
+    air = plain <= imap.to_model(-999.0)
+    assert air.float().mean() > 0.3 and (every[air] - imap.model_min).abs().max() < 1e-5
+    assert ((every - plain)[~air].abs() > 1e-3).float().mean() > 0.9
+
+
 def test_fov_crop_positions_refer_to_a_random_window_that_holds_the_patch():
     """--fov-crop: the patch is still a block of the slice, but its positions are those of a random window
     (between the patch and the slice in size) taken as the whole slice: steeper, and -1/+1 at the window's

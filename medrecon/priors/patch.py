@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .base import IntensityMap, stack_indices
+from .base import MODEL_RANGE, IntensityMap, stack_indices
 from .network import EDMPrior, edm_denoise
 
 ARCHITECTURE = "diffusers-unet2d-patch"
@@ -217,8 +217,9 @@ class PatchSampler:
     slice for the positions: scans whose field of view cuts through the body have no air at their edges, and a
     prior that only saw whole bodies paints a skin line there. With probability ``phase`` a patch becomes one
     part of a complex image with a smooth synthetic phase (``synthetic_phase``): x -> o + (x - o) cos(phi). With
-    probability ``contrast`` (before the phase) its intensities go through a random curve that keeps 0
-    (``random_contrast``): another contrast of the same anatomy. ``context`` k > 0 (2.5D): each patch also carries the same
+    probability ``contrast`` (before the phase) its intensities go through a random curve (``random_contrast``)
+    over the intensity window ``window`` (the model values of its ends; the bottom, air, is kept): another contrast
+    of the same anatomy. ``context`` k > 0 (2.5D): each patch also carries the same
     region of the k slices below and the k above (channels 1..2k; the volume's edge slice repeats past its
     ends), their order reversed with probability 1/2 (z flip)."""
 
@@ -226,9 +227,10 @@ class PatchSampler:
                  spacing_range=(0.7, 4.0), max_upsample: float = 1.25, rotate_deg: float = 10.0,
                  flip: bool = True, jitter: float = 0.02, max_batch: int = 256, context: int = 0,
                  scale_range=None, scale_origin: float = 0.0, fov_crop: float = 0.0, phase: float = 0.0,
-                 contrast: float = 0.0):
+                 contrast: float = 0.0, window: tuple[float, float] = MODEL_RANGE):
         self.context = int(context)
         self.phase, self.contrast = float(phase), float(contrast)
+        self.window = (float(window[0]), float(window[1]))
         self.fov_crop = float(fov_crop)
         self.scale_range = tuple(float(v) for v in scale_range) if scale_range else None
         self.scale_origin = float(scale_origin)
@@ -271,8 +273,8 @@ class PatchSampler:
             x = self.scale_origin + c * (x - self.scale_origin)
         if self.contrast:
             keep = (torch.rand(b, generator=gen) >= self.contrast).view(-1, 1, 1, 1)
-            o = self.scale_origin
-            x = torch.where(keep, x, o + 2 * random_contrast((x - o) / 2, gen))  # model range 2: physical 0..1
+            lo, span = self.window[0], self.window[1] - self.window[0]
+            x = torch.where(keep, x, lo + span * random_contrast((x - lo) / span, gen))
         if self.phase:
             keep = torch.rand(b, generator=gen) >= self.phase
             cos = torch.where(keep.view(-1, 1, 1, 1), 1.0, torch.cos(synthetic_phase(pos[:, 0:1], pos[:, 1:2], gen)))
@@ -337,9 +339,9 @@ def synthetic_phase(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, std:
 
 
 def random_contrast(t: torch.Tensor, gen: torch.Generator, knots: int = 3) -> torch.Tensor:
-    """A random intensity curve per item of t (B, C, P, P; physical 0..1): piecewise linear through 0 at 0 and
-    values ~ U(0.05, 1) at 1/3, 2/3 and 1, scaled so that the largest is 1, extended linearly past both ends. It
-    keeps air at 0 and may reorder the tissues (T1 -> T2-like: dark fluid made bright), so a prior trained with
+    """A random intensity curve per item of t (B, C, P, P; the intensity window as 0..1): piecewise linear through
+    0 at 0 and values ~ U(0.05, 1) at 1/3, 2/3 and 1, scaled so that the largest is 1, extended linearly past both
+    ends. It keeps air (the window's bottom) at 0 and may reorder the tissues (T1 -> T2-like: dark fluid made bright), so a prior trained with
     it has seen more than its scans' contrasts."""
     b = t.shape[0]
     v = torch.rand(b, knots, generator=gen) * 0.95 + 0.05

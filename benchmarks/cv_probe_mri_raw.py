@@ -24,6 +24,7 @@ from pipelines.prior_cards import load_prior_for  # noqa: E402
 from pipelines.problem import Problem  # noqa: E402
 from pipelines.tasks import prepare_config  # noqa: E402
 
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prior", default="bundled:mri_patch")

@@ -12,7 +12,6 @@ from medrecon.priors.patch import heldout_slices
 from medrecon.priors.train import heldout_loss
 from medrecon.priors.training_data import load_patch_data
 from pipelines import datasets
-from pipelines.commands_train import Modality, training_intensity
 from pipelines.prior_cards import load_prior_for
 
 
@@ -23,16 +22,19 @@ def main() -> None:
     ap.add_argument("--pixels", nargs="+", type=float, default=[0.65, 1.0, 2.0], help="pixel sizes in mm")
     ap.add_argument("--per-volume", type=int, default=2, help="slices per scan")
     a = ap.parse_args()
-    imap, pct = training_intensity(Modality.ct, (-1000.0, 1000.0), 99.5)
     priors = {p: load_prior_for(p) for p in a.priors}
+    intensity = next(iter(priors.values())).card["intensity"]  # the scans in model units, as the priors read them
+    if any(p.card["intensity"] != intensity for p in priors.values()):
+        raise SystemExit("the priors map HU to model units differently: compare priors that share an intensity map")
     print("| scan | pixel (mm) | " + " | ".join(priors) + " |")
     print("|---|---|" + "---|" * len(priors))
     for name in a.scans:
-        data = load_patch_data([datasets.path(name)], imap, magnitude_percentile=pct, modality="ct")
+        data = load_patch_data([datasets.path(name)], intensity, modality="ct")
         for mm in a.pixels:
             x = heldout_slices(data, mm, per_volume=a.per_volume)
             print(f"| {name} | {mm:g} | " + " | ".join(f"{heldout_loss(pr, x):.5f}" for pr in priors.values()) + " |",
                   flush=True)
+
 
 if __name__ == "__main__":
     main()

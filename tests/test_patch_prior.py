@@ -182,7 +182,7 @@ def test_random_contrast_keeps_the_bottom_of_the_intensity_window_air():
     data = prepare_volumes([Volume(vol, spacing=(1.0, 1.0, 1.0))], CT)
     imap = IntensityMap.from_dict(data.intensity)
     kw = dict(sizes=(32,), pixels=16 * 32 * 32, spacing_range=(1.0, 1.0), rotate_deg=0, flip=False, jitter=0,
-              scale_origin=imap.to_model(0.0), window=(imap.model_min, imap.model_max))
+              scale_origin=imap.to_model(0.0))
     plain = PatchSampler(data, **kw).sample(torch.Generator().manual_seed(0))[0]
     every = PatchSampler(data, contrast=1.0, **kw).sample(torch.Generator().manual_seed(0))[0]
     air = plain <= imap.to_model(-999.0)

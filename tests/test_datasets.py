@@ -17,8 +17,9 @@ def test_registry_split_and_provenance():
                                                   "ct_chest_drr"}
     assert set(datasets.names("train", "mri")) == {"mr_brain1", "mr_head_t1w", "mr_abdomen", "mr_brain_epi"}
     assert datasets.names("test", "mri") == ["mr_brain2"]
+    assert datasets.names("test", "mri-complex") == ["mr_complex_hip"]  # never a training scan
     for s in datasets.SCANS.values():
-        assert s.role in ("train", "test") and s.modality in ("ct", "mri", "mri-kspace")
+        assert s.role in ("train", "test") and s.modality in ("ct", "mri", "mri-kspace", "mri-complex")
         digests = s.sha256.values() if isinstance(s.sha256, dict) else [s.sha256]
         assert all(len(d) == 64 and int(d, 16) >= 0 for d in digests)
         prov = s.provenance

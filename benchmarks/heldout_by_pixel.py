@@ -24,6 +24,8 @@ def main() -> None:
     ap.add_argument("--scans", nargs="+", default=None, help="named scans (default: see above)")
     ap.add_argument("--pixels", nargs="+", type=float, default=[0.65, 1.0, 2.0], help="pixel sizes in mm")
     ap.add_argument("--per-volume", type=int, default=2, help="slices per scan")
+    ap.add_argument("--mri-percentile", type=float, default=99.5,
+                    help="MR: the percentile of |v| that maps to 1, as the priors were trained (medrecon train's default)")
     a = ap.parse_args()
     priors = {p: load_prior_for(p) for p in a.priors}
     first = next(iter(priors.values())).card  # the scans in model units, as the priors read them
@@ -35,7 +37,8 @@ def main() -> None:
     print("| scan | pixel (mm) | " + " | ".join(priors) + " |")
     print("|---|---|" + "---|" * len(priors))
     for name in scans:
-        data = load_patch_data([datasets.path(name)], intensity, modality=modality)
+        data = load_patch_data([datasets.path(name)], intensity, modality=modality,
+                               magnitude_percentile=a.mri_percentile if modality == "mri" else None)
         for mm in a.pixels:
             x = heldout_slices(data, mm, per_volume=a.per_volume)
             print(f"| {name} | {mm:g} | " + " | ".join(f"{heldout_loss(pr, x):.5f}" for pr in priors.values()) + " |",

@@ -172,7 +172,7 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
          "c21028038e1c8c44f20b0cec96518baaeaa9abcdcb4c257f37369ae378171d79", "mri-kspace", "test",
          "raw 16-coil Cartesian brain k-space (axial T2, one slice, 768x396 with 2x readout oversampling) and "
          "coil maps, int16 real/imaginary parts (npz)"),
-    # mri-fatwater's demo data (ISMRM 2012 fat-water challenge case 17); the package is GPL-3.0, the data's terms
+    # mri-fatwater's sample data set '17' (its origin is not stated); the package is GPL-3.0, the data's terms
     # unstated: fetched at set-up, used only to evaluate, never committed
     Scan("mr_complex_hip", "mri-fatwater", "1.2.2", "mri_fatwater/data/17.npy",
          "c76959255a907d04edc318fa48dd91ee69b4f34d8bcf7b19e93553656f43ac22", "mri-complex", "test",

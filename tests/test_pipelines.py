@@ -293,19 +293,23 @@ def test_native_grid_by_default_and_domain_checks(tmp_path, ct_nifti, mr_nifti, 
         Problem.build(cfg, mr_series)
 
 
-def test_bundled_ct_prior_takes_clinical_pixel_sizes_at_their_own_grid(ct_nifti):
-    """Clinical CT has 0.5-0.8 mm pixels: the bundled CT patch prior's card covers them, so such a series is
-    reconstructed on its own grid; finer than its range, it stops with the fix named."""
+@pytest.mark.parametrize("name, config, clinical, finer", [
+    ("ct_patch", "sparse_view_ct_8", (0.55, 0.7, 0.977), 0.4),
+    ("mri_patch", "cs_mri_x4", (0.65, 0.78125, 0.9), 0.5)])
+def test_bundled_patch_priors_take_clinical_pixel_sizes_at_their_own_grid(name, config, clinical, finer):
+    """Clinical CT has 0.5-0.8 mm pixels, brain MR often 0.7-0.8 mm: the bundled patch priors' cards cover them
+    (CT since the twenty-eighth session, MR since the twenty-ninth), so such a series is reconstructed on its own
+    grid; finer than the range, it stops with the fix named."""
     from pipelines.prior_cards import load_prior_for
     from pipelines.problem import reconstruction_grid
-    prior = load_prior_for("bundled:ct_patch")
-    cfg = tasks.prepare_config("sparse_view_ct_8", [])
-    v = read_volume(ct_nifti)
-    for mm in (0.55, 0.7, 0.977):
-        g = reconstruction_grid(cfg, prior, Volume(v.data, spacing=(mm, mm, 2.0)))
+    prior = load_prior_for(f"bundled:{name}")
+    cfg = tasks.prepare_config(config, [])
+    data = _mr_volume().data
+    for mm in clinical:
+        g = reconstruction_grid(cfg, prior, Volume(data, spacing=(mm, mm, 2.0)))
         assert (g["pixel_mm"], g["resampled"]) == (mm, False)
-    with pytest.raises(InputError, match="outside the range prior ct_patch was trained on.*--resample"):
-        reconstruction_grid(cfg, prior, Volume(v.data, spacing=(0.4, 0.4, 2.0)))
+    with pytest.raises(InputError, match=f"outside the range prior {name} was trained on.*--resample"):
+        reconstruction_grid(cfg, prior, Volume(data, spacing=(finer, finer, 2.0)))
 
 
 def _fast_ct(src, out, *extra):

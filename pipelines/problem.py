@@ -187,8 +187,15 @@ class Problem:
         return out
 
     def _solve(self, s, progress: bool, snapshot, snapshot_every: int) -> Solution:
-        if getattr(s, "cross_validate", None) is not None and s.cross_validate.enabled:
-            s = cross_validate(self, s)  # the start_sigma and z-TV weight that predict held-out data best
+        """``_run`` the settings, or those cross-validation chose; its network evaluations count with the run's."""
+        if getattr(s, "cross_validate", None) is None or not s.cross_validate.enabled:
+            return self._run(s, progress, snapshot, snapshot_every)
+        s = cross_validate(self, s)  # the start_sigma and z-TV weight that predict held-out data best
+        out = self._run(s, progress, snapshot, snapshot_every)
+        out.nfe_per_slice += self.info["cross_validation"]["network_evaluations_per_slice"]
+        return out
+
+    def _run(self, s, progress: bool, snapshot, snapshot_every: int) -> Solution:
         if s.name in ("fbp", "zero_filled"):
             return Solution(self.linear_reconstruction(s.name))
         A, y = self.least_squares() if s.name not in GUIDED else (self.operator, self.data)

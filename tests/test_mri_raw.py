@@ -311,6 +311,32 @@ def test_cross_validation_runs_on_the_complex_images_of_measured_kspace():
     assert 0 < err < 1 and "z_tv" in fit.info and "z_tv" not in p.info
 
 
+def test_default_cross_validation_steps_aside_on_fully_sampled_kspace_but_a_requested_one_does_not():
+    """Measured k-space cross-validates by default (MEASURED_KSPACE); with every line sampled there is nothing to
+    hold out: the default is skipped (and recorded), while a config that asks for it gets the error naming the key."""
+    from medrecon.priors.base import GaussianDenoiser, IntensityMap, VESchedule
+    from pipelines.config import load_config
+    from pipelines.problem import Problem
+    x, support, meas = _measured_with_support()
+    meas.data = (fftc(torch.from_numpy(x[:, None] * meas.coil_maps), 2)).numpy().astype(np.complex64)  # all lines
+    meas.mask = np.ones_like(meas.mask)
+    prior = GaussianDenoiser(torch.zeros(x.shape[-1], x.shape[-1]), 0.5, VESchedule(0.01, 10.0))
+
+    def build(*overrides):
+        cfg = load_config("cs_mri_x4", ["mri.coil_maps=given", "solver.steps=3", *overrides],
+                          check_files=False).resolved()
+        return Problem.from_measurement(cfg, meas, torch.device("cpu"), prior, IntensityMap(0.0, 1.0, -1.0, 1.0))
+
+    p = build()
+    assert p.config.solver.cross_validate.enabled  # the measured-k-space default
+    mag = p.to_volume(p.solve().x).data
+    assert "no sampled k-space lines" in p.info["cross_validation"]["skipped"]
+    ref = p.reference.data  # the reference in the measured data's normalisation
+    assert np.abs(mag - ref).mean() < 0.01 * ref.max(), np.abs(mag - ref).mean() / ref.max()  # the data fitted
+    with pytest.raises(InputError, match="solver.cross_validate.enabled=false"):
+        build("solver.cross_validate.enabled=true").solve()
+
+
 def test_measured_kspace_takes_its_own_solver_defaults_unless_the_config_sets_them(tmp_path):
     """Complex images of measured k-space resolve the fast sampler's (and DiffusionMBIR's) null steps and warm-start
     sigma from registry.MEASURED_KSPACE; values the config gives are kept; a real image (the magnitude/phase split)
@@ -328,8 +354,9 @@ def test_measured_kspace_takes_its_own_solver_defaults_unless_the_config_sets_th
 
     s = built()
     assert s.steps == measured["steps"] and s.warm_start.start_sigma == measured["warm_start"]["start_sigma"]
-    s = built("solver.steps=7", "solver.warm_start.start_sigma=0.5")
-    assert s.steps == 7 and s.warm_start.start_sigma == 0.5
+    assert s.cross_validate.model_dump(include={"enabled", "start_sigma", "lam"}) == measured["cross_validate"]
+    s = built("solver.steps=7", "solver.warm_start.start_sigma=0.5", "solver.cross_validate.enabled=false")
+    assert s.steps == 7 and s.warm_start.start_sigma == 0.5 and s.cross_validate.enabled is False
     mbir = built("solver.name=diffusion_mbir")  # DiffusionMBIR too: 20 steps, not the paper's 2000
     paper = SOLVERS["diffusion_mbir"].defaults("mri")["steps"]
     assert mbir.steps == MEASURED_KSPACE["diffusion_mbir"]["steps"] != paper
@@ -338,7 +365,13 @@ def test_measured_kspace_takes_its_own_solver_defaults_unless_the_config_sets_th
     magnitude = SOLVERS["fast"].defaults("mri")
     assert magnitude["steps"] != measured["steps"]  # else the first assertion could not tell the two apart
     assert s.steps == magnitude["steps"] and s.warm_start.start_sigma == magnitude["warm_start"]["start_sigma"]
+    assert s.cross_validate.enabled is False and s.cross_validate.start_sigma == [0.5, 1.0, 1.5]
     from pipelines.tasks import reconstruct
     res = reconstruct("cs_mri_x4", src, tmp_path / "out")  # report.json records the values used
     assert res.report["config"]["solver"]["steps"] == measured["steps"]
-    assert res.report["network_evaluations_per_slice"] == measured["steps"] + 1  # the steps and the final denoising
+    # the cross-validation's candidates (the warm start: none; the diffusion: its steps and the final denoising),
+    # then the chosen setting's run on all the data
+    cv = res.report["cross_validation"]
+    run = measured["steps"] + 1
+    assert cv["network_evaluations_per_slice"] == run
+    assert res.report["network_evaluations_per_slice"] == run + (0 if cv["chosen"]["start_sigma"] == 0 else run)

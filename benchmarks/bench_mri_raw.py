@@ -24,6 +24,8 @@ range = the reference frame's maximum.
     python benchmarks/bench_mri_raw.py --prior PATH --out out/bench_mri_raw        # + diffusion rows
     python benchmarks/bench_mri_raw.py --data t2 --prior PATH --lam-tv 0.003 --lam-bart 0.01 --ls-iters 10 \
         --start-sigmas 0.03 --out out/bench_mri_raw_t2                           # the held-out subject
+    python benchmarks/bench_mri_raw.py --data hip --prior PATH --lam-tv 0.003 --ls-iters 10 --fast-steps 0 \
+        --accelerations 2 4 8 --out out/bench_mri_raw_hip                       # the third subject (one coil)
 
 Writes OUT/mri_raw.md and OUT/mri_raw.json. ``bart`` on PATH (Debian package; ``sh benchmarks/get_bart.sh``
 unpacks it without root) adds the BART rows.
@@ -260,7 +262,7 @@ def markdown(results, args) -> str:
             f"Measured brain k-space (mirtorch's fastMRI T2 slice, 16 coils, 384x396), {args.mask} mask with 8% "
             f"centre, ESPIRiT maps; settings as given (a single value: fixed; several: the best on this slice)."
             if args.data == "t2" else
-            f"Measured complex hip images (mri-fatwater's case 17, echo {args.echo}, 4 slices of 101x101), their "
+            f"Measured complex hip images (mri-fatwater's data set 17, echo {args.echo}, 4 slices of 101x101), their "
             f"single-coil FFT, {args.mask} masks with 8% centre, coil map 1; settings as given (several: the best "
             f"on these slices); PSNR of the 4-slice stack, mean slice SSIM.")
     lines = [data, ""]

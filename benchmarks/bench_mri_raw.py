@@ -126,8 +126,10 @@ def run(meas, config, overrides, prior=None):
     p = Problem.build(cfg, meas, prior=prior, load_prior=prior is not None)
     t = time.time()
     sol = p.solve()
-    if "cross_validation" in p.info:  # solver.cross_validate given with --set: what it tried and chose
-        cv = p.info["cross_validation"]
+    cv = p.info.get("cross_validation")  # the default on measured k-space, or given with --set: what it tried, chose
+    if cv and "skipped" in cv:
+        print(f"  cross-validation skipped: {cv['skipped']}", flush=True)
+    elif cv:
         tried = ", ".join(f"{c['start_sigma']:.3g} / {c['lam']:.3g}: {c['heldout_error']:.5f}" for c in cv["candidates"])
         print(f"  cross-validation ({cv['held_out']}): chose {cv['chosen']}; held-out error per start sigma / lam: "
               f"{tried}", flush=True)

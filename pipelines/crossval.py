@@ -121,6 +121,8 @@ def cross_validate(problem, settings):
     sigma = sigma0 if cold else min((sigma0 * f for f in cv.start_sigma), key=lambda s: score(s, lam0))
     # no diffusion (sigma 0): the z-TV weight does not act
     lam = lam0 if sigma == 0 else min((lam0 * f for f in cv.lam), key=lambda v: score(sigma, v))
+    log.info(f"cross-validation ({held} held out) chose start_sigma {sigma:.3g}, z-TV lam {lam:.3g}"
+             + (": the warm start itself, no diffusion" if sigma == 0 else ""))
     problem.info["cross_validation"] = {
         "held_out": held, "chosen": {"start_sigma": sigma, "lam": lam},
         "candidates": [{"start_sigma": s, "lam": v, "heldout_error": e} for (s, v), e in tried.items()],

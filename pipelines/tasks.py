@@ -81,8 +81,11 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         src = inp if is_measurement_file(inp) else read_volume(inp, series=series, resample_nonuniform=resample)
         problem = Problem.build(cfg, src, series=series, resample=resample, prior=prior)
     if problem.config.solver != cfg.solver:
+        cv = getattr(problem.config.solver, "cross_validate", None)
         log.info(f"{inp.name}: measured k-space: the solver's null settings take its defaults (steps "
-                 f"{problem.config.solver.steps}; README: 'Defaults for measured k-space')")
+                 f"{problem.config.solver.steps}" + ("; held-out lines decide between the warm start and the "
+                                                    "diffusion" if cv is not None and cv.enabled else "")
+                 + "; README: 'Defaults for measured k-space')")
     cfg = problem.config  # as run
     grid = problem.info.get("grid")
     if grid and grid["resampled"]:

@@ -25,7 +25,8 @@ def main() -> None:
     ap.add_argument("--pixels", nargs="+", type=float, default=[0.65, 1.0, 2.0], help="pixel sizes in mm")
     ap.add_argument("--per-volume", type=int, default=2, help="slices per scan")
     ap.add_argument("--mri-percentile", type=float, default=99.5,
-                    help="MR: the percentile of |v| that maps to 1, as the priors were trained (medrecon train's default)")
+                    help="MR: the percentile of |v| that maps to 1, as the priors were trained "
+                         "(medrecon train's default)")
     a = ap.parse_args()
     priors = {p: load_prior_for(p) for p in a.priors}
     first = next(iter(priors.values())).card  # the scans in model units, as the priors read them

@@ -189,6 +189,16 @@ class Config(Section):
         source left null; itself when it was not made by ``resolved``."""
         return self if self._given is None else self._given.resolved(measured_kspace=True)
 
+    def set_by_source(self, *keys: str) -> bool:
+        """Whether the config as given (before ``resolved`` filled its nulls) sets the value at ``keys``, e.g.
+        ("solver", "cross_validate", "enabled"); True for a config not made by ``resolved``."""
+        if self._given is None:
+            return True
+        value = self._given
+        for k in keys:
+            value = getattr(value, k, None)
+        return value is not None
+
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 

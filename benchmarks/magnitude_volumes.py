@@ -6,8 +6,9 @@ an abdomen). All three are test scans (``pipelines.datasets``); fetch them first
     python benchmarks/bench_real.py --cases mri4 mri8 --scans out/magnitude/t2_mag.nii.gz --pixel 0.625 --slices 1 \
         --no-slicewise --fast-steps 50 --tuned TUNED.json --out out/mri_t2_mag
 
-- ``t2_mag``: the fastMRI T2 brain slice (``mr_kspace_t2``), combined with the file's coil maps; 0.573 mm pixels
-  (220 mm over 384), below the MR prior's 0.625 mm, so it is run at ``--pixel 0.625``.
+- ``t2_mag``: the fastMRI T2 brain slice (``mr_kspace_t2``), combined with the file's coil maps. The file states
+  no pixel size; 0.573 mm is assumed (fastMRI brain scans' 220 mm field of view over 384), below the MR prior's
+  0.625 mm, so it is run at ``--pixel 0.625``.
 - ``vfa_mag``: one flip angle (frame 4) of the VFA brain slice (``mr_kspace_vfa``), 224² at a nominal 1 mm.
 - ``hip_mag``: the first echo of ``mr_complex_hip``, 4 x 101², 1.5 x 1.5 x 5 mm.
 
@@ -25,10 +26,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_mri_raw as raw  # noqa: E402  (the measured subjects' readers)
 
-SUBJECTS = {  # name: (reader, spacing x, y, z in mm)
-    "t2_mag": (lambda: raw.load("t2", None)[1], (0.573, 0.573, 5.0)),
-    "vfa_mag": (lambda: raw.load("vfa", [4])[1], (1.0, 1.0, 5.0)),
-    "hip_mag": (lambda: raw.load("hip", None, echo=0)[1], raw.HIP_SPACING),
+SUBJECTS = {  # name: (the complex image (Z, H, W), spacing x, y, z in mm); no k-space is computed
+    "t2_mag": (lambda: raw.read_t2()[1], (0.573, 0.573, 5.0)),
+    "vfa_mag": (lambda: raw.read_vfa([4])[1], (1.0, 1.0, 5.0)),
+    "hip_mag": (lambda: raw.read_hip(0)[1], raw.HIP_SPACING),
 }
 
 
@@ -39,7 +40,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, (read, spacing) in SUBJECTS.items():
-        mag = read()  # (Z, H, W)
+        mag = np.abs(read())
         mag = mag / np.percentile(mag, 99.9)
         data = np.ascontiguousarray(np.moveaxis(mag, 0, -1)).astype(np.float32)  # NIfTI (x, y, z)
         nib.save(nib.Nifti1Image(data, np.diag([*spacing, 1.0])), out / f"{name}.nii.gz")

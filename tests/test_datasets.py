@@ -15,7 +15,8 @@ def test_registry_split_and_provenance():
                                                  *(f"ct_tumour{n}" for n in range(1, 5))}
     assert set(datasets.names("train", "ct")) == {"ct_chest_contrast", "ct_abdomen", "ct_lung1", "ct_head",
                                                   "ct_chest_drr"}
-    assert set(datasets.names("train", "mri")) == {"mr_brain1", "mr_head_t1w", "mr_abdomen", "mr_brain_epi"}
+    assert set(datasets.names("train", "mri")) == {"mr_brain1", "mr_head_t1w", "mr_abdomen", "mr_brain_epi",
+                                                  "mr_brain_t2_epi"}
     assert datasets.names("test", "mri") == ["mr_brain2", "mr_brain_pd"]
     assert datasets.names("test", "mri-complex") == ["mr_complex_hip"]  # never a training scan
     for s in datasets.SCANS.values():

@@ -211,3 +211,52 @@ def test_series_split_over_subfolders_is_found_by_uid(tmp_path):
     [info] = list_series(tmp_path, recursive=True)
     assert info.n_files == 5 and info.folder == tmp_path
     np.testing.assert_array_equal(read_volume(tmp_path, series=uid).data, read_volume(CT5N).data)
+
+
+NIBABEL_CSA = Path(nib.__file__).parent / "nicom/tests/data/csa_slice_norm.dcm"  # a Siemens mosaic header, no pixels
+
+
+def synthetic_mosaic(path: Path, tiles: np.ndarray) -> pydicom.Dataset:
+    """nibabel's oblique Siemens mosaic header (32 tiles of 64^2 in a 6 x 6 grid, CSA header included) with
+    ``tiles`` (32, 64, 64) laid out row by row as its pixels."""
+    ds = pydicom.dcmread(NIBABEL_CSA)
+    n, h, w = tiles.shape
+    grid = int(np.ceil(np.sqrt(n)))
+    mosaic = np.zeros((grid * h, grid * w), np.uint16)
+    for k in range(n):
+        mosaic[(k // grid) * h:(k // grid + 1) * h, (k % grid) * w:(k % grid + 1) * w] = tiles[k]
+    ds.Rows, ds.Columns = mosaic.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = mosaic.tobytes()
+    ds["PixelData"].VR = "OW"
+    ds.save_as(path)
+    return ds
+
+
+@pytest.mark.skipif(not NIBABEL_CSA.is_file(), reason="nibabel's test files are not installed")
+def test_siemens_mosaic_unpacks_to_its_volume_with_its_oblique_geometry(tmp_path):
+    tiles = np.random.default_rng(0).integers(0, 4000, (32, 64, 64)).astype(np.uint16)
+    ds = synthetic_mosaic(tmp_path / "epi.dcm", tiles)
+    v = read_volume(tmp_path / "epi.dcm")
+    np.testing.assert_array_equal(v.data, tiles.astype(np.float32))  # tile k is slice k, rows are y
+    np.testing.assert_allclose(v.spacing, (1.5, 1.5, 1.5), atol=1e-6)
+    iop = np.array(ds.ImageOrientationPatient, float)
+    r, c = iop[:3], iop[3:]
+    np.testing.assert_allclose(v.direction[:, 0], r, atol=1e-6)
+    np.testing.assert_allclose(v.direction[:, 1], c, atol=1e-6)
+    np.testing.assert_allclose(v.direction[:, 2], np.cross(r, c), atol=1e-4)  # CSA's slice normal, rounded
+    # ImagePositionPatient is the mosaic's corner; the first tile's corner lies (6 - 1) / 2 tiles of 64 x 1.5 mm
+    # along the rows and the columns from it
+    shift = (384 - 64) / 2 * 1.5
+    np.testing.assert_allclose(v.origin, np.array(ds.ImagePositionPatient, float) + shift * (r + c), atol=1e-3)
+
+
+@pytest.mark.skipif(not NIBABEL_CSA.is_file(), reason="nibabel's test files are not installed")
+def test_folder_of_siemens_mosaics_is_refused_naming_a_file_to_read(tmp_path):
+    tiles = np.ones((32, 64, 64), np.uint16)
+    for k in (1, 2):
+        ds = synthetic_mosaic(tmp_path / f"t{k}.dcm", tiles)
+        ds.SOPInstanceUID = ds.SOPInstanceUID + f".{k}"
+        ds.save_as(tmp_path / f"t{k}.dcm")
+    with pytest.raises(InputError, match=r"2 Siemens mosaic images.*read one file"):
+        read_volume(tmp_path)

@@ -8,6 +8,8 @@
   applies each slice's RescaleSlope/RescaleIntercept (HU for CT) into float32. GDCM inverts MONOCHROME1
   slices before the rescale; that is undone here, since the modality LUT gives HU whatever the
   Photometric Interpretation (which only says how to display them).
+* A Siemens mosaic (one file holding a 3D EPI or diffusion volume as tiles) is unpacked by nibabel, which
+  reads its geometry from Siemens' CSA header; a folder of mosaics is a 4D series and is refused.
 
 Bad input is refused with an :class:`InputError` naming the path and the fix (mixed orientations or
 sizes, duplicate positions, gantry tilt, non-uniform spacing unless ``resample_nonuniform``);
@@ -84,6 +86,12 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
     if len({str(ds.SeriesInstanceUID) for _, ds in headers}) > 1:
         raise InputError(f"{where}: the files belong to several series; read one series at a time "
                          "(medrecon info FOLDER lists them)")
+    mosaics = [f for f, ds in headers if _is_mosaic(ds)]
+    if mosaics and len(headers) == 1:
+        return _read_mosaic(mosaics[0], info, notes)
+    if mosaics:
+        raise InputError(f"{where}: {len(mosaics)} Siemens mosaic images, each a whole 3D volume (time points or "
+                         f"diffusion directions); read one file, e.g. {mosaics[0]}")
 
     stack = _Stack.build(headers, where, notes)
     stack.check_uniform(resample_nonuniform)
@@ -116,6 +124,41 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
                     f"{step:.6g} mm grid (within the {SPACING_TOLERANCE_MM} mm tolerance); read as uniform")
     return Volume(data, (stack.pixel_spacing[0], stack.pixel_spacing[1], step),
                   tuple(stack.origin), stack.direction, meta)
+
+
+def _is_mosaic(ds) -> bool:
+    return "MOSAIC" in [str(t).strip().upper() for t in (ds.get("ImageType") or [])]
+
+
+def _read_mosaic(path: Path, info: SeriesInfo, notes: list) -> Volume:
+    """A Siemens mosaic: one file holding a 3D volume (EPI, diffusion) as a grid of tiles. nibabel unpacks the
+    tiles and finds the volume's geometry from Siemens' private CSA header (tile count, slice normal)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nibabel calls its DICOM readers experimental (a warning on import)
+        from nibabel.nicom import dicomwrappers
+
+        try:
+            w = dicomwrappers.wrapper_from_file(str(path))
+            data = np.asarray(w.get_data(), dtype=np.float32) if w.is_mosaic else None
+            affine = np.asarray(w.affine, dtype=float)
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"{path}: cannot unpack this Siemens mosaic ({type(e).__name__}: {e}); convert it "
+                             "with dcm2niix and use the .nii.gz") from None
+    if data is None or data.ndim != 3:
+        raise InputError(f"{path}: a Siemens mosaic without the CSA header that gives its tile count; convert it "
+                         "with dcm2niix and use the .nii.gz")
+    along_rows, along_cols, along_normal = (affine[:3, k] for k in range(3))  # nibabel: (rows, columns, slices)
+    spacing = tuple(float(np.linalg.norm(a)) for a in (along_cols, along_rows, along_normal))
+    direction = np.stack([along_cols / spacing[0], along_rows / spacing[1], along_normal / spacing[2]], axis=1)
+    ds = w.dcm_data
+    meta = {"format": "dicom", "source": str(path), "series_uid": str(ds.SeriesInstanceUID),
+            "files_sha256": info.files_sha256, "mosaic_tiles": int(data.shape[2]),
+            "dicom": {**_source_tags(ds), "SourceImages": [
+                {"SOPClassUID": str(ds.get("SOPClassUID", "")), "SOPInstanceUID": str(ds.get("SOPInstanceUID", "")),
+                 "Position": 0.0}]}, "warnings": notes}
+    return Volume(np.ascontiguousarray(data.transpose(2, 0, 1)), spacing, tuple(affine[:3, 3]), direction, meta)
 
 
 def resample_along_normal(data: np.ndarray, positions: np.ndarray, step: float) -> np.ndarray:

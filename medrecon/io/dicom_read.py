@@ -112,7 +112,8 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
 
     meta = {"format": "dicom", "source": str(where), "series_uid": str(headers[0][1].SeriesInstanceUID),
             "files_sha256": info.files_sha256,
-            "dicom": {**_source_tags(stack.headers[0]), "SourceImages": _source_images(stack)}, "warnings": notes}
+            "dicom": {**_source_tags(stack.headers[0]), "SourceImages": _source_images(stack.headers, stack.positions)},
+            "warnings": notes}
     step = stack.grid_step
     if not stack.uniform:
         data = resample_along_normal(data, stack.positions, step := stack.step)
@@ -155,9 +156,7 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list) -> Volume:
     ds = w.dcm_data
     meta = {"format": "dicom", "source": str(path), "series_uid": str(ds.SeriesInstanceUID),
             "files_sha256": info.files_sha256, "mosaic_tiles": int(data.shape[2]),
-            "dicom": {**_source_tags(ds), "SourceImages": [
-                {"SOPClassUID": str(ds.get("SOPClassUID", "")), "SOPInstanceUID": str(ds.get("SOPInstanceUID", "")),
-                 "Position": 0.0}]}, "warnings": notes}
+            "dicom": {**_source_tags(ds), "SourceImages": _source_images([ds], [0.0])}, "warnings": notes}
     return Volume(np.ascontiguousarray(data.transpose(2, 0, 1)), spacing, tuple(affine[:3, 3]), direction, meta)
 
 
@@ -377,11 +376,11 @@ def _source_tags(ds) -> dict:
     return out
 
 
-def _source_images(stack: "_Stack") -> list[dict]:
-    """SOP class, SOP instance UID and position along the normal (mm) of every slice, in stack order:
+def _source_images(headers, positions) -> list[dict]:
+    """SOP class, SOP instance UID and position along the normal (mm) of every source image, in stack order:
     what a derived series references (``dicom_write``: SourceImageSequence, ReferencedSeriesSequence)."""
     return [{"SOPClassUID": str(ds.get("SOPClassUID", "")), "SOPInstanceUID": str(ds.get("SOPInstanceUID", "")),
-             "Position": round(float(p), 4)} for ds, p in zip(stack.headers, stack.positions)
+             "Position": round(float(p), 4)} for ds, p in zip(headers, positions)
             if ds.get("SOPInstanceUID")]
 
 

@@ -185,10 +185,10 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
          "22f6c6edcbfca69fbd9a38d0e3a9ce50f68ed1a5b46ab5e6538ecb0c6c2af140", "mri", "train",
          "brain EPI MR (T2*-weighted, with skull), NIfTI, 100x100x60 at 2 mm isotropic"),
     # heudiconv's test data (the package is Apache-2.0; the scan's own terms are unstated): the first of three
-    # repeats of a multiband diffusion series, b ≈ 5 s/mm², i.e. a spin-echo EPI with T2 contrast
+    # volumes of a multiband diffusion series (b ≈ 5, 5 and 1500 s/mm²): a spin-echo EPI with T2 contrast
     Scan("mr_brain_t2_epi", "heudiconv", "1.5.1", "heudiconv/tests/data/b0dwiForFmap/b0dwi_for_fmap+00001.dcm",
          "33b354da1a25f0f150c71b59fdc26a901f4b247cb4d66c452bfe2a464b2d82fa", "mri", "train",
-         "T2-weighted brain MR (the b = 0 image of a Siemens 3 T diffusion EPI, TE 85 ms, TR 4150 ms), one DICOM "
+         "T2-weighted brain MR (the b ≈ 0 image of a Siemens 3 T diffusion EPI, TE 85 ms, TR 4150 ms), one DICOM "
          "mosaic of 81 slices, 152x150 at 1.5 mm isotropic"),
     Scan("mr_brain2", *_RAD, "data/brain2_image.nrrd",
          "d35a1c6a3e1eb72bae97c5515472fbe057fb38ee8e1e199215d1c3c6f292332e", "mri", "test",

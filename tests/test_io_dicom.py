@@ -216,10 +216,11 @@ def test_series_split_over_subfolders_is_found_by_uid(tmp_path):
 NIBABEL_CSA = Path(nib.__file__).parent / "nicom/tests/data/csa_slice_norm.dcm"  # a Siemens mosaic header, no pixels
 
 
-def synthetic_mosaic(path: Path, tiles: np.ndarray) -> pydicom.Dataset:
+def synthetic_mosaic(path: Path, tiles: np.ndarray, instance: str = "") -> pydicom.Dataset:
     """nibabel's oblique Siemens mosaic header (32 tiles of 64^2 in a 6 x 6 grid, CSA header included) with
-    ``tiles`` (32, 64, 64) laid out row by row as its pixels."""
+    ``tiles`` (32, 64, 64) laid out row by row as its pixels; ``instance`` is appended to its SOPInstanceUID."""
     ds = pydicom.dcmread(NIBABEL_CSA)
+    ds.SOPInstanceUID += instance
     n, h, w = tiles.shape
     grid = int(np.ceil(np.sqrt(n)))
     mosaic = np.zeros((grid * h, grid * w), np.uint16)
@@ -255,8 +256,6 @@ def test_siemens_mosaic_unpacks_to_its_volume_with_its_oblique_geometry(tmp_path
 def test_folder_of_siemens_mosaics_is_refused_naming_a_file_to_read(tmp_path):
     tiles = np.ones((32, 64, 64), np.uint16)
     for k in (1, 2):
-        ds = synthetic_mosaic(tmp_path / f"t{k}.dcm", tiles)
-        ds.SOPInstanceUID = ds.SOPInstanceUID + f".{k}"
-        ds.save_as(tmp_path / f"t{k}.dcm")
+        synthetic_mosaic(tmp_path / f"t{k}.dcm", tiles, instance=f".{k}")
     with pytest.raises(InputError, match=r"2 Siemens mosaic images.*read one file"):
         read_volume(tmp_path)

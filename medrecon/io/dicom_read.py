@@ -155,7 +155,7 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list) -> Volume:
     direction = np.stack([along_cols / spacing[0], along_rows / spacing[1], along_normal / spacing[2]], axis=1)
     ds = w.dcm_data
     meta = {"format": "dicom", "source": str(path), "series_uid": str(ds.SeriesInstanceUID),
-            "files_sha256": info.files_sha256, "mosaic_tiles": int(data.shape[2]),
+            "files_sha256": info.files_sha256,
             "dicom": {**_source_tags(ds), "SourceImages": _source_images([ds], [0.0])}, "warnings": notes}
     return Volume(np.ascontiguousarray(data.transpose(2, 0, 1)), spacing, tuple(affine[:3, 3]), direction, meta)
 

@@ -13,6 +13,8 @@ with the remaining arguments (so the scans, case, warm start and step count are 
     python benchmarks/sampler_variants.py --variant inflate --inflate 1.2:0.02 -- --case ct8 ...
     python benchmarks/sampler_variants.py --variant context --context oracle -- --case ct8 --scans ct_abdomen \
         --warm 0.8:0.3 --setting final_sigma 0.02 --prior out/train/ct_patch25_se --per-slice
+    python benchmarks/sampler_variants.py --variant ddip --ddip 1e-3:3:4 --runner bench_real -- --cases mri8 \
+        --scans out/magnitude/t2_mag.nii.gz --pixel 0.625 --slices 1 --no-slicewise --fast-steps 50 --tuned MAG.json
 
 flip: the second of the patch prior's two tile grids sees the slice mirrored left-right (the prior was trained
 with left-right flips), a self-ensemble at the same cost. restart: after the run, re-noise its result to
@@ -28,7 +30,9 @@ nineteenth sessions ("coarse --keep-fine") is now built in: the fast sampler's `
 context (a 2.5D prior): the neighbouring slices it sees are replaced, a diagnostic: oracle = the reference's
 neighbouring slices with fresh noise of the step's sigma (what training shows it; a cheat), self = the slice itself
 as every neighbour (no z information), reflect = slice 1 for the missing slice -1 at the volume's ends (and
-alike at the other end) instead of the edge slice itself.
+alike at the other end) instead of the edge slice itself. ddip (thirty-second session): the prior's weights
+adapted to the measurements during sampling (see ``ddip``). ``--runner bench_real`` hands the remaining arguments
+to bench_real.py (held-out scans) instead of tune_ztv.py.
 """
 from __future__ import annotations
 
@@ -142,6 +146,72 @@ def inflate(spec: str):
     diffusion.DiffusionSolver.denoise, diffusion.DiffusionSolver._step = inflated, marked_step
 
 
+class LowRankDelta(torch.nn.Module):
+    """A weight W (out, ...) reparametrised as W + B A with A (r, fan_in) small random and B (out, r) zero (LoRA)."""
+
+    def __init__(self, weight: torch.Tensor, rank: int):
+        super().__init__()
+        fan_in = weight[0].numel()
+        self.a = torch.nn.Parameter(torch.randn(rank, fan_in) / fan_in ** 0.5)
+        self.b = torch.nn.Parameter(torch.zeros(weight.shape[0], rank))
+
+    def forward(self, w):
+        return w + (self.b @ self.a).view_as(w)
+
+
+def ddip(spec: str):
+    """lr:iters[:rank]: before each step's Tweedie estimate, ``iters`` steps of a fresh AdamW (learning rate lr)
+    for the normalised data misfit ||A D_theta(x, sigma) - y||^2 / ||y||^2 of the step's own sample (DDIP, Chung
+    and Ye, ECCV 2024). rank 0: all the network's weights, the optimiser kept from step to step; rank r > 0: low-rank
+    adapters (rank r) on every convolution and linear layer, the paper's form. The weights carry over from step
+    to step and are restored when the run ends (the next case starts from the bundled prior)."""
+    from torch.nn.utils import parametrize
+    parts = spec.split(":")
+    lr, iters, rank = float(parts[0]), int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
+    run, step = diffusion.DiffusionSolver.run, diffusion.FastSampler._step
+
+    def adapted_run(self, shape=None, x_init=None, seed=None):
+        net = self.prior.network
+        saved = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        if rank:
+            layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+            for m in layers:
+                parametrize.register_parametrization(m, "weight", LowRankDelta(m.weight, rank))
+            self._params = [p for m in layers for p in m.parametrizations.weight[0].parameters()]
+        else:
+            net.requires_grad_(True)
+            self._params = list(net.parameters())
+            self._opt = torch.optim.Adam(self._params, lr=lr)
+        try:
+            return run(self, shape, x_init, seed)
+        finally:
+            if rank:
+                for m in layers:
+                    parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+            net.load_state_dict(saved)
+            net.requires_grad_(False)
+
+    def adapted_step(self, state, i):
+        sigma = self.sigma_pair(i)[0]
+        x = state.x.detach()
+        norm = float(torch.linalg.vector_norm(self.dc.y)) ** 2
+        opt = torch.optim.AdamW(self._params, lr=lr) if rank else self._opt
+        with torch.enable_grad():
+            for _ in range(iters):
+                opt.zero_grad(set_to_none=True)
+                d = torch.cat([self.denoise(x[sl].requires_grad_(True), sigma, self.neighbours(x, sl))
+                               for sl in self.chunks(state.chunk_size)])
+                loss = (self.dc.A(d) - self.dc.y).abs().square().sum() / norm
+                loss.backward()
+                opt.step()
+        state.nfe += 2 * iters  # forward and backward, counted as two evaluations each
+        if i % 10 == 0:
+            print(f"[ddip] step {i} sigma {sigma:.3g} misfit {float(loss):.4g}", flush=True)
+        with torch.no_grad():
+            return step(self, state, i)
+    diffusion.DiffusionSolver.run, diffusion.FastSampler._step = adapted_run, adapted_step
+
+
 def context(mode: str):
     import numpy as np
 
@@ -188,7 +258,10 @@ def main(argv=None):
     own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", required=True, choices=["flip", "restart", "final-dc", "mr-scale", "prior-above",
-                                                             "inflate", "context"])
+                                                             "inflate", "context", "ddip"])
+    ap.add_argument("--ddip", default="1e-4:1", help="ddip: lr:iters[:rank] of the weights' adaptation per step")
+    ap.add_argument("--runner", default="tune_ztv", choices=["tune_ztv", "bench_real"],
+                    help="the script the remaining arguments go to (bench_real: held-out scans)")
     ap.add_argument("--context", default="oracle", choices=["oracle", "self", "reflect"],
                     help="context: what a 2.5D prior sees as its neighbours")
     ap.add_argument("--restart", default="0.3:10", help="sigma:steps[,sigma:steps] of the restarts")
@@ -199,9 +272,8 @@ def main(argv=None):
     a = ap.parse_args(own)
     {"flip": flip_ensemble, "restart": lambda: restart(a.restart), "final-dc": final_dc,
      "mr-scale": lambda: mr_scale(a.scale), "prior-above": lambda: prior_above(a.other_prior, a.tau),
-     "inflate": lambda: inflate(a.inflate), "context": lambda: context(a.context)}[a.variant]()
-    import tune_ztv
-    tune_ztv.main(rest)
+     "inflate": lambda: inflate(a.inflate), "context": lambda: context(a.context), "ddip": lambda: ddip(a.ddip)}[a.variant]()
+    __import__(a.runner).main(rest)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medrecon.io import read_volume  # noqa: E402
+from medrecon.io import read_volume, write_nifti  # noqa: E402
 from pipelines import datasets  # noqa: E402
 from pipelines.compare import admm_tv_settings, compare_methods, markdown_table, write_tables  # noqa: E402
 from pipelines.outputs import preview_grid  # noqa: E402
@@ -126,6 +127,9 @@ def main(argv=None):
                     "weight when it differs from the baseline's lam)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value for every case (repeatable), e.g. noise.I0=1e7")
+    ap.add_argument("--save-volumes", action="store_true", help="also write each method's reconstruction as NIfTI "
+                    "(CASE_SCAN_LABEL.nii.gz under --out, punctuation as _), e.g. to fine-tune a prior on a scan's "
+                    "own estimate")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench_real")
     a = ap.parse_args(argv)
     if a.baselines_only and (a.cv or a.cold or a.mbir_steps):
@@ -165,6 +169,10 @@ def main(argv=None):
                                                                                           flush=True))
             preview_grid([("reference", ref)] + [(r.label, r.volume) for r in res], a.out / f"{case}_{scan}.png",
                          WINDOW[modality])
+            if a.save_volumes:
+                for r in res:
+                    slug = re.sub("[^0-9A-Za-z]+", "_", r.label).strip("_")
+                    write_nifti(r.volume, a.out / f"{case}_{scan}_{slug}.nii.gz")
             title = (f"**{case} on {scan}** ({config}; {a.slices} slices of {ref.shape[1]}x{ref.shape[2]} at "
                      f"{ref.spacing[0]:.2g} mm; lam {lam:g} tuned on {', '.join(tuned.get('lam_on', [tuned['scan']]))}"
                      + ("" if s0 is None else f", start sigma {s0:g} on {tuned['scan']}")

@@ -272,7 +272,8 @@ def main(argv=None):
     a = ap.parse_args(own)
     {"flip": flip_ensemble, "restart": lambda: restart(a.restart), "final-dc": final_dc,
      "mr-scale": lambda: mr_scale(a.scale), "prior-above": lambda: prior_above(a.other_prior, a.tau),
-     "inflate": lambda: inflate(a.inflate), "context": lambda: context(a.context), "ddip": lambda: ddip(a.ddip)}[a.variant]()
+     "inflate": lambda: inflate(a.inflate), "context": lambda: context(a.context),
+     "ddip": lambda: ddip(a.ddip)}[a.variant]()
     __import__(a.runner).main(rest)
 
 

@@ -173,6 +173,7 @@ def ddip(spec: str):
     def adapted_run(self, shape=None, x_init=None, seed=None):
         net = self.prior.network
         saved = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        self._y_norm2 = float(torch.linalg.vector_norm(self.dc.y)) ** 2
         if rank:
             layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
             for m in layers:
@@ -194,14 +195,13 @@ def ddip(spec: str):
     def adapted_step(self, state, i):
         sigma = self.sigma_pair(i)[0]
         x = state.x.detach()
-        norm = float(torch.linalg.vector_norm(self.dc.y)) ** 2
         opt = torch.optim.AdamW(self._params, lr=lr) if rank else self._opt
         with torch.enable_grad():
             for _ in range(iters):
                 opt.zero_grad(set_to_none=True)
                 d = torch.cat([self.denoise(x[sl].requires_grad_(True), sigma, self.neighbours(x, sl))
                                for sl in self.chunks(state.chunk_size)])
-                loss = (self.dc.A(d) - self.dc.y).abs().square().sum() / norm
+                loss = (self.dc.A(d) - self.dc.y).abs().square().sum() / self._y_norm2
                 loss.backward()
                 opt.step()
         state.nfe += 2 * iters  # forward and backward, counted as two evaluations each

@@ -99,6 +99,14 @@ def cv_note(r) -> str:
             f"{cv['chosen']['lam']:.3g} (held-out error per start sigma / lam: {tried})\n")
 
 
+def adapt_note(r) -> str:
+    """The self-adapted method's first pass (the plain sampler) and its training (a line under the table)."""
+    sa, p = r.self_adapt, r.self_adapt["first_pass_scores"]["psnr"]
+    return (f"\n{r.label}: first pass PSNR axial / coronal / sagittal {p['axial']:.2f} / "
+            + " / ".join("–" if p[k] is None else f"{p[k]:.2f}" for k in ("coronal", "sagittal"))
+            + f"; {sa['steps']} steps in {sa['seconds']:.0f} s (final loss {sa['final_loss']})\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=["ct8", "ct4"], choices=list(CASES))
@@ -118,6 +126,8 @@ def main(argv=None):
     ap.add_argument("--cv", action="store_true", help="also the fast sampler with its noise level and z-TV weight "
                                                       "chosen per scan by cross-validation (solver.cross_validate)")
     ap.add_argument("--mbir-steps", type=int, default=0, help="also DiffusionMBIR with this many steps (0: off)")
+    ap.add_argument("--self-adapt", type=int, default=0, metavar="STEPS", help="the fast sampler self-adapted "
+                    "(solver.self_adapt.steps=STEPS) in place of the plain one, whose scores are its first pass's")
     ap.add_argument("--baselines-only", action="store_true", help="only FBP / zero-filled and the tuned ADMM-TV (no "
                                                                   "prior runs, no warm-start tuning)")
     ap.add_argument("--ct-prior", default=PRIOR["ct"])
@@ -132,8 +142,8 @@ def main(argv=None):
                     "own estimate")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench_real")
     a = ap.parse_args(argv)
-    if a.baselines_only and (a.cv or a.cold or a.mbir_steps):
-        ap.error("--baselines-only runs no prior: drop --cv, --cold and --mbir-steps")
+    if a.baselines_only and (a.cv or a.cold or a.mbir_steps or a.self_adapt):
+        ap.error("--baselines-only runs no prior: drop --cv, --cold, --mbir-steps and --self-adapt")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     a.out.mkdir(parents=True, exist_ok=True)
     earlier = json.loads(a.tuned.read_text()) if a.tuned else {}
@@ -152,8 +162,11 @@ def main(argv=None):
             f"ADMM-TV 3D (lam {lam:g})": admm_tv_settings(lam)}
         if not (a.baselines_only or a.no_slicewise):
             methods["2D prior only (warm, no z-TV)"] = fast(a.fast_steps, warm_lam, s0, name="slicewise_fast")
-        if not a.baselines_only:
+        if not a.baselines_only and not a.self_adapt:
             methods["fast + z-TV (warm)"] = fast(a.fast_steps, warm_lam, s0)
+        if a.self_adapt:  # in place of the plain sampler, which is its first pass (the note under the table)
+            methods["fast + z-TV (warm), self-adapted"] = {**fast(a.fast_steps, warm_lam, s0),
+                                                          "self_adapt": {"steps": a.self_adapt}}
         if a.cv:
             methods["fast + z-TV + CV (warm)"] = {**fast(a.fast_steps, lam, s0), "cross_validate": {"enabled": True}}
         if a.cold:
@@ -177,7 +190,8 @@ def main(argv=None):
                      f"{ref.spacing[0]:.2g} mm; lam {lam:g} tuned on {', '.join(tuned.get('lam_on', [tuned['scan']]))}"
                      + ("" if s0 is None else f", start sigma {s0:g} on {tuned['scan']}")
                      + f"; {time.perf_counter() - t0:.0f} s)")
-            tables.append(markdown_table(res, title) + "".join(cv_note(r) for r in res if r.cross_validation))
+            tables.append(markdown_table(res, title) + "".join(cv_note(r) for r in res if r.cross_validation)
+                          + "".join(adapt_note(r) for r in res if r.self_adapt))
             rows.setdefault(case, {"tuned": tuned, "scans": {}})["scans"][scan] = [r.row() for r in res]
             write_tables(a.out, "real", tables, rows)
             print(tables[-1], flush=True)

@@ -73,6 +73,7 @@ class MethodResult:
     peak_cuda_mib: float | None = None
     settings: dict = field(default_factory=dict)  # the method's solver section
     cross_validation: dict | None = None  # what solver.cross_validate tried and chose
+    self_adapt: dict | None = None  # solver.self_adapt's record (with the first pass's scores)
 
     def row(self) -> dict:
         m = self.metrics
@@ -81,7 +82,8 @@ class MethodResult:
                 "nfe_per_slice": self.nfe_per_slice, "backward_per_slice": self.backward_per_slice, "seconds": round(self.seconds, 1),
                 "peak_cpu_mib": round(self.peak_cpu_mib, 1),
                 "peak_cuda_mib": None if self.peak_cuda_mib is None else round(self.peak_cuda_mib, 1),
-                **({"cross_validation": self.cross_validation} if self.cross_validation else {})}
+                **({"cross_validation": self.cross_validation} if self.cross_validation else {}),
+                **({"self_adapt": self.self_adapt} if self.self_adapt else {})}
 
 
 def admm_tv_settings(lam: float, iters: int = 100) -> dict:
@@ -130,7 +132,8 @@ def compare_methods(config, source: Volume, methods: dict[str, dict], common=(),
         metrics = problem.score(vol, data_range)
         results.append(MethodResult(label, cfg.solver.name, vol, metrics, int(sol.nfe_per_slice),
                                     int(sol.backward_per_slice), seconds, mem.cpu_mib, mem.cuda_mib,
-                                    dict(methods[label]), problem.info.pop("cross_validation", None)))
+                                    dict(methods[label]), problem.info.pop("cross_validation", None),
+                                    problem.info.pop("self_adapt", None)))
         if echo:
             echo(f"{label}: PSNR axial {metrics['psnr']['axial']:.2f} dB, {seconds:.1f} s")
     return problem.reference, results

@@ -104,7 +104,8 @@ def cross_validate(problem, settings):
     def score(sigma, lam):
         nonlocal nfe
         if (sigma, lam) not in tried:
-            sol = fit.solve(with_values(settings, sigma, lam))
+            no_adapt = settings.self_adapt.model_copy(update={"steps": 0})  # candidates: the prior as it is
+            sol = fit.solve(with_values(settings, sigma, lam).model_copy(update={"self_adapt": no_adapt}))
             nfe += sol.nfe_per_slice
             tried[(sigma, lam)] = heldout_error(problem, keep, sol.x)
             log.info(f"cross-validation: start_sigma {sigma:.3g}, z-TV lam {lam:.3g}: held-out error "

@@ -33,6 +33,7 @@ from medrecon.io import read_volume
 from medrecon.linop import Diagonal, LinearOperator
 from medrecon.metrics import per_axis_metrics
 from medrecon.priors import Denoiser, IntensityMap
+from medrecon.priors.train import adapt_prior, adaptation_options
 from medrecon.solvers import admm_tv, cgls, sample_posterior, sirt
 from medrecon.volume import Volume
 from operators.ct import attenuation_per_pixel, fbp, geometry_from_dict, pixel_unit_projector
@@ -78,6 +79,7 @@ class Problem:
     sqrt_weights: torch.Tensor | None = None  # CT ray weights W^1/2 of the data term (see ``least_squares``)
     no_signal: float = 0.0  # the model value whose measured quantity is 0 (CT: mu 0, -1000 HU; MRI: 0), -b / a
     info: dict = field(default_factory=dict)
+    adapted: tuple | None = None  # after a self-adapted solve: (the first result as a Volume, the adapted prior)
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -177,23 +179,54 @@ class Problem:
         return None if (lo, hi) == (-math.inf, math.inf) else (lo, hi)
 
     def solve(self, settings=None, progress: bool = False, snapshot=None, snapshot_every: int = 0) -> Solution:
-        """Run one registered solver (``settings``: a resolved solver section; default: the config's). MRI pixels
-        no coil sees (outside the coil maps' support) are physical 0 in every result: no data constrain them, and
-        a sampler would leave noise and the prior's tile seams there."""
-        out = self._solve(settings or self.config.solver, progress, snapshot, snapshot_every)
-        unseen = None if self.measurement.modality == "ct" else coil_support(self.operator)
-        if unseen is not None:
-            out.x = torch.where(unseen.to(out.x.device), out.x, self.physical_zero())
+        """Run one registered solver (``settings``: a resolved solver section; default: the config's): with the
+        settings cross-validation chose (``cross_validate``), and with ``self_adapt.steps`` a second time with a
+        copy of the prior fine-tuned on the first result (kept in ``adapted``: (first result, adapted prior))."""
+        s = settings or self.config.solver
+        cv_nfe, self.adapted = 0, None
+        if getattr(s, "cross_validate", None) is not None and s.cross_validate.enabled:
+            s = cross_validate(self, s)  # the start_sigma and z-TV weight that predict held-out data best
+            cv_nfe = self.info["cross_validation"]["network_evaluations_per_slice"]
+        adapt = getattr(s, "self_adapt", None)
+        if adapt is not None and adapt.steps and self.start_sigma(s) != 0:  # (0: CV kept the warm start)
+            adaptation_options(self.prior)  # a prior that cannot be adapted stops here, before the first pass
+            first = self._run(s, progress, None, 0)
+            own, self.prior = self.prior, self._self_adapted_prior(s, first.x, progress)
+            try:
+                out = self._run(s, progress, snapshot, snapshot_every)
+            finally:
+                self.prior = own
+            out.nfe_per_slice += first.nfe_per_slice
+        else:
+            out = self._run(s, progress, snapshot, snapshot_every)
+        out.nfe_per_slice += cv_nfe
+        out.x = self.zero_unseen(out.x)
         return out
 
-    def _solve(self, s, progress: bool, snapshot, snapshot_every: int) -> Solution:
-        """``_run`` the settings, or those cross-validation chose; its network evaluations count with the run's."""
-        if getattr(s, "cross_validate", None) is None or not s.cross_validate.enabled:
-            return self._run(s, progress, snapshot, snapshot_every)
-        s = cross_validate(self, s)  # the start_sigma and z-TV weight that predict held-out data best
-        out = self._run(s, progress, snapshot, snapshot_every)
-        out.nfe_per_slice += self.info["cross_validation"]["network_evaluations_per_slice"]
-        return out
+    def zero_unseen(self, x: torch.Tensor) -> torch.Tensor:
+        """MRI pixels no coil sees (outside the coil maps' support) set to physical 0: no data constrain them, and
+        a sampler would leave noise and the prior's tile seams there."""
+        unseen = None if self.measurement.modality == "ct" else coil_support(self.operator)
+        return x if unseen is None else torch.where(unseen.to(x.device), x, self.physical_zero())
+
+    def _self_adapted_prior(self, s, first: torch.Tensor, progress: bool) -> Denoiser:
+        """A copy of the prior fine-tuned on the first result (physical units, as ``medrecon train`` reads a
+        volume; complex images: the magnitude), recorded in ``info["self_adapt"]`` (with the first result's scores
+        where there is a reference); ``adapted`` keeps the first result and the copy."""
+        from medrecon.priors.patch import prepare_volumes
+
+        first_vol = self.to_volume(self.zero_unseen(first), description="medrecon first pass")
+        imap = self.intensity
+        data = prepare_volumes([first_vol], vars(imap), model_range=(imap.model_min, imap.model_max),
+                               modality=self.config.modality)
+        a = s.self_adapt
+        prior, record = adapt_prior(self.prior, data, a.steps, ema_decay=a.ema_decay, lr=a.lr, seed=s.seed,
+                                    device=self.device, progress=progress)
+        if self.reference is not None:
+            record["first_pass_scores"] = self.score(first_vol)
+        self.info["self_adapt"] = record
+        self.adapted = (first_vol, prior)
+        return prior
 
     def _run(self, s, progress: bool, snapshot, snapshot_every: int) -> Solution:
         if s.name in ("fbp", "zero_filled"):

@@ -108,6 +108,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                                   problem.source if _source_is_dicom(inp) else None,
                                   measured_mri=problem.source is None and cfg.modality == "mri")
             files += write_measured_extras(cfg, tmp, problem, sol)
+            files += write_self_adapted(tmp, problem)
             rep = report(run_config(problem), input=inp.name, output=out.name, **identity,
                          device=str(problem.device),
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),
@@ -116,6 +117,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          measured_data_scale=problem.data_scale, grid=grid, z_tv=problem.info.get("z_tv"),
                          two_scale=problem.info.get("two_scale"),
                          cross_validation=problem.info.get("cross_validation"),
+                         self_adapt=problem.info.get("self_adapt"),
                          vs_reference=scores_against_reference(problem, recon), files=files)
         rep["timings_s"] = t.as_dict()
         rep["peak_memory"] = peak_memory()
@@ -182,6 +184,20 @@ def write_measured_extras(cfg: Config, folder: Path, problem: Problem, sol: Solu
         write_nifti(problem.reference, folder / "reference.nii.gz")
         files.append("reference.nii.gz")
     return files
+
+
+def write_self_adapted(folder: Path, problem: Problem) -> list[str]:
+    """After a self-adapted solve (solver.self_adapt): the first pass (self_adapt/first_pass.nii.gz) and the adapted
+    prior (self_adapt/prior/, a folder prior.path accepts, e.g. for the scan's neighbours)."""
+    if problem.adapted is None:
+        return []
+    from medrecon.priors.unet import save_unet_prior
+
+    first, prior = problem.adapted
+    (folder / "self_adapt").mkdir()
+    write_nifti(first, folder / "self_adapt" / "first_pass.nii.gz")
+    save_unet_prior(folder / "self_adapt" / "prior", prior.network, prior.card)
+    return ["self_adapt/first_pass.nii.gz", "self_adapt/prior/"]
 
 
 def write_results(cfg: Config, folder: Path, recon: Volume, sol: Solution, imap: IntensityMap,

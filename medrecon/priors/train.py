@@ -30,7 +30,7 @@ import csv
 import io
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -165,19 +165,21 @@ class _Trainer:
 
     arch = "unet"
 
-    def __init__(self, data, out: Path, opts: TrainOptions, command: str | None):
+    def __init__(self, data, out: Path, opts: TrainOptions, command: str | None, start: Denoiser | None = None):
+        """``start``: a loaded prior whose weights start the network (else ``opts.init_from``'s, if any)."""
         self.data, self.out, self.opts, self.command = data, out, opts, command
         self.device = resolve_device(opts.device)
         torch.manual_seed(opts.seed)
         from .loader import load_prior
 
-        start = load_prior(opts.init_from) if opts.init_from else None  # read by the loader, with its checks
+        if start is None and opts.init_from:
+            start = load_prior(opts.init_from)  # read by the loader, with its checks
         self.unet_config = self.network_config()
         if start is not None:  # a narrower prior's heads are copied whole: the head width follows it
             self.unet_config = wide_config(dict(start.network.config), self.unet_config)
         self.model = build_unet(self.unet_config).train()
         if start is not None:
-            init_weights(self.model, start, opts.init_from, seed=opts.seed)
+            init_weights(self.model, start, opts.init_from or start.name, seed=opts.seed)
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optim = torch.optim.Adam(self.model.parameters(), lr=opts.lr)
@@ -284,7 +286,7 @@ class _PatchTrainer(_Trainer):
 
     arch = "patch"
 
-    def __init__(self, data, out: Path, opts: TrainOptions, command: str | None):
+    def __init__(self, data, out: Path, opts: TrainOptions, command: str | None, start: Denoiser | None = None):
         from .patch import PatchSampler
 
         bad = [p for p in opts.patch_sizes if p % 2 ** (len(opts.channels) - 1)]
@@ -310,7 +312,7 @@ class _PatchTrainer(_Trainer):
                 raise InputError(f"{opts.sampler_errors}: a recorded slice is {self.recorded.min_side} pixels on a "
                                  f"side, smaller than the largest patch ({max(opts.patch_sizes)}); record larger "
                                  "slabs or train with smaller --patch-sizes")
-        super().__init__(data, out, opts, command)
+        super().__init__(data, out, opts, command, start)
 
     def network_config(self) -> dict:
         o = self.opts
@@ -523,3 +525,48 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
                   out / "samples" / f"step_{tr.step:07d}.png")
     tr.export(held or None)
     return out
+
+
+def adaptation_options(prior: Denoiser, **changes) -> TrainOptions:
+    """The options a patch ``prior`` was trained with (its card's ``training.options``) with ``changes``, for
+    fine-tuning it in memory (no checkpoints, samples or held-out scoring); an InputError for other priors."""
+    recorded = (prior.card.get("training") or {}).get("options") or {}
+    if prior.image_size is not None or recorded.get("arch") != "patch":
+        raise InputError(f"prior {prior.name}: self-adaptation fine-tunes a patch prior with the options its model "
+                         "card records (training.options, written by `medrecon train --arch patch`); use "
+                         "bundled:ct_patch / bundled:mri_patch or a patch prior of your own")
+    known = {f.name for f in fields(TrainOptions)}
+    opts = TrainOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items() if k in known})
+    return replace(opts, init_from=None, sampler_errors=None, checkpoint_every=0, heldout_every=0, sample_every=0,
+                   **changes)
+
+
+def adapt_prior(prior: Denoiser, data, steps: int, *, ema_decay: float = 0.99, lr: float | None = None,
+                seed: int = 0, device="cpu", progress: bool = False) -> tuple[Denoiser, dict]:
+    """Self-adaptation: fine-tune a copy of a patch ``prior`` on ``data`` (a PatchData, e.g. the scan's own
+    first reconstruction) for ``steps`` steps with the options its card records (``training.options``), EMA
+    ``ema_decay`` and its learning rate unless ``lr`` is given. ``prior`` is not changed. Returns the adapted
+    copy (its card records the adaptation) and that record."""
+    from tqdm.auto import tqdm
+
+    opts = adaptation_options(prior, steps=int(steps), ema_decay=float(ema_decay), seed=int(seed), device=str(device))
+    if lr:
+        opts.lr = float(lr)
+    tr = _PatchTrainer(data, Path(prior.name), opts, None, start=prior)
+    for _ in tqdm(range(opts.steps), disable=not progress, desc="self-adapt", unit="it"):
+        t0 = time.perf_counter()
+        loss = tr.train_step()
+        tr.seconds += time.perf_counter() - t0
+        tr.recent = (tr.recent + [loss])[-100:]
+        if not math.isfinite(loss):
+            raise InputError(f"self-adaptation diverged at step {tr.step} (loss {loss}); lower solver.self_adapt.lr")
+    record = {"from": prior.name, "from_sha256": getattr(prior, "sha256", None), "steps": opts.steps,
+              "ema_decay": opts.ema_decay, "lr": opts.lr, "batch_size": opts.batch_size, "seed": opts.seed,
+              "n_slices": data.n_slices, "final_loss": round(float(np.mean(tr.recent)), 5) if tr.recent else None,
+              "seconds": round(tr.seconds, 1)}
+    adapted = copy.deepcopy(prior)
+    adapted.network.load_state_dict(tr.ema.state_dict())
+    adapted.name, adapted.weights_path, adapted._sha256 = f"{prior.name}+self-adapted", None, None
+    adapted.card = {**prior.card, "name": adapted.name,
+                    "training": {**prior.card["training"], "self_adaptation": record}}
+    return adapted, record

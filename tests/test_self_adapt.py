@@ -65,6 +65,9 @@ def test_self_adapted_reconstruction_reports_both_passes_and_keeps_the_adapted_p
     assert first > 32 and second > 32 and abs(second - first) < 1.0
     assert (sa["steps"], sa["ema_decay"], sa["from"]) == (10, 0.99, "mri_patch")
     assert {"self_adapt/first_pass.nii.gz", "self_adapt/prior/"} <= set(rep["files"])
+    page = json.loads((tmp_path / "out" / "index_files" / "summary.json").read_text())
+    assert page["methods"] == ["reference", "first pass (before self-adaptation)", "reconstruction"]
+    assert set(page["metrics"]) >= {"first pass (before self-adaptation)", "reconstruction"}  # both scored
     first_vol = read_volume(tmp_path / "out" / "self_adapt" / "first_pass.nii.gz")
     assert first_vol.shape == run.recon.shape and not np.allclose(first_vol.data, run.recon.data, atol=1e-4)
     again = tasks.reconstruct("cs_mri_x4", src, tmp_path / "again",

@@ -123,7 +123,9 @@ def phase_split_maps(meas, maps):
     return (torch.from_numpy(maps) * torch.exp(1j * torch.angle(img))).numpy().astype(np.complex64)
 
 
-def run(meas, config, overrides, prior=None):
+def run(meas, config, overrides, prior=None, first_pass: dict | None = None):
+    """(magnitude, reference, seconds) of one configured run; with solver.self_adapt, ``first_pass`` (a dict) gets
+    the magnitude of the run's first pass under "magnitude"."""
     cfg = prepare_config(config, ["mri.coil_maps=given", *overrides])
     p = Problem.build(cfg, meas, prior=prior, load_prior=prior is not None)
     t = time.time()
@@ -136,6 +138,8 @@ def run(meas, config, overrides, prior=None):
         print(f"  cross-validation ({cv['held_out']}): chose {cv['chosen']}; held-out error per start sigma / lam: "
               f"{tried}", flush=True)
     mag = p.to_volume(sol.x).data
+    if first_pass is not None and p.adapted is not None:
+        first_pass["magnitude"] = p.adapted[0].data
     return mag, p.reference.data if p.reference is not None else meas.reference / p.data_scale, time.time() - t
 
 
@@ -251,7 +255,12 @@ def bench(args):
             # the config as a user runs it: every solver value null, so measured k-space's defaults
             # (registry.MEASURED_KSPACE), the registry's warm start and z-TV; nothing tuned
             label = "fast, the config's defaults" + (f" ({', '.join(args.overrides)})" if args.overrides else "")
-            untuned(label, run(meas, cfg, [f"prior.path={args.prior}", *args.overrides], prior), tune, report, rows)
+            first = {}
+            result = run(meas, cfg, [f"prior.path={args.prior}", *args.overrides], prior, first)
+            if first:  # solver.self_adapt given with --set: its first pass is the plain default
+                untuned("  its first pass (before self-adaptation)", (first["magnitude"], *result[1:]), tune, report,
+                        rows)
+            untuned(label, result, tune, report, rows)
         else:
             rows.append({"method": "fast sampler + z-TV / DiffusionMBIR", "setting": "no prior for 224x224 MR "
                          "(bundled:mri is a 64x64 whole-image prior): give --prior", "psnr": None, "ssim": None})

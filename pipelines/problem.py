@@ -189,7 +189,8 @@ class Problem:
             cv_nfe = self.info["cross_validation"]["network_evaluations_per_slice"]
         adapt = getattr(s, "self_adapt", None)
         if adapt is not None and adapt.steps and self.start_sigma(s) != 0:  # (0: CV kept the warm start)
-            adaptation_options(self.prior)  # a prior that cannot be adapted stops here, before the first pass
+            if self.prior is not None:  # (without one, the first pass says what is missing)
+                adaptation_options(self.prior)  # a prior that cannot be adapted stops here, before the first pass
             first = self._run(s, progress, None, 0)
             own, self.prior = self.prior, self._self_adapted_prior(s, first.x, progress)
             try:

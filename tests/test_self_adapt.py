@@ -95,3 +95,15 @@ def test_cross_validation_candidates_run_the_prior_as_it_is_and_only_the_choice_
                              "solver.cross_validate.lam=[1.0,2.0]"])
     assert calls == [2]
     assert len(run.report["cross_validation"]["candidates"]) == 2 and run.report["self_adapt"]["steps"] == 2
+
+
+def test_a_prior_that_cannot_be_adapted_stops_before_the_first_pass(tmp_path, monkeypatch):
+    from pipelines.problem import Problem
+    ran = []
+    monkeypatch.setattr(Problem, "_run", lambda self, *a: ran.append(1))
+    src = tmp_path / "mr.nii.gz"
+    write_nifti(_mr_volume((2, 64, 64)), src)
+    with pytest.raises(InputError, match="self-adaptation fine-tunes a patch prior"):
+        tasks.reconstruct("cs_mri_x4", src, tmp_path / "out", ["prior.path=bundled:mri", "solver.self_adapt.steps=5"],
+                          resample=True)
+    assert ran == [] and not (tmp_path / "out").exists()

@@ -258,8 +258,8 @@ def bench(args):
             first = {}
             result = run(meas, cfg, [f"prior.path={args.prior}", *args.overrides], prior, first)
             if first:  # solver.self_adapt given with --set: its first pass is the plain default
-                untuned("  its first pass (before self-adaptation)", (first["magnitude"], *result[1:]), tune, report,
-                        rows)
+                untuned("  its first pass (before self-adaptation)", (first["magnitude"], result[1], None), tune,
+                        report, rows)  # (its time is inside the run's)
             untuned(label, result, tune, report, rows)
         else:
             rows.append({"method": "fast sampler + z-TV / DiffusionMBIR", "setting": "no prior for 224x224 MR "
@@ -285,8 +285,8 @@ def markdown(results, args) -> str:
             if r["psnr"] is None:
                 lines.append(f"| {r['method']} | {r['setting']} | – | – | – |")
             else:
-                lines.append(f"| {r['method']} | {r['setting']} | {r['psnr']:.2f} | {r['ssim']:.3f} "
-                             f"| {r['seconds']:.1f} |")
+                sec = "–" if r["seconds"] is None else f"{r['seconds']:.1f}"
+                lines.append(f"| {r['method']} | {r['setting']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {sec} |")
         lines.append("")
     return "\n".join(lines)
 

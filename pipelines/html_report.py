@@ -78,7 +78,8 @@ def display_range(base: Volume, window: tuple[float, float]) -> tuple[float, flo
 def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = None,
                       window: tuple[float, float] | None = None, title: str | None = None) -> Path:
     """Write ``folder/index.html`` and ``folder/index_files/``; ``volumes`` default to what the folder holds
-    (reference, a self-adapted run's first pass, recon.nii.gz; std.nii.gz as the uncertainty map). Returns the page's path."""
+    (reference, a self-adapted run's first pass, recon.nii.gz; std.nii.gz as the uncertainty map). Returns the
+    page's path."""
     folder = Path(folder)
     report = _json(folder / "report.json")
     vols = [(label, v if isinstance(v, Volume) else read_volume(v)) for label, v in (volumes or _found(folder))]

@@ -143,7 +143,7 @@ class _Iterative(_Solver):
 class SelfAdapt(Section):
     """Self-adaptation: fine-tune a copy of the (patch) prior on this scan's own first reconstruction, then
     reconstruct again with it (``Problem.solve``; README, "Self-adaptation"). No ground truth is used."""
-    steps: int = Field(0, ge=0)  # training steps; 0: off (500 measured, about 3.5 min on 2 CPU threads)
+    steps: int = Field(0, ge=0)  # training steps; 0: off (500 measured: about 3 min on 2 CPU threads)
     ema_decay: float = Field(0.99, gt=0, lt=1)
     lr: Optional[float] = Field(None, gt=0)  # null: the prior's own training rate (its model card)
 

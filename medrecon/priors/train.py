@@ -241,6 +241,17 @@ class _Trainer:
         self.step += 1
         return float(loss.detach())
 
+    def timed_step(self, fix: str) -> float:
+        """``train_step``, its time added to ``seconds`` and its loss to ``recent`` (the last 100); a non-finite loss
+        is an InputError that says ``fix``."""
+        t0 = time.perf_counter()
+        loss = self.train_step()
+        self.seconds += time.perf_counter() - t0
+        if not math.isfinite(loss):
+            raise InputError(f"training diverged at step {self.step} (loss {loss}); {fix}")
+        self.recent = (self.recent + [loss])[-100:]
+        return loss
+
     def loss(self, x0: torch.Tensor, cond: torch.Tensor | None, context: torch.Tensor | None) -> torch.Tensor:
         """The step's loss per sample (the patch trainer may swap in recorded sampler steps)."""
         return edm_loss(self.model, x0[:, :1], self.opts, self.gen, cond=cond, context=context)
@@ -487,15 +498,9 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         bar = tqdm(total=opts.steps, initial=tr.step, disable=not progress, desc="train", unit="it")
         window, n_img, t_win = [], 0, time.perf_counter()
         while tr.step < opts.steps:
-            t0 = time.perf_counter()
-            loss = tr.train_step()
-            tr.seconds += time.perf_counter() - t0
-            if not math.isfinite(loss):
-                raise InputError(f"training diverged at step {tr.step} (loss {loss}); lower --lr and resume "
-                                 f"from the last checkpoint in {out / STATE_FILE}")
+            loss = tr.timed_step(f"lower --lr and resume from the last checkpoint in {out / STATE_FILE}")
             window.append(loss)
             n_img += opts.batch_size
-            tr.recent = (tr.recent + [loss])[-100:]
             bar.update(1)
             if tr.step % opts.log_every == 0 or tr.step == opts.steps:
                 ips = n_img / max(time.perf_counter() - t_win, 1e-9)
@@ -549,17 +554,11 @@ def adapt_prior(prior: Denoiser, data, steps: int, *, ema_decay: float = 0.99, l
     copy (its card records the adaptation) and that record."""
     from tqdm.auto import tqdm
 
-    opts = adaptation_options(prior, steps=int(steps), ema_decay=float(ema_decay), seed=int(seed), device=str(device))
-    if lr:
-        opts.lr = float(lr)
+    opts = adaptation_options(prior, steps=int(steps), ema_decay=float(ema_decay), seed=int(seed), device=str(device),
+                              **({"lr": float(lr)} if lr else {}))
     tr = _PatchTrainer(data, Path(prior.name), opts, None, start=prior)
     for _ in tqdm(range(opts.steps), disable=not progress, desc="self-adapt", unit="it"):
-        t0 = time.perf_counter()
-        loss = tr.train_step()
-        tr.seconds += time.perf_counter() - t0
-        tr.recent = (tr.recent + [loss])[-100:]
-        if not math.isfinite(loss):
-            raise InputError(f"self-adaptation diverged at step {tr.step} (loss {loss}); lower solver.self_adapt.lr")
+        tr.timed_step("lower solver.self_adapt.lr")
     record = {"from": prior.name, "from_sha256": getattr(prior, "sha256", None), "steps": opts.steps,
               "ema_decay": opts.ema_decay, "lr": opts.lr, "batch_size": opts.batch_size, "seed": opts.seed,
               "n_slices": data.n_slices, "final_loss": round(float(np.mean(tr.recent)), 5) if tr.recent else None,

@@ -212,17 +212,24 @@ class Problem:
 
     def _self_adapted_prior(self, s, first: torch.Tensor, progress: bool) -> Denoiser:
         """A copy of the prior fine-tuned on the first result (physical units, as ``medrecon train`` reads a
-        volume; complex images: the magnitude), recorded in ``info["self_adapt"]`` (with the first result's scores
-        where there is a reference); ``adapted`` keeps the first result and the copy."""
+        volume), recorded in ``info["self_adapt"]`` (with the first result's scores where there is a reference);
+        ``adapted`` keeps the first result and the copy. Complex images: on their real and imaginary parts, the
+        images the sampler denoises (unclamped, no synthetic phase on top)."""
         from medrecon.priors.patch import prepare_volumes
 
-        first_vol = self.to_volume(self.zero_unseen(first), description="medrecon first pass")
+        first = self.zero_unseen(first)
+        first_vol = self.to_volume(first, description="medrecon first pass")
+        parts = [first_vol]
+        if first.is_complex():
+            z, grid = self._physical_complex(first), self.measurement.grid
+            parts = [grid.with_data(z.real), grid.with_data(z.imag)]
         imap = self.intensity
-        data = prepare_volumes([first_vol], vars(imap), model_range=(imap.model_min, imap.model_max),
-                               modality=self.config.modality)
+        data = prepare_volumes(parts, vars(imap), model_range=(imap.model_min, imap.model_max),
+                               modality=self.config.modality, clamp=not first.is_complex())
         a = s.self_adapt
         prior, record = adapt_prior(self.prior, data, a.steps, ema_decay=a.ema_decay, lr=a.lr, seed=s.seed,
-                                    device=self.device, progress=progress)
+                                    device=self.device, progress=progress,
+                                    **({"synthetic_phase": 0.0} if first.is_complex() else {}))
         if self.reference is not None:
             record["first_pass_scores"] = self.score(first_vol)
         self.info["self_adapt"] = record

@@ -107,3 +107,33 @@ def test_a_prior_that_cannot_be_adapted_stops_before_the_first_pass(tmp_path, mo
         tasks.reconstruct("cs_mri_x4", src, tmp_path / "out", ["prior.path=bundled:mri", "solver.self_adapt.steps=5"],
                           resample=True)
     assert ran == [] and not (tmp_path / "out").exists()
+
+
+def test_complex_first_pass_adapts_on_its_real_and_imaginary_parts_unclamped(monkeypatch):
+    """Measured k-space: the sampler denoises the real and the imaginary part of each slice, so the adaptation
+    trains on those (2 parts x 2 slices), below the magnitude window where a part is negative, and without the
+    synthetic phase the prior's card asks for on magnitude images."""
+    from medrecon.priors.base import IntensityMap
+    from pipelines import problem
+    from pipelines.problem import Problem
+    from test_mri_raw import _measured_with_support
+    seen = {}
+    real = problem.adapt_prior
+
+    def spy(prior, data, steps, **kw):
+        seen.update(data=data, kw=kw)
+        return real(prior, data, 1, **kw)
+
+    monkeypatch.setattr(problem, "adapt_prior", spy)
+    x, _, meas = _measured_with_support(n=64)
+    cfg = load_config("cs_mri_x4", ["mri.coil_maps=given", "mri.image=complex", "solver.steps=3",
+                                    "solver.self_adapt.steps=5"], check_files=False).resolved()
+    p = Problem.from_measurement(cfg, meas, torch.device("cpu"), load_prior_for("bundled:mri_patch"),
+                                 IntensityMap(0.0, 1.0, -1.0, 1.0))
+    p.solve()
+    data, kw = seen["data"], seen["kw"]
+    assert data.n_slices == 4 and kw["synthetic_phase"] == 0.0
+    lowest = min(float(v.min()) for v in data.volumes)
+    assert lowest < -1.5  # model -1 is physical 0: negative parts of the smooth-phase object kept, not clamped
+    assert p.info["self_adapt"]["synthetic_phase"] == 0.0
+    assert np.iscomplexobj(x) and x.real.min() < -0.3 * np.abs(x).max()  # the object has negative real parts

@@ -76,19 +76,21 @@ def tune(config, modality, common, slices, fast_steps, fov_mm=None, warm_start=T
     lam = float(max(scores, key=lambda k: sum(scores[k])))
     first, start_sigma = TUNE_SCANS[modality][0], None
     if warm_start:
-        warm = {f"{s}": fast(fast_steps, lam, s) for s in START_GRID[modality]}
+        warm = {f"{s}": fast(fast_steps, lam, s, self_adapt=0) for s in START_GRID[modality]}
         _, res = compare_methods(config, load(first, slices, fov_mm), warm, common)
         start_sigma = float(best(res).label)
     return {"lam": lam, "lam_on": TUNE_SCANS[modality], "start_sigma": start_sigma, "scan": first,
             "lam_scores": {k: round(sum(v) / len(v), 3) for k, v in scores.items()}}
 
 
-def fast(steps, lam, start_sigma=None, name="fast"):
-    """A fast-sampler section with the registry's defaults (eta, z-TV weight): warm-started from 3D ADMM-TV of
-    weight ``lam`` at ``start_sigma``, or cold (``start_sigma`` None)."""
+def fast(steps, lam, start_sigma=None, name="fast", self_adapt=None):
+    """A fast-sampler section with the registry's defaults (eta, z-TV weight, self-adaptation unless
+    ``self_adapt`` steps are given): warm-started from 3D ADMM-TV of weight ``lam`` at ``start_sigma``, or cold
+    (``start_sigma`` None)."""
     warm = {"method": "none"} if start_sigma is None else \
         {"method": "admm_tv", "start_sigma": start_sigma, "lam": lam}
-    return {"name": name, "steps": steps, "warm_start": warm}
+    return {"name": name, "steps": steps, "warm_start": warm,
+            **({} if self_adapt is None else {"self_adapt": {"steps": self_adapt}})}
 
 
 def cv_note(r) -> str:
@@ -100,7 +102,7 @@ def cv_note(r) -> str:
 
 
 def adapt_note(r) -> str:
-    """The self-adapted method's first pass (the plain sampler) and its training (a line under the table)."""
+    """A self-adapted method's first pass (the plain sampler) and its training (a line under the table)."""
     sa, p = r.self_adapt, r.self_adapt["first_pass_scores"]["psnr"]
     return (f"\n{r.label}: first pass PSNR axial / coronal / sagittal {p['axial']:.2f} / "
             + " / ".join("–" if p[k] is None else f"{p[k]:.2f}" for k in ("coronal", "sagittal"))
@@ -126,8 +128,9 @@ def main(argv=None):
     ap.add_argument("--cv", action="store_true", help="also the fast sampler with its noise level and z-TV weight "
                                                       "chosen per scan by cross-validation (solver.cross_validate)")
     ap.add_argument("--mbir-steps", type=int, default=0, help="also DiffusionMBIR with this many steps (0: off)")
-    ap.add_argument("--self-adapt", type=int, default=0, metavar="STEPS", help="the fast sampler self-adapted "
-                    "(solver.self_adapt.steps=STEPS) in place of the plain one, whose scores are its first pass's")
+    ap.add_argument("--self-adapt", type=int, default=None, metavar="STEPS", help="solver.self_adapt.steps of the "
+                    "fast-sampler rows (default: the config's, 500 on MR images, 0 on CT; 0: off); a self-adapted "
+                    "row's first pass is printed under the table")
     ap.add_argument("--baselines-only", action="store_true", help="only FBP / zero-filled and the tuned ADMM-TV (no "
                                                                   "prior runs, no warm-start tuning)")
     ap.add_argument("--ct-prior", default=PRIOR["ct"])
@@ -142,7 +145,7 @@ def main(argv=None):
                     "own estimate")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench_real")
     a = ap.parse_args(argv)
-    if a.baselines_only and (a.cv or a.cold or a.mbir_steps or a.self_adapt):
+    if a.baselines_only and (a.cv or a.cold or a.mbir_steps or a.self_adapt is not None):
         ap.error("--baselines-only runs no prior: drop --cv, --cold, --mbir-steps and --self-adapt")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     a.out.mkdir(parents=True, exist_ok=True)
@@ -162,16 +165,14 @@ def main(argv=None):
             f"ADMM-TV 3D (lam {lam:g})": admm_tv_settings(lam)}
         if not (a.baselines_only or a.no_slicewise):
             methods["2D prior only (warm, no z-TV)"] = fast(a.fast_steps, warm_lam, s0, name="slicewise_fast")
-        if not a.baselines_only and not a.self_adapt:
-            methods["fast + z-TV (warm)"] = fast(a.fast_steps, warm_lam, s0)
-        if a.self_adapt:  # in place of the plain sampler, which is its first pass (the note under the table)
-            methods["fast + z-TV (warm), self-adapted"] = {**fast(a.fast_steps, warm_lam, s0),
-                                                          "self_adapt": {"steps": a.self_adapt}}
+        if not a.baselines_only:  # self-adapted (the config's default on MR images): its first pass under the table
+            methods["fast + z-TV (warm)"] = fast(a.fast_steps, warm_lam, s0, self_adapt=a.self_adapt)
         if a.cv:
-            methods["fast + z-TV + CV (warm)"] = {**fast(a.fast_steps, lam, s0), "cross_validate": {"enabled": True}}
+            methods["fast + z-TV + CV (warm)"] = {**fast(a.fast_steps, lam, s0, self_adapt=a.self_adapt),
+                                                  "cross_validate": {"enabled": True}}
         if a.cold:
             methods["2D prior only (cold, no z-TV)"] = fast(2 * a.fast_steps, lam, name="slicewise_fast")
-            methods["fast + z-TV (cold)"] = fast(2 * a.fast_steps, lam)
+            methods["fast + z-TV (cold)"] = fast(2 * a.fast_steps, lam, self_adapt=a.self_adapt)
         if a.mbir_steps:
             methods[f"DiffusionMBIR ({a.mbir_steps} steps, warm)"] = {  # its own start_sigma: registry.MBIR_WARM
                 "name": "diffusion_mbir", "steps": a.mbir_steps, "warm_start": {"method": "admm_tv", "lam": lam}}

@@ -68,7 +68,8 @@ def main(argv=None):
             lam, rho = (float(v) for v in pair.split(":"))
             methods[f"lam {lam:g} rho {rho:g}"] = {"name": "fast", "steps": a.steps,
                                                    "admm": {"lam": lam, "rho": rho}, **warm}
-    common = [f"prior.path={a.prior or PRIOR[modality]}", f"{modality}.pixel_size={a.pixel}"]
+    common = [f"prior.path={a.prior or PRIOR[modality]}", f"{modality}.pixel_size={a.pixel}",
+              "solver.self_adapt.steps=0"]  # the settings tuned here are the plain sampler's (one pass)
     tables, rows = [], {}
     for scan in a.scans:
         vol = load(scan, a.slices, a.fov)

@@ -46,7 +46,7 @@ from .measurement import Measurement, is_measurement_file
 from .modality import DICOM_MODALITY, Modality
 from .raw_mri import MEASURED
 from .prior_cards import load_prior_for
-from .registry import SOLVERS
+from .registry import SELF_ADAPT_DEFAULT, SOLVERS
 from .simulate import simulate_volume
 
 GUIDED = ("projection", "mcg", "dps")  # samplers that apply A to chunks of slices (weights passed, not folded in)
@@ -187,12 +187,12 @@ class Problem:
         if getattr(s, "cross_validate", None) is not None and s.cross_validate.enabled:
             s = cross_validate(self, s)  # the start_sigma and z-TV weight that predict held-out data best
             cv_nfe = self.info["cross_validation"]["network_evaluations_per_slice"]
-        adapt = getattr(s, "self_adapt", None)
-        if adapt is not None and adapt.steps and self.start_sigma(s) != 0:  # (0: CV kept the warm start)
+        steps = self.self_adapt_steps(s)
+        if steps and self.start_sigma(s) != 0:  # (0: CV kept the warm start)
             if self.prior is not None:  # (without one, the first pass says what is missing)
                 adaptation_options(self.prior)  # a prior that cannot be adapted stops here, before the first pass
             first = self._run(s, progress, None, 0)
-            own, self.prior = self.prior, self._self_adapted_prior(s, first.x, progress)
+            own, self.prior = self.prior, self._self_adapted_prior(s, steps, first.x, progress)
             try:
                 out = self._run(s, progress, snapshot, snapshot_every)
             finally:
@@ -210,7 +210,23 @@ class Problem:
         unseen = None if self.measurement.modality == "ct" else coil_support(self.operator)
         return x if unseen is None else torch.where(unseen.to(x.device), x, self.physical_zero())
 
-    def _self_adapted_prior(self, s, first: torch.Tensor, progress: bool) -> Denoiser:
+    def self_adapt_steps(self, s) -> int:
+        """``solver.self_adapt.steps`` as set; null: ``registry.SELF_ADAPT_DEFAULT`` for the solver and modality on
+        images (not measured k-space) where the prior can be adapted, else 0 (a set value with a prior that cannot
+        be adapted is an error, in ``solve``)."""
+        a = getattr(s, "self_adapt", None)
+        if a is None or a.steps is not None:
+            return 0 if a is None else a.steps
+        steps = SELF_ADAPT_DEFAULT.get(s.name, {}).get(self.measurement.modality, 0)
+        if not steps or self.prior is None or self.measurement.info.get("units", "") == MEASURED:
+            return 0
+        try:
+            adaptation_options(self.prior)
+        except InputError:
+            return 0
+        return steps
+
+    def _self_adapted_prior(self, s, steps: int, first: torch.Tensor, progress: bool) -> Denoiser:
         """A copy of the prior fine-tuned on the first result (physical units, as ``medrecon train`` reads a
         volume), recorded in ``info["self_adapt"]`` (with the first result's scores where there is a reference);
         ``adapted`` keeps the first result and the copy. Complex images: on their real and imaginary parts, the
@@ -227,7 +243,7 @@ class Problem:
         data = prepare_volumes(parts, vars(imap), model_range=(imap.model_min, imap.model_max),
                                modality=self.config.modality, clamp=not first.is_complex())
         a = s.self_adapt
-        prior, record = adapt_prior(self.prior, data, a.steps, ema_decay=a.ema_decay, lr=a.lr, seed=s.seed,
+        prior, record = adapt_prior(self.prior, data, steps, ema_decay=a.ema_decay, lr=a.lr, seed=s.seed,
                                     device=self.device, progress=progress,
                                     **({"synthetic_phase": 0.0} if first.is_complex() else {}))
         if self.reference is not None:

@@ -90,6 +90,14 @@ MEASURED_KSPACE = {"fast": {"steps": 20, "warm_start": {"start_sigma": 0.03},
 #: the cross-validation's values where a config leaves them null: off; when on, start_sigma factors 0.5 / 1 / 1.5,
 #: then z-TV factors 0.33 / 1 / 3
 CROSS_VALIDATION = {"enabled": False, "start_sigma": [0.5, 1.0, 1.5], "lam": [0.33, 1.0, 3.0]}
+#: solver.self_adapt.steps where a config leaves it null (``Problem.self_adapt_steps``): per solver and modality, on
+#: images (not measured k-space) and where the prior can be adapted (a patch prior with its training record).
+#: Thirty-second to thirty-fourth sessions, simulated k-space of five held-out MR scans, the config's mask draw, Δ
+#: axial over the plain fast sampler at x4 / x8: T2 slice +1.79 / +0.73, VFA +0.32 / -0.05, hip +0.12 / -0.11,
+#: mr_brain_pd +0.19 / +0.18, mr_brain2 +0.17 / +0.35 (mean +0.37; twice the sampling and about 2.5 min of
+#: training on 2 CPU threads). CT stays off: +0.14 on thirteen held-out cases, three of them down (to -0.33).
+#: Measured k-space stays off: VFA -0.02 / -0.03 (benchmarks/RESULTS.md, thirty-third and thirty-fourth sessions).
+SELF_ADAPT_DEFAULT = {"fast": {"mri": 500}}
 
 
 class Section(BaseModel):
@@ -143,7 +151,7 @@ class _Iterative(_Solver):
 class SelfAdapt(Section):
     """Self-adaptation: fine-tune a copy of the (patch) prior on this scan's own first reconstruction, then
     reconstruct again with it (``Problem.solve``; README, "Self-adaptation"). No ground truth is used."""
-    steps: int = Field(0, ge=0)  # training steps; 0: off (500 measured: about 3 min on 2 CPU threads)
+    steps: Optional[int] = Field(None, ge=0)  # training steps; 0: off; null: SELF_ADAPT_DEFAULT (500: 2-3 min on 2 CPU threads)
     ema_decay: float = Field(0.99, gt=0, lt=1)
     lr: Optional[float] = Field(None, gt=0)  # null: the prior's own training rate (its model card)
 
@@ -345,4 +353,4 @@ def solver_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["ADMM", "ADMM_DEFAULTS", "CROSS_VALIDATION", "FAST_END", "MBIR_WARM", "MEASURED_KSPACE", "WARM_START_DEFAULTS", "SOLVERS", "Section", "SolverSettings", "SolverSpec", "solver_table", "spec"]
+__all__ = ["ADMM", "ADMM_DEFAULTS", "CROSS_VALIDATION", "FAST_END", "MBIR_WARM", "MEASURED_KSPACE", "SELF_ADAPT_DEFAULT", "WARM_START_DEFAULTS", "SOLVERS", "Section", "SolverSettings", "SolverSpec", "solver_table", "spec"]

@@ -48,7 +48,28 @@ def test_self_adapt_settings_are_checked_and_only_belong_to_diffusion_solvers():
         load_config("cs_mri_x4", ["solver.self_adapt.steps=-1"], check_files=False)
     with pytest.raises(InputError, match="self_adapt"):
         load_config("cs_mri_x4", ["solver.name=admm_tv", "solver.self_adapt.steps=5"], check_files=False)
-    assert load_config("cs_mri_x4", [], check_files=False).solver.self_adapt.steps == 0  # off by default
+    assert load_config("cs_mri_x4", [], check_files=False).solver.self_adapt.steps is None  # the Problem decides
+
+
+def test_default_adapts_the_fast_sampler_on_mr_images_with_a_patch_prior_only(tmp_path):
+    """Null steps: registry.SELF_ADAPT_DEFAULT (500) for the fast sampler on MR images with a patch prior; 0 on CT,
+    for other solvers, with a whole-slice prior (no error: nothing was asked), and a set value as set."""
+    from pipelines.problem import Problem
+    from pipelines.registry import SELF_ADAPT_DEFAULT
+
+    def steps(config, *overrides, resample=False):
+        cfg = load_config(config, list(overrides), check_files=False).resolved()
+        vol = _mr_volume((1, 64, 64))
+        if cfg.modality == "ct":  # the same object in HU
+            vol = vol.with_data(vol.data / vol.data.max() * 1000.0 - 1000.0)
+        p = Problem.build(cfg, vol, resample=resample)
+        return p.self_adapt_steps(p.config.solver)
+
+    assert steps("cs_mri_x4") == SELF_ADAPT_DEFAULT["fast"]["mri"] == 500
+    assert steps("cs_mri_x4", "solver.self_adapt.steps=0") == 0
+    assert steps("cs_mri_x4", "solver.name=slicewise_fast") == 0
+    assert steps("cs_mri_x4", "prior.path=bundled:mri", resample=True) == 0
+    assert steps("sparse_view_ct_8", "ct.pixel_size=2.0") == 0
 
 
 def test_self_adapted_reconstruction_reports_both_passes_and_keeps_the_adapted_prior(tmp_path):
@@ -71,7 +92,8 @@ def test_self_adapted_reconstruction_reports_both_passes_and_keeps_the_adapted_p
     first_vol = read_volume(tmp_path / "out" / "self_adapt" / "first_pass.nii.gz")
     assert first_vol.shape == run.recon.shape and not np.allclose(first_vol.data, run.recon.data, atol=1e-4)
     again = tasks.reconstruct("cs_mri_x4", src, tmp_path / "again",
-                              common + [f"prior.path={tmp_path / 'out' / 'self_adapt' / 'prior'}"])
+                              common + [f"prior.path={tmp_path / 'out' / 'self_adapt' / 'prior'}",
+                                        "solver.self_adapt.steps=0"])
     np.testing.assert_allclose(again.recon.data, run.recon.data, atol=1e-4)
     assert again.report["prior"]["name"] == "mri_patch+self-adapted"
     assert rep["network_evaluations_per_slice"] == 2 * again.report["network_evaluations_per_slice"]  # both passes
@@ -137,3 +159,6 @@ def test_complex_first_pass_adapts_on_its_real_and_imaginary_parts_unclamped(mon
     assert lowest < -1.5  # model -1 is physical 0: negative parts of the smooth-phase object kept, not clamped
     assert p.info["self_adapt"]["synthetic_phase"] == 0.0
     assert np.iscomplexobj(x) and x.real.min() < -0.3 * np.abs(x).max()  # the object has negative real parts
+    default = p.config.solver.model_copy(update={"self_adapt": p.config.solver.self_adapt.model_copy(
+        update={"steps": None})})
+    assert p.self_adapt_steps(default) == 0  # measured k-space: off unless asked

@@ -228,24 +228,18 @@ class Problem:
 
     def _self_adapted_prior(self, s, steps: int, first: torch.Tensor, progress: bool) -> Denoiser:
         """A copy of the prior fine-tuned on the first result (physical units, as ``medrecon train`` reads a
-        volume), recorded in ``info["self_adapt"]`` (with the first result's scores where there is a reference);
-        ``adapted`` keeps the first result and the copy. Complex images: on their real and imaginary parts, the
-        images the sampler denoises (unclamped, no synthetic phase on top)."""
+        volume; complex images: the magnitude, which beat their real and imaginary parts on measured k-space,
+        RESULTS.md), recorded in ``info["self_adapt"]`` (with the first result's scores where there is a reference);
+        ``adapted`` keeps the first result and the copy."""
         from medrecon.priors.patch import prepare_volumes
 
-        first = self.zero_unseen(first)
-        first_vol = self.to_volume(first, description="medrecon first pass")
-        parts = [first_vol]
-        if first.is_complex():
-            z, grid = self._physical_complex(first), self.measurement.grid
-            parts = [grid.with_data(z.real), grid.with_data(z.imag)]
+        first_vol = self.to_volume(self.zero_unseen(first), description="medrecon first pass")
         imap = self.intensity
-        data = prepare_volumes(parts, vars(imap), model_range=(imap.model_min, imap.model_max),
-                               modality=self.config.modality, clamp=not first.is_complex())
+        data = prepare_volumes([first_vol], vars(imap), model_range=(imap.model_min, imap.model_max),
+                               modality=self.config.modality)
         a = s.self_adapt
         prior, record = adapt_prior(self.prior, data, steps, ema_decay=a.ema_decay, lr=a.lr, seed=s.seed,
-                                    device=self.device, progress=progress,
-                                    **({"synthetic_phase": 0.0} if first.is_complex() else {}))
+                                    device=self.device, progress=progress)
         if self.reference is not None:
             record["first_pass_scores"] = self.score(first_vol)
         self.info["self_adapt"] = record

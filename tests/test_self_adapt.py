@@ -131,10 +131,10 @@ def test_a_prior_that_cannot_be_adapted_stops_before_the_first_pass(tmp_path, mo
     assert ran == [] and not (tmp_path / "out").exists()
 
 
-def test_complex_first_pass_adapts_on_its_real_and_imaginary_parts_unclamped(monkeypatch):
-    """Measured k-space: the sampler denoises the real and the imaginary part of each slice, so the adaptation
-    trains on those (2 parts x 2 slices), below the magnitude window where a part is negative, and without the
-    synthetic phase the prior's card asks for on magnitude images."""
+def test_complex_first_pass_adapts_on_its_magnitude_and_measured_kspace_is_off_by_default(monkeypatch):
+    """Measured k-space (complex images): asked for, the adaptation trains on the first pass's magnitude (one image
+    per slice, inside the prior's window; its real and imaginary parts lost on the measured T2 slice, RESULTS.md,
+    thirty-fourth session); not asked for, it does not run."""
     from medrecon.priors.base import IntensityMap
     from pipelines import problem
     from pipelines.problem import Problem
@@ -153,12 +153,9 @@ def test_complex_first_pass_adapts_on_its_real_and_imaginary_parts_unclamped(mon
     p = Problem.from_measurement(cfg, meas, torch.device("cpu"), load_prior_for("bundled:mri_patch"),
                                  IntensityMap(0.0, 1.0, -1.0, 1.0))
     p.solve()
-    data, kw = seen["data"], seen["kw"]
-    assert data.n_slices == 4 and kw["synthetic_phase"] == 0.0
-    lowest = min(float(v.min()) for v in data.volumes)
-    assert lowest < -1.5  # model -1 is physical 0: negative parts of the smooth-phase object kept, not clamped
-    assert p.info["self_adapt"]["synthetic_phase"] == 0.0
-    assert np.iscomplexobj(x) and x.real.min() < -0.3 * np.abs(x).max()  # the object has negative real parts
+    data = seen["data"]
+    assert data.n_slices == 2 and min(float(v.min()) for v in data.volumes) >= -1.0
+    assert np.iscomplexobj(x) and x.real.min() < -0.3 * np.abs(x).max()  # parts would lie below the window
     default = p.config.solver.model_copy(update={"self_adapt": p.config.solver.self_adapt.model_copy(
         update={"steps": None})})
     assert p.self_adapt_steps(default) == 0  # measured k-space: off unless asked

@@ -165,13 +165,12 @@ class PatchData:
 
 def prepare_volumes(volumes, intensity: dict, *, magnitude_percentile: float | None = None,
                     model_range=(-1.0, 1.0), min_std: float = 1e-3, default_spacing_mm: float = 1.0,
-                    modality: str | None = None, sources=None, clamp: bool = True) -> PatchData:
+                    modality: str | None = None, sources=None) -> PatchData:
     """Axial slices of ``volumes`` (Volume objects or (Z, Y, X) arrays) mapped to the model range.
 
     ``intensity``: the caller's physical window {physical_min, physical_max, unit, ...}; its model range is
     set to ``model_range``. ``magnitude_percentile`` (e.g. 99.5 for MRI magnitude): each volume becomes
-    |v| / its percentile before the window. Nearly constant slices (std < ``min_std``) are dropped. ``clamp``
-    False keeps values outside the window (the real and imaginary parts of a complex image)."""
+    |v| / its percentile before the window. Nearly constant slices (std < ``min_std``) are dropped."""
     from ..volume import Volume
     from .training_data import model_slices
 
@@ -182,7 +181,7 @@ def prepare_volumes(volumes, intensity: dict, *, magnitude_percentile: float | N
     vols, spacings, kept, src = [], [], [], []
     to_model = IntensityMap.from_dict(imap)
     for i, v in enumerate(volumes):
-        x = model_slices(v, to_model, magnitude_percentile, clamp)
+        x = model_slices(v, to_model, magnitude_percentile)
         x = x[x.flatten(1).std(dim=1) >= min_std].contiguous()
         kept.append(int(x.shape[0]))
         if x.shape[0] == 0:

@@ -57,11 +57,9 @@ def square_resize(x: torch.Tensor, size: int) -> tuple[torch.Tensor, float]:
     return x, m / size
 
 
-def model_slices(volume, to_model: IntensityMap, magnitude_percentile: float | None = None,
-                 clamp: bool = True) -> torch.Tensor:
+def model_slices(volume, to_model: IntensityMap, magnitude_percentile: float | None = None) -> torch.Tensor:
     """A Volume or (Z, Y, X) array in physical units as (Z, 1, Y, X) slices in model units, clamped to the
-    map's model range unless ``clamp`` is False (a part of a complex image lies below it); ``magnitude_percentile``:
-    |v| / its percentile first (MRI magnitude)."""
+    map's model range; ``magnitude_percentile``: |v| / its percentile first (MRI magnitude)."""
     data = np.asarray(volume.data if isinstance(volume, Volume) else volume, dtype=np.float32)
     if data.ndim == 2:
         data = data[None]
@@ -71,7 +69,7 @@ def model_slices(volume, to_model: IntensityMap, magnitude_percentile: float | N
         data = np.abs(data)
         data = data / max(float(np.percentile(data, magnitude_percentile)), 1e-12)
     x = torch.from_numpy(to_model.to_model(data))
-    return (x.clamp(to_model.model_min, to_model.model_max) if clamp else x)[:, None]
+    return x.clamp(to_model.model_min, to_model.model_max)[:, None]
 
 
 def prepare_slices(volumes, intensity: dict, image_size: int = 64, *, magnitude_percentile: float | None = None,

@@ -215,8 +215,10 @@ class Problem:
         images (not measured k-space) where the prior can be adapted, else 0 (a set value with a prior that cannot
         be adapted is an error, in ``solve``)."""
         a = getattr(s, "self_adapt", None)
-        if a is None or a.steps is not None:
-            return 0 if a is None else a.steps
+        if a is None:  # not a diffusion solver
+            return 0
+        if a.steps is not None:
+            return a.steps
         steps = SELF_ADAPT_DEFAULT.get(s.name, {}).get(self.measurement.modality, 0)
         if not steps or self.prior is None or self.measurement.info.get("units", "") == MEASURED:
             return 0

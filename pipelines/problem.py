@@ -44,7 +44,7 @@ from .config import Config, resolve_prior_path
 from .crossval import cross_validate
 from .measurement import Measurement, is_measurement_file
 from .modality import DICOM_MODALITY, Modality
-from .raw_mri import MEASURED
+from .raw_mri import is_measured_kspace
 from .prior_cards import load_prior_for
 from .registry import SELF_ADAPT_DEFAULT, SOLVERS
 from .simulate import simulate_volume
@@ -129,7 +129,7 @@ class Problem:
             cplx = _complex_images(cfg, meas)
             A = _mri_operator(cfg, meas, cplx)
             y = torch.from_numpy(np.asarray(meas.data, np.complex64))
-            measured = meas.info.get("units", "") == MEASURED
+            measured = is_measured_kspace(meas)
             if measured:
                 scale = _measured_scale(A, y)
                 y = y / scale
@@ -189,8 +189,6 @@ class Problem:
             cv_nfe = self.info["cross_validation"]["network_evaluations_per_slice"]
         steps = self.self_adapt_steps(s)
         if steps and self.start_sigma(s) != 0:  # (0: CV kept the warm start)
-            if self.prior is not None:  # (without one, the first pass says what is missing)
-                adaptation_options(self.prior)  # a prior that cannot be adapted stops here, before the first pass
             first = self._run(s, progress, None, 0)
             own, self.prior = self.prior, self._self_adapted_prior(s, steps, first.x, progress)
             try:
@@ -211,16 +209,18 @@ class Problem:
         return x if unseen is None else torch.where(unseen.to(x.device), x, self.physical_zero())
 
     def self_adapt_steps(self, s) -> int:
-        """``solver.self_adapt.steps`` as set; null: ``registry.SELF_ADAPT_DEFAULT`` for the solver and modality on
-        images (not measured k-space) where the prior can be adapted, else 0 (a set value with a prior that cannot
-        be adapted is an error, in ``solve``)."""
+        """``solver.self_adapt.steps`` as set (a prior that cannot be adapted then stops here, before the first
+        pass; without a prior, the first pass says what is missing); null: ``registry.SELF_ADAPT_DEFAULT`` for the
+        solver and modality on images (not measured k-space) where the prior can be adapted, else 0."""
         a = getattr(s, "self_adapt", None)
         if a is None:  # not a diffusion solver
             return 0
         if a.steps is not None:
+            if a.steps and self.prior is not None:
+                adaptation_options(self.prior)
             return a.steps
         steps = SELF_ADAPT_DEFAULT.get(s.name, {}).get(self.measurement.modality, 0)
-        if not steps or self.prior is None or self.measurement.info.get("units", "") == MEASURED:
+        if not steps or self.prior is None or is_measured_kspace(self.measurement):
             return 0
         try:
             adaptation_options(self.prior)
@@ -523,7 +523,7 @@ def check_grid(prior, meas: Measurement) -> None:
 
 def _complex_images(cfg: Config, meas: Measurement) -> bool:
     mode = cfg.mri.image
-    return meas.info.get("units", "") == MEASURED if mode == "auto" else mode == "complex"
+    return is_measured_kspace(meas) if mode == "auto" else mode == "complex"
 
 
 def _mri_operator(cfg: Config, meas: Measurement, complex_images: bool) -> LinearOperator:

@@ -23,6 +23,11 @@ from .measurement import Measurement
 MEASURED = "measured k-space, rescaled at load"
 
 
+def is_measured_kspace(meas: Measurement) -> bool:
+    """Whether ``meas`` is measured k-space read from a raw file (not a simulation)."""
+    return meas.info.get("units", "") == MEASURED
+
+
 def parse_ismrmrd_header(xml: str | bytes) -> dict:
     """Encoded and recon matrix sizes and fields of view (mm) from an ISMRMRD XML header:
     {"encoded": {"matrix": [x, y, z], "fov_mm": [x, y, z]}, "recon": {...}, "ky_center": int | None}."""

@@ -189,13 +189,13 @@ def run_cone(size: int, device: torch.device) -> dict:
 
 
 def run_gpu_tests(timeout_s: int) -> dict:
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(ROOT / "tests")]
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider", str(ROOT / "tests")]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)",
                                                 p.stdout.strip().splitlines()[-1] if p.stdout.strip() else "")}
     return {"returncode": p.returncode, "seconds": round(time.perf_counter() - t0, 1), **counts,
-            "tail": p.stdout.strip().splitlines()[-15:] if p.returncode not in (0, 5) else []}
+            "tail": p.stdout.strip().splitlines()[-40:] if p.returncode not in (0, 5) else []}
 
 
 def judge(result: dict, judged: bool) -> list[dict]:
@@ -271,6 +271,8 @@ def main(argv=None) -> int:
         except Exception:  # noqa: BLE001 - one failing step must not hide the others
             res["errors"][name] = traceback.format_exc()
             print(res["errors"][name], file=sys.stderr)
+        args.out.mkdir(parents=True, exist_ok=True)  # after every step: a run cut short keeps what it measured
+        (args.out / "gpu_check.json").write_text(json.dumps(res, indent=2) + "\n")
 
     if not args.skip_tests:
         step("gpu_tests", lambda: run_gpu_tests(timeout_s=240))
@@ -283,7 +285,6 @@ def main(argv=None) -> int:
     step("cone", lambda: run_cone(64 if args.small else 256, device))
     res["targets"] = judge(res, judged=device.type == "cuda" and not args.small)
     res["seconds"] = round(time.perf_counter() - t_start, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(res, indent=2) + "\n")
     (args.out / "gpu_check.md").write_text(markdown(res))
     print(markdown(res))

@@ -127,6 +127,9 @@ def train(
     sampler_error_sigma_min: float = typer.Option(0.0, "--sampler-error-sigma-min", min=0.0, help="patch: only "
                                                   "recorded steps at this noise level or above."),
     steps: int = typer.Option(5000, "--steps", help="Total optimisation steps (with --resume: the new total)."),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", min=0.0, help="Stop after this many minutes "
+                                               "of training steps (a GPU slot, say), export the prior and keep the "
+                                               "state; --resume continues towards --steps."),
     batch_size: int = typer.Option(16, "--batch-size", help="unet: slices per step; patch: patches of the largest "
                                    "size per step (smaller sizes get proportionally more)."),
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (after a linear warm-up)."),
@@ -211,7 +214,7 @@ def train(
         init_from = str(resolve_prior_path(init_from))
     imap, pct = training_intensity(modality, hu_window, mri_percentile)
     opts = TrainOptions(arch=arch.value, image_size=image_size, channels=widths, layers_per_block=layers_per_block,
-                        attention=attention, steps=steps, batch_size=batch_size, lr=lr, lr_final=lr_final,
+                        attention=attention, steps=steps, time_limit=time_limit, batch_size=batch_size, lr=lr, lr_final=lr_final,
                         ema_decay=ema_decay,
                         patch_sizes=sizes, pixel_spacing_range=tuple(pixel_range), seed=seed, device=device,
                         amp=amp, checkpoint_every=checkpoint_every, heldout_every=heldout_every,

@@ -59,6 +59,7 @@ class TrainOptions:
     layers_per_block: int = 1
     attention: bool | None = None  # self-attention at the coarsest level (None: yes for unet, no for patch)
     steps: int = 5000
+    time_limit: float | None = None  # minutes of training steps; then stop early and export (resume continues)
     batch_size: int = 16  # unet: slices per step; patch: patches of the largest size per step (smaller: more)
     lr: float = 2e-4
     warmup: int = 200  # steps of linear lr warm-up (at most steps // 10)
@@ -160,6 +161,8 @@ def heldout_loss(prior: Denoiser, x0, sigmas=(0.02, 0.1, 0.3, 1.0, 3.0), sigma_d
                 d = prior.denoise(noisy[:, :1], torch.full((x.shape[0],), float(s)), context)
                 total += float(((d - x[:, :1]) ** 2).sum()) / norm
     return total / weight / len(sigmas)
+
+
 class _Trainer:
     """The training state (network, EMA, optimiser, step) and one optimisation step (whole-slice prior)."""
 
@@ -497,7 +500,12 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
             log.writerow(["step", "loss", "lr", "img_per_s", "elapsed_s"])
         bar = tqdm(total=opts.steps, initial=tr.step, disable=not progress, desc="train", unit="it")
         window, n_img, t_win = [], 0, time.perf_counter()
+        start_seconds = tr.seconds
         while tr.step < opts.steps:
+            if opts.time_limit is not None and tr.seconds - start_seconds >= 60 * opts.time_limit:
+                bar.write(f"--time-limit {opts.time_limit:g} min reached at step {tr.step}: exporting; "
+                          "--resume continues")
+                break
             loss = tr.timed_step(f"lower --lr and resume from the last checkpoint in {out / STATE_FILE}")
             window.append(loss)
             n_img += opts.batch_size

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import astra
+import astra.experimental  # not imported by `import astra`; holds the direct GPU-array calls
 import torch
 
 from medrecon.errors import InputError, MedreconError
@@ -83,7 +84,7 @@ def fdk(projections, geometry: ConeBeamGeometry, short_scan: bool | None = None)
     vol, proj = geometry.astra_geometries()
     src = _astra_array(p)
     out = torch.zeros(geometry.volume_shape, dtype=torch.float32, device=p.device)
-    pid = astra.data3d.link("-proj", proj, src)
+    pid = astra.data3d.link("-proj3d", proj, src)
     vid = astra.data3d.link("-vol", vol, out)
     cfg = astra.astra_dict("FDK_CUDA")
     cfg.update(ProjectionDataId=pid, ReconstructionDataId=vid, option={"ShortScan": bool(short_scan)})

@@ -126,6 +126,10 @@ def train(
                                              help="patch: probability that a step trains on recorded steps."),
     sampler_error_sigma_min: float = typer.Option(0.0, "--sampler-error-sigma-min", min=0.0, help="patch: only "
                                                   "recorded steps at this noise level or above."),
+    loader_workers: int = typer.Option(0, "--loader-workers", min=0, help="patch: processes that draw the "
+                                       "training patches ahead, each batch seeded by its step, the same for any "
+                                       "number of workers (0: the training process draws them from the run's "
+                                       "generator). On a GPU one core drawing patches limits the speed."),
     steps: int = typer.Option(5000, "--steps", help="Total optimisation steps (with --resume: the new total)."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", min=0.0, help="Stop after this many minutes "
                                                "of training steps (a GPU slot, say), export the prior and keep the "
@@ -205,6 +209,8 @@ def train(
             raise InputError(f"{flag} needs --arch patch; drop it for a whole-slice prior")
     if sampler_errors and arch != Arch.patch:
         raise InputError("--sampler-errors needs --arch patch; drop it for a whole-slice prior")
+    if loader_workers and arch != Arch.patch:
+        raise InputError("--loader-workers needs --arch patch; drop it for a whole-slice prior")
     if sampler_errors and not sampler_errors.is_dir():
         raise InputError(f"--sampler-errors {sampler_errors}: no such folder; record the sampler's steps with "
                          "benchmarks/sampler_errors.py --out FOLDER first")
@@ -214,7 +220,8 @@ def train(
         init_from = str(resolve_prior_path(init_from))
     imap, pct = training_intensity(modality, hu_window, mri_percentile)
     opts = TrainOptions(arch=arch.value, image_size=image_size, channels=widths, layers_per_block=layers_per_block,
-                        attention=attention, steps=steps, time_limit=time_limit, batch_size=batch_size, lr=lr, lr_final=lr_final,
+                        attention=attention, steps=steps, time_limit=time_limit, loader_workers=loader_workers,
+                        batch_size=batch_size, lr=lr, lr_final=lr_final,
                         ema_decay=ema_decay,
                         patch_sizes=sizes, pixel_spacing_range=tuple(pixel_range), seed=seed, device=device,
                         amp=amp, checkpoint_every=checkpoint_every, heldout_every=heldout_every,

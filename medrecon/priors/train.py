@@ -88,6 +88,7 @@ class TrainOptions:
     sampler_errors: str | None = None  # patch: a folder of recorded sampler steps (sampler_errors.py)
     sampler_error_prob: float = 0.5  # patch: probability that a step trains on recorded steps
     sampler_error_sigma_min: float = 0.0  # patch: only recorded steps at this noise level or above
+    loader_workers: int = 0  # patch: processes drawing the batches ahead, seeded per step (0: the run's generator)
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -161,6 +162,34 @@ def heldout_loss(prior: Denoiser, x0, sigmas=(0.02, 0.1, 0.3, 1.0, 3.0), sigma_d
                 d = prior.denoise(noisy[:, :1], torch.full((x.shape[0],), float(s)), context)
                 total += float(((d - x[:, :1]) ** 2).sum()) / norm
     return total / weight / len(sigmas)
+
+
+class PatchBatches(torch.utils.data.Dataset):
+    """Batch k of a patch-training run with loader workers, drawn with a generator seeded by (seed, k) alone: the
+    same batches whatever the number of workers and after a resume. Item k: (patches, positions, (smallest,
+    largest) pixel size drawn)."""
+
+    def __init__(self, sampler, seed: int, steps: int):
+        self.sampler, self.seed, self.steps = sampler, int(seed), int(steps)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, k: int):
+        run_record, self.sampler.used_spacing = self.sampler.used_spacing, [math.inf, 0.0]
+        try:
+            x, pos = self.sampler.sample(torch.Generator().manual_seed(self.seed * 2 ** 40 + int(k)))
+            return x, pos, tuple(self.sampler.used_spacing)
+        finally:
+            self.sampler.used_spacing = run_record
+
+
+def patch_batch_stream(sampler, seed: int, start: int, steps: int, workers: int):
+    """An iterator over the batches ``start`` .. ``steps`` - 1 (:class:`PatchBatches`), drawn ahead by ``workers``
+    processes (a GPU run is otherwise held up by drawing patches on one CPU core)."""
+    loader = torch.utils.data.DataLoader(PatchBatches(sampler, seed, steps), batch_size=None,
+                                         sampler=range(start, steps), num_workers=int(workers), prefetch_factor=4)
+    return iter(loader)
 
 
 class _Trainer:
@@ -343,7 +372,15 @@ class _PatchTrainer(_Trainer):
             self.sampler.used_spacing = [float(v) for v in st["used_spacing"]]
 
     def batch(self):
-        x, pos = self.sampler.sample(self.gen)
+        if not self.opts.loader_workers:  # drawn here from the run's generator (as every recorded run was)
+            x, pos = self.sampler.sample(self.gen)
+            return x.to(self.device), pos.to(self.device)
+        if getattr(self, "stream", None) is None:  # made at the first step, so that a resumed run starts at its step
+            self.stream = patch_batch_stream(self.sampler, self.opts.seed, self.step, self.opts.steps,
+                                             self.opts.loader_workers)
+        x, pos, (lo, hi) = next(self.stream)
+        self.sampler.used_spacing = [min(self.sampler.used_spacing[0], float(lo)),
+                                     max(self.sampler.used_spacing[1], float(hi))]
         return x.to(self.device), pos.to(self.device)
 
     def loss(self, x0, cond, context):
@@ -551,7 +588,7 @@ def adaptation_options(prior: Denoiser, **changes) -> TrainOptions:
     known = {f.name for f in fields(TrainOptions)}
     opts = TrainOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items() if k in known})
     return replace(opts, init_from=None, sampler_errors=None, checkpoint_every=0, heldout_every=0, sample_every=0,
-                   **changes)
+                   time_limit=None, loader_workers=0, **changes)
 
 
 def adapt_prior(prior: Denoiser, data, steps: int, *, ema_decay: float = 0.99, lr: float | None = None,

@@ -1,5 +1,5 @@
-"""GPU check: one script, about 5-8 minutes on one data-centre GPU, that says whether medrecon's CUDA paths work
-and how fast they are against the targets below. Random network weights (speed, not quality).
+"""GPU check: whether medrecon's CUDA paths work and how fast they are against the targets below.
+77 s on an H200 with --no-compile (torch.compile adds minutes). Random network weights (speed, not quality).
 
     python benchmarks/gpu_check.py --out out/gpu_check            # on the GPU machine (needs CUDA)
     python benchmarks/gpu_check.py --device cpu --small --out DIR  # CPU smoke run at small sizes (~1 min)

@@ -95,7 +95,8 @@ CROSS_VALIDATION = {"enabled": False, "start_sigma": [0.5, 1.0, 1.5], "lam": [0.
 #: Thirty-second to thirty-fourth sessions, simulated k-space of five held-out MR scans, the config's mask draw, Δ
 #: axial over the plain fast sampler at x4 / x8: T2 slice +1.79 / +0.73, VFA +0.32 / -0.05, hip +0.12 / -0.11,
 #: mr_brain_pd +0.19 / +0.18, mr_brain2 +0.17 / +0.35 (mean +0.37; twice the sampling and about 2.5 min of
-#: training on 2 CPU threads); with two more mask draws of four of them +0.35 over 18 runs, the hip x8 -0.25. CT stays off: +0.14 on thirteen held-out cases, three of them down (to -0.33).
+#: training on 2 CPU threads); with two more mask draws of four of them +0.35 over 18 runs, the hip x8 -0.25.
+#: CT stays off: +0.14 on thirteen held-out cases, three of them down (to -0.33).
 #: Measured k-space stays off: VFA -0.02 / -0.03, T2 slice +0.07 / +0.01 (trained on the real and imaginary parts
 #: instead of the magnitude: +0.02 / 0.00 and -0.31 / -0.18; benchmarks/RESULTS.md, 33rd and 34th sessions).
 SELF_ADAPT_DEFAULT = {"fast": {"mri": 500}}

@@ -108,7 +108,6 @@ def test_resume_continues_exactly(data, tmp_path):
         train_prior(train, tmp_path / "d", replace(opts, image_size=32), progress=False)
 
 
-
 def test_time_limit_stops_early_exports_and_resume_finishes(data, tmp_path):
     """--time-limit: the loop stops once the training steps have taken that long, exports a prior whose card
     records the steps done, and --resume carries on to --steps."""
@@ -120,6 +119,7 @@ def test_time_limit_stops_early_exports_and_resume_finishes(data, tmp_path):
     train_prior(train, out, replace(opts, time_limit=None), resume=True, progress=False)
     assert read_model_card(out / "model_card.yaml")["training"]["steps"] == 6
     assert [int(r["step"]) for r in csv.DictReader(open(out / "loss.csv"))] == [1, 2, 3, 4, 5, 6]
+
 
 def test_cli_train_writes_a_loadable_prior(tmp_path):
     from pipelines.cli import main

@@ -251,7 +251,8 @@ class PatchSampler:
             self.pyramids.append(levels)
         counts = torch.tensor([float(v.shape[0]) for v in data.volumes])
         self.vol_probs = counts / counts.sum()
-        self.used_spacing = [math.inf, 0.0]  # smallest and largest pixel size actually drawn
+        self.used_spacing = [math.inf, 0.0]  # smallest and largest pixel size actually drawn (the run's)
+        self.last_spacing = (math.inf, 0.0)  # the same, of the last batch
 
     def batch_size(self, p: int) -> int:
         return max(1, min(self.max_batch, self.pixels // (p * p)))
@@ -262,12 +263,15 @@ class PatchSampler:
         b = self.batch_size(p)
         vols = torch.multinomial(self.vol_probs, b, replacement=True, generator=gen).tolist()
         u = torch.rand(b, 12 if self.fov_crop else 7, generator=gen, dtype=torch.float64).numpy()
-        xs, ps = [], []
+        xs, ps, spacings = [], [], []
         for k, v in enumerate(vols):
-            x, pos = self._one(v, p, u[k])
+            x, pos, s = self._one(v, p, u[k])
             xs.append(x)
             ps.append(pos)
+            spacings.append(s)
         x, pos = torch.stack(xs), torch.stack(ps)
+        self.last_spacing = (min(spacings), max(spacings))
+        self.record_spacing(*self.last_spacing)
         if self.scale_range:
             lo, hi = (math.log(v) for v in self.scale_range)
             c = torch.exp(lo + torch.rand(b, 1, 1, 1, generator=gen) * (hi - lo))
@@ -285,7 +289,11 @@ class PatchSampler:
             x = x * (1 + a) + c
         return x, pos
 
-    def _one(self, v: int, p: int, u) -> tuple[torch.Tensor, torch.Tensor]:
+    def record_spacing(self, lo: float, hi: float) -> None:
+        """Widen ``used_spacing`` (the run's smallest and largest pixel size drawn, for the card) to [lo, hi]."""
+        self.used_spacing = [min(self.used_spacing[0], float(lo)), max(self.used_spacing[1], float(hi))]
+
+    def _one(self, v: int, p: int, u) -> tuple[torch.Tensor, torch.Tensor, float]:
         levels = self.pyramids[v]
         z_n, _, h0, w0 = levels[0].shape
         sx0, sy0 = self.spacings[v]
@@ -293,7 +301,6 @@ class PatchSampler:
         s = math.exp(math.log(lo) + u[0] * (math.log(hi) - math.log(lo)))
         s = max(s, max(sx0, sy0) / self.max_upsample)
         s = min(s, min(h0 * sy0, w0 * sx0) / p)  # the rescaled slice must hold a patch
-        self.used_spacing = [min(self.used_spacing[0], s), max(self.used_spacing[1], s)]
         h1, w1 = max(p, int(h0 * sy0 / s)), max(p, int(w0 * sx0 / s))
         z = min(int(u[1] * z_n), z_n - 1)
         hc, wc, oi, oj = h1, w1, 0, 0  # the window that counts as the slice (fov_crop), its offset
@@ -324,7 +331,7 @@ class PatchSampler:
         hl, wl = img.shape[-2:]
         grid = torch.stack([2 * xl / max(wl - 1, 1) - 1, 2 * yl / max(hl - 1, 1) - 1], dim=-1)[None]
         out = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return out[0], pos
+        return out[0], pos, s
 
 
 def synthetic_phase(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, std: float = 1.0) -> torch.Tensor:

@@ -176,12 +176,8 @@ class PatchBatches(torch.utils.data.Dataset):
         return self.steps
 
     def __getitem__(self, k: int):
-        run_record, self.sampler.used_spacing = self.sampler.used_spacing, [math.inf, 0.0]
-        try:
-            x, pos = self.sampler.sample(torch.Generator().manual_seed(self.seed * 2 ** 40 + int(k)))
-            return x, pos, tuple(self.sampler.used_spacing)
-        finally:
-            self.sampler.used_spacing = run_record
+        x, pos = self.sampler.sample(torch.Generator().manual_seed(self.seed * 2 ** 40 + int(k)))
+        return x, pos, self.sampler.last_spacing
 
 
 def patch_batch_stream(sampler, seed: int, start: int, steps: int, workers: int):
@@ -344,7 +340,7 @@ class _PatchTrainer(_Trainer):
                                     scale_origin=IntensityMap.from_dict(data.intensity).to_model(0.0),
                                     fov_crop=opts.fov_crop, phase=opts.synthetic_phase,
                                     contrast=opts.random_contrast)
-        self.recorded = None
+        self.recorded, self.stream = None, None  # stream: the loader workers' batches (loader_workers > 0)
         if opts.sampler_errors:
             from .sampler_errors import RecordedSteps
 
@@ -375,12 +371,11 @@ class _PatchTrainer(_Trainer):
         if not self.opts.loader_workers:  # drawn here from the run's generator (as every recorded run was)
             x, pos = self.sampler.sample(self.gen)
             return x.to(self.device), pos.to(self.device)
-        if getattr(self, "stream", None) is None:  # made at the first step, so that a resumed run starts at its step
+        if self.stream is None:  # made at the first step, so that a resumed run starts at its step
             self.stream = patch_batch_stream(self.sampler, self.opts.seed, self.step, self.opts.steps,
                                              self.opts.loader_workers)
-        x, pos, (lo, hi) = next(self.stream)
-        self.sampler.used_spacing = [min(self.sampler.used_spacing[0], float(lo)),
-                                     max(self.sampler.used_spacing[1], float(hi))]
+        x, pos, spacing = next(self.stream)
+        self.sampler.record_spacing(*spacing)  # drawn in a worker: its record is the worker's copy's
         return x.to(self.device), pos.to(self.device)
 
     def loss(self, x0, cond, context):

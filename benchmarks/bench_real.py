@@ -127,6 +127,12 @@ def main(argv=None):
                                                                "when only the default is compared)")
     ap.add_argument("--cv", action="store_true", help="also the fast sampler with its noise level and z-TV weight "
                                                       "chosen per scan by cross-validation (solver.cross_validate)")
+    ap.add_argument("--cv-start-sigma", type=float, nargs="+", default=None, metavar="F",
+                    help="--cv's noise-level factors (0: the warm start itself, no diffusion; default the registry's)")
+    ap.add_argument("--cv-lam", type=float, nargs="+", default=None, metavar="F",
+                    help="--cv's z-TV weight factors (default the registry's)")
+    ap.add_argument("--no-default", action="store_true", help="skip the default fast-sampler row (when only --cv "
+                                                             "or another variant is compared with a recorded run)")
     ap.add_argument("--mbir-steps", type=int, default=0, help="also DiffusionMBIR with this many steps (0: off)")
     ap.add_argument("--self-adapt", type=int, default=None, metavar="STEPS", help="solver.self_adapt.steps of the "
                     "fast-sampler rows (default: the config's, 500 on MR images, 0 on CT; 0: off); a self-adapted "
@@ -165,11 +171,12 @@ def main(argv=None):
             f"ADMM-TV 3D (lam {lam:g})": admm_tv_settings(lam)}
         if not (a.baselines_only or a.no_slicewise):
             methods["2D prior only (warm, no z-TV)"] = fast(a.fast_steps, warm_lam, s0, name="slicewise_fast")
-        if not a.baselines_only:  # self-adapted (the config's default on MR images): its first pass under the table
+        if not (a.baselines_only or a.no_default):  # self-adapted (the config's default on MR images): its first pass under the table
             methods["fast + z-TV (warm)"] = fast(a.fast_steps, warm_lam, s0, self_adapt=a.self_adapt)
         if a.cv:
-            methods["fast + z-TV + CV (warm)"] = {**fast(a.fast_steps, lam, s0, self_adapt=a.self_adapt),
-                                                  "cross_validate": {"enabled": True}}
+            cv = {"enabled": True, "start_sigma": a.cv_start_sigma, "lam": a.cv_lam}
+            methods["fast + z-TV + CV (warm)"] = {**fast(a.fast_steps, warm_lam, s0, self_adapt=a.self_adapt),
+                                                  "cross_validate": {k: v for k, v in cv.items() if v is not None}}
         if a.cold:
             methods["2D prior only (cold, no z-TV)"] = fast(2 * a.fast_steps, lam, name="slicewise_fast")
             methods["fast + z-TV (cold)"] = fast(2 * a.fast_steps, lam, self_adapt=a.self_adapt)

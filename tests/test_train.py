@@ -121,6 +121,23 @@ def test_time_limit_stops_early_exports_and_resume_finishes(data, tmp_path):
     assert [int(r["step"]) for r in csv.DictReader(open(out / "loss.csv"))] == [1, 2, 3, 4, 5, 6]
 
 
+def test_final_prior_is_exported_before_the_last_sample_grid(data, tmp_path, monkeypatch):
+    """The last sample grid takes minutes for a large prior on a CPU: the trained prior is on disk before it
+    starts, so stopping the run there loses nothing."""
+    import medrecon.priors.train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_module, "quick_samples", interrupted)
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=2, batch_size=4, warmup=1, checkpoint_every=0,
+                        sample_every=5, log_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        train_prior(train, tmp_path / "p", opts, progress=False)
+    assert read_model_card(tmp_path / "p" / "model_card.yaml")["training"]["steps"] == 2
+    assert load_prior(tmp_path / "p").image_size == 16
+
+
 def test_cli_train_writes_a_loadable_prior(tmp_path):
     from pipelines.cli import main
 

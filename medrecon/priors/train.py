@@ -565,10 +565,10 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         held["loss_after"] = tr.heldout_log[-1][1]
         held["n_slices"] = int(sum(h.shape[0] for h in ([heldout] if torch.is_tensor(heldout) else heldout)))
         held["log"] = tr.heldout_log
+    tr.export(held or None)  # before the last sample grid, which takes minutes for a large prior on a CPU
     if opts.sample_every:
         save_grid(quick_samples(tr.prior(), opts.num_samples, opts.sample_steps),
                   out / "samples" / f"step_{tr.step:07d}.png")
-    tr.export(held or None)
     return out
 
 

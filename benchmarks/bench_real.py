@@ -151,6 +151,8 @@ def main(argv=None):
                     "own estimate")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench_real")
     a = ap.parse_args(argv)
+    if not a.cv and (a.cv_start_sigma or a.cv_lam):
+        ap.error("--cv-start-sigma and --cv-lam choose --cv's candidates: add --cv")
     if a.baselines_only and (a.cv or a.cold or a.mbir_steps or a.self_adapt is not None):
         ap.error("--baselines-only runs no prior: drop --cv, --cold, --mbir-steps and --self-adapt")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -171,7 +173,8 @@ def main(argv=None):
             f"ADMM-TV 3D (lam {lam:g})": admm_tv_settings(lam)}
         if not (a.baselines_only or a.no_slicewise):
             methods["2D prior only (warm, no z-TV)"] = fast(a.fast_steps, warm_lam, s0, name="slicewise_fast")
-        if not (a.baselines_only or a.no_default):  # self-adapted (the config's default on MR images): its first pass under the table
+        if not (a.baselines_only or a.no_default):
+            # self-adapted (the config's default on MR images): its first pass under the table
             methods["fast + z-TV (warm)"] = fast(a.fast_steps, warm_lam, s0, self_adapt=a.self_adapt)
         if a.cv:
             cv = {"enabled": True, "start_sigma": a.cv_start_sigma, "lam": a.cv_lam}

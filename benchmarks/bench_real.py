@@ -185,7 +185,7 @@ def main(argv=None):
             methods["fast + z-TV (cold)"] = fast(2 * a.fast_steps, lam, self_adapt=a.self_adapt)
         if a.mbir_steps:
             methods[f"DiffusionMBIR ({a.mbir_steps} steps, warm)"] = {  # its own start_sigma: registry.MBIR_WARM
-                "name": "diffusion_mbir", "steps": a.mbir_steps, "warm_start": {"method": "admm_tv", "lam": lam}}
+                "name": "diffusion_mbir", "steps": a.mbir_steps, "warm_start": {"method": "admm_tv", "lam": warm_lam}}
         for scan in a.scans or TEST_SCANS[modality]:
             vol = load(scan, a.slices, a.fov)
             scan = Path(scan).name.split(".")[0] if Path(scan).exists() else scan  # a file: named by its stem

@@ -171,7 +171,8 @@ class Config(Section):
         """A copy with every null solver value replaced by its registry default (the config 'as run');
         ``measured_kspace``: the defaults for complex images of measured k-space (``registry.MEASURED_KSPACE``)."""
         d = self.model_dump()
-        for key, value in SOLVERS[self.solver.name].defaults(self.modality, measured_kspace).items():
+        acceleration = self.mri.mask.acceleration if self.modality == "mri" else None
+        for key, value in SOLVERS[self.solver.name].defaults(self.modality, measured_kspace, acceleration).items():
             if isinstance(value, dict):  # a sub-section: its null keys, each with the key it is tied to (if any)
                 section, tied = d["solver"][key], getattr(type(getattr(self.solver, key)), "TIED", {})
                 section.update({k: v for k, v in value.items()

@@ -147,3 +147,22 @@ def test_diffusion_mbir_has_its_own_ct_warm_start():
     assert (eight.start_sigma, eight.lam) == (0.4, 1.0)
     wedge = load_config("limited_angle_ct_90", check_files=False).resolved().solver.warm_start  # more TV at 90 deg
     assert (wedge.start_sigma, wedge.lam) == (0.8, 5.0)
+
+
+def test_fast_samplers_restart_mri_lower_up_to_x4():
+    """Up to x4 the fast samplers restart MR images at registry.FAST_WARM_LOW_ACCELERATION's sigma (chosen at the
+    scans' own pixel size, thirty-seventh session); x8, DiffusionMBIR and measured k-space keep their own, and a
+    config's value still wins."""
+    from pipelines.registry import FAST_WARM_LOW_ACCELERATION, WARM_START_DEFAULTS
+    low = FAST_WARM_LOW_ACCELERATION["mri"][1]["start_sigma"]
+    modality = WARM_START_DEFAULTS["mri"]["start_sigma"]
+    assert low != modality  # else the assertions below could not tell the two apart
+
+    def warm(config, *more):
+        return load_config(config, list(more), check_files=False).resolved().solver.warm_start.start_sigma
+
+    assert warm("cs_mri_x4") == warm("cs_mri_x4", "solver.name=slicewise_fast") == low
+    assert warm("cs_mri_x4", "mri.mask.acceleration=3") == low
+    assert warm("cs_mri_x8") == warm("cs_mri_x4", "mri.mask.acceleration=6") == modality
+    assert warm("cs_mri_x4", "solver.name=diffusion_mbir") == modality
+    assert warm("cs_mri_x4", "solver.warm_start.start_sigma=0.5") == 0.5

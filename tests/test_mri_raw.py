@@ -362,7 +362,7 @@ def test_measured_kspace_takes_its_own_solver_defaults_unless_the_config_sets_th
     assert mbir.steps == MEASURED_KSPACE["diffusion_mbir"]["steps"] != paper
     real = load_config("cs_mri_x4", ["mri.image=real"]).resolved()
     s = Problem.build(real, src).config.solver
-    magnitude = SOLVERS["fast"].defaults("mri")
+    magnitude = SOLVERS["fast"].defaults("mri", acceleration=real.mri.mask.acceleration)  # the config's (x4)
     assert magnitude["steps"] != measured["steps"]  # else the first assertion could not tell the two apart
     assert s.steps == magnitude["steps"] and s.warm_start.start_sigma == magnitude["warm_start"]["start_sigma"]
     assert s.cross_validate.enabled is False and s.cross_validate.start_sigma == [0.5, 1.0, 1.5]

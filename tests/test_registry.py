@@ -26,8 +26,12 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
         assert (s.steps, s.n_cg) == (spec.sampler.default_steps, spec.sampler.default_n_cg)
     if hasattr(s, "warm_start"):  # the modality's warm start, the solver's own values and the config's over it
         own = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text())["solver"]["warm_start"]
+        config_acceleration = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text()).get(
+            "mri", {}).get("mask", {}).get("acceleration", 0.0)
+        up_to, low = (spec.warm_low_acceleration or {}).get(modality, (0.0, {}))
         assert s.warm_start.model_dump() == {**WARM_START_DEFAULTS[modality], "iters": 100,
                                              **(spec.warm or {}).get(modality, {}),
+                                             **(low if config_acceleration <= up_to else {}),
                                              **{k: v for k, v in own.items() if v is not None}}
     # how the fast samplers end (end_sigma: the config's, see test_config); the others keep their papers' last step
     assert hasattr(s, "final_sigma") == (name in ("fast", "slicewise_fast"))

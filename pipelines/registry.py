@@ -63,8 +63,8 @@ MBIR_WARM = {"ct": {"start_sigma": 0.3}}
 #: the fast samplers' own MRI warm start at low acceleration, over WARM_START_DEFAULTS: {modality: (the largest
 #: acceleration it applies to, {key: value})}. Thirty-seventh session, at the scans' own pixel size (0.78-1.5 mm, three
 #: validation scans, 50 steps, plain sampler): x4 start_sigma 0.2 / 0.4 / 0.8 / 1.2 gave a mean +0.25 / +0.14 / 0 /
-#: -0.10 dB over 0.8; x8 0.2 lost 0.33 on one scan, so x8 keeps 0.8; held out (the two MR series, x4, self-adapted)
-#: 0.2 gained +0.28 / +0.34. Measured k-space keeps its own (MEASURED_KSPACE).
+#: -0.10 dB over 0.8; x8 0.2 lost 0.30-0.33 on two of the three, so x8 keeps 0.8; held out (the two MR series, x4,
+#: self-adapted) 0.2 gained +0.28 / +0.34. Measured k-space keeps its own (MEASURED_KSPACE).
 FAST_WARM_LOW_ACCELERATION = {"mri": (4.0, {"start_sigma": 0.2})}
 #: how the fast samplers end (model units): the result is D(x, ``final_sigma``) of the last step's output, which
 #: removes the fine grain the last data-consistency step leaves (it gained on every training scan and case). Stopping

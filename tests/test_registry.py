@@ -25,9 +25,9 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
     if spec.sampler is not None:  # diffusion samplers: the class is the source of its step defaults
         assert (s.steps, s.n_cg) == (spec.sampler.default_steps, spec.sampler.default_n_cg)
     if hasattr(s, "warm_start"):  # the modality's warm start, the solver's own values and the config's over it
-        own = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text())["solver"]["warm_start"]
-        config_acceleration = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text()).get(
-            "mri", {}).get("mask", {}).get("acceleration", 0.0)
+        given = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text())
+        own = given["solver"]["warm_start"]
+        config_acceleration = given.get("mri", {}).get("mask", {}).get("acceleration", 0.0)
         up_to, low = (spec.warm_low_acceleration or {}).get(modality, (0.0, {}))
         assert s.warm_start.model_dump() == {**WARM_START_DEFAULTS[modality], "iters": 100,
                                              **(spec.warm or {}).get(modality, {}),

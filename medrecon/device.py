@@ -31,4 +31,22 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     raise InputError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
 
 
-__all__ = ["resolve_device"]
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions natively: a CUDA GPU that supports bf16, or a CPU with
+    AVX512-BF16 or AMX (oneDNN's check). Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """The network arithmetic for a user's choice: 'fp32', 'bf16', or 'auto' (bf16 where ``device`` has it
+    natively, else fp32)."""
+    if name not in ("auto", "fp32", "bf16"):
+        raise InputError(f"precision {name!r}: expected auto, fp32 or bf16")
+    if name == "auto":
+        return "bf16" if bf16_native(device) else "fp32"
+    return name
+
+
+__all__ = ["bf16_native", "resolve_device", "resolve_precision"]

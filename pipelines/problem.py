@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medrecon.device import resolve_device
+from medrecon.device import resolve_device, resolve_precision
 from medrecon.errors import InputError
 from medrecon.io import read_volume
 from medrecon.linop import Diagonal, LinearOperator
@@ -266,6 +266,7 @@ class Problem:
         if self.complex_images and s.name in GUIDED:
             raise InputError(f"solver {s.name} works on real images; use fast or diffusion_mbir for measured "
                              f"k-space, or set mri.image=real")
+        self.prior.precision = self.info["precision"] = resolve_precision(s.precision, self.device)
         try:  # the sampler checks its arguments (e.g. end_sigma below the start) before the warm start's work
             solver = SOLVERS[s.name].sampler(
                 self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, lam_xy=lam_xy, n_cg=s.n_cg,

@@ -169,6 +169,8 @@ class _Diffusion(_Iterative):
     samples: int = Field(1, gt=0)  # > 1: posterior mean and voxel-wise std
     seed: int = 0
     self_adapt: SelfAdapt = SelfAdapt()
+    # the network's arithmetic: fp32, bf16 (autocast), or auto (bf16 where the device has it natively)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class _ZTV(Section):

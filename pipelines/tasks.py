@@ -110,7 +110,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
             files += write_measured_extras(cfg, tmp, problem, sol)
             files += write_self_adapted(tmp, problem)
             rep = report(run_config(problem), input=inp.name, output=out.name, **identity,
-                         device=str(problem.device),
+                         device=str(problem.device), precision=problem.info.get("precision"),
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),
                          network_evaluations_per_slice=int(sol.nfe_per_slice),
                          backward_passes_per_slice=int(sol.backward_per_slice),

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from medrecon.device import bf16_native, resolve_precision
 from medrecon.errors import InputError
 from medrecon.priors import load_prior, read_model_card
 from medrecon.priors.patch import (PatchPrior, PatchSampler, patchwise, position_channels, prepare_volumes)
@@ -46,6 +47,30 @@ def test_any_slice_size_gives_the_same_shape():
     d = prior.denoise(x, torch.tensor([0.1, 2.0]))
     assert d.shape == x.shape and torch.isfinite(d).all()
     assert prior.denoise(torch.randn(1, 1, 5, 70), 0.5).shape == (1, 1, 5, 70)  # smaller than a patch
+
+
+@pytest.mark.skipif(not bf16_native(torch.device("cpu")), reason="this CPU has no native bf16 (emulated: slow)")
+def test_bf16_network_arithmetic_changes_the_estimate_by_bf16_rounding_only():
+    """precision bf16 autocasts the network, not the EDM scalings around it: the estimate stays fp32 and moves from
+    the fp32 one by rounding, not by a bug. bf16 keeps 8 significant bits (relative rounding 2^-9 per value);
+    through the network's ~10 layers that adds up to a few per cent of the network's output, so the denoising
+    residual D(x) - x may move by up to 5 % of its size, and must move (else nothing ran in bf16)."""
+    prior = tiny_prior()
+    x = torch.randn(2, 1, 32, 32)
+    fp32 = prior.reseed().denoise(x, torch.tensor([0.1, 1.0]))
+    prior.precision = "bf16"
+    bf16 = prior.reseed().denoise(x, torch.tensor([0.1, 1.0]))
+    assert bf16.dtype == torch.float32
+    moved = ((bf16 - fp32).norm() / (fp32 - x).norm()).item()
+    assert 0 < moved < 0.05, moved
+
+
+def test_precision_auto_is_bf16_only_where_the_device_has_it():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if bf16_native(cpu) else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(InputError, match="precision 'half'"):
+        resolve_precision("half", cpu)
 
 
 def test_a_sampler_run_does_not_depend_on_what_ran_before_it():

@@ -190,8 +190,10 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
     out = tmp_path / "out"
     res = tasks.reconstruct("cs_mri_x4", mr_nifti, out, overrides=[f"prior.path={tmp_path / 'prior'}",
                                                                  "solver.steps=8", "solver.samples=2",
-                                                                 "outputs.snapshots_every=4"], resample=True)
+                                                                 "outputs.snapshots_every=4",
+                                                                 "solver.precision=bf16"], resample=True)
     rep = json.loads((out / "report.json").read_text())
+    assert rep["precision"] == prior.precision == "bf16"  # the setting reaches the prior and the report
     # 8 steps and the final denoising (the registry's final_sigma), 2 samples
     assert rep["config"]["solver"]["final_sigma"] == FAST_END["mri"]["final_sigma"] > 0
     assert rep["config"]["solver"]["end_sigma"] is None  # MRI ends at the prior's smallest noise level

@@ -7,9 +7,10 @@
 * ``EDMPrior``      EDM-preconditioned network F (the priors medrecon trains):
   D = c_skip x + c_out F(c_in x, ln(sigma) / 4), with sigma_data from the card.
 
-The network runs in float32 on its own device (``precision`` "bf16": under bf16 autocast, its input convolution
-in fp32); inputs are cast to it and the result back to the input's dtype and device. Gradients flow only when the caller asks for them (x.requires_grad under grad mode),
-so samplers that do not differentiate through the prior pay no autograd memory.
+The network runs in float32 on its own device (``precision`` "bf16": under bf16 autocast, its input
+convolution in fp32); inputs are cast to it and the result back to the input's dtype and device. Gradients
+flow only when the caller asks for them (x.requires_grad under grad mode), so samplers that do not
+differentiate through the prior pay no autograd memory.
 """
 from __future__ import annotations
 
@@ -93,8 +94,8 @@ def bf16_autocast(network: torch.nn.Module, device_type: str):
     """bf16 autocast for ``network`` with its first ``Conv2d`` (in registration order: the input convolution of
     the bundled UNets) in fp32. bf16 rounds an image near 1 to steps of 2^-7; fed to the network at small noise
     levels that rounding is a large part of the noise it must estimate (on a CT slice at sigma 0.02: 17 % of the
-    denoising error; with the input convolution in fp32, 3 %, and the output convolution adds nothing;
-    RESULTS.md, "Thirty-eighth session")."""
+    denoising error; with the input convolution in fp32, 3 %; keeping the output convolution in fp32 as well
+    changed nothing; RESULTS.md, "Thirty-eighth session")."""
     first = next((m for m in network.modules() if isinstance(m, torch.nn.Conv2d)), None)
     if first is not None:
         first.forward = partial(_fp32_forward, first)  # an instance attribute: shadows the class's forward

@@ -30,17 +30,18 @@ import csv
 import io
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..device import resolve_device
+from ..device import bf16_native, resolve_device
 from ..errors import InputError
 from .base import Denoiser, IntensityMap, schedule_from_dict
 from .card import CARD_NAME
-from .network import EDMPrior, edm_denoise
+from .network import EDMPrior, bf16_autocast, edm_denoise
 from .samples import quick_samples, save_grid
 from .unet import EDM_SCHEDULE, WEIGHTS_NAME, build_unet, save_unet_prior, unet_config
 from .widen import wide_config, widen_state_dict, widening_factor
@@ -91,7 +92,7 @@ class TrainOptions:
     loader_workers: int = 0  # patch: processes drawing the batches ahead, seeded per step (0: the run's generator)
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # bf16 autocast (input convolution fp32) where the device has native bf16, else fp32
     log_every: int = 10
     checkpoint_every: int = 1000
     heldout_every: int | None = None  # held-out loss every N steps (None: at every checkpoint; 0: never)
@@ -254,8 +255,9 @@ class _Trainer:
             grp["lr"] = learning_rate(o, self.step)
         x0, cond = self.batch()
         context = x0[:, 1:] if o.context_slices else None  # a 2.5D batch: the slice, then its neighbours
-        amp = o.amp and self.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        arithmetic = bf16_autocast(self.model, self.device.type) if o.amp and bf16_native(self.device) else \
+            nullcontext()
+        with arithmetic:
             loss = self.loss(x0, cond, context).mean()
         self.optim.zero_grad(set_to_none=True)
         loss.backward()

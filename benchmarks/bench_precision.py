@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,14 +23,16 @@ sys.path.insert(0, str(ROOT))
 
 from medrecon.device import bf16_native  # noqa: E402
 from medrecon.priors import load_prior  # noqa: E402
+from medrecon.priors.training_data import model_slices  # noqa: E402
 from medrecon.io import read_volume  # noqa: E402
 from pipelines import datasets  # noqa: E402
 from pipelines.config import resolve_prior_path  # noqa: E402
 
 SCANS = {"ct_patch": "ct_head", "mri_patch": "mr_brain1"}  # training scans: the error check needs no held-out data
+MR_PERCENTILE = 99.5  # the bundled MR prior's training normalisation (its card: |v| / the 99.5th percentile)
 
 
-def best_time(prior, x: torch.Tensor, precision: str) -> float:
+def call_time(prior, x: torch.Tensor, precision: str) -> float:
     prior.precision = precision
     t0 = time.perf_counter()
     prior.denoise(x, 0.5)
@@ -39,18 +40,15 @@ def best_time(prior, x: torch.Tensor, precision: str) -> float:
 
 
 def scan_slice(name: str, prior) -> torch.Tensor | None:
-    """The middle slice of the scan in the prior's model units, or None where the scan is not fetched."""
+    """The middle slice of the scan in the prior's model units (as training maps it: ``model_slices``), or None
+    where the scan is not fetched."""
     try:
         vol = read_volume(datasets.path(SCANS[name]))
     except Exception as e:  # noqa: BLE001 - a missing scan skips the error check, it does not stop the timing
         print(f"{name}: no scan for the error check ({e}); run `medrecon data fetch {SCANS[name]}`")
         return None
-    data = np.asarray(vol.data, np.float32)
-    sl = torch.from_numpy(data[data.shape[0] // 2].copy())[None, None]
-    if name.startswith("mri"):  # MR volumes are trained on their 99.5th percentile as 1 (patch.prepare_volumes)
-        sl = sl / float(np.percentile(data, 99.5))
-        return sl
-    return prior.intensity.to_model(sl)
+    slices = model_slices(vol, prior.intensity, MR_PERCENTILE if name.startswith("mri") else None)
+    return slices[len(slices) // 2][None]
 
 
 def main(argv=None) -> dict:
@@ -74,11 +72,11 @@ def main(argv=None) -> dict:
             rec = out["priors"][name] = {"seconds_per_slice": {}, "error_ratio": {}}
             for n in a.sizes:
                 x = 0.3 * torch.randn(1, 1, n, n, generator=g)
-                best_time(prior, x, "fp32")  # warm-up
+                call_time(prior, x, "fp32")  # warm-up
                 times = {"fp32": [], "bf16": []}
                 for _ in range(a.repeats):
                     for p in times:
-                        times[p].append(best_time(prior, x, p))
+                        times[p].append(call_time(prior, x, p))
                 fp32, bf16 = min(times["fp32"]), min(times["bf16"])
                 rec["seconds_per_slice"][n] = {"fp32": fp32, "bf16": bf16, "speed-up": fp32 / bf16}
                 print(f"{name} {n}^2: fp32 {fp32:.3f} s, bf16 {bf16:.3f} s per slice: {fp32 / bf16:.2f}x")

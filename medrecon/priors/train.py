@@ -198,6 +198,7 @@ class _Trainer:
         """``start``: a loaded prior whose weights start the network (else ``opts.init_from``'s, if any)."""
         self.data, self.out, self.opts, self.command = data, out, opts, command
         self.device = resolve_device(opts.device)
+        self.bf16 = opts.amp and bf16_native(self.device)  # the training steps' arithmetic (TrainOptions.amp)
         torch.manual_seed(opts.seed)
         from .loader import load_prior
 
@@ -255,9 +256,7 @@ class _Trainer:
             grp["lr"] = learning_rate(o, self.step)
         x0, cond = self.batch()
         context = x0[:, 1:] if o.context_slices else None  # a 2.5D batch: the slice, then its neighbours
-        arithmetic = bf16_autocast(self.model, self.device.type) if o.amp and bf16_native(self.device) else \
-            nullcontext()
-        with arithmetic:
+        with bf16_autocast(self.model, self.device.type) if self.bf16 else nullcontext():
             loss = self.loss(x0, cond, context).mean()
         self.optim.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,5 +1,5 @@
 """GPU check: whether medrecon's CUDA paths work and how fast they are against the targets below.
-77 s on an H200 with --no-compile (torch.compile adds minutes). Random network weights (speed, not quality).
+Steps 1-4: 77 s on an H200 with --no-compile (torch.compile adds minutes), random network weights (speed, not quality).
 
     python benchmarks/gpu_check.py --out out/gpu_check            # on the GPU machine (needs CUDA)
     python benchmarks/gpu_check.py --device cpu --small --out DIR  # CPU smoke run at small sizes (~1 min)
@@ -16,6 +16,9 @@ Steps, each recorded in DIR/gpu_check.json and summarised in DIR/gpu_check.md:
    projected to 256x256x256 and the full step counts (50 and 2000) as wall * 256 / slices * full / steps.
 4. Cone-beam projector (forward, adjoint) and FDK on 256^3, only where ``astra.use_cuda()`` (ASTRA's 3D calls
    die with SIGFPE without a GPU).
+5. The bundled patch priors' quality under ``solver.precision`` fp32 and auto (bf16 on a GPU that has it), each
+   config's default solver on a held-out phantom at 256x256 (``sparse_view_ct_8`` on 8 CT slices at 1 mm,
+   ``cs_mri_x4``, self-adaptation included, on 8 PD MR slices at 0.9 mm): PSNR per plane and wall time.
 
 Targets (one H100/H200-class GPU), each reported as met / missed (``null`` on a CPU or --small run):
 fast sampler on 256^3 with the DDS-size network <= 2 min; DiffusionMBIR 2000 steps on 256^3 <= 30 min;
@@ -188,6 +191,28 @@ def run_cone(size: int, device: torch.device) -> dict:
     return out
 
 
+def run_bundled(small: bool, device: torch.device) -> dict:
+    """Step 5: each bundled patch prior's config on a held-out phantom, fp32 against auto precision: a row per
+    run and a markdown table per config."""
+    from pipelines.compare import compare_methods, markdown_table
+    from pipelines.phantoms import HELD_OUT_SEEDS, ct_phantom, mr_phantom
+
+    shape = (2, 64, 64) if small else (8, 256, 256)
+    seed = HELD_OUT_SEEDS[0]
+    cases = {"sparse_view_ct_8": ct_phantom(shape, seed=seed, pixel_size_mm=1.0),
+             "cs_mri_x4": mr_phantom(shape, seed=seed, contrast="PD", pixel_size_mm=0.9, slice_thickness_mm=5.0)}
+    common = [f"solver.device={device.type}", "outputs.preview=false"] + \
+        (["solver.steps=3", "solver.self_adapt.steps=2"] if small else [])
+    out = {"rows": [], "tables": []}
+    for config, src in cases.items():
+        methods = {p: {"name": "fast", "precision": p} for p in ("fp32", "auto")}
+        _, results = compare_methods(config, src, methods, common)
+        out["rows"] += [{"config": config, **r.row(), "self_adapt_bf16": (r.self_adapt or {}).get("bf16")}
+                        for r in results]
+        out["tables"].append(markdown_table(results, f"{config}, fp32 against auto precision (phantom {shape})"))
+    return out
+
+
 def run_gpu_tests(timeout_s: int) -> dict:
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider", str(ROOT / "tests")]
     t0 = time.perf_counter()
@@ -235,7 +260,9 @@ def markdown(res: dict) -> str:
                        f"{r['chunk_size']} | {r['wall_s']} | {r['network_s']} | {100 * r['overhead_fraction']:.1f} % "
                        f"| {r['peak_cuda_mib'] or r['peak_rss_mib']} | {proj} |")
         out.append("")
-    out += [f"cone beam: {json.dumps(res.get('cone'))}", "", "| target | limit | value | met |", "|---|---|---|---|"]
+    out += [f"cone beam: {json.dumps(res.get('cone'))}", ""]
+    out += res.get("bundled_precision", {}).get("tables", [])
+    out += ["| target | limit | value | met |", "|---|---|---|---|"]
     out += [f"| {r['target']} | {r['limit']}{r['unit']} | {r['value']} | "
             f"{'n/a' if r['met'] is None else ('yes' if r['met'] else 'NO')} |" for r in res["targets"]]
     if res["errors"]:
@@ -284,6 +311,7 @@ def main(argv=None) -> int:
                               run_sampler(DiffusionMBIR, priors["ncsnpp"], size, slices, steps["mbir"], device,
                                           variant)])
     step("cone", lambda: run_cone(64 if args.small else 256, device))
+    step("bundled_precision", lambda: run_bundled(args.small, device))
     res["targets"] = judge(res, judged=device.type == "cuda" and not args.small)
     res["seconds"] = round(time.perf_counter() - t_start, 1)
     (args.out / "gpu_check.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -231,8 +231,8 @@ class Problem:
     def _self_adapted_prior(self, s, steps: int, first: torch.Tensor, progress: bool) -> Denoiser:
         """A copy of the prior fine-tuned on the first result (physical units, as ``medrecon train`` reads a
         volume; complex images: the magnitude, which beat their real and imaginary parts on measured k-space,
-        RESULTS.md), recorded in ``info["self_adapt"]`` (with the first result's scores where there is a reference);
-        ``adapted`` keeps the first result and the copy."""
+        RESULTS.md; in fp32 where ``solver.precision`` is fp32), recorded in ``info["self_adapt"]`` (with the first
+        result's scores where there is a reference); ``adapted`` keeps the first result and the copy."""
         from medrecon.priors.patch import prepare_volumes
 
         first_vol = self.to_volume(self.zero_unseen(first), description="medrecon first pass")
@@ -241,7 +241,8 @@ class Problem:
                                modality=self.config.modality)
         a = s.self_adapt
         prior, record = adapt_prior(self.prior, data, steps, ema_decay=a.ema_decay, lr=a.lr, seed=s.seed,
-                                    device=self.device, progress=progress)
+                                    device=self.device, amp=resolve_precision(s.precision, self.device) != "fp32",
+                                    progress=progress)
         if self.reference is not None:
             record["first_pass_scores"] = self.score(first_vol)
         self.info["self_adapt"] = record

@@ -45,3 +45,8 @@ def test_gpu_check_small_on_cpu(tmp_path):
     assert "skipped" in res["cone"] and len(res["targets"]) == 4
     assert all(t["met"] is None for t in res["targets"])  # not judged on a CPU run
     assert "| network (ms/slice) | fp32 | bf16 |" in (tmp_path / "gpu_check.md").read_text()
+    rows = res["bundled_precision"]["rows"]  # step 5: each config at fp32 and auto, scored against its phantom
+    assert [(r["config"], r["method"]) for r in rows] == [(c, p) for c in ("sparse_view_ct_8", "cs_mri_x4")
+                                                          for p in ("fp32", "auto")]
+    assert all(r["psnr_axial"] > 15 for r in rows)  # 3 steps on 64x64 phantoms: 21-30 dB measured, far above noise
+    assert [r["self_adapt_bf16"] for r in rows][::2] == [False, False]  # fp32 adapts in fp32

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from medrecon.device import bf16_native
 from medrecon.errors import InputError
 from medrecon.io import read_volume, write_nifti
 from medrecon.priors.patch import prepare_volumes
@@ -34,6 +35,8 @@ def test_adapt_prior_fine_tunes_a_copy_and_leaves_the_prior_as_it_was():
     assert (record["steps"], record["lr"], record["n_slices"]) == (3, 1e-3, 2)
     assert adapted.card["training"]["self_adaptation"] == record
     assert adapted.pixel_spacing_mm_range == prior.pixel_spacing_mm_range  # the copy keeps the prior's domain
+    assert record["bf16"] == bf16_native(torch.device("cpu"))  # the card's amp: bf16 where the CPU has it
+    assert adapt_prior(prior, data, 1, amp=False)[1]["bf16"] is False  # solver.precision=fp32 trains in fp32
 
 
 def test_adapt_prior_refuses_a_prior_without_a_patch_training_record():
@@ -78,13 +81,14 @@ def test_self_adapted_reconstruction_reports_both_passes_and_keeps_the_adapted_p
     the result by a few tenths, not by a dB. The saved prior reproduces the second pass to float32 precision."""
     src = tmp_path / "mr.nii.gz"
     write_nifti(_mr_volume((3, 64, 64)), src)
-    common = ["solver.steps=6", "outputs.preview=false"]
+    common = ["solver.steps=6", "outputs.preview=false", "solver.precision=fp32"]
     run = tasks.reconstruct("cs_mri_x4", src, tmp_path / "out", common + ["solver.self_adapt.steps=10"])
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     sa = rep["self_adapt"]
     first, second = sa["first_pass_scores"]["psnr"]["axial"], rep["vs_reference"]["psnr"]["axial"]
     assert first > 32 and second > 32 and abs(second - first) < 1.0
     assert (sa["steps"], sa["ema_decay"], sa["from"]) == (10, 0.99, "mri_patch")
+    assert rep["precision"] == "fp32" and sa["bf16"] is False  # fp32 inference: the adaptation trains in fp32 too
     assert {"self_adapt/first_pass.nii.gz", "self_adapt/prior/"} <= set(rep["files"])
     page = json.loads((tmp_path / "out" / "index_files" / "summary.json").read_text())
     assert page["methods"] == ["reference", "first pass (before self-adaptation)", "reconstruction"]

@@ -588,21 +588,22 @@ def adaptation_options(prior: Denoiser, **changes) -> TrainOptions:
 
 
 def adapt_prior(prior: Denoiser, data, steps: int, *, ema_decay: float = 0.99, lr: float | None = None,
-                seed: int = 0, device="cpu", progress: bool = False) -> tuple[Denoiser, dict]:
+                seed: int = 0, device="cpu", amp: bool = True, progress: bool = False) -> tuple[Denoiser, dict]:
     """Self-adaptation: fine-tune a copy of a patch ``prior`` on ``data`` (a PatchData, e.g. the scan's own
     first reconstruction) for ``steps`` steps with the options its card records (``training.options``), EMA
-    ``ema_decay`` and its learning rate unless ``lr`` is given. ``prior`` is not changed. Returns the adapted
-    copy (its card records the adaptation) and that record."""
+    ``ema_decay`` and its learning rate unless ``lr`` is given; ``amp=False`` trains in fp32 (else bf16 where the
+    device has it, ``TrainOptions.amp``). ``prior`` is not changed. Returns the adapted copy (its card records the
+    adaptation) and that record."""
     from tqdm.auto import tqdm
 
     opts = adaptation_options(prior, steps=int(steps), ema_decay=float(ema_decay), seed=int(seed), device=str(device),
-                              **({"lr": float(lr)} if lr else {}))
+                              amp=bool(amp), **({"lr": float(lr)} if lr else {}))
     tr = _PatchTrainer(data, Path(prior.name), opts, None, start=prior)
     for _ in tqdm(range(opts.steps), disable=not progress, desc="self-adapt", unit="it"):
         tr.timed_step("lower solver.self_adapt.lr")
     record = {"from": prior.name, "from_sha256": getattr(prior, "sha256", None), "steps": opts.steps,
               "ema_decay": opts.ema_decay, "lr": opts.lr, "batch_size": opts.batch_size, "seed": opts.seed,
-              "n_slices": data.n_slices, "final_loss": round(float(np.mean(tr.recent)), 5) if tr.recent else None,
+              "n_slices": data.n_slices, "bf16": tr.bf16, "final_loss": round(float(np.mean(tr.recent)), 5) if tr.recent else None,
               "seconds": round(tr.seconds, 1)}
     adapted = copy.deepcopy(prior)
     adapted.network.load_state_dict(tr.ema.state_dict())

@@ -32,10 +32,12 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
 
 
 def bf16_native(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 convolutions natively: a CUDA GPU that supports bf16, or a CPU with
-    AVX512-BF16 or AMX (oneDNN's check). Elsewhere bf16 is emulated and slower than fp32."""
+    """Whether ``device`` computes bfloat16 convolutions natively: a CUDA GPU of compute capability 8 or later
+    (Ampere on; ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only emulated, e.g. a V100 or T4),
+    an AMD GPU, or a CPU with AVX512-BF16 or AMX (oneDNN's check). Elsewhere bf16 is slower than fp32."""
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and (bool(torch.version.hip)
+                                              or torch.cuda.get_device_properties(device).major >= 8)
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 

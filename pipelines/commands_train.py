@@ -156,7 +156,7 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's)."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast where the device has native bf16 (a GPU, or a CPU with AVX512-BF16/AMX)."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast where the device has native bf16 (an Ampere or later GPU, or a CPU with AVX512-BF16/AMX)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/checkpoints/state.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prior in OUTPUT."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),

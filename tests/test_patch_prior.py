@@ -75,6 +75,18 @@ def test_precision_auto_is_bf16_only_where_the_device_has_it():
         resolve_precision("half", cpu)
 
 
+def test_precision_auto_on_cuda_is_bf16_from_ampere_on_not_where_bf16_is_emulated(monkeypatch):
+    """A V100 (7.0) or T4 (7.5) emulates bf16 (slower than fp32), though torch.cuda.is_bf16_supported() says yes."""
+    import types
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    cuda = torch.device("cuda", 1)
+    for major, expected in ((7, "fp32"), (8, "bf16"), (9, "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            lambda d, major=major: types.SimpleNamespace(major=major) if d == cuda else None)
+        assert resolve_precision("auto", cuda) == expected
+
+
 def test_training_steps_run_in_bf16_where_the_cpu_has_it_and_in_fp32_without_amp(tmp_path):
     """TrainOptions.amp: training steps under bf16 autocast where the device has native bf16 (else fp32, as with
     amp off). From the same seed the first step's loss then moves by bf16 rounding only: the estimate by a few per

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from medrecon.device import bf16_native
 from medrecon.errors import InputError
 from medrecon.priors import load_prior, read_model_card
 from medrecon.priors.train import TrainOptions, heldout_loss, learning_rate, train_prior
@@ -161,6 +162,8 @@ def test_cli_train_writes_a_loadable_prior(tmp_path):
     assert "--steps 6" in cmd and "--hu-window -1000.0 1000.0" in cmd
     assert card["pixel_spacing_mm"] == [1.0, 1.0]  # 20 px crop at 0.8 mm resized to 16 px
     assert card["training"]["data"]["n_volumes"] == 2 and card["training"]["steps"] == 6
+    # --amp is the default: the card says bf16 where this CPU computes it natively (and ran it), else none
+    assert card["training"]["mixed_precision"] == ("bf16" if bf16_native(torch.device("cpu")) else "none")
     assert (out / "samples" / "step_0000006.png").is_file()
     assert prior.denoise(torch.zeros(2, 1, 16, 16), torch.ones(2)).shape == (2, 1, 16, 16)
     assert main(["train", "--data", str(tmp_path / "missing"), "--output", str(out)]) == 2  # clear error, no traceback

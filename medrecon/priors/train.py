@@ -297,7 +297,7 @@ class _Trainer:
                     "final_loss": round(float(np.mean(self.recent)), 5) if self.recent else None,
                     "final_loss_note": "mean EDM-weighted training loss over the last 100 steps",
                     "seconds": round(self.seconds, 1), "device": str(self.device),
-                    "mixed_precision": "bf16" if o.amp and self.device.type == "cuda" else "none",
+                    "mixed_precision": "bf16" if self.bf16 else "none",
                     "options": asdict(o), "versions": _versions()}
         if heldout:
             training["heldout"] = heldout

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from medrecon.device import reset_cuda_peak
 from medrecon.priors import VEScorePrior, VESchedule, VPEpsPrior, VPSchedule
 from medrecon.priors.adm import ADMUNet, adm_config
 from medrecon.priors.ncsnpp import NCSNpp, ncsnpp_config
@@ -150,7 +151,7 @@ def run_sampler(cls, prior, size: int, slices: int, steps: int, device: torch.de
         solver.chunk_size = chunk
         prior.network.seconds = prior.network.calls = 0
         if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+            reset_cuda_peak(device)
         sync(device)
         t0 = time.perf_counter()
         solver.run()
@@ -160,7 +161,7 @@ def run_sampler(cls, prior, size: int, slices: int, steps: int, device: torch.de
     finally:
         prior.network = net.to(memory_format=torch.contiguous_format)
     name = cls.__name__
-    mem = peak_memory()
+    mem = peak_memory(device)
     projected = wall * PROJECT_SLICES / slices * FULL_STEPS[name] / steps
     return {"sampler": name, "prior": prior.name, "precision": variant, "slices": slices, "size": size,
             "steps": steps, "nfe_per_slice": solver.nfe, "chunk_size": chunk,

@@ -51,4 +51,28 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
-__all__ = ["bf16_native", "resolve_device", "resolve_precision"]
+#: per CUDA device index: the peak allocation before a measurement restarted the counter (``reset_cuda_peak``)
+_carried_peak: dict[int, int] = {}
+
+
+def _cuda_index(device) -> int:
+    d = torch.device(device)
+    return torch.cuda.current_device() if d.index is None else d.index
+
+
+def reset_cuda_peak(device, carry: bool = False) -> None:
+    """Restart ``device``'s CUDA peak-allocation counter (the start of a run to measure). ``carry``: for a
+    measurement inside such a run that needs the counter to itself (``auto_chunk_size``'s trial): the run's peak
+    so far still counts in ``cuda_peak_bytes``."""
+    i = _cuda_index(device)
+    _carried_peak[i] = max(_carried_peak.get(i, 0), torch.cuda.max_memory_allocated(i)) if carry else 0
+    torch.cuda.reset_peak_memory_stats(i)
+
+
+def cuda_peak_bytes(device) -> int:
+    """Peak CUDA allocation on ``device`` since its last ``reset_cuda_peak`` without ``carry`` (or the start)."""
+    i = _cuda_index(device)
+    return max(torch.cuda.max_memory_allocated(i), _carried_peak.get(i, 0))
+
+
+__all__ = ["bf16_native", "cuda_peak_bytes", "reset_cuda_peak", "resolve_device", "resolve_precision"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from medrecon.device import cuda_peak_bytes, reset_cuda_peak
 from medrecon.metrics import AXES, flat_metrics
 from medrecon.volume import Volume
 
@@ -45,7 +46,7 @@ class PeakMemory:
 
     def __enter__(self):
         if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+            reset_cuda_peak(self.device)
         self._base = self._peak = self._rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -57,7 +58,7 @@ class PeakMemory:
         self._thread.join()
         self.cpu_mib = max(self._peak, self._rss()) - self._base
         if self.device.type == "cuda":
-            self.cuda_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.cuda_mib = cuda_peak_bytes(self.device) / 2**20
 
 
 @dataclass

@@ -47,16 +47,18 @@ def atomic_output(output, overwrite: bool, protect=(), marker: dict | None = Non
     return atomic_path(Path(output), overwrite, protect=protect, marker=marker)
 
 
-def peak_memory() -> dict:
-    """Peak resident memory of this process (getrusage maxrss) and peak CUDA allocation, in MiB."""
+def peak_memory(device=None) -> dict:
+    """Peak resident memory of this process (getrusage maxrss) and peak CUDA allocation on ``device`` (default:
+    the current CUDA device) since its last ``medrecon.device.reset_cuda_peak``, in MiB."""
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     if sys.platform == "darwin":
         rss_kib /= 1024  # bytes there
     out = {"rss_mib": round(rss_kib / 1024, 1), "cuda_mib": None}
     try:
         import torch
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            out["cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+        from medrecon.device import cuda_peak_bytes
+        if torch.cuda.is_available() and torch.cuda.is_initialized() and (device is None or device.type == "cuda"):
+            out["cuda_mib"] = round(cuda_peak_bytes(device or "cuda") / 2 ** 20, 1)
     except Exception:  # noqa: BLE001 - memory figures are informative only
         pass
     return out

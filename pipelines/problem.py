@@ -86,12 +86,15 @@ class Problem:
     def build(cls, cfg: Config, input, *, series: str | None = None, prior: Denoiser | None = None,
               load_prior: bool = True, resample: bool = False) -> "Problem":
         """From a volume (simulated first), a measurements file, a Volume or a Measurement.
-        ``prior``: an already loaded prior (else loaded from the config when its solver needs one).
+        ``prior``: an already loaded prior, moved to the config's device (else loaded from the config when its
+        solver needs one).
         ``resample``: allow resampling the input onto the prior's grid or pixel-size range (else a mismatch is
         an error that says what disagrees); every resampling is recorded in ``info["grid"]``."""
         device = resolve_device(cfg.solver.device)
         if prior is None and load_prior and cfg.needs_prior:
             prior = configured_prior(cfg, device)
+        elif prior is not None:  # one loaded elsewhere (on the CPU, say): run where we run
+            prior = prior.to(device)
         imap = prior.intensity if prior is not None and prior.intensity is not None else \
             IntensityMap(**cfg.intensity.model_dump())
         reference = source = None

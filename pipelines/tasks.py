@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from medrecon.device import reset_cuda_peak, resolve_device
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
 from medrecon.metrics import per_axis_metrics
@@ -76,6 +77,9 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         raise InputError(f"input not found: {inp} (give a DICOM folder, a NIfTI file or a measurements file)")
     if out.exists() and not overwrite:
         raise InputError(f"output exists: {out} (use --overwrite to replace it)")
+    device = resolve_device(cfg.solver.device)
+    if device.type == "cuda":
+        reset_cuda_peak(device)  # report.json's peak is this series', not the process's (a batch worker runs many)
     t = Timings()
     with t("setup"):
         src = inp if is_measurement_file(inp) else read_volume(inp, series=series, resample_nonuniform=resample)
@@ -120,7 +124,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          self_adapt=problem.info.get("self_adapt"),
                          vs_reference=scores_against_reference(problem, recon), files=files)
         rep["timings_s"] = t.as_dict()
-        rep["peak_memory"] = peak_memory()
+        rep["peak_memory"] = peak_memory(problem.device)
         write_json(tmp / "report.json", rep)
         write_series_page(tmp, title=f"{out.name}: {cfg.task} {cfg.solver.name}")
     return RunResult(out, recon, rep)

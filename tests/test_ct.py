@@ -274,3 +274,20 @@ def test_capped_poisson_weights_down_weight_only_rays_darker_than_a_typical_obje
     assert float(w.mean()) == pytest.approx(1.0, rel=1e-12)
     ref = 3.0  # median of the object rays (line > 5 % of the maximum; torch takes the lower middle value)
     assert torch.allclose(w / w[0], torch.exp(-(line - ref)).clamp(max=1.0))
+
+
+def test_system_matrix_cache_keeps_the_ones_used_last(monkeypatch):
+    """A batch of series of many sizes must not pile matrices (and their GPU copies) up: the cache keeps
+    MAX_CACHED_MATRICES, dropping the one used longest ago; one used again stays."""
+    from operators.ct import projector as proj
+
+    monkeypatch.setattr(proj, "_MATRICES", proj.OrderedDict())
+    monkeypatch.setattr(proj, "MAX_CACHED_MATRICES", 3)
+    geoms = [ParallelBeamGeometry.sparse_view(n, 4) for n in (8, 10, 12, 14)]
+    first = proj.system_matrix(geoms[0])
+    proj.system_matrix(geoms[1])
+    proj.system_matrix(geoms[2])
+    assert proj.system_matrix(geoms[0]) is first  # used again: now the newest
+    proj.system_matrix(geoms[3])                   # evicts geoms[1], the one used longest ago
+    assert [k[0] for k in proj._MATRICES] == [geoms[2], geoms[0], geoms[3]]
+    assert proj.system_matrix(geoms[0]) is first

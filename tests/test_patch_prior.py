@@ -75,6 +75,31 @@ def test_precision_auto_is_bf16_only_where_the_device_has_it():
         resolve_precision("half", cpu)
 
 
+def test_score_models_run_in_the_precision_asked_for_as_denoisers_do():
+    """DiffusionMBIR and the Langevin corrector call ``score`` (a VE score network, NCSN++), not ``denoise``: it
+    must run under the same arithmetic, with its first convolution fp32 and the result returned in fp32."""
+    from medrecon.priors import VEScorePrior, VESchedule
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv_in, self.conv_out = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 1, 3, padding=1)
+            self.seen = []
+
+        def forward(self, x, sigma):
+            h = self.conv_in(x)
+            out = self.conv_out(h)
+            self.seen.append((h.dtype, out.dtype))
+            return out
+
+    prior = VEScorePrior(Net(), {"name": "tiny"}, VESchedule(0.01, 50.0, 100), None, 8)
+    x = torch.randn(2, 1, 8, 8)
+    for precision, inner in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        prior.precision = precision
+        assert prior.score(x, torch.ones(2)).dtype == torch.float32
+        assert prior.network.seen[-1] == (torch.float32, inner)  # conv_in fp32 either way
+
+
 def test_precision_auto_on_cuda_is_bf16_from_ampere_on_not_where_bf16_is_emulated(monkeypatch):
     """A V100 (7.0) or T4 (7.5) emulates bf16 (slower than fp32), though torch.cuda.is_bf16_supported() says yes."""
     import types

@@ -620,3 +620,46 @@ def test_linear_reconstructions_do_not_depend_on_the_intensity_maps_offset(ct_ni
         problem = Problem.build(cfg, vol, prior=prior, resample=True)
         runs.append(problem.to_volume(problem.solve().x).data)
     assert np.abs(runs[1] - runs[0]).max() <= 1e-4 * (hi - lo)  # float32 FBP / FFT of data scaled by 2
+
+
+@pytest.mark.gpu
+def test_a_prior_loaded_on_the_cpu_runs_on_the_gpu_and_the_chunk_trial_changes_nothing():
+    """``Problem.build`` moves a prior it is given to the config's device (the demo loads its prior on the CPU),
+    and on CUDA the automatic chunk size (a trial forward through the patch prior) leaves the result as the same
+    chunk size set by hand gives it: the tile shifts are reseeded after the trial. Tolerance: cuDNN may pick
+    other convolution algorithms between calls, a few 1e-6 relative in model units, far below 0.5 HU."""
+    from pipelines.compare import compare_methods
+    from pipelines.prior_cards import load_prior_for
+
+    prior = load_prior_for("bundled:ct_patch")
+    assert prior.device.type == "cpu"
+    src = ct_phantom((2, 64, 64), seed=1001, pixel_size_mm=1.0)
+    methods = {"auto": {"name": "fast"}, "by hand": {"name": "fast", "chunk_size": 2}}
+    _, (auto, by_hand) = compare_methods("sparse_view_ct_8", src, methods, prior=prior,
+                                         common=["solver.device=cuda", "solver.steps=3", "solver.precision=fp32"])
+    assert prior.device.type == "cuda" and auto.peak_cuda_mib > 0
+    assert auto.nfe_per_slice == by_hand.nfe_per_slice
+    np.testing.assert_allclose(auto.volume.data, by_hand.volume.data, atol=0.5)
+
+
+def test_the_automatic_chunk_size_trial_leaves_the_patch_prior_tile_shifts_as_they_were(monkeypatch):
+    """On CUDA ``auto_chunk_size`` runs one trial denoising, which draws a tile offset of the patch prior; the
+    sampler reseeds the prior after it, so the result is the one a chunk size set by hand gives. Here on the CPU
+    with the CUDA branch's trial stood in (the GPU test above runs the real one); tile shifts move a 3-step
+    result by far more than the 1e-4 HU allowed (same arithmetic, same order: bit-identical expected)."""
+    from medrecon.solvers import diffusion
+    from pipelines.compare import compare_methods
+    from pipelines.prior_cards import load_prior_for
+
+    def trial_like_cuda(prior, hw, device, **kw):
+        prior.denoise(torch.zeros(2, 1, *hw), prior.schedule.sigma_max)
+        return 2
+    monkeypatch.setattr(diffusion, "auto_chunk_size", trial_like_cuda)
+    src = ct_phantom((2, 48, 48), seed=1001, pixel_size_mm=1.0)
+    methods = {"auto": {"name": "fast"}, "by hand": {"name": "fast", "chunk_size": 2},
+               "other shifts": {"name": "fast", "chunk_size": 2, "seed": 1}}
+    _, (auto, by_hand, other) = compare_methods("sparse_view_ct_8", src, methods,
+                                                prior=load_prior_for("bundled:ct_patch"),
+                                                common=["solver.steps=3", "solver.precision=fp32"])
+    np.testing.assert_allclose(auto.volume.data, by_hand.volume.data, atol=1e-4)
+    assert np.abs(other.volume.data - by_hand.volume.data).max() > 1.0  # the seed (tile shifts, noise) matters

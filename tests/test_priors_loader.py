@@ -177,3 +177,25 @@ def test_device_names_are_resolved_with_clear_errors(monkeypatch):
             resolve_device(name)
     with pytest.raises(InputError, match="CUDA is not available"):
         load_prior(ADM / "tiny_checkpoint.pt", card={"image_size": 32}, device="cuda")
+
+
+def test_cuda_peak_survives_the_chunk_trial_reset_and_is_per_device(monkeypatch):
+    """``auto_chunk_size`` restarts the CUDA peak counter for its trial (carry=True): the run's peak so far must
+    still be reported; a plain reset (the start of a series) forgets it. Counters simulated per device index."""
+    from medrecon import device as dev
+
+    peak = {0: 0, 1: 0}
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda i: peak[i])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda i: peak.__setitem__(i, 0))
+    monkeypatch.setattr(dev, "_carried_peak", {})
+    cuda1 = torch.device("cuda", 1)
+    dev.reset_cuda_peak(cuda1)
+    peak[1] = 900                          # the warm start, say
+    dev.reset_cuda_peak(cuda1, carry=True)  # the chunk trial
+    peak[1] = 300
+    peak[0] = 5000                         # another GPU's work does not count
+    assert dev.cuda_peak_bytes(cuda1) == 900
+    peak[1] = 1200
+    assert dev.cuda_peak_bytes(cuda1) == 1200
+    dev.reset_cuda_peak(cuda1)              # the next series
+    assert dev.cuda_peak_bytes(cuda1) == 0

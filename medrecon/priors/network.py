@@ -73,10 +73,13 @@ class NetworkPrior(Denoiser):
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
+    def arithmetic(self):
+        """The context every network call runs in: bf16 autocast where ``precision`` is bf16, else none."""
+        return bf16_autocast(self.network, self.device.type) if self.precision == "bf16" else nullcontext()
+
     def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         dev, dt = self.device, next(self.network.parameters()).dtype
-        arithmetic = bf16_autocast(self.network, dev.type) if self.precision == "bf16" else nullcontext()
-        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad), arithmetic:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad), self.arithmetic():
             out = self._denoise_native(x.to(dev, dt), sigma.to(dev, dt))
         return out.to(x.device, x.dtype)
 
@@ -118,8 +121,9 @@ class VEScorePrior(NetworkPrior):
         sigma = self._checked(x, sigma)
         self.nfe += x.shape[0]
         dev, dt = self.device, next(self.network.parameters()).dtype
-        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
-            return self.network(x.to(dev, dt), sigma.to(dev, dt)).to(x.device, x.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad), self.arithmetic():
+            out = self.network(x.to(dev, dt), sigma.to(dev, dt))
+        return out.to(x.device, x.dtype)
 
     def _denoise_native(self, x, sigma):
         return x + _bcast(sigma) ** 2 * self.network(x, sigma)

@@ -25,6 +25,7 @@ seed. No solver ever takes the ground truth.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..device import reset_cuda_peak
 from ..linop import FiniteDifference, LinearOperator
 from ..priors.base import Denoiser, stack_indices
 from .admm import ADMMState, ADMMTV, axis_weights
@@ -79,18 +81,26 @@ class SamplerState:
 
 
 def auto_chunk_size(prior: Denoiser, hw: Sequence[int], device: torch.device, cpu_default: int = 8,
-                    fraction: float = 0.8) -> int:
+                    fraction: float = 0.8, grad: bool = False) -> int:
     """Slices per network call. CPU: ``cpu_default``. CUDA: ``fraction`` of the free memory divided by the
     per-slice activation cost measured with one trial forward of two slices (call it after the volume
-    state is allocated: the state is then already out of the free memory)."""
+    state is allocated: the state is then already out of the free memory), and its backward pass with ``grad``
+    (guided samplers keep a chunk's graph). The trial counts in neither the prior's ``nfe`` nor the run's
+    CUDA peak; a patch prior's tile shifts are reseeded after it (``init_state``)."""
     if device.type != "cuda":
         return cpu_default
-    trial = 2
+    trial, nfe = 2, prior.nfe
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    prior.denoise(torch.zeros(trial, 1, *hw, device=device), prior.schedule.sigma_max)
+    reset_cuda_peak(device, carry=True)
+    with torch.enable_grad() if grad else nullcontext():
+        x = torch.zeros(trial, 1, *hw, device=device, requires_grad=grad)
+        out = prior.denoise(x, prior.schedule.sigma_max)
+        if grad:
+            torch.autograd.grad(out, x, torch.ones_like(out))
+    del x, out
     torch.cuda.synchronize(device)
+    prior.nfe = nfe
     per_slice = max((torch.cuda.max_memory_allocated(device) - base) / trial, 1.0)
     free, _ = torch.cuda.mem_get_info(device)
     free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
@@ -205,16 +215,17 @@ class DiffusionSolver:
         depend on what ran before it in the process (another method, the previous study of a batch)."""
         seed = self.seed if seed is None else int(seed)
         g = torch.Generator(device=self.device).manual_seed(seed)
-        if hasattr(self.prior, "reseed"):
-            self.prior.reseed(seed)
         x = self.noise(g).mul_(float(self.sigmas[0]))
         start = torch.zeros_like(x) if x_init is None else x_init.to(x)
         if tuple(start.shape) != self.shape:
             raise ValueError(f"x_init has shape {tuple(start.shape)}, expected {self.shape}")
         x += start
         admm = self.dc.init_state(start)  # z from the start's differences, not the noise's
-        chunk = self.chunk_size or max(1, auto_chunk_size(self.prior, self.shape[1:], self.device)
+        chunk = self.chunk_size or max(1, auto_chunk_size(self.prior, self.shape[1:], self.device,
+                                                          grad=getattr(self, "guided", False))
                                        // (2 if self.is_complex else 1))
+        if hasattr(self.prior, "reseed"):  # after the chunk trial: a run does not depend on whether it had one
+            self.prior.reseed(seed)
         return SamplerState(x, admm, g, min(chunk, self.shape[0]))
 
     def noise(self, g: torch.Generator, n: int | None = None) -> torch.Tensor:

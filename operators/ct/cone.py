@@ -24,6 +24,19 @@ def _require_cuda(what: str):
                             "parallel/fan geometry")
 
 
+_astra_gpu = [0]  # the GPU ASTRA's 3D calls run on (its default, 0, until _on_gpu_of changes it)
+
+
+def _on_gpu_of(t: torch.Tensor) -> int:
+    """Point ASTRA's 3D calls at ``t``'s GPU (they use a process-wide GPU index, not the tensor's device: data
+    on cuda:1 handed to kernels running on GPU 0 fail). Returns the index."""
+    idx = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    if idx != _astra_gpu[0]:  # only then: a one-GPU machine never changes ASTRA's default
+        astra.set_gpu_index(idx)
+        _astra_gpu[0] = idx
+    return idx
+
+
 def _astra_array(t: torch.Tensor) -> torch.Tensor:
     """A contiguous float32 tensor ASTRA can read through DLPack (GPU tensors stay on the GPU)."""
     return t.detach().to(torch.float32).contiguous()
@@ -55,7 +68,10 @@ class ConeProjector(LinearOperator):
     def _run(self, t, out_shape, forward: bool):
         batch = t.shape[: t.ndim - (len(self.in_shape) if forward else len(self.out_shape))]
         src = _astra_array(t).reshape(-1, *t.shape[len(batch):])
-        dst = torch.empty(src.shape[0], *out_shape, dtype=torch.float32, device=t.device)
+        if src.is_cuda:
+            _on_gpu_of(src)
+        # zeros, not empty: should ASTRA fail without raising, the result is zero rather than stale memory
+        dst = torch.zeros(src.shape[0], *out_shape, dtype=torch.float32, device=t.device)
         for k in range(src.shape[0]):
             if forward:
                 astra.experimental.direct_FP3D(self._pid, src[k], dst[k])
@@ -87,7 +103,8 @@ def fdk(projections, geometry: ConeBeamGeometry, short_scan: bool | None = None)
     pid = astra.data3d.link("-proj3d", proj, src)
     vid = astra.data3d.link("-vol", vol, out)
     cfg = astra.astra_dict("FDK_CUDA")
-    cfg.update(ProjectionDataId=pid, ReconstructionDataId=vid, option={"ShortScan": bool(short_scan)})
+    option = {"ShortScan": bool(short_scan), **({"GPUindex": _on_gpu_of(src)} if src.is_cuda else {})}
+    cfg.update(ProjectionDataId=pid, ReconstructionDataId=vid, option=option)
     aid = astra.algorithm.create(cfg)
     try:
         astra.algorithm.run(aid)

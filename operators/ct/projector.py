@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import OrderedDict
 
 import astra
 import numpy as np
@@ -98,11 +99,14 @@ class SystemMatrix:
         return out
 
 
-_MATRICES: dict = {}
+_MATRICES: OrderedDict = OrderedDict()
+#: system matrices kept (with their device copies): a batch of series of several sizes must not fill the GPU
+MAX_CACHED_MATRICES = 8
 
 
 def system_matrix(geometry, projector: str | None = None) -> SystemMatrix:
-    """The cached system matrix of a 2D geometry (built once per geometry and projector type)."""
+    """The cached system matrix of a 2D geometry (built once per geometry and projector type; the
+    ``MAX_CACHED_MATRICES`` used last are kept)."""
     projector = projector or DEFAULT_PROJECTOR[geometry.type]
     if projector not in _PROJECTORS.get(geometry.type, ()):
         raise InputError(f"projector {projector!r} does not fit a {geometry.type} geometry; "
@@ -110,6 +114,9 @@ def system_matrix(geometry, projector: str | None = None) -> SystemMatrix:
     key = (geometry, projector)
     if key not in _MATRICES:
         _MATRICES[key] = SystemMatrix(geometry, projector)
+        while len(_MATRICES) > MAX_CACHED_MATRICES:
+            _MATRICES.popitem(last=False)
+    _MATRICES.move_to_end(key)
     return _MATRICES[key]
 
 

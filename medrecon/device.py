@@ -41,13 +41,13 @@ def bf16_native(device: torch.device) -> bool:
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """The network arithmetic for a user's choice: 'fp32', 'bf16', or 'auto' (bf16 where ``device`` has it
-    natively, else fp32)."""
+def resolve_precision(name: str, device: torch.device, measured: bool = True) -> str:
+    """The network arithmetic for a user's choice: 'fp32', 'bf16', or 'auto': bf16 where ``device`` has it
+    natively and the prior's quality in bf16 was ``measured`` (``Denoiser.bf16_measured``), else fp32."""
     if name not in ("auto", "fp32", "bf16"):
         raise InputError(f"precision {name!r}: expected auto, fp32 or bf16")
     if name == "auto":
-        return "bf16" if bf16_native(device) else "fp32"
+        return "bf16" if measured and bf16_native(device) else "fp32"
     return name
 
 

@@ -244,7 +244,7 @@ class Problem:
                                modality=self.config.modality)
         a = s.self_adapt
         prior, record = adapt_prior(self.prior, data, steps, ema_decay=a.ema_decay, lr=a.lr, seed=s.seed,
-                                    device=self.device, amp=resolve_precision(s.precision, self.device) != "fp32",
+                                    device=self.device, amp=self.info["precision"] != "fp32",
                                     progress=progress)
         if self.reference is not None:
             record["first_pass_scores"] = self.score(first_vol)
@@ -270,7 +270,8 @@ class Problem:
         if self.complex_images and s.name in GUIDED:
             raise InputError(f"solver {s.name} works on real images; use fast or diffusion_mbir for measured "
                              f"k-space, or set mri.image=real")
-        self.prior.precision = self.info["precision"] = resolve_precision(s.precision, self.device)
+        self.prior.precision = self.info["precision"] = resolve_precision(s.precision, self.device,
+                                                                          self.prior.bf16_measured)
         try:  # the sampler checks its arguments (e.g. end_sigma below the start) before the warm start's work
             solver = SOLVERS[s.name].sampler(
                 self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, lam_xy=lam_xy, n_cg=s.n_cg,

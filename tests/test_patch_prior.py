@@ -69,6 +69,9 @@ def test_precision_auto_is_bf16_only_where_the_device_has_it():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bf16" if bf16_native(cpu) else "fp32")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    # a prior whose bf16 quality nobody measured (the public NCSN++ / ADM checkpoints) stays fp32 under auto
+    assert resolve_precision("auto", cpu, measured=False) == "fp32"
+    assert resolve_precision("bf16", cpu, measured=False) == "bf16"  # asked for by name: as asked
     if not torch.cuda.is_available():  # a device without bf16 (no CUDA here): auto falls back to fp32
         assert resolve_precision("auto", torch.device("cuda")) == "fp32"
     with pytest.raises(InputError, match="precision 'half'"):
@@ -77,19 +80,22 @@ def test_precision_auto_is_bf16_only_where_the_device_has_it():
 
 def test_score_models_run_in_the_precision_asked_for_as_denoisers_do():
     """DiffusionMBIR and the Langevin corrector call ``score`` (a VE score network, NCSN++), not ``denoise``: it
-    must run under the same arithmetic, with its first convolution fp32 and the result returned in fp32."""
+    must run under the same arithmetic, with the convolutions that read the image (the input one and, as in
+    NCSN++'s input pyramid, any other with as many input channels) in fp32 and the result returned in fp32."""
     from medrecon.priors import VEScorePrior, VESchedule
 
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.conv_in, self.conv_out = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 1, 3, padding=1)
+            self.pyramid = torch.nn.Conv2d(1, 4, 3, stride=2, padding=1)
             self.seen = []
 
         def forward(self, x, sigma):
             h = self.conv_in(x)
-            out = self.conv_out(h)
-            self.seen.append((h.dtype, out.dtype))
+            p = self.pyramid(x)
+            out = self.conv_out(h + torch.nn.functional.interpolate(p, scale_factor=2.0))
+            self.seen.append((h.dtype, p.dtype, out.dtype))
             return out
 
     prior = VEScorePrior(Net(), {"name": "tiny"}, VESchedule(0.01, 50.0, 100), None, 8)
@@ -97,7 +103,7 @@ def test_score_models_run_in_the_precision_asked_for_as_denoisers_do():
     for precision, inner in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         prior.precision = precision
         assert prior.score(x, torch.ones(2)).dtype == torch.float32
-        assert prior.network.seen[-1] == (torch.float32, inner)  # conv_in fp32 either way
+        assert prior.network.seen[-1] == (torch.float32, torch.float32, inner)  # the image's convolutions fp32
 
 
 def test_precision_auto_on_cuda_is_bf16_from_ampere_on_not_where_bf16_is_emulated(monkeypatch):

@@ -194,6 +194,9 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
                                                                  "solver.precision=bf16"], resample=True)
     rep = json.loads((out / "report.json").read_text())
     assert rep["precision"] == prior.precision == "bf16"  # the setting reaches the prior and the report
+    auto = tasks.reconstruct("cs_mri_x4", mr_nifti, tmp_path / "auto", resample=True,
+                             overrides=[f"prior.path={tmp_path / 'prior'}", "solver.steps=2"])
+    assert auto.report["precision"] == "fp32"  # auto: bf16 only for priors measured in it, not this one
     # 8 steps and the final denoising (the registry's final_sigma), 2 samples
     assert rep["config"]["solver"]["final_sigma"] == FAST_END["mri"]["final_sigma"] > 0
     assert rep["config"]["solver"]["end_sigma"] is None  # MRI ends at the prior's smallest noise level

@@ -181,6 +181,7 @@ class Denoiser:
     network = None  # the torch.nn.Module behind the prior, if any
     context_slices: int = 0  # 2.5D: noisy neighbouring slices on each side the denoiser also sees
     precision: str = "fp32"  # the network's arithmetic: fp32, or bf16 (autocast; the EDM scalings stay fp32)
+    bf16_measured: bool = False  # whether solver.precision=auto may pick bf16: its quality was measured in bf16
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """D(x, sigma) for x (B, 1, H, W) and sigma (B,) or a scalar. ``context`` (B, 2k, H, W): for a 2.5D

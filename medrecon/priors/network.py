@@ -94,20 +94,22 @@ def _fp32_forward(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def bf16_autocast(network: torch.nn.Module, device_type: str):
-    """bf16 autocast for ``network`` with its first ``Conv2d`` (in registration order: the input convolution of
-    the bundled UNets) in fp32. bf16 rounds an image near 1 to steps of 2^-7; fed to the network at small noise
+    """bf16 autocast for ``network`` with the convolutions that read the image itself in fp32: its first
+    ``Conv2d`` (in registration order: the input convolution) and any other with as many input channels (NCSN++'s
+    input-pyramid convolutions). bf16 rounds an image near 1 to steps of 2^-7; fed to the network at small noise
     levels that rounding is a large part of the noise it must estimate (on a CT slice at sigma 0.02: 17 % of the
     denoising error; with the input convolution in fp32, 3 %; keeping the output convolution in fp32 as well
     changed nothing; RESULTS.md, "Thirty-eighth session")."""
-    first = next((m for m in network.modules() if isinstance(m, torch.nn.Conv2d)), None)
-    if first is not None:
-        first.forward = partial(_fp32_forward, first)  # an instance attribute: shadows the class's forward
+    convs = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+    reading_image = [m for m in convs if m.in_channels == convs[0].in_channels] if convs else []
+    for m in reading_image:
+        m.forward = partial(_fp32_forward, m)  # an instance attribute: shadows the class's forward
     try:
         with torch.autocast(device_type, dtype=torch.bfloat16):
             yield
     finally:
-        if first is not None:
-            del first.forward
+        for m in reading_image:
+            del m.forward
 
 
 def _bcast(v: torch.Tensor) -> torch.Tensor:
@@ -157,6 +159,8 @@ def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
 
 class EDMPrior(NetworkPrior):
     """EDM-preconditioned denoiser around a diffusers UNet2DModel (medrecon's own trained priors)."""
+
+    bf16_measured = True  # the bundled patch priors, validation and held-out runs (RESULTS.md, thirty-eighth session)
 
     def __init__(self, *args, sigma_data: float = 0.5, **kw):
         super().__init__(*args, **kw)

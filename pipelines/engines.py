@@ -10,7 +10,8 @@ series' manifest row.
 
 * Resources: one actor per ``gpus_per_series`` GPUs (default: 1 where the cluster has GPUs, else 0;
   fractions pack several series on one GPU) and ``cpus_per_series`` CPUs (default 1; Ray sets
-  OMP_NUM_THREADS to it), as many as the cluster holds (at most one per series). Ray sets
+  OMP_NUM_THREADS to it), as many as the cluster holds (at most one per series); a fraction also caps
+  the actor's CUDA memory at that share of the GPU (the automatic chunk size plans within it). Ray sets
   CUDA_VISIBLE_DEVICES of each actor to its GPUs, so the solver's 'auto' device is that GPU; report.json
   records it under ``runtime``. An actor keeps torch, its CUDA context and the prior loaded from series to
   series (a fresh process costs seconds of imports; measured in the README).
@@ -134,7 +135,8 @@ class RayEngine:
                 rows[i] = run_series(j, cfg, overwrite=overwrite)  # the skip rule's one home: answers at once
         n_todo = len(queue)
         worker_cls = ray.remote(max_restarts=-1, max_task_retries=self.max_retries, **res)(SeriesWorker)
-        workers = [worker_cls.remote(self.series_fn, cfg, resample) for _ in range(min(n_todo, capacity(cluster, res)))]
+        workers = [worker_cls.remote(self.series_fn, cfg, resample, res["num_gpus"])
+                   for _ in range(min(n_todo, capacity(cluster, res)))]
         idle, running = list(workers), {}  # ref -> (job index, worker, submitted at)
 
         def save() -> None:
@@ -216,8 +218,12 @@ class SeriesWorker:
     """A Ray actor (one per GPU, or per ``cpus_per_series`` CPUs): runs series after series in one process,
     keeping torch, the CUDA context and the config's prior loaded between them."""
 
-    def __init__(self, series_fn: Callable, cfg, resample: bool = False):
+    def __init__(self, series_fn: Callable, cfg, resample: bool = False, gpu_share: float = 0.0):
         self.series_fn, self.cfg, self.resample, self.prior = series_fn, cfg, resample, None
+        if 0 < gpu_share < 1:  # series packed onto one GPU: each takes its share, not what is free when it starts
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.set_per_process_memory_fraction(gpu_share)
 
     def run(self, job: Job, overwrite: bool) -> dict:
         return self.series_fn(job, self.cfg, overwrite=overwrite, resample=self.resample, prior=self._prior())

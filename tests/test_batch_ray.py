@@ -237,3 +237,16 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_worker_packed_onto_a_shared_gpu_caps_its_cuda_memory_at_its_share(monkeypatch):
+    """--gpus-per-series 0.5: two actors on one GPU each plan chunks from what is free when they start; each is
+    capped at its share (torch's per-process fraction, which auto_chunk_size also reads) so neither takes all."""
+    from pipelines.engines import SeriesWorker
+
+    set_to = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: set_to.append(f))
+    for share in (0.0, 0.5, 1.0, 0.25):
+        SeriesWorker(lambda *a, **k: None, cfg=None, gpu_share=share)
+    assert set_to == [0.5, 0.25]  # whole GPUs and CPU actors are not capped

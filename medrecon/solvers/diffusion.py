@@ -102,9 +102,10 @@ def auto_chunk_size(prior: Denoiser, hw: Sequence[int], device: torch.device, cp
     torch.cuda.synchronize(device)
     prior.nfe = nfe
     per_slice = max((torch.cuda.max_memory_allocated(device) - base) / trial, 1.0)
-    free, _ = torch.cuda.mem_get_info(device)
+    free, total = torch.cuda.mem_get_info(device)
     free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return max(1, int(fraction * free / per_slice))
+    cap = torch.cuda.get_per_process_memory_fraction(device) * total - torch.cuda.memory_allocated(device)
+    return max(1, int(fraction * min(free, cap) / per_slice))  # cap: a share set for this process (Ray packing)
 
 
 def noise_levels(schedule, n_steps: int, start_sigma: float | None = None,

@@ -27,7 +27,9 @@ def test_adapt_prior_fine_tunes_a_copy_and_leaves_the_prior_as_it_was():
     prior = load_prior_for("bundled:mri_patch")
     before = _weights(prior)
     data = prepare_volumes([_mr_volume((2, 64, 64))], MR_WINDOW)
+    rng = torch.get_rng_state()
     adapted, record = adapt_prior(prior, data, 3, ema_decay=0.5, lr=1e-3)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's global RNG is not reseeded
     assert all(torch.equal(before[k], v) for k, v in prior.network.state_dict().items())  # untouched
     moved = max(float((v - before[k]).abs().max()) for k, v in adapted.network.state_dict().items())
     assert moved > 1e-6

@@ -109,6 +109,23 @@ def test_resume_continues_exactly(data, tmp_path):
         train_prior(train, tmp_path / "d", replace(opts, image_size=32), progress=False)
 
 
+def test_overwrite_forgets_the_old_run_so_resume_cannot_continue_it(data, tmp_path, monkeypatch):
+    """--overwrite replaces a prior; if the new run dies before its first checkpoint, --resume must not silently
+    continue the old run from its training state."""
+    from medrecon.priors import train as train_module
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=2, batch_size=4, checkpoint_every=0, sample_every=0)
+    old = train_prior(train, tmp_path / "p", opts, progress=False)
+
+    def killed(self):
+        raise RuntimeError("killed")
+    monkeypatch.setattr(train_module._Trainer, "train_step", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_prior(train, old, replace(opts, lr=1e-3), overwrite=True, progress=False)
+    with pytest.raises(InputError, match="nothing to resume"):
+        train_prior(train, old, opts, resume=True, progress=False)
+
+
 def test_time_limit_stops_early_exports_and_resume_finishes(data, tmp_path):
     """--time-limit: the loop stops once the training steps have taken that long, exports a prior whose card
     records the steps done, and --resume carries on to --steps."""

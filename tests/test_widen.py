@@ -33,6 +33,8 @@ def test_widening_factor_refuses_other_shapes():
     base = unet_config(16, (8, 16), 1)
     assert widening_factor(base, unet_config(16, (16, 32), 1)) == 2
     assert widening_factor(base, unet_config(16, (8, 16), 1)) == 1
+    widened = unet_config(16, (32, 64), 1, attention_head_dim=64)  # a prior widened 2x from head width 32
+    assert wide_config(widened, unet_config(16, (32, 64), 1))["attention_head_dim"] == 64  # k = 1 keeps its heads
     assert widening_factor(base, unet_config(16, (16, 24), 1)) is None  # not one factor
     assert widening_factor(base, unet_config(16, (16, 32), 2)) is None  # deeper, not wider
     assert widening_factor(base, unet_config(16, (16, 32, 64), 1)) is None

@@ -177,7 +177,8 @@ class PatchBatches(torch.utils.data.Dataset):
         return self.steps
 
     def __getitem__(self, k: int):
-        x, pos = self.sampler.sample(torch.Generator().manual_seed(self.seed * 2 ** 40 + int(k)))
+        # a 64-bit seed per step (the same as before for seeds below 2^23; a large --seed must not overflow)
+        x, pos = self.sampler.sample(torch.Generator().manual_seed((self.seed * 2 ** 40 + int(k)) % 2 ** 63))
         return x, pos, self.sampler.last_spacing
 
 
@@ -499,6 +500,8 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
     resolve_device(opts.device)  # an unusable device is an error before anything is written
     tr = (_PatchTrainer if opts.arch == "patch" else _Trainer)(data, out, opts, command)  # reads --init-from
     out.mkdir(parents=True, exist_ok=True)
+    if not resume and (out / STATE_FILE).is_file():  # --overwrite: a later --resume must not find the old run's
+        (out / STATE_FILE).unlink()
     if resume:
         tr.restore(out / STATE_FILE)
         for log_file in (out / "loss.csv", out / "heldout.csv"):  # drop what was logged after the checkpoint
@@ -598,9 +601,11 @@ def adapt_prior(prior: Denoiser, data, steps: int, *, ema_decay: float = 0.99, l
 
     opts = adaptation_options(prior, steps=int(steps), ema_decay=float(ema_decay), seed=int(seed), device=str(device),
                               amp=bool(amp), **({"lr": float(lr)} if lr else {}))
-    tr = _PatchTrainer(data, Path(prior.name), opts, None, start=prior)
-    for _ in tqdm(range(opts.steps), disable=not progress, desc="self-adapt", unit="it"):
-        tr.timed_step("lower solver.self_adapt.lr")
+    dev = resolve_device(device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # the caller's global RNG stays as it was
+        tr = _PatchTrainer(data, Path(prior.name), opts, None, start=prior)
+        for _ in tqdm(range(opts.steps), disable=not progress, desc="self-adapt", unit="it"):
+            tr.timed_step("lower solver.self_adapt.lr")
     record = {"from": prior.name, "from_sha256": getattr(prior, "sha256", None), "steps": opts.steps,
               "ema_decay": opts.ema_decay, "lr": opts.lr, "batch_size": opts.batch_size, "seed": opts.seed,
               "n_slices": data.n_slices, "bf16": tr.bf16, "final_loss": round(float(np.mean(tr.recent)), 5) if tr.recent else None,

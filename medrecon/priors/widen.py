@@ -32,9 +32,10 @@ def widening_factor(narrow: dict, wide: dict) -> int | None:
 
 
 def wide_config(narrow: dict, wide: dict) -> dict:
-    """``wide`` with the attention head width of ``narrow`` times k, so heads hold copies of old heads."""
+    """``wide`` with the attention head width of ``narrow`` times k, so heads hold copies of old heads (k = 1:
+    the same heads, e.g. fine-tuning a widened prior with its own channels)."""
     k = widening_factor(narrow, wide)
-    if not k or k == 1:
+    if not k:
         return wide
     return {**wide, "attention_head_dim": int(narrow["attention_head_dim"]) * k}
 

@@ -239,3 +239,19 @@ def test_cli_lr_final_outside_zero_to_lr_is_one_line_error(tmp_path, capsys, val
     out = tmp_path / "prior"
     assert main(["train", "--data", str(tmp_path), "--output", str(out), "--lr", "1e-4", "--lr-final", value]) == 2
     assert "--lr-final" in capsys.readouterr().err and not out.exists()
+
+
+def test_patch_batches_take_any_seed():
+    """The loader's per-step generator seed: --seed 20240601 (a date) overflowed torch's 64-bit seed."""
+    from medrecon.priors.train import PatchBatches
+
+    class Draw:
+        last_spacing = 1.0
+
+        def sample(self, g):
+            return torch.rand(2, generator=g), None
+
+    same_as_before = torch.rand(2, generator=torch.Generator().manual_seed(7 * 2 ** 40 + 2))
+    assert torch.equal(PatchBatches(Draw(), 7, 3)[2][0], same_as_before)  # small seeds keep their stream
+    big = PatchBatches(Draw(), 20240601, 3)
+    assert not torch.equal(big[1][0], big[2][0])  # drawn, and one stream per step

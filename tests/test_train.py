@@ -109,6 +109,20 @@ def test_resume_continues_exactly(data, tmp_path):
         train_prior(train, tmp_path / "d", replace(opts, image_size=32), progress=False)
 
 
+def test_resume_refuses_other_training_options_and_keeps_the_runs_warm_up(data, tmp_path):
+    """A resumed run must be the same run: options that change what it learns are refused with the run's own
+    values named; how long it runs may change, and a longer --steps does not send it back into its warm-up."""
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=20, batch_size=4, warmup=200, checkpoint_every=0,
+                        sample_every=0, lr=1e-3)
+    out = train_prior(train, tmp_path / "p", replace(opts, steps=4), progress=False)  # its warm-up: 1 step (4 // 10)
+    with pytest.raises(InputError, match=r"trained with --batch-size 4 \(now 8\), --seed 0 \(now 5\); resume"):
+        train_prior(train, out, replace(opts, batch_size=8, seed=5), resume=True, progress=False)
+    train_prior(train, out, replace(opts, steps=400), resume=True, progress=False)  # 400 // 10 = 40 > step 4
+    lrs = [float(r["lr"]) for r in csv.DictReader(open(out / "loss.csv"))]
+    assert max(lrs) == pytest.approx(1e-3) and min(lrs[1:]) == pytest.approx(1e-3)  # not back into a warm-up
+
+
 def test_overwrite_forgets_the_old_run_so_resume_cannot_continue_it(data, tmp_path, monkeypatch):
     """--overwrite replaces a prior; if the new run dies before its first checkpoint, --resume must not silently
     continue the old run from its training state."""

@@ -101,6 +101,19 @@ class TrainOptions:
     sample_steps: int = 18
 
 
+#: options a resumed run may change: how long, where and how fast it runs, its learning-rate schedule (a step
+#: decay by resuming with a lower --lr) and what it logs; not the data, augmentation, batch or seed it learns from
+#: (``loader_workers`` from N to M > 0 draws the same batches; between 0 and N another stream of the same kind)
+RESUME_MAY_CHANGE = {"steps", "time_limit", "device", "amp", "loader_workers", "init_from", "lr", "lr_final",
+                     "ema_decay", "log_every",
+                     "checkpoint_every", "heldout_every", "sample_every", "num_samples", "sample_steps",
+                     "patch_inference_size", "patch_inference_shifts", "heldout_spacing_mm"}
+
+
+def _option_value(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
 def learning_rate(o: TrainOptions, step: int) -> float:
     """Linear warm-up (at most a tenth of the run), then o.lr, or a cosine from o.lr to o.lr_final."""
     warmup = max(1, min(o.warmup, o.steps // 10))
@@ -233,6 +246,15 @@ class _Trainer:
         if st["unet_config"] != self.unet_config:
             raise InputError(f"{path}: the checkpoint's network (arch, size, channels) differs from the options "
                              "given now; resume with the original --arch/--image-size/--patch-sizes/--channels")
+        old = st.get("options") or {}
+        changed = [k for k in old if k not in RESUME_MAY_CHANGE and hasattr(self.opts, k)
+                   and _option_value(old[k]) != _option_value(getattr(self.opts, k))]
+        if changed:
+            was = ", ".join(f"--{k.replace('_', '-')} {old[k]} (now {getattr(self.opts, k)})" for k in changed)
+            raise InputError(f"{path}: the run was trained with {was}; resume with its own options, or start a "
+                             f"new run from it with --init-from {path.parent.parent}")
+        if old:  # the warm-up the run had: a larger --steps must not send a resumed run back into it
+            self.opts = replace(self.opts, warmup=max(1, min(int(old["warmup"]), int(old["steps"]) // 10)))
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         self.optim.load_state_dict(st["optimizer"])

@@ -448,6 +448,16 @@ def reconstruction_grid(cfg: Config, prior, source: Volume, resample: bool = Fal
     fov = max(source.shape[2] * sx, source.shape[1] * sy)
     native = min(sx, sy)
     size, pixel, reason = round(fov / native), native, None
+    aniso = max(sx, sy) / native
+    if aniso > 1.01:  # square pixels are interpolated from oblong ones: say so, and refuse a slice axis mix-up
+        if aniso > 1.5 and not resample:
+            raise InputError(
+                f"{source.meta.get('source', 'the input')}: in-plane pixels of {sx:.3g} x {sy:.3g} mm: one side "
+                f"would be interpolated {aniso:.1f}x onto square {native:.3g} mm pixels. If the slices are not the "
+                f"volume's third axis (a sagittal or coronal volume), reslice it to axial first; pass --resample to "
+                f"interpolate anyway")
+    oblong = f"non-square pixels ({sx:.3g} x {sy:.3g} mm) interpolated onto square {native:.3g} mm pixels" \
+        if aniso > 1.01 else None
     if op.pixel_size is not None or op.image_size is not None:
         pixel = op.pixel_size or fov / op.image_size
         size = op.image_size or round(fov / pixel)
@@ -477,7 +487,7 @@ def reconstruction_grid(cfg: Config, prior, source: Volume, resample: bool = Fal
         size = round(fov / pixel)
         reason = f"--resample into the pixel-size range of prior {prior.name}"
     return {"size": int(size), "pixel_mm": float(pixel), "source_pixel_mm": [sx, sy],
-            "resampled": bool(abs(pixel - native) > 1e-6 * native), "reason": reason}
+            "resampled": bool(abs(pixel - native) > 1e-6 * native or oblong), "reason": reason or oblong}
 
 
 CT_HU_BELOW = -50.0  # a CT volume in HU has values below this (air, lung or fat), even inside the body
@@ -497,12 +507,12 @@ def check_domain(cfg: Config, prior, source: Volume) -> None:
     if card_modality and card_modality != cfg.modality:
         problems.append(f"prior {prior.name} was trained on {card_modality} but the config is for {cfg.modality}: "
                         f"use a {cfg.modality} prior")
-    if cfg.modality == "ct" and dicom_modality != "CT":
+    if cfg.modality == "ct" and (dicom_modality != "CT" or source.meta.get("rescale_assumed")):
         lo = float(np.percentile(source.data, 0.5))
         if lo > CT_HU_BELOW:  # no air, lung or fat: MR magnitude or attenuation values, not HU
             problems.append(f"{where}: values from {lo:.4g} up do not look like CT in HU (air is -1000 HU, fat "
                             f"-100): convert the volume to HU, or use an MRI config")
-    if cfg.modality == "mri" and dicom_modality != "MR":
+    if cfg.modality == "mri":  # DICOM MR too: a phase, real or imaginary image is not a magnitude
         lo, hi = (float(v) for v in np.percentile(source.data, [0.5, 99.5]))
         if lo < -MR_NEGATIVE_FRACTION * max(abs(hi), 1e-12):  # e.g. CT in HU: air at -1000
             problems.append(f"{where}: values down to {lo:.4g} (top {hi:.4g}) do not look like MR magnitudes, which "

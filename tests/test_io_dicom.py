@@ -259,3 +259,64 @@ def test_folder_of_siemens_mosaics_is_refused_naming_a_file_to_read(tmp_path):
         synthetic_mosaic(tmp_path / f"t{k}.dcm", tiles, instance=f".{k}")
     with pytest.raises(InputError, match=r"2 Siemens mosaic images.*read one file"):
         read_volume(tmp_path)
+
+
+# ---- inputs a scanner or PACS may hand over (thirty-ninth session's review) ------------------------------------
+def _ct_series(tmp_path, name="ct", shape=(3, 12, 12)):
+    vol = Volume(np.full(shape, 40.0, np.float32), spacing=(0.8, 0.8, 2.0), meta={"dicom": {"Modality": "CT"}})
+    vol.data[:, :2] = -1000.0
+    write_dicom_series(vol, tmp_path / name)
+    return tmp_path / name
+
+
+def test_copies_of_one_image_are_skipped_not_taken_for_echoes(tmp_path):
+    folder = _ct_series(tmp_path)
+    first = sorted(folder.iterdir())[0]
+    shutil.copy(first, folder / "copy_of_first.dcm")  # the same SOPInstanceUID twice, as PACS exports do
+    vol = read_volume(folder)
+    assert vol.shape == (3, 12, 12)
+    assert any("repeat another file's SOPInstanceUID" in w for w in vol.meta["warnings"])
+
+
+@pytest.mark.parametrize("tag,value", [("PixelSpacing", "0\\0"), ("PixelSpacing", "0.8"),
+                                       ("ImageOrientationPatient", "1\\0\\0\\0\\1"),
+                                       ("ImageOrientationPatient", "0\\0\\0\\0\\0\\0"),
+                                       ("ImagePositionPatient", "0\\0")])
+def test_damaged_geometry_tags_are_a_one_line_error_naming_the_file_and_tag(tmp_path, tag, value):
+    folder = _ct_series(tmp_path)
+    for f in sorted(folder.iterdir()):  # every slice, as a converter that writes them wrong does
+        ds = pydicom.dcmread(f)
+        ds[tag].value = value
+        ds.save_as(f)
+    f = sorted(folder.iterdir())[0]
+    with pytest.raises(InputError, match=f"{f.name}: {tag} is .* the file's geometry is damaged"):
+        read_volume(folder)
+
+
+def test_a_sagittal_volume_is_read_with_a_warning_that_its_slices_are_not_axial(tmp_path):
+    sag = np.array([[0, 0, -1, 0], [1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], float)  # RAS: i->A, j->I, k->L
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), sag), tmp_path / "sag.nii.gz")
+    vol = read_volume(tmp_path / "sag.nii.gz")
+    assert vol.orientation[2] in "LR" and any("slices are sagittal" in w for w in vol.meta["warnings"])
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), np.eye(4)), tmp_path / "ax.nii.gz")
+    assert not read_volume(tmp_path / "ax.nii.gz").meta["warnings"]  # axial: nothing to say
+
+
+def test_nifti_without_sform_or_qform_says_so_and_keeps_the_codes_at_zero(tmp_path):
+    img = nib.Nifti1Image(np.zeros((6, 6, 3), np.float32), None)
+    img.set_sform(None, code=0)
+    img.set_qform(None, code=0)
+    nib.save(img, tmp_path / "bare.nii.gz")
+    vol = read_volume(tmp_path / "bare.nii.gz")
+    assert any("neither sform nor qform" in w for w in vol.meta["warnings"])
+    write_nifti(vol, tmp_path / "out.nii.gz")
+    h = nib.load(tmp_path / "out.nii.gz").header
+    assert (int(h["sform_code"]), int(h["qform_code"])) == (0, 0)  # not promoted to scanner coordinates
+
+
+def test_nifti_spatial_units_other_than_mm_are_converted(tmp_path):
+    img = nib.Nifti1Image(np.zeros((6, 6, 3), np.float32), np.diag([0.001, 0.001, 0.002, 1.0]))
+    img.header.set_xyzt_units("meter")
+    nib.save(img, tmp_path / "m.nii.gz")
+    vol = read_volume(tmp_path / "m.nii.gz")
+    assert np.allclose(vol.spacing, (1.0, 1.0, 2.0)) and any("meters" in w for w in vol.meta["warnings"])

@@ -298,6 +298,30 @@ def test_native_grid_by_default_and_domain_checks(tmp_path, ct_nifti, mr_nifti, 
         Problem.build(cfg, mr_series)
 
 
+def test_oblong_pixels_phase_images_and_ct_without_rescale_are_not_taken_silently(tmp_path, ct_nifti, mr_nifti):
+    """Non-square in-plane pixels are interpolated onto square ones and say so (a 4:1 ratio, likely a slice axis
+    that is not the third, stops unless --resample); a DICOM MR series with negative values (phase, real or
+    imaginary images) is not a magnitude; a DICOM CT series read without RescaleIntercept must still look like HU."""
+    from pipelines.problem import check_domain, reconstruction_grid
+    cfg = tasks.prepare_config("sparse_view_ct_8", ["solver.name=fbp"])
+    v = read_volume(ct_nifti)
+    g = reconstruction_grid(cfg, None, Volume(v.data, spacing=(0.8, 1.0, 2.0)))
+    assert g["resampled"] and g["pixel_mm"] == 0.8 and "non-square pixels (0.8 x 1 mm)" in g["reason"]
+    with pytest.raises(InputError, match="interpolated 4.4x onto square 0.9 mm pixels.*reslice it to axial"):
+        reconstruction_grid(cfg, None, Volume(v.data, spacing=(0.9, 4.0, 0.9)))
+    assert reconstruction_grid(cfg, None, Volume(v.data, spacing=(0.9, 4.0, 0.9)), resample=True)["resampled"]
+
+    mri = tasks.prepare_config("cs_mri_x4", ["solver.name=zero_filled"])
+    phase = read_volume(mr_nifti)
+    phase = phase.with_data(phase.data * 2 - phase.data.max(), dicom={"Modality": "MR"})
+    with pytest.raises(InputError, match="do not look like MR magnitudes"):
+        check_domain(mri, None, phase)
+    stored = v.with_data(v.data + 1024, dicom={"Modality": "CT"}, rescale_assumed=True)  # stored values as HU
+    with pytest.raises(InputError, match="do not look like CT in HU"):
+        check_domain(cfg, None, stored)
+    check_domain(cfg, None, stored.with_data(stored.data, rescale_assumed=False))  # a series with a rescale: trusted
+
+
 @pytest.mark.parametrize("name, config, clinical, finer", [
     ("ct_patch", "sparse_view_ct_8", (0.55, 0.7, 0.977), 0.4),
     ("mri_patch", "cs_mri_x4", (0.65, 0.78125, 0.9), 0.5)])

@@ -107,13 +107,13 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
         data, bad = _read_pixels(stack.files)
         if bad:
             raise InputError(f"{where}: cannot decode {bad[0][0]} ({bad[0][1]})")
-    _check_rescale(list(zip(stack.files, stack.headers)), where, notes)
+    rescale_assumed = _check_rescale(list(zip(stack.files, stack.headers)), where, notes)
     data = _undo_monochrome1(data, stack.headers)
 
     meta = {"format": "dicom", "source": str(where), "series_uid": str(headers[0][1].SeriesInstanceUID),
             "files_sha256": info.files_sha256,
             "dicom": {**_source_tags(stack.headers[0]), "SourceImages": _source_images(stack.headers, stack.positions)},
-            "warnings": notes}
+            "warnings": notes, **({"rescale_assumed": True} if rescale_assumed else {})}
     step = stack.grid_step
     if not stack.uniform:
         data = resample_along_normal(data, stack.positions, step := stack.step)
@@ -216,6 +216,7 @@ class _Stack:
 
     @classmethod
     def build(cls, headers: list, where: Path, notes: list) -> "_Stack":
+        headers = _without_duplicate_copies(headers, where, notes)
         for f, ds in headers:
             if int(ds.get("NumberOfFrames", 1) or 1) > 1:
                 raise InputError(f"{f} is a multi-frame (enhanced) DICOM image, which medrecon does not "
@@ -224,6 +225,8 @@ class _Stack:
                 raise InputError(f"{f} is a colour image; medrecon reads grayscale CT/MR series only")
         _same(headers, where, lambda ds: (int(ds.Rows), int(ds.Columns)), "image sizes (Rows, Columns)")
         _same(headers, where, lambda ds: _floats(ds.get("PixelSpacing")), "PixelSpacing")
+        for f, ds in headers:
+            _check_geometry_tags(f, ds)
         first = headers[0][1]
         spacing = _floats(first.get("PixelSpacing") or first.get("ImagerPixelSpacing"))
         if spacing is None:
@@ -281,6 +284,36 @@ class _Stack:
         return cls(files, hdrs, where, pos[0], np.stack([r, c, n], axis=1), pixel_spacing, s, step)
 
 
+def _without_duplicate_copies(headers: list, where: Path, notes: list) -> list:
+    """The headers with repeated SOPInstanceUIDs (the same image copied twice, as PACS exports do) dropped."""
+    seen, kept, copies = set(), [], []
+    for f, ds in headers:
+        uid = ds.get("SOPInstanceUID")
+        if uid is not None and str(uid) in seen:
+            copies.append(f)
+            continue
+        seen.add(str(uid))
+        kept.append((f, ds))
+    if copies:
+        warn(notes, f"{where}: {len(copies)} files repeat another file's SOPInstanceUID (e.g. {copies[0].name}): "
+                    "copies of the same image, skipped")
+    return kept
+
+
+def _check_geometry_tags(f: Path, ds) -> None:
+    """PixelSpacing (2 positive values), ImageOrientationPatient (6, two non-zero directions) and
+    ImagePositionPatient (3) where present, all finite: else the file's geometry is damaged."""
+    for tag, n in (("PixelSpacing", 2), ("ImageOrientationPatient", 6), ("ImagePositionPatient", 3)):
+        if tag not in ds:
+            continue
+        v = np.array(_floats(ds.get(tag)) or [], dtype=float)
+        bad = v.size != n or not np.isfinite(v).all() or (tag == "PixelSpacing" and (v <= 0).any()) or \
+            (tag == "ImageOrientationPatient" and min(np.linalg.norm(v[:3]), np.linalg.norm(v[3:])) < 1e-6)
+        if bad:
+            raise InputError(f"{f}: {tag} is {ds.get(tag)!r}, not {n} usable numbers; the file's geometry is damaged: "
+                             "fix the tag or remove the file")
+
+
 def _single_slice_step(ds) -> float:
     value = _floats(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness"))
     return value[0] if value and value[0] > 0 else 1.0
@@ -295,7 +328,7 @@ def _same(headers, where, key, what: str) -> None:
                              "odd files")
 
 
-def _check_rescale(headers, where, notes: list) -> None:
+def _check_rescale(headers, where, notes: list) -> bool:
     """CT requires RescaleSlope/Intercept (HU = slope * stored + intercept); GDCM assumes 1 and 0.
     A slope of 0 (every voxel the intercept) or one that is not a finite number is refused."""
     for f, ds in headers:
@@ -309,6 +342,8 @@ def _check_rescale(headers, where, notes: list) -> None:
         warn(notes, f"{where}: {len(missing)} of {len(headers)} CT slices have no RescaleSlope/RescaleIntercept "
                     f"(e.g. {missing[0]}); assuming slope 1 and intercept 0, so values may not be HU: "
                     "check the value range with `medrecon info`")
+        return True
+    return False
 
 
 def _undo_monochrome1(data: np.ndarray, headers: list) -> np.ndarray:

@@ -28,7 +28,25 @@ def read_volume(path, series: str | None = None, spacing: tuple | None = None,
       instead of refusing it.
     Warnings are logged (logger ``medrecon.io``) and kept in ``Volume.meta['warnings']``.
     """
-    path = Path(path)
+    vol = _read(Path(path), series, spacing, resample_nonuniform)
+    _say_if_slices_are_not_axial(vol)
+    return vol
+
+
+def _say_if_slices_are_not_axial(vol: Volume) -> None:
+    """Warn when the slice axis (z) is not the head-foot one: the 2D priors work slice by slice and z-TV
+    runs along z, so a sagittal or coronal volume is reconstructed in those planes."""
+    axis = vol.orientation[2]
+    if axis not in "SI":
+        plane = "sagittal" if axis in "LR" else "coronal"
+        warn(vol.meta.setdefault("warnings", []),
+             f"{vol.meta.get('source', 'the input')}: its slices are {plane} (voxel axes {vol.orientation}); "
+             f"medrecon reconstructs slice by slice along the third axis, so the prior sees {plane} slices and "
+             "z-TV runs across them, while the bundled priors were trained on axial slices: reslice the volume "
+             "to axial first (e.g. SimpleITK, or dcm2niix for DICOM) unless the prior was trained on this plane")
+
+
+def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:
     if not path.exists():
         raise InputError(f"{path} does not exist; give {READABLE}")
     if spacing is not None and not str(path).lower().endswith(".npy"):

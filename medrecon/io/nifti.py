@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InputError
 from ..volume import Volume
 from .atomic import atomic_path
-from .common import check_fits_in_memory, check_voxels, volume_array
+from .common import check_fits_in_memory, check_voxels, volume_array, warn
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -53,8 +53,17 @@ def read_nifti(path) -> Volume:
         raise InputError(f"{path}: the NIfTI affine is sheared (voxel axes not orthogonal); resample the image "
                          "onto an orthogonal grid first")
     header = img.header
-    meta = {"format": "nifti", "source": str(path), "warnings": [],
-            "nifti": {"sform_code": int(header["sform_code"]), "qform_code": int(header["qform_code"])}}
+    notes: list = []
+    codes = {"sform_code": int(header["sform_code"]), "qform_code": int(header["qform_code"])}
+    if not any(codes.values()):
+        warn(notes, f"{path}: neither sform nor qform is set, so where the volume lies and which way is left are "
+                    "unknown; nibabel's default grid is used (outputs keep the codes at 0)")
+    unit = header.get_xyzt_units()[0]
+    scale = {"meter": 1000.0, "micron": 1e-3}.get(unit, 1.0)  # 'mm' or 'unknown': mm, as the standard says
+    if scale != 1.0:
+        affine[:3] *= scale
+        warn(notes, f"{path}: spatial units are {unit}s; converted to mm")
+    meta = {"format": "nifti", "source": str(path), "warnings": notes, "nifti": codes}
     return Volume.from_affine_ras(np.ascontiguousarray(data.transpose(2, 1, 0)), affine, meta)
 
 
@@ -65,8 +74,9 @@ def write_nifti(vol: Volume, path, overwrite: bool = False) -> Path:
         raise InputError(f"{path}: a NIfTI file name ends in .nii or .nii.gz")
     img = nib.Nifti1Image(np.ascontiguousarray(vol.data.transpose(2, 1, 0)), vol.affine_ras)
     codes = vol.meta.get("nifti", {})
-    img.set_sform(vol.affine_ras, code=codes.get("sform_code") or 1)  # 1: scanner (patient) coordinates
-    img.set_qform(vol.affine_ras, code=codes.get("qform_code") or 1)
+    unknown = not any(codes.get(k, 1) for k in ("sform_code", "qform_code"))  # read from a file that had neither
+    img.set_sform(vol.affine_ras, code=0 if unknown else codes.get("sform_code") or 1)  # 1: scanner coordinates
+    img.set_qform(vol.affine_ras, code=0 if unknown else codes.get("qform_code") or 1)
     img.header.set_xyzt_units("mm")
     with atomic_path(path, overwrite, protect=[vol.meta.get("source")]) as tmp:
         nib.save(img, str(tmp))

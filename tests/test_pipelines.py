@@ -690,3 +690,14 @@ def test_the_automatic_chunk_size_trial_leaves_the_patch_prior_tile_shifts_as_th
                                                 common=["solver.steps=3", "solver.precision=fp32"])
     np.testing.assert_allclose(auto.volume.data, by_hand.volume.data, atol=1e-4)
     assert np.abs(other.volume.data - by_hand.volume.data).max() > 1.0  # the seed (tile shifts, noise) matters
+
+
+def test_what_was_warned_about_the_input_is_in_the_report(tmp_path, ct_nifti):
+    """A warning while reading (here: copies of one image in the series folder) is kept in report.json."""
+    import shutil
+    src = tmp_path / "series"
+    write_dicom_series(read_volume(ct_nifti), src)
+    shutil.copy(sorted(src.iterdir())[0], src / "copy.dcm")
+    assert _fast_ct(src, tmp_path / "out") == 0
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any("repeat another file's SOPInstanceUID" in w for w in rep["input_warnings"])

@@ -83,7 +83,8 @@ def _mask(mask, k: np.ndarray) -> np.ndarray:
 
 def load_fastmri(path: Path) -> Measurement:
     """fastMRI HDF5: ``kspace`` (slices, [coils,] H, W), optional ``mask`` (W,) or (H, W), ``ismrmrd_header``,
-    ``reconstruction_rss`` (the reference magnitude) and ``sens_maps``/``coil_maps`` (medrecon's own files)."""
+    ``reconstruction_rss`` (the reference magnitude; single-coil files: ``reconstruction_esc``, fastMRI's image of
+    that k-space) and ``sens_maps``/``coil_maps`` (medrecon's own files)."""
     import h5py
     try:
         with h5py.File(path, "r") as f:
@@ -95,7 +96,11 @@ def load_fastmri(path: Path) -> Measurement:
                         None)
             mask = np.asarray(f["mask"][()]) if "mask" in f else None
             xml = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
-            ref = np.asarray(f["reconstruction_rss"][()], np.float32) if "reconstruction_rss" in f else None
+            # single-coil files (kspace (slices, H, W)): fastMRI's reconstruction_rss is of the multi-coil data
+            # they were emulated from; reconstruction_esc is the image of this k-space
+            names = ("reconstruction_esc", "reconstruction_rss") if f["kspace"].ndim == 3 else ("reconstruction_rss",)
+            name = next((n for n in names if n in f), None)
+            ref = None if name is None else np.asarray(f[name][()], np.float32)
     except OSError as e:
         raise InputError(f"{path}: cannot read HDF5 ({e})") from None
     if k.ndim not in (3, 4):
@@ -103,7 +108,7 @@ def load_fastmri(path: Path) -> Measurement:
     header = None if xml is None else parse_ismrmrd_header(xml.tobytes() if hasattr(xml, "tobytes") else xml)
     grid, info = _grid(k.shape[0], k.shape[-2:], header)
     if ref is not None and ref.shape != grid.shape:
-        raise InputError(f"{path}: reconstruction_rss has shape {ref.shape}, the recon grid is {grid.shape}")
+        raise InputError(f"{path}: {name} has shape {ref.shape}, the recon grid is {grid.shape}")
     return Measurement("mri", k, grid, None, _mask(mask, k), maps,
                        {"source": str(path), "layout": "2d", "units": MEASURED, **info}, reference=ref)
 
@@ -117,9 +122,18 @@ def is_ismrmrd(path: Path) -> bool:
         return False
 
 
+#: ISMRMRD acquisition flags of lines that are not image k-space (skipped)
+NOT_IMAGE_LINES = ("ACQ_IS_NOISE_MEASUREMENT", "ACQ_IS_PHASECORR_DATA", "ACQ_IS_NAVIGATION_DATA",
+                   "ACQ_IS_RTFEEDBACK_DATA", "ACQ_IS_HPFEEDBACK_DATA", "ACQ_IS_DUMMYSCAN_DATA",
+                   "ACQ_IS_PHASE_STABILIZATION", "ACQ_IS_PHASE_STABILIZATION_REFERENCE",
+                   "ACQ_IS_SURFACECOILCORRECTIONSCAN_DATA")
+
+
 def load_ismrmrd(path: Path) -> Measurement:
-    """ISMRMRD raw data (Cartesian, 2D multi-slice): acquisitions placed by slice and phase-encode index,
-    noise scans skipped; ky is centred with the header's encoding limits."""
+    """ISMRMRD raw data (Cartesian, 2D multi-slice): acquisitions placed by slice and phase-encode index, lines
+    that are not image k-space (noise, phase correction, navigators, ...) skipped, repeated lines (averages)
+    averaged; several echoes, repetitions, sets, cardiac phases or 3D partitions are refused. ky is centred with
+    the header's encoding limits."""
     try:
         import ismrmrd
     except ImportError:
@@ -133,18 +147,28 @@ def load_ismrmrd(path: Path) -> Measurement:
         acqs = [dset.read_acquisition(i) for i in range(dset.number_of_acquisitions())]
     finally:
         dset.close()
-    acqs = [a for a in acqs if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
+    not_image = [getattr(ismrmrd, f) for f in NOT_IMAGE_LINES if hasattr(ismrmrd, f)]
+    acqs = [a for a in acqs if not any(a.is_flag_set(f) for f in not_image)]
     if not acqs:
         raise InputError(f"{path}: no imaging acquisitions")
+    for what in ("contrast", "repetition", "set", "phase", "kspace_encode_step_2"):
+        seen = sorted({int(getattr(a.idx, what)) for a in acqs})
+        if len(seen) > 1:  # lines of several images would overwrite one another
+            raise InputError(f"{path}: the acquisitions span idx.{what} {seen[:6]}: medrecon reads one 2D multi-slice "
+                             "image (one echo, repetition, set and cardiac phase; no 3D partitions); extract one "
+                             "first (e.g. with ismrmrd's Python API)")
     n_slices = 1 + max(a.idx.slice for a in acqs)
     n_coils, n_ro = acqs[0].data.shape
     k = np.zeros((n_slices, n_coils, n_ro, n_ky), np.complex64)
+    count = np.zeros((n_slices, n_ky), np.int64)
     for a in acqs:
         ky = a.idx.kspace_encode_step_1 - centre + n_ky // 2
         if not 0 <= ky < n_ky or a.data.shape != (n_coils, n_ro):
             raise InputError(f"{path}: acquisition at ky {a.idx.kspace_encode_step_1} does not fit the "
                              f"encoded matrix ({n_coils} coils x {n_ro} samples x {n_ky} lines)")
-        k[a.idx.slice, :, :, ky] = a.data
+        k[a.idx.slice, :, :, ky] += a.data
+        count[a.idx.slice, ky] += 1
+    k /= np.maximum(count, 1)[:, None, None, :]  # repeated lines (averages) are averaged
     grid, info = _grid(n_slices, (n_ro, n_ky), header)
     return Measurement("mri", k if n_coils > 1 else k[:, 0], grid, None, _mask(None, k), None,
                        {"source": str(path), "layout": "2d", "units": MEASURED, **info})

@@ -220,3 +220,30 @@ def test_mri_cuda_matches_cpu(real_input, coils):
     yc = A(x.cuda())
     assert yc.is_cuda and torch.allclose(yc.cpu(), y, atol=1e-5)
     assert torch.allclose(A.adjoint(yc).cpu(), A.adjoint(y), atol=1e-5)
+
+
+def test_estimated_coil_maps_do_not_amplify_the_background_noise():
+    """Fully sampled noisy 8-coil data of a disc: the SENSE least-squares image with the estimated maps,
+    sum_c conj(S_c) I_c / sum_c |S_c|^2, must keep the background noise at the level the coil images carry
+    (about 1 % here; the root-sum-of-squares image's). Maps floored at 5 % of their top divided the noise by
+    their small background norm: about 10x."""
+    n, c = 64, 8
+    yy, xx = np.mgrid[:n, :n] / (n / 2) - 1
+    disc = torch.from_numpy(((xx ** 2 + yy ** 2) < 0.4).astype(np.float32))
+    maps = torch.from_numpy(synthetic_coil_maps(c, (n, n)))
+    g = torch.Generator().manual_seed(0)
+    coil_images = maps * disc + 0.01 * torch.complex(torch.randn(c, n, n, generator=g), torch.randn(c, n, n, generator=g))
+    k = fftc(coil_images[None], 2)
+    est = estimate_coil_maps(k, ndim=2)[0]
+    sense = (est.conj() * coil_images).sum(0) / (est.abs() ** 2).sum(0)
+    rss = coil_images.abs().pow(2).sum(0).sqrt()
+    background = (xx ** 2 + yy ** 2) > 0.8
+    assert float(sense.abs()[background].std()) < 2 * float(rss[background].std())
+
+
+def test_coil_maps_that_do_not_fit_the_kspace_are_a_one_line_error():
+    mask = make_mask("uniform1d", (8, 10), 2, 0.2)
+    k = torch.zeros(3, 4, 8, 10, dtype=torch.complex64)  # 3 slices, 4 coils
+    for maps in (torch.ones(2, 8, 10), torch.ones(2, 4, 8, 10), torch.ones(4, 8, 12)):
+        with pytest.raises(InputError, match="coil maps of shape .* do not fit k-space of shape"):
+            mri_operator((3, 8, 10), mask, kspace=k, coil_maps=maps)

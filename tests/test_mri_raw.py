@@ -210,10 +210,30 @@ def test_ismrmrd_raw_data(tmp_path):
             acq.idx.kspace_encode_step_1 = int(ky)
             acq.idx.slice = s
             dset.append_acquisition(acq)
+    extra = [("phase correction", ismrmrd.ACQ_IS_PHASECORR_DATA, 99.0, {}),  # skipped
+             ("second average", None, 2.0, {"average": 1})]                  # averaged with the first
+    for _, flag, value, idx in extra:
+        acq = ismrmrd.Acquisition.from_array(np.full(k.shape[1:3], value, np.complex64))
+        acq.idx.kspace_encode_step_1 = int(np.flatnonzero(mask)[0])
+        for key, v in idx.items():
+            setattr(acq.idx, key, v)
+        if flag is not None:
+            acq.set_flag(flag)
+        dset.append_acquisition(acq)
     dset.close()
     m = Measurement.load(path)
-    assert m.data.shape == k.shape and np.allclose(m.data, k)
+    first = int(np.flatnonzero(mask)[0])
+    expected = k.copy()
+    expected[0, :, :, first] = (k[0, :, :, first] + 2.0) / 2  # the repeated line averaged; phase correction out
+    assert m.data.shape == k.shape and np.allclose(m.data, expected)
     assert m.grid.shape == (2, 32, 32) and m.info["kspace_shape"] == [64, 36]
+    dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
+    echo = ismrmrd.Acquisition.from_array(np.ascontiguousarray(k[0, :, :, first]))
+    echo.idx.kspace_encode_step_1, echo.idx.contrast = first, 1  # a second echo of the same line
+    dset.append_acquisition(echo)
+    dset.close()
+    with pytest.raises(InputError, match=r"span idx.contrast \[0, 1\]: medrecon reads one 2D multi-slice image"):
+        Measurement.load(path)
 
 
 # ---------------------------------------------------------------------------------------------- ESPIRiT
@@ -375,3 +395,16 @@ def test_measured_kspace_takes_its_own_solver_defaults_unless_the_config_sets_th
     run = measured["steps"] + 1
     assert cv["network_evaluations_per_slice"] == run
     assert res.report["network_evaluations_per_slice"] == run + (0 if cv["chosen"]["start_sigma"] == 0 else run)
+
+
+def test_fastmri_single_coil_files_are_scored_against_their_own_image(tmp_path):
+    """fastMRI single-coil files hold reconstruction_rss of the multi-coil data they were emulated from and
+    reconstruction_esc, the image of their own k-space: the reference must be the latter."""
+    import h5py
+    from pipelines.raw_mri import load_fastmri
+    k = np.zeros((2, 16, 12), np.complex64)
+    with h5py.File(tmp_path / "sc.h5", "w") as f:
+        f["kspace"] = k
+        f["reconstruction_rss"] = np.full((2, 16, 12), 7.0, np.float32)
+        f["reconstruction_esc"] = np.full((2, 16, 12), 3.0, np.float32)
+    assert float(load_fastmri(tmp_path / "sc.h5").reference.max()) == 3.0

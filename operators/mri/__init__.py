@@ -62,6 +62,13 @@ def mri_operator(image_shape, mask, *, kspace=None, coil_maps=None, maps_from: s
             maps = None
     elif maps_from != "given":
         raise InputError(f"mri_operator: coil maps from {maps_from} need the multi-coil kspace")
+    if maps is not None and kspace is not None and multi and not three_d:  # maps given with 2D data must fit it
+        bad_coils = maps.ndim < 3 or maps.shape[-3] != k.shape[1]  # k (Z, C, H, W); maps (C, H, W) | (Z, C, H, W)
+        bad_slices = maps.ndim == 4 and maps.shape[0] != k.shape[0]
+        if bad_coils or bad_slices or tuple(maps.shape[-nd:]) not in (kshape, shape):
+            raise InputError(f"coil maps of shape {tuple(maps.shape)} do not fit k-space of shape {tuple(k.shape)} "
+                             "(coils, slices and matrix must agree): use the maps stored with these data, or "
+                             "mri.coil_maps=estimate / espirit")
     if maps is not None and tuple(maps.shape[-nd:]) == kshape != shape:
         maps = centre_crop(maps, shape)
     if maps is not None and three_d and maps.ndim == 3:

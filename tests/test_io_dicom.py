@@ -320,3 +320,16 @@ def test_nifti_spatial_units_other_than_mm_are_converted(tmp_path):
     nib.save(img, tmp_path / "m.nii.gz")
     vol = read_volume(tmp_path / "m.nii.gz")
     assert np.allclose(vol.spacing, (1.0, 1.0, 2.0)) and any("meters" in w for w in vol.meta["warnings"])
+
+
+def test_a_slice_no_decoder_reads_is_skipped_naming_its_transfer_syntax(tmp_path):
+    folder = _ct_series(tmp_path, shape=(4, 12, 12))
+    f = sorted(folder.iterdir())[3]
+    ds = pydicom.dcmread(f)
+    from pydicom.encaps import encapsulate
+    ds.PixelData = encapsulate([b"\x00" * 64])  # one fragment of bytes that are no HTJ2K stream
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.201"  # HTJ2K
+    ds.save_as(f, enforce_file_format=True)
+    vol = read_volume(folder)
+    assert vol.shape[0] == 3
+    assert any(f.name in w and "transfer syntax High-Throughput JPEG 2000" in w for w in vol.meta["warnings"])

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
@@ -360,6 +361,15 @@ def _undo_monochrome1(data: np.ndarray, headers: list) -> np.ndarray:
     return data
 
 
+def _transfer_syntax(f: Path) -> str:
+    """The file's transfer syntax, named (e.g. 'JPEG 2000 Image Compression (Lossless Only)'), or 'unknown'."""
+    try:
+        uid = pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        return f"{uid.name} ({uid})"
+    except Exception:  # noqa: BLE001 - a name for a message only
+        return "unknown"
+
+
 def _read_pixels(files: list[Path]) -> tuple[np.ndarray | None, list[tuple[Path, str]]]:
     """(Z, Y, X) float32 after rescale, in the given order; or the files whose pixels cannot be read."""
     reader = sitk.ImageSeriesReader()
@@ -376,7 +386,8 @@ def _read_pixels(files: list[Path]) -> tuple[np.ndarray | None, list[tuple[Path,
             with _itk_quiet():
                 sitk.ReadImage(str(f), sitk.sitkFloat32)
         except RuntimeError:
-            bad.append((f, "pixel data cannot be decoded: truncated or damaged file"))
+            bad.append((f, f"pixel data cannot be decoded (transfer syntax {_transfer_syntax(f)}): a truncated or "
+                           "damaged file, or a compression no installed decoder reads"))
     if not bad:
         raise InputError(f"{files[0].parent}: SimpleITK cannot read these slices as one series")
     return None, bad

@@ -188,6 +188,10 @@ REAL = [n for n in datasets.SCANS if datasets.is_fetched(n)]
 def test_fetched_scans_verify_and_read(name):
     from medrecon.io import read_volume
 
+    import re
     p = datasets.verify(name)
     vol = read_volume(p)
     assert vol.data.ndim == 3 and min(vol.shape) >= 1 and min(vol.spacing) > 0
+    said = re.search(r"DICOM series of (\d+)", datasets.SCANS[name].description)
+    if said:  # every slice of the series is read (TotalSegmentator's has blank SOPInstanceUIDs: not copies)
+        assert vol.shape[0] == int(said.group(1)), vol.meta.get("warnings")

@@ -276,6 +276,13 @@ def test_copies_of_one_image_are_skipped_not_taken_for_echoes(tmp_path):
     vol = read_volume(folder)
     assert vol.shape == (3, 12, 12)
     assert any("repeat another file's SOPInstanceUID" in w for w in vol.meta["warnings"])
+    (folder / "copy_of_first.dcm").unlink()
+    for f in sorted(folder.iterdir()):  # anonymised: every UID blanked (TotalSegmentator's example series)
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = ""
+        ds.save_as(f)
+    vol = read_volume(folder)
+    assert vol.shape == (3, 12, 12) and not any("SOPInstanceUID" in w for w in vol.meta["warnings"])
 
 
 @pytest.mark.parametrize("tag,value", [("PixelSpacing", "0\\0"), ("PixelSpacing", "0.8"),

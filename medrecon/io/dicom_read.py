@@ -286,14 +286,17 @@ class _Stack:
 
 
 def _without_duplicate_copies(headers: list, where: Path, notes: list) -> list:
-    """The headers with repeated SOPInstanceUIDs (the same image copied twice, as PACS exports do) dropped."""
+    """The headers of copies of one image (the same image twice, as PACS exports hold) dropped: files with the
+    same non-empty SOPInstanceUID at the same ImagePositionPatient. (Anonymised series may blank the UID in every
+    file, and a broken one may repeat it at different positions: those are distinct slices.)"""
     seen, kept, copies = set(), [], []
     for f, ds in headers:
-        uid = ds.get("SOPInstanceUID")
-        if uid is not None and str(uid) in seen:
+        uid = str(ds.get("SOPInstanceUID") or "").strip()
+        key = (uid, _floats(ds.get("ImagePositionPatient")))
+        if uid and key in seen:
             copies.append(f)
             continue
-        seen.add(str(uid))
+        seen.add(key)
         kept.append((f, ds))
     if copies:
         warn(notes, f"{where}: {len(copies)} files repeat another file's SOPInstanceUID (e.g. {copies[0].name}): "

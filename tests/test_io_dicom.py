@@ -340,3 +340,14 @@ def test_a_slice_no_decoder_reads_is_skipped_naming_its_transfer_syntax(tmp_path
     vol = read_volume(folder)
     assert vol.shape[0] == 3
     assert any(f.name in w and "transfer syntax High-Throughput JPEG 2000" in w for w in vol.meta["warnings"])
+
+
+def test_nifti_whose_sform_and_qform_disagree_says_which_it_used(tmp_path):
+    img = nib.Nifti1Image(np.zeros((6, 6, 3), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]))
+    img.set_qform(np.diag([-1.0, 1.0, 2.0, 1.0]), code=1)  # x flipped in the qform only
+    img.set_sform(np.diag([1.0, 1.0, 2.0, 1.0]), code=1)
+    nib.save(img, tmp_path / "both.nii.gz")
+    assert any("sform and qform disagree" in w for w in read_volume(tmp_path / "both.nii.gz").meta["warnings"])
+    img.set_qform(np.diag([1.0, 1.0, 2.0, 1.0]), code=1)
+    nib.save(img, tmp_path / "agree.nii.gz")
+    assert not read_volume(tmp_path / "agree.nii.gz").meta["warnings"]

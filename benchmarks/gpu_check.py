@@ -204,9 +204,9 @@ def run_bundled(small: bool, device: torch.device) -> dict:
              "cs_mri_x4": mr_phantom(shape, seed=seed, contrast="PD", pixel_size_mm=0.9, slice_thickness_mm=5.0)}
     common = [f"solver.device={device.type}", "outputs.preview=false"] + \
         (["solver.steps=3", "solver.self_adapt.steps=2"] if small else [])
+    methods = {p: {"name": "fast", "precision": p} for p in ("fp32", "auto")}
     out = {"rows": [], "tables": []}
     for config, src in cases.items():
-        methods = {p: {"name": "fast", "precision": p} for p in ("fp32", "auto")}
         _, results = compare_methods(config, src, methods, common)
         out["rows"] += [{"config": config, **r.row(), "self_adapt_bf16": (r.self_adapt or {}).get("bf16")}
                         for r in results]

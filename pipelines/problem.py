@@ -448,14 +448,13 @@ def reconstruction_grid(cfg: Config, prior, source: Volume, resample: bool = Fal
     fov = max(source.shape[2] * sx, source.shape[1] * sy)
     native = min(sx, sy)
     size, pixel, reason = round(fov / native), native, None
-    aniso = max(sx, sy) / native
-    if aniso > 1.01:  # square pixels are interpolated from oblong ones: say so, and refuse a slice axis mix-up
-        if aniso > 1.5 and not resample:
-            raise InputError(
-                f"{source.meta.get('source', 'the input')}: in-plane pixels of {sx:.3g} x {sy:.3g} mm: one side "
-                f"would be interpolated {aniso:.1f}x onto square {native:.3g} mm pixels. If the slices are not the "
-                f"volume's third axis (a sagittal or coronal volume), reslice it to axial first; pass --resample to "
-                f"interpolate anyway")
+    aniso = max(sx, sy) / native  # square pixels are interpolated from oblong ones: say so, refuse a mixed-up axis
+    if aniso > 1.5 and not resample:
+        raise InputError(
+            f"{source.meta.get('source', 'the input')}: in-plane pixels of {sx:.3g} x {sy:.3g} mm: one side "
+            f"would be interpolated {aniso:.1f}x onto square {native:.3g} mm pixels. If the slices are not the "
+            f"volume's third axis (a sagittal or coronal volume), reslice it to axial first; pass --resample to "
+            f"interpolate anyway")
     oblong = f"non-square pixels ({sx:.3g} x {sy:.3g} mm) interpolated onto square {native:.3g} mm pixels" \
         if aniso > 1.01 else None
     if op.pixel_size is not None or op.image_size is not None:

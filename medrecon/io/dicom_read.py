@@ -224,10 +224,9 @@ class _Stack:
                                  "read; convert it to NIfTI first (e.g. dcm2niix) and use the .nii.gz")
             if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
                 raise InputError(f"{f} is a colour image; medrecon reads grayscale CT/MR series only")
+            _check_geometry_tags(f, ds)
         _same(headers, where, lambda ds: (int(ds.Rows), int(ds.Columns)), "image sizes (Rows, Columns)")
         _same(headers, where, lambda ds: _floats(ds.get("PixelSpacing")), "PixelSpacing")
-        for f, ds in headers:
-            _check_geometry_tags(f, ds)
         first = headers[0][1]
         spacing = _floats(first.get("PixelSpacing") or first.get("ImagerPixelSpacing"))
         if spacing is None:

@@ -58,9 +58,9 @@ def read_nifti(path) -> Volume:
     if not any(codes.values()):
         warn(notes, f"{path}: neither sform nor qform is set, so where the volume lies and which way is left are "
                     "unknown; nibabel's default grid is used (outputs keep the codes at 0)")
-    elif all(codes.values()) and np.abs(img.get_sform() - img.get_qform()).max() > 1e-3:
-        warn(notes, f"{path}: its sform and qform disagree (largest difference "
-                    f"{np.abs(img.get_sform() - img.get_qform()).max():.3g} mm); the sform is used, as nibabel does")
+    elif all(codes.values()) and (apart := np.abs(img.get_sform() - img.get_qform()).max()) > 1e-3:
+        warn(notes, f"{path}: its sform and qform disagree (largest difference {apart:.3g} mm); the sform is used, "
+                    "as nibabel does")
     unit = header.get_xyzt_units()[0]
     scale = {"meter": 1000.0, "micron": 1e-3}.get(unit, 1.0)  # 'mm' or 'unknown': mm, as the standard says
     if scale != 1.0:

@@ -7,8 +7,8 @@
 * ``EDMPrior``      EDM-preconditioned network F (the priors medrecon trains):
   D = c_skip x + c_out F(c_in x, ln(sigma) / 4), with sigma_data from the card.
 
-The network runs in float32 on its own device (``precision`` "bf16": under bf16 autocast, its input
-convolution in fp32); inputs are cast to it and the result back to the input's dtype and device. Gradients
+The network runs in float32 on its own device (``precision`` "bf16": under bf16 autocast, the convolutions
+that read the image in fp32, ``bf16_autocast``); inputs are cast to it and the result back to the input's dtype and device. Gradients
 flow only when the caller asks for them (x.requires_grad under grad mode), so samplers that do not
 differentiate through the prior pay no autograd memory.
 """

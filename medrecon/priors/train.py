@@ -105,9 +105,8 @@ class TrainOptions:
 #: decay by resuming with a lower --lr) and what it logs; not the data, augmentation, batch or seed it learns from
 #: (``loader_workers`` from N to M > 0 draws the same batches; between 0 and N another stream of the same kind)
 RESUME_MAY_CHANGE = {"steps", "time_limit", "device", "amp", "loader_workers", "init_from", "lr", "lr_final",
-                     "ema_decay", "log_every",
-                     "checkpoint_every", "heldout_every", "sample_every", "num_samples", "sample_steps",
-                     "patch_inference_size", "patch_inference_shifts", "heldout_spacing_mm"}
+                     "ema_decay", "log_every", "checkpoint_every", "heldout_every", "sample_every", "num_samples",
+                     "sample_steps", "patch_inference_size", "patch_inference_shifts", "heldout_spacing_mm"}
 
 
 def _option_value(v):

@@ -132,8 +132,9 @@ def train(
                                        "generator). On a GPU one core drawing patches limits the speed."),
     steps: int = typer.Option(5000, "--steps", help="Total optimisation steps (with --resume: the new total)."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", min=0.0, help="Stop after this many minutes "
-                                               "of training steps (a GPU slot, say), export the prior and keep the "
-                                               "state; --resume continues towards --steps."),
+                                               "(wall clock, held-out scoring and checkpoints included; a GPU slot, "
+                                               "say), export the prior and keep the state; --resume continues "
+                                               "towards --steps."),
     batch_size: int = typer.Option(16, "--batch-size", help="unet: slices per step; patch: patches of the largest "
                                    "size per step (smaller sizes get proportionally more)."),
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (after a linear warm-up)."),

@@ -38,7 +38,7 @@ from medrecon.solvers import admm_tv, cgls, sample_posterior, sirt
 from medrecon.volume import Volume
 from operators.ct import attenuation_per_pixel, fbp, geometry_from_dict, pixel_unit_projector
 from operators.ct import poisson_weights_from_line_integrals
-from operators.mri import coil_support, mri_operator
+from operators.mri import coil_support, mri_operator, with_real_input
 
 from .config import Config, resolve_prior_path
 from .crossval import cross_validate
@@ -129,20 +129,22 @@ class Problem:
             def phi(u):
                 return attenuation_per_pixel(u, geom.pixel_size_mm)
         else:
-            cplx = _complex_images(cfg, meas)
-            A = _mri_operator(cfg, meas, cplx)
+            cplx, measured = _complex_images(cfg, meas), is_measured_kspace(meas)
+            A = _mri_operator(cfg, meas, cplx or measured)  # measured: scaled and aligned on complex images
             y = torch.from_numpy(np.asarray(meas.data, np.complex64))
-            measured = is_measured_kspace(meas)
             if measured:
                 scale = _measured_scale(A, y)
                 y = y / scale
+            if cplx or measured:  # a constant rotation: real images (mri.image=real) then fit the real part
+                y = y * _phase_alignment(A, y)
+                if meas.reference is not None and kw.get("reference") is None:
+                    kw["reference"] = meas.grid.with_data(meas.reference / scale, description="reference")
+            if measured and not cplx:
+                A = with_real_input(A)
             if measured and cplx:
                 cfg = cfg.for_measured_kspace()  # its own solver defaults (registry.MEASURED_KSPACE)
             if cplx:
-                y = y * _phase_alignment(A, y)
                 kw.setdefault("info", {})["complex_images"] = True
-                if meas.reference is not None and kw.get("reference") is None:
-                    kw["reference"] = meas.grid.with_data(meas.reference / scale, description="reference")
 
             def phi(u):
                 return u

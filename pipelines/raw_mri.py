@@ -30,7 +30,8 @@ def is_measured_kspace(meas: Measurement) -> bool:
 
 def parse_ismrmrd_header(xml: str | bytes) -> dict:
     """Encoded and recon matrix sizes and fields of view (mm) from an ISMRMRD XML header:
-    {"encoded": {"matrix": [x, y, z], "fov_mm": [x, y, z]}, "recon": {...}, "ky_center": int | None}."""
+    {"encoded": {"matrix": [x, y, z], "fov_mm": [x, y, z]}, "recon": {...}, "ky_center": int | None,
+    "trajectory": str | None}."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as e:
@@ -49,8 +50,10 @@ def parse_ismrmrd_header(xml: str | bytes) -> dict:
         except (AttributeError, TypeError, ValueError):
             raise InputError(f"ISMRMRD header: <{name}> needs matrixSize and fieldOfView_mm x, y, z") from None
     centre = enc.find("encodingLimits/kspace_encoding_step_1/center")
+    trajectory = enc.find("trajectory")
     return {"encoded": space("encodedSpace"), "recon": space("reconSpace"),
-            "ky_center": None if centre is None else int(centre.text)}
+            "ky_center": None if centre is None else int(centre.text),
+            "trajectory": None if trajectory is None else (trajectory.text or "").strip()}
 
 
 def _grid(n_slices: int, kshape: tuple[int, int], header: dict | None) -> tuple[Volume, dict]:
@@ -151,6 +154,9 @@ def load_ismrmrd(path: Path) -> Measurement:
     acqs = [a for a in acqs if not any(a.is_flag_set(f) for f in not_image)]
     if not acqs:
         raise InputError(f"{path}: no imaging acquisitions")
+    if header["trajectory"] not in (None, "cartesian") or any(a.trajectory_dimensions for a in acqs):
+        raise InputError(f"{path}: the k-space trajectory is {header['trajectory'] or 'given per sample'}: medrecon "
+                         "reads Cartesian k-space; grid it onto a Cartesian matrix first (e.g. BART's nufft)")
     for what in ("contrast", "repetition", "set", "phase", "kspace_encode_step_2"):
         seen = sorted({int(getattr(a.idx, what)) for a in acqs})
         if len(seen) > 1:  # lines of several images would overwrite one another
@@ -158,20 +164,41 @@ def load_ismrmrd(path: Path) -> Measurement:
                              "image (one echo, repetition, set and cardiac phase; no 3D partitions); extract one "
                              "first (e.g. with ismrmrd's Python API)")
     n_slices = 1 + max(a.idx.slice for a in acqs)
-    n_coils, n_ro = acqs[0].data.shape
+    n_coils, n_samples = acqs[0].data.shape
+    n_ro, first = _readout(path, acqs, n_samples, header["encoded"]["matrix"][0])
     k = np.zeros((n_slices, n_coils, n_ro, n_ky), np.complex64)
     count = np.zeros((n_slices, n_ky), np.int64)
     for a in acqs:
         ky = a.idx.kspace_encode_step_1 - centre + n_ky // 2
-        if not 0 <= ky < n_ky or a.data.shape != (n_coils, n_ro):
+        if not 0 <= ky < n_ky or a.data.shape != (n_coils, n_samples):
             raise InputError(f"{path}: acquisition at ky {a.idx.kspace_encode_step_1} does not fit the "
-                             f"encoded matrix ({n_coils} coils x {n_ro} samples x {n_ky} lines)")
-        k[a.idx.slice, :, :, ky] += a.data
+                             f"encoded matrix ({n_coils} coils x {n_samples} samples x {n_ky} lines)")
+        k[a.idx.slice, :, first:first + n_samples, ky] += a.data
         count[a.idx.slice, ky] += 1
     k /= np.maximum(count, 1)[:, None, None, :]  # repeated lines (averages) are averaged
+    mask = _mask(None, k)
+    mask[:first], mask[first + n_samples:] = 0, 0  # a partial echo's readout samples were never measured
     grid, info = _grid(n_slices, (n_ro, n_ky), header)
-    return Measurement("mri", k if n_coils > 1 else k[:, 0], grid, None, _mask(None, k), None,
+    return Measurement("mri", k if n_coils > 1 else k[:, 0], grid, None, mask, None,
                        {"source": str(path), "layout": "2d", "units": MEASURED, **info})
+
+
+def _readout(path: Path, acqs, n_samples: int, n_encoded: int) -> tuple[int, int]:
+    """(readout length, index of the first sample) that put every line's echo (``center_sample``) at the
+    readout's centre n // 2: the encoded matrix's x, or longer where the lines do not fit in it (a partial echo
+    is shorter than the readout and asymmetric about its echo)."""
+    centres = {int(a.center_sample) for a in acqs}
+    if len(centres) > 1:
+        raise InputError(f"{path}: the acquisitions' center_sample differs ({sorted(centres)[:6]}); medrecon reads "
+                         "lines that share one readout")
+    echo = centres.pop() or n_samples // 2  # 0: not set by the writer (an echo at the first sample is no image)
+    if echo >= n_samples:
+        raise InputError(f"{path}: center_sample {echo} lies beyond the {n_samples} samples of a line; fix the "
+                         "acquisition headers")
+    n = max(n_samples, n_encoded)
+    while not (0 <= n // 2 - echo and n // 2 - echo + n_samples <= n):
+        n += 1
+    return n, n // 2 - echo
 
 
 def load_cfl(path: Path) -> Measurement:

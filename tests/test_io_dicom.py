@@ -351,3 +351,19 @@ def test_nifti_whose_sform_and_qform_disagree_says_which_it_used(tmp_path):
     img.set_qform(np.diag([1.0, 1.0, 2.0, 1.0]), code=1)
     nib.save(img, tmp_path / "agree.nii.gz")
     assert not read_volume(tmp_path / "agree.nii.gz").meta["warnings"]
+
+
+def test_a_sheared_sform_falls_back_to_the_qform_and_is_refused_without_one(tmp_path):
+    sheared = np.array([[1.0, 0.3, 0, 0], [0, 1.0, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]])  # y leans along x
+    img = nib.Nifti1Image(np.zeros((6, 6, 3), np.float32), None)
+    img.set_sform(sheared, code=1)
+    img.set_qform(np.diag([1.0, 1.0, 2.0, 1.0]), code=1)
+    nib.save(img, tmp_path / "q.nii.gz")
+    vol = read_volume(tmp_path / "q.nii.gz")
+    assert np.allclose(vol.spacing, (1.0, 1.0, 2.0)) and any("qform is used" in w for w in vol.meta["warnings"])
+    write_nifti(vol, tmp_path / "out.nii.gz")
+    assert np.allclose(nib.load(tmp_path / "out.nii.gz").header.get_sform(), np.diag([1.0, 1.0, 2.0, 1.0]))
+    img.set_qform(None, code=0)
+    nib.save(img, tmp_path / "s.nii.gz")
+    with pytest.raises(InputError, match="s.nii.gz: the NIfTI affine is sheared"):
+        read_volume(tmp_path / "s.nii.gz")

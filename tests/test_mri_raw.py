@@ -236,6 +236,33 @@ def test_ismrmrd_raw_data(tmp_path):
         Measurement.load(path)
 
 
+def _write_ismrmrd(path, k, mask, xml, first=0, centre=0):
+    """Each sampled line of k (Z, C, RO, PE) as one acquisition, from readout sample ``first`` on."""
+    import ismrmrd
+    dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
+    dset.write_xml_header(xml)
+    for s in range(k.shape[0]):
+        for ky in np.flatnonzero(mask):
+            acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(k[s, :, first:, ky]))
+            acq.idx.kspace_encode_step_1, acq.idx.slice, acq.center_sample = int(ky), s, centre
+            dset.append_acquisition(acq)
+    dset.close()
+
+
+def test_ismrmrd_partial_echo_is_placed_by_its_center_sample_and_other_trajectories_refused(tmp_path):
+    pytest.importorskip("ismrmrd")
+    from pipelines.measurement import Measurement
+    _, k, mask, _, _ = _oversampled_case(z=1)  # readout 64 samples, echo at 32
+    _write_ismrmrd(tmp_path / "pe.h5", k, mask, header(), first=12, centre=20)  # 52 samples, echo at sample 20
+    m = Measurement.load(tmp_path / "pe.h5")
+    assert m.data.shape == k.shape and np.allclose(m.data[..., 12:, :], k[..., 12:, :])
+    assert not m.data[..., :12, :].any() and not m.mask[:12].any() and m.mask[12:].any()
+    _write_ismrmrd(tmp_path / "radial.h5", k, mask, header().replace("</encoding>",
+                                                                      "<trajectory>radial</trajectory></encoding>"))
+    with pytest.raises(InputError, match="trajectory is radial: medrecon reads Cartesian k-space"):
+        Measurement.load(tmp_path / "radial.h5")
+
+
 # ---------------------------------------------------------------------------------------------- ESPIRiT
 def test_calibration_width_from_mask():
     m = make_mask("uniform1d", (64, 64), 4, 0.125, seed=0)
@@ -257,6 +284,26 @@ def test_espirit_maps_agree_with_the_known_maps():
     # ESPIRiT maps are defined up to one phase per pixel: compare |<E, S>| (1 = the same subspace)
     agree = np.abs((est * maps.conj()).sum(0))[x > 0.3]  # inside the object (ESPIRiT zeroes the rest)
     assert np.percentile(agree, 1) > 0.97, np.percentile(agree, [1, 5, 50])
+
+
+def test_calibration_width_of_a_3d_poisson_mask_is_its_centre_box():
+    m = make_mask("poisson2d", (16, 8, 32), 3, 0.5, seed=0)  # (Z, 1, X); centre box 8 x 16, the rest sparse
+    assert m.shape == (16, 1, 32) and calibration_width(m, default=24, ndim=3) == 8
+    with pytest.raises(InputError, match="centre"):  # read as 2D, no column is sampled on every slice
+        calibration_width(m, ndim=2)
+
+
+def test_espirit_maps_of_3d_poisson_k_space_agree_with_the_known_maps():
+    pytest.importorskip("sigpy")
+    z, n, c = 40, 40, 4  # a 20-wide calibration box: enough rows for a 3D kernel of 6^3 x 4 coils
+    x = np.abs(smooth_phase_image(z, n)) + 0.05  # (Z, Y, X)
+    maps = synthetic_coil_maps(c, (n, n))  # the same on every slice
+    mask = make_mask("poisson2d", (z, n, n), 3, 0.5, seed=0)
+    k = fftc(torch.from_numpy(maps[:, None] * x[None]), 3) * torch.as_tensor(mask)
+    A = mri_operator((z, n, n), mask, kspace=k, maps_from="espirit", three_d=True, real_input=False)
+    est = A.coil_maps.numpy()  # (C, Z, Y, X)
+    agree = np.abs((est * maps[:, None].conj()).sum(0))[x > 0.3]
+    assert np.percentile(agree, 1) > 0.97, np.percentile(agree, [1, 5, 50])  # 1 = the same subspace
 
 
 def _measured_with_support(z=2, n=32):
@@ -291,6 +338,28 @@ def test_pixels_outside_the_coil_maps_stay_zero_in_prior_model_units():
     assert mag[:, outside].max() < 0.01 * mag.max()  # exactly the start value: no data, no TV pull there
     inside = (support > 0) & (np.abs(x[0]) > 0)
     assert np.median(mag[0][inside]) > 0.3 * mag.max()
+
+
+def test_real_images_of_measured_k_space_are_phase_aligned_first():
+    """mri.image=real (the guided solvers' images) on measured k-space of an object with one phase: the data
+    are rotated so that the signal lies in the real part, and the real image is as good as the complex one."""
+    from medrecon.metrics import psnr
+    from medrecon.priors.base import IntensityMap
+    from pipelines.config import load_config
+    from pipelines.problem import Problem
+    x, support, meas = _measured_with_support()
+    x = np.abs(x) * np.exp(1.1j)  # an object of one phase, as a magnitude image seen by a scanner
+    meas.data = (fftc(torch.from_numpy(x[:, None] * meas.coil_maps), 2).numpy() * meas.mask[:, None]).astype(
+        np.complex64)
+    scores = {}
+    for image in ("real", "complex"):
+        cfg = load_config("cs_mri_x4", ["mri.coil_maps=given", f"mri.image={image}", "solver.name=admm_tv",
+                                        "solver.tv=3d", "solver.steps=30", "solver.admm.lam=0.0003",
+                                        "solver.admm.rho=0.01"], check_files=False).resolved()
+        p = Problem.from_measurement(cfg, meas, torch.device("cpu"), None, IntensityMap(0.0, 1.0, -1.0, 1.0))
+        mag = np.abs(p.to_volume(p.solve().x).data) * p.data_scale
+        scores[image] = psnr(mag * support, np.abs(x) * support, data_range=float(np.abs(x).max()))
+    assert scores["real"] > 40 and scores["complex"] > 40, scores  # the real image scored 11 dB unaligned
 
 
 def test_samplers_leave_pixels_no_coil_sees_at_zero():

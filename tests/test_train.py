@@ -123,6 +123,24 @@ def test_resume_refuses_other_training_options_and_keeps_the_runs_warm_up(data, 
     assert max(lrs) == pytest.approx(1e-3) and min(lrs[1:]) == pytest.approx(1e-3)  # not back into a warm-up
 
 
+def test_a_widened_run_resumes_without_init_from(data, tmp_path):
+    """A run widened from a narrower prior keeps that prior's attention-head width; --resume rebuilds the run's
+    own network from its checkpoint instead of refusing the options it was started with."""
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(16, 32), steps=2, batch_size=4, warmup=1, checkpoint_every=0,
+                        sample_every=0)  # heads of 32 channels, the default width: 64 once widened twice
+    narrow = train_prior(train, tmp_path / "narrow", opts, progress=False)
+    wide = replace(opts, channels=(32, 64), steps=4)
+    half = train_prior(train, tmp_path / "wide", replace(wide, steps=2, init_from=str(narrow)), progress=False)
+    straight = train_prior(train, tmp_path / "straight", replace(wide, init_from=str(narrow)), progress=False)
+    resumed = train_prior(train, half, wide, resume=True, progress=False)  # no --init-from this time
+    x, sigma = train.slices[:4], torch.tensor([0.05, 0.3, 1.0, 5.0])
+    fresh = train_prior(train, tmp_path / "fresh", replace(wide, steps=1), progress=False)
+    head = {p: load_prior(p).network.config["attention_head_dim"] for p in (resumed, straight, fresh)}
+    assert head[resumed] == head[straight] != head[fresh], head
+    assert torch.equal(load_prior(straight).denoise(x, sigma), load_prior(resumed).denoise(x, sigma))
+
+
 def test_overwrite_forgets_the_old_run_so_resume_cannot_continue_it(data, tmp_path, monkeypatch):
     """--overwrite replaces a prior; if the new run dies before its first checkpoint, --resume must not silently
     continue the old run from its training state."""
@@ -141,7 +159,7 @@ def test_overwrite_forgets_the_old_run_so_resume_cannot_continue_it(data, tmp_pa
 
 
 def test_time_limit_stops_early_exports_and_resume_finishes(data, tmp_path):
-    """--time-limit: the loop stops once the training steps have taken that long, exports a prior whose card
+    """--time-limit: the loop stops once it has run that long (at least one step), exports a prior whose card
     records the steps done, and --resume carries on to --steps."""
     train, _ = data
     opts = TrainOptions(image_size=16, channels=(8, 16), steps=6, batch_size=4, warmup=2, checkpoint_every=0,

@@ -24,6 +24,13 @@ def is_nifti(path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def _sheared(affine) -> bool:
+    """True where the affine's voxel axes are not orthogonal (beyond float32 header rounding)."""
+    m = np.asarray(affine, dtype=np.float64)[:3, :3]
+    unit = m / np.linalg.norm(m, axis=0)
+    return bool(np.abs(unit.T @ unit - np.eye(3)).max() > 1e-4)
+
+
 def read_nifti(path) -> Volume:
     """Read a 3D NIfTI (2D: one slice; 4D only with one volume) into a Volume in LPS."""
     path = Path(path)
@@ -42,23 +49,26 @@ def read_nifti(path) -> Volume:
     except Exception as e:  # noqa: BLE001  (nibabel raises many kinds on damaged files)
         raise InputError(f"cannot read NIfTI {path}: {e}; check that the file is complete") from e
     data = check_voxels(volume_array(data, path, "(X, Y, Z)"), path)
-    affine = np.asarray(img.affine, dtype=np.float64)
-    m = affine[:3, :3]
-    norms = np.linalg.norm(m, axis=0)
-    if np.any(norms == 0) or not np.all(np.isfinite(affine)):
-        raise InputError(f"{path}: the NIfTI affine {affine[:3].tolist()} is degenerate; fix the header "
-                         "(sform/qform) before use")
-    cosines = (m / norms).T @ (m / norms)
-    if np.abs(cosines - np.eye(3)).max() > 1e-4:
-        raise InputError(f"{path}: the NIfTI affine is sheared (voxel axes not orthogonal); resample the image "
-                         "onto an orthogonal grid first")
     header = img.header
     notes: list = []
     codes = {"sform_code": int(header["sform_code"]), "qform_code": int(header["qform_code"])}
+    affine = np.asarray(img.affine, dtype=np.float64)
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(norms == 0) or not np.all(np.isfinite(affine)):
+        raise InputError(f"{path}: the NIfTI affine {affine[:3].tolist()} is degenerate; fix the header "
+                         "(sform/qform) before use")
+    if _sheared(affine):
+        if not codes["qform_code"]:  # only an sform can be sheared
+            raise InputError(f"{path}: the NIfTI affine is sheared (voxel axes not orthogonal); resample the image "
+                             "onto an orthogonal grid first")
+        affine = np.asarray(img.get_qform(), dtype=np.float64)  # a qform is a rotation: never sheared
+        warn(notes, f"{path}: its sform is sheared (voxel axes not orthogonal); its qform is used instead, and "
+                    "the outputs carry the qform as both")
     if not any(codes.values()):
         warn(notes, f"{path}: neither sform nor qform is set, so where the volume lies and which way is left are "
                     "unknown; nibabel's default grid is used (outputs keep the codes at 0)")
-    elif all(codes.values()) and (apart := np.abs(img.get_sform() - img.get_qform()).max()) > 1e-3:
+    elif all(codes.values()) and not _sheared(img.get_sform()) and \
+            (apart := np.abs(img.get_sform() - img.get_qform()).max()) > 1e-3:
         warn(notes, f"{path}: its sform and qform disagree (largest difference {apart:.3g} mm); the sform is used, "
                     "as nibabel does")
     unit = header.get_xyzt_units()[0]

@@ -60,7 +60,7 @@ class TrainOptions:
     layers_per_block: int = 1
     attention: bool | None = None  # self-attention at the coarsest level (None: yes for unet, no for patch)
     steps: int = 5000
-    time_limit: float | None = None  # minutes of training steps; then stop early and export (resume continues)
+    time_limit: float | None = None  # wall-clock minutes of the loop; then stop early and export (resume continues)
     batch_size: int = 16  # unet: slices per step; patch: patches of the largest size per step (smaller: more)
     lr: float = 2e-4
     warmup: int = 200  # steps of linear lr warm-up (at most steps // 10)
@@ -217,17 +217,22 @@ class _Trainer:
 
         if start is None and opts.init_from:
             start = load_prior(opts.init_from)  # read by the loader, with its checks
-        self.unet_config = self.network_config()
+        config = self.network_config()
         if start is not None:  # a narrower prior's heads are copied whole: the head width follows it
-            self.unet_config = wide_config(dict(start.network.config), self.unet_config)
-        self.model = build_unet(self.unet_config).train()
-        if start is not None:
-            init_weights(self.model, start, opts.init_from or start.name, seed=opts.seed)
-        self.model.to(self.device)
-        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.optim = torch.optim.Adam(self.model.parameters(), lr=opts.lr)
+            config = wide_config(dict(start.network.config), config)
+        self._build(config, start)
         self.gen = torch.Generator().manual_seed(opts.seed + 1)
         self.step, self.seconds, self.recent, self.heldout_log = 0, 0.0, [], []
+
+    def _build(self, config: dict, start: Denoiser | None = None):
+        """The network of ``config`` (started from ``start``'s weights, if given), its EMA and optimiser."""
+        self.unet_config = config
+        self.model = build_unet(config).train()
+        if start is not None:
+            init_weights(self.model, start, self.opts.init_from or start.name, seed=self.opts.seed)
+        self.model.to(self.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optim = torch.optim.Adam(self.model.parameters(), lr=self.opts.lr)
 
     def network_config(self) -> dict:
         o = self.opts
@@ -242,9 +247,6 @@ class _Trainer:
 
     def restore(self, path: Path):
         st = torch.load(path, map_location="cpu", weights_only=True)
-        if st["unet_config"] != self.unet_config:
-            raise InputError(f"{path}: the checkpoint's network (arch, size, channels) differs from the options "
-                             "given now; resume with the original --arch/--image-size/--patch-sizes/--channels")
         old = st.get("options") or {}
         changed = [k for k in old if k not in RESUME_MAY_CHANGE and hasattr(self.opts, k)
                    and _option_value(old[k]) != _option_value(getattr(self.opts, k))]
@@ -252,6 +254,11 @@ class _Trainer:
             was = ", ".join(f"--{k.replace('_', '-')} {old[k]} (now {getattr(self.opts, k)})" for k in changed)
             raise InputError(f"{path}: the run was trained with {was}; resume with its own options, or start a "
                              f"new run from it with --init-from {path.parent.parent}")
+        if st["unet_config"] != self.unet_config:
+            if not old:  # a checkpoint without its options: nothing says the network is the run's
+                raise InputError(f"{path}: the checkpoint's network (arch, size, channels) differs from the options "
+                                 "given now; resume with the original --arch/--image-size/--patch-sizes/--channels")
+            self._build(st["unet_config"])  # the run's own: a widened run's heads follow the prior it started from
         if old:  # the warm-up the run had: a larger --steps must not send a resumed run back into it
             self.opts = replace(self.opts, warmup=max(1, min(int(old["warmup"]), int(old["steps"]) // 10)))
         self.model.load_state_dict(st["model"])
@@ -557,9 +564,10 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
             log.writerow(["step", "loss", "lr", "img_per_s", "elapsed_s"])
         bar = tqdm(total=opts.steps, initial=tr.step, disable=not progress, desc="train", unit="it")
         window, n_img, t_win = [], 0, time.perf_counter()
-        start_seconds = tr.seconds
+        first_step, started = tr.step, time.perf_counter()
         while tr.step < opts.steps:
-            if opts.time_limit is not None and tr.seconds - start_seconds >= 60 * opts.time_limit:
+            if opts.time_limit is not None and tr.step > first_step and \
+                    time.perf_counter() - started >= 60 * opts.time_limit:  # wall clock: scoring, checkpoints too
                 bar.write(f"--time-limit {opts.time_limit:g} min reached at step {tr.step}: exporting; "
                           "--resume continues")
                 break

@@ -20,7 +20,7 @@ from .espirit import calibration_width, espirit_maps
 from .masks import KINDS, central_run, load_mask, make_mask, poisson_disc, save_mask
 from .physics import fftc, ifftc
 
-__all__ = ["coil_support", "CartesianMRI", "zero_filled", "PerSliceOperator", "estimate_coil_maps", "synthetic_coil_maps",
+__all__ = ["coil_support", "with_real_input", "CartesianMRI", "zero_filled", "PerSliceOperator", "estimate_coil_maps", "synthetic_coil_maps",
            "CentreCrop", "centre_crop", "zero_pad", "calibration_width", "espirit_maps", "MAPS_FROM",
            "KINDS", "central_run", "load_mask", "make_mask", "poisson_disc", "save_mask", "fftc", "ifftc", "mri_operator"]
 
@@ -55,7 +55,7 @@ def mri_operator(image_shape, mask, *, kspace=None, coil_maps=None, maps_from: s
         k = torch.as_tensor(kspace)
         multi = k.ndim == 4
         if multi and maps_from == "espirit":
-            maps = espirit_maps(k, calibration_width(mask), ndim=nd)
+            maps = espirit_maps(k, calibration_width(mask, ndim=nd), ndim=nd)
         elif multi and (maps is None or maps_from == "estimate"):
             maps = estimate_coil_maps(k, ndim=nd)
         if not multi:
@@ -80,6 +80,15 @@ def mri_operator(image_shape, mask, *, kspace=None, coil_maps=None, maps_from: s
         return PerSliceOperator([CartesianMRI(shape, m[z] if per_slice_mask else mask, coil_maps=maps[z], **kw)
                                  for z in range(maps.shape[0])])
     return CartesianMRI(shape, mask, coil_maps=maps, **kw)
+
+
+def with_real_input(A: LinearOperator) -> LinearOperator:
+    """The same ``mri_operator`` taking real images (its adjoint keeps the real part); mask and maps shared."""
+    if isinstance(A, PerSliceOperator):
+        return PerSliceOperator([with_real_input(op) for op in A.ops])
+    real = CartesianMRI.__new__(CartesianMRI)
+    real.__dict__.update(A.__dict__, real_input=True, _cache={})
+    return real
 
 
 def coil_support(A: LinearOperator) -> torch.Tensor | None:

@@ -1,7 +1,7 @@
 """ESPIRiT coil sensitivities (Uecker et al., MRM 2014) through sigpy's kept implementation.
 
 The calibration region is the fully sampled k-space centre: ``calibration_width`` measures it from the
-mask (the contiguous run of sampled phase-encode columns around DC), because a calibration box wider than
+mask (the widest centred box of sampled phase-encode positions, in the plane of a 3D mask too), because a calibration box wider than
 the fully sampled centre would put unsampled zeros into the calibration matrix. The maps come from the
 null space of that matrix: one eigenvector per pixel, eigenvalue threshold ``crop`` (pixels without
 signal get zero maps), phase relative to the first coil. sigpy is an optional dependency
@@ -14,17 +14,28 @@ import torch
 
 from medrecon.errors import InputError
 
-from .masks import central_run
 
 
-def calibration_width(mask, default: int = 24) -> int:
-    """Width of the contiguous fully sampled centre of a mask (…, W) about column W // 2 (at most ``default``)."""
+def calibration_width(mask, default: int = 24, ndim: int = 2) -> int:
+    """Width of the widest calibration box ESPIRiT may use (at most ``default``): the box sigpy crops (from
+    n // 2 - w // 2 along every image axis) must be sampled on every slice. The mask's last ``ndim`` axes are the
+    image's ((H | 1, W) in 2D, (Z | 1, Y | 1, X) in 3D); an axis of size 1 is sampled throughout."""
     m = np.asarray(mask, bool)
-    run = central_run(m.reshape(-1, m.shape[-1]).all(axis=0) if m.ndim > 1 else m)
-    if run.stop == run.start:
+    m = m.reshape((1,) * max(0, ndim - m.ndim) + m.shape)
+    plane = m.reshape(-1, *m.shape[-ndim:]).all(axis=0)
+
+    def box_sampled(w: int) -> bool:
+        box = tuple(slice(None) if n == 1 else slice(n // 2 - min(w, n) // 2, n // 2 - min(w, n) // 2 + min(w, n))
+                    for n in plane.shape)
+        return bool(plane[box].all())
+
+    width = 0
+    while width < default and box_sampled(width + 1):
+        width += 1
+    if width == 0:
         raise InputError("the mask does not sample the k-space centre: ESPIRiT needs a fully sampled "
                          "calibration region (use coil_maps: given)")
-    return int(min(run.stop - run.start, default))
+    return width
 
 
 def espirit_maps(kspace, calib_width: int = 24, kernel_width: int = 6, thresh: float = 0.02,

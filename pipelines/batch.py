@@ -6,8 +6,9 @@ final path is checked to lie inside OUTPUT_ROOT, so no DICOM tag or folder name 
 folder named like the manifest is mirrored as ``manifest.csv_``. Symbolic links to folders are followed
 (each real folder once).
 
-Identity: each output's marker (and report.json) records the SeriesInstanceUID and the SHA-256 of the
-series' file list. A series is finished when its folder's marker names it with the same file list; the
+Identity: each output's marker (and report.json) records the SeriesInstanceUID, the SHA-256 of the
+series' file list and the config's fingerprint. A series is finished when its folder's marker names it with
+the same file list and config (another config is a conflict that --overwrite resolves); the
 manifest keeps the series -> folder mapping, which a later run reuses and never changes, and a new series
 never takes a folder that holds another series' output (colliding names get _2, _3, ...).
 
@@ -55,17 +56,22 @@ class Job:
     files_sha256: str = ""
     input_root: Path = Path("/")
     output_root: Path = Path("/")
+    config_sha256: str = ""  # the batch's Config.fingerprint ("": any config)
 
     @property
     def state(self) -> str:
-        """'new' (no output yet), 'done', 'changed' (the series' files changed since) or 'other' (the folder
-        holds an output of another series, or one that does not say which)."""
+        """'new' (no output yet), 'done', 'changed' (the series' files changed since), 'reconfigured' (made
+        with another config) or 'other' (the folder holds an output of another series, or one that does not
+        say which)."""
         mark = read_marker(self.output)
         if mark is None:
             return "new"
         if mark.get("series_uid") != self.uid:
             return "other"
-        return "done" if mark.get("files_sha256") == self.files_sha256 else "changed"
+        if mark.get("files_sha256") != self.files_sha256:
+            return "changed"
+        made_with = mark.get("config_sha256", self.config_sha256)  # outputs of earlier versions do not say
+        return "done" if not self.config_sha256 or made_with == self.config_sha256 else "reconfigured"
 
     @property
     def done(self) -> bool:
@@ -132,11 +138,11 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     w.writerows(rows)
     with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text(buf.getvalue())
+        tmp.write_text(buf.getvalue(), encoding="utf-8", errors="surrogateescape")  # folder names: their bytes
 
 
 def read_manifest(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         return list(csv.DictReader(f))
 
 
@@ -161,9 +167,10 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
     state = job.state
     if state == "done" and not overwrite:
         return job.row("skipped", "0.0")
-    if state in ("changed", "other") and not overwrite:
-        why = ("the series' files changed since it was written" if state == "changed" else
-               "it holds the output of another series, or one that does not record its series")
+    if state != "new" and not overwrite:
+        why = {"changed": "the series' files changed since it was written",
+               "reconfigured": "it was made with another config (or other --set values)",
+               "other": "it holds the output of another series, or one that does not record its series"}[state]
         return job.row("failed", "0.0", f"{_rel(job.output, job.output_root)} exists but {why}; "
                                         "pass --overwrite to redo it")
     t0 = time.perf_counter()
@@ -219,13 +226,23 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
         raise InputError(f"input root not found or not a folder: {input_root}")
     if output_root.resolve().is_relative_to(input_root.resolve()):
         raise InputError(f"output root {output_root} lies inside the input tree {input_root}; choose another")
-    jobs = plan(input_root, output_root, list_series, known_outputs(output_root))
-    if not jobs:
+    problems: list = []  # folders where series may be but none can be read
+    jobs = plan(input_root, output_root, lambda f, recursive: list_series(f, recursive, problems),
+                known_outputs(output_root))
+    for j in jobs:
+        j.config_sha256 = cfg.fingerprint()
+    if not jobs and not problems:
         raise InputError(f"no DICOM series found under {input_root}")
+    unread = [{"series_uid": "", "input_path": _rel(_absolute(f), _absolute(input_root)), "output_path": "",
+               "status": "failed", "seconds": "0.0", "error": error_text(InputError(why), _absolute(input_root))}
+              for f, why in problems]
+    for r in unread:
+        echo(f"failed  {r['input_path']}: {r['error']}")
     manifest = output_root / MANIFEST
     if dry_run:
         for j in jobs:
-            echo(f"{'run ' if j.todo(overwrite) else 'skip'}  {j.uid}  {j.input}  ->  {j.output}")
+            echo(f"{'run ' if j.todo(overwrite) else 'skip' if j.done else f'conflict ({j.state})'}  {j.uid}  "
+                 f"{j.input}  ->  {j.output}")
         return BatchResult(manifest, [])
     try:
         output_root.mkdir(parents=True, exist_ok=True)
@@ -233,12 +250,15 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
         raise InputError(f"cannot create the output root {output_root}: {e.strerror or e}; "
                          "choose a writable location") from e
     if engine is not None:  # e.g. pipelines.engines.RayEngine: same run_series, same manifest
-        rows = engine.run(cfg, jobs, manifest, overwrite=overwrite, echo=echo, resample=resample)
+        rows = unread + engine.run(cfg, jobs, manifest, overwrite=overwrite, echo=echo, resample=resample)
+        write_manifest(manifest, rows)
         write_batch_index(output_root, rows)
         return BatchResult(manifest, rows)
-    rows = []
+    rows = list(unread)
     bar = tqdm(jobs, desc="series", unit="series", disable=not progress, position=0)
     say = bar.write if progress else echo
+    if unread:
+        write_manifest(manifest, rows + [k.row("pending") for k in jobs])
     for i, j in enumerate(bar, 1):
         bar.set_postfix_str(j.output.name, refresh=True)
         rows.append(run_series(j, cfg, overwrite=overwrite, progress=progress, resample=resample))

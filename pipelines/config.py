@@ -18,6 +18,7 @@ solver, z-TV weight and ADMM penalty per modality).
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -202,6 +203,11 @@ class Config(Section):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the config as given (before ``resolved``): a batch's outputs made with another differ."""
+        given = self if self._given is None else self._given
+        return hashlib.sha256(json.dumps(given.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------- loading

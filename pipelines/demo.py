@@ -11,6 +11,7 @@ from pathlib import Path
 
 from medrecon.errors import InputError
 from medrecon.io import read_volume, write_dicom_series, write_nifti
+from medrecon.io.atomic import check_free
 
 from . import datasets
 from .compare import admm_tv_settings, compare_methods, markdown_table
@@ -71,8 +72,7 @@ def run_demo(output: str | Path, source: str = "scan", prior: str | None = None,
              echo=print) -> dict:
     """Run the demo into ``output``; returns {"metrics": {method: metrics}, "table": markdown}."""
     out = Path(output)
-    if out.exists() and not overwrite:  # say so before the work, not after it
-        raise InputError(f"output exists: {out} (use --overwrite to replace it)")
+    check_free(out, overwrite)  # say so before the work, not after it
     vol, case = demo_case(source, slices, seed)
     prior_dir = resolve_prior_path(prior or case.prior, Path.cwd())
     loaded = load_prior_for(prior_dir)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medrecon.io import read_volume
+from medrecon.io import atomic_path, read_volume
 from medrecon.volume import Volume
 
 from .outputs import default_window, write_json
@@ -183,9 +183,8 @@ def _json(path: Path) -> dict:
 
 
 def _write(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".medrecon-tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path, overwrite=True) as tmp:  # a temporary name that a later run clears if left behind
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")  # a folder name that is not UTF-8
     return path
 
 

@@ -14,6 +14,7 @@ import torch
 from medrecon.device import reset_cuda_peak, resolve_device
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
+from medrecon.io.atomic import check_free
 from medrecon.metrics import per_axis_metrics
 from medrecon.priors import IntensityMap
 from medrecon.volume import Volume
@@ -69,14 +70,13 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     input's own unless the config names one; ``resample`` allows resampling (a DICOM series with uneven slice
     gaps onto its median spacing, the input onto the prior's grid or pixel-size range; ``Problem.build``), and
     report.json records the grid under ``grid``. The output's marker and report record the source series
-    (see :func:`source_identity`); paths are recorded by name only.
+    (see :func:`source_identity`) and the config's ``fingerprint``; paths are recorded by name only.
     """
     cfg = prepare_config(config, overrides)
     inp, out = Path(input), Path(output)
     if not inp.exists():
         raise InputError(f"input not found: {inp} (give a DICOM folder, a NIfTI file or a measurements file)")
-    if out.exists() and not overwrite:
-        raise InputError(f"output exists: {out} (use --overwrite to replace it)")
+    check_free(out, overwrite)  # say so before the work, not after it
     device = resolve_device(cfg.solver.device)
     if device.type == "cuda":
         reset_cuda_peak(device)  # report.json's peak is this series', not the process's (a batch worker runs many)
@@ -95,7 +95,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     if grid and grid["resampled"]:
         log.warning(f"{inp.name}: resampled to {grid['size']}x{grid['size']} pixels of {grid['pixel_mm']:.3g} mm "
                     f"(from {grid['source_pixel_mm'][0]:.3g} mm): {grid['reason']}")
-    identity = source_identity(problem.source)
+    identity = {**source_identity(problem.source), "config_sha256": cfg.fingerprint()}
     with atomic_output(out, overwrite, protect=[inp], marker=identity) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         with t("write"):
             recon = problem.to_volume(sol.x)
             files = write_results(cfg, tmp, recon, sol, problem.intensity,
-                                  problem.source if _source_is_dicom(inp) else None,
+                                  problem.source if _is_dicom(problem.source) else None,
                                   measured_mri=problem.source is None and cfg.modality == "mri")
             files += write_measured_extras(cfg, tmp, problem, sol)
             files += write_self_adapted(tmp, problem)
@@ -152,8 +152,9 @@ def _seed(cfg: Config) -> int:
     return int(getattr(cfg.solver, "seed", 0))
 
 
-def _source_is_dicom(path: Path) -> bool:
-    return path.is_dir() or path.suffix.lower() == ".dcm"
+def _is_dicom(source: Volume | None) -> bool:
+    """Whether the input was read from DICOM (a folder, or one file of any name): the output gets dicom/."""
+    return source is not None and source.meta.get("format") == "dicom"
 
 
 def snapshot_writer(folder: Path, problem: Problem):

@@ -1,6 +1,6 @@
 """DICOM-folder batch: mirrored tree, manifest, a corrupt series, interruption and resumption, safe names."""
-import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -30,8 +30,7 @@ def tree(tmp_path):
 
 
 def _manifest(out):
-    with open(out / "manifest.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
+    return batch_mod.read_manifest(out / "manifest.csv")
 
 
 def _run(tree, out, *extra):
@@ -200,3 +199,64 @@ def test_sanitize():
     assert sanitize("a b/c\\d:e") == "a_b_c_d_e"
     assert len(sanitize("x" * 500)) == 64
     assert sanitize("...hidden") == "hidden"
+
+
+def test_a_series_split_over_sub_folders_is_read_whole_and_unreadable_folders_are_recorded(tmp_path, capsys):
+    """A series with files in a folder and its sub-folder is reconstructed from all of them and is finished on
+    a rerun; a folder whose DICOM files are all damaged is a failed manifest row, not left out."""
+    import nibabel as nib
+    root, out = tmp_path / "in", tmp_path / "out"
+    _series(root / "split", 1, "split")
+    (root / "split" / "more").mkdir()
+    moved = sorted(p for p in (root / "split").iterdir() if p.is_file())[-1]
+    moved.rename(root / "split" / "more" / moved.name)
+    _series(root / "garbled", 2, "garbled")
+    for f in (root / "garbled").iterdir():
+        f.write_bytes(f.read_bytes()[:300])  # cut inside the header
+    assert _run(root, out, "--quiet") == 1
+    rows = {r["input_path"]: r for r in _manifest(out)}
+    assert rows["garbled"]["status"] == "failed" and "none of its 3 DICOM file(s) can be read" in \
+        rows["garbled"]["error"]
+    assert rows["split"]["status"] == "done"
+    assert nib.load(out / rows["split"]["output_path"] / "recon.nii.gz").shape[2] == 3  # all three slices
+    assert _run(root, out, "--quiet") == 1 and _manifest(out)[-1]["status"] == "skipped"
+    next((root / "split" / "more").iterdir()).unlink()
+    capsys.readouterr()
+    assert _run(root, out, "--dry-run") == 0
+    assert "conflict (changed)" in capsys.readouterr().out  # the real run would fail it: it says so
+
+
+def test_a_rerun_with_another_config_does_not_pass_the_old_outputs_off_as_finished(tmp_path, capsys):
+    root, out = tmp_path / "in", tmp_path / "out"
+    _series(root / "s1", 1, "one")
+    assert _run(root, out, "--quiet") == 0
+    assert _run(root, out, "--quiet") == 0 and _manifest(out)[0]["status"] == "skipped"  # the same config
+    other = ["--set", "solver.name=fbp", "--set", "ct.image_size=24"]
+    code = main(["batch", str(root), str(out), "--config", "sparse_view_ct_8", *other, "--quiet"])
+    assert code == 1 and "made with another config" in _manifest(out)[0]["error"]
+    assert main(["batch", str(root), str(out), "--config", "sparse_view_ct_8", *other, "--quiet",
+                 "--overwrite"]) == 0
+    report = json.loads((out / _manifest(out)[0]["output_path"] / "report.json").read_text())
+    assert report["grid"]["size"] == 24
+
+
+def test_an_empty_output_folder_is_free_and_a_dicom_file_of_any_name_gets_dicom_outputs(tmp_path):
+    from pipelines.tasks import reconstruct
+    _series(tmp_path / "s", 1, "one")
+    single = tmp_path / "IM0002"  # one DICOM file without the .dcm suffix
+    single.write_bytes(sorted((tmp_path / "s").iterdir())[1].read_bytes())
+    (tmp_path / "out").mkdir()  # made ready, empty
+    reconstruct("sparse_view_ct_8", single, tmp_path / "out", ["solver.name=fbp", "ct.image_size=16"])
+    assert (tmp_path / "out" / "dicom").is_dir() and (tmp_path / "out" / "recon.nii.gz").is_file()
+
+
+def test_a_folder_name_that_is_not_utf8_survives_the_manifest_and_its_rerun(tmp_path):
+    root, out = tmp_path / "in", tmp_path / "out"
+    latin1 = root / os.fsdecode(b"M\xfcller")  # copied from a Latin-1 share
+    _series(latin1, 1, "one")
+    _series(root / "z_last", 2, "two")
+    assert _run(root, out, "--quiet") == 0
+    rows = _manifest(out)
+    assert sorted(r["status"] for r in rows) == ["done", "done"] and (out / "index.html").is_file()
+    assert (root / rows[0]["input_path"]).is_dir() or (root / rows[1]["input_path"]).is_dir()
+    assert _run(root, out, "--quiet") == 0 and {r["status"] for r in _manifest(out)} == {"skipped"}

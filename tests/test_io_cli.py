@@ -265,6 +265,12 @@ def test_deidentified_dicom_output_and_window_tags(tmp_path, capsys):
     for keyword in ("PatientBirthDate", "StudyDate", "AccessionNumber", "ReferringPhysicianName"):
         assert anon.get(keyword, "") == "", keyword
     assert "StudyDescription" not in anon and "SeriesDate" not in anon
+    originals = {str(pydicom.dcmread(f).SOPInstanceUID) for f in CT5N.iterdir()} | {str(src.SeriesInstanceUID)}
+    refs = anon.ReferencedSeriesSequence[0]
+    named = {str(refs.SeriesInstanceUID), str(anon.SourceImageSequence[0].ReferencedSOPInstanceUID)} | \
+        {str(i.ReferencedSOPInstanceUID) for i in refs.ReferencedInstanceSequence}
+    assert len(refs.ReferencedInstanceSequence) == len(originals) - 1 and not named & originals  # none traceable
+    assert str(plain.ReferencedSeriesSequence[0].SeriesInstanceUID) == str(src.SeriesInstanceUID)
     again = tmp_path / "anon2"
     assert run(capsys, "convert", CT5N, again, "--deidentify")[0] == 0  # the same source: the same new study UID
     assert pydicom.dcmread(next(again.glob("*.dcm"))).StudyInstanceUID == anon.StudyInstanceUID

@@ -206,3 +206,25 @@ def test_central_window_keeps_every_voxel_where_it_was():
     assert np.array_equal(win.data, vol.data[:, i0:i0 + 10, :])
     idx = np.array([[3.0, 4.0, 2.0], [29.0, 0.0, 0.0]])  # (x, y, z) in the window
     assert np.allclose(win.world_lps(idx), vol.world_lps(idx + [0.0, i0, 0.0]))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names a synced descriptor through /proc")
+def test_atomic_path_syncs_every_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    import os
+
+    import medrecon.io.atomic as atomic
+    synced, real_fsync = [], os.fsync
+
+    def spy(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", spy)
+    with atomic.atomic_path(tmp_path / "out") as tmp:
+        (tmp / "sub").mkdir(parents=True)
+        (tmp / "a.txt").write_text("a")
+        (tmp / "sub" / "b.txt").write_text("b")
+    names = [p.relative_to(tmp_path) if p.is_relative_to(tmp_path) else p for p in synced]
+    written = {Path("a.txt"), Path("sub/b.txt"), Path("sub"), Path(atomic.MARKER)}
+    assert {Path(*n.parts[1:]) for n in names[:-1] if n.parts and n.parts[0].startswith(".medrecon-tmp")} >= written
+    assert synced[-1] == tmp_path  # the rename, once every file was on disk

@@ -48,7 +48,7 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
     except OSError as e:
         raise InputError(f"cannot create the output folder {dest.parent}: {e.strerror or e}; "
                          "choose a writable location") from e
-    _check_free(dest, overwrite)
+    check_free(dest, overwrite)
     tmp = dest.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{dest.name}"
     try:
         yield tmp
@@ -56,8 +56,10 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
             from .. import __version__
             fields = marker if isinstance(marker, dict) else {}
             (tmp / MARKER).write_text(json.dumps({"medrecon": __version__, **fields}, indent=2) + "\n")
-        _check_free(dest, overwrite)  # again: something may have appeared meanwhile
+        check_free(dest, overwrite)  # again: something may have appeared meanwhile
+        _flush_to_disk(tmp)
         _commit(tmp, dest)
+        _flush_to_disk(dest.parent, tree=False)  # the rename itself
     except OSError as e:
         raise InputError(f"cannot write {dest}: {e.strerror or e}; "
                          "choose a writable location with enough free space") from e
@@ -136,7 +138,9 @@ def _check_not_input(dest: Path, protect: Iterable) -> None:
                              "inputs are never modified, choose an output path elsewhere")
 
 
-def _check_free(dest: Path, overwrite: bool) -> None:
+def check_free(dest: Path, overwrite: bool) -> None:
+    """Raise unless ``dest`` may take a new output: absent, an empty folder, or replaceable with ``overwrite``."""
+    dest = Path(dest)
     if not (dest.exists() or dest.is_symlink()):
         return
     if dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
@@ -147,6 +151,25 @@ def _check_free(dest: Path, overwrite: bool) -> None:
     if dest.is_dir() and read_marker(dest) is None:
         raise InputError(f"refusing to replace {dest}: it is a folder that medrecon did not write (it has no "
                          f"{MARKER} marker); remove it yourself or choose another output path")
+
+
+def _flush_to_disk(path: Path, tree: bool = True) -> None:
+    """fsync a written file or folder (with everything in it when ``tree``), so that after a power loss the
+    final name never holds files that were renamed into place before their data reached the disk."""
+    for p in ([*path.rglob("*"), path] if tree and path.is_dir() else [path]):
+        if p.is_symlink() or (p.is_dir() and os.name == "nt"):  # Windows cannot open a folder to sync it
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:  # some file systems refuse to sync a folder: their renames are durable anyway
+            if not p.is_dir():
+                raise
+        finally:
+            os.close(fd)
 
 
 def _commit(tmp: Path, dest: Path) -> None:

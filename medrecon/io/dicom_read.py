@@ -17,6 +17,8 @@ damaged files are skipped with a warning naming them.
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,25 +376,58 @@ def _transfer_syntax(f: Path) -> str:
 
 def _read_pixels(files: list[Path]) -> tuple[np.ndarray | None, list[tuple[Path, str]]]:
     """(Z, Y, X) float32 after rescale, in the given order; or the files whose pixels cannot be read."""
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(f) for f in files])
-    reader.SetOutputPixelType(sitk.sitkFloat32)
-    try:
-        with _itk_quiet():
-            return sitk.GetArrayFromImage(reader.Execute()), []
-    except RuntimeError:
-        pass
-    bad = []
-    for f in files:
+    with _itk_names(files) as names:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(names)
+        reader.SetOutputPixelType(sitk.sitkFloat32)
         try:
             with _itk_quiet():
-                sitk.ReadImage(str(f), sitk.sitkFloat32)
+                return sitk.GetArrayFromImage(reader.Execute()), []
         except RuntimeError:
-            bad.append((f, f"pixel data cannot be decoded (transfer syntax {_transfer_syntax(f)}): a truncated or "
-                           "damaged file, or a compression no installed decoder reads"))
+            pass
+        bad = [(f, _undecodable(f, name)) for f, name in zip(files, names)]
+    bad = [(f, why) for f, why in bad if why]
     if not bad:
         raise InputError(f"{files[0].parent}: SimpleITK cannot read these slices as one series")
     return None, bad
+
+
+@contextmanager
+def _itk_names(files: list[Path]):
+    """File names SimpleITK can open: the files' own, or (for a name that is not UTF-8, e.g. a folder copied
+    from a Latin-1 share) links to them in a temporary folder."""
+    if all(_utf8(str(f)) for f in files):
+        yield [str(f) for f in files]
+        return
+    with tempfile.TemporaryDirectory(prefix="medrecon-") as tmp:
+        names = []
+        for k, f in enumerate(files):
+            link = Path(tmp) / f"{k:06d}.dcm"
+            try:
+                link.symlink_to(Path(f).absolute())
+            except OSError:  # no symbolic links here (Windows without the privilege): a copy
+                shutil.copyfile(f, link)
+            names.append(str(link))
+        yield names
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _undecodable(f: Path, name: str) -> str:
+    """Why SimpleITK cannot decode one file's pixels ("" when it can)."""
+    try:
+        with _itk_quiet():
+            sitk.ReadImage(name, sitk.sitkFloat32)
+        return ""
+    except RuntimeError:
+        return (f"pixel data cannot be decoded (transfer syntax {_transfer_syntax(f)}): a truncated or damaged "
+                "file, or a compression no installed decoder reads")
 
 
 @contextmanager

@@ -53,18 +53,20 @@ class SeriesInfo:
                 "unreadable": list(self.unreadable)}
 
 
-def list_series(folder, recursive: bool = False) -> list[SeriesInfo]:
+def list_series(folder, recursive: bool = False, problems: list | None = None) -> list[SeriesInfo]:
     """Every DICOM image series in ``folder`` (and its sub-folders when ``recursive``), largest first.
 
     Files that are not DICOM (and hidden files) are ignored; DICOM files too damaged to read are listed
-    in ``SeriesInfo.unreadable`` of every series sharing their folder.
+    in ``SeriesInfo.unreadable`` of every series sharing their folder. ``problems``, when given, gets
+    (folder, why) for each folder that could not be listed or whose DICOM files are all damaged: series that
+    may be there but cannot be found.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; give the folder that holds the DICOM files")
     found: dict[str, SeriesInfo] = {}
     damaged: dict[Path, list[str]] = {}
-    for path in _files(folder, recursive):
+    for path in _files(folder, recursive, problems):
         try:
             ds = read_header(path, specific_tags=_SCAN_TAGS)
         except Exception as e:  # noqa: BLE001  (any parse failure means a damaged file)
@@ -79,8 +81,12 @@ def list_series(folder, recursive: bool = False) -> list[SeriesInfo]:
                 found[uid] = SeriesInfo(uid, [], dicom_text(ds.get("SeriesDescription")),
                                         str(ds.get("Modality", "") or ""), str(ds.get("StudyInstanceUID", "") or ""))
             found[uid].files.append(path)
+    with_series = {f.parent for info in found.values() for f in info.files}
     for info in found.values():
         info.unreadable = sorted(m for d in {f.parent for f in info.files} for m in damaged.get(d, []))
+    if problems is not None:
+        problems.extend((d, f"none of its {len(m)} DICOM file(s) can be read, e.g. {m[0]}")
+                        for d, m in sorted(damaged.items()) if d not in with_series)
     return sorted(found.values(), key=lambda s: (-s.n_files, s.uid))
 
 
@@ -112,13 +118,19 @@ def dicom_text(value) -> str:
     return str(value)
 
 
-def _files(folder: Path, recursive: bool) -> list[Path]:
+def _files(folder: Path, recursive: bool, problems: list | None = None) -> list[Path]:
     """Visible files under ``folder``, following symbolic links to folders; each real folder is visited once
-    (a link loop, or a link back into the tree, adds nothing) and each real file is listed once."""
+    (a link loop, or a link back into the tree, adds nothing) and each real file is listed once. Folders that
+    cannot be listed go into ``problems`` (folder, why) when it is given."""
     if not recursive:
         return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def unlisted(e: OSError):
+        if problems is not None:
+            problems.append((Path(e.filename), f"cannot be listed ({e.strerror}); check its permissions"))
+
     seen_dirs, seen_files, out = set(), set(), []
-    for root, dirs, names in os.walk(folder, followlinks=True):
+    for root, dirs, names in os.walk(folder, followlinks=True, onerror=unlisted):
         real = os.path.realpath(root)
         if real in seen_dirs:
             dirs[:] = []

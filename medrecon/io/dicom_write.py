@@ -13,8 +13,9 @@
   PixelSpacing, SliceThickness (= slice spacing; MR also SpacingBetweenSlices), FrameOfReferenceUID,
   WindowCenter/WindowWidth (the 1st-99th percentile of the values).
 * ``deidentify=True``: DICOM PS3.15 Basic Application Level Confidentiality Profile for the attributes
-  copied: patient and study identifiers and dates emptied or removed, study and frame-of-reference UIDs
-  replaced by UIDs derived from them (the same source gives the same new UID), PatientIdentityRemoved YES.
+  copied: patient and study identifiers and dates emptied or removed, study and frame-of-reference UIDs and
+  the referenced source series and instance UIDs replaced by UIDs derived from them (the same source gives the
+  same new UID), PatientIdentityRemoved YES.
 * References to the source series when it was DICOM (``source_meta['SourceImages']``, from ``dicom_read``):
   ReferencedSeriesSequence (Common Instance Reference module: the source series and all its instances) in
   every slice, and per slice a SourceImageSequence naming the source slice nearest along the normal.
@@ -51,7 +52,7 @@ TYPE2_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "St
 DEID_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
               "AccessionNumber", "ReferringPhysicianName")
 DEID_REMOVE = ("IssuerOfPatientID", "PatientAge", "PatientSize", "PatientWeight", "StudyDescription")
-DEID_UIDS = ("StudyInstanceUID", "FrameOfReferenceUID")
+DEID_UIDS = ("StudyInstanceUID", "FrameOfReferenceUID", "SeriesInstanceUID")  # the source series' (referenced)
 DEID_METHOD = "DICOM PS3.15 Basic Application Level Confidentiality Profile"  # LO: <= 64
 # Modality modules: attribute -> value when the source has none.
 CT_TAGS = {"KVP": "", "AcquisitionNumber": ""}
@@ -182,8 +183,16 @@ def deidentified(src: dict) -> dict:
     out.update({k: "" for k in DEID_EMPTY if k in out})
     for k in DEID_UIDS:
         if out.get(k):
-            out[k] = generate_uid(entropy_srcs=["medrecon-deidentify", str(out[k])])
+            out[k] = _deidentified_uid(out[k])
+    if out.get("SourceImages"):  # the references to the source series and its slices: its UIDs replaced too
+        out["SourceImages"] = [{**im, "SOPInstanceUID": _deidentified_uid(im["SOPInstanceUID"])}
+                               for im in out["SourceImages"]]
     return out
+
+
+def _deidentified_uid(uid) -> str:
+    """A UID derived from ``uid`` (the same source UID gives the same new one; it cannot be traced back)."""
+    return generate_uid(entropy_srcs=["medrecon-deidentify", str(uid)])
 
 
 def _mark_deidentified(ds: Dataset) -> None:

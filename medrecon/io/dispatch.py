@@ -70,9 +70,7 @@ def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:
 def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volume:
     if not any(folder.iterdir()):
         raise InputError(f"{folder} is empty; give the folder that holds the DICOM files of one series")
-    found = list_series(folder)
-    if series is not None and series not in {s.uid for s in found}:
-        found = list_series(folder, recursive=True)  # a series split over sub-folders
+    found = list_series(folder, recursive=series is not None)  # a named series: all its files, as the batch
     if not found:
         subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         hint = (f"; the files may be in its sub-folders ({', '.join(subfolders[:5])}"

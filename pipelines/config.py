@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -27,6 +28,7 @@ import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
 from medrecon.errors import InputError
+from operators.ct.fbp import FILTERS
 
 from .modality import intensity_card
 from .registry import SOLVERS, FastSettings, Section, SolverSettings
@@ -54,7 +56,7 @@ class CT(Section):
     pixel_size: Optional[float] = Field(None, gt=0)  # mm; null: the input's field of view / image_size
     detector: Detector = Detector()
     fan: Fan = Fan()
-    fbp_filter: str = "ram-lak"
+    fbp_filter: Literal[FILTERS] = "ram-lak"
     # Data term of the iterative solvers: poisson = ray weights from the counts (PWLS, operators.ct.physics),
     # none = plain least squares; auto = poisson unless the data's noise is recorded as gaussian or none.
     weighting: Literal["auto", "poisson", "none"] = "auto"
@@ -63,6 +65,9 @@ class CT(Section):
     def _one_angle_spec(self):
         if (self.n_views is None) == (self.wedge_deg is None):
             raise ValueError("give exactly one of n_views (sparse view) or wedge_deg (limited angle)")
+        if self.beam == "parallel" and self.wedge_deg is not None and self.wedge_deg > 180:
+            raise ValueError(f"wedge_deg {self.wedge_deg:g}: a parallel beam's views repeat after 180 degrees; "
+                             "give at most 180, or beam: fan")
         return self
 
 
@@ -267,10 +272,14 @@ def _leave_other_solvers_keys(raw: dict, file_solver: dict, overrides) -> None:
     name = section.get("name") if isinstance(section, dict) else None
     if name == file_solver.get("name") or name not in SOLVERS:
         return
-    given = {o.partition("=")[0].strip().split(".")[1] for o in overrides if o.strip().startswith("solver.")
-             and len(o.partition("=")[0].strip().split(".")) > 1}
-    takes = SOLVERS[name].settings.model_fields
-    raw["solver"] = {k: v for k, v in section.items() if k in given or k in takes}
+    keys = [o.partition("=")[0].strip().split(".")[1:] for o in overrides if o.strip().startswith("solver.")]
+    given = {k[0] for k in keys if k}
+    settings = SOLVERS[name].settings
+    raw["solver"] = {k: v for k, v in section.items() if k in given or k in settings.model_fields}
+    for sub, refused in getattr(settings, "NOT_TAKEN", {}).items():  # e.g. admm_tv: the samplers' admm.lam_xy
+        if isinstance(raw["solver"].get(sub), dict):
+            raw["solver"][sub] = {k: v for k, v in raw["solver"][sub].items()
+                                  if k not in refused or [sub, k] in keys}
 
 
 def _apply_override(raw: dict, item: str) -> list[str]:
@@ -279,7 +288,9 @@ def _apply_override(raw: dict, item: str) -> list[str]:
     if not sep or not key:
         return [f"--set {item}: expected KEY=VALUE (e.g. --set solver.steps=50)"]
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        text = value.strip()
+        # a decimal integer is one even with leading zeros (YAML 1.1 reads 010 as octal 8)
+        parsed = int(text) if re.fullmatch(r"[+-]?\d+", text) else yaml.safe_load(text) if text else None
     except yaml.YAMLError:
         parsed = value
     node, parts = raw, key.split(".")

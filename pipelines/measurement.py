@@ -64,12 +64,29 @@ class Measurement:
                 raise InputError(f"{path}: not a medrecon measurements file (no 'format'/'data' arrays)")
             g = json.loads(str(z["grid"]))
             grid = Volume(np.zeros(g["shape"], np.float32), g["spacing"], g["origin"], np.array(g["direction"]))
-            return cls(str(z["modality"]), z["data"], grid,
+            meas = cls(str(z["modality"]), z["data"], grid,
                        json.loads(str(z["geometry"])) if "geometry" in z else None,
                        z["mask"] if "mask" in z else None, z["coil_maps"] if "coil_maps" in z else None,
                        json.loads(str(z["info"])), z["reference"] if "reference" in z else None)
         except (OSError, ValueError, KeyError) as e:
             raise InputError(f"{path}: cannot read measurements ({e})") from None
+        if meas.modality == "ct" and meas.geometry is not None:
+            _check_sinogram_fits(meas, path)
+        return meas
+
+
+def _check_sinogram_fits(meas: Measurement, path: Path) -> None:
+    """The sinogram (Z, views, bins) and the grid (Z, n, n) must be the geometry's, slice for slice."""
+    from operators.ct import geometry_from_dict
+    geom = geometry_from_dict(meas.geometry)
+    data, grid = tuple(np.shape(meas.data)), tuple(meas.grid.shape)
+    if not hasattr(geom, "sino_shape"):  # cone beam: one 3D projection set
+        return
+    if len(data) != 3 or data[1:] != tuple(geom.sino_shape) or grid[1:] != tuple(geom.image_shape) or \
+            data[0] != grid[0]:
+        raise InputError(f"{path}: the sinogram {data} and grid {grid} do not fit the geometry stored with them "
+                         f"((views, bins) {tuple(geom.sino_shape)} per slice of {tuple(geom.image_shape)} "
+                         "pixels); write the measurements again (medrecon simulate)")
 
 
 def is_measurement_file(path: str | Path) -> bool:

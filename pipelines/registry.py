@@ -13,7 +13,7 @@ How a solver runs on a built problem lives in ``pipelines.problem`` (``Problem.s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal, Optional, Union
+from typing import Annotated, ClassVar, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -109,8 +109,18 @@ SELF_ADAPT_DEFAULT = {"fast": {"mri": 500}}
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors."""
+    """A config section: unknown keys are errors, and so is true/false for a number (pydantic reads it as 1/0)."""
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data):
+        for name, field in cls.model_fields.items():
+            value = data.get(name) if isinstance(data, dict) else None
+            kinds = set(get_args(field.annotation)) or {field.annotation}
+            if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
+                raise ValueError(f"{name}: expected a number, got {str(value).lower()}")
+        return data
 
 
 class ADMM(Section):
@@ -196,6 +206,8 @@ class SIRTSettings(_Solver):
 class ADMMTVSettings(_Iterative, _ZTV):
     name: Literal["admm_tv"] = "admm_tv"
     tv: Literal["z", "3d"] = "z"  # TV along z only, or along all three axes (the classical baseline)
+    #: keys of a shared section it refuses: a config file's values of them are left behind on --set solver.name
+    NOT_TAKEN: ClassVar[dict] = {"admm": ("lam_xy",)}
 
     @model_validator(mode="after")
     def _no_inplane_weight(self):

@@ -77,9 +77,11 @@ def mri_mask(cfg: Config, shape: tuple[int, ...]) -> np.ndarray:
     return make_mask(m.kind, shape, m.acceleration, m.center_fraction, m.seed)
 
 
-#: below -1024 HU a scan holds padding outside the scanner's reconstruction circle (-2048, -3024) or noise in air
-#: (a few voxels): air, here as in the data (mu is clamped at 0)
-CT_FLOOR_HU = -1024.0
+#: the HU of mu = 0 (hu_to_mu clamps below it): air as the data see it. Scans store air near -1000 to -1024 and
+#: pad outside their reconstruction circle with -2048 or -3024; the data cannot tell any of these from -1000, so
+#: neither may the reference (it was floored at -1024 until the fortieth session: a perfect reconstruction then
+#: lost up to 24 HU in every air pixel)
+CT_FLOOR_HU = -1000.0
 
 
 def simulate_ct(cfg: Config, src: Volume, size: int, pixel_mm: float | None = None) -> tuple[Volume, Measurement]:

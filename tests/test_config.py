@@ -93,6 +93,12 @@ def test_more_typical_mistakes(tmp_path):
                              f"(use one of poisson, gaussian, none)"]
     p4 = _write(tmp_path, BASE.replace("n_views: 8", "n_views: -2"))
     assert _problems(p4) == [f"{p4}: ct.n_views: must be > 0, got -2"]
+    p5 = _write(tmp_path, BASE.replace("n_views: 8", "n_views: 8, fbp_filter: hanning"))
+    assert _problems(p5) == [
+        f'{p5}: ct.fbp_filter: expected one of "ram-lak", "shepp-logan", "cosine", "hamming" or "hann", got "hanning"']
+    p6 = _write(tmp_path, BASE.replace("n_views: 8", "wedge_deg: 200"))
+    assert _problems(p6) == [
+        f"{p6}: ct: wedge_deg 200: a parallel beam's views repeat after 180 degrees; give at most 180, or beam: fan"]
 
 
 def test_set_overrides_apply_with_yaml_types(tmp_path):
@@ -101,6 +107,9 @@ def test_set_overrides_apply_with_yaml_types(tmp_path):
                           "noise.sigma=0.01"])
     assert cfg.solver.steps == 7 and cfg.solver.clip == (-1000.0, 2000.0)
     assert cfg.noise.sigma == 0.01 and cfg.source == str(p)
+    assert load_config(p, ["ct.n_views=010"]).ct.n_views == 10  # decimal, not YAML 1.1's octal 8
+    with pytest.raises(InputError, match="ct: n_views: expected a number, got true"):
+        load_config(p, ["ct.n_views=true"])  # not 1 view
 
 
 def test_config_resolution_by_name_and_errors(tmp_path):

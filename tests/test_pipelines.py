@@ -149,7 +149,7 @@ def test_ct_padding_outside_the_scan_circle_is_air_in_data_and_reference():
     padded = air.with_data(np.where(outside, -2048.0, hu))
     ref_air, meas_air = simulate_ct(cfg, air, 32, 1.0)
     ref_pad, meas_pad = simulate_ct(cfg, padded, 32, 1.0)
-    assert ref_pad.data.min() == CT_FLOOR_HU
+    assert ref_pad.data.min() == CT_FLOOR_HU == -1000.0  # mu = 0: what the data make of both
     assert np.array_equal(meas_pad.data, meas_air.data)  # the padding projects as the air it stands for
     assert np.array_equal(ref_pad.data, ref_air.data)
     assert meas_pad.info["reference_floor_hu"] == CT_FLOOR_HU
@@ -701,3 +701,13 @@ def test_what_was_warned_about_the_input_is_in_the_report(tmp_path, ct_nifti):
     assert _fast_ct(src, tmp_path / "out") == 0
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert any("repeat another file's SOPInstanceUID" in w for w in rep["input_warnings"])
+
+
+def test_a_sinogram_that_does_not_fit_its_stored_geometry_is_a_one_line_error(tmp_path, ct_nifti):
+    sim = tmp_path / "sim"
+    tasks.simulate("limited_angle_ct_90", ct_nifti, sim, overrides=["ct.image_size=32"])
+    meas = Measurement.load(sim / "measurements.npz")
+    meas.data = meas.data[:, :80]  # 80 of the 90 views
+    meas.save(tmp_path / "cut.npz")
+    with pytest.raises(InputError, match=r"cut.npz: the sinogram \(\d+, 80, \d+\) and grid .* do not fit"):
+        Measurement.load(tmp_path / "cut.npz")

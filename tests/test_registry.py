@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from medrecon.errors import InputError
-from pipelines.config import REPO_CONFIGS, load_config
+from pipelines.config import REPO_CONFIGS, config_names, load_config
 from pipelines.registry import ADMM_DEFAULTS, FAST_END, SOLVERS, WARM_START_DEFAULTS, solver_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +56,9 @@ def test_a_knob_of_another_solver_is_an_error_that_names_it():
         load_config("sparse_view_ct_8", ["solver.name=admm_tv", "solver.zeta=2"], check_files=False)
     with pytest.raises(InputError, match="admm.lam_xy: the classical admm_tv has no in-plane weight"):
         load_config("sparse_view_ct_8", ["solver.name=admm_tv", "solver.admm.lam_xy=0.1"], check_files=False)
+    for name in config_names():  # a file's in-plane weight for its sampler stays behind when admm_tv is asked for
+        cfg = load_config(name, ["solver.name=admm_tv"], check_files=False)
+        assert cfg.solver.name == "admm_tv" and not cfg.solver.admm.lam_xy, name
     with pytest.raises(InputError, match="solver.name: expected one of diffusion_mbir, fast"):
         load_config("sparse_view_ct_8", ["solver.name=magic"], check_files=False)
 

@@ -52,7 +52,7 @@ class CT(Section):
     beam: Literal["parallel", "fan"] = "parallel"
     n_views: Optional[int] = Field(None, gt=0)  # sparse view: uniform over 180 deg (parallel) / 360 (fan)
     wedge_deg: Optional[float] = Field(None, gt=0, le=360)  # limited angle: one view per degree
-    image_size: Optional[int] = Field(None, gt=0)  # null: the prior's size (256 without a prior)
+    image_size: Optional[int] = Field(None, gt=0)  # null: the input's own (problem.reconstruction_grid)
     pixel_size: Optional[float] = Field(None, gt=0)  # mm; null: the input's field of view / image_size
     detector: Detector = Detector()
     fan: Fan = Fan()
@@ -81,7 +81,7 @@ class Mask(Section):
 
 class MRI(Section):
     mode: Literal["2d", "3d"] = "2d"  # 2d: same mask on every slice; 3d: mask over (kz, ky), readout x
-    image_size: Optional[int] = Field(None, gt=0)  # null: the prior's size (320 without a prior)
+    image_size: Optional[int] = Field(None, gt=0)  # null: the input's own (problem.reconstruction_grid)
     pixel_size: Optional[float] = Field(None, gt=0)  # mm; null: the input's field of view / image_size
     mask: Mask = Mask()
     coils: Literal["single", "multi"] = "single"

@@ -50,7 +50,6 @@ from .registry import SELF_ADAPT_DEFAULT, SOLVERS
 from .simulate import simulate_volume
 
 GUIDED = ("projection", "mcg", "dps")  # samplers that apply A to chunks of slices (weights passed, not folded in)
-DEFAULT_SIZE = {Modality.ct: 256, Modality.mri: 320}  # slice size without a prior that fixes it
 
 
 @dataclass
@@ -105,10 +104,7 @@ class Problem:
             meas = Measurement.load(input)
         else:
             source = input if isinstance(input, Volume) else read_volume(input, series=series)
-            check_domain(cfg, prior, source)
-            grid = reconstruction_grid(cfg, prior, source, resample)
-            info["grid"] = grid
-            reference, meas = simulate_volume(cfg, source, grid["size"], grid["pixel_mm"])
+            reference, meas, info["grid"] = simulate_on_its_grid(cfg, prior, source, resample)
         if meas.modality != cfg.modality:
             raise InputError(f"{meas.info.get('source') or 'the input'}: holds {meas.modality} measurements but "
                              f"the config is for {cfg.modality}")
@@ -423,15 +419,13 @@ def configured_prior(cfg: Config, device) -> Denoiser:
     return load_prior_for(resolve_prior_path(cfg.prior.path, Path(cfg.source).parent), device=device)
 
 
-def grid_size(cfg: Config, prior) -> int:
-    """Slice size of a grid that no input fixes (simulate without a volume's own grid): the config's, else the
-    prior's, else the modality default."""
-    want = cfg.image_size
-    have = getattr(prior, "image_size", None) if prior is not None else None
-    if want is not None and have is not None and want != have:
-        raise InputError(f"{cfg.modality}.image_size: {want}, but prior {prior.name} was trained at {have}x{have} "
-                         f"(set {cfg.modality}.image_size={have} or leave it null)")
-    return want or have or DEFAULT_SIZE[Modality(cfg.modality)]
+def simulate_on_its_grid(cfg: Config, prior, source: Volume, resample: bool = False):
+    """(reference, measurement, grid) of a volume: the domain checks, then the simulation on the reconstruction
+    grid (``reconstruction_grid``), as ``reconstruct`` and ``simulate`` both make it."""
+    check_domain(cfg, prior, source)
+    grid = reconstruction_grid(cfg, prior, source, resample)
+    reference, meas = simulate_volume(cfg, source, grid["size"], grid["pixel_mm"])
+    return reference, meas, grid
 
 
 def in_pixel_range(pixel_mm: float, span: tuple[float, float]) -> bool:
@@ -531,11 +525,19 @@ def ct_weighting(cfg: Config, meas: Measurement) -> str:
 
 
 def check_grid(prior, meas: Measurement) -> None:
+    """The measurements' grid must be one the prior works on: its slice size, or its pixel-size range."""
     size = getattr(prior, "image_size", None)
     if size is not None and meas.grid.shape[-2:] != (size, size):
         raise InputError(f"the measurements are on a {meas.grid.shape[-2]}x{meas.grid.shape[-1]} grid but prior "
                          f"{prior.name} was trained at {size}x{size}: use a matching prior or a classical "
                          f"solver (--set solver.name=admm_tv)")
+    span = getattr(prior, "pixel_spacing_mm_range", None) if size is None else None
+    pixel = float(min(meas.grid.spacing[:2]))
+    if span is not None and not in_pixel_range(pixel, span):
+        raise InputError(f"{meas.info.get('source') or 'the measurements'}: pixel size {pixel:.3g} mm is outside the "
+                         f"range prior {prior.name} was trained on ({span[0]:.3g}-{span[1]:.3g} mm): use a prior "
+                         "trained at this pixel size (medrecon train --arch patch), a classical solver (--set "
+                         "solver.name=admm_tv), or simulate the measurements at a pixel size inside the range")
 
 
 def _complex_images(cfg: Config, meas: Measurement) -> bool:
@@ -571,5 +573,5 @@ def _measured_scale(A: LinearOperator, y: torch.Tensor) -> float:
     return v if v > 0 else 1.0
 
 
-__all__ = ["Problem", "Solution", "check_domain", "check_grid", "configured_prior", "grid_size", "phase_rotation",
+__all__ = ["Problem", "Solution", "check_domain", "check_grid", "configured_prior", "phase_rotation",
            "reconstruction_grid"]

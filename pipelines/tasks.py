@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medrecon.device import reset_cuda_peak, resolve_device
@@ -23,8 +24,7 @@ from .config import Config, load_config
 from .html_report import write_series_page
 from .measurement import Measurement, is_measurement_file
 from .outputs import Timings, atomic_output, peak_memory, preview_png, report, write_json
-from .problem import Problem, Solution, configured_prior, grid_size
-from .simulate import simulate_volume
+from .problem import Problem, Solution, configured_prior, simulate_on_its_grid
 
 log = logging.getLogger("medrecon")
 
@@ -49,12 +49,12 @@ def write_simulation(folder: Path, ref: Volume, meas: Measurement) -> None:
 
 def simulate(config, input, output, overrides=(), overwrite: bool = False, series: str | None = None,
              resample: bool = False) -> Path:
-    """Simulate measurements of a ground-truth volume; writes OUTPUT/measurements.npz and reference.nii.gz."""
-    cfg = load_config(config, list(overrides), check_files=False)
-    cfg = prepare_config(config, overrides) if cfg.image_size is None else cfg.resolved()  # the prior sets the size
-    prior = configured_prior(cfg, "cpu") if cfg.image_size is None else None
-    ref, meas = simulate_volume(cfg, read_volume(input, series=series, resample_nonuniform=resample),
-                                grid_size(cfg, prior))
+    """Simulate measurements of a ground-truth volume on its own grid (or the one the config names); writes
+    OUTPUT/measurements.npz and reference.nii.gz."""
+    cfg = prepare_config(config, overrides)
+    source = read_volume(input, series=series, resample_nonuniform=resample)
+    # the input's own grid (or the config's): the prior is the reconstruction's business (check_grid)
+    ref, meas, _ = simulate_on_its_grid(cfg, None, source, resample)
     with atomic_output(output, overwrite, protect=[input]) as tmp:
         write_simulation(Path(tmp), ref, meas)
     return Path(output)
@@ -233,6 +233,13 @@ def evaluate(reference, input, output=None, data_range: float | None = None) -> 
     if ref.shape != rec.shape:
         raise InputError(f"reference shape {ref.shape} and input shape {rec.shape} differ (evaluate needs the "
                          f"same grid: compare against OUTPUT/simulation/reference.nii.gz)")
+    same_place = np.allclose(ref.spacing, rec.spacing, rtol=1e-4) and np.allclose(ref.origin, rec.origin, atol=0.01) \
+        and np.allclose(ref.direction, rec.direction, atol=1e-4)  # float32 headers round
+    if not same_place:
+        raise InputError(f"reference and input have the same shape but lie on different grids (spacing "
+                         f"{tuple(np.round(ref.spacing, 4))} vs {tuple(np.round(rec.spacing, 4))} mm, origin "
+                         f"{tuple(np.round(ref.origin, 2))} vs {tuple(np.round(rec.origin, 2))}): compare against "
+                         "OUTPUT/simulation/reference.nii.gz, or resample one onto the other first")
     try:
         m = per_axis_metrics(ref.data, rec.data, data_range)
     except ValueError as e:

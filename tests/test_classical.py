@@ -107,3 +107,11 @@ def test_admm_tv_without_tv_is_least_squares_and_runs_slice_wise_ct():
     assert float(x.min()) >= 0 and float((x - vol).norm() / vol.norm()) < 0.3
     D = FiniteDifference((5, 16, 16), (0,))
     assert float(D.forward(x).abs().sum()) < 1e-2 * float(x.abs().sum())  # z-TV keeps identical slices alike
+
+
+def test_admm_tv_takes_a_numpy_or_torch_scalar_weight():
+    import numpy as np
+    y = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ref = admm_tv(Identity((3, 8, 8)), y, 0.05, 0.5, 5, axes=(0,))
+    for lam in (np.float32(0.05), torch.tensor(0.05)):
+        assert torch.allclose(admm_tv(Identity((3, 8, 8)), y, lam, 0.5, 5, axes=(0,)), ref)

@@ -120,6 +120,10 @@ def test_geometry_defaults_angles_and_round_trip():
         ParallelBeamGeometry.from_dict(FanBeamGeometry.sparse_view(32, 4).to_dict())
     with pytest.raises(InputError):
         FanBeamGeometry.sparse_view(32, 4, source_origin_mm=10)  # source inside the field of view
+    with pytest.raises(InputError, match="must exceed the field-of-view radius"):  # also with the bins given
+        ConeBeamGeometry.sparse_view((8, 16, 16), 4, det_cols=40, source_origin_mm=10)
+    with pytest.raises(InputError, match="n_det must be a positive integer, got 0"):
+        ParallelBeamGeometry.sparse_view(16, 4, n_det=0)
     with pytest.raises(InputError, match="filter"):
         fbp(torch.zeros(g.sino_shape), g, "bogus")
     with pytest.raises(InputError, match="shape"):

@@ -252,6 +252,9 @@ def test_evaluate_errors_and_python_api(tmp_path, ct_nifti):
     m = pipelines.evaluate(v, v.with_data(v.data + 10.0), data_range=2000.0)
     assert m["psnr"]["volume"] == pytest.approx(10 * np.log10(2000.0 ** 2 / 100.0), abs=1e-6)
     assert main(["evaluate", "--reference", str(ct_nifti), "--input", str(tmp_path / "missing.nii.gz")]) == 2
+    moved = Volume(v.data, tuple(np.array(v.spacing) * 0.5), v.origin, v.direction)  # same shape, half the size
+    with pytest.raises(InputError, match="same shape but lie on different grids"):
+        pipelines.evaluate(v, moved)
 
 
 def test_native_grid_by_default_and_domain_checks(tmp_path, ct_nifti, mr_nifti, monkeypatch):
@@ -711,3 +714,15 @@ def test_a_sinogram_that_does_not_fit_its_stored_geometry_is_a_one_line_error(tm
     meas.save(tmp_path / "cut.npz")
     with pytest.raises(InputError, match=r"cut.npz: the sinogram \(\d+, 80, \d+\) and grid .* do not fit"):
         Measurement.load(tmp_path / "cut.npz")
+
+
+def test_simulate_keeps_the_inputs_grid_and_a_prior_refuses_measurements_outside_its_pixel_range(tmp_path, ct_nifti):
+    sim = tmp_path / "sim"
+    tasks.simulate("sparse_view_ct_8", ct_nifti, sim)  # no image_size: the phantom's own 64 x 64 at 6 mm
+    ref = read_volume(sim / "reference.nii.gz")
+    assert ref.shape == (5, 64, 64) and np.allclose(ref.spacing, read_volume(ct_nifti).spacing)
+    with pytest.raises(InputError, match="pixel size 6 mm is outside the range prior ct_patch was trained on"):
+        tasks.reconstruct("sparse_view_ct_8", sim / "measurements.npz", tmp_path / "fast")
+    res = tasks.reconstruct("sparse_view_ct_8", sim / "measurements.npz", tmp_path / "tv",
+                            overrides=["solver.name=admm_tv", "solver.steps=10"])
+    assert res.recon.shape == (5, 64, 64)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..linop import LinearOperator
@@ -57,7 +58,7 @@ class ADMMTV:
 
     def __init__(self, A: LinearOperator, y: torch.Tensor, D: LinearOperator | None, lam: float | Sequence[float],
                  rho: float, n_cg: int = 1, nonneg: bool = False, clip: tuple[float, float] | None = None):
-        lams = (float(lam),) if isinstance(lam, (int, float)) else tuple(float(v) for v in lam)
+        lams = (float(lam),) if np.ndim(lam) == 0 else tuple(float(v) for v in lam)  # numpy/torch scalars too
         if min(lams) < 0 or rho <= 0:
             raise ValueError(f"need lam >= 0 and rho > 0, got lam={lam}, rho={rho}")
         if len(lams) > 1 and (D is None or len(lams) != D.out_shape[0]):

@@ -149,7 +149,7 @@ class ParallelBeamGeometry(_SliceGeometry):
         _check_common(self, self.image_size, self.pixel_size_mm, self.det_spacing_mm)
         if self.n_det is None:
             self._set("n_det", parallel_det_count(self.image_size, self.pixel_size_mm, self.det_spacing_mm))
-        self._set("n_det", int(self.n_det))
+        _set_count(self, "n_det")
 
     def astra_geometries(self):
         proj = astra.create_proj_geom("parallel", self.det_spacing_mm, self.n_det, self.angles_rad)
@@ -181,11 +181,10 @@ class FanBeamGeometry(_SliceGeometry):
         self._set("origin_det_mm", float(self.origin_det_mm if self.origin_det_mm is not None else w))
         if self.origin_det_mm < 0:
             raise InputError(f"origin_det_mm must be >= 0, got {self.origin_det_mm}")
+        bins = _fan_det_count(w, self.source_origin_mm, self.origin_det_mm, self.det_spacing_mm)  # validates too
         if self.n_det is None:
-            self._set("n_det", _fan_det_count(w, self.source_origin_mm, self.origin_det_mm, self.det_spacing_mm))
-        else:
-            _fan_det_count(w, self.source_origin_mm, self.origin_det_mm, self.det_spacing_mm)  # validates
-        self._set("n_det", int(self.n_det))
+            self._set("n_det", bins)
+        _set_count(self, "n_det")
 
     def astra_geometries(self):
         proj = astra.create_proj_geom("fanflat", self.det_spacing_mm, self.n_det, self.angles_rad,
@@ -222,13 +221,14 @@ class ConeBeamGeometry(_Geometry):
         w = max(x, y) * self.voxel_size_mm
         self._set("source_origin_mm", float(self.source_origin_mm if self.source_origin_mm is not None else 2 * w))
         self._set("origin_det_mm", float(self.origin_det_mm if self.origin_det_mm is not None else w))
+        cols = _fan_det_count(w, self.source_origin_mm, self.origin_det_mm, self.det_spacing_mm)  # validates too
         mag = (self.source_origin_mm + self.origin_det_mm) / (self.source_origin_mm - w / math.sqrt(2.0))
         if self.det_cols is None:
-            self._set("det_cols", _fan_det_count(w, self.source_origin_mm, self.origin_det_mm, self.det_spacing_mm))
+            self._set("det_cols", cols)
         if self.det_rows is None:
             self._set("det_rows", int(math.ceil(z * self.voxel_size_mm * mag / self.det_spacing_mm)))
-        self._set("det_rows", int(self.det_rows))
-        self._set("det_cols", int(self.det_cols))
+        _set_count(self, "det_rows")
+        _set_count(self, "det_cols")
 
     def astra_geometries(self):
         z, y, x = self.volume_shape
@@ -241,6 +241,14 @@ class ConeBeamGeometry(_Geometry):
     @property
     def proj_shape(self):
         return (self.det_rows, self.n_angles, self.det_cols)
+
+
+def _set_count(geom, name: str) -> None:
+    """A detector count as a positive int, or a one-line error naming it."""
+    value = getattr(geom, name)
+    if int(value) != value or value < 1:
+        raise InputError(f"{type(geom).__name__}: {name} must be a positive integer, got {value}")
+    geom._set(name, int(value))
 
 
 def _check_common(geom, n, pixel, det):

@@ -201,13 +201,19 @@ class Problem:
             out = self._run(s, progress, snapshot, snapshot_every)
         out.nfe_per_slice += cv_nfe
         out.x = self.zero_unseen(out.x)
+        if out.std is not None and (seen := self._seen()) is not None:
+            out.std = torch.where(seen.to(out.std.device), out.std, 0.0)  # no spread where the result is set
         return out
 
     def zero_unseen(self, x: torch.Tensor) -> torch.Tensor:
         """MRI pixels no coil sees (outside the coil maps' support) set to physical 0: no data constrain them, and
         a sampler would leave noise and the prior's tile seams there."""
-        unseen = None if self.measurement.modality == "ct" else coil_support(self.operator)
-        return x if unseen is None else torch.where(unseen.to(x.device), x, self.physical_zero())
+        seen = self._seen()
+        return x if seen is None else torch.where(seen.to(x.device), x, self.physical_zero())
+
+    def _seen(self) -> torch.Tensor | None:
+        """The pixels some coil sees (``coil_support``; None: all of them, or CT)."""
+        return None if self.measurement.modality == "ct" else coil_support(self.operator)
 
     def self_adapt_steps(self, s) -> int:
         """``solver.self_adapt.steps`` as set (a prior that cannot be adapted then stops here, before the first

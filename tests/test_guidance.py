@@ -180,6 +180,18 @@ class _MaskedFFT(LinearOperator):
         return torch.fft.ifft2(k * self.mask, norm="ortho").real
 
 
+def test_guided_samplers_honour_bounds_and_fit_the_weighted_residual():
+    """nonneg/clip hold for the result without a z-TV step (the default lam 0), and the projection fits
+    W^1/2 (A x - y) as the gradient does (the weights changed nothing there)."""
+    prior, A, y, _, _ = _white_problem()
+    for cls in (ProjectionSampler, MCGSampler, DPSSampler):
+        out = cls(prior, A, y, n_steps=20, clip=(-0.5, 0.5), seed=0).run()
+        assert float(out.min()) >= -0.5 and float(out.max()) <= 0.5, cls.__name__
+    w = torch.rand(y.shape, generator=torch.Generator().manual_seed(2)) * 9.9 + 0.1
+    plain, weighted = (ProjectionSampler(prior, A, y, n_steps=20, seed=0, weights=v).run() for v in (None, w))
+    assert float((plain - weighted).abs().max()) > 1e-3
+
+
 def test_projection_replaces_sampled_kspace():
     g = torch.Generator().manual_seed(5)
     mask = torch.rand(HW, HW, generator=g) < 0.15

@@ -128,8 +128,9 @@ class VPSchedule(NoiseSchedule):
         return torch.argmin((torch.log(sigma.double())[:, None] - ls[None, :]).abs(), dim=1)
 
     def sampling_timesteps(self, n_steps: int) -> torch.Tensor:
-        """DDS/DDIM grid: skip = T // n, t = T - skip, ..., 0 (descending)."""
+        """DDS/DDIM grid: skip = T // n, t = T - skip, ..., 0 (descending); at most T steps."""
         T = self.num_timesteps
+        n_steps = min(int(n_steps), T)  # more steps than timesteps: every timestep once
         if T % n_steps == 0:  # DDS's grid exactly: T - skip, ..., skip, 0
             skip = T // n_steps
             return torch.arange(T - skip, -1, -skip)

@@ -23,6 +23,7 @@ identity exactly: stitching adds no seams of its own.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,17 +113,39 @@ class PatchPrior(EDMPrior):
         self.shift, self.shifts = shift, max(1, int(shifts))
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
+        self._pass: list | None = None  # the offsets drawn in the current pass (``one_tiling``)
+        self._call = 0
 
     def reseed(self, seed: int | None = None) -> "PatchPrior":
         """Restart the grid-shift generator (at ``seed``, default the prior's own)."""
         self.generator.manual_seed(self.seed if seed is None else int(seed))
         return self
 
+    @contextmanager
+    def one_tiling(self):
+        """One pass over a volume in chunks of slices: the k-th call of every chunk (``next_chunk`` starts one)
+        takes the k-th tile offset drawn in the pass, so a result does not depend on the chunk size. With one
+        chunk the offsets are those drawn without it."""
+        self._pass, self._call = [], 0
+        try:
+            yield
+        finally:
+            self._pass = None
+
+    def next_chunk(self) -> None:
+        self._call = 0
+
     def next_offset(self) -> tuple[int, int]:
         if not self.shift:
             return (0, 0)
-        dy, dx = torch.randint(self.patch_size, (2,), generator=self.generator).tolist()
-        return dy, dx
+        if self._pass is not None and self._call < len(self._pass):
+            offset = self._pass[self._call]
+        else:
+            offset = tuple(torch.randint(self.patch_size, (2,), generator=self.generator).tolist())
+            if self._pass is not None:
+                self._pass.append(offset)
+        self._call += 1
+        return offset
 
     def _patch_fn(self, tiles, pos, sigma):
         context = tiles[:, 1:] if self.context_slices else None

@@ -134,7 +134,9 @@ def noise_levels(schedule, n_steps: int, start_sigma: float | None = None,
         n_full = n_full if cap is None else min(n_full, cap)
         sigmas = schedule.sampling_sigmas(n_full).double().cpu()
         sigmas = sigmas[(sigmas <= top * (1 + 1e-9)) & (sigmas >= bottom * (1 - 1e-9))]
-        if len(sigmas) >= n_steps or n_full == cap:
+        if len(sigmas) > n_steps:  # a discrete grid overshoots: n_steps of its levels, spread over the range
+            return sigmas[torch.linspace(0, len(sigmas) - 1, n_steps).round().long()]
+        if len(sigmas) == n_steps or n_full == cap:
             return sigmas
         n_full += 1
 
@@ -243,6 +245,16 @@ class DiffusionSolver:
         z = self.shape[0]
         return [slice(s, min(s + chunk_size, z)) for s in range(0, z, chunk_size)]
 
+    def volume_pass(self, chunk_size: int):
+        """The chunks of one pass of the network over the volume; a patch prior tiles every chunk of a pass alike
+        (``PatchPrior.one_tiling``), so the result does not depend on the chunk size."""
+        tiling = getattr(self.prior, "one_tiling", None)
+        with tiling() if tiling is not None else nullcontext():
+            for sl in self.chunks(chunk_size):
+                if tiling is not None:
+                    self.prior.next_chunk()
+                yield sl
+
     def neighbours(self, x: torch.Tensor, sl: slice) -> torch.Tensor | None:
         """The noisy neighbouring slices a 2.5D prior sees with the chunk ``sl`` of the volume x (Z, H, W):
         (c, 2k, H, W), k slices below then k above each (the edge slice repeats); None for a 2D prior."""
@@ -260,7 +272,7 @@ class DiffusionSolver:
     def denoise_volume(self, x: torch.Tensor, sigma: float, chunk_size: int) -> torch.Tensor:
         """D(x, sigma) on the whole volume (Z, H, W), ``chunk_size`` slices per network call."""
         out = torch.empty_like(x)
-        for sl in self.chunks(chunk_size):
+        for sl in self.volume_pass(chunk_size):
             out[sl] = self.denoise(x[sl], sigma, self.neighbours(x, sl))
         return out
 
@@ -290,8 +302,10 @@ class DiffusionSolver:
         state.nfe += self.nfe_per_step
         state.backward += self.backward_per_step
         if state.step == self.n_steps and self.final_sigma > 0:
-            est = state.x = self.dc.project(self.denoise_volume(est, self.final_sigma, state.chunk_size))
+            est = state.x = self.denoise_volume(est, self.final_sigma, state.chunk_size)
             state.nfe += 1
+        if state.step == self.n_steps:  # the result within nonneg/clip (samplers without a data step had none)
+            est = state.x = self.dc.project(est)
         return est
 
     @torch.no_grad()
@@ -345,8 +359,9 @@ class DiffusionMBIR(DiffusionSolver):
         sigma, sigma_next = self.sigma_pair(i)
         g2 = sigma ** 2 - sigma_next ** 2
         z_pred, z_corr = self.noise(state.generator, 2)
-        for sl in self.chunks(state.chunk_size):
-            xc, context = state.x[sl], self.neighbours(state.x, sl)  # a 2.5D prior's: the volume as it stands
+        start = state.x.clone() if self.prior.context_slices else state.x  # a 2.5D prior's neighbours: the step's
+        for sl in self.volume_pass(state.chunk_size):                     # start, whichever chunk went first
+            xc, context = state.x[sl], self.neighbours(start, sl)
             xc = xc + g2 * self.score(xc, sigma, context) + math.sqrt(g2) * z_pred[sl]
             state.x[sl] = self.langevin(xc, sigma, z_corr[sl], self.snr, context)
         del z_pred, z_corr
@@ -436,11 +451,11 @@ def sample_posterior(solver: DiffusionSolver | Callable[[int], DiffusionSolver],
         x = solver.run(x_init=x_init, seed=s) if isinstance(solver, DiffusionSolver) else solver(s).run(
             x_init=x_init)
         if mean is None:
-            mean, m2 = x.clone(), torch.zeros_like(x)
+            mean, m2 = x.clone(), torch.zeros_like(x.real)
             continue
         delta = x - mean
         mean += delta / n
-        m2 += delta * (x - mean)
+        m2 += (delta.conj() * (x - mean)).real  # complex images: the spread of |x - mean|, a real std
     std = torch.sqrt(m2 / (k - 1)) if k > 1 else m2
     return mean, std
 

@@ -38,7 +38,7 @@ import math
 
 import torch
 
-from ..linop import LinearOperator
+from ..linop import Diagonal, LinearOperator
 from ..priors.base import Denoiser
 from .cg import conjugate_gradient
 from .diffusion import DiffusionSolver, SamplerState
@@ -55,7 +55,8 @@ class GuidedSampler(DiffusionSolver):
     Subclasses set ``guided`` (take the gradient step, size ``step_scale / ||r||``) and ``projects``.
     Parameters besides ``DiffusionSolver``'s: ``snr`` (Langevin corrector, 0 = predictor only),
     ``lambda_proj`` (projection blending weight in [0, 1]), ``step_scale`` (alpha / zeta), ``weights``
-    (likelihood weights W, the shape of y; None = Gaussian, W = I). ``n_cg`` counts the CG iterations of
+    (likelihood weights W, the shape of y; None = Gaussian, W = I: the gradient, the projection and the z-TV
+    step all fit the W-weighted residual, as the other solvers' PWLS does). ``n_cg`` counts the CG iterations of
     the projection and of the optional z-TV step.
 
     z-TV is optional here, unlike in ``DiffusionSolver``: ``lam`` defaults to 0 (the papers' slice-wise
@@ -75,7 +76,9 @@ class GuidedSampler(DiffusionSolver):
             if lam > 0 or kwargs.get("lam_xy", 0) > 0:
                 raise ValueError(f"TV (lam={lam}, lam_xy={kwargs.get('lam_xy', 0)}) needs the ADMM penalty rho")
             rho = 1.0                        # unused: without z-TV the ADMM step is never taken
-        super().__init__(prior, A, y, lam=lam, rho=rho, **kwargs)
+        sqrt_w = None if weights is None else weights.to(y.device, torch.float32).expand_as(y).sqrt()
+        fit = (A, y) if sqrt_w is None else (Diagonal(sqrt_w, A.out_shape) @ A, y * sqrt_w)
+        super().__init__(prior, *fit, lam=lam, rho=rho, **kwargs)  # the projection and z-TV fit W^1/2 (A x - y)
         if self.is_complex:
             raise ValueError(f"{type(self).__name__} works on real images; use a real-input operator "
                              f"(DiffusionMBIR and FastSampler take complex images)")
@@ -83,7 +86,7 @@ class GuidedSampler(DiffusionSolver):
             raise ValueError(f"lambda_proj must lie in [0, 1], got {lambda_proj}")
         if snr < 0 or step_scale < 0:
             raise ValueError(f"need snr >= 0 and a step scale >= 0, got snr={snr}, step={step_scale}")
-        self.A, self.y = A, self.dc.y
+        self.A, self.y = A, y.to(self.dc.y.device, self.dc.y.dtype)  # the gradient applies W itself
         self.snr, self.lambda_proj, self.step_scale = float(snr), float(lambda_proj), float(step_scale)
         self.weights = None if weights is None else weights.to(self.device, torch.float32).expand_as(self.y)
         self.slicewise_op = len(A.in_shape) == 2
@@ -101,12 +104,14 @@ class GuidedSampler(DiffusionSolver):
         norm = torch.sqrt(torch.sum(torch.real(r.conj() * wr), dim=dims))
         return -2.0 * self.A.adjoint(wr).real.to(x0.dtype), norm
 
-    def _pullback(self, xc: torch.Tensor, sigma: float, sl: slice, g0: torch.Tensor | None):
+    def _pullback(self, xc: torch.Tensor, sigma: float, sl: slice, g0: torch.Tensor | None,
+                  context: torch.Tensor | None = None):
         """D(xc) and the vector-Jacobian product of D at xc with dL/dx0 (computed here from the chunk's slices
-        ``sl`` when ``g0`` is None: slice-wise operator). The graph lives only inside this call."""
+        ``sl`` when ``g0`` is None: slice-wise operator); ``context``: a 2.5D prior's neighbours, held fixed.
+        The graph lives only inside this call."""
         with torch.enable_grad():
             xg = xc.detach().requires_grad_(True)
-            x0 = self.denoise(xg, sigma)
+            x0 = self.denoise(xg, sigma, context)
             norm = None
             if g0 is None:
                 g0, norm = self.data_gradient(x0.detach(), sl)
@@ -123,8 +128,9 @@ class GuidedSampler(DiffusionSolver):
             g0, norm = self.data_gradient(self.denoise_volume(x, sigma, chunk_size))
             norms = [norm.expand(x.shape[0])]
         x0 = torch.empty_like(x)
-        for sl in self.chunks(chunk_size):
-            x0[sl], grad[sl], n = self._pullback(x[sl], sigma, sl, None if g0 is None else g0[sl])
+        for sl in self.volume_pass(chunk_size):
+            x0[sl], grad[sl], n = self._pullback(x[sl], sigma, sl, None if g0 is None else g0[sl],
+                                                 self.neighbours(x, sl))
             if n is not None:
                 norms.append(n)
         return x0, grad, torch.cat(norms)
@@ -132,8 +138,9 @@ class GuidedSampler(DiffusionSolver):
     # -- projection -----------------------------------------------------------------------------------
     def project(self, x: torch.Tensor, sigma: float, g: torch.Generator) -> torch.Tensor:
         """x + lambda_proj * A^+(y_sigma - A x), y_sigma = y + sigma A z (n_cg CG steps on the normal equations)."""
-        y = self.y if sigma == 0 else self.y + sigma * self.A.forward(self.noise(g)).to(self.y.dtype)
-        full = conjugate_gradient(self.A.normal, self.A.adjoint(y).real, x, self.dc.n_cg)
+        A, y = self.dc.A, self.dc.y  # weighted where the data term is (PWLS)
+        y = y if sigma == 0 else y + sigma * A.forward(self.noise(g)).to(y.dtype)
+        full = conjugate_gradient(A.normal, A.adjoint(y).real, x, self.dc.n_cg)
         return torch.lerp(x, full, self.lambda_proj)
 
     # -- one step ---------------------------------------------------------------------------------------
@@ -149,9 +156,9 @@ class GuidedSampler(DiffusionSolver):
             x.sub_(step.view(-1, 1, 1) * grad)
             del grad
         if self.snr > 0:
-            z = self.noise(state.generator)
-            for sl in self.chunks(state.chunk_size):
-                x[sl] = self.langevin(x[sl], sigma, z[sl], self.snr)
+            z, start = self.noise(state.generator), x.clone() if self.prior.context_slices else x
+            for sl in self.volume_pass(state.chunk_size):
+                x[sl] = self.langevin(x[sl], sigma, z[sl], self.snr, self.neighbours(start, sl))
         if self.projects:
             x = self.project(x, sigma_next, state.generator)
         if self.dc.uses_tv:

@@ -23,7 +23,6 @@ from medrecon.errors import InputError, MedreconError
 
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # PacsError says what failed, in one line
 MANUFACTURER = "medrecon"  # what medrecon.io.dicom_write puts in Manufacturer of every derived series
-OK_STORE = (0x0000, 0xB000, 0xB006, 0xB007)  # success and the storage warnings (coercion, elements discarded)
 
 
 class PacsError(MedreconError):
@@ -93,6 +92,8 @@ def ssl_context(tls: TLS, server: bool) -> ssl.SSLContext:
     try:
         ctx = ssl.create_default_context(purpose, cafile=str(tls.ca_file) if tls.ca_file else None)
         ctx.check_hostname = bool(tls.server_name) and not server
+        if server and tls.ca_file:  # the SCP's peers (the PACS) must show a certificate chaining to ca_file
+            ctx.verify_mode = ssl.CERT_REQUIRED
         if tls.cert_file:
             ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
     except (OSError, ssl.SSLError) as e:
@@ -229,6 +230,8 @@ def find_series(settings: PacsSettings, query: Query) -> list[SeriesHit]:
 def _find(assoc, settings: PacsSettings, **keys) -> list[Dataset]:
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
     ds = Dataset()
+    if any(isinstance(v, str) and not v.isascii() for v in keys.values()):
+        ds.SpecificCharacterSet = "ISO_IR 192"  # say how a name with accents is encoded (UTF-8), or none matches
     for k, v in keys.items():
         setattr(ds, k, v)
     out = []
@@ -250,22 +253,27 @@ def store_folder(settings: PacsSettings, folder: Path) -> int:
     """C-STORE every DICOM file of ``folder`` in one association; a PacsError names the first refused one.
     Sending the same files again is harmless (same SOP instance UIDs), so a failed send is simply redone."""
     import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom.status import code_to_category
     files = sorted(Path(folder).glob("*.dcm"))
     if not files:
         raise InputError(f"{folder}: no DICOM files to send")
-    contexts = set()
-    for f in files:
+    contexts: dict[str, list[str]] = {}
+    for f in files:  # each SOP class with the files' own syntax, and the uncompressed ones every PACS takes
         meta = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
-        contexts.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+        offered = contexts.setdefault(str(meta.MediaStorageSOPClassUID), [])
+        for ts in (str(meta.TransferSyntaxUID), ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if ts not in offered:
+                offered.append(ts)
     what = f"C-STORE of {folder}"
-    assoc = associate(settings, [(sop, [ts]) for sop, ts in sorted(contexts)], what)
+    assoc = associate(settings, sorted(contexts.items()), what)
     try:
         for f in files:
-            status = assoc.send_c_store(f)
+            status = assoc.send_c_store(pydicom.dcmread(f))  # a dataset: re-encoded if another syntax was accepted
             if not status:
                 raise PacsError(f"{what}: the PACS stopped answering at {f.name} (connection lost or timed out); "
                                 "the series is sent again on the next run")
-            if int(status.Status) not in OK_STORE:
+            if code_to_category(int(status.Status)) not in ("Success", "Warning"):  # warnings: stored
                 raise PacsError(f"{what}: the PACS refused {f.name} (status 0x{int(status.Status):04X}); "
                                 "the series is sent again on the next run")
     finally:

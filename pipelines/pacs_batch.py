@@ -56,12 +56,15 @@ class Runner:
             n += 1
         return out
 
-    def process(self, uid: str, description: str = "", hit: SeriesHit | None = None) -> dict:
+    def process(self, uid: str, description: str = "", hit: SeriesHit | None = None, redo: bool = False) -> dict:
+        """One series through the stages it still needs; ``redo``: its received images changed since (more of
+        them arrived), so it is reconstructed and sent again."""
         src, out = self.received / sanitize(uid, "series"), self.output_for(uid, description)
         row = {"series_uid": uid, "input_path": str(src), "output_path": str(out), "status": "", "seconds": "0.0",
                "error": ""}
-        done = (out / "report.json").is_file() and not self.overwrite
-        sent = (out / "pacs.json").is_file() and not self.overwrite
+        overwrite = self.overwrite or redo
+        done = (out / "report.json").is_file() and not overwrite
+        sent = (out / "pacs.json").is_file() and not overwrite
         if done and (sent or not self.send):
             row["status"] = "skipped"
             return self.record(row)
@@ -77,7 +80,7 @@ class Runner:
                 return self.record(row)
             stage = "reconstruct"
             if not done:  # reconstruct's atomic writer clears what killed runs left (medrecon.io.atomic)
-                reconstruct(self.cfg, src, out, overwrite=self.overwrite, series=uid, progress=self.progress)
+                reconstruct(self.cfg, src, out, overwrite=overwrite, series=uid, progress=self.progress)
             stage = "store"
             if self.send:
                 n = store_folder(self.settings, out / "dicom")
@@ -145,21 +148,30 @@ def listen(settings: PacsSettings, output_root, config, overrides=(), send: bool
     server = serve(settings, run.inbox)
     echo(f"listening as {settings.calling_aet} on {settings.store_address}:{settings.store_port}; "
          f"a series is complete after {stable_s:g} s without new images (Ctrl-C stops)")
-    rows, idle_since = [], time.monotonic()
-    todo = [p.name for p in sorted(run.received.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    rows, idle_since, grown = [], time.monotonic(), set()
+    finished = {uid for uid, r in run.rows.items() if r.get("status") in ("done", "skipped")}
+    todo = [p.name for p in sorted(run.received.iterdir())  # received before a restart, not finished then
+            if p.is_dir() and not p.name.startswith(".") and p.name not in finished]
     try:
-        while max_series is None or len(rows) < max_series:
+        while max_series is None or sum(r["status"] != "skipped" for r in rows) < max_series:
             for uid in run.inbox.stable(stable_s):
-                n = run.inbox.take(uid, run.received / sanitize(uid, "series"))
-                echo(f"        received {n} instances of {uid}")
-                todo.append(uid)
+                dest = run.received / sanitize(uid, "series")
+                if dest.is_dir() and uid not in todo:  # more images of a series already taken: redo it
+                    grown.add(uid)
+                n = run.inbox.take(uid, dest)
+                echo(f"        received {n} instances of {uid}" + (" more: reconstructed again (the PACS keeps "
+                                                                       "the earlier derived series)" if uid in grown
+                                                                       else ""))
+                if uid not in todo:
+                    todo.append(uid)
             if not todo:
                 if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                     break
                 time.sleep(0.2)
                 continue
             uid = todo.pop(0)
-            row = run.process(uid, _description(run.received / sanitize(uid, "series")))
+            row = run.process(uid, _description(run.received / sanitize(uid, "series")), redo=uid in grown)
+            grown.discard(uid)
             rows.append(row)
             echo(f"[{len(rows)}] {row['status']:7s} {uid} -> {row['output_path']} {row['error']}".rstrip())
             idle_since = time.monotonic()

@@ -3,6 +3,7 @@
 reported every sub-operation done and the file count matches; anything else is removed."""
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -33,6 +34,11 @@ class Inbox:
         self._lock = threading.Lock()
         self._count: dict[str, int] = {}
         self._last: dict[str, float] = {}
+        prefix = f"{TMP_PREFIX}incoming-"
+        for folder in self.root.glob(f"{prefix}*"):  # received before a stop: the PACS will not send them again
+            if folder.is_dir():
+                self._count[folder.name[len(prefix):]] = len(list(folder.glob("*.dcm")))
+                self._last[folder.name[len(prefix):]] = time.monotonic() - (time.time() - folder.stat().st_mtime)
 
     def folder(self, series_uid: str) -> Path:
         return self.root / f"{TMP_PREFIX}incoming-{safe_uid(series_uid)}"
@@ -115,8 +121,10 @@ def serve(settings: PacsSettings, inbox: Inbox):
         return ae.start_server((settings.store_address, settings.store_port), block=False, ssl_context=ctx,
                                evt_handlers=[(evt.EVT_C_STORE, inbox.on_store)])
     except OSError as e:
+        in_use = getattr(e, "errno", None) == errno.EADDRINUSE
+        fix = "choose another --store-port" if in_use else "check --store-address (an address of this machine)"
         raise PacsError(f"cannot listen on {settings.store_address}:{settings.store_port} for incoming series: "
-                        f"{e.strerror or e}; choose another --store-port") from None
+                        f"{e.strerror or e}; {fix}") from None
 
 
 def retrieve_series(settings: PacsSettings, hit: SeriesHit, dest: Path, inbox: Inbox) -> int:
@@ -141,7 +149,7 @@ def retrieve_series(settings: PacsSettings, hit: SeriesHit, dest: Path, inbox: I
                               evt_handlers=[(evt.EVT_C_STORE, inbox.on_store)])
             responses = assoc.send_c_get(ident, GET)
         try:
-            status, completed, failed = _final_status(responses, what, settings)
+            status, completed, failed, counted = _final_status(responses, what, settings)
         finally:
             assoc.release()
         received = inbox.count(hit.series_uid)
@@ -154,6 +162,8 @@ def retrieve_series(settings: PacsSettings, hit: SeriesHit, dest: Path, inbox: I
                 hint = (f"; does the PACS know the move destination {settings.calling_aet!r} (medrecon's AE title, "
                         "host and --store-port in its modalities; Orthanc: DicomModalities)? Or use --retrieve get")
             raise PacsError(f"{what}: the PACS answered {meaning}; nothing kept{hint}")
+        if not counted:  # the PACS reported no counts (the standard lets it): what arrived must be the whole series
+            completed = received
         if failed or received == 0 or received != completed or (hit.n_instances and received != hit.n_instances):
             raise PacsError(f"{what}: incomplete ({received} received, {completed} reported sent, {failed} failed"
                             + (f", {hit.n_instances} expected" if hit.n_instances else "") + "); nothing kept")
@@ -162,17 +172,20 @@ def retrieve_series(settings: PacsSettings, hit: SeriesHit, dest: Path, inbox: I
         inbox.discard(hit.series_uid)
 
 
-def _final_status(responses, what: str, settings: PacsSettings) -> tuple[int, int, int]:
-    """(final status, completed, failed sub-operations) of a C-MOVE/C-GET; a PacsError if the PACS went silent."""
+def _final_status(responses, what: str, settings: PacsSettings) -> tuple[int, int, int, bool]:
+    """(final status, completed, failed sub-operations, whether the final response reported the counts) of a
+    C-MOVE/C-GET; a PacsError if the PACS went silent."""
     s = completed = failed = 0
+    counted = False
     for status, _ in responses:
         if not status:
             raise PacsError(f"{what}: the PACS stopped answering (connection lost or timed out after "
                             f"{settings.timeout:g} s)")
         s = int(status.Status)
+        counted = "NumberOfCompletedSuboperations" in status  # the final response's (optional) counts
         completed = int(status.get("NumberOfCompletedSuboperations", completed) or 0)
         failed = int(status.get("NumberOfFailedSuboperations", failed) or 0)
-    return s, completed, failed
+    return s, completed, failed, counted
 
 
 def _storage_classes() -> list[str]:

@@ -2,10 +2,12 @@
 store back, resume; the listening mode; the bad cases (PACS down, wrong AE title, unknown move destination,
 a series failing mid-transfer in either direction). Skips cleanly without pynetdicom or Orthanc."""
 import csv
+import shutil
 import threading
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -311,3 +313,105 @@ def test_tls(tmp_path):
         assert main(["pacs", "echo", *_net(server)]) == 2  # plain DICOM to a TLS port: a clear error, no hang
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------- without a PACS (pynetdicom only)
+def _listen(out, port, **kw):
+    from pipelines.pacs import load_settings
+    from pipelines.pacs_batch import listen
+    settings = load_settings(calling_aet="LISTENER", store_port=port, store_address="127.0.0.1", timeout=5)
+    return listen(settings, out, "sparse_view_ct_8", ["solver.name=fbp", "ct.image_size=16"], send=False,
+                  echo=lambda s: None, **kw)
+
+
+def _send(folder, port, files=None):
+    """C-STORE the files (all of the folder's by default) to medrecon's listener as a PACS would."""
+    from pipelines.pacs import load_settings, store_folder
+    part = folder.parent / f"{folder.name}-part"
+    part.mkdir(exist_ok=True)
+    for f in files or sorted(folder.iterdir()):
+        shutil.copy(f, part / f.name)
+    store_folder(load_settings(host="127.0.0.1", port=port, aet="LISTENER", timeout=5), part)
+    shutil.rmtree(part)
+
+
+def test_listen_redoes_a_series_whose_late_images_arrive_and_resumes_what_a_stop_left_unfinished(tmp_path):
+    """Images arriving after their series was reconstructed make it reconstructed again (it had been built from
+    the first part and then 'skipped'); images received before a stop are taken after the restart (the PACS
+    will not send them again), and finished series do not count towards --max-series."""
+    src, out, port = tmp_path / "src", tmp_path / "out", free_port()
+    _series(src, 1, "Chest 1.0", n=3)
+    files = sorted(src.iterdir())
+    runs = {}
+    t = threading.Thread(target=lambda: runs.setdefault("first", _listen(out, port, stable_s=0.5, idle_exit_s=4)))
+    t.start()
+    time.sleep(1.0)
+    _send(src, port, files[:2])
+    time.sleep(3.0)  # taken, reconstructed from 2 slices
+    _send(src, port, files[2:])
+    t.join(60)
+    rows = runs["first"].rows
+    assert [r["status"] for r in rows] == ["done", "done"]
+    assert nib.load(Path(rows[-1]["output_path"]) / "recon.nii.gz").shape[2] == 3
+    uid = rows[0]["series_uid"]
+    other = tmp_path / "other"  # a series received but not finished when the listener stopped
+    _series(other, 2, "Abdomen 2.0", n=3)
+    incoming = out / "received" / f".medrecon-tmp-incoming-{_source_uids(other)[0]}"
+    shutil.copytree(other, incoming)
+    again = _listen(out, free_port(), stable_s=0.5, idle_exit_s=2, max_series=1)
+    assert [r["status"] for r in again.rows] == ["done"] and again.rows[0]["series_uid"] != uid
+    assert not incoming.exists()
+
+
+def test_queries_retrieves_and_sends_follow_the_standards_options():
+    """C-FIND declares UTF-8 for a name with accents; a C-MOVE/C-GET whose final response carries no counts is
+    judged by what arrived; storage warnings are stored images; a listening SCP with a CA checks its peers."""
+    from types import SimpleNamespace
+    from pipelines import pacs as pacs_mod
+    from pipelines.pacs_retrieve import _final_status
+
+    class Assoc:
+        def send_c_find(self, ds, model):
+            self.query = ds
+            return [(SimpleNamespace(Status=0), None)]
+    assoc = Assoc()
+    pacs_mod._find(assoc, pacs_mod.load_settings(host="x"), QueryRetrieveLevel="STUDY", PatientID="PID-Ä1")
+    assert assoc.query.SpecificCharacterSet == "ISO_IR 192"
+    final = pydicom.Dataset()
+    final.Status = 0
+    assert _final_status([(final, None)], "C-MOVE", None) == (0, 0, 0, False)
+    final.NumberOfCompletedSuboperations = 3
+    assert _final_status([(final, None)], "C-MOVE", None) == (0, 3, 0, True)
+
+
+def test_store_offers_the_uncompressed_syntaxes_and_takes_warnings_as_stored(tmp_path, monkeypatch):
+    """A PACS that takes only Implicit VR Little Endian gets the series (it never did), and a storage warning
+    (0x0116: coerced values) is an image stored, not a refusal that sends the series again on every run."""
+    from types import SimpleNamespace
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pipelines import pacs as pacs_mod
+    _series(tmp_path / "d", 1, "Chest", n=2)
+    seen = {}
+
+    class Assoc:
+        is_established = True
+
+        def send_c_store(self, ds):
+            seen.setdefault("sent", []).append(ds.SOPInstanceUID)
+            return SimpleNamespace(Status=0x0116)
+
+        def release(self):
+            pass
+    monkeypatch.setattr(pacs_mod, "associate", lambda settings, contexts, what, **kw: seen.update(cx=contexts)
+                        or Assoc())
+    assert pacs_mod.store_folder(pacs_mod.load_settings(host="x"), tmp_path / "d") == 2 and len(seen["sent"]) == 2
+    (_, syntaxes), = seen["cx"]
+    assert {ExplicitVRLittleEndian, ImplicitVRLittleEndian} <= set(syntaxes)
+
+
+def test_a_listening_scp_with_a_ca_requires_the_peers_certificate(tmp_path):
+    import ssl
+    from pipelines.pacs import TLS, ssl_context
+    certs = _certificates(tmp_path / "certs")
+    tls = TLS(ca_file=certs / "ca.pem", cert_file=certs / "peer.pem", key_file=certs / "peer.key")
+    assert ssl_context(tls, server=True).verify_mode == ssl.CERT_REQUIRED  # was CERT_NONE: ca_file unused

@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pydicom.config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, SecondaryCaptureImageStorage, \
@@ -91,7 +92,8 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
     slope, intercept = int16_scaling(data)
     if deidentify:
         src = deidentified(src)
-    ds = _series_dataset(vol, src, modality, series_description, series_number, slope, intercept)
+    with pydicom.config.disable_value_validation():  # a source's non-conformant value is copied as it is, and
+        ds = _series_dataset(vol, src, modality, series_description, series_number, slope, intercept)  # not logged
     if deidentify:
         _mark_deidentified(ds)
     normal = np.cross(vol.direction[:, 0], vol.direction[:, 1])

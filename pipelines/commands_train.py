@@ -61,8 +61,9 @@ def training_intensity(modality: Modality, hu_window, mri_percentile: float) -> 
     return imap, float(mri_percentile)
 
 
-def _dataset_volumes(names: list[str], modality: Modality) -> tuple[list[Path], list[dict]]:
-    """Paths and provenance records of registered datasets (pipelines.datasets), fetched beforehand."""
+def _dataset_volumes(names: list[str], modality: Modality, heldout: bool = False) -> tuple[list[Path], list[dict]]:
+    """Paths and provenance records of registered datasets (pipelines.datasets), fetched beforehand; only
+    training scans unless ``heldout``."""
     from medrecon.errors import InputError
 
     from . import datasets
@@ -72,6 +73,9 @@ def _dataset_volumes(names: list[str], modality: Modality) -> tuple[list[Path], 
         s = datasets.scan(n)
         if s.modality != modality.value:
             raise InputError(f"dataset {n!r} is {s.modality}, not {modality.value}")
+        if s.role != "train" and not heldout:
+            raise InputError(f"dataset {n!r} is a held-out test scan (never trained on; README, 'Set-up'): score "
+                             f"it with --heldout-dataset {n}, or train on --dataset train")
         paths.append(datasets.path(n))
         prov.append({**s.provenance, "path": str(paths[-1])})
     return paths, prov
@@ -235,7 +239,7 @@ def train(
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources)
         if held_names:
-            hp, hprov = _dataset_volumes(held_names, modality)
+            hp, hprov = _dataset_volumes(held_names, modality, heldout=True)
             hd = load_patch_data(hp, imap, magnitude_percentile=pct, modality=modality.value, sources=hprov)
             heldout = heldout_slices(hd, opts.heldout_spacing_mm, context=context_slices)
             held_desc = hprov
@@ -243,7 +247,7 @@ def train(
     else:
         sd = load_slices(paths, imap, image_size, magnitude_percentile=pct, modality=modality.value, sources=sources)
         if held_names:
-            hp, hprov = _dataset_volumes(held_names, modality)
+            hp, hprov = _dataset_volumes(held_names, modality, heldout=True)
             heldout = load_slices(hp, imap, image_size, magnitude_percentile=pct, sources=hprov).slices
             held_desc = hprov
         else:

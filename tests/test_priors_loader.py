@@ -115,6 +115,10 @@ def test_card_beside_the_checkpoint_and_sha256(tmp_path):
     write_model_card(tmp_path, {"architecture": "ncsnpp", "weights": "AAPM_tiny.pt"})
     with pytest.raises(InputError, match="card says architecture 'ncsnpp' but the file is a adm checkpoint"):
         load_prior(f)
+    write_model_card(tmp_path, {"architecture": "adm", "weights": "AAPM_tiny.pt", "image_size": 32,
+                                "sha256": "0" * 64})  # a card stating other weights than the file's
+    with pytest.raises(InputError, match=r"AAPM_tiny.pt: SHA-256 \w+\.\.\. is not the 0000000000000000\.\.\. its card"):
+        load_prior(tmp_path)
 
 
 def test_model_card_round_trip_and_errors(tmp_path):
@@ -161,6 +165,21 @@ def test_bundled_names_load_where_a_folder_does():
     assert by_name.weights_path == by_folder.weights_path and by_name._sha256 == by_folder._sha256
     with pytest.raises(InputError, match="no such file"):
         load_prior_for("bundled:no_such_prior")
+
+
+def test_a_card_that_does_not_fit_its_network_or_lacks_keys_is_one_line(tmp_path):
+    """A patch network under a whole-slice card failed at its first denoising call; an intensity map without
+    its window or a weights entry that is no file name were tracebacks."""
+    from pipelines.config import BUNDLED_PRIORS
+    folder = tmp_path / "p"
+    shutil.copytree(BUNDLED_PRIORS / "ct_patch", folder)
+    card = read_model_card(folder / "model_card.yaml")
+    for change, message in (({"architecture": "diffusers-unet2d"}, "takes 1 input channel, this one 3"),
+                            ({"intensity": {"physical_min": -1000.0}}, "intensity lacks physical_max"),
+                            ({"weights": 5}, "weights: give the weights file's name")):
+        write_model_card(folder, {**card, **change})
+        with pytest.raises(InputError, match=message):
+            load_prior(folder)
 
 
 def test_device_names_are_resolved_with_clear_errors(monkeypatch):

@@ -2,6 +2,7 @@
 import csv
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -118,6 +119,10 @@ def test_resume_refuses_other_training_options_and_keeps_the_runs_warm_up(data, 
     out = train_prior(train, tmp_path / "p", replace(opts, steps=4), progress=False)  # its warm-up: 1 step (4 // 10)
     with pytest.raises(InputError, match=r"trained with --batch-size 4 \(now 8\), --seed 0 \(now 5\); resume"):
         train_prior(train, out, replace(opts, batch_size=8, seed=5), resume=True, progress=False)
+    other = prepare_slices([Volume(np.full((3, 20, 20), 40.0, np.float32) + np.arange(20.0), (1.0, 1.0, 2.0))],
+                           {**CT, "model_min": -1.0, "model_max": 1.0}, 16, modality="ct")
+    with pytest.raises(InputError, match="trained on other data than given now"):  # its card would lie about both
+        train_prior(other, out, replace(opts, steps=8), resume=True, progress=False)
     train_prior(train, out, replace(opts, steps=400), resume=True, progress=False)  # 400 // 10 = 40 > step 4
     lrs = [float(r["lr"]) for r in csv.DictReader(open(out / "loss.csv"))]
     assert max(lrs) == pytest.approx(1e-3) and min(lrs[1:]) == pytest.approx(1e-3)  # not back into a warm-up
@@ -216,6 +221,34 @@ def test_cli_train_writes_a_loadable_prior(tmp_path):
     assert (out / "samples" / "step_0000006.png").is_file()
     assert prior.denoise(torch.zeros(2, 1, 16, 16), torch.ones(2)).shape == (2, 1, 16, 16)
     assert main(["train", "--data", str(tmp_path / "missing"), "--output", str(out)]) == 2  # clear error, no traceback
+
+
+def test_cli_patch_training_on_a_folder_records_each_volume_and_refuses_another_modality(tmp_path, capsys):
+    """--data FOLDER holding several volumes (the README's own command) trains a patch prior whose card names each
+    volume (it crashed with IndexError); a DICOM volume whose Modality says MR is refused for a CT prior."""
+    from medrecon.io import write_dicom_series
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    for i in range(3):
+        nib.save(nib.Nifti1Image(phantom_volume(rng, z=4, n=24).transpose(2, 1, 0), np.diag([-1.0, -1.0, 2.0, 1.0])),
+                 folder / f"v{i}.nii.gz")
+    common = ["--arch", "patch", "--patch-sizes", "8,16", "--channels", "8,16", "--steps", "2", "--batch-size", "2",
+              "--pixel-range", "0.8", "1.2", "--sample-every", "0", "--checkpoint-every", "0", "--device", "cpu",
+              "--no-progress"]
+    assert main(["train", "--data", str(folder), "--output", str(tmp_path / "p"), *common]) == 0
+    data = load_prior(tmp_path / "p").card["training"]["data"]
+    assert data["n_volumes"] == 3 and sorted(Path(v).name for v in data["volumes"]) == ["v0.nii.gz", "v1.nii.gz",
+                                                                                         "v2.nii.gz"]
+    mr = Volume(np.abs(phantom_volume(rng, z=4, n=24)), spacing=(1.0, 1.0, 2.0), meta={"dicom": {"Modality": "MR"}})
+    write_dicom_series(mr, tmp_path / "mr")
+    capsys.readouterr()
+    assert main(["train", "--data", str(folder), str(tmp_path / "mr"), "--output", str(tmp_path / "q"), *common]) == 2
+    assert "its DICOM Modality is MR, but the prior is for ct" in capsys.readouterr().err
+    assert main(["train", "--dataset", "ct_tumour1", "--output", str(tmp_path / "r"), *common]) == 2
+    assert "'ct_tumour1' is a held-out test scan" in capsys.readouterr().err  # CC BY-NC: never trained on
 
 
 @pytest.mark.gpu

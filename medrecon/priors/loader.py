@@ -191,6 +191,10 @@ def _build_unet(folder: Path, card: dict) -> EDMPrior:
                              f"(image, x, y{f', {2 * k} neighbouring slices' if k else ''}; patch.context_slices "
                              f"{k}), this one {net.config.in_channels}; fix the architecture in {CARD_NAME}")
         return patch_prior_from_card(net, card, sched, _intensity(card), weights_path=weights)
+    if net.config.in_channels != 1:  # position channels: a patch prior's network under a whole-slice card
+        raise InputError(f"{folder / CONFIG_NAME}: a whole-slice prior's network takes 1 input channel, this one "
+                         f"{net.config.in_channels} (a patch prior's?); fix the architecture in {CARD_NAME} "
+                         f"({PATCH_ARCHITECTURE} for a patch prior)")
     return EDMPrior(net, card, sched, _intensity(card), card.get("image_size") or net.config.sample_size,
                     weights_path=weights, sigma_data=sigma_data)
 
@@ -201,7 +205,15 @@ def _target_device(device) -> torch.device:
 
 
 def _intensity(card: dict) -> IntensityMap | None:
-    return IntensityMap.from_dict(card["intensity"]) if card.get("intensity") else None
+    """The card's intensity map; an InputError naming what it lacks."""
+    d = card.get("intensity")
+    if not d:
+        return None
+    missing = [k for k in ("physical_min", "physical_max") if not isinstance(d, dict) or k not in d]
+    if missing:
+        raise InputError(f"{card.get('name', 'the prior')}'s {CARD_NAME}: intensity lacks {', '.join(missing)} (the "
+                         "physical window the model range stands for); add it to the card")
+    return IntensityMap.from_dict(d)
 
 
 def load_prior(path: str | Path, device=None, allow_unsafe_pickle: bool = False, card: dict | str | Path | None = None,
@@ -222,6 +234,8 @@ def load_prior(path: str | Path, device=None, allow_unsafe_pickle: bool = False,
     user = (read_model_card(card) if isinstance(card, (str, Path)) else dict(card)) if card is not None else {}
     if path.is_dir():
         found = merge_cards(read_model_card(path), user)
+        if not isinstance(found.get("weights", ""), str):
+            raise InputError(f"{path / CARD_NAME}: weights: give the weights file's name, e.g. {WEIGHTS_NAME}")
         weights = path / found["weights"] if found.get("weights") else None
         if found.get("architecture") in ("diffusers-unet2d", PATCH_ARCHITECTURE) or \
                 (weights is None and (path / CONFIG_NAME).is_file()):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 from .base import Denoiser, IntensityMap, NoiseSchedule, VPSchedule
 
 
@@ -47,7 +48,13 @@ class NetworkPrior(Denoiser):
         self.image_size = image_size
         self.name = name or card.get("name", "prior")
         self.weights_path = Path(weights_path) if weights_path else None
-        self._sha256 = card.get("sha256")
+        self._sha256 = None
+        stated = card.get("sha256")
+        if stated and self.sha256 is not None and self.sha256 != str(stated).lower():
+            raise InputError(f"{self.weights_path}: SHA-256 {self.sha256[:16]}... is not the {str(stated)[:16]}... "
+                             "its card states; the weights were replaced or damaged: restore them, or remove the "
+                             "card's sha256 if they were changed on purpose")
+        self._sha256 = self._sha256 or stated  # weights given in memory: what the card states
 
     @property
     def pixel_spacing_mm_range(self) -> tuple[float, float] | None:
@@ -61,6 +68,7 @@ class NetworkPrior(Denoiser):
 
     @property
     def sha256(self) -> str | None:
+        """The weights file's SHA-256 (computed once; a card's statement is checked against it at load)."""
         if self._sha256 is None and self.weights_path is not None and self.weights_path.is_file():
             self._sha256 = file_sha256(self.weights_path)
         return self._sha256

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -243,7 +244,11 @@ class _Trainer:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optim.state_dict(),
                 "step": self.step, "seconds": self.seconds, "unet_config": self.unet_config,
                 "options": asdict(self.opts), "generator": self.gen.get_state(), "recent": self.recent,
-                "heldout_log": self.heldout_log}
+                "heldout_log": self.heldout_log, "data": self._data_record()}
+
+    def _data_record(self) -> str:
+        """What the run trains on (the card's data record), as text a resume must match."""
+        return json.dumps(self.data.description, sort_keys=True, default=str)
 
     def restore(self, path: Path):
         st = torch.load(path, map_location="cpu", weights_only=True)
@@ -254,6 +259,10 @@ class _Trainer:
             was = ", ".join(f"--{k.replace('_', '-')} {old[k]} (now {getattr(self.opts, k)})" for k in changed)
             raise InputError(f"{path}: the run was trained with {was}; resume with its own options, or start a "
                              f"new run from it with --init-from {path.parent.parent}")
+        if st.get("data", self._data_record()) != self._data_record():  # checkpoints before the fortieth session: any
+            raise InputError(f"{path}: the run was trained on other data than given now (volumes, slices or pixel "
+                             "sizes differ); resume with the run's own --data/--dataset, or start a new run from it "
+                             f"with --init-from {path.parent.parent}")
         if st["unet_config"] != self.unet_config:
             if not old:  # a checkpoint without its options: nothing says the network is the run's
                 raise InputError(f"{path}: the checkpoint's network (arch, size, channels) differs from the options "

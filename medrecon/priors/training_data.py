@@ -111,21 +111,42 @@ def found_volumes(paths) -> list[Path]:
     return found
 
 
-def load_slices(paths, intensity: dict, image_size: int = 64, *, sources=None, **kw) -> SliceData:
+DICOM_MODALITIES = {"CT": "ct", "MR": "mri"}  # a DICOM Modality tag -> medrecon's modality
+
+
+def read_volumes(paths, sources=None, modality: str | None = None) -> tuple[list[Volume], list]:
+    """The volumes under each of ``paths`` (files or folders, searched recursively), read, and what the card
+    records for each: ``sources[i]`` where it is a registered scan's provenance record, else the volume's own
+    path. A DICOM volume whose Modality tag says another modality than ``modality`` is refused."""
+    volumes, recorded = [], []
+    for i, path in enumerate(paths):
+        given = sources[i] if sources is not None else None
+        for found in found_volumes([path]):
+            vol = read_training_volume(found)
+            tag = str((vol.meta.get("dicom") or {}).get("Modality", "")).upper()
+            if modality and DICOM_MODALITIES.get(tag, modality) != modality:
+                raise InputError(f"{found}: its DICOM Modality is {tag}, but the prior is for {modality}: train "
+                                 "one modality per prior (leave this volume out, or set --modality)")
+            volumes.append(vol)
+            recorded.append(given if isinstance(given, dict) else found)
+    return volumes, recorded
+
+
+def load_slices(paths, intensity: dict, image_size: int = 64, *, sources=None, modality: str | None = None,
+                **kw) -> SliceData:
     """Find, read and prepare the volumes under ``paths`` (files or folders) for a whole-slice prior.
-    ``sources``: what to record per volume in the card (default the paths found)."""
-    found = found_volumes(paths)
-    return prepare_slices([read_training_volume(p) for p in found], intensity, image_size,
-                          sources=sources or found, **kw)
+    ``sources``: what to record per path in the card (see ``read_volumes``)."""
+    volumes, recorded = read_volumes(paths, sources, modality)
+    return prepare_slices(volumes, intensity, image_size, sources=recorded, modality=modality, **kw)
 
 
-def load_patch_data(paths, intensity: dict, *, sources=None, **kw):
+def load_patch_data(paths, intensity: dict, *, sources=None, modality: str | None = None, **kw):
     """Find, read and prepare the volumes under ``paths`` for a patch prior (kept at their own pixel size)."""
     from .patch import prepare_volumes
 
-    found = found_volumes(paths)
-    return prepare_volumes([read_training_volume(p) for p in found], training_intensity(intensity),
-                           model_range=MODEL_RANGE, sources=sources or found, **kw)
+    volumes, recorded = read_volumes(paths, sources, modality)
+    return prepare_volumes(volumes, training_intensity(intensity), model_range=MODEL_RANGE, sources=recorded,
+                           modality=modality, **kw)
 
 
 # ---- training ---------------------------------------------------------------------------------------------

@@ -391,7 +391,12 @@ def _describe(err: dict) -> str:
 def resolve_prior_path(spec: str, base_dir: Path = Path(".")) -> Path:
     """``bundled:NAME`` -> medrecon/assets/priors/NAME; a path as given, else relative to the config."""
     if spec.startswith("bundled:"):
-        return BUNDLED_PRIORS / spec.split(":", 1)[1]
+        name = spec.split(":", 1)[1]
+        have = sorted(p.name for p in BUNDLED_PRIORS.iterdir() if (p / "model_card.yaml").is_file())
+        if name not in have:  # also keeps bundled:../x inside the package's priors
+            raise InputError(f"{spec}: no such bundled prior; the bundled priors are "
+                             f"{', '.join('bundled:' + n for n in have)}")
+        return BUNDLED_PRIORS / name
     p = Path(spec).expanduser()
     if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
         p = base_dir / p
@@ -404,9 +409,10 @@ def _check_files(cfg: Config, base_dir: Path) -> list[str]:
     hint = f"give a prior directory or bundled:{cfg.modality}"
     if not cfg.prior.path:
         return [f"prior.path: solver {cfg.solver.name} needs a prior ({hint})"]
-    p = resolve_prior_path(cfg.prior.path, base_dir)
+    try:
+        p = resolve_prior_path(cfg.prior.path, base_dir)
+    except InputError as e:
+        return [f"prior.path: {e}"]
     if not p.exists():
-        if cfg.prior.path.startswith("bundled:"):
-            return [f"prior.path: bundled prior not found: {p} (train or install it, or give a prior directory)"]
         return [f"prior.path: file not found: {p} ({hint})"]
     return []

@@ -163,8 +163,10 @@ def test_bundled_names_load_where_a_folder_does():
     by_name, by_folder = load_prior_for("bundled:mri_patch"), load_prior_for(BUNDLED_PRIORS / "mri_patch")
     assert by_name.card["modality"] == by_folder.card["modality"] == "mri"
     assert by_name.weights_path == by_folder.weights_path and by_name._sha256 == by_folder._sha256
-    with pytest.raises(InputError, match="no such file"):
+    with pytest.raises(InputError, match="no such bundled prior; the bundled priors are bundled:ct, bundled:ct_patch"):
         load_prior_for("bundled:no_such_prior")
+    with pytest.raises(InputError, match="no such bundled prior"):  # not a way out of the package's priors
+        load_prior_for("bundled:../priors/ct")
 
 
 def test_a_card_that_does_not_fit_its_network_or_lacks_keys_is_one_line(tmp_path):

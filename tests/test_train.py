@@ -151,8 +151,9 @@ def test_overwrite_forgets_the_old_run_so_resume_cannot_continue_it(data, tmp_pa
     continue the old run from its training state."""
     from medrecon.priors import train as train_module
     train, _ = data
-    opts = TrainOptions(image_size=16, channels=(8, 16), steps=2, batch_size=4, checkpoint_every=0, sample_every=0)
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=2, batch_size=4, checkpoint_every=0, sample_every=2)
     old = train_prior(train, tmp_path / "p", opts, progress=False)
+    assert (old / "samples").is_dir()
 
     def killed(self):
         raise RuntimeError("killed")
@@ -161,6 +162,10 @@ def test_overwrite_forgets_the_old_run_so_resume_cannot_continue_it(data, tmp_pa
         train_prior(train, old, replace(opts, lr=1e-3), overwrite=True, progress=False)
     with pytest.raises(InputError, match="nothing to resume"):
         train_prior(train, old, opts, resume=True, progress=False)
+    assert not (old / "samples").exists()  # nor the old run's sample grids (or logs) as this one's
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="is a file; --output names the folder"):
+        train_prior(train, tmp_path / "file", opts, progress=False)
 
 
 def test_time_limit_stops_early_exports_and_resume_finishes(data, tmp_path):

@@ -30,6 +30,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
@@ -530,6 +531,8 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         raise InputError("arch 'patch' trains on volumes at their own pixel size: prepare the data with "
                          "patch.prepare_volumes/load_patch_data")
     out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is a file; --output names the folder the prior is written to")
     if resume and not (out / STATE_FILE).is_file():
         raise InputError(f"{out / STATE_FILE}: nothing to resume (no training state); drop --resume to start anew")
     if not resume and (out / CARD_NAME).exists() and not overwrite:
@@ -537,8 +540,10 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
     resolve_device(opts.device)  # an unusable device is an error before anything is written
     tr = (_PatchTrainer if opts.arch == "patch" else _Trainer)(data, out, opts, command)  # reads --init-from
     out.mkdir(parents=True, exist_ok=True)
-    if not resume and (out / STATE_FILE).is_file():  # --overwrite: a later --resume must not find the old run's
-        (out / STATE_FILE).unlink()
+    if not resume:  # --overwrite: nothing of the old run may pass as this one's (a later --resume, logs, samples)
+        for old_file in (out / STATE_FILE, out / "loss.csv", out / "heldout.csv"):
+            old_file.unlink(missing_ok=True)
+        shutil.rmtree(out / "samples", ignore_errors=True)
     if resume:
         tr.restore(out / STATE_FILE)
         for log_file in (out / "loss.csv", out / "heldout.csv"):  # drop what was logged after the checkpoint

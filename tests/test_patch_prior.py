@@ -204,6 +204,8 @@ def test_position_channels_at_corners_and_in_sampled_patches():
                      jitter=0)
     patches, positions = s.sample(torch.Generator().manual_seed(0))
     assert patches.shape == (2, 1, 16, 16) and positions.shape == (2, 2, 16, 16)
+    with pytest.raises(InputError, match=r"slices span 16 mm, too little for a 32-pixel patch at 0.8 mm"):
+        PatchSampler(data, sizes=(16, 32), spacing_range=(0.7, 4.0))  # patches would be drawn at 0.5 mm, off range
     assert torch.allclose(positions, position_channels(16, 16).expand(2, -1, -1, -1))
     for p in patches:
         assert min(float((p - v).abs().max()) for v in data.volumes[0]) < 1e-5

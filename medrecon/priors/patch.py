@@ -266,6 +266,15 @@ class PatchSampler:
         self.max_upsample, self.rotate_deg, self.flip, self.jitter = float(max_upsample), float(rotate_deg), flip, \
             float(jitter)
         self.spacings = data.spacings
+        names = (data.description or {}).get("volumes")
+        for k, (v, (sx, sy)) in enumerate(zip(data.volumes, self.spacings)):  # else the pixel size leaves the range
+            extent, finest = min(v.shape[-2] * sy, v.shape[-1] * sx), max(self.spacing_range[0], max(sx, sy) /
+                                                                          self.max_upsample)
+            if extent < max(self.sizes) * finest:
+                name = names[k] if isinstance(names, list) and k < len(names) else f"volume {k}"
+                raise InputError(f"{name}: its slices span {extent:.0f} mm, too little for a {max(self.sizes)}-pixel "
+                                 f"patch at {finest:.3g} mm (the smallest pixel size allowed): give smaller "
+                                 "--patch-sizes, or leave the volume out")
         self.pyramids = []
         for v in data.volumes:
             levels = [v]

@@ -2,15 +2,16 @@
 # Each creates .venv on first use and installs everything it needs.
 PYTHON ?= python3
 VENV   ?= .venv
-# torch first, so the CPU wheel is used where one is at hand; override for CUDA builds,
-# e.g. `make test TORCH=torch==2.13.0+cu128`, or TORCH= to keep an installed torch.
+# torch first, so the CPU wheel is used where one is at hand. On a fresh .venv (`make clean` first) override it
+# for a CUDA build, e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128", or give
+# TORCH= to keep the torch installed outside (the venv then sees the system's packages).
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
 .PHONY: demo test test-all bench clean
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(if $(strip $(TORCH)),,--system-site-packages) $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[test]'

@@ -13,9 +13,10 @@ CONFIG = typer.Option(..., "--config", "-c", help="YAML file, or a name in confi
 SET = typer.Option(None, "--set", help="Override a config value: --set solver.steps=50 (repeatable).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output.")
 SERIES = typer.Option(None, "--series", help="SeriesInstanceUID when the DICOM folder holds several series.")
-RESAMPLE = typer.Option(False, "--resample", help="Allow resampling, recorded in report.json: a DICOM series with "
-                        "uneven slice gaps (beyond 0.2 mm) onto its median spacing, and the input onto the prior's "
-                        "grid or pixel-size range. Without it such inputs stop with a message.")
+RESAMPLE = typer.Option(False, "--resample", help="Allow resampling (reconstruct and batch record it in report.json): "
+                        "a DICOM series with uneven slice gaps (beyond 0.2 mm) onto its median spacing, oblong pixels "
+                        "beyond 1.5:1, and the input onto the prior's grid or pixel-size range. Without it such "
+                        "inputs stop with a message.")
 
 
 @app.command()
@@ -39,7 +40,7 @@ def reconstruct(config: str = CONFIG,
                 set: Optional[List[str]] = SET, series: Optional[str] = SERIES, overwrite: bool = OVERWRITE,
                 resample: bool = RESAMPLE,
                 progress: bool = typer.Option(True, "--progress/--quiet", help="Show a progress bar.")):
-    """Reconstruct; writes recon.nii.gz, dicom/, preview.png and report.json."""
+    """Reconstruct; writes recon.nii.gz, dicom/, preview.png, report.json and index.html."""
     from .tasks import reconstruct as run
     res = run(config, input, output, overrides=set or [], overwrite=overwrite, series=series, progress=progress,
               resample=resample)
@@ -57,10 +58,11 @@ def evaluate(reference: Path = typer.Option(..., "--reference", "-r", help="Refe
              output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics JSON here."),
              data_range: Optional[float] = typer.Option(None, "--data-range",
                                                         help="Data range R of PSNR/SSIM (default: reference "
-                                                             "max - min).")):
+                                                             "max - min; report.json scores CT over 2000)."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file.")):
     """PSNR and SSIM per plane (axial, coronal, sagittal) and over the volume, as JSON."""
     from .tasks import evaluate as run
-    typer.echo(json.dumps(run(reference, input, output, data_range), indent=2))
+    typer.echo(json.dumps(run(reference, input, output, data_range, overwrite=overwrite), indent=2))
 
 
 @app.command()
@@ -73,7 +75,8 @@ def batch(input_root: Path = typer.Argument(..., help="Folder tree holding DICOM
           progress: bool = typer.Option(True, "--progress/--quiet", help="Progress bars over the series and "
                                                                         "within each."),
           engine: str = typer.Option("local", "--engine", help="local (one series after the other here) or ray "
-                                                                 "(one Ray task per series; README: distributed batch)."),
+                                                                 "(a pool of Ray actors, one series each at a time; "
+                                                                 "README: distributed batch)."),
           address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto or HOST:PORT (default: "
                                                                          "a new Ray instance on this machine)."),
           gpus_per_series: Optional[float] = typer.Option(None, "--gpus-per-series", help="Ray: GPUs per series "

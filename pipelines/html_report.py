@@ -97,7 +97,7 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     if std is not None:
         rows.append({**_row("uncertainty (posterior std)", std, 0.0, max(float(np.percentile(std.data, 99.5)), 1e-6),
                             assets, len(rows)), "fixed": True})
-    metrics = _metrics(folder, ref, vols)
+    metrics = _metrics(folder, ref, vols, _data_range(report))
     thumb = plane_slices(vols[-1][1].data, "axial")
     thumb_lo, thumb_hi = window
     Image.fromarray(np.clip((thumb[len(thumb) // 2] - thumb_lo) / (thumb_hi - thumb_lo) * 255, 0, 255)
@@ -142,8 +142,19 @@ def _found(folder: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def _metrics(folder: Path, ref: Volume | None, vols) -> dict:
-    """{label: {"psnr_axial": .., ...}}: the folder's metrics.json (demo) or computed against the reference."""
+def _data_range(report: dict) -> float | None:
+    """The range report.json scored over (CT: the 2000 HU window), so the page shows its figures."""
+    given = (report.get("vs_reference") or {}).get("data_range")
+    if given:
+        return float(given)
+    imap = report.get("intensity") or {}
+    return float(imap["physical_max"]) - float(imap["physical_min"]) if {"physical_min", "physical_max"} <= set(imap) \
+        else None
+
+
+def _metrics(folder: Path, ref: Volume | None, vols, data_range: float | None = None) -> dict:
+    """{label: {"psnr_axial": .., ...}}: the folder's metrics.json (demo) or computed against the reference over
+    ``data_range`` (None: the reference's own range)."""
     given = _json(folder / "metrics.json")
     if given:
         return {k: {m: v for m, v in row.items() if m.startswith(("psnr_", "ssim_"))} for k, row in given.items()}
@@ -153,7 +164,7 @@ def _metrics(folder: Path, ref: Volume | None, vols) -> dict:
     out = {}
     for label, v in vols:
         if v is not ref and v.shape == ref.shape:
-            m = per_axis_metrics(ref.data, v.data)
+            m = per_axis_metrics(ref.data, v.data, data_range)
             out[label] = flat_metrics(m)
     return out
 

@@ -226,9 +226,9 @@ def write_results(cfg: Config, folder: Path, recon: Volume, sol: Solution, imap:
     return files
 
 
-def evaluate(reference, input, output=None, data_range: float | None = None) -> dict:
+def evaluate(reference, input, output=None, data_range: float | None = None, overwrite: bool = False) -> dict:
     """PSNR/SSIM per plane of ``input`` against ``reference`` (volumes or paths); optionally written as JSON
-    (atomically; an existing metrics file is replaced)."""
+    (atomically; an existing file is replaced only with ``overwrite``)."""
     ref, rec = (v if isinstance(v, Volume) else read_volume(v) for v in (reference, input))
     if ref.shape != rec.shape:
         raise InputError(f"reference shape {ref.shape} and input shape {rec.shape} differ (evaluate needs the "
@@ -236,16 +236,18 @@ def evaluate(reference, input, output=None, data_range: float | None = None) -> 
     same_place = np.allclose(ref.spacing, rec.spacing, rtol=1e-4) and np.allclose(ref.origin, rec.origin, atol=0.01) \
         and np.allclose(ref.direction, rec.direction, atol=1e-4)  # float32 headers round
     if not same_place:
+        def show(v, digits):
+            return "(" + ", ".join(f"{float(x):.{digits}g}" for x in v) + ")"
         raise InputError(f"reference and input have the same shape but lie on different grids (spacing "
-                         f"{tuple(np.round(ref.spacing, 4))} vs {tuple(np.round(rec.spacing, 4))} mm, origin "
-                         f"{tuple(np.round(ref.origin, 2))} vs {tuple(np.round(rec.origin, 2))}): compare against "
-                         "OUTPUT/simulation/reference.nii.gz, or resample one onto the other first")
+                         f"{show(ref.spacing, 4)} vs {show(rec.spacing, 4)} mm, origin {show(ref.origin, 5)} vs "
+                         f"{show(rec.origin, 5)}): compare against OUTPUT/simulation/reference.nii.gz, or resample "
+                         "one onto the other first")
     try:
         m = per_axis_metrics(ref.data, rec.data, data_range)
     except ValueError as e:
         raise InputError(str(e)) from None
     if output is not None:
-        with atomic_path(Path(output), overwrite=True, protect=[v for v in (reference, input) if not isinstance(v, Volume)]) as tmp:
+        with atomic_path(Path(output), overwrite, protect=[v for v in (reference, input) if not isinstance(v, Volume)]) as tmp:
             write_json(tmp, m)
     return m
 

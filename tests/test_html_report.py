@@ -134,3 +134,6 @@ def test_reconstruct_and_batch_write_their_pages(tmp_path):
     assert (series / "index.html").is_file() and (series / ASSETS / "v0_sagittal.png").is_file()
     index = (tmp_path / "out" / "index.html").read_text()
     assert f'href="a/ct/{series.name}/index.html"' in index and ">done<" in index
+    report = json.loads((series / "report.json").read_text())  # the page's figures are report.json's (2000 HU)
+    shown = json.loads((series / ASSETS / "summary.json").read_text())["metrics"]
+    assert next(iter(shown.values()))["psnr_axial"] == pytest.approx(report["vs_reference"]["psnr"]["axial"], abs=0.01)

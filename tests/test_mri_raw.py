@@ -304,6 +304,10 @@ def test_espirit_maps_of_3d_poisson_k_space_agree_with_the_known_maps():
     est = A.coil_maps.numpy()  # (C, Z, Y, X)
     agree = np.abs((est * maps[:, None].conj()).sum(0))[x > 0.3]
     assert np.percentile(agree, 1) > 0.97, np.percentile(agree, [1, 5, 50])  # 1 = the same subspace
+    small = make_mask("poisson2d", (16, 16, 16), 3, 0.5, seed=0)  # an 8-wide box: no maps (recon all zero)
+    ks = fftc(torch.from_numpy(maps[:, None, 12:28, 12:28] * x[None, :16, 12:28, 12:28]), 3) * torch.as_tensor(small)
+    with pytest.raises(InputError, match="ESPIRiT found no coil sensitivity in slice 0 .*mri.coil_maps=estimate"):
+        mri_operator((16, 16, 16), small, kspace=ks, maps_from="espirit", three_d=True, real_input=False)
 
 
 def _measured_with_support(z=2, n=32):

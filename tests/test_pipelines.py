@@ -415,6 +415,10 @@ def test_evaluate_single_slice_and_unwritable_output(tmp_path, capsys):
     assert code == 2 and "error:" in err and str(tmp_path / "file") in err and "Traceback" not in err
     assert main(["evaluate", "-r", str(ref), "-i", str(rec), "-o", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["ssim"]["coronal"] is None
+    (tmp_path / "notes.txt").write_text("precious")  # an existing file is replaced only with --overwrite
+    assert main(["evaluate", "-r", str(ref), "-i", str(rec), "-o", str(tmp_path / "notes.txt")]) == 2
+    assert (tmp_path / "notes.txt").read_text() == "precious" and "--overwrite" in capsys.readouterr().err
+    assert main(["evaluate", "-r", str(ref), "-i", str(rec), "-o", str(tmp_path / "m.json"), "--overwrite"]) == 0
 
 
 def test_phantom_unwritable_output(tmp_path, capsys):

@@ -52,7 +52,7 @@ def test_sigma_floor_keeps_only_steps_at_or_above_it(tmp_path):
         RecordedSteps(tmp_path, sigma_min=2.0)
     with pytest.raises(InputError, match="no recorded sampler steps"):
         RecordedSteps(tmp_path / "empty")
-    data = prepare_volumes([phantom(np.random.default_rng(0), z=2, n=24)], CT, modality="ct")
+    data = prepare_volumes([phantom(np.random.default_rng(0), z=2, n=48)], CT, modality="ct")  # holds a 32 patch
     opts = TrainOptions(arch="patch", channels=(8, 16), patch_sizes=(8, 32), steps=1, device="cpu",
                         sampler_errors=str(tmp_path))
     with pytest.raises(InputError, match="16 pixels on a side, smaller than the largest patch"):

@@ -59,4 +59,8 @@ def espirit_maps(kspace, calib_width: int = 24, kernel_width: int = 6, thresh: f
     flat = k.reshape(-1, *k.shape[-ndim - 1:])
     maps = [EspiritCalib(s, calib_width=cw, thresh=thresh, kernel_width=kernel_width, crop=crop,
                          show_pbar=False).run() for s in flat]
+    empty = [i for i, m in enumerate(maps) if not np.any(m)]
+    if empty:  # every pixel cropped: the reconstruction would be zero everywhere
+        raise InputError(f"ESPIRiT found no coil sensitivity in slice {empty[0]} (a {cw}-line calibration region: "
+                         "too few calibration rows for its kernel, or no signal); use mri.coil_maps=estimate")
     return torch.from_numpy(np.stack(maps).reshape(k.shape).astype(np.complex64))

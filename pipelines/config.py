@@ -80,7 +80,7 @@ class Mask(Section):
 
 
 class MRI(Section):
-    mode: Literal["2d", "3d"] = "2d"  # 2d: same mask on every slice; 3d: mask over (kz, ky), readout x
+    mode: Literal["2d", "3d"] = "2d"  # 2d: same mask on every slice; 3d: mask over (kz, kx), readout y (rows)
     image_size: Optional[int] = Field(None, gt=0)  # null: the input's own (problem.reconstruction_grid)
     pixel_size: Optional[float] = Field(None, gt=0)  # mm; null: the input's field of view / image_size
     mask: Mask = Mask()
@@ -90,6 +90,13 @@ class MRI(Section):
     coil_maps: Literal["given", "estimate", "espirit"] = "given"
     # auto: complex for measured k-space, real for simulation from magnitude volumes | real | complex
     image: Literal["auto", "real", "complex"] = "auto"
+
+    @model_validator(mode="after")
+    def _poisson_is_3d(self):
+        if self.mask.kind == "poisson2d" and self.mode != "3d":
+            raise ValueError("mask.kind poisson2d samples the (kz, kx) plane of a 3D acquisition: set mode: 3d, or "
+                             "use a 1D mask kind for 2D slices")
+        return self
 
 
 # ------------------------------------------------------------------------------------ the rest

@@ -7,6 +7,8 @@ grid's operator never produced the data. The physics (HU -> mu, noise, coil maps
 """
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +117,13 @@ def simulate_mri(cfg: Config, src: Volume, size: int, pixel_mm: float | None = N
     dims = (-3, -2, -1) if three_d else (-2, -1)
     img = torch.from_numpy(fine.astype(np.float32)).to(torch.complex64)  # (Z, H, W)
 
+    # fftc's origin is pixel n // 2; the fine grid's lies d coarse pixels off the coarse grid's (a quarter pixel for
+    # an even size at f = 2): the phase ramp puts the band's image on the reconstruction grid, as the maps are
+    d = (size // 2 - (size - 1) / 2) - ((size * f) // 2 - (size * f - 1) / 2) / f
+    ramp = torch.exp(2j * math.pi * (torch.arange(size) - size // 2) * d / size).to(torch.complex64)
+
     def k_space(x):  # the fine grid's k-space, its central size x size (the reconstruction grid's band), DC kept
-        return centre_crop(fftc(x, dims), (size, size)) / f  # at fftc's centre (an odd size too)
+        return centre_crop(fftc(x, dims), (size, size)) / f * ramp[:, None] * ramp[None, :]
 
     k = k_space(img)
     # The reference is the image these data hold: the fine image limited to the grid's band (what a fully

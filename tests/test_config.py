@@ -96,6 +96,8 @@ def test_more_typical_mistakes(tmp_path):
     p5 = _write(tmp_path, BASE.replace("n_views: 8", "n_views: 8, fbp_filter: hanning"))
     assert _problems(p5) == [
         f'{p5}: ct.fbp_filter: expected one of "ram-lak", "shepp-logan", "cosine", "hamming" or "hann", got "hanning"']
+    with pytest.raises(InputError, match="mask.kind poisson2d samples the .kz, kx. plane of a 3D acquisition"):
+        load_config("cs_mri_x4", ["mri.mask.kind=poisson2d"], check_files=False)  # failed later, mid-simulation
     p6 = _write(tmp_path, BASE.replace("n_views: 8", "wedge_deg: 200"))
     assert _problems(p6) == [
         f"{p6}: ct: wedge_deg 200: a parallel beam's views repeat after 180 degrees; give at most 180, or beam: fan"]

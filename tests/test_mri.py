@@ -247,3 +247,26 @@ def test_coil_maps_that_do_not_fit_the_kspace_are_a_one_line_error():
     for maps in (torch.ones(2, 8, 10), torch.ones(2, 4, 8, 10), torch.ones(4, 8, 12)):
         with pytest.raises(InputError, match="coil maps of shape .* do not fit k-space of shape"):
             mri_operator((3, 8, 10), mask, kspace=k, coil_maps=maps)
+
+
+def test_poisson_mask_of_few_slices_keeps_its_centre():
+    """round(4 * 0.08) = 0 rows: the centre box was empty and DC sampled only by chance (a zero-mean volume)."""
+    for z in (2, 4, 6):
+        m = make_mask("poisson2d", (z, 64, 64), 8.0, 0.08, seed=0)
+        assert m[z // 2, 0, 32], z
+
+
+def test_simulated_mri_lies_on_the_reconstruction_grid():
+    """The band-limited reference (and the data) sat a quarter pixel off the grid at upsample 2 (a third at 3),
+    against the input's geometry and the coil maps: fftc's origin is pixel n // 2 on either grid."""
+    from medrecon.volume import Volume
+    from pipelines.config import load_config
+    from pipelines.simulate import simulate_mri
+    yy, xx = np.mgrid[:32, :32].astype(float)
+    blob = np.exp(-((yy - 13.0) ** 2 + (xx - 17.0) ** 2) / 8.0)
+    vol = Volume(np.stack([blob] * 2).astype(np.float32), spacing=(1.0, 1.0, 3.0))
+    for f in (2, 3):
+        cfg = load_config("cs_mri_x4", ["noise.kind=none", f"simulation.upsample={f}"], check_files=False).resolved()
+        ref = np.clip(simulate_mri(cfg, vol, 32, 1.0)[0].data[0], 0, None)
+        centroid = ((ref * yy).sum() / ref.sum(), (ref * xx).sum() / ref.sum())
+        assert np.allclose(centroid, (13.0, 17.0), atol=0.01), (f, centroid)

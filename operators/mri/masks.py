@@ -149,8 +149,8 @@ def make_mask(kind: str, shape, acceleration: float, center_fraction: float = 0.
         raise InputError(f"poisson2d masks a (Z, Y, X) volume's (kz, kx) plane; got shape {shape}")
     nz, _, nx = shape
     centre = np.zeros((nz, nx), bool)
-    centre[_centre_slice(nz, int(round(nz * center_fraction))),
-           _centre_slice(nx, int(round(nx * center_fraction)))] = True
+    sides = [max(1, int(round(n * center_fraction))) if center_fraction > 0 else 0 for n in (nz, nx)]
+    centre[_centre_slice(nz, sides[0]), _centre_slice(nx, sides[1])] = True  # the DC point at least, few slices too
     total = _counts(nz * nx, acceleration, int(centre.sum()))
     m, _ = poisson_disc((nz, nx), total - int(centre.sum()), rng, exclude=centre)
     return (m | centre)[:, None, :]

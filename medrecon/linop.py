@@ -263,3 +263,11 @@ class FiniteDifference(LinearOperator):
                 g.narrow(d, g.shape[d] - 1, 1).zero_()
             x += torch.roll(g, 1, dims=d) - g
         return x
+
+
+def whitened(A: LinearOperator, y: torch.Tensor, sqrt_w: torch.Tensor | None) -> tuple[LinearOperator, torch.Tensor]:
+    """(W^1/2 A, W^1/2 y): the weighted least-squares data term 1/2 ||W^1/2 (A x - y)||^2 as a plain one (PWLS);
+    (A, y) itself when ``sqrt_w`` is None."""
+    if sqrt_w is None:
+        return A, y
+    return Diagonal(sqrt_w, A.out_shape) @ A, y * sqrt_w

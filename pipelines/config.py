@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
@@ -216,10 +216,17 @@ class Config(Section):
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
+    #: settings that say where or in what pieces a run computes, not what it computes (results do not depend on
+    #: them): a batch rerun on another machine, or with smaller chunks, is the same batch
+    WHERE_IT_RUNS: ClassVar[tuple] = ("device", "chunk_size")
+
     def fingerprint(self) -> str:
-        """SHA-256 of the config as given (before ``resolved``): a batch's outputs made with another differ."""
-        given = self if self._given is None else self._given
-        return hashlib.sha256(json.dumps(given.to_dict(), sort_keys=True).encode()).hexdigest()
+        """SHA-256 of the config as given (before ``resolved``), without ``WHERE_IT_RUNS``: a batch's outputs made
+        with another differ."""
+        given = (self if self._given is None else self._given).to_dict()
+        for key in self.WHERE_IT_RUNS:
+            given["solver"].pop(key, None)
+        return hashlib.sha256(json.dumps(given, sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------- loading

@@ -30,7 +30,7 @@ import torch
 from medrecon.device import resolve_device, resolve_precision
 from medrecon.errors import InputError
 from medrecon.io import read_volume
-from medrecon.linop import Diagonal, LinearOperator
+from medrecon.linop import LinearOperator, whitened
 from medrecon.metrics import per_axis_metrics
 from medrecon.priors import Denoiser, IntensityMap
 from medrecon.priors.train import adapt_prior, adaptation_options
@@ -369,9 +369,7 @@ class Problem:
         """(A, y) of the data term 1/2 ||A x - y||^2 the iterative solvers minimise: W^1/2 A and W^1/2 y with
         CT ray weights (PWLS), else the operator and data themselves. The guided samplers take W instead
         (``weights``), as they apply A to chunks of slices."""
-        if self.sqrt_weights is None:
-            return self.operator, self.data
-        return Diagonal(self.sqrt_weights, self.operator.out_shape) @ self.operator, self.data * self.sqrt_weights
+        return whitened(self.operator, self.data, self.sqrt_weights)
 
     def _sampler_options(self, s) -> dict:
         """Keyword arguments of the sampler class beyond the shared ones, from its settings."""
@@ -540,10 +538,11 @@ def check_grid(prior, meas: Measurement) -> None:
     span = getattr(prior, "pixel_spacing_mm_range", None) if size is None else None
     pixel = float(min(meas.grid.spacing[:2]))
     if span is not None and not in_pixel_range(pixel, span):
+        also = "" if is_measured_kspace(meas) else ", or simulate the measurements at a pixel size inside the range"
         raise InputError(f"{meas.info.get('source') or 'the measurements'}: pixel size {pixel:.3g} mm is outside the "
                          f"range prior {prior.name} was trained on ({span[0]:.3g}-{span[1]:.3g} mm): use a prior "
-                         "trained at this pixel size (medrecon train --arch patch), a classical solver (--set "
-                         "solver.name=admm_tv), or simulate the measurements at a pixel size inside the range")
+                         "trained at this pixel size (medrecon train --arch patch) or a classical solver (--set "
+                         f"solver.name=admm_tv){also}")
 
 
 def _complex_images(cfg: Config, meas: Measurement) -> bool:

@@ -51,7 +51,7 @@ def simulate(config, input, output, overrides=(), overwrite: bool = False, serie
              resample: bool = False) -> Path:
     """Simulate measurements of a ground-truth volume on its own grid (or the one the config names); writes
     OUTPUT/measurements.npz and reference.nii.gz."""
-    cfg = prepare_config(config, overrides)
+    cfg = load_config(config, list(overrides), check_files=False).resolved()  # the prior is not needed here
     source = read_volume(input, series=series, resample_nonuniform=resample)
     # the input's own grid (or the config's): the prior is the reconstruction's business (check_grid)
     ref, meas, _ = simulate_on_its_grid(cfg, None, source, resample)

@@ -231,6 +231,8 @@ def test_a_rerun_with_another_config_does_not_pass_the_old_outputs_off_as_finish
     _series(root / "s1", 1, "one")
     assert _run(root, out, "--quiet") == 0
     assert _run(root, out, "--quiet") == 0 and _manifest(out)[0]["status"] == "skipped"  # the same config
+    assert _run(root, out, "--quiet", "--set", "solver.device=cpu") == 0  # where it runs changes no result
+    assert _manifest(out)[0]["status"] == "skipped"
     other = ["--set", "solver.name=fbp", "--set", "ct.image_size=24"]
     code = main(["batch", str(root), str(out), "--config", "sparse_view_ct_8", *other, "--quiet"])
     assert code == 1 and "made with another config" in _manifest(out)[0]["error"]

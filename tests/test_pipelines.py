@@ -4,6 +4,7 @@ Quality is asserted against the simulated reference (no inverse crime, with nois
 must beat the direct one (FBP / zero-filled) by a stated margin. Numbers measured when written are noted.
 """
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -722,7 +723,10 @@ def test_a_sinogram_that_does_not_fit_its_stored_geometry_is_a_one_line_error(tm
 
 def test_simulate_keeps_the_inputs_grid_and_a_prior_refuses_measurements_outside_its_pixel_range(tmp_path, ct_nifti):
     sim = tmp_path / "sim"
-    tasks.simulate("sparse_view_ct_8", ct_nifti, sim)  # no image_size: the phantom's own 64 x 64 at 6 mm
+    tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["prior.path=/no/such/prior"])  # none needed here
+    ref = read_volume(sim / "reference.nii.gz")  # no image_size: the phantom's own 64 x 64 at 6 mm
+    shutil.rmtree(sim)
+    tasks.simulate("sparse_view_ct_8", ct_nifti, sim)
     ref = read_volume(sim / "reference.nii.gz")
     assert ref.shape == (5, 64, 64) and np.allclose(ref.spacing, read_volume(ct_nifti).spacing)
     with pytest.raises(InputError, match="pixel size 6 mm is outside the range prior ct_patch was trained on"):

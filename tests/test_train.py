@@ -119,6 +119,10 @@ def test_resume_refuses_other_training_options_and_keeps_the_runs_warm_up(data, 
     out = train_prior(train, tmp_path / "p", replace(opts, steps=4), progress=False)  # its warm-up: 1 step (4 // 10)
     with pytest.raises(InputError, match=r"trained with --batch-size 4 \(now 8\), --seed 0 \(now 5\); resume"):
         train_prior(train, out, replace(opts, batch_size=8, seed=5), resume=True, progress=False)
+    spelled = train_prior(replace(train, description={**train.description, "volumes": ["vols/v0.nii.gz"]}),
+                          tmp_path / "spelled", replace(opts, steps=2), progress=False)
+    respelled = replace(train, description={**train.description, "volumes": [f"{tmp_path}/vols/v0.nii.gz"]})
+    train_prior(respelled, spelled, replace(opts, steps=3), resume=True, progress=False)  # the same data, resumed
     other = prepare_slices([Volume(np.full((3, 20, 20), 40.0, np.float32) + np.arange(20.0), (1.0, 1.0, 2.0))],
                            {**CT, "model_min": -1.0, "model_max": 1.0}, 16, modality="ct")
     with pytest.raises(InputError, match="trained on other data than given now"):  # its card would lie about both
@@ -154,6 +158,11 @@ def test_overwrite_forgets_the_old_run_so_resume_cannot_continue_it(data, tmp_pa
     opts = TrainOptions(image_size=16, channels=(8, 16), steps=2, batch_size=4, checkpoint_every=0, sample_every=2)
     old = train_prior(train, tmp_path / "p", opts, progress=False)
     assert (old / "samples").is_dir()
+    mine = tmp_path / "mine"  # a folder with files of its own, no prior: a new run there deletes nothing
+    (mine / "samples").mkdir(parents=True)
+    (mine / "samples" / "keep.txt").write_text("mine")
+    train_prior(train, mine, opts, progress=False)
+    assert (mine / "samples" / "keep.txt").is_file()
 
     def killed(self):
         raise RuntimeError("killed")

@@ -159,8 +159,8 @@ def _flush_to_disk(path: Path, tree: bool = True) -> None:
     for p in ([*path.rglob("*"), path] if tree and path.is_dir() else [path]):
         if p.is_symlink() or (p.is_dir() and os.name == "nt"):  # Windows cannot open a folder to sync it
             continue
-        try:
-            fd = os.open(p, os.O_RDONLY)
+        try:  # Windows flushes a file only through a handle open for writing
+            fd = os.open(p, os.O_RDONLY if p.is_dir() else os.O_RDWR)
         except OSError:
             continue
         try:

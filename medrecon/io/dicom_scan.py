@@ -127,7 +127,8 @@ def _files(folder: Path, recursive: bool, problems: list | None = None) -> list[
 
     def unlisted(e: OSError):
         if problems is not None:
-            problems.append((Path(e.filename), f"cannot be listed ({e.strerror}); check its permissions"))
+            problems.append((Path(e.filename), f"{e.filename}: cannot be listed ({e.strerror}); check its "
+                                                   "permissions"))
 
     seen_dirs, seen_files, out = set(), set(), []
     for root, dirs, names in os.walk(folder, followlinks=True, onerror=unlisted):

@@ -248,8 +248,14 @@ class _Trainer:
                 "heldout_log": self.heldout_log, "data": self._data_record()}
 
     def _data_record(self) -> str:
-        """What the run trains on (the card's data record), as text a resume must match."""
-        return json.dumps(self.data.description, sort_keys=True, default=str)
+        """What the run trains on, as text a resume must match: the card's data record without the paths (a
+        resume from another folder, or with a path spelled otherwise, is the same data), a registered scan's
+        checksum kept."""
+        desc = dict(self.data.description)
+        for key in ("volumes", "heldout_volumes"):
+            if isinstance(desc.get(key), list):
+                desc[key] = [v.get("sha256") if isinstance(v, dict) else None for v in desc[key]]
+        return json.dumps(desc, sort_keys=True, default=str)
 
     def restore(self, path: Path):
         st = torch.load(path, map_location="cpu", weights_only=True)
@@ -261,9 +267,9 @@ class _Trainer:
             raise InputError(f"{path}: the run was trained with {was}; resume with its own options, or start a "
                              f"new run from it with --init-from {path.parent.parent}")
         if st.get("data", self._data_record()) != self._data_record():  # checkpoints before the fortieth session: any
-            raise InputError(f"{path}: the run was trained on other data than given now (volumes, slices or pixel "
-                             "sizes differ); resume with the run's own --data/--dataset, or start a new run from it "
-                             f"with --init-from {path.parent.parent}")
+            raise InputError(f"{path}: the run was trained on other data than given now (the number of volumes or "
+                             "slices, the pixel sizes or the scans differ); resume with the run's own --data/"
+                             f"--dataset, or start a new run from it with --init-from {path.parent.parent}")
         if st["unet_config"] != self.unet_config:
             if not old:  # a checkpoint without its options: nothing says the network is the run's
                 raise InputError(f"{path}: the checkpoint's network (arch, size, channels) differs from the options "
@@ -540,9 +546,9 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
     resolve_device(opts.device)  # an unusable device is an error before anything is written
     tr = (_PatchTrainer if opts.arch == "patch" else _Trainer)(data, out, opts, command)  # reads --init-from
     out.mkdir(parents=True, exist_ok=True)
-    if not resume:  # --overwrite: nothing of the old run may pass as this one's (a later --resume, logs, samples)
-        for old_file in (out / STATE_FILE, out / "loss.csv", out / "heldout.csv"):
-            old_file.unlink(missing_ok=True)
+    if overwrite and not resume and ((out / CARD_NAME).is_file() or (out / STATE_FILE).is_file()):
+        for old_file in (out / STATE_FILE, out / "loss.csv", out / "heldout.csv"):  # nothing of the old run may
+            old_file.unlink(missing_ok=True)                                         # pass as this one's
         shutil.rmtree(out / "samples", ignore_errors=True)
     if resume:
         tr.restore(out / STATE_FILE)
@@ -656,6 +662,6 @@ def adapt_prior(prior: Denoiser, data, steps: int, *, ema_decay: float = 0.99, l
     adapted = copy.deepcopy(prior)
     adapted.network.load_state_dict(tr.ema.state_dict())
     adapted.name, adapted.weights_path, adapted._sha256 = f"{prior.name}+self-adapted", None, None
-    adapted.card = {**prior.card, "name": adapted.name,
+    adapted.card = {**{k: v for k, v in prior.card.items() if k != "sha256"}, "name": adapted.name,  # new weights
                     "training": {**prior.card["training"], "self_adaptation": record}}
     return adapted, record

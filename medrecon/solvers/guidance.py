@@ -38,7 +38,7 @@ import math
 
 import torch
 
-from ..linop import Diagonal, LinearOperator
+from ..linop import LinearOperator, whitened
 from ..priors.base import Denoiser
 from .cg import conjugate_gradient
 from .diffusion import DiffusionSolver, SamplerState
@@ -77,8 +77,7 @@ class GuidedSampler(DiffusionSolver):
                 raise ValueError(f"TV (lam={lam}, lam_xy={kwargs.get('lam_xy', 0)}) needs the ADMM penalty rho")
             rho = 1.0                        # unused: without z-TV the ADMM step is never taken
         sqrt_w = None if weights is None else weights.to(y.device, torch.float32).expand_as(y).sqrt()
-        fit = (A, y) if sqrt_w is None else (Diagonal(sqrt_w, A.out_shape) @ A, y * sqrt_w)
-        super().__init__(prior, *fit, lam=lam, rho=rho, **kwargs)  # the projection and z-TV fit W^1/2 (A x - y)
+        super().__init__(prior, *whitened(A, y, sqrt_w), lam=lam, rho=rho, **kwargs)  # projection, z-TV: PWLS
         if self.is_complex:
             raise ValueError(f"{type(self).__name__} works on real images; use a real-input operator "
                              f"(DiffusionMBIR and FastSampler take complex images)")

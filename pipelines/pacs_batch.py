@@ -15,6 +15,7 @@ from pathlib import Path
 
 from medrecon.errors import InputError
 from medrecon.io import list_series
+from medrecon.io.atomic import read_marker
 
 from .batch import BatchResult, sanitize, read_manifest, write_manifest
 from .config import load_config
@@ -65,6 +66,11 @@ class Runner:
         overwrite = self.overwrite or redo
         done = (out / "report.json").is_file() and not overwrite
         sent = (out / "pacs.json").is_file() and not overwrite
+        made_with = (read_marker(out) or {}).get("config_sha256")  # outputs of earlier versions do not say
+        if done and made_with not in (None, self.cfg.fingerprint()):  # as the batch: another config is a conflict
+            row["status"], row["error"] = "failed", (f"{out.name} exists but it was made with another config (or "
+                                                     "other --set values); pass --overwrite to redo it")
+            return self.record(row)
         if done and (sent or not self.send):
             row["status"] = "skipped"
             return self.record(row)

@@ -60,18 +60,8 @@ class Job:
 
     @property
     def state(self) -> str:
-        """'new' (no output yet), 'done', 'changed' (the series' files changed since), 'reconfigured' (made
-        with another config) or 'other' (the folder holds an output of another series, or one that does not
-        say which)."""
-        mark = read_marker(self.output)
-        if mark is None:
-            return "new"
-        if mark.get("series_uid") != self.uid:
-            return "other"
-        if mark.get("files_sha256") != self.files_sha256:
-            return "changed"
-        made_with = mark.get("config_sha256", self.config_sha256)  # outputs of earlier versions do not say
-        return "done" if not self.config_sha256 or made_with == self.config_sha256 else "reconfigured"
+        """The output folder's ``output_state`` for this series."""
+        return output_state(self.output, self.uid, self.files_sha256, self.config_sha256)
 
     @property
     def done(self) -> bool:
@@ -85,6 +75,27 @@ class Job:
         return {"series_uid": self.uid, "input_path": _rel(self.input, self.input_root),
                 "output_path": _rel(self.output, self.output_root), "status": status, "seconds": seconds,
                 "error": error}
+
+
+#: why an output that is not this series' finished one is not redone without --overwrite, by ``output_state``
+CONFLICT = {"changed": "the series' files changed since it was written",
+            "reconfigured": "it was made with another config (or other --set values)",
+            "other": "it holds the output of another series, or one that does not record its series"}
+
+
+def output_state(output: Path, uid: str, files_sha256: str | None, config_sha256: str = "") -> str:
+    """'new' (no output yet), 'done', 'changed' (the series' files changed since; not checked with
+    ``files_sha256`` None), 'reconfigured' (made with another config; ``config_sha256`` "": any) or 'other'
+    (the folder holds an output of another series, or one that does not say which), from its marker."""
+    mark = read_marker(output)
+    if mark is None:
+        return "new"
+    if mark.get("series_uid") != uid:
+        return "other"
+    if files_sha256 is not None and mark.get("files_sha256") != files_sha256:
+        return "changed"
+    made_with = mark.get("config_sha256", config_sha256)  # outputs of earlier versions do not say
+    return "done" if not config_sha256 or made_with == config_sha256 else "reconfigured"
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -168,10 +179,7 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
     if state == "done" and not overwrite:
         return job.row("skipped", "0.0")
     if state != "new" and not overwrite:
-        why = {"changed": "the series' files changed since it was written",
-               "reconfigured": "it was made with another config (or other --set values)",
-               "other": "it holds the output of another series, or one that does not record its series"}[state]
-        return job.row("failed", "0.0", f"{_rel(job.output, job.output_root)} exists but {why}; "
+        return job.row("failed", "0.0", f"{_rel(job.output, job.output_root)} exists but {CONFLICT[state]}; "
                                         "pass --overwrite to redo it")
     t0 = time.perf_counter()
     try:
@@ -229,8 +237,9 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
     problems: list = []  # folders where series may be but none can be read
     jobs = plan(input_root, output_root, lambda f, recursive: list_series(f, recursive, problems),
                 known_outputs(output_root))
+    fingerprint = cfg.fingerprint()
     for j in jobs:
-        j.config_sha256 = cfg.fingerprint()
+        j.config_sha256 = fingerprint
     if not jobs and not problems:
         raise InputError(f"no DICOM series found under {input_root}")
     unread = [{"series_uid": "", "input_path": _rel(_absolute(f), _absolute(input_root)), "output_path": "",

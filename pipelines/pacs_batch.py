@@ -15,9 +15,8 @@ from pathlib import Path
 
 from medrecon.errors import InputError
 from medrecon.io import list_series
-from medrecon.io.atomic import read_marker
 
-from .batch import BatchResult, sanitize, read_manifest, write_manifest
+from .batch import CONFLICT, BatchResult, output_state, read_manifest, sanitize, write_manifest
 from .config import load_config
 from .html_report import write_batch_index
 from .outputs import write_json
@@ -33,6 +32,7 @@ class Runner:
     def __init__(self, settings: PacsSettings, output_root: Path, config, overrides=(), send: bool = True,
                  overwrite: bool = False, progress: bool = False, echo=print):
         self.cfg = load_config(config, list(overrides))  # validated before anything runs
+        self.fingerprint = self.cfg.fingerprint()
         self.settings, self.send, self.overwrite, self.progress, self.echo = settings, send, overwrite, progress, echo
         if send:
             settings.need_host()
@@ -57,20 +57,25 @@ class Runner:
             n += 1
         return out
 
-    def process(self, uid: str, description: str = "", hit: SeriesHit | None = None, redo: bool = False) -> dict:
-        """One series through the stages it still needs; ``redo``: its received images changed since (more of
-        them arrived), so it is reconstructed and sent again."""
+    def process(self, uid: str, description: str = "", hit: SeriesHit | None = None) -> dict:
+        """One series through the stages it still needs (the batch's ``output_state``: a received series that
+        grew since its output was made, late images, is reconstructed and sent again; another config is a
+        conflict that --overwrite resolves)."""
         src, out = self.received / sanitize(uid, "series"), self.output_for(uid, description)
         row = {"series_uid": uid, "input_path": str(src), "output_path": str(out), "status": "", "seconds": "0.0",
                "error": ""}
-        overwrite = self.overwrite or redo
-        done = (out / "report.json").is_file() and not overwrite
-        sent = (out / "pacs.json").is_file() and not overwrite
-        made_with = (read_marker(out) or {}).get("config_sha256")  # outputs of earlier versions do not say
-        if done and made_with not in (None, self.cfg.fingerprint()):  # as the batch: another config is a conflict
-            row["status"], row["error"] = "failed", (f"{out.name} exists but it was made with another config (or "
-                                                     "other --set values); pass --overwrite to redo it")
+        files = next((s.files_sha256 for s in list_series(src, recursive=True) if s.uid == uid), None) \
+            if src.is_dir() else None
+        state = "new" if self.overwrite else output_state(out, uid, files, self.fingerprint)
+        if state in ("reconfigured", "other"):
+            row["status"], row["error"] = "failed", f"{out.name} exists but {CONFLICT[state]}; pass --overwrite"
             return self.record(row)
+        if state == "changed":
+            self.echo(f"        {uid} received more images since its output was made: reconstructed again (the "
+                      "PACS keeps the earlier derived series)")
+        overwrite = self.overwrite or state == "changed"
+        done = state == "done"
+        sent = (out / "pacs.json").is_file() and not overwrite
         if done and (sent or not self.send):
             row["status"] = "skipped"
             return self.record(row)
@@ -154,21 +159,16 @@ def listen(settings: PacsSettings, output_root, config, overrides=(), send: bool
     server = serve(settings, run.inbox)
     echo(f"listening as {settings.calling_aet} on {settings.store_address}:{settings.store_port}; "
          f"a series is complete after {stable_s:g} s without new images (Ctrl-C stops)")
-    rows, idle_since, grown = [], time.monotonic(), set()
+    rows, idle_since = [], time.monotonic()
     finished = {uid for uid, r in run.rows.items() if r.get("status") in ("done", "skipped")}
     todo = [p.name for p in sorted(run.received.iterdir())  # received before a restart, not finished then
             if p.is_dir() and not p.name.startswith(".") and p.name not in finished]
     try:
         while max_series is None or sum(r["status"] != "skipped" for r in rows) < max_series:
             for uid in run.inbox.stable(stable_s):
-                dest = run.received / sanitize(uid, "series")
-                if dest.is_dir() and uid not in todo:  # more images of a series already taken: redo it
-                    grown.add(uid)
-                n = run.inbox.take(uid, dest)
-                echo(f"        received {n} instances of {uid}" + (" more: reconstructed again (the PACS keeps "
-                                                                       "the earlier derived series)" if uid in grown
-                                                                       else ""))
-                if uid not in todo:
+                n = run.inbox.take(uid, run.received / sanitize(uid, "series"))
+                echo(f"        received {n} instances of {uid}")
+                if uid not in todo:  # late images of a finished series: process() sees its files changed
                     todo.append(uid)
             if not todo:
                 if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
@@ -176,8 +176,7 @@ def listen(settings: PacsSettings, output_root, config, overrides=(), send: bool
                 time.sleep(0.2)
                 continue
             uid = todo.pop(0)
-            row = run.process(uid, _description(run.received / sanitize(uid, "series")), redo=uid in grown)
-            grown.discard(uid)
+            row = run.process(uid, _description(run.received / sanitize(uid, "series")))
             rows.append(row)
             echo(f"[{len(rows)}] {row['status']:7s} {uid} -> {row['output_path']} {row['error']}".rstrip())
             idle_since = time.monotonic()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +129,12 @@ class Problem:
             cplx, measured = _complex_images(cfg, meas), is_measured_kspace(meas)
             A = _mri_operator(cfg, meas, cplx or measured)  # measured: scaled and aligned on complex images
             y = torch.from_numpy(np.asarray(meas.data, np.complex64))
+            zero_filled = A.adjoint(y) if cplx or measured else None  # once: the scale and the rotation come from it
             if measured:
-                scale = _measured_scale(A, y)
+                scale = _measured_scale(zero_filled)
                 y = y / scale
             if cplx or measured:  # a constant rotation: real images (mri.image=real) then fit the real part
-                y = y * _phase_alignment(A, y)
+                y = y * phase_rotation(zero_filled)  # a positive scale does not turn it
                 if meas.reference is not None and kw.get("reference") is None:
                     kw["reference"] = meas.grid.with_data(meas.reference / scale, description="reference")
             if measured and not cplx:
@@ -201,18 +203,18 @@ class Problem:
             out = self._run(s, progress, snapshot, snapshot_every)
         out.nfe_per_slice += cv_nfe
         out.x = self.zero_unseen(out.x)
-        if out.std is not None and (seen := self._seen()) is not None:
-            out.std = torch.where(seen.to(out.std.device), out.std, 0.0)  # no spread where the result is set
+        if out.std is not None and self.seen is not None:
+            out.std = torch.where(self.seen.to(out.std.device), out.std, 0.0)  # no spread where the result is set
         return out
 
     def zero_unseen(self, x: torch.Tensor) -> torch.Tensor:
         """MRI pixels no coil sees (outside the coil maps' support) set to physical 0: no data constrain them, and
         a sampler would leave noise and the prior's tile seams there."""
-        seen = self._seen()
-        return x if seen is None else torch.where(seen.to(x.device), x, self.physical_zero())
+        return x if self.seen is None else torch.where(self.seen.to(x.device), x, self.physical_zero())
 
-    def _seen(self) -> torch.Tensor | None:
-        """The pixels some coil sees (``coil_support``; None: all of them, or CT)."""
+    @cached_property
+    def seen(self) -> torch.Tensor | None:
+        """The pixels some coil sees (``coil_support`` of the fixed operator; None: all of them, or CT)."""
         return None if self.measurement.modality == "ct" else coil_support(self.operator)
 
     def self_adapt_steps(self, s) -> int:
@@ -559,11 +561,6 @@ def _mri_operator(cfg: Config, meas: Measurement, complex_images: bool) -> Linea
                         kspace_shape=meas.info.get("kspace_shape"))
 
 
-def _phase_alignment(A: LinearOperator, y: torch.Tensor) -> complex:
-    """The rotation (``phase_rotation``) of the zero-filled image A^H y."""
-    return phase_rotation(A.adjoint(y))
-
-
 def phase_rotation(image: torch.Tensor) -> complex:
     """exp(-i theta), theta the magnitude-weighted mean phase of a complex image (a constant rotation: the
     magnitude is unchanged, and a real-valued prior then sees the signal in the real part)."""
@@ -571,9 +568,9 @@ def phase_rotation(image: torch.Tensor) -> complex:
     return complex(torch.exp(-1j * torch.angle(s))) if s.abs() > 0 else 1.0
 
 
-def _measured_scale(A: LinearOperator, y: torch.Tensor) -> float:
+def _measured_scale(zero_filled: torch.Tensor) -> float:
     """Normalisation of measured k-space: the zero-filled image's 99.9th percentile becomes 1."""
-    zf = A.adjoint(y).abs().flatten()
+    zf = zero_filled.abs().flatten()
     v = float(torch.quantile(zf[:: max(1, zf.numel() // 1_000_000)].float(), 0.999))
     return v if v > 0 else 1.0
 

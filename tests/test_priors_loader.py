@@ -177,7 +177,7 @@ def test_a_card_that_does_not_fit_its_network_or_lacks_keys_is_one_line(tmp_path
     shutil.copytree(BUNDLED_PRIORS / "ct_patch", folder)
     card = read_model_card(folder / "model_card.yaml")
     for change, message in (({"architecture": "diffusers-unet2d"}, "takes 1 input channel, this one 3"),
-                            ({"intensity": {"physical_min": -1000.0}}, "intensity lacks physical_max"),
+                            ({"intensity": {"physical_min": -1000.0}}, "intensity needs physical_max"),
                             ({"weights": 5}, "weights: give the weights file's name")):
         write_model_card(folder, {**card, **change})
         with pytest.raises(InputError, match=message):

@@ -57,9 +57,12 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
             fields = marker if isinstance(marker, dict) else {}
             (tmp / MARKER).write_text(json.dumps({"medrecon": __version__, **fields}, indent=2) + "\n")
         check_free(dest, overwrite)  # again: something may have appeared meanwhile
-        _flush_to_disk(tmp)
+        outermost = not any(p.name.startswith(TMP_PREFIX) for p in dest.parents)  # inside another output's
+        if outermost:                                                           # temporary: its commit syncs all
+            _flush_to_disk(tmp)
         _commit(tmp, dest)
-        _flush_to_disk(dest.parent, tree=False)  # the rename itself
+        if outermost:
+            _flush_to_disk(dest.parent, tree=False)  # the rename itself
     except OSError as e:
         raise InputError(f"cannot write {dest}: {e.strerror or e}; "
                          "choose a writable location with enough free space") from e

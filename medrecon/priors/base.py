@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 
 #: the model range of every prior medrecon trains and of runs without a prior, so that a weight acting on model
 #: units (a TV lam, a noise level) means the same with and without such a prior
@@ -41,7 +43,12 @@ class IntensityMap:
         return (m - self.model_min) / self.scale + self.physical_min
 
     @classmethod
-    def from_dict(cls, d: dict) -> "IntensityMap":
+    def from_dict(cls, d: dict, where: str = "the intensity card") -> "IntensityMap":
+        """From a card's ``intensity`` section; an InputError naming ``where`` when it lacks the physical window."""
+        missing = [k for k in ("physical_min", "physical_max") if not isinstance(d, dict) or k not in d]
+        if missing:
+            raise InputError(f"{where}: intensity needs {', '.join(missing)} (the physical window the model range "
+                             "stands for); add it")
         return cls(**{k: d[k] for k in ("physical_min", "physical_max", "model_min", "model_max", "unit") if k in d})
 
 
@@ -134,7 +141,7 @@ class VPSchedule(NoiseSchedule):
         if T % n_steps == 0:  # DDS's grid exactly: T - skip, ..., skip, 0
             skip = T // n_steps
             return torch.arange(T - skip, -1, -skip)
-        return torch.linspace(T - T / n_steps, 0, min(n_steps, T)).round().long().unique_consecutive()
+        return torch.linspace(T - T / n_steps, 0, n_steps).round().long().unique_consecutive()
 
     def sampling_sigmas(self, n_steps: int) -> torch.Tensor:
         return self.sigmas[self.sampling_timesteps(n_steps)]

@@ -205,15 +205,8 @@ def _target_device(device) -> torch.device:
 
 
 def _intensity(card: dict) -> IntensityMap | None:
-    """The card's intensity map; an InputError naming what it lacks."""
     d = card.get("intensity")
-    if not d:
-        return None
-    missing = [k for k in ("physical_min", "physical_max") if not isinstance(d, dict) or k not in d]
-    if missing:
-        raise InputError(f"{card.get('name', 'the prior')}'s {CARD_NAME}: intensity lacks {', '.join(missing)} (the "
-                         "physical window the model range stands for); add it to the card")
-    return IntensityMap.from_dict(d)
+    return IntensityMap.from_dict(d, f"{card.get('name', 'the prior')}'s {CARD_NAME}") if d else None
 
 
 def load_prior(path: str | Path, device=None, allow_unsafe_pickle: bool = False, card: dict | str | Path | None = None,

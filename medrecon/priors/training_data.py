@@ -35,10 +35,7 @@ def read_training_volume(path: Path) -> Volume:
 
 def training_intensity(intensity: dict) -> dict:
     """The caller's intensity section (physical window, unit, notes) on the training model range [-1, 1]."""
-    missing = [k for k in ("physical_min", "physical_max") if k not in intensity]
-    if missing:
-        raise InputError(f"the intensity card needs {', '.join(missing)} (the physical window mapped to the model "
-                         "range)")
+    IntensityMap.from_dict(intensity)  # checks the physical window is there
     lo, hi = MODEL_RANGE
     out = {**intensity, "physical_min": float(intensity["physical_min"]),
            "physical_max": float(intensity["physical_max"]), "model_min": lo, "model_max": hi}

@@ -112,8 +112,8 @@ def noise_levels(schedule, n_steps: int, start_sigma: float | None = None,
                  end_sigma: float | None = None) -> torch.Tensor:
     """``n_steps`` sampling noise levels (float64, descending) on the schedule's own grid. With ``start_sigma``
     and/or ``end_sigma``: the part of a finer grid between them, refined until it holds ``n_steps`` levels
-    (exactly on a geometric VE grid; a few more on a VP's DDS grid; fewer only where a discrete schedule has no
-    more). A start below the prior's largest level is a warm start (Come-Closer-Diffuse-Faster, Chung, Sim, Ye,
+    (exactly on a geometric VE grid; on a VP's DDS grid, whose refinement overshoots, n_steps of its levels spread
+    over the range; fewer only where a discrete schedule has no more). A start below the prior's largest level is a warm start (Come-Closer-Diffuse-Faster, Chung, Sim, Ye,
     CVPR 2022, starts the reverse diffusion from a noised cheap reconstruction); an end above its smallest stops
     the reverse diffusion there, spending no steps on levels too small to change the result."""
     lo, hi = schedule.sigma_min, schedule.sigma_max
@@ -359,13 +359,13 @@ class DiffusionMBIR(DiffusionSolver):
         sigma, sigma_next = self.sigma_pair(i)
         g2 = sigma ** 2 - sigma_next ** 2
         z_pred, z_corr = self.noise(state.generator, 2)
-        start = state.x.clone() if self.prior.context_slices else state.x  # a 2.5D prior's neighbours: the step's
-        for sl in self.volume_pass(state.chunk_size):                     # start, whichever chunk went first
-            xc, context = state.x[sl], self.neighbours(start, sl)
+        moved = torch.empty_like(state.x)
+        for sl in self.volume_pass(state.chunk_size):  # a 2.5D prior's neighbours: from state.x, still the step's
+            xc, context = state.x[sl], self.neighbours(state.x, sl)
             xc = xc + g2 * self.score(xc, sigma, context) + math.sqrt(g2) * z_pred[sl]
-            state.x[sl] = self.langevin(xc, sigma, z_corr[sl], self.snr, context)
+            moved[sl] = self.langevin(xc, sigma, z_corr[sl], self.snr, context)
         del z_pred, z_corr
-        state.x = self.dc.step(state.x, state.admm)
+        state.x = self.dc.step(moved, state.admm)
         return state.x
 
 

@@ -76,8 +76,9 @@ class GuidedSampler(DiffusionSolver):
             if lam > 0 or kwargs.get("lam_xy", 0) > 0:
                 raise ValueError(f"TV (lam={lam}, lam_xy={kwargs.get('lam_xy', 0)}) needs the ADMM penalty rho")
             rho = 1.0                        # unused: without z-TV the ADMM step is never taken
-        sqrt_w = None if weights is None else weights.to(y.device, torch.float32).expand_as(y).sqrt()
-        super().__init__(prior, *whitened(A, y, sqrt_w), lam=lam, rho=rho, **kwargs)  # projection, z-TV: PWLS
+        w = None if weights is None else weights.to(y.device, torch.float32).expand_as(y)
+        super().__init__(prior, *whitened(A, y, None if w is None else w.sqrt()), lam=lam, rho=rho,
+                         **kwargs)  # the projection and z-TV fit the weighted residual (PWLS)
         if self.is_complex:
             raise ValueError(f"{type(self).__name__} works on real images; use a real-input operator "
                              f"(DiffusionMBIR and FastSampler take complex images)")
@@ -87,7 +88,7 @@ class GuidedSampler(DiffusionSolver):
             raise ValueError(f"need snr >= 0 and a step scale >= 0, got snr={snr}, step={step_scale}")
         self.A, self.y = A, y.to(self.dc.y.device, self.dc.y.dtype)  # the gradient applies W itself
         self.snr, self.lambda_proj, self.step_scale = float(snr), float(lambda_proj), float(step_scale)
-        self.weights = None if weights is None else weights.to(self.device, torch.float32).expand_as(self.y)
+        self.weights = None if w is None else w.to(self.device)
         self.slicewise_op = len(A.in_shape) == 2
         self.nfe_per_step = 1 + (self.snr > 0) + (self.guided and not self.slicewise_op)
         self.backward_per_step = int(self.guided)
@@ -155,9 +156,10 @@ class GuidedSampler(DiffusionSolver):
             x.sub_(step.view(-1, 1, 1) * grad)
             del grad
         if self.snr > 0:
-            z, start = self.noise(state.generator), x.clone() if self.prior.context_slices else x
-            for sl in self.volume_pass(state.chunk_size):
-                x[sl] = self.langevin(x[sl], sigma, z[sl], self.snr, self.neighbours(start, sl))
+            z, corrected = self.noise(state.generator), torch.empty_like(x)
+            for sl in self.volume_pass(state.chunk_size):  # a 2.5D prior's neighbours: from x, still the step's
+                corrected[sl] = self.langevin(x[sl], sigma, z[sl], self.snr, self.neighbours(x, sl))
+            x = corrected
         if self.projects:
             x = self.project(x, sigma_next, state.generator)
         if self.dc.uses_tv:

@@ -243,17 +243,19 @@ class ConeBeamGeometry(_Geometry):
         return (self.det_rows, self.n_angles, self.det_cols)
 
 
-def _set_count(geom, name: str) -> None:
-    """A detector count as a positive int, or a one-line error naming it."""
-    value = getattr(geom, name)
+def _positive_int(geom, what: str, value) -> int:
+    """``value`` as a positive int, or a one-line error naming ``what``."""
     if int(value) != value or value < 1:
-        raise InputError(f"{type(geom).__name__}: {name} must be a positive integer, got {value}")
-    geom._set(name, int(value))
+        raise InputError(f"{type(geom).__name__}: {what} must be a positive integer, got {value}")
+    return int(value)
+
+
+def _set_count(geom, name: str) -> None:
+    geom._set(name, _positive_int(geom, name, getattr(geom, name)))
 
 
 def _check_common(geom, n, pixel, det):
-    if int(n) != n or n < 1:
-        raise InputError(f"{type(geom).__name__}: image size must be a positive integer, got {n}")
+    n = _positive_int(geom, "image size", n)
     if not (pixel > 0 and det > 0):
         raise InputError(f"{type(geom).__name__}: pixel and detector spacing must be > 0 mm, got {pixel}, {det}")
     if hasattr(geom, "image_size"):

@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 import typer
 
 from .app import app
-from .modality import Modality
+from .modality import MODALITY_OF_DICOM, Modality
 
 
 class Arch(str, Enum):
@@ -237,15 +237,18 @@ def train(
                         sampler_error_prob=sampler_error_prob, sampler_error_sigma_min=sampler_error_sigma_min)
     heldout, held_desc = None, None
     if arch == Arch.patch:
-        sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources)
+        sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources,
+                             dicom_modalities=MODALITY_OF_DICOM)
         if held_names:
             hp, hprov = _dataset_volumes(held_names, modality, heldout=True)
-            hd = load_patch_data(hp, imap, magnitude_percentile=pct, modality=modality.value, sources=hprov)
+            hd = load_patch_data(hp, imap, magnitude_percentile=pct, modality=modality.value, sources=hprov,
+                                 dicom_modalities=MODALITY_OF_DICOM)
             heldout = heldout_slices(hd, opts.heldout_spacing_mm, context=context_slices)
             held_desc = hprov
         what = f"{sd.n_slices} slices at their own pixel size, patches {','.join(map(str, sizes))}"
     else:
-        sd = load_slices(paths, imap, image_size, magnitude_percentile=pct, modality=modality.value, sources=sources)
+        sd = load_slices(paths, imap, image_size, magnitude_percentile=pct, modality=modality.value, sources=sources,
+                         dicom_modalities=MODALITY_OF_DICOM)
         if held_names:
             hp, hprov = _dataset_volumes(held_names, modality, heldout=True)
             heldout = load_slices(hp, imap, image_size, magnitude_percentile=pct, sources=hprov).slices

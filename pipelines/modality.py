@@ -20,6 +20,8 @@ INTENSITY_WINDOWS = {Modality.ct: (-1000.0, 1000.0, "HU"), Modality.mri: (0.0, 1
 
 #: the DICOM Modality value of each
 DICOM_MODALITY = {Modality.ct: "CT", Modality.mri: "MR"}
+#: and back: a DICOM Modality value -> medrecon's modality name
+MODALITY_OF_DICOM = {tag: m.value for m, tag in DICOM_MODALITY.items()}
 
 
 def intensity_card(modality: str | Modality) -> dict:

@@ -44,7 +44,7 @@ from operators.mri import coil_support, mri_operator, with_real_input
 from .config import Config, resolve_prior_path
 from .crossval import cross_validate
 from .measurement import Measurement, is_measurement_file
-from .modality import DICOM_MODALITY, Modality
+from .modality import MODALITY_OF_DICOM, Modality
 from .raw_mri import is_measured_kspace
 from .prior_cards import load_prior_for
 from .registry import SELF_ADAPT_DEFAULT, SOLVERS
@@ -500,10 +500,9 @@ def check_domain(cfg: Config, prior, source: Volume) -> None:
     problems = []
     where = source.meta.get("source", "the input")
     dicom_modality = str((source.meta.get("dicom") or {}).get("Modality", "") or "")
-    known = {v: k.value for k, v in DICOM_MODALITY.items()}  # CT -> ct, MR -> mri
-    if known.get(dicom_modality, cfg.modality) != cfg.modality:
+    if MODALITY_OF_DICOM.get(dicom_modality, cfg.modality) != cfg.modality:
         problems.append(f"{where}: a {dicom_modality} series, but the config is for {cfg.modality}: use a "
-                        f"{known[dicom_modality]} config")
+                        f"{MODALITY_OF_DICOM[dicom_modality]} config")
     card_modality = (getattr(prior, "card", None) or {}).get("modality") if prior is not None else None
     if card_modality and card_modality != cfg.modality:
         problems.append(f"prior {prior.name} was trained on {card_modality} but the config is for {cfg.modality}: "

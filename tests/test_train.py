@@ -130,6 +130,20 @@ def test_resume_refuses_other_training_options_and_keeps_the_runs_warm_up(data, 
     train_prior(train, out, replace(opts, steps=400), resume=True, progress=False)  # 400 // 10 = 40 > step 4
     lrs = [float(r["lr"]) for r in csv.DictReader(open(out / "loss.csv"))]
     assert max(lrs) == pytest.approx(1e-3) and min(lrs[1:]) == pytest.approx(1e-3)  # not back into a warm-up
+    train_prior(train, out, replace(opts, steps=404), resume=True, progress=False)  # resumed twice: still its run
+
+
+def test_a_resumed_run_keeps_its_whole_warm_up(data, tmp_path):
+    """A run stopped inside its warm-up (100 steps of 1000) and resumed with a smaller --steps warms up as it
+    began: 100 steps, not a tenth of the new --steps."""
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=1000, batch_size=2, warmup=100, checkpoint_every=0,
+                        sample_every=0, lr=1e-3, log_every=1, time_limit=None)
+    out = train_prior(train, tmp_path / "p", replace(opts, steps=1000, time_limit=1e-9), progress=False)
+    done = len(list(csv.DictReader(open(out / "loss.csv"))))
+    train_prior(train, out, replace(opts, steps=done + 4), resume=True, progress=False)
+    lrs = [float(r["lr"]) for r in csv.DictReader(open(out / "loss.csv"))]
+    assert lrs[-1] == pytest.approx(1e-3 * (done + 4) / 100)  # step done+3 of a 100-step warm-up
 
 
 def test_a_widened_run_resumes_without_init_from(data, tmp_path):

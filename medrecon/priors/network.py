@@ -83,13 +83,22 @@ class NetworkPrior(Denoiser):
 
     def arithmetic(self):
         """The context every network call runs in: bf16 autocast where ``precision`` is bf16, else none."""
-        return bf16_autocast(self.network, self.device.type) if self.precision == "bf16" else nullcontext()
+        if self.precision != "bf16":
+            return nullcontext()
+        cached = getattr(self, "_image_convs", None)  # (network, its image convolutions): found once per network
+        if cached is None or cached[0] is not self.network:
+            self._image_convs = cached = (self.network, image_convs(self.network))
+        return bf16_autocast(self.network, self.device.type, cached[1])
 
-    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def _on_network(self, fn, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """``fn(x, sigma)`` on the network's device and dtype in its arithmetic, returned in x's."""
         dev, dt = self.device, next(self.network.parameters()).dtype
         with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad), self.arithmetic():
-            out = self._denoise_native(x.to(dev, dt), sigma.to(dev, dt))
+            out = fn(x.to(dev, dt), sigma.to(dev, dt))
         return out.to(x.device, x.dtype)
+
+    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self._on_network(self._denoise_native, x, sigma)
 
     def _denoise_native(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -100,16 +109,21 @@ def _fp32_forward(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return type(conv).forward(conv, x.float())
 
 
+def image_convs(network: torch.nn.Module) -> list:
+    """The convolutions that read the image itself: the first ``Conv2d`` (in registration order: the input
+    convolution) and any other with as many input channels (NCSN++'s input-pyramid convolutions)."""
+    convs = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+    return [m for m in convs if m.in_channels == convs[0].in_channels] if convs else []
+
+
 @contextmanager
-def bf16_autocast(network: torch.nn.Module, device_type: str):
-    """bf16 autocast for ``network`` with the convolutions that read the image itself in fp32: its first
-    ``Conv2d`` (in registration order: the input convolution) and any other with as many input channels (NCSN++'s
-    input-pyramid convolutions). bf16 rounds an image near 1 to steps of 2^-7; fed to the network at small noise
+def bf16_autocast(network: torch.nn.Module, device_type: str, reading_image: list | None = None):
+    """bf16 autocast for ``network`` with the convolutions that read the image itself (``image_convs``) in fp32.
+    bf16 rounds an image near 1 to steps of 2^-7; fed to the network at small noise
     levels that rounding is a large part of the noise it must estimate (on a CT slice at sigma 0.02: 17 % of the
     denoising error; with the input convolution in fp32, 3 %; keeping the output convolution in fp32 as well
     changed nothing; RESULTS.md, "Thirty-eighth session")."""
-    convs = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
-    reading_image = [m for m in convs if m.in_channels == convs[0].in_channels] if convs else []
+    reading_image = image_convs(network) if reading_image is None else reading_image  # given: computed once
     for m in reading_image:
         m.forward = partial(_fp32_forward, m)  # an instance attribute: shadows the class's forward
     try:
@@ -130,10 +144,7 @@ class VEScorePrior(NetworkPrior):
     def score(self, x: torch.Tensor, sigma: torch.Tensor, context=None) -> torch.Tensor:
         sigma = self._checked(x, sigma)
         self.nfe += x.shape[0]
-        dev, dt = self.device, next(self.network.parameters()).dtype
-        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad), self.arithmetic():
-            out = self.network(x.to(dev, dt), sigma.to(dev, dt))
-        return out.to(x.device, x.dtype)
+        return self._on_network(self.network, x, sigma)
 
     def _denoise_native(self, x, sigma):
         return x + _bcast(sigma) ** 2 * self.network(x, sigma)

@@ -115,9 +115,15 @@ def _option_value(v):
     return tuple(v) if isinstance(v, list) else v
 
 
-def learning_rate(o: TrainOptions, step: int) -> float:
-    """Linear warm-up (at most a tenth of the run), then o.lr, or a cosine from o.lr to o.lr_final."""
-    warmup = max(1, min(o.warmup, o.steps // 10))
+def warmup_steps(warmup: int, steps: int) -> int:
+    """The steps of linear warm-up a run of ``steps`` asking for ``warmup`` gets: at most a tenth of it."""
+    return max(1, min(int(warmup), int(steps) // 10))
+
+
+def learning_rate(o: TrainOptions, step: int, warmup: int | None = None) -> float:
+    """Linear warm-up (``warmup`` steps; by default at most a tenth of the run), then o.lr, or a cosine from o.lr
+    to o.lr_final."""
+    warmup = warmup_steps(o.warmup, o.steps) if warmup is None else warmup
     if step < warmup:
         return o.lr * (step + 1) / warmup
     if o.lr_final is None:
@@ -225,6 +231,7 @@ class _Trainer:
         self._build(config, start)
         self.gen = torch.Generator().manual_seed(opts.seed + 1)
         self.step, self.seconds, self.recent, self.heldout_log = 0, 0.0, [], []
+        self.warmup = warmup_steps(opts.warmup, opts.steps)  # a resumed run keeps its own (restore)
 
     def _build(self, config: dict, start: Denoiser | None = None):
         """The network of ``config`` (started from ``start``'s weights, if given), its EMA and optimiser."""
@@ -245,7 +252,7 @@ class _Trainer:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optim.state_dict(),
                 "step": self.step, "seconds": self.seconds, "unet_config": self.unet_config,
                 "options": asdict(self.opts), "generator": self.gen.get_state(), "recent": self.recent,
-                "heldout_log": self.heldout_log, "data": self._data_record()}
+                "heldout_log": self.heldout_log, "data": self._data_record(), "warmup_steps": self.warmup}
 
     def _data_record(self) -> str:
         """What the run trains on, as text a resume must match: the card's data record without the paths (a
@@ -275,8 +282,8 @@ class _Trainer:
                 raise InputError(f"{path}: the checkpoint's network (arch, size, channels) differs from the options "
                                  "given now; resume with the original --arch/--image-size/--patch-sizes/--channels")
             self._build(st["unet_config"])  # the run's own: a widened run's heads follow the prior it started from
-        if old:  # the warm-up the run had: a larger --steps must not send a resumed run back into it
-            self.opts = replace(self.opts, warmup=max(1, min(int(old["warmup"]), int(old["steps"]) // 10)))
+        if old:  # the warm-up the run had: another --steps must not send it back into one, or shorten it
+            self.warmup = int(st.get("warmup_steps") or warmup_steps(old["warmup"], old["steps"]))
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         self.optim.load_state_dict(st["optimizer"])
@@ -298,7 +305,7 @@ class _Trainer:
     def train_step(self) -> float:
         o = self.opts
         for grp in self.optim.param_groups:
-            grp["lr"] = learning_rate(o, self.step)
+            grp["lr"] = learning_rate(o, self.step, self.warmup)
         x0, cond = self.batch()
         context = x0[:, 1:] if o.context_slices else None  # a 2.5D batch: the slice, then its neighbours
         with bf16_autocast(self.model, self.device.type) if self.bf16 else nullcontext():

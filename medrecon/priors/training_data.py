@@ -108,20 +108,19 @@ def found_volumes(paths) -> list[Path]:
     return found
 
 
-DICOM_MODALITIES = {"CT": "ct", "MR": "mri"}  # a DICOM Modality tag -> medrecon's modality
-
-
-def read_volumes(paths, sources=None, modality: str | None = None) -> tuple[list[Volume], list]:
+def read_volumes(paths, sources=None, modality: str | None = None,
+                 dicom_modalities: dict | None = None) -> tuple[list[Volume], list]:
     """The volumes under each of ``paths`` (files or folders, searched recursively), read, and what the card
     records for each: ``sources[i]`` where it is a registered scan's provenance record, else the volume's own
-    path. A DICOM volume whose Modality tag says another modality than ``modality`` is refused."""
+    path. A DICOM volume whose Modality tag ``dicom_modalities`` (DICOM tag -> modality, from the pipelines)
+    maps to another modality than ``modality`` is refused."""
     volumes, recorded = [], []
     for i, path in enumerate(paths):
         given = sources[i] if sources is not None else None
         for found in found_volumes([path]):
             vol = read_training_volume(found)
             tag = str((vol.meta.get("dicom") or {}).get("Modality", "")).upper()
-            if modality and DICOM_MODALITIES.get(tag, modality) != modality:
+            if modality and (dicom_modalities or {}).get(tag, modality) != modality:
                 raise InputError(f"{found}: its DICOM Modality is {tag}, but the prior is for {modality}: train "
                                  "one modality per prior (leave this volume out, or set --modality)")
             volumes.append(vol)
@@ -130,18 +129,19 @@ def read_volumes(paths, sources=None, modality: str | None = None) -> tuple[list
 
 
 def load_slices(paths, intensity: dict, image_size: int = 64, *, sources=None, modality: str | None = None,
-                **kw) -> SliceData:
+                dicom_modalities: dict | None = None, **kw) -> SliceData:
     """Find, read and prepare the volumes under ``paths`` (files or folders) for a whole-slice prior.
-    ``sources``: what to record per path in the card (see ``read_volumes``)."""
-    volumes, recorded = read_volumes(paths, sources, modality)
+    ``sources``, ``dicom_modalities``: see ``read_volumes``."""
+    volumes, recorded = read_volumes(paths, sources, modality, dicom_modalities)
     return prepare_slices(volumes, intensity, image_size, sources=recorded, modality=modality, **kw)
 
 
-def load_patch_data(paths, intensity: dict, *, sources=None, modality: str | None = None, **kw):
+def load_patch_data(paths, intensity: dict, *, sources=None, modality: str | None = None,
+                    dicom_modalities: dict | None = None, **kw):
     """Find, read and prepare the volumes under ``paths`` for a patch prior (kept at their own pixel size)."""
     from .patch import prepare_volumes
 
-    volumes, recorded = read_volumes(paths, sources, modality)
+    volumes, recorded = read_volumes(paths, sources, modality, dicom_modalities)
     return prepare_volumes(volumes, training_intensity(intensity), model_range=MODEL_RANGE, sources=recorded,
                            modality=modality, **kw)
 

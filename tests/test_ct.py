@@ -92,6 +92,20 @@ def test_fbp_of_a_disc_has_mean_one_with_360_views(kind, pixel, ds):
         assert abs(fbp(sino, g, name).numpy()[inside].mean() - 1) < 0.02, name
 
 
+@pytest.mark.parametrize("arc", [230, 300, 359])
+def test_fan_short_scan_fbp_weighs_each_line_once(arc):
+    """A fan-beam short scan (180° + the fan angle up to 360°) measures part of the lines twice: Parker's
+    weights make a disc as flat as a full scan does (without them, 16 % ripples and a mean 3 % off at 230°)."""
+    n, pixel = 64, 0.8
+    R, cx, cy = 0.3 * n * pixel, 0.1 * n * pixel, -0.12 * n * pixel
+    x = torch.tensor(disc(n, pixel, R, cx, cy), dtype=torch.float32)
+    inside = disc(n, pixel, R - 2 * pixel, cx, cy) > 0.999
+    full = FanBeamGeometry.limited_angle(n, 360, pixel_size_mm=pixel)
+    g = FanBeamGeometry.limited_angle(n, arc, pixel_size_mm=pixel)
+    rec, ref = (fbp(SliceProjector(h)(x), h).numpy()[inside] for h in (g, full))
+    assert abs(rec.mean() - 1) < 0.01 and rec.std() < 1.2 * ref.std(), (rec.mean(), rec.std(), ref.std())
+
+
 def test_fbp_scale_uses_the_acquired_angular_step():
     """Limited angle: each view weighs its own angular step (1°), not π/N as for a 180° scan."""
     n = 48

@@ -30,8 +30,8 @@ def fbp(sinogram, geometry, filter: str = "ram-lak") -> torch.Tensor:
     Parallel beam: ASTRA's CPU 'FBP' slice by slice. Fan beam: ASTRA's CPU build has no fan FBP, so a
     weighted filtered backprojection for flat detectors (Kak & Slaney, ch. 3) runs in torch on the data's
     device. The angular quadrature uses the acquired angles' own step Δθ = (max - min)/(N - 1), so full
-    scans reconstruct a uniform object to its value; short or limited-angle fan scans get no redundancy
-    (Parker) weights. ``filter`` is one of FILTERS. Returns a tensor on the sinogram's device, in its
+    scans reconstruct a uniform object to its value; a fan-beam short scan (180° plus the fan angle, up to
+    360°) gets Parker's redundancy weights (``parker_weights``), a shorter (limited-angle) arc none. ``filter`` is one of FILTERS. Returns a tensor on the sinogram's device, in its
     float dtype.
     """
     _check_filter(filter)
@@ -102,13 +102,42 @@ def ramp_filter(sino: torch.Tensor, spacing: float, filter: str = "ram-lak") -> 
     return torch.fft.irfft(spec, n=size, dim=-1)[..., :n]
 
 
+def parker_weights(g: FanBeamGeometry, gamma: torch.Tensor) -> torch.Tensor | None:
+    """Redundancy weights (n_angles, n_det) of a fan-beam short scan, or None for a full 360° scan and for arcs
+    too short to see every ray once (limited angle: no weights make those complete).
+
+    Parker (Med. Phys. 1982), generalised to any arc between 180° + the fan angle and 360° (Wesarg et al., Med.
+    Phys. 2002): with the arc π + 2Δ (Δ ≥ the half fan angle), a view at β from the arc's start and a ray at fan
+    angle γ gets sin²(π/4 · β / (Δ - γ)) near the start, sin²(π/4 · (π + 2Δ - β) / (Δ + γ)) near the end and 1
+    between, so the two measurements of every line (β, γ) and (β + π + 2γ, -γ) weigh 1 together. ``gamma``: the
+    fan angle of each detector bin (radians). Each view stands for its own angular step, so the arc is the views'
+    span plus one step and β the middle of each view's step."""
+    step = g.angular_step_rad
+    arc = float(np.ptp(g.angles_rad)) + step
+    gamma_max = float(gamma.abs().max()) + abs(float(gamma[1] - gamma[0])) / 2 if len(gamma) > 1 else 0.0
+    if arc >= 2 * math.pi - 1e-6 or arc < math.pi + 2 * gamma_max - 1e-6:
+        return None
+    delta = (arc - math.pi) / 2
+    beta = torch.as_tensor(g.angles_rad - g.angles_rad.min() + step / 2, dtype=torch.float64)[:, None]
+    gamma = gamma.to(torch.float64)[None, :]
+    rise = torch.sin(math.pi / 4 * beta / (delta - gamma)) ** 2
+    fall = torch.sin(math.pi / 4 * (math.pi + 2 * delta - beta) / (delta + gamma)) ** 2
+    return torch.where(beta < 2 * (delta - gamma), rise, torch.where(beta > math.pi - 2 * gamma, fall, 1.0))
+
+
 def _fan_fbp(s: torch.Tensor, g: FanBeamGeometry, filt: str) -> torch.Tensor:
     so, od, ds, n, nd = g.source_origin_mm, g.origin_det_mm, g.det_spacing_mm, g.image_size, g.n_det
     dev, dt = s.device, s.dtype
     tau = ds * so / (so + od)  # detector spacing scaled to the rotation axis
     u = (torch.arange(nd, device=dev, dtype=torch.float64) - (nd - 1) / 2) * tau
     pre = (so / torch.sqrt(so * so + u * u)).to(dt)
-    q = 0.5 * ramp_filter(s * pre, tau, filt)  # 1/2: every ray is measured twice in a 360° scan
+    # a short scan: each line's two measurements weigh 1 together. A bin at u sees fan angle -atan(u / so) in
+    # Parker's sense (ASTRA's detector axis runs against the rotation; the other sign leaves 16 % ripples on a disc)
+    redundancy = parker_weights(g, -torch.atan(u / so))
+    if redundancy is None:
+        q = 0.5 * ramp_filter(s * pre, tau, filt)  # 1/2: every ray is measured twice in a 360° scan
+    else:
+        q = ramp_filter(s * pre * redundancy.to(dev, dt), tau, filt)
     batch = s.shape[:-2]
     q = torch.nn.functional.pad(q.reshape(-1, g.n_angles, nd), (1, 1))  # zero bins outside the detector
     c = (torch.arange(n, device=dev, dtype=torch.float64) - (n - 1) / 2) * g.pixel_size_mm

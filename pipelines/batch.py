@@ -259,7 +259,8 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
         raise InputError(f"cannot create the output root {output_root}: {e.strerror or e}; "
                          "choose a writable location") from e
     if engine is not None:  # e.g. pipelines.engines.RayEngine: same run_series, same manifest
-        rows = unread + engine.run(cfg, jobs, manifest, overwrite=overwrite, echo=echo, resample=resample)
+        rows = unread + engine.run(cfg, jobs, manifest, overwrite=overwrite, echo=echo, resample=resample,
+                                   listed=unread)
         write_manifest(manifest, rows)
         write_batch_index(output_root, rows)
         return BatchResult(manifest, rows)

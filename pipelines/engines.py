@@ -98,10 +98,12 @@ class RayEngine:
         check_reachable(self.address)  # before anything is written
 
     def run(self, cfg, jobs: list[Job], manifest, overwrite: bool = False, echo=print,
-            resample: bool = False) -> list[dict]:
+            resample: bool = False, listed: list[dict] = ()) -> list[dict]:
+        """The jobs' manifest rows; ``listed``: rows decided before (unreadable folders), kept at the top of
+        every manifest written on the way."""
         started = self._connect()
         try:
-            return self._run(cfg, jobs, manifest, overwrite, echo, resample)
+            return self._run(cfg, jobs, manifest, overwrite, echo, resample, list(listed))
         finally:
             if started:
                 self.ray.shutdown()
@@ -122,7 +124,7 @@ class RayEngine:
                              "start one with 'ray start --head' (README: distributed batch)") from None
         return True
 
-    def _run(self, cfg, jobs, manifest, overwrite, echo, resample) -> list[dict]:
+    def _run(self, cfg, jobs, manifest, overwrite, echo, resample, listed) -> list[dict]:
         ray = self.ray
         cluster = ray.cluster_resources()
         res = series_resources(cluster, self.gpus_per_series, self.cpus_per_series)
@@ -135,12 +137,14 @@ class RayEngine:
                 rows[i] = run_series(j, cfg, overwrite=overwrite)  # the skip rule's one home: answers at once
         n_todo = len(queue)
         worker_cls = ray.remote(max_restarts=-1, max_task_retries=self.max_retries, **res)(SeriesWorker)
-        workers = [worker_cls.remote(self.series_fn, cfg, resample, res["num_gpus"])
-                   for _ in range(min(n_todo, capacity(cluster, res)))]
+
+        def new_worker():
+            return worker_cls.remote(self.series_fn, cfg, resample, res["num_gpus"])
+        workers = [new_worker() for _ in range(min(n_todo, capacity(cluster, res)))]
         idle, running = list(workers), {}  # ref -> (job index, worker, submitted at)
 
         def save() -> None:
-            write_manifest(manifest, [rows.get(k) or j.row("pending") for k, j in enumerate(jobs)])
+            write_manifest(manifest, listed + [rows.get(k) or j.row("pending") for k, j in enumerate(jobs)])
 
         for i in sorted(rows):
             echo(f"[{len(rows)}/{len(jobs)}] skipped {jobs[i].output}")
@@ -159,7 +163,7 @@ class RayEngine:
                     rows[i], lost = self._result(ref, jobs[i], time.perf_counter() - t_sub)
                     if lost:  # replace a worker that died more often than max_retries
                         ray.kill(w)
-                        w = worker_cls.remote(self.series_fn, cfg, resample)
+                        w = new_worker()  # with its GPU share, as the first ones
                         workers.append(w)
                     idle.append(w)
                     save()

@@ -197,6 +197,25 @@ def test_worker_killed_mid_series_is_retried_then_recorded(cluster, tree, tmp_pa
 
 
 @needs_ray
+def test_unreadable_folders_are_in_the_manifest_while_the_series_run(cluster, tree, tmp_path):
+    """A folder whose DICOM cannot be read at all is a failed row from the first manifest on, as with the local
+    engine (it appeared only once every series had finished)."""
+    log, out = tmp_path / "log", tmp_path / "out"
+    log.mkdir()
+    _series(tree / "garbled", 4, "garbled")
+    for f in (tree / "garbled").iterdir():
+        f.write_bytes(f.read_bytes()[:300])  # cut inside the header
+
+    def series(job, cfg, **kw):
+        (log / f"{job.input.name}.csv").write_text((out / "manifest.csv").read_text())
+        return run_series(job, cfg, **kw)
+    batch(tree, out, "sparse_view_ct_8", FBP, echo=_quiet, engine=RayEngine(series_fn=series))
+    seen = (log / "a.csv").read_text()
+    assert "garbled" in seen and "can be read" in seen
+    assert _rows(out)["garbled"]["status"] == "failed"
+
+
+@needs_ray
 def test_ctrl_c_cancels_and_the_rerun_finishes(cluster, tree, tmp_path):
     log, out = tmp_path / "log", tmp_path / "out"
     log.mkdir()

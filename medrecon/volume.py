@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import math
+
 import numpy as np
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -34,8 +36,8 @@ class Volume:
         self.spacing = tuple(float(s) for s in self.spacing)
         self.origin = tuple(float(o) for o in self.origin)
         self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
-        if min(self.spacing) <= 0:
-            raise ValueError(f"spacing must be positive, got {self.spacing}")
+        if not all(math.isfinite(s) and s > 0 for s in self.spacing):
+            raise ValueError(f"spacing must be positive and finite, got {self.spacing}")
 
     @property
     def shape(self) -> tuple[int, int, int]:

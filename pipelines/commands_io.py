@@ -7,6 +7,7 @@ reader and writers the reconstruction pipelines use. Bad input raises medrecon.I
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -33,7 +34,7 @@ def parse_spacing(text: Optional[str]) -> Optional[tuple[float, float, float]]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or min(values) <= 0:
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise InputError(f"--spacing {text!r}: give three positive numbers 'z,y,x' in mm, e.g. 2.5,0.7,0.7")
     return values
 

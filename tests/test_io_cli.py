@@ -241,6 +241,14 @@ def test_truncated_and_huge_npy_and_nifti(tmp_path, capsys):
     assert code == 2 and "memory" in err and "complete" not in err
 
 
+@pytest.mark.parametrize("spacing", ["nan,1,1", "1,inf,1", "0,1,1"])
+def test_spacing_that_is_not_a_positive_finite_number_is_one_line(tmp_path, capsys, spacing):
+    np.save(a := tmp_path / "a.npy", np.zeros((2, 3, 4), np.float32))
+    for cmd in (["info", a], ["convert", a, tmp_path / "a.nii.gz"]):
+        code, _, err = run(capsys, *cmd, "--spacing", spacing)
+        assert code == 2 and "three positive numbers" in err and "Traceback" not in err, err
+
+
 def test_info_wording_and_multi_valued_description(tmp_path, capsys):
     """#13.19: the orientation line reads plainly; a multi-valued SeriesDescription is text, not a list."""
     folder, _ = edited_ct5n(tmp_path, lambda k, ds: setattr(ds, "SeriesDescription", ["Chest", "Lung"]))

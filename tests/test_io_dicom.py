@@ -300,6 +300,36 @@ def test_damaged_geometry_tags_are_a_one_line_error_naming_the_file_and_tag(tmp_
         read_volume(folder)
 
 
+def test_a_missing_slice_in_a_thin_slice_series_is_refused(tmp_path):
+    """0.3 mm slices, one left out: no slice lies 0.2 mm off the grid through the first and last, but one gap is
+    twice the others; read as uniform, the series was stretched 10 % along z."""
+    folder = _ct_series(tmp_path, shape=(12, 12, 12))
+    for k, f in enumerate(sorted(folder.iterdir(), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))):
+        ds = pydicom.dcmread(f)
+        ds.ImagePositionPatient = [0.0, 0.0, 0.3 * k]
+        ds.save_as(f)
+        if k == 6:
+            f.unlink()
+    with pytest.raises(InputError, match="a gap differs from the median by more than a factor 1.5: missing slices"):
+        read_volume(folder)
+    assert read_volume(folder, resample_nonuniform=True).shape[0] == 12
+
+
+def test_a_single_slice_without_geometry_and_zero_thickness_gets_1_mm(tmp_path):
+    folder = _ct_series(tmp_path, shape=(1, 12, 12))
+    f = next(folder.iterdir())
+    ds = pydicom.dcmread(f)
+    del ds.ImagePositionPatient, ds.ImageOrientationPatient
+    ds.SliceThickness = 0
+    ds.save_as(f)
+    assert read_volume(folder).spacing_zyx[0] == 1.0  # a ValueError traceback before
+    ds.PixelSpacing, ds.ImagerPixelSpacing = None, "0\\0"
+    del ds.PixelSpacing
+    ds.save_as(f)
+    with pytest.raises(InputError, match="ImagerPixelSpacing is .* the file's geometry is damaged"):
+        read_volume(folder)
+
+
 def test_a_sagittal_volume_is_read_with_a_warning_that_its_slices_are_not_axial(tmp_path):
     sag = np.array([[0, 0, -1, 0], [1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], float)  # RAS: i->A, j->I, k->L
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), sag), tmp_path / "sag.nii.gz")

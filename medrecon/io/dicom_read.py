@@ -57,6 +57,7 @@ SOURCE_TAGS = (
 # Slices may deviate this much (mm) from a uniform grid and still be read as one; dcm2niix warns when
 # two gaps differ by more than 0.2 mm. Real scanners round positions (gaps of 6.958-7.071 mm are seen).
 SPACING_TOLERANCE_MM = 0.2
+GAP_RATIO = 1.5  # and no gap may be 1.5x the median or under 1/1.5 of it (a missing slice doubles one)
 
 
 def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool = False) -> Volume:
@@ -202,19 +203,32 @@ class _Stack:
         return float(np.abs(self.positions - grid).max())
 
     @property
+    def uneven(self) -> str | None:
+        """Why the slices are not one uniform stack, or None: a slice farther than SPACING_TOLERANCE_MM from the
+        grid, or a gap half as large again as the median or under half of it (a missing or extra slice, which
+        in a thin-slice series moves no slice 0.2 mm off the grid through the first and last)."""
+        g = self.gaps
+        if self.deviation > SPACING_TOLERANCE_MM:
+            return f"a slice lies {self.deviation:.3g} mm off a uniform grid, more than the {SPACING_TOLERANCE_MM} " \
+                   "mm tolerance"
+        if g.size and (g.max() > GAP_RATIO * self.step or g.min() < self.step / GAP_RATIO):
+            return f"a gap differs from the median by more than a factor {GAP_RATIO:g}"
+        return None
+
+    @property
     def uniform(self) -> bool:
-        return self.deviation <= SPACING_TOLERANCE_MM
+        return self.uneven is None
 
     def check_uniform(self, resample: bool) -> None:
-        if self.uniform or resample:
+        why = self.uneven
+        if why is None or resample:
             return
         g = self.gaps
         k = int(np.argmax(np.abs(g - self.step)))
         raise InputError(
             f"{self.where}: slice spacing is not uniform (gaps {g.min():.4g} to {g.max():.4g} mm, median "
             f"{self.step:.4g} mm; e.g. {g[k]:.4g} mm between {self.files[k].name} and {self.files[k + 1].name}; "
-            f"a slice lies {self.deviation:.3g} mm off a uniform grid, more than the {SPACING_TOLERANCE_MM} mm "
-            "tolerance: missing slices?). Pass --resample (resample_nonuniform=True) to interpolate linearly onto "
+            f"{why}: missing slices?). Pass --resample (resample_nonuniform=True) to interpolate linearly onto "
             f"a {self.step:.4g} mm grid along the slice normal, or choose another series with --series")
 
     @classmethod
@@ -241,9 +255,8 @@ class _Stack:
         if missing and len(headers) == 1:
             warn(notes, f"{missing[0]}: no ImagePositionPatient/ImageOrientationPatient; "
                         "placing the slice at the origin with identity orientation")
-            thickness = _floats(first.get("SpacingBetweenSlices") or first.get("SliceThickness"))
             return cls([headers[0][0]], [first], where, np.zeros(3), np.eye(3), pixel_spacing,
-                       np.zeros(1), thickness[0] if thickness else 1.0)
+                       np.zeros(1), _single_slice_step(first))
         if missing:
             raise InputError(f"{missing[0]} has no ImagePositionPatient/ImageOrientationPatient, so the "
                              f"slices of {where} cannot be placed in 3D; use a series with patient geometry")
@@ -306,13 +319,14 @@ def _without_duplicate_copies(headers: list, where: Path, notes: list) -> list:
 
 
 def _check_geometry_tags(f: Path, ds) -> None:
-    """PixelSpacing (2 positive values), ImageOrientationPatient (6, two non-zero directions) and
+    """PixelSpacing and ImagerPixelSpacing (2 positive values each), ImageOrientationPatient (6, two non-zero directions) and
     ImagePositionPatient (3) where present, all finite: else the file's geometry is damaged."""
-    for tag, n in (("PixelSpacing", 2), ("ImageOrientationPatient", 6), ("ImagePositionPatient", 3)):
+    for tag, n in (("PixelSpacing", 2), ("ImagerPixelSpacing", 2), ("ImageOrientationPatient", 6),
+                   ("ImagePositionPatient", 3)):
         if tag not in ds:
             continue
         v = np.array(_floats(ds.get(tag)) or [], dtype=float)
-        bad = v.size != n or not np.isfinite(v).all() or (tag == "PixelSpacing" and (v <= 0).any()) or \
+        bad = v.size != n or not np.isfinite(v).all() or (tag.endswith("PixelSpacing") and (v <= 0).any()) or \
             (tag == "ImageOrientationPatient" and min(np.linalg.norm(v[:3]), np.linalg.norm(v[3:])) < 1e-6)
         if bad:
             raise InputError(f"{f}: {tag} is {ds.get(tag)!r}, not {n} usable numbers; the file's geometry is damaged: "

@@ -87,6 +87,26 @@ class Volume:
         idx = np.asarray(index_xyz, dtype=np.float64)
         return idx @ (self.direction @ np.diag(self.spacing)).T + np.asarray(self.origin)
 
+    def nearest_lps(self) -> "Volume":
+        """The same voxels with the array axes permuted and flipped so that x, y, z run along (the patient axes
+        nearest to) left, posterior, superior: how the previews show a volume, whatever order it is stored in (a
+        RAS NIfTI, an LAS one). Itself when already so, or when an oblique direction has no clear nearest axes."""
+        world = np.abs(self.direction).argmax(axis=0)  # the patient axis nearest each of x, y, z
+        if sorted(world.tolist()) != [0, 1, 2]:
+            return self
+        axis_of = [int(np.flatnonzero(world == w)[0]) for w in range(3)]  # the voxel axis along L, P, S
+        flip = [bool(self.direction[w, axis_of[w]] < 0) for w in range(3)]
+        if axis_of == [0, 1, 2] and not any(flip):
+            return self
+        data = np.transpose(self.data, [2 - axis_of[w] for w in (2, 1, 0)])  # array axes (z, y, x) = (S, P, L)
+        data = data[tuple(slice(None, None, -1) if flip[w] else slice(None) for w in (2, 1, 0))]
+        corner = [0.0] * 3
+        for w in range(3):
+            corner[axis_of[w]] = self.shape[2 - axis_of[w]] - 1.0 if flip[w] else 0.0
+        direction = np.stack([self.direction[:, axis_of[w]] * (-1 if flip[w] else 1) for w in range(3)], axis=1)
+        return replace(self, data=np.ascontiguousarray(data), spacing=tuple(self.spacing[a] for a in axis_of),
+                       origin=tuple(self.world_lps(corner)), direction=direction, meta=dict(self.meta))
+
     def with_data(self, data: np.ndarray, **meta_updates) -> "Volume":
         """Same geometry, new voxels (e.g. a reconstruction of this volume)."""
         data = np.asarray(data, dtype=np.float32)

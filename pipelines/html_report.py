@@ -85,7 +85,8 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     vols = [(label, v if isinstance(v, Volume) else read_volume(v)) for label, v in (volumes or _found(folder))]
     if not vols:
         raise FileNotFoundError(f"{folder}: no volume to show (recon.nii.gz)")
-    std = read_volume(folder / "std.nii.gz") if (folder / "std.nii.gz").is_file() else None
+    shown = [(label, v.nearest_lps()) for label, v in vols]  # oriented as preview.png; metrics on the stored axes
+    std = read_volume(folder / "std.nii.gz").nearest_lps() if (folder / "std.nii.gz").is_file() else None
     assets = folder / ASSETS
     assets.mkdir(exist_ok=True)
     if window is None:
@@ -93,12 +94,12 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
         window = tuple(w) if w else default_window(vols[-1][1].data)
     ref = next((v for label, v in vols if label == "reference"), None)
     lo, hi = display_range(ref if ref is not None else vols[-1][1], window)
-    rows = [_row(label, v, lo, hi, assets, i) for i, (label, v) in enumerate(vols)]
+    rows = [_row(label, v, lo, hi, assets, i) for i, (label, v) in enumerate(shown)]
     if std is not None:
         rows.append({**_row("uncertainty (posterior std)", std, 0.0, max(float(np.percentile(std.data, 99.5)), 1e-6),
                             assets, len(rows)), "fixed": True})
     metrics = _metrics(folder, ref, vols, (report.get("vs_reference") or {}).get("data_range"))  # report.json's range
-    thumb = plane_slices(vols[-1][1].data, "axial")
+    thumb = plane_slices(shown[-1][1].data, "axial")
     thumb_lo, thumb_hi = window
     Image.fromarray(np.clip((thumb[len(thumb) // 2] - thumb_lo) / (thumb_hi - thumb_lo) * 255, 0, 255)
                     .astype(np.uint8)).resize((96, 96), Image.BILINEAR).save(assets / "thumb.png")
@@ -109,7 +110,7 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     write_json(assets / "summary.json", summary)
     ct = (report.get("config") or {}).get("modality") == "ct" or lo <= -500  # HU
     view = {"lo": lo, "hi": hi, "window": list(window), "rows": rows, "presets": CT_PRESETS if ct else [],
-            "size": {p: _css_size(vols[0][1], p) for p in PLANES}}
+            "size": {p: _css_size(shown[0][1], p) for p in PLANES}}
     page = (SERIES_HTML.replace("{{TITLE}}", html.escape(summary["title"]))
             .replace("{{STEP}}", f"{(hi - lo) / 255:.3g}").replace("{{RANGE}}", f"{lo:.4g} to {hi:.4g}")
             .replace("{{METRICS}}", _metrics_table(metrics)).replace("{{SETTINGS}}", html.escape(_settings(report)))

@@ -107,7 +107,8 @@ def orthogonal_views(vol: Volume) -> list[np.ndarray]:
 
     Axial: rows y (anterior at the top), columns x (patient right on the left, radiological convention).
     Coronal and sagittal: superior at the top (z flipped, as z runs from inferior to superior in LPS).
-    Pixel sizes are equalised by ``preview_png``. Assumes an axis-aligned direction matrix.
+    Pixel sizes are equalised by ``preview_png``. ``vol`` as ``Volume.nearest_lps`` orders it (an oblique volume
+    is shown along its nearest patient axes).
     """
     d = vol.data
     z, y, x = (s // 2 for s in d.shape)
@@ -138,6 +139,7 @@ def preview_grid(rows: list[tuple[str, Volume]], path: Path, window: tuple[float
     gap = 4
     row_images = []
     for label, vol in rows:
+        vol = vol.nearest_lps()
         sx, sy, sz = vol.spacing
         nz, ny, nx = vol.shape
         zmm, ymm, xmm = nz * sz, ny * sy, nx * sx

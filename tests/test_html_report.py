@@ -137,3 +137,31 @@ def test_reconstruct_and_batch_write_their_pages(tmp_path):
     report = json.loads((series / "report.json").read_text())  # the page's figures are report.json's (2000 HU)
     shown = json.loads((series / ASSETS / "summary.json").read_text())["metrics"]
     assert next(iter(shown.values()))["psnr_axial"] == pytest.approx(report["vs_reference"]["psnr"]["axial"], abs=0.01)
+
+
+def test_previews_show_a_ras_or_sagittal_stored_volume_as_its_lps_twin(tmp_path):
+    """preview.png and the page show patient anatomy the same way whatever order the voxels are stored in: a
+    RAS NIfTI (x towards the patient's right) came out rotated 180 degrees, a sagittal stack sideways."""
+    from pipelines.html_report import write_series_page
+    from pipelines.outputs import orthogonal_views, preview_png
+
+    lps = Volume(np.zeros((6, 10, 12), np.float32), spacing=(0.8, 0.9, 2.0), origin=(-4.0, -5.0, 10.0))
+    lps.data[4, 2, 9] = 1.0  # superior, anterior, patient left
+    ras = Volume(lps.data[:, ::-1, ::-1].copy(), spacing=lps.spacing, direction=np.diag([-1.0, -1.0, 1.0]),
+                 origin=tuple(lps.world_lps([11, 9, 0])))
+    sag_dir = np.array([[0, 0, 1], [1, 0, 0], [0, -1, 0]], float)  # x along P, y along I, z along L
+    sag = Volume(np.ascontiguousarray(np.transpose(lps.data, (2, 0, 1))[:, ::-1, :]), spacing=(0.9, 2.0, 0.8),
+                 direction=sag_dir, origin=tuple(lps.world_lps([0, 0, 5])))
+    for other in (ras, sag):
+        assert np.allclose(other.world_lps(np.argwhere(other.data == 1)[0][::-1]), lps.world_lps([9, 2, 4]))
+        shown = other.nearest_lps()
+        assert shown.spacing == lps.spacing and np.allclose(shown.origin, lps.origin)
+        assert all(np.array_equal(a, b) for a, b in zip(orthogonal_views(shown), orthogonal_views(lps)))
+        preview_png(other, tmp_path / "other.png", window=(0, 1))
+        preview_png(lps, tmp_path / "lps.png", window=(0, 1))
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "other.png")), np.asarray(Image.open(tmp_path / "lps.png")))
+    for name, v in (("a", lps), ("b", ras)):
+        write_nifti(v, tmp_path / name / "recon.nii.gz")
+        write_series_page(tmp_path / name)
+    sheets = [np.asarray(Image.open(tmp_path / n / "index_files" / "v0_axial.png")) for n in "ab"]
+    assert np.array_equal(*sheets)

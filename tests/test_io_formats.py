@@ -84,6 +84,23 @@ def test_itk_formats_round_trip_with_lps_geometry(tmp_path, suffix):
     np.testing.assert_allclose(back.affine_ras, vol.affine_ras, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", ["a.MHA", "b.Mha", "c.Nrrd", "d.Nii.Gz", "e.Nii"])
+def test_output_names_with_upper_case_suffixes_round_trip_and_leave_nothing_behind(tmp_path, name):
+    vol = Volume(np.arange(24, dtype=np.float32).reshape(2, 3, 4), (1.0, 1.0, 2.0))
+    write_volume(vol, tmp_path / name)  # "nothing was written" before: the libraries chose by a lower-case suffix
+    assert np.array_equal(read_volume(tmp_path / name).data, vol.data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("suffix,data", [(".mhd", "vol.raw"), (".nhdr", "vol.raw")])
+def test_a_detached_headers_data_file_is_an_input_too(tmp_path, suffix, data):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 4), np.float32)), str(tmp_path / f"vol{suffix}"))
+    assert (tmp_path / data).is_file()
+    vol = read_volume(tmp_path / f"vol{suffix}")
+    with pytest.raises(InputError, match="inputs are never modified"):
+        write_volume(vol, tmp_path / data, overwrite=True)  # replaced the input's voxels by a DICOM folder before
+
+
 def test_npy_spacing_is_zyx_and_defaults_to_1mm_with_a_warning(tmp_path, caplog):
     np.save(tmp_path / "a.npy", np.ones((3, 4, 5), np.float32))
     assert read_volume(tmp_path / "a.npy", spacing=(2.5, 0.7, 0.6)).spacing_zyx == (2.5, 0.7, 0.6)

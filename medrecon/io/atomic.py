@@ -49,7 +49,7 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
         raise InputError(f"cannot create the output folder {dest.parent}: {e.strerror or e}; "
                          "choose a writable location") from e
     check_free(dest, overwrite)
-    tmp = dest.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{dest.name}"
+    tmp = dest.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{_tmp_tail(dest)}"
     try:
         yield tmp
         if marker is not False and tmp.is_dir() and not tmp.is_symlink():
@@ -68,6 +68,14 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
                          "choose a writable location with enough free space") from e
     finally:
         _remove(tmp)
+
+
+def _tmp_tail(dest: Path) -> str:
+    """``dest``'s name with its format suffix in lower case: SimpleITK and nibabel choose the format by a
+    lower-case suffix (for a.MHA SimpleITK wrote .mhd + .zraw beside the temporary, which was then missing)."""
+    name = dest.name
+    n = 7 if name.lower().endswith(".nii.gz") else len(dest.suffix)
+    return name[:len(name) - n] + name[len(name) - n:].lower()
 
 
 def read_marker(folder) -> dict | None:
@@ -110,7 +118,7 @@ def remove_stale_temporaries(dest) -> None:
         return
     for p in sorted(dest.parent.iterdir(), key=lambda q: q.name):
         m = _TMP_NAME.fullmatch(p.name)
-        if not m or m["name"] != dest.name or (m["pid"] and _alive(int(m["pid"]))):
+        if not m or m["name"] != (dest.name if m["old"] else _tmp_tail(dest)) or (m["pid"] and _alive(int(m["pid"]))):
             continue
         if m["old"] and not (dest.exists() or dest.is_symlink()):
             os.rename(p, dest)
@@ -132,13 +140,27 @@ def _alive(pid: int) -> bool:
 
 def _check_not_input(dest: Path, protect: Iterable) -> None:
     d = dest.resolve()
-    for p in protect:
-        if p is None:
-            continue
-        p = Path(p).resolve()
+    for p in (q for given in protect if given is not None for q in with_data_files(Path(given))):
+        p = p.resolve()
         if d == p or p.is_relative_to(d) or (p.is_dir() and d.is_relative_to(p)):
             raise InputError(f"refusing to write {dest}: it is, contains or lies inside the input {p}; "
                              "inputs are never modified, choose an output path elsewhere")
+
+
+_DATA_FILE = re.compile(r"^\s*(?:ElementDataFile\s*=|data ?file\s*:)\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def with_data_files(path: Path) -> list[Path]:
+    """``path`` and, for a detached-header image (.mhd, .nhdr), the data file its header names: an input's
+    voxels live there too."""
+    if path.suffix.lower() not in (".mhd", ".nhdr") or not path.is_file():
+        return [path]
+    try:
+        head = path.read_bytes()[:65536].decode("latin-1")
+    except OSError:
+        return [path]
+    named = [m if (path.parent / m).exists() else m.split()[0] for m in _DATA_FILE.findall(head)]
+    return [path] + [path.parent / n for n in named if n.upper() not in ("LOCAL", "LIST") and "%" not in n]
 
 
 def check_free(dest: Path, overwrite: bool) -> None:

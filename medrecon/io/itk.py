@@ -13,12 +13,13 @@ from .common import check_voxels
 
 ITK_READ_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 ITK_WRITE_SUFFIXES = (".nrrd", ".mha")  # single-file formats, so that the write stays atomic
+ITK_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
 
 
 def read_itk(path) -> Volume:
     path = Path(path)
     try:
-        img = sitk.ReadImage(str(path))
+        img = sitk.ReadImage(str(path), imageIO=ITK_IO[path.suffix.lower()])  # named: its lookup is case-exact
     except RuntimeError as e:
         raise InputError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}; check the file (and, for "
                          ".mhd/.nhdr, its data file) is complete") from e

@@ -35,7 +35,11 @@ def read_nifti(path) -> Volume:
     """Read a 3D NIfTI (2D: one slice; 4D only with one volume) into a Volume in LPS."""
     path = Path(path)
     try:
-        img = nib.load(str(path))
+        if path.name.lower().endswith((".nii", ".nii.gz")) and not path.name.endswith((".nii", ".nii.gz")):
+            held = nib.FileHolder(str(path))  # nib.load knows only lower-case suffixes (and .NII / .NII.GZ)
+            img = nib.Nifti1Image.from_file_map({"header": held, "image": held})
+        else:
+            img = nib.load(str(path))
         check_fits_in_memory(img.shape, path)
         if img.get_data_dtype().kind in "iufb":
             data = img.get_fdata(dtype=np.float32)  # applies scl_slope / scl_inter

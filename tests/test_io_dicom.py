@@ -315,6 +315,19 @@ def test_a_missing_slice_in_a_thin_slice_series_is_refused(tmp_path):
     assert read_volume(folder, resample_nonuniform=True).shape[0] == 12
 
 
+def test_enhanced_dicom_with_one_frame_per_file_is_refused_naming_the_converter(tmp_path):
+    """Geometry in functional groups: read before as 1 mm pixels at the origin with a false rescale warning."""
+    from pydicom.dataset import Dataset
+    folder = _ct_series(tmp_path)
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SharedFunctionalGroupsSequence = [Dataset()]
+        del ds.PixelSpacing
+        ds.save_as(f)
+    with pytest.raises(InputError, match="multi-frame \\(enhanced\\).*dcm2niix"):
+        read_volume(folder)
+
+
 def test_a_single_slice_without_geometry_and_zero_thickness_gets_1_mm(tmp_path):
     folder = _ct_series(tmp_path, shape=(1, 12, 12))
     f = next(folder.iterdir())

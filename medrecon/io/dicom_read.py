@@ -235,9 +235,11 @@ class _Stack:
     def build(cls, headers: list, where: Path, notes: list) -> "_Stack":
         headers = _without_duplicate_copies(headers, where, notes)
         for f, ds in headers:
-            if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-                raise InputError(f"{f} is a multi-frame (enhanced) DICOM image, which medrecon does not "
-                                 "read; convert it to NIfTI first (e.g. dcm2niix) and use the .nii.gz")
+            if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds or \
+                    "SharedFunctionalGroupsSequence" in ds:  # enhanced, even with one frame per file
+                raise InputError(f"{f} is a multi-frame (enhanced) DICOM image, whose geometry lives in functional "
+                                 "groups medrecon does not read; convert it to NIfTI first (e.g. dcm2niix) and use "
+                                 "the .nii.gz")
             if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
                 raise InputError(f"{f} is a colour image; medrecon reads grayscale CT/MR series only")
             _check_geometry_tags(f, ds)

@@ -328,6 +328,14 @@ def test_enhanced_dicom_with_one_frame_per_file_is_refused_naming_the_converter(
         read_volume(folder)
 
 
+def test_unsigned_16_bit_integers_survive_a_derived_series_exactly(tmp_path):
+    """An MR series stored 0..65535 came back with errors up to 0.5 (slope 1.024): slope 1 and an intercept keep it."""
+    data = np.arange(3 * 8 * 8, dtype=np.float32).reshape(3, 8, 8) * 341.0
+    assert data.max() == 65131.0
+    write_dicom_series(Volume(data, spacing=(1.0, 1.0, 2.0), meta={"dicom": {"Modality": "MR"}}), tmp_path / "s")
+    assert np.array_equal(read_volume(tmp_path / "s").data, data)
+
+
 def test_a_single_slice_without_geometry_and_zero_thickness_gets_1_mm(tmp_path):
     folder = _ct_series(tmp_path, shape=(1, 12, 12))
     f = next(folder.iterdir())

@@ -8,7 +8,8 @@
 * SOP class from the modality: CT Image Storage (so viewers treat values as HU), MR Image Storage, or
   Secondary Capture ("OT") for anything else.
 * Stored values int16 with one RescaleSlope/RescaleIntercept for the series: slope 1 intercept 0 when
-  the voxels are integers within int16 (exact, e.g. HU), else chosen to span the value range.
+  the voxels are integers within int16 (exact, e.g. HU), else chosen to span the value range; integers spanning
+  at most 65536 values outside int16 (an unsigned MR series) are stored as uint16, slope 1 (exact).
 * Per slice: ImagePositionPatient, InstanceNumber, SliceLocation; for all: ImageOrientationPatient,
   PixelSpacing, SliceThickness (= slice spacing; MR also SpacingBetweenSlices), FrameOfReferenceUID,
   WindowCenter/WindowWidth (the 1st-99th percentile of the values).
@@ -62,15 +63,20 @@ MR_TAGS = {"ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": "
            "MagneticFieldStrength": None, "ImagedNucleus": None, "FlipAngle": None}
 
 
-def int16_scaling(data: np.ndarray) -> tuple[str, str]:
-    """(RescaleSlope, RescaleIntercept) as DICOM DS text: "1", "0" for integer voxels within int16,
-    else an intercept at mid-range and a slope that maps the range into about +-32000."""
+def stored_scaling(data: np.ndarray) -> tuple[str, str, bool]:
+    """(RescaleSlope, RescaleIntercept) as DICOM DS text and whether the stored 16-bit values are signed: "1", "0",
+    signed for integer voxels within int16; "1", the minimum, unsigned for integers spanning at most 65536 values
+    (an unsigned 0..65535 scan: exact); else signed, an intercept at mid-range and a slope that maps the range
+    into about +-32000."""
     lo, hi = float(data.min()), float(data.max())
-    if -32768 <= lo and hi <= 32767 and np.array_equal(data, np.round(data)):
-        return "1", "0"
+    if np.array_equal(data, np.round(data)):
+        if -32768 <= lo and hi <= 32767:
+            return "1", "0", True
+        if hi - lo <= 65535:
+            return "1", format_number_as_ds(lo), False
     intercept = format_number_as_ds((lo + hi) / 2)
     half = max(hi - float(intercept), float(intercept) - lo)
-    return (format_number_as_ds(half / 32000) if half > 0 else "1"), intercept
+    return (format_number_as_ds(half / 32000) if half > 0 else "1"), intercept, True
 
 
 def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon reconstruction",
@@ -89,11 +95,12 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
     modality = str(modality or src.get("Modality") or "OT").upper()
     if not re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality):
         raise InputError(f"modality {modality!r} for {folder}: give a DICOM modality code such as CT, MR or OT")
-    slope, intercept = int16_scaling(data)
+    slope, intercept, signed = stored_scaling(data)
     if deidentify:
         src = deidentified(src)
     with pydicom.config.disable_value_validation():  # a source's non-conformant value is copied as it is, and
-        ds = _series_dataset(vol, src, modality, series_description, series_number, slope, intercept)  # not logged
+        ds = _series_dataset(vol, src, modality, series_description, series_number,  # not logged
+                             slope, intercept, signed)
     if deidentify:
         _mark_deidentified(ds)
     normal = np.cross(vol.direction[:, 0], vol.direction[:, 1])
@@ -112,13 +119,14 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
             if sources:
                 ds.SourceImageSequence = [_instance_reference(_nearest(sources, float(position @ normal)))]
             stored = np.round((data[k].astype(np.float64) - float(intercept)) / float(slope))
-            ds.PixelData = np.clip(stored, -32768, 32767).astype("<i2").tobytes()
+            ds.PixelData = (np.clip(stored, -32768, 32767).astype("<i2") if signed else
+                            np.clip(stored, 0, 65535).astype("<u2")).tobytes()
             ds.save_as(tmp / f"IM{k + 1:0{width}d}.dcm", enforce_file_format=True)
     return folder
 
 
 def _series_dataset(vol: Volume, src: dict, modality: str, description: str, series_number,
-                    slope: str, intercept: str) -> Dataset:
+                    slope: str, intercept: str, signed: bool = True) -> Dataset:
     """Every attribute shared by the slices of the derived series."""
     sop_class = SOP_CLASSES.get(modality, SecondaryCaptureImageStorage)
     now = datetime.now()
@@ -159,7 +167,7 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
     ds.SliceThickness = format_number_as_ds(vol.spacing[2])
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = vol.shape[1], vol.shape[2]
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
     ds.RescaleIntercept, ds.RescaleSlope = intercept, slope
     lo, hi = (float(v) for v in np.percentile(vol.data, [1.0, 99.0]))
     ds.WindowCenter = format_number_as_ds((lo + hi) / 2)

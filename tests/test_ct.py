@@ -117,6 +117,19 @@ def test_fan_short_scan_fbp_weighs_each_line_once(arc):
     assert abs(rec.mean() - 1) < 0.01 and rec.std() < 1.2 * ref.std(), (rec.mean(), rec.std(), ref.std())
 
 
+@pytest.mark.parametrize("angles", [np.arange(0.0, 360.0, 2.0), np.r_[270:360, 0:90].astype(float),
+                                    np.arange(179.0, -1.0, -1.0)])
+def test_parallel_fbp_weighs_views_by_their_share_of_the_directions(angles):
+    """A parallel scan over 360 degrees measures each direction twice; a list that wraps past 360 or runs
+    backwards is still 180 degrees: a disc comes back at 1 (2.0 for the first two before)."""
+    n, pixel = 48, 1.0
+    g = ParallelBeamGeometry(n, tuple(angles))
+    R = 0.3 * n * pixel
+    rec = fbp(SliceProjector(g)(torch.tensor(disc(n, pixel, R), dtype=torch.float32)), g).numpy()
+    assert abs(rec[disc(n, pixel, R - 2 * pixel) > 0.999].mean() - 1) < 0.01
+    assert g.view_weights_rad.sum() == pytest.approx(math.pi)
+
+
 def test_fbp_scale_uses_the_acquired_angular_step():
     """Limited angle: each view weighs its own angular step (1°), not π/N as for a 180° scan."""
     n = 48

@@ -96,7 +96,7 @@ def fdk(projections, geometry: ConeBeamGeometry, short_scan: bool | None = None)
     if tuple(p.shape) != geometry.proj_shape:
         raise InputError(f"fdk: projections must have shape {geometry.proj_shape}, got {tuple(p.shape)}")
     if short_scan is None:
-        short_scan = geometry.angular_step_rad * geometry.n_angles < 2 * math.pi - 1e-6
+        short_scan = float(geometry.view_weights_rad.sum()) < 2 * math.pi - 1e-6
     vol, proj = geometry.astra_geometries()
     src = _astra_array(p)
     out = torch.zeros(geometry.volume_shape, dtype=torch.float32, device=p.device)

@@ -29,7 +29,8 @@ def fbp(sinogram, geometry, filter: str = "ram-lak") -> torch.Tensor:
 
     Parallel beam: ASTRA's CPU 'FBP' slice by slice. Fan beam: ASTRA's CPU build has no fan FBP, so a
     weighted filtered backprojection for flat detectors (Kak & Slaney, ch. 3) runs in torch on the data's
-    device. The angular quadrature uses the acquired angles' own step Δθ = (max - min)/(N - 1), so full
+    device. The angular quadrature weighs each view by its share of the scanned directions
+    (``view_weights_rad``: a uniform scan its step, a parallel scan over 360° half of it, any order), so full
     scans reconstruct a uniform object to its value; a fan-beam short scan (180° plus the fan angle, up to
     360°) gets Parker's redundancy weights (``parker_weights``), a shorter (limited-angle) arc none. ``filter`` is one of FILTERS. Returns a tensor on the sinogram's device, in its
     float dtype.
@@ -49,7 +50,9 @@ def fbp(sinogram, geometry, filter: str = "ram-lak") -> torch.Tensor:
 
 def _parallel_fbp(s: torch.Tensor, g: ParallelBeamGeometry, filt: str) -> torch.Tensor:
     vol, proj = g.astra_geometries()
-    flat = s.detach().reshape(-1, *g.sino_shape).to("cpu", torch.float32).numpy()
+    # ASTRA weights every view by pi/N (a uniform 180° scan): each view's row gets its own quadrature weight instead
+    share = (g.view_weights_rad * g.n_angles / math.pi).astype(np.float32)[:, None]
+    flat = s.detach().reshape(-1, *g.sino_shape).to("cpu", torch.float32).numpy() * share
     out = np.empty((flat.shape[0], *g.image_shape), np.float32)
     # ASTRA's 'linear' backprojector samples each view at the pixel centres: with detector bins wider than the
     # pixels it leaves a +-10 % checkerboard on a uniform disc; 'strip' integrates over the bin (std 0.001)
@@ -69,8 +72,6 @@ def _parallel_fbp(s: torch.Tensor, g: ParallelBeamGeometry, filt: str) -> torch.
         astra.algorithm.delete(aid)
         astra.data2d.delete([sid, rid])
         astra.projector.delete(pid)
-    # ASTRA weights every view by pi/N (it assumes a 180° scan); use the acquired angular step instead.
-    out *= g.angular_step_rad * g.n_angles / math.pi
     return torch.from_numpy(out).reshape(*s.shape[:-2], *g.image_shape).to(s.device, s.dtype)
 
 
@@ -113,15 +114,16 @@ def parker_weights(g: FanBeamGeometry, gamma: torch.Tensor) -> torch.Tensor | No
     Phys. 2002): with the arc π + 2Δ (Δ ≥ the half fan angle), a view at β from the arc's start and a ray at fan
     angle γ gets sin²(π/4 · β / (Δ - γ)) near the start, sin²(π/4 · (π + 2Δ - β) / (Δ + γ)) near the end and 1
     between, so the two measurements of every line (β, γ) and (β + π + 2γ, -γ) weigh 1 together. ``gamma``: the
-    fan angle of each detector bin (radians). Each view stands for its own angular step, so the arc is the views'
-    span plus one step and β the middle of each view's step."""
-    step = g.angular_step_rad
-    arc = float(np.ptp(g.angles_rad)) + step
+    fan angle of each detector bin (radians). Each view stands for its share of the arc (``view_weights_rad``), so
+    the arc is the sum of the shares and β the middle of each view's share, from ``arc_start_rad``."""
+    weights = g.view_weights_rad
+    arc = float(weights.sum())
     gamma_max = float(gamma.abs().max()) + abs(float(gamma[1] - gamma[0])) / 2 if len(gamma) > 1 else 0.0
     if arc >= 2 * math.pi - 1e-6 or arc < math.pi + 2 * gamma_max - 1e-6:
         return None
     delta = (arc - math.pi) / 2
-    beta = torch.as_tensor(g.angles_rad - g.angles_rad.min() + step / 2, dtype=torch.float64)[:, None]
+    beta = np.mod(g.angles_rad - g.arc_start_rad, 2 * math.pi) + weights / 2  # the middle of each view's share
+    beta = torch.as_tensor(beta, dtype=torch.float64)[:, None]
     gamma = gamma.to(torch.float64)[None, :]
     rise = torch.sin(math.pi / 4 * beta / (delta - gamma)) ** 2
     fall = torch.sin(math.pi / 4 * (math.pi + 2 * delta - beta) / (delta + gamma)) ** 2
@@ -148,6 +150,7 @@ def _fan_fbp(s: torch.Tensor, g: FanBeamGeometry, filt: str) -> torch.Tensor:
     _, proj = g.astra_geometries()
     vec = torch.as_tensor(astra.functions.geom_2vec(proj)["Vectors"], dtype=torch.float64, device=dev)
     out = torch.zeros(q.shape[0], n * n, dtype=dt, device=dev)
+    share = torch.as_tensor(g.view_weights_rad, dtype=torch.float64, device=dev)  # each view's quadrature weight
     chunk = max(1, (1 << 18) // (q.shape[0] * n * n))  # views per step, bounding the gathered block
     for v0 in range(0, g.n_angles, chunk):
         views = torch.arange(v0, min(v0 + chunk, g.n_angles), device=dev)
@@ -160,6 +163,6 @@ def _fan_fbp(s: torch.Tensor, g: FanBeamGeometry, filt: str) -> torch.Tensor:
         w = (idx - i0).to(dt)
         flat = (i0.long() + views[:, None] * (nd + 2)).reshape(-1)
         q0, q1 = (q.reshape(q.shape[0], -1).index_select(1, flat + k).reshape(-1, *w.shape) for k in (0, 1))
-        weight = ((so / along) ** 2 * g.angular_step_rad).to(dt)
+        weight = ((so / along) ** 2 * share[views, None]).to(dt)
         out += ((q0 + (q1 - q0) * w) * weight).sum(dim=1)  # linear interpolation on the detector
     return out.reshape(*batch, n, n)

@@ -64,10 +64,33 @@ class _Geometry:
         return np.deg2rad(np.asarray(self.angles_deg, dtype=np.float64))
 
     @property
-    def angular_step_rad(self) -> float:
-        """Δθ of the quadrature over the acquired angles: (max - min) / (N - 1); a full scan for N = 1."""
-        a = self.angles_rad
-        return float(np.ptp(a) / (len(a) - 1)) if len(a) > 1 else math.radians(self.full_scan_deg)
+    def view_weights_rad(self) -> np.ndarray:
+        """Each view's share of the angular quadrature (radians): half the gaps to its neighbours among the views'
+        directions, the angles taken modulo a full scan (180° parallel, 360° fan/cone) and in any order. The gap of
+        a missing wedge (over twice any other gap) counts as the mean of the others, so the views at its edges
+        weigh a step like the rest. A uniform scan or wedge: its step per view; a parallel scan over 360°: half
+        its step per view, as every direction is measured twice; one view: a full scan."""
+        period = math.radians(self.full_scan_deg)
+        a = np.mod(self.angles_rad, period)
+        if len(a) == 1:
+            return np.array([period])
+        order = np.argsort(a, kind="stable")
+        gaps = np.diff(np.append(a[order], a[order][0] + period))  # after each view, in angle order, round the circle
+        k = int(np.argmax(gaps))
+        others = np.delete(gaps, k)
+        if gaps[k] > 2 * others.max():  # a missing wedge
+            gaps[k] = others.mean()
+        weights = np.empty_like(gaps)
+        weights[order] = (gaps + np.roll(gaps, 1)) / 2
+        return weights
+
+    @property
+    def arc_start_rad(self) -> float:
+        """Where the scanned arc begins: the first view after the widest gap between views (the missing wedge)."""
+        period = math.radians(self.full_scan_deg)
+        s = np.sort(np.mod(self.angles_rad, period))
+        gaps = np.diff(np.append(s, s[0] + period))
+        return float(s[(int(np.argmax(gaps)) + 1) % len(s)])
 
     def __repr__(self):
         a = self.angles_deg

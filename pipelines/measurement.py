@@ -52,12 +52,26 @@ class Measurement:
 
     @classmethod
     def load(cls, path: Path) -> "Measurement":
+        """A measurements file (medrecon's .npz, fastMRI/ISMRMRD HDF5, BART .cfl), checked to be usable."""
         path = Path(path)
         if path.suffix in (".h5", ".hdf5", ".cfl", ".hdr"):
             from . import raw_mri
             if path.suffix in (".cfl", ".hdr"):
-                return raw_mri.load_cfl(path)
-            return raw_mri.load_ismrmrd(path) if raw_mri.is_ismrmrd(path) else raw_mri.load_fastmri(path)
+                meas = raw_mri.load_cfl(path)
+            else:
+                meas = raw_mri.load_ismrmrd(path) if raw_mri.is_ismrmrd(path) else raw_mri.load_fastmri(path)
+        else:
+            meas = cls._load_npz(path)
+        bad = ~np.isfinite(np.asarray(meas.data))
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InputError(f"{path}: {int(bad.sum())} measured values are NaN or infinite (the first at index "
+                             f"{where}; -log of zero counts?); floor the counts before the log (as medrecon simulate "
+                             "does) or replace them, e.g. with numpy.nan_to_num")
+        return meas
+
+    @classmethod
+    def _load_npz(cls, path: Path) -> "Measurement":
         try:
             z = np.load(path, allow_pickle=False)
             if "format" not in z or "data" not in z:

@@ -730,3 +730,16 @@ def test_simulate_keeps_the_inputs_grid_and_a_prior_refuses_measurements_outside
     res = tasks.reconstruct("sparse_view_ct_8", sim / "measurements.npz", tmp_path / "tv",
                             overrides=["solver.name=admm_tv", "solver.steps=10"])
     assert res.recon.shape == (5, 64, 64)
+
+
+def test_measurements_with_infinite_or_nan_values_are_refused_at_load_naming_the_first(tmp_path, ct_nifti):
+    """-log(0 counts) in a measured sinogram: FBP turned its slice into NaN and the run failed at the end,
+    blaming a temporary output file."""
+    sim = tmp_path / "sim"
+    tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["ct.image_size=16"])
+    z = dict(np.load(sim / "measurements.npz"))
+    z["data"][1, 3, 5] = np.inf
+    np.savez(bad := tmp_path / "bad.npz", **z)
+    with pytest.raises(InputError, match=r"bad.npz: 1 measured values are NaN or infinite \(the first at index "
+                                         r"\(1, 3, 5\)"):
+        Measurement.load(bad)

@@ -65,9 +65,10 @@ class Measurement:
         bad = ~np.isfinite(np.asarray(meas.data))
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
+            fix = "floor the counts before the log (as medrecon simulate does; -log of zero counts?)" \
+                if meas.modality == "ct" else "set them to 0 and leave them out of the mask"
             raise InputError(f"{path}: {int(bad.sum())} measured values are NaN or infinite (the first at index "
-                             f"{where}; -log of zero counts?); floor the counts before the log (as medrecon simulate "
-                             "does) or replace them, e.g. with numpy.nan_to_num")
+                             f"{where}); {fix}, e.g. with numpy.nan_to_num")
         return meas
 
     @classmethod

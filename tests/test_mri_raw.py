@@ -188,6 +188,17 @@ def test_reconstruct_fastmri_multicoil_oversampled_writes_nifti_and_mr_dicom(tmp
     assert res.report["measured_data_scale"] > 0
 
 
+def test_a_nan_sample_in_measured_kspace_is_refused_naming_it(tmp_path):
+    """One NaN zeroed its slice's coil maps, hence the slice, and ADMM-TV's z coupling then the whole volume."""
+    from pipelines.measurement import Measurement
+    _, k, mask, rss, maps = _oversampled_case()
+    k[1, 2, 10, 20] = np.nan
+    write_fastmri(src := tmp_path / "nan.h5", k, mask, rss, header())
+    with pytest.raises(InputError, match=r"1 measured values are NaN or infinite \(the first at index \(1, 2, 10, "
+                                         r"20\)\); set them to 0 and leave them out of the mask"):
+        Measurement.load(src)
+
+
 def test_read_cfl_kspace_as_measurement(tmp_path):
     from pipelines.measurement import Measurement
     _, k, mask, _, _ = _oversampled_case(z=1)

@@ -741,5 +741,5 @@ def test_measurements_with_infinite_or_nan_values_are_refused_at_load_naming_the
     z["data"][1, 3, 5] = np.inf
     np.savez(bad := tmp_path / "bad.npz", **z)
     with pytest.raises(InputError, match=r"bad.npz: 1 measured values are NaN or infinite \(the first at index "
-                                         r"\(1, 3, 5\)"):
+                                         r"\(1, 3, 5\)\); floor the counts"):
         Measurement.load(bad)

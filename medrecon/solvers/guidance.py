@@ -89,7 +89,7 @@ class GuidedSampler(DiffusionSolver):
         self.A, self.y = A, y.to(self.dc.y.device, self.dc.y.dtype)  # the gradient applies W itself
         self.snr, self.lambda_proj, self.step_scale = float(snr), float(lambda_proj), float(step_scale)
         self.weights = None if w is None else w.to(self.device)
-        self.slicewise_op = len(A.in_shape) == 2
+        self.slicewise_op = len(A.in_shape) == 2 and not getattr(A, "per_slice", False)  # one mask per slice: whole
         self.nfe_per_step = 1 + (self.snr > 0) + (self.guided and not self.slicewise_op)
         self.backward_per_step = int(self.guided)
 

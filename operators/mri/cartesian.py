@@ -75,6 +75,11 @@ class CartesianMRI(LinearOperator):
         self._cache: dict = {}
 
     @property
+    def per_slice(self) -> bool:
+        """A 2D operator whose mask differs by slice: it applies to the whole stack of its slices only."""
+        return self.ndim == 2 and self.mask.ndim > 2 and self.mask.shape[0] > 1
+
+    @property
     def acceleration(self) -> float:
         """Number of k-space positions over the number sampled (averaged over slices for per-slice masks)."""
         return 1.0 / float(self.mask.expand(*self.mask.shape[:-self.ndim], *self.kspace_shape).float().mean())

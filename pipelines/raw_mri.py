@@ -74,8 +74,14 @@ def _grid(n_slices: int, kshape: tuple[int, int], header: dict | None) -> tuple[
 
 
 def _mask(mask, k: np.ndarray) -> np.ndarray:
-    if mask is None:  # the non-zero columns
-        mask = np.abs(k).reshape(-1, k.shape[-1]).sum(0) > 0
+    """The sampling mask, (H, W), or (Z, H, W) where the slices' lines differ; none given: each slice's
+    non-zero columns (a union over slices would fit every slice's unacquired lines as measured zeros)."""
+    if mask is None:
+        cols = np.abs(k).reshape(k.shape[0], -1, k.shape[-1]).sum(1) > 0  # (Z, W)
+        if (cols == cols[:1]).all():
+            mask = cols[0]
+        else:
+            return np.broadcast_to(cols[:, None, :], (k.shape[0], *k.shape[-2:])).astype(np.float32)
     mask = np.asarray(mask, np.float32)
     if mask.ndim == 1:
         if mask.size != k.shape[-1]:
@@ -177,7 +183,7 @@ def load_ismrmrd(path: Path) -> Measurement:
         count[a.idx.slice, ky] += 1
     k /= np.maximum(count, 1)[:, None, None, :]  # repeated lines (averages) are averaged
     mask = _mask(None, k)
-    mask[:first], mask[first + n_samples:] = 0, 0  # a partial echo's readout samples were never measured
+    mask[..., :first, :], mask[..., first + n_samples:, :] = 0, 0  # a partial echo's unmeasured readout samples
     grid, info = _grid(n_slices, (n_ro, n_ky), header)
     return Measurement("mri", k if n_coils > 1 else k[:, 0], grid, None, mask, None,
                        {"source": str(path), "layout": "2d", "units": MEASURED, **info})

@@ -247,6 +247,24 @@ def test_ismrmrd_raw_data(tmp_path):
         Measurement.load(path)
 
 
+def test_slices_sampled_on_different_lines_get_a_mask_each(tmp_path):
+    """fastMRI without 'mask' (and ISMRMRD): the union of the slices' lines made each slice's unacquired lines
+    measured zeros; slices that share their lines keep one (H, W) mask."""
+    from pipelines.measurement import Measurement
+    _, k, mask, rss, _ = _oversampled_case(z=2)
+    write_fastmri(same := tmp_path / "same.h5", k, mask, rss, header())
+    with __import__("h5py").File(same, "r+") as f:
+        del f["mask"]
+    assert Measurement.load(same).mask.shape == (64, 36)
+    k[1, ..., np.flatnonzero(mask)[::2]] = 0  # slice 1 lacks every other of slice 0's lines
+    write_fastmri(other := tmp_path / "other.h5", k, mask, rss, header())
+    with __import__("h5py").File(other, "r+") as f:
+        del f["mask"]
+    m = Measurement.load(other).mask
+    assert m.shape == (2, 64, 36) and np.array_equal(m[0, 0] > 0, mask > 0)
+    assert m[1, 0].sum() == (mask > 0).sum() // 2 and not (m[1] > m[0]).any()
+
+
 def _write_ismrmrd(path, k, mask, xml, first=0, centre=0):
     """Each sampled line of k (Z, C, RO, PE) as one acquisition, from readout sample ``first`` on."""
     import ismrmrd

@@ -100,7 +100,11 @@ def load_fastmri(path: Path) -> Measurement:
             if "kspace" not in f:
                 raise InputError(f"{path}: no 'kspace' dataset (fastMRI-style files hold kspace "
                                  f"(slices, [coils,] H, W))")
-            k = np.asarray(f["kspace"][()]).astype(np.complex64)
+            raw = f["kspace"]
+            if raw.dtype.kind != "c" and raw.shape[-1] == 2:  # torch's (..., 2) real/imaginary layout
+                raise InputError(f"{path}: kspace is real with a last axis of 2 ({raw.shape}): real and imaginary "
+                                 "parts? store it as complex (k[..., 0] + 1j * k[..., 1])")
+            k = np.asarray(raw[()]).astype(np.complex64)
             maps = next((np.asarray(f[n][()]).astype(np.complex64) for n in ("sens_maps", "coil_maps") if n in f),
                         None)
             mask = np.asarray(f["mask"][()]) if "mask" in f else None

@@ -265,6 +265,17 @@ def test_slices_sampled_on_different_lines_get_a_mask_each(tmp_path):
     assert m[1, 0].sum() == (mask > 0).sum() // 2 and not (m[1] > m[0]).any()
 
 
+def test_kspace_stored_as_real_and_imaginary_parts_is_refused(tmp_path):
+    """(Z, H, W, 2) float single-coil k-space passed as multi-coil (Z, C=H, H=W, W=2) onto a (Z, W, 2) grid."""
+    import h5py
+    from pipelines.measurement import Measurement
+    k = np.zeros((2, 16, 12, 2), np.float32)
+    with h5py.File(path := tmp_path / "ri.h5", "w") as f:
+        f["kspace"] = k
+    with pytest.raises(InputError, match=r"kspace is real with a last axis of 2 .*store it as complex"):
+        Measurement.load(path)
+
+
 def _write_ismrmrd(path, k, mask, xml, first=0, centre=0):
     """Each sampled line of k (Z, C, RO, PE) as one acquisition, from readout sample ``first`` on."""
     import ismrmrd

@@ -20,6 +20,7 @@ phase).
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -50,6 +51,7 @@ from .prior_cards import load_prior_for
 from .registry import SELF_ADAPT_DEFAULT, SOLVERS
 from .simulate import simulate_volume
 
+log = logging.getLogger("medrecon")
 GUIDED = ("projection", "mcg", "dps")  # samplers that apply A to chunks of slices (weights passed, not folded in)
 
 
@@ -128,6 +130,7 @@ class Problem:
         else:
             cplx, measured = _complex_images(cfg, meas), is_measured_kspace(meas)
             A = _mri_operator(cfg, meas, cplx or measured)  # measured: scaled and aligned on complex images
+            kw.setdefault("info", {})["coil_maps"] = coil_maps_used(cfg, meas)
             y = torch.from_numpy(np.asarray(meas.data, np.complex64))
             zero_filled = A.adjoint(y) if cplx or measured else None  # once: the scale and the rotation come from it
             if measured:
@@ -549,6 +552,18 @@ def check_grid(prior, meas: Measurement) -> None:
 def _complex_images(cfg: Config, meas: Measurement) -> bool:
     mode = cfg.mri.image
     return is_measured_kspace(meas) if mode == "auto" else mode == "complex"
+
+
+def coil_maps_used(cfg: Config, meas: Measurement) -> str:
+    """Where the coil maps come from, as report.json says: mri.coil_maps, except that multi-coil data asked to use
+    the given maps but holding none get estimated ones (said in the log too); single-coil data need none."""
+    if np.ndim(meas.data) < (5 if meas.info.get("layout") == "3d" else 4):
+        return "none (single coil)"
+    if cfg.mri.coil_maps == "given" and meas.coil_maps is None:
+        log.warning(f"{meas.info.get('source', 'the measurements')}: no coil maps stored with the multi-coil data; "
+                    "estimating them (mri.coil_maps=estimate; espirit for ESPIRiT)")
+        return "estimated (none given)"
+    return cfg.mri.coil_maps
 
 
 def _mri_operator(cfg: Config, meas: Measurement, complex_images: bool) -> LinearOperator:

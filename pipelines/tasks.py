@@ -122,7 +122,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          measured_data_scale=problem.data_scale, grid=grid, z_tv=problem.info.get("z_tv"),
                          two_scale=problem.info.get("two_scale"),
                          cross_validation=problem.info.get("cross_validation"),
-                         self_adapt=problem.info.get("self_adapt"),
+                         self_adapt=problem.info.get("self_adapt"), coil_maps=problem.info.get("coil_maps"),
                          vs_reference=scores_against_reference(problem, recon), files=files)
         rep["timings_s"] = t.as_dict()
         rep["peak_memory"] = peak_memory(problem.device)

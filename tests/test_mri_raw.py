@@ -185,7 +185,11 @@ def test_reconstruct_fastmri_multicoil_oversampled_writes_nifti_and_mr_dicom(tmp
     assert ds.Modality == "MR" and ds.SOPClassUID == pydicom.uid.MRImageStorage
     assert [float(v) for v in ds.PixelSpacing] == pytest.approx([220 / 32, 220 / 32])
     assert float(ds.SliceThickness) == pytest.approx(5.0)
-    assert res.report["measured_data_scale"] > 0
+    assert res.report["measured_data_scale"] > 0 and res.report["coil_maps"] == "given"
+    write_fastmri(bare := tmp_path / "bare.h5", k, mask, rss, header())  # no maps: estimated, and said so
+    res = reconstruct("cs_mri_x4", bare, tmp_path / "bare", overrides=["solver.name=zero_filled",
+                                                                        "mri.coil_maps=given"])
+    assert res.report["coil_maps"] == "estimated (none given)"
 
 
 def test_a_nan_sample_in_measured_kspace_is_refused_naming_it(tmp_path):

@@ -90,7 +90,7 @@ def output_state(output: Path, uid: str, files_sha256: str | None, config_sha256
     mark = read_marker(output)
     if mark is None:
         return "new"
-    if mark.get("series_uid") != uid:
+    if (mark.get("series_uid") or "") != (uid or ""):  # "": an anonymised series without a UID
         return "other"
     if files_sha256 is not None and mark.get("files_sha256") != files_sha256:
         return "changed"
@@ -139,7 +139,7 @@ def _taken(out: Path, uid: str) -> bool:
     if out.is_dir() and not any(out.iterdir()):
         return False
     mark = read_marker(out)
-    return mark is None or mark.get("series_uid") != uid
+    return mark is None or (mark.get("series_uid") or "") != (uid or "")
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:

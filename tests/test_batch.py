@@ -263,3 +263,23 @@ def test_a_folder_name_that_is_not_utf8_survives_the_manifest_and_its_rerun(tmp_
     latin = next(r for r in rows if r["input_path"] != "z_last")
     assert root / latin["input_path"] == latin1 and latin1.is_dir()  # the folder's own bytes, found again
     assert _run(root, out, "--quiet") == 0 and {r["status"] for r in _manifest(out)} == {"skipped"}
+
+
+def test_anonymised_series_without_uids_are_one_per_folder_and_finished_on_a_rerun(tmp_path):
+    """SeriesInstanceUID blanked (TotalSegmentator's example series, anonymised exports): the files of every
+    folder were merged into one series, and each rerun wrote a new copy (CT_Body, CT_Body_2, ...)."""
+    import pydicom
+    root, out = tmp_path / "in", tmp_path / "out"
+    for name, seed in (("patient1", 1), ("patient2", 2)):
+        _series(root / name, seed, "anon")
+        for f in (root / name).iterdir():
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID = ""
+            ds.save_as(f)
+    for _ in range(2):
+        assert _run(root, out, "--quiet") == 0
+    rows = _manifest(out)
+    assert sorted(r["input_path"] for r in rows) == ["patient1", "patient2"]
+    assert [r["status"] for r in rows] == ["skipped", "skipped"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/*") if p.is_dir()) == \
+        sorted(r["output_path"] for r in rows)

@@ -77,17 +77,18 @@ def list_series(folder, recursive: bool = False, problems: list | None = None) -
             damaged.setdefault(path.parent, []).append(f"{path} (incomplete header: truncated file?)")
         elif kind == "image":
             uid = str(ds.SeriesInstanceUID)
-            if uid not in found:
-                found[uid] = SeriesInfo(uid, [], dicom_text(ds.get("SeriesDescription")),
+            key = (uid, None if uid else path.parent)  # anonymised files without a UID: one series per folder
+            if key not in found:
+                found[key] = SeriesInfo(uid, [], dicom_text(ds.get("SeriesDescription")),
                                         str(ds.get("Modality", "") or ""), str(ds.get("StudyInstanceUID", "") or ""))
-            found[uid].files.append(path)
+            found[key].files.append(path)
     with_series = {f.parent for info in found.values() for f in info.files}
     for info in found.values():
         info.unreadable = sorted(m for d in {f.parent for f in info.files} for m in damaged.get(d, []))
     if problems is not None:
         problems.extend((d, f"none of its {len(m)} DICOM file(s) can be read, e.g. {m[0]}")
                         for d, m in sorted(damaged.items()) if d not in with_series)
-    return sorted(found.values(), key=lambda s: (-s.n_files, s.uid))
+    return sorted(found.values(), key=lambda s: (-s.n_files, s.uid, str(s.folder)))
 
 
 def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple[SeriesInfo, str | None]:

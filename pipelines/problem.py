@@ -112,6 +112,9 @@ class Problem:
             raise InputError(f"{meas.info.get('source') or 'the input'}: holds {meas.modality} measurements but "
                              f"the config is for {cfg.modality}")
         check_grid(prior, meas)
+        if source is None and (differs := acquisition_differs(cfg, meas)):
+            log.warning(differs)
+            info["warnings"] = [differs]
         return cls.from_measurement(cfg, meas, device, prior, imap, reference=reference, source=source, info=info)
 
     @classmethod
@@ -552,6 +555,27 @@ def check_grid(prior, meas: Measurement) -> None:
 def _complex_images(cfg: Config, meas: Measurement) -> bool:
     mode = cfg.mri.image
     return is_measured_kspace(meas) if mode == "auto" else mode == "complex"
+
+
+def acquisition_differs(cfg: Config, meas: Measurement) -> str | None:
+    """What the measurements' acquisition does not share with the config's, whose tuned settings then run on data
+    they were not tuned for (8-view data under sparse_view_ct_4's 4-view settings, say); None when they agree."""
+    where = meas.info.get("source") or "the measurements"
+    if meas.modality == "ct" and meas.geometry is not None:
+        g, c = geometry_from_dict(meas.geometry), cfg.ct
+        if g.type != c.beam:
+            return f"{where}: {g.type}-beam data, but the config is for a {c.beam} beam; its settings are used as they are"
+        if c.n_views is not None and g.n_angles != c.n_views:
+            return f"{where}: {g.n_angles} views, but the config is tuned for {c.n_views}; its settings are used as " \
+                   f"they are (a config for {g.n_angles} views, e.g. sparse_view_ct_{g.n_angles}, fits the data)"
+        if c.wedge_deg is not None and abs(math.degrees(float(g.view_weights_rad.sum())) - c.wedge_deg) > 1.5:
+            return f"{where}: views over {math.degrees(float(g.view_weights_rad.sum())):.0f} degrees, but the config " \
+                   f"is tuned for a {c.wedge_deg:g} degree wedge; its settings are used as they are"
+    if meas.modality == "mri" and meas.mask is not None and not is_measured_kspace(meas):
+        have, want = float(np.size(meas.mask) / max(np.sum(np.asarray(meas.mask) > 0), 1)), cfg.mri.mask.acceleration
+        if abs(have / want - 1) > 0.25:
+            return f"{where}: sampled x{have:.3g}, but the config is tuned for x{want:g}; its settings are used as they are"
+    return None
 
 
 def coil_maps_used(cfg: Config, meas: Measurement) -> str:

@@ -113,7 +113,8 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                                   measured_mri=problem.source is None and cfg.modality == "mri")
             files += write_measured_extras(cfg, tmp, problem, sol)
             files += write_self_adapted(tmp, problem)
-            warned = list((problem.source.meta if problem.source is not None else {}).get("warnings", []))
+            warned = list((problem.source.meta if problem.source is not None else {}).get("warnings", [])) + \
+                problem.info.get("warnings", [])  # the input's, and the measurements' against the config
             rep = report(run_config(problem), input=inp.name, output=out.name, **identity, input_warnings=warned,
                          device=str(problem.device), precision=problem.info.get("precision"),
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),

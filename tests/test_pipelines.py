@@ -743,3 +743,16 @@ def test_measurements_with_infinite_or_nan_values_are_refused_at_load_naming_the
     with pytest.raises(InputError, match=r"bad.npz: 1 measured values are NaN or infinite \(the first at index "
                                          r"\(1, 3, 5\)\); floor the counts"):
         Measurement.load(bad)
+
+
+def test_measurements_under_a_config_tuned_for_another_acquisition_are_warned_in_the_report(tmp_path, ct_nifti):
+    """8-view data reconstructed with sparse_view_ct_4 ran the 4-view tuning without a word, and report.json
+    said n_views 4."""
+    sim = tmp_path / "sim"
+    tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["ct.image_size=16"])
+    sets = ["solver.name=admm_tv", "solver.steps=2"]
+    res = tasks.reconstruct("sparse_view_ct_4", sim / "measurements.npz", tmp_path / "four", overrides=sets)
+    assert any("8 views, but the config is tuned for 4" in w and "sparse_view_ct_8" in w
+               for w in res.report["input_warnings"])
+    same = tasks.reconstruct("sparse_view_ct_8", sim / "measurements.npz", tmp_path / "eight", overrides=sets)
+    assert same.report["input_warnings"] == []

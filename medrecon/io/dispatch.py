@@ -96,7 +96,8 @@ def read_npy(path, spacing: tuple | None = None) -> Volume:
     data = check_voxels(volume_array(np.asarray(data), path, "(Z, Y, X)"), path)
     notes: list[str] = []
     if spacing is None:
-        warn(notes, f"{path}: a .npy array has no spacing; assuming 1 mm (give --spacing z,y,x)")
+        warn(notes, f"{path}: a .npy array has no spacing; assuming 1 mm (convert it with its spacing first: "
+                    f"medrecon convert {path.name} {path.stem}.nii.gz --spacing z,y,x)")
         spacing = (1.0, 1.0, 1.0)
     if len(spacing) != 3 or min(spacing) <= 0:
         raise InputError(f"{path}: spacing must be three positive values (z, y, x) in mm, got {spacing}")

@@ -68,7 +68,8 @@ def demo(
     slices: int = typer.Option(None, "--slices", help="Central slices to use (default: all of the scan, 24 "
                                                       "phantom slices)."),
     seed: int = typer.Option(None, "--seed", help="Phantom seed (default: the first held-out seed)."),
-    steps: int = typer.Option(None, "--steps", help="Diffusion steps (default: the registry's)."),
+    steps: int = typer.Option(None, "--steps", help="Diffusion steps (default: 20 for the scan, from its warm "
+                                                    "start; the registry's 50 for the phantom)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):

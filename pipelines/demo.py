@@ -77,7 +77,9 @@ def run_demo(output: str | Path, source: str = "scan", prior: str | None = None,
     prior_dir = resolve_prior_path(prior or case.prior, Path.cwd())
     loaded = load_prior_for(prior_dir)
     methods = {k: dict(v) for k, v in case.methods.items()}
-    if steps:
+    if steps is not None:
+        if steps < 1:
+            raise InputError(f"--steps {steps}: the diffusion needs at least one step")
         methods[DIFFUSION]["steps"] = steps
     echo(f"demo: {case.describe}, {vol.shape[0]} slices, 8 views, Poisson noise")
     ref, results = compare_methods("sparse_view_ct_8", vol, methods,
@@ -105,7 +107,7 @@ def run_demo(output: str | Path, source: str = "scan", prior: str | None = None,
                                                results={r.label: r.row() for r in results}))
         (tmp / "metrics.md").write_text(table)
         write_series_page(tmp, [("reference", ref)] + [(r.label, r.volume) for r in results], DEMO_WINDOW,
-                          title=f"medrecon demo: 8-view sparse-view CT, phantom seed {seed}")
+                          title=f"medrecon demo: 8-view sparse-view CT of the {case.describe}")
     echo("")
     echo(table)
     echo(f"wrote {out}/: reference.nii.gz, {', '.join(_slug(r.label) + '.nii.gz' for r in results)}, dicom/, "

@@ -46,7 +46,10 @@ def test_demo_reduced_end_to_end(tmp_path, capsys):
     # even with 8 diffusion steps (measured: FBP ~14 dB, ADMM-TV ~25 dB, diffusion ~24-27 dB).
     assert tv > fbp + 5 and diff > fbp + 5
     assert json.loads((out / "report.json").read_text())["prior"]["sha256"]
+    assert "<title>medrecon demo: 8-view sparse-view CT of the held-out synthetic phantom seed" in \
+        (out / "index.html").read_text()  # said "phantom" for the real scan too
     phantom = ["--source", "phantom", "--slices", "4", "--steps", "8", "--no-progress"]
+    assert main(["demo", "--output", str(tmp_path / "none"), *phantom[:-2], "--steps", "0"]) == 2  # was ignored
     assert main(["demo", "--output", str(out), *phantom]) == 2  # no overwrite
     # `make demo` runs with --overwrite every time: a second run must replace the first (it holds dicom/).
     assert main(["demo", "--output", str(out), *phantom, "--overwrite"]) == 0

@@ -157,7 +157,8 @@ def train(
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
     heldout_every: Optional[int] = typer.Option(None, "--heldout-every", help="Held-out loss every N steps "
                                                 "(default: at every checkpoint; 0: only before/after)."),
-    sample_every: int = typer.Option(1000, "--sample-every", help="Sample grid PNG every N steps (0: only at end)."),
+    sample_every: int = typer.Option(1000, "--sample-every", help="Sample grid PNG every N steps (0: only at the "
+                                     "end; -1: never)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's)."),
@@ -230,7 +231,7 @@ def train(
                         ema_decay=ema_decay,
                         patch_sizes=sizes, pixel_spacing_range=tuple(pixel_range), seed=seed, device=device,
                         amp=amp, checkpoint_every=checkpoint_every, heldout_every=heldout_every,
-                        sample_every=sample_every or steps, context_slices=context_slices, init_from=init_from,
+                        sample_every=0 if sample_every < 0 else sample_every or steps, context_slices=context_slices, init_from=init_from,
                         intensity_scale=scale, fov_crop=fov_crop, synthetic_phase=synthetic_phase,
                         random_contrast=random_contrast,
                         sampler_errors=str(sampler_errors) if sampler_errors else None,

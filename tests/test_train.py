@@ -249,6 +249,10 @@ def test_cli_train_writes_a_loadable_prior(tmp_path):
     assert (out / "samples" / "step_0000006.png").is_file()
     assert prior.denoise(torch.zeros(2, 1, 16, 16), torch.ones(2)).shape == (2, 1, 16, 16)
     assert main(["train", "--data", str(tmp_path / "missing"), "--output", str(out)]) == 2  # clear error, no traceback
+    rc = main(["train", "--data", *files, "--output", str(none := tmp_path / "no_grid"), "--image-size", "16",
+               "--steps", "2", "--batch-size", "4", "--channels", "8,16", "--checkpoint-every", "0",
+               "--sample-every", "-1", "--device", "cpu", "--no-progress"])
+    assert rc == 0 and load_prior(none) and not (none / "samples").exists()  # -1: no sample grid at all
 
 
 def test_cli_patch_training_on_a_folder_records_each_volume_and_refuses_another_modality(tmp_path, capsys):

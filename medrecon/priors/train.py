@@ -627,6 +627,9 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         held["log"] = tr.heldout_log
     tr.export(held or None)  # before the last sample grid, which takes minutes for a large prior on a CPU
     if opts.sample_every:
+        if progress:
+            tqdm.write(f"prior written to {out}; drawing the final sample grid ({opts.num_samples} samples, "
+                       f"{opts.sample_steps} steps; Ctrl-C loses nothing, --sample-every -1 skips it)")
         save_grid(quick_samples(tr.prior(), opts.num_samples, opts.sample_steps),
                   out / "samples" / f"step_{tr.step:07d}.png")
     return out

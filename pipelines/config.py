@@ -5,7 +5,7 @@ A config is validated completely before anything runs. Every problem is reported
 
     configs/my.yaml: solver.admm.rho: expected a number, got "ten"
     configs/my.yaml: solver.admm.rhoo: unknown key (did you mean "rho"?)
-    configs/my.yaml: prior.path: file not found: /x/y (give a prior directory or bundled:ct)
+    configs/my.yaml: prior.path: file not found: /x/y (give a prior directory or bundled:ct_patch)
 
 The ``solver:`` section holds the settings of one solver (``pipelines.registry``): a key of another solver is
 an error that names the solver. When ``--set solver.name=X`` switches to another solver than the file's, the
@@ -275,7 +275,9 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
     if cfg is not None and check_files:
         problems += _check_files(cfg, Path(label).parent if label != "<config>" else Path("."))
     if problems:
-        raise InputError("\n".join(f"{label}: {p}" for p in problems))
+        given = {str(o).split("=", 1)[0].strip() for o in overrides}  # a key set with --set is named as such
+        raise InputError("\n".join(p if p.startswith("--set ") else
+                                    f"--set {p}" if p.split(":", 1)[0] in given else f"{label}: {p}" for p in problems))
     cfg._source = label
     return cfg
 
@@ -420,7 +422,7 @@ def resolve_prior_path(spec: str, base_dir: Path = Path(".")) -> Path:
 def _check_files(cfg: Config, base_dir: Path) -> list[str]:
     if not cfg.needs_prior:
         return []
-    hint = f"give a prior directory or bundled:{cfg.modality}"
+    hint = f"give a prior directory or bundled:{cfg.modality}_patch"
     if not cfg.prior.path:
         return [f"prior.path: solver {cfg.solver.name} needs a prior ({hint})"]
     try:

@@ -64,19 +64,19 @@ def test_wrong_type_unknown_key_with_suggestion(tmp_path):
 
 def test_missing_prior_file(tmp_path):
     p = _write(tmp_path, BASE.replace("admm_tv", "fast") + "prior: {path: /x/y}\n")
-    assert _problems(p) == [f"{p}: prior.path: file not found: /x/y (give a prior directory or bundled:ct)"]
+    assert _problems(p) == [f"{p}: prior.path: file not found: /x/y (give a prior directory or bundled:ct_patch)"]
     # a classical solver does not need the prior, so the same file is fine with it
     assert load_config(p, ["solver.name=admm_tv"]).solver.name == "admm_tv"
 
 
 def test_bad_set_overrides(tmp_path):
     p = _write(tmp_path, BASE)
-    assert _problems(p, ["solver.steps=fifty"]) == [f'{p}: solver.steps: expected an integer, got "fifty"']
-    assert _problems(p, ["solver.stepz=5"]) == [f'{p}: solver.stepz: unknown key (did you mean "steps"?)']
-    assert _problems(p, ["solver.steps"]) == [f"{p}: --set solver.steps: expected KEY=VALUE (e.g. --set "
-                                              f"solver.steps=50)"]
-    assert _problems(p, ["solver.name.x=1"]) == [f"{p}: --set solver.name.x=1: solver.name is a value, "
-                                                 f"not a section"]
+    # named as --set, not as the file, which does not hold them
+    assert _problems(p, ["solver.steps=fifty"]) == ['--set solver.steps: expected an integer, got "fifty"']
+    assert _problems(p, ["solver.stepz=5"]) == ['--set solver.stepz: unknown key (did you mean "steps"?)']
+    assert _problems(p, ["solver.steps"]) == ["--set solver.steps: expected KEY=VALUE (e.g. --set solver.steps=50)"]
+    assert _problems(p, ["solver.name.x=1"]) == ["--set solver.name.x=1: solver.name is a value, not a section"]
+    assert _problems(_write(tmp_path, BASE + "solver_: 1\n"), ["solver.steps=5"])[0].startswith(str(tmp_path))
 
 
 def test_more_typical_mistakes(tmp_path):

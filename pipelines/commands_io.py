@@ -60,6 +60,15 @@ def info(path: Path = typer.Argument(..., help="DICOM series folder or file, .ni
          spacing: Optional[str] = typer.Option(None, "--spacing", help=SPACING_HELP),
          resample: bool = typer.Option(False, "--resample", help=RESAMPLE_HELP)):
     """Show the series found, shape (Z,Y,X), spacing, orientation and value range of a volume."""
+    tied = _tied_series(path) if series is None else None
+    if tied:  # nothing to read without --series: say what is there
+        if as_json:
+            typer.echo(json.dumps({"path": str(path), "series": tied, "series_uid": None}, indent=2))
+        else:
+            for s in tied:
+                typer.echo(f"  series {s['uid']}  {s['n_files']} files  {s['modality']}  '{s['description']}'")
+            typer.echo(f"{path}: the largest series are the same size; choose one with --series UID")
+        return
     d = describe(read_volume(path, series=series, spacing=parse_spacing(spacing), resample_nonuniform=resample))
     if as_json:
         typer.echo(json.dumps(d, indent=2))
@@ -75,6 +84,17 @@ def info(path: Path = typer.Argument(..., help="DICOM series folder or file, .ni
     typer.echo(f"orientation:   {d['orientation']}: voxel axes x, y, z run towards {towards}"
                + (" (nearest; oblique)" if d["oblique"] else ""))
     typer.echo(f"values:        {d['range'][0]:g} .. {d['range'][1]:g}")
+
+
+def _tied_series(path: Path) -> list[dict] | None:
+    """The series of a DICOM folder when its two largest are the same size (reading it needs --series), else None."""
+    from medrecon.io import list_series
+    if not path.is_dir():
+        return None
+    found = list_series(path)
+    if len(found) < 2 or found[0].n_files != found[1].n_files:
+        return None
+    return [{"uid": s.uid, "n_files": s.n_files, "modality": s.modality, "description": s.description} for s in found]
 
 
 @app.command()

@@ -282,3 +282,20 @@ def test_deidentified_dicom_output_and_window_tags(tmp_path, capsys):
     again = tmp_path / "anon2"
     assert run(capsys, "convert", CT5N, again, "--deidentify")[0] == 0  # the same source: the same new study UID
     assert pydicom.dcmread(next(again.glob("*.dcm"))).StudyInstanceUID == anon.StudyInstanceUID
+
+
+def test_info_lists_a_folder_whose_largest_series_tie(tmp_path, capsys):
+    """`info` ('what is in a DICOM folder') refused to show anything when two series have as many files."""
+    from medrecon import Volume
+    from medrecon.io import write_dicom_series
+    for name in ("a", "b"):
+        write_dicom_series(Volume(np.zeros((2, 8, 8), np.float32), meta={"dicom": {"Modality": "CT"}}),
+                           tmp_path / name, series_description=name)
+        for f in (tmp_path / name).iterdir():
+            shutil.move(f, tmp_path / f"{name}_{f.name}")
+    code, out, _ = run(capsys, "info", tmp_path)
+    assert code == 0 and out.count("  series ") == 2 and "choose one with --series UID" in out
+    code, out, _ = run(capsys, "info", tmp_path, "--json")
+    assert code == 0 and len(json.loads(out)["series"]) == 2
+    code, _, err = run(capsys, "convert", tmp_path, tmp_path / "x.nii.gz")
+    assert code == 2 and "same size" in err

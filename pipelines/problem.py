@@ -108,13 +108,18 @@ class Problem:
         else:
             source = input if isinstance(input, Volume) else read_volume(input, series=series)
             reference, meas, info["grid"] = simulate_on_its_grid(cfg, prior, source, resample)
+            if resample and prior is None:  # a comparison run beside a prior's would be on another grid
+                info["warnings"] = [f"--resample changes nothing for solver {cfg.solver.name}, which uses no prior: "
+                                    "the input's own grid is kept (set ct.pixel_size / mri.pixel_size or "
+                                    "image_size to put a comparison on the prior's grid)"]
+                log.warning(info["warnings"][0])
         if meas.modality != cfg.modality:
             raise InputError(f"{meas.info.get('source') or 'the input'}: holds {meas.modality} measurements but "
                              f"the config is for {cfg.modality}")
         check_grid(prior, meas)
         if source is None and (differs := acquisition_differs(cfg, meas)):
             log.warning(differs)
-            info["warnings"] = [differs]
+            info.setdefault("warnings", []).append(differs)
         return cls.from_measurement(cfg, meas, device, prior, imap, reference=reference, source=source, info=info)
 
     @classmethod
@@ -273,6 +278,11 @@ class Problem:
             return Solution({"cgls": cgls, "sirt": sirt}[s.name](A, y, n_iter=s.steps, x0=start))
         lam, rho, lam_xy = self._z_tv(s)
         if s.name == "admm_tv":
+            if s.tv == "z" and self.measurement.grid.shape[0] == 1:
+                note = "solver.tv=z on one slice: TV along z has nothing to smooth, so admm_tv is unregularised " \
+                       "here; set solver.tv=3d"
+                log.warning(note)
+                self.info.setdefault("warnings", []).append(note)
             return Solution(admm_tv(A, y, lam, rho, s.steps, axes=(0,) if s.tv == "z" else (0, 1, 2),
                                     n_cg=s.n_cg, x0=start, clip=self.bounds(s)))
         if self.start_sigma(s) == 0:  # cross-validation chose the warm start itself: no diffusion

@@ -756,3 +756,14 @@ def test_measurements_under_a_config_tuned_for_another_acquisition_are_warned_in
                for w in res.report["input_warnings"])
     same = tasks.reconstruct("sparse_view_ct_8", sim / "measurements.npz", tmp_path / "eight", overrides=sets)
     assert same.report["input_warnings"] == []
+
+
+def test_classical_runs_say_what_they_ignore_or_cannot_do(tmp_path, ct_nifti):
+    """--resample with a solver that has no prior, and z-only TV on one slice (unregularised), are warned."""
+    write_nifti(read_volume(ct_nifti).slab(2, 3), one := tmp_path / "one.nii.gz")
+    sets = ["solver.name=admm_tv", "solver.steps=2", "ct.image_size=16"]
+    res = tasks.reconstruct("sparse_view_ct_8", one, tmp_path / "one", overrides=sets, resample=True)
+    warned = " ".join(res.report["input_warnings"])
+    assert "--resample changes nothing for solver admm_tv" in warned and "set solver.tv=3d" in warned
+    res = tasks.reconstruct("sparse_view_ct_8", one, tmp_path / "three", overrides=sets + ["solver.tv=3d"])
+    assert res.report["input_warnings"] == []

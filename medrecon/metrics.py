@@ -77,6 +77,9 @@ def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = 
     else:
         out["ssim"]["volume"] = None
         notes.append(f"no volume SSIM: shape {ref.shape} is too thin")
+    thin = [name for name, axis in AXES.items() if ref.shape[axis] > 1 and min(np.delete(ref.shape, axis)) == 1]
+    if thin:  # e.g. one slice: its coronal and sagittal "images" are single rows and columns
+        notes.append(f"{' and '.join(thin)} PSNR: means over lines of one voxel's width, not over plane images")
     if notes:
         out["notes"] = notes
     return out

@@ -408,7 +408,7 @@ def test_evaluate_single_slice_and_unwritable_output(tmp_path, capsys):
     write_nifti(v.with_data(v.data + 0.1), rec := tmp_path / "rec.nii.gz")
     m = pipelines.evaluate(ref, rec)
     assert 0 < m["ssim"]["axial"] < 1 and m["ssim"]["coronal"] is None and m["ssim"]["sagittal"] is None
-    assert m["ssim"]["volume"] == pytest.approx(m["ssim"]["axial"]) and len(m["notes"]) == 2
+    assert m["ssim"]["volume"] == pytest.approx(m["ssim"]["axial"]) and len(m["notes"]) == 3  # + the PSNR note
     assert all(np.isfinite(list(m["psnr"].values())))
     (tmp_path / "file").write_text("x")
     code = main(["evaluate", "-r", str(ref), "-i", str(rec), "-o", str(tmp_path / "file" / "m.json")])

@@ -154,6 +154,26 @@ def test_a_sampler_run_does_not_depend_on_what_ran_before_it():
     assert not torch.equal(run(5), first)
 
 
+@pytest.mark.parametrize("final_sigma", [0.02, 0.0])
+def test_the_returned_estimate_averages_two_tile_grids(final_sigma):
+    """One tile grid leaves its seams (about the noise level: 10-20 HU at the final sigma 0.02 of ct_patch,
+    straight lines in a brain window); the estimate a sampler returns is denoised on two grids, the steps
+    before on one as the card says."""
+    from medrecon.linop import Identity
+    from medrecon.solvers import FastSampler
+    prior = tiny_prior()
+    grids = []
+    real = prior._denoise_native
+
+    def spy(x, sigma):
+        grids.append(prior.shifts)
+        return real(x, sigma)
+    prior._denoise_native = spy
+    y = torch.randn(2, 24, 24, generator=torch.Generator().manual_seed(1)) * 0.3
+    FastSampler(prior, Identity((24, 24)), y, n_steps=4, lam=0.0, rho=1.0, final_sigma=final_sigma).run()
+    assert grids[-1] == 2 and set(grids[:-1]) == {1} and prior.shifts == 1
+
+
 def test_a_patch_prior_run_does_not_depend_on_the_chunk_size():
     """Every chunk of one pass over the volume is tiled alike, so the chunk size (on a GPU: chosen from the free
     memory) changes nothing; before, each chunk drew its own tile offset (716 HU apart with ct_patch)."""

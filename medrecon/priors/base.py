@@ -9,6 +9,7 @@ whatever the network's own parameterisation (Karras et al., EDM 2022):
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -190,6 +191,11 @@ class Denoiser:
     context_slices: int = 0  # 2.5D: noisy neighbouring slices on each side the denoiser also sees
     precision: str = "fp32"  # the network's arithmetic: fp32, or bf16 (autocast; the EDM scalings stay fp32)
     bf16_measured: bool = False  # whether solver.precision=auto may pick bf16: its quality was measured in bf16
+
+    def seamless(self):
+        """A context for the estimate a sampler returns (its final denoising): a patch prior averages tile grids
+        there so that no tile seam is left in the result; nothing for whole-slice priors."""
+        return nullcontext()
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """D(x, sigma) for x (B, 1, H, W) and sigma (B,) or a scalar. ``context`` (B, 2k, H, W): for a 2.5D

@@ -132,6 +132,17 @@ class PatchPrior(EDMPrior):
         finally:
             self._pass = None
 
+    @contextmanager
+    def seamless(self, shifts: int = 2):
+        """At least ``shifts`` tile grids per call (see ``Denoiser.seamless``): one grid leaves seams of about the
+        noise level, 10-20 HU at the final sigma 0.02 of a CT prior (visible in a narrow window)."""
+        before = self.shifts
+        self.shifts = max(before, int(shifts))
+        try:
+            yield
+        finally:
+            self.shifts = before
+
     def next_chunk(self) -> None:
         self._call = 0
 

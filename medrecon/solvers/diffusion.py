@@ -297,12 +297,15 @@ class DiffusionSolver:
     @torch.no_grad()
     def step(self, state: SamplerState) -> torch.Tensor:
         """One diffusion step with its data-consistency step; returns the current image estimate."""
-        est = self._step(state, state.step)
+        last_estimate = state.step + 1 == self.n_steps and self.final_sigma == 0  # no final denoising after it
+        with self.prior.seamless() if last_estimate else nullcontext():
+            est = self._step(state, state.step)
         state.step += 1
         state.nfe += self.nfe_per_step
         state.backward += self.backward_per_step
         if state.step == self.n_steps and self.final_sigma > 0:
-            est = state.x = self.denoise_volume(est, self.final_sigma, state.chunk_size)
+            with self.prior.seamless():
+                est = state.x = self.denoise_volume(est, self.final_sigma, state.chunk_size)
             state.nfe += 1
         if state.step == self.n_steps:  # the result within nonneg/clip (samplers without a data step had none)
             est = state.x = self.dc.project(est)

@@ -8,6 +8,19 @@ import torch
 from ..linop import inner
 
 
+def stop_threshold(b: torch.Tensor, tol: float) -> torch.Tensor:
+    """(max(tol, 100 eps) ||b||)^2: below it a CG residual is rounding noise of b's dtype."""
+    eps = torch.finfo(b.real.dtype if b.is_complex() else b.dtype).eps
+    return (max(tol, 100 * eps) * torch.linalg.vector_norm(b)) ** 2
+
+
+def broken_down(curvature: torch.Tensor, residual: torch.Tensor) -> bool:
+    """Whether a CG step's curvature (p.Mp, ||A p||^2) is rounding noise against the residual's square (or not
+    finite): once the residual lies in M's null space (e.g. A^T A a projector, converged after one step in
+    float32) another step would divide by it."""
+    return not bool(torch.isfinite(curvature)) or bool(curvature <= 1e-12 * residual)
+
+
 def conjugate_gradient(apply_m: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch.Tensor,
                        n_iter: int, tol: float = 0.0) -> torch.Tensor:
     """``n_iter`` CG iterations for M x = b started from x0 (the whole tensor is one system).
@@ -21,16 +34,13 @@ def conjugate_gradient(apply_m: Callable[[torch.Tensor], torch.Tensor], b: torch
     r = b - apply_m(x)
     p = r.clone()
     rs = inner(r, r)
-    eps = torch.finfo(b.real.dtype if b.is_complex() else b.dtype).eps
-    stop = (max(tol, 100 * eps) * torch.linalg.vector_norm(b)) ** 2
+    stop = stop_threshold(b, tol)
     for _ in range(n_iter):
         if rs <= stop or rs == 0:
             break
         mp = apply_m(p)
         pmp = inner(p, mp)
-        # Breakdown guard: once the residual lies in M's null space (e.g. A^T A a projector, converged after one
-        # step in float32) p.Mp is ~0 or rounding-negative and another step would divide by it.
-        if not torch.isfinite(pmp) or pmp <= 1e-12 * rs:
+        if broken_down(pmp, rs):
             break
         alpha = rs / pmp
         x = x + alpha * p

@@ -13,7 +13,7 @@ import torch
 
 from ..linop import FiniteDifference, LinearOperator, inner
 from .admm import ADMMTV
-from .cg import conjugate_gradient
+from .cg import broken_down, conjugate_gradient, stop_threshold
 
 
 def _start(A: LinearOperator, aty: torch.Tensor, x0: torch.Tensor | None) -> torch.Tensor:
@@ -42,14 +42,13 @@ def cgls(A: LinearOperator, y: torch.Tensor, x0: torch.Tensor | None = None, n_i
     s = A.adjoint(r) if x0 is not None else aty
     p = s.clone()
     gamma = inner(s, s)
-    eps = torch.finfo(aty.real.dtype if aty.is_complex() else aty.dtype).eps
-    stop = max(tol, 100 * eps) ** 2 * inner(aty, aty)
+    stop = stop_threshold(aty, tol)
     for _ in range(n_iter):
         if gamma <= stop or gamma == 0:
             break
         q = A.forward(p)
         qq = inner(q, q)
-        if not torch.isfinite(qq) or qq <= 1e-12 * gamma:
+        if broken_down(qq, gamma):
             break
         alpha = gamma / qq
         x = x + alpha * p

@@ -108,11 +108,19 @@ class Problem:
         else:
             source = input if isinstance(input, Volume) else read_volume(input, series=series)
             reference, meas, info["grid"] = simulate_on_its_grid(cfg, prior, source, resample)
+            short = meas.modality == "ct" and cfg.ct.detector.n_det is not None and \
+                cfg.ct.detector.n_det < getattr(geom := geometry_from_dict(meas.geometry), "bins_to_cover", 0)
+            if short:  # the simulated data then miss the image's edges in some views: FBP bends them
+                info.setdefault("warnings", []).append(
+                    f"ct.detector.n_det {cfg.ct.detector.n_det}: the detector does not see the whole image in every "
+                    f"view ({geom.bins_to_cover} bins would); leave it null for the default")
+                log.warning(info["warnings"][-1])
             if resample and prior is None:  # a comparison run beside a prior's would be on another grid
-                info["warnings"] = [f"--resample changes nothing for solver {cfg.solver.name}, which uses no prior: "
-                                    "the input's own grid is kept (set ct.pixel_size / mri.pixel_size or "
-                                    "image_size to put a comparison on the prior's grid)"]
-                log.warning(info["warnings"][0])
+                info.setdefault("warnings", []).append(
+                    f"--resample changes nothing for solver {cfg.solver.name}, which uses no prior: the input's own "
+                    "grid is kept (set ct.pixel_size / mri.pixel_size or image_size to put a comparison on the "
+                    "prior's grid)")
+                log.warning(info["warnings"][-1])
         if meas.modality != cfg.modality:
             raise InputError(f"{meas.info.get('source') or 'the input'}: holds {meas.modality} measurements but "
                              f"the config is for {cfg.modality}")

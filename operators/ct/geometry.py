@@ -174,6 +174,11 @@ class ParallelBeamGeometry(_SliceGeometry):
             self._set("n_det", parallel_det_count(self.image_size, self.pixel_size_mm, self.det_spacing_mm))
         _set_count(self, "n_det")
 
+    @property
+    def bins_to_cover(self) -> int:
+        """Detector bins that see the whole square image in every view (the circle around it)."""
+        return int(math.ceil(math.sqrt(2.0) * self.image_size * self.pixel_size_mm / self.det_spacing_mm - 1e-9))
+
     def astra_geometries(self):
         proj = astra.create_proj_geom("parallel", self.det_spacing_mm, self.n_det, self.angles_rad)
         return self._astra_vol(), proj
@@ -208,6 +213,12 @@ class FanBeamGeometry(_SliceGeometry):
         if self.n_det is None:
             self._set("n_det", bins)
         _set_count(self, "n_det")
+
+    @property
+    def bins_to_cover(self) -> int:
+        """Detector bins that see the whole square image in every view (the circle around it)."""
+        return _fan_det_count(self.image_size * self.pixel_size_mm, self.source_origin_mm, self.origin_det_mm,
+                              self.det_spacing_mm)
 
     def astra_geometries(self):
         proj = astra.create_proj_geom("fanflat", self.det_spacing_mm, self.n_det, self.angles_rad,

@@ -210,6 +210,8 @@ class Problem:
             s = cross_validate(self, s)  # the start_sigma and z-TV weight that predict held-out data best
             cv_nfe = self.info["cross_validation"]["network_evaluations_per_slice"]
         steps = self.self_adapt_steps(s)
+        if steps and self.start_sigma(s) == 0:
+            self.info["self_adapt"] = {"skipped": "cross-validation chose the warm start (no diffusion to adapt)"}
         if steps and self.start_sigma(s) != 0:  # (0: CV kept the warm start)
             first = self._run(s, progress, None, 0)
             own, self.prior = self.prior, self._self_adapted_prior(s, steps, first.x, progress)
@@ -244,17 +246,29 @@ class Problem:
         if a is None:  # not a diffusion solver
             return 0
         if a.steps is not None:
-            if a.steps and self.prior is not None:
-                adaptation_options(self.prior)
+            if a.steps and self.prior is not None and (why := self._cannot_adapt(adaptation_options(self.prior))):
+                raise InputError(f"solver.self_adapt.steps={a.steps}: {why}; set solver.self_adapt.steps=0")
             return a.steps
         steps = SELF_ADAPT_DEFAULT.get(s.name, {}).get(self.measurement.modality, 0)
         if not steps or self.prior is None or is_measured_kspace(self.measurement):
             return 0
         try:
-            adaptation_options(self.prior)
+            why = self._cannot_adapt(adaptation_options(self.prior))
         except InputError:
             return 0
+        if why:  # the default stands aside, and says so
+            self.info["self_adapt"] = {"skipped": why}
+            log.info(f"self-adaptation skipped: {why}")
+            return 0
         return steps
+
+    def _cannot_adapt(self, opts) -> str | None:
+        """Why the first result cannot fine-tune a patch prior trained with ``opts`` (slices too small), or None."""
+        from medrecon.priors.patch import too_small_for_patches
+        g = self.measurement.grid
+        why = too_small_for_patches(g.shape[-2:], g.spacing[:2], opts.patch_sizes, opts.pixel_spacing_range,
+                                    opts.max_upsample)
+        return why and f"the slices are too small to fine-tune prior {self.prior.name} on ({why})"
 
     def _self_adapted_prior(self, s, steps: int, first: torch.Tensor, progress: bool) -> Denoiser:
         """A copy of the prior fine-tuned on the first result (physical units, as ``medrecon train`` reads a

@@ -137,6 +137,33 @@ def test_a_prior_that_cannot_be_adapted_stops_before_the_first_pass(tmp_path, mo
     assert ran == [] and not (tmp_path / "out").exists()
 
 
+def test_slices_too_small_to_adapt_on_are_skipped_by_default_and_refused_when_asked(tmp_path, monkeypatch):
+    """40 x 40 MR pixels at 1 mm hold no 64-pixel training patch: the default crashed after the whole first pass;
+    now it reconstructs once and says why, and a set steps value stops before any work naming the fix."""
+    from pipelines.problem import Problem
+    src = tmp_path / "tiny.nii.gz"
+    write_nifti(_mr_volume((1, 40, 40)), src)
+    run = tasks.reconstruct("cs_mri_x4", src, tmp_path / "out", ["solver.steps=3", "outputs.preview=false"])
+    assert "too small to fine-tune prior mri_patch" in run.report["self_adapt"]["skipped"]
+    ran = []
+    monkeypatch.setattr(Problem, "_run", lambda self, *a: ran.append(1))
+    with pytest.raises(InputError, match=r"solver.self_adapt.steps=5: the slices are too small .* set "
+                                         r"solver.self_adapt.steps=0"):
+        tasks.reconstruct("cs_mri_x4", src, tmp_path / "asked", ["solver.self_adapt.steps=5"])
+    assert ran == []
+
+
+def test_a_self_adaptation_cross_validation_leaves_no_diffusion_for_is_recorded_as_skipped(tmp_path):
+    src = tmp_path / "mr.nii.gz"
+    write_nifti(_mr_volume((2, 64, 64)), src)
+    run = tasks.reconstruct("cs_mri_x4", src, tmp_path / "out",
+                            ["solver.steps=3", "outputs.preview=false", "solver.self_adapt.steps=2",
+                             "solver.cross_validate.enabled=true", "solver.cross_validate.start_sigma=[0.0]",
+                             "solver.cross_validate.lam=[1.0]"])
+    assert run.report["cross_validation"]["chosen"]["start_sigma"] == 0.0
+    assert "cross-validation chose the warm start" in run.report["self_adapt"]["skipped"]
+
+
 def test_complex_first_pass_adapts_on_its_magnitude_and_measured_kspace_is_off_by_default(monkeypatch):
     """Measured k-space (complex images): asked for, the adaptation trains on the first pass's magnitude (one image
     per slice, inside the prior's window; its real and imaginary parts lost on the measured T2 slice, RESULTS.md,

@@ -234,6 +234,19 @@ def prepare_volumes(volumes, intensity: dict, *, magnitude_percentile: float | N
     return PatchData(vols, spacings, modality, imap, desc)
 
 
+def too_small_for_patches(shape_hw, spacing_xy, sizes, spacing_range, max_upsample: float) -> str | None:
+    """Why slices of ``shape_hw`` pixels at ``spacing_xy`` mm cannot give the largest patch of ``sizes`` at any
+    pixel size the training may draw (from ``spacing_range``, never finer than the slices' own / ``max_upsample``),
+    or None when they can."""
+    sx, sy = spacing_xy
+    extent = min(shape_hw[0] * sy, shape_hw[1] * sx)
+    finest = max(spacing_range[0], max(sx, sy) / max_upsample)
+    if extent < max(sizes) * finest:
+        return f"its slices span {extent:.0f} mm, too little for a {max(sizes)}-pixel patch at {finest:.3g} mm " \
+               "(the smallest pixel size allowed)"
+    return None
+
+
 class PatchSampler:
     """Random training patches with their position channels, drawn from ``PatchData`` with augmentation.
 
@@ -278,14 +291,11 @@ class PatchSampler:
             float(jitter)
         self.spacings = data.spacings
         names = (data.description or {}).get("volumes")
-        for k, (v, (sx, sy)) in enumerate(zip(data.volumes, self.spacings)):  # else the pixel size leaves the range
-            extent, finest = min(v.shape[-2] * sy, v.shape[-1] * sx), max(self.spacing_range[0], max(sx, sy) /
-                                                                          self.max_upsample)
-            if extent < max(self.sizes) * finest:
+        for k, (v, spacing) in enumerate(zip(data.volumes, self.spacings)):  # else the pixel size leaves the range
+            why = too_small_for_patches(v.shape[-2:], spacing, self.sizes, self.spacing_range, self.max_upsample)
+            if why:
                 name = names[k] if isinstance(names, list) and k < len(names) else f"volume {k}"
-                raise InputError(f"{name}: its slices span {extent:.0f} mm, too little for a {max(self.sizes)}-pixel "
-                                 f"patch at {finest:.3g} mm (the smallest pixel size allowed): give smaller "
-                                 "--patch-sizes, or leave the volume out")
+                raise InputError(f"{name}: {why}: give smaller --patch-sizes, or leave the volume out")
         self.pyramids = []
         for v in data.volumes:
             levels = [v]

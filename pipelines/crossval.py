@@ -33,6 +33,10 @@ def holdout_mask(problem, fraction: float, seed: int = 0) -> tuple[torch.Tensor,
         if n < 1:
             raise InputError(f"solver.cross_validate: needs at least two views to hold one out, the data have "
                              f"{n_views}: set solver.cross_validate.enabled=false")
+        if n / n_views > 2 * fraction:  # one view of 2 is far more than holdout asks
+            raise InputError(f"solver.cross_validate: holding out one of {n_views} views is {n / n_views:.0%} of "
+                             f"the data, more than twice holdout {fraction:g}: set solver.cross_validate.enabled="
+                             "false (or raise solver.cross_validate.holdout to accept it)")
         views = sorted({(n_views // 2 + seed + round(k * n_views / n)) % n_views for k in range(n)})
         keep[..., views, :] = 0
         return keep, f"views {views} of {n_views}"
@@ -105,7 +109,12 @@ def cross_validate(problem, settings):
         nonlocal nfe
         if (sigma, lam) not in tried:
             no_adapt = settings.self_adapt.model_copy(update={"steps": 0})  # candidates: the prior as it is
-            sol = fit.solve(with_values(settings, sigma, lam).model_copy(update={"self_adapt": no_adapt}))
+            try:
+                sol = fit.solve(with_values(settings, sigma, lam).model_copy(update={"self_adapt": no_adapt}))
+            except InputError as e:  # e.g. a factor that takes start_sigma below the prior's noise levels
+                raise InputError(f"solver.cross_validate: the candidate start_sigma {sigma:.3g} (a factor of "
+                                 f"solver.cross_validate.start_sigma times {sigma0:.3g}), z-TV lam {lam:.3g}: {e}; "
+                                 "choose other factors") from None
             nfe += sol.nfe_per_slice
             tried[(sigma, lam)] = heldout_error(problem, keep, sol.x)
             log.info(f"cross-validation: start_sigma {sigma:.3g}, z-TV lam {lam:.3g}: held-out error "
@@ -114,8 +123,9 @@ def cross_validate(problem, settings):
 
     cold = settings.warm_start.method == "none"
     sigma = sigma0 if cold else min((sigma0 * f for f in cv.start_sigma), key=lambda s: score(s, lam0))
-    # no diffusion (sigma 0): the z-TV weight does not act
-    lam = lam0 if sigma == 0 else min((lam0 * f for f in cv.lam), key=lambda v: score(sigma, v))
+    # no diffusion (sigma 0), or one slice: the z-TV weight does not act
+    one_slice = problem.measurement.grid.shape[0] == 1 and problem.measurement.info.get("layout") != "3d"
+    lam = lam0 if sigma == 0 or one_slice else min((lam0 * f for f in cv.lam), key=lambda v: score(sigma, v))
     log.info(f"cross-validation ({held} held out) chose start_sigma {sigma:.3g}, z-TV lam {lam:.3g}"
              + (": the warm start itself, no diffusion" if sigma == 0 else ""))
     problem.info["cross_validation"] = {

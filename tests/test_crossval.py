@@ -37,6 +37,11 @@ def test_ct_holds_out_whole_views_spread_over_the_arc(tmp_path):
                    "ct.n_views=1")
     with pytest.raises(InputError, match="solver.cross_validate.enabled=false"):
         holdout_mask(one, 0.125)
+    (tmp_path / "two").mkdir()  # one of two views is half the data, not the 12.5 % asked: refused
+    two = _problem(tmp_path / "two", "sparse_view_ct_8", ct_phantom((3, 32, 32), seed=1), "ct.image_size=32",
+                   "ct.n_views=2")
+    with pytest.raises(InputError, match="one of 2 views is 50% of the data, more than twice holdout 0.125"):
+        holdout_mask(two, 0.125)
 
 
 def test_mri_holds_out_sampled_lines_outside_the_centre(tmp_path):
@@ -109,6 +114,23 @@ def test_cross_validation_chooses_the_smallest_held_out_error_and_reports_its_se
     adm = rep["config"]["solver"]["admm"]
     assert rep["z_tv"]["lam"] == pytest.approx(cv["chosen"]["lam"] * adm["same_mask_scale"] * adm["at_slice_mm"]
                                                / rep["z_tv"]["slice_mm"])
+
+
+def test_one_slice_searches_no_z_tv_weight_and_a_bad_factor_names_its_key(tmp_path, monkeypatch):
+    """z-TV does nothing on one slice: three identical candidates cost two reconstructions; a factor taking
+    start_sigma below the prior's noise levels said only 'start_sigma 0.001 is below ...'."""
+    prior = GaussianDenoiser(mean=0.3, var=0.1)
+    prior.image_size, prior.intensity, prior.sha256 = 32, IntensityMap(0.0, 1.0, unit="normalised"), "abc"
+    monkeypatch.setattr(problem_module, "configured_prior", lambda cfg, device: prior)
+    (tmp_path / "prior").mkdir()
+    write_nifti(_mr_volume((1, 32, 32)), src := tmp_path / "mr.nii.gz")
+    sets = [f"prior.path={tmp_path / 'prior'}", "solver.steps=3", "solver.cross_validate.enabled=true"]
+    rep = tasks.reconstruct("cs_mri_x4", src, tmp_path / "out", overrides=sets).report
+    assert len(rep["cross_validation"]["candidates"]) == 3  # the noise levels only
+    with pytest.raises(InputError, match=r"solver.cross_validate: the candidate start_sigma .* \(a factor of "
+                                         r"solver.cross_validate.start_sigma"):
+        tasks.reconstruct("cs_mri_x4", src, tmp_path / "bad", overrides=sets + [
+            "solver.cross_validate.start_sigma=[1e-6]"])
 
 
 def test_same_mask_tells_one_mask_for_all_slices_from_a_mask_per_slice(tmp_path):

@@ -33,6 +33,7 @@ from medrecon.io import read_volume, write_nifti  # noqa: E402
 from pipelines import datasets  # noqa: E402
 from pipelines.compare import admm_tv_settings, compare_methods, markdown_table, write_tables  # noqa: E402
 from pipelines.outputs import preview_grid  # noqa: E402
+from pipelines.registry import SELF_ADAPT_DEFAULT  # noqa: E402
 
 CASES = {"ct8": ("sparse_view_ct_8", "ct"), "ct4": ("sparse_view_ct_4", "ct"), "ct2": ("sparse_view_ct_2", "ct"),
          "la90": ("limited_angle_ct_90", "ct"), "mri4": ("cs_mri_x4", "mri"), "mri8": ("cs_mri_x8", "mri")}
@@ -167,22 +168,30 @@ def main(argv=None):
         tuned = earlier.get(case, {}).get("tuned") or tune(config, modality, common, a.slices, a.fast_steps, a.fov,
                                                            warm_start=not a.baselines_only)
         lam, s0 = tuned["lam"], tuned["start_sigma"]
+        if s0 is None and not a.baselines_only:  # a --baselines-only run's file: the "warm" rows would run cold
+            ap.error(f"--tuned {a.tuned}: case {case} has no start_sigma (a --baselines-only run wrote it): add one, "
+                     "or leave the case out of the file to tune it here")
         warm_lam = tuned.get("warm_lam", lam)  # the warm start's own ADMM-TV weight, when tuned apart
+        # the 2D rows adapt as the fast rows do (the registry adapts only 'fast' by default): the pair then differs
+        # by z-TV alone
+        adapt = a.self_adapt if a.self_adapt is not None else SELF_ADAPT_DEFAULT.get("fast", {}).get(modality, 0)
         methods = {
             "FBP" if modality == "ct" else "zero-filled": {"name": "fbp" if modality == "ct" else "zero_filled"},
             f"ADMM-TV 3D (lam {lam:g})": admm_tv_settings(lam)}
         if not (a.baselines_only or a.no_slicewise):
-            methods["2D prior only (warm, no z-TV)"] = fast(a.fast_steps, warm_lam, s0, name="slicewise_fast")
+            methods["2D prior only (warm, no z-TV)"] = fast(a.fast_steps, warm_lam, s0, name="slicewise_fast",
+                                                            self_adapt=adapt)
         if not (a.baselines_only or a.no_default):
             # self-adapted (the config's default on MR images): its first pass under the table
-            methods["fast + z-TV (warm)"] = fast(a.fast_steps, warm_lam, s0, self_adapt=a.self_adapt)
+            methods["fast + z-TV (warm)"] = fast(a.fast_steps, warm_lam, s0, self_adapt=adapt)
         if a.cv:
             cv = {"enabled": True, "start_sigma": a.cv_start_sigma, "lam": a.cv_lam}
-            methods["fast + z-TV + CV (warm)"] = {**fast(a.fast_steps, warm_lam, s0, self_adapt=a.self_adapt),
+            methods["fast + z-TV + CV (warm)"] = {**fast(a.fast_steps, warm_lam, s0, self_adapt=adapt),
                                                   "cross_validate": {k: v for k, v in cv.items() if v is not None}}
         if a.cold:
-            methods["2D prior only (cold, no z-TV)"] = fast(2 * a.fast_steps, lam, name="slicewise_fast")
-            methods["fast + z-TV (cold)"] = fast(2 * a.fast_steps, lam, self_adapt=a.self_adapt)
+            methods["2D prior only (cold, no z-TV)"] = fast(2 * a.fast_steps, lam, name="slicewise_fast",
+                                                            self_adapt=adapt)
+            methods["fast + z-TV (cold)"] = fast(2 * a.fast_steps, lam, self_adapt=adapt)
         if a.mbir_steps:
             methods[f"DiffusionMBIR ({a.mbir_steps} steps, warm)"] = {  # its own start_sigma: registry.MBIR_WARM
                 "name": "diffusion_mbir", "steps": a.mbir_steps, "warm_start": {"method": "admm_tv", "lam": warm_lam}}
@@ -197,8 +206,10 @@ def main(argv=None):
                 for r in res:
                     slug = re.sub("[^0-9A-Za-z]+", "_", r.label).strip("_")
                     write_nifti(r.volume, a.out / f"{case}_{scan}_{slug}.nii.gz")
-            title = (f"**{case} on {scan}** ({config}; {a.slices} slices of {ref.shape[1]}x{ref.shape[2]} at "
-                     f"{ref.spacing[0]:.2g} mm; lam {lam:g} tuned on {', '.join(tuned.get('lam_on', [tuned['scan']]))}"
+            lam_on = tuned.get("lam_on", [tuned["scan"]])
+            title = (f"**{case} on {scan}** ({config}; {ref.shape[0]} slices of {ref.shape[1]}x{ref.shape[2]} at "
+                     f"{ref.spacing[0]:.2g} mm; lam {lam:g} tuned on {', '.join(lam_on)}"
+                     + (f" (**{scan} among them: not held out from the baseline's tuning**)" if scan in lam_on else "")
                      + ("" if s0 is None else f", start sigma {s0:g} on {tuned['scan']}")
                      + f"; {time.perf_counter() - t0:.0f} s)")
             tables.append(markdown_table(res, title) + "".join(cv_note(r) for r in res if r.cross_validation)

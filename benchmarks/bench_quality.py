@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipelines.compare import admm_tv_settings, compare_methods, markdown_table, write_tables  # noqa: E402
 from pipelines.phantoms import HELD_OUT_SEEDS, ct_phantom, mr_phantom  # noqa: E402
+from pipelines.prior_cards import load_prior_for  # noqa: E402
 
 CASES = {  # name: (config, modality, extra overrides)
     "ct8": ("sparse_view_ct_8", "ct", []),
@@ -44,10 +45,11 @@ def phantom(modality: str, slices: int, size: int, seed: int):
     return mr_phantom((slices, 2 * size, 2 * size), seed=seed, contrast="T1", slice_thickness_mm=4.0)
 
 
-def tune_lambda(config, modality, common, slices, size, iters) -> float:
-    """Best 3D ADMM-TV weight (axial PSNR) on the tuning phantom."""
+def tune_lambda(config, modality, common, slices, size, iters, prior=None) -> float:
+    """Best 3D ADMM-TV weight (axial PSNR) on the tuning phantom, in the units of ``prior``'s intensity map (the
+    comparison's, where lam is then used)."""
     grid = {f"lam={lam}": admm_tv_settings(lam, iters) for lam in LAMBDA_GRID[modality]}
-    _, res = compare_methods(config, phantom(modality, slices, size, TUNE_SEED), grid, common)
+    _, res = compare_methods(config, phantom(modality, slices, size, TUNE_SEED), grid, common, prior=prior)
     best = max(res, key=lambda r: r.metrics["psnr"]["axial"])
     return float(best.label.split("=")[1])
 
@@ -76,7 +78,8 @@ def main(argv=None):
         prior = a.ct_prior if modality == "ct" else a.mri_prior
         common = [f"prior.path={prior}", f"{modality}.image_size={a.size}", *extra]
         t0 = time.perf_counter()
-        lam = tune_lambda(config, modality, common, a.slices, a.size, a.admm_iters)
+        loaded = load_prior_for(prior)  # one prior for the tuning and every row: lam in one unit
+        lam = tune_lambda(config, modality, common, a.slices, a.size, a.admm_iters, prior=loaded)
         classical = "fbp" if modality == "ct" else "zero_filled"
         methods = {
             "FBP" if modality == "ct" else "zero-filled": {"name": classical},
@@ -90,7 +93,7 @@ def main(argv=None):
                             {"name": n, "steps": a.baseline_steps, "admm": {"lam_xy": 0.0}}
                             for n in ("projection", "mcg", "dps")})
         _, res = compare_methods(config, phantom(modality, a.slices, a.size, TEST_SEED), methods, common,
-                                 echo=lambda m: print(f"[{name}] {m}", flush=True))
+                                 prior=loaded, echo=lambda m: print(f"[{name}] {m}", flush=True))
         title = (f"**{name}** ({config}; held-out seed {TEST_SEED}, {a.slices}x{a.size}x{a.size}; ADMM-TV lam tuned "
                  f"on seed {TUNE_SEED}; {time.perf_counter() - t0:.0f} s)")
         tables.append(markdown_table(res, title))

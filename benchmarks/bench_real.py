@@ -33,6 +33,7 @@ from medrecon.io import read_volume, write_nifti  # noqa: E402
 from pipelines import datasets  # noqa: E402
 from pipelines.compare import admm_tv_settings, compare_methods, markdown_table, write_tables  # noqa: E402
 from pipelines.outputs import preview_grid  # noqa: E402
+from pipelines.prior_cards import load_prior_for  # noqa: E402
 from pipelines.registry import SELF_ADAPT_DEFAULT  # noqa: E402
 
 CASES = {"ct8": ("sparse_view_ct_8", "ct"), "ct4": ("sparse_view_ct_4", "ct"), "ct2": ("sparse_view_ct_2", "ct"),
@@ -65,20 +66,22 @@ def best(results, key=lambda r: r.metrics["psnr"]["axial"]):
     return max(results, key=key)
 
 
-def tune(config, modality, common, slices, fast_steps, fov_mm=None, warm_start=True) -> dict:
+def tune(config, modality, common, slices, fast_steps, fov_mm=None, warm_start=True, prior=None) -> dict:
     """The baseline's lam (best mean axial PSNR over the training scans; ``lam_scores``: each lam's mean) and the
-    warm start's noise level (on the first of them; None without ``warm_start``); never a test scan."""
+    warm start's noise level (on the first of them; None without ``warm_start``); never a test scan. ``prior``: the
+    comparison's, so that lam is tuned in the units it is then used in (the prior's intensity map, not the
+    config's, wherever a comparison holds a prior row)."""
     grid = {f"{lam}": admm_tv_settings(lam) for lam in LAMBDA_GRID[modality]}
     scores: dict[str, list[float]] = {}
     for scan in TUNE_SCANS[modality]:
-        _, res = compare_methods(config, load(scan, slices, fov_mm), grid, common)
+        _, res = compare_methods(config, load(scan, slices, fov_mm), grid, common, prior=prior)
         for r in res:
             scores.setdefault(r.label, []).append(r.metrics["psnr"]["axial"])
     lam = float(max(scores, key=lambda k: sum(scores[k])))
     first, start_sigma = TUNE_SCANS[modality][0], None
     if warm_start:
         warm = {f"{s}": fast(fast_steps, lam, s, self_adapt=0) for s in START_GRID[modality]}
-        _, res = compare_methods(config, load(first, slices, fov_mm), warm, common)
+        _, res = compare_methods(config, load(first, slices, fov_mm), warm, common, prior=prior)
         start_sigma = float(best(res).label)
     return {"lam": lam, "lam_on": TUNE_SCANS[modality], "start_sigma": start_sigma, "scan": first,
             "lam_scores": {k: round(sum(v) / len(v), 3) for k, v in scores.items()}}
@@ -165,8 +168,9 @@ def main(argv=None):
         prior = a.ct_prior if modality == "ct" else a.mri_prior
         common = [f"prior.path={prior}", f"{modality}.pixel_size={a.pixel}", *a.overrides]
         t0 = time.perf_counter()
+        loaded = load_prior_for(prior)  # one prior for the tuning and every row: lam in one unit
         tuned = earlier.get(case, {}).get("tuned") or tune(config, modality, common, a.slices, a.fast_steps, a.fov,
-                                                           warm_start=not a.baselines_only)
+                                                           warm_start=not a.baselines_only, prior=loaded)
         lam, s0 = tuned["lam"], tuned["start_sigma"]
         if s0 is None and not a.baselines_only:  # a --baselines-only run's file: the "warm" rows would run cold
             ap.error(f"--tuned {a.tuned}: case {case} has no start_sigma (a --baselines-only run wrote it): add one, "
@@ -198,8 +202,8 @@ def main(argv=None):
         for scan in a.scans or TEST_SCANS[modality]:
             vol = load(scan, a.slices, a.fov)
             scan = Path(scan).name.split(".")[0] if Path(scan).exists() else scan  # a file: named by its stem
-            ref, res = compare_methods(config, vol, methods, common, echo=lambda m: print(f"[{case} {scan}] {m}",
-                                                                                          flush=True))
+            ref, res = compare_methods(config, vol, methods, common, prior=loaded,
+                                       echo=lambda m: print(f"[{case} {scan}] {m}", flush=True))
             preview_grid([("reference", ref)] + [(r.label, r.volume) for r in res], a.out / f"{case}_{scan}.png",
                          WINDOW[modality])
             if a.save_volumes:

@@ -103,6 +103,17 @@ def test_parallel_fbp_with_bins_wider_than_the_pixels_is_flat(pixel, ds):
     assert abs(rec[inside].mean() - 1) < 0.01 and rec[inside].std() < 0.02, (rec[inside].mean(), rec[inside].std())
 
 
+@pytest.mark.parametrize("arc", [180, 200])
+def test_fan_arcs_shorter_than_a_short_scan_keep_the_scale(arc):
+    """Between 180 and 180 degrees + the fan angle some lines are measured once, some twice: each weighs 1 / its
+    measurements (they weighed 1/2 as in a full scan: a disc came back at 0.52-0.62, then jumped to 1 at 222)."""
+    n, pixel = 64, 0.8
+    R, cx, cy = 0.3 * n * pixel, 0.1 * n * pixel, -0.12 * n * pixel
+    g = FanBeamGeometry.limited_angle(n, arc, pixel_size_mm=pixel)
+    rec = fbp(SliceProjector(g)(torch.tensor(disc(n, pixel, R, cx, cy), dtype=torch.float32)), g).numpy()
+    assert abs(rec[disc(n, pixel, R - 2 * pixel, cx, cy) > 0.999].mean() - 1) < 0.01
+
+
 @pytest.mark.parametrize("arc", [230, 300, 359])
 def test_fan_short_scan_fbp_weighs_each_line_once(arc):
     """A fan-beam short scan (180° + the fan angle up to 360°) measures part of the lines twice: Parker's
@@ -128,6 +139,15 @@ def test_parallel_fbp_weighs_views_by_their_share_of_the_directions(angles):
     rec = fbp(SliceProjector(g)(torch.tensor(disc(n, pixel, R), dtype=torch.float32)), g).numpy()
     assert abs(rec[disc(n, pixel, R - 2 * pixel) > 0.999].mean() - 1) < 0.01
     assert g.view_weights_rad.sum() == pytest.approx(math.pi)
+
+
+def test_repeated_views_share_their_directions_step():
+    """Views listed twice (or all along one direction) split their direction's share: they weighed 0 (an
+    all-zero FBP) or pulled a wedge's step down by the zero gaps between the copies."""
+    twice = ParallelBeamGeometry(16, (0.0, 30.0, 60.0, 90.0) * 2)
+    assert np.degrees(twice.view_weights_rad) == pytest.approx([15.0] * 8)
+    assert np.degrees(ParallelBeamGeometry(16, (0.0, 180.0)).view_weights_rad) == pytest.approx([90.0, 90.0])
+    assert np.degrees(FanBeamGeometry(16, (0.0, 360.0)).view_weights_rad).sum() == pytest.approx(360.0)
 
 
 def test_fbp_scale_uses_the_acquired_angular_step():

@@ -32,7 +32,8 @@ def fbp(sinogram, geometry, filter: str = "ram-lak") -> torch.Tensor:
     device. The angular quadrature weighs each view by its share of the scanned directions
     (``view_weights_rad``: a uniform scan its step, a parallel scan over 360° half of it, any order), so full
     scans reconstruct a uniform object to its value; a fan-beam short scan (180° plus the fan angle, up to
-    360°) gets Parker's redundancy weights (``parker_weights``), a shorter (limited-angle) arc none. ``filter`` is one of FILTERS. Returns a tensor on the sinogram's device, in its
+    360°) gets Parker's redundancy weights, a shorter (limited-angle) arc 1 / the number of times each line is
+    measured (``parker_weights``). ``filter`` is one of FILTERS. Returns a tensor on the sinogram's device, in its
     float dtype.
     """
     _check_filter(filter)
@@ -107,24 +108,29 @@ def ramp_filter(sino: torch.Tensor, spacing: float, filter: str = "ram-lak") -> 
 
 
 def parker_weights(g: FanBeamGeometry, gamma: torch.Tensor) -> torch.Tensor | None:
-    """Redundancy weights (n_angles, n_det) of a fan-beam short scan, or None for a full 360° scan and for arcs
-    too short to see every ray once (limited angle: no weights make those complete).
+    """Redundancy weights (n_angles, n_det) of a fan-beam scan shorter than 360° (None for a full scan, whose
+    every line is measured twice and weighs 1/2).
 
-    Parker (Med. Phys. 1982), generalised to any arc between 180° + the fan angle and 360° (Wesarg et al., Med.
-    Phys. 2002): with the arc π + 2Δ (Δ ≥ the half fan angle), a view at β from the arc's start and a ray at fan
-    angle γ gets sin²(π/4 · β / (Δ - γ)) near the start, sin²(π/4 · (π + 2Δ - β) / (Δ + γ)) near the end and 1
-    between, so the two measurements of every line (β, γ) and (β + π + 2γ, -γ) weigh 1 together. ``gamma``: the
-    fan angle of each detector bin (radians). Each view stands for its share of the arc (``view_weights_rad``), so
-    the arc is the sum of the shares and β the middle of each view's share, from ``arc_start_rad``."""
+    From 180° + the fan angle up to 360°, Parker's (Med. Phys. 1982), generalised to any such arc (Wesarg et al.,
+    Med. Phys. 2002): with the arc π + 2Δ (Δ ≥ the half fan angle), a view at β from the arc's start and a ray at
+    fan angle γ gets sin²(π/4 · β / (Δ - γ)) near the start, sin²(π/4 · (π + 2Δ - β) / (Δ + γ)) near the end and
+    1 between, so the two measurements of every line (β, γ) and (β + π + 2γ, -γ) weigh 1 together. A shorter arc
+    (limited angle) measures some lines once and some twice: each gets 1 / the number of its measurements within
+    the arc (a line measured once weighed 1/2 as in a full scan, halving the image). ``gamma``: the fan angle of
+    each detector bin (radians). Each view stands for its share of the arc (``view_weights_rad``), so the arc is
+    the sum of the shares and β the middle of each view's share, from ``arc_start_rad``."""
     weights = g.view_weights_rad
     arc = float(weights.sum())
-    gamma_max = float(gamma.abs().max()) + abs(float(gamma[1] - gamma[0])) / 2 if len(gamma) > 1 else 0.0
-    if arc >= 2 * math.pi - 1e-6 or arc < math.pi + 2 * gamma_max - 1e-6:
+    if arc >= 2 * math.pi - 1e-6:
         return None
-    delta = (arc - math.pi) / 2
+    gamma_max = float(gamma.abs().max()) + abs(float(gamma[1] - gamma[0])) / 2 if len(gamma) > 1 else 0.0
     beta = np.mod(g.angles_rad - g.arc_start_rad, 2 * math.pi) + weights / 2  # the middle of each view's share
     beta = torch.as_tensor(beta, dtype=torch.float64)[:, None]
     gamma = gamma.to(torch.float64)[None, :]
+    if arc < math.pi + 2 * gamma_max - 1e-6:
+        twice = torch.remainder(beta + math.pi + 2 * gamma, 2 * math.pi) < arc  # the line's other measurement
+        return 1.0 / (1.0 + twice.to(torch.float64))
+    delta = (arc - math.pi) / 2
     rise = torch.sin(math.pi / 4 * beta / (delta - gamma)) ** 2
     fall = torch.sin(math.pi / 4 * (math.pi + 2 * delta - beta) / (delta + gamma)) ** 2
     return torch.where(beta < 2 * (delta - gamma), rise, torch.where(beta > math.pi - 2 * gamma, fall, 1.0))

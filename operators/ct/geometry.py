@@ -78,6 +78,9 @@ class _Geometry:
         gaps = np.diff(np.append(a[order], a[order][0] + period))  # after each view, in angle order, round the circle
         k = int(np.argmax(gaps))
         others = np.delete(gaps, k)
+        others = others[others > 0]  # repeated views of one direction share its step
+        if not others.size:  # every view along one direction
+            return np.full(len(a), period / len(a))
         if gaps[k] > 2 * others.max():  # a missing wedge
             gaps[k] = others.mean()
         weights = np.empty_like(gaps)

@@ -3,7 +3,10 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from medrecon.io import read_volume
 
 import pipelines.batch as batch_mod
 from pipelines.batch import sanitize
@@ -269,17 +272,28 @@ def test_anonymised_series_without_uids_are_one_per_folder_and_finished_on_a_rer
     """SeriesInstanceUID blanked (TotalSegmentator's example series, anonymised exports): the files of every
     folder were merged into one series, and each rerun wrote a new copy (CT_Body, CT_Body_2, ...)."""
     import pydicom
+    from medrecon import Volume
+    from medrecon.io import write_dicom_series
     root, out = tmp_path / "in", tmp_path / "out"
     for name, seed in (("patient1", 1), ("patient2", 2)):
         _series(root / name, seed, "anon")
+    hu = np.full((5, 24, 24), -1000.0, np.float32)  # a larger series in a sub-folder: 70 HU
+    hu[:, 6:18, 6:18] = 70.0
+    write_dicom_series(Volume(hu, spacing=(2.0, 2.0, 3.0), meta={"dicom": {"Modality": "CT"}}), root / "patient2/sub")
+    for name in ("patient1", "patient2", "patient2/sub"):
         for f in (root / name).iterdir():
-            ds = pydicom.dcmread(f)
-            ds.SeriesInstanceUID = ""
-            ds.save_as(f)
+            if f.is_file():
+                ds = pydicom.dcmread(f)
+                ds.SeriesInstanceUID = ""
+                ds.save_as(f)
     for _ in range(2):
         assert _run(root, out, "--quiet") == 0
     rows = _manifest(out)
-    assert sorted(r["input_path"] for r in rows) == ["patient1", "patient2"]
-    assert [r["status"] for r in rows] == ["skipped", "skipped"]
-    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/*") if p.is_dir()) == \
-        sorted(r["output_path"] for r in rows)
+    assert sorted(r["input_path"] for r in rows) == ["patient1", "patient2", "patient2/sub"]
+    assert [r["status"] for r in rows] == ["skipped"] * 3
+    tissue = {"patient1": 50.0, "patient2": 60.0, "patient2/sub": 70.0}  # 40 + 10 seed HU (dicom_trees); 70
+    for r in rows:  # each output made from its own folder's files (a folder read the UID-less series below it too)
+        ref = read_volume(out / r["output_path"] / "simulation" / "reference.nii.gz").data
+        assert float(np.median(ref[ref > -500])) == pytest.approx(tissue[r["input_path"]], abs=1.0)
+    assert sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("report.json")) == \
+        sorted(r["output_path"] for r in rows)  # no second copies

@@ -70,7 +70,9 @@ def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:
 def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volume:
     if not any(folder.iterdir()):
         raise InputError(f"{folder} is empty; give the folder that holds the DICOM files of one series")
-    found = list_series(folder, recursive=series is not None)  # a named series: all its files, as the batch
+    # a named series: all its files, as the batch found them; "" (files without a UID): this folder's own, as the
+    # batch groups them
+    found = list_series(folder, recursive=bool(series))
     if not found:
         subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         hint = (f"; the files may be in its sub-folders ({', '.join(subfolders[:5])}"

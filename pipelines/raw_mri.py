@@ -219,7 +219,8 @@ def load_cfl(path: Path) -> Measurement:
         raise InputError(f"{path}: only 2D k-space (RO, PE1, 1, COIL) with slices along dim 13 is read, "
                          f"got dimensions {a.shape}")
     k = np.ascontiguousarray(np.moveaxis(a[:, :, 0, :, 0, 0, 0, 0, 0, 0, 0, 0, 0, :, 0, 0], (3, 2), (0, 1)))
-    mask = (np.abs(k).reshape(-1, *k.shape[-2:]).sum(0) > 0).astype(np.float32)
+    mask = (np.abs(k).sum(1) > 0).astype(np.float32)  # (Z, H, W): each slice's own sampled positions
+    mask = mask[0] if (mask == mask[:1]).all() else mask  # one for all where they share it
     grid, info = _grid(k.shape[0], k.shape[-2:], None)
     return Measurement("mri", k if k.shape[1] > 1 else k[:, 0], grid, None, mask, None,
                        {"source": str(path), "layout": "2d", "units": MEASURED, **info})

@@ -210,6 +210,14 @@ def test_read_cfl_kspace_as_measurement(tmp_path):
     m = Measurement.load(tmp_path / "ks.cfl")
     assert m.data.shape == (1, 4, 64, 36) and np.array_equal(m.data[0], k[0])
     assert np.array_equal(m.mask[0] > 0, mask > 0)
+    _, k, mask, _, _ = _oversampled_case(z=2)  # two slices, the second missing every other line of the first
+    k[1, ..., np.flatnonzero(mask)[::2]] = 0
+    a = np.zeros((64, 36, 1, 4) + (1,) * 9 + (2,), np.complex64)
+    a[..., 0] = np.moveaxis(k[0], 0, -1)[:, :, None, :].reshape(64, 36, 1, 4, *(1,) * 9)
+    a[..., 1] = np.moveaxis(k[1], 0, -1)[:, :, None, :].reshape(64, 36, 1, 4, *(1,) * 9)
+    write_cfl(tmp_path / "two", a)
+    m = Measurement.load(tmp_path / "two.cfl")
+    assert m.mask.shape == (2, 64, 36) and m.mask[1, 0].sum() == (mask > 0).sum() // 2  # its own lines, not the union
 
 
 def test_ismrmrd_raw_data(tmp_path):

@@ -42,7 +42,7 @@ from operators.ct import attenuation_per_pixel, fbp, geometry_from_dict, pixel_u
 from operators.ct import poisson_weights_from_line_integrals
 from operators.mri import coil_support, mri_operator, with_real_input
 
-from .config import Config, resolve_prior_path
+from .config import Config, config_names, load_config, resolve_prior_path
 from .crossval import cross_validate
 from .measurement import Measurement, is_measurement_file
 from .modality import MODALITY_OF_DICOM, Modality
@@ -115,7 +115,9 @@ class Problem:
                     f"ct.detector.n_det {cfg.ct.detector.n_det}: the detector does not see the whole image in every "
                     f"view ({geom.bins_to_cover} bins would); leave it null for the default")
                 log.warning(info["warnings"][-1])
-            if resample and prior is None:  # a comparison run beside a prior's would be on another grid
+            sx, sy = source.spacing[:2]
+            used = "resampled_from_positions" in source.meta or max(sx, sy) > 1.5 * min(sx, sy)  # what it allowed
+            if resample and prior is None and not used:  # beside a prior's run, this one would be on another grid
                 info.setdefault("warnings", []).append(
                     f"--resample changes nothing for solver {cfg.solver.name}, which uses no prior: the input's own "
                     "grid is kept (set ct.pixel_size / mri.pixel_size or image_size to put a comparison on the "
@@ -591,22 +593,32 @@ def _complex_images(cfg: Config, meas: Measurement) -> bool:
 
 def acquisition_differs(cfg: Config, meas: Measurement) -> str | None:
     """What the measurements' acquisition does not share with the config's, whose tuned settings then run on data
-    they were not tuned for (8-view data under sparse_view_ct_4's 4-view settings, say); None when they agree."""
-    where = meas.info.get("source") or "the measurements"
+    they were not tuned for (8-view data under sparse_view_ct_4's 4-view settings, say), naming the configs that
+    fit; None when they agree."""
+    differs = _acquisition_problem(cfg, meas)
+    if differs is None:
+        return None
+    fit = [name for name in config_names() if _acquisition_problem(load_config(name, check_files=False), meas) is None]
+    return f"{meas.info.get('source') or 'the measurements'}: {differs}; its settings are used as they are" + \
+        (f" ({', '.join(fit)} {'fits' if len(fit) == 1 else 'fit'} the data)" if fit else "")
+
+
+def _acquisition_problem(cfg: Config, meas: Measurement) -> str | None:
+    if cfg.modality != meas.modality:
+        return f"{meas.modality} data, a {cfg.modality} config"
     if meas.modality == "ct" and meas.geometry is not None:
         g, c = geometry_from_dict(meas.geometry), cfg.ct
+        arc = math.degrees(float(g.view_weights_rad.sum()))
         if g.type != c.beam:
-            return f"{where}: {g.type}-beam data, but the config is for a {c.beam} beam; its settings are used as they are"
+            return f"{g.type}-beam data, but the config is for a {c.beam} beam"
         if c.n_views is not None and g.n_angles != c.n_views:
-            return f"{where}: {g.n_angles} views, but the config is tuned for {c.n_views}; its settings are used as " \
-                   f"they are (a config for {g.n_angles} views, e.g. sparse_view_ct_{g.n_angles}, fits the data)"
-        if c.wedge_deg is not None and abs(math.degrees(float(g.view_weights_rad.sum())) - c.wedge_deg) > 1.5:
-            return f"{where}: views over {math.degrees(float(g.view_weights_rad.sum())):.0f} degrees, but the config " \
-                   f"is tuned for a {c.wedge_deg:g} degree wedge; its settings are used as they are"
+            return f"{g.n_angles} views, but the config is tuned for {c.n_views}"
+        if c.wedge_deg is not None and abs(arc - c.wedge_deg) > 1.5:
+            return f"views over {arc:.0f} degrees, but the config is tuned for a {c.wedge_deg:g} degree wedge"
     if meas.modality == "mri" and meas.mask is not None and not is_measured_kspace(meas):
         have, want = float(np.size(meas.mask) / max(np.sum(np.asarray(meas.mask) > 0), 1)), cfg.mri.mask.acceleration
         if abs(have / want - 1) > 0.25:
-            return f"{where}: sampled x{have:.3g}, but the config is tuned for x{want:g}; its settings are used as they are"
+            return f"sampled x{have:.3g}, but the config is tuned for x{want:g}"
     return None
 
 

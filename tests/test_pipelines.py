@@ -767,6 +767,11 @@ def test_classical_runs_say_what_they_ignore_or_cannot_do(tmp_path, ct_nifti):
     assert "--resample changes nothing for solver admm_tv" in warned and "set solver.tv=3d" in warned
     res = tasks.reconstruct("sparse_view_ct_8", one, tmp_path / "three", overrides=sets + ["solver.tv=3d"])
     assert res.report["input_warnings"] == []
+    src = read_volume(ct_nifti).slab(0, 2)
+    write_nifti(src.__class__(src.data, (src.spacing[0], 2 * src.spacing[1], src.spacing[2]), src.origin,
+                              src.direction), oblong := tmp_path / "oblong.nii.gz")  # 2:1 pixels: --resample is used
+    res = tasks.reconstruct("sparse_view_ct_8", oblong, tmp_path / "oblong", overrides=sets[:2], resample=True)
+    assert not any("--resample changes nothing" in w for w in res.report["input_warnings"])
     res = tasks.reconstruct("sparse_view_ct_8", one, tmp_path / "short", overrides=sets + ["ct.detector.n_det=12"])
     assert any("ct.detector.n_det 12: the detector does not see the whole image in every view (23 bins would)" in w
                for w in res.report["input_warnings"])

@@ -276,8 +276,11 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
         problems += _check_files(cfg, Path(label).parent if label != "<config>" else Path("."))
     if problems:
         given = {str(o).split("=", 1)[0].strip() for o in overrides}  # a key set with --set is named as such
-        raise InputError("\n".join(p if p.startswith("--set ") else
-                                    f"--set {p}" if p.split(":", 1)[0] in given else f"{label}: {p}" for p in problems))
+
+        def by_set(key: str) -> bool:  # the key, or a section given as a mapping (--set 'solver.admm={rho: 1}')
+            return any(key == g or key.startswith(g + ".") for g in given)
+        raise InputError("\n".join(p if p.startswith("--set ") else f"--set {p}" if by_set(p.split(":", 1)[0])
+                                    else f"{label}: {p}" for p in problems))
     cfg._source = label
     return cfg
 

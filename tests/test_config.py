@@ -76,6 +76,7 @@ def test_bad_set_overrides(tmp_path):
     assert _problems(p, ["solver.stepz=5"]) == ['--set solver.stepz: unknown key (did you mean "steps"?)']
     assert _problems(p, ["solver.steps"]) == ["--set solver.steps: expected KEY=VALUE (e.g. --set solver.steps=50)"]
     assert _problems(p, ["solver.name.x=1"]) == ["--set solver.name.x=1: solver.name is a value, not a section"]
+    assert _problems(p, ["solver.admm={rho: ten}"]) == ['--set solver.admm.rho: expected a number, got "ten"']
     assert _problems(_write(tmp_path, BASE + "solver_: 1\n"), ["solver.steps=5"])[0].startswith(str(tmp_path))
 
 

@@ -90,17 +90,19 @@ class GuidedSampler(DiffusionSolver):
         self.snr, self.lambda_proj, self.step_scale = float(snr), float(lambda_proj), float(step_scale)
         self.weights = None if w is None else w.to(self.device)
         self.slicewise_op = len(A.in_shape) == 2 and not getattr(A, "per_slice", False)  # one mask per slice: whole
+        # a residual norm per slice wherever slices are separate problems, whether A takes chunks or the stack
+        self.norm_per_slice = len(A.in_shape) == 2 or getattr(A, "slices_independent", False)
         self.nfe_per_step = 1 + (self.snr > 0) + (self.guided and not self.slicewise_op)
         self.backward_per_step = int(self.guided)
 
     # -- the manifold-constrained gradient ----------------------------------------------------------
     def data_gradient(self, x0: torch.Tensor, sl: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """dL/dx0 = -2 A^H W (y - A x0) and ||r||_W per slice (one norm for a volume operator).
+        """dL/dx0 = -2 A^H W (y - A x0) and ||r||_W per slice (one norm for an operator coupling the slices).
         ``sl`` selects the slices of y (slice-wise operator); None means the whole volume."""
         y = self.y if sl is None else self.y[sl]
         r = y - self.A.forward(x0)
         wr = r if self.weights is None else (self.weights if sl is None else self.weights[sl]) * r
-        dims = tuple(range(1, r.ndim)) if self.slicewise_op else tuple(range(r.ndim))
+        dims = tuple(range(1, r.ndim)) if self.norm_per_slice else tuple(range(r.ndim))
         norm = torch.sqrt(torch.sum(torch.real(r.conj() * wr), dim=dims))
         return -2.0 * self.A.adjoint(wr).real.to(x0.dtype), norm
 

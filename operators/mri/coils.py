@@ -62,6 +62,8 @@ class PerSliceOperator(LinearOperator):
     All ``ops`` share in_shape and out_shape; the operator maps (..., Z, *in_shape) -> (..., Z, *out_shape).
     """
 
+    slices_independent = True  # each slice its own problem: guided samplers keep a residual norm per slice
+
     def __init__(self, ops: list[LinearOperator]):
         super().__init__((len(ops), *ops[0].in_shape), (len(ops), *ops[0].out_shape))
         self.ops = ops

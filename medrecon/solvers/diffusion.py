@@ -297,7 +297,9 @@ class DiffusionSolver:
     @torch.no_grad()
     def step(self, state: SamplerState) -> torch.Tensor:
         """One diffusion step with its data-consistency step; returns the current image estimate."""
-        last_estimate = state.step + 1 == self.n_steps and self.final_sigma == 0  # no final denoising after it
+        # the last step's estimate on two tile grids where no final denoising follows; not where the step keeps a
+        # graph (MCG/DPS): chunks are sized for one grid's activations, and the last step would need twice that
+        last_estimate = state.step + 1 == self.n_steps and self.final_sigma == 0 and not self.backward_per_step
         with self.prior.seamless() if last_estimate else nullcontext():
             est = self._step(state, state.step)
         state.step += 1

@@ -1,4 +1,6 @@
 """Patch-based, position-aware prior (PaDIS): stitching, positions, training, save/load, the loader, the CLI."""
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -444,3 +446,17 @@ def test_loader_workers_give_the_same_run_for_any_count_and_resume_exactly(tmp_p
     assert not torch.equal(d, load_prior(in_process).denoise(x, s))  # 0: the run's own generator, another stream
     lo, hi = read_model_card(one)["pixel_spacing_mm_range"]
     assert 0.8 <= lo < hi <= 1.5 and [lo, hi] == read_model_card(two)["pixel_spacing_mm_range"]
+
+
+def test_a_card_whose_tile_the_network_cannot_halve_is_refused_at_load(tmp_path):
+    """patch.inference_size 60 on a 4-level UNet loaded, then the first denoising died on tensor sizes."""
+    from pipelines.prior_cards import load_prior_for
+    src = Path(__file__).resolve().parents[1] / "medrecon" / "assets" / "priors" / "ct_patch"
+    for f in src.iterdir():
+        (tmp_path / f.name).symlink_to(f)
+    card = tmp_path / "model_card.yaml"
+    text = card.read_text().replace("  inference_size: 64\n", "  inference_size: 60\n", 1)
+    card.unlink()
+    card.write_text(text)
+    with pytest.raises(InputError, match="patch.inference_size 60 is not a multiple of 8"):
+        load_prior_for(tmp_path)

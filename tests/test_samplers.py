@@ -350,6 +350,12 @@ def test_noise_levels_between_start_and_end(schedule):
         assert len(noise_levels(schedule, 50, None, 0.1)) == 50 and len(noise_levels(schedule, 100, 5.0, 0.1)) == 100
     with pytest.raises(ValueError, match="end_sigma"):
         noise_levels(schedule, 20, 0.05, 0.8)
+    with pytest.raises(ValueError, match="above the prior's largest noise level"):  # ran from the top, reported warm
+        noise_levels(schedule, 20, 10 * float(schedule.sigma_max))
+    if isinstance(schedule, VPSchedule):  # a range between two timesteps: no level (an IndexError before)
+        t1, t2 = (float(v) for v in schedule.sigmas[1:3])
+        with pytest.raises(ValueError, match="no noise level"):
+            noise_levels(schedule, 5, 0.75 * t2 + 0.25 * t1, 0.25 * t2 + 0.75 * t1)
 
 
 def test_complex_posterior_std_is_the_real_spread_of_the_samples():

@@ -173,7 +173,12 @@ class PatchPrior(EDMPrior):
 def patch_prior_from_card(network, card: dict, schedule, intensity, weights_path=None, **kw) -> PatchPrior:
     p = card.get("patch") or {}
     sizes = p.get("sizes") or [network.config.sample_size]
-    return PatchPrior(network, card, schedule, intensity, patch_size=int(p.get("inference_size") or max(sizes)),
+    tile = int(p.get("inference_size") or max(sizes))
+    step = 2 ** (len(network.config.block_out_channels) - 1)  # the UNet halves a tile this many times over
+    if tile % step:
+        raise InputError(f"{card.get('name', 'the prior')}'s card: patch.inference_size {tile} is not a multiple of "
+                         f"{step} (the network's {len(network.config.block_out_channels)} levels): give one that is")
+    return PatchPrior(network, card, schedule, intensity, patch_size=tile,
                       sigma_data=float((card.get("config") or {}).get("sigma_data", 0.5)),
                       seed=int(p.get("seed", 0)), shifts=int(p.get("inference_shifts", 1)),
                       context_slices=int(p.get("context_slices", 0)), weights_path=weights_path, **kw)

@@ -111,9 +111,11 @@ def auto_chunk_size(prior: Denoiser, hw: Sequence[int], device: torch.device, cp
 def noise_levels(schedule, n_steps: int, start_sigma: float | None = None,
                  end_sigma: float | None = None) -> torch.Tensor:
     """``n_steps`` sampling noise levels (float64, descending) on the schedule's own grid. With ``start_sigma``
-    and/or ``end_sigma``: the part of a finer grid between them, refined until it holds ``n_steps`` levels
-    (exactly on a geometric VE grid; on a VP's DDS grid, whose refinement overshoots, n_steps of its levels spread
-    over the range; fewer only where a discrete schedule has no more). A start below the prior's largest level is a warm start (Come-Closer-Diffuse-Faster, Chung, Sim, Ye,
+    and/or ``end_sigma``: the part of a finer grid between them, refined until it holds ``n_steps`` levels (on a
+    VP's DDS grid, whose refinement overshoots, n_steps of its levels spread over the range; fewer only where a
+    discrete schedule has no more). The grid's own levels: with few steps the first lies below ``start_sigma``
+    and the last above ``end_sigma`` (an EDM grid, 20 steps from 0.8: 0.767 to 0.022; the tuned values were
+    chosen with this). A start above the prior's largest level or a range holding no level is an error. A start below the prior's largest level is a warm start (Come-Closer-Diffuse-Faster, Chung, Sim, Ye,
     CVPR 2022, starts the reverse diffusion from a noised cheap reconstruction); an end above its smallest stops
     the reverse diffusion there, spending no steps on levels too small to change the result."""
     lo, hi = schedule.sigma_min, schedule.sigma_max
@@ -121,6 +123,9 @@ def noise_levels(schedule, n_steps: int, start_sigma: float | None = None,
     bottom = lo if end_sigma is None else max(float(end_sigma), lo)
     if start_sigma is not None and start_sigma <= lo:
         raise ValueError(f"start_sigma {start_sigma} is below the prior's smallest noise level {lo}")
+    if start_sigma is not None and start_sigma > hi * (1 + 1e-6):  # it ran from hi: a cold start, reported as warm
+        raise ValueError(f"start_sigma {start_sigma:g} is above the prior's largest noise level {hi:g}: lower it (a "
+                         "warm start begins well below), or set warm_start.method: none for a cold start")
     if bottom >= top:
         start = "the warm start's start_sigma" if start_sigma is not None else "the prior's largest noise level"
         raise ValueError(f"end_sigma {end_sigma:g} is not below {start} {top:g}, where the reverse diffusion starts: "
@@ -137,6 +142,9 @@ def noise_levels(schedule, n_steps: int, start_sigma: float | None = None,
         if len(sigmas) > n_steps:  # a discrete grid overshoots: n_steps of its levels, spread over the range
             return sigmas[torch.linspace(0, len(sigmas) - 1, n_steps).round().long()]
         if len(sigmas) == n_steps or n_full == cap:
+            if not len(sigmas):
+                raise ValueError(f"no noise level of the prior's {cap}-step grid lies between end_sigma {bottom:g} "
+                                 f"and start_sigma {top:g}: widen the range")
             return sigmas
         n_full += 1
 

@@ -142,6 +142,24 @@ def _taken(out: Path, uid: str) -> bool:
     return mark is None or (mark.get("series_uid") or "") != (uid or "")
 
 
+def check_batch_root(output_root: Path) -> None:
+    """The manifest.csv and index.html a batch writes into ``output_root`` may replace only its own: a user's file
+    of either name there stops the batch before any work (they were silently replaced)."""
+    manifest, index = output_root / MANIFEST, output_root / "index.html"
+    if manifest.is_file():
+        try:
+            with open(manifest, newline="", encoding="utf-8", errors="surrogateescape") as f:
+                header = next(csv.reader(f), [])
+        except (OSError, csv.Error) as e:
+            raise InputError(f"cannot read {manifest} ({e}); move it away or choose another output root") from e
+        if tuple(header) != MANIFEST_FIELDS:
+            raise InputError(f"{manifest} is not a medrecon batch manifest; move it away or choose another output "
+                             "root (the batch writes its own manifest.csv there)")
+    if index.is_file() and "medrecon" not in index.read_bytes()[:4096].decode("utf-8", "replace"):
+        raise InputError(f"{index} is not a medrecon batch page; move it away or choose another output root (the "
+                         "batch writes its own index.html there)")
+
+
 def write_manifest(path: Path, rows: list[dict]) -> None:
     """Write the manifest to a temporary sibling and rename it over the old one (atomic)."""
     buf = io.StringIO()
@@ -234,6 +252,7 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
         raise InputError(f"input root not found or not a folder: {input_root}")
     if output_root.resolve().is_relative_to(input_root.resolve()):
         raise InputError(f"output root {output_root} lies inside the input tree {input_root}; choose another")
+    check_batch_root(output_root)
     problems: list = []  # folders where series may be but none can be read
     jobs = plan(input_root, output_root, lambda f, recursive: list_series(f, recursive, problems),
                 known_outputs(output_root))

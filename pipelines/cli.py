@@ -6,7 +6,9 @@ traceback and exit with status 2, as are usage errors (click's usage message).
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 
 import typer
 
@@ -18,8 +20,14 @@ from . import commands_io, commands_train, commands_recon, commands_demo, comman
 from . import commands_pacs  # noqa: F401,E402
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds: temporary outputs are removed as on Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (a batch system's time limit, docker stop)
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         # standalone mode: usage errors (unknown option or command, missing or bad value, no arguments)
         # print click's usage message and exit 2; typer.Exit gives its code; Ctrl-C exits 1.
@@ -28,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except MedreconError as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        return 2
+    except MemoryError:
+        typer.secho("error: not enough memory for this problem: reduce the image size, the slices, the views or "
+                    "solver.chunk_size (ct.image_size / ct.pixel_size / ct.n_views, mri.image_size)", err=True,
+                    fg=typer.colors.RED)
         return 2
     return 0
 

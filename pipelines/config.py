@@ -257,9 +257,15 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
         path = resolve_config_path(source)
         label = str(path)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{label}: cannot read it ({getattr(e, 'strerror', None) or e}); make it readable and "
+                             "save it as UTF-8") from None
         except yaml.YAMLError as e:
-            raise InputError(f"{label}: not valid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise InputError(f"{label}:{where}: not valid YAML ({what}); fix the syntax") from None
         if not isinstance(raw, dict):
             raise InputError(f"{label}: expected a mapping of keys at the top level")
     file_solver = dict(raw.get("solver") or {}) if isinstance(raw.get("solver"), dict) else None

@@ -508,6 +508,9 @@ def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = Non
             raise InputError(f"{s.name}: the archive {archive} is damaged ({type(e).__name__}: {e}); "
                              f"{'it was removed: ' if archive is not None and not archive.exists() else ''}run "
                              f"`{SETUP_COMMAND} {s.name}` again (or replace it with a good copy)") from None
+        except OSError as e:  # the cache is a file, missing its parent, read-only, full
+            raise InputError(f"cannot write the data cache {root} ({e.strerror or e}): set MEDRECON_DATA to a "
+                             "writable folder") from None
         out[s.name] = _target(s, root)
         echo(f"{s.name}: {out[s.name]} (from {s.requirement}, sha256 ok)")
     return out

@@ -110,7 +110,7 @@ SELF_ADAPT_DEFAULT = {"fast": {"mri": 500}}
 
 class Section(BaseModel):
     """A config section: unknown keys are errors, and so is true/false for a number (pydantic reads it as 1/0)."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # an infinite sigma or lam failed only later
 
     @model_validator(mode="before")
     @classmethod

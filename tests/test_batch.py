@@ -297,3 +297,17 @@ def test_anonymised_series_without_uids_are_one_per_folder_and_finished_on_a_rer
         assert float(np.median(ref[ref > -500])) == pytest.approx(tissue[r["input_path"]], abs=1.0)
     assert sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("report.json")) == \
         sorted(r["output_path"] for r in rows)  # no second copies
+
+
+def test_a_users_manifest_or_index_in_the_output_root_stops_the_batch(tmp_path, capsys):
+    root, out = tmp_path / "in", tmp_path / "out"
+    _series(root / "s1", 1, "one")
+    out.mkdir()
+    (out / "manifest.csv").write_text("patient,notes\nP1,keep me\n")
+    assert _run(root, out, "--quiet") == 2 and "is not a medrecon batch manifest" in capsys.readouterr().err
+    assert (out / "manifest.csv").read_text() == "patient,notes\nP1,keep me\n"  # it was replaced
+    (out / "manifest.csv").unlink()
+    (out / "index.html").write_text("<html>my page</html>")
+    assert _run(root, out, "--quiet") == 2 and "is not a medrecon batch page" in capsys.readouterr().err
+    (out / "index.html").unlink()
+    assert _run(root, out, "--quiet") == 0 and _run(root, out, "--quiet") == 0  # its own files: a rerun goes on

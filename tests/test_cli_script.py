@@ -65,3 +65,42 @@ def test_batch_progress_and_unwritable_output_through_the_script(tmp_path):
     (tmp_path / "file").write_text("x")
     r = medrecon("batch", tmp_path / "in", tmp_path / "file" / "out", *sets)
     assert r.returncode == 2 and r.stderr.startswith("error: cannot create the output root"), r.stderr
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary(tmp_path):
+    """A batch system's time limit (SIGTERM) killed the process where it stood, leaving .medrecon-tmp-* behind."""
+    import signal
+    import time
+    from medrecon.io import write_nifti
+    from pipelines.phantoms import ct_phantom
+    write_nifti(ct_phantom((4, 64, 64), seed=1), src := tmp_path / "ct.nii.gz")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([SCRIPT, "reconstruct", "-c", "sparse_view_ct_8", "-i", str(src), "-o", str(tmp_path / "o"),
+                          "--set", "solver.name=admm_tv", "--set", "solver.steps=100000", "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".medrecon-tmp-*")) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.1)  # the output's temporary exists: the solve is under way
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not list(tmp_path.glob(".medrecon-tmp-*")) and not (tmp_path / "o").exists()
+
+
+def test_config_files_that_cannot_be_read_and_memory_are_one_line(tmp_path):
+    (latin := tmp_path / "latin.yaml").write_bytes(b"# r\xe9solution\nmodality: ct\n")
+    (bad := tmp_path / "bad.yaml").write_text("a: [1, 2\nb: 3\n")
+    for cfg, text in ((latin, "save it as UTF-8"), (bad, "line 2, column 2: not valid YAML")):
+        r = medrecon("reconstruct", "-c", cfg, "-i", tmp_path / "none.nii.gz", "-o", tmp_path / "o")
+        assert r.returncode == 2 and text in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    """ct.image_size=100000 gave a MemoryError traceback (in-process: whether a huge allocation fails at once
+    depends on the machine's overcommit)."""
+    from pipelines import cli, tasks
+
+    def huge(*a, **k):
+        raise MemoryError
+    monkeypatch.setattr(tasks, "reconstruct", huge)
+    assert cli.main(["reconstruct", "-c", "sparse_view_ct_8", "-i", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("error: not enough memory")

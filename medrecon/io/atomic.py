@@ -41,6 +41,8 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
     * Missing parent folders are created; any OS error becomes an :class:`InputError` naming ``dest``.
     """
     dest = Path(dest)
+    if dest.is_symlink():  # write where it points: replacing the link left the old output at its target
+        dest = dest.resolve()
     _check_not_input(dest, protect)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)

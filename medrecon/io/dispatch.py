@@ -1,6 +1,8 @@
 """read_volume / write_volume: one entry point for every format, chosen from the path."""
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -137,8 +139,9 @@ def write_volume(vol: Volume, path, overwrite: bool = False, *,
         return write_nifti(vol, path, overwrite)
     if name.endswith(ITK_WRITE_SUFFIXES):
         return write_itk(vol, path, overwrite)
-    if path.suffix.lower() in (".dcm", ".npy", ".mhd", ".nhdr", ".img", ".hdr", ".gz"):
+    if path.suffix.lower() in (".dcm", ".npy", ".mhd", ".nhdr", ".img", ".hdr", ".gz") or \
+            re.fullmatch(r"\.[A-Za-z]{1,5}", path.suffix):  # a file name (out.nii.gzz, out.txt), not a folder's
         raise InputError(f"{path}: medrecon writes .nii/.nii.gz, .nrrd/.mha, or a DICOM series into a "
-                         "folder (give a folder path such as out/series)")
+                         "folder (give a folder path without a suffix, such as out/series)")
     return write_dicom_series(vol, path, series_description, source_meta, overwrite,
                               modality=modality, series_number=series_number, deidentify=deidentify)

@@ -775,3 +775,15 @@ def test_classical_runs_say_what_they_ignore_or_cannot_do(tmp_path, ct_nifti):
     res = tasks.reconstruct("sparse_view_ct_8", one, tmp_path / "short", overrides=sets + ["ct.detector.n_det=12"])
     assert any("ct.detector.n_det 12: the detector does not see the whole image in every view (23 bins would)" in w
                for w in res.report["input_warnings"])
+
+
+@pytest.mark.parametrize("name", ["res.nii.gz", "notes.txt"])
+def test_an_output_folder_named_or_existing_as_a_file_is_refused(tmp_path, ct_nifti, name):
+    """-o res.nii.gz made a folder of that name; --overwrite replaced a user's notes.txt by a folder."""
+    out = tmp_path / name
+    if name.endswith(".txt"):
+        out.write_text("mine")
+    with pytest.raises(InputError, match="the output is a folder"):
+        tasks.reconstruct("sparse_view_ct_8", ct_nifti, out, overwrite=True,
+                          overrides=["solver.name=fbp", "ct.image_size=16"])
+    assert not out.exists() or out.read_text() == "mine"

@@ -162,6 +162,11 @@ def main(argv=None):
     torch.set_num_threads(max(1, torch.get_num_threads()))
     a.out.mkdir(parents=True, exist_ok=True)
     earlier = json.loads(a.tuned.read_text()) if a.tuned else {}
+    for case in a.cases:  # checked before any work: a --baselines-only run's file would run the "warm" rows cold
+        given = earlier.get(case, {}).get("tuned")
+        if given and given.get("start_sigma") is None and not a.baselines_only:
+            ap.error(f"--tuned {a.tuned}: case {case} has no start_sigma (a --baselines-only run wrote it): add one, "
+                     "or leave the case out of the file to tune it here")
     tables, rows = [], {}
     for case in a.cases:
         config, modality = CASES[case]
@@ -172,9 +177,6 @@ def main(argv=None):
         tuned = earlier.get(case, {}).get("tuned") or tune(config, modality, common, a.slices, a.fast_steps, a.fov,
                                                            warm_start=not a.baselines_only, prior=loaded)
         lam, s0 = tuned["lam"], tuned["start_sigma"]
-        if s0 is None and not a.baselines_only:  # a --baselines-only run's file: the "warm" rows would run cold
-            ap.error(f"--tuned {a.tuned}: case {case} has no start_sigma (a --baselines-only run wrote it): add one, "
-                     "or leave the case out of the file to tune it here")
         warm_lam = tuned.get("warm_lam", lam)  # the warm start's own ADMM-TV weight, when tuned apart
         # the 2D rows adapt as the fast rows do (the registry adapts only 'fast' by default): the pair then differs
         # by z-TV alone

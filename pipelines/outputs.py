@@ -18,6 +18,7 @@ from PIL import Image
 
 from medrecon import __version__
 from medrecon.errors import InputError
+from medrecon.io import named_like_a_file
 from medrecon.io.atomic import atomic_path
 from medrecon.volume import Volume
 
@@ -42,16 +43,13 @@ class Timings:
         return d
 
 
-FILE_SUFFIXES = (".nii", ".gz", ".nrrd", ".mha", ".mhd", ".dcm", ".npy", ".npz", ".png", ".json", ".txt", ".csv")
-
-
 def atomic_output(output, overwrite: bool, protect=(), marker: dict | None = None):
     """``medrecon.io.atomic_path`` for an output folder: a previous medrecon output stays in place until the
     new one is complete, then the two are swapped; ``marker`` is recorded in the folder's marker file. A path named
     like a file, or an existing file, is refused (`-o res.nii.gz` made a folder of that name; with --overwrite a
     user's file was replaced by a folder)."""
     output = Path(output)
-    if output.suffix.lower() in FILE_SUFFIXES or (output.is_file() and not output.is_symlink()):
+    if named_like_a_file(output) or (output.is_file() and not output.is_symlink()):
         raise InputError(f"{output}: the output is a folder (recon.nii.gz, dicom/, report.json, ... go inside it); "
                          "give a folder path without a file suffix")
     return atomic_path(output, overwrite, protect=protect, marker=marker)

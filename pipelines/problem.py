@@ -52,6 +52,7 @@ from .registry import SELF_ADAPT_DEFAULT, SOLVERS
 from .simulate import simulate_volume
 
 log = logging.getLogger("medrecon")
+MAX_OBLONG = 1.5  # in-plane pixels more oblong than this need --resample (most likely a slice axis not the third)
 GUIDED = ("projection", "mcg", "dps")  # samplers that apply A to chunks of slices (weights passed, not folded in)
 
 
@@ -108,28 +109,13 @@ class Problem:
         else:
             source = input if isinstance(input, Volume) else read_volume(input, series=series)
             reference, meas, info["grid"] = simulate_on_its_grid(cfg, prior, source, resample)
-            short = meas.modality == "ct" and cfg.ct.detector.n_det is not None and \
-                cfg.ct.detector.n_det < getattr(geom := geometry_from_dict(meas.geometry), "bins_to_cover", 0)
-            if short:  # the simulated data then miss the image's edges in some views: FBP bends them
-                info.setdefault("warnings", []).append(
-                    f"ct.detector.n_det {cfg.ct.detector.n_det}: the detector does not see the whole image in every "
-                    f"view ({geom.bins_to_cover} bins would); leave it null for the default")
-                log.warning(info["warnings"][-1])
-            sx, sy = source.spacing[:2]
-            used = "resampled_from_positions" in source.meta or max(sx, sy) > 1.5 * min(sx, sy)  # what it allowed
-            if resample and prior is None and not used:  # beside a prior's run, this one would be on another grid
-                info.setdefault("warnings", []).append(
-                    f"--resample changes nothing for solver {cfg.solver.name}, which uses no prior: the input's own "
-                    "grid is kept (set ct.pixel_size / mri.pixel_size or image_size to put a comparison on the "
-                    "prior's grid)")
-                log.warning(info["warnings"][-1])
         if meas.modality != cfg.modality:
             raise InputError(f"{meas.info.get('source') or 'the input'}: holds {meas.modality} measurements but "
                              f"the config is for {cfg.modality}")
         check_grid(prior, meas)
-        if source is None and (differs := acquisition_differs(cfg, meas)):
-            log.warning(differs)
-            info.setdefault("warnings", []).append(differs)
+        info["warnings"] = setting_warnings(cfg, meas, source, prior, resample)
+        for w in info["warnings"]:
+            log.warning(w)
         return cls.from_measurement(cfg, meas, device, prior, imap, reference=reference, source=source, info=info)
 
     @classmethod
@@ -212,8 +198,6 @@ class Problem:
             s = cross_validate(self, s)  # the start_sigma and z-TV weight that predict held-out data best
             cv_nfe = self.info["cross_validation"]["network_evaluations_per_slice"]
         steps = self.self_adapt_steps(s)
-        if steps and self.start_sigma(s) == 0:
-            self.info["self_adapt"] = {"skipped": "cross-validation chose the warm start (no diffusion to adapt)"}
         if steps and self.start_sigma(s) != 0:  # (0: CV kept the warm start)
             first = self._run(s, progress, None, 0)
             own, self.prior = self.prior, self._self_adapted_prior(s, steps, first.x, progress)
@@ -223,6 +207,8 @@ class Problem:
                 self.prior = own
             out.nfe_per_slice += first.nfe_per_slice
         else:
+            if steps:
+                self.info["self_adapt"] = {"skipped": "cross-validation chose the warm start (no diffusion to adapt)"}
             out = self._run(s, progress, snapshot, snapshot_every)
         out.nfe_per_slice += cv_nfe
         out.x = self.zero_unseen(out.x)
@@ -302,11 +288,6 @@ class Problem:
             return Solution({"cgls": cgls, "sirt": sirt}[s.name](A, y, n_iter=s.steps, x0=start))
         lam, rho, lam_xy = self._z_tv(s)
         if s.name == "admm_tv":
-            if s.tv == "z" and self.measurement.grid.shape[0] == 1:
-                note = "solver.tv=z on one slice: TV along z has nothing to smooth, so admm_tv is unregularised " \
-                       "here; set solver.tv=3d"
-                log.warning(note)
-                self.info.setdefault("warnings", []).append(note)
             return Solution(admm_tv(A, y, lam, rho, s.steps, axes=(0,) if s.tv == "z" else (0, 1, 2),
                                     n_cg=s.n_cg, x0=start, clip=self.bounds(s)))
         if self.start_sigma(s) == 0:  # cross-validation chose the warm start itself: no diffusion
@@ -491,7 +472,7 @@ def reconstruction_grid(cfg: Config, prior, source: Volume, resample: bool = Fal
     native = min(sx, sy)
     size, pixel, reason = round(fov / native), native, None
     aniso = max(sx, sy) / native  # square pixels are interpolated from oblong ones: say so, refuse a mixed-up axis
-    if aniso > 1.5 and not resample:
+    if aniso > MAX_OBLONG and not resample:
         raise InputError(
             f"{source.meta.get('source', 'the input')}: in-plane pixels of {sx:.3g} x {sy:.3g} mm: one side "
             f"would be interpolated {aniso:.1f}x onto square {native:.3g} mm pixels. If the slices are not the "
@@ -591,6 +572,30 @@ def _complex_images(cfg: Config, meas: Measurement) -> bool:
     return is_measured_kspace(meas) if mode == "auto" else mode == "complex"
 
 
+def setting_warnings(cfg: Config, meas: Measurement, source: Volume | None, prior, resample: bool) -> list[str]:
+    """What the settings do that the user may not expect, for the log and report.json: measurements under a config
+    tuned for another acquisition; a simulated detector too small for the image; --resample with no prior; admm_tv's
+    z-only TV on one slice."""
+    out = []
+    if cfg.solver.name == "admm_tv" and cfg.solver.tv == "z" and meas.grid.shape[0] == 1:
+        out.append("solver.tv=z on one slice: TV along z has nothing to smooth, so admm_tv is unregularised here; "
+                   "set solver.tv=3d")
+    if source is None:
+        return out + [w for w in [acquisition_differs(cfg, meas)] if w]
+    if meas.modality == "ct" and cfg.ct.detector.n_det is not None:
+        geom = geometry_from_dict(meas.geometry)
+        if cfg.ct.detector.n_det < getattr(geom, "bins_to_cover", 0):  # the data miss the image's edges: FBP bends
+            out.append(f"ct.detector.n_det {cfg.ct.detector.n_det}: the detector does not see the whole image in "
+                       f"every view ({geom.bins_to_cover} bins would); leave it null for the default")
+    sx, sy = source.spacing[:2]
+    used = "resampled_from_positions" in source.meta or max(sx, sy) > MAX_OBLONG * min(sx, sy)  # what it allowed
+    if resample and prior is None and not used:  # beside a prior's run, this one would be on another grid
+        out.append(f"--resample changes nothing for solver {cfg.solver.name}, which uses no prior: the input's own "
+                   "grid is kept (set ct.pixel_size / mri.pixel_size or image_size to put a comparison on the "
+                   "prior's grid)")
+    return out
+
+
 def acquisition_differs(cfg: Config, meas: Measurement) -> str | None:
     """What the measurements' acquisition does not share with the config's, whose tuned settings then run on data
     they were not tuned for (8-view data under sparse_view_ct_4's 4-view settings, say), naming the configs that
@@ -625,7 +630,7 @@ def _acquisition_problem(cfg: Config, meas: Measurement) -> str | None:
 def coil_maps_used(cfg: Config, meas: Measurement) -> str:
     """Where the coil maps come from, as report.json says: mri.coil_maps, except that multi-coil data asked to use
     the given maps but holding none get estimated ones (said in the log too); single-coil data need none."""
-    if np.ndim(meas.data) < (5 if meas.info.get("layout") == "3d" else 4):
+    if np.ndim(meas.data) != 4:  # (Z, C, H, W) or (C, Z, Y, X): mri_operator's own test for coils
         return "none (single coil)"
     if cfg.mri.coil_maps == "given" and meas.coil_maps is None:
         log.warning(f"{meas.info.get('source', 'the measurements')}: no coil maps stored with the multi-coil data; "

@@ -73,15 +73,18 @@ def _grid(n_slices: int, kshape: tuple[int, int], header: dict | None) -> tuple[
     return Volume(np.zeros((n_slices, *shape), np.float32), spacing), info
 
 
+def _one_or_per_slice(sampled: np.ndarray) -> np.ndarray:
+    """Each slice's sampled positions (Z, ...), or the first slice's where every slice shares them (a union over
+    slices would fit each slice's unacquired lines as measured zeros)."""
+    return sampled[0] if (sampled == sampled[:1]).all() else sampled
+
+
 def _mask(mask, k: np.ndarray) -> np.ndarray:
-    """The sampling mask, (H, W), or (Z, H, W) where the slices' lines differ; none given: each slice's
-    non-zero columns (a union over slices would fit every slice's unacquired lines as measured zeros)."""
+    """The sampling mask, (H, W), or (Z, H, W) where the slices' lines differ; none given: the non-zero columns."""
     if mask is None:
-        cols = np.abs(k).reshape(k.shape[0], -1, k.shape[-1]).sum(1) > 0  # (Z, W)
-        if (cols == cols[:1]).all():
-            mask = cols[0]
-        else:
-            return np.broadcast_to(cols[:, None, :], (k.shape[0], *k.shape[-2:])).astype(np.float32)
+        mask = _one_or_per_slice(np.abs(k).reshape(k.shape[0], -1, k.shape[-1]).sum(1) > 0)  # (W,) or (Z, W)
+        if mask.ndim == 2:
+            return np.broadcast_to(mask[:, None, :], (k.shape[0], *k.shape[-2:])).astype(np.float32)
     mask = np.asarray(mask, np.float32)
     if mask.ndim == 1:
         if mask.size != k.shape[-1]:
@@ -219,8 +222,7 @@ def load_cfl(path: Path) -> Measurement:
         raise InputError(f"{path}: only 2D k-space (RO, PE1, 1, COIL) with slices along dim 13 is read, "
                          f"got dimensions {a.shape}")
     k = np.ascontiguousarray(np.moveaxis(a[:, :, 0, :, 0, 0, 0, 0, 0, 0, 0, 0, 0, :, 0, 0], (3, 2), (0, 1)))
-    mask = (np.abs(k).sum(1) > 0).astype(np.float32)  # (Z, H, W): each slice's own sampled positions
-    mask = mask[0] if (mask == mask[:1]).all() else mask  # one for all where they share it
+    mask = _one_or_per_slice(np.abs(k).sum(1) > 0).astype(np.float32)  # sampled positions, not only columns
     grid, info = _grid(k.shape[0], k.shape[-2:], None)
     return Measurement("mri", k if k.shape[1] > 1 else k[:, 0], grid, None, mask, None,
                        {"source": str(path), "layout": "2d", "units": MEASURED, **info})

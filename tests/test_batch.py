@@ -305,7 +305,7 @@ def test_a_users_manifest_or_index_in_the_output_root_stops_the_batch(tmp_path, 
     out.mkdir()
     (out / "manifest.csv").write_text("patient,notes\nP1,keep me\n")
     assert _run(root, out, "--quiet") == 2 and "is not a medrecon batch manifest" in capsys.readouterr().err
-    assert (out / "manifest.csv").read_text() == "patient,notes\nP1,keep me\n"  # it was replaced
+    assert (out / "manifest.csv").read_text() == "patient,notes\nP1,keep me\n"  # kept (it was replaced before)
     (out / "manifest.csv").unlink()
     (out / "index.html").write_text("<html>my page</html>")
     assert _run(root, out, "--quiet") == 2 and "is not a medrecon batch page" in capsys.readouterr().err

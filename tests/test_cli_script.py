@@ -81,6 +81,7 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary(tmp_path):
     deadline = time.time() + 120
     while not list(tmp_path.glob(".medrecon-tmp-*")) and time.time() < deadline and p.poll() is None:
         time.sleep(0.1)  # the output's temporary exists: the solve is under way
+    assert list(tmp_path.glob(".medrecon-tmp-*")), "the run never started writing"
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=60) == 128 + signal.SIGTERM
     assert not list(tmp_path.glob(".medrecon-tmp-*")) and not (tmp_path / "o").exists()

@@ -49,7 +49,8 @@ def test_demo_reduced_end_to_end(tmp_path, capsys):
     assert "<title>medrecon demo: 8-view sparse-view CT of the held-out synthetic phantom seed" in \
         (out / "index.html").read_text()  # said "phantom" for the real scan too
     phantom = ["--source", "phantom", "--slices", "4", "--steps", "8", "--no-progress"]
-    assert main(["demo", "--output", str(tmp_path / "none"), *phantom[:-2], "--steps", "0"]) == 2  # was ignored
+    assert main(["demo", "--output", str(tmp_path / "none"), *phantom[:4], "--steps", "0", "--no-progress"]) == 2
+    assert "needs at least one step" in capsys.readouterr().err  # --steps 0 was ignored
     assert main(["demo", "--output", str(out), *phantom]) == 2  # no overwrite
     # `make demo` runs with --overwrite every time: a second run must replace the first (it holds dicom/).
     assert main(["demo", "--output", str(out), *phantom, "--overwrite"]) == 0

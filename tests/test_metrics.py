@@ -57,5 +57,5 @@ def test_default_data_range_and_errors():
     thin = per_axis_metrics(np.zeros((2, 8, 8)), np.ones((2, 8, 8)), data_range=1.0)  # #13.16: no refusal
     assert thin["ssim"]["axial"] is not None and thin["ssim"]["coronal"] is None and thin["ssim"]["volume"] is None
     assert all(">= 3" in n or "too thin" in n for n in thin["notes"])
-    one = per_axis_metrics(np.zeros((1, 8, 8)), np.ones((1, 8, 8)), data_range=1.0)  # a single slice says what its
-    assert "coronal and sagittal PSNR: means over lines" in one["notes"][-1]  # coronal/sagittal PSNR are
+    one = per_axis_metrics(np.zeros((1, 8, 8)), np.ones((1, 8, 8)), data_range=1.0)  # one slice: what its
+    assert "coronal and sagittal PSNR: means over lines" in one["notes"][-1]  # coronal/sagittal PSNR mean

@@ -105,6 +105,16 @@ def test_self_adapted_reconstruction_reports_both_passes_and_keeps_the_adapted_p
     assert rep["network_evaluations_per_slice"] == 2 * again.report["network_evaluations_per_slice"]  # both passes
 
 
+def _adapted_with_cross_validation(tmp_path, steps: int, start_sigma: str, lam: str):
+    """A 2-slice MR image reconstructed with 2 steps of self-adaptation and cross-validation over these factors."""
+    src = tmp_path / "mr.nii.gz"
+    write_nifti(_mr_volume((2, 64, 64)), src)
+    return tasks.reconstruct("cs_mri_x4", src, tmp_path / "out",
+                             [f"solver.steps={steps}", "outputs.preview=false", "solver.self_adapt.steps=2",
+                              "solver.cross_validate.enabled=true", f"solver.cross_validate.start_sigma={start_sigma}",
+                              f"solver.cross_validate.lam={lam}"])
+
+
 def test_cross_validation_candidates_run_the_prior_as_it_is_and_only_the_choice_is_adapted(tmp_path, monkeypatch):
     from pipelines import problem
     calls = []
@@ -115,12 +125,7 @@ def test_cross_validation_candidates_run_the_prior_as_it_is_and_only_the_choice_
         return real(prior, data, steps, **kw)
 
     monkeypatch.setattr(problem, "adapt_prior", counted)
-    src = tmp_path / "mr.nii.gz"
-    write_nifti(_mr_volume((2, 64, 64)), src)
-    run = tasks.reconstruct("cs_mri_x4", src, tmp_path / "out",
-                            ["solver.steps=4", "outputs.preview=false", "solver.self_adapt.steps=2",
-                             "solver.cross_validate.enabled=true", "solver.cross_validate.start_sigma=[1.0]",
-                             "solver.cross_validate.lam=[1.0,2.0]"])
+    run = _adapted_with_cross_validation(tmp_path, steps=4, start_sigma="[1.0]", lam="[1.0,2.0]")
     assert calls == [2]
     assert len(run.report["cross_validation"]["candidates"]) == 2 and run.report["self_adapt"]["steps"] == 2
 
@@ -154,12 +159,7 @@ def test_slices_too_small_to_adapt_on_are_skipped_by_default_and_refused_when_as
 
 
 def test_a_self_adaptation_cross_validation_leaves_no_diffusion_for_is_recorded_as_skipped(tmp_path):
-    src = tmp_path / "mr.nii.gz"
-    write_nifti(_mr_volume((2, 64, 64)), src)
-    run = tasks.reconstruct("cs_mri_x4", src, tmp_path / "out",
-                            ["solver.steps=3", "outputs.preview=false", "solver.self_adapt.steps=2",
-                             "solver.cross_validate.enabled=true", "solver.cross_validate.start_sigma=[0.0]",
-                             "solver.cross_validate.lam=[1.0]"])
+    run = _adapted_with_cross_validation(tmp_path, steps=3, start_sigma="[0.0]", lam="[1.0]")
     assert run.report["cross_validation"]["chosen"]["start_sigma"] == 0.0
     assert "cross-validation chose the warm start" in run.report["self_adapt"]["skipped"]
 

@@ -130,7 +130,8 @@ def test_resume_refuses_other_training_options_and_keeps_the_runs_warm_up(data, 
     train_prior(train, out, replace(opts, steps=400), resume=True, progress=False)  # 400 // 10 = 40 > step 4
     lrs = [float(r["lr"]) for r in csv.DictReader(open(out / "loss.csv"))]
     assert max(lrs) == pytest.approx(1e-3) and min(lrs[1:]) == pytest.approx(1e-3)  # not back into a warm-up
-    train_prior(train, out, replace(opts, steps=404), resume=True, progress=False)  # resumed twice: still its run
+    train_prior(train, out, replace(opts, steps=404), resume=True, progress=False)  # resumed twice: refused before
+    assert read_model_card(out)["training"]["steps"] == 404
 
 
 def test_a_resumed_run_keeps_its_whole_warm_up(data, tmp_path):

@@ -127,6 +127,12 @@ def _npy_problem(path: Path) -> str | None:
     return None
 
 
+def named_like_a_file(path) -> bool:
+    """Whether ``path`` ends in a file suffix (letters only: .txt, .npy, .gz; a folder may be named series.v2), the
+    one rule for outputs that are folders."""
+    return bool(re.fullmatch(r"\.[A-Za-z]{1,5}", Path(path).suffix))
+
+
 def write_volume(vol: Volume, path, overwrite: bool = False, *,
                  series_description: str = "medrecon reconstruction", modality: str | None = None,
                  source_meta: dict | None = None, series_number: int | None = None,
@@ -139,8 +145,7 @@ def write_volume(vol: Volume, path, overwrite: bool = False, *,
         return write_nifti(vol, path, overwrite)
     if name.endswith(ITK_WRITE_SUFFIXES):
         return write_itk(vol, path, overwrite)
-    if path.suffix.lower() in (".dcm", ".npy", ".mhd", ".nhdr", ".img", ".hdr", ".gz") or \
-            re.fullmatch(r"\.[A-Za-z]{1,5}", path.suffix):  # a file name (out.nii.gzz, out.txt), not a folder's
+    if named_like_a_file(path):  # out.nii.gzz, out.txt, .dcm, .npy: not a folder for a DICOM series
         raise InputError(f"{path}: medrecon writes .nii/.nii.gz, .nrrd/.mha, or a DICOM series into a "
                          "folder (give a folder path without a suffix, such as out/series)")
     return write_dicom_series(vol, path, series_description, source_meta, overwrite,

@@ -43,7 +43,7 @@ from ..device import bf16_native, resolve_device
 from ..errors import InputError
 from .base import Denoiser, IntensityMap, schedule_from_dict
 from .card import CARD_NAME
-from .network import EDMPrior, bf16_autocast, edm_denoise
+from .network import EDMPrior, bf16_autocast, edm_denoise, image_convs
 from .samples import quick_samples, save_grid
 from .unet import EDM_SCHEDULE, WEIGHTS_NAME, build_unet, save_unet_prior, unet_config
 from .widen import wide_config, widen_state_dict, widening_factor
@@ -240,6 +240,7 @@ class _Trainer:
         if start is not None:
             init_weights(self.model, start, self.opts.init_from or start.name, seed=self.opts.seed)
         self.model.to(self.device)
+        self.image_convs = image_convs(self.model)  # found once: bf16 keeps them in fp32 at every step
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optim = torch.optim.Adam(self.model.parameters(), lr=self.opts.lr)
 
@@ -308,7 +309,7 @@ class _Trainer:
             grp["lr"] = learning_rate(o, self.step, self.warmup)
         x0, cond = self.batch()
         context = x0[:, 1:] if o.context_slices else None  # a 2.5D batch: the slice, then its neighbours
-        with bf16_autocast(self.model, self.device.type) if self.bf16 else nullcontext():
+        with bf16_autocast(self.model, self.device.type, self.image_convs) if self.bf16 else nullcontext():
             loss = self.loss(x0, cond, context).mean()
         self.optim.zero_grad(set_to_none=True)
         loss.backward()

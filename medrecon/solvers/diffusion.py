@@ -372,8 +372,9 @@ class DiffusionMBIR(DiffusionSolver):
         sigma, sigma_next = self.sigma_pair(i)
         g2 = sigma ** 2 - sigma_next ** 2
         z_pred, z_corr = self.noise(state.generator, 2)
-        moved = torch.empty_like(state.x)
-        for sl in self.volume_pass(state.chunk_size):  # a 2.5D prior's neighbours: from state.x, still the step's
+        # in place, except for a 2.5D prior, whose neighbours must come from state.x as the step found it
+        moved = torch.empty_like(state.x) if self.prior.context_slices else state.x
+        for sl in self.volume_pass(state.chunk_size):
             xc, context = state.x[sl], self.neighbours(state.x, sl)
             xc = xc + g2 * self.score(xc, sigma, context) + math.sqrt(g2) * z_pred[sl]
             moved[sl] = self.langevin(xc, sigma, z_corr[sl], self.snr, context)

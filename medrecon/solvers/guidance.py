@@ -158,8 +158,9 @@ class GuidedSampler(DiffusionSolver):
             x.sub_(step.view(-1, 1, 1) * grad)
             del grad
         if self.snr > 0:
-            z, corrected = self.noise(state.generator), torch.empty_like(x)
-            for sl in self.volume_pass(state.chunk_size):  # a 2.5D prior's neighbours: from x, still the step's
+            # in place, except for a 2.5D prior, whose neighbours must come from x as the step found it
+            z, corrected = self.noise(state.generator), (torch.empty_like(x) if self.prior.context_slices else x)
+            for sl in self.volume_pass(state.chunk_size):
                 corrected[sl] = self.langevin(x[sl], sigma, z[sl], self.snr, self.neighbours(x, sl))
             x = corrected
         if self.projects:

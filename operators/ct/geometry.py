@@ -147,13 +147,18 @@ def _fan_det_count(width_mm: float, so: float, od: float, ds: float) -> int:
     return int(math.ceil(2.0 * half / ds))
 
 
+def _bins_around(image_size: int, pixel_size_mm: float, det_spacing_mm: float) -> int:
+    """Parallel-beam bins that see the circle around the square image (its diagonal)."""
+    return int(math.ceil(math.sqrt(2.0) * image_size * pixel_size_mm / det_spacing_mm - 1e-9))
+
+
 def parallel_det_count(image_size: int, pixel_size_mm: float, det_spacing_mm: float) -> int:
     """Default bins of a centred parallel-beam detector: enough to see the whole square (√2 times its width);
     when the bins are as wide as the pixels, one more where needed to give the count the image size's parity,
     so that at 0° and 90° every bin is centred on a pixel row (column). Half a pixel off, each bin would straddle
     two rows and those views could not see a pattern alternating from row to row: a null space of the geometry,
     not of sparse-view CT, that leaves ringing along straight edges (a body cut by the field of view)."""
-    n = int(math.ceil(math.sqrt(2.0) * image_size * pixel_size_mm / det_spacing_mm - 1e-9))
+    n = _bins_around(image_size, pixel_size_mm, det_spacing_mm)
     if math.isclose(det_spacing_mm, pixel_size_mm, rel_tol=1e-9) and (n - image_size) % 2:
         n += 1
     return n
@@ -180,7 +185,7 @@ class ParallelBeamGeometry(_SliceGeometry):
     @property
     def bins_to_cover(self) -> int:
         """Detector bins that see the whole square image in every view (the circle around it)."""
-        return int(math.ceil(math.sqrt(2.0) * self.image_size * self.pixel_size_mm / self.det_spacing_mm - 1e-9))
+        return _bins_around(self.image_size, self.pixel_size_mm, self.det_spacing_mm)
 
     def astra_geometries(self):
         proj = astra.create_proj_geom("parallel", self.det_spacing_mm, self.n_det, self.angles_rad)

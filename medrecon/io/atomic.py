@@ -173,7 +173,7 @@ def check_free(dest: Path, overwrite: bool) -> None:
     if dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
         return  # an empty folder made ready for the output
     if not overwrite:
-        raise InputError(f"{dest} already exists; pass --overwrite (overwrite=True) to replace it, "
+        raise InputError(f"{dest} already exists; pass --overwrite (overwrite=True from Python) to replace it, "
                          "or choose another output path")
     if dest.is_dir() and read_marker(dest) is None:
         raise InputError(f"refusing to replace {dest}: it is a folder that medrecon did not write (it has no "

@@ -71,16 +71,14 @@ class _Geometry:
         weigh a step like the rest. A uniform scan or wedge: its step per view; a parallel scan over 360°: half
         its step per view, as every direction is measured twice; one view: a full scan."""
         period = math.radians(self.full_scan_deg)
-        a = np.mod(self.angles_rad, period)
-        if len(a) == 1:
+        if self.n_angles == 1:
             return np.array([period])
-        order = np.argsort(a, kind="stable")
-        gaps = np.diff(np.append(a[order], a[order][0] + period))  # after each view, in angle order, round the circle
+        order, gaps = self._gaps_in_angle_order()
         k = int(np.argmax(gaps))
         others = np.delete(gaps, k)
         others = others[others > 0]  # repeated views of one direction share its step
         if not others.size:  # every view along one direction
-            return np.full(len(a), period / len(a))
+            return np.full(len(gaps), period / len(gaps))
         if gaps[k] > 2 * others.max():  # a missing wedge
             gaps[k] = others.mean()
         weights = np.empty_like(gaps)
@@ -90,10 +88,17 @@ class _Geometry:
     @property
     def arc_start_rad(self) -> float:
         """Where the scanned arc begins: the first view after the widest gap between views (the missing wedge)."""
+        order, gaps = self._gaps_in_angle_order()
+        first = order[(int(np.argmax(gaps)) + 1) % len(order)]
+        return float(np.mod(self.angles_rad[first], math.radians(self.full_scan_deg)))
+
+    def _gaps_in_angle_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """(order, gaps): the views sorted by direction (angles modulo a full scan; stable), and the gap after each
+        of them in that order, round the circle."""
         period = math.radians(self.full_scan_deg)
-        s = np.sort(np.mod(self.angles_rad, period))
-        gaps = np.diff(np.append(s, s[0] + period))
-        return float(s[(int(np.argmax(gaps)) + 1) % len(s)])
+        a = np.mod(self.angles_rad, period)
+        order = np.argsort(a, kind="stable")
+        return order, np.diff(np.append(a[order], a[order][0] + period))
 
     def __repr__(self):
         a = self.angles_deg

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from medrecon.errors import InputError
+from medrecon.io.common import file_sha256
 
 from .scan_manifests import PYCERR_RADIOMICS_PHANTOM
 
@@ -220,14 +221,6 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
 def manifest_sha256(files: dict) -> str:
     """One digest for a folder: SHA-256 of its sorted 'name  digest' lines."""
     return hashlib.sha256("".join(f"{k}  {files[k]}\n" for k in sorted(files)).encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:

@@ -1,6 +1,7 @@
 """Small helpers shared by the readers and writers."""
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
@@ -8,6 +9,15 @@ import numpy as np
 from ..errors import InputError
 
 log = logging.getLogger("medrecon.io")
+
+
+def file_sha256(path, chunk: int = 1 << 22) -> str:
+    """The SHA-256 hex digest of a file, read in chunks (weights and cached scans of any size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def warn(warnings: list, message: str) -> None:

@@ -14,7 +14,6 @@ differentiate through the prior pay no autograd memory.
 """
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
@@ -22,21 +21,15 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..io.common import file_sha256
 from .base import Denoiser, IntensityMap, NoiseSchedule, VPSchedule
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class NetworkPrior(Denoiser):
     """A Denoiser around ``network`` (an nn.Module in eval mode) with its model card.
 
-    ``sha256`` is computed from ``weights_path`` on first access (reading a 1.5 GB file takes seconds).
+    ``sha256`` is computed from ``weights_path`` at load where the card states one (and checked against it),
+    else on first access (reading a 1.5 GB file takes seconds).
     """
 
     def __init__(self, network: torch.nn.Module, card: dict, schedule: NoiseSchedule, intensity: IntensityMap | None,

@@ -84,7 +84,15 @@ def tune(config, modality, common, slices, fast_steps, fov_mm=None, warm_start=T
         _, res = compare_methods(config, load(first, slices, fov_mm), warm, common, prior=prior)
         start_sigma = float(best(res).label)
     return {"lam": lam, "lam_on": TUNE_SCANS[modality], "start_sigma": start_sigma, "scan": first,
-            "lam_scores": {k: round(sum(v) / len(v), 3) for k, v in scores.items()}}
+            "lam_scores": {k: round(sum(v) / len(v), 3) for k, v in scores.items()},
+            "grid": tuning_grid(common, slices, fov_mm)}
+
+
+def tuning_grid(common, slices, fov_mm) -> dict:
+    """What a tuning was done on besides the scans (the pixel size among the overrides, slices, field of view):
+    recorded with it, and compared when ``--tuned`` reuses it."""
+    pixel = next((c.split("=", 1)[1] for c in common if c.split("=", 1)[0].endswith(".pixel_size")), None)
+    return {"pixel_size": pixel, "slices": slices, "fov_mm": fov_mm}
 
 
 def fast(steps, lam, start_sigma=None, name="fast", self_adapt=None):
@@ -176,6 +184,9 @@ def main(argv=None):
         loaded = load_prior_for(prior)  # one prior for the tuning and every row: lam in one unit
         tuned = earlier.get(case, {}).get("tuned") or tune(config, modality, common, a.slices, a.fast_steps, a.fov,
                                                            warm_start=not a.baselines_only, prior=loaded)
+        here = tuning_grid(common, a.slices, a.fov)
+        if tuned.get("grid", here) != here:  # a file written before the grid was recorded is taken as it is
+            print(f"[{case}] note: the reused tuning was done on {tuned['grid']}, this run is on {here}", flush=True)
         lam, s0 = tuned["lam"], tuned["start_sigma"]
         warm_lam = tuned.get("warm_lam", lam)  # the warm start's own ADMM-TV weight, when tuned apart
         # the 2D rows adapt as the fast rows do (the registry adapts only 'fast' by default): the pair then differs

@@ -1,16 +1,20 @@
 """Reconstruct every DICOM series under a folder tree; mirror the tree; keep a resumable manifest.
 
 OUTPUT_ROOT/<relative folder of the series>/<description>_<UID tail>/ holds one ``reconstruct`` output.
-Every path component is sanitised to ``[A-Za-z0-9._-]`` (no '..', at most 64 characters), and the
-final path is checked to lie inside OUTPUT_ROOT, so no DICOM tag or folder name can escape it. A top-level
-folder named like the manifest is mirrored as ``manifest.csv_``. Symbolic links to folders are followed
-(each real folder once).
+Every path component is sanitised to ``[A-Za-z0-9._-]`` (no '..', at most 64 characters; a folder name that
+loses more than its spaces gets a short hash of the original, so 'Müller, Jörg' and 'Müller, Jürg' stay apart),
+and the final path is checked to lie inside OUTPUT_ROOT, so no DICOM tag or folder name can escape it. A top-level
+folder named like a file the batch writes there (manifest.csv, index.html, index_files) is mirrored with a
+trailing ``_``. Symbolic links to folders are followed (each real folder once). Reconstructions medrecon wrote
+(``is_reconstruction``: e.g. under a linked output root) are passed over. One batch at a time writes into an output root
+(a lock file there; a second is refused).
 
 Identity: each output's marker (and report.json) records the SeriesInstanceUID, the SHA-256 of the
 series' file list and the config's fingerprint. A series is finished when its folder's marker names it with
 the same file list and config (another config is a conflict that --overwrite resolves); the
 manifest keeps the series -> folder mapping, which a later run reuses and never changes, and a new series
-never takes a folder that holds another series' output (colliding names get _2, _3, ...).
+never takes a folder that holds another series' output (colliding names get _2, _3, ...). Rows of earlier runs
+whose series are not under this run's input root are kept as they were.
 
 ``manifest.csv`` (series_uid, input_path, output_path, status, seconds, error; paths relative to
 INPUT_ROOT and OUTPUT_ROOT) is rewritten atomically after every series. A failing series is recorded with
@@ -21,10 +25,14 @@ The local loop here and the distributed engine (``pipelines.engines``, ``--engin
 from __future__ import annotations
 
 import csv
+import fcntl
+import hashlib
 import io
 import os
 import re
 import time
+import unicodedata
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +41,11 @@ from medrecon.io import atomic_path, list_series
 from medrecon.io.atomic import read_marker
 
 from .config import load_config
-from .html_report import write_batch_index
+from .html_report import ASSETS, write_batch_index
 from .tasks import reconstruct
 
 MANIFEST = "manifest.csv"
+LOCK = ".medrecon-batch.lock"
 MANIFEST_FIELDS = ("series_uid", "input_path", "output_path", "status", "seconds", "error")
 MAX_NAME = 64
 
@@ -48,6 +57,17 @@ def sanitize(name: str, fallback: str = "series") -> str:
     return s or fallback
 
 
+def mirrored(name: str) -> str:
+    """A folder's name in the output tree: accents dropped, then ``sanitize``; when that changes more than its
+    runs of whitespace (other characters, or the whole name), a 6-digit hash of the original keeps distinct names
+    apart ('a,b' and 'a;b', 'Müller, Jörg' and 'Müller, Jürg', two names in another script)."""
+    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    s = sanitize(plain, "")
+    if s and s == re.sub(r"\s+", "_", name.strip()):
+        return s
+    return f"{s[:MAX_NAME - 7] or 'folder'}-{hashlib.sha256(name.encode('utf-8', 'surrogateescape')).hexdigest()[:6]}"
+
+
 @dataclass
 class Job:
     uid: str
@@ -57,6 +77,7 @@ class Job:
     input_root: Path = Path("/")
     output_root: Path = Path("/")
     config_sha256: str = ""  # the batch's Config.fingerprint ("": any config)
+    unreadable: tuple[str, ...] = ()  # damaged files beside the series' ("path (why)"), passed over when read
 
     @property
     def state(self) -> str:
@@ -106,20 +127,30 @@ def _absolute(path) -> Path:
     return Path(os.path.abspath(path))  # symbolic links kept: a linked folder keeps its place in the tree
 
 
-def plan(input_root: Path, output_root: Path, list_series, known: dict[str, Path] | None = None) -> list[Job]:
+#: what a batch writes at the top of its output root, which a mirrored top-level folder must not be named
+ROOT_FILES = (MANIFEST, "index.html", ASSETS)
+
+
+def plan(input_root: Path, output_root: Path, list_series, known: dict[str, Path] | None = None,
+         passed_over: list | None = None) -> list[Job]:
     """One job per DICOM series under input_root, output folders mirrored under output_root. ``known``:
-    series UID -> output folder of earlier runs (the manifest), kept as they are."""
+    series UID -> output folder of earlier runs (the manifest), kept as they are. ``passed_over``, when given,
+    gets the folders of the reconstructions medrecon wrote, which are not jobs."""
     input_root, output_root = _absolute(input_root), _absolute(output_root)
     known = dict(known or {})
     claimed = set(known.values())
     jobs = []
     for info in list_series(input_root, recursive=True):
         folder, uid = _absolute(info.folder), str(info.uid)
+        if is_reconstruction(info):  # e.g. an earlier batch's output under a link: not a scan
+            if passed_over is not None:
+                passed_over.append(folder)
+            continue
         out = known.get(uid)
         if out is None:
-            rel = [sanitize(p, "folder") for p in folder.relative_to(input_root).parts]
-            if rel and rel[0].lower() == MANIFEST:
-                rel[0] += "_"  # the manifest is a file there
+            rel = [mirrored(p) for p in folder.relative_to(input_root).parts]
+            if rel and rel[0].lower() in ROOT_FILES:
+                rel[0] += "_"  # the batch writes a file of that name there
             leaf, n = sanitize(f"{info.description or 'series'}_{uid[-12:]}"), 1
             out = output_root.joinpath(*rel, leaf)
             while out in claimed or _taken(out, uid):  # two series that sanitise to one name
@@ -128,8 +159,16 @@ def plan(input_root: Path, output_root: Path, list_series, known: dict[str, Path
             claimed.add(out)
         if not out.resolve().is_relative_to(output_root.resolve()):
             raise InputError(f"internal error: output {out} escapes {output_root}")
-        jobs.append(Job(uid, folder, out, info.files_sha256, input_root, output_root))
+        jobs.append(Job(uid, folder, out, info.files_sha256, input_root, output_root,
+                        unreadable=tuple(info.unreadable)))
     return jobs
+
+
+def is_reconstruction(info) -> bool:
+    """Whether a series found is one medrecon wrote as a reconstruction's result: derived by medrecon, in a
+    folder of an output medrecon wrote (``reconstruct``'s dicom/, the demo's). A series written by ``medrecon
+    convert`` or ``simulate`` from a user's volume is a scan like any other."""
+    return info.made_by_medrecon and read_marker(Path(info.folder).parent) is not None
 
 
 def _taken(out: Path, uid: str) -> bool:
@@ -175,17 +214,40 @@ def read_manifest(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def known_outputs(output_root: Path) -> dict[str, Path]:
-    """Series UID -> output folder recorded by the manifest of earlier runs (empty when there is none)."""
+def earlier_rows(output_root: Path) -> list[dict]:
+    """The manifest rows of earlier runs into ``output_root`` (empty when there is none)."""
     path = output_root / MANIFEST
     if not path.is_file():
-        return {}
+        return []
     try:
-        rows = read_manifest(path)
+        return read_manifest(path)
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         raise InputError(f"cannot read {path} ({e}); move it away to start the batch afresh") from e
+
+
+def known_outputs(output_root: Path, rows: list[dict] | None = None) -> dict[str, Path]:
+    """Series UID -> output folder recorded by the manifest of earlier runs (``rows``: read from it if None)."""
+    rows = earlier_rows(output_root) if rows is None else rows
     return {r["series_uid"]: _absolute(output_root / r["output_path"]) for r in rows
             if r.get("series_uid") and r.get("output_path")}
+
+
+@contextmanager
+def batch_lock(output_root: Path):
+    """Hold the output root for one batch (``LOCK``, an advisory lock released when the process ends): a second
+    batch into the same root, e.g. an overlapping scheduled run, is refused instead of racing the first."""
+    try:
+        f = open(output_root / LOCK, "a")
+    except OSError as e:
+        raise InputError(f"cannot write {output_root / LOCK}: {e.strerror or e}; choose a writable output "
+                         "root") from e
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InputError(f"another batch is writing into {output_root} (it holds {LOCK}); wait for it to "
+                             "finish, or choose another output root") from None
+        yield
 
 
 def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False, resample: bool = False,
@@ -204,18 +266,26 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
         reconstruct(cfg, job.input, job.output, overwrite=overwrite, series=job.uid, progress=progress,
                     resample=resample, prior=prior)
         status, error = "done", ""
+        if job.unreadable:  # read without them: a finished row says so (the damaged file may be a slice)
+            error = one_line(f"read without {len(job.unreadable)} damaged file(s): {'; '.join(job.unreadable)}",
+                             job.input_root, job.output_root)
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
-        status, error = "failed", error_text(e, job.input_root)
+        status, error = "failed", error_text(e, job.input_root, job.output_root)
         _prune_empty(job.output, job.output_root)
     return job.row(status, f"{time.perf_counter() - t0:.2f}", error)
 
 
-def error_text(e: BaseException, input_root: Path | None = None) -> str:
-    """An exception as one manifest-safe line: 'Type: message', paths relative to the input root, at most
-    500 characters."""
-    text = f"{type(e).__name__}: {e}"
-    if input_root is not None:
-        text = text.replace(f"{input_root}{os.sep}", "")
+def error_text(e: BaseException, input_root: Path | None = None, output_root: Path | None = None) -> str:
+    """An exception as one manifest-safe line: 'Type: message', paths relative to the input and output roots,
+    at most 500 characters."""
+    return one_line(f"{type(e).__name__}: {e}", input_root, output_root)
+
+
+def one_line(text: str, *roots: Path | None) -> str:
+    """``text`` as one manifest-safe line: paths under ``roots`` relative to them, at most 500 characters."""
+    for root in roots:
+        if root is not None:
+            text = text.replace(f"{root}{os.sep}", "")
     return " ".join(text.split())[:500]
 
 
@@ -243,9 +313,8 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
           progress: bool = False, echo=print, resample: bool = False, engine=None) -> BatchResult:
     """Reconstruct every DICOM series under input_root (see the module docstring). ``engine``: None runs the
     series one after the other here; an object with ``run(cfg, jobs, manifest, overwrite, echo, resample)
-    -> rows`` (``pipelines.engines.RayEngine``) runs them elsewhere."""
-    from tqdm.auto import tqdm
-
+    -> rows`` (``pipelines.engines.RayEngine``) runs them elsewhere. The result's rows are this run's; the
+    manifest also keeps earlier runs' rows of series not under ``input_root``."""
     cfg = load_config(config, list(overrides))  # validated before anything runs
     input_root, output_root = Path(input_root), Path(output_root)
     if not input_root.is_dir():
@@ -253,14 +322,34 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
     if output_root.resolve().is_relative_to(input_root.resolve()):
         raise InputError(f"output root {output_root} lies inside the input tree {input_root}; choose another")
     check_batch_root(output_root)
+    if dry_run:
+        return _batch(cfg, input_root, output_root, True, overwrite, progress, echo, resample, engine)
+    try:
+        output_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the output root {output_root}: {e.strerror or e}; "
+                         "choose a writable location") from e
+    with batch_lock(output_root):
+        return _batch(cfg, input_root, output_root, False, overwrite, progress, echo, resample, engine)
+
+
+def _batch(cfg, input_root: Path, output_root: Path, dry_run, overwrite, progress, echo, resample,
+           engine) -> BatchResult:
+    from tqdm.auto import tqdm
+
     problems: list = []  # folders where series may be but none can be read
+    passed_over: list = []  # folders of reconstructions medrecon wrote
+    before = earlier_rows(output_root)
     jobs = plan(input_root, output_root, lambda f, recursive: list_series(f, recursive, problems),
-                known_outputs(output_root))
+                known_outputs(output_root, before), passed_over)
     fingerprint = cfg.fingerprint()
     for j in jobs:
         j.config_sha256 = fingerprint
+    for f in passed_over:
+        echo(f"pass    {_rel(f, _absolute(input_root))}: a reconstruction medrecon wrote, not a scan")
     if not jobs and not problems:
-        raise InputError(f"no DICOM series found under {input_root}")
+        raise InputError(f"no DICOM series to reconstruct under {input_root}"
+                         + (" (only reconstructions medrecon wrote)" if passed_over else ""))
     unread = [{"series_uid": "", "input_path": _rel(_absolute(f), _absolute(input_root)), "output_path": "",
                "status": "failed", "seconds": "0.0", "error": error_text(InputError(why), _absolute(input_root))}
               for f, why in problems]
@@ -272,18 +361,16 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
             echo(f"{'run ' if j.todo(overwrite) else 'skip' if j.done else f'conflict ({j.state})'}  {j.uid}  "
                  f"{j.input}  ->  {j.output}")
         return BatchResult(manifest, [])
-    try:
-        output_root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the output root {output_root}: {e.strerror or e}; "
-                         "choose a writable location") from e
+    # rows of earlier runs whose series are not under this input root (another day's folder): kept as they were
+    planned = {j.uid for j in jobs}
+    kept = [r for r in before if r.get("series_uid") and r["series_uid"] not in planned]
     if engine is not None:  # e.g. pipelines.engines.RayEngine: same run_series, same manifest
-        rows = unread + engine.run(cfg, jobs, manifest, overwrite=overwrite, echo=echo, resample=resample,
-                                   listed=unread)
+        rows = kept + unread + engine.run(cfg, jobs, manifest, overwrite=overwrite, echo=echo, resample=resample,
+                                          listed=kept + unread)
         write_manifest(manifest, rows)
         write_batch_index(output_root, rows)
-        return BatchResult(manifest, rows)
-    rows = list(unread)
+        return BatchResult(manifest, rows[len(kept):])
+    rows = kept + unread
     bar = tqdm(jobs, desc="series", unit="series", disable=not progress, position=0)
     say = bar.write if progress else echo
     if unread:
@@ -296,4 +383,4 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
         r = rows[-1]
         say(f"[{i}/{len(jobs)}] {r['status']:7s} {r['output_path']} {r['error']}".rstrip())
     bar.close()
-    return BatchResult(manifest, rows)
+    return BatchResult(manifest, rows[len(kept):])

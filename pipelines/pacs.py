@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydicom.dataset import Dataset
 
 from medrecon.errors import InputError, MedreconError
+from medrecon.io.dicom_scan import MANUFACTURER  # noqa: F401 - pacs_batch and SeriesHit use it
 
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # PacsError says what failed, in one line
-MANUFACTURER = "medrecon"  # what medrecon.io.dicom_write puts in Manufacturer of every derived series
 
 
 class PacsError(MedreconError):

@@ -539,7 +539,7 @@ def check_domain(cfg: Config, prior, source: Volume) -> None:
             problems.append(f"{where}: values down to {lo:.4g} (top {hi:.4g}) do not look like MR magnitudes, which "
                             f"are not negative: use a CT config for CT in HU, or give the magnitude of MR images")
     if problems:
-        raise InputError("\n".join(problems))
+        raise InputError("; ".join(problems))
 
 
 def ct_weighting(cfg: Config, meas: Measurement) -> str:

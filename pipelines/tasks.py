@@ -6,6 +6,7 @@ Units and the data term are explained in ``pipelines.problem``; simulation witho
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,8 +114,9 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                                   measured_mri=problem.source is None and cfg.modality == "mri")
             files += write_measured_extras(cfg, tmp, problem, sol)
             files += write_self_adapted(tmp, problem)
-            warned = list((problem.source.meta if problem.source is not None else {}).get("warnings", [])) + \
-                problem.info.get("warnings", [])  # the input's, and the measurements' against the config
+            warned = [named_only(w, inp) for w in  # the input's, and the measurements' against the config
+                      list((problem.source.meta if problem.source is not None else {}).get("warnings", []))
+                      + problem.info.get("warnings", [])]
             rep = report(run_config(problem), input=inp.name, output=out.name, **identity, input_warnings=warned,
                          device=str(problem.device), precision=problem.info.get("precision"),
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),
@@ -130,6 +132,14 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         write_json(tmp / "report.json", rep)
         write_series_page(tmp, title=f"{out.name}: {cfg.task} {cfg.solver.name}")
     return RunResult(out, recon, rep)
+
+
+def named_only(text: str, inp: Path) -> str:
+    """``text`` with the input's path (as given, absolute or resolved) written as its name: report.json records
+    names, not the folders above them (which may name the patient)."""
+    for form in sorted({str(inp), os.path.abspath(inp), str(inp.resolve())}, key=len, reverse=True):
+        text = text.replace(form, inp.name)
+    return text
 
 
 def scores_against_reference(problem: Problem, recon: Volume) -> dict | None:

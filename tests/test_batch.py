@@ -140,10 +140,12 @@ def test_resume_never_attaches_a_series_to_another_series_output(tmp_path):
     now = {r["series_uid"]: r for r in _manifest(out)}
     other = next(u for u in first if u != gone["series_uid"])
     assert now[other]["output_path"] == first[other] and now[other]["status"] == "skipped"
+    assert now[gone["series_uid"]]["output_path"] == gone["output_path"]  # its row kept from the earlier run
     # a series whose files changed is not taken as finished
     next((root / "b2").iterdir()).unlink()
     assert _run(root, out, "--quiet") == 1
-    assert "changed" in _manifest(out)[0]["error"] and "--overwrite" in _manifest(out)[0]["error"]
+    changed = next(r for r in _manifest(out) if r["series_uid"] == other)
+    assert "changed" in changed["error"] and "--overwrite" in changed["error"]
 
 
 def test_top_level_folder_named_like_the_manifest_and_symlinked_series(tmp_path, capsys):
@@ -311,3 +313,77 @@ def test_a_users_manifest_or_index_in_the_output_root_stops_the_batch(tmp_path, 
     assert _run(root, out, "--quiet") == 2 and "is not a medrecon batch page" in capsys.readouterr().err
     (out / "index.html").unlink()
     assert _run(root, out, "--quiet") == 0 and _run(root, out, "--quiet") == 0  # its own files: a rerun goes on
+
+
+def test_reconstructions_under_the_input_tree_are_not_reconstructed_again(tmp_path, capsys):
+    """An input tree that reaches the output root (here through a link) lists the batch's own derived series:
+    they are passed over (they grew a chain of reconstructions of reconstructions); a series medrecon wrote
+    from a user's volume (write_dicom_series, as `medrecon convert` does) is a scan and is reconstructed."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    _series(root / "p0" / "ct", 1, "scan")
+    out.mkdir()
+    (root / "results").symlink_to(out, target_is_directory=True)
+    assert _run(root, out, "--quiet") == 0
+    assert _run(root, out, "--quiet") == 0
+    rows = _manifest(out)
+    assert [r["input_path"] for r in rows] == ["p0/ct"] and rows[0]["status"] == "skipped"
+    assert "pass    results/p0/ct/" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["index.html", "manifest.csv", "p0"]
+
+
+def test_a_second_batch_into_the_same_output_root_is_refused_while_the_first_runs(tree, tmp_path, capsys):
+    import fcntl
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / batch_mod.LOCK, "a") as held:  # the first batch holds the root
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert _run(tree, out, "--quiet") == 2
+        assert "another batch is writing into" in capsys.readouterr().err
+        assert not (out / "manifest.csv").exists()
+    assert _run(tree, out, "--quiet") == 1  # released: runs (the broken series fails as always)
+
+
+def test_folder_names_that_sanitise_alike_stay_apart(tmp_path):
+    """Two patients' folders must not merge into one output folder ('Müller, Jörg' and 'Müller, Jürg', names in
+    another script), and a top-level folder named index.html is mirrored beside the batch's page."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    for k, name in enumerate(["Müller, Jörg", "Müller, Jürg", "山田太郎", "鈴木一郎", "index.html", "study A"], 1):
+        _series(root / name, k, "s")
+    assert _run(root, out, "--quiet") == 0
+    tops = {Path(r["output_path"]).parts[0] for r in _manifest(out)}
+    assert len(tops) == 6 and "index.html_" in tops and "study_A" in tops
+    assert {t.split("-")[0] for t in tops} >= {"Muller_Jorg", "Muller_Jurg", "folder"}
+    assert (out / "index.html").is_file()
+
+
+def test_damaged_files_are_named_in_the_manifest(tmp_path):
+    """A series read without a damaged end slice is done, and its row says which file was left out; a damaged
+    middle slice (or an empty .dcm) fails naming the file, not just uneven spacing."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    for name, k, cut in (("end", 3, "header"), ("mid", 1, "header"), ("empty", 1, "empty")):
+        write_test_series(root / name, 1, name, size=24, slices=4)
+        f = sorted((root / name).iterdir())[k]
+        f.write_bytes(f.read_bytes()[:300] if cut == "header" else b"")
+    assert _run(root, out, "--quiet") == 1
+    rows = {r["input_path"]: r for r in _manifest(out)}
+    end_file = sorted((root / "end").iterdir())[3].name
+    assert rows["end"]["status"] == "done" and f"end/{end_file}" in rows["end"]["error"]
+    for name in ("mid", "empty"):
+        bad = sorted((root / name).iterdir())[1].name
+        assert rows[name]["status"] == "failed" and bad in rows[name]["error"], rows[name]
+        assert "damaged" in rows[name]["error"] and str(tmp_path) not in rows[name]["error"]
+    report = json.loads((out / rows["end"]["output_path"] / "report.json").read_text())
+    assert report["input_warnings"] and str(tmp_path) not in json.dumps(report)  # names, not the folders above
+
+
+def test_the_manifest_keeps_earlier_runs_series_from_other_input_folders(tmp_path):
+    """A lab runs each day's inbox into one output root: the manifest and the page keep every day's series."""
+    out = tmp_path / "out"
+    _series(tmp_path / "monday" / "ct", 1, "mon")
+    _series(tmp_path / "tuesday" / "ct", 2, "tue")
+    assert _run(tmp_path / "monday", out, "--quiet") == 0
+    assert _run(tmp_path / "tuesday", out, "--quiet") == 0
+    rows = _manifest(out)
+    assert sorted(r["status"] for r in rows) == ["done", "done"] and len({r["series_uid"] for r in rows}) == 2
+    page = (out / "index.html").read_text()
+    assert all(r["output_path"] in page for r in rows)

@@ -418,3 +418,14 @@ def test_a_sheared_sform_falls_back_to_the_qform_and_is_refused_without_one(tmp_
     nib.save(img, tmp_path / "s.nii.gz")
     with pytest.raises(InputError, match="s.nii.gz: the NIfTI affine is sheared"):
         read_volume(tmp_path / "s.nii.gz")
+
+
+def test_an_html_file_beside_a_series_is_passed_over_without_pydicom_complaints(tmp_path, caplog):
+    """A CD's index.htm is read with force=True (old headerless DICOM) and is not DICOM: pydicom's VR warnings
+    about it were printed once per file of every batch."""
+    vol = Volume(np.zeros((2, 8, 8), np.float32), (1.0, 1.0, 2.0), meta={"dicom": {"Modality": "CT"}})
+    write_dicom_series(vol, tmp_path / "s")
+    (tmp_path / "s" / "index.htm").write_text("<!DOCTYPE html><html><body>CD viewer</body></html>\n")
+    with caplog.at_level("DEBUG"):
+        assert [s.n_files for s in list_series(tmp_path / "s")] == [2]
+    assert not [r for r in caplog.records if r.name.startswith("pydicom") and r.levelno >= 30]

@@ -71,6 +71,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
         raise InputError("no DICOM files given; give a series folder or its files")
     where = info.folder if info.n_files > 1 else info.files[0]
     notes: list[str] = []
+    skipped = list(info.unreadable)  # "path (why)" of each damaged file passed over
     for m in info.unreadable:
         warn(notes, f"skipped unreadable file {m}")
     headers = []
@@ -83,6 +84,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
             reason = "not a DICOM file"
         if ds is None or header_kind(ds) != "image":
             warn(notes, f"skipped unreadable file {f} ({reason})")
+            skipped.append(f"{f} ({reason})")
             continue
         headers.append((f, ds))
     if not headers:
@@ -98,16 +100,17 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
                          f"diffusion directions); read one file, e.g. {mosaics[0]}")
 
     stack = _Stack.build(headers, where, notes)
-    stack.check_uniform(resample_nonuniform)
+    stack.check_uniform(resample_nonuniform, skipped)
     data, bad = _read_pixels(stack.files)
     if bad:  # damaged pixel data among good headers: skip those slices, re-check the stack
         for f, reason in bad:
             warn(notes, f"skipped unreadable file {f} ({reason})")
+            skipped.append(f"{f} ({reason})")
         headers = [(f, ds) for f, ds in headers if f not in {b for b, _ in bad}]
         if not headers:
             raise InputError(f"{where}: no slice could be decoded; check the files are complete")
         stack = _Stack.build(headers, where, [])
-        stack.check_uniform(resample_nonuniform)
+        stack.check_uniform(resample_nonuniform, skipped)
         data, bad = _read_pixels(stack.files)
         if bad:
             raise InputError(f"{where}: cannot decode {bad[0][0]} ({bad[0][1]})")
@@ -219,12 +222,21 @@ class _Stack:
     def uniform(self) -> bool:
         return self.uneven is None
 
-    def check_uniform(self, resample: bool) -> None:
+    def check_uniform(self, resample: bool, skipped: list[str] = ()) -> None:
+        """Raise unless the slices are uniform or ``resample``; ``skipped`` ("path (why)" of the damaged files
+        passed over), when any, are named as the likely missing slices."""
         why = self.uneven
         if why is None or resample:
             return
         g = self.gaps
         k = int(np.argmax(np.abs(g - self.step)))
+        if skipped:
+            names = ", ".join(Path(m.split(" (", 1)[0]).name for m in skipped[:5])
+            raise InputError(
+                f"{self.where}: slices are missing where {len(skipped)} damaged file(s) could not be read ({names}"
+                f"{', ...' if len(skipped) > 5 else ''}; e.g. {g[k]:.4g} mm between {self.files[k].name} and "
+                f"{self.files[k + 1].name}, median gap {self.step:.4g} mm): copy those files again from the "
+                "source, or pass --resample (resample_nonuniform=True) to interpolate over the gap")
         raise InputError(
             f"{self.where}: slice spacing is not uniform (gaps {g.min():.4g} to {g.max():.4g} mm, median "
             f"{self.step:.4g} mm; e.g. {g[k]:.4g} mm between {self.files[k].name} and {self.files[k + 1].name}; "

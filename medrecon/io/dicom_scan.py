@@ -3,6 +3,7 @@ damaged file named. Symbolic links to folders are followed (each real folder onc
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import warnings as _warnings
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from pydicom.uid import UID, MediaStorageDirectoryStorage
 from ..errors import InputError
 
 _SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription",
-              "Rows"]
+              "Rows", "Manufacturer", "ImageType"]
+MANUFACTURER = "medrecon"  # the Manufacturer of every series medrecon writes (medrecon.io.dicom_write)
 
 
 @dataclass
@@ -29,6 +31,7 @@ class SeriesInfo:
     modality: str = ""
     study_uid: str = ""
     unreadable: list[str] = field(default_factory=list)  # damaged files seen in the same folder(s)
+    made_by_medrecon: bool = False  # a derived series medrecon wrote (its first file's Manufacturer and ImageType)
 
     @property
     def n_files(self) -> int:
@@ -50,7 +53,7 @@ class SeriesInfo:
     def to_dict(self) -> dict:
         return {"uid": self.uid, "n_files": self.n_files, "description": self.description,
                 "modality": self.modality, "study_uid": self.study_uid, "folder": str(self.folder),
-                "unreadable": list(self.unreadable)}
+                "unreadable": list(self.unreadable), "made_by_medrecon": self.made_by_medrecon}
 
 
 def list_series(folder, recursive: bool = False, problems: list | None = None) -> list[SeriesInfo]:
@@ -67,6 +70,9 @@ def list_series(folder, recursive: bool = False, problems: list | None = None) -
     found: dict[str, SeriesInfo] = {}
     damaged: dict[Path, list[str]] = {}
     for path in _files(folder, recursive, problems):
+        if path.suffix.lower() == ".dcm" and path.stat().st_size == 0:  # named as DICOM, but nothing in it
+            damaged.setdefault(path.parent, []).append(f"{path} (an empty file)")
+            continue
         try:
             ds = read_header(path, specific_tags=_SCAN_TAGS)
         except Exception as e:  # noqa: BLE001  (any parse failure means a damaged file)
@@ -80,7 +86,8 @@ def list_series(folder, recursive: bool = False, problems: list | None = None) -
             key = (uid, None if uid else path.parent)  # anonymised files without a UID: one series per folder
             if key not in found:
                 found[key] = SeriesInfo(uid, [], dicom_text(ds.get("SeriesDescription")),
-                                        str(ds.get("Modality", "") or ""), str(ds.get("StudyInstanceUID", "") or ""))
+                                        str(ds.get("Modality", "") or ""), str(ds.get("StudyInstanceUID", "") or ""),
+                                        made_by_medrecon=made_by_medrecon(ds))
             found[key].files.append(path)
     with_series = {f.parent for info in found.values() for f in info.files}
     for info in found.values():
@@ -108,6 +115,11 @@ def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple
     return all_series[0], (f"{where} holds {len(all_series)} series; reading the largest, "
                            f"{all_series[0].uid} (choose another with --series UID): {listing}")
 
+
+
+def made_by_medrecon(ds) -> bool:
+    """Whether a header is of a derived series medrecon wrote (a reconstruction, not a scan to reconstruct)."""
+    return str(ds.get("Manufacturer", "") or "") == MANUFACTURER and "DERIVED" in list(ds.get("ImageType") or [])
 
 
 def dicom_text(value) -> str:
@@ -156,11 +168,16 @@ def read_header(path: Path, **kw):
             return pydicom.dcmread(path, stop_before_pixels=True, **kw)
         except InvalidDicomError:
             pass
+        pydicom_log = logging.getLogger("pydicom")
+        level = pydicom_log.level
+        pydicom_log.setLevel(logging.ERROR)  # a forced read of any file (a CD's index.htm) logs VR complaints
         try:  # DICOM without the 128-byte preamble (old ACR-NEMA style): accept only real image headers
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, **kw)
             return ds if "SeriesInstanceUID" in ds and "Rows" in ds else None
         except Exception:  # noqa: BLE001
             return None
+        finally:
+            pydicom_log.setLevel(level)
 
 
 def is_dicom_file(path) -> bool:

@@ -40,6 +40,7 @@ from ..errors import InputError
 from ..volume import Volume
 from .atomic import atomic_path
 from .common import check_voxels
+from .dicom_scan import MANUFACTURER
 
 SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
 PATIENT_STUDY_TAGS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
@@ -155,7 +156,7 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
     for keyword in TYPE2_EMPTY:
         if keyword not in ds:
             setattr(ds, keyword, "")
-    ds.Manufacturer = "medrecon"
+    ds.Manufacturer = MANUFACTURER
     ds.SoftwareVersions = __version__
 
     ds.ImageType = ["DERIVED", "SECONDARY"] + {"CT": ["AXIAL"], "MR": ["OTHER"]}.get(modality, [])

@@ -49,6 +49,28 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
         raise InputError(f"{what} {text!r}: expected comma-separated integers, e.g. 32,64,128") from None
 
 
+def _check_network(arch, image_size: int, widths: tuple, sizes: tuple, channels: str) -> None:
+    """The network the options ask for can be built: one line naming the option, before any data are read."""
+    from medrecon.errors import InputError
+    from medrecon.priors.unet import unet_config
+
+    if not widths or min(widths) < 1 or any(w % 8 for w in widths):
+        raise InputError(f"--channels {channels}: give positive widths divisible by 8 (the UNet's group norm), "
+                         "e.g. 32,64,128")
+    step = 2 ** (len(widths) - 1)
+    levels = f"{len(widths)} UNet levels, --channels {channels}"
+    if arch == Arch.patch:
+        bad = [p for p in sizes if p < 1 or p % step]
+        if bad:
+            raise InputError(f"--patch-sizes {','.join(map(str, sizes))}: {', '.join(map(str, bad))} not a positive "
+                             f"multiple of 2^{len(widths) - 1} = {step} ({levels}): use other sizes or fewer "
+                             "--channels")
+    elif image_size % step:
+        raise InputError(f"--image-size {image_size}: not a multiple of 2^{len(widths) - 1} = {step} ({levels}): "
+                         f"use e.g. {max(step, image_size // step * step)}, or fewer --channels")
+    unet_config(max(sizes) if arch == Arch.patch else image_size, widths)  # anything else it refuses
+
+
 def training_intensity(modality: Modality, hu_window, mri_percentile: float) -> tuple[dict, float | None]:
     """The intensity section and the per-volume magnitude percentile for a modality (core knows none)."""
     from .modality import intensity_card
@@ -99,7 +121,7 @@ def train(
     arch: Arch = typer.Option(Arch.unet, "--arch", help="unet: whole slices at --image-size; patch: position-aware "
                               "patches (PaDIS), usable on slices of any size."),
     modality: Modality = typer.Option(Modality.ct, "--modality", help="ct: HU window; mri: per-volume normalisation."),
-    image_size: int = typer.Option(64, "--image-size", help="unet: training slice size (square, divisible by "
+    image_size: int = typer.Option(64, "--image-size", min=1, help="unet: training slice size (square, divisible by "
                                    "2^(levels-1))."),
     patch_sizes: str = typer.Option("16,32,64", "--patch-sizes", help="patch: training patch sizes, comma separated "
                                     "(the largest is used at inference)."),
@@ -134,34 +156,34 @@ def train(
                                        "training patches ahead, each batch seeded by its step, the same for any "
                                        "number of workers (0: the training process draws them from the run's "
                                        "generator). On a GPU one core drawing patches limits the speed."),
-    steps: int = typer.Option(5000, "--steps", help="Total optimisation steps (with --resume: the new total)."),
+    steps: int = typer.Option(5000, "--steps", min=1, help="Total optimisation steps (with --resume: the new total)."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", min=0.0, help="Stop after this many minutes "
                                                "(wall clock, held-out scoring and checkpoints included; a GPU slot, "
                                                "say), export the prior and keep the state; --resume continues "
                                                "towards --steps."),
-    batch_size: int = typer.Option(16, "--batch-size", help="unet: slices per step; patch: patches of the largest "
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="unet: slices per step; patch: patches of the largest "
                                    "size per step (smaller sizes get proportionally more)."),
-    lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (after a linear warm-up)."),
+    lr: float = typer.Option(2e-4, "--lr", min=0.0, help="Adam learning rate (after a linear warm-up)."),
     lr_final: Optional[float] = typer.Option(None, "--lr-final", help="Cosine decay of the learning rate from "
                                              "--lr to this at the last step (default: constant)."),
     channels: str = typer.Option("32,64,128,128", "--channels", help="UNet widths per level, comma separated."),
-    layers_per_block: int = typer.Option(1, "--layers-per-block"),
+    layers_per_block: int = typer.Option(1, "--layers-per-block", min=1),
     attention: Optional[bool] = typer.Option(None, "--attention/--no-attention", help="Self-attention at the "
                                              "coarsest level (default: unet yes, patch no)."),
     hu_window: Tuple[float, float] = typer.Option((-1000.0, 1000.0), "--hu-window",
                                                   help="CT: HU mapped to the model range [-1, 1]."),
-    mri_percentile: float = typer.Option(99.5, "--mri-percentile", help="MRI: percentile that maps to 1."),
-    ema_decay: float = typer.Option(0.999, "--ema-decay"),
-    heldout_fraction: float = typer.Option(0.05, "--heldout-fraction", help="unet without --heldout-dataset: last "
+    mri_percentile: float = typer.Option(99.5, "--mri-percentile", min=0.0, max=100.0, help="MRI: percentile that maps to 1."),
+    ema_decay: float = typer.Option(0.999, "--ema-decay", min=0.0, max=1.0),
+    heldout_fraction: float = typer.Option(0.05, "--heldout-fraction", min=0.0, max=0.5, help="unet without --heldout-dataset: last "
                                            "slices held out to score denoising before/after."),
-    checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
-    heldout_every: Optional[int] = typer.Option(None, "--heldout-every", help="Held-out loss every N steps "
+    checkpoint_every: int = typer.Option(1000, "--checkpoint-every", min=0, help="Checkpoint (and export the prior) every N steps (0: only at the end)."),
+    heldout_every: Optional[int] = typer.Option(None, "--heldout-every", min=0, help="Held-out loss every N steps "
                                                 "(default: at every checkpoint; 0: only before/after)."),
-    sample_every: int = typer.Option(1000, "--sample-every", help="Sample grid PNG every N steps (0: only at the "
+    sample_every: int = typer.Option(1000, "--sample-every", min=-1, help="Sample grid PNG every N steps (0: only at the "
                                      "end; -1: never)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's)."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast where the device has native bf16 (an Ampere or later GPU, or a CPU with AVX512-BF16/AMX)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/checkpoints/state.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prior in OUTPUT."),
@@ -187,6 +209,11 @@ def train(
         torch.set_num_threads(threads)
     widths = _ints(channels, "--channels")
     sizes = _ints(patch_sizes, "--patch-sizes")
+    _check_network(arch, image_size, widths, sizes, channels)  # before the data are loaded (minutes for many)
+    if pixel_range[0] <= 0 or pixel_range[0] > pixel_range[1]:
+        raise InputError(f"--pixel-range {pixel_range[0]:g} {pixel_range[1]:g}: give 0 < LO <= HI (mm), e.g. 0.7 4.0")
+    if hu_window[0] >= hu_window[1]:
+        raise InputError(f"--hu-window {hu_window[0]:g} {hu_window[1]:g}: give LO < HI (HU), e.g. -1000 1000")
     paths = list(data or []) + list(more or [])
     sources: list = list(paths)
     names = [n for d in (dataset or []) for n in (datasets.names("train", modality.value) if d == "train" else [d])]

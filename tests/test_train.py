@@ -353,3 +353,23 @@ def test_patch_batches_take_any_seed():
     assert torch.equal(PatchBatches(Draw(), 7, 3)[2][0], same_as_before)  # small seeds keep their stream
     big = PatchBatches(Draw(), 20240601, 3)
     assert not torch.equal(big[1][0], big[2][0])  # drawn, and one stream per step
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--batch-size", "0"], "--batch-size"), (["--heldout-fraction", "0.99"], "--heldout-fraction"),
+    (["--heldout-fraction", "-0.5"], "--heldout-fraction"), (["--checkpoint-every", "-1"], "--checkpoint-every"),
+    (["--image-size", "30", "--channels", "16,32,64"], "--image-size 30: not a multiple of 2^2 = 4"),
+    (["--channels", "12,24"], "--channels 12,24"), (["--steps", "0"], "--steps"),
+    (["--arch", "patch", "--patch-sizes", "10,16", "--channels", "8,16,32"], "--patch-sizes 10,16: 10 not"),
+    (["--arch", "patch", "--pixel-range", "2", "1"], "--pixel-range 2 1"), (["--hu-window", "500", "-500"],
+                                                                           "--hu-window 500 -500")])
+def test_cli_options_out_of_range_are_one_line_errors_before_the_data_are_read(tmp_path, capsys, extra, named):
+    """Values that ended in a traceback (--batch-size 0, --heldout-fraction 0.99 or -0.5; --image-size 30 with three
+    levels only once the data were read) or did something odd (--checkpoint-every -1 checkpointed every step) are
+    refused naming the option, before the data are read: the data path here does not exist."""
+    from pipelines.cli import main
+
+    out = tmp_path / "prior"
+    assert main(["train", "--data", str(tmp_path / "missing"), "--output", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err and "no such file" not in err and not out.exists()

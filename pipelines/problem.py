@@ -178,14 +178,16 @@ class Problem:
         return bool(self.info.get("complex_images"))
 
     def bounds(self, settings) -> tuple[float, float] | None:
-        """Clamp interval in model units: ``clip`` (physical units) and ``nonneg`` (not below the intensity
-        map's physical minimum, e.g. mu >= 0 at -1000 HU: model_min, not model 0); none for complex images."""
+        """Clamp interval in model units: ``clip`` (physical units) and ``nonneg`` (not below the value that
+        measures nothing, ``no_signal``: mu >= 0, i.e. -1000 HU, or MRI magnitude >= 0; not the intensity map's
+        minimum, which a prior trained on a narrower window, e.g. -200..200 HU, puts above air); none for complex
+        images."""
         if self.complex_images:
             return None
         lo, hi = (-math.inf, math.inf) if settings.clip is None else \
             (float(self.intensity.to_model(settings.clip[0])), float(self.intensity.to_model(settings.clip[1])))
         if settings.nonneg:
-            lo = max(lo, self.intensity.model_min)
+            lo = max(lo, self.no_signal)
         return None if (lo, hi) == (-math.inf, math.inf) else (lo, hi)
 
     def solve(self, settings=None, progress: bool = False, snapshot=None, snapshot_every: int = 0) -> Solution:

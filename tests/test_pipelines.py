@@ -787,3 +787,16 @@ def test_an_output_folder_named_or_existing_as_a_file_is_refused(tmp_path, ct_ni
         tasks.reconstruct("sparse_view_ct_8", ct_nifti, out, overwrite=True,
                           overrides=["solver.name=fbp", "ct.image_size=16"])
     assert not out.exists() or out.read_text() == "mine"
+
+
+def test_nonneg_holds_values_at_mu_zero_whatever_the_priors_window(ct_nifti):
+    """``solver.nonneg`` keeps mu >= 0 (-1000 HU): a CT prior trained on a narrower window (-200..200 HU) must not
+    floor the reconstruction at its window's bottom (air and lung came back at -200 HU)."""
+    from pipelines.config import load_config
+    for window, floor_hu in (((-1000.0, 1000.0), -1000.0), ((-200.0, 200.0), -1000.0)):
+        prior = GaussianDenoiser(mean=0.0, var=0.1)
+        prior.intensity = IntensityMap(*window, unit="HU")
+        cfg = load_config("sparse_view_ct_8", ["solver.steps=2"])
+        problem = Problem.build(cfg, read_volume(ct_nifti), prior=prior)
+        lo, hi = problem.bounds(cfg.solver)
+        assert float(problem.intensity.to_physical(lo)) == pytest.approx(floor_hu, abs=1e-3) and hi == np.inf

@@ -274,7 +274,7 @@ def verify(name: str, cache_dir: str | Path | None = None) -> Path:
 
 
 def is_fetched(name: str, cache_dir: str | Path | None = None) -> bool:
-    """True when every file of the scan is in the cache (sizes only; ``verify`` checks the digests)."""
+    """True when every file of the scan is in the cache (presence only; ``verify`` checks the digests)."""
     s = scan(name)
     folder = cache_root(cache_dir) / s.name
     return all((folder / rel).is_file() for rel in _expected(s))
@@ -477,7 +477,7 @@ def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = Non
                 continue
             except InputError:
                 echo(f"{s.name}: cached copy fails its checksum; extracting again")
-        archive = None
+        archive = given = None  # given: a copy found outside the cache (sdist_dirs, $MEDRECON_SDISTS)
         try:
             if s.registry == "debian":
                 archive = _download_deb(s, root, echo)
@@ -491,6 +491,7 @@ def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = Non
                 if archive is None:
                     archive = download_sdist(s, sdists, echo)
                 elif archive.parent != sdists:  # a copy in the cache, appearing whole
+                    given = archive
                     sdists.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(archive, sdists / f"{archive.name}.part")
                     archive = (sdists / f"{archive.name}.part").replace(sdists / archive.name)
@@ -498,6 +499,9 @@ def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = Non
         except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError) as e:
             if archive is not None and archive.is_relative_to(root):
                 archive.unlink(missing_ok=True)  # the cache's copy: the next fetch downloads it again
+            if given is not None:  # the next fetch would copy the same damaged file again
+                raise InputError(f"{s.name}: {given} is damaged ({type(e).__name__}: {e}); replace it with a good "
+                                 f"copy of {s.requirement}'s sdist, or remove it to download one") from None
             raise InputError(f"{s.name}: the archive {archive} is damaged ({type(e).__name__}: {e}); "
                              f"{'it was removed: ' if archive is not None and not archive.exists() else ''}run "
                              f"`{SETUP_COMMAND} {s.name}` again (or replace it with a good copy)") from None

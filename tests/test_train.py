@@ -373,3 +373,28 @@ def test_cli_options_out_of_range_are_one_line_errors_before_the_data_are_read(t
     assert main(["train", "--data", str(tmp_path / "missing"), "--output", str(out), *extra]) == 2
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err and "no such file" not in err and not out.exists()
+
+
+def test_trained_weights_are_shared_as_the_umask_says_and_an_unreadable_file_is_named(data, tmp_path, monkeypatch):
+    """safetensors wrote the weights owner-only (0600) whatever the umask, so colleagues could not read the prior;
+    and a weights file this user may not read was reported as 'No such file or directory ... truncated or
+    corrupt'. Now the weights get 0666 less the umask, and an unreadable file is 'permission denied'."""
+    import os
+
+    from medrecon.priors.unet import WEIGHTS_NAME
+
+    train, _ = data
+    old = os.umask(0o022)
+    try:
+        out = train_prior(train, tmp_path / "p", TrainOptions(image_size=16, channels=(8, 16), steps=1, batch_size=2,
+                                                              checkpoint_every=0, sample_every=0), progress=False)
+    finally:
+        os.umask(old)
+    weights = out / WEIGHTS_NAME
+    assert weights.stat().st_mode & 0o777 == 0o644
+    weights.chmod(0o200)
+    real = os.access  # root reads anything: then the loader is told it may not
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == weights else real(p, mode, **kw))
+    with pytest.raises(InputError, match=r"permission denied.*chmod a\+r") as e:
+        load_prior(out)
+    assert "corrupt" not in str(e.value)

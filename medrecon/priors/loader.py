@@ -17,6 +17,7 @@ so only do that for files from a source you trust.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from pathlib import Path
@@ -38,6 +39,14 @@ from .unet import CONFIG_NAME, EDM_SCHEDULE, WEIGHTS_NAME, build_unet, read_unet
 def _abbrev(names: list[str], n: int = 5) -> str:
     shown = ", ".join(names[:n])
     return shown + (f", ... (+{len(names) - n} more)" if len(names) > n else "")
+
+
+def check_readable(path: Path) -> None:
+    """An InputError when this user may not read ``path`` (safetensors reports that as 'No such file or
+    directory', which read as a damaged file)."""
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied: this user may not read the weights; ask the owner to make "
+                         f"the file readable (chmod a+r {path}) or copy the prior somewhere you can read it")
 
 
 def torch_load(path: Path, allow_unsafe_pickle: bool = False):
@@ -173,6 +182,7 @@ def _build_unet(folder: Path, card: dict) -> EDMPrior:
         if not f.is_file():
             raise InputError(f"{f}: missing; a medrecon prior folder holds {CARD_NAME}, {CONFIG_NAME} and "
                              f"{WEIGHTS_NAME} (as written by `medrecon train`)")
+    check_readable(weights)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
@@ -240,6 +250,7 @@ def load_prior(path: str | Path, device=None, allow_unsafe_pickle: bool = False,
         weights, found = path, merge_cards(_card_beside(path) or {}, user)
     if not weights.is_file():
         raise InputError(f"{weights}: weights file named by the model card does not exist")
+    check_readable(weights)
     obj = torch_load(weights, allow_unsafe_pickle)
     arch = _detect(obj)
     if arch is None:

@@ -10,6 +10,7 @@ Training data are in [-1, 1] (sigma_data = 0.5).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -56,6 +57,14 @@ def read_unet_config(folder: str | Path) -> dict:
     return json.loads((Path(folder) / CONFIG_NAME).read_text())
 
 
+def share_as_umask(path: str | Path) -> None:
+    """Give ``path`` the mode an ordinary new file gets (0o666 less the umask): safetensors creates its file
+    owner-only (0600) whatever the umask, so colleagues could not read a prior whose card they could."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def save_unet_prior(folder: str | Path, unet, card: dict) -> Path:
     """Write a prior folder: config.json + safetensors weights (``save_pretrained``) and the model card."""
     from .card import write_model_card
@@ -63,6 +72,7 @@ def save_unet_prior(folder: str | Path, unet, card: dict) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(folder, safe_serialization=True)
+    share_as_umask(folder / WEIGHTS_NAME)
     write_model_card(folder, {**card, "architecture": card.get("architecture", "diffusers-unet2d"),
                               "weights": WEIGHTS_NAME})
     return folder

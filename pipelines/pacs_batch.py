@@ -5,18 +5,22 @@ OUTPUT_ROOT holds ``manifest.csv`` (the batch's columns; ``error`` starts with t
 ``retrieve:``, ``reconstruct:`` or ``store:``), ``index.html``, ``received/<SeriesInstanceUID>/`` (each
 source series as retrieved, present only when complete) and one ``reconstruct`` output per series,
 ``<description>_<UID tail>/``, which gets ``pacs.json`` once its derived series was stored on the PACS.
+The manifest's paths are relative to OUTPUT_ROOT (the same command works from any folder); a user's
+manifest.csv or index.html there stops the run before any work, as in the batch.
 A rerun skips what is finished: no retrieval when ``received/<UID>`` exists, no reconstruction when the
 output holds ``report.json``, no send when it holds ``pacs.json``.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from medrecon.errors import InputError
 from medrecon.io import list_series
 
-from .batch import CONFLICT, BatchResult, output_state, read_manifest, sanitize, write_manifest
+from .batch import (CONFLICT, BatchResult, _rel, check_batch_root, output_state, read_manifest, sanitize,
+                    write_manifest)
 from .config import load_config
 from .html_report import write_batch_index
 from .outputs import write_json
@@ -36,23 +40,24 @@ class Runner:
         self.settings, self.send, self.overwrite, self.progress, self.echo = settings, send, overwrite, progress, echo
         if send:
             settings.need_host()
-        self.root = Path(output_root)
+        check_batch_root(Path(output_root))  # a user's manifest.csv or index.html there: a one-line error
+        self.root = Path(os.path.abspath(output_root))  # the same folder wherever the command runs
         self.root.mkdir(parents=True, exist_ok=True)
         self.received = self.root / "received"
         self.inbox = Inbox(self.received)
         self.manifest = self.root / "manifest.csv"
         self.rows: dict[str, dict] = {}
         if self.manifest.is_file():  # keep the history of earlier runs (listen mode appends)
-            self.rows = {r["series_uid"]: r for r in read_manifest(self.manifest)}
+            self.rows = {r["series_uid"]: _rooted(r) for r in read_manifest(self.manifest)}
 
     def output_for(self, uid: str, description: str) -> Path:
         known = self.rows.get(uid, {}).get("output_path")
         if known:
-            return Path(known)
+            return self.root / known
         out = self.root / sanitize(f"{description or 'series'}_{uid[-12:]}")
-        used = {r["output_path"] for r in self.rows.values()}
+        used = {self.root / r["output_path"] for r in self.rows.values()}
         n = 2
-        while str(out) in used:
+        while out in used:
             out = self.root / sanitize(f"{description or 'series'}_{uid[-12:]}_{n}")
             n += 1
         return out
@@ -62,8 +67,8 @@ class Runner:
         grew since its output was made, late images, is reconstructed and sent again; another config is a
         conflict that --overwrite resolves)."""
         src, out = self.received / sanitize(uid, "series"), self.output_for(uid, description)
-        row = {"series_uid": uid, "input_path": str(src), "output_path": str(out), "status": "", "seconds": "0.0",
-               "error": ""}
+        row = {"series_uid": uid, "input_path": _rel(src, self.root), "output_path": _rel(out, self.root),
+               "status": "", "seconds": "0.0", "error": ""}
         files = next((s.files_sha256 for s in list_series(src, recursive=True) if s.uid == uid), None) \
             if src.is_dir() else None
         state = "new" if self.overwrite else output_state(out, uid, files, self.fingerprint)
@@ -185,6 +190,15 @@ def listen(settings: PacsSettings, output_root, config, overrides=(), send: bool
     finally:
         server.shutdown()
     return BatchResult(run.manifest, rows)
+
+
+def _rooted(row: dict) -> dict:
+    """A manifest row with its paths relative to OUTPUT_ROOT. Every output lies directly in the root and every
+    source series in ``received/``, so the folder's name is enough: it also finds the rows of earlier versions,
+    which held paths relative to the folder they ran in (or absolute ones)."""
+    name = {k: Path(row.get(k) or "").name for k in ("input_path", "output_path")}
+    return {**row, "input_path": f"received/{name['input_path']}" if name["input_path"] else "",
+            "output_path": name["output_path"]}
 
 
 def _description(folder: Path) -> str:

@@ -97,7 +97,7 @@ def test_query_retrieve_reconstruct_store_and_resume(pacs, tmp_path, capsys):
     assert not any(p in logs.out + logs.err for p in (*PATIENT, "Doe", "Jane"))  # UIDs only, never the patient
 
     for name, desc in (("Chest", "Chest 1.0"), ("Abdomen", "Abdomen 2.0")):
-        series_out = Path(rows[name]["output_path"])
+        series_out = out / rows[name]["output_path"]  # paths relative to OUTPUT_ROOT
         sent = __import__("json").loads((series_out / "pacs.json").read_text())
         derived = _derived_on_pacs(pacs, sent["derived_series_uid"])
         src_uid, src_sops = _source_uids(pacs.sources[desc])
@@ -138,8 +138,8 @@ def test_c_get_and_dry_run(pacs, tmp_path, capsys):
     assert main(["pacs", "run", str(out), "--config", "sparse_view_ct_8", *SETS, *_net(pacs), "--retrieve", "get",
                  "--description", "Abdomen*", "--no-send"]) == 0
     row = _manifest(out)["Abdomen"]
-    assert row["status"] == "done" and len(list(Path(row["input_path"]).glob("*.dcm"))) == 4
-    assert not (Path(row["output_path"]) / "pacs.json").exists()  # --no-send
+    assert row["status"] == "done" and len(list((out / row["input_path"]).glob("*.dcm"))) == 4
+    assert not (out / row["output_path"] / "pacs.json").exists()  # --no-send
 
 
 def test_unreachable_pacs_and_wrong_ae_titles(pacs, tmp_path, capsys):
@@ -245,10 +245,10 @@ def test_store_failing_mid_transfer_is_redone_on_resume(pacs, tmp_path, monkeypa
     assert _run(pacs, out, "--description", "Chest*") == 1
     row = _manifest(out)["Chest"]
     assert row["status"] == "failed" and row["error"].startswith("store: PacsError:")
-    assert not (Path(row["output_path"]) / "pacs.json").exists()
+    assert not (out / row["output_path"] / "pacs.json").exists()
     monkeypatch.setattr(Association, "send_c_store", real)
     assert _run(pacs, out, "--description", "Chest*") == 0  # only the send is redone
-    sent_info = __import__("json").loads((Path(row["output_path"]) / "pacs.json").read_text())
+    sent_info = __import__("json").loads((out / row["output_path"] / "pacs.json").read_text())
     assert len(_derived_on_pacs(pacs, sent_info["derived_series_uid"])) == 4
 
 
@@ -274,7 +274,7 @@ def test_listen_reconstructs_what_the_pacs_sends(pacs, tmp_path):
     assert result.get("rc") == 0
     row = _manifest(out)["Chest"]
     assert row["status"] == "done"
-    sent = json.loads((Path(row["output_path"]) / "pacs.json").read_text())
+    sent = json.loads((out / row["output_path"] / "pacs.json").read_text())
     assert len(_derived_on_pacs(pacs, sent["derived_series_uid"])) == 4
 
 
@@ -355,7 +355,7 @@ def test_listen_redoes_a_series_whose_late_images_arrive_and_resumes_what_a_stop
     t.join(60)
     rows = runs["first"].rows
     assert [r["status"] for r in rows] == ["done", "done"]
-    assert nib.load(Path(rows[-1]["output_path"]) / "recon.nii.gz").shape[2] == 3
+    assert nib.load(out / rows[-1]["output_path"] / "recon.nii.gz").shape[2] == 3
     uid = rows[0]["series_uid"]
     other = tmp_path / "other"  # a series received but not finished when the listener stopped
     _series(other, 2, "Abdomen 2.0", n=3)
@@ -418,3 +418,59 @@ def test_a_listening_scp_with_a_ca_requires_the_peers_certificate(tmp_path):
     certs = _certificates(tmp_path / "certs")
     tls = TLS(ca_file=certs / "ca.pem", cert_file=certs / "peer.pem", key_file=certs / "peer.key")
     assert ssl_context(tls, server=True).verify_mode == ssl.CERT_REQUIRED  # was CERT_NONE: ca_file unused
+
+
+def _runner(out, **kw):
+    from pipelines.pacs import PacsSettings
+    from pipelines.pacs_batch import Runner
+    return Runner(PacsSettings(), out, "sparse_view_ct_8", ["solver.name=fbp", "ct.image_size=16"], send=False,
+                  echo=lambda s: None, **kw)
+
+
+def test_a_relative_output_root_works_from_any_working_folder(tmp_path, monkeypatch):
+    """`medrecon pacs run out/pacs` (the README's example): the rows held paths relative to the working folder,
+    so the index looked for out/pacs/out/pacs/... (no link, no thumbnail), and the same command from another
+    folder reconstructed the series again outside OUTPUT_ROOT (and sent a second derived series). Paths are now
+    relative to OUTPUT_ROOT; the rows earlier versions wrote (relative to their working folder) are still found."""
+    src, out = tmp_path / "src", tmp_path / "out" / "pacs"
+    _series(src, 1, "Chest 1.0", n=3)
+    uid = _source_uids(src)[0]
+    (tmp_path / "cron").mkdir()
+    monkeypatch.chdir(tmp_path)
+    run = _runner(Path("out/pacs"))
+    shutil.copytree(src, run.received / uid)
+    row = run.process(uid, "Chest 1.0")
+    name = row["output_path"]
+    assert row["status"] == "done" and row["input_path"] == f"received/{uid}" and "/" not in name
+    assert (out / name / "report.json").is_file()
+    index = (out / "index.html").read_text()
+    assert f'href="{name}/index.html"' in index and f'src="{name}/' in index  # the link and the thumbnail
+
+    monkeypatch.chdir(tmp_path / "cron")  # the same root seen from another folder
+    assert _runner(Path("../out/pacs")).process(uid, "Chest 1.0") == {**row, "status": "skipped", "seconds": "0.0"}
+    with open(out / "manifest.csv", newline="") as fh:  # as an earlier version wrote it, run from tmp_path
+        rows = list(csv.DictReader(fh))
+    rows[0].update(input_path=f"out/pacs/received/{uid}", output_path=f"out/pacs/{name}")
+    from pipelines.batch import write_manifest
+    write_manifest(out / "manifest.csv", rows)
+    again = _runner(Path("../out/pacs")).process(uid, "Chest 1.0")
+    assert (again["status"], again["input_path"], again["output_path"]) == ("skipped", f"received/{uid}", name)
+    assert [p for p in tmp_path.rglob("Chest_1.0_*") if p.is_dir()] == [out / name]  # nothing made elsewhere
+
+
+def test_a_users_manifest_or_index_in_the_output_root_stops_before_any_work(tmp_path, capsys):
+    """As in the batch: a manifest.csv that is not a medrecon manifest was a KeyError traceback, and an index.html
+    that is not medrecon's was silently replaced."""
+    from medrecon.errors import InputError
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.csv").write_text("patient,scan\nA,1\n")
+    assert main(["pacs", "listen", str(out), "--config", "sparse_view_ct_8", "--store-port", str(free_port()),
+                 "--store-address", "127.0.0.1", "--no-send", "--idle-exit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a medrecon batch manifest" in err and err.count("\n") == 1
+    (out / "manifest.csv").unlink()
+    (out / "index.html").write_text("<html>my notes</html>")
+    with pytest.raises(InputError, match="is not a medrecon batch page"):
+        _runner(out)
+    assert (out / "index.html").read_text() == "<html>my notes</html>"

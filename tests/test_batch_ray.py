@@ -247,6 +247,22 @@ def test_ctrl_c_cancels_and_the_rerun_finishes(cluster, tree, tmp_path):
     assert {k: r["status"] for k, r in _rows(out).items()}["a"] == "done" and res.failed == 1
 
 
+@needs_ray
+def test_series_answered_at_once_are_echoed_as_the_local_engine_echoes_them(cluster, tree, tmp_path):
+    """A series the driver answers without a worker (finished, or a conflict) is echoed with its row's status and
+    error, numbered as it comes, as the local engine does: a config conflict was echoed '[3/3] skipped <folder>'
+    on every line (recorded as failed, the reason nowhere)."""
+    import shutil
+    shutil.rmtree(tree / "broken")
+    out, other = tmp_path / "out", ["solver.name=fbp", "ct.image_size=24"]
+    batch(tree, out, "sparse_view_ct_8", FBP, echo=_quiet)
+    local, distributed = [], []
+    batch(tree, out, "sparse_view_ct_8", other, echo=local.append)
+    res = batch(tree, out, "sparse_view_ct_8", other, echo=distributed.append, engine=RayEngine())
+    assert res.failed == 2 and distributed == local
+    assert local[0].startswith("[1/2] failed  ") and "made with another config" in local[0]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -125,8 +125,10 @@ def train(
                                    "2^(levels-1))."),
     patch_sizes: str = typer.Option("16,32,64", "--patch-sizes", help="patch: training patch sizes, comma separated "
                                     "(the largest is used at inference)."),
-    pixel_range: Tuple[float, float] = typer.Option((0.7, 4.0), "--pixel-range", help="patch: range of in-plane "
-                                                    "pixel sizes (mm) drawn by random rescaling."),
+    pixel_range: Optional[Tuple[float, float]] = typer.Option(None, "--pixel-range", help="patch: range of in-plane "
+                                                              "pixel sizes (mm) drawn by random rescaling, and so "
+                                                              "the range the prior reconstructs at [default: 0.7 4.0, "
+                                                              "widened to take in the training scans' own]."),
     context_slices: int = typer.Option(0, "--context-slices", min=0, help="patch: 2.5D, the network also sees "
                                        "this many noisy slices on each side of the one it denoises."),
     intensity_scale: Tuple[float, float] = typer.Option((1.0, 1.0), "--intensity-scale", help="patch: brightness "
@@ -194,7 +196,7 @@ def train(
 
     from medrecon.errors import InputError
     from medrecon.priors.patch import heldout_slices
-    from medrecon.priors.train import TrainOptions, train_prior
+    from medrecon.priors.train import TrainOptions, pixel_range_for, train_prior
     from medrecon.priors.training_data import load_patch_data, load_slices
 
     from . import datasets
@@ -210,7 +212,7 @@ def train(
     widths = _ints(channels, "--channels")
     sizes = _ints(patch_sizes, "--patch-sizes")
     _check_network(arch, image_size, widths, sizes, channels)  # before the data are loaded (minutes for many)
-    if pixel_range[0] <= 0 or pixel_range[0] > pixel_range[1]:
+    if pixel_range and (pixel_range[0] <= 0 or pixel_range[0] > pixel_range[1]):
         raise InputError(f"--pixel-range {pixel_range[0]:g} {pixel_range[1]:g}: give 0 < LO <= HI (mm), e.g. 0.7 4.0")
     if hu_window[0] >= hu_window[1]:
         raise InputError(f"--hu-window {hu_window[0]:g} {hu_window[1]:g}: give LO < HI (HU), e.g. -1000 1000")
@@ -256,7 +258,7 @@ def train(
                         attention=attention, steps=steps, time_limit=time_limit, loader_workers=loader_workers,
                         batch_size=batch_size, lr=lr, lr_final=lr_final,
                         ema_decay=ema_decay,
-                        patch_sizes=sizes, pixel_spacing_range=tuple(pixel_range), seed=seed, device=device,
+                        patch_sizes=sizes, pixel_spacing_range=tuple(pixel_range) if pixel_range else None, seed=seed, device=device,
                         amp=amp, checkpoint_every=checkpoint_every, heldout_every=heldout_every,
                         sample_every=0 if sample_every < 0 else sample_every or steps, context_slices=context_slices, init_from=init_from,
                         intensity_scale=scale, fov_crop=fov_crop, synthetic_phase=synthetic_phase,
@@ -274,6 +276,13 @@ def train(
             heldout = heldout_slices(hd, opts.heldout_spacing_mm, context=context_slices)
             held_desc = hprov
         what = f"{sd.n_slices} slices at their own pixel size, patches {','.join(map(str, sizes))}"
+        (lo, hi), why = pixel_range_for(sd.spacings, pixel_range)
+        typer.echo(f"pixel sizes drawn from {lo:.3g}-{hi:.3g} mm ({why})", err=True)
+        outside = sorted({round(min(sp), 4) for sp in sd.spacings if not lo <= min(sp) <= hi})
+        if outside:
+            typer.echo(f"warning: training scans at {', '.join(f'{v:g}' for v in outside)} mm lie outside --pixel-range "
+                       f"{lo:g} {hi:g}: the prior will refuse them in reconstruct (without --resample); widen "
+                       "--pixel-range LO HI to take them in, or leave it out", err=True)
     else:
         sd = load_slices(paths, imap, image_size, magnitude_percentile=pct, modality=modality.value, sources=sources,
                          dicom_modalities=MODALITY_OF_DICOM)

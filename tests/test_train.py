@@ -398,3 +398,27 @@ def test_trained_weights_are_shared_as_the_umask_says_and_an_unreadable_file_is_
     with pytest.raises(InputError, match=r"permission denied.*chmod a\+r") as e:
         load_prior(out)
     assert "corrupt" not in str(e.value)
+
+
+def test_cli_patch_prior_takes_in_its_own_scans_pixel_size_by_default(tmp_path, capsys):
+    """A patch prior trained (the README's command, no --pixel-range) on 0.5 mm scans recorded a range from 0.7 mm
+    up, and reconstruct refused the very scan it was trained on. The default range now takes in the scans' own
+    pixel sizes, and the card says why; a --pixel-range that leaves them out is warned about, naming it."""
+    from pipelines.cli import main
+    from pipelines.problem import in_pixel_range
+
+    rng = np.random.default_rng(8)
+    f = tmp_path / "fine.nii.gz"
+    nib.save(nib.Nifti1Image(phantom_volume(rng, z=3, n=32).transpose(2, 1, 0), np.diag([-0.5, -0.5, 2.0, 1.0])), f)
+    common = ["--data", str(f), "--arch", "patch", "--patch-sizes", "8,16", "--channels", "8,16", "--steps", "2",
+              "--batch-size", "1", "--sample-every", "-1", "--checkpoint-every", "0", "--device", "cpu", "--no-progress"]
+    assert main(["train", *common, "--output", str(tmp_path / "p")]) == 0
+    card = load_prior(tmp_path / "p").card
+    assert in_pixel_range(0.5, card["pixel_spacing_mm_range"]), card["pixel_spacing_mm_range"]
+    aug = card["training"]["augmentation"]
+    assert aug["pixel_spacing_range_mm"] == [0.5, 4.0] and "widened" in aug["pixel_spacing_range_why"]
+    assert "--pixel-range" not in card["training"]["command"]  # the default: the same data give the same range
+    capsys.readouterr()
+    assert main(["train", *common, "--output", str(tmp_path / "q"), "--pixel-range", "0.8", "1.2"]) == 0
+    err = capsys.readouterr().err
+    assert "training scans at 0.5 mm lie outside --pixel-range 0.8 1.2" in err

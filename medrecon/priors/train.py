@@ -82,7 +82,8 @@ class TrainOptions:
     patch_probs: tuple | None = None  # patch: probability of each size (None: equal)
     patch_inference_size: int | None = None  # patch: tile size at inference (None: the largest)
     patch_inference_shifts: int = 2  # patch: tile grids averaged per denoiser call (1: PaDIS's single grid, seams)
-    pixel_spacing_range: tuple = (0.7, 4.0)  # patch: in-plane pixel sizes (mm) drawn by random rescaling
+    pixel_spacing_range: tuple | None = None  # patch: in-plane pixel sizes (mm) drawn by random rescaling (None:
+    #                                           0.7-4.0 widened to take in the training scans' own, pixel_range_for)
     max_upsample: float = 1.25  # patch: never draw pixels finer than the scan's own / this
     rotate_deg: float = 10.0  # patch: random in-plane rotation in [-r, r] degrees
     heldout_spacing_mm: float = 2.0  # patch: pixel size of the held-out whole slices
@@ -109,6 +110,34 @@ class TrainOptions:
 RESUME_MAY_CHANGE = {"steps", "time_limit", "device", "amp", "loader_workers", "init_from", "lr", "lr_final",
                      "ema_decay", "log_every", "checkpoint_every", "heldout_every", "sample_every", "num_samples",
                      "sample_steps", "patch_inference_size", "patch_inference_shifts", "heldout_spacing_mm"}
+
+
+#: the CLI's spelling of an option where it is not the field's name
+OPTION_FLAGS = {"pixel_spacing_range": "--pixel-range"}
+
+#: the pixel sizes (mm) a patch prior learns by default, widened to take in the training scans' own
+DEFAULT_PIXEL_RANGE = (0.7, 4.0)
+
+
+def pixel_range_for(spacings, given=None) -> tuple[tuple, str]:
+    """The pixel sizes (mm) a patch prior trained on scans of ``spacings`` ((x, y) mm each) draws from, and why:
+    ``given``, or by default 0.7-4.0 mm widened to take in the scans' own pixel sizes (else a prior trained on
+    0.57 mm scans refused them in reconstruct)."""
+    own = [float(v) for sp in spacings for v in sp]
+    span = (f"{min(own):.3g}" if f"{min(own):.3g}" == f"{max(own):.3g}" else f"{min(own):.3g}-{max(own):.3g}") \
+        if own else ""
+    scans = f"the training scans' own pixel sizes ({span} mm)" if own else "no pixel sizes"
+    if given is not None:
+        return (float(given[0]), float(given[1])), f"given (--pixel-range); {scans}"
+    lo, hi = min([DEFAULT_PIXEL_RANGE[0], *own]), max([DEFAULT_PIXEL_RANGE[1], *own])
+    if (lo, hi) == DEFAULT_PIXEL_RANGE:
+        return (lo, hi), f"the default {lo:g}-{hi:g} mm, which holds {scans}"
+    return (lo, hi), (f"the default {DEFAULT_PIXEL_RANGE[0]:g}-{DEFAULT_PIXEL_RANGE[1]:g} mm widened to take in "
+                      f"{scans}; --pixel-range LO HI chooses another")
+
+
+def _flag(name: str) -> str:
+    return OPTION_FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def _option_value(v):
@@ -271,7 +300,7 @@ class _Trainer:
         changed = [k for k in old if k not in RESUME_MAY_CHANGE and hasattr(self.opts, k)
                    and _option_value(old[k]) != _option_value(getattr(self.opts, k))]
         if changed:
-            was = ", ".join(f"--{k.replace('_', '-')} {old[k]} (now {getattr(self.opts, k)})" for k in changed)
+            was = ", ".join(f"{_flag(k)} {old[k]} (now {getattr(self.opts, k)})" for k in changed)
             raise InputError(f"{path}: the run was trained with {was}; resume with its own options, or start a "
                              f"new run from it with --init-from {path.parent.parent}")
         if st.get("data", self._data_record()) != self._data_record():  # checkpoints before the fortieth session: any
@@ -382,6 +411,8 @@ class _PatchTrainer(_Trainer):
     def __init__(self, data, out: Path, opts: TrainOptions, command: str | None, start: Denoiser | None = None):
         from .patch import PatchSampler
 
+        rng, self.pixel_range_why = pixel_range_for(data.spacings, opts.pixel_spacing_range)
+        opts = replace(opts, pixel_spacing_range=rng)  # recorded resolved: the card's options say what was drawn
         bad = [p for p in opts.patch_sizes if p % 2 ** (len(opts.channels) - 1)]
         if bad:
             raise InputError(f"patch sizes {bad} are not divisible by 2^{len(opts.channels) - 1} "
@@ -454,6 +485,10 @@ class _PatchTrainer(_Trainer):
 
         o = self.opts
         lo, hi = self.sampler.used_spacing
+        if hi > 0:  # what was drawn, and the scans' own pixel sizes inside the range (drawn about as fine)
+            r0, r1 = o.pixel_spacing_range
+            own = [min(sp) for sp in self.data.spacings if r0 <= min(sp) <= r1]
+            lo, hi = min([lo, *own]), max([hi, *own])
         rng = [round(lo, 4), round(hi, 4)] if hi > 0 else [float(v) for v in o.pixel_spacing_range]
         return {"name": self.out.name, "architecture": ARCHITECTURE, "parameterization": "edm",
                 "weights": WEIGHTS_NAME,
@@ -468,6 +503,7 @@ class _PatchTrainer(_Trainer):
                 "modality": self.data.modality, "intensity": self.data.intensity,
                 "training": {**self.training_record(heldout),
                              "augmentation": {"pixel_spacing_range_mm": list(o.pixel_spacing_range),
+                                              "pixel_spacing_range_why": self.pixel_range_why,
                                               "max_upsample": o.max_upsample, "rotate_deg": o.rotate_deg,
                                               "flip": "left-right" if o.flip else None,
                                               "intensity_jitter": o.intensity_jitter,

@@ -93,8 +93,8 @@ class Job:
         return overwrite or self.state == "new"
 
     def row(self, status: str, seconds: str = "", error: str = "") -> dict:
-        return {"series_uid": self.uid, "input_path": _rel(self.input, self.input_root),
-                "output_path": _rel(self.output, self.output_root), "status": status, "seconds": seconds,
+        return {"series_uid": self.uid, "input_path": relative(self.input, self.input_root),
+                "output_path": relative(self.output, self.output_root), "status": status, "seconds": seconds,
                 "error": error}
 
 
@@ -119,8 +119,14 @@ def output_state(output: Path, uid: str, files_sha256: str | None, config_sha256
     return "done" if not config_sha256 or made_with == config_sha256 else "reconfigured"
 
 
-def _rel(path: Path, root: Path) -> str:
+def relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root``, with forward slashes (the manifest's form)."""
     return Path(os.path.relpath(path, root)).as_posix()
+
+
+def progress_line(n: int, total: int, row: dict) -> str:
+    """A series' progress line, whichever engine ran it: number, status, output folder, error."""
+    return f"[{n}/{total}] {row['status']:7s} {row['output_path']} {row['error']}".rstrip()
 
 
 def _absolute(path) -> Path:
@@ -259,7 +265,7 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
     if state == "done" and not overwrite:
         return job.row("skipped", "0.0")
     if state != "new" and not overwrite:
-        return job.row("failed", "0.0", f"{_rel(job.output, job.output_root)} exists but {CONFLICT[state]}; "
+        return job.row("failed", "0.0", f"{relative(job.output, job.output_root)} exists but {CONFLICT[state]}; "
                                         "pass --overwrite to redo it")
     t0 = time.perf_counter()
     try:
@@ -346,11 +352,11 @@ def _batch(cfg, input_root: Path, output_root: Path, dry_run, overwrite, progres
     for j in jobs:
         j.config_sha256 = fingerprint
     for f in passed_over:
-        echo(f"pass    {_rel(f, _absolute(input_root))}: a reconstruction medrecon wrote, not a scan")
+        echo(f"pass    {relative(f, _absolute(input_root))}: a reconstruction medrecon wrote, not a scan")
     if not jobs and not problems:
         raise InputError(f"no DICOM series to reconstruct under {input_root}"
                          + (" (only reconstructions medrecon wrote)" if passed_over else ""))
-    unread = [{"series_uid": "", "input_path": _rel(_absolute(f), _absolute(input_root)), "output_path": "",
+    unread = [{"series_uid": "", "input_path": relative(_absolute(f), _absolute(input_root)), "output_path": "",
                "status": "failed", "seconds": "0.0", "error": error_text(InputError(why), _absolute(input_root))}
               for f, why in problems]
     for r in unread:
@@ -381,6 +387,6 @@ def _batch(cfg, input_root: Path, output_root: Path, dry_run, overwrite, progres
         write_manifest(manifest, rows + [k.row("pending") for k in jobs[i:]])
         write_batch_index(output_root, rows + [k.row("pending") for k in jobs[i:]])
         r = rows[-1]
-        say(f"[{i}/{len(jobs)}] {r['status']:7s} {r['output_path']} {r['error']}".rstrip())
+        say(progress_line(i, len(jobs), r))
     bar.close()
     return BatchResult(manifest, rows[len(kept):])

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from medrecon.errors import InputError
 
-from .batch import Job, error_text, run_series, write_manifest
+from .batch import Job, error_text, progress_line, run_series, write_manifest
 
 INSTALL_HINT = "pip install 'medrecon[distributed]'"
 ENGINES = ("local", "ray")
@@ -147,7 +147,7 @@ class RayEngine:
             write_manifest(manifest, listed + [rows.get(k) or j.row("pending") for k, j in enumerate(jobs)])
 
         for n, i in enumerate(sorted(rows), 1):
-            echo(_line(n, len(jobs), rows[i]))
+            echo(progress_line(n, len(jobs), rows[i]))
         save()  # every series listed before the first one finishes
         t0 = time.perf_counter()
         bar = tqdm(total=n_todo, unit="series", desc=f"batch ({len(workers)} workers, {res['num_gpus']:g} GPU "
@@ -171,7 +171,7 @@ class RayEngine:
                     finished = n_todo - len(queue) - len(running)  # (a disabled bar does not count)
                     eta = tqdm.format_interval((time.perf_counter() - t0) / finished * (n_todo - finished))
                     with tqdm.external_write_mode():
-                        echo(f"{_line(len(rows), len(jobs), rows[i])}  (eta {eta})")
+                        echo(f"{progress_line(len(rows), len(jobs), rows[i])}  (eta {eta})")
         except KeyboardInterrupt:
             echo(f"interrupted: stopped {len(running)} running series; they stay 'pending' in {manifest} "
                  "and a rerun redoes them")
@@ -195,11 +195,6 @@ class RayEngine:
                 else error_text(e)
             return {**job.row("pending"), "status": "failed", "seconds": f"{seconds:.2f}",
                     "error": " ".join(what.split())[:500]}, lost
-
-
-def _line(n: int, total: int, row: dict) -> str:
-    """The series' progress line, as the local engine echoes it: number, status, output folder, error."""
-    return f"[{n}/{total}] {row['status']:7s} {row['output_path']} {row['error']}".rstrip()
 
 
 def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydicom.dataset import Dataset
 
 from medrecon.errors import InputError, MedreconError
-from medrecon.io.dicom_scan import MANUFACTURER  # noqa: F401 - pacs_batch and SeriesHit use it
+from medrecon.io.dicom_scan import MANUFACTURER
 
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # PacsError says what failed, in one line
 

@@ -19,12 +19,12 @@ from pathlib import Path
 from medrecon.errors import InputError
 from medrecon.io import list_series
 
-from .batch import (CONFLICT, BatchResult, _rel, check_batch_root, output_state, read_manifest, sanitize,
+from .batch import (CONFLICT, BatchResult, relative, batch_lock, check_batch_root, output_state, read_manifest, sanitize,
                     write_manifest)
 from .config import load_config
 from .html_report import write_batch_index
 from .outputs import write_json
-from .pacs import MANUFACTURER, PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
+from .pacs import PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
 from .pacs_retrieve import Inbox, retrieve_series, serve
 from .tasks import reconstruct
 
@@ -67,7 +67,7 @@ class Runner:
         grew since its output was made, late images, is reconstructed and sent again; another config is a
         conflict that --overwrite resolves)."""
         src, out = self.received / sanitize(uid, "series"), self.output_for(uid, description)
-        row = {"series_uid": uid, "input_path": _rel(src, self.root), "output_path": _rel(out, self.root),
+        row = {"series_uid": uid, "input_path": relative(src, self.root), "output_path": relative(out, self.root),
                "status": "", "seconds": "0.0", "error": ""}
         files = next((s.files_sha256 for s in list_series(src, recursive=True) if s.uid == uid), None) \
             if src.is_dir() else None
@@ -91,7 +91,8 @@ class Runner:
                     raise PacsError(f"series {uid} was not received")
                 n = retrieve_series(self.settings, hit, src, self.inbox)
                 self.echo(f"        received {n} instances of {uid}")
-            if not done and _made_by_medrecon(src):  # e.g. a routing rule sending our own output back
+            if not done and any(s.made_by_medrecon for s in list_series(src, recursive=True)):  # e.g. a routing
+                # rule sending our own output back
                 row["status"], row["error"] = "skipped", "a series made by medrecon: not reconstructed again"
                 return self.record(row)
             stage = "reconstruct"
@@ -139,17 +140,19 @@ def pacs_batch(settings: PacsSettings, query: Query, output_root, config, overri
         raise InputError("C-MOVE needs medrecon's storage SCP: give --store-port (the port the PACS knows for "
                          f"AE {settings.calling_aet!r}) or use --retrieve get")
     run = Runner(settings, output_root, config, overrides, send, overwrite, progress, echo)
-    server = serve(settings, run.inbox) if settings.retrieve == "move" else None
-    rows = []
-    try:
-        for i, h in enumerate(hits, 1):
-            row = run.process(h.series_uid, h.description, h)
-            rows.append(row)
-            echo(f"[{i}/{len(hits)}] {row['status']:7s} {h.series_uid} -> {row['output_path']} {row['error']}".rstrip())
-    finally:
-        if server is not None:
-            server.shutdown()
-        run.inbox.discard()
+    with batch_lock(run.root):  # one run or listener per output root
+        server = serve(settings, run.inbox) if settings.retrieve == "move" else None
+        rows = []
+        try:
+            for i, h in enumerate(hits, 1):
+                row = run.process(h.series_uid, h.description, h)
+                rows.append(row)
+                echo(f"[{i}/{len(hits)}] {row['status']:7s} {h.series_uid} -> {row['output_path']} "
+                     f"{row['error']}".rstrip())
+        finally:
+            if server is not None:
+                server.shutdown()
+            run.inbox.discard()
     return BatchResult(run.manifest, rows)
 
 
@@ -161,6 +164,11 @@ def listen(settings: PacsSettings, output_root, config, overrides=(), send: bool
     series, or after ``idle_exit_s`` seconds without work. Series received earlier but not finished are
     done first (resume)."""
     run = Runner(settings, output_root, config, overrides, send, False, progress, echo)
+    with batch_lock(run.root):  # one run or listener per output root
+        return _listen(run, settings, stable_s, max_series, idle_exit_s, echo)
+
+
+def _listen(run: Runner, settings, stable_s, max_series, idle_exit_s, echo) -> BatchResult:
     server = serve(settings, run.inbox)
     echo(f"listening as {settings.calling_aet} on {settings.store_address}:{settings.store_port}; "
          f"a series is complete after {stable_s:g} s without new images (Ctrl-C stops)")
@@ -207,15 +215,6 @@ def _description(folder: Path) -> str:
         return found[0].description if found else ""
     except Exception:  # noqa: BLE001 - only a folder name
         return ""
-
-
-def _made_by_medrecon(folder: Path) -> bool:
-    import pydicom
-    first = next(iter(sorted(folder.glob("*.dcm"))), None)
-    if first is None:
-        return False
-    ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["Manufacturer", "ImageType"])
-    return str(ds.get("Manufacturer", "")) == MANUFACTURER and "DERIVED" in list(ds.get("ImageType", []))
 
 
 def _series_uid(folder: Path) -> str:

@@ -474,3 +474,18 @@ def test_a_users_manifest_or_index_in_the_output_root_stops_before_any_work(tmp_
     with pytest.raises(InputError, match="is not a medrecon batch page"):
         _runner(out)
     assert (out / "index.html").read_text() == "<html>my notes</html>"
+
+
+def test_a_second_listener_or_run_into_one_output_root_is_refused(tmp_path, capsys):
+    """Two PACS jobs into one OUTPUT_ROOT (a listener and a scheduled run) would retrieve, reconstruct and store the
+    same series twice and overwrite each other's manifest: the batch's lock refuses the second in one line."""
+    import fcntl
+    from pipelines.batch import LOCK
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["pacs", "listen", str(out), "--config", "sparse_view_ct_8", "--store-port", str(free_port()),
+                     "--store-address", "127.0.0.1", "--no-send", "--idle-exit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "another batch is writing into" in err and err.count("\n") == 1

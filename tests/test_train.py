@@ -273,7 +273,7 @@ def test_cli_patch_training_on_a_folder_records_each_volume_and_refuses_another_
               "--no-progress"]
     assert main(["train", "--data", str(folder), "--output", str(tmp_path / "p"), *common]) == 0
     data = load_prior(tmp_path / "p").card["training"]["data"]
-    assert data["n_volumes"] == 3 and sorted(Path(v).name for v in data["volumes"]) == ["v0.nii.gz", "v1.nii.gz",
+    assert data["n_volumes"] == 3 and sorted(Path(v["path"]).name for v in data["volumes"]) == ["v0.nii.gz", "v1.nii.gz",
                                                                                          "v2.nii.gz"]
     mr = Volume(np.abs(phantom_volume(rng, z=4, n=24)), spacing=(1.0, 1.0, 2.0), meta={"dicom": {"Modality": "MR"}})
     write_dicom_series(mr, tmp_path / "mr")
@@ -422,3 +422,42 @@ def test_cli_patch_prior_takes_in_its_own_scans_pixel_size_by_default(tmp_path, 
     assert main(["train", *common, "--output", str(tmp_path / "q"), "--pixel-range", "0.8", "1.2"]) == 0
     err = capsys.readouterr().err
     assert "training scans at 0.5 mm lie outside --pixel-range 0.8 1.2" in err
+
+
+def test_cli_resume_refuses_other_scans_of_ones_own_naming_them(tmp_path, capsys, monkeypatch):
+    """--resume on other scans of one's own with as many slices was accepted silently (the run's record kept only
+    slice counts for the user's files). The card now records each volume's absolute path, voxels' SHA-256 and pixel
+    size; a resume on other voxels or pixel sizes is refused naming the volume; the same scans elsewhere resume."""
+    import json
+    import shutil
+
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(9)
+    (tmp_path / "scans").mkdir()
+    for name, mm in (("a", 0.8), ("b", 0.8), ("c", 1.1)):
+        nib.save(nib.Nifti1Image(phantom_volume(rng, z=4, n=20).transpose(2, 1, 0), np.diag([-mm, -mm, 2.0, 1.0])),
+                 tmp_path / "scans" / f"{name}.nii.gz")
+    shutil.copy(tmp_path / "scans" / "b.nii.gz", tmp_path / "b_copy.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    common = ["--output", "p", "--image-size", "16", "--channels", "8,16", "--batch-size", "2", "--checkpoint-every",
+              "2", "--sample-every", "-1", "--device", "cpu", "--no-progress"]
+    assert main(["train", "--data", "scans/a.nii.gz", "scans/b.nii.gz", "--steps", "2", *common]) == 0
+    vols = load_prior(tmp_path / "p").card["training"]["data"]["volumes"]
+    assert [v["path"] for v in vols] == [str(tmp_path / "scans" / "a.nii.gz"), str(tmp_path / "scans" / "b.nii.gz")]
+    assert len(vols[0]["voxels_sha256"]) == 64 and vols[0]["pixel_spacing_mm"] == [0.8, 0.8]
+    capsys.readouterr()
+    assert main(["train", "--data", "scans/a.nii.gz", "scans/c.nii.gz", "--steps", "4", "--resume", *common]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'scans' / 'c.nii.gz'}: pixel size [1.1, 1.1] mm, the run's [0.8, 0.8] mm, its voxels " \
+           f"differ (SHA-256); the run trained on {tmp_path / 'scans' / 'b.nii.gz'}" in err
+    assert main(["train", "--data", "scans/a.nii.gz", "b_copy.nii.gz", "--steps", "4", "--resume", *common]) == 0
+    assert load_prior(tmp_path / "p").card["training"]["steps"] == 4  # the same scans from another folder
+    state_file = tmp_path / "p" / "checkpoints" / "state.pt"  # a checkpoint of before: only slice counts recorded
+    st = torch.load(state_file, weights_only=True)
+    record = json.loads(st["data"])
+    record["volumes"] = [None, None]
+    del record["intensity_window"]
+    st["data"] = json.dumps(record, sort_keys=True)
+    torch.save(st, state_file)
+    assert main(["train", "--data", "scans/a.nii.gz", "scans/b.nii.gz", "--steps", "6", "--resume", *common]) == 0

@@ -300,6 +300,7 @@ class PatchSampler:
             why = too_small_for_patches(v.shape[-2:], spacing, self.sizes, self.spacing_range, self.max_upsample)
             if why:
                 name = names[k] if isinstance(names, list) and k < len(names) else f"volume {k}"
+                name = name.get("path", f"volume {k}") if isinstance(name, dict) else name
                 raise InputError(f"{name}: {why}: give smaller --patch-sizes, or leave the volume out")
         self.pyramids = []
         for v in data.volumes:

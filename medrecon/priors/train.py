@@ -239,6 +239,51 @@ def patch_batch_stream(sampler, seed: int, start: int, steps: int, workers: int)
     return iter(loader)
 
 
+def _volume_identity(v) -> dict | None:
+    """What identifies a training volume whatever its path: a registered scan's file checksum, the voxels'
+    checksum and pixel size of one of the user's own (training_data.volume_record); None for a bare path."""
+    if not isinstance(v, dict):
+        return None
+    return {k: v[k] for k in ("sha256", "voxels_sha256", "pixel_spacing_mm", "series_uid") if k in v}
+
+
+def _data_difference(old: str | None, new: str, old_paths: list, new_paths: list) -> str | None:
+    """What differs between a checkpoint's data record and the data given now, in words (None: the same data).
+    A record from before a field was kept (a checkpoint without the data, a volume without its checksums)
+    compares what it has."""
+    if old is None or old == new:
+        return None
+    a, b = json.loads(old), json.loads(new)
+
+    def name(paths, k):
+        return paths[k] if k < len(paths) else f"volume {k + 1}"
+    if a.get("n_volumes") != b.get("n_volumes"):
+        return f"{b.get('n_volumes')} volumes now, the run had {a.get('n_volumes')}"
+    for key in ("volumes", "heldout_volumes"):
+        va, vb = a.get(key), b.get(key)
+        if not (isinstance(va, list) and isinstance(vb, list)):
+            continue
+        if len(va) != len(vb):
+            return f"{len(vb)} {key.replace('_', ' ')} now, the run had {len(va)}"
+        for k, (x, y) in enumerate(zip(va, vb)):
+            x = {"sha256": x} if isinstance(x, str) else (x or {})  # a checkpoint's older record: a checksum or None
+            y = y or {}
+            what = {"pixel_spacing_mm": f"pixel size {y.get('pixel_spacing_mm')} mm, the run's "
+                                        f"{x.get('pixel_spacing_mm')} mm",
+                    "series_uid": f"series {y.get('series_uid')}, the run's {x.get('series_uid')}",
+                    "sha256": "its file differs (SHA-256)", "voxels_sha256": "its voxels differ (SHA-256)"}
+            differ = [text for field, text in what.items() if field in x and x[field] != y.get(field)]
+            if differ:
+                held = key == "heldout_volumes"
+                now, then = (f"held-out volume {k + 1}",) * 2 if held else (name(new_paths, k), name(old_paths, k))
+                return f"{now}: {', '.join(differ)}" + (f"; the run trained on {then}" if then != now else "")
+        a.pop(key, None), b.pop(key, None)
+    for key in sorted(a):  # what the checkpoint recorded (a newer record may keep more)
+        if a.get(key) != b.get(key):
+            return f"{key.replace('_', ' ')} {b.get(key)} now, the run had {a.get(key)}"
+    return None
+
+
 class _Trainer:
     """The training state (network, EMA, optimiser, step) and one optimisation step (whole-slice prior)."""
 
@@ -282,31 +327,41 @@ class _Trainer:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optim.state_dict(),
                 "step": self.step, "seconds": self.seconds, "unet_config": self.unet_config,
                 "options": asdict(self.opts), "generator": self.gen.get_state(), "recent": self.recent,
-                "heldout_log": self.heldout_log, "data": self._data_record(), "warmup_steps": self.warmup}
+                "heldout_log": self.heldout_log, "data": self._data_record(), "data_paths": self._volume_names(),
+                "warmup_steps": self.warmup}
 
     def _data_record(self) -> str:
         """What the run trains on, as text a resume must match: the card's data record without the paths (a
-        resume from another folder, or with a path spelled otherwise, is the same data), a registered scan's
-        checksum kept."""
+        resume from another folder, or with a path spelled otherwise, is the same data), each volume's checksums
+        (a registered scan's file, a volume of the user's own its voxels) and pixel size kept."""
         desc = dict(self.data.description)
         for key in ("volumes", "heldout_volumes"):
             if isinstance(desc.get(key), list):
-                desc[key] = [v.get("sha256") if isinstance(v, dict) else None for v in desc[key]]
+                desc[key] = [_volume_identity(v) for v in desc[key]]
+        window = self.data.intensity or {}
+        desc["intensity_window"] = [window.get("physical_min"), window.get("physical_max"),  # --hu-window, or MRI's
+                                    window.get("normalisation")]                         # --mri-percentile
         return json.dumps(desc, sort_keys=True, default=str)
+
+    def _volume_names(self) -> list:
+        vols = self.data.description.get("volumes")
+        return [v.get("path", "?") if isinstance(v, dict) else str(v) for v in vols] if isinstance(vols, list) else []
 
     def restore(self, path: Path):
         st = torch.load(path, map_location="cpu", weights_only=True)
         old = st.get("options") or {}
+        differs = _data_difference(st.get("data"), self._data_record(), st.get("data_paths") or [],
+                                   self._volume_names())
+        if differs:  # first: other data also resolve other defaults (the pixel range)
+            raise InputError(f"{path}: the run was trained on other data than given now ({differs}); resume with "
+                             f"the run's own --data/--dataset (and --hu-window/--mri-percentile), or start a new run from it with --init-from "
+                             f"{path.parent.parent}")
         changed = [k for k in old if k not in RESUME_MAY_CHANGE and hasattr(self.opts, k)
                    and _option_value(old[k]) != _option_value(getattr(self.opts, k))]
         if changed:
             was = ", ".join(f"{_flag(k)} {old[k]} (now {getattr(self.opts, k)})" for k in changed)
             raise InputError(f"{path}: the run was trained with {was}; resume with its own options, or start a "
                              f"new run from it with --init-from {path.parent.parent}")
-        if st.get("data", self._data_record()) != self._data_record():  # checkpoints before the fortieth session: any
-            raise InputError(f"{path}: the run was trained on other data than given now (the number of volumes or "
-                             "slices, the pixel sizes or the scans differ); resume with the run's own --data/"
-                             f"--dataset, or start a new run from it with --init-from {path.parent.parent}")
         if st["unet_config"] != self.unet_config:
             if not old:  # a checkpoint without its options: nothing says the network is the run's
                 raise InputError(f"{path}: the checkpoint's network (arch, size, channels) differs from the options "

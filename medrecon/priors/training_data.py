@@ -3,6 +3,7 @@ priors) from the caller's volumes, mapped to [-1, 1] by the caller's intensity w
 modality; ``medrecon train`` takes the window from pipelines.modality)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,11 +109,27 @@ def found_volumes(paths) -> list[Path]:
     return found
 
 
+def voxels_sha256(vol: Volume) -> str:
+    """SHA-256 of a volume's voxel values as read (float32, C order) and its shape: the same for the same scan in
+    any format or folder, other for other scans (what a resume checks)."""
+    data = np.ascontiguousarray(vol.data, dtype=np.float32)
+    h = hashlib.sha256(repr(tuple(data.shape)).encode())
+    h.update(memoryview(data).cast("B"))
+    return h.hexdigest()
+
+
+def volume_record(found: Path, vol: Volume) -> dict:
+    """What the card records of a training volume of the user's own: its absolute path (links resolved), the
+    SHA-256 of its voxels and its in-plane pixel size (x, y) mm."""
+    return {"path": str(Path(found).resolve()), "voxels_sha256": voxels_sha256(vol),
+            "pixel_spacing_mm": [round(float(vol.spacing[0]), 4), round(float(vol.spacing[1]), 4)]}
+
+
 def read_volumes(paths, sources=None, modality: str | None = None,
                  dicom_modalities: dict | None = None) -> tuple[list[Volume], list]:
     """The volumes under each of ``paths`` (files or folders, searched recursively), read, and what the card
-    records for each: ``sources[i]`` where it is a registered scan's provenance record, else the volume's own
-    path. A DICOM volume whose Modality tag ``dicom_modalities`` (DICOM tag -> modality, from the pipelines)
+    records for each: ``sources[i]`` where it is a registered scan's provenance record, else ``volume_record``
+    (absolute path, voxels' SHA-256, pixel size). A DICOM volume whose Modality tag ``dicom_modalities`` (DICOM tag -> modality, from the pipelines)
     maps to another modality than ``modality`` is refused."""
     volumes, recorded = [], []
     for i, path in enumerate(paths):
@@ -124,7 +141,7 @@ def read_volumes(paths, sources=None, modality: str | None = None,
                 raise InputError(f"{found}: its DICOM Modality is {tag}, but the prior is for {modality}: train "
                                  "one modality per prior (leave this volume out, or set --modality)")
             volumes.append(vol)
-            recorded.append(given if isinstance(given, dict) else found)
+            recorded.append(given if isinstance(given, dict) else volume_record(found, vol))
     return volumes, recorded
 
 

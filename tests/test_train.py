@@ -461,3 +461,27 @@ def test_cli_resume_refuses_other_scans_of_ones_own_naming_them(tmp_path, capsys
     st["data"] = json.dumps(record, sort_keys=True)
     torch.save(st, state_file)
     assert main(["train", "--data", "scans/a.nii.gz", "scans/b.nii.gz", "--steps", "6", "--resume", *common]) == 0
+
+
+def test_a_resumed_runs_card_lists_each_parts_command_and_lr(data, tmp_path):
+    """After a resume with another --lr the card said the whole run used the last one and its command could not
+    reproduce the run. The training state and the card now keep the run's parts: steps, command and lr of each."""
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=4, batch_size=2, warmup=1, checkpoint_every=0,
+                        sample_every=0, lr=1e-3)
+    out = train_prior(train, tmp_path / "p", opts, command="medrecon train --lr 0.001", progress=False)
+    assert [(p["from_step"], p["to_step"]) for p in read_model_card(out)["training"]["segments"]] == [(0, 4)]
+    train_prior(train, out, replace(opts, steps=6, lr=5e-4), command="medrecon train --lr 0.0005", resume=True,
+                progress=False)
+    training = read_model_card(out)["training"]
+    assert [(p["from_step"], p["to_step"], p["command"], p["lr"]) for p in training["segments"]] == [
+        (0, 4, "medrecon train --lr 0.001", 1e-3), (4, 6, "medrecon train --lr 0.0005", 5e-4)]
+    assert training["lr"] == 5e-4 and "resumed" in training["segments_note"]
+    state_file = out / "checkpoints" / "state.pt"  # a checkpoint of before: its first part's command unknown
+    st = torch.load(state_file, weights_only=True)
+    del st["segments"]
+    torch.save(st, state_file)
+    train_prior(train, out, replace(opts, steps=7, lr=5e-4), command="third", resume=True, progress=False)
+    parts = read_model_card(out)["training"]["segments"]
+    assert [(p["from_step"], p["to_step"], p["command"]) for p in parts][1:] == [(6, 7, "third")]
+    assert parts[0]["command"].startswith("not recorded") and parts[0]["to_step"] == 6

@@ -306,6 +306,20 @@ class _Trainer:
         self.gen = torch.Generator().manual_seed(opts.seed + 1)
         self.step, self.seconds, self.recent, self.heldout_log = 0, 0.0, [], []
         self.warmup = warmup_steps(opts.warmup, opts.steps)  # a resumed run keeps its own (restore)
+        self.segments = [self._segment(0)]  # the run's parts: a resume adds one (restore)
+
+    def _segment(self, start: int) -> dict:
+        """One part of the run: its first step, command and what a resume may change of how it learns."""
+        o = self.opts
+        return {"from_step": int(start), "to_step": None,
+                "command": self.command or "python API: medrecon.priors.train", "lr": o.lr,
+                "lr_final": o.lr_final, "ema_decay": o.ema_decay, "steps": o.steps}
+
+    def segments_now(self) -> list:
+        """The run's parts up to this step (the last one ends here; one resumed at its end and done is left out)."""
+        parts = [dict(p) for p in self.segments]
+        parts[-1]["to_step"] = self.step
+        return [p for p in parts if p["to_step"] > p["from_step"] or len(parts) == 1]
 
     def _build(self, config: dict, start: Denoiser | None = None):
         """The network of ``config`` (started from ``start``'s weights, if given), its EMA and optimiser."""
@@ -328,7 +342,7 @@ class _Trainer:
                 "step": self.step, "seconds": self.seconds, "unet_config": self.unet_config,
                 "options": asdict(self.opts), "generator": self.gen.get_state(), "recent": self.recent,
                 "heldout_log": self.heldout_log, "data": self._data_record(), "data_paths": self._volume_names(),
-                "warmup_steps": self.warmup}
+                "warmup_steps": self.warmup, "segments": self.segments_now()}
 
     def _data_record(self) -> str:
         """What the run trains on, as text a resume must match: the card's data record without the paths (a
@@ -375,6 +389,12 @@ class _Trainer:
         self.gen.set_state(st["generator"])
         self.step, self.seconds, self.recent = st["step"], st["seconds"], list(st["recent"])
         self.heldout_log = list(st.get("heldout_log", []))
+        before = [dict(p) for p in st.get("segments") or [{  # a checkpoint of before: its command unknown
+            "from_step": 0, "to_step": None, "command": "not recorded (a checkpoint from before medrecon kept each "
+            "resumed part's command)", "lr": old.get("lr"), "lr_final": old.get("lr_final"),
+            "ema_decay": old.get("ema_decay"), "steps": old.get("steps")}]]
+        before[-1]["to_step"] = self.step
+        self.segments = before + [self._segment(self.step)]
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         o, n = self.opts, self.data.slices.shape[0]
@@ -435,7 +455,10 @@ class _Trainer:
                     "final_loss_note": "mean EDM-weighted training loss over the last 100 steps",
                     "seconds": round(self.seconds, 1), "device": str(self.device),
                     "mixed_precision": "bf16" if self.bf16 else "none",
-                    "options": asdict(o), "versions": _versions()}
+                    "options": asdict(o), "versions": _versions(), "segments": self.segments_now()}
+        if len(training["segments"]) > 1:
+            training["segments_note"] = ("the run was resumed: command, lr, lr_final and ema_decay above are its last "
+                                         "part's; segments lists each part's steps and command")
         if heldout:
             training["heldout"] = heldout
         return training

@@ -111,6 +111,9 @@ def train(
                                               "follow --data."),
     more: Optional[List[Path]] = typer.Argument(None, help="More data paths (as if listed after --data).",
                                                 show_default=False),
+    series: Optional[List[str]] = typer.Option(None, "--series", help="SeriesInstanceUID to train on from a DICOM "
+                                               "folder holding several series (default: its largest); repeatable, "
+                                               "each series its own volume."),
     dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="A registered scan (pipelines.datasets, "
                                                 "fetched by `medrecon data fetch`) to train on; repeatable; "
                                                 "'train' = every training scan of the modality."),
@@ -268,7 +271,7 @@ def train(
     heldout, held_desc = None, None
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources,
-                             dicom_modalities=MODALITY_OF_DICOM)
+                             dicom_modalities=MODALITY_OF_DICOM, series=series)
         if held_names:
             hp, hprov = _dataset_volumes(held_names, modality, heldout=True)
             hd = load_patch_data(hp, imap, magnitude_percentile=pct, modality=modality.value, sources=hprov,
@@ -285,7 +288,7 @@ def train(
                        "--pixel-range LO HI to take them in, or leave it out", err=True)
     else:
         sd = load_slices(paths, imap, image_size, magnitude_percentile=pct, modality=modality.value, sources=sources,
-                         dicom_modalities=MODALITY_OF_DICOM)
+                         dicom_modalities=MODALITY_OF_DICOM, series=series)
         if held_names:
             hp, hprov = _dataset_volumes(held_names, modality, heldout=True)
             heldout = load_slices(hp, imap, image_size, magnitude_percentile=pct, sources=hprov).slices

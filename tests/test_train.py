@@ -485,3 +485,32 @@ def test_a_resumed_runs_card_lists_each_parts_command_and_lr(data, tmp_path):
     parts = read_model_card(out)["training"]["segments"]
     assert [(p["from_step"], p["to_step"], p["command"]) for p in parts][1:] == [(6, 7, "third")]
     assert parts[0]["command"].startswith("not recorded") and parts[0]["to_step"] == 6
+
+
+def test_cli_series_chooses_the_series_of_a_dicom_folder_and_the_card_records_them(tmp_path, capsys):
+    """A DICOM folder holding several series: the tie (and the warning for the largest) told the user to choose
+    with --series UID, which `medrecon train` rejected, and the card recorded only the folder. --series (repeatable)
+    chooses, each series its own volume, and the card records each volume's SeriesInstanceUID."""
+    import shutil
+
+    from medrecon.io import read_volume, write_dicom_series
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(10)
+    study, uids = tmp_path / "study", []
+    study.mkdir()
+    for k in range(2):
+        one = tmp_path / f"series{k}"
+        write_dicom_series(Volume(phantom_volume(rng, z=4, n=20), spacing=(1.0, 1.0, 2.0)), one, modality="CT")
+        uids.append(read_volume(one).meta["series_uid"])
+        for f in one.iterdir():
+            shutil.copy(f, study / f"{k}_{f.name}")
+    common = ["--data", str(study), "--image-size", "16", "--channels", "8,16", "--steps", "1", "--batch-size", "2",
+              "--checkpoint-every", "0", "--sample-every", "-1", "--device", "cpu", "--no-progress"]
+    assert main(["train", *common, "--output", str(tmp_path / "tie")]) == 2
+    assert "choose one with --series UID" in capsys.readouterr().err  # the advice now names an option train has
+    assert main(["train", *common, "--output", str(tmp_path / "p"), "--series", uids[1], "--series", uids[0]]) == 0
+    vols = load_prior(tmp_path / "p").card["training"]["data"]["volumes"]
+    assert sorted(v["series_uid"] for v in vols) == sorted(uids) and all(v["path"] == str(study) for v in vols)
+    assert main(["train", *common, "--output", str(tmp_path / "q"), "--series", "1.2.3"]) == 2
+    assert "--series 1.2.3: no DICOM folder under" in capsys.readouterr().err

@@ -27,11 +27,35 @@ class SliceData:
     description: dict = field(default_factory=dict)
 
 
-def read_training_volume(path: Path) -> Volume:
-    """One training volume (DICOM series folder or file, NIfTI, NRRD/MetaImage, .npy) via medrecon.io."""
+def read_training_volume(path: Path, series: str | None = None) -> Volume:
+    """One training volume (DICOM series folder or file, NIfTI, NRRD/MetaImage, .npy) via medrecon.io;
+    ``series``: the SeriesInstanceUID to read from a folder holding several (default: the largest)."""
     from ..io import read_volume
 
-    return read_volume(path)
+    return read_volume(path, series=series)
+
+
+def _folder_series(found: Path, series) -> list:
+    """The series to read from ``found``: those of ``series`` (SeriesInstanceUIDs) it holds itself, else [None]
+    (medrecon.io's default: its only or largest series; equal largest ones are an error naming them)."""
+    if not series or not found.is_dir():
+        return [None]
+    from ..io.dicom_scan import list_series
+
+    held = {s.uid for s in list_series(found)}
+    return [uid for uid in series if uid in held] or [None]
+
+
+def _reading_plan(paths, series) -> list:
+    """(index of the path, volume path, series UID or None) of every volume to read; a UID of ``series`` that no
+    DICOM folder under ``paths`` holds is an InputError, before anything is read."""
+    plan = [(i, found, uid) for i, path in enumerate(paths) for found in found_volumes([path])
+            for uid in _folder_series(found, series)]
+    missing = [uid for uid in series or [] if uid not in {u for _, _, u in plan}]
+    if missing:
+        raise InputError(f"--series {missing[0]}: no DICOM folder under {', '.join(map(str, paths))} holds this "
+                         "series; `medrecon info FOLDER` lists a folder's series")
+    return plan
 
 
 def training_intensity(intensity: dict) -> dict:
@@ -121,44 +145,48 @@ def voxels_sha256(vol: Volume) -> str:
 def volume_record(found: Path, vol: Volume) -> dict:
     """What the card records of a training volume of the user's own: its absolute path (links resolved), the
     SHA-256 of its voxels and its in-plane pixel size (x, y) mm."""
-    return {"path": str(Path(found).resolve()), "voxels_sha256": voxels_sha256(vol),
-            "pixel_spacing_mm": [round(float(vol.spacing[0]), 4), round(float(vol.spacing[1]), 4)]}
+    record = {"path": str(Path(found).resolve()), "voxels_sha256": voxels_sha256(vol),
+              "pixel_spacing_mm": [round(float(vol.spacing[0]), 4), round(float(vol.spacing[1]), 4)]}
+    if vol.meta.get("series_uid") is not None:  # DICOM: which series of the folder
+        record["series_uid"] = str(vol.meta["series_uid"])
+    return record
 
 
 def read_volumes(paths, sources=None, modality: str | None = None,
-                 dicom_modalities: dict | None = None) -> tuple[list[Volume], list]:
+                 dicom_modalities: dict | None = None, series=None) -> tuple[list[Volume], list]:
     """The volumes under each of ``paths`` (files or folders, searched recursively), read, and what the card
     records for each: ``sources[i]`` where it is a registered scan's provenance record, else ``volume_record``
-    (absolute path, voxels' SHA-256, pixel size). A DICOM volume whose Modality tag ``dicom_modalities`` (DICOM tag -> modality, from the pipelines)
-    maps to another modality than ``modality`` is refused."""
+    (absolute path, voxels' SHA-256, pixel size, DICOM series). A DICOM volume whose Modality tag
+    ``dicom_modalities`` (DICOM tag -> modality, from the pipelines) maps to another modality than ``modality`` is
+    refused. ``series``: SeriesInstanceUIDs; a DICOM folder holding
+    any of them gives those (each its own volume), another its only or largest series."""
     volumes, recorded = [], []
-    for i, path in enumerate(paths):
+    for i, found, uid in _reading_plan(paths, series):
         given = sources[i] if sources is not None else None
-        for found in found_volumes([path]):
-            vol = read_training_volume(found)
-            tag = str((vol.meta.get("dicom") or {}).get("Modality", "")).upper()
-            if modality and (dicom_modalities or {}).get(tag, modality) != modality:
-                raise InputError(f"{found}: its DICOM Modality is {tag}, but the prior is for {modality}: train "
-                                 "one modality per prior (leave this volume out, or set --modality)")
-            volumes.append(vol)
-            recorded.append(given if isinstance(given, dict) else volume_record(found, vol))
+        vol = read_training_volume(found, uid)
+        tag = str((vol.meta.get("dicom") or {}).get("Modality", "")).upper()
+        if modality and (dicom_modalities or {}).get(tag, modality) != modality:
+            raise InputError(f"{found}: its DICOM Modality is {tag}, but the prior is for {modality}: train "
+                             "one modality per prior (leave this volume out, or set --modality)")
+        volumes.append(vol)
+        recorded.append(given if isinstance(given, dict) else volume_record(found, vol))
     return volumes, recorded
 
 
 def load_slices(paths, intensity: dict, image_size: int = 64, *, sources=None, modality: str | None = None,
-                dicom_modalities: dict | None = None, **kw) -> SliceData:
+                dicom_modalities: dict | None = None, series=None, **kw) -> SliceData:
     """Find, read and prepare the volumes under ``paths`` (files or folders) for a whole-slice prior.
-    ``sources``, ``dicom_modalities``: see ``read_volumes``."""
-    volumes, recorded = read_volumes(paths, sources, modality, dicom_modalities)
+    ``sources``, ``dicom_modalities``, ``series``: see ``read_volumes``."""
+    volumes, recorded = read_volumes(paths, sources, modality, dicom_modalities, series)
     return prepare_slices(volumes, intensity, image_size, sources=recorded, modality=modality, **kw)
 
 
 def load_patch_data(paths, intensity: dict, *, sources=None, modality: str | None = None,
-                    dicom_modalities: dict | None = None, **kw):
+                    dicom_modalities: dict | None = None, series=None, **kw):
     """Find, read and prepare the volumes under ``paths`` for a patch prior (kept at their own pixel size)."""
     from .patch import prepare_volumes
 
-    volumes, recorded = read_volumes(paths, sources, modality, dicom_modalities)
+    volumes, recorded = read_volumes(paths, sources, modality, dicom_modalities, series)
     return prepare_volumes(volumes, training_intensity(intensity), model_range=MODEL_RANGE, sources=recorded,
                            modality=modality, **kw)
 

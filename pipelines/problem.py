@@ -505,7 +505,8 @@ def reconstruction_grid(cfg: Config, prior, source: Volume, resample: bool = Fal
             raise InputError(
                 f"{source.meta.get('source', 'the input')}: pixel size {pixel:.3g} mm is outside the range prior "
                 f"{prior.name} was trained on ({span[0]:.3g}-{span[1]:.3g} mm): set {cfg.modality}.pixel_size inside "
-                f"it, use a prior trained at this pixel size (medrecon train --arch patch on your scans), or pass "
+                f"it, use a prior trained at this pixel size (medrecon train --arch patch on your scans, whose range takes "
+                f"in their own pixel sizes; --pixel-range LO HI widens it), or pass "
                 f"--resample to move it into the range")
         pixel = min(max(pixel, span[0]), span[1])
         size = round(fov / pixel)
@@ -565,7 +566,8 @@ def check_grid(prior, meas: Measurement) -> None:
         also = "" if is_measured_kspace(meas) else ", or simulate the measurements at a pixel size inside the range"
         raise InputError(f"{meas.info.get('source') or 'the measurements'}: pixel size {pixel:.3g} mm is outside the "
                          f"range prior {prior.name} was trained on ({span[0]:.3g}-{span[1]:.3g} mm): use a prior "
-                         "trained at this pixel size (medrecon train --arch patch) or a classical solver (--set "
+                         "trained at this pixel size (medrecon train --arch patch on your scans; --pixel-range LO HI widens its "
+                         "range) or a classical solver (--set "
                          f"solver.name=admm_tv){also}")
 
 

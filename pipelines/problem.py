@@ -49,7 +49,7 @@ from .modality import MODALITY_OF_DICOM, Modality
 from .raw_mri import is_measured_kspace
 from .prior_cards import load_prior_for
 from .registry import SELF_ADAPT_DEFAULT, SOLVERS
-from .simulate import simulate_volume
+from .simulate import MAGNITUDE_PERCENTILE, simulate_volume
 
 log = logging.getLogger("medrecon")
 MAX_OBLONG = 1.5  # in-plane pixels more oblong than this need --resample (most likely a slice axis not the third)
@@ -660,9 +660,10 @@ def phase_rotation(image: torch.Tensor) -> complex:
 
 
 def _measured_scale(zero_filled: torch.Tensor) -> float:
-    """Normalisation of measured k-space: the zero-filled image's 99.9th percentile becomes 1."""
+    """Normalisation of measured k-space: the zero-filled image's MAGNITUDE_PERCENTILE becomes 1 (as a simulation's
+    image's does)."""
     zf = zero_filled.abs().flatten()
-    v = float(torch.quantile(zf[:: max(1, zf.numel() // 1_000_000)].float(), 0.999))
+    v = float(torch.quantile(zf[:: max(1, zf.numel() // 1_000_000)].float(), MAGNITUDE_PERCENTILE / 100))
     return v if v > 0 else 1.0
 
 

@@ -106,9 +106,21 @@ def simulate_ct(cfg: Config, src: Volume, size: int, pixel_mm: float | None = No
     return ref, Measurement("ct", y, ref.with_data(np.zeros(ref.shape)), geom.to_dict(), info=info)
 
 
+#: the percentile of |image| that normalised magnitude puts at 1 (simulation and measured k-space alike)
+MAGNITUDE_PERCENTILE = 99.9
+
+
+def magnitude_scale(image) -> float:
+    """What MR magnitude is divided by: its MAGNITUDE_PERCENTILE (the maximum where that is 0). Not the maximum:
+    one bright voxel (a vessel, fat, an artefact) at 50x the tissue put the tissue near 0.02, where the prior
+    (trained on |v| / its 99.5th percentile) took much of it for background (11.9 dB against 3D ADMM-TV's 21.3)."""
+    a = np.abs(np.asarray(image))
+    return float(np.percentile(a, MAGNITUDE_PERCENTILE)) or float(a.max()) or 1.0
+
+
 def simulate_mri(cfg: Config, src: Volume, size: int, pixel_mm: float | None = None) -> tuple[Volume, Measurement]:
     ref = resample_inplane(src, size, pixel_mm or cfg.mri.pixel_size)
-    scale = float(np.abs(ref.data).max()) or 1.0
+    scale = magnitude_scale(ref.data)
     ref = ref.with_data(ref.data / scale)
     f = cfg.simulation.upsample
     s = ref.spacing[0]

@@ -121,6 +121,14 @@ class Volume:
         origin = tuple(self.world_lps([0.0, 0.0, float(start)]))
         return replace(self, data=self.data[start:stop].copy(), origin=origin, meta=dict(self.meta))
 
+    def crop(self, rows: tuple[int, int], cols: tuple[int, int]) -> "Volume":
+        """In-plane rows[0]..rows[1]-1 and cols[0]..cols[1]-1 of every slice, placed where they were in space."""
+        (r0, r1), (c0, c1) = rows, cols
+        if not (0 <= r0 < r1 <= self.shape[1] and 0 <= c0 < c1 <= self.shape[2]):
+            raise ValueError(f"crop rows {rows}, cols {cols} is outside the volume's {self.shape[1:]} slices")
+        origin = tuple(self.world_lps([float(c0), float(r0), 0.0]))
+        return replace(self, data=self.data[:, r0:r1, c0:c1].copy(), origin=origin, meta=dict(self.meta))
+
     def central_slab(self, n: int) -> "Volume":
         """The n central slices (all of them when the volume has fewer)."""
         n = min(n, self.shape[0])

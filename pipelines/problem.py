@@ -143,7 +143,8 @@ class Problem:
             if cplx or measured:  # a constant rotation: real images (mri.image=real) then fit the real part
                 y = y * phase_rotation(zero_filled)  # a positive scale does not turn it
                 if meas.reference is not None and kw.get("reference") is None:
-                    kw["reference"] = meas.grid.with_data(meas.reference / scale, description="reference")
+                    ref = meas.grid.with_data(meas.reference / scale, description="reference")
+                    kw["reference"] = ref.crop(*meas.info["crop"]) if meas.info.get("crop") else ref
             if measured and not cplx:
                 A = with_real_input(A)
             if measured and cplx:
@@ -425,13 +426,19 @@ class Problem:
     def to_volume(self, x: torch.Tensor, description: str = "medrecon") -> Volume:
         """A model-unit estimate as a Volume in physical units on the output grid (complex images: magnitude)."""
         if x.is_complex():
-            return self.measurement.grid.with_data(np.abs(self._physical_complex(x)), description=description)
-        return self.measurement.grid.with_data(self.intensity.to_physical(x.real.float().cpu().numpy()),
-                                               description=description)
+            return self.output_grid(np.abs(self._physical_complex(x)), description=description)
+        return self.output_grid(self.intensity.to_physical(x.real.float().cpu().numpy()), description=description)
 
     def phase_volume(self, x: torch.Tensor, description: str = "medrecon phase") -> Volume:
         """The phase (radians) of a complex estimate, after the load-time rotation (see the module doc)."""
-        return self.measurement.grid.with_data(np.angle(self._physical_complex(x)), description=description)
+        return self.output_grid(np.angle(self._physical_complex(x)), description=description)
+
+    def output_grid(self, data: np.ndarray, **meta) -> Volume:
+        """``data`` (on the solver's square grid) as the output Volume: a non-square input's own extent
+        (``measurement.info['crop']``), without the padding the square grid added."""
+        vol = self.measurement.grid.with_data(data, **meta)
+        crop = self.measurement.info.get("crop")
+        return vol.crop(*crop) if crop else vol
 
     def _physical_complex(self, x: torch.Tensor) -> np.ndarray:
         x = x.detach().cpu()
@@ -454,7 +461,22 @@ def simulate_on_its_grid(cfg: Config, prior, source: Volume, resample: bool = Fa
     check_domain(cfg, prior, source)
     grid = reconstruction_grid(cfg, prior, source, resample)
     reference, meas = simulate_volume(cfg, source, grid["size"], grid["pixel_mm"])
+    crop = source_extent(source, grid["size"], grid["pixel_mm"])
+    if crop is not None:  # the square grid's padding is the solver's, not the input's: outputs and scores leave it
+        meas.info["crop"] = crop
+        reference = reference.crop(*crop)
     return reference, meas, grid
+
+
+def source_extent(source: Volume, size: int, pixel_mm: float) -> tuple | None:
+    """((row0, row1), (col0, col1)): the pixels of the square size x size grid (centred on the slice centre, as
+    ``resample_inplane`` places it) whose centres lie inside a non-square input's slices; None where they all do."""
+    half = (np.arange(size) - (size - 1) / 2) * pixel_mm
+    inside = [np.flatnonzero(np.abs(half) < n * float(mm) / 2 + 1e-6 * pixel_mm)
+              for n, mm in ((source.shape[1], source.spacing[1]), (source.shape[2], source.spacing[0]))]
+    if all(len(k) == size for k in inside):
+        return None
+    return tuple((int(k[0]), int(k[-1]) + 1) for k in inside)
 
 
 def in_pixel_range(pixel_mm: float, span: tuple[float, float]) -> bool:

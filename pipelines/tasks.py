@@ -18,7 +18,6 @@ from medrecon.errors import InputError
 from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
 from medrecon.io.atomic import check_free
 from medrecon.metrics import per_axis_metrics
-from medrecon.priors import IntensityMap
 from medrecon.volume import Volume
 
 from .config import Config, load_config
@@ -109,8 +108,9 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
             log.info(f"{inp.name}: two-scale denoising off: {problem.info['two_scale']['off']}")
         with t("write"):
             recon = problem.to_volume(sol.x)
-            files = write_results(cfg, tmp, recon, sol, problem.intensity,
-                                  problem.source if _is_dicom(problem.source) else None,
+            std = None if sol.std is None else \
+                problem.output_grid(sol.std.float().cpu().numpy() / problem.intensity.scale)
+            files = write_results(cfg, tmp, recon, std, problem.source if _is_dicom(problem.source) else None,
                                   measured_mri=problem.source is None and cfg.modality == "mri")
             files += write_measured_extras(cfg, tmp, problem, sol)
             files += write_self_adapted(tmp, problem)
@@ -217,14 +217,14 @@ def write_self_adapted(folder: Path, problem: Problem) -> list[str]:
     return ["self_adapt/first_pass.nii.gz", "self_adapt/prior/"]
 
 
-def write_results(cfg: Config, folder: Path, recon: Volume, sol: Solution, imap: IntensityMap,
-                  dicom_src: Volume | None, measured_mri: bool = False) -> list[str]:
-    """recon.nii.gz, std.nii.gz, dicom/ (a DICOM source's derived series; measured MRI: a new MR series)
-    and preview.png."""
+def write_results(cfg: Config, folder: Path, recon: Volume, std: Volume | None, dicom_src: Volume | None,
+                  measured_mri: bool = False) -> list[str]:
+    """recon.nii.gz, std.nii.gz (``std``: the samples' standard deviation, physical units), dicom/ (a DICOM
+    source's derived series; measured MRI: a new MR series) and preview.png."""
     files = ["recon.nii.gz"]
     write_nifti(recon, folder / "recon.nii.gz")
-    if sol.std is not None:
-        write_nifti(recon.with_data(sol.std.float().cpu().numpy() / imap.scale), folder / "std.nii.gz")
+    if std is not None:
+        write_nifti(std, folder / "std.nii.gz")
         files.append("std.nii.gz")
     if cfg.outputs.dicom and (dicom_src is not None or measured_mri):
         write_dicom_series(recon, folder / "dicom", series_description=f"medrecon {cfg.task} {cfg.solver.name}",

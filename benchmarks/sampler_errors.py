@@ -57,6 +57,9 @@ def record_run(cfg, vol) -> dict:
         sol = problem.solve(cfg.solver, False)
     finally:
         DiffusionSolver.init_state, FastSampler._step = init, step
+    if problem.measurement.info.get("crop"):  # the reference is the input's extent, the states the square grid's
+        raise SystemExit("sampler_errors.py compares the sampler's states with the reference pixel by pixel: give "
+                         "it square slices (crop the input)")
     ref = torch.as_tensor(np.asarray(problem.intensity.to_model(problem.reference.data), dtype=np.float32))
     result = problem.to_volume(sol.x)
     score = psnr(problem.reference.data, result.data, 2000.0)

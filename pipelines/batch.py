@@ -25,9 +25,11 @@ The local loop here and the distributed engine (``pipelines.engines``, ``--engin
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import hashlib
 import io
+import logging
 import os
 import re
 import time
@@ -43,6 +45,8 @@ from medrecon.io.atomic import read_marker
 from .config import load_config
 from .html_report import ASSETS, write_batch_index
 from .tasks import reconstruct
+
+log = logging.getLogger("medrecon")
 
 MANIFEST = "manifest.csv"
 LOCK = ".medrecon-batch.lock"
@@ -250,9 +254,13 @@ def batch_lock(output_root: Path):
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InputError(f"another batch is writing into {output_root} (it holds {LOCK}); wait for it to "
-                             "finish, or choose another output root") from None
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system without locks
+                log.warning(f"{output_root}: cannot lock {LOCK} ({e.strerror or e}); running without the lock, so "
+                            "do not start a second batch into this output root while this one runs")
+            else:
+                raise InputError(f"another batch is writing into {output_root} (it holds {LOCK}); wait for it to "
+                                 "finish, or choose another output root") from None
         yield
 
 

@@ -177,7 +177,7 @@ def train(
                                              "coarsest level (default: unet yes, patch no)."),
     hu_window: Tuple[float, float] = typer.Option((-1000.0, 1000.0), "--hu-window",
                                                   help="CT: HU mapped to the model range [-1, 1]."),
-    mri_percentile: float = typer.Option(99.5, "--mri-percentile", min=0.0, max=100.0, help="MRI: percentile that maps to 1."),
+    mri_percentile: float = typer.Option(99.5, "--mri-percentile", min=50.0, max=100.0, help="MRI: percentile that maps to 1."),
     ema_decay: float = typer.Option(0.999, "--ema-decay", min=0.0, max=1.0),
     heldout_fraction: float = typer.Option(0.05, "--heldout-fraction", min=0.0, max=0.5, help="unet without --heldout-dataset: last "
                                            "slices held out to score denoising before/after."),
@@ -219,6 +219,8 @@ def train(
         raise InputError(f"--pixel-range {pixel_range[0]:g} {pixel_range[1]:g}: give 0 < LO <= HI (mm), e.g. 0.7 4.0")
     if hu_window[0] >= hu_window[1]:
         raise InputError(f"--hu-window {hu_window[0]:g} {hu_window[1]:g}: give LO < HI (HU), e.g. -1000 1000")
+    if lr <= 0:
+        raise InputError(f"--lr {lr:g}: give a learning rate above 0 (0 trains nothing), e.g. 2e-4")
     paths = list(data or []) + list(more or [])
     sources: list = list(paths)
     names = [n for d in (dataset or []) for n in (datasets.names("train", modality.value) if d == "train" else [d])]

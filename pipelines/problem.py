@@ -49,7 +49,7 @@ from .modality import MODALITY_OF_DICOM, Modality
 from .raw_mri import is_measured_kspace
 from .prior_cards import load_prior_for
 from .registry import SELF_ADAPT_DEFAULT, SOLVERS
-from .simulate import MAGNITUDE_PERCENTILE, simulate_volume
+from .simulate import grid_offsets, magnitude_scale, simulate_volume
 
 log = logging.getLogger("medrecon")
 MAX_OBLONG = 1.5  # in-plane pixels more oblong than this need --resample (most likely a slice axis not the third)
@@ -257,7 +257,9 @@ class Problem:
         """Why the first result cannot fine-tune a patch prior trained with ``opts`` (slices too small), or None."""
         from medrecon.priors.patch import too_small_for_patches
         g = self.measurement.grid
-        why = too_small_for_patches(g.shape[-2:], g.spacing[:2], opts.patch_sizes, opts.pixel_spacing_range,
+        crop = self.measurement.info.get("crop")  # the first result is the input's extent (``output_grid``)
+        plane = tuple(b - a for a, b in crop) if crop else g.shape[-2:]
+        why = too_small_for_patches(plane, g.spacing[:2], opts.patch_sizes, opts.pixel_spacing_range,
                                     opts.max_upsample)
         return why and f"the slices are too small to fine-tune prior {self.prior.name} on ({why})"
 
@@ -471,8 +473,7 @@ def simulate_on_its_grid(cfg: Config, prior, source: Volume, resample: bool = Fa
 def source_extent(source: Volume, size: int, pixel_mm: float) -> tuple | None:
     """((row0, row1), (col0, col1)): the pixels of the square size x size grid (centred on the slice centre, as
     ``resample_inplane`` places it) whose centres lie inside a non-square input's slices; None where they all do."""
-    half = (np.arange(size) - (size - 1) / 2) * pixel_mm
-    inside = [np.flatnonzero(np.abs(half) < n * float(mm) / 2 + 1e-6 * pixel_mm)
+    inside = [np.flatnonzero(np.abs(grid_offsets(size, pixel_mm, n, float(mm), pixel_mm)) < n * float(mm) / 2)
               for n, mm in ((source.shape[1], source.spacing[1]), (source.shape[2], source.spacing[0]))]
     if all(len(k) == size for k in inside):
         return None
@@ -685,8 +686,7 @@ def _measured_scale(zero_filled: torch.Tensor) -> float:
     """Normalisation of measured k-space: the zero-filled image's MAGNITUDE_PERCENTILE becomes 1 (as a simulation's
     image's does)."""
     zf = zero_filled.abs().flatten()
-    v = float(torch.quantile(zf[:: max(1, zf.numel() // 1_000_000)].float(), MAGNITUDE_PERCENTILE / 100))
-    return v if v > 0 else 1.0
+    return magnitude_scale(zf[:: max(1, zf.numel() // 1_000_000)].float().cpu().numpy())  # a million at most
 
 
 __all__ = ["Problem", "Solution", "check_domain", "check_grid", "configured_prior", "phase_rotation",

@@ -31,18 +31,35 @@ def _covered(centres: np.ndarray, width: float, n: int) -> np.ndarray:
     return np.where((first >= -0.5) & (last <= n - 0.5), 1.0, part)  # exactly 1 inside: values kept as they are
 
 
-def resample_inplane(vol: Volume, size: int, pixel_size: float | None = None, order: int = 1) -> Volume:
-    """Every axial slice resampled onto size x size pixels of ``pixel_size`` mm, centred on the slice centre.
+def grid_offsets(size: int, pixel_size: float, n: int, mm: float, align_to: float | None = None) -> np.ndarray:
+    """The positions (mm, from the source's centre along one axis of n pixels of ``mm``) of a size-pixel grid of
+    ``pixel_size``, centred on the source, or half a pixel off where the grid of ``align_to`` mm pixels (the
+    reconstruction's) has the source's own pixels and pads them by an odd number: then its pixels are the
+    source's, not halfway between them (and a finer grid of the same simulation moves with it)."""
+    off = (np.arange(size) - (size - 1) / 2) * pixel_size
+    if align_to is not None and abs(align_to - mm) <= 1e-6 * mm and round(size * pixel_size / align_to - n) % 2:
+        off = off + align_to / 2
+    return off
+
+
+def grid_pixel(vol: Volume, size: int, pixel_size: float | None) -> float:
+    """The pixel size of a size x size grid: ``pixel_size``, or the one that fits the larger in-plane side."""
+    return float(pixel_size or max(vol.shape[2] * vol.spacing[0], vol.shape[1] * vol.spacing[1]) / size)
+
+
+def resample_inplane(vol: Volume, size: int, pixel_size: float | None = None, order: int = 1,
+                     align_to: float | None = None) -> Volume:
+    """Every axial slice resampled onto size x size pixels of ``pixel_size`` mm, centred on the slice centre
+    (``align_to``: see ``grid_offsets``).
 
     ``pixel_size=None`` fits the larger in-plane field of view; the rest is padded with the volume minimum
     (air for CT). Downsampling is Gaussian-prefiltered against aliasing. Slices (z) are kept as they are.
     """
     sx, sy, sz = vol.spacing
     nz, ny, nx = vol.shape
-    if pixel_size is None:
-        pixel_size = max(nx * sx, ny * sy) / size
-    off = (np.arange(size) - (size - 1) / 2) * pixel_size
-    cy, cx = off / sy + (ny - 1) / 2, off / sx + (nx - 1) / 2
+    pixel_size = grid_pixel(vol, size, pixel_size)
+    cy = grid_offsets(size, pixel_size, ny, sy, align_to) / sy + (ny - 1) / 2
+    cx = grid_offsets(size, pixel_size, nx, sx, align_to) / sx + (nx - 1) / 2
     data = vol.data
     sig = (0.0, max(0.0, (pixel_size / sy - 1) / 2), max(0.0, (pixel_size / sx - 1) / 2))
     if sig[1] > 0 or sig[2] > 0:
@@ -90,11 +107,11 @@ def simulate_ct(cfg: Config, src: Volume, size: int, pixel_mm: float | None = No
     """The reference (HU, floored at ``CT_FLOOR_HU``: the data see padding as air, mu >= 0, and so must the
     scores) and the simulated line integrals, projected from a ``simulation.upsample`` times finer grid."""
     src = src.with_data(np.maximum(src.data, CT_FLOOR_HU))
-    ref = resample_inplane(src, size, pixel_mm or cfg.ct.pixel_size)
-    s = ref.spacing[0]
+    s = grid_pixel(src, size, pixel_mm or cfg.ct.pixel_size)
+    ref = resample_inplane(src, size, s, align_to=s)
     geom = ct_geometry(cfg, size, s)
     f = cfg.simulation.upsample
-    fine = resample_inplane(src, size * f, s / f) if f > 1 else ref
+    fine = resample_inplane(src, size * f, s / f, align_to=s) if f > 1 else ref
     fine_geom = ct_geometry(cfg, size * f, s / f, like=geom)
     mu_pix = torch.from_numpy(hu_to_mu(fine.data.astype(np.float64)) * (s / f))  # mu per fine pixel
     p = pixel_unit_projector(fine_geom).forward(mu_pix).numpy()
@@ -119,12 +136,12 @@ def magnitude_scale(image) -> float:
 
 
 def simulate_mri(cfg: Config, src: Volume, size: int, pixel_mm: float | None = None) -> tuple[Volume, Measurement]:
-    ref = resample_inplane(src, size, pixel_mm or cfg.mri.pixel_size)
+    s = grid_pixel(src, size, pixel_mm or cfg.mri.pixel_size)
+    ref = resample_inplane(src, size, s, align_to=s)
     scale = magnitude_scale(ref.data)
     ref = ref.with_data(ref.data / scale)
     f = cfg.simulation.upsample
-    s = ref.spacing[0]
-    fine = (resample_inplane(src, size * f, s / f).data / scale) if f > 1 else ref.data
+    fine = (resample_inplane(src, size * f, s / f, align_to=s).data / scale) if f > 1 else ref.data
     three_d = cfg.mri.mode == "3d"
     dims = (-3, -2, -1) if three_d else (-2, -1)
     img = torch.from_numpy(fine.astype(np.float32)).to(torch.complex64)  # (Z, H, W)

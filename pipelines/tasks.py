@@ -137,8 +137,10 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
 def named_only(text: str, inp: Path) -> str:
     """``text`` with the input's path (as given, absolute or resolved) written as its name: report.json records
     names, not the folders above them (which may name the patient)."""
-    for form in sorted({str(inp), os.path.abspath(inp), str(inp.resolve())}, key=len, reverse=True):
-        text = text.replace(form, inp.name)
+    name = Path(os.path.abspath(inp)).name  # "." names the folder it is
+    forms = {os.path.abspath(inp), str(inp.resolve())} | ({str(inp)} if inp.name not in ("", ".", "..") else set())
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, name)
     return text
 
 

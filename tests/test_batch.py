@@ -387,3 +387,16 @@ def test_the_manifest_keeps_earlier_runs_series_from_other_input_folders(tmp_pat
     assert sorted(r["status"] for r in rows) == ["done", "done"] and len({r["series_uid"] for r in rows}) == 2
     page = (out / "index.html").read_text()
     assert all(r["output_path"] in page for r in rows)
+
+
+def test_a_file_system_without_locks_runs_the_batch_with_a_warning(tree, tmp_path, monkeypatch, caplog):
+    """NFS mounted nolock (ENOLCK), SMB/FUSE without flock (EOPNOTSUPP): the lock cannot be taken, which is not
+    another batch holding it; the batch runs (it was refused for good with a false reason)."""
+    import errno as errno_mod
+
+    def no_locks(f, how):
+        raise OSError(errno_mod.ENOLCK, "No locks available")
+    monkeypatch.setattr(batch_mod.fcntl, "flock", no_locks)
+    assert _run(tree, tmp_path / "out", "--quiet") == 1  # the broken series fails as always; the others run
+    assert "running without the lock" in caplog.text
+    assert sorted(r["status"] for r in _manifest(tmp_path / "out")) == ["done", "done", "failed"]

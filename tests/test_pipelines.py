@@ -5,6 +5,7 @@ must beat the direct one (FBP / zero-filled) by a stated margin. Numbers measure
 """
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -825,14 +826,43 @@ def test_a_non_square_input_comes_back_on_its_own_grid(tmp_path):
     scores are the input's own extent: a 40 x 64 slab came back as 64 x 64 with 24 rows of padded air, which also
     raised its PSNR (2.2 dB on a reviewer's 96 x 160 slab)."""
     src = ct_phantom((3, 64, 64), seed=3)
-    slab = Volume(src.data[:, 12:52].copy(), src.spacing, tuple(src.world_lps([0.0, 12.0, 0.0])), src.direction)
+    # an even and an odd difference between the sides (odd: the square grid is aligned with the input's pixels)
+    for k, (rows, cols) in enumerate(((slice(12, 52), slice(0, 64)), (slice(12, 51), slice(0, 64)),
+                                      (slice(0, 64), slice(1, 64)))):
+        slab = Volume(src.data[:, rows, cols].copy(), src.spacing,
+                      tuple(src.world_lps([float(cols.start), float(rows.start), 0.0])), src.direction)
+        write_nifti(slab, p := tmp_path / f"slab{k}.nii.gz")
+        res = tasks.reconstruct("sparse_view_ct_8", p, tmp_path / f"out{k}", overrides=["solver.name=fbp"])
+        for f in ("recon.nii.gz", "simulation/reference.nii.gz"):
+            got = read_volume(tmp_path / f"out{k}" / f)
+            assert got.shape == slab.shape and np.allclose(got.origin, slab.origin, atol=1e-3), (k, f)
+        ref = read_volume(tmp_path / f"out{k}" / "simulation" / "reference.nii.gz")
+        assert np.allclose(ref.data, np.maximum(slab.data, -1000), atol=1e-3), k  # the input's own pixels
+        again = tasks.reconstruct("sparse_view_ct_8", tmp_path / f"out{k}" / "simulation" / "measurements.npz",
+                                  tmp_path / f"again{k}", overrides=["solver.name=fbp"])
+        assert again.recon.shape == slab.shape and np.allclose(again.recon.data, res.recon.data, atol=1e-3)
+        on_input = tasks.evaluate(slab, res.recon, data_range=2000.0)["psnr"]["axial"]
+        assert res.report["vs_reference"]["psnr"]["axial"] == pytest.approx(on_input, abs=1.5)
+
+
+def test_a_slab_too_narrow_to_adapt_on_is_skipped_not_a_failure(tmp_path):
+    """Self-adaptation's size check must see the first result's own extent (the cropped output), not the solver's
+    square grid: a 40 x 128 MR slab passed the check on 128 x 128 and then failed after the first pass with a
+    training option's message."""
+    mr = _mr_volume((3, 128, 128))
+    slab = Volume(mr.data[:, 44:84].copy(), (1.0, 1.0, 2.0), tuple(mr.world_lps([0.0, 44.0, 0.0])))
     write_nifti(slab, p := tmp_path / "slab.nii.gz")
-    res = tasks.reconstruct("sparse_view_ct_8", p, tmp_path / "out", overrides=["solver.name=fbp"])
-    for f in ("recon.nii.gz", "simulation/reference.nii.gz"):
-        got = read_volume(tmp_path / "out" / f)
-        assert got.shape == slab.shape and np.allclose(got.origin, slab.origin, atol=1e-3), f
-    again = tasks.reconstruct("sparse_view_ct_8", tmp_path / "out" / "simulation" / "measurements.npz",
-                              tmp_path / "again", overrides=["solver.name=fbp"])
-    assert again.recon.shape == slab.shape and np.allclose(again.recon.data, res.recon.data, atol=1e-3)
-    on_input = tasks.evaluate(slab, res.recon, data_range=2000.0)["psnr"]["axial"]
-    assert res.report["vs_reference"]["psnr"]["axial"] == pytest.approx(on_input, abs=1.5)
+    res = tasks.reconstruct("cs_mri_x4", p, tmp_path / "out", overrides=["solver.steps=2",
+                                                                       "solver.cross_validate.enabled=false"])
+    assert res.recon.shape == slab.shape and "too small" in res.report["self_adapt"]["skipped"]
+
+
+def test_report_warnings_name_the_input_without_the_folders_above_it(tmp_path, monkeypatch):
+    """report.json's input_warnings write the input's path as its name; an input given as '.' (run inside the
+    series folder) deleted every '.' of the warnings (2.5 mm became 25 mm)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ser").mkdir()
+    warning = f"{tmp_path / 'ser' / 'IM1.dcm'}: slices 2.5 mm apart"
+    assert tasks.named_only(warning, Path("ser")) == "ser/IM1.dcm: slices 2.5 mm apart"
+    monkeypatch.chdir(tmp_path / "ser")
+    assert tasks.named_only(warning, Path(".")) == "ser/IM1.dcm: slices 2.5 mm apart"

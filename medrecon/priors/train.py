@@ -129,7 +129,7 @@ def pixel_range_for(spacings, given=None) -> tuple[tuple, str]:
     scans = f"the training scans' own pixel sizes ({span} mm)" if own else "no pixel sizes"
     if given is not None:
         return (float(given[0]), float(given[1])), f"given (--pixel-range); {scans}"
-    lo, hi = min([DEFAULT_PIXEL_RANGE[0], *own]), max([DEFAULT_PIXEL_RANGE[1], *own])
+    lo, hi = round(min([DEFAULT_PIXEL_RANGE[0], *own]), 4), round(max([DEFAULT_PIXEL_RANGE[1], *own]), 4)
     if (lo, hi) == DEFAULT_PIXEL_RANGE:
         return (lo, hi), f"the default {lo:g}-{hi:g} mm, which holds {scans}"
     return (lo, hi), (f"the default {DEFAULT_PIXEL_RANGE[0]:g}-{DEFAULT_PIXEL_RANGE[1]:g} mm widened to take in "
@@ -666,6 +666,10 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
     if not resume and (out / CARD_NAME).exists() and not overwrite:
         raise InputError(f"{out}: already holds a prior; use --resume to continue it or --overwrite to replace it")
     resolve_device(opts.device)  # an unusable device is an error before anything is written
+    if resume and opts.arch == "patch" and opts.pixel_spacing_range is None:  # the run's own range, not the default
+        was = (torch.load(out / STATE_FILE, map_location="cpu", weights_only=True).get("options") or {}) \
+            .get("pixel_spacing_range")  # (a checkpoint of before recorded 0.7-4.0 whatever its scans)
+        opts = replace(opts, pixel_spacing_range=tuple(was)) if was else opts
     tr = (_PatchTrainer if opts.arch == "patch" else _Trainer)(data, out, opts, command)  # reads --init-from
     out.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume and ((out / CARD_NAME).is_file() or (out / STATE_FILE).is_file()):

@@ -111,7 +111,9 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
             std = None if sol.std is None else \
                 problem.output_grid(sol.std.float().cpu().numpy() / problem.intensity.scale)
             files = write_results(cfg, tmp, recon, std, problem.source if _is_dicom(problem.source) else None,
-                                  measured_mri=problem.source is None and cfg.modality == "mri")
+                                  measured_mri=problem.source is None and cfg.modality == "mri",
+                                  source_scale=problem.measurement.info.get("scale") if problem.source is not None
+                                  and cfg.modality == "mri" else None)
             files += write_measured_extras(cfg, tmp, problem, sol)
             files += write_self_adapted(tmp, problem)
             warned = [named_only(w, inp) for w in  # the input's, and the measurements' against the config
@@ -220,16 +222,19 @@ def write_self_adapted(folder: Path, problem: Problem) -> list[str]:
 
 
 def write_results(cfg: Config, folder: Path, recon: Volume, std: Volume | None, dicom_src: Volume | None,
-                  measured_mri: bool = False) -> list[str]:
+                  measured_mri: bool = False, source_scale: float | None = None) -> list[str]:
     """recon.nii.gz, std.nii.gz (``std``: the samples' standard deviation, physical units), dicom/ (a DICOM
-    source's derived series; measured MRI: a new MR series) and preview.png."""
+    source's derived series; measured MRI: a new MR series) and preview.png. ``source_scale``: what a simulation
+    divided an MR source by (``simulate.magnitude_scale``): the derived series is in the source's own units,
+    whole numbers stored as they are (RescaleSlope 1), which MR viewers that ignore rescaling show as the source."""
     files = ["recon.nii.gz"]
     write_nifti(recon, folder / "recon.nii.gz")
     if std is not None:
         write_nifti(std, folder / "std.nii.gz")
         files.append("std.nii.gz")
     if cfg.outputs.dicom and (dicom_src is not None or measured_mri):
-        write_dicom_series(recon, folder / "dicom", series_description=f"medrecon {cfg.task} {cfg.solver.name}",
+        in_source_units = recon.with_data(np.round(recon.data * source_scale)) if source_scale else recon
+        write_dicom_series(in_source_units, folder / "dicom", series_description=f"medrecon {cfg.task} {cfg.solver.name}",
                            source_meta=dicom_src.meta.get("dicom") if dicom_src is not None else {},
                            modality=None if dicom_src is not None else "MR", deidentify=cfg.outputs.deidentify)
         files.append("dicom/")

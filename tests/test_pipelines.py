@@ -866,3 +866,21 @@ def test_report_warnings_name_the_input_without_the_folders_above_it(tmp_path, m
     assert tasks.named_only(warning, Path("ser")) == "ser/IM1.dcm: slices 2.5 mm apart"
     monkeypatch.chdir(tmp_path / "ser")
     assert tasks.named_only(warning, Path(".")) == "ser/IM1.dcm: slices 2.5 mm apart"
+
+
+def test_a_derived_mr_series_is_in_the_sources_units(tmp_path):
+    """The derived DICOM of an MR series holds the source's units as whole numbers (RescaleSlope 1): it held the
+    normalised magnitude (0..1) through a RescaleSlope of about 1e-5, which MR viewers that ignore rescaling (the MR
+    Image IOD has no Modality LUT) showed as -32000..32000 with a window of 0.3 / 1."""
+    import pydicom
+    mr = _mr_volume((3, 64, 64))
+    src = Volume(np.round(mr.data * 30000).astype(np.float32), mr.spacing, mr.origin,
+                 meta={"dicom": {"Modality": "MR", "PatientID": "P1"}})
+    write_dicom_series(src, tmp_path / "src")
+    res = tasks.reconstruct("cs_mri_x4", tmp_path / "src", tmp_path / "out", overrides=["solver.name=zero_filled"])
+    first = pydicom.dcmread(sorted((tmp_path / "out" / "dicom").iterdir())[0])
+    assert float(first.RescaleSlope) == 1.0 and float(first.RescaleIntercept) == 0.0
+    derived = read_volume(tmp_path / "out" / "dicom")
+    scale = float(np.percentile(read_volume(tmp_path / "src").data, 99.9))
+    assert np.allclose(derived.data, res.recon.data * scale, atol=0.6)  # whole numbers of the source's units
+    assert 20000 < float(np.percentile(derived.data, 99)) < 40000

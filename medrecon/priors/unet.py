@@ -60,9 +60,21 @@ def read_unet_config(folder: str | Path) -> dict:
 def share_as_umask(path: str | Path) -> None:
     """Give ``path`` the mode an ordinary new file gets (0o666 less the umask): safetensors creates its file
     owner-only (0600) whatever the umask, so colleagues could not read a prior whose card they could."""
-    mask = os.umask(0)
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc/self/status): setting it to read
+    it would, for that instant, let another thread (a PACS listener's storage) create world-writable files."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # elsewhere: the old way, with the most restrictive value in the gap
     os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    return mask
 
 
 def save_unet_prior(folder: str | Path, unet, card: dict) -> Path:

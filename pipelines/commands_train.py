@@ -219,8 +219,6 @@ def train(
         raise InputError(f"--pixel-range {pixel_range[0]:g} {pixel_range[1]:g}: give 0 < LO <= HI (mm), e.g. 0.7 4.0")
     if hu_window[0] >= hu_window[1]:
         raise InputError(f"--hu-window {hu_window[0]:g} {hu_window[1]:g}: give LO < HI (HU), e.g. -1000 1000")
-    if lr <= 0:
-        raise InputError(f"--lr {lr:g}: give a learning rate above 0 (0 trains nothing), e.g. 2e-4")
     paths = list(data or []) + list(more or [])
     sources: list = list(paths)
     names = [n for d in (dataset or []) for n in (datasets.names("train", modality.value) if d == "train" else [d])]

@@ -6,7 +6,10 @@ whole 3D array at once (3D SSIM window). This is how DiffusionMBIR reports its n
 shows its slice-to-slice incoherence in the coronal and sagittal averages.
 
 SSIM is scikit-image's ``structural_similarity`` (uniform 7x7 window, K1=0.01, K2=0.03), with the
-window shrunk to the largest odd size <= 7 that fits the smallest image side (never below 3).
+window shrunk to the largest odd size <= 7 that fits the smallest image side (never below 3), on both images
+less the reference's minimum: SSIM's luminance term is not shift-invariant, and on CT in HU (water at 0) a
+20 HU bias of a flat region scored 0.5 where the same images from 0 score 0.9998 (DiffusionMBIR scores images
+in [0, 1]). CT SSIM before the forty-second session was computed on HU as stored.
 ``data_range`` is stated by the caller; the default used by the pipelines is ``ref.max() - ref.min()``.
 A slice whose error is exactly zero has infinite PSNR; it is capped at ``PSNR_CAP`` dB so that means and
 JSON stay finite.
@@ -58,8 +61,10 @@ def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = 
         raise ValueError("reference or reconstruction holds NaN or infinite values")
     if data_range is None:
         data_range = float(ref.max() - ref.min())
-    if not data_range > 0:
-        raise ValueError(f"data range must be positive, got {data_range} (a constant reference? give one)")
+    if not (np.isfinite(data_range) and data_range > 0):
+        raise ValueError(f"data range must be positive and finite, got {data_range} (a constant reference? give one)")
+    low = float(ref.min())  # SSIM on values from 0 (see the module doc); PSNR does not care
+    ref, x = ref - low, x - low
     out = {"psnr": {}, "ssim": {}, "data_range": float(data_range)}
     notes = []
     for name, axis in AXES.items():

@@ -123,6 +123,13 @@ class Outputs(Section):
     deidentify: bool = False  # derived DICOM series under the PS3.15 basic profile (no patient identifiers)
     phase: bool = False  # complex MRI images: also write phase.nii.gz (radians)
 
+    @model_validator(mode="after")
+    def _window_rises(self):
+        if self.window is not None and not self.window[0] < self.window[1]:
+            raise ValueError(f"window {list(self.window)}: give [low, high] with low < high (physical units), e.g. "
+                             "[-1000, 1000] for CT (a reversed window inverted the preview, an empty one blacked it)")
+        return self
+
 
 class Intensity(Section):
     physical_min: float

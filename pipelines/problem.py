@@ -45,7 +45,7 @@ from operators.mri import coil_support, mri_operator, with_real_input
 from .config import Config, config_names, load_config, resolve_prior_path
 from .crossval import cross_validate
 from .measurement import Measurement, is_measurement_file
-from .modality import MODALITY_OF_DICOM, Modality
+from .modality import MODALITY_OF_DICOM, Modality, intensity_card
 from .raw_mri import is_measured_kspace
 from .prior_cards import load_prior_for
 from .registry import SELF_ADAPT_DEFAULT, SOLVERS
@@ -214,6 +214,10 @@ class Problem:
                 self.info["self_adapt"] = {"skipped": "cross-validation chose the warm start (no diffusion to adapt)"}
             out = self._run(s, progress, snapshot, snapshot_every)
         out.nfe_per_slice += cv_nfe
+        bad = int((~torch.isfinite(out.x)).sum())
+        if bad:  # a diverged run: say so here, not as a NaN in some later reader's message
+            raise InputError(f"solver {s.name} diverged: {bad} of {out.x.numel()} voxels are NaN or infinite; lower "
+                             "its step sizes (e.g. solver.zeta, solver.lambda_proj) or use the config's own solver")
         out.x = self.zero_unseen(out.x)
         if out.std is not None and self.seen is not None:
             out.std = torch.where(self.seen.to(out.std.device), out.std, 0.0)  # no spread where the result is set
@@ -419,10 +423,12 @@ class Problem:
 
     # -- results -------------------------------------------------------------------------------
     def score(self, vol: Volume, data_range: float | None = None) -> dict:
-        """PSNR / SSIM per plane of ``vol`` against the reference, over the intensity window (CT: 2000 HU) unless
+        """PSNR / SSIM per plane of ``vol`` against the reference, over the modality's window (CT: 2000 HU, MRI:
+        1; whatever window a prior maps, e.g. a public checkpoint's -1024..3071, which scored 6.2 dB higher) unless
         ``data_range`` is given: how every benchmark and report.json score a result."""
         if data_range is None:
-            data_range = float(self.intensity.physical_max - self.intensity.physical_min)
+            window = intensity_card(self.config.modality)
+            data_range = float(window["physical_max"] - window["physical_min"])
         return per_axis_metrics(self.reference.data, vol.data, data_range)
 
     def to_volume(self, x: torch.Tensor, description: str = "medrecon") -> Volume:

@@ -40,7 +40,8 @@ def test_ssim_closed_form_for_constant_images():
     ref = np.full((5, 9, 9), v)
     m = per_axis_metrics(ref, ref + c, data_range=r)
     c1 = (0.01 * r) ** 2
-    expected = (2 * v * (v + c) + c1) / (v ** 2 + (v + c) ** 2 + c1)  # contrast/structure terms are 1
+    u = v - ref.min()  # SSIM is taken from the reference's minimum (here the reference itself: u = 0)
+    expected = (2 * u * (u + c) + c1) / (u ** 2 + (u + c) ** 2 + c1)  # contrast/structure terms are 1
     for plane in ("axial", "coronal", "sagittal", "volume"):
         assert m["ssim"][plane] == pytest.approx(expected, rel=1e-9)
     ident = per_axis_metrics(ref, ref, data_range=r)
@@ -59,3 +60,16 @@ def test_default_data_range_and_errors():
     assert all(">= 3" in n or "too thin" in n for n in thin["notes"])
     one = per_axis_metrics(np.zeros((1, 8, 8)), np.ones((1, 8, 8)), data_range=1.0)  # one slice: what its
     assert "coronal and sagittal PSNR: means over lines" in one["notes"][-1]  # coronal/sagittal PSNR mean
+
+
+def test_ssim_does_not_depend_on_where_zero_is_and_the_range_must_be_finite():
+    """SSIM's luminance term is not shift-invariant: on HU (water at 0) a flat 20 HU bias scored 0.5, the same
+    images from 0 0.9998. Scores are taken on both images less the reference's minimum; an infinite data range
+    (PSNR 100 on every plane, SSIM NaN) is refused."""
+    ref = np.zeros((4, 16, 16))
+    ref[:, :2] = -1000.0  # some air: the reference's minimum
+    got = per_axis_metrics(ref, ref + np.where(ref == 0, 20.0, 0.0), 2000.0)
+    shifted = per_axis_metrics(ref + 1000, ref + 1000 + np.where(ref == 0, 20.0, 0.0), 2000.0)
+    assert got["ssim"] == shifted["ssim"] and got["ssim"]["axial"] > 0.99
+    with pytest.raises(ValueError, match="finite"):
+        per_axis_metrics(ref, ref, float("inf"))

@@ -884,3 +884,21 @@ def test_a_derived_mr_series_is_in_the_sources_units(tmp_path):
     scale = float(np.percentile(read_volume(tmp_path / "src").data, 99.9))
     assert np.allclose(derived.data, res.recon.data * scale, atol=0.6)  # whole numbers of the source's units
     assert 20000 < float(np.percentile(derived.data, 99)) < 40000
+
+
+def test_scores_are_over_the_modality_window_and_a_diverged_run_says_so(tmp_path, ct_nifti, monkeypatch):
+    """report.json scores CT over 2000 HU whatever window the prior maps (a public checkpoint's -1024..3071 scored
+    6.2 dB higher); a run that diverges to NaN is one line naming the solver (it was a ValueError traceback about
+    the reference, or a message about a temporary file); a reversed preview window is refused."""
+    from pipelines.config import load_config
+    prior = GaussianDenoiser(mean=0.0, var=0.1)
+    prior.intensity = IntensityMap(-1024.0, 3071.0, unit="HU")
+    cfg = load_config("sparse_view_ct_8", ["solver.name=fbp"])
+    problem = Problem.build(cfg, read_volume(ct_nifti), prior=prior)
+    assert problem.score(problem.reference)["data_range"] == 2000.0
+    monkeypatch.setattr(Problem, "_run", lambda self, *a, **k: problem_module.Solution(
+        torch.full(self.shape, float("nan"))))
+    with pytest.raises(InputError, match="solver fbp diverged: .* NaN or infinite"):
+        problem.solve()
+    with pytest.raises(InputError, match="window .* low < high"):
+        load_config("sparse_view_ct_8", ["outputs.window=[1000,-1000]"])

@@ -61,12 +61,16 @@ def sanitize(name: str, fallback: str = "series") -> str:
     return s or fallback
 
 
+def without_accents(text: str) -> str:
+    """``text`` in ASCII, accents dropped (Ü -> U) and other scripts left out."""
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+
+
 def mirrored(name: str) -> str:
     """A folder's name in the output tree: accents dropped, then ``sanitize``; when that changes more than its
     runs of whitespace (other characters, or the whole name), a 6-digit hash of the original keeps distinct names
     apart ('a,b' and 'a;b', 'Müller, Jörg' and 'Müller, Jürg', two names in another script)."""
-    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    s = sanitize(plain, "")
+    s = sanitize(without_accents(name), "")
     if s and s == re.sub(r"\s+", "_", name.strip()):
         return s
     return f"{s[:MAX_NAME - 7] or 'folder'}-{hashlib.sha256(name.encode('utf-8', 'surrogateescape')).hexdigest()[:6]}"
@@ -161,7 +165,8 @@ def plan(input_root: Path, output_root: Path, list_series, known: dict[str, Path
             rel = [mirrored(p) for p in folder.relative_to(input_root).parts]
             if rel and rel[0].lower() in ROOT_FILES:
                 rel[0] += "_"  # the batch writes a file of that name there
-            leaf, n = sanitize(f"{info.description or 'series'}_{uid[-12:]}"), 1
+            # the description shortened first, so that a long one (DICOM allows 64) never cuts the UID's digits
+            leaf, n = sanitize(f"{without_accents(info.description or 'series')[:MAX_NAME - 13]}_{uid[-12:]}"), 1
             out = output_root.joinpath(*rel, leaf)
             while out in claimed or _taken(out, uid):  # two series that sanitise to one name
                 n += 1

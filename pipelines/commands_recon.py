@@ -46,7 +46,7 @@ def reconstruct(config: str = CONFIG,
               resample=resample)
     r = res.report
     scored = r.get("vs_reference")
-    typer.echo(f"wrote {res.output}: {', '.join(r['files'])}, report.json "
+    typer.echo(f"wrote {res.output}: {', '.join(r['files'])}, report.json, index.html "
                f"({r['timings_s']['total']:.1f} s, {r['network_evaluations_per_slice']} network evaluations/slice"
                + (f"; PSNR axial {scored['psnr']['axial']:.2f} dB against {scored['reference']}" if scored else "")
                + ")")

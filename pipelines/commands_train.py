@@ -113,7 +113,8 @@ def train(
                                                 show_default=False),
     series: Optional[List[str]] = typer.Option(None, "--series", help="SeriesInstanceUID to train on from a DICOM "
                                                "folder holding several series (default: its largest); repeatable, "
-                                               "each series its own volume."),
+                                               "each series its own volume. Other --data folders, which hold none "
+                                               "of the UIDs, still give their largest series."),
     dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="A registered scan (pipelines.datasets, "
                                                 "fetched by `medrecon data fetch`) to train on; repeatable; "
                                                 "'train' = every training scan of the modality."),

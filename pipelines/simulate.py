@@ -138,7 +138,7 @@ def magnitude_scale(image) -> float:
 def simulate_mri(cfg: Config, src: Volume, size: int, pixel_mm: float | None = None) -> tuple[Volume, Measurement]:
     s = grid_pixel(src, size, pixel_mm or cfg.mri.pixel_size)
     ref = resample_inplane(src, size, s, align_to=s)
-    scale = magnitude_scale(ref.data)
+    scale = magnitude_scale(src.data)  # the input's own (the square grid's padding would lower it)
     ref = ref.with_data(ref.data / scale)
     f = cfg.simulation.upsample
     fine = (resample_inplane(src, size * f, s / f, align_to=s).data / scale) if f > 1 else ref.data

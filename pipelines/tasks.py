@@ -233,7 +233,8 @@ def write_results(cfg: Config, folder: Path, recon: Volume, std: Volume | None, 
         write_nifti(std, folder / "std.nii.gz")
         files.append("std.nii.gz")
     if cfg.outputs.dicom and (dicom_src is not None or measured_mri):
-        in_source_units = recon.with_data(np.round(recon.data * source_scale)) if source_scale else recon
+        in_source_units = recon.with_data(_as_source_stores(recon.data * source_scale, dicom_src)) \
+            if source_scale else recon
         write_dicom_series(in_source_units, folder / "dicom", series_description=f"medrecon {cfg.task} {cfg.solver.name}",
                            source_meta=dicom_src.meta.get("dicom") if dicom_src is not None else {},
                            modality=None if dicom_src is not None else "MR", deidentify=cfg.outputs.deidentify)
@@ -242,6 +243,13 @@ def write_results(cfg: Config, folder: Path, recon: Volume, std: Volume | None, 
         preview_png(recon, folder / "preview.png", cfg.outputs.window)
         files.append("preview.png")
     return files
+
+
+def _as_source_stores(data: np.ndarray, src: Volume | None) -> np.ndarray:
+    """Whole numbers where the source holds whole numbers (then stored exactly with slope 1), else as they are (a
+    source of small floats, e.g. 0..3.2, kept 4 levels when rounded)."""
+    whole = src is not None and np.array_equal(src.data, np.round(src.data))
+    return np.round(data) if whole else data
 
 
 def evaluate(reference, input, output=None, data_range: float | None = None, overwrite: bool = False) -> dict:

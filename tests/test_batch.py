@@ -354,6 +354,13 @@ def test_folder_names_that_sanitise_alike_stay_apart(tmp_path):
     assert len(tops) == 6 and "index.html_" in tops and "study_A" in tops
     assert {t.split("-")[0] for t in tops} >= {"Muller_Jorg", "Muller_Jurg", "folder"}
     assert (out / "index.html").is_file()
+    # a series' own folder: accents dropped, and a long description (DICOM allows 64) never cuts the UID's digits
+    _series(tmp_path / "in2" / "a", 1, "Thorax Übersicht")
+    _series(tmp_path / "in2" / "b", 2, "A" * 60)
+    assert _run(tmp_path / "in2", out2 := tmp_path / "out2", "--quiet") == 0
+    leaves = {Path(r["output_path"]).name: r["series_uid"] for r in _manifest(out2)}
+    assert all(name.endswith(uid[-12:]) for name, uid in leaves.items()) and len(max(leaves, key=len)) <= 64
+    assert any(name.startswith("Thorax_Ubersicht_") for name in leaves), leaves
 
 
 def test_damaged_files_are_named_in_the_manifest(tmp_path):

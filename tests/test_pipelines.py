@@ -873,6 +873,8 @@ def test_a_derived_mr_series_is_in_the_sources_units(tmp_path):
     normalised magnitude (0..1) through a RescaleSlope of about 1e-5, which MR viewers that ignore rescaling (the MR
     Image IOD has no Modality LUT) showed as -32000..32000 with a window of 0.3 / 1."""
     import pydicom
+    from pipelines.config import load_config
+    from pipelines.simulate import simulate_volume
     mr = _mr_volume((3, 64, 64))
     src = Volume(np.round(mr.data * 30000).astype(np.float32), mr.spacing, mr.origin,
                  meta={"dicom": {"Modality": "MR", "PatientID": "P1"}})
@@ -884,6 +886,16 @@ def test_a_derived_mr_series_is_in_the_sources_units(tmp_path):
     scale = float(np.percentile(read_volume(tmp_path / "src").data, 99.9))
     assert np.allclose(derived.data, res.recon.data * scale, atol=0.6)  # whole numbers of the source's units
     assert 20000 < float(np.percentile(derived.data, 99)) < 40000
+    # a source of small floats (a Philips series after rescaling, a quantitative map) is not rounded to 4 levels
+    small = Volume(mr.data * 3.2, mr.spacing, mr.origin, meta={"dicom": {"Modality": "MR", "PatientID": "P1"}})
+    write_dicom_series(small, tmp_path / "small")
+    res = tasks.reconstruct("cs_mri_x4", tmp_path / "small", tmp_path / "out_small",
+                            overrides=["solver.name=zero_filled"])
+    derived = read_volume(tmp_path / "out_small" / "dicom")
+    assert len(np.unique(derived.data)) > 100 and float(derived.data.max()) < 5
+    # the scale is the input's own percentile, not the padded square's (an oblong slab's zeros lowered it)
+    _, meas = simulate_volume(load_config("cs_mri_x4"), mr.with_data(mr.data).slab(0, 3).crop((0, 40), (0, 64)), 64)
+    assert meas.info["scale"] == pytest.approx(float(np.percentile(mr.data[:3, :40, :64], 99.9)), rel=1e-6)
 
 
 def test_scores_are_over_the_modality_window_and_a_diverged_run_says_so(tmp_path, ct_nifti, monkeypatch):

@@ -224,7 +224,8 @@ def write_self_adapted(folder: Path, problem: Problem) -> list[str]:
 def write_results(cfg: Config, folder: Path, recon: Volume, std: Volume | None, dicom_src: Volume | None,
                   measured_mri: bool = False, source_scale: float | None = None) -> list[str]:
     """recon.nii.gz, std.nii.gz (``std``: the samples' standard deviation, physical units), dicom/ (a DICOM
-    source's derived series; measured MRI: a new MR series) and preview.png. ``source_scale``: what a simulation
+    source's derived series; measured MRI: a new MR series, ``MEASURED_MR_DICOM_SCALE`` x the normalised
+    magnitude) and preview.png. ``source_scale``: what a simulation
     divided an MR source by (``simulate.magnitude_scale``): the derived series is in the source's own units,
     whole numbers stored as they are (RescaleSlope 1), which MR viewers that ignore rescaling show as the source."""
     files = ["recon.nii.gz"]
@@ -233,8 +234,12 @@ def write_results(cfg: Config, folder: Path, recon: Volume, std: Volume | None, 
         write_nifti(std, folder / "std.nii.gz")
         files.append("std.nii.gz")
     if cfg.outputs.dicom and (dicom_src is not None or measured_mri):
-        in_source_units = recon.with_data(_as_source_stores(recon.data * source_scale, dicom_src)) \
-            if source_scale else recon
+        if measured_mri:  # no source series to take units from
+            in_source_units = recon.with_data(np.round(recon.data * MEASURED_MR_DICOM_SCALE))
+        elif source_scale:
+            in_source_units = recon.with_data(_as_source_stores(recon.data * source_scale, dicom_src))
+        else:
+            in_source_units = recon
         write_dicom_series(in_source_units, folder / "dicom", series_description=f"medrecon {cfg.task} {cfg.solver.name}",
                            source_meta=dicom_src.meta.get("dicom") if dicom_src is not None else {},
                            modality=None if dicom_src is not None else "MR", deidentify=cfg.outputs.deidentify)
@@ -243,6 +248,11 @@ def write_results(cfg: Config, folder: Path, recon: Volume, std: Volume | None, 
         preview_png(recon, folder / "preview.png", cfg.outputs.window)
         files.append("preview.png")
     return files
+
+
+#: the MR series written from measured k-space holds the normalised magnitude times this, as whole numbers with
+#: RescaleSlope 1 (0..1 through a slope of about 1e-5 showed as +-32000 in viewers that ignore MR rescaling)
+MEASURED_MR_DICOM_SCALE = 1000.0
 
 
 def _as_source_stores(data: np.ndarray, src: Volume | None) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medrecon.errors import InputError
-from medrecon.io import read_cfl, write_cfl
+from medrecon.io import read_cfl, read_volume, write_cfl
 from medrecon.solvers import admm_tv, cgls
 from operators.mri import CartesianMRI, calibration_width, fftc, ifftc, make_mask, mri_operator, synthetic_coil_maps
 from pipelines.raw_mri import parse_ismrmrd_header
@@ -185,6 +185,9 @@ def test_reconstruct_fastmri_multicoil_oversampled_writes_nifti_and_mr_dicom(tmp
     assert ds.Modality == "MR" and ds.SOPClassUID == pydicom.uid.MRImageStorage
     assert [float(v) for v in ds.PixelSpacing] == pytest.approx([220 / 32, 220 / 32])
     assert float(ds.SliceThickness) == pytest.approx(5.0)
+    # whole numbers with slope 1 (normalised magnitude x 1000): viewers that ignore MR rescaling show them as they are
+    assert float(ds.RescaleSlope) == 1.0 and float(ds.RescaleIntercept) == 0.0
+    assert np.allclose(read_volume(out / "dicom").data, np.round(vol.data * 1000), atol=0.5)
     assert res.report["measured_data_scale"] > 0 and res.report["coil_maps"] == "given"
     write_fastmri(bare := tmp_path / "bare.h5", k, mask, rss, header())  # no maps: estimated, and said so
     res = reconstruct("cs_mri_x4", bare, tmp_path / "bare", overrides=["solver.name=zero_filled",

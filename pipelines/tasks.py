@@ -255,6 +255,12 @@ def write_results(cfg: Config, folder: Path, recon: Volume, std: Volume | None, 
 MEASURED_MR_DICOM_SCALE = 1000.0
 
 
+def _same_grid(a: Volume, b: Volume) -> bool:
+    """One voxel grid: shape, spacing, origin and axes alike (within what float32 headers round)."""
+    return a.shape == b.shape and np.allclose(a.spacing, b.spacing, rtol=1e-4) and \
+        np.allclose(a.origin, b.origin, atol=0.01) and np.allclose(a.direction, b.direction, atol=1e-4)
+
+
 def _as_source_stores(data: np.ndarray, src: Volume | None) -> np.ndarray:
     """Whole numbers where the source holds whole numbers (then stored exactly with slope 1), else as they are (a
     source of small floats, e.g. 0..3.2, kept 4 levels when rounded)."""
@@ -266,22 +272,27 @@ def evaluate(reference, input, output=None, data_range: float | None = None, ove
     """PSNR/SSIM per plane of ``input`` against ``reference`` (volumes or paths); optionally written as JSON
     (atomically; an existing file is replaced only with ``overwrite``)."""
     ref, rec = (v if isinstance(v, Volume) else read_volume(v) for v in (reference, input))
+    reordered = None
+    if not _same_grid(ref, rec) and _same_grid(ref.nearest_lps(), rec.nearest_lps()):  # one voxel grid, stored in
+        ref, rec = ref.nearest_lps(), rec.nearest_lps()                                 # two axis orders
+        reordered = ("reference and input are stored in different axis orders (e.g. a RAS copy): compared with both "
+                     "in LPS order, axial = slices along the patient's head-foot axis")
     if ref.shape != rec.shape:
         raise InputError(f"reference shape {ref.shape} and input shape {rec.shape} differ (evaluate needs the "
                          f"same grid: compare against OUTPUT/simulation/reference.nii.gz)")
-    same_place = np.allclose(ref.spacing, rec.spacing, rtol=1e-4) and np.allclose(ref.origin, rec.origin, atol=0.01) \
-        and np.allclose(ref.direction, rec.direction, atol=1e-4)  # float32 headers round
-    if not same_place:
+    if not _same_grid(ref, rec):
         def show(v, digits):
             return "(" + ", ".join(f"{float(x):.{digits}g}" for x in v) + ")"
         raise InputError(f"reference and input have the same shape but lie on different grids (spacing "
                          f"{show(ref.spacing, 4)} vs {show(rec.spacing, 4)} mm, origin {show(ref.origin, 5)} vs "
-                         f"{show(rec.origin, 5)}): compare against OUTPUT/simulation/reference.nii.gz, or resample "
-                         "one onto the other first")
+                         f"{show(rec.origin, 5)}, axes {ref.orientation} vs {rec.orientation}): compare against "
+                         "OUTPUT/simulation/reference.nii.gz, or resample one onto the other first")
     try:
         m = per_axis_metrics(ref.data, rec.data, data_range)
     except ValueError as e:
         raise InputError(str(e)) from None
+    if reordered:
+        m.setdefault("notes", []).append(reordered)
     if output is not None:
         with atomic_path(Path(output), overwrite, protect=[v for v in (reference, input) if not isinstance(v, Volume)]) as tmp:
             write_json(tmp, m)

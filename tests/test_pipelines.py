@@ -914,3 +914,18 @@ def test_scores_are_over_the_modality_window_and_a_diverged_run_says_so(tmp_path
         problem.solve()
     with pytest.raises(InputError, match="window .* low < high"):
         load_config("sparse_view_ct_8", ["outputs.window=[1000,-1000]"])
+
+
+def test_evaluate_compares_one_grid_stored_in_two_axis_orders(tmp_path, ct_nifti):
+    """A RAS copy of a result (nibabel's as_closest_canonical) is the same voxel grid stored in another order:
+    evaluate aligns the two (Volume.nearest_lps) and says so; it was refused with a message naming only spacing
+    and origin, which were equal."""
+    vol = read_volume(ct_nifti)
+    ras = nib.as_closest_canonical(nib.load(ct_nifti))
+    nib.save(ras, copy := tmp_path / "ras.nii.gz")
+    noisy = vol.with_data(vol.data + np.random.default_rng(0).normal(0, 20, vol.shape).astype(np.float32))
+    write_nifti(noisy, noisy_path := tmp_path / "noisy.nii.gz")
+    direct = tasks.evaluate(ct_nifti, noisy_path, data_range=2000.0)
+    crossed = tasks.evaluate(copy, noisy_path, data_range=2000.0)
+    assert crossed["psnr"]["volume"] == pytest.approx(direct["psnr"]["volume"], abs=1e-6)
+    assert any("axis orders" in n for n in crossed["notes"])

@@ -65,6 +65,9 @@ class CT(Section):
     def _one_angle_spec(self):
         if (self.n_views is None) == (self.wedge_deg is None):
             raise ValueError("give exactly one of n_views (sparse view) or wedge_deg (limited angle)")
+        if self.wedge_deg is not None and self.wedge_deg < 2:  # one view a degree: fewer than 2 is one view
+            raise ValueError(f"wedge_deg {self.wedge_deg:g}: give a wedge of at least 2 degrees (views are one degree "
+                             "apart), or n_views for a sparse-view scan")
         if self.beam == "parallel" and self.wedge_deg is not None and self.wedge_deg > 180:
             raise ValueError(f"wedge_deg {self.wedge_deg:g}: a parallel beam's views repeat after 180 degrees; "
                              "give at most 180, or beam: fan")
@@ -290,10 +293,12 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
     if problems:
         given = {str(o).split("=", 1)[0].strip() for o in overrides}  # a key set with --set is named as such
 
-        def by_set(key: str) -> bool:  # the key, or a section given as a mapping (--set 'solver.admm={rho: 1}')
-            return any(key == g or key.startswith(g + ".") for g in given)
-        raise InputError("\n".join(p if p.startswith("--set ") else f"--set {p}" if by_set(p.split(":", 1)[0])
-                                    else f"{label}: {p}" for p in problems))
+        def by_set(problem: str) -> bool:  # the key, a section given as a mapping (--set 'solver.admm={rho: 1}'),
+            key, _, message = problem.partition(":")  # or a key of the section a whole-section check names
+            return any(key == g or key.startswith(g + ".") or (g.startswith(key + ".") and g.rsplit(".", 1)[1]
+                                                              in message) for g in given)
+        raise InputError("\n".join(p if p.startswith("--set ") else f"--set {p}" if by_set(p) else f"{label}: {p}"
+                                    for p in problems))
     cfg._source = label
     return cfg
 

@@ -178,3 +178,16 @@ def test_fast_samplers_restart_mri_lower_up_to_x4():
     assert warm("cs_mri_x8") == warm("cs_mri_x4", "mri.mask.acceleration=6") == modality
     assert warm("cs_mri_x4", "solver.name=diffusion_mbir") == modality
     assert warm("cs_mri_x4", "solver.warm_start.start_sigma=0.5") == 0.5
+
+
+def test_a_whole_section_check_tripped_by_set_names_set_not_the_file():
+    """Checks over a whole section (one of n_views / wedge_deg; a parallel wedge over 180 degrees) report the
+    section, not the key: a --set that tripped them was blamed on the config file."""
+    with pytest.raises(InputError) as e:
+        load_config("limited_angle_ct_90", ["ct.wedge_deg=200"])
+    assert str(e.value).startswith("--set ct: wedge_deg 200")
+    with pytest.raises(InputError) as e:
+        load_config("limited_angle_ct_90", ["ct.n_views=8"])
+    assert str(e.value).startswith("--set ct: give exactly one of n_views")
+    with pytest.raises(InputError, match="--set ct: wedge_deg 0.5: give a wedge of at least 2 degrees"):
+        load_config("limited_angle_ct_90", ["ct.wedge_deg=0.5"])  # one view, silently

@@ -240,9 +240,8 @@ def earlier_rows(output_root: Path) -> list[dict]:
         raise InputError(f"cannot read {path} ({e}); move it away to start the batch afresh") from e
 
 
-def known_outputs(output_root: Path, rows: list[dict] | None = None) -> dict[str, Path]:
-    """Series UID -> output folder recorded by the manifest of earlier runs (``rows``: read from it if None)."""
-    rows = earlier_rows(output_root) if rows is None else rows
+def known_outputs(output_root: Path, rows: list[dict]) -> dict[str, Path]:
+    """Series UID -> output folder recorded by the manifest rows of earlier runs (``earlier_rows``)."""
     return {r["series_uid"]: _absolute(output_root / r["output_path"]) for r in rows
             if r.get("series_uid") and r.get("output_path")}
 

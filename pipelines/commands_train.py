@@ -281,7 +281,11 @@ def train(
             held_desc = hprov
         what = f"{sd.n_slices} slices at their own pixel size, patches {','.join(map(str, sizes))}"
         (lo, hi), why = pixel_range_for(sd.spacings, pixel_range)
-        typer.echo(f"pixel sizes drawn from {lo:.3g}-{hi:.3g} mm ({why})", err=True)
+        if resume and pixel_range is None:  # train_prior takes the run's own range from its state
+            typer.echo("pixel sizes drawn from the resumed run's own range (its card's pixel_spacing_range_why)",
+                       err=True)
+        else:
+            typer.echo(f"pixel sizes drawn from {lo:.3g}-{hi:.3g} mm ({why})", err=True)
         outside = sorted({round(min(sp), 4) for sp in sd.spacings if not lo <= min(sp) <= hi})
         if outside:
             typer.echo(f"warning: training scans at {', '.join(f'{v:g}' for v in outside)} mm lie outside --pixel-range "

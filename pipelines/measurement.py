@@ -36,6 +36,19 @@ class Measurement:
     info: dict = field(default_factory=dict)
     reference: np.ndarray | None = None
 
+    def output_volume(self, data: np.ndarray, **meta) -> Volume:
+        """``data`` on the grid, as an output: cut to the input's own rows and columns where the grid is the square
+        a non-square input was padded to (``info['crop']``, set by the simulation)."""
+        vol = self.grid.with_data(data, **meta)
+        crop = self.info.get("crop")
+        return vol.crop(*crop) if crop else vol
+
+    @property
+    def output_plane(self) -> tuple[int, int]:
+        """The in-plane shape of ``output_volume``."""
+        crop = self.info.get("crop")
+        return tuple(b - a for a, b in crop) if crop else tuple(self.grid.shape[-2:])
+
     def save(self, path: Path) -> None:
         g = self.grid
         arrays = {"format": np.array("medrecon-measurements-1"), "modality": np.array(self.modality),

@@ -69,8 +69,8 @@ class Runner:
         src, out = self.received / sanitize(uid, "series"), self.output_for(uid, description)
         row = {"series_uid": uid, "input_path": relative(src, self.root), "output_path": relative(out, self.root),
                "status": "", "seconds": "0.0", "error": ""}
-        files = next((s.files_sha256 for s in list_series(src, recursive=True) if s.uid == uid), None) \
-            if src.is_dir() else None
+        listed = list_series(src, recursive=True) if src.is_dir() else None  # None: not received yet
+        files = next((s.files_sha256 for s in listed if s.uid == uid), None) if listed is not None else None
         state = "new" if self.overwrite else output_state(out, uid, files, self.fingerprint)
         if state in ("reconfigured", "other"):
             row["status"], row["error"] = "failed", f"{out.name} exists but {CONFLICT[state]}; pass --overwrite"
@@ -91,8 +91,9 @@ class Runner:
                     raise PacsError(f"series {uid} was not received")
                 n = retrieve_series(self.settings, hit, src, self.inbox)
                 self.echo(f"        received {n} instances of {uid}")
-            if not done and any(s.made_by_medrecon for s in list_series(src, recursive=True)):  # e.g. a routing
-                # rule sending our own output back
+            if listed is None and not done:  # received just now
+                listed = list_series(src, recursive=True)
+            if not done and any(s.made_by_medrecon for s in listed):  # e.g. a routing rule sending our own output back
                 row["status"], row["error"] = "skipped", "a series made by medrecon: not reconstructed again"
                 return self.record(row)
             stage = "reconstruct"

@@ -143,8 +143,7 @@ class Problem:
             if cplx or measured:  # a constant rotation: real images (mri.image=real) then fit the real part
                 y = y * phase_rotation(zero_filled)  # a positive scale does not turn it
                 if meas.reference is not None and kw.get("reference") is None:
-                    ref = meas.grid.with_data(meas.reference / scale, description="reference")
-                    kw["reference"] = ref.crop(*meas.info["crop"]) if meas.info.get("crop") else ref
+                    kw["reference"] = meas.output_volume(meas.reference / scale, description="reference")
             if measured and not cplx:
                 A = with_real_input(A)
             if measured and cplx:
@@ -261,10 +260,8 @@ class Problem:
         """Why the first result cannot fine-tune a patch prior trained with ``opts`` (slices too small), or None."""
         from medrecon.priors.patch import too_small_for_patches
         g = self.measurement.grid
-        crop = self.measurement.info.get("crop")  # the first result is the input's extent (``output_grid``)
-        plane = tuple(b - a for a, b in crop) if crop else g.shape[-2:]
-        why = too_small_for_patches(plane, g.spacing[:2], opts.patch_sizes, opts.pixel_spacing_range,
-                                    opts.max_upsample)
+        why = too_small_for_patches(self.measurement.output_plane, g.spacing[:2], opts.patch_sizes,  # the first
+                                    opts.pixel_spacing_range, opts.max_upsample)  # result's extent (output_grid)
         return why and f"the slices are too small to fine-tune prior {self.prior.name} on ({why})"
 
     def _self_adapted_prior(self, s, steps: int, first: torch.Tensor, progress: bool) -> Denoiser:
@@ -442,11 +439,8 @@ class Problem:
         return self.output_grid(np.angle(self._physical_complex(x)), description=description)
 
     def output_grid(self, data: np.ndarray, **meta) -> Volume:
-        """``data`` (on the solver's square grid) as the output Volume: a non-square input's own extent
-        (``measurement.info['crop']``), without the padding the square grid added."""
-        vol = self.measurement.grid.with_data(data, **meta)
-        crop = self.measurement.info.get("crop")
-        return vol.crop(*crop) if crop else vol
+        """``data`` (on the solver's square grid) as the output Volume (``Measurement.output_volume``)."""
+        return self.measurement.output_volume(data, **meta)
 
     def _physical_complex(self, x: torch.Tensor) -> np.ndarray:
         x = x.detach().cpu()

@@ -273,10 +273,12 @@ def evaluate(reference, input, output=None, data_range: float | None = None, ove
     (atomically; an existing file is replaced only with ``overwrite``)."""
     ref, rec = (v if isinstance(v, Volume) else read_volume(v) for v in (reference, input))
     reordered = None
-    if not _same_grid(ref, rec) and _same_grid(ref.nearest_lps(), rec.nearest_lps()):  # one voxel grid, stored in
-        ref, rec = ref.nearest_lps(), rec.nearest_lps()                                 # two axis orders
-        reordered = ("reference and input are stored in different axis orders (e.g. a RAS copy): compared with both "
-                     "in LPS order, axial = slices along the patient's head-foot axis")
+    if not _same_grid(ref, rec):
+        in_lps = ref.nearest_lps(), rec.nearest_lps()
+        if _same_grid(*in_lps):  # one voxel grid, stored in two axis orders
+            ref, rec = in_lps
+            reordered = ("reference and input are stored in different axis orders (e.g. a RAS copy): compared with "
+                         "both in LPS order, axial = slices along the patient's head-foot axis")
     if ref.shape != rec.shape:
         raise InputError(f"reference shape {ref.shape} and input shape {rec.shape} differ (evaluate needs the "
                          f"same grid: compare against OUTPUT/simulation/reference.nii.gz)")

@@ -361,8 +361,8 @@ class _Trainer:
         vols = self.data.description.get("volumes")
         return [v.get("path", "?") if isinstance(v, dict) else str(v) for v in vols] if isinstance(vols, list) else []
 
-    def restore(self, path: Path):
-        st = torch.load(path, map_location="cpu", weights_only=True)
+    def restore(self, st: dict, path: Path):
+        """Continue from the training state ``st`` (read from ``path``, which the messages name)."""
         old = st.get("options") or {}
         differs = _data_difference(st.get("data"), self._data_record(), st.get("data_paths") or [],
                                    self._volume_names())
@@ -524,9 +524,8 @@ class _PatchTrainer(_Trainer):
     def state(self) -> dict:
         return {**super().state(), "used_spacing": list(self.sampler.used_spacing)}
 
-    def restore(self, path: Path):
-        super().restore(path)
-        st = torch.load(path, map_location="cpu", weights_only=True)
+    def restore(self, st: dict, path: Path):
+        super().restore(st, path)
         if "used_spacing" in st:
             self.sampler.used_spacing = [float(v) for v in st["used_spacing"]]
 
@@ -666,10 +665,10 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
     if not resume and (out / CARD_NAME).exists() and not overwrite:
         raise InputError(f"{out}: already holds a prior; use --resume to continue it or --overwrite to replace it")
     resolve_device(opts.device)  # an unusable device is an error before anything is written
+    state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True) if resume else None  # read once
     if resume and opts.arch == "patch" and opts.pixel_spacing_range is None:  # the run's own range, not the default
-        was = (torch.load(out / STATE_FILE, map_location="cpu", weights_only=True).get("options") or {}) \
-            .get("pixel_spacing_range")  # (a checkpoint of before recorded 0.7-4.0 whatever its scans)
-        opts = replace(opts, pixel_spacing_range=tuple(was)) if was else opts
+        was = (state.get("options") or {}).get("pixel_spacing_range")  # (a checkpoint of before: 0.7-4.0 whatever
+        opts = replace(opts, pixel_spacing_range=tuple(was)) if was else opts  # its scans)
     tr = (_PatchTrainer if opts.arch == "patch" else _Trainer)(data, out, opts, command)  # reads --init-from
     out.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume and ((out / CARD_NAME).is_file() or (out / STATE_FILE).is_file()):
@@ -677,7 +676,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
             old_file.unlink(missing_ok=True)                                         # pass as this one's
         shutil.rmtree(out / "samples", ignore_errors=True)
     if resume:
-        tr.restore(out / STATE_FILE)
+        tr.restore(state, out / STATE_FILE)
         for log_file in (out / "loss.csv", out / "heldout.csv"):  # drop what was logged after the checkpoint
             _truncate_log(log_file, tr.step)
     held = {}

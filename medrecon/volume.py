@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from .errors import InputError
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -30,14 +32,21 @@ class Volume:
     meta: dict = field(default_factory=dict)  # source description, DICOM tags for derived series, ...
 
     def __post_init__(self):
+        kind = np.asarray(self.data).dtype
+        if not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating) or kind == bool):
+            raise InputError(f"Volume data of type {kind} is not supported: give real values (for a complex image "
+                             "its magnitude, numpy.abs; complex MR data as a measurements file)")
         self.data = np.asarray(self.data, dtype=np.float32)
         if self.data.ndim != 3:
-            raise ValueError(f"Volume data must be 3D (Z, Y, X), got shape {self.data.shape}")
-        self.spacing = tuple(float(s) for s in self.spacing)
-        self.origin = tuple(float(o) for o in self.origin)
+            raise ValueError(f"Volume data must be 3D (Z, Y, X), got shape {self.data.shape}"
+                             + ("; add a slice axis: data[None]" if self.data.ndim == 2 else ""))
+        self.spacing, self.origin = _three("spacing", self.spacing), _three("origin", self.origin)
         self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
-        if not all(math.isfinite(s) and s > 0 for s in self.spacing):
+        if not all(s > 0 for s in self.spacing):
             raise ValueError(f"spacing must be positive and finite, got {self.spacing}")
+        if not np.isfinite(self.direction).all() or abs(np.linalg.det(self.direction)) < 1e-6:
+            raise ValueError(f"direction must be an invertible 3x3 matrix of finite values (its columns the x, y, "
+                             f"z axes in LPS), got {self.direction.tolist()}")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -153,3 +162,11 @@ class Volume:
             "direction": np.round(self.direction, 6).tolist(),
             "range": [float(finite.min()), float(finite.max())] if finite.size else [None, None],
         }
+
+
+def _three(name: str, values) -> tuple[float, float, float]:
+    """Three finite numbers in (x, y, z) order, or a ValueError naming ``name``."""
+    out = tuple(float(v) for v in np.ravel(values))
+    if len(out) != 3 or not all(math.isfinite(v) for v in out):
+        raise ValueError(f"{name} must be three finite numbers in (x, y, z) order, got {np.ravel(values).tolist()}")
+    return out

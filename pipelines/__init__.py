@@ -13,7 +13,7 @@ The names are imported on first use, so `medrecon --help` does not load torch.
 """
 import importlib
 
-_API = {"simulate": "tasks", "reconstruct": "tasks", "evaluate": "tasks", "batch": "batch",
+_API = {"simulate": "tasks", "reconstruct": "tasks", "evaluate": "tasks", "batch": "batching",
         "load_config": "config"}
 __all__ = list(_API)
 

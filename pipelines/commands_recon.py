@@ -85,7 +85,7 @@ def batch(input_root: Path = typer.Argument(..., help="Folder tree holding DICOM
                                                           "(default 1)."),
           retries: int = typer.Option(2, "--retries", help="Ray: reruns of a series whose worker died.")):
     """Reconstruct every DICOM series under INPUT_ROOT; exit code 1 if any failed."""
-    from .batch import batch as run
+    from .batching import batch as run
     from .engines import make_engine
     eng = make_engine(engine, address, gpus_per_series, cpus_per_series, retries)
     res = run(input_root, output_root, config, overrides=set or [], dry_run=dry_run, overwrite=overwrite,

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal, Optional
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
+from medrecon.bundled import PREFIX as BUNDLED_PREFIX, bundled_prior_path
 from medrecon.errors import InputError
 from operators.ct.fbp import FILTERS
 
@@ -34,7 +35,6 @@ from .modality import intensity_card
 from .registry import SOLVERS, FastSettings, Section, SolverSettings
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-BUNDLED_PRIORS = Path(__file__).resolve().parents[1] / "medrecon" / "assets" / "priors"
 
 
 # ---------------------------------------------------------------------------------------------- CT
@@ -256,6 +256,17 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     raise InputError(f"config not found: {name_or_path} (give a YAML file or one of: {', '.join(config_names())})")
 
 
+def override_list(overrides) -> list[str]:
+    """``overrides`` as a list of 'KEY=VALUE' strings: one string is one override (a Python caller's
+    ``overrides="solver.steps=50"``); anything but strings is refused naming the fix."""
+    if isinstance(overrides, str):
+        return [overrides]
+    if isinstance(overrides, (dict, bytes)) or not all(isinstance(o, str) for o in overrides):
+        raise InputError(f"overrides: give a list of 'KEY=VALUE' strings, e.g. ['solver.steps=50'], not "
+                         f"{type(overrides).__name__ if isinstance(overrides, (dict, bytes)) else 'a list of other values'}")
+    return list(overrides)
+
+
 def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = (),
                 check_files: bool = True) -> Config:
     """Load, override and validate a config; raise InputError listing every problem."""
@@ -427,13 +438,8 @@ def _describe(err: dict) -> str:
 # ---------------------------------------------------------------------------- file checks
 def resolve_prior_path(spec: str, base_dir: Path = Path(".")) -> Path:
     """``bundled:NAME`` -> medrecon/assets/priors/NAME; a path as given, else relative to the config."""
-    if spec.startswith("bundled:"):
-        name = spec.split(":", 1)[1]
-        have = sorted(p.name for p in BUNDLED_PRIORS.iterdir() if (p / "model_card.yaml").is_file())
-        if name not in have:  # also keeps bundled:../x inside the package's priors
-            raise InputError(f"{spec}: no such bundled prior; the bundled priors are "
-                             f"{', '.join('bundled:' + n for n in have)}")
-        return BUNDLED_PRIORS / name
+    if spec.startswith(BUNDLED_PREFIX):
+        return bundled_prior_path(spec)
     p = Path(spec).expanduser()
     if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
         p = base_dir / p

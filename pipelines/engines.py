@@ -1,10 +1,10 @@
 """The distributed batch engine: one Ray task per DICOM series, on GPUs where the cluster has some, else CPUs.
 
 ``medrecon batch IN OUT --config C --engine ray [--address auto|HOST:PORT]``. The driver (this process)
-plans the batch exactly as the local engine does (``pipelines.batch``), hands the series still to do to a
+plans the batch exactly as the local engine does (``pipelines.batch``, in ``pipelines.batching``), hands the series still to do to a
 pool of Ray actors and alone writes the manifest: atomically, after every finished series, in plan order,
 with 'pending' for the series not finished yet. An actor (``SeriesWorker``) runs
-``pipelines.batch.run_series``, the function the local engine calls, which writes its series' output
+``pipelines.batching.run_series``, the function the local engine calls, which writes its series' output
 atomically (input and output trees on shared storage, at the same paths on every node) and returns the
 series' manifest row.
 
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from medrecon.errors import InputError
 
-from .batch import Job, error_text, progress_line, run_series, write_manifest
+from .batching import Job, error_text, progress_line, run_series, write_manifest
 
 INSTALL_HINT = "pip install 'medrecon[distributed]'"
 ENGINES = ("local", "ray")

@@ -32,6 +32,7 @@ import torch
 from medrecon.device import resolve_device, resolve_precision
 from medrecon.errors import InputError
 from medrecon.io import read_volume
+from medrecon.io.common import check_voxels
 from medrecon.linop import LinearOperator, whitened
 from medrecon.metrics import per_axis_metrics
 from medrecon.priors import Denoiser, IntensityMap
@@ -49,7 +50,7 @@ from .modality import MODALITY_OF_DICOM, Modality, intensity_card
 from .raw_mri import is_measured_kspace
 from .prior_cards import load_prior_for
 from .registry import SELF_ADAPT_DEFAULT, SOLVERS
-from .simulate import grid_offsets, magnitude_scale, simulate_volume
+from .simulation import grid_offsets, magnitude_scale, simulate_volume
 
 log = logging.getLogger("medrecon")
 MAX_OBLONG = 1.5  # in-plane pixels more oblong than this need --resample (most likely a slice axis not the third)
@@ -108,6 +109,8 @@ class Problem:
             meas = Measurement.load(input)
         else:
             source = input if isinstance(input, Volume) else read_volume(input, series=series)
+            if isinstance(input, Volume):  # a file's voxels were checked as they were read
+                check_voxels(input.data, "the input Volume")
             reference, meas, info["grid"] = simulate_on_its_grid(cfg, prior, source, resample)
         if meas.modality != cfg.modality:
             raise InputError(f"{meas.info.get('source') or 'the input'}: holds {meas.modality} measurements but "
@@ -550,10 +553,14 @@ def check_domain(cfg: Config, prior, source: Volume) -> None:
     if MODALITY_OF_DICOM.get(dicom_modality, cfg.modality) != cfg.modality:
         problems.append(f"{where}: a {dicom_modality} series, but the config is for {cfg.modality}: use a "
                         f"{MODALITY_OF_DICOM[dicom_modality]} config")
-    card_modality = (getattr(prior, "card", None) or {}).get("modality") if prior is not None else None
+    card = (getattr(prior, "card", None) or {}) if prior is not None else {}
+    card_modality, card_unit = card.get("modality"), (card.get("intensity") or {}).get("unit")
     if card_modality and card_modality != cfg.modality:
         problems.append(f"prior {prior.name} was trained on {card_modality} but the config is for {cfg.modality}: "
                         f"use a {cfg.modality} prior")
+    elif not card_modality and card_unit and cfg.intensity.unit and card_unit != cfg.intensity.unit:
+        problems.append(f"prior {prior.name} was trained on values in {card_unit} but the config's are in "  # no
+                        f"{cfg.intensity.unit}: use a {cfg.modality} prior")  # modality recorded: its unit tells
     if cfg.modality == "ct" and (dicom_modality != "CT" or source.meta.get("rescale_assumed")):
         lo = float(np.percentile(source.data, 0.5))
         if lo > CT_HU_BELOW:  # no air, lung or fat: MR magnitude or attenuation values, not HU

@@ -1,7 +1,7 @@
 """simulate / reconstruct / evaluate: the Python API behind the commands (config -> Problem -> files).
 
 Units and the data term are explained in ``pipelines.problem``; simulation without the inverse crime in
-``pipelines.simulate``.
+``pipelines.simulation``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from medrecon.io.atomic import check_free
 from medrecon.metrics import per_axis_metrics
 from medrecon.volume import Volume
 
-from .config import Config, load_config
+from .config import Config, load_config, override_list
 from .html_report import write_series_page
 from .measurement import Measurement, is_measurement_file
 from .outputs import Timings, atomic_output, peak_memory, preview_png, report, write_json
@@ -38,7 +38,18 @@ class RunResult:
 
 def prepare_config(config, overrides=()) -> Config:
     """Load, override, validate and resolve a config (a name, a path, a dict or a Config)."""
-    return load_config(config, list(overrides)).resolved()
+    return load_config(config, override_list(overrides)).resolved()
+
+
+def path_argument(name: str, value) -> Path:
+    """A path given to the file API, or an InputError naming the argument (an in-memory Volume belongs to
+    ``Problem.build`` / ``compare_methods``, or is written first)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"{name}: give a path, not {type(value).__name__}"
+                         + (" (write it first with medrecon.io.write_nifti, or reconstruct it in memory with "
+                            "pipelines.problem.Problem.build or pipelines.compare.compare_methods)"
+                            if isinstance(value, Volume) else ""))
+    return Path(value)
 
 
 def write_simulation(folder: Path, ref: Volume, meas: Measurement) -> None:
@@ -51,7 +62,8 @@ def simulate(config, input, output, overrides=(), overwrite: bool = False, serie
              resample: bool = False) -> Path:
     """Simulate measurements of a ground-truth volume on its own grid (or the one the config names); writes
     OUTPUT/measurements.npz and reference.nii.gz."""
-    cfg = load_config(config, list(overrides), check_files=False).resolved()  # the prior is not needed here
+    cfg = load_config(config, override_list(overrides), check_files=False).resolved()  # the prior is not needed here
+    input, output = path_argument("input", input), path_argument("output", output)
     source = read_volume(input, series=series, resample_nonuniform=resample)
     # the input's own grid (or the config's): the prior is the reconstruction's business (check_grid)
     ref, meas, _ = simulate_on_its_grid(cfg, None, source, resample)
@@ -73,7 +85,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     (see :func:`source_identity`) and the config's ``fingerprint``; paths are recorded by name only.
     """
     cfg = prepare_config(config, overrides)
-    inp, out = Path(input), Path(output)
+    inp, out = path_argument("input", input), path_argument("output", output)
     if not inp.exists():
         raise InputError(f"input not found: {inp} (give a DICOM folder, a NIfTI file or a measurements file)")
     check_free(out, overwrite)  # say so before the work, not after it
@@ -226,7 +238,7 @@ def write_results(cfg: Config, folder: Path, recon: Volume, std: Volume | None, 
     """recon.nii.gz, std.nii.gz (``std``: the samples' standard deviation, physical units), dicom/ (a DICOM
     source's derived series; measured MRI: a new MR series, ``MEASURED_MR_DICOM_SCALE`` x the normalised
     magnitude) and preview.png. ``source_scale``: what a simulation
-    divided an MR source by (``simulate.magnitude_scale``): the derived series is in the source's own units,
+    divided an MR source by (``simulation.magnitude_scale``): the derived series is in the source's own units,
     whole numbers stored as they are (RescaleSlope 1), which MR viewers that ignore rescaling show as the source."""
     files = ["recon.nii.gz"]
     write_nifti(recon, folder / "recon.nii.gz")
@@ -271,7 +283,14 @@ def _as_source_stores(data: np.ndarray, src: Volume | None) -> np.ndarray:
 def evaluate(reference, input, output=None, data_range: float | None = None, overwrite: bool = False) -> dict:
     """PSNR/SSIM per plane of ``input`` against ``reference`` (volumes or paths); optionally written as JSON
     (atomically; an existing file is replaced only with ``overwrite``)."""
-    ref, rec = (v if isinstance(v, Volume) else read_volume(v) for v in (reference, input))
+    ref, rec = (v if isinstance(v, Volume) else read_volume(path_argument(name, v))
+                for name, v in (("reference", reference), ("input", input)))
+    if data_range is not None:
+        try:
+            data_range = float(data_range)
+        except (TypeError, ValueError):
+            raise InputError(f"data_range: give a number (the intensity range the PSNR is taken over), not "
+                             f"{data_range!r}") from None
     reordered = None
     if not _same_grid(ref, rec):
         in_lps = ref.nearest_lps(), rec.nearest_lps()
@@ -296,7 +315,7 @@ def evaluate(reference, input, output=None, data_range: float | None = None, ove
     if reordered:
         m.setdefault("notes", []).append(reordered)
     if output is not None:
-        with atomic_path(Path(output), overwrite, protect=[v for v in (reference, input) if not isinstance(v, Volume)]) as tmp:
+        with atomic_path(path_argument("output", output), overwrite, protect=[v for v in (reference, input) if not isinstance(v, Volume)]) as tmp:
             write_json(tmp, m)
     return m
 

@@ -8,8 +8,8 @@ import pytest
 
 from medrecon.io import read_volume
 
-import pipelines.batch as batch_mod
-from pipelines.batch import sanitize
+import pipelines.batching as batch_mod
+from pipelines.batching import sanitize
 from pipelines.cli import main
 from dicom_trees import write_test_series  # noqa: E402
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from medrecon.io import read_volume
-from pipelines.batch import batch, run_series
+from pipelines.batching import batch, run_series
 from pipelines.cli import main
 from pipelines.engines import RayEngine, capacity, series_resources
 from dicom_trees import write_test_series  # noqa: E402

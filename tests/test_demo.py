@@ -7,7 +7,7 @@ import pytest
 from medrecon.io import read_volume
 from medrecon.priors import load_prior
 from pipelines.cli import main
-from pipelines.config import BUNDLED_PRIORS
+from medrecon.bundled import BUNDLED_PRIORS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -261,7 +261,7 @@ def test_simulated_mri_lies_on_the_reconstruction_grid():
     against the input's geometry and the coil maps: fftc's origin is pixel n // 2 on either grid."""
     from medrecon.volume import Volume
     from pipelines.config import load_config
-    from pipelines.simulate import simulate_mri
+    from pipelines.simulation import simulate_mri
     yy, xx = np.mgrid[:32, :32].astype(float)
     blob = np.exp(-((yy - 13.0) ** 2 + (xx - 17.0) ** 2) / 8.0)
     vol = Volume(np.stack([blob] * 2).astype(np.float32), spacing=(1.0, 1.0, 3.0))

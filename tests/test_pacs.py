@@ -451,7 +451,7 @@ def test_a_relative_output_root_works_from_any_working_folder(tmp_path, monkeypa
     with open(out / "manifest.csv", newline="") as fh:  # as an earlier version wrote it, run from tmp_path
         rows = list(csv.DictReader(fh))
     rows[0].update(input_path=f"out/pacs/received/{uid}", output_path=f"out/pacs/{name}")
-    from pipelines.batch import write_manifest
+    from pipelines.batching import write_manifest
     write_manifest(out / "manifest.csv", rows)
     again = _runner(Path("../out/pacs")).process(uid, "Chest 1.0")
     assert (again["status"], again["input_path"], again["output_path"]) == ("skipped", f"received/{uid}", name)
@@ -480,7 +480,7 @@ def test_a_second_listener_or_run_into_one_output_root_is_refused(tmp_path, caps
     """Two PACS jobs into one OUTPUT_ROOT (a listener and a scheduled run) would retrieve, reconstruct and store the
     same series twice and overwrite each other's manifest: the batch's lock refuses the second in one line."""
     import fcntl
-    from pipelines.batch import LOCK
+    from pipelines.batching import LOCK
     out = tmp_path / "out"
     out.mkdir()
     with open(out / LOCK, "a") as held:

@@ -21,7 +21,7 @@ from pipelines import tasks
 from pipelines.measurement import Measurement
 from pipelines import problem as problem_module
 from pipelines.problem import Problem
-from pipelines.simulate import CT_FLOOR_HU, resample_inplane, simulate_ct
+from pipelines.simulation import CT_FLOOR_HU, resample_inplane, simulate_ct
 from pipelines.cli import main
 from pipelines.registry import FAST_END, FAST_ZTV
 from pipelines.phantoms import ct_phantom
@@ -808,7 +808,7 @@ def test_one_bright_voxel_does_not_rescale_simulated_mr_tissue():
     an artefact) put the tissue near 0.02, where the prior took much of it for background (11.9 dB against 3D
     ADMM-TV's 21.3 on a real brain)."""
     from pipelines.config import load_config
-    from pipelines.simulate import simulate_volume
+    from pipelines.simulation import simulate_volume
     cfg = load_config("cs_mri_x4")
     clean = _mr_volume((4, 96, 96))
     spiked = clean.data.copy()
@@ -874,7 +874,7 @@ def test_a_derived_mr_series_is_in_the_sources_units(tmp_path):
     Image IOD has no Modality LUT) showed as -32000..32000 with a window of 0.3 / 1."""
     import pydicom
     from pipelines.config import load_config
-    from pipelines.simulate import simulate_volume
+    from pipelines.simulation import simulate_volume
     mr = _mr_volume((3, 64, 64))
     src = Volume(np.round(mr.data * 30000).astype(np.float32), mr.spacing, mr.origin,
                  meta={"dicom": {"Modality": "MR", "PatientID": "P1"}})
@@ -929,3 +929,58 @@ def test_evaluate_compares_one_grid_stored_in_two_axis_orders(tmp_path, ct_nifti
     crossed = tasks.evaluate(copy, noisy_path, data_range=2000.0)
     assert crossed["psnr"]["volume"] == pytest.approx(direct["psnr"]["volume"], abs=1e-6)
     assert any("axis orders" in n for n in crossed["notes"])
+
+
+def test_python_api_names_stay_functions_once_their_modules_are_loaded(tmp_path, ct_nifti):
+    """``pipelines.simulate`` / ``pipelines.batch`` are the functions even after their modules were imported (the
+    package attribute a submodule import binds used to shadow them: the second call hit a module)."""
+    import pipelines
+    import pipelines.batching
+    import pipelines.simulation  # noqa: F401  (what reconstruct imports on its way)
+
+    assert pipelines.batch is pipelines.batching.batch
+    for i in range(2):
+        pipelines.simulate("sparse_view_ct_8", ct_nifti, tmp_path / f"sim{i}", overrides=["ct.image_size=32"])
+        res = pipelines.reconstruct("sparse_view_ct_8", tmp_path / f"sim{i}" / "measurements.npz", tmp_path / f"rec{i}",
+                                    overrides=["ct.image_size=32", "solver.name=fbp"])
+        assert (tmp_path / f"rec{i}" / "recon.nii.gz").is_file() and res is not None
+
+
+def test_python_callers_get_one_line_errors_for_what_the_cli_cannot_pass(tmp_path, mr_nifti):
+    """A research script's mistakes: a complex array or a bad geometry in a Volume, NaN voxels in an in-memory
+    Volume, overrides as one string or a dict, a Volume where a path is wanted, a prior whose card records its
+    unit but no modality (the README's own training recipe before it passed modality=)."""
+    from types import SimpleNamespace
+
+    from pipelines.compare import compare_methods
+    from pipelines.problem import check_domain
+    ok = np.zeros((2, 16, 16), np.float32)
+    with pytest.raises(InputError, match="type complex128 is not supported.*numpy.abs"):
+        Volume(ok * np.exp(0.7j))
+    for bad, what in (({"spacing": (1.0, 1.0)}, "spacing must be three"), ({"origin": (0, np.nan, 0)}, "origin"),
+                      ({"direction": np.zeros((3, 3))}, "direction must be an invertible")):
+        with pytest.raises(ValueError, match=what):
+            Volume(ok, **bad)
+    nan = ok.copy()
+    nan[0, 3, 3] = np.nan
+    with pytest.raises(InputError, match="the input Volume: 1 NaN"):
+        compare_methods("cs_mri_x4", Volume(nan), {"zf": {"name": "zero_filled"}})
+    with pytest.raises(InputError, match="NaN"):
+        write_nifti(Volume(nan), tmp_path / "nan.nii.gz")
+    assert not (tmp_path / "nan.nii.gz").exists()
+
+    res = tasks.reconstruct("cs_mri_x4", mr_nifti, tmp_path / "one", overrides="solver.name=zero_filled")
+    assert res.report["config"]["solver"]["name"] == "zero_filled"  # one string is one override
+    with pytest.raises(InputError, match="overrides: give a list of 'KEY=VALUE' strings.*not dict"):
+        tasks.reconstruct("cs_mri_x4", mr_nifti, tmp_path / "two", overrides={"solver.name": "zero_filled"})
+    with pytest.raises(InputError, match="input: give a path, not Volume.*write_nifti"):
+        tasks.reconstruct("cs_mri_x4", read_volume(mr_nifti), tmp_path / "three")
+    with pytest.raises(InputError, match="data_range: give a number"):
+        tasks.evaluate(read_volume(mr_nifti), read_volume(mr_nifti), data_range="wide")
+
+    cfg = tasks.prepare_config("cs_mri_x4", ["solver.name=zero_filled"])
+    hu_prior = SimpleNamespace(name="own", card={"intensity": {"unit": "HU"}})  # modality null, unit HU
+    with pytest.raises(InputError, match="prior own was trained on values in HU but the config's are in normalised"):
+        check_domain(cfg, hu_prior, read_volume(mr_nifti))
+    check_domain(cfg, SimpleNamespace(name="own", card={"intensity": {"unit": "normalised magnitude"}}),
+                 read_volume(mr_nifti))

@@ -157,7 +157,7 @@ def test_public_defaults_come_from_the_caller(tmp_path):
 
 def test_bundled_names_load_where_a_folder_does():
     """``bundled:NAME`` is accepted wherever a prior is loaded (the benchmarks pass it straight through)."""
-    from pipelines.config import BUNDLED_PRIORS
+    from medrecon.bundled import BUNDLED_PRIORS
     from pipelines.prior_cards import load_prior_for
 
     by_name, by_folder = load_prior_for("bundled:mri_patch"), load_prior_for(BUNDLED_PRIORS / "mri_patch")
@@ -172,7 +172,7 @@ def test_bundled_names_load_where_a_folder_does():
 def test_a_card_that_does_not_fit_its_network_or_lacks_keys_is_one_line(tmp_path):
     """A patch network under a whole-slice card failed at its first denoising call; an intensity map without
     its window or a weights entry that is no file name were tracebacks."""
-    from pipelines.config import BUNDLED_PRIORS
+    from medrecon.bundled import BUNDLED_PRIORS
     folder = tmp_path / "p"
     shutil.copytree(BUNDLED_PRIORS / "ct_patch", folder)
     card = read_model_card(folder / "model_card.yaml")

@@ -89,7 +89,8 @@ def write_nifti(vol: Volume, path, overwrite: bool = False) -> Path:
     path = Path(path)
     if not is_nifti(path):
         raise InputError(f"{path}: a NIfTI file name ends in .nii or .nii.gz")
-    img = nib.Nifti1Image(np.ascontiguousarray(vol.data.transpose(2, 1, 0)), vol.affine_ras)
+    data = check_voxels(vol.data, path)  # NaN / Inf: a file no reader here would take back
+    img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), vol.affine_ras)
     codes = vol.meta.get("nifti", {})
     unknown = not any(codes.get(k, 1) for k in ("sform_code", "qform_code"))  # read from a file that had neither
     img.set_sform(vol.affine_ras, code=0 if unknown else codes.get("sform_code") or 1)  # 1: scanner coordinates

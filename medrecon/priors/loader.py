@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..device import resolve_device
+from ..bundled import PREFIX as BUNDLED_PREFIX, bundled_prior_path
 from ..errors import InputError
 from .adm import ADMUNet, adm_config, adm_config_from_state_dict
 from .base import Denoiser, IntensityMap, schedule_from_dict
@@ -231,9 +232,10 @@ def load_prior(path: str | Path, device=None, allow_unsafe_pickle: bool = False,
     ``model`` weights instead of the EMA ones (for diagnosis only). ``device``: None (CPU), "cpu", "cuda",
     "cuda:N", "auto" (CUDA when available) or a torch.device (medrecon.device.resolve_device).
     """
-    path = Path(path)
+    path = bundled_prior_path(path) if str(path).startswith(BUNDLED_PREFIX) else Path(path)
     if not path.exists():
-        raise InputError(f"{path}: no such file or folder (give a prior folder with {CARD_NAME} or a checkpoint file)")
+        raise InputError(f"{path}: no such file or folder (give a prior folder with {CARD_NAME}, a checkpoint file "
+                         f"or {BUNDLED_PREFIX}NAME)")
     user = (read_model_card(card) if isinstance(card, (str, Path)) else dict(card)) if card is not None else {}
     if path.is_dir():
         found = merge_cards(read_model_card(path), user)

@@ -287,6 +287,8 @@ def test_final_sigma_returns_the_prior_estimate_of_the_last_output(cls):
     assert float(clipped.min()) >= 0.0 and float(clipped.max()) <= 0.3 + 1e-6  # the float32 bound
     with pytest.raises(ValueError, match="final_sigma"):
         cls(prior, A, y, final_sigma=-0.1, **kw)
+    with pytest.raises(TypeError, match="y: give the measurements as a torch tensor"):  # a script's numpy array
+        cls(prior, A, y.numpy(), **kw)
 
 
 def test_two_scale_denoising_takes_the_coarse_estimates_low_frequencies():

@@ -187,6 +187,8 @@ class DiffusionSolver:
                  end_sigma: float | None = None, final_sigma: float = 0.0,
                  snapshot: Callable[[int, torch.Tensor], None] | None = None, snapshot_every: int = 0):
         self.prior, self.device = prior, prior.device
+        if not torch.is_tensor(y):  # a numpy array failed deep inside with "no attribute 'to'"
+            raise TypeError(f"y: give the measurements as a torch tensor (torch.from_numpy(y)), not {type(y).__name__}")
         y = y.to(self.device, torch.complex64 if y.is_complex() else torch.float32)
         batch = y.shape[: y.ndim - len(A.out_shape)]
         self.shape = tuple(batch) + A.in_shape

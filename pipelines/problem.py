@@ -49,7 +49,7 @@ from .measurement import Measurement, is_measurement_file
 from .modality import MODALITY_OF_DICOM, Modality, intensity_card
 from .raw_mri import is_measured_kspace
 from .prior_cards import load_prior_for
-from .registry import SELF_ADAPT_DEFAULT, SOLVERS
+from .registry import SELF_ADAPT_DEFAULT, SELF_ADAPT_OFF, SOLVERS
 from .simulation import grid_offsets, magnitude_scale, simulate_volume
 
 log = logging.getLogger("medrecon")
@@ -246,8 +246,13 @@ class Problem:
             if a.steps and self.prior is not None and (why := self._cannot_adapt(adaptation_options(self.prior))):
                 raise InputError(f"solver.self_adapt.steps={a.steps}: {why}; set solver.self_adapt.steps=0")
             return a.steps
-        steps = SELF_ADAPT_DEFAULT.get(s.name, {}).get(self.measurement.modality, 0)
+        modality = self.measurement.modality
+        steps = SELF_ADAPT_DEFAULT.get(s.name, {}).get(modality, 0)
         if not steps or self.prior is None or is_measured_kspace(self.measurement):
+            return 0
+        off = SELF_ADAPT_OFF.get((modality, self.config.mri.mode if modality == "mri" else None))
+        if off:
+            self.info["self_adapt"] = {"skipped": f"off by default on {off}"}
             return 0
         try:
             why = self._cannot_adapt(adaptation_options(self.prior))

@@ -105,7 +105,11 @@ CROSS_VALIDATION = {"enabled": False, "start_sigma": [0.5, 1.0, 1.5], "lam": [0.
 #: CT stays off: +0.14 on thirteen held-out cases, three of them down (to -0.33).
 #: Measured k-space stays off: VFA -0.02 / -0.03, T2 slice +0.07 / +0.01 (trained on the real and imaginary parts
 #: instead of the magnitude: +0.02 / 0.00 and -0.31 / -0.18; benchmarks/RESULTS.md, 33rd and 34th sessions).
+#: 3D masks (mri.mode 3d, cs_mri_3d_poisson) stay off: on two slabs each of the validation scans at the config's 50
+#: steps, mr_head_t1w -0.67 / -0.60, mr_brain1 -0.26, and on held-out mr_brain2 0.00, at about 4x the time
+#: (forty-second and forty-third sessions).
 SELF_ADAPT_DEFAULT = {"fast": {"mri": 500}}
+SELF_ADAPT_OFF = {("mri", "3d"): "3D masks, where it gained nothing on the validation scans (README: self-adaptation)"}
 
 
 class Section(BaseModel):
@@ -381,4 +385,4 @@ def solver_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["ADMM", "ADMM_DEFAULTS", "CROSS_VALIDATION", "FAST_END", "FAST_WARM_LOW_ACCELERATION", "MBIR_WARM", "MEASURED_KSPACE", "SELF_ADAPT_DEFAULT", "WARM_START_DEFAULTS", "SOLVERS", "Section", "SolverSettings", "SolverSpec", "solver_table", "spec"]
+__all__ = ["ADMM", "ADMM_DEFAULTS", "CROSS_VALIDATION", "FAST_END", "FAST_WARM_LOW_ACCELERATION", "MBIR_WARM", "MEASURED_KSPACE", "SELF_ADAPT_DEFAULT", "SELF_ADAPT_OFF", "WARM_START_DEFAULTS", "SOLVERS", "Section", "SolverSettings", "SolverSpec", "solver_table", "spec"]

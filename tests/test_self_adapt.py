@@ -58,7 +58,7 @@ def test_self_adapt_settings_are_checked_and_only_belong_to_diffusion_solvers():
 
 def test_default_adapts_the_fast_sampler_on_mr_images_with_a_patch_prior_only(tmp_path):
     """Null steps: registry.SELF_ADAPT_DEFAULT (500) for the fast sampler on MR images with a patch prior; 0 on CT,
-    for other solvers, with a whole-slice prior (no error: nothing was asked), and a set value as set."""
+    for other solvers, with a whole-slice prior (no error: nothing was asked), on 3D masks, and a set value as set."""
     from pipelines.problem import Problem
     from pipelines.registry import SELF_ADAPT_DEFAULT
 
@@ -75,6 +75,9 @@ def test_default_adapts_the_fast_sampler_on_mr_images_with_a_patch_prior_only(tm
     assert steps("cs_mri_x4", "solver.name=slicewise_fast") == 0
     assert steps("cs_mri_x4", "prior.path=bundled:mri", resample=True) == 0
     assert steps("sparse_view_ct_8", "ct.pixel_size=2.0") == 0
+    assert steps("cs_mri_3d_poisson") == 0  # off on 3D masks (registry.SELF_ADAPT_OFF), and said so
+    assert steps("cs_mri_3d_poisson", "solver.self_adapt.steps=20") == 20
+    assert steps("cs_mri_x4", "mri.mode=3d", "mri.mask.kind=poisson2d") == 0
 
 
 def test_self_adapted_reconstruction_reports_both_passes_and_keeps_the_adapted_prior(tmp_path):

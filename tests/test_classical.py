@@ -68,7 +68,7 @@ def test_sirt_converges_on_consistent_ct_data_and_respects_nonnegativity():
     assert res[0] > res[1] > res[2] and res[2] < 0.01
     x = sirt(A, y - 0.5 * y.mean(), n_iter=30, nonneg=True)
     assert float(x.min()) >= 0
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="SIRT is for real, non-negative operators"):
         sirt(CartesianMRI((4, 4), torch.ones(4, 4, dtype=torch.bool)), torch.zeros(4, 4, dtype=torch.complex64))
 
 

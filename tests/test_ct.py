@@ -92,6 +92,18 @@ def test_fbp_of_a_disc_has_mean_one_with_360_views(kind, pixel, ds):
         assert abs(fbp(sino, g, name).numpy()[inside].mean() - 1) < 0.02, name
 
 
+def test_each_fbp_window_scales_the_ramp_by_its_own_response():
+    """A cosine of a quarter of the sampling rate along the detector, filtered with each window, is the ram-lak
+    result times the window's value there (sinc(1/4), cos(pi/4), 0.54, 0.5), away from the row's ends."""
+    from operators.ct.fbp import ramp_filter
+    row = torch.cos(2 * math.pi * 0.25 * torch.arange(512, dtype=torch.float64))[None]
+    base = ramp_filter(row, 1.0)[0, 128:384]
+    for name, gain in (("shepp-logan", math.sin(math.pi / 4) / (math.pi / 4)), ("cosine", math.cos(math.pi / 4)),
+                       ("hamming", 0.54), ("hann", 0.5)):
+        out = ramp_filter(row, 1.0, name)[0, 128:384]
+        assert float((out * base).sum() / (base * base).sum()) == pytest.approx(gain, abs=1e-4), name
+
+
 @pytest.mark.parametrize("pixel,ds", [(0.5, 1.0), (0.7, 1.3)])
 def test_parallel_fbp_with_bins_wider_than_the_pixels_is_flat(pixel, ds):
     """A detector coarser than the pixels left a +-10 % checkerboard on a uniform disc (std 0.1)."""
@@ -176,7 +188,7 @@ def test_geometry_defaults_angles_and_round_trip():
         assert hash(geometry_from_dict(d)) == hash(geom)
     with pytest.raises(InputError, match="type"):
         ParallelBeamGeometry.from_dict(FanBeamGeometry.sparse_view(32, 4).to_dict())
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="must exceed the field-of-view radius"):
         FanBeamGeometry.sparse_view(32, 4, source_origin_mm=10)  # source inside the field of view
     with pytest.raises(InputError, match="must exceed the field-of-view radius"):  # also with the bins given
         ConeBeamGeometry.sparse_view((8, 16, 16), 4, det_cols=40, source_origin_mm=10)

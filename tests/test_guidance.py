@@ -246,9 +246,9 @@ def test_options_and_defaults():
         with pytest.raises(ValueError, match="rho"):
             cls(prior, A, y, lam=0.05)          # z-TV needs an explicit ADMM penalty
     assert DPSSampler(prior, A, y).snr == 0.0 and MCGSampler(prior, A, y).snr == 0.16
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"lambda_proj must lie in \[0, 1\], got 1.5"):
         ProjectionSampler(prior, A, y, lambda_proj=1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="likelihood must be 'gaussian' or 'poisson'"):
         DPSSampler(prior, A, y, likelihood="laplace")
     # z-TV after the guided step (the shared ADMM step, lam > 0): its state is used
     s = MCGSampler(prior, A, y, lam=0.05, rho=1.0, n_steps=3, chunk_size=8)
@@ -299,3 +299,35 @@ def test_residual_reaches_noise_level_cuda(cls, kw):
     x = cls(prior, A, y.cuda(), n_steps=100, chunk_size=4, seed=0, **kw).run().double().cpu()
     res = (x.reshape(Z, -1) @ mat.T - y.double()).norm(dim=1)
     assert float(res.mean()) <= 1.5 * noise_norm
+
+
+def test_pipeline_passes_the_step_size_and_the_warm_starts_settings(monkeypatch):
+    """solver.zeta reaches MCG's and DPS's step size, and the warm start is 3D ADMM-TV with the configured lam,
+    rho = 10 lam and iteration count (the defaults of the classes and the config are alike, so a setting lost on
+    its way would go unseen in the results)."""
+    import pipelines.problem as problem_module
+    from medrecon.solvers.guidance import GuidedSampler
+    from pipelines.config import load_config
+    from pipelines.phantoms import ct_phantom
+    from pipelines.problem import Problem
+
+    steps, calls = [], []
+    init, admm = GuidedSampler.__init__, problem_module.admm_tv
+
+    def spy_init(self, *a, **k):
+        init(self, *a, **k)
+        steps.append(self.step_scale)
+
+    monkeypatch.setattr(GuidedSampler, "__init__", spy_init)
+    monkeypatch.setattr(problem_module, "admm_tv", lambda *a, **k: calls.append((a[2:5], k["axes"])) or admm(*a, **k))
+    vol = ct_phantom((2, 32, 32), seed=1)
+    for name in ("mcg", "dps"):
+        cfg = load_config("sparse_view_ct_8", ["ct.image_size=32", f"solver.name={name}", "solver.steps=2",
+                                               "solver.zeta=0.3"], check_files=False).resolved()
+        Problem.build(cfg, vol, prior=GaussianDenoiser(0.5, 0.1)).solve()
+    assert steps == [0.3, 0.3]
+    cfg = load_config("sparse_view_ct_8", ["ct.image_size=32", "solver.steps=2", "solver.coarse_above=0",
+                                           "solver.warm_start={method: admm_tv, start_sigma: 0.5, lam: 0.07, iters: 7}"],
+                      check_files=False).resolved()
+    Problem.build(cfg, vol, prior=GaussianDenoiser(0.5, 0.1)).solve()
+    assert calls == [((0.07, pytest.approx(0.7), 7), (0, 1, 2))]

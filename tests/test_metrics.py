@@ -84,3 +84,21 @@ def test_the_volume_ssim_of_a_large_volume_is_left_out_with_a_note(monkeypatch):
     m = per_axis_metrics(ref, ref * 0.9, 1.0)
     assert m["ssim"]["volume"] is None and m["ssim"]["axial"] is not None
     assert any("no volume SSIM" in n and "memory" in n for n in m["notes"])
+
+
+def test_each_planes_ssim_is_taken_over_that_planes_images():
+    """Slices that are each close to the reference but shifted in value from slice to slice: the axial SSIM stays
+    high, the coronal and sagittal ones (whose images cut across the slices) fall; each equals skimage's SSIM
+    averaged over that plane's images (reference minimum as zero, the module's convention)."""
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(1)
+    ref = np.broadcast_to(0.5 + 0.2 * rng.uniform(0.0, 1.0, (1, 24, 20)), (12, 24, 20)).copy()  # alike along z
+    x = ref + rng.normal(0.0, 0.005, ref.shape) + 0.05 * rng.choice([-1.0, 1.0], 12)[:, None, None]  # axial 0.82
+    m = per_axis_metrics(ref, x, data_range=1.0)
+    low = ref.min()
+    for plane, axis in (("axial", 0), ("coronal", 1), ("sagittal", 2)):
+        r, y = np.moveaxis(ref - low, axis, 0), np.moveaxis(x - low, axis, 0)
+        expect = np.mean([structural_similarity(a, b, data_range=1.0, win_size=7) for a, b in zip(r, y)])
+        assert m["ssim"][plane] == pytest.approx(expect, abs=1e-12)
+    assert m["ssim"]["coronal"] < m["ssim"]["axial"] - 0.08 and m["ssim"]["sagittal"] < m["ssim"]["axial"] - 0.08

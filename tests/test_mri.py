@@ -153,8 +153,10 @@ def test_operator_masks_zero_filled_and_per_slice_masks():
         assert (y[z][:, ~masks[z][0]] == 0).all()
     assert torch.allclose(zero_filled(y, A), ifftc(y, 2))
     assert abs(A.acceleration - 2.0) < 1e-12
-    with pytest.raises(RuntimeError):
+    with pytest.raises(InputError, match=r"mask differs by slice \(3 slices\), but the image has 2"):
         A(x[:2])  # a per-slice mask fixes the number of slices
+    with pytest.raises(InputError, match="but the k-space has 2"):
+        A.adjoint(y[:2])
     with pytest.raises(InputError, match="broadcast"):
         CartesianMRI((8, 10), np.ones((1, 9), bool))
     with pytest.raises(InputError, match="samples nothing"):

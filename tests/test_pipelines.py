@@ -984,3 +984,28 @@ def test_python_callers_get_one_line_errors_for_what_the_cli_cannot_pass(tmp_pat
         check_domain(cfg, hu_prior, read_volume(mr_nifti))
     check_domain(cfg, SimpleNamespace(name="own", card={"intensity": {"unit": "normalised magnitude"}}),
                  read_volume(mr_nifti))
+
+
+def test_simulated_noise_and_mask_follow_the_config():
+    """MRI: the k-space noise is noise.sigma per real and imaginary part on the sampled points (0 elsewhere) and
+    the mask is the config's own (kind, acceleration, centre fraction, seed); CT: noise.seed draws the noise."""
+    from operators.mri import make_mask
+    from pipelines.simulation import simulate_mri
+    src = _mr_volume((2, 64, 64))
+    cfg = tasks.prepare_config("cs_mri_x4", ["mri.mask.center_fraction=0.12", "mri.mask.seed=3", "noise.sigma=0.01"])
+    quiet = tasks.prepare_config("cs_mri_x4", ["mri.mask.center_fraction=0.12", "mri.mask.seed=3", "noise.kind=none"])
+    _, noisy = simulate_mri(cfg, src, 64)
+    _, clean = simulate_mri(quiet, src, 64)
+    m = cfg.mri.mask
+    mask = np.broadcast_to(np.asarray(make_mask(m.kind, (64, 64), m.acceleration, m.center_fraction, m.seed), bool),
+                           noisy.data.shape)
+    assert np.array_equal(np.broadcast_to(np.asarray(noisy.mask, bool), noisy.data.shape), mask)
+    d = noisy.data - clean.data
+    assert np.all(d[~mask] == 0)
+    for part in (d[mask].real, d[mask].imag):
+        assert np.std(part) == pytest.approx(0.01, rel=0.1)
+
+    ct = ct_phantom((1, 32, 32), seed=0)
+    seeds = [simulate_ct(tasks.prepare_config("sparse_view_ct_8", [f"noise.seed={s}"]), ct, 32)[1].data
+             for s in (0, 0, 1)]
+    assert np.array_equal(seeds[0], seeds[1]) and not np.array_equal(seeds[0], seeds[2])

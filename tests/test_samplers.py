@@ -410,7 +410,7 @@ def test_projection_options_and_defaults():
     assert FastSampler(prior, A, y, **kw).n_steps == FastSampler.default_steps == 50
     assert DiffusionMBIR(prior, A, y, **kw).dc.n_cg == DiffusionMBIR.default_n_cg == 1
     assert FastSampler(prior, A, y, **kw).dc.n_cg == FastSampler.default_n_cg == 5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"shape \(3, 32, 32\) does not match the measurement's volume"):
         FastSampler(prior, A, y, **kw).run(shape=(3, 32, 32))
 
 

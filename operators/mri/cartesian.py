@@ -92,9 +92,18 @@ class CartesianMRI(LinearOperator):
             self._cache[key] = (mask, maps)
         return self._cache[key]
 
+    def _slices_match(self, t: torch.Tensor, what: str, extra: int = 0) -> None:
+        """A per-slice mask fixes the number of slices: a stack of another length is refused, naming both."""
+        axis = t.ndim - self.ndim - extra - 1
+        if self.per_slice and (axis < 0 or t.shape[axis] != self.mask.shape[0]):
+            got = t.shape[axis] if axis >= 0 else 1
+            raise InputError(f"CartesianMRI: its mask differs by slice ({self.mask.shape[0]} slices), but the {what} "
+                             f"has {got}: apply it to the whole stack, or build one operator per slice")
+
     def _forward(self, x):
         if self.real_input and x.is_complex():
             raise TypeError("CartesianMRI(real_input=True) takes real images")
+        self._slices_match(x, "image")
         x = as_complex(x)
         mask, maps = self._on(x)
         if maps is not None:
@@ -104,6 +113,7 @@ class CartesianMRI(LinearOperator):
         return fftc(x, self.ndim) * mask
 
     def _adjoint(self, y):
+        self._slices_match(y, "k-space", extra=0 if self.coil_maps is None else 1)
         y = as_complex(y)
         mask, maps = self._on(y)
         x = ifftc(y * mask, self.ndim)

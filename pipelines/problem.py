@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from medrecon.device import resolve_device, resolve_precision
 from medrecon.errors import InputError
@@ -302,10 +304,11 @@ class Problem:
             return Solution({"cgls": cgls, "sirt": sirt}[s.name](A, y, n_iter=s.steps, x0=start))
         lam, rho, lam_xy = self._z_tv(s)
         if s.name == "admm_tv":
-            return Solution(admm_tv(A, y, lam, rho, s.steps, axes=(0,) if s.tv == "z" else (0, 1, 2),
-                                    n_cg=s.n_cg, x0=start, clip=self.bounds(s)))
+            with iteration_bar("ADMM-TV", s.steps, progress) as tick:
+                return Solution(admm_tv(A, y, lam, rho, s.steps, axes=(0,) if s.tv == "z" else (0, 1, 2),
+                                        n_cg=s.n_cg, x0=start, clip=self.bounds(s), callback=tick))
         if self.start_sigma(s) == 0:  # cross-validation chose the warm start itself: no diffusion
-            return Solution(self.warm_start(s))
+            return Solution(self.warm_start(s, progress))
         if self.prior is None:
             raise InputError(f"solver {s.name} needs a prior (prior.path)")
         if self.complex_images and s.name in GUIDED:
@@ -320,7 +323,7 @@ class Problem:
                 snapshot_every=snapshot_every, start_sigma=self.start_sigma(s), **self._sampler_options(s))
         except ValueError as e:
             raise InputError(f"solver ({s.name}): {e}") from None
-        x_init = self.warm_start(s)
+        x_init = self.warm_start(s, progress)
         if s.samples > 1:
             mean, std = sample_posterior(solver, s.samples, x_init=x_init)
             out = Solution(mean, std, solver.nfe * s.samples)
@@ -394,13 +397,14 @@ class Problem:
         w = getattr(s, "warm_start", None)
         return None if w is None or w.method == "none" else w.start_sigma
 
-    def warm_start(self, s) -> torch.Tensor | None:
+    def warm_start(self, s, progress: bool = False) -> torch.Tensor | None:
         """The start of a warm-started sampler: 3D ADMM-TV (rho = 10 lam, 5 CG steps); None for a cold start."""
         if self.start_sigma(s) is None:
             return None
         w = s.warm_start
-        return admm_tv(*self.least_squares(), w.lam, 10 * w.lam, w.iters, axes=(0, 1, 2), n_cg=5,
-                       x0=self.physical_zero(), clip=self.bounds(s))
+        with iteration_bar("warm start (3D ADMM-TV)", w.iters, progress) as tick:
+            return admm_tv(*self.least_squares(), w.lam, 10 * w.lam, w.iters, axes=(0, 1, 2), n_cg=5,
+                           x0=self.physical_zero(), clip=self.bounds(s), callback=tick)
 
     def least_squares(self) -> tuple[LinearOperator, torch.Tensor]:
         """(A, y) of the data term 1/2 ||A x - y||^2 the iterative solvers minimise: W^1/2 A and W^1/2 y with
@@ -548,6 +552,16 @@ def reconstruction_grid(cfg: Config, prior, source: Volume, resample: bool = Fal
 
 CT_HU_BELOW = -50.0  # a CT volume in HU has values below this (air, lung or fat), even inside the body
 MR_NEGATIVE_FRACTION = 0.05  # MR magnitudes are not negative: a volume reaching below -5 % of its top is not one
+
+
+@contextmanager
+def iteration_bar(desc: str, total: int, progress: bool):
+    """A progress bar over an iterative solver's ``total`` iterations (its ``callback``); None when not shown."""
+    if not progress:
+        yield None
+        return
+    with tqdm(total=total, desc=desc, unit="it") as bar:
+        yield lambda k, x: bar.update(1)
 
 
 def check_domain(cfg: Config, prior, source: Volume) -> None:

@@ -55,12 +55,32 @@ def atomic_output(output, overwrite: bool, protect=(), marker: dict | None = Non
     return atomic_path(output, overwrite, protect=protect, marker=marker)
 
 
+def reset_rss_peak() -> None:
+    """Start this process's peak resident memory again from its current size (Linux: /proc/self/clear_refs),
+    so that a batch worker's report gives each series' own peak, not the largest series' before it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux, or not allowed: the process's peak stands
+        pass
+
+
+def _rss_peak_kib() -> float:
+    """Peak resident memory in KiB: VmHWM (which ``reset_rss_peak`` restarts) where /proc has it, else
+    getrusage's maxrss (the process's whole life)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return rss / 1024 if sys.platform == "darwin" else rss  # bytes there
+
+
 def peak_memory(device=None) -> dict:
-    """Peak resident memory of this process (getrusage maxrss) and peak CUDA allocation on ``device`` (default:
-    the current CUDA device) since its last ``medrecon.device.reset_cuda_peak``, in MiB."""
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    if sys.platform == "darwin":
-        rss_kib /= 1024  # bytes there
+    """Peak resident memory of this process since its last ``reset_rss_peak`` and peak CUDA allocation on
+    ``device`` (default: the current CUDA device) since its last ``medrecon.device.reset_cuda_peak``, in MiB."""
+    rss_kib = _rss_peak_kib()
     out = {"rss_mib": round(rss_kib / 1024, 1), "cuda_mib": None}
     try:
         import torch

@@ -23,7 +23,7 @@ from medrecon.volume import Volume
 from .config import Config, load_config, override_list
 from .html_report import write_series_page
 from .measurement import Measurement, is_measurement_file
-from .outputs import Timings, atomic_output, peak_memory, preview_png, report, write_json
+from .outputs import Timings, atomic_output, peak_memory, preview_png, report, reset_rss_peak, write_json
 from .problem import Problem, Solution, configured_prior, simulate_on_its_grid
 
 log = logging.getLogger("medrecon")
@@ -90,8 +90,9 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         raise InputError(f"input not found: {inp} (give a DICOM folder, a NIfTI file or a measurements file)")
     check_free(out, overwrite)  # say so before the work, not after it
     device = resolve_device(cfg.solver.device)
+    reset_rss_peak()  # report.json's peaks are this series', not the process's (a batch worker runs many)
     if device.type == "cuda":
-        reset_cuda_peak(device)  # report.json's peak is this series', not the process's (a batch worker runs many)
+        reset_cuda_peak(device)
     t = Timings()
     with t("setup"):
         src = inp if is_measurement_file(inp) else read_volume(inp, series=series, resample_nonuniform=resample)

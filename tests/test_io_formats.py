@@ -211,6 +211,36 @@ def test_killed_overwrite_keeps_the_old_output_and_the_next_run_cleans_up(tmp_pa
     assert _visible(dest) == ["b"]
 
 
+def test_a_temporary_of_an_earlier_process_with_this_pid_is_stale(tmp_path):
+    """In a container every run is PID 1: a run the OOM killer ended left a temporary with the PID of the next
+    run, which took it for its own and kept it forever. Only the temporaries this process is writing are live."""
+    import os
+    dest = tmp_path / "k2"
+    earlier = tmp_path / f".medrecon-tmp-{os.getpid()}-0badcafe-k2"
+    earlier.mkdir()
+    with atomic_path(dest) as tmp:
+        assert not earlier.exists()
+        tmp.mkdir()
+        with atomic_path(tmp / "inner.txt") as inner:  # this process's own outer temporary stays
+            assert tmp.is_dir()
+            inner.write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k2"] and (dest / "inner.txt").is_file()
+
+
+def test_a_failed_write_inside_an_output_names_that_output_not_its_temporary(tmp_path):
+    """A disk-full error while a batch writes recon.nii.gz named '.medrecon-tmp-PID-HEX-series/recon.nii.gz', a
+    folder removed right after; it names the output folder the user will look for."""
+    dest = tmp_path / "series_1"
+    with pytest.raises(InputError) as err:
+        with atomic_path(dest) as tmp:
+            tmp.mkdir()
+            with atomic_path(tmp / "recon.nii.gz") as inner:
+                inner.mkdir()
+                raise OSError(28, "No space left on device")
+    assert f"cannot write {dest / 'recon.nii.gz'}: No space left on device" in str(err.value)
+    assert ".medrecon-tmp" not in str(err.value)
+
+
 def test_central_window_keeps_every_voxel_where_it_was():
     """Volume.central_window (the benchmarks' field of view inside the body): the window's voxels keep their
     world positions under an oblique direction and anisotropic pixels; a side shorter than the window stays."""

@@ -26,6 +26,9 @@ from ..errors import InputError
 TMP_PREFIX = ".medrecon-tmp-"
 MARKER = ".medrecon-output"
 _TMP_NAME = re.compile(r"\.medrecon-tmp-(?P<old>old-)?(?:(?P<pid>\d+)-)?[0-9a-f]{8}-(?P<name>.+)")
+#: the temporaries this process has made and not yet finished: a temporary with this process's PID that is not
+#: among them was left by an earlier process of that PID (a container's PID 1 killed by the OOM killer)
+_OURS: set[str] = set()
 
 
 @contextmanager
@@ -52,6 +55,7 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
                          "choose a writable location") from e
     check_free(dest, overwrite)
     tmp = dest.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{_tmp_tail(dest)}"
+    _OURS.add(tmp.name)
     try:
         yield tmp
         if marker is not False and tmp.is_dir() and not tmp.is_symlink():
@@ -66,10 +70,22 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
         if outermost:
             _flush_to_disk(dest.parent, tree=False)  # the rename itself
     except OSError as e:
-        raise InputError(f"cannot write {dest}: {e.strerror or e}; "
+        raise InputError(f"cannot write {_shown(dest)}: {e.strerror or e}; "
                          "choose a writable location with enough free space") from e
     finally:
         _remove(tmp)
+        _OURS.discard(tmp.name)
+
+
+def _shown(dest: Path) -> Path:
+    """``dest`` as a user knows it: a path inside another output's temporary (removed right after) named by that
+    output's own path."""
+    parts = list(dest.parts)
+    for i, part in enumerate(parts):
+        m = _TMP_NAME.fullmatch(part)
+        if m and not m["old"]:
+            parts[i] = m["name"]
+    return Path(*parts)
 
 
 def _tmp_tail(dest: Path) -> str:
@@ -120,7 +136,8 @@ def remove_stale_temporaries(dest) -> None:
         return
     for p in sorted(dest.parent.iterdir(), key=lambda q: q.name):
         m = _TMP_NAME.fullmatch(p.name)
-        if not m or m["name"] != (dest.name if m["old"] else _tmp_tail(dest)) or (m["pid"] and _alive(int(m["pid"]))):
+        if not m or m["name"] != (dest.name if m["old"] else _tmp_tail(dest)) or \
+                (m["pid"] and _alive(int(m["pid"]), p.name)):
             continue
         if m["old"] and not (dest.exists() or dest.is_symlink()):
             os.rename(p, dest)
@@ -128,9 +145,10 @@ def remove_stale_temporaries(dest) -> None:
             _remove(p)
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, name: str) -> bool:
+    """Whether the process that made temporary ``name`` may still be writing it."""
     if pid == os.getpid():
-        return True
+        return name in _OURS
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -209,12 +227,15 @@ def _commit(tmp: Path, dest: Path) -> None:
     if _exchange(tmp, dest):  # one atomic step: dest is never missing
         return
     old = dest.parent / f"{TMP_PREFIX}old-{os.getpid()}-{uuid.uuid4().hex[:8]}-{dest.name}"
+    _OURS.add(old.name)  # between the renames: ours (a thread of this process writing beside it leaves it)
     os.rename(dest, old)  # killed between these two renames: the next write puts `old` back
     try:
         os.rename(tmp, dest)
     except OSError:
         os.rename(old, dest)
         raise
+    finally:
+        _OURS.discard(old.name)
     _remove(old)
 
 

@@ -393,12 +393,20 @@ def _batch(cfg, input_root: Path, output_root: Path, dry_run, overwrite, progres
     say = bar.write if progress else echo
     if unread:
         write_manifest(manifest, rows + [k.row("pending") for k in jobs])
-    for i, j in enumerate(bar, 1):
-        bar.set_postfix_str(j.output.name, refresh=True)
-        rows.append(run_series(j, cfg, overwrite=overwrite, progress=progress, resample=resample))
-        write_manifest(manifest, rows + [k.row("pending") for k in jobs[i:]])
-        write_batch_index(output_root, rows + [k.row("pending") for k in jobs[i:]])
-        r = rows[-1]
-        say(progress_line(i, len(jobs), r))
-    bar.close()
+    i = 0
+    try:
+        for i, j in enumerate(bar, 1):
+            bar.set_postfix_str(j.output.name, refresh=True)
+            rows.append(run_series(j, cfg, overwrite=overwrite, progress=progress, resample=resample))
+            write_manifest(manifest, rows + [k.row("pending") for k in jobs[i:]])
+            write_batch_index(output_root, rows + [k.row("pending") for k in jobs[i:]])
+            r = rows[-1]
+            say(progress_line(i, len(jobs), r))
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: the series not finished stay 'pending'
+        left = jobs[len(rows) - len(kept) - len(unread):]
+        write_manifest(manifest, rows + [k.row("pending") for k in left])
+        echo(f"interrupted: {len(left)} series stay 'pending' in {manifest} and a rerun does them")
+        raise
+    finally:
+        bar.close()
     return BatchResult(manifest, rows[len(kept):])

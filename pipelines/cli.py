@@ -30,10 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminated)
     try:
         # standalone mode: usage errors (unknown option or command, missing or bad value, no arguments)
-        # print click's usage message and exit 2; typer.Exit gives its code; Ctrl-C exits 1.
+        # print click's usage message and exit 2; typer.Exit gives its code; Ctrl-C exits 130, SIGTERM 143.
         app(args=argv, standalone_mode=True)
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            typer.secho(f"interrupted ({signal.Signals(code - 128).name}): the output being written was not kept "
+                        "(outputs finished before it stay); run the command again to redo it", err=True)
+        return code
     except MedreconError as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
         return 2

@@ -102,6 +102,21 @@ def test_interrupted_batch_redoes_the_half_written_series(tree, tmp_path, monkey
     assert not list(good[1].parent.glob(".medrecon-tmp-*"))  # the half-written folder is gone
 
 
+def test_a_batch_interrupted_in_its_first_series_records_every_series_pending(tree, tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM) before the first series finished left no manifest at all, while the README says the
+    series not reached stay 'pending'; the batch says so in one line and the interrupt goes on."""
+    out, said = tmp_path / "out", []
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch_mod, "reconstruct", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        batch_mod.batch(tree, out, "sparse_view_ct_8", ["solver.name=fbp"], echo=said.append)
+    assert [r["status"] for r in _manifest(out)] == ["pending"] * 3
+    assert said[-1].startswith("interrupted: 3 series stay 'pending' in") and "rerun" in said[-1]
+
+
 def _uid_of(out, row):
     return json.loads((out / row["output_path"] / "report.json").read_text())["series_uid"]
 

@@ -491,8 +491,17 @@ def _source_images(headers, positions) -> list[dict]:
     """SOP class, SOP instance UID and position along the normal (mm) of every source image, in stack order:
     what a derived series references (``dicom_write``: SourceImageSequence, ReferencedSeriesSequence)."""
     return [{"SOPClassUID": str(ds.get("SOPClassUID", "")), "SOPInstanceUID": str(ds.get("SOPInstanceUID", "")),
-             "Position": round(float(p), 4)} for ds, p in zip(headers, positions)
+             "Position": round(float(p), 4), **_instance_number(ds)} for ds, p in zip(headers, positions)
             if ds.get("SOPInstanceUID")]
+
+
+def _instance_number(ds) -> dict:
+    """{"InstanceNumber": n} where the header holds a readable one (the derived series numbers its slices the
+    same way round), else {}."""
+    try:
+        return {"InstanceNumber": int(ds.InstanceNumber)} if ds.get("InstanceNumber") not in (None, "") else {}
+    except (TypeError, ValueError):
+        return {}
 
 
 def _plain(v):

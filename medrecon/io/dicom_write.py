@@ -109,12 +109,13 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
     sources = src.get("SourceImages") or []
     if sources and src.get("SeriesInstanceUID"):
         ds.ReferencedSeriesSequence = [_series_reference(src["SeriesInstanceUID"], sources)]
+    reverse = _numbered_against_the_source(vol, normal, sources)
     with atomic_path(folder, overwrite, protect=[vol.meta.get("source")], marker=False) as tmp:
         tmp.mkdir()
         for k in range(vol.shape[0]):
             position = vol.world_lps([0, 0, k])
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-            ds.InstanceNumber = k + 1
+            ds.InstanceNumber = vol.shape[0] - k if reverse else k + 1
             ds.ImagePositionPatient = [format_number_as_ds(float(x)) for x in position]
             ds.SliceLocation = format_number_as_ds(float(position @ normal))
             if sources:
@@ -230,6 +231,16 @@ def _series_reference(series_uid: str, sources: list[dict]) -> Dataset:
     ref.SeriesInstanceUID = series_uid
     ref.ReferencedInstanceSequence = [_instance_reference(s) for s in sources]
     return ref
+
+
+def _numbered_against_the_source(vol: Volume, normal: np.ndarray, sources: list[dict]) -> bool:
+    """Whether numbering the slices 1..n in voxel order would run the other way along the normal from the source
+    series' InstanceNumbers (a viewer that sorts by them would then scroll the derived series backwards)."""
+    numbered = sorted((float(s["Position"]), s["InstanceNumber"]) for s in sources if "InstanceNumber" in s)
+    if len(numbered) < 2 or vol.shape[0] < 2 or numbered[0][1] == numbered[-1][1]:
+        return False
+    along = float((vol.world_lps([0, 0, vol.shape[0] - 1]) - vol.world_lps([0, 0, 0])) @ normal)
+    return (numbered[-1][1] > numbered[0][1]) != (along > 0)
 
 
 def _nearest(sources: list[dict], position: float) -> dict:

@@ -460,3 +460,17 @@ def test_a_card_whose_tile_the_network_cannot_halve_is_refused_at_load(tmp_path)
     card.write_text(text)
     with pytest.raises(InputError, match="patch.inference_size 60 is not a multiple of 8"):
         load_prior_for(tmp_path)
+
+
+def test_fp32_network_calls_on_cuda_turn_cudnn_tf32_off_and_back():
+    """On CUDA torch runs fp32 convolutions in TF32 (10-bit mantissa) by default from Ampere on, so
+    solver.precision=fp32 was not fp32 there; the network's fp32 context turns cuDNN's TF32 off and restores it.
+    (Checked on the flags, which a CPU build keeps too; the GPU itself was not available.)"""
+    from medrecon.priors.network import exact_fp32
+    cudnn = torch.backends.cudnn
+    assert cudnn.allow_tf32  # torch's default
+    with exact_fp32("cuda"):
+        assert not cudnn.allow_tf32
+    assert cudnn.allow_tf32
+    with exact_fp32("cpu"):
+        assert cudnn.allow_tf32  # nothing to change on the CPU

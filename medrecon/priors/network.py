@@ -14,7 +14,7 @@ differentiate through the prior pay no autograd memory.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -77,7 +77,7 @@ class NetworkPrior(Denoiser):
     def arithmetic(self):
         """The context every network call runs in: bf16 autocast where ``precision`` is bf16, else none."""
         if self.precision != "bf16":
-            return nullcontext()
+            return exact_fp32(self.device.type)
         cached = getattr(self, "_image_convs", None)  # (network, its image convolutions): found once per network
         if cached is None or cached[0] is not self.network:
             self._image_convs = cached = (self.network, image_convs(self.network))
@@ -98,8 +98,28 @@ class NetworkPrior(Denoiser):
 
 
 def _fp32_forward(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    with torch.autocast(x.device.type, enabled=False):
+    with torch.autocast(x.device.type, enabled=False), exact_fp32(x.device.type):
         return type(conv).forward(conv, x.float())
+
+
+@contextmanager
+def exact_fp32(device_type: str):
+    """fp32 convolutions that are fp32: on CUDA, cuDNN's TF32 (torch's default on Ampere and later: a 10-bit
+    mantissa, as coarse as fp16's) off for the duration, then as it was. A caller who set cuDNN's conv and RNN
+    flags apart with torch's newer API keeps them (torch refuses to read one flag for both then)."""
+    cudnn = torch.backends.cudnn
+    try:
+        before = cudnn.allow_tf32 if device_type == "cuda" else None
+    except RuntimeError:
+        before = None
+    if before is None:
+        yield
+        return
+    cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32 = before
 
 
 def image_convs(network: torch.nn.Module) -> list:

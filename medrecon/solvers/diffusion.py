@@ -104,7 +104,8 @@ def auto_chunk_size(prior: Denoiser, hw: Sequence[int], device: torch.device, cp
     per_slice = max((torch.cuda.max_memory_allocated(device) - base) / trial, 1.0)
     free, total = torch.cuda.mem_get_info(device)
     free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    cap = torch.cuda.get_per_process_memory_fraction(device) * total - torch.cuda.memory_allocated(device)
+    share = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # torch >= 2.6; the whole GPU before
+    cap = (share(device) if share else 1.0) * total - torch.cuda.memory_allocated(device)
     return max(1, int(fraction * min(free, cap) / per_slice))  # cap: a share set for this process (Ray packing)
 
 

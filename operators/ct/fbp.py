@@ -125,7 +125,7 @@ def parker_weights(g: FanBeamGeometry, gamma: torch.Tensor) -> torch.Tensor | No
         return None
     gamma_max = float(gamma.abs().max()) + abs(float(gamma[1] - gamma[0])) / 2 if len(gamma) > 1 else 0.0
     beta = np.mod(g.angles_rad - g.arc_start_rad, 2 * math.pi) + weights / 2  # the middle of each view's share
-    beta = torch.as_tensor(beta, dtype=torch.float64)[:, None]
+    beta = torch.as_tensor(beta, dtype=torch.float64, device=gamma.device)[:, None]
     gamma = gamma.to(torch.float64)[None, :]
     if arc < math.pi + 2 * gamma_max - 1e-6:
         twice = torch.remainder(beta + math.pi + 2 * gamma, 2 * math.pi) < arc  # the line's other measurement

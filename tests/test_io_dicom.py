@@ -430,3 +430,22 @@ def test_an_html_file_beside_a_series_is_passed_over_without_pydicom_complaints(
     with caplog.at_level("DEBUG"):
         assert [s.n_files for s in list_series(tmp_path / "s")] == [2]
     assert not [r for r in caplog.records if r.name.startswith("pydicom") and r.levelno >= 30]
+
+
+def test_slices_gdcm_refuses_are_read_by_pydicom_and_undecodable_ones_say_why(tmp_path):
+    """GDCM (ITK >= 5.4) refuses a series whose SpacingBetweenSlices is 0, which scanners write on single-slice
+    and 2D acquisitions: every slice was called 'truncated or damaged'. Such slices are read one by one (pydicom
+    where SimpleITK refuses), with the same values; pixel data nothing decodes is named with pydicom's reason."""
+    src = read_volume(CT5N)
+    out = write_dicom_series(src, tmp_path / "derived")
+    for f in out.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SpacingBetweenSlices = "0"
+        ds.save_as(f)
+    back = read_volume(out)
+    np.testing.assert_array_equal(back.data, src.data)
+    np.testing.assert_allclose(back.affine_lps, src.affine_lps, atol=1e-9)
+    for f in out.iterdir():
+        f.write_bytes(f.read_bytes()[:-600])  # every slice cut inside its pixels
+    with pytest.raises(InputError, match=r"no slice could be decoded \(e.g. IM\d+\.dcm: pixel data cannot be decoded"):
+        read_volume(out)

@@ -108,7 +108,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
             skipped.append(f"{f} ({reason})")
         headers = [(f, ds) for f, ds in headers if f not in {b for b, _ in bad}]
         if not headers:
-            raise InputError(f"{where}: no slice could be decoded; check the files are complete")
+            raise InputError(f"{where}: no slice could be decoded (e.g. {bad[0][0].name}: {bad[0][1]})")
         stack = _Stack.build(headers, where, [])
         stack.check_uniform(resample_nonuniform, skipped)
         data, bad = _read_pixels(stack.files)
@@ -403,7 +403,9 @@ def _transfer_syntax(f: Path) -> str:
 
 
 def _read_pixels(files: list[Path]) -> tuple[np.ndarray | None, list[tuple[Path, str]]]:
-    """(Z, Y, X) float32 after rescale, in the given order; or the files whose pixels cannot be read."""
+    """(Z, Y, X) float32 after rescale, in the given order; or the files whose pixels cannot be read. SimpleITK
+    reads the series; where it refuses (GDCM refuses a SpacingBetweenSlices of 0 and some bit layouts pydicom
+    decodes), each slice on its own, by SimpleITK or else pydicom."""
     with _itk_names(files) as names:
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(names)
@@ -413,11 +415,34 @@ def _read_pixels(files: list[Path]) -> tuple[np.ndarray | None, list[tuple[Path,
                 return sitk.GetArrayFromImage(reader.Execute()), []
         except RuntimeError:
             pass
-        bad = [(f, _undecodable(f, name)) for f, name in zip(files, names)]
-    bad = [(f, why) for f, why in bad if why]
-    if not bad:
-        raise InputError(f"{files[0].parent}: SimpleITK cannot read these slices as one series")
-    return None, bad
+        read = [(f, *_read_slice(f, name)) for f, name in zip(files, names)]
+    bad = [(f, why) for f, _, why in read if why]
+    return (None, bad) if bad else (np.stack([a for _, a, _ in read]).astype(np.float32), [])
+
+
+def _read_slice(f: Path, name: str) -> tuple[np.ndarray | None, str]:
+    """One slice's rescaled pixels (Y, X) as GDCM gives them (MONOCHROME1 inverted, see ``_undo_monochrome1``)
+    and "", or None and why it cannot be decoded."""
+    try:
+        with _itk_quiet():
+            return sitk.GetArrayFromImage(sitk.ReadImage(name, sitk.sitkFloat32))[0], ""
+    except RuntimeError:
+        pass
+    try:
+        ds = pydicom.dcmread(f)
+        v = np.asarray(ds.pixel_array, dtype=np.float64)
+    except Exception as e:  # noqa: BLE001 - the reason goes into the message
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        return None, (f"pixel data cannot be decoded (transfer syntax {_transfer_syntax(f)}; {why}): a truncated "
+                      "or damaged file, or a compression no installed decoder reads (decompress it, e.g. gdcmconv "
+                      "--raw or dcmdjpeg)")
+    if v.ndim != 2:
+        return None, f"pixel data of shape {v.shape}, not one grayscale image"
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":  # as GDCM gives it
+        v = (-1.0 if int(ds.get("PixelRepresentation", 0) or 0) else 2.0 ** int(ds.get("BitsStored", 16) or 16) - 1) - v
+    m = (_floats(ds.get("RescaleSlope")) or (1.0,))[0]
+    b = (_floats(ds.get("RescaleIntercept")) or (0.0,))[0]
+    return (m * v + b).astype(np.float32), ""
 
 
 @contextmanager
@@ -445,17 +470,6 @@ def _utf8(text: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
-
-
-def _undecodable(f: Path, name: str) -> str:
-    """Why SimpleITK cannot decode one file's pixels ("" when it can)."""
-    try:
-        with _itk_quiet():
-            sitk.ReadImage(name, sitk.sitkFloat32)
-        return ""
-    except RuntimeError:
-        return (f"pixel data cannot be decoded (transfer syntax {_transfer_syntax(f)}): a truncated or damaged "
-                "file, or a compression no installed decoder reads")
 
 
 @contextmanager

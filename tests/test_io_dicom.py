@@ -449,3 +449,21 @@ def test_slices_gdcm_refuses_are_read_by_pydicom_and_undecodable_ones_say_why(tm
         f.write_bytes(f.read_bytes()[:-600])  # every slice cut inside its pixels
     with pytest.raises(InputError, match=r"no slice could be decoded \(e.g. IM\d+\.dcm: pixel data cannot be decoded"):
         read_volume(out)
+
+
+def test_pixels_at_the_padding_value_are_air_not_values(tmp_path):
+    """PixelPaddingValue marks pixels outside the scanned area; stored unsigned, -2000 HU of padding read as
+    +62512 HU. Those pixels become air (-1000 HU) with a warning; every other pixel keeps its value."""
+    src = read_volume(CT5N)
+    out = write_dicom_series(src, tmp_path / "padded")
+    for f in out.iterdir():
+        ds = pydicom.dcmread(f)
+        px = ds.pixel_array.copy()
+        px[:4, :4] = -2000 - int(float(ds.RescaleIntercept))  # stored so that the rescale gives -2000 HU
+        ds.PixelData = px.astype(np.int16).tobytes()
+        ds.add_new("PixelPaddingValue", "SS", int(px[0, 0]))
+        ds.save_as(f)
+    back = read_volume(out)
+    assert np.all(back.data[:, :4, :4] == -1000.0)
+    np.testing.assert_array_equal(back.data[:, 4:, :], src.data[:, 4:, :])
+    assert any("PixelPaddingValue" in w for w in back.meta["warnings"])

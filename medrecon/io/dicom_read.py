@@ -116,6 +116,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
             raise InputError(f"{where}: cannot decode {bad[0][0]} ({bad[0][1]})")
     rescale_assumed = _check_rescale(list(zip(stack.files, stack.headers)), where, notes)
     data = _undo_monochrome1(data, stack.headers)
+    data = _clear_padding(data, stack.headers, where, notes)
 
     meta = {"format": "dicom", "source": str(where), "series_uid": str(headers[0][1].SeriesInstanceUID),
             "files_sha256": info.files_sha256,
@@ -390,6 +391,34 @@ def _undo_monochrome1(data: np.ndarray, headers: list) -> np.ndarray:
         bits = int(ds.get("BitsStored", 16) or 16)
         inverted_max = -1.0 if int(ds.get("PixelRepresentation", 0) or 0) else 2.0 ** bits - 1
         data[k] = (m * inverted_max + 2 * b) - data[k]
+    return data
+
+
+#: what a pixel outside the scanned area (PixelPaddingValue) becomes: air in HU, nothing in MR
+PADDING_FILL = {"CT": -1000.0, "MR": 0.0}
+
+
+def _clear_padding(data: np.ndarray, headers: list, where, notes: list) -> np.ndarray:
+    """Pixels at the stored PixelPaddingValue (to PixelPaddingRangeLimit where given) set to PADDING_FILL (else
+    the lowest other value): outside the scanned area, not a measurement (unsigned padding of -2000 HU read as
+    +62512 HU)."""
+    count = 0
+    for k, ds in enumerate(headers):
+        pad = _floats(ds.get("PixelPaddingValue"))
+        if pad is None:
+            continue
+        limit = _floats(ds.get("PixelPaddingRangeLimit")) or pad
+        m = (_floats(ds.get("RescaleSlope")) or (1.0,))[0]
+        b = (_floats(ds.get("RescaleIntercept")) or (0.0,))[0]
+        lo, hi = sorted((m * pad[0] + b, m * limit[0] + b))
+        hit = (data[k] >= lo - 0.5 * abs(m)) & (data[k] <= hi + 0.5 * abs(m))
+        if hit.any() and not hit.all():
+            fill = PADDING_FILL.get(str(ds.get("Modality", "")), float(data[k][~hit].min()))
+            data[k][hit] = fill
+            count += int(hit.sum())
+    if count:
+        warn(notes, f"{where}: {count} pixels at the PixelPaddingValue (outside the scanned area) set to "
+                    f"{PADDING_FILL.get(str(headers[0].get('Modality', '')), 'the lowest other value')}")
     return data
 
 

@@ -467,3 +467,22 @@ def test_pixels_at_the_padding_value_are_air_not_values(tmp_path):
     assert np.all(back.data[:, :4, :4] == -1000.0)
     np.testing.assert_array_equal(back.data[:, 4:, :], src.data[:, 4:, :])
     assert any("PixelPaddingValue" in w for w in back.meta["warnings"])
+
+
+def test_two_time_points_interleaved_in_one_series_are_refused_naming_the_tag(tmp_path):
+    """Two phases half a slice apart were read as one stack alternating between them; slices that differ in a tag
+    of no acquisition meaning (AcquisitionNumber by concatenation) stay one volume."""
+    src = read_volume(CT5N)
+    out = write_dicom_series(src, tmp_path / "phases")
+    for k, f in enumerate(sorted(out.iterdir())):
+        ds = pydicom.dcmread(f)
+        ds.TemporalPositionIdentifier = 1 + k % 2
+        ds.AcquisitionNumber = 1 + k % 2
+        ds.save_as(f)
+    with pytest.raises(InputError, match=r"several acquisitions interleaved.*TemporalPositionIdentifier 1: 3 slices"):
+        read_volume(out)
+    for f in out.iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.TemporalPositionIdentifier
+        ds.save_as(f)
+    np.testing.assert_array_equal(read_volume(out).data, src.data)  # AcquisitionNumber alone: one volume

@@ -292,6 +292,7 @@ class _Stack:
         order = np.argsort(pos @ n, kind="stable")
         pos, files, hdrs = pos[order], [headers[i][0] for i in order], [headers[i][1] for i in order]
         s = pos @ n
+        _check_one_acquisition(files, hdrs, s, where)
         gaps = np.diff(s)
         if gaps.size and gaps.min() < 1e-3:
             k = int(np.argmin(gaps))
@@ -312,6 +313,32 @@ class _Stack:
                 "does (e.g. dcm2niix) and use the resulting NIfTI")
         step = float(np.median(gaps)) if gaps.size else _single_slice_step(first)
         return cls(files, hdrs, where, pos[0], np.stack([r, c, n], axis=1), pixel_spacing, s, step)
+
+
+#: tags that tell images of one position apart within a series (echoes, time points). Not AcquisitionNumber or
+#: TriggerTime: a Siemens 2D series acquired in concatenations numbers interleaved slice sets as acquisitions, and
+#: TriggerTime can hold each slice's time, both within one volume
+ACQUISITION_TAGS = ("EchoNumbers", "EchoTime", "TemporalPositionIdentifier")
+
+
+def _check_one_acquisition(files: list, headers: list, positions: np.ndarray, where) -> None:
+    """Refuse slices of several acquisitions interleaved along the normal (two phases half a slice apart read as
+    one stack alternated between them). Acquisitions that follow each other along the normal (a step-and-shoot
+    scan's table positions) are one volume and pass."""
+    for tag in ACQUISITION_TAGS:
+        groups: dict = {}
+        for f, ds, z in zip(files, headers, positions):
+            groups.setdefault(str(ds.get(tag, "")).strip(), []).append((z, f))
+        if len(groups) < 2:
+            continue
+        spans = sorted((min(v)[0], max(v)[0], key, v) for key, v in groups.items())
+        for (lo_a, hi_a, key_a, a), (lo_b, hi_b, key_b, b) in zip(spans, spans[1:]):
+            if lo_b < hi_a - 1e-3:  # the next one starts before this one ends: interleaved
+                raise InputError(
+                    f"{where}: the slices belong to several acquisitions interleaved along the slice normal "
+                    f"({tag} {key_a or 'empty'}: {len(a)} slices, e.g. {a[0][1].name}; {tag} {key_b or 'empty'}: "
+                    f"{len(b)} slices, e.g. {b[0][1].name}); split them into separate folders, one per {tag}, and "
+                    "read one")
 
 
 def _without_duplicate_copies(headers: list, where: Path, notes: list) -> list:

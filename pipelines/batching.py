@@ -149,16 +149,19 @@ def plan(input_root: Path, output_root: Path, list_series, known: dict[str, Path
          passed_over: list | None = None) -> list[Job]:
     """One job per DICOM series under input_root, output folders mirrored under output_root. ``known``:
     series UID -> output folder of earlier runs (the manifest), kept as they are. ``passed_over``, when given,
-    gets the folders of the reconstructions medrecon wrote, which are not jobs."""
+    gets (folder, why) of the series that are not jobs: reconstructions medrecon wrote, and images that are no
+    volume (a scout, a dose screenshot, RT dose)."""
     input_root, output_root = _absolute(input_root), _absolute(output_root)
     known = dict(known or {})
     claimed = set(known.values())
     jobs = []
     for info in list_series(input_root, recursive=True):
         folder, uid = _absolute(info.folder), str(info.uid)
-        if is_reconstruction(info):  # e.g. an earlier batch's output under a link: not a scan
+        why = "a reconstruction medrecon wrote, not a scan" if is_reconstruction(info) else \
+            info.not_a_volume and f"{info.not_a_volume}, not a volume to reconstruct"  # a reconstruction: e.g. an
+        if why:                                                                  # earlier batch's output under a link
             if passed_over is not None:
-                passed_over.append(folder)
+                passed_over.append((folder, why))
             continue
         out = known.get(uid)
         if out is None:
@@ -356,18 +359,19 @@ def _batch(cfg, input_root: Path, output_root: Path, dry_run, overwrite, progres
     from tqdm.auto import tqdm
 
     problems: list = []  # folders where series may be but none can be read
-    passed_over: list = []  # folders of reconstructions medrecon wrote
+    passed_over: list = []  # (folder, why) of the series that are not scans to reconstruct
     before = earlier_rows(output_root)
     jobs = plan(input_root, output_root, lambda f, recursive: list_series(f, recursive, problems),
                 known_outputs(output_root, before), passed_over)
     fingerprint = cfg.fingerprint()
     for j in jobs:
         j.config_sha256 = fingerprint
-    for f in passed_over:
-        echo(f"pass    {relative(f, _absolute(input_root))}: a reconstruction medrecon wrote, not a scan")
+    for f, why in passed_over:
+        echo(f"pass    {relative(f, _absolute(input_root))}: {why}")
     if not jobs and not problems:
         raise InputError(f"no DICOM series to reconstruct under {input_root}"
-                         + (" (only reconstructions medrecon wrote)" if passed_over else ""))
+                         + (f" (only {len(passed_over)} series that are no scans, e.g. {passed_over[0][1]})"
+                            if passed_over else ""))
     unread = [{"series_uid": "", "input_path": relative(_absolute(f), _absolute(input_root)), "output_path": "",
                "status": "failed", "seconds": "0.0", "error": error_text(InputError(why), _absolute(input_root))}
               for f, why in problems]

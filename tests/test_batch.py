@@ -422,3 +422,28 @@ def test_a_file_system_without_locks_runs_the_batch_with_a_warning(tree, tmp_pat
     assert _run(tree, tmp_path / "out", "--quiet") == 1  # the broken series fails as always; the others run
     assert "running without the lock" in caplog.text
     assert sorted(r["status"] for r in _manifest(tmp_path / "out")) == ["done", "done", "failed"]
+
+
+def test_scouts_screenshots_and_rt_objects_in_a_study_export_are_passed_over_not_failed(tmp_path):
+    """A study export holds the scout, dose screenshots and RT dose beside the CT: each was a job (a scout
+    reconstructed and marked done, the others failed, so the batch exited 1). They are passed over, said why."""
+    import pydicom
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+    root = tmp_path / "in"
+    _series(root / "study" / "ct", 1, "Abdomen")
+    for name, change in (("scout", lambda ds: setattr(ds, "ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"])),
+                         ("dose", lambda ds: setattr(ds, "Modality", "RTDOSE")),
+                         ("protocol", lambda ds: setattr(ds, "SOPClassUID", SecondaryCaptureImageStorage))):
+        _series(root / "study" / name, 2, name)
+        uid = generate_uid()
+        for f in (root / "study" / name).iterdir():
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID, ds.Manufacturer = uid, "scanner"
+            change(ds)
+            ds.save_as(f)
+    said = []
+    batch_mod.batch(root, tmp_path / "out", "sparse_view_ct_8", dry_run=True, echo=said.append)
+    assert sum(s.startswith("run ") for s in said) == 1
+    passed = sorted(s for s in said if s.startswith("pass"))
+    assert len(passed) == 3 and "study/dose: a RTDOSE object, not a volume to reconstruct" in passed[0]
+    assert "study/protocol: a secondary capture" in passed[1] and "study/scout: a localizer (scout)" in passed[2]

@@ -17,7 +17,9 @@ from pydicom.uid import UID, MediaStorageDirectoryStorage
 from ..errors import InputError
 
 _SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription",
-              "Rows", "Manufacturer", "ImageType"]
+              "Rows", "Manufacturer", "ImageType", "SamplesPerPixel"]
+#: modalities of objects that hold images but no volume to reconstruct (dose, structures, segmentations, ...)
+NOT_VOLUME_MODALITIES = {"SR", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "SEG", "PR", "KO", "DOC", "REG"}
 MANUFACTURER = "medrecon"  # the Manufacturer of every series medrecon writes (medrecon.io.dicom_write)
 
 
@@ -32,6 +34,7 @@ class SeriesInfo:
     study_uid: str = ""
     unreadable: list[str] = field(default_factory=list)  # damaged files seen in the same folder(s)
     made_by_medrecon: bool = False  # a derived series medrecon wrote (its first file's Manufacturer and ImageType)
+    not_a_volume: str = ""  # why its first image is no slice of a volume (a localizer, a screenshot, ...), or ""
 
     @property
     def n_files(self) -> int:
@@ -87,7 +90,7 @@ def list_series(folder, recursive: bool = False, problems: list | None = None) -
             if key not in found:
                 found[key] = SeriesInfo(uid, [], dicom_text(ds.get("SeriesDescription")),
                                         str(ds.get("Modality", "") or ""), str(ds.get("StudyInstanceUID", "") or ""),
-                                        made_by_medrecon=made_by_medrecon(ds))
+                                        made_by_medrecon=made_by_medrecon(ds), not_a_volume=not_a_volume(ds))
             found[key].files.append(path)
     with_series = {f.parent for info in found.values() for f in info.files}
     for info in found.values():
@@ -120,6 +123,21 @@ def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple
 def made_by_medrecon(ds) -> bool:
     """Whether a header is of a derived series medrecon wrote (a reconstruction, not a scan to reconstruct)."""
     return str(ds.get("Manufacturer", "") or "") == MANUFACTURER and "DERIVED" in list(ds.get("ImageType") or [])
+
+
+def not_a_volume(ds) -> str:
+    """Why an image header belongs to no volume to reconstruct (what a study export holds beside its scans: the
+    scout, dose screenshots, RT dose, segmentations), or ""."""
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality in NOT_VOLUME_MODALITIES:
+        return f"a {modality} object"
+    if "LOCALIZER" in [str(t).strip().upper() for t in (ds.get("ImageType") or [])]:
+        return "a localizer (scout)"
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+        return "a colour image"
+    if "Secondary Capture" in UID(str(ds.get("SOPClassUID", "") or "")).name and not made_by_medrecon(ds):
+        return "a secondary capture (a screenshot or a scanned page)"
+    return ""
 
 
 def dicom_text(value) -> str:

@@ -447,3 +447,19 @@ def test_scouts_screenshots_and_rt_objects_in_a_study_export_are_passed_over_not
     passed = sorted(s for s in said if s.startswith("pass"))
     assert len(passed) == 3 and "study/dose: a RTDOSE object, not a volume to reconstruct" in passed[0]
     assert "study/protocol: a secondary capture" in passed[1] and "study/scout: a localizer (scout)" in passed[2]
+
+
+def test_a_scan_series_holding_a_scout_is_still_a_job(tmp_path):
+    """Whether a series is a scan is decided over all its files, not the first listed (a scout filed in the CT's
+    own series, listed first, would have passed the whole CT over)."""
+    import pydicom
+    root = tmp_path / "in"
+    _series(root / "ct", 1, "Abdomen")
+    first = sorted((root / "ct").iterdir())[0]
+    ds = pydicom.dcmread(first)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(root / "ct" / "0_scout.dcm")  # listed first
+    said = []
+    batch_mod.batch(root, tmp_path / "out", "sparse_view_ct_8", dry_run=True, echo=said.append)
+    assert sum(s.startswith("run ") for s in said) == 1 and not any(s.startswith("pass") for s in said)

@@ -486,3 +486,19 @@ def test_two_time_points_interleaved_in_one_series_are_refused_naming_the_tag(tm
         del ds.TemporalPositionIdentifier
         ds.save_as(f)
     np.testing.assert_array_equal(read_volume(out).data, src.data)  # AcquisitionNumber alone: one volume
+
+
+def test_a_scout_filed_in_the_scans_own_series_is_left_out_with_a_warning(tmp_path):
+    """A localizer in the CT's own series (another orientation) stopped the read with 'choose another series with
+    --series', which cannot help: it is left out, and the series reads as the scan."""
+    src = read_volume(CT5N)
+    out = write_dicom_series(src, tmp_path / "with_scout")
+    first = sorted(out.iterdir())[0]
+    ds = pydicom.dcmread(first)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # coronal
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(out / "scout.dcm")
+    back = read_volume(out)
+    np.testing.assert_array_equal(back.data, src.data)
+    assert any("left out 1 localizer (scout) image(s)" in w for w in back.meta["warnings"])

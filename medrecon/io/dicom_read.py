@@ -33,7 +33,7 @@ from pydicom.valuerep import PersonName
 from ..errors import InputError
 from ..volume import Volume
 from .common import warn
-from .dicom_scan import SeriesInfo, choose_series, header_kind, is_dicom_file, list_series, read_header
+from .dicom_scan import SeriesInfo, choose_series, header_kind, is_dicom_file, list_series, not_a_volume, read_header
 
 __all__ = ["SOURCE_TAGS", "SeriesInfo", "choose_series", "is_dicom_file", "list_series", "read_dicom_series",
            "resample_along_normal"]
@@ -89,6 +89,10 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
         headers.append((f, ds))
     if not headers:
         raise InputError(f"{where}: no readable DICOM image; check the files are complete DICOM images")
+    scouts = [f for f, ds in headers if not_a_volume(ds) == "a localizer (scout)"]
+    if scouts and len(scouts) < len(headers):  # a scout filed in the scan's own series: not one of its slices
+        warn(notes, f"{where}: left out {len(scouts)} localizer (scout) image(s) of the series, e.g. {scouts[0].name}")
+        headers = [(f, ds) for f, ds in headers if f not in set(scouts)]
     if len({str(ds.SeriesInstanceUID) for _, ds in headers}) > 1:
         raise InputError(f"{where}: the files belong to several series; read one series at a time "
                          "(medrecon info FOLDER lists them)")

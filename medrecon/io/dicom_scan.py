@@ -34,7 +34,7 @@ class SeriesInfo:
     study_uid: str = ""
     unreadable: list[str] = field(default_factory=list)  # damaged files seen in the same folder(s)
     made_by_medrecon: bool = False  # a derived series medrecon wrote (its first file's Manufacturer and ImageType)
-    not_a_volume: str = ""  # why its first image is no slice of a volume (a localizer, a screenshot, ...), or ""
+    not_a_volume: str = ""  # why none of its images is a slice of a volume (localizers, screenshots, ...), or ""
 
     @property
     def n_files(self) -> int:
@@ -92,6 +92,8 @@ def list_series(folder, recursive: bool = False, problems: list | None = None) -
                                         str(ds.get("Modality", "") or ""), str(ds.get("StudyInstanceUID", "") or ""),
                                         made_by_medrecon=made_by_medrecon(ds), not_a_volume=not_a_volume(ds))
             found[key].files.append(path)
+            if found[key].not_a_volume and not not_a_volume(ds):  # a scout filed in a scan's series: a scan
+                found[key].not_a_volume = ""
     with_series = {f.parent for info in found.values() for f in info.files}
     for info in found.values():
         info.unreadable = sorted(m for d in {f.parent for f in info.files} for m in damaged.get(d, []))

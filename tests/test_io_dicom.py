@@ -502,3 +502,19 @@ def test_a_scout_filed_in_the_scans_own_series_is_left_out_with_a_warning(tmp_pa
     back = read_volume(out)
     np.testing.assert_array_equal(back.data, src.data)
     assert any("left out 1 localizer (scout) image(s)" in w for w in back.meta["warnings"])
+
+
+def test_slices_in_pairs_a_hair_apart_are_named_as_acquisitions_and_never_resampled_onto_the_hair(tmp_path):
+    """Two untagged acquisitions 0.01 mm apart were diagnosed as missing slices, and --resample made a 0.01 mm
+    grid (12 slices became 402)."""
+    src = read_volume(CT5N)
+    out = write_dicom_series(src, tmp_path / "pairs")
+    for f in sorted(out.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.ImagePositionPatient = [float(v) for v in ds.ImagePositionPatient[:2]] + [float(ds.ImagePositionPatient[2]) + 0.01]
+        ds.save_as(out / f"b_{f.name}")
+    with pytest.raises(InputError, match="slices lie nearly at one position.*several acquisitions"):
+        read_volume(out)
+    with pytest.raises(InputError, match="slices lie nearly at one position"):  # never a 0.01 mm grid
+        read_volume(out, resample_nonuniform=True)

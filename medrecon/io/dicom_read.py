@@ -57,6 +57,7 @@ SOURCE_TAGS = (
 # Slices may deviate this much (mm) from a uniform grid and still be read as one; dcm2niix warns when
 # two gaps differ by more than 0.2 mm. Real scanners round positions (gaps of 6.958-7.071 mm are seen).
 SPACING_TOLERANCE_MM = 0.2
+HAIR_MM = 0.1  # slices closer than this are two acquisitions of one place (no scanner's slices are this thin)
 GAP_RATIO = 1.5  # and no gap may be 1.5x the median or under 1/1.5 of it (a missing slice doubles one)
 
 
@@ -231,9 +232,18 @@ class _Stack:
         """Raise unless the slices are uniform or ``resample``; ``skipped`` ("path (why)" of the damaged files
         passed over), when any, are named as the likely missing slices."""
         why = self.uneven
-        if why is None or resample:
+        if why is None:
             return
         g = self.gaps
+        k = int(np.argmin(g))
+        if g[k] < HAIR_MM:  # slices a hair apart: two acquisitions, neither missing slices nor a grid to resample on
+            raise InputError(
+                f"{self.where}: slices lie nearly at one position ({g[k]:.3g} mm between {self.files[k].name} and "
+                f"{self.files[k + 1].name}; gaps up to {g.max():.4g} mm): the series holds several acquisitions "
+                "(echoes, phases, time points); split them into separate folders or choose another series with "
+                "--series")
+        if resample:
+            return
         k = int(np.argmax(np.abs(g - self.step)))
         if skipped:
             names = ", ".join(Path(m.split(" (", 1)[0]).name for m in skipped[:5])

@@ -518,3 +518,19 @@ def test_slices_in_pairs_a_hair_apart_are_named_as_acquisitions_and_never_resamp
         read_volume(out)
     with pytest.raises(InputError, match="slices lie nearly at one position"):  # never a 0.01 mm grid
         read_volume(out, resample_nonuniform=True)
+
+
+def test_a_dicom_file_that_is_no_image_says_what_it_is(tmp_path):
+    """A DICOMDIR or a structured report given as the input was 'skipped unreadable file (not a DICOM file)' and
+    'check the files are complete DICOM images'; one line now says what it is and what to give."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, generate_uid
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = ComprehensiveSRStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SeriesInstanceUID, ds.Modality = generate_uid(), "SR"
+    ds.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    with pytest.raises(InputError, match=r"report.dcm: a DICOM file of Comprehensive SR Storage, not an image$"):
+        read_volume(tmp_path / "report.dcm")

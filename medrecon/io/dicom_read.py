@@ -28,6 +28,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.multival import MultiValue
+from pydicom.uid import UID, MediaStorageDirectoryStorage
 from pydicom.valuerep import PersonName
 
 from ..errors import InputError
@@ -82,12 +83,15 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
         except Exception as e:  # noqa: BLE001
             ds, reason = None, f"{type(e).__name__}: {e}"
         else:
-            reason = "not a DICOM file"
+            reason = "not a DICOM file" if ds is None else _not_an_image(ds)
         if ds is None or header_kind(ds) != "image":
-            warn(notes, f"skipped unreadable file {f} ({reason})")
+            if info.n_files > 1:  # one file given: the error below says what it is
+                warn(notes, f"skipped unreadable file {f} ({reason})")
             skipped.append(f"{f} ({reason})")
             continue
         headers.append((f, ds))
+    if not headers and info.n_files == 1 and reason:  # one file given: what it is, not a generic line
+        raise InputError(f"{where}: {reason}")
     if not headers:
         raise InputError(f"{where}: no readable DICOM image; check the files are complete DICOM images")
     scouts = [f for f, ds in headers if not_a_volume(ds) == "a localizer (scout)"]
@@ -138,6 +142,17 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
                     f"{step:.6g} mm grid (within the {SPACING_TOLERANCE_MM} mm tolerance); read as uniform")
     return Volume(data, (stack.pixel_spacing[0], stack.pixel_spacing[1], step),
                   tuple(stack.origin), stack.direction, meta)
+
+
+def _not_an_image(ds) -> str:
+    """What a DICOM file that holds no image is, for a message (a DICOMDIR, a report, a structure set, ...)."""
+    meta = getattr(ds, "file_meta", None)
+    sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+    name = UID(sop).name if sop else "no SOP class"
+    if sop == MediaStorageDirectoryStorage:
+        return "a DICOMDIR, the index of a CD's files: give the folder that holds the images"
+    return f"a DICOM file of {name}, not an image" if "Image Storage" not in name else \
+        "an image header without its image attributes: a truncated file?"
 
 
 def _is_mosaic(ds) -> bool:
@@ -362,7 +377,8 @@ def _without_duplicate_copies(headers: list, where: Path, notes: list) -> list:
     seen, kept, copies = set(), [], []
     for f, ds in headers:
         uid = str(ds.get("SOPInstanceUID") or "").strip()
-        key = (uid, _floats(ds.get("ImagePositionPatient")))
+        position = _floats(ds.get("ImagePositionPatient"))  # to 0.01 mm: an export may round it differently
+        key = (uid, None if position is None else tuple(round(v, 2) for v in position))
         if uid and key in seen:
             copies.append(f)
             continue
@@ -390,8 +406,13 @@ def _check_geometry_tags(f: Path, ds) -> None:
 
 
 def _single_slice_step(ds) -> float:
-    value = _floats(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness"))
-    return value[0] if value and value[0] > 0 else 1.0
+    """A single slice's thickness: |SpacingBetweenSlices| (negative where the slices run against the normal),
+    else SliceThickness, else 1 mm."""
+    for tag in ("SpacingBetweenSlices", "SliceThickness"):
+        value = _floats(ds.get(tag))
+        if value and np.isfinite(value[0]) and abs(value[0]) > 0:
+            return abs(value[0])
+    return 1.0
 
 
 def _same(headers, where, key, what: str) -> None:

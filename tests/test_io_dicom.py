@@ -534,3 +534,14 @@ def test_a_dicom_file_that_is_no_image_says_what_it_is(tmp_path):
     ds.save_as(tmp_path / "report.dcm", enforce_file_format=True)
     with pytest.raises(InputError, match=r"report.dcm: a DICOM file of Comprehensive SR Storage, not an image$"):
         read_volume(tmp_path / "report.dcm")
+
+
+def test_a_single_slice_takes_the_size_of_a_negative_spacing_between_slices(tmp_path):
+    """SpacingBetweenSlices is negative where slices run against the normal; one slice with -5 got 1 mm."""
+    src = read_volume(CT5N)
+    out = write_dicom_series(src.slab(0, 1), tmp_path / "one")
+    f = next(out.iterdir())
+    ds = pydicom.dcmread(f)
+    ds.SpacingBetweenSlices, ds.SliceThickness = "-5", "5"
+    ds.save_as(f)
+    assert read_volume(f).spacing[2] == 5.0

@@ -261,10 +261,14 @@ def override_list(overrides) -> list[str]:
     ``overrides="solver.steps=50"``); anything but strings is refused naming the fix."""
     if isinstance(overrides, str):
         return [overrides]
-    if isinstance(overrides, (dict, bytes)) or not all(isinstance(o, str) for o in overrides):
+    if isinstance(overrides, (dict, bytes)):
         raise InputError(f"overrides: give a list of 'KEY=VALUE' strings, e.g. ['solver.steps=50'], not "
-                         f"{type(overrides).__name__ if isinstance(overrides, (dict, bytes)) else 'a list of other values'}")
-    return list(overrides)
+                         f"{type(overrides).__name__}")
+    given = list(overrides)  # once: a generator is read here only
+    if not all(isinstance(o, str) for o in given):
+        raise InputError("overrides: give a list of 'KEY=VALUE' strings, e.g. ['solver.steps=50'], not a list of "
+                         "other values")
+    return given
 
 
 def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = (),

@@ -237,6 +237,14 @@ class Problem:
         """The pixels some coil sees (``coil_support`` of the fixed operator; None: all of them, or CT)."""
         return None if self.measurement.modality == "ct" else coil_support(self.operator)
 
+    @property
+    def mask_layout(self) -> str | None:
+        """MRI: '3d' when the data were sampled over (kz, kx) as one 3D acquisition, else '2d' (what the data
+        hold, recorded at simulation, whatever the config reconstructing them says); None for CT."""
+        if self.measurement.modality != "mri":
+            return None
+        return self.measurement.info.get("layout") or ("3d" if len(self.operator.in_shape) == 3 else "2d")
+
     def self_adapt_steps(self, s) -> int:
         """``solver.self_adapt.steps`` as set (a prior that cannot be adapted then stops here, before the first
         pass; without a prior, the first pass says what is missing); null: ``registry.SELF_ADAPT_DEFAULT`` for the
@@ -252,7 +260,7 @@ class Problem:
         steps = SELF_ADAPT_DEFAULT.get(s.name, {}).get(modality, 0)
         if not steps or self.prior is None or is_measured_kspace(self.measurement):
             return 0
-        off = SELF_ADAPT_OFF.get((modality, self.config.mri.mode if modality == "mri" else None))
+        off = SELF_ADAPT_OFF.get((modality, self.mask_layout))
         if off:
             self.info["self_adapt"] = {"skipped": f"off by default on {off}"}
             return 0

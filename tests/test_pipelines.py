@@ -972,6 +972,7 @@ def test_python_callers_get_one_line_errors_for_what_the_cli_cannot_pass(tmp_pat
         write_nifti(Volume(nan), tmp_path / "nan.nii.gz")
     assert not (tmp_path / "nan.nii.gz").exists()
 
+    assert tasks.prepare_config("cs_mri_x4", (f"solver.steps={n}" for n in [7])).solver.steps == 7  # a generator
     res = tasks.reconstruct("cs_mri_x4", mr_nifti, tmp_path / "one", overrides="solver.name=zero_filled")
     assert res.report["config"]["solver"]["name"] == "zero_filled"  # one string is one override
     with pytest.raises(InputError, match="overrides: give a list of 'KEY=VALUE' strings.*not dict"):

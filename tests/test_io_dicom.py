@@ -467,6 +467,15 @@ def test_pixels_at_the_padding_value_are_air_not_values(tmp_path):
     assert np.all(back.data[:, :4, :4] == -1000.0)
     np.testing.assert_array_equal(back.data[:, 4:, :], src.data[:, 4:, :])
     assert any("PixelPaddingValue" in w for w in back.meta["warnings"])
+    for f in out.iterdir():  # padding declared at -1024 HU, the scanner's floor, which lungs hold too: kept
+        ds = pydicom.dcmread(f)
+        px = ds.pixel_array.copy()
+        px[:4, :4] = -1024 - int(float(ds.RescaleIntercept))
+        ds.PixelData = px.astype(np.int16).tobytes()
+        ds.PixelPaddingValue = int(px[0, 0])
+        ds.save_as(f)
+    floor = read_volume(out)
+    assert np.all(floor.data[:, :4, :4] == -1024.0) and not any("PixelPadding" in w for w in floor.meta["warnings"])
 
 
 def test_two_time_points_interleaved_in_one_series_are_refused_naming_the_tag(tmp_path):
@@ -486,6 +495,11 @@ def test_two_time_points_interleaved_in_one_series_are_refused_naming_the_tag(tm
         del ds.TemporalPositionIdentifier
         ds.save_as(f)
     np.testing.assert_array_equal(read_volume(out).data, src.data)  # AcquisitionNumber alone: one volume
+    for k, f in enumerate(sorted(out.iterdir())):
+        ds = pydicom.dcmread(f)
+        ds.EchoTime = "22" if k % 2 else "22.0000"  # one echo time, written two ways
+        ds.save_as(f)
+    np.testing.assert_array_equal(read_volume(out).data, src.data)
 
 
 def test_a_scout_filed_in_the_scans_own_series_is_left_out_with_a_warning(tmp_path):
@@ -545,3 +559,15 @@ def test_a_single_slice_takes_the_size_of_a_negative_spacing_between_slices(tmp_
     ds.SpacingBetweenSlices, ds.SliceThickness = "-5", "5"
     ds.save_as(f)
     assert read_volume(f).spacing[2] == 5.0
+
+
+def test_a_thin_slice_series_with_a_missing_slice_is_not_taken_for_acquisitions(tmp_path):
+    """0.08 mm slices (dental cone-beam CT) with one missing are a gap to report or resample, not 'several
+    acquisitions' (the 0.1 mm rule is relative to the other gaps)."""
+    vol = Volume(np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32) * 100, spacing=(0.08, 0.08, 0.08),
+                 meta={"dicom": {"Modality": "CT"}})
+    out = write_dicom_series(vol, tmp_path / "thin")
+    sorted(out.iterdir())[4].unlink()
+    with pytest.raises(InputError, match="slice spacing is not uniform"):
+        read_volume(out)
+    assert read_volume(out, resample_nonuniform=True).shape == (8, 16, 16)

@@ -251,7 +251,9 @@ class _Stack:
             return
         g = self.gaps
         k = int(np.argmin(g))
-        if g[k] < HAIR_MM:  # slices a hair apart: two acquisitions, neither missing slices nor a grid to resample on
+        wide = g[g >= HAIR_MM]  # a quarter of the other gaps at most: a 0.08 mm series is thin, not two acquisitions
+        if g[k] < min(HAIR_MM, (float(np.median(wide)) if wide.size else self.step) / 4):  # a hair apart: two
+            # acquisitions, neither missing slices nor a grid to resample on
             raise InputError(
                 f"{self.where}: slices lie nearly at one position ({g[k]:.3g} mm between {self.files[k].name} and "
                 f"{self.files[k + 1].name}; gaps up to {g.max():.4g} mm): the series holds several acquisitions "
@@ -357,7 +359,9 @@ def _check_one_acquisition(files: list, headers: list, positions: np.ndarray, wh
     for tag in ACQUISITION_TAGS:
         groups: dict = {}
         for f, ds, z in zip(files, headers, positions):
-            groups.setdefault(str(ds.get(tag, "")).strip(), []).append((z, f))
+            value = _floats(ds.get(tag))  # as numbers: '22' and '22.0000' are one echo time
+            key = f"{value[0]:g}" if value and len(value) == 1 else str(ds.get(tag, "")).strip()
+            groups.setdefault(key, []).append((z, f))
         if len(groups) < 2:
             continue
         spans = sorted((min(v)[0], max(v)[0], key, v) for key, v in groups.items())
@@ -458,13 +462,16 @@ def _undo_monochrome1(data: np.ndarray, headers: list) -> np.ndarray:
 
 #: what a pixel outside the scanned area (PixelPaddingValue) becomes: air in HU, nothing in MR
 PADDING_FILL = {"CT": -1000.0, "MR": 0.0}
+#: CT padding inside this range (HU) is a value the scan itself holds (a padding of stored 0 at intercept -1024
+#: is the scanner's -1024 HU floor, also inside the lungs): left as it is
+CT_VALUES_HU = (-1024.0, 3071.0)
 
 
 def _clear_padding(data: np.ndarray, headers: list, where, notes: list) -> np.ndarray:
     """Pixels at the stored PixelPaddingValue (to PixelPaddingRangeLimit where given) set to PADDING_FILL (else
-    the lowest other value): outside the scanned area, not a measurement (unsigned padding of -2000 HU read as
-    +62512 HU)."""
-    count = 0
+    the lowest other value) where that changes them: outside the scanned area, not a measurement (unsigned padding
+    of -2000 HU read as +62512 HU). CT padding at a value scans hold (``CT_VALUES_HU``) stays."""
+    count, fills = 0, set()
     for k, ds in enumerate(headers):
         pad = _floats(ds.get("PixelPaddingValue"))
         if pad is None:
@@ -473,14 +480,20 @@ def _clear_padding(data: np.ndarray, headers: list, where, notes: list) -> np.nd
         m = (_floats(ds.get("RescaleSlope")) or (1.0,))[0]
         b = (_floats(ds.get("RescaleIntercept")) or (0.0,))[0]
         lo, hi = sorted((m * pad[0] + b, m * limit[0] + b))
+        modality = str(ds.get("Modality", ""))
+        if modality == "CT" and CT_VALUES_HU[0] <= lo and hi <= CT_VALUES_HU[1]:
+            continue
         hit = (data[k] >= lo - 0.5 * abs(m)) & (data[k] <= hi + 0.5 * abs(m))
-        if hit.any() and not hit.all():
-            fill = PADDING_FILL.get(str(ds.get("Modality", "")), float(data[k][~hit].min()))
+        others = data[k][~hit]
+        fill = PADDING_FILL.get(modality, float(others.min()) if others.size else lo)
+        hit &= data[k] != fill
+        if hit.any():
             data[k][hit] = fill
             count += int(hit.sum())
+            fills.add(fill)
     if count:
         warn(notes, f"{where}: {count} pixels at the PixelPaddingValue (outside the scanned area) set to "
-                    f"{PADDING_FILL.get(str(headers[0].get('Modality', '')), 'the lowest other value')}")
+                    f"{', '.join(f'{f:g}' for f in sorted(fills))}")
     return data
 
 

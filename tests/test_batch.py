@@ -433,7 +433,9 @@ def test_scouts_screenshots_and_rt_objects_in_a_study_export_are_passed_over_not
     _series(root / "study" / "ct", 1, "Abdomen")
     for name, change in (("scout", lambda ds: setattr(ds, "ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"])),
                          ("dose", lambda ds: setattr(ds, "Modality", "RTDOSE")),
-                         ("protocol", lambda ds: setattr(ds, "SOPClassUID", SecondaryCaptureImageStorage))):
+                         ("protocol", lambda ds: (setattr(ds, "SOPClassUID", SecondaryCaptureImageStorage),
+                                                  delattr(ds, "ImagePositionPatient"))),
+                         ("sc_volume", lambda ds: setattr(ds, "SOPClassUID", SecondaryCaptureImageStorage))):
         _series(root / "study" / name, 2, name)
         uid = generate_uid()
         for f in (root / "study" / name).iterdir():
@@ -443,7 +445,7 @@ def test_scouts_screenshots_and_rt_objects_in_a_study_export_are_passed_over_not
             ds.save_as(f)
     said = []
     batch_mod.batch(root, tmp_path / "out", "sparse_view_ct_8", dry_run=True, echo=said.append)
-    assert sum(s.startswith("run ") for s in said) == 1
+    assert sum(s.startswith("run ") for s in said) == 2  # the CT, and a volume SimpleITK wrote as secondary capture
     passed = sorted(s for s in said if s.startswith("pass"))
     assert len(passed) == 3 and "study/dose: a RTDOSE object, not a volume to reconstruct" in passed[0]
     assert "study/protocol: a secondary capture" in passed[1] and "study/scout: a localizer (scout)" in passed[2]

@@ -17,7 +17,7 @@ from pydicom.uid import UID, MediaStorageDirectoryStorage
 from ..errors import InputError
 
 _SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription",
-              "Rows", "Manufacturer", "ImageType", "SamplesPerPixel"]
+              "Rows", "Manufacturer", "ImageType", "SamplesPerPixel", "ImagePositionPatient", "ImageOrientationPatient"]
 #: modalities of objects that hold images but no volume to reconstruct (dose, structures, segmentations, ...)
 NOT_VOLUME_MODALITIES = {"SR", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "SEG", "PR", "KO", "DOC", "REG"}
 MANUFACTURER = "medrecon"  # the Manufacturer of every series medrecon writes (medrecon.io.dicom_write)
@@ -137,8 +137,9 @@ def not_a_volume(ds) -> str:
         return "a localizer (scout)"
     if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
         return "a colour image"
-    if "Secondary Capture" in UID(str(ds.get("SOPClassUID", "") or "")).name and not made_by_medrecon(ds):
-        return "a secondary capture (a screenshot or a scanned page)"
+    if "Secondary Capture" in UID(str(ds.get("SOPClassUID", "") or "")).name and not made_by_medrecon(ds) and \
+            not ("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds):  # SimpleITK writes volumes as SC
+        return "a secondary capture without patient geometry (a screenshot or a scanned page)"
     return ""
 
 

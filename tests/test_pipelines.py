@@ -375,7 +375,7 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tmp_path, 
     monkeypatch.setattr(tasks.Problem, "solve", killed)
     capsys.readouterr()
     assert _fast_ct(src, out, "--overwrite") == 130  # exit 128 + SIGINT
-    assert capsys.readouterr().err.startswith("interrupted (SIGINT): the output being written was not kept")
+    assert capsys.readouterr().err.startswith("interrupted (SIGINT): nothing half-written is kept")
     assert seen == [True] and (out / "report.json").read_text() == before
     monkeypatch.setattr(tasks.Problem, "solve", real)
     assert _fast_ct(src, out, "--overwrite") == 0

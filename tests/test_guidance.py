@@ -331,3 +331,22 @@ def test_pipeline_passes_the_step_size_and_the_warm_starts_settings(monkeypatch)
                       check_files=False).resolved()
     Problem.build(cfg, vol, prior=GaussianDenoiser(0.5, 0.1)).solve()
     assert calls == [((0.07, pytest.approx(0.7), 7), (0, 1, 2))]
+
+
+def test_the_guided_samplers_backward_pass_runs_in_the_fp32_of_the_forward(monkeypatch):
+    """MCG / DPS differentiate through the network after its call returned: the backward convolutions ran in
+    torch's default TF32 on CUDA while the forward ran in fp32. The gradient is taken inside exact_fp32 too."""
+    from contextlib import contextmanager
+
+    import medrecon.solvers.guidance as guidance
+    entered = []
+
+    @contextmanager
+    def spy(device_type):
+        entered.append(device_type)
+        yield
+
+    monkeypatch.setattr(guidance, "exact_fp32", spy)
+    prior, A, y, _, _ = _white_problem()
+    MCGSampler(prior, A, y, n_steps=3, chunk_size=4, seed=0).run()
+    assert entered and set(entered) == {"cpu"}

@@ -35,11 +35,13 @@ Counters per slice: ``nfe`` (network evaluations) and ``backward_passes`` (vecto
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 
 from ..linop import LinearOperator, whitened
 from ..priors.base import Denoiser
+from ..priors.network import exact_fp32
 from .cg import conjugate_gradient
 from .diffusion import DiffusionSolver, SamplerState
 
@@ -117,7 +119,8 @@ class GuidedSampler(DiffusionSolver):
             norm = None
             if g0 is None:
                 g0, norm = self.data_gradient(x0.detach(), sl)
-            grad, = torch.autograd.grad(x0, xg, g0)
+            with exact_fp32(xg.device.type) if getattr(self.prior, "precision", None) != "bf16" else nullcontext():
+                grad, = torch.autograd.grad(x0, xg, g0)  # the backward convolutions in fp32 as the forward ones
         return x0.detach(), grad, norm
 
     def tweedie(self, x: torch.Tensor, sigma: float, chunk_size: int):

@@ -239,6 +239,12 @@ def test_a_failed_write_inside_an_output_names_that_output_not_its_temporary(tmp
                 raise OSError(28, "No space left on device")
     assert f"cannot write {dest / 'recon.nii.gz'}: No space left on device" in str(err.value)
     assert ".medrecon-tmp" not in str(err.value)
+    nan = Volume(np.full((2, 4, 4), np.nan, np.float32))
+    with pytest.raises(InputError) as err:  # refused voxels, named the same way
+        with atomic_path(dest) as tmp:
+            tmp.mkdir()
+            write_nifti(nan, tmp / "recon.nii.gz")
+    assert str(err.value).startswith(f"{dest / 'recon.nii.gz'}: 32 NaN")
 
 
 def test_central_window_keeps_every_voxel_where_it_was():

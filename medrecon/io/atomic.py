@@ -70,14 +70,14 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
         if outermost:
             _flush_to_disk(dest.parent, tree=False)  # the rename itself
     except OSError as e:
-        raise InputError(f"cannot write {_shown(dest)}: {e.strerror or e}; "
+        raise InputError(f"cannot write {shown_path(dest)}: {e.strerror or e}; "
                          "choose a writable location with enough free space") from e
     finally:
         _remove(tmp)
         _OURS.discard(tmp.name)
 
 
-def _shown(dest: Path) -> Path:
+def shown_path(dest: Path) -> Path:
     """``dest`` as a user knows it: a path inside another output's temporary (removed right after) named by that
     output's own path."""
     parts = list(dest.parts)

@@ -38,7 +38,7 @@ from pydicom.valuerep import format_number_as_ds
 from .. import __version__
 from ..errors import InputError
 from ..volume import Volume
-from .atomic import atomic_path
+from .atomic import atomic_path, shown_path
 from .common import check_voxels
 from .dicom_scan import MANUFACTURER
 
@@ -91,7 +91,7 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
     ``deidentify``: apply the PS3.15 basic profile to what is copied from the source (module docstring).
     """
     folder = Path(folder)
-    data = check_voxels(vol.data, folder)
+    data = check_voxels(vol.data, shown_path(folder))
     src = dict(vol.meta.get("dicom", {}) if source_meta is None else source_meta)
     modality = str(modality or src.get("Modality") or "OT").upper()
     if not re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality):

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..volume import Volume
-from .atomic import atomic_path
+from .atomic import atomic_path, shown_path
 from .common import check_fits_in_memory, check_voxels, volume_array, warn
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -89,7 +89,7 @@ def write_nifti(vol: Volume, path, overwrite: bool = False) -> Path:
     path = Path(path)
     if not is_nifti(path):
         raise InputError(f"{path}: a NIfTI file name ends in .nii or .nii.gz")
-    data = check_voxels(vol.data, path)  # NaN / Inf: a file no reader here would take back
+    data = check_voxels(vol.data, shown_path(path))  # NaN / Inf: a file no reader here would take back
     img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), vol.affine_ras)
     codes = vol.meta.get("nifti", {})
     unknown = not any(codes.get(k, 1) for k in ("sform_code", "qform_code"))  # read from a file that had neither

@@ -230,14 +230,14 @@ th{cursor:pointer;background:#222}pre{background:#1a1a1a;padding:6px;max-height:
 
 SERIES_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{{TITLE}}</title><style>""" + STYLE + """
 .view{background-repeat:no-repeat;filter:url(#wl);image-rendering:auto;border:1px solid #333}
-.fixed{filter:none}input[type=number]{width:6em}.cell{display:inline-block;vertical-align:top;margin:2px}.lab{font-size:12px;color:#aaa}
+.fixed{filter:none}#controls input{width:6em}.cell{display:inline-block;vertical-align:top;margin:2px}.lab{font-size:12px;color:#aaa}
 </style></head><body>
 <svg width="0" height="0" style="position:absolute"><filter id="wl" color-interpolation-filters="sRGB">
 <feComponentTransfer><feFuncR id="fr" type="linear"/><feFuncG id="fg" type="linear"/><feFuncB id="fb" type="linear"/>
 </feComponentTransfer></filter></svg>
 <h1>{{TITLE}}</h1>
-<div id="controls">Window <input id="ww" type="number" step="any" size="6"> Level <input id="wc" type="number"
-step="any" size="6"> <span id="presets"></span> <span class="lab">display range {{RANGE}}, grey step {{STEP}}</span><br>
+<div id="controls">Window <input id="ww" type="text" inputmode="decimal" size="7"> Level <input id="wc" type="text"
+inputmode="decimal" size="7"> <span id="presets"></span> <span class="lab">display range {{RANGE}}, grey step {{STEP}}</span><br>
 <span id="sliders"></span></div><div id="rows"></div>
 <h2>Metrics</h2>{{METRICS}}<h2>Settings</h2><pre>{{SETTINGS}}</pre>
 <script>
@@ -253,12 +253,15 @@ function place(k, p) {  // show slice k of plane p in every row
     el.dataset.slice = k;
   });
 }
-function setWL(w, c) {  // grey = (v - (c - w/2)) / w with v = lo + t (hi - lo), t the stored grey in [0, 1]
-  w = Math.max(Number(w), 1e-6); c = Number(c);
+function setWL(w, c, typing) {  // grey = (v - (c - w/2)) / w with v = lo + t (hi - lo), t the stored grey in [0, 1]
+  if (String(w).trim() === "" || String(c).trim() === "" || !isFinite(Number(w)) || !isFinite(Number(c)) ||
+      Number(w) <= 0) return;  // a value half typed ("-", "0.", "") changes nothing yet
+  w = Number(w); c = Number(c);
   const slope = (V.hi - V.lo) / w, icpt = (V.lo - c + w / 2) / w;
   for (const id of ["fr", "fg", "fb"]) {
     const f = document.getElementById(id); f.setAttribute("slope", slope); f.setAttribute("intercept", icpt); }
-  document.getElementById("ww").value = +w.toPrecision(5); document.getElementById("wc").value = +c.toPrecision(5);
+  if (!typing) {  // a preset or the link: show it; what is being typed is left as typed
+    document.getElementById("ww").value = +w.toPrecision(5); document.getElementById("wc").value = +c.toPrecision(5); }
 }
 const sl = document.getElementById("sliders"), rows = document.getElementById("rows");
 for (const p of planes) {
@@ -282,7 +285,7 @@ for (const p of planes) {
   place(Number(s.value), p);
 }
 for (const id of ["ww", "wc"]) document.getElementById(id).addEventListener("input", () =>
-  setWL(document.getElementById("ww").value, document.getElementById("wc").value));
+  setWL(document.getElementById("ww").value, document.getElementById("wc").value, true));
 const [lo0, hi0] = V.window; setWL(hi0 - lo0, (hi0 + lo0) / 2);
 V.presets.concat([["initial", hi0 - lo0, (hi0 + lo0) / 2]]).forEach(([name, w, c]) => {
   const b = document.createElement("button"); b.textContent = name; b.title = `W ${w} L ${c}`;

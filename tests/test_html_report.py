@@ -165,3 +165,23 @@ def test_previews_show_a_ras_or_sagittal_stored_volume_as_its_lps_twin(tmp_path)
         write_series_page(tmp_path / name)
     sheets = [np.asarray(Image.open(tmp_path / n / "index_files" / "v0_axial.png")) for n in "ab"]
     assert np.array_equal(*sheets)
+
+
+def test_window_level_boxes_keep_what_is_being_typed(series, tmp_path):
+    """Each keystroke rewrote the box from the half-typed value: '-600' became 600 ('-' read as 0), '0.5' became
+    0.0000015 (an MR window below 1 could not be typed). Typed here key by key through input events."""
+    folder, _ = series
+    page = (folder / "index.html").read_text()
+    typing = """<script>
+    function type(id, text) { const el = document.getElementById(id); el.value = "";
+      for (const ch of text) { el.value += ch; el.dispatchEvent(new Event("input")); } }
+    type("wc", "-600"); type("ww", "0.5");
+    document.body.insertAdjacentHTML("beforeend", `<p id="typed">${document.getElementById("wc").value}|` +
+      `${document.getElementById("ww").value}|${document.getElementById("fr").getAttribute("slope")}</p>`);
+    </script></body>"""
+    (folder / "typed.html").write_text(page.replace("</body>", typing))
+    dom = _chromium(tmp_path, (folder / "typed.html").as_uri(), "--dump-dom")
+    wc, ww, slope = re.findall(r'id="typed">([^<$]*)<', dom)[-1].split("|")  # the element, not the script's text
+    assert (wc, ww) == ("-600", "0.5")
+    view = json.loads(re.search(r"const V = (\{.*?\});\n", page).group(1))
+    assert float(slope) == pytest.approx((view["hi"] - view["lo"]) / 0.5, rel=1e-6)  # the window typed, applied

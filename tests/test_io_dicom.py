@@ -571,3 +571,15 @@ def test_a_thin_slice_series_with_a_missing_slice_is_not_taken_for_acquisitions(
     with pytest.raises(InputError, match="slice spacing is not uniform"):
         read_volume(out)
     assert read_volume(out, resample_nonuniform=True).shape == (8, 16, 16)
+
+
+def test_the_derived_series_opens_in_the_sources_window_or_soft_tissue(tmp_path):
+    """The window was the values' 1st-99th percentile, mostly air for CT (the demo's series opened at L -406 W 1189,
+    soft tissue a flat grey); now the source's own window (its units are the derived values'), else 40 / 400 HU."""
+    src = read_volume(CT5N)
+    lung = src.with_data(src.data, dicom={**src.meta["dicom"], "WindowCenter": "-600", "WindowWidth": "1500"})
+    out = pydicom.dcmread(next(write_dicom_series(lung, tmp_path / "from_dicom").iterdir()))
+    assert (float(out.WindowCenter), float(out.WindowWidth)) == (-600.0, 1500.0)
+    plain = Volume(src.data, src.spacing, src.origin, src.direction, meta={"dicom": {"Modality": "CT"}})
+    out = pydicom.dcmread(next(write_dicom_series(plain, tmp_path / "from_nifti").iterdir()))
+    assert (float(out.WindowCenter), float(out.WindowWidth)) == (40.0, 400.0)

@@ -12,7 +12,7 @@
   at most 65536 values outside int16 (an unsigned MR series) are stored as uint16, slope 1 (exact).
 * Per slice: ImagePositionPatient, InstanceNumber, SliceLocation; for all: ImageOrientationPatient,
   PixelSpacing, SliceThickness (= slice spacing; MR also SpacingBetweenSlices), FrameOfReferenceUID,
-  WindowCenter/WindowWidth (the 1st-99th percentile of the values).
+  WindowCenter/WindowWidth (the source's; else soft tissue for CT, the 1st-99th percentile otherwise).
 * ``deidentify=True``: DICOM PS3.15 Basic Application Level Confidentiality Profile for the attributes
   copied: patient and study identifiers and dates emptied or removed, study and frame-of-reference UIDs and
   the referenced source series and instance UIDs replaced by UIDs derived from them (the same source gives the
@@ -171,9 +171,7 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
     ds.Rows, ds.Columns = vol.shape[1], vol.shape[2]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
     ds.RescaleIntercept, ds.RescaleSlope = intercept, slope
-    lo, hi = (float(v) for v in np.percentile(vol.data, [1.0, 99.0]))
-    ds.WindowCenter = format_number_as_ds((lo + hi) / 2)
-    ds.WindowWidth = format_number_as_ds(max(hi - lo, 1.0))  # the standard wants >= 1
+    _window(ds, vol, src, modality)
 
     if modality == "CT":
         _copy(ds, src, CT_TAGS)
@@ -241,6 +239,26 @@ def _numbered_against_the_source(vol: Volume, normal: np.ndarray, sources: list[
         return False
     along = float((vol.world_lps([0, 0, vol.shape[0] - 1]) - vol.world_lps([0, 0, 0])) @ normal)
     return (numbered[-1][1] > numbered[0][1]) != (along > 0)
+
+
+#: a CT series' window where the source gives none: soft tissue (centre 40 HU, width 400)
+CT_WINDOW = ("40", "400")
+
+
+def _window(ds: Dataset, vol: Volume, src: dict, modality: str) -> None:
+    """WindowCenter/Width a viewer opens the series with: the source's (the derived values are in its units; a
+    scanner's presets come along), else soft tissue for CT (the values' percentiles were mostly air: L -406 W 1189),
+    else the 1st-99th percentile of the values."""
+    if src.get("WindowCenter") is not None and src.get("WindowWidth") is not None:
+        _copy(ds, src, ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"))
+        return
+    if modality == "CT":
+        ds.WindowCenter, ds.WindowWidth = CT_WINDOW
+        ds.WindowCenterWidthExplanation = "SOFT TISSUE"
+        return
+    lo, hi = (float(v) for v in np.percentile(vol.data, [1.0, 99.0]))
+    ds.WindowCenter = format_number_as_ds((lo + hi) / 2)
+    ds.WindowWidth = format_number_as_ds(max(hi - lo, 1.0))  # the standard wants >= 1
 
 
 def _nearest(sources: list[dict], position: float) -> dict:

@@ -102,7 +102,7 @@ def run_demo(output: str | Path, source: str = "scan", prior: str | None = None,
         # report.json makes this a regular medrecon output folder, which --overwrite can replace.
         write_json(tmp / "report.json", report({"task": "sparse_view_ct_8", "methods": methods,
                                                 "overrides": case.overrides}, command="demo", source=source,
-                                               case=case.describe, slices=int(ref.shape[0]), output=str(out),
+                                               case=case.describe, slices=int(ref.shape[0]), output=out.name,
                                                prior={"name": loaded.name, "sha256": loaded.sha256},
                                                results={r.label: r.row() for r in results}))
         (tmp / "metrics.md").write_text(table)

@@ -45,7 +45,8 @@ def test_demo_reduced_end_to_end(tmp_path, capsys):
     # 8 views with Poisson noise: FBP is streak-dominated; both regularised methods must clear it by 5 dB
     # even with 8 diffusion steps (measured: FBP ~14 dB, ADMM-TV ~25 dB, diffusion ~24-27 dB).
     assert tv > fbp + 5 and diff > fbp + 5
-    assert json.loads((out / "report.json").read_text())["prior"]["sha256"]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["prior"]["sha256"] and rep["output"] == out.name  # a name, as every report.json records it
     assert "<title>medrecon demo: 8-view sparse-view CT of the held-out synthetic phantom seed" in \
         (out / "index.html").read_text()  # said "phantom" for the real scan too
     phantom = ["--source", "phantom", "--slices", "4", "--steps", "8", "--no-progress"]

@@ -113,7 +113,8 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
             "size": {p: _css_size(shown[0][1], p) for p in PLANES}}
     page = (SERIES_HTML.replace("{{TITLE}}", html.escape(summary["title"]))
             .replace("{{STEP}}", f"{(hi - lo) / 255:.3g}").replace("{{RANGE}}", f"{lo:.4g} to {hi:.4g}")
-            .replace("{{METRICS}}", _metrics_table(metrics)).replace("{{SETTINGS}}", html.escape(_settings(report)))
+            .replace("{{METRICS}}", _metrics_table(metrics, (report.get("vs_reference") or {}).get("notes")))
+            .replace("{{SETTINGS}}", html.escape(_settings(report)))
             .replace("{{VIEW}}", json.dumps(view).replace("</", "<\\/")))
     return _write(folder / "index.html", page)
 
@@ -149,9 +150,14 @@ def _metrics(folder: Path, ref: Volume | None, vols, data_range: float | None = 
     given = _json(folder / "metrics.json")
     if given:
         return {k: {m: v for m, v in row.items() if m.startswith(("psnr_", "ssim_"))} for k, row in given.items()}
+    from medrecon.metrics import flat_metrics, per_axis_metrics
+    rep = _json(folder / "report.json")  # the run's own scores: nothing recomputed (a 100 x 512^2 series took
+    scored = {"first pass (before self-adaptation)": (rep.get("self_adapt") or {}).get("first_pass_scores"),
+              "reconstruction": rep.get("vs_reference")}  # 21 s and 2.4 GB again; above 64 M voxels, none shown)
+    if scored["reconstruction"]:
+        return {label: flat_metrics(m) for label, m in scored.items() if m and label in dict(vols)}
     if ref is None or ref.data.size > PAGE_METRIC_VOXELS:
         return {}
-    from medrecon.metrics import flat_metrics, per_axis_metrics
     out = {}
     for label, v in vols:
         if v is not ref and v.shape == ref.shape:
@@ -160,14 +166,16 @@ def _metrics(folder: Path, ref: Volume | None, vols, data_range: float | None = 
     return out
 
 
-def _metrics_table(metrics: dict) -> str:
+def _metrics_table(metrics: dict, notes=None) -> str:
+    """The metrics as a table ('—' where a plane cannot be scored), the scoring's notes under it."""
     if not metrics:
         return "<p>No reference: no metrics.</p>"
     cols = list(next(iter(metrics.values())))
     head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in cols)
-    body = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{m.get(c, '')}</td>" for c in cols) + "</tr>"
-                   for k, m in metrics.items())
-    return f"<table><tr><th>method</th>{head}</tr>{body}</table>"
+    body = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{'—' if m.get(c) is None else m[c]}</td>"
+                                                          for c in cols) + "</tr>" for k, m in metrics.items())
+    said = "".join(f"<li>{html.escape(str(n))}</li>" for n in notes or [])
+    return f"<table><tr><th>method</th>{head}</tr>{body}</table>" + (f"<ul class=\"lab\">{said}</ul>" if said else "")
 
 
 def _settings(report: dict) -> str:

@@ -320,7 +320,8 @@ BATCH_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{{TITLE}
 document.querySelectorAll("#t th").forEach((th, col) => th.addEventListener("click", () => {
   const body = document.querySelector("#t tbody"), rows = [...body.rows], dir = th.dataset.dir === "1" ? -1 : 1;
   th.dataset.dir = dir;
-  const key = r => { const t = r.cells[col].textContent.trim(), n = parseFloat(t); return isNaN(n) ? t : n; };
+  const key = r => { const t = r.cells[col].textContent.trim();  // a number only if it is all number (a UID
+    return /^-?\\d+(\\.\\d+)?([eE][-+]?\\d+)?$/.test(t) ? Number(t) : t; };   // '1.3.6...' is text, not 1.3)
   rows.sort((a, b) => { const x = key(a), y = key(b);
     return (typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : typeof x === "number" ? -1 : 1) * dir; });
   rows.forEach(r => body.appendChild(r));

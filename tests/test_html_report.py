@@ -206,3 +206,15 @@ def test_the_page_shows_the_runs_own_scores_and_their_notes_without_recomputing(
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert "<td>—</td>" in page and "<td>None</td>" not in page
     assert report["vs_reference"]["notes"] and html.escape(report["vs_reference"]["notes"][-1]) in page
+
+
+def test_the_batch_table_sorts_uids_as_text(tmp_path):
+    """Sorting took every SeriesInstanceUID for the number 1.3 (parseFloat), so clicking its column did nothing."""
+    rows = [{"series_uid": f"1.3.6.1.4.1.{k}", "output_path": "", "status": "failed", "seconds": "1", "error": "x"}
+            for k in (2, 10)]
+    page = write_batch_index(tmp_path, rows).read_text()
+    click = '<script>[...document.querySelectorAll("#t th")].find(th => th.textContent === "SeriesInstanceUID")' \
+            '.click();</script></body>'
+    (tmp_path / "clicked.html").write_text(page.replace("</body>", click))
+    dom = _chromium(tmp_path, (tmp_path / "clicked.html").as_uri(), "--dump-dom")
+    assert dom.index("1.3.6.1.4.1.10") < dom.index("1.3.6.1.4.1.2<")

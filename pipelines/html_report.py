@@ -67,6 +67,17 @@ def write_sprite(slices: np.ndarray, lo: float, hi: float, path: Path) -> dict:
     return {"src": f"{ASSETS}/{path.name}", "n": n, "cols": cols, "rows": rows}
 
 
+def _thumbnail(image: np.ndarray, spacing_xy, size: int = 96) -> Image.Image:
+    """A size x size thumbnail of a slice at its true aspect (mm), centred on black (a 48 x 32 slice was
+    stretched 1.5x)."""
+    h_mm, w_mm = image.shape[0] * spacing_xy[1], image.shape[1] * spacing_xy[0]
+    scale = size / max(h_mm, w_mm)
+    w, h = max(1, round(w_mm * scale)), max(1, round(h_mm * scale))
+    out = Image.new("L", (size, size))
+    out.paste(Image.fromarray(image).resize((w, h), Image.BILINEAR), ((size - w) // 2, (size - h) // 2))
+    return out
+
+
 def display_range(base: Volume, window: tuple[float, float]) -> tuple[float, float]:
     """The values the 8-bit sprites span: ``base``'s 0.05-99.95 percentiles (the reference when there is
     one, so that one method's streaks do not coarsen every grey step), widened to hold the initial window."""
@@ -93,7 +104,11 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
         w = (report.get("config") or {}).get("outputs", {}).get("window")
         window = tuple(w) if w else default_window(vols[-1][1].data)
     ref = next((v for label, v in vols if label == "reference"), None)
-    lo, hi = display_range(ref if ref is not None else vols[-1][1], window)
+    base = ref if ref is not None else vols[-1][1]
+    lo, hi = display_range(base, window)
+    ct = (report.get("config") or {}).get("modality") == "ct" or lo <= -500  # HU
+    if ct:  # the presets' grey range too, as far as the values go (bone stopped at the 99.95th percentile: 81 % grey)
+        hi = max(hi, min(float(base.data.max()), max(c + w / 2 for _, w, c in CT_PRESETS)))
     rows = [_row(label, v, lo, hi, assets, i) for i, (label, v) in enumerate(shown)]
     if std is not None:
         rows.append({**_row("uncertainty (posterior std)", std, 0.0, max(float(np.percentile(std.data, 99.5)), 1e-6),
@@ -101,14 +116,13 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     metrics = _metrics(folder, ref, vols, (report.get("vs_reference") or {}).get("data_range"))  # report.json's range
     thumb = plane_slices(shown[-1][1].data, "axial")
     thumb_lo, thumb_hi = window
-    Image.fromarray(np.clip((thumb[len(thumb) // 2] - thumb_lo) / (thumb_hi - thumb_lo) * 255, 0, 255)
-                    .astype(np.uint8)).resize((96, 96), Image.BILINEAR).save(assets / "thumb.png")
+    _thumbnail(np.clip((thumb[len(thumb) // 2] - thumb_lo) / (thumb_hi - thumb_lo) * 255, 0, 255).astype(np.uint8),
+               shown[-1][1].spacing[:2]).save(assets / "thumb.png")
     summary = {"title": title or folder.name, "methods": [label for label, _ in vols], "metrics": metrics,
                "solver": ((report.get("config") or {}).get("solver") or {}).get("name"),
                "task": (report.get("config") or {}).get("task"),
                "seconds": (report.get("timings_s") or {}).get("total")}
     write_json(assets / "summary.json", summary)
-    ct = (report.get("config") or {}).get("modality") == "ct" or lo <= -500  # HU
     view = {"lo": lo, "hi": hi, "window": list(window), "rows": rows, "presets": CT_PRESETS if ct else [],
             "size": {p: _css_size(shown[0][1], p) for p in PLANES}}
     page = (SERIES_HTML.replace("{{TITLE}}", html.escape(summary["title"]))

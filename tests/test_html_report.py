@@ -218,3 +218,20 @@ def test_the_batch_table_sorts_uids_as_text(tmp_path):
     (tmp_path / "clicked.html").write_text(page.replace("</body>", click))
     dom = _chromium(tmp_path, (tmp_path / "clicked.html").as_uri(), "--dump-dom")
     assert dom.index("1.3.6.1.4.1.10") < dom.index("1.3.6.1.4.1.2<")
+
+
+def test_bone_reaches_white_and_the_thumbnail_keeps_its_aspect(tmp_path):
+    """CT pages: the sprites' grey range stopped at the 99.95th percentile (about 1000 HU), so the bone preset
+    (W 1800 L 400, white at 1300 HU) never reached white; the batch thumbnail stretched a 48 x 32 slice to a square."""
+    from pipelines.html_report import write_series_page
+    data = np.full((3, 32, 48), 0.0, np.float32)  # water: grey, so the thumbnail's padding shows as black
+    data[:, 8:24, 8:40] = 40.0
+    data[1, 15, 21] = 2000.0  # a speck of cortical bone, under the 0.05 % the percentile leaves out
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    write_series_page(folder, [("reconstruction", Volume(data, spacing=(1.0, 1.0, 2.0)))], (-1000.0, 1000.0))
+    view = json.loads(re.search(r"const V = (\{.*?\});\n", (folder / "index.html").read_text()).group(1))
+    assert view["hi"] >= 1300.0
+    thumb = np.asarray(Image.open(folder / ASSETS / "thumb.png"))
+    assert thumb.shape == (96, 96) and thumb[:12].max() == 0 and thumb[-12:].max() == 0  # 96 x 64 in the middle
+    assert thumb[48].max() > 0

@@ -123,10 +123,11 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
                "task": (report.get("config") or {}).get("task"),
                "seconds": (report.get("timings_s") or {}).get("total")}
     write_json(assets / "summary.json", summary)
+    unit = html.escape(str((report.get("intensity") or {}).get("unit") or ""))  # the boxes' unit: HU, or MR's normalised magnitude
     view = {"lo": lo, "hi": hi, "window": list(window), "rows": rows, "presets": CT_PRESETS if ct else [],
             "size": {p: _css_size(shown[0][1], p) for p in PLANES}}
     page = (SERIES_HTML.replace("{{TITLE}}", html.escape(summary["title"]))
-            .replace("{{STEP}}", f"{(hi - lo) / 255:.3g}").replace("{{RANGE}}", f"{lo:.4g} to {hi:.4g}")
+            .replace("{{STEP}}", f"{(hi - lo) / 255:.3g}").replace("{{RANGE}}", f"{lo:.4g} to {hi:.4g} {unit}".rstrip())
             .replace("{{METRICS}}", _metrics_table(metrics, (report.get("vs_reference") or {}).get("notes")))
             .replace("{{SETTINGS}}", html.escape(_settings(report)))
             .replace("{{VIEW}}", json.dumps(view).replace("</", "<\\/")))

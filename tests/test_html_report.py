@@ -235,3 +235,15 @@ def test_bone_reaches_white_and_the_thumbnail_keeps_its_aspect(tmp_path):
     thumb = np.asarray(Image.open(folder / ASSETS / "thumb.png"))
     assert thumb.shape == (96, 96) and thumb[:12].max() == 0 and thumb[-12:].max() == 0  # 96 x 64 in the middle
     assert thumb[48].max() > 0
+
+
+def test_the_page_says_the_unit_its_window_is_in(tmp_path, mr_like=None):
+    """MR pages work in normalised magnitude (0..1) while the derived DICOM is in the source's units: the page
+    says which unit its window boxes and range are in."""
+    from medrecon.io import write_nifti
+    from pipelines import tasks
+    data = np.zeros((2, 32, 32), np.float32)
+    data[:, 8:24, 8:24] = 300.0
+    write_nifti(Volume(data), tmp_path / "mr.nii.gz")
+    tasks.reconstruct("cs_mri_x4", tmp_path / "mr.nii.gz", tmp_path / "out", ["solver.name=zero_filled"])
+    assert re.search(r"display range [-0-9.e]+ to [-0-9.e]+ normalised magnitude,", (tmp_path / "out" / "index.html").read_text())

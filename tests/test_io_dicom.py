@@ -583,3 +583,19 @@ def test_the_derived_series_opens_in_the_sources_window_or_soft_tissue(tmp_path)
     plain = Volume(src.data, src.spacing, src.origin, src.direction, meta={"dicom": {"Modality": "CT"}})
     out = pydicom.dcmread(next(write_dicom_series(plain, tmp_path / "from_nifti").iterdir()))
     assert (float(out.WindowCenter), float(out.WindowWidth)) == (40.0, 400.0)
+
+
+def test_an_oblique_series_with_rounded_positions_is_no_gantry_tilt_and_a_zero_window_is_not_copied(tmp_path):
+    """An oblique MR series stores positions rounded to 0.1 mm, so its slices drift up to 0.1 mm sideways: four of
+    them were refused as 'gantry tilt'. A source window of width 0 (a GE series) was copied into the derived
+    series, which the standard forbids."""
+    src = read_volume(CT5N)
+    out = write_dicom_series(src.with_data(src.data, dicom={**src.meta["dicom"], "WindowCenter": "0",
+                                                            "WindowWidth": "0"}), tmp_path / "oblique")
+    for k, f in enumerate(sorted(out.iterdir())):
+        ds = pydicom.dcmread(f)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x + (0.08 if k % 2 else 0.0), y, z]  # rounding's sideways jitter
+        ds.save_as(f)
+        assert float(ds.WindowWidth) >= 1
+    assert read_volume(out).shape == src.shape

@@ -335,8 +335,8 @@ class _Stack:
         rel = pos - pos[0]
         lateral = float(np.linalg.norm(rel - np.outer(rel @ n, n), axis=1).max())
         extent = float(s[-1] - s[0])
-        if lateral > 0.01 + 1e-3 * extent:
-            tag = first.get("GantryDetectorTilt")
+        if lateral > max(SPACING_TOLERANCE_MM, 0.01 + 1e-3 * extent):  # positions rounded to 0.1 mm (an oblique
+            tag = first.get("GantryDetectorTilt")                            # MR series) drift that far sideways
             raise InputError(
                 f"{where}: gantry tilt of about {np.degrees(np.arctan2(lateral, extent)):.1f} degrees (slice "
                 f"positions shift {lateral:.2f} mm sideways over {extent:.1f} mm"

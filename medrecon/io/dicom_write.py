@@ -249,7 +249,14 @@ def _window(ds: Dataset, vol: Volume, src: dict, modality: str) -> None:
     """WindowCenter/Width a viewer opens the series with: the source's (the derived values are in its units; a
     scanner's presets come along), else soft tissue for CT (the values' percentiles were mostly air: L -406 W 1189),
     else the 1st-99th percentile of the values."""
-    if src.get("WindowCenter") is not None and src.get("WindowWidth") is not None:
+    widths = src.get("WindowWidth")
+    widths = widths if isinstance(widths, list) else [widths]
+    try:
+        usable = src.get("WindowCenter") is not None and all(float(w) >= 1 for w in widths if w is not None) and \
+            any(w is not None for w in widths)
+    except (TypeError, ValueError):
+        usable = False
+    if usable:  # a width under 1 (a GE series stores 0 / 0) breaks the standard and viewers: not copied
         _copy(ds, src, ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"))
         return
     if modality == "CT":

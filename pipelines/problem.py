@@ -86,6 +86,7 @@ class Problem:
     no_signal: float = 0.0  # the model value whose measured quantity is 0 (CT: mu 0, -1000 HU; MRI: 0), -b / a
     info: dict = field(default_factory=dict)
     adapted: tuple | None = None  # after a self-adapted solve: (the first result as a Volume, the adapted prior)
+    _warm: dict = field(default_factory=dict, repr=False)  # the last warm start and its settings (``warm_start``)
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -206,8 +207,13 @@ class Problem:
             cv_nfe = self.info["cross_validation"]["network_evaluations_per_slice"]
         steps = self.self_adapt_steps(s)
         if steps and self.start_sigma(s) != 0:  # (0: CV kept the warm start)
+            stage = tqdm.write if progress else (lambda text: None)
+            stage(f"self-adapted reconstruction: pass 1 of 2, then {steps} steps fine-tuning the prior on its result, "
+                  "then pass 2 (about 3x one pass)")
             first = self._run(s, progress, None, 0)
+            stage(f"pass 1 of 2 done; fine-tuning the prior on it ({steps} steps)")
             own, self.prior = self.prior, self._self_adapted_prior(s, steps, first.x, progress)
+            stage("pass 2 of 2, with the fine-tuned prior")
             try:
                 out = self._run(s, progress, snapshot, snapshot_every)
             finally:
@@ -410,9 +416,14 @@ class Problem:
         if self.start_sigma(s) is None:
             return None
         w = s.warm_start
-        with iteration_bar("warm start (3D ADMM-TV)", w.iters, progress) as tick:
-            return admm_tv(*self.least_squares(), w.lam, 10 * w.lam, w.iters, axes=(0, 1, 2), n_cg=5,
-                           x0=self.physical_zero(), clip=self.bounds(s), callback=tick)
+        key = (w.lam, w.iters, self.bounds(s), id(self.data), id(self.sqrt_weights))  # deterministic: a self-
+        # adapted run's second pass reuses the first's (a copy with other weights, cross-validation's, does not)
+        if self._warm.get("key") != key:
+            with iteration_bar("warm start (3D ADMM-TV)", w.iters, progress) as tick:
+                self._warm = {"key": key, "x": admm_tv(*self.least_squares(), w.lam, 10 * w.lam, w.iters,
+                                                        axes=(0, 1, 2), n_cg=5, x0=self.physical_zero(),
+                                                        clip=self.bounds(s), callback=tick)}
+        return self._warm["x"].clone()
 
     def least_squares(self) -> tuple[LinearOperator, torch.Tensor]:
         """(A, y) of the data term 1/2 ||A x - y||^2 the iterative solvers minimise: W^1/2 A and W^1/2 y with

@@ -206,6 +206,7 @@ def test_the_page_shows_the_runs_own_scores_and_their_notes_without_recomputing(
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert "<td>—</td>" in page and "<td>None</td>" not in page
     assert report["vs_reference"]["notes"] and html.escape(report["vs_reference"]["notes"][-1]) in page
+    assert report["timings_s"]["page"] > 0 and report["timings_s"]["total"] >= report["timings_s"]["page"]
 
 
 def test_the_batch_table_sorts_uids_as_text(tmp_path):

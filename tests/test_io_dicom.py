@@ -599,3 +599,13 @@ def test_an_oblique_series_with_rounded_positions_is_no_gantry_tilt_and_a_zero_w
         ds.save_as(f)
         assert float(ds.WindowWidth) >= 1
     assert read_volume(out).shape == src.shape
+
+
+def test_a_derived_mr_series_keeps_the_acquired_slice_thickness(tmp_path):
+    """5 mm slices 7 mm apart (a gap, as mr_brain_pd) came out 7 mm thick: SliceThickness is the source's, the
+    spacing stays in SpacingBetweenSlices and the positions."""
+    data = np.random.default_rng(0).uniform(0, 500, (3, 16, 16)).astype(np.float32)
+    vol = Volume(np.round(data), spacing=(1.0, 1.0, 7.0), meta={"dicom": {"Modality": "MR", "SliceThickness": "5"}})
+    ds = pydicom.dcmread(sorted(write_dicom_series(vol, tmp_path / "mr").iterdir())[0])
+    assert (float(ds.SliceThickness), float(ds.SpacingBetweenSlices)) == (5.0, 7.0)
+    assert read_volume(tmp_path / "mr").spacing[2] == pytest.approx(7.0)

@@ -11,8 +11,8 @@
   the voxels are integers within int16 (exact, e.g. HU), else chosen to span the value range; integers spanning
   at most 65536 values outside int16 (an unsigned MR series) are stored as uint16, slope 1 (exact).
 * Per slice: ImagePositionPatient, InstanceNumber, SliceLocation; for all: ImageOrientationPatient,
-  PixelSpacing, SliceThickness (= slice spacing; MR also SpacingBetweenSlices), FrameOfReferenceUID,
-  WindowCenter/WindowWidth (the source's; else soft tissue for CT, the 1st-99th percentile otherwise).
+  PixelSpacing, SliceThickness (the source's, else the slice spacing; MR also SpacingBetweenSlices),
+  FrameOfReferenceUID, WindowCenter/WindowWidth (the source's; else soft tissue for CT, the 1st-99th percentile otherwise).
 * ``deidentify=True``: DICOM PS3.15 Basic Application Level Confidentiality Profile for the attributes
   copied: patient and study identifiers and dates emptied or removed, study and frame-of-reference UIDs and
   the referenced source series and instance UIDs replaced by UIDs derived from them (the same source gives the
@@ -166,7 +166,9 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
     ds.PixelSpacing = [format_number_as_ds(vol.spacing[1]), format_number_as_ds(vol.spacing[0])]
     ds.ImageOrientationPatient = [format_number_as_ds(float(v))
                                   for v in (*vol.direction[:, 0], *vol.direction[:, 1])]
-    ds.SliceThickness = format_number_as_ds(vol.spacing[2])
+    ds.SliceThickness = format_number_as_ds(vol.spacing[2])  # the spacing, unless the source says how thick
+    if modality in ("CT", "MR") and _positive(src.get("SliceThickness")):  # 5 mm slices 7 mm apart stay 5 mm thick
+        ds.SliceThickness = src["SliceThickness"]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = vol.shape[1], vol.shape[2]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
@@ -177,7 +179,7 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
         _copy(ds, src, CT_TAGS)
     elif modality == "MR":
         _copy(ds, src, MR_TAGS)
-        ds.SpacingBetweenSlices = ds.SliceThickness
+        ds.SpacingBetweenSlices = format_number_as_ds(vol.spacing[2])
     else:  # Secondary Capture
         ds.ConversionType = "WSD"  # workstation
         ds.RescaleType = "US"  # unspecified units
@@ -266,6 +268,13 @@ def _window(ds: Dataset, vol: Volume, src: dict, modality: str) -> None:
     lo, hi = (float(v) for v in np.percentile(vol.data, [1.0, 99.0]))
     ds.WindowCenter = format_number_as_ds((lo + hi) / 2)
     ds.WindowWidth = format_number_as_ds(max(hi - lo, 1.0))  # the standard wants >= 1
+
+
+def _positive(value) -> bool:
+    try:
+        return value is not None and float(value) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def _nearest(sources: list[dict], position: float) -> dict:

@@ -16,6 +16,7 @@ import torch
 from medrecon.device import reset_cuda_peak, resolve_device
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
+from medrecon.io.dicom_write import source_lattice
 from medrecon.io.atomic import check_free
 from medrecon.metrics import per_axis_metrics
 from medrecon.volume import Volume
@@ -278,10 +279,19 @@ def _same_grid(a: Volume, b: Volume) -> bool:
 
 
 def _as_source_stores(data: np.ndarray, src: Volume | None) -> np.ndarray:
-    """Whole numbers where the source holds whole numbers (then stored exactly with slope 1), else as they are (a
-    source of small floats, e.g. 0..3.2, kept 4 levels when rounded)."""
-    whole = src is not None and np.array_equal(src.data, np.round(src.data))
-    return np.round(data) if whole else data
+    """Values the source's own stored scale holds: whole numbers where the source holds whole numbers (stored
+    exactly with slope 1), multiples of its rescale where it has one (a Philips slope of 2.5: stored through the
+    same slope, not a new full-range scale that viewers ignoring MR rescaling show as -32000..29895), else as they
+    are (a source of small floats, e.g. 0..3.2, kept 4 levels when rounded)."""
+    if src is None:
+        return data
+    lattice = source_lattice((src.meta.get("dicom") or {}))
+    if lattice is not None:  # the first slice's rescale, kept where every slice's values lie on it
+        m, b = lattice
+        k = (src.data.astype(np.float64) - b) / m
+        if np.allclose(k, np.round(k), atol=1e-3):
+            return np.round((data - b) / m) * m + b
+    return np.round(data) if np.array_equal(src.data, np.round(src.data)) else data
 
 
 def evaluate(reference, input, output=None, data_range: float | None = None, overwrite: bool = False) -> dict:

@@ -609,3 +609,15 @@ def test_a_derived_mr_series_keeps_the_acquired_slice_thickness(tmp_path):
     ds = pydicom.dcmread(sorted(write_dicom_series(vol, tmp_path / "mr").iterdir())[0])
     assert (float(ds.SliceThickness), float(ds.SpacingBetweenSlices)) == (5.0, 7.0)
     assert read_volume(tmp_path / "mr").spacing[2] == pytest.approx(7.0)
+
+
+def test_a_derived_series_of_a_source_with_a_fractional_rescale_keeps_its_stored_scale(tmp_path):
+    """A Philips MR series stores 0..630 through RescaleSlope 2.5: its values are multiples of 2.5, not whole, so
+    the derived series got a new full-range scale (stored -32000..29895, which viewers ignoring MR rescaling show
+    as such). Values on the source's rescale are stored through it."""
+    stored = np.random.default_rng(0).integers(0, 630, (3, 16, 16))
+    vol = Volume((stored * 2.5).astype(np.float32), meta={"dicom": {"Modality": "MR", "RescaleSlope": "2.5",
+                                                                   "RescaleIntercept": "0"}})
+    ds = pydicom.dcmread(sorted(write_dicom_series(vol, tmp_path / "philips").iterdir())[0])
+    assert float(ds.RescaleSlope) == 2.5 and float(ds.RescaleIntercept) == 0.0
+    np.testing.assert_array_equal(ds.pixel_array, stored[0])

@@ -51,7 +51,7 @@ SOURCE_TAGS = (
     "PatientPosition", "Laterality",
     "FrameOfReferenceUID", "PositionReferenceIndicator",
     "Manufacturer", "ManufacturerModelName", "SliceThickness", "KVP", "ConvolutionKernel",
-    "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
+    "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "RescaleSlope", "RescaleIntercept",
     "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "RepetitionTime",
     "EchoTime", "InversionTime", "EchoTrainLength", "MagneticFieldStrength", "ImagedNucleus",
     "FlipAngle",

@@ -64,12 +64,28 @@ MR_TAGS = {"ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": "
            "MagneticFieldStrength": None, "ImagedNucleus": None, "FlipAngle": None}
 
 
-def stored_scaling(data: np.ndarray) -> tuple[str, str, bool]:
+def source_lattice(src: dict) -> tuple[float, float] | None:
+    """(slope, intercept) of a source series whose stored values map through a rescale other than whole numbers
+    (a Philips MR slope of 2.5: values are multiples of 2.5), else None."""
+    try:
+        m, b = float(src["RescaleSlope"]), float(src.get("RescaleIntercept") or 0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (m, b) if np.isfinite(m) and np.isfinite(b) and m > 0 and (m != round(m) or b != round(b)) else None
+
+
+def stored_scaling(data: np.ndarray, lattice: tuple[float, float] | None = None) -> tuple[str, str, bool]:
     """(RescaleSlope, RescaleIntercept) as DICOM DS text and whether the stored 16-bit values are signed: "1", "0",
     signed for integer voxels within int16; "1", the minimum, unsigned for integers spanning at most 65536 values
-    (an unsigned 0..65535 scan: exact); else signed, an intercept at mid-range and a slope that maps the range
-    into about +-32000."""
+    (an unsigned 0..65535 scan: exact); the source's own slope and intercept (``lattice``) where every value lies on
+    them (its stored values then come back as they were); else signed, an intercept at mid-range and a slope that
+    maps the range into about +-32000."""
     lo, hi = float(data.min()), float(data.max())
+    if lattice is not None:
+        m, b = lattice
+        k = (data.astype(np.float64) - b) / m
+        if np.allclose(k, np.round(k), atol=1e-3) and float(k.max()) <= 65535 and float(k.min()) >= -32768:
+            return format_number_as_ds(m), format_number_as_ds(b), float(k.max()) <= 32767
     if np.array_equal(data, np.round(data)):
         if -32768 <= lo and hi <= 32767:
             return "1", "0", True
@@ -96,7 +112,7 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
     modality = str(modality or src.get("Modality") or "OT").upper()
     if not re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality):
         raise InputError(f"modality {modality!r} for {folder}: give a DICOM modality code such as CT, MR or OT")
-    slope, intercept, signed = stored_scaling(data)
+    slope, intercept, signed = stored_scaling(data, source_lattice(src))
     if deidentify:
         src = deidentified(src)
     with pydicom.config.disable_value_validation():  # a source's non-conformant value is copied as it is, and

@@ -23,7 +23,7 @@ from PIL import Image
 from medrecon.io import atomic_path, read_volume
 from medrecon.volume import Volume
 
-from .outputs import default_window, write_json
+from .outputs import default_window, write_json, z_stretch
 
 ASSETS = "index_files"
 MAX_TILE = 256  # pixels: longest side of one slice in a sprite (larger slices are downsampled)
@@ -125,7 +125,7 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     write_json(assets / "summary.json", summary)
     unit = html.escape(str((report.get("intensity") or {}).get("unit") or ""))  # the boxes' unit: HU, or MR's normalised magnitude
     view = {"lo": lo, "hi": hi, "window": list(window), "rows": rows, "presets": CT_PRESETS if ct else [],
-            "size": {p: _css_size(shown[0][1], p) for p in PLANES}}
+            "size": {p: _css_size(shown[0][1], p) for p in PLANES}, "stretch": z_stretch(shown[0][1])}
     page = (SERIES_HTML.replace("{{TITLE}}", html.escape(summary["title"]))
             .replace("{{STEP}}", f"{(hi - lo) / 255:.3g}").replace("{{RANGE}}", f"{lo:.4g} to {hi:.4g} {unit}".rstrip())
             .replace("{{METRICS}}", _metrics_table(metrics, (report.get("vs_reference") or {}).get("notes")))
@@ -140,8 +140,12 @@ def _row(label: str, vol: Volume, lo: float, hi: float, assets: Path, i: int) ->
 
 
 def _css_size(vol: Volume, plane: str) -> list[int]:
-    scale = VIEW_PX / max(max(plane_extent_mm(vol, p)) for p in PLANES)
-    w, h = plane_extent_mm(vol, plane)
+    """A view's size in CSS pixels: one mm scale for the three planes, a thin slab's z stretched by
+    ``z_stretch`` (its coronal view was 256 x 4 px on a 4-slice slab; preview.png stretched it already)."""
+    k = z_stretch(vol)
+    extent = {p: (w, h * (k if p != "axial" else 1)) for p in PLANES for w, h in [plane_extent_mm(vol, p)]}
+    scale = VIEW_PX / max(max(e) for e in extent.values())
+    w, h = extent[plane]
     return [max(1, round(w * scale)), max(1, round(h * scale))]
 
 
@@ -298,7 +302,7 @@ V.rows.forEach((r, i) => {
     const s = r.sprites[p], [w, hh] = V.size[p];
     h += `<div class="cell"><div id="v${i}-${p}" class="view${r.fixed ? " fixed" : ""}" style="width:${w}px;` +
       `height:${hh}px;background-image:url('${s.src}');background-size:${s.cols * w}px ${s.rows * hh}px"></div>` +
-      `<div class="lab">${p}</div></div>`;
+      `<div class="lab">${p}${p !== "axial" && V.stretch > 1 ? " (z x" + V.stretch + ")" : ""}</div></div>`;
   }
   rows.insertAdjacentHTML("beforeend", h + "</div>");
 });

@@ -153,6 +153,13 @@ def preview_png(vol: Volume, path: Path, window: tuple[float, float] | None = No
     return preview_grid([("", vol)], path, window, height)
 
 
+def z_stretch(vol: Volume) -> int:
+    """The whole factor a thin slab's coronal and sagittal views are stretched by along z (its z extent under a
+    quarter of the in-plane one; 1 otherwise), in preview.png and on the series page alike."""
+    (sx, sy, sz), (nz, ny, nx) = vol.spacing, vol.shape
+    return max(1, math.ceil(0.25 * max(ny * sy, nx * sx) / (nz * sz)))
+
+
 def preview_grid(rows: list[tuple[str, Volume]], path: Path, window: tuple[float, float] | None = None,
                  height: int = 256) -> tuple:
     """One labelled row per volume, each with its axial, coronal and sagittal centre planes; returns the window.
@@ -171,7 +178,7 @@ def preview_grid(rows: list[tuple[str, Volume]], path: Path, window: tuple[float
         sx, sy, sz = vol.spacing
         nz, ny, nx = vol.shape
         zmm, ymm, xmm = nz * sz, ny * sy, nx * sx
-        stretch = max(1, math.ceil(0.25 * max(ymm, xmm) / zmm))
+        stretch = z_stretch(vol)
         zmm *= stretch
         label_h = 14 if label or stretch > 1 else 0
         scale = height / max(ymm, zmm)

@@ -248,3 +248,21 @@ def test_the_page_says_the_unit_its_window_is_in(tmp_path, mr_like=None):
     write_nifti(Volume(data), tmp_path / "mr.nii.gz")
     tasks.reconstruct("cs_mri_x4", tmp_path / "mr.nii.gz", tmp_path / "out", ["solver.name=zero_filled"])
     assert re.search(r"display range [-0-9.e]+ to [-0-9.e]+ normalised magnitude,", (tmp_path / "out" / "index.html").read_text())
+
+
+def test_a_thin_slabs_coronal_and_sagittal_views_are_stretched_as_in_preview_png(tmp_path):
+    """A 4-slice slab of 1 mm slices over 180 mm drew its coronal view 256 x 6 px on the page, unreadable, while
+    preview.png stretched it by a whole factor; the page uses the same factor and says so."""
+    from pipelines.html_report import write_series_page
+    from pipelines.outputs import z_stretch
+    vol = Volume(np.random.default_rng(0).uniform(-1000, 1000, (4, 180, 180)).astype(np.float32),
+                 spacing=(1.0, 1.0, 1.0))
+    folder = tmp_path / "slab"
+    folder.mkdir()
+    write_series_page(folder, [("reconstruction", vol)], (-1000.0, 1000.0))
+    page = (folder / "index.html").read_text()
+    view = json.loads(re.search(r"const V = (\{.*?\});\n", page).group(1))
+    k = z_stretch(vol)
+    assert k == 12 and view["stretch"] == k
+    (w, h), (aw, ah) = view["size"]["coronal"], view["size"]["axial"]
+    assert h == pytest.approx(aw * 4 * k / 180, abs=1) and h >= 60

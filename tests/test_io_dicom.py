@@ -621,3 +621,19 @@ def test_a_derived_series_of_a_source_with_a_fractional_rescale_keeps_its_stored
     ds = pydicom.dcmread(sorted(write_dicom_series(vol, tmp_path / "philips").iterdir())[0])
     assert float(ds.RescaleSlope) == 2.5 and float(ds.RescaleIntercept) == 0.0
     np.testing.assert_array_equal(ds.pixel_array, stored[0])
+
+
+def test_a_source_whose_uids_live_in_the_file_meta_only_is_still_referenced_and_numbered_its_way(tmp_path):
+    """An anonymised series (the demo's abdomen CT) keeps each SOPInstanceUID in the file meta only: the derived
+    series then referenced no source image and numbered its slices against the source's order."""
+    src_dir = write_dicom_series(read_volume(CT5N), tmp_path / "anon")
+    for k, f in enumerate(sorted(src_dir.iterdir())):
+        ds = pydicom.dcmread(f)
+        ds.InstanceNumber = 10 - k  # numbers that fall as z rises, as the abdomen series' do
+        del ds.SOPInstanceUID
+        ds.save_as(f)
+    vol = read_volume(src_dir)
+    out = sorted((pydicom.dcmread(f) for f in write_dicom_series(vol, tmp_path / "derived").iterdir()),
+                 key=lambda d: float(d.ImagePositionPatient[2]))
+    assert [int(d.InstanceNumber) for d in out] == [5, 4, 3, 2, 1]
+    assert all("SourceImageSequence" in d for d in out)

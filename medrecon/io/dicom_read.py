@@ -609,9 +609,14 @@ def _source_tags(ds) -> dict:
 def _source_images(headers, positions) -> list[dict]:
     """SOP class, SOP instance UID and position along the normal (mm) of every source image, in stack order:
     what a derived series references (``dicom_write``: SourceImageSequence, ReferencedSeriesSequence)."""
-    return [{"SOPClassUID": str(ds.get("SOPClassUID", "")), "SOPInstanceUID": str(ds.get("SOPInstanceUID", "")),
-             "Position": round(float(p), 4), **_instance_number(ds)} for ds, p in zip(headers, positions)
-            if ds.get("SOPInstanceUID")]
+    out = []
+    for ds, p in zip(headers, positions):  # an anonymised file may keep its UIDs in the file meta only
+        meta = getattr(ds, "file_meta", None) or {}
+        uid = str(ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or "")
+        if uid:
+            out.append({"SOPClassUID": str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or ""),
+                        "SOPInstanceUID": uid, "Position": round(float(p), 4), **_instance_number(ds)})
+    return out
 
 
 def _instance_number(ds) -> dict:

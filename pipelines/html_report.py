@@ -257,7 +257,8 @@ th{cursor:pointer;background:#222}pre{background:#1a1a1a;padding:6px;max-height:
 
 SERIES_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{{TITLE}}</title><style>""" + STYLE + """
 .view{background-repeat:no-repeat;filter:url(#wl);image-rendering:auto;border:1px solid #333}
-.fixed{filter:none}#controls input{width:6em}.cell{display:inline-block;vertical-align:top;margin:2px}.lab{font-size:12px;color:#aaa}
+.fixed{filter:none}#controls input{width:6em}.cell{display:inline-block;vertical-align:top;margin:2px;position:relative}.lab{font-size:12px;color:#aaa}
+.side{position:absolute;font:bold 11px sans-serif;color:#fc6;text-shadow:0 0 2px #000;pointer-events:none}
 </style></head><body>
 <svg width="0" height="0" style="position:absolute"><filter id="wl" color-interpolation-filters="sRGB">
 <feComponentTransfer><feFuncR id="fr" type="linear"/><feFuncG id="fg" type="linear"/><feFuncB id="fb" type="linear"/>
@@ -270,6 +271,9 @@ inputmode="decimal" size="7"> <span id="presets"></span> <span class="lab">displ
 <script>
 const V = {{VIEW}};
 const planes = ["axial", "coronal", "sagittal"], idx = {};
+// the patient's sides at each view's left, right, top and bottom edge (the views are shown in LPS order, as
+// preview.png: radiological, the patient's right on the left; anterior and superior at the top)
+const SIDES = {axial: ["R", "L", "A", "P"], coronal: ["R", "L", "S", "I"], sagittal: ["A", "P", "S", "I"]};
 function place(k, p) {  // show slice k of plane p in every row
   idx[p] = k;
   document.getElementById(p + "-label").textContent = (k + 1) + " / " + V.rows[0].sprites[p].n;
@@ -300,8 +304,11 @@ V.rows.forEach((r, i) => {
   let h = `<div><div class="lab">${r.label}</div>`;
   for (const p of planes) {
     const s = r.sprites[p], [w, hh] = V.size[p];
+    const [l, rt, t, b] = SIDES[p], at = (x, y, c) => `<span class="side" style="${x};${y}">${c}</span>`;
     h += `<div class="cell"><div id="v${i}-${p}" class="view${r.fixed ? " fixed" : ""}" style="width:${w}px;` +
       `height:${hh}px;background-image:url('${s.src}');background-size:${s.cols * w}px ${s.rows * hh}px"></div>` +
+      at("left:3px", `top:${hh / 2 - 6}px`, l) + at(`left:${w - 10}px`, `top:${hh / 2 - 6}px`, rt) +
+      at(`left:${w / 2 - 3}px`, "top:1px", t) + at(`left:${w / 2 - 3}px`, `top:${hh - 13}px`, b) +
       `<div class="lab">${p}${p !== "axial" && V.stretch > 1 ? " (z x" + V.stretch + ")" : ""}</div></div>`;
   }
   rows.insertAdjacentHTML("beforeend", h + "</div>");

@@ -266,3 +266,13 @@ def test_a_thin_slabs_coronal_and_sagittal_views_are_stretched_as_in_preview_png
     assert k == 12 and view["stretch"] == k
     (w, h), (aw, ah) = view["size"]["coronal"], view["size"]["axial"]
     assert h == pytest.approx(aw * 4 * k / 180, abs=1) and h >= 60
+
+
+def test_every_view_names_the_patients_sides(series, tmp_path):
+    """No L/R, A/P or S/I letters were shown, so a reader could not confirm the radiological convention; each view
+    names the patient's side at its four edges (the orientation itself: the RAS / sagittal test above)."""
+    folder, _ = series
+    dom = _chromium(tmp_path, (folder / "index.html").as_uri(), "--dump-dom")
+    cells = re.findall(r'<div id="v0-(\w+)".*?</div>(.*?)<div class="lab">', dom, flags=re.S)
+    sides = {p: re.findall(r'class="side"[^>]*>(\w)<', rest) for p, rest in cells}
+    assert sides == {"axial": ["R", "L", "A", "P"], "coronal": ["R", "L", "S", "I"], "sagittal": ["A", "P", "S", "I"]}

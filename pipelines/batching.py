@@ -42,7 +42,7 @@ from medrecon.errors import InputError
 from medrecon.io import atomic_path, list_series
 from medrecon.io.atomic import read_marker
 
-from .config import load_config, override_list
+from .config import load_config
 from .html_report import ASSETS, write_batch_index
 from .tasks import reconstruct
 
@@ -336,7 +336,7 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
     series one after the other here; an object with ``run(cfg, jobs, manifest, overwrite, echo, resample)
     -> rows`` (``pipelines.engines.RayEngine``) runs them elsewhere. The result's rows are this run's; the
     manifest also keeps earlier runs' rows of series not under ``input_root``."""
-    cfg = load_config(config, override_list(overrides))  # validated before anything runs
+    cfg = load_config(config, overrides)  # validated before anything runs
     input_root, output_root = Path(input_root), Path(output_root)
     if not input_root.is_dir():
         raise InputError(f"input root not found or not a folder: {input_root}")
@@ -397,7 +397,6 @@ def _batch(cfg, input_root: Path, output_root: Path, dry_run, overwrite, progres
     say = bar.write if progress else echo
     if unread:
         write_manifest(manifest, rows + [k.row("pending") for k in jobs])
-    i = 0
     try:
         for i, j in enumerate(bar, 1):
             bar.set_postfix_str(j.output.name, refresh=True)

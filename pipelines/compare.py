@@ -17,7 +17,7 @@ from medrecon.device import cuda_peak_bytes, reset_cuda_peak
 from medrecon.metrics import AXES, flat_metrics
 from medrecon.volume import Volume
 
-from .config import Config, load_config, override_list
+from .config import Config, load_config
 from .outputs import write_json
 from .problem import Problem
 from .registry import SOLVERS
@@ -96,7 +96,7 @@ def method_configs(config, methods: dict[str, dict], common=()) -> dict[str, Con
     """One resolved config per method: ``config`` with ``common`` overrides and the method's solver section (a
     ``solver:`` mapping, validated by the registry like a config file's) over the settings of the file's solver
     that the method's solver also takes (e.g. ``nonneg``, ``device``)."""
-    base = load_config(config, override_list(common), check_files=False)
+    base = load_config(config, common, check_files=False)
     out = {}
     for label, solver in methods.items():
         d = base.model_dump()

@@ -273,7 +273,9 @@ def override_list(overrides) -> list[str]:
 
 def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = (),
                 check_files: bool = True) -> Config:
-    """Load, override and validate a config; raise InputError listing every problem."""
+    """Load, override and validate a config; raise InputError listing every problem. ``overrides``: 'KEY=VALUE'
+    strings (``override_list``: one string, or any iterable of them)."""
+    overrides = override_list(overrides)
     if isinstance(source, Config):
         raw, label = source.model_dump(), source.source
     elif isinstance(source, dict):

@@ -69,8 +69,7 @@ def fit_problem(problem, keep: torch.Tensor):
     """The problem without the held-out measurements (their data-term weight set to 0). It keeps what ``info``
     says of the problem (complex images) in a copy, where its own runs' records go."""
     sw = problem.sqrt_weights
-    return dataclasses.replace(problem, sqrt_weights=keep if sw is None else sw * keep, info=dict(problem.info),
-                               _warm={})
+    return dataclasses.replace(problem, sqrt_weights=keep if sw is None else sw * keep, info=dict(problem.info))
 
 
 def heldout_error(problem, keep: torch.Tensor, x: torch.Tensor) -> float:

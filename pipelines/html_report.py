@@ -87,12 +87,13 @@ def display_range(base: Volume, window: tuple[float, float]) -> tuple[float, flo
 
 
 def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = None,
-                      window: tuple[float, float] | None = None, title: str | None = None) -> Path:
+                      window: tuple[float, float] | None = None, title: str | None = None,
+                      report: dict | None = None) -> Path:
     """Write ``folder/index.html`` and ``folder/index_files/``; ``volumes`` default to what the folder holds
-    (reference, a self-adapted run's first pass, recon.nii.gz; std.nii.gz as the uncertainty map). Returns the
-    page's path."""
+    (reference, a self-adapted run's first pass, recon.nii.gz; std.nii.gz as the uncertainty map); ``report``
+    to the folder's report.json. Returns the page's path."""
     folder = Path(folder)
-    report = _json(folder / "report.json")
+    report = _json(folder / "report.json") if report is None else report
     vols = [(label, v if isinstance(v, Volume) else read_volume(v)) for label, v in (volumes or _found(folder))]
     if not vols:
         raise FileNotFoundError(f"{folder}: no volume to show (recon.nii.gz)")
@@ -113,7 +114,7 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     if std is not None:
         rows.append({**_row("uncertainty (posterior std)", std, 0.0, max(float(np.percentile(std.data, 99.5)), 1e-6),
                             assets, len(rows)), "fixed": True})
-    metrics = _metrics(folder, ref, vols, (report.get("vs_reference") or {}).get("data_range"))  # report.json's range
+    metrics = _metrics(folder, report, ref, vols)
     thumb = plane_slices(shown[-1][1].data, "axial")
     thumb_lo, thumb_hi = window
     _thumbnail(np.clip((thumb[len(thumb) // 2] - thumb_lo) / (thumb_hi - thumb_lo) * 255, 0, 255).astype(np.uint8),
@@ -163,16 +164,15 @@ def _found(folder: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def _metrics(folder: Path, ref: Volume | None, vols, data_range: float | None = None) -> dict:
-    """{label: {"psnr_axial": .., ...}}: the folder's metrics.json (demo) or computed against the reference over
-    ``data_range`` (None: the reference's own range)."""
+def _metrics(folder: Path, report: dict, ref: Volume | None, vols) -> dict:
+    """{label: {"psnr_axial": .., ...}}: the folder's metrics.json (demo), the run's own scores in ``report``
+    (recomputing them took 21 s and 2.4 GB on 100 x 512^2), else computed against the reference over its range."""
     given = _json(folder / "metrics.json")
     if given:
         return {k: {m: v for m, v in row.items() if m.startswith(("psnr_", "ssim_"))} for k, row in given.items()}
     from medrecon.metrics import flat_metrics, per_axis_metrics
-    rep = _json(folder / "report.json")  # the run's own scores: nothing recomputed (a 100 x 512^2 series took
-    scored = {"first pass (before self-adaptation)": (rep.get("self_adapt") or {}).get("first_pass_scores"),
-              "reconstruction": rep.get("vs_reference")}  # 21 s and 2.4 GB again; above 64 M voxels, none shown)
+    scored = {"first pass (before self-adaptation)": (report.get("self_adapt") or {}).get("first_pass_scores"),
+              "reconstruction": report.get("vs_reference")}
     if scored["reconstruction"]:
         return {label: flat_metrics(m) for label, m in scored.items() if m and label in dict(vols)}
     if ref is None or ref.data.size > PAGE_METRIC_VOXELS:
@@ -180,7 +180,7 @@ def _metrics(folder: Path, ref: Volume | None, vols, data_range: float | None = 
     out = {}
     for label, v in vols:
         if v is not ref and v.shape == ref.shape:
-            m = per_axis_metrics(ref.data, v.data, data_range)
+            m = per_axis_metrics(ref.data, v.data)
             out[label] = flat_metrics(m)
     return out
 

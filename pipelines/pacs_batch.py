@@ -21,7 +21,7 @@ from medrecon.io import list_series
 
 from .batching import (CONFLICT, BatchResult, relative, batch_lock, check_batch_root, output_state, read_manifest, sanitize,
                     write_manifest)
-from .config import load_config, override_list
+from .config import load_config
 from .html_report import write_batch_index
 from .outputs import write_json
 from .pacs import PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
@@ -35,7 +35,7 @@ class Runner:
 
     def __init__(self, settings: PacsSettings, output_root: Path, config, overrides=(), send: bool = True,
                  overwrite: bool = False, progress: bool = False, echo=print):
-        self.cfg = load_config(config, override_list(overrides))  # validated before anything runs
+        self.cfg = load_config(config, overrides)  # validated before anything runs
         self.fingerprint = self.cfg.fingerprint()
         self.settings, self.send, self.overwrite, self.progress, self.echo = settings, send, overwrite, progress, echo
         if send:

@@ -86,7 +86,6 @@ class Problem:
     no_signal: float = 0.0  # the model value whose measured quantity is 0 (CT: mu 0, -1000 HU; MRI: 0), -b / a
     info: dict = field(default_factory=dict)
     adapted: tuple | None = None  # after a self-adapted solve: (the first result as a Volume, the adapted prior)
-    _warm: dict = field(default_factory=dict, repr=False)  # the last warm start and its settings (``warm_start``)
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -210,12 +209,13 @@ class Problem:
             stage = tqdm.write if progress else (lambda text: None)
             stage(f"self-adapted reconstruction: pass 1 of 2, then {steps} steps fine-tuning the prior on its result, "
                   "then pass 2 (about 3x one pass)")
-            first = self._run(s, progress, None, 0)
+            warm = self.warm_start(s, progress)  # deterministic: both passes start from it
+            first = self._run(s, progress, None, 0, warm)
             stage(f"pass 1 of 2 done; fine-tuning the prior on it ({steps} steps)")
             own, self.prior = self.prior, self._self_adapted_prior(s, steps, first.x, progress)
             stage("pass 2 of 2, with the fine-tuned prior")
             try:
-                out = self._run(s, progress, snapshot, snapshot_every)
+                out = self._run(s, progress, snapshot, snapshot_every, warm)
             finally:
                 self.prior = own
             out.nfe_per_slice += first.nfe_per_slice
@@ -309,7 +309,8 @@ class Problem:
         self.adapted = (first_vol, prior)
         return prior
 
-    def _run(self, s, progress: bool, snapshot, snapshot_every: int) -> Solution:
+    def _run(self, s, progress: bool, snapshot, snapshot_every: int, warm: torch.Tensor | None = None) -> Solution:
+        """One solve with settings ``s``; ``warm``: its warm start when already computed (else computed here)."""
         if s.name in ("fbp", "zero_filled"):
             return Solution(self.linear_reconstruction(s.name))
         A, y = self.least_squares() if s.name not in GUIDED else (self.operator, self.data)
@@ -337,7 +338,7 @@ class Problem:
                 snapshot_every=snapshot_every, start_sigma=self.start_sigma(s), **self._sampler_options(s))
         except ValueError as e:
             raise InputError(f"solver ({s.name}): {e}") from None
-        x_init = self.warm_start(s, progress)
+        x_init = warm.clone() if warm is not None else self.warm_start(s, progress)
         if s.samples > 1:
             mean, std = sample_posterior(solver, s.samples, x_init=x_init)
             out = Solution(mean, std, solver.nfe * s.samples)
@@ -416,14 +417,9 @@ class Problem:
         if self.start_sigma(s) is None:
             return None
         w = s.warm_start
-        key = (w.lam, w.iters, self.bounds(s), id(self.data), id(self.sqrt_weights))  # deterministic: a self-
-        # adapted run's second pass reuses the first's (a copy with other weights, cross-validation's, does not)
-        if self._warm.get("key") != key:
-            with iteration_bar("warm start (3D ADMM-TV)", w.iters, progress) as tick:
-                self._warm = {"key": key, "x": admm_tv(*self.least_squares(), w.lam, 10 * w.lam, w.iters,
-                                                        axes=(0, 1, 2), n_cg=5, x0=self.physical_zero(),
-                                                        clip=self.bounds(s), callback=tick)}
-        return self._warm["x"].clone()
+        with iteration_bar("warm start (3D ADMM-TV)", w.iters, progress) as tick:
+            return admm_tv(*self.least_squares(), w.lam, 10 * w.lam, w.iters, axes=(0, 1, 2), n_cg=5,
+                           x0=self.physical_zero(), clip=self.bounds(s), callback=tick)
 
     def least_squares(self) -> tuple[LinearOperator, torch.Tensor]:
         """(A, y) of the data term 1/2 ||A x - y||^2 the iterative solvers minimise: W^1/2 A and W^1/2 y with

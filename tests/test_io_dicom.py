@@ -621,6 +621,9 @@ def test_a_derived_series_of_a_source_with_a_fractional_rescale_keeps_its_stored
     ds = pydicom.dcmread(sorted(write_dicom_series(vol, tmp_path / "philips").iterdir())[0])
     assert float(ds.RescaleSlope) == 2.5 and float(ds.RescaleIntercept) == 0.0
     np.testing.assert_array_equal(ds.pixel_array, stored[0])
+    wide = vol.with_data(np.where(np.arange(16) % 2, 100000.0, -2.5)[None, None, :] * np.ones((3, 16, 1), np.float32))
+    back = read_volume(write_dicom_series(wide, tmp_path / "wide"))  # -1 .. 40000 steps: neither int16 nor uint16
+    np.testing.assert_allclose(back.data, wide.data, atol=2.0)  # another scale, nothing clipped to 0
 
 
 def test_a_source_whose_uids_live_in_the_file_meta_only_is_still_referenced_and_numbered_its_way(tmp_path):

@@ -34,7 +34,8 @@ from pydicom.valuerep import PersonName
 from ..errors import InputError
 from ..volume import Volume
 from .common import warn
-from .dicom_scan import SeriesInfo, choose_series, header_kind, is_dicom_file, list_series, not_a_volume, read_header
+from .dicom_scan import (SeriesInfo, choose_series, header_kind, image_type, is_dicom_file, is_localizer, list_series,
+                         read_header)
 
 __all__ = ["SOURCE_TAGS", "SeriesInfo", "choose_series", "is_dicom_file", "list_series", "read_dicom_series",
            "resample_along_normal"]
@@ -95,10 +96,12 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
         raise InputError(f"{where}: {reason}")
     if not headers:
         raise InputError(f"{where}: no readable DICOM image; check the files are complete DICOM images")
-    scouts = [f for f, ds in headers if not_a_volume(ds) == "a localizer (scout)"]
-    if scouts and len(scouts) < len(headers):  # a scout filed in the scan's own series: not one of its slices
-        warn(notes, f"{where}: left out {len(scouts)} localizer (scout) image(s) of the series, e.g. {scouts[0].name}")
-        headers = [(f, ds) for f, ds in headers if f not in set(scouts)]
+    slices = [(f, ds) for f, ds in headers if not is_localizer(ds)]
+    if slices and len(slices) < len(headers):  # a scout filed in the scan's own series: not one of its slices
+        scout = next(f for f, ds in headers if is_localizer(ds))
+        warn(notes, f"{where}: left out {len(headers) - len(slices)} localizer (scout) image(s) of the series, e.g. "
+                    f"{scout.name}")
+        headers = slices
     if len({str(ds.SeriesInstanceUID) for _, ds in headers}) > 1:
         raise InputError(f"{where}: the files belong to several series; read one series at a time "
                          "(medrecon info FOLDER lists them)")
@@ -157,7 +160,7 @@ def _not_an_image(ds) -> str:
 
 
 def _is_mosaic(ds) -> bool:
-    return "MOSAIC" in [str(t).strip().upper() for t in (ds.get("ImageType") or [])]
+    return "MOSAIC" in image_type(ds)
 
 
 def _read_mosaic(path: Path, info: SeriesInfo, notes: list) -> Volume:
@@ -453,10 +456,8 @@ def _undo_monochrome1(data: np.ndarray, headers: list) -> np.ndarray:
     for k, ds in enumerate(headers):
         if str(ds.get("PhotometricInterpretation", "")).strip() != "MONOCHROME1":
             continue
-        m = (_floats(ds.get("RescaleSlope")) or (1.0,))[0]
-        b = (_floats(ds.get("RescaleIntercept")) or (0.0,))[0]
-        bits = int(ds.get("BitsStored", 16) or 16)
-        inverted_max = -1.0 if int(ds.get("PixelRepresentation", 0) or 0) else 2.0 ** bits - 1
+        m, b = _rescale(ds)
+        inverted_max = _monochrome1_max(ds)
         data[k] = (m * inverted_max + 2 * b) - data[k]
     return data
 
@@ -478,15 +479,16 @@ def _clear_padding(data: np.ndarray, headers: list, where, notes: list) -> np.nd
         if pad is None:
             continue
         limit = _floats(ds.get("PixelPaddingRangeLimit")) or pad
-        m = (_floats(ds.get("RescaleSlope")) or (1.0,))[0]
-        b = (_floats(ds.get("RescaleIntercept")) or (0.0,))[0]
+        m, b = _rescale(ds)
         lo, hi = sorted((m * pad[0] + b, m * limit[0] + b))
         modality = str(ds.get("Modality", ""))
         if modality == "CT" and CT_VALUES_HU[0] <= lo and hi <= CT_VALUES_HU[1]:
             continue
         hit = (data[k] >= lo - 0.5 * abs(m)) & (data[k] <= hi + 0.5 * abs(m))
-        others = data[k][~hit]
-        fill = PADDING_FILL.get(modality, float(others.min()) if others.size else lo)
+        fill = PADDING_FILL.get(modality)
+        if fill is None:  # another modality: the lowest value the slice holds besides the padding
+            others = data[k][~hit]
+            fill = float(others.min()) if others.size else lo
         hit &= data[k] != fill
         if hit.any():
             data[k][hit] = fill
@@ -544,9 +546,8 @@ def _read_slice(f: Path, name: str) -> tuple[np.ndarray | None, str]:
     if v.ndim != 2:
         return None, f"pixel data of shape {v.shape}, not one grayscale image"
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":  # as GDCM gives it
-        v = (-1.0 if int(ds.get("PixelRepresentation", 0) or 0) else 2.0 ** int(ds.get("BitsStored", 16) or 16) - 1) - v
-    m = (_floats(ds.get("RescaleSlope")) or (1.0,))[0]
-    b = (_floats(ds.get("RescaleIntercept")) or (0.0,))[0]
+        v = _monochrome1_max(ds) - v
+    m, b = _rescale(ds)
     return (m * v + b).astype(np.float32), ""
 
 
@@ -586,6 +587,16 @@ def _itk_quiet():
         yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(old)
+
+
+def _rescale(ds) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) of a header, 1 and 0 where absent (as GDCM assumes)."""
+    return (_floats(ds.get("RescaleSlope")) or (1.0,))[0], (_floats(ds.get("RescaleIntercept")) or (0.0,))[0]
+
+
+def _monochrome1_max(ds) -> float:
+    """The stored value GDCM inverts MONOCHROME1 around: -1 for signed data (-v - 1), else 2^BitsStored - 1."""
+    return -1.0 if int(ds.get("PixelRepresentation", 0) or 0) else 2.0 ** int(ds.get("BitsStored", 16) or 16) - 1
 
 
 def _floats(value):

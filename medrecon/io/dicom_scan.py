@@ -87,13 +87,13 @@ def list_series(folder, recursive: bool = False, problems: list | None = None) -
         elif kind == "image":
             uid = str(ds.SeriesInstanceUID)
             key = (uid, None if uid else path.parent)  # anonymised files without a UID: one series per folder
+            why = not_a_volume(ds)
             if key not in found:
                 found[key] = SeriesInfo(uid, [], dicom_text(ds.get("SeriesDescription")),
                                         str(ds.get("Modality", "") or ""), str(ds.get("StudyInstanceUID", "") or ""),
-                                        made_by_medrecon=made_by_medrecon(ds), not_a_volume=not_a_volume(ds))
+                                        made_by_medrecon=made_by_medrecon(ds), not_a_volume=why)
             found[key].files.append(path)
-            if found[key].not_a_volume and not not_a_volume(ds):  # a scout filed in a scan's series: a scan
-                found[key].not_a_volume = ""
+            found[key].not_a_volume = found[key].not_a_volume and why  # a scout filed in a scan's series: a scan
     with_series = {f.parent for info in found.values() for f in info.files}
     for info in found.values():
         info.unreadable = sorted(m for d in {f.parent for f in info.files} for m in damaged.get(d, []))
@@ -124,7 +124,17 @@ def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple
 
 def made_by_medrecon(ds) -> bool:
     """Whether a header is of a derived series medrecon wrote (a reconstruction, not a scan to reconstruct)."""
-    return str(ds.get("Manufacturer", "") or "") == MANUFACTURER and "DERIVED" in list(ds.get("ImageType") or [])
+    return str(ds.get("Manufacturer", "") or "") == MANUFACTURER and "DERIVED" in image_type(ds)
+
+
+def image_type(ds) -> set[str]:
+    """The values of a header's ImageType, upper case (ORIGINAL, DERIVED, LOCALIZER, MOSAIC, ...)."""
+    return {str(t).strip().upper() for t in (ds.get("ImageType") or [])}
+
+
+def is_localizer(ds) -> bool:
+    """A scout (topogram) image: no slice of a volume."""
+    return "LOCALIZER" in image_type(ds)
 
 
 def not_a_volume(ds) -> str:
@@ -133,7 +143,7 @@ def not_a_volume(ds) -> str:
     modality = str(ds.get("Modality", "") or "").upper()
     if modality in NOT_VOLUME_MODALITIES:
         return f"a {modality} object"
-    if "LOCALIZER" in [str(t).strip().upper() for t in (ds.get("ImageType") or [])]:
+    if is_localizer(ds):
         return "a localizer (scout)"
     if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
         return "a colour image"

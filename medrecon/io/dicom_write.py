@@ -74,6 +74,13 @@ def source_lattice(src: dict) -> tuple[float, float] | None:
     return (m, b) if np.isfinite(m) and np.isfinite(b) and m > 0 and (m != round(m) or b != round(b)) else None
 
 
+def on_lattice(values: np.ndarray, lattice: tuple[float, float]) -> bool:
+    """Whether every value is slope * a whole number + intercept (to 1e-3 of a step)."""
+    m, b = lattice
+    k = (np.asarray(values, np.float64) - b) / m
+    return bool(np.allclose(k, np.round(k), atol=1e-3))
+
+
 def stored_scaling(data: np.ndarray, lattice: tuple[float, float] | None = None) -> tuple[str, str, bool]:
     """(RescaleSlope, RescaleIntercept) as DICOM DS text and whether the stored 16-bit values are signed: "1", "0",
     signed for integer voxels within int16; "1", the minimum, unsigned for integers spanning at most 65536 values
@@ -81,11 +88,11 @@ def stored_scaling(data: np.ndarray, lattice: tuple[float, float] | None = None)
     them (its stored values then come back as they were); else signed, an intercept at mid-range and a slope that
     maps the range into about +-32000."""
     lo, hi = float(data.min()), float(data.max())
-    if lattice is not None:
+    if lattice is not None and on_lattice(data, lattice):
         m, b = lattice
-        k = (data.astype(np.float64) - b) / m
-        if np.allclose(k, np.round(k), atol=1e-3) and float(k.max()) <= 65535 and float(k.min()) >= -32768:
-            return format_number_as_ds(m), format_number_as_ds(b), float(k.max()) <= 32767
+        lo_k, hi_k = (lo - b) / m, (hi - b) / m  # int16, or uint16 when nothing is negative
+        if -32768 <= lo_k and hi_k <= 32767 or 0 <= lo_k and hi_k <= 65535:
+            return format_number_as_ds(m), format_number_as_ds(b), hi_k <= 32767
     if np.array_equal(data, np.round(data)):
         if -32768 <= lo and hi <= 32767:
             return "1", "0", True

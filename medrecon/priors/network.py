@@ -75,7 +75,7 @@ class NetworkPrior(Denoiser):
         return next(self.network.parameters()).device
 
     def arithmetic(self):
-        """The context every network call runs in: bf16 autocast where ``precision`` is bf16, else none."""
+        """The context every network call runs in: bf16 autocast where ``precision`` is bf16, else exact fp32."""
         if self.precision != "bf16":
             return exact_fp32(self.device.type)
         cached = getattr(self, "_image_convs", None)  # (network, its image convolutions): found once per network

@@ -35,7 +35,6 @@ Counters per slice: ``nfe`` (network evaluations) and ``backward_passes`` (vecto
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import torch
 
@@ -119,8 +118,8 @@ class GuidedSampler(DiffusionSolver):
             norm = None
             if g0 is None:
                 g0, norm = self.data_gradient(x0.detach(), sl)
-            with exact_fp32(xg.device.type) if getattr(self.prior, "precision", None) != "bf16" else nullcontext():
-                grad, = torch.autograd.grad(x0, xg, g0)  # the backward convolutions in fp32 as the forward ones
+            with exact_fp32(xg.device.type):  # fp32 convolutions of the backward in fp32, as their forward
+                grad, = torch.autograd.grad(x0, xg, g0)
         return x0.detach(), grad, norm
 
     def tweedie(self, x: torch.Tensor, sigma: float, chunk_size: int):

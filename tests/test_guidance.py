@@ -335,18 +335,29 @@ def test_pipeline_passes_the_step_size_and_the_warm_starts_settings(monkeypatch)
 
 def test_the_guided_samplers_backward_pass_runs_in_the_fp32_of_the_forward(monkeypatch):
     """MCG / DPS differentiate through the network after its call returned: the backward convolutions ran in
-    torch's default TF32 on CUDA while the forward ran in fp32. The gradient is taken inside exact_fp32 too."""
+    torch's default TF32 on CUDA while the forward ran in fp32. The gradient is taken inside exact_fp32 too
+    (every autograd.grad call is checked to run while the spy context is open)."""
     from contextlib import contextmanager
 
     import medrecon.solvers.guidance as guidance
-    entered = []
+    inside, seen = [False], []
 
     @contextmanager
     def spy(device_type):
-        entered.append(device_type)
-        yield
+        inside[0] = True
+        try:
+            yield
+        finally:
+            inside[0] = False
+
+    grad = torch.autograd.grad
+
+    def checked_grad(*a, **k):
+        seen.append(inside[0])
+        return grad(*a, **k)
 
     monkeypatch.setattr(guidance, "exact_fp32", spy)
+    monkeypatch.setattr(torch.autograd, "grad", checked_grad)
     prior, A, y, _, _ = _white_problem()
     MCGSampler(prior, A, y, n_steps=3, chunk_size=4, seed=0).run()
-    assert entered and set(entered) == {"cpu"}
+    assert seen and all(seen)

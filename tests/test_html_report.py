@@ -274,5 +274,12 @@ def test_every_view_names_the_patients_sides(series, tmp_path):
     folder, _ = series
     dom = _chromium(tmp_path, (folder / "index.html").as_uri(), "--dump-dom")
     cells = re.findall(r'<div id="v0-(\w+)".*?</div>(.*?)<div class="lab">', dom, flags=re.S)
-    sides = {p: re.findall(r'class="side"[^>]*>(\w)<', rest) for p, rest in cells}
-    assert sides == {"axial": ["R", "L", "A", "P"], "coronal": ["R", "L", "S", "I"], "sagittal": ["A", "P", "S", "I"]}
+    sides = {p: {c: (float(x), float(y)) for x, y, c in
+                 re.findall(r'class="side" style="left: ?([-\d.]+)px; ?top: ?([-\d.]+)px;?">(\w)<', rest)}
+             for p, rest in cells}
+    expect = {"axial": "RLAP", "coronal": "RLSI", "sagittal": "APSI"}  # left, right, top, bottom edge
+    for plane, (left, right, top, bottom) in expect.items():
+        at = sides[plane]
+        assert set(at) == {left, right, top, bottom}, plane
+        assert at[left][0] < at[top][0] < at[right][0], plane  # radiological: the patient's right on the left
+        assert at[top][1] < at[left][1] < at[bottom][1], plane  # anterior (axial) / superior at the top

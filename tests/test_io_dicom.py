@@ -452,8 +452,9 @@ def test_slices_gdcm_refuses_are_read_by_pydicom_and_undecodable_ones_say_why(tm
 
 
 def test_pixels_at_the_padding_value_are_air_not_values(tmp_path):
-    """PixelPaddingValue marks pixels outside the scanned area; stored unsigned, -2000 HU of padding read as
-    +62512 HU. Those pixels become air (-1000 HU) with a warning; every other pixel keeps its value."""
+    """PixelPaddingValue marks pixels outside the scanned area (stored unsigned, -2000 HU of padding was read as
+    +62512 HU; here signed, the same rule on the rescaled value). Those pixels become air (-1000 HU) with a
+    warning; every other pixel keeps its value."""
     src = read_volume(CT5N)
     out = write_dicom_series(src, tmp_path / "padded")
     for f in out.iterdir():

@@ -42,7 +42,7 @@ def holdout_mask(problem, fraction: float, seed: int = 0) -> tuple[torch.Tensor,
         return keep, f"views {views} of {n_views}"
     # MRI: phase-encode positions are (z, last axis), z the first axis in 2D ((Z, [C,] H, W)) and the third from the
     # end in 3D ((C,) Z, Y, X)); the readout is axis -2, kept or held out whole
-    three_d = problem.measurement.info.get("layout") == "3d"
+    three_d = problem.measurement.mask_layout == "3d"
     z_axis = y.ndim - 3 if three_d else 0
     sampled = (y.abs() > 0).amax(dim=tuple(d for d in range(y.ndim) if d not in (z_axis, y.ndim - 1))).cpu()
     outer = sampled.clone()
@@ -124,7 +124,7 @@ def cross_validate(problem, settings):
     cold = settings.warm_start.method == "none"
     sigma = sigma0 if cold else min((sigma0 * f for f in cv.start_sigma), key=lambda s: score(s, lam0))
     # no diffusion (sigma 0), or one slice: the z-TV weight does not act
-    one_slice = problem.measurement.grid.shape[0] == 1 and problem.measurement.info.get("layout") != "3d"
+    one_slice = problem.measurement.grid.shape[0] == 1 and problem.measurement.mask_layout != "3d"
     lam = lam0 if sigma == 0 or one_slice else min((lam0 * f for f in cv.lam), key=lambda v: score(sigma, v))
     log.info(f"cross-validation ({held} held out) chose start_sigma {sigma:.3g}, z-TV lam {lam:.3g}"
              + (": the warm start itself, no diffusion" if sigma == 0 else ""))

@@ -44,6 +44,14 @@ class Measurement:
         return vol.crop(*crop) if crop else vol
 
     @property
+    def mask_layout(self) -> str | None:
+        """MRI: '3d' when the data were sampled over (kz, kx) as one 3D acquisition, else '2d' (what the data hold,
+        recorded at simulation, whatever the config reconstructing them says); None for CT."""
+        if self.modality != "mri":
+            return None
+        return self.info.get("layout") or "2d"
+
+    @property
     def output_plane(self) -> tuple[int, int]:
         """The in-plane shape of ``output_volume``."""
         crop = self.info.get("crop")

@@ -243,14 +243,6 @@ class Problem:
         """The pixels some coil sees (``coil_support`` of the fixed operator; None: all of them, or CT)."""
         return None if self.measurement.modality == "ct" else coil_support(self.operator)
 
-    @property
-    def mask_layout(self) -> str | None:
-        """MRI: '3d' when the data were sampled over (kz, kx) as one 3D acquisition, else '2d' (what the data
-        hold, recorded at simulation, whatever the config reconstructing them says); None for CT."""
-        if self.measurement.modality != "mri":
-            return None
-        return self.measurement.info.get("layout") or ("3d" if len(self.operator.in_shape) == 3 else "2d")
-
     def self_adapt_steps(self, s) -> int:
         """``solver.self_adapt.steps`` as set (a prior that cannot be adapted then stops here, before the first
         pass; without a prior, the first pass says what is missing); null: ``registry.SELF_ADAPT_DEFAULT`` for the
@@ -266,7 +258,7 @@ class Problem:
         steps = SELF_ADAPT_DEFAULT.get(s.name, {}).get(modality, 0)
         if not steps or self.prior is None or is_measured_kspace(self.measurement):
             return 0
-        off = SELF_ADAPT_OFF.get((modality, self.mask_layout))
+        off = SELF_ADAPT_OFF.get((modality, self.measurement.mask_layout))
         if off:
             self.info["self_adapt"] = {"skipped": f"off by default on {off}"}
             return 0
@@ -379,7 +371,7 @@ class Problem:
     def same_mask(self) -> bool:
         """MRI slices (2D layout) that share one k-space mask: their undersampling aliasing is the same on every slice."""
         m = self.measurement
-        if m.modality != "mri" or m.info.get("layout") == "3d" or m.mask is None:
+        if m.mask_layout != "2d" or m.mask is None:
             return False
         mask = np.asarray(m.mask)
         return mask.ndim < 3 or bool((mask == mask[:1]).all())
@@ -709,7 +701,7 @@ def coil_maps_used(cfg: Config, meas: Measurement) -> str:
 
 def _mri_operator(cfg: Config, meas: Measurement, complex_images: bool) -> LinearOperator:
     k = torch.from_numpy(np.asarray(meas.data))
-    three_d = meas.info.get("layout") == "3d"
+    three_d = meas.mask_layout == "3d"
     return mri_operator(meas.grid.shape if three_d else meas.grid.shape[1:], meas.mask, kspace=k,
                         coil_maps=None if meas.coil_maps is None else torch.from_numpy(np.asarray(meas.coil_maps)),
                         maps_from=cfg.mri.coil_maps, three_d=three_d, real_input=not complex_images,

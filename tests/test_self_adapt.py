@@ -83,7 +83,7 @@ def test_default_adapts_the_fast_sampler_on_mr_images_with_a_patch_prior_only(tm
     _, meas = simulate_volume(load_config("cs_mri_3d_poisson", [], check_files=False).resolved(),
                               _mr_volume((4, 64, 64)), 64)
     p = Problem.build(load_config("cs_mri_x4", [], check_files=False).resolved(), meas)
-    assert p.mask_layout == "3d" and p.self_adapt_steps(p.config.solver) == 0
+    assert p.measurement.mask_layout == "3d" and p.self_adapt_steps(p.config.solver) == 0
 
 
 def test_self_adapted_reconstruction_reports_both_passes_and_keeps_the_adapted_prior(tmp_path):

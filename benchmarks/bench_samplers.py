@@ -35,6 +35,7 @@ import torch
 from medrecon.priors.base import Denoiser, VESchedule
 from medrecon.solvers.diffusion import DiffusionMBIR, FastSampler
 
+from pipelines.outputs import reset_rss_peak, rss_kib
 from pipelines.registry import ADMM_DEFAULTS
 
 LAM, RHO = ADMM_DEFAULTS["ct"]["lam"], ADMM_DEFAULTS["ct"]["rho"]  # the DiffusionMBIR paper's CT z-TV and ADMM penalty
@@ -118,11 +119,6 @@ def overhead(args) -> list[dict]:
     return rows
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def _peak_child(args):
     """One memory configuration (run in a fresh process): prints the peak RSS growth in MiB as JSON."""
     prior = UNetDenoiser(args.size)
@@ -131,11 +127,10 @@ def _peak_child(args):
     solver = cls(prior, A, y, n_steps=args.steps, chunk_size=args.chunk, lam=LAM, rho=RHO)
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")                                          # reset the peak resident set (VmHWM)
-    before = _status_kib("VmRSS")
+    assert reset_rss_peak(), "needs Linux's /proc/self/clear_refs"  # the peak resident set (VmHWM) starts here
+    before = rss_kib("VmRSS")
     solver.run()
-    growth = (_status_kib("VmHWM") - before) / 1024
+    growth = (rss_kib("VmHWM") - before) / 1024
     print(json.dumps(dict(sampler=cls.__name__, slices=args.slices, chunk=args.chunk,
                           peak_growth_mib=round(growth, 1),
                           one_volume_mib=round(args.slices * args.size ** 2 * 4 / 2 ** 20, 2))))

@@ -5,8 +5,6 @@ metric definition, so every column of a comparison differs only in the solver.
 """
 from __future__ import annotations
 
-import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,45 +16,31 @@ from medrecon.metrics import AXES, flat_metrics
 from medrecon.volume import Volume
 
 from .config import Config, load_config
-from .outputs import write_json
+from .outputs import reset_rss_peak, rss_kib, write_json
 from .problem import Problem
 from .registry import SOLVERS
 
 
 class PeakMemory:
-    """Peak resident memory (MiB) above the starting level while the block runs, sampled every 20 ms
-    (Linux /proc), and CUDA peak allocation when the solver runs on a GPU. On CPU this is a lower bound when
-    earlier work in the same process left freed memory for the allocator to reuse; for per-process figures
-    see benchmarks/bench_samplers.py."""
+    """Peak resident memory (MiB) above the level the block starts at (Linux: VmHWM, restarted on entry; where
+    it cannot be restarted, the level at the end; 0 without /proc), and CUDA peak allocation when the solver runs on a GPU. On CPU this is a lower bound when earlier
+    work in the same process left freed memory for the allocator to reuse; for per-process figures see
+    benchmarks/bench_samplers.py."""
 
     def __init__(self, device: torch.device):
         self.device, self.cpu_mib, self.cuda_mib = device, 0.0, None
 
-    @staticmethod
-    def _rss() -> float:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-        except OSError:
-            return 0.0
-
-    def _watch(self):
-        while not self._stop.wait(0.02):
-            self._peak = max(self._peak, self._rss())
-
     def __enter__(self):
         if self.device.type == "cuda":
             reset_cuda_peak(self.device)
-        self._base = self._peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
+        self._peak_field = "VmHWM" if reset_rss_peak() else "VmRSS"
+        self._base = rss_kib()
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.cpu_mib = max(self._peak, self._rss()) - self._base
+        peak = rss_kib(self._peak_field)
+        if self._base is not None and peak is not None:
+            self.cpu_mib = max(peak - self._base, 0.0) / 1024
         if self.device.type == "cuda":
             self.cuda_mib = cuda_peak_bytes(self.device) / 2**20
 

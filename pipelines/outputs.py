@@ -55,24 +55,34 @@ def atomic_output(output, overwrite: bool, protect=(), marker: dict | None = Non
     return atomic_path(output, overwrite, protect=protect, marker=marker)
 
 
-def reset_rss_peak() -> None:
+def reset_rss_peak() -> bool:
     """Start this process's peak resident memory again from its current size (Linux: /proc/self/clear_refs),
-    so that a batch worker's report gives each series' own peak, not the largest series' before it."""
+    so that a batch worker's report gives each series' own peak, not the largest series' before it. False where
+    it cannot (not Linux, or not allowed): the process's peak stands."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:  # not Linux, or not allowed: the process's peak stands
-        pass
+        return True
+    except OSError:
+        return False
 
 
-def _rss_peak_kib() -> float:
-    """Peak resident memory in KiB: VmHWM (which ``reset_rss_peak`` restarts) where /proc has it, else
-    getrusage's maxrss (the process's whole life)."""
+def rss_kib(field: str = "VmRSS") -> float | None:
+    """This process's resident memory from /proc/self/status in KiB: ``VmRSS`` now, ``VmHWM`` its peak since the
+    last ``reset_rss_peak``; None where /proc has no such line (not Linux)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return float(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def _rss_peak_kib() -> float:
+    """Peak resident memory in KiB: VmHWM where /proc has it, else getrusage's maxrss (the process's whole life)."""
+    peak = rss_kib("VmHWM")
+    if peak is not None:
+        return peak
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return rss / 1024 if sys.platform == "darwin" else rss  # bytes there
 

@@ -27,6 +27,7 @@ from .outputs import default_window, write_json, z_stretch
 
 ASSETS = "index_files"
 MAX_TILE = 256  # pixels: longest side of one slice in a sprite (larger slices are downsampled)
+TILE_PAD = 2  # pixels of each tile's own edge repeated around it in the sprite
 VIEW_PX = 256  # CSS pixels of the largest extent (mm) of the three planes
 PLANES = ("axial", "coronal", "sagittal")
 PAGE_METRIC_VOXELS = 64e6  # compute PSNR/SSIM against the reference up to this size
@@ -50,21 +51,23 @@ def plane_extent_mm(vol: Volume, plane: str) -> tuple[float, float]:
 
 
 def write_sprite(slices: np.ndarray, lo: float, hi: float, path: Path) -> dict:
-    """All slices on a grid of ceil(sqrt(n)) columns, 8-bit over [lo, hi]; returns the grid layout."""
+    """All slices on a grid of ceil(sqrt(n)) columns, 8-bit over [lo, hi], each tile framed by ``TILE_PAD``
+    copies of its own edge pixels (an enlarged view interpolates into the frame, not into the next slice);
+    returns the grid layout."""
     n, h, w = slices.shape
     scale = min(1.0, MAX_TILE / max(h, w))
     th, tw = max(1, round(h * scale)), max(1, round(w * scale))
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    sheet = Image.new("L", (cols * tw, rows * th), 0)
+    ch, cw = th + 2 * TILE_PAD, tw + 2 * TILE_PAD
+    sheet = np.zeros((rows * ch, cols * cw), np.uint8)
     grey = np.clip((slices.astype(np.float64) - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     for k in range(n):
-        tile = Image.fromarray(grey[k])
-        if (th, tw) != (h, w):
-            tile = tile.resize((tw, th), Image.BILINEAR)
-        sheet.paste(tile, ((k % cols) * tw, (k // cols) * th))
-    sheet.save(path, optimize=True)
-    return {"src": f"{ASSETS}/{path.name}", "n": n, "cols": cols, "rows": rows}
+        tile = grey[k] if (th, tw) == (h, w) else np.asarray(Image.fromarray(grey[k]).resize((tw, th), Image.BILINEAR))
+        r, c = divmod(k, cols)
+        sheet[r * ch:(r + 1) * ch, c * cw:(c + 1) * cw] = np.pad(tile, TILE_PAD, mode="edge")
+    Image.fromarray(sheet).save(path, optimize=True)
+    return {"src": f"{ASSETS}/{path.name}", "n": n, "cols": cols, "rows": rows, "tile": [tw, th], "pad": TILE_PAD}
 
 
 def _thumbnail(image: np.ndarray, spacing_xy, size: int = 96) -> Image.Image:
@@ -274,13 +277,15 @@ const planes = ["axial", "coronal", "sagittal"], idx = {};
 // the patient's sides at each view's left, right, top and bottom edge (the views are shown in LPS order, as
 // preview.png: radiological, the patient's right on the left; anterior and superior at the top)
 const SIDES = {axial: ["R", "L", "A", "P"], coronal: ["R", "L", "S", "I"], sagittal: ["A", "P", "S", "I"]};
+function cssPerPixel(s, w, h) { return [w / s.tile[0], h / s.tile[1]]; }  // a view's CSS px per sprite px
 function place(k, p) {  // show slice k of plane p in every row
   idx[p] = k;
   document.getElementById(p + "-label").textContent = (k + 1) + " / " + V.rows[0].sprites[p].n;
   const [w, h] = V.size[p];
   V.rows.forEach((r, i) => {
-    const s = r.sprites[p], el = document.getElementById("v" + i + "-" + p);
-    el.style.backgroundPosition = (-(k % s.cols) * w) + "px " + (-Math.floor(k / s.cols) * h) + "px";
+    const s = r.sprites[p], el = document.getElementById("v" + i + "-" + p), [sx, sy] = cssPerPixel(s, w, h);
+    el.style.backgroundPosition = (-((k % s.cols) * (s.tile[0] + 2 * s.pad) + s.pad) * sx) + "px " +
+      (-(Math.floor(k / s.cols) * (s.tile[1] + 2 * s.pad) + s.pad) * sy) + "px";
     el.dataset.slice = k;
   });
 }
@@ -303,10 +308,10 @@ for (const p of planes) {
 V.rows.forEach((r, i) => {
   let h = `<div><div class="lab">${r.label}</div>`;
   for (const p of planes) {
-    const s = r.sprites[p], [w, hh] = V.size[p];
+    const s = r.sprites[p], [w, hh] = V.size[p], [sx, sy] = cssPerPixel(s, w, hh);
     const [l, rt, t, b] = SIDES[p], at = (x, y, c) => `<span class="side" style="${x};${y}">${c}</span>`;
     h += `<div class="cell"><div id="v${i}-${p}" class="view${r.fixed ? " fixed" : ""}" style="width:${w}px;` +
-      `height:${hh}px;background-image:url('${s.src}');background-size:${s.cols * w}px ${s.rows * hh}px"></div>` +
+      `height:${hh}px;background-image:url('${s.src}');background-size:${s.cols * (s.tile[0] + 2 * s.pad) * sx}px ${s.rows * (s.tile[1] + 2 * s.pad) * sy}px"></div>` +
       at("left:3px", `top:${hh / 2 - 6}px`, l) + at(`left:${w - 10}px`, `top:${hh / 2 - 6}px`, rt) +
       at(`left:${w / 2 - 3}px`, "top:1px", t) + at(`left:${w / 2 - 3}px`, `top:${hh - 13}px`, b) +
       `<div class="lab">${p}${p !== "axial" && V.stretch > 1 ? " (z x" + V.stretch + ")" : ""}</div></div>`;

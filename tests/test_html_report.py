@@ -14,7 +14,7 @@ from PIL import Image
 
 from medrecon.io import write_nifti
 from medrecon.volume import Volume
-from pipelines.html_report import ASSETS, plane_slices, write_batch_index, write_series_page
+from pipelines.html_report import ASSETS, TILE_PAD as PAD, plane_slices, write_batch_index, write_series_page, write_sprite
 
 BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
@@ -73,7 +73,7 @@ def test_series_page_files(series):
     assert summary["methods"] == ["reference", "reconstruction"] and summary["solver"] == "fast"
     assert summary["metrics"]["reconstruction"]["psnr_axial"] < 60  # computed against the reference
     sprite = Image.open(folder / ASSETS / "v1_axial.png")
-    assert sprite.size == (3 * 24, 3 * 20)  # 8 slices on a 3 x 3 grid
+    assert sprite.size == (3 * (24 + 2 * PAD), 3 * (20 + 2 * PAD))  # 8 slices on a 3 x 3 grid, each framed
     assert (folder / ASSETS / "v2_axial.png").is_file()  # the uncertainty map
 
 
@@ -84,17 +84,34 @@ def test_slider_moves_to_the_slice_and_shows_it(series, tmp_path):
     assert re.search(r'id="axial-label"[^>]*>6 / 8<', dom)
     view = _element(dom, "v1-axial")
     assert f'data-slice="{k}"' in view
-    # the view shows tile k of its sprite: background-position = -(k % cols) * w, -(k // cols) * h
-    w, h = (int(v) for v in re.search(r"width: (\d+)px; height: (\d+)px", view).groups())
-    x, y = (int(v) for v in re.search(r"background-position: (-?\d+)px (-?\d+)px", view).groups())
-    cols = 3
-    assert (x, y) == (-(k % cols) * w, -(k // cols) * h)
+    # the view shows tile k of its sprite, inside its frame: the sprite scaled by the view's size over the tile's
+    w, h = (float(v) for v in re.search(r"width: ([\d.]+)px; height: ([\d.]+)px", view).groups())
+    x, y = (float(v) for v in re.search(r"background-position: (-?[\d.]+)px (-?[\d.]+)px", view).groups())
+    cols, (cw, ch) = 3, (24 + 2 * PAD, 20 + 2 * PAD)
+    assert (x, y) == pytest.approx((-((k % cols) * cw + PAD) * w / 24, -((k // cols) * ch + PAD) * h / 20), abs=0.01)
     sprite = np.asarray(Image.open(folder / ASSETS / "v1_axial.png"), np.float64)
-    tile = sprite[(k // cols) * 20:(k // cols + 1) * 20, (k % cols) * 24:(k % cols + 1) * 24]
+    tile = sprite[(k // cols) * ch + PAD:(k // cols) * ch + PAD + 20, (k % cols) * cw + PAD:(k % cols) * cw + PAD + 24]
     assert tile[7, 2 + 2 * k + 1] > 200 and tile[7, 2 + 2 * (k - 2) + 1] < 200  # the square of slice k, not k-2
     # window/level 400/40 on the SVG filter: slope = (hi - lo) / W
     slope = float(re.search(r'id="fr"[^>]*slope="([-0-9.e]+)"', dom).group(1))
     assert 4 < slope < 6  # display range about -1000..1000 HU (the reference, widened to the window) / 400 HU
+
+
+def test_sprite_frames_each_tile_with_its_own_edge(tmp_path):
+    """An enlarged view interpolates a pixel or two past its tile's edge: what lies there is the tile's own edge
+    repeated, never the next slice (a dark slice beside bright ones showed a bright rim)."""
+    slices = np.stack([np.full((5, 7), v, np.float32) for v in (0, 100, 0, 100)])
+    slices[:, 2, 3] = 50  # an inner pixel that must not reach the frame
+    layout = write_sprite(slices, 0, 100, tmp_path / "s.png")
+    sheet = np.asarray(Image.open(tmp_path / "s.png"))
+    assert layout["pad"] == PAD >= 1 and layout["tile"] == [7, 5] and (layout["cols"], layout["rows"]) == (2, 2)
+    ch, cw = 5 + 2 * PAD, 7 + 2 * PAD
+    for k in range(4):
+        r, c = divmod(k, 2)
+        cell = sheet[r * ch:(r + 1) * ch, c * cw:(c + 1) * cw]
+        inner = cell[PAD:PAD + 5, PAD:PAD + 7]
+        assert (inner == np.round(slices[k] * 2.55)).all()
+        assert (np.pad(inner, PAD, mode="edge") == cell).all()  # the frame: the tile's own edge
 
 
 def test_screenshot_is_not_blank_and_window_level_changes_it(series, tmp_path):

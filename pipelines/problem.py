@@ -650,9 +650,12 @@ def setting_warnings(cfg: Config, meas: Measurement, source: Volume | None, prio
     sx, sy = source.spacing[:2]
     used = "resampled_from_positions" in source.meta or max(sx, sy) > MAX_OBLONG * min(sx, sy)  # what it allowed
     if resample and prior is None and not used:  # beside a prior's run, this one would be on another grid
-        out.append(f"--resample changes nothing for solver {cfg.solver.name}, which uses no prior: the input's own "
-                   "grid is kept (set ct.pixel_size / mri.pixel_size or image_size to put a comparison on the "
-                   "prior's grid)")
+        m = cfg.modality
+        grid_set = [f"{m}.{k}" for k in ("image_size", "pixel_size") if getattr(getattr(cfg, m), k) is not None]
+        out.append(f"--resample changes nothing for solver {cfg.solver.name}, which uses no prior: " + (
+            f"the grid is the one {' and '.join(grid_set)} set" if grid_set else
+            f"the input's own grid is kept (set {m}.pixel_size or {m}.image_size to put a comparison on the "
+            "prior's grid)"))
     return out
 
 

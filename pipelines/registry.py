@@ -366,7 +366,7 @@ SOLVERS = {s.name: s for s in (
     SolverSpec("fbp", FBPSettings, "filtered back-projection", modalities=("ct",), steps=1),
     SolverSpec("zero_filled", ZeroFilledSettings, "zero-filled inverse FFT (A^H y)", modalities=("mri",), steps=1),
     SolverSpec("cgls", CGLSSettings, "least squares by CGLS (MRI: LS-SENSE)", steps=50),
-    SolverSpec("sirt", SIRTSettings, "SIRT", steps=100),
+    SolverSpec("sirt", SIRTSettings, "SIRT", modalities=("ct",), steps=100),
 )}
 
 SolverSettings = Annotated[Union[tuple(s.settings for s in SOLVERS.values())], Field(discriminator="name")]

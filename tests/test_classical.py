@@ -29,6 +29,16 @@ def test_cgls_and_cg_normal_reach_the_least_squares_solution(device):
     assert 1e-9 < float(grad) <= 1e-3
 
 
+@pytest.mark.parametrize("scale", [1e-9, 1e6])
+def test_cg_solvers_do_not_depend_on_the_operator_scale(scale):
+    """The breakdown test is relative to the operator's size: with A of norm about 1e-8 the absolute one took the
+    first step for rounding noise and returned x0 (relative error 1.0)."""
+    A, y, ref = _lstsq_problem("cpu")
+    A = MatrixOperator(A.matrix * scale)
+    for x in (cgls(A, y, n_iter=40), cg_normal(A, y, n_iter=40)):
+        assert torch.allclose(x * scale, ref, rtol=1e-8, atol=1e-9)
+
+
 @pytest.mark.parametrize("real_input", [True, False])
 def test_cgls_stays_converged_on_a_masked_fft_in_float32(real_input):
     """A^H A a projector: converged after a few steps, then both gamma and ||A p||^2 are float32 rounding noise;

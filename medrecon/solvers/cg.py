@@ -14,11 +14,12 @@ def stop_threshold(b: torch.Tensor, tol: float) -> torch.Tensor:
     return (max(tol, 100 * eps) * torch.linalg.vector_norm(b)) ** 2
 
 
-def broken_down(curvature: torch.Tensor, residual: torch.Tensor) -> bool:
-    """Whether a CG step's curvature (p.Mp, ||A p||^2) is rounding noise against the residual's square (or not
-    finite): once the residual lies in M's null space (e.g. A^T A a projector, converged after one step in
-    float32) another step would divide by it."""
-    return not bool(torch.isfinite(curvature)) or bool(curvature <= 1e-12 * residual)
+def broken_down(curvature: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor | float = 1.0) -> bool:
+    """Whether a CG step's curvature (p.Mp, ||A p||^2) is rounding noise against the residual's square times
+    ``scale`` (the first step's ratio of the two: M's own size, so that an operator of norm 1e-8 is not taken for
+    a null space), or not finite: once the residual lies in M's null space (e.g. A^T A a projector, converged
+    after one step in float32) another step would divide by it."""
+    return not bool(torch.isfinite(curvature)) or bool(curvature <= 1e-12 * residual * scale)
 
 
 def conjugate_gradient(apply_m: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch.Tensor,
@@ -35,12 +36,14 @@ def conjugate_gradient(apply_m: Callable[[torch.Tensor], torch.Tensor], b: torch
     p = r.clone()
     rs = inner(r, r)
     stop = stop_threshold(b, tol)
+    scale = None
     for _ in range(n_iter):
         if rs <= stop or rs == 0:
             break
         mp = apply_m(p)
         pmp = inner(p, mp)
-        if broken_down(pmp, rs):
+        scale = pmp / rs if scale is None else scale
+        if broken_down(pmp, rs, scale):
             break
         alpha = rs / pmp
         x = x + alpha * p

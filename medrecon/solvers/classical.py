@@ -43,12 +43,14 @@ def cgls(A: LinearOperator, y: torch.Tensor, x0: torch.Tensor | None = None, n_i
     p = s.clone()
     gamma = inner(s, s)
     stop = stop_threshold(aty, tol)
+    scale = None
     for _ in range(n_iter):
         if gamma <= stop or gamma == 0:
             break
         q = A.forward(p)
         qq = inner(q, q)
-        if broken_down(qq, gamma):
+        scale = qq / gamma if scale is None else scale
+        if broken_down(qq, gamma, scale):
             break
         alpha = gamma / qq
         x = x + alpha * p

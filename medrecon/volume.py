@@ -82,9 +82,16 @@ class Volume:
         """Patient directions the x, y, z voxel axes point to (dominant LPS component), e.g. 'LPS' for
         axial DICOM slices, 'RAS' for a NIfTI stored in RAS order (the same letters as nibabel's
         aff2axcodes)."""
-        axis = np.argmax(np.abs(self.direction), axis=0)
-        sign = self.direction[axis, range(3)] > 0
-        return "".join(("LPS" if s else "RAI")[a] for a, s in zip(axis, sign))
+        world, sign = self._nearest_axes()
+        return "".join(("LPS" if s > 0 else "RAI")[a] for a, s in zip(world, sign))
+
+    def _nearest_axes(self) -> tuple[list[int], list[int]]:
+        """For each voxel axis x, y, z: the LPS patient axis (0, 1, 2) it is assigned to and the sign (+1 towards
+        L, P, S), each patient axis used once (nibabel's io_orientation: a double oblique's x and z may both lie
+        nearest to L, one of them then takes the next nearest)."""
+        from nibabel.orientations import io_orientation
+        ornt = io_orientation(np.column_stack([np.vstack([self.direction, np.zeros(3)]), [0, 0, 0, 1]]))
+        return [int(a) for a in ornt[:, 0]], [int(f) for f in ornt[:, 1]]
 
     @property
     def is_oblique(self) -> bool:
@@ -99,12 +106,10 @@ class Volume:
     def nearest_lps(self) -> "Volume":
         """The same voxels with the array axes permuted and flipped so that x, y, z run along (the patient axes
         nearest to) left, posterior, superior: how the previews show a volume, whatever order it is stored in (a
-        RAS NIfTI, an LAS one). Itself when already so, or when an oblique direction has no clear nearest axes."""
-        world = np.abs(self.direction).argmax(axis=0)  # the patient axis nearest each of x, y, z
-        if sorted(world.tolist()) != [0, 1, 2]:
-            return self
-        axis_of = [int(np.flatnonzero(world == w)[0]) for w in range(3)]  # the voxel axis along L, P, S
-        flip = [bool(self.direction[w, axis_of[w]] < 0) for w in range(3)]
+        RAS NIfTI, an LAS one; a double oblique by ``orientation``'s assignment). Itself when already so."""
+        world, sign = self._nearest_axes()
+        axis_of = [world.index(w) for w in range(3)]  # the voxel axis along L, P, S
+        flip = [sign[axis_of[w]] < 0 for w in range(3)]
         if axis_of == [0, 1, 2] and not any(flip):
             return self
         data = np.transpose(self.data, [2 - axis_of[w] for w in (2, 1, 0)])  # array axes (z, y, x) = (S, P, L)

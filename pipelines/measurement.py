@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medrecon.errors import InputError
+from medrecon.io.nifti import is_nifti_pair
 from medrecon.volume import Volume
 
 MEASUREMENT_SUFFIXES = (".npz", ".h5", ".hdf5", ".cfl", ".hdr")
@@ -62,7 +63,8 @@ class Measurement:
         arrays = {"format": np.array("medrecon-measurements-1"), "modality": np.array(self.modality),
                   "data": self.data, "info": np.array(json.dumps(self.info)),
                   "grid": np.array(json.dumps({"shape": list(g.shape), "spacing": list(g.spacing),
-                                               "origin": list(g.origin), "direction": g.direction.tolist()}))}
+                                               "origin": list(g.origin), "direction": g.direction.tolist(),
+                                               "nifti": g.meta.get("nifti")}))}
         if self.geometry is not None:
             arrays["geometry"] = np.array(json.dumps(self.geometry))
         for k in ("mask", "coil_maps", "reference"):
@@ -75,9 +77,10 @@ class Measurement:
     def load(cls, path: Path) -> "Measurement":
         """A measurements file (medrecon's .npz, fastMRI/ISMRMRD HDF5, BART .cfl), checked to be usable."""
         path = Path(path)
-        if path.suffix in (".h5", ".hdf5", ".cfl", ".hdr"):
+        suffix = path.suffix.lower()
+        if suffix in (".h5", ".hdf5", ".cfl", ".hdr"):
             from . import raw_mri
-            if path.suffix in (".cfl", ".hdr"):
+            if suffix in (".cfl", ".hdr"):
                 meas = raw_mri.load_cfl(path)
             else:
                 meas = raw_mri.load_ismrmrd(path) if raw_mri.is_ismrmrd(path) else raw_mri.load_fastmri(path)
@@ -99,7 +102,8 @@ class Measurement:
             if "format" not in z or "data" not in z:
                 raise InputError(f"{path}: not a medrecon measurements file (no 'format'/'data' arrays)")
             g = json.loads(str(z["grid"]))
-            grid = Volume(np.zeros(g["shape"], np.float32), g["spacing"], g["origin"], np.array(g["direction"]))
+            grid = Volume(np.zeros(g["shape"], np.float32), g["spacing"], g["origin"], np.array(g["direction"]),
+                          {"nifti": g["nifti"]} if g.get("nifti") else None)  # the input's NIfTI codes
             meas = cls(str(z["modality"]), z["data"], grid,
                        json.loads(str(z["geometry"])) if "geometry" in z else None,
                        z["mask"] if "mask" in z else None, z["coil_maps"] if "coil_maps" in z else None,
@@ -127,7 +131,7 @@ def _check_sinogram_fits(meas: Measurement, path: Path) -> None:
 
 def is_measurement_file(path: str | Path) -> bool:
     p = Path(path)
-    return p.is_file() and p.suffix.lower() in MEASUREMENT_SUFFIXES
+    return p.is_file() and p.suffix.lower() in MEASUREMENT_SUFFIXES and not is_nifti_pair(p)
 
 
 __all__ = ["MEASUREMENT_SUFFIXES", "Measurement", "is_measurement_file"]

@@ -335,6 +335,11 @@ def test_unsigned_16_bit_integers_survive_a_derived_series_exactly(tmp_path):
     assert data.max() == 65131.0
     write_dicom_series(Volume(data, spacing=(1.0, 1.0, 2.0), meta={"dicom": {"Modality": "MR"}}), tmp_path / "s")
     assert np.array_equal(read_volume(tmp_path / "s").data, data)
+    data[data == 0] = 100  # 100 .. 65131: the values themselves, intercept 0 (a viewer ignoring it saw 100 less)
+    write_dicom_series(Volume(data, spacing=(1.0, 1.0, 2.0), meta={"dicom": {"Modality": "MR"}}), tmp_path / "t")
+    first = pydicom.dcmread(sorted((tmp_path / "t").iterdir())[0])
+    assert float(first.RescaleIntercept) == 0 and first.PixelRepresentation == 0
+    assert np.array_equal(read_volume(tmp_path / "t").data, data)
 
 
 def test_a_single_slice_without_geometry_and_zero_thickness_gets_1_mm(tmp_path):
@@ -371,6 +376,12 @@ def test_nifti_without_sform_or_qform_says_so_and_keeps_the_codes_at_zero(tmp_pa
     write_nifti(vol, tmp_path / "out.nii.gz")
     h = nib.load(tmp_path / "out.nii.gz").header
     assert (int(h["sform_code"]), int(h["qform_code"])) == (0, 0)  # not promoted to scanner coordinates
+    from pipelines.measurement import Measurement  # nor through a measurements file (simulate, then reconstruct)
+    Measurement("ct", np.zeros(1), vol.with_data(np.zeros(vol.shape, np.float32))).save(tmp_path / "m.npz")
+    grid = Measurement.load(tmp_path / "m.npz").grid
+    write_nifti(grid, tmp_path / "grid.nii.gz")
+    h = nib.load(tmp_path / "grid.nii.gz").header
+    assert (int(h["sform_code"]), int(h["qform_code"])) == (0, 0)
 
 
 def test_nifti_spatial_units_other_than_mm_are_converted(tmp_path):

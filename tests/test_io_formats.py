@@ -66,6 +66,55 @@ def test_scaled_integer_nifti_and_single_volume_4d(tmp_path):
     assert vol.orientation == "".join(nib.aff2axcodes(np.eye(4))) == "RAS"
 
 
+@pytest.mark.parametrize("kind,name", [(nib.Nifti1Pair, "p.hdr"), (nib.Nifti1Pair, "p.img"),
+                                       (nib.AnalyzeImage, "a.hdr"), (nib.Nifti2Image, "n2.NII.GZ")])
+def test_nifti_pairs_analyze_and_upper_case_nifti2_are_read(tmp_path, kind, name):
+    """SPM's .hdr/.img pairs were 'unknown format' (and BART k-space to reconstruct); an upper-case NIfTI-2 name
+    was read as NIfTI-1 and refused."""
+    data = np.arange(24, dtype=np.float32).reshape(4, 3, 2)
+    affine = np.diag([0.8, 0.9, 2.0, 1.0])
+    kind(data, affine).to_filename(str(tmp_path / name.replace(".img", ".hdr")))
+    vol = read_volume(tmp_path / name)
+    assert np.array_equal(vol.data, data.transpose(2, 1, 0)) and vol.spacing == pytest.approx((0.8, 0.9, 2.0))
+    if kind is not nib.AnalyzeImage:  # Analyze has no orientation: nibabel's default, warned
+        np.testing.assert_allclose(vol.affine_ras, affine, atol=1e-6)
+
+
+def test_a_degenerate_sform_falls_back_on_the_qform_as_itk_does(tmp_path):
+    affine = np.diag([0.8, 0.9, 2.5, 1.0])
+    affine[:3, 3] = [1, 2, 3]
+    img = nib.Nifti1Image(np.zeros((4, 5, 3), np.int16), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(np.zeros((4, 4)), code=1)
+    nib.save(img, tmp_path / "z.nii")
+    vol = read_volume(tmp_path / "z.nii")
+    itk = sitk.ReadImage(str(tmp_path / "z.nii"))
+    np.testing.assert_allclose(vol.origin, itk.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(vol.spacing, itk.GetSpacing(), atol=1e-6)
+    assert any("sform is degenerate" in w for w in vol.meta["warnings"])
+
+
+def test_orientation_assigns_each_patient_axis_once_as_nibabel_does():
+    """A 40/40 degree double oblique was 'RAR' (x and z both 'right'); nibabel's aff2axcodes says RAS."""
+    def rot(axis, deg):
+        c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+        i, j = [(1, 2), (0, 2), (0, 1)][axis]
+        m = np.eye(3)
+        m[i, i] = m[j, j] = c
+        m[i, j], m[j, i] = -s, s
+        return m
+    rng = np.random.default_rng(0)
+    for ax, ay in [(40, 40), (50, 45)] + [tuple(rng.uniform(0, 90, 2)) for _ in range(200)]:
+        A = np.eye(4)
+        A[:3, :3] = rot(0, ax) @ rot(1, ay) @ np.diag([1.0, 1.0, 3.0])
+        vol = Volume.from_affine_ras(np.arange(24, dtype=np.float32).reshape(2, 3, 4), A)
+        assert vol.orientation == "".join(nib.aff2axcodes(A))
+        shown = vol.nearest_lps()  # the preview's order: every voxel where it was
+        k = np.unravel_index(7, vol.shape)
+        kk = np.argwhere(shown.data == vol.data[k])[0]
+        np.testing.assert_allclose(shown.world_lps(kk[::-1]), vol.world_lps(np.array(k[::-1])), atol=1e-9)
+
+
 def test_nifti_with_several_volumes_refused(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((2, 3, 4, 2), np.float32), np.eye(4)), tmp_path / "t.nii")
     with pytest.raises(InputError, match="4D"):

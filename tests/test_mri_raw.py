@@ -212,6 +212,13 @@ def test_read_cfl_kspace_as_measurement(tmp_path):
     write_cfl(tmp_path / "ks", np.moveaxis(k[0], 0, -1)[:, :, None, :])  # (RO, PE1, 1, COIL)
     m = Measurement.load(tmp_path / "ks.cfl")
     assert m.data.shape == (1, 4, 64, 36) and np.array_equal(m.data[0], k[0])
+    from pipelines.measurement import is_measurement_file
+    import nibabel as nib  # a NIfTI-1 pair's .hdr is an image, not BART's header (it was read as k-space)
+    nib.Nifti1Pair(np.zeros((4, 4, 2), np.float32), np.eye(4)).to_filename(str(tmp_path / "image.hdr"))
+    assert is_measurement_file(tmp_path / "ks.hdr") and not is_measurement_file(tmp_path / "image.hdr")
+    (tmp_path / "ks.cfl").rename(tmp_path / "KS.CFL")
+    (tmp_path / "ks.hdr").rename(tmp_path / "KS.HDR")
+    assert np.array_equal(Measurement.load(tmp_path / "KS.CFL").data, m.data)  # upper case: read as .npz before
     assert np.array_equal(m.mask[0] > 0, mask > 0)
     _, k, mask, _, _ = _oversampled_case(z=2)  # two slices, the second missing every other line of the first
     k[1, ..., np.flatnonzero(mask)[::2]] = 0

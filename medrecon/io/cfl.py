@@ -16,13 +16,14 @@ from ..errors import InputError
 
 def _base(path) -> Path:
     p = Path(path)
-    return p.with_suffix("") if p.suffix in (".cfl", ".hdr") else p
+    return p.with_suffix("") if p.suffix.lower() in (".cfl", ".hdr") else p
 
 
 def read_cfl(path) -> np.ndarray:
     """A complex64 array with BART's dimension order (trailing singleton dimensions dropped)."""
     base = _base(path)
-    hdr, cfl = base.with_suffix(".hdr"), base.with_suffix(".cfl")
+    upper = Path(path).suffix.isupper()  # NAME.CFL pairs with NAME.HDR
+    hdr, cfl = (base.with_suffix(x.upper() if upper else x) for x in (".hdr", ".cfl"))
     if not hdr.is_file() or not cfl.is_file():
         raise InputError(f"{base}: BART data need both {hdr.name} and {cfl.name}")
     lines = [ln.strip() for ln in hdr.read_text().splitlines()]

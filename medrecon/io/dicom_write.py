@@ -83,8 +83,8 @@ def on_lattice(values: np.ndarray, lattice: tuple[float, float]) -> bool:
 
 def stored_scaling(data: np.ndarray, lattice: tuple[float, float] | None = None) -> tuple[str, str, bool]:
     """(RescaleSlope, RescaleIntercept) as DICOM DS text and whether the stored 16-bit values are signed: "1", "0",
-    signed for integer voxels within int16; "1", the minimum, unsigned for integers spanning at most 65536 values
-    (an unsigned 0..65535 scan: exact); the source's own slope and intercept (``lattice``) where every value lies on
+    signed for integer voxels within int16; "1", "0", unsigned for integers within 0..65535 (an unsigned scan: exact,
+    and its values as stored); "1", the minimum, unsigned for other integers spanning at most 65536 values; the source's own slope and intercept (``lattice``) where every value lies on
     them (its stored values then come back as they were); else signed, an intercept at mid-range and a slope that
     maps the range into about +-32000."""
     lo, hi = float(data.min()), float(data.max())
@@ -96,6 +96,8 @@ def stored_scaling(data: np.ndarray, lattice: tuple[float, float] | None = None)
     if np.array_equal(data, np.round(data)):
         if -32768 <= lo and hi <= 32767:
             return "1", "0", True
+        if 0 <= lo and hi <= 65535:  # stored as the values themselves: a viewer that ignores the rescale still sees them
+            return "1", "0", False
         if hi - lo <= 65535:
             return "1", format_number_as_ds(lo), False
     intercept = format_number_as_ds((lo + hi) / 2)

@@ -14,9 +14,9 @@ from .dicom_read import read_dicom_series
 from .dicom_scan import choose_series, is_dicom_file, list_series
 from .dicom_write import write_dicom_series
 from .itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
-from .nifti import is_nifti, read_nifti, write_nifti
+from .nifti import is_nifti, is_nifti_pair, read_nifti, write_nifti
 
-READABLE = "a DICOM series folder, a DICOM file, .nii/.nii.gz, .nrrd/.nhdr/.mha/.mhd or .npy"
+READABLE = "a DICOM series folder, a DICOM file, .nii/.nii.gz (or a .hdr/.img pair), .nrrd/.nhdr/.mha/.mhd or .npy"
 
 
 def read_volume(path, series: str | None = None, spacing: tuple | None = None,
@@ -60,7 +60,7 @@ def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:
     if series is not None:
         raise InputError(f"{path} is a single file; --series applies to a folder of DICOM files")
     name = path.name.lower()
-    if is_nifti(name):
+    if is_nifti(name) or is_nifti_pair(path):
         return read_nifti(path)
     if name.endswith(ITK_READ_SUFFIXES):
         return read_itk(path)

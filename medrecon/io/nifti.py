@@ -7,6 +7,7 @@ as stored (no reorientation), so each voxel keeps its world position exactly.
 """
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import nibabel as nib
@@ -24,6 +25,20 @@ def is_nifti(path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def is_nifti_pair(path) -> bool:
+    """A NIfTI-1 pair or Analyze 7.5 image (NAME.hdr + NAME.img, as SPM writes them): a .hdr or .img whose .hdr is
+    a binary header (sizeof_hdr 348, either byte order), not BART's text header of the same suffix."""
+    p = Path(path)
+    if p.suffix.lower() not in (".hdr", ".img"):
+        return False
+    try:
+        with open(p.with_suffix(".hdr" if p.suffix.islower() else ".HDR"), "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return len(head) == 4 and 348 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))
+
+
 def _sheared(affine) -> bool:
     """True where the affine's voxel axes are not orthogonal (beyond float32 header rounding)."""
     m = np.asarray(affine, dtype=np.float64)[:3, :3]
@@ -31,13 +46,31 @@ def _sheared(affine) -> bool:
     return bool(np.abs(unit.T @ unit - np.eye(3)).max() > 1e-4)
 
 
+def _degenerate(affine) -> bool:
+    a = np.asarray(affine, dtype=np.float64)
+    return not np.all(np.isfinite(a)) or bool(np.any(np.linalg.norm(a[:3, :3], axis=0) == 0))
+
+
+def _sizeof_hdr(path: Path) -> int | None:
+    """The header's first int32 (348: NIfTI-1, 540: NIfTI-2), in either byte order; None if unreadable."""
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    values = {int.from_bytes(head, "little"), int.from_bytes(head, "big")} & {348, 540}
+    return values.pop() if len(head) == 4 and values else None
+
+
 def read_nifti(path) -> Volume:
-    """Read a 3D NIfTI (2D: one slice; 4D only with one volume) into a Volume in LPS."""
+    """Read a 3D NIfTI (2D: one slice; 4D only with one volume; a NIfTI-1 or Analyze .hdr/.img pair too) into a
+    Volume in LPS."""
     path = Path(path)
     try:
         if path.name.lower().endswith((".nii", ".nii.gz")) and not path.name.endswith((".nii", ".nii.gz")):
             held = nib.FileHolder(str(path))  # nib.load knows only lower-case suffixes (and .NII / .NII.GZ)
-            img = nib.Nifti1Image.from_file_map({"header": held, "image": held})
+            kind = nib.Nifti2Image if _sizeof_hdr(path) == 540 else nib.Nifti1Image
+            img = kind.from_file_map({"header": held, "image": held})
         else:
             img = nib.load(str(path))
         check_fits_in_memory(img.shape, path)
@@ -55,10 +88,13 @@ def read_nifti(path) -> Volume:
     data = check_voxels(volume_array(data, path, "(X, Y, Z)"), path)
     header = img.header
     notes: list = []
-    codes = {"sform_code": int(header["sform_code"]), "qform_code": int(header["qform_code"])}
+    codes = {k: int(header[k]) if k in header else 0 for k in ("sform_code", "qform_code")}  # Analyze: neither
     affine = np.asarray(img.affine, dtype=np.float64)
-    norms = np.linalg.norm(affine[:3, :3], axis=0)
-    if np.any(norms == 0) or not np.all(np.isfinite(affine)):
+    if _degenerate(affine) and codes["sform_code"] and codes["qform_code"] and not _degenerate(img.get_qform()):
+        affine = np.asarray(img.get_qform(), dtype=np.float64)  # as ITK does
+        warn(notes, f"{path}: its sform is degenerate (a voxel axis of length 0); its qform is used instead, and "
+                    "the outputs carry the qform as both")
+    if _degenerate(affine):
         raise InputError(f"{path}: the NIfTI affine {affine[:3].tolist()} is degenerate; fix the header "
                          "(sform/qform) before use")
     if _sheared(affine):
@@ -71,11 +107,11 @@ def read_nifti(path) -> Volume:
     if not any(codes.values()):
         warn(notes, f"{path}: neither sform nor qform is set, so where the volume lies and which way is left are "
                     "unknown; nibabel's default grid is used (outputs keep the codes at 0)")
-    elif all(codes.values()) and not _sheared(img.get_sform()) and \
+    elif all(codes.values()) and not _degenerate(img.get_sform()) and not _sheared(img.get_sform()) and \
             (apart := np.abs(img.get_sform() - img.get_qform()).max()) > 1e-3:
         warn(notes, f"{path}: its sform and qform disagree (largest difference {apart:.3g} mm); the sform is used, "
                     "as nibabel does")
-    unit = header.get_xyzt_units()[0]
+    unit = header.get_xyzt_units()[0] if hasattr(header, "get_xyzt_units") else "mm"  # Analyze: mm
     scale = {"meter": 1000.0, "micron": 1e-3}.get(unit, 1.0)  # 'mm' or 'unknown': mm, as the standard says
     if scale != 1.0:
         affine[:3] *= scale

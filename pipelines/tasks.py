@@ -16,7 +16,7 @@ import torch
 from medrecon.device import reset_cuda_peak, resolve_device
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
-from medrecon.io.dicom_write import on_lattice, source_lattice
+from medrecon.io.dicom_write import on_lattice, snap_to_lattice, source_lattice
 from medrecon.io.atomic import check_free
 from medrecon.metrics import per_axis_metrics
 from medrecon.volume import Volume
@@ -285,8 +285,7 @@ def _as_source_stores(data: np.ndarray, src: Volume | None) -> np.ndarray:
         return data
     lattice = source_lattice((src.meta.get("dicom") or {}))
     if lattice is not None and on_lattice(src.data, lattice):  # the first slice's rescale, on every slice
-        m, b = lattice
-        return np.round((data - b) / m) * m + b
+        return snap_to_lattice(data, lattice)
     return np.round(data) if np.array_equal(src.data, np.round(src.data)) else data
 
 

@@ -259,25 +259,28 @@ def test_info_wording_and_multi_valued_description(tmp_path, capsys):
 
 
 def test_deidentified_dicom_output_and_window_tags(tmp_path, capsys):
-    """#13.18: --deidentify writes no patient identifiers (PS3.15 basic profile); #13.19: WindowCenter/Width,
-    and no empty Laterality."""
+    """#13.18: --deidentify writes no patient identifiers (PS3.15 basic profile); #13.19: WindowCenter/Width, and
+    Laterality empty only where the body part is unknown (this source names none: dciodvfy, run since the
+    forty-fourth session, calls an absent Laterality there an error and an empty one a warning; it is left out
+    for unpaired parts, tests/test_io_dicom.py)."""
     src = pydicom.dcmread(next(CT5N.iterdir()))
     assert run(capsys, "convert", CT5N, tmp_path / "plain")[0] == 0
     assert run(capsys, "convert", CT5N, tmp_path / "anon", "--deidentify")[0] == 0
     plain = pydicom.dcmread(next((tmp_path / "plain").glob("*.dcm")))
     anon = pydicom.dcmread(next((tmp_path / "anon").glob("*.dcm")))
     assert plain.PatientName == src.PatientName and plain.StudyInstanceUID == src.StudyInstanceUID
-    assert "WindowCenter" in plain and float(plain.WindowWidth) >= 1 and "Laterality" not in plain
+    assert "WindowCenter" in plain and float(plain.WindowWidth) >= 1 and plain.Laterality == ""
     assert str(anon.PatientName) == "Anonymous" and anon.PatientID == "" and anon.PatientIdentityRemoved == "YES"
     assert anon.StudyInstanceUID != src.StudyInstanceUID and anon.FrameOfReferenceUID != src.FrameOfReferenceUID
     for keyword in ("PatientBirthDate", "StudyDate", "AccessionNumber", "ReferringPhysicianName"):
         assert anon.get(keyword, "") == "", keyword
     assert "StudyDescription" not in anon and "SeriesDate" not in anon
     originals = {str(pydicom.dcmread(f).SOPInstanceUID) for f in CT5N.iterdir()} | {str(src.SeriesInstanceUID)}
-    refs = anon.ReferencedSeriesSequence[0]
-    named = {str(refs.SeriesInstanceUID), str(anon.SourceImageSequence[0].ReferencedSOPInstanceUID)} | \
-        {str(i.ReferencedSOPInstanceUID) for i in refs.ReferencedInstanceSequence}
-    assert len(refs.ReferencedInstanceSequence) == len(originals) - 1 and not named & originals  # none traceable
+    slices = [pydicom.dcmread(f) for f in sorted((tmp_path / "anon").glob("*.dcm"))]
+    named = {str(d.ReferencedSeriesSequence[0].SeriesInstanceUID) for d in slices} | \
+        {str(d.SourceImageSequence[0].ReferencedSOPInstanceUID) for d in slices} | \
+        {str(i.ReferencedSOPInstanceUID) for d in slices for i in d.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert len(named) == len(originals) and not named & originals  # every source referenced, none traceably
     assert str(plain.ReferencedSeriesSequence[0].SeriesInstanceUID) == str(src.SeriesInstanceUID)
     again = tmp_path / "anon2"
     assert run(capsys, "convert", CT5N, again, "--deidentify")[0] == 0  # the same source: the same new study UID

@@ -109,8 +109,9 @@ def test_query_retrieve_reconstruct_store_and_resume(pacs, tmp_path, capsys):
             assert t["ImageType"].startswith("DERIVED\\SECONDARY")
             ref = t["ReferencedSeriesSequence"][0]
             assert ref["SeriesInstanceUID"] == src_uid
-            assert {r["ReferencedSOPInstanceUID"] for r in ref["ReferencedInstanceSequence"]} == src_sops
-            assert t["SourceImageSequence"][0]["ReferencedSOPInstanceUID"] in src_sops
+            made_from = t["SourceImageSequence"][0]["ReferencedSOPInstanceUID"]  # the slice's own source instance
+            assert [r["ReferencedSOPInstanceUID"] for r in ref["ReferencedInstanceSequence"]] == [made_from]
+            assert made_from in src_sops
         # geometry: the source's field of view (24 px x 2 mm) on a 16 px grid, same slices and orientation
         assert [float(v) for v in derived[0]["PixelSpacing"].split("\\")] == pytest.approx([3.0, 3.0])
         assert [float(v) for v in derived[0]["ImageOrientationPatient"].split("\\")] == [1, 0, 0, 0, 1, 0]

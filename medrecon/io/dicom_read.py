@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.datadict import dictionary_VR
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, MediaStorageDirectoryStorage
 from pydicom.valuerep import PersonName
@@ -612,9 +613,27 @@ def _source_tags(ds) -> dict:
     """The SOURCE_TAGS of ``ds`` as JSON-friendly values (DS/IS kept as their exact text)."""
     out = {}
     for kw in SOURCE_TAGS:
-        if kw in ds and ds.data_element(kw).value is not None:
+        if kw in ds and (undeclared := _undeclared_utf8(ds, kw)) is not None:
+            out[kw] = undeclared
+        elif kw in ds and ds.data_element(kw).value is not None:
             out[kw] = _plain(ds.data_element(kw).value)
     return out
+
+
+def _undeclared_utf8(ds, kw):
+    """A text attribute's value when the file declares no character set but its bytes are UTF-8 beyond ASCII (as many
+    systems write them; the default repertoire would read 'Müller' as 'MÃ¼ller'), else None."""
+    raw = ds.get_item(kw)
+    vr = getattr(raw, "VR", None) or dictionary_VR(raw.tag)  # implicit VR files: the dictionary's
+    if ds.get("SpecificCharacterSet") or vr not in ("PN", "LO", "SH", "ST", "LT", "UT") or \
+            not isinstance(raw.value, bytes) or raw.value.isascii():
+        return None
+    try:
+        text = raw.value.decode("utf-8").rstrip(" \x00")
+    except UnicodeDecodeError:
+        return None
+    values = text.split("\\") if vr not in ("ST", "LT", "UT") else [text]
+    return values[0] if len(values) == 1 else values
 
 
 def _source_images(headers, positions) -> list[dict]:

@@ -59,6 +59,13 @@ DEID_UIDS = ("StudyInstanceUID", "FrameOfReferenceUID", "SeriesInstanceUID")  # 
 DEID_METHOD = "DICOM PS3.15 Basic Application Level Confidentiality Profile"  # LO: <= 64
 # Modality modules: attribute -> value when the source has none.
 CT_TAGS = {"KVP": "", "AcquisitionNumber": ""}
+#: BodyPartExamined values of unpaired structures (no Laterality: Type 2C, absent for these, empty where the part is
+#: paired or unknown), as dicom3tools' dciodvfy decides it
+UNPAIRED_BODY_PARTS = frozenset(
+    "ABDOMEN ABDOMENPELVIS AORTA BLADDER BRAIN CEREBELLUM CHEST CHESTABDOMEN COCCYX COLON CSPINE CTSPINE DUODENUM "
+    "ESOPHAGUS GALLBLADDER HEAD HEADNECK HEART JAW LARYNX LIVER LSPINE LSSPINE MEDIASTINUM MOUTH NECK NECKCHEST NOSE "
+    "PANCREAS PELVIS PHARYNX PROSTATE RECTUM SKULL SPINE SPLEEN SSPINE STERNUM STOMACH THYROID TLSPINE TONGUE "
+    "TRACHEA TSPINE UTERUS WHOLEBODY".split())
 MR_TAGS = {"ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": "", "MRAcquisitionType": "",
            "EchoTime": "", "EchoTrainLength": "", "RepetitionTime": "", "InversionTime": None,
            "MagneticFieldStrength": None, "ImagedNucleus": None, "FlipAngle": None}
@@ -79,6 +86,24 @@ def on_lattice(values: np.ndarray, lattice: tuple[float, float]) -> bool:
     m, b = lattice
     k = (np.asarray(values, np.float64) - b) / m
     return bool(np.allclose(k, np.round(k), atol=1e-3))
+
+
+def mr_stored_scale(src: dict) -> tuple[float, float] | None:
+    """An MR DICOM source's stored scale (slope, intercept): its values are whole numbers through it ((1, 0) without
+    rescale tags); None for other sources (tags given by hand, or a source that was not read from DICOM files)."""
+    if str(src.get("Modality") or "").upper() != "MR" or "SourceImages" not in src:  # the reader's mark
+        return None
+    try:
+        m, b = float(src.get("RescaleSlope") or 1), float(src.get("RescaleIntercept") or 0)
+    except (TypeError, ValueError):
+        return None
+    return (m, b) if np.isfinite(m) and np.isfinite(b) and m > 0 else None
+
+
+def snap_to_lattice(data: np.ndarray, lattice: tuple[float, float]) -> np.ndarray:
+    """The nearest values slope * k + intercept, k whole (within half a step of ``data``)."""
+    m, b = lattice
+    return (np.round((np.asarray(data, np.float64) - b) / m) * m + b).astype(data.dtype)
 
 
 def stored_scaling(data: np.ndarray, lattice: tuple[float, float] | None = None) -> tuple[str, str, bool]:
@@ -121,6 +146,9 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
     modality = str(modality or src.get("Modality") or "OT").upper()
     if not re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality):
         raise InputError(f"modality {modality!r} for {folder}: give a DICOM modality code such as CT, MR or OT")
+    scale = mr_stored_scale(src) if modality == "MR" else None
+    if scale is not None and not on_lattice(data, scale):  # e.g. an MR series resampled: MR viewers may ignore a
+        data = snap_to_lattice(data, scale)                 # rescale, so its values stay on the source's scale
     slope, intercept, signed = stored_scaling(data, source_lattice(src))
     if deidentify:
         src = deidentified(src)
@@ -132,8 +160,6 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
     normal = np.cross(vol.direction[:, 0], vol.direction[:, 1])
     width = max(4, len(str(vol.shape[0])))
     sources = src.get("SourceImages") or []
-    if sources and src.get("SeriesInstanceUID"):
-        ds.ReferencedSeriesSequence = [_series_reference(src["SeriesInstanceUID"], sources)]
     reverse = _numbered_against_the_source(vol, normal, sources)
     with atomic_path(folder, overwrite, protect=[vol.meta.get("source")], marker=False) as tmp:
         tmp.mkdir()
@@ -143,8 +169,11 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
             ds.InstanceNumber = vol.shape[0] - k if reverse else k + 1
             ds.ImagePositionPatient = [format_number_as_ds(float(x)) for x in position]
             ds.SliceLocation = format_number_as_ds(float(position @ normal))
-            if sources:
-                ds.SourceImageSequence = [_instance_reference(_nearest(sources, float(position @ normal)))]
+            if sources:  # the source slice this one was made from, and (Common Instance Reference) its series
+                nearest = _nearest(sources, float(position @ normal))
+                ds.SourceImageSequence = [_instance_reference(nearest)]
+                if src.get("SeriesInstanceUID"):
+                    ds.ReferencedSeriesSequence = [_series_reference(src["SeriesInstanceUID"], [nearest])]
             stored = np.round((data[k].astype(np.float64) - float(intercept)) / float(slope))
             ds.PixelData = (np.clip(stored, -32768, 32767).astype("<i2") if signed else
                             np.clip(stored, 0, 65535).astype("<u2")).tobytes()
@@ -173,11 +202,13 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
     ds.Modality = modality
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = series_number if series_number is not None else 1000 + _int(src.get("SeriesNumber"))
-    ds.SeriesDescription = description[:64]
+    ds.SeriesDescription = _one_value(description)[:64]
     ds.SeriesDate, ds.SeriesTime = date, time
     _copy(ds, src, SERIES_CONTEXT_TAGS)
     if modality in SOP_CLASSES and "PatientPosition" not in ds:
         ds.PatientPosition = ""  # type 2C for CT and MR
+    if "Laterality" not in ds and str(ds.get("BodyPartExamined") or "").upper() not in UNPAIRED_BODY_PARTS:
+        ds.Laterality = ""  # type 2C: a paired or unknown body part, side not known
     ds.FrameOfReferenceUID = src.get("FrameOfReferenceUID") or generate_uid()
     for keyword in TYPE2_EMPTY:
         if keyword not in ds:
@@ -185,8 +216,10 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
     ds.Manufacturer = MANUFACTURER
     ds.SoftwareVersions = __version__
 
-    ds.ImageType = ["DERIVED", "SECONDARY"] + {"CT": ["AXIAL"], "MR": ["OTHER"]}.get(modality, [])
-    ds.DerivationDescription = description[:1024]
+    axial = vol.orientation[2] in "SI"  # CT's value 3: AXIAL for transverse slices, else a reformat
+    ds.ImageType = ["DERIVED", "SECONDARY"] + {"CT": ["AXIAL" if axial else "REFORMATTED"], "MR": ["OTHER"]}.get(
+        modality, [])
+    ds.DerivationDescription = _one_value(description)[:1024]
     ds.ContentDate, ds.ContentTime = date, time
     ds.PixelSpacing = [format_number_as_ds(vol.spacing[1]), format_number_as_ds(vol.spacing[0])]
     ds.ImageOrientationPatient = [format_number_as_ds(float(v))
@@ -212,6 +245,12 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
     if any(isinstance(v, str) and not v.isascii() for v in _strings(ds)):
         ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8
     return ds
+
+
+def _one_value(text: str) -> str:
+    """``text`` as one DICOM string value: a backslash would split it into several, control characters are not
+    allowed in LO/ST."""
+    return re.sub(r"[\\\x00-\x1f\x7f]", " ", str(text))
 
 
 def deidentified(src: dict) -> dict:
@@ -243,6 +282,7 @@ def _mark_deidentified(ds: Dataset) -> None:
     for keyword in ("SeriesDate", "SeriesTime"):
         delattr(ds, keyword)
     ds.ContentDate = ds.ContentTime = ""  # when the derived series was made dates the study
+    ds.StudyDate = ds.StudyTime = ""  # a new study's (no source study) would be that date too
 
 
 def _instance_reference(item: dict) -> Dataset:
@@ -276,15 +316,17 @@ def _window(ds: Dataset, vol: Volume, src: dict, modality: str) -> None:
     """WindowCenter/Width a viewer opens the series with: the source's (the derived values are in its units; a
     scanner's presets come along), else soft tissue for CT (the values' percentiles were mostly air: L -406 W 1189),
     else the 1st-99th percentile of the values."""
-    widths = src.get("WindowWidth")
-    widths = widths if isinstance(widths, list) else [widths]
+    centres, widths, explained = (_values(src.get(k)) for k in
+                                  ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"))
     try:
-        usable = src.get("WindowCenter") is not None and all(float(w) >= 1 for w in widths if w is not None) and \
-            any(w is not None for w in widths)
+        usable = 0 < len(centres) == len(widths) and all(float(w) >= 1 for w in widths) and \
+            all(np.isfinite(float(c)) for c in centres)
     except (TypeError, ValueError):
         usable = False
-    if usable:  # a width under 1 (a GE series stores 0 / 0) breaks the standard and viewers: not copied
-        _copy(ds, src, ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"))
+    if usable:  # a width under 1 (a GE series stores 0 / 0) breaks the standard and viewers, and so do centres
+        _copy(ds, src, ("WindowCenter", "WindowWidth"))  # and widths that do not pair up: not copied
+        if len(explained) == len(centres):
+            _copy(ds, src, ("WindowCenterWidthExplanation",))
         return
     if modality == "CT":
         ds.WindowCenter, ds.WindowWidth = CT_WINDOW
@@ -293,6 +335,13 @@ def _window(ds: Dataset, vol: Volume, src: dict, modality: str) -> None:
     lo, hi = (float(v) for v in np.percentile(vol.data, [1.0, 99.0]))
     ds.WindowCenter = format_number_as_ds((lo + hi) / 2)
     ds.WindowWidth = format_number_as_ds(max(hi - lo, 1.0))  # the standard wants >= 1
+
+
+def _values(value) -> list:
+    """A source attribute's values as a list (none: [])."""
+    if value is None or value == "":
+        return []
+    return [v for v in value] if isinstance(value, list) else [value]
 
 
 def _positive(value) -> bool:

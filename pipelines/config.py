@@ -311,9 +311,10 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
         given = {str(o).split("=", 1)[0].strip() for o in overrides}  # a key set with --set is named as such
 
         def by_set(problem: str) -> bool:  # the key, a section given as a mapping (--set 'solver.admm={rho: 1}'),
-            key, _, message = problem.partition(":")  # or a key of the section a whole-section check names
-            return any(key == g or key.startswith(g + ".") or (g.startswith(key + ".") and g.rsplit(".", 1)[1]
-                                                              in message) for g in given)
+            key, _, message = problem.partition(":")  # a section --set misspelt (solvr.steps: 'solvr' unknown), or
+            return any(key == g or key.startswith(g + ".") or  # a key of the section a whole-section check names
+                       (g.startswith(key + ".") and ("unknown key" in message or g.rsplit(".", 1)[1] in message))
+                       for g in given)
         raise InputError("\n".join(p if p.startswith("--set ") else f"--set {p}" if by_set(p) else f"{label}: {p}"
                                     for p in problems))
     cfg._source = label

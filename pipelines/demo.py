@@ -111,7 +111,7 @@ def run_demo(output: str | Path, source: str = "scan", prior: str | None = None,
     echo("")
     echo(table)
     echo(f"wrote {out}/: reference.nii.gz, {', '.join(_slug(r.label) + '.nii.gz' for r in results)}, dicom/, "
-         f"preview.png, metrics.json, metrics.md, report.json")
+         f"preview.png, metrics.json, metrics.md, report.json, index.html")
     return {"metrics": {r.label: r.metrics for r in results}, "table": table}
 
 

@@ -595,7 +595,7 @@ def check_domain(cfg: Config, prior, source: Volume) -> None:
     if cfg.modality == "mri":  # DICOM MR too: a phase, real or imaginary image is not a magnitude
         lo, hi = (float(v) for v in np.percentile(source.data, [0.5, 99.5]))
         if lo < -MR_NEGATIVE_FRACTION * max(abs(hi), 1e-12):  # e.g. CT in HU: air at -1000
-            problems.append(f"{where}: values down to {lo:.4g} (top {hi:.4g}) do not look like MR magnitudes, which "
+            problems.append(f"{where}: values down to {lo:.4g} (0.5th percentile; 99.5th {hi:.4g}) do not look like MR magnitudes, which "
                             f"are not negative: use a CT config for CT in HU, or give the magnitude of MR images")
     if problems:
         raise InputError("; ".join(problems))

@@ -74,6 +74,7 @@ def test_bad_set_overrides(tmp_path):
     # named as --set, not as the file, which does not hold them
     assert _problems(p, ["solver.steps=fifty"]) == ['--set solver.steps: expected an integer, got "fifty"']
     assert _problems(p, ["solver.stepz=5"]) == ['--set solver.stepz: unknown key (did you mean "steps"?)']
+    assert _problems(p, ["solvr.steps=5"]) == ['--set solvr: unknown key (did you mean "solver"?)']  # the section
     assert _problems(p, ["solver.steps"]) == ["--set solver.steps: expected KEY=VALUE (e.g. --set solver.steps=50)"]
     assert _problems(p, ["solver.name.x=1"]) == ["--set solver.name.x=1: solver.name is a value, not a section"]
     assert _problems(p, ["solver.admm={rho: ten}"]) == ['--set solver.admm.rho: expected a number, got "ten"']

@@ -33,7 +33,7 @@ def test_demo_reduced_end_to_end(tmp_path, capsys):
                  "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "| FBP |" in printed and "PSNR axial" in printed
-    assert printed.rstrip().endswith("metrics.md, report.json")  # #13.19: the last line lists report.json
+    assert printed.rstrip().endswith("metrics.md, report.json, index.html")  # #13.19: the last line lists every file
     for f in ("reference.nii.gz", "fbp.nii.gz", "admm_tv_3d.nii.gz", "diffusion_z_tv_fast.nii.gz", "preview.png",
               "metrics.json", "metrics.md"):
         assert (out / f).is_file(), f

@@ -92,6 +92,22 @@ def test_unrecognised_content(tmp_path):
         load_prior(f)
 
 
+def test_a_volume_or_a_training_state_given_as_the_prior_says_what_it_is(tmp_path):
+    """A NIfTI given as prior.path was 'truncated or corrupt: download it again'; medrecon train's own
+    checkpoints/state.pt was 'a score_sde checkpoint ... give the right config in model_card.yaml'."""
+    import nibabel as nib
+    import numpy as np
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), tmp_path / "t2.nii.gz")
+    with pytest.raises(InputError, match="t2.nii.gz: this is an image volume, not a prior"):
+        load_prior(tmp_path / "t2.nii.gz")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"model": {}, "ema": {"shadow_params": []}, "options": {}, "unet_config": {}, "step": 3},
+               tmp_path / "run" / "checkpoints" / "state.pt")
+    with pytest.raises(InputError, match=r"resumable state, not a prior; give the training run's output folder "
+                                         rf"\(prior.path={tmp_path / 'run'}\)"):
+        load_prior(tmp_path / "run" / "checkpoints" / "state.pt")
+
+
 def test_non_finite_weights(tmp_path, adm_state):
     sd = dict(adm_state)
     sd["out.2.bias"] = sd["out.2.bias"].clone()

@@ -70,8 +70,8 @@ def torch_load(path: Path, allow_unsafe_pickle: bool = False):
                 "that file.") from None
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # zip/miniz errors, EOF, garbage bytes
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"{path}: cannot read the checkpoint ({msg[:160]}); the file is truncated or corrupt: "
+        msg = re.split(r"(?<=\.)\s", str(e).splitlines()[0])[0] if str(e) else type(e).__name__  # its first sentence
+        raise InputError(f"{path}: cannot read the checkpoint ({msg[:300]}); the file is truncated or corrupt: "
                          "copy or download it again") from None
 
 
@@ -105,6 +105,15 @@ def load_checked(network: torch.nn.Module, state: dict, path: Path, what: str,
 def _on_meta(build, *args):
     with torch.device("meta"):
         return build(*args)
+
+
+def _is_image_volume(path: Path) -> bool:
+    """A file named or made like an image volume (NIfTI, NRRD, MetaImage, DICOM), not a checkpoint."""
+    if path.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return head[128:132] == b"DICM"
 
 
 def _detect(obj) -> str | None:
@@ -253,7 +262,14 @@ def load_prior(path: str | Path, device=None, allow_unsafe_pickle: bool = False,
     if not weights.is_file():
         raise InputError(f"{weights}: weights file named by the model card does not exist")
     check_readable(weights)
+    if _is_image_volume(weights):
+        raise InputError(f"{weights}: this is an image volume, not a prior; prior.path takes a prior folder (with "
+                         f"{CARD_NAME}), a checkpoint file or {BUNDLED_PREFIX}NAME")
     obj = torch_load(weights, allow_unsafe_pickle)
+    if isinstance(obj, dict) and "options" in obj and "unet_config" in obj:  # medrecon train's resumable state
+        run = weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent
+        raise InputError(f"{weights}: this is medrecon train's resumable state, not a prior; give the training "
+                         f"run's output folder (prior.path={run}), which holds the prior it writes")
     arch = _detect(obj)
     if arch is None:
         keys = list(obj)[:6] if isinstance(obj, dict) else type(obj).__name__

@@ -43,7 +43,7 @@ from medrecon.io import atomic_path, list_series
 from medrecon.io.atomic import read_marker
 
 from .config import load_config
-from .html_report import ASSETS, write_batch_index
+from .html_report import ASSETS, BATCH_PAGE_MARK, write_batch_index
 from .tasks import reconstruct
 
 log = logging.getLogger("medrecon")
@@ -176,7 +176,8 @@ def plan(input_root: Path, output_root: Path, list_series, known: dict[str, Path
                 out = output_root.joinpath(*rel, f"{leaf}_{n}")
             claimed.add(out)
         if not out.resolve().is_relative_to(output_root.resolve()):
-            raise InputError(f"internal error: output {out} escapes {output_root}")
+            raise InputError(f"output {out} lies outside {output_root}: a symbolic link in the output tree points "
+                             "elsewhere; remove it, or choose another output root")
         jobs.append(Job(uid, folder, out, info.files_sha256, input_root, output_root,
                         unreadable=tuple(info.unreadable)))
     return jobs
@@ -203,6 +204,9 @@ def check_batch_root(output_root: Path) -> None:
     """The manifest.csv and index.html a batch writes into ``output_root`` may replace only its own: a user's file
     of either name there stops the batch before any work (they were silently replaced)."""
     manifest, index = output_root / MANIFEST, output_root / "index.html"
+    for path in (manifest, index, output_root / LOCK):
+        if path.is_symlink():  # writing through it would replace a file elsewhere
+            raise InputError(f"{path} is a symbolic link; remove it (the batch writes its own {path.name} there)")
     if manifest.is_file():
         try:
             with open(manifest, newline="", encoding="utf-8", errors="surrogateescape") as f:
@@ -212,7 +216,7 @@ def check_batch_root(output_root: Path) -> None:
         if tuple(header) != MANIFEST_FIELDS:
             raise InputError(f"{manifest} is not a medrecon batch manifest; move it away or choose another output "
                              "root (the batch writes its own manifest.csv there)")
-    if index.is_file() and "medrecon" not in index.read_bytes()[:4096].decode("utf-8", "replace"):
+    if index.is_file() and BATCH_PAGE_MARK not in index.read_bytes()[:4096].decode("utf-8", "replace"):
         raise InputError(f"{index} is not a medrecon batch page; move it away or choose another output root (the "
                          "batch writes its own index.html there)")
 
@@ -222,14 +226,28 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS)
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({k: _inert(v) for k, v in r.items()} for r in rows)
     with atomic_path(path, overwrite=True) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8", errors="surrogateescape")  # folder names: their bytes
 
 
 def read_manifest(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        return list(csv.DictReader(f))
+        return [{k: _as_written(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(value):
+    """A manifest cell a spreadsheet will not run as a formula: a value from a DICOM tag or a folder name starting
+    with = + - @ gets a leading apostrophe (OWASP's CSV-injection rule), which ``read_manifest`` takes off."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+def _as_written(value):
+    return value[1:] if isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_START) \
+        else value
 
 
 def earlier_rows(output_root: Path) -> list[dict]:
@@ -253,8 +271,8 @@ def known_outputs(output_root: Path, rows: list[dict]) -> dict[str, Path]:
 def batch_lock(output_root: Path):
     """Hold the output root for one batch (``LOCK``, an advisory lock released when the process ends): a second
     batch into the same root, e.g. an overlapping scheduled run, is refused instead of racing the first."""
-    try:
-        f = open(output_root / LOCK, "a")
+    try:  # not through a link another user placed there
+        f = os.fdopen(os.open(output_root / LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644), "a")
     except OSError as e:
         raise InputError(f"cannot write {output_root / LOCK}: {e.strerror or e}; choose a writable output "
                          "root") from e
@@ -303,10 +321,12 @@ def error_text(e: BaseException, input_root: Path | None = None, output_root: Pa
 
 
 def one_line(text: str, *roots: Path | None) -> str:
-    """``text`` as one manifest-safe line: paths under ``roots`` relative to them, at most 500 characters."""
+    """``text`` as one manifest-safe line: paths under ``roots`` relative to them and a root itself as '.' (its
+    name may be a patient's), at most 500 characters."""
     for root in roots:
         if root is not None:
             text = text.replace(f"{root}{os.sep}", "")
+            text = re.sub(re.escape(str(root)) + r"(?=[\s:;,)'\"]|$)", ".", text)
     return " ".join(text.split())[:500]
 
 

@@ -192,7 +192,7 @@ class RayEngine:
                                   ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError))
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             what = f"worker lost {self.max_retries + 1} times (last: {type(e).__name__}: {first})" if lost \
-                else error_text(e)
+                else error_text(e, job.input_root, job.output_root)
             return {**job.row("pending"), "status": "failed", "seconds": f"{seconds:.2f}",
                     "error": " ".join(what.split())[:500]}, lost
 

@@ -15,6 +15,7 @@ import html
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -130,11 +131,10 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     unit = html.escape(str((report.get("intensity") or {}).get("unit") or ""))  # the boxes' unit: HU, or MR's normalised magnitude
     view = {"lo": lo, "hi": hi, "window": list(window), "rows": rows, "presets": CT_PRESETS if ct else [],
             "size": {p: _css_size(shown[0][1], p) for p in PLANES}, "stretch": z_stretch(shown[0][1])}
-    page = (SERIES_HTML.replace("{{TITLE}}", html.escape(summary["title"]))
-            .replace("{{STEP}}", f"{(hi - lo) / 255:.3g}").replace("{{RANGE}}", f"{lo:.4g} to {hi:.4g} {unit}".rstrip())
-            .replace("{{METRICS}}", _metrics_table(metrics, (report.get("vs_reference") or {}).get("notes")))
-            .replace("{{SETTINGS}}", html.escape(_settings(report)))
-            .replace("{{VIEW}}", json.dumps(view).replace("</", "<\\/")))
+    page = _fill(SERIES_HTML, TITLE=html.escape(summary["title"]), STEP=f"{(hi - lo) / 255:.3g}",
+                 RANGE=f"{lo:.4g} to {hi:.4g} {unit}".rstrip(),
+                 METRICS=_metrics_table(metrics, (report.get("vs_reference") or {}).get("notes")),
+                 SETTINGS=html.escape(_settings(report)), VIEW=json.dumps(view).replace("</", "<\\/"))
     return _write(folder / "index.html", page)
 
 
@@ -214,6 +214,11 @@ def _json(path: Path) -> dict:
         return {}
 
 
+def _fill(template: str, **parts: str) -> str:
+    """The template's {{NAME}} places filled in one pass (a title holding '{{VIEW}}' stays that text)."""
+    return re.sub(r"\{\{([A-Z]+)\}\}", lambda m: parts[m[1]], template)
+
+
 def _write(path: Path, text: str) -> Path:
     with atomic_path(path, overwrite=True) as tmp:  # a temporary name that a later run clears if left behind
         tmp.write_text(text, encoding="utf-8", errors="backslashreplace")  # a folder name that is not UTF-8
@@ -241,8 +246,8 @@ def write_batch_index(root, rows: list[dict], title: str = "medrecon batch") -> 
                  r.get("error", "")]
         lines.append("<tr>" + "".join(f"<td>{c if i < 2 else html.escape(str(c))}</td>" for i, c in enumerate(cells))
                      + "</tr>")
-    page = (BATCH_HTML.replace("{{TITLE}}", html.escape(title)).replace("{{ROWS}}", "\n".join(lines))
-            .replace("{{COUNTS}}", html.escape(", ".join(f"{n} {s}" for s, n in _counts(rows).items()))))
+    page = _fill(BATCH_HTML, TITLE=html.escape(title), ROWS="\n".join(lines),
+                 COUNTS=html.escape(", ".join(f"{n} {s}" for s, n in _counts(rows).items())))
     root.mkdir(parents=True, exist_ok=True)
     return _write(root / "index.html", page)
 
@@ -341,9 +346,11 @@ window.addEventListener("hashchange", fromHash); fromHash();
 </script></body></html>
 """
 
+#: what tells a batch page medrecon wrote from a user's index.html (in every batch page since the first)
+BATCH_PAGE_MARK = "<th>series</th><th>SeriesInstanceUID</th><th>status</th>"
 BATCH_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{{TITLE}}</title><style>""" + STYLE + """
 </style></head><body><h1>{{TITLE}}</h1><p>{{COUNTS}}. Click a column heading to sort.</p>
-<table id="t"><thead><tr><th></th><th>series</th><th>SeriesInstanceUID</th><th>status</th><th>method</th>
+<table id="t"><thead><tr><th></th>""" + BATCH_PAGE_MARK + """<th>method</th>
 <th>task</th><th>seconds</th><th>PSNR axial</th><th>SSIM axial</th><th>error</th></tr></thead><tbody>
 {{ROWS}}
 </tbody></table>

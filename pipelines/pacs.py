@@ -48,6 +48,8 @@ class PacsSettings(BaseModel):
     retrieve: Literal["move", "get"] = "move"
     store_port: Optional[int] = Field(None, gt=0, lt=65536)  # medrecon's storage SCP (C-MOVE, listen)
     store_address: str = "0.0.0.0"  # where the storage SCP listens
+    # AE titles the storage SCP takes images from: null = only the PACS's (aet); ["*"]: any sender
+    accept_from: Optional[list[str]] = None
     timeout: float = Field(30.0, gt=0)  # seconds: connection, association, each DIMSE message
     tls: Optional[TLS] = None
 
@@ -57,6 +59,11 @@ class PacsSettings(BaseModel):
         if not re.fullmatch(r"[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}", v) or not v.strip():
             raise ValueError(f"{v!r} is not an AE title (1-16 printable characters, no backslash)")
         return v.strip()
+
+    def senders(self) -> list[str]:
+        """The calling AE titles the storage SCP accepts ([]: any)."""
+        given = self.accept_from if self.accept_from is not None else [self.aet]
+        return [] if "*" in given else [a.strip() for a in given]
 
     def peer(self) -> str:
         return f"{self.aet}@{self.host}:{self.port}"

@@ -19,8 +19,8 @@ from pathlib import Path
 from medrecon.errors import InputError
 from medrecon.io import list_series
 
-from .batching import (CONFLICT, BatchResult, relative, batch_lock, check_batch_root, output_state, read_manifest, sanitize,
-                    write_manifest)
+from .batching import (CONFLICT, BatchResult, batch_lock, check_batch_root, one_line, output_state, read_manifest,
+                       relative, sanitize, write_manifest)
 from .config import load_config
 from .html_report import write_batch_index
 from .outputs import write_json
@@ -110,7 +110,7 @@ class Runner:
             row["status"] = "done"
         except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
             row["status"] = "failed"
-            row["error"] = " ".join(f"{stage}: {type(e).__name__}: {e}".split())[:500]
+            row["error"] = one_line(f"{stage}: {type(e).__name__}: {e}", self.root)
         row["seconds"] = f"{time.perf_counter() - t0:.2f}"
         return self.record(row)
 

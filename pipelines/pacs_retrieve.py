@@ -113,6 +113,7 @@ def serve(settings: PacsSettings, inbox: Inbox):
                          "the PACS must list medrecon's AE title with this host and port")
     ae = application_entity(settings)
     ae.require_called_aet = True
+    ae.require_calling_aet = settings.senders()  # images from the PACS only, unless accept_from says otherwise
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)

@@ -324,10 +324,36 @@ def test_a_users_manifest_or_index_in_the_output_root_stops_the_batch(tmp_path, 
     assert _run(root, out, "--quiet") == 2 and "is not a medrecon batch manifest" in capsys.readouterr().err
     assert (out / "manifest.csv").read_text() == "patient,notes\nP1,keep me\n"  # kept (it was replaced before)
     (out / "manifest.csv").unlink()
-    (out / "index.html").write_text("<html>my page</html>")
+    (out / "index.html").write_text("<html>Reconstructions made with medrecon by J. Smith</html>")  # its name
     assert _run(root, out, "--quiet") == 2 and "is not a medrecon batch page" in capsys.readouterr().err
     (out / "index.html").unlink()
+    elsewhere = tmp_path / "notes.md"
+    elsewhere.write_text("my medrecon notes")
+    (out / "index.html").symlink_to(elsewhere)  # written through, the batch page replaced a file outside the root
+    assert _run(root, out, "--quiet") == 2 and "index.html is a symbolic link" in capsys.readouterr().err
+    assert elsewhere.read_text() == "my medrecon notes"
+    (out / "index.html").unlink()
+    (out / ".medrecon-batch.lock").symlink_to(tmp_path / "created_by_lock")  # a dangling link: not created
+    assert _run(root, out, "--quiet") == 2 and not (tmp_path / "created_by_lock").exists()
+    (out / ".medrecon-batch.lock").unlink()
     assert _run(root, out, "--quiet") == 0 and _run(root, out, "--quiet") == 0  # its own files: a rerun goes on
+
+
+def test_manifest_cells_are_no_formulas_and_errors_never_name_the_input_root(tmp_path):
+    """A folder or UID starting with = ran as a formula in a spreadsheet; an error about a series lying in
+    INPUT_ROOT itself named the root's absolute path (often a patient's name) in the manifest and the page."""
+    root, out = tmp_path / "Doe_John_CT", tmp_path / "out"
+    _series(root, 2, "two")
+    _series(root / "=HYPERLINK(1)", 1, "one")
+    for f in sorted(root.glob("*.dcm"))[:1]:  # the flat series in the root itself: unreadable
+        f.write_bytes(f.read_bytes()[:-600])
+    _run(root, out, "--quiet")
+    text = (out / "manifest.csv").read_text()
+    assert "\n=" not in text and ",=" not in text and "'=HYPERLINK(1)" in text
+    assert str(root) not in text and str(root) not in (out / "index.html").read_text()
+    rows = _manifest(out)
+    assert {r["input_path"] for r in rows} == {"=HYPERLINK(1)", "."}  # read back as the folder's own name
+    assert _run(root, out, "--quiet") in (0, 1) and len(_manifest(out)) == 2  # a rerun matches its rows
 
 
 def test_reconstructions_under_the_input_tree_are_not_reconstructed_again(tmp_path, capsys):

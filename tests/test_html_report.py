@@ -97,6 +97,12 @@ def test_slider_moves_to_the_slice_and_shows_it(series, tmp_path):
     assert 4 < slope < 6  # display range about -1000..1000 HU (the reference, widened to the window) / 400 HU
 
 
+def test_a_title_holding_a_placeholder_stays_text(series):
+    folder, _ = series
+    page = write_series_page(folder, title="t{{VIEW}}<b>").read_text()
+    assert "<title>t{{VIEW}}&lt;b&gt;</title>" in page and page.count('"presets": ') == 1  # the view once, in the script
+
+
 def test_sprite_frames_each_tile_with_its_own_edge(tmp_path):
     """An enlarged view interpolates a pixel or two past its tile's edge: what lies there is the tile's own edge
     repeated, never the next slice (a dark slice beside bright ones showed a bright rim)."""

@@ -320,23 +320,48 @@ def test_tls(tmp_path):
 
 
 # ------------------------------------------------------------------------------- without a PACS (pynetdicom only)
-def _listen(out, port, **kw):
+def _listen(out, port, accept_from=None, **kw):
     from pipelines.pacs import load_settings
     from pipelines.pacs_batch import listen
-    settings = load_settings(calling_aet="LISTENER", store_port=port, store_address="127.0.0.1", timeout=5)
+    settings = load_settings(aet="MEDRECON", calling_aet="LISTENER", store_port=port, store_address="127.0.0.1",
+                             timeout=5, accept_from=accept_from)  # the sender (_send) calls as MEDRECON
     return listen(settings, out, "sparse_view_ct_8", ["solver.name=fbp", "ct.image_size=16"], send=False,
                   echo=lambda s: None, **kw)
 
 
-def _send(folder, port, files=None):
+def _send(folder, port, files=None, calling_aet="MEDRECON"):
     """C-STORE the files (all of the folder's by default) to medrecon's listener as a PACS would."""
     from pipelines.pacs import load_settings, store_folder
     part = folder.parent / f"{folder.name}-part"
     part.mkdir(exist_ok=True)
     for f in files or sorted(folder.iterdir()):
         shutil.copy(f, part / f.name)
-    store_folder(load_settings(host="127.0.0.1", port=port, aet="LISTENER", timeout=5), part)
-    shutil.rmtree(part)
+    try:
+        store_folder(load_settings(host="127.0.0.1", port=port, aet="LISTENER", calling_aet=calling_aet, timeout=5),
+                     part)
+    finally:
+        shutil.rmtree(part)
+
+
+def test_the_listener_takes_images_only_from_the_pacs_unless_told_otherwise(tmp_path):
+    """It accepted any sender: a laptop calling as EVIL_LAPTOP had its series reconstructed (and, with --send,
+    stored on the PACS under whatever patient its tags named)."""
+    from pipelines.pacs import PacsError
+    src = tmp_path / "src"
+    _series(src, 1, "Chest 1.0", n=2)
+    for accept_from, rows in ((None, []), (["*"], ["done"])):
+        port, runs = free_port(), {}
+        t = threading.Thread(target=lambda: runs.setdefault("r", _listen(tmp_path / f"out{bool(accept_from)}", port,
+                                                                         accept_from, stable_s=0.5, idle_exit_s=3)))
+        t.start()
+        time.sleep(1.0)
+        if accept_from is None:
+            with pytest.raises(PacsError, match="Calling AE title not recognised"):
+                _send(src, port, calling_aet="EVIL_LAPTOP")
+        else:
+            _send(src, port, calling_aet="EVIL_LAPTOP")
+        t.join(60)
+        assert [r["status"] for r in runs["r"].rows] == rows
 
 
 def test_listen_redoes_a_series_whose_late_images_arrive_and_resumes_what_a_stop_left_unfinished(tmp_path):

@@ -103,7 +103,7 @@ class Measurement:
                 raise InputError(f"{path}: not a medrecon measurements file (no 'format'/'data' arrays)")
             g = json.loads(str(z["grid"]))
             grid = Volume(np.zeros(g["shape"], np.float32), g["spacing"], g["origin"], np.array(g["direction"]),
-                          {"nifti": g["nifti"]} if g.get("nifti") else None)  # the input's NIfTI codes
+                          {"nifti": g["nifti"]} if g.get("nifti") else {})  # the input's NIfTI codes
             meas = cls(str(z["modality"]), z["data"], grid,
                        json.loads(str(z["geometry"])) if "geometry" in z else None,
                        z["mask"] if "mask" in z else None, z["coil_maps"] if "coil_maps" in z else None,

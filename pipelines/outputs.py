@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -103,9 +104,31 @@ def peak_memory(device=None) -> dict:
 
 
 def software() -> dict:
+    """Versions a result depends on: medrecon (with the git commit of a checkout: the version number alone does not
+    change between commits), Python and the libraries that compute or read the data."""
     import torch
-    return {"medrecon": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__}
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"medrecon": __version__, "medrecon_commit": _checkout_commit(), "python": platform.python_version(),
+           "torch": torch.__version__, "numpy": np.__version__}
+    for name in ("astra-toolbox", "scipy", "diffusers", "pydicom", "nibabel", "SimpleITK"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _checkout_commit() -> str | None:
+    """``git describe --always --dirty`` of the checkout medrecon runs from (an editable install), else None."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -124,7 +147,8 @@ def _jsonable(o):
 
 def runtime() -> dict:
     """Where a run ran: host, process, and the GPUs it was given (CUDA_VISIBLE_DEVICES, as Ray or Slurm set it)."""
-    return {"host": platform.node(), "pid": os.getpid(),
+    import torch
+    return {"host": platform.node(), "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 

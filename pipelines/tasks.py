@@ -5,6 +5,7 @@ Units and the data term are explained in ``pipelines.problem``; simulation witho
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from medrecon.errors import InputError
 from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
 from medrecon.io.dicom_write import on_lattice, snap_to_lattice, source_lattice
 from medrecon.io.atomic import check_free
+from medrecon.solvers.diffusion import sample_seeds
 from medrecon.metrics import per_axis_metrics
 from medrecon.volume import Volume
 
@@ -133,9 +135,11 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
             warned = [named_only(w, inp) for w in  # the input's, and the measurements' against the config
                       list((problem.source.meta if problem.source is not None else {}).get("warnings", []))
                       + problem.info.get("warnings", [])]
-            rep = report(run_config(problem), input=inp.name, output=out.name, **identity, input_warnings=warned,
+            rep = report(run_config(problem), input=inp.name, input_sha256=input_sha256(problem, inp), output=out.name,
+                         **identity, input_warnings=warned,
                          device=str(problem.device), precision=problem.info.get("precision"),
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),
+                         sample_seeds=_sample_seeds(cfg),
                          network_evaluations_per_slice=int(sol.nfe_per_slice),
                          backward_passes_per_slice=int(sol.backward_per_slice),
                          measured_data_scale=problem.data_scale, grid=grid, z_tv=problem.info.get("z_tv"),
@@ -171,6 +175,21 @@ def scores_against_reference(problem: Problem, recon: Volume) -> dict | None:
     return {"reference": where, **problem.score(recon)}
 
 
+def input_sha256(problem: Problem, inp: Path) -> str | None:
+    """SHA-256 of what was reconstructed: the input volume's voxels as read (float32; a DICOM slice edited in place
+    keeps its file names and sizes, which is all ``files_sha256`` sees), else the measurements file's bytes."""
+    h = hashlib.sha256()
+    if problem.source is not None:
+        h.update(np.ascontiguousarray(problem.source.data, np.float32).tobytes())
+    elif inp.is_file():
+        with open(inp, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    else:
+        return None
+    return h.hexdigest()
+
+
 def source_identity(source: Volume | None) -> dict:
     """What identifies the input of an output: the DICOM SeriesInstanceUID and the SHA-256 of its file list
     (names and sizes); empty for other inputs."""
@@ -180,6 +199,12 @@ def source_identity(source: Volume | None) -> dict:
 
 def _seed(cfg: Config) -> int:
     return int(getattr(cfg.solver, "seed", 0))
+
+
+def _sample_seeds(cfg: Config) -> list[int] | None:
+    """The seeds of the posterior samples whose mean and std are written (solver.samples > 1), else None."""
+    k = int(getattr(cfg.solver, "samples", 1) or 1)
+    return sample_seeds(_seed(cfg), k) if k > 1 else None
 
 
 def _is_dicom(source: Volume | None) -> bool:
@@ -203,10 +228,13 @@ def snapshot_writer(folder: Path, problem: Problem):
 
 
 def run_config(problem: Problem) -> dict:
-    """The config as run: resolved (for measured k-space with its defaults), with the slice size of the grid
-    actually used."""
+    """The config as run: resolved (for measured k-space with its defaults), with the slice size and (from an
+    image) the pixel size of the grid actually used, so that the recorded config reruns on the same grid (a run
+    moved into the prior's pixel range recorded only the size, and its rerun took the field of view / size)."""
     d = problem.config.to_dict()
     d[problem.config.modality]["image_size"] = int(problem.shape[-1])
+    if problem.info.get("grid"):
+        d[problem.config.modality]["pixel_size"] = problem.info["grid"]["pixel_mm"]
     return d
 
 

@@ -789,6 +789,30 @@ def test_measurements_simulated_from_any_format_reconstruct(tmp_path, ct_nifti, 
     assert np.corrcoef(ref.ravel(), read_volume(tmp_path / "r" / "recon.nii.gz").data.ravel())[0, 1] > 0.6
 
 
+def test_the_config_report_json_records_reruns_on_the_same_grid(tmp_path, ct_nifti):
+    """report.json's config recorded the grid's size but not its pixel: a run whose grid was moved (into a prior's
+    pixel range, or by image_size) reran at field of view / size, another pixel (152 HU apart)."""
+    import yaml
+    res = tasks.reconstruct("sparse_view_ct_8", ct_nifti, tmp_path / "a", ["solver.name=fbp", "ct.image_size=40"])
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(res.report["config"]))
+    assert res.report["config"]["ct"]["pixel_size"] == pytest.approx(res.recon.spacing[0])
+    again = tasks.reconstruct(tmp_path / "a.yaml", ct_nifti, tmp_path / "b")
+    assert again.recon.spacing == res.recon.spacing and np.array_equal(again.recon.data, res.recon.data)
+
+
+def test_report_json_identifies_the_input_voxels_and_the_software(tmp_path, ct_nifti):
+    """A DICOM slice edited in place keeps its names and sizes (all files_sha256 sees); the version number is the
+    same in every commit; bf16 results depend on the thread count. report.json now records each."""
+    sets = ["solver.name=fbp", "ct.image_size=16"]
+    a = tasks.reconstruct("sparse_view_ct_8", ct_nifti, tmp_path / "a", sets).report
+    src = read_volume(ct_nifti)
+    write_nifti(src.with_data(src.data + np.float32(1.0)), edited := tmp_path / "phantom.nii.gz")
+    b = tasks.reconstruct("sparse_view_ct_8", edited, tmp_path / "b", sets).report
+    assert len(a["input_sha256"]) == 64 and a["input_sha256"] != b["input_sha256"]
+    assert a["runtime"]["torch_threads"] == torch.get_num_threads() >= 1
+    assert {"medrecon_commit", "astra-toolbox", "pydicom", "SimpleITK"} <= set(a["software"])
+
+
 def test_classical_runs_say_what_they_ignore_or_cannot_do(tmp_path, ct_nifti):
     """--resample with a solver that has no prior, and z-only TV on one slice (unregularised), are warned."""
     write_nifti(read_volume(ct_nifti).slab(2, 3), one := tmp_path / "one.nii.gz")

@@ -10,7 +10,8 @@ import torch
 from medrecon.linop import FiniteDifference, MatrixOperator
 from medrecon.priors.base import Denoiser, GaussianDenoiser, VESchedule, VPSchedule
 from medrecon.solvers.admm import ADMMTV
-from medrecon.solvers.diffusion import DiffusionMBIR, DiffusionSolver, FastSampler, noise_levels, sample_posterior
+from medrecon.solvers.diffusion import (DiffusionMBIR, DiffusionSolver, FastSampler, noise_levels, sample_posterior,
+                                        sample_seeds)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -385,11 +386,13 @@ def test_sample_posterior_welford_matches_direct():
     prior, A, y = _small_problem(z=4)
     solver = FastSampler(prior, A, y, n_steps=10, lam=0.05, rho=1.0, seed=11)
     mean, std = sample_posterior(solver, 4)
-    runs = torch.stack([solver.run(seed=s) for s in range(11, 15)])
+    seeds = sample_seeds(11, 4)
+    assert seeds[0] == 11 and len(set(seeds)) == 4 and not set(seeds) & set(sample_seeds(12, 4))  # no shared sample
+    runs = torch.stack([solver.run(seed=s) for s in seeds])
     assert torch.allclose(mean, runs.mean(0), atol=1e-5)
     assert torch.allclose(std, runs.std(0), atol=1e-5)
     mean_f, std_f = sample_posterior(lambda s: FastSampler(prior, A, y, n_steps=10, lam=0.05, rho=1.0, seed=s),
-                                     4, seeds=range(11, 15))
+                                     4, seeds=seeds)
     assert torch.allclose(mean_f, mean, atol=1e-6) and torch.allclose(std_f, std, atol=1e-6)
     assert float(std.mean()) > 1e-3
 

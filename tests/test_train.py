@@ -205,6 +205,19 @@ def test_time_limit_stops_early_exports_and_resume_finishes(data, tmp_path):
     assert [int(r["step"]) for r in csv.DictReader(open(out / "loss.csv"))] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_stopped_between_log_rows_logs_as_the_uninterrupted_run(data, tmp_path):
+    """The losses since loss.csv's last row travel with the checkpoint: the first row after a resume averaged only
+    the steps since it (1.549 against 1.506)."""
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=4, batch_size=4, warmup=2, checkpoint_every=0,
+                        sample_every=0, log_every=2)
+    straight = train_prior(train, tmp_path / "a", opts, progress=False)
+    out = train_prior(train, tmp_path / "b", replace(opts, time_limit=1e-9), progress=False)  # stops after step 1
+    train_prior(train, out, opts, resume=True, progress=False)
+    rows = [list(csv.DictReader(open(p / "loss.csv"))) for p in (straight, out)]
+    assert [(r["step"], r["loss"]) for r in rows[0]] == [(r["step"], r["loss"]) for r in rows[1]]
+
+
 def test_final_prior_is_exported_before_the_last_sample_grid(data, tmp_path, monkeypatch):
     """The last sample grid takes minutes for a large prior on a CPU: the trained prior is on disk before it
     starts, so stopping the run there loses nothing."""

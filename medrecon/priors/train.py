@@ -305,6 +305,7 @@ class _Trainer:
         self._build(config, start)
         self.gen = torch.Generator().manual_seed(opts.seed + 1)
         self.step, self.seconds, self.recent, self.heldout_log = 0, 0.0, [], []
+        self.log_window: list[float] = []  # losses since loss.csv's last row (kept across a resume)
         self.warmup = warmup_steps(opts.warmup, opts.steps)  # a resumed run keeps its own (restore)
         self.segments = [self._segment(0)]  # the run's parts: a resume adds one (restore)
 
@@ -341,6 +342,7 @@ class _Trainer:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optim.state_dict(),
                 "step": self.step, "seconds": self.seconds, "unet_config": self.unet_config,
                 "options": asdict(self.opts), "generator": self.gen.get_state(), "recent": self.recent,
+                "log_window": list(self.log_window),
                 "heldout_log": self.heldout_log, "data": self._data_record(), "data_paths": self._volume_names(),
                 "warmup_steps": self.warmup, "segments": self.segments_now()}
 
@@ -388,6 +390,7 @@ class _Trainer:
         self.optim.load_state_dict(st["optimizer"])
         self.gen.set_state(st["generator"])
         self.step, self.seconds, self.recent = st["step"], st["seconds"], list(st["recent"])
+        self.log_window = [float(v) for v in st.get("log_window", [])]
         self.heldout_log = list(st.get("heldout_log", []))
         before = [dict(p) for p in st.get("segments") or [{  # a checkpoint of before: its command unknown
             "from_step": 0, "to_step": None, "command": "not recorded (a checkpoint from before medrecon kept each "
@@ -708,7 +711,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         if new_log:
             log.writerow(["step", "loss", "lr", "img_per_s", "elapsed_s"])
         bar = tqdm(total=opts.steps, initial=tr.step, disable=not progress, desc="train", unit="it")
-        window, n_img, t_win = [], 0, time.perf_counter()
+        n_img, t_win = 0, time.perf_counter()
         first_step, started = tr.step, time.perf_counter()
         while tr.step < opts.steps:
             if opts.time_limit is not None and tr.step > first_step and \
@@ -717,16 +720,17 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
                           "--resume continues")
                 break
             loss = tr.timed_step(f"lower --lr and resume from the last checkpoint in {out / STATE_FILE}")
-            window.append(loss)
+            tr.log_window.append(loss)
             n_img += opts.batch_size
             bar.update(1)
             if tr.step % opts.log_every == 0 or tr.step == opts.steps:
                 ips = n_img / max(time.perf_counter() - t_win, 1e-9)
-                log.writerow([tr.step, f"{np.mean(window):.6f}", f"{tr.optim.param_groups[0]['lr']:.3g}",
+                mean_loss = float(np.mean(tr.log_window))
+                log.writerow([tr.step, f"{mean_loss:.6f}", f"{tr.optim.param_groups[0]['lr']:.3g}",
                               f"{ips:.1f}", f"{tr.seconds:.1f}"])
                 fh.flush()
-                bar.set_postfix(loss=f"{np.mean(window):.4f}", img_s=f"{ips:.1f}")
-                window, n_img, t_win = [], 0, time.perf_counter()
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
+                tr.log_window, n_img, t_win = [], 0, time.perf_counter()
             if heldout is not None and held_every and tr.step % held_every == 0 and tr.step < opts.steps:
                 log_heldout(score())
                 bar.write(f"step {tr.step}: held-out loss {tr.heldout_log[-1][1]:.4f} "

@@ -29,6 +29,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -447,20 +448,26 @@ class FastSampler(DiffusionSolver):
         return x0_dc
 
 
+def sample_seeds(base: int, k: int) -> list[int]:
+    """The seeds of K posterior samples: ``base`` itself (the single run's sample comes first), then K - 1 drawn
+    from (base, j) by numpy's SeedSequence (consecutive seeds made the runs of seeds 0 and 1 share K - 1 samples)."""
+    return [int(base)] + [int(np.random.SeedSequence([int(base), j]).generate_state(1)[0]) for j in range(1, k)]
+
+
 def sample_posterior(solver: DiffusionSolver | Callable[[int], DiffusionSolver], k: int,
                      seeds: Sequence[int] | None = None, x_init: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """K posterior samples, one after the other; returns their voxel-wise mean and standard deviation.
 
     ``solver`` is a solver (run with each seed) or a factory ``seed -> solver``. Seeds default to
-    ``base, base + 1, ...`` with ``base`` the solver's seed (0 for a factory). Welford's running update keeps
+    ``sample_seeds(base, k)`` with ``base`` the solver's seed (0 for a factory). Welford's running update keeps
     two volumes besides the current sample. The std is the sample standard deviation (divisor K - 1;
     zero for K = 1).
     """
     if k < 1:
         raise ValueError(f"need at least one sample, got k={k}")
     base = solver.seed if isinstance(solver, DiffusionSolver) else 0
-    seeds = list(range(base, base + k)) if seeds is None else list(seeds)
+    seeds = sample_seeds(base, k) if seeds is None else list(seeds)
     if len(seeds) != k:
         raise ValueError(f"got {len(seeds)} seeds for {k} samples")
     mean = m2 = None
@@ -478,4 +485,4 @@ def sample_posterior(solver: DiffusionSolver | Callable[[int], DiffusionSolver],
 
 
 __all__ = ["DiffusionMBIR", "DiffusionSolver", "FastSampler", "SamplerState", "auto_chunk_size", "noise_levels",
-           "sample_posterior", "through_parts"]
+           "sample_posterior", "sample_seeds", "through_parts"]

@@ -370,7 +370,7 @@ def test_complex_posterior_std_is_the_real_spread_of_the_samples():
     prior = GaussianDenoiser(0.0, 1.0, VESchedule(0.01, 5.0, 100))
     solver = FastSampler(prior, A, y, n_steps=6, lam=0.0, rho=1.0, seed=3)
     _, std = sample_posterior(solver, 3)
-    runs = torch.stack([solver.run(seed=s) for s in range(3, 6)])
+    runs = torch.stack([solver.run(seed=s) for s in sample_seeds(3, 3)])
     direct = ((runs - runs.mean(0)).abs() ** 2).sum(0).div(2).sqrt()  # sqrt(sum |x - mean|^2 / (K - 1))
     assert not std.is_complex() and torch.allclose(std, direct, atol=1e-5) and float(std.mean()) > 1e-3
 

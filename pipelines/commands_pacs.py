@@ -34,6 +34,11 @@ SERIES = typer.Option("", "--series-uid", help="SeriesInstanceUID to match.")
 
 
 def _settings(pacs, host, port, aet, calling_aet, store_port, store_address, retrieve, timeout):
+    """The PACS settings (first of every pacs command: it also checks that DICOM networking is installed)."""
+    import importlib.util
+    from medrecon.errors import InputError
+    if importlib.util.find_spec("pynetdicom") is None:
+        raise InputError("medrecon pacs needs pynetdicom, which is not installed: pip install 'medrecon[pacs]'")
     from .pacs import load_settings
     return load_settings(pacs, host=host, port=port, aet=aet, calling_aet=calling_aet, store_port=store_port,
                          store_address=store_address, retrieve=retrieve, timeout=timeout)

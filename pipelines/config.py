@@ -34,9 +34,9 @@ from operators.ct.fbp import FILTERS
 from .modality import intensity_card
 from .registry import SOLVERS, FastSettings, Section, SolverSettings
 
-# the bundled configs: configs/ of a checkout, or where a wheel installs them (pyproject maps them to
-# pipelines.configs)
-REPO_CONFIGS = next((p for p in (Path(__file__).resolve().parents[1] / "configs", Path(__file__).resolve().parent /
+# the bundled configs: where a wheel installs them (pyproject maps configs/ to pipelines.configs; first, so that
+# another package's top-level configs/ in site-packages is never taken), else configs/ of a checkout
+REPO_CONFIGS = next((p for p in (Path(__file__).resolve().parent / "configs", Path(__file__).resolve().parents[1] /
                                  "configs") if p.is_dir()), Path(__file__).resolve().parents[1] / "configs")
 
 

@@ -119,16 +119,22 @@ def software() -> dict:
 
 
 def _checkout_commit() -> str | None:
-    """``git describe --always --dirty`` of the checkout medrecon runs from (an editable install), else None."""
+    """The commit of the checkout medrecon runs from (an editable install), '-dirty' when tracked files changed;
+    None elsewhere. Read without taking git's index lock (``git describe --dirty`` rewrites the index, which a
+    user's own git command at that moment would find locked)."""
     root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         return None
+    git = ["git", "--no-optional-locks", "-C", str(root)]
     try:
-        done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-                              capture_output=True, text=True, timeout=10)
+        head = subprocess.run(git + ["rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10)
+        status = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return (done.stdout.strip() or None) if done.returncode == 0 else None
+    if head.returncode != 0 or not head.stdout.strip():
+        return None
+    return head.stdout.strip() + ("-dirty" if status.returncode == 0 and status.stdout.strip() else "")
 
 
 def write_json(path: Path, data: dict) -> None:

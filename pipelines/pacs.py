@@ -37,18 +37,22 @@ class TLS(BaseModel):
     server_name: Optional[str] = None  # check the PACS certificate against this host name
 
 
+DEFAULT_AET = "ANY-SCP"  # a called AE title many PACS accept when they do not check it
+
+
 class PacsSettings(BaseModel):
     """Where the PACS is and who medrecon is on the network (the ``pacs:`` YAML section)."""
 
     model_config = ConfigDict(extra="forbid")
     host: Optional[str] = None  # the PACS; not needed to listen only
     port: int = Field(104, gt=0, lt=65536)
-    aet: str = "ANY-SCP"  # the PACS's AE title (called AE)
+    aet: str = DEFAULT_AET  # the PACS's AE title (called AE)
     calling_aet: str = "MEDRECON"  # medrecon's AE title; the PACS must know it (host, port) for C-MOVE
     retrieve: Literal["move", "get"] = "move"
     store_port: Optional[int] = Field(None, gt=0, lt=65536)  # medrecon's storage SCP (C-MOVE, listen)
     store_address: str = "0.0.0.0"  # where the storage SCP listens
-    # AE titles the storage SCP takes images from: null = only the PACS's (aet); ["*"]: any sender
+    # calling AE titles the storage SCP takes images from: null = the PACS's (aet) when one is given, else any
+    # (warned); ["*"]: any sender
     accept_from: Optional[list[str]] = None
     timeout: float = Field(30.0, gt=0)  # seconds: connection, association, each DIMSE message
     tls: Optional[TLS] = None
@@ -60,10 +64,19 @@ class PacsSettings(BaseModel):
             raise ValueError(f"{v!r} is not an AE title (1-16 printable characters, no backslash)")
         return v.strip()
 
+    @field_validator("accept_from")
+    @classmethod
+    def _senders(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v is not None and not v:
+            raise ValueError('give the AE titles to take images from, or ["*"] for any sender')
+        return None if v is None else [a if a == "*" else cls._ae_title(a) for a in v]
+
     def senders(self) -> list[str]:
-        """The calling AE titles the storage SCP accepts ([]: any)."""
-        given = self.accept_from if self.accept_from is not None else [self.aet]
-        return [] if "*" in given else [a.strip() for a in given]
+        """The calling AE titles the storage SCP accepts ([]: any): accept_from, else the PACS's AE title when one
+        was given (the default 'ANY-SCP' names no PACS: then any, warned where the SCP starts)."""
+        given = self.accept_from if self.accept_from is not None else \
+            (["*"] if self.aet == DEFAULT_AET else [self.aet])
+        return [] if "*" in given else list(given)
 
     def peer(self) -> str:
         return f"{self.aet}@{self.host}:{self.port}"

@@ -4,6 +4,7 @@ reported every sub-operation done and the file count matches; anything else is r
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import shutil
@@ -17,6 +18,8 @@ from medrecon.errors import InputError
 from medrecon.io.atomic import TMP_PREFIX
 
 from .pacs import PacsError, PacsSettings, SeriesHit, application_entity, associate, ssl_context
+
+log = logging.getLogger("medrecon.pacs")
 
 MOVE_STATUS = {0xA701: "out of resources (number of matches)", 0xA702: "out of resources (sub-operations)",
                0xA801: "move destination unknown", 0xA900: "identifier does not match SOP class",
@@ -114,13 +117,21 @@ def serve(settings: PacsSettings, inbox: Inbox):
     ae = application_entity(settings)
     ae.require_called_aet = True
     ae.require_calling_aet = settings.senders()  # images from the PACS only, unless accept_from says otherwise
+    if not ae.require_calling_aet:
+        log.warning(f"the storage SCP takes images from any sender: give --aet (the PACS's AE title) or "
+                    "--accept-from to take them only from the PACS")
+
+    def refused(event):  # said where the user looks: the sender, and how to let it in
+        who = event.assoc.requestor
+        log.warning(f"refused images from AE title {who.ae_title!r} at {who.address}: not in pacs.accept_from "
+                    f"{settings.senders()} (add it with --accept-from {who.ae_title})")
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     ctx = ssl_context(settings.tls, server=True) if settings.tls is not None else None
     try:
         return ae.start_server((settings.store_address, settings.store_port), block=False, ssl_context=ctx,
-                               evt_handlers=[(evt.EVT_C_STORE, inbox.on_store)])
+                               evt_handlers=[(evt.EVT_C_STORE, inbox.on_store), (evt.EVT_REJECTED, refused)])
     except OSError as e:
         in_use = getattr(e, "errno", None) == errno.EADDRINUSE
         fix = "choose another --store-port" if in_use else "check --store-address (an address of this machine)"

@@ -180,7 +180,7 @@ def input_sha256(problem: Problem, inp: Path) -> str | None:
     keeps its file names and sizes, which is all ``files_sha256`` sees), else the measurements file's bytes."""
     h = hashlib.sha256()
     if problem.source is not None:
-        h.update(np.ascontiguousarray(problem.source.data, np.float32).tobytes())
+        h.update(memoryview(np.ascontiguousarray(problem.source.data, np.float32)).cast("B"))  # no copy
     elif inp.is_file():
         with open(inp, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

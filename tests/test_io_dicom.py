@@ -224,6 +224,13 @@ def test_an_mr_series_resampled_stays_on_its_stored_scale(tmp_path):
     assert np.array_equal(ds.pixel_array, np.round(data[0] + 0.37))
     floats = Volume(data / 1000, (1.0, 1.0, 2.0), meta={"dicom": {"Modality": "MR"}})  # not from DICOM: kept as is
     assert np.allclose(read_volume(write_dicom_series(floats, tmp_path / "f")).data, floats.data, atol=1e-4)
+    for k, f in enumerate(sorted((tmp_path / "src").iterdir())):  # a slope per slice (4, 0.25, 0.25): no one scale
+        ds = pydicom.dcmread(f)
+        ds.RescaleSlope = "4" if k == 0 else "0.25"
+        ds.save_as(f)
+    per_slice = read_volume(tmp_path / "src")
+    back = read_volume(write_dicom_series(per_slice, tmp_path / "p"))  # was re-quantised to 4: errors of 2.0
+    assert np.abs(back.data - per_slice.data).max() < 0.2
 
 
 def test_a_source_name_in_utf8_without_a_declared_character_set_is_read_as_utf8(tmp_path):

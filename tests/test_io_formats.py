@@ -66,7 +66,7 @@ def test_scaled_integer_nifti_and_single_volume_4d(tmp_path):
     assert vol.orientation == "".join(nib.aff2axcodes(np.eye(4))) == "RAS"
 
 
-@pytest.mark.parametrize("kind,name", [(nib.Nifti1Pair, "p.hdr"), (nib.Nifti1Pair, "p.img"),
+@pytest.mark.parametrize("kind,name", [(nib.Nifti1Pair, "p.hdr"), (nib.Nifti1Pair, "p.img"), (nib.Nifti2Pair, "q.hdr"),
                                        (nib.AnalyzeImage, "a.hdr"), (nib.Nifti2Image, "n2.NII.GZ")])
 def test_nifti_pairs_analyze_and_upper_case_nifti2_are_read(tmp_path, kind, name):
     """SPM's .hdr/.img pairs were 'unknown format' (and BART k-space to reconstruct); an upper-case NIfTI-2 name

@@ -343,10 +343,17 @@ def _send(folder, port, files=None, calling_aet="MEDRECON"):
         shutil.rmtree(part)
 
 
-def test_the_listener_takes_images_only_from_the_pacs_unless_told_otherwise(tmp_path):
+def test_the_listener_takes_images_only_from_the_pacs_unless_told_otherwise(tmp_path, caplog):
     """It accepted any sender: a laptop calling as EVIL_LAPTOP had its series reconstructed (and, with --send,
-    stored on the PACS under whatever patient its tags named)."""
-    from pipelines.pacs import PacsError
+    stored on the PACS under whatever patient its tags named). A refusal is logged with the sender's AE title;
+    without a PACS AE title (the default ANY-SCP) any sender is taken, warned; accept_from holds AE titles."""
+    from medrecon.errors import InputError
+    from pipelines.pacs import PacsError, load_settings
+    assert load_settings().senders() == [] and load_settings(aet="ORTHANC").senders() == ["ORTHANC"]
+    assert load_settings(aet="ORTHANC", accept_from=["A", "B"]).senders() == ["A", "B"]
+    for bad in ([], ["ORTHANC_ARCHIVE_NODE1"]):
+        with pytest.raises(InputError, match="accept_from"):
+            load_settings(accept_from=bad)
     src = tmp_path / "src"
     _series(src, 1, "Chest 1.0", n=2)
     for accept_from, rows in ((None, []), (["*"], ["done"])):
@@ -358,6 +365,7 @@ def test_the_listener_takes_images_only_from_the_pacs_unless_told_otherwise(tmp_
         if accept_from is None:
             with pytest.raises(PacsError, match="Calling AE title not recognised"):
                 _send(src, port, calling_aet="EVIL_LAPTOP")
+            assert "refused images from AE title 'EVIL_LAPTOP'" in caplog.text and "--accept-from" in caplog.text
         else:
             _send(src, port, calling_aet="EVIL_LAPTOP")
         t.join(60)

@@ -811,6 +811,11 @@ def test_report_json_identifies_the_input_voxels_and_the_software(tmp_path, ct_n
     assert len(a["input_sha256"]) == 64 and a["input_sha256"] != b["input_sha256"]
     assert a["runtime"]["torch_threads"] == torch.get_num_threads() >= 1
     assert {"medrecon_commit", "astra-toolbox", "pydicom", "SimpleITK"} <= set(a["software"])
+    index = Path(__file__).resolve().parents[1] / ".git" / "index"
+    if index.is_file():  # a checkout: its commit is read without rewriting git's index (git describe --dirty did)
+        before = index.stat().st_mtime_ns
+        from pipelines.outputs import software
+        assert software()["medrecon_commit"] and index.stat().st_mtime_ns == before
 
 
 def test_classical_runs_say_what_they_ignore_or_cannot_do(tmp_path, ct_nifti):

@@ -388,6 +388,7 @@ def test_sample_posterior_welford_matches_direct():
     mean, std = sample_posterior(solver, 4)
     seeds = sample_seeds(11, 4)
     assert seeds[0] == 11 and len(set(seeds)) == 4 and not set(seeds) & set(sample_seeds(12, 4))  # no shared sample
+    assert sample_seeds(-1, 3)[0] == -1 and len(set(sample_seeds(-1, 3))) == 3  # a negative seed, as torch takes
     runs = torch.stack([solver.run(seed=s) for s in seeds])
     assert torch.allclose(mean, runs.mean(0), atol=1e-5)
     assert torch.allclose(std, runs.std(0), atol=1e-5)

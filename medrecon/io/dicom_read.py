@@ -134,7 +134,8 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
 
     meta = {"format": "dicom", "source": str(where), "series_uid": str(headers[0][1].SeriesInstanceUID),
             "files_sha256": info.files_sha256,
-            "dicom": {**_source_tags(stack.headers[0]), "SourceImages": _source_images(stack.headers, stack.positions)},
+            "dicom": {**_source_tags(stack.headers[0]), "SourceImages": _source_images(stack.headers, stack.positions),
+                      **({"PerSliceRescale": True} if len({_rescale(ds) for ds in stack.headers}) > 1 else {})},
             "warnings": notes, **({"rescale_assumed": True} if rescale_assumed else {})}
     step = stack.grid_step
     if not stack.uniform:

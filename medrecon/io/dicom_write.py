@@ -90,8 +90,9 @@ def on_lattice(values: np.ndarray, lattice: tuple[float, float]) -> bool:
 
 def mr_stored_scale(src: dict) -> tuple[float, float] | None:
     """An MR DICOM source's stored scale (slope, intercept): its values are whole numbers through it ((1, 0) without
-    rescale tags); None for other sources (tags given by hand, or a source that was not read from DICOM files)."""
-    if str(src.get("Modality") or "").upper() != "MR" or "SourceImages" not in src:  # the reader's mark
+    rescale tags); None for other sources (tags given by hand, a source that was not read from DICOM files, or one
+    whose slices have rescales of their own: no one scale holds them all)."""
+    if str(src.get("Modality") or "").upper() != "MR" or "SourceImages" not in src or src.get("PerSliceRescale"):
         return None
     try:
         m, b = float(src.get("RescaleSlope") or 1), float(src.get("RescaleIntercept") or 0)

@@ -26,17 +26,12 @@ def is_nifti(path) -> bool:
 
 
 def is_nifti_pair(path) -> bool:
-    """A NIfTI-1 pair or Analyze 7.5 image (NAME.hdr + NAME.img, as SPM writes them): a .hdr or .img whose .hdr is
-    a binary header (sizeof_hdr 348, either byte order), not BART's text header of the same suffix."""
+    """A NIfTI-1/-2 pair or Analyze 7.5 image (NAME.hdr + NAME.img, as SPM writes them): a .hdr or .img whose .hdr
+    is a binary header (sizeof_hdr 348 or 540, either byte order), not BART's text header of the same suffix."""
     p = Path(path)
     if p.suffix.lower() not in (".hdr", ".img"):
         return False
-    try:
-        with open(p.with_suffix(".hdr" if p.suffix.islower() else ".HDR"), "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return False
-    return len(head) == 4 and 348 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))
+    return _sizeof_hdr(p.with_suffix(".hdr" if p.suffix.islower() else ".HDR")) is not None
 
 
 def _sheared(affine) -> bool:

@@ -451,7 +451,8 @@ class FastSampler(DiffusionSolver):
 def sample_seeds(base: int, k: int) -> list[int]:
     """The seeds of K posterior samples: ``base`` itself (the single run's sample comes first), then K - 1 drawn
     from (base, j) by numpy's SeedSequence (consecutive seeds made the runs of seeds 0 and 1 share K - 1 samples)."""
-    return [int(base)] + [int(np.random.SeedSequence([int(base), j]).generate_state(1)[0]) for j in range(1, k)]
+    entropy = int(base) % 2 ** 64  # SeedSequence takes no negative seed; torch does
+    return [int(base)] + [int(np.random.SeedSequence([entropy, j]).generate_state(1)[0]) for j in range(1, k)]
 
 
 def sample_posterior(solver: DiffusionSolver | Callable[[int], DiffusionSolver], k: int,

@@ -1,6 +1,7 @@
 """DICOM-folder batch: mirrored tree, manifest, a corrupt series, interruption and resumption, safe names."""
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -343,17 +344,20 @@ def test_manifest_cells_are_no_formulas_and_errors_never_name_the_input_root(tmp
     """A folder or UID starting with = ran as a formula in a spreadsheet; an error about a series lying in
     INPUT_ROOT itself named the root's absolute path (often a patient's name) in the manifest and the page."""
     root, out = tmp_path / "Doe_John_CT", tmp_path / "out"
-    _series(root, 2, "two")
+    write_test_series(root, 2, "two", size=24, slices=4)
     _series(root / "=HYPERLINK(1)", 1, "one")
-    for f in sorted(root.glob("*.dcm"))[:1]:  # the flat series in the root itself: unreadable
-        f.write_bytes(f.read_bytes()[:-600])
+    _series(root / "-2+3", 3, "three")
+    _series(root / "@SUM(1)", 4, "four")
+    sorted(root.glob("*.dcm"))[1].unlink()  # the flat series in the root itself: a missing slice, an error naming it
     _run(root, out, "--quiet")
     text = (out / "manifest.csv").read_text()
-    assert "\n=" not in text and ",=" not in text and "'=HYPERLINK(1)" in text
-    assert str(root) not in text and str(root) not in (out / "index.html").read_text()
+    assert not re.search(r"(^|,)[=+\-@]", text, re.M) and "'=HYPERLINK(1)" in text and "'-2+3" in text
     rows = _manifest(out)
-    assert {r["input_path"] for r in rows} == {"=HYPERLINK(1)", "."}  # read back as the folder's own name
-    assert _run(root, out, "--quiet") in (0, 1) and len(_manifest(out)) == 2  # a rerun matches its rows
+    flat = next(r for r in rows if r["input_path"] == ".")
+    assert flat["status"] == "failed" and flat["error"].startswith("InputError: .: ")  # the root's path named '.'
+    assert str(root) not in text and str(root) not in (out / "index.html").read_text()
+    assert {r["input_path"] for r in rows} == {"=HYPERLINK(1)", "-2+3", "@SUM(1)", "."}  # read back as named
+    assert _run(root, out, "--quiet") in (0, 1) and len(_manifest(out)) == 4  # a rerun matches its rows
 
 
 def test_reconstructions_under_the_input_tree_are_not_reconstructed_again(tmp_path, capsys):

@@ -204,6 +204,8 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
     assert rep["config"]["solver"]["final_sigma"] == FAST_END["mri"]["final_sigma"] > 0
     assert rep["config"]["solver"]["end_sigma"] is None  # MRI ends at the prior's smallest noise level
     assert rep["network_evaluations_per_slice"] == 18 and rep["prior"]["sha256"] == "abc"
+    from medrecon.solvers.diffusion import sample_seeds
+    assert rep["sample_seeds"] == sample_seeds(rep["seed"], 2) and auto.report["sample_seeds"] is None
     assert rep["config"]["mri"]["image_size"] == 32
     assert rep["grid"]["resampled"] and "--resample" in rep["grid"]["reason"]  # 64x64 input, 32x32 prior
     zt = rep["z_tv"]  # the registry's weight, scaled to this volume's slice spacing
@@ -785,6 +787,8 @@ def test_measurements_simulated_from_any_format_reconstruct(tmp_path, ct_nifti, 
     sets = ["solver.name=fbp", "ct.image_size=32"]
     tasks.simulate("sparse_view_ct_8", path, tmp_path / "sim", sets)
     res = tasks.reconstruct("sparse_view_ct_8", tmp_path / "sim" / "measurements.npz", tmp_path / "r", sets)
+    import hashlib  # a measurements file is identified by its bytes
+    assert res.report["input_sha256"] == hashlib.sha256((tmp_path / "sim" / "measurements.npz").read_bytes()).hexdigest()
     ref = read_volume(tmp_path / "sim" / "reference.nii.gz").data
     assert np.corrcoef(ref.ravel(), read_volume(tmp_path / "r" / "recon.nii.gz").data.ravel())[0, 1] > 0.6
 

@@ -100,6 +100,9 @@ def test_a_volume_or_a_training_state_given_as_the_prior_says_what_it_is(tmp_pat
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), tmp_path / "t2.nii.gz")
     with pytest.raises(InputError, match="t2.nii.gz: this is an image volume, not a prior"):
         load_prior(tmp_path / "t2.nii.gz")
+    (tmp_path / "IM0001").write_bytes(bytes(128) + b"DICM" + bytes(64))  # a DICOM file without a suffix
+    with pytest.raises(InputError, match="IM0001: this is an image volume, not a prior"):
+        load_prior(tmp_path / "IM0001")
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     torch.save({"model": {}, "ema": {"shadow_params": []}, "options": {}, "unet_config": {}, "step": 3},
                tmp_path / "run" / "checkpoints" / "state.pt")

@@ -84,6 +84,9 @@ def test_default_adapts_the_fast_sampler_on_mr_images_with_a_patch_prior_only(tm
                               _mr_volume((4, 64, 64)), 64)
     p = Problem.build(load_config("cs_mri_x4", [], check_files=False).resolved(), meas)
     assert p.measurement.mask_layout == "3d" and p.self_adapt_steps(p.config.solver) == 0
+    from dataclasses import replace  # a file written before the layout was recorded holds 2D slices
+    assert replace(p.measurement, info={}).mask_layout == "2d"
+    assert replace(p.measurement, modality="ct").mask_layout is None
 
 
 def test_self_adapted_reconstruction_reports_both_passes_and_keeps_the_adapted_prior(tmp_path):

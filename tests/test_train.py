@@ -216,6 +216,10 @@ def test_a_run_stopped_between_log_rows_logs_as_the_uninterrupted_run(data, tmp_
     train_prior(train, out, opts, resume=True, progress=False)
     rows = [list(csv.DictReader(open(p / "loss.csv"))) for p in (straight, out)]
     assert [(r["step"], r["loss"]) for r in rows[0]] == [(r["step"], r["loss"]) for r in rows[1]]
+    each = list(csv.DictReader(open(train_prior(train, tmp_path / "c", replace(opts, log_every=1),
+                                                progress=False) / "loss.csv")))
+    losses = [float(r["loss"]) for r in each]  # a row every step: each step's own loss; every 2: the pair's mean
+    assert [float(r["loss"]) for r in rows[0]] == pytest.approx([sum(losses[:2]) / 2, sum(losses[2:]) / 2], abs=2e-6)
 
 
 def test_final_prior_is_exported_before_the_last_sample_grid(data, tmp_path, monkeypatch):

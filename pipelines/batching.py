@@ -241,13 +241,14 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def _inert(value):
     """A manifest cell a spreadsheet will not run as a formula: a value from a DICOM tag or a folder name starting
-    with = + - @ gets a leading apostrophe (OWASP's CSV-injection rule), which ``read_manifest`` takes off."""
-    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+    with = + - @ gets a leading apostrophe (OWASP's CSV-injection rule), which ``read_manifest`` takes off; so does
+    a value starting with an apostrophe (a folder named 'x reads back as itself)."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START + ("'",)) else value
 
 
 def _as_written(value):
-    return value[1:] if isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_START) \
-        else value
+    return value[1:] if isinstance(value, str) and value.startswith("'") and \
+        value[1:].startswith(FORMULA_START + ("'",)) else value
 
 
 def earlier_rows(output_root: Path) -> list[dict]:

@@ -340,6 +340,16 @@ def test_a_users_manifest_or_index_in_the_output_root_stops_the_batch(tmp_path, 
     assert _run(root, out, "--quiet") == 0 and _run(root, out, "--quiet") == 0  # its own files: a rerun goes on
 
 
+def test_manifest_cells_read_back_as_written(tmp_path):
+    names = ["=x", "'=x", "''", "-2+3", "+1", "@SUM(1)", "\tA", "plain", "it's"]
+    rows = [{"series_uid": "1.2", "input_path": n, "output_path": "o", "status": "done", "seconds": "1",
+             "error": ""} for n in names]
+    batch_mod.write_manifest(tmp_path / "m.csv", rows)
+    text = (tmp_path / "m.csv").read_text()
+    assert not re.search(r"^[=+\-@\t]|,[=+\-@\t]", text, re.M)
+    assert [r["input_path"] for r in batch_mod.read_manifest(tmp_path / "m.csv")] == names
+
+
 def test_manifest_cells_are_no_formulas_and_errors_never_name_the_input_root(tmp_path):
     """A folder or UID starting with = ran as a formula in a spreadsheet; an error about a series lying in
     INPUT_ROOT itself named the root's absolute path (often a patient's name) in the manifest and the page."""

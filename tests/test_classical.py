@@ -29,6 +29,18 @@ def test_cgls_and_cg_normal_reach_the_least_squares_solution(device):
     assert 1e-9 < float(grad) <= 1e-3
 
 
+def test_cg_stops_where_the_residual_lies_in_the_null_space():
+    """A singular PSD system: once the residual's range part is solved, a further step would divide by p.Mp ~ 0
+    (the breakdown test, relative to M's size measured at the first step, stops it; x went to 1e17 without)."""
+    from medrecon.solvers.cg import conjugate_gradient
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    m = q @ torch.diag(torch.tensor([1.0, 2, 3, 4, 0, 0], dtype=torch.float64)) @ q.T
+    x = conjugate_gradient(lambda v: m @ v, torch.randn(6, generator=g, dtype=torch.float64),
+                           torch.zeros(6, dtype=torch.float64), 30)
+    assert float(x.abs().max()) < 1e3
+
+
 @pytest.mark.parametrize("scale", [1e-9, 1e6])
 def test_cg_solvers_do_not_depend_on_the_operator_scale(scale):
     """The breakdown test is relative to the operator's size: with A of norm about 1e-8 the absolute one took the

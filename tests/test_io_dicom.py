@@ -211,6 +211,17 @@ def test_derived_attributes_say_what_the_series_is(tmp_path):
         ds = pydicom.dcmread(f)
         listed = ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence
         assert [r.ReferencedSOPInstanceUID for r in listed] == [ds.SourceImageSequence[0].ReferencedSOPInstanceUID]
+    feet_first = Volume(src.data, src.spacing, src.origin, np.diag([1.0, 1.0, -1.0]),
+                        meta={"dicom": {"Modality": "CT"}})  # transverse, z towards the feet
+    assert list(pydicom.dcmread(next(write_dicom_series(feet_first, tmp_path / "ff").iterdir())).ImageType)[2] == \
+        "AXIAL"
+    two = src.with_data(src.data, dicom={**src.meta["dicom"], "WindowCenter": ["40", "-600"],
+                                         "WindowWidth": ["400", "1500"], "WindowCenterWidthExplanation": ["A", "B", "C"]})
+    ds = pydicom.dcmread(next(write_dicom_series(two, tmp_path / "two").iterdir()))
+    assert list(ds.WindowWidth) == [400, 1500] and "WindowCenterWidthExplanation" not in ds  # 3 names, 2 windows
+    nan = src.with_data(src.data, dicom={**src.meta["dicom"], "WindowCenter": "NaN", "WindowWidth": "400"})
+    ds = pydicom.dcmread(next(write_dicom_series(nan, tmp_path / "nan").iterdir()))
+    assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (40.0, 400.0)
 
 
 def test_an_mr_series_resampled_stays_on_its_stored_scale(tmp_path):

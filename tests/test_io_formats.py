@@ -67,7 +67,7 @@ def test_scaled_integer_nifti_and_single_volume_4d(tmp_path):
 
 
 @pytest.mark.parametrize("kind,name", [(nib.Nifti1Pair, "p.hdr"), (nib.Nifti1Pair, "p.img"), (nib.Nifti2Pair, "q.hdr"),
-                                       (nib.Nifti1Pair, "big.hdr"),
+                                       (nib.Nifti1Pair, "big.hdr"), (nib.Nifti1Pair, "UP.IMG"),
                                        (nib.AnalyzeImage, "a.hdr"), (nib.Nifti2Image, "n2.NII.GZ")])
 def test_nifti_pairs_analyze_and_upper_case_nifti2_are_read(tmp_path, kind, name):
     """SPM's .hdr/.img pairs were 'unknown format' (and BART k-space to reconstruct); an upper-case NIfTI-2 name
@@ -77,7 +77,12 @@ def test_nifti_pairs_analyze_and_upper_case_nifti2_are_read(tmp_path, kind, name
     img = kind(data, affine)
     if name.startswith("big"):  # written by a big-endian machine
         img = kind(data, affine, img.header.as_byteswapped(">"))
-    img.to_filename(str(tmp_path / name.replace(".img", ".hdr").replace(".IMG", ".HDR")))
+    if name.isupper():  # NAME.HDR + NAME.IMG, as written on a case-insensitive share
+        img.to_filename(str(tmp_path / "lower.hdr"))
+        for suffix in (".hdr", ".img"):
+            (tmp_path / f"lower{suffix}").rename(tmp_path / f"UP{suffix.upper()}")
+    else:
+        img.to_filename(str(tmp_path / name.replace(".img", ".hdr")))
     vol = read_volume(tmp_path / name)
     assert np.array_equal(vol.data, data.transpose(2, 1, 0)) and vol.spacing == pytest.approx((0.8, 0.9, 2.0))
     if kind is not nib.AnalyzeImage:  # Analyze has no orientation: nibabel's default, warned

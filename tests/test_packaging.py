@@ -22,6 +22,9 @@ def test_pyproject_lists_every_package_and_installs_the_configs():
     assert tool["package-dir"]["pipelines.configs"] == "configs" and tool["package-data"]["pipelines.configs"] == [
         "*.yaml"]
     assert sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))  # what the mapping installs
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]  # the declared licence's text ships
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().split()[:4] == ["Apache", "License", "Version", "2.0,"]
     manifest = (ROOT / "MANIFEST.in").read_text()  # the sdist can run the README's test command
     assert all(line in manifest for line in ("graft tests", "graft configs", "include Makefile"))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+import functools
 import json
 import math
 import os
@@ -118,9 +119,11 @@ def software() -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def _checkout_commit() -> str | None:
     """The commit of the checkout medrecon runs from (an editable install), '-dirty' when tracked files changed;
-    None elsewhere. Read without taking git's index lock (``git describe --dirty`` rewrites the index, which a
+    None elsewhere. Asked once per process (the code it ran was loaded then; a batch wrote two git calls into every
+    series' report). Read without taking git's index lock (``git describe --dirty`` rewrites the index, which a
     user's own git command at that moment would find locked)."""
     root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():

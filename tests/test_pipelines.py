@@ -818,8 +818,8 @@ def test_report_json_identifies_the_input_voxels_and_the_software(tmp_path, ct_n
     index = Path(__file__).resolve().parents[1] / ".git" / "index"
     if index.is_file():  # a checkout: its commit is read without rewriting git's index (git describe --dirty did)
         before = index.stat().st_mtime_ns
-        from pipelines.outputs import software
-        assert software()["medrecon_commit"] and index.stat().st_mtime_ns == before
+        from pipelines.outputs import _checkout_commit
+        assert _checkout_commit.__wrapped__() and index.stat().st_mtime_ns == before  # uncached: git really runs
 
 
 def test_classical_runs_say_what_they_ignore_or_cannot_do(tmp_path, ct_nifti):

@@ -71,14 +71,21 @@ MR_TAGS = {"ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": "
            "MagneticFieldStrength": None, "ImagedNucleus": None, "FlipAngle": None}
 
 
+def _source_rescale(src: dict, default_slope=None) -> tuple[float, float] | None:
+    """(RescaleSlope, RescaleIntercept) of source tags: finite, slope > 0 (``default_slope`` where it is absent),
+    else None."""
+    try:
+        m, b = float(src.get("RescaleSlope") or default_slope), float(src.get("RescaleIntercept") or 0)
+    except (TypeError, ValueError):
+        return None
+    return (m, b) if np.isfinite(m) and np.isfinite(b) and m > 0 else None
+
+
 def source_lattice(src: dict) -> tuple[float, float] | None:
     """(slope, intercept) of a source series whose stored values map through a rescale other than whole numbers
     (a Philips MR slope of 2.5: values are multiples of 2.5), else None."""
-    try:
-        m, b = float(src["RescaleSlope"]), float(src.get("RescaleIntercept") or 0)
-    except (KeyError, TypeError, ValueError):
-        return None
-    return (m, b) if np.isfinite(m) and np.isfinite(b) and m > 0 and (m != round(m) or b != round(b)) else None
+    mb = _source_rescale(src)
+    return mb if mb is not None and (mb[0] != round(mb[0]) or mb[1] != round(mb[1])) else None
 
 
 def on_lattice(values: np.ndarray, lattice: tuple[float, float]) -> bool:
@@ -94,11 +101,7 @@ def mr_stored_scale(src: dict) -> tuple[float, float] | None:
     whose slices have rescales of their own: no one scale holds them all)."""
     if str(src.get("Modality") or "").upper() != "MR" or "SourceImages" not in src or src.get("PerSliceRescale"):
         return None
-    try:
-        m, b = float(src.get("RescaleSlope") or 1), float(src.get("RescaleIntercept") or 0)
-    except (TypeError, ValueError):
-        return None
-    return (m, b) if np.isfinite(m) and np.isfinite(b) and m > 0 else None
+    return _source_rescale(src, default_slope=1)
 
 
 def snap_to_lattice(data: np.ndarray, lattice: tuple[float, float]) -> np.ndarray:

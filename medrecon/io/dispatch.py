@@ -71,6 +71,20 @@ def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:
     raise InputError(f"{path}: unknown format; give {READABLE}")
 
 
+def is_volume_file(path) -> bool:
+    """Whether a file is one of the image formats ``read_volume`` reads, by its name (NIfTI, NRRD, MetaImage, a
+    NIfTI/Analyze pair, .dcm) or a DICOM file's preamble; .npy is left out (any saved array is one)."""
+    path = Path(path)
+    name = path.name.lower()
+    if is_nifti(name) or name.endswith(ITK_READ_SUFFIXES + (".dcm",)) or is_nifti_pair(path):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volume:
     if not any(folder.iterdir()):
         raise InputError(f"{folder} is empty; give the folder that holds the DICOM files of one series")

@@ -27,6 +27,7 @@ import torch
 from ..device import resolve_device
 from ..bundled import PREFIX as BUNDLED_PREFIX, bundled_prior_path
 from ..errors import InputError
+from ..io import is_volume_file
 from .adm import ADMUNet, adm_config, adm_config_from_state_dict
 from .base import Denoiser, IntensityMap, schedule_from_dict
 from .card import CARD_NAME, default_card, merge_cards, read_model_card
@@ -105,15 +106,6 @@ def load_checked(network: torch.nn.Module, state: dict, path: Path, what: str,
 def _on_meta(build, *args):
     with torch.device("meta"):
         return build(*args)
-
-
-def _is_image_volume(path: Path) -> bool:
-    """A file named or made like an image volume (NIfTI, NRRD, MetaImage, DICOM), not a checkpoint."""
-    if path.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")):
-        return True
-    with open(path, "rb") as f:
-        head = f.read(132)
-    return head[128:132] == b"DICM"
 
 
 def _detect(obj) -> str | None:
@@ -262,7 +254,7 @@ def load_prior(path: str | Path, device=None, allow_unsafe_pickle: bool = False,
     if not weights.is_file():
         raise InputError(f"{weights}: weights file named by the model card does not exist")
     check_readable(weights)
-    if _is_image_volume(weights):
+    if is_volume_file(weights):  # a format read_volume reads
         raise InputError(f"{weights}: this is an image volume, not a prior; prior.path takes a prior folder (with "
                          f"{CARD_NAME}), a checkpoint file or {BUNDLED_PREFIX}NAME")
     obj = torch_load(weights, allow_unsafe_pickle)

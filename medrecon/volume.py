@@ -90,7 +90,7 @@ class Volume:
         L, P, S), each patient axis used once (nibabel's io_orientation: a double oblique's x and z may both lie
         nearest to L, one of them then takes the next nearest)."""
         from nibabel.orientations import io_orientation
-        ornt = io_orientation(np.column_stack([np.vstack([self.direction, np.zeros(3)]), [0, 0, 0, 1]]))
+        ornt = io_orientation(self.affine_lps)  # its world axes are LPS: +1 points to L, P or S
         return [int(a) for a in ornt[:, 0]], [int(f) for f in ornt[:, 1]]
 
     @property

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from medrecon.errors import InputError
 
-from .batching import Job, error_text, progress_line, run_series, write_manifest
+from .batching import Job, error_text, one_line, progress_line, run_series, write_manifest
 
 INSTALL_HINT = "pip install 'medrecon[distributed]'"
 ENGINES = ("local", "ray")
@@ -191,10 +191,9 @@ class RayEngine:
             lost = isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                                   ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError))
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            what = f"worker lost {self.max_retries + 1} times (last: {type(e).__name__}: {first})" if lost \
-                else error_text(e, job.input_root, job.output_root)
-            return {**job.row("pending"), "status": "failed", "seconds": f"{seconds:.2f}",
-                    "error": " ".join(what.split())[:500]}, lost
+            what = one_line(f"worker lost {self.max_retries + 1} times (last: {type(e).__name__}: {first})",
+                            job.input_root, job.output_root) if lost else error_text(e, job.input_root, job.output_root)
+            return {**job.row("pending"), "status": "failed", "seconds": f"{seconds:.2f}", "error": what}, lost
 
 
 def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:

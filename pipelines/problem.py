@@ -40,6 +40,7 @@ from medrecon.metrics import per_axis_metrics
 from medrecon.priors import Denoiser, IntensityMap
 from medrecon.priors.train import adapt_prior, adaptation_options
 from medrecon.solvers import admm_tv, cgls, sample_posterior, sirt
+from medrecon.solvers.diffusion import sample_seeds
 from medrecon.volume import Volume
 from operators.ct import attenuation_per_pixel, fbp, geometry_from_dict, pixel_unit_projector
 from operators.ct import poisson_weights_from_line_integrals
@@ -331,8 +332,10 @@ class Problem:
         except ValueError as e:
             raise InputError(f"solver ({s.name}): {e}") from None
         x_init = warm.clone() if warm is not None else self.warm_start(s, progress)
-        if s.samples > 1:
-            mean, std = sample_posterior(solver, s.samples, x_init=x_init)
+        seeds = sample_seeds(solver.seed, s.samples) if s.samples > 1 else None
+        self.info["sample_seeds"] = seeds  # report.json: the seeds that ran (this solve's, not an earlier one's)
+        if seeds:
+            mean, std = sample_posterior(solver, s.samples, seeds=seeds, x_init=x_init)
             out = Solution(mean, std, solver.nfe * s.samples)
         else:
             out = Solution(solver.run(x_init=x_init), None, solver.nfe)

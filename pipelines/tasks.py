@@ -5,7 +5,6 @@ Units and the data term are explained in ``pipelines.problem``; simulation witho
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -17,9 +16,8 @@ import torch
 from medrecon.device import reset_cuda_peak, resolve_device
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
-from medrecon.io.dicom_write import on_lattice, snap_to_lattice, source_lattice
 from medrecon.io.atomic import check_free
-from medrecon.solvers.diffusion import sample_seeds
+from medrecon.io.common import file_sha256, voxels_sha256
 from medrecon.metrics import per_axis_metrics
 from medrecon.volume import Volume
 
@@ -139,7 +137,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          **identity, input_warnings=warned,
                          device=str(problem.device), precision=problem.info.get("precision"),
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),
-                         sample_seeds=_sample_seeds(cfg),
+                         sample_seeds=problem.info.get("sample_seeds"),
                          network_evaluations_per_slice=int(sol.nfe_per_slice),
                          backward_passes_per_slice=int(sol.backward_per_slice),
                          measured_data_scale=problem.data_scale, grid=grid, z_tv=problem.info.get("z_tv"),
@@ -176,18 +174,11 @@ def scores_against_reference(problem: Problem, recon: Volume) -> dict | None:
 
 
 def input_sha256(problem: Problem, inp: Path) -> str | None:
-    """SHA-256 of what was reconstructed: the input volume's voxels as read (float32; a DICOM slice edited in place
-    keeps its file names and sizes, which is all ``files_sha256`` sees), else the measurements file's bytes."""
-    h = hashlib.sha256()
+    """SHA-256 of what was reconstructed: the input volume's voxels as read (a DICOM slice edited in place keeps its
+    file names and sizes, which is all ``files_sha256`` sees), else the measurements file's bytes."""
     if problem.source is not None:
-        h.update(memoryview(np.ascontiguousarray(problem.source.data, np.float32)).cast("B"))  # no copy
-    elif inp.is_file():
-        with open(inp, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    else:
-        return None
-    return h.hexdigest()
+        return voxels_sha256(problem.source)
+    return file_sha256(inp) if inp.is_file() else None
 
 
 def source_identity(source: Volume | None) -> dict:
@@ -199,12 +190,6 @@ def source_identity(source: Volume | None) -> dict:
 
 def _seed(cfg: Config) -> int:
     return int(getattr(cfg.solver, "seed", 0))
-
-
-def _sample_seeds(cfg: Config) -> list[int] | None:
-    """The seeds of the posterior samples whose mean and std are written (solver.samples > 1), else None."""
-    k = int(getattr(cfg.solver, "samples", 1) or 1)
-    return sample_seeds(_seed(cfg), k) if k > 1 else None
 
 
 def _is_dicom(source: Volume | None) -> bool:
@@ -279,8 +264,8 @@ def write_results(cfg: Config, folder: Path, recon: Volume, std: Volume | None, 
     if cfg.outputs.dicom and (dicom_src is not None or measured_mri):
         if measured_mri:  # no source series to take units from
             in_source_units = recon.with_data(np.round(recon.data * MEASURED_MR_DICOM_SCALE))
-        elif source_scale:
-            in_source_units = recon.with_data(_as_source_stores(recon.data * source_scale, dicom_src))
+        elif source_scale:  # the writer keeps an MR source's values on its stored scale (dicom_write.mr_stored_scale)
+            in_source_units = recon.with_data(recon.data * np.float32(source_scale))
         else:
             in_source_units = recon
         write_dicom_series(in_source_units, folder / "dicom", series_description=f"medrecon {cfg.task} {cfg.solver.name}",
@@ -302,19 +287,6 @@ def _same_grid(a: Volume, b: Volume) -> bool:
     """One voxel grid: shape, spacing, origin and axes alike (within what float32 headers round)."""
     return a.shape == b.shape and np.allclose(a.spacing, b.spacing, rtol=1e-4) and \
         np.allclose(a.origin, b.origin, atol=0.01) and np.allclose(a.direction, b.direction, atol=1e-4)
-
-
-def _as_source_stores(data: np.ndarray, src: Volume | None) -> np.ndarray:
-    """Values the source's own stored scale holds: whole numbers where the source holds whole numbers (stored
-    exactly with slope 1), multiples of its rescale where it has one (a Philips slope of 2.5: stored through the
-    same slope, not a new full-range scale that viewers ignoring MR rescaling show as -32000..29895), else as they
-    are (a source of small floats, e.g. 0..3.2, kept 4 levels when rounded)."""
-    if src is None:
-        return data
-    lattice = source_lattice((src.meta.get("dicom") or {}))
-    if lattice is not None and on_lattice(src.data, lattice):  # the first slice's rescale, on every slice
-        return snap_to_lattice(data, lattice)
-    return np.round(data) if np.array_equal(src.data, np.round(src.data)) else data
 
 
 def evaluate(reference, input, output=None, data_range: float | None = None, overwrite: bool = False) -> dict:

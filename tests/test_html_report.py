@@ -261,7 +261,7 @@ def test_bone_reaches_white_and_the_thumbnail_keeps_its_aspect(tmp_path):
     assert thumb[48].max() > 0
 
 
-def test_the_page_says_the_unit_its_window_is_in(tmp_path, mr_like=None):
+def test_the_page_says_the_unit_its_window_is_in(tmp_path):
     """MR pages work in normalised magnitude (0..1) while the derived DICOM is in the source's units: the page
     says which unit its window boxes and range are in."""
     from medrecon.io import write_nifti

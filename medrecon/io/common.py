@@ -11,6 +11,15 @@ from ..errors import InputError
 log = logging.getLogger("medrecon.io")
 
 
+def voxels_sha256(vol) -> str:
+    """SHA-256 of a volume's voxel values as read (float32, C order) and its shape: the same for the same scan in
+    any format or folder, other for other scans (what a training resume checks; what report.json records)."""
+    data = np.ascontiguousarray(vol.data, dtype=np.float32)
+    h = hashlib.sha256(repr(tuple(data.shape)).encode())
+    h.update(memoryview(data).cast("B"))
+    return h.hexdigest()
+
+
 def file_sha256(path, chunk: int = 1 << 22) -> str:
     """The SHA-256 hex digest of a file, read in chunks (weights and cached scans of any size)."""
     h = hashlib.sha256()

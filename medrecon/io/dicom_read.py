@@ -27,7 +27,6 @@ from typing import Sequence
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.datadict import dictionary_VR
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, MediaStorageDirectoryStorage
 from pydicom.valuerep import PersonName
@@ -36,7 +35,7 @@ from ..errors import InputError
 from ..volume import Volume
 from .common import warn
 from .dicom_scan import (SeriesInfo, choose_series, header_kind, image_type, is_dicom_file, is_localizer, list_series,
-                         read_header)
+                         read_header, sop_class)
 
 __all__ = ["SOURCE_TAGS", "SeriesInfo", "choose_series", "is_dicom_file", "list_series", "read_dicom_series",
            "resample_along_normal"]
@@ -79,20 +78,19 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
     skipped = list(info.unreadable)  # "path (why)" of each damaged file passed over
     for m in info.unreadable:
         warn(notes, f"skipped unreadable file {m}")
-    headers = []
+    headers, reason = [], ""
     for f in info.files:
         try:
-            ds = read_header(f)
+            ds, failed = read_header(f), None
         except Exception as e:  # noqa: BLE001
-            ds, reason = None, f"{type(e).__name__}: {e}"
-        else:
-            reason = "not a DICOM file" if ds is None else _not_an_image(ds)
-        if ds is None or header_kind(ds) != "image":
-            if info.n_files > 1:  # one file given: the error below says what it is
-                warn(notes, f"skipped unreadable file {f} ({reason})")
-            skipped.append(f"{f} ({reason})")
+            ds, failed = None, f"{type(e).__name__}: {e}"
+        if ds is not None and header_kind(ds) == "image":
+            headers.append((f, ds))
             continue
-        headers.append((f, ds))
+        reason = failed or ("not a DICOM file" if ds is None else _not_an_image(ds))  # said only for what is skipped
+        if info.n_files > 1:  # one file given: the error below says what it is
+            warn(notes, f"skipped unreadable file {f} ({reason})")
+        skipped.append(f"{f} ({reason})")
     if not headers and info.n_files == 1 and reason:  # one file given: what it is, not a generic line
         raise InputError(f"{where}: {reason}")
     if not headers:
@@ -152,8 +150,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
 
 def _not_an_image(ds) -> str:
     """What a DICOM file that holds no image is, for a message (a DICOMDIR, a report, a structure set, ...)."""
-    meta = getattr(ds, "file_meta", None)
-    sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+    sop = sop_class(ds)
     name = UID(sop).name if sop else "no SOP class"
     if sop == MediaStorageDirectoryStorage:
         return "a DICOMDIR, the index of a CD's files: give the folder that holds the images"
@@ -614,27 +611,9 @@ def _source_tags(ds) -> dict:
     """The SOURCE_TAGS of ``ds`` as JSON-friendly values (DS/IS kept as their exact text)."""
     out = {}
     for kw in SOURCE_TAGS:
-        if kw in ds and (undeclared := _undeclared_utf8(ds, kw)) is not None:
-            out[kw] = undeclared
-        elif kw in ds and ds.data_element(kw).value is not None:
+        if kw in ds and ds.data_element(kw).value is not None:
             out[kw] = _plain(ds.data_element(kw).value)
     return out
-
-
-def _undeclared_utf8(ds, kw):
-    """A text attribute's value when the file declares no character set but its bytes are UTF-8 beyond ASCII (as many
-    systems write them; the default repertoire would read 'Müller' as 'MÃ¼ller'), else None."""
-    raw = ds.get_item(kw)
-    vr = getattr(raw, "VR", None) or dictionary_VR(raw.tag)  # implicit VR files: the dictionary's
-    if ds.get("SpecificCharacterSet") or vr not in ("PN", "LO", "SH", "ST", "LT", "UT") or \
-            not isinstance(raw.value, bytes) or raw.value.isascii():
-        return None
-    try:
-        text = raw.value.decode("utf-8").rstrip(" \x00")
-    except UnicodeDecodeError:
-        return None
-    values = text.split("\\") if vr not in ("ST", "LT", "UT") else [text]
-    return values[0] if len(values) == 1 else values
 
 
 def _source_images(headers, positions) -> list[dict]:
@@ -645,7 +624,7 @@ def _source_images(headers, positions) -> list[dict]:
         meta = getattr(ds, "file_meta", None) or {}
         uid = str(ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or "")
         if uid:
-            out.append({"SOPClassUID": str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or ""),
+            out.append({"SOPClassUID": sop_class(ds),
                         "SOPInstanceUID": uid, "Position": round(float(p), 4), **_instance_number(ds)})
     return out
 

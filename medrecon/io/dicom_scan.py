@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import convert_raw_data_element
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, MediaStorageDirectoryStorage
@@ -192,11 +195,12 @@ def _files(folder: Path, recursive: bool, problems: list | None = None) -> list[
 
 
 def read_header(path: Path, **kw):
-    """The pydicom header (no pixel data), None for a file that is not DICOM; raises if damaged."""
+    """The pydicom header (no pixel data), None for a file that is not DICOM; raises if damaged. Text is read as
+    UTF-8 where the file declares no character set and its text is UTF-8 beyond ASCII (``_declare_utf8``)."""
     with _warnings.catch_warnings():
         _warnings.simplefilter("ignore")
         try:
-            return pydicom.dcmread(path, stop_before_pixels=True, **kw)
+            return _declare_utf8(pydicom.dcmread(path, stop_before_pixels=True, **kw))
         except InvalidDicomError:
             pass
         pydicom_log = logging.getLogger("pydicom")
@@ -204,11 +208,41 @@ def read_header(path: Path, **kw):
         pydicom_log.setLevel(logging.ERROR)  # a forced read of any file (a CD's index.htm) logs VR complaints
         try:  # DICOM without the 128-byte preamble (old ACR-NEMA style): accept only real image headers
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, **kw)
-            return ds if "SeriesInstanceUID" in ds and "Rows" in ds else None
+            return _declare_utf8(ds) if "SeriesInstanceUID" in ds and "Rows" in ds else None
         except Exception:  # noqa: BLE001
             return None
         finally:
             pydicom_log.setLevel(level)
+
+
+TEXT_VRS = ("PN", "LO", "SH", "ST", "LT", "UT")
+
+
+def _declare_utf8(ds):
+    """``ds``, declared UTF-8 (ISO_IR 192) where it declares no character set but its text holds UTF-8 beyond ASCII,
+    as many systems write it: the default repertoire read 'Müller' as 'MÃ¼ller' in every list, message and derived
+    series. Only the undecoded elements are looked at; a file whose bytes are not UTF-8 keeps the default."""
+    if "SpecificCharacterSet" in ds:
+        return ds
+    texts = []
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        try:
+            vr = getattr(raw, "VR", None) or dictionary_VR(tag)
+        except KeyError:  # a private tag of unknown VR
+            continue
+        if vr in TEXT_VRS and isinstance(raw.value, bytes) and not raw.value.isascii():
+            texts.append((tag, raw))
+    try:
+        for _, raw in texts:
+            raw.value.decode("utf-8")
+    except UnicodeDecodeError:
+        return ds
+    if texts:  # pydicom decodes with the charset the file was read with: these are converted here
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        for tag, raw in texts:
+            ds[tag] = convert_raw_data_element(raw, encoding=convert_encodings("ISO_IR 192"), ds=ds)
+    return ds
 
 
 def is_dicom_file(path) -> bool:
@@ -218,12 +252,17 @@ def is_dicom_file(path) -> bool:
         return True
 
 
+def sop_class(ds) -> str:
+    """The SOP class UID, from the file meta where the dataset lacks it (an anonymised file), or ''."""
+    meta = getattr(ds, "file_meta", None) or {}
+    return str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
+
+
 def header_kind(ds) -> str:
     """'image', 'other' (not DICOM, directory, report, ...) or 'damaged' (an image header cut short)."""
     if ds is None:
         return "other"
-    meta = getattr(ds, "file_meta", None)
-    sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+    sop = sop_class(ds)
     if sop == MediaStorageDirectoryStorage:
         return "other"
     if "SeriesInstanceUID" in ds and "Rows" in ds:

@@ -31,7 +31,7 @@ def is_nifti_pair(path) -> bool:
     p = Path(path)
     if p.suffix.lower() not in (".hdr", ".img"):
         return False
-    return _sizeof_hdr(p.with_suffix(".hdr" if p.suffix.islower() else ".HDR")) is not None
+    return _sizeof_hdr(p.with_suffix(".HDR" if p.suffix.isupper() else ".hdr")) is not None  # as read_cfl pairs
 
 
 def _sheared(affine) -> bool:
@@ -85,25 +85,23 @@ def read_nifti(path) -> Volume:
     notes: list = []
     codes = {k: int(header[k]) if k in header else 0 for k in ("sform_code", "qform_code")}  # Analyze: neither
     affine = np.asarray(img.affine, dtype=np.float64)
-    if _degenerate(affine) and codes["sform_code"] and codes["qform_code"] and not _degenerate(img.get_qform()):
-        affine = np.asarray(img.get_qform(), dtype=np.float64)  # as ITK does
-        warn(notes, f"{path}: its sform is degenerate (a voxel axis of length 0); its qform is used instead, and "
-                    "the outputs carry the qform as both")
-    if _degenerate(affine):
+    sform, qform = (np.asarray(getattr(img, f"get_{k}")(), np.float64) if codes[f"{k}_code"] else None
+                    for k in ("sform", "qform"))  # Analyze has neither
+    bad = "degenerate (a voxel axis of length 0)" if _degenerate(affine) else \
+        "sheared (voxel axes not orthogonal)" if _sheared(affine) else None
+    if bad and codes["qform_code"] and not _degenerate(qform):  # a qform is a rotation: never sheared; as ITK does
+        affine = qform
+        warn(notes, f"{path}: its sform is {bad}; its qform is used instead, and the outputs carry the qform as both")
+    elif _degenerate(affine):
         raise InputError(f"{path}: the NIfTI affine {affine[:3].tolist()} is degenerate; fix the header "
                          "(sform/qform) before use")
-    if _sheared(affine):
-        if not codes["qform_code"]:  # only an sform can be sheared
-            raise InputError(f"{path}: the NIfTI affine is sheared (voxel axes not orthogonal); resample the image "
-                             "onto an orthogonal grid first")
-        affine = np.asarray(img.get_qform(), dtype=np.float64)  # a qform is a rotation: never sheared
-        warn(notes, f"{path}: its sform is sheared (voxel axes not orthogonal); its qform is used instead, and "
-                    "the outputs carry the qform as both")
+    elif bad:  # only an sform can be sheared
+        raise InputError(f"{path}: the NIfTI affine is sheared (voxel axes not orthogonal); resample the image "
+                         "onto an orthogonal grid first")
     if not any(codes.values()):
         warn(notes, f"{path}: neither sform nor qform is set, so where the volume lies and which way is left are "
                     "unknown; nibabel's default grid is used (outputs keep the codes at 0)")
-    elif all(codes.values()) and not _degenerate(img.get_sform()) and not _sheared(img.get_sform()) and \
-            (apart := np.abs(img.get_sform() - img.get_qform()).max()) > 1e-3:
+    elif all(codes.values()) and not bad and (apart := np.abs(sform - qform).max()) > 1e-3:
         warn(notes, f"{path}: its sform and qform disagree (largest difference {apart:.3g} mm); the sform is used, "
                     "as nibabel does")
     unit = header.get_xyzt_units()[0] if hasattr(header, "get_xyzt_units") else "mm"  # Analyze: mm

@@ -3,7 +3,6 @@ priors) from the caller's volumes, mapped to [-1, 1] by the caller's intensity w
 modality; ``medrecon train`` takes the window from pipelines.modality)."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..io.common import voxels_sha256
 from ..volume import Volume
 from .base import MODEL_RANGE, IntensityMap
 
@@ -131,15 +131,6 @@ def found_volumes(paths) -> list[Path]:
     if not found:
         raise InputError(f"no volumes (DICOM series, NIfTI, NRRD) found under {', '.join(map(str, paths))}")
     return found
-
-
-def voxels_sha256(vol: Volume) -> str:
-    """SHA-256 of a volume's voxel values as read (float32, C order) and its shape: the same for the same scan in
-    any format or folder, other for other scans (what a resume checks)."""
-    data = np.ascontiguousarray(vol.data, dtype=np.float32)
-    h = hashlib.sha256(repr(tuple(data.shape)).encode())
-    h.update(memoryview(data).cast("B"))
-    return h.hexdigest()
 
 
 def volume_record(found: Path, vol: Volume) -> dict:

@@ -1,5 +1,6 @@
 """DICOM series reading and derived-series writing, checked against pydicom's bundled test series and,
 when installed, the DICOM validator dciodvfy and the converter dcm2niix."""
+import os
 import shutil
 import subprocess
 import sys
@@ -732,3 +733,124 @@ def test_a_source_whose_uids_live_in_the_file_meta_only_is_still_referenced_and_
                  key=lambda d: float(d.ImagePositionPatient[2]))
     assert [int(d.InstanceNumber) for d in out] == [5, 4, 3, 2, 1]
     assert all("SourceImageSequence" in d for d in out)
+
+
+def test_padding_smeared_by_a_lossy_codec_and_padding_written_unsigned_are_air(tmp_path):
+    """CT padding below the values scans hold takes along every value below them (lossy JPEG 2000 spreads the
+    -2000 HU padding's edge into -3995..-1025 HU, which stayed); padding of a signed image written as US (63536 for
+    -2000) is the same bits as two's complement (it was never matched)."""
+    src = read_volume(CT5N)
+    out = write_dicom_series(src, tmp_path / "padded")
+    for f in out.iterdir():
+        ds = pydicom.dcmread(f)
+        px = ds.pixel_array.copy()
+        pad = -2000 - int(float(ds.RescaleIntercept))
+        px[:4, :4] = pad
+        px[4, :4] = pad - 900  # the codec's smear, below the padding
+        px[5, :4] = pad + 700  # and above it, still below -1024 HU
+        ds.PixelData = px.astype(np.int16).tobytes()
+        ds.add_new("PixelPaddingValue", "US", pad & 0xFFFF)  # unsigned, as some writers store it
+        ds.save_as(f)
+    back = read_volume(out)
+    assert np.all(back.data[:, :6, :4] == -1000.0)
+    np.testing.assert_array_equal(back.data[:, 6:, :], src.data[:, 6:, :])
+    np.testing.assert_array_equal(back.data[:, :, 4:], src.data[:, :, 4:])
+
+
+def _edit_copy(src_folder, dest, edit):
+    """A copy of a series with ``edit(k, ds)`` applied to its k-th file (sorted by name)."""
+    dest.mkdir(parents=True)
+    for k, f in enumerate(sorted(src_folder.iterdir())):
+        ds = pydicom.dcmread(f)
+        edit(k, ds)
+        ds.save_as(dest / f.name)
+    return dest
+
+
+def test_damaged_number_of_frames_is_one_line_naming_the_file(tmp_path):
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    def edit(k, ds):
+        if k == 2:  # pydicom refuses to write '1A' as IS; a raw element goes out as it is (pydicom's badVR.dcm)
+            ds[0x00280008] = RawDataElement(Tag(0x00280008), "IS", 2, b"1A", 0, False, True)
+    out = _edit_copy(CT5N, tmp_path / "s", edit)
+    bad = sorted(out.iterdir())[2]
+    with pytest.raises(InputError, match=rf"{bad.name}: NumberOfFrames is '1A', not a whole number"):
+        read_volume(out)
+
+
+def test_pixel_spacing_written_to_different_precision_is_one_spacing(tmp_path):
+    """0.488281 in one file and 0.4882810001 in another is one pixel size (orientation had a tolerance, spacing
+    none); a real difference is still refused."""
+    def edit(k, ds):
+        if k == 1:
+            ds.PixelSpacing = [f"{float(v) * (1 + 2e-7):.10f}" for v in ds.PixelSpacing]
+    vol = read_volume(_edit_copy(CT5N, tmp_path / "a", edit))
+    assert vol.spacing_zyx[1:] == pytest.approx((0.488281, 0.488281), abs=1e-9)
+
+    def edit_far(k, ds):
+        if k == 1:
+            ds.PixelSpacing = [f"{float(v) * 1.01:.6f}" for v in ds.PixelSpacing]
+    with pytest.raises(InputError, match="differ in PixelSpacing"):
+        read_volume(_edit_copy(CT5N, tmp_path / "b", edit_far))
+
+
+def test_images_whose_series_uid_was_deleted_are_read_as_one_series(tmp_path):
+    """An anonymiser that deletes SeriesInstanceUID (rather than blanking it) left whole images called
+    'damaged: truncated file?'; they are one series per folder, as blank UIDs are."""
+    out = _edit_copy(CT5N, tmp_path / "s", lambda k, ds: delattr(ds, "SeriesInstanceUID"))
+    (info,) = list_series(out)
+    assert info.uid == "" and info.n_files == 5 and not info.unreadable
+    np.testing.assert_array_equal(read_volume(out).data, read_volume(CT5N).data)
+
+
+def test_file_names_that_are_not_utf8_are_read(tmp_path):
+    """A series copied from an old share with Latin-1 names (b'Sch\\xe4del0.dcm') crashed every reader, and the
+    batch's whole plan, where the file list is hashed."""
+    if sys.platform == "darwin":
+        pytest.skip("macOS file systems refuse names that are not UTF-8")
+    folder = tmp_path / "s"
+    folder.mkdir()
+    for k, f in enumerate(sorted(CT5N.iterdir())):
+        name = os.fsdecode(b"Sch\xe4del" + str(k).encode() + b".dcm")
+        shutil.copy(f, folder / name)
+    (info,) = list_series(folder)
+    assert len(info.files_sha256) == 64
+    np.testing.assert_array_equal(read_volume(folder).data, read_volume(CT5N).data)
+
+
+def test_a_folder_of_a_scan_and_its_scouts_reads_the_scan(tmp_path):
+    """The default series is the largest that may be a volume, as the batch decides: a 2-slice scan beside a
+    3-image scout series read the scouts and refused them ('localizer or radial slices'); a one-slice scan beside
+    one topogram was a tie."""
+    def scan(k, ds):
+        ds.SeriesInstanceUID = "1.2.3.4.1"
+    def scout(k, ds):
+        ds.SeriesInstanceUID = "1.2.3.4.2"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.SOPInstanceUID = f"1.2.3.4.2.{k}"
+    files = sorted(CT5N.iterdir())
+    for n_scan, n_scout in ((2, 3), (1, 1)):
+        folder = tmp_path / f"{n_scan}_{n_scout}"
+        _edit_copy(CT5N, folder / "scan", scan)
+        _edit_copy(CT5N, folder / "scout", scout)
+        for f in files[n_scan:]:
+            (folder / "scan" / f.name).unlink()
+        for f in files[n_scout:]:
+            (folder / "scout" / f.name).unlink()
+        for sub in ("scan", "scout"):
+            for f in (folder / sub).iterdir():
+                f.rename(folder / f"{sub}_{f.name}")
+            (folder / sub).rmdir()
+        vol = read_volume(folder)
+        assert vol.meta["series_uid"] == "1.2.3.4.1" and vol.shape[0] == n_scan
+        assert any("largest that may be a volume" in w and "a localizer (scout)" in w for w in vol.meta["warnings"])
+
+
+def test_a_cd_root_names_the_folders_that_hold_series(tmp_path):
+    """A CD export's root (PT000000/ST000000/SE000000/...) sent the user down one level per error."""
+    shutil.copytree(CT5N, tmp_path / "cd" / "PT000000" / "ST000000" / "SE000000")
+    with pytest.raises(InputError, match=r"sub-folders hold PT000000/ST000000/SE000000 \(5 files, CT"):
+        read_volume(tmp_path / "cd")

@@ -35,7 +35,7 @@ from ..errors import InputError
 from ..volume import Volume
 from .common import warn
 from .dicom_scan import (SeriesInfo, choose_series, header_kind, image_type, is_dicom_file, is_localizer, list_series,
-                         read_header, sop_class)
+                         header_int, read_header, series_uid, sop_class)
 
 __all__ = ["SOURCE_TAGS", "SeriesInfo", "choose_series", "is_dicom_file", "list_series", "read_dicom_series",
            "resample_along_normal"]
@@ -101,7 +101,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
         warn(notes, f"{where}: left out {len(headers) - len(slices)} localizer (scout) image(s) of the series, e.g. "
                     f"{scout.name}")
         headers = slices
-    if len({str(ds.SeriesInstanceUID) for _, ds in headers}) > 1:
+    if len({series_uid(ds) for _, ds in headers}) > 1:
         raise InputError(f"{where}: the files belong to several series; read one series at a time "
                          "(medrecon info FOLDER lists them)")
     mosaics = [f for f, ds in headers if _is_mosaic(ds)]
@@ -130,7 +130,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
     data = _undo_monochrome1(data, stack.headers)
     data = _clear_padding(data, stack.headers, where, notes)
 
-    meta = {"format": "dicom", "source": str(where), "series_uid": str(headers[0][1].SeriesInstanceUID),
+    meta = {"format": "dicom", "source": str(where), "series_uid": series_uid(headers[0][1]),
             "files_sha256": info.files_sha256,
             "dicom": {**_source_tags(stack.headers[0]), "SourceImages": _source_images(stack.headers, stack.positions),
                       **({"PerSliceRescale": True} if len({_rescale(ds) for ds in stack.headers}) > 1 else {})},
@@ -185,7 +185,7 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list) -> Volume:
     spacing = tuple(float(np.linalg.norm(a)) for a in (along_cols, along_rows, along_normal))
     direction = np.stack([along_cols / spacing[0], along_rows / spacing[1], along_normal / spacing[2]], axis=1)
     ds = w.dcm_data
-    meta = {"format": "dicom", "source": str(path), "series_uid": str(ds.SeriesInstanceUID),
+    meta = {"format": "dicom", "source": str(path), "series_uid": series_uid(ds),
             "files_sha256": info.files_sha256,
             "dicom": {**_source_tags(ds), "SourceImages": _source_images([ds], [0.0])}, "warnings": notes}
     return Volume(np.ascontiguousarray(data.transpose(2, 0, 1)), spacing, tuple(affine[:3, 3]), direction, meta)
@@ -282,16 +282,17 @@ class _Stack:
     def build(cls, headers: list, where: Path, notes: list) -> "_Stack":
         headers = _without_duplicate_copies(headers, where, notes)
         for f, ds in headers:
-            if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds or \
+            if header_int(ds, "NumberOfFrames", 1, f) > 1 or "PerFrameFunctionalGroupsSequence" in ds or \
                     "SharedFunctionalGroupsSequence" in ds:  # enhanced, even with one frame per file
                 raise InputError(f"{f} is a multi-frame (enhanced) DICOM image, whose geometry lives in functional "
                                  "groups medrecon does not read; convert it to NIfTI first (e.g. dcm2niix) and use "
                                  "the .nii.gz")
-            if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            if header_int(ds, "SamplesPerPixel", 1, f) != 1:
                 raise InputError(f"{f} is a colour image; medrecon reads grayscale CT/MR series only")
             _check_geometry_tags(f, ds)
         _same(headers, where, lambda ds: (int(ds.Rows), int(ds.Columns)), "image sizes (Rows, Columns)")
-        _same(headers, where, lambda ds: _floats(ds.get("PixelSpacing")), "PixelSpacing")
+        _same(headers, where, lambda ds: _floats(ds.get("PixelSpacing")), "PixelSpacing",  # as written: 0.7, 0.7000001
+              close=lambda a, b: np.allclose(a, b, rtol=1e-4, atol=0))                   # (the first slice's is used)
         first = headers[0][1]
         spacing = _floats(first.get("PixelSpacing") or first.get("ImagerPixelSpacing"))
         if spacing is None:
@@ -422,10 +423,11 @@ def _single_slice_step(ds) -> float:
     return 1.0
 
 
-def _same(headers, where, key, what: str) -> None:
+def _same(headers, where, key, what: str, close=None) -> None:
+    """Refuse slices whose ``key`` differs from the first slice's (``close(a, b)``: what counts as the same)."""
     first = key(headers[0][1])
     for f, ds in headers[1:]:
-        if key(ds) != first:
+        if not (close(key(ds), first) if close and None not in (key(ds), first) else key(ds) == first):
             raise InputError(f"{where}: the slices differ in {what} ({headers[0][0].name}: {first}, "
                              f"{f.name}: {key(ds)}); choose another series with --series or remove the "
                              "odd files")
@@ -471,19 +473,21 @@ CT_VALUES_HU = (-1024.0, 3071.0)
 def _clear_padding(data: np.ndarray, headers: list, where, notes: list) -> np.ndarray:
     """Pixels at the stored PixelPaddingValue (to PixelPaddingRangeLimit where given) set to PADDING_FILL (else
     the lowest other value) where that changes them: outside the scanned area, not a measurement (unsigned padding
-    of -2000 HU read as +62512 HU). CT padding at a value scans hold (``CT_VALUES_HU``) stays."""
+    of -2000 HU read as +62512 HU). CT padding at a value scans hold (``CT_VALUES_HU``) stays; CT padding below
+    them takes every value below them along (a lossy codec smears the padding's edge into values near it)."""
     count, fills = 0, set()
     for k, ds in enumerate(headers):
-        pad = _floats(ds.get("PixelPaddingValue"))
+        pad, limit = (_stored_value(ds, tag) for tag in ("PixelPaddingValue", "PixelPaddingRangeLimit"))
         if pad is None:
             continue
-        limit = _floats(ds.get("PixelPaddingRangeLimit")) or pad
         m, b = _rescale(ds)
-        lo, hi = sorted((m * pad[0] + b, m * limit[0] + b))
+        lo, hi = sorted((m * pad + b, m * (pad if limit is None else limit) + b))
         modality = str(ds.get("Modality", ""))
         if modality == "CT" and CT_VALUES_HU[0] <= lo and hi <= CT_VALUES_HU[1]:
             continue
         hit = (data[k] >= lo - 0.5 * abs(m)) & (data[k] <= hi + 0.5 * abs(m))
+        if modality == "CT" and hi < CT_VALUES_HU[0]:
+            hit |= data[k] < CT_VALUES_HU[0] - 0.5 * abs(m)
         fill = PADDING_FILL.get(modality)
         if fill is None:  # another modality: the lowest value the slice holds besides the padding
             others = data[k][~hit]
@@ -497,6 +501,18 @@ def _clear_padding(data: np.ndarray, headers: list, where, notes: list) -> np.nd
         warn(notes, f"{where}: {count} pixels at the PixelPaddingValue (outside the scanned area) set to "
                     f"{', '.join(f'{f:g}' for f in sorted(fills))}")
     return data
+
+
+def _stored_value(ds, tag: str) -> float | None:
+    """A padding tag as the stored value it names: written as US on signed data (63536 for -2000), it is the same
+    bits read as two's complement."""
+    value = _floats(ds.get(tag))
+    if value is None:
+        return None
+    bits = header_int(ds, "BitsStored", 16)
+    if header_int(ds, "PixelRepresentation", 0) and value[0] >= 2 ** (bits - 1):
+        return value[0] - 2 ** bits
+    return value[0]
 
 
 def _transfer_syntax(f: Path) -> str:

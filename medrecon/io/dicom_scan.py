@@ -53,7 +53,7 @@ class SeriesInfo:
         the series is added, removed or replaced by one of another size."""
         h = hashlib.sha256()
         for f in sorted(self.files):
-            h.update(f"{os.path.relpath(f, self.folder)}\0{f.stat().st_size}\n".encode())
+            h.update(os.fsencode(os.path.relpath(f, self.folder)) + f"\0{f.stat().st_size}\n".encode())  # any name
         return h.hexdigest()
 
     def to_dict(self) -> dict:
@@ -88,7 +88,7 @@ def list_series(folder, recursive: bool = False, problems: list | None = None) -
         if kind == "damaged":
             damaged.setdefault(path.parent, []).append(f"{path} (incomplete header: truncated file?)")
         elif kind == "image":
-            uid = str(ds.SeriesInstanceUID)
+            uid = series_uid(ds)
             key = (uid, None if uid else path.parent)  # anonymised files without a UID: one series per folder
             why = not_a_volume(ds)
             if key not in found:
@@ -107,9 +107,11 @@ def list_series(folder, recursive: bool = False, problems: list | None = None) -
 
 
 def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple[SeriesInfo, str | None]:
-    """The series with SeriesInstanceUID ``uid``, or by default the largest; also a note for the user
-    when others were passed over. Ties and unknown UIDs are errors listing the choices."""
-    listing = "; ".join(f"{s.uid} ({s.n_files} files, {s.modality} '{s.description}')" for s in all_series)
+    """The series with SeriesInstanceUID ``uid``, or by default the largest of those that may be volumes (not
+    scouts, screenshots, ...: ``not_a_volume``, as the batch passes them over); also a note for the user when
+    others were passed over. Ties and unknown UIDs are errors listing the choices."""
+    listing = "; ".join(f"{s.uid} ({s.n_files} files, {s.modality} '{s.description}'"
+                        + (f", {s.not_a_volume}" if s.not_a_volume else "") + ")" for s in all_series)
     if uid is not None:
         chosen = [s for s in all_series if s.uid == uid]
         if not chosen:
@@ -117,11 +119,13 @@ def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple
         return chosen[0], None
     if len(all_series) == 1:
         return all_series[0], None
-    if all_series[0].n_files == all_series[1].n_files:
+    volumes = [s for s in all_series if not s.not_a_volume] or all_series
+    if len(volumes) > 1 and volumes[0].n_files == volumes[1].n_files:
         raise InputError(f"{where} holds {len(all_series)} series and the largest are the same size; "
                          f"choose one with --series UID: {listing}")
-    return all_series[0], (f"{where} holds {len(all_series)} series; reading the largest, "
-                           f"{all_series[0].uid} (choose another with --series UID): {listing}")
+    return volumes[0], (f"{where} holds {len(all_series)} series; reading the largest"
+                        + (" that may be a volume" if len(volumes) < len(all_series) else "")
+                        + f", {volumes[0].uid} (choose another with --series UID): {listing}")
 
 
 
@@ -148,8 +152,11 @@ def not_a_volume(ds) -> str:
         return f"a {modality} object"
     if is_localizer(ds):
         return "a localizer (scout)"
-    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
-        return "a colour image"
+    try:
+        if header_int(ds, "SamplesPerPixel", 1) > 1:
+            return "a colour image"
+    except InputError:  # damaged: reading the series says so, naming the file
+        pass
     if "Secondary Capture" in UID(str(ds.get("SOPClassUID", "") or "")).name and not made_by_medrecon(ds) and \
             not ("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds):  # SimpleITK writes volumes as SC
         return "a secondary capture without patient geometry (a screenshot or a scanned page)"
@@ -252,6 +259,22 @@ def is_dicom_file(path) -> bool:
         return True
 
 
+def header_int(ds, tag: str, default: int, path=None) -> int:
+    """A whole-number tag of a header (``default`` where absent or empty); a damaged value is a one-line error
+    naming the file and the tag."""
+    value = ds.get(tag, default)
+    try:
+        return int(default if value in (None, "") else value)
+    except (TypeError, ValueError):
+        raise InputError(f"{path or 'a DICOM header'}: {tag} is {str(value)!r}, not a whole number; the header is "
+                         "damaged: fix the tag or remove the file") from None
+
+
+def series_uid(ds) -> str:
+    """A header's SeriesInstanceUID, or '' where it is blank or missing (an anonymised file)."""
+    return str(ds.get("SeriesInstanceUID", "") or "").strip()
+
+
 def sop_class(ds) -> str:
     """The SOP class UID, from the file meta where the dataset lacks it (an anonymised file), or ''."""
     meta = getattr(ds, "file_meta", None) or {}
@@ -265,7 +288,7 @@ def header_kind(ds) -> str:
     sop = sop_class(ds)
     if sop == MediaStorageDirectoryStorage:
         return "other"
-    if "SeriesInstanceUID" in ds and "Rows" in ds:
-        return "image"
+    if "Rows" in ds:  # Rows (0028) follows the UID (0020): a header that reached it is whole, and a file whose
+        return "image"  # anonymiser deleted the UID (not blanked it) is an image all the same
     return "damaged" if "Image Storage" in UID(sop).name or "SeriesInstanceUID" not in ds else "other"
 

@@ -1,6 +1,8 @@
 """read_volume / write_volume: one entry point for every format, chosen from the path."""
 from __future__ import annotations
 
+import os
+
 import re
 
 from pathlib import Path
@@ -92,9 +94,12 @@ def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volu
     # batch groups them
     found = list_series(folder, recursive=bool(series))
     if not found:
-        subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        hint = (f"; the files may be in its sub-folders ({', '.join(subfolders[:5])}"
-                f"{', ...' if len(subfolders) > 5 else ''}): give one of those") if subfolders else ""
+        below = list_series(folder, recursive=True) if any(p.is_dir() for p in folder.iterdir()) else []
+        hint = ("; its sub-folders hold " + "; ".join(f"{os.path.relpath(s.folder, folder)} ({s.n_files} files, "
+                                                       f"{s.modality} '{s.description}')" for s in below[:5])
+                + (f" and {len(below) - 5} more series" if len(below) > 5 else "")
+                + ": give one of those folders, or this one with --series UID (`medrecon info "
+                f"{folder}/SUBFOLDER` shows the UID)") if below else ""
         raise InputError(f"{folder} holds no readable DICOM image files{hint}")
     info, note = choose_series(found, series, folder)
     vol = read_dicom_series(info, resample)

@@ -854,3 +854,14 @@ def test_a_cd_root_names_the_folders_that_hold_series(tmp_path):
     shutil.copytree(CT5N, tmp_path / "cd" / "PT000000" / "ST000000" / "SE000000")
     with pytest.raises(InputError, match=r"sub-folders hold PT000000/ST000000/SE000000 \(5 files, CT"):
         read_volume(tmp_path / "cd")
+
+
+def test_a_palette_colour_image_is_refused_as_colour(tmp_path):
+    """PALETTE COLOR pixels are indices into a colour table (an ultrasound, a screenshot): they were read as grey
+    values; they are a colour image, passed over as such in a folder."""
+    def edit(k, ds):
+        ds.PhotometricInterpretation = "PALETTE COLOR"
+    out = _edit_copy(CT5N, tmp_path / "s", edit)
+    with pytest.raises(InputError, match="is a colour image"):
+        read_volume(out)
+    assert list_series(out)[0].not_a_volume == "a colour image"

@@ -35,7 +35,7 @@ from ..errors import InputError
 from ..volume import Volume
 from .common import warn
 from .dicom_scan import (SeriesInfo, choose_series, header_kind, image_type, is_dicom_file, is_localizer, list_series,
-                         header_int, read_header, series_uid, sop_class)
+                         header_int, is_colour, read_header, series_uid, sop_class)
 
 __all__ = ["SOURCE_TAGS", "SeriesInfo", "choose_series", "is_dicom_file", "list_series", "read_dicom_series",
            "resample_along_normal"]
@@ -287,7 +287,8 @@ class _Stack:
                 raise InputError(f"{f} is a multi-frame (enhanced) DICOM image, whose geometry lives in functional "
                                  "groups medrecon does not read; convert it to NIfTI first (e.g. dcm2niix) and use "
                                  "the .nii.gz")
-            if header_int(ds, "SamplesPerPixel", 1, f) != 1:
+            header_int(ds, "SamplesPerPixel", 1, f)  # a damaged value named here, not taken for grey
+            if is_colour(ds):
                 raise InputError(f"{f} is a colour image; medrecon reads grayscale CT/MR series only")
             _check_geometry_tags(f, ds)
         _same(headers, where, lambda ds: (int(ds.Rows), int(ds.Columns)), "image sizes (Rows, Columns)")

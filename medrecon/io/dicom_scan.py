@@ -19,8 +19,9 @@ from pydicom.uid import UID, MediaStorageDirectoryStorage
 
 from ..errors import InputError
 
-_SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription",
-              "Rows", "Manufacturer", "ImageType", "SamplesPerPixel", "ImagePositionPatient", "ImageOrientationPatient"]
+_SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription", "Rows",
+              "Manufacturer", "ImageType", "SamplesPerPixel", "PhotometricInterpretation", "ImagePositionPatient",
+              "ImageOrientationPatient"]
 #: modalities of objects that hold images but no volume to reconstruct (dose, structures, segmentations, ...)
 NOT_VOLUME_MODALITIES = {"SR", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "SEG", "PR", "KO", "DOC", "REG"}
 MANUFACTURER = "medrecon"  # the Manufacturer of every series medrecon writes (medrecon.io.dicom_write)
@@ -152,11 +153,8 @@ def not_a_volume(ds) -> str:
         return f"a {modality} object"
     if is_localizer(ds):
         return "a localizer (scout)"
-    try:
-        if header_int(ds, "SamplesPerPixel", 1) > 1:
-            return "a colour image"
-    except InputError:  # damaged: reading the series says so, naming the file
-        pass
+    if is_colour(ds):
+        return "a colour image"
     if "Secondary Capture" in UID(str(ds.get("SOPClassUID", "") or "")).name and not made_by_medrecon(ds) and \
             not ("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds):  # SimpleITK writes volumes as SC
         return "a secondary capture without patient geometry (a screenshot or a scanned page)"
@@ -268,6 +266,15 @@ def header_int(ds, tag: str, default: int, path=None) -> int:
     except (TypeError, ValueError):
         raise InputError(f"{path or 'a DICOM header'}: {tag} is {str(value)!r}, not a whole number; the header is "
                          "damaged: fix the tag or remove the file") from None
+
+
+def is_colour(ds) -> bool:
+    """An RGB/YBR image or one whose pixels index a colour palette (an ultrasound or a screenshot): no CT/MR slice."""
+    try:
+        samples = header_int(ds, "SamplesPerPixel", 1)
+    except InputError:  # damaged: reading the series says so, naming the file
+        samples = 1
+    return samples > 1 or str(ds.get("PhotometricInterpretation", "") or "").strip().upper() == "PALETTE COLOR"
 
 
 def series_uid(ds) -> str:

@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 import typer
 
 from .app import app
-from .modality import MODALITY_OF_DICOM, Modality
+from .modality import Modality, training_volume_check
 
 
 class Arch(str, Enum):
@@ -80,6 +80,7 @@ def training_intensity(modality: Modality, hu_window, mri_percentile: float) -> 
         imap.update(physical_min=float(hu_window[0]), physical_max=float(hu_window[1]))
         return imap, None
     imap["normalisation"] = f"per volume: |v| / {mri_percentile}th percentile of |v|, clipped to [0, 1]"
+    imap["normalisation_percentile"] = float(mri_percentile)  # reconstruct warns where it is far from its own
     return imap, float(mri_percentile)
 
 
@@ -187,7 +188,7 @@ def train(
                                                 "(default: at every checkpoint; 0: only before/after)."),
     sample_every: int = typer.Option(1000, "--sample-every", min=-1, help="Sample grid PNG every N steps (0: only at the "
                                      "end; -1: never)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=-2 ** 63, max=2 ** 63 - 2),  # torch: 64-bit seeds (the run adds 1)
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's)."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast where the device has native bf16 (an Ampere or later GPU, or a CPU with AVX512-BF16/AMX)."),
@@ -270,13 +271,14 @@ def train(
                         sampler_errors=str(sampler_errors) if sampler_errors else None,
                         sampler_error_prob=sampler_error_prob, sampler_error_sigma_min=sampler_error_sigma_min)
     heldout, held_desc = None, None
+    check = training_volume_check(modality)
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources,
-                             dicom_modalities=MODALITY_OF_DICOM, series=series)
+                             check=check, series=series)
         if held_names:
             hp, hprov = _dataset_volumes(held_names, modality, heldout=True)
             hd = load_patch_data(hp, imap, magnitude_percentile=pct, modality=modality.value, sources=hprov,
-                                 dicom_modalities=MODALITY_OF_DICOM)
+                                 check=check)
             heldout = heldout_slices(hd, opts.heldout_spacing_mm, context=context_slices)
             held_desc = hprov
         what = f"{sd.n_slices} slices at their own pixel size, patches {','.join(map(str, sizes))}"
@@ -293,10 +295,10 @@ def train(
                        "--pixel-range LO HI to take them in, or leave it out", err=True)
     else:
         sd = load_slices(paths, imap, image_size, magnitude_percentile=pct, modality=modality.value, sources=sources,
-                         dicom_modalities=MODALITY_OF_DICOM, series=series)
+                         check=check, series=series)
         if held_names:
             hp, hprov = _dataset_volumes(held_names, modality, heldout=True)
-            heldout = load_slices(hp, imap, image_size, magnitude_percentile=pct, sources=hprov).slices
+            heldout = load_slices(hp, imap, image_size, magnitude_percentile=pct, sources=hprov, check=check).slices
             held_desc = hprov
         else:
             n = sd.slices.shape[0]

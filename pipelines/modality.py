@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+import numpy as np
+
 
 class Modality(str, Enum):
     ct = "ct"
@@ -31,3 +33,45 @@ def intensity_card(modality: str | Modality) -> dict:
     lo, hi, unit = INTENSITY_WINDOWS[Modality(modality)]
     return {"physical_min": lo, "physical_max": hi, "model_min": MODEL_RANGE[0], "model_max": MODEL_RANGE[1],
             "unit": unit}
+
+
+CT_HU_BELOW = -50.0  # a CT volume in HU has values below this (air, lung or fat), even inside the body
+MR_NEGATIVE_FRACTION = 0.05  # MR magnitudes are not negative: a volume reaching below -5 % of its top is not one
+
+
+def value_problem(data: np.ndarray, modality: str | Modality, where, trusted_hu: bool = False) -> str | None:
+    """Why a volume's values are not the modality's (CT in HU has air, lung or fat; MR magnitudes are not
+    negative), or None. ``trusted_hu``: a CT DICOM series with its rescale tags, whose values are HU by definition
+    (a small field of view may hold no air)."""
+    if Modality(modality) == Modality.ct and not trusted_hu:
+        lo = float(np.percentile(data, 0.5))
+        if lo > CT_HU_BELOW:  # no air, lung or fat: MR magnitude or attenuation values, not HU
+            return (f"{where}: values from {lo:.4g} up do not look like CT in HU (air is -1000 HU, fat -100): convert "
+                    "the volume to HU, or use an MRI config")
+    if Modality(modality) == Modality.mri:  # DICOM MR too: a phase, real or imaginary image is not a magnitude
+        lo, hi = (float(v) for v in np.percentile(data, [0.5, 99.5]))
+        if lo < -MR_NEGATIVE_FRACTION * max(abs(hi), 1e-12):  # e.g. CT in HU: air at -1000
+            return (f"{where}: values down to {lo:.4g} (0.5th percentile; 99.5th {hi:.4g}) do not look like MR "
+                    "magnitudes, which are not negative: use a CT config for CT in HU, or give the magnitude of MR images")
+    return None
+
+
+def training_volume_check(modality: str | Modality):
+    """``check(path, volume)`` for ``medrecon train``: refuses a volume that is not of the prior's modality, by its
+    DICOM Modality (another modality, or none medrecon reconstructs: PT, NM, US, ...) or by its values, as
+    reconstruct's domain check does."""
+    modality = Modality(modality)
+
+    def check(path, vol) -> None:
+        from medrecon import InputError
+
+        tag = str((vol.meta.get("dicom") or {}).get("Modality", "") or "").upper()
+        if tag and MODALITY_OF_DICOM.get(tag) != modality.value:
+            raise InputError(f"{path}: its DICOM Modality is {tag}, but the prior is for {modality.value}: train one "
+                             "modality per prior (leave this volume out, or set --modality ct|mri)")
+        trusted = tag == "CT" and not vol.meta.get("rescale_assumed")
+        why = value_problem(vol.data, modality, path, trusted_hu=trusted)
+        if why:
+            raise InputError(why.replace("use an MRI config", "train with --modality mri").replace(
+                "use a CT config for CT in HU", "train CT in HU with --modality ct"))
+    return check

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -49,11 +50,11 @@ from operators.mri import coil_support, mri_operator, with_real_input
 from .config import Config, config_names, load_config, resolve_prior_path
 from .crossval import cross_validate
 from .measurement import Measurement, is_measurement_file
-from .modality import MODALITY_OF_DICOM, Modality, intensity_card
+from .modality import MODALITY_OF_DICOM, Modality, intensity_card, value_problem
 from .raw_mri import is_measured_kspace
 from .prior_cards import load_prior_for
 from .registry import SELF_ADAPT_DEFAULT, SELF_ADAPT_OFF, SOLVERS
-from .simulation import grid_offsets, magnitude_scale, simulate_volume
+from .simulation import MAGNITUDE_PERCENTILE, grid_offsets, magnitude_scale, simulate_volume
 
 log = logging.getLogger("medrecon")
 MAX_OBLONG = 1.5  # in-plane pixels more oblong than this need --resample (most likely a slice axis not the third)
@@ -560,8 +561,6 @@ def reconstruction_grid(cfg: Config, prior, source: Volume, resample: bool = Fal
             "resampled": bool(abs(pixel - native) > 1e-6 * native or oblong), "reason": reason or oblong}
 
 
-CT_HU_BELOW = -50.0  # a CT volume in HU has values below this (air, lung or fat), even inside the body
-MR_NEGATIVE_FRACTION = 0.05  # MR magnitudes are not negative: a volume reaching below -5 % of its top is not one
 
 
 @contextmanager
@@ -590,16 +589,10 @@ def check_domain(cfg: Config, prior, source: Volume) -> None:
     elif not card_modality and card_unit and cfg.intensity.unit and card_unit != cfg.intensity.unit:
         problems.append(f"prior {prior.name} was trained on values in {card_unit} but the config's are in "  # no
                         f"{cfg.intensity.unit}: use a {cfg.modality} prior")  # modality recorded: its unit tells
-    if cfg.modality == "ct" and (dicom_modality != "CT" or source.meta.get("rescale_assumed")):
-        lo = float(np.percentile(source.data, 0.5))
-        if lo > CT_HU_BELOW:  # no air, lung or fat: MR magnitude or attenuation values, not HU
-            problems.append(f"{where}: values from {lo:.4g} up do not look like CT in HU (air is -1000 HU, fat "
-                            f"-100): convert the volume to HU, or use an MRI config")
-    if cfg.modality == "mri":  # DICOM MR too: a phase, real or imaginary image is not a magnitude
-        lo, hi = (float(v) for v in np.percentile(source.data, [0.5, 99.5]))
-        if lo < -MR_NEGATIVE_FRACTION * max(abs(hi), 1e-12):  # e.g. CT in HU: air at -1000
-            problems.append(f"{where}: values down to {lo:.4g} (0.5th percentile; 99.5th {hi:.4g}) do not look like MR magnitudes, which "
-                            f"are not negative: use a CT config for CT in HU, or give the magnitude of MR images")
+    trusted = dicom_modality == "CT" and not source.meta.get("rescale_assumed")
+    why = value_problem(source.data, cfg.modality, where, trusted_hu=trusted)
+    if why:
+        problems.append(why)
     if problems:
         raise InputError("; ".join(problems))
 
@@ -635,11 +628,31 @@ def _complex_images(cfg: Config, meas: Measurement) -> bool:
     return is_measured_kspace(meas) if mode == "auto" else mode == "complex"
 
 
+#: an MR prior trained on volumes divided by a lower percentile than this sees reconstruct's (MAGNITUDE_PERCENTILE)
+#: tissue darker than it learned it: the bundled priors use 99.5 (0.87-0.93 of their training brightness, measured)
+MIN_TRAINING_PERCENTILE = 99.0
+
+
+def training_percentile(prior) -> float | None:
+    """The percentile an MR prior's training volumes were divided by, from its card (``medrecon train`` records
+    ``normalisation_percentile``; earlier cards say it in ``normalisation``), or None."""
+    imap = ((getattr(prior, "card", None) or {}).get("intensity") or {}) if prior is not None else {}
+    if imap.get("normalisation_percentile") is not None:
+        return float(imap["normalisation_percentile"])
+    found = re.search(r"/ ([0-9.]+)th percentile", str(imap.get("normalisation") or ""))
+    return float(found.group(1)) if found else None
+
+
 def setting_warnings(cfg: Config, meas: Measurement, source: Volume | None, prior, resample: bool) -> list[str]:
     """What the settings do that the user may not expect, for the log and report.json: measurements under a config
     tuned for another acquisition; a simulated detector too small for the image; --resample with no prior; admm_tv's
     z-only TV on one slice."""
     out = []
+    pct = training_percentile(prior)
+    if cfg.modality == "mri" and pct is not None and pct < MIN_TRAINING_PERCENTILE:
+        out.append(f"prior {prior.name} was trained on MR volumes divided by their {pct:g}th percentile, while "
+                   f"reconstruct divides by the {MAGNITUDE_PERCENTILE:g}th: tissue reaches the prior darker than it "
+                   "learned it; train with the default --mri-percentile 99.5")
     if cfg.solver.name == "admm_tv" and cfg.solver.tv == "z" and meas.grid.shape[0] == 1:
         out.append("solver.tv=z on one slice: TV along z has nothing to smooth, so admm_tv is unregularised here; "
                    "set solver.tv=3d")

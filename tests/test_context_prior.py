@@ -112,6 +112,12 @@ def test_cli_refuses_context_without_patches_and_a_mismatched_start(priors, tmp_
     assert main(["train", "--arch", "patch", "--data", *files, "--output", str(tmp_path / "w"), "--patch-sizes",
                  "8,16", "--channels", "8,16,32", "--steps", "1", "--init-from", str(p2d), "--no-progress"]) == 2
     assert "its network differs from the one asked for" in capsys.readouterr().err
+    # the bundled whole-slice prior has attention layers a patch network has not: refused, not a torch traceback
+    assert main(["train", "--arch", "patch", "--data", *files, "--output", str(tmp_path / "a"), "--patch-sizes",
+                 "8,16", "--channels", "16,32,64,128", "--steps", "1", "--init-from", "bundled:ct",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "its network differs from the one asked for" in err and "--attention" in err and "Traceback" not in err
     assert main(["train", "--arch", "patch", "--data", *files, "--output", str(tmp_path / "x"), "--patch-sizes",
                  "8,16", "--channels", "8,16", "--steps", "1", "--init-from", str(tmp_path), "--no-progress"]) == 2
     assert str(tmp_path) in capsys.readouterr().err  # not a prior folder: the loader's own message names it

@@ -1119,3 +1119,26 @@ def test_report_gives_the_series_own_peak_memory_not_the_process(tmp_path, mr_ni
     before = peak_memory()["rss_mib"]
     rep = tasks.reconstruct("cs_mri_x4", mr_nifti, tmp_path / "r", ["solver.name=zero_filled"]).report
     assert rep["peak_memory"]["rss_mib"] < before - 300
+
+
+def test_an_mr_prior_trained_at_a_low_percentile_is_warned_about():
+    """--mri-percentile was written into the card and never used: an MR prior trained on volumes divided by their
+    90th percentile sees reconstruct's tissue (divided by the 99.9th) at about half its training brightness, with no
+    word. The bundled priors (99.5, in the card's text) pass; a new card records the number."""
+    from types import SimpleNamespace
+
+    from pipelines.commands_train import training_intensity
+    from pipelines.config import load_config
+    from pipelines.modality import Modality
+    from pipelines.problem import setting_warnings, training_percentile
+
+    cfg = load_config("cs_mri_x4", [])
+    meas = SimpleNamespace(modality="mri", mask=None, geometry=None, info={}, grid=None)
+    for pct, warned in ((90.0, True), (99.5, False)):
+        imap, _ = training_intensity(Modality.mri, None, pct)
+        prior = SimpleNamespace(name="mine", card={"intensity": imap})
+        assert training_percentile(prior) == pct
+        said = [w for w in setting_warnings(cfg, meas, None, prior, False) if "percentile" in w]
+        assert bool(said) == warned and (not warned or "90th percentile" in said[0])
+    from medrecon.priors import load_prior
+    assert training_percentile(load_prior("bundled:mri_patch")) == 99.5  # the card's text, before the number

@@ -135,3 +135,22 @@ def test_cuda_matches_golden(golden):
     with torch.no_grad():
         out = p.network(golden["x"].cuda(), golden["timesteps"].cuda()).cpu()
     assert rel_err(out, golden["model_output"]).max() <= 1e-4  # TF32/cuDNN arithmetic differs from CPU
+
+
+def test_a_two_channel_adm_is_refused_and_a_guessed_size_is_marked(tmp_path):
+    """DDS's complex fastMRI ADMs take 2 input channels: one loaded as a 256-pixel CT prior and crashed at the first
+    denoising ('expected input ... to have 2 channels'). Its channel_mult is guided-diffusion's default for 256 and
+    320 pixels alike: the size taken is listed among the card's assumptions."""
+    import torch
+
+    small = {"model_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 1, 2, 2, 4, 4], "attention_ds": [],
+             "num_head_channels": 32, "image_size": 64}  # GroupNorm32: widths of 32
+    torch.save(ADMUNet({**small, "in_channels": 2, "out_channels": 4}).state_dict(), tmp_path / "complex.pt")
+    with pytest.raises(InputError, match=r"complex.pt: this ADM takes 2 input channels.*single-channel checkpoint"):
+        load_prior(tmp_path / "complex.pt")
+    torch.save(ADMUNet({**small, "in_channels": 1, "out_channels": 2}).state_dict(), tmp_path / "real.pt")
+    guessed = load_prior(tmp_path / "real.pt")
+    assert guessed.image_size == 256 and any("256 and 320 pixels alike; 256 assumed" in a
+                                             for a in guessed.card["assumptions"])
+    told = load_prior(tmp_path / "real.pt", card={"image_size": 320})
+    assert told.image_size == 320 and not any("alike" in a for a in told.card.get("assumptions") or [])

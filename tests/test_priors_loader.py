@@ -197,7 +197,15 @@ def test_a_card_that_does_not_fit_its_network_or_lacks_keys_is_one_line(tmp_path
     card = read_model_card(folder / "model_card.yaml")
     for change, message in (({"architecture": "diffusers-unet2d"}, "takes 1 input channel, this one 3"),
                             ({"intensity": {"physical_min": -1000.0}}, "intensity needs physical_max"),
-                            ({"weights": 5}, "weights: give the weights file's name")):
+                            ({"weights": 5}, "weights: give the weights file's name"),
+                            # a hand-written window: 0 / 0 divided by zero, a string was a TypeError, an inverted or
+                            # NaN window or model_min == model_max loaded and mapped -1000 HU to +1 or to NaN
+                            ({"intensity": {**card["intensity"], "physical_max": -1000.0}}, "physical_min < physical_max"),
+                            ({"intensity": {**card["intensity"], "physical_min": 1000.0, "physical_max": -1000.0}},
+                             "physical_min < physical_max"),
+                            ({"intensity": {**card["intensity"], "physical_min": "-1000 HU"}}, "give numbers"),
+                            ({"intensity": {**card["intensity"], "model_min": 1.0}}, "model_min < model_max"),
+                            ({"intensity": {**card["intensity"], "physical_min": float("nan")}}, "give finite numbers")):
         write_model_card(folder, {**card, **change})
         with pytest.raises(InputError, match=message):
             load_prior(folder)

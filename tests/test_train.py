@@ -66,7 +66,7 @@ def test_prepare_slices_mri_is_per_volume_normalised():
     assert np.isclose(float(a.max()), 1.0) and np.isclose(float(((v <= q).mean())), 0.995, atol=0.003)
     with pytest.raises(InputError, match="needs physical_max"):
         prepare_slices([v], {"physical_min": 0.0}, 16)
-    with pytest.raises(InputError, match="is empty"):
+    with pytest.raises(InputError, match="physical_min < physical_max"):
         prepare_slices([v], {"physical_min": 1.0, "physical_max": 1.0}, 16)
 
 
@@ -301,6 +301,35 @@ def test_cli_patch_training_on_a_folder_records_each_volume_and_refuses_another_
     assert "'ct_tumour1' is a held-out test scan" in capsys.readouterr().err  # CC BY-NC: never trained on
 
 
+def test_cli_training_refuses_values_of_another_modality_as_reconstruct_does(tmp_path, capsys):
+    """train applied none of reconstruct's domain checks: an MR magnitude volume under the default --modality ct
+    trained (air at 0 HU), CT in HU under --modality mri trained as a contrast-inverted MR prior (|HU|), and a PET
+    DICOM series passed as CT. Each is refused with reconstruct's reason and the training option that fixes it."""
+    from medrecon.io import write_dicom_series
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(7)
+    hu = phantom_volume(rng, z=4, n=24)
+    affine = np.diag([-1.0, -1.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(np.abs(hu / 1000.0).transpose(2, 1, 0), affine), tmp_path / "mr.nii.gz")
+    nib.save(nib.Nifti1Image(hu.transpose(2, 1, 0), affine), tmp_path / "ct.nii.gz")
+    write_dicom_series(Volume(hu, spacing=(1.0, 1.0, 2.0), meta={"dicom": {"Modality": "PT"}}), tmp_path / "pet")
+    common = ["--arch", "patch", "--patch-sizes", "8,16", "--channels", "8,16", "--steps", "1", "--batch-size", "2",
+              "--pixel-range", "0.8", "1.2", "--sample-every", "0", "--checkpoint-every", "0", "--device", "cpu",
+              "--no-progress"]
+    for data, modality, said in (("mr.nii.gz", "ct", "do not look like CT in HU"),
+                                 ("ct.nii.gz", "mri", "do not look like MR magnitudes"),
+                                 ("pet", "ct", "its DICOM Modality is PT, but the prior is for ct")):
+        capsys.readouterr()
+        out = tmp_path / f"p_{modality}_{Path(data).stem}"
+        assert main(["train", "--data", str(tmp_path / data), "--modality", modality, "--output", str(out),
+                     *common]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err and not (out / "model_card.yaml").exists(), err
+    assert main(["train", "--data", str(tmp_path / "mr.nii.gz"), "--modality", "mri", "--output",
+                 str(tmp_path / "ok"), *common]) == 0  # the same MR volume, for an MR prior
+
+
 @pytest.mark.gpu
 def test_cuda_bf16_training_and_device_transfer(data, tmp_path):
     train, held = data
@@ -531,3 +560,24 @@ def test_cli_series_chooses_the_series_of_a_dicom_folder_and_the_card_records_th
     assert sorted(v["series_uid"] for v in vols) == sorted(uids) and all(v["path"] == str(study) for v in vols)
     assert main(["train", *common, "--output", str(tmp_path / "q"), "--series", "1.2.3"]) == 2
     assert "--series 1.2.3: no DICOM folder under" in capsys.readouterr().err
+
+
+def test_a_resumed_patch_runs_card_keeps_why_its_pixel_range_was_drawn(tmp_path, capsys):
+    """After --resume without --pixel-range the card said the range was 'given (--pixel-range)', which no command
+    of the run gave; and a seed beyond torch's 64 bits was a traceback."""
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(8)
+    nib.save(nib.Nifti1Image(phantom_volume(rng, z=4, n=24).transpose(2, 1, 0), np.diag([-1.0, -1.0, 2.0, 1.0])),
+             tmp_path / "v.nii.gz")
+    run = ["train", "--data", str(tmp_path / "v.nii.gz"), "--output", str(tmp_path / "p"), "--arch", "patch",
+           "--patch-sizes", "8,16", "--channels", "8,16", "--steps", "2", "--batch-size", "2", "--sample-every", "0",
+           "--checkpoint-every", "0", "--device", "cpu", "--no-progress"]
+    assert main([*run, "--time-limit", "0"]) == 0
+    why = load_prior(tmp_path / "p").card["training"]["augmentation"]["pixel_spacing_range_why"]
+    assert why.startswith("the default")
+    assert main([*run, "--resume"]) == 0
+    assert load_prior(tmp_path / "p").card["training"]["augmentation"]["pixel_spacing_range_why"] == why
+    capsys.readouterr()
+    assert main([*run[:5], str(tmp_path / "q"), "--seed", str(2 ** 64)]) == 2
+    assert "--seed" in capsys.readouterr().err

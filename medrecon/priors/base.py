@@ -9,6 +9,7 @@ whatever the network's own parameterisation (Karras et al., EDM 2022):
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -50,7 +51,19 @@ class IntensityMap:
         if missing:
             raise InputError(f"{where}: intensity needs {', '.join(missing)} (the physical window the model range "
                              "stands for); add it")
-        return cls(**{k: d[k] for k in ("physical_min", "physical_max", "model_min", "model_max", "unit") if k in d})
+        values = {k: d[k] for k in ("physical_min", "physical_max", "model_min", "model_max") if k in d}
+        try:
+            values = {k: float(v) for k, v in values.items()}
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: intensity {', '.join(f'{k}: {v!r}' for k, v in values.items())}: give "
+                             "numbers") from None
+        out = cls(**values, **({"unit": d["unit"]} if "unit" in d else {}))
+        if not all(math.isfinite(v) for v in values.values()) or not (out.physical_max > out.physical_min and
+                                                                     out.model_max > out.model_min):
+            raise InputError(f"{where}: intensity window [{out.physical_min}, {out.physical_max}] -> [{out.model_min}, "
+                             f"{out.model_max}]: give finite numbers with physical_min < physical_max and model_min "
+                             "< model_max")
+        return out
 
 
 class NoiseSchedule:

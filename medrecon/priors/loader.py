@@ -28,7 +28,7 @@ from ..device import resolve_device
 from ..bundled import PREFIX as BUNDLED_PREFIX, bundled_prior_path
 from ..errors import InputError
 from ..io import is_volume_file
-from .adm import ADMUNet, adm_config, adm_config_from_state_dict
+from .adm import DEFAULT_CHANNEL_MULT, ADMUNet, adm_config, adm_config_from_state_dict
 from .base import Denoiser, IntensityMap, schedule_from_dict
 from .card import CARD_NAME, default_card, merge_cards, read_model_card
 from .ncsnpp import NCSNpp, ncsnpp_config, ncsnpp_state_from_checkpoint
@@ -158,6 +158,14 @@ def _build_adm(state: dict, card: dict, given: dict, path: Path) -> VPEpsPrior:
         raise InputError(f"{path}: looks like a guided-diffusion state dict but its layout is not an ADM UNet "
                          f"(missing {e}); check the file") from None
     cfg = {**inferred, **(given.get("config") or {})}
+    if cfg["in_channels"] != 1:
+        raise InputError(f"{path}: this ADM takes {cfg['in_channels']} input channels (e.g. a complex image's real and "
+                         "imaginary parts as two channels), while medrecon's samplers hand a prior one image channel "
+                         "(complex images as two images of one batch): use a single-channel checkpoint")
+    sizes = [size for size, mult in DEFAULT_CHANNEL_MULT.items() if mult == inferred["channel_mult"]]
+    guessed = [] if given.get("image_size") or len(sizes) < 2 else [
+        f"image_size: channel_mult {inferred['channel_mult']} is guided-diffusion's default for "
+        f"{' and '.join(map(str, sizes))} pixels alike; {sizes[0]} assumed. Override in {CARD_NAME}."]
     cfg["image_size"] = given.get("image_size") or cfg["image_size"]
     if cfg["image_size"] is None:
         raise InputError(f"{path}: cannot tell the image size this ADM was trained at (channel_mult "
@@ -170,7 +178,8 @@ def _build_adm(state: dict, card: dict, given: dict, path: Path) -> VPEpsPrior:
     what = (f"ADM (model_channels={cfg['model_channels']}, channel_mult={cfg['channel_mult']}, "
             f"num_res_blocks={cfg['num_res_blocks']})")
     net = load_checked(_on_meta(ADMUNet, cfg), state, path, what)
-    card = merge_cards(card, {"config": cfg, "image_size": cfg["image_size"]})
+    card = merge_cards(card, {"config": cfg, "image_size": cfg["image_size"],
+                              "assumptions": list(card.get("assumptions") or []) + guessed})
     return VPEpsPrior(net, card, schedule_from_dict(card["schedule"]), _intensity(card), cfg["image_size"],
                       weights_path=path)
 

@@ -214,11 +214,8 @@ def prepare_volumes(volumes, intensity: dict, *, magnitude_percentile: float | N
     from .training_data import model_slices
 
     imap = {**intensity, "model_min": float(model_range[0]), "model_max": float(model_range[1])}
-    lo, hi, mlo, mhi = (float(imap[k]) for k in ("physical_min", "physical_max", "model_min", "model_max"))
-    if hi <= lo:
-        raise InputError(f"intensity window [{lo}, {hi}] is empty: physical_max must exceed physical_min")
     vols, spacings, kept, src = [], [], [], []
-    to_model = IntensityMap.from_dict(imap)
+    to_model = IntensityMap.from_dict(imap)  # a usable window, or raises
     for i, v in enumerate(volumes):
         x = model_slices(v, to_model, magnitude_percentile)
         x = x[x.flatten(1).std(dim=1) >= min_std].contiguous()

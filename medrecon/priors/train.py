@@ -525,12 +525,15 @@ class _PatchTrainer(_Trainer):
                            attention=bool(o.attention))
 
     def state(self) -> dict:
-        return {**super().state(), "used_spacing": list(self.sampler.used_spacing)}
+        return {**super().state(), "used_spacing": list(self.sampler.used_spacing),
+                "pixel_range_why": self.pixel_range_why}
 
     def restore(self, st: dict, path: Path):
         super().restore(st, path)
         if "used_spacing" in st:
             self.sampler.used_spacing = [float(v) for v in st["used_spacing"]]
+        if st.get("pixel_range_why"):  # the resumed range is the run's own, not one given (--pixel-range)
+            self.pixel_range_why = st["pixel_range_why"]
 
     def batch(self):
         if not self.opts.loader_workers:  # drawn here from the run's generator (as every recorded run was)
@@ -610,10 +613,12 @@ def init_weights(model: torch.nn.Module, prior, source: str | Path, seed: int = 
     if k and k > 1:
         weights = widen_state_dict(weights, {n: t.shape for n, t in own.items()}, k,
                                    generator=torch.Generator().manual_seed(seed))
-    bad = [name for name in own if name not in weights or weights[name].shape != own[name].shape]
+    bad = [name for name in own if name not in weights or weights[name].shape != own[name].shape] + \
+        [name for name in weights if name not in own]  # e.g. attention layers the new network has not
     if bad:
         raise InputError(f"{source}: its network differs from the one asked for ({bad[0]}, ...): give the same "
-                         "--layers-per-block/--patch-sizes as that prior, and its --channels or k times them")
+                         "--arch, --layers-per-block, --attention and --context-slices as that prior, and its "
+                         "--channels or k times them")
     model.load_state_dict(weights)
 
 

@@ -60,13 +60,10 @@ def _reading_plan(paths, series) -> list:
 
 def training_intensity(intensity: dict) -> dict:
     """The caller's intensity section (physical window, unit, notes) on the training model range [-1, 1]."""
-    IntensityMap.from_dict(intensity)  # checks the physical window is there
     lo, hi = MODEL_RANGE
-    out = {**intensity, "physical_min": float(intensity["physical_min"]),
-           "physical_max": float(intensity["physical_max"]), "model_min": lo, "model_max": hi}
-    if out["physical_max"] <= out["physical_min"]:
-        raise InputError(f"intensity window [{out['physical_min']}, {out['physical_max']}] is empty")
-    return out
+    checked = IntensityMap.from_dict({**intensity, "model_min": lo, "model_max": hi})  # a usable window, or raises
+    return {**intensity, "physical_min": checked.physical_min, "physical_max": checked.physical_max,
+            "model_min": lo, "model_max": hi}
 
 
 def square_resize(x: torch.Tensor, size: int) -> tuple[torch.Tensor, float]:
@@ -143,41 +140,38 @@ def volume_record(found: Path, vol: Volume) -> dict:
     return record
 
 
-def read_volumes(paths, sources=None, modality: str | None = None,
-                 dicom_modalities: dict | None = None, series=None) -> tuple[list[Volume], list]:
+def read_volumes(paths, sources=None, check=None, series=None) -> tuple[list[Volume], list]:
     """The volumes under each of ``paths`` (files or folders, searched recursively), read, and what the card
     records for each: ``sources[i]`` where it is a registered scan's provenance record, else ``volume_record``
-    (absolute path, voxels' SHA-256, pixel size, DICOM series). A DICOM volume whose Modality tag
-    ``dicom_modalities`` (DICOM tag -> modality, from the pipelines) maps to another modality than ``modality`` is
-    refused. ``series``: SeriesInstanceUIDs; a DICOM folder holding
+    (absolute path, voxels' SHA-256, pixel size, DICOM series). ``check(path, volume)``, from the pipelines, raises
+    for a volume that is not of the prior's modality. ``series``: SeriesInstanceUIDs; a DICOM folder holding
     any of them gives those (each its own volume), another its only or largest series."""
     volumes, recorded = [], []
     for i, found, uid in _reading_plan(paths, series):
         given = sources[i] if sources is not None else None
         vol = read_training_volume(found, uid)
-        tag = str((vol.meta.get("dicom") or {}).get("Modality", "")).upper()
-        if modality and (dicom_modalities or {}).get(tag, modality) != modality:
-            raise InputError(f"{found}: its DICOM Modality is {tag}, but the prior is for {modality}: train "
-                             "one modality per prior (leave this volume out, or set --modality)")
+        if check is not None:
+            check(found, vol)
         volumes.append(vol)
         recorded.append(given if isinstance(given, dict) else volume_record(found, vol))
     return volumes, recorded
 
 
 def load_slices(paths, intensity: dict, image_size: int = 64, *, sources=None, modality: str | None = None,
-                dicom_modalities: dict | None = None, series=None, **kw) -> SliceData:
+                check=None, series=None, **kw) -> SliceData:
     """Find, read and prepare the volumes under ``paths`` (files or folders) for a whole-slice prior.
-    ``sources``, ``dicom_modalities``, ``series``: see ``read_volumes``."""
-    volumes, recorded = read_volumes(paths, sources, modality, dicom_modalities, series)
+    ``sources``, ``check``, ``series``: see ``read_volumes``."""
+    volumes, recorded = read_volumes(paths, sources, check, series)
     return prepare_slices(volumes, intensity, image_size, sources=recorded, modality=modality, **kw)
 
 
-def load_patch_data(paths, intensity: dict, *, sources=None, modality: str | None = None,
-                    dicom_modalities: dict | None = None, series=None, **kw):
-    """Find, read and prepare the volumes under ``paths`` for a patch prior (kept at their own pixel size)."""
+def load_patch_data(paths, intensity: dict, *, sources=None, modality: str | None = None, check=None, series=None,
+                    **kw):
+    """Find, read and prepare the volumes under ``paths`` for a patch prior (kept at their own pixel size).
+    ``sources``, ``check``, ``series``: see ``read_volumes``."""
     from .patch import prepare_volumes
 
-    volumes, recorded = read_volumes(paths, sources, modality, dicom_modalities, series)
+    volumes, recorded = read_volumes(paths, sources, check, series)
     return prepare_volumes(volumes, training_intensity(intensity), model_range=MODEL_RANGE, sources=recorded,
                            modality=modality, **kw)
 

@@ -195,6 +195,10 @@ class Problem:
             (float(self.intensity.to_model(settings.clip[0])), float(self.intensity.to_model(settings.clip[1])))
         if settings.nonneg:
             lo = max(lo, self.no_signal)
+            if lo >= hi:  # a clip wholly below what measures nothing: every voxel would be its top
+                raise InputError(f"solver.clip {list(settings.clip)} lies below the lowest value nonneg allows "
+                                 f"({float(self.intensity.to_physical(self.no_signal)):g}): raise clip's top, or set "
+                                 "solver.nonneg=false")
         return None if (lo, hi) == (-math.inf, math.inf) else (lo, hi)
 
     def solve(self, settings=None, progress: bool = False, snapshot=None, snapshot_every: int = 0) -> Solution:
@@ -657,7 +661,7 @@ def setting_warnings(cfg: Config, meas: Measurement, source: Volume | None, prio
         out.append("solver.tv=z on one slice: TV along z has nothing to smooth, so admm_tv is unregularised here; "
                    "set solver.tv=3d")
     if source is None:
-        return out + [w for w in [acquisition_differs(cfg, meas)] if w]
+        return out + [w for w in [acquisition_differs(cfg, meas)] if w] + measured_geometry_overrides(cfg, meas)
     if meas.modality == "ct" and cfg.ct.detector.n_det is not None:
         geom = geometry_from_dict(meas.geometry)
         if cfg.ct.detector.n_det < getattr(geom, "bins_to_cover", 0):  # the data miss the image's edges: FBP bends
@@ -672,6 +676,32 @@ def setting_warnings(cfg: Config, meas: Measurement, source: Volume | None, prio
             f"the grid is the one {' and '.join(grid_set)} set" if grid_set else
             f"the input's own grid is kept (set {m}.pixel_size or {m}.image_size to put a comparison on the "
             "prior's grid)"))
+    return out
+
+
+def measured_geometry(meas: Measurement) -> dict:
+    """The ``ct`` config values a CT measurements file fixes (its grid, detector and fan distances), as dotted keys;
+    {} for other data."""
+    if meas.modality != "ct" or meas.geometry is None:
+        return {}
+    g = geometry_from_dict(meas.geometry)
+    out = {"ct.beam": g.type, "ct.image_size": int(g.image_size), "ct.pixel_size": float(g.pixel_size_mm),
+           "ct.detector.n_det": int(g.n_det), "ct.detector.spacing": float(g.det_spacing_mm)}
+    if g.type == "fan":
+        out.update({"ct.fan.source_distance": float(g.source_origin_mm), "ct.fan.detector_distance": float(g.origin_det_mm)})
+    return out
+
+
+def measured_geometry_overrides(cfg: Config, meas: Measurement) -> list[str]:
+    """A warning per ``ct`` value the config sets that a measurements file fixes otherwise (the file's is used)."""
+    out = []
+    for key, used in measured_geometry(meas).items():
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        if key != "ct.beam" and node is not None and not (node == used or (isinstance(used, float) and
+                                                                          math.isclose(node, used, rel_tol=1e-6))):
+            out.append(f"{key} {node}: the measurements fix it at {used:g}, which is used (the config's value is not)")
     return out
 
 

@@ -12,6 +12,7 @@ How a solver runs on a built problem lives in ``pipelines.problem`` (``Problem.s
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal, Optional, Union, get_args
 
@@ -168,6 +169,14 @@ class _Iterative(_Solver):
     n_cg: Optional[int] = Field(None, gt=0)  # CG iterations per data-consistency step
     nonneg: bool = False  # not below the intensity map's physical minimum
     clip: Optional[tuple[float, float]] = None  # physical units (HU for CT)
+
+    @model_validator(mode="after")
+    def _clip_is_an_interval(self):
+        if self.clip is not None and not (math.isfinite(self.clip[0]) and math.isfinite(self.clip[1]) and
+                                          self.clip[0] < self.clip[1]):  # clamp(low > high) is high everywhere
+            raise ValueError(f"clip {list(self.clip)}: give [low, high] with low < high (physical units, HU for "
+                             "CT), e.g. [-1000, 3000]")
+        return self
 
 
 class SelfAdapt(Section):

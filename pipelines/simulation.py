@@ -16,7 +16,7 @@ import torch
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from medrecon.volume import Volume
-from operators.ct import MU_WATER, hu_to_mu, make_geometry, noisy_line_integrals, pixel_unit_projector
+from operators.ct import DEFAULT_PROJECTOR, MU_WATER, hu_to_mu, make_geometry, noisy_line_integrals, pixel_unit_projector
 from operators.mri import centre_crop, fftc, ifftc, make_mask, synthetic_coil_maps
 
 from .config import Config
@@ -114,7 +114,9 @@ def simulate_ct(cfg: Config, src: Volume, size: int, pixel_mm: float | None = No
     fine = resample_inplane(src, size * f, s / f, align_to=s) if f > 1 else ref
     fine_geom = ct_geometry(cfg, size * f, s / f, like=geom)
     mu_pix = torch.from_numpy(hu_to_mu(fine.data.astype(np.float64)) * (s / f))  # mu per fine pixel
-    p = pixel_unit_projector(fine_geom).forward(mu_pix).numpy()
+    # thin rays through the finer grid, as every published figure was simulated (its bins are `upsample` fine
+    # pixels wide, where the reconstruction's operator would now take strips)
+    p = pixel_unit_projector(fine_geom, DEFAULT_PROJECTOR[fine_geom.type]).forward(mu_pix).numpy()
     n = cfg.noise
     y = noisy_line_integrals(p, n.kind, np.random.default_rng(n.seed), I0=n.I0, sigma=n.sigma).astype(np.float32)
     info = {"units": "line integrals of mu (-log(I/I0)); mu = MU_WATER * (1 + HU/1000)",

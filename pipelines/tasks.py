@@ -25,7 +25,7 @@ from .config import Config, load_config
 from .html_report import write_series_page
 from .measurement import Measurement, is_measurement_file
 from .outputs import Timings, atomic_output, peak_memory, preview_png, report, reset_rss_peak, write_json
-from .problem import Problem, Solution, configured_prior, simulate_on_its_grid
+from .problem import Problem, Solution, configured_prior, measured_geometry, simulate_on_its_grid
 
 log = logging.getLogger("medrecon")
 
@@ -220,6 +220,13 @@ def run_config(problem: Problem) -> dict:
     d[problem.config.modality]["image_size"] = int(problem.shape[-1])
     if problem.info.get("grid"):
         d[problem.config.modality]["pixel_size"] = problem.info["grid"]["pixel_mm"]
+    if problem.source is None:  # a CT measurements file: its geometry is what ran, whatever the config said
+        for key, value in measured_geometry(problem.measurement).items():
+            *parents, last = key.split(".")
+            node = d
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
     return d
 
 

@@ -192,3 +192,25 @@ def test_a_whole_section_check_tripped_by_set_names_set_not_the_file():
     assert str(e.value).startswith("--set ct: give exactly one of n_views")
     with pytest.raises(InputError, match="--set ct: wedge_deg 0.5: give a wedge of at least 2 degrees"):
         load_config("limited_angle_ct_90", ["ct.wedge_deg=0.5"])  # one view, silently
+
+
+def test_a_clip_that_is_no_interval_is_refused_naming_the_key(tmp_path):
+    """solver.clip [500, -500] ran and wrote a volume of -500 HU everywhere (torch.clamp with low > high gives high);
+    a clip wholly below the -1000 HU nonneg allows wrote -2000 everywhere; a final_sigma above the prior's largest
+    noise level (100 against 80) returned a washed-out volume (12 dB)."""
+    for value in ("[500, -500]", "[0, 0]"):
+        with pytest.raises(InputError, match=r"clip .*give \[low, high\] with low < high"):
+            load_config("sparse_view_ct_8", [f"solver.clip={value}"], check_files=False)
+    from medrecon.io import write_nifti
+    from pipelines.phantoms import ct_phantom
+    from pipelines.tasks import reconstruct
+
+    src = tmp_path / "ct.nii.gz"
+    write_nifti(ct_phantom((2, 32, 32), seed=0), src)
+    with pytest.raises(InputError, match=r"solver.clip \[-5000.0, -2000.0\] lies below the lowest value nonneg allows "
+                                         r"\(-1000\)"):
+        reconstruct("sparse_view_ct_8", src, tmp_path / "a", overrides=["solver.name=admm_tv", "solver.steps=2",
+                                                                        "solver.nonneg=true", "solver.clip=[-5000,-2000]"])
+    with pytest.raises(InputError, match=r"final_sigma 100 must lie in \[0, 80\]"):
+        reconstruct("sparse_view_ct_8", src, tmp_path / "b", overrides=["solver.steps=2", "solver.final_sigma=100",
+                                                                        "ct.pixel_size=2"])

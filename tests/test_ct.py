@@ -368,3 +368,26 @@ def test_system_matrix_cache_keeps_the_ones_used_last(monkeypatch):
     proj.system_matrix(geoms[3])                   # evicts geoms[1], the one used longest ago
     assert [k[0] for k in proj._MATRICES] == [geoms[2], geoms[0], geoms[3]]
     assert proj.system_matrix(geoms[0]) is first
+
+
+@pytest.mark.parametrize("beam, views, det_mm", [("parallel", 180, 3.0), ("fan", 360, 4.5)])
+def test_iterative_solvers_see_every_pixel_when_bins_are_wider_than_pixels(beam, views, det_mm):
+    """With detector bins 3 mm wide at the axis over 1 mm pixels, thin rays miss part of every pixel and CGLS never
+    corrects what they miss: a uniform disc came back with a 211 HU checkerboard and 4 % low (FBP switched to strips
+    already). The solvers' projector now integrates over the bin too. Data from a 2x finer grid with strips."""
+    from medrecon.solvers import cgls
+    from operators.ct import SliceProjector, make_geometry
+    from operators.ct.projector import default_projector
+
+    n = 64
+    geom = make_geometry(beam, n, 1.0, n_views=views, det_spacing_mm=det_mm)
+    fine = make_geometry(beam, 2 * n, 0.5, n_views=views, like=geom)
+    c = (np.arange(2 * n) - (2 * n - 1) / 2) * 0.5
+    f = ((c[None, :] ** 2 + c[:, None] ** 2) < 20 ** 2).astype(np.float32) * MU_WATER
+    y = SliceProjector(fine, "strip" if beam == "parallel" else "strip_fanflat").forward(torch.from_numpy(f))
+    assert default_projector(geom).startswith("strip")
+    x = cgls(SliceProjector(geom), y, n_iter=100).numpy() / MU_WATER
+    cc = (np.arange(n) - (n - 1) / 2)
+    inside = (cc[None, :] ** 2 + cc[:, None] ** 2) < 12 ** 2
+    assert abs(x[inside].mean() - 1) < 0.005 and x[inside].std() * 1000 < 15  # HU; thin rays: 4 % and 205-211 HU
+    assert default_projector(make_geometry(beam, n, 1.0, n_views=views)) in ("linear", "line_fanflat")  # default bins

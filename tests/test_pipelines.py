@@ -762,6 +762,15 @@ def test_measurements_under_a_config_tuned_for_another_acquisition_are_warned_in
                for w in res.report["input_warnings"])
     same = tasks.reconstruct("sparse_view_ct_8", sim / "measurements.npz", tmp_path / "eight", overrides=sets)
     assert same.report["input_warnings"] == []
+    # the file fixes the grid and detector: a config's own values were dropped without a word, and report.json's
+    # "config as run" recorded them (pixel size 1 mm, bins 0.5 mm) for a run on the file's grid
+    fixed = Measurement.load(sim / "measurements.npz").geometry
+    res = tasks.reconstruct("sparse_view_ct_8", sim / "measurements.npz", tmp_path / "set",
+                            overrides=[*sets, "ct.pixel_size=1", "ct.detector.spacing=0.5"])
+    ct = res.report["config"]["ct"]
+    assert ct["pixel_size"] == pytest.approx(fixed["pixel_size_mm"]) != 1.0
+    assert ct["detector"]["spacing"] == pytest.approx(fixed["det_spacing_mm"]) and ct["image_size"] == 16
+    assert sum("the measurements fix it at" in w for w in res.report["input_warnings"]) == 2
 
 
 @pytest.mark.parametrize("name,config", [(s.name, {"ct": "sparse_view_ct_8", "mri": "cs_mri_x4"}[m])

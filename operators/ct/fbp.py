@@ -13,7 +13,7 @@ import torch
 from medrecon.errors import InputError
 
 from .geometry import FanBeamGeometry, ParallelBeamGeometry
-from .projector import DEFAULT_PROJECTOR
+from .projector import default_projector
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
 
@@ -57,8 +57,7 @@ def _parallel_fbp(s: torch.Tensor, g: ParallelBeamGeometry, filt: str) -> torch.
     out = np.empty((flat.shape[0], *g.image_shape), np.float32)
     # ASTRA's 'linear' backprojector samples each view at the pixel centres: with detector bins wider than the
     # pixels it leaves a +-10 % checkerboard on a uniform disc; 'strip' integrates over the bin (std 0.001)
-    coarse = g.det_spacing_mm > g.pixel_size_mm * (1 + 1e-6)
-    pid = astra.create_projector("strip" if coarse else DEFAULT_PROJECTOR["parallel"], proj, vol)
+    pid = astra.create_projector(default_projector(g), proj, vol)
     sid = astra.data2d.create("-sino", proj)
     rid = astra.data2d.create("-vol", vol)
     cfg = astra.astra_dict("FBP")

@@ -44,10 +44,11 @@ def noisy_line_integrals(p: np.ndarray, kind: str, rng: np.random.Generator, I0:
     raise InputError(f"unknown CT noise kind {kind!r}; choose one of {NOISE_KINDS}")
 
 
-def pixel_unit_projector(geometry) -> LinearOperator:
+def pixel_unit_projector(geometry, projector: str | None = None) -> LinearOperator:
     """Projector in pixel units, as in DiffusionMBIR (a unit pixel integrates to its chord length in pixels):
-    (1 / pixel_size_mm) times the geometry's SliceProjector (line integrals in mm)."""
-    P = SliceProjector(geometry)
+    (1 / pixel_size_mm) times the geometry's SliceProjector (line integrals in mm; ``projector``: ASTRA's type,
+    default ``projector.default_projector``)."""
+    P = SliceProjector(geometry, projector)
     return P * (1.0 / geometry.pixel_size_mm) if geometry.pixel_size_mm != 1.0 else P
 
 

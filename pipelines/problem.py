@@ -661,7 +661,8 @@ def setting_warnings(cfg: Config, meas: Measurement, source: Volume | None, prio
         out.append("solver.tv=z on one slice: TV along z has nothing to smooth, so admm_tv is unregularised here; "
                    "set solver.tv=3d")
     if source is None:
-        return out + [w for w in [acquisition_differs(cfg, meas)] if w] + measured_geometry_overrides(cfg, meas)
+        return out + list(meas.info.get("warnings") or []) + [w for w in [acquisition_differs(cfg, meas)] if w] + \
+            measured_geometry_overrides(cfg, meas)
     if meas.modality == "ct" and cfg.ct.detector.n_det is not None:
         geom = geometry_from_dict(meas.geometry)
         if cfg.ct.detector.n_det < getattr(geom, "bins_to_cover", 0):  # the data miss the image's edges: FBP bends

@@ -10,6 +10,7 @@ DC, the ``fftc`` convention).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,14 @@ def _grid(n_slices: int, kshape: tuple[int, int], header: dict | None) -> tuple[
     fov = rec["fov_mm"]
     spacing = (fov[1] / shape[1], fov[0] / shape[0], fov[2] if fov[2] > 0 else 1.0)  # (x, y, z) = (cols, rows, z)
     info = {"recon_fov_mm": fov, "encoded_matrix": header["encoded"]["matrix"]}
+    enc = header["encoded"]
+    coarse = [f"{axis} {e_fov / e_n:.3g} mm encoded against {r_fov / r_n:.3g} mm" for axis, e_fov, e_n, r_fov, r_n in
+              zip("xy", enc["fov_mm"], enc["matrix"], fov, rec["matrix"]) if e_n and r_n and e_fov > 0 and r_fov > 0
+              and abs((e_fov / e_n) / (r_fov / r_n) - 1) > 0.01]
+    if coarse:  # an interpolated recon matrix: medrecon crops k-space to it, which assumes equal pixels
+        info["warnings"] = [f"the header's recon pixel differs from its encoded pixel ({'; '.join(coarse)}): the "
+                            "scanner interpolated its image, and medrecon's pixel size and crop assume the two equal; "
+                            "check distances in the result against a known length"]
     if shape != kshape:
         info["kspace_shape"] = list(kshape)
     return Volume(np.zeros((n_slices, *shape), np.float32), spacing), info
@@ -125,7 +134,10 @@ def load_fastmri(path: Path) -> Measurement:
     grid, info = _grid(k.shape[0], k.shape[-2:], header)
     if ref is not None and ref.shape != grid.shape:
         raise InputError(f"{path}: {name} has shape {ref.shape}, the recon grid is {grid.shape}")
-    return Measurement("mri", k, grid, None, _mask(mask, k), maps,
+    mask = _mask(mask, k)
+    sampled = (mask > 0).reshape(mask.shape[0] if mask.ndim == 3 else 1, *([1] * (k.ndim - 3)), *mask.shape[-2:])
+    k = np.where(sampled, k, 0).astype(np.complex64)  # a file of full k-space and a mask: the lines it samples (the
+    return Measurement("mri", k, grid, None, mask, maps,  # cross-validation tells the sampled lines by y != 0)
                        {"source": str(path), "layout": "2d", "units": MEASURED, **info}, reference=ref)
 
 
@@ -189,17 +201,47 @@ def load_ismrmrd(path: Path) -> Measurement:
         k[a.idx.slice, :, first:first + n_samples, ky] += a.data
         count[a.idx.slice, ky] += 1
     k /= np.maximum(count, 1)[:, None, None, :]  # repeated lines (averages) are averaged
+    order, step = _slice_positions(path, acqs, n_slices)
+    k = k[order]
     mask = _mask(None, k)
     mask[..., :first, :], mask[..., first + n_samples:, :] = 0, 0  # a partial echo's unmeasured readout samples
     grid, info = _grid(n_slices, (n_ro, n_ky), header)
+    if step is not None:  # the slices' own spacing, gaps included (the header's FOV z is a slice's thickness)
+        grid = replace(grid, spacing=(*grid.spacing[:2], step))
+        info["slice_spacing_mm"] = step
     return Measurement("mri", k if n_coils > 1 else k[:, 0], grid, None, mask, None,
                        {"source": str(path), "layout": "2d", "units": MEASURED, **info})
 
 
+def _slice_positions(path: Path, acqs, n_slices: int) -> tuple[np.ndarray, float | None]:
+    """(slice order along the slice direction, spacing of the slice centres in mm) from the acquisitions'
+    ``position`` and ``slice_dir``; (identity, None) for one slice or where the writer set no positions."""
+    identity = np.arange(n_slices)
+    if n_slices < 2:
+        return identity, None
+    normal = np.asarray(acqs[0].slice_dir, float)
+    if np.linalg.norm(normal) < 1e-6:
+        return identity, None
+    normal /= np.linalg.norm(normal)
+    where: dict[int, float] = {}
+    for a in acqs:
+        where.setdefault(int(a.idx.slice), float(np.dot(np.asarray(a.position, float), normal)))
+    if len(where) < n_slices or len(set(where.values())) < 2:
+        return identity, None
+    z = np.array([where[s] for s in range(n_slices)])
+    order = np.argsort(z, kind="stable")
+    gaps = np.diff(z[order])
+    if gaps.min() < 1e-3 or gaps.max() - gaps.min() > max(0.2, 0.01 * np.median(gaps)):
+        raise InputError(f"{path}: the slices' positions along slice_dir are not evenly spaced (gaps "
+                         f"{gaps.min():.3g} to {gaps.max():.3g} mm): read slices of one stack at a time")
+    return order, float(np.median(gaps))
+
+
 def _readout(path: Path, acqs, n_samples: int, n_encoded: int) -> tuple[int, int]:
     """(readout length, index of the first sample) that put every line's echo (``center_sample``) at the
-    readout's centre n // 2: the encoded matrix's x, or longer where the lines do not fit in it (a partial echo
-    is shorter than the readout and asymmetric about its echo)."""
+    readout's centre n // 2: the encoded matrix's x (or the lines' length where longer; a partial echo is shorter
+    than the readout and asymmetric about its echo). Lines that fit neither way are refused: a longer readout
+    would make the pixels smaller than the header says (a 12 mm bar measured 16 mm)."""
     centres = {int(a.center_sample) for a in acqs}
     if len(centres) > 1:
         raise InputError(f"{path}: the acquisitions' center_sample differs ({sorted(centres)[:6]}); medrecon reads "
@@ -209,8 +251,10 @@ def _readout(path: Path, acqs, n_samples: int, n_encoded: int) -> tuple[int, int
         raise InputError(f"{path}: center_sample {echo} lies beyond the {n_samples} samples of a line; fix the "
                          "acquisition headers")
     n = max(n_samples, n_encoded)
-    while not (0 <= n // 2 - echo and n // 2 - echo + n_samples <= n):
-        n += 1
+    if not (0 <= n // 2 - echo and n // 2 - echo + n_samples <= n):  # growing n would change the pixel size
+        raise InputError(f"{path}: lines of {n_samples} samples with the echo at sample {echo} do not fit a readout "
+                         f"of {n} (the header's encoded matrix x {n_encoded}) centred on the echo: the header's "
+                         "encoded matrix or the acquisitions' center_sample is wrong; fix them")
     return n, n // 2 - echo
 
 

@@ -319,6 +319,11 @@ def test_ismrmrd_partial_echo_is_placed_by_its_center_sample_and_other_trajector
     m = Measurement.load(tmp_path / "pe.h5")
     assert m.data.shape == k.shape and np.allclose(m.data[..., 12:, :], k[..., 12:, :])
     assert not m.data[..., :12, :].any() and not m.mask[:12].any() and m.mask[12:].any()
+    # 52 samples with the echo at sample 40 need a readout of 80 centred on it, longer than the encoded 64: the
+    # readout grew and the pixels shrank by 64/80 under an unchanged spacing; refused as a header that is wrong
+    _write_ismrmrd(tmp_path / "late.h5", k, mask, header(), first=12, centre=40)
+    with pytest.raises(InputError, match=r"lines of 52 samples with the echo at sample 40 do not fit a readout of 64"):
+        Measurement.load(tmp_path / "late.h5")
     _write_ismrmrd(tmp_path / "radial.h5", k, mask, header().replace("</encoding>",
                                                                       "<trajectory>radial</trajectory></encoding>"))
     with pytest.raises(InputError, match="trajectory is radial: medrecon reads Cartesian k-space"):
@@ -543,3 +548,62 @@ def test_fastmri_single_coil_files_are_scored_against_their_own_image(tmp_path):
         f["reconstruction_rss"] = np.full((2, 16, 12), 7.0, np.float32)
         f["reconstruction_esc"] = np.full((2, 16, 12), 3.0, np.float32)
     assert float(load_fastmri(tmp_path / "sc.h5").reference.max()) == 3.0
+
+
+def test_full_kspace_stored_with_a_mask_is_the_masked_kspace(tmp_path):
+    """A fastMRI file of full k-space and a mask (retrospective undersampling) kept the lines outside the mask; the
+    operator masks them, but cross-validation, which tells sampled lines by y != 0, took all of k-space as the
+    centre and stepped aside ('no sampled k-space lines outside the fully sampled centre'), so the same data gave
+    another result stored masked."""
+    from pipelines.raw_mri import load_fastmri
+
+    x, k, mask, rss, maps = _oversampled_case()
+    full = CartesianMRI((32, 32), np.ones((64, 36), bool), coil_maps=maps,
+                        kspace_shape=(64, 36)).forward(torch.from_numpy(x)).numpy()
+    write_fastmri(tmp_path / "full.h5", full, mask, rss, header(), np.stack([maps, maps]))
+    write_fastmri(tmp_path / "masked.h5", k, mask, rss, header(), np.stack([maps, maps]))
+    a, b = load_fastmri(tmp_path / "full.h5"), load_fastmri(tmp_path / "masked.h5")
+    np.testing.assert_allclose(a.data, b.data, atol=1e-5)
+    assert np.count_nonzero(np.abs(a.data).sum(axis=(0, 1, 2))) == np.count_nonzero(mask)
+
+
+def test_ismrmrd_slices_are_placed_by_their_positions(tmp_path):
+    """The slice spacing was the header's FOV z, a slice's thickness: 5 mm slices 6 mm apart were written 5 mm apart
+    (and z-TV weighted for 5 mm). Slices are now ordered and spaced by their acquisitions' positions along
+    slice_dir; an interleaved numbering (idx.slice not in space order) is put in order."""
+    ismrmrd = pytest.importorskip("ismrmrd")
+    from pipelines.measurement import Measurement
+    _, k, mask, _, _ = _oversampled_case(z=3)
+    z_of_index = [0.0, 12.0, 6.0]  # slice 1 lies last in space
+    path = tmp_path / "gaps.h5"
+    dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
+    dset.write_xml_header(header())  # FOV z 5 mm: the thickness
+    for s in range(3):
+        for ky in np.flatnonzero(mask):
+            acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(k[s, :, :, ky]))
+            acq.idx.kspace_encode_step_1, acq.idx.slice = int(ky), s
+            acq.position[:] = (1.0, 2.0, z_of_index[s])
+            acq.slice_dir[:] = (0.0, 0.0, 1.0)
+            dset.append_acquisition(acq)
+    dset.close()
+    m = Measurement.load(path)
+    assert m.grid.spacing[2] == pytest.approx(6.0) and m.info["slice_spacing_mm"] == pytest.approx(6.0)
+    assert np.allclose(m.data, k[[0, 2, 1]])
+
+
+def test_a_header_whose_recon_pixel_is_not_its_encoded_pixel_is_warned_about(tmp_path):
+    """A scanner's interpolated recon matrix (ismrmrd#131: readout pixels of 7.19 mm encoded, 3.59 mm in the recon
+    space) gave a 100 mm bar a length of 50 mm without a word: medrecon's crop and pixel size assume the two equal.
+    The headers written here (readout oversampled twice) have equal pixels and no warning."""
+    from pipelines.measurement import Measurement
+    from pipelines.tasks import reconstruct
+
+    x, k, mask, rss, maps = _oversampled_case()
+    write_fastmri(tmp_path / "ok.h5", k, mask, rss, header(), np.stack([maps, maps]))
+    assert not Measurement.load(tmp_path / "ok.h5").info.get("warnings")
+    odd = header().replace("<x>440.0</x>", "<x>880.0</x>")  # the encoded readout FOV doubled: 13.75 mm pixels
+    assert odd != header()
+    write_fastmri(tmp_path / "odd.h5", k, mask, rss, odd, np.stack([maps, maps]))
+    res = reconstruct("cs_mri_x4", tmp_path / "odd.h5", tmp_path / "out", overrides=["solver.name=zero_filled"])
+    assert any("recon pixel differs from its encoded pixel (x 13.8 mm encoded against 6.88 mm)" in w
+               for w in res.report["input_warnings"])

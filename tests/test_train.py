@@ -581,3 +581,29 @@ def test_a_resumed_patch_runs_card_keeps_why_its_pixel_range_was_drawn(tmp_path,
     capsys.readouterr()
     assert main([*run[:5], str(tmp_path / "q"), "--seed", str(2 ** 64)]) == 2
     assert "--seed" in capsys.readouterr().err
+
+
+def test_resume_compares_options_as_resolved_and_a_resume_that_trains_nothing_leaves_the_card(tmp_path, capsys):
+    """Spelling out a unet's default --attention at a resume was refused ('--attention None (now True)'); resuming a
+    unet run with --arch patch was called a data difference; a resume with nothing left to train wrote its own
+    --init-from (never used) into the card; and loss_before did not say at which step it was scored."""
+    import yaml
+
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(9)
+    nib.save(nib.Nifti1Image(phantom_volume(rng, z=12, n=24).transpose(2, 1, 0), np.diag([-1.0, -1.0, 2.0, 1.0])),
+             tmp_path / "v.nii.gz")
+    run = ["train", "--data", str(tmp_path / "v.nii.gz"), "--output", str(tmp_path / "p"), "--image-size", "16",
+           "--channels", "8,16", "--batch-size", "2", "--sample-every", "0", "--checkpoint-every", "0",
+           "--device", "cpu", "--no-progress"]
+    assert main([*run, "--steps", "2"]) == 0
+    assert main([*run, "--steps", "4", "--attention", "--lr", "1e-3", "--resume"]) == 0
+    capsys.readouterr()
+    assert main([*run, "--steps", "6", "--arch", "patch", "--patch-sizes", "16", "--resume"]) == 2
+    assert "trained with --arch unet (now patch)" in capsys.readouterr().err
+    assert main([*run, "--steps", "4", "--init-from", str(tmp_path / "p"), "--resume"]) == 0  # nothing left
+    training = yaml.safe_load((tmp_path / "p" / "model_card.yaml").read_text())["training"]
+    assert training["options"]["init_from"] is None and training["lr"] == 1e-3
+    assert "--init-from" not in training["command"] and [s["to_step"] for s in training["segments"]] == [2, 4]
+    assert training["heldout"]["loss_before_step"] == 0

@@ -366,14 +366,18 @@ class _Trainer:
     def restore(self, st: dict, path: Path):
         """Continue from the training state ``st`` (read from ``path``, which the messages name)."""
         old = st.get("options") or {}
+        if old.get("arch", self.opts.arch) != self.opts.arch:  # before the data: another arch reads them otherwise
+            raise InputError(f"{path}: the run was trained with --arch {old['arch']} (now {self.opts.arch}); resume "
+                             f"with its own --arch, or start a new run from it with --init-from {path.parent.parent}")
         differs = _data_difference(st.get("data"), self._data_record(), st.get("data_paths") or [],
                                    self._volume_names())
         if differs:  # first: other data also resolve other defaults (the pixel range)
             raise InputError(f"{path}: the run was trained on other data than given now ({differs}); resume with "
                              f"the run's own --data/--dataset (and --hu-window/--mri-percentile), or start a new run from it with --init-from "
                              f"{path.parent.parent}")
+        resolved = {"attention": lambda v: (self.opts.arch == "unet") if v is None else bool(v)}  # None: the arch's
         changed = [k for k in old if k not in RESUME_MAY_CHANGE and hasattr(self.opts, k)
-                   and _option_value(old[k]) != _option_value(getattr(self.opts, k))]
+                   and resolved.get(k, _option_value)(old[k]) != resolved.get(k, _option_value)(getattr(self.opts, k))]
         if changed:
             was = ", ".join(f"{_flag(k)} {old[k]} (now {getattr(self.opts, k)})" for k in changed)
             raise InputError(f"{path}: the run was trained with {was}; resume with its own options, or start a "
@@ -392,6 +396,8 @@ class _Trainer:
         self.step, self.seconds, self.recent = st["step"], st["seconds"], list(st["recent"])
         self.log_window = [float(v) for v in st.get("log_window", [])]
         self.heldout_log = list(st.get("heldout_log", []))
+        if "init_from" in old:  # what the run started from, not a --init-from given at a resume (never used there)
+            self.opts = replace(self.opts, init_from=old["init_from"])
         before = [dict(p) for p in st.get("segments") or [{  # a checkpoint of before: its command unknown
             "from_step": 0, "to_step": None, "command": "not recorded (a checkpoint from before medrecon kept each "
             "resumed part's command)", "lr": old.get("lr"), "lr_final": old.get("lr_final"),
@@ -451,14 +457,15 @@ class _Trainer:
                         sigma_data=self.opts.sigma_data)
 
     def training_record(self, heldout: dict | None) -> dict:
-        o = self.opts
-        training = {"data": self.data.description, "command": self.command or "python API: medrecon.priors.train",
-                    "steps": self.step, "batch_size": o.batch_size, "lr": o.lr, "ema_decay": o.ema_decay,
+        o, last = self.opts, self.segments_now()[-1]  # the last part that trained (a resume that trained none
+        training = {"data": self.data.description, "command": last["command"],  # is left out of the segments)
+                    "steps": self.step, "batch_size": o.batch_size, "lr": last["lr"], "ema_decay": last["ema_decay"],
                     "final_loss": round(float(np.mean(self.recent)), 5) if self.recent else None,
                     "final_loss_note": "mean EDM-weighted training loss over the last 100 steps",
                     "seconds": round(self.seconds, 1), "device": str(self.device),
                     "mixed_precision": "bf16" if self.bf16 else "none",
-                    "options": asdict(o), "versions": _versions(), "segments": self.segments_now()}
+                    "options": {**asdict(o), **{k: last[k] for k in ("lr", "lr_final", "ema_decay")}},
+                    "versions": _versions(), "segments": self.segments_now()}
         if len(training["segments"]) > 1:
             training["segments_note"] = ("the run was resumed: command, lr, lr_final and ema_decay above are its last "
                                          "part's; segments lists each part's steps and command")
@@ -709,6 +716,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         if not tr.heldout_log:
             log_heldout(score())
         held["loss_before"] = tr.heldout_log[0][1]
+        held["loss_before_step"] = int(tr.heldout_log[0][0])  # 0, or the step a held-out set was added at (resume)
     log_path = out / "loss.csv"
     new_log = not (resume and log_path.is_file())
     with open(log_path, "w" if new_log else "a", newline="") as fh:

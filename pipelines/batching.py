@@ -40,7 +40,7 @@ from pathlib import Path
 
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, list_series
-from medrecon.io.atomic import read_marker
+from medrecon.io.atomic import os_reason, read_marker
 
 from .config import load_config
 from .html_report import ASSETS, BATCH_PAGE_MARK, write_batch_index
@@ -275,14 +275,14 @@ def batch_lock(output_root: Path):
     try:  # not through a link another user placed there
         f = os.fdopen(os.open(output_root / LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644), "a")
     except OSError as e:
-        raise InputError(f"cannot write {output_root / LOCK}: {e.strerror or e}; choose a writable output "
+        raise InputError(f"cannot write {output_root / LOCK}: {os_reason(e)}; choose a writable output "
                          "root") from e
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system without locks
-                log.warning(f"{output_root}: cannot lock {LOCK} ({e.strerror or e}); running without the lock, so "
+                log.warning(f"{output_root}: cannot lock {LOCK} ({os_reason(e)}); running without the lock, so "
                             "do not start a second batch into this output root while this one runs")
             else:
                 raise InputError(f"another batch is writing into {output_root} (it holds {LOCK}); wait for it to "
@@ -299,8 +299,8 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
     if state == "done" and not overwrite:
         return job.row("skipped", "0.0")
     if state != "new" and not overwrite:
-        return job.row("failed", "0.0", f"{relative(job.output, job.output_root)} exists but {CONFLICT[state]}; "
-                                        "pass --overwrite to redo it")
+        return job.row("conflict", "0.0", f"{relative(job.output, job.output_root)} exists but {CONFLICT[state]}; "
+                                          "pass --overwrite to redo it")  # its output stays, valid as it was
     t0 = time.perf_counter()
     try:
         reconstruct(cfg, job.input, job.output, overwrite=overwrite, series=job.uid, progress=progress,
@@ -350,6 +350,17 @@ class BatchResult:
     def failed(self) -> int:
         return sum(r["status"] == "failed" for r in self.rows)
 
+    @property
+    def conflicts(self) -> int:
+        """Series left as they were: their output was made from other files or with another config."""
+        return sum(r["status"] == "conflict" for r in self.rows)
+
+    def summary(self) -> str:
+        """'N ok, N failed[, N conflicts]' of this run's rows."""
+        ok = len(self.rows) - self.failed - self.conflicts
+        return f"{ok} ok, {self.failed} failed" + (f", {self.conflicts} conflicts (--overwrite redoes them)"
+                                                   if self.conflicts else "")
+
 
 def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, overwrite: bool = False,
           progress: bool = False, echo=print, resample: bool = False, engine=None) -> BatchResult:
@@ -369,7 +380,7 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
     try:
         output_root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise InputError(f"cannot create the output root {output_root}: {e.strerror or e}; "
+        raise InputError(f"cannot create the output root {output_root}: {os_reason(e)}; "
                          "choose a writable location") from e
     with batch_lock(output_root):
         return _batch(cfg, input_root, output_root, False, overwrite, progress, echo, resample, engine)

@@ -37,6 +37,7 @@ def phantom(
 
     from medrecon.errors import InputError
     from medrecon.io import write_nifti
+    from medrecon.io.atomic import os_reason
 
     from .phantoms import ct_phantom, mr_phantom
 
@@ -50,7 +51,7 @@ def phantom(
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise InputError(f"cannot create the output folder {output}: {e.strerror or e}; choose a writable "
+        raise InputError(f"cannot create the output folder {output}: {os_reason(e)}; choose a writable "
                          "location") from e
     for seed in tqdm(parse_seeds(seeds), desc=f"{modality.value} phantoms", unit="vol"):
         contrast = {} if modality == Modality.ct else {"contrast": ("T1", "T2", "PD")[seed % 3]}

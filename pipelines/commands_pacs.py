@@ -53,7 +53,7 @@ def _query(patient_id, date, modality, description, study_uid, series_uid):
 
 
 def _finish(res) -> None:
-    typer.echo(f"manifest: {res.manifest} ({len(res.rows) - res.failed} ok, {res.failed} failed); "
+    typer.echo(f"manifest: {res.manifest} ({res.summary()}); "
                f"report: {res.manifest.parent / 'index.html'}")
     exit_if_series_failed(res)
 

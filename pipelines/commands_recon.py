@@ -91,13 +91,16 @@ def batch(input_root: Path = typer.Argument(..., help="Folder tree holding DICOM
     res = run(input_root, output_root, config, overrides=set or [], dry_run=dry_run, overwrite=overwrite,
               progress=progress, echo=typer.echo, resample=resample, engine=eng)
     if not dry_run:
-        typer.echo(f"manifest: {res.manifest} ({len(res.rows) - res.failed} ok, {res.failed} failed)")
+        typer.echo(f"manifest: {res.manifest} ({res.summary()})")
     exit_if_series_failed(res)
 
 
 def exit_if_series_failed(res) -> None:
-    """Exit status 1, with one line, when any series of a batch failed (the manifest says which)."""
-    if res.failed:
-        typer.secho(f"error: {res.failed} of {len(res.rows)} series failed; see {res.manifest}", err=True,
-                    fg=typer.colors.RED)
+    """Exit status 1, with one line, when any series of a batch failed or was left for a conflict (an output made
+    from other files or with another config; the manifest says which)."""
+    if res.failed or res.conflicts:
+        what = " and ".join(t for t in (f"{res.failed} failed" if res.failed else "",
+                                        f"{res.conflicts} left as they were (conflict: pass --overwrite to redo them)"
+                                        if res.conflicts else "") if t)
+        typer.secho(f"error: of {len(res.rows)} series, {what}; see {res.manifest}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from medrecon.errors import InputError
+from medrecon.io.atomic import os_reason
 from medrecon.io.common import file_sha256
 
 from .scan_manifests import PYCERR_RADIOMICS_PHANTOM
@@ -511,7 +512,7 @@ def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = Non
                              f"{'it was removed: ' if archive is not None and not archive.exists() else ''}run "
                              f"`{SETUP_COMMAND} {s.name}` again (or replace it with a good copy)") from None
         except OSError as e:  # the cache is a file, missing its parent, read-only, full
-            raise InputError(f"cannot write the data cache {root} ({e.strerror or e}): set MEDRECON_DATA to a "
+            raise InputError(f"cannot write the data cache {root} ({os_reason(e)}): set MEDRECON_DATA to a "
                              "writable folder") from None
         out[s.name] = _target(s, root)
         echo(f"{s.name}: {out[s.name]} (from {s.requirement}, sha256 ok)")

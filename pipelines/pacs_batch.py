@@ -18,6 +18,7 @@ from pathlib import Path
 
 from medrecon.errors import InputError
 from medrecon.io import list_series
+from medrecon.io.atomic import mark_as_written
 
 from .batching import (CONFLICT, BatchResult, batch_lock, check_batch_root, one_line, output_state, read_manifest,
                        relative, sanitize, write_manifest)
@@ -73,7 +74,7 @@ class Runner:
         files = next((s.files_sha256 for s in listed if s.uid == uid), None) if listed is not None else None
         state = "new" if self.overwrite else output_state(out, uid, files, self.fingerprint)
         if state in ("reconfigured", "other"):
-            row["status"], row["error"] = "failed", f"{out.name} exists but {CONFLICT[state]}; pass --overwrite"
+            row["status"], row["error"] = "conflict", f"{out.name} exists but {CONFLICT[state]}; pass --overwrite"
             return self.record(row)
         if state == "changed":
             self.echo(f"        {uid} received more images since its output was made: reconstructed again (the "
@@ -106,6 +107,7 @@ class Runner:
                 write_json(out / "pacs.json", {"stored_to": self.settings.peer(), "instances": n,
                                                "derived_series_uid": derived, "source_series_uid": uid,
                                                "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                mark_as_written(out, "pacs.json")
                 self.echo(f"        stored {n} instances of {derived} on {self.settings.peer()}")
             row["status"] = "done"
         except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from medrecon.errors import InputError
-from medrecon.io.atomic import TMP_PREFIX
+from medrecon.io.atomic import TMP_PREFIX, os_reason
 
 from .pacs import PacsError, PacsSettings, SeriesHit, application_entity, associate, ssl_context
 
@@ -136,7 +136,7 @@ def serve(settings: PacsSettings, inbox: Inbox):
         in_use = getattr(e, "errno", None) == errno.EADDRINUSE
         fix = "choose another --store-port" if in_use else "check --store-address (an address of this machine)"
         raise PacsError(f"cannot listen on {settings.store_address}:{settings.store_port} for incoming series: "
-                        f"{e.strerror or e}; {fix}") from None
+                        f"{os_reason(e)}; {fix}") from None
 
 
 def retrieve_series(settings: PacsSettings, hit: SeriesHit, dest: Path, inbox: Inbox) -> int:

@@ -296,6 +296,16 @@ def _same_grid(a: Volume, b: Volume) -> bool:
         np.allclose(a.origin, b.origin, atol=0.01) and np.allclose(a.direction, b.direction, atol=1e-4)
 
 
+def _scale_mismatch(ref: np.ndarray, rec: np.ndarray) -> str | None:
+    """Why two volumes look like they hold other units (their typical magnitudes 10x apart: an MR run's dicom/ in
+    the source's units against its normalised reference), or None."""
+    a, b = (float(np.percentile(np.abs(v), 99)) for v in (ref, rec))
+    if min(a, b) > 0 and max(a, b) > 10 * min(a, b):
+        return (f"reference and input are on other scales (99th percentile of |value| {a:.4g} vs {b:.4g}): other "
+                "units? An MR run's dicom/ holds the source's units; score its recon.nii.gz against its reference")
+    return None
+
+
 def evaluate(reference, input, output=None, data_range: float | None = None, overwrite: bool = False) -> dict:
     """PSNR/SSIM per plane of ``input`` against ``reference`` (volumes or paths); optionally written as JSON
     (atomically; an existing file is replaced only with ``overwrite``)."""
@@ -330,6 +340,10 @@ def evaluate(reference, input, output=None, data_range: float | None = None, ove
         raise InputError(str(e)) from None
     if reordered:
         m.setdefault("notes", []).append(reordered)
+    scale = _scale_mismatch(ref.data, rec.data)
+    if scale:
+        log.warning(scale)
+        m.setdefault("notes", []).append(scale)
     if output is not None:
         with atomic_path(path_argument("output", output), overwrite, protect=[v for v in (reference, input) if not isinstance(v, Volume)]) as tmp:
             write_json(tmp, m)

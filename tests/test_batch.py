@@ -256,7 +256,9 @@ def test_a_rerun_with_another_config_does_not_pass_the_old_outputs_off_as_finish
     assert _manifest(out)[0]["status"] == "skipped"
     other = ["--set", "solver.name=fbp", "--set", "ct.image_size=24"]
     code = main(["batch", str(root), str(out), "--config", "sparse_view_ct_8", *other, "--quiet"])
-    assert code == 1 and "made with another config" in _manifest(out)[0]["error"]
+    row = _manifest(out)[0]  # a conflict, not a failure: its earlier output stands (the row said 'failed')
+    assert code == 1 and row["status"] == "conflict" and "made with another config" in row["error"]
+    assert "conflict: pass --overwrite" in capsys.readouterr().err
     assert main(["batch", str(root), str(out), "--config", "sparse_view_ct_8", *other, "--quiet",
                  "--overwrite"]) == 0
     report = json.loads((out / _manifest(out)[0]["output_path"] / "report.json").read_text())

@@ -259,8 +259,8 @@ def test_series_answered_at_once_are_echoed_as_the_local_engine_echoes_them(clus
     local, distributed = [], []
     batch(tree, out, "sparse_view_ct_8", other, echo=local.append)
     res = batch(tree, out, "sparse_view_ct_8", other, echo=distributed.append, engine=RayEngine())
-    assert res.failed == 2 and distributed == local
-    assert local[0].startswith("[1/2] failed  ") and "made with another config" in local[0]
+    assert res.conflicts == 2 and res.failed == 0 and distributed == local
+    assert local[0].startswith("[1/2] conflict ") and "made with another config" in local[0]
 
 
 def _alive(pid: int) -> bool:

@@ -170,6 +170,9 @@ def test_nifti_source_gets_a_minimal_patient_study_module(tmp_path):
     ds = pydicom.dcmread(next(out.iterdir()))
     assert str(ds.PatientName) == "Anonymous^medrecon" and ds.SOPClassUID == pydicom.uid.MRImageStorage
     assert ds.StudyInstanceUID and ds.FrameOfReferenceUID and ds.StudyInstanceUID != ds.SeriesInstanceUID
+    # a patient of its own: PatientID "medrecon" on every such series filed all of them under one patient in a PACS
+    other = pydicom.dcmread(next(write_dicom_series(read_nifti(tmp_path / "a.nii"), tmp_path / "e").iterdir()))
+    assert ds.PatientID.startswith("MEDRECON-") and len(ds.PatientID) == 21 and other.PatientID != ds.PatientID
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
@@ -854,6 +857,15 @@ def test_a_cd_root_names_the_folders_that_hold_series(tmp_path):
     shutil.copytree(CT5N, tmp_path / "cd" / "PT000000" / "ST000000" / "SE000000")
     with pytest.raises(InputError, match=r"sub-folders hold PT000000/ST000000/SE000000 \(5 files, CT"):
         read_volume(tmp_path / "cd")
+    # one series split over sub-folders (DICOM/0001, 0002): the message named '.', the folder it refused
+    files = sorted(CT5N.iterdir())
+    for k, f in enumerate(files):
+        (tmp_path / "split" / f"000{1 + k // 3}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, tmp_path / "split" / f"000{1 + k // 3}" / f.name)
+    uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    with pytest.raises(InputError, match=rf"series {uid} across its sub-folders \(5 files.*--series UID"):
+        read_volume(tmp_path / "split")
+    assert read_volume(tmp_path / "split", series=uid).shape == (5, 16, 16)
 
 
 def test_a_palette_colour_image_is_refused_as_colour(tmp_path):
@@ -865,3 +877,16 @@ def test_a_palette_colour_image_is_refused_as_colour(tmp_path):
     with pytest.raises(InputError, match="is a colour image"):
         read_volume(out)
     assert list_series(out)[0].not_a_volume == "a colour image"
+
+
+def test_a_slice_whose_pixel_data_are_shorter_than_its_header_says_is_damaged(tmp_path):
+    """SimpleITK filled the missing bytes with whatever memory held (-1714 HU in a -996 HU slice; another value each
+    read) and the series read without a word; pydicom refuses the same file. It is a damaged file now."""
+    def edit(k, ds):
+        if k == 2:
+            ds.PixelData = ds.PixelData[: len(ds.PixelData) * 3 // 4]
+    out = _edit_copy(CT5N, tmp_path / "s", edit)
+    bad = sorted(out.iterdir())[2].name
+    with pytest.raises(InputError, match=rf"slices are missing where 1 damaged file\(s\) could not be read \({bad}; "
+                                         r"e.g. 5 mm between"):  # the gap it leaves, not a regular one
+        read_volume(out)

@@ -364,3 +364,57 @@ def test_an_output_given_as_a_symbolic_link_is_written_where_it_points(tmp_path)
         tmp.mkdir()
         (tmp / "report.json").write_text("new")
     assert link.is_symlink() and (real / "report.json").read_text() == "new"
+
+
+def test_overwrite_keeps_what_a_user_added_to_an_output_and_dot_is_a_destination(tmp_path, monkeypatch):
+    """--overwrite swapped out a whole marked output folder, with the notes and segmentations a user had put in it;
+    files medrecon added later (a PACS transfer's record, marked) are replaced like the rest. `-o .` put the
+    temporary inside the output and failed after the whole run ('. already exists')."""
+    from medrecon.io.atomic import mark_as_written
+
+    def write(dest, overwrite=False):
+        with atomic_path(dest, overwrite=overwrite) as tmp:
+            tmp.mkdir()
+            (tmp / "recon.nii.gz").write_text("r")
+
+    out = tmp_path / "out"
+    write(out)
+    (out / "pacs.json").write_text("{}")
+    mark_as_written(out, "pacs.json")
+    write(out, overwrite=True)
+    assert _visible(out) == ["recon.nii.gz"]
+    (out / "notes_dr_smith.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"holds notes_dr_smith.txt, which medrecon did not write there; move it out"):
+        write(out, overwrite=True)
+    assert (out / "notes_dr_smith.txt").read_text() == "mine"
+    (here := tmp_path / "here").mkdir()
+    monkeypatch.chdir(here)
+    write(Path("."))
+    assert _visible(here) == ["recon.nii.gz"]
+
+
+def test_an_os_error_without_strerror_is_told_in_one_line():
+    """pydicom re-raises a full disk as OSError(text) whose text holds a traceback: that went into the 'one-line'
+    error and the batch manifest."""
+    from medrecon.io.atomic import os_reason
+
+    e = OSError("With tag (7FE0,0010) got exception: [Errno 28] No space left on device\nTraceback (most recent...")
+    assert os_reason(e) == "No space left on device"
+    assert os_reason(OSError("first line\nsecond")) == "first line"
+    assert os_reason(OSError(13, "Permission denied")) == "Permission denied"
+
+
+@pytest.mark.parametrize("codes_in, codes_out", [((2, 0), (2, 2)), ((0, 2), (2, 2)), ((4, 0), (4, 4)),
+                                                  ((1, 1), (1, 1)), ((3, 2), (3, 2))])
+def test_nifti_form_codes_survive_a_round_trip(tmp_path, codes_in, codes_out):
+    """A form whose code was 0 was written with code 1 (scanner): an MNI-space (4) or aligned (2) volume then held
+    a qform a qform-first reader took for scanner coordinates. The one code read stands for both."""
+    from medrecon.io import read_nifti
+
+    img = nib.Nifti1Image(np.zeros((4, 3, 2), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]))
+    img.set_sform(img.affine, code=codes_in[0])
+    img.set_qform(img.affine, code=codes_in[1])
+    nib.save(img, tmp_path / "a.nii.gz")
+    write_nifti(read_nifti(tmp_path / "a.nii.gz"), tmp_path / "b.nii.gz")
+    h = nib.load(tmp_path / "b.nii.gz").header
+    assert (int(h["sform_code"]), int(h["qform_code"])) == codes_out

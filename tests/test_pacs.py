@@ -129,7 +129,7 @@ def test_query_retrieve_reconstruct_store_and_resume(pacs, tmp_path, capsys):
     assert index.count("<tr><td>") == 2 and "Chest_1.0_" in index and "Abdomen_2.0_" in index
     # another config: a conflict that --overwrite resolves, as in the batch (it passed for finished before)
     assert _run(pacs, out, "--description", "Chest*", "--set", "ct.image_size=24") == 1
-    assert "made with another config" in _manifest(out)["Chest"]["error"]
+    assert "made with another config" in _manifest(out)["Chest"]["error"] and _manifest(out)["Chest"]["status"] == "conflict"
 
 
 def test_c_get_and_dry_run(pacs, tmp_path, capsys):

@@ -1151,3 +1151,14 @@ def test_an_mr_prior_trained_at_a_low_percentile_is_warned_about():
         assert bool(said) == warned and (not warned or "90th percentile" in said[0])
     from medrecon.priors import load_prior
     assert training_percentile(load_prior("bundled:mri_patch")) == 99.5  # the card's text, before the number
+
+
+def test_evaluate_says_when_the_two_volumes_hold_other_units(tmp_path):
+    """An MR run's dicom/ holds the source's units and its reference the normalised magnitude: evaluate scored
+    -53 dB without a word. Volumes on one scale get no note."""
+    rng = np.random.default_rng(0)
+    ref = Volume(rng.uniform(0, 1, (3, 16, 16)).astype(np.float32), (1.0, 1.0, 2.0))
+    near = tasks.evaluate(ref, ref.with_data(ref.data * 1.05))
+    assert not any("other scales" in n for n in near.get("notes", []))
+    far = tasks.evaluate(ref, ref.with_data(ref.data * 900.0))
+    assert any("other scales" in n and "recon.nii.gz" in n for n in far["notes"])

@@ -43,7 +43,7 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
       False writes none (a derived DICOM series, recognised by its headers instead, stays pure DICOM).
     * Missing parent folders are created; any OS error becomes an :class:`InputError` naming ``dest``.
     """
-    dest = Path(dest)
+    dest = Path(os.path.abspath(dest))  # '.': its parent is '.' too, and the temporary landed inside it
     if dest.is_symlink():  # write where it points: replacing the link left the old output at its target
         dest = dest.resolve()
     _check_not_input(dest, protect)
@@ -51,7 +51,7 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
         dest.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(dest)
     except OSError as e:
-        raise InputError(f"cannot create the output folder {dest.parent}: {e.strerror or e}; "
+        raise InputError(f"cannot create the output folder {dest.parent}: {os_reason(e)}; "
                          "choose a writable location") from e
     check_free(dest, overwrite)
     tmp = dest.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{_tmp_tail(dest)}"
@@ -61,7 +61,9 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
         if marker is not False and tmp.is_dir() and not tmp.is_symlink():
             from .. import __version__
             fields = marker if isinstance(marker, dict) else {}
-            (tmp / MARKER).write_text(json.dumps({"medrecon": __version__, **fields}, indent=2) + "\n")
+            written = sorted(p.name for p in tmp.iterdir())  # what --overwrite may replace (not a user's own files)
+            (tmp / MARKER).write_text(json.dumps({"medrecon": __version__, **fields, "entries": written}, indent=2)
+                                      + "\n")
         check_free(dest, overwrite)  # again: something may have appeared meanwhile
         outermost = not any(p.name.startswith(TMP_PREFIX) for p in dest.parents)  # inside another output's
         if outermost:                                                           # temporary: its commit syncs all
@@ -70,11 +72,35 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
         if outermost:
             _flush_to_disk(dest.parent, tree=False)  # the rename itself
     except OSError as e:
-        raise InputError(f"cannot write {shown_path(dest)}: {e.strerror or e}; "
+        raise InputError(f"cannot write {shown_path(dest)}: {os_reason(e)}; "
                          "choose a writable location with enough free space") from e
     finally:
         _remove(tmp)
         _OURS.discard(tmp.name)
+
+
+def mark_as_written(folder, name: str) -> None:
+    """Record ``name``, added to a finished output ``folder`` by medrecon (a PACS transfer's record), in its
+    marker, so that --overwrite replaces it like the rest (files the marker does not list are a user's)."""
+    path = Path(folder) / MARKER
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(data.get("entries"), list) and name not in data["entries"]:
+        data["entries"] = sorted([*data["entries"], name])
+        with atomic_path(path, overwrite=True, marker=False) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def os_reason(e: OSError) -> str:
+    """An OS error's reason on one line: its strerror, else the errno's text, else the first line of its message
+    (pydicom re-raises a full disk as OSError(text) whose text holds a traceback)."""
+    if e.strerror:
+        return e.strerror
+    found = re.search(r"\[Errno (\d+)\]", str(e))
+    code = e.errno or (int(found.group(1)) if found else None)
+    return os.strerror(code) if code else (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def shown_path(dest: Path) -> Path:
@@ -193,9 +219,16 @@ def check_free(dest: Path, overwrite: bool) -> None:
     if not overwrite:
         raise InputError(f"{dest} already exists; pass --overwrite (overwrite=True from Python) to replace it, "
                          "or choose another output path")
-    if dest.is_dir() and read_marker(dest) is None:
+    mark = read_marker(dest) if dest.is_dir() else {}
+    if mark is None:
         raise InputError(f"refusing to replace {dest}: it is a folder that medrecon did not write (it has no "
                          f"{MARKER} marker); remove it yourself or choose another output path")
+    added = sorted(set(p.name for p in dest.iterdir()) - set(mark["entries"]) - {MARKER}) \
+        if isinstance(mark.get("entries"), list) and dest.is_dir() else []
+    if added:  # a user's notes or segmentations beside the output: --overwrite replaced them with the folder
+        raise InputError(f"refusing to replace {dest}: it holds {', '.join(added[:5])}"
+                         f"{', ...' if len(added) > 5 else ''}, which medrecon did not write there; move "
+                         f"{'it' if len(added) == 1 else 'them'} out first, or choose another output path")
 
 
 def _flush_to_disk(path: Path, tree: bool = True) -> None:

@@ -264,7 +264,7 @@ class _Stack:
                 "--series")
         if resample:
             return
-        k = int(np.argmax(np.abs(g - self.step)))
+        k = int(np.argmax(g)) if skipped else int(np.argmax(np.abs(g - self.step)))  # missing files: the widest gap
         if skipped:
             names = ", ".join(Path(m.split(" (", 1)[0]).name for m in skipped[:5])
             raise InputError(
@@ -529,6 +529,9 @@ def _read_pixels(files: list[Path]) -> tuple[np.ndarray | None, list[tuple[Path,
     """(Z, Y, X) float32 after rescale, in the given order; or the files whose pixels cannot be read. SimpleITK
     reads the series; where it refuses (GDCM refuses a SpacingBetweenSlices of 0 and some bit layouts pydicom
     decodes), each slice on its own, by SimpleITK or else pydicom."""
+    short = [(f, why) for f in files if (why := _short_pixel_data(f))]
+    if short:  # SimpleITK fills the missing bytes with whatever memory held
+        return None, short
     with _itk_names(files) as names:
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(names)
@@ -541,6 +544,25 @@ def _read_pixels(files: list[Path]) -> tuple[np.ndarray | None, list[tuple[Path,
         read = [(f, *_read_slice(f, name)) for f, name in zip(files, names)]
     bad = [(f, why) for f, _, why in read if why]
     return (None, bad) if bad else (np.stack([a for _, a, _ in read]).astype(np.float32), [])
+
+
+def _short_pixel_data(f: Path) -> str:
+    """Why an uncompressed file's pixel data hold fewer bytes than its Rows x Columns (x frames) need, or ""."""
+    try:
+        ds = pydicom.dcmread(f, defer_size=1024)  # where the pixel data start; their bytes are left unread
+        item = ds.get_item("PixelData")
+        if item is None or ds.file_meta.TransferSyntaxUID.is_compressed:
+            return ""
+        need = (header_int(ds, "Rows", 0) * header_int(ds, "Columns", 0) * header_int(ds, "SamplesPerPixel", 1)
+                * header_int(ds, "NumberOfFrames", 1) * header_int(ds, "BitsAllocated", 16) + 7) // 8
+        declared = getattr(item, "length", None)  # a small value is read: its header's length
+        tell = getattr(item, "file_tell", None)   # a deferred one: where it starts
+        have = declared if declared is not None and declared != 0xFFFFFFFF else \
+            (f.stat().st_size - tell if tell is not None else need)  # at most: the pixel data and what follows
+    except Exception:  # noqa: BLE001 - any other damage is found, and named, where the pixels are decoded
+        return ""
+    return f"pixel data of at most {have} bytes, fewer than the {need} its Rows x Columns need: a damaged file" \
+        if have < need else ""
 
 
 def _read_slice(f: Path, name: str) -> tuple[np.ndarray | None, str]:

@@ -4,7 +4,8 @@
   DerivationDescription name the method.
 * Patient and study modules copied from the source series (``Volume.meta['dicom']``); the frame of
   reference too, since the voxels keep the source's patient coordinates. A source without them (NIfTI,
-  npy) gets a minimal valid module: PatientName "Anonymous^medrecon", new StudyInstanceUID and frame.
+  npy) gets a minimal valid module: PatientName "Anonymous^medrecon", a PatientID of its own (MEDRECON- and 12
+  hex digits of its new StudyInstanceUID's hash), new StudyInstanceUID and frame.
 * SOP class from the modality: CT Image Storage (so viewers treat values as HU), MR Image Storage, or
   Secondary Capture ("OT") for anything else.
 * Stored values int16 with one RescaleSlope/RescaleIntercept for the series: slope 1 intercept 0 when
@@ -23,6 +24,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 from pathlib import Path
@@ -199,9 +201,10 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
 
     if src.get("StudyInstanceUID"):
         _copy(ds, src, PATIENT_STUDY_TAGS)
-    else:  # no source study (NIfTI, npy): a minimal, valid patient/study module
-        ds.PatientName, ds.PatientID = "Anonymous^medrecon", "medrecon"
-        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = generate_uid(), date, time
+    else:  # no source study (NIfTI, npy): a minimal, valid patient/study module, a patient of its own (one
+        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = generate_uid(), date, time  # PatientID for all put
+        ds.PatientName = "Anonymous^medrecon"                        # every such series under one patient in a PACS)
+        ds.PatientID = "MEDRECON-" + hashlib.sha256(ds.StudyInstanceUID.encode()).hexdigest()[:12].upper()
         ds.StudyID, ds.StudyDescription = "1", "medrecon"
     ds.Modality = modality
     ds.SeriesInstanceUID = generate_uid()

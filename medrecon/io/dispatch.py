@@ -95,11 +95,15 @@ def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volu
     found = list_series(folder, recursive=bool(series))
     if not found:
         below = list_series(folder, recursive=True) if any(p.is_dir() for p in folder.iterdir()) else []
-        hint = ("; its sub-folders hold " + "; ".join(f"{os.path.relpath(s.folder, folder)} ({s.n_files} files, "
-                                                       f"{s.modality} '{s.description}')" for s in below[:5])
+
+        def where(s):  # a series split over several sub-folders (a CD's DICOM/0001, 0002) lies in this one
+            rel = os.path.relpath(s.folder, folder)
+            return f"series {s.uid} across its sub-folders" if rel == "." else rel
+        hint = ("; its sub-folders hold " + "; ".join(f"{where(s)} ({s.n_files} files, {s.modality} "
+                                                       f"'{s.description}')" for s in below[:5])
                 + (f" and {len(below) - 5} more series" if len(below) > 5 else "")
-                + ": give one of those folders, or this one with --series UID (`medrecon info "
-                f"{folder}/SUBFOLDER` shows the UID)") if below else ""
+                + f": give this folder with --series UID (UID: {below[0].uid}"
+                + (", ..." if len(below) > 1 else "") + "), or the sub-folder of one") if below else ""
         raise InputError(f"{folder} holds no readable DICOM image files{hint}")
     info, note = choose_series(found, series, folder)
     vol = read_dicom_series(info, resample)

@@ -121,9 +121,11 @@ def write_nifti(vol: Volume, path, overwrite: bool = False) -> Path:
     data = check_voxels(vol.data, shown_path(path))  # NaN / Inf: a file no reader here would take back
     img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), vol.affine_ras)
     codes = vol.meta.get("nifti", {})
-    unknown = not any(codes.get(k, 1) for k in ("sform_code", "qform_code"))  # read from a file that had neither
-    img.set_sform(vol.affine_ras, code=0 if unknown else codes.get("sform_code") or 1)  # 1: scanner coordinates
-    img.set_qform(vol.affine_ras, code=0 if unknown else codes.get("qform_code") or 1)
+    sform, qform = codes.get("sform_code"), codes.get("qform_code")
+    # each form's code as read; one that was 0 takes the other's (a file with only an MNI sform, code 4, kept
+    # its qform labelled 1, scanner coordinates); neither read (another format): 1, scanner; both 0: 0
+    img.set_sform(vol.affine_ras, code=sform or qform or (0 if sform == qform == 0 else 1))
+    img.set_qform(vol.affine_ras, code=qform or sform or (0 if sform == qform == 0 else 1))
     img.header.set_xyzt_units("mm")
     with atomic_path(path, overwrite, protect=[vol.meta.get("source")]) as tmp:
         nib.save(img, str(tmp))

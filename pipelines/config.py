@@ -32,7 +32,7 @@ from medrecon.errors import InputError
 from operators.ct.fbp import FILTERS
 
 from .modality import intensity_card
-from .registry import SOLVERS, FastSettings, Section, SolverSettings
+from .registry import SOLVERS, FastSettings, Section, Seed, SolverSettings
 
 # the bundled configs: where a wheel installs them (pyproject maps configs/ to pipelines.configs; first, so that
 # another package's top-level configs/ in site-packages is never taken), else configs/ of a checkout
@@ -82,7 +82,7 @@ class Mask(Section):
     kind: Literal["uniform1d", "gaussian1d", "equispaced1d", "poisson2d"] = "uniform1d"
     acceleration: float = Field(4.0, gt=1)
     center_fraction: float = Field(0.08, gt=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class MRI(Section):
@@ -114,7 +114,7 @@ class Noise(Section):
     kind: Literal["poisson", "gaussian", "complex_gaussian", "none"] = "none"
     I0: float = Field(1e5, gt=0)  # CT incident photons per detector bin
     sigma: float = Field(0.0, ge=0)  # gaussian: line-integral units (CT); complex: per real/imag part (MRI)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class Simulation(Section):
@@ -362,8 +362,16 @@ def _apply_override(raw: dict, item: str) -> list[str]:
         if not isinstance(child, dict):
             return [f"--set {item}: {'.'.join(parts[:i + 1])} is a value, not a section"]
         node = child
-    node[parts[-1]] = parsed
+    node[parts[-1]] = _merged(node.get(parts[-1]), parsed)
     return []
+
+
+def _merged(old, new):
+    """A section given with --set (``solver.admm={lam: 0.3}``) over the file's: its keys replace the file's, the
+    others stay (it replaced the whole section, dropping a config's tuned lam_xy and start_sigma)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {**old, **{k: _merged(old.get(k), v) for k, v in new.items()}}
+    return new
 
 
 # -------------------------------------------------------------------------- error messages

@@ -657,6 +657,9 @@ def setting_warnings(cfg: Config, meas: Measurement, source: Volume | None, prio
         out.append(f"prior {prior.name} was trained on MR volumes divided by their {pct:g}th percentile, while "
                    f"reconstruct divides by the {MAGNITUDE_PERCENTILE:g}th: tissue reaches the prior darker than it "
                    "learned it; train with the default --mri-percentile 99.5")
+    if cfg.outputs.snapshots_every and SOLVERS[cfg.solver.name].sampler is None:
+        out.append(f"outputs.snapshots_every {cfg.outputs.snapshots_every}: solver {cfg.solver.name} writes no "
+                   "snapshots (only the diffusion samplers do)")
     if cfg.solver.name == "admm_tv" and cfg.solver.tv == "z" and meas.grid.shape[0] == 1:
         out.append("solver.tv=z on one slice: TV along z has nothing to smooth, so admm_tv is unregularised here; "
                    "set solver.tv=3d")

@@ -160,6 +160,10 @@ class ADMM(Section):
         return self.weight(slice_mm) * scale, rho * scale
 
 
+#: a random seed: numpy's generators take no negative one, torch's none of 64 bits or more (the sampler adds to it)
+Seed = Annotated[int, Field(ge=0, le=2 ** 63 - 1024)]
+
+
 class _Solver(Section):
     steps: Optional[int] = Field(None, gt=0)  # iterations or diffusion steps; null: the solver's default
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -190,7 +194,7 @@ class SelfAdapt(Section):
 class _Diffusion(_Iterative):
     chunk_size: Optional[int] = Field(None, gt=0)  # slices per network call; null: automatic
     samples: int = Field(1, gt=0)  # > 1: posterior mean and voxel-wise std
-    seed: int = 0
+    seed: Seed = 0
     self_adapt: SelfAdapt = SelfAdapt()
     # the network's arithmetic: fp32, bf16 (autocast), or auto (bf16 where the device has it natively)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -250,9 +254,9 @@ class CrossValidation(Section):
     holdout: float = Field(0.125, gt=0, lt=0.5)  # CT: fraction of the views; MRI: of the sampled outer lines
     # factors of warm_start.start_sigma tried; 0: the warm start itself, no diffusion (a prior that does not suit
     # the scan then cannot leave it worse than its classical start, when the held-out data say so)
-    start_sigma: Optional[list[Annotated[float, Field(ge=0)]]] = None
-    lam: Optional[list[float]] = None  # factors of admm.lam tried (at the chosen noise level)
-    seed: int = 0
+    start_sigma: Optional[Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)]] = None
+    lam: Optional[Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)]] = None  # factors of admm.lam
+    seed: Seed = 0                                                                             # (at the chosen σ)
 
 
 class _CV(_ZTV, _Warm):

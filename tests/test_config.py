@@ -214,3 +214,18 @@ def test_a_clip_that_is_no_interval_is_refused_naming_the_key(tmp_path):
     with pytest.raises(InputError, match=r"final_sigma 100 must lie in \[0, 80\]"):
         reconstruct("sparse_view_ct_8", src, tmp_path / "b", overrides=["solver.steps=2", "solver.final_sigma=100",
                                                                         "ct.pixel_size=2"])
+
+
+def test_set_sections_merge_and_values_that_would_fail_later_are_refused_first(tmp_path):
+    """--set 'solver.warm_start={lam: 2}' replaced the whole section: sparse_view_ct_4 ran from σ 0.8 instead of its
+    tuned 1.2 (and solver.admm={lam: 0.3} dropped its lam_xy) without a word. Seeds numpy or torch cannot take
+    (-1, 10^20) and empty cross-validation lists passed the check and failed mid-run with a traceback."""
+    cfg = load_config("sparse_view_ct_4", ["solver.warm_start={lam: 2}", "solver.admm={lam: 0.3}"], check_files=False)
+    assert cfg.solver.warm_start.start_sigma == 1.2 and cfg.solver.warm_start.lam == 2
+    assert cfg.solver.admm.lam_xy == 0.1 and cfg.solver.admm.lam == 0.3
+    for bad in ("noise.seed=-1", "solver.seed=99999999999999999999", "solver.cross_validate.lam=[]",
+                "solver.cross_validate.start_sigma=[]", "solver.cross_validate.lam=[-1]"):
+        with pytest.raises(InputError, match=bad.split("=")[0].replace("solver.", "")):
+            load_config("sparse_view_ct_4", [bad], check_files=False)
+    with pytest.raises(InputError, match="mask.seed"):
+        load_config("cs_mri_x4", ["mri.mask.seed=-1"], check_files=False)

@@ -1162,3 +1162,11 @@ def test_evaluate_says_when_the_two_volumes_hold_other_units(tmp_path):
     assert not any("other scales" in n for n in near.get("notes", []))
     far = tasks.evaluate(ref, ref.with_data(ref.data * 900.0))
     assert any("other scales" in n and "recon.nii.gz" in n for n in far["notes"])
+
+
+def test_snapshots_asked_of_a_solver_that_takes_none_are_warned_about(tmp_path, ct_nifti):
+    """outputs.snapshots_every on admm_tv wrote no snapshots/ and said nothing (solver.samples is refused there)."""
+    res = tasks.reconstruct("sparse_view_ct_8", ct_nifti, tmp_path / "a", overrides=[
+        "solver.name=admm_tv", "solver.steps=2", "ct.image_size=16", "outputs.snapshots_every=1"])
+    assert any("writes no snapshots" in w for w in res.report["input_warnings"])
+    assert not (tmp_path / "a" / "snapshots").exists()

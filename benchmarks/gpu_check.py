@@ -1,15 +1,18 @@
 """GPU check: whether medrecon's CUDA paths work and how fast they are against the targets below.
-Steps 1-4: 77 s on an H200 with --no-compile (torch.compile adds minutes), random network weights (speed, not quality).
+Steps 1-4: 77 s on an H200 without torch.compile (--compile adds a row and minutes), random network weights (speed,
+not quality).
 
     python benchmarks/gpu_check.py --out out/gpu_check            # on the GPU machine (needs CUDA)
     python benchmarks/gpu_check.py --device cpu --small --out DIR  # CPU smoke run at small sizes (~1 min)
 
-Steps, each recorded in DIR/gpu_check.json and summarised in DIR/gpu_check.md:
+Steps, each recorded in DIR/gpu_check.json (after every step) and summarised in DIR/gpu_check.md; they run in the
+order 1, 5, 3, 2, 4, the result never measured on a GPU (5) first after the tests:
 1. ``pytest -m gpu``: the gpu-marked tests (all skipped without CUDA).
 2. One network evaluation per slice at 256x256 for the full-size public architectures with random weights:
    NCSN++ with DiffusionMBIR's AAPM config (``medrecon.priors.ncsnpp.AAPM256_CONFIG``) and ADM with DDS's
    (``medrecon.priors.adm.AAPM256_CONFIG``), in fp32, TF32, bf16 autocast, bf16 + channels-last and
-   bf16 + channels-last + torch.compile (CUDA only; ``--no-compile`` leaves it out), ms per slice.
+   bf16 + channels-last + torch.compile (CUDA only, with ``--compile``), ms per slice, each in its own arithmetic
+   (not the prior's exact-fp32 wrapper); a variant that fails is recorded as its error.
 3. FastSampler (ADM) and DiffusionMBIR (NCSN++) with steps scaled down on a 256x256x64 volume (sparse-view
    parallel-beam CT, slice-wise projector): wall time, network time (every network call timed, synchronised),
    solver overhead = (wall - network) / network, the automatic chunk size and peak memory; the wall time is
@@ -40,16 +43,18 @@ from pathlib import Path
 
 import torch
 
-from medrecon.device import reset_cuda_peak
-from medrecon.priors import VEScorePrior, VESchedule, VPEpsPrior, VPSchedule
-from medrecon.priors.adm import ADMUNet, adm_config
-from medrecon.priors.ncsnpp import NCSNpp, ncsnpp_config
-from medrecon.solvers.diffusion import DiffusionMBIR, FastSampler, auto_chunk_size
-from operators.ct import ParallelBeamGeometry, SliceProjector
-from pipelines.outputs import peak_memory
-from pipelines.registry import ADMM_DEFAULTS
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the GPU machine runs it from a copy of the tree, medrecon not installed there
+
+from medrecon.device import reset_cuda_peak  # noqa: E402
+from medrecon.priors import VEScorePrior, VESchedule, VPEpsPrior, VPSchedule  # noqa: E402
+from medrecon.priors.adm import ADMUNet, adm_config  # noqa: E402
+from medrecon.priors.ncsnpp import NCSNpp, ncsnpp_config  # noqa: E402
+from medrecon.solvers.diffusion import DiffusionMBIR, FastSampler, auto_chunk_size  # noqa: E402
+from operators.ct import ParallelBeamGeometry, SliceProjector  # noqa: E402
+from pipelines.outputs import peak_memory  # noqa: E402
+from pipelines.registry import ADMM_DEFAULTS  # noqa: E402
+
 TARGETS = {"fast_256cubed_s": 120.0, "mbir_2000_256cubed_s": 1800.0, "overhead_fraction": 0.05}
 FULL_STEPS = {"FastSampler": FastSampler.default_steps, "DiffusionMBIR": DiffusionMBIR.default_steps}
 PROJECT_SLICES = 256
@@ -102,7 +107,8 @@ def time_network(prior, variant: str, batch: int, size: int, device: torch.devic
         x = x.contiguous(memory_format=torch.channels_last)
     if "compile" in variant:
         prior.network = torch.compile(prior.network)
-    try:
+    prior.arithmetic = contextlib.nullcontext  # the variant's arithmetic, not the prior's own (its exact fp32 turned
+    try:                                       # cuDNN's TF32 off inside every call: the tf32 row measured fp32)
         times = []
         with torch.no_grad(), precision(variant, device):
             for k in range(repeats + 2):  # two warm-up calls (compilation, cudnn autotuning)
@@ -114,7 +120,23 @@ def time_network(prior, variant: str, batch: int, size: int, device: torch.devic
                     times.append(time.perf_counter() - t0)
         return 1000.0 * statistics.median(times) / batch
     finally:
+        del prior.arithmetic
         prior.network = net.to(memory_format=torch.contiguous_format)
+
+
+def time_variants(priors: dict, variants: list[str], batch: int, size: int, device: torch.device,
+                  repeats: int) -> dict:
+    """ms per slice of each network in each variant; a variant that fails (torch.compile without Triton, say) is
+    recorded as its error, the others kept."""
+    out = {}
+    for name, prior in priors.items():
+        out[name] = {}
+        for v in variants:
+            try:
+                out[name][v] = time_network(prior, v, batch, size, device, repeats)
+            except Exception as e:  # noqa: BLE001 - one variant must not lose the others' rows
+                out[name][v] = f"error: {(str(e).strip().splitlines() or [type(e).__name__])[-1][:200]}"
+    return out
 
 
 class TimedNetwork(torch.nn.Module):
@@ -217,7 +239,12 @@ def run_bundled(small: bool, device: torch.device) -> dict:
 def run_gpu_tests(timeout_s: int) -> dict:
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider", str(ROOT / "tests")]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:  # what ran is kept: the tail says which test hung
+        text = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return {"timed_out": True, "seconds": round(time.perf_counter() - t0, 1),
+                "tail": text.strip().splitlines()[-40:]}
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)",
                                                 p.stdout.strip().splitlines()[-1] if p.stdout.strip() else "")}
     return {"returncode": p.returncode, "seconds": round(time.perf_counter() - t0, 1), **counts,
@@ -240,10 +267,11 @@ def judge(result: dict, judged: bool) -> list[dict]:
     return rows
 
 
-def markdown(res: dict) -> str:
+def markdown(res: dict, skipped_tests: bool = False) -> str:
     out = [f"# GPU check ({res['device']}, {res['mode']}, {res['seconds']:.0f} s)", ""]
     t = res.get("gpu_tests")
-    tests = "not run (--skip-tests)" if t is None else \
+    tests = ("not run (--skip-tests)" if skipped_tests else "not run (the step raised; see errors)") if t is None \
+        else f"timed out after {t['seconds']} s (the tail is in gpu_check.json)" if t.get("timed_out") else \
         ", ".join(f"{t[k]} {k}" for k in ("passed", "failed", "skipped", "errors", "error") if k in t) or str(t)
     out += [f"gpu tests: {tests}", ""]
     if res.get("networks"):
@@ -276,7 +304,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     ap.add_argument("--small", action="store_true", help="small sizes and narrow networks (CPU smoke run)")
     ap.add_argument("--out", type=Path, default=Path("out/gpu_check"))
-    ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out (saves 1-3 minutes)")
+    ap.add_argument("--compile", action="store_true", help="add a bf16+channels_last+torch.compile row (needs Triton "
+                    "and a C compiler; minutes; never measured on a GPU here)")
     ap.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
     ap.add_argument("--fast-steps", type=int, default=None, help="FastSampler steps (default 10; --small 2)")
     ap.add_argument("--mbir-steps", type=int, default=None, help="DiffusionMBIR steps (default 10; --small 2)")
@@ -305,19 +334,24 @@ def main(argv=None) -> int:
 
     if not args.skip_tests:
         step("gpu_tests", lambda: run_gpu_tests(timeout_s=240))
-    priors = build_priors(size, args.small, device)
-    step("networks", lambda: {n: {v: time_network(p, v, batch, size, device, repeats)
-                                  for v in network_variants(device, not args.no_compile)} for n, p in priors.items()})
-    step("samplers", lambda: [run_sampler(FastSampler, priors["adm"], size, slices, steps["fast"], device, variant),
-                              run_sampler(DiffusionMBIR, priors["ncsnpp"], size, slices, steps["mbir"], device,
+    step("bundled_precision", lambda: run_bundled(args.small, device))  # the result never measured on a GPU first
+    priors = {}
+
+    def built() -> dict:  # inside the steps: a failure (out of memory) is that step's error, not the run's end
+        if not priors:
+            priors.update(build_priors(size, args.small, device))
+        return priors
+    step("samplers", lambda: [run_sampler(FastSampler, built()["adm"], size, slices, steps["fast"], device, variant),
+                              run_sampler(DiffusionMBIR, built()["ncsnpp"], size, slices, steps["mbir"], device,
                                           variant)])
+    step("networks", lambda: time_variants(built(), network_variants(device, args.compile), batch, size, device,
+                                           repeats))
     step("cone", lambda: run_cone(64 if args.small else 256, device))
-    step("bundled_precision", lambda: run_bundled(args.small, device))
     res["targets"] = judge(res, judged=device.type == "cuda" and not args.small)
     res["seconds"] = round(time.perf_counter() - t_start, 1)
     (args.out / "gpu_check.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / "gpu_check.md").write_text(markdown(res))
-    print(markdown(res))
+    (args.out / "gpu_check.md").write_text(markdown(res, args.skip_tests))
+    print(markdown(res, args.skip_tests))
     tests_failed = res.get("gpu_tests", {}).get("returncode", 0) not in (0, 5)  # 5: nothing collected/all skipped
     return 1 if res["errors"] or tests_failed else 0
 

@@ -131,12 +131,14 @@ def _num(v, digits: int) -> str:
 
 def markdown_table(results: list[MethodResult], title: str = "") -> str:
     """PSNR/SSIM per plane, network evaluations per slice, wall time and peak memory, one row per method."""
+    on_gpu = any(r.peak_cuda_mib is not None for r in results)  # the column says which memory it holds
+    memory = "peak CUDA memory (MiB)" if on_gpu else "peak RSS growth (MiB)"
     head = ("| method | PSNR axial | PSNR coronal | PSNR sagittal | SSIM axial | SSIM coronal | SSIM sagittal "
-            "| NFE/slice | backward/slice | time (s) | peak RSS growth (MiB) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+            f"| NFE/slice | backward/slice | time (s) | {memory} |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in results:
         p, s = r.metrics["psnr"], r.metrics["ssim"]
-        mem = r.peak_cuda_mib if r.peak_cuda_mib is not None else r.peak_cpu_mib
+        mem = (r.peak_cuda_mib if on_gpu else r.peak_cpu_mib) or 0.0
         cells = [_num(p[a], 2) for a in AXES] + [_num(s[a], 3) for a in AXES]
         lines.append(f"| {r.label} | {' | '.join(cells)} | {r.nfe_per_slice} | {r.backward_per_slice} | {r.seconds:.1f} "
                      f"| {mem:.0f} |")

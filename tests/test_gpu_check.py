@@ -50,3 +50,58 @@ def test_gpu_check_small_on_cpu(tmp_path):
                                                           for p in ("fp32", "auto")]
     assert all(r["psnr_axial"] > 15 for r in rows)  # 3 steps on 64x64 phantoms: 21-30 dB measured, far above noise
     assert [r["self_adapt_bf16"] for r in rows][::2] == [False, False]  # fp32 adapts in fp32
+
+
+def test_each_network_variant_runs_in_its_own_arithmetic_and_a_failing_one_keeps_the_others(monkeypatch):
+    """The tf32 row ran inside the prior's exact-fp32 wrapper, which turns cuDNN's TF32 off in every call (it timed
+    fp32); one variant raising (torch.compile without Triton) lost every row of the step."""
+    import contextlib
+
+    import torch
+
+    gc = _module()
+    priors = gc.build_priors(16, True, torch.device("cpu"))
+    seen = []
+
+    def spy(x, sigma):
+        seen.append(type(priors["adm"].arithmetic()).__name__)
+        return x
+    monkeypatch.setattr(priors["adm"], "denoise", spy)
+    assert gc.time_network(priors["adm"], "fp32", 1, 16, torch.device("cpu"), 1) >= 0
+    assert set(seen) == {"nullcontext"} and priors["adm"].arithmetic is not contextlib.nullcontext  # restored
+
+    def broken(prior, variant, *a):
+        if variant == "bf16":
+            raise RuntimeError("line one\nTriton not found")
+        return 1.0
+    monkeypatch.setattr(gc, "time_network", broken)
+    rows = gc.time_variants({"adm": priors["adm"]}, ["fp32", "bf16"], 1, 16, torch.device("cpu"), 1)
+    assert rows == {"adm": {"fp32": 1.0, "bf16": "error: Triton not found"}}
+
+
+def test_a_hung_gpu_test_run_is_told_as_timed_out_with_its_tail(monkeypatch):
+    """A timeout of step 1 read 'not run (--skip-tests)' and its partial output was dropped."""
+    gc = _module()
+
+    def hang(*a, **k):
+        raise subprocess.TimeoutExpired(cmd="pytest", timeout=1, output=b"tests/test_x.py ..")
+    monkeypatch.setattr(gc.subprocess, "run", hang)
+    res = gc.run_gpu_tests(1)
+    assert res["timed_out"] and res["tail"] == ["tests/test_x.py .."]
+    md = gc.markdown({"device": "cpu", "mode": "small", "seconds": 1, "gpu_tests": res, "errors": {}, "targets": []})
+    assert "timed out after" in md and "--skip-tests" not in md
+
+
+def test_the_comparison_tables_memory_column_says_which_memory_it_holds():
+    """On a GPU the 'peak RSS growth' column printed the absolute CUDA peak (weights included)."""
+    import numpy as np
+
+    from medrecon.volume import Volume
+    from pipelines.compare import MethodResult, markdown_table
+
+    m = {"psnr": {"axial": 1.0, "coronal": 1.0, "sagittal": 1.0}, "ssim": {"axial": 0.5, "coronal": 0.5, "sagittal": 0.5}}
+    v = Volume(np.zeros((1, 2, 2), np.float32))
+    cpu = MethodResult("a", "fast", v, m, 1, 0, 1.0, 150.0)
+    gpu = MethodResult("a", "fast", v, m, 1, 0, 1.0, 150.0, 20480.0)
+    assert "peak RSS growth (MiB)" in markdown_table([cpu]) and "| 150 |" in markdown_table([cpu])
+    assert "peak CUDA memory (MiB)" in markdown_table([gpu]) and "| 20480 |" in markdown_table([gpu])

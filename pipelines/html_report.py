@@ -92,17 +92,19 @@ def display_range(base: Volume, window: tuple[float, float]) -> tuple[float, flo
 
 def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = None,
                       window: tuple[float, float] | None = None, title: str | None = None,
-                      report: dict | None = None) -> Path:
+                      report: dict | None = None, std: Volume | None = None) -> Path:
     """Write ``folder/index.html`` and ``folder/index_files/``; ``volumes`` default to what the folder holds
-    (reference, a self-adapted run's first pass, recon.nii.gz; std.nii.gz as the uncertainty map); ``report``
-    to the folder's report.json. Returns the page's path."""
+    (reference, a self-adapted run's first pass, recon.nii.gz), ``std`` to its std.nii.gz (the uncertainty map),
+    ``report`` to its report.json. Returns the page's path."""
     folder = Path(folder)
     report = _json(folder / "report.json") if report is None else report
     vols = [(label, v if isinstance(v, Volume) else read_volume(v)) for label, v in (volumes or _found(folder))]
     if not vols:
         raise FileNotFoundError(f"{folder}: no volume to show (recon.nii.gz)")
     shown = [(label, v.nearest_lps()) for label, v in vols]  # oriented as preview.png; metrics on the stored axes
-    std = read_volume(folder / "std.nii.gz").nearest_lps() if (folder / "std.nii.gz").is_file() else None
+    if std is None and volumes is None and (folder / "std.nii.gz").is_file():
+        std = read_volume(folder / "std.nii.gz")
+    std = None if std is None else std.nearest_lps()
     assets = folder / ASSETS
     assets.mkdir(exist_ok=True)
     if window is None:

@@ -112,6 +112,8 @@ class Measurement:
             raise InputError(f"{path}: cannot read measurements ({e})") from None
         if meas.modality == "ct" and meas.geometry is not None:
             _check_sinogram_fits(meas, path)
+        made_from = meas.info.get("source")  # messages name the file given, and what it was simulated from
+        meas.info["source"] = f"{path} (simulated from {made_from})" if made_from else str(path)
         return meas
 
 

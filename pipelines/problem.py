@@ -110,6 +110,8 @@ class Problem:
         if isinstance(input, Measurement):
             meas = input
         elif not isinstance(input, Volume) and is_measurement_file(input):
+            if series is not None:  # it was passed over without a word
+                raise InputError(f"{input} is a measurements file; --series applies to a folder of DICOM files")
             meas = Measurement.load(input)
         else:
             source = input if isinstance(input, Volume) else read_volume(input, series=series)

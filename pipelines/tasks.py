@@ -26,6 +26,7 @@ from .html_report import write_series_page
 from .measurement import Measurement, is_measurement_file
 from .outputs import Timings, atomic_output, peak_memory, preview_png, report, reset_rss_peak, write_json
 from .problem import Problem, Solution, configured_prior, measured_geometry, simulate_on_its_grid
+from .raw_mri import is_measured_kspace
 
 log = logging.getLogger("medrecon")
 
@@ -125,7 +126,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
             std = None if sol.std is None else \
                 problem.output_grid(sol.std.float().cpu().numpy() / problem.intensity.scale)
             files = write_results(cfg, tmp, recon, std, problem.source if _is_dicom(problem.source) else None,
-                                  measured_mri=problem.source is None and cfg.modality == "mri",
+                                  measured_mri=is_measured_kspace(problem.measurement),  # not a simulation's npz
                                   source_scale=problem.measurement.info.get("scale") if problem.source is not None
                                   and cfg.modality == "mri" else None)
             files += write_measured_extras(cfg, tmp, problem, sol)
@@ -147,7 +148,10 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          vs_reference=scores_against_reference(problem, recon), files=files)
         rep["timings_s"], rep["peak_memory"] = t.as_dict(), peak_memory(problem.device)  # as the page shows them
         with t("page"):  # timed too (4 s of 266 on 20 x 256^2 were left out of the total)
-            write_series_page(tmp, title=f"{out.name}: {cfg.task} {cfg.solver.name}", report=rep)
+            shown = ([("reference", problem.reference)] if problem.reference is not None else []) + \
+                ([("first pass (before self-adaptation)", problem.adapted[0])] if problem.adapted else []) + \
+                [("reconstruction", recon)]  # in memory: re-read, they took seconds and repeated read warnings
+            write_series_page(tmp, shown, title=f"{out.name}: {cfg.task} {cfg.solver.name}", report=rep, std=std)
         rep["timings_s"] = t.as_dict()
         write_json(tmp / "report.json", rep)
     return RunResult(out, recon, rep)

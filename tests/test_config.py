@@ -229,3 +229,18 @@ def test_set_sections_merge_and_values_that_would_fail_later_are_refused_first(t
             load_config("sparse_view_ct_4", [bad], check_files=False)
     with pytest.raises(InputError, match="mask.seed"):
         load_config("cs_mri_x4", ["mri.mask.seed=-1"], check_files=False)
+
+
+def test_mistakes_made_with_set_are_named_as_set_not_as_the_bundled_file(tmp_path):
+    """The Quick start's one-pass tip after a solver switch, a section of the other modality and a half-given
+    intensity section were blamed on configs/*.yaml, which holds none of them."""
+    cases = [("cs_mri_x4", ["solver.name=admm_tv", "solver.self_adapt.steps=0"], "--set solver.self_adapt: not a setting"),
+             ("sparse_view_ct_8", ["mri.pixel_size=1"], "--set mri: remove this section"),
+             ("sparse_view_ct_8", ["intensity.physical_min=-1024"], "--set intensity.physical_max: required key missing")]
+    for name, sets, said in cases:
+        with pytest.raises(InputError) as e:
+            load_config(name, sets, check_files=False)
+        assert str(e.value).startswith(said), str(e.value)
+    p = _write(tmp_path, BASE.replace("n_views: 8", "n_views: 8, wedge_deg: 90"))  # the file's own mistake
+    with pytest.raises(InputError, match=rf"^{p}: ct: give exactly one"):
+        load_config(str(p), ["solver.steps=5"], check_files=False)

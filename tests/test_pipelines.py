@@ -221,6 +221,9 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
     assert std.shape == (32, 32, 6) and std.max() > 0
     zf = tasks.reconstruct("cs_mri_x4", out / "simulation" / "measurements.npz", tmp_path / "zf",
                            overrides=["solver.name=zero_filled"])
+    # a simulation's measurements are no raw MRI: their dicom/ was written as measured k-space's, at x1000 under a
+    # new patient (1.2x the source's values); as for CT measurements, none is written
+    assert not (tmp_path / "zf" / "dicom").exists()
     ref = read_volume(out / "simulation" / "reference.nii.gz")
     m_fast = tasks.evaluate(ref, res.recon, data_range=1.0)
     # A Gaussian prior samples the unmeasured k-space as noise, so it cannot beat zero filling; what this checks
@@ -1170,3 +1173,35 @@ def test_snapshots_asked_of_a_solver_that_takes_none_are_warned_about(tmp_path, 
         "solver.name=admm_tv", "solver.steps=2", "ct.image_size=16", "outputs.snapshots_every=1"])
     assert any("writes no snapshots" in w for w in res.report["input_warnings"])
     assert not (tmp_path / "a" / "snapshots").exists()
+
+
+def test_a_measurements_file_is_named_in_its_errors_and_takes_no_series(tmp_path, ct_nifti):
+    """Reconstructing out/sim/measurements.npz with an MRI config said 'phantom.nii.gz: holds ct measurements', a
+    file the user had not given; --series on it was passed over without a word."""
+    sim = tmp_path / "sim"
+    tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["ct.image_size=16"])
+    npz = sim / "measurements.npz"
+    with pytest.raises(InputError, match=rf"{npz} \(simulated from phantom.nii.gz\): holds ct measurements but the "
+                                         "config is for mri"):
+        tasks.reconstruct("cs_mri_x4", npz, tmp_path / "a")
+    with pytest.raises(InputError, match="is a measurements file; --series applies to a folder of DICOM files"):
+        tasks.reconstruct("sparse_view_ct_8", npz, tmp_path / "b", series="1.2.3", overrides=["solver.name=fbp"])
+
+
+def test_the_page_shows_the_volumes_in_memory_without_reading_them_back(tmp_path, caplog):
+    """The series page read recon.nii.gz and reference.nii.gz back from the output's temporary folder: for an input
+    without sform and qform each re-read warned again, naming .medrecon-tmp-... paths gone once the run ended."""
+    import logging
+
+    from pipelines.phantoms import ct_phantom
+
+    src = ct_phantom((2, 32, 32), seed=1)
+    img = nib.Nifti1Image(src.data.transpose(2, 1, 0), np.diag([2.0, 2.0, 3.0, 1.0]))
+    img.set_sform(None, code=0)
+    img.set_qform(None, code=0)
+    nib.save(img, tmp_path / "nocodes.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="medrecon"):
+        tasks.reconstruct("sparse_view_ct_8", tmp_path / "nocodes.nii.gz", tmp_path / "out",
+                          overrides=["solver.name=fbp"])
+    assert not [r.getMessage() for r in caplog.records if ".medrecon-tmp" in r.getMessage()]
+    assert (tmp_path / "out" / "index.html").is_file()

@@ -92,7 +92,8 @@ def _tied_series(path: Path) -> list[dict] | None:
     if not path.is_dir():
         return None
     found = list_series(path)
-    if len(found) < 2 or found[0].n_files != found[1].n_files:
+    volumes = [s for s in found if not s.not_a_volume]  # as choose_series ranks them: scouts do not tie
+    if len(volumes) < 2 or volumes[0].n_files != volumes[1].n_files:
         return None
     return [{"uid": s.uid, "n_files": s.n_files, "modality": s.modality, "description": s.description} for s in found]
 

@@ -13,3 +13,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _config_home(tmp_path_factory):
+    """The suite's own configuration folder: de-identification makes its key there, not in the user's home."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+    mp.delenv("MEDRECON_DEID_KEY", raising=False)
+    yield
+    mp.undo()

@@ -270,7 +270,8 @@ def test_deidentified_dicom_output_and_window_tags(tmp_path, capsys):
     anon = pydicom.dcmread(next((tmp_path / "anon").glob("*.dcm")))
     assert plain.PatientName == src.PatientName and plain.StudyInstanceUID == src.StudyInstanceUID
     assert "WindowCenter" in plain and float(plain.WindowWidth) >= 1 and plain.Laterality == ""
-    assert str(anon.PatientName) == "Anonymous" and anon.PatientID == "" and anon.PatientIdentityRemoved == "YES"
+    assert str(anon.PatientName) == "Anonymous" and anon.PatientIdentityRemoved == "YES"
+    assert anon.PatientID.startswith("DEID-") and src.PatientID not in anon.PatientID  # a pseudonym, not ''
     assert anon.StudyInstanceUID != src.StudyInstanceUID and anon.FrameOfReferenceUID != src.FrameOfReferenceUID
     for keyword in ("PatientBirthDate", "StudyDate", "AccessionNumber", "ReferringPhysicianName"):
         assert anon.get(keyword, "") == "", keyword
@@ -302,3 +303,20 @@ def test_info_lists_a_folder_whose_largest_series_tie(tmp_path, capsys):
     assert code == 0 and len(json.loads(out)["series"]) == 2
     code, _, err = run(capsys, "convert", tmp_path, tmp_path / "x.nii.gz")
     assert code == 2 and "same size" in err
+
+
+def test_info_reads_the_scan_beside_a_scout_series_of_as_many_images(tmp_path, capsys):
+    """info called a 2-slice CT and a 2-image scout series a tie, while convert read the CT."""
+    from medrecon import Volume
+    from medrecon.io import write_dicom_series
+    write_dicom_series(Volume(np.zeros((2, 8, 8), np.float32), meta={"dicom": {"Modality": "CT"}}), tmp_path / "ct")
+    write_dicom_series(Volume(np.zeros((2, 8, 8), np.float32), meta={"dicom": {"Modality": "CT"}}), tmp_path / "sc")
+    for f in (tmp_path / "sc").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.save_as(f)
+    for name in ("ct", "sc"):
+        for f in (tmp_path / name).iterdir():
+            shutil.move(f, tmp_path / f"{name}_{f.name}")
+    code, out, err = run(capsys, "info", tmp_path)
+    assert code == 0 and "choose one with --series UID" not in out, out + err

@@ -890,3 +890,46 @@ def test_a_slice_whose_pixel_data_are_shorter_than_its_header_says_is_damaged(tm
     with pytest.raises(InputError, match=rf"slices are missing where 1 damaged file\(s\) could not be read \({bad}; "
                                          r"e.g. 5 mm between"):  # the gap it leaves, not a regular one
         read_volume(out)
+
+
+def test_deidentified_uids_need_this_sites_key_and_burned_in_text_is_refused(tmp_path, monkeypatch):
+    """De-identified UIDs were a hash of the source UID with a fixed public salt: anyone holding the source UIDs
+    (the PACS) could recompute them. They are keyed now (one key per site, made once, owner-only): another key,
+    other UIDs; the same key, the same mapping. A source saying BurnedInAnnotation YES was written with
+    PatientIdentityRemoved YES and the flag dropped; it is refused, and copied without --deidentify."""
+    import os
+
+    src = read_volume(CT5N)
+    a = pydicom.dcmread(next(write_dicom_series(src, tmp_path / "a", deidentify=True).iterdir()))
+    b = pydicom.dcmread(next(write_dicom_series(src, tmp_path / "b", deidentify=True).iterdir()))
+    key = next(Path(os.environ["XDG_CONFIG_HOME"]).glob("medrecon/deidentify.key"))
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert a.StudyInstanceUID == b.StudyInstanceUID and a.PatientID == b.PatientID  # one key: one mapping
+    monkeypatch.setenv("MEDRECON_DEID_KEY", "another site's secret")
+    c = pydicom.dcmread(next(write_dicom_series(src, tmp_path / "c", deidentify=True).iterdir()))
+    assert c.StudyInstanceUID != a.StudyInstanceUID and c.PatientID != a.PatientID
+    from pydicom.uid import generate_uid
+    assert a.StudyInstanceUID != generate_uid(entropy_srcs=["medrecon-deidentify", src.meta["dicom"]["StudyInstanceUID"]])
+    burned = src.with_data(src.data)
+    burned.meta["dicom"] = {**src.meta["dicom"], "BurnedInAnnotation": "YES"}
+    with pytest.raises(InputError, match="BurnedInAnnotation YES: identifying text or features are in its pixels"):
+        write_dicom_series(burned, tmp_path / "d", deidentify=True)
+    assert pydicom.dcmread(next(write_dicom_series(burned, tmp_path / "e").iterdir())).BurnedInAnnotation == "YES"
+
+
+def test_values_a_fifth_of_a_step_off_the_sources_scale_are_not_taken_for_on_it():
+    """on_lattice used allclose's relative tolerance: at 20000 steps of 2.5, 50000.375 (0.15 of a step off) passed
+    as on the steps and was rounded. float32 data that are on it, however large, still pass."""
+    from medrecon.io.dicom_write import on_lattice
+
+    assert not on_lattice(np.array([50000.375, 50025.375]), (2.5, 0.0))
+    assert on_lattice(np.array([50000.0, 50025.0, 2.5 * 30001], np.float32), (2.5, 0.0))
+    assert on_lattice(np.float32([0.1 * 7, 0.1 * 123456]), (0.1, 0.0))
+
+
+def test_a_secondary_capture_names_its_axes_with_dicoms_letters(tmp_path):
+    """PatientOrientation of a coronal Secondary Capture was ['L', 'I']; DICOM's letters are A/P/R/L/H/F."""
+    coronal = Volume(np.zeros((2, 3, 4), np.float32), (1.0, 1.0, 1.0), (0, 0, 0),
+                     np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]]))
+    ds = pydicom.dcmread(next(write_dicom_series(coronal, tmp_path / "sc", modality="OT").iterdir()))
+    assert list(ds.PatientOrientation) == ["L", "F"]

@@ -418,3 +418,18 @@ def test_nifti_form_codes_survive_a_round_trip(tmp_path, codes_in, codes_out):
     write_nifti(read_nifti(tmp_path / "a.nii.gz"), tmp_path / "b.nii.gz")
     h = nib.load(tmp_path / "b.nii.gz").header
     assert (int(h["sform_code"]), int(h["qform_code"])) == codes_out
+
+
+def test_an_spm_analyze_image_keeps_its_mat_geometry_in_nifti(tmp_path):
+    """SPM's Analyze pairs hold their geometry in a .mat beside the header, no sform or qform: the geometry was read,
+    but the codes 0 went to the NIfTI written, whose readers then rebuilt a default grid (left and right swapped,
+    the origin moved)."""
+    from medrecon.io import read_nifti
+
+    aff = np.diag([2.0, 3.0, 4.0, 1.0])
+    aff[:3, 3] = [10, 20, 30]
+    nib.save(nib.Spm2AnalyzeImage(np.arange(24, dtype=np.int16).reshape(4, 3, 2), aff), tmp_path / "spm.hdr")
+    vol = read_nifti(tmp_path / "spm.hdr")
+    assert not any("neither sform nor qform" in w for w in vol.meta["warnings"])
+    write_nifti(vol, tmp_path / "out.nii.gz")
+    np.testing.assert_allclose(nib.load(tmp_path / "out.nii.gz").affine, aff, atol=1e-6)

@@ -55,7 +55,7 @@ SOURCE_TAGS = (
     "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "RescaleSlope", "RescaleIntercept",
     "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "RepetitionTime",
     "EchoTime", "InversionTime", "EchoTrainLength", "MagneticFieldStrength", "ImagedNucleus",
-    "FlipAngle",
+    "FlipAngle", "BurnedInAnnotation", "RecognizableVisualFeatures",
 )
 # Slices may deviate this much (mm) from a uniform grid and still be read as one; dcm2niix warns when
 # two gaps differ by more than 0.2 mm. Real scanners round positions (gaps of 6.958-7.071 mm are seen).

@@ -15,9 +15,10 @@
   PixelSpacing, SliceThickness (the source's, else the slice spacing; MR also SpacingBetweenSlices),
   FrameOfReferenceUID, WindowCenter/WindowWidth (the source's; else soft tissue for CT, the 1st-99th percentile otherwise).
 * ``deidentify=True``: DICOM PS3.15 Basic Application Level Confidentiality Profile for the attributes
-  copied: patient and study identifiers and dates emptied or removed, study and frame-of-reference UIDs and
-  the referenced source series and instance UIDs replaced by UIDs derived from them (the same source gives the
-  same new UID), PatientIdentityRemoved YES.
+  copied: patient and study identifiers and dates emptied or removed (PatientID replaced by a keyed pseudonym),
+  study and frame-of-reference UIDs and the referenced source series and instance UIDs replaced by UIDs derived
+  from them with a secret key of this site (``deidentify_key``: the same source gives the same new UID here),
+  PatientIdentityRemoved YES; a source whose pixels carry identifying text (BurnedInAnnotation YES) is refused.
 * References to the source series when it was DICOM (``source_meta['SourceImages']``, from ``dicom_read``):
   ReferencedSeriesSequence (Common Instance Reference module: the source series and all its instances) in
   every slice, and per slice a SourceImageSequence naming the source slice nearest along the normal.
@@ -25,7 +26,10 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 import re
+import secrets
 from datetime import datetime
 from pathlib import Path
 
@@ -40,7 +44,7 @@ from pydicom.valuerep import format_number_as_ds
 from .. import __version__
 from ..errors import InputError
 from ..volume import Volume
-from .atomic import atomic_path, shown_path
+from .atomic import atomic_path, os_reason, shown_path
 from .common import check_voxels
 from .dicom_scan import MANUFACTURER
 
@@ -49,7 +53,8 @@ PATIENT_STUDY_TAGS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientB
                       "PatientAge", "PatientSize", "PatientWeight", "PatientIdentityRemoved",
                       "DeidentificationMethod", "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID",
                       "AccessionNumber", "ReferringPhysicianName", "StudyDescription")
-SERIES_CONTEXT_TAGS = ("BodyPartExamined", "PatientPosition", "Laterality", "PositionReferenceIndicator")
+SERIES_CONTEXT_TAGS = ("BodyPartExamined", "PatientPosition", "Laterality", "PositionReferenceIndicator",
+                       "BurnedInAnnotation", "RecognizableVisualFeatures")  # the pixels are the source's
 # Type 2 attributes (present, may be empty) of the patient, study, series and frame modules.
 TYPE2_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                "ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator")
@@ -91,10 +96,13 @@ def source_lattice(src: dict) -> tuple[float, float] | None:
 
 
 def on_lattice(values: np.ndarray, lattice: tuple[float, float]) -> bool:
-    """Whether every value is slope * a whole number + intercept (to 1e-3 of a step)."""
+    """Whether every value is slope * a whole number + intercept (to 1e-3 of a step, or float32's rounding of the
+    values where that is more: allclose's relative tolerance let 0.2 of a step pass at 20000 steps)."""
     m, b = lattice
-    k = (np.asarray(values, np.float64) - b) / m
-    return bool(np.allclose(k, np.round(k), atol=1e-3))
+    v = np.asarray(values, np.float64)
+    k = (v - b) / m
+    tol = max(1e-3, 4 * float(np.finfo(np.float32).eps) * float(np.abs(v).max(initial=0.0)) / abs(m))
+    return bool(np.allclose(k, np.round(k), rtol=0, atol=tol))
 
 
 def mr_stored_scale(src: dict) -> tuple[float, float] | None:
@@ -248,7 +256,7 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
     else:  # Secondary Capture
         ds.ConversionType = "WSD"  # workstation
         ds.RescaleType = "US"  # unspecified units
-        ds.PatientOrientation = list(vol.orientation[:2])
+        ds.PatientOrientation = list(vol.orientation[:2].translate(str.maketrans("SI", "HF")))  # DICOM: H/F
     if any(isinstance(v, str) and not v.isascii() for v in _strings(ds)):
         ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8
     return ds
@@ -261,9 +269,18 @@ def _one_value(text: str) -> str:
 
 
 def deidentified(src: dict) -> dict:
-    """The source tags after the PS3.15 basic profile (see the module docstring)."""
+    """The source tags after the PS3.15 basic profile (see the module docstring). A source whose pixels carry
+    identifying text or features (BurnedInAnnotation / RecognizableVisualFeatures YES) is refused: no tag change
+    removes them."""
+    burned = [k for k in ("BurnedInAnnotation", "RecognizableVisualFeatures") if str(src.get(k, "")).upper() == "YES"]
+    if burned:
+        raise InputError(f"the source series says {' and '.join(f'{k} YES' for k in burned)}: identifying text or "
+                         "features are in its pixels, which de-identifying the tags cannot remove; remove them from "
+                         "the images first (or do not pass --deidentify)")
     out = {k: v for k, v in src.items() if k not in DEID_REMOVE}
     out.update({k: "" for k in DEID_EMPTY if k in out})
+    if src.get("PatientID"):  # one pseudonym per patient: an empty ID filed every de-identified series as one
+        out["PatientID"] = "DEID-" + _keyed_digest(src["PatientID"])[:16].upper()
     for k in DEID_UIDS:
         if out.get(k):
             out[k] = _deidentified_uid(out[k])
@@ -274,8 +291,43 @@ def deidentified(src: dict) -> dict:
 
 
 def _deidentified_uid(uid) -> str:
-    """A UID derived from ``uid`` (the same source UID gives the same new one; it cannot be traced back)."""
-    return generate_uid(entropy_srcs=["medrecon-deidentify", str(uid)])
+    """A UID derived from ``uid`` with this site's secret key (``deidentify_key``): the same source UID gives the
+    same new one here, and without the key it cannot be traced back (a fixed public salt let anyone holding the
+    source UIDs recompute it)."""
+    return generate_uid(entropy_srcs=[_keyed_digest(str(uid))])
+
+
+def _keyed_digest(value: str) -> str:
+    return hmac.new(deidentify_key(), value.encode(), hashlib.sha256).hexdigest()
+
+
+def deidentify_key() -> bytes:
+    """The secret that de-identified UIDs and patient pseudonyms are derived with: $MEDRECON_DEID_KEY, else the key
+    file ~/.config/medrecon/deidentify.key (made once, readable by its owner only). Share it only with whoever may
+    link de-identified series back to their sources; runs with one key give one mapping."""
+    given = os.environ.get("MEDRECON_DEID_KEY")
+    if given:
+        return given.encode()
+    path = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "medrecon" / "deidentify.key"
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot read the de-identification key ({e}); fix or remove the file (a new key "
+                         "gives new UIDs), or set MEDRECON_DEID_KEY") from None
+    key = secrets.token_bytes(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key.hex() + "\n")
+    except FileExistsError:  # another process made it first: its key is the one
+        return bytes.fromhex(path.read_text().strip())
+    except OSError as e:
+        raise InputError(f"cannot create the de-identification key {path} ({os_reason(e)}); set MEDRECON_DEID_KEY "
+                         "to a secret of your own") from None
+    return key
 
 
 def _mark_deidentified(ds: Dataset) -> None:

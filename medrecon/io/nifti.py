@@ -98,7 +98,9 @@ def read_nifti(path) -> Volume:
     elif bad:  # only an sform can be sheared
         raise InputError(f"{path}: the NIfTI affine is sheared (voxel axes not orthogonal); resample the image "
                          "onto an orthogonal grid first")
-    if not any(codes.values()):
+    if not any(codes.values()) and not np.allclose(affine, header.get_base_affine()):
+        codes = {}  # an Analyze image with SPM's .mat: a real geometry (the outputs carry it as scanner, code 1)
+    elif not any(codes.values()):
         warn(notes, f"{path}: neither sform nor qform is set, so where the volume lies and which way is left are "
                     "unknown; nibabel's default grid is used (outputs keep the codes at 0)")
     elif all(codes.values()) and not bad and (apart := np.abs(sform - qform).max()) > 1e-3:

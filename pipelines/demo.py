@@ -11,13 +11,12 @@ from pathlib import Path
 
 from medrecon.errors import InputError
 from medrecon.io import read_volume, write_dicom_series, write_nifti
-from medrecon.io.atomic import check_free
 
 from . import datasets
 from .compare import admm_tv_settings, compare_methods, markdown_table
 from .config import resolve_prior_path
 from .html_report import write_series_page
-from .outputs import atomic_output, preview_grid, report, write_json
+from .outputs import atomic_output, check_output_folder, preview_grid, report, write_json
 from .phantoms import HELD_OUT_SEEDS, ct_phantom
 from .prior_cards import load_prior_for
 from .registry import WARM_START_DEFAULTS
@@ -72,7 +71,7 @@ def run_demo(output: str | Path, source: str = "scan", prior: str | None = None,
              echo=print) -> dict:
     """Run the demo into ``output``; returns {"metrics": {method: metrics}, "table": markdown}."""
     out = Path(output)
-    check_free(out, overwrite)  # say so before the work, not after it
+    check_output_folder(out, overwrite)  # say so before the work, not after it
     vol, case = demo_case(source, slices, seed)
     prior_dir = resolve_prior_path(prior or case.prior, Path.cwd())
     loaded = load_prior_for(prior_dir)

@@ -21,7 +21,7 @@ from PIL import Image
 from medrecon import __version__
 from medrecon.errors import InputError
 from medrecon.io import named_like_a_file
-from medrecon.io.atomic import atomic_path
+from medrecon.io.atomic import atomic_path, check_free
 from medrecon.volume import Volume
 
 
@@ -50,11 +50,19 @@ def atomic_output(output, overwrite: bool, protect=(), marker: dict | None = Non
     new one is complete, then the two are swapped; ``marker`` is recorded in the folder's marker file. A path named
     like a file, or an existing file, is refused (`-o res.nii.gz` made a folder of that name; with --overwrite a
     user's file was replaced by a folder)."""
+    check_output_folder(output, overwrite)
+    return atomic_path(output, overwrite, protect=protect, marker=marker)
+
+
+def check_output_folder(output, overwrite: bool) -> None:
+    """Before any work: an output folder path that is named like a file, or an existing file, is refused (`-o
+    res.nii.gz` made a folder of that name; with --overwrite a user's file was replaced by a folder), and one that
+    exists is refused without ``overwrite`` (medrecon.io.atomic.check_free)."""
     output = Path(output)
     if named_like_a_file(output) or (output.is_file() and not output.is_symlink()):
         raise InputError(f"{output}: the output is a folder (recon.nii.gz, dicom/, report.json, ... go inside it); "
                          "give a folder path without a file suffix")
-    return atomic_path(output, overwrite, protect=protect, marker=marker)
+    check_free(output, overwrite)
 
 
 def reset_rss_peak() -> bool:

@@ -52,7 +52,7 @@ from .crossval import cross_validate
 from .measurement import Measurement, is_measurement_file
 from .modality import MODALITY_OF_DICOM, Modality, intensity_card, value_problem
 from .raw_mri import is_measured_kspace
-from .prior_cards import load_prior_for
+from .prior_cards import PUBLIC_CARDS, load_prior_for
 from .registry import SELF_ADAPT_DEFAULT, SELF_ADAPT_OFF, SOLVERS
 from .simulation import MAGNITUDE_PERCENTILE, grid_offsets, magnitude_scale, simulate_volume
 
@@ -103,6 +103,11 @@ class Problem:
             prior = configured_prior(cfg, device)
         elif prior is not None:  # one loaded elsewhere (on the CPU, say): run where we run
             prior = prior.to(device)
+        if prior is not None and prior.intensity is None and (getattr(prior, "card", None) or {}).get(
+                "architecture") in PUBLIC_CARDS:  # its [0, 1] model range would take the config's [-1, 1] window
+            raise InputError(f"prior {prior.name}: a public checkpoint without an intensity map (medrecon.priors."
+                             "load_prior adds none): load it with pipelines.prior_cards.load_prior_for, which adds "
+                             "its default card, or give a model card with `intensity`")
         imap = prior.intensity if prior is not None and prior.intensity is not None else \
             IntensityMap(**cfg.intensity.model_dump())
         reference = source = None

@@ -16,7 +16,6 @@ import torch
 from medrecon.device import reset_cuda_peak, resolve_device
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
-from medrecon.io.atomic import check_free
 from medrecon.io.common import file_sha256, voxels_sha256
 from medrecon.metrics import per_axis_metrics
 from medrecon.volume import Volume
@@ -24,7 +23,8 @@ from medrecon.volume import Volume
 from .config import Config, load_config
 from .html_report import write_series_page
 from .measurement import Measurement, is_measurement_file
-from .outputs import Timings, atomic_output, peak_memory, preview_png, report, reset_rss_peak, write_json
+from .outputs import (Timings, atomic_output, check_output_folder, peak_memory, preview_png, report, reset_rss_peak,
+                      write_json)
 from .problem import Problem, Solution, configured_prior, measured_geometry, simulate_on_its_grid
 from .raw_mri import is_measured_kspace
 
@@ -90,7 +90,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     inp, out = path_argument("input", input), path_argument("output", output)
     if not inp.exists():
         raise InputError(f"input not found: {inp} (give a DICOM folder, a NIfTI file or a measurements file)")
-    check_free(out, overwrite)  # say so before the work, not after it
+    check_output_folder(out, overwrite)  # say so before the work, not after it
     device = resolve_device(cfg.solver.device)
     reset_rss_peak()  # report.json's peaks are this series', not the process's (a batch worker runs many)
     if device.type == "cuda":

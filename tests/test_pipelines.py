@@ -1205,3 +1205,14 @@ def test_the_page_shows_the_volumes_in_memory_without_reading_them_back(tmp_path
                           overrides=["solver.name=fbp"])
     assert not [r.getMessage() for r in caplog.records if ".medrecon-tmp" in r.getMessage()]
     assert (tmp_path / "out" / "index.html").is_file()
+
+
+def test_an_existing_file_as_the_output_is_refused_before_the_work_naming_the_fix(tmp_path, ct_nifti):
+    """reconstruct -o afile said 'afile already exists; pass --overwrite'; with --overwrite it then refused the file
+    as an output folder, after the reading and the simulation."""
+    (tmp_path / "afile").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match="the output is a folder"):
+            tasks.reconstruct("sparse_view_ct_8", ct_nifti, tmp_path / "afile", overwrite=overwrite,
+                              overrides=["solver.name=fbp"])
+    assert (tmp_path / "afile").read_text() == "mine"

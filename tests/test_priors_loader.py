@@ -247,3 +247,22 @@ def test_cuda_peak_survives_the_chunk_trial_reset_and_is_per_device(monkeypatch)
     assert dev.cuda_peak_bytes(cuda1) == 1200
     dev.reset_cuda_peak(cuda1)              # the next series
     assert dev.cuda_peak_bytes(cuda1) == 0
+
+
+def test_a_public_checkpoint_without_its_card_is_refused_by_the_pipelines():
+    """medrecon.priors.load_prior gives a public checkpoint no intensity map (the AAPM card is the pipelines');
+    handed to Problem.build it ran with the config's -1000..1000 HU -> [-1, 1] window, a network trained on
+    [0, 1], without a word."""
+    from pipelines.phantoms import ct_phantom
+    from pipelines.prior_cards import load_prior_for
+    from pipelines.problem import Problem
+    from pipelines.tasks import prepare_config
+
+    net = torch.load(NCSN / "tiny_golden.pt", weights_only=True)["config"]
+    plain = load_prior(NCSN / "tiny_checkpoint.pth", card={"config": net})
+    carded = load_prior_for(NCSN / "tiny_checkpoint.pth", card={"config": net})
+    cfg = prepare_config("sparse_view_ct_8", ["solver.steps=2", "ct.image_size=32", "ct.pixel_size=1.5"])
+    vol = ct_phantom((2, 32, 32), 1000, pixel_size_mm=1.5)
+    with pytest.raises(InputError, match="public checkpoint without an intensity map.*load_prior_for"):
+        Problem.build(cfg, vol, prior=plain, resample=True)
+    assert Problem.build(cfg, vol, prior=carded, resample=True).intensity.model_min == 0.0

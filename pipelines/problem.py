@@ -232,6 +232,7 @@ class Problem:
             finally:
                 self.prior = own
             out.nfe_per_slice += first.nfe_per_slice
+            out.backward_per_slice += first.backward_per_slice  # both passes ran them (DPS, MCG)
         else:
             if steps:
                 self.info["self_adapt"] = {"skipped": "cross-validation chose the warm start (no diffusion to adapt)"}

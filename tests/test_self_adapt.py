@@ -220,3 +220,16 @@ def test_a_self_adapted_run_computes_its_warm_start_once_and_says_its_passes(tmp
     err = capsys.readouterr()
     said = err.out + err.err
     assert "pass 1 of 2" in said and "pass 2 of 2" in said
+
+
+def test_a_self_adapted_guided_sampler_counts_the_backward_passes_of_both_passes(tmp_path):
+    """report.json added the first pass's network evaluations to the second's but not its backward passes (DPS,
+    3 steps: nfe 6, backward 3, though 6 ran)."""
+    src = tmp_path / "mr.nii.gz"
+    write_nifti(_mr_volume((2, 64, 64)), src)
+    common = ["solver.name=dps", "solver.steps=3", "outputs.preview=false", "outputs.dicom=false"]
+    one = tasks.reconstruct("cs_mri_x4", src, tmp_path / "one", common + ["solver.self_adapt.steps=0"]).report
+    two = tasks.reconstruct("cs_mri_x4", src, tmp_path / "two", common + ["solver.self_adapt.steps=1"]).report
+    assert one["backward_passes_per_slice"] > 0
+    assert two["backward_passes_per_slice"] == 2 * one["backward_passes_per_slice"]
+    assert two["network_evaluations_per_slice"] == 2 * one["network_evaluations_per_slice"]

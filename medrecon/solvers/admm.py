@@ -74,6 +74,12 @@ class ADMMTV:
     def uses_tv(self) -> bool:
         return self.D is not None and max(self.lams) > 0
 
+    @property
+    def slice_systems(self) -> int | None:
+        """2 where the data step is one system per slice (a slice-wise operator and no TV coupling them): CG then
+        takes each slice's own step lengths, so a slice's result does not depend on the others' data; else None."""
+        return 2 if not self.uses_tv and len(self.A.in_shape) == 2 else None
+
     def _per_axis(self, v: torch.Tensor, values: Sequence[float]):
         """One value per axis of D, shaped to broadcast against D's output v (a float when they are all equal)."""
         if len(set(values)) == 1:
@@ -104,7 +110,7 @@ class ADMMTV:
         rhs = self.aty
         if self.uses_tv:
             rhs = rhs + self.rho * self.D.adjoint(state.z - state.u)
-        x = conjugate_gradient(self._normal, rhs, x, self.n_cg)
+        x = conjugate_gradient(self._normal, rhs, x, self.n_cg, system_dims=self.slice_systems)
         x = self.project(x)
         if self.uses_tv:
             dx = self.D.forward(x)

@@ -144,7 +144,8 @@ class GuidedSampler(DiffusionSolver):
         """x + lambda_proj * A^+(y_sigma - A x), y_sigma = y + sigma A z (n_cg CG steps on the normal equations)."""
         A, y = self.dc.A, self.dc.y  # weighted where the data term is (PWLS)
         y = y if sigma == 0 else y + sigma * A.forward(self.noise(g)).to(y.dtype)
-        full = conjugate_gradient(A.normal, A.adjoint(y).real, x, self.dc.n_cg)
+        full = conjugate_gradient(A.normal, A.adjoint(y).real, x, self.dc.n_cg,  # each slice its own system
+                                  system_dims=2 if len(A.in_shape) == 2 else None)
         return torch.lerp(x, full, self.lambda_proj)
 
     # -- one step ---------------------------------------------------------------------------------------

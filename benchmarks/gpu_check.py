@@ -353,7 +353,8 @@ def main(argv=None) -> int:
     (args.out / "gpu_check.json").write_text(json.dumps(res, indent=2) + "\n")
     (args.out / "gpu_check.md").write_text(markdown(res, args.skip_tests))
     print(markdown(res, args.skip_tests))
-    tests_failed = res.get("gpu_tests", {}).get("returncode", 0) not in (0, 5)  # 5: nothing collected/all skipped
+    t = res.get("gpu_tests") or {}
+    tests_failed = t.get("timed_out") or t.get("returncode", 0) not in (0, 5)  # 5: nothing collected/all skipped
     return 1 if res["errors"] or tests_failed else 0
 
 

@@ -97,7 +97,7 @@ class Job:
         return self.state == "done"
 
     def todo(self, overwrite: bool) -> bool:
-        """Whether ``run_series`` would reconstruct it (else it returns 'skipped' or 'failed' at once)."""
+        """Whether ``run_series`` would reconstruct it (else it returns 'skipped' or 'conflict' at once)."""
         return overwrite or self.state == "new"
 
     def row(self, status: str, seconds: str = "", error: str = "") -> dict:
@@ -134,7 +134,7 @@ def relative(path: Path, root: Path) -> str:
 
 def progress_line(n: int, total: int, row: dict) -> str:
     """A series' progress line, whichever engine ran it: number, status, output folder, error."""
-    return f"[{n}/{total}] {row['status']:7s} {row['output_path']} {row['error']}".rstrip()
+    return f"[{n}/{total}] {row['status']:8s} {row['output_path']} {row['error']}".rstrip()
 
 
 def _absolute(path) -> Path:

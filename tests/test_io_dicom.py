@@ -738,6 +738,20 @@ def test_a_source_whose_uids_live_in_the_file_meta_only_is_still_referenced_and_
     assert all("SourceImageSequence" in d for d in out)
 
 
+def test_padding_of_12_bit_signed_pixels_written_unsigned_is_read_as_either_width(tmp_path):
+    """Padding -2000 on 12-bit signed pixels may be written unsigned as the 16-bit pattern (63536) or the 12-bit one
+    (2096); only the 12-bit one was matched, and the 16-bit one left -2000 HU in the image."""
+    from medrecon.io.dicom_read import _stored_value
+
+    for written in (63536, 2096):
+        ds = pydicom.Dataset()
+        ds.PixelRepresentation, ds.BitsAllocated, ds.BitsStored = 1, 16, 12
+        ds.add_new("PixelPaddingValue", "US", written)
+        assert _stored_value(ds, "PixelPaddingValue") == -2000
+    ds.PixelRepresentation = 0  # unsigned pixels: the value as written
+    assert _stored_value(ds, "PixelPaddingValue") == 2096
+
+
 def test_padding_smeared_by_a_lossy_codec_and_padding_written_unsigned_are_air(tmp_path):
     """CT padding below the values scans hold takes along every value below them (lossy JPEG 2000 spreads the
     -2000 HU padding's edge into -3995..-1025 HU, which stayed); padding of a signed image written as US (63536 for
@@ -905,9 +919,20 @@ def test_deidentified_uids_need_this_sites_key_and_burned_in_text_is_refused(tmp
     key = next(Path(os.environ["XDG_CONFIG_HOME"]).glob("medrecon/deidentify.key"))
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     assert a.StudyInstanceUID == b.StudyInstanceUID and a.PatientID == b.PatientID  # one key: one mapping
+    monkeypatch.setenv("MEDRECON_DEID_KEY", key.read_text())  # the key file's text on another machine: one mapping
+    same = pydicom.dcmread(next(write_dicom_series(src, tmp_path / "s", deidentify=True).iterdir()))
+    assert same.StudyInstanceUID == a.StudyInstanceUID and same.PatientID == a.PatientID
     monkeypatch.setenv("MEDRECON_DEID_KEY", "another site's secret")
     c = pydicom.dcmread(next(write_dicom_series(src, tmp_path / "c", deidentify=True).iterdir()))
     assert c.StudyInstanceUID != a.StudyInstanceUID and c.PatientID != a.PatientID
+    monkeypatch.setenv("MEDRECON_DEID_KEY", "short")  # an empty or short key is no secret: refused
+    with pytest.raises(InputError, match="at least 16 characters"):
+        write_dicom_series(src, tmp_path / "f", deidentify=True)
+    monkeypatch.delenv("MEDRECON_DEID_KEY")
+    key.write_text("")
+    with pytest.raises(InputError, match="too short to be secret"):
+        write_dicom_series(src, tmp_path / "g", deidentify=True)
+    key.unlink()
     from pydicom.uid import generate_uid
     assert a.StudyInstanceUID != generate_uid(entropy_srcs=["medrecon-deidentify", src.meta["dicom"]["StudyInstanceUID"]])
     burned = src.with_data(src.data)

@@ -367,9 +367,10 @@ def test_an_output_given_as_a_symbolic_link_is_written_where_it_points(tmp_path)
 
 
 def test_overwrite_keeps_what_a_user_added_to_an_output_and_dot_is_a_destination(tmp_path, monkeypatch):
-    """--overwrite swapped out a whole marked output folder, with the notes and segmentations a user had put in it;
-    files medrecon added later (a PACS transfer's record, marked) are replaced like the rest. `-o .` put the
-    temporary inside the output and failed after the whole run ('. already exists')."""
+    """--overwrite swapped out a whole marked output folder, with the notes and segmentations a user had put in it
+    (also inside its sub-folders); files medrecon added later (a PACS transfer's record, marked) and a desktop's
+    .DS_Store are replaced like the rest. `-o .` put the temporary inside the output and failed after the whole
+    run; now it is refused at once (the swap would leave the shell in a deleted folder)."""
     from medrecon.io.atomic import mark_as_written
 
     def write(dest, overwrite=False):
@@ -387,10 +388,20 @@ def test_overwrite_keeps_what_a_user_added_to_an_output_and_dot_is_a_destination
     with pytest.raises(InputError, match=r"holds notes_dr_smith.txt, which medrecon did not write there; move it out"):
         write(out, overwrite=True)
     assert (out / "notes_dr_smith.txt").read_text() == "mine"
+    (out / "simulation").mkdir()  # inside a sub-folder too (only the top level was compared)
+    (out / "notes_dr_smith.txt").unlink()
+    (out / "simulation" / "liver_seg.nii.gz").write_text("mine")
+    with pytest.raises(InputError, match=r"holds simulation/liver_seg.nii.gz, which medrecon did not write"):
+        write(out, overwrite=True)
+    (out / "simulation" / "liver_seg.nii.gz").unlink()
+    (out / ".DS_Store").write_text("finder")  # a desktop's own file is no user's work
+    write(out, overwrite=True)
     (here := tmp_path / "here").mkdir()
-    monkeypatch.chdir(here)
-    write(Path("."))
-    assert _visible(here) == ["recon.nii.gz"]
+    monkeypatch.chdir(here)  # '-o .' would swap out the folder the shell is in: refused before the work
+    with pytest.raises(InputError, match="would replace the folder this command runs in"):
+        write(Path("."))
+    write(Path("out"))
+    assert _visible(here / "out") == ["recon.nii.gz"]
 
 
 def test_an_os_error_without_strerror_is_told_in_one_line():

@@ -607,3 +607,17 @@ def test_resume_compares_options_as_resolved_and_a_resume_that_trains_nothing_le
     assert training["options"]["init_from"] is None and training["lr"] == 1e-3
     assert "--init-from" not in training["command"] and [s["to_step"] for s in training["segments"]] == [2, 4]
     assert training["heldout"]["loss_before_step"] == 0
+
+
+def test_training_takes_a_volume_medrecon_converted_to_dicom_as_ot(tmp_path, capsys):
+    """medrecon convert writes a NIfTI as DICOM Modality OT; train refused it ('its DICOM Modality is OT') though
+    reconstruct reads it: an unmapped tag goes to the value check."""
+    from medrecon.io import write_dicom_series
+    from pipelines.cli import main
+
+    hu = phantom_volume(np.random.default_rng(10), z=4, n=24)
+    write_dicom_series(Volume(hu, spacing=(1.0, 1.0, 2.0)), tmp_path / "ot")
+    common = ["--arch", "patch", "--patch-sizes", "8,16", "--channels", "8,16", "--steps", "1", "--batch-size", "2",
+              "--pixel-range", "0.8", "1.2", "--sample-every", "0", "--checkpoint-every", "0", "--device", "cpu",
+              "--no-progress"]
+    assert main(["train", "--data", str(tmp_path / "ot"), "--output", str(tmp_path / "p"), *common]) == 0

@@ -24,6 +24,8 @@ from typing import Iterable, Iterator
 from ..errors import InputError
 
 TMP_PREFIX = ".medrecon-tmp-"
+#: files a desktop leaves in a folder a user looked at: not a user's own work, replaced with the output
+OS_METADATA = {".DS_Store", "Thumbs.db", "desktop.ini", "._.DS_Store"}
 MARKER = ".medrecon-output"
 _TMP_NAME = re.compile(r"\.medrecon-tmp-(?P<old>old-)?(?:(?P<pid>\d+)-)?[0-9a-f]{8}-(?P<name>.+)")
 #: the temporaries this process has made and not yet finished: a temporary with this process's PID that is not
@@ -46,6 +48,10 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
     dest = Path(os.path.abspath(dest))  # '.': its parent is '.' too, and the temporary landed inside it
     if dest.is_symlink():  # write where it points: replacing the link left the old output at its target
         dest = dest.resolve()
+    here = Path.cwd().resolve()  # the swap replaces the folder: a shell in it would be left in a deleted one
+    if dest.resolve() == here or here.is_relative_to(dest.resolve()):
+        raise InputError(f"{dest}: the output would replace the folder this command runs in (the shell would be "
+                         "left in a deleted one); give a new folder inside it, e.g. -o out")
     _check_not_input(dest, protect)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +67,7 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
         if marker is not False and tmp.is_dir() and not tmp.is_symlink():
             from .. import __version__
             fields = marker if isinstance(marker, dict) else {}
-            written = sorted(p.name for p in tmp.iterdir())  # what --overwrite may replace (not a user's own files)
+            written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*"))  # what --overwrite may replace
             (tmp / MARKER).write_text(json.dumps({"medrecon": __version__, **fields, "entries": written}, indent=2)
                                       + "\n")
         check_free(dest, overwrite)  # again: something may have appeared meanwhile
@@ -88,7 +94,7 @@ def mark_as_written(folder, name: str) -> None:
     except (OSError, ValueError):
         return
     if isinstance(data.get("entries"), list) and name not in data["entries"]:
-        data["entries"] = sorted([*data["entries"], name])
+        data["entries"] = sorted([*data["entries"], name])  # a file at the top (a folder would need its files)
         with atomic_path(path, overwrite=True, marker=False) as tmp:
             tmp.write_text(json.dumps(data, indent=2) + "\n")
 
@@ -223,7 +229,8 @@ def check_free(dest: Path, overwrite: bool) -> None:
     if mark is None:
         raise InputError(f"refusing to replace {dest}: it is a folder that medrecon did not write (it has no "
                          f"{MARKER} marker); remove it yourself or choose another output path")
-    added = sorted(set(p.name for p in dest.iterdir()) - set(mark["entries"]) - {MARKER}) \
+    added = sorted(rel for p in dest.rglob("*") if p.name not in OS_METADATA and not p.is_dir()
+                   and (rel := p.relative_to(dest).as_posix()) not in set(mark["entries"]) | {MARKER}) \
         if isinstance(mark.get("entries"), list) and dest.is_dir() else []
     if added:  # a user's notes or segmentations beside the output: --overwrite replaced them with the folder
         raise InputError(f"refusing to replace {dest}: it holds {', '.join(added[:5])}"

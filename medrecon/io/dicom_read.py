@@ -510,9 +510,10 @@ def _stored_value(ds, tag: str) -> float | None:
     value = _floats(ds.get(tag))
     if value is None:
         return None
-    bits = header_int(ds, "BitsStored", 16)
-    if header_int(ds, "PixelRepresentation", 0) and value[0] >= 2 ** (bits - 1):
-        return value[0] - 2 ** bits
+    if header_int(ds, "PixelRepresentation", 0):  # the bits of a signed value, as wide as stored or allocated
+        for bits in (header_int(ds, "BitsAllocated", 16), header_int(ds, "BitsStored", 16)):
+            if value[0] >= 2 ** (bits - 1):
+                return value[0] - 2 ** bits
     return value[0]
 
 

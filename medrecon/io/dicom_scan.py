@@ -18,6 +18,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID, MediaStorageDirectoryStorage
 
 from ..errors import InputError
+from .atomic import os_reason
 
 _SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription", "Rows",
               "Manufacturer", "ImageType", "SamplesPerPixel", "PhotometricInterpretation", "ImagePositionPatient",
@@ -179,7 +180,7 @@ def _files(folder: Path, recursive: bool, problems: list | None = None) -> list[
 
     def unlisted(e: OSError):
         if problems is not None:
-            problems.append((Path(e.filename), f"{e.filename}: cannot be listed ({e.strerror}); check its "
+            problems.append((Path(e.filename), f"{e.filename}: cannot be listed ({os_reason(e)}); check its "
                                                    "permissions"))
 
     seen_dirs, seen_files, out = set(), set(), []

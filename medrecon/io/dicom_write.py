@@ -302,32 +302,50 @@ def _keyed_digest(value: str) -> str:
 
 
 def deidentify_key() -> bytes:
-    """The secret that de-identified UIDs and patient pseudonyms are derived with: $MEDRECON_DEID_KEY, else the key
-    file ~/.config/medrecon/deidentify.key (made once, readable by its owner only). Share it only with whoever may
-    link de-identified series back to their sources; runs with one key give one mapping."""
+    """The secret that de-identified UIDs and patient pseudonyms are derived with: $MEDRECON_DEID_KEY (the key
+    file's hex text, or any passphrase of 16 characters or more), else the key file ~/.config/medrecon/deidentify.key
+    (made once, readable by its owner only). Share it only with whoever may link de-identified series back to their
+    sources, and give every machine of a batch the same one; runs with one key give one mapping."""
     given = os.environ.get("MEDRECON_DEID_KEY")
     if given:
-        return given.encode()
+        key = _key_bytes(given.strip())
+        if len(key) < 16:
+            raise InputError("MEDRECON_DEID_KEY: give the key file's text or a passphrase of at least 16 characters")
+        return key
     path = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "medrecon" / "deidentify.key"
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_bytes(32).hex() + "\n")
+            try:
+                os.link(tmp, path)  # whole or not at all: a reader never sees a half-written key; the first wins
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create the de-identification key {path} ({os_reason(e)}); set "
+                             "MEDRECON_DEID_KEY to a secret of your own") from None
     try:
-        return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as e:
+        key = _key_bytes(path.read_text().strip())
+    except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read the de-identification key ({e}); fix or remove the file (a new key "
                          "gives new UIDs), or set MEDRECON_DEID_KEY") from None
-    key = secrets.token_bytes(32)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key.hex() + "\n")
-    except FileExistsError:  # another process made it first: its key is the one
-        return bytes.fromhex(path.read_text().strip())
-    except OSError as e:
-        raise InputError(f"cannot create the de-identification key {path} ({os_reason(e)}); set MEDRECON_DEID_KEY "
-                         "to a secret of your own") from None
+    if len(key) < 16:
+        raise InputError(f"{path}: the de-identification key is {len(key)} bytes, too short to be secret; remove the "
+                         "file (a new key gives new UIDs) or set MEDRECON_DEID_KEY")
     return key
+
+
+def _key_bytes(text: str) -> bytes:
+    """A key as given: hex text (as the key file holds it) read as its bytes, any other text as its UTF-8."""
+    try:
+        return bytes.fromhex(text) if len(text) % 2 == 0 and text else text.encode()
+    except ValueError:
+        return text.encode()
 
 
 def _mark_deidentified(ds: Dataset) -> None:

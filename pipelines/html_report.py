@@ -32,7 +32,8 @@ TILE_PAD = 2  # pixels of each tile's own edge repeated around it in the sprite
 VIEW_PX = 256  # CSS pixels of the largest extent (mm) of the three planes
 PLANES = ("axial", "coronal", "sagittal")
 PAGE_METRIC_VOXELS = 64e6  # compute PSNR/SSIM against the reference up to this size
-CT_PRESETS = [["soft tissue", 400, 40], ["lung", 1500, -600], ["bone", 1800, 400], ["brain", 80, 40]]
+#: the brain window is coarse here: the sprites' 8 bits over -1000..1300 HU are 9 HU a grey step (9 steps in W 80)
+CT_PRESETS = [["soft tissue", 400, 40], ["lung", 1500, -600], ["bone", 1800, 400], ["brain (coarse)", 80, 40]]
 
 
 def plane_slices(data: np.ndarray, plane: str) -> np.ndarray:
@@ -56,15 +57,15 @@ def write_sprite(slices: np.ndarray, lo: float, hi: float, path: Path) -> dict:
     copies of its own edge pixels (an enlarged view interpolates into the frame, not into the next slice);
     returns the grid layout."""
     n, h, w = slices.shape
-    scale = min(1.0, MAX_TILE / max(h, w))
-    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+    # each axis on its own: a coronal tile of 5 slices of 512² kept 2 rows for its 5 slices under one scale
+    th, tw = max(1, round(h * min(1.0, MAX_TILE / h))), max(1, round(w * min(1.0, MAX_TILE / w)))
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     ch, cw = th + 2 * TILE_PAD, tw + 2 * TILE_PAD
     sheet = np.zeros((rows * ch, cols * cw), np.uint8)
-    grey = np.clip((slices.astype(np.float64) - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    for k in range(n):
-        tile = grey[k] if (th, tw) == (h, w) else np.asarray(Image.fromarray(grey[k]).resize((tw, th), Image.BILINEAR))
+    for k in range(n):  # slice by slice in float32: the whole volume in float64 took 8x its size (2 GB at 200 x 512²)
+        grey = np.clip((slices[k].astype(np.float32) - lo) * np.float32(255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+        tile = grey if (th, tw) == (h, w) else np.asarray(Image.fromarray(grey).resize((tw, th), Image.BILINEAR))
         r, c = divmod(k, cols)
         sheet[r * ch:(r + 1) * ch, c * cw:(c + 1) * cw] = np.pad(tile, TILE_PAD, mode="edge")
     Image.fromarray(sheet).save(path, optimize=True)
@@ -116,10 +117,12 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     ct = (report.get("config") or {}).get("modality") == "ct" or lo <= -500  # HU
     if ct:  # the presets' grey range too, as far as the values go (bone stopped at the 99.95th percentile: 81 % grey)
         hi = max(hi, min(float(base.data.max()), max(c + w / 2 for _, w, c in CT_PRESETS)))
+    unit = str((report.get("intensity") or {}).get("unit") or ("HU" if ct else ""))  # the demo's report names none
     rows = [_row(label, v, lo, hi, assets, i) for i, (label, v) in enumerate(shown)]
-    if std is not None:
-        rows.append({**_row("uncertainty (posterior std)", std, 0.0, max(float(np.percentile(std.data, 99.5)), 1e-6),
-                            assets, len(rows)), "fixed": True})
+    if std is not None:  # its own grey scale, said in its label (white is not the other rows' top)
+        top = max(float(np.percentile(std.data, 99.5)), 1e-6)
+        rows.append({**_row(f"uncertainty (posterior std; black 0, white {top:.4g} {unit})".replace(" )", ")"), std,
+                            0.0, top, assets, len(rows)), "fixed": True})
     metrics = _metrics(folder, report, ref, vols)
     thumb = plane_slices(shown[-1][1].data, "axial")
     thumb_lo, thumb_hi = window
@@ -130,7 +133,7 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
                "task": (report.get("config") or {}).get("task"),
                "seconds": (report.get("timings_s") or {}).get("total")}
     write_json(assets / "summary.json", summary)
-    unit = html.escape(str((report.get("intensity") or {}).get("unit") or ""))  # the boxes' unit: HU, or MR's normalised magnitude
+    unit = html.escape(unit)  # the boxes' unit: HU, or MR's normalised magnitude
     view = {"lo": lo, "hi": hi, "window": list(window), "rows": rows, "presets": CT_PRESETS if ct else [],
             "size": {p: _css_size(shown[0][1], p) for p in PLANES}, "stretch": z_stretch(shown[0][1])}
     page = _fill(SERIES_HTML, TITLE=html.escape(summary["title"]), STEP=f"{(hi - lo) / 255:.3g}",
@@ -243,9 +246,13 @@ def write_batch_index(root, rows: list[dict], title: str = "medrecon batch") -> 
         thumb = (f'<img src="{html.escape(rel)}/{ASSETS}/thumb.png" width="64" height="64" alt="">'
                  if (out / ASSETS / "thumb.png").is_file() else "")
         rec = (s.get("metrics") or {}).get((s.get("methods") or [""])[-1], {})
-        cells = [thumb, link, r.get("series_uid", ""), r.get("status", ""), s.get("solver") or "",
-                 s.get("task") or "", r.get("seconds", ""), rec.get("psnr_axial", ""), rec.get("ssim_axial", ""),
-                 r.get("error", "")]
+        earlier = r.get("status") not in ("done", "skipped")  # a conflict's or failure's folder: an earlier run's
+
+        def of_output(v):
+            return f"{v} (earlier output)" if earlier and v not in ("", None) else ("" if v is None else v)
+        cells = [thumb, link, r.get("series_uid", ""), r.get("status", ""), of_output(s.get("solver")),
+                 of_output(s.get("task")), r.get("seconds", ""), of_output(rec.get("psnr_axial")),
+                 of_output(rec.get("ssim_axial")), r.get("error", "")]
         lines.append("<tr>" + "".join(f"<td>{c if i < 2 else html.escape(str(c))}</td>" for i, c in enumerate(cells))
                      + "</tr>")
     page = _fill(BATCH_HTML, TITLE=html.escape(title), ROWS="\n".join(lines),

@@ -306,3 +306,32 @@ def test_every_view_names_the_patients_sides(series, tmp_path):
         assert set(at) == {left, right, top, bottom}, plane
         assert at[left][0] < at[top][0] < at[right][0], plane  # radiological: the patient's right on the left
         assert at[top][1] < at[left][1] < at[bottom][1], plane  # anterior (axial) / superior at the top
+
+
+def test_a_sprite_scales_each_axis_on_its_own_so_every_slice_keeps_its_row(tmp_path):
+    """One scale for both axes of a tile squeezed a coronal view of 5 slices of 512² to 2 rows, blending slices
+    (the view that shows whether neighbouring slices agree)."""
+    coronal = np.stack([np.repeat(np.arange(5, dtype=np.float32)[:, None] * 100, 512, axis=1)] * 3)  # (3, 5, 512)
+    layout = write_sprite(coronal, 0, 400, tmp_path / "c.png")
+    assert layout["tile"] == [256, 5]
+    sheet = np.asarray(Image.open(tmp_path / "c.png"))
+    column = sheet[PAD:PAD + 5, PAD + 100]
+    assert list(column) == [0, 64, 128, 191, 255]
+
+
+def test_the_uncertainty_row_says_its_own_scale_and_earlier_outputs_are_marked(tmp_path):
+    """The posterior std row runs black 0 to white at its own 99.5th percentile, which the page never said (a
+    reader took white for the image rows' 1300 HU); a batch row that is no result of this run (a conflict, a
+    failure) showed the earlier output's method and scores as its own."""
+    from pipelines.html_report import write_series_page
+
+    ref = Volume(np.linspace(-1000, 1000, 2 * 16 * 16, dtype=np.float32).reshape(2, 16, 16))
+    std = Volume(np.full((2, 16, 16), 37.5, np.float32))
+    (tmp_path / "s").mkdir()
+    page = write_series_page(tmp_path / "s", [("reference", ref), ("reconstruction", ref.with_data(ref.data + 10))],
+                             report={"config": {"modality": "ct"}}, std=std).read_text()
+    assert "uncertainty (posterior std; black 0, white 37.5 HU)" in page
+    (tmp_path / "s" / "report.json").write_text("{}")
+    rows = [{"series_uid": "1.2", "output_path": "s", "status": "conflict", "seconds": "0.0", "error": "x"}]
+    index = write_batch_index(tmp_path, rows).read_text()
+    assert "(earlier output)" in index

@@ -375,10 +375,13 @@ class Problem:
         coarse_mm = 2 * float(min(self.measurement.grid.spacing[:2]))
         span = getattr(self.prior, "pixel_spacing_mm_range", None)
         fits = getattr(self.prior, "image_size", None) is None and span is not None and in_pixel_range(coarse_mm, span)
-        used = asked if fits else 0.0
+        halvable = min(self.shape[-2:]) >= 2  # a 1-pixel side halves to 0 (it crashed)
+        used = asked if fits and halvable else 0.0
         self.info["two_scale"] = {"coarse_above": used, "coarse_pixel_mm": round(coarse_mm, 4)}
-        if asked and not fits:
+        if asked and not used:
             self.info["two_scale"]["off"] = (
+                f"slices of {self.shape[-2]} x {self.shape[-1]} pixels have no half size: one scale only"
+                if not halvable else
                 f"the coarse pixel {coarse_mm:.3g} mm is outside the pixel sizes prior {self.prior.name} was trained at"
                 + (f" ({span[0]:.3g}-{span[1]:.3g} mm)" if span else "") + ": one scale only")
         return used

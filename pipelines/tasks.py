@@ -17,6 +17,7 @@ from medrecon.device import reset_cuda_peak, resolve_device
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
 from medrecon.io.common import file_sha256, voxels_sha256
+from medrecon.io.dicom_write import deidentified, deidentify_key
 from medrecon.metrics import per_axis_metrics
 from medrecon.volume import Volume
 
@@ -98,6 +99,9 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     t = Timings()
     with t("setup"):
         src = inp if is_measurement_file(inp) else read_volume(inp, series=series, resample_nonuniform=resample)
+        if cfg.outputs.dicom and cfg.outputs.deidentify and isinstance(src, Volume) and _is_dicom(src):
+            deidentified(src.meta.get("dicom") or {})  # its refusals (burned-in text, a key) before the work
+            deidentify_key()
         problem = Problem.build(cfg, src, series=series, resample=resample, prior=prior)
     if problem.config.solver != cfg.solver:
         cv = getattr(problem.config.solver, "cross_validate", None)
@@ -151,7 +155,10 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
             shown = ([("reference", problem.reference)] if problem.reference is not None else []) + \
                 ([("first pass (before self-adaptation)", problem.adapted[0])] if problem.adapted else []) + \
                 [("reconstruction", recon)]  # in memory: re-read, they took seconds and repeated read warnings
-            write_series_page(tmp, shown, title=f"{out.name}: {cfg.task} {cfg.solver.name}", report=rep, std=std)
+            try:
+                write_series_page(tmp, shown, title=f"{out.name}: {cfg.task} {cfg.solver.name}", report=rep, std=std)
+            except MemoryError:  # the result is kept: a page is a convenience
+                log.warning("not enough memory left for the series page; the output is written without index.html")
         rep["timings_s"] = t.as_dict()
         write_json(tmp / "report.json", rep)
     return RunResult(out, recon, rep)
@@ -174,7 +181,12 @@ def scores_against_reference(problem: Problem, recon: Volume) -> dict | None:
     if problem.reference is None:
         return None
     where = "simulation/reference.nii.gz" if problem.source is not None else "reference.nii.gz"
-    return {"reference": where, **problem.score(recon)}
+    try:
+        return {"reference": where, **problem.score(recon)}
+    except MemoryError:  # after a finished solve: the result is kept, its scores left out
+        log.warning("not enough memory left to score the result; it is written without scores (medrecon evaluate "
+                    "scores it later)")
+        return None
 
 
 def input_sha256(problem: Problem, inp: Path) -> str | None:

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from medrecon.errors import InputError
 from medrecon.io import read_volume
 from pipelines.cli import main
 
@@ -320,3 +321,23 @@ def test_info_reads_the_scan_beside_a_scout_series_of_as_many_images(tmp_path, c
             shutil.move(f, tmp_path / f"{name}_{f.name}")
     code, out, err = run(capsys, "info", tmp_path)
     assert code == 0 and "choose one with --series UID" not in out, out + err
+
+
+def test_a_deidentified_run_refuses_burned_in_text_before_the_work(tmp_path, monkeypatch):
+    """outputs.deidentify's refusals (a source saying BurnedInAnnotation YES on any slice, not only the first; a
+    key that is no secret) came from the DICOM writer, after the whole solve, whose result was then lost."""
+    from pipelines import tasks
+    from pipelines.problem import Problem
+
+    out = tmp_path / "s"
+    out.mkdir()
+    for k, f in enumerate(sorted(CT5N.iterdir())):
+        ds = pydicom.dcmread(f)
+        ds.BurnedInAnnotation = "YES" if k == 3 else "NO"
+        ds.save_as(out / f.name)
+    built = []
+    monkeypatch.setattr(Problem, "build", classmethod(lambda cls, *a, **k: built.append(1)))
+    with pytest.raises(InputError, match="BurnedInAnnotation YES"):
+        tasks.reconstruct("sparse_view_ct_8", out, tmp_path / "o", overrides=["outputs.deidentify=true",
+                                                                             "solver.name=fbp"])
+    assert not built

@@ -925,6 +925,8 @@ def test_deidentified_uids_need_this_sites_key_and_burned_in_text_is_refused(tmp
     monkeypatch.setenv("MEDRECON_DEID_KEY", "another site's secret")
     c = pydicom.dcmread(next(write_dicom_series(src, tmp_path / "c", deidentify=True).iterdir()))
     assert c.StudyInstanceUID != a.StudyInstanceUID and c.PatientID != a.PatientID
+    monkeypatch.setenv("MEDRECON_DEID_KEY", "2024010120240101")  # a passphrase of 16, hex-looking: taken as text
+    write_dicom_series(src, tmp_path / "h", deidentify=True)
     monkeypatch.setenv("MEDRECON_DEID_KEY", "short")  # an empty or short key is no secret: refused
     with pytest.raises(InputError, match="at least 16 characters"):
         write_dicom_series(src, tmp_path / "f", deidentify=True)
@@ -958,3 +960,12 @@ def test_a_secondary_capture_names_its_axes_with_dicoms_letters(tmp_path):
                      np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]]))
     ds = pydicom.dcmread(next(write_dicom_series(coronal, tmp_path / "sc", modality="OT").iterdir()))
     assert list(ds.PatientOrientation) == ["L", "F"]
+    row = np.array([0.622, 0.501, 0.602]) / np.linalg.norm([0.622, 0.501, 0.602])  # a double-oblique row: its
+    col = np.cross([0.0, 0.0, 1.0], row)                                           # largest part first (was 'P')
+    col /= np.linalg.norm(col)
+    tilted = Volume(np.zeros((2, 3, 4), np.float32), (1.0, 1.0, 1.0), (0, 0, 0),
+                    np.stack([row, col, np.cross(row, col)], axis=1))
+    ds = pydicom.dcmread(next(write_dicom_series(tilted, tmp_path / "sc2", modality="OT").iterdir()))
+    assert ds.PatientOrientation[0] == "LHP"
+    big = Volume(np.zeros((1, 3, 4), np.float32), meta={"dicom": {"SeriesNumber": "2147483600", "Modality": "CT"}})
+    assert int(pydicom.dcmread(next(write_dicom_series(big, tmp_path / "n").iterdir())).SeriesNumber) < 2 ** 31

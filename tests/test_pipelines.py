@@ -1216,3 +1216,49 @@ def test_an_existing_file_as_the_output_is_refused_before_the_work_naming_the_fi
             tasks.reconstruct("sparse_view_ct_8", ct_nifti, tmp_path / "afile", overwrite=overwrite,
                               overrides=["solver.name=fbp"])
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_running_out_of_memory_after_the_solve_keeps_the_result(tmp_path, ct_nifti, monkeypatch):
+    """A MemoryError while scoring or drawing the page, after a finished solve, threw the whole output away (both
+    ran inside the output's atomic write) and blamed the problem's size."""
+    from pipelines import html_report
+
+    def short(*a, **k):
+        raise MemoryError
+    monkeypatch.setattr(tasks, "write_series_page", short)
+    monkeypatch.setattr(problem_module.Problem, "score", short)
+    res = tasks.reconstruct("sparse_view_ct_8", ct_nifti, tmp_path / "out", overrides=["solver.name=fbp",
+                                                                                       "ct.image_size=16"])
+    assert (tmp_path / "out" / "recon.nii.gz").is_file() and res.report["vs_reference"] is None
+    assert not (tmp_path / "out" / "index.html").exists() and html_report  # the page left out, said in the log
+
+
+def test_inputs_too_large_for_memory_are_refused_before_reading_in_every_format(tmp_path, monkeypatch):
+    """Only NIfTI and npy were checked: a DICOM series or an NRRD too large was read until SimpleITK failed to
+    allocate (told as a damaged file); a 4D NIfTI was told it does not fit before being refused as 4D. The
+    available memory also counts the container's and ulimit's limits (tested where they apply)."""
+    import SimpleITK as sitk
+
+    from medrecon.io import common
+
+    vol = Volume(np.zeros((8, 64, 64), np.float32))
+    write_dicom_series(vol, tmp_path / "dcm")
+    sitk.WriteImage(sitk.GetImageFromArray(vol.data), str(tmp_path / "v.nrrd"))
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.eye(4)), tmp_path / "four.nii.gz")
+    monkeypatch.setattr(common, "available_memory", lambda: 64 * 1024)
+    for path in (tmp_path / "dcm", tmp_path / "v.nrrd"):
+        with pytest.raises(InputError, match=r"needs .* GiB as float32 but only .* is available"):
+            read_volume(path)
+    with pytest.raises(InputError, match="split 4D data into single volumes first"):
+        read_volume(tmp_path / "four.nii.gz")
+
+
+def test_slices_of_one_pixel_run_the_default_sampler_on_one_scale_and_wide_slices_are_no_dicom(tmp_path):
+    """A (4, 1, 1) volume crashed sparse_view_ct_8's fast sampler: its two-scale pass halved the 1-pixel side to 0.
+    A slice wider than 65535 pixels failed to write as DICOM with 'choose a location with enough free space'."""
+    np.save(tmp_path / "thin.npy", np.random.default_rng(0).uniform(-1000, 1000, (4, 1, 1)).astype(np.float32))
+    res = tasks.reconstruct("sparse_view_ct_8", tmp_path / "thin.npy", tmp_path / "out",
+                            overrides=["solver.steps=2", "ct.pixel_size=1"])
+    assert "have no half size" in res.report["two_scale"]["off"]
+    with pytest.raises(InputError, match="exceed DICOM's 65535 Rows / Columns"):
+        write_dicom_series(Volume(np.zeros((1, 1, 65536), np.float32)), tmp_path / "wide")

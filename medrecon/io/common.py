@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -36,15 +37,41 @@ def warn(warnings: list, message: str) -> None:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to this process now (Linux MemAvailable), or None where unknown."""
+    """Bytes of memory available to this process now, or None where unknown: the least of the machine's
+    (Linux MemAvailable), the container's or job's (cgroup v2 memory.max - memory.current, v1 limit - usage:
+    Docker, Kubernetes, Slurm; the machine's figure let a job be killed without a word) and the address-space
+    limit (ulimit -v)."""
+    found = []
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            top = Path(limit).read_text().strip()
+            if top != "max" and int(top) < 2 ** 60:  # v1 writes a huge number for no limit
+                found.append(max(0, int(top) - int(Path(used).read_text().strip())))
+        except (OSError, ValueError):
+            pass
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            found.append(max(0, soft - _address_space_used()))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _address_space_used() -> int:
+    """This process's virtual memory size in bytes (Linux), 0 where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")), 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def check_fits_in_memory(shape, path) -> None:
@@ -78,11 +105,18 @@ def volume_array(data: np.ndarray, path, order: str) -> np.ndarray:
     ``order`` names the axes for the message (e.g. "(Z, Y, X)").
     """
     data = np.asarray(data)
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim == 2:
-        data = data[None] if order.startswith("(Z") else data[..., None]
-    if data.ndim != 3 or 0 in data.shape:
-        raise InputError(f"{path}: expected a 3D volume {order}, got shape {data.shape}; "
+    return data.reshape(volume_shape(data.shape, path, order))
+
+
+def volume_shape(shape, path, order: str) -> tuple:
+    """The 3D shape ``volume_array`` makes of data of ``shape``, or its error: checked from a header, before the
+    voxels are read (a 4D file was read whole, or told it does not fit in memory, before being refused as 4D)."""
+    shape = tuple(int(n) for n in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) == 2:
+        shape = (1, *shape) if order.startswith("(Z") else (*shape, 1)
+    if len(shape) != 3 or 0 in shape:
+        raise InputError(f"{path}: expected a 3D volume {order}, got shape {shape}; "
                          "split 4D data into single volumes first")
-    return data
+    return shape

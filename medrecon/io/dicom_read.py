@@ -33,7 +33,7 @@ from pydicom.valuerep import PersonName
 
 from ..errors import InputError
 from ..volume import Volume
-from .common import warn
+from .common import check_fits_in_memory, warn
 from .dicom_scan import (SeriesInfo, choose_series, header_kind, image_type, is_dicom_file, is_localizer, list_series,
                          header_int, is_colour, read_header, series_uid, sop_class)
 
@@ -55,7 +55,7 @@ SOURCE_TAGS = (
     "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "RescaleSlope", "RescaleIntercept",
     "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "RepetitionTime",
     "EchoTime", "InversionTime", "EchoTrainLength", "MagneticFieldStrength", "ImagedNucleus",
-    "FlipAngle", "BurnedInAnnotation", "RecognizableVisualFeatures",
+    "FlipAngle",
 )
 # Slices may deviate this much (mm) from a uniform grid and still be read as one; dcm2niix warns when
 # two gaps differ by more than 0.2 mm. Real scanners round positions (gaps of 6.958-7.071 mm are seen).
@@ -113,6 +113,8 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
 
     stack = _Stack.build(headers, where, notes)
     stack.check_uniform(resample_nonuniform, skipped)
+    first = stack.headers[0]
+    check_fits_in_memory((len(stack.files), header_int(first, "Rows", 0), header_int(first, "Columns", 0)), where)
     data, bad = _read_pixels(stack.files)
     if bad:  # damaged pixel data among good headers: skip those slices, re-check the stack
         for f, reason in bad:
@@ -132,7 +134,8 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
 
     meta = {"format": "dicom", "source": str(where), "series_uid": series_uid(headers[0][1]),
             "files_sha256": info.files_sha256,
-            "dicom": {**_source_tags(stack.headers[0]), "SourceImages": _source_images(stack.headers, stack.positions),
+            "dicom": {**_source_tags(stack.headers[0]), **_pixel_flags(stack.headers),
+                      "SourceImages": _source_images(stack.headers, stack.positions),
                       **({"PerSliceRescale": True} if len({_rescale(ds) for ds in stack.headers}) > 1 else {})},
             "warnings": notes, **({"rescale_assumed": True} if rescale_assumed else {})}
     step = stack.grid_step
@@ -653,6 +656,23 @@ def _source_tags(ds) -> dict:
     for kw in SOURCE_TAGS:
         if kw in ds and ds.data_element(kw).value is not None:
             out[kw] = _plain(ds.data_element(kw).value)
+    return out
+
+
+#: flags saying a slice's pixels identify the patient: YES on any slice is the series' YES (the first slice's
+#: NO hid slices with printed names)
+PIXEL_FLAGS = ("BurnedInAnnotation", "RecognizableVisualFeatures")
+
+
+def _pixel_flags(headers) -> dict:
+    """The series' PIXEL_FLAGS: YES where any slice says YES, else the first slice's value where it has one."""
+    out = {}
+    for kw in PIXEL_FLAGS:
+        said = [str(ds.get(kw, "") or "").strip().upper() for ds in headers]
+        if "YES" in said:
+            out[kw] = "YES"
+        elif said[0]:
+            out[kw] = said[0]
     return out
 
 

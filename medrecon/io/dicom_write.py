@@ -156,6 +156,9 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
     """
     folder = Path(folder)
     data = check_voxels(vol.data, shown_path(folder))
+    if max(data.shape[1:]) > 65535:  # Rows and Columns are 16-bit (it failed as if the disk were full)
+        raise InputError(f"{shown_path(folder)}: slices of {data.shape[1]} x {data.shape[2]} pixels exceed DICOM's "
+                         "65535 Rows / Columns; write NIfTI instead, or crop")
     src = dict(vol.meta.get("dicom", {}) if source_meta is None else source_meta)
     modality = str(modality or src.get("Modality") or "OT").upper()
     if not re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality):
@@ -216,7 +219,8 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
         ds.StudyID, ds.StudyDescription = "1", "medrecon"
     ds.Modality = modality
     ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = series_number if series_number is not None else 1000 + _int(src.get("SeriesNumber"))
+    number = series_number if series_number is not None else 1000 + _int(src.get("SeriesNumber"))
+    ds.SeriesNumber = number if number < 2 ** 31 else 1000  # IS holds 31 bits (2147483600 + 1000 did not)
     ds.SeriesDescription = _one_value(description)[:64]
     ds.SeriesDate, ds.SeriesTime = date, time
     _copy(ds, src, SERIES_CONTEXT_TAGS)
@@ -256,7 +260,7 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
     else:  # Secondary Capture
         ds.ConversionType = "WSD"  # workstation
         ds.RescaleType = "US"  # unspecified units
-        ds.PatientOrientation = list(vol.orientation[:2].translate(str.maketrans("SI", "HF")))  # DICOM: H/F
+        ds.PatientOrientation = [_direction_letters(vol.direction[:, k]) for k in (0, 1)]
     if any(isinstance(v, str) and not v.isascii() for v in _strings(ds)):
         ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8
     return ds
@@ -341,11 +345,9 @@ def deidentify_key() -> bytes:
 
 
 def _key_bytes(text: str) -> bytes:
-    """A key as given: hex text (as the key file holds it) read as its bytes, any other text as its UTF-8."""
-    try:
-        return bytes.fromhex(text) if len(text) % 2 == 0 and text else text.encode()
-    except ValueError:
-        return text.encode()
+    """A key as given: the key file's own form (64 hex digits) read as its 32 bytes, any other text (a passphrase,
+    hex-looking or not) as its UTF-8."""
+    return bytes.fromhex(text) if re.fullmatch(r"[0-9a-fA-F]{64}", text) else text.encode()
 
 
 def _mark_deidentified(ds: Dataset) -> None:
@@ -360,6 +362,14 @@ def _mark_deidentified(ds: Dataset) -> None:
         delattr(ds, keyword)
     ds.ContentDate = ds.ContentTime = ""  # when the derived series was made dates the study
     ds.StudyDate = ds.StudyTime = ""  # a new study's (no source study) would be that date too
+
+
+def _direction_letters(v) -> str:
+    """DICOM's letters for an LPS direction (PatientOrientation): its components' letters, largest first, those
+    of 1 % and more of it (a double oblique row: 'LHP'; the largest alone was not always the axis' first letter)."""
+    v = np.asarray(v, np.float64)
+    order = np.argsort(-np.abs(v), kind="stable")
+    return "".join(("LPH"[i] if v[i] > 0 else "RAF"[i]) for i in order if abs(v[i]) >= 0.01 * np.abs(v).max())
 
 
 def _instance_reference(item: dict) -> Dataset:

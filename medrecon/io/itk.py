@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..volume import Volume
 from .atomic import atomic_path
-from .common import check_voxels
+from .common import check_fits_in_memory, check_voxels
 
 ITK_READ_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 ITK_WRITE_SUFFIXES = (".nrrd", ".mha")  # single-file formats, so that the write stays atomic
@@ -19,7 +19,12 @@ ITK_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO",
 def read_itk(path) -> Volume:
     path = Path(path)
     try:
-        img = sitk.ReadImage(str(path), imageIO=ITK_IO[path.suffix.lower()])  # named: its lookup is case-exact
+        head = sitk.ImageFileReader()
+        head.SetFileName(str(path))
+        head.SetImageIO(ITK_IO[path.suffix.lower()])  # named: its lookup is case-exact
+        head.ReadImageInformation()  # the size, before the voxels: a volume too large is told as such
+        check_fits_in_memory(tuple(head.GetSize()) + (head.GetNumberOfComponents(),), path)
+        img = sitk.ReadImage(str(path), imageIO=ITK_IO[path.suffix.lower()])
     except RuntimeError as e:
         raise InputError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}; check the file (and, for "
                          ".mhd/.nhdr, its data file) is complete") from e

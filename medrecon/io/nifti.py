@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import InputError
 from ..volume import Volume
 from .atomic import atomic_path, shown_path
-from .common import check_fits_in_memory, check_voxels, volume_array, warn
+from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -68,7 +68,7 @@ def read_nifti(path) -> Volume:
             img = kind.from_file_map({"header": held, "image": held})
         else:
             img = nib.load(str(path))
-        check_fits_in_memory(img.shape, path)
+        check_fits_in_memory(volume_shape(img.shape, path, "(X, Y, Z)"), path)  # 4D refused as such, first
         if img.get_data_dtype().kind in "iufb":
             data = img.get_fdata(dtype=np.float32)  # applies scl_slope / scl_inter
         else:  # complex or RGB: refused by check_voxels below

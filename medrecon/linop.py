@@ -16,6 +16,12 @@ from typing import Sequence
 import torch
 
 
+def slices_apart(A) -> bool:
+    """Whether an operator acts on each slice of a volume apart (a slice-wise operator, 2D in_shape and a batch of
+    slices; or one that says so: per-slice MRI coil maps): its normal equations are one system per slice."""
+    return len(A.in_shape) == 2 or bool(getattr(A, "slices_independent", False))
+
+
 def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Real inner product Re<a, b> over all elements."""
     if a.is_complex() or b.is_complex():

@@ -56,11 +56,6 @@ def value_problem(data: np.ndarray, modality: str | Modality, where, trusted_hu:
     return None
 
 
-#: DICOM modalities of images medrecon does not reconstruct (nuclear medicine, ultrasound, X-ray projections, ...):
-#: a prior for CT or MR must not learn them
-NOT_CT_OR_MR = {"PT", "NM", "US", "CR", "DX", "MG", "XA", "RF", "IO", "PX", "ES", "XC", "OP", "SM"}
-
-
 def training_volume_check(modality: str | Modality):
     """``check(path, volume)`` for ``medrecon train``: refuses a volume that is not of the prior's modality, by its
     DICOM Modality (another modality, or none medrecon reconstructs: PT, NM, US, ...) or by its values, as
@@ -70,11 +65,8 @@ def training_volume_check(modality: str | Modality):
     def check(path, vol) -> None:
         from medrecon import InputError
 
-        from medrecon.io.dicom_scan import NOT_VOLUME_MODALITIES
-
         tag = str((vol.meta.get("dicom") or {}).get("Modality", "") or "").upper()
-        other = MODALITY_OF_DICOM.get(tag, modality.value) != modality.value  # OT (a converted volume): its values say
-        if other or tag in NOT_VOLUME_MODALITIES or tag in NOT_CT_OR_MR:
+        if tag not in ("", "OT", DICOM_MODALITY[modality]):  # OT (a converted volume, no modality): its values say
             raise InputError(f"{path}: its DICOM Modality is {tag}, but the prior is for {modality.value}: train one "
                              "modality per prior (leave this volume out, or set --modality ct|mri)")
         trusted = tag == "CT" and not vol.meta.get("rescale_assumed")

@@ -174,3 +174,12 @@ def test_cg_per_slice_takes_each_slices_own_steps_and_the_samplers_data_step_use
     torch.testing.assert_close(step[0], step[1])
     joint = [conjugate_gradient(A.normal, A.adjoint(yy), torch.zeros_like(x_true), 1)[0] for yy in (y, y2)]
     assert (joint[0] - joint[1]).abs().max() > 1e-3 * joint[0].abs().max()  # what one system did
+    from medrecon.linop import FiniteDifference
+    inplane = FiniteDifference(tuple(x_true.shape), axes=(1, 2))  # in-plane TV couples no slices either
+    step = [ADMMTV(A, yy, inplane, 0.1, 1.0, n_cg=2).step(torch.zeros_like(x_true), ADMMTV(A, yy, inplane, 0.1, 1.0)
+                                                          .init_state(torch.zeros_like(x_true)))[0] for yy in (y, y2)]
+    torch.testing.assert_close(step[0], step[1])
+    bad = A.adjoint(y).clone()
+    bad[1] = float("nan")  # a slice with NaN data stays its own: the others finite, as CG on each alone
+    out = conjugate_gradient(A.normal, bad, torch.zeros_like(x_true), 3, system_dims=2)
+    assert torch.isfinite(out[0]).all() and torch.isfinite(out[2]).all()

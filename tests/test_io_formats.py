@@ -444,3 +444,54 @@ def test_an_spm_analyze_image_keeps_its_mat_geometry_in_nifti(tmp_path):
     assert not any("neither sform nor qform" in w for w in vol.meta["warnings"])
     write_nifti(vol, tmp_path / "out.nii.gz")
     np.testing.assert_allclose(nib.load(tmp_path / "out.nii.gz").affine, aff, atol=1e-6)
+
+
+def test_the_memory_a_job_may_use_is_read_from_its_own_cgroup_without_the_file_cache(tmp_path):
+    """The machine's MemAvailable alone let a container or Slurm job be killed without a word; its cgroup's limit is
+    read from this process's own cgroup path and its ancestors (v2 and v1), and the usage counts no inactive file
+    cache (a container that had read many files showed no room)."""
+    from medrecon.io.common import _cgroup_room
+
+    gib = 2 ** 30
+    job = tmp_path / "v2" / "slurm" / "job_7"
+    job.mkdir(parents=True)
+    (tmp_path / "v2" / "slurm" / "memory.max").write_text(str(16 * gib))
+    (tmp_path / "v2" / "slurm" / "memory.current").write_text(str(int(15.9 * gib)))
+    (tmp_path / "v2" / "slurm" / "memory.stat").write_text(f"anon 1000\ninactive_file {14 * gib}\n")
+    (job / "memory.max").write_text("max")
+    (tmp_path / "self_v2").write_text("0::/slurm/job_7\n")
+    room = _cgroup_room(tmp_path / "self_v2", tmp_path / "v2")
+    assert room == [16 * gib - (int(15.9 * gib) - 14 * gib)]  # about 14.1 GiB, not 0.1
+    v1 = tmp_path / "v1" / "memory" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(str(8 * gib))
+    (v1 / "memory.usage_in_bytes").write_text(str(3 * gib))
+    (v1 / "memory.stat").write_text(f"total_inactive_file {gib}\n")
+    (tmp_path / "v1" / "memory" / "memory.limit_in_bytes").write_text(str(2 ** 63 - 4096))  # the root: no limit
+    (tmp_path / "self_v1").write_text("9:pids:/\n4:memory:/docker/abc\n")
+    assert _cgroup_room(tmp_path / "self_v1", tmp_path / "v1") == [6 * gib]
+
+
+def test_an_output_written_before_markers_listed_files_is_replaced_and_a_deleted_cwd_does_not_stop_a_write(
+        tmp_path, monkeypatch):
+    """A marker of before the forty-fifth session lists the top-level names only: --overwrite then refused every
+    such output with sub-folders ('holds dicom/IM00000.dcm, which medrecon did not write'). A shell left in a
+    deleted folder made every write fail (Path.cwd())."""
+    import json
+
+    out = tmp_path / "old"
+    (out / "dicom").mkdir(parents=True)
+    (out / "dicom" / "IM0001.dcm").write_text("x")
+    (out / "recon.nii.gz").write_text("r")
+    (out / ".medrecon-output").write_text(json.dumps({"medrecon": "0.1.0", "entries": ["dicom", "recon.nii.gz"]}))
+    with atomic_path(out, overwrite=True) as tmp:
+        tmp.mkdir()
+        (tmp / "recon.nii.gz").write_text("new")
+    assert (out / "recon.nii.gz").read_text() == "new"
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with atomic_path(tmp_path / "elsewhere") as tmp:
+        tmp.write_text("ok")
+    assert (tmp_path / "elsewhere").read_text() == "ok"

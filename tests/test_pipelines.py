@@ -1244,13 +1244,15 @@ def test_inputs_too_large_for_memory_are_refused_before_reading_in_every_format(
     vol = Volume(np.zeros((8, 64, 64), np.float32))
     write_dicom_series(vol, tmp_path / "dcm")
     sitk.WriteImage(sitk.GetImageFromArray(vol.data), str(tmp_path / "v.nrrd"))
-    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.eye(4)), tmp_path / "four.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((40, 40, 40, 3), np.float32), np.eye(4)), tmp_path / "four.nii.gz")  # > 64 KiB
+    np.save(tmp_path / "four.npy", np.zeros((3, 8, 64, 64), np.float32))
     monkeypatch.setattr(common, "available_memory", lambda: 64 * 1024)
     for path in (tmp_path / "dcm", tmp_path / "v.nrrd"):
         with pytest.raises(InputError, match=r"needs .* GiB as float32 but only .* is available"):
             read_volume(path)
-    with pytest.raises(InputError, match="split 4D data into single volumes first"):
-        read_volume(tmp_path / "four.nii.gz")
+    for four in ("four.nii.gz", "four.npy"):  # too large for the memory too: refused as 4D, first
+        with pytest.raises(InputError, match="split 4D data into single volumes first"):
+            read_volume(tmp_path / four)
 
 
 def test_slices_of_one_pixel_run_the_default_sampler_on_one_scale_and_wide_slices_are_no_dicom(tmp_path):

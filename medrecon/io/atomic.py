@@ -48,8 +48,11 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
     dest = Path(os.path.abspath(dest))  # '.': its parent is '.' too, and the temporary landed inside it
     if dest.is_symlink():  # write where it points: replacing the link left the old output at its target
         dest = dest.resolve()
-    here = Path.cwd().resolve()  # the swap replaces the folder: a shell in it would be left in a deleted one
-    if dest.resolve() == here or here.is_relative_to(dest.resolve()):
+    try:  # the swap replaces the folder: a shell in it would be left in a deleted one
+        here = Path.cwd().resolve()
+    except OSError:  # the shell is in a deleted folder already: it is no destination
+        here = None
+    if here is not None and (dest.resolve() == here or here.is_relative_to(dest.resolve())):
         raise InputError(f"{dest}: the output would replace the folder this command runs in (the shell would be "
                          "left in a deleted one); give a new folder inside it, e.g. -o out")
     _check_not_input(dest, protect)
@@ -68,8 +71,8 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
             from .. import __version__
             fields = marker if isinstance(marker, dict) else {}
             written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*"))  # what --overwrite may replace
-            (tmp / MARKER).write_text(json.dumps({"medrecon": __version__, **fields, "entries": written}, indent=2)
-                                      + "\n")
+            (tmp / MARKER).write_text(json.dumps({"medrecon": __version__, **fields, "entries": written,
+                                                  "entries_nested": True}, indent=2) + "\n")
         check_free(dest, overwrite)  # again: something may have appeared meanwhile
         outermost = not any(p.name.startswith(TMP_PREFIX) for p in dest.parents)  # inside another output's
         if outermost:                                                           # temporary: its commit syncs all
@@ -229,9 +232,14 @@ def check_free(dest: Path, overwrite: bool) -> None:
     if mark is None:
         raise InputError(f"refusing to replace {dest}: it is a folder that medrecon did not write (it has no "
                          f"{MARKER} marker); remove it yourself or choose another output path")
-    added = sorted(rel for p in dest.rglob("*") if p.name not in OS_METADATA and not p.is_dir()
-                   and (rel := p.relative_to(dest).as_posix()) not in set(mark["entries"]) | {MARKER}) \
-        if isinstance(mark.get("entries"), list) and dest.is_dir() else []
+    entries = mark.get("entries") if dest.is_dir() else None
+    added = []
+    if isinstance(entries, list):
+        known = set(entries) | {MARKER}
+        nested = bool(mark.get("entries_nested"))  # a marker of before the forty-fifth session lists the top only
+        found = (p for p in dest.rglob("*") if not p.is_dir()) if nested else dest.iterdir()
+        added = sorted(rel for p in found if p.name not in OS_METADATA
+                       and (rel := p.relative_to(dest).as_posix()) not in known)
     if added:  # a user's notes or segmentations beside the output: --overwrite replaced them with the folder
         raise InputError(f"refusing to replace {dest}: it holds {', '.join(added[:5])}"
                          f"{', ...' if len(added) > 5 else ''}, which medrecon did not write there; move "

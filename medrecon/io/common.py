@@ -47,14 +47,7 @@ def available_memory() -> int | None:
             found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except (OSError, ValueError, IndexError):
         pass
-    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            top = Path(limit).read_text().strip()
-            if top != "max" and int(top) < 2 ** 60:  # v1 writes a huge number for no limit
-                found.append(max(0, int(top) - int(Path(used).read_text().strip())))
-        except (OSError, ValueError):
-            pass
+    found += _cgroup_room()
     try:
         import resource
         soft = resource.getrlimit(resource.RLIMIT_AS)[0]
@@ -63,6 +56,40 @@ def available_memory() -> int | None:
     except (ImportError, OSError, ValueError):
         pass
     return min(found) if found else None
+
+
+def _cgroup_room(proc: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> list[int]:
+    """Room left under each memory limit of this process's cgroup and its ancestors (v2 memory.max, v1
+    memory.limit_in_bytes; a Slurm job's step, a systemd slice, a container), its usage counted without the
+    inactive file cache (the kernel gives that back under pressure; with it, a container that had read many files
+    showed no room)."""
+    out = []
+    try:
+        lines = proc.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2: 0::/path
+            base, names = root, ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            base, names = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        folder = base / path.strip("/")
+        for d in [folder, *folder.parents]:
+            if not d.is_relative_to(base):
+                break
+            try:
+                top = (d / names[0]).read_text().strip()
+                if top == "max" or int(top) >= 2 ** 60:  # no limit here (v1 writes a huge number)
+                    continue
+                stat = dict(row.split()[:2] for row in (d / "memory.stat").read_text().splitlines() if " " in row)
+                used = int((d / names[1]).read_text()) - int(stat.get(names[2], 0))
+                out.append(max(0, int(top) - used))
+            except (OSError, ValueError):
+                continue
+    return out
 
 
 def _address_space_used() -> int:

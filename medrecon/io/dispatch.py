@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..volume import Volume
-from .common import check_fits_in_memory, check_voxels, volume_array, warn
+from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
 from .dicom_read import read_dicom_series
 from .dicom_scan import choose_series, is_dicom_file, list_series
 from .dicom_write import write_dicom_series
@@ -121,7 +121,7 @@ def read_npy(path, spacing: tuple | None = None) -> Volume:
         data = np.load(path, mmap_mode="r", allow_pickle=False)  # the header is checked before any voxel is read
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read {path}: {_npy_problem(path) or e}; save the array with numpy.save") from e
-    check_fits_in_memory(data.shape, path)
+    check_fits_in_memory(volume_shape(data.shape, path, "(Z, Y, X)"), path)  # a 4D array refused as 4D, first
     data = check_voxels(volume_array(np.asarray(data), path, "(Z, Y, X)"), path)
     notes: list[str] = []
     if spacing is None:

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..linop import LinearOperator
+from ..linop import LinearOperator, slices_apart
 from .cg import conjugate_gradient
 
 
@@ -76,9 +76,11 @@ class ADMMTV:
 
     @property
     def slice_systems(self) -> int | None:
-        """2 where the data step is one system per slice (a slice-wise operator and no TV coupling them): CG then
-        takes each slice's own step lengths, so a slice's result does not depend on the others' data; else None."""
-        return 2 if not self.uses_tv and len(self.A.in_shape) == 2 else None
+        """2 where the data step is one system per slice (an operator acting on slices apart, and no TV along z to
+        couple them; in-plane TV does not): CG then takes each slice's own step lengths, so a slice's result does
+        not depend on the others' data; else None."""
+        along_z = self.uses_tv and 0 in getattr(self.D, "axes", (0,))
+        return 2 if slices_apart(self.A) and not along_z else None
 
     def _per_axis(self, v: torch.Tensor, values: Sequence[float]):
         """One value per axis of D, shaped to broadcast against D's output v (a float when they are all equal)."""

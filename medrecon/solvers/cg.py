@@ -82,11 +82,11 @@ def _cg_per_system(apply_m, b: torch.Tensor, x0: torch.Tensor, n_iter: int, tol:
         scale = torch.where(active, pmp / safe_rs, torch.zeros_like(pmp)) if scale is None else scale
         active = active & torch.isfinite(pmp) & (pmp > 1e-12 * rs * scale)  # broken_down, per system
         alpha = torch.where(active, rs / torch.where(active, pmp, torch.ones_like(pmp)), torch.zeros_like(pmp))
-        x = x + alpha * p
-        r = r - alpha * mp
+        x = torch.where(active, x + alpha * p, x)  # where: an inactive system's inf/NaN curvature reaches nothing
+        r = torch.where(active, r - alpha * mp, r)
         rs_new = dot(r, r)
         beta = torch.where(active, rs_new / safe_rs, torch.zeros_like(rs))
-        p = r + beta * p
+        p = torch.where(active, r + beta * p, p)
         rs = torch.where(active, rs_new, rs)
         active = active & (rs > stop) & (rs != 0)
     return x

@@ -38,7 +38,7 @@ import math
 
 import torch
 
-from ..linop import LinearOperator, whitened
+from ..linop import LinearOperator, slices_apart, whitened
 from ..priors.base import Denoiser
 from ..priors.network import exact_fp32
 from .cg import conjugate_gradient
@@ -92,7 +92,7 @@ class GuidedSampler(DiffusionSolver):
         self.weights = None if w is None else w.to(self.device)
         self.slicewise_op = len(A.in_shape) == 2 and not getattr(A, "per_slice", False)  # one mask per slice: whole
         # a residual norm per slice wherever slices are separate problems, whether A takes chunks or the stack
-        self.norm_per_slice = len(A.in_shape) == 2 or getattr(A, "slices_independent", False)
+        self.norm_per_slice = slices_apart(A)
         self.nfe_per_step = 1 + (self.snr > 0) + (self.guided and not self.slicewise_op)
         self.backward_per_step = int(self.guided)
 
@@ -145,7 +145,7 @@ class GuidedSampler(DiffusionSolver):
         A, y = self.dc.A, self.dc.y  # weighted where the data term is (PWLS)
         y = y if sigma == 0 else y + sigma * A.forward(self.noise(g)).to(y.dtype)
         full = conjugate_gradient(A.normal, A.adjoint(y).real, x, self.dc.n_cg,  # each slice its own system
-                                  system_dims=2 if len(A.in_shape) == 2 else None)
+                                  system_dims=2 if self.norm_per_slice else None)
         return torch.lerp(x, full, self.lambda_proj)
 
     # -- one step ---------------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def exit_if_series_failed(res) -> None:
     from other files or with another config; the manifest says which)."""
     if res.failed or res.conflicts:
         what = " and ".join(t for t in (f"{res.failed} failed" if res.failed else "",
-                                        f"{res.conflicts} left as they were (conflict: pass --overwrite to redo them)"
+                                        f"{res.conflicts} left as they were (conflict: --overwrite redoes them, or remove their folders)"
                                         if res.conflicts else "") if t)
         typer.secho(f"error: of {len(res.rows)} series, {what}; see {res.manifest}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)

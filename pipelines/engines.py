@@ -138,8 +138,13 @@ class RayEngine:
         n_todo = len(queue)
         worker_cls = ray.remote(max_restarts=-1, max_task_retries=self.max_retries, **res)(SeriesWorker)
 
+        key = None
+        if cfg.outputs.dicom and cfg.outputs.deidentify:  # every node must pseudonymise as the driver does
+            from medrecon.io.dicom_write import key_fingerprint
+            key = key_fingerprint()
+
         def new_worker():
-            return worker_cls.remote(self.series_fn, cfg, resample, res["num_gpus"])
+            return worker_cls.remote(self.series_fn, cfg, resample, res["num_gpus"], key)
         workers = [new_worker() for _ in range(min(n_todo, capacity(cluster, res)))]
         idle, running = list(workers), {}  # ref -> (job index, worker, submitted at)
 
@@ -220,14 +225,21 @@ class SeriesWorker:
     """A Ray actor (one per GPU, or per ``cpus_per_series`` CPUs): runs series after series in one process,
     keeping torch, the CUDA context and the config's prior loaded between them."""
 
-    def __init__(self, series_fn: Callable, cfg, resample: bool = False, gpu_share: float = 0.0):
-        self.series_fn, self.cfg, self.resample, self.prior = series_fn, cfg, resample, None
+    def __init__(self, series_fn: Callable, cfg, resample: bool = False, gpu_share: float = 0.0,
+                 key: str | None = None):
+        self.series_fn, self.cfg, self.resample, self.prior, self.key = series_fn, cfg, resample, None, key
         if 0 < gpu_share < 1:  # series packed onto one GPU: each takes its share, not what is free when it starts
             import torch
             if torch.cuda.is_available():
                 torch.cuda.set_per_process_memory_fraction(gpu_share)
 
     def run(self, job: Job, overwrite: bool) -> dict:
+        if self.key is not None:
+            from medrecon.io.dicom_write import key_fingerprint
+            if key_fingerprint(create=False) != self.key:  # made here, it would give each node its own pseudonyms
+                return job.row("failed", "0.0", "this node's de-identification key is not the driver's: copy "
+                                                "~/.config/medrecon/deidentify.key to every node, or set "
+                                                "MEDRECON_DEID_KEY on each")
         return self.series_fn(job, self.cfg, overwrite=overwrite, resample=self.resample, prior=self._prior())
 
     def _prior(self):

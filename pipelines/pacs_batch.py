@@ -74,7 +74,8 @@ class Runner:
         files = next((s.files_sha256 for s in listed if s.uid == uid), None) if listed is not None else None
         state = "new" if self.overwrite else output_state(out, uid, files, self.fingerprint)
         if state in ("reconfigured", "other"):
-            row["status"], row["error"] = "conflict", f"{out.name} exists but {CONFLICT[state]}; pass --overwrite"
+            row["status"], row["error"] = "conflict", (f"{out.name} exists but {CONFLICT[state]}; redo it with "
+                                                       "`medrecon pacs run --overwrite`, or remove the folder")
             return self.record(row)
         if state == "changed":
             self.echo(f"        {uid} received more images since its output was made: reconstructed again (the "
@@ -97,6 +98,10 @@ class Runner:
             if not done and any(s.made_by_medrecon for s in listed):  # e.g. a routing rule sending our own output back
                 row["status"], row["error"] = "skipped", "a series made by medrecon: not reconstructed again"
                 return self.record(row)
+            mine = [s for s in listed if s.uid == uid]
+            if not done and mine and all(s.not_a_volume for s in mine):  # a scout, a dose screenshot: as the batch
+                row["status"], row["error"] = "skipped", f"{mine[0].not_a_volume}, not a volume to reconstruct"
+                return self.record(row)
             stage = "reconstruct"
             if not done:  # reconstruct's atomic writer clears what killed runs left (medrecon.io.atomic)
                 reconstruct(self.cfg, src, out, overwrite=overwrite, series=uid, progress=self.progress)
@@ -104,10 +109,10 @@ class Runner:
             if self.send:
                 n = store_folder(self.settings, out / "dicom")
                 derived = _series_uid(out / "dicom")
+                mark_as_written(out, "pacs.json")  # first: killed in between, the marker names a file not there yet
                 write_json(out / "pacs.json", {"stored_to": self.settings.peer(), "instances": n,
                                                "derived_series_uid": derived, "source_series_uid": uid,
                                                "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-                mark_as_written(out, "pacs.json")
                 self.echo(f"        stored {n} instances of {derived} on {self.settings.peer()}")
             row["status"] = "done"
         except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
@@ -176,11 +181,11 @@ def _listen(run: Runner, settings, stable_s, max_series, idle_exit_s, echo) -> B
     echo(f"listening as {settings.calling_aet} on {settings.store_address}:{settings.store_port}; "
          f"a series is complete after {stable_s:g} s without new images (Ctrl-C stops)")
     rows, idle_since = [], time.monotonic()
-    finished = {uid for uid, r in run.rows.items() if r.get("status") in ("done", "skipped")}
+    finished = {uid for uid, r in run.rows.items() if r.get("status") in ("done", "skipped", "conflict")}
     todo = [p.name for p in sorted(run.received.iterdir())  # received before a restart, not finished then
             if p.is_dir() and not p.name.startswith(".") and p.name not in finished]
     try:
-        while max_series is None or sum(r["status"] != "skipped" for r in rows) < max_series:
+        while max_series is None or sum(r["status"] in ("done", "failed") for r in rows) < max_series:
             for uid in run.inbox.stable(stable_s):
                 n = run.inbox.take(uid, run.received / sanitize(uid, "series"))
                 echo(f"        received {n} instances of {uid}")

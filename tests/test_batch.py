@@ -258,7 +258,7 @@ def test_a_rerun_with_another_config_does_not_pass_the_old_outputs_off_as_finish
     code = main(["batch", str(root), str(out), "--config", "sparse_view_ct_8", *other, "--quiet"])
     row = _manifest(out)[0]  # a conflict, not a failure: its earlier output stands (the row said 'failed')
     assert code == 1 and row["status"] == "conflict" and "made with another config" in row["error"]
-    assert "conflict: pass --overwrite" in capsys.readouterr().err
+    assert "conflict: --overwrite redoes them" in capsys.readouterr().err
     assert main(["batch", str(root), str(out), "--config", "sparse_view_ct_8", *other, "--quiet",
                  "--overwrite"]) == 0
     report = json.loads((out / _manifest(out)[0]["output_path"] / "report.json").read_text())

@@ -18,7 +18,7 @@ import torch
 from medrecon.io import read_volume
 from pipelines.batching import batch, run_series
 from pipelines.cli import main
-from pipelines.engines import RayEngine, capacity, series_resources
+from pipelines.engines import RayEngine, SeriesWorker, capacity, series_resources
 from dicom_trees import write_test_series  # noqa: E402
 
 try:
@@ -285,3 +285,25 @@ def test_a_worker_packed_onto_a_shared_gpu_caps_its_cuda_memory_at_its_share(mon
     for share in (0.0, 0.5, 1.0, 0.25):
         SeriesWorker(lambda *a, **k: None, cfg=None, gpu_share=share)
     assert set_to == [0.5, 0.25]  # whole GPUs and CPU actors are not capped
+
+
+def test_a_worker_whose_de_identification_key_is_not_the_drivers_fails_its_series(tmp_path, monkeypatch):
+    """Each Ray node made its own key at first use, silently: one patient got one pseudonym per node. A worker
+    now checks the driver's key's fingerprint and refuses a series without making a key of its own."""
+    from medrecon.io.dicom_write import key_fingerprint
+    from pipelines.batching import Job
+
+    monkeypatch.setenv("MEDRECON_DEID_KEY", "the driver's own secret passphrase")
+    driver = key_fingerprint()
+    from types import SimpleNamespace
+    cfg = SimpleNamespace(needs_prior=False)
+    ran = []
+    job = Job("1.2.3", tmp_path / "in", tmp_path / "out" / "s", "", tmp_path / "in", tmp_path / "out")
+    same = SeriesWorker(lambda *a, **k: ran.append(1) or {"status": "done"}, cfg=cfg, key=driver)
+    assert same.run(job, False)["status"] == "done" and ran
+    monkeypatch.delenv("MEDRECON_DEID_KEY")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "node_b"))
+    other = SeriesWorker(lambda *a, **k: ran.append(2), cfg=cfg, key=driver)
+    row = other.run(job, False)
+    assert row["status"] == "failed" and "not the driver's" in row["error"] and ran == [1]
+    assert not (tmp_path / "node_b" / "medrecon" / "deidentify.key").exists()  # made no key of its own

@@ -523,3 +523,22 @@ def test_a_second_listener_or_run_into_one_output_root_is_refused(tmp_path, caps
                      "--store-address", "127.0.0.1", "--no-send", "--idle-exit", "1"]) == 2
     err = capsys.readouterr().err
     assert "another batch is writing into" in err and err.count("\n") == 1
+
+
+def test_listen_passes_over_a_scout_series_as_the_batch_does(tmp_path):
+    """pacs run / listen reconstructed a scout (LOCALIZER) series and stored the result on the PACS, in the
+    patient's study: every CT study has one. Passed over with the batch's reason now."""
+    src, out, port = tmp_path / "src", tmp_path / "out", free_port()
+    _series(src, 1, "Topogram", n=2)
+    for f in src.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.save_as(f)
+    runs = {}
+    t = threading.Thread(target=lambda: runs.setdefault("r", _listen(out, port, stable_s=0.5, idle_exit_s=3)))
+    t.start()
+    time.sleep(1.0)
+    _send(src, port, sorted(src.iterdir()))
+    t.join(60)
+    (row,) = runs["r"].rows
+    assert row["status"] == "skipped" and "a localizer (scout), not a volume to reconstruct" in row["error"]

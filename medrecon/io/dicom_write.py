@@ -305,7 +305,16 @@ def _keyed_digest(value: str) -> str:
     return hmac.new(deidentify_key(), value.encode(), hashlib.sha256).hexdigest()
 
 
-def deidentify_key() -> bytes:
+def key_fingerprint(create: bool = True) -> str | None:
+    """A short digest telling de-identification keys apart without showing them (None: no key here and ``create``
+    False): every machine of a distributed batch must hold the driver's."""
+    try:
+        return hmac.new(deidentify_key(create), b"medrecon-key-check", hashlib.sha256).hexdigest()[:16]
+    except FileNotFoundError:
+        return None
+
+
+def deidentify_key(create: bool = True) -> bytes:
     """The secret that de-identified UIDs and patient pseudonyms are derived with: $MEDRECON_DEID_KEY (the key
     file's hex text, or any passphrase of 16 characters or more), else the key file ~/.config/medrecon/deidentify.key
     (made once, readable by its owner only). Share it only with whoever may link de-identified series back to their
@@ -317,6 +326,8 @@ def deidentify_key() -> bytes:
             raise InputError("MEDRECON_DEID_KEY: give the key file's text or a passphrase of at least 16 characters")
         return key
     path = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "medrecon" / "deidentify.key"
+    if not path.exists() and not create:
+        raise FileNotFoundError(path)
     if not path.exists():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

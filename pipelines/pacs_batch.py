@@ -73,6 +73,8 @@ class Runner:
         listed = list_series(src, recursive=True) if src.is_dir() else None  # None: not received yet
         files = next((s.files_sha256 for s in listed if s.uid == uid), None) if listed is not None else None
         state = "new" if self.overwrite else output_state(out, uid, files, self.fingerprint)
+        if state == "changed" and output_state(out, uid, None, self.fingerprint) == "reconfigured":
+            state = "reconfigured"  # late images do not override a config conflict (they replaced the output)
         if state in ("reconfigured", "other"):
             row["status"], row["error"] = "conflict", (f"{out.name} exists but {CONFLICT[state]}; redo it with "
                                                        "`medrecon pacs run --overwrite`, or remove the folder")

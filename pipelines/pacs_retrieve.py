@@ -85,10 +85,13 @@ class Inbox:
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.rename(src, dest)
-        else:
-            for f in src.glob("*.dcm"):
+        else:  # aside first: an image stored between the listing and the removal stays (it was acknowledged)
+            with self._lock:
+                aside = src.with_name(src.name + ".taking")
+                os.rename(src, aside)
+            for f in aside.glob("*.dcm"):
                 os.replace(f, dest / f.name)
-            shutil.rmtree(src, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
         return n
 
     def discard(self, series_uid: str | None = None) -> None:

@@ -542,3 +542,32 @@ def test_listen_passes_over_a_scout_series_as_the_batch_does(tmp_path):
     t.join(60)
     (row,) = runs["r"].rows
     assert row["status"] == "skipped" and "a localizer (scout), not a volume to reconstruct" in row["error"]
+
+
+def test_late_images_do_not_override_a_config_conflict(tmp_path):
+    """Under another config a series is a conflict; one late image then made it 'changed', and the listener
+    replaced the other config's output without --overwrite."""
+    from pipelines.pacs import load_settings
+    from pipelines.pacs_batch import listen
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    _series(src, 1, "Chest 1.0", n=3)
+    files = sorted(src.iterdir())
+
+    def run(size, send_files):
+        port = free_port()
+        settings = load_settings(aet="MEDRECON", calling_aet="LISTENER", store_port=port, store_address="127.0.0.1",
+                                 timeout=5)
+        got = {}
+        t = threading.Thread(target=lambda: got.setdefault("r", listen(
+            settings, out, "sparse_view_ct_8", ["solver.name=fbp", f"ct.image_size={size}"], send=False,
+            echo=lambda s: None, stable_s=0.5, idle_exit_s=3)))
+        t.start()
+        time.sleep(1.0)
+        _send(src, port, send_files)
+        t.join(60)
+        return got["r"].rows
+    assert [r["status"] for r in run(16, files[:2])] == ["done"]
+    (row,) = run(24, files[2:])  # a late image, under another config
+    assert row["status"] == "conflict" and "made with another config" in row["error"]
+    assert nib.load(out / row["output_path"] / "recon.nii.gz").shape[:2] == (16, 16)  # the first output stands

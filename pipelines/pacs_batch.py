@@ -70,6 +70,14 @@ class Runner:
         src, out = self.received / sanitize(uid, "series"), self.output_for(uid, description)
         row = {"series_uid": uid, "input_path": relative(src, self.root), "output_path": relative(out, self.root),
                "status": "", "seconds": "0.0", "error": ""}
+        if hit is not None and hit.n_instances and src.is_dir() and \
+                sum(1 for _ in src.rglob("*.dcm")) < hit.n_instances:  # the PACS holds images received since
+            try:
+                n = retrieve_series(self.settings, hit, src, self.inbox)  # merged: the output is then redone
+                self.echo(f"        received {n} instances of {uid} (the PACS holds more than were received)")
+            except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
+                row["status"], row["error"] = "failed", one_line(f"retrieve: {type(e).__name__}: {e}", self.root)
+                return self.record(row)
         listed = list_series(src, recursive=True) if src.is_dir() else None  # None: not received yet
         files = next((s.files_sha256 for s in listed if s.uid == uid), None) if listed is not None else None
         state = "new" if self.overwrite else output_state(out, uid, files, self.fingerprint)

@@ -571,3 +571,21 @@ def test_late_images_do_not_override_a_config_conflict(tmp_path):
     (row,) = run(24, files[2:])  # a late image, under another config
     assert row["status"] == "conflict" and "made with another config" in row["error"]
     assert nib.load(out / row["output_path"] / "recon.nii.gz").shape[:2] == (16, 16)  # the first output stands
+
+
+def test_pacs_run_fetches_images_that_reached_the_pacs_after_the_first_retrieval(pacs, tmp_path):
+    """`pacs run` retrieved a series only once: images that reached the PACS later were never fetched, the rerun
+    said 'skipped', and --overwrite re-sent the partial series. The PACS's count says what is missing."""
+    src, part, out = tmp_path / "late", tmp_path / "late_part", tmp_path / "out"
+    _series(src, 3, "Late 3.0", n=4)
+    part.mkdir()
+    for f in sorted(src.iterdir())[:2]:
+        shutil.copy(f, part / f.name)
+    pacs.upload(part)
+    assert _run(pacs, out, "--description", "Late*") == 0
+    first = _manifest(out)["Late"]
+    assert nib.load(out / first["output_path"] / "recon.nii.gz").shape[2] == 2
+    pacs.upload(src)  # the other two arrive at the PACS
+    assert _run(pacs, out, "--description", "Late*") == 0
+    again = _manifest(out)["Late"]
+    assert again["status"] == "done" and nib.load(out / again["output_path"] / "recon.nii.gz").shape[2] == 4

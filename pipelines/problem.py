@@ -36,7 +36,7 @@ from medrecon.device import resolve_device, resolve_precision
 from medrecon.errors import InputError
 from medrecon.io import read_volume
 from medrecon.io.common import check_voxels
-from medrecon.linop import LinearOperator, whitened
+from medrecon.linop import LinearOperator, slices_apart, whitened
 from medrecon.metrics import per_axis_metrics
 from medrecon.priors import Denoiser, IntensityMap
 from medrecon.priors.train import adapt_prior, adaptation_options
@@ -321,8 +321,10 @@ class Problem:
             return Solution(self.linear_reconstruction(s.name))
         A, y = self.least_squares() if s.name not in GUIDED else (self.operator, self.data)
         start = self.physical_zero()
-        if s.name in ("cgls", "sirt"):
-            return Solution({"cgls": cgls, "sirt": sirt}[s.name](A, y, n_iter=s.steps, x0=start))
+        if s.name == "cgls":  # each slice its own problem where the operator keeps them apart
+            return Solution(cgls(A, y, n_iter=s.steps, x0=start, per_slice=slices_apart(A)))
+        if s.name == "sirt":
+            return Solution(sirt(A, y, n_iter=s.steps, x0=start))
         lam, rho, lam_xy = self._z_tv(s)
         if s.name == "admm_tv":
             with iteration_bar("ADMM-TV", s.steps, progress) as tick:

@@ -29,7 +29,7 @@ def cg_normal(A: LinearOperator, y: torch.Tensor, x0: torch.Tensor | None = None
 
 
 def cgls(A: LinearOperator, y: torch.Tensor, x0: torch.Tensor | None = None, n_iter: int = 50,
-         tol: float = 0.0) -> torch.Tensor:
+         tol: float = 0.0, per_slice: bool = False) -> torch.Tensor:
     """CGLS for min ||A x - y||^2 (CG on the normal equations without forming them; better conditioned).
 
     Stops early when ||A^H r|| <= tol * ||A^H y||, tol at least 100 machine epsilons of the dtype, and at a
@@ -40,6 +40,8 @@ def cgls(A: LinearOperator, y: torch.Tensor, x0: torch.Tensor | None = None, n_i
     x = _start(A, aty, x0)
     r = y - A.forward(x) if x0 is not None else y.clone()
     s = A.adjoint(r) if x0 is not None else aty
+    if per_slice and x.ndim > 1:
+        return _cgls_per_slice(A, aty, x, r, s, n_iter, tol)
     p = s.clone()
     gamma = inner(s, s)
     stop = stop_threshold(aty, tol)
@@ -59,6 +61,39 @@ def cgls(A: LinearOperator, y: torch.Tensor, x0: torch.Tensor | None = None, n_i
         gamma_new = inner(s, s)
         p = s + (gamma_new / gamma) * p
         gamma = gamma_new
+    return x
+
+
+def _cgls_per_slice(A, aty, x, r, s, n_iter: int, tol: float) -> torch.Tensor:
+    """``cgls`` with each slice (the first axis of x and of y) a problem of its own, for an operator acting on the
+    slices apart: one step length for the stack moved a slice by up to 27 HU at 50 steps when only the others'
+    data changed."""
+    def dot(u):  # ||u||^2 per slice, shaped to broadcast along the slices
+        return torch.sum(torch.abs(u) ** 2 if u.is_complex() else u * u, dim=tuple(range(1, u.ndim)), keepdim=True)
+
+    def along(v, like):  # a per-slice value shaped for tensors of like's dims
+        return v.reshape(v.shape[0], *([1] * (like.ndim - 1)))
+    eps = torch.finfo(aty.real.dtype if aty.is_complex() else aty.dtype).eps
+    stop = max(tol, 100 * eps) ** 2 * dot(aty)
+    p, gamma = s.clone(), dot(s)
+    active = (gamma > stop) & (gamma != 0)
+    scale = None
+    for _ in range(n_iter):
+        if not bool(active.any()):
+            break
+        q = A.forward(p)
+        qq = along(dot(q), gamma)
+        safe = torch.where(gamma > 0, gamma, torch.ones_like(gamma))
+        scale = torch.where(active, qq / safe, torch.zeros_like(qq)) if scale is None else scale
+        active = active & torch.isfinite(qq) & (qq > 1e-12 * gamma * scale)
+        alpha = torch.where(active, gamma / torch.where(active, qq, torch.ones_like(qq)), torch.zeros_like(qq))
+        x = torch.where(active, x + alpha * p, x)
+        r = torch.where(along(active, r), r - along(alpha, r) * q, r)
+        s = A.adjoint(r)
+        gamma_new = dot(s)
+        p = torch.where(active, s + torch.where(active, gamma_new / safe, torch.zeros_like(gamma)) * p, p)
+        gamma = torch.where(active, gamma_new, gamma)
+        active = active & (gamma > stop) & (gamma != 0)
     return x
 
 

@@ -113,18 +113,20 @@ CONFLICT = {"changed": "the series' files changed since it was written",
 
 
 def output_state(output: Path, uid: str, files_sha256: str | None, config_sha256: str = "") -> str:
-    """'new' (no output yet), 'done', 'changed' (the series' files changed since; not checked with
-    ``files_sha256`` None), 'reconfigured' (made with another config; ``config_sha256`` "": any) or 'other'
-    (the folder holds an output of another series, or one that does not say which), from its marker."""
+    """'new' (no output yet), 'done', 'reconfigured' (made with another config; ``config_sha256`` "": any),
+    'changed' (made with this config, from files that changed since; not checked with ``files_sha256`` None) or
+    'other' (the folder holds an output of another series, or one that does not say which), from its marker."""
     mark = read_marker(output)
     if mark is None:
         return "new"
     if (mark.get("series_uid") or "") != (uid or ""):  # "": an anonymised series without a UID
         return "other"
+    made_with = mark.get("config_sha256", config_sha256)  # outputs of earlier versions do not say
+    if config_sha256 and made_with != config_sha256:  # first: files that changed since do not override it
+        return "reconfigured"
     if files_sha256 is not None and mark.get("files_sha256") != files_sha256:
         return "changed"
-    made_with = mark.get("config_sha256", config_sha256)  # outputs of earlier versions do not say
-    return "done" if not config_sha256 or made_with == config_sha256 else "reconfigured"
+    return "done"
 
 
 def relative(path: Path, root: Path) -> str:

@@ -89,11 +89,11 @@ def info(path: Path = typer.Argument(..., help="DICOM series folder or file, .ni
 def _tied_series(path: Path) -> list[dict] | None:
     """The series of a DICOM folder when its two largest are the same size (reading it needs --series), else None."""
     from medrecon.io import list_series
+    from medrecon.io.dicom_scan import tied
     if not path.is_dir():
         return None
     found = list_series(path)
-    volumes = [s for s in found if not s.not_a_volume]  # as choose_series ranks them: scouts do not tie
-    if len(volumes) < 2 or volumes[0].n_files != volumes[1].n_files:
+    if not tied(found):  # as choose_series decides: scouts do not tie
         return None
     return [{"uid": s.uid, "n_files": s.n_files, "modality": s.modality, "description": s.description} for s in found]
 

@@ -320,16 +320,18 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
     if problems:
         given = {str(o).split("=", 1)[0].strip() for o in overrides}  # a key set with --set is named as such
 
+        known = in_file | {""}  # "" : keys that share no section
+
         def by_set(problem: str) -> bool:
             """Whether a problem is a --set's: its key is one set, or lies under a section set whole that the file
             does not hold itself (a merged section keeps the file's keys, whose problems stay the file's); a
             section --set misspelt or a solver key --set kept after a switch; or a key in a section only --set
             made (intensity.physical_max, with intensity.physical_min set)."""
             key, _, message = problem.partition(":")
-            return key in written or any(key == g or (key.startswith(g + ".") and key not in in_file)
+            return key in written or any((key.startswith(g + ".") and key not in in_file)
                        or (g.startswith(key + ".") and ("unknown key" in message or "not a setting of solver" in message
                                                         or g.rsplit(".", 1)[1] in message))
-                       or _shared_section(key, g) not in in_file | {""}
+                       or _shared_section(key, g) not in known
                        for g in given)
         raise InputError("\n".join(p if p.startswith("--set ") else f"--set {p}" if by_set(p) else f"{label}: {p}"
                                     for p in problems))

@@ -301,11 +301,10 @@ def path(name: str, cache_dir: str | Path | None = None) -> Path:
 
 def _find_sdist(s: Scan, folders: Iterable[Path]) -> Path | None:
     stems = {f"{s.package}-{s.version}", f"{s.package.replace('-', '_')}-{s.version}"}
-    for d in folders:
-        for ext in (".tar.gz",):  # sdists are .tar.gz (PEP 625); the extractor reads tar archives only
-            for stem in stems:
-                if (d / (stem + ext)).is_file():
-                    return d / (stem + ext)
+    for d in folders:  # sdists are .tar.gz (PEP 625); the extractor reads tar archives only
+        for stem in stems:
+            if (d / f"{stem}.tar.gz").is_file():
+                return d / f"{stem}.tar.gz"
     return None
 
 

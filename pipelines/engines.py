@@ -227,19 +227,21 @@ class SeriesWorker:
 
     def __init__(self, series_fn: Callable, cfg, resample: bool = False, gpu_share: float = 0.0,
                  key: str | None = None):
-        self.series_fn, self.cfg, self.resample, self.prior, self.key = series_fn, cfg, resample, None, key
+        self.series_fn, self.cfg, self.resample, self.prior = series_fn, cfg, resample, None
+        self.key_differs = False
+        if key is not None:  # this node's key against the driver's, once (made here, it would pseudonymise apart)
+            from medrecon.io.dicom_write import key_fingerprint
+            self.key_differs = key_fingerprint(create=False) != key
         if 0 < gpu_share < 1:  # series packed onto one GPU: each takes its share, not what is free when it starts
             import torch
             if torch.cuda.is_available():
                 torch.cuda.set_per_process_memory_fraction(gpu_share)
 
     def run(self, job: Job, overwrite: bool) -> dict:
-        if self.key is not None:
-            from medrecon.io.dicom_write import key_fingerprint
-            if key_fingerprint(create=False) != self.key:  # made here, it would give each node its own pseudonyms
-                return job.row("failed", "0.0", "this node's de-identification key is not the driver's: copy "
-                                                "~/.config/medrecon/deidentify.key to every node, or set "
-                                                "MEDRECON_DEID_KEY on each")
+        if self.key_differs:
+            return job.row("failed", "0.0", "this node's de-identification key is not the driver's: copy "
+                                            "~/.config/medrecon/deidentify.key to every node, or set "
+                                            "MEDRECON_DEID_KEY on each")
         return self.series_fn(job, self.cfg, overwrite=overwrite, resample=self.resample, prior=self._prior())
 
     def _prior(self):

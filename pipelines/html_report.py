@@ -158,18 +158,19 @@ def _css_size(vol: Volume, plane: str) -> list[int]:
     return [max(1, round(w * scale)), max(1, round(h * scale))]
 
 
+def page_volumes(reference, first_pass, recon) -> list[tuple[str, Volume | Path]]:
+    """A reconstruction's rows, labelled as the page and its metrics name them: the reference, a self-adapted
+    run's first pass and the result, each a Volume or a file (None: not there)."""
+    rows = [("reference", reference), ("first pass (before self-adaptation)", first_pass), ("reconstruction", recon)]
+    return [(label, v) for label, v in rows if v is not None]
+
+
 def _found(folder: Path) -> list[tuple[str, Path]]:
-    out = []
-    for ref in (folder / "simulation" / "reference.nii.gz", folder / "reference.nii.gz"):
-        if ref.is_file():
-            out.append(("reference", ref))
-            break
-    first = folder / "self_adapt" / "first_pass.nii.gz"  # solver.self_adapt: the result before it
-    if first.is_file():
-        out.append(("first pass (before self-adaptation)", first))
-    if (folder / "recon.nii.gz").is_file():
-        out.append(("reconstruction", folder / "recon.nii.gz"))
-    return out
+    """The rows of a reconstruction folder, from its files."""
+    def there(*paths):
+        return next((p for p in paths if p.is_file()), None)
+    return page_volumes(there(folder / "simulation" / "reference.nii.gz", folder / "reference.nii.gz"),
+                        there(folder / "self_adapt" / "first_pass.nii.gz"), there(folder / "recon.nii.gz"))
 
 
 def _metrics(folder: Path, report: dict, ref: Volume | None, vols) -> dict:

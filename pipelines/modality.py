@@ -39,20 +39,27 @@ CT_HU_BELOW = -50.0  # a CT volume in HU has values below this (air, lung or fat
 MR_NEGATIVE_FRACTION = 0.05  # MR magnitudes are not negative: a volume reaching below -5 % of its top is not one
 
 
-def value_problem(data: np.ndarray, modality: str | Modality, where, trusted_hu: bool = False) -> str | None:
+#: what to do about values of the other modality, said by reconstruct (a config) and by train (an option)
+CONFIG_FIX = {Modality.ct: "use an MRI config", Modality.mri: "use a CT config for CT in HU"}
+TRAIN_FIX = {Modality.ct: "train with --modality mri", Modality.mri: "train CT in HU with --modality ct"}
+
+
+def value_problem(vol, modality: str | Modality, where, fix: dict = CONFIG_FIX) -> str | None:
     """Why a volume's values are not the modality's (CT in HU has air, lung or fat; MR magnitudes are not
-    negative), or None. ``trusted_hu``: a CT DICOM series with its rescale tags, whose values are HU by definition
-    (a small field of view may hold no air)."""
-    if Modality(modality) == Modality.ct and not trusted_hu:
-        lo = float(np.percentile(data, 0.5))
+    negative), or None; ``fix``: what to do, by modality. A CT DICOM series with its rescale tags holds HU by
+    definition (a small field of view may hold no air)."""
+    modality = Modality(modality)
+    tag = str((vol.meta.get("dicom") or {}).get("Modality", "") or "").upper()
+    if modality == Modality.ct and not (tag == "CT" and not vol.meta.get("rescale_assumed")):
+        lo = float(np.percentile(vol.data, 0.5))
         if lo > CT_HU_BELOW:  # no air, lung or fat: MR magnitude or attenuation values, not HU
             return (f"{where}: values from {lo:.4g} up do not look like CT in HU (air is -1000 HU, fat -100): convert "
-                    "the volume to HU, or use an MRI config")
-    if Modality(modality) == Modality.mri:  # DICOM MR too: a phase, real or imaginary image is not a magnitude
-        lo, hi = (float(v) for v in np.percentile(data, [0.5, 99.5]))
+                    f"the volume to HU, or {fix[modality]}")
+    if modality == Modality.mri:  # DICOM MR too: a phase, real or imaginary image is not a magnitude
+        lo, hi = (float(v) for v in np.percentile(vol.data, [0.5, 99.5]))
         if lo < -MR_NEGATIVE_FRACTION * max(abs(hi), 1e-12):  # e.g. CT in HU: air at -1000
             return (f"{where}: values down to {lo:.4g} (0.5th percentile; 99.5th {hi:.4g}) do not look like MR "
-                    "magnitudes, which are not negative: use a CT config for CT in HU, or give the magnitude of MR images")
+                    f"magnitudes, which are not negative: {fix[modality]}, or give the magnitude of MR images")
     return None
 
 
@@ -69,9 +76,7 @@ def training_volume_check(modality: str | Modality):
         if tag not in ("", "OT", DICOM_MODALITY[modality]):  # OT (a converted volume, no modality): its values say
             raise InputError(f"{path}: its DICOM Modality is {tag}, but the prior is for {modality.value}: train one "
                              "modality per prior (leave this volume out, or set --modality ct|mri)")
-        trusted = tag == "CT" and not vol.meta.get("rescale_assumed")
-        why = value_problem(vol.data, modality, path, trusted_hu=trusted)
+        why = value_problem(vol, modality, path, TRAIN_FIX)
         if why:
-            raise InputError(why.replace("use an MRI config", "train with --modality mri").replace(
-                "use a CT config for CT in HU", "train CT in HU with --modality ct"))
+            raise InputError(why)
     return check

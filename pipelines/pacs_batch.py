@@ -70,19 +70,20 @@ class Runner:
         src, out = self.received / sanitize(uid, "series"), self.output_for(uid, description)
         row = {"series_uid": uid, "input_path": relative(src, self.root), "output_path": relative(out, self.root),
                "status": "", "seconds": "0.0", "error": ""}
-        if hit is not None and hit.n_instances and src.is_dir() and \
-                sum(1 for _ in src.rglob("*.dcm")) < hit.n_instances:  # the PACS holds images received since
+        listed = list_series(src, recursive=True) if src.is_dir() else None  # None: not received yet
+        mine = [s for s in listed or [] if s.uid == uid]
+        if hit is not None and hit.n_instances and listed is not None and \
+                sum(s.n_files for s in mine) < hit.n_instances:  # the PACS holds images received since
             try:
                 n = retrieve_series(self.settings, hit, src, self.inbox)  # merged: the output is then redone
                 self.echo(f"        received {n} instances of {uid} (the PACS holds more than were received)")
             except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
                 row["status"], row["error"] = "failed", one_line(f"retrieve: {type(e).__name__}: {e}", self.root)
                 return self.record(row)
-        listed = list_series(src, recursive=True) if src.is_dir() else None  # None: not received yet
-        files = next((s.files_sha256 for s in listed if s.uid == uid), None) if listed is not None else None
+            listed = list_series(src, recursive=True)
+            mine = [s for s in listed if s.uid == uid]
+        files = mine[0].files_sha256 if mine else None
         state = "new" if self.overwrite else output_state(out, uid, files, self.fingerprint)
-        if state == "changed" and output_state(out, uid, None, self.fingerprint) == "reconfigured":
-            state = "reconfigured"  # late images do not override a config conflict (they replaced the output)
         if state in ("reconfigured", "other"):
             row["status"], row["error"] = "conflict", (f"{out.name} exists but {CONFLICT[state]}; redo it with "
                                                        "`medrecon pacs run --overwrite`, or remove the folder")
@@ -105,10 +106,10 @@ class Runner:
                 self.echo(f"        received {n} instances of {uid}")
             if listed is None and not done:  # received just now
                 listed = list_series(src, recursive=True)
+                mine = [s for s in listed if s.uid == uid]
             if not done and any(s.made_by_medrecon for s in listed):  # e.g. a routing rule sending our own output back
                 row["status"], row["error"] = "skipped", "a series made by medrecon: not reconstructed again"
                 return self.record(row)
-            mine = [s for s in listed if s.uid == uid]
             if not done and mine and all(s.not_a_volume for s in mine):  # a scout, a dose screenshot: as the batch
                 row["status"], row["error"] = "skipped", f"{mine[0].not_a_volume}, not a volume to reconstruct"
                 return self.record(row)

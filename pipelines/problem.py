@@ -606,8 +606,7 @@ def check_domain(cfg: Config, prior, source: Volume) -> None:
     elif not card_modality and card_unit and cfg.intensity.unit and card_unit != cfg.intensity.unit:
         problems.append(f"prior {prior.name} was trained on values in {card_unit} but the config's are in "  # no
                         f"{cfg.intensity.unit}: use a {cfg.modality} prior")  # modality recorded: its unit tells
-    trusted = dicom_modality == "CT" and not source.meta.get("rescale_assumed")
-    why = value_problem(source.data, cfg.modality, where, trusted_hu=trusted)
+    why = value_problem(source, cfg.modality, where)
     if why:
         problems.append(why)
     if problems:

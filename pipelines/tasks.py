@@ -17,12 +17,12 @@ from medrecon.device import reset_cuda_peak, resolve_device
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
 from medrecon.io.common import file_sha256, voxels_sha256
-from medrecon.io.dicom_write import deidentified, deidentify_key
+from medrecon.io.dicom_write import deidentified
 from medrecon.metrics import per_axis_metrics
 from medrecon.volume import Volume
 
 from .config import Config, load_config
-from .html_report import write_series_page
+from .html_report import page_volumes, write_series_page
 from .measurement import Measurement, is_measurement_file
 from .outputs import (Timings, atomic_output, check_output_folder, peak_memory, preview_png, report, reset_rss_peak,
                       write_json)
@@ -101,7 +101,6 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
         src = inp if is_measurement_file(inp) else read_volume(inp, series=series, resample_nonuniform=resample)
         if cfg.outputs.dicom and cfg.outputs.deidentify and isinstance(src, Volume) and _is_dicom(src):
             deidentified(src.meta.get("dicom") or {})  # its refusals (burned-in text, a key) before the work
-            deidentify_key()
         problem = Problem.build(cfg, src, series=series, resample=resample, prior=prior)
     if problem.config.solver != cfg.solver:
         cv = getattr(problem.config.solver, "cross_validate", None)
@@ -152,9 +151,8 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          vs_reference=scores_against_reference(problem, recon), files=files)
         rep["timings_s"], rep["peak_memory"] = t.as_dict(), peak_memory(problem.device)  # as the page shows them
         with t("page"):  # timed too (4 s of 266 on 20 x 256^2 were left out of the total)
-            shown = ([("reference", problem.reference)] if problem.reference is not None else []) + \
-                ([("first pass (before self-adaptation)", problem.adapted[0])] if problem.adapted else []) + \
-                [("reconstruction", recon)]  # in memory: re-read, they took seconds and repeated read warnings
+            # the volumes in memory: read back, they took seconds and repeated the input's read warnings
+            shown = page_volumes(problem.reference, problem.adapted[0] if problem.adapted else None, recon)
             try:
                 write_series_page(tmp, shown, title=f"{out.name}: {cfg.task} {cfg.solver.name}", report=rep, std=std)
             except MemoryError:  # the result is kept: a page is a convenience

@@ -300,8 +300,10 @@ def test_a_fetched_scan_is_readable_as_the_umask_says(fake):
     shared cache's scans were unreadable to the other users and workers of a cluster."""
     import os
 
-    from medrecon.priors.unet import current_umask
-
     sd, cache = fake
-    got = datasets.fetch(["fake_file"], cache_dir=cache, echo=lambda m: None, sdist_dirs=[sd])["fake_file"]
-    assert got.parent.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+    old = os.umask(0o022)  # a umask that shares: owner-only (mkdtemp's 0o700) is then the bug
+    try:
+        got = datasets.fetch(["fake_file"], cache_dir=cache, echo=lambda m: None, sdist_dirs=[sd])["fake_file"]
+    finally:
+        os.umask(old)
+    assert got.parent.stat().st_mode & 0o777 == 0o755

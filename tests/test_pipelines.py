@@ -1221,8 +1221,6 @@ def test_an_existing_file_as_the_output_is_refused_before_the_work_naming_the_fi
 def test_running_out_of_memory_after_the_solve_keeps_the_result(tmp_path, ct_nifti, monkeypatch):
     """A MemoryError while scoring or drawing the page, after a finished solve, threw the whole output away (both
     ran inside the output's atomic write) and blamed the problem's size."""
-    from pipelines import html_report
-
     def short(*a, **k):
         raise MemoryError
     monkeypatch.setattr(tasks, "write_series_page", short)
@@ -1230,7 +1228,7 @@ def test_running_out_of_memory_after_the_solve_keeps_the_result(tmp_path, ct_nif
     res = tasks.reconstruct("sparse_view_ct_8", ct_nifti, tmp_path / "out", overrides=["solver.name=fbp",
                                                                                        "ct.image_size=16"])
     assert (tmp_path / "out" / "recon.nii.gz").is_file() and res.report["vs_reference"] is None
-    assert not (tmp_path / "out" / "index.html").exists() and html_report  # the page left out, said in the log
+    assert not (tmp_path / "out" / "index.html").exists()  # the page left out, said in the log
 
 
 def test_inputs_too_large_for_memory_are_refused_before_reading_in_every_format(tmp_path, monkeypatch):

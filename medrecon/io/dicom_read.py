@@ -35,7 +35,7 @@ from ..errors import InputError
 from ..volume import Volume
 from .common import check_fits_in_memory, warn
 from .dicom_scan import (SeriesInfo, choose_series, header_kind, image_type, is_dicom_file, is_localizer, list_series,
-                         header_int, is_colour, read_header, series_uid, sop_class)
+                         PIXEL_FLAGS, header_int, is_colour, read_header, series_uid, sop_class)
 
 __all__ = ["SOURCE_TAGS", "SeriesInfo", "choose_series", "is_dicom_file", "list_series", "read_dicom_series",
            "resample_along_normal"]
@@ -115,7 +115,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
     stack.check_uniform(resample_nonuniform, skipped)
     first = stack.headers[0]
     check_fits_in_memory((len(stack.files), header_int(first, "Rows", 0), header_int(first, "Columns", 0)), where)
-    data, bad = _read_pixels(stack.files)
+    data, bad = _read_pixels(stack.files, stack.headers)
     if bad:  # damaged pixel data among good headers: skip those slices, re-check the stack
         for f, reason in bad:
             warn(notes, f"skipped unreadable file {f} ({reason})")
@@ -125,7 +125,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
             raise InputError(f"{where}: no slice could be decoded (e.g. {bad[0][0].name}: {bad[0][1]})")
         stack = _Stack.build(headers, where, [])
         stack.check_uniform(resample_nonuniform, skipped)
-        data, bad = _read_pixels(stack.files)
+        data, bad = _read_pixels(stack.files, stack.headers)
         if bad:
             raise InputError(f"{where}: cannot decode {bad[0][0]} ({bad[0][1]})")
     rescale_assumed = _check_rescale(list(zip(stack.files, stack.headers)), where, notes)
@@ -529,11 +529,11 @@ def _transfer_syntax(f: Path) -> str:
         return "unknown"
 
 
-def _read_pixels(files: list[Path]) -> tuple[np.ndarray | None, list[tuple[Path, str]]]:
-    """(Z, Y, X) float32 after rescale, in the given order; or the files whose pixels cannot be read. SimpleITK
-    reads the series; where it refuses (GDCM refuses a SpacingBetweenSlices of 0 and some bit layouts pydicom
-    decodes), each slice on its own, by SimpleITK or else pydicom."""
-    short = [(f, why) for f in files if (why := _short_pixel_data(f))]
+def _read_pixels(files: list[Path], headers: list) -> tuple[np.ndarray | None, list[tuple[Path, str]]]:
+    """(Z, Y, X) float32 after rescale, in the given order (``headers``: the files' headers as read); or the files
+    whose pixels cannot be read. SimpleITK reads the series; where it refuses (GDCM refuses a SpacingBetweenSlices
+    of 0 and some bit layouts pydicom decodes), each slice on its own, by SimpleITK or else pydicom."""
+    short = [(f, why) for f, ds in zip(files, headers) if (why := _short_pixel_data(f, ds))]
     if short:  # SimpleITK fills the missing bytes with whatever memory held
         return None, short
     with _itk_names(files) as names:
@@ -550,15 +550,18 @@ def _read_pixels(files: list[Path]) -> tuple[np.ndarray | None, list[tuple[Path,
     return (None, bad) if bad else (np.stack([a for _, a, _ in read]).astype(np.float32), [])
 
 
-def _short_pixel_data(f: Path) -> str:
-    """Why an uncompressed file's pixel data hold fewer bytes than its Rows x Columns (x frames) need, or ""."""
+def _short_pixel_data(f: Path, header) -> str:
+    """Why an uncompressed file's pixel data hold fewer bytes than its Rows x Columns (x frames) need, or ""
+    (``header``: the file's header as read, without its pixels; a compressed file is not read again)."""
     try:
-        ds = pydicom.dcmread(f, defer_size=1024)  # where the pixel data start; their bytes are left unread
-        item = ds.get_item("PixelData")
-        if item is None or ds.file_meta.TransferSyntaxUID.is_compressed:
+        if header.file_meta.TransferSyntaxUID.is_compressed:
             return ""
-        need = (header_int(ds, "Rows", 0) * header_int(ds, "Columns", 0) * header_int(ds, "SamplesPerPixel", 1)
-                * header_int(ds, "NumberOfFrames", 1) * header_int(ds, "BitsAllocated", 16) + 7) // 8
+        need = (header_int(header, "Rows", 0) * header_int(header, "Columns", 0)
+                * header_int(header, "SamplesPerPixel", 1) * header_int(header, "NumberOfFrames", 1)
+                * header_int(header, "BitsAllocated", 16) + 7) // 8
+        item = pydicom.dcmread(f, defer_size=1024).get_item("PixelData")  # where they start, their bytes unread
+        if item is None:
+            return ""
         declared = getattr(item, "length", None)  # a small value is read: its header's length
         tell = getattr(item, "file_tell", None)   # a deferred one: where it starts
         have = declared if declared is not None and declared != 0xFFFFFFFF else \
@@ -659,13 +662,9 @@ def _source_tags(ds) -> dict:
     return out
 
 
-#: flags saying a slice's pixels identify the patient: YES on any slice is the series' YES (the first slice's
-#: NO hid slices with printed names)
-PIXEL_FLAGS = ("BurnedInAnnotation", "RecognizableVisualFeatures")
-
-
 def _pixel_flags(headers) -> dict:
-    """The series' PIXEL_FLAGS: YES where any slice says YES, else the first slice's value where it has one."""
+    """The series' PIXEL_FLAGS: YES where any slice says YES (the first slice's NO hid slices with printed names),
+    else the first slice's value where it has one."""
     out = {}
     for kw in PIXEL_FLAGS:
         said = [str(ds.get(kw, "") or "").strip().upper() for ds in headers]

@@ -25,6 +25,8 @@ _SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality"
               "ImageOrientationPatient"]
 #: modalities of objects that hold images but no volume to reconstruct (dose, structures, segmentations, ...)
 NOT_VOLUME_MODALITIES = {"SR", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "SEG", "PR", "KO", "DOC", "REG"}
+#: flags saying an image's pixels identify the patient (printed names, a face): copied, and refused by de-identification
+PIXEL_FLAGS = ("BurnedInAnnotation", "RecognizableVisualFeatures")
 MANUFACTURER = "medrecon"  # the Manufacturer of every series medrecon writes (medrecon.io.dicom_write)
 
 
@@ -108,6 +110,18 @@ def list_series(folder, recursive: bool = False, problems: list | None = None) -
     return sorted(found.values(), key=lambda s: (-s.n_files, s.uid, str(s.folder)))
 
 
+def candidates(all_series: list[SeriesInfo]) -> list[SeriesInfo]:
+    """The series that may be volumes (not scouts, screenshots, ...: ``not_a_volume``), largest first; all of them
+    where none may."""
+    return [s for s in all_series if not s.not_a_volume] or all_series
+
+
+def tied(all_series: list[SeriesInfo]) -> bool:
+    """Whether the largest two candidates have as many files (reading the folder then needs a series named)."""
+    volumes = candidates(all_series)
+    return len(volumes) > 1 and volumes[0].n_files == volumes[1].n_files
+
+
 def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple[SeriesInfo, str | None]:
     """The series with SeriesInstanceUID ``uid``, or by default the largest of those that may be volumes (not
     scouts, screenshots, ...: ``not_a_volume``, as the batch passes them over); also a note for the user when
@@ -121,8 +135,8 @@ def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple
         return chosen[0], None
     if len(all_series) == 1:
         return all_series[0], None
-    volumes = [s for s in all_series if not s.not_a_volume] or all_series
-    if len(volumes) > 1 and volumes[0].n_files == volumes[1].n_files:
+    volumes = candidates(all_series)
+    if tied(all_series):
         raise InputError(f"{where} holds {len(all_series)} series and the largest are the same size; "
                          f"choose one with --series UID: {listing}")
     return volumes[0], (f"{where} holds {len(all_series)} series; reading the largest"

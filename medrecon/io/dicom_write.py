@@ -46,7 +46,7 @@ from ..errors import InputError
 from ..volume import Volume
 from .atomic import atomic_path, os_reason, shown_path
 from .common import check_voxels
-from .dicom_scan import MANUFACTURER
+from .dicom_scan import MANUFACTURER, PIXEL_FLAGS
 
 SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
 PATIENT_STUDY_TAGS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
@@ -54,7 +54,7 @@ PATIENT_STUDY_TAGS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientB
                       "DeidentificationMethod", "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID",
                       "AccessionNumber", "ReferringPhysicianName", "StudyDescription")
 SERIES_CONTEXT_TAGS = ("BodyPartExamined", "PatientPosition", "Laterality", "PositionReferenceIndicator",
-                       "BurnedInAnnotation", "RecognizableVisualFeatures")  # the pixels are the source's
+                       *PIXEL_FLAGS)  # the pixels are the source's
 # Type 2 attributes (present, may be empty) of the patient, study, series and frame modules.
 TYPE2_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                "ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator")
@@ -276,40 +276,41 @@ def deidentified(src: dict) -> dict:
     """The source tags after the PS3.15 basic profile (see the module docstring). A source whose pixels carry
     identifying text or features (BurnedInAnnotation / RecognizableVisualFeatures YES) is refused: no tag change
     removes them."""
-    burned = [k for k in ("BurnedInAnnotation", "RecognizableVisualFeatures") if str(src.get(k, "")).upper() == "YES"]
+    burned = [k for k in PIXEL_FLAGS if str(src.get(k, "")).upper() == "YES"]
     if burned:
         raise InputError(f"the source series says {' and '.join(f'{k} YES' for k in burned)}: identifying text or "
                          "features are in its pixels, which de-identifying the tags cannot remove; remove them from "
                          "the images first (or do not pass --deidentify)")
+    key = deidentify_key()  # read once: every slice's reference is keyed with it
     out = {k: v for k, v in src.items() if k not in DEID_REMOVE}
     out.update({k: "" for k in DEID_EMPTY if k in out})
     if src.get("PatientID"):  # one pseudonym per patient: an empty ID filed every de-identified series as one
-        out["PatientID"] = "DEID-" + _keyed_digest(src["PatientID"])[:16].upper()
+        out["PatientID"] = "DEID-" + _keyed_digest(key, src["PatientID"])[:16].upper()
     for k in DEID_UIDS:
         if out.get(k):
-            out[k] = _deidentified_uid(out[k])
+            out[k] = _deidentified_uid(key, out[k])
     if out.get("SourceImages"):  # the references to the source series and its slices: its UIDs replaced too
-        out["SourceImages"] = [{**im, "SOPInstanceUID": _deidentified_uid(im["SOPInstanceUID"])}
+        out["SourceImages"] = [{**im, "SOPInstanceUID": _deidentified_uid(key, im["SOPInstanceUID"])}
                                for im in out["SourceImages"]]
     return out
 
 
-def _deidentified_uid(uid) -> str:
+def _deidentified_uid(key: bytes, uid) -> str:
     """A UID derived from ``uid`` with this site's secret key (``deidentify_key``): the same source UID gives the
     same new one here, and without the key it cannot be traced back (a fixed public salt let anyone holding the
     source UIDs recompute it)."""
-    return generate_uid(entropy_srcs=[_keyed_digest(str(uid))])
+    return generate_uid(entropy_srcs=[_keyed_digest(key, str(uid))])
 
 
-def _keyed_digest(value: str) -> str:
-    return hmac.new(deidentify_key(), value.encode(), hashlib.sha256).hexdigest()
+def _keyed_digest(key: bytes, value: str) -> str:
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
 def key_fingerprint(create: bool = True) -> str | None:
     """A short digest telling de-identification keys apart without showing them (None: no key here and ``create``
     False): every machine of a distributed batch must hold the driver's."""
     try:
-        return hmac.new(deidentify_key(create), b"medrecon-key-check", hashlib.sha256).hexdigest()[:16]
+        return _keyed_digest(deidentify_key(create), "medrecon-key-check")[:16]
     except FileNotFoundError:
         return None
 

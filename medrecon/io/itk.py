@@ -24,7 +24,7 @@ def read_itk(path) -> Volume:
         head.SetImageIO(ITK_IO[path.suffix.lower()])  # named: its lookup is case-exact
         head.ReadImageInformation()  # the size, before the voxels: a volume too large is told as such
         check_fits_in_memory(tuple(head.GetSize()) + (head.GetNumberOfComponents(),), path)
-        img = sitk.ReadImage(str(path), imageIO=ITK_IO[path.suffix.lower()])
+        img = head.Execute()
     except RuntimeError as e:
         raise InputError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}; check the file (and, for "
                          ".mhd/.nhdr, its data file) is complete") from e

@@ -8,10 +8,12 @@ import torch
 from ..linop import inner
 
 
-def stop_threshold(b: torch.Tensor, tol: float) -> torch.Tensor:
-    """(max(tol, 100 eps) ||b||)^2: below it a CG residual is rounding noise of b's dtype."""
+def stop_threshold(b: torch.Tensor, tol: float, dims: tuple | None = None) -> torch.Tensor:
+    """(max(tol, 100 eps) ||b||)^2: below it a CG residual is rounding noise of b's dtype (``dims``: per system,
+    the norm over those dimensions, kept for broadcasting)."""
     eps = torch.finfo(b.real.dtype if b.is_complex() else b.dtype).eps
-    return (max(tol, 100 * eps) * torch.linalg.vector_norm(b)) ** 2
+    norm = torch.linalg.vector_norm(b) if dims is None else torch.linalg.vector_norm(b, dim=dims, keepdim=True)
+    return (max(tol, 100 * eps) * norm) ** 2
 
 
 def broken_down(curvature: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor | float = 1.0) -> bool:
@@ -65,8 +67,7 @@ def _cg_per_system(apply_m, b: torch.Tensor, x0: torch.Tensor, n_iter: int, tol:
 
     def dot(u, v):  # Re<u, v> per system, shaped to broadcast against u
         return torch.real(torch.sum(u.conj() * v if u.is_complex() else u * v, dim=dims, keepdim=True))
-    eps = torch.finfo(b.real.dtype if b.is_complex() else b.dtype).eps
-    stop = (max(tol, 100 * eps)) ** 2 * dot(b, b)
+    stop = stop_threshold(b, tol, dims)
     x = x0.clone()
     r = b - apply_m(x)
     p = r.clone()

@@ -73,8 +73,7 @@ def _cgls_per_slice(A, aty, x, r, s, n_iter: int, tol: float) -> torch.Tensor:
 
     def along(v, like):  # a per-slice value shaped for tensors of like's dims
         return v.reshape(v.shape[0], *([1] * (like.ndim - 1)))
-    eps = torch.finfo(aty.real.dtype if aty.is_complex() else aty.dtype).eps
-    stop = max(tol, 100 * eps) ** 2 * dot(aty)
+    stop = stop_threshold(aty, tol, tuple(range(1, aty.ndim)))
     p, gamma = s.clone(), dot(s)
     active = (gamma > stop) & (gamma != 0)
     scale = None

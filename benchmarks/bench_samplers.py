@@ -20,7 +20,6 @@ set just before it (model, operator and measurement built).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import math
@@ -126,7 +125,6 @@ def _peak_child(args):
     cls = {"mbir": DiffusionMBIR, "fast": FastSampler}[args.child]
     solver = cls(prior, A, y, n_steps=args.steps, chunk_size=args.chunk, lam=LAM, rho=RHO)
     gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
     assert reset_rss_peak(), "needs Linux's /proc/self/clear_refs"  # the peak resident set (VmHWM) starts here
     before = rss_kib("VmRSS")
     solver.run()

@@ -23,9 +23,9 @@ from .registry import SOLVERS
 
 class PeakMemory:
     """Peak resident memory (MiB) above the level the block starts at (Linux: VmHWM, restarted on entry; where
-    it cannot be restarted, the level at the end; 0 without /proc), and CUDA peak allocation when the solver runs on a GPU. On CPU this is a lower bound when earlier
-    work in the same process left freed memory for the allocator to reuse; for per-process figures see
-    benchmarks/bench_samplers.py."""
+    it cannot be restarted, the level at the end; 0 without /proc), and CUDA peak allocation when the solver runs on
+    a GPU. Memory freed before the block is handed back first (glibc); with another allocator it may be reused
+    unseen and the figure is a lower bound. For per-process figures see benchmarks/bench_samplers.py."""
 
     def __init__(self, device: torch.device):
         self.device, self.cpu_mib, self.cuda_mib = device, 0.0, None

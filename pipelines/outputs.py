@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+import ctypes
 import functools
 import json
 import math
@@ -67,8 +68,13 @@ def check_output_folder(output, overwrite: bool) -> None:
 
 def reset_rss_peak() -> bool:
     """Start this process's peak resident memory again from its current size (Linux: /proc/self/clear_refs),
-    so that a batch worker's report gives each series' own peak, not the largest series' before it. False where
-    it cannot (not Linux, or not allowed): the process's peak stands."""
+    so that a batch worker's report gives each series' own peak, not the largest series' before it. Memory freed
+    earlier is first handed back (glibc's malloc_trim): left resident, the work that follows would reuse it
+    without its peak rising. False where it cannot (not Linux, or not allowed): the process's peak stands."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: freed memory may be reused unseen (a lower bound)
+        pass
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True

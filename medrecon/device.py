@@ -75,4 +75,15 @@ def cuda_peak_bytes(device) -> int:
     return max(torch.cuda.max_memory_allocated(i), _carried_peak.get(i, 0))
 
 
-__all__ = ["bf16_native", "cuda_peak_bytes", "reset_cuda_peak", "resolve_device", "resolve_precision"]
+def cuda_free_bytes(device) -> int:
+    """CUDA memory this process may still allocate on ``device``: what is free on the GPU plus what its caching
+    allocator holds unused, within the share set for the process (``set_per_process_memory_fraction``: a Ray
+    worker packed onto a shared GPU)."""
+    i = _cuda_index(device)  # torch's per-process fraction takes an index: 'cuda' alone raises (torch 2.11)
+    free, total = torch.cuda.mem_get_info(i)
+    allocated = torch.cuda.memory_allocated(i)
+    share = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # torch >= 2.6; the whole GPU before
+    return int(min(free + torch.cuda.memory_reserved(i) - allocated, (share(i) if share else 1.0) * total - allocated))
+
+
+__all__ = ["bf16_native", "cuda_free_bytes", "cuda_peak_bytes", "reset_cuda_peak", "resolve_device", "resolve_precision"]

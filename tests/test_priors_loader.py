@@ -249,6 +249,34 @@ def test_cuda_peak_survives_the_chunk_trial_reset_and_is_per_device(monkeypatch)
     assert dev.cuda_peak_bytes(cuda1) == 0
 
 
+def test_free_cuda_memory_is_read_for_the_current_gpu_when_the_device_names_no_index(monkeypatch):
+    """``auto_chunk_size`` on ``solver.device=cuda`` raised ValueError on the GPU (torch 2.11): torch's per-process
+    memory fraction takes a GPU index, not 'cuda'. The free memory is now read by index: the current GPU's for
+    'cuda', within the process's share of the card. Counters simulated per index, strict as torch's."""
+    from medrecon import device as dev
+
+    GiB = 2 ** 30
+    free = {0: 70 * GiB, 1: 20 * GiB}
+    reserved, allocated, share = {0: 0, 1: 6 * GiB}, {0: 0, 1: 4 * GiB}, {0: 1.0, 1: 1.0}
+
+    def by_index(table):
+        def read(i):
+            if not isinstance(i, int):
+                raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{i}")
+            return table[i]
+        return read
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", by_index({i: (f, 80 * GiB) for i, f in free.items()}))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", by_index(reserved))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", by_index(allocated))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", by_index(share), raising=False)
+    assert dev.cuda_free_bytes("cuda") == 22 * GiB            # GPU 1: 20 free + 2 cached and unused
+    assert dev.cuda_free_bytes(torch.device("cuda", 0)) == 70 * GiB
+    share[1] = 0.25                                            # a Ray worker packed at a quarter of the card
+    assert dev.cuda_free_bytes("cuda") == 16 * GiB            # 20 GiB share less the 4 it holds
+
+
 def test_a_public_checkpoint_without_its_card_is_refused_by_the_pipelines():
     """medrecon.priors.load_prior gives a public checkpoint no intensity map (the AAPM card is the pipelines');
     handed to Problem.build it ran with the config's -1000..1000 HU -> [-1, 1] window, a network trained on

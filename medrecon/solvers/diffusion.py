@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..device import reset_cuda_peak
+from ..device import cuda_free_bytes, reset_cuda_peak
 from ..linop import FiniteDifference, LinearOperator
 from ..priors.base import Denoiser, stack_indices
 from .admm import ADMMState, ADMMTV, axis_weights
@@ -103,11 +103,7 @@ def auto_chunk_size(prior: Denoiser, hw: Sequence[int], device: torch.device, cp
     torch.cuda.synchronize(device)
     prior.nfe = nfe
     per_slice = max((torch.cuda.max_memory_allocated(device) - base) / trial, 1.0)
-    free, total = torch.cuda.mem_get_info(device)
-    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    share = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # torch >= 2.6; the whole GPU before
-    cap = (share(device) if share else 1.0) * total - torch.cuda.memory_allocated(device)
-    return max(1, int(fraction * min(free, cap) / per_slice))  # cap: a share set for this process (Ray packing)
+    return max(1, int(fraction * cuda_free_bytes(device) / per_slice))
 
 
 def noise_levels(schedule, n_steps: int, start_sigma: float | None = None,

@@ -335,6 +335,7 @@ def test_oblong_pixels_phase_images_and_ct_without_rescale_are_not_taken_silentl
 
 @pytest.mark.parametrize("name, config, clinical, finer", [
     ("ct_patch", "sparse_view_ct_8", (0.55, 0.7, 0.977), 0.4),
+    ("ct_patch_wide", "sparse_view_ct_8", (0.55, 0.7, 0.977), 0.4),
     ("mri_patch", "cs_mri_x4", (0.65, 0.78125, 0.9), 0.5)])
 def test_bundled_patch_priors_take_clinical_pixel_sizes_at_their_own_grid(name, config, clinical, finer):
     """Clinical CT has 0.5-0.8 mm pixels, brain MR often 0.7-0.8 mm: the bundled patch priors' cards cover them

@@ -4,13 +4,17 @@
 # wheel links CUDA 12's libcudart.so.12 and libcufft.so.11, which CUDA 13 lacks. Whole call: one tar.xz of the
 # stripped site-packages (about 7 MB), libcudart.so.12, a stand-in libcufft.so.11 (cufft11.c) and a SimpleITK
 # stand-in (its 50 MB wheel does not fit the 64 MiB transfer; no gpu test needs it); the training data as int16
-# copies (gpu_train_data.py, about 17 MB). Usage: bash benchmarks/gpu_lease/pack.sh  (from the repository root)
+# copies (gpu_train_data.py, about 17 MB). Usage: bash benchmarks/gpu_lease/pack.sh  (from the repository root);
+# then slim.sh for the weight files. Budget: packages 8 + data 17 + tracked files without weights 3 MB leave about
+# 39 MB for weights, so ct_patch_wide (41 MB) does not fit beside the data: widen ct_patch again on the GPU (exact).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}; W=$(mktemp -d); S=$(mktemp -d)
 mkdir -p .gpu/lib .gpu/stub/SimpleITK
 P="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64"
-$PY -m pip download -q --no-deps $P -d $W astra-toolbox==2.5.0 nibabel pydicom pydantic pydantic_core annotated_types \
-    typing_inspection diffusers nvidia-cuda-runtime-cu12
+pinned() { for n in "$@"; do echo "$n==$($PY -c "import importlib.metadata as m; print(m.version('$n'))")"; done; }
+# the versions this checkout's environment runs (pydantic pins pydantic_core exactly)
+$PY -m pip download -q --no-deps $P -d $W $(pinned astra-toolbox nibabel pydicom pydantic pydantic_core annotated_types \
+    typing_inspection diffusers) nvidia-cuda-runtime-cu12
 unzip -o -q -j $W/nvidia_cuda_runtime_cu12*.whl '*/libcudart.so.12' -d .gpu/lib && rm $W/nvidia_cuda_runtime_cu12*.whl
 $PY -m pip install -q --no-deps --no-compile --target $S $P $W/*.whl
 find $S -name '*.so*' -type f -exec strip --strip-unneeded {} +   # libastra 40 MB -> 14 MB

@@ -6,11 +6,13 @@
 # stand-in (its 50 MB wheel does not fit the 64 MiB transfer; no gpu test needs it); the training data as int16
 # copies (gpu_train_data.py, about 17 MB). Usage: bash benchmarks/gpu_lease/pack.sh  (from the repository root);
 # then slim.sh for the weight files. Budget: packages 8 + data 17 + tracked files without weights 3 MB leave about
-# 39 MB for weights, so ct_patch_wide (41 MB) does not fit beside the data: widen ct_patch again on the GPU (exact).
+# 39 MB for weights, so ct_patch_wide (41 MB) does not fit beside the data: widen ct_patch again on the GPU
+# (--init-from bundled:ct_patch --channels 32,64,128,256 starts from the same function).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}; W=$(mktemp -d); S=$(mktemp -d)
 mkdir -p .gpu/lib .gpu/stub/SimpleITK
-P="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64"
+P="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64"
+P="$P --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64"
 pinned() { for n in "$@"; do echo "$n==$($PY -c "import importlib.metadata as m; print(m.version('$n'))")"; done; }
 # the versions this checkout's environment runs (pydantic pins pydantic_core exactly)
 $PY -m pip download -q --no-deps $P -d $W $(pinned astra-toolbox nibabel pydicom pydantic pydantic_core annotated_types \

@@ -30,6 +30,11 @@ def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
+def inner_per(a: torch.Tensor, b: torch.Tensor, dims: tuple) -> torch.Tensor:
+    """Re<a, b> over ``dims`` alone (one inner product per system of a batch), kept for broadcasting."""
+    return torch.real(torch.sum(a.conj() * b if a.is_complex() else a * b, dim=dims, keepdim=True))
+
+
 class LinearOperator:
     """Base class. Subclasses implement ``_forward`` and ``_adjoint`` on tensors of shape (*batch, *in_shape)."""
 

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from ..linop import inner
+from ..linop import inner, inner_per
 
 
 def stop_threshold(b: torch.Tensor, tol: float, dims: tuple | None = None) -> torch.Tensor:
@@ -66,7 +66,7 @@ def _cg_per_system(apply_m, b: torch.Tensor, x0: torch.Tensor, n_iter: int, tol:
     dims = tuple(range(b.ndim - k, b.ndim))
 
     def dot(u, v):  # Re<u, v> per system, shaped to broadcast against u
-        return torch.real(torch.sum(u.conj() * v if u.is_complex() else u * v, dim=dims, keepdim=True))
+        return inner_per(u, v, dims)
     stop = stop_threshold(b, tol, dims)
     x = x0.clone()
     r = b - apply_m(x)

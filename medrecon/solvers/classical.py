@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..linop import FiniteDifference, LinearOperator, inner
+from ..linop import FiniteDifference, LinearOperator, inner, inner_per
 from .admm import ADMMTV
 from .cg import broken_down, conjugate_gradient, stop_threshold
 
@@ -69,7 +69,7 @@ def _cgls_per_slice(A, aty, x, r, s, n_iter: int, tol: float) -> torch.Tensor:
     slices apart: one step length for the stack moved a slice by up to 27 HU at 50 steps when only the others'
     data changed."""
     def dot(u):  # ||u||^2 per slice, shaped to broadcast along the slices
-        return torch.sum(torch.abs(u) ** 2 if u.is_complex() else u * u, dim=tuple(range(1, u.ndim)), keepdim=True)
+        return inner_per(u, u, tuple(range(1, u.ndim)))
 
     def along(v, like):  # a per-slice value shaped for tensors of like's dims
         return v.reshape(v.shape[0], *([1] * (like.ndim - 1)))

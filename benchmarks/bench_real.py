@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from medrecon.io import read_volume, write_nifti  # noqa: E402
 from pipelines import datasets  # noqa: E402
+from pipelines.config import load_config  # noqa: E402
 from pipelines.compare import admm_tv_settings, compare_methods, markdown_table, write_tables  # noqa: E402
 from pipelines.outputs import preview_grid  # noqa: E402
 from pipelines.prior_cards import load_prior_for  # noqa: E402
@@ -44,7 +45,6 @@ TUNE_SCANS = {"ct": ["ct_chest_contrast", "ct_lung1", "ct_abdomen", "ct_chest_dr
 LAMBDA_GRID = {"ct": [0.3, 0.5, 1.0, 2.0, 5.0, 10.0], "mri": [0.0003, 0.001, 0.003, 0.006, 0.01, 0.03]}
 START_GRID = {"ct": [0.4, 0.8, 1.2], "mri": [0.2, 0.4, 0.8]}
 WINDOW = {"ct": (-400.0, 600.0), "mri": (0.0, 1.0)}
-PRIOR = {"ct": "bundled:ct_patch", "mri": "bundled:mri_patch"}
 
 
 def load(name: str, slices: int, fov_mm: float | None = None):
@@ -151,8 +151,8 @@ def main(argv=None):
                     "row's first pass is printed under the table")
     ap.add_argument("--baselines-only", action="store_true", help="only FBP / zero-filled and the tuned ADMM-TV (no "
                                                                   "prior runs, no warm-start tuning)")
-    ap.add_argument("--ct-prior", default=PRIOR["ct"])
-    ap.add_argument("--mri-prior", default=PRIOR["mri"])
+    ap.add_argument("--ct-prior", default=None, help="the CT prior (default: each case's config's)")
+    ap.add_argument("--mri-prior", default=None, help="the MR prior (default: each case's config's)")
     ap.add_argument("--tuned", type=Path, default=None, help="reuse the tuning of an earlier real.json (or a JSON "
                     "{case: {tuned: {lam, start_sigma, scan[, warm_lam]}}}; warm_lam: the warm start's ADMM-TV "
                     "weight when it differs from the baseline's lam)")
@@ -178,7 +178,7 @@ def main(argv=None):
     tables, rows = [], {}
     for case in a.cases:
         config, modality = CASES[case]
-        prior = a.ct_prior if modality == "ct" else a.mri_prior
+        prior = (a.ct_prior if modality == "ct" else a.mri_prior) or load_config(config).prior.path
         common = [f"prior.path={prior}", f"{modality}.pixel_size={a.pixel}", *a.overrides]
         t0 = time.perf_counter()
         loaded = load_prior_for(prior)  # one prior for the tuning and every row: lam in one unit

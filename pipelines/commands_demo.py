@@ -64,8 +64,8 @@ def demo(
     output: Path = typer.Option(Path("out/demo"), "--output", "-o", help="Folder for the results."),
     source: str = typer.Option("scan", "--source", help="scan: a held-out real CT series (set up by "
                                                         "`medrecon data fetch`); phantom: a synthetic one."),
-    prior: str = typer.Option(None, "--prior", help="Prior folder (default: bundled:ct_patch for the scan, "
-                                                    "bundled:ct for the phantom)."),
+    prior: str = typer.Option(None, "--prior", help="Prior folder (default: the 8-view config's for the scan, "
+                                                    "bundled:ct_patch_wide; bundled:ct for the phantom)."),
     slices: int = typer.Option(None, "--slices", help="Central slices to use (default: all of the scan, 24 "
                                                       "phantom slices)."),
     seed: int = typer.Option(None, "--seed", help="Phantom seed (default: the first held-out seed)."),

@@ -14,7 +14,7 @@ from medrecon.io import read_volume, write_dicom_series, write_nifti
 
 from . import datasets
 from .compare import admm_tv_settings, compare_methods, markdown_table
-from .config import resolve_prior_path
+from .config import load_config, resolve_prior_path
 from .html_report import write_series_page
 from .outputs import atomic_output, check_output_folder, preview_grid, report, write_json
 from .phantoms import HELD_OUT_SEEDS, ct_phantom
@@ -23,6 +23,7 @@ from .registry import WARM_START_DEFAULTS
 
 DEMO_SEED = HELD_OUT_SEEDS[0]
 DEMO_SCAN = "ct_abdomen_dicom"
+DEMO_CONFIG = "sparse_view_ct_8"
 DEMO_WINDOW = (-400.0, 600.0)  # HU: soft-tissue window (W 1000, L 100) for the preview
 DIFFUSION = "Diffusion + z-TV (fast)"
 # ADMM-TV weights chosen on other data than the demo's (benchmarks/bench_real.py --tune on a training scan;
@@ -51,7 +52,7 @@ def demo_case(source: str, slices: int | None, seed: int):
                              f"{DEMO_SCAN}` (or `make demo`, which does it), or pass --source phantom")
         vol = read_volume(datasets.path(DEMO_SCAN))
         vol = vol.central_slab(slices) if slices else vol
-        case = DemoCase("bundled:ct_patch", ["ct.pixel_size=2.5"], {
+        case = DemoCase(load_config(DEMO_CONFIG).prior.path, ["ct.pixel_size=2.5"], {
             "FBP": {"name": "fbp"}, "ADMM-TV (3D)": admm_tv_settings(SCAN_TV_LAM),
             DIFFUSION: {"name": "fast", "steps": 20, "warm_start": {"start_sigma": DEMO_START_SIGMA}}},
             f"held-out real abdomen CT ({DEMO_SCAN}, {datasets.scan(DEMO_SCAN).requirement})")
@@ -81,7 +82,7 @@ def run_demo(output: str | Path, source: str = "scan", prior: str | None = None,
             raise InputError(f"--steps {steps}: the diffusion needs at least one step")
         methods[DIFFUSION]["steps"] = steps
     echo(f"demo: {case.describe}, {vol.shape[0]} slices, 8 views, Poisson noise")
-    ref, results = compare_methods("sparse_view_ct_8", vol, methods,
+    ref, results = compare_methods(DEMO_CONFIG, vol, methods,
                                    common=[f"prior.path={prior_dir}", *case.overrides],
                                    progress=progress, echo=echo, prior=loaded)
     table = markdown_table(results, f"8-view sparse-view CT, {case.describe}, {ref.shape[0]}x{ref.shape[1]}x"
@@ -99,7 +100,7 @@ def run_demo(output: str | Path, source: str = "scan", prior: str | None = None,
                      DEMO_WINDOW)
         write_json(tmp / "metrics.json", {r.label: r.row() for r in results})
         # report.json makes this a regular medrecon output folder, which --overwrite can replace.
-        write_json(tmp / "report.json", report({"task": "sparse_view_ct_8", "methods": methods,
+        write_json(tmp / "report.json", report({"task": DEMO_CONFIG, "methods": methods,
                                                 "overrides": case.overrides}, command="demo", source=source,
                                                case=case.describe, slices=int(ref.shape[0]), output=out.name,
                                                prior={"name": loaded.name, "sha256": loaded.sha256},

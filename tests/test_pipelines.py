@@ -735,7 +735,7 @@ def test_simulate_keeps_the_inputs_grid_and_a_prior_refuses_measurements_outside
     tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["prior.path=/no/such/prior"])  # none needed here
     ref = read_volume(sim / "reference.nii.gz")  # no image_size: the phantom's own 64 x 64 at 6 mm
     assert ref.shape == (5, 64, 64) and np.allclose(ref.spacing, read_volume(ct_nifti).spacing)
-    with pytest.raises(InputError, match="pixel size 6 mm is outside the range prior ct_patch was trained on"):
+    with pytest.raises(InputError, match="pixel size 6 mm is outside the range prior ct_patch_wide was trained on"):
         tasks.reconstruct("sparse_view_ct_8", sim / "measurements.npz", tmp_path / "fast")
     res = tasks.reconstruct("sparse_view_ct_8", sim / "measurements.npz", tmp_path / "tv",
                             overrides=["solver.name=admm_tv", "solver.steps=10"])

@@ -338,7 +338,8 @@ def main(argv=None) -> int:
 
     if not args.skip_tests:
         step("gpu_tests", lambda: run_gpu_tests(timeout_s=240))
-    step("bundled_precision", lambda: run_bundled(args.small, device, args.ct_prior))  # the result never measured on a GPU first
+    # the result never measured on a GPU first
+    step("bundled_precision", lambda: run_bundled(args.small, device, args.ct_prior))
     priors = {}
 
     def built() -> dict:  # inside the steps: a failure (out of memory) is that step's error, not the run's end

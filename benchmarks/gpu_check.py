@@ -222,14 +222,14 @@ def run_bundled(small: bool, device: torch.device, ct_prior: str | None = None) 
 
     shape = (2, 64, 64) if small else (8, 256, 256)
     seed = HELD_OUT_SEEDS[0]
-    cases = {"sparse_view_ct_8": ct_phantom(shape, seed=seed, pixel_size_mm=1.0),
-             "cs_mri_x4": mr_phantom(shape, seed=seed, contrast="PD", pixel_size_mm=0.9, slice_thickness_mm=5.0)}
+    cases = {"sparse_view_ct_8": (ct_phantom(shape, seed=seed, pixel_size_mm=1.0),
+                                  [f"prior.path={ct_prior}"] if ct_prior else []),
+             "cs_mri_x4": (mr_phantom(shape, seed=seed, contrast="PD", pixel_size_mm=0.9, slice_thickness_mm=5.0), [])}
     common = [f"solver.device={device.type}", "outputs.preview=false"] + \
         (["solver.steps=3", "solver.self_adapt.steps=2"] if small else [])
     methods = {p: {"name": "fast", "precision": p} for p in ("fp32", "auto")}
     out = {"rows": [], "tables": []}
-    for config, src in cases.items():
-        prior = [f"prior.path={ct_prior}"] if ct_prior and config.startswith("sparse_view_ct") else []
+    for config, (src, prior) in cases.items():
         _, results = compare_methods(config, src, methods, common + prior)
         out["rows"] += [{"config": config, **r.row(), "self_adapt_bf16": (r.self_adapt or {}).get("bf16")}
                         for r in results]

@@ -251,8 +251,9 @@ def test_cuda_peak_survives_the_chunk_trial_reset_and_is_per_device(monkeypatch)
 
 def test_free_cuda_memory_is_read_for_the_current_gpu_when_the_device_names_no_index(monkeypatch):
     """``auto_chunk_size`` given a device that names no index (``cuda``) raised ValueError on the GPU (torch 2.11):
-    torch's per-process memory fraction takes a GPU index, not 'cuda'. The free memory is now read by index: the current GPU's for
-    'cuda', within the process's share of the card. Counters simulated per index, strict as torch's."""
+    torch's per-process memory fraction takes a GPU index, not 'cuda'. The free memory is now read by index: the
+    current GPU's for 'cuda', within the process's share of the card. Counters simulated per index, strict as
+    torch's."""
     from medrecon import device as dev
 
     GiB = 2 ** 30

@@ -4,10 +4,10 @@
 # wheel links CUDA 12's libcudart.so.12 and libcufft.so.11, which CUDA 13 lacks. Whole call: one tar.xz of the
 # stripped site-packages (about 7 MB), libcudart.so.12, a stand-in libcufft.so.11 (cufft11.c) and a SimpleITK
 # stand-in (its 50 MB wheel does not fit the 64 MiB transfer; no gpu test needs it); the training data as int16
-# copies (gpu_train_data.py, about 17 MB). Usage: bash benchmarks/gpu_lease/pack.sh  (from the repository root);
-# then slim.sh for the weight files. Budget: packages 8 + data 17 + tracked files without weights 3 MB leave about
-# 39 MB for weights, so ct_patch_wide (41 MB) does not fit beside the data: widen ct_patch again on the GPU
-# (--init-from bundled:ct_patch --channels 32,64,128,256 starts from the same function).
+# copies (gpu_train_data.py, about 17 MB); ct_patch_wide's weights in fp16 (20 MB; run.sh restores them in fp32 and
+# trains on from them). Usage: bash benchmarks/gpu_lease/pack.sh  (from the repository root); then
+# `bash benchmarks/gpu_lease/slim.sh mri_patch` for the weight files. Budget: packages 8 + data 17 + fp16 weights 20
+# + tracked files without weights 3 + mri_patch 10 MB, under the 64 MiB a call carries.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}; W=$(mktemp -d); S=$(mktemp -d)
 mkdir -p .gpu/lib .gpu/stub/SimpleITK
@@ -26,4 +26,7 @@ echo 'libcufft.so.11 { global: cufft*; local: *; };' > $W/cufft11.map
 gcc -shared -fPIC -O2 -o .gpu/lib/libcufft.so.11 benchmarks/gpu_lease/cufft11.c -Wl,--version-script=$W/cufft11.map \
     -Wl,-soname,libcufft.so.11 -ldl
 printf '"""SimpleITK stand-in on the GPU machine: importable, raises on use."""\ndef __getattr__(name):\n    raise ImportError(f"SimpleITK is not installed here (SimpleITK.{name})")\n' > .gpu/stub/SimpleITK/__init__.py
+$PY -c "from safetensors.torch import load_file, save_file; import sys
+save_file({k: v.half() for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" \
+    medrecon/assets/priors/ct_patch_wide/diffusion_pytorch_model.safetensors .gpu/ct_patch_wide.fp16.safetensors
 $PY benchmarks/gpu_lease/gpu_train_data.py && rm -rf $W $S && du -sh .gpu/*

@@ -1,7 +1,9 @@
 #!/bin/bash
-# One device call (benchmarks/gpu_lease/pack.sh first): unpack the carried packages and data, train the widened CT
-# patch prior (forty-sixth session: 6182 steps in 5 min on an H100), return its weights split under $OUT/wide, then
-# run the GPU check (148 s). Device tool: command "bash benchmarks/gpu_lease/run.sh", carry [".gpu"], timeout 590.
+# One device call (benchmarks/gpu_lease/pack.sh first): unpack the carried packages and data, go on training the wide
+# CT patch prior from its bundled weights (carried as fp16 in .gpu/, pack.sh; the forty-sixth session trained it
+# 6182 steps in 5 min on an H100 from ct_patch, its loss still falling), now with a cosine decay of the learning rate
+# over STEPS, return its weights split under $OUT/wide, then run the GPU check (148 s). Device tool: command
+# "bash benchmarks/gpu_lease/run.sh", carry [".gpu"], timeout 590.
 # Dry run here: DEV=cpu TL=0.2 SMALL=--small LW=2 BS=8 OUT=/tmp/dry PY=.venv/bin/python bash benchmarks/gpu_lease/run.sh
 set -u
 DEV=${DEV:-cuda}; TL=${TL:-5}; SMALL=${SMALL:-}; PY=${PY:-python3}
@@ -15,17 +17,22 @@ if [ "$DEV" = cuda ]; then
   $PY -c "import torch, astra; print('torch', torch.__version__, 'astra', astra.__version__, 'astra cuda', astra.use_cuda())" 2>&1 | tee -a $OUT/device.txt
 fi
 mkdir -p /tmp/data && tar xJf .gpu/traindata.tar.xz -C /tmp/data || exit 1
+WIDE=medrecon/assets/priors/ct_patch_wide/diffusion_pytorch_model.safetensors
+if [ ! -s $WIDE ]; then   # emptied by slim.sh: the fp16 copy pack.sh wrote, back in fp32
+  $PY -c "from safetensors.torch import load_file, save_file; import sys
+save_file({k: v.float() for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" .gpu/ct_patch_wide.fp16.safetensors $WIDE || exit 1
+fi
 stamp "training (time limit $TL min)"
 $PY -m pipelines.cli train --data /tmp/data/ct_head.nii --data /tmp/data/ct_chest_contrast.nii \
     --data /tmp/data/ct_lung1.nii --data /tmp/data/ct_abdomen.nii --output /tmp/ct_patch_wide --arch patch \
-    --modality ct --image-size 64 --patch-sizes 16,32,64 --pixel-range 0.5 4.0 --init-from bundled:ct_patch \
-    --channels 32,64,128,256 --layers-per-block 1 --steps 100000 --time-limit $TL --batch-size ${BS:-128} --lr 0.0002 \
-    --ema-decay 0.999 --loader-workers ${LW:-12} --checkpoint-every 500 --sample-every -1 --seed 5 --device $DEV \
+    --modality ct --image-size 64 --patch-sizes 16,32,64 --pixel-range 0.5 4.0 --init-from bundled:ct_patch_wide \
+    --channels 32,64,128,256 --layers-per-block 1 --steps ${STEPS:-6000} --time-limit $TL --batch-size ${BS:-128} \
+    --lr 0.0002 --lr-final 0.00002 \
+    --ema-decay 0.999 --loader-workers ${LW:-12} --checkpoint-every 500 --sample-every -1 --seed 6 --device $DEV \
     $( [ "$DEV" = cuda ] && echo --amp ) --no-progress > $OUT/train.log 2>&1
 stamp "train exit $?"; tail -5 $OUT/train.log
 mkdir -p $OUT/wide && (cd /tmp/ct_patch_wide && tar cf - --exclude='*.pt' --exclude='checkpoint*' --exclude='state*' . ) \
     | gzip -1 | split -b 15m - $OUT/wide/part_ && ls -la $OUT/wide /tmp/ct_patch_wide
 stamp "gpu check"
-# the check's step 5 runs sparse_view_ct_8, whose prior (bundled:ct_patch_wide, 41 MB) this call does not carry
-timeout ${GT:-200} $PY benchmarks/gpu_check.py --device $DEV $SMALL --ct-prior bundled:ct_patch --out $OUT/gpu_check > $OUT/gpu_check.log 2>&1
+timeout ${GT:-200} $PY benchmarks/gpu_check.py --device $DEV $SMALL --out $OUT/gpu_check > $OUT/gpu_check.log 2>&1
 stamp "gpu check exit $?"; tail -30 $OUT/gpu_check.log

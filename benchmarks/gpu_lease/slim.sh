@@ -2,9 +2,8 @@
 # The device call's working tree is capped at 64 MiB and the tracked weight files alone are about 93 MB: before a
 # call, `bash benchmarks/gpu_lease/slim.sh ct_patch` empties every tracked safetensors file but the named priors'
 # (kept aside in /tmp/gpu_lease_stash); `bash benchmarks/gpu_lease/slim.sh --restore` puts them back after it.
-# The forty-sixth session's call kept ct_patch and mri_patch (the GPU check's step 5 reads both; since the
-# forty-seventh the 8-view config's prior is ct_patch_wide: run.sh passes --ct-prior bundled:ct_patch, a
-# check-only call may keep ct_patch_wide and mri_patch instead, 51 MB).
+# run.sh wants `slim.sh mri_patch`: it trains ct_patch_wide on from the fp16 copy pack.sh puts in .gpu/ (restored
+# into the emptied file there), and the GPU check's step 5 reads ct_patch_wide and mri_patch.
 set -euo pipefail
 STASH=/tmp/gpu_lease_stash
 if [ "${1:-}" = --restore ]; then

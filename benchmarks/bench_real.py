@@ -47,6 +47,11 @@ START_GRID = {"ct": [0.4, 0.8, 1.2], "mri": [0.2, 0.4, 0.8]}
 WINDOW = {"ct": (-400.0, 600.0), "mri": (0.0, 1.0)}
 
 
+def case_prior(case: str, given: str | None = None) -> str:
+    """The prior a case runs with: ``given`` (a script's prior option) if any, else its config's ``prior.path``."""
+    return given or load_config(CASES[case][0]).prior.path
+
+
 def load(name: str, slices: int, fov_mm: float | None = None):
     """The central slab of a registered scan (or pydicom's CT_small, or a volume file), cut to a central ``fov_mm``
     window."""
@@ -178,7 +183,7 @@ def main(argv=None):
     tables, rows = [], {}
     for case in a.cases:
         config, modality = CASES[case]
-        prior = (a.ct_prior if modality == "ct" else a.mri_prior) or load_config(config).prior.path
+        prior = case_prior(case, a.ct_prior if modality == "ct" else a.mri_prior)
         common = [f"prior.path={prior}", f"{modality}.pixel_size={a.pixel}", *a.overrides]
         t0 = time.perf_counter()
         loaded = load_prior_for(prior)  # one prior for the tuning and every row: lam in one unit

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_real import CASES, PRIOR, load  # noqa: E402
+from bench_real import CASES, case_prior, load  # noqa: E402
 from pipelines.compare import compare_methods  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def main(argv=None):
     method = {"name": "fast", "steps": a.steps,
               "warm_start": {"method": "admm_tv", "start_sigma": sigma, "lam": lam},
               "cross_validate": {"enabled": True, "start_sigma": [1.0], "lam": [1.0]}}
-    common = [f"prior.path={PRIOR[modality]}", f"{modality}.pixel_size=2.0"]
+    common = [f"prior.path={case_prior(a.case)}", f"{modality}.pixel_size=2.0"]
     print("| scan | run | held-out error | PSNR axial |\n|---|---|---|---|")
     for scan in a.scans:
         vol = load(scan, 6, None)

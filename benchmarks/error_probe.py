@@ -17,7 +17,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_real import CASES, PRIOR, load  # noqa: E402
+from bench_real import CASES, case_prior, load  # noqa: E402
 from medrecon.metrics import psnr  # noqa: E402
 from pipelines.compare import admm_tv_settings, compare_methods  # noqa: E402
 
@@ -48,7 +48,7 @@ def main(argv=None):
     config, _ = CASES[a.case]
     base_lam = a.lam if a.baseline_lam is None else a.baseline_lam
     methods = {"admm": admm_tv_settings(a.lam), "base": admm_tv_settings(base_lam), "fast": {"name": "fast"}}
-    common = [f"prior.path={PRIOR['ct']}", f"ct.pixel_size={a.pixel}"]
+    common = [f"prior.path={case_prior(a.case)}", f"ct.pixel_size={a.pixel}"]
     print(f"| scan | {' | '.join(f'w {w:g}' for w in WEIGHTS)} | error correlation | squared error (HU²) "
           f"diffusion / ADMM-TV: {', '.join(bands(np.zeros((1, 2 * BAND + 1, 2 * BAND + 1))))} |")
     for scan in a.scans:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_real import CASES, PRIOR, fast, load  # noqa: E402
+from bench_real import CASES, case_prior, fast, load  # noqa: E402
 from medrecon.linop import FiniteDifference  # noqa: E402
 from medrecon.solvers.admm import ADMMTV  # noqa: E402
 from pipelines.compare import admm_tv_settings, method_configs  # noqa: E402
@@ -56,7 +56,7 @@ def main(argv=None):
     lam_tv, start_sigma = NATIVE[a.case]
     methods = {"seed0": fast(50, 1.0, start_sigma), "seed1": {**fast(50, 1.0, start_sigma), "seed": 1},
                "admm_tv": admm_tv_settings(lam_tv)}
-    cfgs = method_configs(config, methods, [f"prior.path={PRIOR[modality]}", f"{modality}.pixel_size={a.pixel}"])
+    cfgs = method_configs(config, methods, [f"prior.path={case_prior(a.case)}", f"{modality}.pixel_size={a.pixel}"])
     name = Path(a.scan).name.split(".")[0]
     problem = Problem.build(cfgs["seed0"], load(a.scan, a.slices))
     psnr = lambda x: problem.score(problem.to_volume(x))["psnr"]["axial"]  # noqa: E731

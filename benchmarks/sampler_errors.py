@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_real import CASES, PRIOR  # noqa: E402
+from bench_real import CASES, case_prior  # noqa: E402
 from medrecon.io import read_volume  # noqa: E402
 from medrecon.metrics import psnr  # noqa: E402
 from medrecon.solvers.diffusion import DiffusionSolver, FastSampler  # noqa: E402
@@ -75,7 +75,7 @@ def main(argv=None):
     ap.add_argument("--at", nargs="+", type=float, default=[0.25, 0.75], help="slab positions (fractions of depth)")
     ap.add_argument("--slices", type=int, default=6)
     ap.add_argument("--pixel", type=float, default=2.0)
-    ap.add_argument("--prior", default=PRIOR["ct"])
+    ap.add_argument("--prior", default=None, help="prior.path (default: the case's config's)")
     ap.add_argument("--set", nargs="*", default=[], help="more solver settings, key=value (e.g. steps=50)")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "sampler_errors")
     a = ap.parse_args(argv)
@@ -84,7 +84,7 @@ def main(argv=None):
     solver = {"name": "fast", **{k: float(v) for k, v in (s.split("=") for s in a.set)}}
     if "steps" in solver:
         solver["steps"] = int(solver["steps"])
-    cfg = method_configs(config, {"fast": solver}, [f"prior.path={a.prior}", f"ct.pixel_size={a.pixel}"])["fast"]
+    cfg = method_configs(config, {"fast": solver}, [f"prior.path={case_prior(a.case, a.prior)}", f"ct.pixel_size={a.pixel}"])["fast"]
     for scan in a.scans:
         full = read_volume(scan if Path(scan).exists() else datasets.path(scan))
         for at in a.at:

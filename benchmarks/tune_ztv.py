@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_real import CASES, PRIOR, load  # noqa: E402
+from bench_real import CASES, case_prior, load  # noqa: E402
 from medrecon.metrics import psnr  # noqa: E402
 from pipelines.compare import compare_methods, markdown_table, write_tables  # noqa: E402
 
@@ -45,7 +45,7 @@ def main(argv=None):
     ap.add_argument("--setting", nargs="+", default=None, metavar="KEY V",
                     help="sweep another solver key instead (e.g. end_sigma 0.01 0.02), at the registry's z-TV")
     ap.add_argument("--warm", default=None, help="start_sigma:lam of the warm start (default: the registry's)")
-    ap.add_argument("--prior", default=None, help="prior.path (default: bench_real's bundled prior of the modality)")
+    ap.add_argument("--prior", default=None, help="prior.path (default: the case's config's)")
     ap.add_argument("--per-slice", action="store_true", help="also each method's axial PSNR per slice")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "tune_ztv")
     a = ap.parse_args(argv)
@@ -68,7 +68,7 @@ def main(argv=None):
             lam, rho = (float(v) for v in pair.split(":"))
             methods[f"lam {lam:g} rho {rho:g}"] = {"name": "fast", "steps": a.steps,
                                                    "admm": {"lam": lam, "rho": rho}, **warm}
-    common = [f"prior.path={a.prior or PRIOR[modality]}", f"{modality}.pixel_size={a.pixel}",
+    common = [f"prior.path={case_prior(a.case, a.prior)}", f"{modality}.pixel_size={a.pixel}",
               "solver.self_adapt.steps=0"]  # the settings tuned here are the plain sampler's (one pass)
     tables, rows = [], {}
     for scan in a.scans:

@@ -149,6 +149,11 @@ def warmup_steps(warmup: int, steps: int) -> int:
     return max(1, min(int(warmup), int(steps) // 10))
 
 
+def resolved_attention(o: TrainOptions) -> bool:
+    """Self-attention at the coarsest level: ``o.attention``, or by default yes for ``unet``, no for ``patch``."""
+    return o.arch == "unet" if o.attention is None else bool(o.attention)
+
+
 def learning_rate(o: TrainOptions, step: int, warmup: int | None = None) -> float:
     """Linear warm-up (``warmup`` steps; by default at most a tenth of the run), then o.lr, or a cosine from o.lr
     to o.lr_final."""
@@ -336,7 +341,7 @@ class _Trainer:
     def network_config(self) -> dict:
         o = self.opts
         return unet_config(o.image_size, o.channels, o.layers_per_block,
-                           attention=True if o.attention is None else o.attention)
+                           attention=resolved_attention(o))
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optim.state_dict(),
@@ -375,7 +380,7 @@ class _Trainer:
             raise InputError(f"{path}: the run was trained on other data than given now ({differs}); resume with "
                              f"the run's own --data/--dataset (and --hu-window/--mri-percentile), or start a new run from it with --init-from "
                              f"{path.parent.parent}")
-        resolved = {"attention": lambda v: (self.opts.arch == "unet") if v is None else bool(v)}  # None: the arch's
+        resolved = {"attention": lambda v: resolved_attention(replace(self.opts, attention=v))}
         changed = [k for k in old if k not in RESUME_MAY_CHANGE and hasattr(self.opts, k)
                    and resolved.get(k, _option_value)(old[k]) != resolved.get(k, _option_value)(getattr(self.opts, k))]
         if changed:
@@ -529,7 +534,7 @@ class _PatchTrainer(_Trainer):
     def network_config(self) -> dict:
         o = self.opts
         return unet_config(max(o.patch_sizes), o.channels, o.layers_per_block, in_channels=3 + 2 * o.context_slices,
-                           attention=bool(o.attention))
+                           attention=resolved_attention(o))
 
     def state(self) -> dict:
         return {**super().state(), "used_spacing": list(self.sampler.used_spacing),

@@ -214,23 +214,22 @@ def run_cone(size: int, device: torch.device) -> dict:
     return out
 
 
-def run_bundled(small: bool, device: torch.device, ct_prior: str | None = None) -> dict:
+def run_bundled(small: bool, device: torch.device) -> dict:
     """Step 5: each bundled patch prior's config on a held-out phantom, fp32 against auto precision: a row per
-    run and a markdown table per config (``ct_prior``: another CT prior than the 8-view config's)."""
+    run and a markdown table per config."""
     from pipelines.compare import compare_methods, markdown_table
     from pipelines.phantoms import HELD_OUT_SEEDS, ct_phantom, mr_phantom
 
     shape = (2, 64, 64) if small else (8, 256, 256)
     seed = HELD_OUT_SEEDS[0]
-    cases = {"sparse_view_ct_8": (ct_phantom(shape, seed=seed, pixel_size_mm=1.0),
-                                  [f"prior.path={ct_prior}"] if ct_prior else []),
-             "cs_mri_x4": (mr_phantom(shape, seed=seed, contrast="PD", pixel_size_mm=0.9, slice_thickness_mm=5.0), [])}
+    cases = {"sparse_view_ct_8": ct_phantom(shape, seed=seed, pixel_size_mm=1.0),
+             "cs_mri_x4": mr_phantom(shape, seed=seed, contrast="PD", pixel_size_mm=0.9, slice_thickness_mm=5.0)}
     common = [f"solver.device={device.type}", "outputs.preview=false"] + \
         (["solver.steps=3", "solver.self_adapt.steps=2"] if small else [])
     methods = {p: {"name": "fast", "precision": p} for p in ("fp32", "auto")}
     out = {"rows": [], "tables": []}
-    for config, (src, prior) in cases.items():
-        _, results = compare_methods(config, src, methods, common + prior)
+    for config, src in cases.items():
+        _, results = compare_methods(config, src, methods, common)
         out["rows"] += [{"config": config, **r.row(), "self_adapt_bf16": (r.self_adapt or {}).get("bf16")}
                         for r in results]
         out["tables"].append(markdown_table(results, f"{config}, fp32 against auto precision (phantom {shape})"))
@@ -311,8 +310,6 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
     ap.add_argument("--fast-steps", type=int, default=None, help="FastSampler steps (default 10; --small 2)")
     ap.add_argument("--mbir-steps", type=int, default=None, help="DiffusionMBIR steps (default 10; --small 2)")
-    ap.add_argument("--ct-prior", default=None, help="step 5's CT prior (default: sparse_view_ct_8's, "
-                    "bundled:ct_patch_wide; a device call that carries only bundled:ct_patch names it here)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -338,8 +335,7 @@ def main(argv=None) -> int:
 
     if not args.skip_tests:
         step("gpu_tests", lambda: run_gpu_tests(timeout_s=240))
-    # the result never measured on a GPU first
-    step("bundled_precision", lambda: run_bundled(args.small, device, args.ct_prior))
+    step("bundled_precision", lambda: run_bundled(args.small, device))  # the result never measured on a GPU first
     priors = {}
 
     def built() -> dict:  # inside the steps: a failure (out of memory) is that step's error, not the run's end

@@ -26,7 +26,6 @@ echo 'libcufft.so.11 { global: cufft*; local: *; };' > $W/cufft11.map
 gcc -shared -fPIC -O2 -o .gpu/lib/libcufft.so.11 benchmarks/gpu_lease/cufft11.c -Wl,--version-script=$W/cufft11.map \
     -Wl,-soname,libcufft.so.11 -ldl
 printf '"""SimpleITK stand-in on the GPU machine: importable, raises on use."""\ndef __getattr__(name):\n    raise ImportError(f"SimpleITK is not installed here (SimpleITK.{name})")\n' > .gpu/stub/SimpleITK/__init__.py
-$PY -c "from safetensors.torch import load_file, save_file; import sys
-save_file({k: v.half() for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" \
+$PY benchmarks/gpu_lease/cast_weights.py float16 \
     medrecon/assets/priors/ct_patch_wide/diffusion_pytorch_model.safetensors .gpu/ct_patch_wide.fp16.safetensors
 $PY benchmarks/gpu_lease/gpu_train_data.py && rm -rf $W $S && du -sh .gpu/*

@@ -19,8 +19,7 @@ fi
 mkdir -p /tmp/data && tar xJf .gpu/traindata.tar.xz -C /tmp/data || exit 1
 WIDE=medrecon/assets/priors/ct_patch_wide/diffusion_pytorch_model.safetensors
 if [ ! -s $WIDE ]; then   # emptied by slim.sh: the fp16 copy pack.sh wrote, back in fp32
-  $PY -c "from safetensors.torch import load_file, save_file; import sys
-save_file({k: v.float() for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" .gpu/ct_patch_wide.fp16.safetensors $WIDE || exit 1
+  $PY benchmarks/gpu_lease/cast_weights.py float32 .gpu/ct_patch_wide.fp16.safetensors $WIDE || exit 1
 fi
 stamp "training (time limit $TL min)"
 $PY -m pipelines.cli train --data /tmp/data/ct_head.nii --data /tmp/data/ct_chest_contrast.nii \

@@ -149,9 +149,10 @@ def warmup_steps(warmup: int, steps: int) -> int:
     return max(1, min(int(warmup), int(steps) // 10))
 
 
-def resolved_attention(o: TrainOptions) -> bool:
-    """Self-attention at the coarsest level: ``o.attention``, or by default yes for ``unet``, no for ``patch``."""
-    return o.arch == "unet" if o.attention is None else bool(o.attention)
+def resolved_attention(arch: str, attention: bool | None) -> bool:
+    """Self-attention at the coarsest level: ``attention`` as given, or by default yes for ``unet``, no for
+    ``patch``."""
+    return arch == "unet" if attention is None else bool(attention)
 
 
 def learning_rate(o: TrainOptions, step: int, warmup: int | None = None) -> float:
@@ -341,7 +342,7 @@ class _Trainer:
     def network_config(self) -> dict:
         o = self.opts
         return unet_config(o.image_size, o.channels, o.layers_per_block,
-                           attention=resolved_attention(o))
+                           attention=resolved_attention(o.arch, o.attention))
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optim.state_dict(),
@@ -380,7 +381,7 @@ class _Trainer:
             raise InputError(f"{path}: the run was trained on other data than given now ({differs}); resume with "
                              f"the run's own --data/--dataset (and --hu-window/--mri-percentile), or start a new run from it with --init-from "
                              f"{path.parent.parent}")
-        resolved = {"attention": lambda v: resolved_attention(replace(self.opts, attention=v))}
+        resolved = {"attention": lambda v: resolved_attention(self.opts.arch, v)}
         changed = [k for k in old if k not in RESUME_MAY_CHANGE and hasattr(self.opts, k)
                    and resolved.get(k, _option_value)(old[k]) != resolved.get(k, _option_value)(getattr(self.opts, k))]
         if changed:
@@ -534,7 +535,7 @@ class _PatchTrainer(_Trainer):
     def network_config(self) -> dict:
         o = self.opts
         return unet_config(max(o.patch_sizes), o.channels, o.layers_per_block, in_channels=3 + 2 * o.context_slices,
-                           attention=resolved_attention(o))
+                           attention=resolved_attention(o.arch, o.attention))
 
     def state(self) -> dict:
         return {**super().state(), "used_spacing": list(self.sampler.used_spacing),

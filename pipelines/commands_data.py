@@ -22,7 +22,7 @@ def fetch(names: Optional[List[str]] = typer.Argument(None, help="Scan names (de
 
 @data_app.command("list")
 def list_scans():
-    """Name, modality, role (train / test = held out), source and whether it is cached."""
+    """Name, modality, role (train / val = chooses settings / test = held out), source and whether it is cached."""
     from .datasets import SCANS, is_fetched
     for s in SCANS.values():
         state = "cached, not verified here" if is_fetched(s.name) else "not fetched"  # fetch NAME checks SHA-256

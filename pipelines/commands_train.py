@@ -96,6 +96,9 @@ def _dataset_volumes(names: list[str], modality: Modality, heldout: bool = False
         s = datasets.scan(n)
         if s.modality != modality.value:
             raise InputError(f"dataset {n!r} is {s.modality}, not {modality.value}")
+        if s.role == "val":
+            raise InputError(f"dataset {n!r} is a validation scan (it chooses settings and is never trained on or "
+                             "held out; README, 'Set-up'): drop it, and train on --dataset train")
         if s.role != "train" and not heldout:
             raise InputError(f"dataset {n!r} is a held-out test scan (never trained on; README, 'Set-up'): score "
                              f"it with --heldout-dataset {n}, or train on --dataset train")

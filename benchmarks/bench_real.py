@@ -12,6 +12,8 @@ are simulated on a 2x finer grid with noise (no inverse crime).
     python benchmarks/bench_real.py --cases ct8 --scans ct_abdomen_dicom --slices 6 --pixel 2.0
     python benchmarks/bench_real.py --cases ct8 --scans ct_small --slices 1 --pixel 0.8   # pydicom's CT_small
     python benchmarks/bench_real.py --cases ct8 --scans ct_lung1 --fov 100 --pixel 1.0     # a window inside the body
+    python benchmarks/bench_real.py --cases ct4 --scans ct_val_head ct_val_skull_base ct_val_neck ct_val_chest \
+        --slices 1 --pixel 0.977 --fov 160    # validation: unseen patients' slices, cut to 160 mm (choose settings here)
 
 Writes OUT/real.md (the README table), OUT/real.json and OUT/<case>_<scan>.png (reference and every method).
 """
@@ -130,6 +132,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=["ct8", "ct4"], choices=list(CASES))
     ap.add_argument("--scans", nargs="+", default=None, help="test scans (default: the held-out ones; also "
+                                                               "the validation slices ct_val_* that choose settings, "
                                                                "ct_small, pydicom's CT_small.dcm, or a volume file)")
     ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--pixel", type=float, default=2.0, help="reconstruction pixel size in mm (inside the "

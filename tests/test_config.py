@@ -19,7 +19,7 @@ def test_bundled_configs_validate(name):
     assert cfg.task == name
     assert cfg.solver.steps == 50 and cfg.solver.n_cg == 5  # fast sampler defaults
     adm = cfg.solver.admm
-    inplane = 0.1 if name in ("sparse_view_ct_4", "sparse_view_ct_2") else 0.0  # the configs' own (README)
+    inplane = {"sparse_view_ct_4": 0.3, "sparse_view_ct_2": 0.1}.get(name, 0.0)  # the configs' own (README)
     assert adm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None,
                                 **FAST_ZTV[cfg.modality], "lam_xy": inplane}
     assert cfg.solver.warm_start.method == "admm_tv"  # the default starts from the classical solution
@@ -222,7 +222,7 @@ def test_set_sections_merge_and_values_that_would_fail_later_are_refused_first(t
     (-1, 10^20) and empty cross-validation lists passed the check and failed mid-run with a traceback."""
     cfg = load_config("sparse_view_ct_4", ["solver.warm_start={lam: 2}", "solver.admm={lam: 0.3}"], check_files=False)
     assert cfg.solver.warm_start.start_sigma == 1.2 and cfg.solver.warm_start.lam == 2
-    assert cfg.solver.admm.lam_xy == 0.1 and cfg.solver.admm.lam == 0.3
+    assert cfg.solver.admm.lam_xy == 0.3 and cfg.solver.admm.lam == 0.3
     for bad in ("noise.seed=-1", "solver.seed=99999999999999999999", "solver.cross_validate.lam=[]",
                 "solver.cross_validate.start_sigma=[]", "solver.cross_validate.lam=[-1]"):
         with pytest.raises(InputError, match=bad.split("=")[0].replace("solver.", "")):

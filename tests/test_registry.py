@@ -20,12 +20,12 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
             load_config(config, [f"solver.name={name}"], check_files=False)
         return
     s = load_config(config, [f"solver.name={name}"], check_files=False).resolved().solver
+    given = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text())
     d = spec.defaults(modality)
     assert s.steps == d["steps"]
     if spec.sampler is not None:  # diffusion samplers: the class is the source of its step defaults
         assert (s.steps, s.n_cg) == (spec.sampler.default_steps, spec.sampler.default_n_cg)
     if hasattr(s, "warm_start"):  # the modality's warm start, the solver's own values and the config's over it
-        given = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text())
         own = given["solver"]["warm_start"]
         config_acceleration = given.get("mri", {}).get("mask", {}).get("acceleration", 0.0)
         up_to, low = (spec.warm_low_acceleration or {}).get(modality, (0.0, {}))
@@ -39,8 +39,10 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
         assert s.final_sigma == FAST_END[modality]["final_sigma"]
     if spec.z_tv == "default":
         own = (spec.admm or {}).get(modality, ADMM_DEFAULTS[modality])
-        assert s.admm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None, "lam_xy": 0.0,
-                                           **own}
+        # a diffusion sampler keeps the config's in-plane weight; the classical admm_tv leaves it behind
+        config_xy = (given["solver"].get("admm", {}).get("lam_xy") or 0.0) if spec.sampler is not None else 0.0
+        assert s.admm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None,
+                                       "lam_xy": config_xy, **own}
     elif spec.z_tv == "optional":
         assert s.admm.lam == 0.0
     else:

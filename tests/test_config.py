@@ -19,7 +19,8 @@ def test_bundled_configs_validate(name):
     assert cfg.task == name
     assert cfg.solver.steps == 50 and cfg.solver.n_cg == 5  # fast sampler defaults
     adm = cfg.solver.admm
-    inplane = {"sparse_view_ct_8": 0.3, "sparse_view_ct_4": 0.3, "sparse_view_ct_2": 1.0, "limited_angle_ct_90": 1.0}.get(name, 0.0)  # the configs' own (README)
+    inplane = {"sparse_view_ct_8": 0.3, "sparse_view_ct_4": 0.3, "sparse_view_ct_2": 1.0,  # the configs' own (README)
+               "limited_angle_ct_90": 1.0}.get(name, 0.0)
     assert adm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None,
                                 **FAST_ZTV[cfg.modality], "lam_xy": inplane}
     assert cfg.solver.warm_start.method == "admm_tv"  # the default starts from the classical solution

@@ -39,8 +39,9 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
         assert s.final_sigma == FAST_END[modality]["final_sigma"]
     if spec.z_tv == "default":
         own = (spec.admm or {}).get(modality, ADMM_DEFAULTS[modality])
-        # a diffusion sampler keeps the config's in-plane weight; the classical admm_tv leaves it behind
-        config_xy = (given["solver"].get("admm", {}).get("lam_xy") or 0.0) if spec.sampler is not None else 0.0
+        # the config's in-plane weight stays, unless the solver leaves it behind (admm_tv: NOT_TAKEN)
+        left = getattr(spec.settings, "NOT_TAKEN", {}).get("admm", ())
+        config_xy = 0.0 if "lam_xy" in left else given["solver"].get("admm", {}).get("lam_xy") or 0.0
         assert s.admm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None,
                                        "lam_xy": config_xy, **own}
     elif spec.z_tv == "optional":

@@ -188,6 +188,11 @@ class Problem:
         return float(self.measurement.grid.spacing[2])
 
     @property
+    def pixel_mm(self) -> float:
+        """The in-plane pixel size (mm; the smaller side), which the in-plane TV weight follows (``ADMM.weight_xy``)."""
+        return float(min(self.measurement.grid.spacing[:2]))
+
+    @property
     def complex_images(self) -> bool:
         return bool(self.info.get("complex_images"))
 
@@ -366,15 +371,15 @@ class Problem:
         same_mask = self.same_mask
         lam, rho = (s.admm.lam, s.admm.rho) if getattr(s, "tv", "z") == "3d" else \
             s.admm.weights(self.slice_mm, same_mask)
-        lam_xy = s.admm.lam_xy or 0.0
+        lam_xy = s.admm.weight_xy(self.pixel_mm)
         self.info["z_tv"] = {"lam": lam, "rho": rho, "lam_xy": lam_xy, "slice_mm": self.slice_mm,
-                             "same_mask": same_mask}
+                             "pixel_mm": self.pixel_mm, "same_mask": same_mask}
         return lam, rho, lam_xy
 
     def coarse_above(self, asked: float) -> float:
         """The fast sampler's two-scale noise level: ``asked`` where the prior was trained at twice this grid's pixel
         size (a patch prior's range), else 0 (off); recorded in ``info["two_scale"]``."""
-        coarse_mm = 2 * float(min(self.measurement.grid.spacing[:2]))
+        coarse_mm = 2 * self.pixel_mm
         span = getattr(self.prior, "pixel_spacing_mm_range", None)
         fits = getattr(self.prior, "image_size", None) is None and span is not None and in_pixel_range(coarse_mm, span)
         halvable = min(self.shape[-2:]) >= 2  # a 1-pixel side halves to 0 (it crashed)

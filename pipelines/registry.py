@@ -143,6 +143,9 @@ class ADMM(Section):
     # in-plane TV weight inside a diffusion sampler's ADMM step (lam_xy (|D_y x| + |D_x x|), rho shared); null: the
     # registry's default (0 for the classical admm_tv: its tv key chooses the axes)
     lam_xy: Optional[float] = Field(None, ge=0)
+    # the pixel size (mm) lam_xy is meant for: the in-plane weight used is lam_xy * at_pixel_mm / the data's pixel
+    # size (finer pixels: smaller differences, a larger weight), as lam follows at_slice_mm; null: lam_xy as is
+    at_pixel_mm: Optional[float] = Field(None, gt=0)
     #: defaults filled only together with the key they belong to: a lam the user sets is used as is
     TIED: ClassVar[dict] = {"at_slice_mm": "lam", "same_mask_scale": "lam", "rho_follows_spacing": "lam"}
 
@@ -152,6 +155,11 @@ class ADMM(Section):
     def weight(self, slice_mm: float) -> float:
         """The z-TV weight for slices ``slice_mm`` apart."""
         return self.lam * self.spacing_factor(slice_mm)
+
+    def weight_xy(self, pixel_mm: float) -> float:
+        """The in-plane TV weight for pixels ``pixel_mm`` wide."""
+        scale = self.at_pixel_mm / pixel_mm if self.at_pixel_mm and pixel_mm > 0 else 1.0
+        return (self.lam_xy or 0.0) * scale
 
     def weights(self, slice_mm: float, same_mask: bool = False) -> tuple[float, float]:
         """(lam, rho) of z-TV for slices ``slice_mm`` apart, on data whose slices share one mask or not."""
@@ -224,7 +232,7 @@ class ADMMTVSettings(_Iterative, _ZTV):
     name: Literal["admm_tv"] = "admm_tv"
     tv: Literal["z", "3d"] = "z"  # TV along z only, or along all three axes (the classical baseline)
     #: keys of a shared section it refuses: a config file's values of them are left behind on --set solver.name
-    NOT_TAKEN: ClassVar[dict] = {"admm": ("lam_xy",)}
+    NOT_TAKEN: ClassVar[dict] = {"admm": ("lam_xy", "at_pixel_mm")}
 
     @model_validator(mode="after")
     def _no_inplane_weight(self):
@@ -341,6 +349,7 @@ class SolverSpec:
             out["n_cg"] = self.sampler.default_n_cg if self.sampler else self.n_cg
         if self.z_tv != "none":
             admm = {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None, "lam_xy": 0.0,
+                    "at_pixel_mm": None,
                     **(self.admm or {}).get(modality, ADMM_DEFAULTS[modality])}
             out["admm"] = {**admm, "lam": admm["lam"] if self.z_tv == "default" else 0.0}
         if issubclass(self.settings, _FastEnding):

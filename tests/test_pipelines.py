@@ -488,6 +488,19 @@ def test_ztv_weight_is_scaled_by_the_slice_spacing_and_3d_tv_is_not(ct_nifti):
     assert z_tv("solver.tv=3d")["lam"] == 0.3
 
 
+def test_inplane_weight_is_scaled_by_the_pixel_size(ct_nifti):
+    """``admm.at_pixel_mm`` scales the sampler's in-plane TV weight to the grid's pixel size (report.json's
+    ``z_tv``: the weight used and the pixel size)."""
+    from pipelines.config import load_config
+
+    cfg = load_config("sparse_view_ct_8", ["ct.image_size=32", "ct.pixel_size=2.0", "solver.admm.lam_xy=0.4",
+                                           "solver.admm.at_pixel_mm=1.0"], check_files=False).resolved()
+    p = Problem.build(cfg, read_volume(ct_nifti))
+    lam_xy = p._z_tv(cfg.solver)[2]
+    assert p.info["z_tv"]["pixel_mm"] == p.pixel_mm != 1.0
+    assert lam_xy == p.info["z_tv"]["lam_xy"] == pytest.approx(0.4 / p.pixel_mm)
+
+
 def _record_fast_samplers(monkeypatch) -> list:
     """The fast samplers Problem.solve builds from now on, in a list (the registry's class, recording itself)."""
     import dataclasses

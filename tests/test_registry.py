@@ -41,9 +41,11 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
         own = (spec.admm or {}).get(modality, ADMM_DEFAULTS[modality])
         # the config's in-plane weight stays, unless the solver leaves it behind (admm_tv: NOT_TAKEN)
         left = getattr(spec.settings, "NOT_TAKEN", {}).get("admm", ())
-        config_xy = 0.0 if "lam_xy" in left else given["solver"].get("admm", {}).get("lam_xy") or 0.0
+        config_admm = given["solver"].get("admm", {})
+        config_xy = 0.0 if "lam_xy" in left else config_admm.get("lam_xy") or 0.0
+        config_px = None if "at_pixel_mm" in left else config_admm.get("at_pixel_mm")
         assert s.admm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None,
-                                       "lam_xy": config_xy, **own}
+                                       "lam_xy": config_xy, "at_pixel_mm": config_px, **own}
     elif spec.z_tv == "optional":
         assert s.admm.lam == 0.0
     else:

@@ -364,8 +364,8 @@ class Problem:
 
     def _z_tv(self, s) -> tuple[float, float, float]:
         """(lam, rho, lam_xy) of the solver's TV term: lam scaled to this volume's slice spacing and mask
-        (``ADMM.weights``; 3D TV keeps its own), lam_xy the in-plane weight, recorded in ``info["z_tv"]``; (0, 1, 0)
-        for solvers without one (slice-wise)."""
+        (``ADMM.weights``; 3D TV keeps its own), lam_xy the in-plane weight scaled to its pixel size
+        (``ADMM.weight_xy``), recorded in ``info["z_tv"]``; (0, 1, 0) for solvers without one (slice-wise)."""
         if not hasattr(s, "admm"):
             return 0.0, 1.0, 0.0
         same_mask = self.same_mask

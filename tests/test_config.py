@@ -21,7 +21,7 @@ def test_bundled_configs_validate(name):
     adm = cfg.solver.admm
     inplane = {"sparse_view_ct_8": 0.3, "sparse_view_ct_4": 0.3, "sparse_view_ct_2": 1.0,  # the configs' own (README)
                "limited_angle_ct_90": 1.0}.get(name, 0.0)
-    at_pixel = 0.977 if name == "sparse_view_ct_8" else None  # 8 views: lam_xy follows the pixel size (README)
+    at_pixel = 0.977 if name in ("sparse_view_ct_8", "sparse_view_ct_4") else None  # lam_xy follows the pixel (README)
     assert adm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None,
                                 **FAST_ZTV[cfg.modality], "lam_xy": inplane, "at_pixel_mm": at_pixel}
     assert cfg.solver.warm_start.method == "admm_tv"  # the default starts from the classical solution
@@ -142,15 +142,15 @@ def test_ztv_weight_follows_the_slice_spacing():
 
 
 def test_inplane_weight_follows_the_pixel_size():
-    """The 8-view in-plane TV weight holds at the pixel size it was chosen at and is scaled by that size over the
-    data's (coarser pixels: a weaker weight); without at_pixel_mm (the other configs) it is used as is."""
+    """The 8- and 4-view in-plane TV weight holds at the pixel size it was chosen at and is scaled by that size over
+    the data's (coarser pixels: a weaker weight); without at_pixel_mm (the other configs) it is used as is."""
     adm = load_config("sparse_view_ct_8", check_files=False).resolved().solver.admm
     assert adm.weight_xy(adm.at_pixel_mm) == pytest.approx(adm.lam_xy)
     assert adm.weight_xy(2 * adm.at_pixel_mm) == pytest.approx(adm.lam_xy / 2)
     fixed = load_config("sparse_view_ct_8", ["solver.admm.at_pixel_mm=null"], check_files=False).resolved()
     assert fixed.solver.admm.weight_xy(2.0) == fixed.solver.admm.lam_xy == 0.3
-    four = load_config("sparse_view_ct_4", check_files=False).resolved().solver.admm
-    assert four.at_pixel_mm is None and four.weight_xy(2.0) == four.lam_xy
+    two = load_config("sparse_view_ct_2", check_files=False).resolved().solver.admm
+    assert two.at_pixel_mm is None and two.weight_xy(2.0) == two.lam_xy
     assert load_config("sparse_view_ct_8", ["solver.name=admm_tv"], check_files=False).resolved() \
         .solver.admm.weight_xy(0.5) == 0.0  # the classical admm_tv leaves both keys behind
 

@@ -149,8 +149,13 @@ class ADMM(Section):
     #: defaults filled only together with the key they belong to: a lam the user sets is used as is
     TIED: ClassVar[dict] = {"at_slice_mm": "lam", "same_mask_scale": "lam", "rho_follows_spacing": "lam"}
 
+    @staticmethod
+    def _follow(meant_mm: float | None, data_mm: float) -> float:
+        """A weight meant for ``meant_mm`` at ``data_mm``: the factor meant_mm / data_mm (1 when not set)."""
+        return meant_mm / data_mm if meant_mm and data_mm > 0 else 1.0
+
     def spacing_factor(self, slice_mm: float) -> float:
-        return self.at_slice_mm / slice_mm if self.at_slice_mm and slice_mm > 0 else 1.0
+        return self._follow(self.at_slice_mm, slice_mm)
 
     def weight(self, slice_mm: float) -> float:
         """The z-TV weight for slices ``slice_mm`` apart."""
@@ -158,8 +163,7 @@ class ADMM(Section):
 
     def weight_xy(self, pixel_mm: float) -> float:
         """The in-plane TV weight for pixels ``pixel_mm`` wide."""
-        scale = self.at_pixel_mm / pixel_mm if self.at_pixel_mm and pixel_mm > 0 else 1.0
-        return (self.lam_xy or 0.0) * scale
+        return (self.lam_xy or 0.0) * self._follow(self.at_pixel_mm, pixel_mm)
 
     def weights(self, slice_mm: float, same_mask: bool = False) -> tuple[float, float]:
         """(lam, rho) of z-TV for slices ``slice_mm`` apart, on data whose slices share one mask or not."""

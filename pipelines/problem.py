@@ -330,7 +330,7 @@ class Problem:
             return Solution(cgls(A, y, n_iter=s.steps, x0=start, per_slice=slices_apart(A)))
         if s.name == "sirt":
             return Solution(sirt(A, y, n_iter=s.steps, x0=start))
-        lam, rho, lam_xy = self._z_tv(s)
+        lam, rho, lam_xy, rho_xy = self._z_tv(s)
         if s.name == "admm_tv":
             with iteration_bar("ADMM-TV", s.steps, progress) as tick:
                 return Solution(admm_tv(A, y, lam, rho, s.steps, axes=(0,) if s.tv == "z" else (0, 1, 2),
@@ -346,7 +346,7 @@ class Problem:
                                                                           self.prior.bf16_measured)
         try:  # the sampler checks its arguments (e.g. end_sigma below the start) before the warm start's work
             solver = SOLVERS[s.name].sampler(
-                self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, lam_xy=lam_xy, n_cg=s.n_cg,
+                self.prior, A, y, n_steps=s.steps, lam=lam, rho=rho, lam_xy=lam_xy, rho_xy=rho_xy, n_cg=s.n_cg,
                 clip=self.bounds(s), chunk_size=s.chunk_size, seed=s.seed, progress=progress, snapshot=snapshot,
                 snapshot_every=snapshot_every, start_sigma=self.start_sigma(s), **self._sampler_options(s))
         except ValueError as e:
@@ -362,19 +362,20 @@ class Problem:
         out.backward_per_slice = solver.backward_passes * s.samples
         return out
 
-    def _z_tv(self, s) -> tuple[float, float, float]:
-        """(lam, rho, lam_xy) of the solver's TV term: lam scaled to this volume's slice spacing and mask
-        (``ADMM.weights``; 3D TV keeps its own), lam_xy the in-plane weight scaled to its pixel size
-        (``ADMM.weight_xy``), recorded in ``info["z_tv"]``; (0, 1, 0) for solvers without one (slice-wise)."""
+    def _z_tv(self, s) -> tuple[float, float, float, float]:
+        """(lam, rho, lam_xy, rho_xy) of the solver's TV term: lam scaled to this volume's slice spacing and mask
+        (``ADMM.weights``; 3D TV keeps its own), lam_xy the in-plane weight and rho_xy its penalty scaled to its
+        pixel size (``ADMM.weight_xy``, ``ADMM.penalty_xy``), recorded in ``info["z_tv"]``; (0, 1, 0, 1) for
+        solvers without one (slice-wise)."""
         if not hasattr(s, "admm"):
-            return 0.0, 1.0, 0.0
+            return 0.0, 1.0, 0.0, 1.0
         same_mask = self.same_mask
         lam, rho = (s.admm.lam, s.admm.rho) if getattr(s, "tv", "z") == "3d" else \
             s.admm.weights(self.slice_mm, same_mask)
-        lam_xy = s.admm.weight_xy(self.pixel_mm)
-        self.info["z_tv"] = {"lam": lam, "rho": rho, "lam_xy": lam_xy, "slice_mm": self.slice_mm,
+        lam_xy, rho_xy = s.admm.weight_xy(self.pixel_mm), s.admm.penalty_xy(rho, self.pixel_mm)
+        self.info["z_tv"] = {"lam": lam, "rho": rho, "lam_xy": lam_xy, "rho_xy": rho_xy, "slice_mm": self.slice_mm,
                              "pixel_mm": self.pixel_mm, "same_mask": same_mask}
-        return lam, rho, lam_xy
+        return lam, rho, lam_xy, rho_xy
 
     def coarse_above(self, asked: float) -> float:
         """The fast sampler's two-scale noise level: ``asked`` where the prior was trained at twice this grid's pixel

@@ -146,6 +146,10 @@ class ADMM(Section):
     # the pixel size (mm) lam_xy is meant for: the in-plane weight used is lam_xy * at_pixel_mm / the data's pixel
     # size (finer pixels: smaller differences, a larger weight), as lam follows at_slice_mm; null: lam_xy as is
     at_pixel_mm: Optional[float] = Field(None, gt=0)
+    # the in-plane term's ADMM penalty follows the pixel size as lam_xy does (rho x at_pixel_mm / the data's pixel
+    # size; its threshold lam_xy / rho stays): the coupling of coarse pixels, whose differences are large, weakens
+    # with their weight; null: the in-plane term shares z-TV's rho
+    rho_xy_follows_pixel: Optional[bool] = None
     #: defaults filled only together with the key they belong to: a lam the user sets is used as is
     TIED: ClassVar[dict] = {"at_slice_mm": "lam", "same_mask_scale": "lam", "rho_follows_spacing": "lam"}
 
@@ -164,6 +168,10 @@ class ADMM(Section):
     def weight_xy(self, pixel_mm: float) -> float:
         """The in-plane TV weight for pixels ``pixel_mm`` wide."""
         return (self.lam_xy or 0.0) * self._follow(self.at_pixel_mm, pixel_mm)
+
+    def penalty_xy(self, rho: float, pixel_mm: float) -> float:
+        """The in-plane term's ADMM penalty for pixels ``pixel_mm`` wide, given z-TV's ``rho``."""
+        return rho * (self._follow(self.at_pixel_mm, pixel_mm) if self.rho_xy_follows_pixel else 1.0)
 
     def weights(self, slice_mm: float, same_mask: bool = False) -> tuple[float, float]:
         """(lam, rho) of z-TV for slices ``slice_mm`` apart, on data whose slices share one mask or not."""
@@ -236,7 +244,7 @@ class ADMMTVSettings(_Iterative, _ZTV):
     name: Literal["admm_tv"] = "admm_tv"
     tv: Literal["z", "3d"] = "z"  # TV along z only, or along all three axes (the classical baseline)
     #: keys of a shared section it refuses: a config file's values of them are left behind on --set solver.name
-    NOT_TAKEN: ClassVar[dict] = {"admm": ("lam_xy", "at_pixel_mm")}
+    NOT_TAKEN: ClassVar[dict] = {"admm": ("lam_xy", "at_pixel_mm", "rho_xy_follows_pixel")}
 
     @model_validator(mode="after")
     def _no_inplane_weight(self):
@@ -353,7 +361,7 @@ class SolverSpec:
             out["n_cg"] = self.sampler.default_n_cg if self.sampler else self.n_cg
         if self.z_tv != "none":
             admm = {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None, "lam_xy": 0.0,
-                    "at_pixel_mm": None,
+                    "at_pixel_mm": None, "rho_xy_follows_pixel": None,
                     **(self.admm or {}).get(modality, ADMM_DEFAULTS[modality])}
             out["admm"] = {**admm, "lam": admm["lam"] if self.z_tv == "default" else 0.0}
         if issubclass(self.settings, _FastEnding):

@@ -128,6 +128,25 @@ def test_per_axis_tv_weights(lam_z):
         ADMMTV(Identity(y.shape), y, FiniteDifference(y.shape, (0, 1, 2)), (0.1, 0.2), rho=1.0)
 
 
+def test_per_axis_admm_penalties_split_differently_and_reach_the_same_minimiser():
+    """rho per axis of D (the samplers' in-plane penalty, ``rho_xy``): TV denoising is strongly convex, so ADMM with
+    a shared rho and with (rho_z, rho_xy, rho_xy) reach the one minimiser, while their first steps differ (the
+    per-axis penalty is used, not dropped)."""
+    y = torch.rand((3, 4, 5), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    D = FiniteDifference(y.shape, (0, 1, 2))
+    lams = (0.05, 0.02, 0.02)
+    shared, split = (ADMMTV(Identity(y.shape), y, D, lams, rho=r, n_cg=3) for r in (1.0, (1.0, 0.3, 0.3)))
+    first = [p.step(y.clone(), p.init_state(y)) for p in (shared, split)]
+    assert (first[0] - first[1]).abs().max() > 1e-3
+    x_shared, x_split = shared.solve(y.clone(), 3000), split.solve(y.clone(), 3000)
+    assert torch.allclose(x_shared, x_split, atol=1e-6), (x_shared - x_split).abs().max()
+    assert split.objective(x_split) == pytest.approx(shared.objective(x_shared), rel=1e-9)
+    with pytest.raises(ValueError, match="2 ADMM penalties for the 3 axes of D"):
+        ADMMTV(Identity(y.shape), y, D, lams, rho=(1.0, 0.5))
+    with pytest.raises(ValueError, match="rho > 0"):
+        ADMMTV(Identity(y.shape), y, D, lams, rho=(1.0, 0.0, 1.0))
+
+
 def test_admm_tv_without_tv_is_least_squares_and_runs_slice_wise_ct():
     A, y, ref = _lstsq_problem("cpu", batch=(4,))
     x = admm_tv(A, y, lam=0.0, rho=1.0, n_iter=30, n_cg=5)

@@ -23,7 +23,8 @@ def test_bundled_configs_validate(name):
                "limited_angle_ct_90": 1.0}.get(name, 0.0)
     at_pixel = 0.977 if name in ("sparse_view_ct_8", "sparse_view_ct_4") else None  # lam_xy follows the pixel (README)
     assert adm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None,
-                                **FAST_ZTV[cfg.modality], "lam_xy": inplane, "at_pixel_mm": at_pixel}
+                                **FAST_ZTV[cfg.modality], "lam_xy": inplane, "at_pixel_mm": at_pixel,
+                                "rho_xy_follows_pixel": True if name == "sparse_view_ct_8" else None}  # README
     assert cfg.solver.warm_start.method == "admm_tv"  # the default starts from the classical solution
     assert cfg.solver.end_sigma == (0.02 if name == "sparse_view_ct_8" else None)  # 8 views: tuned (README)
     assert cfg.solver.final_sigma == 0.02
@@ -152,7 +153,23 @@ def test_inplane_weight_follows_the_pixel_size():
     two = load_config("sparse_view_ct_2", check_files=False).resolved().solver.admm
     assert two.at_pixel_mm is None and two.weight_xy(2.0) == two.lam_xy
     classical = load_config("sparse_view_ct_8", ["solver.name=admm_tv"], check_files=False).resolved().solver.admm
-    assert classical.lam_xy == 0.0 and classical.at_pixel_mm is None  # the classical admm_tv leaves both keys behind
+    assert classical.lam_xy == 0.0 and classical.at_pixel_mm is None  # the classical admm_tv leaves the keys behind
+    assert classical.rho_xy_follows_pixel is None
+
+
+def test_inplane_penalty_follows_the_pixel_size_at_8_views():
+    """``rho_xy_follows_pixel`` (8 views: on): the in-plane ADMM penalty is z-TV's rho scaled as lam_xy is (the
+    threshold lam_xy / rho_xy the same at every pixel size); off (false; null, 4 views), the in-plane term shares
+    z-TV's rho."""
+    adm = load_config("sparse_view_ct_8", check_files=False).resolved().solver.admm  # 8 views: on (README)
+    assert adm.penalty_xy(10.0, adm.at_pixel_mm) == pytest.approx(10.0)
+    assert adm.penalty_xy(10.0, 2 * adm.at_pixel_mm) == pytest.approx(5.0)
+    assert adm.weight_xy(2.0) / adm.penalty_xy(10.0, 2.0) == pytest.approx(adm.lam_xy / 10.0)
+    off = load_config("sparse_view_ct_8", ["solver.admm.rho_xy_follows_pixel=false"],
+                      check_files=False).resolved().solver.admm
+    assert off.penalty_xy(10.0, 2.0) == 10.0
+    four = load_config("sparse_view_ct_4", check_files=False).resolved().solver.admm
+    assert four.rho_xy_follows_pixel is None and four.penalty_xy(10.0, 2.0) == 10.0
 
 
 def test_ztv_of_mri_slices_sharing_one_mask_is_weaker():

@@ -44,8 +44,10 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
         config_admm = given["solver"].get("admm", {})
         config_xy = 0.0 if "lam_xy" in left else config_admm.get("lam_xy") or 0.0
         config_px = None if "at_pixel_mm" in left else config_admm.get("at_pixel_mm")
+        config_rho_xy = None if "rho_xy_follows_pixel" in left else config_admm.get("rho_xy_follows_pixel")
         assert s.admm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None,
-                                       "lam_xy": config_xy, "at_pixel_mm": config_px, **own}
+                                       "lam_xy": config_xy, "at_pixel_mm": config_px,
+                                       "rho_xy_follows_pixel": config_rho_xy, **own}
     elif spec.z_tv == "optional":
         assert s.admm.lam == 0.0
     else:

@@ -2,9 +2,13 @@
 
     min_x  1/2 ||A x - y||^2 + sum_a lam_a ||D_a x||_1   (lam: one weight, or one per axis of D)
 
-    x <- CG (n_cg iterations, warm-started at x) on (A^H A + rho D^H D) x = A^H y + rho D^H (z - u)
-    z <- soft_threshold(D x + u, lam / rho)     (per axis: lam_a / rho, one rho for all)
+    x <- CG (n_cg iterations, warm-started at x) on (A^H A + sum_a rho_a D_a^H D_a) x
+                                                    = A^H y + sum_a rho_a D_a^H (z_a - u_a)
+    z <- soft_threshold(D x + u, lam / rho)     (per axis: lam_a / rho_a)
     u <- u + D x - z
+
+rho, like lam, is one penalty or one per axis of D (ADMM with a diagonal penalty: the scaled dual u keeps its
+form per axis).
 
 Complex images (MRI from measured k-space) run through the same step: CG uses the real inner product
 Re<a, b>, and the soft threshold shrinks the magnitude of each complex difference and keeps its phase.
@@ -40,6 +44,15 @@ def soft_threshold(v: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     return torch.sign(v) * torch.clamp(v.abs() - t, min=0.0)
 
 
+def _per_axis_values(v) -> tuple[float, ...]:
+    """One number or a sequence of them (numpy/torch scalars too) as a tuple of floats."""
+    return (float(v),) if np.ndim(v) == 0 else tuple(float(x) for x in v)
+
+
+def _broadcast(values: tuple[float, ...], n: int) -> tuple[float, ...]:
+    return values * n if len(values) == 1 else values
+
+
 def axis_weights(lams) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """The axes whose TV weight in ``lams`` (one per volume axis) is > 0, and those weights: D's axes and
     ``ADMMTV``'s per-axis lam (e.g. (lam_z, lam_xy, lam_xy) -> z-TV plus in-plane TV)."""
@@ -57,14 +70,17 @@ class ADMMTV:
     """
 
     def __init__(self, A: LinearOperator, y: torch.Tensor, D: LinearOperator | None, lam: float | Sequence[float],
-                 rho: float, n_cg: int = 1, nonneg: bool = False, clip: tuple[float, float] | None = None):
-        lams = (float(lam),) if np.ndim(lam) == 0 else tuple(float(v) for v in lam)  # numpy/torch scalars too
-        if min(lams) < 0 or rho <= 0:
+                 rho: float | Sequence[float], n_cg: int = 1, nonneg: bool = False,
+                 clip: tuple[float, float] | None = None):
+        lams, rhos = _per_axis_values(lam), _per_axis_values(rho)
+        if min(lams) < 0 or min(rhos) <= 0:
             raise ValueError(f"need lam >= 0 and rho > 0, got lam={lam}, rho={rho}")
-        if len(lams) > 1 and (D is None or len(lams) != D.out_shape[0]):
-            raise ValueError(f"{len(lams)} TV weights for the {0 if D is None else D.out_shape[0]} axes of D")
+        n_axes = max(len(lams), len(rhos))
+        for name, values in (("TV weights", lams), ("ADMM penalties", rhos)):
+            if len(values) > 1 and (D is None or len(values) != D.out_shape[0]):
+                raise ValueError(f"{len(values)} {name} for the {0 if D is None else D.out_shape[0]} axes of D")
         self.A, self.y, self.D = A, y, D
-        self.lams, self.rho, self.n_cg = lams, float(rho), int(n_cg)
+        self.lams, self.rhos, self.n_cg = _broadcast(lams, n_axes), _broadcast(rhos, n_axes), int(n_cg)
         self.nonneg, self.clip = nonneg, clip
         self.aty = A.adjoint(y)
         if self.aty.is_complex() and (nonneg or clip is not None):
@@ -90,7 +106,11 @@ class ADMMTV:
         return torch.tensor(values, dtype=v.real.dtype, device=v.device).view(shape)
 
     def _threshold(self, v: torch.Tensor):
-        return self._per_axis(v, [lam / self.rho for lam in self.lams])
+        return self._per_axis(v, [lam / rho for lam, rho in zip(self.lams, self.rhos)])
+
+    def _penalised(self, v: torch.Tensor) -> torch.Tensor:
+        """D^H (rho v): the penalty's part of the x-update, each axis of v with its own rho."""
+        return self.D.adjoint(self._per_axis(v, self.rhos) * v)
 
     def init_state(self, x: torch.Tensor) -> ADMMState:
         """z = the shrunk differences of the start x (0 for a constant start), u = 0: a warm start keeps its
@@ -104,14 +124,14 @@ class ADMMTV:
     def _normal(self, x):
         out = self.A.normal(x)
         if self.uses_tv:
-            out = out + self.rho * self.D.normal(x)
+            out = out + self._penalised(self.D.forward(x))
         return out
 
     def step(self, x: torch.Tensor, state: ADMMState) -> torch.Tensor:
         """One ADMM iteration from x; updates ``state`` in place and returns the new x."""
         rhs = self.aty
         if self.uses_tv:
-            rhs = rhs + self.rho * self.D.adjoint(state.z - state.u)
+            rhs = rhs + self._penalised(state.z - state.u)
         x = conjugate_gradient(self._normal, rhs, x, self.n_cg, system_dims=self.slice_systems)
         x = self.project(x)
         if self.uses_tv:

@@ -9,8 +9,8 @@ Data consistency is the one shared ADMM step (``ADMMTV.step``) for
     min_x 1/2 ||A x - y||^2 + lam ||D_z x||_1,  D_z = FiniteDifference(volume, axes=(0,), boundary),
 with z and u created once per run and shared by all diffusion steps. lam = 0 switches the z-TV term off
 and gives the slice-wise 2D baseline through the same code path. ``lam_xy`` > 0 adds an in-plane TV term
-lam_xy (||D_y x||_1 + ||D_x x||_1) to the same step (its own threshold lam_xy / rho, the same rho): a light
-one removes the grain a slice prior leaves along the few views' streak directions. lam and rho have no
+lam_xy (||D_y x||_1 + ||D_x x||_1) to the same step (its own threshold lam_xy / rho_xy; rho_xy defaults to
+rho): a light one removes the grain a slice prior leaves along the few views' streak directions. lam and rho have no
 default here: the weights depend on the modality and the image scaling, which the core does not know (the
 caller, e.g. the pipelines' solver registry, supplies them).
 
@@ -158,6 +158,7 @@ class DiffusionSolver:
     measurement of the volume, model units), ``n_steps`` (diffusion steps; a VP prior caps them at its
     number of timesteps), ``lam``/``rho`` (z-TV weight and ADMM penalty, required: lam = 0 is the slice-wise
     2D baseline, rho > 0 is then unused unless ``lam_xy`` > 0), ``lam_xy`` (in-plane TV weight, default 0: none),
+    ``rho_xy`` (the in-plane term's own ADMM penalty; None: rho),
     ``n_cg`` (CG iterations per ADMM step), ``boundary`` of D_z (``"neumann"``: the first and last slices
     are not tied; ``"periodic"``: the reference code's wrap-around), ``nonneg``/``clip`` (projections after
     the CG update, see ``ADMMTV``), ``chunk_size`` (None: ``auto_chunk_size``), ``seed``, ``progress``
@@ -180,7 +181,8 @@ class DiffusionSolver:
     backward_per_step = 0
 
     def __init__(self, prior: Denoiser, A: LinearOperator, y: torch.Tensor, *, n_steps: int | None = None,
-                 lam: float, rho: float, lam_xy: float = 0.0, n_cg: int | None = None, boundary: str = "neumann",
+                 lam: float, rho: float, lam_xy: float = 0.0, rho_xy: float | None = None, n_cg: int | None = None,
+                 boundary: str = "neumann",
                  nonneg: bool = False, clip: tuple[float, float] | None = None, chunk_size: int | None = None,
                  seed: int = 0, progress: bool = False, start_sigma: float | None = None,
                  end_sigma: float | None = None, final_sigma: float = 0.0,
@@ -198,8 +200,11 @@ class DiffusionSolver:
             raise ValueError(f"TV weights must be >= 0, got lam={lam}, lam_xy={lam_xy}")
         self.lam, self.lam_xy = float(lam), float(lam_xy)  # the z-TV and in-plane TV weights (public settings)
         axes, lams = axis_weights((lam, lam_xy, lam_xy))
+        rho_xy = rho if rho_xy is None else rho_xy
+        rhos = tuple((rho, rho_xy, rho_xy)[a] for a in axes)
         D = FiniteDifference(self.shape, axes=axes, boundary=boundary) if axes else None
-        self.dc = ADMMTV(A, y, D, lams or 0.0, rho, self.default_n_cg if n_cg is None else n_cg, nonneg, clip)
+        self.dc = ADMMTV(A, y, D, lams or 0.0, rhos or rho, self.default_n_cg if n_cg is None else n_cg, nonneg,
+                         clip)
         self.is_complex = self.dc.aty.is_complex()  # complex images: the prior sees real and imaginary parts
         self.sigmas = noise_levels(prior.schedule, n_steps or self.default_steps, start_sigma, end_sigma)
         if not 0 <= final_sigma <= prior.schedule.sigma_max:  # above it, the estimate is a blur of the prior's mean

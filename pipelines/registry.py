@@ -148,7 +148,7 @@ class ADMM(Section):
     at_pixel_mm: Optional[float] = Field(None, gt=0)
     # the in-plane term's ADMM penalty follows the pixel size as lam_xy does (rho x at_pixel_mm / the data's pixel
     # size; its threshold lam_xy / rho stays): the coupling of coarse pixels, whose differences are large, weakens
-    # with their weight; null: the in-plane term shares z-TV's rho
+    # with their weight; null (or at_pixel_mm null: nothing to follow): the in-plane term shares z-TV's rho
     rho_xy_follows_pixel: Optional[bool] = None
     #: defaults filled only together with the key they belong to: a lam the user sets is used as is
     TIED: ClassVar[dict] = {"at_slice_mm": "lam", "same_mask_scale": "lam", "rho_follows_spacing": "lam"}

@@ -170,6 +170,8 @@ def test_inplane_penalty_follows_the_pixel_size_at_8_views():
     assert off.penalty_xy(10.0, 2.0) == 10.0
     four = load_config("sparse_view_ct_4", check_files=False).resolved().solver.admm
     assert four.rho_xy_follows_pixel is None and four.penalty_xy(10.0, 2.0) == 10.0
+    fixed = load_config("sparse_view_ct_8", ["solver.admm.at_pixel_mm=null"], check_files=False).resolved()
+    assert fixed.solver.admm.penalty_xy(10.0, 2.0) == 10.0  # at_pixel_mm null: the weight and the penalty as is
 
 
 def test_ztv_of_mri_slices_sharing_one_mask_is_weaker():

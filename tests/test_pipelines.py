@@ -488,20 +488,27 @@ def test_ztv_weight_is_scaled_by_the_slice_spacing_and_3d_tv_is_not(ct_nifti):
     assert z_tv("solver.tv=3d")["lam"] == 0.3
 
 
-def test_inplane_weight_and_penalty_are_scaled_by_the_pixel_size(ct_nifti):
+def test_inplane_weight_and_penalty_are_scaled_by_the_pixel_size(ct_nifti, monkeypatch):
     """``admm.at_pixel_mm`` scales the sampler's in-plane TV weight to the grid's pixel size, and with
-    ``rho_xy_follows_pixel`` its ADMM penalty too (report.json's ``z_tv``: the values used and the pixel size)."""
+    ``rho_xy_follows_pixel`` its ADMM penalty too: the sampler's ADMM step gets them (report.json's ``z_tv``: the
+    values used and the pixel size)."""
     from pipelines.config import load_config
 
-    sets = ["ct.image_size=32", "ct.pixel_size=2.0", "solver.admm.lam_xy=0.4", "solver.admm.at_pixel_mm=1.0"]
+    built = _record_fast_samplers(monkeypatch)
+    prior = GaussianDenoiser(mean=0.0, var=0.1)
+    prior.intensity = IntensityMap(-1000.0, 1000.0, -1.0, 1.0, unit="HU")
+    sets = ["ct.image_size=32", "ct.pixel_size=2.0", "solver.admm.lam_xy=0.4", "solver.admm.at_pixel_mm=1.0",
+            "solver.steps=2"]
     for follows in (False, True):
         cfg = load_config("sparse_view_ct_8", sets + [f"solver.admm.rho_xy_follows_pixel={str(follows).lower()}"],
                           check_files=False).resolved()
-        p = Problem.build(cfg, read_volume(ct_nifti))
-        lam, rho, lam_xy, rho_xy = p._z_tv(cfg.solver)
-        assert p.info["z_tv"]["pixel_mm"] == p.pixel_mm != 1.0
-        assert lam_xy == p.info["z_tv"]["lam_xy"] == pytest.approx(0.4 / p.pixel_mm)
-        assert rho_xy == p.info["z_tv"]["rho_xy"] == pytest.approx(rho / p.pixel_mm if follows else rho)
+        p = Problem.build(cfg, read_volume(ct_nifti), prior=prior)
+        p.solve()
+        zt = p.info["z_tv"]
+        assert zt["pixel_mm"] == p.pixel_mm != 1.0
+        assert zt["lam_xy"] == pytest.approx(0.4 / p.pixel_mm)
+        assert zt["rho_xy"] == pytest.approx(zt["rho"] / p.pixel_mm if follows else zt["rho"])
+        assert built[-1].dc.lams[1:] == (zt["lam_xy"],) * 2 and built[-1].dc.rhos == (zt["rho"], *(zt["rho_xy"],) * 2)
 
 
 def _record_fast_samplers(monkeypatch) -> list:

@@ -10,8 +10,8 @@ Data consistency is the one shared ADMM step (``ADMMTV.step``) for
 with z and u created once per run and shared by all diffusion steps. lam = 0 switches the z-TV term off
 and gives the slice-wise 2D baseline through the same code path. ``lam_xy`` > 0 adds an in-plane TV term
 lam_xy (||D_y x||_1 + ||D_x x||_1) to the same step (its own threshold lam_xy / rho_xy; rho_xy defaults to
-rho): a light one removes the grain a slice prior leaves along the few views' streak directions. lam and rho have no
-default here: the weights depend on the modality and the image scaling, which the core does not know (the
+rho): a light one removes the grain a slice prior leaves along the few views' streak directions. lam and rho have
+no default here: the weights depend on the modality and the image scaling, which the core does not know (the
 caller, e.g. the pipelines' solver registry, supplies them).
 
 Complex volumes (MRI from measured k-space, a complex-input operator): the real-valued prior sees the real
@@ -182,8 +182,8 @@ class DiffusionSolver:
 
     def __init__(self, prior: Denoiser, A: LinearOperator, y: torch.Tensor, *, n_steps: int | None = None,
                  lam: float, rho: float, lam_xy: float = 0.0, rho_xy: float | None = None, n_cg: int | None = None,
-                 boundary: str = "neumann",
-                 nonneg: bool = False, clip: tuple[float, float] | None = None, chunk_size: int | None = None,
+                 boundary: str = "neumann", nonneg: bool = False, clip: tuple[float, float] | None = None,
+                 chunk_size: int | None = None,
                  seed: int = 0, progress: bool = False, start_sigma: float | None = None,
                  end_sigma: float | None = None, final_sigma: float = 0.0,
                  snapshot: Callable[[int, torch.Tensor], None] | None = None, snapshot_every: int = 0):

@@ -39,15 +39,14 @@ def test_resolved_config_takes_the_registry_defaults(name, modality, config):
         assert s.final_sigma == FAST_END[modality]["final_sigma"]
     if spec.z_tv == "default":
         own = (spec.admm or {}).get(modality, ADMM_DEFAULTS[modality])
-        # the config's in-plane weight stays, unless the solver leaves it behind (admm_tv: NOT_TAKEN)
+        # the config's in-plane keys stay (null: their registry default), unless the solver leaves them behind
+        # (admm_tv: NOT_TAKEN)
         left = getattr(spec.settings, "NOT_TAKEN", {}).get("admm", ())
         config_admm = given["solver"].get("admm", {})
-        config_xy = 0.0 if "lam_xy" in left else config_admm.get("lam_xy") or 0.0
-        config_px = None if "at_pixel_mm" in left else config_admm.get("at_pixel_mm")
-        config_rho_xy = None if "rho_xy_follows_pixel" in left else config_admm.get("rho_xy_follows_pixel")
+        inplane = {key: default if key in left or config_admm.get(key) is None else config_admm[key]
+                   for key, default in (("lam_xy", 0.0), ("at_pixel_mm", None), ("rho_xy_follows_pixel", None))}
         assert s.admm.model_dump() == {"at_slice_mm": None, "same_mask_scale": None, "rho_follows_spacing": None,
-                                       "lam_xy": config_xy, "at_pixel_mm": config_px,
-                                       "rho_xy_follows_pixel": config_rho_xy, **own}
+                                       **inplane, **own}
     elif spec.z_tv == "optional":
         assert s.admm.lam == 0.0
     else:

@@ -82,6 +82,7 @@ class ADMMTV:
         self.A, self.y, self.D = A, y, D
         self.lams, self.rhos, self.n_cg = _broadcast(lams, n_axes), _broadcast(rhos, n_axes), int(n_cg)
         self.nonneg, self.clip = nonneg, clip
+        self._axis_tensors: dict = {}  # _per_axis's tensors
         self.aty = A.adjoint(y)
         if self.aty.is_complex() and (nonneg or clip is not None):
             raise ValueError("nonneg/clip need real images; this operator's images are complex")
@@ -99,11 +100,16 @@ class ADMMTV:
         return 2 if slices_apart(self.A) and not along_z else None
 
     def _per_axis(self, v: torch.Tensor, values: Sequence[float]):
-        """One value per axis of D, shaped to broadcast against D's output v (a float when they are all equal)."""
+        """One value per axis of D, shaped to broadcast against D's output v (a float when they are all equal); the
+        tensor is made once per values, dtype and device (the CG operator asks for it every iteration: on a GPU each
+        new one was a host-to-device copy)."""
         if len(set(values)) == 1:
             return values[0]
-        shape = (-1, *([1] * (len(self.D.out_shape) - 1)))
-        return torch.tensor(values, dtype=v.real.dtype, device=v.device).view(shape)
+        key = (tuple(values), v.real.dtype, v.device)
+        if key not in self._axis_tensors:
+            shape = (-1, *([1] * (len(self.D.out_shape) - 1)))
+            self._axis_tensors[key] = torch.tensor(values, dtype=v.real.dtype, device=v.device).view(shape)
+        return self._axis_tensors[key]
 
     def _threshold(self, v: torch.Tensor):
         return self._per_axis(v, [lam / rho for lam, rho in zip(self.lams, self.rhos)])

@@ -128,6 +128,21 @@ def test_per_axis_tv_weights(lam_z):
         ADMMTV(Identity(y.shape), y, FiniteDifference(y.shape, (0, 1, 2)), (0.1, 0.2), rho=1.0)
 
 
+def test_per_axis_values_are_one_tensor_per_dtype_and_device_not_one_per_call():
+    """The CG operator asks for the per-axis penalty every iteration: the tensor is made once per dtype and device
+    (on a GPU each new one was a host-to-device copy), shaped to broadcast along D's axis dimension; equal values
+    stay a number."""
+    y = torch.rand((3, 4, 5), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    D = FiniteDifference(y.shape, (0, 1, 2))
+    prob = ADMMTV(Identity(y.shape), y, D, (0.05, 0.02, 0.02), rho=(1.0, 0.3, 0.3))
+    v = D.forward(y)
+    rho = prob._per_axis(v, prob.rhos)
+    assert rho is prob._per_axis(v, prob.rhos)
+    assert rho.shape == (3, 1, 1, 1) and rho.dtype == torch.float64 and rho.flatten().tolist() == [1.0, 0.3, 0.3]
+    assert prob._per_axis(v.float(), prob.rhos).dtype == torch.float32  # another dtype: its own tensor
+    assert prob._per_axis(v, (0.5, 0.5, 0.5)) == 0.5
+
+
 def test_per_axis_admm_penalties_split_differently_and_reach_the_same_minimiser():
     """rho per axis of D (the samplers' in-plane penalty, ``rho_xy``): TV denoising is strongly convex, so ADMM with
     a shared rho and with (rho_z, rho_xy, rho_xy) reach the one minimiser, while their first steps differ (the

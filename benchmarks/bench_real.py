@@ -167,8 +167,8 @@ def main(argv=None):
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value for every case (repeatable), e.g. noise.I0=1e7")
     ap.add_argument("--save-volumes", action="store_true", help="also write each method's reconstruction as NIfTI "
-                    "(CASE_SCAN_LABEL.nii.gz under --out, punctuation as _), e.g. to fine-tune a prior on a scan's "
-                    "own estimate")
+                    "and the reference (CASE_SCAN_LABEL.nii.gz under --out, punctuation as _), e.g. to fine-tune a prior on "
+                    "a scan's own estimate or to score a combination of results")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench_real")
     a = ap.parse_args(argv)
     if not a.cv and (a.cv_start_sigma or a.cv_lam):
@@ -227,10 +227,10 @@ def main(argv=None):
                                        echo=lambda m: print(f"[{case} {scan}] {m}", flush=True))
             preview_grid([("reference", ref)] + [(r.label, r.volume) for r in res], a.out / f"{case}_{scan}.png",
                          WINDOW[modality])
-            if a.save_volumes:
-                for r in res:
-                    slug = re.sub("[^0-9A-Za-z]+", "_", r.label).strip("_")
-                    write_nifti(r.volume, a.out / f"{case}_{scan}_{slug}.nii.gz")
+            if a.save_volumes:  # the reference too: scores of combined results are computed from these files
+                for label, volume in [("reference", ref)] + [(r.label, r.volume) for r in res]:
+                    slug = re.sub("[^0-9A-Za-z]+", "_", label).strip("_")
+                    write_nifti(volume, a.out / f"{case}_{scan}_{slug}.nii.gz")
             lam_on = tuned.get("lam_on", [tuned["scan"]])
             title = (f"**{case} on {scan}** ({config}; {ref.shape[0]} slices of {ref.shape[1]}x{ref.shape[2]} at "
                      f"{ref.spacing[0]:.2g} mm; lam {lam:g} tuned on {', '.join(lam_on)}"

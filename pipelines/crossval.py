@@ -124,8 +124,7 @@ def cross_validate(problem, settings):
     cold = settings.warm_start.method == "none"
     sigma = sigma0 if cold else min((sigma0 * f for f in cv.start_sigma), key=lambda s: score(s, lam0))
     # no diffusion (sigma 0), or one slice: the z-TV weight does not act
-    one_slice = problem.measurement.grid.shape[0] == 1 and problem.measurement.mask_layout != "3d"
-    lam = lam0 if sigma == 0 or one_slice else min((lam0 * f for f in cv.lam), key=lambda v: score(sigma, v))
+    lam = lam0 if sigma == 0 or problem.single_slice else min((lam0 * f for f in cv.lam), key=lambda v: score(sigma, v))
     log.info(f"cross-validation ({held} held out) chose start_sigma {sigma:.3g}, z-TV lam {lam:.3g}"
              + (": the warm start itself, no diffusion" if sigma == 0 else ""))
     problem.info["cross_validation"] = {

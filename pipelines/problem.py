@@ -352,15 +352,26 @@ class Problem:
         except ValueError as e:
             raise InputError(f"solver ({s.name}): {e}") from None
         x_init = warm.clone() if warm is not None else self.warm_start(s, progress)
-        seeds = sample_seeds(solver.seed, s.samples) if s.samples > 1 else None
+        k = self.samples(s)
+        seeds = sample_seeds(solver.seed, k) if k > 1 else None
         self.info["sample_seeds"] = seeds  # report.json: the seeds that ran (this solve's, not an earlier one's)
         if seeds:
-            mean, std = sample_posterior(solver, s.samples, seeds=seeds, x_init=x_init)
-            out = Solution(mean, std, solver.nfe * s.samples)
+            mean, std = sample_posterior(solver, k, seeds=seeds, x_init=x_init)
+            out = Solution(mean, std, solver.nfe * k)
         else:
             out = Solution(solver.run(x_init=x_init), None, solver.nfe)
-        out.backward_per_slice = solver.backward_passes * s.samples
+        out.backward_per_slice = solver.backward_passes * k
         return out
+
+    @property
+    def single_slice(self) -> bool:
+        """One slice with nothing along z to couple (a 3D k-space mask couples the slices by itself)."""
+        return self.measurement.grid.shape[0] == 1 and self.measurement.mask_layout != "3d"
+
+    def samples(self, s) -> int:
+        """The posterior samples a diffusion solve averages: ``samples``, at least ``single_slice_samples`` on a
+        single slice."""
+        return max(s.samples, s.single_slice_samples) if self.single_slice else s.samples
 
     def _z_tv(self, s) -> tuple[float, float, float, float]:
         """(lam, rho, lam_xy, rho_xy) of the solver's TV term: lam scaled to this volume's slice spacing and mask

@@ -214,6 +214,8 @@ class SelfAdapt(Section):
 class _Diffusion(_Iterative):
     chunk_size: Optional[int] = Field(None, gt=0)  # slices per network call; null: automatic
     samples: int = Field(1, gt=0)  # > 1: posterior mean and voxel-wise std
+    # at least this many on a single slice: no neighbours there for z-TV to average the sampling noise over
+    single_slice_samples: int = Field(1, gt=0)
     seed: Seed = 0
     self_adapt: SelfAdapt = SelfAdapt()
     # the network's arithmetic: fp32, bf16 (autocast), or auto (bf16 where the device has it natively)

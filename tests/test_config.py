@@ -28,6 +28,7 @@ def test_bundled_configs_validate(name):
     assert cfg.solver.warm_start.method == "admm_tv"  # the default starts from the classical solution
     assert cfg.solver.end_sigma == (0.02 if name == "sparse_view_ct_8" else None)  # 8 views: tuned (README)
     assert cfg.solver.final_sigma == 0.02
+    assert cfg.solver.single_slice_samples == (2 if name == "sparse_view_ct_4" else 1)  # 4 views: measured (README)
 
 
 def test_config_contents_match_their_task():

@@ -184,6 +184,28 @@ def test_dicom_source_gives_a_derived_series_and_simulation(tmp_path):
     assert json.loads((out / "report.json").read_text())["config"]["solver"]["name"] == "fbp"
 
 
+def test_single_slice_samples_average_more_samples_only_where_there_is_one_slice(tmp_path, mr_nifti, monkeypatch):
+    """solver.single_slice_samples: a single slice has no neighbours for z-TV to average the sampling noise over,
+    so it gets at least that many samples (their mean, and std.nii.gz); a volume of several slices keeps
+    ``samples``."""
+    prior = GaussianDenoiser(mean=0.3, var=0.1)
+    prior.image_size, prior.intensity, prior.sha256 = 32, IntensityMap(0.0, 1.0, unit="normalised"), "abc"
+    monkeypatch.setattr(problem_module, "configured_prior", lambda cfg, device: prior)
+    (tmp_path / "prior").mkdir()
+    vol = read_volume(mr_nifti)
+    one = write_nifti(Volume(vol.data[:1], vol.spacing, vol.origin, vol.direction), tmp_path / "one.nii.gz")
+    sets = [f"prior.path={tmp_path / 'prior'}", "solver.steps=2", "solver.single_slice_samples=3"]
+    from medrecon.solvers.diffusion import sample_seeds
+    single = tasks.reconstruct("cs_mri_x4", one, tmp_path / "single", overrides=sets, resample=True)
+    assert single.report["sample_seeds"] == sample_seeds(0, 3) and (tmp_path / "single" / "std.nii.gz").exists()
+    several = tasks.reconstruct("cs_mri_x4", mr_nifti, tmp_path / "several", overrides=sets, resample=True)
+    assert vol.data.shape[0] > 1 and several.report["sample_seeds"] is None
+    assert not (tmp_path / "several" / "std.nii.gz").exists()
+    more = tasks.reconstruct("cs_mri_x4", one, tmp_path / "more", overrides=[*sets, "solver.samples=4"],
+                             resample=True)
+    assert more.report["sample_seeds"] == sample_seeds(0, 4)  # samples above it stands
+
+
 def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
     """The fast sampler with a Gaussian prior runs end to end, counts its network evaluations and gives std."""
     prior = GaussianDenoiser(mean=0.3, var=0.1)

@@ -353,6 +353,8 @@ class Problem:
             raise InputError(f"solver ({s.name}): {e}") from None
         x_init = warm.clone() if warm is not None else self.warm_start(s, progress)
         k = self.samples(s)
+        if k > s.samples:
+            log.info(f"one slice: the mean of {k} posterior samples (solver.single_slice_samples), each a full run")
         seeds = sample_seeds(solver.seed, k) if k > 1 else None
         self.info["sample_seeds"] = seeds  # report.json: the seeds that ran (this solve's, not an earlier one's)
         if seeds:

@@ -184,7 +184,8 @@ def test_dicom_source_gives_a_derived_series_and_simulation(tmp_path):
     assert json.loads((out / "report.json").read_text())["config"]["solver"]["name"] == "fbp"
 
 
-def test_single_slice_samples_average_more_samples_only_where_there_is_one_slice(tmp_path, mr_nifti, monkeypatch):
+def test_single_slice_samples_average_more_samples_only_where_there_is_one_slice(tmp_path, mr_nifti, monkeypatch,
+                                                                                  caplog):
     """solver.single_slice_samples: a single slice has no neighbours for z-TV to average the sampling noise over,
     so it gets at least that many samples (their mean, and std.nii.gz); a volume of several slices keeps
     ``samples``."""
@@ -196,8 +197,10 @@ def test_single_slice_samples_average_more_samples_only_where_there_is_one_slice
     one = write_nifti(Volume(vol.data[:1], vol.spacing, vol.origin, vol.direction), tmp_path / "one.nii.gz")
     sets = [f"prior.path={tmp_path / 'prior'}", "solver.steps=2", "solver.single_slice_samples=3"]
     from medrecon.solvers.diffusion import sample_seeds
+    caplog.set_level("INFO", logger="medrecon")
     single = tasks.reconstruct("cs_mri_x4", one, tmp_path / "single", overrides=sets, resample=True)
     assert single.report["sample_seeds"] == sample_seeds(0, 3) and (tmp_path / "single" / "std.nii.gz").exists()
+    assert "one slice: the mean of 3 posterior samples" in caplog.text  # the user is told why it runs three times
     several = tasks.reconstruct("cs_mri_x4", mr_nifti, tmp_path / "several", overrides=sets, resample=True)
     assert vol.data.shape[0] > 1 and several.report["sample_seeds"] is None
     assert not (tmp_path / "several" / "std.nii.gz").exists()

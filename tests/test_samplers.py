@@ -443,3 +443,14 @@ def test_gaussian_posterior_mean_cuda(cls, n_steps):
     assert x.shape == (N_SAMPLES, HW, HW)
     zscore = (x.mean(0) - post_mean).abs() / (x.std(0) / math.sqrt(N_SAMPLES)).clamp_min(1e-6)
     assert float(zscore.max()) < 4.5
+
+
+def test_the_progress_bar_names_each_posterior_sample(capsys):
+    """A run of K samples takes K times one: each bar says which sample it is, a single run's says nothing more."""
+    prior, A, y = _small_problem(z=2)
+    solver = FastSampler(prior, A, y, n_steps=2, lam=0.05, rho=1.0, progress=True)
+    sample_posterior(solver, 2)
+    shown = capsys.readouterr().err
+    assert "FastSampler sample 1/2" in shown and "FastSampler sample 2/2" in shown
+    solver.run()
+    assert "FastSampler:" in capsys.readouterr().err

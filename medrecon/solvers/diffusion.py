@@ -330,12 +330,14 @@ class DiffusionSolver:
 
     @torch.no_grad()
     def run(self, shape: Sequence[int] | None = None, x_init: torch.Tensor | None = None,
-            seed: int | None = None) -> torch.Tensor:
-        """The whole reverse diffusion; returns the reconstruction (Z, H, W) in model units."""
+            seed: int | None = None, note: str = "") -> torch.Tensor:
+        """The whole reverse diffusion; returns the reconstruction (Z, H, W) in model units. ``note`` is added
+        to the progress bar's name (e.g. which posterior sample this is)."""
         if shape is not None and tuple(shape) != self.shape:
             raise ValueError(f"shape {tuple(shape)} does not match the measurement's volume {self.shape}")
         state = self.init_state(x_init, seed)
-        bar = tqdm(total=self.n_steps, desc=type(self).__name__, unit="step", disable=not self.progress)
+        bar = tqdm(total=self.n_steps, desc=" ".join(filter(None, [type(self).__name__, note])), unit="step",
+                   disable=not self.progress)
         est = state.x
         while state.step < self.n_steps:
             est = self.step(state)
@@ -476,8 +478,9 @@ def sample_posterior(solver: DiffusionSolver | Callable[[int], DiffusionSolver],
         raise ValueError(f"got {len(seeds)} seeds for {k} samples")
     mean = m2 = None
     for n, s in enumerate(seeds, start=1):
-        x = solver.run(x_init=x_init, seed=s) if isinstance(solver, DiffusionSolver) else solver(s).run(
-            x_init=x_init)
+        note = f"sample {n}/{k}"  # on the progress bar: a run of K samples takes K times one
+        x = solver.run(x_init=x_init, seed=s, note=note) if isinstance(solver, DiffusionSolver) else solver(s).run(
+            x_init=x_init, note=note)
         if mean is None:
             mean, m2 = x.clone(), torch.zeros_like(x.real)
             continue

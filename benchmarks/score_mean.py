@@ -69,8 +69,8 @@ def main(argv=None):
             gains.append([p - tv for p in r["runs"] + [r["mean"]]])
     if gains:
         g = np.array(gains)
-        print("| mean Δ (below ADMM-TV) | | " + " | ".join(f"{m:+.3f} ({b})" for m, b in zip(g.mean(0), (g < 0).sum(0)))
-              + " |")
+        cells = [f"{m:+.3f} ({b})" for m, b in zip(g.mean(0), (g < 0).sum(0))]
+        print("| mean Δ (below ADMM-TV) | | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,12 @@ START_GRID = {"ct": [0.4, 0.8, 1.2], "mri": [0.2, 0.4, 0.8]}
 WINDOW = {"ct": (-400.0, 600.0), "mri": (0.0, 1.0)}
 
 
+def volume_file(out: Path, stem: str, label: str) -> Path:
+    """Where --save-volumes writes one method's (or the reference's) volume of a case: OUT/STEM_LABEL.nii.gz
+    (STEM is CASE_SCAN), the label's punctuation as _; score_mean.py reads them back by this name."""
+    return out / f"{stem}_{re.sub('[^0-9A-Za-z]+', '_', label).strip('_')}.nii.gz"
+
+
 def case_prior(case: str, given: str | None = None) -> str:
     """The prior a case runs with: ``given`` (a script's prior option) if any, else its config's ``prior.path``."""
     return given or load_config(CASES[case][0]).prior.path
@@ -229,8 +235,7 @@ def main(argv=None):
                          WINDOW[modality])
             if a.save_volumes:  # the reference too: scores of combined results are computed from these files
                 for label, volume in [("reference", ref)] + [(r.label, r.volume) for r in res]:
-                    slug = re.sub("[^0-9A-Za-z]+", "_", label).strip("_")
-                    write_nifti(volume, a.out / f"{case}_{scan}_{slug}.nii.gz")
+                    write_nifti(volume, volume_file(a.out, f"{case}_{scan}", label))
             lam_on = tuned.get("lam_on", [tuned["scan"]])
             title = (f"**{case} on {scan}** ({config}; {ref.shape[0]} slices of {ref.shape[1]}x{ref.shape[2]} at "
                      f"{ref.spacing[0]:.2g} mm; lam {lam:g} tuned on {', '.join(lam_on)}"

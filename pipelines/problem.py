@@ -352,7 +352,7 @@ class Problem:
         except ValueError as e:
             raise InputError(f"solver ({s.name}): {e}") from None
         x_init = warm.clone() if warm is not None else self.warm_start(s, progress)
-        k = self.samples(s)
+        k = self.sample_count(s)
         if k > s.samples:
             log.info(f"one slice: the mean of {k} posterior samples (solver.single_slice_samples), each a full run")
         seeds = sample_seeds(solver.seed, k) if k > 1 else None
@@ -370,7 +370,7 @@ class Problem:
         """One slice with nothing along z to couple (a 3D k-space mask couples the slices by itself)."""
         return self.measurement.grid.shape[0] == 1 and self.measurement.mask_layout != "3d"
 
-    def samples(self, s) -> int:
+    def sample_count(self, s) -> int:
         """The posterior samples a diffusion solve averages: ``samples``, at least ``single_slice_samples`` on a
         single slice."""
         return max(s.samples, s.single_slice_samples) if self.single_slice else s.samples

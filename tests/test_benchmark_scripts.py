@@ -49,10 +49,10 @@ def test_score_mean_scores_the_mean_of_saved_runs_and_refuses_other_references(t
         write_nifti(Volume(ref), run / "ct4_s_reference.nii.gz")
         write_nifti(Volume(ref + 200), run / "ct4_s_ADMM_TV_3D_lam_2.nii.gz")
         write_nifti(Volume(x), run / "ct4_s_fast_z_TV_warm.nii.gz")
-    (row,) = score_mean.score(runs, "fast_z_TV_warm", 2000.0)
+    (row,) = score_mean.score(runs, score_mean.FAST, 2000.0)
     expect = per_axis_metrics(ref, ref + 5, 2000.0)["psnr"]["axial"]  # the noise cancels, the offset halves
     assert row["mean"] == pytest.approx(expect, abs=1e-3) and row["mean"] > max(row["runs"]) + 10
     assert row["admm_tv"] == pytest.approx(per_axis_metrics(ref, ref + 200, 2000.0)["psnr"]["axial"], abs=1e-3)
     write_nifti(Volume(ref + 1), runs[1] / "ct4_s_reference.nii.gz", overwrite=True)
     with pytest.raises(SystemExit, match="another reference"):
-        score_mean.score(runs, "fast_z_TV_warm", 2000.0)
+        score_mean.score(runs, score_mean.FAST, 2000.0)

@@ -223,7 +223,8 @@ def preview_grid(rows: list[tuple[str, Volume]], path: Path, window: tuple[float
 
     All panels share one scale (square pixels in mm), chosen so the tallest panel is ``height`` pixels;
     all rows share one grey window (default: from the first volume). A thin slab (z extent under a quarter of
-    the in-plane one) has its coronal and sagittal panels stretched along z by a whole factor, said in the label.
+    the in-plane one) has its coronal and sagittal panels stretched along z by a whole factor, said in the label;
+    a single slice shows its axial panel only (its coronal and sagittal planes are one line).
     """
     from PIL import ImageDraw
 
@@ -235,21 +236,23 @@ def preview_grid(rows: list[tuple[str, Volume]], path: Path, window: tuple[float
         sx, sy, sz = vol.spacing
         nz, ny, nx = vol.shape
         zmm, ymm, xmm = nz * sz, ny * sy, nx * sx
-        stretch = z_stretch(vol)
+        one_slice = nz == 1
+        stretch = 1 if one_slice else z_stretch(vol)
         zmm *= stretch
-        label_h = 14 if label or stretch > 1 else 0
-        scale = height / max(ymm, zmm)
+        note = "   (one slice: axial only)" if one_slice else f"   (coronal, sagittal: z x{stretch})" if stretch > 1 else ""
+        label_h = 14 if label or note else 0
+        scale = height / (ymm if one_slice else max(ymm, zmm))
         scaled = [np.clip((v - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8) for v in orthogonal_views(vol)]
-        panels = [_resize(scaled[0], ymm, xmm, scale), _resize(scaled[1], zmm, xmm, scale),
-                  _resize(scaled[2], zmm, ymm, scale)]
+        panels = [_resize(scaled[0], ymm, xmm, scale)]
+        if not one_slice:
+            panels += [_resize(scaled[1], zmm, xmm, scale), _resize(scaled[2], zmm, ymm, scale)]
         img = Image.new("L", (sum(p.width for p in panels) + gap * (len(panels) - 1),
                               max(p.height for p in panels) + label_h), 0)
         x0 = 0
         for p in panels:
             img.paste(p, (x0, label_h + (img.height - label_h - p.height) // 2))
             x0 += p.width + gap
-        if label or stretch > 1:
-            note = f"   (coronal, sagittal: z x{stretch})" if stretch > 1 else ""
+        if label or note:
             ImageDraw.Draw(img).text((2, 1), f"{label}{note}", fill=255)
         row_images.append(img)
     canvas = Image.new("L", (max(r.width for r in row_images), sum(r.height for r in row_images)

@@ -291,6 +291,20 @@ def test_a_thin_slabs_coronal_and_sagittal_views_are_stretched_as_in_preview_png
     assert h == pytest.approx(aw * 4 * k / 180, abs=1) and h >= 60
 
 
+def test_a_single_slices_preview_is_its_axial_panel_alone(tmp_path):
+    """A one-slice input's coronal and sagittal panels were its one row stretched x110 into a striped band beside
+    the axial panel; preview.png now shows the axial panel only, at full height, and says why."""
+    from pipelines.outputs import preview_png
+    rng = np.random.default_rng(0)
+    one = Volume(rng.uniform(0, 1, (1, 90, 120)).astype(np.float32), spacing=(1.0, 1.0, 3.0))
+    two = Volume(rng.uniform(0, 1, (2, 90, 120)).astype(np.float32), spacing=(1.0, 1.0, 3.0))
+    preview_png(one, tmp_path / "one.png", window=(0, 1), height=180)
+    preview_png(two, tmp_path / "two.png", window=(0, 1), height=180)
+    one_png, two_png = Image.open(tmp_path / "one.png"), Image.open(tmp_path / "two.png")
+    assert one_png.size == (240, 180 + 14)  # 120 x 90 mm at 2 px / mm, under a label line
+    assert two_png.width > 240 + 2 * 4  # two slices keep their coronal and sagittal panels
+
+
 def test_every_view_names_the_patients_sides(series, tmp_path):
     """No L/R, A/P or S/I letters were shown, so a reader could not confirm the radiological convention; each view
     names the patient's side at its four edges (the orientation itself: the RAS / sagittal test above)."""

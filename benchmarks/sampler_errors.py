@@ -41,10 +41,10 @@ def record_run(cfg, vol) -> dict:
     steps: list[tuple[torch.Tensor, float]] = []
     init, step = DiffusionSolver.init_state, FastSampler._step
 
-    def init_state(self, x_init=None, seed=None):
+    def init_state(self, x_init=None, seed=None, antithetic=False):
         if x_init is not None:
             steps.append((x_init.detach().clone().float(), float(self.sigmas[0])))
-        return init(self, x_init, seed)
+        return init(self, x_init, seed, antithetic)
 
     def _step(self, state, i):
         out = step(self, state, i)

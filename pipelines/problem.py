@@ -355,10 +355,11 @@ class Problem:
         k = self.sample_count(s)
         if k > s.samples:
             log.info(f"one slice: the mean of {k} posterior samples (solver.single_slice_samples), each a full run")
-        seeds = sample_seeds(solver.seed, k) if k > 1 else None
+        seeds = sample_seeds(solver.seed, k, s.antithetic) if k > 1 else None
         self.info["sample_seeds"] = seeds  # report.json: the seeds that ran (this solve's, not an earlier one's)
+        self.info["antithetic_samples"] = bool(seeds) and s.antithetic  # each seed's second run: its noise negated
         if seeds:
-            mean, std = sample_posterior(solver, k, seeds=seeds, x_init=x_init)
+            mean, std = sample_posterior(solver, k, seeds=seeds, x_init=x_init, antithetic=s.antithetic)
             out = Solution(mean, std, solver.nfe * k)
         else:
             out = Solution(solver.run(x_init=x_init), None, solver.nfe)

@@ -216,6 +216,8 @@ class _Diffusion(_Iterative):
     samples: int = Field(1, gt=0)  # > 1: posterior mean and voxel-wise std
     # at least this many on a single slice: no neighbours there for z-TV to average the sampling noise over
     single_slice_samples: int = Field(1, gt=0)
+    # samples in antithetic pairs: every second one is its predecessor's run with the noise negated
+    antithetic: bool = False
     seed: Seed = 0
     self_adapt: SelfAdapt = SelfAdapt()
     # the network's arithmetic: fp32, bf16 (autocast), or auto (bf16 where the device has it natively)

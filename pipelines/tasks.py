@@ -142,6 +142,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          device=str(problem.device), precision=problem.info.get("precision"),
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),
                          sample_seeds=problem.info.get("sample_seeds"),
+                         antithetic_samples=problem.info.get("antithetic_samples"),
                          network_evaluations_per_slice=int(sol.nfe_per_slice),
                          backward_passes_per_slice=int(sol.backward_per_slice),
                          measured_data_scale=problem.data_scale, grid=grid, z_tv=problem.info.get("z_tv"),

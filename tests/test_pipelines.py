@@ -207,6 +207,10 @@ def test_single_slice_samples_average_more_samples_only_where_there_is_one_slice
     more = tasks.reconstruct("cs_mri_x4", one, tmp_path / "more", overrides=[*sets, "solver.samples=4"],
                              resample=True)
     assert more.report["sample_seeds"] == sample_seeds(0, 4)  # samples above it stands
+    pairs = tasks.reconstruct("cs_mri_x4", one, tmp_path / "pairs", overrides=[*sets, "solver.antithetic=true"],
+                              resample=True)
+    assert pairs.report["sample_seeds"] == [0, 0, sample_seeds(0, 2)[1]] and pairs.report["antithetic_samples"]
+    assert single.report["antithetic_samples"] is False  # independent samples unless asked
 
 
 def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):

@@ -454,3 +454,26 @@ def test_the_progress_bar_names_each_posterior_sample(capsys):
     assert "FastSampler sample 1/2" in shown and "FastSampler sample 2/2" in shown
     solver.run()
     assert "FastSampler:" in capsys.readouterr().err
+
+
+def test_an_antithetic_pairs_mean_cancels_the_sampling_noise():
+    """On the analytic Gaussian problem (lam 0: the sampler's output is affine in every noise draw) a run and its
+    negated twin average to the noise-free trajectory: the pair's mean is the same for every seed and lies on the
+    posterior mean, while two independent samples' mean carries their noise."""
+    prior, A, y, post_mean, _ = _gaussian_problem(SCHEDULES["ve"]())
+
+    def solver(seed):
+        return FastSampler(prior, A, y, lam=0.0, rho=1.0, n_cg=1, n_steps=20, chunk_size=64, seed=seed)
+
+    pair3, std3 = sample_posterior(solver(3), 2, antithetic=True)
+    pair4, _ = sample_posterior(solver(4), 2, antithetic=True)
+    independent, _ = sample_posterior(solver(3), 2)
+    assert sample_seeds(3, 2, antithetic=True) == [3, 3]
+    assert sample_seeds(3, 5, antithetic=True) == [s for s in sample_seeds(3, 3) for _ in (0, 1)][:5]
+    twin = solver(3).run(antithetic=True)
+    assert torch.allclose(2 * pair3 - solver(3).run(), twin, atol=1e-5)  # the pair is the seed's run and its twin
+    assert float((pair3 - pair4).abs().max()) < 1e-4  # the noise cancels exactly, whatever the seed
+    err_pair = float((pair3.double() - post_mean).abs().max())
+    err_independent = float((independent.double() - post_mean).abs().max())
+    assert err_pair < 0.02 and err_independent > 10 * err_pair, (err_pair, err_independent)
+    assert float(std3.mean()) > 0.1  # the two runs differ: the twin is not a copy

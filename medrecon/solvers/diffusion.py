@@ -20,7 +20,8 @@ with variance sigma^2 per part, and the ADMM step's z-TV shrinks magnitudes of c
 
 Randomness: one ``torch.Generator`` per run, seeded; each step draws its noise for the whole volume at
 once, so the result does not depend on the chunk size; a patch prior's tile shifts restart from the same
-seed. No solver ever takes the ground truth.
+seed. A run with ``antithetic=True`` draws the same numbers negated: the antithetic twin of its seed's run
+(``sample_posterior``). No solver ever takes the ground truth.
 """
 from __future__ import annotations
 
@@ -216,6 +217,7 @@ class DiffusionSolver:
         self.chunk_size, self.seed, self.progress = chunk_size, int(seed), progress
         self.snapshot, self.snapshot_every = snapshot, int(snapshot_every)
         self.nfe = self.backward_passes = 0
+        self.antithetic = False  # this run's noise negated (init_state sets it per run)
 
     @property
     def n_steps(self) -> int:
@@ -227,11 +229,14 @@ class DiffusionSolver:
         return float(self.sigmas[i]), nxt
 
     # -- state ------------------------------------------------------------------------------------
-    def init_state(self, x_init: torch.Tensor | None = None, seed: int | None = None) -> SamplerState:
+    def init_state(self, x_init: torch.Tensor | None = None, seed: int | None = None,
+                   antithetic: bool = False) -> SamplerState:
         """x = x_init + sigma_0 * noise (x_init defaults to zeros): the start of the reverse diffusion. A prior with
         randomness of its own (a patch prior's tile shifts) is reseeded from the run's seed, so a run does not
-        depend on what ran before it in the process (another method, the previous study of a batch)."""
+        depend on what ran before it in the process (another method, the previous study of a batch).
+        ``antithetic``: every noise draw of the run negated (its tile shifts are the seed's own)."""
         seed = self.seed if seed is None else int(seed)
+        self.antithetic = bool(antithetic)
         g = torch.Generator(device=self.device).manual_seed(seed)
         x = self.noise(g).mul_(float(self.sigmas[0]))
         start = torch.zeros_like(x) if x_init is None else x_init.to(x)
@@ -248,12 +253,12 @@ class DiffusionSolver:
 
     def noise(self, g: torch.Generator, n: int | None = None) -> torch.Tensor:
         """Standard normal noise for the whole volume (or n volumes), drawn at once (chunk-independent);
-        complex volumes: unit variance in the real and in the imaginary part."""
+        complex volumes: unit variance in the real and in the imaginary part. Negated in an antithetic run."""
         shape = self.shape if n is None else (n, *self.shape)
-        if self.is_complex:
-            return torch.view_as_complex(torch.randn((*shape, 2), generator=g, device=self.device,
-                                                     dtype=torch.float32))
-        return torch.randn(shape, generator=g, device=self.device, dtype=torch.float32)
+        z = torch.randn((*shape, 2) if self.is_complex else shape, generator=g, device=self.device,
+                        dtype=torch.float32)
+        z = torch.view_as_complex(z) if self.is_complex else z
+        return z.neg_() if self.antithetic else z
 
     def chunks(self, chunk_size: int) -> list[slice]:
         """The z ranges of the network calls: ``chunk_size`` slices each (the last one may be shorter)."""
@@ -330,12 +335,13 @@ class DiffusionSolver:
 
     @torch.no_grad()
     def run(self, shape: Sequence[int] | None = None, x_init: torch.Tensor | None = None,
-            seed: int | None = None, note: str = "") -> torch.Tensor:
+            seed: int | None = None, note: str = "", antithetic: bool = False) -> torch.Tensor:
         """The whole reverse diffusion; returns the reconstruction (Z, H, W) in model units. ``note`` is added
-        to the progress bar's name (e.g. which posterior sample this is)."""
+        to the progress bar's name (e.g. which posterior sample this is); ``antithetic``: the seed's run with
+        every noise draw negated."""
         if shape is not None and tuple(shape) != self.shape:
             raise ValueError(f"shape {tuple(shape)} does not match the measurement's volume {self.shape}")
-        state = self.init_state(x_init, seed)
+        state = self.init_state(x_init, seed, antithetic)
         bar = tqdm(total=self.n_steps, desc=" ".join(filter(None, [type(self).__name__, note])), unit="step",
                    disable=not self.progress)
         est = state.x
@@ -453,34 +459,40 @@ class FastSampler(DiffusionSolver):
         return x0_dc
 
 
-def sample_seeds(base: int, k: int) -> list[int]:
+def sample_seeds(base: int, k: int, antithetic: bool = False) -> list[int]:
     """The seeds of K posterior samples: ``base`` itself (the single run's sample comes first), then K - 1 drawn
-    from (base, j) by numpy's SeedSequence (consecutive seeds made the runs of seeds 0 and 1 share K - 1 samples)."""
+    from (base, j) by numpy's SeedSequence (consecutive seeds made the runs of seeds 0 and 1 share K - 1 samples).
+    ``antithetic``: each seed twice, in pairs (a run and its negated twin; ``sample_posterior``)."""
+    if antithetic:
+        return [s for s in sample_seeds(base, (k + 1) // 2) for _ in (0, 1)][:k]
     entropy = int(base) % 2 ** 64  # SeedSequence takes no negative seed; torch does
     return [int(base)] + [int(np.random.SeedSequence([entropy, j]).generate_state(1)[0]) for j in range(1, k)]
 
 
 def sample_posterior(solver: DiffusionSolver | Callable[[int], DiffusionSolver], k: int,
-                     seeds: Sequence[int] | None = None, x_init: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     seeds: Sequence[int] | None = None, x_init: torch.Tensor | None = None,
+                     antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """K posterior samples, one after the other; returns their voxel-wise mean and standard deviation.
 
     ``solver`` is a solver (run with each seed) or a factory ``seed -> solver``. Seeds default to
-    ``sample_seeds(base, k)`` with ``base`` the solver's seed (0 for a factory). Welford's running update keeps
-    two volumes besides the current sample. The std is the sample standard deviation (divisor K - 1;
-    zero for K = 1).
+    ``sample_seeds(base, k, antithetic)`` with ``base`` the solver's seed (0 for a factory). ``antithetic``:
+    every second sample is its predecessor's run with the noise negated (antithetic variates: the pair's mean
+    cancels the noise's first-order effect, so it lies nearer the posterior mean than two independent samples';
+    its std is then a rough spread, not an estimate of the posterior's). Welford's running update keeps two
+    volumes besides the current sample. The std is the sample standard deviation (divisor K - 1; zero for K = 1).
     """
     if k < 1:
         raise ValueError(f"need at least one sample, got k={k}")
     base = solver.seed if isinstance(solver, DiffusionSolver) else 0
-    seeds = sample_seeds(base, k) if seeds is None else list(seeds)
+    seeds = sample_seeds(base, k, antithetic) if seeds is None else list(seeds)
     if len(seeds) != k:
         raise ValueError(f"got {len(seeds)} seeds for {k} samples")
     mean = m2 = None
     for n, s in enumerate(seeds, start=1):
         note = f"sample {n}/{k}"  # on the progress bar: a run of K samples takes K times one
-        x = solver.run(x_init=x_init, seed=s, note=note) if isinstance(solver, DiffusionSolver) else solver(s).run(
-            x_init=x_init, note=note)
+        twin = antithetic and n % 2 == 0
+        x = (solver if isinstance(solver, DiffusionSolver) else solver(s)).run(x_init=x_init, seed=s, note=note,
+                                                                                antithetic=twin)
         if mean is None:
             mean, m2 = x.clone(), torch.zeros_like(x.real)
             continue

@@ -1,5 +1,5 @@
 """Browsable offline reports: ``index.html`` in a reconstruct/demo output folder (axial, coronal and
-sagittal views with a slice slider each, window/level, the methods side by side, the uncertainty map, the
+sagittal views with a slice slider each, the axial one alone for a single slice; window/level, the methods side by side, the uncertainty map, the
 settings) and in a batch output root (a sortable table of series with thumbnails and links).
 
 Self-contained and static: one sprite PNG per volume and plane in ``index_files/`` (every slice, 8-bit over
@@ -24,13 +24,12 @@ from PIL import Image
 from medrecon.io import atomic_path, read_volume
 from medrecon.volume import Volume
 
-from .outputs import default_window, write_json, z_stretch
+from .outputs import PLANES, default_window, shown_planes, write_json, z_stretch
 
 ASSETS = "index_files"
 MAX_TILE = 256  # pixels: longest side of one slice in a sprite (larger slices are downsampled)
 TILE_PAD = 2  # pixels of each tile's own edge repeated around it in the sprite
 VIEW_PX = 256  # CSS pixels of the largest extent (mm) of the three planes
-PLANES = ("axial", "coronal", "sagittal")
 PAGE_METRIC_VOXELS = 64e6  # compute PSNR/SSIM against the reference up to this size
 #: the brain window is coarse here: the sprites' 8 bits over -1000..1300 HU are 9 HU a grey step (9 steps in W 80)
 CT_PRESETS = [["soft tissue", 400, 40], ["lung", 1500, -600], ["bone", 1800, 400], ["brain (coarse)", 80, 40]]
@@ -118,11 +117,12 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     if ct:  # the presets' grey range too, as far as the values go (bone stopped at the 99.95th percentile: 81 % grey)
         hi = max(hi, min(float(base.data.max()), max(c + w / 2 for _, w, c in CT_PRESETS)))
     unit = str((report.get("intensity") or {}).get("unit") or ("HU" if ct else ""))  # the demo's report names none
-    rows = [_row(label, v, lo, hi, assets, i) for i, (label, v) in enumerate(shown)]
+    planes = shown_planes(shown[0][1])
+    rows = [_row(label, v, lo, hi, assets, i, planes) for i, (label, v) in enumerate(shown)]
     if std is not None:  # its own grey scale, said in its label (white is not the other rows' top)
         top = max(float(np.percentile(std.data, 99.5)), 1e-6)
         rows.append({**_row(f"uncertainty (posterior std; black 0, white {top:.4g} {unit})".replace(" )", ")"), std,
-                            0.0, top, assets, len(rows)), "fixed": True})
+                            0.0, top, assets, len(rows), planes), "fixed": True})
     metrics = _metrics(folder, report, ref, vols)
     thumb = plane_slices(shown[-1][1].data, "axial")
     thumb_lo, thumb_hi = window
@@ -135,7 +135,8 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     write_json(assets / "summary.json", summary)
     unit = html.escape(unit)  # the boxes' unit: HU, or MR's normalised magnitude
     view = {"lo": lo, "hi": hi, "window": list(window), "rows": rows, "presets": CT_PRESETS if ct else [],
-            "size": {p: _css_size(shown[0][1], p) for p in PLANES}, "stretch": z_stretch(shown[0][1])}
+            "planes": list(planes), "size": {p: _css_size(shown[0][1], p) for p in planes},
+            "stretch": z_stretch(shown[0][1])}
     page = _fill(SERIES_HTML, TITLE=html.escape(summary["title"]), STEP=f"{(hi - lo) / 255:.3g}",
                  RANGE=f"{lo:.4g} to {hi:.4g} {unit}".rstrip(),
                  METRICS=_metrics_table(metrics, (report.get("vs_reference") or {}).get("notes")),
@@ -143,8 +144,8 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     return _write(folder / "index.html", page)
 
 
-def _row(label: str, vol: Volume, lo: float, hi: float, assets: Path, i: int) -> dict:
-    sprites = {p: write_sprite(plane_slices(vol.data, p), lo, hi, assets / f"v{i}_{p}.png") for p in PLANES}
+def _row(label: str, vol: Volume, lo: float, hi: float, assets: Path, i: int, planes: tuple[str, ...]) -> dict:
+    sprites = {p: write_sprite(plane_slices(vol.data, p), lo, hi, assets / f"v{i}_{p}.png") for p in planes}
     return {"label": label, "sprites": sprites, "fixed": False}
 
 
@@ -288,7 +289,7 @@ inputmode="decimal" size="7"> <span id="presets"></span> <span class="lab">displ
 <h2>Metrics</h2>{{METRICS}}<h2>Settings</h2><pre>{{SETTINGS}}</pre>
 <script>
 const V = {{VIEW}};
-const planes = ["axial", "coronal", "sagittal"], idx = {};
+const planes = V.planes, idx = {};  // a single slice: axial only
 // the patient's sides at each view's left, right, top and bottom edge (the views are shown in LPS order, as
 // preview.png: radiological, the patient's right on the left; anterior and superior at the top)
 const SIDES = {axial: ["R", "L", "A", "P"], coronal: ["R", "L", "S", "I"], sagittal: ["A", "P", "S", "I"]};

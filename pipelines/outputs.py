@@ -187,6 +187,15 @@ def default_window(data: np.ndarray) -> tuple[float, float]:
     return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
 
 
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def shown_planes(vol: Volume) -> tuple[str, ...]:
+    """The planes a preview shows (preview.png and index.html alike): all three, or the axial one alone for a
+    single slice, whose coronal and sagittal planes are one row of pixels."""
+    return PLANES[:1] if vol.shape[0] == 1 else PLANES
+
+
 def orthogonal_views(vol: Volume) -> list[np.ndarray]:
     """Axial, coronal and sagittal slices through the centre, oriented for display.
 
@@ -236,16 +245,16 @@ def preview_grid(rows: list[tuple[str, Volume]], path: Path, window: tuple[float
         sx, sy, sz = vol.spacing
         nz, ny, nx = vol.shape
         zmm, ymm, xmm = nz * sz, ny * sy, nx * sx
-        one_slice = nz == 1
-        stretch = 1 if one_slice else z_stretch(vol)
+        planes = shown_planes(vol)
+        stretch = z_stretch(vol) if len(planes) > 1 else 1
         zmm *= stretch
-        note = "   (one slice: axial only)" if one_slice else f"   (coronal, sagittal: z x{stretch})" if stretch > 1 else ""
+        note = "   (one slice: axial only)" if len(planes) == 1 else \
+            f"   (coronal, sagittal: z x{stretch})" if stretch > 1 else ""
         label_h = 14 if label or note else 0
-        scale = height / (ymm if one_slice else max(ymm, zmm))
-        scaled = [np.clip((v - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8) for v in orthogonal_views(vol)]
-        panels = [_resize(scaled[0], ymm, xmm, scale)]
-        if not one_slice:
-            panels += [_resize(scaled[1], zmm, xmm, scale), _resize(scaled[2], zmm, ymm, scale)]
+        scale = height / (max(ymm, zmm) if len(planes) > 1 else ymm)
+        extent = {"axial": (ymm, xmm), "coronal": (zmm, xmm), "sagittal": (zmm, ymm)}  # (height, width) in mm
+        panels = [_resize(np.clip((v - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8), *extent[p], scale)
+                  for p, v in zip(PLANES, orthogonal_views(vol)) if p in planes]
         img = Image.new("L", (sum(p.width for p in panels) + gap * (len(panels) - 1),
                               max(p.height for p in panels) + label_h), 0)
         x0 = 0

@@ -293,7 +293,8 @@ def test_a_thin_slabs_coronal_and_sagittal_views_are_stretched_as_in_preview_png
 
 def test_a_single_slices_preview_is_its_axial_panel_alone(tmp_path):
     """A one-slice input's coronal and sagittal panels were its one row stretched x110 into a striped band beside
-    the axial panel; preview.png now shows the axial panel only, at full height, and says why."""
+    the axial panel; preview.png now shows the axial panel only, at full height, and says why, and the page shows
+    the axial view alone."""
     from pipelines.outputs import preview_png
     rng = np.random.default_rng(0)
     one = Volume(rng.uniform(0, 1, (1, 90, 120)).astype(np.float32), spacing=(1.0, 1.0, 3.0))
@@ -303,6 +304,13 @@ def test_a_single_slices_preview_is_its_axial_panel_alone(tmp_path):
     one_png, two_png = Image.open(tmp_path / "one.png"), Image.open(tmp_path / "two.png")
     assert one_png.size == (240, 180 + 14)  # 120 x 90 mm at 2 px / mm, under a label line
     assert two_png.width > 240 + 2 * 4  # two slices keep their coronal and sagittal panels
+    for name, vol, planes in (("one", one, ["axial"]), ("two", two, ["axial", "coronal", "sagittal"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_series_page(folder, [("reconstruction", vol)], (0.0, 1.0))
+        view = json.loads(re.search(r"const V = (\{.*?\});\n", (folder / "index.html").read_text()).group(1))
+        assert view["planes"] == planes and list(view["rows"][0]["sprites"]) == planes
+        assert sorted(p.name for p in (folder / ASSETS).glob("v0_*.png")) == sorted(f"v0_{p}.png" for p in planes)
 
 
 def test_every_view_names_the_patients_sides(series, tmp_path):

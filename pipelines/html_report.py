@@ -1,6 +1,7 @@
 """Browsable offline reports: ``index.html`` in a reconstruct/demo output folder (axial, coronal and
-sagittal views with a slice slider each, the axial one alone for a single slice; window/level, the methods side by side, the uncertainty map, the
-settings) and in a batch output root (a sortable table of series with thumbnails and links).
+sagittal views with a slice slider each, the axial one alone for a single slice; window/level, the methods
+side by side, the uncertainty map, the settings) and in a batch output root (a sortable table of series with
+thumbnails and links).
 
 Self-contained and static: one sprite PNG per volume and plane in ``index_files/`` (every slice, 8-bit over
 a display range common to the volumes of the page), no network, no server. Window/level acts in the

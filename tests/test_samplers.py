@@ -477,3 +477,5 @@ def test_an_antithetic_pairs_mean_cancels_the_sampling_noise():
     err_independent = float((independent.double() - post_mean).abs().max())
     assert err_pair < 0.02 and err_independent > 10 * err_pair, (err_pair, err_independent)
     assert float(std3.mean()) > 0.1  # the two runs differ: the twin is not a copy
+    with pytest.raises(ValueError, match="pairs of one seed"):  # a twin negates its own seed's noise, no other's
+        sample_posterior(solver(3), 2, seeds=sample_seeds(3, 2), antithetic=True)

@@ -487,6 +487,9 @@ def sample_posterior(solver: DiffusionSolver | Callable[[int], DiffusionSolver],
     seeds = sample_seeds(base, k, antithetic) if seeds is None else list(seeds)
     if len(seeds) != k:
         raise ValueError(f"got {len(seeds)} seeds for {k} samples")
+    if antithetic and any(seeds[i] != seeds[i - 1] for i in range(1, k, 2)):  # a twin of another seed is no twin
+        raise ValueError(f"antithetic samples come in pairs of one seed (sample_seeds(base, k, antithetic=True)), "
+                         f"got {list(seeds)}")
     mean = m2 = None
     for n, s in enumerate(seeds, start=1):
         note = f"sample {n}/{k}"  # on the progress bar: a run of K samples takes K times one

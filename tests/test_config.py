@@ -28,8 +28,8 @@ def test_bundled_configs_validate(name):
     assert cfg.solver.warm_start.method == "admm_tv"  # the default starts from the classical solution
     assert cfg.solver.end_sigma == (0.02 if name == "sparse_view_ct_8" else None)  # 8 views: tuned (README)
     assert cfg.solver.final_sigma == 0.02
-    samples_on_one_slice = name in ("sparse_view_ct_4", "limited_angle_ct_90")  # measured, then held out (README)
-    assert cfg.solver.single_slice_samples == (2 if samples_on_one_slice else 1)
+    assert cfg.solver.single_slice_samples == (2 if name == "sparse_view_ct_4" else 1)  # 4 views: measured (README)
+    assert cfg.solver.samples == (2 if name == "limited_angle_ct_90" else 1)  # 90 deg: a pair on every input (README)
     assert cfg.solver.antithetic == (name == "limited_angle_ct_90")  # 90 deg: pairs held out; 4 views: fell short
 
 

@@ -122,7 +122,8 @@ def write_series_page(folder, volumes: list[tuple[str, Volume | Path]] | None = 
     rows = [_row(label, v, lo, hi, assets, i, planes) for i, (label, v) in enumerate(shown)]
     if std is not None:  # its own grey scale, said in its label (white is not the other rows' top)
         top = max(float(np.percentile(std.data, 99.5)), 1e-6)
-        rows.append({**_row(f"uncertainty (posterior std; black 0, white {top:.4g} {unit})".replace(" )", ")"), std,
+        what = "an antithetic pair's spread" if report.get("antithetic_samples") else "posterior std"  # README
+        rows.append({**_row(f"uncertainty ({what}; black 0, white {top:.4g} {unit})".replace(" )", ")"), std,
                             0.0, top, assets, len(rows), planes), "fixed": True})
     metrics = _metrics(folder, report, ref, vols)
     thumb = plane_slices(shown[-1][1].data, "axial")

@@ -353,6 +353,10 @@ def test_the_uncertainty_row_says_its_own_scale_and_earlier_outputs_are_marked(t
     page = write_series_page(tmp_path / "s", [("reference", ref), ("reconstruction", ref.with_data(ref.data + 10))],
                              report={"config": {"modality": "ct"}}, std=std).read_text()
     assert "uncertainty (posterior std; black 0, white 37.5 HU)" in page
+    (tmp_path / "p").mkdir()
+    pair = write_series_page(tmp_path / "p", [("reconstruction", ref)], std=std,  # not a calibrated std: say so
+                             report={"config": {"modality": "ct"}, "antithetic_samples": True}).read_text()
+    assert "uncertainty (an antithetic pair's spread; black 0, white 37.5 HU)" in pair
     (tmp_path / "s" / "report.json").write_text("{}")
     rows = [{"series_uid": "1.2", "output_path": "s", "status": "conflict", "seconds": "0.0", "error": "x"}]
     index = write_batch_index(tmp_path, rows).read_text()

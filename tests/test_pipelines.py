@@ -196,7 +196,7 @@ def test_single_slice_samples_average_more_samples_only_where_there_is_one_slice
     vol = read_volume(mr_nifti)
     one = write_nifti(Volume(vol.data[:1], vol.spacing, vol.origin, vol.direction), tmp_path / "one.nii.gz")
     sets = [f"prior.path={tmp_path / 'prior'}", "solver.steps=2", "solver.single_slice_samples=3",
-            "solver.antithetic=false"]  # independent samples here; the config's pairs below
+            "solver.antithetic=false"]  # independent samples (cs_mri_x4 pairs them); "pairs" below asks again
     from medrecon.solvers.diffusion import sample_seeds
     caplog.set_level("INFO", logger="medrecon")
     single = tasks.reconstruct("cs_mri_x4", one, tmp_path / "single", overrides=sets, resample=True)

@@ -23,7 +23,7 @@ other scan here comes from) are never trained on and only choose settings, so th
 patients without looking at the held-out set; ``test`` scans are held out (never trained on) and used for
 evaluation and the demo. CT test: ``ct_lung2``, ``ct_abdomen_dicom`` (the demo's
 series), ``ct_tumour1``-``4`` (licensed for non-commercial use: evaluation only) and two single slices,
-``ct_abdomen_slice`` and ``ct_pelvis_slice``; MR test: ``mr_brain2``, ``mr_brain_pd`` (proton density) and ``mr_brain_tumour``;
+``ct_abdomen_slice`` and ``ct_pelvis_slice``; MR test: ``mr_brain2``, ``mr_brain_pd`` (proton density), ``mr_brain_tumour`` and ``mr_head_sagittal``;
 measured MR k-space (test): ``mr_kspace_vfa`` and ``mr_kspace_t2``; measured complex MR images (test):
 ``mr_complex_hip``.
 """
@@ -241,6 +241,12 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
          "7bd8f7ce0745fb7ad8a8936ef3b8e74f41b739c8106b743b33aa2933102bf0d1", "mri", "test",
          "contrast-enhanced T1 brain MR with a tumour, NIfTI, 256x256x130 axial at 0.9375 mm, 1.2 mm slices "
          "(held out; a patient and a contrast agent no MR training scan has)"),
+    # the same package's other head (another subject): a T1 head stored as sagittal slices, the plane the MR prior
+    # never trained on
+    Scan("mr_head_sagittal", "qtim_tools", "0.1.12", "qtim_tools/test_data/test_data_features/MRHead.nii.gz",
+         "1d681c0a6ccffe17f41adb7f8a641455ff98a373f58c8676fae0392d43ecac77", "mri", "test",
+         "T1 head MR, NIfTI, 130 sagittal slices of 256x256 at 1.0 mm, 1.3 mm apart (held out; slices in a plane "
+         "no MR training scan is sliced in)"),
     Scan("mr_kspace_vfa", *_QMRI, "test/VFA_cart_smalltest.h5",
          "336d6557ebb2ab7e7d750422992b07b76278d6795d4b0de6513c28e23d10a573", "mri-kspace", "test",
          "raw multi-coil Cartesian k-space (variable flip angle), HDF5"),

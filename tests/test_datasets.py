@@ -19,7 +19,7 @@ def test_registry_split_and_provenance():
                                                   "mr_brain_t2_epi"}
     assert datasets.names("val", "ct") == ["ct_val_head", "ct_val_skull_base", "ct_val_neck", "ct_val_chest"]
     assert datasets.names("val", "mri") == ["mr_val_flair"]
-    assert datasets.names("test", "mri") == ["mr_brain2", "mr_brain_pd", "mr_brain_tumour"]
+    assert datasets.names("test", "mri") == ["mr_brain2", "mr_brain_pd", "mr_brain_tumour", "mr_head_sagittal"]
     assert datasets.names("test", "mri-complex") == ["mr_complex_hip"]  # never a training scan
     for s in datasets.SCANS.values():
         assert s.role in ("train", "val", "test") and s.modality in ("ct", "mri", "mri-kspace", "mri-complex")

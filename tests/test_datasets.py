@@ -12,7 +12,8 @@ from pipelines.datasets import Scan
 
 def test_registry_split_and_provenance():
     assert set(datasets.names("test", "ct")) == {"ct_lung2", "ct_abdomen_dicom", "ct_abdomen_slice", "ct_pelvis_slice",
-                                                 "ct_chest_lungdx", *(f"ct_tumour{n}" for n in range(1, 5))}
+                                                 "ct_chest_lungdx", "ct_chest_rider",
+                                                 *(f"ct_tumour{n}" for n in range(1, 5))}
     assert set(datasets.names("train", "ct")) == {"ct_chest_contrast", "ct_abdomen", "ct_lung1", "ct_head",
                                                   "ct_chest_drr"}
     assert set(datasets.names("train", "mri")) == {"mr_brain1", "mr_head_t1w", "mr_abdomen", "mr_brain_epi",
@@ -29,6 +30,7 @@ def test_registry_split_and_provenance():
         assert prov["source"].startswith(s.requirement) and s.version in s.requirement and len(prov["sha256"]) == 64
     assert len(datasets.SCANS["ct_abdomen_dicom"].sha256) == 20
     assert len(datasets.SCANS["ct_chest_lungdx"].sha256) == 64  # one digest per file of the series
+    assert len(datasets.SCANS["ct_chest_rider"].sha256) == 236
     with pytest.raises(InputError, match="unknown dataset 'nope'"):
         datasets.scan("nope")
 

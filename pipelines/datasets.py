@@ -23,7 +23,9 @@ other scan here comes from) are never trained on and only choose settings, so th
 patients without looking at the held-out set; ``test`` scans are held out (never trained on) and used for
 evaluation and the demo. CT test: ``ct_lung2``, ``ct_abdomen_dicom`` (the demo's
 series), ``ct_tumour1``-``4`` (licensed for non-commercial use: evaluation only) and two single slices,
-``ct_abdomen_slice`` and ``ct_pelvis_slice``; MR test: ``mr_brain2``, ``mr_brain_pd`` (proton density), ``mr_brain_tumour`` and ``mr_head_sagittal``;
+``ct_abdomen_slice`` and ``ct_pelvis_slice``; and three chests found after the others had chosen settings,
+``ct_chest_lungdx``, ``ct_chest_rider`` and ``ct_chest_lctsc``; MR test: ``mr_brain2``, ``mr_brain_pd`` (proton
+density), ``mr_brain_tumour`` and ``mr_head_sagittal``;
 measured MR k-space (test): ``mr_kspace_vfa`` and ``mr_kspace_t2``; measured complex MR images (test):
 ``mr_complex_hip``.
 """
@@ -197,6 +199,11 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
          "data/1.3.6.1.4.1.9328.50.1.83304264089411327530730818890072724533", RIDER_LUNG_CT, "ct", "test",
          "chest CT (120 kV, lung kernel), DICOM series of 236 slices, 512x512 at 0.58 mm, 1.25 mm slices, HU "
          "(held out)"),
+    # platipy's sample case (the package is Apache-2.0; the scan's own terms unstated, its notebook names TCIA's
+    # LCTSC collection): fetched at set-up, used only to evaluate (fifty-eighth session)
+    Scan("ct_chest_lctsc", "platipy", "0.5.0.dev1", "platipy/backend/sample/testcase.nii.gz",
+         "52094e81f659d27f1a2d49a113803dc8a1f5d4a2e26b8fdebe9071b1e30589f1", "ct", "test",
+         "thorax CT from the neck to the upper abdomen, NIfTI, 512x512x130 at 0.98 mm, 3 mm slices, HU (held out)"),
     # validation (role 'val'): one CT slice each of four patients no training or test scan comes from; they choose
     # settings (benchmarks), are never trained on, and are not reported as held-out results
     Scan("ct_val_head", *_PYDICOM_DATA, "data_store/data/693_UNCI.dcm",

@@ -12,7 +12,7 @@ from pipelines.datasets import Scan
 
 def test_registry_split_and_provenance():
     assert set(datasets.names("test", "ct")) == {"ct_lung2", "ct_abdomen_dicom", "ct_abdomen_slice", "ct_pelvis_slice",
-                                                 "ct_chest_lungdx", "ct_chest_rider",
+                                                 "ct_chest_lungdx", "ct_chest_rider", "ct_chest_lctsc",
                                                  *(f"ct_tumour{n}" for n in range(1, 5))}
     assert set(datasets.names("train", "ct")) == {"ct_chest_contrast", "ct_abdomen", "ct_lung1", "ct_head",
                                                   "ct_chest_drr"}

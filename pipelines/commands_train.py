@@ -17,6 +17,11 @@ class Arch(str, Enum):
     patch = "patch"
 
 
+class Planes(str, Enum):
+    axial = "axial"
+    all = "all"
+
+
 def _command_line(ctx: typer.Context) -> str:
     """The canonical command line that reproduces this run: every parameter spelled out."""
     words = ["medrecon", ctx.info_name or "train"]
@@ -137,6 +142,9 @@ def train(
                                                               "pixel sizes (mm) drawn by random rescaling, and so "
                                                               "the range the prior reconstructs at [default: 0.7 4.0, "
                                                               "widened to take in the training scans' own]."),
+    planes: Planes = typer.Option(Planes.axial, "--planes", help="patch: axial = the slices as stored; all = each "
+                                  "near-isotropic training volume (voxel sizes within 1.5x, a 3D acquisition) as "
+                                  "axial, coronal and sagittal slices, for a prior that reconstructs any plane."),
     context_slices: int = typer.Option(0, "--context-slices", min=0, help="patch: 2.5D, the network also sees "
                                        "this many noisy slices on each side of the one it denoises."),
     intensity_scale: Tuple[float, float] = typer.Option((1.0, 1.0), "--intensity-scale", help="patch: brightness "
@@ -199,7 +207,8 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prior in OUTPUT."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
-    """Train a 2D diffusion prior (diffusers UNet2DModel, EDM) on axial slices; writes a folder load_prior accepts."""
+    """Train a 2D diffusion prior (diffusers UNet2DModel, EDM) on axial slices (or every plane, --planes all); writes
+    a folder load_prior accepts."""
     import torch
 
     from medrecon.errors import InputError
@@ -238,6 +247,8 @@ def train(
     overlap = sorted(set(held_names) & set(names))
     if overlap:
         raise InputError(f"datasets {', '.join(overlap)} are both trained on and held out: drop them from one list")
+    if planes != Planes.axial and arch != Arch.patch:
+        raise InputError("--planes all needs --arch patch; drop it for a whole-slice prior")
     if context_slices and arch != Arch.patch:
         raise InputError("--context-slices needs --arch patch (2.5D patches); drop it for a whole-slice prior")
     scale = tuple(intensity_scale) if tuple(intensity_scale) != (1.0, 1.0) else None  # (1, 1): none
@@ -277,7 +288,7 @@ def train(
     check = training_volume_check(modality)
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources,
-                             check=check, series=series)
+                             check=check, series=series, planes=planes.value)
         if held_names:
             hp, hprov = _dataset_volumes(held_names, modality, heldout=True)
             hd = load_patch_data(hp, imap, magnitude_percentile=pct, modality=modality.value, sources=hprov,

@@ -165,13 +165,36 @@ def load_slices(paths, intensity: dict, image_size: int = 64, *, sources=None, m
     return prepare_slices(volumes, intensity, image_size, sources=recorded, modality=modality, **kw)
 
 
+#: ``planes="all"``: a training volume whose voxel sizes differ by at most this factor gives coronal and sagittal
+#: slices too (a 3D acquisition); thicker slices would be stretched in those planes
+RESLICE_MAX_ANISOTROPY = 1.5
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def in_all_planes(volumes, recorded) -> tuple[list[Volume], list]:
+    """Each near-isotropic volume of ``volumes`` (``RESLICE_MAX_ANISOTROPY``) as axial, coronal and sagittal
+    slices (``Volume.in_plane``, no interpolation), the others as stored; the records say which plane each is."""
+    out, records = [], []
+    for vol, rec in zip(volumes, recorded):
+        isotropic = max(vol.spacing) <= RESLICE_MAX_ANISOTROPY * min(vol.spacing)
+        for plane in PLANES if isotropic else ("as stored",):
+            out.append(vol.in_plane(plane) if isotropic else vol)
+            records.append({**rec, "plane": plane} if isinstance(rec, dict) else {"path": str(rec), "plane": plane})
+    return out, records
+
+
 def load_patch_data(paths, intensity: dict, *, sources=None, modality: str | None = None, check=None, series=None,
-                    **kw):
+                    planes: str = "axial", **kw):
     """Find, read and prepare the volumes under ``paths`` for a patch prior (kept at their own pixel size).
-    ``sources``, ``check``, ``series``: see ``read_volumes``."""
+    ``sources``, ``check``, ``series``: see ``read_volumes``; ``planes``: 'axial' (the slices as stored) or 'all'
+    (``in_all_planes``)."""
     from .patch import prepare_volumes
 
     volumes, recorded = read_volumes(paths, sources, check, series)
+    if planes == "all":
+        volumes, recorded = in_all_planes(volumes, recorded)
+    elif planes != "axial":
+        raise InputError(f"--planes {planes}: give 'axial' or 'all'")
     return prepare_volumes(volumes, training_intensity(intensity), model_range=MODEL_RANGE, sources=recorded,
                            modality=modality, **kw)
 

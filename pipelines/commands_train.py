@@ -212,8 +212,8 @@ def train(
     import torch
 
     from medrecon.errors import InputError
-    from medrecon.priors.patch import heldout_slices
-    from medrecon.priors.train import TrainOptions, pixel_range_for, train_prior
+    from medrecon.priors.patch import heldout_slices, too_small_for_patches
+    from medrecon.priors.train import DEFAULT_PIXEL_RANGE, TrainOptions, pixel_range_for, train_prior
     from medrecon.priors.training_data import load_patch_data, load_slices
 
     from . import datasets
@@ -288,7 +288,9 @@ def train(
     check = training_volume_check(modality)
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources,
-                             check=check, series=series, planes=planes.value)
+                             check=check, series=series, planes=planes.value, fits=lambda v: too_small_for_patches(
+                                 v.shape[-2:], v.spacing[:2], sizes, pixel_range or DEFAULT_PIXEL_RANGE,
+                                 opts.max_upsample) is None)
         if held_names:
             hp, hprov = _dataset_volumes(held_names, modality, heldout=True)
             hd = load_patch_data(hp, imap, magnitude_percentile=pct, modality=modality.value, sources=hprov,

@@ -171,28 +171,32 @@ RESLICE_MAX_ANISOTROPY = 1.5
 PLANES = ("axial", "coronal", "sagittal")
 
 
-def in_all_planes(volumes, recorded) -> tuple[list[Volume], list]:
+def in_all_planes(volumes, recorded, fits=None) -> tuple[list[Volume], list]:
     """Each near-isotropic volume of ``volumes`` (``RESLICE_MAX_ANISOTROPY``) as axial, coronal and sagittal
-    slices (``Volume.in_plane``, no interpolation), the others as stored; the records say which plane each is."""
+    slices (``Volume.in_plane``, no interpolation), the others as stored; the records say which plane each is.
+    ``fits(volume)``: False for a coronal or sagittal one left out (too few slices to hold a training patch)."""
     out, records = [], []
     for vol, rec in zip(volumes, recorded):
         isotropic = max(vol.spacing) <= RESLICE_MAX_ANISOTROPY * min(vol.spacing)
         for plane in PLANES if isotropic else ("as stored",):
-            out.append(vol.in_plane(plane) if isotropic else vol)
+            view = vol.in_plane(plane) if isotropic else vol
+            if plane in PLANES[1:] and fits is not None and not fits(view):
+                continue
+            out.append(view)
             records.append({**rec, "plane": plane} if isinstance(rec, dict) else {"path": str(rec), "plane": plane})
     return out, records
 
 
 def load_patch_data(paths, intensity: dict, *, sources=None, modality: str | None = None, check=None, series=None,
-                    planes: str = "axial", **kw):
+                    planes: str = "axial", fits=None, **kw):
     """Find, read and prepare the volumes under ``paths`` for a patch prior (kept at their own pixel size).
     ``sources``, ``check``, ``series``: see ``read_volumes``; ``planes``: 'axial' (the slices as stored) or 'all'
-    (``in_all_planes``)."""
+    (``in_all_planes`` with ``fits``)."""
     from .patch import prepare_volumes
 
     volumes, recorded = read_volumes(paths, sources, check, series)
     if planes == "all":
-        volumes, recorded = in_all_planes(volumes, recorded)
+        volumes, recorded = in_all_planes(volumes, recorded, fits)
     elif planes != "axial":
         raise InputError(f"--planes {planes}: give 'axial' or 'all'")
     return prepare_volumes(volumes, training_intensity(intensity), model_range=MODEL_RANGE, sources=recorded,

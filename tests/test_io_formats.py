@@ -495,3 +495,21 @@ def test_an_output_written_before_markers_listed_files_is_replaced_and_a_deleted
     with atomic_path(tmp_path / "elsewhere") as tmp:
         tmp.write_text("ok")
     assert (tmp_path / "elsewhere").read_text() == "ok"
+
+
+@pytest.mark.parametrize("plane, letters", [("axial", "LPS"), ("coronal", "LIP"), ("sagittal", "PIL")])
+def test_in_plane_restacks_every_voxel_where_it_was_head_up(plane, letters):
+    """Volume.in_plane (training a prior on every plane): slices along the plane's normal, rows from superior
+    down; each voxel keeps its value at its world position, whatever order the volume was stored in (RAS)."""
+    A = np.diag([-0.5, 0.7, 1.3, 1.0])
+    A[:3, 3] = (10.0, 20.0, 30.0)
+    vol = Volume.from_affine_ras(np.random.default_rng(1).random((5, 6, 7)).astype(np.float32), A)
+    out = vol.in_plane(plane)
+    assert out.orientation == letters and out.data.size == vol.data.size
+    zyx = np.argwhere(np.ones(out.shape, bool))
+    old = np.linalg.solve(vol.direction @ np.diag(vol.spacing), (out.world_lps(zyx[:, ::-1]) - vol.origin).T).T
+    xyz = np.rint(old).astype(int)
+    np.testing.assert_allclose(old, xyz, atol=1e-9)  # on the old grid: no interpolation
+    np.testing.assert_array_equal(out.data[tuple(zyx.T)], vol.data[xyz[:, 2], xyz[:, 1], xyz[:, 0]])
+    with pytest.raises(ValueError, match="plane must be"):
+        vol.in_plane("oblique")

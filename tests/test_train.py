@@ -623,3 +623,25 @@ def test_training_takes_a_volume_medrecon_converted_to_dicom_as_ot(tmp_path, cap
               "--pixel-range", "0.8", "1.2", "--sample-every", "0", "--checkpoint-every", "0", "--device", "cpu",
               "--no-progress"]
     assert main(["train", "--data", str(tmp_path / "ot"), "--output", str(tmp_path / "p"), *common]) == 0
+
+
+def test_training_in_all_planes_reslices_only_near_isotropic_volumes_that_hold_a_patch():
+    """--planes all: a 3D (near-isotropic) volume gives axial, coronal and sagittal slices; thick slices stay as
+    stored (they would be stretched); a view that ``fits`` refuses (too few slices for a patch) is left out."""
+    from medrecon.priors.training_data import in_all_planes
+
+    iso = Volume(np.zeros((30, 40, 50), np.float32), spacing=(1.0, 1.1, 1.2))
+    thick = Volume(np.zeros((6, 40, 50), np.float32), spacing=(1.0, 1.0, 5.0))
+    vols, recs = in_all_planes([iso, thick], [{"name": "iso"}, {"name": "thick"}])
+    assert [(r["name"], r["plane"]) for r in recs] == [("iso", "axial"), ("iso", "coronal"), ("iso", "sagittal"),
+                                                       ("thick", "as stored")]
+    assert [v.shape for v in vols] == [(30, 40, 50), (40, 30, 50), (50, 30, 40), (6, 40, 50)]
+    vols, recs = in_all_planes([iso], [{"name": "iso"}], fits=lambda v: v.shape[1] >= 40)
+    assert [r["plane"] for r in recs] == ["axial"]  # 30 rows in the other planes: left out, the axial kept
+
+
+def test_cli_planes_all_needs_a_patch_prior(tmp_path, capsys):
+    from pipelines.cli import main
+
+    rc = main(["train", "--data", str(tmp_path), "--output", str(tmp_path / "p"), "--planes", "all"])
+    assert rc == 2 and "--planes all needs --arch patch" in capsys.readouterr().err

@@ -67,6 +67,18 @@ MBIR_WARM = {"ct": {"start_sigma": 0.3}}
 #: -0.10 dB over 0.8; x8 0.2 lost 0.30-0.33 on two of the three, so x8 keeps 0.8; held out (the two MR series, x4,
 #: self-adapted) 0.2 gained +0.28 / +0.34. Measured k-space keeps its own (MEASURED_KSPACE).
 FAST_WARM_LOW_ACCELERATION = {"mri": (4.0, {"start_sigma": 0.2})}
+#: posterior samples a diffusion solver averages where a config leaves solver.samples / single_slice_samples null:
+#: {modality: values}, then {modality: (the smallest acceleration they apply to, values)} over them, then on
+#: measured k-space SAMPLES_MEASURED_KSPACE over both. MRI images (fifty-fourth to fifty-seventh sessions, held
+#: out, antithetic pairs): a single slice averages a pair at x4 (+0.54 dB over one sample on six slices, all
+#: higher), every input at x8 (+0.64 on six single slices, +0.17 on two 6-slice volumes, both higher; a fresh
+#: volume +0.12); 6-slice volumes at x4 keep one (+0.135 on validation at 1.5-1.7x the time, not adopted).
+#: Measured k-space: the pairs gained +0.00 to +0.01 dB on seven cases at 0.9-2.3x the time (fifty-eighth
+#: session; its default restarts at sigma 0.03, little noise to average). CT: per config (sparse_view_ct_4,
+#: limited_angle_ct_90).
+SAMPLES = {"ct": {"samples": 1, "single_slice_samples": 1}, "mri": {"samples": 1, "single_slice_samples": 2}}
+SAMPLES_HIGH_ACCELERATION = {"mri": (8.0, {"samples": 2})}
+SAMPLES_MEASURED_KSPACE = {"samples": 1, "single_slice_samples": 1}
 #: how the fast samplers end (model units): the result is D(x, ``final_sigma``) of the last step's output, which
 #: removes the fine grain the last data-consistency step leaves (it gained on every training scan and case). Stopping
 #: the reverse diffusion early (``end_sigma``) is a config's choice, not a default: it gained at 8 views on the
@@ -213,9 +225,9 @@ class SelfAdapt(Section):
 
 class _Diffusion(_Iterative):
     chunk_size: Optional[int] = Field(None, gt=0)  # slices per network call; null: automatic
-    samples: int = Field(1, gt=0)  # > 1: posterior mean and voxel-wise std
+    samples: Optional[int] = Field(None, gt=0)  # > 1: posterior mean and voxel-wise std; null: SAMPLES
     # at least this many on a single slice: no neighbours there for z-TV to average the sampling noise over
-    single_slice_samples: int = Field(1, gt=0)
+    single_slice_samples: Optional[int] = Field(None, gt=0)  # null: SAMPLES
     # samples in antithetic pairs: every second one is its predecessor's run with the noise negated
     antithetic: bool = False
     seed: Seed = 0
@@ -379,9 +391,20 @@ class SolverSpec:
                 out["warm_start"].update(low)
         if issubclass(self.settings, _CV):
             out["cross_validate"] = dict(CROSS_VALIDATION)
+        if issubclass(self.settings, _Diffusion):
+            out.update(posterior_samples(modality, measured_kspace, acceleration))
         for key, value in (MEASURED_KSPACE.get(self.name, {}) if measured_kspace else {}).items():
             out[key] = {**out[key], **value} if isinstance(value, dict) else value
         return out
+
+
+def posterior_samples(modality: str, measured_kspace: bool, acceleration: float | None) -> dict:
+    """{samples, single_slice_samples} where a config leaves them null (``SAMPLES``)."""
+    out = dict(SAMPLES[modality])
+    up_from, high = SAMPLES_HIGH_ACCELERATION.get(modality, (float("inf"), {}))
+    if acceleration is not None and acceleration >= up_from:
+        out.update(high)
+    return {**out, **SAMPLES_MEASURED_KSPACE} if measured_kspace else out
 
 
 SOLVERS = {s.name: s for s in (
@@ -423,4 +446,4 @@ def solver_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["ADMM", "ADMM_DEFAULTS", "CROSS_VALIDATION", "FAST_END", "FAST_WARM_LOW_ACCELERATION", "MBIR_WARM", "MEASURED_KSPACE", "SELF_ADAPT_DEFAULT", "SELF_ADAPT_OFF", "WARM_START_DEFAULTS", "SOLVERS", "Section", "SolverSettings", "SolverSpec", "solver_table", "spec"]
+__all__ = ["ADMM", "ADMM_DEFAULTS", "CROSS_VALIDATION", "FAST_END", "FAST_WARM_LOW_ACCELERATION", "MBIR_WARM", "MEASURED_KSPACE", "SAMPLES", "SAMPLES_HIGH_ACCELERATION", "SAMPLES_MEASURED_KSPACE", "SELF_ADAPT_DEFAULT", "SELF_ADAPT_OFF", "WARM_START_DEFAULTS", "SOLVERS", "Section", "SolverSettings", "SolverSpec", "posterior_samples", "solver_table", "spec"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,13 @@ from medrecon import InputError, Volume
 from medrecon.io import dicom_text, read_volume, write_volume
 
 from .app import app
+
+
+class Plane(str, Enum):
+    axial = "axial"
+    coronal = "coronal"
+    sagittal = "sagittal"
+
 
 SERIES_HELP = "SeriesInstanceUID to read from a folder holding several series (default: the largest)."
 SPACING_HELP = "Voxel spacing 'z,y,x' in mm for .npy input (default 1 mm)."
@@ -110,9 +118,14 @@ def convert(input: Path = typer.Argument(..., help="DICOM series folder or file,
             description: str = typer.Option("medrecon convert", "--description",
                                             help="DICOM output: SeriesDescription."),
             deidentify: bool = typer.Option(False, "--deidentify", help="DICOM output: no patient identifiers "
-                                            "(DICOM PS3.15 basic profile).")):
+                                            "(DICOM PS3.15 basic profile)."),
+            plane: Optional[Plane] = typer.Option(None, "--plane", help="Re-stack the voxels so that the slices are "
+                                                  "axial, coronal or sagittal (head up; no interpolation): a 3D "
+                                                  "acquisition stored in another plane, for the axial priors.")):
     """Convert between DICOM series, NIfTI and NRRD/MHA; the output type follows OUTPUT."""
     vol = read_volume(input, series=series, spacing=parse_spacing(spacing), resample_nonuniform=resample)
+    if plane is not None:
+        vol = vol.in_plane(plane.value)
     out = write_volume(vol, output, overwrite=overwrite, series_description=description, modality=modality,
                        deidentify=deidentify)
     typer.echo(f"wrote {out}: shape (Z,Y,X) {' x '.join(map(str, vol.shape))}, "

@@ -12,7 +12,8 @@ import pydicom
 import pytest
 
 from medrecon.errors import InputError
-from medrecon.io import read_volume
+from medrecon.io import read_volume, write_volume
+from medrecon.volume import Volume
 from pipelines.cli import main
 
 TESTS = Path(pydicom.__file__).parent / "data/test_files/dicomdirtests"
@@ -64,6 +65,22 @@ def test_convert_dicom_nifti_dicom(tmp_path, capsys):
     code, _, err = run(capsys, "convert", CT5N, tmp_path / "ct.nii.gz")
     assert code == 2 and "--overwrite" in err and str(tmp_path / "ct.nii.gz") in err
     assert run(capsys, "convert", CT5N, tmp_path / "ct.nii.gz", "--overwrite")[0] == 0
+
+
+def test_convert_plane_axial_restacks_a_sagittal_volume_without_moving_a_voxel(tmp_path, capsys):
+    """--plane axial: a 3D acquisition stored as sagittal slices (which medrecon warns about, its priors being
+    axial) written as axial slices, every voxel at its world position, and read back without the warning."""
+    sag = Volume(np.random.default_rng(2).random((6, 8, 10)).astype(np.float32), spacing=(1.0, 1.0, 1.3),
+                 direction=np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]))  # x P, y I, z L
+    write_volume(sag, tmp_path / "sag.nii.gz")
+    code, out, _ = run(capsys, "convert", tmp_path / "sag.nii.gz", tmp_path / "ax.nii.gz", "--plane", "axial")
+    assert code == 0 and "8 x 10 x 6" in out
+    ax = read_volume(tmp_path / "ax.nii.gz")
+    assert ax.orientation == "LPS" and not any("sagittal" in w for w in ax.meta.get("warnings", []))
+    assert any("sagittal" in w for w in read_volume(tmp_path / "sag.nii.gz").meta.get("warnings", []))
+    k = np.unravel_index(int(np.argmax(sag.data)), sag.shape)
+    kk = np.unravel_index(int(np.argmax(ax.data)), ax.shape)
+    np.testing.assert_allclose(ax.world_lps(kk[::-1]), sag.world_lps(k[::-1]), atol=1e-4)
 
 
 def _bad_input(case, tmp_path):

@@ -46,10 +46,10 @@ def _say_if_slices_are_not_axial(vol: Volume) -> None:
         warn(vol.meta.setdefault("warnings", []),
              f"{vol.meta.get('source', 'the input')}: its slices are {plane} (voxel axes {vol.orientation}); "
              f"medrecon reconstructs slice by slice along the third axis, so the prior sees {plane} slices and "
-             "z-TV runs across them, while the bundled priors were trained on axial slices: reslice the volume "
-             "to axial first (a 3D acquisition, e.g. with SimpleITK's Resample; a 2D sagittal series has too few "
-             "slices to reslice) unless the prior was trained on this plane; scores named axial are then this "
-             "plane's")
+             "z-TV runs across them, while the bundled priors were trained on axial slices: re-stack a 3D "
+             "acquisition as axial slices first (`medrecon convert IN OUT --plane axial`; a 2D series has too "
+             "few slices for that) unless the prior was trained on this plane (`medrecon train --planes all`); "
+             "scores named axial are then this plane's")
 
 
 def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:

@@ -129,4 +129,5 @@ def convert(input: Path = typer.Argument(..., help="DICOM series folder or file,
     out = write_volume(vol, output, overwrite=overwrite, series_description=description, modality=modality,
                        deidentify=deidentify)
     typer.echo(f"wrote {out}: shape (Z,Y,X) {' x '.join(map(str, vol.shape))}, "
-               f"spacing (z,y,x) {', '.join(f'{v:g}' for v in vol.spacing_zyx)} mm")
+               f"spacing (z,y,x) {', '.join(f'{v:g}' for v in vol.spacing_zyx)} mm, voxel axes {vol.orientation}"
+               + (f" ({plane.value} slices)" if plane is not None else ""))

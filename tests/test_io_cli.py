@@ -74,7 +74,7 @@ def test_convert_plane_axial_restacks_a_sagittal_volume_without_moving_a_voxel(t
                  direction=np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]))  # x P, y I, z L
     write_volume(sag, tmp_path / "sag.nii.gz")
     code, out, _ = run(capsys, "convert", tmp_path / "sag.nii.gz", tmp_path / "ax.nii.gz", "--plane", "axial")
-    assert code == 0 and "8 x 10 x 6" in out
+    assert code == 0 and "8 x 10 x 6" in out and "voxel axes LPS (axial slices)" in out
     ax = read_volume(tmp_path / "ax.nii.gz")
     assert ax.orientation == "LPS" and not any("sagittal" in w for w in ax.meta.get("warnings", []))
     assert any("sagittal" in w for w in read_volume(tmp_path / "sag.nii.gz").meta.get("warnings", []))

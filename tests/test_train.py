@@ -647,15 +647,22 @@ def test_cli_planes_all_needs_a_patch_prior(tmp_path, capsys):
     assert rc == 2 and "--planes all needs --arch patch" in capsys.readouterr().err
 
 
-def test_cli_planes_all_trains_on_every_plane_of_a_3d_volume_and_the_card_says_so(tmp_path):
+def test_cli_planes_all_trains_on_every_plane_of_a_3d_volume_and_the_card_says_so(tmp_path, capsys):
+    """The card lists each volume with its plane; a resume without --planes all is refused naming it (it said
+    "1 volumes now, the run had 3"), and with it continues."""
     from pipelines.cli import main
 
     vol = phantom_volume(np.random.default_rng(8), z=24, n=24)
     nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0), np.diag([-1.0, -1.0, 1.1, 1.0])), tmp_path / "iso.nii.gz")
-    assert main(["train", "--data", str(tmp_path / "iso.nii.gz"), "--output", str(tmp_path / "p"), "--arch", "patch",
-                 "--planes", "all", "--patch-sizes", "8,16", "--channels", "8,16", "--steps", "2", "--batch-size", "2",
-                 "--pixel-range", "0.8", "1.2", "--sample-every", "0", "--checkpoint-every", "0", "--device", "cpu",
-                 "--no-progress"]) == 0
+    args = ["train", "--data", str(tmp_path / "iso.nii.gz"), "--output", str(tmp_path / "p"), "--arch", "patch",
+            "--patch-sizes", "8,16", "--channels", "8,16", "--batch-size", "2", "--pixel-range", "0.8", "1.2",
+            "--sample-every", "0", "--checkpoint-every", "1", "--device", "cpu", "--no-progress"]
+    assert main([*args, "--planes", "all", "--steps", "2"]) == 0
     data = load_prior(tmp_path / "p").card["training"]["data"]
     assert [v["plane"] for v in data["volumes"]] == ["axial", "coronal", "sagittal"]
     assert data["n_volumes"] == 3 and "--planes all" in load_prior(tmp_path / "p").card["training"]["command"]
+    capsys.readouterr()
+    assert main([*args, "--steps", "3", "--resume"]) == 2
+    assert "--planes axial now, the run had --planes all" in capsys.readouterr().err
+    assert main([*args, "--planes", "all", "--steps", "3", "--resume"]) == 0
+    assert load_prior(tmp_path / "p").card["training"]["steps"] == 3

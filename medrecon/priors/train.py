@@ -250,7 +250,13 @@ def _volume_identity(v) -> dict | None:
     checksum and pixel size of one of the user's own (training_data.volume_record); None for a bare path."""
     if not isinstance(v, dict):
         return None
-    return {k: v[k] for k in ("sha256", "voxels_sha256", "pixel_spacing_mm", "series_uid") if k in v}
+    return {k: v[k] for k in ("sha256", "voxels_sha256", "pixel_spacing_mm", "series_uid", "plane") if k in v}
+
+
+def _planes_option(record: dict) -> str:
+    """The --planes a data record was made with: 'all' where its volumes say their plane."""
+    vols = record.get("volumes")
+    return "all" if isinstance(vols, list) and any(isinstance(v, dict) and "plane" in v for v in vols) else "axial"
 
 
 def _data_difference(old: str | None, new: str, old_paths: list, new_paths: list) -> str | None:
@@ -263,6 +269,8 @@ def _data_difference(old: str | None, new: str, old_paths: list, new_paths: list
 
     def name(paths, k):
         return paths[k] if k < len(paths) else f"volume {k + 1}"
+    if _planes_option(a) != _planes_option(b):
+        return f"--planes {_planes_option(b)} now, the run had --planes {_planes_option(a)}"
     if a.get("n_volumes") != b.get("n_volumes"):
         return f"{b.get('n_volumes')} volumes now, the run had {a.get('n_volumes')}"
     for key in ("volumes", "heldout_volumes"):
@@ -379,7 +387,7 @@ class _Trainer:
                                    self._volume_names())
         if differs:  # first: other data also resolve other defaults (the pixel range)
             raise InputError(f"{path}: the run was trained on other data than given now ({differs}); resume with "
-                             f"the run's own --data/--dataset (and --hu-window/--mri-percentile), or start a new run from it with --init-from "
+                             f"the run's own --data/--dataset (and --planes, --hu-window/--mri-percentile), or start a new run from it with --init-from "
                              f"{path.parent.parent}")
         resolved = {"attention": lambda v: resolved_attention(self.opts.arch, v)}
         changed = [k for k in old if k not in RESUME_MAY_CHANGE and hasattr(self.opts, k)

@@ -19,7 +19,7 @@ volume): ``fetch`` downloads the ``.deb`` from the Debian archive, reads the pro
 SHA-256, and writes it as a MetaImage (``.mhd`` header + raw data, flipped to anterior-up) into the cache.
 
 Split (role): ``train`` scans may be used to train priors; ``val`` scans (single CT slices of four patients no
-other scan here comes from) are never trained on and only choose settings, so that choices are made on unseen
+other scan here comes from, an MR FLAIR slice, a 3D T1 head) are never trained on and only choose settings, so that choices are made on unseen
 patients without looking at the held-out set; ``test`` scans are held out (never trained on) and used for
 evaluation and the demo. CT test: ``ct_lung2``, ``ct_abdomen_dicom`` (the demo's
 series), ``ct_tumour1``-``4`` (licensed for non-commercial use: evaluation only) and two single slices,
@@ -225,6 +225,14 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
          "b4ef46ad89a82a603f6a79995845b5864cac0101880f7f556d46897f10640d1d", "mri", "val",
          "one FLAIR brain MR slice (GE 1.5 T, TR 10002 ms), DICOM, 256x256 at 0.86 mm, 5 mm thick",
          registry="npm"),
+    # MR validation in every plane (fifty-ninth session): a T1 head of 1 mm voxels (FreeSurfer-conformed, stored as
+    # coronal slices; Volume.in_plane re-stacks it as axial or sagittal), a subject no other scan comes from. (npm
+    # cornerstone-nifti-image-loader 1.0.0's almi5_T1fs_conform.nii.gz was left out: its header's axes disagree
+    # with its anatomy, its "axial" slices show a coronal section.)
+    Scan("mr_val_head_s1", "pycortex", "1.4.0", "filestore/db/S1/anatomicals/raw.nii.gz",
+         "1a480d10e8c07fbca58e069efce2a11d477e180beb43f88bdad825b750055a28", "mri", "val",
+         "T1 head MR (pycortex's demo subject S1, FreeSurfer-conformed), NIfTI, 256 coronal slices of 256x256 at "
+         "1.0 mm"),
     Scan("mr_brain1", *_RAD, "data/brain1_image.nrrd",
          "fffdb111ee8b428ede7256707393c927a7d5be912f0604cf3c6f1bd5fc9644cf", "mri", "train",
          "brain MR magnitude, NRRD, 256x256x25, 0.78 mm in-plane, 6.5 mm slices"),

@@ -19,7 +19,7 @@ def test_registry_split_and_provenance():
     assert set(datasets.names("train", "mri")) == {"mr_brain1", "mr_head_t1w", "mr_abdomen", "mr_brain_epi",
                                                   "mr_brain_t2_epi"}
     assert datasets.names("val", "ct") == ["ct_val_head", "ct_val_skull_base", "ct_val_neck", "ct_val_chest"]
-    assert datasets.names("val", "mri") == ["mr_val_flair"]
+    assert datasets.names("val", "mri") == ["mr_val_flair", "mr_val_head_s1"]
     assert datasets.names("test", "mri") == ["mr_brain2", "mr_brain_pd", "mr_brain_tumour", "mr_head_sagittal"]
     assert datasets.names("test", "mri-complex") == ["mr_complex_hip"]  # never a training scan
     for s in datasets.SCANS.values():

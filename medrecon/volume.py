@@ -21,6 +21,8 @@ import numpy as np
 from .errors import InputError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: the slice planes ``Volume.in_plane`` re-stacks a volume into
+PLANES = ("axial", "coronal", "sagittal")
 
 
 @dataclass
@@ -128,9 +130,9 @@ class Volume:
         v = self.nearest_lps()
         if plane == "axial":
             return v
-        order = {"coronal": (1, 0, 2), "sagittal": (2, 0, 1)}.get(plane)  # array axes (z, y, x) of the new volume
-        if order is None:
-            raise ValueError(f"plane must be 'axial', 'coronal' or 'sagittal', got {plane!r}")
+        if plane not in PLANES:
+            raise ValueError(f"plane must be one of {', '.join(PLANES)}, got {plane!r}")
+        order = {"coronal": (1, 0, 2), "sagittal": (2, 0, 1)}[plane]  # array axes (z, y, x) of the new volume
         xyz = [2 - a for a in reversed(order)]  # the old voxel axis (x 0, y 1, z 2) that becomes new x, y, z
         data = np.ascontiguousarray(np.transpose(v.data, order)[:, ::-1, :])  # rows from superior down
         corner = [0.0, 0.0, v.shape[0] - 1.0]  # new voxel (0, 0, 0): the old top slice

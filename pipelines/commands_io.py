@@ -16,14 +16,12 @@ import typer
 
 from medrecon import InputError, Volume
 from medrecon.io import dicom_text, read_volume, write_volume
+from medrecon.volume import PLANES
 
 from .app import app
 
-
-class Plane(str, Enum):
-    axial = "axial"
-    coronal = "coronal"
-    sagittal = "sagittal"
+#: ``convert --plane`` choices: ``medrecon.volume.PLANES``
+Plane = Enum("Plane", {p: p for p in PLANES}, type=str)
 
 
 SERIES_HELP = "SeriesInstanceUID to read from a folder holding several series (default: the largest)."

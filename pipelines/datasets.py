@@ -19,9 +19,9 @@ volume): ``fetch`` downloads the ``.deb`` from the Debian archive, reads the pro
 SHA-256, and writes it as a MetaImage (``.mhd`` header + raw data, flipped to anterior-up) into the cache.
 
 Split (role): ``train`` scans may be used to train priors; ``val`` scans (single CT slices of four patients no
-other scan here comes from, an MR FLAIR slice, a 3D T1 head) are never trained on and only choose settings, so that choices are made on unseen
-patients without looking at the held-out set; ``test`` scans are held out (never trained on) and used for
-evaluation and the demo. CT test: ``ct_lung2``, ``ct_abdomen_dicom`` (the demo's
+other scan here comes from, an MR FLAIR slice, a 3D T1 head) are never trained on and only choose settings, so
+that choices are made on unseen patients without looking at the held-out set; ``test`` scans are held out (never
+trained on) and used for evaluation and the demo. CT test: ``ct_lung2``, ``ct_abdomen_dicom`` (the demo's
 series), ``ct_tumour1``-``4`` (licensed for non-commercial use: evaluation only) and two single slices,
 ``ct_abdomen_slice`` and ``ct_pelvis_slice``; and three chests found after the others had chosen settings,
 ``ct_chest_lungdx``, ``ct_chest_rider`` and ``ct_chest_lctsc``; MR test: ``mr_brain2``, ``mr_brain_pd`` (proton

@@ -68,17 +68,14 @@ MBIR_WARM = {"ct": {"start_sigma": 0.3}}
 #: self-adapted) 0.2 gained +0.28 / +0.34. Measured k-space keeps its own (MEASURED_KSPACE).
 FAST_WARM_LOW_ACCELERATION = {"mri": (4.0, {"start_sigma": 0.2})}
 #: posterior samples a diffusion solver averages where a config leaves solver.samples / single_slice_samples null:
-#: {modality: values}, then {modality: (the smallest acceleration they apply to, values)} over them, then on
-#: measured k-space SAMPLES_MEASURED_KSPACE over both. MRI images (fifty-fourth to fifty-seventh sessions, held
+#: {modality: values}, then {modality: (the smallest acceleration they apply to, values)} over them (measured
+#: k-space: MEASURED_KSPACE over both). MRI images (fifty-fourth to fifty-seventh sessions, held
 #: out, antithetic pairs): a single slice averages a pair at x4 (+0.54 dB over one sample on six slices, all
 #: higher), every input at x8 (+0.64 on six single slices, +0.17 on two 6-slice volumes, both higher; a fresh
 #: volume +0.12); 6-slice volumes at x4 keep one (+0.135 on validation at 1.5-1.7x the time, not adopted).
-#: Measured k-space: the pairs gained +0.00 to +0.01 dB on seven cases at 0.9-2.3x the time (fifty-eighth
-#: session; its default restarts at sigma 0.03, little noise to average). CT: per config (sparse_view_ct_4,
-#: limited_angle_ct_90).
+#: CT: per config (sparse_view_ct_4, limited_angle_ct_90).
 SAMPLES = {"ct": {"samples": 1, "single_slice_samples": 1}, "mri": {"samples": 1, "single_slice_samples": 2}}
 SAMPLES_HIGH_ACCELERATION = {"mri": (8.0, {"samples": 2})}
-SAMPLES_MEASURED_KSPACE = {"samples": 1, "single_slice_samples": 1}
 #: how the fast samplers end (model units): the result is D(x, ``final_sigma``) of the last step's output, which
 #: removes the fine grain the last data-consistency step leaves (it gained on every training scan and case). Stopping
 #: the reverse diffusion early (``end_sigma``) is a config's choice, not a default: it gained at 8 views on the
@@ -102,10 +99,13 @@ FAST_END = {"ct": {"final_sigma": 0.02}, "mri": {"final_sigma": 0.02}}
 #: sampled outer lines held out; the diffusion is kept only where it predicts them better): a prior that does not
 #: suit the subject then leaves its ADMM-TV start as it is. Built on the T2 slice's loss (x4 -1.32 dB, twenty-seventh
 #: session), kept the VFA gains there; a third subject, the hip (bench_mri_raw --data hip), decided it (README,
-#: "Cross-validation that may choose no diffusion").
+#: "Cross-validation that may choose no diffusion"). Fifty-ninth session: one posterior sample, since the pairs of
+#: SAMPLES gained +0.00 to +0.01 dB on seven cases at 0.9-2.3x the time (fifty-eighth session; restarting at sigma
+#: 0.03 leaves little noise to average).
+_ONE_SAMPLE = {"samples": 1, "single_slice_samples": 1}
 MEASURED_KSPACE = {"fast": {"steps": 20, "warm_start": {"start_sigma": 0.03},
-                            "cross_validate": {"enabled": True, "start_sigma": [0.0, 1.0], "lam": [1.0]}},
-                   "diffusion_mbir": {"steps": 20, "warm_start": {"start_sigma": 0.03}}}
+                            "cross_validate": {"enabled": True, "start_sigma": [0.0, 1.0], "lam": [1.0]}, **_ONE_SAMPLE},
+                   "diffusion_mbir": {"steps": 20, "warm_start": {"start_sigma": 0.03}, **_ONE_SAMPLE}}
 #: the cross-validation's values where a config leaves them null: off; when on, start_sigma factors 0.5 / 1 / 1.5,
 #: then z-TV factors 0.33 / 1 / 3
 CROSS_VALIDATION = {"enabled": False, "start_sigma": [0.5, 1.0, 1.5], "lam": [0.33, 1.0, 3.0]}
@@ -392,19 +392,19 @@ class SolverSpec:
         if issubclass(self.settings, _CV):
             out["cross_validate"] = dict(CROSS_VALIDATION)
         if issubclass(self.settings, _Diffusion):
-            out.update(posterior_samples(modality, measured_kspace, acceleration))
+            out.update(posterior_samples(modality, acceleration))
         for key, value in (MEASURED_KSPACE.get(self.name, {}) if measured_kspace else {}).items():
             out[key] = {**out[key], **value} if isinstance(value, dict) else value
         return out
 
 
-def posterior_samples(modality: str, measured_kspace: bool, acceleration: float | None) -> dict:
-    """{samples, single_slice_samples} where a config leaves them null (``SAMPLES``)."""
+def posterior_samples(modality: str, acceleration: float | None) -> dict:
+    """{samples, single_slice_samples} where a config leaves them null, on images (``SAMPLES``)."""
     out = dict(SAMPLES[modality])
     up_from, high = SAMPLES_HIGH_ACCELERATION.get(modality, (float("inf"), {}))
     if acceleration is not None and acceleration >= up_from:
         out.update(high)
-    return {**out, **SAMPLES_MEASURED_KSPACE} if measured_kspace else out
+    return out
 
 
 SOLVERS = {s.name: s for s in (
@@ -446,4 +446,4 @@ def solver_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["ADMM", "ADMM_DEFAULTS", "CROSS_VALIDATION", "FAST_END", "FAST_WARM_LOW_ACCELERATION", "MBIR_WARM", "MEASURED_KSPACE", "SAMPLES", "SAMPLES_HIGH_ACCELERATION", "SAMPLES_MEASURED_KSPACE", "SELF_ADAPT_DEFAULT", "SELF_ADAPT_OFF", "WARM_START_DEFAULTS", "SOLVERS", "Section", "SolverSettings", "SolverSpec", "posterior_samples", "solver_table", "spec"]
+__all__ = ["ADMM", "ADMM_DEFAULTS", "CROSS_VALIDATION", "FAST_END", "FAST_WARM_LOW_ACCELERATION", "MBIR_WARM", "MEASURED_KSPACE", "SAMPLES", "SAMPLES_HIGH_ACCELERATION", "SELF_ADAPT_DEFAULT", "SELF_ADAPT_OFF", "WARM_START_DEFAULTS", "SOLVERS", "Section", "SolverSettings", "SolverSpec", "posterior_samples", "solver_table", "spec"]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..io.common import voxels_sha256
-from ..volume import Volume
+from ..volume import PLANES, Volume
 from .base import MODEL_RANGE, IntensityMap
 
 
@@ -168,7 +168,6 @@ def load_slices(paths, intensity: dict, image_size: int = 64, *, sources=None, m
 #: ``planes="all"``: a training volume whose voxel sizes differ by at most this factor gives coronal and sagittal
 #: slices too (a 3D acquisition); thicker slices would be stretched in those planes
 RESLICE_MAX_ANISOTROPY = 1.5
-PLANES = ("axial", "coronal", "sagittal")
 
 
 def in_all_planes(volumes, recorded, fits=None) -> tuple[list[Volume], list]:
@@ -183,7 +182,7 @@ def in_all_planes(volumes, recorded, fits=None) -> tuple[list[Volume], list]:
             if plane in PLANES[1:] and fits is not None and not fits(view):
                 continue
             out.append(view)
-            records.append({**rec, "plane": plane} if isinstance(rec, dict) else {"path": str(rec), "plane": plane})
+            records.append({**rec, "plane": plane})  # read_volumes' records are dicts
     return out, records
 
 

@@ -126,19 +126,38 @@ class Volume:
     def in_plane(self, plane: str) -> "Volume":
         """The same voxels re-stacked so that the slices (along z) are ``plane``'s: 'axial' is ``nearest_lps``;
         'coronal' slices run towards posterior, 'sagittal' towards left, both with rows from superior down
-        (images head up, as radiology shows them; x towards left, resp. posterior). No interpolation."""
-        v = self.nearest_lps()
-        if plane == "axial":
-            return v
+        (images head up, as radiology shows them; x towards left, resp. posterior). No interpolation. A plane
+        warning kept in ``meta['warnings']`` becomes the new plane's (none for axial)."""
         if plane not in PLANES:
             raise ValueError(f"plane must be one of {', '.join(PLANES)}, got {plane!r}")
-        order = {"coronal": (1, 0, 2), "sagittal": (2, 0, 1)}[plane]  # array axes (z, y, x) of the new volume
-        xyz = [2 - a for a in reversed(order)]  # the old voxel axis (x 0, y 1, z 2) that becomes new x, y, z
-        data = np.ascontiguousarray(np.transpose(v.data, order)[:, ::-1, :])  # rows from superior down
-        corner = [0.0, 0.0, v.shape[0] - 1.0]  # new voxel (0, 0, 0): the old top slice
-        direction = np.stack([v.direction[:, xyz[0]], -v.direction[:, 2], v.direction[:, xyz[2]]], axis=1)
-        return replace(v, data=data, spacing=tuple(v.spacing[a] for a in xyz), origin=tuple(v.world_lps(corner)),
-                       direction=direction, meta=dict(v.meta))
+        v = self.nearest_lps()
+        if plane != "axial":
+            order = {"coronal": (1, 0, 2), "sagittal": (2, 0, 1)}[plane]  # array axes (z, y, x) of the new volume
+            xyz = [2 - a for a in reversed(order)]  # the old voxel axis (x 0, y 1, z 2) that becomes new x, y, z
+            data = np.ascontiguousarray(np.transpose(v.data, order)[:, ::-1, :])  # rows from superior down
+            corner = [0.0, 0.0, v.shape[0] - 1.0]  # new voxel (0, 0, 0): the old top slice
+            direction = np.stack([v.direction[:, xyz[0]], -v.direction[:, 2], v.direction[:, xyz[2]]], axis=1)
+            v = replace(v, data=data, spacing=tuple(v.spacing[a] for a in xyz),
+                        origin=tuple(v.world_lps(corner)), direction=direction)
+        meta = dict(self.meta)
+        warnings = [w for w in meta.get("warnings", []) if w != self.plane_warning()] + [v.plane_warning()]
+        if any(warnings) or "warnings" in meta:
+            meta["warnings"] = [w for w in warnings if w]
+        return replace(v, meta=meta)
+
+    def plane_warning(self) -> str | None:
+        """What to tell a user whose slices (along z) are not axial, or None: the 2D priors work slice by slice and
+        z-TV runs along z, so a sagittal or coronal volume is reconstructed in those planes."""
+        axis = self.orientation[2]
+        if axis in "SI":
+            return None
+        plane = "sagittal" if axis in "LR" else "coronal"
+        return (f"{self.meta.get('source', 'the input')}: its slices are {plane} (voxel axes {self.orientation}); "
+                f"medrecon reconstructs slice by slice along the third axis, so the prior sees {plane} slices and "
+                "z-TV runs across them, while the bundled priors were trained on axial slices: re-stack a 3D "
+                "acquisition as axial slices first (`medrecon convert IN OUT --plane axial`; a 2D series has too "
+                "few slices for that) unless the prior was trained on this plane (`medrecon train --planes all`); "
+                "scores named axial are then this plane's")
 
     def with_data(self, data: np.ndarray, **meta_updates) -> "Volume":
         """Same geometry, new voxels (e.g. a reconstruction of this volume)."""

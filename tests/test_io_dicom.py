@@ -450,6 +450,21 @@ def test_a_sagittal_volume_is_read_with_a_warning_that_its_slices_are_not_axial(
     assert not read_volume(tmp_path / "ax.nii.gz").meta["warnings"]  # axial: nothing to say
 
 
+def test_restacking_in_memory_replaces_the_plane_warning_and_keeps_the_others(tmp_path):
+    """Volume.in_plane: a Python user who re-stacks a sagittal volume as axial no longer carries the read-time
+    'slices are sagittal' warning into report.json; other warnings stay; re-stacking to sagittal warns again."""
+    sag = np.array([[0, 0, -1, 0], [1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], float)  # RAS: i->A, j->I, k->L
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), sag), tmp_path / "sag.nii.gz")
+    vol = read_volume(tmp_path / "sag.nii.gz")
+    vol.meta["warnings"].append("another warning")
+    axial = vol.in_plane("axial")
+    assert axial.meta["warnings"] == ["another warning"] and len(vol.meta["warnings"]) == 2
+    back = axial.in_plane("sagittal")
+    assert back.meta["warnings"][0] == "another warning"
+    assert len(back.meta["warnings"]) == 2 and "slices are sagittal" in back.meta["warnings"][1]
+    assert "warnings" not in Volume(np.zeros((2, 3, 3), np.float32)).in_plane("axial").meta  # none made up
+
+
 def test_nifti_without_sform_or_qform_says_so_and_keeps_the_codes_at_zero(tmp_path):
     img = nib.Nifti1Image(np.zeros((6, 6, 3), np.float32), None)
     img.set_sform(None, code=0)

@@ -38,18 +38,10 @@ def read_volume(path, series: str | None = None, spacing: tuple | None = None,
 
 
 def _say_if_slices_are_not_axial(vol: Volume) -> None:
-    """Warn when the slice axis (z) is not the head-foot one: the 2D priors work slice by slice and z-TV
-    runs along z, so a sagittal or coronal volume is reconstructed in those planes."""
-    axis = vol.orientation[2]
-    if axis not in "SI":
-        plane = "sagittal" if axis in "LR" else "coronal"
-        warn(vol.meta.setdefault("warnings", []),
-             f"{vol.meta.get('source', 'the input')}: its slices are {plane} (voxel axes {vol.orientation}); "
-             f"medrecon reconstructs slice by slice along the third axis, so the prior sees {plane} slices and "
-             "z-TV runs across them, while the bundled priors were trained on axial slices: re-stack a 3D "
-             "acquisition as axial slices first (`medrecon convert IN OUT --plane axial`; a 2D series has too "
-             "few slices for that) unless the prior was trained on this plane (`medrecon train --planes all`); "
-             "scores named axial are then this plane's")
+    """Warn (and keep the warning with the volume) when its slices are not axial: ``Volume.plane_warning``."""
+    message = vol.plane_warning()
+    if message:
+        warn(vol.meta.setdefault("warnings", []), message)
 
 
 def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:

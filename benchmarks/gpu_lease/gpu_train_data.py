@@ -1,7 +1,7 @@
 """The CT patch prior's four training scans as compact int16 NIfTI copies for the GPU machine (no package index
 there): HU clamped to -1000..1000 (training clamps to it anyway), ct_head slices 0-75 (82-107 are the validation
 slab), ct_chest_contrast every other slice (3 mm), packed as .gpu/traindata.tar.xz (about 17 MB) for
-benchmarks/gpu_lease/run.sh. Needs the scans fetched (`medrecon data fetch`)."""
+benchmarks/gpu_lease/run.sh. Fetches the scans first where they are not cached (`medrecon data fetch`)."""
 import subprocess
 import sys
 import tempfile
@@ -19,6 +19,7 @@ SCANS = {"ct_head": slice(0, 76), "ct_chest_contrast": slice(None, None, 2), "ct
 
 
 def main() -> None:
+    datasets.fetch(list(SCANS))
     with tempfile.TemporaryDirectory() as tmp:
         for name, z in SCANS.items():
             vol = read_volume(datasets.path(name))

@@ -22,8 +22,8 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         if idx and not idx.isdigit():
             raise InputError(f"device {name!r}: expected auto, cpu, cuda or cuda:N (N a GPU index)")
         if not torch.cuda.is_available():
-            raise InputError(f"device {name!r}: CUDA is not available on this machine (no GPU or a CPU-only "
-                             "torch build); use --device cpu or auto")
+            raise InputError(f"device {name!r}: CUDA is not available on this machine (no GPU or a CPU-only torch "
+                             "build); choose cpu or auto (reconstruct: --set solver.device=cpu; train: --device cpu)")
         if idx and int(idx) >= torch.cuda.device_count():
             raise InputError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA devices "
                              f"(cuda:0 ... cuda:{torch.cuda.device_count() - 1})")

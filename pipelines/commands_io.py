@@ -22,6 +22,7 @@ from .app import app
 
 #: ``convert --plane`` choices: ``medrecon.volume.PLANES``
 Plane = Enum("Plane", {p: p for p in PLANES}, type=str)
+DICOM_MODALITIES = ("CT", "MR", "OT")  # what convert writes: CT / MR image storage, else secondary capture
 
 
 SERIES_HELP = "SeriesInstanceUID to read from a folder holding several series (default: the largest)."
@@ -121,6 +122,8 @@ def convert(input: Path = typer.Argument(..., help="DICOM series folder or file,
                                                   "axial, coronal or sagittal (head up; no interpolation): a 3D "
                                                   "acquisition stored in another plane, for the axial priors.")):
     """Convert between DICOM series, NIfTI and NRRD/MHA; the output type follows OUTPUT."""
+    if modality is not None and modality.upper() not in DICOM_MODALITIES:
+        raise InputError(f"--modality {modality}: give one of {', '.join(DICOM_MODALITIES)}")
     vol = read_volume(input, series=series, spacing=parse_spacing(spacing), resample_nonuniform=resample)
     if plane is not None:
         vol = vol.in_plane(plane.value)

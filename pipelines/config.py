@@ -278,6 +278,25 @@ def override_list(overrides) -> list[str]:
     return given
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice in one section",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def yaml_load(text: str):
+    """A YAML document as safe_load reads it, a key given twice in one mapping being an error (yaml.YAMLError)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = (),
                 check_files: bool = True) -> Config:
     """Load, override and validate a config; raise InputError listing every problem. ``overrides``: 'KEY=VALUE'
@@ -291,7 +310,7 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
         path = resolve_config_path(source)
         label = str(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{label}: cannot read it ({os_reason(e) if isinstance(e, OSError) else e}); make it "
                              "readable and "

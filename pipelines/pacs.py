@@ -22,6 +22,8 @@ from pydicom.dataset import Dataset
 from medrecon.errors import InputError, MedreconError
 from medrecon.io.dicom_scan import MANUFACTURER
 
+from .config import yaml_load
+
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # PacsError says what failed, in one line
 
 
@@ -92,7 +94,7 @@ def load_settings(path: Path | None = None, **overrides) -> PacsSettings:
     if path is not None:
         where = str(path)
         try:
-            doc = yaml.safe_load(Path(path).read_text()) or {}
+            doc = yaml_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
             raise InputError(f"{path}: cannot read the PACS settings: {e}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("pacs", {}), dict):

@@ -311,6 +311,23 @@ def _same_grid(a: Volume, b: Volume) -> bool:
         np.allclose(a.origin, b.origin, atol=0.01) and np.allclose(a.direction, b.direction, atol=1e-4)
 
 
+def _grid_difference(a: Volume, b: Volume) -> str:
+    """What differs between two grids of one shape, as _same_grid judges it: spacing, origin, axes (the angle
+    between the two directions where the axis letters agree)."""
+    def show(v, digits):
+        return "(" + ", ".join(f"{float(x):.{digits}g}" for x in v) + ")"
+    said = []
+    if not np.allclose(a.spacing, b.spacing, rtol=1e-4):
+        said.append(f"spacing {show(a.spacing, 4)} vs {show(b.spacing, 4)} mm")
+    if not np.allclose(a.origin, b.origin, atol=0.01):
+        said.append(f"origin {show(a.origin, 5)} vs {show(b.origin, 5)}")
+    if not np.allclose(a.direction, b.direction, atol=1e-4):
+        cosines = np.clip(np.sum(a.direction * b.direction, axis=0), -1.0, 1.0)  # per voxel axis
+        said.append(f"axes {a.orientation} vs {b.orientation}" if a.orientation != b.orientation else
+                    f"axes rotated by up to {np.degrees(np.arccos(cosines.min())):.3g} degrees")
+    return ", ".join(said)
+
+
 def _scale_mismatch(ref: np.ndarray, rec: np.ndarray) -> str | None:
     """Why two volumes look like they hold other units (their typical magnitudes 10x apart: an MR run's dicom/ in
     the source's units against its normalised reference), or None."""
@@ -343,12 +360,9 @@ def evaluate(reference, input, output=None, data_range: float | None = None, ove
         raise InputError(f"reference shape {ref.shape} and input shape {rec.shape} differ (evaluate needs the "
                          f"same grid: compare against OUTPUT/simulation/reference.nii.gz)")
     if not _same_grid(ref, rec):
-        def show(v, digits):
-            return "(" + ", ".join(f"{float(x):.{digits}g}" for x in v) + ")"
-        raise InputError(f"reference and input have the same shape but lie on different grids (spacing "
-                         f"{show(ref.spacing, 4)} vs {show(rec.spacing, 4)} mm, origin {show(ref.origin, 5)} vs "
-                         f"{show(rec.origin, 5)}, axes {ref.orientation} vs {rec.orientation}): compare against "
-                         "OUTPUT/simulation/reference.nii.gz, or resample one onto the other first")
+        raise InputError("reference and input have the same shape but lie on different grids "
+                         f"({_grid_difference(ref, rec)}): compare against OUTPUT/simulation/reference.nii.gz, "
+                         "or resample one onto the other first")
     try:
         m = per_axis_metrics(ref.data, rec.data, data_range)
     except ValueError as e:

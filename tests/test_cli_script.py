@@ -51,6 +51,7 @@ def test_train_on_cuda_without_cuda_is_one_line_and_writes_nothing(tmp_path):
     r = medrecon("train", "--data", tmp_path / "data", "--output", tmp_path / "prior", "--device", "cuda",
                  "--steps", "1", "--image-size", "16")
     assert r.returncode == 2 and "CUDA is not available" in r.stderr and "Traceback" not in r.stderr
+    assert "train: --device cpu" in r.stderr  # the fix names options that exist (reconstruct has no --device)
     assert not (tmp_path / "prior").exists()
 
 

@@ -146,6 +146,11 @@ def test_config_resolution_by_name_and_errors(tmp_path):
     with pytest.raises(InputError, match="not valid YAML"):
         load_config(bad)
     assert yaml.safe_load((REPO_CONFIGS / "cs_mri_x4.yaml").read_text())["modality"] == "mri"
+    twice = _write(tmp_path, (REPO_CONFIGS / "sparse_view_ct_8.yaml").read_text().replace(
+        "  seed: 0\n", "  seed: 0\n  seed: 5\n", 1))  # PyYAML alone keeps the last without a word
+    with pytest.raises(InputError, match=r":? line \d+, column 3: not valid YAML \(key 'seed' given twice in one "
+                                         r"section\); fix the syntax"):
+        load_config(twice)
 
 
 def test_ztv_weight_follows_the_slice_spacing():

@@ -65,6 +65,10 @@ def test_convert_dicom_nifti_dicom(tmp_path, capsys):
     code, _, err = run(capsys, "convert", CT5N, tmp_path / "ct.nii.gz")
     assert code == 2 and "--overwrite" in err and str(tmp_path / "ct.nii.gz") in err
     assert run(capsys, "convert", CT5N, tmp_path / "ct.nii.gz", "--overwrite")[0] == 0
+    code, _, err = run(capsys, "convert", tmp_path / "ct.nii.gz", tmp_path / "xx", "--modality", "XX")
+    assert code == 2 and "--modality XX: give one of CT, MR, OT" in err and not (tmp_path / "xx").exists()
+    assert run(capsys, "convert", tmp_path / "ct.nii.gz", tmp_path / "mr", "--modality", "mr")[0] == 0
+    assert read_volume(tmp_path / "mr").meta["dicom"]["Modality"] == "MR"  # any case, written upper
 
 
 def test_convert_plane_axial_restacks_a_sagittal_volume_without_moving_a_voxel(tmp_path, capsys):

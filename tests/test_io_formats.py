@@ -89,6 +89,27 @@ def test_nifti_pairs_analyze_and_upper_case_nifti2_are_read(tmp_path, kind, name
         np.testing.assert_allclose(vol.affine_ras, affine, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["k.h5", "sim.npz", "bart.cfl"])
+def test_measurements_given_where_a_volume_is_read_are_named_as_such(tmp_path, name):
+    """`medrecon info file_brain.h5` said 'unknown format' although reconstruct takes the file."""
+    (tmp_path / name).write_bytes(b"\0" * 16)
+    with pytest.raises(InputError, match=r"measurements \(a sinogram or k-space\), not an image volume; "
+                                         "`medrecon reconstruct --input` reads them"):
+        read_volume(tmp_path / name)
+
+
+def test_npy_without_voxels_or_of_python_objects_is_told_what_it_is(tmp_path):
+    """An empty (0, 128, 128) array was told to 'split 4D data'; an object array saved with numpy.save was told to
+    'save the array with numpy.save'."""
+    np.save(tmp_path / "empty.npy", np.zeros((0, 128, 128), np.float32))
+    np.save(tmp_path / "objects.npy", np.array([None, 1], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match=r"empty.npy: holds no voxels \(shape \(0, 128, 128\)\); give a volume"):
+        read_volume(tmp_path / "empty.npy")
+    with pytest.raises(InputError, match=r"objects.npy: it holds Python objects \(dtype object\), not numbers; "
+                                         r"save a numeric array, e.g. numpy.save\(path, array.astype"):
+        read_volume(tmp_path / "objects.npy")
+
+
 def test_a_degenerate_sform_falls_back_on_the_qform_as_itk_does(tmp_path):
     affine = np.diag([0.8, 0.9, 2.5, 1.0])
     affine[:3, 3] = [1, 2, 3]

@@ -292,8 +292,14 @@ def test_evaluate_errors_and_python_api(tmp_path, ct_nifti):
     assert m["psnr"]["volume"] == pytest.approx(10 * np.log10(2000.0 ** 2 / 100.0), abs=1e-6)
     assert main(["evaluate", "--reference", str(ct_nifti), "--input", str(tmp_path / "missing.nii.gz")]) == 2
     moved = Volume(v.data, tuple(np.array(v.spacing) * 0.5), v.origin, v.direction)  # same shape, half the size
-    with pytest.raises(InputError, match="same shape but lie on different grids"):
-        pipelines.evaluate(v, moved)
+    only_spacing = r"same shape but lie on different grids \(spacing [^,]+, [^,]+, [^,]+\) vs .* mm\)"
+    with pytest.raises(InputError, match=only_spacing):
+        pipelines.evaluate(v, moved)  # only what differs is named: here the spacing
+    c, s_ = np.cos(np.radians(5.0)), np.sin(np.radians(5.0))
+    turn = np.array([[c, -s_, 0], [s_, c, 0], [0, 0, 1]])
+    turned = Volume(v.data, v.spacing, v.origin, np.asarray(v.direction) @ turn)
+    with pytest.raises(InputError, match=r"different grids \(axes rotated by up to 5 degrees\)"):
+        pipelines.evaluate(v, turned)  # the same axis letters: the angle says what differs
 
 
 def test_native_grid_by_default_and_domain_checks(tmp_path, ct_nifti, mr_nifti, monkeypatch):

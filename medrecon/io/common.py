@@ -143,7 +143,9 @@ def volume_shape(shape, path, order: str) -> tuple:
         shape = shape[:-1]
     if len(shape) == 2:
         shape = (1, *shape) if order.startswith("(Z") else (*shape, 1)
-    if len(shape) != 3 or 0 in shape:
+    if 0 in shape:
+        raise InputError(f"{path}: holds no voxels (shape {shape}); give a volume {order} with at least one voxel")
+    if len(shape) != 3:
         raise InputError(f"{path}: expected a 3D volume {order}, got shape {shape}; "
                          "split 4D data into single volumes first")
     return shape

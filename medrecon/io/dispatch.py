@@ -62,6 +62,9 @@ def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:
         return read_npy(path, spacing)
     if is_dicom_file(path):
         return read_dicom_series([path], resample_nonuniform)
+    if name.endswith((".npz", ".h5", ".hdf5", ".cfl")):
+        raise InputError(f"{path}: measurements (a sinogram or k-space), not an image volume; "
+                         "`medrecon reconstruct --input` reads them")
     raise InputError(f"{path}: unknown format; give {READABLE}")
 
 
@@ -112,7 +115,7 @@ def read_npy(path, spacing: tuple | None = None) -> Volume:
     try:
         data = np.load(path, mmap_mode="r", allow_pickle=False)  # the header is checked before any voxel is read
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot read {path}: {_npy_problem(path) or e}; save the array with numpy.save") from e
+        raise InputError(f"cannot read {path}: {_npy_problem(path) or f'{e}; save the array with numpy.save'}") from e
     check_fits_in_memory(volume_shape(data.shape, path, "(Z, Y, X)"), path)  # a 4D array refused as 4D, first
     data = check_voxels(volume_array(np.asarray(data), path, "(Z, Y, X)"), path)
     notes: list[str] = []
@@ -127,7 +130,8 @@ def read_npy(path, spacing: tuple | None = None) -> Volume:
 
 
 def _npy_problem(path: Path) -> str | None:
-    """Why a .npy file cannot be mapped, when its header says (truncated data), else None."""
+    """Why a .npy file cannot be mapped, with the fix, when its header says (Python objects, truncated data),
+    else None."""
     try:
         with open(path, "rb") as f:
             read = {(1, 0): np.lib.format.read_array_header_1_0,
@@ -136,11 +140,14 @@ def _npy_problem(path: Path) -> str | None:
             offset = f.tell()
     except Exception:  # noqa: BLE001 - not even a header: numpy's own message says more
         return None
+    if dtype.hasobject:
+        return (f"it holds Python objects (dtype {dtype}), not numbers; save a numeric array, e.g. "
+                "numpy.save(path, array.astype(numpy.float32))")
     need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     have = path.stat().st_size - offset
     if have < need:
         return (f"the file is truncated: its header declares shape {tuple(shape)} of {dtype} ({need} bytes of "
-                f"data) but it holds {have} bytes")
+                f"data) but it holds {have} bytes; save the array with numpy.save")
     return None
 
 

@@ -831,6 +831,16 @@ def test_measurements_under_a_config_tuned_for_another_acquisition_are_warned_in
     assert sum("the measurements fix it at" in w for w in res.report["input_warnings"]) == 2
 
 
+@pytest.mark.parametrize("value", [0.0, 5.0])
+def test_an_mr_volume_of_one_value_is_refused_naming_the_file(tmp_path, value):
+    """An all-zero (or constant) volume under an MRI config reconstructed to "PSNR 58.89 dB" with no warning, while
+    CT configs refused it and evaluate refuses a constant reference."""
+    write_nifti(Volume(np.full((2, 16, 16), value, np.float32), (1.0, 1.0, 2.0)), blank := tmp_path / "blank.nii.gz")
+    with pytest.raises(InputError, match=rf"blank.nii.gz: every voxel is {value:g}: an image with no signal"):
+        tasks.reconstruct("cs_mri_x4", blank, tmp_path / "out", overrides=["solver.name=zero_filled"])
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name,config", [(s.name, {"ct": "sparse_view_ct_8", "mri": "cs_mri_x4"}[m])
                                          for s in SOLVERS.values() if not s.needs_prior for m in s.modalities])
 def test_every_classical_solver_reconstructs_each_modality_it_lists(tmp_path, ct_nifti, mr_nifti, name, config):

@@ -45,7 +45,7 @@ from medrecon.solvers.diffusion import sample_seeds
 from medrecon.volume import Volume
 from operators.ct import attenuation_per_pixel, fbp, geometry_from_dict, pixel_unit_projector
 from operators.ct import poisson_weights_from_line_integrals
-from operators.mri import coil_support, mri_operator, with_real_input
+from operators.mri import coil_support, mask_acceleration, mri_operator, with_real_input
 
 from .config import Config, config_names, load_config, resolve_prior_path
 from .crossval import cross_validate
@@ -753,6 +753,10 @@ def acquisition_differs(cfg: Config, meas: Measurement) -> str | None:
         (f" ({', '.join(fit)} {'fits' if len(fit) == 1 else 'fit'} the data)" if fit else "")
 
 
+#: how the data were sampled, by ``Measurement.mask_layout`` (the config's ``mri.mode``)
+MASK_LAYOUTS = {"2d": "slice by slice (mri.mode 2d)", "3d": "over (kz, kx) as one 3D acquisition (mri.mode 3d)"}
+
+
 def _acquisition_problem(cfg: Config, meas: Measurement) -> str | None:
     if cfg.modality != meas.modality:
         return f"{meas.modality} data, a {cfg.modality} config"
@@ -765,8 +769,16 @@ def _acquisition_problem(cfg: Config, meas: Measurement) -> str | None:
             return f"{g.n_angles} views, but the config is tuned for {c.n_views}"
         if c.wedge_deg is not None and abs(arc - c.wedge_deg) > 1.5:
             return f"views over {arc:.0f} degrees, but the config is tuned for a {c.wedge_deg:g} degree wedge"
-    if meas.modality == "mri" and meas.mask is not None and not is_measured_kspace(meas):
-        have, want = float(np.size(meas.mask) / max(np.sum(np.asarray(meas.mask) > 0), 1)), cfg.mri.mask.acceleration
+    if meas.modality == "mri" and meas.mask is not None:
+        if meas.mask_layout != cfg.mri.mode:
+            return f"sampled {MASK_LAYOUTS[meas.mask_layout]}, but the config is for mri.mode {cfg.mri.mode}"
+        have, want, m = mask_acceleration(meas.mask), cfg.mri.mask.acceleration, cfg.mri.mask
+        if abs(have - 1) <= 0.25 and is_measured_kspace(meas):  # as fastMRI's train and val files are
+            w = np.shape(meas.data)[-1]
+            return (f"fully sampled (x{have:.3g}), but the config is tuned for x{want:g}: the reconstruction leaves "
+                    f"no line out, so its result and score are not x{want:g}'s; to undersample the file "
+                    f"retrospectively, store a mask of its {w} columns as a fastMRI `mask` dataset (e.g. "
+                    f"operators.mri.make_mask('{m.kind}', (1, {w}), {want:g}, {m.center_fraction:g}).ravel())")
         if abs(have / want - 1) > 0.25:
             return f"sampled x{have:.3g}, but the config is tuned for x{want:g}"
     return None

@@ -837,6 +837,36 @@ def test_measurements_under_a_config_tuned_for_another_acquisition_are_warned_in
     assert sum("the measurements fix it at" in w for w in res.report["input_warnings"]) == 2
 
 
+def test_mri_measurements_under_a_config_of_another_mask_layout_are_warned_and_the_hint_names_its_layout(
+        tmp_path, mr_nifti):
+    """2D-mask x8 data under cs_mri_x4 named cs_mri_3d_poisson (a 3D Poisson mask over (kz, kx), also x8) among the
+    configs that fit, and under cs_mri_3d_poisson ran without a word; 3D-mask data under cs_mri_x8 likewise."""
+    from pipelines.config import load_config
+    from pipelines.problem import acquisition_differs
+    for config in ("cs_mri_x8", "cs_mri_3d_poisson"):
+        tasks.simulate(config, mr_nifti, tmp_path / config, overrides=["mri.image_size=16"])
+    slices, volume = (Measurement.load(tmp_path / c / "measurements.npz") for c in ("cs_mri_x8", "cs_mri_3d_poisson"))
+    said = acquisition_differs(load_config("cs_mri_x4", check_files=False), slices)
+    assert "sampled x8, but the config is tuned for x4" in said and "(cs_mri_x8 fits the data)" in said
+    said = acquisition_differs(load_config("cs_mri_3d_poisson", check_files=False), slices)
+    assert said and "sampled slice by slice (mri.mode 2d), but the config is for mri.mode 3d" in said
+    assert "(cs_mri_x8 fits the data)" in said
+    said = acquisition_differs(load_config("cs_mri_x8", check_files=False), volume)
+    assert said and "one 3D acquisition (mri.mode 3d), but the config is for mri.mode 2d" in said
+    assert "(cs_mri_3d_poisson fits the data)" in said
+    assert acquisition_differs(load_config("cs_mri_3d_poisson", check_files=False), volume) is None
+
+
+@pytest.mark.parametrize("value", [0.0, 5.0])
+def test_an_mr_volume_of_one_value_is_refused_naming_the_file(tmp_path, value):
+    """An all-zero (or constant) volume under an MRI config reconstructed to "PSNR 58.89 dB" with no warning, while
+    CT configs refused it and evaluate refuses a constant reference."""
+    write_nifti(Volume(np.full((2, 16, 16), value, np.float32), (1.0, 1.0, 2.0)), blank := tmp_path / "blank.nii.gz")
+    with pytest.raises(InputError, match=rf"blank.nii.gz: every voxel is {value:g}: an image with no signal"):
+        tasks.reconstruct("cs_mri_x4", blank, tmp_path / "out", overrides=["solver.name=zero_filled"])
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name,config", [(s.name, {"ct": "sparse_view_ct_8", "mri": "cs_mri_x4"}[m])
                                          for s in SOLVERS.values() if not s.needs_prior for m in s.modalities])
 def test_every_classical_solver_reconstructs_each_modality_it_lists(tmp_path, ct_nifti, mr_nifti, name, config):

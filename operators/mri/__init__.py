@@ -17,12 +17,13 @@ from .cartesian import CartesianMRI, zero_filled
 from .coils import PerSliceOperator, estimate_coil_maps, synthetic_coil_maps
 from .crop import CentreCrop, centre_crop, zero_pad
 from .espirit import calibration_width, espirit_maps
-from .masks import KINDS, central_run, load_mask, make_mask, poisson_disc, save_mask
+from .masks import KINDS, central_run, load_mask, make_mask, mask_acceleration, poisson_disc, save_mask
 from .physics import fftc, ifftc
 
 __all__ = ["coil_support", "with_real_input", "CartesianMRI", "zero_filled", "PerSliceOperator", "estimate_coil_maps", "synthetic_coil_maps",
            "CentreCrop", "centre_crop", "zero_pad", "calibration_width", "espirit_maps", "MAPS_FROM",
-           "KINDS", "central_run", "load_mask", "make_mask", "poisson_disc", "save_mask", "fftc", "ifftc", "mri_operator"]
+           "KINDS", "central_run", "load_mask", "make_mask", "mask_acceleration", "poisson_disc", "save_mask",
+           "fftc", "ifftc", "mri_operator"]
 
 MAPS_FROM = ("given", "estimate", "espirit")  # config mri.coil_maps
 

@@ -156,6 +156,15 @@ def make_mask(kind: str, shape, acceleration: float, center_fraction: float = 0.
     return (m | centre)[:, None, :]
 
 
+def mask_acceleration(mask) -> float:
+    """Phase-encode positions over those sampled (the acceleration ``make_mask`` is given): the readout axis (rows,
+    -2) is collapsed, a column counting as sampled where any of its samples is (a partial echo's unmeasured samples
+    do not count); per-slice masks (Z, H, W) are averaged over their slices."""
+    m = np.asarray(mask) != 0
+    lines = m.any(axis=-2) if m.ndim >= 2 else m
+    return float(lines.size / max(int(lines.sum()), 1))
+
+
 def save_mask(path, mask: np.ndarray, **meta) -> Path:
     """Write a mask and its recipe (kind, acceleration, seed, ...) to an .npz file."""
     path = Path(path)

@@ -85,7 +85,6 @@ class Job:
     input_root: Path = Path("/")
     output_root: Path = Path("/")
     config_sha256: str = ""  # the batch's Config.fingerprint ("": any config)
-    unreadable: tuple[str, ...] = ()  # damaged files beside the series' ("path (why)"), passed over when read
 
     @property
     def state(self) -> str:
@@ -180,8 +179,7 @@ def plan(input_root: Path, output_root: Path, list_series, known: dict[str, Path
         if not out.resolve().is_relative_to(output_root.resolve()):
             raise InputError(f"output {out} lies outside {output_root}: a symbolic link in the output tree points "
                              "elsewhere; remove it, or choose another output root")
-        jobs.append(Job(uid, folder, out, info.files_sha256, input_root, output_root,
-                        unreadable=tuple(info.unreadable)))
+        jobs.append(Job(uid, folder, out, info.files_sha256, input_root, output_root))
     return jobs
 
 
@@ -305,11 +303,11 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
                                           "pass --overwrite to redo it")  # its output stays, valid as it was
     t0 = time.perf_counter()
     try:
-        reconstruct(cfg, job.input, job.output, overwrite=overwrite, series=job.uid, progress=progress,
-                    resample=resample, prior=prior)
+        skipped = reconstruct(cfg, job.input, job.output, overwrite=overwrite, series=job.uid, progress=progress,
+                              resample=resample, prior=prior).skipped_files
         status, error = "done", ""
-        if job.unreadable:  # read without them: a finished row says so (the damaged file may be a slice)
-            error = one_line(f"read without {len(job.unreadable)} damaged file(s): {'; '.join(job.unreadable)}",
+        if skipped:  # read without them: a finished row says so (the damaged file may be a slice)
+            error = one_line(f"read without {len(skipped)} damaged file(s): {'; '.join(skipped)}",
                              job.input_root, job.output_root)
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
         status, error = "failed", error_text(e, job.input_root, job.output_root)

@@ -400,6 +400,25 @@ def test_a_second_batch_into_the_same_output_root_is_refused_while_the_first_run
     assert _run(tree, out, "--quiet") == 1  # released: runs (the broken series fails as always)
 
 
+def test_a_batch_with_nothing_to_reconstruct_creates_nothing(tmp_path, capsys):
+    """An input root without a series to reconstruct is refused before the output root (and its lock file) is
+    made."""
+    (root := tmp_path / "in").mkdir()
+    assert _run(root, out := tmp_path / "out") == 2
+    assert f"no DICOM series to reconstruct under {root}" in capsys.readouterr().err and not out.exists()
+    out.mkdir()  # an existing output root is left as it was
+    assert _run(root, out) == 2 and list(out.iterdir()) == []
+    import pydicom
+    _series(root / "scout", 1, "scout")  # only a series that is no scan
+    for f in (root / "scout").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.save_as(f)
+    capsys.readouterr()
+    assert _run(root, out2 := tmp_path / "out2") == 2 and not out2.exists()
+    assert "(only 1 series that are no scans, e.g. a localizer" in capsys.readouterr().err
+
+
 def test_folder_names_that_sanitise_alike_stay_apart(tmp_path):
     """Two patients' folders must not merge into one output folder ('Müller, Jörg' and 'Müller, Jürg', names in
     another script), and a top-level folder named index.html is mirrored beside the batch's page."""

@@ -470,6 +470,20 @@ def test_phantom_unwritable_output(tmp_path, capsys):
     assert code == 2 and "cannot create the output folder" in err and "Traceback" not in err
 
 
+def test_phantom_refuses_bad_arguments_before_making_its_folder(tmp_path, capsys):
+    """A reversed --seeds range wrote nothing and exited 0; a bad --seeds, --shape or --slice-thickness was refused
+    after the output folder was made, leaving it empty."""
+    out = tmp_path / "ph"
+    for args, said in ((["--seeds", "5-3"], "--seeds '5-3': the range 5-3 is reversed; write 3-5"),
+                       (["--seeds", "abc"], "--seeds 'abc': expected a range"), (["--seeds", ""], "--seeds '':"),
+                       (["--shape", "0,8,8"], "three positive sizes"),
+                       (["--slice-thickness", "-1"], "must be positive")):
+        assert main(["phantom", str(out), "--shape", "2,8,8", *args]) == 2, args
+        assert said in capsys.readouterr().err and not out.exists(), args
+    assert main(["phantom", str(out), "--shape", "2,8,8", "--seeds", "3-4"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["ct_seed0003.nii.gz", "ct_seed0004.nii.gz"]
+
+
 def _starved_phantom() -> Volume:
     """A wide water ellipse (500 x 200 mm) with two dense bone rods at its ends: its lateral rays cross ~10 mu-path
     lengths (a few photons at I0 = 1e5), its vertical ones ~4."""

@@ -92,7 +92,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     inp, out = path_argument("input", input), path_argument("output", output)
     if not inp.exists():
         raise InputError(f"input not found: {inp} (give a DICOM folder, a NIfTI file or a measurements file)")
-    check_output_folder(out, overwrite)  # say so before the work, not after it
+    check_output_folder(out, overwrite, protect=[inp])  # say so before the work, not after it
     device = resolve_device(cfg.solver.device)
     reset_rss_peak()  # report.json's peaks are this series', not the process's (a batch worker runs many)
     if device.type == "cuda":

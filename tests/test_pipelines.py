@@ -1276,15 +1276,24 @@ def test_the_page_shows_the_volumes_in_memory_without_reading_them_back(tmp_path
     assert (tmp_path / "out" / "index.html").is_file()
 
 
-def test_an_existing_file_as_the_output_is_refused_before_the_work_naming_the_fix(tmp_path, ct_nifti):
+def test_an_output_path_that_cannot_be_used_is_refused_before_the_work_saying_why(tmp_path, ct_nifti, monkeypatch):
     """reconstruct -o afile said 'afile already exists; pass --overwrite'; with --overwrite it then refused the file
-    as an output folder, after the reading and the simulation."""
+    as an output folder, after the reading and the simulation, and told to drop a suffix it did not have. -o . and
+    -o the input's folder said 'already exists; pass --overwrite', which was then refused too."""
     (tmp_path / "afile").write_text("mine")
-    for overwrite in (False, True):
-        with pytest.raises(InputError, match="the output is a folder"):
-            tasks.reconstruct("sparse_view_ct_8", ct_nifti, tmp_path / "afile", overwrite=overwrite,
-                              overrides=["solver.name=fbp"])
-    assert (tmp_path / "afile").read_text() == "mine"
+    for folder in ("here", "in"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "here" / "notes.txt").write_text("mine")  # the folder the shell is in
+    shutil.copy(ct_nifti, inp := tmp_path / "in" / "ct.nii.gz")
+    monkeypatch.chdir(tmp_path / "here")
+    for out, why in ((tmp_path / "afile", "afile is an existing file, not a folder; the output is a folder"),
+                     (".", "the output would replace the folder this command runs in"),
+                     (inp.parent, "contains or lies inside the input")):
+        for overwrite in (False, True):
+            with pytest.raises(InputError, match=why) as e:
+                tasks.reconstruct("sparse_view_ct_8", inp, out, overwrite=overwrite, overrides=["solver.name=fbp"])
+            assert "--overwrite" not in str(e.value) and "suffix" not in str(e.value)
+    assert (tmp_path / "afile").read_text() == "mine" and os.listdir(tmp_path / "in") == ["ct.nii.gz"]
 
 
 def test_running_out_of_memory_after_the_solve_keeps_the_result(tmp_path, ct_nifti, monkeypatch):

@@ -85,7 +85,6 @@ class Job:
     input_root: Path = Path("/")
     output_root: Path = Path("/")
     config_sha256: str = ""  # the batch's Config.fingerprint ("": any config)
-    unreadable: tuple[str, ...] = ()  # damaged files beside the series' ("path (why)"), passed over when read
 
     @property
     def state(self) -> str:
@@ -147,21 +146,19 @@ def _absolute(path) -> Path:
 ROOT_FILES = (MANIFEST, "index.html", ASSETS)
 
 
-def plan(input_root: Path, output_root: Path, list_series, known: dict[str, Path] | None = None,
+def plan(input_root: Path, output_root: Path, found: list, known: dict[str, Path] | None = None,
          passed_over: list | None = None) -> list[Job]:
-    """One job per DICOM series under input_root, output folders mirrored under output_root. ``known``:
-    series UID -> output folder of earlier runs (the manifest), kept as they are. ``passed_over``, when given,
-    gets (folder, why) of the series that are not jobs: reconstructions medrecon wrote, and images that are no
-    volume (a scout, a dose screenshot, RT dose)."""
+    """One job per DICOM series ``found`` under input_root (``list_series``), output folders mirrored under
+    output_root. ``known``: series UID -> output folder of earlier runs (the manifest), kept as they are.
+    ``passed_over``, when given, gets (folder, why) of the series that are not jobs (``why_passed_over``)."""
     input_root, output_root = _absolute(input_root), _absolute(output_root)
     known = dict(known or {})
     claimed = set(known.values())
     jobs = []
-    for info in list_series(input_root, recursive=True):
+    for info in found:
         folder, uid = _absolute(info.folder), str(info.uid)
-        why = "a reconstruction medrecon wrote, not a scan" if is_reconstruction(info) else \
-            info.not_a_volume and f"{info.not_a_volume}, not a volume to reconstruct"  # a reconstruction: e.g. an
-        if why:                                                                  # earlier batch's output under a link
+        why = why_passed_over(info)
+        if why:
             if passed_over is not None:
                 passed_over.append((folder, why))
             continue
@@ -180,9 +177,15 @@ def plan(input_root: Path, output_root: Path, list_series, known: dict[str, Path
         if not out.resolve().is_relative_to(output_root.resolve()):
             raise InputError(f"output {out} lies outside {output_root}: a symbolic link in the output tree points "
                              "elsewhere; remove it, or choose another output root")
-        jobs.append(Job(uid, folder, out, info.files_sha256, input_root, output_root,
-                        unreadable=tuple(info.unreadable)))
+        jobs.append(Job(uid, folder, out, info.files_sha256, input_root, output_root))
     return jobs
+
+
+def why_passed_over(info) -> str:
+    """Why a series found is no job ("" for a scan to reconstruct): a reconstruction medrecon wrote (e.g. an earlier
+    batch's output under a link), or an image that is no volume (a scout, a dose screenshot, RT dose)."""
+    return "a reconstruction medrecon wrote, not a scan" if is_reconstruction(info) else \
+        info.not_a_volume and f"{info.not_a_volume}, not a volume to reconstruct" or ""
 
 
 def is_reconstruction(info) -> bool:
@@ -305,11 +308,11 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
                                           "pass --overwrite to redo it")  # its output stays, valid as it was
     t0 = time.perf_counter()
     try:
-        reconstruct(cfg, job.input, job.output, overwrite=overwrite, series=job.uid, progress=progress,
-                    resample=resample, prior=prior)
+        skipped = reconstruct(cfg, job.input, job.output, overwrite=overwrite, series=job.uid, progress=progress,
+                              resample=resample, prior=prior).skipped_files
         status, error = "done", ""
-        if job.unreadable:  # read without them: a finished row says so (the damaged file may be a slice)
-            error = one_line(f"read without {len(job.unreadable)} damaged file(s): {'; '.join(job.unreadable)}",
+        if skipped:  # read without them: a finished row says so (the damaged file may be a slice)
+            error = one_line(f"read without {len(skipped)} damaged file(s): {'; '.join(skipped)}",
                              job.input_root, job.output_root)
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
         status, error = "failed", error_text(e, job.input_root, job.output_root)
@@ -377,35 +380,37 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
     if output_root.resolve().is_relative_to(input_root.resolve()):
         raise InputError(f"output root {output_root} lies inside the input tree {input_root}; choose another")
     check_batch_root(output_root)
+    problems: list = []  # folders where series may be but none can be read
+    found = list_series(input_root, recursive=True, problems=problems)
+    if not problems and all(map(why_passed_over, found)):  # before anything is created: nothing to do, nothing made
+        raise InputError(f"no DICOM series to reconstruct under {input_root}" + (
+            f" (only {len(found)} series that are no scans, e.g. {why_passed_over(found[0])})" if found else ""))
     if dry_run:
-        return _batch(cfg, input_root, output_root, True, overwrite, progress, echo, resample, engine)
+        return _batch(cfg, input_root, output_root, found, problems, True, overwrite, progress, echo, resample,
+                      engine)
     try:
         output_root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create the output root {output_root}: {os_reason(e)}; "
                          "choose a writable location") from e
     with batch_lock(output_root):
-        return _batch(cfg, input_root, output_root, False, overwrite, progress, echo, resample, engine)
+        return _batch(cfg, input_root, output_root, found, problems, False, overwrite, progress, echo, resample,
+                      engine)
 
 
-def _batch(cfg, input_root: Path, output_root: Path, dry_run, overwrite, progress, echo, resample,
-           engine) -> BatchResult:
+def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, overwrite, progress, echo,
+           resample, engine) -> BatchResult:
+    """The batch after ``list_series`` ``found`` its series (``problems``: folders that could not be read)."""
     from tqdm.auto import tqdm
 
-    problems: list = []  # folders where series may be but none can be read
     passed_over: list = []  # (folder, why) of the series that are not scans to reconstruct
     before = earlier_rows(output_root)
-    jobs = plan(input_root, output_root, lambda f, recursive: list_series(f, recursive, problems),
-                known_outputs(output_root, before), passed_over)
+    jobs = plan(input_root, output_root, found, known_outputs(output_root, before), passed_over)
     fingerprint = cfg.fingerprint()
     for j in jobs:
         j.config_sha256 = fingerprint
     for f, why in passed_over:
         echo(f"pass    {relative(f, _absolute(input_root))}: {why}")
-    if not jobs and not problems:
-        raise InputError(f"no DICOM series to reconstruct under {input_root}"
-                         + (f" (only {len(passed_over)} series that are no scans, e.g. {passed_over[0][1]})"
-                            if passed_over else ""))
     unread = [{"series_uid": "", "input_path": relative(_absolute(f), _absolute(input_root)), "output_path": "",
                "status": "failed", "seconds": "0.0", "error": error_text(InputError(why), _absolute(input_root))}
               for f, why in problems]

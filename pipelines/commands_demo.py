@@ -10,13 +10,16 @@ from .modality import Modality
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0-199' or '3,5,9' or '1000' -> list of seeds."""
+    """'0-199' or '3,5,9' or '1000' -> list of seeds (never empty: a reversed range is refused)."""
     from medrecon.errors import InputError
 
     seeds: list[int] = []
     try:
         for part in text.split(","):
             lo, _, hi = part.partition("-")
+            if hi and int(hi) < int(lo):
+                raise InputError(f"--seeds {text!r}: the range {part.strip()} is reversed; write {hi.strip()}-"
+                                 f"{lo.strip()}")
             seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
     except ValueError:
         raise InputError(f"--seeds {text!r}: expected a range like 0-199 or a list like 3,5,9") from None
@@ -40,12 +43,15 @@ def phantom(
     from medrecon.io.atomic import os_reason
 
     from .phantoms import ct_phantom, mr_phantom
+    from .phantoms.fields import check_geometry
 
     try:
         zyx = tuple(int(s) for s in shape.split(","))
         assert len(zyx) == 3
     except (ValueError, AssertionError):
         raise InputError(f"--shape {shape!r}: expected Z,Y,X such as 32,64,64") from None
+    seed_list = parse_seeds(seeds)
+    check_geometry(seed_list[0], zyx, slice_thickness)  # the phantoms' own checks, before the folder is made
     make = ct_phantom if modality == Modality.ct else mr_phantom
     kw = {} if slice_thickness is None else {"slice_thickness_mm": slice_thickness}
     try:
@@ -53,7 +59,7 @@ def phantom(
     except OSError as e:
         raise InputError(f"cannot create the output folder {output}: {os_reason(e)}; choose a writable "
                          "location") from e
-    for seed in tqdm(parse_seeds(seeds), desc=f"{modality.value} phantoms", unit="vol"):
+    for seed in tqdm(seed_list, desc=f"{modality.value} phantoms", unit="vol"):
         contrast = {} if modality == Modality.ct else {"contrast": ("T1", "T2", "PD")[seed % 3]}
         write_nifti(make(zyx, seed=seed, **kw, **contrast), output / f"{modality.value}_seed{seed:04d}.nii.gz",
                     overwrite=overwrite)

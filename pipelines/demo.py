@@ -45,7 +45,10 @@ class DemoCase:
 
 
 def demo_case(source: str, slices: int | None, seed: int):
-    """(source volume, DemoCase) for ``source`` 'scan' (the held-out real series) or 'phantom'."""
+    """(source volume, DemoCase) for ``source`` 'scan' (the held-out real series) or 'phantom'; ``slices`` None:
+    the default (all of the scan, 24 phantom slices)."""
+    if slices is not None and slices < 1:
+        raise InputError(f"--slices {slices}: give at least one slice, or leave it out for the default")
     if source == "scan":
         if not datasets.is_fetched(DEMO_SCAN):
             raise InputError(f"the demo's CT series ({DEMO_SCAN}) is not set up: run `medrecon data fetch "

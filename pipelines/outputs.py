@@ -22,7 +22,7 @@ from PIL import Image
 from medrecon import __version__
 from medrecon.errors import InputError
 from medrecon.io import named_like_a_file
-from medrecon.io.atomic import atomic_path, check_free
+from medrecon.io.atomic import atomic_path, check_destination, check_free
 from medrecon.volume import Volume
 
 
@@ -48,21 +48,24 @@ class Timings:
 
 def atomic_output(output, overwrite: bool, protect=(), marker: dict | None = None):
     """``medrecon.io.atomic_path`` for an output folder: a previous medrecon output stays in place until the
-    new one is complete, then the two are swapped; ``marker`` is recorded in the folder's marker file. A path named
-    like a file, or an existing file, is refused (`-o res.nii.gz` made a folder of that name; with --overwrite a
-    user's file was replaced by a folder)."""
-    check_output_folder(output, overwrite)
+    new one is complete, then the two are swapped; ``marker`` is recorded in the folder's marker file. The path is
+    checked first (``check_output_folder``)."""
+    check_output_folder(output, overwrite, protect)
     return atomic_path(output, overwrite, protect=protect, marker=marker)
 
 
-def check_output_folder(output, overwrite: bool) -> None:
-    """Before any work: an output folder path that is named like a file, or an existing file, is refused (`-o
-    res.nii.gz` made a folder of that name; with --overwrite a user's file was replaced by a folder), and one that
-    exists is refused without ``overwrite`` (medrecon.io.atomic.check_free)."""
+def check_output_folder(output, overwrite: bool, protect=()) -> None:
+    """Before any work, refused: an output folder path that no --overwrite makes an output (the folder the command
+    runs in, an input in ``protect``: medrecon.io.atomic.check_destination); an existing file, or a path named like
+    a file (`-o res.nii.gz` made a folder of that name; with --overwrite a user's file was replaced by a folder);
+    one that exists, without ``overwrite`` (medrecon.io.atomic.check_free)."""
     output = Path(output)
-    if named_like_a_file(output) or (output.is_file() and not output.is_symlink()):
-        raise InputError(f"{output}: the output is a folder (recon.nii.gz, dicom/, report.json, ... go inside it); "
-                         "give a folder path without a file suffix")
+    check_destination(output, protect)
+    inside = "the output is a folder (recon.nii.gz, dicom/, report.json, ... go inside it)"
+    if output.is_file() and not output.is_symlink():
+        raise InputError(f"{output} is an existing file, not a folder; {inside}: give a folder path")
+    if named_like_a_file(output):
+        raise InputError(f"{output}: {inside}; give a folder path without a file suffix")
     check_free(output, overwrite)
 
 

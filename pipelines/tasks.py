@@ -37,6 +37,7 @@ class RunResult:
     output: Path
     recon: Volume
     report: dict
+    skipped_files: tuple[str, ...] = ()  # damaged input files read without ("path (why)")
 
 
 def prepare_config(config, overrides=()) -> Config:
@@ -91,7 +92,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     inp, out = path_argument("input", input), path_argument("output", output)
     if not inp.exists():
         raise InputError(f"input not found: {inp} (give a DICOM folder, a NIfTI file or a measurements file)")
-    check_output_folder(out, overwrite)  # say so before the work, not after it
+    check_output_folder(out, overwrite, protect=[inp])  # say so before the work, not after it
     device = resolve_device(cfg.solver.device)
     reset_rss_peak()  # report.json's peaks are this series', not the process's (a batch worker runs many)
     if device.type == "cuda":
@@ -160,7 +161,8 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                 log.warning("not enough memory left for the series page; the output is written without index.html")
         rep["timings_s"] = t.as_dict()
         write_json(tmp / "report.json", rep)
-    return RunResult(out, recon, rep)
+    return RunResult(out, recon, rep, tuple((problem.source.meta if problem.source is not None else {})
+                                           .get("skipped_files", ())))
 
 
 def named_only(text: str, inp: Path) -> str:

@@ -400,6 +400,25 @@ def test_a_second_batch_into_the_same_output_root_is_refused_while_the_first_run
     assert _run(tree, out, "--quiet") == 1  # released: runs (the broken series fails as always)
 
 
+def test_a_batch_with_nothing_to_reconstruct_creates_nothing(tmp_path, capsys):
+    """An input root without a series to reconstruct is refused before the output root (and its lock file) is
+    made."""
+    (root := tmp_path / "in").mkdir()
+    assert _run(root, out := tmp_path / "out") == 2
+    assert f"no DICOM series to reconstruct under {root}" in capsys.readouterr().err and not out.exists()
+    out.mkdir()  # an existing output root is left as it was
+    assert _run(root, out) == 2 and list(out.iterdir()) == []
+    import pydicom
+    _series(root / "scout", 1, "scout")  # only a series that is no scan
+    for f in (root / "scout").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.save_as(f)
+    capsys.readouterr()
+    assert _run(root, out2 := tmp_path / "out2") == 2 and not out2.exists()
+    assert "(only 1 series that are no scans, e.g. a localizer" in capsys.readouterr().err
+
+
 def test_folder_names_that_sanitise_alike_stay_apart(tmp_path):
     """Two patients' folders must not merge into one output folder ('Müller, Jörg' and 'Müller, Jürg', names in
     another script), and a top-level folder named index.html is mirrored beside the batch's page."""
@@ -421,17 +440,21 @@ def test_folder_names_that_sanitise_alike_stay_apart(tmp_path):
 
 
 def test_damaged_files_are_named_in_the_manifest(tmp_path):
-    """A series read without a damaged end slice is done, and its row says which file was left out; a damaged
-    middle slice (or an empty .dcm) fails naming the file, not just uneven spacing."""
+    """A series read without a damaged end slice is done, and its row says which file was left out (also one with
+    an intact header whose pixel data is cut short); a damaged middle slice (or an empty .dcm) fails naming the
+    file, not just uneven spacing."""
     root, out = tmp_path / "in", tmp_path / "out"
-    for name, k, cut in (("end", 3, "header"), ("mid", 1, "header"), ("empty", 1, "empty")):
+    cuts = {"header": lambda b: b[:300], "pixels": lambda b: b[:-600], "empty": lambda b: b""}
+    for name, k, cut in (("end", 3, "header"), ("pixels", 3, "pixels"), ("mid", 1, "header"), ("empty", 1, "empty")):
         write_test_series(root / name, 1, name, size=24, slices=4)
         f = sorted((root / name).iterdir())[k]
-        f.write_bytes(f.read_bytes()[:300] if cut == "header" else b"")
+        f.write_bytes(cuts[cut](f.read_bytes()))
     assert _run(root, out, "--quiet") == 1
     rows = {r["input_path"]: r for r in _manifest(out)}
-    end_file = sorted((root / "end").iterdir())[3].name
-    assert rows["end"]["status"] == "done" and f"end/{end_file}" in rows["end"]["error"]
+    for name in ("end", "pixels"):
+        end_file = sorted((root / name).iterdir())[3].name
+        assert rows[name]["status"] == "done", rows[name]
+        assert rows[name]["error"].startswith(f"read without 1 damaged file(s): {name}/{end_file} ("), rows[name]
     for name in ("mid", "empty"):
         bad = sorted((root / name).iterdir())[1].name
         assert rows[name]["status"] == "failed" and bad in rows[name]["error"], rows[name]

@@ -80,6 +80,21 @@ def test_demo_reduced_end_to_end(tmp_path, capsys):
     assert (out / "dicom").is_dir() and not list(tmp_path.glob(".medrecon-tmp*"))
 
 
+def test_demo_refuses_fewer_than_one_slice(tmp_path, capsys):
+    """--slices 0 ran the default 24 phantom slices (all of the scan) where -2 was refused; the scan's -2 raised a
+    ValueError."""
+    from medrecon.errors import InputError
+    from pipelines.demo import DEMO_SEED, demo_case
+
+    for n in ("0", "-2"):  # a prior that is not there: without the check, the demo stops there instead
+        assert main(["demo", "--source", "phantom", "--slices", n, "--prior", str(tmp_path / "none"), "--output",
+                     str(tmp_path / "out"), "--no-progress"]) == 2
+        assert f"--slices {n}: give at least one slice" in capsys.readouterr().err
+    with pytest.raises(InputError, match="--slices -2"):
+        demo_case("scan", -2, DEMO_SEED)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_quality_benchmark_reduced(tmp_path):
     """Reduced benchmark (4 slices, 20 fast / 20 MBIR steps) on the 8-view case: diffusion + z-TV beats FBP

@@ -476,6 +476,20 @@ def test_phantom_unwritable_output(tmp_path, capsys):
     assert code == 2 and "cannot create the output folder" in err and "Traceback" not in err
 
 
+def test_phantom_refuses_bad_arguments_before_making_its_folder(tmp_path, capsys):
+    """A reversed --seeds range wrote nothing and exited 0; a bad --seeds, --shape or --slice-thickness was refused
+    after the output folder was made, leaving it empty."""
+    out = tmp_path / "ph"
+    for args, said in ((["--seeds", "5-3"], "--seeds '5-3': the range 5-3 is reversed; write 3-5"),
+                       (["--seeds", "abc"], "--seeds 'abc': expected a range"), (["--seeds", ""], "--seeds '':"),
+                       (["--shape", "0,8,8"], "three positive sizes"),
+                       (["--slice-thickness", "-1"], "must be positive")):
+        assert main(["phantom", str(out), "--shape", "2,8,8", *args]) == 2, args
+        assert said in capsys.readouterr().err and not out.exists(), args
+    assert main(["phantom", str(out), "--shape", "2,8,8", "--seeds", "3-4"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["ct_seed0003.nii.gz", "ct_seed0004.nii.gz"]
+
+
 def _starved_phantom() -> Volume:
     """A wide water ellipse (500 x 200 mm) with two dense bone rods at its ends: its lateral rays cross ~10 mu-path
     lengths (a few photons at I0 = 1e5), its vertical ones ~4."""
@@ -1298,15 +1312,24 @@ def test_the_page_shows_the_volumes_in_memory_without_reading_them_back(tmp_path
     assert (tmp_path / "out" / "index.html").is_file()
 
 
-def test_an_existing_file_as_the_output_is_refused_before_the_work_naming_the_fix(tmp_path, ct_nifti):
+def test_an_output_path_that_cannot_be_used_is_refused_before_the_work_saying_why(tmp_path, ct_nifti, monkeypatch):
     """reconstruct -o afile said 'afile already exists; pass --overwrite'; with --overwrite it then refused the file
-    as an output folder, after the reading and the simulation."""
+    as an output folder, after the reading and the simulation, and told to drop a suffix it did not have. -o . and
+    -o the input's folder said 'already exists; pass --overwrite', which was then refused too."""
     (tmp_path / "afile").write_text("mine")
-    for overwrite in (False, True):
-        with pytest.raises(InputError, match="the output is a folder"):
-            tasks.reconstruct("sparse_view_ct_8", ct_nifti, tmp_path / "afile", overwrite=overwrite,
-                              overrides=["solver.name=fbp"])
-    assert (tmp_path / "afile").read_text() == "mine"
+    for folder in ("here", "in"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "here" / "notes.txt").write_text("mine")  # the folder the shell is in
+    shutil.copy(ct_nifti, inp := tmp_path / "in" / "ct.nii.gz")
+    monkeypatch.chdir(tmp_path / "here")
+    for out, why in ((tmp_path / "afile", "afile is an existing file, not a folder; the output is a folder"),
+                     (".", "the output would replace the folder this command runs in"),
+                     (inp.parent, "contains or lies inside the input")):
+        for overwrite in (False, True):
+            with pytest.raises(InputError, match=why) as e:
+                tasks.reconstruct("sparse_view_ct_8", inp, out, overwrite=overwrite, overrides=["solver.name=fbp"])
+            assert "--overwrite" not in str(e.value) and "suffix" not in str(e.value)
+    assert (tmp_path / "afile").read_text() == "mine" and os.listdir(tmp_path / "in") == ["ct.nii.gz"]
 
 
 def test_running_out_of_memory_after_the_solve_keeps_the_result(tmp_path, ct_nifti, monkeypatch):

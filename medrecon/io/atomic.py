@@ -48,14 +48,7 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
     dest = Path(os.path.abspath(dest))  # '.': its parent is '.' too, and the temporary landed inside it
     if dest.is_symlink():  # write where it points: replacing the link left the old output at its target
         dest = dest.resolve()
-    try:  # the swap replaces the folder: a shell in it would be left in a deleted one
-        here = Path.cwd().resolve()
-    except OSError:  # the shell is in a deleted folder already: it is no destination
-        here = None
-    if here is not None and (dest.resolve() == here or here.is_relative_to(dest.resolve())):
-        raise InputError(f"{dest}: the output would replace the folder this command runs in (the shell would be "
-                         "left in a deleted one); give a new folder inside it, e.g. -o out")
-    _check_not_input(dest, protect)
+    check_destination(dest, protect)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(dest)
@@ -191,6 +184,20 @@ def _alive(pid: int, name: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def check_destination(dest, protect: Iterable = ()) -> None:
+    """Raise if ``dest`` can be no output, --overwrite or not: it is (or holds) the folder this command runs in, or
+    it is, contains or lies inside an input in ``protect``."""
+    dest = Path(dest)
+    try:  # the swap replaces the folder: a shell in it would be left in a deleted one
+        here = Path.cwd().resolve()
+    except OSError:  # the shell is in a deleted folder already: it is no destination
+        here = None
+    if here is not None and (dest.resolve() == here or here.is_relative_to(dest.resolve())):
+        raise InputError(f"{dest}: the output would replace the folder this command runs in (the shell would be "
+                         "left in a deleted one); give a new folder inside it, e.g. -o out")
+    _check_not_input(dest, protect)
 
 
 def _check_not_input(dest: Path, protect: Iterable) -> None:

@@ -13,7 +13,7 @@
 
 Bad input is refused with an :class:`InputError` naming the path and the fix (mixed orientations or
 sizes, duplicate positions, gantry tilt, non-uniform spacing unless ``resample_nonuniform``);
-damaged files are skipped with a warning naming them.
+damaged files are skipped with a warning naming them, and listed ("path (why)") in ``meta['skipped_files']``.
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
                          "(medrecon info FOLDER lists them)")
     mosaics = [f for f, ds in headers if _is_mosaic(ds)]
     if mosaics and len(headers) == 1:
-        return _read_mosaic(mosaics[0], info, notes)
+        return _read_mosaic(mosaics[0], info, notes, skipped)
     if mosaics:
         raise InputError(f"{where}: {len(mosaics)} Siemens mosaic images, each a whole 3D volume (time points or "
                          f"diffusion directions); read one file, e.g. {mosaics[0]}")
@@ -137,7 +137,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
             "dicom": {**_source_tags(stack.headers[0]), **_pixel_flags(stack.headers),
                       "SourceImages": _source_images(stack.headers, stack.positions),
                       **({"PerSliceRescale": True} if len({_rescale(ds) for ds in stack.headers}) > 1 else {})},
-            "warnings": notes, **({"rescale_assumed": True} if rescale_assumed else {})}
+            "warnings": notes, "skipped_files": skipped, **({"rescale_assumed": True} if rescale_assumed else {})}
     step = stack.grid_step
     if not stack.uniform:
         data = resample_along_normal(data, stack.positions, step := stack.step)
@@ -165,7 +165,7 @@ def _is_mosaic(ds) -> bool:
     return "MOSAIC" in image_type(ds)
 
 
-def _read_mosaic(path: Path, info: SeriesInfo, notes: list) -> Volume:
+def _read_mosaic(path: Path, info: SeriesInfo, notes: list, skipped: list) -> Volume:
     """A Siemens mosaic: one file holding a 3D volume (EPI, diffusion) as a grid of tiles. nibabel unpacks the
     tiles and finds the volume's geometry from Siemens' private CSA header (tile count, slice normal)."""
     import warnings
@@ -190,7 +190,8 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list) -> Volume:
     ds = w.dcm_data
     meta = {"format": "dicom", "source": str(path), "series_uid": series_uid(ds),
             "files_sha256": info.files_sha256,
-            "dicom": {**_source_tags(ds), "SourceImages": _source_images([ds], [0.0])}, "warnings": notes}
+            "dicom": {**_source_tags(ds), "SourceImages": _source_images([ds], [0.0])}, "warnings": notes,
+            "skipped_files": skipped}
     return Volume(np.ascontiguousarray(data.transpose(2, 0, 1)), spacing, tuple(affine[:3, 3]), direction, meta)
 
 

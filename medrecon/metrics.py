@@ -63,10 +63,13 @@ def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = 
                          f"and {x.shape}")
     if not (np.isfinite(ref).all() and np.isfinite(x).all()):
         raise ValueError("reference or reconstruction holds NaN or infinite values")
-    if data_range is None:
+    given = data_range is not None
+    if not given:
         data_range = float(ref.max() - ref.min())
     if not (np.isfinite(data_range) and data_range > 0):
-        raise ValueError(f"data range must be positive and finite, got {data_range} (a constant reference? give one)")
+        why = "give a positive number" if given else \
+            "the reference is one value throughout: give the range to score over (--data-range)"
+        raise ValueError(f"data range must be positive and finite, got {data_range}; {why}")
     low = float(ref.min())  # SSIM on values from 0 (see the module doc); PSNR does not care
     ref, x = ref - low, x - low
     out = {"psnr": {}, "ssim": {}, "data_range": float(data_range)}

@@ -53,8 +53,10 @@ def test_default_data_range_and_errors():
     assert per_axis_metrics(ref, ref * 0.9)["data_range"] == pytest.approx(ref.max() - ref.min())
     with pytest.raises(ValueError, match="one shape"):
         per_axis_metrics(ref, ref[:-1])
-    with pytest.raises(ValueError, match="data range"):
+    with pytest.raises(ValueError, match="the reference is one value throughout: give the range to score over"):
         per_axis_metrics(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)))
+    with pytest.raises(ValueError, match=r"got -5.0; give a positive number$"):  # not 'a constant reference?'
+        per_axis_metrics(ref, ref, data_range=-5.0)
     thin = per_axis_metrics(np.zeros((2, 8, 8)), np.ones((2, 8, 8)), data_range=1.0)  # #13.16: no refusal
     assert thin["ssim"]["axial"] is not None and thin["ssim"]["coronal"] is None and thin["ssim"]["volume"] is None
     assert all(">= 3" in n or "too thin" in n for n in thin["notes"])

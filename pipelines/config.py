@@ -97,12 +97,17 @@ class MRI(Section):
     coil_maps: Literal["given", "estimate", "espirit"] = "given"
     # auto: complex for measured k-space, real for simulation from magnitude volumes | real | complex
     image: Literal["auto", "real", "complex"] = "auto"
+    # measured k-space: keep only the lines of `mask` (a fully sampled file undersampled retrospectively)
+    retrospective: bool = False
 
     @model_validator(mode="after")
     def _poisson_is_3d(self):
         if self.mask.kind == "poisson2d" and self.mode != "3d":
             raise ValueError("mask.kind poisson2d samples the (kz, kx) plane of a 3D acquisition: set mode: 3d, or "
                              "use a 1D mask kind for 2D slices")
+        if self.retrospective and self.mode != "2d":
+            raise ValueError("retrospective undersampling masks the lines of measured k-space, which is read as 2D "
+                             "slices: set mode: 2d and a 1D mask kind")
         return self
 
 

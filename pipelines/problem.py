@@ -51,10 +51,10 @@ from .config import Config, config_names, load_config, resolve_prior_path
 from .crossval import cross_validate
 from .measurement import Measurement, is_measurement_file
 from .modality import MODALITY_OF_DICOM, Modality, intensity_card, value_problem
-from .raw_mri import is_measured_kspace
+from .raw_mri import is_measured_kspace, undersampled
 from .prior_cards import PUBLIC_CARDS, load_prior_for
 from .registry import SELF_ADAPT_DEFAULT, SELF_ADAPT_OFF, SOLVERS
-from .simulation import MAGNITUDE_PERCENTILE, grid_offsets, magnitude_scale, simulate_volume
+from .simulation import MAGNITUDE_PERCENTILE, grid_offsets, magnitude_scale, mri_mask, simulate_volume
 
 log = logging.getLogger("medrecon")
 MAX_OBLONG = 1.5  # in-plane pixels more oblong than this need --resample (most likely a slice axis not the third)
@@ -126,6 +126,8 @@ class Problem:
         if meas.modality != cfg.modality:
             raise InputError(f"{meas.info.get('source') or 'the input'}: holds {meas.modality} measurements but "
                              f"the config is for {cfg.modality}")
+        if cfg.modality == "mri" and cfg.mri.retrospective:
+            meas = _retrospective(cfg, meas)
         check_grid(prior, meas)
         info["warnings"] = setting_warnings(cfg, meas, source, prior, resample)
         for w in info["warnings"]:
@@ -757,6 +759,18 @@ def acquisition_differs(cfg: Config, meas: Measurement) -> str | None:
 MASK_LAYOUTS = {"2d": "slice by slice (mri.mode 2d)", "3d": "over (kz, kx) as one 3D acquisition (mri.mode 3d)"}
 
 
+def _retrospective(cfg: Config, meas: Measurement) -> Measurement:
+    """mri.retrospective: measured k-space with only the lines of the config's mask kept (raw_mri.undersampled)."""
+    if not is_measured_kspace(meas):
+        raise InputError(f"{meas.info.get('source') or 'the input'}: mri.retrospective undersamples measured k-space "
+                         "(fastMRI or ISMRMRD HDF5, BART .cfl); these measurements were simulated with the config's "
+                         "mask already: leave mri.retrospective false")
+    m = cfg.mri.mask
+    how = f"{m.kind} x{m.acceleration:g}, centre {m.center_fraction:g}, seed {m.seed} (mri.retrospective)"
+    log.info(f"{meas.info.get('source')}: undersampled retrospectively, {how}")
+    return undersampled(meas, mri_mask(cfg, np.shape(meas.data)[-2:]), how)
+
+
 def _acquisition_problem(cfg: Config, meas: Measurement) -> str | None:
     if cfg.modality != meas.modality:
         return f"{meas.modality} data, a {cfg.modality} config"
@@ -772,13 +786,11 @@ def _acquisition_problem(cfg: Config, meas: Measurement) -> str | None:
     if meas.modality == "mri" and meas.mask is not None:
         if meas.mask_layout != cfg.mri.mode:
             return f"sampled {MASK_LAYOUTS[meas.mask_layout]}, but the config is for mri.mode {cfg.mri.mode}"
-        have, want, m = mask_acceleration(meas.mask), cfg.mri.mask.acceleration, cfg.mri.mask
+        have, want = mask_acceleration(meas.mask), cfg.mri.mask.acceleration
         if abs(have - 1) <= 0.25 and is_measured_kspace(meas):  # as fastMRI's train and val files are
-            w = np.shape(meas.data)[-1]
             return (f"fully sampled (x{have:.3g}), but the config is tuned for x{want:g}: the reconstruction leaves "
-                    f"no line out, so its result and score are not x{want:g}'s; to undersample the file "
-                    f"retrospectively, store a mask of its {w} columns as a fastMRI `mask` dataset (e.g. "
-                    f"operators.mri.make_mask('{m.kind}', (1, {w}), {want:g}, {m.center_fraction:g}).ravel())")
+                    f"no line out, so its result and score are not x{want:g}'s; to undersample it retrospectively "
+                    f"with the config's mask, --set mri.retrospective=true")
         if abs(have / want - 1) > 0.25:
             return f"sampled x{have:.3g}, but the config is tuned for x{want:g}"
     return None

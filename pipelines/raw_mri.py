@@ -135,10 +135,25 @@ def load_fastmri(path: Path) -> Measurement:
     if ref is not None and ref.shape != grid.shape:
         raise InputError(f"{path}: {name} has shape {ref.shape}, the recon grid is {grid.shape}")
     mask = _mask(mask, k)
+    return Measurement("mri", _only_sampled(k, mask), grid, None, mask, maps,  # a file of full k-space and a mask:
+                       {"source": str(path), "layout": "2d", "units": MEASURED, **info}, reference=ref)  # its lines
+
+
+def _only_sampled(k: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """k-space (Z, [C,] H, W) with the samples ``mask`` ((H, W) or (Z, H, W)) leaves out set to 0 (the
+    cross-validation tells the sampled lines by y != 0)."""
     sampled = (mask > 0).reshape(mask.shape[0] if mask.ndim == 3 else 1, *([1] * (k.ndim - 3)), *mask.shape[-2:])
-    k = np.where(sampled, k, 0).astype(np.complex64)  # a file of full k-space and a mask: the lines it samples (the
-    return Measurement("mri", k, grid, None, mask, maps,  # cross-validation tells the sampled lines by y != 0)
-                       {"source": str(path), "layout": "2d", "units": MEASURED, **info}, reference=ref)
+    return np.where(sampled, k, 0).astype(np.complex64)
+
+
+def undersampled(meas: Measurement, lines: np.ndarray, how: str) -> Measurement:
+    """Measured k-space with only the phase-encode columns ``lines`` (broadcastable to (H, W): a config's mask)
+    kept, the file's own mask staying in force (a partial echo's unmeasured samples): a fully sampled file (fastMRI's
+    train and val files) undersampled retrospectively; ``how`` is recorded. Its reference, the image of the full
+    k-space, is kept."""
+    mask = np.asarray(meas.mask, np.float32) * np.broadcast_to(np.asarray(lines, np.float32), meas.mask.shape[-2:])
+    return replace(meas, data=_only_sampled(np.asarray(meas.data), mask), mask=mask,
+                   info={**meas.info, "retrospective_mask": how})
 
 
 def is_ismrmrd(path: Path) -> bool:

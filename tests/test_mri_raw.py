@@ -632,12 +632,44 @@ def test_measured_kspace_sampled_otherwise_than_the_config_is_warned_and_a_fully
 
     said = run("full.h5", "cs_mri_x8")
     assert len(said) == 1 and said[0].startswith("full.h5: fully sampled (x1), but the config is tuned for x8")
-    assert "store a mask of its 32 columns as a fastMRI `mask` dataset (e.g. operators.mri.make_mask('uniform1d', " \
-           "(1, 32), 8, 0.04).ravel())" in said[0]
-    # the mask the warning gives: no warning under that config; a x2 mask under cs_mri_x4 is named
+    assert "to undersample it retrospectively with the config's mask, --set mri.retrospective=true" in said[0]
+    # a file holding the config's own mask: no warning; a x2 mask under cs_mri_x4 is named
     assert run("x8.h5", "cs_mri_x8", make_mask("uniform1d", (1, 32), 8, 0.04).ravel()) == []
     said = run("x2.h5", "cs_mri_x4", make_mask("equispaced1d", (1, 32), 2, 0.25).ravel())
     assert len(said) == 1 and "x2.h5: sampled x2, but the config is tuned for x4" in said[0]
     echo = np.ones((32, 32), bool) & make_mask("uniform1d", (1, 32), 4, 0.08)
     echo[:8] = False  # a partial echo: the first readout samples of every line unmeasured
     assert mask_acceleration(echo) == pytest.approx(4.0)
+
+
+def test_a_fully_sampled_file_is_undersampled_retrospectively_with_the_configs_mask(tmp_path):
+    """mri.retrospective: a fully sampled fastMRI file (train and val files are) keeps only the lines of the config's
+    mask, the file's own unmeasured samples staying unmeasured; the reference stays the full k-space's image, so
+    the score is the x4 reconstruction's. Simulated measurements and 3D masks are refused naming the key."""
+    import h5py
+    from pipelines.config import load_config
+    from pipelines.problem import Problem
+    from pipelines.tasks import reconstruct, simulate
+    x = smooth_phase_image(2, 32)
+    full = fftc(torch.from_numpy(x), 2).numpy()
+    with h5py.File(tmp_path / "full.h5", "w") as f:
+        f["kspace"] = full
+        f["reconstruction_esc"] = np.abs(x)
+    keep = make_mask("uniform1d", (32, 32), 4.0, 0.08, 0)
+    p = Problem.build(load_config("cs_mri_x4", ["mri.retrospective=true", "solver.name=zero_filled"]).resolved(),
+                      tmp_path / "full.h5")
+    assert np.array_equal(p.measurement.mask, np.broadcast_to(keep, (32, 32)).astype(np.float32))
+    assert np.array_equal(np.asarray(p.measurement.data) != 0, np.broadcast_to(keep & (full != 0), full.shape))
+    assert p.measurement.info["retrospective_mask"].startswith("uniform1d x4, centre 0.08, seed 0")
+    low = reconstruct("cs_mri_x4", tmp_path / "full.h5", tmp_path / "x4",
+                      overrides=["mri.retrospective=true", "solver.name=zero_filled"])
+    high = reconstruct("cs_mri_x4", tmp_path / "full.h5", tmp_path / "x1", overrides=["solver.name=zero_filled"])
+    assert low.report["input_warnings"] == [] and len(high.report["input_warnings"]) == 1
+    a, b = (r.report["vs_reference"]["psnr"]["axial"] for r in (low, high))
+    assert b > a + 10  # the full k-space gives back its own image; a quarter of its lines does not
+    simulate("cs_mri_x4", tmp_path / "x1" / "recon.nii.gz", tmp_path / "sim")
+    with pytest.raises(InputError, match="mri.retrospective undersamples measured k-space .* leave mri.retrospective"):
+        reconstruct("cs_mri_x4", tmp_path / "sim" / "measurements.npz", tmp_path / "r",
+                    overrides=["mri.retrospective=true", "solver.name=zero_filled"])
+    with pytest.raises(InputError, match="retrospective undersampling masks the lines of measured k-space"):
+        load_config("cs_mri_3d_poisson", ["mri.retrospective=true"])

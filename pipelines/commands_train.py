@@ -1,6 +1,7 @@
 """`train`: train a 2D diffusion prior (whole slices or position-aware patches) on the user's volumes."""
 from __future__ import annotations
 
+import math
 import shlex
 from enum import Enum
 from pathlib import Path
@@ -43,6 +44,18 @@ def _command_line(ctx: typer.Context) -> str:
         else:
             words += [p.opts[0], str(v.value if isinstance(v, Enum) else v)]
     return shlex.join(w for w in words if w)
+
+
+def _check_finite(ctx: typer.Context) -> None:
+    """Every number option is finite (click's ranges let nan through): one line naming the option, before any data
+    are read."""
+    from medrecon.errors import InputError
+
+    for p in ctx.command.params:
+        v = ctx.params.get(p.name)
+        values = v if isinstance(v, tuple) else (v,)
+        if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+            raise InputError(f"{p.opts[0]} {' '.join(f'{x:g}' for x in values)}: give finite numbers")
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -213,7 +226,7 @@ def train(
 
     from medrecon.errors import InputError
     from medrecon.priors.patch import heldout_slices, too_small_for_patches
-    from medrecon.priors.train import DEFAULT_PIXEL_RANGE, TrainOptions, pixel_range_for, train_prior
+    from medrecon.priors.train import DEFAULT_PIXEL_RANGE, TrainOptions, check_output, trained_pixel_range, train_prior
     from medrecon.priors.training_data import load_patch_data, load_slices
 
     from . import datasets
@@ -221,6 +234,17 @@ def train(
     from medrecon.device import resolve_device
 
     resolve_device(device)  # before the data are loaded: `--device cuda` without CUDA is one line, nothing written
+    check_output(output, resume, overwrite)
+    if pixel_range and not 0 < pixel_range[0] <= pixel_range[1] < math.inf:
+        raise InputError(f"--pixel-range {pixel_range[0]:g} {pixel_range[1]:g}: give finite 0 < LO <= HI (mm), "
+                         "e.g. 0.7 4.0")
+    if not 0 < intensity_scale[0] <= intensity_scale[1] < math.inf:
+        raise InputError(f"--intensity-scale {intensity_scale[0]:g} {intensity_scale[1]:g}: give finite "
+                         "0 < LO <= HI, e.g. 0.5 1.1")
+    if not -math.inf < hu_window[0] < hu_window[1] < math.inf:
+        raise InputError(f"--hu-window {hu_window[0]:g} {hu_window[1]:g}: give finite LO < HI (HU), "
+                         "e.g. -1000 1000")
+    _check_finite(ctx)  # the other number options
     if lr_final is not None and not 0 <= lr_final <= lr:
         raise InputError(f"--lr-final {lr_final:g}: give a value in [0, --lr] ({lr:g}), "
                          "or leave it out for a constant rate")
@@ -229,10 +253,6 @@ def train(
     widths = _ints(channels, "--channels")
     sizes = _ints(patch_sizes, "--patch-sizes")
     _check_network(arch, image_size, widths, sizes, channels)  # before the data are loaded (minutes for many)
-    if pixel_range and (pixel_range[0] <= 0 or pixel_range[0] > pixel_range[1]):
-        raise InputError(f"--pixel-range {pixel_range[0]:g} {pixel_range[1]:g}: give 0 < LO <= HI (mm), e.g. 0.7 4.0")
-    if hu_window[0] >= hu_window[1]:
-        raise InputError(f"--hu-window {hu_window[0]:g} {hu_window[1]:g}: give LO < HI (HU), e.g. -1000 1000")
     paths = list(data or []) + list(more or [])
     sources: list = list(paths)
     names = [n for d in (dataset or []) for n in (datasets.names("train", modality.value) if d == "train" else [d])]
@@ -252,9 +272,6 @@ def train(
     if context_slices and arch != Arch.patch:
         raise InputError("--context-slices needs --arch patch (2.5D patches); drop it for a whole-slice prior")
     scale = tuple(intensity_scale) if tuple(intensity_scale) != (1.0, 1.0) else None  # (1, 1): none
-    if min(intensity_scale) <= 0 or intensity_scale[0] > intensity_scale[1]:
-        raise InputError(f"--intensity-scale {intensity_scale[0]} {intensity_scale[1]}: give 0 < LO <= HI, "
-                         "e.g. 0.5 1.1")
     if scale and arch != Arch.patch:
         raise InputError("--intensity-scale needs --arch patch; drop it for a whole-slice prior")
     for flag, value in (("--fov-crop", fov_crop), ("--synthetic-phase", synthetic_phase),
@@ -298,17 +315,21 @@ def train(
             heldout = heldout_slices(hd, opts.heldout_spacing_mm, context=context_slices)
             held_desc = hprov
         what = f"{sd.n_slices} slices at their own pixel size, patches {','.join(map(str, sizes))}"
-        (lo, hi), why = pixel_range_for(sd.spacings, pixel_range)
         if resume and pixel_range is None:  # train_prior takes the run's own range from its state
             typer.echo("pixel sizes drawn from the resumed run's own range (its card's pixel_spacing_range_why)",
                        err=True)
         else:
-            typer.echo(f"pixel sizes drawn from {lo:.3g}-{hi:.3g} mm ({why})", err=True)
-        outside = sorted({round(min(sp), 4) for sp in sd.spacings if not lo <= min(sp) <= hi})
-        if outside:
-            typer.echo(f"warning: training scans at {', '.join(f'{v:g}' for v in outside)} mm lie outside --pixel-range "
-                       f"{lo:g} {hi:g}: the prior will refuse them in reconstruct (without --resample); widen "
-                       "--pixel-range LO HI to take them in, or leave it out", err=True)
+            (lo, hi), why = trained_pixel_range(sd, opts)  # what the card records and reconstruct accepts
+            typer.echo(f"pixel sizes drawn from {lo:g}-{hi:g} mm ({why})", err=True)
+            given = f"--pixel-range {pixel_range[0]:g} {pixel_range[1]:g}" if pixel_range else None
+            if given and (lo, hi) != tuple(pixel_range):
+                typer.echo(f"warning: {given} is cut to {lo:g}-{hi:g} mm: the prior will refuse other pixel sizes "
+                           "in reconstruct (without --resample)", err=True)
+            outside = sorted({round(min(sp), 4) for sp in sd.spacings if not lo <= min(sp) <= hi})
+            if given and outside:  # (the default range takes in every scan's own)
+                typer.echo(f"warning: training scans at {', '.join(f'{v:g}' for v in outside)} mm lie outside "
+                           f"{given}: the prior will refuse them in reconstruct (without --resample); widen "
+                           "--pixel-range LO HI to take them in, or leave it out", err=True)
     else:
         sd = load_slices(paths, imap, image_size, magnitude_percentile=pct, modality=modality.value, sources=sources,
                          check=check, series=series)

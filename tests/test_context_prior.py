@@ -105,7 +105,7 @@ def test_cli_refuses_context_without_patches_and_a_mismatched_start(priors, tmp_
     assert "--intensity-scale needs --arch patch" in capsys.readouterr().err
     assert main(["train", "--arch", "patch", "--data", *files, "--output", str(tmp_path / "u"), "--intensity-scale",
                  "1.1", "0.5", "--steps", "1", "--no-progress"]) == 2
-    assert "--intensity-scale 1.1 0.5: give 0 < LO <= HI" in capsys.readouterr().err
+    assert "--intensity-scale 1.1 0.5: give finite 0 < LO <= HI" in capsys.readouterr().err
     assert main(["train", "--data", *files, "--output", str(tmp_path / "u"), "--fov-crop", "0.3",
                  "--steps", "1", "--no-progress"]) == 2
     assert "--fov-crop needs --arch patch" in capsys.readouterr().err

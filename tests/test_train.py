@@ -1,5 +1,6 @@
 """Training a prior: data preparation, the held-out denoising loss drops, exact resume, the CLI."""
 import csv
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -464,7 +465,9 @@ def test_cli_patch_prior_takes_in_its_own_scans_pixel_size_by_default(tmp_path, 
     card = load_prior(tmp_path / "p").card
     assert in_pixel_range(0.5, card["pixel_spacing_mm_range"]), card["pixel_spacing_mm_range"]
     aug = card["training"]["augmentation"]
-    assert aug["pixel_spacing_range_mm"] == [0.5, 4.0] and "widened" in aug["pixel_spacing_range_why"]
+    assert card["training"]["options"]["pixel_spacing_range"] == [0.5, 4.0]
+    assert "widened" in aug["pixel_spacing_range_why"]
+    assert aug["pixel_spacing_range_mm"] == card["pixel_spacing_mm_range"] == [0.5, 2.0]  # 16 mm slices: 8 px of 2 mm
     assert "--pixel-range" not in card["training"]["command"]  # the default: the same data give the same range
     capsys.readouterr()
     assert main(["train", *common, "--output", str(tmp_path / "q"), "--pixel-range", "0.8", "1.2"]) == 0
@@ -661,8 +664,183 @@ def test_cli_planes_all_trains_on_every_plane_of_a_3d_volume_and_the_card_says_s
     data = load_prior(tmp_path / "p").card["training"]["data"]
     assert [v["plane"] for v in data["volumes"]] == ["axial", "coronal", "sagittal"]
     assert data["n_volumes"] == 3 and "--planes all" in load_prior(tmp_path / "p").card["training"]["command"]
+    # each plane's own pixel size (the coronal and sagittal records repeated the axial one's)
+    assert [v["pixel_spacing_mm"] for v in data["volumes"]] == [[1.0, 1.0], [1.0, 1.1], [1.0, 1.1]]
     capsys.readouterr()
     assert main([*args, "--steps", "3", "--resume"]) == 2
     assert "--planes axial now, the run had --planes all" in capsys.readouterr().err
+    assert main([*args, "--planes", "all", "--steps", "3", "--resume", "--channels", "16,32"]) == 2
+    assert "--channels 8,16 (now 16,32)" in capsys.readouterr().err  # as the command line spells it
+    state = tmp_path / "p" / "checkpoints" / "state.pt"  # a run from before: its views' records say 1.0 x 1.0 mm
+    st = torch.load(state, weights_only=True)
+    old = json.loads(st["data"])
+    for v in old["volumes"]:
+        v["pixel_spacing_mm"] = [1.0, 1.0]
+    torch.save({**st, "data": json.dumps(old, sort_keys=True)}, state)
     assert main([*args, "--planes", "all", "--steps", "3", "--resume"]) == 0
-    assert load_prior(tmp_path / "p").card["training"]["steps"] == 3
+    training = load_prior(tmp_path / "p").card["training"]
+    assert training["steps"] == 3 and training["final_loss_note"].endswith("over the last 3 steps")
+
+
+def _nifti(path, rng, z=3, n=32, mm=1.0):
+    nib.save(nib.Nifti1Image(phantom_volume(rng, z=z, n=n).transpose(2, 1, 0), np.diag([-mm, -mm, 2.0, 1.0])), path)
+    return str(path)
+
+
+PATCH_RUN = ["--arch", "patch", "--patch-sizes", "8,16", "--channels", "8,16", "--steps", "1", "--batch-size", "1",
+             "--sample-every", "-1", "--checkpoint-every", "0", "--device", "cpu", "--no-progress"]
+
+
+def test_a_patch_priors_pixel_range_is_what_it_prints_records_and_reconstruct_enforces(tmp_path, capsys):
+    """--pixel-range 2 3 on 8 mm scans printed 'drawn from 2-3 mm' and the card's augmentation said [2, 3], but
+    patches are never drawn finer than a scan's own / 1.25, so every draw was 6.4 mm and reconstruct enforced
+    6.4-6.4; the default printed 0.7-4 where 1 mm scans give 0.8-4. Now the range printed, the card's augmentation
+    record and the range reconstruct enforces are one, the range the sampler draws from; a range cut so is warned
+    about, one no scan can be drawn in is refused."""
+    from pipelines.cli import main
+
+    f = _nifti(tmp_path / "v.nii.gz", np.random.default_rng(11))  # 32 px of 1 mm: 8 px patches up to 4 mm
+    for out, given, printed in (("d", [], "0.8-4 mm"), ("g", ["--pixel-range", "0.5", "2"], "0.8-2 mm")):
+        capsys.readouterr()
+        assert main(["train", "--data", f, "--output", str(tmp_path / out), *PATCH_RUN, *given]) == 0
+        err = capsys.readouterr().err
+        lo, hi = load_prior(tmp_path / out).pixel_spacing_mm_range  # what reconstruct enforces
+        card = load_prior(tmp_path / out).card
+        assert f"pixel sizes drawn from {lo:g}-{hi:g} mm" in err and printed in err, err
+        assert card["training"]["augmentation"]["pixel_spacing_range_mm"] == [lo, hi]
+        assert ("is cut to 0.8-2 mm" in err) == bool(given)
+    capsys.readouterr()
+    assert main(["train", "--data", f, "--output", str(tmp_path / "r"), *PATCH_RUN, "--pixel-range", "0.3", "0.6"]) == 2
+    err = capsys.readouterr().err
+    assert "--pixel-range 0.3 0.6: training scans at 1 mm are never drawn finer than 0.8 mm" in err
+    assert "give HI of at least 0.8" in err and not (tmp_path / "r").exists()
+
+
+def test_the_patch_samplers_draws_stay_in_the_range_the_card_records():
+    """trained_pixel_range (the card's range) is the sampler's own: many batches reach its ends and never leave it."""
+    from medrecon.priors.patch import PatchSampler, prepare_volumes
+    from medrecon.priors.train import trained_pixel_range
+
+    rng = np.random.default_rng(12)
+    data = prepare_volumes([Volume(phantom_volume(rng, z=2, n=24), spacing=(1.0, 1.0, 2.0)),
+                            Volume(phantom_volume(rng, z=2, n=40), spacing=(0.6, 0.6, 2.0))], CT)
+    opts = TrainOptions(arch="patch", patch_sizes=(8, 16), pixel_spacing_range=(0.3, 4.0))
+    (lo, hi), why = trained_pixel_range(data, opts)
+    assert (lo, hi) == (0.48, 3.0) and "cut to 0.48-3 mm" in why  # 0.6 mm / 1.25; 24 mm / 8 px
+    sampler = PatchSampler(data, opts.patch_sizes, spacing_range=opts.pixel_spacing_range)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        sampler.sample(g)
+    assert sampler.used_spacing == pytest.approx([lo, hi])
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--arch", "patch", "--pixel-range", "nan", "2"], "--pixel-range nan 2: give finite 0 < LO <= HI"),
+    (["--arch", "patch", "--pixel-range", "1", "inf"], "--pixel-range 1 inf: give finite 0 < LO <= HI"),
+    (["--arch", "patch", "--intensity-scale", "nan", "1"], "--intensity-scale nan 1: give finite 0 < LO <= HI"),
+    (["--hu-window", "-1000", "inf"], "--hu-window -1000 inf: give finite LO < HI"),
+    (["--time-limit", "inf"], "--time-limit inf: give finite numbers"),
+    (["--lr-final", "nan"], "--lr-final nan: give finite numbers")])
+def test_cli_numbers_that_are_not_finite_are_one_line_errors_before_anything_is_written(tmp_path, capsys, extra,
+                                                                                        named):
+    """--pixel-range nan 2 was a traceback that left loss.csv; 1 inf was recorded as .inf; --intensity-scale nan 1
+    'diverged at step 1' naming a checkpoint that did not exist. Non-finite numbers are refused naming the option."""
+    from pipelines.cli import main
+
+    out = tmp_path / "prior"
+    assert main(["train", "--data", _nifti(tmp_path / "v.nii.gz", np.random.default_rng(13)), "--output", str(out),
+                 *PATCH_RUN, *extra]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err and not out.exists(), err
+
+
+def test_a_resume_with_nothing_left_to_train_says_so_and_leaves_the_card(tmp_path, capsys):
+    """--steps 100 --resume on a run at step 20540 exited 0 and wrote --steps 100 into the card's options."""
+    from pipelines.cli import main
+
+    run = ["train", "--data", _nifti(tmp_path / "v.nii.gz", np.random.default_rng(14)), "--output",
+           str(tmp_path / "p"), *PATCH_RUN]
+    assert main([*run, "--steps", "3"]) == 0
+    card = (tmp_path / "p" / "model_card.yaml").read_bytes()
+    capsys.readouterr()
+    assert main([*run, "--steps", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--steps 2:" in err and "already reached step 3" in err and "give more than 3" in err, err
+    assert main([*run, "--steps", "3", "--resume"]) == 0
+    assert "nothing left to train" in capsys.readouterr().err
+    assert (tmp_path / "p" / "model_card.yaml").read_bytes() == card
+
+
+def test_an_interrupted_run_keeps_a_checkpoint_that_resumes_exactly(data, tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM) with --checkpoint-every 0 left no training state, though the message said 'go on with
+    --resume'. The step under way now finishes, the prior and its state are written, and the resume continues as
+    the uninterrupted run."""
+    import os
+    import signal
+
+    from medrecon.priors import train as train_mod
+
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=6, batch_size=4, warmup=2, checkpoint_every=0,
+                        sample_every=0, log_every=2)
+    straight = train_prior(train, tmp_path / "a", opts, progress=False)
+    step = train_mod._Trainer.train_step
+
+    def interrupted(self):  # Ctrl-C arrives during the third step
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self)
+    monkeypatch.setattr(train_mod._Trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_prior(train, tmp_path / "b", opts, progress=False)
+    monkeypatch.setattr(train_mod._Trainer, "train_step", step)
+    assert read_model_card(tmp_path / "b" / "model_card.yaml")["training"]["steps"] == 3
+    resumed = train_prior(train, tmp_path / "b", opts, resume=True, progress=False)
+    x, sigma = train.slices[:4], torch.tensor([0.05, 0.3, 1.0, 5.0])
+    assert torch.equal(load_prior(straight).denoise(x, sigma), load_prior(resumed).denoise(x, sigma))
+    assert [r["loss"] for r in csv.DictReader(open(resumed / "loss.csv"))] == \
+        [r["loss"] for r in csv.DictReader(open(straight / "loss.csv"))]
+
+
+def test_a_damaged_dicom_series_in_a_data_folder_is_skipped_and_recorded(tmp_path, capsys, caplog):
+    """A folder of good NIfTI files and a truncated .dcm (and a text file named .dcm) warned 'skipped unreadable
+    file' and then stopped: 'no slice could be decoded'. The unreadable series is now skipped, as said, and the card
+    records it; a damaged file named itself is still an error."""
+    from medrecon.io import write_dicom_series
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(15)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(2):
+        _nifti(folder / f"v{i}.nii.gz", rng)
+    write_dicom_series(Volume(phantom_volume(rng, z=1, n=16), spacing=(1.0, 1.0, 2.0)), tmp_path / "dcm")
+    good = next((tmp_path / "dcm").iterdir()).read_bytes()
+    (folder / "cut.dcm").write_bytes(good[:-200])
+    (folder / "fake.dcm").write_text("not a DICOM file")
+    (folder / "cut.nii.gz").write_bytes(Path(_nifti(tmp_path / "whole.nii.gz", rng)).read_bytes()[:300])
+    assert main(["train", "--data", str(folder), "--output", str(tmp_path / "p"), *PATCH_RUN]) == 0
+    assert f"skipped {folder}: " in caplog.text and f"skipped {folder / 'cut.nii.gz'}: " in caplog.text
+    data = load_prior(tmp_path / "p").card["training"]["data"]
+    assert data["n_volumes"] == 2 and len(data["skipped"]) == 2
+    assert any("no slice could be decoded" in s for s in data["skipped"])
+    (tmp_path / "link").symlink_to(folder)  # the same data by another path: the skipped volume's path is no data
+    assert main(["train", "--data", str(tmp_path / "link"), "--output", str(tmp_path / "p"), *PATCH_RUN, "--steps",
+                 "2", "--resume"]) == 0
+    assert main(["train", "--data", str(folder / "cut.dcm"), str(folder / "v0.nii.gz"), "--output",
+                 str(tmp_path / "q"), *PATCH_RUN]) == 2
+    assert "cut.dcm" in capsys.readouterr().err and not (tmp_path / "q").exists()
+
+
+def test_output_problems_are_told_before_the_data_are_read(tmp_path, capsys):
+    """An existing prior without --overwrite/--resume, or --resume without a training state, was told only after
+    every volume had been read (here the data do not even exist)."""
+    from pipelines.cli import main
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "model_card.yaml").write_text("name: p\n")
+    missing = ["train", "--data", str(tmp_path / "missing"), *PATCH_RUN, "--output"]
+    assert main([*missing, str(tmp_path / "p")]) == 2
+    assert "already holds a prior" in capsys.readouterr().err
+    assert main([*missing, str(tmp_path / "q"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err and not (tmp_path / "q").exists()

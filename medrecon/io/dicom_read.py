@@ -31,7 +31,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID, MediaStorageDirectoryStorage
 from pydicom.valuerep import PersonName
 
-from ..errors import InputError
+from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .common import check_fits_in_memory, warn
 from .dicom_scan import (SeriesInfo, choose_series, header_kind, image_type, is_dicom_file, is_localizer, list_series,
@@ -92,9 +92,9 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
             warn(notes, f"skipped unreadable file {f} ({reason})")
         skipped.append(f"{f} ({reason})")
     if not headers and info.n_files == 1 and reason:  # one file given: what it is, not a generic line
-        raise InputError(f"{where}: {reason}")
+        raise UnreadableError(f"{where}: {reason}")
     if not headers:
-        raise InputError(f"{where}: no readable DICOM image; check the files are complete DICOM images")
+        raise UnreadableError(f"{where}: no readable DICOM image; check the files are complete DICOM images")
     slices = [(f, ds) for f, ds in headers if not is_localizer(ds)]
     if slices and len(slices) < len(headers):  # a scout filed in the scan's own series: not one of its slices
         scout = next(f for f, ds in headers if is_localizer(ds))
@@ -122,7 +122,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
             skipped.append(f"{f} ({reason})")
         headers = [(f, ds) for f, ds in headers if f not in {b for b, _ in bad}]
         if not headers:
-            raise InputError(f"{where}: no slice could be decoded (e.g. {bad[0][0].name}: {bad[0][1]})")
+            raise UnreadableError(f"{where}: no slice could be decoded (e.g. {bad[0][0].name}: {bad[0][1]})")
         stack = _Stack.build(headers, where, [])
         stack.check_uniform(resample_nonuniform, skipped)
         data, bad = _read_pixels(stack.files, stack.headers)

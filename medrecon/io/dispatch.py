@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
 from .dicom_read import read_dicom_series
@@ -99,7 +99,7 @@ def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volu
                 + (f" and {len(below) - 5} more series" if len(below) > 5 else "")
                 + f": give this folder with --series UID (UID: {below[0].uid}"
                 + (", ..." if len(below) > 1 else "") + "), or the sub-folder of one") if below else ""
-        raise InputError(f"{folder} holds no readable DICOM image files{hint}")
+        raise UnreadableError(f"{folder} holds no readable DICOM image files{hint}")
     info, note = choose_series(found, series, folder)
     vol = read_dicom_series(info, resample)
     if note:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .atomic import atomic_path
 from .common import check_fits_in_memory, check_voxels
@@ -26,7 +26,7 @@ def read_itk(path) -> Volume:
         check_fits_in_memory(tuple(head.GetSize()) + (head.GetNumberOfComponents(),), path)
         img = head.Execute()
     except RuntimeError as e:
-        raise InputError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}; check the file (and, for "
+        raise UnreadableError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}; check the file (and, for "
                          ".mhd/.nhdr, its data file) is complete") from e
     if img.GetNumberOfComponentsPerPixel() != 1 or img.GetDimension() not in (2, 3):
         raise InputError(f"{path}: expected a 2D or 3D scalar image, got {img.GetDimension()}D with "

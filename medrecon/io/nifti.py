@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .atomic import atomic_path, shown_path
 from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
@@ -79,7 +79,7 @@ def read_nifti(path) -> Volume:
         raise InputError(f"{path}: the volume of shape {img.shape} does not fit in memory; crop or downsample it "
                          "first, or use a machine with more memory") from None
     except Exception as e:  # noqa: BLE001  (nibabel raises many kinds on damaged files)
-        raise InputError(f"cannot read NIfTI {path}: {e}; check that the file is complete") from e
+        raise UnreadableError(f"cannot read NIfTI {path}: {e}; check that the file is complete") from e
     data = check_voxels(volume_array(data, path, "(X, Y, Z)"), path)
     header = img.header
     notes: list = []

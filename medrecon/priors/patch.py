@@ -249,6 +249,23 @@ def too_small_for_patches(shape_hw, spacing_xy, sizes, spacing_range, max_upsamp
     return None
 
 
+def drawn_pixel_size(s: float, spacing_xy, shape_hw, p: int, max_upsample: float) -> float:
+    """The pixel size (mm) a ``p``-pixel patch of a slice of ``shape_hw`` pixels at ``spacing_xy`` mm is drawn at
+    when ``s`` mm is asked: never finer than the slice's own / ``max_upsample``, coarse enough for the slice to hold
+    the patch."""
+    sx, sy = spacing_xy
+    s = max(s, max(sx, sy) / max_upsample)
+    return min(s, min(shape_hw[0] * sy, shape_hw[1] * sx) / p)
+
+
+def drawn_pixel_range(shapes, spacings, sizes, spacing_range, max_upsample: float) -> tuple[float, float]:
+    """The smallest and largest pixel size (mm) :class:`PatchSampler` draws from slices of ``shapes`` (H, W) at
+    ``spacings`` (x, y) mm, patches of ``sizes`` and ``spacing_range`` asked (``drawn_pixel_size`` of its ends)."""
+    cases = [(sp, sh, p) for sh, sp in zip(shapes, spacings) for p in sizes]
+    return (min(drawn_pixel_size(spacing_range[0], *c, max_upsample) for c in cases),
+            max(drawn_pixel_size(spacing_range[1], *c, max_upsample) for c in cases))
+
+
 class PatchSampler:
     """Random training patches with their position channels, drawn from ``PatchData`` with augmentation.
 
@@ -355,8 +372,7 @@ class PatchSampler:
         sx0, sy0 = self.spacings[v]
         lo, hi = self.spacing_range
         s = math.exp(math.log(lo) + u[0] * (math.log(hi) - math.log(lo)))
-        s = max(s, max(sx0, sy0) / self.max_upsample)
-        s = min(s, min(h0 * sy0, w0 * sx0) / p)  # the rescaled slice must hold a patch
+        s = drawn_pixel_size(s, (sx0, sy0), (h0, w0), p, self.max_upsample)
         h1, w1 = max(p, int(h0 * sy0 / s)), max(p, int(w0 * sx0 / s))
         z = min(int(u[1] * z_n), z_n - 1)
         hc, wc, oi, oj = h1, w1, 0, 0  # the window that counts as the slice (fov_crop), its offset

@@ -31,8 +31,11 @@ import io
 import json
 import math
 import shutil
+import signal
+import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -136,12 +139,49 @@ def pixel_range_for(spacings, given=None) -> tuple[tuple, str]:
                       f"{scans}; --pixel-range LO HI chooses another")
 
 
+def trained_pixel_range(data, opts: TrainOptions) -> tuple[tuple, str]:
+    """The pixel sizes (mm) a patch prior trained with ``opts`` on ``data`` (a PatchData) learns, which its card
+    records and reconstruct accepts, and why: its range (``opts.pixel_spacing_range`` or the default,
+    ``pixel_range_for``) as the sampler draws from it (``patch.drawn_pixel_range``: never finer than a scan's own /
+    ``max_upsample``, nor coarser than its slices hold), with the scans' own pixel sizes inside it. A range that
+    some scans can only be drawn above is an InputError."""
+    from .patch import drawn_pixel_range
+
+    (r0, r1), why = pixel_range_for(data.spacings, opts.pixel_spacing_range)
+    finest = [max(sp) / opts.max_upsample for sp in data.spacings]
+    if max(finest) > r1:
+        coarse = sorted({round(max(sp), 4) for sp, f in zip(data.spacings, finest) if f > r1})
+        raise InputError(f"--pixel-range {r0:g} {r1:g}: training scans at {', '.join(f'{v:g}' for v in coarse)} mm "
+                         f"are never drawn finer than {max(finest):.4g} mm (their pixel size / {opts.max_upsample:g}), "
+                         f"above the range: give HI of at least {max(finest):.4g}, leave those scans out, or leave "
+                         "--pixel-range out (its default takes in the scans' own)")
+    lo, hi = drawn_pixel_range([v.shape[-2:] for v in data.volumes], data.spacings, opts.patch_sizes, (r0, r1),
+                               opts.max_upsample)
+    own = [min(sp) for sp in data.spacings if r0 <= min(sp) <= r1]  # reconstruct takes a scan at its own
+    lo, hi = round(min([lo, *own]), 4), round(max([hi, *own]), 4)
+    if (lo, hi) != (r0, r1):
+        why += (f"; cut to {lo:g}-{hi:g} mm: no patch is drawn finer than its scan's pixel size / "
+                f"{opts.max_upsample:g} nor coarser than its slice holds")
+    return (lo, hi), why
+
+
 def _flag(name: str) -> str:
     return OPTION_FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def _option_value(v):
     return tuple(v) if isinstance(v, list) else v
+
+
+def _cli_value(v) -> str:
+    """An option's value as the command line spells it: integers comma separated (--channels 8,16), other numbers
+    space separated (--pixel-range 0.7 4); None: not given."""
+    if v is None:
+        return "not given"
+    if isinstance(v, (list, tuple)):
+        return ("," if all(isinstance(x, int) for x in v) else " ").join(f"{x:g}" if isinstance(x, float) else str(x)
+                                                                          for x in v)
+    return str(v)
 
 
 def warmup_steps(warmup: int, steps: int) -> int:
@@ -250,7 +290,9 @@ def _volume_identity(v) -> dict | None:
     checksum and pixel size of one of the user's own (training_data.volume_record); None for a bare path."""
     if not isinstance(v, dict):
         return None
-    return {k: v[k] for k in ("sha256", "voxels_sha256", "pixel_spacing_mm", "series_uid", "plane") if k in v}
+    keys = ("sha256", "voxels_sha256", "series_uid", "plane") + \
+        (() if v.get("plane") in ("coronal", "sagittal") else ("pixel_spacing_mm",))  # the axial one's says it
+    return {k: v[k] for k in keys if k in v}
 
 
 def _planes_option(record: dict) -> str:
@@ -280,7 +322,8 @@ def _data_difference(old: str | None, new: str, old_paths: list, new_paths: list
         if len(va) != len(vb):
             return f"{len(vb)} {key.replace('_', ' ')} now, the run had {len(va)}"
         for k, (x, y) in enumerate(zip(va, vb)):
-            x = {"sha256": x} if isinstance(x, str) else (x or {})  # a checkpoint's older record: a checksum or None
+            # an older record: a checksum, None, or a coronal or sagittal view with the axial view's pixel size
+            x = {"sha256": x} if isinstance(x, str) else (_volume_identity(x) or {})
             y = y or {}
             what = {"pixel_spacing_mm": f"pixel size {y.get('pixel_spacing_mm')} mm, the run's "
                                         f"{x.get('pixel_spacing_mm')} mm",
@@ -364,7 +407,7 @@ class _Trainer:
         """What the run trains on, as text a resume must match: the card's data record without the paths (a
         resume from another folder, or with a path spelled otherwise, is the same data), each volume's checksums
         (a registered scan's file, a volume of the user's own its voxels) and pixel size kept."""
-        desc = dict(self.data.description)
+        desc = {k: v for k, v in self.data.description.items() if k != "skipped"}  # paths of what it did not read
         for key in ("volumes", "heldout_volumes"):
             if isinstance(desc.get(key), list):
                 desc[key] = [_volume_identity(v) for v in desc[key]]
@@ -393,7 +436,8 @@ class _Trainer:
         changed = [k for k in old if k not in RESUME_MAY_CHANGE and hasattr(self.opts, k)
                    and resolved.get(k, _option_value)(old[k]) != resolved.get(k, _option_value)(getattr(self.opts, k))]
         if changed:
-            was = ", ".join(f"{_flag(k)} {old[k]} (now {getattr(self.opts, k)})" for k in changed)
+            was = ", ".join(f"{_flag(k)} {_cli_value(old[k])} (now {_cli_value(getattr(self.opts, k))})"
+                            for k in changed)
             raise InputError(f"{path}: the run was trained with {was}; resume with its own options, or start a "
                              f"new run from it with --init-from {path.parent.parent}")
         if st["unet_config"] != self.unet_config:
@@ -475,7 +519,7 @@ class _Trainer:
         training = {"data": self.data.description, "command": last["command"],  # is left out of the segments)
                     "steps": self.step, "batch_size": o.batch_size, "lr": last["lr"], "ema_decay": last["ema_decay"],
                     "final_loss": round(float(np.mean(self.recent)), 5) if self.recent else None,
-                    "final_loss_note": "mean EDM-weighted training loss over the last 100 steps",
+                    "final_loss_note": f"mean EDM-weighted training loss over the last {len(self.recent)} steps",
                     "seconds": round(self.seconds, 1), "device": str(self.device),
                     "mixed_precision": "bf16" if self.bf16 else "none",
                     "options": {**asdict(o), **{k: last[k] for k in ("lr", "lr_final", "ema_decay")}},
@@ -513,8 +557,9 @@ class _PatchTrainer(_Trainer):
     def __init__(self, data, out: Path, opts: TrainOptions, command: str | None, start: Denoiser | None = None):
         from .patch import PatchSampler
 
-        rng, self.pixel_range_why = pixel_range_for(data.spacings, opts.pixel_spacing_range)
-        opts = replace(opts, pixel_spacing_range=rng)  # recorded resolved: the card's options say what was drawn
+        rng, _ = pixel_range_for(data.spacings, opts.pixel_spacing_range)
+        self.pixel_range, self.pixel_range_why = trained_pixel_range(data, opts)  # the card's, reconstruct's
+        opts = replace(opts, pixel_spacing_range=rng)  # recorded resolved: a resume compares it
         bad = [p for p in opts.patch_sizes if p % 2 ** (len(opts.channels) - 1)]
         if bad:
             raise InputError(f"patch sizes {bad} are not divisible by 2^{len(opts.channels) - 1} "
@@ -589,11 +634,6 @@ class _PatchTrainer(_Trainer):
 
         o = self.opts
         lo, hi = self.sampler.used_spacing
-        if hi > 0:  # what was drawn, and the scans' own pixel sizes inside the range (drawn about as fine)
-            r0, r1 = o.pixel_spacing_range
-            own = [min(sp) for sp in self.data.spacings if r0 <= min(sp) <= r1]
-            lo, hi = min([lo, *own]), max([hi, *own])
-        rng = [round(lo, 4), round(hi, 4)] if hi > 0 else [float(v) for v in o.pixel_spacing_range]
         return {"name": self.out.name, "architecture": ARCHITECTURE, "parameterization": "edm",
                 "weights": WEIGHTS_NAME,
                 "config": {"sigma_data": o.sigma_data, "c_noise": "ln(sigma) / 4", "unet": self.unet_config},
@@ -603,11 +643,13 @@ class _PatchTrainer(_Trainer):
                           "inference_shifts": o.patch_inference_shifts, "positions": POSITION_CONVENTION,
                           "position_channels": ["x", "y"], "grid_shift": "random per call (seeded)", "seed": 0,
                           "context_slices": o.context_slices},
-                "pixel_spacing_mm_range": rng, "pixel_spacing_mm": None,
+                "pixel_spacing_mm_range": list(self.pixel_range), "pixel_spacing_mm": None,
                 "modality": self.data.modality, "intensity": self.data.intensity,
                 "training": {**self.training_record(heldout),
-                             "augmentation": {"pixel_spacing_range_mm": list(o.pixel_spacing_range),
+                             "augmentation": {"pixel_spacing_range_mm": list(self.pixel_range),
                                               "pixel_spacing_range_why": self.pixel_range_why,
+                                              "pixel_spacing_drawn_mm": [round(lo, 4), round(hi, 4)] if hi > 0
+                                              else None,  # what this run's draws reached
                                               "max_upsample": o.max_upsample, "rotate_deg": o.rotate_deg,
                                               "flip": "left-right" if o.flip else None,
                                               "intensity_jitter": o.intensity_jitter,
@@ -654,6 +696,36 @@ def _truncate_log(path: Path, step: int) -> None:
             csv.writer(f).writerows(keep)
 
 
+def check_output(out: Path, resume: bool, overwrite: bool) -> None:
+    """``out`` can take this run's prior (before any data are read): a folder, holding a training state to
+    ``resume`` or, without ``overwrite``, no prior yet."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is a file; --output names the folder the prior is written to")
+    if resume and not (out / STATE_FILE).is_file():
+        raise InputError(f"{out / STATE_FILE}: nothing to resume (no training state); drop --resume to start anew")
+    if not resume and (out / CARD_NAME).exists() and not overwrite:
+        raise InputError(f"{out}: already holds a prior; use --resume to continue it or --overwrite to replace it")
+
+
+@contextmanager
+def _step_finishes_first():
+    """SIGINT and SIGTERM wait for the step under way (it changes network, optimiser and step together), then act
+    as they would have; in the main thread only (the only one signals reach)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    old = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+           for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
 def _versions() -> dict:
     import diffusers
 
@@ -687,12 +759,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         raise InputError("arch 'patch' trains on volumes at their own pixel size: prepare the data with "
                          "patch.prepare_volumes/load_patch_data")
     out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: is a file; --output names the folder the prior is written to")
-    if resume and not (out / STATE_FILE).is_file():
-        raise InputError(f"{out / STATE_FILE}: nothing to resume (no training state); drop --resume to start anew")
-    if not resume and (out / CARD_NAME).exists() and not overwrite:
-        raise InputError(f"{out}: already holds a prior; use --resume to continue it or --overwrite to replace it")
+    check_output(out, resume, overwrite)
     resolve_device(opts.device)  # an unusable device is an error before anything is written
     state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True) if resume else None  # read once
     if resume and opts.arch == "patch" and opts.pixel_spacing_range is None:  # the run's own range, not the default
@@ -706,6 +773,13 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         shutil.rmtree(out / "samples", ignore_errors=True)
     if resume:
         tr.restore(state, out / STATE_FILE)
+        if tr.step >= opts.steps:  # nothing left to train: the prior stays as it is
+            if tr.step > opts.steps:
+                raise InputError(f"--steps {opts.steps}: the run in {out} already reached step {tr.step} (with "
+                                 f"--resume, --steps is the new total): give more than {tr.step} to train on")
+            tqdm.write(f"nothing left to train: the run in {out} reached step {tr.step}, --steps {opts.steps}; "
+                       "the prior is left as it was", file=sys.stderr)
+            return out
         for log_file in (out / "loss.csv", out / "heldout.csv"):  # drop what was logged after the checkpoint
             _truncate_log(log_file, tr.step)
     held = {}
@@ -740,33 +814,46 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         bar = tqdm(total=opts.steps, initial=tr.step, disable=not progress, desc="train", unit="it")
         n_img, t_win = 0, time.perf_counter()
         first_step, started = tr.step, time.perf_counter()
-        while tr.step < opts.steps:
-            if opts.time_limit is not None and tr.step > first_step and \
-                    time.perf_counter() - started >= 60 * opts.time_limit:  # wall clock: scoring, checkpoints too
-                bar.write(f"--time-limit {opts.time_limit:g} min reached at step {tr.step}: exporting; "
-                          "--resume continues")
-                break
-            loss = tr.timed_step(f"lower --lr and resume from the last checkpoint in {out / STATE_FILE}")
-            tr.log_window.append(loss)
-            n_img += opts.batch_size
-            bar.update(1)
-            if tr.step % opts.log_every == 0 or tr.step == opts.steps:
-                ips = n_img / max(time.perf_counter() - t_win, 1e-9)
-                mean_loss = float(np.mean(tr.log_window))
-                log.writerow([tr.step, f"{mean_loss:.6f}", f"{tr.optim.param_groups[0]['lr']:.3g}",
-                              f"{ips:.1f}", f"{tr.seconds:.1f}"])
-                fh.flush()
-                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
-                tr.log_window, n_img, t_win = [], 0, time.perf_counter()
-            if heldout is not None and held_every and tr.step % held_every == 0 and tr.step < opts.steps:
-                log_heldout(score())
-                bar.write(f"step {tr.step}: held-out loss {tr.heldout_log[-1][1]:.4f} "
-                          f"(start {held['loss_before']:.4f})")
-            if opts.sample_every and tr.step % opts.sample_every == 0 and tr.step < opts.steps:
-                save_grid(quick_samples(tr.prior(), opts.num_samples, opts.sample_steps),
-                          out / "samples" / f"step_{tr.step:07d}.png")
-            if opts.checkpoint_every and tr.step % opts.checkpoint_every == 0 and tr.step < opts.steps:
-                tr.export({**held, "log": tr.heldout_log} if held else None)
+        try:
+            while tr.step < opts.steps:
+                if opts.time_limit is not None and tr.step > first_step and \
+                        time.perf_counter() - started >= 60 * opts.time_limit:  # wall clock: scoring, checkpoints too
+                    bar.write(f"--time-limit {opts.time_limit:g} min reached at step {tr.step}: exporting; "
+                              "--resume continues")
+                    break
+                with _step_finishes_first():  # a step and its log row are whole when Ctrl-C stops the run
+                    loss = tr.timed_step(f"lower --lr and resume from the last checkpoint in {out / STATE_FILE}")
+                    tr.log_window.append(loss)
+                    n_img += opts.batch_size
+                    bar.update(1)
+                    if tr.step % opts.log_every == 0 or tr.step == opts.steps:
+                        ips = n_img / max(time.perf_counter() - t_win, 1e-9)
+                        mean_loss = float(np.mean(tr.log_window))
+                        log.writerow([tr.step, f"{mean_loss:.6f}", f"{tr.optim.param_groups[0]['lr']:.3g}",
+                                      f"{ips:.1f}", f"{tr.seconds:.1f}"])
+                        fh.flush()
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
+                        tr.log_window, n_img, t_win = [], 0, time.perf_counter()
+                if heldout is not None and held_every and tr.step % held_every == 0 and tr.step < opts.steps:
+                    log_heldout(score())
+                    bar.write(f"step {tr.step}: held-out loss {tr.heldout_log[-1][1]:.4f} "
+                              f"(start {held['loss_before']:.4f})")
+                if opts.sample_every and tr.step % opts.sample_every == 0 and tr.step < opts.steps:
+                    save_grid(quick_samples(tr.prior(), opts.num_samples, opts.sample_steps),
+                              out / "samples" / f"step_{tr.step:07d}.png")
+                if opts.checkpoint_every and tr.step % opts.checkpoint_every == 0 and tr.step < opts.steps:
+                    tr.export({**held, "log": tr.heldout_log} if held else None)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM (a batch system's limit): keep what was trained
+            bar.close()
+            if tr.step > first_step:
+                with _step_finishes_first():
+                    tr.export({**held, "log": tr.heldout_log} if held else None)
+                tqdm.write(f"interrupted at step {tr.step}: the prior and its training state are saved; --resume "
+                           "continues", file=sys.stderr)
+            elif not resume:
+                tqdm.write("interrupted before the first step: no training state to resume; run the command again",
+                           file=sys.stderr)
+            raise
         bar.close()
     if heldout is not None:
         if not tr.heldout_log or tr.heldout_log[-1][0] != tr.step:

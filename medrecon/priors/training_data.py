@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
-from ..io.common import voxels_sha256
+from ..errors import InputError, UnreadableError
+from ..io.common import voxels_sha256, warn
 from ..volume import PLANES, Volume
 from .base import MODEL_RANGE, IntensityMap
 
@@ -130,39 +130,63 @@ def found_volumes(paths) -> list[Path]:
     return found
 
 
+def pixel_spacing_record(vol: Volume) -> list:
+    """A volume's in-plane pixel size (x, y) mm as the card records it."""
+    return [round(float(vol.spacing[0]), 4), round(float(vol.spacing[1]), 4)]
+
+
 def volume_record(found: Path, vol: Volume) -> dict:
     """What the card records of a training volume of the user's own: its absolute path (links resolved), the
     SHA-256 of its voxels and its in-plane pixel size (x, y) mm."""
     record = {"path": str(Path(found).resolve()), "voxels_sha256": voxels_sha256(vol),
-              "pixel_spacing_mm": [round(float(vol.spacing[0]), 4), round(float(vol.spacing[1]), 4)]}
+              "pixel_spacing_mm": pixel_spacing_record(vol)}
     if vol.meta.get("series_uid") is not None:  # DICOM: which series of the folder
         record["series_uid"] = str(vol.meta["series_uid"])
     return record
 
 
-def read_volumes(paths, sources=None, check=None, series=None) -> tuple[list[Volume], list]:
-    """The volumes under each of ``paths`` (files or folders, searched recursively), read, and what the card
+def read_volumes(paths, sources=None, check=None, series=None) -> tuple[list[Volume], list, list]:
+    """The volumes under each of ``paths`` (files or folders, searched recursively), read, what the card
     records for each: ``sources[i]`` where it is a registered scan's provenance record, else ``volume_record``
-    (absolute path, voxels' SHA-256, pixel size, DICOM series). ``check(path, volume)``, from the pipelines, raises
-    for a volume that is not of the prior's modality. ``series``: SeriesInstanceUIDs; a DICOM folder holding
-    any of them gives those (each its own volume), another its only or largest series."""
-    volumes, recorded = [], []
+    (absolute path, voxels' SHA-256, pixel size, DICOM series), and the volumes skipped. ``check(path, volume)``,
+    from the pipelines, raises for a volume that is not of the prior's modality. ``series``: SeriesInstanceUIDs; a
+    DICOM folder holding any of them gives those (each its own volume), another its only or largest series. A
+    volume found in a folder that holds no readable image (damaged files: UnreadableError) is skipped with a
+    warning, which the third list keeps; a file named itself, or nothing readable at all, is an error."""
+    volumes, recorded, skipped, first = [], [], [], None
     for i, found, uid in _reading_plan(paths, series):
         given = sources[i] if sources is not None else None
-        vol = read_training_volume(found, uid)
+        try:
+            vol = read_training_volume(found, uid)
+        except UnreadableError as e:
+            if Path(paths[i]).is_file():
+                raise
+            first = first or e
+            warn(skipped, f"skipped {found}: {e}")
+            continue
         if check is not None:
             check(found, vol)
         volumes.append(vol)
         recorded.append(given if isinstance(given, dict) else volume_record(found, vol))
-    return volumes, recorded
+    if not volumes:
+        raise first
+    return volumes, recorded, skipped
+
+
+def _with_skipped(data, skipped: list):
+    """``data`` (SliceData or PatchData) with the volumes ``read_volumes`` skipped in its card record."""
+    if skipped:
+        data.description["skipped"] = skipped
+    return data
 
 
 def load_slices(paths, intensity: dict, image_size: int = 64, *, sources=None, modality: str | None = None,
                 check=None, series=None, **kw) -> SliceData:
     """Find, read and prepare the volumes under ``paths`` (files or folders) for a whole-slice prior.
     ``sources``, ``check``, ``series``: see ``read_volumes``."""
-    volumes, recorded = read_volumes(paths, sources, check, series)
-    return prepare_slices(volumes, intensity, image_size, sources=recorded, modality=modality, **kw)
+    volumes, recorded, skipped = read_volumes(paths, sources, check, series)
+    return _with_skipped(prepare_slices(volumes, intensity, image_size, sources=recorded, modality=modality, **kw),
+                         skipped)
 
 
 #: ``planes="all"``: a training volume whose voxel sizes differ by at most this factor gives coronal and sagittal
@@ -182,7 +206,8 @@ def in_all_planes(volumes, recorded, fits=None) -> tuple[list[Volume], list]:
             if plane in PLANES[1:] and fits is not None and not fits(view):
                 continue
             out.append(view)
-            records.append({**rec, "plane": plane})  # read_volumes' records are dicts
+            own = {"pixel_spacing_mm": pixel_spacing_record(view)} if "pixel_spacing_mm" in rec else {}
+            records.append({**rec, **own, "plane": plane})  # read_volumes' records are dicts
     return out, records
 
 
@@ -193,13 +218,13 @@ def load_patch_data(paths, intensity: dict, *, sources=None, modality: str | Non
     (``in_all_planes`` with ``fits``)."""
     from .patch import prepare_volumes
 
-    volumes, recorded = read_volumes(paths, sources, check, series)
+    volumes, recorded, skipped = read_volumes(paths, sources, check, series)
     if planes == "all":
         volumes, recorded = in_all_planes(volumes, recorded, fits)
     elif planes != "axial":
         raise InputError(f"--planes {planes}: give 'axial' or 'all'")
-    return prepare_volumes(volumes, training_intensity(intensity), model_range=MODEL_RANGE, sources=recorded,
-                           modality=modality, **kw)
+    return _with_skipped(prepare_volumes(volumes, training_intensity(intensity), model_range=MODEL_RANGE,
+                                         sources=recorded, modality=modality, **kw), skipped)
 
 
 # ---- training ---------------------------------------------------------------------------------------------

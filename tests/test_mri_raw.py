@@ -652,14 +652,20 @@ def test_a_fully_sampled_file_is_undersampled_retrospectively_with_the_configs_m
     from pipelines.tasks import reconstruct, simulate
     x = smooth_phase_image(2, 32)
     full = fftc(torch.from_numpy(x), 2).numpy()
+    echo = np.ones((32, 32), bool)
+    echo[:4] = False  # the file's own mask: a partial echo, its first readout samples of every line unmeasured
+    with h5py.File(tmp_path / "echo.h5", "w") as f:
+        f["kspace"] = full * echo
+        f["mask"] = echo.astype(np.float32)
+        f["reconstruction_esc"] = np.abs(x)
     with h5py.File(tmp_path / "full.h5", "w") as f:
         f["kspace"] = full
         f["reconstruction_esc"] = np.abs(x)
     keep = make_mask("uniform1d", (32, 32), 4.0, 0.08, 0)
-    p = Problem.build(load_config("cs_mri_x4", ["mri.retrospective=true", "solver.name=zero_filled"]).resolved(),
-                      tmp_path / "full.h5")
-    assert np.array_equal(p.measurement.mask, np.broadcast_to(keep, (32, 32)).astype(np.float32))
-    assert np.array_equal(np.asarray(p.measurement.data) != 0, np.broadcast_to(keep & (full != 0), full.shape))
+    cfg = load_config("cs_mri_x4", ["mri.retrospective=true", "solver.name=zero_filled"]).resolved()
+    p = Problem.build(cfg, tmp_path / "echo.h5")
+    assert np.array_equal(p.measurement.mask, (keep & echo).astype(np.float32))
+    assert np.array_equal(np.asarray(p.measurement.data) != 0, np.broadcast_to(keep & echo & (full != 0), full.shape))
     assert p.measurement.info["retrospective_mask"].startswith("uniform1d x4, centre 0.08, seed 0")
     low = reconstruct("cs_mri_x4", tmp_path / "full.h5", tmp_path / "x4",
                       overrides=["mri.retrospective=true", "solver.name=zero_filled"])
@@ -668,8 +674,9 @@ def test_a_fully_sampled_file_is_undersampled_retrospectively_with_the_configs_m
     a, b = (r.report["vs_reference"]["psnr"]["axial"] for r in (low, high))
     assert b > a + 10  # the full k-space gives back its own image; a quarter of its lines does not
     simulate("cs_mri_x4", tmp_path / "x1" / "recon.nii.gz", tmp_path / "sim")
-    with pytest.raises(InputError, match="mri.retrospective undersamples measured k-space .* leave mri.retrospective"):
-        reconstruct("cs_mri_x4", tmp_path / "sim" / "measurements.npz", tmp_path / "r",
-                    overrides=["mri.retrospective=true", "solver.name=zero_filled"])
+    for given in (tmp_path / "sim" / "measurements.npz", tmp_path / "x1" / "recon.nii.gz"):  # an image: refused
+        with pytest.raises(InputError, match="mri.retrospective undersamples measured k-space .* leave mri.retro"):
+            reconstruct("cs_mri_x4", given, tmp_path / "r", overrides=["mri.retrospective=true",
+                                                                        "solver.name=zero_filled"])
     with pytest.raises(InputError, match="retrospective undersampling masks the lines of measured k-space"):
         load_config("cs_mri_3d_poisson", ["mri.retrospective=true"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medrecon.device import bf16_native
-from medrecon.errors import InputError
+from medrecon.errors import InputError, UnreadableError
 from medrecon.priors import load_prior, read_model_card
 from medrecon.priors.train import TrainOptions, heldout_loss, learning_rate, train_prior
 from medrecon.priors.training_data import prepare_slices
@@ -898,3 +898,31 @@ def test_a_copy_of_a_registered_held_out_scan_given_with_data_is_warned_of(tmp_p
     err = capsys.readouterr().err
     assert f"warning: {tmp_path / 'v1.nii.gz'} holds the registered scan ct_x (test), which medrecon keeps out" in err
     assert "v0.nii.gz holds" not in err
+
+
+def test_a_damaged_volume_the_user_named_is_an_error_not_a_skip(tmp_path):
+    """Review: only a named file was refused; a damaged DICOM series folder given as such was skipped with a warning
+    (training went on without it), as was a series asked for by --series."""
+    from medrecon.io import write_dicom_series
+    from medrecon.priors.training_data import read_volumes
+
+    rng = np.random.default_rng(16)
+    good = _nifti(tmp_path / "good.nii.gz", rng)
+    write_dicom_series(Volume(phantom_volume(rng, z=2, n=16), spacing=(1.0, 1.0, 2.0)), tmp_path / "series")
+    for f in (tmp_path / "series").iterdir():
+        f.write_bytes(f.read_bytes()[:-200])  # every slice's pixels cut
+    with pytest.raises(UnreadableError, match="no slice could be decoded"):
+        read_volumes([good, tmp_path / "series"])
+    (tmp_path / "both").mkdir()
+    (tmp_path / "series").rename(tmp_path / "both" / "series")
+    Path(good).rename(tmp_path / "both" / "good.nii.gz")
+    np.save(tmp_path / "both" / "cut.npy", np.zeros((4, 16, 16), np.float32))
+    (tmp_path / "both" / "cut.npy").write_bytes((tmp_path / "both" / "cut.npy").read_bytes()[:-100])
+    volumes, _, skipped = read_volumes([tmp_path / "both"])  # found in a folder of several: passed over, recorded
+    assert len(volumes) == 1 and len(skipped) == 2 and any("cut.npy" in s and "truncated" in s for s in skipped)
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), tmp_path / "both" / "binary.nii")
+    raw = bytearray((tmp_path / "both" / "binary.nii").read_bytes())
+    raw[70:74] = (1).to_bytes(2, "little") + (1).to_bytes(2, "little")  # datatype 1 (binary), 1 bit per voxel
+    (tmp_path / "both" / "binary.nii").write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="binary.nii: data code 1 not supported; convert it to a numeric data type"):
+        read_volumes([tmp_path / "both"])  # whole but unsupported: refused, not passed over as damaged

@@ -115,7 +115,8 @@ def read_npy(path, spacing: tuple | None = None) -> Volume:
     try:
         data = np.load(path, mmap_mode="r", allow_pickle=False)  # the header is checked before any voxel is read
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot read {path}: {_npy_problem(path) or f'{e}; save the array with numpy.save'}") from e
+        why, damaged = _npy_problem(path) or (f"{e}; save the array with numpy.save", True)
+        raise (UnreadableError if damaged else InputError)(f"cannot read {path}: {why}") from e
     check_fits_in_memory(volume_shape(data.shape, path, "(Z, Y, X)"), path)  # a 4D array refused as 4D, first
     data = check_voxels(volume_array(np.asarray(data), path, "(Z, Y, X)"), path)
     notes: list[str] = []
@@ -129,9 +130,9 @@ def read_npy(path, spacing: tuple | None = None) -> Volume:
                   meta={"format": "npy", "source": str(path), "warnings": notes})
 
 
-def _npy_problem(path: Path) -> str | None:
-    """Why a .npy file cannot be mapped, with the fix, when its header says (Python objects, truncated data),
-    else None."""
+def _npy_problem(path: Path) -> tuple[str, bool] | None:
+    """Why a .npy file cannot be mapped, with the fix, when its header says (Python objects, truncated data), and
+    whether the file is damaged (UnreadableError: a training folder passes it over), else None."""
     try:
         with open(path, "rb") as f:
             read = {(1, 0): np.lib.format.read_array_header_1_0,
@@ -142,12 +143,12 @@ def _npy_problem(path: Path) -> str | None:
         return None
     if dtype.hasobject:
         return (f"it holds Python objects (dtype {dtype}), not numbers; save a numeric array, e.g. "
-                "numpy.save(path, array.astype(numpy.float32))")
+                "numpy.save(path, array.astype(numpy.float32))", False)
     need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     have = path.stat().st_size - offset
     if have < need:
         return (f"the file is truncated: its header declares shape {tuple(shape)} of {dtype} ({need} bytes of "
-                f"data) but it holds {have} bytes; save the array with numpy.save")
+                f"data) but it holds {have} bytes; save the array with numpy.save", True)
     return None
 
 

@@ -78,6 +78,9 @@ def read_nifti(path) -> Volume:
     except MemoryError:
         raise InputError(f"{path}: the volume of shape {img.shape} does not fit in memory; crop or downsample it "
                          "first, or use a machine with more memory") from None
+    except nib.spatialimages.HeaderDataError as e:  # whole, but of a kind medrecon does not read
+        raise InputError(f"cannot read NIfTI {path}: {e}; convert it to a numeric data type (e.g. float32) "
+                         "first") from e
     except Exception as e:  # noqa: BLE001  (nibabel raises many kinds on damaged files)
         raise UnreadableError(f"cannot read NIfTI {path}: {e}; check that the file is complete") from e
     data = check_voxels(volume_array(data, path, "(X, Y, Z)"), path)

@@ -152,15 +152,17 @@ def read_volumes(paths, sources=None, check=None, series=None) -> tuple[list[Vol
     from the pipelines, raises for a volume that is not of the prior's modality. ``series``: SeriesInstanceUIDs; a
     DICOM folder holding any of them gives those (each its own volume), another its only or largest series. A
     volume found in a folder that holds no readable image (damaged files: UnreadableError) is skipped with a
-    warning, which the third list keeps; a file named itself, or nothing readable at all, is an error."""
+    warning, which the third list keeps; a volume named itself (a file, a series folder given as such, a UID of
+    ``series``), or nothing readable at all, is an error."""
     volumes, recorded, skipped, first = [], [], [], None
-    for i, found, uid in _reading_plan(paths, series):
+    plan = _reading_plan(paths, series)
+    for i, found, uid in plan:
         given = sources[i] if sources is not None else None
         try:
             vol = read_training_volume(found, uid)
         except UnreadableError as e:
-            if Path(paths[i]).is_file():
-                raise
+            if sum(j == i for j, _, _ in plan) == 1 or (series and uid in series):
+                raise  # the volume the user named (a file, a series folder, a --series UID) is not passed over
             first = first or e
             warn(skipped, f"skipped {found}: {e}")
             continue

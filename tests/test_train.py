@@ -827,6 +827,34 @@ def test_a_step_that_fails_while_an_interrupt_waits_raises_its_own_error_and_sav
     assert not (tmp_path / "c" / "checkpoints" / "state.pt").exists()
 
 
+def test_a_second_interrupt_during_a_step_stops_at_once_and_saves_nothing_of_it(data, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """Review: a second Ctrl-C was deferred like the first, so a user could not stop a long step. It now stops at
+    once; the half-done step is not saved (the last checkpoint, step 2 here, stays)."""
+    import os
+    import signal
+
+    from medrecon.priors import train as train_mod
+
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=6, batch_size=4, warmup=2, checkpoint_every=2,
+                        sample_every=0, log_every=2)
+    step = train_mod._Trainer.train_step
+
+    def pressed_twice(self):
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # raises here, in the middle of the step
+            raise AssertionError("the second interrupt did not stop the step")
+        return step(self)
+    monkeypatch.setattr(train_mod._Trainer, "train_step", pressed_twice)
+    with pytest.raises(train_mod.StoppedAtOnce):
+        train_prior(train, tmp_path / "d", opts, progress=False)
+    assert "stopped at once by a second interrupt: nothing of step 4 is saved" in capsys.readouterr().err
+    state = torch.load(tmp_path / "d" / "checkpoints" / "state.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 2
+
+
 def test_a_damaged_dicom_series_in_a_data_folder_is_skipped_and_recorded(tmp_path, capsys, caplog):
     """A folder of good NIfTI files and a truncated .dcm (and a text file named .dcm) warned 'skipped unreadable
     file' and then stopped: 'no slice could be decoded'. The unreadable series is now skipped, as said, and the card

@@ -707,17 +707,27 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
         raise InputError(f"{out}: already holds a prior; use --resume to continue it or --overwrite to replace it")
 
 
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second Ctrl-C (or SIGTERM) while a step waits to finish: the run stops at once and saves nothing of the
+    half-done step (the last checkpoint stays, written atomically)."""
+
+
 @contextmanager
 def _step_finishes_first():
     """SIGINT and SIGTERM wait for the step under way (it changes network, optimiser and step together), then act
-    as they would have; an error of the step itself is raised instead (a diverged step is not saved as a checkpoint
-    by the interrupt). In the main thread only (the only one signals reach)."""
+    as they would have; a second one stops at once (StoppedAtOnce); an error of the step itself is raised instead
+    (a diverged step is not saved as a checkpoint by the interrupt). In the main thread only (the only one signals
+    reach)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
-    old = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-           for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def wait(signum, frame):
+        if caught:
+            raise StoppedAtOnce()
+        caught.append(signum)
+    old = {sig: signal.signal(sig, wait) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     except BaseException:  # the step's own error (a divergence) goes on; no export of what it left
@@ -847,6 +857,11 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
                               out / "samples" / f"step_{tr.step:07d}.png")
                 if opts.checkpoint_every and tr.step % opts.checkpoint_every == 0 and tr.step < opts.steps:
                     tr.export({**held, "log": tr.heldout_log} if held else None)
+        except StoppedAtOnce:
+            bar.close()
+            tqdm.write(f"stopped at once by a second interrupt: nothing of step {tr.step + 1} is saved; --resume "
+                       "continues from the last checkpoint, if one was written", file=sys.stderr)
+            raise
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM (a batch system's limit): keep what was trained
             bar.close()
             if tr.step > first_step:

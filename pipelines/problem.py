@@ -120,7 +120,8 @@ class Problem:
             meas = Measurement.load(input)
         else:
             if cfg.modality == "mri" and cfg.mri.retrospective:  # before the simulation, not after it
-                raise InputError(f"{getattr(input, 'name', None) or 'the input'}: {_RETROSPECTIVE_IMAGES}")
+                named = input.meta.get("source") if isinstance(input, Volume) else Path(input).name
+                raise InputError(f"{named or 'the input'}: {_RETROSPECTIVE_IMAGES}")
             source = input if isinstance(input, Volume) else read_volume(input, series=series)
             if isinstance(input, Volume):  # a file's voxels were checked as they were read
                 check_voxels(input.data, "the input Volume")
@@ -792,6 +793,10 @@ def _acquisition_problem(cfg: Config, meas: Measurement) -> str | None:
         if meas.mask_layout != cfg.mri.mode:
             return f"sampled {MASK_LAYOUTS[meas.mask_layout]}, but the config is for mri.mode {cfg.mri.mode}"
         have, want = mask_acceleration(meas.mask), cfg.mri.mask.acceleration
+        before = meas.info.get("acceleration_before_retrospective")
+        if before is not None and abs(before - 1) > 0.25:  # the config's mask on a file's own: the two compound
+            return (f"already undersampled (x{before:.3g}) before mri.retrospective, whose mask makes it x{have:.3g}: "
+                    "give a fully sampled file, or leave mri.retrospective false to reconstruct it as measured")
         if abs(have - 1) <= 0.25 and is_measured_kspace(meas):  # as fastMRI's train and val files are
             return (f"fully sampled (x{have:.3g}), but the config is tuned for x{want:g}: the reconstruction leaves "
                     f"no line out, so its result and score are not x{want:g}'s; to undersample it retrospectively "

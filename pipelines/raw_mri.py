@@ -18,6 +18,7 @@ import numpy as np
 from medrecon.errors import InputError
 from medrecon.io import read_cfl
 from medrecon.volume import Volume
+from operators.mri import mask_acceleration
 
 from .measurement import Measurement
 
@@ -150,10 +151,11 @@ def undersampled(meas: Measurement, lines: np.ndarray, how: str) -> Measurement:
     """Measured k-space with only the phase-encode columns ``lines`` (broadcastable to (H, W): a config's mask)
     kept, the file's own mask staying in force (a partial echo's unmeasured samples): a fully sampled file (fastMRI's
     train and val files) undersampled retrospectively; ``how`` is recorded. Its reference, the image of the full
-    k-space, is kept."""
+    k-space, is kept, and so is the file's own acceleration (``acceleration_before_retrospective``)."""
     mask = np.asarray(meas.mask, np.float32) * np.broadcast_to(np.asarray(lines, np.float32), meas.mask.shape[-2:])
     return replace(meas, data=_only_sampled(np.asarray(meas.data), mask), mask=mask,
-                   info={**meas.info, "retrospective_mask": how})
+                   info={**meas.info, "retrospective_mask": how,
+                         "acceleration_before_retrospective": mask_acceleration(meas.mask)})
 
 
 def is_ismrmrd(path: Path) -> bool:

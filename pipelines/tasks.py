@@ -150,6 +150,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          two_scale=problem.info.get("two_scale"),
                          cross_validation=problem.info.get("cross_validation"),
                          self_adapt=problem.info.get("self_adapt"), coil_maps=problem.info.get("coil_maps"),
+                         retrospective_mask=problem.measurement.info.get("retrospective_mask"),
                          vs_reference=scores_against_reference(problem, recon), files=files)
         rep["timings_s"], rep["peak_memory"] = t.as_dict(), peak_memory(problem.device)  # as the page shows them
         with t("page"):  # timed too (4 s of 266 on 20 x 256^2 were left out of the total)

@@ -671,12 +671,31 @@ def test_a_fully_sampled_file_is_undersampled_retrospectively_with_the_configs_m
                       overrides=["mri.retrospective=true", "solver.name=zero_filled"])
     high = reconstruct("cs_mri_x4", tmp_path / "full.h5", tmp_path / "x1", overrides=["solver.name=zero_filled"])
     assert low.report["input_warnings"] == [] and len(high.report["input_warnings"]) == 1
+    assert low.report["retrospective_mask"].startswith("uniform1d x4") and high.report["retrospective_mask"] is None
+    x2 = reconstruct("cs_mri_x4", _write_x2(tmp_path, full, x), tmp_path / "on_x2",
+                     overrides=["mri.retrospective=true", "solver.name=zero_filled"])
+    said = x2.report["input_warnings"]  # a file of its own x2 mask: the two compound, and no config 'fits'
+    assert len(said) == 1 and "already undersampled (x2) before mri.retrospective, whose mask makes it x" in said[0]
+    assert "fit the data" not in said[0] and "fits the data" not in said[0]
     a, b = (r.report["vs_reference"]["psnr"]["axial"] for r in (low, high))
     assert b > a + 10  # the full k-space gives back its own image; a quarter of its lines does not
     simulate("cs_mri_x4", tmp_path / "x1" / "recon.nii.gz", tmp_path / "sim")
     for given in (tmp_path / "sim" / "measurements.npz", tmp_path / "x1" / "recon.nii.gz"):  # an image: refused
-        with pytest.raises(InputError, match="mri.retrospective undersamples measured k-space .* leave mri.retro"):
+        with pytest.raises(InputError, match=f"{given.name}( .*)?: mri.retrospective undersamples measured k-space "
+                                             ".* leave mri.retro"):
             reconstruct("cs_mri_x4", given, tmp_path / "r", overrides=["mri.retrospective=true",
                                                                         "solver.name=zero_filled"])
     with pytest.raises(InputError, match="retrospective undersampling masks the lines of measured k-space"):
         load_config("cs_mri_3d_poisson", ["mri.retrospective=true"])
+
+
+def _write_x2(tmp_path, full, x):
+    """A fastMRI file holding its own x2 mask (every other column)."""
+    import h5py
+    m = np.zeros(full.shape[-1], np.float32)
+    m[::2] = 1
+    with h5py.File(tmp_path / "x2.h5", "w") as f:
+        f["kspace"] = full * m
+        f["mask"] = m
+        f["reconstruction_esc"] = np.abs(x)
+    return tmp_path / "x2.h5"

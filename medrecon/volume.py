@@ -140,7 +140,8 @@ class Volume:
             v = replace(v, data=data, spacing=tuple(v.spacing[a] for a in xyz),
                         origin=tuple(v.world_lps(corner)), direction=direction)
         meta = dict(self.meta)
-        warnings = [w for w in meta.get("warnings", []) if w != self.plane_warning()] + [v.plane_warning()]
+        stale = self.plane_warning()  # once: it resolves the volume's axes
+        warnings = [w for w in meta.get("warnings", []) if w != stale] + [v.plane_warning()]
         if any(warnings) or "warnings" in meta:
             meta["warnings"] = [w for w in warnings if w]
         return replace(v, meta=meta)

@@ -333,10 +333,17 @@ def _expected(s: Scan) -> dict:
 def held_out_copy(path) -> str | None:
     """The registered val or test scan that ``path`` (a training file, or a folder searched recursively) holds a
     file of, byte for byte, as "NAME (role)"; None when it holds none. Converted copies are not recognised."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
     known = _held_out_digests()
-    return next((known[d] for d in map(file_sha256, files) if d in known), None)
+    return next((known[d] for d in _file_digests(str(Path(path).resolve())) if d in known), None)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digests(path: str) -> tuple:
+    """SHA-256 of the file ``path``, or of every file below the folder ``path``: once per path (a DICOM folder of
+    several series is checked once per series)."""
+    found = Path(path)
+    files = [found] if found.is_file() else sorted(f for f in found.rglob("*") if f.is_file())
+    return tuple(map(file_sha256, files))
 
 
 @functools.cache

@@ -124,9 +124,8 @@ def convert(input: Path = typer.Argument(..., help="DICOM series folder or file,
     """Convert between DICOM series, NIfTI and NRRD/MHA; the output type follows OUTPUT."""
     if modality is not None and modality.upper() not in DICOM_MODALITIES:
         raise InputError(f"--modality {modality}: give one of {', '.join(DICOM_MODALITIES)}")
-    vol = read_volume(input, series=series, spacing=parse_spacing(spacing), resample_nonuniform=resample)
-    if plane is not None:
-        vol = vol.in_plane(plane.value)
+    vol = read_volume(input, series=series, spacing=parse_spacing(spacing), resample_nonuniform=resample,
+                      plane=None if plane is None else plane.value)
     out = write_volume(vol, output, overwrite=overwrite, series_description=description, modality=modality,
                        deidentify=deidentify)
     typer.echo(f"wrote {out}: shape (Z,Y,X) {' x '.join(map(str, vol.shape))}, "

@@ -71,6 +71,17 @@ def test_convert_dicom_nifti_dicom(tmp_path, capsys):
     assert read_volume(tmp_path / "mr").meta["dicom"]["Modality"] == "MR"  # any case, written upper
 
 
+@pytest.mark.parametrize("name, kind", [("ct.nii.gz", "NIfTI"), ("ct.mha", "NRRD/MHA")])
+def test_convert_modality_to_a_file_without_one_is_refused_before_reading(tmp_path, capsys, name, kind):
+    """--modality only reaches a DICOM series: to NIfTI or MHA it was dropped without a word; now exit 2 naming
+    the option and the fix, and nothing is written (a missing input is not even read)."""
+    code, _, err = run(capsys, "convert", CT5N, tmp_path / name, "--modality", "MR")
+    assert code == 2 and f"--modality applies to DICOM output; {tmp_path / name} is {kind}" in err
+    assert "give a folder path for a DICOM series" in err and not (tmp_path / name).exists()
+    code, _, err = run(capsys, "convert", tmp_path / "nowhere", tmp_path / name, "--modality", "MR")
+    assert code == 2 and "--modality applies" in err and "does not exist" not in err
+
+
 def test_convert_plane_axial_restacks_a_sagittal_volume_without_moving_a_voxel(tmp_path, capsys, caplog):
     """--plane axial: a 3D acquisition stored as sagittal slices (which medrecon warns about, its priors being
     axial) written as axial slices, every voxel at its world position, and read back without the warning. The

@@ -166,20 +166,31 @@ def named_like_a_file(path) -> bool:
     return bool(re.fullmatch(r"\.[A-Za-z]{1,5}", Path(path).suffix))
 
 
+def output_format(path) -> str:
+    """What ``write_volume`` writes at ``path``: 'NIfTI', 'NRRD/MHA' or 'DICOM' (a series in a folder); a path
+    named like any other file is refused."""
+    name = Path(path).name.lower()
+    if is_nifti(name):
+        return "NIfTI"
+    if name.endswith(ITK_WRITE_SUFFIXES):
+        return "NRRD/MHA"
+    if named_like_a_file(path):  # out.nii.gzz, out.txt, .dcm, .npy: not a folder for a DICOM series
+        raise InputError(f"{path}: medrecon writes .nii/.nii.gz, .nrrd/.mha, or a DICOM series into a "
+                         "folder (give a folder path without a suffix, such as out/series)")
+    return "DICOM"
+
+
 def write_volume(vol: Volume, path, overwrite: bool = False, *,
                  series_description: str = "medrecon reconstruction", modality: str | None = None,
                  source_meta: dict | None = None, series_number: int | None = None,
                  deidentify: bool = False) -> Path:
-    """Write atomically by the path: .nii/.nii.gz -> NIfTI, .nrrd/.mha -> ITK image, any other path ->
-    a folder holding a derived DICOM series (the keyword arguments apply to DICOM only)."""
+    """Write atomically by the path (``output_format``): .nii/.nii.gz -> NIfTI, .nrrd/.mha -> ITK image, any
+    other path -> a folder holding a derived DICOM series (the keyword arguments apply to DICOM only)."""
     path = Path(path)
-    name = path.name.lower()
-    if is_nifti(name):
+    kind = output_format(path)
+    if kind == "NIfTI":
         return write_nifti(vol, path, overwrite)
-    if name.endswith(ITK_WRITE_SUFFIXES):
+    if kind != "DICOM":
         return write_itk(vol, path, overwrite)
-    if named_like_a_file(path):  # out.nii.gzz, out.txt, .dcm, .npy: not a folder for a DICOM series
-        raise InputError(f"{path}: medrecon writes .nii/.nii.gz, .nrrd/.mha, or a DICOM series into a "
-                         "folder (give a folder path without a suffix, such as out/series)")
     return write_dicom_series(vol, path, series_description, source_meta, overwrite,
                               modality=modality, series_number=series_number, deidentify=deidentify)

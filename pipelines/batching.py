@@ -7,7 +7,7 @@ and the final path is checked to lie inside OUTPUT_ROOT, so no DICOM tag or fold
 folder named like a file the batch writes there (manifest.csv, index.html, index_files) is mirrored with a
 trailing ``_``. Symbolic links to folders are followed (each real folder once). Reconstructions medrecon wrote
 (``is_reconstruction``: e.g. under a linked output root) are passed over. One batch at a time writes into an output root
-(a lock file there; a second is refused).
+(a lock file there while it runs; a second is refused).
 
 Identity: each output's marker (and report.json) records the SeriesInstanceUID, the SHA-256 of the
 series' file list and the config's fingerprint. A series is finished when its folder's marker names it with
@@ -34,7 +34,7 @@ import os
 import re
 import time
 import unicodedata
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,23 +276,52 @@ def known_outputs(output_root: Path, rows: list[dict]) -> dict[str, Path]:
 @contextmanager
 def batch_lock(output_root: Path):
     """Hold the output root for one batch (``LOCK``, an advisory lock released when the process ends): a second
-    batch into the same root, e.g. an overlapping scheduled run, is refused instead of racing the first."""
-    try:  # not through a link another user placed there
-        f = os.fdopen(os.open(output_root / LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644), "a")
-    except OSError as e:
-        raise InputError(f"cannot write {output_root / LOCK}: {os_reason(e)}; choose a writable output "
-                         "root") from e
+    batch into the same root, e.g. an overlapping scheduled run, is refused instead of racing the first. The
+    holder removes the file when it is done, still holding it; so a batch that locked a file no longer at the
+    path (removed, or replaced by another batch's) tries again."""
+    path = output_root / LOCK
+    for _ in range(5):
+        f, held = _lock_file(path)
+        if not held or _same_file(f, path):
+            break
+        f.close()
+    else:
+        raise InputError(f"{path} was replaced each time this batch locked it (batches starting and ending in "
+                         f"{output_root}); try again")
     with f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system without locks
-                log.warning(f"{output_root}: cannot lock {LOCK} ({os_reason(e)}); running without the lock, so "
-                            "do not start a second batch into this output root while this one runs")
-            else:
-                raise InputError(f"another batch is writing into {output_root} (it holds {LOCK}); wait for it to "
-                                 "finish, or choose another output root") from None
-        yield
+            yield
+        finally:
+            if held and _same_file(f, path):  # ours: removed before the lock is let go
+                with suppress(OSError):  # left behind, it is only an empty file
+                    path.unlink()
+
+
+def _lock_file(path: Path):
+    """(the open ``LOCK`` file, whether it is locked); InputError when another batch holds it."""
+    try:  # not through a link another user placed there
+        f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644), "a")
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {os_reason(e)}; choose a writable output root") from e
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return f, True
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system without locks
+            log.warning(f"{path.parent}: cannot lock {LOCK} ({os_reason(e)}); running without the lock, so "
+                        "do not start a second batch into this output root while this one runs")
+            return f, False
+        f.close()
+        raise InputError(f"another batch is writing into {path.parent} (it holds {LOCK}); wait for it to "
+                         "finish, or choose another output root") from None
+
+
+def _same_file(f, path: Path) -> bool:
+    """Whether ``path`` still names the open file ``f``."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path, follow_symlinks=False))
+    except FileNotFoundError:
+        return False
 
 
 def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False, resample: bool = False,

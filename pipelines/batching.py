@@ -409,22 +409,31 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
     if output_root.resolve().is_relative_to(input_root.resolve()):
         raise InputError(f"output root {output_root} lies inside the input tree {input_root}; choose another")
     check_batch_root(output_root)
-    problems: list = []  # folders where series may be but none can be read
+    if dry_run:
+        return _batch(cfg, input_root, output_root, *_listed(input_root), True, overwrite, progress, echo, resample,
+                      engine)
+    listed = None
+    if not output_root.is_dir():  # no batch works there: listed first, so that nothing to do creates nothing
+        listed = _listed(input_root)
+        try:
+            output_root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create the output root {output_root}: {os_reason(e)}; "
+                             "choose a writable location") from e
+    with batch_lock(output_root):  # else locked before the (long) listing: a second batch is refused at once
+        return _batch(cfg, input_root, output_root, *(listed or _listed(input_root)), False, overwrite, progress,
+                      echo, resample, engine)
+
+
+def _listed(input_root: Path) -> tuple[list, list]:
+    """``list_series`` of the input tree: (series found, folders where series may be but none can be read);
+    InputError when it holds no series to reconstruct."""
+    problems: list = []
     found = list_series(input_root, recursive=True, problems=problems)
-    if not problems and all(map(why_passed_over, found)):  # before anything is created: nothing to do, nothing made
+    if not problems and all(map(why_passed_over, found)):
         raise InputError(f"no DICOM series to reconstruct under {input_root}" + (
             f" (only {len(found)} series that are no scans, e.g. {why_passed_over(found[0])})" if found else ""))
-    if dry_run:
-        return _batch(cfg, input_root, output_root, found, problems, True, overwrite, progress, echo, resample,
-                      engine)
-    try:
-        output_root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the output root {output_root}: {os_reason(e)}; "
-                         "choose a writable location") from e
-    with batch_lock(output_root):
-        return _batch(cfg, input_root, output_root, found, problems, False, overwrite, progress, echo, resample,
-                      engine)
+    return found, problems
 
 
 def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, overwrite, progress, echo,

@@ -402,6 +402,23 @@ def test_a_second_batch_into_the_same_output_root_is_refused_while_the_first_run
     assert not (out / batch_mod.LOCK).exists()  # removed by the batch that held it (an empty file was left behind)
 
 
+def test_a_second_batch_is_refused_before_it_lists_the_input_tree(tree, tmp_path, capsys, monkeypatch):
+    """Listing a large input tree reads every DICOM header (minutes on a PACS export): a second batch into a
+    root that another holds spent that time before it was refused. The lock is now taken first where the output
+    root exists (where it does not, no batch can hold it, and an input with nothing to do must create nothing)."""
+    import fcntl
+    out = tmp_path / "out"
+    out.mkdir()
+    listed = []
+    monkeypatch.setattr(batch_mod, "list_series", lambda *a, **k: listed.append(a) or [])
+    with open(out / batch_mod.LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert _run(tree, out, "--quiet") == 2
+    assert "another batch is writing into" in capsys.readouterr().err and listed == []
+    assert _run(tree, out, "--quiet") == 2 and len(listed) == 1  # released: listed (here: nothing found)
+    assert "no DICOM series to reconstruct" in capsys.readouterr().err and list(out.iterdir()) == []
+
+
 def test_the_lock_file_is_removed_by_its_holder_and_a_batch_that_locked_a_removed_one_tries_again(tmp_path,
                                                                                                   monkeypatch):
     """batch_lock removes LOCK when its batch ends, still holding it. A second batch that opened the file just

@@ -7,7 +7,7 @@ and the final path is checked to lie inside OUTPUT_ROOT, so no DICOM tag or fold
 folder named like a file the batch writes there (manifest.csv, index.html, index_files) is mirrored with a
 trailing ``_``. Symbolic links to folders are followed (each real folder once). Reconstructions medrecon wrote
 (``is_reconstruction``: e.g. under a linked output root) are passed over. One batch at a time writes into an output root
-(a lock file there; a second is refused).
+(a lock file there while it runs; a second is refused).
 
 Identity: each output's marker (and report.json) records the SeriesInstanceUID, the SHA-256 of the
 series' file list and the config's fingerprint. A series is finished when its folder's marker names it with
@@ -34,7 +34,7 @@ import os
 import re
 import time
 import unicodedata
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,23 +276,52 @@ def known_outputs(output_root: Path, rows: list[dict]) -> dict[str, Path]:
 @contextmanager
 def batch_lock(output_root: Path):
     """Hold the output root for one batch (``LOCK``, an advisory lock released when the process ends): a second
-    batch into the same root, e.g. an overlapping scheduled run, is refused instead of racing the first."""
-    try:  # not through a link another user placed there
-        f = os.fdopen(os.open(output_root / LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644), "a")
-    except OSError as e:
-        raise InputError(f"cannot write {output_root / LOCK}: {os_reason(e)}; choose a writable output "
-                         "root") from e
+    batch into the same root, e.g. an overlapping scheduled run, is refused instead of racing the first. The
+    holder removes the file when it is done, still holding it; so a batch that locked a file no longer at the
+    path (removed, or replaced by another batch's) tries again."""
+    path = output_root / LOCK
+    for _ in range(5):
+        f, held = _lock_file(path)
+        if not held or _same_file(f, path):
+            break
+        f.close()
+    else:
+        raise InputError(f"{path} was replaced each time this batch locked it (batches starting and ending in "
+                         f"{output_root}); try again")
     with f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system without locks
-                log.warning(f"{output_root}: cannot lock {LOCK} ({os_reason(e)}); running without the lock, so "
-                            "do not start a second batch into this output root while this one runs")
-            else:
-                raise InputError(f"another batch is writing into {output_root} (it holds {LOCK}); wait for it to "
-                                 "finish, or choose another output root") from None
-        yield
+            yield
+        finally:
+            if held and _same_file(f, path):  # ours: removed before the lock is let go
+                with suppress(OSError):  # left behind, it is only an empty file
+                    path.unlink()
+
+
+def _lock_file(path: Path):
+    """(the open ``LOCK`` file, whether it is locked); InputError when another batch holds it."""
+    try:  # not through a link another user placed there
+        f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644), "a")
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {os_reason(e)}; choose a writable output root") from e
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return f, True
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system without locks
+            log.warning(f"{path.parent}: cannot lock {LOCK} ({os_reason(e)}); running without the lock, so "
+                        "do not start a second batch into this output root while this one runs")
+            return f, False
+        f.close()
+        raise InputError(f"another batch is writing into {path.parent} (it holds {LOCK}); wait for it to "
+                         "finish, or choose another output root") from None
+
+
+def _same_file(f, path: Path) -> bool:
+    """Whether ``path`` still names the open file ``f``."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path, follow_symlinks=False))
+    except FileNotFoundError:
+        return False
 
 
 def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False, resample: bool = False,
@@ -380,22 +409,31 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
     if output_root.resolve().is_relative_to(input_root.resolve()):
         raise InputError(f"output root {output_root} lies inside the input tree {input_root}; choose another")
     check_batch_root(output_root)
-    problems: list = []  # folders where series may be but none can be read
+    if dry_run:
+        return _batch(cfg, input_root, output_root, *_listed(input_root), True, overwrite, progress, echo, resample,
+                      engine)
+    listed = None
+    if not output_root.is_dir():  # no batch works there: listed first, so that nothing to do creates nothing
+        listed = _listed(input_root)
+        try:
+            output_root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create the output root {output_root}: {os_reason(e)}; "
+                             "choose a writable location") from e
+    with batch_lock(output_root):  # else locked before the (long) listing: a second batch is refused at once
+        return _batch(cfg, input_root, output_root, *(listed or _listed(input_root)), False, overwrite, progress,
+                      echo, resample, engine)
+
+
+def _listed(input_root: Path) -> tuple[list, list]:
+    """``list_series`` of the input tree: (series found, folders where series may be but none can be read);
+    InputError when it holds no series to reconstruct."""
+    problems: list = []
     found = list_series(input_root, recursive=True, problems=problems)
-    if not problems and all(map(why_passed_over, found)):  # before anything is created: nothing to do, nothing made
+    if not problems and all(map(why_passed_over, found)):
         raise InputError(f"no DICOM series to reconstruct under {input_root}" + (
             f" (only {len(found)} series that are no scans, e.g. {why_passed_over(found[0])})" if found else ""))
-    if dry_run:
-        return _batch(cfg, input_root, output_root, found, problems, True, overwrite, progress, echo, resample,
-                      engine)
-    try:
-        output_root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the output root {output_root}: {os_reason(e)}; "
-                         "choose a writable location") from e
-    with batch_lock(output_root):
-        return _batch(cfg, input_root, output_root, found, problems, False, overwrite, progress, echo, resample,
-                      engine)
+    return found, problems
 
 
 def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, overwrite, progress, echo,

@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from medrecon import InputError, Volume
-from medrecon.io import dicom_text, read_volume, write_volume
+from medrecon.io import dicom_text, output_format, read_volume, write_volume
 from medrecon.volume import PLANES
 
 from .app import app
@@ -122,11 +122,13 @@ def convert(input: Path = typer.Argument(..., help="DICOM series folder or file,
                                                   "axial, coronal or sagittal (head up; no interpolation): a 3D "
                                                   "acquisition stored in another plane, for the axial priors.")):
     """Convert between DICOM series, NIfTI and NRRD/MHA; the output type follows OUTPUT."""
+    if modality is not None and (kind := output_format(output)) != "DICOM":  # refused, as it could not take effect
+        raise InputError(f"--modality applies to DICOM output; {output} is {kind}, which stores no modality: leave "
+                         "--modality out, or give a folder path for a DICOM series")
     if modality is not None and modality.upper() not in DICOM_MODALITIES:
         raise InputError(f"--modality {modality}: give one of {', '.join(DICOM_MODALITIES)}")
-    vol = read_volume(input, series=series, spacing=parse_spacing(spacing), resample_nonuniform=resample)
-    if plane is not None:
-        vol = vol.in_plane(plane.value)
+    vol = read_volume(input, series=series, spacing=parse_spacing(spacing), resample_nonuniform=resample,
+                      plane=None if plane is None else plane.value)
     out = write_volume(vol, output, overwrite=overwrite, series_description=description, modality=modality,
                        deidentify=deidentify)
     typer.echo(f"wrote {out}: shape (Z,Y,X) {' x '.join(map(str, vol.shape))}, "

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medrecon.errors import InputError
 from medrecon.io import read_volume
 
 import pipelines.batching as batch_mod
@@ -398,6 +399,67 @@ def test_a_second_batch_into_the_same_output_root_is_refused_while_the_first_run
         assert "another batch is writing into" in capsys.readouterr().err
         assert not (out / "manifest.csv").exists()
     assert _run(tree, out, "--quiet") == 1  # released: runs (the broken series fails as always)
+    assert not (out / batch_mod.LOCK).exists()  # removed by the batch that held it (an empty file was left behind)
+
+
+def test_a_second_batch_is_refused_before_it_lists_the_input_tree(tree, tmp_path, capsys, monkeypatch):
+    """Listing a large input tree reads every DICOM header (minutes on a PACS export): a second batch into a
+    root that another holds spent that time before it was refused. The lock is now taken first where the output
+    root exists (where it does not, no batch can hold it, and an input with nothing to do must create nothing)."""
+    import fcntl
+    out = tmp_path / "out"
+    out.mkdir()
+    listed = []
+    monkeypatch.setattr(batch_mod, "list_series", lambda *a, **k: listed.append(a) or [])
+    with open(out / batch_mod.LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert _run(tree, out, "--quiet") == 2
+    assert "another batch is writing into" in capsys.readouterr().err and listed == []
+    assert _run(tree, out, "--quiet") == 2 and len(listed) == 1  # released: listed (here: nothing found)
+    assert "no DICOM series to reconstruct" in capsys.readouterr().err and list(out.iterdir()) == []
+
+
+def test_the_lock_file_is_removed_by_its_holder_and_a_batch_that_locked_a_removed_one_tries_again(tmp_path,
+                                                                                                  monkeypatch):
+    """batch_lock removes LOCK when its batch ends, still holding it. A second batch that opened the file just
+    before that removal gets its flock once the first lets go, on a file no longer at the path: it tries again
+    on the path's file, so it is refused while a third batch holds a new one (without the check both ran)."""
+    import fcntl
+    from pipelines.batching import batch_lock
+    out = tmp_path / "out"
+    out.mkdir()
+    with batch_lock(out):
+        assert (out / batch_mod.LOCK).is_file()
+        with pytest.raises(InputError, match="another batch is writing into"):
+            with batch_lock(out):
+                pass
+    assert list(out.iterdir()) == []  # the holder took its lock file with it
+
+    real_flock, third = fcntl.flock, []
+
+    def first_holder_ends_and_a_third_begins(f, how):  # between this batch's open and its flock
+        if not third:
+            os.unlink(out / batch_mod.LOCK)  # the first holder's removal
+            third.append(open(out / batch_mod.LOCK, "a"))
+            real_flock(third[0], fcntl.LOCK_EX | fcntl.LOCK_NB)  # the third batch holds the new file
+        return real_flock(f, how)
+    monkeypatch.setattr(batch_mod.fcntl, "flock", first_holder_ends_and_a_third_begins)
+    with pytest.raises(InputError, match="another batch is writing into"):
+        with batch_lock(out):
+            pass
+    os.unlink(out / batch_mod.LOCK)  # the third batch ends; in a fourth, the file it opened is removed before it locks
+    third[0].close()
+    calls = []
+
+    def first_holder_ends(f, how):
+        calls.append(f)
+        if len(calls) == 1:
+            os.unlink(out / batch_mod.LOCK)
+        return real_flock(f, how)
+    monkeypatch.setattr(batch_mod.fcntl, "flock", first_holder_ends)
+    with batch_lock(out):  # it locks the path's new file
+        assert len(calls) == 2 and os.path.samestat(os.fstat(calls[1].fileno()), os.stat(out / batch_mod.LOCK))
+    assert not (out / batch_mod.LOCK).exists()
 
 
 def test_a_batch_with_nothing_to_reconstruct_creates_nothing(tmp_path, capsys):

@@ -71,14 +71,32 @@ def test_convert_dicom_nifti_dicom(tmp_path, capsys):
     assert read_volume(tmp_path / "mr").meta["dicom"]["Modality"] == "MR"  # any case, written upper
 
 
-def test_convert_plane_axial_restacks_a_sagittal_volume_without_moving_a_voxel(tmp_path, capsys):
+@pytest.mark.parametrize("name, kind", [("ct.nii.gz", "NIfTI"), ("ct.mha", "NRRD/MHA")])
+def test_convert_modality_to_a_file_without_one_is_refused_before_reading(tmp_path, capsys, name, kind):
+    """--modality only reaches a DICOM series: to NIfTI or MHA it was dropped without a word; now exit 2 naming
+    the option and the fix, and nothing is written (a missing input is not even read)."""
+    code, _, err = run(capsys, "convert", CT5N, tmp_path / name, "--modality", "MR")
+    assert code == 2 and f"--modality applies to DICOM output; {tmp_path / name} is {kind}" in err
+    assert "give a folder path for a DICOM series" in err and not (tmp_path / name).exists()
+    code, _, err = run(capsys, "convert", tmp_path / "nowhere", tmp_path / name, "--modality", "MR")
+    assert code == 2 and "--modality applies" in err and "does not exist" not in err
+
+
+def test_convert_plane_axial_restacks_a_sagittal_volume_without_moving_a_voxel(tmp_path, capsys, caplog):
     """--plane axial: a 3D acquisition stored as sagittal slices (which medrecon warns about, its priors being
-    axial) written as axial slices, every voxel at its world position, and read back without the warning."""
+    axial) written as axial slices, every voxel at its world position, and read back without the warning. The
+    conversion itself says nothing of planes (it printed the warning advising --plane axial, the option given);
+    --plane coronal warns of coronal slices, not of the input's sagittal ones."""
     sag = Volume(np.random.default_rng(2).random((6, 8, 10)).astype(np.float32), spacing=(1.0, 1.0, 1.3),
                  direction=np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]))  # x P, y I, z L
     write_volume(sag, tmp_path / "sag.nii.gz")
-    code, out, _ = run(capsys, "convert", tmp_path / "sag.nii.gz", tmp_path / "ax.nii.gz", "--plane", "axial")
+    with caplog.at_level(logging.WARNING, logger="medrecon"):
+        code, out, _ = run(capsys, "convert", tmp_path / "sag.nii.gz", tmp_path / "ax.nii.gz", "--plane", "axial")
     assert code == 0 and "8 x 10 x 6" in out and "voxel axes LPS (axial slices)" in out
+    assert "slices are" not in caplog.text and "--plane axial" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="medrecon"):
+        assert run(capsys, "convert", tmp_path / "sag.nii.gz", tmp_path / "cor.nii.gz", "--plane", "coronal")[0] == 0
+    assert caplog.text.count("slices are coronal") == 1 and "slices are sagittal" not in caplog.text
     ax = read_volume(tmp_path / "ax.nii.gz")
     assert ax.orientation == "LPS" and not any("sagittal" in w for w in ax.meta.get("warnings", []))
     assert any("sagittal" in w for w in read_volume(tmp_path / "sag.nii.gz").meta.get("warnings", []))

@@ -463,6 +463,9 @@ def test_restacking_in_memory_replaces_the_plane_warning_and_keeps_the_others(tm
     assert back.meta["warnings"][0] == "another warning"
     assert len(back.meta["warnings"]) == 2 and "slices are sagittal" in back.meta["warnings"][1]
     assert "warnings" not in Volume(np.zeros((2, 3, 3), np.float32)).in_plane("axial").meta  # none made up
+    assert read_volume(tmp_path / "sag.nii.gz", plane="axial").meta["warnings"] == []  # re-stacked as it is read
+    coronal = read_volume(tmp_path / "sag.nii.gz", plane="coronal").meta["warnings"]
+    assert len(coronal) == 1 and "slices are coronal" in coronal[0]  # kept once, though in_plane kept it too
 
 
 def test_nifti_without_sform_or_qform_says_so_and_keeps_the_codes_at_zero(tmp_path):

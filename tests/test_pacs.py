@@ -517,12 +517,14 @@ def test_a_second_listener_or_run_into_one_output_root_is_refused(tmp_path, caps
     from pipelines.batching import LOCK
     out = tmp_path / "out"
     out.mkdir()
+    listen = ["pacs", "listen", str(out), "--config", "sparse_view_ct_8", "--store-port", str(free_port()),
+              "--store-address", "127.0.0.1", "--no-send", "--idle-exit", "1"]
     with open(out / LOCK, "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        assert main(["pacs", "listen", str(out), "--config", "sparse_view_ct_8", "--store-port", str(free_port()),
-                     "--store-address", "127.0.0.1", "--no-send", "--idle-exit", "1"]) == 2
+        assert main(listen) == 2
     err = capsys.readouterr().err
     assert "another batch is writing into" in err and err.count("\n") == 1
+    assert main(listen) == 0 and not (out / LOCK).exists()  # released: it listens, and takes its lock file with it
 
 
 def test_listen_passes_over_a_scout_series_as_the_batch_does(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InputError, UnreadableError
 from ..volume import Volume
-from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
+from .common import check_fits_in_memory, check_voxels, log, volume_array, volume_shape, warn
 from .dicom_read import read_dicom_series
 from .dicom_scan import choose_series, is_dicom_file, list_series
 from .dicom_write import write_dicom_series
@@ -22,7 +22,7 @@ READABLE = "a DICOM series folder, a DICOM file, .nii/.nii.gz (or a .hdr/.img pa
 
 
 def read_volume(path, series: str | None = None, spacing: tuple | None = None,
-                resample_nonuniform: bool = False) -> Volume:
+                resample_nonuniform: bool = False, plane: str | None = None) -> Volume:
     """Read a volume from a DICOM series folder, a single DICOM file, NIfTI, NRRD/MetaImage or .npy.
 
     * ``series``: SeriesInstanceUID to read from a folder holding several (default: the largest, with
@@ -30,18 +30,26 @@ def read_volume(path, series: str | None = None, spacing: tuple | None = None,
     * ``spacing``: (z, y, x) mm for a .npy array (which carries no geometry; default 1 mm, warned).
     * ``resample_nonuniform``: interpolate a DICOM series with uneven slice gaps onto its median spacing
       instead of refusing it.
+    * ``plane``: re-stack the slices as this plane's (``Volume.in_plane``) before they are checked for being
+      axial, so that ``convert --plane axial`` is not told to re-stack them as axial.
     Warnings are logged (logger ``medrecon.io``) and kept in ``Volume.meta['warnings']``.
     """
     vol = _read(Path(path), series, spacing, resample_nonuniform)
+    if plane is not None:
+        vol = vol.in_plane(plane)
     _say_if_slices_are_not_axial(vol)
     return vol
 
 
 def _say_if_slices_are_not_axial(vol: Volume) -> None:
-    """Warn (and keep the warning with the volume) when its slices are not axial: ``Volume.plane_warning``."""
+    """Log ``Volume.plane_warning`` when the slices are not axial and keep it once with the volume
+    (``Volume.in_plane`` keeps it already)."""
     message = vol.plane_warning()
     if message:
-        warn(vol.meta.setdefault("warnings", []), message)
+        kept = vol.meta.setdefault("warnings", [])
+        log.warning(message)
+        if message not in kept:
+            kept.append(message)
 
 
 def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:
@@ -158,20 +166,31 @@ def named_like_a_file(path) -> bool:
     return bool(re.fullmatch(r"\.[A-Za-z]{1,5}", Path(path).suffix))
 
 
+def output_format(path) -> str:
+    """What ``write_volume`` writes at ``path``: 'NIfTI', 'NRRD/MHA' or 'DICOM' (a series in a folder); a path
+    named like any other file is refused."""
+    name = Path(path).name.lower()
+    if is_nifti(name):
+        return "NIfTI"
+    if name.endswith(ITK_WRITE_SUFFIXES):
+        return "NRRD/MHA"
+    if named_like_a_file(path):  # out.nii.gzz, out.txt, .dcm, .npy: not a folder for a DICOM series
+        raise InputError(f"{path}: medrecon writes .nii/.nii.gz, .nrrd/.mha, or a DICOM series into a "
+                         "folder (give a folder path without a suffix, such as out/series)")
+    return "DICOM"
+
+
 def write_volume(vol: Volume, path, overwrite: bool = False, *,
                  series_description: str = "medrecon reconstruction", modality: str | None = None,
                  source_meta: dict | None = None, series_number: int | None = None,
                  deidentify: bool = False) -> Path:
-    """Write atomically by the path: .nii/.nii.gz -> NIfTI, .nrrd/.mha -> ITK image, any other path ->
-    a folder holding a derived DICOM series (the keyword arguments apply to DICOM only)."""
+    """Write atomically by the path (``output_format``): .nii/.nii.gz -> NIfTI, .nrrd/.mha -> ITK image, any
+    other path -> a folder holding a derived DICOM series (the keyword arguments apply to DICOM only)."""
     path = Path(path)
-    name = path.name.lower()
-    if is_nifti(name):
+    kind = output_format(path)
+    if kind == "NIfTI":
         return write_nifti(vol, path, overwrite)
-    if name.endswith(ITK_WRITE_SUFFIXES):
+    if kind != "DICOM":
         return write_itk(vol, path, overwrite)
-    if named_like_a_file(path):  # out.nii.gzz, out.txt, .dcm, .npy: not a folder for a DICOM series
-        raise InputError(f"{path}: medrecon writes .nii/.nii.gz, .nrrd/.mha, or a DICOM series into a "
-                         "folder (give a folder path without a suffix, such as out/series)")
     return write_dicom_series(vol, path, series_description, source_meta, overwrite,
                               modality=modality, series_number=series_number, deidentify=deidentify)

@@ -899,9 +899,12 @@ def test_output_problems_are_told_before_the_data_are_read(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err and not (tmp_path / "q").exists()
 
 
-def test_a_copy_of_a_registered_held_out_scan_given_with_data_is_warned_of(tmp_path, capsys, monkeypatch):
+def test_a_copy_of_a_registered_held_out_scan_given_with_data_is_warned_of_and_kept_in_the_card(tmp_path, caplog,
+                                                                                               monkeypatch):
     """`--dataset` refuses val and test scans; a byte-for-byte copy of one given with --data trained silently. Now
-    it is warned of by name and role; the registry's digests are every file of every scan not for training."""
+    it is warned of by name and role; the registry's digests are every file of every scan not for training. The
+    card's training.data kept no word of it: its volume's record now holds the warning, and a resume keeps it once
+    (the run trained on it, whatever the check says at the resume)."""
     import nibabel as nib
 
     from medrecon.io.common import file_sha256
@@ -920,12 +923,27 @@ def test_a_copy_of_a_registered_held_out_scan_given_with_data_is_warned_of(tmp_p
     common = ["--arch", "patch", "--patch-sizes", "8,16", "--channels", "8,16", "--steps", "1", "--batch-size", "2",
               "--pixel-range", "0.8", "1.2", "--sample-every", "0", "--checkpoint-every", "0", "--device", "cpu",
               "--no-progress"]
-    capsys.readouterr()
     assert main(["train", "--data", str(tmp_path / "v0.nii.gz"), str(tmp_path / "v1.nii.gz"), "--output",
                  str(tmp_path / "p"), *common]) == 0
-    err = capsys.readouterr().err
-    assert f"warning: {tmp_path / 'v1.nii.gz'} holds the registered scan ct_x (test), which medrecon keeps out" in err
-    assert "v0.nii.gz holds" not in err
+    assert f"{tmp_path / 'v1.nii.gz'}: holds the registered scan ct_x (test), which medrecon keeps out" in caplog.text
+    assert "v0.nii.gz: holds" not in caplog.text
+    said = "holds the registered scan ct_x (test), which medrecon keeps out of training (its figures are held out)"
+
+    def warnings():
+        return [v.get("warning") for v in load_prior(tmp_path / "p").card["training"]["data"]["volumes"]]
+    assert warnings()[0] is None and warnings()[1].startswith(said)
+    first = warnings()
+    for steps, digests in (("2", {}), ("3", None)):  # the check finds no copy now; then finds it again
+        if digests is not None:
+            monkeypatch.setattr(datasets, "_held_out_digests", lambda: digests)
+        else:
+            monkeypatch.undo()
+            monkeypatch.setattr(datasets, "_held_out_digests",
+                                lambda: {file_sha256(tmp_path / "v1.nii.gz"): "ct_x (test)"})
+        assert main(["train", "--data", str(tmp_path / "v0.nii.gz"), str(tmp_path / "v1.nii.gz"), "--output",
+                     str(tmp_path / "p"), *common, "--steps", steps, "--resume"]) == 0
+        assert warnings() == first
+    assert json.dumps(load_prior(tmp_path / "p").card["training"]).count(said) == 1
 
 
 def test_a_damaged_volume_the_user_named_is_an_error_not_a_skip(tmp_path):

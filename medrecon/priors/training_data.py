@@ -157,7 +157,8 @@ def read_volumes(paths, sources=None, check=None, series=None) -> tuple[list[Vol
     SeriesInstanceUIDs; a DICOM folder holding any of them gives those (each its own volume), another its only or
     largest series. A volume found in a folder that holds no readable image (damaged files: UnreadableError) is
     skipped with a warning, which the third list keeps; a volume named itself (a file, a series folder given as
-    such, a UID of ``series``), or nothing readable at all, is an error."""
+    such, a UID of ``series``), nothing readable at all, or a series no installed decoder reads (an InputError:
+    the files may be whole), is an error."""
     volumes, recorded, skipped, first = [], [], [], None
     plan = _reading_plan(paths, series)
     for i, found, uid in plan:

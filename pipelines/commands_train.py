@@ -103,16 +103,16 @@ def training_intensity(modality: Modality, hu_window, mri_percentile: float) -> 
 
 
 def _warning_of_held_out_copies(check):
-    """``check`` (the modality's), which also warns of a training volume that is a copy of a registered val or test
-    scan (``--dataset`` refuses those; a copy given with ``--data`` would make its figures no longer held out)."""
-    def checked(path, vol) -> None:
+    """``check`` (the modality's), which also returns a warning for a training volume that is a copy of a registered
+    val or test scan (``--dataset`` refuses those; a copy given with ``--data`` would make its figures no longer held
+    out): read_volumes logs it and the card keeps it with the volume, a resume too (train._Trainer.restore)."""
+    def checked(path, vol) -> str | None:
         check(path, vol)
         from .datasets import held_out_copy
 
         copy = held_out_copy(path)
-        if copy:
-            typer.echo(f"warning: {path} holds the registered scan {copy}, which medrecon keeps out of training (its "
-                       "figures are held out); leave it out of --data unless that is meant", err=True)
+        return copy and (f"holds the registered scan {copy}, which medrecon keeps out of training (its figures are "
+                         "held out); leave it out of --data unless that is meant")
     return checked
 
 

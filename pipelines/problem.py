@@ -686,8 +686,8 @@ def training_percentile(prior) -> float | None:
 
 def setting_warnings(cfg: Config, meas: Measurement, source: Volume | None, prior, resample: bool) -> list[str]:
     """What the settings do that the user may not expect, for the log and report.json: measurements under a config
-    tuned for another acquisition; a simulated detector too small for the image; --resample with no prior; admm_tv's
-    z-only TV on one slice."""
+    tuned for another acquisition; multi-coil k-space without its coil maps (estimated); a simulated detector too
+    small for the image; --resample with no prior; admm_tv's z-only TV on one slice."""
     out = []
     pct = training_percentile(prior)
     if cfg.modality == "mri" and pct is not None and pct < MIN_TRAINING_PERCENTILE:
@@ -700,6 +700,7 @@ def setting_warnings(cfg: Config, meas: Measurement, source: Volume | None, prio
     if cfg.solver.name == "admm_tv" and cfg.solver.tv == "z" and meas.grid.shape[0] == 1:
         out.append("solver.tv=z on one slice: TV along z has nothing to smooth, so admm_tv is unregularised here; "
                    "set solver.tv=3d")
+    out += [w for w in [coil_maps_warning(cfg, meas)] if w]
     if source is None:
         return out + list(meas.info.get("warnings") or []) + [w for w in [acquisition_differs(cfg, meas)] if w] + \
             measured_geometry_overrides(cfg, meas)
@@ -808,14 +809,20 @@ def _acquisition_problem(cfg: Config, meas: Measurement) -> str | None:
 
 def coil_maps_used(cfg: Config, meas: Measurement) -> str:
     """Where the coil maps come from, as report.json says: mri.coil_maps, except that multi-coil data asked to use
-    the given maps but holding none get estimated ones (said in the log too); single-coil data need none."""
+    the given maps but holding none get estimated ones (warned: :func:`coil_maps_warning`); single-coil data need
+    none."""
     if np.ndim(meas.data) != 4:  # (Z, C, H, W) or (C, Z, Y, X): mri_operator's own test for coils
         return "none (single coil)"
-    if cfg.mri.coil_maps == "given" and meas.coil_maps is None:
-        log.warning(f"{meas.info.get('source', 'the measurements')}: no coil maps stored with the multi-coil data; "
-                    "estimating them (mri.coil_maps=estimate; espirit for ESPIRiT)")
-        return "estimated (none given)"
-    return cfg.mri.coil_maps
+    return "estimated (none given)" if coil_maps_warning(cfg, meas) else cfg.mri.coil_maps
+
+
+def coil_maps_warning(cfg: Config, meas: Measurement) -> str | None:
+    """The warning (one of :func:`setting_warnings`) for multi-coil k-space asked to use its given coil maps but
+    holding none, whose maps are then estimated; None otherwise."""
+    if meas.modality != "mri" or np.ndim(meas.data) != 4 or cfg.mri.coil_maps != "given" or meas.coil_maps is not None:
+        return None
+    return (f"{meas.info.get('source') or 'the measurements'}: no coil maps stored with the multi-coil data; "
+            "estimating them (mri.coil_maps=estimate; espirit for ESPIRiT)")
 
 
 def _mri_operator(cfg: Config, meas: Measurement, complex_images: bool) -> LinearOperator:

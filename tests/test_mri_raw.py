@@ -195,6 +195,27 @@ def test_reconstruct_fastmri_multicoil_oversampled_writes_nifti_and_mr_dicom(tmp
     assert res.report["coil_maps"] == "estimated (none given)"
 
 
+def test_estimated_coil_maps_are_kept_in_report_input_warnings(tmp_path):
+    """Multi-coil k-space without coil maps (as fastMRI's files are) under mri.coil_maps=given: the maps are
+    estimated, which was only logged; report.json's input_warnings now keep it, as the acquisition warnings are.
+    Maps in the file, or mri.coil_maps=estimate asked for, are not warned."""
+    from pipelines.tasks import reconstruct
+    x, k, mask, rss, maps = _oversampled_case()
+    write_fastmri(bare := tmp_path / "bare.h5", k, mask, rss, header())
+    write_fastmri(given := tmp_path / "given.h5", k, mask, rss, header(), np.stack([maps, maps]))
+
+    def said(src, *overrides):
+        res = reconstruct("cs_mri_x4", src, tmp_path / f"{src.stem}{len(overrides)}",
+                          overrides=["solver.name=zero_filled", *overrides])
+        return res.report["coil_maps"], [w for w in res.report["input_warnings"] if "coil maps" in w]
+
+    assert said(bare) == ("estimated (none given)", [
+        "bare.h5: no coil maps stored with the multi-coil data; estimating them (mri.coil_maps=estimate; espirit for "
+        "ESPIRiT)"])
+    assert said(given) == ("given", [])
+    assert said(bare, "mri.coil_maps=estimate") == ("estimate", [])
+
+
 def test_a_nan_sample_in_measured_kspace_is_refused_naming_it(tmp_path):
     """One NaN zeroed its slice's coil maps, hence the slice, and ADMM-TV's z coupling then the whole volume."""
     from pipelines.measurement import Measurement

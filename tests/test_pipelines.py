@@ -1250,7 +1250,7 @@ def test_an_mr_prior_trained_at_a_low_percentile_is_warned_about():
     from pipelines.problem import setting_warnings, training_percentile
 
     cfg = load_config("cs_mri_x4", [])
-    meas = SimpleNamespace(modality="mri", mask=None, geometry=None, info={}, grid=None)
+    meas = SimpleNamespace(modality="mri", mask=None, geometry=None, info={}, grid=None, data=None, coil_maps=None)
     for pct, warned in ((90.0, True), (99.5, False)):
         imap, _ = training_intensity(Modality.mri, None, pct)
         prior = SimpleNamespace(name="mine", card={"intensity": imap})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -899,9 +900,12 @@ def test_output_problems_are_told_before_the_data_are_read(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err and not (tmp_path / "q").exists()
 
 
-def test_a_copy_of_a_registered_held_out_scan_given_with_data_is_warned_of(tmp_path, capsys, monkeypatch):
+def test_a_copy_of_a_registered_held_out_scan_given_with_data_is_warned_of_and_kept_in_the_card(tmp_path, caplog,
+                                                                                               monkeypatch):
     """`--dataset` refuses val and test scans; a byte-for-byte copy of one given with --data trained silently. Now
-    it is warned of by name and role; the registry's digests are every file of every scan not for training."""
+    it is warned of by name and role; the registry's digests are every file of every scan not for training. The
+    card's training.data kept no word of it: its volume's record now holds the warning, and a resume keeps it once
+    (the run trained on it, whatever the check says at the resume)."""
     import nibabel as nib
 
     from medrecon.io.common import file_sha256
@@ -920,12 +924,64 @@ def test_a_copy_of_a_registered_held_out_scan_given_with_data_is_warned_of(tmp_p
     common = ["--arch", "patch", "--patch-sizes", "8,16", "--channels", "8,16", "--steps", "1", "--batch-size", "2",
               "--pixel-range", "0.8", "1.2", "--sample-every", "0", "--checkpoint-every", "0", "--device", "cpu",
               "--no-progress"]
-    capsys.readouterr()
     assert main(["train", "--data", str(tmp_path / "v0.nii.gz"), str(tmp_path / "v1.nii.gz"), "--output",
                  str(tmp_path / "p"), *common]) == 0
-    err = capsys.readouterr().err
-    assert f"warning: {tmp_path / 'v1.nii.gz'} holds the registered scan ct_x (test), which medrecon keeps out" in err
-    assert "v0.nii.gz holds" not in err
+    assert f"{tmp_path / 'v1.nii.gz'}: holds the registered scan ct_x (test), which medrecon keeps out" in caplog.text
+    assert "v0.nii.gz: holds" not in caplog.text
+    said = "holds the registered scan ct_x (test), which medrecon keeps out of training (its figures are held out)"
+
+    def warnings():
+        return [v.get("warning") for v in load_prior(tmp_path / "p").card["training"]["data"]["volumes"]]
+    assert warnings()[0] is None and warnings()[1].startswith(said)
+    first = warnings()
+    for steps, digests in (("2", {}), ("3", None)):  # the check finds no copy now; then finds it again
+        if digests is not None:
+            monkeypatch.setattr(datasets, "_held_out_digests", lambda: digests)
+        else:
+            monkeypatch.undo()
+            monkeypatch.setattr(datasets, "_held_out_digests",
+                                lambda: {file_sha256(tmp_path / "v1.nii.gz"): "ct_x (test)"})
+        assert main(["train", "--data", str(tmp_path / "v0.nii.gz"), str(tmp_path / "v1.nii.gz"), "--output",
+                     str(tmp_path / "p"), *common, "--steps", steps, "--resume"]) == 0
+        assert warnings() == first
+    assert json.dumps(load_prior(tmp_path / "p").card["training"]).count(said) == 1
+
+
+def test_a_dicom_series_no_installed_decoder_reads_stops_training_saying_what_to_install(tmp_path, capsys, caplog):
+    """A training folder's DICOM series compressed in a transfer syntax no installed decoder reads (HTJ2K here:
+    pydicom needs pylibjpeg-openjpeg) was skipped as 'damaged' and training went on without it. The files may be
+    whole: it is now a one-line error naming the series, the file and the package to install, and nothing is
+    written; a damaged series in the same folder is still skipped."""
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import get_decoder
+
+    from medrecon.io import write_dicom_series
+    from pipelines.cli import main
+
+    htj2k = "1.2.840.10008.1.2.4.201"
+    if get_decoder(htj2k).is_available:
+        pytest.skip("an HTJ2K decoder is installed here")
+    rng = np.random.default_rng(17)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _nifti(folder / "good.nii.gz", rng)
+    write_dicom_series(Volume(phantom_volume(rng, z=2, n=16), spacing=(1.0, 1.0, 2.0)), folder / "htj2k")
+    for f in (folder / "htj2k").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.PixelData = encapsulate([b"\x00" * 64])  # no decoder is asked to read these bytes
+        ds.file_meta.TransferSyntaxUID = htj2k
+        ds.save_as(f, enforce_file_format=True)
+    assert main(["train", "--data", str(folder), "--output", str(tmp_path / "p"), *PATCH_RUN]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {folder / 'htj2k'}: no slice could be decoded (e.g. IM0001.dcm: no installed "
+                          "decoder reads its transfer syntax High-Throughput JPEG 2000") and "\n" not in err
+    assert "pip install pylibjpeg pylibjpeg-openjpeg" in err and "damaged" not in err
+    assert "skipped" not in caplog.text and not (tmp_path / "p").exists()
+    write_dicom_series(Volume(phantom_volume(rng, z=2, n=16), spacing=(1.0, 1.0, 2.0)), tmp_path / "plain")
+    for f in (folder / "htj2k").iterdir():  # the same series damaged (cut short, uncompressed): passed over
+        f.write_bytes((tmp_path / "plain" / f.name).read_bytes()[:-200])
+    assert main(["train", "--data", str(folder), "--output", str(tmp_path / "p"), *PATCH_RUN]) == 0
+    assert len(load_prior(tmp_path / "p").card["training"]["data"]["skipped"]) == 1
 
 
 def test_a_damaged_volume_the_user_named_is_an_error_not_a_skip(tmp_path):

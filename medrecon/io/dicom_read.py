@@ -13,10 +13,13 @@
 
 Bad input is refused with an :class:`InputError` naming the path and the fix (mixed orientations or
 sizes, duplicate positions, gantry tilt, non-uniform spacing unless ``resample_nonuniform``);
-damaged files are skipped with a warning naming them, and listed ("path (why)") in ``meta['skipped_files']``.
+damaged files are skipped with a warning naming them, and listed ("path (why)") in ``meta['skipped_files']``;
+a series none of whose slices decode is an :class:`UnreadableError` (damaged), or an :class:`InputError` naming
+what to install where no installed decoder reads its compression (the files may be whole).
 """
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -28,6 +31,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.multival import MultiValue
+from pydicom.pixels import get_decoder
 from pydicom.uid import UID, MediaStorageDirectoryStorage
 from pydicom.valuerep import PersonName
 
@@ -117,12 +121,13 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
     check_fits_in_memory((len(stack.files), header_int(first, "Rows", 0), header_int(first, "Columns", 0)), where)
     data, bad = _read_pixels(stack.files, stack.headers)
     if bad:  # damaged pixel data among good headers: skip those slices, re-check the stack
+        headers = [(f, ds) for f, ds in headers if f not in {b for b, _ in bad}]
+        if not headers:  # one line, not one per file; a compression no installed decoder reads is no damage
+            error = InputError if all(why.startswith(NO_DECODER) for _, why in bad) else UnreadableError
+            raise error(f"{where}: no slice could be decoded (e.g. {bad[0][0].name}: {bad[0][1]})")
         for f, reason in bad:
             warn(notes, f"skipped unreadable file {f} ({reason})")
             skipped.append(f"{f} ({reason})")
-        headers = [(f, ds) for f, ds in headers if f not in {b for b, _ in bad}]
-        if not headers:
-            raise UnreadableError(f"{where}: no slice could be decoded (e.g. {bad[0][0].name}: {bad[0][1]})")
         stack = _Stack.build(headers, where, [])
         stack.check_uniform(resample_nonuniform, skipped)
         data, bad = _read_pixels(stack.files, stack.headers)
@@ -573,6 +578,28 @@ def _short_pixel_data(f: Path, header) -> str:
         if have < need else ""
 
 
+#: how a slice's reason begins where no installed decoder reads its compression (the files may be whole)
+NO_DECODER = "no installed decoder reads"
+_DECOMPRESS = "decompress it, e.g. gdcmconv --raw or dcmdjpeg"
+
+
+def _decoder_to_install(f: Path) -> str:
+    """The `pip install ...` of a pydicom plugin that decodes ``f``'s transfer syntax, where pydicom knows decoders
+    for it but none is installed (SimpleITK's GDCM failed on it too); "" where one is installed (its failure:
+    damage) or pydicom knows none."""
+    try:
+        decoder = get_decoder(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    except Exception:  # noqa: BLE001 - no header, or a transfer syntax pydicom decodes with no plugin at all
+        return ""
+    if decoder.is_available:
+        return ""
+    needs = {plugin: wants for plugin, _, wants in (m.partition(" - requires ") for m in decoder.missing_dependencies)}
+    wants = next((needs[p] for p in ("pylibjpeg", "pyjpegls", "gdcm") if p in needs), "")  # pydicom 3: 'a>=2 and b'
+    names = [re.split(r"[<>=!~ ]", w.strip())[0] for w in wants.split(" and ")]
+    names = [{"gdcm": "python-gdcm"}.get(n, n) for n in names if n and n != "numpy"]
+    return f"pip install {' '.join(names)}" if names else "install a pydicom pixel-data plugin for it"
+
+
 def _read_slice(f: Path, name: str) -> tuple[np.ndarray | None, str]:
     """One slice's rescaled pixels (Y, X) as GDCM gives them (MONOCHROME1 inverted, see ``_undo_monochrome1``)
     and "", or None and why it cannot be decoded."""
@@ -585,10 +612,12 @@ def _read_slice(f: Path, name: str) -> tuple[np.ndarray | None, str]:
         ds = pydicom.dcmread(f)
         v = np.asarray(ds.pixel_array, dtype=np.float64)
     except Exception as e:  # noqa: BLE001 - the reason goes into the message
+        install = _decoder_to_install(f)
+        if install:
+            return None, f"{NO_DECODER} its transfer syntax {_transfer_syntax(f)}: {install}, or {_DECOMPRESS}"
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         return None, (f"pixel data cannot be decoded (transfer syntax {_transfer_syntax(f)}; {why}): a truncated "
-                      "or damaged file, or a compression no installed decoder reads (decompress it, e.g. gdcmconv "
-                      "--raw or dcmdjpeg)")
+                      f"or damaged file, or a compression no installed decoder reads ({_DECOMPRESS})")
     if v.ndim != 2:
         return None, f"pixel data of shape {v.shape}, not one grayscale image"
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":  # as GDCM gives it

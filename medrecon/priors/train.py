@@ -401,6 +401,7 @@ class _Trainer:
                 "options": asdict(self.opts), "generator": self.gen.get_state(), "recent": self.recent,
                 "log_window": list(self.log_window),
                 "heldout_log": self.heldout_log, "data": self._data_record(), "data_paths": self._volume_names(),
+                "data_warnings": [v.get("warning") for v in self._volume_records()],
                 "warmup_steps": self.warmup, "segments": self.segments_now()}
 
     def _data_record(self) -> str:
@@ -419,6 +420,11 @@ class _Trainer:
     def _volume_names(self) -> list:
         vols = self.data.description.get("volumes")
         return [v.get("path", "?") if isinstance(v, dict) else str(v) for v in vols] if isinstance(vols, list) else []
+
+    def _volume_records(self) -> list[dict]:
+        """The card's record of each training volume ({} for one recorded by its path alone)."""
+        vols = self.data.description.get("volumes")
+        return [v if isinstance(v, dict) else {} for v in vols] if isinstance(vols, list) else []
 
     def restore(self, st: dict, path: Path):
         """Continue from the training state ``st`` (read from ``path``, which the messages name)."""
@@ -454,6 +460,9 @@ class _Trainer:
         self.step, self.seconds, self.recent = st["step"], st["seconds"], list(st["recent"])
         self.log_window = [float(v) for v in st.get("log_window", [])]
         self.heldout_log = list(st.get("heldout_log", []))
+        for record, said in zip(self._volume_records(), st.get("data_warnings") or []):
+            if said and "warning" not in record:  # what the run trained on stays said (the same data: checked above)
+                record["warning"] = said
         if "init_from" in old:  # what the run started from, not a --init-from given at a resume (never used there)
             self.opts = replace(self.opts, init_from=old["init_from"])
         before = [dict(p) for p in st.get("segments") or [{  # a checkpoint of before: its command unknown

@@ -3,6 +3,7 @@ priors) from the caller's volumes, mapped to [-1, 1] by the caller's intensity w
 modality; ``medrecon train`` takes the window from pipelines.modality)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from ..errors import InputError, UnreadableError
 from ..io.common import voxels_sha256, warn
 from ..volume import PLANES, Volume
 from .base import MODEL_RANGE, IntensityMap
+
+log = logging.getLogger("medrecon")
 
 
 @dataclass
@@ -149,11 +152,13 @@ def read_volumes(paths, sources=None, check=None, series=None) -> tuple[list[Vol
     """The volumes under each of ``paths`` (files or folders, searched recursively), read, what the card
     records for each: ``sources[i]`` where it is a registered scan's provenance record, else ``volume_record``
     (absolute path, voxels' SHA-256, pixel size, DICOM series), and the volumes skipped. ``check(path, volume)``,
-    from the pipelines, raises for a volume that is not of the prior's modality. ``series``: SeriesInstanceUIDs; a
-    DICOM folder holding any of them gives those (each its own volume), another its only or largest series. A
-    volume found in a folder that holds no readable image (damaged files: UnreadableError) is skipped with a
-    warning, which the third list keeps; a volume named itself (a file, a series folder given as such, a UID of
-    ``series``), or nothing readable at all, is an error."""
+    from the pipelines, raises for a volume that is not of the prior's modality, or returns a warning about it (a
+    copy of a held-out scan, say), which is logged and kept in its record as ``warning``. ``series``:
+    SeriesInstanceUIDs; a DICOM folder holding any of them gives those (each its own volume), another its only or
+    largest series. A volume found in a folder that holds no readable image (damaged files: UnreadableError) is
+    skipped with a warning, which the third list keeps; a volume named itself (a file, a series folder given as
+    such, a UID of ``series``), nothing readable at all, or a series no installed decoder reads (an InputError:
+    the files may be whole), is an error."""
     volumes, recorded, skipped, first = [], [], [], None
     plan = _reading_plan(paths, series)
     for i, found, uid in plan:
@@ -166,10 +171,12 @@ def read_volumes(paths, sources=None, check=None, series=None) -> tuple[list[Vol
             first = first or e
             warn(skipped, f"skipped {found}: {e}")
             continue
-        if check is not None:
-            check(found, vol)
+        said = check(found, vol) if check is not None else None
+        if said:
+            log.warning(f"{found}: {said}")
         volumes.append(vol)
-        recorded.append(given if isinstance(given, dict) else volume_record(found, vol))
+        record = given if isinstance(given, dict) else volume_record(found, vol)
+        recorded.append({**record, "warning": said} if said else record)
     if not volumes:
         raise first
     return volumes, recorded, skipped

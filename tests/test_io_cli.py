@@ -380,3 +380,18 @@ def test_a_deidentified_run_refuses_burned_in_text_before_the_work(tmp_path, mon
         tasks.reconstruct("sparse_view_ct_8", out, tmp_path / "o", overrides=["outputs.deidentify=true",
                                                                              "solver.name=fbp"])
     assert not built
+
+
+def test_an_rt_dose_file_is_refused_as_what_it_is_not_read_as_an_image(tmp_path, capsys):
+    """A single RT Dose file was read as an image of raw stored integers (795000..1254000, DoseGridScaling 1e-6
+    ignored), converted, and reconstructed by an MR config into a 'RTDOSE' Secondary Capture series; folders and
+    batch pass it over as 'a RTDOSE object'. Every command now refuses it, naming the file and what it is."""
+    dose = tmp_path / "rtdose_1frame.dcm"
+    shutil.copy(TESTS.parent / "rtdose_1frame.dcm", dose)
+    said = f"{dose} is a RTDOSE object, not an image volume"
+    for args in (["info", dose], ["convert", dose, tmp_path / "dose.nii.gz"], ["convert", dose, tmp_path / "d"],
+                 ["reconstruct", "--config", "cs_mri_x4", "--input", dose, "--output", tmp_path / "rec",
+                  "--set", "solver.name=zero_filled"]):
+        code, _, err = run(capsys, *args)
+        assert code == 2 and said in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [dose.name]  # nothing written

@@ -39,7 +39,8 @@ from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .common import check_fits_in_memory, warn
 from .dicom_scan import (SeriesInfo, choose_series, header_kind, image_type, is_dicom_file, is_localizer, list_series,
-                         PIXEL_FLAGS, header_int, is_colour, read_header, series_uid, sop_class)
+                         PIXEL_FLAGS, header_int, is_colour, not_an_image, read_header, series_uid,
+                         sop_class)
 
 __all__ = ["SOURCE_TAGS", "SeriesInfo", "choose_series", "is_dicom_file", "list_series", "read_dicom_series",
            "resample_along_normal"]
@@ -291,6 +292,8 @@ class _Stack:
     def build(cls, headers: list, where: Path, notes: list) -> "_Stack":
         headers = _without_duplicate_copies(headers, where, notes)
         for f, ds in headers:
+            if not_an_image(ds):  # a dose grid's stored integers were read as an image, its scaling ignored
+                raise InputError(f"{f} is {not_an_image(ds)}, not an image volume to read or reconstruct")
             if header_int(ds, "NumberOfFrames", 1, f) > 1 or "PerFrameFunctionalGroupsSequence" in ds or \
                     "SharedFunctionalGroupsSequence" in ds:  # enhanced, even with one frame per file
                 raise InputError(f"{f} is a multi-frame (enhanced) DICOM image, whose geometry lives in functional "

@@ -160,12 +160,18 @@ def is_localizer(ds) -> bool:
     return "LOCALIZER" in image_type(ds)
 
 
+def not_an_image(ds) -> str:
+    """What an object is whose pixels show no anatomy (an RT dose grid, a segmentation: ``NOT_VOLUME_MODALITIES``),
+    e.g. "a RTDOSE object", or ""."""
+    modality = str(ds.get("Modality", "") or "").upper()
+    return f"a {modality} object" if modality in NOT_VOLUME_MODALITIES else ""
+
+
 def not_a_volume(ds) -> str:
     """Why an image header belongs to no volume to reconstruct (what a study export holds beside its scans: the
     scout, dose screenshots, RT dose, segmentations), or ""."""
-    modality = str(ds.get("Modality", "") or "").upper()
-    if modality in NOT_VOLUME_MODALITIES:
-        return f"a {modality} object"
+    if not_an_image(ds):
+        return not_an_image(ds)
     if is_localizer(ds):
         return "a localizer (scout)"
     if is_colour(ds):

@@ -1,6 +1,7 @@
 """DICOM series reading and derived-series writing, checked against pydicom's bundled test series and,
 when installed, the DICOM validator dciodvfy and the converter dcm2niix."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -411,6 +412,32 @@ def test_enhanced_dicom_with_one_frame_per_file_is_refused_naming_the_converter(
         ds.save_as(f)
     with pytest.raises(InputError, match="multi-frame \\(enhanced\\).*dcm2niix"):
         read_volume(folder)
+
+
+def _multi_frame(ds, modality="CT", frames=2, colour=False, groups=False):
+    ds.Modality, ds.NumberOfFrames = modality, frames
+    if colour:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    if groups:
+        from pydicom.dataset import Dataset
+        ds.SharedFunctionalGroupsSequence = [Dataset()]
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda ds: _multi_frame(ds, "US", 120, colour=True), "is a colour image; medrecon reads grayscale CT/MR"),
+    (lambda ds: _multi_frame(ds, "SEG", 3, groups=True), "is a SEG object, not an image volume"),
+    (lambda ds: _multi_frame(ds, "RTDOSE", 15), "is a RTDOSE object, not an image volume"),
+    (lambda ds: _multi_frame(ds, "MR", 10, groups=True), "is a multi-frame \\(enhanced\\) DICOM image.*dcm2niix")],
+    ids=["colour cine", "SEG", "RT dose", "enhanced MR"])
+def test_a_multi_frame_file_is_named_as_what_it_is(tmp_path, edit, said):
+    """A colour ultrasound cine, a SEG and a 15-frame RT dose were all called 'a multi-frame (enhanced) DICOM image
+    ... convert it to NIfTI first (e.g. dcm2niix)', wrong advice for all three; an enhanced MR still is."""
+    f = sorted(_ct_series(tmp_path).iterdir())[0]
+    ds = pydicom.dcmread(f)
+    edit(ds)
+    ds.save_as(f)
+    with pytest.raises(InputError, match=f"^{re.escape(str(f))} {said}"):
+        read_volume(f)
 
 
 def test_unsigned_16_bit_integers_survive_a_derived_series_exactly(tmp_path):

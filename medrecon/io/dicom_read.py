@@ -294,14 +294,14 @@ class _Stack:
         for f, ds in headers:
             if not_an_image(ds):  # a dose grid's stored integers were read as an image, its scaling ignored
                 raise InputError(f"{f} is {not_an_image(ds)}, not an image volume to read or reconstruct")
+            header_int(ds, "SamplesPerPixel", 1, f)  # a damaged value named here, not taken for grey
+            if is_colour(ds):  # before the multi-frame check: an ultrasound cine is no enhanced image
+                raise InputError(f"{f} is a colour image; medrecon reads grayscale CT/MR series only")
             if header_int(ds, "NumberOfFrames", 1, f) > 1 or "PerFrameFunctionalGroupsSequence" in ds or \
                     "SharedFunctionalGroupsSequence" in ds:  # enhanced, even with one frame per file
                 raise InputError(f"{f} is a multi-frame (enhanced) DICOM image, whose geometry lives in functional "
                                  "groups medrecon does not read; convert it to NIfTI first (e.g. dcm2niix) and use "
                                  "the .nii.gz")
-            header_int(ds, "SamplesPerPixel", 1, f)  # a damaged value named here, not taken for grey
-            if is_colour(ds):
-                raise InputError(f"{f} is a colour image; medrecon reads grayscale CT/MR series only")
             _check_geometry_tags(f, ds)
         _same(headers, where, lambda ds: (int(ds.Rows), int(ds.Columns)), "image sizes (Rows, Columns)")
         _same(headers, where, lambda ds: _floats(ds.get("PixelSpacing")), "PixelSpacing",  # as written: 0.7, 0.7000001

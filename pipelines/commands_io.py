@@ -27,8 +27,8 @@ DICOM_MODALITIES = ("CT", "MR", "OT")  # what convert writes: CT / MR image stor
 
 SERIES_HELP = "SeriesInstanceUID to read from a folder holding several series (default: the largest)."
 SPACING_HELP = "Voxel spacing 'z,y,x' in mm for .npy input (default 1 mm)."
-RESAMPLE_HELP = ("Interpolate a DICOM series whose slice gaps are uneven (beyond 0.2 mm) linearly onto its "
-                 "median spacing instead of refusing it.")
+RESAMPLE_HELP = ("Interpolate a DICOM series whose slice gaps are uneven (beyond 0.2 mm) linearly onto "
+                 "about its median spacing, from its first slice to its last, instead of refusing it.")
 AXIS_WORDS = {"L": "patient left", "R": "patient right", "P": "posterior", "A": "anterior", "S": "superior",
               "I": "inferior"}
 

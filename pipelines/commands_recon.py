@@ -14,7 +14,8 @@ SET = typer.Option(None, "--set", help="Override a config value: --set solver.st
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output.")
 SERIES = typer.Option(None, "--series", help="SeriesInstanceUID when the DICOM folder holds several series.")
 RESAMPLE = typer.Option(False, "--resample", help="Allow resampling (reconstruct and batch record it in report.json): "
-                        "a DICOM series with uneven slice gaps (beyond 0.2 mm) onto its median spacing, oblong pixels "
+                        "a DICOM series with uneven slice gaps (beyond 0.2 mm) onto about its median spacing from its "
+                        "first slice to its last, oblong pixels "
                         "beyond 1.5:1, and the input onto the prior's grid or pixel-size range. Without it such "
                         "inputs stop with a message.")
 

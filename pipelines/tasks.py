@@ -84,7 +84,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     Writes recon.nii.gz, dicom/ (DICOM source only), preview.png, report.json and, with samples > 1,
     std.nii.gz, all into a temporary folder renamed to OUTPUT at the end. The reconstruction grid is the
     input's own unless the config names one; ``resample`` allows resampling (a DICOM series with uneven slice
-    gaps onto its median spacing, the input onto the prior's grid or pixel-size range; ``Problem.build``), and
+    gaps onto about its median spacing from its first slice to its last, the input onto the prior's grid or pixel-size range; ``Problem.build``), and
     report.json records the grid under ``grid``. The output's marker and report record the source series
     (see :func:`source_identity`) and the config's ``fingerprint``; paths are recorded by name only.
     """

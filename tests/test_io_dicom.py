@@ -84,6 +84,29 @@ def test_nonuniform_spacing_resampled_linearly_to_the_median():
     assert "resampled" in vol.meta["warnings"][0]
 
 
+def test_resampling_uneven_gaps_keeps_the_first_and_last_slice(tmp_path):
+    """Slices at z = 0, 2, 4, 6, 9, 11 mm were resampled onto 0..10 mm at 2 mm: the last slice and 1 mm of the
+    extent were lost, and the warning did not say so. The grid now runs from the first slice to the last at about
+    the median gap (7 slices 11/6 mm apart), keeping both end slices exactly."""
+    z = np.array([0.0, 2, 4, 6, 9, 11])
+    values = 100.0 * np.arange(1, 7, dtype=np.float32)
+    vol = Volume(np.broadcast_to(values[:, None, None], (6, 8, 8)).copy(), spacing=(1.0, 1.0, 2.0),
+                 meta={"dicom": {"Modality": "CT"}})
+    out = write_dicom_series(vol, tmp_path / "uneven")
+    for f in out.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.ImagePositionPatient[2] = z[round(float(ds.ImagePositionPatient[2]) / 2.0)]
+        ds.save_as(f)
+    with pytest.raises(InputError, match="onto a 1.833 mm grid"):
+        read_volume(out)
+    back = read_volume(out, resample_nonuniform=True)
+    assert back.shape == (7, 8, 8) and back.spacing_zyx[0] == pytest.approx(11 / 6)
+    assert back.world_lps([0, 0, 6])[2] == pytest.approx(11.0)
+    np.testing.assert_allclose(back.data[:, 0, 0], np.interp(np.arange(7) * 11 / 6, z, values), rtol=1e-6)
+    assert back.data[0, 0, 0] == 100.0 and back.data[-1, 0, 0] == 600.0
+    assert any("onto 7 slices 1.833 mm apart from the first slice to the last" in w for w in back.meta["warnings"])
+
+
 def test_radial_slices_refused():
     with pytest.raises(InputError, match="orientation"):
         read_volume(MR700)

@@ -73,7 +73,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
     """Read one series (a :class:`SeriesInfo` or a list of its files) into a Volume (HU for CT).
 
     Non-uniform slice spacing is an error unless ``resample_nonuniform``, which interpolates linearly
-    along the slice normal onto the median spacing.
+    along the slice normal onto a uniform grid from the first slice to the last (``_Stack.resample_step``).
     """
     info = series if isinstance(series, SeriesInfo) else SeriesInfo("", [Path(f) for f in series])
     if not info.files:
@@ -146,10 +146,11 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
             "warnings": notes, "skipped_files": skipped, **({"rescale_assumed": True} if rescale_assumed else {})}
     step = stack.grid_step
     if not stack.uniform:
-        data = resample_along_normal(data, stack.positions, step := stack.step)
+        data = resample_along_normal(data, stack.positions, step := stack.resample_step)
         meta["resampled_from_positions"] = [round(float(p), 6) for p in stack.positions]
         warn(notes, f"{where}: resampled {len(stack.positions)} unevenly spaced slices onto {data.shape[0]} "
-                    f"slices {stack.step:g} mm apart (linear interpolation along the slice normal)")
+                    f"slices {step:.4g} mm apart from the first slice to the last (median gap {stack.step:.4g} mm; "
+                    "linear interpolation along the slice normal)")
     elif stack.deviation > 0.01:
         warn(notes, f"{where}: slice positions deviate up to {stack.deviation:.3g} mm from a uniform "
                     f"{step:.6g} mm grid (within the {SPACING_TOLERANCE_MM} mm tolerance); read as uniform")
@@ -234,6 +235,14 @@ class _Stack:
         return float(self.positions[-1] - self.positions[0]) / (n - 1) if n > 1 else self.step
 
     @property
+    def resample_step(self) -> float:
+        """The spacing ``resample_nonuniform`` interpolates onto: the median gap, adjusted so that a whole number
+        of steps runs from the first slice to the last (both kept as they are, the whole extent covered; slices
+        at 0, 2, 4, 6, 9, 11 mm lost the last one on a 2 mm grid ending at 10 mm)."""
+        extent = float(self.positions[-1] - self.positions[0])
+        return extent / max(1, round(extent / self.step))
+
+    @property
     def deviation(self) -> float:
         """How far (mm) the farthest slice lies from that grid."""
         grid = self.positions[0] + self.grid_step * np.arange(len(self.positions))
@@ -286,7 +295,7 @@ class _Stack:
             f"{self.where}: slice spacing is not uniform (gaps {g.min():.4g} to {g.max():.4g} mm, median "
             f"{self.step:.4g} mm; e.g. {g[k]:.4g} mm between {self.files[k].name} and {self.files[k + 1].name}; "
             f"{why}: missing slices?). Pass --resample (resample_nonuniform=True) to interpolate linearly onto "
-            f"a {self.step:.4g} mm grid along the slice normal, or choose another series with --series")
+            f"a {self.resample_step:.4g} mm grid along the slice normal, or choose another series with --series")
 
     @classmethod
     def build(cls, headers: list, where: Path, notes: list) -> "_Stack":

@@ -28,8 +28,8 @@ def read_volume(path, series: str | None = None, spacing: tuple | None = None,
     * ``series``: SeriesInstanceUID to read from a folder holding several (default: the largest, with
       a warning listing the others).
     * ``spacing``: (z, y, x) mm for a .npy array (which carries no geometry; default 1 mm, warned).
-    * ``resample_nonuniform``: interpolate a DICOM series with uneven slice gaps onto its median spacing
-      instead of refusing it.
+    * ``resample_nonuniform``: interpolate a DICOM series with uneven slice gaps onto about its median spacing,
+      from its first slice to its last, instead of refusing it.
     * ``plane``: re-stack the slices as this plane's (``Volume.in_plane``) before they are checked for being
       axial, so that ``convert --plane axial`` is not told to re-stack them as axial.
     Warnings are logged (logger ``medrecon.io``) and kept in ``Volume.meta['warnings']``.

@@ -85,6 +85,7 @@ class Job:
     input_root: Path = Path("/")
     output_root: Path = Path("/")
     config_sha256: str = ""  # the batch's Config.fingerprint ("": any config)
+    refused: str = ""  # why reading the series will fail, from its headers (``SeriesInfo.refused``), or ""
 
     @property
     def state(self) -> str:
@@ -177,7 +178,7 @@ def plan(input_root: Path, output_root: Path, found: list, known: dict[str, Path
         if not out.resolve().is_relative_to(output_root.resolve()):
             raise InputError(f"output {out} lies outside {output_root}: a symbolic link in the output tree points "
                              "elsewhere; remove it, or choose another output root")
-        jobs.append(Job(uid, folder, out, info.files_sha256, input_root, output_root))
+        jobs.append(Job(uid, folder, out, info.files_sha256, input_root, output_root, refused=info.refused))
     return jobs
 
 
@@ -457,6 +458,9 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     manifest = output_root / MANIFEST
     if dry_run:
         for j in jobs:
+            if j.todo(overwrite) and j.refused:  # the run reads these headers and fails the series
+                echo(f"fail  {j.uid}  {j.input}: {j.refused}")
+                continue
             echo(f"{'run ' if j.todo(overwrite) else 'skip' if j.done else f'conflict ({j.state})'}  {j.uid}  "
                  f"{j.input}  ->  {j.output}")
         return BatchResult(manifest, [])

@@ -578,6 +578,29 @@ def test_scouts_screenshots_and_rt_objects_in_a_study_export_are_passed_over_not
     assert "study/protocol: a secondary capture" in passed[1] and "study/scout: a localizer (scout)" in passed[2]
 
 
+def test_the_dry_run_says_an_enhanced_series_will_fail_as_the_run_then_does(tmp_path, capsys):
+    """The dry run listed an enhanced multi-frame series as `run`, and the real run then failed it: both now decide
+    from the same headers (``dicom_scan.refusal``), and the dry run prints the run's reason."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    root = tmp_path / "in"
+    _series(root / "ct", 1, "Abdomen")
+    _series(root / "enhanced", 2, "Enhanced")
+    for f in (root / "enhanced").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SharedFunctionalGroupsSequence = [Dataset()]
+        ds.save_as(f)
+    said = []
+    batch_mod.batch(root, tmp_path / "out", "sparse_view_ct_8", dry_run=True, echo=said.append)
+    why = "is a multi-frame (enhanced) DICOM image, whose geometry lives in functional groups"
+    assert sorted(s.split()[0] for s in said) == ["fail", "run"]
+    fail = next(s for s in said if s.startswith("fail"))
+    assert why in fail and str(root / "enhanced") in fail
+    assert _run(root, tmp_path / "out", "--quiet") == 1
+    rows = {r["input_path"]: r for r in _manifest(tmp_path / "out")}
+    assert rows["ct"]["status"] == "done" and rows["enhanced"]["status"] == "failed" and why in rows["enhanced"]["error"]
+
+
 def test_a_scan_series_holding_a_scout_is_still_a_job(tmp_path):
     """Whether a series is a scan is decided over all its files, not the first listed (a scout filed in the CT's
     own series, listed first, would have passed the whole CT over)."""

@@ -39,8 +39,7 @@ from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .common import check_fits_in_memory, warn
 from .dicom_scan import (SeriesInfo, choose_series, header_kind, image_type, is_dicom_file, is_localizer, list_series,
-                         PIXEL_FLAGS, header_int, is_colour, not_an_image, read_header, series_uid,
-                         sop_class)
+                         PIXEL_FLAGS, header_int, read_header, refusal, series_uid, sop_class)
 
 __all__ = ["SOURCE_TAGS", "SeriesInfo", "choose_series", "is_dicom_file", "list_series", "read_dicom_series",
            "resample_along_normal"]
@@ -301,16 +300,10 @@ class _Stack:
     def build(cls, headers: list, where: Path, notes: list) -> "_Stack":
         headers = _without_duplicate_copies(headers, where, notes)
         for f, ds in headers:
-            if not_an_image(ds):  # a dose grid's stored integers were read as an image, its scaling ignored
-                raise InputError(f"{f} is {not_an_image(ds)}, not an image volume to read or reconstruct")
-            header_int(ds, "SamplesPerPixel", 1, f)  # a damaged value named here, not taken for grey
-            if is_colour(ds):  # before the multi-frame check: an ultrasound cine is no enhanced image
-                raise InputError(f"{f} is a colour image; medrecon reads grayscale CT/MR series only")
-            if header_int(ds, "NumberOfFrames", 1, f) > 1 or "PerFrameFunctionalGroupsSequence" in ds or \
-                    "SharedFunctionalGroupsSequence" in ds:  # enhanced, even with one frame per file
-                raise InputError(f"{f} is a multi-frame (enhanced) DICOM image, whose geometry lives in functional "
-                                 "groups medrecon does not read; convert it to NIfTI first (e.g. dcm2niix) and use "
-                                 "the .nii.gz")
+            for tag in ("SamplesPerPixel", "NumberOfFrames"):  # a damaged value named here, not taken for 1
+                header_int(ds, tag, 1, f)
+            if refusal(f, ds):  # a dose grid, a colour image, an enhanced image (the batch's dry run says so too)
+                raise InputError(refusal(f, ds))
             _check_geometry_tags(f, ds)
         _same(headers, where, lambda ds: (int(ds.Rows), int(ds.Columns)), "image sizes (Rows, Columns)")
         _same(headers, where, lambda ds: _floats(ds.get("PixelSpacing")), "PixelSpacing",  # as written: 0.7, 0.7000001

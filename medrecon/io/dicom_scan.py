@@ -22,7 +22,8 @@ from .atomic import os_reason
 
 _SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription", "Rows",
               "Manufacturer", "ImageType", "SamplesPerPixel", "PhotometricInterpretation", "ImagePositionPatient",
-              "ImageOrientationPatient"]
+              "ImageOrientationPatient", "NumberOfFrames", "PerFrameFunctionalGroupsSequence",
+              "SharedFunctionalGroupsSequence"]
 #: modalities of objects that hold images but no volume to reconstruct (dose, structures, segmentations, ...)
 NOT_VOLUME_MODALITIES = {"SR", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "SEG", "PR", "KO", "DOC", "REG"}
 #: flags saying an image's pixels identify the patient (printed names, a face): copied, and refused by de-identification
@@ -42,6 +43,7 @@ class SeriesInfo:
     unreadable: list[str] = field(default_factory=list)  # damaged files seen in the same folder(s)
     made_by_medrecon: bool = False  # a derived series medrecon wrote (its first file's Manufacturer and ImageType)
     not_a_volume: str = ""  # why none of its images is a slice of a volume (localizers, screenshots, ...), or ""
+    refused: str = ""  # why reading it will be refused from its headers alone (``refusal``: an enhanced image), or ""
 
     @property
     def n_files(self) -> int:
@@ -100,6 +102,7 @@ def list_series(folder, recursive: bool = False, problems: list | None = None) -
                                         str(ds.get("Modality", "") or ""), str(ds.get("StudyInstanceUID", "") or ""),
                                         made_by_medrecon=made_by_medrecon(ds), not_a_volume=why)
             found[key].files.append(path)
+            found[key].refused = found[key].refused or refusal(path, ds)
             found[key].not_a_volume = found[key].not_a_volume and why  # a scout filed in a scan's series: a scan
     with_series = {f.parent for info in found.values() for f in info.files}
     for info in found.values():
@@ -160,7 +163,7 @@ def is_localizer(ds) -> bool:
     return "LOCALIZER" in image_type(ds)
 
 
-def not_an_image(ds) -> str:
+def no_anatomy(ds) -> str:
     """What an object is whose pixels show no anatomy (an RT dose grid, a segmentation: ``NOT_VOLUME_MODALITIES``),
     e.g. "a RTDOSE object", or ""."""
     modality = str(ds.get("Modality", "") or "").upper()
@@ -170,8 +173,8 @@ def not_an_image(ds) -> str:
 def not_a_volume(ds) -> str:
     """Why an image header belongs to no volume to reconstruct (what a study export holds beside its scans: the
     scout, dose screenshots, RT dose, segmentations), or ""."""
-    if not_an_image(ds):
-        return not_an_image(ds)
+    if no_anatomy(ds):
+        return no_anatomy(ds)
     if is_localizer(ds):
         return "a localizer (scout)"
     if is_colour(ds):
@@ -180,6 +183,29 @@ def not_a_volume(ds) -> str:
             not ("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds):  # SimpleITK writes volumes as SC
         return "a secondary capture without patient geometry (a screenshot or a scanned page)"
     return ""
+
+
+def refusal(path, ds) -> str:
+    """Why the reader refuses an image header whatever else its series holds, naming the file, or "": an object
+    whose pixels show no anatomy (``no_anatomy``), a colour image (an ultrasound cine too), or an enhanced
+    multi-frame image. ``list_series`` keeps it per series, so that a batch's dry run says what its run will."""
+    if no_anatomy(ds):  # a dose grid's stored integers were read as an image, its scaling ignored
+        return f"{path} is {no_anatomy(ds)}, not an image volume to read or reconstruct"
+    if is_colour(ds):  # before the frames: an ultrasound cine is no enhanced image
+        return f"{path} is a colour image; medrecon reads grayscale CT/MR series only"
+    if is_multi_frame(ds):
+        return (f"{path} is a multi-frame (enhanced) DICOM image, whose geometry lives in functional groups medrecon "
+                "does not read; convert it to NIfTI first (e.g. dcm2niix) and use the .nii.gz")
+    return ""
+
+
+def is_multi_frame(ds) -> bool:
+    """Several frames in one file, or functional groups (an enhanced image, even with one frame per file)."""
+    try:
+        frames = header_int(ds, "NumberOfFrames", 1)
+    except InputError:  # damaged: reading the series says so, naming the file
+        frames = 1
+    return frames > 1 or "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
 
 
 def dicom_text(value) -> str:

@@ -158,6 +158,18 @@ def test_nonuniform_series_resampled_on_request(tmp_path, capsys):
     assert nib.load(tmp_path / "ct2.nii").header.get_zooms()[2] == pytest.approx(1.25)
 
 
+def test_the_uneven_spacing_refusal_names_the_option_for_the_command_line_and_python(tmp_path, capsys):
+    """The refusal said "Pass --resample (resample_nonuniform=True)": a Python keyword in a command-line message,
+    unmarked. It names the option first and says where the keyword belongs, in both of its forms."""
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
+    fix = "--resample (resample_nonuniform=True in Python)"
+    code, _, err = run(capsys, "info", CT2)
+    assert code == 2 and f"Pass {fix} to interpolate linearly" in err
+    files[2].write_bytes(files[2].read_bytes()[:-100])  # a damaged slice leaves a gap
+    code, _, err = run(capsys, "info", folder)
+    assert code == 2 and f"or pass {fix} to interpolate over the gap" in err
+
+
 def test_unwritable_output(tmp_path, capsys):
     (tmp_path / "file.txt").write_text("a file, not a folder")
     dest = tmp_path / "file.txt/out.nii"

@@ -66,6 +66,8 @@ SOURCE_TAGS = (
 SPACING_TOLERANCE_MM = 0.2
 HAIR_MM = 0.1  # slices closer than this are two acquisitions of one place (no scanner's slices are this thin)
 GAP_RATIO = 1.5  # and no gap may be 1.5x the median or under 1/1.5 of it (a missing slice doubles one)
+#: how uneven slices are resampled, for both readers of a refusal: the command line's option and the Python keyword
+RESAMPLE_OPTION = "--resample (resample_nonuniform=True in Python)"
 
 
 def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool = False) -> Volume:
@@ -289,11 +291,11 @@ class _Stack:
                 f"{self.where}: slices are missing where {len(skipped)} damaged file(s) could not be read ({names}"
                 f"{', ...' if len(skipped) > 5 else ''}; e.g. {g[k]:.4g} mm between {self.files[k].name} and "
                 f"{self.files[k + 1].name}, median gap {self.step:.4g} mm): copy those files again from the "
-                "source, or pass --resample (resample_nonuniform=True) to interpolate over the gap")
+                f"source, or pass {RESAMPLE_OPTION} to interpolate over the gap")
         raise InputError(
             f"{self.where}: slice spacing is not uniform (gaps {g.min():.4g} to {g.max():.4g} mm, median "
             f"{self.step:.4g} mm; e.g. {g[k]:.4g} mm between {self.files[k].name} and {self.files[k + 1].name}; "
-            f"{why}: missing slices?). Pass --resample (resample_nonuniform=True) to interpolate linearly onto "
+            f"{why}: missing slices?). Pass {RESAMPLE_OPTION} to interpolate linearly onto "
             f"a {self.resample_step:.4g} mm grid along the slice normal, or choose another series with --series")
 
     @classmethod

@@ -394,6 +394,25 @@ def test_copies_of_one_image_are_skipped_not_taken_for_echoes(tmp_path):
     assert vol.shape == (3, 12, 12) and not any("SOPInstanceUID" in w for w in vol.meta["warnings"])
 
 
+def test_a_series_exported_twice_with_new_uids_is_named_as_copies_not_acquisitions(tmp_path):
+    """An anonymiser that renews SOPInstanceUIDs makes copies that no UID names: they were called 'several
+    acquisitions (echoes, phases)', in a folder that holds one."""
+    folder = _ct_series(tmp_path)
+    for f in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(folder / f"again_{f.name}")
+    with pytest.raises(InputError, match="one image exported twice.*keep one export") as e:
+        read_volume(folder)
+    assert "echoes" not in str(e.value)
+    for f in folder.glob("again_*"):  # another echo at the same positions stays 'several acquisitions'
+        ds = pydicom.dcmread(f)
+        ds.EchoNumbers = 2
+        ds.save_as(f)
+    with pytest.raises(InputError, match="several acquisitions"):
+        read_volume(folder)
+
+
 @pytest.mark.parametrize("tag,value", [("PixelSpacing", "0\\0"), ("PixelSpacing", "0.8"),
                                        ("ImageOrientationPatient", "1\\0\\0\\0\\1"),
                                        ("ImageOrientationPatient", "0\\0\\0\\0\\0\\0"),

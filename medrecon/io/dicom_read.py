@@ -349,9 +349,12 @@ class _Stack:
         if gaps.size and gaps.min() < 1e-3:
             k = int(np.argmin(gaps))
             raise InputError(f"{where}: {files[k].name} and {files[k + 1].name} lie at the same position "
-                             f"({s[k]:.3f} mm along the normal): the series holds several acquisitions "
-                             "(echoes, phases, time points); split them into separate folders or choose "
-                             "another series with --series")
+                             f"({s[k]:.3f} mm along the normal): " + (
+                                 "they look like one image exported twice (the same InstanceNumber, echo and "
+                                 "acquisition, new SOPInstanceUIDs); keep one export of the series"
+                                 if _same_image_tags(hdrs[k], hdrs[k + 1]) else
+                                 "the series holds several acquisitions (echoes, phases, time points); split them "
+                                 "into separate folders or choose another series with --series"))
         rel = pos - pos[0]
         lateral = float(np.linalg.norm(rel - np.outer(rel @ n, n), axis=1).max())
         extent = float(s[-1] - s[0])
@@ -393,6 +396,13 @@ def _check_one_acquisition(files: list, headers: list, positions: np.ndarray, wh
                     f"({tag} {key_a or 'empty'}: {len(a)} slices, e.g. {a[0][1].name}; {tag} {key_b or 'empty'}: "
                     f"{len(b)} slices, e.g. {b[0][1].name}); split them into separate folders, one per {tag}, and "
                     "read one")
+
+
+def _same_image_tags(a, b) -> bool:
+    """Whether two headers at one position name the same image (InstanceNumber, EchoNumbers, AcquisitionNumber,
+    TemporalPositionIdentifier and TriggerTime alike, InstanceNumber present): a re-export with new UIDs."""
+    tags = ("InstanceNumber", "EchoNumbers", "AcquisitionNumber", "TemporalPositionIdentifier", "TriggerTime")
+    return a.get("InstanceNumber") is not None and all(str(a.get(t, "")) == str(b.get(t, "")) for t in tags)
 
 
 def _without_duplicate_copies(headers: list, where: Path, notes: list) -> list:

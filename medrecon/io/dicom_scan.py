@@ -102,7 +102,8 @@ def list_series(folder, recursive: bool = False, problems: list | None = None) -
                                         str(ds.get("Modality", "") or ""), str(ds.get("StudyInstanceUID", "") or ""),
                                         made_by_medrecon=made_by_medrecon(ds), not_a_volume=why)
             found[key].files.append(path)
-            found[key].refused = found[key].refused or refusal(path, ds)
+            if not is_localizer(ds):  # the reader leaves a series' scouts out before it refuses anything
+                found[key].refused = found[key].refused or refusal(path, ds)
             found[key].not_a_volume = found[key].not_a_volume and why  # a scout filed in a scan's series: a scan
     with_series = {f.parent for info in found.values() for f in info.files}
     for info in found.values():

@@ -202,7 +202,10 @@ class Config(Section):
 
     def resolved(self, measured_kspace: bool = False) -> "Config":
         """A copy with every null solver value replaced by its registry default (the config 'as run');
-        ``measured_kspace``: the defaults for complex images of measured k-space (``registry.MEASURED_KSPACE``)."""
+        ``measured_kspace``: the defaults for complex images of measured k-space (``registry.MEASURED_KSPACE``).
+        A resolved config resolves to itself (with ``measured_kspace``: its source's measured-k-space defaults)."""
+        if self._given is not None:
+            return self._given.resolved(True) if measured_kspace else self
         d = self.model_dump()
         acceleration = self.mri.mask.acceleration if self.modality == "mri" else None
         for key, value in SOLVERS[self.solver.name].defaults(self.modality, measured_kspace, acceleration).items():

@@ -592,3 +592,27 @@ def test_a_scan_series_holding_a_scout_is_still_a_job(tmp_path):
     said = []
     batch_mod.batch(root, tmp_path / "out", "sparse_view_ct_8", dry_run=True, echo=said.append)
     assert sum(s.startswith("run ") for s in said) == 1 and not any(s.startswith("pass") for s in said)
+
+
+def test_error_paths_are_relative_to_the_input_root_however_it_is_given(tmp_path, monkeypatch, capsys):
+    """With INPUT_ROOT given as a relative path, the error of a folder whose DICOM files are all damaged named a file
+    relative to the working directory (in/garbled/...) in the console, manifest.csv and index.html; it is relative
+    to INPUT_ROOT (garbled/...) wherever the batch is started from, as the README says."""
+    import html
+    root = tmp_path / "in"
+    _series(root / "good", 1, "good")
+    _series(root / "garbled", 2, "garbled")
+    for f in (root / "garbled").iterdir():
+        f.write_bytes(f.read_bytes()[:300])  # cut inside the header
+    errors = set()
+    for cwd, given, out in ((tmp_path, "in", "out1"), (tmp_path, "./in/", "out2"), (root, ".", "../out3"),
+                            (tmp_path.parent, root, tmp_path / "out4")):
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        assert _run(given, out) == 1
+        row = next(r for r in _manifest(Path(out)) if r["status"] == "failed")
+        assert row["input_path"] == "garbled" and re.search(r", e\.g\. garbled/[^/ ]+ \(", row["error"]), row["error"]
+        assert f"failed  garbled: {row['error']}" in capsys.readouterr().out
+        assert html.escape(row["error"]) in (Path(out) / "index.html").read_text()
+        errors.add(row["error"])
+    assert len(errors) == 1

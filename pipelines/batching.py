@@ -327,7 +327,7 @@ def _same_file(f, path: Path) -> bool:
 def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False, resample: bool = False,
                prior=None) -> dict:
     """Reconstruct one series of a batch unless it is finished; returns its manifest row. Never raises for a
-    bad series: the error goes into the row, and a failed series leaves no empty folders behind. ``prior``:
+    bad series: the error goes into the row, and a failed or interrupted series leaves no empty folders. ``prior``:
     the config's prior already loaded (None: loaded for this series)."""
     state = job.state
     if state == "done" and not overwrite:
@@ -345,6 +345,7 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
                              job.input_root, job.output_root)
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
         status, error = "failed", error_text(e, job.input_root, job.output_root)
+    finally:  # failed, or interrupted (Ctrl-C, SIGTERM): the folders made for its output go (a finished one stays)
         _prune_empty(job.output, job.output_root)
     return job.row(status, f"{time.perf_counter() - t0:.2f}", error)
 
@@ -366,10 +367,12 @@ def one_line(text: str, *roots: Path | None) -> str:
 
 
 def _prune_empty(folder: Path, root: Path) -> None:
-    """Remove ``folder`` and its parents up to (not including) ``root`` while they are empty."""
+    """Remove ``folder`` (if there) and its parents up to (not including) ``root`` while they are empty."""
     while folder != root and root in folder.parents:
         try:
             folder.rmdir()
+        except FileNotFoundError:  # an output is made in a sibling temporary folder: its parents may be all there is
+            pass
         except OSError:
             return
         folder = folder.parent
@@ -484,8 +487,11 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
             say(progress_line(i, len(jobs), r))
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: the series not finished stay 'pending'
         left = jobs[len(rows) - len(kept) - len(unread):]
-        write_manifest(manifest, rows + [k.row("pending") for k in left])
-        echo(f"interrupted: {len(left)} series stay 'pending' in {manifest} and a rerun does them")
+        rows += [k.row("pending") for k in left]
+        write_manifest(manifest, rows)
+        write_batch_index(output_root, rows)
+        echo(f"interrupted: {len(left)} series stay 'pending' in {manifest} and {output_root / 'index.html'}, and a "
+             "rerun does them")
         raise
     finally:
         bar.close()

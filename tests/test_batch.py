@@ -616,3 +616,40 @@ def test_error_paths_are_relative_to_the_input_root_however_it_is_given(tmp_path
         assert html.escape(row["error"]) in (Path(out) / "index.html").read_text()
         errors.add(row["error"])
     assert len(errors) == 1
+
+
+def test_an_interrupted_batch_leaves_no_empty_folders_and_writes_its_page(tree, tmp_path, monkeypatch):
+    """Ctrl-C in a series left the folders made for its output behind, empty, and a batch interrupted before any
+    series finished wrote no index.html; now only what finished stays, and the page lists the rest 'pending'."""
+    import pipelines.tasks as tasks
+    real, calls = tasks.Problem.solve, []
+
+    def interrupted(self, *a, **k):  # inside reconstruct's output folder, as a Ctrl-C mid-solve
+        calls.append(1)
+        if len(calls) == stop:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(tasks.Problem, "solve", interrupted)
+    for stop, out in ((1, tmp_path / "first"), (2, tmp_path / "second")):
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            batch_mod.batch(tree, out, "sparse_view_ct_8", ["solver.name=fbp", "ct.image_size=16"], echo=print)
+        status = [r["status"] for r in _manifest(out)]  # the broken series fails wherever it comes
+        assert status.count("done") == stop - 1 and status.count("pending") == 3 - status.count("failed") - stop + 1
+        assert not [p for p in out.rglob("*") if p.is_dir() and not any(p.iterdir())]  # no empty folders
+        assert (out / "index.html").read_text().count("<td>pending</td>") == status.count("pending")
+
+
+def test_a_series_failing_inside_its_output_folder_leaves_no_empty_folders(tree, tmp_path, monkeypatch):
+    """A series that failed after its output was begun (in a temporary sibling folder) left the folders above it
+    empty: the output folder itself was never made, and the pruning stopped there."""
+    import pipelines.tasks as tasks
+
+    def fails(self, *a, **k):
+        raise RuntimeError("solver blew up")
+
+    monkeypatch.setattr(tasks.Problem, "solve", fails)
+    out = tmp_path / "out"
+    assert batch_mod.batch(tree, out, "sparse_view_ct_8", ["solver.name=fbp"], echo=lambda s: None).failed == 3
+    assert not [p for p in out.rglob("*") if p.is_dir()]

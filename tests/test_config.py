@@ -328,3 +328,24 @@ def test_an_unhashable_yaml_key_is_a_yaml_error_not_a_traceback(tmp_path):
     bad = _write(tmp_path, "task: x\n? [a, b]\n: 1\n")
     with pytest.raises(InputError, match=r"line 2, column 3: not valid YAML \(found unhashable key\)"):
         load_config(bad)
+
+
+def test_seeds_run_up_to_the_bound_the_readme_states():
+    """The README says seeds go from 0 below 2^63, while 2^63 - 1 was refused as 'must be <=
+    9223372036854774784' (2^63 - 1024). Every seed up to 2^63 - 1 is taken and runs; 2^63 is refused naming the
+    bound."""
+    import torch
+    from pipelines.phantoms import ct_phantom
+    from pipelines.problem import Problem
+    from medrecon.volume import Volume
+    SEED_MAX = 2 ** 63 - 1
+    with pytest.raises(InputError, match=rf"--set solver.seed: must be <= {SEED_MAX}, got {SEED_MAX + 1}$"):
+        load_config("sparse_view_ct_8", [f"solver.seed={SEED_MAX + 1}"], check_files=False)
+    vol = Volume(ct_phantom((1, 32, 32), seed=0).data, spacing=(2.0, 2.0, 3.0))
+    cfg = load_config("sparse_view_ct_8", [f"solver.seed={SEED_MAX}", f"noise.seed={SEED_MAX}", "solver.steps=2",
+                                           "solver.samples=2"])
+    sol = Problem.build(cfg, vol).solve()
+    assert torch.isfinite(sol.x).all() and sol.std is not None
+    mri = load_config("cs_mri_x4", [f"mri.mask.seed={SEED_MAX}", f"noise.seed={SEED_MAX}", "noise.sigma=0.01",
+                                    "noise.kind=complex_gaussian", "solver.name=zero_filled"])
+    assert torch.isfinite(Problem.build(mri, vol.with_data(vol.data / 1000 + 1)).solve().x).all()

@@ -141,6 +141,19 @@ def test_problem_build_takes_a_config_as_load_config_returns_it():
     assert once.resolved() is once  # resolving a resolved config changes nothing
 
 
+def test_problem_build_and_compare_methods_refuse_an_array_naming_what_to_give():
+    """An array or a tensor failed inside pathlib ('expected str, bytes or os.PathLike object, not ndarray')."""
+    from pipelines.compare import admm_tv_settings, compare_methods
+    data = ct_phantom((2, 16, 16), seed=0).data
+    want = r"give the input as a medrecon.Volume \(an array: Volume\(array, spacing=\(x, y, z\) mm\)\), a " \
+           r"Measurement or a file path, not "
+    for given in (data, torch.from_numpy(data)):
+        with pytest.raises(TypeError, match=want + type(given).__name__):
+            Problem.build(tasks.prepare_config("sparse_view_ct_8", ["solver.name=fbp"]), given)
+        with pytest.raises(TypeError, match=want + type(given).__name__):
+            compare_methods("sparse_view_ct_8", given, {"a": admm_tv_settings(1.0)})
+
+
 def test_mri_simulation_matches_operator_on_the_same_grid(mr_nifti):
     """With upsample=1 and no noise the simulated k-space is exactly the operator applied to the reference (in the
     model units of the default intensity map, which every trained prior shares)."""

@@ -79,8 +79,8 @@ def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = 
     over its axes longer than one voxel. Complex images are scored on their magnitudes (module doc)."""
     ref, x = scored(ref, x)
     if ref.ndim != 3:
-        raise ValueError(f"reference and reconstruction must be 3D arrays of one shape, got {ref.shape} "
-                         f"and {x.shape}")
+        raise ValueError(f"reference and reconstruction must be 3D (Z, Y, X) arrays, got shape {ref.shape} (for "
+                         "one slice: array[None])")
     if not (np.isfinite(ref).all() and np.isfinite(x).all()):
         raise ValueError("reference or reconstruction holds NaN or infinite values")
     if data_range is None and not ref.max() > ref.min():

@@ -53,6 +53,8 @@ def test_default_data_range_and_errors():
     assert per_axis_metrics(ref, ref * 0.9)["data_range"] == pytest.approx(ref.max() - ref.min())
     with pytest.raises(ValueError, match="one shape"):
         per_axis_metrics(ref, ref[:-1])
+    with pytest.raises(ValueError, match=r"must be 3D \(Z, Y, X\) arrays, got shape \(16, 12\) \(for one slice"):
+        per_axis_metrics(ref[0], ref[0])  # said 'of one shape' of two images of one shape
     with pytest.raises(ValueError, match="the reference is one value throughout: give the range to score over"):
         per_axis_metrics(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)))
     with pytest.raises(ValueError, match=r"got -5.0; give a positive number$"):  # not 'a constant reference?'

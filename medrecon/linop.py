@@ -60,7 +60,7 @@ class LinearOperator:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Forward with autograd support: the backward pass is the adjoint."""
-        if torch.is_grad_enabled() and x.requires_grad:
+        if torch.is_grad_enabled() and getattr(x, "requires_grad", False):  # (forward refuses a non-tensor)
             return _Apply.apply(x, self)
         return self.forward(x)
 
@@ -103,6 +103,9 @@ class LinearOperator:
         return math.sqrt(lam)
 
     def _check(self, t: torch.Tensor, shape: tuple, what: str):
+        if not isinstance(t, torch.Tensor):  # a numpy array failed inside with "no attribute 'is_complex'"
+            raise TypeError(f"{type(self).__name__}: give the {what} as a torch tensor (torch.from_numpy(array)), "
+                            f"not {type(t).__name__}")
         n = len(shape)
         if tuple(t.shape[t.ndim - n:]) != shape or t.ndim < n:
             raise ValueError(f"{type(self).__name__}: {what} must end in shape {shape}, got {tuple(t.shape)}")

@@ -10,7 +10,9 @@ window shrunk to the largest odd size <= 7 that fits the smallest image side (ne
 less the reference's minimum: SSIM's luminance term is not shift-invariant, and on CT in HU (water at 0) a
 20 HU bias of a flat region scored 0.5 where the same images from 0 score 0.9998 (DiffusionMBIR scores images
 in [0, 1]). CT SSIM before the forty-second session was computed on HU as stored.
-``data_range`` is stated by the caller; the default used by the pipelines is ``ref.max() - ref.min()``.
+``data_range`` is stated by the caller (finite and > 0); the default used by the pipelines is
+``ref.max() - ref.min()``. Both images must have one shape (no broadcasting of a slice against a volume).
+Complex images are scored on their magnitudes, as MR tools compare them (a phase rotation alone costs nothing).
 A slice whose error is exactly zero has infinite PSNR; it is capped at ``PSNR_CAP`` dB so that means and
 JSON stay finite.
 """
@@ -27,9 +29,27 @@ VOLUME_SSIM_MAX_VOXELS = 32_000_000
 AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 
 
+def scored(ref, x) -> tuple[np.ndarray, np.ndarray]:
+    """The two images as float64 arrays (complex ones as their magnitudes); ValueError unless of one shape."""
+    ref, x = (np.asarray(np.abs(a) if np.iscomplexobj(a) else a, np.float64) for a in (ref, x))
+    if ref.shape != x.shape:
+        raise ValueError(f"reference and reconstruction must be arrays of one shape, got {ref.shape} and {x.shape}")
+    return ref, x
+
+
+def checked_range(data_range: float) -> float:
+    """``data_range`` as a float; ValueError unless it is finite and > 0."""
+    r = float(data_range)
+    if not (np.isfinite(r) and r > 0):
+        raise ValueError(f"data range must be positive and finite, got {r}; give a positive number")
+    return r
+
+
 def psnr(ref: np.ndarray, x: np.ndarray, data_range: float) -> float:
-    """10 log10(R^2 / MSE) in dB, capped at PSNR_CAP."""
-    mse = float(np.mean((np.asarray(ref, np.float64) - np.asarray(x, np.float64)) ** 2))
+    """10 log10(R^2 / MSE) in dB, capped at PSNR_CAP (``scored`` images, ``checked_range`` R)."""
+    ref, x = scored(ref, x)
+    data_range = checked_range(data_range)
+    mse = float(np.mean((ref - x) ** 2))
     if mse == 0.0:
         return PSNR_CAP
     return float(min(PSNR_CAP, 10.0 * np.log10(data_range ** 2 / mse)))
@@ -45,8 +65,9 @@ def ssim_window(shape) -> int:
 
 
 def ssim(ref: np.ndarray, x: np.ndarray, data_range: float, dtype=np.float64) -> float:
-    ref = np.asarray(ref, dtype)
-    return float(structural_similarity(ref, np.asarray(x, dtype), data_range=data_range,
+    """scikit-image's SSIM of two ``scored`` images over ``checked_range`` R, computed in ``dtype``."""
+    ref, x = (a.astype(dtype, copy=False) for a in scored(ref, x))
+    return float(structural_similarity(ref, x, data_range=checked_range(data_range),
                                        win_size=ssim_window(ref.shape)))
 
 
@@ -55,21 +76,17 @@ def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = 
 
     SSIM needs images at least 3 pixels on every side: a plane whose images are thinner (e.g. the coronal
     and sagittal planes of a single-slice volume) gets SSIM None and a note; the volume's SSIM is computed
-    over its axes longer than one voxel."""
-    ref = np.asarray(ref, np.float64)
-    x = np.asarray(x, np.float64)
-    if ref.ndim != 3 or ref.shape != x.shape:
-        raise ValueError(f"reference and reconstruction must be 3D arrays of one shape, got {ref.shape} "
-                         f"and {x.shape}")
+    over its axes longer than one voxel. Complex images are scored on their magnitudes (module doc)."""
+    ref, x = scored(ref, x)
+    if ref.ndim != 3:
+        raise ValueError(f"reference and reconstruction must be 3D (Z, Y, X) arrays, got shape {ref.shape} (for "
+                         "one slice: array[None])")
     if not (np.isfinite(ref).all() and np.isfinite(x).all()):
         raise ValueError("reference or reconstruction holds NaN or infinite values")
-    given = data_range is not None
-    if not given:
-        data_range = float(ref.max() - ref.min())
-    if not (np.isfinite(data_range) and data_range > 0):
-        why = "give a positive number" if given else \
-            "the reference is one value throughout: give the range to score over (--data-range)"
-        raise ValueError(f"data range must be positive and finite, got {data_range}; {why}")
+    if data_range is None and not ref.max() > ref.min():
+        raise ValueError(f"data range must be positive and finite, got {float(ref.max() - ref.min())}; the reference "
+                         "is one value throughout: give the range to score over (--data-range)")
+    data_range = checked_range(ref.max() - ref.min() if data_range is None else data_range)
     low = float(ref.min())  # SSIM on values from 0 (see the module doc); PSNR does not care
     ref, x = ref - low, x - low
     out = {"psnr": {}, "ssim": {}, "data_range": float(data_range)}

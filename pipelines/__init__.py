@@ -12,6 +12,11 @@ Python API (mirrors the commands)::
 The names are imported on first use, so `medrecon --help` does not load torch.
 """
 import importlib
+from contextvars import ContextVar
+
+#: where KEY=VALUE overrides come from, as config errors name them: "overrides" (the Python API's argument), or
+#: "--set" while the command line runs (``pipelines.cli.main``); here, so that the CLI sets it without loading torch
+OVERRIDES_FROM: ContextVar[str] = ContextVar("OVERRIDES_FROM", default="overrides")
 
 _API = {"simulate": "tasks", "reconstruct": "tasks", "evaluate": "tasks", "batch": "batching",
         "load_config": "config"}

@@ -328,7 +328,7 @@ def _same_file(f, path: Path) -> bool:
 def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False, resample: bool = False,
                prior=None) -> dict:
     """Reconstruct one series of a batch unless it is finished; returns its manifest row. Never raises for a
-    bad series: the error goes into the row, and a failed series leaves no empty folders behind. ``prior``:
+    bad series: the error goes into the row, and a failed or interrupted series leaves no empty folders. ``prior``:
     the config's prior already loaded (None: loaded for this series)."""
     state = job.state
     if state == "done" and not overwrite:
@@ -346,6 +346,7 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
                              job.input_root, job.output_root)
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
         status, error = "failed", error_text(e, job.input_root, job.output_root)
+    finally:  # failed, or interrupted (Ctrl-C, SIGTERM): the folders made for its output go (a finished one stays)
         _prune_empty(job.output, job.output_root)
     return job.row(status, f"{time.perf_counter() - t0:.2f}", error)
 
@@ -367,10 +368,12 @@ def one_line(text: str, *roots: Path | None) -> str:
 
 
 def _prune_empty(folder: Path, root: Path) -> None:
-    """Remove ``folder`` and its parents up to (not including) ``root`` while they are empty."""
+    """Remove ``folder`` (if there) and its parents up to (not including) ``root`` while they are empty."""
     while folder != root and root in folder.parents:
         try:
             folder.rmdir()
+        except FileNotFoundError:  # an output is made in a sibling temporary folder: its parents may be all there is
+            pass
         except OSError:
             return
         folder = folder.parent
@@ -429,8 +432,8 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
 def _listed(input_root: Path) -> tuple[list, list]:
     """``list_series`` of the input tree: (series found, folders where series may be but none can be read);
     InputError when it holds no series to reconstruct."""
-    problems: list = []
-    found = list_series(input_root, recursive=True, problems=problems)
+    problems: list = []  # listed by its absolute path: the files its errors name lie under the root one_line takes off
+    found = list_series(_absolute(input_root), recursive=True, problems=problems)
     if not problems and all(map(why_passed_over, found)):
         raise InputError(f"no DICOM series to reconstruct under {input_root}" + (
             f" (only {len(found)} series that are no scans, e.g. {why_passed_over(found[0])})" if found else ""))
@@ -488,8 +491,11 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
             say(progress_line(i, len(jobs), r))
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: the series not finished stay 'pending'
         left = jobs[len(rows) - len(kept) - len(unread):]
-        write_manifest(manifest, rows + [k.row("pending") for k in left])
-        echo(f"interrupted: {len(left)} series stay 'pending' in {manifest} and a rerun does them")
+        rows += [k.row("pending") for k in left]
+        write_manifest(manifest, rows)
+        write_batch_index(output_root, rows)
+        echo(f"interrupted: {len(left)} series stay 'pending' in {manifest} and {output_root / 'index.html'}, and a "
+             "rerun does them")
         raise
     finally:
         bar.close()

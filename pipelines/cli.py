@@ -14,6 +14,7 @@ import typer
 
 from medrecon import MedreconError
 
+from . import OVERRIDES_FROM
 from .app import app
 # Each module registers its subcommands on `app`.
 from . import commands_io, commands_train, commands_recon, commands_demo, commands_data  # noqa: F401,E402
@@ -25,6 +26,14 @@ def _terminated(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    token = OVERRIDES_FROM.set("--set")  # config errors name an override by the option that gave it
+    try:
+        return _main(argv)
+    finally:
+        OVERRIDES_FROM.reset(token)
+
+
+def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     if threading.current_thread() is threading.main_thread():  # SIGTERM (a batch system's time limit, docker stop)
         signal.signal(signal.SIGTERM, _terminated)

@@ -6,6 +6,10 @@ A config is validated completely before anything runs. Every problem is reported
     configs/my.yaml: solver.admm.rho: expected a number, got "ten"
     configs/my.yaml: solver.admm.rhoo: unknown key (did you mean "rho"?)
     configs/my.yaml: prior.path: file not found: /x/y (give a prior directory or bundled:ct_patch)
+    --set solver.steps: expected an integer, got "ten"
+
+A problem an override caused is named by its source: ``--set`` on the command line, ``overrides:`` from Python
+(``pipelines.OVERRIDES_FROM``).
 
 The ``solver:`` section holds the settings of one solver (``pipelines.registry``): a key of another solver is
 an error that names the solver. When ``--set solver.name=X`` switches to another solver than the file's, the
@@ -33,6 +37,7 @@ from medrecon.errors import InputError
 from medrecon.io.atomic import os_reason
 from operators.ct.fbp import FILTERS
 
+from . import OVERRIDES_FROM
 from .modality import intensity_card
 from .registry import SOLVERS, FastSettings, Section, Seed, SolverSettings
 
@@ -40,6 +45,12 @@ from .registry import SOLVERS, FastSettings, Section, Seed, SolverSettings
 # another package's top-level configs/ in site-packages is never taken), else configs/ of a checkout
 REPO_CONFIGS = next((p for p in (Path(__file__).resolve().parent / "configs", Path(__file__).resolve().parents[1] /
                                  "configs") if p.is_dir()), Path(__file__).resolve().parents[1] / "configs")
+
+
+def _as_override(problem: str) -> str:
+    """A problem an override caused, named by its source: '--set KEY: ...', or 'overrides: KEY: ...' from Python."""
+    source = OVERRIDES_FROM.get()
+    return f"{source} {problem}" if source.startswith("-") else f"{source}: {problem}"
 
 
 # ---------------------------------------------------------------------------------------------- CT
@@ -202,7 +213,10 @@ class Config(Section):
 
     def resolved(self, measured_kspace: bool = False) -> "Config":
         """A copy with every null solver value replaced by its registry default (the config 'as run');
-        ``measured_kspace``: the defaults for complex images of measured k-space (``registry.MEASURED_KSPACE``)."""
+        ``measured_kspace``: the defaults for complex images of measured k-space (``registry.MEASURED_KSPACE``).
+        A resolved config resolves to itself (with ``measured_kspace``: its source's measured-k-space defaults)."""
+        if self._given is not None:
+            return self._given.resolved(True) if measured_kspace else self
         d = self.model_dump()
         acceleration = self.mri.mask.acceleration if self.modality == "mri" else None
         for key, value in SOLVERS[self.solver.name].defaults(self.modality, measured_kspace, acceleration).items():
@@ -341,14 +355,15 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
     in_file = _key_paths(raw)  # before the overrides: a problem under a section only --set made is --set's
     written: set[str] = set()  # every key a --set gave a value (the leaves of a section given whole)
     problems = [p for o in overrides for p in _apply_override(raw, o, written)]
-    if not problems and file_solver is not None:
+    if problems:
+        raise InputError("\n".join(map(_as_override, problems)))
+    if file_solver is not None:
         _leave_other_solvers_keys(raw, file_solver, overrides)
     cfg = None
-    if not problems:
-        try:
-            cfg = Config.model_validate(raw)
-        except ValidationError as e:
-            problems = [_describe(err) for err in e.errors()]
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        problems = [_describe(err) for err in e.errors()]
     if cfg is not None and check_files:
         problems += _check_files(cfg, Path(label).parent if label != "<config>" else Path("."))
     if problems:
@@ -367,8 +382,7 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
                                                         or g.rsplit(".", 1)[1] in message))
                        or _shared_section(key, g) not in known
                        for g in given)
-        raise InputError("\n".join(p if p.startswith("--set ") else f"--set {p}" if by_set(p) else f"{label}: {p}"
-                                    for p in problems))
+        raise InputError("\n".join(_as_override(p) if by_set(p) else f"{label}: {p}" for p in problems))
     cfg._source = label
     return cfg
 
@@ -414,7 +428,8 @@ def _apply_override(raw: dict, item: str, written: set | None = None) -> list[st
     key, sep, value = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        return [f"--set {item}: expected KEY=VALUE (e.g. --set solver.steps=50)"]
+        example = "--set solver.steps=50" if OVERRIDES_FROM.get() == "--set" else "'solver.steps=50'"
+        return [f"{item}: expected KEY=VALUE (e.g. {example})"]
     try:
         text = value.strip()
         # a decimal integer is one even with leading zeros (YAML 1.1 reads 010 as octal 8)
@@ -427,7 +442,7 @@ def _apply_override(raw: dict, item: str, written: set | None = None) -> list[st
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            return [f"--set {item}: {'.'.join(parts[:i + 1])} is a value, not a section"]
+            return [f"{item}: {'.'.join(parts[:i + 1])} is a value, not a section"]
         node = child
     node[parts[-1]] = _merged(node.get(parts[-1]), parsed)
     if written is not None:

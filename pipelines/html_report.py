@@ -236,7 +236,8 @@ def _write(path: Path, text: str) -> Path:
 
 # ------------------------------------------------------------------------------------------ batch index
 def write_batch_index(root, rows: list[dict], title: str = "medrecon batch") -> Path:
-    """``root/index.html``: one table row per manifest row, linking each finished series' page."""
+    """``root/index.html``: one table row per manifest row, linking each finished series' page; the input folder
+    (the manifest's ``input_path``) names a row that has no output or UID to go by (an unreadable folder)."""
     root = Path(root)
     lines = []
     for r in rows:
@@ -254,11 +255,11 @@ def write_batch_index(root, rows: list[dict], title: str = "medrecon batch") -> 
 
         def of_output(v):
             return f"{v} (earlier output)" if earlier and v not in ("", None) else ("" if v is None else v)
-        cells = [thumb, link, r.get("series_uid", ""), r.get("status", ""), of_output(s.get("solver")),
-                 of_output(s.get("task")), r.get("seconds", ""), of_output(rec.get("psnr_axial")),
-                 of_output(rec.get("ssim_axial")), r.get("error", "")]
-        lines.append("<tr>" + "".join(f"<td>{c if i < 2 else html.escape(str(c))}</td>" for i, c in enumerate(cells))
-                     + "</tr>")
+        text = [r.get("series_uid", ""), r.get("status", ""), of_output(s.get("solver")), of_output(s.get("task")),
+                r.get("seconds", ""), of_output(rec.get("psnr_axial")), of_output(rec.get("ssim_axial")),
+                r.get("error", "")]
+        cells = [thumb, html.escape(r.get("input_path") or ""), link, *(html.escape(str(c)) for c in text)]
+        lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     page = _fill(BATCH_HTML, TITLE=html.escape(title), ROWS="\n".join(lines),
                  COUNTS=html.escape(", ".join(f"{n} {s}" for s, n in _counts(rows).items())))
     root.mkdir(parents=True, exist_ok=True)
@@ -363,7 +364,7 @@ window.addEventListener("hashchange", fromHash); fromHash();
 BATCH_PAGE_MARK = "<th>series</th><th>SeriesInstanceUID</th><th>status</th>"
 BATCH_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{{TITLE}}</title><style>""" + STYLE + """
 </style></head><body><h1>{{TITLE}}</h1><p>{{COUNTS}}. Click a column heading to sort.</p>
-<table id="t"><thead><tr><th></th>""" + BATCH_PAGE_MARK + """<th>method</th>
+<table id="t"><thead><tr><th></th><th>input</th>""" + BATCH_PAGE_MARK + """<th>method</th>
 <th>task</th><th>seconds</th><th>PSNR axial</th><th>SSIM axial</th><th>error</th></tr></thead><tbody>
 {{ROWS}}
 </tbody></table>

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -97,7 +98,12 @@ class Problem:
         ``prior``: an already loaded prior, moved to the config's device (else loaded from the config when its
         solver needs one).
         ``resample``: allow resampling the input onto the prior's grid or pixel-size range (else a mismatch is
-        an error that says what disagrees); every resampling is recorded in ``info["grid"]``."""
+        an error that says what disagrees); every resampling is recorded in ``info["grid"]``.
+        ``cfg``: a config as ``pipelines.load_config`` returns it, or resolved (``Config.resolved``, done here)."""
+        if not isinstance(input, (Measurement, Volume, str, os.PathLike)):  # (an array failed inside pathlib)
+            raise TypeError(f"give the input as a medrecon.Volume (an array: Volume(array, spacing=(x, y, z) mm)), a "
+                            f"Measurement or a file path, not {type(input).__name__}")
+        cfg = cfg.resolved()  # the solver's null settings filled in (a resolved config stays as it is)
         device = resolve_device(cfg.solver.device)
         if prior is None and load_prior and cfg.needs_prior:
             prior = configured_prior(cfg, device)

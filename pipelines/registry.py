@@ -192,8 +192,10 @@ class ADMM(Section):
         return self.weight(slice_mm) * scale, rho * scale
 
 
-#: a random seed: numpy's generators take no negative one, torch's none of 64 bits or more (the sampler adds to it)
-Seed = Annotated[int, Field(ge=0, le=2 ** 63 - 1024)]
+#: a random seed, 0 to 2^63 - 1: numpy's generators take no negative one, torch's none of 2^64 or more (self-adaptation
+#: seeds its training with seed + 1)
+SEED_MAX = 2 ** 63 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 class _Solver(Section):

@@ -615,3 +615,64 @@ def test_a_scan_series_holding_a_scout_is_still_a_job(tmp_path):
     said = []
     batch_mod.batch(root, tmp_path / "out", "sparse_view_ct_8", dry_run=True, echo=said.append)
     assert sum(s.startswith("run ") for s in said) == 1 and not any(s.startswith("pass") for s in said)
+
+
+def test_error_paths_are_relative_to_the_input_root_however_it_is_given(tmp_path, monkeypatch, capsys):
+    """With INPUT_ROOT given as a relative path, the error of a folder whose DICOM files are all damaged named a file
+    relative to the working directory (in/garbled/...) in the console, manifest.csv and index.html; it is relative
+    to INPUT_ROOT (garbled/...) wherever the batch is started from, as the README says."""
+    import html
+    root = tmp_path / "in"
+    _series(root / "good", 1, "good")
+    _series(root / "garbled", 2, "garbled")
+    for f in (root / "garbled").iterdir():
+        f.write_bytes(f.read_bytes()[:300])  # cut inside the header
+    errors = set()
+    for cwd, given, out in ((tmp_path, "in", "out1"), (tmp_path, "./in/", "out2"), (root, ".", "../out3"),
+                            (tmp_path.parent, root, tmp_path / "out4")):
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        assert _run(given, out) == 1
+        row = next(r for r in _manifest(Path(out)) if r["status"] == "failed")
+        assert row["input_path"] == "garbled" and re.search(r", e\.g\. garbled/[^/ ]+ \(", row["error"]), row["error"]
+        assert f"failed  garbled: {row['error']}" in capsys.readouterr().out
+        assert html.escape(row["error"]) in (Path(out) / "index.html").read_text()
+        errors.add(row["error"])
+    assert len(errors) == 1
+
+
+def test_an_interrupted_batch_leaves_no_empty_folders_and_writes_its_page(tree, tmp_path, monkeypatch):
+    """Ctrl-C in a series left the folders made for its output behind, empty, and a batch interrupted before any
+    series finished wrote no index.html; now only what finished stays, and the page lists the rest 'pending'."""
+    import pipelines.tasks as tasks
+    real, calls = tasks.Problem.solve, []
+
+    def interrupted(self, *a, **k):  # inside reconstruct's output folder, as a Ctrl-C mid-solve
+        calls.append(1)
+        if len(calls) == stop:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(tasks.Problem, "solve", interrupted)
+    for stop, out in ((1, tmp_path / "first"), (2, tmp_path / "second")):
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            batch_mod.batch(tree, out, "sparse_view_ct_8", ["solver.name=fbp", "ct.image_size=16"], echo=print)
+        status = [r["status"] for r in _manifest(out)]  # the broken series fails wherever it comes
+        assert status.count("done") == stop - 1 and status.count("pending") == 3 - status.count("failed") - stop + 1
+        assert not [p for p in out.rglob("*") if p.is_dir() and not any(p.iterdir())]  # no empty folders
+        assert (out / "index.html").read_text().count("<td>pending</td>") == status.count("pending")
+
+
+def test_a_series_failing_inside_its_output_folder_leaves_no_empty_folders(tree, tmp_path, monkeypatch):
+    """A series that failed after its output was begun (in a temporary sibling folder) left the folders above it
+    empty: the output folder itself was never made, and the pruning stopped there."""
+    import pipelines.tasks as tasks
+
+    def fails(self, *a, **k):
+        raise RuntimeError("solver blew up")
+
+    monkeypatch.setattr(tasks.Problem, "solve", fails)
+    out = tmp_path / "out"
+    assert batch_mod.batch(tree, out, "sparse_view_ct_8", ["solver.name=fbp"], echo=lambda s: None).failed == 3
+    assert not [p for p in out.rglob("*") if p.is_dir()]

@@ -93,13 +93,13 @@ def test_missing_prior_file(tmp_path):
 
 def test_bad_set_overrides(tmp_path):
     p = _write(tmp_path, BASE)
-    # named as --set, not as the file, which does not hold them
-    assert _problems(p, ["solver.steps=fifty"]) == ['--set solver.steps: expected an integer, got "fifty"']
-    assert _problems(p, ["solver.stepz=5"]) == ['--set solver.stepz: unknown key (did you mean "steps"?)']
-    assert _problems(p, ["solvr.steps=5"]) == ['--set solvr: unknown key (did you mean "solver"?)']  # the section
-    assert _problems(p, ["solver.steps"]) == ["--set solver.steps: expected KEY=VALUE (e.g. --set solver.steps=50)"]
-    assert _problems(p, ["solver.name.x=1"]) == ["--set solver.name.x=1: solver.name is a value, not a section"]
-    assert _problems(p, ["solver.admm={rho: ten}"]) == ['--set solver.admm.rho: expected a number, got "ten"']
+    # named as overrides (--set on the command line), not as the file, which does not hold them
+    assert _problems(p, ["solver.steps=fifty"]) == ['overrides: solver.steps: expected an integer, got "fifty"']
+    assert _problems(p, ["solver.stepz=5"]) == ['overrides: solver.stepz: unknown key (did you mean "steps"?)']
+    assert _problems(p, ["solvr.steps=5"]) == ['overrides: solvr: unknown key (did you mean "solver"?)']  # the section
+    assert _problems(p, ["solver.steps"]) == ["overrides: solver.steps: expected KEY=VALUE (e.g. 'solver.steps=50')"]
+    assert _problems(p, ["solver.name.x=1"]) == ["overrides: solver.name.x=1: solver.name is a value, not a section"]
+    assert _problems(p, ["solver.admm={rho: ten}"]) == ['overrides: solver.admm.rho: expected a number, got "ten"']
     assert _problems(_write(tmp_path, BASE + "solver_: 1\n"), ["solver.steps=5"])[0].startswith(str(tmp_path))
 
 
@@ -245,11 +245,11 @@ def test_a_whole_section_check_tripped_by_set_names_set_not_the_file():
     section, not the key: a --set that tripped them was blamed on the config file."""
     with pytest.raises(InputError) as e:
         load_config("limited_angle_ct_90", ["ct.wedge_deg=200"])
-    assert str(e.value).startswith("--set ct: wedge_deg 200")
+    assert str(e.value).startswith("overrides: ct: wedge_deg 200")
     with pytest.raises(InputError) as e:
         load_config("limited_angle_ct_90", ["ct.n_views=8"])
-    assert str(e.value).startswith("--set ct: give exactly one of n_views")
-    with pytest.raises(InputError, match="--set ct: wedge_deg 0.5: give a wedge of at least 2 degrees"):
+    assert str(e.value).startswith("overrides: ct: give exactly one of n_views")
+    with pytest.raises(InputError, match="overrides: ct: wedge_deg 0.5: give a wedge of at least 2 degrees"):
         load_config("limited_angle_ct_90", ["ct.wedge_deg=0.5"])  # one view, silently
 
 
@@ -293,9 +293,9 @@ def test_set_sections_merge_and_values_that_would_fail_later_are_refused_first(t
 def test_mistakes_made_with_set_are_named_as_set_not_as_the_bundled_file(tmp_path):
     """The Quick start's one-pass tip after a solver switch, a section of the other modality and a half-given
     intensity section were blamed on configs/*.yaml, which holds none of them."""
-    cases = [("cs_mri_x4", ["solver.name=admm_tv", "solver.self_adapt.steps=0"], "--set solver.self_adapt: not a setting"),
-             ("sparse_view_ct_8", ["mri.pixel_size=1"], "--set mri: remove this section"),
-             ("sparse_view_ct_8", ["intensity.physical_min=-1024"], "--set intensity.physical_max: required key missing")]
+    cases = [("cs_mri_x4", ["solver.name=admm_tv", "solver.self_adapt.steps=0"], "overrides: solver.self_adapt: not a setting"),
+             ("sparse_view_ct_8", ["mri.pixel_size=1"], "overrides: mri: remove this section"),
+             ("sparse_view_ct_8", ["intensity.physical_min=-1024"], "overrides: intensity.physical_max: required key missing")]
     for name, sets, said in cases:
         with pytest.raises(InputError) as e:
             load_config(name, sets, check_files=False)
@@ -328,3 +328,38 @@ def test_an_unhashable_yaml_key_is_a_yaml_error_not_a_traceback(tmp_path):
     bad = _write(tmp_path, "task: x\n? [a, b]\n: 1\n")
     with pytest.raises(InputError, match=r"line 2, column 3: not valid YAML \(found unhashable key\)"):
         load_config(bad)
+
+
+def test_seeds_run_up_to_the_bound_the_readme_states():
+    """The README says seeds go from 0 below 2^63, while 2^63 - 1 was refused as 'must be <=
+    9223372036854774784' (2^63 - 1024). Every seed up to 2^63 - 1 is taken and runs; 2^63 is refused naming the
+    bound."""
+    import torch
+    from pipelines.phantoms import ct_phantom
+    from pipelines.problem import Problem
+    from medrecon.volume import Volume
+    SEED_MAX = 2 ** 63 - 1
+    with pytest.raises(InputError, match=rf"overrides: solver.seed: must be <= {SEED_MAX}, got {SEED_MAX + 1}$"):
+        load_config("sparse_view_ct_8", [f"solver.seed={SEED_MAX + 1}"], check_files=False)
+    vol = Volume(ct_phantom((1, 32, 32), seed=0).data, spacing=(2.0, 2.0, 3.0))
+    cfg = load_config("sparse_view_ct_8", [f"solver.seed={SEED_MAX}", f"noise.seed={SEED_MAX}", "solver.steps=2",
+                                           "solver.samples=2"])
+    sol = Problem.build(cfg, vol).solve()
+    assert torch.isfinite(sol.x).all() and sol.std is not None
+    mri = load_config("cs_mri_x4", [f"mri.mask.seed={SEED_MAX}", f"noise.seed={SEED_MAX}", "noise.sigma=0.01",
+                                    "noise.kind=complex_gaussian", "solver.name=zero_filled"])
+    assert torch.isfinite(Problem.build(mri, vol.with_data(vol.data / 1000 + 1)).solve().x).all()
+
+
+def test_override_errors_are_named_by_their_source(tmp_path, capsys):
+    """pipelines.load_config(NAME, ["solver.admm.rhoo=10"]) said '--set solver.admm.rhoo: unknown key', though no
+    --set was used: from Python an override is named as the 'overrides' argument, on the command line as --set."""
+    from pipelines.cli import main
+    for _ in range(2):  # the command line's name does not stay behind after it ran
+        with pytest.raises(InputError, match=r'^overrides: solver.admm.rhoo: unknown key \(did you mean "rho"\?\)$'):
+            load_config("sparse_view_ct_8", ["solver.admm.rhoo=10"], check_files=False)
+        for sets, said in ((["solver.admm.rhoo=10"], '--set solver.admm.rhoo: unknown key (did you mean "rho"?)'),
+                           (["solver.steps"], "--set solver.steps: expected KEY=VALUE (e.g. --set solver.steps=50)")):
+            assert main(["reconstruct", "-c", "sparse_view_ct_8", "-i", str(tmp_path / "in.nii.gz"), "-o",
+                         str(tmp_path / "out"), *(a for s in sets for a in ("--set", s))]) == 2
+            assert f"error: {said}" in capsys.readouterr().err

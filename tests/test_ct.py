@@ -213,6 +213,19 @@ def test_system_matrix_is_cached_per_geometry_and_batches_match_single_slices():
         SliceProjector(g, "line_fanflat")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_slice_projector_takes_half_precision_as_fbp_does(dtype):
+    """float16 / bfloat16 failed with torch's 'addmm_out_sparse_csr_impl_mkl not implemented for Half', forward and
+    adjoint alike, while fbp and CartesianMRI take them: computed in float32, returned in the input's dtype."""
+    g = ParallelBeamGeometry.sparse_view(24, 5)
+    A = SliceProjector(g)
+    x = torch.rand(2, 24, 24).to(dtype)
+    y = A.forward(x)
+    assert y.dtype == dtype and torch.equal(y, A.forward(x.float()).to(dtype))
+    back = A.adjoint(y)
+    assert back.dtype == dtype and torch.equal(back, A.adjoint(y.float()).to(dtype))
+
+
 def test_attenuation_per_pixel_is_affine_and_unclamped_hu_to_mu_is_clamped():
     assert attenuation_per_pixel(-1000.0, 0.5) == 0.0  # air
     assert attenuation_per_pixel(0.0, 0.5) == pytest.approx(0.5 * MU_WATER, rel=1e-15)  # water

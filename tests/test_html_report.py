@@ -361,3 +361,16 @@ def test_the_uncertainty_row_says_its_own_scale_and_earlier_outputs_are_marked(t
     rows = [{"series_uid": "1.2", "output_path": "s", "status": "conflict", "seconds": "0.0", "error": "x"}]
     index = write_batch_index(tmp_path, rows).read_text()
     assert "(earlier output)" in index
+
+
+def test_the_batch_table_names_each_rows_input_folder(tmp_path):
+    """A folder whose DICOM files are all unreadable has no series UID and no output: its row's series and UID cells
+    were empty, and only the error text said which folder failed. Every row names its input folder (escaped)."""
+    rows = [{"series_uid": "", "input_path": "patB/study1/ct", "output_path": "", "status": "failed", "seconds": "0.0",
+             "error": "InputError: none of its 4 DICOM file(s) can be read"},
+            {"series_uid": "1.2", "input_path": "Doe <J>/ct", "output_path": "", "status": "pending", "seconds": "",
+             "error": ""}]
+    page = write_batch_index(tmp_path, rows).read_text()
+    assert "<th></th><th>input</th><th>series</th>" in page
+    assert "<tr><td></td><td>patB/study1/ct</td><td></td><td></td><td>failed</td>" in page
+    assert "<td>Doe &lt;J&gt;/ct</td>" in page

@@ -53,6 +53,8 @@ def test_default_data_range_and_errors():
     assert per_axis_metrics(ref, ref * 0.9)["data_range"] == pytest.approx(ref.max() - ref.min())
     with pytest.raises(ValueError, match="one shape"):
         per_axis_metrics(ref, ref[:-1])
+    with pytest.raises(ValueError, match=r"must be 3D \(Z, Y, X\) arrays, got shape \(16, 12\) \(for one slice"):
+        per_axis_metrics(ref[0], ref[0])  # said 'of one shape' of two images of one shape
     with pytest.raises(ValueError, match="the reference is one value throughout: give the range to score over"):
         per_axis_metrics(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)))
     with pytest.raises(ValueError, match=r"got -5.0; give a positive number$"):  # not 'a constant reference?'
@@ -104,3 +106,37 @@ def test_each_planes_ssim_is_taken_over_that_planes_images():
         expect = np.mean([structural_similarity(a, b, data_range=1.0, win_size=7) for a, b in zip(r, y)])
         assert m["ssim"][plane] == pytest.approx(expect, abs=1e-12)
     assert m["ssim"]["coronal"] < m["ssim"]["axial"] - 0.08 and m["ssim"]["sagittal"] < m["ssim"]["axial"] - 0.08
+
+
+def test_psnr_and_ssim_refuse_other_shapes_and_a_range_that_is_not_positive():
+    """psnr(ref, x[:1]) broadcast one slice against six and scored 3.87 dB; a range of 0 gave -inf with a numpy
+    warning and -2 the score of +2. Both helpers refuse them as per_axis_metrics does."""
+    from medrecon.metrics import psnr, ssim
+    ref = _ref((6, 16, 12))
+    x = ref + 0.05
+    for other in (x[:1], x[0], x[:, :, :-1]):
+        for score in (psnr, ssim):
+            with pytest.raises(ValueError, match=r"one shape, got \(6, 16, 12\) and"):
+                score(ref, other, 2.0)
+    for bad in (0.0, -2.0, float("nan"), float("inf")):
+        for score in (psnr, ssim):
+            with pytest.raises(ValueError, match="data range must be positive and finite"):
+                score(ref[0], x[0], bad)
+    assert psnr(ref, x, 2.0) == pytest.approx(10 * math.log10(2.0 ** 2 / 0.05 ** 2))
+
+
+def test_complex_images_are_scored_on_their_magnitudes():
+    """per_axis_metrics cast complex images to their real parts (numpy's ComplexWarning only): two images of one
+    magnitude, one with its phase turned 90 degrees, scored 6 dB. Magnitudes are scored, as MR tools do."""
+    import warnings
+    ref = _ref()
+    phase = np.exp(1j * np.random.default_rng(2).uniform(-np.pi, np.pi, ref.shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ComplexWarning
+        turned = per_axis_metrics(ref * phase, ref * phase * 1j, 1.0)
+        scaled = per_axis_metrics(ref * phase, 0.9 * ref * phase * 1j, 1.0)
+    assert all(v == PSNR_CAP for v in turned["psnr"].values())
+    assert all(v == pytest.approx(1.0) for v in turned["ssim"].values())
+    real = per_axis_metrics(ref, 0.9 * ref, 1.0)
+    for name in ("psnr", "ssim"):
+        assert scaled[name] == pytest.approx(real[name], rel=1e-9)

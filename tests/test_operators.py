@@ -103,3 +103,16 @@ def test_mri_full_mask_is_unitary_with_normalised_maps(name):
     assert torch.allclose(full.normal(x), x, atol=1e-12)
     assert abs(full.norm(batch=batch) - 1) < 1e-6
     assert op.norm(n_iter=300, batch=batch) <= 1 + 1e-9
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_a_numpy_array_is_refused_naming_the_torch_tensor_to_give(name):
+    """SliceProjector.forward(array) and CartesianMRI.forward(array) failed inside with "'numpy.ndarray' object has
+    no attribute 'is_complex'"; every operator says what to pass."""
+    op, batch, cplx_in, _ = _setup(name)
+    x = torch.zeros(*batch, *op.in_shape, dtype=torch.complex128 if cplx_in else torch.float64)
+    y = op.forward(x)
+    for call, t, what in ((op.forward, x, "input"), (op.adjoint, y, "measurement"), (op, x, "input")):
+        with pytest.raises(TypeError, match=rf"{type(op).__name__}: give the {what} as a torch tensor "
+                                            r"\(torch.from_numpy\(array\)\), not ndarray"):
+            call(t.numpy())

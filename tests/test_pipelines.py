@@ -126,6 +126,34 @@ def test_ct_units_round_trip_without_noise(ct_nifti):
     assert 0.5 < float(meas.data.max()) < 20
 
 
+def test_problem_build_takes_a_config_as_load_config_returns_it():
+    """A config straight from pipelines.load_config (nulls not yet filled) crashed Problem.build ('NoneType' object
+    has no attribute 'model_dump') or its solve (None * float); it is resolved there, as .resolved() would."""
+    from pipelines.config import load_config
+    vol = Volume(ct_phantom((3, 32, 32), seed=3).data, spacing=(2.0, 2.0, 3.0))
+    for overrides in (["solver.name=admm_tv", "solver.steps=3"], ["solver.steps=2"]):  # the second: the sampler
+        cfg = load_config("sparse_view_ct_8", overrides)
+        p = Problem.build(cfg, vol)
+        assert p.config.solver.n_cg is not None and p.config.fingerprint() == cfg.fingerprint()
+        resolved = Problem.build(cfg.resolved(), vol, prior=p.prior)
+        assert resolved.config == p.config and torch.equal(p.solve().x, resolved.solve().x)
+    once = cfg.resolved()
+    assert once.resolved() is once  # resolving a resolved config changes nothing
+
+
+def test_problem_build_and_compare_methods_refuse_an_array_naming_what_to_give():
+    """An array or a tensor failed inside pathlib ('expected str, bytes or os.PathLike object, not ndarray')."""
+    from pipelines.compare import admm_tv_settings, compare_methods
+    data = ct_phantom((2, 16, 16), seed=0).data
+    want = r"give the input as a medrecon.Volume \(an array: Volume\(array, spacing=\(x, y, z\) mm\)\), a " \
+           r"Measurement or a file path, not "
+    for given in (data, torch.from_numpy(data)):
+        with pytest.raises(TypeError, match=want + type(given).__name__):
+            Problem.build(tasks.prepare_config("sparse_view_ct_8", ["solver.name=fbp"]), given)
+        with pytest.raises(TypeError, match=want + type(given).__name__):
+            compare_methods("sparse_view_ct_8", given, {"a": admm_tv_settings(1.0)})
+
+
 def test_mri_simulation_matches_operator_on_the_same_grid(mr_nifti):
     """With upsample=1 and no noise the simulated k-space is exactly the operator applied to the reference (in the
     model units of the default intensity map, which every trained prior shares)."""

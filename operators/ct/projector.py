@@ -149,7 +149,8 @@ class SliceProjector(LinearOperator):
     Every leading dimension is a batch of slices, projected together by sparse-dense products on the
     device and in the dtype (float32/float64) of the data: one product on CUDA, blocks of
     ``SystemMatrix.CPU_CHUNK`` slices on CPU. The adjoint uses the explicitly transposed matrix, so it is
-    exact.
+    exact. Half precision (float16, bfloat16) is computed in float32 and returned in its dtype, as ``fbp`` does;
+    integers give the default float dtype.
     """
 
     def __init__(self, geometry, projector: str | None = None):
@@ -162,12 +163,12 @@ class SliceProjector(LinearOperator):
     def _apply(self, t: torch.Tensor, transpose: bool, out_shape: tuple) -> torch.Tensor:
         if t.is_complex():
             raise TypeError("SliceProjector works on real tensors")
-        if not t.is_floating_point():
-            t = t.to(torch.get_default_dtype())
+        dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
+        work = dtype if dtype in (torch.float32, torch.float64) else torch.float32  # no sparse products in half
         n_in = len(self.out_shape if transpose else self.in_shape)
         batch = t.shape[: t.ndim - n_in]
-        flat = t.reshape(-1, math.prod(t.shape[t.ndim - n_in:]))
-        return self.matrix.apply(flat, transpose).reshape(*batch, *out_shape)
+        flat = t.to(work).reshape(-1, math.prod(t.shape[t.ndim - n_in:]))
+        return self.matrix.apply(flat, transpose).reshape(*batch, *out_shape).to(dtype)
 
     def _forward(self, x):
         return self._apply(x, False, self.out_shape)

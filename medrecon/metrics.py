@@ -30,10 +30,13 @@ AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 
 
 def scored(ref, x) -> tuple[np.ndarray, np.ndarray]:
-    """The two images as float64 arrays (complex ones as their magnitudes); ValueError unless of one shape."""
+    """The two images as float64 arrays (complex ones as their magnitudes); ValueError unless of one shape and
+    finite."""
     ref, x = (np.asarray(np.abs(a) if np.iscomplexobj(a) else a, np.float64) for a in (ref, x))
     if ref.shape != x.shape:
         raise ValueError(f"reference and reconstruction must be arrays of one shape, got {ref.shape} and {x.shape}")
+    if not (np.isfinite(ref).all() and np.isfinite(x).all()):
+        raise ValueError("reference or reconstruction holds NaN or infinite values")
     return ref, x
 
 
@@ -81,8 +84,6 @@ def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = 
     if ref.ndim != 3:
         raise ValueError(f"reference and reconstruction must be 3D (Z, Y, X) arrays, got shape {ref.shape} (for "
                          "one slice: array[None])")
-    if not (np.isfinite(ref).all() and np.isfinite(x).all()):
-        raise ValueError("reference or reconstruction holds NaN or infinite values")
     if data_range is None and not ref.max() > ref.min():
         raise ValueError(f"data range must be positive and finite, got {float(ref.max() - ref.min())}; the reference "
                          "is one value throughout: give the range to score over (--data-range)")

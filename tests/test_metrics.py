@@ -122,6 +122,11 @@ def test_psnr_and_ssim_refuse_other_shapes_and_a_range_that_is_not_positive():
         for score in (psnr, ssim):
             with pytest.raises(ValueError, match="data range must be positive and finite"):
                 score(ref[0], x[0], bad)
+    nan = x.copy()
+    nan[0, 0, 0] = np.nan  # psnr returned nan, without a word
+    for score in (psnr, ssim):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            score(ref, nan, 2.0)
     assert psnr(ref, x, 2.0) == pytest.approx(10 * math.log10(2.0 ** 2 / 0.05 ** 2))
 
 

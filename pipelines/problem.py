@@ -103,6 +103,9 @@ class Problem:
         if not isinstance(input, (Measurement, Volume, str, os.PathLike)):  # (an array failed inside pathlib)
             raise TypeError(f"give the input as a medrecon.Volume (an array: Volume(array, spacing=(x, y, z) mm)), a "
                             f"Measurement or a file path, not {type(input).__name__}")
+        if not isinstance(cfg, Config):  # a dict or a config's name failed with an AttributeError inside
+            raise TypeError(f"give the config as pipelines.load_config returns it (load_config('sparse_view_ct_8') or "
+                            f"load_config(path, overrides)), not {type(cfg).__name__}")
         cfg = cfg.resolved()  # the solver's null settings filled in (a resolved config stays as it is)
         device = resolve_device(cfg.solver.device)
         if prior is None and load_prior and cfg.needs_prior:

@@ -152,6 +152,10 @@ def test_problem_build_and_compare_methods_refuse_an_array_naming_what_to_give()
             Problem.build(tasks.prepare_config("sparse_view_ct_8", ["solver.name=fbp"]), given)
         with pytest.raises(TypeError, match=want + type(given).__name__):
             compare_methods("sparse_view_ct_8", given, {"a": admm_tv_settings(1.0)})
+    for given in ("sparse_view_ct_8", {"name": "sparse_view_ct_8"}):  # an AttributeError inside
+        with pytest.raises(TypeError, match=r"give the config as pipelines.load_config returns it .*not " +
+                           type(given).__name__):
+            Problem.build(given, ct_phantom((2, 16, 16), seed=0))
 
 
 def test_mri_simulation_matches_operator_on_the_same_grid(mr_nifti):

@@ -471,8 +471,13 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     planned = {j.uid for j in jobs}
     kept = [r for r in before if r.get("series_uid") and r["series_uid"] not in planned]
     if engine is not None:  # e.g. pipelines.engines.RayEngine: same run_series, same manifest
-        rows = kept + unread + engine.run(cfg, jobs, manifest, overwrite=overwrite, echo=echo, resample=resample,
-                                          listed=kept + unread)
+        try:
+            rows = kept + unread + engine.run(cfg, jobs, manifest, overwrite=overwrite, echo=echo, resample=resample,
+                                              listed=kept + unread)
+        except (KeyboardInterrupt, SystemExit):  # the page shows what the manifest says, as the local engine's
+            if manifest.is_file():
+                write_batch_index(output_root, read_manifest(manifest))
+            raise
         write_manifest(manifest, rows)
         write_batch_index(output_root, rows)
         return BatchResult(manifest, rows[len(kept):])

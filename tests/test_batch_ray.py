@@ -237,6 +237,7 @@ def test_ctrl_c_cancels_and_the_rerun_finishes(cluster, tree, tmp_path):
         signal.signal(signal.SIGINT, previous)
     rows = _rows(out)
     assert rows["a"]["status"] == "pending" and not ((out / rows["a"]["output_path"]) / "report.json").exists()
+    assert "pending" in (out / "index.html").read_text()  # the page was written only when a batch ended
     for r in rows.values():  # the manifest is never ahead of the files
         assert r["status"] != "done" or ((out / r["output_path"]) / "report.json").is_file()
     pid, deadline = int((log / "hang").read_text()), time.time() + 20

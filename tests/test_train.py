@@ -105,6 +105,7 @@ def test_resume_continues_exactly(data, tmp_path):
     x = train.slices[:4]
     sigma = torch.tensor([0.05, 0.3, 1.0, 5.0])
     assert torch.equal(load_prior(straight).denoise(x, sigma), load_prior(resumed).denoise(x, sigma))
+    assert torch.equal(load_prior(straight).denoise(x, sigma), load_prior(ignored).denoise(x, sigma))
     assert [int(r["step"]) for r in csv.DictReader(open(resumed / "loss.csv"))] == [2, 4, 6, 8]
     with pytest.raises(InputError, match="nothing to resume"):
         train_prior(train, tmp_path / "c", opts, resume=True, progress=False)
@@ -791,10 +792,24 @@ def test_an_interrupted_run_keeps_a_checkpoint_that_resumes_exactly(data, tmp_pa
         if self.step == 2:
             os.kill(os.getpid(), signal.SIGINT)
         return step(self)
-    monkeypatch.setattr(train_mod._Trainer, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train_prior(train, tmp_path / "b", opts, progress=False)
+    def interrupted_twice(self):  # a second Ctrl-C during a step stops at once, unless SIGINT is ignored
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self)
+    monkeypatch.setattr(train_mod._Trainer, "train_step", interrupted_twice)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a run started with `nohup ... &`: it trains on
+    try:
+        ignored = train_prior(train, tmp_path / "c", opts, progress=False)
+        monkeypatch.setattr(train_mod._Trainer, "train_step", interrupted)
+        # Ctrl-C as at a terminal (a suite started in the background inherits SIGINT ignored)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with pytest.raises(KeyboardInterrupt):
+            train_prior(train, tmp_path / "b", opts, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.setattr(train_mod._Trainer, "train_step", step)
+    assert read_model_card(tmp_path / "c" / "model_card.yaml")["training"]["steps"] == 6  # ignored, not stopped
     assert read_model_card(tmp_path / "b" / "model_card.yaml")["training"]["steps"] == 3
     resumed = train_prior(train, tmp_path / "b", opts, resume=True, progress=False)
     x, sigma = train.slices[:4], torch.tensor([0.05, 0.3, 1.0, 5.0])

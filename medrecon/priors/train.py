@@ -726,7 +726,7 @@ def _step_finishes_first():
     """SIGINT and SIGTERM wait for the step under way (it changes network, optimiser and step together), then act
     as they would have; a second one stops at once (StoppedAtOnce); an error of the step itself is raised instead
     (a diverged step is not saved as a checkpoint by the interrupt). In the main thread only (the only one signals
-    reach)."""
+    reach); a signal the process ignores stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -736,7 +736,9 @@ def _step_finishes_first():
         if caught:
             raise StoppedAtOnce()
         caught.append(signum)
-    old = {sig: signal.signal(sig, wait) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, wait) for sig, handler in old.items()
+           if handler is not signal.SIG_IGN}  # ignored (a run started with nohup ... &): it stays ignored
     try:
         yield
     except BaseException:  # the step's own error (a divergence) goes on; no export of what it left

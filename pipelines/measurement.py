@@ -110,17 +110,30 @@ class Measurement:
                        json.loads(str(z["info"])), z["reference"] if "reference" in z else None)
         except (OSError, ValueError, KeyError) as e:
             raise InputError(f"{path}: cannot read measurements ({e})") from None
-        if meas.modality == "ct" and meas.geometry is not None:
+        if meas.modality == "ct":
             _check_sinogram_fits(meas, path)
         made_from = meas.info.get("source")  # messages name the file given, and what it was simulated from
         meas.info["source"] = f"{path} (simulated from {made_from})" if made_from else str(path)
         return meas
 
 
+#: what a CT measurements file must hold beside its sinogram (README: "A measured CT sinogram")
+CT_GEOMETRY = ("a 'geometry' array holding the JSON of the geometry that measured it (operators.ct's "
+               "ParallelBeamGeometry or FanBeamGeometry(...).to_dict(): type, image_size, angles_deg in degrees, "
+               "n_det, pixel_size_mm, det_spacing_mm; README: A measured CT sinogram)")
+
+
 def _check_sinogram_fits(meas: Measurement, path: Path) -> None:
-    """The sinogram (Z, views, bins) and the grid (Z, n, n) must be the geometry's, slice for slice."""
+    """A CT file must hold a readable geometry, and its sinogram (Z, views, bins) and grid (Z, n, n) must be that
+    geometry's, slice for slice."""
     from operators.ct import geometry_from_dict
-    geom = geometry_from_dict(meas.geometry)
+    if meas.geometry is None:
+        raise InputError(f"{path}: a CT measurements file needs {CT_GEOMETRY}; it has none")
+    try:
+        geom = geometry_from_dict(meas.geometry)
+    except (InputError, TypeError, ValueError, AttributeError) as e:  # a key missing, a value of the wrong kind
+        raise InputError(f"{path}: its geometry cannot be read ({e}); a CT measurements file needs {CT_GEOMETRY}") \
+            from None
     data, grid = tuple(np.shape(meas.data)), tuple(meas.grid.shape)
     if not hasattr(geom, "sino_shape"):  # cone beam: one 3D projection set
         return

@@ -836,6 +836,24 @@ def test_a_sinogram_that_does_not_fit_its_stored_geometry_is_a_one_line_error(tm
         Measurement.load(tmp_path / "cut.npz")
 
 
+def test_a_ct_measurements_file_without_its_geometry_is_refused_naming_what_it_needs(tmp_path, ct_nifti):
+    """A CT measurements.npz without 'geometry' failed with "TypeError: 'NoneType' object is not subscriptable" deep
+    in operators.ct; a geometry that cannot be read (no angles) with a TypeError naming no file."""
+    sim = tmp_path / "sim"
+    tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["ct.image_size=16"])
+    z = dict(np.load(sim / "measurements.npz"))
+    np.savez(bare := tmp_path / "bare.npz", **{k: v for k, v in z.items() if k != "geometry"})
+    with pytest.raises(InputError, match=r"bare.npz: a CT measurements file needs a 'geometry' array .*angles_deg"):
+        tasks.reconstruct("sparse_view_ct_8", bare, tmp_path / "a", overrides=["solver.name=fbp"])
+    geometry = json.loads(str(z["geometry"]))
+    del geometry["angles_deg"]
+    np.savez(noangles := tmp_path / "noangles.npz", **{**z, "geometry": np.array(json.dumps(geometry))})
+    with pytest.raises(InputError, match=r"noangles.npz: its geometry cannot be read \(.*angles_deg.*\); a CT "
+                                         "measurements file needs a 'geometry' array"):
+        Measurement.load(noangles)
+    assert not (tmp_path / "a").exists()
+
+
 def test_simulate_keeps_the_inputs_grid_and_a_prior_refuses_measurements_outside_its_pixel_range(tmp_path, ct_nifti):
     sim = tmp_path / "sim"
     tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["prior.path=/no/such/prior"])  # none needed here

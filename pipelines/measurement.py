@@ -139,9 +139,11 @@ def _check_sinogram_fits(meas: Measurement, path: Path) -> None:
         return
     if len(data) != 3 or data[1:] != tuple(geom.sino_shape) or grid[1:] != tuple(geom.image_shape) or \
             data[0] != grid[0]:
-        raise InputError(f"{path}: the sinogram {data} and grid {grid} do not fit the geometry stored with them "
-                         f"((views, bins) {tuple(geom.sino_shape)} per slice of {tuple(geom.image_shape)} "
-                         "pixels); write the measurements again (medrecon simulate)")
+        (views, bins), (n, _) = geom.sino_shape, geom.image_shape
+        raise InputError(f"{path}: the sinogram {data} and grid {grid} do not fit the geometry stored with them, "
+                         f"which needs (slices, {views}, {bins}) and (slices, {n}, {n}): a CT measurements file holds "
+                         "the sinogram as (slices, views, bins) and a grid of as many slices, both the geometry's "
+                         "(README: A measured CT sinogram)")
 
 
 def is_measurement_file(path: str | Path) -> bool:

@@ -665,7 +665,8 @@ def check_grid(prior, meas: Measurement) -> None:
     span = getattr(prior, "pixel_spacing_mm_range", None) if size is None else None
     pixel = float(min(meas.grid.spacing[:2]))
     if span is not None and not in_pixel_range(pixel, span):
-        also = "" if is_measured_kspace(meas) else ", or simulate the measurements at a pixel size inside the range"
+        simulated = "noise" in meas.info  # (a simulation records its noise; measured data cannot be simulated again)
+        also = ", or simulate the measurements at a pixel size inside the range" if simulated else ""
         raise InputError(f"{meas.info.get('source') or 'the measurements'}: pixel size {pixel:.3g} mm is outside the "
                          f"range prior {prior.name} was trained on ({span[0]:.3g}-{span[1]:.3g} mm): use a prior "
                          "trained at this pixel size (medrecon train --arch patch on your scans; --pixel-range LO HI widens its "

@@ -836,6 +836,44 @@ def test_a_sinogram_that_does_not_fit_its_stored_geometry_is_a_one_line_error(tm
         Measurement.load(tmp_path / "cut.npz")
 
 
+def _measured_ct(path, sinogram=None, angles_deg=None, n=16, pixel=4.0, slices=2, **info):
+    """A CT measurements.npz as README's "A measured CT sinogram" writes one (no simulation info): ``sinogram``
+    (slices, views, bins), by default the line integrals -log(I/I0) of a water disc of radius 25 mm."""
+    from operators.ct import MU_WATER, ParallelBeamGeometry
+    angles = np.linspace(0, 180, 8, endpoint=False) if angles_deg is None else angles_deg
+    geom = ParallelBeamGeometry(n, angles, pixel_size_mm=pixel, det_spacing_mm=pixel)
+    if sinogram is None:
+        s = (np.arange(geom.n_det) - (geom.n_det - 1) / 2) * pixel
+        chord = 2 * MU_WATER * np.sqrt(np.maximum(25.0 ** 2 - s ** 2, 0))
+        sinogram = np.broadcast_to(chord, (slices, len(angles), geom.n_det)).astype(np.float32)
+    grid = Volume(np.zeros((slices, n, n), np.float32), spacing=(pixel, pixel, 5.0))
+    Measurement("ct", sinogram, grid, geom.to_dict(), info=info).save(path)
+    return path
+
+
+def test_a_measured_sinogram_that_does_not_fit_is_told_what_the_file_must_hold_not_to_simulate(tmp_path):
+    """A user's sinogram stored (bins, views) was told to "write the measurements again (medrecon simulate)", and a
+    measured file outside a prior's pixel range to "simulate the measurements at a pixel size inside the range":
+    neither applies to a measured sinogram."""
+    from types import SimpleNamespace
+
+    from pipelines.problem import check_grid
+    good = Measurement.load(_measured_ct(tmp_path / "good.npz"))
+    _measured_ct(bad := tmp_path / "bad.npz", np.swapaxes(good.data, 1, 2))
+    with pytest.raises(InputError, match=r"bad.npz: the sinogram \(2, 24, 8\) and grid \(2, 16, 16\) do not fit the "
+                                         r"geometry stored with them, which needs \(slices, 8, 24\) and \(slices, 16, "
+                                         r"16\): .*\(slices, views, bins\)") as e:
+        Measurement.load(bad)
+    assert "simulate" not in str(e.value)
+    prior = SimpleNamespace(name="p", pixel_spacing_mm_range=(0.5, 1.0))
+    with pytest.raises(InputError, match="outside the range prior p was trained on") as e:
+        check_grid(prior, good)
+    assert "simulate" not in str(e.value)
+    simulated = Measurement.load(_measured_ct(tmp_path / "sim.npz", noise={"kind": "poisson"}))
+    with pytest.raises(InputError, match="or simulate the measurements at a pixel size inside the range"):
+        check_grid(prior, simulated)
+
+
 def test_a_ct_measurements_file_without_its_geometry_is_refused_naming_what_it_needs(tmp_path, ct_nifti):
     """A CT measurements.npz without 'geometry' failed with "TypeError: 'NoneType' object is not subscriptable" deep
     in operators.ct; a geometry that cannot be read (no angles) with a TypeError naming no file."""

@@ -112,6 +112,10 @@ class Measurement:
             raise InputError(f"{path}: cannot read measurements ({e})") from None
         if meas.modality == "ct":
             _check_sinogram_fits(meas, path)
+            from operators.ct import line_integral_problem
+            why = line_integral_problem(meas.data)
+            if why:
+                raise InputError(f"{path}: {why}")
         made_from = meas.info.get("source")  # messages name the file given, and what it was simulated from
         meas.info["source"] = f"{path} (simulated from {made_from})" if made_from else str(path)
         return meas

@@ -874,6 +874,39 @@ def test_a_measured_sinogram_that_does_not_fit_is_told_what_the_file_must_hold_n
         check_grid(prior, simulated)
 
 
+def test_a_sinogram_that_cannot_be_line_integrals_is_refused_and_simulations_even_wide_or_noisy_pass(tmp_path,
+                                                                                                     ct_nifti):
+    """Detector counts (1e5 exp(-p)) were reconstructed without a word to -78 dB, and a sinogram mostly below 0
+    (an offset subtracted, log(I/I0) without its minus) likewise. Refused now; what a simulation writes (a wide field
+    of view of dense bone without noise, the lowest dose, strong gaussian noise) and a few negative values pass."""
+    sim = tmp_path / "sim"
+    tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["ct.image_size=16"])
+    z = dict(np.load(sim / "measurements.npz"))
+    p = z["data"]
+    refused = {"counts": (1e5 * np.exp(-p), r"the sinogram reaches 1.006e\+05 \(99th percentile\).* looks like detector counts or "
+                                            r"intensities: give the line integrals -log\(I/I0\)"),
+               "offset": (p - 1, r"half the sinogram is below -0\.\d+ .*-log\(I/I0\) are >= 0 up to noise"),
+               "flipped": (-p, r"half the sinogram .* lowest 1 % reaches -\d.*log\(I/I0\) without its minus sign")}
+    for name, (data, said) in refused.items():
+        np.savez(bad := tmp_path / f"{name}.npz", **{**z, "data": data.astype(np.float32)})
+        with pytest.raises(InputError, match=rf"{name}.npz: " + said):
+            Measurement.load(bad)
+    few = p.copy()
+    few[0, 3, 2:8] = -0.5  # a bad detector bin's worth
+    np.savez(tmp_path / "few.npz", **{**z, "data": few})
+    assert Measurement.load(tmp_path / "few.npz").data.min() == -0.5
+    wide = np.full((1, 32, 32), -1000.0, np.float32)  # 800 mm across: a 780 mm disc of 3000 HU bone, mu 0.08/mm
+    yy, xx = np.mgrid[:32, :32] - 15.5
+    wide[0][np.hypot(yy, xx) < 15.6] = 3000.0
+    write_nifti(Volume(wide, spacing=(25.0, 25.0, 5.0)), tmp_path / "wide.nii.gz")
+    for k, (source, sets) in enumerate(((tmp_path / "wide.nii.gz", ["noise.kind=none"]),
+                                        (ct_nifti, ["noise.I0=10", "ct.image_size=16"]),
+                                        (ct_nifti, ["noise.kind=gaussian", "noise.sigma=1", "ct.image_size=16"]))):
+        tasks.simulate("sparse_view_ct_8", source, out := tmp_path / f"sim{k}", overrides=sets)
+        data = Measurement.load(out / "measurements.npz").data
+        assert data.max() > 60 or data.min() < -0.5  # as far as simulations go: 64 through the bone, -0.74 and -3.9
+
+
 def test_a_ct_measurements_file_without_its_geometry_is_refused_naming_what_it_needs(tmp_path, ct_nifti):
     """A CT measurements.npz without 'geometry' failed with "TypeError: 'NoneType' object is not subscriptable" deep
     in operators.ct; a geometry that cannot be read (no angles) with a TypeError naming no file."""

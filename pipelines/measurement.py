@@ -15,6 +15,8 @@ from medrecon.errors import InputError
 from medrecon.io.nifti import is_nifti_pair
 from medrecon.volume import Volume
 
+from .modality import Modality
+
 MEASUREMENT_SUFFIXES = (".npz", ".h5", ".hdf5", ".cfl", ".hdr")
 
 
@@ -36,6 +38,13 @@ class Measurement:
     coil_maps: np.ndarray | None = None
     info: dict = field(default_factory=dict)
     reference: np.ndarray | None = None
+
+    def __post_init__(self):
+        """The modality in medrecon's spelling, 'ct' or 'mri' (a file may say 'CT'); another is a ValueError."""
+        name = str.strip(self.modality).lower()
+        if name not in {m.value for m in Modality}:
+            raise ValueError(f"modality {self.modality!r}: give 'ct' or 'mri'")
+        self.modality = name
 
     def output_volume(self, data: np.ndarray, **meta) -> Volume:
         """``data`` on the grid, as an output: cut to the input's own rows and columns where the grid is the square

@@ -907,6 +907,17 @@ def test_a_sinogram_that_cannot_be_line_integrals_is_refused_and_simulations_eve
         assert data.max() > 60 or data.min() < -0.5  # as far as simulations go: 64 through the bone, -0.74 and -3.9
 
 
+def test_a_measurements_modality_is_read_in_any_case_and_an_unknown_one_is_refused(tmp_path):
+    """modality "CT" in a measurements.npz said "holds CT measurements but the config is for ct"."""
+    upper = _measured_ct(tmp_path / "upper.npz")
+    np.savez(upper, **{**np.load(upper), "modality": np.array(" CT")})
+    res = tasks.reconstruct("sparse_view_ct_8", upper, tmp_path / "a", overrides=["solver.name=fbp"])
+    assert res.recon.shape == (2, 16, 16) and Measurement.load(upper).modality == "ct"
+    np.savez(pet := tmp_path / "pet.npz", **{**np.load(upper), "modality": np.array("PET")})
+    with pytest.raises(InputError, match=r"pet.npz: cannot read measurements \(modality 'PET': give 'ct' or 'mri'\)"):
+        tasks.reconstruct("sparse_view_ct_8", pet, tmp_path / "b", overrides=["solver.name=fbp"])
+
+
 def test_a_ct_measurements_file_without_its_geometry_is_refused_naming_what_it_needs(tmp_path, ct_nifti):
     """A CT measurements.npz without 'geometry' failed with "TypeError: 'NoneType' object is not subscriptable" deep
     in operators.ct; a geometry that cannot be read (no angles) with a TypeError naming no file."""

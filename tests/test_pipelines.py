@@ -918,6 +918,32 @@ def test_a_measurements_modality_is_read_in_any_case_and_an_unknown_one_is_refus
         tasks.reconstruct("sparse_view_ct_8", pet, tmp_path / "b", overrides=["solver.name=fbp"])
 
 
+def test_ct_angles_in_radians_are_refused_and_views_over_less_than_the_configs_scan_are_warned(tmp_path):
+    """8 views at 0..2.75 "degrees" (radians given) passed sparse_view_ct_8 without a word: the "views over N
+    degrees" check ran only under a wedge config. Legitimate limited-angle data, and views truly within a narrow
+    wedge under a config for it, pass."""
+    fbp = ["solver.name=fbp"]
+    full = np.linspace(0, 180, 8, endpoint=False)
+    for name, config, angles in (("sparse", "sparse_view_ct_8", full),
+                                 ("wedge", "limited_angle_ct_90", np.arange(90.0))):
+        _measured_ct(bad := tmp_path / f"{name}_rad.npz", angles_deg=np.deg2rad(angles))
+        with pytest.raises(InputError, match=rf"{name}_rad.npz: its {len(angles)} views span 0 to \d\.\d+ degrees, "
+                                             rf"but the config expects views over {angles[-1] + angles[1]:g} degrees: "
+                                             r"radians given where degrees are expected\? .*numpy.degrees"):
+            tasks.reconstruct(config, bad, tmp_path / f"{name}_out", overrides=fbp)
+        res = tasks.reconstruct(config, _measured_ct(tmp_path / f"{name}.npz", angles_deg=angles), tmp_path / name,
+                                overrides=fbp)
+        assert res.report["input_warnings"] == []
+    narrow = ["ct.n_views=null", "ct.wedge_deg=3", *fbp]  # views truly 0.39 degrees apart: a config for them
+    res = tasks.reconstruct("sparse_view_ct_8", _measured_ct(tmp_path / "narrow.npz", angles_deg=np.deg2rad(full)),
+                            tmp_path / "narrow", overrides=narrow)
+    assert res.recon.shape == (2, 16, 16)
+    half = _measured_ct(tmp_path / "half.npz", angles_deg=np.linspace(0, 90, 8))  # 8 views, but over 90 degrees
+    res = tasks.reconstruct("sparse_view_ct_8", half, tmp_path / "half", overrides=fbp)
+    assert any("views over 103 degrees, but the config is tuned for a full 180 degree scan" in w
+               for w in res.report["input_warnings"])
+
+
 def test_a_ct_measurements_file_without_its_geometry_is_refused_naming_what_it_needs(tmp_path, ct_nifti):
     """A CT measurements.npz without 'geometry' failed with "TypeError: 'NoneType' object is not subscriptable" deep
     in operators.ct; a geometry that cannot be read (no angles) with a TypeError naming no file."""

@@ -883,8 +883,8 @@ def test_a_sinogram_that_cannot_be_line_integrals_is_refused_and_simulations_eve
     tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["ct.image_size=16"])
     z = dict(np.load(sim / "measurements.npz"))
     p = z["data"]
-    refused = {"counts": (1e5 * np.exp(-p), r"the sinogram reaches 1.006e\+05 \(99th percentile\).* looks like detector counts or "
-                                            r"intensities: give the line integrals -log\(I/I0\)"),
+    refused = {"counts": (1e5 * np.exp(-p), r"the sinogram reaches 1.006e\+05 \(99th percentile\).* looks like "
+                                            r"detector counts or intensities: give the line integrals -log\(I/I0\)"),
                "offset": (p - 1, r"half the sinogram is below -0\.\d+ .*-log\(I/I0\) are >= 0 up to noise"),
                "flipped": (-p, r"half the sinogram .* lowest 1 % reaches -\d.*log\(I/I0\) without its minus sign")}
     for name, (data, said) in refused.items():

@@ -15,6 +15,8 @@ from medrecon.errors import InputError
 from medrecon.io.nifti import is_nifti_pair
 from medrecon.volume import Volume
 
+from .modality import Modality
+
 MEASUREMENT_SUFFIXES = (".npz", ".h5", ".hdf5", ".cfl", ".hdr")
 
 
@@ -36,6 +38,13 @@ class Measurement:
     coil_maps: np.ndarray | None = None
     info: dict = field(default_factory=dict)
     reference: np.ndarray | None = None
+
+    def __post_init__(self):
+        """The modality in medrecon's spelling, 'ct' or 'mri' (a file may say 'CT'); another is a ValueError."""
+        name = str.strip(self.modality).lower()
+        if name not in {m.value for m in Modality}:
+            raise ValueError(f"modality {self.modality!r}: give 'ct' or 'mri'")
+        self.modality = name
 
     def output_volume(self, data: np.ndarray, **meta) -> Volume:
         """``data`` on the grid, as an output: cut to the input's own rows and columns where the grid is the square
@@ -110,25 +119,44 @@ class Measurement:
                        json.loads(str(z["info"])), z["reference"] if "reference" in z else None)
         except (OSError, ValueError, KeyError) as e:
             raise InputError(f"{path}: cannot read measurements ({e})") from None
-        if meas.modality == "ct" and meas.geometry is not None:
+        if meas.modality == "ct":
             _check_sinogram_fits(meas, path)
+            from operators.ct import line_integral_problem
+            why = line_integral_problem(meas.data)
+            if why:
+                raise InputError(f"{path}: {why}")
         made_from = meas.info.get("source")  # messages name the file given, and what it was simulated from
         meas.info["source"] = f"{path} (simulated from {made_from})" if made_from else str(path)
         return meas
 
 
+#: what a CT measurements file must hold beside its sinogram (README: "A measured CT sinogram")
+CT_GEOMETRY = ("a 'geometry' array holding the JSON of the geometry that measured it (operators.ct's "
+               "ParallelBeamGeometry or FanBeamGeometry(...).to_dict(): type, image_size, angles_deg in degrees, "
+               "n_det, pixel_size_mm, det_spacing_mm; README: A measured CT sinogram)")
+
+
 def _check_sinogram_fits(meas: Measurement, path: Path) -> None:
-    """The sinogram (Z, views, bins) and the grid (Z, n, n) must be the geometry's, slice for slice."""
+    """A CT file must hold a readable geometry, and its sinogram (Z, views, bins) and grid (Z, n, n) must be that
+    geometry's, slice for slice."""
     from operators.ct import geometry_from_dict
-    geom = geometry_from_dict(meas.geometry)
+    if meas.geometry is None:
+        raise InputError(f"{path}: a CT measurements file needs {CT_GEOMETRY}; it has none")
+    try:
+        geom = geometry_from_dict(meas.geometry)
+    except (InputError, TypeError, ValueError, AttributeError) as e:  # a key missing, a value of the wrong kind
+        raise InputError(f"{path}: its geometry cannot be read ({e}); a CT measurements file needs {CT_GEOMETRY}") \
+            from None
     data, grid = tuple(np.shape(meas.data)), tuple(meas.grid.shape)
     if not hasattr(geom, "sino_shape"):  # cone beam: one 3D projection set
         return
     if len(data) != 3 or data[1:] != tuple(geom.sino_shape) or grid[1:] != tuple(geom.image_shape) or \
             data[0] != grid[0]:
-        raise InputError(f"{path}: the sinogram {data} and grid {grid} do not fit the geometry stored with them "
-                         f"((views, bins) {tuple(geom.sino_shape)} per slice of {tuple(geom.image_shape)} "
-                         "pixels); write the measurements again (medrecon simulate)")
+        (views, bins), (n, _) = geom.sino_shape, geom.image_shape
+        raise InputError(f"{path}: the sinogram {data} and grid {grid} do not fit the geometry stored with them, "
+                         f"which needs (slices, {views}, {bins}) and (slices, {n}, {n}): a CT measurements file holds "
+                         "the sinogram as (slices, views, bins) and a grid of as many slices, both the geometry's "
+                         "(README: A measured CT sinogram)")
 
 
 def is_measurement_file(path: str | Path) -> bool:

@@ -44,7 +44,7 @@ from medrecon.priors.train import adapt_prior, adaptation_options
 from medrecon.solvers import admm_tv, cgls, sample_posterior, sirt
 from medrecon.solvers.diffusion import sample_seeds
 from medrecon.volume import Volume
-from operators.ct import attenuation_per_pixel, fbp, geometry_from_dict, pixel_unit_projector
+from operators.ct import GEOMETRIES, attenuation_per_pixel, fbp, geometry_from_dict, pixel_unit_projector
 from operators.ct import poisson_weights_from_line_integrals
 from operators.mri import coil_support, mask_acceleration, mri_operator, with_real_input
 
@@ -140,6 +140,7 @@ class Problem:
                              f"the config is for {cfg.modality}")
         if cfg.modality == "mri" and cfg.mri.retrospective:
             meas = _retrospective(cfg, meas)
+        check_view_angles(cfg, meas)
         check_grid(prior, meas)
         info["warnings"] = setting_warnings(cfg, meas, source, prior, resample)
         for w in info["warnings"]:
@@ -655,6 +656,28 @@ def ct_weighting(cfg: Config, meas: Measurement) -> str:
     return "none" if (meas.info.get("noise") or {}).get("kind") in ("gaussian", "none") else "poisson"
 
 
+def scan_deg(cfg: Config) -> float:
+    """The angles a CT config's views cover: its wedge, else a full scan (180 degrees parallel, 360 fan)."""
+    return cfg.ct.wedge_deg if cfg.ct.wedge_deg is not None else GEOMETRIES[cfg.ct.beam].full_scan_deg
+
+
+def check_view_angles(cfg: Config, meas: Measurement) -> None:
+    """CT views are stored in degrees (the geometry's ``angles_deg``): views spanning under 2 pi degrees and under a
+    quarter of the config's scan were given in radians, and are refused. Data over a config's own wedge span at
+    least half of it (one view per degree, 2 degrees at least), so cannot trip it; views truly that close pass
+    under a config for their wedge."""
+    if meas.modality != "ct" or cfg.modality != "ct":
+        return
+    angles = geometry_from_dict(meas.geometry).angles_deg
+    lo, hi, want = min(angles), max(angles), scan_deg(cfg)
+    if len(angles) > 1 and hi - lo < min(2 * math.pi, want / 4):
+        raise InputError(f"{meas.info.get('source') or 'the measurements'}: its {len(angles)} views span {lo:.3g} to "
+                         f"{hi:.3g} degrees, but the config expects views over {want:g} degrees: radians given where "
+                         "degrees are expected? the geometry's angles_deg are in degrees (numpy.degrees of radians); "
+                         "views truly that close: --set ct.n_views=null --set "
+                         f"ct.wedge_deg={max(2, math.ceil(hi - lo))}")
+
+
 def check_grid(prior, meas: Measurement) -> None:
     """The measurements' grid must be one the prior works on: its slice size, or its pixel-size range."""
     size = getattr(prior, "image_size", None)
@@ -665,7 +688,8 @@ def check_grid(prior, meas: Measurement) -> None:
     span = getattr(prior, "pixel_spacing_mm_range", None) if size is None else None
     pixel = float(min(meas.grid.spacing[:2]))
     if span is not None and not in_pixel_range(pixel, span):
-        also = "" if is_measured_kspace(meas) else ", or simulate the measurements at a pixel size inside the range"
+        simulated = "noise" in meas.info  # (a simulation records its noise; measured data cannot be simulated again)
+        also = ", or simulate the measurements at a pixel size inside the range" if simulated else ""
         raise InputError(f"{meas.info.get('source') or 'the measurements'}: pixel size {pixel:.3g} mm is outside the "
                          f"range prior {prior.name} was trained on ({span[0]:.3g}-{span[1]:.3g} mm): use a prior "
                          "trained at this pixel size (medrecon train --arch patch on your scans; --pixel-range LO HI widens its "
@@ -797,8 +821,10 @@ def _acquisition_problem(cfg: Config, meas: Measurement) -> str | None:
             return f"{g.type}-beam data, but the config is for a {c.beam} beam"
         if c.n_views is not None and g.n_angles != c.n_views:
             return f"{g.n_angles} views, but the config is tuned for {c.n_views}"
-        if c.wedge_deg is not None and abs(arc - c.wedge_deg) > 1.5:
-            return f"views over {arc:.0f} degrees, but the config is tuned for a {c.wedge_deg:g} degree wedge"
+        if abs(arc - scan_deg(cfg)) > 1.5:
+            scan = f"a {c.wedge_deg:g} degree wedge" if c.wedge_deg is not None else \
+                f"a full {scan_deg(cfg):g} degree scan"
+            return f"views over {arc:.0f} degrees, but the config is tuned for {scan}"
     if meas.modality == "mri" and meas.mask is not None:
         if meas.mask_layout != cfg.mri.mode:
             return f"sampled {MASK_LAYOUTS[meas.mask_layout]}, but the config is for mri.mode {cfg.mri.mode}"

@@ -12,9 +12,9 @@ import torch
 from medrecon.errors import InputError, MedreconError
 from medrecon.solvers import admm_tv
 from operators.ct import (MU_WATER, ConeBeamGeometry, ConeProjector, FanBeamGeometry, ParallelBeamGeometry,
-                          SliceProjector, attenuation_per_pixel, fbp, fdk, geometry_from_dict, hu_to_mu, make_geometry,
-                          noisy_line_integrals, parallel_det_count, pixel_unit_projector,
-                          poisson_weights_from_line_integrals, system_matrix)
+                          SliceProjector, attenuation_per_pixel, fbp, fdk, geometry_from_dict, hu_to_mu,
+                          line_integral_problem, make_geometry, noisy_line_integrals, parallel_det_count,
+                          pixel_unit_projector, poisson_weights_from_line_integrals, system_matrix)
 from operator_registry import disc, psnr, textured_phantom
 
 GPU = pytest.mark.gpu
@@ -250,6 +250,22 @@ def test_noisy_line_integrals_none_gaussian_and_poisson():
         pytest.approx(np.log(1e5 / 0.5))  # zero counts are read as 0.5
     with pytest.raises(InputError, match="noise"):
         noisy_line_integrals(p, "complex_gaussian", np.random.default_rng(0))
+
+
+def test_line_integral_problem_refuses_counts_and_mostly_negative_sinograms_but_never_noise_around_air():
+    """Noise alone, however strong, on a sinogram of air (its median 0, where the rules are tightest) passes; so do
+    the lowest-dose Poisson data; counts, and a small object's log(I/I0) without its minus (median still 0), do not."""
+    rng = np.random.default_rng(0)
+    air = np.zeros((4, 90, 100))
+    for noisy in (noisy_line_integrals(air, "gaussian", rng, sigma=3.0),
+                  noisy_line_integrals(air, "poisson", rng, I0=1), noisy_line_integrals(air, "poisson", rng, I0=10)):
+        assert line_integral_problem(noisy) is None
+    s = np.arange(100) - 49.5
+    p = np.broadcast_to(2 * MU_WATER * np.sqrt(np.maximum(15 ** 2 - s ** 2, 0)), air.shape)  # a 30 mm water disc
+    assert line_integral_problem(p) is None and np.median(-p) == 0
+    assert "without its minus sign" in line_integral_problem(-p)
+    assert "looks like detector counts" in line_integral_problem(1e3 * np.exp(-p))
+    assert line_integral_problem(np.full((2, 3), np.nan)) is None  # (refused as NaN elsewhere)
 
 
 @pytest.mark.parametrize("n", [63, 64, 87])

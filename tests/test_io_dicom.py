@@ -547,8 +547,11 @@ def test_nifti_without_sform_or_qform_says_so_and_keeps_the_codes_at_zero(tmp_pa
     write_nifti(vol, tmp_path / "out.nii.gz")
     h = nib.load(tmp_path / "out.nii.gz").header
     assert (int(h["sform_code"]), int(h["qform_code"])) == (0, 0)  # not promoted to scanner coordinates
+    from operators.ct import ParallelBeamGeometry
     from pipelines.measurement import Measurement  # nor through a measurements file (simulate, then reconstruct)
-    Measurement("ct", np.zeros(1), vol.with_data(np.zeros(vol.shape, np.float32))).save(tmp_path / "m.npz")
+    geom = ParallelBeamGeometry(vol.shape[-1], (0.0, 90.0))  # (a CT file needs its geometry)
+    Measurement("ct", np.zeros((vol.shape[0], *geom.sino_shape)), vol.with_data(np.zeros(vol.shape, np.float32)),
+                geom.to_dict()).save(tmp_path / "m.npz")
     grid = Measurement.load(tmp_path / "m.npz").grid
     write_nifti(grid, tmp_path / "grid.nii.gz")
     h = nib.load(tmp_path / "grid.nii.gz").header

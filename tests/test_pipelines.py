@@ -836,6 +836,132 @@ def test_a_sinogram_that_does_not_fit_its_stored_geometry_is_a_one_line_error(tm
         Measurement.load(tmp_path / "cut.npz")
 
 
+def _measured_ct(path, sinogram=None, angles_deg=None, n=16, pixel=4.0, slices=2, **info):
+    """A CT measurements.npz as README's "A measured CT sinogram" writes one (no simulation info): ``sinogram``
+    (slices, views, bins), by default the line integrals -log(I/I0) of a water disc of radius 25 mm."""
+    from operators.ct import MU_WATER, ParallelBeamGeometry
+    angles = np.linspace(0, 180, 8, endpoint=False) if angles_deg is None else angles_deg
+    geom = ParallelBeamGeometry(n, angles, pixel_size_mm=pixel, det_spacing_mm=pixel)
+    if sinogram is None:
+        s = (np.arange(geom.n_det) - (geom.n_det - 1) / 2) * pixel
+        chord = 2 * MU_WATER * np.sqrt(np.maximum(25.0 ** 2 - s ** 2, 0))
+        sinogram = np.broadcast_to(chord, (slices, len(angles), geom.n_det)).astype(np.float32)
+    grid = Volume(np.zeros((slices, n, n), np.float32), spacing=(pixel, pixel, 5.0))
+    Measurement("ct", sinogram, grid, geom.to_dict(), info=info).save(path)
+    return path
+
+
+def test_a_measured_sinogram_that_does_not_fit_is_told_what_the_file_must_hold_not_to_simulate(tmp_path):
+    """A user's sinogram stored (bins, views) was told to "write the measurements again (medrecon simulate)", and a
+    measured file outside a prior's pixel range to "simulate the measurements at a pixel size inside the range":
+    neither applies to a measured sinogram."""
+    from types import SimpleNamespace
+
+    from pipelines.problem import check_grid
+    good = Measurement.load(_measured_ct(tmp_path / "good.npz"))
+    _measured_ct(bad := tmp_path / "bad.npz", np.swapaxes(good.data, 1, 2))
+    with pytest.raises(InputError, match=r"bad.npz: the sinogram \(2, 24, 8\) and grid \(2, 16, 16\) do not fit the "
+                                         r"geometry stored with them, which needs \(slices, 8, 24\) and \(slices, 16, "
+                                         r"16\): .*\(slices, views, bins\)") as e:
+        Measurement.load(bad)
+    assert "simulate" not in str(e.value)
+    prior = SimpleNamespace(name="p", pixel_spacing_mm_range=(0.5, 1.0))
+    with pytest.raises(InputError, match="outside the range prior p was trained on") as e:
+        check_grid(prior, good)
+    assert "simulate" not in str(e.value)
+    simulated = Measurement.load(_measured_ct(tmp_path / "sim.npz", noise={"kind": "poisson"}))
+    with pytest.raises(InputError, match="or simulate the measurements at a pixel size inside the range"):
+        check_grid(prior, simulated)
+
+
+def test_a_sinogram_that_cannot_be_line_integrals_is_refused_and_simulations_even_wide_or_noisy_pass(tmp_path,
+                                                                                                     ct_nifti):
+    """Detector counts (1e5 exp(-p)) were reconstructed without a word to -78 dB, and a sinogram mostly below 0
+    (an offset subtracted, log(I/I0) without its minus) likewise. Refused now; what a simulation writes (a wide field
+    of view of dense bone without noise, the lowest dose, strong gaussian noise) and a few negative values pass."""
+    sim = tmp_path / "sim"
+    tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["ct.image_size=16"])
+    z = dict(np.load(sim / "measurements.npz"))
+    p = z["data"]
+    refused = {"counts": (1e5 * np.exp(-p), r"the sinogram reaches 1.006e\+05 \(99th percentile\).* looks like "
+                                            r"detector counts or intensities: give the line integrals -log\(I/I0\)"),
+               "offset": (p - 1, r"half the sinogram is below -0\.\d+ .*-log\(I/I0\) are >= 0 up to noise"),
+               "flipped": (-p, r"half the sinogram .* lowest 1 % reaches -\d.*log\(I/I0\) without its minus sign")}
+    for name, (data, said) in refused.items():
+        np.savez(bad := tmp_path / f"{name}.npz", **{**z, "data": data.astype(np.float32)})
+        with pytest.raises(InputError, match=rf"{name}.npz: " + said):
+            Measurement.load(bad)
+    few = p.copy()
+    few[0, 3, 2:8] = -0.5  # a bad detector bin's worth
+    np.savez(tmp_path / "few.npz", **{**z, "data": few})
+    assert Measurement.load(tmp_path / "few.npz").data.min() == -0.5
+    wide = np.full((1, 32, 32), -1000.0, np.float32)  # 800 mm across: a 780 mm disc of 3000 HU bone, mu 0.08/mm
+    yy, xx = np.mgrid[:32, :32] - 15.5
+    wide[0][np.hypot(yy, xx) < 15.6] = 3000.0
+    write_nifti(Volume(wide, spacing=(25.0, 25.0, 5.0)), tmp_path / "wide.nii.gz")
+    for k, (source, sets) in enumerate(((tmp_path / "wide.nii.gz", ["noise.kind=none"]),
+                                        (ct_nifti, ["noise.I0=10", "ct.image_size=16"]),
+                                        (ct_nifti, ["noise.kind=gaussian", "noise.sigma=1", "ct.image_size=16"]))):
+        tasks.simulate("sparse_view_ct_8", source, out := tmp_path / f"sim{k}", overrides=sets)
+        data = Measurement.load(out / "measurements.npz").data
+        assert data.max() > 60 or data.min() < -0.5  # as far as simulations go: 64 through the bone, -0.74 and -3.9
+
+
+def test_a_measurements_modality_is_read_in_any_case_and_an_unknown_one_is_refused(tmp_path):
+    """modality "CT" in a measurements.npz said "holds CT measurements but the config is for ct"."""
+    upper = _measured_ct(tmp_path / "upper.npz")
+    np.savez(upper, **{**np.load(upper), "modality": np.array(" CT")})
+    res = tasks.reconstruct("sparse_view_ct_8", upper, tmp_path / "a", overrides=["solver.name=fbp"])
+    assert res.recon.shape == (2, 16, 16) and Measurement.load(upper).modality == "ct"
+    np.savez(pet := tmp_path / "pet.npz", **{**np.load(upper), "modality": np.array("PET")})
+    with pytest.raises(InputError, match=r"pet.npz: cannot read measurements \(modality 'PET': give 'ct' or 'mri'\)"):
+        tasks.reconstruct("sparse_view_ct_8", pet, tmp_path / "b", overrides=["solver.name=fbp"])
+
+
+def test_ct_angles_in_radians_are_refused_and_views_over_less_than_the_configs_scan_are_warned(tmp_path):
+    """8 views at 0..2.75 "degrees" (radians given) passed sparse_view_ct_8 without a word: the "views over N
+    degrees" check ran only under a wedge config. Legitimate limited-angle data, and views truly within a narrow
+    wedge under a config for it, pass."""
+    fbp = ["solver.name=fbp"]
+    full = np.linspace(0, 180, 8, endpoint=False)
+    for name, config, angles in (("sparse", "sparse_view_ct_8", full),
+                                 ("wedge", "limited_angle_ct_90", np.arange(90.0))):
+        _measured_ct(bad := tmp_path / f"{name}_rad.npz", angles_deg=np.deg2rad(angles))
+        with pytest.raises(InputError, match=rf"{name}_rad.npz: its {len(angles)} views span 0 to \d\.\d+ degrees, "
+                                             rf"but the config expects views over {angles[-1] + angles[1]:g} degrees: "
+                                             r"radians given where degrees are expected\? .*numpy.degrees"):
+            tasks.reconstruct(config, bad, tmp_path / f"{name}_out", overrides=fbp)
+        res = tasks.reconstruct(config, _measured_ct(tmp_path / f"{name}.npz", angles_deg=angles), tmp_path / name,
+                                overrides=fbp)
+        assert res.report["input_warnings"] == []
+    narrow = ["ct.n_views=null", "ct.wedge_deg=3", *fbp]  # views truly 0.39 degrees apart: a config for them
+    res = tasks.reconstruct("sparse_view_ct_8", _measured_ct(tmp_path / "narrow.npz", angles_deg=np.deg2rad(full)),
+                            tmp_path / "narrow", overrides=narrow)
+    assert res.recon.shape == (2, 16, 16)
+    half = _measured_ct(tmp_path / "half.npz", angles_deg=np.linspace(0, 90, 8))  # 8 views, but over 90 degrees
+    res = tasks.reconstruct("sparse_view_ct_8", half, tmp_path / "half", overrides=fbp)
+    assert any("views over 103 degrees, but the config is tuned for a full 180 degree scan" in w
+               for w in res.report["input_warnings"])
+
+
+def test_a_ct_measurements_file_without_its_geometry_is_refused_naming_what_it_needs(tmp_path, ct_nifti):
+    """A CT measurements.npz without 'geometry' failed with "TypeError: 'NoneType' object is not subscriptable" deep
+    in operators.ct; a geometry that cannot be read (no angles) with a TypeError naming no file."""
+    sim = tmp_path / "sim"
+    tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["ct.image_size=16"])
+    z = dict(np.load(sim / "measurements.npz"))
+    np.savez(bare := tmp_path / "bare.npz", **{k: v for k, v in z.items() if k != "geometry"})
+    with pytest.raises(InputError, match=r"bare.npz: a CT measurements file needs a 'geometry' array .*angles_deg"):
+        tasks.reconstruct("sparse_view_ct_8", bare, tmp_path / "a", overrides=["solver.name=fbp"])
+    geometry = json.loads(str(z["geometry"]))
+    del geometry["angles_deg"]
+    np.savez(noangles := tmp_path / "noangles.npz", **{**z, "geometry": np.array(json.dumps(geometry))})
+    with pytest.raises(InputError, match=r"noangles.npz: its geometry cannot be read \(.*angles_deg.*\); a CT "
+                                         "measurements file needs a 'geometry' array"):
+        Measurement.load(noangles)
+    assert not (tmp_path / "a").exists()
+
+
 def test_simulate_keeps_the_inputs_grid_and_a_prior_refuses_measurements_outside_its_pixel_range(tmp_path, ct_nifti):
     sim = tmp_path / "sim"
     tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["prior.path=/no/such/prior"])  # none needed here

@@ -30,6 +30,39 @@ def hu_to_mu(hu: np.ndarray) -> np.ndarray:
     return np.maximum(attenuation_per_pixel(hu, 1.0), 0.0)
 
 
+#: a line integral -log(I/I0) no body reaches: 100 is 5 m of water, or 1.25 m of 3000 HU bone (mu 0.08/mm); a measured
+#: one stays under ln(I0), below 30 for any detector (I0 < 1e13), and a simulation of a 780 mm disc of such bone
+#: without noise reaches 64
+MAX_LINE_INTEGRAL = 100.0
+#: how far below 0 a sinogram's median may lie (an air calibration slightly off); noise alone keeps it >= 0
+NEGATIVE_BEYOND_NOISE = 0.1
+
+
+def line_integral_problem(p) -> str | None:
+    """Why the sinogram ``p`` cannot be line integrals -log(I/I0), or None. Its 99th percentile above
+    MAX_LINE_INTEGRAL: detector counts or intensities. Mostly negative: its median below -NEGATIVE_BEYOND_NOISE,
+    or its lowest 1 % over 3 times further below 0 than its highest 1 % reach above (log(I/I0) without its minus,
+    an offset subtracted). Noise cannot do either: zero-median noise on line integrals >= 0 puts at most half the
+    values below 0, and reaches no further below 0 than above it (Poisson noise even less far); a few negative
+    values (a bad bin) pass."""
+    x = np.asarray(p, dtype=np.float32).ravel()
+    if x.size > 1_000_000:  # a random million (a stride could fall on one detector bin)
+        x = x[np.random.default_rng(0).integers(0, x.size, 1_000_000)]
+    x = x[np.isfinite(x)]  # (NaN and Inf are refused on their own)
+    if not x.size:
+        return None
+    lo, mid, hi = (float(v) for v in np.percentile(x, [1, 50, 99]))
+    if hi > MAX_LINE_INTEGRAL:
+        return (f"the sinogram reaches {hi:.4g} (99th percentile), beyond any line integral (none reaches "
+                f"{MAX_LINE_INTEGRAL:g}, 5 m of water): it looks like detector counts or intensities: give the line "
+                "integrals -log(I/I0), I0 the counts without the object")
+    if mid < -NEGATIVE_BEYOND_NOISE or lo < -3 * max(hi, NEGATIVE_BEYOND_NOISE):
+        return (f"half the sinogram is below {mid:.3g} and its lowest 1 % reaches {lo:.3g} (its highest 1 % "
+                f"{hi:.3g}), but line integrals -log(I/I0) are >= 0 up to noise: log(I/I0) without its minus sign, "
+                "or an offset subtracted? give -log(I/I0)")
+    return None
+
+
 def noisy_line_integrals(p: np.ndarray, kind: str, rng: np.random.Generator, I0: float = 1e5,
                          sigma: float = 0.0) -> np.ndarray:
     """Noisy line integrals ``p``: 'poisson' counts with incident ``I0`` per bin (zero counts -> 0.5 before

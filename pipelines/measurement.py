@@ -86,13 +86,7 @@ class Measurement:
                 meas = raw_mri.load_ismrmrd(path) if raw_mri.is_ismrmrd(path) else raw_mri.load_fastmri(path)
         else:
             meas = cls._load_npz(path)
-        bad = ~np.isfinite(np.asarray(meas.data))
-        if bad.any():
-            where = tuple(int(i) for i in np.argwhere(bad)[0])
-            fix = "floor the counts before the log (as medrecon simulate does; -log of zero counts?)" \
-                if meas.modality == "ct" else "set them to 0 and leave them out of the mask"
-            raise InputError(f"{path}: {int(bad.sum())} measured values are NaN or infinite (the first at index "
-                             f"{where}); {fix}, e.g. with numpy.nan_to_num")
+        refuse_non_finite(meas.data, path, meas.modality)  # raw files: checked as read, in their own axis order
         return meas
 
     @classmethod
@@ -117,6 +111,19 @@ class Measurement:
         return meas
 
 
+def refuse_non_finite(values, path, modality: str, axes: str = "") -> None:
+    """The refusal of NaN or infinite measured values, naming ``path`` and the first one's index (in the order of
+    ``values``, the file's own where the reader checks them as read; ``axes`` names it). Raw k-space is checked
+    before anything is inferred from it (a NaN column fell out of an inferred mask, unseen)."""
+    bad = ~np.isfinite(np.asarray(values))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        fix = "floor the counts before the log (as medrecon simulate does; -log of zero counts?)" \
+            if modality == "ct" else "set them to 0 and leave them out of the mask"
+        raise InputError(f"{path}: {int(bad.sum())} measured values are NaN or infinite (the first at index "
+                         f"{where}{' ' + axes if axes else ''}); {fix}, e.g. with numpy.nan_to_num")
+
+
 def _check_sinogram_fits(meas: Measurement, path: Path) -> None:
     """The sinogram (Z, views, bins) and the grid (Z, n, n) must be the geometry's, slice for slice."""
     from operators.ct import geometry_from_dict
@@ -136,4 +143,4 @@ def is_measurement_file(path: str | Path) -> bool:
     return p.is_file() and p.suffix.lower() in MEASUREMENT_SUFFIXES and not is_nifti_pair(p)
 
 
-__all__ = ["MEASUREMENT_SUFFIXES", "Measurement", "is_measurement_file"]
+__all__ = ["MEASUREMENT_SUFFIXES", "Measurement", "is_measurement_file", "refuse_non_finite"]

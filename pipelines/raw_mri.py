@@ -20,7 +20,7 @@ from medrecon.io import read_cfl
 from medrecon.volume import Volume
 from operators.mri import mask_acceleration
 
-from .measurement import Measurement
+from .measurement import Measurement, refuse_non_finite
 
 MEASURED = "measured k-space, rescaled at load"
 
@@ -131,6 +131,7 @@ def load_fastmri(path: Path) -> Measurement:
         raise InputError(f"{path}: cannot read HDF5 ({e})") from None
     if k.ndim not in (3, 4):
         raise InputError(f"{path}: kspace must be (slices, [coils,] H, W), got shape {k.shape}")
+    refuse_non_finite(k, path, "mri")  # before the mask is inferred from it
     header = None if xml is None else parse_ismrmrd_header(xml.tobytes() if hasattr(xml, "tobytes") else xml)
     grid, info = _grid(k.shape[0], k.shape[-2:], header)
     if ref is not None and ref.shape != grid.shape:
@@ -218,6 +219,7 @@ def load_ismrmrd(path: Path) -> Measurement:
         k[a.idx.slice, :, first:first + n_samples, ky] += a.data
         count[a.idx.slice, ky] += 1
     k /= np.maximum(count, 1)[:, None, None, :]  # repeated lines (averages) are averaged
+    refuse_non_finite(k, path, "mri", "(idx.slice, coil, readout sample, ky)")
     order, step = _slice_positions(path, acqs, n_slices)
     k = k[order]
     mask = _mask(None, k)
@@ -278,6 +280,7 @@ def _readout(path: Path, acqs, n_samples: int, n_encoded: int) -> tuple[int, int
 def load_cfl(path: Path) -> Measurement:
     """BART k-space (RO, PE1, 1, COIL[, ..., slices in dim 13]) as 2D multi-slice; mask = sampled positions."""
     a = read_cfl(path)
+    refuse_non_finite(a, path, "mri", "(BART's dimension order)")
     a = a.reshape(*a.shape, *([1] * (16 - a.ndim)))
     if a.shape[2] != 1 or any(a.shape[d] != 1 for d in range(4, 16) if d != 13):
         raise InputError(f"{path}: only 2D k-space (RO, PE1, 1, COIL) with slices along dim 13 is read, "

@@ -227,6 +227,31 @@ def test_a_nan_sample_in_measured_kspace_is_refused_naming_it(tmp_path):
         Measurement.load(src)
 
 
+def test_a_nan_in_kspace_without_a_mask_is_refused_before_the_mask_is_inferred(tmp_path):
+    """Without a stored mask, the mask was inferred from the non-zero columns first (abs(k).sum() > 0 is False
+    for NaN): a NaN sample dropped its whole column, unseen, and a NaN readout row in one coil (a NaN in every
+    column) left a mask of nothing ('sampled x36', then 'the sampling mask samples nothing', no file named). Now
+    the values are checked as read, the index in the file's own order (BART's for .cfl)."""
+    import h5py
+    from pipelines.measurement import Measurement
+    _, k, _, rss, _ = _oversampled_case()
+    for name, where in (("sample.h5", (1, 2, 10, 20)), ("row.h5", (0, 1, 7, slice(None)))):
+        bad = k.copy()
+        bad[where] = np.nan
+        with h5py.File(src := tmp_path / name, "w") as f:
+            f["kspace"] = bad
+            f["reconstruction_rss"] = rss
+        first = tuple(0 if isinstance(i, slice) else i for i in where)
+        with pytest.raises(InputError, match=rf"{name}: \d+ measured values are NaN or infinite \(the first at index "
+                                             rf"\({', '.join(map(str, first))}\)\); set them to 0"):
+            Measurement.load(src)
+    bart = np.moveaxis(k[0], 0, -1)[:, :, None, :].copy()  # (RO, PE1, 1, COIL)
+    bart[5, 7, 0, 1] = np.nan
+    write_cfl(tmp_path / "nan", bart)
+    with pytest.raises(InputError, match=r"the first at index \(5, 7, 0, 1\) \(BART's dimension order\)"):
+        Measurement.load(tmp_path / "nan.cfl")
+
+
 def test_read_cfl_kspace_as_measurement(tmp_path):
     from pipelines.measurement import Measurement
     _, k, mask, _, _ = _oversampled_case(z=1)

@@ -103,6 +103,32 @@ def _mask(mask, k: np.ndarray) -> np.ndarray:
     return mask
 
 
+#: field names of a compound (real, imaginary) k-space dataset; h5py itself reads only fields r and i as complex
+COMPOUND_PARTS = (("real", "imag"), ("re", "im"), ("r", "i"))
+
+
+def _complex_kspace(raw, path: Path) -> np.ndarray:
+    """An HDF5 ``kspace`` dataset as complex64: complex, or a compound of a real and an imaginary field
+    (``COMPOUND_PARTS``). Real values are refused: measured k-space is complex, so a real dataset lost its
+    imaginary part, holds magnitudes, or holds the two parts along a last axis of 2 (torch's layout)."""
+    names = {n.lower(): n for n in raw.dtype.names or ()}
+    parts = next(((names[a], names[b]) for a, b in COMPOUND_PARTS if len(names) == 2 and {a, b} <= set(names)), None)
+    if parts is not None:
+        a = raw[()]
+        return (a[parts[0]] + 1j * a[parts[1]]).astype(np.complex64)
+    if names:
+        raise InputError(f"{path}: kspace is a compound of fields {tuple(names.values())}: store it as complex, or "
+                         "as a compound of the fields real and imag")
+    if raw.dtype.kind != "c" and raw.shape[-1] == 2:  # torch's (..., 2) real/imaginary layout
+        raise InputError(f"{path}: kspace is real with a last axis of 2 ({raw.shape}): real and imaginary "
+                         "parts? store it as complex (k[..., 0] + 1j * k[..., 1])")
+    if raw.dtype.kind != "c":
+        raise InputError(f"{path}: kspace is real-valued ({raw.dtype}), but measured k-space is complex: its "
+                         "imaginary part was lost or magnitudes were stored; write the complex k-space (e.g. "
+                         "complex64)")
+    return np.asarray(raw[()]).astype(np.complex64)
+
+
 def load_fastmri(path: Path) -> Measurement:
     """fastMRI HDF5: ``kspace`` (slices, [coils,] H, W), optional ``mask`` (W,) or (H, W), ``ismrmrd_header``,
     ``reconstruction_rss`` (the reference magnitude; single-coil files: ``reconstruction_esc``, fastMRI's image of
@@ -113,11 +139,7 @@ def load_fastmri(path: Path) -> Measurement:
             if "kspace" not in f:
                 raise InputError(f"{path}: no 'kspace' dataset (fastMRI-style files hold kspace "
                                  f"(slices, [coils,] H, W))")
-            raw = f["kspace"]
-            if raw.dtype.kind != "c" and raw.shape[-1] == 2:  # torch's (..., 2) real/imaginary layout
-                raise InputError(f"{path}: kspace is real with a last axis of 2 ({raw.shape}): real and imaginary "
-                                 "parts? store it as complex (k[..., 0] + 1j * k[..., 1])")
-            k = np.asarray(raw[()]).astype(np.complex64)
+            k = _complex_kspace(f["kspace"], path)
             maps = next((np.asarray(f[n][()]).astype(np.complex64) for n in ("sens_maps", "coil_maps") if n in f),
                         None)
             mask = np.asarray(f["mask"][()]) if "mask" in f else None

@@ -129,6 +129,24 @@ def _complex_kspace(raw, path: Path) -> np.ndarray:
     return np.asarray(raw[()]).astype(np.complex64)
 
 
+def _refuse_uncentred(k: np.ndarray, path: Path, file_axes=(-2, -1)) -> None:
+    """Refuses k-space (Z, [C,] H, W) whose energy (|k| summed over slices and coils) peaks in the outer eighth of
+    the matrix along H or W: DC at index 0, numpy.fft's own convention, where medrecon expects it at n // 2 (the
+    reconstruction is then garbage). Centred data peak at n // 2, a partial Fourier or asymmetric echo (zero-filled)
+    a few samples off it, and one stored without its unmeasured part (5/8 of the lines) 0.3 n from the centre.
+    ``file_axes``: the two axes as the file numbers them, for the fix."""
+    energy = np.abs(k).reshape(-1, *k.shape[-2:]).sum(0)
+    if not energy.any():
+        return
+    peak = np.unravel_index(int(np.argmax(energy)), energy.shape)
+    off = [ax for ax, i, n in zip(file_axes, peak, energy.shape) if n > 2 and min(i, n - 1 - i) < n / 8]
+    if off:
+        raise InputError(f"{path}: k-space looks uncentred: its energy peaks at {tuple(int(i) for i in peak)}, at the "
+                         f"edge of the {energy.shape[0]} x {energy.shape[1]} matrix, not near its centre "
+                         f"{tuple(n // 2 for n in energy.shape)} where medrecon expects DC; if DC is at index 0 "
+                         f"(numpy.fft's convention), apply numpy.fft.fftshift(kspace, axes={tuple(off)})")
+
+
 def load_fastmri(path: Path) -> Measurement:
     """fastMRI HDF5: ``kspace`` (slices, [coils,] H, W), optional ``mask`` (W,) or (H, W), ``ismrmrd_header``,
     ``reconstruction_rss`` (the reference magnitude; single-coil files: ``reconstruction_esc``, fastMRI's image of
@@ -154,6 +172,7 @@ def load_fastmri(path: Path) -> Measurement:
     if k.ndim not in (3, 4):
         raise InputError(f"{path}: kspace must be (slices, [coils,] H, W), got shape {k.shape}")
     refuse_non_finite(k, path, "mri")  # before the mask is inferred from it
+    _refuse_uncentred(k, path)
     header = None if xml is None else parse_ismrmrd_header(xml.tobytes() if hasattr(xml, "tobytes") else xml)
     grid, info = _grid(k.shape[0], k.shape[-2:], header)
     if ref is not None and ref.shape != grid.shape:
@@ -308,6 +327,7 @@ def load_cfl(path: Path) -> Measurement:
         raise InputError(f"{path}: only 2D k-space (RO, PE1, 1, COIL) with slices along dim 13 is read, "
                          f"got dimensions {a.shape}")
     k = np.ascontiguousarray(np.moveaxis(a[:, :, 0, :, 0, 0, 0, 0, 0, 0, 0, 0, 0, :, 0, 0], (3, 2), (0, 1)))
+    _refuse_uncentred(k, path, (0, 1))  # BART's RO, PE1
     mask = _one_or_per_slice(np.abs(k).sum(1) > 0).astype(np.float32)  # sampled positions, not only columns
     grid, info = _grid(k.shape[0], k.shape[-2:], None)
     return Measurement("mri", k if k.shape[1] > 1 else k[:, 0], grid, None, mask, None,

@@ -89,9 +89,15 @@ def _one_or_per_slice(sampled: np.ndarray) -> np.ndarray:
     return sampled[0] if (sampled == sampled[:1]).all() else sampled
 
 
-def _mask(mask, k: np.ndarray) -> np.ndarray:
-    """The sampling mask, (H, W), or (Z, H, W) where the slices' lines differ; none given: the non-zero columns."""
+TRANSPOSE = ("medrecon expects them along the last axis (columns W): transpose the last two axes of kspace (and of "
+             "the reference)")
+
+
+def _mask(mask, k: np.ndarray, path: Path) -> np.ndarray:
+    """The sampling mask, (H, W), or (Z, H, W) where the slices' lines differ; none given: the non-zero columns
+    (k-space whose lines run along the rows is refused: :func:`_refuse_lines_along_rows`)."""
     if mask is None:
+        _refuse_lines_along_rows(k, path)
         mask = _one_or_per_slice(np.abs(k).reshape(k.shape[0], -1, k.shape[-1]).sum(1) > 0)  # (W,) or (Z, W)
         if mask.ndim == 2:
             return np.broadcast_to(mask[:, None, :], (k.shape[0], *k.shape[-2:])).astype(np.float32)
@@ -147,6 +153,20 @@ def _refuse_uncentred(k: np.ndarray, path: Path, file_axes=(-2, -1)) -> None:
                          f"(numpy.fft's convention), apply numpy.fft.fftshift(kspace, axes={tuple(off)})")
 
 
+def _refuse_lines_along_rows(k: np.ndarray, path: Path) -> None:
+    """Refuses k-space (Z, [C,] H, W) of which a slice has every column holding data but whole rows empty between
+    rows holding data: undersampled phase-encode lines along the rows, which a mask of the non-zero columns calls
+    fully sampled (its missing rows then fitted as measured zeros). Empty rows at the edges only are a partial
+    echo or a zero-padded readout, and are read."""
+    held = k.reshape(k.shape[0], -1, *k.shape[-2:]) != 0  # (Z, C, H, W)
+    for rows, cols in zip(held.any(axis=(1, 3)), held.any(axis=(1, 2))):
+        inner = rows[np.argmax(rows): len(rows) - np.argmax(rows[::-1])]
+        if cols.all() and not inner.all():
+            raise InputError(f"{path}: {int((~inner).sum())} of its {len(rows)} rows are empty between rows holding "
+                             "data, while every column holds data: its phase-encode lines run along the rows (axis "
+                             f"-2); {TRANSPOSE}")
+
+
 def load_fastmri(path: Path) -> Measurement:
     """fastMRI HDF5: ``kspace`` (slices, [coils,] H, W), optional ``mask`` (W,) or (H, W), ``ismrmrd_header``,
     ``reconstruction_rss`` (the reference magnitude; single-coil files: ``reconstruction_esc``, fastMRI's image of
@@ -177,7 +197,7 @@ def load_fastmri(path: Path) -> Measurement:
     grid, info = _grid(k.shape[0], k.shape[-2:], header)
     if ref is not None and ref.shape != grid.shape:
         raise InputError(f"{path}: {name} has shape {ref.shape}, the recon grid is {grid.shape}")
-    mask = _mask(mask, k)
+    mask = _mask(mask, k, path)
     return Measurement("mri", _only_sampled(k, mask), grid, None, mask, maps,  # a file of full k-space and a mask:
                        {"source": str(path), "layout": "2d", "units": MEASURED, **info}, reference=ref)  # its lines
 
@@ -263,7 +283,7 @@ def load_ismrmrd(path: Path) -> Measurement:
     refuse_non_finite(k, path, "mri", "(idx.slice, coil, readout sample, ky)")
     order, step = _slice_positions(path, acqs, n_slices)
     k = k[order]
-    mask = _mask(None, k)
+    mask = _mask(None, k, path)
     mask[..., :first, :], mask[..., first + n_samples:, :] = 0, 0  # a partial echo's unmeasured readout samples
     grid, info = _grid(n_slices, (n_ro, n_ky), header)
     if step is not None:  # the slices' own spacing, gaps included (the header's FOV z is a slice's thickness)

@@ -333,6 +333,28 @@ def test_slices_sampled_on_different_lines_get_a_mask_each(tmp_path):
     assert m[1, 0].sum() == (mask > 0).sum() // 2 and not (m[1] > m[0]).any()
 
 
+def test_kspace_whose_lines_run_along_the_rows_is_refused_without_a_mask(tmp_path):
+    """x2 k-space with its phase-encode lines along the rows (axis -2) and no mask: every column held data, so the
+    mask of the non-zero columns called it fully sampled (x1, and the warning suggested mri.retrospective) and its
+    missing rows were fitted as measured zeros (zero-filled quality). Empty rows at the edges (a partial echo, a
+    zero-padded readout) are read."""
+    import h5py
+    from pipelines.measurement import Measurement
+    _, k, _, _, _ = _oversampled_case(ex=36, ey=36, rx=36, ry=36)  # x2, every other column and a centre
+    with h5py.File(tmp_path / "rows.h5", "w") as f:
+        f["kspace"] = np.swapaxes(k, -1, -2)
+    with pytest.raises(InputError, match=r"rows.h5: 16 of its 36 rows are empty between rows holding data, while every "
+                                         r"column holds data: its phase-encode lines run along the rows \(axis -2\); "
+                                         r"medrecon expects them along the last axis \(columns W\): transpose the last "
+                                         r"two axes of kspace \(and of the reference\)"):
+        Measurement.load(tmp_path / "rows.h5")
+    full = fftc(torch.from_numpy(smooth_phase_image(2, 36)), 2).numpy()
+    full[..., :6, :] = 0  # a partial echo: its first readout samples unmeasured, every line measured
+    with h5py.File(tmp_path / "echo.h5", "w") as f:
+        f["kspace"] = full
+    assert Measurement.load(tmp_path / "echo.h5").mask.all()  # every line
+
+
 def test_kspace_stored_as_real_and_imaginary_parts_is_refused(tmp_path):
     """(Z, H, W, 2) float single-coil k-space passed as multi-coil (Z, C=H, H=W, W=2) onto a (Z, W, 2) grid."""
     import h5py

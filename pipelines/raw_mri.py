@@ -94,19 +94,24 @@ TRANSPOSE = ("medrecon expects them along the last axis (columns W): transpose t
 
 
 def _mask(mask, k: np.ndarray, path: Path) -> np.ndarray:
-    """The sampling mask, (H, W), or (Z, H, W) where the slices' lines differ; none given: the non-zero columns
-    (k-space whose lines run along the rows is refused: :func:`_refuse_lines_along_rows`)."""
+    """The sampling mask, (H, W), or (Z, H, W) where the slices' lines differ: the file's own, (W,) per column or
+    (H, W) / (Z, H, W) per sample (1 along an axis broadcasts), else refused naming the fix; none given: the
+    non-zero columns (k-space whose lines run along the rows is refused: :func:`_refuse_lines_along_rows`)."""
     if mask is None:
         _refuse_lines_along_rows(k, path)
         mask = _one_or_per_slice(np.abs(k).reshape(k.shape[0], -1, k.shape[-1]).sum(1) > 0)  # (W,) or (Z, W)
         if mask.ndim == 2:
             return np.broadcast_to(mask[:, None, :], (k.shape[0], *k.shape[-2:])).astype(np.float32)
     mask = np.asarray(mask, np.float32)
-    if mask.ndim == 1:
-        if mask.size != k.shape[-1]:
-            raise InputError(f"mask has {mask.size} entries but the k-space has {k.shape[-1]} columns")
-        mask = np.broadcast_to(mask, k.shape[-2:]).copy()
-    return mask
+    (h, w), ndim = k.shape[-2:], mask.ndim
+    full = (k.shape[0], h, w)[-ndim:] if 1 <= ndim <= 3 else ()
+    if not full or mask.shape[-1] != w or any(m not in (1, n) for m, n in zip(mask.shape, full)):
+        what = f"has {mask.size} entries but kspace {k.shape} has {w} columns" if ndim == 1 else \
+            f"of shape {mask.shape} does not fit kspace {k.shape}"
+        fix = f"its phase-encode lines run along the rows (axis -2)? {TRANSPOSE}" if mask.shape[-1] == h != w else \
+            f"store it as ({w},), one entry per phase-encode column, or as (H, W) = ({h}, {w}) or (slices, H, W) per sample"
+        raise InputError(f"{path}: mask {what}: {fix}")
+    return np.broadcast_to(mask, full if ndim == 3 else (h, w)).copy()
 
 
 #: field names of a compound (real, imaginary) k-space dataset; h5py itself reads only fields r and i as complex

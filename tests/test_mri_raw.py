@@ -355,6 +355,31 @@ def test_kspace_whose_lines_run_along_the_rows_is_refused_without_a_mask(tmp_pat
     assert Measurement.load(tmp_path / "echo.h5").mask.all()  # every line
 
 
+def test_a_stored_mask_that_does_not_fit_the_kspace_is_refused_naming_the_file_and_the_fix(tmp_path):
+    """A 2D mask of the wrong shape failed with numpy's 'operands could not be broadcast' traceback; a 1D one of the
+    wrong length said 'mask has 128 entries but the k-space has 132 columns', naming neither the file nor the fix,
+    also where the mask's length is the row count (the lines along the rows: a transpose)."""
+    from pipelines.measurement import Measurement
+    _, k, mask, rss, _ = _oversampled_case()  # k-space (2, 4, 64, 36)
+
+    def load(m):
+        write_fastmri(tmp_path / "m.h5", k, m, rss, header())
+        return Measurement.load(tmp_path / "m.h5")
+
+    with pytest.raises(InputError, match=r"m.h5: mask of shape \(32, 36\) does not fit kspace \(2, 4, 64, 36\): store "
+                                         r"it as \(36,\), one entry per phase-encode column, or as \(H, W\) = \(64, 36\)"):
+        load(np.ones((32, 36)))
+    with pytest.raises(InputError, match=r"m.h5: mask has 30 entries but kspace \(2, 4, 64, 36\) has 36 columns: store "
+                                         r"it as \(36,\)"):
+        load(np.ones(30))
+    with pytest.raises(InputError, match=r"m.h5: mask has 64 entries .* its phase-encode lines run along the rows "
+                                         r"\(axis -2\)\? .*transpose the last two axes of kspace \(and of the "
+                                         r"reference\)"):
+        load(np.ones(64))
+    assert load(mask[None]).mask.shape == (64, 36)  # (1, W), and per slice (Z, 1, W), broadcast
+    assert load(np.stack([mask, mask])[:, None]).mask.shape == (2, 64, 36)
+
+
 def test_kspace_stored_as_real_and_imaginary_parts_is_refused(tmp_path):
     """(Z, H, W, 2) float single-coil k-space passed as multi-coil (Z, C=H, H=W, W=2) onto a (Z, W, 2) grid."""
     import h5py

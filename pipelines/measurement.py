@@ -87,6 +87,8 @@ class Measurement:
         else:
             meas = cls._load_npz(path)
         refuse_non_finite(meas.data, path, meas.modality)  # raw files: checked as read, in their own axis order
+        if meas.modality == "mri":
+            _refuse_empty_mask(meas, path)
         return meas
 
     @classmethod
@@ -122,6 +124,18 @@ def refuse_non_finite(values, path, modality: str, axes: str = "") -> None:
             if modality == "ct" else "set them to 0 and leave them out of the mask"
         raise InputError(f"{path}: {int(bad.sum())} measured values are NaN or infinite (the first at index "
                          f"{where}{' ' + axes if axes else ''}); {fix}, e.g. with numpy.nan_to_num")
+
+
+def _refuse_empty_mask(meas: Measurement, path: Path) -> None:
+    """MRI measurements need a sampling mask that samples something: missing (a medrecon .npz without 'mask'), all
+    zero, or inferred from k-space that holds only zeros (``info['mask_source']`` other than the file's)."""
+    if meas.mask is None:
+        raise InputError(f"{path}: no sampling mask: MRI measurements need a 'mask' array (1 where k-space was "
+                         "measured, (H, W) or (1, W)); write it with the data")
+    if not np.any(meas.mask):
+        raise InputError(f"{path}: kspace holds only zeros" if meas.info.get("mask_source", "file") != "file" else
+                         f"{path}: its mask samples nothing (all zero): store 1 where k-space was measured (a fastMRI file may "
+                         "leave 'mask' out: its non-zero columns are then taken)")
 
 
 def _check_sinogram_fits(meas: Measurement, path: Path) -> None:

@@ -202,9 +202,11 @@ def load_fastmri(path: Path) -> Measurement:
     grid, info = _grid(k.shape[0], k.shape[-2:], header)
     if ref is not None and ref.shape != grid.shape:
         raise InputError(f"{path}: {name} has shape {ref.shape}, the recon grid is {grid.shape}")
+    source = "file" if mask is not None else "non-zero columns"
     mask = _mask(mask, k, path)
     return Measurement("mri", _only_sampled(k, mask), grid, None, mask, maps,  # a file of full k-space and a mask:
-                       {"source": str(path), "layout": "2d", "units": MEASURED, **info}, reference=ref)  # its lines
+                       {"source": str(path), "layout": "2d", "units": MEASURED, "mask_source": source, **info},
+                       reference=ref)  # its lines
 
 
 def _only_sampled(k: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -295,7 +297,8 @@ def load_ismrmrd(path: Path) -> Measurement:
         grid = replace(grid, spacing=(*grid.spacing[:2], step))
         info["slice_spacing_mm"] = step
     return Measurement("mri", k if n_coils > 1 else k[:, 0], grid, None, mask, None,
-                       {"source": str(path), "layout": "2d", "units": MEASURED, **info})
+                       {"source": str(path), "layout": "2d", "units": MEASURED, "mask_source": "acquired lines",
+                        **info})
 
 
 def _slice_positions(path: Path, acqs, n_slices: int) -> tuple[np.ndarray, float | None]:
@@ -356,7 +359,8 @@ def load_cfl(path: Path) -> Measurement:
     mask = _one_or_per_slice(np.abs(k).sum(1) > 0).astype(np.float32)  # sampled positions, not only columns
     grid, info = _grid(k.shape[0], k.shape[-2:], None)
     return Measurement("mri", k if k.shape[1] > 1 else k[:, 0], grid, None, mask, None,
-                       {"source": str(path), "layout": "2d", "units": MEASURED, **info})
+                       {"source": str(path), "layout": "2d", "units": MEASURED, "mask_source": "non-zero samples",
+                        **info})
 
 
 __all__ = ["MEASURED", "is_ismrmrd", "load_cfl", "load_fastmri", "load_ismrmrd", "parse_ismrmrd_header"]

@@ -380,6 +380,43 @@ def test_a_stored_mask_that_does_not_fit_the_kspace_is_refused_naming_the_file_a
     assert load(np.stack([mask, mask])[:, None]).mask.shape == (2, 64, 36)
 
 
+def test_missing_empty_and_misfitting_masks_and_maps_are_refused_naming_the_file(tmp_path):
+    """An all-zero mask was first warned 'sampled x36' (mask_acceleration divided by max(sum, 1)), then refused as
+    'the sampling mask samples nothing' without the file; an MRI .npz without 'mask' said the same (the mask is
+    missing, not empty); a mask or coil maps that do not fit the npz's k-space named no file."""
+    from operators.mri import mask_acceleration
+    from pipelines.config import load_config
+    from pipelines.measurement import Measurement
+    from pipelines.problem import Problem
+    from medrecon.volume import Volume
+    _, k, mask, rss, maps = _oversampled_case(ex=32, ey=32)
+    assert mask_acceleration(np.zeros(32)) == math.inf
+    write_fastmri(tmp_path / "zeros.h5", k, np.zeros_like(mask), rss, header(ex=32, ey=32))
+    with pytest.raises(InputError, match=r"zeros.h5: its mask samples nothing \(all zero\): store 1 where k-space was "
+                                         r"measured \(a fastMRI file may leave 'mask' out"):
+        Measurement.load(tmp_path / "zeros.h5")
+    with __import__("h5py").File(tmp_path / "nothing.h5", "w") as f:
+        f["kspace"] = np.zeros_like(k)
+    with pytest.raises(InputError, match=r"nothing.h5: kspace holds only zeros"):
+        Measurement.load(tmp_path / "nothing.h5")
+    grid = Volume(np.zeros((2, 32, 32), np.float32))
+
+    def npz(name, **kw):
+        Measurement("mri", k, grid, **kw).save(tmp_path / name)
+        return tmp_path / name
+
+    with pytest.raises(InputError, match=r"bare.npz: no sampling mask: MRI measurements need a 'mask' array"):
+        Measurement.load(npz("bare.npz"))
+    with pytest.raises(InputError, match=r"empty.npz: its mask samples nothing"):
+        Measurement.load(npz("empty.npz", mask=np.zeros((1, 32), np.float32)))
+    cfg = load_config("cs_mri_x4", ["solver.name=zero_filled"])
+    with pytest.raises(InputError, match=r"short.npz: mask of shape \(1, 30\) does not broadcast to k-space \(32, 32\): "
+                                         "give it the k-space's shape"):
+        Problem.build(cfg, npz("short.npz", mask=np.ones((1, 30), np.float32)))
+    with pytest.raises(InputError, match=r"maps.npz: coil maps of shape \(3, 32, 32\) do not fit k-space"):
+        Problem.build(cfg, npz("maps.npz", mask=mask[None], coil_maps=maps[:3]))
+
+
 def test_kspace_stored_as_real_and_imaginary_parts_is_refused(tmp_path):
     """(Z, H, W, 2) float single-coil k-space passed as multi-coil (Z, C=H, H=W, W=2) onto a (Z, W, 2) grid."""
     import h5py

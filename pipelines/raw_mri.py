@@ -17,6 +17,7 @@ import numpy as np
 
 from medrecon.errors import InputError
 from medrecon.io import read_cfl
+from medrecon.io.common import check_voxels
 from medrecon.volume import Volume
 from operators.mri import mask_acceleration
 
@@ -202,6 +203,8 @@ def load_fastmri(path: Path) -> Measurement:
     grid, info = _grid(k.shape[0], k.shape[-2:], header)
     if ref is not None and ref.shape != grid.shape:
         raise InputError(f"{path}: {name} has shape {ref.shape}, the recon grid is {grid.shape}")
+    if ref is not None:  # (its NaN was blamed on the output's reference.nii.gz, which is then never written)
+        ref = check_voxels(ref, f"{path}: {name}")
     source = "file" if mask is not None else "non-zero columns"
     mask = _mask(mask, k, path)
     return Measurement("mri", _only_sampled(k, mask), grid, None, mask, maps,  # a file of full k-space and a mask:

@@ -252,6 +252,16 @@ def test_a_nan_in_kspace_without_a_mask_is_refused_before_the_mask_is_inferred(t
         Measurement.load(tmp_path / "nan.cfl")
 
 
+def test_a_nan_in_the_files_reference_is_refused_naming_the_file_and_its_dataset(tmp_path):
+    """It was blamed on OUTPUT/reference.nii.gz, a file that is then never written."""
+    from pipelines.measurement import Measurement
+    _, k, mask, rss, _ = _oversampled_case()
+    rss[0, 5, 5] = np.nan
+    write_fastmri(tmp_path / "ref.h5", k, mask, rss, header())
+    with pytest.raises(InputError, match=r"ref.h5: reconstruction_rss: 1 NaN and 0 Inf voxels out of 2048; replace them"):
+        Measurement.load(tmp_path / "ref.h5")
+
+
 def test_read_cfl_kspace_as_measurement(tmp_path):
     from pipelines.measurement import Measurement
     _, k, mask, _, _ = _oversampled_case(z=1)

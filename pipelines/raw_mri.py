@@ -115,6 +115,14 @@ def _mask(mask, k: np.ndarray, path: Path) -> np.ndarray:
     return np.broadcast_to(mask, full if ndim == 3 else (h, w)).copy()
 
 
+def _columns_without_data(mask: np.ndarray, k: np.ndarray) -> int:
+    """How many phase-encode columns ``mask`` ((H, W) or (Z, H, W)) samples where a slice's k-space (Z, [C,] H, W)
+    holds only zeros."""
+    sampled = np.broadcast_to((mask > 0).any(axis=-2), (k.shape[0], k.shape[-1]))  # (Z, W)
+    held = (k != 0).reshape(k.shape[0], -1, k.shape[-1]).any(axis=1)
+    return int((sampled & ~held).any(axis=0).sum())
+
+
 #: field names of a compound (real, imaginary) k-space dataset; h5py itself reads only fields r and i as complex
 COMPOUND_PARTS = (("real", "imag"), ("re", "im"), ("r", "i"))
 
@@ -207,6 +215,11 @@ def load_fastmri(path: Path) -> Measurement:
         ref = check_voxels(ref, f"{path}: {name}")
     source = "file" if mask is not None else "non-zero columns"
     mask = _mask(mask, k, path)
+    stale = _columns_without_data(mask, k)
+    if stale:  # a mask of other data: those columns would be fitted as measured zeros, unsaid
+        info["warnings"] = [*info.get("warnings", []), f"{path}: the mask samples {stale} columns that hold only "
+                            "zeros (a mask of other data?): they are fitted as measured zeros; store the mask of the "
+                            "lines acquired, or leave it out (the non-zero columns are then taken)"]
     return Measurement("mri", _only_sampled(k, mask), grid, None, mask, maps,  # a file of full k-space and a mask:
                        {"source": str(path), "layout": "2d", "units": MEASURED, "mask_source": source, **info},
                        reference=ref)  # its lines

@@ -262,6 +262,25 @@ def test_a_nan_in_the_files_reference_is_refused_naming_the_file_and_its_dataset
         Measurement.load(tmp_path / "ref.h5")
 
 
+def test_a_stored_mask_sampling_columns_without_data_is_warned_in_report_input_warnings(tmp_path):
+    """x4 k-space stored with mask = ones (a stale mask) was reported fully sampled and reconstructed at zero-filled
+    quality (its empty columns fitted as measured zeros) without a word."""
+    from pipelines.tasks import reconstruct
+    x, k, mask, rss, maps = _oversampled_case()
+    write_fastmri(tmp_path / "ones.h5", k, np.ones_like(mask), rss, header(), np.stack([maps, maps]))
+    write_fastmri(tmp_path / "own.h5", k, mask, rss, header(), np.stack([maps, maps]))
+
+    def warned(src):
+        res = reconstruct("cs_mri_x4", src, tmp_path / src.stem, overrides=["solver.name=zero_filled"])
+        return [w for w in res.report["input_warnings"] if "hold only zeros" in w]
+
+    assert warned(tmp_path / "ones.h5") == [
+        f"ones.h5: the mask samples {int((mask == 0).sum())} columns that hold only zeros (a mask of other data?): "
+        "they are fitted as measured zeros; store the mask of the lines acquired, or leave it out (the non-zero "
+        "columns are then taken)"]
+    assert warned(tmp_path / "own.h5") == []
+
+
 def test_read_cfl_kspace_as_measurement(tmp_path):
     from pipelines.measurement import Measurement
     _, k, mask, _, _ = _oversampled_case(z=1)

@@ -31,6 +31,17 @@ def is_measured_kspace(meas: Measurement) -> bool:
     return meas.info.get("units", "") == MEASURED
 
 
+def mask_used(meas: Measurement) -> dict | None:
+    """report.json's ``measured_mask``: for measured k-space, where its own mask came from (``mask_source``: the
+    file's, its non-zero columns or samples, the acquired lines), the acceleration of that mask and the one
+    reconstructed (they differ after mri.retrospective, whose mask the config's ``mri.mask`` is); None otherwise."""
+    if not is_measured_kspace(meas):
+        return None
+    used = mask_acceleration(meas.mask)
+    return {"source": meas.info.get("mask_source"), "acceleration": round(used, 3),
+            "file_acceleration": round(meas.info.get("acceleration_before_retrospective", used), 3)}
+
+
 def parse_ismrmrd_header(xml: str | bytes) -> dict:
     """Encoded and recon matrix sizes and fields of view (mm) from an ISMRMRD XML header:
     {"encoded": {"matrix": [x, y, z], "fov_mm": [x, y, z]}, "recon": {...}, "ky_center": int | None,

@@ -908,6 +908,25 @@ def test_a_fully_sampled_file_is_undersampled_retrospectively_with_the_configs_m
         load_config("cs_mri_3d_poisson", ["mri.retrospective=true"])
 
 
+def test_report_records_the_mask_measured_kspace_was_reconstructed_with(tmp_path):
+    """report.json showed only the config's mri.mask (uniform1d x4 seed 0) for a file reconstructed with its own x2
+    mask; measured_mask now says where the mask came from and both accelerations."""
+    import h5py
+    from operators.mri import mask_acceleration
+    from pipelines.tasks import reconstruct
+    x = smooth_phase_image(2, 32)
+    full = fftc(torch.from_numpy(x), 2).numpy()
+    with h5py.File(tmp_path / "full.h5", "w") as f:
+        f["kspace"] = full
+    own = reconstruct("cs_mri_x4", _write_x2(tmp_path, full, x), tmp_path / "own", overrides=["solver.name=zero_filled"])
+    assert own.report["measured_mask"] == {"source": "file", "acceleration": 2.0, "file_acceleration": 2.0}
+    retro = reconstruct("cs_mri_x4", tmp_path / "full.h5", tmp_path / "retro",
+                        overrides=["solver.name=zero_filled", "mri.retrospective=true"])
+    keep = make_mask("uniform1d", (32, 32), 4.0, 0.08, 0)
+    assert retro.report["measured_mask"] == {"source": "non-zero columns", "file_acceleration": 1.0,
+                                             "acceleration": round(mask_acceleration(keep), 3)}
+
+
 def _write_x2(tmp_path, full, x):
     """A fastMRI file holding its own x2 mask (every other column)."""
     import h5py

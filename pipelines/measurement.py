@@ -134,8 +134,8 @@ def _refuse_empty_mask(meas: Measurement, path: Path) -> None:
                          "measured, (H, W) or (1, W)); write it with the data")
     if not np.any(meas.mask):
         raise InputError(f"{path}: kspace holds only zeros" if meas.info.get("mask_source", "file") != "file" else
-                         f"{path}: its mask samples nothing (all zero): store 1 where k-space was measured (a fastMRI file may "
-                         "leave 'mask' out: its non-zero columns are then taken)")
+                         f"{path}: its mask samples nothing (all zero): store 1 where k-space was measured (a "
+                         "fastMRI file may leave 'mask' out: its non-zero columns are then taken)")
 
 
 def _check_sinogram_fits(meas: Measurement, path: Path) -> None:

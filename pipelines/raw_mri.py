@@ -121,7 +121,8 @@ def _mask(mask, k: np.ndarray, path: Path) -> np.ndarray:
         what = f"has {mask.size} entries but kspace {k.shape} has {w} columns" if ndim == 1 else \
             f"of shape {mask.shape} does not fit kspace {k.shape}"
         fix = f"its phase-encode lines run along the rows (axis -2)? {TRANSPOSE}" if mask.shape[-1] == h != w else \
-            f"store it as ({w},), one entry per phase-encode column, or as (H, W) = ({h}, {w}) or (slices, H, W) per sample"
+            f"store it as ({w},), one entry per phase-encode column, or as (H, W) = ({h}, {w}) or (slices, H, W) " \
+            "per sample"
         raise InputError(f"{path}: mask {what}: {fix}")
     return np.broadcast_to(mask, full if ndim == 3 else (h, w)).copy()
 

@@ -95,13 +95,9 @@ class Measurement:
                 meas = raw_mri.load_ismrmrd(path) if raw_mri.is_ismrmrd(path) else raw_mri.load_fastmri(path)
         else:
             meas = cls._load_npz(path)
-        bad = ~np.isfinite(np.asarray(meas.data))
-        if bad.any():
-            where = tuple(int(i) for i in np.argwhere(bad)[0])
-            fix = "floor the counts before the log (as medrecon simulate does; -log of zero counts?)" \
-                if meas.modality == "ct" else "set them to 0 and leave them out of the mask"
-            raise InputError(f"{path}: {int(bad.sum())} measured values are NaN or infinite (the first at index "
-                             f"{where}); {fix}, e.g. with numpy.nan_to_num")
+        refuse_non_finite(meas.data, path, meas.modality)  # raw files: checked as read, in their own axis order
+        if meas.modality == "mri":
+            _refuse_empty_mask(meas, path)
         return meas
 
     @classmethod
@@ -136,6 +132,31 @@ CT_GEOMETRY = ("a 'geometry' array holding the JSON of the geometry that measure
                "n_det, pixel_size_mm, det_spacing_mm; README: A measured CT sinogram)")
 
 
+def refuse_non_finite(values, path, modality: str, axes: str = "") -> None:
+    """The refusal of NaN or infinite measured values, naming ``path`` and the first one's index (in the order of
+    ``values``, the file's own where the reader checks them as read; ``axes`` names it). Raw k-space is checked
+    before anything is inferred from it (a NaN column fell out of an inferred mask, unseen)."""
+    bad = ~np.isfinite(np.asarray(values))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        fix = "floor the counts before the log (as medrecon simulate does; -log of zero counts?)" \
+            if modality == "ct" else "set them to 0 and leave them out of the mask"
+        raise InputError(f"{path}: {int(bad.sum())} measured values are NaN or infinite (the first at index "
+                         f"{where}{' ' + axes if axes else ''}); {fix}, e.g. with numpy.nan_to_num")
+
+
+def _refuse_empty_mask(meas: Measurement, path: Path) -> None:
+    """MRI measurements need a sampling mask that samples something: missing (a medrecon .npz without 'mask'), all
+    zero, or inferred from k-space that holds only zeros (``info['mask_source']`` other than the file's)."""
+    if meas.mask is None:
+        raise InputError(f"{path}: no sampling mask: MRI measurements need a 'mask' array (1 where k-space was "
+                         "measured, (H, W) or (1, W)); write it with the data")
+    if not np.any(meas.mask):
+        raise InputError(f"{path}: kspace holds only zeros" if meas.info.get("mask_source", "file") != "file" else
+                         f"{path}: its mask samples nothing (all zero): store 1 where k-space was measured (a "
+                         "fastMRI file may leave 'mask' out: its non-zero columns are then taken)")
+
+
 def _check_sinogram_fits(meas: Measurement, path: Path) -> None:
     """A CT file must hold a readable geometry, and its sinogram (Z, views, bins) and grid (Z, n, n) must be that
     geometry's, slice for slice."""
@@ -164,4 +185,4 @@ def is_measurement_file(path: str | Path) -> bool:
     return p.is_file() and p.suffix.lower() in MEASUREMENT_SUFFIXES and not is_nifti_pair(p)
 
 
-__all__ = ["MEASUREMENT_SUFFIXES", "Measurement", "is_measurement_file"]
+__all__ = ["MEASUREMENT_SUFFIXES", "Measurement", "is_measurement_file", "refuse_non_finite"]

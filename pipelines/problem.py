@@ -861,12 +861,16 @@ def coil_maps_warning(cfg: Config, meas: Measurement) -> str | None:
 
 
 def _mri_operator(cfg: Config, meas: Measurement, complex_images: bool) -> LinearOperator:
+    """The measurements' operator; what does not fit it (a mask or coil maps of the wrong shape) names the file."""
     k = torch.from_numpy(np.asarray(meas.data))
     three_d = meas.mask_layout == "3d"
-    return mri_operator(meas.grid.shape if three_d else meas.grid.shape[1:], meas.mask, kspace=k,
-                        coil_maps=None if meas.coil_maps is None else torch.from_numpy(np.asarray(meas.coil_maps)),
-                        maps_from=cfg.mri.coil_maps, three_d=three_d, real_input=not complex_images,
-                        kspace_shape=meas.info.get("kspace_shape"))
+    try:
+        return mri_operator(meas.grid.shape if three_d else meas.grid.shape[1:], meas.mask, kspace=k,
+                            coil_maps=None if meas.coil_maps is None else torch.from_numpy(np.asarray(meas.coil_maps)),
+                            maps_from=cfg.mri.coil_maps, three_d=three_d, real_input=not complex_images,
+                            kspace_shape=meas.info.get("kspace_shape"))
+    except InputError as e:
+        raise InputError(f"{meas.info.get('source') or 'the measurements'}: {e}") from None
 
 
 def phase_rotation(image: torch.Tensor) -> complex:

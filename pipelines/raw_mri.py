@@ -17,10 +17,11 @@ import numpy as np
 
 from medrecon.errors import InputError
 from medrecon.io import read_cfl
+from medrecon.io.common import check_voxels
 from medrecon.volume import Volume
 from operators.mri import mask_acceleration
 
-from .measurement import Measurement
+from .measurement import Measurement, refuse_non_finite
 
 MEASURED = "measured k-space, rescaled at load"
 
@@ -28,6 +29,17 @@ MEASURED = "measured k-space, rescaled at load"
 def is_measured_kspace(meas: Measurement) -> bool:
     """Whether ``meas`` is measured k-space read from a raw file (not a simulation)."""
     return meas.info.get("units", "") == MEASURED
+
+
+def mask_used(meas: Measurement) -> dict | None:
+    """report.json's ``measured_mask``: for measured k-space, where its own mask came from (``mask_source``: the
+    file's, its non-zero columns or samples, the acquired lines), the acceleration of that mask and the one
+    reconstructed (they differ after mri.retrospective, whose mask the config's ``mri.mask`` is); None otherwise."""
+    if not is_measured_kspace(meas):
+        return None
+    used = mask_acceleration(meas.mask)
+    return {"source": meas.info.get("mask_source"), "acceleration": round(used, 3),
+            "file_acceleration": round(meas.info.get("acceleration_before_retrospective", used), 3)}
 
 
 def parse_ismrmrd_header(xml: str | bytes) -> dict:
@@ -89,18 +101,96 @@ def _one_or_per_slice(sampled: np.ndarray) -> np.ndarray:
     return sampled[0] if (sampled == sampled[:1]).all() else sampled
 
 
-def _mask(mask, k: np.ndarray) -> np.ndarray:
-    """The sampling mask, (H, W), or (Z, H, W) where the slices' lines differ; none given: the non-zero columns."""
+TRANSPOSE = ("medrecon expects them along the last axis (columns W): transpose the last two axes of kspace (and of "
+             "the reference)")
+
+
+def _mask(mask, k: np.ndarray, path: Path) -> np.ndarray:
+    """The sampling mask, (H, W), or (Z, H, W) where the slices' lines differ: the file's own, (W,) per column or
+    (H, W) / (Z, H, W) per sample (1 along an axis broadcasts), else refused naming the fix; none given: the
+    non-zero columns (k-space whose lines run along the rows is refused: :func:`_refuse_lines_along_rows`)."""
     if mask is None:
+        _refuse_lines_along_rows(k, path)
         mask = _one_or_per_slice(np.abs(k).reshape(k.shape[0], -1, k.shape[-1]).sum(1) > 0)  # (W,) or (Z, W)
         if mask.ndim == 2:
             return np.broadcast_to(mask[:, None, :], (k.shape[0], *k.shape[-2:])).astype(np.float32)
     mask = np.asarray(mask, np.float32)
-    if mask.ndim == 1:
-        if mask.size != k.shape[-1]:
-            raise InputError(f"mask has {mask.size} entries but the k-space has {k.shape[-1]} columns")
-        mask = np.broadcast_to(mask, k.shape[-2:]).copy()
-    return mask
+    (h, w), ndim = k.shape[-2:], mask.ndim
+    full = (k.shape[0], h, w)[-ndim:] if 1 <= ndim <= 3 else ()
+    if not full or mask.shape[-1] != w or any(m not in (1, n) for m, n in zip(mask.shape, full)):
+        what = f"has {mask.size} entries but kspace {k.shape} has {w} columns" if ndim == 1 else \
+            f"of shape {mask.shape} does not fit kspace {k.shape}"
+        fix = f"its phase-encode lines run along the rows (axis -2)? {TRANSPOSE}" if mask.shape[-1] == h != w else \
+            f"store it as ({w},), one entry per phase-encode column, or as (H, W) = ({h}, {w}) or (slices, H, W) " \
+            "per sample"
+        raise InputError(f"{path}: mask {what}: {fix}")
+    return np.broadcast_to(mask, full if ndim == 3 else (h, w)).copy()
+
+
+def _columns_without_data(mask: np.ndarray, k: np.ndarray) -> int:
+    """How many phase-encode columns ``mask`` ((H, W) or (Z, H, W)) samples where a slice's k-space (Z, [C,] H, W)
+    holds only zeros."""
+    sampled = np.broadcast_to((mask > 0).any(axis=-2), (k.shape[0], k.shape[-1]))  # (Z, W)
+    held = (k != 0).reshape(k.shape[0], -1, k.shape[-1]).any(axis=1)
+    return int((sampled & ~held).any(axis=0).sum())
+
+
+#: field names of a compound (real, imaginary) k-space dataset; h5py itself reads only fields r and i as complex
+COMPOUND_PARTS = (("real", "imag"), ("re", "im"), ("r", "i"))
+
+
+def _complex_kspace(raw, path: Path) -> np.ndarray:
+    """An HDF5 ``kspace`` dataset as complex64: complex, or a compound of a real and an imaginary field
+    (``COMPOUND_PARTS``). Real values are refused: measured k-space is complex, so a real dataset lost its
+    imaginary part, holds magnitudes, or holds the two parts along a last axis of 2 (torch's layout)."""
+    names = {n.lower(): n for n in raw.dtype.names or ()}
+    parts = next(((names[a], names[b]) for a, b in COMPOUND_PARTS if len(names) == 2 and {a, b} <= set(names)), None)
+    if parts is not None:
+        a = raw[()]
+        return (a[parts[0]] + 1j * a[parts[1]]).astype(np.complex64)
+    if names:
+        raise InputError(f"{path}: kspace is a compound of fields {tuple(names.values())}: store it as complex, or "
+                         "as a compound of the fields real and imag")
+    if raw.dtype.kind != "c" and raw.shape[-1] == 2:  # torch's (..., 2) real/imaginary layout
+        raise InputError(f"{path}: kspace is real with a last axis of 2 ({raw.shape}): real and imaginary "
+                         "parts? store it as complex (k[..., 0] + 1j * k[..., 1])")
+    if raw.dtype.kind != "c":
+        raise InputError(f"{path}: kspace is real-valued ({raw.dtype}), but measured k-space is complex: its "
+                         "imaginary part was lost or magnitudes were stored; write the complex k-space (e.g. "
+                         "complex64)")
+    return np.asarray(raw[()]).astype(np.complex64)
+
+
+def _refuse_uncentred(k: np.ndarray, path: Path, file_axes=(-2, -1)) -> None:
+    """Refuses k-space (Z, [C,] H, W) whose energy (|k| summed over slices and coils) peaks in the outer eighth of
+    the matrix along H or W: DC at index 0, numpy.fft's own convention, where medrecon expects it at n // 2 (the
+    reconstruction is then garbage). Centred data peak at n // 2, a partial Fourier or asymmetric echo (zero-filled)
+    a few samples off it, and one stored without its unmeasured part (5/8 of the lines) 0.3 n from the centre.
+    ``file_axes``: the two axes as the file numbers them, for the fix."""
+    energy = np.abs(k).reshape(-1, *k.shape[-2:]).sum(0)
+    if not energy.any():
+        return
+    peak = np.unravel_index(int(np.argmax(energy)), energy.shape)
+    off = [ax for ax, i, n in zip(file_axes, peak, energy.shape) if n > 2 and min(i, n - 1 - i) < n / 8]
+    if off:
+        raise InputError(f"{path}: k-space looks uncentred: its energy peaks at {tuple(int(i) for i in peak)}, at the "
+                         f"edge of the {energy.shape[0]} x {energy.shape[1]} matrix, not near its centre "
+                         f"{tuple(n // 2 for n in energy.shape)} where medrecon expects DC; if DC is at index 0 "
+                         f"(numpy.fft's convention), apply numpy.fft.fftshift(kspace, axes={tuple(off)})")
+
+
+def _refuse_lines_along_rows(k: np.ndarray, path: Path) -> None:
+    """Refuses k-space (Z, [C,] H, W) of which a slice has every column holding data but whole rows empty between
+    rows holding data: undersampled phase-encode lines along the rows, which a mask of the non-zero columns calls
+    fully sampled (its missing rows then fitted as measured zeros). Empty rows at the edges only are a partial
+    echo or a zero-padded readout, and are read."""
+    held = k.reshape(k.shape[0], -1, *k.shape[-2:]) != 0  # (Z, C, H, W)
+    for rows, cols in zip(held.any(axis=(1, 3)), held.any(axis=(1, 2))):
+        inner = rows[np.argmax(rows): len(rows) - np.argmax(rows[::-1])]
+        if cols.all() and not inner.all():
+            raise InputError(f"{path}: {int((~inner).sum())} of its {len(rows)} rows are empty between rows holding "
+                             "data, while every column holds data: its phase-encode lines run along the rows (axis "
+                             f"-2); {TRANSPOSE}")
 
 
 def load_fastmri(path: Path) -> Measurement:
@@ -113,11 +203,7 @@ def load_fastmri(path: Path) -> Measurement:
             if "kspace" not in f:
                 raise InputError(f"{path}: no 'kspace' dataset (fastMRI-style files hold kspace "
                                  f"(slices, [coils,] H, W))")
-            raw = f["kspace"]
-            if raw.dtype.kind != "c" and raw.shape[-1] == 2:  # torch's (..., 2) real/imaginary layout
-                raise InputError(f"{path}: kspace is real with a last axis of 2 ({raw.shape}): real and imaginary "
-                                 "parts? store it as complex (k[..., 0] + 1j * k[..., 1])")
-            k = np.asarray(raw[()]).astype(np.complex64)
+            k = _complex_kspace(f["kspace"], path)
             maps = next((np.asarray(f[n][()]).astype(np.complex64) for n in ("sens_maps", "coil_maps") if n in f),
                         None)
             mask = np.asarray(f["mask"][()]) if "mask" in f else None
@@ -131,13 +217,24 @@ def load_fastmri(path: Path) -> Measurement:
         raise InputError(f"{path}: cannot read HDF5 ({e})") from None
     if k.ndim not in (3, 4):
         raise InputError(f"{path}: kspace must be (slices, [coils,] H, W), got shape {k.shape}")
+    refuse_non_finite(k, path, "mri")  # before the mask is inferred from it
+    _refuse_uncentred(k, path)
     header = None if xml is None else parse_ismrmrd_header(xml.tobytes() if hasattr(xml, "tobytes") else xml)
     grid, info = _grid(k.shape[0], k.shape[-2:], header)
     if ref is not None and ref.shape != grid.shape:
         raise InputError(f"{path}: {name} has shape {ref.shape}, the recon grid is {grid.shape}")
-    mask = _mask(mask, k)
+    if ref is not None:  # (its NaN was blamed on the output's reference.nii.gz, which is then never written)
+        ref = check_voxels(ref, f"{path}: {name}")
+    source = "file" if mask is not None else "non-zero columns"
+    mask = _mask(mask, k, path)
+    stale = _columns_without_data(mask, k)
+    if stale:  # a mask of other data: those columns would be fitted as measured zeros, unsaid
+        info["warnings"] = [*info.get("warnings", []), f"{path}: the mask samples {stale} columns that hold only "
+                            "zeros (a mask of other data?): they are fitted as measured zeros; store the mask of the "
+                            "lines acquired, or leave it out (the non-zero columns are then taken)"]
     return Measurement("mri", _only_sampled(k, mask), grid, None, mask, maps,  # a file of full k-space and a mask:
-                       {"source": str(path), "layout": "2d", "units": MEASURED, **info}, reference=ref)  # its lines
+                       {"source": str(path), "layout": "2d", "units": MEASURED, "mask_source": source, **info},
+                       reference=ref)  # its lines
 
 
 def _only_sampled(k: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -218,16 +315,18 @@ def load_ismrmrd(path: Path) -> Measurement:
         k[a.idx.slice, :, first:first + n_samples, ky] += a.data
         count[a.idx.slice, ky] += 1
     k /= np.maximum(count, 1)[:, None, None, :]  # repeated lines (averages) are averaged
+    refuse_non_finite(k, path, "mri", "(idx.slice, coil, readout sample, ky)")
     order, step = _slice_positions(path, acqs, n_slices)
     k = k[order]
-    mask = _mask(None, k)
+    mask = _mask(None, k, path)
     mask[..., :first, :], mask[..., first + n_samples:, :] = 0, 0  # a partial echo's unmeasured readout samples
     grid, info = _grid(n_slices, (n_ro, n_ky), header)
     if step is not None:  # the slices' own spacing, gaps included (the header's FOV z is a slice's thickness)
         grid = replace(grid, spacing=(*grid.spacing[:2], step))
         info["slice_spacing_mm"] = step
     return Measurement("mri", k if n_coils > 1 else k[:, 0], grid, None, mask, None,
-                       {"source": str(path), "layout": "2d", "units": MEASURED, **info})
+                       {"source": str(path), "layout": "2d", "units": MEASURED, "mask_source": "acquired lines",
+                        **info})
 
 
 def _slice_positions(path: Path, acqs, n_slices: int) -> tuple[np.ndarray, float | None]:
@@ -278,15 +377,18 @@ def _readout(path: Path, acqs, n_samples: int, n_encoded: int) -> tuple[int, int
 def load_cfl(path: Path) -> Measurement:
     """BART k-space (RO, PE1, 1, COIL[, ..., slices in dim 13]) as 2D multi-slice; mask = sampled positions."""
     a = read_cfl(path)
+    refuse_non_finite(a, path, "mri", "(BART's dimension order)")
     a = a.reshape(*a.shape, *([1] * (16 - a.ndim)))
     if a.shape[2] != 1 or any(a.shape[d] != 1 for d in range(4, 16) if d != 13):
         raise InputError(f"{path}: only 2D k-space (RO, PE1, 1, COIL) with slices along dim 13 is read, "
                          f"got dimensions {a.shape}")
     k = np.ascontiguousarray(np.moveaxis(a[:, :, 0, :, 0, 0, 0, 0, 0, 0, 0, 0, 0, :, 0, 0], (3, 2), (0, 1)))
+    _refuse_uncentred(k, path, (0, 1))  # BART's RO, PE1
     mask = _one_or_per_slice(np.abs(k).sum(1) > 0).astype(np.float32)  # sampled positions, not only columns
     grid, info = _grid(k.shape[0], k.shape[-2:], None)
     return Measurement("mri", k if k.shape[1] > 1 else k[:, 0], grid, None, mask, None,
-                       {"source": str(path), "layout": "2d", "units": MEASURED, **info})
+                       {"source": str(path), "layout": "2d", "units": MEASURED, "mask_source": "non-zero samples",
+                        **info})
 
 
 __all__ = ["MEASURED", "is_ismrmrd", "load_cfl", "load_fastmri", "load_ismrmrd", "parse_ismrmrd_header"]

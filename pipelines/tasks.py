@@ -27,7 +27,7 @@ from .measurement import Measurement, is_measurement_file
 from .outputs import (Timings, atomic_output, check_output_folder, peak_memory, preview_png, report, reset_rss_peak,
                       write_json)
 from .problem import Problem, Solution, configured_prior, measured_geometry, simulate_on_its_grid
-from .raw_mri import is_measured_kspace
+from .raw_mri import is_measured_kspace, mask_used
 
 log = logging.getLogger("medrecon")
 
@@ -151,6 +151,7 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          cross_validation=problem.info.get("cross_validation"),
                          self_adapt=problem.info.get("self_adapt"), coil_maps=problem.info.get("coil_maps"),
                          retrospective_mask=problem.measurement.info.get("retrospective_mask"),
+                         measured_mask=mask_used(problem.measurement),
                          vs_reference=scores_against_reference(problem, recon), files=files)
         rep["timings_s"], rep["peak_memory"] = t.as_dict(), peak_memory(problem.device)  # as the page shows them
         with t("page"):  # timed too (4 s of 266 on 20 x 256^2 were left out of the total)

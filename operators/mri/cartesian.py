@@ -54,7 +54,8 @@ class CartesianMRI(LinearOperator):
         try:
             torch.broadcast_shapes(tuple(m.shape[m.ndim - nd:]), kshape)
         except RuntimeError:
-            raise InputError(f"mask of shape {tuple(m.shape)} does not broadcast to k-space {kshape}") from None
+            raise InputError(f"mask of shape {tuple(m.shape)} does not broadcast to k-space {kshape}: give it the "
+                             "k-space's shape, or 1 along the readout (one entry per phase-encode line)") from None
         if m.ndim > nd + (1 if nd == 2 else 0):
             raise InputError(f"mask of shape {tuple(m.shape)}: at most one leading (per-slice) axis, 2D only")
         if not bool(m.any()):

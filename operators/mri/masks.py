@@ -159,10 +159,10 @@ def make_mask(kind: str, shape, acceleration: float, center_fraction: float = 0.
 def mask_acceleration(mask) -> float:
     """Phase-encode positions over those sampled (the acceleration ``make_mask`` is given): the readout axis (rows,
     -2) is collapsed, a column counting as sampled where any of its samples is (a partial echo's unmeasured samples
-    do not count); per-slice masks (Z, H, W) are averaged over their slices."""
+    do not count); per-slice masks (Z, H, W) are averaged over their slices. A mask that samples nothing: inf."""
     m = np.asarray(mask) != 0
     lines = m.any(axis=-2) if m.ndim >= 2 else m
-    return float(lines.size / max(int(lines.sum()), 1))
+    return float(lines.size / lines.sum()) if lines.any() else math.inf
 
 
 def save_mask(path, mask: np.ndarray, **meta) -> Path:

@@ -129,10 +129,12 @@ def _mask(mask, k: np.ndarray, path: Path) -> np.ndarray:
 
 def _columns_without_data(mask: np.ndarray, k: np.ndarray) -> int:
     """How many phase-encode columns ``mask`` ((H, W) or (Z, H, W)) samples where a slice's k-space (Z, [C,] H, W)
-    holds only zeros."""
+    holds only zeros between columns that hold data (zero columns at the edges are padding: fastMRI's knee files
+    pad k-space to the matrix and may mark the padding sampled)."""
     sampled = np.broadcast_to((mask > 0).any(axis=-2), (k.shape[0], k.shape[-1]))  # (Z, W)
     held = (k != 0).reshape(k.shape[0], -1, k.shape[-1]).any(axis=1)
-    return int((sampled & ~held).any(axis=0).sum())
+    inside = np.maximum.accumulate(held, axis=1) & np.maximum.accumulate(held[:, ::-1], axis=1)[:, ::-1]
+    return int((sampled & ~held & inside).any(axis=0).sum())
 
 
 #: field names of a compound (real, imaginary) k-space dataset; h5py itself reads only fields r and i as complex

@@ -274,11 +274,19 @@ def test_a_stored_mask_sampling_columns_without_data_is_warned_in_report_input_w
         res = reconstruct("cs_mri_x4", src, tmp_path / src.stem, overrides=["solver.name=zero_filled"])
         return [w for w in res.report["input_warnings"] if "hold only zeros" in w]
 
-    assert warned(tmp_path / "ones.h5") == [
-        f"ones.h5: the mask samples {int((mask == 0).sum())} columns that hold only zeros (a mask of other data?): "
+    held = np.flatnonzero(np.asarray(mask).reshape(-1, mask.shape[-1]).any(axis=0))
+    inside = int((np.asarray(mask).reshape(-1, mask.shape[-1]).any(axis=0)[held[0]:held[-1]] == 0).sum())
+    assert warned(tmp_path / "ones.h5") == [  # the empty columns between measured ones (at the edges: padding)
+        f"ones.h5: the mask samples {inside} columns that hold only zeros (a mask of other data?): "
         "they are fitted as measured zeros; store the mask of the lines acquired, or leave it out (the non-zero "
         "columns are then taken)"]
     assert warned(tmp_path / "own.h5") == []
+    padded = k.copy()
+    padded[..., :3] = padded[..., -3:] = 0  # zero-padded edges marked sampled (fastMRI's knee files) are no stale mask
+    own = mask.copy()
+    own[..., :3] = own[..., -3:] = 1
+    write_fastmri(tmp_path / "padded.h5", padded, own, rss, header(), np.stack([maps, maps]))
+    assert warned(tmp_path / "padded.h5") == []
 
 
 def test_read_cfl_kspace_as_measurement(tmp_path):

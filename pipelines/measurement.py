@@ -146,15 +146,18 @@ def refuse_non_finite(values, path, modality: str, axes: str = "") -> None:
 
 
 def _refuse_empty_mask(meas: Measurement, path: Path) -> None:
-    """MRI measurements need a sampling mask that samples something: missing (a medrecon .npz without 'mask'), all
-    zero, or inferred from k-space that holds only zeros (``info['mask_source']`` other than the file's)."""
+    """MRI measurements need k-space that holds something and a sampling mask that samples something: refused
+    when the mask is missing (a medrecon .npz without 'mask'), the k-space all zero (whatever the mask), or the
+    mask all zero."""
     if meas.mask is None:
         raise InputError(f"{path}: no sampling mask: MRI measurements need a 'mask' array (1 where k-space was "
                          "measured, (H, W) or (1, W)); write it with the data")
-    if not np.any(meas.mask):
+    if not np.any(meas.mask):  # a mask inferred from the data (info mask_source) is empty where the data are
         raise InputError(f"{path}: kspace holds only zeros" if meas.info.get("mask_source", "file") != "file" else
                          f"{path}: its mask samples nothing (all zero): store 1 where k-space was measured (a "
                          "fastMRI file may leave 'mask' out: its non-zero columns are then taken)")
+    if not np.any(meas.data):  # whatever its mask: the solvers fail on it with advice about step sizes
+        raise InputError(f"{path}: kspace holds only zeros")
 
 
 def _check_sinogram_fits(meas: Measurement, path: Path) -> None:

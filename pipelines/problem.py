@@ -662,15 +662,15 @@ def scan_deg(cfg: Config) -> float:
 
 
 def check_view_angles(cfg: Config, meas: Measurement) -> None:
-    """CT views are stored in degrees (the geometry's ``angles_deg``): views spanning under 2 pi degrees and under a
-    quarter of the config's scan were given in radians, and are refused. Data over a config's own wedge span at
+    """CT views are stored in degrees (the geometry's ``angles_deg``): views spanning under 2.5 pi degrees (a turn in
+    radians and a bit) and under a quarter of the config's scan were given in radians, and are refused. Data over a config's own wedge span at
     least half of it (one view per degree, 2 degrees at least), so cannot trip it; views truly that close pass
     under a config for their wedge."""
     if meas.modality != "ct" or cfg.modality != "ct":
         return
     angles = geometry_from_dict(meas.geometry).angles_deg
     lo, hi, want = min(angles), max(angles), scan_deg(cfg)
-    if len(angles) > 1 and hi - lo < min(2 * math.pi, want / 4):
+    if len(angles) > 1 and hi - lo < min(1.25 * 2 * math.pi, want / 4):  # a turn and a bit, as in radians
         raise InputError(f"{meas.info.get('source') or 'the measurements'}: its {len(angles)} views span {lo:.3g} to "
                          f"{hi:.3g} degrees, but the config expects views over {want:g} degrees: radians given where "
                          "degrees are expected? the geometry's angles_deg are in degrees (numpy.degrees of radians); "

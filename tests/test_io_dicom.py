@@ -1059,3 +1059,26 @@ def test_a_secondary_capture_names_its_axes_with_dicoms_letters(tmp_path):
     assert ds.PatientOrientation[0] == "LHP"
     big = Volume(np.zeros((1, 3, 4), np.float32), meta={"dicom": {"SeriesNumber": "2147483600", "Modality": "CT"}})
     assert int(pydicom.dcmread(next(write_dicom_series(big, tmp_path / "n").iterdir())).SeriesNumber) < 2 ** 31
+
+
+def test_a_damaged_series_of_a_compression_gdcm_reads_is_damaged_not_missing_a_decoder(tmp_path):
+    """Review: SimpleITK's GDCM decodes JPEG-LS; pydicom here has no plugin for it, so a damaged JPEG-LS series was
+    told to 'pip install' a decoder and, being an InputError, stopped a training folder it used to be skipped in."""
+    from pydicom.data import get_testdata_file
+
+    from medrecon.errors import UnreadableError
+    src, series = get_testdata_file("MR_small_jpeg_ls_lossless.dcm"), pydicom.uid.generate_uid()
+    for i in range(3):
+        ds = pydicom.dcmread(src)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = series, pydicom.uid.generate_uid(), i + 1
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.0 * i], [1, 0, 0, 0, 1, 0]
+        ds.save_as(tmp_path / f"s{i}.dcm")
+    assert read_volume(tmp_path).shape == (3, 64, 64)  # GDCM reads them whole
+    for f in tmp_path.iterdir():
+        raw = bytearray(f.read_bytes())
+        raw[-3000:-2000] = b"\xff" * 1000  # inside the JPEG-LS stream
+        f.write_bytes(bytes(raw))
+    with pytest.raises(UnreadableError, match="truncated or damaged file") as e:
+        read_volume(tmp_path)
+    assert "pip install" not in str(e.value)

@@ -437,6 +437,9 @@ def test_missing_empty_and_misfitting_masks_and_maps_are_refused_naming_the_file
         f["kspace"] = np.zeros_like(k)
     with pytest.raises(InputError, match=r"nothing.h5: kspace holds only zeros"):
         Measurement.load(tmp_path / "nothing.h5")
+    write_fastmri(tmp_path / "nothing_masked.h5", np.zeros_like(k), mask, rss, header(ex=32, ey=32))
+    with pytest.raises(InputError, match=r"nothing_masked.h5: kspace holds only zeros"):  # review: its mask stored,
+        Measurement.load(tmp_path / "nothing_masked.h5")  # it loaded, then 'diverged ... lower its step sizes'
     grid = Volume(np.zeros((2, 32, 32), np.float32))
 
     def npz(name, **kw):

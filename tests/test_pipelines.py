@@ -934,6 +934,10 @@ def test_ct_angles_in_radians_are_refused_and_views_over_less_than_the_configs_s
         res = tasks.reconstruct(config, _measured_ct(tmp_path / f"{name}.npz", angles_deg=angles), tmp_path / name,
                                 overrides=fbp)
         assert res.report["input_warnings"] == []
+    turn = np.linspace(0, 2 * np.pi, 8)  # review: a full turn in radians with its endpoint spans 2 pi exactly
+    with pytest.raises(InputError, match="radians given where degrees are expected"):
+        tasks.reconstruct("sparse_view_ct_8", _measured_ct(tmp_path / "turn.npz", angles_deg=turn), tmp_path / "t",
+                          overrides=fbp)
     narrow = ["ct.n_views=null", "ct.wedge_deg=3", *fbp]  # views truly 0.39 degrees apart: a config for them
     res = tasks.reconstruct("sparse_view_ct_8", _measured_ct(tmp_path / "narrow.npz", angles_deg=np.deg2rad(full)),
                             tmp_path / "narrow", overrides=narrow)

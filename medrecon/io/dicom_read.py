@@ -600,15 +600,22 @@ NO_DECODER = "no installed decoder reads"
 _DECOMPRESS = "decompress it, e.g. gdcmconv --raw or dcmdjpeg"
 
 
+#: compressions SimpleITK's own GDCM decodes: a file of one that it failed on is damaged, whatever pydicom lacks
+GDCM_DECODES = {pydicom.uid.JPEGBaseline8Bit, pydicom.uid.JPEGExtended12Bit, pydicom.uid.JPEGLossless,
+                pydicom.uid.JPEGLosslessSV1, pydicom.uid.JPEGLSLossless, pydicom.uid.JPEGLSNearLossless,
+                pydicom.uid.JPEG2000Lossless, pydicom.uid.JPEG2000, pydicom.uid.RLELossless}
+
+
 def _decoder_to_install(f: Path) -> str:
-    """The `pip install ...` of a pydicom plugin that decodes ``f``'s transfer syntax, where pydicom knows decoders
-    for it but none is installed (SimpleITK's GDCM failed on it too); "" where one is installed (its failure:
-    damage) or pydicom knows none."""
+    """The `pip install ...` of a pydicom plugin that decodes ``f``'s transfer syntax, where neither SimpleITK's
+    GDCM (``GDCM_DECODES``) nor an installed pydicom plugin reads it; "" where one of them does (its failure:
+    damage) or pydicom knows no decoder for it."""
     try:
-        decoder = get_decoder(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        uid = pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        decoder = get_decoder(uid)
     except Exception:  # noqa: BLE001 - no header, or a transfer syntax pydicom decodes with no plugin at all
         return ""
-    if decoder.is_available:
+    if uid in GDCM_DECODES or decoder.is_available:
         return ""
     needs = {plugin: wants for plugin, _, wants in (m.partition(" - requires ") for m in decoder.missing_dependencies)}
     wants = next((needs[p] for p in ("pylibjpeg", "pyjpegls", "gdcm") if p in needs), "")  # pydicom 3: 'a>=2 and b'

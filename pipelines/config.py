@@ -480,9 +480,9 @@ def _solver_loc(loc: tuple) -> tuple[tuple, str | None]:
     return loc, None
 
 
-def _model_at(loc: tuple, solver: str | None = None) -> type[BaseModel] | None:
-    """The config section class at a key path (to suggest its field names)."""
-    cls: Any = Config
+def section_at(loc: tuple, solver: str | None = None, root: type[BaseModel] | None = None) -> type[BaseModel] | None:
+    """The section class at a key path of ``root`` (the Config by default), to suggest its field names."""
+    cls: Any = root or Config
     if solver is not None and loc and loc[0] == "solver":
         cls, loc = SOLVERS[solver].settings, loc[1:]
     for part in loc:
@@ -498,6 +498,13 @@ def _model_at(loc: tuple, solver: str | None = None) -> type[BaseModel] | None:
     return cls
 
 
+def unknown_key_hint(section: type[BaseModel] | None, key) -> str:
+    """'did you mean "rho"?' for a key misspelt in ``section`` (a pydantic model), else the keys it knows."""
+    names = list(section.model_fields) if section else []
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+    return f'did you mean "{close[0]}"?' if close else f"known keys: {', '.join(names)}"
+
+
 _EXPECT = {"float_parsing": "a number", "float_type": "a number", "int_parsing": "an integer",
            "int_type": "an integer", "int_from_float": "an integer", "bool_parsing": "true or false",
            "bool_type": "true or false", "string_type": "a string", "model_type": "a section (key: value lines)",
@@ -510,10 +517,7 @@ def _describe(err: dict) -> str:
     (loc, solver), kind, ctx = _solver_loc(tuple(err["loc"])), err["type"], err.get("ctx") or {}
     where = _loc(loc) or "(top level)"
     if kind == "extra_forbidden":
-        section = _model_at(loc[:-1], solver)
-        names = list(section.model_fields) if section else []
-        close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
-        hint = f'did you mean "{close[0]}"?' if close else f"known keys: {', '.join(names)}"
+        hint = unknown_key_hint(section_at(loc[:-1], solver), loc[-1])
         owners = [n for n, s in SOLVERS.items() if loc[-1] in s.settings.model_fields]
         if solver is not None and len(loc) == 2 and owners:
             return f"{where}: not a setting of solver {solver} (it belongs to {', '.join(owners)})"

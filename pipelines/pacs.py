@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from medrecon.errors import InputError, MedreconError
 from medrecon.io.dicom_scan import MANUFACTURER
 
-from .config import yaml_load
+from .config import section_at, unknown_key_hint, yaml_load
 
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # PacsError says what failed, in one line
 
@@ -37,6 +37,13 @@ class TLS(BaseModel):
     cert_file: Optional[Path] = None  # medrecon's certificate, when the PACS checks its clients
     key_file: Optional[Path] = None
     server_name: Optional[str] = None  # check the PACS certificate against this host name
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _a_file(cls, v: Optional[Path]) -> Optional[Path]:
+        if v is not None and not Path(v).is_file():  # ssl named no file: "[Errno 2] No such file or directory"
+            raise ValueError(f"{v}: no such file (a path relative to the folder medrecon runs in, or absolute)")
+        return v
 
 
 DEFAULT_AET = "ANY-SCP"  # a called AE title many PACS accept when they do not check it
@@ -104,8 +111,16 @@ def load_settings(path: Path | None = None, **overrides) -> PacsSettings:
     try:
         return PacsSettings(**data)
     except ValidationError as e:
-        lines = [f"{where}: pacs.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
-        raise InputError("; ".join(lines)) from None
+        raise InputError("; ".join(f"{where}: pacs.{'.'.join(map(str, err['loc']))}: {_setting_problem(err)}"
+                                   for err in e.errors())) from None
+
+
+def _setting_problem(err: dict) -> str:
+    """What is wrong with one PACS setting: an unknown key with the one meant (as configs say it), else pydantic's."""
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown key ({unknown_key_hint(section_at(loc[:-1], root=PacsSettings), loc[-1])})"
+    return err["msg"].removeprefix("Value error, ")
 
 
 # ------------------------------------------------------------------------------------------ associations

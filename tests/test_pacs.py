@@ -591,3 +591,21 @@ def test_pacs_run_fetches_images_that_reached_the_pacs_after_the_first_retrieval
     assert _run(pacs, out, "--description", "Late*") == 0
     again = _manifest(out)["Late"]
     assert again["status"] == "done" and nib.load(out / again["output_path"] / "recon.nii.gz").shape[2] == 4
+
+
+def test_pacs_settings_name_a_misspelt_key_and_a_missing_certificate(tmp_path):
+    """PACS settings said pydantic's 'Extra inputs are not permitted' (configs suggest the key meant), and a TLS
+    file that is not there failed only at the first connection, as ssl's '[Errno 2] No such file or directory'
+    naming no file."""
+    from medrecon.errors import InputError
+    from pipelines.pacs import load_settings
+    (cfg := tmp_path / "pacs.yaml").write_text("pacs:\n  hots: localhost\n  tls:\n    ca_fiel: ca.pem\n")
+    with pytest.raises(InputError) as e:
+        load_settings(cfg)
+    assert 'pacs.hots: unknown key (did you mean "host"?)' in str(e.value)
+    assert 'pacs.tls.ca_fiel: unknown key (did you mean "ca_file"?)' in str(e.value)
+    cfg.write_text(f"pacs:\n  host: localhost\n  tls:\n    ca_file: {tmp_path / 'ca.pem'}\n")
+    with pytest.raises(InputError, match=rf"pacs.tls.ca_file: {tmp_path / 'ca.pem'}: no such file"):
+        load_settings(cfg)
+    (tmp_path / "ca.pem").write_text("")
+    assert load_settings(cfg).tls.ca_file == tmp_path / "ca.pem"

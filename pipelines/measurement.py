@@ -95,10 +95,23 @@ class Measurement:
                 meas = raw_mri.load_ismrmrd(path) if raw_mri.is_ismrmrd(path) else raw_mri.load_fastmri(path)
         else:
             meas = cls._load_npz(path)
-        refuse_non_finite(meas.data, path, meas.modality)  # raw files: checked as read, in their own axis order
-        if meas.modality == "mri":
-            _refuse_empty_mask(meas, path)
-        return meas
+        return meas.check(path)
+
+    def check(self, where) -> "Measurement":
+        """These measurements, refused (InputError naming ``where``) unless usable: finite values (raw files were
+        checked as read, in their own axis order); MRI: k-space and a mask that sample something; CT: a geometry the
+        sinogram fits, and values that can be line integrals. ``load`` checks a file; ``Problem.build`` checks
+        measurements made in Python."""
+        refuse_non_finite(self.data, where, self.modality)
+        if self.modality == "mri":
+            _refuse_empty_mask(self, where)
+        if self.modality == "ct":
+            _check_sinogram_fits(self, where)
+            from operators.ct import line_integral_problem
+            why = line_integral_problem(self.data)
+            if why:
+                raise InputError(f"{where}: {why}")
+        return self
 
     @classmethod
     def _load_npz(cls, path: Path) -> "Measurement":
@@ -115,12 +128,6 @@ class Measurement:
                        json.loads(str(z["info"])), z["reference"] if "reference" in z else None)
         except (OSError, ValueError, KeyError) as e:
             raise InputError(f"{path}: cannot read measurements ({e})") from None
-        if meas.modality == "ct":
-            _check_sinogram_fits(meas, path)
-            from operators.ct import line_integral_problem
-            why = line_integral_problem(meas.data)
-            if why:
-                raise InputError(f"{path}: {why}")
         made_from = meas.info.get("source")  # messages name the file given, and what it was simulated from
         meas.info["source"] = f"{path} (simulated from {made_from})" if made_from else str(path)
         return meas

@@ -122,7 +122,7 @@ class Problem:
         reference = source = None
         info: dict = {}
         if isinstance(input, Measurement):
-            meas = input
+            meas = input.check(input.info.get("source") or "the measurements")  # as a file is checked as read
         elif not isinstance(input, Volume) and is_measurement_file(input):
             if series is not None:  # it was passed over without a word
                 raise InputError(f"{input} is a measurements file; --series applies to a folder of DICOM files")

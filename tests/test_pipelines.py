@@ -957,6 +957,9 @@ def test_a_ct_measurements_file_without_its_geometry_is_refused_naming_what_it_n
     np.savez(bare := tmp_path / "bare.npz", **{k: v for k, v in z.items() if k != "geometry"})
     with pytest.raises(InputError, match=r"bare.npz: a CT measurements file needs a 'geometry' array .*angles_deg"):
         tasks.reconstruct("sparse_view_ct_8", bare, tmp_path / "a", overrides=["solver.name=fbp"])
+    made = Measurement("ct", z["data"], read_volume(ct_nifti).slab(0, 1), info={"source": "my_sinogram"})
+    with pytest.raises(InputError, match="my_sinogram: a CT measurements file needs a 'geometry' array"):
+        Problem.build(tasks.prepare_config("sparse_view_ct_8", ["solver.name=fbp"]), made)  # in Python: a TypeError
     geometry = json.loads(str(z["geometry"]))
     del geometry["angles_deg"]
     np.savez(noangles := tmp_path / "noangles.npz", **{**z, "geometry": np.array(json.dumps(geometry))})

@@ -1082,3 +1082,16 @@ def test_a_damaged_series_of_a_compression_gdcm_reads_is_damaged_not_missing_a_d
     with pytest.raises(UnreadableError, match="truncated or damaged file") as e:
         read_volume(tmp_path)
     assert "pip install" not in str(e.value)
+
+
+def test_decimal_strings_stay_within_16_characters(tmp_path):
+    """A slice at z = -99.99999999999989 mm (ct_lung2's 53rd, in floating point) was written as '-100.000000000000',
+    17 characters where DS allows 16 (pydicom's format_number_as_ds; dciodvfy: 'Length invalid for this VR')."""
+    from medrecon.io.dicom_write import decimal_string
+    for x in (-99.99999999999989, 99.99999999999989, -0.00001234567891234, 123456789.123456, -1e-20, 0.5):
+        assert len(decimal_string(x)) <= 16 and abs(float(decimal_string(x)) - x) <= 1e-9 * max(1.0, abs(x))
+    vol = Volume(np.zeros((2, 4, 4), np.float32), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, -99.99999999999989))
+    for f in write_dicom_series(vol, tmp_path / "s").iterdir():
+        ds = pydicom.dcmread(f)
+        assert all(len(str(v.original_string if hasattr(v, "original_string") else v)) <= 16
+                   for v in [*ds.ImagePositionPatient, ds.SliceLocation])

@@ -120,6 +120,13 @@ def snap_to_lattice(data: np.ndarray, lattice: tuple[float, float]) -> np.ndarra
     return (np.round((np.asarray(data, np.float64) - b) / m) * m + b).astype(data.dtype)
 
 
+def decimal_string(x: float) -> str:
+    """``x`` as a DICOM DS value of at most 16 characters: pydicom's ``format_number_as_ds``, which rounds
+    -99.99999999999989 up to the 17 characters '-100.000000000000' (pydicom 3.0), else fewer significant digits."""
+    text = format_number_as_ds(x)
+    return text if len(text) <= 16 else next(t for d in range(15, 0, -1) if len(t := f"{x:.{d}g}") <= 16)
+
+
 def stored_scaling(data: np.ndarray, lattice: tuple[float, float] | None = None) -> tuple[str, str, bool]:
     """(RescaleSlope, RescaleIntercept) as DICOM DS text and whether the stored 16-bit values are signed: "1", "0",
     signed for integer voxels within int16; "1", "0", unsigned for integers within 0..65535 (an unsigned scan: exact,
@@ -131,17 +138,17 @@ def stored_scaling(data: np.ndarray, lattice: tuple[float, float] | None = None)
         m, b = lattice
         lo_k, hi_k = (lo - b) / m, (hi - b) / m  # int16, or uint16 when nothing is negative
         if -32768 <= lo_k and hi_k <= 32767 or 0 <= lo_k and hi_k <= 65535:
-            return format_number_as_ds(m), format_number_as_ds(b), hi_k <= 32767
+            return decimal_string(m), decimal_string(b), hi_k <= 32767
     if np.array_equal(data, np.round(data)):
         if -32768 <= lo and hi <= 32767:
             return "1", "0", True
         if 0 <= lo and hi <= 65535:  # stored as the values themselves: a viewer that ignores the rescale still sees them
             return "1", "0", False
         if hi - lo <= 65535:
-            return "1", format_number_as_ds(lo), False
-    intercept = format_number_as_ds((lo + hi) / 2)
+            return "1", decimal_string(lo), False
+    intercept = decimal_string((lo + hi) / 2)
     half = max(hi - float(intercept), float(intercept) - lo)
-    return (format_number_as_ds(half / 32000) if half > 0 else "1"), intercept, True
+    return (decimal_string(half / 32000) if half > 0 else "1"), intercept, True
 
 
 def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon reconstruction",
@@ -184,8 +191,8 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
             position = vol.world_lps([0, 0, k])
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
             ds.InstanceNumber = vol.shape[0] - k if reverse else k + 1
-            ds.ImagePositionPatient = [format_number_as_ds(float(x)) for x in position]
-            ds.SliceLocation = format_number_as_ds(float(position @ normal))
+            ds.ImagePositionPatient = [decimal_string(float(x)) for x in position]
+            ds.SliceLocation = decimal_string(float(position @ normal))
             if sources:  # the source slice this one was made from, and (Common Instance Reference) its series
                 nearest = _nearest(sources, float(position @ normal))
                 ds.SourceImageSequence = [_instance_reference(nearest)]
@@ -240,10 +247,10 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
         modality, [])
     ds.DerivationDescription = _one_value(description)[:1024]
     ds.ContentDate, ds.ContentTime = date, time
-    ds.PixelSpacing = [format_number_as_ds(vol.spacing[1]), format_number_as_ds(vol.spacing[0])]
-    ds.ImageOrientationPatient = [format_number_as_ds(float(v))
+    ds.PixelSpacing = [decimal_string(vol.spacing[1]), decimal_string(vol.spacing[0])]
+    ds.ImageOrientationPatient = [decimal_string(float(v))
                                   for v in (*vol.direction[:, 0], *vol.direction[:, 1])]
-    ds.SliceThickness = format_number_as_ds(vol.spacing[2])  # the spacing, unless the source says how thick
+    ds.SliceThickness = decimal_string(vol.spacing[2])  # the spacing, unless the source says how thick
     if modality in ("CT", "MR") and _positive(src.get("SliceThickness")):  # 5 mm slices 7 mm apart stay 5 mm thick
         ds.SliceThickness = src["SliceThickness"]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -256,7 +263,7 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
         _copy(ds, src, CT_TAGS)
     elif modality == "MR":
         _copy(ds, src, MR_TAGS)
-        ds.SpacingBetweenSlices = format_number_as_ds(vol.spacing[2])
+        ds.SpacingBetweenSlices = decimal_string(vol.spacing[2])
     else:  # Secondary Capture
         ds.ConversionType = "WSD"  # workstation
         ds.RescaleType = "US"  # unspecified units
@@ -432,8 +439,8 @@ def _window(ds: Dataset, vol: Volume, src: dict, modality: str) -> None:
         ds.WindowCenterWidthExplanation = "SOFT TISSUE"
         return
     lo, hi = (float(v) for v in np.percentile(vol.data, [1.0, 99.0]))
-    ds.WindowCenter = format_number_as_ds((lo + hi) / 2)
-    ds.WindowWidth = format_number_as_ds(max(hi - lo, 1.0))  # the standard wants >= 1
+    ds.WindowCenter = decimal_string((lo + hi) / 2)
+    ds.WindowWidth = decimal_string(max(hi - lo, 1.0))  # the standard wants >= 1
 
 
 def _values(value) -> list:

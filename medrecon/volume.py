@@ -140,20 +140,29 @@ class Volume:
             v = replace(v, data=data, spacing=tuple(v.spacing[a] for a in xyz),
                         origin=tuple(v.world_lps(corner)), direction=direction)
         meta = dict(self.meta)
-        stale = self.plane_warning()  # once: it resolves the volume's axes
+        meta["stored_plane"] = self.meta.get("stored_plane", self.slice_plane)  # its warning names a re-stack
+        stale, v = self.plane_warning(), replace(v, meta=meta)  # the old warning resolved once
         warnings = [w for w in meta.get("warnings", []) if w != stale] + [v.plane_warning()]
         if any(warnings) or "warnings" in meta:
             meta["warnings"] = [w for w in warnings if w]
-        return replace(v, meta=meta)
+        return v
+
+    @property
+    def slice_plane(self) -> str:
+        """The plane of the slices (along z) by the nearest patient axis: 'axial', 'coronal' or 'sagittal'."""
+        axis = self.orientation[2]
+        return "axial" if axis in "SI" else "sagittal" if axis in "LR" else "coronal"
 
     def plane_warning(self) -> str | None:
         """What to tell a user whose slices (along z) are not axial, or None: the 2D priors work slice by slice and
         z-TV runs along z, so a sagittal or coronal volume is reconstructed in those planes."""
-        axis = self.orientation[2]
-        if axis in "SI":
+        plane = self.slice_plane
+        if plane == "axial":
             return None
-        plane = "sagittal" if axis in "LR" else "coronal"
-        return (f"{self.meta.get('source', 'the input')}: its slices are {plane} (voxel axes {self.orientation}); "
+        source = self.meta.get("source", "the input")
+        if self.meta.get("stored_plane", plane) != plane:  # e.g. a sagittal file given --plane coronal
+            source = f"{source} re-stacked as {plane} slices"
+        return (f"{source}: its slices are {plane} (voxel axes {self.orientation}); "
                 f"medrecon reconstructs slice by slice along the third axis, so the prior sees {plane} slices and "
                 "z-TV runs across them, while the bundled priors were trained on axial slices: re-stack a 3D "
                 "acquisition as axial slices first (`medrecon convert IN OUT --plane axial`; a 2D series has too "

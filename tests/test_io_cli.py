@@ -97,6 +97,7 @@ def test_convert_plane_axial_restacks_a_sagittal_volume_without_moving_a_voxel(t
     with caplog.at_level(logging.WARNING, logger="medrecon"):
         assert run(capsys, "convert", tmp_path / "sag.nii.gz", tmp_path / "cor.nii.gz", "--plane", "coronal")[0] == 0
     assert caplog.text.count("slices are coronal") == 1 and "slices are sagittal" not in caplog.text
+    assert "sag.nii.gz re-stacked as coronal slices: its slices are coronal" in caplog.text  # named as stored
     ax = read_volume(tmp_path / "ax.nii.gz")
     assert ax.orientation == "LPS" and not any("sagittal" in w for w in ax.meta.get("warnings", []))
     assert any("sagittal" in w for w in read_volume(tmp_path / "sag.nii.gz").meta.get("warnings", []))

@@ -40,18 +40,21 @@ def scored(ref, x) -> tuple[np.ndarray, np.ndarray]:
     return ref, x
 
 
-def checked_range(data_range: float) -> float:
-    """``data_range`` as a float; ValueError unless it is finite and > 0."""
+def checked_range(data_range: float, fix: str = "give a positive number") -> float:
+    """``data_range`` as a float; ValueError, saying ``fix``, unless it is finite and > 0."""
     r = float(data_range)
     if not (np.isfinite(r) and r > 0):
-        raise ValueError(f"data range must be positive and finite, got {r}; give a positive number")
+        raise ValueError(f"data range must be positive and finite, got {r}; {fix}")
     return r
 
 
 def psnr(ref: np.ndarray, x: np.ndarray, data_range: float) -> float:
     """10 log10(R^2 / MSE) in dB, capped at PSNR_CAP (``scored`` images, ``checked_range`` R)."""
-    ref, x = scored(ref, x)
-    data_range = checked_range(data_range)
+    return _psnr(*scored(ref, x), checked_range(data_range))
+
+
+def _psnr(ref: np.ndarray, x: np.ndarray, data_range: float) -> float:
+    """``psnr`` of images and a range already checked."""
     mse = float(np.mean((ref - x) ** 2))
     if mse == 0.0:
         return PSNR_CAP
@@ -69,9 +72,13 @@ def ssim_window(shape) -> int:
 
 def ssim(ref: np.ndarray, x: np.ndarray, data_range: float, dtype=np.float64) -> float:
     """scikit-image's SSIM of two ``scored`` images over ``checked_range`` R, computed in ``dtype``."""
-    ref, x = (a.astype(dtype, copy=False) for a in scored(ref, x))
-    return float(structural_similarity(ref, x, data_range=checked_range(data_range),
-                                       win_size=ssim_window(ref.shape)))
+    return _ssim(*scored(ref, x), checked_range(data_range), dtype)
+
+
+def _ssim(ref: np.ndarray, x: np.ndarray, data_range: float, dtype=np.float64) -> float:
+    """``ssim`` of images and a range already checked."""
+    ref, x = ref.astype(dtype, copy=False), x.astype(dtype, copy=False)
+    return float(structural_similarity(ref, x, data_range=data_range, win_size=ssim_window(ref.shape)))
 
 
 def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = None) -> dict:
@@ -84,29 +91,27 @@ def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = 
     if ref.ndim != 3:
         raise ValueError(f"reference and reconstruction must be 3D (Z, Y, X) arrays, got shape {ref.shape} (for "
                          "one slice: array[None])")
-    if data_range is None and not ref.max() > ref.min():
-        raise ValueError(f"data range must be positive and finite, got {float(ref.max() - ref.min())}; the reference "
-                         "is one value throughout: give the range to score over (--data-range)")
-    data_range = checked_range(ref.max() - ref.min() if data_range is None else data_range)
-    low = float(ref.min())  # SSIM on values from 0 (see the module doc); PSNR does not care
+    low, high = float(ref.min()), float(ref.max())  # SSIM on values from low (the module doc); PSNR does not care
+    data_range = checked_range(data_range) if data_range is not None else checked_range(
+        high - low, "the reference is one value throughout: give the range to score over (--data-range)")
     ref, x = ref - low, x - low
     out = {"psnr": {}, "ssim": {}, "data_range": float(data_range)}
     notes = []
     for name, axis in AXES.items():
         r, y = np.moveaxis(ref, axis, 0), np.moveaxis(x, axis, 0)
-        out["psnr"][name] = float(np.mean([psnr(a, b, data_range) for a, b in zip(r, y)]))
+        out["psnr"][name] = float(np.mean([_psnr(a, b, data_range) for a, b in zip(r, y)]))
         if min(r.shape[1:]) >= 3:
-            out["ssim"][name] = float(np.mean([ssim(a, b, data_range) for a, b in zip(r, y)]))
+            out["ssim"][name] = float(np.mean([_ssim(a, b, data_range) for a, b in zip(r, y)]))
         else:
             out["ssim"][name] = None
             notes.append(f"no {name} SSIM: its images are {r.shape[1]}x{r.shape[2]} pixels (SSIM needs >= 3 a side)")
-    out["psnr"]["volume"] = psnr(ref, x, data_range)
+    out["psnr"]["volume"] = _psnr(ref, x, data_range)
     keep = tuple(n for n in ref.shape if n > 1)
     if ref.size > VOLUME_SSIM_MAX_VOXELS:
         out["ssim"]["volume"] = None
         notes.append(f"no volume SSIM: {ref.size} voxels, over {VOLUME_SSIM_MAX_VOXELS} (memory); the planes' are given")
     elif len(keep) >= 2 and min(keep) >= 3:  # float32: the 3D filters' memory, not the score's precision, binds
-        out["ssim"]["volume"] = ssim(ref.reshape(keep), x.reshape(keep), data_range, np.float32)
+        out["ssim"]["volume"] = _ssim(ref.reshape(keep), x.reshape(keep), data_range, np.float32)
     else:
         out["ssim"]["volume"] = None
         notes.append(f"no volume SSIM: shape {ref.shape} is too thin")

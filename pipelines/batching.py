@@ -237,6 +237,12 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
         tmp.write_text(buf.getvalue(), encoding="utf-8", errors="surrogateescape")  # folder names: their bytes
 
 
+def save_progress(manifest: Path, rows: list[dict]) -> None:
+    """The batch as it stands: its manifest and, beside it, its page (index.html)."""
+    write_manifest(manifest, rows)
+    write_batch_index(manifest.parent, rows)
+
+
 def read_manifest(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         return [{k: _as_written(v) for k, v in r.items()} for r in csv.DictReader(f)]
@@ -471,15 +477,9 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     planned = {j.uid for j in jobs}
     kept = [r for r in before if r.get("series_uid") and r["series_uid"] not in planned]
     if engine is not None:  # e.g. pipelines.engines.RayEngine: same run_series, same manifest
-        try:
-            rows = kept + unread + engine.run(cfg, jobs, manifest, overwrite=overwrite, echo=echo, resample=resample,
-                                              listed=kept + unread)
-        except (KeyboardInterrupt, SystemExit):  # the page shows what the manifest says, as the local engine's
-            if manifest.is_file():
-                write_batch_index(output_root, read_manifest(manifest))
-            raise
-        write_manifest(manifest, rows)
-        write_batch_index(output_root, rows)
+        rows = kept + unread + engine.run(cfg, jobs, manifest, overwrite=overwrite, echo=echo, resample=resample,
+                                          listed=kept + unread)  # (it saves as it goes, interrupted too)
+        save_progress(manifest, rows)
         return BatchResult(manifest, rows[len(kept):])
     rows = kept + unread
     bar = tqdm(jobs, desc="series", unit="series", disable=not progress, position=0)
@@ -490,15 +490,13 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
         for i, j in enumerate(bar, 1):
             bar.set_postfix_str(j.output.name, refresh=True)
             rows.append(run_series(j, cfg, overwrite=overwrite, progress=progress, resample=resample))
-            write_manifest(manifest, rows + [k.row("pending") for k in jobs[i:]])
-            write_batch_index(output_root, rows + [k.row("pending") for k in jobs[i:]])
+            save_progress(manifest, rows + [k.row("pending") for k in jobs[i:]])
             r = rows[-1]
             say(progress_line(i, len(jobs), r))
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: the series not finished stay 'pending'
         left = jobs[len(rows) - len(kept) - len(unread):]
         rows += [k.row("pending") for k in left]
-        write_manifest(manifest, rows)
-        write_batch_index(output_root, rows)
+        save_progress(manifest, rows)
         echo(f"interrupted: {len(left)} series stay 'pending' in {manifest} and {output_root / 'index.html'}, and a "
              "rerun does them")
         raise

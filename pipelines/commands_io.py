@@ -16,13 +16,14 @@ import typer
 
 from medrecon import InputError, Volume
 from medrecon.io import dicom_text, output_format, read_volume, write_volume
+from medrecon.io.dicom_write import SOP_CLASSES
 from medrecon.volume import PLANES
 
 from .app import app
 
 #: ``convert --plane`` choices: ``medrecon.volume.PLANES``
 Plane = Enum("Plane", {p: p for p in PLANES}, type=str)
-DICOM_MODALITIES = ("CT", "MR", "OT")  # what convert writes: CT / MR image storage, else secondary capture
+DICOM_MODALITIES = (*SOP_CLASSES, "OT")  # what convert writes: CT / MR image storage, else secondary capture
 
 
 SERIES_HELP = "SeriesInstanceUID to read from a folder holding several series (default: the largest)."

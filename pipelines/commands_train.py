@@ -102,15 +102,20 @@ def training_intensity(modality: Modality, hu_window, mri_percentile: float) -> 
     return imap, float(mri_percentile)
 
 
-def _warning_of_held_out_copies(check):
+def _warning_of_held_out_copies(check, registered=()):
     """``check`` (the modality's), which also returns a warning for a training volume that is a copy of a registered
     val or test scan (``--dataset`` refuses those; a copy given with ``--data`` would make its figures no longer held
-    out): read_volumes logs it and the card keeps it with the volume, a resume too (train._Trainer.restore)."""
+    out): read_volumes logs it and the card keeps it with the volume, a resume too (train._Trainer.restore).
+    ``registered``: the --dataset volumes, checked against their checksums already, not hashed again."""
+    skip, digests = {str(Path(p).resolve()) for p in registered}, {}
+
     def checked(path, vol) -> str | None:
         check(path, vol)
+        if str(Path(path).resolve()) in skip:
+            return None
         from .datasets import held_out_copy
 
-        copy = held_out_copy(path)
+        copy = held_out_copy(path, digests)
         return copy and (f"holds the registered scan {copy}, which medrecon keeps out of training (its figures are "
                          "held out); leave it out of --data unless that is meant")
     return checked
@@ -270,6 +275,7 @@ def train(
     paths = list(data or []) + list(more or [])
     sources: list = list(paths)
     names = [n for d in (dataset or []) for n in (datasets.names("train", modality.value) if d == "train" else [d])]
+    dpaths: list = []
     if names:
         dpaths, prov = _dataset_volumes(names, modality)
         paths += dpaths
@@ -317,7 +323,7 @@ def train(
                         sampler_error_prob=sampler_error_prob, sampler_error_sigma_min=sampler_error_sigma_min)
     heldout, held_desc = None, None
     check = training_volume_check(modality)
-    train_check = _warning_of_held_out_copies(check)  # the training volumes': a held-out scan's copy is warned of
+    train_check = _warning_of_held_out_copies(check, dpaths)  # the training volumes': a held-out copy is warned of
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources,
                              check=train_check, series=series, planes=planes.value, fits=lambda v: too_small_for_patches(

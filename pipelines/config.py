@@ -21,12 +21,10 @@ solver, z-TV weight and ADMM penalty per modality).
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
 from pathlib import Path
-from collections.abc import Hashable
 from typing import Any, ClassVar, Literal, Optional
 
 import yaml
@@ -40,6 +38,7 @@ from operators.ct.fbp import FILTERS
 from . import OVERRIDES_FROM
 from .modality import intensity_card
 from .registry import SOLVERS, FastSettings, Section, Seed, SolverSettings
+from .yaml_settings import model_at, unknown_key_hint, yaml_load
 
 # the bundled configs: where a wheel installs them (pyproject maps configs/ to pipelines.configs; first, so that
 # another package's top-level configs/ in site-packages is never taken), else configs/ of a checkout
@@ -216,7 +215,7 @@ class Config(Section):
         ``measured_kspace``: the defaults for complex images of measured k-space (``registry.MEASURED_KSPACE``).
         A resolved config resolves to itself (with ``measured_kspace``: its source's measured-k-space defaults)."""
         if self._given is not None:
-            return self._given.resolved(True) if measured_kspace else self
+            return self.for_measured_kspace() if measured_kspace else self
         d = self.model_dump()
         acceleration = self.mri.mask.acceleration if self.modality == "mri" else None
         for key, value in SOLVERS[self.solver.name].defaults(self.modality, measured_kspace, acceleration).items():
@@ -303,27 +302,6 @@ def override_list(overrides) -> list[str]:
         raise InputError("overrides: give a list of 'KEY=VALUE' strings, e.g. ['solver.steps=50'], not a list of "
                          "other values")
     return given
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last without a word)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, Hashable):  # PyYAML's own check refuses it below ("found unhashable key")
-                continue
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice in one section",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def yaml_load(text: str):
-    """A YAML document as safe_load reads it, a key given twice in one mapping being an error (yaml.YAMLError)."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = (),
@@ -433,7 +411,7 @@ def _apply_override(raw: dict, item: str, written: set | None = None) -> list[st
     try:
         text = value.strip()
         # a decimal integer is one even with leading zeros (YAML 1.1 reads 010 as octal 8)
-        parsed = int(text) if re.fullmatch(r"[+-]?\d+", text) else yaml.safe_load(text) if text else None
+        parsed = int(text) if re.fullmatch(r"[+-]?\d+", text) else yaml_load(text) if text else None
     except yaml.YAMLError:
         parsed = value
     node, parts = raw, key.split(".")
@@ -480,29 +458,11 @@ def _solver_loc(loc: tuple) -> tuple[tuple, str | None]:
     return loc, None
 
 
-def section_at(loc: tuple, solver: str | None = None, root: type[BaseModel] | None = None) -> type[BaseModel] | None:
-    """The section class at a key path of ``root`` (the Config by default), to suggest its field names."""
-    cls: Any = root or Config
+def section_at(loc: tuple, solver: str | None = None) -> type[BaseModel] | None:
+    """The config section class at a key path (to suggest its field names)."""
     if solver is not None and loc and loc[0] == "solver":
-        cls, loc = SOLVERS[solver].settings, loc[1:]
-    for part in loc:
-        field = cls.model_fields.get(part) if isinstance(part, str) else None
-        if field is None:
-            return None
-        ann = field.annotation
-        args = [a for a in getattr(ann, "__args__", ()) if a is not type(None)]
-        ann = args[0] if args and not (isinstance(ann, type) and issubclass(ann, BaseModel)) else ann
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        cls = ann
-    return cls
-
-
-def unknown_key_hint(section: type[BaseModel] | None, key) -> str:
-    """'did you mean "rho"?' for a key misspelt in ``section`` (a pydantic model), else the keys it knows."""
-    names = list(section.model_fields) if section else []
-    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-    return f'did you mean "{close[0]}"?' if close else f"known keys: {', '.join(names)}"
+        return model_at(SOLVERS[solver].settings, loc[1:])
+    return model_at(Config, loc)
 
 
 _EXPECT = {"float_parsing": "a number", "float_type": "a number", "int_parsing": "an integer",

@@ -330,19 +330,24 @@ def _expected(s: Scan) -> dict:
     return {base: s.sha256}
 
 
-def held_out_copy(path) -> str | None:
-    """The registered val or test scan that ``path`` (a training file, or a folder searched recursively) holds a
-    file of, byte for byte, as "NAME (role)"; None when it holds none. Converted copies are not recognised."""
-    known = _held_out_digests()
-    return next((known[d] for d in _file_digests(str(Path(path).resolve())) if d in known), None)
+def held_out_copy(path, digests: dict | None = None) -> str | None:
+    """The registered val or test scan that ``path`` (a training file, or a DICOM folder: the files directly in it,
+    as the reader takes them) holds a file of, byte for byte, as "NAME (role)"; None when it holds none. Converted
+    copies are not recognised. ``digests``: a run's own {path: digests}, so that a folder of several series is hashed
+    once."""
+    key, known = str(Path(path).resolve()), _held_out_digests()
+    found = digests.get(key) if digests is not None else None
+    if found is None:
+        found = _file_digests(Path(key))
+        if digests is not None:
+            digests[key] = found
+    return next((known[d] for d in found if d in known), None)
 
 
-@functools.lru_cache(maxsize=64)
-def _file_digests(path: str) -> tuple:
-    """SHA-256 of the file ``path``, or of every file below the folder ``path``: once per path (a DICOM folder of
-    several series is checked once per series)."""
-    found = Path(path)
-    files = [found] if found.is_file() else sorted(f for f in found.rglob("*") if f.is_file())
+def _file_digests(found: Path) -> tuple:
+    """SHA-256 of the file ``found``, or of the visible files directly in the folder ``found``."""
+    files = [found] if found.is_file() else sorted(f for f in found.iterdir() if f.is_file() and
+                                                   not f.name.startswith("."))
     return tuple(map(file_sha256, files))
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from medrecon.errors import InputError
 
-from .batching import Job, error_text, one_line, progress_line, run_series, write_manifest
+from .batching import Job, error_text, one_line, progress_line, run_series, save_progress
 
 INSTALL_HINT = "pip install 'medrecon[distributed]'"
 ENGINES = ("local", "ray")
@@ -148,8 +148,8 @@ class RayEngine:
         workers = [new_worker() for _ in range(min(n_todo, capacity(cluster, res)))]
         idle, running = list(workers), {}  # ref -> (job index, worker, submitted at)
 
-        def save() -> None:
-            write_manifest(manifest, listed + [rows.get(k) or j.row("pending") for k, j in enumerate(jobs)])
+        def save() -> None:  # the manifest and the page, as the local engine keeps them after each series
+            save_progress(manifest, listed + [rows.get(k) or j.row("pending") for k, j in enumerate(jobs)])
 
         for n, i in enumerate(sorted(rows), 1):
             echo(progress_line(n, len(jobs), rows[i]))

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from medrecon.errors import InputError
+from medrecon.io.dispatch import MEASUREMENT_SUFFIXES
 from medrecon.io.nifti import is_nifti_pair
 from medrecon.volume import Volume
 
 from .modality import Modality
-
-MEASUREMENT_SUFFIXES = (".npz", ".h5", ".hdf5", ".cfl", ".hdr")
 
 
 @dataclass
@@ -93,16 +92,16 @@ class Measurement:
                 meas = raw_mri.load_cfl(path)
             else:
                 meas = raw_mri.load_ismrmrd(path) if raw_mri.is_ismrmrd(path) else raw_mri.load_fastmri(path)
-        else:
-            meas = cls._load_npz(path)
-        return meas.check(path)
+            return meas.check(path, finite_checked=True)  # as read, in the file's own axis order
+        return cls._load_npz(path).check(path)
 
-    def check(self, where) -> "Measurement":
-        """These measurements, refused (InputError naming ``where``) unless usable: finite values (raw files were
-        checked as read, in their own axis order); MRI: k-space and a mask that sample something; CT: a geometry the
+    def check(self, where, finite_checked: bool = False) -> "Measurement":
+        """These measurements, refused (InputError naming ``where``) unless usable: finite values (unless
+        ``finite_checked``: raw files are checked as read, in their own axis order); MRI: k-space and a mask that sample something; CT: a geometry the
         sinogram fits, and values that can be line integrals. ``load`` checks a file; ``Problem.build`` checks
         measurements made in Python."""
-        refuse_non_finite(self.data, where, self.modality)
+        if not finite_checked:
+            refuse_non_finite(self.data, where, self.modality)
         if self.modality == "mri":
             _refuse_empty_mask(self, where)
         if self.modality == "ct":

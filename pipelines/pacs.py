@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from medrecon.errors import InputError, MedreconError
 from medrecon.io.dicom_scan import MANUFACTURER
 
-from .config import section_at, unknown_key_hint, yaml_load
+from .yaml_settings import model_at, unknown_key_hint, yaml_load
 
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # PacsError says what failed, in one line
 
@@ -119,7 +119,7 @@ def _setting_problem(err: dict) -> str:
     """What is wrong with one PACS setting: an unknown key with the one meant (as configs say it), else pydantic's."""
     loc = tuple(err["loc"])
     if err["type"] == "extra_forbidden":
-        return f"unknown key ({unknown_key_hint(section_at(loc[:-1], root=PacsSettings), loc[-1])})"
+        return f"unknown key ({unknown_key_hint(model_at(PacsSettings, loc[:-1]), loc[-1])})"
     return err["msg"].removeprefix("Value error, ")
 
 

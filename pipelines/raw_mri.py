@@ -108,9 +108,8 @@ TRANSPOSE = ("medrecon expects them along the last axis (columns W): transpose t
 def _mask(mask, k: np.ndarray, path: Path) -> np.ndarray:
     """The sampling mask, (H, W), or (Z, H, W) where the slices' lines differ: the file's own, (W,) per column or
     (H, W) / (Z, H, W) per sample (1 along an axis broadcasts), else refused naming the fix; none given: the
-    non-zero columns (k-space whose lines run along the rows is refused: :func:`_refuse_lines_along_rows`)."""
+    non-zero columns."""
     if mask is None:
-        _refuse_lines_along_rows(k, path)
         mask = _one_or_per_slice(np.abs(k).reshape(k.shape[0], -1, k.shape[-1]).sum(1) > 0)  # (W,) or (Z, W)
         if mask.ndim == 2:
             return np.broadcast_to(mask[:, None, :], (k.shape[0], *k.shape[-2:])).astype(np.float32)
@@ -228,8 +227,10 @@ def load_fastmri(path: Path) -> Measurement:
     if ref is not None:  # (its NaN was blamed on the output's reference.nii.gz, which is then never written)
         ref = check_voxels(ref, f"{path}: {name}")
     source = "file" if mask is not None else "non-zero columns"
+    if mask is None:  # (ISMRMRD places each line at its own ky: never along the rows)
+        _refuse_lines_along_rows(k, path)
     mask = _mask(mask, k, path)
-    stale = _columns_without_data(mask, k)
+    stale = _columns_without_data(mask, k) if source == "file" else 0  # an inferred mask samples only held columns
     if stale:  # a mask of other data: those columns would be fitted as measured zeros, unsaid
         info["warnings"] = [*info.get("warnings", []), f"{path}: the mask samples {stale} columns that hold only "
                             "zeros (a mask of other data?): they are fitted as measured zeros; store the mask of the "

@@ -362,9 +362,9 @@ def evaluate(reference, input, output=None, data_range: float | None = None, ove
     if ref.shape != rec.shape:
         raise InputError(f"reference shape {ref.shape} and input shape {rec.shape} differ (evaluate needs the "
                          f"same grid: compare against OUTPUT/simulation/reference.nii.gz)")
-    if not _same_grid(ref, rec):
+    if reordered is None and (difference := _grid_difference(ref, rec)):  # (re-ordered: one grid already)
         raise InputError("reference and input have the same shape but lie on different grids "
-                         f"({_grid_difference(ref, rec)}): compare against OUTPUT/simulation/reference.nii.gz, "
+                         f"({difference}): compare against OUTPUT/simulation/reference.nii.gz, "
                          "or resample one onto the other first")
     try:
         m = per_axis_metrics(ref.data, rec.data, data_range)

@@ -89,7 +89,7 @@ def test_nifti_pairs_analyze_and_upper_case_nifti2_are_read(tmp_path, kind, name
         np.testing.assert_allclose(vol.affine_ras, affine, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["k.h5", "sim.npz", "bart.cfl"])
+@pytest.mark.parametrize("name", ["k.h5", "sim.npz", "bart.cfl", "bart.hdr"])
 def test_measurements_given_where_a_volume_is_read_are_named_as_such(tmp_path, name):
     """`medrecon info file_brain.h5` said 'unknown format' although reconstruct takes the file."""
     (tmp_path / name).write_bytes(b"\0" * 16)

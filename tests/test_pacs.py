@@ -609,3 +609,18 @@ def test_pacs_settings_name_a_misspelt_key_and_a_missing_certificate(tmp_path):
         load_settings(cfg)
     (tmp_path / "ca.pem").write_text("")
     assert load_settings(cfg).tls.ca_file == tmp_path / "ca.pem"
+
+
+def test_pacs_settings_take_yaml_merge_keys_and_load_no_torch(tmp_path):
+    """Review: the duplicate-key loader refused a merge key (`<<: *anchor`: 'could not determine a constructor'),
+    and importing the settings' hints from pipelines.config loaded torch and astra for `pacs echo`."""
+    import subprocess
+    import sys
+    from pipelines.pacs import load_settings
+    (cfg := tmp_path / "pacs.yaml").write_text("site: &site\n  host: pacs.local\n  port: 4242\n"
+                                               "pacs:\n  <<: *site\n  port: 11112\n")
+    s = load_settings(cfg)
+    assert (s.host, s.port) == ("pacs.local", 11112)  # merged, and a key beside the merge overrides it
+    probe = "import sys, pipelines.pacs; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

@@ -31,9 +31,10 @@ def file_sha256(path, chunk: int = 1 << 22) -> str:
 
 
 def warn(warnings: list, message: str) -> None:
-    """Log a warning and keep it with the volume (``Volume.meta['warnings']``) for reports."""
+    """Log a warning and keep it (once) with the volume (``Volume.meta['warnings']``) for reports."""
     log.warning(message)
-    warnings.append(message)
+    if message not in warnings:
+        warnings.append(message)
 
 
 def available_memory() -> int | None:

@@ -19,6 +19,7 @@ what to install where no installed decoder reads its compression (the files may 
 """
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import tempfile
@@ -123,7 +124,8 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
     check_fits_in_memory((len(stack.files), header_int(first, "Rows", 0), header_int(first, "Columns", 0)), where)
     data, bad = _read_pixels(stack.files, stack.headers)
     if bad:  # damaged pixel data among good headers: skip those slices, re-check the stack
-        headers = [(f, ds) for f, ds in headers if f not in {b for b, _ in bad}]
+        unread = {b for b, _ in bad}
+        headers = [(f, ds) for f, ds in headers if f not in unread]
         if not headers:  # one line, not one per file; a compression no installed decoder reads is no damage
             error = InputError if all(why.startswith(NO_DECODER) for _, why in bad) else UnreadableError
             raise error(f"{where}: no slice could be decoded (e.g. {bad[0][0].name}: {bad[0][1]})")
@@ -304,8 +306,8 @@ class _Stack:
         for f, ds in headers:
             for tag in ("SamplesPerPixel", "NumberOfFrames"):  # a damaged value named here, not taken for 1
                 header_int(ds, tag, 1, f)
-            if refusal(f, ds):  # a dose grid, a colour image, an enhanced image (the batch's dry run says so too)
-                raise InputError(refusal(f, ds))
+            if why := refusal(f, ds):  # a dose grid, a colour image, an enhanced image (so says the batch's dry run)
+                raise InputError(why)
             _check_geometry_tags(f, ds)
         _same(headers, where, lambda ds: (int(ds.Rows), int(ds.Columns)), "image sizes (Rows, Columns)")
         _same(headers, where, lambda ds: _floats(ds.get("PixelSpacing")), "PixelSpacing",  # as written: 0.7, 0.7000001
@@ -376,6 +378,13 @@ class _Stack:
 ACQUISITION_TAGS = ("EchoNumbers", "EchoTime", "TemporalPositionIdentifier")
 
 
+def _tag_key(ds, tag: str) -> str:
+    """A tag's value as compared across slices: as a number where it is one ('22' and '22.0000' are one echo
+    time), else as text."""
+    value = _floats(ds.get(tag))
+    return f"{value[0]:g}" if value and len(value) == 1 else str(ds.get(tag, "")).strip()
+
+
 def _check_one_acquisition(files: list, headers: list, positions: np.ndarray, where) -> None:
     """Refuse slices of several acquisitions interleaved along the normal (two phases half a slice apart read as
     one stack alternated between them). Acquisitions that follow each other along the normal (a step-and-shoot
@@ -383,8 +392,7 @@ def _check_one_acquisition(files: list, headers: list, positions: np.ndarray, wh
     for tag in ACQUISITION_TAGS:
         groups: dict = {}
         for f, ds, z in zip(files, headers, positions):
-            value = _floats(ds.get(tag))  # as numbers: '22' and '22.0000' are one echo time
-            key = f"{value[0]:g}" if value and len(value) == 1 else str(ds.get(tag, "")).strip()
+            key = _tag_key(ds, tag)
             groups.setdefault(key, []).append((z, f))
         if len(groups) < 2:
             continue
@@ -399,10 +407,10 @@ def _check_one_acquisition(files: list, headers: list, positions: np.ndarray, wh
 
 
 def _same_image_tags(a, b) -> bool:
-    """Whether two headers at one position name the same image (InstanceNumber, EchoNumbers, AcquisitionNumber,
-    TemporalPositionIdentifier and TriggerTime alike, InstanceNumber present): a re-export with new UIDs."""
-    tags = ("InstanceNumber", "EchoNumbers", "AcquisitionNumber", "TemporalPositionIdentifier", "TriggerTime")
-    return a.get("InstanceNumber") is not None and all(str(a.get(t, "")) == str(b.get(t, "")) for t in tags)
+    """Whether two headers at one position name the same image (InstanceNumber present; it, AcquisitionNumber,
+    TriggerTime and the ``ACQUISITION_TAGS`` alike as ``_tag_key`` compares them): a re-export with new UIDs."""
+    tags = ("InstanceNumber", "AcquisitionNumber", "TriggerTime", *ACQUISITION_TAGS)
+    return a.get("InstanceNumber") is not None and all(_tag_key(a, t) == _tag_key(b, t) for t in tags)
 
 
 def _without_duplicate_copies(headers: list, where: Path, notes: list) -> list:
@@ -543,13 +551,15 @@ def _stored_value(ds, tag: str) -> float | None:
     return value[0]
 
 
-def _transfer_syntax(f: Path) -> str:
-    """The file's transfer syntax, named (e.g. 'JPEG 2000 Image Compression (Lossless Only)'), or 'unknown'."""
-    try:
-        uid = pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID
-        return f"{uid.name} ({uid})"
-    except Exception:  # noqa: BLE001 - a name for a message only
-        return "unknown"
+def _syntax_uid(header) -> UID | None:
+    """The transfer syntax of a header as read (its file meta), or None."""
+    uid = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+    return UID(uid) if uid else None
+
+
+def _transfer_syntax(uid: UID | None) -> str:
+    """A transfer syntax named (e.g. 'JPEG 2000 Image Compression (Lossless Only)'), or 'unknown'."""
+    return f"{uid.name} ({uid})" if uid else "unknown"
 
 
 def _read_pixels(files: list[Path], headers: list) -> tuple[np.ndarray | None, list[tuple[Path, str]]]:
@@ -568,7 +578,7 @@ def _read_pixels(files: list[Path], headers: list) -> tuple[np.ndarray | None, l
                 return sitk.GetArrayFromImage(reader.Execute()), []
         except RuntimeError:
             pass
-        read = [(f, *_read_slice(f, name)) for f, name in zip(files, names)]
+        read = [(f, *_read_slice(f, name, _syntax_uid(ds))) for f, name, ds in zip(files, names, headers)]
     bad = [(f, why) for f, _, why in read if why]
     return (None, bad) if bad else (np.stack([a for _, a, _ in read]).astype(np.float32), [])
 
@@ -606,12 +616,12 @@ GDCM_DECODES = {pydicom.uid.JPEGBaseline8Bit, pydicom.uid.JPEGExtended12Bit, pyd
                 pydicom.uid.JPEG2000Lossless, pydicom.uid.JPEG2000, pydicom.uid.RLELossless}
 
 
-def _decoder_to_install(f: Path) -> str:
+@functools.lru_cache(maxsize=None)
+def _decoder_to_install(uid: UID | None) -> str:
     """The `pip install ...` of a pydicom plugin that decodes ``f``'s transfer syntax, where neither SimpleITK's
     GDCM (``GDCM_DECODES``) nor an installed pydicom plugin reads it; "" where one of them does (its failure:
-    damage) or pydicom knows no decoder for it."""
+    damage) or pydicom knows no decoder for it. Once per transfer syntax."""
     try:
-        uid = pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID
         decoder = get_decoder(uid)
     except Exception:  # noqa: BLE001 - no header, or a transfer syntax pydicom decodes with no plugin at all
         return ""
@@ -624,9 +634,9 @@ def _decoder_to_install(f: Path) -> str:
     return f"pip install {' '.join(names)}" if names else "install a pydicom pixel-data plugin for it"
 
 
-def _read_slice(f: Path, name: str) -> tuple[np.ndarray | None, str]:
+def _read_slice(f: Path, name: str, uid: UID | None) -> tuple[np.ndarray | None, str]:
     """One slice's rescaled pixels (Y, X) as GDCM gives them (MONOCHROME1 inverted, see ``_undo_monochrome1``)
-    and "", or None and why it cannot be decoded."""
+    and "", or None and why it cannot be decoded (``uid``: its transfer syntax, from the header read before)."""
     try:
         with _itk_quiet():
             return sitk.GetArrayFromImage(sitk.ReadImage(name, sitk.sitkFloat32))[0], ""
@@ -636,11 +646,10 @@ def _read_slice(f: Path, name: str) -> tuple[np.ndarray | None, str]:
         ds = pydicom.dcmread(f)
         v = np.asarray(ds.pixel_array, dtype=np.float64)
     except Exception as e:  # noqa: BLE001 - the reason goes into the message
-        install = _decoder_to_install(f)
-        if install:
-            return None, f"{NO_DECODER} its transfer syntax {_transfer_syntax(f)}: {install}, or {_DECOMPRESS}"
+        if install := _decoder_to_install(uid):
+            return None, f"{NO_DECODER} its transfer syntax {_transfer_syntax(uid)}: {install}, or {_DECOMPRESS}"
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        return None, (f"pixel data cannot be decoded (transfer syntax {_transfer_syntax(f)}; {why}): a truncated "
+        return None, (f"pixel data cannot be decoded (transfer syntax {_transfer_syntax(uid)}; {why}): a truncated "
                       f"or damaged file, or a compression no installed decoder reads ({_DECOMPRESS})")
     if v.ndim != 2:
         return None, f"pixel data of shape {v.shape}, not one grayscale image"

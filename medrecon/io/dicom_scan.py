@@ -174,8 +174,8 @@ def no_anatomy(ds) -> str:
 def not_a_volume(ds) -> str:
     """Why an image header belongs to no volume to reconstruct (what a study export holds beside its scans: the
     scout, dose screenshots, RT dose, segmentations), or ""."""
-    if no_anatomy(ds):
-        return no_anatomy(ds)
+    if what := no_anatomy(ds):
+        return what
     if is_localizer(ds):
         return "a localizer (scout)"
     if is_colour(ds):
@@ -190,8 +190,8 @@ def refusal(path, ds) -> str:
     """Why the reader refuses an image header whatever else its series holds, naming the file, or "": an object
     whose pixels show no anatomy (``no_anatomy``), a colour image (an ultrasound cine too), or an enhanced
     multi-frame image. ``list_series`` keeps it per series, so that a batch's dry run says what its run will."""
-    if no_anatomy(ds):  # a dose grid's stored integers were read as an image, its scaling ignored
-        return f"{path} is {no_anatomy(ds)}, not an image volume to read or reconstruct"
+    if what := no_anatomy(ds):  # a dose grid's stored integers were read as an image, its scaling ignored
+        return f"{path} is {what}, not an image volume to read or reconstruct"
     if is_colour(ds):  # before the frames: an ultrasound cine is no enhanced image
         return f"{path} is a colour image; medrecon reads grayscale CT/MR series only"
     if is_multi_frame(ds):

@@ -242,7 +242,7 @@ def _series_dataset(vol: Volume, src: dict, modality: str, description: str, ser
     ds.Manufacturer = MANUFACTURER
     ds.SoftwareVersions = __version__
 
-    axial = vol.orientation[2] in "SI"  # CT's value 3: AXIAL for transverse slices, else a reformat
+    axial = vol.slice_plane == "axial"  # CT's value 3: AXIAL for transverse slices, else a reformat
     ds.ImageType = ["DERIVED", "SECONDARY"] + {"CT": ["AXIAL" if axial else "REFORMATTED"], "MR": ["OTHER"]}.get(
         modality, [])
     ds.DerivationDescription = _one_value(description)[:1024]

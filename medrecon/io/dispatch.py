@@ -11,13 +11,15 @@ import numpy as np
 
 from ..errors import InputError, UnreadableError
 from ..volume import Volume
-from .common import check_fits_in_memory, check_voxels, log, volume_array, volume_shape, warn
+from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
 from .dicom_read import read_dicom_series
 from .dicom_scan import choose_series, is_dicom_file, list_series
 from .dicom_write import write_dicom_series
 from .itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
 from .nifti import is_nifti, is_nifti_pair, read_nifti, write_nifti
 
+#: suffixes of measurement files (sinograms, k-space), which ``medrecon reconstruct --input`` reads, not images
+MEASUREMENT_SUFFIXES = (".npz", ".h5", ".hdf5", ".cfl", ".hdr")
 READABLE = "a DICOM series folder, a DICOM file, .nii/.nii.gz (or a .hdr/.img pair), .nrrd/.nhdr/.mha/.mhd or .npy"
 
 
@@ -46,10 +48,7 @@ def _say_if_slices_are_not_axial(vol: Volume) -> None:
     (``Volume.in_plane`` keeps it already)."""
     message = vol.plane_warning()
     if message:
-        kept = vol.meta.setdefault("warnings", [])
-        log.warning(message)
-        if message not in kept:
-            kept.append(message)
+        warn(vol.meta.setdefault("warnings", []), message)
 
 
 def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:
@@ -70,7 +69,7 @@ def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:
         return read_npy(path, spacing)
     if is_dicom_file(path):
         return read_dicom_series([path], resample_nonuniform)
-    if name.endswith((".npz", ".h5", ".hdf5", ".cfl")):
+    if name.endswith(MEASUREMENT_SUFFIXES):  # (a NIfTI/Analyze .hdr pair was read above)
         raise InputError(f"{path}: measurements (a sinogram or k-space), not an image volume; "
                          "`medrecon reconstruct --input` reads them")
     raise InputError(f"{path}: unknown format; give {READABLE}")

@@ -740,13 +740,10 @@ def _step_finishes_first():
     old = {sig: signal.signal(sig, wait) for sig, handler in old.items()
            if handler is not signal.SIG_IGN}  # ignored (a run started with nohup ... &): it stays ignored
     try:
-        yield
-    except BaseException:  # the step's own error (a divergence) goes on; no export of what it left
+        yield  # the step's own error (a divergence) goes on past the finally: no export of what it left
+    finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        raise
-    for sig, handler in old.items():
-        signal.signal(sig, handler)
     if caught:
         signal.raise_signal(caught[0])
 

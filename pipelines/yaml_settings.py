@@ -1,0 +1,59 @@
+"""YAML settings files read strictly, and the hints for their unknown keys: shared by configs and the PACS settings,
+without the reconstruction's imports (``medrecon pacs echo`` loads no torch)."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Hashable
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last without a word); a
+    merge key (``<<: *anchor``) is PyYAML's to expand, and a key given beside it overrides the merged one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):  # PyYAML's own check refuses it below ("found unhashable key")
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice in one section",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def yaml_load(text: str):
+    """A YAML document as safe_load reads it, a key given twice in one mapping being an error (yaml.YAMLError)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The section class (a pydantic model) at a key path below ``root``, or None."""
+    cls: Any = root
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        args = [a for a in getattr(ann, "__args__", ()) if a is not type(None)]
+        ann = args[0] if args and not (isinstance(ann, type) and issubclass(ann, BaseModel)) else ann
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return cls
+
+
+def unknown_key_hint(section: type[BaseModel] | None, key) -> str:
+    """'did you mean "rho"?' for a key misspelt in ``section`` (a pydantic model), else the keys it knows."""
+    names = list(section.model_fields) if section else []
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+    return f'did you mean "{close[0]}"?' if close else f"known keys: {', '.join(names)}"

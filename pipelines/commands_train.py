@@ -340,12 +340,11 @@ def train(
             typer.echo("pixel sizes drawn from the resumed run's own range (its card's pixel_spacing_range_why)",
                        err=True)
         else:
-            (lo, hi), why = trained_pixel_range(sd, opts)  # what the card records and reconstruct accepts
-            typer.echo(f"pixel sizes drawn from {lo:g}-{hi:g} mm ({why})", err=True)
-            given = f"--pixel-range {pixel_range[0]:g} {pixel_range[1]:g}" if pixel_range else None
-            if given and (lo, hi) != tuple(pixel_range):
-                typer.echo(f"warning: {given} is cut to {lo:g}-{hi:g} mm: the prior will refuse other pixel sizes "
-                           "in reconstruct (without --resample)", err=True)
+            (lo, hi), why = trained_pixel_range(sd, opts)  # what the card records and reconstruct accepts; the why
+            given = f"--pixel-range {pixel_range[0]:g} {pixel_range[1]:g}" if pixel_range else None  # states a cut,
+            cut = given and (lo, hi) != tuple(pixel_range)  # naming the scans: a given range cut makes it a warning
+            refused = ": the prior will refuse other pixel sizes in reconstruct (without --resample)" if cut else ""
+            typer.echo(f"{'warning: ' if cut else ''}pixel sizes drawn from {lo:g}-{hi:g} mm ({why}){refused}", err=True)
             outside = sorted({round(min(sp), 4) for sp in sd.spacings if not lo <= min(sp) <= hi})
             if given and outside:  # (the default range takes in every scan's own)
                 typer.echo(f"warning: training scans at {', '.join(f'{v:g}' for v in outside)} mm lie outside "

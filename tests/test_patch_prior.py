@@ -1,4 +1,5 @@
 """Patch-based, position-aware prior (PaDIS): stitching, positions, training, save/load, the loader, the CLI."""
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -231,6 +232,49 @@ def test_position_channels_at_corners_and_in_sampled_patches():
     assert torch.allclose(positions, position_channels(16, 16).expand(2, -1, -1, -1))
     for p in patches:
         assert min(float((p - v).abs().max()) for v in data.volumes[0]) < 1e-5
+
+
+def test_the_pixel_size_rule_is_one_for_the_check_the_draws_and_the_cards_range():
+    """The rule of the pixel sizes a patch is drawn at (README: never finer than its scan's pixel size /
+    max_upsample, nor coarser than its slice holds) is applied by the slice check (too_small_for_patches), the draws
+    (drawn_pixel_size, the sampler) and the card's range (trained_pixel_range). They agree at the limit, just
+    inside and just outside it. Before, the check took a slice exactly at the limit (24 px of 0.6 mm: 14.4 mm =
+    30 px x 0.48 mm) while the draws put its patches at 14.4 / 30 = 0.47999... mm, finer than the floor."""
+    from medrecon.priors.patch import drawn_pixel_size, finest_pixel_size, holds_patch, too_small_for_patches
+    from medrecon.priors.train import trained_pixel_range
+
+    sp, m, p = (0.6, 0.6), 1.25, 30
+    floor = finest_pixel_size(sp, m)
+    assert floor == 0.6 / 1.25 == 0.48
+    for n, fits in ((24, True), (25, True), (23, False)):  # 14.4 mm: at the limit; 15 mm inside; 13.8 mm outside
+        assert holds_patch((n, n), sp, p, floor) == fits
+        why = too_small_for_patches((n, n), sp, [8, p], (0.3, 4.0), m)
+        assert (why is None) == fits, (n, why)
+        draws = [drawn_pixel_size(s, sp, (n, n), p, m) for s in (0.3, 0.48, 0.49, 4.0)]
+        if fits:  # never finer than the floor, never coarser than the slice holds
+            assert min(draws) == floor and all(holds_patch((n, n), sp, p, d) for d in draws), draws
+        else:
+            assert why == "its slices span 14 mm, too little for a 30-pixel patch at 0.48 mm (the smallest pixel " \
+                          "size allowed)"
+            assert draws == [n * 0.6 / p] * 4  # the coarsest it holds, finer than allowed: the check refuses it
+    assert too_small_for_patches((25, 25), sp, [p], (0.5, 4.0), m) is None  # the range's own floor, at the limit
+    assert "at 0.501 mm" in too_small_for_patches((25, 25), sp, [p], (0.501, 4.0), m)
+    slices = {n: prepare_volumes([Volume(np.random.default_rng(n).uniform(-900, 900, (2, n, n)).astype(np.float32),
+                                         spacing=(0.6, 0.6, 2.0))], CT) for n in (23, 24, 25)}
+    opts = TrainOptions(arch="patch", patch_sizes=(p,), pixel_spacing_range=(0.3, 0.55))  # (without 0.6: its own)
+    assert trained_pixel_range(slices[24], opts)[0] == (0.48, 0.48)  # the card's range: the floor, exactly
+    assert trained_pixel_range(slices[25], opts)[0] == (0.48, 0.5)
+    for n in (24, 25):
+        sampler = PatchSampler(slices[n], sizes=(p,), spacing_range=(0.3, 4.0), max_upsample=m)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(20):
+            sampler.sample(g)
+        assert sampler.used_spacing[0] >= floor and holds_patch((n, n), sp, p, sampler.used_spacing[1])
+    with pytest.raises(InputError, match="volume 0: its slices span 14 mm, too little for a 30-pixel patch"):
+        PatchSampler(slices[23], sizes=(p,), spacing_range=(0.3, 4.0), max_upsample=m)
+    with pytest.raises(InputError, match=r"never drawn finer than 0.48 mm"):  # the card's range: the same floor
+        trained_pixel_range(slices[25], replace(opts, pixel_spacing_range=(0.3, 0.479)))
+    assert trained_pixel_range(slices[25], replace(opts, pixel_spacing_range=(0.3, 0.48)))[0] == (0.48, 0.48)
 
 
 def test_brightness_augmentation_scales_about_physical_zero_within_the_range():

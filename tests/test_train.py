@@ -717,6 +717,35 @@ def test_a_patch_priors_pixel_range_is_what_it_prints_records_and_reconstruct_en
     assert "give HI of at least 0.8" in err and not (tmp_path / "r").exists()
 
 
+def test_a_cut_pixel_range_is_said_once_naming_the_option_and_the_scans_that_cut_it(tmp_path, capsys):
+    """A --pixel-range cut to what the scans give was said twice (the range's why: 'cut to ...: no patch is drawn
+    finer than its scan's pixel size / 1.25 nor coarser than its slice holds'; then a warning '--pixel-range ... is
+    cut to ...'), neither naming the scans that cut it. Now one line, a warning, names the option, each cut end and
+    the scans that cut it (the one that sets the end first), as the card's why records it."""
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(14)
+    a, b = _nifti(tmp_path / "a.nii.gz", rng), _nifti(tmp_path / "b.nii.gz", rng, n=16, mm=1.5)  # 32 mm, 24 mm
+    capsys.readouterr()
+    assert main(["train", "--data", a, "--data", b, "--output", str(tmp_path / "p"), *PATCH_RUN,
+                 "--pixel-range", "0.5", "5"]) == 0
+    err = capsys.readouterr().err
+    cut = (f"--pixel-range 0.5 5 is cut to 0.8-4 mm: no patch is drawn finer than its scan's pixel size / 1.25 "
+           f"({a}: 0.8 mm, {b}: 1.2 mm) nor coarser than its slice holds ({a}: 4 mm, {b}: 3 mm)")
+    assert err.count("cut to") == 1 and cut in err, err
+    line = next(x for x in err.splitlines() if cut in x)
+    assert line.startswith("warning: pixel sizes drawn from 0.8-4 mm (given (--pixel-range); ")
+    assert line.endswith("): the prior will refuse other pixel sizes in reconstruct (without --resample)")
+    card = load_prior(tmp_path / "p").card
+    assert card["pixel_spacing_mm_range"] == [0.8, 4.0]
+    assert card["training"]["augmentation"]["pixel_spacing_range_why"].endswith(cut)
+    capsys.readouterr()
+    assert main(["train", "--data", a, "--output", str(tmp_path / "d"), *PATCH_RUN]) == 0  # the default: said, not
+    err = capsys.readouterr().err                                                          # warned
+    assert "cut to 0.8-4 mm: no patch is drawn finer than its scan's pixel size / 1.25 (" in err
+    assert "warning" not in err and "--pixel-range 0.7 4 is cut" not in err, err
+
+
 def test_the_patch_samplers_draws_stay_in_the_range_the_card_records():
     """trained_pixel_range (the card's range) is the sampler's own: many batches reach its ends and never leave it."""
     from medrecon.priors.patch import PatchSampler, prepare_volumes

@@ -201,6 +201,12 @@ class PatchData:
     def n_slices(self) -> int:
         return int(sum(v.shape[0] for v in self.volumes))
 
+    def volume_name(self, k: int) -> str:
+        """Volume ``k`` as messages name it: its recorded path (``description['volumes']``), else 'volume k'."""
+        names = (self.description or {}).get("volumes")
+        name = names[k] if isinstance(names, list) and k < len(names) else f"volume {k}"
+        return name.get("path", f"volume {k}") if isinstance(name, dict) else name
+
 
 def prepare_volumes(volumes, intensity: dict, *, magnitude_percentile: float | None = None,
                     model_range=(-1.0, 1.0), min_std: float = 1e-3, default_spacing_mm: float = 1.0,
@@ -236,26 +242,49 @@ def prepare_volumes(volumes, intensity: dict, *, magnitude_percentile: float | N
     return PatchData(vols, spacings, modality, imap, desc)
 
 
+# ---- the pixel sizes a patch may be drawn at: the one rule (README: "no patch is drawn finer than its scan's pixel
+# size / 1.25 nor coarser than its slice holds") that the sampler, the check of a training or self-adapted slice
+# (too_small_for_patches) and the range a card records (train.trained_pixel_range) all apply ----------------------
+
+def finest_pixel_size(spacing_xy, max_upsample: float) -> float:
+    """The finest pixel size (mm) a patch of a slice at ``spacing_xy`` (x, y) mm is drawn at: its coarser pixel side
+    / ``max_upsample``."""
+    return max(spacing_xy[0], spacing_xy[1]) / max_upsample
+
+
+def slice_extent(shape_hw, spacing_xy) -> float:
+    """The shorter side (mm) of a slice of ``shape_hw`` (H, W) pixels at ``spacing_xy`` (x, y) mm."""
+    return min(shape_hw[0] * spacing_xy[1], shape_hw[1] * spacing_xy[0])
+
+
+def holds_patch(shape_hw, spacing_xy, p: int, s: float) -> bool:
+    """Whether a slice of ``shape_hw`` pixels at ``spacing_xy`` mm holds a ``p``-pixel patch of ``s`` mm pixels (a
+    slice exactly that size does): the rule's one comparison, so that the check and the draws agree at the limit."""
+    return p * s <= slice_extent(shape_hw, spacing_xy)
+
+
 def too_small_for_patches(shape_hw, spacing_xy, sizes, spacing_range, max_upsample: float) -> str | None:
     """Why slices of ``shape_hw`` pixels at ``spacing_xy`` mm cannot give the largest patch of ``sizes`` at any
-    pixel size the training may draw (from ``spacing_range``, never finer than the slices' own / ``max_upsample``),
-    or None when they can."""
-    sx, sy = spacing_xy
-    extent = min(shape_hw[0] * sy, shape_hw[1] * sx)
-    finest = max(spacing_range[0], max(sx, sy) / max_upsample)
-    if extent < max(sizes) * finest:
-        return f"its slices span {extent:.0f} mm, too little for a {max(sizes)}-pixel patch at {finest:.3g} mm " \
-               "(the smallest pixel size allowed)"
+    pixel size the training may draw (from ``spacing_range``, never finer than ``finest_pixel_size``), or None when
+    they can (``holds_patch``)."""
+    finest = max(spacing_range[0], finest_pixel_size(spacing_xy, max_upsample))
+    if not holds_patch(shape_hw, spacing_xy, max(sizes), finest):
+        return f"its slices span {slice_extent(shape_hw, spacing_xy):.0f} mm, too little for a {max(sizes)}-pixel " \
+               f"patch at {finest:.3g} mm (the smallest pixel size allowed)"
     return None
 
 
 def drawn_pixel_size(s: float, spacing_xy, shape_hw, p: int, max_upsample: float) -> float:
     """The pixel size (mm) a ``p``-pixel patch of a slice of ``shape_hw`` pixels at ``spacing_xy`` mm is drawn at
-    when ``s`` mm is asked: never finer than the slice's own / ``max_upsample``, coarse enough for the slice to hold
-    the patch."""
-    sx, sy = spacing_xy
-    s = max(s, max(sx, sy) / max_upsample)
-    return min(s, min(shape_hw[0] * sy, shape_hw[1] * sx) / p)
+    when ``s`` mm is asked: never finer than ``finest_pixel_size``; where the slice does not hold the patch at that
+    (``holds_patch``), the coarsest it holds, its extent / ``p`` (finer than allowed only for a slice
+    ``too_small_for_patches`` refuses)."""
+    finest = finest_pixel_size(spacing_xy, max_upsample)
+    s = max(s, finest)
+    if holds_patch(shape_hw, spacing_xy, p, s):
+        return s
+    coarsest = slice_extent(shape_hw, spacing_xy) / p  # at the limit it may round just below the finest it holds
+    return max(coarsest, finest) if holds_patch(shape_hw, spacing_xy, p, finest) else coarsest
 
 
 def drawn_pixel_range(shapes, spacings, sizes, spacing_range, max_upsample: float) -> tuple[float, float]:
@@ -309,13 +338,10 @@ class PatchSampler:
         self.max_upsample, self.rotate_deg, self.flip, self.jitter = float(max_upsample), float(rotate_deg), flip, \
             float(jitter)
         self.spacings = data.spacings
-        names = (data.description or {}).get("volumes")
         for k, (v, spacing) in enumerate(zip(data.volumes, self.spacings)):  # else the pixel size leaves the range
             why = too_small_for_patches(v.shape[-2:], spacing, self.sizes, self.spacing_range, self.max_upsample)
             if why:
-                name = names[k] if isinstance(names, list) and k < len(names) else f"volume {k}"
-                name = name.get("path", f"volume {k}") if isinstance(name, dict) else name
-                raise InputError(f"{name}: {why}: give smaller --patch-sizes, or leave the volume out")
+                raise InputError(f"{data.volume_name(k)}: {why}: give smaller --patch-sizes, or leave the volume out")
         self.pyramids = []
         for v in data.volumes:
             levels = [v]

@@ -144,11 +144,12 @@ def trained_pixel_range(data, opts: TrainOptions) -> tuple[tuple, str]:
     records and reconstruct accepts, and why: its range (``opts.pixel_spacing_range`` or the default,
     ``pixel_range_for``) as the sampler draws from it (``patch.drawn_pixel_range``: never finer than a scan's own /
     ``max_upsample``, nor coarser than its slices hold), with the scans' own pixel sizes inside it. A range that
-    some scans can only be drawn above is an InputError."""
-    from .patch import drawn_pixel_range
+    some scans can only be drawn above is an InputError; a range so cut says so in the why (``_range_cut``), the one
+    statement of the cut that the card records and ``medrecon train`` prints."""
+    from .patch import drawn_pixel_range, finest_pixel_size
 
     (r0, r1), why = pixel_range_for(data.spacings, opts.pixel_spacing_range)
-    finest = [max(sp) / opts.max_upsample for sp in data.spacings]
+    finest = [finest_pixel_size(sp, opts.max_upsample) for sp in data.spacings]
     if max(finest) > r1:
         coarse = sorted({round(max(sp), 4) for sp, f in zip(data.spacings, finest) if f > r1})
         raise InputError(f"--pixel-range {r0:g} {r1:g}: training scans at {', '.join(f'{v:g}' for v in coarse)} mm "
@@ -159,10 +160,34 @@ def trained_pixel_range(data, opts: TrainOptions) -> tuple[tuple, str]:
                                opts.max_upsample)
     own = [min(sp) for sp in data.spacings if r0 <= min(sp) <= r1]  # reconstruct takes a scan at its own
     lo, hi = round(min([lo, *own]), 4), round(max([hi, *own]), 4)
-    if (lo, hi) != (r0, r1):
-        why += (f"; cut to {lo:g}-{hi:g} mm: no patch is drawn finer than its scan's pixel size / "
-                f"{opts.max_upsample:g} nor coarser than its slice holds")
-    return (lo, hi), why
+    cut = _range_cut(data, opts, (r0, r1), (lo, hi))
+    return (lo, hi), why + (f"; {cut}" if cut else "")
+
+
+def _range_cut(data, opts: TrainOptions, asked: tuple, got: tuple) -> str | None:
+    """How the pixel range ``asked`` (mm; ``--pixel-range`` where ``opts`` gives one) is cut to ``got``, naming the
+    training scans that cut each end with the pixel size each is drawn at there (``patch.drawn_pixel_range`` of the
+    scan; the one that sets the end first), or None where it is not cut."""
+    from .patch import drawn_pixel_range
+
+    (r0, r1), (lo, hi) = asked, got
+    if (lo, hi) == (r0, r1):
+        return None
+    each = [drawn_pixel_range([v.shape[-2:]], [sp], opts.patch_sizes, asked, opts.max_upsample)
+            for v, sp in zip(data.volumes, data.spacings)]
+
+    def scans(end: int, cuts) -> str:  # the scans whose own draws stop short of the asked end
+        ks = sorted((k for k, e in enumerate(each) if cuts(round(e[end], 4))), key=lambda k: each[k][end],
+                    reverse=end == 1)
+        named = [f"{data.volume_name(k)}: {each[k][end]:.4g} mm" for k in ks[:3]]
+        return ", ".join(named) + (f" and {len(ks) - 3} more" if len(ks) > 3 else "")
+
+    finer, coarser = f"finer than its scan's pixel size / {opts.max_upsample:g}", "coarser than its slice holds"
+    ends = ([f"{finer} ({scans(0, lambda v: v > r0)})"] if lo > r0 else []) + \
+        ([f"{coarser} ({scans(1, lambda v: v < r1)})"] if hi < r1 else [])
+    how = " nor ".join(ends) or f"{finer} nor {coarser}"  # neither cut: a too small scan the sampler refuses
+    given = f"--pixel-range {r0:g} {r1:g} is " if opts.pixel_spacing_range is not None else ""
+    return f"{given}cut to {lo:g}-{hi:g} mm: no patch is drawn {how}"
 
 
 def _flag(name: str) -> str:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, list_series
-from medrecon.io.atomic import os_reason, read_marker
+from medrecon.io.atomic import os_reason, read_marker, remove_empty_folders
 
 from .config import load_config
 from .html_report import ASSETS, BATCH_PAGE_MARK, write_batch_index
@@ -374,15 +374,10 @@ def one_line(text: str, *roots: Path | None) -> str:
 
 
 def _prune_empty(folder: Path, root: Path) -> None:
-    """Remove ``folder`` (if there) and its parents up to (not including) ``root`` while they are empty."""
-    while folder != root and root in folder.parents:
-        try:
-            folder.rmdir()
-        except FileNotFoundError:  # an output is made in a sibling temporary folder: its parents may be all there is
-            pass
-        except OSError:
-            return
-        folder = folder.parent
+    """Remove ``folder`` (if there) and its parents below ``root`` while they are empty. ``atomic_path`` removes
+    the folders its failed write made; this also removes one that a series running at the same time (another
+    worker) made and kept while its own temporary was inside, and so left empty to this series."""
+    remove_empty_folders(p for p in (folder, *folder.parents) if root in p.parents)
 
 
 @dataclass

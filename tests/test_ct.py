@@ -268,6 +268,23 @@ def test_line_integral_problem_refuses_counts_and_mostly_negative_sinograms_but_
     assert line_integral_problem(np.full((2, 3), np.nan)) is None  # (refused as NaN elsewhere)
 
 
+def test_transmitted_fractions_are_refused_but_line_integrals_of_small_objects_pass():
+    """I/I0 (about 1 in air, lower through the body, all <= 1) passed as small line integrals; line integrals of
+    objects as faint (a 10 mm water disc reaches 0.2), noisy down to 50 counts a bin, still pass."""
+    rng = np.random.default_rng(0)
+    s = np.arange(100) - 49.5
+    for r, off in ((5, 0), (15, 0), (15, 25), (40, 0)):  # water discs of 10, 30 (also off centre) and 80 mm
+        p = np.broadcast_to(2 * MU_WATER * np.sqrt(np.maximum(r ** 2 - (s - off) ** 2, 0)), (4, 90, 100))
+        for y in (p, noisy_line_integrals(p, "poisson", rng, I0=1e5), noisy_line_integrals(p, "poisson", rng, I0=50)):
+            assert line_integral_problem(y) is None
+            why = line_integral_problem(np.exp(-y))
+            assert why and why.startswith("the sinogram lies at 1 at the detector's ends (air)") and \
+                why.endswith("it looks like transmitted fractions I/I0 (about 1 in air, lower through the body), "
+                             "where line integrals are about 0 in air: give -log(I/I0)"), why
+    wide = np.broadcast_to(2 * MU_WATER * np.sqrt(80 ** 2 - s ** 2), (2, 90, 100))  # no bin sees air: not judged
+    assert line_integral_problem(wide) is None and line_integral_problem(np.exp(-wide)) is None
+
+
 @pytest.mark.parametrize("n", [63, 64, 87])
 def test_default_detector_bins_lie_on_the_pixel_rows(n):
     """At 90 degrees a bin of the default detector sees one pixel row whole, so a pattern alternating from row to

@@ -1095,3 +1095,58 @@ def test_decimal_strings_stay_within_16_characters(tmp_path):
         ds = pydicom.dcmread(f)
         assert all(len(str(v.original_string if hasattr(v, "original_string") else v)) <= 16
                    for v in [*ds.ImagePositionPatient, ds.SliceLocation])
+
+
+def test_what_gdcms_decoder_prints_is_said_once_naming_the_files(tmp_path, caplog, capfd):
+    """GDCM printed "Unsupported JPEG data precision 12" on the terminal for every 12-bit JPEG slice it decoded
+    (it then retries with its 12-bit decoder), naming no file; now one warning names the files."""
+    from pydicom.data import get_testdata_file
+
+    src = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))  # JPEG Extended, 12 bits
+    series = tmp_path / "series"
+    series.mkdir()
+    for k in range(3):
+        src.SOPInstanceUID, src.InstanceNumber = pydicom.uid.generate_uid(), k + 1
+        src.ImagePositionPatient, src.ImageOrientationPatient = [0, 0, 2.0 * k], [1, 0, 0, 0, 1, 0]
+        src.save_as(series / f"IM{k}.dcm")
+    with caplog.at_level("WARNING"):
+        vol = read_volume(series)
+    assert vol.shape == (3, 1024, 256)
+    assert "Unsupported JPEG" not in capfd.readouterr().err  # not bare on the terminal
+    said = [r.getMessage() for r in caplog.records if "GDCM" in r.getMessage()]
+    assert len(said) == 1 and re.fullmatch(
+        re.escape(f'{series}: GDCM\'s decoder printed "Unsupported JPEG data precision 12" (') + r"\d+" + re.escape(
+            " times) while decoding 3 of its files (e.g. IM0.dcm) (JPEG Extended (Process 2 and 4)) and decoded "
+            "them; if the image looks wrong, decompress it, e.g. gdcmconv --raw or dcmdjpeg"), said[0])
+    assert said[0] in vol.meta["warnings"]
+
+
+def test_native_stderr_is_captured_only_in_its_block_and_always_given_back(capfd, monkeypatch):
+    """fd 2 is restored after the block, also when it raises (the error is not swallowed), and where ``sys.stderr``
+    is no real file or fd 2 cannot be duplicated."""
+    import io
+
+    from medrecon.io import dicom_read
+
+    with dicom_read._native_stderr() as printed:
+        os.write(2, b"native line\n\n  second  \n")
+    assert printed == ["native line", "second"] and capfd.readouterr().err == ""
+    with pytest.raises(RuntimeError, match="boom"):
+        with dicom_read._native_stderr() as printed:
+            os.write(2, b"before the error\n")
+            raise RuntimeError("boom")
+    os.write(2, b"after\n")
+    assert printed == ["before the error"] and capfd.readouterr().err == "after\n"
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # replaced by a caller: fd 2 is still what C writes to
+    with dicom_read._native_stderr() as printed:
+        os.write(2, b"native\n")
+    assert printed == ["native"]
+
+    def no_fd(fd):
+        raise OSError(9, "Bad file descriptor")
+
+    with monkeypatch.context() as m:  # no usable fd 2: the block runs, nothing is captured
+        m.setattr(os, "dup", no_fd)
+        with dicom_read._native_stderr() as printed:
+            ran = True
+    assert ran and printed == []

@@ -234,6 +234,26 @@ def test_atomic_path_replaces_folders_and_cleans_up_after_errors(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]  # no temporary left behind
 
 
+def test_a_failed_write_removes_the_parent_folders_it_made_and_only_those(tmp_path):
+    """A failed write into a new nested destination left the folders made for it behind, empty."""
+    kept = tmp_path / "kept"
+    kept.mkdir()  # existed before, empty: never removed
+    for dest in (kept / "a" / "b" / "recon.nii.gz", kept / "c" / "series"):
+        with pytest.raises(RuntimeError):
+            with atomic_path(dest) as tmp:
+                tmp.write_text("half")
+                raise RuntimeError("interrupted")
+        assert kept.is_dir() and not any(kept.iterdir())
+    (kept / "a").mkdir()
+    with pytest.raises(InputError, match="cannot create the output folder"):  # b is made, its sub-folder cannot be
+        with atomic_path(kept / "a" / "b" / ("x" * 300) / "out.nii.gz"):
+            pass
+    assert (kept / "a").is_dir() and not any((kept / "a").iterdir())
+    with atomic_path(kept / "d" / "e" / "ok.txt") as tmp:  # a finished write keeps them
+        tmp.write_text("1")
+    assert (kept / "d" / "e" / "ok.txt").read_text() == "1"
+
+
 def test_atomic_path_protects_inputs_and_folders_with_subfolders(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in/sub").mkdir()

@@ -43,21 +43,25 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
     * ``protect``: paths (the inputs) that ``dest`` must not be, contain or lie inside.
     * ``marker``: extra fields for the marker file of a folder output (e.g. the series it was made from);
       False writes none (a derived DICOM series, recognised by its headers instead, stays pure DICOM).
-    * Missing parent folders are created; any OS error becomes an :class:`InputError` naming ``dest``.
+    * Missing parent folders are created, and removed again (if still empty) when the write fails; any OS error
+      becomes an :class:`InputError` naming ``dest``.
     """
     dest = Path(os.path.abspath(dest))  # '.': its parent is '.' too, and the temporary landed inside it
     if dest.is_symlink():  # write where it points: replacing the link left the old output at its target
         dest = dest.resolve()
     check_destination(dest, protect)
+    made: list[Path] = []  # the parent folders this write creates: removed again unless it succeeds
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(dest.parent, made)
         remove_stale_temporaries(dest)
     except OSError as e:
+        remove_empty_folders(reversed(made))
         raise InputError(f"cannot create the output folder {dest.parent}: {os_reason(e)}; "
                          "choose a writable location") from e
-    check_free(dest, overwrite)
+    check_free(dest, overwrite)  # refuses only an existing dest, whose parents were not made here
     tmp = dest.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{_tmp_tail(dest)}"
     _OURS.add(tmp.name)
+    committed = False
     try:
         yield tmp
         if marker is not False and tmp.is_dir() and not tmp.is_symlink():
@@ -71,6 +75,7 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
         if outermost:                                                           # temporary: its commit syncs all
             _flush_to_disk(tmp)
         _commit(tmp, dest)
+        committed = True
         if outermost:
             _flush_to_disk(dest.parent, tree=False)  # the rename itself
     except OSError as e:
@@ -79,6 +84,32 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
     finally:
         _remove(tmp)
         _OURS.discard(tmp.name)
+        if not committed:
+            remove_empty_folders(reversed(made))
+
+
+def _make_folders(folder: Path, made: list[Path]) -> None:
+    """Create ``folder`` and its missing parents, appending each one this call created to ``made`` (outermost
+    first); a folder that appears meanwhile (made by another process) is not ours."""
+    missing = [p for p in (folder, *folder.parents) if not p.is_dir()]
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            continue
+        made.append(p)
+
+
+def remove_empty_folders(folders: Iterable[Path]) -> None:
+    """Remove ``folders`` in order (innermost first) while they are empty: stops at the first that holds
+    anything; a missing one is skipped."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
 
 
 def mark_as_written(folder, name: str) -> None:

@@ -20,9 +20,12 @@ what to install where no installed decoder reads its compression (the files may 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
+import sys
 import tempfile
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +125,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
     stack.check_uniform(resample_nonuniform, skipped)
     first = stack.headers[0]
     check_fits_in_memory((len(stack.files), header_int(first, "Rows", 0), header_int(first, "Columns", 0)), where)
-    data, bad = _read_pixels(stack.files, stack.headers)
+    data, bad = _read_pixels(stack.files, stack.headers, where, notes)
     if bad:  # damaged pixel data among good headers: skip those slices, re-check the stack
         unread = {b for b, _ in bad}
         headers = [(f, ds) for f, ds in headers if f not in unread]
@@ -134,7 +137,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
             skipped.append(f"{f} ({reason})")
         stack = _Stack.build(headers, where, [])
         stack.check_uniform(resample_nonuniform, skipped)
-        data, bad = _read_pixels(stack.files, stack.headers)
+        data, bad = _read_pixels(stack.files, stack.headers, where, notes)
         if bad:
             raise InputError(f"{where}: cannot decode {bad[0][0]} ({bad[0][1]})")
     rescale_assumed = _check_rescale(list(zip(stack.files, stack.headers)), where, notes)
@@ -562,10 +565,12 @@ def _transfer_syntax(uid: UID | None) -> str:
     return f"{uid.name} ({uid})" if uid else "unknown"
 
 
-def _read_pixels(files: list[Path], headers: list) -> tuple[np.ndarray | None, list[tuple[Path, str]]]:
+def _read_pixels(files: list[Path], headers: list, where, notes: list) -> tuple[np.ndarray | None,
+                                                                           list[tuple[Path, str]]]:
     """(Z, Y, X) float32 after rescale, in the given order (``headers``: the files' headers as read); or the files
     whose pixels cannot be read. SimpleITK reads the series; where it refuses (GDCM refuses a SpacingBetweenSlices
-    of 0 and some bit layouts pydicom decodes), each slice on its own, by SimpleITK or else pydicom."""
+    of 0 and some bit layouts pydicom decodes), each slice on its own, by SimpleITK or else pydicom. What GDCM's
+    decoders print on the way is said once, naming the files (``_decoder_printed``)."""
     short = [(f, why) for f, ds in zip(files, headers) if (why := _short_pixel_data(f, ds))]
     if short:  # SimpleITK fills the missing bytes with whatever memory held
         return None, short
@@ -574,13 +579,33 @@ def _read_pixels(files: list[Path], headers: list) -> tuple[np.ndarray | None, l
         reader.SetFileNames(names)
         reader.SetOutputPixelType(sitk.sitkFloat32)
         try:
-            with _itk_quiet():
-                return sitk.GetArrayFromImage(reader.Execute()), []
+            with _itk_quiet() as printed:
+                data = sitk.GetArrayFromImage(reader.Execute())
+            _decoder_printed(where, files, printed, headers[0], notes)
+            return data, []
         except RuntimeError:
-            pass
+            pass  # what it printed is printed again while reading the slice it concerns
         read = [(f, *_read_slice(f, name, _syntax_uid(ds))) for f, name, ds in zip(files, names, headers)]
-    bad = [(f, why) for f, _, why in read if why]
-    return (None, bad) if bad else (np.stack([a for _, a, _ in read]).astype(np.float32), [])
+    printed = [(f, line) for f, _, _, lines in read for line in lines]
+    _decoder_printed(where, [f for f, _ in printed], [line for _, line in printed], headers[0], notes)
+    bad = [(f, why) for f, _, why, _ in read if why]
+    return (None, bad) if bad else (np.stack([a for _, a, _, _ in read]).astype(np.float32), [])
+
+
+def _decoder_printed(where, files: list[Path], printed: list[str], header, notes: list) -> None:
+    """Warn once of the lines GDCM's decoders printed on stderr while decoding ``files`` of ``where`` (decoded all
+    the same: its JPEG decoder prints a precision it does not take, then retries with the one that does), each
+    line once with its count; they reached the terminal bare, naming no file."""
+    if not printed:
+        return
+    said = ", ".join(f'"{line[:200]}"' + (f" ({n} times)" if n > 1 else "")
+                     for line, n in list(Counter(printed).items())[:3])
+    names = sorted({f.name for f in files})
+    which = "it" if names == [Path(where).name] else \
+        names[0] if len(names) == 1 else f"{len(names)} of its files (e.g. {names[0]})"
+    uid = _syntax_uid(header)
+    warn(notes, f"{where}: GDCM's decoder printed {said} while decoding {which}{f' ({uid.name})' if uid else ''} "
+                f"and decoded {'it' if len(names) == 1 else 'them'}; if the image looks wrong, {_DECOMPRESS}")
 
 
 def _short_pixel_data(f: Path, header) -> str:
@@ -634,12 +659,14 @@ def _decoder_to_install(uid: UID | None) -> str:
     return f"pip install {' '.join(names)}" if names else "install a pydicom pixel-data plugin for it"
 
 
-def _read_slice(f: Path, name: str, uid: UID | None) -> tuple[np.ndarray | None, str]:
-    """One slice's rescaled pixels (Y, X) as GDCM gives them (MONOCHROME1 inverted, see ``_undo_monochrome1``)
-    and "", or None and why it cannot be decoded (``uid``: its transfer syntax, from the header read before)."""
+def _read_slice(f: Path, name: str, uid: UID | None) -> tuple[np.ndarray | None, str, list[str]]:
+    """One slice's rescaled pixels (Y, X) as GDCM gives them (MONOCHROME1 inverted, see ``_undo_monochrome1``),
+    "" and the lines GDCM printed decoding them; or None, why it cannot be decoded (with GDCM's first line) and
+    []. Pixels that pydicom decodes where GDCM failed come with [] (GDCM's lines are of a decode not used).
+    ``uid``: its transfer syntax, from the header read before."""
     try:
-        with _itk_quiet():
-            return sitk.GetArrayFromImage(sitk.ReadImage(name, sitk.sitkFloat32))[0], ""
+        with _itk_quiet() as printed:
+            return sitk.GetArrayFromImage(sitk.ReadImage(name, sitk.sitkFloat32))[0], "", printed
     except RuntimeError:
         pass
     try:
@@ -647,16 +674,17 @@ def _read_slice(f: Path, name: str, uid: UID | None) -> tuple[np.ndarray | None,
         v = np.asarray(ds.pixel_array, dtype=np.float64)
     except Exception as e:  # noqa: BLE001 - the reason goes into the message
         if install := _decoder_to_install(uid):
-            return None, f"{NO_DECODER} its transfer syntax {_transfer_syntax(uid)}: {install}, or {_DECOMPRESS}"
+            return None, f"{NO_DECODER} its transfer syntax {_transfer_syntax(uid)}: {install}, or {_DECOMPRESS}", []
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        return None, (f"pixel data cannot be decoded (transfer syntax {_transfer_syntax(uid)}; {why}): a truncated "
-                      f"or damaged file, or a compression no installed decoder reads ({_DECOMPRESS})")
+        gdcm = f'; GDCM: "{printed[0][:200]}"' if printed else ""
+        return None, (f"pixel data cannot be decoded (transfer syntax {_transfer_syntax(uid)}; {why}{gdcm}): a "
+                      f"truncated or damaged file, or a compression no installed decoder reads ({_DECOMPRESS})"), []
     if v.ndim != 2:
-        return None, f"pixel data of shape {v.shape}, not one grayscale image"
+        return None, f"pixel data of shape {v.shape}, not one grayscale image", []
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":  # as GDCM gives it
         v = _monochrome1_max(ds) - v
     m, b = _rescale(ds)
-    return (m * v + b).astype(np.float32), ""
+    return (m * v + b).astype(np.float32), "", []
 
 
 @contextmanager
@@ -688,13 +716,45 @@ def _utf8(text: str) -> bool:
 
 @contextmanager
 def _itk_quiet():
-    """Silence ITK's own warnings on stderr (medrecon reports what matters itself)."""
+    """Silence ITK's own warnings, and capture what C code (GDCM's decoders: "Unsupported JPEG data precision 12")
+    prints on the process's stderr: yields a list that holds those lines once the block ends (also when it
+    raises), for the caller to say naming the file (``_native_stderr``)."""
     old = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        yield
+        with _native_stderr() as printed:
+            yield printed
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(old)
+
+
+@contextmanager
+def _native_stderr():
+    """Redirect file descriptor 2 into a temporary file for the block; yields a list that then holds the non-empty
+    lines written there (another thread's meanwhile too). fd 2 is always restored; without a usable fd 2 nothing is
+    captured. ``sys.stderr`` is flushed first, whatever it is (pytest's capture, a replaced object): C code writes to
+    fd 2, not to it."""
+    printed: list[str] = []
+    try:
+        sys.stderr and sys.stderr.flush()
+    except (OSError, ValueError):  # a closed or broken stream: nothing of ours to keep apart
+        pass
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (a daemon started without one)
+        yield printed
+        return
+    try:
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield printed
+            finally:
+                os.dup2(saved, 2)
+                tmp.seek(0)
+                printed += [line.strip() for line in tmp.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    finally:
+        os.close(saved)
 
 
 def _rescale(ds) -> tuple[float, float]:

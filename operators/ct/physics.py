@@ -36,6 +36,14 @@ def hu_to_mu(hu: np.ndarray) -> np.ndarray:
 MAX_LINE_INTEGRAL = 100.0
 #: how far below 0 a sinogram's median may lie (an air calibration slightly off); noise alone keeps it >= 0
 NEGATIVE_BEYOND_NOISE = 0.1
+#: transmitted fractions I/I0 are about 1 in air and lower through the body, line integrals -log(I/I0) about 0 in air
+#: and higher through it. I/I0 <= 1 but for noise: its 99th percentile stays under TRANSMISSION_MAX down to 50 counts
+#: a bin (1.32 there), and line integrals through more than 75 mm of water exceed it
+TRANSMISSION_MAX = 1.5
+#: how far from 1 the air of I/I0 may lie (0.98-1.05 in simulations from 50 counts a bin up; an I0 a few % off)
+AIR_TOLERANCE = 0.1
+#: the detector bins taken for air at each end of a view, and for the centre, as fractions of the bins
+EDGE_FRACTION, CENTRE_FRACTION = 0.02, 0.1
 
 
 def line_integral_problem(p) -> str | None:
@@ -44,7 +52,7 @@ def line_integral_problem(p) -> str | None:
     or its lowest 1 % over 3 times further below 0 than its highest 1 % reach above (log(I/I0) without its minus,
     an offset subtracted). Noise cannot do either: zero-median noise on line integrals >= 0 puts at most half the
     values below 0, and reaches no further below 0 than above it (Poisson noise even less far); a few negative
-    values (a bad bin) pass."""
+    values (a bad bin) pass. Transmitted fractions I/I0: see ``_transmission``."""
     x = np.asarray(p, dtype=np.float32).ravel()
     if x.size > 1_000_000:  # a random million (a stride could fall on one detector bin)
         x = x[np.random.default_rng(0).integers(0, x.size, 1_000_000)]
@@ -60,7 +68,30 @@ def line_integral_problem(p) -> str | None:
         return (f"half the sinogram is below {mid:.3g} and its lowest 1 % reaches {lo:.3g} (its highest 1 % "
                 f"{hi:.3g}), but line integrals -log(I/I0) are >= 0 up to noise: log(I/I0) without its minus sign, "
                 "or an offset subtracted? give -log(I/I0)")
-    return None
+    return _transmission(p, hi)
+
+
+def _transmission(p, hi: float) -> str | None:
+    """Why the sinogram ``p`` (..., bins), 99th percentile ``hi``, looks like transmitted fractions I/I0, or None: its
+    99th percentile at most TRANSMISSION_MAX, its air within AIR_TOLERANCE of 1 (the median of the outermost
+    EDGE_FRACTION of the bins at each end of the views, the higher end), and its centre (the median of the middle
+    CENTRE_FRACTION) no higher than that. Line integrals are about 0 in air, and higher at the centre of a body;
+    where no bin sees air (a detector narrower than the body) this cannot tell, and says nothing."""
+    p = np.asarray(p)
+    if hi > TRANSMISSION_MAX or p.ndim < 2 or p.shape[-1] < 5:
+        return None
+    rows = p.reshape(-1, p.shape[-1])
+    if len(rows) > 20_000:  # a random 20000 views of slices, each whole: its ends stay its ends
+        rows = rows[np.random.default_rng(0).integers(0, len(rows), 20_000)]
+    n = rows.shape[1]
+    k, c = max(1, round(EDGE_FRACTION * n)), max(1, round(CENTRE_FRACTION * n))
+    air = max(float(np.median(rows[:, :k])), float(np.median(rows[:, -k:])))
+    centre = float(np.median(rows[:, (n - c) // 2:(n - c) // 2 + c]))
+    if not (abs(air - 1) <= AIR_TOLERANCE and centre <= air):  # (NaN: no)
+        return None
+    return (f"the sinogram lies at {air:.3g} at the detector's ends (air) and at {centre:.3g} at its centre, at most "
+            f"{hi:.3g} (99th percentile): it looks like transmitted fractions I/I0 (about 1 in air, lower through the "
+            "body), where line integrals are about 0 in air: give -log(I/I0)")
 
 
 def noisy_line_integrals(p: np.ndarray, kind: str, rng: np.random.Generator, I0: float = 1e5,

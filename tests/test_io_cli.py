@@ -302,6 +302,37 @@ def test_spacing_that_is_not_a_positive_finite_number_is_one_line(tmp_path, caps
         assert code == 2 and "three positive numbers" in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("args, named", [
+    (["evaluate", "-r", "{t}/a.nii.gz", "-i", "{t}/b.nii.gz", "-o", "{t}/out", "--data-range", "nan"],
+     "--data-range nan: give finite numbers"),
+    (["phantom", "{t}/out", "--shape", "4,16,16", "--slice-thickness", "inf"],
+     "--slice-thickness inf: give finite numbers"),
+    (["batch", "{t}", "{t}/out", "-c", "sparse_view_ct_8", "--cpus-per-series", "inf"],
+     "--cpus-per-series inf: give finite numbers"),
+    (["pacs", "listen", "{t}/out", "-c", "sparse_view_ct_8", "--stable-seconds", "-inf"],
+     "--stable-seconds -inf: give finite numbers")])
+def test_numbers_that_are_not_finite_are_refused_by_every_command_naming_the_option(tmp_path, capsys, args, named):
+    """Only `train` refused them: `phantom --slice-thickness inf` was a traceback that left its folder, `evaluate
+    --data-range nan` named no option, `--stable-seconds -inf` and the Ray shares were taken as given."""
+    code, _, err = run(capsys, *(a.format(t=tmp_path) for a in args))
+    assert code == 2 and named in err and "Traceback" not in err and not (tmp_path / "out").exists(), err
+
+
+def test_every_command_checks_its_numbers():
+    """Every command, of the sub-apps too (`data`, `pacs`), is a FiniteCommand (pipelines.app.check_finite)."""
+    import typer
+
+    from pipelines.app import FiniteCommand
+    from pipelines.cli import app
+
+    def leaves(cmd):
+        subs = getattr(cmd, "commands", None)
+        return [leaf for c in subs.values() for leaf in leaves(c)] if subs is not None else [cmd]
+    commands = leaves(typer.main.get_command(app))
+    assert len(commands) > 10 and all(isinstance(c, FiniteCommand) for c in commands), \
+        [c.name for c in commands if not isinstance(c, FiniteCommand)]
+
+
 def test_info_wording_and_multi_valued_description(tmp_path, capsys):
     """#13.19: the orientation line reads plainly; a multi-valued SeriesDescription is text, not a list."""
     folder, _ = edited_ct5n(tmp_path, lambda k, ds: setattr(ds, "SeriesDescription", ["Chest", "Lung"]))

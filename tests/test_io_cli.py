@@ -372,6 +372,42 @@ def test_deidentified_dicom_output_and_window_tags(tmp_path, capsys):
     assert pydicom.dcmread(next(again.glob("*.dcm"))).StudyInstanceUID == anon.StudyInstanceUID
 
 
+def test_nifti_output_of_a_named_patient_holds_no_identifier_and_takes_the_description(tmp_path, capsys, caplog):
+    """--deidentify and --description did nothing for NIfTI output, without a word: a series flagged with burned-in
+    text was written (its pixels hold it). NIfTI holds the voxels and geometry only (a new header; nothing else is
+    written beside it); --deidentify refuses identifying pixels there too; --description is the header's descrip
+    (80 bytes: a longer one is cut, with a warning); NRRD/MHA, which has no such field, refuses it."""
+    import gzip
+
+    def named(k, ds):
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "PID4711", "19700101"
+        ds.InstitutionName, ds.AccessionNumber, ds.SeriesDescription = "St Zeta Hospital", "ACC9876", "Jane's chest"
+    folder, files = edited_ct5n(tmp_path / "named", named)
+    src = pydicom.dcmread(files[0])
+    out = tmp_path / "out"
+    assert run(capsys, "convert", folder, out / "ct.nii.gz", "--deidentify")[0] == 0
+    assert [p.name for p in out.iterdir()] == ["ct.nii.gz"]
+    raw = gzip.decompress((out / "ct.nii.gz").read_bytes())
+    identifiers = ["Doe^Jane", "PID4711", "19700101", "St Zeta", "ACC9876", "Jane's chest", str(src.StudyDate),
+                   str(src.StudyInstanceUID), str(src.SeriesInstanceUID), str(src.FrameOfReferenceUID)]
+    assert [i for i in identifiers if i.encode() in raw] == []
+    header = nib.load(out / "ct.nii.gz").header
+    assert [header[k].item() for k in ("descrip", "aux_file", "intent_name", "db_name")] == [b""] * 4
+    assert len(header.extensions) == 0
+
+    burned, _ = edited_ct5n(tmp_path / "burned", lambda k, ds: setattr(ds, "BurnedInAnnotation", "YES"))
+    code, _, err = run(capsys, "convert", burned, out / "burned.nii.gz", "--deidentify")
+    assert code == 2 and "BurnedInAnnotation YES: identifying text" in err and not (out / "burned.nii.gz").exists()
+
+    assert run(capsys, "convert", folder, out / "d.nii.gz", "--description", "follow-up 3")[0] == 0
+    assert nib.load(out / "d.nii.gz").header["descrip"].item() == b"follow-up 3"
+    assert run(capsys, "convert", folder, out / "long.nii.gz", "--description", "é" * 45)[0] == 0  # 90 bytes
+    assert nib.load(out / "long.nii.gz").header["descrip"].item() == ("é" * 40).encode()  # not within a character
+    assert "the description is 90 bytes, NIfTI's descrip holds 80: cut to" in caplog.text
+    code, _, err = run(capsys, "convert", folder, out / "d.nrrd", "--description", "follow-up 3")
+    assert code == 2 and "--description applies to DICOM and NIfTI output; " in err and not (out / "d.nrrd").exists()
+
+
 def test_info_lists_a_folder_whose_largest_series_tie(tmp_path, capsys):
     """`info` ('what is in a DICOM folder') refused to show anything when two series have as many files."""
     from medrecon import Volume

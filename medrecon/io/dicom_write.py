@@ -279,15 +279,20 @@ def _one_value(text: str) -> str:
     return re.sub(r"[\\\x00-\x1f\x7f]", " ", str(text))
 
 
-def deidentified(src: dict) -> dict:
-    """The source tags after the PS3.15 basic profile (see the module docstring). A source whose pixels carry
-    identifying text or features (BurnedInAnnotation / RecognizableVisualFeatures YES) is refused: no tag change
-    removes them."""
+def refuse_identifying_pixels(src: dict) -> None:
+    """Refuse a source whose pixels carry identifying text or features (BurnedInAnnotation /
+    RecognizableVisualFeatures YES): no tag change removes them, and every output format keeps the voxels."""
     burned = [k for k in PIXEL_FLAGS if str(src.get(k, "")).upper() == "YES"]
     if burned:
         raise InputError(f"the source series says {' and '.join(f'{k} YES' for k in burned)}: identifying text or "
                          "features are in its pixels, which de-identifying the tags cannot remove; remove them from "
                          "the images first (or do not pass --deidentify)")
+
+
+def deidentified(src: dict) -> dict:
+    """The source tags after the PS3.15 basic profile (see the module docstring); a source with identifying pixels
+    is refused (``refuse_identifying_pixels``)."""
+    refuse_identifying_pixels(src)
     key = deidentify_key()  # read once: every slice's reference is keyed with it
     out = {k: v for k, v in src.items() if k not in DEID_REMOVE}
     out.update({k: "" for k in DEID_EMPTY if k in out})

@@ -143,7 +143,7 @@ class Outputs(Section):
     preview: bool = True
     snapshots_every: int = Field(0, ge=0)
     window: Optional[tuple[float, float]] = None  # preview window, physical units; null: 1st-99th pct
-    deidentify: bool = False  # derived DICOM series under the PS3.15 basic profile (no patient identifiers)
+    deidentify: bool = False  # nothing identifying in the output folder (medrecon.io.deidentify; dicom/: PS3.15)
     phase: bool = False  # complex MRI images: also write phase.nii.gz (radians)
 
     @model_validator(mode="after")

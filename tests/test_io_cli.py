@@ -462,6 +462,41 @@ def test_a_deidentified_run_refuses_burned_in_text_before_the_work(tmp_path, mon
     assert not built
 
 
+def test_a_deidentified_reconstruction_holds_no_identifier_in_any_file(tmp_path, capsys):
+    """outputs.deidentify de-identified dicom/ alone: report.json and the output's marker kept the source's
+    SeriesInstanceUID and file-list hash, report.json its voxel hash, the input folder's name (a patient's here, also
+    in its read warnings) and the day it ran, measurements.npz the folder's name; with outputs.dicom false the
+    burned-in check was skipped, though simulation/ and the result hold the source's voxels. Now no byte of any file
+    holds them; the source series goes by its de-identified UID (the one dicom/ references), the input by a keyed
+    pseudonym of its path; --overwrite and the refusal without it work as before."""
+    from dicom_trees import leaked, write_named_series
+
+    src = tmp_path / "lab" / "Zyxwaldo_Quintessa_PID4711"
+    said = write_named_series(src)
+    out = tmp_path / "out"
+    args = ["reconstruct", "-c", "sparse_view_ct_8", "-i", src, "-o", out, "--quiet", "--set", "solver.name=fbp",
+            "--set", "outputs.deidentify=true"]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    today = __import__("datetime").date.today()
+    assert leaked(out, said + [today.isoformat(), today.strftime("%Y%m%d")]) == []
+    report = json.loads((out / "report.json").read_text())
+    marker = json.loads((out / ".medrecon-output").read_text())
+    derived = pydicom.dcmread(next((out / "dicom").iterdir()))
+    assert report["series_uid"] == marker["series_uid"] == derived.ReferencedSeriesSequence[0].SeriesInstanceUID
+    assert marker["deidentified"] is True and report["input"].startswith("input-") and report["input_files"] == 3
+    assert run(capsys, "evaluate", "-r", out / "simulation" / "reference.nii.gz", "-i", out / "recon.nii.gz")[0] == 0
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "already exists" in err
+    assert run(capsys, *args, "--overwrite")[0] == 0 and leaked(out, said) == []
+    for f in src.iterdir():  # identifying text in the pixels: refused whatever the output formats
+        ds = pydicom.dcmread(f)
+        ds.BurnedInAnnotation = "YES"
+        ds.save_as(f)
+    code, _, err = run(capsys, *args[:6], tmp_path / "o2", *args[7:], "--set", "outputs.dicom=false")
+    assert code == 2 and "BurnedInAnnotation YES" in err and not (tmp_path / "o2").exists()
+
+
 def test_an_rt_dose_file_is_refused_as_what_it_is_not_read_as_an_image(tmp_path, capsys):
     """A single RT Dose file was read as an image of raw stored integers (795000..1254000, DoseGridScaling 1e-6
     ignored), converted, and reconstructed by an MR config into a 'RTDOSE' Secondary Capture series; folders and

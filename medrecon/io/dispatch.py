@@ -14,7 +14,8 @@ from ..volume import Volume
 from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
 from .dicom_read import read_dicom_series
 from .dicom_scan import choose_series, is_dicom_file, list_series
-from .dicom_write import refuse_identifying_pixels, write_dicom_series
+from .deidentify import refuse_identifying_pixels
+from .dicom_write import write_dicom_series
 from .itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
 from .nifti import is_nifti, is_nifti_pair, read_nifti, write_nifti
 

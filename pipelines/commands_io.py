@@ -115,21 +115,33 @@ def convert(input: Path = typer.Argument(..., help="DICOM series folder or file,
             spacing: Optional[str] = typer.Option(None, "--spacing", help=SPACING_HELP),
             modality: Optional[str] = typer.Option(None, "--modality",
                                                    help="DICOM output: CT, MR or OT (default: the source's, else OT)."),
-            description: str = typer.Option("medrecon convert", "--description",
-                                            help="DICOM output: SeriesDescription."),
+            description: Optional[str] = typer.Option(None, "--description",
+                                                      help="DICOM output: SeriesDescription (64 characters; default "
+                                                           "'medrecon convert'). NIfTI: the header's descrip (80 "
+                                                           "bytes, a longer one is cut with a warning; default "
+                                                           "none). NRRD/MHA: refused (no such field)."),
             deidentify: bool = typer.Option(False, "--deidentify", help="DICOM output: no patient identifiers "
-                                            "(DICOM PS3.15 basic profile)."),
+                                            "(DICOM PS3.15 basic profile). NIfTI and NRRD/MHA output never hold "
+                                            "any (voxels and geometry only, no DICOM tag, nothing else written); "
+                                            "with --deidentify a source flagged with burned-in text is refused "
+                                            "for them too."),
             plane: Optional[Plane] = typer.Option(None, "--plane", help="Re-stack the voxels so that the slices are "
                                                   "axial, coronal or sagittal (head up; no interpolation): a 3D "
                                                   "acquisition stored in another plane, for the axial priors.")):
     """Convert between DICOM series, NIfTI and NRRD/MHA; the output type follows OUTPUT."""
-    if modality is not None and (kind := output_format(output)) != "DICOM":  # refused, as it could not take effect
+    kind = output_format(output)
+    if modality is not None and kind != "DICOM":  # refused, as it could not take effect
         raise InputError(f"--modality applies to DICOM output; {output} is {kind}, which stores no modality: leave "
                          "--modality out, or give a folder path for a DICOM series")
+    if description is not None and kind == "NRRD/MHA":
+        raise InputError(f"--description applies to DICOM and NIfTI output; {output} is NRRD/MHA, which stores no "
+                         "description: leave --description out, or write .nii.gz or a DICOM series")
     if modality is not None and modality.upper() not in DICOM_MODALITIES:
         raise InputError(f"--modality {modality}: give one of {', '.join(DICOM_MODALITIES)}")
     vol = read_volume(input, series=series, spacing=parse_spacing(spacing), resample_nonuniform=resample,
                       plane=None if plane is None else plane.value)
+    if description is None and kind == "DICOM":
+        description = "medrecon convert"
     out = write_volume(vol, output, overwrite=overwrite, series_description=description, modality=modality,
                        deidentify=deidentify)
     typer.echo(f"wrote {out}: shape (Z,Y,X) {' x '.join(map(str, vol.shape))}, "

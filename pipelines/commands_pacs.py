@@ -6,11 +6,11 @@ from typing import List, Optional
 
 import typer
 
-from .app import app
+from .app import Typer, app
 from .commands_recon import exit_if_series_failed
 
-pacs_app = typer.Typer(no_args_is_help=True, help="Query/retrieve series from a PACS, reconstruct them and store "
-                                                  "the derived series back; or listen for series sent to medrecon.")
+pacs_app = Typer(no_args_is_help=True, help="Query/retrieve series from a PACS, reconstruct them and store "
+                                            "the derived series back; or listen for series sent to medrecon.")
 app.add_typer(pacs_app, name="pacs")
 
 PACS_FILE = typer.Option(None, "--pacs", help="YAML file with a 'pacs:' section (host, port, aet, calling_aet, "

@@ -46,18 +46,6 @@ def _command_line(ctx: typer.Context) -> str:
     return shlex.join(w for w in words if w)
 
 
-def _check_finite(ctx: typer.Context) -> None:
-    """Every number option is finite (click's ranges let nan through): one line naming the option, before any data
-    are read."""
-    from medrecon.errors import InputError
-
-    for p in ctx.command.params:
-        v = ctx.params.get(p.name)
-        values = v if isinstance(v, tuple) else (v,)
-        if any(isinstance(x, float) and not math.isfinite(x) for x in values):
-            raise InputError(f"{p.opts[0]} {' '.join(f'{x:g}' for x in values)}: give finite numbers")
-
-
 def _ints(text: str, what: str) -> tuple[int, ...]:
     from medrecon.errors import InputError
 
@@ -263,7 +251,6 @@ def train(
     if not -math.inf < hu_window[0] < hu_window[1] < math.inf:
         raise InputError(f"--hu-window {hu_window[0]:g} {hu_window[1]:g}: give finite LO < HI (HU), "
                          "e.g. -1000 1000")
-    _check_finite(ctx)  # the other number options
     if lr_final is not None and not 0 <= lr_final <= lr:
         raise InputError(f"--lr-final {lr_final:g}: give a value in [0, --lr] ({lr:g}), "
                          "or leave it out for a constant rate")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from medrecon.bundled import PREFIX as BUNDLED_PREFIX, bundled_prior_path
 from medrecon.errors import InputError
@@ -36,7 +36,7 @@ from medrecon.io.atomic import os_reason
 from operators.ct.fbp import FILTERS
 
 from . import OVERRIDES_FROM
-from .modality import intensity_card
+from .modality import intensity_card, modality_name
 from .registry import SOLVERS, FastSettings, Section, Seed, SolverSettings
 from .yaml_settings import model_at, unknown_key_hint, yaml_load
 
@@ -143,7 +143,7 @@ class Outputs(Section):
     preview: bool = True
     snapshots_every: int = Field(0, ge=0)
     window: Optional[tuple[float, float]] = None  # preview window, physical units; null: 1st-99th pct
-    deidentify: bool = False  # derived DICOM series under the PS3.15 basic profile (no patient identifiers)
+    deidentify: bool = False  # nothing identifying in the output folder (medrecon.io.deidentify; dicom/: PS3.15)
     phase: bool = False  # complex MRI images: also write phase.nii.gz (radians)
 
     @model_validator(mode="after")
@@ -173,6 +173,8 @@ class Config(Section):
     intensity: Optional[Intensity] = None  # used when the solver has no prior
     _source: str = PrivateAttr("<config>")
     _given: Optional["Config"] = PrivateAttr(None)  # resolved(): the config before its nulls were filled
+
+    _modality_in_any_case = field_validator("modality", mode="before")(modality_name)  # `modality: CT` is ct
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from medrecon.errors import InputError
 
-from .batching import Job, error_text, one_line, progress_line, run_series, save_progress
+from .batching import Job, progress_line, run_series, save_progress
 
 INSTALL_HINT = "pip install 'medrecon[distributed]'"
 ENGINES = ("local", "ray")
@@ -139,8 +139,8 @@ class RayEngine:
         worker_cls = ray.remote(max_restarts=-1, max_task_retries=self.max_retries, **res)(SeriesWorker)
 
         key = None
-        if cfg.outputs.dicom and cfg.outputs.deidentify:  # every node must pseudonymise as the driver does
-            from medrecon.io.dicom_write import key_fingerprint
+        if cfg.outputs.deidentify:  # every node must pseudonymise as the driver does (records too, not dicom/ only)
+            from medrecon.io.deidentify import key_fingerprint
             key = key_fingerprint()
 
         def new_worker():
@@ -196,8 +196,8 @@ class RayEngine:
             lost = isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                                   ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError))
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            what = one_line(f"worker lost {self.max_retries + 1} times (last: {type(e).__name__}: {first})",
-                            job.input_root, job.output_root) if lost else error_text(e, job.input_root, job.output_root)
+            what = job.said(f"worker lost {self.max_retries + 1} times (last: {type(e).__name__}: {first})" if lost
+                            else f"{type(e).__name__}: {e}")
             return {**job.row("pending"), "status": "failed", "seconds": f"{seconds:.2f}", "error": what}, lost
 
 
@@ -230,7 +230,7 @@ class SeriesWorker:
         self.series_fn, self.cfg, self.resample, self.prior = series_fn, cfg, resample, None
         self.key_differs = False
         if key is not None:  # this node's key against the driver's, once (made here, it would pseudonymise apart)
-            from medrecon.io.dicom_write import key_fingerprint
+            from medrecon.io.deidentify import key_fingerprint
             self.key_differs = key_fingerprint(create=False) != key
         if 0 < gpu_share < 1:  # series packed onto one GPU: each takes its share, not what is free when it starts
             import torch

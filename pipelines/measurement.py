@@ -16,7 +16,7 @@ from medrecon.io.dispatch import MEASUREMENT_SUFFIXES
 from medrecon.io.nifti import is_nifti_pair
 from medrecon.volume import Volume
 
-from .modality import Modality
+from .modality import Modality, modality_name
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Measurement:
 
     def __post_init__(self):
         """The modality in medrecon's spelling, 'ct' or 'mri' (a file may say 'CT'); another is a ValueError."""
-        name = str.strip(self.modality).lower()
+        name = modality_name(self.modality)
         if name not in {m.value for m in Modality}:
             raise ValueError(f"modality {self.modality!r}: give 'ct' or 'mri'")
         self.modality = name

@@ -15,6 +15,13 @@ class Modality(str, Enum):
     mri = "mri"
 
 
+def modality_name(text):
+    """'ct' or 'mri' for a modality written in any case ('CT', ' Mri ': a config file, a measurements file); anything
+    else as given, for the caller to refuse in its own words."""
+    name = text.strip().lower() if isinstance(text, str) else text
+    return name if name in {m.value for m in Modality} else text
+
+
 #: physical window mapped onto the model range (``medrecon.priors.MODEL_RANGE``, [-1, 1]) when no prior brings its
 #: own intensity map:
 #: (physical_min, physical_max, unit)

@@ -51,7 +51,7 @@ from operators.mri import coil_support, mask_acceleration, mri_operator, with_re
 from .config import Config, config_names, load_config, resolve_prior_path
 from .crossval import cross_validate
 from .measurement import Measurement, is_measurement_file
-from .modality import MODALITY_OF_DICOM, Modality, intensity_card, value_problem
+from .modality import MODALITY_OF_DICOM, Modality, intensity_card, modality_name, value_problem
 from .raw_mri import is_measured_kspace, undersampled
 from .prior_cards import PUBLIC_CARDS, load_prior_for
 from .registry import SELF_ADAPT_DEFAULT, SELF_ADAPT_OFF, SOLVERS
@@ -634,7 +634,7 @@ def check_domain(cfg: Config, prior, source: Volume) -> None:
         problems.append(f"{where}: a {dicom_modality} series, but the config is for {cfg.modality}: use a "
                         f"{MODALITY_OF_DICOM[dicom_modality]} config")
     card = (getattr(prior, "card", None) or {}) if prior is not None else {}
-    card_modality, card_unit = card.get("modality"), (card.get("intensity") or {}).get("unit")
+    card_modality, card_unit = modality_name(card.get("modality")), (card.get("intensity") or {}).get("unit")
     if card_modality and card_modality != cfg.modality:
         problems.append(f"prior {prior.name} was trained on {card_modality} but the config is for {cfg.modality}: "
                         f"use a {cfg.modality} prior")

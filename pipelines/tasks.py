@@ -5,6 +5,7 @@ Units and the data term are explained in ``pipelines.problem``; simulation witho
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from medrecon.device import reset_cuda_peak, resolve_device
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
 from medrecon.io.common import file_sha256, voxels_sha256
-from medrecon.io.dicom_write import deidentified
+from medrecon.io.deidentify import (RUN_RECORD_LEFT_OUT, check_deidentifiable, input_label, pseudonym,
+                                    recorded_source, scrub)
 from medrecon.metrics import per_axis_metrics
 from medrecon.volume import Volume
 
@@ -56,8 +58,13 @@ def path_argument(name: str, value) -> Path:
     return Path(value)
 
 
-def write_simulation(folder: Path, ref: Volume, meas: Measurement) -> None:
+def write_simulation(folder: Path, ref: Volume, meas: Measurement, source: str | None = None) -> None:
+    """measurements.npz and reference.nii.gz; ``source``: how measurements.npz names the input (default: the name
+    the simulation gave it; a de-identified run's ``input_label``)."""
     folder.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        meas = copy.copy(meas)
+        meas.info = {**meas.info, "source": source}
     meas.save(folder / "measurements.npz")
     write_nifti(ref, folder / "reference.nii.gz")
 
@@ -69,10 +76,12 @@ def simulate(config, input, output, overrides=(), overwrite: bool = False, serie
     cfg = load_config(config, overrides, check_files=False).resolved()  # the prior is not needed here
     input, output = path_argument("input", input), path_argument("output", output)
     source = read_volume(input, series=series, resample_nonuniform=resample)
+    if cfg.outputs.deidentify:  # the voxels go into reference.nii.gz
+        check_deidentifiable(source.meta.get("dicom"))
     # the input's own grid (or the config's): the prior is the reconstruction's business (check_grid)
     ref, meas, _ = simulate_on_its_grid(cfg, None, source, resample)
     with atomic_output(output, overwrite, protect=[input]) as tmp:
-        write_simulation(Path(tmp), ref, meas)
+        write_simulation(Path(tmp), ref, meas, input_label(input) if cfg.outputs.deidentify else None)
     return Path(output)
 
 
@@ -86,7 +95,10 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     input's own unless the config names one; ``resample`` allows resampling (a DICOM series with uneven slice
     gaps onto about its median spacing from its first slice to its last, the input onto the prior's grid or pixel-size range; ``Problem.build``), and
     report.json records the grid under ``grid``. The output's marker and report record the source series
-    (see :func:`source_identity`) and the config's ``fingerprint``; paths are recorded by name only.
+    (see :func:`source_identity`) and the config's ``fingerprint``; paths are recorded by name only. With
+    ``outputs.deidentify`` nothing identifying is recorded (``medrecon.io.deidentify``: the source series by its
+    de-identified UID, the input by its ``input_label``, no date, no output name), and a source flagged with
+    identifying pixels is refused before the work, whatever the output formats.
     """
     cfg = prepare_config(config, overrides)
     inp, out = path_argument("input", input), path_argument("output", output)
@@ -100,8 +112,8 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     t = Timings()
     with t("setup"):
         src = inp if is_measurement_file(inp) else read_volume(inp, series=series, resample_nonuniform=resample)
-        if cfg.outputs.dicom and cfg.outputs.deidentify and isinstance(src, Volume) and _is_dicom(src):
-            deidentified(src.meta.get("dicom") or {})  # its refusals (burned-in text, a key) before the work
+        if cfg.outputs.deidentify:  # its refusals (burned-in text, a key) before the work, whatever the formats:
+            check_deidentifiable(src.meta.get("dicom") if isinstance(src, Volume) else None)  # all hold the voxels
         problem = Problem.build(cfg, src, series=series, resample=resample, prior=prior)
     if problem.config.solver != cfg.solver:
         cv = getattr(problem.config.solver, "cross_validate", None)
@@ -114,12 +126,14 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
     if grid and grid["resampled"]:
         log.warning(f"{inp.name}: resampled to {grid['size']}x{grid['size']} pixels of {grid['pixel_mm']:.3g} mm "
                     f"(from {' x '.join(f'{v:.3g}' for v in grid['source_pixel_mm'])} mm): {grid['reason']}")
-    identity = {**source_identity(problem.source), "config_sha256": cfg.fingerprint()}
+    deid = cfg.outputs.deidentify
+    identity = {**source_identity(problem.source, deid), "config_sha256": cfg.fingerprint()}
     with atomic_output(out, overwrite, protect=[inp], marker=identity) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         if problem.reference is not None and problem.source is not None:
-            write_simulation(tmp / "simulation", problem.reference, problem.measurement)
+            write_simulation(tmp / "simulation", problem.reference, problem.measurement,
+                             input_label(inp) if deid else None)
         with t("solve"):
             snap = snapshot_writer(tmp / "snapshots", problem) if cfg.outputs.snapshots_every else None
             sol = problem.solve(progress=progress, snapshot=snap, snapshot_every=cfg.outputs.snapshots_every)
@@ -135,10 +149,14 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                                   and cfg.modality == "mri" else None)
             files += write_measured_extras(cfg, tmp, problem, sol)
             files += write_self_adapted(tmp, problem)
-            warned = [named_only(w, inp) for w in  # the input's, and the measurements' against the config
+            # the input's warnings, and the measurements' against the config
+            warned = [scrub(w, inp) if deid else named_only(w, inp) for w in
                       list((problem.source.meta if problem.source is not None else {}).get("warnings", []))
                       + problem.info.get("warnings", [])]
-            rep = report(run_config(problem), input=inp.name, input_sha256=input_sha256(problem, inp), output=out.name,
+            voxels = input_sha256(problem, inp)
+            rep = report(run_config(problem), input=input_label(inp) if deid else inp.name,
+                         input_files=input_files(problem.source),
+                         input_sha256=pseudonym(voxels) if deid and voxels else voxels, output=out.name,
                          **identity, input_warnings=warned,
                          device=str(problem.device), precision=problem.info.get("precision"),
                          prior=problem.prior_summary(), intensity=vars(problem.intensity), seed=_seed(cfg),
@@ -153,12 +171,15 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
                          retrospective_mask=problem.measurement.info.get("retrospective_mask"),
                          measured_mask=mask_used(problem.measurement),
                          vs_reference=scores_against_reference(problem, recon), files=files)
+            for field in RUN_RECORD_LEFT_OUT if deid else ():
+                rep.pop(field, None)
         rep["timings_s"], rep["peak_memory"] = t.as_dict(), peak_memory(problem.device)  # as the page shows them
         with t("page"):  # timed too (4 s of 266 on 20 x 256^2 were left out of the total)
             # the volumes in memory: read back, they took seconds and repeated the input's read warnings
             shown = page_volumes(problem.reference, problem.adapted[0] if problem.adapted else None, recon)
             try:
-                write_series_page(tmp, shown, title=f"{out.name}: {cfg.task} {cfg.solver.name}", report=rep, std=std)
+                write_series_page(tmp, shown, title=f"{'medrecon' if deid else out.name}: {cfg.task} {cfg.solver.name}",
+                                  report=rep, std=std)
             except MemoryError:  # the result is kept: a page is a convenience
                 log.warning("not enough memory left for the series page; the output is written without index.html")
         rep["timings_s"] = t.as_dict()
@@ -200,11 +221,23 @@ def input_sha256(problem: Problem, inp: Path) -> str | None:
     return file_sha256(inp) if inp.is_file() else None
 
 
-def source_identity(source: Volume | None) -> dict:
+def source_identity(source: Volume | None, deidentify: bool = False) -> dict:
     """What identifies the input of an output: the DICOM SeriesInstanceUID and the SHA-256 of its file list
-    (names and sizes); empty for other inputs."""
+    (names and sizes); empty for other inputs. ``deidentify``: in the form a de-identified output records them
+    (``medrecon.io.deidentify.recorded_source``)."""
     meta = source.meta if source is not None else {}
-    return {k: meta[k] for k in ("series_uid", "files_sha256") if meta.get(k)}
+    return recorded_source(meta.get("series_uid"), meta.get("files_sha256"), deidentify)
+
+
+def input_files(source: Volume | None) -> int | None:
+    """How many files the input volume was read from (a DICOM series: its slices, and the damaged files passed over;
+    another volume: 1); None for measurements."""
+    if source is None:
+        return None
+    if not _is_dicom(source):
+        return 1
+    return len((source.meta.get("dicom") or {}).get("SourceImages") or [None]) + len(source.meta.get("skipped_files")
+                                                                                      or [])
 
 
 def _seed(cfg: Config) -> int:

@@ -13,7 +13,7 @@ from medrecon.io import read_volume
 import pipelines.batching as batch_mod
 from pipelines.batching import sanitize
 from pipelines.cli import main
-from dicom_trees import write_test_series  # noqa: E402
+from dicom_trees import leaked, write_named_series, write_test_series  # noqa: E402
 
 SETS = ["--set", "solver.name=fbp", "--set", "ct.image_size=16"]
 
@@ -676,3 +676,31 @@ def test_a_series_failing_inside_its_output_folder_leaves_no_empty_folders(tree,
     out = tmp_path / "out"
     assert batch_mod.batch(tree, out, "sparse_view_ct_8", ["solver.name=fbp"], echo=lambda s: None).failed == 3
     assert not [p for p in out.rglob("*") if p.is_dir()]
+
+
+def test_a_deidentified_batch_holds_no_identifier_and_resumes(tmp_path):
+    """With outputs.deidentify the manifest, index.html, every series' report.json and marker, and the folder names
+    kept what identifies the source: its UIDs, its folders' names (mirrored, and in input_path and the errors),
+    its SeriesDescription (the output's name), its file names. Now the rows go by the de-identified UID and a keyed
+    pseudonym of the input folder, the outputs by the de-identified UID; a rerun skips what is done; a batch
+    without de-identification into the same root (or the other way round) is refused."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    said = write_named_series(root / "Zyxwaldo_Quintessa_PID4711" / "CT_20240229", seed=1)
+    said += write_named_series(root / "Oakenshield_Tamsin_PID0815", seed=2, surname="Oakenshield", given="Tamsin",
+                               patient_id="PID0815", damaged="pixels")
+    said += write_named_series(root / "Quimby_Ferdinand_PID2323", seed=3, surname="Quimby", given="Ferdinand",
+                               patient_id="PID2323", damaged="header")
+    deid = ["--set", "outputs.deidentify=true", "--quiet"]
+    assert _run(root, out, *deid) == 1  # the damaged series fail: one read, one not even listed
+    assert leaked(out, said) == []
+    rows = sorted(_manifest(out), key=lambda r: r["status"])
+    assert [r["status"] for r in rows] == ["done", "failed", "failed"] and all(r["error"] for r in rows[1:])
+    assert all(re.fullmatch(r"input-[0-9a-f]{16}", r["input_path"]) for r in rows)
+    assert rows[0]["series_uid"] == _uid_of(out, rows[0])
+    report = json.loads((out / rows[0]["output_path"] / "report.json").read_text())
+    assert report["input"] == rows[0]["input_path"]
+    assert _run(root, out, *deid) == 1
+    assert sorted(r["status"] for r in _manifest(out)) == ["failed", "failed", "skipped"] and leaked(out, said) == []
+    assert _run(root, out, "--quiet") == 2 and leaked(out, said) == []  # not de-identified: refused there
+    assert _run(root, tmp_path / "plain", "--quiet") == 1
+    assert _run(root, tmp_path / "plain", *deid) == 2

@@ -365,3 +365,19 @@ def test_override_errors_are_named_by_their_source(tmp_path, capsys):
             assert main(["reconstruct", "-c", "sparse_view_ct_8", "-i", str(tmp_path / "in.nii.gz"), "-o",
                          str(tmp_path / "out"), *(a for s in sets for a in ("--set", s))]) == 2
             assert f"error: {said}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, written", [("sparse_view_ct_8", "CT"), ("sparse_view_ct_8", "Ct"),
+                                           ("cs_mri_x4", "MRI"), ("cs_mri_x4", " Mri ")])
+def test_a_user_config_file_may_write_its_modality_in_any_case(tmp_path, name, written):
+    """`modality: CT` in a user's config file was refused ('modality: expected one of "ct" or "mri", got "CT"') though
+    a measurements file's modality is read in any case: both are pipelines.modality.modality_name's."""
+    text = (REPO_CONFIGS / f"{name}.yaml").read_text()
+    lower = "modality: mri\n" if name.startswith("cs_mri") else "modality: ct\n"
+    assert lower in text
+    user = _write(tmp_path, text.replace(lower, f"modality: {written!r}\n"))
+    cfg, bundled = load_config(user), load_config(name)
+    assert cfg.modality == bundled.modality and cfg.fingerprint() == bundled.fingerprint()
+    assert cfg.resolved().to_dict() == bundled.resolved().to_dict()
+    with pytest.raises(InputError, match='modality: expected one of "ct" or "mri", got "xray"'):
+        load_config(_write(tmp_path, text.replace(lower, "modality: xray\n")))

@@ -302,6 +302,37 @@ def test_spacing_that_is_not_a_positive_finite_number_is_one_line(tmp_path, caps
         assert code == 2 and "three positive numbers" in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("args, named", [
+    (["evaluate", "-r", "{t}/a.nii.gz", "-i", "{t}/b.nii.gz", "-o", "{t}/out", "--data-range", "nan"],
+     "--data-range nan: give finite numbers"),
+    (["phantom", "{t}/out", "--shape", "4,16,16", "--slice-thickness", "inf"],
+     "--slice-thickness inf: give finite numbers"),
+    (["batch", "{t}", "{t}/out", "-c", "sparse_view_ct_8", "--cpus-per-series", "inf"],
+     "--cpus-per-series inf: give finite numbers"),
+    (["pacs", "listen", "{t}/out", "-c", "sparse_view_ct_8", "--stable-seconds", "-inf"],
+     "--stable-seconds -inf: give finite numbers")])
+def test_numbers_that_are_not_finite_are_refused_by_every_command_naming_the_option(tmp_path, capsys, args, named):
+    """Only `train` refused them: `phantom --slice-thickness inf` was a traceback that left its folder, `evaluate
+    --data-range nan` named no option, `--stable-seconds -inf` and the Ray shares were taken as given."""
+    code, _, err = run(capsys, *(a.format(t=tmp_path) for a in args))
+    assert code == 2 and named in err and "Traceback" not in err and not (tmp_path / "out").exists(), err
+
+
+def test_every_command_checks_its_numbers():
+    """Every command, of the sub-apps too (`data`, `pacs`), is a FiniteCommand (pipelines.app.check_finite)."""
+    import typer
+
+    from pipelines.app import FiniteCommand
+    from pipelines.cli import app
+
+    def leaves(cmd):
+        subs = getattr(cmd, "commands", None)
+        return [leaf for c in subs.values() for leaf in leaves(c)] if subs is not None else [cmd]
+    commands = leaves(typer.main.get_command(app))
+    assert len(commands) > 10 and all(isinstance(c, FiniteCommand) for c in commands), \
+        [c.name for c in commands if not isinstance(c, FiniteCommand)]
+
+
 def test_info_wording_and_multi_valued_description(tmp_path, capsys):
     """#13.19: the orientation line reads plainly; a multi-valued SeriesDescription is text, not a list."""
     folder, _ = edited_ct5n(tmp_path, lambda k, ds: setattr(ds, "SeriesDescription", ["Chest", "Lung"]))
@@ -339,6 +370,42 @@ def test_deidentified_dicom_output_and_window_tags(tmp_path, capsys):
     again = tmp_path / "anon2"
     assert run(capsys, "convert", CT5N, again, "--deidentify")[0] == 0  # the same source: the same new study UID
     assert pydicom.dcmread(next(again.glob("*.dcm"))).StudyInstanceUID == anon.StudyInstanceUID
+
+
+def test_nifti_output_of_a_named_patient_holds_no_identifier_and_takes_the_description(tmp_path, capsys, caplog):
+    """--deidentify and --description did nothing for NIfTI output, without a word: a series flagged with burned-in
+    text was written (its pixels hold it). NIfTI holds the voxels and geometry only (a new header; nothing else is
+    written beside it); --deidentify refuses identifying pixels there too; --description is the header's descrip
+    (80 bytes: a longer one is cut, with a warning); NRRD/MHA, which has no such field, refuses it."""
+    import gzip
+
+    def named(k, ds):
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "PID4711", "19700101"
+        ds.InstitutionName, ds.AccessionNumber, ds.SeriesDescription = "St Zeta Hospital", "ACC9876", "Jane's chest"
+    folder, files = edited_ct5n(tmp_path / "named", named)
+    src = pydicom.dcmread(files[0])
+    out = tmp_path / "out"
+    assert run(capsys, "convert", folder, out / "ct.nii.gz", "--deidentify")[0] == 0
+    assert [p.name for p in out.iterdir()] == ["ct.nii.gz"]
+    raw = gzip.decompress((out / "ct.nii.gz").read_bytes())
+    identifiers = ["Doe^Jane", "PID4711", "19700101", "St Zeta", "ACC9876", "Jane's chest", str(src.StudyDate),
+                   str(src.StudyInstanceUID), str(src.SeriesInstanceUID), str(src.FrameOfReferenceUID)]
+    assert [i for i in identifiers if i.encode() in raw] == []
+    header = nib.load(out / "ct.nii.gz").header
+    assert [header[k].item() for k in ("descrip", "aux_file", "intent_name", "db_name")] == [b""] * 4
+    assert len(header.extensions) == 0
+
+    burned, _ = edited_ct5n(tmp_path / "burned", lambda k, ds: setattr(ds, "BurnedInAnnotation", "YES"))
+    code, _, err = run(capsys, "convert", burned, out / "burned.nii.gz", "--deidentify")
+    assert code == 2 and "BurnedInAnnotation YES: identifying text" in err and not (out / "burned.nii.gz").exists()
+
+    assert run(capsys, "convert", folder, out / "d.nii.gz", "--description", "follow-up 3")[0] == 0
+    assert nib.load(out / "d.nii.gz").header["descrip"].item() == b"follow-up 3"
+    assert run(capsys, "convert", folder, out / "long.nii.gz", "--description", "é" * 45)[0] == 0  # 90 bytes
+    assert nib.load(out / "long.nii.gz").header["descrip"].item() == ("é" * 40).encode()  # not within a character
+    assert "the description is 90 bytes, NIfTI's descrip holds 80: cut to" in caplog.text
+    code, _, err = run(capsys, "convert", folder, out / "d.nrrd", "--description", "follow-up 3")
+    assert code == 2 and "--description applies to DICOM and NIfTI output; " in err and not (out / "d.nrrd").exists()
 
 
 def test_info_lists_a_folder_whose_largest_series_tie(tmp_path, capsys):
@@ -393,6 +460,41 @@ def test_a_deidentified_run_refuses_burned_in_text_before_the_work(tmp_path, mon
         tasks.reconstruct("sparse_view_ct_8", out, tmp_path / "o", overrides=["outputs.deidentify=true",
                                                                              "solver.name=fbp"])
     assert not built
+
+
+def test_a_deidentified_reconstruction_holds_no_identifier_in_any_file(tmp_path, capsys):
+    """outputs.deidentify de-identified dicom/ alone: report.json and the output's marker kept the source's
+    SeriesInstanceUID and file-list hash, report.json its voxel hash, the input folder's name (a patient's here, also
+    in its read warnings) and the day it ran, measurements.npz the folder's name; with outputs.dicom false the
+    burned-in check was skipped, though simulation/ and the result hold the source's voxels. Now no byte of any file
+    holds them; the source series goes by its de-identified UID (the one dicom/ references), the input by a keyed
+    pseudonym of its path; --overwrite and the refusal without it work as before."""
+    from dicom_trees import leaked, write_named_series
+
+    src = tmp_path / "lab" / "Zyxwaldo_Quintessa_PID4711"
+    said = write_named_series(src)
+    out = tmp_path / "out"
+    args = ["reconstruct", "-c", "sparse_view_ct_8", "-i", src, "-o", out, "--quiet", "--set", "solver.name=fbp",
+            "--set", "outputs.deidentify=true"]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    today = __import__("datetime").date.today()
+    assert leaked(out, said + [today.isoformat(), today.strftime("%Y%m%d")]) == []
+    report = json.loads((out / "report.json").read_text())
+    marker = json.loads((out / ".medrecon-output").read_text())
+    derived = pydicom.dcmread(next((out / "dicom").iterdir()))
+    assert report["series_uid"] == marker["series_uid"] == derived.ReferencedSeriesSequence[0].SeriesInstanceUID
+    assert marker["deidentified"] is True and report["input"].startswith("input-") and report["input_files"] == 3
+    assert run(capsys, "evaluate", "-r", out / "simulation" / "reference.nii.gz", "-i", out / "recon.nii.gz")[0] == 0
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "already exists" in err
+    assert run(capsys, *args, "--overwrite")[0] == 0 and leaked(out, said) == []
+    for f in src.iterdir():  # identifying text in the pixels: refused whatever the output formats
+        ds = pydicom.dcmread(f)
+        ds.BurnedInAnnotation = "YES"
+        ds.save_as(f)
+    code, _, err = run(capsys, *args[:6], tmp_path / "o2", *args[7:], "--set", "outputs.dicom=false")
+    assert code == 2 and "BurnedInAnnotation YES" in err and not (tmp_path / "o2").exists()
 
 
 def test_an_rt_dose_file_is_refused_as_what_it_is_not_read_as_an_image(tmp_path, capsys):

@@ -1150,3 +1150,22 @@ def test_native_stderr_is_captured_only_in_its_block_and_always_given_back(capfd
         with dicom_read._native_stderr() as printed:
             ran = True
     assert ran and printed == []
+def test_scrub_replaces_the_input_its_files_and_names_and_nothing_else(tmp_path, monkeypatch):
+    """What de-identified records say instead of the input (medrecon.io.deidentify.scrub): its path in any form, with
+    a file of it by that file's keyed pseudonym and anything further down by the folder's label; the names of the
+    input, the folders between it and the root and its files on their own; a sibling folder, the root's other
+    paths (as INPUT_ROOT) and short numbers are not the input."""
+    from medrecon.io.deidentify import input_label, scrub
+
+    monkeypatch.chdir(tmp_path)
+    folder = Path("lab") / "Doe Jane" / "Zyx_CT"
+    folder.mkdir(parents=True)
+    for name in ("Zyx 001.dcm", "1"):
+        (folder / name).write_bytes(b"")
+    label, here = input_label(folder), str(folder.absolute())
+    text = scrub(f"{here}/Zyx 001.dcm: bad; {folder}/sub/x.dcm; Zyx_CT and Doe Jane; {here}-2; "
+                 f"{Path('lab').absolute()}/other/y: 1 damaged file; {folder.resolve()}", folder, within=[Path("lab")])
+    pseudonym = text.split(":")[0].split("/")[1]
+    assert text == (f"{label}/{pseudonym}: bad; {label}; {label} and {label}; INPUT_ROOT; INPUT_ROOT: 1 damaged "
+                    f"file; {label}") and pseudonym.startswith("file-")
+    assert scrub(f"{here}-2 and {here}2: 1 file", folder) == f"{here}-2 and {here}2: 1 file"  # not the input

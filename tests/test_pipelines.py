@@ -1337,6 +1337,9 @@ def test_python_callers_get_one_line_errors_for_what_the_cli_cannot_pass(tmp_pat
         check_domain(cfg, hu_prior, read_volume(mr_nifti))
     check_domain(cfg, SimpleNamespace(name="own", card={"intensity": {"unit": "normalised magnitude"}}),
                  read_volume(mr_nifti))
+    check_domain(cfg, SimpleNamespace(name="own", card={"modality": "MRI"}), read_volume(mr_nifti))  # any case
+    with pytest.raises(InputError, match="prior own was trained on ct but the config is for mri"):
+        check_domain(cfg, SimpleNamespace(name="own", card={"modality": "CT"}), read_volume(mr_nifti))
 
 
 def test_simulated_noise_and_mask_follow_the_config():

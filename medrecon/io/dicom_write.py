@@ -18,7 +18,8 @@
   copied: patient and study identifiers and dates emptied or removed (PatientID replaced by a keyed pseudonym),
   study and frame-of-reference UIDs and the referenced source series and instance UIDs replaced by UIDs derived
   from them with a secret key of this site (``deidentify_key``: the same source gives the same new UID here),
-  PatientIdentityRemoved YES; a source whose pixels carry identifying text (BurnedInAnnotation YES) is refused.
+  PatientIdentityRemoved YES; a source whose pixels carry identifying text (BurnedInAnnotation YES) is refused
+  (``medrecon.io.deidentify``, the one home of what de-identification removes, here and in every other output).
 * References to the source series when it was DICOM (``source_meta['SourceImages']``, from ``dicom_read``):
   ReferencedSeriesSequence (Common Instance Reference module: the source series and all its instances) in
   every slice, and per slice a SourceImageSequence naming the source slice nearest along the normal.
@@ -26,10 +27,7 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
-import os
 import re
-import secrets
 from datetime import datetime
 from pathlib import Path
 
@@ -44,8 +42,10 @@ from pydicom.valuerep import format_number_as_ds
 from .. import __version__
 from ..errors import InputError
 from ..volume import Volume
-from .atomic import atomic_path, os_reason, shown_path
+from .atomic import atomic_path, shown_path
 from .common import check_voxels
+from .deidentify import (DEID_EMPTY, DEID_METHOD, DEID_REMOVE, DEID_UIDS, deidentified, deidentify_key,  # noqa: F401
+                         key_fingerprint, mark_deidentified, refuse_identifying_pixels)  # (re-exported)
 from .dicom_scan import MANUFACTURER, PIXEL_FLAGS
 
 SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
@@ -58,12 +58,6 @@ SERIES_CONTEXT_TAGS = ("BodyPartExamined", "PatientPosition", "Laterality", "Pos
 # Type 2 attributes (present, may be empty) of the patient, study, series and frame modules.
 TYPE2_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                "ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator")
-# PS3.15 basic profile for the copied attributes: Z (emptied), X (removed), U (UID replaced).
-DEID_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
-              "AccessionNumber", "ReferringPhysicianName")
-DEID_REMOVE = ("IssuerOfPatientID", "PatientAge", "PatientSize", "PatientWeight", "StudyDescription")
-DEID_UIDS = ("StudyInstanceUID", "FrameOfReferenceUID", "SeriesInstanceUID")  # the source series' (referenced)
-DEID_METHOD = "DICOM PS3.15 Basic Application Level Confidentiality Profile"  # LO: <= 64
 # Modality modules: attribute -> value when the source has none.
 CT_TAGS = {"KVP": "", "AcquisitionNumber": ""}
 #: BodyPartExamined values of unpaired structures (no Laterality: Type 2C, absent for these, empty where the part is
@@ -180,7 +174,7 @@ def write_dicom_series(vol: Volume, folder, series_description: str = "medrecon 
         ds = _series_dataset(vol, src, modality, series_description, series_number,  # not logged
                              slope, intercept, signed)
     if deidentify:
-        _mark_deidentified(ds)
+        mark_deidentified(ds)
     normal = np.cross(vol.direction[:, 0], vol.direction[:, 1])
     width = max(4, len(str(vol.shape[0])))
     sources = src.get("SourceImages") or []
@@ -277,110 +271,6 @@ def _one_value(text: str) -> str:
     """``text`` as one DICOM string value: a backslash would split it into several, control characters are not
     allowed in LO/ST."""
     return re.sub(r"[\\\x00-\x1f\x7f]", " ", str(text))
-
-
-def deidentified(src: dict) -> dict:
-    """The source tags after the PS3.15 basic profile (see the module docstring). A source whose pixels carry
-    identifying text or features (BurnedInAnnotation / RecognizableVisualFeatures YES) is refused: no tag change
-    removes them."""
-    burned = [k for k in PIXEL_FLAGS if str(src.get(k, "")).upper() == "YES"]
-    if burned:
-        raise InputError(f"the source series says {' and '.join(f'{k} YES' for k in burned)}: identifying text or "
-                         "features are in its pixels, which de-identifying the tags cannot remove; remove them from "
-                         "the images first (or do not pass --deidentify)")
-    key = deidentify_key()  # read once: every slice's reference is keyed with it
-    out = {k: v for k, v in src.items() if k not in DEID_REMOVE}
-    out.update({k: "" for k in DEID_EMPTY if k in out})
-    if src.get("PatientID"):  # one pseudonym per patient: an empty ID filed every de-identified series as one
-        out["PatientID"] = "DEID-" + _keyed_digest(key, src["PatientID"])[:16].upper()
-    for k in DEID_UIDS:
-        if out.get(k):
-            out[k] = _deidentified_uid(key, out[k])
-    if out.get("SourceImages"):  # the references to the source series and its slices: its UIDs replaced too
-        out["SourceImages"] = [{**im, "SOPInstanceUID": _deidentified_uid(key, im["SOPInstanceUID"])}
-                               for im in out["SourceImages"]]
-    return out
-
-
-def _deidentified_uid(key: bytes, uid) -> str:
-    """A UID derived from ``uid`` with this site's secret key (``deidentify_key``): the same source UID gives the
-    same new one here, and without the key it cannot be traced back (a fixed public salt let anyone holding the
-    source UIDs recompute it)."""
-    return generate_uid(entropy_srcs=[_keyed_digest(key, str(uid))])
-
-
-def _keyed_digest(key: bytes, value: str) -> str:
-    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
-
-
-def key_fingerprint(create: bool = True) -> str | None:
-    """A short digest telling de-identification keys apart without showing them (None: no key here and ``create``
-    False): every machine of a distributed batch must hold the driver's."""
-    try:
-        return _keyed_digest(deidentify_key(create), "medrecon-key-check")[:16]
-    except FileNotFoundError:
-        return None
-
-
-def deidentify_key(create: bool = True) -> bytes:
-    """The secret that de-identified UIDs and patient pseudonyms are derived with: $MEDRECON_DEID_KEY (the key
-    file's hex text, or any passphrase of 16 characters or more), else the key file ~/.config/medrecon/deidentify.key
-    (made once, readable by its owner only). Share it only with whoever may link de-identified series back to their
-    sources, and give every machine of a batch the same one; runs with one key give one mapping."""
-    given = os.environ.get("MEDRECON_DEID_KEY")
-    if given:
-        key = _key_bytes(given.strip())
-        if len(key) < 16:
-            raise InputError("MEDRECON_DEID_KEY: give the key file's text or a passphrase of at least 16 characters")
-        return key
-    path = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "medrecon" / "deidentify.key"
-    if not path.exists() and not create:
-        raise FileNotFoundError(path)
-    if not path.exists():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_bytes(32).hex() + "\n")
-            try:
-                os.link(tmp, path)  # whole or not at all: a reader never sees a half-written key; the first wins
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink(missing_ok=True)
-        except OSError as e:
-            raise InputError(f"cannot create the de-identification key {path} ({os_reason(e)}); set "
-                             "MEDRECON_DEID_KEY to a secret of your own") from None
-    try:
-        key = _key_bytes(path.read_text().strip())
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read the de-identification key ({e}); fix or remove the file (a new key "
-                         "gives new UIDs), or set MEDRECON_DEID_KEY") from None
-    if len(key) < 16:
-        raise InputError(f"{path}: the de-identification key is {len(key)} bytes, too short to be secret; remove the "
-                         "file (a new key gives new UIDs) or set MEDRECON_DEID_KEY")
-    return key
-
-
-def _key_bytes(text: str) -> bytes:
-    """A key as given: the key file's own form (64 hex digits) read as its 32 bytes, any other text (a passphrase,
-    hex-looking or not) as its UTF-8."""
-    return bytes.fromhex(text) if re.fullmatch(r"[0-9a-fA-F]{64}", text) else text.encode()
-
-
-def _mark_deidentified(ds: Dataset) -> None:
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = DEID_METHOD
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113100", "DCM", "Basic Application " \
-        "Confidentiality Profile"
-    ds.DeidentificationMethodCodeSequence = [code]
-    ds.PatientName = ds.PatientName or "Anonymous"
-    for keyword in ("SeriesDate", "SeriesTime"):
-        delattr(ds, keyword)
-    ds.ContentDate = ds.ContentTime = ""  # when the derived series was made dates the study
-    ds.StudyDate = ds.StudyTime = ""  # a new study's (no source study) would be that date too
 
 
 def _direction_letters(v) -> str:

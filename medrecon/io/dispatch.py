@@ -14,6 +14,7 @@ from ..volume import Volume
 from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
 from .dicom_read import read_dicom_series
 from .dicom_scan import choose_series, is_dicom_file, list_series
+from .deidentify import refuse_identifying_pixels
 from .dicom_write import write_dicom_series
 from .itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
 from .nifti import is_nifti, is_nifti_pair, read_nifti, write_nifti
@@ -180,16 +181,22 @@ def output_format(path) -> str:
 
 
 def write_volume(vol: Volume, path, overwrite: bool = False, *,
-                 series_description: str = "medrecon reconstruction", modality: str | None = None,
+                 series_description: str | None = None, modality: str | None = None,
                  source_meta: dict | None = None, series_number: int | None = None,
                  deidentify: bool = False) -> Path:
     """Write atomically by the path (``output_format``): .nii/.nii.gz -> NIfTI, .nrrd/.mha -> ITK image, any
-    other path -> a folder holding a derived DICOM series (the keyword arguments apply to DICOM only)."""
+    other path -> a folder holding a derived DICOM series. ``series_description``: DICOM's SeriesDescription
+    (default 'medrecon reconstruction') or NIfTI's descrip (default none); NRRD/MHA store none. NIfTI and NRRD/MHA
+    hold the voxels and the geometry only, no tag of the source: ``deidentify`` refuses there a source with
+    identifying pixels, as it does for DICOM; the other keyword arguments apply to DICOM only."""
     path = Path(path)
     kind = output_format(path)
+    if kind != "DICOM" and deidentify:
+        refuse_identifying_pixels(vol.meta.get("dicom", {}) if source_meta is None else source_meta)
     if kind == "NIfTI":
-        return write_nifti(vol, path, overwrite)
+        return write_nifti(vol, path, overwrite, description=series_description)
     if kind != "DICOM":
         return write_itk(vol, path, overwrite)
-    return write_dicom_series(vol, path, series_description, source_meta, overwrite,
+    return write_dicom_series(vol, path, "medrecon reconstruction" if series_description is None else
+                              series_description, source_meta, overwrite,
                               modality=modality, series_number=series_number, deidentify=deidentify)

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .atomic import atomic_path, shown_path
-from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
+from .common import check_fits_in_memory, check_voxels, log, volume_array, volume_shape, warn
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -118,8 +118,19 @@ def read_nifti(path) -> Volume:
     return Volume.from_affine_ras(np.ascontiguousarray(data.transpose(2, 1, 0)), affine, meta)
 
 
-def write_nifti(vol: Volume, path, overwrite: bool = False) -> Path:
-    """Write float32 voxels with the Volume's affine (RAS) as sform and qform; atomic."""
+def nifti_descrip(text: str, path) -> bytes:
+    """``text`` as a NIfTI descrip: UTF-8, 80 bytes at most (a longer text is cut, with a warning)."""
+    raw = text.encode("utf-8")
+    if len(raw) > 80:
+        raw = raw[:80].decode("utf-8", "ignore").encode("utf-8")  # not within a character
+        log.warning(f"{shown_path(path)}: the description is {len(text.encode())} bytes, NIfTI's descrip holds 80: "
+                    f"cut to {raw.decode()!r}")
+    return raw
+
+
+def write_nifti(vol: Volume, path, overwrite: bool = False, description: str | None = None) -> Path:
+    """Write float32 voxels with the Volume's affine (RAS) as sform and qform; atomic. A new header: nothing of
+    the source's but the geometry; ``description``: its descrip (``nifti_descrip``)."""
     path = Path(path)
     if not is_nifti(path):
         raise InputError(f"{path}: a NIfTI file name ends in .nii or .nii.gz")
@@ -132,6 +143,8 @@ def write_nifti(vol: Volume, path, overwrite: bool = False) -> Path:
     img.set_sform(vol.affine_ras, code=sform or qform or (0 if sform == qform == 0 else 1))
     img.set_qform(vol.affine_ras, code=qform or sform or (0 if sform == qform == 0 else 1))
     img.header.set_xyzt_units("mm")
+    if description:
+        img.header["descrip"] = nifti_descrip(description, path)
     with atomic_path(path, overwrite, protect=[vol.meta.get("source")]) as tmp:
         nib.save(img, str(tmp))
     return path

@@ -1,0 +1,258 @@
+"""De-identification (``outputs.deidentify``, ``convert --deidentify``): the one home of what it removes, from every
+file medrecon writes.
+
+* Pixels: a source flagged ``BurnedInAnnotation`` or ``RecognizableVisualFeatures`` YES (on any slice) is refused,
+  whatever the output formats (``refuse_identifying_pixels``): no tag change removes text in the pixels, and every
+  output (NIfTI, simulation/reference.nii.gz, the preview) keeps the voxels.
+* The derived DICOM series (``deidentified``, ``mark_deidentified``): the DICOM PS3.15 Basic Application Level
+  Confidentiality Profile for the attributes copied from the source: patient and study identifiers and dates emptied
+  or removed (PatientID replaced by a keyed pseudonym), study and frame-of-reference UIDs and the referenced source
+  series and instance UIDs replaced by keyed UIDs (``deidentified_uid``), the series' own dates dropped,
+  PatientIdentityRemoved YES.
+* A run's records: report.json, the output's marker (``.medrecon-output``), simulation/measurements.npz, the series
+  page, a batch's manifest.csv and index.html and the output folder names a batch chooses
+  (``pipelines.tasks.reconstruct``, ``pipelines.batching``):
+
+  - the source series by its de-identified UID (the one the derived series references) and its file-list and
+    voxel hashes keyed (``recorded_source``, ``pseudonym``): unkeyed, anyone holding the source could recompute
+    them and link the output back to it;
+  - the input by ``input_label`` (``input-`` and 16 hex digits of a keyed hash of its absolute path) instead of its
+    name or its path under a batch's input root (lab folders are named after patients, MRNs, dates); the site that
+    holds the key finds the input again by hashing its candidate paths;
+  - in warnings and errors, the input's path (with any file in it), its name and its files' names replaced
+    (``scrub``);
+  - no date of the run and no output name (``RUN_RECORD_LEFT_OUT``); a batch's output folders are named
+    ``series-`` and the de-identified UID's last 12 digits, not after the SeriesDescription and the input tree.
+
+  medrecon reads them back the same way: a marker that says ``deidentified`` is compared with a series in that
+  form (``recorded_source``), so resuming a batch and overwrite protection work as they do without.
+* The key (``deidentify_key``): one secret per site, made once; runs with one key give one mapping.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from ..errors import InputError
+from .atomic import os_reason
+from .dicom_scan import PIXEL_FLAGS
+
+# PS3.15 basic profile for the copied attributes: Z (emptied), X (removed), U (UID replaced).
+DEID_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+              "AccessionNumber", "ReferringPhysicianName")
+DEID_REMOVE = ("IssuerOfPatientID", "PatientAge", "PatientSize", "PatientWeight", "StudyDescription")
+DEID_UIDS = ("StudyInstanceUID", "FrameOfReferenceUID", "SeriesInstanceUID")  # the source series' (referenced)
+DEID_METHOD = "DICOM PS3.15 Basic Application Level Confidentiality Profile"  # LO: <= 64
+#: report.json fields a de-identified run leaves out: the day it ran (it dates the study, as the derived series'
+#: ContentDate, which the profile drops) and the output folder's name (a user's choice: often the patient's)
+RUN_RECORD_LEFT_OUT = ("created", "output")
+#: what ``input_label`` gives: how a batch manifest's rows say that they are de-identified
+INPUT_LABEL = re.compile(r"input-[0-9a-f]{16}")
+
+
+def check_deidentifiable(tags: dict | None) -> None:
+    """The refusals of a de-identified run, before its work: identifying pixels (``refuse_identifying_pixels``),
+    and a key that is missing and cannot be made or is no secret (``deidentify_key``)."""
+    refuse_identifying_pixels(tags or {})
+    deidentify_key()
+
+
+def pseudonym(value: str, key: bytes | None = None) -> str:
+    """A keyed SHA-256 (64 hex digits) of ``value``: the same for the same value wherever the key is, and not to be
+    recomputed (or reversed by trying the values a lab's paths and MRNs can take) without it."""
+    return _keyed_digest(key or deidentify_key(), str(value))
+
+
+def deidentified_uid(uid: str, key: bytes | None = None) -> str:
+    """The UID a de-identified output gives the source UID ``uid`` (the derived series references the source
+    series by it)."""
+    return _deidentified_uid(key or deidentify_key(), uid)
+
+
+def recorded_source(series_uid: str | None, files_sha256: str | None, deidentify: bool) -> dict:
+    """What a run's marker and report.json record of its source series (empty values left out): its
+    SeriesInstanceUID and file-list hash; de-identified, the UID as the derived series references it, the hash
+    keyed, and ``deidentified: True``, which tells a reader (``pipelines.batching.output_state``) to put the series
+    it compares in this form."""
+    if not deidentify:
+        return {k: v for k, v in (("series_uid", series_uid), ("files_sha256", files_sha256)) if v}
+    key = deidentify_key()
+    return {**({"series_uid": _deidentified_uid(key, series_uid)} if series_uid else {}),
+            **({"files_sha256": _keyed_digest(key, files_sha256)} if files_sha256 else {}), "deidentified": True}
+
+
+def input_label(path) -> str:
+    """How a de-identified record names an input (a file or a series folder): ``input-`` and 16 hex digits of a keyed
+    hash of its absolute path. Neither its name nor its path under a batch's input root: lab folders are named after
+    patients, MRNs and dates. Keyed, since an unkeyed hash of a path whose only unknown is an MRN is found by trying
+    them all."""
+    return "input-" + pseudonym(os.path.abspath(path))[:16]
+
+
+def scrub(text: str, path, within=()) -> str:
+    """``text`` (a warning, an error message) with what names the input ``path`` replaced: the path as given, absolute
+    or resolved, with whatever follows it in a longer path (a file in it), by its ``input_label``; the folders
+    ``within`` (a batch's input root) so too, by 'INPUT_ROOT'; on its own, the name of the input and of each folder
+    between it and a root by the label, and the name of each file in it by ``file-`` and 8 hex digits (keyed)."""
+    path = Path(path)
+    label, key = input_label(path), deidentify_key()
+    try:
+        files = [p.name for p in path.iterdir()] if path.is_dir() else []
+    except OSError:
+        files = []
+    file_names = {f: "file-" + _keyed_digest(key, f)[:8] for f in files}
+    between = {}  # root -> the folders from it down to the input (their names may hold spaces)
+    for root in within:
+        try:
+            between[root] = path.absolute().relative_to(Path(root).absolute()).parts
+        except ValueError:
+            between[root] = ()
+    forms = {f: ("INPUT_ROOT", [os.sep.join(parts[:k]) for k in range(len(parts), 0, -1)])
+             for r, parts in between.items() for f in _forms(Path(r))}
+    forms.update({f: (label, sorted(files, key=len, reverse=True)) for f in _forms(path)})
+    for form in sorted(forms, key=len, reverse=True):
+        # a longer path goes with it: a name known to follow taken whole (spaces and all), the rest up to a space;
+        # a file of the input is said by its pseudonym
+        said, known = forms[form]
+        tail = rf"""(?:[/\\](?P<tail>(?:{"|".join(map(re.escape, known))})?[^\s:;,()'"]*))?(?![\w.-])"""
+        text = re.sub(r"(?<![\w.\-/\\])" + re.escape(form) + tail, lambda m, s=said: s + (
+            "/" + file_names[m["tail"]] if s == label and m["tail"] in file_names else ""), text)
+    names = {path.name: label, **{part: label for parts in between.values() for part in parts}}
+    names.update({f: said for f, said in file_names.items() if f not in names})
+    names = {n: s for n, s in names.items() if n not in ("", ".", "..") and not (n.isdigit() and len(n) < 6)}
+    if names:
+        alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        text = re.sub(rf"(?<![\w.-])(?:{alternatives})(?![\w.-])", lambda m: names[m[0]], text)
+    return text
+
+
+def _forms(path: Path) -> set[str]:
+    """The ways a message may write ``path``: as given (unless it is '.' or a bare name: ``scrub`` takes those as
+    names), absolute, resolved."""
+    forms = {os.path.abspath(path)}
+    try:
+        forms.add(str(path.resolve()))
+    except OSError:
+        pass
+    if len(path.parts) > 1:
+        forms.add(str(path))
+    return forms - {os.sep}
+
+
+def refuse_identifying_pixels(src: dict) -> None:
+    """Refuse a source whose pixels carry identifying text or features (BurnedInAnnotation /
+    RecognizableVisualFeatures YES): no tag change removes them, and every output format keeps the voxels."""
+    burned = [k for k in PIXEL_FLAGS if str(src.get(k, "")).upper() == "YES"]
+    if burned:
+        raise InputError(f"the source series says {' and '.join(f'{k} YES' for k in burned)}: identifying text or "
+                         "features are in its pixels, which de-identifying the tags cannot remove; remove them from "
+                         "the images first (or do not pass --deidentify)")
+
+
+def deidentified(src: dict) -> dict:
+    """The source tags after the PS3.15 basic profile (see the module docstring); a source with identifying pixels
+    is refused (``refuse_identifying_pixels``)."""
+    refuse_identifying_pixels(src)
+    key = deidentify_key()  # read once: every slice's reference is keyed with it
+    out = {k: v for k, v in src.items() if k not in DEID_REMOVE}
+    out.update({k: "" for k in DEID_EMPTY if k in out})
+    if src.get("PatientID"):  # one pseudonym per patient: an empty ID filed every de-identified series as one
+        out["PatientID"] = "DEID-" + _keyed_digest(key, src["PatientID"])[:16].upper()
+    for k in DEID_UIDS:
+        if out.get(k):
+            out[k] = _deidentified_uid(key, out[k])
+    if out.get("SourceImages"):  # the references to the source series and its slices: its UIDs replaced too
+        out["SourceImages"] = [{**im, "SOPInstanceUID": _deidentified_uid(key, im["SOPInstanceUID"])}
+                               for im in out["SourceImages"]]
+    return out
+
+
+def _deidentified_uid(key: bytes, uid) -> str:
+    """A UID derived from ``uid`` with this site's secret key (``deidentify_key``): the same source UID gives the
+    same new one here, and without the key it cannot be traced back (a fixed public salt let anyone holding the
+    source UIDs recompute it)."""
+    return generate_uid(entropy_srcs=[_keyed_digest(key, str(uid))])
+
+
+def _keyed_digest(key: bytes, value: str) -> str:
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+
+def key_fingerprint(create: bool = True) -> str | None:
+    """A short digest telling de-identification keys apart without showing them (None: no key here and ``create``
+    False): every machine of a distributed batch must hold the driver's."""
+    try:
+        return _keyed_digest(deidentify_key(create), "medrecon-key-check")[:16]
+    except FileNotFoundError:
+        return None
+
+
+def deidentify_key(create: bool = True) -> bytes:
+    """The secret that de-identified UIDs and patient pseudonyms are derived with: $MEDRECON_DEID_KEY (the key
+    file's hex text, or any passphrase of 16 characters or more), else the key file ~/.config/medrecon/deidentify.key
+    (made once, readable by its owner only). Share it only with whoever may link de-identified series back to their
+    sources, and give every machine of a batch the same one; runs with one key give one mapping."""
+    given = os.environ.get("MEDRECON_DEID_KEY")
+    if given:
+        key = _key_bytes(given.strip())
+        if len(key) < 16:
+            raise InputError("MEDRECON_DEID_KEY: give the key file's text or a passphrase of at least 16 characters")
+        return key
+    path = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "medrecon" / "deidentify.key"
+    if not path.exists() and not create:
+        raise FileNotFoundError(path)
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_bytes(32).hex() + "\n")
+            try:
+                os.link(tmp, path)  # whole or not at all: a reader never sees a half-written key; the first wins
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create the de-identification key {path} ({os_reason(e)}); set "
+                             "MEDRECON_DEID_KEY to a secret of your own") from None
+    try:
+        key = _key_bytes(path.read_text().strip())
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the de-identification key ({e}); fix or remove the file (a new key "
+                         "gives new UIDs), or set MEDRECON_DEID_KEY") from None
+    if len(key) < 16:
+        raise InputError(f"{path}: the de-identification key is {len(key)} bytes, too short to be secret; remove the "
+                         "file (a new key gives new UIDs) or set MEDRECON_DEID_KEY")
+    return key
+
+
+def _key_bytes(text: str) -> bytes:
+    """A key as given: the key file's own form (64 hex digits) read as its 32 bytes, any other text (a passphrase,
+    hex-looking or not) as its UTF-8."""
+    return bytes.fromhex(text) if re.fullmatch(r"[0-9a-fA-F]{64}", text) else text.encode()
+
+
+def mark_deidentified(ds: Dataset) -> None:
+    """A derived dataset's de-identification attributes, and its own dates dropped (they date the study)."""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = DEID_METHOD
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113100", "DCM", "Basic Application " \
+        "Confidentiality Profile"
+    ds.DeidentificationMethodCodeSequence = [code]
+    ds.PatientName = ds.PatientName or "Anonymous"
+    for keyword in ("SeriesDate", "SeriesTime"):
+        delattr(ds, keyword)
+    ds.ContentDate = ds.ContentTime = ""  # when the derived series was made dates the study
+    ds.StudyDate = ds.StudyTime = ""  # a new study's (no source study) would be that date too
+
+

@@ -381,3 +381,9 @@ def test_a_user_config_file_may_write_its_modality_in_any_case(tmp_path, name, w
     assert cfg.resolved().to_dict() == bundled.resolved().to_dict()
     with pytest.raises(InputError, match='modality: expected one of "ct" or "mri", got "xray"'):
         load_config(_write(tmp_path, text.replace(lower, "modality: xray\n")))
+
+
+def test_a_list_too_short_is_told_its_bound_not_an_exact_length():
+    """An empty list where at least one value is needed said "expected 1 values", as if exactly one were."""
+    with pytest.raises(InputError, match=r"solver\.cross_validate\.lam: expected at least 1 value, got \[\]"):
+        load_config("sparse_view_ct_8", ["solver.cross_validate.lam=[]"], check_files=False)

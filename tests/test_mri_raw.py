@@ -252,6 +252,35 @@ def test_a_nan_in_kspace_without_a_mask_is_refused_before_the_mask_is_inferred(t
         Measurement.load(tmp_path / "nan.cfl")
 
 
+def test_the_kspace_checks_share_one_pass_over_the_whole_array(tmp_path, monkeypatch):
+    """The checks of a fastMRI file as read (NaN, uncentred, lines along rows, the inferred mask, a stale mask)
+    share one |k| summed over coils (raw_mri._energy): np.abs runs once over the whole k-space and np.isfinite
+    not at all. Each made its own pass before (abs twice and isfinite once without a mask: 0.37 s of a 0.8 s load
+    of 16 slices x 16 coils x 640 x 368, 0.09 s after)."""
+    from pipelines.measurement import Measurement
+    _, k, mask, rss, _ = _oversampled_case()
+    calls = {"abs": 0, "isfinite": 0}
+
+    def counted(name, fn):
+        def run(a, *args, **kw):
+            calls[name] += np.size(a) == k.size
+            return fn(a, *args, **kw)
+        return run
+
+    for name in calls:
+        monkeypatch.setattr(np, name, counted(name, getattr(np, name)))
+    for stored in (mask, None):
+        write_fastmri(src := tmp_path / "k.h5", k, np.ones_like(mask) if stored is None else stored, rss, header())
+        if stored is None:
+            import h5py
+            with h5py.File(src, "a") as f:
+                del f["mask"]
+        calls.update(abs=0, isfinite=0)
+        meas = Measurement.load(src)
+        assert calls == {"abs": 1, "isfinite": 0}, (stored is None, calls)
+        assert np.array_equal(meas.mask.any(axis=0), np.asarray(mask, bool))
+
+
 def test_a_nan_in_the_files_reference_is_refused_naming_the_file_and_its_dataset(tmp_path):
     """It was blamed on OUTPUT/reference.nii.gz, a file that is then never written."""
     from pipelines.measurement import Measurement

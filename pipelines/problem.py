@@ -46,7 +46,8 @@ from medrecon.solvers.diffusion import sample_seeds
 from medrecon.volume import Volume
 from operators.ct import GEOMETRIES, attenuation_per_pixel, fbp, geometry_from_dict, pixel_unit_projector
 from operators.ct import poisson_weights_from_line_integrals
-from operators.mri import coil_support, mask_acceleration, mri_operator, with_real_input
+from operators.mri import ESPIRIT_MIN_CALIBRATION, calibration_width, coil_support, mask_acceleration, mri_operator
+from operators.mri import with_real_input
 
 from .config import Config, config_names, load_config, resolve_prior_path
 from .crossval import cross_validate
@@ -719,8 +720,9 @@ def training_percentile(prior) -> float | None:
 
 def setting_warnings(cfg: Config, meas: Measurement, source: Volume | None, prior, resample: bool) -> list[str]:
     """What the settings do that the user may not expect, for the log and report.json: measurements under a config
-    tuned for another acquisition; multi-coil k-space without its coil maps (estimated); a simulated detector too
-    small for the image; --resample with no prior; admm_tv's z-only TV on one slice."""
+    tuned for another acquisition; multi-coil k-space without its coil maps (estimated), or with ESPIRiT maps from
+    too narrow a calibration box; a simulated detector too small for the image; --resample with no prior; admm_tv's
+    z-only TV on one slice."""
     out = []
     pct = training_percentile(prior)
     if cfg.modality == "mri" and pct is not None and pct < MIN_TRAINING_PERCENTILE:
@@ -733,7 +735,7 @@ def setting_warnings(cfg: Config, meas: Measurement, source: Volume | None, prio
     if cfg.solver.name == "admm_tv" and cfg.solver.tv == "z" and meas.grid.shape[0] == 1:
         out.append("solver.tv=z on one slice: TV along z has nothing to smooth, so admm_tv is unregularised here; "
                    "set solver.tv=3d")
-    out += [w for w in [coil_maps_warning(cfg, meas)] if w]
+    out += [w for w in [coil_maps_warning(cfg, meas), espirit_warning(cfg, meas)] if w]
     if source is None:
         return out + list(meas.info.get("warnings") or []) + [w for w in [acquisition_differs(cfg, meas)] if w] + \
             measured_geometry_overrides(cfg, meas)
@@ -858,6 +860,25 @@ def coil_maps_warning(cfg: Config, meas: Measurement) -> str | None:
         return None
     return (f"{meas.info.get('source') or 'the measurements'}: no coil maps stored with the multi-coil data; "
             "estimating them (mri.coil_maps=estimate; espirit for ESPIRiT)")
+
+
+def espirit_warning(cfg: Config, meas: Measurement) -> str | None:
+    """The warning (one of :func:`setting_warnings`) for ESPIRiT maps asked of 2D multi-coil k-space whose fully
+    sampled centre, the calibration box ESPIRiT gets, is under ``ESPIRIT_MIN_CALIBRATION`` lines; None otherwise."""
+    if meas.modality != "mri" or np.ndim(meas.data) != 4 or cfg.mri.coil_maps != "espirit" or \
+            meas.mask_layout == "3d":  # (measured on 2D slices only)
+        return None
+    try:
+        lines = calibration_width(meas.mask)
+    except InputError:  # no sampled centre: mri_operator refuses it, naming the file
+        return None
+    if lines >= ESPIRIT_MIN_CALIBRATION:
+        return None
+    return (f"{meas.info.get('source') or 'the measurements'}: ESPIRiT coil maps from a {lines}-line calibration box "
+            f"(the mask's fully sampled centre): under {ESPIRIT_MIN_CALIBRATION} lines they can leave part of the "
+            "object without coil sensitivity (3.8 and 16.9 dB under the estimated maps on two measured brains at 12 "
+            f"lines); set mri.coil_maps=estimate, or sample at least {ESPIRIT_MIN_CALIBRATION} central lines "
+            "(mri.mask.center_fraction)")
 
 
 def _mri_operator(cfg: Config, meas: Measurement, complex_images: bool) -> LinearOperator:

@@ -105,12 +105,22 @@ TRANSPOSE = ("medrecon expects them along the last axis (columns W): transpose t
              "the reference)")
 
 
-def _mask(mask, k: np.ndarray, path: Path) -> np.ndarray:
+def _energy(k: np.ndarray, path: Path, axes: str = "") -> np.ndarray:
+    """|k| summed over coils, (Z, H, W): the one pass over the whole k-space (Z, [C,] H, W) whose result the checks
+    after it share. NaN or infinite samples, which make their pixel's sum NaN or infinite, are refused here
+    (``refuse_non_finite``; ``axes`` names the order of its index)."""
+    energy = np.abs(k).reshape(k.shape[0], -1, *k.shape[-2:]).sum(1)
+    if not np.isfinite(energy).all():  # (a sum past float32's range alone is not refused there)
+        refuse_non_finite(k, path, "mri", axes)
+    return energy
+
+
+def _mask(mask, k: np.ndarray, energy: np.ndarray, path: Path) -> np.ndarray:
     """The sampling mask, (H, W), or (Z, H, W) where the slices' lines differ: the file's own, (W,) per column or
     (H, W) / (Z, H, W) per sample (1 along an axis broadcasts), else refused naming the fix; none given: the
-    non-zero columns."""
+    non-zero columns (of ``energy``, :func:`_energy`)."""
     if mask is None:
-        mask = _one_or_per_slice(np.abs(k).reshape(k.shape[0], -1, k.shape[-1]).sum(1) > 0)  # (W,) or (Z, W)
+        mask = _one_or_per_slice(energy.any(axis=1))  # (W,) or (Z, W)
         if mask.ndim == 2:
             return np.broadcast_to(mask[:, None, :], (k.shape[0], *k.shape[-2:])).astype(np.float32)
     mask = np.asarray(mask, np.float32)
@@ -126,12 +136,12 @@ def _mask(mask, k: np.ndarray, path: Path) -> np.ndarray:
     return np.broadcast_to(mask, full if ndim == 3 else (h, w)).copy()
 
 
-def _columns_without_data(mask: np.ndarray, k: np.ndarray) -> int:
-    """How many phase-encode columns ``mask`` ((H, W) or (Z, H, W)) samples where a slice's k-space (Z, [C,] H, W)
-    holds only zeros between columns that hold data (zero columns at the edges are padding: fastMRI's knee files
-    pad k-space to the matrix and may mark the padding sampled)."""
-    sampled = np.broadcast_to((mask > 0).any(axis=-2), (k.shape[0], k.shape[-1]))  # (Z, W)
-    held = (k != 0).reshape(k.shape[0], -1, k.shape[-1]).any(axis=1)
+def _columns_without_data(mask: np.ndarray, energy: np.ndarray) -> int:
+    """How many phase-encode columns ``mask`` ((H, W) or (Z, H, W)) samples where a slice's k-space (its
+    ``energy``, (Z, H, W): :func:`_energy`) holds only zeros between columns that hold data (zero columns at the
+    edges are padding: fastMRI's knee files pad k-space to the matrix and may mark the padding sampled)."""
+    sampled = np.broadcast_to((mask > 0).any(axis=-2), (energy.shape[0], energy.shape[-1]))  # (Z, W)
+    held = energy.any(axis=1)
     inside = np.maximum.accumulate(held, axis=1) & np.maximum.accumulate(held[:, ::-1], axis=1)[:, ::-1]
     return int((sampled & ~held & inside).any(axis=0).sum())
 
@@ -162,13 +172,14 @@ def _complex_kspace(raw, path: Path) -> np.ndarray:
     return np.asarray(raw[()]).astype(np.complex64)
 
 
-def _refuse_uncentred(k: np.ndarray, path: Path, file_axes=(-2, -1)) -> None:
-    """Refuses k-space (Z, [C,] H, W) whose energy (|k| summed over slices and coils) peaks in the outer eighth of
-    the matrix along H or W: DC at index 0, numpy.fft's own convention, where medrecon expects it at n // 2 (the
-    reconstruction is then garbage). Centred data peak at n // 2, a partial Fourier or asymmetric echo (zero-filled)
-    a few samples off it, and one stored without its unmeasured part (5/8 of the lines) 0.3 n from the centre.
+def _refuse_uncentred(energy: np.ndarray, path: Path, file_axes=(-2, -1)) -> None:
+    """Refuses k-space whose energy (|k| summed over slices and coils; ``energy`` (Z, H, W): :func:`_energy`) peaks
+    in the outer eighth of the matrix along H or W: DC at index 0, numpy.fft's own convention, where medrecon
+    expects it at n // 2 (the reconstruction is then garbage). Centred data peak at n // 2, a partial Fourier or
+    asymmetric echo (zero-filled) a few samples off it, and one stored without its unmeasured part (5/8 of the
+    lines) 0.3 n from the centre.
     ``file_axes``: the two axes as the file numbers them, for the fix."""
-    energy = np.abs(k).reshape(-1, *k.shape[-2:]).sum(0)
+    energy = energy.sum(0)  # (H, W)
     if not energy.any():
         return
     peak = np.unravel_index(int(np.argmax(energy)), energy.shape)
@@ -180,13 +191,12 @@ def _refuse_uncentred(k: np.ndarray, path: Path, file_axes=(-2, -1)) -> None:
                          f"(numpy.fft's convention), apply numpy.fft.fftshift(kspace, axes={tuple(off)})")
 
 
-def _refuse_lines_along_rows(k: np.ndarray, path: Path) -> None:
-    """Refuses k-space (Z, [C,] H, W) of which a slice has every column holding data but whole rows empty between
-    rows holding data: undersampled phase-encode lines along the rows, which a mask of the non-zero columns calls
-    fully sampled (its missing rows then fitted as measured zeros). Empty rows at the edges only are a partial
-    echo or a zero-padded readout, and are read."""
-    held = k.reshape(k.shape[0], -1, *k.shape[-2:]) != 0  # (Z, C, H, W)
-    for rows, cols in zip(held.any(axis=(1, 3)), held.any(axis=(1, 2))):
+def _refuse_lines_along_rows(energy: np.ndarray, path: Path) -> None:
+    """Refuses k-space (its ``energy`` (Z, H, W): :func:`_energy`) of which a slice has every column holding data
+    but whole rows empty between rows holding data: undersampled phase-encode lines along the rows, which a mask of
+    the non-zero columns calls fully sampled (its missing rows then fitted as measured zeros). Empty rows at the
+    edges only are a partial echo or a zero-padded readout, and are read."""
+    for rows, cols in zip(energy.any(axis=2), energy.any(axis=1)):
         inner = rows[np.argmax(rows): len(rows) - np.argmax(rows[::-1])]
         if cols.all() and not inner.all():
             raise InputError(f"{path}: {int((~inner).sum())} of its {len(rows)} rows are empty between rows holding "
@@ -218,8 +228,8 @@ def load_fastmri(path: Path) -> Measurement:
         raise InputError(f"{path}: cannot read HDF5 ({e})") from None
     if k.ndim not in (3, 4):
         raise InputError(f"{path}: kspace must be (slices, [coils,] H, W), got shape {k.shape}")
-    refuse_non_finite(k, path, "mri")  # before the mask is inferred from it
-    _refuse_uncentred(k, path)
+    energy = _energy(k, path)  # NaN refused before the mask is inferred from it
+    _refuse_uncentred(energy, path)
     header = None if xml is None else parse_ismrmrd_header(xml.tobytes() if hasattr(xml, "tobytes") else xml)
     grid, info = _grid(k.shape[0], k.shape[-2:], header)
     if ref is not None and ref.shape != grid.shape:
@@ -228,9 +238,9 @@ def load_fastmri(path: Path) -> Measurement:
         ref = check_voxels(ref, f"{path}: {name}")
     source = "file" if mask is not None else "non-zero columns"
     if mask is None:  # (ISMRMRD places each line at its own ky: never along the rows)
-        _refuse_lines_along_rows(k, path)
-    mask = _mask(mask, k, path)
-    stale = _columns_without_data(mask, k) if source == "file" else 0  # an inferred mask samples only held columns
+        _refuse_lines_along_rows(energy, path)
+    mask = _mask(mask, k, energy, path)
+    stale = _columns_without_data(mask, energy) if source == "file" else 0  # an inferred mask samples only held columns
     if stale:  # a mask of other data: those columns would be fitted as measured zeros, unsaid
         info["warnings"] = [*info.get("warnings", []), f"{path}: the mask samples {stale} columns that hold only "
                             "zeros (a mask of other data?): they are fitted as measured zeros; store the mask of the "
@@ -318,10 +328,10 @@ def load_ismrmrd(path: Path) -> Measurement:
         k[a.idx.slice, :, first:first + n_samples, ky] += a.data
         count[a.idx.slice, ky] += 1
     k /= np.maximum(count, 1)[:, None, None, :]  # repeated lines (averages) are averaged
-    refuse_non_finite(k, path, "mri", "(idx.slice, coil, readout sample, ky)")
+    energy = _energy(k, path, axes="(idx.slice, coil, readout sample, ky)")
     order, step = _slice_positions(path, acqs, n_slices)
-    k = k[order]
-    mask = _mask(None, k, path)
+    k, energy = k[order], energy[order]
+    mask = _mask(None, k, energy, path)
     mask[..., :first, :], mask[..., first + n_samples:, :] = 0, 0  # a partial echo's unmeasured readout samples
     grid, info = _grid(n_slices, (n_ro, n_ky), header)
     if step is not None:  # the slices' own spacing, gaps included (the header's FOV z is a slice's thickness)
@@ -386,8 +396,9 @@ def load_cfl(path: Path) -> Measurement:
         raise InputError(f"{path}: only 2D k-space (RO, PE1, 1, COIL) with slices along dim 13 is read, "
                          f"got dimensions {a.shape}")
     k = np.ascontiguousarray(np.moveaxis(a[:, :, 0, :, 0, 0, 0, 0, 0, 0, 0, 0, 0, :, 0, 0], (3, 2), (0, 1)))
-    _refuse_uncentred(k, path, (0, 1))  # BART's RO, PE1
-    mask = _one_or_per_slice(np.abs(k).sum(1) > 0).astype(np.float32)  # sampled positions, not only columns
+    energy = _energy(k, path)  # (its values checked above, in BART's order)
+    _refuse_uncentred(energy, path, (0, 1))  # BART's RO, PE1
+    mask = _one_or_per_slice(energy > 0).astype(np.float32)  # sampled positions, not only columns
     grid, info = _grid(k.shape[0], k.shape[-2:], None)
     return Measurement("mri", k if k.shape[1] > 1 else k[:, 0], grid, None, mask, None,
                        {"source": str(path), "layout": "2d", "units": MEASURED, "mask_source": "non-zero samples",

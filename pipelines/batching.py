@@ -220,7 +220,13 @@ def why_passed_over(info) -> str:
     """Why a series found is no job ("" for a scan to reconstruct): a reconstruction medrecon wrote (e.g. an earlier
     batch's output under a link), or an image that is no volume (a scout, a dose screenshot, RT dose)."""
     return "a reconstruction medrecon wrote, not a scan" if is_reconstruction(info) else \
-        info.not_a_volume and f"{info.not_a_volume}, not a volume to reconstruct" or ""
+        no_volume_reason(info.not_a_volume)
+
+
+def no_volume_reason(what: str) -> str:
+    """A series that is no volume, as a batch and ``pacs run``/``listen`` say why they pass it over: ``what`` it is
+    (``SeriesInfo.not_a_volume``, ``medrecon.io.dicom_scan.modality_not_a_volume``), "" where it is a volume."""
+    return f"{what}, not a volume to reconstruct" if what else ""
 
 
 def is_reconstruction(info) -> bool:

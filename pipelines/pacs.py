@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydicom.dataset import Dataset
 
 from medrecon.errors import InputError, MedreconError
-from medrecon.io.dicom_scan import MANUFACTURER
+from medrecon.io.dicom_scan import MANUFACTURER, modality_not_a_volume
 
 from .yaml_settings import model_at, unknown_key_hint, yaml_load
 
@@ -238,6 +238,12 @@ class SeriesHit:
     def made_by_medrecon(self) -> bool:
         """A derived series medrecon wrote (never reconstructed again: no loops through the PACS)."""
         return self.manufacturer == MANUFACTURER or self.description.startswith(f"{MANUFACTURER} ")
+
+    @property
+    def not_a_volume(self) -> str:
+        """What the series is by its Modality when it holds no volume to reconstruct (an RT structure set, a report:
+        the batch's rule, ``modality_not_a_volume``), e.g. "a RTSTRUCT object", or "": not worth retrieving."""
+        return modality_not_a_volume(self.modality)
 
 
 def find_series(settings: PacsSettings, query: Query) -> list[SeriesHit]:

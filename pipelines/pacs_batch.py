@@ -8,7 +8,9 @@ source series as retrieved, present only when complete) and one ``reconstruct`` 
 The manifest's paths are relative to OUTPUT_ROOT (the same command works from any folder); a user's
 manifest.csv or index.html there stops the run before any work, as in the batch.
 A rerun skips what is finished: no retrieval when ``received/<UID>`` exists, no reconstruction when the
-output holds ``report.json``, no send when it holds ``pacs.json``.
+output holds ``report.json``, no send when it holds ``pacs.json``. A series that is no volume is ``skipped`` with the
+batch's reason (``batching.no_volume_reason``): by its C-FIND Modality (``modality_not_a_volume``) before any
+retrieval, or once received, when it holds no image object or only images of no volume (a scout).
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from pathlib import Path
 from medrecon.errors import InputError
 from medrecon.io import list_series
 from medrecon.io.atomic import mark_as_written
+from medrecon.io.dicom_scan import modality_not_a_volume, read_header
 
-from .batching import (CONFLICT, BatchResult, batch_lock, check_batch_root, one_line, output_state, read_manifest,
-                       relative, sanitize, write_manifest)
+from .batching import (CONFLICT, BatchResult, batch_lock, check_batch_root, no_volume_reason, one_line, output_state,
+                       read_manifest, relative, sanitize, write_manifest)
 from .config import load_config
 from .html_report import write_batch_index
 from .outputs import write_json
@@ -67,12 +70,17 @@ class Runner:
         """One series through the stages it still needs (the batch's ``output_state``: a received series that
         grew since its output was made, late images, is reconstructed and sent again; another config is a
         conflict that --overwrite resolves)."""
-        src, out = self.received / sanitize(uid, "series"), self.output_for(uid, description)
+        src = self.received / sanitize(uid, "series")
+        if hit is not None and hit.not_a_volume:  # by its C-FIND Modality, the batch's rule: not even retrieved
+            return self.record({"series_uid": uid, "input_path": relative(src, self.root) if src.is_dir() else "",
+                                "output_path": "", "status": "skipped", "seconds": "0.0",
+                                "error": no_volume_reason(hit.not_a_volume)})
+        out = self.output_for(uid, description)
         row = {"series_uid": uid, "input_path": relative(src, self.root), "output_path": relative(out, self.root),
                "status": "", "seconds": "0.0", "error": ""}
-        listed = list_series(src, recursive=True) if src.is_dir() else None  # None: not received yet
+        listed, damaged = _listing(src) if src.is_dir() else (None, [])  # None: not received yet
         mine = [s for s in listed or [] if s.uid == uid]
-        if hit is not None and hit.n_instances and listed is not None and \
+        if hit is not None and hit.n_instances and listed is not None and (listed or damaged) and \
                 sum(s.n_files for s in mine) < hit.n_instances:  # the PACS holds images received since
             try:
                 n = retrieve_series(self.settings, hit, src, self.inbox)  # merged: the output is then redone
@@ -80,7 +88,7 @@ class Runner:
             except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
                 row["status"], row["error"] = "failed", one_line(f"retrieve: {type(e).__name__}: {e}", self.root)
                 return self.record(row)
-            listed = list_series(src, recursive=True)
+            listed, damaged = _listing(src)
             mine = [s for s in listed if s.uid == uid]
         files = mine[0].files_sha256 if mine else None
         state = "new" if self.overwrite else output_state(out, uid, files, self.fingerprint)
@@ -105,13 +113,17 @@ class Runner:
                 n = retrieve_series(self.settings, hit, src, self.inbox)
                 self.echo(f"        received {n} instances of {uid}")
             if listed is None and not done:  # received just now
-                listed = list_series(src, recursive=True)
+                listed, damaged = _listing(src)
                 mine = [s for s in listed if s.uid == uid]
             if not done and any(s.made_by_medrecon for s in listed):  # e.g. a routing rule sending our own output back
                 row["status"], row["error"] = "skipped", "a series made by medrecon: not reconstructed again"
                 return self.record(row)
             if not done and mine and all(s.not_a_volume for s in mine):  # a scout, a dose screenshot: as the batch
-                row["status"], row["error"] = "skipped", f"{mine[0].not_a_volume}, not a volume to reconstruct"
+                row["status"], row["error"] = "skipped", no_volume_reason(mine[0].not_a_volume)
+                return self.record(row)
+            if not done and not listed and not damaged:  # no image at all: a structure set, a report (listen, or
+                row.update(status="skipped", output_path="",  # a PACS that gave no C-FIND Modality): no output ever
+                           error=no_volume_reason(_without_images(src)))
                 return self.record(row)
             stage = "reconstruct"
             if not done:  # reconstruct's atomic writer clears what killed runs left (medrecon.io.atomic)
@@ -151,9 +163,14 @@ def pacs_batch(settings: PacsSettings, query: Query, output_root, config, overri
     hits = [h for h in hits if not h.made_by_medrecon]
     if not hits:
         raise InputError(f"the PACS {settings.peer()} holds no series matching the query")
+    if all(h.not_a_volume for h in hits):  # as the batch says it of a folder tree (``batching._listed``)
+        raise InputError(f"the PACS {settings.peer()} holds no series to reconstruct matching the query (only "
+                         f"{len(hits)} series that are no volume, e.g. {no_volume_reason(hits[0].not_a_volume)}; "
+                         "they are not retrieved)")
     if dry_run:
         for h in hits:
-            echo(f"{h.series_uid}  {h.modality:3s} {h.n_instances or '?':>4} images  {h.study_date}  {h.description}")
+            echo(f"{h.series_uid}  {h.modality:3s} {h.n_instances or '?':>4} images  {h.study_date}  {h.description}"
+                 + (f"  (passed over: {no_volume_reason(h.not_a_volume)})" if h.not_a_volume else ""))
         return BatchResult(Path(output_root) / "manifest.csv", [])
     if settings.retrieve == "move" and settings.store_port is None:
         raise InputError("C-MOVE needs medrecon's storage SCP: give --store-port (the port the PACS knows for "
@@ -166,8 +183,7 @@ def pacs_batch(settings: PacsSettings, query: Query, output_root, config, overri
             for i, h in enumerate(hits, 1):
                 row = run.process(h.series_uid, h.description, h)
                 rows.append(row)
-                echo(f"[{i}/{len(hits)}] {row['status']:7s} {h.series_uid} -> {row['output_path']} "
-                     f"{row['error']}".rstrip())
+                echo(f"[{i}/{len(hits)}] {_said(row)}")
         finally:
             if server is not None:
                 server.shutdown()
@@ -210,13 +226,19 @@ def _listen(run: Runner, settings, stable_s, max_series, idle_exit_s, echo) -> B
             uid = todo.pop(0)
             row = run.process(uid, _description(run.received / sanitize(uid, "series")))
             rows.append(row)
-            echo(f"[{len(rows)}] {row['status']:7s} {uid} -> {row['output_path']} {row['error']}".rstrip())
+            echo(f"[{len(rows)}] {_said(row)}")
             idle_since = time.monotonic()
     except KeyboardInterrupt:
         echo("stopped")
     finally:
         server.shutdown()
     return BatchResult(run.manifest, rows)
+
+
+def _said(row: dict) -> str:
+    """A series' progress line: status, UID, output folder (none for a series passed over unretrieved), error."""
+    out = f" -> {row['output_path']}" if row["output_path"] else ""
+    return f"{row['status']:7s} {row['series_uid']}{out} {row['error']}".rstrip()
 
 
 def _rooted(row: dict) -> dict:
@@ -226,6 +248,31 @@ def _rooted(row: dict) -> dict:
     name = {k: Path(row.get(k) or "").name for k in ("input_path", "output_path")}
     return {**row, "input_path": f"received/{name['input_path']}" if name["input_path"] else "",
             "output_path": name["output_path"]}
+
+
+def _listing(folder: Path) -> tuple[list, list]:
+    """A received series folder's ``list_series`` (its image series) and its damaged files' problems: a folder with
+    neither holds no image (a series that is no volume), one with damaged files only is read, and fails, naming them."""
+    damaged: list = []
+    return list_series(folder, recursive=True, problems=damaged), damaged
+
+
+def _without_images(folder: Path) -> str:
+    """What a received series without an image object holds, by its objects' Modality: "a RTSTRUCT object"
+    (``modality_not_a_volume``), else e.g. "no image (OT objects without pixel data)"."""
+    modalities = set()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and not f.name.startswith("."):
+            try:
+                ds = read_header(f, specific_tags=["Modality"])
+            except Exception:  # noqa: BLE001 - damaged files were listed as such before this is asked
+                continue
+            if ds is not None:
+                modalities.add(str(ds.get("Modality", "") or "").strip().upper() or "?")
+    known = [modality_not_a_volume(m) for m in sorted(modalities)]
+    if len(known) == 1 and known[0]:
+        return known[0]
+    return f"no image ({'/'.join(sorted(modalities)) or 'no DICOM'} objects without pixel data)"
 
 
 def _description(folder: Path) -> str:

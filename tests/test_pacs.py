@@ -44,10 +44,10 @@ def pacs(tmp_path_factory):
     server.stop()
 
 
-def _series(folder, seed, description, n=4):
+def _series(folder, seed, description, n=4, patient=PATIENT):
     z, y, x = np.meshgrid(*(np.linspace(-1, 1, k) for k in (n, 24, 24)), indexing="ij")
     hu = np.where(x ** 2 + (y - 0.1 * seed) ** 2 < 0.6, 40.0 + 10 * seed, -1000.0).astype(np.float32)
-    meta = {"Modality": "CT", "PatientName": PATIENT[0], "PatientID": PATIENT[1], "StudyDate": "20240105",
+    meta = {"Modality": "CT", "PatientName": patient[0], "PatientID": patient[1], "StudyDate": "20240105",
             "StudyInstanceUID": f"1.2.826.0.1.3680043.8.498.1{seed}", "FrameOfReferenceUID": f"1.2.826.0.1.36.{seed}"}
     vol = Volume(hu, spacing=(2.0, 2.0, 3.0), origin=(-23.0, -23.0, 100.0), meta={"dicom": meta})
     write_dicom_series(vol, folder, series_description=description)
@@ -55,6 +55,28 @@ def _series(folder, seed, description, n=4):
         ds = pydicom.dcmread(f)
         ds.Manufacturer, ds.ImageType = "ACME CT", ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.save_as(f)
+
+
+def _no_image(folder, like, modality, seed):
+    """An object of the study of the series in ``like`` that holds no image (no pixel data), as a study keeps beside
+    its scans: an RT structure set, a structured report (a dose report)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+    sop_class = {"RTSTRUCT": "1.2.840.10008.5.1.4.1.1.481.3", "SR": "1.2.840.10008.5.1.4.1.1.88.11"}[modality]
+    src = pydicom.dcmread(sorted(Path(like).iterdir())[0], stop_before_pixels=True)
+    ds = pydicom.Dataset()
+    for k in ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "FrameOfReferenceUID"):
+        setattr(ds, k, src.get(k))
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, f"1.2.826.0.1.3680043.8.498.7{seed}.1"
+    ds.SeriesInstanceUID, ds.Modality = f"1.2.826.0.1.3680043.8.498.7{seed}", modality
+    ds.SeriesDescription, ds.Manufacturer, ds.SeriesNumber = f"{modality} {seed}", "ACME TPS", 90 + seed
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = sop_class, ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / f"{modality}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def _net(pacs, *extra):
@@ -544,6 +566,78 @@ def test_listen_passes_over_a_scout_series_as_the_batch_does(tmp_path):
     t.join(60)
     (row,) = runs["r"].rows
     assert row["status"] == "skipped" and "a localizer (scout), not a volume to reconstruct" in row["error"]
+
+
+def test_listen_passes_over_a_series_without_images_once(tmp_path):
+    """An RT structure set (or SR) sent to the listener has no image object: list_series found no image in its folder,
+    it went on to reconstruct it ('failed ... reconstruct: UnreadableError: ... holds no readable DICOM image files',
+    exit 1), and every restart failed it again. Skipped with its reason now, recorded once, not taken up again."""
+    src, out, port = tmp_path / "src", tmp_path / "out", free_port()
+    _series(src, 1, "Chest 1.0", n=2)
+    rtstruct = _no_image(tmp_path / "rt", src, "RTSTRUCT", 1)
+    runs = {}
+    t = threading.Thread(target=lambda: runs.setdefault("r", _listen(out, port, stable_s=0.5, idle_exit_s=3)))
+    t.start()
+    time.sleep(1.0)
+    _send(rtstruct.parent, port)
+    t.join(60)
+    (row,) = runs["r"].rows
+    assert (row["status"], row["error"]) == ("skipped", "a RTSTRUCT object, not a volume to reconstruct")
+    assert row["input_path"] == "received/1.2.826.0.1.3680043.8.498.71" and row["output_path"] == ""
+    assert runs["r"].failed == 0
+    again = _listen(out, free_port(), stable_s=0.5, idle_exit_s=1)  # a restart: nothing to take up again
+    assert again.rows == [] and [r["status"] for r in _rows(out)] == ["skipped"]
+    # one received by `pacs run` (a PACS whose C-FIND gave no Modality): skipped, and a rerun does not retrieve it
+    from pipelines.pacs import SeriesHit
+    run = _runner(tmp_path / "run")
+    shutil.copytree(rtstruct.parent, run.received / "1.2.826.0.1.3680043.8.498.71")
+    hit = SeriesHit("1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.71", n_instances=1)
+    for _ in range(2):
+        row = run.process(hit.series_uid, "", hit)
+        assert (row["status"], row["error"]) == ("skipped", "a RTSTRUCT object, not a volume to reconstruct")
+
+
+def _rows(out):
+    with open(out / "manifest.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_pacs_run_retrieves_no_series_whose_modality_is_no_volume(pacs, tmp_path, capsys):
+    """`pacs run` without --modality on a study with an RT structure set and a dose report (SR): it retrieved them,
+    found no image and failed them ('reconstruct: UnreadableError: received/<uid> holds no readable DICOM image
+    files', exit 1, again on every rerun). Now a series whose C-FIND Modality is one the batch passes over
+    (medrecon.io.dicom_scan.NOT_VOLUME_MODALITIES) is not retrieved: `skipped`, with the reason, and the rest done."""
+    patient = ("Roe^Rick", "PID-RT")
+    ct = tmp_path / "ct"
+    _series(ct, 5, "Thorax 5.0", n=2, patient=patient)
+    pacs.upload(ct)
+    for i, modality in enumerate(("RTSTRUCT", "SR"), 5):
+        pacs.post("/instances", _no_image(tmp_path / modality, ct, modality, i).read_bytes())
+    study = str(pydicom.dcmread(sorted(ct.iterdir())[0], stop_before_pixels=True).StudyInstanceUID)
+    out = tmp_path / "out"
+    assert _run(pacs, out, "--study-uid", study, "--dry-run") == 0
+    said = capsys.readouterr().out
+    assert "RTSTRUCT" in said and "passed over: a RTSTRUCT object" in said and "passed over: a SR object" in said
+    for again in (False, True):
+        assert _run(pacs, out, "--study-uid", study, "--no-send") == 0
+        rows = {r["series_uid"]: r for r in _rows(out)}
+        assert len(rows) == 3
+        thorax = [r for r in rows.values() if r["output_path"].startswith("Thorax_5.0_")]
+        assert [r["status"] for r in thorax] == ["skipped" if again else "done"]
+        for i, modality in enumerate(("RTSTRUCT", "SR"), 5):
+            row = rows[f"1.2.826.0.1.3680043.8.498.7{i}"]
+            assert (row["status"], row["error"]) == ("skipped", f"a {modality} object, not a volume to reconstruct")
+            assert row["input_path"] == row["output_path"] == ""
+            assert not (out / "received" / row["series_uid"]).exists()  # never retrieved
+    assert "] failed" not in capsys.readouterr().out
+    # a query that matches only series that are no volumes: one line, as the batch says it, and nothing made
+    from medrecon.errors import InputError
+    from pipelines.pacs import Query, load_settings
+    from pipelines.pacs_batch import pacs_batch
+    with pytest.raises(InputError, match="no series to reconstruct.*a RTSTRUCT object, not a volume"):
+        pacs_batch(load_settings(host="127.0.0.1", port=pacs.dicom_port, aet="ORTHANC", timeout=5),
+                   Query(series_uid="1.2.826.0.1.3680043.8.498.75"), tmp_path / "none", "sparse_view_ct_8")
+    assert not (tmp_path / "none").exists()
 
 
 def test_late_images_do_not_override_a_config_conflict(tmp_path):

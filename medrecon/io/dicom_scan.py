@@ -24,8 +24,12 @@ _SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality"
               "Manufacturer", "ImageType", "SamplesPerPixel", "PhotometricInterpretation", "ImagePositionPatient",
               "ImageOrientationPatient", "NumberOfFrames", "PerFrameFunctionalGroupsSequence",
               "SharedFunctionalGroupsSequence"]
-#: modalities of objects that hold images but no volume to reconstruct (dose, structures, segmentations, ...)
-NOT_VOLUME_MODALITIES = {"SR", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "SEG", "PR", "KO", "DOC", "REG"}
+#: modalities of series that hold no volume to reconstruct: images of no anatomy (dose grids, segmentations, portal
+#: images) and objects without an image (structure sets, plans, reports, key objects, presentation states, PDFs,
+#: registrations, treatment records, ...). The one rule for every command (``modality_not_a_volume``): the reader
+#: refuses such an image, ``batch`` passes it over, ``pacs run`` does not retrieve such a series (its C-FIND Modality)
+NOT_VOLUME_MODALITIES = {"SR", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "SEG", "PR", "KO", "DOC", "REG",
+                         "RTRECORD", "RTINTENT", "RTRAD", "RTSEGANN", "PLAN", "RWV", "FID", "CTPROTOCOL"}
 #: flags saying an image's pixels identify the patient (printed names, a face): copied, and refused by de-identification
 PIXEL_FLAGS = ("BurnedInAnnotation", "RecognizableVisualFeatures")
 MANUFACTURER = "medrecon"  # the Manufacturer of every series medrecon writes (medrecon.io.dicom_write)
@@ -167,7 +171,13 @@ def is_localizer(ds) -> bool:
 def no_anatomy(ds) -> str:
     """What an object is whose pixels show no anatomy (an RT dose grid, a segmentation: ``NOT_VOLUME_MODALITIES``),
     e.g. "a RTDOSE object", or ""."""
-    modality = str(ds.get("Modality", "") or "").upper()
+    return modality_not_a_volume(ds.get("Modality", ""))
+
+
+def modality_not_a_volume(modality) -> str:
+    """What a series of this Modality is when it holds no volume to reconstruct (``NOT_VOLUME_MODALITIES``), e.g.
+    "a RTSTRUCT object", or "": from a header (``no_anatomy``) or from a PACS's C-FIND answer, before retrieving."""
+    modality = str(modality or "").strip().upper()
     return f"a {modality} object" if modality in NOT_VOLUME_MODALITIES else ""
 
 

@@ -198,7 +198,8 @@ def train(
     time_limit: Optional[float] = typer.Option(None, "--time-limit", min=0.0, help="Stop after this many minutes "
                                                "(wall clock, held-out scoring and checkpoints included; a GPU slot, "
                                                "say), export the prior and keep the state; --resume continues "
-                                               "towards --steps."),
+                                               "towards --steps. A run it ends draws no final sample grid "
+                                               "(python -m medrecon.priors.sample_grid OUTPUT draws it)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="unet: slices per step; patch: patches of the largest "
                                    "size per step (smaller sizes get proportionally more)."),
     lr: float = typer.Option(2e-4, "--lr", min=0.0, help="Adam learning rate (after a linear warm-up)."),
@@ -217,8 +218,9 @@ def train(
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every", min=0, help="Checkpoint (and export the prior) every N steps (0: only at the end)."),
     heldout_every: Optional[int] = typer.Option(None, "--heldout-every", min=0, help="Held-out loss every N steps "
                                                 "(default: at every checkpoint; 0: only before/after)."),
-    sample_every: int = typer.Option(1000, "--sample-every", min=-1, help="Sample grid PNG every N steps (0: only at the "
-                                     "end; -1: never)."),
+    sample_every: int = typer.Option(1000, "--sample-every", min=-1, help="Sample grid PNG every N steps and at the "
+                                     "end (0: only at the end; -1: never; none at the end of a run --time-limit "
+                                     "ended)."),
     seed: int = typer.Option(0, "--seed", min=-2 ** 63, max=2 ** 63 - 2),  # torch: 64-bit seeds (the run adds 1)
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's)."),
@@ -303,7 +305,7 @@ def train(
                         ema_decay=ema_decay,
                         patch_sizes=sizes, pixel_spacing_range=tuple(pixel_range) if pixel_range else None, seed=seed, device=device,
                         amp=amp, checkpoint_every=checkpoint_every, heldout_every=heldout_every,
-                        sample_every=0 if sample_every < 0 else sample_every or steps, context_slices=context_slices, init_from=init_from,
+                        sample_every=sample_every or steps, context_slices=context_slices, init_from=init_from,
                         intensity_scale=scale, fov_crop=fov_crop, synthetic_phase=synthetic_phase,
                         random_contrast=random_contrast,
                         sampler_errors=str(sampler_errors) if sampler_errors else None,

@@ -1064,3 +1064,58 @@ def test_a_damaged_volume_the_user_named_is_an_error_not_a_skip(tmp_path):
     (tmp_path / "both" / "binary.nii").write_bytes(bytes(raw))
     with pytest.raises(InputError, match="binary.nii: data code 1 not supported; convert it to a numeric data type"):
         read_volumes([tmp_path / "both"])  # whole but unsupported: refused, not passed over as damaged
+
+
+def test_a_run_the_time_limit_ended_skips_the_final_sample_grid_and_says_how_to_draw_it(data, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """--time-limit bounds the run: the final sample grid (minutes for a large prior on a CPU; 8 min 31 s after a
+    12 s --time-limit 0.2 run) is not drawn when the limit ended the run, the card and the console say so and how to
+    draw it, and `python -m medrecon.priors.sample_grid PRIOR` draws it afterwards (its card's 2 samples, 2 steps).
+    A run that reaches --steps draws it, saying so whatever the progress setting."""
+    import medrecon.priors.train as train_module
+
+    drawn = []
+    real = train_module.quick_samples
+    monkeypatch.setattr(train_module, "quick_samples", lambda *a, **k: drawn.append(a) or real(*a, **k))
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=6, batch_size=4, warmup=2, checkpoint_every=0,
+                        sample_every=4, num_samples=2, sample_steps=2, log_every=1, time_limit=1e-9)
+    out = train_prior(train, tmp_path / "p", opts, progress=False)
+    err = capsys.readouterr().err
+    assert drawn == [] and not (out / "samples").exists()
+    grid = read_model_card(out / "model_card.yaml")["training"]["sample_grid"]
+    assert "skipped" in grid and "--time-limit" in grid and "python -m medrecon.priors.sample_grid" in grid
+    assert "final sample grid is skipped" in err and "python -m medrecon.priors.sample_grid" in err
+    import subprocess
+    import sys
+
+    drew = subprocess.run([sys.executable, "-m", "medrecon.priors.sample_grid", str(out), "--device", "cpu"],
+                          capture_output=True, text=True)
+    assert drew.returncode == 0 and "Warning" not in drew.stderr, drew.stderr
+    assert drew.stdout.strip() == str(out / "samples" / "step_0000001.png") and Path(drew.stdout.strip()).is_file()
+    # reaching --steps: the grid is drawn, the line said with --no-progress too, and the card's note is gone
+    train_prior(train, out, replace(opts, time_limit=None), resume=True, progress=False)
+    assert len(drawn) == 2 and (out / "samples" / "step_0000006.png").is_file()  # step 4's and the final one
+    assert "drawing the final sample grid" in capsys.readouterr().err
+    assert "sample_grid" not in read_model_card(out / "model_card.yaml")["training"]
+
+
+@pytest.mark.parametrize("never", [0, -1])
+def test_sample_every_0_and_minus_1_both_mean_no_sample_grid_in_python_as_on_the_command_line(data, tmp_path,
+                                                                                           monkeypatch, never):
+    """TrainOptions(sample_every=-1) drew a grid at every step (step % -1 == 0) where the CLI's -1 means never:
+    -1 is never in Python too (as 0 always was; the CLI's 0, only at the end, passes --steps), and below -1 is
+    refused naming the meanings."""
+    import medrecon.priors.train as train_module
+
+    drawn = []
+    monkeypatch.setattr(train_module, "quick_samples", lambda *a, **k: drawn.append(a))
+    monkeypatch.setattr(train_module, "save_grid", lambda *a, **k: None)
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=3, batch_size=4, warmup=1, checkpoint_every=0,
+                        sample_every=never, log_every=1)
+    train_prior(train, tmp_path / "p", opts, progress=False)
+    assert drawn == []
+    assert opts.sample_every == 0 and replace(opts, sample_every=-1).sample_every == 0  # the card says 0 for none
+    with pytest.raises(InputError, match="sample_every -2: .*-1"):
+        TrainOptions(sample_every=-2)

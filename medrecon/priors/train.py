@@ -47,7 +47,7 @@ from ..errors import InputError
 from .base import Denoiser, IntensityMap, schedule_from_dict
 from .card import CARD_NAME
 from .network import EDMPrior, bf16_autocast, edm_denoise, image_convs
-from .samples import quick_samples, save_grid
+from .samples import GRID_STEPS, draw_command, grid_path, quick_samples, save_grid
 from .unet import EDM_SCHEDULE, WEIGHTS_NAME, build_unet, save_unet_prior, unet_config
 from .widen import wide_config, widen_state_dict, widening_factor
 
@@ -102,9 +102,19 @@ class TrainOptions:
     log_every: int = 10
     checkpoint_every: int = 1000
     heldout_every: int | None = None  # held-out loss every N steps (None: at every checkpoint; 0: never)
-    sample_every: int = 1000
+    sample_every: int = 1000  # a sample grid every N steps and after the last (0 or -1: none; the CLI's
+    #                            --sample-every 0, after the last only, passes steps); none after a --time-limit
     num_samples: int = 16
-    sample_steps: int = 18
+    sample_steps: int = GRID_STEPS  # Heun steps of a sample grid (samples.GRID_STEPS)
+
+    def __post_init__(self):
+        # one home for what sample_every means, whoever builds the options: -1 is none, as on the command line
+        # (it drew a grid at every step here, step % -1 == 0), and as 0 always was in Python
+        if self.sample_every < -1:
+            raise InputError(f"sample_every {self.sample_every}: give N > 0 (a sample grid every N steps and after "
+                             "the last), or 0 or -1 (no sample grid)")
+        if self.sample_every == -1:
+            self.sample_every = 0
 
 
 #: options a resumed run may change: how long, where and how fast it runs, its learning-rate schedule (a step
@@ -387,6 +397,7 @@ class _Trainer:
         self._build(config, start)
         self.gen = torch.Generator().manual_seed(opts.seed + 1)
         self.step, self.seconds, self.recent, self.heldout_log = 0, 0.0, [], []
+        self.grid_skipped: str | None = None  # this run's final sample grid not drawn, why and how to (the card's)
         self.log_window: list[float] = []  # losses since loss.csv's last row (kept across a resume)
         self.warmup = warmup_steps(opts.warmup, opts.steps)  # a resumed run keeps its own (restore)
         self.segments = [self._segment(0)]  # the run's parts: a resume adds one (restore)
@@ -563,6 +574,8 @@ class _Trainer:
                                          "part's; segments lists each part's steps and command")
         if heldout:
             training["heldout"] = heldout
+        if self.grid_skipped:
+            training["sample_grid"] = self.grid_skipped
         return training
 
     def card(self, heldout: dict | None = None) -> dict:
@@ -865,8 +878,13 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
             while tr.step < opts.steps:
                 if opts.time_limit is not None and tr.step > first_step and \
                         time.perf_counter() - started >= 60 * opts.time_limit:  # wall clock: scoring, checkpoints too
+                    if opts.sample_every:  # the limit bounds the run: no grid of minutes after it
+                        tr.grid_skipped = (f"skipped: --time-limit {opts.time_limit:g} min ended the run at step "
+                                           f"{tr.step}; draw it with {draw_command(out)}")
                     bar.write(f"--time-limit {opts.time_limit:g} min reached at step {tr.step}: exporting; "
-                              "--resume continues")
+                              "--resume continues" + (f"; the final sample grid is skipped (minutes for a large prior "
+                                                      f"on a CPU): draw it with {draw_command(out)}"
+                                                      if tr.grid_skipped else ""), file=sys.stderr)
                     break
                 with _step_finishes_first():  # a step and its log row are whole when Ctrl-C stops the run
                     loss = tr.timed_step(f"lower --lr and resume from the last checkpoint in {out / STATE_FILE}")
@@ -885,9 +903,8 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
                     log_heldout(score())
                     bar.write(f"step {tr.step}: held-out loss {tr.heldout_log[-1][1]:.4f} "
                               f"(start {held['loss_before']:.4f})")
-                if opts.sample_every and tr.step % opts.sample_every == 0 and tr.step < opts.steps:
-                    save_grid(quick_samples(tr.prior(), opts.num_samples, opts.sample_steps),
-                              out / "samples" / f"step_{tr.step:07d}.png")
+                if opts.sample_every > 0 and tr.step % opts.sample_every == 0 and tr.step < opts.steps:
+                    save_grid(quick_samples(tr.prior(), opts.num_samples, opts.sample_steps), grid_path(out, tr.step))
                 if opts.checkpoint_every and tr.step % opts.checkpoint_every == 0 and tr.step < opts.steps:
                     tr.export({**held, "log": tr.heldout_log} if held else None)
         except StoppedAtOnce:
@@ -914,12 +931,10 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         held["n_slices"] = int(sum(h.shape[0] for h in ([heldout] if torch.is_tensor(heldout) else heldout)))
         held["log"] = tr.heldout_log
     tr.export(held or None)  # before the last sample grid, which takes minutes for a large prior on a CPU
-    if opts.sample_every:
-        if progress:
-            tqdm.write(f"prior written to {out}; drawing the final sample grid ({opts.num_samples} samples, "
-                       f"{opts.sample_steps} steps; Ctrl-C loses nothing, --sample-every -1 skips it)")
-        save_grid(quick_samples(tr.prior(), opts.num_samples, opts.sample_steps),
-                  out / "samples" / f"step_{tr.step:07d}.png")
+    if opts.sample_every > 0 and not tr.grid_skipped:  # said whatever the progress setting: it takes minutes
+        tqdm.write(f"prior written to {out}; drawing the final sample grid ({opts.num_samples} samples, "
+                   f"{opts.sample_steps} steps; Ctrl-C loses nothing, --sample-every -1 skips it)", file=sys.stderr)
+        save_grid(quick_samples(tr.prior(), opts.num_samples, opts.sample_steps), grid_path(out, tr.step))
     return out
 
 

@@ -500,9 +500,10 @@ def _describe(err: dict) -> str:
     if kind in _BOUNDS:
         bound = next(v for k, v in ctx.items())
         return f"{where}: must be {_BOUNDS[kind]} {bound}, got {_show(err['input'])}"
-    if kind in ("too_short", "too_long"):  # a list's bound, not its exact length
+    if kind in ("too_short", "too_long"):  # a list's bound; a tuple's (a pair such as a window) exact length
         n = ctx["min_length"] if kind == "too_short" else ctx["max_length"]
-        bound = f"{'at least' if kind == 'too_short' else 'at most'} {n} value{'s' * (n != 1)}"
+        bound = f"{'' if ctx.get('field_type') == 'Tuple' else 'at least ' if kind == 'too_short' else 'at most '}" \
+                f"{n} value{'s' * (n != 1)}"
         return f"{where}: expected {bound}, got {_show(err['input'])}"
     msg = err["msg"].removeprefix("Value error, ")
     return f"{where}: {msg}" if loc else msg  # whole-config checks name their keys themselves

@@ -106,10 +106,13 @@ class Measurement:
             _refuse_empty_mask(self, where)
         if self.modality == "ct":
             _check_sinogram_fits(self, where)
-            from operators.ct import line_integral_problem
+            from operators.ct import line_integral_problem, transmission_warning
             why = line_integral_problem(self.data)
             if why:
                 raise InputError(f"{where}: {why}")
+            said = transmission_warning(self.data)
+            if said and f"{where}: {said}" not in self.info.get("warnings", []):  # (checked again by Problem.build)
+                self.info["warnings"] = [*self.info.get("warnings", []), f"{where}: {said}"]
         return self
 
     @classmethod

@@ -387,3 +387,5 @@ def test_a_list_too_short_is_told_its_bound_not_an_exact_length():
     """An empty list where at least one value is needed said "expected 1 values", as if exactly one were."""
     with pytest.raises(InputError, match=r"solver\.cross_validate\.lam: expected at least 1 value, got \[\]"):
         load_config("sparse_view_ct_8", ["solver.cross_validate.lam=[]"], check_files=False)
+    with pytest.raises(InputError, match=r"outputs\.window: expected 2 values, got \[1, 2, 3\]"):  # a pair: exactly
+        load_config("sparse_view_ct_8", ["outputs.window=[1,2,3]"], check_files=False)

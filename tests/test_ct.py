@@ -14,7 +14,8 @@ from medrecon.solvers import admm_tv
 from operators.ct import (MU_WATER, ConeBeamGeometry, ConeProjector, FanBeamGeometry, ParallelBeamGeometry,
                           SliceProjector, attenuation_per_pixel, fbp, fdk, geometry_from_dict, hu_to_mu,
                           line_integral_problem, make_geometry, noisy_line_integrals, parallel_det_count,
-                          pixel_unit_projector, poisson_weights_from_line_integrals, system_matrix)
+                          pixel_unit_projector, poisson_weights_from_line_integrals, system_matrix,
+                          transmission_warning)
 from operator_registry import disc, psnr, textured_phantom
 
 GPU = pytest.mark.gpu
@@ -268,21 +269,27 @@ def test_line_integral_problem_refuses_counts_and_mostly_negative_sinograms_but_
     assert line_integral_problem(np.full((2, 3), np.nan)) is None  # (refused as NaN elsewhere)
 
 
-def test_transmitted_fractions_are_refused_but_line_integrals_of_small_objects_pass():
-    """I/I0 (about 1 in air, lower through the body, all <= 1) passed as small line integrals; line integrals of
-    objects as faint (a 10 mm water disc reaches 0.2), noisy down to 50 counts a bin, still pass."""
+def test_transmitted_fractions_are_warned_of_and_line_integrals_of_small_objects_pass():
+    """I/I0 (about 1 in air, lower through the body, all <= 1) passed as small line integrals without a word; line
+    integrals of objects as faint (a 10 mm water disc reaches 0.2), noisy down to 50 counts a bin, are not warned of.
+    A warning, never a refusal: a hollow pipe on a detector that crops it looks like I/I0 and is line integrals."""
     rng = np.random.default_rng(0)
     s = np.arange(100) - 49.5
     for r, off in ((5, 0), (15, 0), (15, 25), (40, 0)):  # water discs of 10, 30 (also off centre) and 80 mm
         p = np.broadcast_to(2 * MU_WATER * np.sqrt(np.maximum(r ** 2 - (s - off) ** 2, 0)), (4, 90, 100))
         for y in (p, noisy_line_integrals(p, "poisson", rng, I0=1e5), noisy_line_integrals(p, "poisson", rng, I0=50)):
-            assert line_integral_problem(y) is None
-            why = line_integral_problem(np.exp(-y))
-            assert why and why.startswith("the sinogram lies at 1 at the detector's ends (air)") and \
-                why.endswith("it looks like transmitted fractions I/I0 (about 1 in air, lower through the body), "
-                             "where line integrals are about 0 in air: give -log(I/I0)"), why
+            assert line_integral_problem(y) is None and transmission_warning(y) is None
+            said = transmission_warning(np.exp(-y))
+            assert line_integral_problem(np.exp(-y)) is None and said and \
+                said.startswith("the sinogram lies at 1 at the detector's ends (air?)") and \
+                said.endswith("it looks like transmitted fractions I/I0 (about 1 in air, lower through the body), "
+                              "where line integrals are about 0 in air; if it is I/I0, give -log(I/I0)"), said
     wide = np.broadcast_to(2 * MU_WATER * np.sqrt(80 ** 2 - s ** 2), (2, 90, 100))  # no bin sees air: not judged
-    assert line_integral_problem(wide) is None and line_integral_problem(np.exp(-wide)) is None
+    assert transmission_warning(wide) is None and transmission_warning(np.exp(-wide)) is None
+    mm = s * 0.325  # a water pipe of radii 28 and 15 mm on a detector of +-16.3 mm, which crops it
+    pipe = np.broadcast_to(2 * MU_WATER * (np.sqrt(28 ** 2 - mm ** 2) - np.sqrt(np.maximum(15 ** 2 - mm ** 2, 0))),
+                           (2, 90, 100))
+    assert line_integral_problem(pipe) is None and "looks like transmitted fractions" in transmission_warning(pipe)
 
 
 @pytest.mark.parametrize("n", [63, 64, 87])

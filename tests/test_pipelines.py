@@ -1544,3 +1544,15 @@ def test_slices_of_one_pixel_run_the_default_sampler_on_one_scale_and_wide_slice
     assert "have no half size" in res.report["two_scale"]["off"]
     with pytest.raises(InputError, match="exceed DICOM's 65535 Rows / Columns"):
         write_dicom_series(Volume(np.zeros((1, 1, 65536), np.float32)), tmp_path / "wide")
+
+
+def test_a_sinogram_that_looks_like_transmitted_fractions_is_warned_of_in_the_report(tmp_path):
+    """I/I0 given as a sinogram passed as small line integrals without a word; it is now warned of in report.json's
+    input_warnings (a warning: true line integrals of a cropped hollow object can look so), and line integrals are
+    not."""
+    good = _measured_ct(tmp_path / "good.npz")
+    frac = _measured_ct(tmp_path / "frac.npz", np.exp(-Measurement.load(good).data))
+    said = [[w for w in tasks.reconstruct("sparse_view_ct_8", f, tmp_path / f.stem, overrides=[
+        "solver.name=fbp", "outputs.dicom=false", "outputs.preview=false"]).report["input_warnings"]
+        if "transmitted fractions" in w] for f in (good, frac)]
+    assert said[0] == [] and len(said[1]) == 1 and said[1][0].startswith("frac.npz: the sinogram lies at 1 at the "), said

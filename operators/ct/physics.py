@@ -52,11 +52,8 @@ def line_integral_problem(p) -> str | None:
     or its lowest 1 % over 3 times further below 0 than its highest 1 % reach above (log(I/I0) without its minus,
     an offset subtracted). Noise cannot do either: zero-median noise on line integrals >= 0 puts at most half the
     values below 0, and reaches no further below 0 than above it (Poisson noise even less far); a few negative
-    values (a bad bin) pass. Transmitted fractions I/I0: see ``_transmission``."""
-    x = np.asarray(p, dtype=np.float32).ravel()
-    if x.size > 1_000_000:  # a random million (a stride could fall on one detector bin)
-        x = x[np.random.default_rng(0).integers(0, x.size, 1_000_000)]
-    x = x[np.isfinite(x)]  # (NaN and Inf are refused on their own)
+    values (a bad bin) pass. Transmitted fractions I/I0 are warned of, not refused: ``transmission_warning``."""
+    x = _finite_sample(p)
     if not x.size:
         return None
     lo, mid, hi = (float(v) for v in np.percentile(x, [1, 50, 99]))
@@ -68,17 +65,28 @@ def line_integral_problem(p) -> str | None:
         return (f"half the sinogram is below {mid:.3g} and its lowest 1 % reaches {lo:.3g} (its highest 1 % "
                 f"{hi:.3g}), but line integrals -log(I/I0) are >= 0 up to noise: log(I/I0) without its minus sign, "
                 "or an offset subtracted? give -log(I/I0)")
-    return _transmission(p, hi)
+    return None
 
 
-def _transmission(p, hi: float) -> str | None:
-    """Why the sinogram ``p`` (..., bins), 99th percentile ``hi``, looks like transmitted fractions I/I0, or None: its
-    99th percentile at most TRANSMISSION_MAX, its air within AIR_TOLERANCE of 1 (the median of the outermost
+def _finite_sample(p) -> np.ndarray:
+    """The finite values of ``p``, flat; a random million of them where there are more (a stride could fall on one
+    detector bin). NaN and Inf are refused on their own."""
+    x = np.asarray(p, dtype=np.float32).ravel()
+    if x.size > 1_000_000:
+        x = x[np.random.default_rng(0).integers(0, x.size, 1_000_000)]
+    return x[np.isfinite(x)]
+
+
+def transmission_warning(p) -> str | None:
+    """A warning that the sinogram ``p`` (..., bins) looks like transmitted fractions I/I0, or None: its 99th
+    percentile at most TRANSMISSION_MAX, its air within AIR_TOLERANCE of 1 (the median of the outermost
     EDGE_FRACTION of the bins at each end of the views, the higher end), and its centre (the median of the middle
     CENTRE_FRACTION) no higher than that. Line integrals are about 0 in air, and higher at the centre of a body;
-    where no bin sees air (a detector narrower than the body) this cannot tell, and says nothing."""
-    p = np.asarray(p)
-    if hi > TRANSMISSION_MAX or p.ndim < 2 or p.shape[-1] < 5:
+    where no bin sees air (a detector narrower than the body) this cannot tell, and says nothing. A warning, not a
+    refusal: true line integrals can look so (a hollow pipe on a detector that crops it: its edges near 1, its
+    hollow centre lower)."""
+    p, x = np.asarray(p), _finite_sample(p)
+    if p.ndim < 2 or p.shape[-1] < 5 or not x.size or float(np.percentile(x, 99)) > TRANSMISSION_MAX:
         return None
     rows = p.reshape(-1, p.shape[-1])
     if len(rows) > 20_000:  # a random 20000 views of slices, each whole: its ends stay its ends
@@ -89,9 +97,9 @@ def _transmission(p, hi: float) -> str | None:
     centre = float(np.median(rows[:, (n - c) // 2:(n - c) // 2 + c]))
     if not (abs(air - 1) <= AIR_TOLERANCE and centre <= air):  # (NaN: no)
         return None
-    return (f"the sinogram lies at {air:.3g} at the detector's ends (air) and at {centre:.3g} at its centre, at most "
-            f"{hi:.3g} (99th percentile): it looks like transmitted fractions I/I0 (about 1 in air, lower through the "
-            "body), where line integrals are about 0 in air: give -log(I/I0)")
+    return (f"the sinogram lies at {air:.3g} at the detector's ends (air?) and at {centre:.3g} at its centre: it looks "
+            "like transmitted fractions I/I0 (about 1 in air, lower through the body), where line integrals are about "
+            "0 in air; if it is I/I0, give -log(I/I0)")
 
 
 def noisy_line_integrals(p: np.ndarray, kind: str, rng: np.random.Generator, I0: float = 1e5,

@@ -1097,18 +1097,24 @@ def test_decimal_strings_stay_within_16_characters(tmp_path):
                    for v in [*ds.ImagePositionPatient, ds.SliceLocation])
 
 
-def test_what_gdcms_decoder_prints_is_said_once_naming_the_files(tmp_path, caplog, capfd):
-    """GDCM printed "Unsupported JPEG data precision 12" on the terminal for every 12-bit JPEG slice it decoded
-    (it then retries with its 12-bit decoder), naming no file; now one warning names the files."""
+def _jpeg12_series(tmp_path, name="series"):
+    """3 slices of pydicom's JPGExtended.dcm (JPEG Extended, 12 bits: GDCM prints on fd 2 decoding each)."""
     from pydicom.data import get_testdata_file
 
-    src = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))  # JPEG Extended, 12 bits
-    series = tmp_path / "series"
+    src = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
+    series = tmp_path / name
     series.mkdir()
     for k in range(3):
         src.SOPInstanceUID, src.InstanceNumber = pydicom.uid.generate_uid(), k + 1
         src.ImagePositionPatient, src.ImageOrientationPatient = [0, 0, 2.0 * k], [1, 0, 0, 0, 1, 0]
         src.save_as(series / f"IM{k}.dcm")
+    return series
+
+
+def test_what_gdcms_decoder_prints_is_said_once_naming_the_files(tmp_path, caplog, capfd):
+    """GDCM printed "Unsupported JPEG data precision 12" on the terminal for every 12-bit JPEG slice it decoded
+    (it then retries with its 12-bit decoder), naming no file; now one warning names the files."""
+    series = _jpeg12_series(tmp_path)
     with caplog.at_level("WARNING"):
         vol = read_volume(series)
     assert vol.shape == (3, 1024, 256)
@@ -1169,3 +1175,88 @@ def test_scrub_replaces_the_input_its_files_and_names_and_nothing_else(tmp_path,
     assert text == (f"{label}/{pseudonym}: bad; {label}; {label} and {label}; INPUT_ROOT; INPUT_ROOT: 1 damaged "
                     f"file; {label}") and pseudonym.startswith("file-")
     assert scrub(f"{here}-2 and {here}2: 1 file", folder) == f"{here}-2 and {here}2: 1 file"  # not the input
+
+
+def test_native_stderr_in_two_threads_saves_and_restores_fd2_once(capfd):
+    """Two threads' captures overlapping left fd 2 on a deleted temporary file for good (the second saved the fd 2
+    the first had redirected, and restored it); one redirect at a time now, each block with its own lines."""
+    import threading
+
+    from medrecon.io import dicom_read
+
+    first_in, second_tried, got = threading.Event(), threading.Event(), {}
+
+    def first():
+        with dicom_read._native_stderr() as printed:
+            first_in.set()
+            second_tried.wait(0.5)  # before: the second thread redirected fd 2 meanwhile
+            os.write(2, b"first\n")
+        got["first"] = printed
+
+    def second():
+        first_in.wait(5)
+        second_tried.set()
+        with dicom_read._native_stderr() as printed:
+            os.write(2, b"second\n")
+        got["second"] = printed
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    [t.start() for t in threads]
+    [t.join(10) for t in threads]
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
+    assert got == {"first": ["first"], "second": ["second"]}
+
+
+def test_concurrent_compressed_reads_leave_fd2_working(tmp_path, capfd):
+    import threading
+
+    series = _jpeg12_series(tmp_path)
+    vols, errors = [], []
+
+    def read():
+        try:
+            vols.append(read_volume(series))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    os.write(2, b"after the reads\n")
+    assert not errors and len(vols) == 4
+    assert capfd.readouterr().err.endswith("after the reads\n")
+    assert all(any("GDCM's decoder printed" in w for w in v.meta["warnings"]) for v in vols)
+
+
+def test_an_uncompressed_read_leaves_fd2_alone(tmp_path, capfd, monkeypatch):
+    """Only encapsulated transfer syntaxes go through a decoder that prints: another thread's line on fd 2 during an
+    uncompressed read (pacs listen's SCP logging a refusal) reached no terminal and was said as GDCM's."""
+    import threading
+
+    from medrecon.io import dicom_read
+
+    series = _ct_series(tmp_path)
+    real = dicom_read.sitk.GetArrayFromImage
+
+    def with_chatter(image):  # runs inside the native read's block
+        t = threading.Thread(target=os.write, args=(2, b"refused images from AE title 'EVIL'\n"))
+        t.start()
+        t.join()
+        return real(image)
+
+    monkeypatch.setattr(dicom_read.sitk, "GetArrayFromImage", with_chatter)
+    vol = read_volume(series)
+    assert "refused images from AE title 'EVIL'" in capfd.readouterr().err
+    assert not any("GDCM" in w for w in vol.meta["warnings"])
+
+
+def test_no_temporary_folder_reads_without_the_capture(tmp_path, monkeypatch):
+    """A read-only container (no usable temporary folder): every DICOM read failed with FileNotFoundError from the
+    capture's TemporaryFile; now the read goes on without it."""
+    import tempfile
+
+    ct, jpeg = _ct_series(tmp_path), _jpeg12_series(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "nonexistent"))
+    assert read_volume(ct).shape == (3, 12, 12)
+    assert read_volume(jpeg).shape == (3, 1024, 256)

@@ -1119,3 +1119,84 @@ def test_sample_every_0_and_minus_1_both_mean_no_sample_grid_in_python_as_on_the
     assert opts.sample_every == 0 and replace(opts, sample_every=-1).sample_every == 0  # the card says 0 for none
     with pytest.raises(InputError, match="sample_every -2: .*-1"):
         TrainOptions(sample_every=-2)
+
+
+
+def _grid_skipped_prior(data, tmp_path, monkeypatch):
+    """A prior whose run --time-limit ended (its card's sample_grid note: skipped), trained into a relative folder."""
+    train, _ = data
+    monkeypatch.chdir(tmp_path)
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=6, batch_size=4, warmup=2, checkpoint_every=0,
+                        sample_every=4, num_samples=2, sample_steps=2, log_every=1, time_limit=1e-9)
+    train_prior(train, Path("p"), opts, progress=False)
+    return tmp_path / "p"
+
+
+def test_the_skipped_grid_note_names_the_prior_folder_absolutely(data, tmp_path, monkeypatch):
+    """The card's note named the folder as given to medrecon train ('p'): a command useless from elsewhere."""
+    out = _grid_skipped_prior(data, tmp_path, monkeypatch)
+    note = read_model_card(out / "model_card.yaml")["training"]["sample_grid"]
+    assert note.endswith(f"draw it with python -m medrecon.priors.sample_grid {out}"), note
+
+
+def test_sample_grid_command_refuses_0_samples_or_steps_in_one_line(data, tmp_path, monkeypatch, capsys):
+    """-n 0 and --steps 0 fell back to the card's values (a.n or ...) and drew a grid."""
+    from medrecon.priors.samples import main
+
+    out = _grid_skipped_prior(data, tmp_path, monkeypatch)
+    capsys.readouterr()
+    for args in (["-n", "0"], ["--steps", "0"], ["-n", "-3"]):
+        assert main([str(out), "--device", "cpu", *args]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {args[0]} {args[1]}: give at least 1 {'step' if args[0] == '--steps' else 'sample'}\n"
+    assert not (out / "samples").exists()
+
+
+def test_sample_grid_command_names_an_unwritable_output_in_one_line(data, tmp_path, monkeypatch, capsys):
+    """An --output that cannot be written was a traceback."""
+    from medrecon.priors.samples import main
+
+    out = _grid_skipped_prior(data, tmp_path, monkeypatch)
+    note = read_model_card(out / "model_card.yaml")["training"]["sample_grid"]
+    (tmp_path / "a_file").write_text("")
+    bad = tmp_path / "a_file" / "grid.png"
+    assert main([str(out), "--device", "cpu", "--output", str(bad)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith(f"error: cannot write {bad}: ") and err[-1].endswith("; choose a writable --output")
+    assert read_model_card(out / "model_card.yaml")["training"]["sample_grid"] == note  # nothing drawn
+
+
+def test_sample_grid_command_notes_the_drawn_grid_in_the_card(data, tmp_path, monkeypatch, capsys):
+    """After the grid was drawn the card still said 'skipped: ... draw it with ...'; now it says where it is (the card
+    rewritten through a temporary sibling, write_model_card), and a second drawing where that one is."""
+    from medrecon.priors.samples import main
+
+    out = _grid_skipped_prior(data, tmp_path, monkeypatch)
+    assert main([str(out), "--device", "cpu"]) == 0
+    grid = out / "samples" / "step_0000001.png"
+    assert capsys.readouterr().out.strip() == str(grid) and grid.is_file()
+    drawn = read_model_card(out / "model_card.yaml")["training"]["sample_grid"]
+    assert drawn == (f"drawn afterwards: {grid} (2 samples, 2 steps); the run skipped it: --time-limit 1e-09 min "
+                     "ended the run at step 1"), drawn
+    assert not list(out.glob(".*.tmp"))
+    assert main(["p", "--device", "cpu", "-n", "1", "--output", "again.png"]) == 0
+    assert read_model_card(out / "model_card.yaml")["training"]["sample_grid"] == (
+        f"drawn afterwards: {tmp_path / 'again.png'} (1 sample, 2 steps); the run skipped it: --time-limit 1e-09 min "
+        "ended the run at step 1")
+
+
+def test_a_model_card_is_written_atomically(tmp_path, monkeypatch):
+    """A rewrite that fails before its rename leaves the old card whole and no temporary behind."""
+    import os
+
+    from medrecon.priors.card import write_model_card
+
+    path = write_model_card(tmp_path / "model_card.yaml", {"name": "old"})
+
+    def fail(*a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="No space"):
+        write_model_card(path, {"name": "new"})
+    assert read_model_card(path)["name"] == "old" and [p.name for p in tmp_path.iterdir()] == ["model_card.yaml"]

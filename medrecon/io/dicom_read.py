@@ -25,6 +25,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -579,7 +580,7 @@ def _read_pixels(files: list[Path], headers: list, where, notes: list) -> tuple[
         reader.SetFileNames(names)
         reader.SetOutputPixelType(sitk.sitkFloat32)
         try:
-            with _itk_quiet() as printed:
+            with _itk_quiet(any(_encapsulated(_syntax_uid(ds)) for ds in headers)) as printed:
                 data = sitk.GetArrayFromImage(reader.Execute())
             _decoder_printed(where, files, printed, headers[0], notes)
             return data, []
@@ -665,7 +666,7 @@ def _read_slice(f: Path, name: str, uid: UID | None) -> tuple[np.ndarray | None,
     []. Pixels that pydicom decodes where GDCM failed come with [] (GDCM's lines are of a decode not used).
     ``uid``: its transfer syntax, from the header read before."""
     try:
-        with _itk_quiet() as printed:
+        with _itk_quiet(_encapsulated(uid)) as printed:
             return sitk.GetArrayFromImage(sitk.ReadImage(name, sitk.sitkFloat32))[0], "", printed
     except RuntimeError:
         pass
@@ -714,47 +715,92 @@ def _utf8(text: str) -> bool:
         return False
 
 
+def _encapsulated(uid: UID | None) -> bool:
+    """Whether a transfer syntax's pixels are encapsulated (compressed: JPEG, JPEG-LS, JPEG 2000, RLE, or one
+    unknown to pydicom), the only ones GDCM hands to a decoder that prints; the native byte orders (and deflate)
+    print nothing. No transfer syntax (no file meta): False."""
+    return uid is not None and uid not in pydicom.uid.UncompressedTransferSyntaxes
+
+
 @contextmanager
-def _itk_quiet():
-    """Silence ITK's own warnings, and capture what C code (GDCM's decoders: "Unsupported JPEG data precision 12")
-    prints on the process's stderr: yields a list that holds those lines once the block ends (also when it
-    raises), for the caller to say naming the file (``_native_stderr``)."""
+def _itk_quiet(capture: bool = True):
+    """Silence ITK's own warnings, and where ``capture`` (a read of an encapsulated transfer syntax,
+    ``_encapsulated``) capture what C code (GDCM's decoders: "Unsupported JPEG data precision 12") prints on the
+    process's stderr: yields a list that holds those lines once the block ends (also when it raises), for the caller
+    to say naming the file (``_native_stderr``); without ``capture`` it stays empty and fd 2 is left alone."""
     old = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        with _native_stderr() as printed:
-            yield printed
+        if capture:
+            with _native_stderr() as printed:
+                yield printed
+        else:
+            yield []
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(old)
+
+
+#: one redirect of fd 2 at a time, process-wide: fd 2 is the process's, not a thread's
+_NATIVE_STDERR_LOCK = threading.Lock()
 
 
 @contextmanager
 def _native_stderr():
     """Redirect file descriptor 2 into a temporary file for the block; yields a list that then holds the non-empty
-    lines written there (another thread's meanwhile too). fd 2 is always restored; without a usable fd 2 nothing is
-    captured. ``sys.stderr`` is flushed first, whatever it is (pytest's capture, a replaced object): C code writes to
-    fd 2, not to it."""
+    lines written there. ``sys.stderr`` is flushed first, whatever it is (pytest's capture, a replaced object): C code
+    writes to fd 2, not to it.
+
+    Threads: one redirect at a time (``_NATIVE_STDERR_LOCK``): a second thread's block waits for the first to end,
+    so fd 2 is saved and restored exactly once, and each block gets only its own read's lines. What another thread
+    writes to fd 2 meanwhile (a log line) is captured with them: fd 2 is the process's, so callers keep the block to
+    the native call alone, and only around reads that may print (``_itk_quiet``'s ``capture``). Where the capture
+    cannot be set up (no usable temporary folder, e.g. a read-only container; no fd 2, a daemon started without
+    one) the block runs without it and the list stays empty. Not reentrant within one thread."""
     printed: list[str] = []
+    with _NATIVE_STDERR_LOCK:
+        try:
+            sys.stderr and sys.stderr.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing of ours to keep apart
+            pass
+        redirect = _redirect_fd2()
+        if redirect is None:
+            yield printed
+            return
+        saved, tmp = redirect
+        try:
+            yield printed
+        finally:
+            try:
+                os.dup2(saved, 2)
+            finally:
+                os.close(saved)
+                try:
+                    tmp.seek(0)
+                    printed += [line.strip() for line in tmp.read().decode("utf-8", "replace").splitlines()
+                                if line.strip()]
+                finally:
+                    tmp.close()
+
+
+def _redirect_fd2():
+    """fd 2 pointed at a new temporary file: (a duplicate of the fd 2 it replaced, the file); or None, fd 2 left as it
+    was, where any step fails (no usable temporary folder, no fd 2)."""
     try:
-        sys.stderr and sys.stderr.flush()
-    except (OSError, ValueError):  # a closed or broken stream: nothing of ours to keep apart
-        pass
+        tmp = tempfile.TemporaryFile()
+    except OSError:
+        return None
     try:
         saved = os.dup(2)
-    except OSError:  # no fd 2 (a daemon started without one)
-        yield printed
-        return
+    except OSError:
+        tmp.close()
+        return None
     try:
-        with tempfile.TemporaryFile() as tmp:
-            os.dup2(tmp.fileno(), 2)
-            try:
-                yield printed
-            finally:
-                os.dup2(saved, 2)
-                tmp.seek(0)
-                printed += [line.strip() for line in tmp.read().decode("utf-8", "replace").splitlines() if line.strip()]
-    finally:
+        os.dup2(tmp.fileno(), 2)
+    except OSError:
         os.close(saved)
+        tmp.close()
+        return None
+    return saved, tmp
 
 
 def _rescale(ds) -> tuple[float, float]:

@@ -98,7 +98,8 @@ def draw_command(folder) -> str:
 def main(argv=None) -> int:
     """``python -m medrecon.priors.sample_grid PRIOR`` (sample_grid.py): draw the sample grid of a prior folder
     written by ``medrecon train`` as the run would have: its card's ``training.options`` num_samples and sample_steps
-    (or -n / --steps), into PRIOR/samples/step_N.png, N its card's steps."""
+    (or -n / --steps), into PRIOR/samples/step_N.png, N its card's steps. A card whose ``training.sample_grid`` says
+    the grid was skipped then says where it was drawn."""
     from ..errors import InputError
     from .loader import load_prior
 
@@ -110,19 +111,58 @@ def main(argv=None) -> int:
     ap.add_argument("--output", default=None, help="the PNG to write (default: PRIOR/samples/step_N.png)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
     a = ap.parse_args(argv)
+    for flag, value, what in (("-n", a.n, "sample"), ("--steps", a.steps, "step")):
+        if value is not None and value < 1:  # 0 fell back to the card's value (a.n or ...), saying nothing
+            print(f"error: {flag} {value}: give at least 1 {what}", file=sys.stderr)
+            return 2
     try:
         prior = load_prior(a.prior, device=a.device)
         training = prior.card.get("training") or {}
         opts = training.get("options") or {}
-        n = a.n or int(opts.get("num_samples") or 16)
-        steps = a.steps or int(opts.get("sample_steps") or GRID_STEPS)
+        n = a.n if a.n is not None else int(opts.get("num_samples") or 16)
+        steps = a.steps if a.steps is not None else int(opts.get("sample_steps") or GRID_STEPS)
         if n < 1 or steps < 1:
             raise InputError(f"-n {n} --steps {steps}: give at least one sample and one step")
         out = Path(a.output) if a.output else grid_path(a.prior, int(training.get("steps") or 0))
         print(f"drawing {n} samples, {steps} steps ...", file=sys.stderr)
-        print(save_grid(quick_samples(prior, n, steps), out))
+        images = quick_samples(prior, n, steps)
+        try:
+            save_grid(images, out)
+        except OSError as e:
+            raise InputError(f"cannot write {out}: {e.strerror or e}; choose a writable --output") from None
+        print(out)
+        _note_drawn(a.prior, out, n, steps)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 
+
+#: how the card's note of a grid drawn afterwards goes on to say why the run skipped it
+_SKIPPED = "; the run skipped it: "
+
+
+def _note_drawn(prior, out: Path, n: int, steps: int) -> None:
+    """Where the card of the prior folder ``prior`` says its grid was skipped (``training.sample_grid``, written by
+    ``medrecon train``), say where it is now drawn (the card rewritten atomically, ``write_model_card``); a card that
+    cannot be rewritten is a warning, the grid being drawn."""
+    from .card import CARD_NAME, read_model_card, write_model_card
+
+    folder = Path(prior)
+    path = folder / CARD_NAME if folder.is_dir() else folder.parent / CARD_NAME
+    if not path.is_file():
+        return
+    try:
+        card = read_model_card(path)
+        training = card.get("training")
+        if not isinstance(training, dict) or not training.get("sample_grid"):  # drawn by the run: no note
+            return
+        note = str(training["sample_grid"])
+        why = note.partition(_SKIPPED)[2] if _SKIPPED in note else note.removeprefix("skipped: ")
+        training["sample_grid"] = (f"drawn afterwards: {out.absolute()} ({n} sample{'s' * (n != 1)}, {steps} step{'s' * (steps != 1)})"
+                                   f"{_SKIPPED}"
+                                   f"{why.partition('; draw it with ')[0]}")
+        write_model_card(path, card)
+    except Exception as e:  # noqa: BLE001 - the grid is drawn; only the card's note is stale
+        print(f"warning: {path}: could not note the drawn grid in the card ({e}); its sample_grid note still says "
+              "skipped", file=sys.stderr)

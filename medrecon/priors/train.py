@@ -880,7 +880,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
                         time.perf_counter() - started >= 60 * opts.time_limit:  # wall clock: scoring, checkpoints too
                     if opts.sample_every:  # the limit bounds the run: no grid of minutes after it
                         tr.grid_skipped = (f"skipped: --time-limit {opts.time_limit:g} min ended the run at step "
-                                           f"{tr.step}; draw it with {draw_command(out)}")
+                                           f"{tr.step}; draw it with {draw_command(Path(out).absolute())}")
                     bar.write(f"--time-limit {opts.time_limit:g} min reached at step {tr.step}: exporting; "
                               "--resume continues" + (f"; the final sample grid is skipped (minutes for a large prior "
                                                       f"on a CPU): draw it with {draw_command(out)}"

@@ -472,12 +472,13 @@ def test_a_deidentified_reconstruction_holds_no_identifier_in_any_file(tmp_path,
     from dicom_trees import leaked, write_named_series
 
     src = tmp_path / "lab" / "Zyxwaldo_Quintessa_PID4711"
-    said = write_named_series(src)
+    said = write_named_series(src, topogram=True)  # a second series: the note on it listed UIDs and descriptions
     out = tmp_path / "out"
     args = ["reconstruct", "-c", "sparse_view_ct_8", "-i", src, "-o", out, "--quiet", "--set", "solver.name=fbp",
             "--set", "outputs.deidentify=true"]
     code, _, err = run(capsys, *args)
     assert code == 0, err
+    assert any("holds 2 series" in w for w in json.loads((out / "report.json").read_text())["input_warnings"])
     today = __import__("datetime").date.today()
     assert leaked(out, said + [today.isoformat(), today.strftime("%Y%m%d")]) == []
     report = json.loads((out / "report.json").read_text())

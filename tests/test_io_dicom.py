@@ -1169,3 +1169,7 @@ def test_scrub_replaces_the_input_its_files_and_names_and_nothing_else(tmp_path,
     assert text == (f"{label}/{pseudonym}: bad; {label}; {label} and {label}; INPUT_ROOT; INPUT_ROOT: 1 damaged "
                     f"file; {label}") and pseudonym.startswith("file-")
     assert scrub(f"{here}-2 and {here}2: 1 file", folder) == f"{here}-2 and {here}2: 1 file"  # not the input
+    # a UID (another series' in a note on the folder) by its de-identified UID; numbers and versions stay
+    from medrecon.io.deidentify import deidentified_uid
+    assert scrub("series 1.2.840.10008.99 (2 files); 0.05 mm, 3.11.4.", folder) == \
+        f"series {deidentified_uid('1.2.840.10008.99')} (2 files); 0.05 mm, 3.11.4."

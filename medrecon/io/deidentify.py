@@ -55,6 +55,9 @@ DEID_METHOD = "DICOM PS3.15 Basic Application Level Confidentiality Profile"  # 
 RUN_RECORD_LEFT_OUT = ("created", "output")
 #: what ``input_label`` gives: how a batch manifest's rows say that they are de-identified
 INPUT_LABEL = re.compile(r"input-[0-9a-f]{16}")
+#: a DICOM UID in a message (PS3.5 9.1: numeric components joined by dots; four or more here, so that a number or
+#: a version is not one), which ``scrub`` replaces by its ``deidentified_uid``
+UID_TOKEN = re.compile(r"(?<![\w.])[0-9]+(?:\.[0-9]+){3,}(?![\w]|\.[0-9])")
 
 
 def check_deidentifiable(tags: dict | None) -> None:
@@ -100,7 +103,8 @@ def scrub(text: str, path, within=()) -> str:
     """``text`` (a warning, an error message) with what names the input ``path`` replaced: the path as given, absolute
     or resolved, with whatever follows it in a longer path (a file in it), by its ``input_label``; the folders
     ``within`` (a batch's input root) so too, by 'INPUT_ROOT'; on its own, the name of the input and of each folder
-    between it and a root by the label, and the name of each file in it by ``file-`` and 8 hex digits (keyed)."""
+    between it and a root by the label, and the name of each file in it by ``file-`` and 8 hex digits (keyed); every
+    UID (``UID_TOKEN``: another series' in a note on the folder, say) by its ``deidentified_uid``."""
     path = Path(path)
     label, key = input_label(path), deidentify_key()
     try:
@@ -130,7 +134,7 @@ def scrub(text: str, path, within=()) -> str:
     if names:
         alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
         text = re.sub(rf"(?<![\w.-])(?:{alternatives})(?![\w.-])", lambda m: names[m[0]], text)
-    return text
+    return UID_TOKEN.sub(lambda m: _deidentified_uid(key, m[0]), text)
 
 
 def _forms(path: Path) -> set[str]:

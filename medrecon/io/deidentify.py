@@ -35,6 +35,7 @@ import hmac
 import os
 import re
 import secrets
+import tempfile
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -209,22 +210,23 @@ def deidentify_key(create: bool = True) -> bytes:
         if len(key) < 16:
             raise InputError("MEDRECON_DEID_KEY: give the key file's text or a passphrase of at least 16 characters")
         return key
-    path = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "medrecon" / "deidentify.key"
+    path = key_path()
     if not path.exists() and not create:
         raise FileNotFoundError(path)
     if not path.exists():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_bytes(32).hex() + "\n")
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600, a name of its own
             try:
-                os.link(tmp, path)  # whole or not at all: a reader never sees a half-written key; the first wins
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_bytes(32).hex() + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, path)  # whole or not at all, never over a key made meanwhile: the first one wins
             except FileExistsError:
-                pass
+                pass  # another thread or process made it first: its key is read below
             finally:
-                tmp.unlink(missing_ok=True)
+                os.unlink(tmp)
         except OSError as e:
             raise InputError(f"cannot create the de-identification key {path} ({os_reason(e)}); set "
                              "MEDRECON_DEID_KEY to a secret of your own") from None
@@ -237,6 +239,12 @@ def deidentify_key(create: bool = True) -> bytes:
         raise InputError(f"{path}: the de-identification key is {len(key)} bytes, too short to be secret; remove the "
                          "file (a new key gives new UIDs) or set MEDRECON_DEID_KEY")
     return key
+
+
+def key_path() -> Path:
+    """Where this site's de-identification key file is (``deidentify_key``): $XDG_CONFIG_HOME/medrecon/deidentify.key,
+    by default ~/.config/medrecon/deidentify.key."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "medrecon" / "deidentify.key"
 
 
 def _key_bytes(text: str) -> bytes:

@@ -48,7 +48,7 @@ from pathlib import Path
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, list_series
 from medrecon.io.atomic import os_reason, read_marker, remove_empty_folders
-from medrecon.io.deidentify import INPUT_LABEL, deidentified_uid, input_label, recorded_source, scrub
+from medrecon.io.deidentify import INPUT_LABEL, check_key, deidentified_uid, input_label, recorded_source, scrub
 
 from .config import load_config
 from .html_report import ASSETS, BATCH_PAGE_MARK, write_batch_index
@@ -495,6 +495,9 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     deidentify = bool(cfg.outputs.deidentify)
     before = earlier_rows(output_root)
     check_deidentified_alike(output_root, before, deidentify)
+    if deidentify and before:  # before any key is made: a new one named every series anew
+        check_key(output_root, [(read_marker(output_root / r["output_path"]) or {}).get("key_fingerprint")
+                                for r in before if r.get("output_path")])
     jobs = plan(input_root, output_root, found, known_outputs(output_root, before), passed_over, deidentify)
     fingerprint = cfg.fingerprint()
     for j in jobs:

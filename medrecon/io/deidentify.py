@@ -83,13 +83,15 @@ def deidentified_uid(uid: str, key: bytes | None = None) -> str:
 def recorded_source(series_uid: str | None, files_sha256: str | None, deidentify: bool) -> dict:
     """What a run's marker and report.json record of its source series (empty values left out): its
     SeriesInstanceUID and file-list hash; de-identified, the UID as the derived series references it, the hash
-    keyed, and ``deidentified: True``, which tells a reader (``pipelines.batching.output_state``) to put the series
-    it compares in this form."""
+    keyed, ``deidentified: True``, which tells a reader (``pipelines.batching.output_state``) to put the series
+    it compares in this form, and the ``key_fingerprint`` (which identifies nobody): a batch refuses an output root
+    made with another key (``check_key``)."""
     if not deidentify:
         return {k: v for k, v in (("series_uid", series_uid), ("files_sha256", files_sha256)) if v}
     key = deidentify_key()
     return {**({"series_uid": _deidentified_uid(key, series_uid)} if series_uid else {}),
-            **({"files_sha256": _keyed_digest(key, files_sha256)} if files_sha256 else {}), "deidentified": True}
+            **({"files_sha256": _keyed_digest(key, files_sha256)} if files_sha256 else {}), "deidentified": True,
+            "key_fingerprint": _fingerprint(key)}
 
 
 def input_label(path) -> str:
@@ -194,9 +196,34 @@ def key_fingerprint(create: bool = True) -> str | None:
     """A short digest telling de-identification keys apart without showing them (None: no key here and ``create``
     False): every machine of a distributed batch must hold the driver's."""
     try:
-        return _keyed_digest(deidentify_key(create), "medrecon-key-check")[:16]
+        return _fingerprint(deidentify_key(create))
     except FileNotFoundError:
         return None
+
+
+def _fingerprint(key: bytes) -> str:
+    return _keyed_digest(key, "medrecon-key-check")[:16]
+
+
+def key_source() -> str:
+    """Where the key comes from, as errors name it: $MEDRECON_DEID_KEY or the key file (``key_path``)."""
+    return "MEDRECON_DEID_KEY" if os.environ.get("MEDRECON_DEID_KEY") else str(key_path())
+
+
+def check_key(where, fingerprints) -> None:
+    """Refuse to add to de-identified outputs (``where``: an output root whose rows are de-identified) with another
+    key than theirs (``fingerprints``: those their markers record; outputs of earlier versions record none): a new
+    or other key names every series anew, so a rerun redid them all beside the old ones. With no key here, none is
+    made: the error says where the outputs' key must be."""
+    here = key_fingerprint(create=False)
+    if here is None:
+        raise InputError(f"{where} holds de-identified outputs, and the key they were made with is not at "
+                         f"{key_path()}: put that key there (or set MEDRECON_DEID_KEY to its text); a new key would "
+                         "give every series new names, or write into another output root")
+    other = sorted(set(fingerprints) - {here, None, ""})
+    if other:
+        raise InputError(f"{where} holds outputs de-identified with another key (fingerprint {', '.join(other)}) "
+                         f"than {key_source()} (fingerprint {here}): use that key, or write into another output root")
 
 
 def deidentify_key(create: bool = True) -> bytes:

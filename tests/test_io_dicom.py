@@ -1202,6 +1202,18 @@ def test_scrub_replaces_the_input_its_files_and_names_and_nothing_else(tmp_path,
     assert text == (f"{label}/{pseudonym}: bad; {label}; {label} and {label}; INPUT_ROOT; INPUT_ROOT: 1 damaged "
                     f"file; {label}") and pseudonym.startswith("file-")
     assert scrub(f"{here}-2 and {here}2: 1 file", folder) == f"{here}-2 and {here}2: 1 file"  # not the input
+    # a name on its own: a patient's or an MRN (4 digits or more) replaced, a generic folder word or a count kept
+    # ('none of its 1 input-... file(s)' for a folder named DICOM; 'a input-... scan' for one named ct)
+    for name in ("Zed^Zoe_77777777/DICOM", "ct", "Smith/12345", "Smith/1234/CT"):
+        (Path("tree") / name).mkdir(parents=True)
+    said = "none of its 1 DICOM file(s) can be read; a ct scan of Smith, MRN 12345 (12 files) in 1234"
+    for name, expected in [("Zed^Zoe_77777777/DICOM", said), ("ct", said),
+                           ("Smith/12345", said.replace("Smith", "L").replace("12345", "L")),
+                           ("Smith/1234/CT", said.replace("Smith", "L")[:-4] + "L")]:
+        inp = Path("tree") / name
+        assert scrub(said, inp, within=[Path("tree")]) == expected.replace("L", input_label(inp)), name
+    assert scrub("Zed^Zoe_77777777 said", Path("tree") / "Zed^Zoe_77777777" / "DICOM", within=[Path("tree")]) == \
+        f"{input_label(Path('tree') / 'Zed^Zoe_77777777' / 'DICOM')} said"
     # a UID (another series' in a note on the folder) by its de-identified UID; numbers and versions stay
     from medrecon.io.deidentify import deidentified_uid
     assert scrub("series 1.2.840.10008.99 (2 files); 0.05 mm, 3.11.4.", folder) == \

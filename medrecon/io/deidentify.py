@@ -107,7 +107,13 @@ def scrub(text: str, path, within=()) -> str:
     or resolved, with whatever follows it in a longer path (a file in it), by its ``input_label``; the folders
     ``within`` (a batch's input root) so too, by 'INPUT_ROOT'; on its own, the name of the input and of each folder
     between it and a root by the label, and the name of each file in it by ``file-`` and 8 hex digits (keyed); every
-    UID (``UID_TOKEN``: another series' in a note on the folder, say) by its ``deidentified_uid``."""
+    UID (``UID_TOKEN``: another series' in a note on the folder, say) by its ``deidentified_uid``.
+
+    The rule for a name on its own (not in a path: there it is always replaced), ``_identifying``: replaced unless
+    it is a generic folder word (``GENERIC_NAMES``: DICOM, CT, series, images, ..., in any case), a number of under
+    4 digits, or under 3 characters without a digit. So a patient's name, an MRN of 4 digits or more, and any name
+    with a digit, '^', '_', ',' or a space are replaced wherever they stand, while "a ct scan" and "1 DICOM file"
+    stay as they are for a folder named ct or DICOM."""
     path = Path(path)
     label, key = input_label(path), deidentify_key()
     try:
@@ -133,11 +139,30 @@ def scrub(text: str, path, within=()) -> str:
             "/" + file_names[m["tail"]] if s == label and m["tail"] in file_names else ""), text)
     names = {path.name: label, **{part: label for parts in between.values() for part in parts}}
     names.update({f: said for f, said in file_names.items() if f not in names})
-    names = {n: s for n, s in names.items() if n not in ("", ".", "..") and not (n.isdigit() and len(n) < 6)}
+    names = {n: s for n, s in names.items() if _identifying(n)}
     if names:
         alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
         text = re.sub(rf"(?<![\w.-])(?:{alternatives})(?![\w.-])", lambda m: names[m[0]], text)
     return UID_TOKEN.sub(lambda m: _deidentified_uid(key, m[0]), text)
+
+
+#: folder names that name no one, which ``scrub`` leaves alone where they stand on their own in a message
+GENERIC_NAMES = frozenset("""dicom dicomdir dcm ct mr mri pet spect us cr dx xa nm ot series study studies image images
+    data scan scans file files input inputs output outputs raw export exports import sorted unsorted new old tmp temp
+    patient patients subject subjects case cases exam exams head chest abdomen pelvis brain neck spine body knee
+    axial coronal sagittal localizer scout topogram recon original derived primary secondary""".split())
+
+
+def _identifying(name: str) -> bool:
+    """Whether ``scrub`` replaces ``name`` (of the input, a folder above it or a file in it) where it stands on its
+    own in a message (the rule in ``scrub``'s docstring)."""
+    if name in ("", ".", ".."):
+        return False
+    if name.isdigit():
+        return len(name) >= 4  # an MRN, a date; not a count (e.g. a file named 1)
+    if name.casefold() in GENERIC_NAMES:
+        return False
+    return len(name) >= 3 or any(c.isdigit() for c in name)
 
 
 def _forms(path: Path) -> set[str]:

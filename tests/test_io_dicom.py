@@ -1212,6 +1212,8 @@ def test_scrub_replaces_the_input_its_files_and_names_and_nothing_else(tmp_path,
                            ("Smith/1234/CT", said.replace("Smith", "L")[:-4] + "L")]:
         inp = Path("tree") / name
         assert scrub(said, inp, within=[Path("tree")]) == expected.replace("L", input_label(inp)), name
+    (Path("tree") / "Li").mkdir()
+    assert scrub("Li of 1 series", Path("tree") / "Li") == f"{input_label(Path('tree') / 'Li')} of 1 series"
     assert scrub("Zed^Zoe_77777777 said", Path("tree") / "Zed^Zoe_77777777" / "DICOM", within=[Path("tree")]) == \
         f"{input_label(Path('tree') / 'Zed^Zoe_77777777' / 'DICOM')} said"
     # a UID (another series' in a note on the folder) by its de-identified UID; numbers and versions stay

@@ -110,8 +110,8 @@ def scrub(text: str, path, within=()) -> str:
     UID (``UID_TOKEN``: another series' in a note on the folder, say) by its ``deidentified_uid``.
 
     The rule for a name on its own (not in a path: there it is always replaced), ``_identifying``: replaced unless
-    it is a generic folder word (``GENERIC_NAMES``: DICOM, CT, series, images, ..., in any case), a number of under
-    4 digits, or under 3 characters without a digit. So a patient's name, an MRN of 4 digits or more, and any name
+    it is a generic folder word (``GENERIC_NAMES``: DICOM, CT, series, images, ..., in any case, and the two-letter
+    words of English), a number of under 4 digits, or one character. So a patient's name, an MRN of 4 digits or more, and any name
     with a digit, '^', '_', ',' or a space are replaced wherever they stand, while "a ct scan" and "1 DICOM file"
     stay as they are for a folder named ct or DICOM."""
     path = Path(path)
@@ -150,7 +150,8 @@ def scrub(text: str, path, within=()) -> str:
 GENERIC_NAMES = frozenset("""dicom dicomdir dcm ct mr mri pet spect us cr dx xa nm ot series study studies image images
     data scan scans file files input inputs output outputs raw export exports import sorted unsorted new old tmp temp
     patient patients subject subjects case cases exam exams head chest abdomen pelvis brain neck spine body knee
-    axial coronal sagittal localizer scout topogram recon original derived primary secondary""".split())
+    axial coronal sagittal localizer scout topogram recon original derived primary secondary
+    a an as at be by do if in is it no of on or so to up""".split())  # and the two-letter words of messages
 
 
 def _identifying(name: str) -> bool:
@@ -162,7 +163,7 @@ def _identifying(name: str) -> bool:
         return len(name) >= 4  # an MRN, a date; not a count (e.g. a file named 1)
     if name.casefold() in GENERIC_NAMES:
         return False
-    return len(name) >= 3 or any(c.isdigit() for c in name)
+    return len(name) >= 2  # a surname as short as Li or Wu too
 
 
 def _forms(path: Path) -> set[str]:

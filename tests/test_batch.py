@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -318,6 +319,30 @@ def test_anonymised_series_without_uids_are_one_per_folder_and_finished_on_a_rer
         assert float(np.median(ref[ref > -500])) == pytest.approx(tissue[r["input_path"]], abs=1.0)
     assert sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("report.json")) == \
         sorted(r["output_path"] for r in rows)  # no second copies
+
+
+def test_deidentified_series_without_a_uid_keep_their_output_folders(tmp_path):
+    """De-identified, series without a SeriesInstanceUID were named by position (series-, series-_2): with one
+    input moved away the other took the first's folder, a 'conflict', and --overwrite put its reconstruction over
+    the first's. Now each is named by the tail of its input_label."""
+    import pydicom
+
+    from medrecon.io.deidentify import input_label
+    root, out = tmp_path / "in", tmp_path / "out"
+    for name, seed in (("patient1", 1), ("patient2", 2)):
+        _series(root / name, seed, "anon")
+        for f in (root / name).iterdir():
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID = ""
+            ds.save_as(f)
+    deid = ["--set", "outputs.deidentify=true", "--quiet"]
+    assert _run(root, out, *deid) == 0
+    made = {r["input_path"]: r["output_path"] for r in _manifest(out)}
+    assert sorted(made.values()) == sorted(f"input-{label[-12:]}" for label in made)
+    shutil.move(root / "patient1", tmp_path / "patient1")
+    assert _run(root, out, *deid) == 0
+    assert [(r["status"], r["output_path"]) for r in _manifest(out)] == \
+        [("skipped", made[input_label(root / "patient2")])]
 
 
 def test_a_users_manifest_or_index_in_the_output_root_stops_the_batch(tmp_path, capsys):

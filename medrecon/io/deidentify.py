@@ -111,9 +111,9 @@ def scrub(text: str, path, within=()) -> str:
 
     The rule for a name on its own (not in a path: there it is always replaced), ``_identifying``: replaced unless
     it is a generic folder word (``GENERIC_NAMES``: DICOM, CT, series, images, ..., in any case, and the two-letter
-    words of English), a number of under 4 digits, or one character. So a patient's name, an MRN of 4 digits or more, and any name
-    with a digit, '^', '_', ',' or a space are replaced wherever they stand, while "a ct scan" and "1 DICOM file"
-    stay as they are for a folder named ct or DICOM."""
+    words of English), a number of under 4 digits, or one character. So a patient's name, an MRN of 4 digits or
+    more, and any name with a digit, '^', '_', ',' or a space are replaced wherever they stand, while "a ct scan"
+    and "1 DICOM file" stay as they are for a folder named ct or DICOM."""
     path = Path(path)
     label, key = input_label(path), deidentify_key()
     try:
@@ -128,8 +128,8 @@ def scrub(text: str, path, within=()) -> str:
         except ValueError:
             between[root] = ()
     forms = {f: ("INPUT_ROOT", [os.sep.join(parts[:k]) for k in range(len(parts), 0, -1)])
-             for r, parts in between.items() for f in _forms(Path(r))}
-    forms.update({f: (label, sorted(files, key=len, reverse=True)) for f in _forms(path)})
+             for r, parts in between.items() for f in path_forms(Path(r))}
+    forms.update({f: (label, sorted(files, key=len, reverse=True)) for f in path_forms(path)})
     for form in sorted(forms, key=len, reverse=True):
         # a longer path goes with it: a name known to follow taken whole (spaces and all), the rest up to a space;
         # a file of the input is said by its pseudonym
@@ -166,9 +166,9 @@ def _identifying(name: str) -> bool:
     return len(name) >= 2  # a surname as short as Li or Wu too
 
 
-def _forms(path: Path) -> set[str]:
+def path_forms(path: Path) -> set[str]:
     """The ways a message may write ``path``: as given (unless it is '.' or a bare name: ``scrub`` takes those as
-    names), absolute, resolved."""
+    names), absolute, resolved. Also what ``pipelines.tasks.named_only`` writes as the input's name."""
     forms = {os.path.abspath(path)}
     try:
         forms.add(str(path.resolve()))
@@ -186,7 +186,8 @@ def refuse_identifying_pixels(src: dict) -> None:
     if burned:
         raise InputError(f"the source series says {' and '.join(f'{k} YES' for k in burned)}: identifying text or "
                          "features are in its pixels, which de-identifying the tags cannot remove; remove them from "
-                         "the images first (or do not pass --deidentify)")
+                         "the images first (or leave out de-identification: convert without --deidentify, "
+                         "outputs.deidentify false)")
 
 
 def deidentified(src: dict) -> dict:

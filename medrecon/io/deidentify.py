@@ -245,8 +245,8 @@ def check_key(where, fingerprints) -> None:
     here = key_fingerprint(create=False)
     if here is None:
         raise InputError(f"{where} holds de-identified outputs, and the key they were made with is not at "
-                         f"{key_path()}: put that key there (or set MEDRECON_DEID_KEY to its text); a new key would "
-                         "give every series new names, or write into another output root")
+                         f"{key_path()}: put that key there or set MEDRECON_DEID_KEY to its text (a new key would "
+                         "give every series new names), or write into another output root")
     other = sorted(set(fingerprints) - {here, None, ""})
     if other:
         raise InputError(f"{where} holds outputs de-identified with another key (fingerprint {', '.join(other)}) "

@@ -48,7 +48,7 @@ from pathlib import Path
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, list_series
 from medrecon.io.atomic import os_reason, read_marker, remove_empty_folders
-from medrecon.io.deidentify import INPUT_LABEL, deidentified_uid, input_label, recorded_source, scrub
+from medrecon.io.deidentify import INPUT_LABEL, check_key, deidentified_uid, input_label, recorded_source, scrub
 
 from .config import load_config
 from .html_report import ASSETS, BATCH_PAGE_MARK, write_batch_index
@@ -179,7 +179,8 @@ ROOT_FILES = (MANIFEST, "index.html", ASSETS)
 def plan(input_root: Path, output_root: Path, found: list, known: dict[str, Path] | None = None,
          passed_over: list | None = None, deidentify: bool = False) -> list[Job]:
     """One job per DICOM series ``found`` under input_root (``list_series``), output folders mirrored under
-    output_root (``deidentify``: ``series-`` and the de-identified UID's tail, under the root). ``known``: series UID
+    output_root (``deidentify``: ``series-`` and the de-identified UID's tail, under the root; a series without a
+    UID: ``input-`` and its ``input_label``'s tail). ``known``: series UID
     (as the manifest records it) -> output folder of earlier runs, kept as they are. ``passed_over``, when given,
     gets (folder, why) of the series that are not jobs (``why_passed_over``)."""
     input_root, output_root = _absolute(input_root), _absolute(output_root)
@@ -194,8 +195,10 @@ def plan(input_root: Path, output_root: Path, found: list, known: dict[str, Path
                 passed_over.append((folder, why))
             continue
         out = known.get(recorded_uid(uid, deidentify))
-        if out is None and deidentify:  # nothing of the input's names, its tree or its description
-            rel, leaf, n = [], sanitize(f"series-{recorded_uid(uid, True)[-12:]}"), 1
+        if out is None and deidentify:  # nothing of the input's names, its tree or its description; a series
+            # without a UID by its folder's label (by position, moving one input away gave its folder to another)
+            rel, n = [], 1
+            leaf = f"series-{recorded_uid(uid, True)[-12:]}" if uid else f"input-{input_label(folder)[-12:]}"
         elif out is None:
             rel = [mirrored(p) for p in folder.relative_to(input_root).parts]
             if rel and rel[0].lower() in ROOT_FILES:
@@ -495,6 +498,9 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     deidentify = bool(cfg.outputs.deidentify)
     before = earlier_rows(output_root)
     check_deidentified_alike(output_root, before, deidentify)
+    if deidentify and before:  # before any key is made: a new one named every series anew
+        check_key(output_root, [(read_marker(output_root / r["output_path"]) or {}).get("key_fingerprint")
+                                for r in before if r.get("output_path")])
     jobs = plan(input_root, output_root, found, known_outputs(output_root, before), passed_over, deidentify)
     fingerprint = cfg.fingerprint()
     for j in jobs:

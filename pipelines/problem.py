@@ -37,6 +37,7 @@ from medrecon.device import resolve_device, resolve_precision
 from medrecon.errors import InputError
 from medrecon.io import read_volume
 from medrecon.io.common import check_voxels
+from medrecon.io.deidentify import input_label
 from medrecon.linop import LinearOperator, slices_apart, whitened
 from medrecon.metrics import per_axis_metrics
 from medrecon.priors import Denoiser, IntensityMap
@@ -128,6 +129,8 @@ class Problem:
             if series is not None:  # it was passed over without a word
                 raise InputError(f"{input} is a measurements file; --series applies to a folder of DICOM files")
             meas = Measurement.load(input)
+            if cfg.outputs.deidentify:  # its info names the folder it was simulated from (a patient's, often)
+                meas.info["source"] = input_label(input)
         else:
             if cfg.modality == "mri" and cfg.mri.retrospective:  # before the simulation, not after it
                 named = input.meta.get("source") if isinstance(input, Volume) else Path(input).name

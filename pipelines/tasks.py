@@ -18,8 +18,8 @@ from medrecon.device import reset_cuda_peak, resolve_device
 from medrecon.errors import InputError
 from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
 from medrecon.io.common import file_sha256, voxels_sha256
-from medrecon.io.deidentify import (RUN_RECORD_LEFT_OUT, check_deidentifiable, input_label, pseudonym,
-                                    recorded_source, scrub)
+from medrecon.io.deidentify import (RUN_RECORD_LEFT_OUT, check_deidentifiable, input_label, path_forms,
+                                    pseudonym, recorded_source, scrub)
 from medrecon.metrics import per_axis_metrics
 from medrecon.volume import Volume
 
@@ -192,8 +192,7 @@ def named_only(text: str, inp: Path) -> str:
     """``text`` with the input's path (as given, absolute or resolved) written as its name: report.json records
     names, not the folders above them (which may name the patient)."""
     name = Path(os.path.abspath(inp)).name  # "." names the folder it is
-    forms = {os.path.abspath(inp), str(inp.resolve())} | ({str(inp)} if inp.name not in ("", ".", "..") else set())
-    for form in sorted(forms, key=len, reverse=True):
+    for form in sorted(path_forms(inp), key=len, reverse=True):
         text = text.replace(form, name)
     return text
 

@@ -13,10 +13,11 @@ def write_test_series(folder, seed: int, description: str, size: int = 24, slice
 
 
 def write_named_series(folder, seed: int = 1, surname: str = "Zyxwaldo", given: str = "Quintessa",
-                       patient_id: str = "PID4711", damaged: str = "") -> list[str]:
+                       patient_id: str = "PID4711", damaged: str = "", topogram: bool = False) -> list[str]:
     """A series of a named patient (``write_test_series`` with the patient, study and institution tags of a real
     one, files named after the patient, one slice 0.05 mm off the grid so that the reader warns naming the folder;
-    ``damaged``: every file cut inside its "pixels" or its "header"). Returns what identifies it: the tag values,
+    ``damaged``: every file cut inside its "pixels" or its "header"; ``topogram``: a second, smaller series of the
+    patient beside it, described 'Topogram SURNAME GIVEN', which the reader passes over with a note). Returns what identifies it: the tag values,
     every source UID, the file-list and voxel hashes, the patient's names (which the folder and files carry too)."""
     import pydicom
 
@@ -40,6 +41,14 @@ def write_named_series(folder, seed: int = 1, surname: str = "Zyxwaldo", given: 
         ds.save_as(folder / f"{surname}_{given}_{k + 1:03d}.dcm")
         f.unlink()
     said += [list_series(folder)[0].files_sha256]
+    if topogram:
+        import shutil
+        write_test_series(folder.parent / "topogram.tmp", seed + 5, f"Topogram {surname} {given}", slices=2)
+        for k, f in enumerate(sorted((folder.parent / "topogram.tmp").iterdir())):
+            ds = pydicom.dcmread(f)
+            said += [str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), f"Topogram {surname}"]
+            ds.save_as(folder / f"{surname}_{given}_topo_{k + 1:03d}.dcm")
+        shutil.rmtree(folder.parent / "topogram.tmp")
     if damaged:
         for f in folder.iterdir():
             f.write_bytes(f.read_bytes()[:-600] if damaged == "pixels" else f.read_bytes()[:300])

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -318,6 +319,30 @@ def test_anonymised_series_without_uids_are_one_per_folder_and_finished_on_a_rer
         assert float(np.median(ref[ref > -500])) == pytest.approx(tissue[r["input_path"]], abs=1.0)
     assert sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("report.json")) == \
         sorted(r["output_path"] for r in rows)  # no second copies
+
+
+def test_deidentified_series_without_a_uid_keep_their_output_folders(tmp_path):
+    """De-identified, series without a SeriesInstanceUID were named by position (series-, series-_2): with one
+    input moved away the other took the first's folder, a 'conflict', and --overwrite put its reconstruction over
+    the first's. Now each is named by the tail of its input_label."""
+    import pydicom
+
+    from medrecon.io.deidentify import input_label
+    root, out = tmp_path / "in", tmp_path / "out"
+    for name, seed in (("patient1", 1), ("patient2", 2)):
+        _series(root / name, seed, "anon")
+        for f in (root / name).iterdir():
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID = ""
+            ds.save_as(f)
+    deid = ["--set", "outputs.deidentify=true", "--quiet"]
+    assert _run(root, out, *deid) == 0
+    made = {r["input_path"]: r["output_path"] for r in _manifest(out)}
+    assert sorted(made.values()) == sorted(f"input-{label[-12:]}" for label in made)
+    shutil.move(root / "patient1", tmp_path / "patient1")
+    assert _run(root, out, *deid) == 0
+    assert [(r["status"], r["output_path"]) for r in _manifest(out)] == \
+        [("skipped", made[input_label(root / "patient2")])]
 
 
 def test_a_users_manifest_or_index_in_the_output_root_stops_the_batch(tmp_path, capsys):
@@ -678,12 +703,13 @@ def test_a_series_failing_inside_its_output_folder_leaves_no_empty_folders(tree,
     assert not [p for p in out.rglob("*") if p.is_dir()]
 
 
-def test_a_deidentified_batch_holds_no_identifier_and_resumes(tmp_path):
+def test_a_deidentified_batch_holds_no_identifier_and_resumes(tmp_path, monkeypatch, capsys):
     """With outputs.deidentify the manifest, index.html, every series' report.json and marker, and the folder names
     kept what identifies the source: its UIDs, its folders' names (mirrored, and in input_path and the errors),
     its SeriesDescription (the output's name), its file names. Now the rows go by the de-identified UID and a keyed
     pseudonym of the input folder, the outputs by the de-identified UID; a rerun skips what is done; a batch
-    without de-identification into the same root (or the other way round) is refused."""
+    without de-identification into the same root (or the other way round) is refused, and so is one with another
+    key or none (it made a new key and redid every series under new names)."""
     root, out = tmp_path / "in", tmp_path / "out"
     said = write_named_series(root / "Zyxwaldo_Quintessa_PID4711" / "CT_20240229", seed=1)
     said += write_named_series(root / "Oakenshield_Tamsin_PID0815", seed=2, surname="Oakenshield", given="Tamsin",
@@ -691,6 +717,7 @@ def test_a_deidentified_batch_holds_no_identifier_and_resumes(tmp_path):
     said += write_named_series(root / "Quimby_Ferdinand_PID2323", seed=3, surname="Quimby", given="Ferdinand",
                                patient_id="PID2323", damaged="header")
     deid = ["--set", "outputs.deidentify=true", "--quiet"]
+    config = os.environ["XDG_CONFIG_HOME"]
     assert _run(root, out, *deid) == 1  # the damaged series fail: one read, one not even listed
     assert leaked(out, said) == []
     rows = sorted(_manifest(out), key=lambda r: r["status"])
@@ -702,5 +729,16 @@ def test_a_deidentified_batch_holds_no_identifier_and_resumes(tmp_path):
     assert _run(root, out, *deid) == 1
     assert sorted(r["status"] for r in _manifest(out)) == ["failed", "failed", "skipped"] and leaked(out, said) == []
     assert _run(root, out, "--quiet") == 2 and leaked(out, said) == []  # not de-identified: refused there
+    # another key, or none: a new key was made and every series reconstructed again under new names (7 rows)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "elsewhere"))
+    assert _run(root, out, *deid) == 2 and len(_manifest(out)) == 3
+    assert not (tmp_path / "elsewhere").exists()  # no key made
+    err = capsys.readouterr().err
+    assert "the key they were made with is not at" in err and str(tmp_path / "elsewhere") in err
+    monkeypatch.setenv("MEDRECON_DEID_KEY", "another site's secret, long enough")
+    assert _run(root, out, *deid) == 2 and len(_manifest(out)) == 3
+    assert "de-identified with another key" in capsys.readouterr().err
+    monkeypatch.delenv("MEDRECON_DEID_KEY")
+    monkeypatch.setenv("XDG_CONFIG_HOME", config)
     assert _run(root, tmp_path / "plain", "--quiet") == 1
     assert _run(root, tmp_path / "plain", *deid) == 2

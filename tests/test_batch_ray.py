@@ -291,7 +291,7 @@ def test_a_worker_packed_onto_a_shared_gpu_caps_its_cuda_memory_at_its_share(mon
 def test_a_worker_whose_de_identification_key_is_not_the_drivers_fails_its_series(tmp_path, monkeypatch):
     """Each Ray node made its own key at first use, silently: one patient got one pseudonym per node. A worker
     now checks the driver's key's fingerprint and refuses a series without making a key of its own."""
-    from medrecon.io.dicom_write import key_fingerprint
+    from medrecon.io.deidentify import key_fingerprint
     from pipelines.batching import Job
 
     monkeypatch.setenv("MEDRECON_DEID_KEY", "the driver's own secret passphrase")

@@ -472,12 +472,13 @@ def test_a_deidentified_reconstruction_holds_no_identifier_in_any_file(tmp_path,
     from dicom_trees import leaked, write_named_series
 
     src = tmp_path / "lab" / "Zyxwaldo_Quintessa_PID4711"
-    said = write_named_series(src)
+    said = write_named_series(src, topogram=True)  # a second series: the note on it listed UIDs and descriptions
     out = tmp_path / "out"
     args = ["reconstruct", "-c", "sparse_view_ct_8", "-i", src, "-o", out, "--quiet", "--set", "solver.name=fbp",
             "--set", "outputs.deidentify=true"]
     code, _, err = run(capsys, *args)
     assert code == 0, err
+    assert any("holds 2 series" in w for w in json.loads((out / "report.json").read_text())["input_warnings"])
     today = __import__("datetime").date.today()
     assert leaked(out, said + [today.isoformat(), today.strftime("%Y%m%d")]) == []
     report = json.loads((out / "report.json").read_text())
@@ -489,6 +490,17 @@ def test_a_deidentified_reconstruction_holds_no_identifier_in_any_file(tmp_path,
     code, _, err = run(capsys, *args)
     assert code == 2 and "already exists" in err
     assert run(capsys, *args, "--overwrite")[0] == 0 and leaked(out, said) == []
+    # a measurements file simulated without de-identification names the folder it was made from (its info's
+    # source), which report.json's warnings said ('... (simulated from Zyxwaldo_Quintessa_PID4711): ...')
+    sim = tmp_path / "sim"
+    code, _, err = run(capsys, "simulate", "-c", "sparse_view_ct_8", "-i", src, "-o", sim)
+    assert code == 0, err
+    code, _, err = run(capsys, *args[:4], sim / "measurements.npz", "-o", tmp_path / "m", *args[7:],
+                       "--set", "ct.n_views=9")  # against the file's 8 views: a warning naming the file
+    assert code == 0, err
+    assert leaked(tmp_path / "m", said) == []
+    assert any(w.startswith("input-") for w in json.loads((tmp_path / "m" / "report.json").read_text())[
+        "input_warnings"])
     for f in src.iterdir():  # identifying text in the pixels: refused whatever the output formats
         ds = pydicom.dcmread(f)
         ds.BurnedInAnnotation = "YES"

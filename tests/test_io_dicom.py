@@ -1034,6 +1034,39 @@ def test_deidentified_uids_need_this_sites_key_and_burned_in_text_is_refused(tmp
     assert pydicom.dcmread(next(write_dicom_series(burned, tmp_path / "e").iterdir())).BurnedInAnnotation == "YES"
 
 
+def test_threads_making_the_key_at_once_all_get_the_one_key_written(tmp_path, monkeypatch):
+    """deidentify_key wrote its key to '.deidentify.key.<pid>', one name for every thread of a process (and for
+    containers with the same PID), opened with O_TRUNC: threads making it at once truncated each other's file, read
+    empty or half-written keys, or linked one key and used another (the reviewer's 200 trials x 6 threads: 335
+    errors, 30 empty keys, 109 keys that were not the file's). Now each writes a temporary file of its own
+    (mkstemp, 0600) and links it only where no key is, and all read the one that won."""
+    import os
+    import threading
+
+    from medrecon.io.deidentify import deidentify_key
+
+    monkeypatch.delenv("MEDRECON_DEID_KEY", raising=False)
+    for trial in range(25):
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / str(trial)))
+        start, got = threading.Barrier(6), []
+
+        def make():
+            start.wait()
+            try:
+                got.append(deidentify_key())
+            except Exception as e:  # noqa: BLE001 (what a thread met is the result)
+                got.append(repr(e))
+        threads = [threading.Thread(target=make) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        folder = tmp_path / str(trial) / "medrecon"
+        assert got == [deidentify_key()] * 6 and len(got[0]) == 32
+        assert os.listdir(folder) == ["deidentify.key"]  # no temporary file left
+        assert oct((folder / "deidentify.key").stat().st_mode & 0o777) == "0o600"
+
+
 def test_values_a_fifth_of_a_step_off_the_sources_scale_are_not_taken_for_on_it():
     """on_lattice used allclose's relative tolerance: at 20000 steps of 2.5, 50000.375 (0.15 of a step off) passed
     as on the steps and was rounded. float32 data that are on it, however large, still pass."""
@@ -1175,6 +1208,24 @@ def test_scrub_replaces_the_input_its_files_and_names_and_nothing_else(tmp_path,
     assert text == (f"{label}/{pseudonym}: bad; {label}; {label} and {label}; INPUT_ROOT; INPUT_ROOT: 1 damaged "
                     f"file; {label}") and pseudonym.startswith("file-")
     assert scrub(f"{here}-2 and {here}2: 1 file", folder) == f"{here}-2 and {here}2: 1 file"  # not the input
+    # a name on its own: a patient's or an MRN (4 digits or more) replaced, a generic folder word or a count kept
+    # ('none of its 1 input-... file(s)' for a folder named DICOM; 'a input-... scan' for one named ct)
+    for name in ("Zed^Zoe_77777777/DICOM", "ct", "Smith/12345", "Smith/1234/CT"):
+        (Path("tree") / name).mkdir(parents=True)
+    said = "none of its 1 DICOM file(s) can be read; a ct scan of Smith, MRN 12345 (12 files) in 1234"
+    for name, expected in [("Zed^Zoe_77777777/DICOM", said), ("ct", said),
+                           ("Smith/12345", said.replace("Smith", "L").replace("12345", "L")),
+                           ("Smith/1234/CT", said.replace("Smith", "L")[:-4] + "L")]:
+        inp = Path("tree") / name
+        assert scrub(said, inp, within=[Path("tree")]) == expected.replace("L", input_label(inp)), name
+    (Path("tree") / "Li").mkdir()
+    assert scrub("Li of 1 series", Path("tree") / "Li") == f"{input_label(Path('tree') / 'Li')} of 1 series"
+    assert scrub("Zed^Zoe_77777777 said", Path("tree") / "Zed^Zoe_77777777" / "DICOM", within=[Path("tree")]) == \
+        f"{input_label(Path('tree') / 'Zed^Zoe_77777777' / 'DICOM')} said"
+    # a UID (another series' in a note on the folder) by its de-identified UID; numbers and versions stay
+    from medrecon.io.deidentify import deidentified_uid
+    assert scrub("series 1.2.840.10008.99 (2 files); 0.05 mm, 3.11.4.", folder) == \
+        f"series {deidentified_uid('1.2.840.10008.99')} (2 files); 0.05 mm, 3.11.4."
 
 
 def test_native_stderr_in_two_threads_saves_and_restores_fd2_once(capfd):

@@ -30,11 +30,13 @@ def file_sha256(path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def warn(warnings: list, message: str) -> None:
-    """Log a warning and keep it (once) with the volume (``Volume.meta['warnings']``) for reports."""
+def warn(warnings: list, message: str, recorded: str | None = None) -> None:
+    """Log a warning and keep it (once) with the volume (``Volume.meta['warnings']``) for reports; ``recorded``:
+    the form reports keep, where it differs from what the console is told."""
     log.warning(message)
-    if message not in warnings:
-        warnings.append(message)
+    recorded = message if recorded is None else recorded
+    if recorded not in warnings:
+        warnings.append(recorded)
 
 
 def available_memory() -> int | None:

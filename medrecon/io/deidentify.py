@@ -35,6 +35,7 @@ import hmac
 import os
 import re
 import secrets
+import tempfile
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -55,6 +56,9 @@ DEID_METHOD = "DICOM PS3.15 Basic Application Level Confidentiality Profile"  # 
 RUN_RECORD_LEFT_OUT = ("created", "output")
 #: what ``input_label`` gives: how a batch manifest's rows say that they are de-identified
 INPUT_LABEL = re.compile(r"input-[0-9a-f]{16}")
+#: a DICOM UID in a message (PS3.5 9.1: numeric components joined by dots; four or more here, so that a number or
+#: a version is not one), which ``scrub`` replaces by its ``deidentified_uid``
+UID_TOKEN = re.compile(r"(?<![\w.])[0-9]+(?:\.[0-9]+){3,}(?![\w]|\.[0-9])")
 
 
 def check_deidentifiable(tags: dict | None) -> None:
@@ -79,13 +83,15 @@ def deidentified_uid(uid: str, key: bytes | None = None) -> str:
 def recorded_source(series_uid: str | None, files_sha256: str | None, deidentify: bool) -> dict:
     """What a run's marker and report.json record of its source series (empty values left out): its
     SeriesInstanceUID and file-list hash; de-identified, the UID as the derived series references it, the hash
-    keyed, and ``deidentified: True``, which tells a reader (``pipelines.batching.output_state``) to put the series
-    it compares in this form."""
+    keyed, ``deidentified: True``, which tells a reader (``pipelines.batching.output_state``) to put the series
+    it compares in this form, and the ``key_fingerprint`` (which identifies nobody): a batch refuses an output root
+    made with another key (``check_key``)."""
     if not deidentify:
         return {k: v for k, v in (("series_uid", series_uid), ("files_sha256", files_sha256)) if v}
     key = deidentify_key()
     return {**({"series_uid": _deidentified_uid(key, series_uid)} if series_uid else {}),
-            **({"files_sha256": _keyed_digest(key, files_sha256)} if files_sha256 else {}), "deidentified": True}
+            **({"files_sha256": _keyed_digest(key, files_sha256)} if files_sha256 else {}), "deidentified": True,
+            "key_fingerprint": _fingerprint(key)}
 
 
 def input_label(path) -> str:
@@ -100,7 +106,14 @@ def scrub(text: str, path, within=()) -> str:
     """``text`` (a warning, an error message) with what names the input ``path`` replaced: the path as given, absolute
     or resolved, with whatever follows it in a longer path (a file in it), by its ``input_label``; the folders
     ``within`` (a batch's input root) so too, by 'INPUT_ROOT'; on its own, the name of the input and of each folder
-    between it and a root by the label, and the name of each file in it by ``file-`` and 8 hex digits (keyed)."""
+    between it and a root by the label, and the name of each file in it by ``file-`` and 8 hex digits (keyed); every
+    UID (``UID_TOKEN``: another series' in a note on the folder, say) by its ``deidentified_uid``.
+
+    The rule for a name on its own (not in a path: there it is always replaced), ``_identifying``: replaced unless
+    it is a generic folder word (``GENERIC_NAMES``: DICOM, CT, series, images, ..., in any case, and the two-letter
+    words of English), a number of under 4 digits, or one character. So a patient's name, an MRN of 4 digits or
+    more, and any name with a digit, '^', '_', ',' or a space are replaced wherever they stand, while "a ct scan"
+    and "1 DICOM file" stay as they are for a folder named ct or DICOM."""
     path = Path(path)
     label, key = input_label(path), deidentify_key()
     try:
@@ -115,8 +128,8 @@ def scrub(text: str, path, within=()) -> str:
         except ValueError:
             between[root] = ()
     forms = {f: ("INPUT_ROOT", [os.sep.join(parts[:k]) for k in range(len(parts), 0, -1)])
-             for r, parts in between.items() for f in _forms(Path(r))}
-    forms.update({f: (label, sorted(files, key=len, reverse=True)) for f in _forms(path)})
+             for r, parts in between.items() for f in path_forms(Path(r))}
+    forms.update({f: (label, sorted(files, key=len, reverse=True)) for f in path_forms(path)})
     for form in sorted(forms, key=len, reverse=True):
         # a longer path goes with it: a name known to follow taken whole (spaces and all), the rest up to a space;
         # a file of the input is said by its pseudonym
@@ -126,16 +139,36 @@ def scrub(text: str, path, within=()) -> str:
             "/" + file_names[m["tail"]] if s == label and m["tail"] in file_names else ""), text)
     names = {path.name: label, **{part: label for parts in between.values() for part in parts}}
     names.update({f: said for f, said in file_names.items() if f not in names})
-    names = {n: s for n, s in names.items() if n not in ("", ".", "..") and not (n.isdigit() and len(n) < 6)}
+    names = {n: s for n, s in names.items() if _identifying(n)}
     if names:
         alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
         text = re.sub(rf"(?<![\w.-])(?:{alternatives})(?![\w.-])", lambda m: names[m[0]], text)
-    return text
+    return UID_TOKEN.sub(lambda m: _deidentified_uid(key, m[0]), text)
 
 
-def _forms(path: Path) -> set[str]:
+#: folder names that name no one, which ``scrub`` leaves alone where they stand on their own in a message
+GENERIC_NAMES = frozenset("""dicom dicomdir dcm ct mr mri pet spect us cr dx xa nm ot series study studies image images
+    data scan scans file files input inputs output outputs raw export exports import sorted unsorted new old tmp temp
+    patient patients subject subjects case cases exam exams head chest abdomen pelvis brain neck spine body knee
+    axial coronal sagittal localizer scout topogram recon original derived primary secondary
+    a an as at be by do if in is it no of on or so to up""".split())  # and the two-letter words of messages
+
+
+def _identifying(name: str) -> bool:
+    """Whether ``scrub`` replaces ``name`` (of the input, a folder above it or a file in it) where it stands on its
+    own in a message (the rule in ``scrub``'s docstring)."""
+    if name in ("", ".", ".."):
+        return False
+    if name.isdigit():
+        return len(name) >= 4  # an MRN, a date; not a count (e.g. a file named 1)
+    if name.casefold() in GENERIC_NAMES:
+        return False
+    return len(name) >= 2  # a surname as short as Li or Wu too
+
+
+def path_forms(path: Path) -> set[str]:
     """The ways a message may write ``path``: as given (unless it is '.' or a bare name: ``scrub`` takes those as
-    names), absolute, resolved."""
+    names), absolute, resolved. Also what ``pipelines.tasks.named_only`` writes as the input's name."""
     forms = {os.path.abspath(path)}
     try:
         forms.add(str(path.resolve()))
@@ -153,7 +186,8 @@ def refuse_identifying_pixels(src: dict) -> None:
     if burned:
         raise InputError(f"the source series says {' and '.join(f'{k} YES' for k in burned)}: identifying text or "
                          "features are in its pixels, which de-identifying the tags cannot remove; remove them from "
-                         "the images first (or do not pass --deidentify)")
+                         "the images first (or leave out de-identification: convert without --deidentify, "
+                         "outputs.deidentify false)")
 
 
 def deidentified(src: dict) -> dict:
@@ -189,9 +223,34 @@ def key_fingerprint(create: bool = True) -> str | None:
     """A short digest telling de-identification keys apart without showing them (None: no key here and ``create``
     False): every machine of a distributed batch must hold the driver's."""
     try:
-        return _keyed_digest(deidentify_key(create), "medrecon-key-check")[:16]
+        return _fingerprint(deidentify_key(create))
     except FileNotFoundError:
         return None
+
+
+def _fingerprint(key: bytes) -> str:
+    return _keyed_digest(key, "medrecon-key-check")[:16]
+
+
+def key_source() -> str:
+    """Where the key comes from, as errors name it: $MEDRECON_DEID_KEY or the key file (``key_path``)."""
+    return "MEDRECON_DEID_KEY" if os.environ.get("MEDRECON_DEID_KEY") else str(key_path())
+
+
+def check_key(where, fingerprints) -> None:
+    """Refuse to add to de-identified outputs (``where``: an output root whose rows are de-identified) with another
+    key than theirs (``fingerprints``: those their markers record; outputs of earlier versions record none): a new
+    or other key names every series anew, so a rerun redid them all beside the old ones. With no key here, none is
+    made: the error says where the outputs' key must be."""
+    here = key_fingerprint(create=False)
+    if here is None:
+        raise InputError(f"{where} holds de-identified outputs, and the key they were made with is not at "
+                         f"{key_path()}: put that key there or set MEDRECON_DEID_KEY to its text (a new key would "
+                         "give every series new names), or write into another output root")
+    other = sorted(set(fingerprints) - {here, None, ""})
+    if other:
+        raise InputError(f"{where} holds outputs de-identified with another key (fingerprint {', '.join(other)}) "
+                         f"than {key_source()} (fingerprint {here}): use that key, or write into another output root")
 
 
 def deidentify_key(create: bool = True) -> bytes:
@@ -205,22 +264,23 @@ def deidentify_key(create: bool = True) -> bytes:
         if len(key) < 16:
             raise InputError("MEDRECON_DEID_KEY: give the key file's text or a passphrase of at least 16 characters")
         return key
-    path = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "medrecon" / "deidentify.key"
+    path = key_path()
     if not path.exists() and not create:
         raise FileNotFoundError(path)
     if not path.exists():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_bytes(32).hex() + "\n")
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600, a name of its own
             try:
-                os.link(tmp, path)  # whole or not at all: a reader never sees a half-written key; the first wins
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_bytes(32).hex() + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, path)  # whole or not at all, never over a key made meanwhile: the first one wins
             except FileExistsError:
-                pass
+                pass  # another thread or process made it first: its key is read below
             finally:
-                tmp.unlink(missing_ok=True)
+                os.unlink(tmp)
         except OSError as e:
             raise InputError(f"cannot create the de-identification key {path} ({os_reason(e)}); set "
                              "MEDRECON_DEID_KEY to a secret of your own") from None
@@ -233,6 +293,12 @@ def deidentify_key(create: bool = True) -> bytes:
         raise InputError(f"{path}: the de-identification key is {len(key)} bytes, too short to be secret; remove the "
                          "file (a new key gives new UIDs) or set MEDRECON_DEID_KEY")
     return key
+
+
+def key_path() -> Path:
+    """Where this site's de-identification key file is (``deidentify_key``): $XDG_CONFIG_HOME/medrecon/deidentify.key,
+    by default ~/.config/medrecon/deidentify.key."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "medrecon" / "deidentify.key"
 
 
 def _key_bytes(text: str) -> bytes:

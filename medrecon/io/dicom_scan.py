@@ -130,12 +130,18 @@ def tied(all_series: list[SeriesInfo]) -> bool:
     return len(volumes) > 1 and volumes[0].n_files == volumes[1].n_files
 
 
+def series_listing(all_series: list[SeriesInfo], descriptions: bool = True) -> str:
+    """The series of a folder as notes and errors list them: UID, files, modality and (``descriptions``) the
+    SeriesDescription, which a recorded warning leaves out (it may name the patient: 'Topogram Doe Jane')."""
+    return "; ".join(f"{s.uid} ({s.n_files} files, {s.modality}" + (f" '{s.description}'" if descriptions else "")
+                     + (f", {s.not_a_volume}" if s.not_a_volume else "") + ")" for s in all_series)
+
+
 def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple[SeriesInfo, str | None]:
     """The series with SeriesInstanceUID ``uid``, or by default the largest of those that may be volumes (not
     scouts, screenshots, ...: ``not_a_volume``, as the batch passes them over); also a note for the user when
     others were passed over. Ties and unknown UIDs are errors listing the choices."""
-    listing = "; ".join(f"{s.uid} ({s.n_files} files, {s.modality} '{s.description}'"
-                        + (f", {s.not_a_volume}" if s.not_a_volume else "") + ")" for s in all_series)
+    listing = series_listing(all_series)
     if uid is not None:
         chosen = [s for s in all_series if s.uid == uid]
         if not chosen:

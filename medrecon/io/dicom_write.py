@@ -14,12 +14,8 @@
 * Per slice: ImagePositionPatient, InstanceNumber, SliceLocation; for all: ImageOrientationPatient,
   PixelSpacing, SliceThickness (the source's, else the slice spacing; MR also SpacingBetweenSlices),
   FrameOfReferenceUID, WindowCenter/WindowWidth (the source's; else soft tissue for CT, the 1st-99th percentile otherwise).
-* ``deidentify=True``: DICOM PS3.15 Basic Application Level Confidentiality Profile for the attributes
-  copied: patient and study identifiers and dates emptied or removed (PatientID replaced by a keyed pseudonym),
-  study and frame-of-reference UIDs and the referenced source series and instance UIDs replaced by UIDs derived
-  from them with a secret key of this site (``deidentify_key``: the same source gives the same new UID here),
-  PatientIdentityRemoved YES; a source whose pixels carry identifying text (BurnedInAnnotation YES) is refused
-  (``medrecon.io.deidentify``, the one home of what de-identification removes, here and in every other output).
+* ``deidentify=True``: the DICOM PS3.15 basic profile for the attributes copied, and a source with identifying
+  pixels refused (``medrecon.io.deidentify``, the one home of what de-identification removes and how).
 * References to the source series when it was DICOM (``source_meta['SourceImages']``, from ``dicom_read``):
   ReferencedSeriesSequence (Common Instance Reference module: the source series and all its instances) in
   every slice, and per slice a SourceImageSequence naming the source slice nearest along the normal.
@@ -44,8 +40,7 @@ from ..errors import InputError
 from ..volume import Volume
 from .atomic import atomic_path, shown_path
 from .common import check_voxels
-from .deidentify import (DEID_EMPTY, DEID_METHOD, DEID_REMOVE, DEID_UIDS, deidentified, deidentify_key,  # noqa: F401
-                         key_fingerprint, mark_deidentified, refuse_identifying_pixels)  # (re-exported)
+from .deidentify import deidentified, mark_deidentified
 from .dicom_scan import MANUFACTURER, PIXEL_FLAGS
 
 SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}

@@ -29,7 +29,7 @@ def parse_seeds(text: str) -> list[int]:
 @app.command()
 def phantom(
     output: Path = typer.Argument(..., help="Folder to write one NIfTI per seed into."),
-    modality: Modality = typer.Option(Modality.ct, "--modality"),
+    modality: Modality = typer.Option(Modality.ct, "--modality", case_sensitive=False),
     seeds: str = typer.Option("1000", "--seeds", help="Seeds: 0-199 (training range 0-999, held out 1000-1099)."),
     shape: str = typer.Option("32,64,64", "--shape", help="Z,Y,X voxels."),
     slice_thickness: float = typer.Option(None, "--slice-thickness", help="mm (default: the phantom's own)."),

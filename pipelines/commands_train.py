@@ -153,7 +153,7 @@ def train(
     output: Path = typer.Option(..., "--output", "-o", help="Prior folder to write (model card, weights, logs)."),
     arch: Arch = typer.Option(Arch.unet, "--arch", help="unet: whole slices at --image-size; patch: position-aware "
                               "patches (PaDIS), usable on slices of any size."),
-    modality: Modality = typer.Option(Modality.ct, "--modality", help="ct: HU window; mri: per-volume normalisation."),
+    modality: Modality = typer.Option(Modality.ct, "--modality", case_sensitive=False, help="ct: HU window; mri: per-volume normalisation."),
     image_size: int = typer.Option(64, "--image-size", min=1, help="unet: training slice size (square, divisible by "
                                    "2^(levels-1))."),
     patch_sizes: str = typer.Option("16,32,64", "--patch-sizes", help="patch: training patch sizes, comma separated "

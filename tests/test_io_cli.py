@@ -318,6 +318,20 @@ def test_numbers_that_are_not_finite_are_refused_by_every_command_naming_the_opt
     assert code == 2 and named in err and "Traceback" not in err and not (tmp_path / "out").exists(), err
 
 
+def test_modality_choices_on_the_command_line_are_in_any_case(tmp_path, capsys):
+    """`--modality MRI` / `CT` were refused ("'CT' is not one of 'ct', 'mri'") while a config or a measurements
+    file took any case; --help still lists the choices."""
+    assert run(capsys, "phantom", tmp_path / "mr", "--modality", "MRI", "--shape", "4,16,16", "--seeds", "0")[0] == 0
+    assert [p.name for p in (tmp_path / "mr").iterdir()] == ["mri_seed0000.nii.gz"]
+    code, _, err = run(capsys, "train", "-o", tmp_path / "out", "--modality", "CT", "--data", tmp_path / "nowhere")
+    assert code == 2 and "no such file or folder" in err and "--modality" not in err, err
+    code, _, err = run(capsys, "train", "-o", tmp_path / "out", "--modality", "PET")
+    assert code == 2 and "'PET' is not one of 'ct', 'mri'" in err, err
+    for command in ("train", "phantom"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0 and "--modality <ct|mri>" in out, out
+
+
 def test_every_command_checks_its_numbers():
     """Every command, of the sub-apps too (`data`, `pacs`), is a FiniteCommand (pipelines.app.check_finite)."""
     import typer

@@ -318,6 +318,17 @@ def test_numbers_that_are_not_finite_are_refused_by_every_command_naming_the_opt
     assert code == 2 and named in err and "Traceback" not in err and not (tmp_path / "out").exists(), err
 
 
+@pytest.mark.parametrize("option, value", [("--lr", "nan"), ("--heldout-fraction", "inf"), ("--time-limit", "NaN")])
+def test_not_finite_numbers_for_options_with_a_range_get_the_shared_line(tmp_path, capsys, option, value):
+    """The range of `--lr` (min=0) refused `nan` at parse time, before check_finite, in its own words ("Input
+    should be greater than or equal to 0"); now the one line every number option gives. Out of range is the range's."""
+    code, _, err = run(capsys, "train", "-o", tmp_path / "out", option, value)
+    assert code == 2 and f"{option} {float(value):g}: give finite numbers" in err and "Input should" not in err, err
+    code, _, err = run(capsys, "train", "-o", tmp_path / "out", option, "-1")
+    assert code == 2 and f"Invalid value for '{option}'" in err and "greater than or equal to 0" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_modality_choices_on_the_command_line_are_in_any_case(tmp_path, capsys):
     """`--modality MRI` / `CT` were refused ("'CT' is not one of 'ct', 'mri'") while a config or a measurements
     file took any case; --help still lists the choices."""

@@ -45,7 +45,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from medrecon.errors import InputError
+from medrecon.errors import InputError, recorded_error
 from medrecon.io import atomic_path, list_series
 from medrecon.io.atomic import os_reason, read_marker, remove_empty_folders
 from medrecon.io.deidentify import INPUT_LABEL, check_key, deidentified_uid, input_label, recorded_source, scrub
@@ -405,7 +405,7 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
         if skipped:  # read without them: a finished row says so (the damaged file may be a slice)
             error = job.said(f"read without {len(skipped)} damaged file(s): {'; '.join(skipped)}")
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
-        status, error = "failed", job.said(f"{type(e).__name__}: {e}")
+        status, error = "failed", job.said(recorded_error(e))
     finally:  # failed, or interrupted (Ctrl-C, SIGTERM): the folders made for its output go (a finished one stays)
         _prune_empty(job.output, job.output_root)
     return job.row(status, f"{time.perf_counter() - t0:.2f}", error)

@@ -152,6 +152,13 @@ class Runner:
         return row
 
 
+def hit_line(h) -> str:
+    """A series found on the PACS as `pacs find` and `pacs run --dry-run` list it: UID, modality, images, study date,
+    description, and for one that is no volume (an RT structure set, a report) that `run` passes it over."""
+    return (f"{h.series_uid}  {h.modality:3s} {h.n_instances or '?':>4} images  {h.study_date}  {h.description}"
+            + (f"  (passed over: {no_volume_reason(h.not_a_volume)})" if h.not_a_volume else ""))
+
+
 def pacs_batch(settings: PacsSettings, query: Query, output_root, config, overrides=(), send: bool = True,
                overwrite: bool = False, dry_run: bool = False, progress: bool = False, echo=print) -> BatchResult:
     """Find the series matching ``query`` on the PACS, retrieve, reconstruct and store each (see the module)."""
@@ -169,8 +176,7 @@ def pacs_batch(settings: PacsSettings, query: Query, output_root, config, overri
                          "they are not retrieved)")
     if dry_run:
         for h in hits:
-            echo(f"{h.series_uid}  {h.modality:3s} {h.n_instances or '?':>4} images  {h.study_date}  {h.description}"
-                 + (f"  (passed over: {no_volume_reason(h.not_a_volume)})" if h.not_a_volume else ""))
+            echo(hit_line(h))
         return BatchResult(Path(output_root) / "manifest.csv", [])
     if settings.retrieve == "move" and settings.store_port is None:
         raise InputError("C-MOVE needs medrecon's storage SCP: give --store-port (the port the PACS knows for "

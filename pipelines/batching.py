@@ -45,7 +45,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from medrecon.errors import InputError
+from medrecon.errors import InputError, recorded_error
 from medrecon.io import atomic_path, list_series
 from medrecon.io.atomic import os_reason, read_marker, remove_empty_folders
 from medrecon.io.deidentify import INPUT_LABEL, check_key, deidentified_uid, input_label, recorded_source, scrub
@@ -229,7 +229,17 @@ def why_passed_over(info) -> str:
 def no_volume_reason(what: str) -> str:
     """A series that is no volume, as a batch and ``pacs run``/``listen`` say why they pass it over: ``what`` it is
     (``SeriesInfo.not_a_volume``, ``medrecon.io.dicom_scan.modality_not_a_volume``), "" where it is a volume."""
-    return f"{what}, not a volume to reconstruct" if what else ""
+    return f"{what}, {NOT_A_VOLUME}" if what else ""
+
+
+#: the tail of ``no_volume_reason``: how a row passed over as no volume is told from one skipped as finished
+NOT_A_VOLUME = "not a volume to reconstruct"
+
+
+def passed_over(row: dict) -> bool:
+    """Whether a manifest row is of a series passed over as no volume (``pacs run``/``listen``'s structure sets,
+    reports, scouts: ``skipped`` with ``no_volume_reason``), not of one skipped as finished."""
+    return row.get("status") == "skipped" and (row.get("error") or "").endswith(f", {NOT_A_VOLUME}")
 
 
 def is_reconstruction(info) -> bool:
@@ -405,7 +415,7 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
         if skipped:  # read without them: a finished row says so (the damaged file may be a slice)
             error = job.said(f"read without {len(skipped)} damaged file(s): {'; '.join(skipped)}")
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
-        status, error = "failed", job.said(f"{type(e).__name__}: {e}")
+        status, error = "failed", job.said(recorded_error(e))
     finally:  # failed, or interrupted (Ctrl-C, SIGTERM): the folders made for its output go (a finished one stays)
         _prune_empty(job.output, job.output_root)
     return job.row(status, f"{time.perf_counter() - t0:.2f}", error)
@@ -442,11 +452,18 @@ class BatchResult:
         """Series left as they were: their output was made from other files or with another config."""
         return sum(r["status"] == "conflict" for r in self.rows)
 
+    @property
+    def passed_over(self) -> int:
+        """Series passed over as no volume (``passed_over``: a structure set or report that ``pacs run`` found)."""
+        return sum(map(passed_over, self.rows))
+
     def summary(self) -> str:
-        """'N ok, N failed[, N conflicts]' of this run's rows."""
-        ok = len(self.rows) - self.failed - self.conflicts
-        return f"{ok} ok, {self.failed} failed" + (f", {self.conflicts} conflicts (--overwrite redoes them)"
-                                                   if self.conflicts else "")
+        """'N ok[, N passed over (not a volume)], N failed[, N conflicts]' of this run's rows (``batch``, ``pacs
+        run`` and ``listen`` alike)."""
+        ok = len(self.rows) - self.failed - self.conflicts - self.passed_over
+        return (f"{ok} ok" + (f", {self.passed_over} passed over (not a volume)" if self.passed_over else "")
+                + f", {self.failed} failed" + (f", {self.conflicts} conflicts (--overwrite redoes them)"
+                                               if self.conflicts else ""))
 
 
 def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, overwrite: bool = False,

@@ -73,12 +73,14 @@ def find(pacs: Optional[Path] = PACS_FILE, host: Optional[str] = HOST, port: Opt
          aet: Optional[str] = AET, calling_aet: Optional[str] = CALLING, timeout: Optional[float] = TIMEOUT,
          patient_id: str = PATIENT, date: str = DATE, modality: str = MODALITY, description: str = DESCRIPTION,
          study_uid: str = STUDY, series_uid: str = SERIES):
-    """C-FIND: list the matching series (UID, modality, images, study date, description; no patient data)."""
+    """C-FIND: list the matching series (UID, modality, images, study date, description; no patient data); one that
+    is no volume (an RT structure set, a report) is marked as `pacs run` passes it over."""
     from .pacs import find_series
+    from .pacs_batch import hit_line
     s = _settings(pacs, host, port, aet, calling_aet, None, None, None, timeout)
     hits = find_series(s, _query(patient_id, date, modality, description, study_uid, series_uid))
     for h in hits:
-        typer.echo(f"{h.series_uid}  {h.modality:3s} {h.n_instances or '?':>4} images  {h.study_date}  {h.description}")
+        typer.echo(hit_line(h))
     typer.echo(f"{len(hits)} series on {s.peer()}")
 
 

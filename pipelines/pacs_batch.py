@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from medrecon.errors import InputError
+from medrecon.errors import InputError, recorded_error
 from medrecon.io import list_series
 from medrecon.io.atomic import mark_as_written
 from medrecon.io.dicom_scan import modality_not_a_volume, read_header
@@ -86,7 +86,7 @@ class Runner:
                 n = retrieve_series(self.settings, hit, src, self.inbox)  # merged: the output is then redone
                 self.echo(f"        received {n} instances of {uid} (the PACS holds more than were received)")
             except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
-                row["status"], row["error"] = "failed", one_line(f"retrieve: {type(e).__name__}: {e}", self.root)
+                row["status"], row["error"] = "failed", one_line(f"retrieve: {recorded_error(e)}", self.root)
                 return self.record(row)
             listed, damaged = _listing(src)
             mine = [s for s in listed if s.uid == uid]
@@ -140,7 +140,7 @@ class Runner:
             row["status"] = "done"
         except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
             row["status"] = "failed"
-            row["error"] = one_line(f"{stage}: {type(e).__name__}: {e}", self.root)
+            row["error"] = one_line(f"{stage}: {recorded_error(e)}", self.root)
         row["seconds"] = f"{time.perf_counter() - t0:.2f}"
         return self.record(row)
 
@@ -150,6 +150,13 @@ class Runner:
         write_manifest(self.manifest, rows)
         write_batch_index(self.root, rows, title=f"medrecon PACS batch ({self.settings.peer()})")
         return row
+
+
+def hit_line(h) -> str:
+    """A series found on the PACS as `pacs find` and `pacs run --dry-run` list it: UID, modality, images, study date,
+    description, and for one that is no volume (an RT structure set, a report) that `run` passes it over."""
+    return (f"{h.series_uid}  {h.modality:3s} {h.n_instances or '?':>4} images  {h.study_date}  {h.description}"
+            + (f"  (passed over: {no_volume_reason(h.not_a_volume)})" if h.not_a_volume else ""))
 
 
 def pacs_batch(settings: PacsSettings, query: Query, output_root, config, overrides=(), send: bool = True,
@@ -169,8 +176,7 @@ def pacs_batch(settings: PacsSettings, query: Query, output_root, config, overri
                          "they are not retrieved)")
     if dry_run:
         for h in hits:
-            echo(f"{h.series_uid}  {h.modality:3s} {h.n_instances or '?':>4} images  {h.study_date}  {h.description}"
-                 + (f"  (passed over: {no_volume_reason(h.not_a_volume)})" if h.not_a_volume else ""))
+            echo(hit_line(h))
         return BatchResult(Path(output_root) / "manifest.csv", [])
     if settings.retrieve == "move" and settings.store_port is None:
         raise InputError("C-MOVE needs medrecon's storage SCP: give --store-port (the port the PACS knows for "

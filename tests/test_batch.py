@@ -742,3 +742,28 @@ def test_a_deidentified_batch_holds_no_identifier_and_resumes(tmp_path, monkeypa
     monkeypatch.setenv("XDG_CONFIG_HOME", config)
     assert _run(root, tmp_path / "plain", "--quiet") == 1
     assert _run(root, tmp_path / "plain", *deid) == 2
+
+
+@pytest.mark.parametrize("error", ["no such series", "sub-folders"])
+def test_a_deidentified_batch_records_no_series_description_in_its_errors(tmp_path, monkeypatch, capsys, error):
+    """The errors that list a folder's series ('holds no series UID; the series there are: ...', and the hint of a
+    folder whose sub-folders hold series) name each series' SeriesDescription on the console but not where they are
+    recorded (manifest.csv, index.html): it may name the patient ('Quintessa Zyxwaldo chest'), as the note on a
+    folder of several series leaves it out. Here the series is gone when it is read, or the folder read is the one
+    above it."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    said = write_named_series(root / "p1" / "s1", seed=1)
+    read = batch_mod.reconstruct
+
+    def gone(cfg, src, dst, **kw):
+        if error == "no such series":
+            return read(cfg, src, dst, **{**kw, "series": "1.2.826.0.1.3680043.99.1"})
+        return read(cfg, src.parent, dst, **{**kw, "series": None})
+    monkeypatch.setattr(batch_mod, "reconstruct", gone)
+    assert _run(root, out, "--set", "outputs.deidentify=true") == 1
+    [row] = _manifest(out)
+    assert row["status"] == "failed" and ("holds no series" if error == "no such series" else "sub-folders hold") \
+        in row["error"] and "(3 files, CT)" in row["error"]
+    assert leaked(out, said) == []
+    with pytest.raises(InputError, match="Quintessa Zyxwaldo chest"):  # the console's message keeps it
+        gone(batch_mod.load_config("sparse_view_ct_8"), root / "p1" / "s1", tmp_path / "o2")

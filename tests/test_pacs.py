@@ -640,6 +640,32 @@ def test_pacs_run_retrieves_no_series_whose_modality_is_no_volume(pacs, tmp_path
     assert not (tmp_path / "none").exists()
 
 
+def test_pacs_run_counts_and_pacs_find_marks_series_that_are_no_volume(pacs, tmp_path, capsys):
+    """A CT with an RT structure set and a dose report (SR): `pacs run` said '(3 ok, 0 failed)' of its one
+    reconstruction and the two series it passed over, and `pacs find` listed the RTSTRUCT and SR as any series. Now
+    the summary counts them apart ('1 ok, 2 passed over (not a volume), 0 failed', as ``BatchResult.summary`` says
+    it for every batch) and `find` marks them as `run --dry-run` does."""
+    ct = tmp_path / "ct"
+    _series(ct, 6, "Thorax 6.0", n=2, patient=("Poe^Pam", "PID-NV"))
+    pacs.upload(ct)
+    for i, modality in enumerate(("RTSTRUCT", "SR"), 7):
+        pacs.post("/instances", _no_image(tmp_path / modality, ct, modality, i).read_bytes())
+    study = ["--study-uid", str(pydicom.dcmread(sorted(ct.iterdir())[0], stop_before_pixels=True).StudyInstanceUID)]
+    capsys.readouterr()
+    assert main(["pacs", "find", *_net(pacs), *study]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[-1].startswith("3 series")
+    for modality in ("RTSTRUCT", "SR"):
+        [line] = [x for x in lines if f" {modality} " in x]
+        assert line.endswith(f"(passed over: a {modality} object, not a volume to reconstruct)")
+    [line] = [x for x in lines if " CT " in x]
+    assert "passed over" not in line
+    assert _run(pacs, tmp_path / "out", *study, "--no-send") == 0
+    assert "(1 ok, 2 passed over (not a volume), 0 failed)" in capsys.readouterr().out
+    assert _run(pacs, tmp_path / "out", *study, "--no-send") == 0  # again: the finished one skipped, still 1 ok
+    assert "(1 ok, 2 passed over (not a volume), 0 failed)" in capsys.readouterr().out
+
+
 def test_late_images_do_not_override_a_config_conflict(tmp_path):
     """Under another config a series is a conflict; one late image then made it 'changed', and the listener
     replaced the other config's output without --overwrite."""

@@ -145,14 +145,16 @@ def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple
     if uid is not None:
         chosen = [s for s in all_series if s.uid == uid]
         if not chosen:
-            raise InputError(f"{where} holds no series {uid}; the series there are: {listing}")
+            said = f"{where} holds no series {uid}; the series there are: "  # recorded without the descriptions
+            raise InputError(said + listing, recorded=said + series_listing(all_series, descriptions=False))
         return chosen[0], None
     if len(all_series) == 1:
         return all_series[0], None
     volumes = candidates(all_series)
     if tied(all_series):
-        raise InputError(f"{where} holds {len(all_series)} series and the largest are the same size; "
-                         f"choose one with --series UID: {listing}")
+        said = (f"{where} holds {len(all_series)} series and the largest are the same size; "
+                "choose one with --series UID: ")
+        raise InputError(said + listing, recorded=said + series_listing(all_series, descriptions=False))
     return volumes[0], (f"{where} holds {len(all_series)} series; reading the largest"
                         + (" that may be a volume" if len(volumes) < len(all_series) else "")
                         + f", {volumes[0].uid} (choose another with --series UID): {listing}")

@@ -102,12 +102,14 @@ def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volu
         def where(s):  # a series split over several sub-folders (a CD's DICOM/0001, 0002) lies in this one
             rel = os.path.relpath(s.folder, folder)
             return f"series {s.uid} across its sub-folders" if rel == "." else rel
-        hint = ("; its sub-folders hold " + "; ".join(f"{where(s)} ({s.n_files} files, {s.modality} "
-                                                       f"'{s.description}')" for s in below[:5])
-                + (f" and {len(below) - 5} more series" if len(below) > 5 else "")
+        def hint(descriptions: bool) -> str:  # recorded without the SeriesDescriptions, as choose_series's lists
+            return ("; its sub-folders hold " + "; ".join(
+                f"{where(s)} ({s.n_files} files, {s.modality}" + (f" '{s.description}'" if descriptions else "") + ")"
+                for s in below[:5]) + (f" and {len(below) - 5} more series" if len(below) > 5 else "")
                 + f": give this folder with --series UID (UID: {below[0].uid}"
                 + (", ..." if len(below) > 1 else "") + "), or the sub-folder of one") if below else ""
-        raise UnreadableError(f"{folder} holds no readable DICOM image files{hint}")
+        said = f"{folder} holds no readable DICOM image files"
+        raise UnreadableError(said + hint(True), recorded=said + hint(False))
     info, note = choose_series(found, series, folder)
     vol = read_dicom_series(info, resample)
     if note:  # said with the series' descriptions, recorded without them (report.json's input_warnings)

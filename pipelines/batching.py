@@ -43,6 +43,7 @@ import time
 import unicodedata
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from medrecon.errors import InputError, recorded_error
@@ -109,14 +110,19 @@ class Job:
         """Whether ``run_series`` would reconstruct it (else it returns 'skipped' or 'conflict' at once)."""
         return overwrite or self.state == "new"
 
-    @property
+    @cached_property
     def recorded_uid(self) -> str:
-        """The series' UID as its row and output record it (de-identified: the derived series' reference)."""
+        """The series' UID as its row and output record it (de-identified: the derived series' reference). Cached,
+        as ``recorded_input``: a batch writes every job's row after each series, and each derivation reads the key."""
         return recorded_uid(self.uid, self.deidentify)
 
+    @cached_property
+    def recorded_input(self) -> str:
+        """The series folder as its row records it: relative to the input root, or de-identified its label."""
+        return input_label(self.input) if self.deidentify else relative(self.input, self.input_root)
+
     def row(self, status: str, seconds: str = "", error: str = "") -> dict:
-        return {"series_uid": self.recorded_uid,
-                "input_path": input_label(self.input) if self.deidentify else relative(self.input, self.input_root),
+        return {"series_uid": self.recorded_uid, "input_path": self.recorded_input,
                 "output_path": relative(self.output, self.output_root), "status": status, "seconds": seconds,
                 "error": error}
 
@@ -194,11 +200,12 @@ def plan(input_root: Path, output_root: Path, found: list, known: dict[str, Path
             if passed_over is not None:
                 passed_over.append((folder, why))
             continue
-        out = known.get(recorded_uid(uid, deidentify))
+        recorded = recorded_uid(uid, deidentify)
+        out = known.get(recorded)
         if out is None and deidentify:  # nothing of the input's names, its tree or its description; a series
             # without a UID by its folder's label (by position, moving one input away gave its folder to another)
             rel, n = [], 1
-            leaf = f"series-{recorded_uid(uid, True)[-12:]}" if uid else f"input-{input_label(folder)[-12:]}"
+            leaf = f"series-{recorded[-12:]}" if uid else f"input-{input_label(folder)[-12:]}"
         elif out is None:
             rel = [mirrored(p) for p in folder.relative_to(input_root).parts]
             if rel and rel[0].lower() in ROOT_FILES:
@@ -256,8 +263,7 @@ def _taken(out: Path, uid: str) -> bool:
     if out.is_dir() and not any(out.iterdir()):
         return False
     mark = read_marker(out)
-    return mark is None or (mark.get("series_uid") or "") != \
-        recorded_source(uid, None, bool(mark.get("deidentified"))).get("series_uid", "")
+    return mark is None or (mark.get("series_uid") or "") != recorded_uid(uid, bool(mark.get("deidentified")))
 
 
 def check_batch_root(output_root: Path) -> None:

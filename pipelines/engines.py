@@ -239,9 +239,9 @@ class SeriesWorker:
 
     def run(self, job: Job, overwrite: bool) -> dict:
         if self.key_differs:
-            return job.row("failed", "0.0", "this node's de-identification key is not the driver's: copy "
-                                            "~/.config/medrecon/deidentify.key to every node, or set "
-                                            "MEDRECON_DEID_KEY on each")
+            from medrecon.io.deidentify import key_path
+            return job.row("failed", "0.0", f"this node's de-identification key is not the driver's: copy the "
+                                            f"driver's {key_path()} to every node, or set MEDRECON_DEID_KEY on each")
         return self.series_fn(job, self.cfg, overwrite=overwrite, resample=self.resample, prior=self._prior())
 
     def _prior(self):

@@ -99,20 +99,22 @@ class Measurement:
         """These measurements, refused (InputError naming ``where``) unless usable: finite values (unless
         ``finite_checked``: raw files are checked as read, in their own axis order); MRI: k-space and a mask that sample something; CT: a geometry the
         sinogram fits, and values that can be line integrals. ``load`` checks a file; ``Problem.build`` checks
-        measurements made in Python."""
+        measurements made in Python (once: a loaded file given to it is not checked again)."""
+        if getattr(self, "_checked", False):
+            return self
         if not finite_checked:
             refuse_non_finite(self.data, where, self.modality)
         if self.modality == "mri":
             _refuse_empty_mask(self, where)
         if self.modality == "ct":
             _check_sinogram_fits(self, where)
-            from operators.ct import line_integral_problem, transmission_warning
-            why = line_integral_problem(self.data)
+            from operators.ct import line_integral_checks
+            why, said = line_integral_checks(self.data)
             if why:
                 raise InputError(f"{where}: {why}")
-            said = transmission_warning(self.data)
-            if said and f"{where}: {said}" not in self.info.get("warnings", []):  # (checked again by Problem.build)
+            if said:
                 self.info["warnings"] = [*self.info.get("warnings", []), f"{where}: {said}"]
+        self._checked = True
         return self
 
     @classmethod

@@ -24,7 +24,6 @@ Fields (all plain YAML):
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import numpy as np
@@ -82,19 +81,16 @@ def _plain(v):
 
 
 def write_model_card(path: str | Path, card: dict) -> Path:
-    """Write ``card`` as YAML to ``path`` (a folder gets ``model_card.yaml``); returns the file written. Atomic: the
-    text goes to a temporary sibling renamed onto ``path``, so a reader (or an interrupted rewrite of a prior's card)
-    never leaves half a card."""
+    """Write ``card`` as YAML to ``path`` (a folder gets ``model_card.yaml``); returns the file written. Atomic
+    (``atomic_path``), so a reader (or an interrupted rewrite of a prior's card) never sees half a card."""
+    from ..io.atomic import atomic_path
+
     path = Path(path)
     if path.is_dir():
         path = path / CARD_NAME
     card = {"format": CARD_FORMAT, **_plain(card)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path, overwrite=True, marker=False) as tmp:
         tmp.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=110))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -89,10 +89,19 @@ def grid_path(folder, step: int) -> Path:
 
 
 def draw_command(folder) -> str:
-    """The command that draws the sample grid of the prior in ``folder`` afterwards (``main``)."""
+    """The command that draws the sample grid of the prior in ``folder`` afterwards (``main``), its path absolute."""
     import shlex
 
-    return f"python -m medrecon.priors.sample_grid {shlex.quote(str(folder))}"
+    return f"python -m medrecon.priors.sample_grid {shlex.quote(str(Path(folder).absolute()))}"
+
+
+#: the wording of a card's ``training.sample_grid`` note, written (``skipped_note``) and read (``_note_drawn``) here
+_SKIP, _DRAW, _SKIPPED = "skipped: ", "; draw it with ", "; the run skipped it: "
+
+
+def skipped_note(why: str, folder) -> str:
+    """The card's note of a final sample grid the run skipped (``why``), with the command that draws it."""
+    return f"{_SKIP}{why}{_DRAW}{draw_command(folder)}"
 
 
 def main(argv=None) -> int:
@@ -138,10 +147,6 @@ def main(argv=None) -> int:
     return 0
 
 
-#: how the card's note of a grid drawn afterwards goes on to say why the run skipped it
-_SKIPPED = "; the run skipped it: "
-
-
 def _note_drawn(prior, out: Path, n: int, steps: int) -> None:
     """Where the card of the prior folder ``prior`` says its grid was skipped (``training.sample_grid``, written by
     ``medrecon train``), say where it is now drawn (the card rewritten atomically, ``write_model_card``); a card that
@@ -158,10 +163,9 @@ def _note_drawn(prior, out: Path, n: int, steps: int) -> None:
         if not isinstance(training, dict) or not training.get("sample_grid"):  # drawn by the run: no note
             return
         note = str(training["sample_grid"])
-        why = note.partition(_SKIPPED)[2] if _SKIPPED in note else note.removeprefix("skipped: ")
-        training["sample_grid"] = (f"drawn afterwards: {out.absolute()} ({n} sample{'s' * (n != 1)}, {steps} step{'s' * (steps != 1)})"
-                                   f"{_SKIPPED}"
-                                   f"{why.partition('; draw it with ')[0]}")
+        why = note.partition(_SKIPPED)[2] if _SKIPPED in note else note.removeprefix(_SKIP).partition(_DRAW)[0]
+        training["sample_grid"] = (f"drawn afterwards: {out.absolute()} ({n} sample{'s' * (n != 1)}, "
+                                   f"{steps} step{'s' * (steps != 1)}){_SKIPPED}{why}")
         write_model_card(path, card)
     except Exception as e:  # noqa: BLE001 - the grid is drawn; only the card's note is stale
         print(f"warning: {path}: could not note the drawn grid in the card ({e}); its sample_grid note still says "

@@ -47,7 +47,7 @@ from ..errors import InputError
 from .base import Denoiser, IntensityMap, schedule_from_dict
 from .card import CARD_NAME
 from .network import EDMPrior, bf16_autocast, edm_denoise, image_convs
-from .samples import GRID_STEPS, draw_command, grid_path, quick_samples, save_grid
+from .samples import GRID_STEPS, draw_command, grid_path, quick_samples, save_grid, skipped_note
 from .unet import EDM_SCHEDULE, WEIGHTS_NAME, build_unet, save_unet_prior, unet_config
 from .widen import wide_config, widen_state_dict, widening_factor
 
@@ -879,8 +879,8 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
                 if opts.time_limit is not None and tr.step > first_step and \
                         time.perf_counter() - started >= 60 * opts.time_limit:  # wall clock: scoring, checkpoints too
                     if opts.sample_every:  # the limit bounds the run: no grid of minutes after it
-                        tr.grid_skipped = (f"skipped: --time-limit {opts.time_limit:g} min ended the run at step "
-                                           f"{tr.step}; draw it with {draw_command(Path(out).absolute())}")
+                        tr.grid_skipped = skipped_note(f"--time-limit {opts.time_limit:g} min ended the run at step "
+                                                       f"{tr.step}", out)
                     bar.write(f"--time-limit {opts.time_limit:g} min reached at step {tr.step}: exporting; "
                               "--resume continues" + (f"; the final sample grid is skipped (minutes for a large prior "
                                                       f"on a CPU): draw it with {draw_command(out)}"

@@ -46,26 +46,37 @@ AIR_TOLERANCE = 0.1
 EDGE_FRACTION, CENTRE_FRACTION = 0.02, 0.1
 
 
-def line_integral_problem(p) -> str | None:
-    """Why the sinogram ``p`` cannot be line integrals -log(I/I0), or None. Its 99th percentile above
-    MAX_LINE_INTEGRAL: detector counts or intensities. Mostly negative: its median below -NEGATIVE_BEYOND_NOISE,
+def line_integral_checks(p) -> tuple[str | None, str | None]:
+    """Why the sinogram ``p`` cannot be line integrals -log(I/I0) (None if it can), and a warning where it looks like
+    transmitted fractions I/I0 (None if not), from one sample of its values. Refused: its 99th percentile above
+    MAX_LINE_INTEGRAL (detector counts or intensities); mostly negative: its median below -NEGATIVE_BEYOND_NOISE,
     or its lowest 1 % over 3 times further below 0 than its highest 1 % reach above (log(I/I0) without its minus,
     an offset subtracted). Noise cannot do either: zero-median noise on line integrals >= 0 puts at most half the
     values below 0, and reaches no further below 0 than above it (Poisson noise even less far); a few negative
-    values (a bad bin) pass. Transmitted fractions I/I0 are warned of, not refused: ``transmission_warning``."""
+    values (a bad bin) pass. I/I0 is warned of, not refused (``_transmission``)."""
     x = _finite_sample(p)
     if not x.size:
-        return None
+        return None, None
     lo, mid, hi = (float(v) for v in np.percentile(x, [1, 50, 99]))
     if hi > MAX_LINE_INTEGRAL:
         return (f"the sinogram reaches {hi:.4g} (99th percentile), beyond any line integral (none reaches "
                 f"{MAX_LINE_INTEGRAL:g}, 5 m of water): it looks like detector counts or intensities: give the line "
-                "integrals -log(I/I0), I0 the counts without the object")
+                "integrals -log(I/I0), I0 the counts without the object"), None
     if mid < -NEGATIVE_BEYOND_NOISE or lo < -3 * max(hi, NEGATIVE_BEYOND_NOISE):
         return (f"half the sinogram is below {mid:.3g} and its lowest 1 % reaches {lo:.3g} (its highest 1 % "
                 f"{hi:.3g}), but line integrals -log(I/I0) are >= 0 up to noise: log(I/I0) without its minus sign, "
-                "or an offset subtracted? give -log(I/I0)")
-    return None
+                "or an offset subtracted? give -log(I/I0)"), None
+    return None, _transmission(p, hi)
+
+
+def line_integral_problem(p) -> str | None:
+    """Why the sinogram ``p`` cannot be line integrals (``line_integral_checks``), or None."""
+    return line_integral_checks(p)[0]
+
+
+def transmission_warning(p) -> str | None:
+    """A warning that the sinogram ``p`` looks like transmitted fractions I/I0 (``line_integral_checks``), or None."""
+    return line_integral_checks(p)[1]
 
 
 def _finite_sample(p) -> np.ndarray:
@@ -77,16 +88,16 @@ def _finite_sample(p) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
-def transmission_warning(p) -> str | None:
-    """A warning that the sinogram ``p`` (..., bins) looks like transmitted fractions I/I0, or None: its 99th
-    percentile at most TRANSMISSION_MAX, its air within AIR_TOLERANCE of 1 (the median of the outermost
+def _transmission(p, hi: float) -> str | None:
+    """Whether the sinogram ``p`` (..., bins), 99th percentile ``hi``, looks like transmitted fractions I/I0: its
+    99th percentile at most TRANSMISSION_MAX, its air within AIR_TOLERANCE of 1 (the median of the outermost
     EDGE_FRACTION of the bins at each end of the views, the higher end), and its centre (the median of the middle
     CENTRE_FRACTION) no higher than that. Line integrals are about 0 in air, and higher at the centre of a body;
     where no bin sees air (a detector narrower than the body) this cannot tell, and says nothing. A warning, not a
     refusal: true line integrals can look so (a hollow pipe on a detector that crops it: its edges near 1, its
     hollow centre lower)."""
-    p, x = np.asarray(p), _finite_sample(p)
-    if p.ndim < 2 or p.shape[-1] < 5 or not x.size or float(np.percentile(x, 99)) > TRANSMISSION_MAX:
+    p = np.asarray(p)
+    if hi > TRANSMISSION_MAX or p.ndim < 2 or p.shape[-1] < 5:
         return None
     rows = p.reshape(-1, p.shape[-1])
     if len(rows) > 20_000:  # a random 20000 views of slices, each whole: its ends stay its ends

@@ -21,6 +21,7 @@ WIDE=medrecon/assets/priors/ct_patch_wide/diffusion_pytorch_model.safetensors
 if [ ! -s $WIDE ]; then   # emptied by slim.sh: the fp16 copy pack.sh wrote, back in fp32
   $PY benchmarks/gpu_lease/cast_weights.py float32 .gpu/ct_patch_wide.fp16.safetensors $WIDE || exit 1
 fi
+rm -rf /tmp/ct_patch_wide   # a fresh run: a dry run here may have left one
 stamp "training (time limit $TL min)"
 $PY -m pipelines.cli train --data /tmp/data/ct_head.nii --data /tmp/data/ct_chest_contrast.nii \
     --data /tmp/data/ct_lung1.nii --data /tmp/data/ct_abdomen.nii --output /tmp/ct_patch_wide --arch patch \
@@ -29,8 +30,8 @@ $PY -m pipelines.cli train --data /tmp/data/ct_head.nii --data /tmp/data/ct_ches
     --lr 0.0002 --lr-final 0.00002 \
     --ema-decay 0.999 --loader-workers ${LW:-12} --checkpoint-every 500 --sample-every -1 --seed 6 --device $DEV \
     $( [ "$DEV" = cuda ] && echo --amp ) --no-progress > $OUT/train.log 2>&1
-stamp "train exit $?"; tail -5 $OUT/train.log
-mkdir -p $OUT/wide && (cd /tmp/ct_patch_wide && tar cf - --exclude='*.pt' --exclude='checkpoint*' --exclude='state*' . ) \
+rc=$?; stamp "train exit $rc"; tail -5 $OUT/train.log
+[ $rc = 0 ] && mkdir -p $OUT/wide && (cd /tmp/ct_patch_wide && tar cf - --exclude='*.pt' --exclude='checkpoint*' --exclude='state*' . ) \
     | gzip -1 | split -b 15m - $OUT/wide/part_ && ls -la $OUT/wide /tmp/ct_patch_wide
 stamp "gpu check"
 timeout ${GT:-200} $PY benchmarks/gpu_check.py --device $DEV $SMALL --out $OUT/gpu_check > $OUT/gpu_check.log 2>&1

@@ -330,18 +330,15 @@ def _expected(s: Scan) -> dict:
     return {base: s.sha256}
 
 
-def held_out_copy(path, digests: dict | None = None) -> str | None:
+def held_out_copy(path, digests: dict) -> str | None:
     """The registered val or test scan that ``path`` (a training file, or a DICOM folder: the files directly in it,
     as the reader takes them) holds a file of, byte for byte, as "NAME (role)"; None when it holds none. Converted
-    copies are not recognised. ``digests``: a run's own {path: digests}, so that a folder of several series is hashed
-    once."""
+    copies are not recognised. ``digests``: the run's own {path: digests}, filled here, so that a folder of several
+    series is hashed once."""
     key, known = str(Path(path).resolve()), _held_out_digests()
-    found = digests.get(key) if digests is not None else None
-    if found is None:
-        found = _file_digests(Path(key))
-        if digests is not None:
-            digests[key] = found
-    return next((known[d] for d in found if d in known), None)
+    if key not in digests:
+        digests[key] = _file_digests(Path(key))
+    return next((known[d] for d in digests[key] if d in known), None)
 
 
 def _file_digests(found: Path) -> tuple:

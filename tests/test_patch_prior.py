@@ -270,7 +270,7 @@ def test_the_pixel_size_rule_is_one_for_the_check_the_draws_and_the_cards_range(
         for _ in range(20):
             sampler.sample(g)
         assert sampler.used_spacing[0] >= floor and holds_patch((n, n), sp, p, sampler.used_spacing[1])
-    with pytest.raises(InputError, match="volume 0: its slices span 14 mm, too little for a 30-pixel patch"):
+    with pytest.raises(InputError, match="volume 1: its slices span 14 mm, too little for a 30-pixel patch"):
         PatchSampler(slices[23], sizes=(p,), spacing_range=(0.3, 4.0), max_upsample=m)
     with pytest.raises(InputError, match=r"never drawn finer than 0.48 mm"):  # the card's range: the same floor
         trained_pixel_range(slices[25], replace(opts, pixel_spacing_range=(0.3, 0.479)))

@@ -1001,6 +1001,33 @@ def test_a_copy_of_a_registered_held_out_scan_given_with_data_is_warned_of_and_k
     assert json.dumps(load_prior(tmp_path / "p").card["training"]).count(said) == 1
 
 
+def test_dataset_train_warns_that_ct_head_holds_the_old_validation_slab_and_the_card_keeps_it(tmp_path, caplog,
+                                                                                              monkeypatch):
+    """`--dataset train` (CT) trains on all of ct_head, slices 82-107 too: the slab that chose settings until the
+    forty-ninth session, which the bundled CT patch priors never trained on (their cards: slices 0-75). It did so
+    silently; now train warns of it and the card keeps the warning with ct_head's record, the other scans none.
+    (Each registered scan is a small phantom here: the cache is not needed.)"""
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    names = datasets.names("train", "ct")
+    assert "ct_head" in names
+    rng, files = np.random.default_rng(3), {}
+    for n in names:
+        files[n] = tmp_path / f"{n}.nii.gz"
+        nib.save(nib.Nifti1Image(phantom_volume(rng, z=4, n=24).transpose(2, 1, 0), np.diag([-1.0, -1.0, 2.0, 1.0])),
+                 files[n])
+    monkeypatch.setattr(datasets, "path", lambda name, cache_dir=None: files[name])
+    assert main(["train", "--dataset", "train", "--output", str(tmp_path / "p"), "--arch", "patch", "--patch-sizes",
+                 "8,16", "--channels", "8,16", "--steps", "1", "--batch-size", "2", "--pixel-range", "0.8", "1.2",
+                 "--sample-every", "0", "--checkpoint-every", "0", "--device", "cpu", "--no-progress"]) == 0
+    said = "all its 108 slices, 82-107 too: the validation slab that chose settings until the forty-ninth session"
+    assert f"{files['ct_head']}: {said}" in caplog.text and caplog.text.count(said) == 1
+    volumes = load_prior(tmp_path / "p").card["training"]["data"]["volumes"]
+    assert [v["name"] for v in volumes] == names
+    assert [(v.get("warning") or "").startswith(said) for v in volumes] == [n == "ct_head" for n in names]
+
+
 def test_a_dicom_series_no_installed_decoder_reads_stops_training_saying_what_to_install(tmp_path, capsys, caplog):
     """A training folder's DICOM series compressed in a transfer syntax no installed decoder reads (HTJ2K here:
     pydicom needs pylibjpeg-openjpeg) was skipped as 'damaged' and training went on without it. The files may be

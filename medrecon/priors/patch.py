@@ -202,10 +202,10 @@ class PatchData:
         return int(sum(v.shape[0] for v in self.volumes))
 
     def volume_name(self, k: int) -> str:
-        """Volume ``k`` as messages name it: its recorded path (``description['volumes']``), else 'volume k'."""
-        names = (self.description or {}).get("volumes")
-        name = names[k] if isinstance(names, list) and k < len(names) else f"volume {k}"
-        return name.get("path", f"volume {k}") if isinstance(name, dict) else name
+        """Volume ``k`` (from 0) as messages name it: its recorded path, else 'volume k+1'."""
+        from .training_data import volume_name, volume_names
+
+        return volume_name(volume_names(self.description), k)
 
 
 def prepare_volumes(volumes, intensity: dict, *, magnitude_percentile: float | None = None,

@@ -48,6 +48,7 @@ from .base import Denoiser, IntensityMap, schedule_from_dict
 from .card import CARD_NAME
 from .network import EDMPrior, bf16_autocast, edm_denoise, image_convs
 from .samples import GRID_STEPS, draw_command, grid_path, quick_samples, save_grid, skipped_note
+from .training_data import volume_name, volume_names
 from .unet import EDM_SCHEDULE, WEIGHTS_NAME, build_unet, save_unet_prior, unet_config
 from .widen import wide_config, widen_state_dict, widening_factor
 
@@ -343,9 +344,6 @@ def _data_difference(old: str | None, new: str, old_paths: list, new_paths: list
     if old is None or old == new:
         return None
     a, b = json.loads(old), json.loads(new)
-
-    def name(paths, k):
-        return paths[k] if k < len(paths) else f"volume {k + 1}"
     if _planes_option(a) != _planes_option(b):
         return f"--planes {_planes_option(b)} now, the run had --planes {_planes_option(a)}"
     if a.get("n_volumes") != b.get("n_volumes"):
@@ -367,7 +365,8 @@ def _data_difference(old: str | None, new: str, old_paths: list, new_paths: list
             differ = [text for field, text in what.items() if field in x and x[field] != y.get(field)]
             if differ:
                 held = key == "heldout_volumes"
-                now, then = (f"held-out volume {k + 1}",) * 2 if held else (name(new_paths, k), name(old_paths, k))
+                now, then = ((f"held-out volume {k + 1}",) * 2 if held
+                             else (volume_name(new_paths, k), volume_name(old_paths, k)))
                 return f"{now}: {', '.join(differ)}" + (f"; the run trained on {then}" if then != now else "")
         a.pop(key, None), b.pop(key, None)
     for key in sorted(a):  # what the checkpoint recorded (a newer record may keep more)
@@ -435,8 +434,8 @@ class _Trainer:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optim.state_dict(),
                 "step": self.step, "seconds": self.seconds, "unet_config": self.unet_config,
                 "options": asdict(self.opts), "generator": self.gen.get_state(), "recent": self.recent,
-                "log_window": list(self.log_window),
-                "heldout_log": self.heldout_log, "data": self._data_record(), "data_paths": self._volume_names(),
+                "log_window": list(self.log_window), "heldout_log": self.heldout_log, "data": self._data_record(),
+                "data_paths": volume_names(self.data.description),
                 "data_warnings": [v.get("warning") for v in self._volume_records()],
                 "warmup_steps": self.warmup, "segments": self.segments_now()}
 
@@ -453,10 +452,6 @@ class _Trainer:
                                     window.get("normalisation")]                         # --mri-percentile
         return json.dumps(desc, sort_keys=True, default=str)
 
-    def _volume_names(self) -> list:
-        vols = self.data.description.get("volumes")
-        return [v.get("path", "?") if isinstance(v, dict) else str(v) for v in vols] if isinstance(vols, list) else []
-
     def _volume_records(self) -> list[dict]:
         """The card's record of each training volume ({} for one recorded by its path alone)."""
         vols = self.data.description.get("volumes")
@@ -469,7 +464,7 @@ class _Trainer:
             raise InputError(f"{path}: the run was trained with --arch {old['arch']} (now {self.opts.arch}); resume "
                              f"with its own --arch, or start a new run from it with --init-from {path.parent.parent}")
         differs = _data_difference(st.get("data"), self._data_record(), st.get("data_paths") or [],
-                                   self._volume_names())
+                                   volume_names(self.data.description))
         if differs:  # first: other data also resolve other defaults (the pixel range)
             raise InputError(f"{path}: the run was trained on other data than given now ({differs}); resume with "
                              f"the run's own --data/--dataset (and --planes, --hu-window/--mri-percentile), or start a new run from it with --init-from "

@@ -30,6 +30,20 @@ class SliceData:
     description: dict = field(default_factory=dict)
 
 
+def volume_names(description: dict | None) -> list[str]:
+    """Each training volume as messages and checkpoints name it: its recorded path (``description['volumes']``,
+    a card's data record), else 'volume k' (counted from 1); [] where the record keeps no list (in-memory volumes)."""
+    vols = (description or {}).get("volumes")
+    if not isinstance(vols, list):
+        return []
+    return [v.get("path", f"volume {k + 1}") if isinstance(v, dict) else str(v) for k, v in enumerate(vols)]
+
+
+def volume_name(names: list, k: int) -> str:
+    """Volume ``k`` (from 0) of ``names`` (``volume_names``), 'volume k+1' beyond them."""
+    return names[k] if k < len(names) else f"volume {k + 1}"
+
+
 def read_training_volume(path: Path, series: str | None = None) -> Volume:
     """One training volume (DICOM series folder or file, NIfTI, NRRD/MetaImage, .npy) via medrecon.io;
     ``series``: the SeriesInstanceUID to read from a folder holding several (default: the largest)."""

@@ -239,14 +239,12 @@ def no_volume_reason(what: str) -> str:
     return f"{what}, {NOT_A_VOLUME}" if what else ""
 
 
-#: the tail of ``no_volume_reason``: how a row passed over as no volume is told from one skipped as finished
+#: the tail of ``no_volume_reason``
 NOT_A_VOLUME = "not a volume to reconstruct"
 
-
-def passed_over(row: dict) -> bool:
-    """Whether a manifest row is of a series passed over as no volume (``pacs run``/``listen``'s structure sets,
-    reports, scouts: ``skipped`` with ``no_volume_reason``), not of one skipped as finished."""
-    return row.get("status") == "skipped" and (row.get("error") or "").endswith(f", {NOT_A_VOLUME}")
+#: the manifest status of a series passed over as no volume (``pacs run``/``listen``'s structure sets, reports,
+#: scouts; ``error`` says what it is, ``no_volume_reason``), apart from one ``skipped`` as finished
+PASSED_OVER = "passed over"
 
 
 def is_reconstruction(info) -> bool:
@@ -305,7 +303,15 @@ def save_progress(manifest: Path, rows: list[dict]) -> None:
 
 def read_manifest(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        return [{k: _as_written(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [_current({k: _as_written(v) for k, v in r.items()}) for r in csv.DictReader(f)]
+
+
+def _current(row: dict) -> dict:
+    """A row as this version writes it: before ``PASSED_OVER``, a series passed over as no volume was ``skipped``
+    with ``no_volume_reason`` as its error (that error's tail tells it from a finished series)."""
+    if row.get("status") == "skipped" and (row.get("error") or "").endswith(f", {NOT_A_VOLUME}"):
+        row["status"] = PASSED_OVER
+    return row
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -460,8 +466,8 @@ class BatchResult:
 
     @property
     def passed_over(self) -> int:
-        """Series passed over as no volume (``passed_over``: a structure set or report that ``pacs run`` found)."""
-        return sum(map(passed_over, self.rows))
+        """Series passed over as no volume (``PASSED_OVER``: a structure set or report that ``pacs run`` found)."""
+        return sum(r["status"] == PASSED_OVER for r in self.rows)
 
     def summary(self) -> str:
         """'N ok[, N passed over (not a volume)], N failed[, N conflicts]' of this run's rows (``batch``, ``pacs

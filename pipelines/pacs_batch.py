@@ -8,9 +8,10 @@ source series as retrieved, present only when complete) and one ``reconstruct`` 
 The manifest's paths are relative to OUTPUT_ROOT (the same command works from any folder); a user's
 manifest.csv or index.html there stops the run before any work, as in the batch.
 A rerun skips what is finished: no retrieval when ``received/<UID>`` exists, no reconstruction when the
-output holds ``report.json``, no send when it holds ``pacs.json``. A series that is no volume is ``skipped`` with the
-batch's reason (``batching.no_volume_reason``): by its C-FIND Modality (``modality_not_a_volume``) before any
-retrieval, or once received, when it holds no image object or only images of no volume (a scout).
+output holds ``report.json``, no send when it holds ``pacs.json``. A series that is no volume is ``passed over`` (the
+status ``batching.PASSED_OVER``) with the batch's reason (``batching.no_volume_reason``): by its C-FIND Modality
+(``modality_not_a_volume``) before any retrieval, or once received, when it holds no image object or only images of
+no volume (a scout).
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from medrecon.io import list_series
 from medrecon.io.atomic import mark_as_written
 from medrecon.io.dicom_scan import modality_not_a_volume, read_header
 
-from .batching import (CONFLICT, BatchResult, batch_lock, check_batch_root, no_volume_reason, one_line, output_state,
-                       read_manifest, relative, sanitize, write_manifest)
+from .batching import (CONFLICT, PASSED_OVER, BatchResult, batch_lock, check_batch_root, no_volume_reason, one_line,
+                       output_state, read_manifest, relative, sanitize, write_manifest)
 from .config import load_config
 from .html_report import write_batch_index
 from .outputs import write_json
@@ -73,7 +74,7 @@ class Runner:
         src = self.received / sanitize(uid, "series")
         if hit is not None and hit.not_a_volume:  # by its C-FIND Modality, the batch's rule: not even retrieved
             return self.record({"series_uid": uid, "input_path": relative(src, self.root) if src.is_dir() else "",
-                                "output_path": "", "status": "skipped", "seconds": "0.0",
+                                "output_path": "", "status": PASSED_OVER, "seconds": "0.0",
                                 "error": no_volume_reason(hit.not_a_volume)})
         out = self.output_for(uid, description)
         row = {"series_uid": uid, "input_path": relative(src, self.root), "output_path": relative(out, self.root),
@@ -119,10 +120,10 @@ class Runner:
                 row["status"], row["error"] = "skipped", "a series made by medrecon: not reconstructed again"
                 return self.record(row)
             if not done and mine and all(s.not_a_volume for s in mine):  # a scout, a dose screenshot: as the batch
-                row["status"], row["error"] = "skipped", no_volume_reason(mine[0].not_a_volume)
+                row["status"], row["error"] = PASSED_OVER, no_volume_reason(mine[0].not_a_volume)
                 return self.record(row)
             if not done and not listed and not damaged:  # no image at all: a structure set, a report (listen, or
-                row.update(status="skipped", output_path="",  # a PACS that gave no C-FIND Modality): no output ever
+                row.update(status=PASSED_OVER, output_path="",  # a PACS that gave no C-FIND Modality): no output ever
                            error=no_volume_reason(_without_images(src)))
                 return self.record(row)
             stage = "reconstruct"
@@ -214,7 +215,7 @@ def _listen(run: Runner, settings, stable_s, max_series, idle_exit_s, echo) -> B
     echo(f"listening as {settings.calling_aet} on {settings.store_address}:{settings.store_port}; "
          f"a series is complete after {stable_s:g} s without new images (Ctrl-C stops)")
     rows, idle_since = [], time.monotonic()
-    finished = {uid for uid, r in run.rows.items() if r.get("status") in ("done", "skipped", "conflict")}
+    finished = {uid for uid, r in run.rows.items() if r.get("status") in ("done", "skipped", PASSED_OVER, "conflict")}
     todo = [p.name for p in sorted(run.received.iterdir())  # received before a restart, not finished then
             if p.is_dir() and not p.name.startswith(".") and p.name not in finished]
     try:

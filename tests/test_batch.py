@@ -378,6 +378,19 @@ def test_manifest_cells_read_back_as_written(tmp_path):
     assert [r["input_path"] for r in batch_mod.read_manifest(tmp_path / "m.csv")] == names
 
 
+def test_a_manifest_of_an_older_version_counts_its_series_passed_over(tmp_path):
+    """A series passed over as no volume was told from one skipped as finished by its error's tail; it has its own
+    status now (``PASSED_OVER``), which an older manifest's row (``skipped``, ``no_volume_reason``) reads back as."""
+    def row(uid, status, error=""):
+        return {"series_uid": uid, "input_path": "", "output_path": "", "status": status, "seconds": "0.0",
+                "error": error}
+    batch_mod.write_manifest(tmp_path / "m.csv", [row("1", "skipped", "a RTSTRUCT object, not a volume to reconstruct"),
+                                                  row("2", "skipped"), row("3", "done")])
+    rows = batch_mod.read_manifest(tmp_path / "m.csv")
+    assert [r["status"] for r in rows] == ["passed over", "skipped", "done"]
+    assert batch_mod.BatchResult(tmp_path / "m.csv", rows).summary() == "2 ok, 1 passed over (not a volume), 0 failed"
+
+
 def test_manifest_cells_are_no_formulas_and_errors_never_name_the_input_root(tmp_path):
     """A folder or UID starting with = ran as a formula in a spreadsheet; an error about a series lying in
     INPUT_ROOT itself named the root's absolute path (often a patient's name) in the manifest and the page."""

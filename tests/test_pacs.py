@@ -565,7 +565,7 @@ def test_listen_passes_over_a_scout_series_as_the_batch_does(tmp_path):
     _send(src, port, sorted(src.iterdir()))
     t.join(60)
     (row,) = runs["r"].rows
-    assert row["status"] == "skipped" and "a localizer (scout), not a volume to reconstruct" in row["error"]
+    assert row["status"] == "passed over" and "a localizer (scout), not a volume to reconstruct" in row["error"]
 
 
 def test_listen_passes_over_a_series_without_images_once(tmp_path):
@@ -582,11 +582,11 @@ def test_listen_passes_over_a_series_without_images_once(tmp_path):
     _send(rtstruct.parent, port)
     t.join(60)
     (row,) = runs["r"].rows
-    assert (row["status"], row["error"]) == ("skipped", "a RTSTRUCT object, not a volume to reconstruct")
+    assert (row["status"], row["error"]) == ("passed over", "a RTSTRUCT object, not a volume to reconstruct")
     assert row["input_path"] == "received/1.2.826.0.1.3680043.8.498.71" and row["output_path"] == ""
     assert runs["r"].failed == 0
     again = _listen(out, free_port(), stable_s=0.5, idle_exit_s=1)  # a restart: nothing to take up again
-    assert again.rows == [] and [r["status"] for r in _rows(out)] == ["skipped"]
+    assert again.rows == [] and [r["status"] for r in _rows(out)] == ["passed over"]
     # one received by `pacs run` (a PACS whose C-FIND gave no Modality): skipped, and a rerun does not retrieve it
     from pipelines.pacs import SeriesHit
     run = _runner(tmp_path / "run")
@@ -594,7 +594,7 @@ def test_listen_passes_over_a_series_without_images_once(tmp_path):
     hit = SeriesHit("1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.71", n_instances=1)
     for _ in range(2):
         row = run.process(hit.series_uid, "", hit)
-        assert (row["status"], row["error"]) == ("skipped", "a RTSTRUCT object, not a volume to reconstruct")
+        assert (row["status"], row["error"]) == ("passed over", "a RTSTRUCT object, not a volume to reconstruct")
 
 
 def _rows(out):
@@ -626,7 +626,7 @@ def test_pacs_run_retrieves_no_series_whose_modality_is_no_volume(pacs, tmp_path
         assert [r["status"] for r in thorax] == ["skipped" if again else "done"]
         for i, modality in enumerate(("RTSTRUCT", "SR"), 5):
             row = rows[f"1.2.826.0.1.3680043.8.498.7{i}"]
-            assert (row["status"], row["error"]) == ("skipped", f"a {modality} object, not a volume to reconstruct")
+            assert (row["status"], row["error"]) == ("passed over", f"a {modality} object, not a volume to reconstruct")
             assert row["input_path"] == row["output_path"] == ""
             assert not (out / "received" / row["series_uid"]).exists()  # never retrieved
     assert "] failed" not in capsys.readouterr().out

@@ -22,7 +22,7 @@ from pathlib import Path
 from medrecon.errors import InputError, recorded_error
 from medrecon.io import list_series
 from medrecon.io.atomic import mark_as_written
-from medrecon.io.dicom_scan import modality_not_a_volume, read_header
+from medrecon.io.dicom_scan import modality_not_a_volume
 
 from .batching import (CONFLICT, PASSED_OVER, BatchResult, batch_lock, check_batch_root, no_volume_reason, one_line,
                        output_state, read_manifest, relative, sanitize, write_manifest)
@@ -79,7 +79,7 @@ class Runner:
         out = self.output_for(uid, description)
         row = {"series_uid": uid, "input_path": relative(src, self.root), "output_path": relative(out, self.root),
                "status": "", "seconds": "0.0", "error": ""}
-        listed, damaged = _listing(src) if src.is_dir() else (None, [])  # None: not received yet
+        listed, damaged, others = _listing(src) if src.is_dir() else (None, [], [])  # None: not received yet
         mine = [s for s in listed or [] if s.uid == uid]
         if hit is not None and hit.n_instances and listed is not None and (listed or damaged) and \
                 sum(s.n_files for s in mine) < hit.n_instances:  # the PACS holds images received since
@@ -89,7 +89,7 @@ class Runner:
             except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
                 row["status"], row["error"] = "failed", one_line(f"retrieve: {recorded_error(e)}", self.root)
                 return self.record(row)
-            listed, damaged = _listing(src)
+            listed, damaged, others = _listing(src)
             mine = [s for s in listed if s.uid == uid]
         files = mine[0].files_sha256 if mine else None
         state = "new" if self.overwrite else output_state(out, uid, files, self.fingerprint)
@@ -114,7 +114,7 @@ class Runner:
                 n = retrieve_series(self.settings, hit, src, self.inbox)
                 self.echo(f"        received {n} instances of {uid}")
             if listed is None and not done:  # received just now
-                listed, damaged = _listing(src)
+                listed, damaged, others = _listing(src)
                 mine = [s for s in listed if s.uid == uid]
             if not done and any(s.made_by_medrecon for s in listed):  # e.g. a routing rule sending our own output back
                 row["status"], row["error"] = "skipped", "a series made by medrecon: not reconstructed again"
@@ -124,7 +124,7 @@ class Runner:
                 return self.record(row)
             if not done and not listed and not damaged:  # no image at all: a structure set, a report (listen, or
                 row.update(status=PASSED_OVER, output_path="",  # a PACS that gave no C-FIND Modality): no output ever
-                           error=no_volume_reason(_without_images(src)))
+                           error=no_volume_reason(_without_images(others)))
                 return self.record(row)
             stage = "reconstruct"
             if not done:  # reconstruct's atomic writer clears what killed runs left (medrecon.io.atomic)
@@ -257,25 +257,19 @@ def _rooted(row: dict) -> dict:
             "output_path": name["output_path"]}
 
 
-def _listing(folder: Path) -> tuple[list, list]:
-    """A received series folder's ``list_series`` (its image series) and its damaged files' problems: a folder with
-    neither holds no image (a series that is no volume), one with damaged files only is read, and fails, naming them."""
+def _listing(folder: Path) -> tuple[list, list, list]:
+    """A received series folder's ``list_series`` (its image series), its damaged files' problems and the Modality
+    of its objects without an image: a folder with no image series nor damaged file holds no image (a series that is
+    no volume, ``_without_images``), one with damaged files only is read, and fails, naming them."""
     damaged: list = []
-    return list_series(folder, recursive=True, problems=damaged), damaged
+    others: list = []
+    return list_series(folder, recursive=True, problems=damaged, others=others), damaged, others
 
 
-def _without_images(folder: Path) -> str:
-    """What a received series without an image object holds, by its objects' Modality: "a RTSTRUCT object"
-    (``modality_not_a_volume``), else e.g. "no image (OT objects without pixel data)"."""
-    modalities = set()
-    for f in sorted(folder.rglob("*")):
-        if f.is_file() and not f.name.startswith("."):
-            try:
-                ds = read_header(f, specific_tags=["Modality"])
-            except Exception:  # noqa: BLE001 - damaged files were listed as such before this is asked
-                continue
-            if ds is not None:
-                modalities.add(str(ds.get("Modality", "") or "").strip().upper() or "?")
+def _without_images(others: list) -> str:
+    """What a received series without an image object holds, by the Modality of its objects (``_listing``'s): "a
+    RTSTRUCT object" (``modality_not_a_volume``), else e.g. "no image (OT objects without pixel data)"."""
+    modalities = {m.strip().upper() or "?" for m in others}
     known = [modality_not_a_volume(m) for m in sorted(modalities)]
     if len(known) == 1 and known[0]:
         return known[0]

@@ -597,6 +597,22 @@ def test_listen_passes_over_a_series_without_images_once(tmp_path):
         assert (row["status"], row["error"]) == ("passed over", "a RTSTRUCT object, not a volume to reconstruct")
 
 
+def test_pacs_run_reads_the_headers_of_a_series_without_images_once(tmp_path, monkeypatch):
+    """What a received series without an image holds (its objects' Modality) was asked of every file again after
+    list_series had read them all; it comes from that one listing now."""
+    from pipelines.pacs import SeriesHit
+    _series(tmp_path / "ct", 1, "Chest 1.0", n=2)
+    sr = _no_image(tmp_path / "sr", tmp_path / "ct", "SR", 2)
+    run = _runner(tmp_path / "run")
+    shutil.copytree(sr.parent, run.received / "1.2.826.0.1.3680043.8.498.72")
+    reads, dcmread = [], pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda f, *a, **k: reads.append(Path(f).name) or dcmread(f, *a, **k))
+    uid = "1.2.826.0.1.3680043.8.498.72"
+    row = run.process(uid, "", SeriesHit("1.2.3", uid, n_instances=1))
+    assert (row["status"], row["error"]) == ("passed over", "a SR object, not a volume to reconstruct")
+    assert reads == ["SR.dcm"]
+
+
 def _rows(out):
     with open(out / "manifest.csv", newline="") as fh:
         return list(csv.DictReader(fh))

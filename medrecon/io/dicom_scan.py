@@ -72,13 +72,15 @@ class SeriesInfo:
                 "unreadable": list(self.unreadable), "made_by_medrecon": self.made_by_medrecon}
 
 
-def list_series(folder, recursive: bool = False, problems: list | None = None) -> list[SeriesInfo]:
+def list_series(folder, recursive: bool = False, problems: list | None = None,
+                others: list | None = None) -> list[SeriesInfo]:
     """Every DICOM image series in ``folder`` (and its sub-folders when ``recursive``), largest first.
 
     Files that are not DICOM (and hidden files) are ignored; DICOM files too damaged to read are listed
     in ``SeriesInfo.unreadable`` of every series sharing their folder. ``problems``, when given, gets
     (folder, why) for each folder that could not be listed or whose DICOM files are all damaged: series that
-    may be there but cannot be found.
+    may be there but cannot be found. ``others``, when given, gets the Modality of each DICOM object that is no
+    image (a structure set, a report; "" where it has none).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -95,6 +97,8 @@ def list_series(folder, recursive: bool = False, problems: list | None = None) -
             damaged.setdefault(path.parent, []).append(f"{path} ({type(e).__name__}: {e})")
             continue
         kind = header_kind(ds)
+        if kind == "other" and ds is not None and others is not None:
+            others.append(str(ds.get("Modality", "") or ""))
         if kind == "damaged":
             damaged.setdefault(path.parent, []).append(f"{path} (incomplete header: truncated file?)")
         elif kind == "image":

@@ -295,10 +295,11 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
         tmp.write_text(buf.getvalue(), encoding="utf-8", errors="surrogateescape")  # folder names: their bytes
 
 
-def save_progress(manifest: Path, rows: list[dict]) -> None:
-    """The batch as it stands: its manifest and, beside it, its page (index.html)."""
+def save_progress(manifest: Path, rows: list[dict], title: str = "medrecon batch") -> None:
+    """The batch as it stands (``batch``, ``pacs run``/``listen``): its manifest and, beside it, its page
+    (index.html) headed ``title``."""
     write_manifest(manifest, rows)
-    write_batch_index(manifest.parent, rows)
+    write_batch_index(manifest.parent, rows, title)
 
 
 def read_manifest(path: Path) -> list[dict]:

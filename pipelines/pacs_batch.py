@@ -25,9 +25,8 @@ from medrecon.io.atomic import mark_as_written
 from medrecon.io.dicom_scan import modality_not_a_volume
 
 from .batching import (CONFLICT, PASSED_OVER, BatchResult, batch_lock, check_batch_root, no_volume_reason, one_line,
-                       output_state, read_manifest, relative, sanitize, write_manifest)
+                       output_state, read_manifest, relative, sanitize, save_progress)
 from .config import load_config
-from .html_report import write_batch_index
 from .outputs import write_json
 from .pacs import PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
 from .pacs_retrieve import Inbox, retrieve_series, serve
@@ -148,8 +147,7 @@ class Runner:
     def record(self, row: dict, pending=()) -> dict:
         self.rows[row["series_uid"]] = row
         rows = list(self.rows.values()) + [p for p in pending if p["series_uid"] not in self.rows]
-        write_manifest(self.manifest, rows)
-        write_batch_index(self.root, rows, title=f"medrecon PACS batch ({self.settings.peer()})")
+        save_progress(self.manifest, rows, title=f"medrecon PACS batch ({self.settings.peer()})")
         return row
 
 

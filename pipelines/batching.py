@@ -102,13 +102,14 @@ class Job:
         """The output folder's ``output_state`` for this series."""
         return output_state(self.output, self.uid, self.files_sha256, self.config_sha256)
 
-    @property
-    def done(self) -> bool:
-        return self.state == "done"
+    def state_for(self, overwrite: bool) -> str:
+        """The ``state`` a run acts on, or 'new' with ``overwrite`` (its marker then unread): 'new' is reconstructed
+        (``todo``), 'done' skipped, any other a conflict."""
+        return "new" if overwrite else self.state
 
     def todo(self, overwrite: bool) -> bool:
         """Whether ``run_series`` would reconstruct it (else it returns 'skipped' or 'conflict' at once)."""
-        return overwrite or self.state == "new"
+        return self.state_for(overwrite) == "new"
 
     @cached_property
     def recorded_uid(self) -> str:
@@ -414,10 +415,10 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
     """Reconstruct one series of a batch unless it is finished; returns its manifest row. Never raises for a
     bad series: the error goes into the row, and a failed or interrupted series leaves no empty folders. ``prior``:
     the config's prior already loaded (None: loaded for this series)."""
-    state = job.state
-    if state == "done" and not overwrite:
+    state = job.state_for(overwrite)
+    if state == "done":
         return job.row("skipped", "0.0")
-    if state != "new" and not overwrite:
+    if state != "new":
         return job.row("conflict", "0.0", f"{relative(job.output, job.output_root)} exists but {CONFLICT[state]}; "
                                           "pass --overwrite to redo it")  # its output stays, valid as it was
     t0 = time.perf_counter()
@@ -547,10 +548,11 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     manifest = output_root / MANIFEST
     if dry_run:
         for j in jobs:
-            if j.todo(overwrite) and j.refused:  # the run reads these headers and fails the series
+            state = j.state_for(overwrite)  # its output's marker read once
+            if state == "new" and j.refused:  # the run reads these headers and fails the series
                 echo(f"fail  {j.uid}  {j.input}: {j.refused}")
                 continue
-            echo(f"{'run ' if j.todo(overwrite) else 'skip' if j.done else f'conflict ({j.state})'}  {j.uid}  "
+            echo(f"{'run ' if state == 'new' else 'skip' if state == 'done' else f'conflict ({state})'}  {j.uid}  "
                  f"{j.input}  ->  {j.output}")
         return BatchResult(manifest, [])
     # rows of earlier runs whose series are not under this input root (another day's folder): kept as they were

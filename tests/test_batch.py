@@ -616,6 +616,22 @@ def test_scouts_screenshots_and_rt_objects_in_a_study_export_are_passed_over_not
     assert "study/protocol: a secondary capture" in passed[1] and "study/scout: a localizer (scout)" in passed[2]
 
 
+def test_the_dry_run_reads_each_output_marker_once(tmp_path, monkeypatch):
+    """The dry run read a finished output's marker three times (run?, skip?, its state) and a new one's twice;
+    once each now, and not at all with --overwrite (every series is run)."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    _series(root / "a", 1, "A")
+    assert _run(root, out, "--quiet") == 0
+    _series(root / "b", 2, "B")
+    reads, read_marker = [], batch_mod.read_marker
+    monkeypatch.setattr(batch_mod, "read_marker", lambda f: reads.append(Path(f)) or read_marker(f))
+    assert _run(root, out, "--dry-run") == 0
+    outputs = [r for r in reads if out in r.parents]
+    assert len(outputs) == 2 and len(set(outputs)) == 2  # the finished one and the new one's folder
+    reads.clear()
+    assert _run(root, out, "--dry-run", "--overwrite") == 0 and not [r for r in reads if out in r.parents]
+
+
 def test_the_dry_run_says_an_enhanced_series_will_fail_as_the_run_then_does(tmp_path, capsys):
     """The dry run listed an enhanced multi-frame series as `run`, and the real run then failed it: both now decide
     from the same headers (``dicom_scan.refusal``), and the dry run prints the run's reason."""

@@ -4,7 +4,6 @@ a series failing mid-transfer in either direction). Skips cleanly without pynetd
 import csv
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -16,7 +15,7 @@ pytest.importorskip("pynetdicom")
 
 from medrecon.io import write_dicom_series  # noqa: E402
 from medrecon.volume import Volume  # noqa: E402
-from orthanc_server import free_port, start_orthanc  # noqa: E402
+from orthanc_server import free_port, listening, start_orthanc, wait_until  # noqa: E402
 from pipelines.cli import main  # noqa: E402
 
 SETS = ["--set", "solver.name=fbp", "--set", "ct.image_size=16"]
@@ -288,7 +287,7 @@ def test_listen_reconstructs_what_the_pacs_sends(pacs, tmp_path):
             "--max-series", "1", "--idle-exit", "30"]
     t = threading.Thread(target=lambda: result.setdefault("rc", main(args)))
     t.start()
-    time.sleep(1.0)
+    wait_until(lambda: listening(port))
     chest = next(sid for sid in pacs.get("/series")
                  if pacs.get(f"/series/{sid}")["MainDicomTags"].get("SeriesDescription") == "Chest 1.0")
     pacs.post("/modalities/listener/store", json.dumps({"Resources": [chest], "Synchronous": True}).encode(),
@@ -383,7 +382,7 @@ def test_the_listener_takes_images_only_from_the_pacs_unless_told_otherwise(tmp_
         t = threading.Thread(target=lambda: runs.setdefault("r", _listen(tmp_path / f"out{bool(accept_from)}", port,
                                                                          accept_from, stable_s=0.5, idle_exit_s=3)))
         t.start()
-        time.sleep(1.0)
+        wait_until(lambda: listening(port))
         if accept_from is None:
             with pytest.raises(PacsError, match="Calling AE title not recognised"):
                 _send(src, port, calling_aet="EVIL_LAPTOP")
@@ -404,9 +403,10 @@ def test_listen_redoes_a_series_whose_late_images_arrive_and_resumes_what_a_stop
     runs = {}
     t = threading.Thread(target=lambda: runs.setdefault("first", _listen(out, port, stable_s=0.5, idle_exit_s=4)))
     t.start()
-    time.sleep(1.0)
+    wait_until(lambda: listening(port))
     _send(src, port, files[:2])
-    time.sleep(3.0)  # taken, reconstructed from 2 slices
+    wait_until(lambda: (out / "manifest.csv").is_file()  # taken, reconstructed from 2 slices
+               and [r["status"] for r in _rows(out)] == ["done"])
     _send(src, port, files[2:])
     t.join(60)
     rows = runs["first"].rows
@@ -561,7 +561,7 @@ def test_listen_passes_over_a_scout_series_as_the_batch_does(tmp_path):
     runs = {}
     t = threading.Thread(target=lambda: runs.setdefault("r", _listen(out, port, stable_s=0.5, idle_exit_s=3)))
     t.start()
-    time.sleep(1.0)
+    wait_until(lambda: listening(port))
     _send(src, port, sorted(src.iterdir()))
     t.join(60)
     (row,) = runs["r"].rows
@@ -578,7 +578,7 @@ def test_listen_passes_over_a_series_without_images_once(tmp_path):
     runs = {}
     t = threading.Thread(target=lambda: runs.setdefault("r", _listen(out, port, stable_s=0.5, idle_exit_s=3)))
     t.start()
-    time.sleep(1.0)
+    wait_until(lambda: listening(port))
     _send(rtstruct.parent, port)
     t.join(60)
     (row,) = runs["r"].rows
@@ -701,7 +701,7 @@ def test_late_images_do_not_override_a_config_conflict(tmp_path):
             settings, out, "sparse_view_ct_8", ["solver.name=fbp", f"ct.image_size={size}"], send=False,
             echo=lambda s: None, stable_s=0.5, idle_exit_s=3)))
         t.start()
-        time.sleep(1.0)
+        wait_until(lambda: listening(port))
         _send(src, port, send_files)
         t.join(60)
         return got["r"].rows

@@ -102,13 +102,14 @@ class Job:
         """The output folder's ``output_state`` for this series."""
         return output_state(self.output, self.uid, self.files_sha256, self.config_sha256)
 
-    @property
-    def done(self) -> bool:
-        return self.state == "done"
+    def state_for(self, overwrite: bool) -> str:
+        """The ``state`` a run acts on, or 'new' with ``overwrite`` (its marker then unread): 'new' is reconstructed
+        (``todo``), 'done' skipped, any other a conflict."""
+        return "new" if overwrite else self.state
 
     def todo(self, overwrite: bool) -> bool:
         """Whether ``run_series`` would reconstruct it (else it returns 'skipped' or 'conflict' at once)."""
-        return overwrite or self.state == "new"
+        return self.state_for(overwrite) == "new"
 
     @cached_property
     def recorded_uid(self) -> str:
@@ -239,14 +240,12 @@ def no_volume_reason(what: str) -> str:
     return f"{what}, {NOT_A_VOLUME}" if what else ""
 
 
-#: the tail of ``no_volume_reason``: how a row passed over as no volume is told from one skipped as finished
+#: the tail of ``no_volume_reason``
 NOT_A_VOLUME = "not a volume to reconstruct"
 
-
-def passed_over(row: dict) -> bool:
-    """Whether a manifest row is of a series passed over as no volume (``pacs run``/``listen``'s structure sets,
-    reports, scouts: ``skipped`` with ``no_volume_reason``), not of one skipped as finished."""
-    return row.get("status") == "skipped" and (row.get("error") or "").endswith(f", {NOT_A_VOLUME}")
+#: the manifest status of a series passed over as no volume (``pacs run``/``listen``'s structure sets, reports,
+#: scouts; ``error`` says what it is, ``no_volume_reason``), apart from one ``skipped`` as finished
+PASSED_OVER = "passed over"
 
 
 def is_reconstruction(info) -> bool:
@@ -297,15 +296,24 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
         tmp.write_text(buf.getvalue(), encoding="utf-8", errors="surrogateescape")  # folder names: their bytes
 
 
-def save_progress(manifest: Path, rows: list[dict]) -> None:
-    """The batch as it stands: its manifest and, beside it, its page (index.html)."""
+def save_progress(manifest: Path, rows: list[dict], title: str = "medrecon batch") -> None:
+    """The batch as it stands (``batch``, ``pacs run``/``listen``): its manifest and, beside it, its page
+    (index.html) headed ``title``."""
     write_manifest(manifest, rows)
-    write_batch_index(manifest.parent, rows)
+    write_batch_index(manifest.parent, rows, title)
 
 
 def read_manifest(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        return [{k: _as_written(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [_current({k: _as_written(v) for k, v in r.items()}) for r in csv.DictReader(f)]
+
+
+def _current(row: dict) -> dict:
+    """A row as this version writes it: before ``PASSED_OVER``, a series passed over as no volume was ``skipped``
+    with ``no_volume_reason`` as its error (that error's tail tells it from a finished series)."""
+    if row.get("status") == "skipped" and (row.get("error") or "").endswith(f", {NOT_A_VOLUME}"):
+        row["status"] = PASSED_OVER
+    return row
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -407,10 +415,10 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
     """Reconstruct one series of a batch unless it is finished; returns its manifest row. Never raises for a
     bad series: the error goes into the row, and a failed or interrupted series leaves no empty folders. ``prior``:
     the config's prior already loaded (None: loaded for this series)."""
-    state = job.state
-    if state == "done" and not overwrite:
+    state = job.state_for(overwrite)
+    if state == "done":
         return job.row("skipped", "0.0")
-    if state != "new" and not overwrite:
+    if state != "new":
         return job.row("conflict", "0.0", f"{relative(job.output, job.output_root)} exists but {CONFLICT[state]}; "
                                           "pass --overwrite to redo it")  # its output stays, valid as it was
     t0 = time.perf_counter()
@@ -460,8 +468,8 @@ class BatchResult:
 
     @property
     def passed_over(self) -> int:
-        """Series passed over as no volume (``passed_over``: a structure set or report that ``pacs run`` found)."""
-        return sum(map(passed_over, self.rows))
+        """Series passed over as no volume (``PASSED_OVER``: a structure set or report that ``pacs run`` found)."""
+        return sum(r["status"] == PASSED_OVER for r in self.rows)
 
     def summary(self) -> str:
         """'N ok[, N passed over (not a volume)], N failed[, N conflicts]' of this run's rows (``batch``, ``pacs
@@ -540,10 +548,11 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     manifest = output_root / MANIFEST
     if dry_run:
         for j in jobs:
-            if j.todo(overwrite) and j.refused:  # the run reads these headers and fails the series
+            state = j.state_for(overwrite)  # its output's marker read once
+            if state == "new" and j.refused:  # the run reads these headers and fails the series
                 echo(f"fail  {j.uid}  {j.input}: {j.refused}")
                 continue
-            echo(f"{'run ' if j.todo(overwrite) else 'skip' if j.done else f'conflict ({j.state})'}  {j.uid}  "
+            echo(f"{'run ' if state == 'new' else 'skip' if state == 'done' else f'conflict ({state})'}  {j.uid}  "
                  f"{j.input}  ->  {j.output}")
         return BatchResult(manifest, [])
     # rows of earlier runs whose series are not under this input root (another day's folder): kept as they were

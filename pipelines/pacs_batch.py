@@ -8,9 +8,10 @@ source series as retrieved, present only when complete) and one ``reconstruct`` 
 The manifest's paths are relative to OUTPUT_ROOT (the same command works from any folder); a user's
 manifest.csv or index.html there stops the run before any work, as in the batch.
 A rerun skips what is finished: no retrieval when ``received/<UID>`` exists, no reconstruction when the
-output holds ``report.json``, no send when it holds ``pacs.json``. A series that is no volume is ``skipped`` with the
-batch's reason (``batching.no_volume_reason``): by its C-FIND Modality (``modality_not_a_volume``) before any
-retrieval, or once received, when it holds no image object or only images of no volume (a scout).
+output holds ``report.json``, no send when it holds ``pacs.json``. A series that is no volume is ``passed over`` (the
+status ``batching.PASSED_OVER``) with the batch's reason (``batching.no_volume_reason``): by its C-FIND Modality
+(``modality_not_a_volume``) before any retrieval, or once received, when it holds no image object or only images of
+no volume (a scout).
 """
 from __future__ import annotations
 
@@ -21,12 +22,11 @@ from pathlib import Path
 from medrecon.errors import InputError, recorded_error
 from medrecon.io import list_series
 from medrecon.io.atomic import mark_as_written
-from medrecon.io.dicom_scan import modality_not_a_volume, read_header
+from medrecon.io.dicom_scan import modality_not_a_volume
 
-from .batching import (CONFLICT, BatchResult, batch_lock, check_batch_root, no_volume_reason, one_line, output_state,
-                       read_manifest, relative, sanitize, write_manifest)
+from .batching import (CONFLICT, PASSED_OVER, BatchResult, batch_lock, check_batch_root, no_volume_reason, one_line,
+                       output_state, read_manifest, relative, sanitize, save_progress)
 from .config import load_config
-from .html_report import write_batch_index
 from .outputs import write_json
 from .pacs import PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
 from .pacs_retrieve import Inbox, retrieve_series, serve
@@ -73,12 +73,12 @@ class Runner:
         src = self.received / sanitize(uid, "series")
         if hit is not None and hit.not_a_volume:  # by its C-FIND Modality, the batch's rule: not even retrieved
             return self.record({"series_uid": uid, "input_path": relative(src, self.root) if src.is_dir() else "",
-                                "output_path": "", "status": "skipped", "seconds": "0.0",
+                                "output_path": "", "status": PASSED_OVER, "seconds": "0.0",
                                 "error": no_volume_reason(hit.not_a_volume)})
         out = self.output_for(uid, description)
         row = {"series_uid": uid, "input_path": relative(src, self.root), "output_path": relative(out, self.root),
                "status": "", "seconds": "0.0", "error": ""}
-        listed, damaged = _listing(src) if src.is_dir() else (None, [])  # None: not received yet
+        listed, damaged, others = _listing(src) if src.is_dir() else (None, [], [])  # None: not received yet
         mine = [s for s in listed or [] if s.uid == uid]
         if hit is not None and hit.n_instances and listed is not None and (listed or damaged) and \
                 sum(s.n_files for s in mine) < hit.n_instances:  # the PACS holds images received since
@@ -88,7 +88,7 @@ class Runner:
             except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
                 row["status"], row["error"] = "failed", one_line(f"retrieve: {recorded_error(e)}", self.root)
                 return self.record(row)
-            listed, damaged = _listing(src)
+            listed, damaged, others = _listing(src)
             mine = [s for s in listed if s.uid == uid]
         files = mine[0].files_sha256 if mine else None
         state = "new" if self.overwrite else output_state(out, uid, files, self.fingerprint)
@@ -113,17 +113,17 @@ class Runner:
                 n = retrieve_series(self.settings, hit, src, self.inbox)
                 self.echo(f"        received {n} instances of {uid}")
             if listed is None and not done:  # received just now
-                listed, damaged = _listing(src)
+                listed, damaged, others = _listing(src)
                 mine = [s for s in listed if s.uid == uid]
             if not done and any(s.made_by_medrecon for s in listed):  # e.g. a routing rule sending our own output back
                 row["status"], row["error"] = "skipped", "a series made by medrecon: not reconstructed again"
                 return self.record(row)
             if not done and mine and all(s.not_a_volume for s in mine):  # a scout, a dose screenshot: as the batch
-                row["status"], row["error"] = "skipped", no_volume_reason(mine[0].not_a_volume)
+                row["status"], row["error"] = PASSED_OVER, no_volume_reason(mine[0].not_a_volume)
                 return self.record(row)
             if not done and not listed and not damaged:  # no image at all: a structure set, a report (listen, or
-                row.update(status="skipped", output_path="",  # a PACS that gave no C-FIND Modality): no output ever
-                           error=no_volume_reason(_without_images(src)))
+                row.update(status=PASSED_OVER, output_path="",  # a PACS that gave no C-FIND Modality): no output ever
+                           error=no_volume_reason(_without_images(others)))
                 return self.record(row)
             stage = "reconstruct"
             if not done:  # reconstruct's atomic writer clears what killed runs left (medrecon.io.atomic)
@@ -147,8 +147,7 @@ class Runner:
     def record(self, row: dict, pending=()) -> dict:
         self.rows[row["series_uid"]] = row
         rows = list(self.rows.values()) + [p for p in pending if p["series_uid"] not in self.rows]
-        write_manifest(self.manifest, rows)
-        write_batch_index(self.root, rows, title=f"medrecon PACS batch ({self.settings.peer()})")
+        save_progress(self.manifest, rows, title=f"medrecon PACS batch ({self.settings.peer()})")
         return row
 
 
@@ -214,7 +213,7 @@ def _listen(run: Runner, settings, stable_s, max_series, idle_exit_s, echo) -> B
     echo(f"listening as {settings.calling_aet} on {settings.store_address}:{settings.store_port}; "
          f"a series is complete after {stable_s:g} s without new images (Ctrl-C stops)")
     rows, idle_since = [], time.monotonic()
-    finished = {uid for uid, r in run.rows.items() if r.get("status") in ("done", "skipped", "conflict")}
+    finished = {uid for uid, r in run.rows.items() if r.get("status") in ("done", "skipped", PASSED_OVER, "conflict")}
     todo = [p.name for p in sorted(run.received.iterdir())  # received before a restart, not finished then
             if p.is_dir() and not p.name.startswith(".") and p.name not in finished]
     try:
@@ -256,25 +255,19 @@ def _rooted(row: dict) -> dict:
             "output_path": name["output_path"]}
 
 
-def _listing(folder: Path) -> tuple[list, list]:
-    """A received series folder's ``list_series`` (its image series) and its damaged files' problems: a folder with
-    neither holds no image (a series that is no volume), one with damaged files only is read, and fails, naming them."""
+def _listing(folder: Path) -> tuple[list, list, list]:
+    """A received series folder's ``list_series`` (its image series), its damaged files' problems and the Modality
+    of its objects without an image: a folder with no image series nor damaged file holds no image (a series that is
+    no volume, ``_without_images``), one with damaged files only is read, and fails, naming them."""
     damaged: list = []
-    return list_series(folder, recursive=True, problems=damaged), damaged
+    others: list = []
+    return list_series(folder, recursive=True, problems=damaged, others=others), damaged, others
 
 
-def _without_images(folder: Path) -> str:
-    """What a received series without an image object holds, by its objects' Modality: "a RTSTRUCT object"
-    (``modality_not_a_volume``), else e.g. "no image (OT objects without pixel data)"."""
-    modalities = set()
-    for f in sorted(folder.rglob("*")):
-        if f.is_file() and not f.name.startswith("."):
-            try:
-                ds = read_header(f, specific_tags=["Modality"])
-            except Exception:  # noqa: BLE001 - damaged files were listed as such before this is asked
-                continue
-            if ds is not None:
-                modalities.add(str(ds.get("Modality", "") or "").strip().upper() or "?")
+def _without_images(others: list) -> str:
+    """What a received series without an image object holds, by the Modality of its objects (``_listing``'s): "a
+    RTSTRUCT object" (``modality_not_a_volume``), else e.g. "no image (OT objects without pixel data)"."""
+    modalities = {m.strip().upper() or "?" for m in others}
     known = [modality_not_a_volume(m) for m in sorted(modalities)]
     if len(known) == 1 and known[0]:
         return known[0]

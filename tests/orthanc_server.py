@@ -21,6 +21,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port`` (a listener started in a thread is ready)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    """Poll ``condition()`` until it holds, failing after ``timeout`` seconds: a test waits for what it needs, not a
+    fixed time that a loaded machine may outlast."""
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"waited {timeout:g} s in vain"
+        time.sleep(0.05)
+
+
 @dataclass
 class Orthanc:
     process: subprocess.Popen

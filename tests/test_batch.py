@@ -378,6 +378,19 @@ def test_manifest_cells_read_back_as_written(tmp_path):
     assert [r["input_path"] for r in batch_mod.read_manifest(tmp_path / "m.csv")] == names
 
 
+def test_a_manifest_of_an_older_version_counts_its_series_passed_over(tmp_path):
+    """A series passed over as no volume was told from one skipped as finished by its error's tail; it has its own
+    status now (``PASSED_OVER``), which an older manifest's row (``skipped``, ``no_volume_reason``) reads back as."""
+    def row(uid, status, error=""):
+        return {"series_uid": uid, "input_path": "", "output_path": "", "status": status, "seconds": "0.0",
+                "error": error}
+    batch_mod.write_manifest(tmp_path / "m.csv", [row("1", "skipped", "a RTSTRUCT object, not a volume to reconstruct"),
+                                                  row("2", "skipped"), row("3", "done")])
+    rows = batch_mod.read_manifest(tmp_path / "m.csv")
+    assert [r["status"] for r in rows] == ["passed over", "skipped", "done"]
+    assert batch_mod.BatchResult(tmp_path / "m.csv", rows).summary() == "2 ok, 1 passed over (not a volume), 0 failed"
+
+
 def test_manifest_cells_are_no_formulas_and_errors_never_name_the_input_root(tmp_path):
     """A folder or UID starting with = ran as a formula in a spreadsheet; an error about a series lying in
     INPUT_ROOT itself named the root's absolute path (often a patient's name) in the manifest and the page."""
@@ -601,6 +614,22 @@ def test_scouts_screenshots_and_rt_objects_in_a_study_export_are_passed_over_not
     passed = sorted(s for s in said if s.startswith("pass"))
     assert len(passed) == 3 and "study/dose: a RTDOSE object, not a volume to reconstruct" in passed[0]
     assert "study/protocol: a secondary capture" in passed[1] and "study/scout: a localizer (scout)" in passed[2]
+
+
+def test_the_dry_run_reads_each_output_marker_once(tmp_path, monkeypatch):
+    """The dry run read a finished output's marker three times (run?, skip?, its state) and a new one's twice;
+    once each now, and not at all with --overwrite (every series is run)."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    _series(root / "a", 1, "A")
+    assert _run(root, out, "--quiet") == 0
+    _series(root / "b", 2, "B")
+    reads, read_marker = [], batch_mod.read_marker
+    monkeypatch.setattr(batch_mod, "read_marker", lambda f: reads.append(Path(f)) or read_marker(f))
+    assert _run(root, out, "--dry-run") == 0
+    outputs = [r for r in reads if out in r.parents]
+    assert len(outputs) == 2 and len(set(outputs)) == 2  # the finished one and the new one's folder
+    reads.clear()
+    assert _run(root, out, "--dry-run", "--overwrite") == 0 and not [r for r in reads if out in r.parents]
 
 
 def test_the_dry_run_says_an_enhanced_series_will_fail_as_the_run_then_does(tmp_path, capsys):

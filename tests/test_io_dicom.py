@@ -956,6 +956,18 @@ def test_a_folder_of_a_scan_and_its_scouts_reads_the_scan(tmp_path):
         assert any("largest that may be a volume" in w and "a localizer (scout)" in w for w in vol.meta["warnings"])
 
 
+def test_choose_series_says_its_note_with_descriptions_and_records_it_without():
+    """The note on the series passed over comes as (said, recorded) from choose_series, whose listing decides
+    what a report keeps; the reader no longer rewrites its text."""
+    from medrecon.io import SeriesInfo, choose_series
+    scan = SeriesInfo("1.2.1", [Path(f"s{k}") for k in range(3)], "Abdomen Doe Jane", "CT")
+    scout = SeriesInfo("1.2.2", [Path("t0")], "Topogram Doe Jane", "CT", not_a_volume="a localizer (scout)")
+    chosen, (said, recorded) = choose_series([scan, scout], None, "f")
+    assert chosen is scan and said.startswith("f holds 2 series; reading the largest that may be a volume, 1.2.1")
+    assert "Topogram Doe Jane" in said and "Doe" not in recorded
+    assert recorded == said.replace(" 'Abdomen Doe Jane'", "").replace(" 'Topogram Doe Jane'", "")
+
+
 def test_a_cd_root_names_the_folders_that_hold_series(tmp_path):
     """A CD export's root (PT000000/ST000000/SE000000/...) sent the user down one level per error."""
     shutil.copytree(CT5N, tmp_path / "cd" / "PT000000" / "ST000000" / "SE000000")

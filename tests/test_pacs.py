@@ -4,7 +4,6 @@ a series failing mid-transfer in either direction). Skips cleanly without pynetd
 import csv
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -16,7 +15,7 @@ pytest.importorskip("pynetdicom")
 
 from medrecon.io import write_dicom_series  # noqa: E402
 from medrecon.volume import Volume  # noqa: E402
-from orthanc_server import free_port, start_orthanc  # noqa: E402
+from orthanc_server import free_port, listening, start_orthanc, wait_until  # noqa: E402
 from pipelines.cli import main  # noqa: E402
 
 SETS = ["--set", "solver.name=fbp", "--set", "ct.image_size=16"]
@@ -288,7 +287,7 @@ def test_listen_reconstructs_what_the_pacs_sends(pacs, tmp_path):
             "--max-series", "1", "--idle-exit", "30"]
     t = threading.Thread(target=lambda: result.setdefault("rc", main(args)))
     t.start()
-    time.sleep(1.0)
+    wait_until(lambda: listening(port))
     chest = next(sid for sid in pacs.get("/series")
                  if pacs.get(f"/series/{sid}")["MainDicomTags"].get("SeriesDescription") == "Chest 1.0")
     pacs.post("/modalities/listener/store", json.dumps({"Resources": [chest], "Synchronous": True}).encode(),
@@ -383,7 +382,7 @@ def test_the_listener_takes_images_only_from_the_pacs_unless_told_otherwise(tmp_
         t = threading.Thread(target=lambda: runs.setdefault("r", _listen(tmp_path / f"out{bool(accept_from)}", port,
                                                                          accept_from, stable_s=0.5, idle_exit_s=3)))
         t.start()
-        time.sleep(1.0)
+        wait_until(lambda: listening(port))
         if accept_from is None:
             with pytest.raises(PacsError, match="Calling AE title not recognised"):
                 _send(src, port, calling_aet="EVIL_LAPTOP")
@@ -404,9 +403,10 @@ def test_listen_redoes_a_series_whose_late_images_arrive_and_resumes_what_a_stop
     runs = {}
     t = threading.Thread(target=lambda: runs.setdefault("first", _listen(out, port, stable_s=0.5, idle_exit_s=4)))
     t.start()
-    time.sleep(1.0)
+    wait_until(lambda: listening(port))
     _send(src, port, files[:2])
-    time.sleep(3.0)  # taken, reconstructed from 2 slices
+    wait_until(lambda: (out / "manifest.csv").is_file()  # taken, reconstructed from 2 slices
+               and [r["status"] for r in _rows(out)] == ["done"])
     _send(src, port, files[2:])
     t.join(60)
     rows = runs["first"].rows
@@ -561,11 +561,11 @@ def test_listen_passes_over_a_scout_series_as_the_batch_does(tmp_path):
     runs = {}
     t = threading.Thread(target=lambda: runs.setdefault("r", _listen(out, port, stable_s=0.5, idle_exit_s=3)))
     t.start()
-    time.sleep(1.0)
+    wait_until(lambda: listening(port))
     _send(src, port, sorted(src.iterdir()))
     t.join(60)
     (row,) = runs["r"].rows
-    assert row["status"] == "skipped" and "a localizer (scout), not a volume to reconstruct" in row["error"]
+    assert row["status"] == "passed over" and "a localizer (scout), not a volume to reconstruct" in row["error"]
 
 
 def test_listen_passes_over_a_series_without_images_once(tmp_path):
@@ -578,15 +578,15 @@ def test_listen_passes_over_a_series_without_images_once(tmp_path):
     runs = {}
     t = threading.Thread(target=lambda: runs.setdefault("r", _listen(out, port, stable_s=0.5, idle_exit_s=3)))
     t.start()
-    time.sleep(1.0)
+    wait_until(lambda: listening(port))
     _send(rtstruct.parent, port)
     t.join(60)
     (row,) = runs["r"].rows
-    assert (row["status"], row["error"]) == ("skipped", "a RTSTRUCT object, not a volume to reconstruct")
+    assert (row["status"], row["error"]) == ("passed over", "a RTSTRUCT object, not a volume to reconstruct")
     assert row["input_path"] == "received/1.2.826.0.1.3680043.8.498.71" and row["output_path"] == ""
     assert runs["r"].failed == 0
     again = _listen(out, free_port(), stable_s=0.5, idle_exit_s=1)  # a restart: nothing to take up again
-    assert again.rows == [] and [r["status"] for r in _rows(out)] == ["skipped"]
+    assert again.rows == [] and [r["status"] for r in _rows(out)] == ["passed over"]
     # one received by `pacs run` (a PACS whose C-FIND gave no Modality): skipped, and a rerun does not retrieve it
     from pipelines.pacs import SeriesHit
     run = _runner(tmp_path / "run")
@@ -594,7 +594,23 @@ def test_listen_passes_over_a_series_without_images_once(tmp_path):
     hit = SeriesHit("1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.71", n_instances=1)
     for _ in range(2):
         row = run.process(hit.series_uid, "", hit)
-        assert (row["status"], row["error"]) == ("skipped", "a RTSTRUCT object, not a volume to reconstruct")
+        assert (row["status"], row["error"]) == ("passed over", "a RTSTRUCT object, not a volume to reconstruct")
+
+
+def test_pacs_run_reads_the_headers_of_a_series_without_images_once(tmp_path, monkeypatch):
+    """What a received series without an image holds (its objects' Modality) was asked of every file again after
+    list_series had read them all; it comes from that one listing now."""
+    from pipelines.pacs import SeriesHit
+    _series(tmp_path / "ct", 1, "Chest 1.0", n=2)
+    sr = _no_image(tmp_path / "sr", tmp_path / "ct", "SR", 2)
+    run = _runner(tmp_path / "run")
+    shutil.copytree(sr.parent, run.received / "1.2.826.0.1.3680043.8.498.72")
+    reads, dcmread = [], pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda f, *a, **k: reads.append(Path(f).name) or dcmread(f, *a, **k))
+    uid = "1.2.826.0.1.3680043.8.498.72"
+    row = run.process(uid, "", SeriesHit("1.2.3", uid, n_instances=1))
+    assert (row["status"], row["error"]) == ("passed over", "a SR object, not a volume to reconstruct")
+    assert reads == ["SR.dcm"]
 
 
 def _rows(out):
@@ -626,7 +642,7 @@ def test_pacs_run_retrieves_no_series_whose_modality_is_no_volume(pacs, tmp_path
         assert [r["status"] for r in thorax] == ["skipped" if again else "done"]
         for i, modality in enumerate(("RTSTRUCT", "SR"), 5):
             row = rows[f"1.2.826.0.1.3680043.8.498.7{i}"]
-            assert (row["status"], row["error"]) == ("skipped", f"a {modality} object, not a volume to reconstruct")
+            assert (row["status"], row["error"]) == ("passed over", f"a {modality} object, not a volume to reconstruct")
             assert row["input_path"] == row["output_path"] == ""
             assert not (out / "received" / row["series_uid"]).exists()  # never retrieved
     assert "] failed" not in capsys.readouterr().out
@@ -685,7 +701,7 @@ def test_late_images_do_not_override_a_config_conflict(tmp_path):
             settings, out, "sparse_view_ct_8", ["solver.name=fbp", f"ct.image_size={size}"], send=False,
             echo=lambda s: None, stable_s=0.5, idle_exit_s=3)))
         t.start()
-        time.sleep(1.0)
+        wait_until(lambda: listening(port))
         _send(src, port, send_files)
         t.join(60)
         return got["r"].rows

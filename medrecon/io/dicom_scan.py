@@ -72,13 +72,15 @@ class SeriesInfo:
                 "unreadable": list(self.unreadable), "made_by_medrecon": self.made_by_medrecon}
 
 
-def list_series(folder, recursive: bool = False, problems: list | None = None) -> list[SeriesInfo]:
+def list_series(folder, recursive: bool = False, problems: list | None = None,
+                others: list | None = None) -> list[SeriesInfo]:
     """Every DICOM image series in ``folder`` (and its sub-folders when ``recursive``), largest first.
 
     Files that are not DICOM (and hidden files) are ignored; DICOM files too damaged to read are listed
     in ``SeriesInfo.unreadable`` of every series sharing their folder. ``problems``, when given, gets
     (folder, why) for each folder that could not be listed or whose DICOM files are all damaged: series that
-    may be there but cannot be found.
+    may be there but cannot be found. ``others``, when given, gets the Modality of each DICOM object that is no
+    image (a structure set, a report; "" where it has none).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -95,6 +97,8 @@ def list_series(folder, recursive: bool = False, problems: list | None = None) -
             damaged.setdefault(path.parent, []).append(f"{path} ({type(e).__name__}: {e})")
             continue
         kind = header_kind(ds)
+        if kind == "other" and ds is not None and others is not None:
+            others.append(str(ds.get("Modality", "") or ""))
         if kind == "damaged":
             damaged.setdefault(path.parent, []).append(f"{path} (incomplete header: truncated file?)")
         elif kind == "image":
@@ -137,28 +141,31 @@ def series_listing(all_series: list[SeriesInfo], descriptions: bool = True) -> s
                      + (f", {s.not_a_volume}" if s.not_a_volume else "") + ")" for s in all_series)
 
 
-def choose_series(all_series: list[SeriesInfo], uid: str | None, where) -> tuple[SeriesInfo, str | None]:
+def choose_series(all_series: list[SeriesInfo], uid: str | None,
+                  where) -> tuple[SeriesInfo, tuple[str, str] | None]:
     """The series with SeriesInstanceUID ``uid``, or by default the largest of those that may be volumes (not
-    scouts, screenshots, ...: ``not_a_volume``, as the batch passes them over); also a note for the user when
-    others were passed over. Ties and unknown UIDs are errors listing the choices."""
-    listing = series_listing(all_series)
+    scouts, screenshots, ...: ``not_a_volume``, as the batch passes them over); also, when others were passed
+    over, a note for the user as (what the console is told, what reports record: without the SeriesDescriptions,
+    which may name the patient). Ties and unknown UIDs are errors listing the choices, recorded likewise."""
+    def told(said: str) -> tuple[str, str]:
+        return said + series_listing(all_series), said + series_listing(all_series, descriptions=False)
+
     if uid is not None:
         chosen = [s for s in all_series if s.uid == uid]
         if not chosen:
-            said = f"{where} holds no series {uid}; the series there are: "  # recorded without the descriptions
-            raise InputError(said + listing, recorded=said + series_listing(all_series, descriptions=False))
+            message, recorded = told(f"{where} holds no series {uid}; the series there are: ")
+            raise InputError(message, recorded=recorded)
         return chosen[0], None
     if len(all_series) == 1:
         return all_series[0], None
     volumes = candidates(all_series)
     if tied(all_series):
-        said = (f"{where} holds {len(all_series)} series and the largest are the same size; "
-                "choose one with --series UID: ")
-        raise InputError(said + listing, recorded=said + series_listing(all_series, descriptions=False))
-    return volumes[0], (f"{where} holds {len(all_series)} series; reading the largest"
-                        + (" that may be a volume" if len(volumes) < len(all_series) else "")
-                        + f", {volumes[0].uid} (choose another with --series UID): {listing}")
-
+        message, recorded = told(f"{where} holds {len(all_series)} series and the largest are the same size; "
+                                 "choose one with --series UID: ")
+        raise InputError(message, recorded=recorded)
+    return volumes[0], told(f"{where} holds {len(all_series)} series; reading the largest"
+                            + (" that may be a volume" if len(volumes) < len(all_series) else "")
+                            + f", {volumes[0].uid} (choose another with --series UID): ")
 
 
 def made_by_medrecon(ds) -> bool:

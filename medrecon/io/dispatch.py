@@ -13,7 +13,7 @@ from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
 from .dicom_read import read_dicom_series
-from .dicom_scan import choose_series, is_dicom_file, list_series, series_listing
+from .dicom_scan import choose_series, is_dicom_file, list_series
 from .deidentify import refuse_identifying_pixels
 from .dicom_write import write_dicom_series
 from .itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
@@ -113,8 +113,7 @@ def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volu
     info, note = choose_series(found, series, folder)
     vol = read_dicom_series(info, resample)
     if note:  # said with the series' descriptions, recorded without them (report.json's input_warnings)
-        warn(vol.meta["warnings"], note, recorded=note.replace(series_listing(found),
-                                                                series_listing(found, descriptions=False)))
+        warn(vol.meta["warnings"], *note)
     vol.meta["series_in_folder"] = [s.to_dict() for s in found]
     return vol
 

@@ -59,6 +59,11 @@ class Measurement:
         from operators.ct import geometry_from_dict
         return geometry_from_dict(self.geometry)
 
+    @cached_property
+    def holds_data(self) -> bool:
+        """Whether ``data`` holds a non-zero sample, found once: the raw readers set it from their summed pass."""
+        return bool(np.any(self.data))
+
     @property
     def mask_layout(self) -> str | None:
         """MRI: '3d' when the data were sampled over (kz, kx) as one 3D acquisition, else '2d' (what the data hold,
@@ -174,7 +179,7 @@ def _refuse_empty_mask(meas: Measurement, path: Path) -> None:
         raise InputError(f"{path}: kspace holds only zeros" if meas.info.get("mask_source", "file") != "file" else
                          f"{path}: its mask samples nothing (all zero): store 1 where k-space was measured (a "
                          "fastMRI file may leave 'mask' out: its non-zero columns are then taken)")
-    if not np.any(meas.data):  # whatever its mask: the solvers fail on it with advice about step sizes
+    if not meas.holds_data:  # whatever its mask: the solvers fail on it with advice about step sizes
         raise InputError(f"{path}: kspace holds only zeros")
 
 

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -216,8 +217,7 @@ def bench(args):
                 rows)
         for image in ("complex", "real") if acc in args.phase_split else ("complex",):
             # real: the magnitude/phase split, each frame's low-resolution phase folded into the maps
-            m = meas if image == "complex" else Measurement(**{**vars(meas),
-                                                               "coil_maps": phase_split_maps(meas, meas.coil_maps)})
+            m = meas if image == "complex" else replace(meas, coil_maps=phase_split_maps(meas, meas.coil_maps))
             tag = "" if image == "complex" else " [phase split, real image]"
             tuned(f"LS-SENSE (cgls){tag}", args.ls_iters, lambda n: run(m, cfg, [
                 "solver.name=cgls", f"solver.steps={n}", f"mri.image={image}"]), tune, report, rows)

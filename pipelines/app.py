@@ -3,7 +3,7 @@ import math
 from typing import get_args, get_origin
 
 import typer
-from typer import BadParameter
+from typer._coercion import build_runtime_param
 from typer.core import TyperCommand
 
 from medrecon import __version__
@@ -16,56 +16,47 @@ def _not_finite(param, values):
     return InputError(f"{param.opts[0]} {' '.join(f'{x:g}' for x in values)}: give finite numbers")
 
 
-def check_finite(ctx) -> None:
-    """Every number option is finite (click's types let nan and inf through): one line naming the option, before
-    the command runs."""
-    for p in ctx.command.params:
-        v = ctx.params.get(p.name)
-        values = tuple(v) if isinstance(v, (tuple, list)) else (v,)
-        if any(isinstance(x, float) and not math.isfinite(x) for x in values):
-            raise _not_finite(p, values)
-
-
 def _takes_floats(param) -> bool:
     """Whether a parameter's values are floats (float, Optional[float], a tuple or list of floats)."""
     annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
     return annotation is float or (get_origin(annotation) in (tuple, list) and float in get_args(annotation))
 
 
-def _given_floats(command, ctx, args, param):
-    """The values given on the command line to a float option, as floats; None if not given or not numbers."""
-    opts, _, _ = command.make_parser(ctx).parse_args(args=list(args))
-    given = opts.get(param.name)
-    if given is None:
-        return None
-    flat = []
-    for item in given if isinstance(given, (tuple, list)) else (given,):
-        flat.extend(item if isinstance(item, (tuple, list)) else (item,))
+def _as_floats(value) -> tuple[float, ...] | None:
+    """A float option's value as given (a string or a number, or tuples and lists of them) as floats, flattened;
+    None if it is not numbers (its own conversion then says why)."""
+    if isinstance(value, (tuple, list)):
+        parts = [_as_floats(v) for v in value]
+        return None if None in parts else tuple(x for part in parts for x in part)
     try:
-        return tuple(float(x) for x in flat)
+        return (float(value),)
     except (TypeError, ValueError):
         return None
 
 
+class _FiniteFloats:
+    """A float option's conversion with NaN and infinity refused first, in one line naming the option: typer's
+    float lets them through, and its range (``min=``/``max=``) refused nan in its own words ("greater than or
+    equal to 0")."""
+
+    def __init__(self, descriptor):
+        self.descriptor = descriptor  # the option's type and range, as typer resolved them
+
+    def coerce(self, value, param, ctx):
+        values = _as_floats(value)
+        if values is not None and not all(math.isfinite(x) for x in values):
+            raise _not_finite(param, values)
+        return build_runtime_param(self.descriptor).coerce(value, param=param, ctx=ctx)  # typer's own, built as used
+
+
 class FiniteCommand(TyperCommand):
-    """A command that refuses NaN and infinite number options (check_finite) before its body runs."""
+    """A command whose float options refuse NaN and infinity as their values are converted (_FiniteFloats)."""
 
-    def parse_args(self, ctx, args):
-        """NaN or infinity given to a float option with a range (``min=``/``max=``) is refused by the range at
-        parse time, before ``invoke``, in the range's words ("greater than or equal to 0" for nan): the shared
-        line of check_finite instead, as for every other number option."""
-        given = list(args)  # the parser consumes ``args``
-        try:
-            return super().parse_args(ctx, args)
-        except BadParameter as exc:
-            values = _given_floats(self, ctx, given, exc.param) if _takes_floats(exc.param) else None
-            if values is not None and not all(math.isfinite(x) for x in values):
-                raise _not_finite(exc.param, values) from None
-            raise
-
-    def invoke(self, ctx):
-        check_finite(ctx)
-        return super().invoke(ctx)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for p in self.params:
+            if _takes_floats(p):
+                p._runtime_param = _FiniteFloats(p.type_descriptor)  # (typer's slot for the parameter's conversion)
 
 
 class Typer(typer.Typer):

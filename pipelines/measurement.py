@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,17 @@ class Measurement:
         vol = self.grid.with_data(data, **meta)
         crop = self.info.get("crop")
         return vol.crop(*crop) if crop else vol
+
+    @cached_property
+    def ct_geometry(self):
+        """CT: ``geometry`` as operators.ct's geometry object, read from the dict once (its errors as they come)."""
+        from operators.ct import geometry_from_dict
+        return geometry_from_dict(self.geometry)
+
+    @cached_property
+    def holds_data(self) -> bool:
+        """Whether ``data`` holds a non-zero sample, found once: the raw readers set it from their summed pass."""
+        return bool(np.any(self.data))
 
     @property
     def mask_layout(self) -> str | None:
@@ -167,18 +179,17 @@ def _refuse_empty_mask(meas: Measurement, path: Path) -> None:
         raise InputError(f"{path}: kspace holds only zeros" if meas.info.get("mask_source", "file") != "file" else
                          f"{path}: its mask samples nothing (all zero): store 1 where k-space was measured (a "
                          "fastMRI file may leave 'mask' out: its non-zero columns are then taken)")
-    if not np.any(meas.data):  # whatever its mask: the solvers fail on it with advice about step sizes
+    if not meas.holds_data:  # whatever its mask: the solvers fail on it with advice about step sizes
         raise InputError(f"{path}: kspace holds only zeros")
 
 
 def _check_sinogram_fits(meas: Measurement, path: Path) -> None:
     """A CT file must hold a readable geometry, and its sinogram (Z, views, bins) and grid (Z, n, n) must be that
     geometry's, slice for slice."""
-    from operators.ct import geometry_from_dict
     if meas.geometry is None:
         raise InputError(f"{path}: a CT measurements file needs {CT_GEOMETRY}; it has none")
     try:
-        geom = geometry_from_dict(meas.geometry)
+        geom = meas.ct_geometry
     except (InputError, TypeError, ValueError, AttributeError) as e:  # a key missing, a value of the wrong kind
         raise InputError(f"{path}: its geometry cannot be read ({e}); a CT measurements file needs {CT_GEOMETRY}") \
             from None

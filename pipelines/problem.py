@@ -45,7 +45,7 @@ from medrecon.priors.train import adapt_prior, adaptation_options
 from medrecon.solvers import admm_tv, cgls, sample_posterior, sirt
 from medrecon.solvers.diffusion import sample_seeds
 from medrecon.volume import Volume
-from operators.ct import GEOMETRIES, attenuation_per_pixel, fbp, geometry_from_dict, pixel_unit_projector
+from operators.ct import GEOMETRIES, attenuation_per_pixel, fbp, pixel_unit_projector
 from operators.ct import poisson_weights_from_line_integrals
 from operators.mri import ESPIRIT_MIN_CALIBRATION, calibration_width, coil_support, mask_acceleration, mri_operator
 from operators.mri import with_real_input
@@ -155,7 +155,7 @@ class Problem:
     def from_measurement(cls, cfg, meas: Measurement, device, prior, imap: IntensityMap, **kw) -> "Problem":
         geom, scale, sqrt_w = None, 1.0, None
         if meas.modality == "ct":
-            geom = geometry_from_dict(meas.geometry)
+            geom = meas.ct_geometry
             A = pixel_unit_projector(geom)
             y = torch.from_numpy(np.asarray(meas.data, np.float32))
             if ct_weighting(cfg, meas) == "poisson":
@@ -672,7 +672,7 @@ def check_view_angles(cfg: Config, meas: Measurement) -> None:
     under a config for their wedge."""
     if meas.modality != "ct" or cfg.modality != "ct":
         return
-    angles = geometry_from_dict(meas.geometry).angles_deg
+    angles = meas.ct_geometry.angles_deg
     lo, hi, want = min(angles), max(angles), scan_deg(cfg)
     if len(angles) > 1 and hi - lo < min(1.25 * 2 * math.pi, want / 4):  # a turn and a bit, as in radians
         raise InputError(f"{meas.info.get('source') or 'the measurements'}: its {len(angles)} views span {lo:.3g} to "
@@ -743,7 +743,7 @@ def setting_warnings(cfg: Config, meas: Measurement, source: Volume | None, prio
         return out + list(meas.info.get("warnings") or []) + [w for w in [acquisition_differs(cfg, meas)] if w] + \
             measured_geometry_overrides(cfg, meas)
     if meas.modality == "ct" and cfg.ct.detector.n_det is not None:
-        geom = geometry_from_dict(meas.geometry)
+        geom = meas.ct_geometry
         if cfg.ct.detector.n_det < getattr(geom, "bins_to_cover", 0):  # the data miss the image's edges: FBP bends
             out.append(f"ct.detector.n_det {cfg.ct.detector.n_det}: the detector does not see the whole image in "
                        f"every view ({geom.bins_to_cover} bins would); leave it null for the default")
@@ -764,7 +764,7 @@ def measured_geometry(meas: Measurement) -> dict:
     {} for other data."""
     if meas.modality != "ct" or meas.geometry is None:
         return {}
-    g = geometry_from_dict(meas.geometry)
+    g = meas.ct_geometry
     out = {"ct.beam": g.type, "ct.image_size": int(g.image_size), "ct.pixel_size": float(g.pixel_size_mm),
            "ct.detector.n_det": int(g.n_det), "ct.detector.spacing": float(g.det_spacing_mm)}
     if g.type == "fan":
@@ -820,7 +820,7 @@ def _acquisition_problem(cfg: Config, meas: Measurement) -> str | None:
     if cfg.modality != meas.modality:
         return f"{meas.modality} data, a {cfg.modality} config"
     if meas.modality == "ct" and meas.geometry is not None:
-        g, c = geometry_from_dict(meas.geometry), cfg.ct
+        g, c = meas.ct_geometry, cfg.ct
         arc = math.degrees(float(g.view_weights_rad.sum()))
         if g.type != c.beam:
             return f"{g.type}-beam data, but the config is for a {c.beam} beam"

@@ -115,6 +115,13 @@ def _energy(k: np.ndarray, path: Path, axes: str = "") -> np.ndarray:
     return energy
 
 
+def _held(meas: Measurement, energy: np.ndarray) -> Measurement:
+    """``meas`` knowing whether its k-space holds a non-zero sample (``holds_data``) from ``energy`` (:func:`_energy`,
+    zero where its data were left out), so that its check does not scan the k-space again."""
+    meas.holds_data = bool(energy.any())
+    return meas
+
+
 def _mask(mask, k: np.ndarray, energy: np.ndarray, path: Path) -> np.ndarray:
     """The sampling mask, (H, W), or (Z, H, W) where the slices' lines differ: the file's own, (W,) per column or
     (H, W) / (Z, H, W) per sample (1 along an axis broadcasts), else refused naming the fix; none given: the
@@ -245,9 +252,9 @@ def load_fastmri(path: Path) -> Measurement:
         info["warnings"] = [*info.get("warnings", []), f"{path}: the mask samples {stale} columns that hold only "
                             "zeros (a mask of other data?): they are fitted as measured zeros; store the mask of the "
                             "lines acquired, or leave it out (the non-zero columns are then taken)"]
-    return Measurement("mri", _only_sampled(k, mask), grid, None, mask, maps,  # a file of full k-space and a mask:
-                       {"source": str(path), "layout": "2d", "units": MEASURED, "mask_source": source, **info},
-                       reference=ref)  # its lines
+    return _held(Measurement("mri", _only_sampled(k, mask), grid, None, mask, maps,  # a file of full k-space and
+                              {"source": str(path), "layout": "2d", "units": MEASURED, "mask_source": source, **info},
+                              reference=ref), energy * (mask > 0))  # a mask: its lines
 
 
 def _only_sampled(k: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -337,9 +344,9 @@ def load_ismrmrd(path: Path) -> Measurement:
     if step is not None:  # the slices' own spacing, gaps included (the header's FOV z is a slice's thickness)
         grid = replace(grid, spacing=(*grid.spacing[:2], step))
         info["slice_spacing_mm"] = step
-    return Measurement("mri", k if n_coils > 1 else k[:, 0], grid, None, mask, None,
-                       {"source": str(path), "layout": "2d", "units": MEASURED, "mask_source": "acquired lines",
-                        **info})
+    return _held(Measurement("mri", k if n_coils > 1 else k[:, 0], grid, None, mask, None,
+                              {"source": str(path), "layout": "2d", "units": MEASURED, "mask_source": "acquired lines",
+                               **info}), energy)
 
 
 def _slice_positions(path: Path, acqs, n_slices: int) -> tuple[np.ndarray, float | None]:
@@ -400,9 +407,9 @@ def load_cfl(path: Path) -> Measurement:
     _refuse_uncentred(energy, path, (0, 1))  # BART's RO, PE1
     mask = _one_or_per_slice(energy > 0).astype(np.float32)  # sampled positions, not only columns
     grid, info = _grid(k.shape[0], k.shape[-2:], None)
-    return Measurement("mri", k if k.shape[1] > 1 else k[:, 0], grid, None, mask, None,
-                       {"source": str(path), "layout": "2d", "units": MEASURED, "mask_source": "non-zero samples",
-                        **info})
+    return _held(Measurement("mri", k if k.shape[1] > 1 else k[:, 0], grid, None, mask, None,
+                              {"source": str(path), "layout": "2d", "units": MEASURED,
+                               "mask_source": "non-zero samples", **info}), energy)
 
 
 __all__ = ["MEASURED", "is_ismrmrd", "load_cfl", "load_fastmri", "load_ismrmrd", "parse_ismrmrd_header"]

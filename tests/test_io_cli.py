@@ -343,19 +343,42 @@ def test_modality_choices_on_the_command_line_are_in_any_case(tmp_path, capsys):
         assert code == 0 and "--modality <ct|mri>" in out, out
 
 
-def test_every_command_checks_its_numbers():
-    """Every command, of the sub-apps too (`data`, `pacs`), is a FiniteCommand (pipelines.app.check_finite)."""
+def _leaf_commands():
+    """Every command of the CLI, of the sub-apps too (`data`, `pacs`), as click builds it."""
     import typer
 
-    from pipelines.app import FiniteCommand
     from pipelines.cli import app
 
     def leaves(cmd):
         subs = getattr(cmd, "commands", None)
         return [leaf for c in subs.values() for leaf in leaves(c)] if subs is not None else [cmd]
-    commands = leaves(typer.main.get_command(app))
+    return leaves(typer.main.get_command(app))
+
+
+def test_every_command_checks_its_numbers():
+    """Every command, of the sub-apps too (`data`, `pacs`), is a FiniteCommand (pipelines.app)."""
+    from pipelines.app import FiniteCommand
+
+    commands = _leaf_commands()
     assert len(commands) > 10 and all(isinstance(c, FiniteCommand) for c in commands), \
         [c.name for c in commands if not isinstance(c, FiniteCommand)]
+
+
+@pytest.mark.parametrize("value", ["nan", "-inf"])
+def test_every_float_option_refuses_non_finite_values_as_they_are_converted(value):
+    """NaN and infinity went through the options' conversion: the command refused them at invoke, and an option with
+    a range refused nan in the range's words, which the command re-parsed its arguments to replace. The conversion
+    of every float option (tuples too) now refuses them first, naming the option, before its range or the others."""
+    from pipelines.app import _takes_floats
+
+    checked = 0
+    for command in _leaf_commands():
+        for p in filter(_takes_floats, command.params):
+            given = [value] * p.nargs
+            with pytest.raises(InputError, match=f"^{p.opts[0]} {' '.join(given)}: give finite numbers$"):
+                command.make_context(command.name, [p.opts[0], *given])
+            checked += 1
+    assert checked > 20
 
 
 def test_info_wording_and_multi_valued_description(tmp_path, capsys):

@@ -534,6 +534,37 @@ def test_missing_empty_and_misfitting_masks_and_maps_are_refused_naming_the_file
         Problem.build(cfg, npz("maps.npz", mask=mask[None], coil_maps=maps[:3]))
 
 
+def test_kspace_of_only_zeros_is_refused_and_scanned_for_once(tmp_path, monkeypatch):
+    """Measurement.check scanned a raw file's k-space for a non-zero sample (np.any) after its reader's summed pass
+    (raw_mri._energy) had found it out; the reader now says (Measurement.holds_data), and an npz's k-space, read
+    with no such pass, is scanned once. The refusals are as they were, of sampled lines of zeros too."""
+    from pipelines.measurement import Measurement
+    from medrecon.volume import Volume
+    _, k, mask, rss, _ = _oversampled_case(ex=32, ey=32)
+    scans = []
+
+    def counted(a, *args, **kw):
+        scans.extend([np.shape(a)] if np.iscomplexobj(a) and np.size(a) >= k[:, 0].size else [])
+        return np_any(a, *args, **kw)
+    np_any = np.any
+    monkeypatch.setattr(np, "any", counted)
+    write_fastmri(tmp_path / "k.h5", k, mask, rss, header(ex=32, ey=32))
+    Measurement.load(tmp_path / "k.h5")
+    write_cfl(tmp_path / "k", np.moveaxis(k[0], 0, -1)[:, :, None, :])
+    Measurement.load(tmp_path / "k.cfl")
+    assert scans == []
+    outside = np.where(mask > 0, 0, np.roll(k, 1, axis=-1))  # data only in columns the mask leaves out
+    assert np.abs(outside).max() > 0
+    write_fastmri(tmp_path / "outside.h5", outside, mask, rss, header(ex=32, ey=32))
+    with pytest.raises(InputError, match=r"outside.h5: kspace holds only zeros"):
+        Measurement.load(tmp_path / "outside.h5")
+    Measurement("mri", np.zeros_like(k), Volume(np.zeros((2, 32, 32), np.float32)), mask=mask[None]).save(
+        tmp_path / "zeros.npz")
+    with pytest.raises(InputError, match=r"zeros.npz: kspace holds only zeros"):
+        Measurement.load(tmp_path / "zeros.npz")
+    assert scans == [k.shape]
+
+
 def test_kspace_stored_as_real_and_imaginary_parts_is_refused(tmp_path):
     """(Z, H, W, 2) float single-coil k-space passed as multi-coil (Z, C=H, H=W, W=2) onto a (Z, W, 2) grid."""
     import h5py

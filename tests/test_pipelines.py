@@ -969,6 +969,27 @@ def test_a_ct_measurements_file_without_its_geometry_is_refused_naming_what_it_n
     assert not (tmp_path / "a").exists()
 
 
+def test_a_ct_geometry_is_read_once_per_build(tmp_path, ct_nifti, monkeypatch):
+    """Measurement.check, check_view_angles, setting_warnings (acquisition_differs once per config) and
+    from_measurement each read the geometry dict again: up to five times in one Problem.build. Now once
+    (Measurement.ct_geometry), from a file as from a simulation."""
+    from operators.ct.geometry import _Geometry
+    read = []
+
+    def counted(cls, d):
+        read.append(d["type"])
+        return from_dict(cls, d)
+    from_dict = _Geometry.from_dict.__func__
+    sim = tmp_path / "sim"
+    tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["ct.image_size=16"])
+    monkeypatch.setattr(_Geometry, "from_dict", classmethod(counted))
+    cfg = tasks.prepare_config("sparse_view_ct_8", ["solver.name=fbp", "ct.image_size=16", "ct.detector.n_det=30"])
+    for given in (sim / "measurements.npz", read_volume(ct_nifti)):
+        read.clear()
+        p = Problem.build(cfg, given)
+        assert read == ["parallel"] and p.geometry is p.measurement.ct_geometry
+
+
 def test_simulate_keeps_the_inputs_grid_and_a_prior_refuses_measurements_outside_its_pixel_range(tmp_path, ct_nifti):
     sim = tmp_path / "sim"
     tasks.simulate("sparse_view_ct_8", ct_nifti, sim, overrides=["prior.path=/no/such/prior"])  # none needed here

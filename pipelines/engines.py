@@ -18,8 +18,9 @@ series' manifest row.
 * Faults: a series whose worker process dies (killed, out of memory, node lost) is rerun on a restarted
   actor up to ``max_retries`` times and then recorded as failed with the reason; the rerun removes the
   half-written temporary folder first. An error inside a series, or raised by the worker's own code, is
-  recorded as the local engine records it (``recorded_error`` of the worker's exception, ``Job.said``; not
-  Ray's text of it, a traceback ending in the console's message) (no rerun: it would fail again). Exit status and resumption are the local engine's.
+  recorded as the local engine records it, without a rerun (it would fail again): ``recorded_error`` of the
+  worker's exception, ``Job.said``; not Ray's text of it, a traceback ending in the console's message. Exit
+  status and resumption are the local engine's.
 * Ctrl-C: the actors are killed (with the series they were running), the manifest keeps those series as
   'pending' and KeyboardInterrupt propagates; a rerun of the batch redoes them.
 """

@@ -52,19 +52,18 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
         dest = dest.resolve()
     check_destination(dest, protect)
     made: list[Path] = []  # the parent folders this write creates: removed again unless it succeeds
-    pin = _temporary(dest)
     try:
-        _pin_parent(pin, made)
+        _make_folders(dest.parent, made)
         remove_stale_temporaries(dest)
     except OSError as e:
-        _unpin(pin)
         remove_empty_folders(reversed(made))
         raise InputError(f"cannot create the output folder {dest.parent}: {os_reason(e)}; "
                          "choose a writable location") from e
-    tmp = _temporary(dest)
+    check_free(dest, overwrite)  # refuses only an existing dest, whose parents were not made here
+    pin, tmp = _temporary(dest), _temporary(dest)
     committed = False
     try:
-        check_free(dest, overwrite)  # refuses only an existing dest, whose parents were not made here
+        _pin_parent(pin, made)
         yield tmp
         if marker is not False and tmp.is_dir() and not tmp.is_symlink():
             from .. import __version__
@@ -100,17 +99,18 @@ def _temporary(dest: Path) -> Path:
 
 
 def _pin_parent(pin: Path, made: list[Path], tries: int = 3) -> None:
-    """Make ``pin``'s parent folder and its missing parents (``_make_folders``) and the empty file ``pin`` in it, which
-    stays until the write ends: another process whose write failed removes the parents it made while they are empty
-    (``remove_empty_folders``), and without the pin it removed one that this write had entered, before the
-    temporary was in it (the write then failed, 'No such file or directory'). A parent removed so before the pin
-    is in it is made again (up to ``tries`` times)."""
+    """Create the empty file ``pin`` in the write's parent folder, where it stays until the write ends: another
+    process whose write failed removes the folders it made while they are empty (``remove_empty_folders``), and
+    without the pin it removed one that this write had entered, before the temporary was in it (the write then
+    failed, 'No such file or directory'). A parent removed so before the pin is in it is made again
+    (``_make_folders``, each folder made appended to ``made``), up to ``tries`` times."""
     for attempt in range(tries):
         try:
-            _make_folders(pin.parent, made)
+            if attempt:
+                _make_folders(pin.parent, made)
             os.close(os.open(pin, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
             return
-        except FileNotFoundError:  # a parent went meanwhile
+        except FileNotFoundError:  # the parent (or a folder above it) went meanwhile
             if attempt == tries - 1:
                 raise
 

@@ -530,8 +530,9 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     before = earlier_rows(output_root)
     check_deidentified_alike(output_root, before, deidentify)
     if deidentify and before:  # before any key is made: a new one named every series anew
-        check_key(output_root, [(read_marker(output_root / r["output_path"]) or {}).get("key_fingerprint")
-                                for r in before if r.get("output_path")])
+        check_key(output_root, [m for r in before if r.get("output_path")
+                                and (m := read_marker(output_root / r["output_path"])) is not None],
+                  [str(s.uid) for s in found if s.uid])
     jobs = plan(input_root, output_root, found, known_outputs(output_root, before), passed_over, deidentify)
     fingerprint = cfg.fingerprint()
     for j in jobs:

@@ -17,8 +17,10 @@ series' manifest row.
   series (a fresh process costs seconds of imports; measured in the README).
 * Faults: a series whose worker process dies (killed, out of memory, node lost) is rerun on a restarted
   actor up to ``max_retries`` times and then recorded as failed with the reason; the rerun removes the
-  half-written temporary folder first. An error inside a series is recorded as the local engine records it
-  (no rerun: it would fail again). Exit status and resumption are the local engine's.
+  half-written temporary folder first. An error inside a series, or raised by the worker's own code, is
+  recorded as the local engine records it, without a rerun (it would fail again): ``recorded_error`` of the
+  worker's exception, ``Job.said``; not Ray's text of it, a traceback ending in the console's message. Exit
+  status and resumption are the local engine's.
 * Ctrl-C: the actors are killed (with the series they were running), the manifest keeps those series as
   'pending' and KeyboardInterrupt propagates; a rerun of the batch redoes them.
 """
@@ -31,7 +33,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from medrecon.errors import InputError
+from medrecon.errors import InputError, recorded_error
 
 from .batching import Job, progress_line, run_series, save_progress
 
@@ -195,9 +197,13 @@ class RayEngine:
         except ray.exceptions.RayError as e:
             lost = isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                                   ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError))
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            what = job.said(f"worker lost {self.max_retries + 1} times (last: {type(e).__name__}: {first})" if lost
-                            else f"{type(e).__name__}: {e}")
+            if lost:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                what = job.said(f"worker lost {self.max_retries + 1} times (last: {type(e).__name__}: {first})")
+            else:  # recorded as the local engine records it: not Ray's text (its traceback, the console's message)
+                cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) and \
+                    isinstance(e.cause, BaseException) else e
+                what = job.said(recorded_error(cause))
             return {**job.row("pending"), "status": "failed", "seconds": f"{seconds:.2f}", "error": what}, lost
 
 

@@ -773,6 +773,36 @@ def test_a_deidentified_batch_holds_no_identifier_and_resumes(tmp_path, monkeypa
     assert _run(root, tmp_path / "plain", *deid) == 2
 
 
+def test_a_deidentified_root_made_before_key_fingerprints_warns_a_batch_whose_key_may_not_be_theirs(
+        tmp_path, monkeypatch, caplog):
+    """Outputs written before the key's fingerprint was recorded hold none, so a batch there with another key was
+    not refused: it reconstructed every series again beside them under new names, without a word. Now it warns
+    once, naming the root, unless one of those outputs is of a series found, as this key names it (the key is
+    theirs: the rerun skips them)."""
+    def without_fingerprint(value):
+        if isinstance(value, dict):
+            return {k: without_fingerprint(v) for k, v in value.items() if k != "key_fingerprint"}
+        return [without_fingerprint(v) for v in value] if isinstance(value, list) else value
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    write_named_series(root / "p1" / "s1", seed=1)
+    deid = ["--set", "outputs.deidentify=true", "--quiet"]
+    assert _run(root, out, *deid) == 0
+    written = [*out.rglob(".medrecon-output"), *out.rglob("report.json")]
+    assert len(written) == 2 and all("key_fingerprint" in f.read_text() for f in written)
+    for f in written:  # as an earlier medrecon wrote them
+        f.write_text(json.dumps(without_fingerprint(json.loads(f.read_text())), indent=2))
+    caplog.clear()
+    assert _run(root, out, *deid) == 0 and [r["status"] for r in _manifest(out)] == ["skipped"]
+    assert "earlier medrecon" not in caplog.text  # the same key: its series is there
+    monkeypatch.setenv("MEDRECON_DEID_KEY", "another site's secret, long enough")
+    caplog.clear()
+    assert _run(root, out, *deid) == 0
+    warned = [r.getMessage() for r in caplog.records if "earlier medrecon" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"{out}: 1 de-identified output(s)")
+    assert "rerun with the key that made them, or write into a fresh output root" in warned[0]
+
+
 @pytest.mark.parametrize("error", ["no such series", "sub-folders"])
 def test_a_deidentified_batch_records_no_series_description_in_its_errors(tmp_path, monkeypatch, capsys, error):
     """The errors that list a folder's series ('holds no series UID; the series there are: ...', and the hint of a

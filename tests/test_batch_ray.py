@@ -3,11 +3,13 @@ local engine, a worker killed mid-series, Ctrl-C and resumption. Skips where Ray
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import sys
 import threading
 import time
+import traceback
 import _thread
 from pathlib import Path
 
@@ -16,10 +18,11 @@ import pytest
 import torch
 
 from medrecon.io import read_volume
+from medrecon.io.deidentify import input_label
 from pipelines.batching import batch, run_series
 from pipelines.cli import main
 from pipelines.engines import RayEngine, SeriesWorker, capacity, series_resources
-from dicom_trees import write_test_series  # noqa: E402
+from dicom_trees import leaked, write_named_series, write_test_series  # noqa: E402
 
 try:
     import ray
@@ -246,6 +249,58 @@ def test_ctrl_c_cancels_and_the_rerun_finishes(cluster, tree, tmp_path):
     assert not _alive(pid)  # the running series' worker was killed
     res = batch(tree, out, "sparse_view_ct_8", FBP, echo=_quiet, engine=RayEngine())
     assert {k: r["status"] for k, r in _rows(out).items()}["a"] == "done" and res.failed == 1
+
+
+@needs_ray
+def test_a_deidentified_batch_records_a_failing_workers_error_as_the_local_engine_does(cluster, tmp_path):
+    """An error raised in a Ray worker outside run_series was recorded with its full text: Ray's traceback (a
+    terminal's colour codes, the worker's address) and the exception's console message, which may name the series
+    by its SeriesDescription ('Quintessa Zyxwaldo chest'). Now it is recorded as the local engine records an error
+    (``recorded_error`` of the worker's exception, ``Job.said``): with outputs.deidentify, nothing identifying."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    said = write_named_series(root / "Zyxwaldo_Quintessa_PID4711" / "CT_20240229", seed=1)
+
+    def failing(job, cfg, **kw):
+        import pydicom
+
+        from medrecon.errors import InputError
+        first = sorted(job.input.iterdir())[0]
+        named = f"{first}: cannot read the series '{pydicom.dcmread(first).SeriesDescription}'"
+        raise InputError(named, recorded=f"{first}: cannot read the series")
+    res = batch(root, out, "sparse_view_ct_8", FBP + ["outputs.deidentify=true"], echo=_quiet,
+                engine=RayEngine(series_fn=failing))
+    assert leaked(out, said + [str(tmp_path)]) == []
+    [row] = _rows(out).values()
+    assert res.failed == 1 and re.fullmatch(r"InputError: input-[0-9a-f]{16}/file-[0-9a-f]{8}: cannot read the "
+                                            "series", row["error"]), row["error"]
+
+
+@needs_ray
+def test_a_ray_task_error_is_recorded_by_its_cause_alone(tmp_path, monkeypatch):
+    """The same without a cluster, with a short traceback: Ray's text of a worker's error ends in the exception's
+    console message, whose SeriesDescription (not in any path, so not ``scrub``-bed) reached the manifest."""
+    from medrecon.errors import InputError
+    from pipelines.batching import Job
+
+    root = tmp_path / "in"
+    series = root / "Zyxwaldo_Quintessa_PID4711" / "CT_20240229"
+    series.mkdir(parents=True)
+    (series / "Zyxwaldo_Quintessa_001.dcm").write_bytes(b"")
+    job = Job("1.2.826.0.1.3680043.2.1125.7", series, tmp_path / "out" / "series-1", "", root, tmp_path / "out",
+              deidentify=True)
+    description = " ".join(["Quintessa", "Zyxwaldo", "chest"])  # as read from a header: not in the traceback's code
+    try:
+        raise InputError(f"{series}: the series '{description}'", recorded=f"{series}: the series")
+    except InputError as cause:
+        error = ray.exceptions.RayTaskError("run", traceback.format_exc(), cause, "ray::SeriesWorker.run", 1,
+                                            "10.1.2.3").as_instanceof_cause()
+
+    def get(ref):
+        raise error
+    monkeypatch.setattr(ray, "get", get)
+    row, lost = RayEngine()._result(None, job, 1.0)
+    assert not lost and row["status"] == "failed" and "Zyxwaldo" not in row["error"], row["error"]
+    assert row["error"] == f"InputError: {input_label(series)}: the series", row["error"]
 
 
 @needs_ray

@@ -254,6 +254,39 @@ def test_a_failed_write_removes_the_parent_folders_it_made_and_only_those(tmp_pa
     assert (kept / "d" / "e" / "ok.txt").read_text() == "1"
 
 
+def test_a_write_keeps_its_parent_folder_when_another_writes_failure_removes_the_folders_it_made(tmp_path,
+                                                                                                  monkeypatch):
+    """Two processes write into one new folder: the first made it, the second found it; the first's write failed
+    and removed the folder it made, empty, before the second's temporary was in it, and the second's write failed
+    too ('No such file or directory'). Now a write keeps an empty file of its own in its parent while it lasts, and
+    a parent removed before that file is in it is made again. The other process's removal is done here in between,
+    as it would happen."""
+    import medrecon.io.atomic as atomic
+    shared = tmp_path / "series"
+    shared.mkdir()  # made by the other process, whose failed write then removes it if empty
+    with atomic_path(shared / "recon.nii.gz") as tmp:
+        atomic.remove_empty_folders([shared])
+        tmp.write_text("ours")
+    assert (shared / "recon.nii.gz").read_text() == "ours"
+
+    real, removed = atomic._make_folders, []
+
+    def then_removed(folder, made):  # the other process removes the folder right after this one found it
+        real(folder, made)
+        if not removed:
+            removed.append(folder)
+            atomic.remove_empty_folders([folder])
+    monkeypatch.setattr(atomic, "_make_folders", then_removed)
+    with atomic_path(tmp_path / "other" / "recon.nii.gz") as tmp:
+        tmp.write_text("ours")
+    assert removed and sorted(p.name for p in (tmp_path / "other").iterdir()) == ["recon.nii.gz"]
+    removed.clear()
+    with pytest.raises(RuntimeError):  # the folder made again is this write's: removed when it fails
+        with atomic_path(tmp_path / "third" / "recon.nii.gz") as tmp:
+            raise RuntimeError("interrupted")
+    assert removed and not (tmp_path / "third").exists()
+
+
 def test_atomic_path_protects_inputs_and_folders_with_subfolders(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in/sub").mkdir()

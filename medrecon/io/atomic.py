@@ -17,7 +17,7 @@ import re
 import shutil
 import sys
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -44,7 +44,8 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
     * ``marker``: extra fields for the marker file of a folder output (e.g. the series it was made from);
       False writes none (a derived DICOM series, recognised by its headers instead, stays pure DICOM).
     * Missing parent folders are created, and removed again (if still empty) when the write fails; any OS error
-      becomes an :class:`InputError` naming ``dest``.
+      becomes an :class:`InputError` naming ``dest``. While the write lasts, an empty temporary file in the parent
+      (``_pin_parent``) keeps another process's failed write from removing that folder as empty.
     """
     dest = Path(os.path.abspath(dest))  # '.': its parent is '.' too, and the temporary landed inside it
     if dest.is_symlink():  # write where it points: replacing the link left the old output at its target
@@ -59,10 +60,10 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
         raise InputError(f"cannot create the output folder {dest.parent}: {os_reason(e)}; "
                          "choose a writable location") from e
     check_free(dest, overwrite)  # refuses only an existing dest, whose parents were not made here
-    tmp = dest.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{_tmp_tail(dest)}"
-    _OURS.add(tmp.name)
+    pin, tmp = _temporary(dest), _temporary(dest)
     committed = False
     try:
+        _pin_parent(pin, made)
         yield tmp
         if marker is not False and tmp.is_dir() and not tmp.is_symlink():
             from .. import __version__
@@ -84,8 +85,40 @@ def atomic_path(dest, overwrite: bool = False, protect: Iterable = (), marker: d
     finally:
         _remove(tmp)
         _OURS.discard(tmp.name)
+        _unpin(pin)
         if not committed:
             remove_empty_folders(reversed(made))
+
+
+def _temporary(dest: Path) -> Path:
+    """A new temporary sibling of ``dest`` (``_TMP_NAME``: ``remove_stale_temporaries`` finds those of killed runs),
+    this process's own until ``_OURS`` lets it go."""
+    tmp = dest.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{_tmp_tail(dest)}"
+    _OURS.add(tmp.name)
+    return tmp
+
+
+def _pin_parent(pin: Path, made: list[Path], tries: int = 3) -> None:
+    """Create the empty file ``pin`` in the write's parent folder, where it stays until the write ends: another
+    process whose write failed removes the folders it made while they are empty (``remove_empty_folders``), and
+    without the pin it removed one that this write had entered, before the temporary was in it (the write then
+    failed, 'No such file or directory'). A parent removed so before the pin is in it is made again
+    (``_make_folders``, each folder made appended to ``made``), up to ``tries`` times."""
+    for attempt in range(tries):
+        try:
+            if attempt:
+                _make_folders(pin.parent, made)
+            os.close(os.open(pin, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            return
+        except FileNotFoundError:  # the parent (or a folder above it) went meanwhile
+            if attempt == tries - 1:
+                raise
+
+
+def _unpin(pin: Path) -> None:
+    with suppress(OSError):  # left behind, it is a stale temporary: the next write to dest removes it
+        pin.unlink(missing_ok=True)
+    _OURS.discard(pin.name)
 
 
 def _make_folders(folder: Path, made: list[Path]) -> None:

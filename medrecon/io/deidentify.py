@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -44,6 +45,8 @@ from pydicom.uid import generate_uid
 from ..errors import InputError
 from .atomic import os_reason
 from .dicom_scan import PIXEL_FLAGS
+
+log = logging.getLogger("medrecon")
 
 # PS3.15 basic profile for the copied attributes: Z (emptied), X (removed), U (UID replaced).
 DEID_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
@@ -237,20 +240,31 @@ def key_source() -> str:
     return "MEDRECON_DEID_KEY" if os.environ.get("MEDRECON_DEID_KEY") else str(key_path())
 
 
-def check_key(where, fingerprints) -> None:
-    """Refuse to add to de-identified outputs (``where``: an output root whose rows are de-identified) with another
-    key than theirs (``fingerprints``: those their markers record; outputs of earlier versions record none): a new
-    or other key names every series anew, so a rerun redid them all beside the old ones. With no key here, none is
-    made: the error says where the outputs' key must be."""
+def check_key(where, marks, source_uids=()) -> None:
+    """Refuse to add to de-identified outputs (``where``: an output root whose rows are de-identified; ``marks``: the
+    markers of its outputs) with another key than theirs (their ``key_fingerprint``): a new or other key names every
+    series anew, so a rerun redid them all beside the old ones. With no key here, none is made: the error says where
+    the outputs' key must be. Outputs of earlier versions record no fingerprint: unless one of them is of a series in
+    ``source_uids`` (the source UIDs a batch found) as this key names it, which shows the key is theirs, a warning
+    says so once (with another key, every series is made again under new names)."""
     here = key_fingerprint(create=False)
     if here is None:
         raise InputError(f"{where} holds de-identified outputs, and the key they were made with is not at "
                          f"{key_path()}: put that key there or set MEDRECON_DEID_KEY to its text (a new key would "
                          "give every series new names), or write into another output root")
-    other = sorted(set(fingerprints) - {here, None, ""})
+    other = sorted({m.get("key_fingerprint") for m in marks} - {here, None, ""})
     if other:
         raise InputError(f"{where} holds outputs de-identified with another key (fingerprint {', '.join(other)}) "
                          f"than {key_source()} (fingerprint {here}): use that key, or write into another output root")
+    unchecked = [m.get("series_uid") for m in marks if not m.get("key_fingerprint")]
+    if unchecked:
+        key = deidentify_key(create=False)
+        if not set(unchecked) & {_deidentified_uid(key, u) for u in source_uids}:
+            log.warning(f"{where}: {len(unchecked)} de-identified output(s) there were made by an earlier medrecon, "
+                        "which did not record its key's fingerprint, and none is of a series found here as the key "
+                        f"of {key_source()} names it: if they were made with another key, this batch makes every "
+                        "series again beside them under new names; stop it and rerun with the key that made them, "
+                        "or write into a fresh output root")
 
 
 def deidentify_key(create: bool = True) -> bytes:

@@ -230,6 +230,19 @@ def test_mixed_series_default_to_the_largest_listing_all(tmp_path, capsys, caplo
     assert code == 0 and json.loads(out)["shape"][0] == 165
 
 
+def test_one_file_of_a_series_given_alone_is_read_with_a_warning_naming_its_folder(tmp_path, caplog):
+    """Sixty-third session: a file dragged from a series folder was read as a one-slice volume without a word."""
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
+    vol = read_volume(files[2])
+    assert vol.data.shape[0] == 1
+    assert vol.meta["warnings"] == [f"{files[2]}: one slice of a series whose 5 files lie in {folder}; give that folder "
+                                    f"to read the whole series (with --series {vol.meta['series_uid']} if it holds "
+                                    "several)"]
+    (tmp_path / "alone").mkdir()
+    shutil.copy(files[2], tmp_path / "alone")
+    assert read_volume(tmp_path / "alone" / files[2].name).meta["warnings"] == []
+
+
 def test_a_ct_slice_without_the_rescale_its_neighbours_have_is_refused(tmp_path, capsys):
     """Sixty-third session: one slice of a series at intercept -1024 without the tags was read 1024 HU off its
     neighbours, with the warning meant for a series that has none."""

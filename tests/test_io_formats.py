@@ -276,6 +276,27 @@ def test_a_nrrd_or_metaimage_without_spacing_is_read_at_1mm_with_a_warning(tmp_p
     assert read_volume(_mha(tmp_path / "given.mha", "ElementSpacing = 1 1 2\n")).meta["warnings"] == []
 
 
+def test_a_folder_holding_a_nifti_or_metaimage_names_the_file_to_give(tmp_path):
+    """Sixty-third session: `-i folder/` of a folder holding scan.nii.gz was told only that it holds no DICOM."""
+    (tmp_path / "f").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.eye(4)), tmp_path / "f" / "scan.nii.gz")
+    (tmp_path / "f" / "notes.txt").write_text("scanned 2024")
+    with pytest.raises(InputError, match=r"f holds no readable DICOM image files; it holds scan.nii.gz: give that "
+                                         r"file as the input \(.*f/scan.nii.gz\)$"):
+        read_volume(tmp_path / "f")
+
+
+def test_a_spacing_no_scan_has_is_warned_as_units_read_wrongly(tmp_path, caplog):
+    """Sixty-third session: a NIfTI in meters with its units unset (0.001 mm voxels) was simulated and
+    reconstructed without a word (a classical solver has no pixel-size range to stop it)."""
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.diag([0.001, 0.001, 0.003, 1])), tmp_path / "m.nii")
+    vol = read_volume(tmp_path / "m.nii")
+    assert any(w.startswith(f"{tmp_path / 'm.nii'}: voxel spacing (z, y, x) 0.003, 0.001, 0.001 mm is outside")
+               for w in vol.meta["warnings"]) and "meters or microns" in caplog.text
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.diag([0.5, 0.5, 5.0, 1])), tmp_path / "ok.nii")
+    assert read_volume(tmp_path / "ok.nii").meta["warnings"] == []
+
+
 def test_write_volume_dispatches_on_the_path(tmp_path):
     vol = Volume(np.arange(24, dtype=np.float32).reshape(2, 3, 4), (0.5, 0.5, 2.0))
     assert nib.load(write_volume(vol, tmp_path / "a.nii.gz")).shape == (4, 3, 2)

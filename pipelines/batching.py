@@ -516,8 +516,29 @@ def _listed(input_root: Path) -> tuple[list, list]:
     found = list_series(_absolute(input_root), recursive=True, problems=problems)
     if not problems and all(map(why_passed_over, found)):
         raise InputError(f"no DICOM series to reconstruct under {input_root}" + (
-            f" (only {len(found)} series that are no scans, e.g. {why_passed_over(found[0])})" if found else ""))
+            f" (only {len(found)} series that are no scans, e.g. {why_passed_over(found[0])})" if found else
+            _volume_files_hint(input_root)))
     return found, problems
+
+
+def _volume_files_hint(input_root: Path, most: int = 10000) -> str:
+    """What a tree without DICOM holds that ``medrecon reconstruct`` reads (NIfTI, NRRD/MetaImage), said with the
+    fix; "" where it holds none (the first ``most`` files looked at)."""
+    from medrecon.io.dispatch import is_volume_file
+    seen, volumes = 0, []
+    for folder, dirs, files in os.walk(input_root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files)[:max(0, most - seen)]:
+            path = Path(folder) / name
+            if not name.startswith(".") and not name.lower().endswith(".dcm") and is_volume_file(path):
+                volumes.append(path.relative_to(input_root))
+        seen += len(files)
+        if seen >= most:
+            break
+    if not volumes:
+        return ""
+    return (f" (it holds {len(volumes)} NIfTI or NRRD/MetaImage file(s), e.g. {volumes[0]}: batch reconstructs DICOM "
+            f"series; give each file to `medrecon reconstruct -i {input_root / volumes[0]}`)")
 
 
 def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, overwrite, progress, echo,

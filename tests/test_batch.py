@@ -500,6 +500,18 @@ def test_the_lock_file_is_removed_by_its_holder_and_a_batch_that_locked_a_remove
     assert not (out / batch_mod.LOCK).exists()
 
 
+def test_a_batch_of_nifti_files_names_one_and_the_command_that_reads_it(tmp_path, capsys):
+    """Sixty-third session: a tree of NIfTI/MetaImage files was told only that it holds no DICOM series."""
+    import nibabel as nib
+    (root := tmp_path / "in" / "p1").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.eye(4)), root / "ct.nii.gz")
+    assert _run(tmp_path / "in", out := tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert f"it holds 1 NIfTI or NRRD/MetaImage file(s), e.g. {Path('p1/ct.nii.gz')}" in err
+    assert f"medrecon reconstruct -i {root / 'ct.nii.gz'}" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_a_batch_with_nothing_to_reconstruct_creates_nothing(tmp_path, capsys):
     """An input root without a series to reconstruct is refused before the output root (and its lock file) is
     made."""

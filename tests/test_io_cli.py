@@ -206,13 +206,12 @@ def test_corrupt_slices_are_skipped_with_a_warning(tmp_path, capsys, caplog):
 
 def test_missing_rescale_tags_assume_identity_with_a_warning(tmp_path, capsys, caplog):
     def drop(k, ds):
-        if k == 1:
-            del ds.RescaleSlope, ds.RescaleIntercept
+        del ds.RescaleSlope, ds.RescaleIntercept
     folder, files = edited_ct5n(tmp_path, drop)
     with caplog.at_level(logging.WARNING, logger="medrecon"):
         code, out, err = run(capsys, "convert", folder, tmp_path / "o.nii")
     assert code == 0, err
-    assert "RescaleSlope" in caplog.text and str(files[1]) in caplog.text
+    assert "RescaleSlope" in caplog.text and f"{folder}: 5 of 5 CT slices" in caplog.text
     data = nib.load(tmp_path / "o.nii").get_fdata()
     np.testing.assert_array_equal(data[:, :, 1].T, pydicom.dcmread(files[1]).pixel_array)  # stored values
 
@@ -229,6 +228,32 @@ def test_mixed_series_default_to_the_largest_listing_all(tmp_path, capsys, caplo
     assert uid5 in caplog.text and uid4 in caplog.text and "--series" in caplog.text
     code, out, _ = run(capsys, "info", tmp_path / "mixed", "--json", "--series", uid4, "--resample")
     assert code == 0 and json.loads(out)["shape"][0] == 165
+
+
+def test_one_file_of_a_series_given_alone_is_read_with_a_warning_naming_its_folder(tmp_path, caplog):
+    """Sixty-third session: a file dragged from a series folder was read as a one-slice volume without a word."""
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
+    vol = read_volume(files[2])
+    assert vol.data.shape[0] == 1
+    assert vol.meta["warnings"] == [f"{files[2]}: one slice of a series whose 5 files lie in {folder}; give that folder "
+                                    f"to read the whole series (with --series {vol.meta['series_uid']} if it holds "
+                                    "several)"]
+    (tmp_path / "alone").mkdir()
+    shutil.copy(files[2], tmp_path / "alone")
+    assert read_volume(tmp_path / "alone" / files[2].name).meta["warnings"] == []
+
+
+def test_a_ct_slice_without_the_rescale_its_neighbours_have_is_refused(tmp_path, capsys):
+    """Sixty-third session: one slice of a series at intercept -1024 without the tags was read 1024 HU off its
+    neighbours, with the warning meant for a series that has none."""
+    def drop(k, ds):
+        if k == 1:
+            del ds.RescaleIntercept
+    folder, files = edited_ct5n(tmp_path, drop)
+    code, _, err = run(capsys, "convert", folder, tmp_path / "o.nii")
+    assert code == 2 and not (tmp_path / "o.nii").exists()
+    assert f"1 of 5 CT slices have no RescaleSlope/RescaleIntercept (e.g. {files[1].name})" in err
+    assert "intercept -1024" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("interpretation", ["MONOCHROME2", "MONOCHROME1"])

@@ -483,6 +483,13 @@ def _check_rescale(headers, where, notes: list) -> bool:
                              "the file")
     missing = [f for f, ds in headers if "RescaleSlope" not in ds or "RescaleIntercept" not in ds]
     if missing and str(headers[0][1].get("Modality", "")) == "CT":
+        given = {_rescale(ds) for f, ds in headers if f not in missing}
+        if given - {(1.0, 0.0)}:  # slope 1 and intercept 0 would put those slices off their neighbours' HU
+            m, b = sorted(given)[0]
+            raise InputError(f"{where}: {len(missing)} of {len(headers)} CT slices have no RescaleSlope/"
+                             f"RescaleIntercept (e.g. {missing[0].name}) while the others have them (e.g. slope "
+                             f"{m:g}, intercept {b:g}), so those slices cannot be put in HU; copy the tags from "
+                             "their neighbours or remove the files")
         warn(notes, f"{where}: {len(missing)} of {len(headers)} CT slices have no RescaleSlope/RescaleIntercept "
                     f"(e.g. {missing[0]}); assuming slope 1 and intercept 0, so values may not be HU: "
                     "check the value range with `medrecon info`")

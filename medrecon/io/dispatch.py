@@ -41,7 +41,25 @@ def read_volume(path, series: str | None = None, spacing: tuple | None = None,
     if plane is not None:
         vol = vol.in_plane(plane)
     _say_if_slices_are_not_axial(vol)
+    _say_if_spacing_is_implausible(vol)
     return vol
+
+
+#: voxel sides (mm) outside which a header's spacing is most likely in other units (meters, microns) read as mm
+PLAUSIBLE_SPACING_MM = (0.01, 100.0)
+
+
+def _say_if_spacing_is_implausible(vol: Volume) -> None:
+    """Warn of a voxel side outside ``PLAUSIBLE_SPACING_MM`` (a NIfTI written in meters with its units unset read
+    at 0.001 mm: the CT simulation and the TV weights then run on a grid a thousand times too fine)."""
+    lo, hi = PLAUSIBLE_SPACING_MM
+    if all(lo <= s <= hi for s in vol.spacing):
+        return
+    zyx = ", ".join(f"{s:.3g}" for s in vol.spacing_zyx)
+    warn(vol.meta.setdefault("warnings", []),
+         f"{vol.meta.get('source', 'the input')}: voxel spacing (z, y, x) {zyx} mm is outside {lo:g}-{hi:g} mm, "
+         "unlikely for a scan (a header in meters or microns read as mm?); fix the spacing in the header "
+         "(NIfTI: pixdim and its units) before reconstructing it")
 
 
 def _say_if_slices_are_not_axial(vol: Volume) -> None:
@@ -69,11 +87,29 @@ def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:
     if name.endswith(".npy"):
         return read_npy(path, spacing)
     if is_dicom_file(path):
-        return read_dicom_series([path], resample_nonuniform)
+        vol = read_dicom_series([path], resample_nonuniform)
+        _say_if_one_file_of_a_series(vol, path)
+        return vol
     if name.endswith(MEASUREMENT_SUFFIXES):  # (a NIfTI/Analyze .hdr pair was read above)
         raise InputError(f"{path}: measurements (a sinogram or k-space), not an image volume; "
                          "`medrecon reconstruct --input` reads them")
     raise InputError(f"{path}: unknown format; give {READABLE}")
+
+
+def _say_if_one_file_of_a_series(vol: Volume, path: Path) -> None:
+    """Warn when a DICOM file given alone holds one slice of a series whose other files lie beside it (a file
+    dragged from a series folder was reconstructed as a one-slice volume without a word)."""
+    uid = vol.meta.get("series_uid")
+    if not uid or vol.data.shape[0] > 1:  # a mosaic or multi-frame file holds its own volume
+        return
+    try:
+        n = sum(s.n_files for s in list_series(path.parent) if s.uid == uid)
+    except InputError:
+        return
+    if n > 1:
+        warn(vol.meta.setdefault("warnings", []),
+             f"{path}: one slice of a series whose {n} files lie in {path.parent}; give that folder to read the "
+             f"whole series (with --series {uid} if it holds several)")
 
 
 def is_volume_file(path) -> bool:
@@ -109,6 +145,12 @@ def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volu
                 + f": give this folder with --series UID (UID: {below[0].uid}"
                 + (", ..." if len(below) > 1 else "") + "), or the sub-folder of one") if below else ""
         said = f"{folder} holds no readable DICOM image files"
+        if not below:  # a NIfTI or NRRD/MetaImage given by its folder
+            files = sorted(p.name for p in folder.iterdir() if p.is_file() and is_volume_file(p)
+                           and not p.name.lower().endswith(".dcm"))
+            if files:
+                said += (f"; it holds {', '.join(files[:3])}{' and more' if len(files) > 3 else ''}: give that file "
+                         f"as the input ({folder / files[0]})")
         raise UnreadableError(said + hint(True), recorded=said + hint(False))
     info, note = choose_series(found, series, folder)
     vol = read_dicom_series(info, resample)

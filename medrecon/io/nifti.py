@@ -8,6 +8,9 @@ as stored (no reorientation), so each voxel keeps its world position exactly.
 from __future__ import annotations
 
 import gzip
+import logging
+import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -57,17 +60,42 @@ def _sizeof_hdr(path: Path) -> int | None:
     return values.pop() if len(head) == 4 and values else None
 
 
+def _one_line(error) -> str:
+    """A library's message in one line (nibabel's can end in "\\n - could the file be damaged?")."""
+    return " ".join(str(error).replace("\n - could the file be damaged?", "").split())
+
+
+@contextmanager
+def _nibabel_fixes():
+    """Yield a list that takes the problems nibabel's header check logs while it mends them (``pixdim[1,2,3] should
+    be non-zero; setting 0 dims to 1``), kept from the terminal, where they appeared twice naming no file."""
+    logger = logging.getLogger("nibabel.global")
+    said: list = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(" ".join(record.getMessage().split()))
+    handlers, propagate = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [Keep()], False
+    try:
+        yield said
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+
+
 def read_nifti(path) -> Volume:
     """Read a 3D NIfTI (2D: one slice; 4D only with one volume; a NIfTI-1 or Analyze .hdr/.img pair too) into a
     Volume in LPS."""
     path = Path(path)
+    fixed: list = []
     try:
-        if path.name.lower().endswith((".nii", ".nii.gz")) and not path.name.endswith((".nii", ".nii.gz")):
-            held = nib.FileHolder(str(path))  # nib.load knows only lower-case suffixes (and .NII / .NII.GZ)
-            kind = nib.Nifti2Image if _sizeof_hdr(path) == 540 else nib.Nifti1Image
-            img = kind.from_file_map({"header": held, "image": held})
-        else:
-            img = nib.load(str(path))
+        with _nibabel_fixes() as fixed:  # what nibabel mends in the header, said below naming the file
+            if path.name.lower().endswith((".nii", ".nii.gz")) and not path.name.endswith((".nii", ".nii.gz")):
+                held = nib.FileHolder(str(path))  # nib.load knows only lower-case suffixes (and .NII / .NII.GZ)
+                kind = nib.Nifti2Image if _sizeof_hdr(path) == 540 else nib.Nifti1Image
+                img = kind.from_file_map({"header": held, "image": held})
+            else:
+                img = nib.load(str(path))
         check_fits_in_memory(volume_shape(img.shape, path, "(X, Y, Z)"), path)  # 4D refused as such, first
         if img.get_data_dtype().kind in "iufb":
             data = img.get_fdata(dtype=np.float32)  # applies scl_slope / scl_inter
@@ -79,13 +107,22 @@ def read_nifti(path) -> Volume:
         raise InputError(f"{path}: the volume of shape {img.shape} does not fit in memory; crop or downsample it "
                          "first, or use a machine with more memory") from None
     except nib.spatialimages.HeaderDataError as e:  # whole, but of a kind medrecon does not read
-        raise InputError(f"cannot read NIfTI {path}: {e}; convert it to a numeric data type (e.g. float32) "
-                         "first") from e
+        if re.search(r"slope|intercept", str(e), re.IGNORECASE):  # a NaN scl_inter beside a valid scl_slope
+            raise UnreadableError(f"{path}: its scaling is invalid ({_one_line(e)}); fix scl_slope and scl_inter "
+                                  "in the header (1 and 0: no scaling)") from e
+        raise InputError(f"cannot read NIfTI {path}: {_one_line(e)}; convert it to a numeric data type (e.g. "
+                         "float32) first") from e
     except Exception as e:  # noqa: BLE001  (nibabel raises many kinds on damaged files)
-        raise UnreadableError(f"cannot read NIfTI {path}: {e}; check that the file is complete") from e
+        short = re.search(r"Expected (\d+) bytes, got (\d+) bytes", str(e))
+        why = (f"the file is truncated: its header declares {short[1]} bytes of voxel data but it holds {short[2]}"
+               if short else _one_line(e))
+        raise UnreadableError(f"cannot read NIfTI {path}: {why}; check that the file is complete") from e
+    notes: list = []
+    for said in fixed:
+        warn(notes, f"{path}: {said} (nibabel mended the header as it read it; fix the header so that it says "
+                    "what the voxels are)")
     data = check_voxels(volume_array(data, path, "(X, Y, Z)"), path)
     header = img.header
-    notes: list = []
     codes = {k: int(header[k]) if k in header else 0 for k in ("sform_code", "qform_code")}  # Analyze: neither
     affine = np.asarray(img.affine, dtype=np.float64)
     sform, qform = (np.asarray(getattr(img, f"get_{k}")(), np.float64) if codes[f"{k}_code"] else None

@@ -587,7 +587,7 @@ def _read_pixels(files: list[Path], headers: list, where, notes: list) -> tuple[
         reader.SetFileNames(names)
         reader.SetOutputPixelType(sitk.sitkFloat32)
         try:
-            with _itk_quiet(any(_encapsulated(_syntax_uid(ds)) for ds in headers)) as printed:
+            with itk_quiet(any(_encapsulated(_syntax_uid(ds)) for ds in headers)) as printed:
                 data = sitk.GetArrayFromImage(reader.Execute())
             _decoder_printed(where, files, printed, headers[0], notes)
             return data, []
@@ -673,7 +673,7 @@ def _read_slice(f: Path, name: str, uid: UID | None) -> tuple[np.ndarray | None,
     []. Pixels that pydicom decodes where GDCM failed come with [] (GDCM's lines are of a decode not used).
     ``uid``: its transfer syntax, from the header read before."""
     try:
-        with _itk_quiet(_encapsulated(uid)) as printed:
+        with itk_quiet(_encapsulated(uid)) as printed:
             return sitk.GetArrayFromImage(sitk.ReadImage(name, sitk.sitkFloat32))[0], "", printed
     except RuntimeError:
         pass
@@ -730,7 +730,7 @@ def _encapsulated(uid: UID | None) -> bool:
 
 
 @contextmanager
-def _itk_quiet(capture: bool = True):
+def itk_quiet(capture: bool = True):
     """Silence ITK's own warnings, and where ``capture`` (a read of an encapsulated transfer syntax,
     ``_encapsulated``) capture what C code (GDCM's decoders: "Unsupported JPEG data precision 12") prints on the
     process's stderr: yields a list that holds those lines once the block ends (also when it raises), for the caller
@@ -760,7 +760,7 @@ def _native_stderr():
     Threads: one redirect at a time (``_NATIVE_STDERR_LOCK``): a second thread's block waits for the first to end,
     so fd 2 is saved and restored exactly once, and each block gets only its own read's lines. What another thread
     writes to fd 2 meanwhile (a log line) is captured with them: fd 2 is the process's, so callers keep the block to
-    the native call alone, and only around reads that may print (``_itk_quiet``'s ``capture``). Where the capture
+    the native call alone, and only around reads that may print (``itk_quiet``'s ``capture``). Where the capture
     cannot be set up (no usable temporary folder, e.g. a read-only container; no fd 2, a daemon started without
     one) the block runs without it and the list stays empty. Not reentrant within one thread."""
     printed: list[str] = []

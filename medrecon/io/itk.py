@@ -11,7 +11,7 @@ from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .atomic import atomic_path, with_data_files
 from .common import check_fits_in_memory, check_voxels, warn
-from .dicom_read import _itk_quiet
+from .dicom_read import itk_quiet
 
 ITK_READ_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 ITK_WRITE_SUFFIXES = (".nrrd", ".mha")  # single-file formats, so that the write stays atomic
@@ -26,7 +26,7 @@ def read_itk(path) -> Volume:
                                   "copy it beside the header, or give the file that holds the voxels")
     printed: list = []
     try:
-        with _itk_quiet() as printed:  # MetaImage says why on fd 2; the exception then holds a stale errno
+        with itk_quiet() as printed:  # MetaImage says why on fd 2; the exception then holds a stale errno
             head = sitk.ImageFileReader()
             head.SetFileName(str(path))
             head.SetImageIO(ITK_IO[path.suffix.lower()])  # named: its lookup is case-exact

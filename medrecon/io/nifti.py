@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import re
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,6 +66,10 @@ def _one_line(error) -> str:
     return " ".join(str(error).replace("\n - could the file be damaged?", "").split())
 
 
+#: one swap of nibabel's logger handlers at a time (threads reading NIfTI at once restored each other's)
+_NIBABEL_LOG_LOCK = threading.Lock()
+
+
 @contextmanager
 def _nibabel_fixes():
     """Yield a list that takes the problems nibabel's header check logs while it mends them (``pixdim[1,2,3] should
@@ -75,12 +80,13 @@ def _nibabel_fixes():
     class Keep(logging.Handler):
         def emit(self, record):
             said.append(" ".join(record.getMessage().split()))
-    handlers, propagate = logger.handlers[:], logger.propagate
-    logger.handlers, logger.propagate = [Keep()], False
-    try:
-        yield said
-    finally:
-        logger.handlers, logger.propagate = handlers, propagate
+    with _NIBABEL_LOG_LOCK:
+        handlers, propagate = logger.handlers[:], logger.propagate
+        logger.handlers, logger.propagate = [Keep()], False
+        try:
+            yield said
+        finally:
+            logger.handlers, logger.propagate = handlers, propagate
 
 
 def read_nifti(path) -> Volume:

@@ -9,8 +9,8 @@ import torch
 from medrecon.errors import InputError
 from medrecon.io import read_cfl, read_volume, write_cfl
 from medrecon.solvers import admm_tv, cgls
-from operators.mri import (ESPIRIT_READOUT_CALIBRATION, CartesianMRI, calibration_region, calibration_width, espirit_maps, fftc,
-                           ifftc, make_mask, mri_operator, synthetic_coil_maps)
+from operators.mri import (ESPIRIT_READOUT_CALIBRATION, CartesianMRI, calibration_region, calibration_width,
+                           espirit_maps, fftc, ifftc, make_mask, mri_operator, synthetic_coil_maps)
 from pipelines.raw_mri import parse_ismrmrd_header
 
 HEADER = """<?xml version="1.0"?>

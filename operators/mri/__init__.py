@@ -16,7 +16,8 @@ from medrecon.linop import LinearOperator
 from .cartesian import CartesianMRI, zero_filled
 from .coils import PerSliceOperator, estimate_coil_maps, synthetic_coil_maps
 from .crop import CentreCrop, centre_crop, zero_pad
-from .espirit import ESPIRIT_MIN_CALIBRATION, ESPIRIT_READOUT_CALIBRATION, calibration_region, calibration_width, espirit_maps
+from .espirit import (ESPIRIT_MIN_CALIBRATION, ESPIRIT_READOUT_CALIBRATION, calibration_region, calibration_width,
+                      espirit_maps)
 from .masks import KINDS, central_run, load_mask, make_mask, mask_acceleration, poisson_disc, save_mask
 from .physics import fftc, ifftc
 

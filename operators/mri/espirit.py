@@ -6,7 +6,8 @@ too), because a region wider than the sampled centre would put unsampled zeros i
 readout axis (one the mask samples throughout: a line mask's full columns or rows, a mask axis of size 1) up to
 ``ESPIRIT_READOUT_CALIBRATION`` samples, every one of them measured. A square box as wide as the sampled centre
 (sigpy's ``EspiritCalib``, used until the sixty-third session) holds too few kernel positions under 13 lines and
-left part of the object without coil sensitivity; the rectangular region holds up to 11 lines (``ESPIRIT_MIN_CALIBRATION``).
+left part of the object without coil sensitivity; the rectangular region holds up from 11 lines
+(``ESPIRIT_MIN_CALIBRATION``).
 
 The maps, per slice: the calibration matrix (one row per kernel position, ``kernel_width`` samples along each axis
 and coil) → its right singular vectors above ``thresh`` × the largest singular value (the kernels) → their
@@ -25,7 +26,7 @@ import torch
 from medrecon.errors import InputError
 
 #: the fewest central lines whose ESPIRiT maps (6-wide kernel, the rectangular region) held up on measured k-space:
-#: from 10 lines they left part of the object without coil sensitivity, 2.8 and 14.3 dB under the estimated maps on
+#: at 10 lines and fewer they left part of the object without coil sensitivity, 2.8 and 14.3 dB under the estimated maps on
 #: two brains at x4; from 11 they matched or beat them (README, "ESPIRiT on a narrow calibration region"). The
 #: square box needed 13.
 ESPIRIT_MIN_CALIBRATION = 11

@@ -17,7 +17,7 @@ Data (``--data``, ``pipelines.datasets``):
 
 Each frame gets its own 1D mask (the project's ``make_mask``, seed = frame) with a fully sampled centre.
 Reference: the fully sampled k-space combined with the file's coil maps (its magnitude). Coil maps for every
-method: ESPIRiT (sigpy) from each frame's undersampled calibration region. PSNR/SSIM of the magnitude, data
+method: ESPIRiT from each frame's undersampled calibration region (mri.coil_maps=espirit's). PSNR/SSIM of the magnitude, data
 range = the reference frame's maximum.
 
     python benchmarks/bench_mri_raw.py --out out/bench_mri_raw                    # LS, ADMM-TV, BART
@@ -51,7 +51,7 @@ from medrecon.io import read_cfl, write_cfl  # noqa: E402
 from medrecon.metrics import psnr, ssim  # noqa: E402
 from medrecon.priors import IntensityMap  # noqa: E402
 from medrecon.volume import Volume  # noqa: E402
-from operators.mri import calibration_width, espirit_maps, fftc, ifftc, make_mask  # noqa: E402
+from operators.mri import calibration_region, espirit_maps, fftc, ifftc, make_mask  # noqa: E402
 from pipelines import datasets  # noqa: E402
 from pipelines.measurement import Measurement  # noqa: E402
 from pipelines.problem import Problem  # noqa: E402
@@ -208,7 +208,7 @@ def bench(args):
             # cache written at the first acceleration, 24 lines wide, gave x8 the x4 maps and put unsampled lines
             # into the calibration; forty-first session)
             t = time.time()
-            meas.coil_maps = espirit_maps(meas.data, calib_width=calibration_width(meas.mask)).numpy()
+            meas.coil_maps = espirit_maps(meas.data, calib_width=calibration_region(meas.mask)).numpy()
             print(f"ESPIRiT maps (x{acc}): {time.time() - t:.1f} s", flush=True)
         rows = []
         cfg = "cs_mri_x8"

@@ -104,7 +104,7 @@ class MRI(Section):
     mask: Mask = Mask()
     coils: Literal["single", "multi"] = "single"
     n_coils: int = Field(8, gt=0)  # simulation only
-    # multi-coil: stored maps | simple estimate from the k-space centre | ESPIRiT (needs sigpy)
+    # multi-coil: stored maps | simple estimate from the k-space centre | ESPIRiT (from the sampled centre)
     coil_maps: Literal["given", "estimate", "espirit"] = "given"
     # auto: complex for measured k-space, real for simulation from magnitude volumes | real | complex
     image: Literal["auto", "real", "complex"] = "auto"

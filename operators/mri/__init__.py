@@ -3,7 +3,7 @@
     A x = M F (S x)        A^H y = sum_c conj(S_c) F^H (M y_c)
 
 Modules: ``physics`` (fftc/ifftc), ``cartesian`` (CartesianMRI), ``masks`` (make_mask, ...), ``coils``
-(coil maps, PerSliceOperator), ``crop`` (readout oversampling), ``espirit`` (ESPIRiT maps via sigpy). ``mri_operator`` below builds the operator of a measurement.
+(coil maps, PerSliceOperator), ``crop`` (readout oversampling), ``espirit`` (ESPIRiT maps from the sampled centre). ``mri_operator`` below builds the operator of a measurement.
 """
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from medrecon.linop import LinearOperator
 from .cartesian import CartesianMRI, zero_filled
 from .coils import PerSliceOperator, estimate_coil_maps, synthetic_coil_maps
 from .crop import CentreCrop, centre_crop, zero_pad
-from .espirit import ESPIRIT_MIN_CALIBRATION, calibration_width, espirit_maps
+from .espirit import (ESPIRIT_MIN_CALIBRATION, ESPIRIT_READOUT_CALIBRATION, calibration_region, calibration_width,
+                      espirit_maps)
 from .masks import KINDS, central_run, load_mask, make_mask, mask_acceleration, poisson_disc, save_mask
 from .physics import fftc, ifftc
 
 __all__ = ["coil_support", "with_real_input", "CartesianMRI", "zero_filled", "PerSliceOperator", "estimate_coil_maps", "synthetic_coil_maps",
-           "CentreCrop", "centre_crop", "zero_pad", "calibration_width", "espirit_maps", "ESPIRIT_MIN_CALIBRATION", "MAPS_FROM",
+           "CentreCrop", "centre_crop", "zero_pad", "calibration_region", "calibration_width", "espirit_maps", "ESPIRIT_MIN_CALIBRATION",
+           "ESPIRIT_READOUT_CALIBRATION", "MAPS_FROM",
            "KINDS", "central_run", "load_mask", "make_mask", "mask_acceleration", "poisson_disc", "save_mask",
            "fftc", "ifftc", "mri_operator"]
 
@@ -56,7 +58,7 @@ def mri_operator(image_shape, mask, *, kspace=None, coil_maps=None, maps_from: s
         k = torch.as_tensor(kspace)
         multi = k.ndim == 4
         if multi and maps_from == "espirit":
-            maps = espirit_maps(k, calibration_width(mask, ndim=nd), ndim=nd)
+            maps = espirit_maps(k, calibration_region(mask, ndim=nd), ndim=nd)
         elif multi and (maps is None or maps_from == "estimate"):
             maps = estimate_coil_maps(k, ndim=nd)
         if not multi:

@@ -1,32 +1,53 @@
-"""ESPIRiT coil sensitivities (Uecker et al., MRM 2014) through sigpy's kept implementation.
+"""ESPIRiT coil sensitivities (Uecker et al., MRM 2014), from a rectangular calibration region.
 
-The calibration region is the fully sampled k-space centre: ``calibration_width`` measures it from the
-mask (the widest centred box of sampled phase-encode positions, in the plane of a 3D mask too), because a calibration box wider than
-the fully sampled centre would put unsampled zeros into the calibration matrix. The maps come from the
-null space of that matrix: one eigenvector per pixel, eigenvalue threshold ``crop`` (pixels without
-signal get zero maps), phase relative to the first coil. sigpy is an optional dependency
-(``pip install 'medrecon[mri]'``).
+The calibration region is the fully sampled k-space centre, measured from the mask by ``calibration_region``: along
+the phase-encode axes the widest centred box of sampled positions (``calibration_width``, in the plane of a 3D mask
+too), because a region wider than the sampled centre would put unsampled zeros into the calibration matrix; along a
+readout axis (one the mask samples throughout: a line mask's full columns or rows, a mask axis of size 1) up to
+``ESPIRIT_READOUT_CALIBRATION`` samples, every one of them measured. A square box as wide as the sampled centre
+(sigpy's ``EspiritCalib``, used until the sixty-third session) holds too few kernel positions under 13 lines and
+left part of the object without coil sensitivity; the rectangular region holds up from 11 lines
+(``ESPIRIT_MIN_CALIBRATION``).
+
+The maps, per slice: the calibration matrix (one row per kernel position, ``kernel_width`` samples along each axis
+and coil) → its right singular vectors above ``thresh`` × the largest singular value (the kernels) → their
+image-domain Gram matrix, one C × C matrix per pixel, computed as the FFT of the kernels' autocorrelation → the
+eigenvector of its largest eigenvalue, kept where that eigenvalue exceeds ``crop`` (pixels without signal get zero
+maps), phase relative to the first coil. It follows sigpy's ``EspiritCalib`` (same scaling and crop; exact
+eigenvectors instead of its power iterations) and needs no optional package.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from medrecon.errors import InputError
 
-#: the narrowest calibration box (lines) whose ESPIRiT maps (6-wide kernel) held up on measured k-space: from 12
-#: lines they left part of the object without coil sensitivity, 3.8 and 16.9 dB under the estimated maps on two
-#: brains; from 13 they matched or beat them (README, "ESPIRiT on a narrow calibration box")
-ESPIRIT_MIN_CALIBRATION = 13
+#: the fewest central lines whose ESPIRiT maps (6-wide kernel, the rectangular region) held up on measured k-space:
+#: at 10 lines and fewer they left part of the object without coil sensitivity, 2.8 and 14.3 dB under the estimated maps on
+#: two brains at x4; from 11 they matched or beat them (README, "ESPIRiT on a narrow calibration region"). The
+#: square box needed 13.
+ESPIRIT_MIN_CALIBRATION = 11
+
+#: the calibration region's extent along a readout axis (samples, at most the matrix): the full readout of the T2
+#: slice (384) scored the same as 64 (+-0.01 dB at 12 and 13 lines) and keeps a 3D calibration matrix small
+ESPIRIT_READOUT_CALIBRATION = 64
+
+
+def _plane(mask, ndim: int) -> np.ndarray:
+    """The positions of the image plane sampled on every slice of ``mask`` (its last ``ndim`` axes)."""
+    m = np.asarray(mask, bool)
+    m = m.reshape((1,) * max(0, ndim - m.ndim) + m.shape)
+    return m.reshape(-1, *m.shape[-ndim:]).all(axis=0)
 
 
 def calibration_width(mask, default: int = 24, ndim: int = 2) -> int:
-    """Width of the widest calibration box ESPIRiT may use (at most ``default``): the box sigpy crops (from
-    n // 2 - w // 2 along every image axis) must be sampled on every slice. The mask's last ``ndim`` axes are the
-    image's ((H | 1, W) in 2D, (Z | 1, Y | 1, X) in 3D); an axis of size 1 is sampled throughout."""
-    m = np.asarray(mask, bool)
-    m = m.reshape((1,) * max(0, ndim - m.ndim) + m.shape)
-    plane = m.reshape(-1, *m.shape[-ndim:]).all(axis=0)
+    """Width (lines) of the widest centred square box of the mask sampled on every slice (at most ``default``), the
+    box running from n // 2 - w // 2 along every image axis. The mask's last ``ndim`` axes are the image's
+    ((H | 1, W) in 2D, (Z | 1, Y | 1, X) in 3D); an axis of size 1 is sampled throughout."""
+    plane = _plane(mask, ndim)
 
     def box_sampled(w: int) -> bool:
         box = tuple(slice(None) if n == 1 else slice(n // 2 - min(w, n) // 2, n // 2 - min(w, n) // 2 + min(w, n))
@@ -42,29 +63,95 @@ def calibration_width(mask, default: int = 24, ndim: int = 2) -> int:
     return width
 
 
-def espirit_maps(kspace, calib_width: int = 24, kernel_width: int = 6, thresh: float = 0.02,
+def calibration_region(mask, default: int = 24, ndim: int = 2,
+                       readout: int = ESPIRIT_READOUT_CALIBRATION) -> tuple[int, ...]:
+    """The calibration region ESPIRiT uses, one width per image axis: ``readout`` along an axis the mask samples
+    throughout (every line of a line mask fully sampled along it, or the mask's size there 1), the
+    ``calibration_width`` (at most ``default`` lines) along the others. ``espirit_maps`` clips it to the matrix."""
+    plane = _plane(mask, ndim)
+    lines = calibration_width(mask, default, ndim)
+    return tuple(readout if (plane == plane.take([0], axis=a)).all() else lines for a in range(ndim))
+
+
+def _centre(x: np.ndarray, widths: Sequence[int]) -> np.ndarray:
+    """The centred block of ``widths`` of x's last axes (from n // 2 - w // 2, as the mask's box)."""
+    box = tuple(slice(n // 2 - w // 2, n // 2 - w // 2 + w) for n, w in zip(x.shape[-len(widths):], widths))
+    return x[(Ellipsis,) + box]
+
+
+def _kernels(calib: np.ndarray, kernel_width: int, thresh: float) -> np.ndarray:
+    """ESPIRiT's kernels (K, C, k, ..., k) of one slice's calibration data (C, *region): the right singular vectors of
+    the calibration matrix (a row per kernel position) above ``thresh`` times the largest singular value, taken
+    from the eigenvectors of its Gram matrix (squared singular values; summed over positions, so its memory is
+    the Gram matrix's, whatever the region)."""
+    c, nd = calib.shape[0], calib.ndim - 1
+    patches = np.lib.stride_tricks.sliding_window_view(calib, (kernel_width,) * nd, axis=tuple(range(1, nd + 1)))
+    cols = c * kernel_width ** nd
+    gram = np.zeros((cols, cols), np.complex128)
+    for row in np.moveaxis(patches, 0, nd):  # the positions along the first axis, one at a time
+        mat = row.reshape(-1, cols)  # (positions, C * k^nd), coil-major as the kernels
+        gram += mat.T @ mat.conj()  # = (mat^H mat)^T: its eigenvectors, conjugated, are mat's right singular vectors
+    val, vec = np.linalg.eigh(gram)
+    keep = np.sqrt(np.clip(val, 0, None)) > thresh * np.sqrt(max(val.max(), 0))
+    return vec[:, keep][:, ::-1].T.reshape(-1, c, *(kernel_width,) * nd)
+
+
+def _image_gram(kernels: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
+    """sum_j a_j(x) a_j(x)^H per pixel, (*shape, C, C), where a_j is kernel j zero-padded to ``shape`` and inverse
+    Fourier transformed (centred), scaled as sigpy's (by the pixel count over k^nd): the FFT of the kernels'
+    autocorrelation R[c, d, p - q] = sum_j k_j[c, p] conj(k_j[d, q]), placed around the k-space centre."""
+    n_k, c = kernels.shape[:2]
+    kw, nd = kernels.shape[2:], kernels.ndim - 2
+    flat = kernels.reshape(n_k, c, -1)
+    g = np.einsum("jcp,jdq->pqcd", flat, flat.conj())  # (P, P, C, C)
+    pos = np.stack(np.unravel_index(np.arange(flat.shape[-1]), kw), -1)  # (P, nd)
+    delta = pos[:, None] - pos[None]  # (P, P, nd): p - q
+    at = tuple((n // 2 + delta[..., a]) % n for a, n in enumerate(shape))  # the offset around the centre (wrapped)
+    r = np.zeros((*shape, c, c), np.complex128)
+    np.add.at(r, at, g)
+    dims = tuple(range(nd))
+    rt = torch.from_numpy(r.astype(np.complex64))
+    gram = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(rt, dim=dims), dim=dims, norm="forward"), dim=dims)
+    return gram / int(np.prod(kw))
+
+
+def _maps(gram: torch.Tensor, crop: float) -> torch.Tensor:
+    """The top eigenvector of each pixel's Gram matrix (C, *img), phase relative to coil 0, zero where its
+    eigenvalue is at most ``crop``."""
+    gram = 0.5 * (gram + gram.conj().transpose(-1, -2))  # Hermitian to rounding
+    val, vec = torch.linalg.eigh(gram)
+    top, v = val[..., -1], vec[..., -1]  # (*img), (*img, C)
+    ref = v[..., :1]
+    phase = torch.where(ref.abs() > 0, ref.conj() / ref.abs().clamp_min(1e-30), torch.ones_like(ref))
+    v = v * phase * (top > crop)[..., None]
+    return torch.movedim(v, -1, 0)
+
+
+def espirit_maps(kspace, calib_width: int | Sequence[int] = 24, kernel_width: int = 6, thresh: float = 0.02,
                  crop: float = 0.95, ndim: int = 2) -> torch.Tensor:
     """ESPIRiT maps of centred k-space (..., C, *img) with ``ndim`` image axes; leading axes (slices) one by one.
 
-    Returns complex64 maps of the same shape (sigpy's ``mri.app.EspiritCalib``, CPU).
+    ``calib_width``: the calibration region, one width per image axis (``calibration_region``), or one width for
+    every axis (a square box); clipped to the matrix. Returns complex64 maps of the k-space's shape (CPU).
     """
-    try:
-        from sigpy.mri.app import EspiritCalib
-    except ImportError:
-        raise InputError("coil_maps: espirit needs sigpy (pip install 'medrecon[mri]'), or use "
-                         "coil_maps: estimate") from None
     k = torch.as_tensor(kspace).detach().cpu().numpy().astype(np.complex64)
     if k.ndim < ndim + 1:
         raise InputError(f"ESPIRiT needs multi-coil k-space (..., C, {'x'.join(['n'] * ndim)}), got {k.shape}")
-    cw = int(min(calib_width, *k.shape[-ndim:]))
-    if kernel_width >= cw:
-        raise InputError(f"ESPIRiT: the calibration region ({cw} lines) must be wider than the kernel "
+    widths = (calib_width,) * ndim if np.ndim(calib_width) == 0 else tuple(calib_width)
+    if len(widths) != ndim:
+        raise InputError(f"ESPIRiT: a calibration region of {len(widths)} widths for {ndim} image axes")
+    region = tuple(int(min(w, n)) for w, n in zip(widths, k.shape[-ndim:]))
+    if kernel_width >= min(region):
+        raise InputError(f"ESPIRiT: the calibration region ({min(region)} lines) must be wider than the kernel "
                          f"({kernel_width}); sample a larger centre")
     flat = k.reshape(-1, *k.shape[-ndim - 1:])
-    maps = [EspiritCalib(s, calib_width=cw, thresh=thresh, kernel_width=kernel_width, crop=crop,
-                         show_pbar=False).run() for s in flat]
-    empty = [i for i, m in enumerate(maps) if not np.any(m)]
+    maps = []
+    for s in flat:
+        kernels = _kernels(_centre(s, region).astype(np.complex128), kernel_width, thresh)
+        maps.append(_maps(_image_gram(kernels, s.shape[1:]), crop))
+    empty = [i for i, m in enumerate(maps) if not bool(m.abs().sum())]
     if empty:  # every pixel cropped: the reconstruction would be zero everywhere
-        raise InputError(f"ESPIRiT found no coil sensitivity in slice {empty[0]} (a {cw}-line calibration region: "
+        lines = "x".join(str(w) for w in region)
+        raise InputError(f"ESPIRiT found no coil sensitivity in slice {empty[0]} (a {lines} calibration region: "
                          "too few calibration rows for its kernel, or no signal); use mri.coil_maps=estimate")
-    return torch.from_numpy(np.stack(maps).reshape(k.shape).astype(np.complex64))
+    return torch.stack(maps).reshape(k.shape).to(torch.complex64)

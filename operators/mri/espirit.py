@@ -107,10 +107,10 @@ def _image_gram(kernels: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
     pos = np.stack(np.unravel_index(np.arange(flat.shape[-1]), kw), -1)  # (P, nd)
     delta = pos[:, None] - pos[None]  # (P, P, nd): p - q
     at = tuple((n // 2 + delta[..., a]) % n for a, n in enumerate(shape))  # the offset around the centre (wrapped)
-    r = np.zeros((*shape, c, c), np.complex128)
-    np.add.at(r, at, g)
+    r = np.zeros((*shape, c, c), np.complex64)  # the largest array here: kept in single precision, as the maps
+    np.add.at(r, at, g.astype(np.complex64))
     dims = tuple(range(nd))
-    rt = torch.from_numpy(r.astype(np.complex64))
+    rt = torch.from_numpy(r)
     gram = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(rt, dim=dims), dim=dims, norm="forward"), dim=dims)
     return gram / int(np.prod(kw))
 

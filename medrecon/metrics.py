@@ -76,9 +76,14 @@ def ssim(ref: np.ndarray, x: np.ndarray, data_range: float, dtype=np.float64) ->
 
 
 def _ssim(ref: np.ndarray, x: np.ndarray, data_range: float, dtype=np.float64) -> float:
-    """``ssim`` of images and a range already checked."""
-    ref, x = ref.astype(dtype, copy=False), x.astype(dtype, copy=False)
-    return float(structural_similarity(ref, x, data_range=data_range, win_size=ssim_window(ref.shape)))
+    """``ssim`` of images and a range already checked, on both divided by the range (SSIM with C1 = (K1 R)^2,
+    C2 = (K2 R)^2 is the same number on values in units of R): values of 1e-30 or 1e25 (a range that small, a
+    float32 volume that large) underflowed or overflowed skimage's squares, printed its RuntimeWarnings and gave
+    NaN. What overflows even so (a reconstruction that blew up) is NaN without a warning (``per_axis_metrics``
+    says it in one note)."""
+    ref, x = (np.asarray(a / data_range, dtype) for a in (ref, x))
+    with np.errstate(all="ignore"):
+        return float(structural_similarity(ref, x, data_range=1.0, win_size=ssim_window(ref.shape)))
 
 
 def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = None) -> dict:
@@ -115,6 +120,11 @@ def per_axis_metrics(ref: np.ndarray, x: np.ndarray, data_range: float | None = 
     else:
         out["ssim"]["volume"] = None
         notes.append(f"no volume SSIM: shape {ref.shape} is too thin")
+    lost = [name for name, v in out["ssim"].items() if v is not None and not np.isfinite(v)]
+    if lost:  # one note, not skimage's RuntimeWarnings
+        out["ssim"].update(dict.fromkeys(lost))
+        notes.append(f"no {' and '.join(lost)} SSIM: the reconstruction's values (up to {np.abs(x).max():.3g}) "
+                     f"are too large to score against a range of {data_range:.3g}")
     thin = [name for name, axis in AXES.items() if ref.shape[axis] > 1 and min(np.delete(ref.shape, axis)) == 1]
     if thin:  # e.g. one slice: its coronal and sagittal "images" are single rows and columns
         notes.append(f"{' and '.join(thin)} PSNR: means over lines of one voxel's width, not over plane images")

@@ -319,7 +319,8 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
         path = resolve_config_path(source)
         label = str(path)
         try:
-            raw = yaml_load(path.read_text(encoding="utf-8")) or {}
+            text = path.read_text(encoding="utf-8")
+            raw = yaml_load(text)
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{label}: cannot read it ({os_reason(e) if isinstance(e, OSError) else e}); make it "
                              "readable and "
@@ -329,6 +330,12 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             what = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise InputError(f"{label}:{where}: not valid YAML ({what}); fix the syntax") from None
+        if raw is None and not overrides:  # one line, not "required key missing" for each (--set may give them)
+            names = config_names()
+            raise InputError(f"{label}: the file is empty{' (it holds only comments)' if text.strip() else ''}; "
+                             "write the config's keys in it (task, modality, ...)" +
+                             (f", e.g. start from a copy of {REPO_CONFIGS / names[0]}.yaml" if names else ""))
+        raw = {} if raw is None else raw
         if not isinstance(raw, dict):
             raise InputError(f"{label}: expected a mapping of keys at the top level")
     file_solver = dict(raw.get("solver") or {}) if isinstance(raw.get("solver"), dict) else None

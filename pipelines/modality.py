@@ -52,10 +52,17 @@ TRAIN_FIX = {Modality.ct: "train with --modality mri", Modality.mri: "train CT i
 
 
 def value_problem(vol, modality: str | Modality, where, fix: dict = CONFIG_FIX) -> str | None:
-    """Why a volume's values are not the modality's (CT in HU has air, lung or fat; MR magnitudes are not
-    negative, nor one value throughout), or None; ``fix``: what to do, by modality. A CT DICOM series with its
+    """Why a volume's values are not the modality's (one value throughout in either: nothing to reconstruct; CT in
+    HU has air, lung or fat; MR magnitudes are not negative), or None; ``fix``: what to do, by modality. A CT DICOM series with its
     rescale tags holds HU by definition (a small field of view may hold no air)."""
     modality = Modality(modality)
+    if float(np.ptp(vol.data)) == 0:  # MR: reconstruct would divide it by its 99.9th percentile (0: by 1)
+        value = float(vol.data.flat[0])
+        return (f"{where}: every voxel is {value:.4g} HU: an image with no anatomy (all air or blank), nothing to "
+                "reconstruct; give a CT volume that holds the scan (an empty or blank export?)"
+                if modality == Modality.ct else
+                f"{where}: every voxel is {value:.4g}: an image with no signal, nothing to normalise or reconstruct; "
+                "give an MR magnitude volume (an empty or blank export?)")
     tag = str((vol.meta.get("dicom") or {}).get("Modality", "") or "").upper()
     if modality == Modality.ct and not (tag == "CT" and not vol.meta.get("rescale_assumed")):
         lo = float(np.percentile(vol.data, 0.5))
@@ -67,9 +74,6 @@ def value_problem(vol, modality: str | Modality, where, fix: dict = CONFIG_FIX) 
         if lo < -MR_NEGATIVE_FRACTION * max(abs(hi), 1e-12):  # e.g. CT in HU: air at -1000
             return (f"{where}: values down to {lo:.4g} (0.5th percentile; 99.5th {hi:.4g}) do not look like MR "
                     f"magnitudes, which are not negative: {fix[modality]}, or give the magnitude of MR images")
-        if float(np.ptp(vol.data)) == 0:  # reconstruct would divide it by its 99.9th percentile (0: by 1)
-            return (f"{where}: every voxel is {float(vol.data.flat[0]):.4g}: an image with no signal, nothing to "
-                    "normalise or reconstruct; give an MR magnitude volume (an empty or blank export?)")
     return None
 
 

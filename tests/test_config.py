@@ -332,6 +332,20 @@ def test_an_unhashable_yaml_key_is_a_yaml_error_not_a_traceback(tmp_path):
         load_config(bad)
 
 
+@pytest.mark.parametrize("text", ["", "# a comment only\n", "---\n"])
+def test_an_empty_config_file_is_told_empty_in_one_line(tmp_path, text):
+    """Sixty-third session's audit: an empty file (or one of comments) was told "task: required key missing" and
+    "modality: required key missing", not that it is empty."""
+    empty = _write(tmp_path, text)
+    with pytest.raises(InputError) as e:
+        load_config(empty)
+    assert str(e.value).startswith(f"{empty}: the file is empty") and "\n" not in str(e.value)
+    assert ("holds only comments" in str(e.value)) == bool(text.strip()) and ".yaml" in str(e.value)
+    # keys given with --set: the empty file is no problem of its own (what they leave out is told as before)
+    with pytest.raises(InputError, match="ct: section missing"):
+        load_config(empty, ["task=sparse_view_ct_4", "modality=ct"], check_files=False)
+
+
 def test_seeds_run_up_to_the_bound_the_readme_states():
     """The README says seeds go from 0 below 2^63, while 2^63 - 1 was refused as 'must be <=
     9223372036854774784' (2^63 - 1024). Every seed up to 2^63 - 1 is taken and runs; 2^63 is refused naming the

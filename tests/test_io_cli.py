@@ -283,6 +283,60 @@ def test_rescale_slope_zero_is_refused(tmp_path, capsys):
     assert code == 2 and "RescaleSlope" in err and files[2].name in err and not (tmp_path / "out.nii").exists()
 
 
+@pytest.mark.parametrize("slope", [1e38, 1e34])
+def test_a_rescale_slope_giving_values_beyond_any_image_is_refused_naming_the_file(tmp_path, capsys, slope):
+    """Sixty-third session's audit: a slice with RescaleSlope 1e38 was read (values up to 3e38) and a reconstruction
+    later met "the input Volume: ... Inf voxels", naming neither the file nor the cause."""
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: setattr(ds, "RescaleSlope", slope) if k == 2 else None)
+    code, _, err = run(capsys, "info", folder)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(files[2]) in err and f"RescaleSlope {slope:g}" in err and "fix RescaleSlope" in err
+
+
+def test_a_non_finite_rescale_intercept_is_refused(tmp_path, capsys):
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: setattr(ds, "RescaleIntercept", "inf") if k == 3 else None)
+    code, _, err = run(capsys, "info", folder)
+    assert code == 2 and f"{files[3]}: RescaleIntercept is 'inf'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_a_negative_rescale_slope_on_one_slice_is_refused_naming_it(tmp_path, capsys, modality):
+    """Sixty-third session's audit: a slice at slope -1 among slope-1 slices was read inverted without a word. CT
+    slopes are positive (HU rise with the stored value): a negative one is refused on every slice of a CT series;
+    elsewhere a slope whose sign differs from the other slices'."""
+    def edit(k, ds):
+        ds.Modality = modality
+        if k == 1:
+            ds.RescaleSlope = -1
+    folder, files = edited_ct5n(tmp_path / "one", edit)
+    code, _, err = run(capsys, "info", folder)
+    assert code == 2 and f"{files[1]}: RescaleSlope is -1, negative while" in err
+    assert len(err.strip().splitlines()) == 1
+    folder, files = edited_ct5n(tmp_path / "all", lambda k, ds: (setattr(ds, "Modality", modality),
+                                                                  setattr(ds, "RescaleSlope", -1)))
+    code, _, err = run(capsys, "info", folder)
+    if modality == "CT":
+        assert code == 2 and "RescaleSlope is -1, negative, so HU would fall" in err
+    else:  # one sign throughout: the scanner's own mapping
+        assert code == 0, err
+
+
+@pytest.mark.parametrize("tag", ["Modality", "FrameOfReferenceUID"])
+def test_slices_of_one_series_that_differ_in_modality_or_frame_of_reference_are_refused(tmp_path, capsys, tag):
+    """Sixty-third session's audit: one slice of a CT series marked MR, or in another frame of reference (its
+    position in another coordinate system), was stacked with the others without a word."""
+    value = "MR" if tag == "Modality" else pydicom.uid.generate_uid()
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: setattr(ds, tag, value) if k == 2 else None)
+    code, _, err = run(capsys, "info", folder)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"the slices differ in {tag}" in err and files[2].name in err and str(value) in err and "--series" in err
+    if tag == "FrameOfReferenceUID":
+        assert "coordinate frames" in err
+    # a slice without the tag is not told apart from the others
+    folder, _ = edited_ct5n(tmp_path / "absent", lambda k, ds: delattr(ds, tag) if k == 2 else None)
+    assert run(capsys, "info", folder)[0] == 0
+
+
 def test_slightly_uneven_spacing_of_real_scanners_is_accepted(tmp_path, capsys):
     """#13.13: gaps of 2.45-2.55 mm (positions rounded by the scanner) are within the 0.2 mm tolerance and
     read as uniform with a note; a missing slice is still refused and the message says which tolerance."""

@@ -228,6 +228,20 @@ def test_a_damaged_nifti_is_told_in_one_line_with_the_fix(tmp_path, capfd, caplo
     assert vol.spacing == (1.0, 1.0, 1.0) and "pixdim" not in capfd.readouterr().err  # nothing bare on fd 2
 
 
+@pytest.mark.skipif(not CT5N.is_dir(), reason="pydicom's test files are not installed")
+@pytest.mark.parametrize("name", ["a.nii", "a.nii.gz"])
+def test_a_dicom_file_or_npy_array_named_nifti_is_told_what_it_is(tmp_path, name):
+    """Sixty-third session's audit: a DICOM file or a .npy named .nii was told "check that the file is complete"."""
+    np.save(tmp_path / "a.npy", np.zeros((2, 3, 4), np.float32))
+    for source, what, suffix in ((next(CT5N.iterdir()), "a DICOM file", ".dcm"),
+                                 (tmp_path / "a.npy", "a NumPy array", ".npy")):
+        misnamed = tmp_path / name
+        misnamed.write_bytes(source.read_bytes())
+        with pytest.raises(InputError) as e:
+            read_volume(misnamed)
+        assert str(e.value) == f"{misnamed}: {what}, not NIfTI as its name says; rename it to {suffix} and give it again"
+
+
 def _mha(path, fields, data=np.zeros((2, 3, 4), "<i2")):
     path.write_bytes((f"ObjectType = Image\nNDims = 3\nDimSize = 4 3 2\nElementType = MET_SHORT\n"
                       f"ElementByteOrderMSB = False\n{fields}ElementDataFile = LOCAL\n").encode() + data.tobytes())

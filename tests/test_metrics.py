@@ -79,6 +79,32 @@ def test_ssim_does_not_depend_on_where_zero_is_and_the_range_must_be_finite():
         per_axis_metrics(ref, ref, float("inf"))
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e25])
+def test_ssim_of_very_small_or_large_values_is_the_same_score_without_runtime_warnings(scale):
+    """Sixty-third session's audit: a reference of values near 1e-30 (a range whose squares underflow) or 1e25 (the
+    volume's float32 squares overflow) printed skimage's multi-line RuntimeWarnings and gave the volume SSIM NaN.
+    SSIM over a range R is the same number on values in units of R: scored so."""
+    import warnings
+    ref = _ref()
+    x = ref + np.random.default_rng(1).normal(0, 0.05, ref.shape)
+    want = per_axis_metrics(ref, x, 1.0)["ssim"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = per_axis_metrics(ref * scale, x * scale, scale)["ssim"]
+    assert got == pytest.approx(want, rel=1e-4) and all(np.isfinite(v) for v in got.values())
+
+
+def test_a_reconstruction_too_large_to_score_is_one_note_not_runtime_warnings():
+    import warnings
+    ref = _ref()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = per_axis_metrics(ref, ref * 1e30, 1.0)
+    assert m["ssim"]["volume"] is None and np.isfinite(m["ssim"]["axial"])
+    assert [n for n in m["notes"] if "SSIM" in n] == [
+        "no volume SSIM: the reconstruction's values (up to 1e+30) are too large to score against a range of 1"]
+
+
 def test_the_volume_ssim_of_a_large_volume_is_left_out_with_a_note(monkeypatch):
     """The 3D SSIM's filters need tens of bytes a voxel: above VOLUME_SSIM_MAX_VOXELS it is None and noted (a
     512 x 512 x 300 series needed about 10 GB after the solve), the planes' SSIM still given."""

@@ -1057,6 +1057,20 @@ def test_mri_measurements_under_a_config_of_another_mask_layout_are_warned_and_t
     assert acquisition_differs(load_config("cs_mri_3d_poisson", check_files=False), volume) is None
 
 
+@pytest.mark.parametrize("value", [-1000.0, 40.0])
+def test_a_ct_volume_of_one_value_is_refused_as_an_mr_one_is(tmp_path, value):
+    """Sixty-third session's audit: an all-air CT volume (-1000 HU throughout) reconstructed without a word while a
+    constant MR volume was refused; a DICOM CT series too (its HU check trusts its rescale tags)."""
+    from pipelines.modality import value_problem
+    volume = Volume(np.full((2, 16, 16), value, np.float32), (1.0, 1.0, 2.0), meta={"dicom": {"Modality": "CT"}})
+    write_nifti(volume, blank := tmp_path / "blank.nii.gz")
+    with pytest.raises(InputError) as e:
+        tasks.reconstruct("sparse_view_ct_8", blank, tmp_path / "out", overrides=["solver.name=fbp"])
+    assert str(e.value).startswith(f"{blank}: every voxel is {value:g} HU: an image with no anatomy")
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+    assert value_problem(volume, "ct", "series").startswith("series: every voxel is")
+
+
 @pytest.mark.parametrize("value", [0.0, 5.0])
 def test_an_mr_volume_of_one_value_is_refused_naming_the_file(tmp_path, value):
     """An all-zero (or constant) volume under an MRI config reconstructed to "PSNR 58.89 dB" with no warning, while

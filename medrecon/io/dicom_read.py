@@ -141,7 +141,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
         data, bad = _read_pixels(stack.files, stack.headers, where, notes)
         if bad:
             raise InputError(f"{where}: cannot decode {bad[0][0]} ({bad[0][1]})")
-    rescale_assumed = _check_rescale(list(zip(stack.files, stack.headers)), where, notes)
+    rescale_assumed = _check_rescale(list(zip(stack.files, stack.headers)), where, notes, data)
     data = _undo_monochrome1(data, stack.headers)
     data = _clear_padding(data, stack.headers, where, notes)
 
@@ -314,6 +314,13 @@ class _Stack:
                 raise InputError(why)
             _check_geometry_tags(f, ds)
         _same(headers, where, lambda ds: (int(ds.Rows), int(ds.Columns)), "image sizes (Rows, Columns)")
+        for tag, fix in (("Modality", "the series mixes images of several kinds; remove the odd files or choose "
+                                      "another series with --series"),
+                         ("FrameOfReferenceUID", "their positions are in different coordinate frames, so they "
+                                                 "cannot be stacked; split the files into one folder per frame of "
+                                                 "reference or choose another series with --series")):
+            text = lambda ds, tag=tag: str(ds.get(tag) or "").strip()  # noqa: E731
+            _same([(f, ds) for f, ds in headers if text(ds)], where, text, tag, fix=fix)  # absent on a slice: not told
         _same(headers, where, lambda ds: _floats(ds.get("PixelSpacing")), "PixelSpacing",  # as written: 0.7, 0.7000001
               close=lambda a, b: np.allclose(a, b, rtol=1e-4, atol=0))                   # (the first slice's is used)
         first = headers[0][1]
@@ -462,27 +469,58 @@ def _single_slice_step(ds) -> float:
     return 1.0
 
 
-def _same(headers, where, key, what: str, close=None) -> None:
+def _same(headers, where, key, what: str, close=None, fix: str = "choose another series with --series or remove "
+          "the odd files") -> None:
     """Refuse slices whose ``key`` differs from the first slice's (``close(a, b)``: what counts as the same)."""
+    if not headers:
+        return
     first = key(headers[0][1])
     for f, ds in headers[1:]:
         if not (close(key(ds), first) if close and None not in (key(ds), first) else key(ds) == first):
             raise InputError(f"{where}: the slices differ in {what} ({headers[0][0].name}: {first}, "
-                             f"{f.name}: {key(ds)}); choose another series with --series or remove the "
-                             "odd files")
+                             f"{f.name}: {key(ds)}); {fix}")
 
 
-def _check_rescale(headers, where, notes: list) -> bool:
+#: rescaled values beyond this magnitude are no image's (HU, MR signal, PET Bq/ml are far below it) but a damaged
+#: RescaleSlope/RescaleIntercept: sums of them overflow float32 (a reconstruction then met "Inf voxels")
+RESCALED_LIMIT = 1e30
+
+
+def _check_rescale(headers, where, notes: list, data: np.ndarray | None = None) -> bool:
     """CT requires RescaleSlope/Intercept (HU = slope * stored + intercept); GDCM assumes 1 and 0.
-    A slope of 0 (every voxel the intercept) or one that is not a finite number is refused."""
+    Refused, naming the file: a slope of 0 (every voxel the intercept), a slope or intercept that is not a finite
+    number, a negative slope in CT (HU rise with the stored value) or a slope whose sign differs from the other
+    slices', and (given ``data``, the rescaled slices in ``headers``' order) rescaled values that are not finite or
+    beyond ``RESCALED_LIMIT``."""
     for f, ds in headers:
-        slope = _floats(ds.get("RescaleSlope"))
-        if "RescaleSlope" in ds and (slope is None or not np.isfinite(slope[0]) or slope[0] == 0):
-            raise InputError(f"{f}: RescaleSlope is {ds.get('RescaleSlope')!r}, which maps every stored value to "
-                             "one (or no) number; the header is damaged: fix RescaleSlope (usually 1) or remove "
-                             "the file")
+        for tag in ("RescaleSlope", "RescaleIntercept"):
+            value = _floats(ds.get(tag))
+            zero = tag == "RescaleSlope" and value is not None and value[0] == 0
+            if tag in ds and (value is None or not np.isfinite(value[0]) or zero):
+                raise InputError(f"{f}: {tag} is {ds.get(tag)!r}, which maps every stored value to one (or no) "
+                                 f"number; the header is damaged: fix {tag} (usually "
+                                 f"{1 if tag == 'RescaleSlope' else 0}) or remove the file")
+    ct = str(headers[0][1].get("Modality", "")) == "CT"
+    slopes = [(f, _rescale(ds)[0]) for f, ds in headers]
+    negative = [(f, m) for f, m in slopes if m < 0]
+    positive = [(f, m) for f, m in slopes if m > 0]
+    if negative and (ct or positive):
+        (f, m), other = negative[0], positive[0] if positive else None
+        raise InputError(f"{f}: RescaleSlope is {m:g}, " + (
+            f"negative while {other[0].name}'s is {other[1]:g}, so this slice's values are inverted against its "
+            "neighbours'" if other else "negative, so HU would fall as the stored value rises") +
+            "; the header is damaged: fix RescaleSlope or remove the file")
+    if data is not None and data.size:
+        peak = np.abs(data).max(axis=tuple(range(1, data.ndim)))
+        if not (peak <= RESCALED_LIMIT).all():  # NaN fails too
+            k = int(np.argmin(np.nan_to_num(peak, nan=np.inf) <= RESCALED_LIMIT))
+            f, ds = headers[k]
+            m, b = _rescale(ds)
+            what = f"values up to {peak[k]:.3g}, beyond any image's" if np.isfinite(peak[k]) else "values that are not finite"
+            raise InputError(f"{f}: RescaleSlope {m:g} and RescaleIntercept {b:g} give {what}; the header is damaged: "
+                             "fix RescaleSlope/RescaleIntercept or remove the file")
     missing = [f for f, ds in headers if "RescaleSlope" not in ds or "RescaleIntercept" not in ds]
-    if missing and str(headers[0][1].get("Modality", "")) == "CT":
+    if missing and ct:
         given = {_rescale(ds) for f, ds in headers if f not in missing}
         if given - {(1.0, 0.0)}:  # slope 1 and intercept 0 would put those slices off their neighbours' HU
             m, b = sorted(given)[0]

@@ -61,6 +61,23 @@ def _sizeof_hdr(path: Path) -> int | None:
     return values.pop() if len(head) == 4 and values else None
 
 
+#: (what its first bytes say a file is, its suffix, the bytes at offset 0 or 128): files nibabel cannot read under
+#: a NIfTI name, told apart from damaged NIfTI ("check that the file is complete" sent users looking for damage)
+OTHER_FORMATS = (("a DICOM file", ".dcm", 128, b"DICM"), ("a NumPy array", ".npy", 0, b"\x93NUMPY"),
+                 ("an NRRD file", ".nrrd", 0, b"NRRD"), ("a MetaImage header", ".mhd", 0, b"ObjectType"))
+
+
+def _other_format(path: Path) -> tuple[str, str] | None:
+    """(what it is, the suffix to give it) when the file's first bytes are another format's, else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(138)
+    except OSError:
+        return None
+    return next(((what, suffix) for what, suffix, at, magic in OTHER_FORMATS if head[at:at + len(magic)] == magic),
+                None)
+
+
 def _one_line(error) -> str:
     """A library's message in one line (nibabel's can end in "\\n - could the file be damaged?")."""
     return " ".join(str(error).replace("\n - could the file be damaged?", "").split())
@@ -119,6 +136,9 @@ def read_nifti(path) -> Volume:
         raise InputError(f"cannot read NIfTI {path}: {_one_line(e)}; convert it to a numeric data type (e.g. "
                          "float32) first") from e
     except Exception as e:  # noqa: BLE001  (nibabel raises many kinds on damaged files)
+        if other := _other_format(path):  # a whole file of another format under a NIfTI name: not damage
+            raise UnreadableError(f"{path}: {other[0]}, not NIfTI as its name says; rename it to {other[1]} and "
+                                  "give it again") from None
         short = re.search(r"Expected (\d+) bytes, got (\d+) bytes", str(e))
         why = (f"the file is truncated: its header declares {short[1]} bytes of voxel data but it holds {short[2]}"
                if short else _one_line(e))

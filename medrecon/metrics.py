@@ -81,7 +81,7 @@ def _ssim(ref: np.ndarray, x: np.ndarray, data_range: float, dtype=np.float64) -
     float32 volume that large) underflowed or overflowed skimage's squares, printed its RuntimeWarnings and gave
     NaN. What overflows even so (a reconstruction that blew up) is NaN without a warning (``per_axis_metrics``
     says it in one note)."""
-    ref, x = (np.asarray(a / data_range, dtype) for a in (ref, x))
+    ref, x = (np.asarray(a, dtype) / data_range for a in (ref, x))  # in dtype first, as before
     with np.errstate(all="ignore"):
         return float(structural_similarity(ref, x, data_range=1.0, win_size=ssim_window(ref.shape)))
 

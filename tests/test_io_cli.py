@@ -231,16 +231,65 @@ def test_mixed_series_default_to_the_largest_listing_all(tmp_path, capsys, caplo
 
 
 def test_one_file_of_a_series_given_alone_is_read_with_a_warning_naming_its_folder(tmp_path, caplog):
-    """Sixty-third session: a file dragged from a series folder was read as a one-slice volume without a word."""
+    """Sixty-third session: a file dragged from a series folder was read as a one-slice volume without a word.
+    The console is told the folder; the warning kept for report.json says "its folder" (it named the folder above
+    the file, which may name the patient, even with de-identification)."""
     folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
-    vol = read_volume(files[2])
+    with caplog.at_level(logging.WARNING, logger="medrecon"):
+        vol = read_volume(files[2])
     assert vol.data.shape[0] == 1
-    assert vol.meta["warnings"] == [f"{files[2]}: one slice of a series whose 5 files lie in {folder}; give that folder "
-                                    f"to read the whole series (with --series {vol.meta['series_uid']} if it holds "
-                                    "several)"]
+    tail = f"; give that folder to read the whole series (with --series {vol.meta['series_uid']} if it holds several)"
+    assert f"{files[2]}: one slice of a series whose 5 files lie in {folder}{tail}" in caplog.text
+    assert vol.meta["warnings"] == [f"{files[2]}: one slice of a series whose 5 files lie in its folder{tail}"]
     (tmp_path / "alone").mkdir()
     shutil.copy(files[2], tmp_path / "alone")
     assert read_volume(tmp_path / "alone" / files[2].name).meta["warnings"] == []
+
+
+def test_the_lone_file_warning_does_not_record_a_folder_named_like_the_patient(tmp_path):
+    """Review of the sixty-third session: report.json's input_warnings held the folder above the file (scrub and
+    named_only replace the file's own path only), de-identified or not."""
+    from medrecon.io.deidentify import scrub
+    from pipelines.tasks import named_only
+    patient = tmp_path / "DOE^JOHN 1234567"
+    shutil.copytree(CT5N, patient)
+    f = sorted(patient.iterdir())[0]
+    warned = read_volume(f).meta["warnings"]
+    assert len(warned) == 1 and "one slice of a series" in warned[0]
+    for recorded in (named_only(warned[0], f), scrub(warned[0], f)):
+        assert "DOE" not in recorded and str(tmp_path) not in recorded
+
+
+def test_the_lone_file_warning_is_skipped_when_its_folder_cannot_be_listed(tmp_path, monkeypatch):
+    """Review of the sixty-third session: an execute-only folder's PermissionError ended the read in a traceback."""
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
+    real = Path.iterdir
+
+    def refuse(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    vol = read_volume(files[2])
+    assert vol.data.shape[0] == 1 and vol.meta["warnings"] == []
+
+
+@pytest.mark.parametrize("edit", ["DX", "no geometry"])
+def test_a_projection_image_given_alone_is_not_told_to_read_its_folder(tmp_path, edit):
+    """Review of the sixty-third session: a radiograph (or a file without patient geometry) was told to give its
+    folder, whose read is then refused."""
+    def projection(k, ds):
+        if edit == "DX":
+            ds.Modality = "DX"
+        else:
+            del ds.ImagePositionPatient, ds.ImageOrientationPatient
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
+    for f in files:  # edited after sorting by position (edited_ct5n sorts by ImagePositionPatient)
+        ds = pydicom.dcmread(f)
+        projection(0, ds)
+        ds.save_as(f)
+    vol = read_volume(files[2])
+    assert not any("one slice of a series" in w for w in vol.meta.get("warnings", []))
 
 
 def test_a_ct_slice_without_the_rescale_its_neighbours_have_is_refused(tmp_path, capsys):

@@ -8,12 +8,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
 from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
 from .dicom_read import read_dicom_series
-from .dicom_scan import choose_series, is_dicom_file, list_series
+from .dicom_scan import PROJECTION_MODALITIES, choose_series, is_dicom_file, list_series
 from .deidentify import refuse_identifying_pixels
 from .dicom_write import write_dicom_series
 from .itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
@@ -98,18 +99,30 @@ def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:
 
 def _say_if_one_file_of_a_series(vol: Volume, path: Path) -> None:
     """Warn when a DICOM file given alone holds one slice of a series whose other files lie beside it (a file
-    dragged from a series folder was reconstructed as a one-slice volume without a word)."""
+    dragged from a series folder was reconstructed as a one-slice volume without a word). Not for a projection
+    image (``PROJECTION_MODALITIES``, or a slice without patient geometry): its folder holds no volume to read.
+    The console is told the folder; the volume's warnings (report.json's input_warnings) say "its folder", as
+    report.json records names, not the folders above them (which may name the patient)."""
     uid = vol.meta.get("series_uid")
     if not uid or vol.data.shape[0] > 1:  # a mosaic or multi-frame file holds its own volume
         return
     try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                             specific_tags=["Modality", "ImagePositionPatient", "ImageOrientationPatient"])
+    except Exception:  # pydicom raises many kinds on a damaged header; the slice was read, so say nothing
+        return
+    if str(ds.get("Modality", "") or "").strip().upper() in PROJECTION_MODALITIES or \
+            "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+        return
+    try:
         n = sum(s.n_files for s in list_series(path.parent) if s.uid == uid)
-    except InputError:
+    except (InputError, OSError):  # an execute-only folder cannot be listed: the file alone is read
         return
     if n > 1:
+        tail = f"; give that folder to read the whole series (with --series {uid} if it holds several)"
         warn(vol.meta.setdefault("warnings", []),
-             f"{path}: one slice of a series whose {n} files lie in {path.parent}; give that folder to read the "
-             f"whole series (with --series {uid} if it holds several)")
+             f"{path}: one slice of a series whose {n} files lie in {path.parent}{tail}",
+             recorded=f"{path}: one slice of a series whose {n} files lie in its folder{tail}")
 
 
 def is_volume_file(path) -> bool:

@@ -301,8 +301,27 @@ def test_a_ct_slice_without_the_rescale_its_neighbours_have_is_refused(tmp_path,
     folder, files = edited_ct5n(tmp_path, drop)
     code, _, err = run(capsys, "convert", folder, tmp_path / "o.nii")
     assert code == 2 and not (tmp_path / "o.nii").exists()
-    assert f"1 of 5 CT slices have no RescaleSlope/RescaleIntercept (e.g. {files[1].name})" in err
+    assert f"1 of 5 CT slices lack RescaleIntercept (e.g. {files[1].name}: read with slope 1, intercept 0)" in err
     assert "intercept -1024" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("slope", [1, 2])
+def test_ct_slices_lacking_only_rescale_slope_are_read_when_slope_1_gives_their_neighbours_rescale(
+        tmp_path, capsys, slope):
+    """Review of the sixty-third session: slices lacking only RescaleSlope (default 1) at their neighbours'
+    intercept were refused as lacking both tags; refused only where the default slope differs from the others'."""
+    def drop(k, ds):
+        ds.RescaleSlope, ds.RescaleIntercept = slope, -1024
+        if k in (1, 2):
+            del ds.RescaleSlope
+    folder, files = edited_ct5n(tmp_path, drop)
+    code, _, err = run(capsys, "convert", folder, tmp_path / "o.nii")
+    if slope == 1:  # the default slope is the others' 
+        assert code == 0, err
+        data = nib.load(tmp_path / "o.nii").get_fdata()
+        np.testing.assert_array_equal(data[:, :, 1].T, pydicom.dcmread(files[1]).pixel_array - 1024.0)
+    else:  # the others' slope is 2
+        assert code == 2 and "2 of 5 CT slices lack RescaleSlope (e.g." in err and "slope 2, intercept -1024" in err
 
 
 @pytest.mark.parametrize("interpretation", ["MONOCHROME2", "MONOCHROME1"])

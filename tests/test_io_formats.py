@@ -1,4 +1,5 @@
 """NIfTI, NRRD/MHA and .npy reading and writing, world coordinates against DICOM, and atomic writes."""
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -708,3 +709,19 @@ def test_in_plane_restacks_every_voxel_where_it_was_head_up(plane, letters):
     np.testing.assert_array_equal(out.data[tuple(zyx.T)], vol.data[xyz[:, 2], xyz[:, 1], xyz[:, 0]])
     with pytest.raises(ValueError, match="plane must be"):
         vol.in_plane("oblique")
+
+
+def test_nibabel_info_notes_are_not_kept_as_warnings_with_logging_at_debug(tmp_path):
+    """Review of the sixty-third session: with the root logger at DEBUG, nibabel's INFO note on a qfac of 0
+    ("pixdim[0] (qfac) should be 1 (default) or -1") became a recorded warning of the volume."""
+    def zero_qfac(h):
+        h["pixdim"][0] = 0
+    path = _raw_nifti(tmp_path, "q.nii", zero_qfac)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        vol = read_volume(path)
+    finally:
+        root.setLevel(level)
+    assert not any("qfac" in w for w in vol.meta.get("warnings", []))

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from medrecon.errors import InputError, recorded_error
 from medrecon.io import atomic_path, list_series
-from medrecon.io.atomic import os_reason, read_marker, remove_empty_folders
+from medrecon.io.atomic import O_NOFOLLOW, os_reason, read_marker, remove_empty_folders
 from medrecon.io.deidentify import INPUT_LABEL, check_key, deidentified_uid, input_label, recorded_source, scrub
 
 from .config import load_config
@@ -386,7 +386,7 @@ def batch_lock(output_root: Path):
 def _lock_file(path: Path):
     """(the open ``LOCK`` file, whether it is locked); InputError when another batch holds it."""
     try:  # not through a link another user placed there
-        f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644), "a")
+        f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | O_NOFOLLOW, 0o644), "a")
     except OSError as e:
         raise InputError(f"cannot write {path}: {os_reason(e)}; choose a writable output root") from e
     try:

@@ -1,5 +1,6 @@
 """NIfTI, NRRD/MHA and .npy reading and writing, world coordinates against DICOM, and atomic writes."""
 import logging
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -725,3 +726,24 @@ def test_nibabel_info_notes_are_not_kept_as_warnings_with_logging_at_debug(tmp_p
     finally:
         root.setLevel(level)
     assert not any("qfac" in w for w in vol.meta.get("warnings", []))
+
+
+def test_a_detached_data_file_name_with_a_space_is_kept_whole(tmp_path):
+    """Review of the sixty-third session: `data file: my data.raw` was taken as "my" where the file was absent
+    (its split meant for patterns, which are left out anyway)."""
+    from medrecon.io.atomic import with_data_files
+    hdr = tmp_path / "a.nhdr"
+    hdr.write_text("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 2 2 2\nencoding: raw\ndata file: my data.raw\n\n")
+    assert with_data_files(hdr) == [hdr, tmp_path / "my data.raw"]
+    hdr.write_text("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 2 2 2\nencoding: raw\ndata file: LIST 2\na.raw\n")
+    assert with_data_files(hdr) == [hdr]
+
+
+def test_writes_and_the_batch_lock_need_no_o_nofollow(tmp_path, monkeypatch):
+    """Review of the sixty-third session: os.O_NOFOLLOW is absent on Windows; the pin of a write used it bare."""
+    from pipelines.batching import _lock_file
+    monkeypatch.delattr(os, "O_NOFOLLOW")
+    write_volume(Volume(np.zeros((2, 3, 4), np.float32), (1.0, 1.0, 1.0)), tmp_path / "sub" / "a.nii")
+    assert (tmp_path / "sub" / "a.nii").is_file()
+    f, _ = _lock_file(tmp_path / "LOCK")
+    f.close()

@@ -747,3 +747,30 @@ def test_writes_and_the_batch_lock_need_no_o_nofollow(tmp_path, monkeypatch):
     assert (tmp_path / "sub" / "a.nii").is_file()
     f, _ = _lock_file(tmp_path / "LOCK")
     f.close()
+
+
+def test_nrrd_reads_leave_fd_2_alone_and_still_say_why_they_fail(tmp_path, monkeypatch):
+    """Review of the sixty-third session: every NRRD read redirected fd 2 for the whole read (serialised with other
+    reads, and other threads' lines lost); teem's reason comes in the exception, so only MetaImage captures."""
+    import medrecon.io.dicom_read as dicom_read
+
+    def no_capture():
+        raise AssertionError("fd 2 redirected for an NRRD read")
+    monkeypatch.setattr(dicom_read, "_native_stderr", no_capture)
+    data = np.arange(24, dtype="<i2")
+    head = b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 3 2\nendian: little\nencoding: raw\nspacings: 1 1 2\n\n"
+    (tmp_path / "n.nrrd").write_bytes(head + data.tobytes())
+    assert read_volume(tmp_path / "n.nrrd").data.shape == (2, 3, 4)
+    (tmp_path / "cut.nrrd").write_bytes(head + data.tobytes()[:-10])
+    with pytest.raises(InputError, match=r"cut.nrrd: .*fread got only 19 2-sized things, not 24"):
+        read_volume(tmp_path / "cut.nrrd")
+
+
+def test_an_orthogonal_but_scaled_metaimage_direction_is_not_called_sheared(tmp_path):
+    """Review of the sixty-third session: TransformMatrix 2 0 0 0 2 0 0 0 2 (orthogonal, not unit) was refused as
+    "not orthogonal (a sheared grid)"."""
+    path = _mha(tmp_path / "s.mha", "ElementSpacing = 1 1 2\nTransformMatrix = 2 0 0 0 2 0 0 0 2\n")
+    vol = read_volume(path)  # ITK places voxel (1, 1, 1) at (2, 2, 4): unit axes, twice the spacing
+    np.testing.assert_allclose(vol.direction, np.eye(3))
+    assert vol.spacing == (2.0, 2.0, 4.0)
+    assert any("not of unit length" in w for w in vol.meta["warnings"])

@@ -779,9 +779,11 @@ def _encapsulated(uid: UID | None) -> bool:
 @contextmanager
 def itk_quiet(capture: bool = True):
     """Silence ITK's own warnings, and where ``capture`` (a read of an encapsulated transfer syntax,
-    ``_encapsulated``) capture what C code (GDCM's decoders: "Unsupported JPEG data precision 12") prints on the
-    process's stderr: yields a list that holds those lines once the block ends (also when it raises), for the caller
-    to say naming the file (``_native_stderr``); without ``capture`` it stays empty and fd 2 is left alone."""
+    ``_encapsulated``, or of a MetaImage .mha/.mhd, ``itk.read_itk``) capture what C code (GDCM's decoders:
+    "Unsupported JPEG data precision 12"; MetaImage's "data not read completely") prints on the process's stderr:
+    yields a list that holds those lines once the block ends (also when it raises), for the caller to say naming
+    the file (``_native_stderr``); without ``capture`` (NRRD, whose reasons come in the exception; native DICOM) it
+    stays empty and fd 2 is left alone."""
     old = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:

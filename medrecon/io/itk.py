@@ -26,7 +26,9 @@ def read_itk(path) -> Volume:
                                   "copy it beside the header, or give the file that holds the voxels")
     printed: list = []
     try:
-        with itk_quiet() as printed:  # MetaImage says why on fd 2; the exception then holds a stale errno
+        # MetaImage says why on fd 2 (the exception then holds a stale errno), so its reads capture fd 2; NRRD's
+        # reasons (teem's [nrrd] lines) come in the exception, so fd 2 is left alone (other threads' lines kept)
+        with itk_quiet(capture=path.suffix.lower() in (".mha", ".mhd")) as printed:
             head = sitk.ImageFileReader()
             head.SetFileName(str(path))
             head.SetImageIO(ITK_IO[path.suffix.lower()])  # named: its lookup is case-exact
@@ -45,10 +47,18 @@ def read_itk(path) -> Volume:
     if img.GetDimension() == 2:  # one slice: embed in 3D
         data, spacing, origin = data[None], (*spacing, 1.0), (*origin, 0.0)
         direction = np.block([[direction, np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]])
-    if np.abs(direction.T @ direction - np.eye(3)).max() > 1e-4:  # ITK keeps a sheared grid as it is
+    notes: list = []
+    lengths = np.linalg.norm(direction, axis=0)
+    if lengths.min() > 0 and np.abs(lengths - 1).max() > 1e-4:  # a scaled TransformMatrix (2 0 0 0 2 0 0 0 2):
+        direction = direction / lengths  # ITK places the voxels lengths x spacing apart along unit axes
+        spacing = tuple(float(s) for s in np.multiply(spacing, lengths))
+        warn(notes, f"{path}: its direction columns are not of unit length (lengths "
+                    f"{', '.join(f'{v:g}' for v in lengths)}: the header's TransformMatrix or space directions); "
+                    f"their lengths are taken into the voxel spacing, {', '.join(f'{v:g}' for v in spacing)} mm "
+                    "(x, y, z)")
+    if lengths.min() == 0 or np.abs(direction.T @ direction - np.eye(3)).max() > 1e-4:  # ITK keeps a sheared grid
         raise InputError(f"{path}: its voxel axes are not orthogonal (a sheared grid: the header's space directions "
                          "or TransformMatrix); resample the image onto an orthogonal grid first")
-    notes: list = []
     if not _header_gives_spacing(path):
         warn(notes, f"{path}: its header gives no voxel spacing; assuming 1 mm (add it to the header, "
                     + ("`spacings: X Y Z` for NRRD" if path.suffix.lower() in (".nrrd", ".nhdr") else

@@ -774,3 +774,19 @@ def test_an_orthogonal_but_scaled_metaimage_direction_is_not_called_sheared(tmp_
     np.testing.assert_allclose(vol.direction, np.eye(3))
     assert vol.spacing == (2.0, 2.0, 4.0)
     assert any("not of unit length" in w for w in vol.meta["warnings"])
+
+
+@pytest.mark.parametrize("name", ["a.npy", "a.nrrd"])
+def test_the_implausible_spacing_advice_is_worded_by_format(tmp_path, name):
+    """Review of the sixty-third session: a .npy (whose spacing is the caller's) and an NRRD were told to fix
+    "pixdim and its units", NIfTI's fields."""
+    data = np.zeros((2, 3, 4), np.float32)
+    if name.endswith(".npy"):
+        np.save(tmp_path / name, data)
+        vol = read_volume(tmp_path / name, spacing=(0.001, 0.001, 0.001))
+    else:
+        write_volume(Volume(data, (0.001, 0.001, 0.001)), tmp_path / name)
+        vol = read_volume(tmp_path / name)
+    said = [w for w in vol.meta["warnings"] if "unlikely for a scan" in w]
+    assert len(said) == 1 and "pixdim" not in said[0]
+    assert ("--spacing z,y,x" if name.endswith(".npy") else "spacings or space directions") in said[0]

@@ -57,10 +57,18 @@ def _say_if_spacing_is_implausible(vol: Volume) -> None:
     if all(lo <= s <= hi for s in vol.spacing):
         return
     zyx = ", ".join(f"{s:.3g}" for s in vol.spacing_zyx)
+    kind = str(vol.meta.get("format", "")).lower()
+    if kind == "npy":  # no header: the spacing is the caller's
+        why, fix = "a spacing given in meters or microns?", "give the spacing in mm (--spacing z,y,x; spacing= from Python)"
+    else:
+        why = "a header in meters or microns read as mm?"
+        fix = "fix the spacing in the header (" + {
+            "nifti": "pixdim and its units", "dicom": "PixelSpacing and the slices' ImagePositionPatient",
+            "nrrd": "spacings or space directions", "nhdr": "spacings or space directions",
+            "mha": "ElementSpacing", "mhd": "ElementSpacing"}.get(kind, "its voxel spacing") + ")"
     warn(vol.meta.setdefault("warnings", []),
          f"{vol.meta.get('source', 'the input')}: voxel spacing (z, y, x) {zyx} mm is outside {lo:g}-{hi:g} mm, "
-         "unlikely for a scan (a header in meters or microns read as mm?); fix the spacing in the header "
-         "(NIfTI: pixdim and its units) before reconstructing it")
+         f"unlikely for a scan ({why}); {fix} before reconstructing it")
 
 
 def _say_if_slices_are_not_axial(vol: Volume) -> None:

@@ -524,13 +524,13 @@ def _listed(input_root: Path) -> tuple[list, list]:
 def _volume_files_hint(input_root: Path, most: int = 10000) -> str:
     """What a tree without DICOM holds that ``medrecon reconstruct`` reads (NIfTI, NRRD/MetaImage), said with the
     fix; "" where it holds none (the first ``most`` files looked at)."""
-    from medrecon.io.dispatch import is_volume_file
+    from medrecon.io.dispatch import is_non_dicom_volume_file
     seen, volumes = 0, []
     for folder, dirs, files in os.walk(input_root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files)[:max(0, most - seen)]:
             path = Path(folder) / name
-            if not name.startswith(".") and not name.lower().endswith(".dcm") and is_volume_file(path):
+            if not name.startswith(".") and is_non_dicom_volume_file(path):
                 volumes.append(path.relative_to(input_root))
         seen += len(files)
         if seen >= most:

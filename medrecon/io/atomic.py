@@ -278,14 +278,23 @@ def _check_not_input(dest: Path, protect: Iterable) -> None:
 _DATA_FILE = re.compile(r"^\s*(?:ElementDataFile\s*=|data ?file\s*:)\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
-def with_data_files(path: Path) -> list[Path]:
+def header_text(path: Path) -> str | None:
+    """The first 64 KiB of an NRRD/MetaImage file as text (its header, whatever follows it), or None where it cannot
+    be read: read once per read of the image (``itk.read_itk``), for ``with_data_files`` and its spacing check."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(65536).decode("latin-1")
+    except OSError:
+        return None
+
+
+def with_data_files(path: Path, head: str | None = None) -> list[Path]:
     """``path`` and, for a detached-header image (.mhd, .nhdr), the data file its header names: an input's
-    voxels live there too."""
+    voxels live there too. ``head``: its ``header_text``, where the caller has read it."""
     if path.suffix.lower() not in (".mhd", ".nhdr") or not path.is_file():
         return [path]
-    try:
-        head = path.read_bytes()[:65536].decode("latin-1")
-    except OSError:
+    head = header_text(path) if head is None else head
+    if head is None:
         return [path]
     # a name as written, spaces and all ("my data.raw"); not a list's or a pattern's ("LIST 2", "s%03d.raw 1 9 1")
     named = [m for m in _DATA_FILE.findall(head) if m.split()[0].upper() not in ("LOCAL", "LIST") and "%" not in m]

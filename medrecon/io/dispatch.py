@@ -59,7 +59,8 @@ def _say_if_spacing_is_implausible(vol: Volume) -> None:
     zyx = ", ".join(f"{s:.3g}" for s in vol.spacing_zyx)
     kind = str(vol.meta.get("format", "")).lower()
     if kind == "npy":  # no header: the spacing is the caller's
-        why, fix = "a spacing given in meters or microns?", "give the spacing in mm (--spacing z,y,x; spacing= from Python)"
+        why, fix = "a spacing given in meters or microns?", \
+            "give the spacing in mm (--spacing z,y,x; spacing= from Python)"
     else:
         why = "a header in meters or microns read as mm?"
         fix = "fix the spacing in the header (" + {
@@ -137,14 +138,21 @@ def is_volume_file(path) -> bool:
     """Whether a file is one of the image formats ``read_volume`` reads, by its name (NIfTI, NRRD, MetaImage, a
     NIfTI/Analyze pair, .dcm) or a DICOM file's preamble; .npy is left out (any saved array is one)."""
     path = Path(path)
-    name = path.name.lower()
-    if is_nifti(name) or name.endswith(ITK_READ_SUFFIXES + (".dcm",)) or is_nifti_pair(path):
+    if is_non_dicom_volume_file(path) or path.name.lower().endswith(".dcm"):
         return True
     try:
         with open(path, "rb") as f:
             return f.read(132)[128:] == b"DICM"
     except OSError:
         return False
+
+
+def is_non_dicom_volume_file(path) -> bool:
+    """Whether a file is, by its name, a NIfTI (or NIfTI/Analyze pair), NRRD or MetaImage volume: what a folder
+    given as a DICOM series (``read_volume``) or a batch's tree (``pipelines.batching``) holds instead of DICOM."""
+    path = Path(path)
+    name = path.name.lower()
+    return is_nifti(name) or name.endswith(ITK_READ_SUFFIXES) or is_nifti_pair(path)
 
 
 def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volume:
@@ -167,8 +175,7 @@ def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volu
                 + (", ..." if len(below) > 1 else "") + "), or the sub-folder of one") if below else ""
         said = f"{folder} holds no readable DICOM image files"
         if not below:  # a NIfTI or NRRD/MetaImage given by its folder
-            files = sorted(p.name for p in folder.iterdir() if p.is_file() and is_volume_file(p)
-                           and not p.name.lower().endswith(".dcm"))
+            files = sorted(p.name for p in folder.iterdir() if p.is_file() and is_non_dicom_volume_file(p))
             if files:
                 said += (f"; it holds {', '.join(files[:3])}{' and more' if len(files) > 3 else ''}: give that file "
                          f"as the input ({folder / files[0]})")

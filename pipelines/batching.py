@@ -48,7 +48,7 @@ from pathlib import Path
 
 from medrecon.errors import InputError, recorded_error
 from medrecon.io import atomic_path, list_series
-from medrecon.io.atomic import os_reason, read_marker, remove_empty_folders
+from medrecon.io.atomic import O_NOFOLLOW, os_reason, read_marker, remove_empty_folders
 from medrecon.io.deidentify import INPUT_LABEL, check_key, deidentified_uid, input_label, recorded_source, scrub
 
 from .config import load_config
@@ -386,7 +386,7 @@ def batch_lock(output_root: Path):
 def _lock_file(path: Path):
     """(the open ``LOCK`` file, whether it is locked); InputError when another batch holds it."""
     try:  # not through a link another user placed there
-        f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644), "a")
+        f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | O_NOFOLLOW, 0o644), "a")
     except OSError as e:
         raise InputError(f"cannot write {path}: {os_reason(e)}; choose a writable output root") from e
     try:
@@ -524,13 +524,13 @@ def _listed(input_root: Path) -> tuple[list, list]:
 def _volume_files_hint(input_root: Path, most: int = 10000) -> str:
     """What a tree without DICOM holds that ``medrecon reconstruct`` reads (NIfTI, NRRD/MetaImage), said with the
     fix; "" where it holds none (the first ``most`` files looked at)."""
-    from medrecon.io.dispatch import is_volume_file
+    from medrecon.io.dispatch import is_non_dicom_volume_file
     seen, volumes = 0, []
     for folder, dirs, files in os.walk(input_root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files)[:max(0, most - seen)]:
             path = Path(folder) / name
-            if not name.startswith(".") and not name.lower().endswith(".dcm") and is_volume_file(path):
+            if not name.startswith(".") and is_non_dicom_volume_file(path):
                 volumes.append(path.relative_to(input_root))
         seen += len(files)
         if seen >= most:

@@ -1,5 +1,6 @@
 """DICOM-folder batch: mirrored tree, manifest, a corrupt series, interruption and resumption, safe names."""
 import json
+import logging
 import os
 import re
 import shutil
@@ -813,6 +814,22 @@ def test_a_deidentified_root_made_before_key_fingerprints_warns_a_batch_whose_ke
     warned = [r.getMessage() for r in caplog.records if "earlier medrecon" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith(f"{out}: 1 de-identified output(s)")
     assert "rerun with the key that made them, or write into a fresh output root" in warned[0]
+
+
+def test_the_fingerprintless_root_warning_is_not_repeated_where_an_output_has_this_keys_fingerprint(
+        monkeypatch, caplog):
+    """Review of the sixty-third session: every batch of a new input folder into a root holding outputs of an
+    earlier medrecon warned again, though outputs there were already stamped with this key's fingerprint."""
+    from medrecon.io.deidentify import check_key, key_fingerprint
+    monkeypatch.setenv("MEDRECON_DEID_KEY", "this site's secret, long enough")
+    old = {"series_uid": "1.2.3"}
+    with caplog.at_level(logging.WARNING):
+        check_key("out", [old], source_uids=["9.9"])
+        assert "earlier medrecon" in caplog.text
+        caplog.clear()
+        check_key("out", [old, {"series_uid": "4.5.6", "key_fingerprint": key_fingerprint(create=False)}],
+                  source_uids=["9.9"])
+        assert "earlier medrecon" not in caplog.text
 
 
 @pytest.mark.parametrize("error", ["no such series", "sub-folders"])

@@ -231,16 +231,65 @@ def test_mixed_series_default_to_the_largest_listing_all(tmp_path, capsys, caplo
 
 
 def test_one_file_of_a_series_given_alone_is_read_with_a_warning_naming_its_folder(tmp_path, caplog):
-    """Sixty-third session: a file dragged from a series folder was read as a one-slice volume without a word."""
+    """Sixty-third session: a file dragged from a series folder was read as a one-slice volume without a word.
+    The console is told the folder; the warning kept for report.json says "its folder" (it named the folder above
+    the file, which may name the patient, even with de-identification)."""
     folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
-    vol = read_volume(files[2])
+    with caplog.at_level(logging.WARNING, logger="medrecon"):
+        vol = read_volume(files[2])
     assert vol.data.shape[0] == 1
-    assert vol.meta["warnings"] == [f"{files[2]}: one slice of a series whose 5 files lie in {folder}; give that folder "
-                                    f"to read the whole series (with --series {vol.meta['series_uid']} if it holds "
-                                    "several)"]
+    tail = f"; give that folder to read the whole series (with --series {vol.meta['series_uid']} if it holds several)"
+    assert f"{files[2]}: one slice of a series whose 5 files lie in {folder}{tail}" in caplog.text
+    assert vol.meta["warnings"] == [f"{files[2]}: one slice of a series whose 5 files lie in its folder{tail}"]
     (tmp_path / "alone").mkdir()
     shutil.copy(files[2], tmp_path / "alone")
     assert read_volume(tmp_path / "alone" / files[2].name).meta["warnings"] == []
+
+
+def test_the_lone_file_warning_does_not_record_a_folder_named_like_the_patient(tmp_path):
+    """Review of the sixty-third session: report.json's input_warnings held the folder above the file (scrub and
+    named_only replace the file's own path only), de-identified or not."""
+    from medrecon.io.deidentify import scrub
+    from pipelines.tasks import named_only
+    patient = tmp_path / "DOE^JOHN 1234567"
+    shutil.copytree(CT5N, patient)
+    f = sorted(patient.iterdir())[0]
+    warned = read_volume(f).meta["warnings"]
+    assert len(warned) == 1 and "one slice of a series" in warned[0]
+    for recorded in (named_only(warned[0], f), scrub(warned[0], f)):
+        assert "DOE" not in recorded and str(tmp_path) not in recorded
+
+
+def test_the_lone_file_warning_is_skipped_when_its_folder_cannot_be_listed(tmp_path, monkeypatch):
+    """Review of the sixty-third session: an execute-only folder's PermissionError ended the read in a traceback."""
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
+    real = Path.iterdir
+
+    def refuse(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    vol = read_volume(files[2])
+    assert vol.data.shape[0] == 1 and vol.meta["warnings"] == []
+
+
+@pytest.mark.parametrize("edit", ["DX", "no geometry"])
+def test_a_projection_image_given_alone_is_not_told_to_read_its_folder(tmp_path, edit):
+    """Review of the sixty-third session: a radiograph (or a file without patient geometry) was told to give its
+    folder, whose read is then refused."""
+    def projection(k, ds):
+        if edit == "DX":
+            ds.Modality = "DX"
+        else:
+            del ds.ImagePositionPatient, ds.ImageOrientationPatient
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
+    for f in files:  # edited after sorting by position (edited_ct5n sorts by ImagePositionPatient)
+        ds = pydicom.dcmread(f)
+        projection(0, ds)
+        ds.save_as(f)
+    vol = read_volume(files[2])
+    assert not any("one slice of a series" in w for w in vol.meta.get("warnings", []))
 
 
 def test_a_ct_slice_without_the_rescale_its_neighbours_have_is_refused(tmp_path, capsys):
@@ -252,8 +301,27 @@ def test_a_ct_slice_without_the_rescale_its_neighbours_have_is_refused(tmp_path,
     folder, files = edited_ct5n(tmp_path, drop)
     code, _, err = run(capsys, "convert", folder, tmp_path / "o.nii")
     assert code == 2 and not (tmp_path / "o.nii").exists()
-    assert f"1 of 5 CT slices have no RescaleSlope/RescaleIntercept (e.g. {files[1].name})" in err
+    assert f"1 of 5 CT slices lack RescaleIntercept (e.g. {files[1].name}: read with slope 1, intercept 0)" in err
     assert "intercept -1024" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("slope", [1, 2])
+def test_ct_slices_lacking_only_rescale_slope_are_read_when_slope_1_gives_their_neighbours_rescale(
+        tmp_path, capsys, slope):
+    """Review of the sixty-third session: slices lacking only RescaleSlope (default 1) at their neighbours'
+    intercept were refused as lacking both tags; refused only where the default slope differs from the others'."""
+    def drop(k, ds):
+        ds.RescaleSlope, ds.RescaleIntercept = slope, -1024
+        if k in (1, 2):
+            del ds.RescaleSlope
+    folder, files = edited_ct5n(tmp_path, drop)
+    code, _, err = run(capsys, "convert", folder, tmp_path / "o.nii")
+    if slope == 1:  # the default slope is the others' 
+        assert code == 0, err
+        data = nib.load(tmp_path / "o.nii").get_fdata()
+        np.testing.assert_array_equal(data[:, :, 1].T, pydicom.dcmread(files[1]).pixel_array - 1024.0)
+    else:  # the others' slope is 2
+        assert code == 2 and "2 of 5 CT slices lack RescaleSlope (e.g." in err and "slope 2, intercept -1024" in err
 
 
 @pytest.mark.parametrize("interpretation", ["MONOCHROME2", "MONOCHROME1"])

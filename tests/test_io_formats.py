@@ -1,4 +1,6 @@
 """NIfTI, NRRD/MHA and .npy reading and writing, world coordinates against DICOM, and atomic writes."""
+import logging
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -708,3 +710,83 @@ def test_in_plane_restacks_every_voxel_where_it_was_head_up(plane, letters):
     np.testing.assert_array_equal(out.data[tuple(zyx.T)], vol.data[xyz[:, 2], xyz[:, 1], xyz[:, 0]])
     with pytest.raises(ValueError, match="plane must be"):
         vol.in_plane("oblique")
+
+
+def test_nibabel_info_notes_are_not_kept_as_warnings_with_logging_at_debug(tmp_path):
+    """Review of the sixty-third session: with the root logger at DEBUG, nibabel's INFO note on a qfac of 0
+    ("pixdim[0] (qfac) should be 1 (default) or -1") became a recorded warning of the volume."""
+    def zero_qfac(h):
+        h["pixdim"][0] = 0
+    path = _raw_nifti(tmp_path, "q.nii", zero_qfac)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        vol = read_volume(path)
+    finally:
+        root.setLevel(level)
+    assert not any("qfac" in w for w in vol.meta.get("warnings", []))
+
+
+def test_a_detached_data_file_name_with_a_space_is_kept_whole(tmp_path):
+    """Review of the sixty-third session: `data file: my data.raw` was taken as "my" where the file was absent
+    (its split meant for patterns, which are left out anyway)."""
+    from medrecon.io.atomic import with_data_files
+    hdr = tmp_path / "a.nhdr"
+    hdr.write_text("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 2 2 2\nencoding: raw\ndata file: my data.raw\n\n")
+    assert with_data_files(hdr) == [hdr, tmp_path / "my data.raw"]
+    hdr.write_text("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 2 2 2\nencoding: raw\ndata file: LIST 2\na.raw\n")
+    assert with_data_files(hdr) == [hdr]
+
+
+def test_writes_and_the_batch_lock_need_no_o_nofollow(tmp_path, monkeypatch):
+    """Review of the sixty-third session: os.O_NOFOLLOW is absent on Windows; the pin of a write used it bare."""
+    from pipelines.batching import _lock_file
+    monkeypatch.delattr(os, "O_NOFOLLOW")
+    write_volume(Volume(np.zeros((2, 3, 4), np.float32), (1.0, 1.0, 1.0)), tmp_path / "sub" / "a.nii")
+    assert (tmp_path / "sub" / "a.nii").is_file()
+    f, _ = _lock_file(tmp_path / "LOCK")
+    f.close()
+
+
+def test_nrrd_reads_leave_fd_2_alone_and_still_say_why_they_fail(tmp_path, monkeypatch):
+    """Review of the sixty-third session: every NRRD read redirected fd 2 for the whole read (serialised with other
+    reads, and other threads' lines lost); teem's reason comes in the exception, so only MetaImage captures."""
+    import medrecon.io.dicom_read as dicom_read
+
+    def no_capture():
+        raise AssertionError("fd 2 redirected for an NRRD read")
+    monkeypatch.setattr(dicom_read, "_native_stderr", no_capture)
+    data = np.arange(24, dtype="<i2")
+    head = b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 3 2\nendian: little\nencoding: raw\nspacings: 1 1 2\n\n"
+    (tmp_path / "n.nrrd").write_bytes(head + data.tobytes())
+    assert read_volume(tmp_path / "n.nrrd").data.shape == (2, 3, 4)
+    (tmp_path / "cut.nrrd").write_bytes(head + data.tobytes()[:-10])
+    with pytest.raises(InputError, match=r"cut.nrrd: .*fread got only 19 2-sized things, not 24"):
+        read_volume(tmp_path / "cut.nrrd")
+
+
+def test_an_orthogonal_but_scaled_metaimage_direction_is_not_called_sheared(tmp_path):
+    """Review of the sixty-third session: TransformMatrix 2 0 0 0 2 0 0 0 2 (orthogonal, not unit) was refused as
+    "not orthogonal (a sheared grid)"."""
+    path = _mha(tmp_path / "s.mha", "ElementSpacing = 1 1 2\nTransformMatrix = 2 0 0 0 2 0 0 0 2\n")
+    vol = read_volume(path)  # ITK places voxel (1, 1, 1) at (2, 2, 4): unit axes, twice the spacing
+    np.testing.assert_allclose(vol.direction, np.eye(3))
+    assert vol.spacing == (2.0, 2.0, 4.0)
+    assert any("not of unit length" in w for w in vol.meta["warnings"])
+
+
+@pytest.mark.parametrize("name", ["a.npy", "a.nrrd"])
+def test_the_implausible_spacing_advice_is_worded_by_format(tmp_path, name):
+    """Review of the sixty-third session: a .npy (whose spacing is the caller's) and an NRRD were told to fix
+    "pixdim and its units", NIfTI's fields."""
+    data = np.zeros((2, 3, 4), np.float32)
+    if name.endswith(".npy"):
+        np.save(tmp_path / name, data)
+        vol = read_volume(tmp_path / name, spacing=(0.001, 0.001, 0.001))
+    else:
+        write_volume(Volume(data, (0.001, 0.001, 0.001)), tmp_path / name)
+        vol = read_volume(tmp_path / name)
+    said = [w for w in vol.meta["warnings"] if "unlikely for a scan" in w]
+    assert len(said) == 1 and "pixdim" not in said[0]
+    assert ("--spacing z,y,x" if name.endswith(".npy") else "spacings or space directions") in said[0]

@@ -27,6 +27,8 @@ TMP_PREFIX = ".medrecon-tmp-"
 #: files a desktop leaves in a folder a user looked at: not a user's own work, replaced with the output
 OS_METADATA = {".DS_Store", "Thumbs.db", "desktop.ini", "._.DS_Store"}
 MARKER = ".medrecon-output"
+#: open() refuses to follow a link at the last name (absent on Windows, where the flag is left out)
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _TMP_NAME = re.compile(r"\.medrecon-tmp-(?P<old>old-)?(?:(?P<pid>\d+)-)?[0-9a-f]{8}-(?P<name>.+)")
 #: the temporaries this process has made and not yet finished: a temporary with this process's PID that is not
 #: among them was left by an earlier process of that PID (a container's PID 1 killed by the OOM killer)
@@ -108,7 +110,7 @@ def _pin_parent(pin: Path, made: list[Path], tries: int = 3) -> None:
         try:
             if attempt:
                 _make_folders(pin.parent, made)
-            os.close(os.open(pin, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            os.close(os.open(pin, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o600))
             return
         except FileNotFoundError:  # the parent (or a folder above it) went meanwhile
             if attempt == tries - 1:
@@ -276,17 +278,27 @@ def _check_not_input(dest: Path, protect: Iterable) -> None:
 _DATA_FILE = re.compile(r"^\s*(?:ElementDataFile\s*=|data ?file\s*:)\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
-def with_data_files(path: Path) -> list[Path]:
+def header_text(path: Path) -> str | None:
+    """The first 64 KiB of an NRRD/MetaImage file as text (its header, whatever follows it), or None where it cannot
+    be read: read once per read of the image (``itk.read_itk``), for ``with_data_files`` and its spacing check."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(65536).decode("latin-1")
+    except OSError:
+        return None
+
+
+def with_data_files(path: Path, head: str | None = None) -> list[Path]:
     """``path`` and, for a detached-header image (.mhd, .nhdr), the data file its header names: an input's
-    voxels live there too."""
+    voxels live there too. ``head``: its ``header_text``, where the caller has read it."""
     if path.suffix.lower() not in (".mhd", ".nhdr") or not path.is_file():
         return [path]
-    try:
-        head = path.read_bytes()[:65536].decode("latin-1")
-    except OSError:
+    head = header_text(path) if head is None else head
+    if head is None:
         return [path]
-    named = [m if (path.parent / m).exists() else m.split()[0] for m in _DATA_FILE.findall(head)]
-    return [path] + [path.parent / n for n in named if n.upper() not in ("LOCAL", "LIST") and "%" not in n]
+    # a name as written, spaces and all ("my data.raw"); not a list's or a pattern's ("LIST 2", "s%03d.raw 1 9 1")
+    named = [m for m in _DATA_FILE.findall(head) if m.split()[0].upper() not in ("LOCAL", "LIST") and "%" not in m]
+    return [path] + [path.parent / n for n in named]
 
 
 def check_free(dest: Path, overwrite: bool) -> None:

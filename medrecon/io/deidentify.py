@@ -246,7 +246,8 @@ def check_key(where, marks, source_uids=()) -> None:
     series anew, so a rerun redid them all beside the old ones. With no key here, none is made: the error says where
     the outputs' key must be. Outputs of earlier versions record no fingerprint: unless one of them is of a series in
     ``source_uids`` (the source UIDs a batch found) as this key names it, which shows the key is theirs, a warning
-    says so once (with another key, every series is made again under new names)."""
+    says so once (with another key, every series is made again under new names); not where an output there records
+    this key's fingerprint (a batch of another input folder into the root again)."""
     here = key_fingerprint(create=False)
     if here is None:
         raise InputError(f"{where} holds de-identified outputs, and the key they were made with is not at "
@@ -257,7 +258,7 @@ def check_key(where, marks, source_uids=()) -> None:
         raise InputError(f"{where} holds outputs de-identified with another key (fingerprint {', '.join(other)}) "
                          f"than {key_source()} (fingerprint {here}): use that key, or write into another output root")
     unchecked = [m.get("series_uid") for m in marks if not m.get("key_fingerprint")]
-    if unchecked:
+    if unchecked and not any(m.get("key_fingerprint") == here for m in marks):  # outputs of this key: the key is theirs
         key = deidentify_key(create=False)
         if not set(unchecked) & {_deidentified_uid(key, u) for u in source_uids}:
             log.warning(f"{where}: {len(unchecked)} de-identified output(s) there were made by an earlier medrecon, "

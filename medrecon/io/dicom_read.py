@@ -491,7 +491,10 @@ def _check_rescale(headers, where, notes: list, data: np.ndarray | None = None) 
     Refused, naming the file: a slope of 0 (every voxel the intercept), a slope or intercept that is not a finite
     number, a negative slope in CT (HU rise with the stored value) or a slope whose sign differs from the other
     slices', and (given ``data``, the rescaled slices in ``headers``' order) rescaled values that are not finite or
-    beyond ``RESCALED_LIMIT``."""
+    beyond ``RESCALED_LIMIT``. CT slices lacking RescaleSlope and/or RescaleIntercept are refused, naming the tag,
+    when the defaults (slope 1, intercept 0) give them a rescale that none of the slices with both tags has (they
+    would lie off their neighbours' HU); read when the defaults give their neighbours' rescale, and with a warning
+    (returning True) when no slice has both tags."""
     for f, ds in headers:
         for tag in ("RescaleSlope", "RescaleIntercept"):
             value = _floats(ds.get(tag))
@@ -519,17 +522,23 @@ def _check_rescale(headers, where, notes: list, data: np.ndarray | None = None) 
             what = f"values up to {peak[k]:.3g}, beyond any image's" if np.isfinite(peak[k]) else "values that are not finite"
             raise InputError(f"{f}: RescaleSlope {m:g} and RescaleIntercept {b:g} give {what}; the header is damaged: "
                              "fix RescaleSlope/RescaleIntercept or remove the file")
-    missing = [f for f, ds in headers if "RescaleSlope" not in ds or "RescaleIntercept" not in ds]
+    lacking = {f: "/".join(t for t in ("RescaleSlope", "RescaleIntercept") if t not in ds) for f, ds in headers}
+    missing = [f for f, ds in headers if lacking[f]]
     if missing and ct:
         given = {_rescale(ds) for f, ds in headers if f not in missing}
-        if given - {(1.0, 0.0)}:  # slope 1 and intercept 0 would put those slices off their neighbours' HU
+        off = [(f, _rescale(ds)) for f, ds in headers if lacking[f] and _rescale(ds) not in given]
+        if given and not off:  # the defaults give what their neighbours have (only RescaleSlope 1 left out, say)
+            return False
+        if given:  # the defaults (slope 1, intercept 0) would put those slices off their neighbours' HU
+            f, (m0, b0) = off[0]
             m, b = sorted(given)[0]
-            raise InputError(f"{where}: {len(missing)} of {len(headers)} CT slices have no RescaleSlope/"
-                             f"RescaleIntercept (e.g. {missing[0].name}) while the others have them (e.g. slope "
-                             f"{m:g}, intercept {b:g}), so those slices cannot be put in HU; copy the tags from "
+            raise InputError(f"{where}: {len(off)} of {len(headers)} CT slices lack {lacking[f]} (e.g. {f.name}: "
+                             f"read with slope {m0:g}, intercept {b0:g}) while the others have slope {m:g}, "
+                             f"intercept {b:g}, so those slices cannot be put in HU; copy the tags from "
                              "their neighbours or remove the files")
-        warn(notes, f"{where}: {len(missing)} of {len(headers)} CT slices have no RescaleSlope/RescaleIntercept "
-                    f"(e.g. {missing[0]}); assuming slope 1 and intercept 0, so values may not be HU: "
+        tags = sorted({lacking[f] for f in missing}, key=len, reverse=True)[0]
+        warn(notes, f"{where}: {len(missing)} of {len(headers)} CT slices have no {tags} "
+                    f"(e.g. {missing[0]}); assuming slope 1 and intercept 0 where absent, so values may not be HU: "
                     "check the value range with `medrecon info`")
         return True
     return False
@@ -770,9 +779,11 @@ def _encapsulated(uid: UID | None) -> bool:
 @contextmanager
 def itk_quiet(capture: bool = True):
     """Silence ITK's own warnings, and where ``capture`` (a read of an encapsulated transfer syntax,
-    ``_encapsulated``) capture what C code (GDCM's decoders: "Unsupported JPEG data precision 12") prints on the
-    process's stderr: yields a list that holds those lines once the block ends (also when it raises), for the caller
-    to say naming the file (``_native_stderr``); without ``capture`` it stays empty and fd 2 is left alone."""
+    ``_encapsulated``, or of a MetaImage .mha/.mhd, ``itk.read_itk``) capture what C code (GDCM's decoders:
+    "Unsupported JPEG data precision 12"; MetaImage's "data not read completely") prints on the process's stderr:
+    yields a list that holds those lines once the block ends (also when it raises), for the caller to say naming
+    the file (``_native_stderr``); without ``capture`` (NRRD, whose reasons come in the exception; native DICOM) it
+    stays empty and fd 2 is left alone."""
     old = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:

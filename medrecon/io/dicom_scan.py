@@ -30,6 +30,9 @@ _SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality"
 #: refuses such an image, ``batch`` passes it over, ``pacs run`` does not retrieve such a series (its C-FIND Modality)
 NOT_VOLUME_MODALITIES = {"SR", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "SEG", "PR", "KO", "DOC", "REG",
                          "RTRECORD", "RTINTENT", "RTRAD", "RTSEGANN", "PLAN", "RWV", "FID", "CTPROTOCOL"}
+#: modalities of projection images (radiographs, mammograms, angiograms, fluoroscopy): each file is an image of its
+#: own, not a slice of a volume
+PROJECTION_MODALITIES = {"DX", "CR", "MG", "XA", "RF", "IO", "PX", "DG"}
 #: flags saying an image's pixels identify the patient (printed names, a face): copied, and refused by de-identification
 PIXEL_FLAGS = ("BurnedInAnnotation", "RecognizableVisualFeatures")
 MANUFACTURER = "medrecon"  # the Manufacturer of every series medrecon writes (medrecon.io.dicom_write)

@@ -8,12 +8,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
 from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
 from .dicom_read import read_dicom_series
-from .dicom_scan import choose_series, is_dicom_file, list_series
+from .dicom_scan import PROJECTION_MODALITIES, choose_series, is_dicom_file, list_series
 from .deidentify import refuse_identifying_pixels
 from .dicom_write import write_dicom_series
 from .itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
@@ -56,10 +57,19 @@ def _say_if_spacing_is_implausible(vol: Volume) -> None:
     if all(lo <= s <= hi for s in vol.spacing):
         return
     zyx = ", ".join(f"{s:.3g}" for s in vol.spacing_zyx)
+    kind = str(vol.meta.get("format", "")).lower()
+    if kind == "npy":  # no header: the spacing is the caller's
+        why, fix = "a spacing given in meters or microns?", \
+            "give the spacing in mm (--spacing z,y,x; spacing= from Python)"
+    else:
+        why = "a header in meters or microns read as mm?"
+        fix = "fix the spacing in the header (" + {
+            "nifti": "pixdim and its units", "dicom": "PixelSpacing and the slices' ImagePositionPatient",
+            "nrrd": "spacings or space directions", "nhdr": "spacings or space directions",
+            "mha": "ElementSpacing", "mhd": "ElementSpacing"}.get(kind, "its voxel spacing") + ")"
     warn(vol.meta.setdefault("warnings", []),
          f"{vol.meta.get('source', 'the input')}: voxel spacing (z, y, x) {zyx} mm is outside {lo:g}-{hi:g} mm, "
-         "unlikely for a scan (a header in meters or microns read as mm?); fix the spacing in the header "
-         "(NIfTI: pixdim and its units) before reconstructing it")
+         f"unlikely for a scan ({why}); {fix} before reconstructing it")
 
 
 def _say_if_slices_are_not_axial(vol: Volume) -> None:
@@ -98,32 +108,51 @@ def _read(path: Path, series, spacing, resample_nonuniform) -> Volume:
 
 def _say_if_one_file_of_a_series(vol: Volume, path: Path) -> None:
     """Warn when a DICOM file given alone holds one slice of a series whose other files lie beside it (a file
-    dragged from a series folder was reconstructed as a one-slice volume without a word)."""
+    dragged from a series folder was reconstructed as a one-slice volume without a word). Not for a projection
+    image (``PROJECTION_MODALITIES``, or a slice without patient geometry): its folder holds no volume to read.
+    The console is told the folder; the volume's warnings (report.json's input_warnings) say "its folder", as
+    report.json records names, not the folders above them (which may name the patient)."""
     uid = vol.meta.get("series_uid")
     if not uid or vol.data.shape[0] > 1:  # a mosaic or multi-frame file holds its own volume
         return
     try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                             specific_tags=["Modality", "ImagePositionPatient", "ImageOrientationPatient"])
+    except Exception:  # pydicom raises many kinds on a damaged header; the slice was read, so say nothing
+        return
+    if str(ds.get("Modality", "") or "").strip().upper() in PROJECTION_MODALITIES or \
+            "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+        return
+    try:
         n = sum(s.n_files for s in list_series(path.parent) if s.uid == uid)
-    except InputError:
+    except (InputError, OSError):  # an execute-only folder cannot be listed: the file alone is read
         return
     if n > 1:
+        tail = f"; give that folder to read the whole series (with --series {uid} if it holds several)"
         warn(vol.meta.setdefault("warnings", []),
-             f"{path}: one slice of a series whose {n} files lie in {path.parent}; give that folder to read the "
-             f"whole series (with --series {uid} if it holds several)")
+             f"{path}: one slice of a series whose {n} files lie in {path.parent}{tail}",
+             recorded=f"{path}: one slice of a series whose {n} files lie in its folder{tail}")
 
 
 def is_volume_file(path) -> bool:
     """Whether a file is one of the image formats ``read_volume`` reads, by its name (NIfTI, NRRD, MetaImage, a
     NIfTI/Analyze pair, .dcm) or a DICOM file's preamble; .npy is left out (any saved array is one)."""
     path = Path(path)
-    name = path.name.lower()
-    if is_nifti(name) or name.endswith(ITK_READ_SUFFIXES + (".dcm",)) or is_nifti_pair(path):
+    if is_non_dicom_volume_file(path) or path.name.lower().endswith(".dcm"):
         return True
     try:
         with open(path, "rb") as f:
             return f.read(132)[128:] == b"DICM"
     except OSError:
         return False
+
+
+def is_non_dicom_volume_file(path) -> bool:
+    """Whether a file is, by its name, a NIfTI (or NIfTI/Analyze pair), NRRD or MetaImage volume: what a folder
+    given as a DICOM series (``read_volume``) or a batch's tree (``pipelines.batching``) holds instead of DICOM."""
+    path = Path(path)
+    name = path.name.lower()
+    return is_nifti(name) or name.endswith(ITK_READ_SUFFIXES) or is_nifti_pair(path)
 
 
 def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volume:
@@ -146,8 +175,7 @@ def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volu
                 + (", ..." if len(below) > 1 else "") + "), or the sub-folder of one") if below else ""
         said = f"{folder} holds no readable DICOM image files"
         if not below:  # a NIfTI or NRRD/MetaImage given by its folder
-            files = sorted(p.name for p in folder.iterdir() if p.is_file() and is_volume_file(p)
-                           and not p.name.lower().endswith(".dcm"))
+            files = sorted(p.name for p in folder.iterdir() if p.is_file() and is_non_dicom_volume_file(p))
             if files:
                 said += (f"; it holds {', '.join(files[:3])}{' and more' if len(files) > 3 else ''}: give that file "
                          f"as the input ({folder / files[0]})")

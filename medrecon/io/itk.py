@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError, UnreadableError
 from ..volume import Volume
-from .atomic import atomic_path, with_data_files
+from .atomic import atomic_path, header_text, with_data_files
 from .common import check_fits_in_memory, check_voxels, warn
 from .dicom_read import itk_quiet
 
@@ -20,13 +20,16 @@ ITK_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO",
 
 def read_itk(path) -> Volume:
     path = Path(path)
-    for data_file in with_data_files(path)[1:]:  # a detached header (.mhd, .nhdr) names the file of its voxels
+    header = header_text(path)  # read once: the data file it names, and whether it gives the spacing
+    for data_file in with_data_files(path, header)[1:]:  # a detached header (.mhd, .nhdr) names the file of its voxels
         if not data_file.exists():
             raise UnreadableError(f"{path}: its data file {data_file.name} does not exist (the header names it); "
                                   "copy it beside the header, or give the file that holds the voxels")
     printed: list = []
     try:
-        with itk_quiet() as printed:  # MetaImage says why on fd 2; the exception then holds a stale errno
+        # MetaImage says why on fd 2 (the exception then holds a stale errno), so its reads capture fd 2; NRRD's
+        # reasons (teem's [nrrd] lines) come in the exception, so fd 2 is left alone (other threads' lines kept)
+        with itk_quiet(capture=path.suffix.lower() in (".mha", ".mhd")) as printed:
             head = sitk.ImageFileReader()
             head.SetFileName(str(path))
             head.SetImageIO(ITK_IO[path.suffix.lower()])  # named: its lookup is case-exact
@@ -45,11 +48,19 @@ def read_itk(path) -> Volume:
     if img.GetDimension() == 2:  # one slice: embed in 3D
         data, spacing, origin = data[None], (*spacing, 1.0), (*origin, 0.0)
         direction = np.block([[direction, np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]])
-    if np.abs(direction.T @ direction - np.eye(3)).max() > 1e-4:  # ITK keeps a sheared grid as it is
+    notes: list = []
+    lengths = np.linalg.norm(direction, axis=0)
+    if lengths.min() > 0 and np.abs(lengths - 1).max() > 1e-4:  # a scaled TransformMatrix (2 0 0 0 2 0 0 0 2):
+        direction = direction / lengths  # ITK places the voxels lengths x spacing apart along unit axes
+        spacing = tuple(float(s) for s in np.multiply(spacing, lengths))
+        warn(notes, f"{path}: its direction columns are not of unit length (lengths "
+                    f"{', '.join(f'{v:g}' for v in lengths)}: the header's TransformMatrix or space directions); "
+                    f"their lengths are taken into the voxel spacing, {', '.join(f'{v:g}' for v in spacing)} mm "
+                    "(x, y, z)")
+    if lengths.min() == 0 or np.abs(direction.T @ direction - np.eye(3)).max() > 1e-4:  # ITK keeps a sheared grid
         raise InputError(f"{path}: its voxel axes are not orthogonal (a sheared grid: the header's space directions "
                          "or TransformMatrix); resample the image onto an orthogonal grid first")
-    notes: list = []
-    if not _header_gives_spacing(path):
+    if not _header_gives_spacing(path, header):
         warn(notes, f"{path}: its header gives no voxel spacing; assuming 1 mm (add it to the header, "
                     + ("`spacings: X Y Z` for NRRD" if path.suffix.lower() in (".nrrd", ".nhdr") else
                        "`ElementSpacing = X Y Z` for MetaImage") + ", or convert it from a file that holds it)")
@@ -79,12 +90,10 @@ _SPACING_FIELD = re.compile(r"^(?:spacings|space directions)\s*:|^\s*Element(?:S
                             re.IGNORECASE | re.MULTILINE)
 
 
-def _header_gives_spacing(path: Path) -> bool:
-    """Whether a NRRD/MetaImage header states the voxel spacing (without it SimpleITK reads 1 mm)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(65536).decode("latin-1")
-    except OSError:
+def _header_gives_spacing(path: Path, head: str | None) -> bool:
+    """Whether a NRRD/MetaImage header (``head``: its ``header_text``) states the voxel spacing (without it
+    SimpleITK reads 1 mm)."""
+    if head is None:
         return True
     if path.suffix.lower() in (".nrrd", ".nhdr"):
         head = re.split(r"\r?\n\r?\n", head, maxsplit=1)[0]  # the header ends at the first blank line

@@ -99,7 +99,7 @@ def _nibabel_fixes():
             said.append(" ".join(record.getMessage().split()))
     with _NIBABEL_LOG_LOCK:
         handlers, propagate = logger.handlers[:], logger.propagate
-        logger.handlers, logger.propagate = [Keep()], False
+        logger.handlers, logger.propagate = [Keep(logging.WARNING)], False  # not its INFO notes (qfac)
         try:
             yield said
         finally:

@@ -1,12 +1,13 @@
 """ESPIRiT coil sensitivities (Uecker et al., MRM 2014), from a rectangular calibration region.
 
 The calibration region is the fully sampled k-space centre, measured from the mask by ``calibration_region``: along
-the phase-encode axes the widest centred box of sampled positions (``calibration_width``, in the plane of a 3D mask
-too), because a region wider than the sampled centre would put unsampled zeros into the calibration matrix; along a
-readout axis (one the mask samples throughout: a line mask's full columns or rows, a mask axis of size 1) up to
-``ESPIRIT_READOUT_CALIBRATION`` samples, every one of them measured. A square box as wide as the sampled centre
-(sigpy's ``EspiritCalib``, used until the sixty-third session) holds too few kernel positions under 13 lines and
-left part of the object without coil sensitivity; the rectangular region holds up from 11 lines
+the phase-encode axis the central run of sampled lines (at most 24; it need not be symmetric about n // 2), along a
+readout axis (one no line of the mask has a gap along: full columns or rows, a partial echo, zero-filled readout
+edges, a mask axis of size 1) the positions sampled on every calibration line, at most ``ESPIRIT_READOUT_CALIBRATION``
+around the centre; a 3D mask's (kz, kx) plane takes the widest centred box (``calibration_width``). A region wider
+than the sampled centre would put unsampled zeros into the calibration matrix. A square box as wide as the sampled
+centre (sigpy's ``EspiritCalib``, used until the sixty-third session) holds too few kernel positions under 13 lines
+and left part of the object without coil sensitivity; the rectangular region holds up from 11 lines
 (``ESPIRIT_MIN_CALIBRATION``).
 
 The maps, per slice: the calibration matrix (one row per kernel position, ``kernel_width`` samples along each axis
@@ -19,11 +20,14 @@ eigenvectors instead of its power iterations) and needs no optional package.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from medrecon.errors import InputError
+
+from .masks import central_run
 
 #: the fewest central lines whose ESPIRiT maps (6-wide kernel, the rectangular region) held up on measured k-space:
 #: at 10 lines and fewer they left part of the object without coil sensitivity, 2.8 and 14.3 dB under the estimated maps on
@@ -34,6 +38,9 @@ ESPIRIT_MIN_CALIBRATION = 11
 #: the calibration region's extent along a readout axis (samples, at most the matrix): the full readout of the T2
 #: slice (384) scored the same as 64 (+-0.01 dB at 12 and 13 lines) and keeps a 3D calibration matrix small
 ESPIRIT_READOUT_CALIBRATION = 64
+
+#: the kernel's width along every axis (``espirit_maps``' default)
+ESPIRIT_KERNEL_WIDTH = 6
 
 
 def _plane(mask, ndim: int) -> np.ndarray:
@@ -63,20 +70,83 @@ def calibration_width(mask, default: int = 24, ndim: int = 2) -> int:
     return width
 
 
+class CalibrationRegion(NamedTuple):
+    """ESPIRiT's calibration region, per image axis: its width and its first sample relative to the k-space centre
+    n // 2 (a centred box of w: -(w // 2)); ``lines`` marks the phase-encode axes (the others are read out)."""
+    widths: tuple[int, ...]
+    starts: tuple[int, ...]
+    lines: tuple[bool, ...]
+
+    def within(self, shape: Sequence[int]) -> tuple[slice, ...]:
+        """The region's slices in a matrix of ``shape`` (its image axes): widths clipped to it, kept inside it."""
+        out = []
+        for w, s, n in zip(self.widths, self.starts, shape):
+            w = min(int(w), int(n))
+            lo = min(max(n // 2 + s, 0), n - w)
+            out.append(slice(lo, lo + w))
+        return tuple(out)
+
+
+def _capped(run: slice, centre: int, cap: int) -> slice:
+    """At most ``cap`` positions of ``run``, centred on ``centre`` as far as the run allows."""
+    w = min(run.stop - run.start, cap)
+    lo = min(max(centre - w // 2, run.start), run.stop - w)
+    return slice(lo, lo + w)
+
+
 def calibration_region(mask, default: int = 24, ndim: int = 2,
-                       readout: int = ESPIRIT_READOUT_CALIBRATION) -> tuple[int, ...]:
-    """The calibration region ESPIRiT uses, one width per image axis: ``readout`` along an axis the mask samples
-    throughout (every line of a line mask fully sampled along it, or the mask's size there 1), the
-    ``calibration_width`` (at most ``default`` lines) along the others. ``espirit_maps`` clips it to the matrix."""
+                       readout: int = ESPIRIT_READOUT_CALIBRATION) -> CalibrationRegion:
+    """The calibration region ESPIRiT uses: the fully sampled block of the mask around the k-space centre.
+
+    The phase-encode axes are those along which a line of the mask has a gap (the lines the undersampling skipped);
+    the others are read out (a readout sampled throughout, with a partial echo
+    or zero-filled edges, a mask axis of size 1). With one phase-encode axis the calibration lines are the central
+    run of sampled lines (``central_run``: it need not be symmetric about n // 2), at most ``default`` of them; with
+    several (a 3D Poisson mask's (kz, kx) plane) the centred box of ``calibration_width``. Along each readout axis
+    the positions sampled on every calibration line, their central run, at most ``readout`` (an axis of size 1:
+    ``readout``, clipped to the matrix by ``espirit_maps``). A capped run keeps the centre, centred on it as far as
+    the run allows. The block is checked to be fully sampled; where it is not (a mask of no such structure) the
+    centred ``calibration_width`` box is used along every axis."""
     plane = _plane(mask, ndim)
-    lines = calibration_width(mask, default, ndim)
-    return tuple(readout if (plane == plane.take([0], axis=a)).all() else lines for a in range(ndim))
+    centre = tuple(n // 2 for n in plane.shape)
+    if not plane[centre]:
+        raise InputError("the mask does not sample the k-space centre: ESPIRiT needs a fully sampled "
+                         "calibration region (use coil_maps: given)")
+
+    pe = tuple(bool(_runs(plane, a).max() > 1) for a in range(ndim))  # a line along it with a gap: the lines
+    box = [slice(0, 1)] * ndim
+    if sum(pe) == 1:
+        a = pe.index(True)
+        box[a] = _capped(central_run(plane[centre[:a] + (slice(None),) + centre[a + 1:]]), centre[a], default)
+    elif sum(pe) > 1:
+        w = calibration_width(mask, default, ndim)
+        for a in range(ndim):
+            if pe[a]:
+                box[a] = slice(centre[a] - w // 2, centre[a] - w // 2 + w)
+    on_lines = plane[tuple(box[a] if pe[a] else slice(None) for a in range(ndim))]
+    on_lines = on_lines.all(axis=tuple(a for a in range(ndim) if pe[a]), keepdims=True)  # sampled on every line
+    sub_centre = tuple(0 if pe[a] else centre[a] for a in range(ndim))
+    for a in range(ndim):
+        if not pe[a] and plane.shape[a] > 1:
+            box[a] = _capped(central_run(on_lines[sub_centre[:a] + (slice(None),) + sub_centre[a + 1:]]),
+                             centre[a], readout)
+    if not plane[tuple(box)].all():  # not a block of lines by a readout
+        w = calibration_width(mask, default, ndim)
+        return CalibrationRegion((w,) * ndim, (-(w // 2),) * ndim, pe)
+    widths = tuple(readout if plane.shape[a] == 1 else box[a].stop - box[a].start for a in range(ndim))
+    starts = tuple(-(readout // 2) if plane.shape[a] == 1 else box[a].start - centre[a] for a in range(ndim))
+    return CalibrationRegion(widths, starts, pe)
 
 
-def _centre(x: np.ndarray, widths: Sequence[int]) -> np.ndarray:
-    """The centred block of ``widths`` of x's last axes (from n // 2 - w // 2, as the mask's box)."""
-    box = tuple(slice(n // 2 - w // 2, n // 2 - w // 2 + w) for n, w in zip(x.shape[-len(widths):], widths))
-    return x[(Ellipsis,) + box]
+def _runs(plane: np.ndarray, axis: int) -> np.ndarray:
+    """The number of runs of sampled positions on each line of ``plane`` along ``axis``."""
+    p = np.moveaxis(plane, axis, -1).astype(np.int8)
+    return (np.diff(p, axis=-1, prepend=0) == 1).sum(-1)
+
+
+def _centre(x: np.ndarray, region: CalibrationRegion) -> np.ndarray:
+    """The calibration block of x's last axes (``region.within`` their shape)."""
+    return x[(Ellipsis,) + region.within(x.shape[-len(region.widths):])]
 
 
 def _kernels(calib: np.ndarray, kernel_width: int, thresh: float) -> np.ndarray:
@@ -127,22 +197,28 @@ def _maps(gram: torch.Tensor, crop: float) -> torch.Tensor:
     return torch.movedim(v, -1, 0)
 
 
-def espirit_maps(kspace, calib_width: int | Sequence[int] = 24, kernel_width: int = 6, thresh: float = 0.02,
-                 crop: float = 0.95, ndim: int = 2) -> torch.Tensor:
+def espirit_maps(kspace, calib_width: int | Sequence[int] | CalibrationRegion = 24, kernel_width: int = ESPIRIT_KERNEL_WIDTH,
+                 thresh: float = 0.02, crop: float = 0.95, ndim: int = 2) -> torch.Tensor:
     """ESPIRiT maps of centred k-space (..., C, *img) with ``ndim`` image axes; leading axes (slices) one by one.
 
-    ``calib_width``: the calibration region, one width per image axis (``calibration_region``), or one width for
-    every axis (a square box); clipped to the matrix. Returns complex64 maps of the k-space's shape (CPU).
+    ``calib_width``: the calibration region (``calibration_region``), or a centred box: one width per image axis, or
+    one width for every axis (a square box); clipped to the matrix. Returns complex64 maps of the k-space's shape
+    (CPU).
     """
     k = torch.as_tensor(kspace).detach().cpu().numpy().astype(np.complex64)
     if k.ndim < ndim + 1:
         raise InputError(f"ESPIRiT needs multi-coil k-space (..., C, {'x'.join(['n'] * ndim)}), got {k.shape}")
-    widths = (calib_width,) * ndim if np.ndim(calib_width) == 0 else tuple(calib_width)
-    if len(widths) != ndim:
-        raise InputError(f"ESPIRiT: a calibration region of {len(widths)} widths for {ndim} image axes")
-    region = tuple(int(min(w, n)) for w, n in zip(widths, k.shape[-ndim:]))
-    if kernel_width >= min(region):
-        raise InputError(f"ESPIRiT: the calibration region ({min(region)} lines) must be wider than the kernel "
+    if isinstance(calib_width, CalibrationRegion):
+        region = calib_width
+    else:  # one width per axis, or one for every axis: a centred box
+        widths = (calib_width,) * ndim if np.ndim(calib_width) == 0 else tuple(int(w) for w in calib_width)
+        region = CalibrationRegion(widths, tuple(-(w // 2) for w in widths), (True,) * len(widths))
+    if len(region.widths) != ndim:
+        raise InputError(f"ESPIRiT: a calibration region of {len(region.widths)} widths for {ndim} image axes")
+    box = region.within(k.shape[-ndim:])
+    sizes = tuple(b.stop - b.start for b in box)
+    if kernel_width >= min(sizes):
+        raise InputError(f"ESPIRiT: the calibration region ({min(sizes)} lines) must be wider than the kernel "
                          f"({kernel_width}); sample a larger centre")
     flat = k.reshape(-1, *k.shape[-ndim - 1:])
     maps = []
@@ -151,7 +227,7 @@ def espirit_maps(kspace, calib_width: int | Sequence[int] = 24, kernel_width: in
         maps.append(_maps(_image_gram(kernels, s.shape[1:]), crop))
     empty = [i for i, m in enumerate(maps) if not bool(m.abs().sum())]
     if empty:  # every pixel cropped: the reconstruction would be zero everywhere
-        lines = "x".join(str(w) for w in region)
+        lines = "x".join(str(w) for w in sizes)
         raise InputError(f"ESPIRiT found no coil sensitivity in slice {empty[0]} (a {lines} calibration region: "
                          "too few calibration rows for its kernel, or no signal); use mri.coil_maps=estimate")
     return torch.stack(maps).reshape(k.shape).to(torch.complex64)

@@ -166,35 +166,44 @@ def _kernels(calib: np.ndarray, kernel_width: int, thresh: float) -> np.ndarray:
     return vec[:, keep][:, ::-1].T.reshape(-1, c, *(kernel_width,) * nd)
 
 
-def _image_gram(kernels: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
-    """sum_j a_j(x) a_j(x)^H per pixel, (*shape, C, C), where a_j is kernel j zero-padded to ``shape`` and inverse
-    Fourier transformed (centred), scaled as sigpy's (by the pixel count over k^nd): the FFT of the kernels'
-    autocorrelation R[c, d, p - q] = sum_j k_j[c, p] conj(k_j[d, q]), placed around the k-space centre."""
-    n_k, c = kernels.shape[:2]
+def _autocorrelation(kernels: np.ndarray) -> np.ndarray:
+    """The kernels' autocorrelation R[delta, c, d] = sum_j sum_{p - q = delta} k_j[c, p] conj(k_j[d, q]), one
+    (C, C) matrix per offset delta in (-(k-1) .. k-1)^nd, at index delta + k - 1: (2k-1, ..., C, C), from the
+    kernels' FFTs zero-padded to 2k - 1 (no wrap-around)."""
     kw, nd = kernels.shape[2:], kernels.ndim - 2
-    flat = kernels.reshape(n_k, c, -1)
-    g = np.einsum("jcp,jdq->pqcd", flat, flat.conj())  # (P, P, C, C)
-    pos = np.stack(np.unravel_index(np.arange(flat.shape[-1]), kw), -1)  # (P, nd)
-    delta = pos[:, None] - pos[None]  # (P, P, nd): p - q
-    at = tuple((n // 2 + delta[..., a]) % n for a, n in enumerate(shape))  # the offset around the centre (wrapped)
-    r = np.zeros((*shape, c, c), np.complex64)  # the largest array here: kept in single precision, as the maps
-    np.add.at(r, at, g.astype(np.complex64))
-    dims = tuple(range(nd))
-    rt = torch.from_numpy(r)
-    gram = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(rt, dim=dims), dim=dims, norm="forward"), dim=dims)
-    return gram / int(np.prod(kw))
+    axes = tuple(range(2, 2 + nd))
+    f = np.fft.fftn(kernels, s=tuple(2 * k - 1 for k in kw), axes=axes)  # (K, C, *L)
+    s = np.einsum("jc...,jd...->...cd", f, f.conj())  # (*L, C, C)
+    return np.fft.fftshift(np.fft.ifftn(s, axes=tuple(range(nd))), axes=tuple(range(nd)))
 
 
-def _maps(gram: torch.Tensor, crop: float) -> torch.Tensor:
-    """The top eigenvector of each pixel's Gram matrix (C, *img), phase relative to coil 0, zero where its
-    eigenvalue is at most ``crop``."""
-    gram = 0.5 * (gram + gram.conj().transpose(-1, -2))  # Hermitian to rounding
-    val, vec = torch.linalg.eigh(gram)
-    top, v = val[..., -1], vec[..., -1]  # (*img), (*img, C)
-    ref = v[..., :1]
-    phase = torch.where(ref.abs() > 0, ref.conj() / ref.abs().clamp_min(1e-30), torch.ones_like(ref))
-    v = v * phase * (top > crop)[..., None]
-    return torch.movedim(v, -1, 0)
+def _maps(kernels: np.ndarray, shape: Sequence[int], crop: float, rows: int | None = None) -> torch.Tensor:
+    """The maps (C, *shape) of one slice's kernels: per pixel x the top eigenvector of sum_j a_j(x) a_j(x)^H, a_j
+    kernel j zero-padded to ``shape`` and inverse Fourier transformed (centred), scaled as sigpy's (by the pixel
+    count over k^nd); phase relative to coil 0, zero where the eigenvalue is at most ``crop``.
+
+    That Gram matrix is the (centred) inverse DFT of the kernels' autocorrelation, whose offsets span only 2k - 1
+    samples per axis: it is summed directly, one axis at a time, ``rows`` of the first image axis at a time (about
+    4 MB of Gram matrices), each block made Hermitian to rounding and decomposed before the next, so the memory is
+    the maps' and one block's, not one C x C matrix per pixel."""
+    c, kw, nd = kernels.shape[1], kernels.shape[2:], len(shape)
+    r = _autocorrelation(kernels) / int(np.prod(kw))  # (*L, C, C)
+    waves = [np.exp(2j * np.pi * np.outer(np.arange(n) - n // 2, np.arange(-(k - 1), k)) / n)  # (n, L): x by delta
+             for n, k in zip(shape, kw)]
+    rows = rows or max(1, (1 << 19) // (int(np.prod(shape[1:])) * c * c))
+    out = torch.zeros((*shape, c), dtype=torch.complex64)
+    for lo in range(0, shape[0], rows):
+        g = np.tensordot(waves[0][lo:lo + rows], r, axes=(1, 0))  # (rows, L, ..., C, C)
+        for a in range(1, nd):  # axis a: its offsets (at position a) by its pixels, moved back to position a
+            g = np.moveaxis(np.tensordot(g, waves[a], axes=(a, 1)), -1, a)
+        gram = torch.from_numpy(g.astype(np.complex64))
+        gram = 0.5 * (gram + gram.conj().transpose(-1, -2))  # Hermitian to rounding
+        val, vec = torch.linalg.eigh(gram)
+        top, v = val[..., -1], vec[..., -1]  # (rows, ...), (rows, ..., C)
+        ref = v[..., :1]
+        phase = torch.where(ref.abs() > 0, ref.conj() / ref.abs().clamp_min(1e-30), torch.ones_like(ref))
+        out[lo:lo + rows] = v * phase * (top > crop)[..., None]
+    return torch.movedim(out, -1, 0)
 
 
 def espirit_maps(kspace, calib_width: int | Sequence[int] | CalibrationRegion = 24, kernel_width: int = ESPIRIT_KERNEL_WIDTH,
@@ -224,7 +233,7 @@ def espirit_maps(kspace, calib_width: int | Sequence[int] | CalibrationRegion = 
     maps = []
     for s in flat:
         kernels = _kernels(_centre(s, region).astype(np.complex128), kernel_width, thresh)
-        maps.append(_maps(_image_gram(kernels, s.shape[1:]), crop))
+        maps.append(_maps(kernels, s.shape[1:], crop))
     empty = [i for i, m in enumerate(maps) if not bool(m.abs().sum())]
     if empty:  # every pixel cropped: the reconstruction would be zero everywhere
         lines = "x".join(str(w) for w in sizes)

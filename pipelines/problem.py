@@ -47,8 +47,8 @@ from medrecon.solvers.diffusion import sample_seeds
 from medrecon.volume import Volume
 from operators.ct import GEOMETRIES, attenuation_per_pixel, fbp, pixel_unit_projector
 from operators.ct import poisson_weights_from_line_integrals
-from operators.mri import (ESPIRIT_KERNEL_WIDTH, ESPIRIT_MIN_CALIBRATION, ESPIRIT_READOUT_CALIBRATION, calibration_region,
-                           coil_support, mask_acceleration, mri_operator)
+from operators.mri import (ESPIRIT_KERNEL_WIDTH, ESPIRIT_MIN_CALIBRATION, ESPIRIT_READOUT_CALIBRATION,
+                           calibration_region, coil_support, mask_acceleration, mri_operator)
 from operators.mri import with_real_input
 
 from .config import Config, config_names, load_config, resolve_prior_path
@@ -888,7 +888,7 @@ def espirit_warning(cfg: Config, meas: Measurement) -> str | None:
         said.append(f"{readout} readout samples sampled on every calibration line (under "
                     f"{2 * ESPIRIT_KERNEL_WIDTH}, twice the kernel)")
     return (f"{meas.info.get('source') or 'the measurements'}: ESPIRiT coil maps from {' and '.join(said)}: under "
-            f"{ESPIRIT_MIN_CALIBRATION} lines they can leave part of the object without coil sensitivity (2.8 and "
+            f"{ESPIRIT_MIN_CALIBRATION} lines they can leave part of the object without coil sensitivity (0.8 and "
             "14.3 dB under the estimated maps on two measured brains at 10 lines); set mri.coil_maps=estimate, or "
             f"sample at least {ESPIRIT_MIN_CALIBRATION} central lines (mri.mask.center_fraction)"
             + (" and a longer readout around the k-space centre" if short else ""))

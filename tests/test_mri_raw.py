@@ -234,7 +234,7 @@ def _narrow_box_file(tmp_path, lines: int):
 
 
 def test_espirit_maps_from_a_narrow_calibration_region_are_warned(tmp_path):
-    """ESPIRiT maps from 10 calibration lines (by 64 readout samples) scored 2.8 and 14.3 dB under the estimated maps
+    """ESPIRiT maps from 10 calibration lines (by 64 readout samples) scored 0.8 and 14.3 dB under the estimated maps
     on two measured brains (the T2 slice and the VFA brain, x4); from 11 lines they matched or beat them (the square
     box of the sixty-second session needed 13). The lines (the mask's fully sampled centre) and the setting that does
     better are said."""
@@ -248,7 +248,7 @@ def test_espirit_maps_from_a_narrow_calibration_region_are_warned(tmp_path):
 
     assert said(10) == (
         f"{tmp_path / 'c10.h5'}: ESPIRiT coil maps from 10 calibration lines (the mask's fully sampled centre): under 11 "
-        "lines they can leave part of the object without coil sensitivity (2.8 and 14.3 dB under the estimated "
+        "lines they can leave part of the object without coil sensitivity (0.8 and 14.3 dB under the estimated "
         "maps on two measured brains at 10 lines); set mri.coil_maps=estimate, or sample at least 11 central "
         "lines (mri.mask.center_fraction)")
     assert said(11) is None and said(12) is None and said(10, "estimate") is None
@@ -260,7 +260,7 @@ def test_the_narrow_calibration_region_warning_reaches_report_input_warnings(tmp
                       overrides=["solver.name=zero_filled", "mri.coil_maps=espirit"])
     assert [w for w in res.report["input_warnings"] if "ESPIRiT" in w] == [
         "c10.h5: ESPIRiT coil maps from 10 calibration lines (the mask's fully sampled centre): under 11 lines "
-        "they can leave part of the object without coil sensitivity (2.8 and 14.3 dB under the estimated maps on two "
+        "they can leave part of the object without coil sensitivity (0.8 and 14.3 dB under the estimated maps on two "
         "measured brains at 10 lines); set mri.coil_maps=estimate, or sample at least 11 central lines "
         "(mri.mask.center_fraction)"]
 

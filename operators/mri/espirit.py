@@ -30,9 +30,9 @@ from medrecon.errors import InputError
 from .masks import central_run
 
 #: the fewest central lines whose ESPIRiT maps (6-wide kernel, the rectangular region) held up on measured k-space:
-#: at 10 lines and fewer they left part of the object without coil sensitivity, 2.8 and 14.3 dB under the estimated maps on
-#: two brains at x4; from 11 they matched or beat them (README, "ESPIRiT on a narrow calibration region"). The
-#: square box needed 13.
+#: at 10 lines and fewer they left part of the object without coil sensitivity, 0.8 and 14.3 dB under the estimated
+#: maps on two brains at x4 (the lines of ``calibration_region``, the sampled run); from 11 they matched or beat
+#: them (README, "ESPIRiT on a narrow calibration region"). The square box needed 13.
 ESPIRIT_MIN_CALIBRATION = 11
 
 #: the calibration region's extent along a readout axis (samples, at most the matrix): the full readout of the T2
@@ -206,8 +206,9 @@ def _maps(kernels: np.ndarray, shape: Sequence[int], crop: float, rows: int | No
     return torch.movedim(out, -1, 0)
 
 
-def espirit_maps(kspace, calib_width: int | Sequence[int] | CalibrationRegion = 24, kernel_width: int = ESPIRIT_KERNEL_WIDTH,
-                 thresh: float = 0.02, crop: float = 0.95, ndim: int = 2) -> torch.Tensor:
+def espirit_maps(kspace, calib_width: int | Sequence[int] | CalibrationRegion = 24,
+                 kernel_width: int = ESPIRIT_KERNEL_WIDTH, thresh: float = 0.02, crop: float = 0.95,
+                 ndim: int = 2) -> torch.Tensor:
     """ESPIRiT maps of centred k-space (..., C, *img) with ``ndim`` image axes; leading axes (slices) one by one.
 
     ``calib_width``: the calibration region (``calibration_region``), or a centred box: one width per image axis, or

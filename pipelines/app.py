@@ -3,8 +3,12 @@ import math
 from typing import get_args, get_origin
 
 import typer
-from typer._coercion import build_runtime_param
 from typer.core import TyperCommand
+
+try:  # typer's internals (0.29): the conversion of a parameter, built from its descriptor
+    from typer._coercion import build_runtime_param
+except ImportError:  # a typer without them: NaN is refused when the command is invoked (_refuse_not_finite)
+    build_runtime_param = None
 
 from medrecon import __version__
 
@@ -49,14 +53,31 @@ class _FiniteFloats:
         return build_runtime_param(self.descriptor).coerce(value, param=param, ctx=ctx)  # typer's own, built as used
 
 
+def _refuse_not_finite(ctx) -> None:
+    """The fallback where typer's conversion slot is missing: NaN and infinity refused when the command is invoked
+    (a float option with a range may refuse them first, in the range's words)."""
+    for p in ctx.command.params:
+        values = _as_floats(ctx.params.get(p.name)) if _takes_floats(p) else None
+        if values is not None and not all(math.isfinite(x) for x in values):
+            raise _not_finite(p, values)
+
+
 class FiniteCommand(TyperCommand):
-    """A command whose float options refuse NaN and infinity as their values are converted (_FiniteFloats)."""
+    """A command whose float options refuse NaN and infinity as their values are converted (_FiniteFloats), or,
+    where this typer has no slot for that, when it is invoked (_refuse_not_finite)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.converts = build_runtime_param is not None and all(
+            hasattr(p, "_runtime_param") for p in self.params if _takes_floats(p))
         for p in self.params:
-            if _takes_floats(p):
+            if self.converts and _takes_floats(p):
                 p._runtime_param = _FiniteFloats(p.type_descriptor)  # (typer's slot for the parameter's conversion)
+
+    def invoke(self, ctx):
+        if not self.converts:
+            _refuse_not_finite(ctx)
+        return super().invoke(ctx)
 
 
 class Typer(typer.Typer):

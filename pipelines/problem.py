@@ -47,7 +47,8 @@ from medrecon.solvers.diffusion import sample_seeds
 from medrecon.volume import Volume
 from operators.ct import GEOMETRIES, attenuation_per_pixel, fbp, pixel_unit_projector
 from operators.ct import poisson_weights_from_line_integrals
-from operators.mri import ESPIRIT_MIN_CALIBRATION, calibration_width, coil_support, mask_acceleration, mri_operator
+from operators.mri import (ESPIRIT_KERNEL_WIDTH, ESPIRIT_MIN_CALIBRATION, ESPIRIT_READOUT_CALIBRATION,
+                           calibration_region, coil_support, mask_acceleration, mri_operator)
 from operators.mri import with_real_input
 
 from .config import Config, config_names, load_config, resolve_prior_path
@@ -866,23 +867,31 @@ def coil_maps_warning(cfg: Config, meas: Measurement) -> str | None:
 
 
 def espirit_warning(cfg: Config, meas: Measurement) -> str | None:
-    """The warning (one of :func:`setting_warnings`) for ESPIRiT maps asked of 2D multi-coil k-space whose fully
-    sampled centre, the lines of ESPIRiT's calibration region, is under ``ESPIRIT_MIN_CALIBRATION`` lines; None
-    otherwise."""
+    """The warning (one of :func:`setting_warnings`) for ESPIRiT maps asked of 2D multi-coil k-space whose calibration
+    region (``calibration_region``, the one ESPIRiT uses) holds under ``ESPIRIT_MIN_CALIBRATION`` lines along the
+    phase encoding, or under twice the kernel's width (12 samples) along the readout; None otherwise."""
     if meas.modality != "mri" or np.ndim(meas.data) != 4 or cfg.mri.coil_maps != "espirit" or \
             meas.mask_layout == "3d":  # (measured on 2D slices only)
         return None
     try:
-        lines = calibration_width(meas.mask)
+        region = calibration_region(meas.mask)
     except InputError:  # no sampled centre: mri_operator refuses it, naming the file
         return None
-    if lines >= ESPIRIT_MIN_CALIBRATION:
+    used = [b.stop - b.start for b in region.within(np.shape(meas.data)[-2:])]
+    lines = min([w for w, pe in zip(used, region.lines) if pe] or used)
+    readout = min([w for w, pe in zip(used, region.lines) if not pe] or [ESPIRIT_READOUT_CALIBRATION])
+    short = readout < 2 * ESPIRIT_KERNEL_WIDTH
+    if lines >= ESPIRIT_MIN_CALIBRATION and not short:
         return None
-    return (f"{meas.info.get('source') or 'the measurements'}: ESPIRiT coil maps from {lines} calibration lines "
-            f"(the mask's fully sampled centre): under {ESPIRIT_MIN_CALIBRATION} lines they can leave part of the "
-            "object without coil sensitivity (2.8 and 14.3 dB under the estimated maps on two measured brains at 10 "
-            f"lines); set mri.coil_maps=estimate, or sample at least {ESPIRIT_MIN_CALIBRATION} central lines "
-            "(mri.mask.center_fraction)")
+    said = [f"{lines} calibration lines (the mask's fully sampled centre)"] if lines < ESPIRIT_MIN_CALIBRATION else []
+    if short:
+        said.append(f"{readout} readout samples sampled on every calibration line (under "
+                    f"{2 * ESPIRIT_KERNEL_WIDTH}, twice the kernel)")
+    return (f"{meas.info.get('source') or 'the measurements'}: ESPIRiT coil maps from {' and '.join(said)}: under "
+            f"{ESPIRIT_MIN_CALIBRATION} lines they can leave part of the object without coil sensitivity (0.8 and "
+            "14.3 dB under the estimated maps on two measured brains at 10 lines); set mri.coil_maps=estimate, or "
+            f"sample at least {ESPIRIT_MIN_CALIBRATION} central lines (mri.mask.center_fraction)"
+            + (" and a longer readout around the k-space centre" if short else ""))
 
 
 def _mri_operator(cfg: Config, meas: Measurement, complex_images: bool) -> LinearOperator:

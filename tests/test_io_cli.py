@@ -476,6 +476,35 @@ def test_not_finite_numbers_for_options_with_a_range_get_the_shared_line(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_not_finite_numbers_are_refused_without_typers_conversion_internals(tmp_path):
+    """The refusal hooks typer's internals (typer._coercion.build_runtime_param, the parameter's _runtime_param
+    slot, typer 0.29). A typer without them left the whole CLI unable to import; now it falls back to refusing
+    NaN and infinity when the command is invoked, in the same line (a ranged option may use its range's words)."""
+    import subprocess
+    import sys
+    script = ("import sys, typer.main, typer._coercion\n"
+              "del typer._coercion.build_runtime_param\n"  # as a typer that renamed it: the import fails
+              "from pipelines.cli import main\n"
+              f"sys.exit(main(['evaluate', '-r', '{tmp_path}/a.nii.gz', '-i', '{tmp_path}/b.nii.gz', "
+              f"'-o', '{tmp_path}/out', '--data-range', 'nan']))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent, timeout=300)
+    assert done.returncode == 2 and "--data-range nan: give finite numbers" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_fallback_refusal_names_the_option(monkeypatch, tmp_path, capsys):
+    """Where typer's conversion slot is missing (build_runtime_param None), FiniteCommand refuses at invoke."""
+    import pipelines.app
+    import pipelines.cli
+    from typer.main import get_command
+    monkeypatch.setattr(pipelines.app, "build_runtime_param", None)
+    assert not get_command(pipelines.cli.app).commands["phantom"].converts  # the conversion is typer's own
+    code, _, err = run(capsys, "phantom", tmp_path / "out", "--shape", "4,16,16", "--slice-thickness", "inf")
+    assert code == 2 and "--slice-thickness inf: give finite numbers" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_modality_choices_on_the_command_line_are_in_any_case(tmp_path, capsys):
     """`--modality MRI` / `CT` were refused ("'CT' is not one of 'ct', 'mri'") while a config or a measurements
     file took any case; --help still lists the choices."""

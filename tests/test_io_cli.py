@@ -324,6 +324,21 @@ def test_ct_slices_lacking_only_rescale_slope_are_read_when_slope_1_gives_their_
         assert code == 2 and "2 of 5 CT slices lack RescaleSlope (e.g." in err and "slope 2, intercept -1024" in err
 
 
+def test_ct_slices_without_tags_beside_slices_whose_rescales_differ_are_refused(tmp_path, capsys):
+    """Review of the sixty-third session's mends: one slice with an explicit slope 1, intercept 0 among slices at
+    intercept -1024 let a slice without the tags through silently (its defaults matched that one slice), 1024 HU
+    off the rest."""
+    def edit(k, ds):
+        ds.RescaleSlope, ds.RescaleIntercept = 1, (0 if k == 3 else -1024)
+        if k == 4:
+            del ds.RescaleSlope, ds.RescaleIntercept
+    folder, files = edited_ct5n(tmp_path, edit)
+    code, _, err = run(capsys, "convert", folder, tmp_path / "o.nii")
+    assert code == 2 and not (tmp_path / "o.nii").exists()
+    assert f"1 of 5 CT slices lack RescaleSlope/RescaleIntercept (e.g. {files[4].name}" in err
+    assert "slope 1, intercept -1024 or slope 1, intercept 0" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("interpretation", ["MONOCHROME2", "MONOCHROME1"])
 def test_photometric_interpretation_does_not_change_the_values(tmp_path, capsys, interpretation):
     """#13.1: the modality LUT gives HU whatever MONOCHROME1/2 says (GDCM's inversion is undone); the

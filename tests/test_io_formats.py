@@ -776,6 +776,15 @@ def test_an_orthogonal_but_scaled_metaimage_direction_is_not_called_sheared(tmp_
     assert any("not of unit length" in w for w in vol.meta["warnings"])
 
 
+def test_a_rotation_written_to_four_digits_is_read_as_orthonormal(tmp_path):
+    """Review of the sixty-third session's mends: a rotation whose columns are 0.99992 long (0.6 0.7999 ...) was
+    refused as sheared: orthogonality was tested before the columns were normalised."""
+    path = _mha(tmp_path / "r.mha", "ElementSpacing = 1 1 2\nTransformMatrix = 0.6 0.7999 0 -0.7999 0.6 0 0 0 1\n")
+    vol = read_volume(path)
+    np.testing.assert_allclose(vol.direction.T @ vol.direction, np.eye(3), atol=1e-12)
+    assert vol.spacing == (1.0, 1.0, 2.0) and not any("unit length" in w for w in vol.meta["warnings"])
+
+
 @pytest.mark.parametrize("name", ["a.npy", "a.nrrd"])
 def test_the_implausible_spacing_advice_is_worded_by_format(tmp_path, name):
     """Review of the sixty-third session: a .npy (whose spacing is the caller's) and an NRRD were told to fix

@@ -735,6 +735,15 @@ def test_calibration_region_of_a_partial_echo_is_the_echo_by_the_lines():
     assert calibration_region(near) == CalibrationRegion((56, 11), (-8, -5), (False, True))
 
 
+def test_a_mask_of_one_central_block_has_its_lines_along_the_block():
+    """Review of the sixty-third session's mends: a (1, W) mask sampling only 10 central lines (no line skipped
+    beyond them) was taken as a readout on both axes, and its warning told the same 10 lines twice."""
+    cols = np.zeros((1, 96), bool)
+    cols[0, 43:53] = True
+    region = calibration_region(cols)
+    assert region.lines == (False, True) and region.widths == (ESPIRIT_READOUT_CALIBRATION, 10)
+
+
 def test_calibration_lines_are_the_sampled_run_not_a_centred_box():
     """11 sampled columns 192..202 of 396 (the centre 198 among them) are 11 calibration lines, though the widest box
     centred at n // 2 - w // 2 holds 10; a random line next to the run is one more; more than 24 are cut to 24

@@ -493,8 +493,9 @@ def _check_rescale(headers, where, notes: list, data: np.ndarray | None = None) 
     slices', and (given ``data``, the rescaled slices in ``headers``' order) rescaled values that are not finite or
     beyond ``RESCALED_LIMIT``. CT slices lacking RescaleSlope and/or RescaleIntercept are refused, naming the tag,
     when the defaults (slope 1, intercept 0) give them a rescale that none of the slices with both tags has (they
-    would lie off their neighbours' HU); read when the defaults give their neighbours' rescale, and with a warning
-    (returning True) when no slice has both tags."""
+    would lie off their neighbours' HU), or when those slices disagree among themselves (which one is theirs?);
+    read when the defaults give the one rescale of every slice with tags, and with a warning (returning True) when
+    no slice has both tags."""
     for f, ds in headers:
         for tag in ("RescaleSlope", "RescaleIntercept"):
             value = _floats(ds.get(tag))
@@ -527,15 +528,15 @@ def _check_rescale(headers, where, notes: list, data: np.ndarray | None = None) 
     if missing and ct:
         given = {_rescale(ds) for f, ds in headers if f not in missing}
         off = [(f, _rescale(ds)) for f, ds in headers if lacking[f] and _rescale(ds) not in given]
-        if given and not off:  # the defaults give what their neighbours have (only RescaleSlope 1 left out, say)
+        if len(given) == 1 and not off:  # the defaults give what every slice with tags has (a slope of 1 left out)
             return False
-        if given:  # the defaults (slope 1, intercept 0) would put those slices off their neighbours' HU
-            f, (m0, b0) = off[0]
-            m, b = sorted(given)[0]
-            raise InputError(f"{where}: {len(off)} of {len(headers)} CT slices lack {lacking[f]} (e.g. {f.name}: "
-                             f"read with slope {m0:g}, intercept {b0:g}) while the others have slope {m:g}, "
-                             f"intercept {b:g}, so those slices cannot be put in HU; copy the tags from "
-                             "their neighbours or remove the files")
+        if given:  # the defaults (slope 1, intercept 0) put those slices off their neighbours' HU, or the slices
+            odd = off or [(f, _rescale(ds)) for f, ds in headers if lacking[f]]  # with tags disagree among them
+            f, (m0, b0) = odd[0]
+            have = " or ".join(f"slope {m:g}, intercept {b:g}" for m, b in sorted(given))
+            raise InputError(f"{where}: {len(odd)} of {len(headers)} CT slices lack {lacking[f]} (e.g. {f.name}: "
+                             f"read with slope {m0:g}, intercept {b0:g}) while the others have {have}, so those "
+                             "slices cannot be put in HU; copy the tags from their neighbours or remove the files")
         tags = sorted({lacking[f] for f in missing}, key=len, reverse=True)[0]
         warn(notes, f"{where}: {len(missing)} of {len(headers)} CT slices have no {tags} "
                     f"(e.g. {missing[0]}); assuming slope 1 and intercept 0 where absent, so values may not be HU: "

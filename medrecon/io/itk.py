@@ -50,16 +50,17 @@ def read_itk(path) -> Volume:
         direction = np.block([[direction, np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]])
     notes: list = []
     lengths = np.linalg.norm(direction, axis=0)
-    if lengths.min() > 0 and np.abs(lengths - 1).max() > 1e-4:  # a scaled TransformMatrix (2 0 0 0 2 0 0 0 2):
-        direction = direction / lengths  # ITK places the voxels lengths x spacing apart along unit axes
-        spacing = tuple(float(s) for s in np.multiply(spacing, lengths))
+    unit = direction / np.where(lengths > 0, lengths, 1)
+    if lengths.min() == 0 or np.abs(unit.T @ unit - np.eye(3)).max() > 1e-4:  # ITK keeps a sheared grid as it is
+        raise InputError(f"{path}: its voxel axes are not orthogonal (a sheared grid: the header's space directions "
+                         "or TransformMatrix); resample the image onto an orthogonal grid first")
+    if np.abs(lengths - 1).max() > 1e-4:  # a scaled TransformMatrix (2 0 0 0 2 0 0 0 2): ITK places the voxels
+        spacing = tuple(float(s) for s in np.multiply(spacing, lengths))  # lengths x spacing apart along unit axes
         warn(notes, f"{path}: its direction columns are not of unit length (lengths "
                     f"{', '.join(f'{v:g}' for v in lengths)}: the header's TransformMatrix or space directions); "
                     f"their lengths are taken into the voxel spacing, {', '.join(f'{v:g}' for v in spacing)} mm "
                     "(x, y, z)")
-    if lengths.min() == 0 or np.abs(direction.T @ direction - np.eye(3)).max() > 1e-4:  # ITK keeps a sheared grid
-        raise InputError(f"{path}: its voxel axes are not orthogonal (a sheared grid: the header's space directions "
-                         "or TransformMatrix); resample the image onto an orthogonal grid first")
+    direction = unit  # (a rotation written to 4 digits: its columns' lengths 0.9999 to rounding)
     if not _header_gives_spacing(path, header):
         warn(notes, f"{path}: its header gives no voxel spacing; assuming 1 mm (add it to the header, "
                     + ("`spacings: X Y Z` for NRRD" if path.suffix.lower() in (".nrrd", ".nhdr") else

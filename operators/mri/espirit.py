@@ -98,8 +98,9 @@ def calibration_region(mask, default: int = 24, ndim: int = 2,
                        readout: int = ESPIRIT_READOUT_CALIBRATION) -> CalibrationRegion:
     """The calibration region ESPIRiT uses: the fully sampled block of the mask around the k-space centre.
 
-    The phase-encode axes are those along which a line of the mask has a gap (the lines the undersampling skipped);
-    the others are read out (a readout sampled throughout, with a partial echo
+    The phase-encode axes are those along which a line of the mask has a gap (the lines the undersampling skipped;
+    a mask of one central block and nothing else: the axes it does not fill through the centre); the others are
+    read out (a readout sampled throughout, with a partial echo
     or zero-filled edges, a mask axis of size 1). With one phase-encode axis the calibration lines are the central
     run of sampled lines (``central_run``: it need not be symmetric about n // 2), at most ``default`` of them; with
     several (a 3D Poisson mask's (kz, kx) plane) the centred box of ``calibration_width``. Along each readout axis
@@ -114,6 +115,9 @@ def calibration_region(mask, default: int = 24, ndim: int = 2,
                          "calibration region (use coil_maps: given)")
 
     pe = tuple(bool(_runs(plane, a).max() > 1) for a in range(ndim))  # a line along it with a gap: the lines
+    if not any(pe):  # no line skipped beyond one central block: the lines run along the axes it does not fill
+        pe = tuple(bool(plane.shape[a] > 1 and not plane[centre[:a] + (slice(None),) + centre[a + 1:]].all())
+                   for a in range(ndim))
     box = [slice(0, 1)] * ndim
     if sum(pe) == 1:
         a = pe.index(True)

@@ -339,6 +339,18 @@ def test_ct_slices_without_tags_beside_slices_whose_rescales_differ_are_refused(
     assert "slope 1, intercept -1024 or slope 1, intercept 0" in err and len(err.strip().splitlines()) == 1
 
 
+def test_mr_slices_without_the_rescale_their_neighbours_have_are_refused(tmp_path, capsys):
+    """Review of the sixty-third session's mends: the rule was CT's alone, so an MR slice without the tags among
+    slices at intercept -1024 was read about 1024 off its neighbours without a word."""
+    def edit(k, ds):
+        ds.Modality, ds.RescaleSlope, ds.RescaleIntercept = "MR", 1, -1024
+        if k == 2:
+            del ds.RescaleSlope, ds.RescaleIntercept
+    folder, files = edited_ct5n(tmp_path, edit)
+    code, _, err = run(capsys, "convert", folder, tmp_path / "o.nii")
+    assert code == 2 and f"1 of 5 MR slices lack RescaleSlope/RescaleIntercept (e.g. {files[2].name}" in err
+
+
 @pytest.mark.parametrize("interpretation", ["MONOCHROME2", "MONOCHROME1"])
 def test_photometric_interpretation_does_not_change_the_values(tmp_path, capsys, interpretation):
     """#13.1: the modality LUT gives HU whatever MONOCHROME1/2 says (GDCM's inversion is undone); the

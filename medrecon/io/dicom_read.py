@@ -491,11 +491,11 @@ def _check_rescale(headers, where, notes: list, data: np.ndarray | None = None) 
     Refused, naming the file: a slope of 0 (every voxel the intercept), a slope or intercept that is not a finite
     number, a negative slope in CT (HU rise with the stored value) or a slope whose sign differs from the other
     slices', and (given ``data``, the rescaled slices in ``headers``' order) rescaled values that are not finite or
-    beyond ``RESCALED_LIMIT``. CT slices lacking RescaleSlope and/or RescaleIntercept are refused, naming the tag,
-    when the defaults (slope 1, intercept 0) give them a rescale that none of the slices with both tags has (they
-    would lie off their neighbours' HU), or when those slices disagree among themselves (which one is theirs?);
-    read when the defaults give the one rescale of every slice with tags, and with a warning (returning True) when
-    no slice has both tags."""
+    beyond ``RESCALED_LIMIT``. Slices lacking RescaleSlope and/or RescaleIntercept (any modality) are refused,
+    naming the tag, when the defaults (slope 1, intercept 0) give them a rescale that none of the slices with both
+    tags has (they would lie off their neighbours' values), or when those disagree among themselves (which is theirs?);
+    read when the defaults give the one rescale of every slice with tags, and in CT with a warning (returning True)
+    when no slice has both tags."""
     for f, ds in headers:
         for tag in ("RescaleSlope", "RescaleIntercept"):
             value = _floats(ds.get(tag))
@@ -525,18 +525,21 @@ def _check_rescale(headers, where, notes: list, data: np.ndarray | None = None) 
                              "fix RescaleSlope/RescaleIntercept or remove the file")
     lacking = {f: "/".join(t for t in ("RescaleSlope", "RescaleIntercept") if t not in ds) for f, ds in headers}
     missing = [f for f, ds in headers if lacking[f]]
-    if missing and ct:
-        given = {_rescale(ds) for f, ds in headers if f not in missing}
+    given = {_rescale(ds) for f, ds in headers if not lacking[f]}
+    if missing and given:  # any modality: slices without the tags beside slices with them
         off = [(f, _rescale(ds)) for f, ds in headers if lacking[f] and _rescale(ds) not in given]
         if len(given) == 1 and not off:  # the defaults give what every slice with tags has (a slope of 1 left out)
             return False
-        if given:  # the defaults (slope 1, intercept 0) put those slices off their neighbours' HU, or the slices
-            odd = off or [(f, _rescale(ds)) for f, ds in headers if lacking[f]]  # with tags disagree among them
-            f, (m0, b0) = odd[0]
-            have = " or ".join(f"slope {m:g}, intercept {b:g}" for m, b in sorted(given))
-            raise InputError(f"{where}: {len(odd)} of {len(headers)} CT slices lack {lacking[f]} (e.g. {f.name}: "
-                             f"read with slope {m0:g}, intercept {b0:g}) while the others have {have}, so those "
-                             "slices cannot be put in HU; copy the tags from their neighbours or remove the files")
+        # the defaults (slope 1, intercept 0) put those slices off their neighbours' values, or the slices with
+        odd = off or [(f, _rescale(ds)) for f, ds in headers if lacking[f]]  # tags disagree among themselves
+        f, (m0, b0) = odd[0]
+        have = " or ".join(f"slope {m:g}, intercept {b:g}" for m, b in sorted(given))
+        kind = str(headers[0][1].get("Modality", "") or "DICOM")
+        raise InputError(f"{where}: {len(odd)} of {len(headers)} {kind} slices lack {lacking[f]} (e.g. {f.name}: "
+                         f"read with slope {m0:g}, intercept {b0:g}) while the others have {have}, so those slices' "
+                         "values cannot match their neighbours'; copy the tags from their neighbours or remove the "
+                         "files")
+    if missing and ct:  # no slice has both tags
         tags = sorted({lacking[f] for f in missing}, key=len, reverse=True)[0]
         warn(notes, f"{where}: {len(missing)} of {len(headers)} CT slices have no {tags} "
                     f"(e.g. {missing[0]}); assuming slope 1 and intercept 0 where absent, so values may not be HU: "

@@ -56,6 +56,15 @@ def test_info_text(capsys):
     assert code == 0 and "5 x 16 x 16" in out and "2.5, 0.488281, 0.488281" in out
 
 
+
+def test_info_prints_a_tiny_spacing_with_its_digits_not_as_zero(tmp_path, capsys):
+    """A NIfTI header at 1e-9 mm (meters read as mm, and then some) was printed as spacing 0, 0, 0: describe
+    rounded it to six decimals. Its warning said 1e-09 while the spacing line said 0."""
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.diag([1e-9, 2e-9, 3e-9, 1])), tmp_path / "t.nii.gz")
+    code, out, _ = run(capsys, "info", tmp_path / "t.nii.gz")
+    assert code == 0 and "spacing (z,y,x) mm: 3e-09, 2e-09, 1e-09" in out, out
+    assert json.loads(run(capsys, "info", tmp_path / "t.nii.gz", "--json")[1])["spacing"] == [3e-9, 2e-9, 1e-9]
+
 def test_convert_dicom_nifti_dicom(tmp_path, capsys):
     assert run(capsys, "convert", CT5N, tmp_path / "ct.nii.gz")[0] == 0
     assert run(capsys, "convert", tmp_path / "ct.nii.gz", tmp_path / "dcm", "--modality", "CT")[0] == 0

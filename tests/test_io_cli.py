@@ -65,6 +65,20 @@ def test_info_prints_a_tiny_spacing_with_its_digits_not_as_zero(tmp_path, capsys
     assert code == 0 and "spacing (z,y,x) mm: 3e-09, 2e-09, 1e-09" in out, out
     assert json.loads(run(capsys, "info", tmp_path / "t.nii.gz", "--json")[1])["spacing"] == [3e-9, 2e-9, 1e-9]
 
+
+def test_an_error_naming_a_path_with_a_newline_prints_on_one_line(tmp_path, capsys):
+    """Paths are interpolated raw into messages: one holding a newline printed the error over two lines (and a
+    warning likewise). The printed line escapes control characters; a config's several problems keep a line each."""
+    import logging
+    from pipelines.cli import _OneLine
+    code, _, err = run(capsys, "info", tmp_path / "bad\nname" / "x.nii.gz")
+    assert code == 2 and err.count("\n") == 1 and "bad\\nname" in err and "does not exist" in err, err
+    line = _OneLine("warning: %(message)s").format(logging.makeLogRecord({"msg": "a\tb\nc: d", "levelno": 30}))
+    assert line == "warning: a\\tb\\nc: d"
+    code, _, err = run(capsys, "reconstruct", "-c", "cs_mri_x4", "-i", tmp_path / "x.nii.gz", "-o", tmp_path / "o",
+                       "--set", "foo=1", "--set", "bar=2")
+    assert code == 2 and "--set foo: unknown key" in err and "\n--set bar: unknown key" in err, err
+
 def test_convert_dicom_nifti_dicom(tmp_path, capsys):
     assert run(capsys, "convert", CT5N, tmp_path / "ct.nii.gz")[0] == 0
     assert run(capsys, "convert", tmp_path / "ct.nii.gz", tmp_path / "dcm", "--modality", "CT")[0] == 0

@@ -54,11 +54,18 @@ def psnr(ref: np.ndarray, x: np.ndarray, data_range: float) -> float:
 
 
 def _psnr(ref: np.ndarray, x: np.ndarray, data_range: float) -> float:
-    """``psnr`` of images and a range already checked."""
-    mse = float(np.mean((ref - x) ** 2))
+    """``psnr`` of images and a range already checked. Where the squared errors overflow (a reconstruction near
+    1e300 printed numpy's RuntimeWarning and scored -inf) they are taken on the values divided by their largest
+    magnitude m, and the PSNR is 20 log10(R / m) - 10 log10(that MSE): the same number, finite, without a warning
+    (``per_axis_metrics``' note on SSIM names such values)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mse = float(np.mean((ref - x) ** 2))
     if mse == 0.0:
         return PSNR_CAP
-    return float(min(PSNR_CAP, 10.0 * np.log10(data_range ** 2 / mse)))
+    if np.isfinite(mse):
+        return float(min(PSNR_CAP, 10.0 * np.log10(data_range ** 2 / mse)))
+    m = max(float(np.abs(ref).max()), float(np.abs(x).max()))
+    return float(20.0 * np.log10(data_range / m) - 10.0 * np.log10(np.mean((ref / m - x / m) ** 2)))
 
 
 def ssim_window(shape) -> int:
@@ -81,8 +88,8 @@ def _ssim(ref: np.ndarray, x: np.ndarray, data_range: float, dtype=np.float64) -
     float32 volume that large) underflowed or overflowed skimage's squares, printed its RuntimeWarnings and gave
     NaN. What overflows even so (a reconstruction that blew up) is NaN without a warning (``per_axis_metrics``
     says it in one note)."""
-    ref, x = (np.asarray(a, dtype) / data_range for a in (ref, x))  # in dtype first, as before
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # the cast to float32 overflows too (values beyond 3.4e38)
+        ref, x = (np.asarray(a, dtype) / data_range for a in (ref, x))  # in dtype first, as before
         return float(structural_similarity(ref, x, data_range=1.0, win_size=ssim_window(ref.shape)))
 
 

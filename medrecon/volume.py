@@ -210,7 +210,8 @@ class Volume:
         finite = self.data[np.isfinite(self.data)]
         return {
             "shape": list(self.shape),
-            "spacing": [round(s, 6) for s in self.spacing_zyx],
+            # six decimals from 1 mm, six significant digits under it (a 1e-9 spacing was rounded to 0)
+            "spacing": [round(s, 6) if abs(s) >= 1 else float(f"{s:.6g}") for s in self.spacing_zyx],
             "origin_lps": [round(o, 4) for o in self.origin],
             "direction": np.round(self.direction, 6).tolist(),
             "range": [float(finite.min()), float(finite.max())] if finite.size else [None, None],

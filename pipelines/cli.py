@@ -13,12 +13,20 @@ import threading
 import typer
 
 from medrecon import MedreconError
+from medrecon.errors import one_line, printed
 
 from . import OVERRIDES_FROM
 from .app import app
 # Each module registers its subcommands on `app`.
 from . import commands_io, commands_train, commands_recon, commands_demo, commands_data  # noqa: F401,E402
 from . import commands_pacs  # noqa: F401,E402
+
+
+class _OneLine(logging.Formatter):
+    """A log line with its message's control characters escaped (``one_line``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))
 
 
 def _terminated(signum, frame):
@@ -34,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    console = logging.StreamHandler()
+    console.setFormatter(_OneLine("warning: %(message)s"))  # a path holding a newline stays on the warning's line
+    logging.basicConfig(level=logging.WARNING, handlers=[console])
     if threading.current_thread() is threading.main_thread():  # SIGTERM (a batch system's time limit, docker stop)
         signal.signal(signal.SIGTERM, _terminated)
     try:
@@ -49,7 +59,7 @@ def _main(argv: list[str] | None) -> int:
                         "saved)", err=True)
         return code
     except MedreconError as e:
-        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {printed(e)}", err=True, fg=typer.colors.RED)
         return 2
     except MemoryError:
         typer.secho("error: not enough memory for this problem: reduce the image size, the slices, the views or "

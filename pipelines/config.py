@@ -343,7 +343,7 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
     written: set[str] = set()  # every key a --set gave a value (the leaves of a section given whole)
     problems = [p for o in overrides for p in _apply_override(raw, o, written)]
     if problems:
-        raise InputError("\n".join(map(_as_override, problems)))
+        raise InputError(lines=[_as_override(p) for p in problems])
     if file_solver is not None:
         _leave_other_solvers_keys(raw, file_solver, overrides)
     cfg = None
@@ -369,7 +369,7 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
                                                         or g.rsplit(".", 1)[1] in message))
                        or _shared_section(key, g) not in known
                        for g in given)
-        raise InputError("\n".join(_as_override(p) if by_set(p) else f"{label}: {p}" for p in problems))
+        raise InputError(lines=[_as_override(p) if by_set(p) else f"{label}: {p}" for p in problems])
     cfg._source = label
     return cfg
 

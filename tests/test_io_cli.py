@@ -56,6 +56,29 @@ def test_info_text(capsys):
     assert code == 0 and "5 x 16 x 16" in out and "2.5, 0.488281, 0.488281" in out
 
 
+
+def test_info_prints_a_tiny_spacing_with_its_digits_not_as_zero(tmp_path, capsys):
+    """A NIfTI header at 1e-9 mm (meters read as mm, and then some) was printed as spacing 0, 0, 0: describe
+    rounded it to six decimals. Its warning said 1e-09 while the spacing line said 0."""
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.diag([1e-9, 2e-9, 3e-9, 1])), tmp_path / "t.nii.gz")
+    code, out, _ = run(capsys, "info", tmp_path / "t.nii.gz")
+    assert code == 0 and "spacing (z,y,x) mm: 3e-09, 2e-09, 1e-09" in out, out
+    assert json.loads(run(capsys, "info", tmp_path / "t.nii.gz", "--json")[1])["spacing"] == [3e-9, 2e-9, 1e-9]
+
+
+def test_an_error_naming_a_path_with_a_newline_prints_on_one_line(tmp_path, capsys):
+    """Paths are interpolated raw into messages: one holding a newline printed the error over two lines (and a
+    warning likewise). The printed line escapes control characters; a config's several problems keep a line each."""
+    import logging
+    from pipelines.cli import _OneLine
+    code, _, err = run(capsys, "info", tmp_path / "bad\nname" / "x.nii.gz")
+    assert code == 2 and err.count("\n") == 1 and "bad\\nname" in err and "does not exist" in err, err
+    line = _OneLine("warning: %(message)s").format(logging.makeLogRecord({"msg": "a\tb\nc: d", "levelno": 30}))
+    assert line == "warning: a\\tb\\nc: d"
+    code, _, err = run(capsys, "reconstruct", "-c", "cs_mri_x4", "-i", tmp_path / "x.nii.gz", "-o", tmp_path / "o",
+                       "--set", "foo=1", "--set", "bar=2")
+    assert code == 2 and "--set foo: unknown key" in err and "\n--set bar: unknown key" in err, err
+
 def test_convert_dicom_nifti_dicom(tmp_path, capsys):
     assert run(capsys, "convert", CT5N, tmp_path / "ct.nii.gz")[0] == 0
     assert run(capsys, "convert", tmp_path / "ct.nii.gz", tmp_path / "dcm", "--modality", "CT")[0] == 0

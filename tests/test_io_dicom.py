@@ -370,6 +370,20 @@ def test_folder_of_siemens_mosaics_is_refused_naming_a_file_to_read(tmp_path):
         read_volume(tmp_path)
 
 
+@pytest.mark.skipif(not NIBABEL_CSA.is_file(), reason="nibabel's test files are not installed")
+@pytest.mark.parametrize("slope, said", [(0, r"RescaleSlope is .0.*the header is damaged"),
+                                         (1e35, r"RescaleSlope 1e\+35 and RescaleIntercept 0 give values up to")])
+def test_a_siemens_mosaic_with_a_damaged_rescale_is_refused_naming_the_file(tmp_path, slope, said):
+    """A mosaic was read past the rescale checks a stack meets: a slope of 0 read as a volume of one value, one of
+    1e35 as values beyond any image's (float32 sums of them overflow), both without a word."""
+    tiles = np.full((32, 64, 64), 100, np.uint16)
+    ds = synthetic_mosaic(tmp_path / "epi.dcm", tiles)
+    ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+    ds.save_as(tmp_path / "epi.dcm")
+    with pytest.raises(InputError, match=f"{tmp_path / 'epi.dcm'}: {said}"):
+        read_volume(tmp_path / "epi.dcm")
+
+
 # ---- inputs a scanner or PACS may hand over (thirty-ninth session's review) ------------------------------------
 def _ct_series(tmp_path, name="ct", shape=(3, 12, 12)):
     vol = Volume(np.full(shape, 40.0, np.float32), spacing=(0.8, 0.8, 2.0), meta={"dicom": {"Modality": "CT"}})

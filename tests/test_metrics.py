@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from medrecon.metrics import PSNR_CAP, per_axis_metrics
+from medrecon.metrics import PSNR_CAP, per_axis_metrics, psnr
 
 
 def _ref(shape=(6, 16, 12), seed=0):
@@ -103,6 +103,24 @@ def test_a_reconstruction_too_large_to_score_is_one_note_not_runtime_warnings():
     assert m["ssim"]["volume"] is None and np.isfinite(m["ssim"]["axial"])
     assert [n for n in m["notes"] if "SSIM" in n] == [
         "no volume SSIM: the reconstruction's values (up to 1e+30) are too large to score against a range of 1"]
+
+
+def test_psnr_of_a_reconstruction_near_1e300_is_finite_with_one_note_and_no_warning():
+    """Squared errors near 1e600 overflowed: numpy printed its RuntimeWarning (and the float32 cast of the volume
+    SSIM another) and PSNR was -inf. Now the PSNR is the same number computed on scaled values, and SSIM's note is
+    the one word said."""
+    import warnings
+    ref = _ref()
+    x = ref.copy()
+    x[0, 0, 0] = 1e300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = per_axis_metrics(ref, x, 1.0)
+        assert psnr(ref, np.full_like(ref, 1e300), 1.0) == pytest.approx(-6000, abs=0.01)
+    assert all(np.isfinite(v) for v in m["psnr"].values()) and m["psnr"]["volume"] < -5000, m["psnr"]
+    assert [n for n in m["notes"] if "1e+300" in n] == [
+        "no axial and coronal and sagittal and volume SSIM: the reconstruction's values (up to 1e+300) are too large "
+        "to score against a range of 1"]
 
 
 def test_the_volume_ssim_of_a_large_volume_is_left_out_with_a_note(monkeypatch):

@@ -367,6 +367,15 @@ def test_find_volume_paths_discovers_volume_files_and_dicom_folders(tmp_path):
         find_volume_paths([tmp_path / "missing"])
 
 
+
+def test_training_discovery_and_read_volume_name_their_volume_files_apart():
+    """discovery.py kept a function of dispatch.py's name, is_volume_file, with another rule (.npy in, NIfTI/Analyze
+    pairs out): the names now say which is which."""
+    from medrecon.io import dispatch, discovery
+    assert not hasattr(discovery, "is_volume_file")
+    assert discovery.is_training_volume_file("x.npy") and not dispatch.is_volume_file("x.npy")
+    assert discovery.is_training_volume_file("x.nii.gz") and dispatch.is_volume_file("x.nii.gz")
+
 def test_learning_rate_warms_up_then_stays_or_decays_by_cosine():
     """Linear warm-up to lr; constant without lr_final; with it, a cosine that ends at lr_final on the
     last step, passes the mean halfway and never rises."""

@@ -181,7 +181,9 @@ def _is_mosaic(ds) -> bool:
 
 def _read_mosaic(path: Path, info: SeriesInfo, notes: list, skipped: list) -> Volume:
     """A Siemens mosaic: one file holding a 3D volume (EPI, diffusion) as a grid of tiles. nibabel unpacks the
-    tiles and finds the volume's geometry from Siemens' private CSA header (tile count, slice normal)."""
+    tiles (applying RescaleSlope/Intercept) and finds the volume's geometry from Siemens' private CSA header (tile
+    count, slice normal). The rescale is checked as a stack's is (``_check_rescale``: a damaged slope or intercept,
+    values not finite or beyond ``RESCALED_LIMIT``) once nibabel has applied it."""
     import warnings
 
     with warnings.catch_warnings():
@@ -198,6 +200,7 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list, skipped: list) -> Vo
     if data is None or data.ndim != 3:
         raise InputError(f"{path}: a Siemens mosaic without the CSA header that gives its tile count; convert it "
                          "with dcm2niix and use the .nii.gz")
+    assumed = _check_rescale([(path, w.dcm_data)], path, notes, data[None])  # the volume: the one file's values
     along_rows, along_cols, along_normal = (affine[:3, k] for k in range(3))  # nibabel: (rows, columns, slices)
     spacing = tuple(float(np.linalg.norm(a)) for a in (along_cols, along_rows, along_normal))
     direction = np.stack([along_cols / spacing[0], along_rows / spacing[1], along_normal / spacing[2]], axis=1)
@@ -205,7 +208,7 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list, skipped: list) -> Vo
     meta = {"format": "dicom", "source": str(path), "series_uid": series_uid(ds),
             "files_sha256": info.files_sha256,
             "dicom": {**_source_tags(ds), "SourceImages": _source_images([ds], [0.0])}, "warnings": notes,
-            "skipped_files": skipped}
+            "skipped_files": skipped, **({"rescale_assumed": True} if assumed else {})}
     return Volume(np.ascontiguousarray(data.transpose(2, 0, 1)), spacing, tuple(affine[:3, 3]), direction, meta)
 
 

@@ -8,13 +8,16 @@ from .dicom_scan import is_dicom_file
 from .itk import ITK_READ_SUFFIXES
 from .nifti import is_nifti
 
-VOLUME_SUFFIXES = (".npy",) + tuple(ITK_READ_SUFFIXES)
+TRAINING_VOLUME_SUFFIXES = (".npy",) + tuple(ITK_READ_SUFFIXES)
 
 
-def is_volume_file(path) -> bool:
-    """A file whose name says it is a volume: NIfTI, NRRD/MetaImage or .npy (DICOM files are found by content)."""
+def is_training_volume_file(path) -> bool:
+    """A file a folder of training data offers as one volume, by its name: NIfTI, NRRD/MetaImage or .npy (DICOM
+    files are found by content, as series folders). Unlike ``dispatch.is_volume_file`` (the formats ``read_volume``
+    reads as images) it takes .npy, which training reads as a volume, and leaves out NIfTI/Analyze pairs, whose
+    .hdr and .img would be listed as two volumes."""
     name = Path(path).name.lower()
-    return is_nifti(name) or name.endswith(VOLUME_SUFFIXES)
+    return is_nifti(name) or name.endswith(TRAINING_VOLUME_SUFFIXES)
 
 
 def find_volume_paths(paths) -> list[Path]:
@@ -30,7 +33,7 @@ def find_volume_paths(paths) -> list[Path]:
             out.append(p)
             continue
         files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-        vols = [f for f in files if is_volume_file(f)]
+        vols = [f for f in files if is_training_volume_file(f)]
         out += vols
         if any(f.suffix.lower() == ".dcm" or is_dicom_file(f) for f in files if f not in vols):
             out.append(p)
@@ -38,4 +41,4 @@ def find_volume_paths(paths) -> list[Path]:
     return out
 
 
-__all__ = ["find_volume_paths", "is_volume_file"]
+__all__ = ["find_volume_paths", "is_training_volume_file"]

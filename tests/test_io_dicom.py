@@ -112,6 +112,21 @@ def test_radial_slices_refused():
         read_volume(MR700)
 
 
+def test_slices_a_little_apart_in_orientation_are_refused_saying_the_angle(tmp_path):
+    """A 1e-3 difference in ImageOrientationPatient (rounding, a stack nudged between slices) was called
+    'localizer or radial slices'; the message says the angle and both readings, and what to do."""
+    write_dicom_series(Volume(np.zeros((4, 8, 8), np.float32), spacing=(1.0, 1.0, 2.0)), tmp_path / "s")
+    f = sorted((tmp_path / "s").iterdir())[2]
+    ds = pydicom.dcmread(f)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0.999999, 0.001]  # about 0.0573 degrees about x
+    ds.save_as(f)
+    with pytest.raises(InputError, match=r"differ in orientation by up to 0\.0573 degrees .*"
+                                         r"rounding or a stack re-positioned.*localizer or radial.*--series.*"
+                                         r"resample") as e:
+        read_volume(tmp_path / "s")
+    assert f.name in str(e.value)
+
+
 def test_per_slice_rescale_is_applied(tmp_path):
     shutil.copytree(CT5N, tmp_path / "s")
     ds = pydicom.dcmread(tmp_path / "s/2693")

@@ -344,11 +344,16 @@ class _Stack:
             raise InputError(f"{missing[0]} has no ImagePositionPatient/ImageOrientationPatient, so the "
                              f"slices of {where} cannot be placed in 3D; use a series with patient geometry")
         iop = np.array(geometry[0][0])
-        for (f, _), (other, _) in zip(headers, geometry):
-            if np.abs(np.array(other) - iop).max() > 1e-4:
-                raise InputError(f"{where}: the slices differ in orientation (ImageOrientationPatient of "
-                                 f"{headers[0][0].name}: {iop.tolist()}, of {f.name}: {list(other)}): localizer or "
-                                 "radial slices, not one 3D stack; choose another series with --series")
+        differ = [k for k, (other, _) in enumerate(geometry) if np.abs(np.array(other) - iop).max() > 1e-4]
+        if differ:  # the angle tells rounding or a nudged stack (hundredths of a degree) from radial slices
+            angles = [_orientation_angle(iop, geometry[k][0]) for k in differ]
+            k = differ[int(np.argmax(angles))]
+            raise InputError(f"{where}: the slices differ in orientation by up to {max(angles):.3g} degrees "
+                             f"(ImageOrientationPatient of {headers[0][0].name}: {iop.tolist()}, of "
+                             f"{headers[k][0].name}: {list(geometry[k][0])}): a small angle is rounding or a stack "
+                             "re-positioned a little between slices, a large one localizer or radial slices; either "
+                             "way not one 3D stack. Choose another series with --series, or resample the slices "
+                             "onto one grid with another tool (e.g. dcm2niix, 3D Slicer) and read its output")
         r = iop[:3] / np.linalg.norm(iop[:3])
         c = iop[3:] - (iop[3:] @ r) * r
         if abs(iop[3:] @ r) > 1e-3 * np.linalg.norm(iop[3:]):
@@ -549,6 +554,14 @@ def _check_rescale(headers, where, notes: list, data: np.ndarray | None = None) 
                     "check the value range with `medrecon info`")
         return True
     return False
+
+
+def _orientation_angle(iop, other) -> float:
+    """The largest angle (degrees) between the row directions or the column directions of two
+    ImageOrientationPatient values."""
+    a, b = np.asarray(iop, float).reshape(2, 3), np.asarray(other, float).reshape(2, 3)
+    cos = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).max())
 
 
 def _undo_monochrome1(data: np.ndarray, headers: list) -> np.ndarray:

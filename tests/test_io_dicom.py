@@ -399,6 +399,31 @@ def test_a_siemens_mosaic_with_a_damaged_rescale_is_refused_naming_the_file(tmp_
         read_volume(tmp_path / "epi.dcm")
 
 
+@pytest.mark.skipif(not NIBABEL_CSA.is_file(), reason="nibabel's test files are not installed")
+def test_a_siemens_mosaic_clears_its_padding_as_a_stack_does(tmp_path):
+    """A mosaic skipped the PixelPaddingValue step a stack's slices meet: the padding (outside the scanned area)
+    was read as signal, 65535 here, not the 0 an MR stack's padding becomes."""
+    tiles = np.full((32, 64, 64), 100, np.uint16)
+    tiles[:, :4] = 65535
+    ds = synthetic_mosaic(tmp_path / "epi.dcm", tiles)
+    ds.add_new(0x00280120, "US", 65535)  # PixelPaddingValue
+    ds.save_as(tmp_path / "epi.dcm")
+    v = read_volume(tmp_path / "epi.dcm")
+    assert v.data[:, :4].max() == 0.0 and (v.data[:, 4:] == 100.0).all()
+    assert any(f"{32 * 4 * 64} pixels at the PixelPaddingValue" in w for w in v.meta["warnings"])
+
+
+@pytest.mark.skipif(not NIBABEL_CSA.is_file(), reason="nibabel's test files are not installed")
+def test_a_monochrome1_siemens_mosaic_reads_slope_times_stored_plus_intercept(tmp_path):
+    """As a stack's MONOCHROME1 slices are (the inversion only says how to display them): nibabel does not invert
+    them as GDCM does, so there is nothing to undo."""
+    tiles = np.random.default_rng(1).integers(0, 4000, (32, 64, 64)).astype(np.uint16)
+    ds = synthetic_mosaic(tmp_path / "epi.dcm", tiles)
+    ds.PhotometricInterpretation, ds.RescaleSlope, ds.RescaleIntercept = "MONOCHROME1", 2, -10
+    ds.save_as(tmp_path / "epi.dcm")
+    np.testing.assert_array_equal(read_volume(tmp_path / "epi.dcm").data, tiles * 2.0 - 10)
+
+
 # ---- inputs a scanner or PACS may hand over (thirty-ninth session's review) ------------------------------------
 def _ct_series(tmp_path, name="ct", shape=(3, 12, 12)):
     vol = Volume(np.full(shape, 40.0, np.float32), spacing=(0.8, 0.8, 2.0), meta={"dicom": {"Modality": "CT"}})

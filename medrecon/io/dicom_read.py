@@ -183,7 +183,10 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list, skipped: list) -> Vo
     """A Siemens mosaic: one file holding a 3D volume (EPI, diffusion) as a grid of tiles. nibabel unpacks the
     tiles (applying RescaleSlope/Intercept) and finds the volume's geometry from Siemens' private CSA header (tile
     count, slice normal). The rescale is checked as a stack's is (``_check_rescale``: a damaged slope or intercept,
-    values not finite or beyond ``RESCALED_LIMIT``) once nibabel has applied it."""
+    values not finite or beyond ``RESCALED_LIMIT``) once nibabel has applied it, and PixelPaddingValue pixels set
+    to ``PADDING_FILL`` (``_clear_padding``). A MONOCHROME1 mosaic needs no undo (``_undo_monochrome1`` reverses
+    GDCM's inversion, which nibabel's pydicom reading does not make): its values are slope * stored + intercept,
+    as a stack's MONOCHROME1 slices' are."""
     import warnings
 
     with warnings.catch_warnings():
@@ -201,6 +204,10 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list, skipped: list) -> Vo
         raise InputError(f"{path}: a Siemens mosaic without the CSA header that gives its tile count; convert it "
                          "with dcm2niix and use the .nii.gz")
     assumed = _check_rescale([(path, w.dcm_data)], path, notes, data[None])  # the volume: the one file's values
+    data = np.ascontiguousarray(data.transpose(2, 0, 1))  # (slices, rows, columns)
+    # pixels outside the scanned area as a stack's are (after the rescale). No MONOCHROME1 undo: nibabel reads
+    # the stored values as pydicom gives them, not inverted as GDCM's are, so slope * stored + intercept already
+    data = _clear_padding(data, [w.dcm_data] * len(data), path, notes)
     along_rows, along_cols, along_normal = (affine[:3, k] for k in range(3))  # nibabel: (rows, columns, slices)
     spacing = tuple(float(np.linalg.norm(a)) for a in (along_cols, along_rows, along_normal))
     direction = np.stack([along_cols / spacing[0], along_rows / spacing[1], along_normal / spacing[2]], axis=1)
@@ -209,7 +216,7 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list, skipped: list) -> Vo
             "files_sha256": info.files_sha256,
             "dicom": {**_source_tags(ds), "SourceImages": _source_images([ds], [0.0])}, "warnings": notes,
             "skipped_files": skipped, **({"rescale_assumed": True} if assumed else {})}
-    return Volume(np.ascontiguousarray(data.transpose(2, 0, 1)), spacing, tuple(affine[:3, 3]), direction, meta)
+    return Volume(data, spacing, tuple(affine[:3, 3]), direction, meta)
 
 
 def resample_along_normal(data: np.ndarray, positions: np.ndarray, step: float) -> np.ndarray:

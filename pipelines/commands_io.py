@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from medrecon import InputError, Volume
+from medrecon.errors import one_line
 from medrecon.io import dicom_text, output_format, read_volume, write_volume
 from medrecon.io.dicom_write import SOP_CLASSES
 from medrecon.volume import PLANES
@@ -75,7 +76,7 @@ def info(path: Path = typer.Argument(..., help="DICOM series folder or file, .ni
         else:
             for s in tied:
                 typer.echo(f"  series {s['uid']}  {s['n_files']} files  {s['modality']}  '{s['description']}'")
-            typer.echo(f"{path}: the largest series are the same size; choose one with --series UID")
+            typer.echo(f"{one_line(str(path))}: the largest series are the same size; choose one with --series UID")
         return
     d = describe(read_volume(path, series=series, spacing=parse_spacing(spacing), resample_nonuniform=resample))
     if as_json:
@@ -84,7 +85,7 @@ def info(path: Path = typer.Argument(..., help="DICOM series folder or file, .ni
     for s in d.get("series", []):
         mark = "*" if s["uid"] == d.get("series_uid") else " "
         typer.echo(f"{mark} series {s['uid']}  {s['n_files']} files  {s['modality']}  '{s['description']}'")
-    typer.echo(f"path:          {d['path']} ({d['format']})")
+    typer.echo(f"path:          {one_line(d['path'])} ({d['format']})")  # a newline in it: \\n, one line
     typer.echo(f"shape (Z,Y,X): {' x '.join(map(str, d['shape']))}")
     typer.echo(f"spacing (z,y,x) mm: {', '.join(f'{v:g}' for v in d['spacing'])}")
     typer.echo(f"origin (LPS) mm:    {', '.join(f'{v:g}' for v in d['origin_lps'])}")

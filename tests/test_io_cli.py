@@ -66,6 +66,22 @@ def test_info_prints_a_tiny_spacing_with_its_digits_not_as_zero(tmp_path, capsys
     assert json.loads(run(capsys, "info", tmp_path / "t.nii.gz", "--json")[1])["spacing"] == [3e-9, 2e-9, 1e-9]
 
 
+def test_info_prints_a_path_holding_a_newline_on_one_line(tmp_path, capsys):
+    """`info`'s own output printed such a path over two lines (its errors and warnings already escaped it)."""
+    shutil.copytree(CT5N, folder := tmp_path / "a\nb")
+    code, out, _ = run(capsys, "info", folder)
+    assert code == 0 and f"path:          {tmp_path}/a\\nb (dicom)\n" in out, out
+    (tie := tmp_path / "tie\tx").mkdir()
+    for name in ("c", "d"):  # two series of one size: the line that names the folder
+        from medrecon.io import write_dicom_series
+        write_dicom_series(Volume(np.zeros((2, 8, 8), np.float32), meta={"dicom": {"Modality": "CT"}}),
+                           tmp_path / name, series_description=name)
+        for f in (tmp_path / name).iterdir():
+            shutil.move(f, tie / f"{name}_{f.name}")
+    code, out, _ = run(capsys, "info", tie)
+    assert code == 0 and f"{tmp_path}/tie\\tx: the largest series are the same size" in out, out
+
+
 def test_an_error_naming_a_path_with_a_newline_prints_on_one_line(tmp_path, capsys):
     """Paths are interpolated raw into messages: one holding a newline printed the error over two lines (and a
     warning likewise). The printed line escapes control characters; a config's several problems keep a line each."""

@@ -112,6 +112,21 @@ def test_radial_slices_refused():
         read_volume(MR700)
 
 
+def test_slices_a_little_apart_in_orientation_are_refused_saying_the_angle(tmp_path):
+    """A 1e-3 difference in ImageOrientationPatient (rounding, a stack nudged between slices) was called
+    'localizer or radial slices'; the message says the angle and both readings, and what to do."""
+    write_dicom_series(Volume(np.zeros((4, 8, 8), np.float32), spacing=(1.0, 1.0, 2.0)), tmp_path / "s")
+    f = sorted((tmp_path / "s").iterdir())[2]
+    ds = pydicom.dcmread(f)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0.999999, 0.001]  # about 0.0573 degrees about x
+    ds.save_as(f)
+    with pytest.raises(InputError, match=r"differ in orientation by up to 0\.0573 degrees .*"
+                                         r"rounding or a stack re-positioned.*localizer or radial.*--series.*"
+                                         r"resample") as e:
+        read_volume(tmp_path / "s")
+    assert f.name in str(e.value)
+
+
 def test_per_slice_rescale_is_applied(tmp_path):
     shutil.copytree(CT5N, tmp_path / "s")
     ds = pydicom.dcmread(tmp_path / "s/2693")
@@ -382,6 +397,31 @@ def test_a_siemens_mosaic_with_a_damaged_rescale_is_refused_naming_the_file(tmp_
     ds.save_as(tmp_path / "epi.dcm")
     with pytest.raises(InputError, match=f"{tmp_path / 'epi.dcm'}: {said}"):
         read_volume(tmp_path / "epi.dcm")
+
+
+@pytest.mark.skipif(not NIBABEL_CSA.is_file(), reason="nibabel's test files are not installed")
+def test_a_siemens_mosaic_clears_its_padding_as_a_stack_does(tmp_path):
+    """A mosaic skipped the PixelPaddingValue step a stack's slices meet: the padding (outside the scanned area)
+    was read as signal, 65535 here, not the 0 an MR stack's padding becomes."""
+    tiles = np.full((32, 64, 64), 100, np.uint16)
+    tiles[:, :4] = 65535
+    ds = synthetic_mosaic(tmp_path / "epi.dcm", tiles)
+    ds.add_new(0x00280120, "US", 65535)  # PixelPaddingValue
+    ds.save_as(tmp_path / "epi.dcm")
+    v = read_volume(tmp_path / "epi.dcm")
+    assert v.data[:, :4].max() == 0.0 and (v.data[:, 4:] == 100.0).all()
+    assert any(f"{32 * 4 * 64} pixels at the PixelPaddingValue" in w for w in v.meta["warnings"])
+
+
+@pytest.mark.skipif(not NIBABEL_CSA.is_file(), reason="nibabel's test files are not installed")
+def test_a_monochrome1_siemens_mosaic_reads_slope_times_stored_plus_intercept(tmp_path):
+    """As a stack's MONOCHROME1 slices are (the inversion only says how to display them): nibabel does not invert
+    them as GDCM does, so there is nothing to undo."""
+    tiles = np.random.default_rng(1).integers(0, 4000, (32, 64, 64)).astype(np.uint16)
+    ds = synthetic_mosaic(tmp_path / "epi.dcm", tiles)
+    ds.PhotometricInterpretation, ds.RescaleSlope, ds.RescaleIntercept = "MONOCHROME1", 2, -10
+    ds.save_as(tmp_path / "epi.dcm")
+    np.testing.assert_array_equal(read_volume(tmp_path / "epi.dcm").data, tiles * 2.0 - 10)
 
 
 # ---- inputs a scanner or PACS may hand over (thirty-ninth session's review) ------------------------------------

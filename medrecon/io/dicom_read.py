@@ -183,7 +183,10 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list, skipped: list) -> Vo
     """A Siemens mosaic: one file holding a 3D volume (EPI, diffusion) as a grid of tiles. nibabel unpacks the
     tiles (applying RescaleSlope/Intercept) and finds the volume's geometry from Siemens' private CSA header (tile
     count, slice normal). The rescale is checked as a stack's is (``_check_rescale``: a damaged slope or intercept,
-    values not finite or beyond ``RESCALED_LIMIT``) once nibabel has applied it."""
+    values not finite or beyond ``RESCALED_LIMIT``) once nibabel has applied it, and PixelPaddingValue pixels set
+    to ``PADDING_FILL`` (``_clear_padding``). A MONOCHROME1 mosaic needs no undo (``_undo_monochrome1`` reverses
+    GDCM's inversion, which nibabel's pydicom reading does not make): its values are slope * stored + intercept,
+    as a stack's MONOCHROME1 slices' are."""
     import warnings
 
     with warnings.catch_warnings():
@@ -201,6 +204,10 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list, skipped: list) -> Vo
         raise InputError(f"{path}: a Siemens mosaic without the CSA header that gives its tile count; convert it "
                          "with dcm2niix and use the .nii.gz")
     assumed = _check_rescale([(path, w.dcm_data)], path, notes, data[None])  # the volume: the one file's values
+    data = np.ascontiguousarray(data.transpose(2, 0, 1))  # (slices, rows, columns)
+    # pixels outside the scanned area as a stack's are (after the rescale). No MONOCHROME1 undo: nibabel reads
+    # the stored values as pydicom gives them, not inverted as GDCM's are, so slope * stored + intercept already
+    data = _clear_padding(data, [w.dcm_data] * len(data), path, notes)
     along_rows, along_cols, along_normal = (affine[:3, k] for k in range(3))  # nibabel: (rows, columns, slices)
     spacing = tuple(float(np.linalg.norm(a)) for a in (along_cols, along_rows, along_normal))
     direction = np.stack([along_cols / spacing[0], along_rows / spacing[1], along_normal / spacing[2]], axis=1)
@@ -209,7 +216,7 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list, skipped: list) -> Vo
             "files_sha256": info.files_sha256,
             "dicom": {**_source_tags(ds), "SourceImages": _source_images([ds], [0.0])}, "warnings": notes,
             "skipped_files": skipped, **({"rescale_assumed": True} if assumed else {})}
-    return Volume(np.ascontiguousarray(data.transpose(2, 0, 1)), spacing, tuple(affine[:3, 3]), direction, meta)
+    return Volume(data, spacing, tuple(affine[:3, 3]), direction, meta)
 
 
 def resample_along_normal(data: np.ndarray, positions: np.ndarray, step: float) -> np.ndarray:
@@ -344,11 +351,16 @@ class _Stack:
             raise InputError(f"{missing[0]} has no ImagePositionPatient/ImageOrientationPatient, so the "
                              f"slices of {where} cannot be placed in 3D; use a series with patient geometry")
         iop = np.array(geometry[0][0])
-        for (f, _), (other, _) in zip(headers, geometry):
-            if np.abs(np.array(other) - iop).max() > 1e-4:
-                raise InputError(f"{where}: the slices differ in orientation (ImageOrientationPatient of "
-                                 f"{headers[0][0].name}: {iop.tolist()}, of {f.name}: {list(other)}): localizer or "
-                                 "radial slices, not one 3D stack; choose another series with --series")
+        differ = [k for k, (other, _) in enumerate(geometry) if np.abs(np.array(other) - iop).max() > 1e-4]
+        if differ:  # the angle tells rounding or a nudged stack (hundredths of a degree) from radial slices
+            angles = [_orientation_angle(iop, geometry[k][0]) for k in differ]
+            k = differ[int(np.argmax(angles))]
+            raise InputError(f"{where}: the slices differ in orientation by up to {max(angles):.3g} degrees "
+                             f"(ImageOrientationPatient of {headers[0][0].name}: {iop.tolist()}, of "
+                             f"{headers[k][0].name}: {list(geometry[k][0])}): a small angle is rounding or a stack "
+                             "re-positioned a little between slices, a large one localizer or radial slices; either "
+                             "way not one 3D stack. Choose another series with --series, or resample the slices "
+                             "onto one grid with another tool (e.g. dcm2niix, 3D Slicer) and read its output")
         r = iop[:3] / np.linalg.norm(iop[:3])
         c = iop[3:] - (iop[3:] @ r) * r
         if abs(iop[3:] @ r) > 1e-3 * np.linalg.norm(iop[3:]):
@@ -549,6 +561,14 @@ def _check_rescale(headers, where, notes: list, data: np.ndarray | None = None) 
                     "check the value range with `medrecon info`")
         return True
     return False
+
+
+def _orientation_angle(iop, other) -> float:
+    """The largest angle (degrees) between the row directions or the column directions of two
+    ImageOrientationPatient values."""
+    a, b = np.asarray(iop, float).reshape(2, 3), np.asarray(other, float).reshape(2, 3)
+    cos = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).max())
 
 
 def _undo_monochrome1(data: np.ndarray, headers: list) -> np.ndarray:

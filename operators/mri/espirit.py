@@ -148,11 +148,6 @@ def _runs(plane: np.ndarray, axis: int) -> np.ndarray:
     return (np.diff(p, axis=-1, prepend=0) == 1).sum(-1)
 
 
-def _centre(x: np.ndarray, region: CalibrationRegion) -> np.ndarray:
-    """The calibration block of x's last axes (``region.within`` their shape)."""
-    return x[(Ellipsis,) + region.within(x.shape[-len(region.widths):])]
-
-
 def _kernels(calib: np.ndarray, kernel_width: int, thresh: float) -> np.ndarray:
     """ESPIRiT's kernels (K, C, k, ..., k) of one slice's calibration data (C, *region): the right singular vectors of
     the calibration matrix (a row per kernel position) above ``thresh`` times the largest singular value, taken
@@ -181,20 +176,20 @@ def _autocorrelation(kernels: np.ndarray) -> np.ndarray:
     return np.fft.fftshift(np.fft.ifftn(s, axes=tuple(range(nd))), axes=tuple(range(nd)))
 
 
-def _maps(kernels: np.ndarray, shape: Sequence[int], crop: float, rows: int | None = None) -> torch.Tensor:
+def _maps(kernels: np.ndarray, shape: Sequence[int], crop: float) -> torch.Tensor:
     """The maps (C, *shape) of one slice's kernels: per pixel x the top eigenvector of sum_j a_j(x) a_j(x)^H, a_j
     kernel j zero-padded to ``shape`` and inverse Fourier transformed (centred), scaled as sigpy's (by the pixel
     count over k^nd); phase relative to coil 0, zero where the eigenvalue is at most ``crop``.
 
     That Gram matrix is the (centred) inverse DFT of the kernels' autocorrelation, whose offsets span only 2k - 1
-    samples per axis: it is summed directly, one axis at a time, ``rows`` of the first image axis at a time (about
-    4 MB of Gram matrices), each block made Hermitian to rounding and decomposed before the next, so the memory is
+    samples per axis: it is summed directly, one axis at a time, a block of rows of the first image axis at a time
+    (about 4 MB of Gram matrices), each block made Hermitian to rounding and decomposed before the next, so the memory is
     the maps' and one block's, not one C x C matrix per pixel."""
     c, kw, nd = kernels.shape[1], kernels.shape[2:], len(shape)
     r = _autocorrelation(kernels) / int(np.prod(kw))  # (*L, C, C)
     waves = [np.exp(2j * np.pi * np.outer(np.arange(n) - n // 2, np.arange(-(k - 1), k)) / n)  # (n, L): x by delta
              for n, k in zip(shape, kw)]
-    rows = rows or max(1, (1 << 19) // (int(np.prod(shape[1:])) * c * c))
+    rows = max(1, (1 << 19) // (int(np.prod(shape[1:])) * c * c))
     out = torch.zeros((*shape, c), dtype=torch.complex64)
     for lo in range(0, shape[0], rows):
         g = np.tensordot(waves[0][lo:lo + rows], r, axes=(1, 0))  # (rows, L, ..., C, C)
@@ -210,38 +205,35 @@ def _maps(kernels: np.ndarray, shape: Sequence[int], crop: float, rows: int | No
     return torch.movedim(out, -1, 0)
 
 
-def espirit_maps(kspace, calib_width: int | Sequence[int] | CalibrationRegion = 24,
+def espirit_maps(kspace, region: int | Sequence[int] | CalibrationRegion = 24,
                  kernel_width: int = ESPIRIT_KERNEL_WIDTH, thresh: float = 0.02, crop: float = 0.95,
                  ndim: int = 2) -> torch.Tensor:
     """ESPIRiT maps of centred k-space (..., C, *img) with ``ndim`` image axes; leading axes (slices) one by one.
 
-    ``calib_width``: the calibration region (``calibration_region``), or a centred box: one width per image axis, or
+    ``region``: the calibration region (``calibration_region``), or a centred box: one width per image axis, or
     one width for every axis (a square box); clipped to the matrix. Returns complex64 maps of the k-space's shape
     (CPU).
     """
-    k = torch.as_tensor(kspace).detach().cpu().numpy().astype(np.complex64)
+    k = torch.as_tensor(kspace).detach()
     if k.ndim < ndim + 1:
-        raise InputError(f"ESPIRiT needs multi-coil k-space (..., C, {'x'.join(['n'] * ndim)}), got {k.shape}")
-    if isinstance(calib_width, CalibrationRegion):
-        region = calib_width
-    else:  # one width per axis, or one for every axis: a centred box
-        widths = (calib_width,) * ndim if np.ndim(calib_width) == 0 else tuple(int(w) for w in calib_width)
+        raise InputError(f"ESPIRiT needs multi-coil k-space (..., C, {'x'.join(['n'] * ndim)}), got {tuple(k.shape)}")
+    if not isinstance(region, CalibrationRegion):  # one width per axis, or one for every axis: a centred box
+        widths = (region,) * ndim if np.ndim(region) == 0 else tuple(int(w) for w in region)
         region = CalibrationRegion(widths, tuple(-(w // 2) for w in widths), (True,) * len(widths))
     if len(region.widths) != ndim:
         raise InputError(f"ESPIRiT: a calibration region of {len(region.widths)} widths for {ndim} image axes")
-    box = region.within(k.shape[-ndim:])
+    shape, img = tuple(k.shape), tuple(k.shape[-ndim:])
+    box = region.within(img)
     sizes = tuple(b.stop - b.start for b in box)
     if kernel_width >= min(sizes):
         raise InputError(f"ESPIRiT: the calibration region ({min(sizes)} lines) must be wider than the kernel "
                          f"({kernel_width}); sample a larger centre")
-    flat = k.reshape(-1, *k.shape[-ndim - 1:])
-    maps = []
-    for s in flat:
-        kernels = _kernels(_centre(s, region).astype(np.complex128), kernel_width, thresh)
-        maps.append(_maps(kernels, s.shape[1:], crop))
+    calib = k[(Ellipsis,) + box].cpu().numpy().astype(np.complex64)  # only the block: not the whole k-space
+    maps = [_maps(_kernels(c.astype(np.complex128), kernel_width, thresh), img, crop)
+            for c in calib.reshape(-1, *calib.shape[-ndim - 1:])]
     empty = [i for i, m in enumerate(maps) if not bool(m.abs().sum())]
     if empty:  # every pixel cropped: the reconstruction would be zero everywhere
         lines = "x".join(str(w) for w in sizes)
         raise InputError(f"ESPIRiT found no coil sensitivity in slice {empty[0]} (a {lines} calibration region: "
                          "too few calibration rows for its kernel, or no signal); use mri.coil_maps=estimate")
-    return torch.stack(maps).reshape(k.shape).to(torch.complex64)
+    return torch.stack(maps).reshape(shape).to(torch.complex64)

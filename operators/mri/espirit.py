@@ -4,7 +4,7 @@ The calibration region is the fully sampled k-space centre, measured from the ma
 the phase-encode axis the central run of sampled lines (at most 24; it need not be symmetric about n // 2), along a
 readout axis (one no line of the mask has a gap along: full columns or rows, a partial echo, zero-filled readout
 edges, a mask axis of size 1) the positions sampled on every calibration line, at most ``ESPIRIT_READOUT_CALIBRATION``
-around the centre; a 3D mask's (kz, kx) plane takes the widest centred box (``calibration_width``). A region wider
+around the centre; a 3D mask's (kz, kx) plane takes the widest centred box (``_centred_width``). A region wider
 than the sampled centre would put unsampled zeros into the calibration matrix. A square box as wide as the sampled
 centre (sigpy's ``EspiritCalib``, used until the sixty-third session) holds too few kernel positions under 13 lines
 and left part of the object without coil sensitivity; the rectangular region holds up from 11 lines
@@ -27,7 +27,7 @@ import torch
 
 from medrecon.errors import InputError
 
-from .masks import central_run
+from .masks import _centre_slice, central_run
 
 #: the fewest central lines whose ESPIRiT maps (6-wide kernel, the rectangular region) held up on measured k-space:
 #: at 10 lines and fewer they left part of the object without coil sensitivity, 0.8 and 14.3 dB under the estimated
@@ -50,23 +50,16 @@ def _plane(mask, ndim: int) -> np.ndarray:
     return m.reshape(-1, *m.shape[-ndim:]).all(axis=0)
 
 
-def calibration_width(mask, default: int = 24, ndim: int = 2) -> int:
-    """Width (lines) of the widest centred square box of the mask sampled on every slice (at most ``default``), the
-    box running from n // 2 - w // 2 along every image axis. The mask's last ``ndim`` axes are the image's
-    ((H | 1, W) in 2D, (Z | 1, Y | 1, X) in 3D); an axis of size 1 is sampled throughout."""
-    plane = _plane(mask, ndim)
-
+def _centred_width(plane: np.ndarray, default: int) -> int:
+    """Width (lines) of the widest centred square box of ``plane`` (``_plane``: the positions sampled on every
+    slice) all sampled, at most ``default``: the box ``_centre_slice`` along every image axis (an axis of size 1 is
+    sampled throughout); 0 where the k-space centre is not sampled."""
     def box_sampled(w: int) -> bool:
-        box = tuple(slice(None) if n == 1 else slice(n // 2 - min(w, n) // 2, n // 2 - min(w, n) // 2 + min(w, n))
-                    for n in plane.shape)
-        return bool(plane[box].all())
+        return bool(plane[tuple(slice(None) if n == 1 else _centre_slice(n, min(w, n)) for n in plane.shape)].all())
 
     width = 0
     while width < default and box_sampled(width + 1):
         width += 1
-    if width == 0:
-        raise InputError("the mask does not sample the k-space centre: ESPIRiT needs a fully sampled "
-                         "calibration region (use coil_maps: given)")
     return width
 
 
@@ -103,11 +96,11 @@ def calibration_region(mask, default: int = 24, ndim: int = 2,
     read out (a readout sampled throughout, with a partial echo
     or zero-filled edges, a mask axis of size 1). With one phase-encode axis the calibration lines are the central
     run of sampled lines (``central_run``: it need not be symmetric about n // 2), at most ``default`` of them; with
-    several (a 3D Poisson mask's (kz, kx) plane) the centred box of ``calibration_width``. Along each readout axis
+    several (a 3D Poisson mask's (kz, kx) plane) the widest centred box sampled (``_centred_width``). Along each readout axis
     the positions sampled on every calibration line, their central run, at most ``readout`` (an axis of size 1:
     ``readout``, clipped to the matrix by ``espirit_maps``). A capped run keeps the centre, centred on it as far as
     the run allows. The block is checked to be fully sampled; where it is not (a mask of no such structure) the
-    centred ``calibration_width`` box is used along every axis."""
+    widest centred box sampled is used along every axis."""
     plane = _plane(mask, ndim)
     centre = tuple(n // 2 for n in plane.shape)
     if not plane[centre]:
@@ -123,10 +116,10 @@ def calibration_region(mask, default: int = 24, ndim: int = 2,
         a = pe.index(True)
         box[a] = _capped(central_run(plane[centre[:a] + (slice(None),) + centre[a + 1:]]), centre[a], default)
     elif sum(pe) > 1:
-        w = calibration_width(mask, default, ndim)
+        w = _centred_width(plane, default)
         for a in range(ndim):
             if pe[a]:
-                box[a] = slice(centre[a] - w // 2, centre[a] - w // 2 + w)
+                box[a] = _centre_slice(plane.shape[a], w)
     on_lines = plane[tuple(box[a] if pe[a] else slice(None) for a in range(ndim))]
     on_lines = on_lines.all(axis=tuple(a for a in range(ndim) if pe[a]), keepdims=True)  # sampled on every line
     sub_centre = tuple(0 if pe[a] else centre[a] for a in range(ndim))
@@ -135,7 +128,7 @@ def calibration_region(mask, default: int = 24, ndim: int = 2,
             box[a] = _capped(central_run(on_lines[sub_centre[:a] + (slice(None),) + sub_centre[a + 1:]]),
                              centre[a], readout)
     if not plane[tuple(box)].all():  # not a block of lines by a readout
-        w = calibration_width(mask, default, ndim)
+        w = _centred_width(plane, default)
         return CalibrationRegion((w,) * ndim, (-(w // 2),) * ndim, pe)
     widths = tuple(readout if plane.shape[a] == 1 else box[a].stop - box[a].start for a in range(ndim))
     starts = tuple(-(readout // 2) if plane.shape[a] == 1 else box[a].start - centre[a] for a in range(ndim))

@@ -96,11 +96,11 @@ def calibration_region(mask, default: int = 24, ndim: int = 2,
     read out (a readout sampled throughout, with a partial echo
     or zero-filled edges, a mask axis of size 1). With one phase-encode axis the calibration lines are the central
     run of sampled lines (``central_run``: it need not be symmetric about n // 2), at most ``default`` of them; with
-    several (a 3D Poisson mask's (kz, kx) plane) the widest centred box sampled (``_centred_width``). Along each readout axis
-    the positions sampled on every calibration line, their central run, at most ``readout`` (an axis of size 1:
-    ``readout``, clipped to the matrix by ``espirit_maps``). A capped run keeps the centre, centred on it as far as
-    the run allows. The block is checked to be fully sampled; where it is not (a mask of no such structure) the
-    widest centred box sampled is used along every axis."""
+    several (a 3D Poisson mask's (kz, kx) plane) the widest centred box sampled (``_centred_width``). Along each
+    readout axis the positions sampled on every calibration line, their central run, at most ``readout`` (an axis
+    of size 1: ``readout``, clipped to the matrix by ``espirit_maps``). A capped run keeps the centre, centred on
+    it as far as the run allows. The block is checked to be fully sampled; where it is not (a mask of no such
+    structure) the widest centred box sampled is used along every axis."""
     plane = _plane(mask, ndim)
     centre = tuple(n // 2 for n in plane.shape)
     if not plane[centre]:
@@ -176,8 +176,8 @@ def _maps(kernels: np.ndarray, shape: Sequence[int], crop: float) -> torch.Tenso
 
     That Gram matrix is the (centred) inverse DFT of the kernels' autocorrelation, whose offsets span only 2k - 1
     samples per axis: it is summed directly, one axis at a time, a block of rows of the first image axis at a time
-    (about 4 MB of Gram matrices), each block made Hermitian to rounding and decomposed before the next, so the memory is
-    the maps' and one block's, not one C x C matrix per pixel."""
+    (about 4 MB of Gram matrices), each block made Hermitian to rounding and decomposed before the next, so the
+    memory is the maps' and one block's, not one C x C matrix per pixel."""
     c, kw, nd = kernels.shape[1], kernels.shape[2:], len(shape)
     r = _autocorrelation(kernels) / int(np.prod(kw))  # (*L, C, C)
     waves = [np.exp(2j * np.pi * np.outer(np.arange(n) - n // 2, np.arange(-(k - 1), k)) / n)  # (n, L): x by delta

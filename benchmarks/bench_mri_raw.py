@@ -208,7 +208,7 @@ def bench(args):
             # cache written at the first acceleration, 24 lines wide, gave x8 the x4 maps and put unsampled lines
             # into the calibration; forty-first session)
             t = time.time()
-            meas.coil_maps = espirit_maps(meas.data, calib_width=calibration_region(meas.mask)).numpy()
+            meas.coil_maps = espirit_maps(meas.data, region=calibration_region(meas.mask)).numpy()
             print(f"ESPIRiT maps (x{acc}): {time.time() - t:.1f} s", flush=True)
         rows = []
         cfg = "cs_mri_x8"

@@ -39,7 +39,7 @@ def main():
             meas = raw.measurement(kc, ref, acc, "uniform1d", None)
             if maps is None:
                 cache = a.maps_dir / f"{data}_maps.npy" if a.maps_dir else None
-                maps = np.load(cache) if cache and cache.exists() else espirit_maps(meas.data, calib_width=24).numpy()
+                maps = np.load(cache) if cache and cache.exists() else espirit_maps(meas.data, region=24).numpy()
             meas.coil_maps = maps
             # the bench's tuned ADMM-TV row (lam 0.003) and the fast sampler with the config's defaults
             problems = [Problem.build(prepare_config("cs_mri_x8", ["mri.coil_maps=given", *over]), meas, prior=pr,

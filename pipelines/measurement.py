@@ -38,6 +38,8 @@ class Measurement:
     coil_maps: np.ndarray | None = None
     info: dict = field(default_factory=dict)
     reference: np.ndarray | None = None
+    #: set by ``check`` once these measurements passed it (it returns at once after)
+    _checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         """The modality in medrecon's spelling, 'ct' or 'mri' (a file may say 'CT'); another is a ValueError."""
@@ -112,7 +114,7 @@ class Measurement:
         ``finite_checked``: raw files are checked as read, in their own axis order); MRI: k-space and a mask that sample something; CT: a geometry the
         sinogram fits, and values that can be line integrals. ``load`` checks a file; ``Problem.build`` checks
         measurements made in Python (once: a loaded file given to it is not checked again)."""
-        if getattr(self, "_checked", False):
+        if self._checked:
             return self
         if not finite_checked:
             refuse_non_finite(self.data, where, self.modality)

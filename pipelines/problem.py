@@ -889,25 +889,23 @@ def espirit_warning(cfg: Config, meas: Measurement) -> str | None:
         return None
     source = meas.info.get("source") or "the measurements"
     if three_d:
-        said = [f"a {' x '.join(map(str, pe))} calibration centre (kz x kx, the mask's fully sampled centre)"] \
-            if lines < ESPIRIT_MIN_CALIBRATION else []
+        centre = f"a {' x '.join(map(str, pe))} calibration centre (kz x kx, the mask's fully sampled centre)"
+        n = min(s for s, p in zip(shape, region.lines) if p) if any(region.lines) else min(shape)
+        risk = (f"under {ESPIRIT_MIN_CALIBRATION} wide they can cover little or none of the volume (no maps at all "
+                "from 8 to 10 wide on 3D phantoms with 8 coils)")
+        advice = (f"a centre at least {ESPIRIT_MIN_CALIBRATION} wide "
+                  f"(mri.mask.center_fraction >= {ESPIRIT_MIN_CALIBRATION / n:.3g})")
     else:
-        said = [f"{lines} calibration lines (the mask's fully sampled centre)"] if lines < ESPIRIT_MIN_CALIBRATION else []
+        centre = f"{lines} calibration lines (the mask's fully sampled centre)"
+        risk = (f"under {ESPIRIT_MIN_CALIBRATION} lines they can leave part of the object without coil sensitivity "
+                "(0.8 and 14.3 dB under the estimated maps on two measured brains at 10 lines)")
+        advice = f"at least {ESPIRIT_MIN_CALIBRATION} central lines (mri.mask.center_fraction)"
+    said = [centre] if lines < ESPIRIT_MIN_CALIBRATION else []
     if short:
         said.append(f"{readout} readout samples sampled on every calibration line (under "
                     f"{2 * ESPIRIT_KERNEL_WIDTH}, twice the kernel)")
-    if three_d:
-        n = min(s for s, p in zip(shape, region.lines) if p) if any(region.lines) else min(shape)
-        return (f"{source}: ESPIRiT coil maps from {' and '.join(said)}: under {ESPIRIT_MIN_CALIBRATION} wide they "
-                "can cover little or none of the volume (no maps at all from 8 to 10 wide on 3D phantoms with 8 "
-                f"coils); set mri.coil_maps=estimate, or sample a centre at least {ESPIRIT_MIN_CALIBRATION} wide "
-                f"(mri.mask.center_fraction >= {ESPIRIT_MIN_CALIBRATION / n:.3g})"
-                + (" and a longer readout around the k-space centre" if short else ""))
-    return (f"{source}: ESPIRiT coil maps from {' and '.join(said)}: under "
-            f"{ESPIRIT_MIN_CALIBRATION} lines they can leave part of the object without coil sensitivity (0.8 and "
-            "14.3 dB under the estimated maps on two measured brains at 10 lines); set mri.coil_maps=estimate, or "
-            f"sample at least {ESPIRIT_MIN_CALIBRATION} central lines (mri.mask.center_fraction)"
-            + (" and a longer readout around the k-space centre" if short else ""))
+    return (f"{source}: ESPIRiT coil maps from {' and '.join(said)}: {risk}; set mri.coil_maps=estimate, or sample "
+            f"{advice}" + (" and a longer readout around the k-space centre" if short else ""))
 
 
 def _mri_operator(cfg: Config, meas: Measurement, complex_images: bool) -> LinearOperator:

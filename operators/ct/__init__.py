@@ -10,13 +10,11 @@ from .fbp import FILTERS, fbp, ramp_filter
 from .geometry import (GEOMETRIES, ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry, geometry_from_dict,
                        parallel_det_count)
 from .physics import (MAX_LINE_INTEGRAL, MU_WATER, NOISE_KINDS, attenuation_per_pixel, hu_to_mu, line_integral_checks,
-                      line_integral_problem, make_geometry, noisy_line_integrals, pixel_unit_projector,
-                      poisson_weights_from_line_integrals, transmission_warning)
+                      make_geometry, noisy_line_integrals, pixel_unit_projector, poisson_weights_from_line_integrals)
 from .projector import DEFAULT_PROJECTOR, SliceProjector, SystemMatrix, clear_matrix_cache, system_matrix
 
 __all__ = ["ConeProjector", "fdk", "FILTERS", "fbp", "ramp_filter", "GEOMETRIES", "ConeBeamGeometry",
            "FanBeamGeometry", "ParallelBeamGeometry", "geometry_from_dict", "parallel_det_count", "MAX_LINE_INTEGRAL",
            "MU_WATER", "NOISE_KINDS", "attenuation_per_pixel", "hu_to_mu", "line_integral_checks",
-           "line_integral_problem", "make_geometry", "noisy_line_integrals", "pixel_unit_projector",
-           "poisson_weights_from_line_integrals", "transmission_warning",
+           "make_geometry", "noisy_line_integrals", "pixel_unit_projector", "poisson_weights_from_line_integrals",
            "DEFAULT_PROJECTOR", "SliceProjector", "SystemMatrix", "clear_matrix_cache", "system_matrix"]

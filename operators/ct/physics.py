@@ -69,16 +69,6 @@ def line_integral_checks(p) -> tuple[str | None, str | None]:
     return None, _transmission(p, hi)
 
 
-def line_integral_problem(p) -> str | None:
-    """Why the sinogram ``p`` cannot be line integrals (``line_integral_checks``), or None."""
-    return line_integral_checks(p)[0]
-
-
-def transmission_warning(p) -> str | None:
-    """A warning that the sinogram ``p`` looks like transmitted fractions I/I0 (``line_integral_checks``), or None."""
-    return line_integral_checks(p)[1]
-
-
 def _finite_sample(p) -> np.ndarray:
     """The finite values of ``p``, flat; a random million of them where there are more (a stride could fall on one
     detector bin). NaN and Inf are refused on their own."""

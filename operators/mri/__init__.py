@@ -17,12 +17,12 @@ from .cartesian import CartesianMRI, zero_filled
 from .coils import PerSliceOperator, estimate_coil_maps, synthetic_coil_maps
 from .crop import CentreCrop, centre_crop, zero_pad
 from .espirit import (ESPIRIT_KERNEL_WIDTH, ESPIRIT_MIN_CALIBRATION, ESPIRIT_READOUT_CALIBRATION, CalibrationRegion,
-                      calibration_region, calibration_width, espirit_maps)
+                      calibration_region, espirit_maps)
 from .masks import KINDS, central_run, load_mask, make_mask, mask_acceleration, poisson_disc, save_mask
 from .physics import fftc, ifftc
 
 __all__ = ["coil_support", "with_real_input", "CartesianMRI", "zero_filled", "PerSliceOperator", "estimate_coil_maps", "synthetic_coil_maps",
-           "CentreCrop", "centre_crop", "zero_pad", "calibration_region", "calibration_width", "espirit_maps", "ESPIRIT_MIN_CALIBRATION",
+           "CentreCrop", "centre_crop", "zero_pad", "calibration_region", "espirit_maps", "ESPIRIT_MIN_CALIBRATION",
            "ESPIRIT_READOUT_CALIBRATION", "ESPIRIT_KERNEL_WIDTH", "CalibrationRegion", "MAPS_FROM",
            "KINDS", "central_run", "load_mask", "make_mask", "mask_acceleration", "poisson_disc", "save_mask",
            "fftc", "ifftc", "mri_operator"]

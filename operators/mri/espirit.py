@@ -4,7 +4,7 @@ The calibration region is the fully sampled k-space centre, measured from the ma
 the phase-encode axis the central run of sampled lines (at most 24; it need not be symmetric about n // 2), along a
 readout axis (one no line of the mask has a gap along: full columns or rows, a partial echo, zero-filled readout
 edges, a mask axis of size 1) the positions sampled on every calibration line, at most ``ESPIRIT_READOUT_CALIBRATION``
-around the centre; a 3D mask's (kz, kx) plane takes the widest centred box (``calibration_width``). A region wider
+around the centre; a 3D mask's (kz, kx) plane takes the widest centred box (``_centred_width``). A region wider
 than the sampled centre would put unsampled zeros into the calibration matrix. A square box as wide as the sampled
 centre (sigpy's ``EspiritCalib``, used until the sixty-third session) holds too few kernel positions under 13 lines
 and left part of the object without coil sensitivity; the rectangular region holds up from 11 lines
@@ -27,7 +27,7 @@ import torch
 
 from medrecon.errors import InputError
 
-from .masks import central_run
+from .masks import _centre_slice, central_run
 
 #: the fewest central lines whose ESPIRiT maps (6-wide kernel, the rectangular region) held up on measured k-space:
 #: at 10 lines and fewer they left part of the object without coil sensitivity, 0.8 and 14.3 dB under the estimated
@@ -50,23 +50,16 @@ def _plane(mask, ndim: int) -> np.ndarray:
     return m.reshape(-1, *m.shape[-ndim:]).all(axis=0)
 
 
-def calibration_width(mask, default: int = 24, ndim: int = 2) -> int:
-    """Width (lines) of the widest centred square box of the mask sampled on every slice (at most ``default``), the
-    box running from n // 2 - w // 2 along every image axis. The mask's last ``ndim`` axes are the image's
-    ((H | 1, W) in 2D, (Z | 1, Y | 1, X) in 3D); an axis of size 1 is sampled throughout."""
-    plane = _plane(mask, ndim)
-
+def _centred_width(plane: np.ndarray, default: int) -> int:
+    """Width (lines) of the widest centred square box of ``plane`` (``_plane``: the positions sampled on every
+    slice) all sampled, at most ``default``: the box ``_centre_slice`` along every image axis (an axis of size 1 is
+    sampled throughout); 0 where the k-space centre is not sampled."""
     def box_sampled(w: int) -> bool:
-        box = tuple(slice(None) if n == 1 else slice(n // 2 - min(w, n) // 2, n // 2 - min(w, n) // 2 + min(w, n))
-                    for n in plane.shape)
-        return bool(plane[box].all())
+        return bool(plane[tuple(slice(None) if n == 1 else _centre_slice(n, min(w, n)) for n in plane.shape)].all())
 
     width = 0
     while width < default and box_sampled(width + 1):
         width += 1
-    if width == 0:
-        raise InputError("the mask does not sample the k-space centre: ESPIRiT needs a fully sampled "
-                         "calibration region (use coil_maps: given)")
     return width
 
 
@@ -103,11 +96,11 @@ def calibration_region(mask, default: int = 24, ndim: int = 2,
     read out (a readout sampled throughout, with a partial echo
     or zero-filled edges, a mask axis of size 1). With one phase-encode axis the calibration lines are the central
     run of sampled lines (``central_run``: it need not be symmetric about n // 2), at most ``default`` of them; with
-    several (a 3D Poisson mask's (kz, kx) plane) the centred box of ``calibration_width``. Along each readout axis
-    the positions sampled on every calibration line, their central run, at most ``readout`` (an axis of size 1:
-    ``readout``, clipped to the matrix by ``espirit_maps``). A capped run keeps the centre, centred on it as far as
-    the run allows. The block is checked to be fully sampled; where it is not (a mask of no such structure) the
-    centred ``calibration_width`` box is used along every axis."""
+    several (a 3D Poisson mask's (kz, kx) plane) the widest centred box sampled (``_centred_width``). Along each
+    readout axis the positions sampled on every calibration line, their central run, at most ``readout`` (an axis
+    of size 1: ``readout``, clipped to the matrix by ``espirit_maps``). A capped run keeps the centre, centred on
+    it as far as the run allows. The block is checked to be fully sampled; where it is not (a mask of no such
+    structure) the widest centred box sampled is used along every axis."""
     plane = _plane(mask, ndim)
     centre = tuple(n // 2 for n in plane.shape)
     if not plane[centre]:
@@ -123,10 +116,10 @@ def calibration_region(mask, default: int = 24, ndim: int = 2,
         a = pe.index(True)
         box[a] = _capped(central_run(plane[centre[:a] + (slice(None),) + centre[a + 1:]]), centre[a], default)
     elif sum(pe) > 1:
-        w = calibration_width(mask, default, ndim)
+        w = _centred_width(plane, default)
         for a in range(ndim):
             if pe[a]:
-                box[a] = slice(centre[a] - w // 2, centre[a] - w // 2 + w)
+                box[a] = _centre_slice(plane.shape[a], w)
     on_lines = plane[tuple(box[a] if pe[a] else slice(None) for a in range(ndim))]
     on_lines = on_lines.all(axis=tuple(a for a in range(ndim) if pe[a]), keepdims=True)  # sampled on every line
     sub_centre = tuple(0 if pe[a] else centre[a] for a in range(ndim))
@@ -135,7 +128,7 @@ def calibration_region(mask, default: int = 24, ndim: int = 2,
             box[a] = _capped(central_run(on_lines[sub_centre[:a] + (slice(None),) + sub_centre[a + 1:]]),
                              centre[a], readout)
     if not plane[tuple(box)].all():  # not a block of lines by a readout
-        w = calibration_width(mask, default, ndim)
+        w = _centred_width(plane, default)
         return CalibrationRegion((w,) * ndim, (-(w // 2),) * ndim, pe)
     widths = tuple(readout if plane.shape[a] == 1 else box[a].stop - box[a].start for a in range(ndim))
     starts = tuple(-(readout // 2) if plane.shape[a] == 1 else box[a].start - centre[a] for a in range(ndim))
@@ -146,11 +139,6 @@ def _runs(plane: np.ndarray, axis: int) -> np.ndarray:
     """The number of runs of sampled positions on each line of ``plane`` along ``axis``."""
     p = np.moveaxis(plane, axis, -1).astype(np.int8)
     return (np.diff(p, axis=-1, prepend=0) == 1).sum(-1)
-
-
-def _centre(x: np.ndarray, region: CalibrationRegion) -> np.ndarray:
-    """The calibration block of x's last axes (``region.within`` their shape)."""
-    return x[(Ellipsis,) + region.within(x.shape[-len(region.widths):])]
 
 
 def _kernels(calib: np.ndarray, kernel_width: int, thresh: float) -> np.ndarray:
@@ -181,20 +169,20 @@ def _autocorrelation(kernels: np.ndarray) -> np.ndarray:
     return np.fft.fftshift(np.fft.ifftn(s, axes=tuple(range(nd))), axes=tuple(range(nd)))
 
 
-def _maps(kernels: np.ndarray, shape: Sequence[int], crop: float, rows: int | None = None) -> torch.Tensor:
+def _maps(kernels: np.ndarray, shape: Sequence[int], crop: float) -> torch.Tensor:
     """The maps (C, *shape) of one slice's kernels: per pixel x the top eigenvector of sum_j a_j(x) a_j(x)^H, a_j
     kernel j zero-padded to ``shape`` and inverse Fourier transformed (centred), scaled as sigpy's (by the pixel
     count over k^nd); phase relative to coil 0, zero where the eigenvalue is at most ``crop``.
 
     That Gram matrix is the (centred) inverse DFT of the kernels' autocorrelation, whose offsets span only 2k - 1
-    samples per axis: it is summed directly, one axis at a time, ``rows`` of the first image axis at a time (about
-    4 MB of Gram matrices), each block made Hermitian to rounding and decomposed before the next, so the memory is
-    the maps' and one block's, not one C x C matrix per pixel."""
+    samples per axis: it is summed directly, one axis at a time, a block of rows of the first image axis at a time
+    (about 4 MB of Gram matrices), each block made Hermitian to rounding and decomposed before the next, so the
+    memory is the maps' and one block's, not one C x C matrix per pixel."""
     c, kw, nd = kernels.shape[1], kernels.shape[2:], len(shape)
     r = _autocorrelation(kernels) / int(np.prod(kw))  # (*L, C, C)
     waves = [np.exp(2j * np.pi * np.outer(np.arange(n) - n // 2, np.arange(-(k - 1), k)) / n)  # (n, L): x by delta
              for n, k in zip(shape, kw)]
-    rows = rows or max(1, (1 << 19) // (int(np.prod(shape[1:])) * c * c))
+    rows = max(1, (1 << 19) // (int(np.prod(shape[1:])) * c * c))
     out = torch.zeros((*shape, c), dtype=torch.complex64)
     for lo in range(0, shape[0], rows):
         g = np.tensordot(waves[0][lo:lo + rows], r, axes=(1, 0))  # (rows, L, ..., C, C)
@@ -210,38 +198,35 @@ def _maps(kernels: np.ndarray, shape: Sequence[int], crop: float, rows: int | No
     return torch.movedim(out, -1, 0)
 
 
-def espirit_maps(kspace, calib_width: int | Sequence[int] | CalibrationRegion = 24,
+def espirit_maps(kspace, region: int | Sequence[int] | CalibrationRegion = 24,
                  kernel_width: int = ESPIRIT_KERNEL_WIDTH, thresh: float = 0.02, crop: float = 0.95,
                  ndim: int = 2) -> torch.Tensor:
     """ESPIRiT maps of centred k-space (..., C, *img) with ``ndim`` image axes; leading axes (slices) one by one.
 
-    ``calib_width``: the calibration region (``calibration_region``), or a centred box: one width per image axis, or
+    ``region``: the calibration region (``calibration_region``), or a centred box: one width per image axis, or
     one width for every axis (a square box); clipped to the matrix. Returns complex64 maps of the k-space's shape
     (CPU).
     """
-    k = torch.as_tensor(kspace).detach().cpu().numpy().astype(np.complex64)
+    k = torch.as_tensor(kspace).detach()
     if k.ndim < ndim + 1:
-        raise InputError(f"ESPIRiT needs multi-coil k-space (..., C, {'x'.join(['n'] * ndim)}), got {k.shape}")
-    if isinstance(calib_width, CalibrationRegion):
-        region = calib_width
-    else:  # one width per axis, or one for every axis: a centred box
-        widths = (calib_width,) * ndim if np.ndim(calib_width) == 0 else tuple(int(w) for w in calib_width)
+        raise InputError(f"ESPIRiT needs multi-coil k-space (..., C, {'x'.join(['n'] * ndim)}), got {tuple(k.shape)}")
+    if not isinstance(region, CalibrationRegion):  # one width per axis, or one for every axis: a centred box
+        widths = (region,) * ndim if np.ndim(region) == 0 else tuple(int(w) for w in region)
         region = CalibrationRegion(widths, tuple(-(w // 2) for w in widths), (True,) * len(widths))
     if len(region.widths) != ndim:
         raise InputError(f"ESPIRiT: a calibration region of {len(region.widths)} widths for {ndim} image axes")
-    box = region.within(k.shape[-ndim:])
+    shape, img = tuple(k.shape), tuple(k.shape[-ndim:])
+    box = region.within(img)
     sizes = tuple(b.stop - b.start for b in box)
     if kernel_width >= min(sizes):
         raise InputError(f"ESPIRiT: the calibration region ({min(sizes)} lines) must be wider than the kernel "
                          f"({kernel_width}); sample a larger centre")
-    flat = k.reshape(-1, *k.shape[-ndim - 1:])
-    maps = []
-    for s in flat:
-        kernels = _kernels(_centre(s, region).astype(np.complex128), kernel_width, thresh)
-        maps.append(_maps(kernels, s.shape[1:], crop))
+    calib = k[(Ellipsis,) + box].cpu().numpy().astype(np.complex64)  # only the block: not the whole k-space
+    maps = [_maps(_kernels(c.astype(np.complex128), kernel_width, thresh), img, crop)
+            for c in calib.reshape(-1, *calib.shape[-ndim - 1:])]
     empty = [i for i, m in enumerate(maps) if not bool(m.abs().sum())]
     if empty:  # every pixel cropped: the reconstruction would be zero everywhere
         lines = "x".join(str(w) for w in sizes)
         raise InputError(f"ESPIRiT found no coil sensitivity in slice {empty[0]} (a {lines} calibration region: "
                          "too few calibration rows for its kernel, or no signal); use mri.coil_maps=estimate")
-    return torch.stack(maps).reshape(k.shape).to(torch.complex64)
+    return torch.stack(maps).reshape(shape).to(torch.complex64)

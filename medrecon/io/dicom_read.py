@@ -343,8 +343,7 @@ class _Stack:
                     for _, ds in headers]
         missing = [f for (f, _), (iop, ipp) in zip(headers, geometry) if iop is None or ipp is None]
         if missing and len(headers) == 1:
-            warn(notes, f"{missing[0]}: no ImagePositionPatient/ImageOrientationPatient; "
-                        "placing the slice at the origin with identity orientation")
+            warn(notes, f"{missing[0]}: {NO_GEOMETRY}")
             return cls([headers[0][0]], [first], where, np.zeros(3), np.eye(3), pixel_spacing,
                        np.zeros(1), _single_slice_step(first))
         if missing:
@@ -497,6 +496,10 @@ def _same(headers, where, key, what: str, close=None, fix: str = "choose another
 
 
 #: rescaled values beyond this magnitude are no image's (HU, MR signal, PET Bq/ml are far below it) but a damaged
+#: the warning of a one-slice read without patient geometry (``dispatch`` tells such a slice from a series' slice)
+NO_GEOMETRY = ("no ImagePositionPatient/ImageOrientationPatient; placing the slice at the origin with identity "
+               "orientation")
+
 #: RescaleSlope/RescaleIntercept: sums of them overflow float32 (a reconstruction then met "Inf voxels")
 RESCALED_LIMIT = 1e30
 

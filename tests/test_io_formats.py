@@ -752,11 +752,11 @@ def test_writes_and_the_batch_lock_need_no_o_nofollow(tmp_path, monkeypatch):
 def test_nrrd_reads_leave_fd_2_alone_and_still_say_why_they_fail(tmp_path, monkeypatch):
     """Review of the sixty-third session: every NRRD read redirected fd 2 for the whole read (serialised with other
     reads, and other threads' lines lost); teem's reason comes in the exception, so only MetaImage captures."""
-    import medrecon.io.dicom_read as dicom_read
+    import medrecon.io.native_stderr as native_stderr
 
     def no_capture():
         raise AssertionError("fd 2 redirected for an NRRD read")
-    monkeypatch.setattr(dicom_read, "_native_stderr", no_capture)
+    monkeypatch.setattr(native_stderr, "_native_stderr", no_capture)
     data = np.arange(24, dtype="<i2")
     head = b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 3 2\nendian: little\nencoding: raw\nspacings: 1 1 2\n\n"
     (tmp_path / "n.nrrd").write_bytes(head + data.tobytes())

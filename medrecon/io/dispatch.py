@@ -171,8 +171,8 @@ def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volu
             return f"series {s.uid} across its sub-folders" if rel == "." else rel
         def hint(descriptions: bool) -> str:  # recorded without the SeriesDescriptions, as choose_series's lists
             return ("; its sub-folders hold " + "; ".join(
-                f"{where(s)} ({s.n_files} files, {s.modality}" + (f" '{s.description}'" if descriptions else "") + ")"
-                for s in below[:5]) + (f" and {len(below) - 5} more series" if len(below) > 5 else "")
+                s.label(descriptions, why=False, name=where(s)) for s in below[:5])
+                + (f" and {len(below) - 5} more series" if len(below) > 5 else "")
                 + f": give this folder with --series UID (UID: {below[0].uid}"
                 + (", ..." if len(below) > 1 else "") + "), or the sub-folder of one") if below else ""
         said = f"{folder} holds no readable DICOM image files"

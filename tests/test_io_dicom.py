@@ -1231,19 +1231,19 @@ def test_native_stderr_is_captured_only_in_its_block_and_always_given_back(capfd
     is no real file or fd 2 cannot be duplicated."""
     import io
 
-    from medrecon.io import dicom_read
+    from medrecon.io import native_stderr
 
-    with dicom_read._native_stderr() as printed:
+    with native_stderr._native_stderr() as printed:
         os.write(2, b"native line\n\n  second  \n")
     assert printed == ["native line", "second"] and capfd.readouterr().err == ""
     with pytest.raises(RuntimeError, match="boom"):
-        with dicom_read._native_stderr() as printed:
+        with native_stderr._native_stderr() as printed:
             os.write(2, b"before the error\n")
             raise RuntimeError("boom")
     os.write(2, b"after\n")
     assert printed == ["before the error"] and capfd.readouterr().err == "after\n"
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # replaced by a caller: fd 2 is still what C writes to
-    with dicom_read._native_stderr() as printed:
+    with native_stderr._native_stderr() as printed:
         os.write(2, b"native\n")
     assert printed == ["native"]
 
@@ -1252,7 +1252,7 @@ def test_native_stderr_is_captured_only_in_its_block_and_always_given_back(capfd
 
     with monkeypatch.context() as m:  # no usable fd 2: the block runs, nothing is captured
         m.setattr(os, "dup", no_fd)
-        with dicom_read._native_stderr() as printed:
+        with native_stderr._native_stderr() as printed:
             ran = True
     assert ran and printed == []
 def test_scrub_replaces_the_input_its_files_and_names_and_nothing_else(tmp_path, monkeypatch):
@@ -1299,12 +1299,12 @@ def test_native_stderr_in_two_threads_saves_and_restores_fd2_once(capfd):
     the first had redirected, and restored it); one redirect at a time now, each block with its own lines."""
     import threading
 
-    from medrecon.io import dicom_read
+    from medrecon.io import native_stderr
 
     first_in, second_tried, got = threading.Event(), threading.Event(), {}
 
     def first():
-        with dicom_read._native_stderr() as printed:
+        with native_stderr._native_stderr() as printed:
             first_in.set()
             second_tried.wait(0.5)  # before: the second thread redirected fd 2 meanwhile
             os.write(2, b"first\n")
@@ -1313,7 +1313,7 @@ def test_native_stderr_in_two_threads_saves_and_restores_fd2_once(capfd):
     def second():
         first_in.wait(5)
         second_tried.set()
-        with dicom_read._native_stderr() as printed:
+        with native_stderr._native_stderr() as printed:
             os.write(2, b"second\n")
         got["second"] = printed
 

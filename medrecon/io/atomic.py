@@ -126,7 +126,11 @@ def _unpin(pin: Path) -> None:
 def _make_folders(folder: Path, made: list[Path]) -> None:
     """Create ``folder`` and its missing parents, appending each one this call created to ``made`` (outermost
     first); a folder that appears meanwhile (made by another process) is not ours."""
-    missing = [p for p in (folder, *folder.parents) if not p.is_dir()]
+    missing = []
+    for p in (folder, *folder.parents):  # up to the first folder that exists (at once where ``folder`` does)
+        if p.is_dir():
+            break
+        missing.append(p)
     for p in reversed(missing):
         try:
             p.mkdir()

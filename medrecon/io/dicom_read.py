@@ -23,9 +23,7 @@ import functools
 import os
 import re
 import shutil
-import sys
 import tempfile
-import threading
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +43,7 @@ from ..volume import Volume
 from .common import check_fits_in_memory, warn
 from .dicom_scan import (SeriesInfo, choose_series, header_kind, image_type, is_dicom_file, is_localizer, list_series,
                          PIXEL_FLAGS, header_int, read_header, refusal, series_uid, sop_class)
+from .native_stderr import itk_quiet
 
 __all__ = ["SOURCE_TAGS", "SeriesInfo", "choose_series", "is_dicom_file", "list_series", "read_dicom_series",
            "resample_along_normal"]
@@ -141,7 +140,7 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
         data, bad = _read_pixels(stack.files, stack.headers, where, notes)
         if bad:
             raise InputError(f"{where}: cannot decode {bad[0][0]} ({bad[0][1]})")
-    rescale_assumed = _check_rescale(list(zip(stack.files, stack.headers)), where, notes, data)
+    rescale_assumed = _check_rescale(list(zip(stack.files, stack.headers)), where, notes)
     data = _undo_monochrome1(data, stack.headers)
     data = _clear_padding(data, stack.headers, where, notes)
 
@@ -183,7 +182,7 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list, skipped: list) -> Vo
     """A Siemens mosaic: one file holding a 3D volume (EPI, diffusion) as a grid of tiles. nibabel unpacks the
     tiles (applying RescaleSlope/Intercept) and finds the volume's geometry from Siemens' private CSA header (tile
     count, slice normal). The rescale is checked as a stack's is (``_check_rescale``: a damaged slope or intercept,
-    values not finite or beyond ``RESCALED_LIMIT``) once nibabel has applied it, and PixelPaddingValue pixels set
+    values that may be beyond ``RESCALED_LIMIT``, decided from the header), and PixelPaddingValue pixels set
     to ``PADDING_FILL`` (``_clear_padding``). A MONOCHROME1 mosaic needs no undo (``_undo_monochrome1`` reverses
     GDCM's inversion, which nibabel's pydicom reading does not make): its values are slope * stored + intercept,
     as a stack's MONOCHROME1 slices' are."""
@@ -203,7 +202,7 @@ def _read_mosaic(path: Path, info: SeriesInfo, notes: list, skipped: list) -> Vo
     if data is None or data.ndim != 3:
         raise InputError(f"{path}: a Siemens mosaic without the CSA header that gives its tile count; convert it "
                          "with dcm2niix and use the .nii.gz")
-    assumed = _check_rescale([(path, w.dcm_data)], path, notes, data[None])  # the volume: the one file's values
+    assumed = _check_rescale([(path, w.dcm_data)], path, notes)  # the one file's header bounds its values
     data = np.ascontiguousarray(data.transpose(2, 0, 1))  # (slices, rows, columns)
     # pixels outside the scanned area as a stack's are (after the rescale). No MONOCHROME1 undo: nibabel reads
     # the stored values as pydicom gives them, not inverted as GDCM's are, so slope * stored + intercept already
@@ -343,8 +342,7 @@ class _Stack:
                     for _, ds in headers]
         missing = [f for (f, _), (iop, ipp) in zip(headers, geometry) if iop is None or ipp is None]
         if missing and len(headers) == 1:
-            warn(notes, f"{missing[0]}: no ImagePositionPatient/ImageOrientationPatient; "
-                        "placing the slice at the origin with identity orientation")
+            warn(notes, f"{missing[0]}: {NO_GEOMETRY}")
             return cls([headers[0][0]], [first], where, np.zeros(3), np.eye(3), pixel_spacing,
                        np.zeros(1), _single_slice_step(first))
         if missing:
@@ -497,16 +495,20 @@ def _same(headers, where, key, what: str, close=None, fix: str = "choose another
 
 
 #: rescaled values beyond this magnitude are no image's (HU, MR signal, PET Bq/ml are far below it) but a damaged
+#: the warning of a one-slice read without patient geometry (``dispatch`` tells such a slice from a series' slice)
+NO_GEOMETRY = ("no ImagePositionPatient/ImageOrientationPatient; placing the slice at the origin with identity "
+               "orientation")
+
 #: RescaleSlope/RescaleIntercept: sums of them overflow float32 (a reconstruction then met "Inf voxels")
 RESCALED_LIMIT = 1e30
 
 
-def _check_rescale(headers, where, notes: list, data: np.ndarray | None = None) -> bool:
+def _check_rescale(headers, where, notes: list) -> bool:
     """CT requires RescaleSlope/Intercept (HU = slope * stored + intercept); GDCM assumes 1 and 0.
     Refused, naming the file: a slope of 0 (every voxel the intercept), a slope or intercept that is not a finite
     number, a negative slope in CT (HU rise with the stored value) or a slope whose sign differs from the other
-    slices', and (given ``data``, the rescaled slices in ``headers``' order) rescaled values that are not finite or
-    beyond ``RESCALED_LIMIT``. Slices lacking RescaleSlope and/or RescaleIntercept (any modality) are refused,
+    slices', and a rescale whose values (|slope| * 2^BitsStored + |intercept| bounds them, decided from the header
+    without scanning the voxels) may be beyond ``RESCALED_LIMIT``. Slices lacking RescaleSlope and/or RescaleIntercept (any modality) are refused,
     naming the tag, when the defaults (slope 1, intercept 0) give them a rescale that none of the slices with both
     tags has (they would lie off their neighbours' values), or when those disagree among themselves (which is theirs?);
     read when the defaults give the one rescale of every slice with tags, and in CT with a warning (returning True)
@@ -520,7 +522,8 @@ def _check_rescale(headers, where, notes: list, data: np.ndarray | None = None) 
                                  f"number; the header is damaged: fix {tag} (usually "
                                  f"{1 if tag == 'RescaleSlope' else 0}) or remove the file")
     ct = str(headers[0][1].get("Modality", "")) == "CT"
-    slopes = [(f, _rescale(ds)[0]) for f, ds in headers]
+    rescale = {f: _rescale(ds) for f, ds in headers}  # (slope, intercept) of each slice, computed once
+    slopes = [(f, rescale[f][0]) for f, ds in headers]
     negative = [(f, m) for f, m in slopes if m < 0]
     positive = [(f, m) for f, m in slopes if m > 0]
     if negative and (ct or positive):
@@ -529,24 +532,22 @@ def _check_rescale(headers, where, notes: list, data: np.ndarray | None = None) 
             f"negative while {other[0].name}'s is {other[1]:g}, so this slice's values are inverted against its "
             "neighbours'" if other else "negative, so HU would fall as the stored value rises") +
             "; the header is damaged: fix RescaleSlope or remove the file")
-    if data is not None and data.size:
-        peak = np.abs(data).max(axis=tuple(range(1, data.ndim)))
-        if not (peak <= RESCALED_LIMIT).all():  # NaN fails too
-            k = int(np.argmin(np.nan_to_num(peak, nan=np.inf) <= RESCALED_LIMIT))
-            f, ds = headers[k]
-            m, b = _rescale(ds)
-            what = f"values up to {peak[k]:.3g}, beyond any image's" if np.isfinite(peak[k]) else "values that are not finite"
+    for f, ds in headers:  # stored values lie within 2^BitsStored: decided from the header
+        m, b = rescale[f]
+        peak = abs(m) * 2.0 ** header_int(ds, "BitsStored", 16) + abs(b)
+        if not peak <= RESCALED_LIMIT:  # NaN fails too
+            what = f"values up to {peak:.3g}, beyond any image's" if np.isfinite(peak) else "values that are not finite"
             raise InputError(f"{f}: RescaleSlope {m:g} and RescaleIntercept {b:g} give {what}; the header is damaged: "
                              "fix RescaleSlope/RescaleIntercept or remove the file")
     lacking = {f: "/".join(t for t in ("RescaleSlope", "RescaleIntercept") if t not in ds) for f, ds in headers}
     missing = [f for f, ds in headers if lacking[f]]
-    given = {_rescale(ds) for f, ds in headers if not lacking[f]}
+    given = {rescale[f] for f, ds in headers if not lacking[f]}
     if missing and given:  # any modality: slices without the tags beside slices with them
-        off = [(f, _rescale(ds)) for f, ds in headers if lacking[f] and _rescale(ds) not in given]
+        off = [(f, rescale[f]) for f, ds in headers if lacking[f] and rescale[f] not in given]
         if len(given) == 1 and not off:  # the defaults give what every slice with tags has (a slope of 1 left out)
             return False
         # the defaults (slope 1, intercept 0) put those slices off their neighbours' values, or the slices with
-        odd = off or [(f, _rescale(ds)) for f, ds in headers if lacking[f]]  # tags disagree among themselves
+        odd = off or [(f, rescale[f]) for f, ds in headers if lacking[f]]  # tags disagree among themselves
         f, (m0, b0) = odd[0]
         have = " or ".join(f"slope {m:g}, intercept {b:g}" for m, b in sorted(given))
         kind = str(headers[0][1].get("Modality", "") or "DICOM")
@@ -801,89 +802,6 @@ def _encapsulated(uid: UID | None) -> bool:
     unknown to pydicom), the only ones GDCM hands to a decoder that prints; the native byte orders (and deflate)
     print nothing. No transfer syntax (no file meta): False."""
     return uid is not None and uid not in pydicom.uid.UncompressedTransferSyntaxes
-
-
-@contextmanager
-def itk_quiet(capture: bool = True):
-    """Silence ITK's own warnings, and where ``capture`` (a read of an encapsulated transfer syntax,
-    ``_encapsulated``, or of a MetaImage .mha/.mhd, ``itk.read_itk``) capture what C code (GDCM's decoders:
-    "Unsupported JPEG data precision 12"; MetaImage's "data not read completely") prints on the process's stderr:
-    yields a list that holds those lines once the block ends (also when it raises), for the caller to say naming
-    the file (``_native_stderr``); without ``capture`` (NRRD, whose reasons come in the exception; native DICOM) it
-    stays empty and fd 2 is left alone."""
-    old = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        if capture:
-            with _native_stderr() as printed:
-                yield printed
-        else:
-            yield []
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(old)
-
-
-#: one redirect of fd 2 at a time, process-wide: fd 2 is the process's, not a thread's
-_NATIVE_STDERR_LOCK = threading.Lock()
-
-
-@contextmanager
-def _native_stderr():
-    """Redirect file descriptor 2 into a temporary file for the block; yields a list that then holds the non-empty
-    lines written there. ``sys.stderr`` is flushed first, whatever it is (pytest's capture, a replaced object): C code
-    writes to fd 2, not to it.
-
-    Threads: one redirect at a time (``_NATIVE_STDERR_LOCK``): a second thread's block waits for the first to end,
-    so fd 2 is saved and restored exactly once, and each block gets only its own read's lines. What another thread
-    writes to fd 2 meanwhile (a log line) is captured with them: fd 2 is the process's, so callers keep the block to
-    the native call alone, and only around reads that may print (``itk_quiet``'s ``capture``). Where the capture
-    cannot be set up (no usable temporary folder, e.g. a read-only container; no fd 2, a daemon started without
-    one) the block runs without it and the list stays empty. Not reentrant within one thread."""
-    printed: list[str] = []
-    with _NATIVE_STDERR_LOCK:
-        try:
-            sys.stderr and sys.stderr.flush()
-        except (OSError, ValueError):  # a closed or broken stream: nothing of ours to keep apart
-            pass
-        redirect = _redirect_fd2()
-        if redirect is None:
-            yield printed
-            return
-        saved, tmp = redirect
-        try:
-            yield printed
-        finally:
-            try:
-                os.dup2(saved, 2)
-            finally:
-                os.close(saved)
-                try:
-                    tmp.seek(0)
-                    printed += [line.strip() for line in tmp.read().decode("utf-8", "replace").splitlines()
-                                if line.strip()]
-                finally:
-                    tmp.close()
-
-
-def _redirect_fd2():
-    """fd 2 pointed at a new temporary file: (a duplicate of the fd 2 it replaced, the file); or None, fd 2 left as it
-    was, where any step fails (no usable temporary folder, no fd 2)."""
-    try:
-        tmp = tempfile.TemporaryFile()
-    except OSError:
-        return None
-    try:
-        saved = os.dup(2)
-    except OSError:
-        tmp.close()
-        return None
-    try:
-        os.dup2(tmp.fileno(), 2)
-    except OSError:
-        os.close(saved)
-        tmp.close()
-        return None
-    return saved, tmp
 
 
 def _rescale(ds) -> tuple[float, float]:

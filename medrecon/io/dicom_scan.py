@@ -56,6 +56,14 @@ class SeriesInfo:
     def n_files(self) -> int:
         return len(self.files)
 
+    def label(self, descriptions: bool = True, why: bool = True, name: str | None = None) -> str:
+        """'UID (n files, MODALITY 'SeriesDescription', why it is not a volume)', as notes and errors list a series:
+        ``name`` in place of the UID, the SeriesDescription only where ``descriptions`` (a recorded warning leaves it
+        out: it may name the patient), ``not_a_volume`` only where ``why``."""
+        return (f"{self.uid if name is None else name} ({self.n_files} files, {self.modality}"
+                + (f" '{self.description}'" if descriptions else "")
+                + (f", {self.not_a_volume}" if why and self.not_a_volume else "") + ")")
+
     @property
     def folder(self) -> Path:
         return Path(os.path.commonpath([f.parent for f in self.files])) if self.files else Path()
@@ -140,8 +148,7 @@ def tied(all_series: list[SeriesInfo]) -> bool:
 def series_listing(all_series: list[SeriesInfo], descriptions: bool = True) -> str:
     """The series of a folder as notes and errors list them: UID, files, modality and (``descriptions``) the
     SeriesDescription, which a recorded warning leaves out (it may name the patient: 'Topogram Doe Jane')."""
-    return "; ".join(f"{s.uid} ({s.n_files} files, {s.modality}" + (f" '{s.description}'" if descriptions else "")
-                     + (f", {s.not_a_volume}" if s.not_a_volume else "") + ")" for s in all_series)
+    return "; ".join(s.label(descriptions) for s in all_series)
 
 
 def choose_series(all_series: list[SeriesInfo], uid: str | None,

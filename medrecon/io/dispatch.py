@@ -8,13 +8,12 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pydicom
 
 from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
-from .dicom_read import read_dicom_series
-from .dicom_scan import PROJECTION_MODALITIES, choose_series, is_dicom_file, list_series
+from .dicom_read import NO_GEOMETRY, read_dicom_series
+from .dicom_scan import PROJECTION_MODALITIES, choose_series, is_dicom_file, list_series, read_header, series_uid
 from .deidentify import refuse_identifying_pixels
 from .dicom_write import write_dicom_series
 from .itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
@@ -115,18 +114,21 @@ def _say_if_one_file_of_a_series(vol: Volume, path: Path) -> None:
     uid = vol.meta.get("series_uid")
     if not uid or vol.data.shape[0] > 1:  # a mosaic or multi-frame file holds its own volume
         return
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
-                             specific_tags=["Modality", "ImagePositionPatient", "ImageOrientationPatient"])
-    except Exception:  # pydicom raises many kinds on a damaged header; the slice was read, so say nothing
-        return
-    if str(ds.get("Modality", "") or "").strip().upper() in PROJECTION_MODALITIES or \
-            "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+    # the read's own header: its Modality, and its warning where it had no patient geometry
+    if str(vol.meta.get("dicom", {}).get("Modality", "") or "").strip().upper() in PROJECTION_MODALITIES or \
+            any(NO_GEOMETRY in w for w in vol.meta.get("warnings", [])):
         return
     try:
-        n = sum(s.n_files for s in list_series(path.parent) if s.uid == uid)
-    except (InputError, OSError):  # an execute-only folder cannot be listed: the file alone is read
+        siblings = [p for p in path.parent.iterdir() if p.is_file() and not p.name.startswith(".")]
+    except OSError:  # an execute-only folder cannot be listed: the file alone is read
         return
+    n = 0
+    for p in siblings:  # the visible files of its folder in the same series (only their UIDs read)
+        try:
+            ds = read_header(p, specific_tags=["SeriesInstanceUID", "Rows"])
+        except Exception:  # noqa: BLE001  (a damaged file is none of the series' readable slices)
+            continue
+        n += ds is not None and series_uid(ds) == uid
     if n > 1:
         tail = f"; give that folder to read the whole series (with --series {uid} if it holds several)"
         warn(vol.meta.setdefault("warnings", []),
@@ -169,8 +171,8 @@ def _read_dicom_folder(folder: Path, series: str | None, resample: bool) -> Volu
             return f"series {s.uid} across its sub-folders" if rel == "." else rel
         def hint(descriptions: bool) -> str:  # recorded without the SeriesDescriptions, as choose_series's lists
             return ("; its sub-folders hold " + "; ".join(
-                f"{where(s)} ({s.n_files} files, {s.modality}" + (f" '{s.description}'" if descriptions else "") + ")"
-                for s in below[:5]) + (f" and {len(below) - 5} more series" if len(below) > 5 else "")
+                s.label(descriptions, why=False, name=where(s)) for s in below[:5])
+                + (f" and {len(below) - 5} more series" if len(below) > 5 else "")
                 + f": give this folder with --series UID (UID: {below[0].uid}"
                 + (", ..." if len(below) > 1 else "") + "), or the sub-folder of one") if below else ""
         said = f"{folder} holds no readable DICOM image files"

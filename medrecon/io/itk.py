@@ -11,7 +11,7 @@ from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .atomic import atomic_path, header_text, with_data_files
 from .common import check_fits_in_memory, check_voxels, warn
-from .dicom_read import itk_quiet
+from .native_stderr import itk_quiet
 
 ITK_READ_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 ITK_WRITE_SUFFIXES = (".nrrd", ".mha")  # single-file formats, so that the write stays atomic

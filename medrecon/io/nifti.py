@@ -21,6 +21,7 @@ from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .atomic import atomic_path, shown_path
 from .common import check_fits_in_memory, check_voxels, log, volume_array, volume_shape, warn
+from .dicom_scan import is_dicom_file
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -61,21 +62,24 @@ def _sizeof_hdr(path: Path) -> int | None:
     return values.pop() if len(head) == 4 and values else None
 
 
-#: (what its first bytes say a file is, its suffix, the bytes at offset 0 or 128): files nibabel cannot read under
-#: a NIfTI name, told apart from damaged NIfTI ("check that the file is complete" sent users looking for damage)
-OTHER_FORMATS = (("a DICOM file", ".dcm", 128, b"DICM"), ("a NumPy array", ".npy", 0, b"\x93NUMPY"),
-                 ("an NRRD file", ".nrrd", 0, b"NRRD"), ("a MetaImage header", ".mhd", 0, b"ObjectType"))
+#: (what its first bytes say a file is, its suffix, the bytes at offset 0): files nibabel cannot read under a NIfTI
+#: name, told apart from damaged NIfTI ("check that the file is complete" sent users looking for damage); DICOM is
+#: told by ``dicom_scan.is_dicom_file``
+OTHER_FORMATS = (("a NumPy array", ".npy", b"\x93NUMPY"), ("an NRRD file", ".nrrd", b"NRRD"),
+                 ("a MetaImage header", ".mhd", b"ObjectType"))
 
 
 def _other_format(path: Path) -> tuple[str, str] | None:
-    """(what it is, the suffix to give it) when the file's first bytes are another format's, else None."""
+    """(what it is, the suffix to give it) when the file is DICOM or its first bytes are another format's, else
+    None."""
     try:
         with open(path, "rb") as f:
-            head = f.read(138)
+            head = f.read(10)
     except OSError:
         return None
-    return next(((what, suffix) for what, suffix, at, magic in OTHER_FORMATS if head[at:at + len(magic)] == magic),
-                None)
+    if is_dicom_file(path):
+        return "a DICOM file", ".dcm"
+    return next(((what, suffix) for what, suffix, magic in OTHER_FORMATS if head.startswith(magic)), None)
 
 
 def _one_line(error) -> str:

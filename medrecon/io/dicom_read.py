@@ -508,9 +508,10 @@ def _check_rescale(headers, where, notes: list) -> bool:
     Refused, naming the file: a slope of 0 (every voxel the intercept), a slope or intercept that is not a finite
     number, a negative slope in CT (HU rise with the stored value) or a slope whose sign differs from the other
     slices', and a rescale whose values (|slope| * 2^BitsStored + |intercept| bounds them, decided from the header
-    without scanning the voxels) may be beyond ``RESCALED_LIMIT``. Slices lacking RescaleSlope and/or RescaleIntercept (any modality) are refused,
-    naming the tag, when the defaults (slope 1, intercept 0) give them a rescale that none of the slices with both
-    tags has (they would lie off their neighbours' values), or when those disagree among themselves (which is theirs?);
+    without scanning the voxels) may be beyond ``RESCALED_LIMIT``. Slices lacking RescaleSlope and/or
+    RescaleIntercept (any modality) are refused, naming the tag, when the defaults (slope 1, intercept 0) give them
+    a rescale that none of the slices with both tags has (they would lie off their neighbours' values), or when
+    those disagree among themselves (which is theirs?);
     read when the defaults give the one rescale of every slice with tags, and in CT with a warning (returning True)
     when no slice has both tags."""
     for f, ds in headers:
@@ -536,7 +537,8 @@ def _check_rescale(headers, where, notes: list) -> bool:
         m, b = rescale[f]
         peak = abs(m) * 2.0 ** header_int(ds, "BitsStored", 16) + abs(b)
         if not peak <= RESCALED_LIMIT:  # NaN fails too
-            what = f"values up to {peak:.3g}, beyond any image's" if np.isfinite(peak) else "values that are not finite"
+            what = (f"values up to {peak:.3g} (its BitsStored allow), beyond any image's" if np.isfinite(peak)
+                    else "values that are not finite")
             raise InputError(f"{f}: RescaleSlope {m:g} and RescaleIntercept {b:g} give {what}; the header is damaged: "
                              "fix RescaleSlope/RescaleIntercept or remove the file")
     lacking = {f: "/".join(t for t in ("RescaleSlope", "RescaleIntercept") if t not in ds) for f, ds in headers}

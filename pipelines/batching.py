@@ -114,7 +114,7 @@ class Job:
     @cached_property
     def recorded_uid(self) -> str:
         """The series' UID as its row and output record it (de-identified: the derived series' reference). Cached,
-        as ``recorded_input``: a batch writes every job's row after each series, and each derivation reads the key."""
+        as ``recorded_input``: a batch writes every job's row after each series."""
         return recorded_uid(self.uid, self.deidentify)
 
     @cached_property

@@ -30,6 +30,7 @@ file medrecon writes.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -275,10 +276,7 @@ def deidentify_key(create: bool = True) -> bytes:
     sources, and give every machine of a batch the same one; runs with one key give one mapping."""
     given = os.environ.get("MEDRECON_DEID_KEY")
     if given:
-        key = _key_bytes(given.strip())
-        if len(key) < 16:
-            raise InputError("MEDRECON_DEID_KEY: give the key file's text or a passphrase of at least 16 characters")
-        return key
+        return _given_key(given)
     path = key_path()
     if not path.exists() and not create:
         raise FileNotFoundError(path)
@@ -299,6 +297,33 @@ def deidentify_key(create: bool = True) -> bytes:
         except OSError as e:
             raise InputError(f"cannot create the de-identification key {path} ({os_reason(e)}); set "
                              "MEDRECON_DEID_KEY to a secret of your own") from None
+    try:
+        st = path.stat()
+    except OSError:
+        st = None  # read below, which says why
+    stamp = (str(path), st.st_ino, st.st_mtime_ns, st.st_size) if st else None
+    cached = _key_cache.get("file")
+    if stamp and cached and cached[0] == stamp:
+        return cached[1]
+    key = _read_key_file(path)
+    if stamp:
+        _key_cache["file"] = (stamp, key)
+    return key
+
+
+_key_cache: dict = {}  # the key file's last read, by its path and stat: a new or changed file is read again
+
+
+@functools.lru_cache(maxsize=4)
+def _given_key(given: str) -> bytes:
+    """$MEDRECON_DEID_KEY's key (memoised by its text)."""
+    key = _key_bytes(given.strip())
+    if len(key) < 16:
+        raise InputError("MEDRECON_DEID_KEY: give the key file's text or a passphrase of at least 16 characters")
+    return key
+
+
+def _read_key_file(path: Path) -> bytes:
     try:
         key = _key_bytes(path.read_text().strip())
     except (OSError, UnicodeDecodeError) as e:

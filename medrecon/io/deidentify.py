@@ -107,8 +107,13 @@ def input_label(path) -> str:
 
 
 def scrub(text: str, path, within=()) -> str:
-    """``text`` (a warning, an error message) with what names the input ``path`` replaced: the path as given, absolute
-    or resolved, with whatever follows it in a longer path (a file in it), by its ``input_label``; the folders
+    """``text`` scrubbed by ``scrubber(path, within)``: for one message; for several of one input, build it once."""
+    return scrubber(path, within)(text)
+
+
+def scrubber(path, within=()):
+    """A function that gives ``text`` (a warning, an error message) with what names the input ``path`` replaced: the
+    path as given, absolute or resolved, with whatever follows it in a longer path (a file in it), by its ``input_label``; the folders
     ``within`` (a batch's input root) so too, by 'INPUT_ROOT'; on its own, the name of the input and of each folder
     between it and a root by the label, and the name of each file in it by ``file-`` and 8 hex digits (keyed); every
     UID (``UID_TOKEN``: another series' in a note on the folder, say) by its ``deidentified_uid``.
@@ -117,7 +122,8 @@ def scrub(text: str, path, within=()) -> str:
     it is a generic folder word (``GENERIC_NAMES``: DICOM, CT, series, images, ..., in any case, and the two-letter
     words of English), a number of under 4 digits, or one character. So a patient's name, an MRN of 4 digits or
     more, and any name with a digit, '^', '_', ',' or a space are replaced wherever they stand, while "a ct scan"
-    and "1 DICOM file" stay as they are for a folder named ct or DICOM."""
+    and "1 DICOM file" stay as they are for a folder named ct or DICOM. The input folder is listed, and its names
+    derived, once, when it is built."""
     path = Path(path)
     label, key = input_label(path), deidentify_key()
     try:
@@ -134,20 +140,27 @@ def scrub(text: str, path, within=()) -> str:
     forms = {f: ("INPUT_ROOT", [os.sep.join(parts[:k]) for k in range(len(parts), 0, -1)])
              for r, parts in between.items() for f in path_forms(Path(r))}
     forms.update({f: (label, sorted(files, key=len, reverse=True)) for f in path_forms(path)})
+    subs = []
     for form in sorted(forms, key=len, reverse=True):
         # a longer path goes with it: a name known to follow taken whole (spaces and all), the rest up to a space;
         # a file of the input is said by its pseudonym
         said, known = forms[form]
         tail = rf"""(?:[/\\](?P<tail>(?:{"|".join(map(re.escape, known))})?[^\s:;,()'"]*))?(?![\w.-])"""
-        text = re.sub(r"(?<![\w.\-/\\])" + re.escape(form) + tail, lambda m, s=said: s + (
-            "/" + file_names[m["tail"]] if s == label and m["tail"] in file_names else ""), text)
+        subs.append((re.compile(r"(?<![\w.\-/\\])" + re.escape(form) + tail), lambda m, s=said: s + (
+            "/" + file_names[m["tail"]] if s == label and m["tail"] in file_names else "")))
     names = {path.name: label, **{part: label for parts in between.values() for part in parts}}
     names.update({f: said for f, said in file_names.items() if f not in names})
     names = {n: s for n, s in names.items() if _identifying(n)}
     if names:
         alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-        text = re.sub(rf"(?<![\w.-])(?:{alternatives})(?![\w.-])", lambda m: names[m[0]], text)
-    return UID_TOKEN.sub(lambda m: _deidentified_uid(key, m[0]), text)
+        subs.append((re.compile(rf"(?<![\w.-])(?:{alternatives})(?![\w.-])"), lambda m: names[m[0]]))
+    subs.append((UID_TOKEN, lambda m: _deidentified_uid(key, m[0])))
+
+    def scrubbed(text: str) -> str:
+        for pattern, said in subs:
+            text = pattern.sub(said, text)
+        return text
+    return scrubbed
 
 
 #: folder names that name no one, which ``scrub`` leaves alone where they stand on their own in a message

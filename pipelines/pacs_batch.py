@@ -24,8 +24,8 @@ from medrecon.io import list_series
 from medrecon.io.atomic import mark_as_written
 from medrecon.io.dicom_scan import modality_not_a_volume
 
-from .batching import (CONFLICT, PASSED_OVER, BatchResult, batch_lock, check_batch_root, no_volume_reason, one_line,
-                       output_state, read_manifest, relative, sanitize, save_progress)
+from .batching import (CONFLICT, PASSED_OVER, BatchResult, batch_lock, check_batch_root, manifest_line,
+                       no_volume_reason, output_state, read_manifest, relative, sanitize, save_progress)
 from .config import load_config
 from .outputs import write_json
 from .pacs import PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
@@ -86,7 +86,7 @@ class Runner:
                 n = retrieve_series(self.settings, hit, src, self.inbox)  # merged: the output is then redone
                 self.echo(f"        received {n} instances of {uid} (the PACS holds more than were received)")
             except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
-                row["status"], row["error"] = "failed", one_line(f"retrieve: {recorded_error(e)}", self.root)
+                row["status"], row["error"] = "failed", manifest_line(f"retrieve: {recorded_error(e)}", self.root)
                 return self.record(row)
             listed, damaged, others = _listing(src)
             mine = [s for s in listed if s.uid == uid]
@@ -140,7 +140,7 @@ class Runner:
             row["status"] = "done"
         except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
             row["status"] = "failed"
-            row["error"] = one_line(f"{stage}: {recorded_error(e)}", self.root)
+            row["error"] = manifest_line(f"{stage}: {recorded_error(e)}", self.root)
         row["seconds"] = f"{time.perf_counter() - t0:.2f}"
         return self.record(row)
 

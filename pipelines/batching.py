@@ -513,7 +513,7 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
 def _listed(input_root: Path) -> tuple[list, list]:
     """``list_series`` of the input tree: (series found, folders where series may be but none can be read);
     InputError when it holds no series to reconstruct."""
-    problems: list = []  # listed by its absolute path: the files its errors name lie under the root manifest_line takes off
+    problems: list = []  # by its absolute path: the files its errors name lie under the root manifest_line takes off
     found = list_series(_absolute(input_root), recursive=True, problems=problems)
     if not problems and all(map(why_passed_over, found)):
         raise InputError(f"no DICOM series to reconstruct under {input_root}" + (

@@ -113,10 +113,11 @@ def scrub(text: str, path, within=()) -> str:
 
 def scrubber(path, within=()):
     """A function that gives ``text`` (a warning, an error message) with what names the input ``path`` replaced: the
-    path as given, absolute or resolved, with whatever follows it in a longer path (a file in it), by its ``input_label``; the folders
-    ``within`` (a batch's input root) so too, by 'INPUT_ROOT'; on its own, the name of the input and of each folder
-    between it and a root by the label, and the name of each file in it by ``file-`` and 8 hex digits (keyed); every
-    UID (``UID_TOKEN``: another series' in a note on the folder, say) by its ``deidentified_uid``.
+    path as given, absolute or resolved, with whatever follows it in a longer path (a file in it), by its
+    ``input_label``; the folders ``within`` (a batch's input root) so too, by 'INPUT_ROOT'; on its own, the name of
+    the input and of each folder between it and a root by the label, and the name of each file in it by ``file-``
+    and 8 hex digits (keyed); every UID (``UID_TOKEN``: another series' in a note on the folder, say) by its
+    ``deidentified_uid``.
 
     The rule for a name on its own (not in a path: there it is always replaced), ``_identifying``: replaced unless
     it is a generic folder word (``GENERIC_NAMES``: DICOM, CT, series, images, ..., in any case, and the two-letter

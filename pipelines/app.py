@@ -45,12 +45,15 @@ class _FiniteFloats:
 
     def __init__(self, descriptor):
         self.descriptor = descriptor  # the option's type and range, as typer resolved them
+        self.converter = None  # typer's own, built on first use (not for every command at startup), then kept
 
     def coerce(self, value, param, ctx):
         values = _as_floats(value)
         if values is not None and not all(math.isfinite(x) for x in values):
             raise _not_finite(param, values)
-        return build_runtime_param(self.descriptor).coerce(value, param=param, ctx=ctx)  # typer's own, built as used
+        if self.converter is None:
+            self.converter = build_runtime_param(self.descriptor)
+        return self.converter.coerce(value, param=param, ctx=ctx)
 
 
 def _refuse_not_finite(ctx) -> None:

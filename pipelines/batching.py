@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from medrecon.errors import InputError, recorded_error
+from medrecon.errors import InputError, one_line, recorded_error
 from medrecon.io import atomic_path, list_series
 from medrecon.io.atomic import O_NOFOLLOW, os_reason, read_marker, remove_empty_folders
 from medrecon.io.deidentify import INPUT_LABEL, check_key, deidentified_uid, input_label, recorded_source, scrub
@@ -114,7 +114,7 @@ class Job:
     @cached_property
     def recorded_uid(self) -> str:
         """The series' UID as its row and output record it (de-identified: the derived series' reference). Cached,
-        as ``recorded_input``: a batch writes every job's row after each series, and each derivation reads the key."""
+        as ``recorded_input``: a batch writes every job's row after each series."""
         return recorded_uid(self.uid, self.deidentify)
 
     @cached_property
@@ -132,7 +132,7 @@ class Job:
         replaced (``medrecon.io.deidentify.scrub``)."""
         if self.deidentify:
             text = scrub(text, self.input, within=[self.input_root])
-        return one_line(text, self.input_root, self.output_root)
+        return manifest_line(text, self.input_root, self.output_root)
 
 
 def recorded_uid(uid: str, deidentify: bool) -> str:
@@ -435,14 +435,15 @@ def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False
     return job.row(status, f"{time.perf_counter() - t0:.2f}", error)
 
 
-def one_line(text: str, *roots: Path | None) -> str:
+def manifest_line(text: str, *roots: Path | None) -> str:
     """``text`` as one manifest-safe line: paths under ``roots`` relative to them and a root itself as '.' (its
-    name may be a patient's), at most 500 characters."""
+    name may be a patient's), control characters escaped as the console does (``medrecon.errors.one_line``: a
+    newline in a path as \\n), runs of spaces as one, at most 500 characters."""
     for root in roots:
         if root is not None:
             text = text.replace(f"{root}{os.sep}", "")
             text = re.sub(re.escape(str(root)) + r"(?=[\s:;,)'\"]|$)", ".", text)
-    return " ".join(text.split())[:500]
+    return re.sub(r" {2,}", " ", one_line(text.strip()))[:500]
 
 
 def _prune_empty(folder: Path, root: Path) -> None:
@@ -512,7 +513,7 @@ def batch(input_root, output_root, config, overrides=(), dry_run: bool = False, 
 def _listed(input_root: Path) -> tuple[list, list]:
     """``list_series`` of the input tree: (series found, folders where series may be but none can be read);
     InputError when it holds no series to reconstruct."""
-    problems: list = []  # listed by its absolute path: the files its errors name lie under the root one_line takes off
+    problems: list = []  # by its absolute path: the files its errors name lie under the root manifest_line takes off
     found = list_series(_absolute(input_root), recursive=True, problems=problems)
     if not problems and all(map(why_passed_over, found)):
         raise InputError(f"no DICOM series to reconstruct under {input_root}" + (

@@ -24,8 +24,8 @@ from medrecon.io import list_series
 from medrecon.io.atomic import mark_as_written
 from medrecon.io.dicom_scan import modality_not_a_volume
 
-from .batching import (CONFLICT, PASSED_OVER, BatchResult, batch_lock, check_batch_root, no_volume_reason, one_line,
-                       output_state, read_manifest, relative, sanitize, save_progress)
+from .batching import (CONFLICT, PASSED_OVER, BatchResult, batch_lock, check_batch_root, manifest_line,
+                       no_volume_reason, output_state, read_manifest, relative, sanitize, save_progress)
 from .config import load_config
 from .outputs import write_json
 from .pacs import PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
@@ -72,9 +72,8 @@ class Runner:
         conflict that --overwrite resolves)."""
         src = self.received / sanitize(uid, "series")
         if hit is not None and hit.not_a_volume:  # by its C-FIND Modality, the batch's rule: not even retrieved
-            return self.record({"series_uid": uid, "input_path": relative(src, self.root) if src.is_dir() else "",
-                                "output_path": "", "status": PASSED_OVER, "seconds": "0.0",
-                                "error": no_volume_reason(hit.not_a_volume)})
+            return self.passed_over({"series_uid": uid, "input_path": relative(src, self.root) if src.is_dir() else "",
+                                     "output_path": "", "seconds": "0.0"}, hit.not_a_volume)
         out = self.output_for(uid, description)
         row = {"series_uid": uid, "input_path": relative(src, self.root), "output_path": relative(out, self.root),
                "status": "", "seconds": "0.0", "error": ""}
@@ -86,7 +85,7 @@ class Runner:
                 n = retrieve_series(self.settings, hit, src, self.inbox)  # merged: the output is then redone
                 self.echo(f"        received {n} instances of {uid} (the PACS holds more than were received)")
             except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
-                row["status"], row["error"] = "failed", one_line(f"retrieve: {recorded_error(e)}", self.root)
+                row["status"], row["error"] = "failed", manifest_line(f"retrieve: {recorded_error(e)}", self.root)
                 return self.record(row)
             listed, damaged, others = _listing(src)
             mine = [s for s in listed if s.uid == uid]
@@ -119,12 +118,10 @@ class Runner:
                 row["status"], row["error"] = "skipped", "a series made by medrecon: not reconstructed again"
                 return self.record(row)
             if not done and mine and all(s.not_a_volume for s in mine):  # a scout, a dose screenshot: as the batch
-                row["status"], row["error"] = PASSED_OVER, no_volume_reason(mine[0].not_a_volume)
-                return self.record(row)
+                return self.passed_over(row, mine[0].not_a_volume)
             if not done and not listed and not damaged:  # no image at all: a structure set, a report (listen, or
-                row.update(status=PASSED_OVER, output_path="",  # a PACS that gave no C-FIND Modality): no output ever
-                           error=no_volume_reason(_without_images(others)))
-                return self.record(row)
+                # a PACS that gave no C-FIND Modality): no output ever
+                return self.passed_over(row, _without_images(others), output_path="")
             stage = "reconstruct"
             if not done:  # reconstruct's atomic writer clears what killed runs left (medrecon.io.atomic)
                 reconstruct(self.cfg, src, out, overwrite=overwrite, series=uid, progress=self.progress)
@@ -140,9 +137,13 @@ class Runner:
             row["status"] = "done"
         except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
             row["status"] = "failed"
-            row["error"] = one_line(f"{stage}: {recorded_error(e)}", self.root)
+            row["error"] = manifest_line(f"{stage}: {recorded_error(e)}", self.root)
         row["seconds"] = f"{time.perf_counter() - t0:.2f}"
         return self.record(row)
+
+    def passed_over(self, row: dict, why, **changes) -> dict:
+        """``row`` (with ``changes``) recorded as passed over: not a volume, ``why`` (``no_volume_reason``'s)."""
+        return self.record({**row, **changes, "status": PASSED_OVER, "error": no_volume_reason(why)})
 
     def record(self, row: dict, pending=()) -> dict:
         self.rows[row["series_uid"]] = row

@@ -19,7 +19,7 @@ from medrecon.errors import InputError
 from medrecon.io import atomic_path, read_volume, write_dicom_series, write_nifti
 from medrecon.io.common import file_sha256, voxels_sha256
 from medrecon.io.deidentify import (RUN_RECORD_LEFT_OUT, check_deidentifiable, input_label, path_forms,
-                                    pseudonym, recorded_source, scrub)
+                                    pseudonym, recorded_source, scrubber)
 from medrecon.metrics import per_axis_metrics
 from medrecon.volume import Volume
 
@@ -150,9 +150,11 @@ def reconstruct(config, input, output, overrides=(), overwrite: bool = False, se
             files += write_measured_extras(cfg, tmp, problem, sol)
             files += write_self_adapted(tmp, problem)
             # the input's warnings, and the measurements' against the config
-            warned = [scrub(w, inp) if deid else named_only(w, inp) for w in
-                      list((problem.source.meta if problem.source is not None else {}).get("warnings", []))
-                      + problem.info.get("warnings", [])]
+            warned = list((problem.source.meta if problem.source is not None else {}).get("warnings", [])) \
+                + problem.info.get("warnings", [])
+            if warned:  # de-identified: the input's names derived once for them all
+                said = scrubber(inp) if deid else (lambda w: named_only(w, inp))
+                warned = [said(w) for w in warned]
             voxels = input_sha256(problem, inp)
             rep = report(run_config(problem), input=input_label(inp) if deid else inp.name,
                          input_files=input_files(problem.source),

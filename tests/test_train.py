@@ -227,11 +227,11 @@ def test_a_run_stopped_between_log_rows_logs_as_the_uninterrupted_run(data, tmp_
 def test_final_prior_is_exported_before_the_last_sample_grid(data, tmp_path, monkeypatch):
     """The last sample grid takes minutes for a large prior on a CPU: the trained prior is on disk before it
     starts, so stopping the run there loses nothing."""
-    import medrecon.priors.train as train_module
+    import medrecon.priors.samples as samples_module  # where train's draw_grid samples
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train_module, "quick_samples", interrupted)
+    monkeypatch.setattr(samples_module, "quick_samples", interrupted)
     train, _ = data
     opts = TrainOptions(image_size=16, channels=(8, 16), steps=2, batch_size=4, warmup=1, checkpoint_every=0,
                         sample_every=5, log_every=1)
@@ -1108,11 +1108,11 @@ def test_a_run_the_time_limit_ended_skips_the_final_sample_grid_and_says_how_to_
     12 s --time-limit 0.2 run) is not drawn when the limit ended the run, the card and the console say so and how to
     draw it, and `python -m medrecon.priors.sample_grid PRIOR` draws it afterwards (its card's 2 samples, 2 steps).
     A run that reaches --steps draws it, saying so whatever the progress setting."""
-    import medrecon.priors.train as train_module
+    import medrecon.priors.samples as samples_module  # where train's draw_grid samples
 
     drawn = []
-    real = train_module.quick_samples
-    monkeypatch.setattr(train_module, "quick_samples", lambda *a, **k: drawn.append(a) or real(*a, **k))
+    real = samples_module.quick_samples
+    monkeypatch.setattr(samples_module, "quick_samples", lambda *a, **k: drawn.append(a) or real(*a, **k))
     train, _ = data
     opts = TrainOptions(image_size=16, channels=(8, 16), steps=6, batch_size=4, warmup=2, checkpoint_every=0,
                         sample_every=4, num_samples=2, sample_steps=2, log_every=1, time_limit=1e-9)
@@ -1142,11 +1142,11 @@ def test_sample_every_0_and_minus_1_both_mean_no_sample_grid_in_python_as_on_the
     """TrainOptions(sample_every=-1) drew a grid at every step (step % -1 == 0) where the CLI's -1 means never:
     -1 is never in Python too (as 0 always was; the CLI's 0, only at the end, passes --steps), and below -1 is
     refused naming the meanings."""
-    import medrecon.priors.train as train_module
+    import medrecon.priors.samples as samples_module  # where train's draw_grid samples
 
     drawn = []
-    monkeypatch.setattr(train_module, "quick_samples", lambda *a, **k: drawn.append(a))
-    monkeypatch.setattr(train_module, "save_grid", lambda *a, **k: None)
+    monkeypatch.setattr(samples_module, "quick_samples", lambda *a, **k: drawn.append(a))
+    monkeypatch.setattr(samples_module, "save_grid", lambda *a, **k: None)
     train, _ = data
     opts = TrainOptions(image_size=16, channels=(8, 16), steps=3, batch_size=4, warmup=1, checkpoint_every=0,
                         sample_every=never, log_every=1)

@@ -30,6 +30,7 @@ file medrecon writes.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -106,17 +107,24 @@ def input_label(path) -> str:
 
 
 def scrub(text: str, path, within=()) -> str:
-    """``text`` (a warning, an error message) with what names the input ``path`` replaced: the path as given, absolute
-    or resolved, with whatever follows it in a longer path (a file in it), by its ``input_label``; the folders
-    ``within`` (a batch's input root) so too, by 'INPUT_ROOT'; on its own, the name of the input and of each folder
-    between it and a root by the label, and the name of each file in it by ``file-`` and 8 hex digits (keyed); every
-    UID (``UID_TOKEN``: another series' in a note on the folder, say) by its ``deidentified_uid``.
+    """``text`` scrubbed by ``scrubber(path, within)``: for one message; for several of one input, build it once."""
+    return scrubber(path, within)(text)
+
+
+def scrubber(path, within=()):
+    """A function that gives ``text`` (a warning, an error message) with what names the input ``path`` replaced: the
+    path as given, absolute or resolved, with whatever follows it in a longer path (a file in it), by its
+    ``input_label``; the folders ``within`` (a batch's input root) so too, by 'INPUT_ROOT'; on its own, the name of
+    the input and of each folder between it and a root by the label, and the name of each file in it by ``file-``
+    and 8 hex digits (keyed); every UID (``UID_TOKEN``: another series' in a note on the folder, say) by its
+    ``deidentified_uid``.
 
     The rule for a name on its own (not in a path: there it is always replaced), ``_identifying``: replaced unless
     it is a generic folder word (``GENERIC_NAMES``: DICOM, CT, series, images, ..., in any case, and the two-letter
     words of English), a number of under 4 digits, or one character. So a patient's name, an MRN of 4 digits or
     more, and any name with a digit, '^', '_', ',' or a space are replaced wherever they stand, while "a ct scan"
-    and "1 DICOM file" stay as they are for a folder named ct or DICOM."""
+    and "1 DICOM file" stay as they are for a folder named ct or DICOM. The input folder is listed, and its names
+    derived, once, when it is built."""
     path = Path(path)
     label, key = input_label(path), deidentify_key()
     try:
@@ -133,20 +141,27 @@ def scrub(text: str, path, within=()) -> str:
     forms = {f: ("INPUT_ROOT", [os.sep.join(parts[:k]) for k in range(len(parts), 0, -1)])
              for r, parts in between.items() for f in path_forms(Path(r))}
     forms.update({f: (label, sorted(files, key=len, reverse=True)) for f in path_forms(path)})
+    subs = []
     for form in sorted(forms, key=len, reverse=True):
         # a longer path goes with it: a name known to follow taken whole (spaces and all), the rest up to a space;
         # a file of the input is said by its pseudonym
         said, known = forms[form]
         tail = rf"""(?:[/\\](?P<tail>(?:{"|".join(map(re.escape, known))})?[^\s:;,()'"]*))?(?![\w.-])"""
-        text = re.sub(r"(?<![\w.\-/\\])" + re.escape(form) + tail, lambda m, s=said: s + (
-            "/" + file_names[m["tail"]] if s == label and m["tail"] in file_names else ""), text)
+        subs.append((re.compile(r"(?<![\w.\-/\\])" + re.escape(form) + tail), lambda m, s=said: s + (
+            "/" + file_names[m["tail"]] if s == label and m["tail"] in file_names else "")))
     names = {path.name: label, **{part: label for parts in between.values() for part in parts}}
     names.update({f: said for f, said in file_names.items() if f not in names})
     names = {n: s for n, s in names.items() if _identifying(n)}
     if names:
         alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-        text = re.sub(rf"(?<![\w.-])(?:{alternatives})(?![\w.-])", lambda m: names[m[0]], text)
-    return UID_TOKEN.sub(lambda m: _deidentified_uid(key, m[0]), text)
+        subs.append((re.compile(rf"(?<![\w.-])(?:{alternatives})(?![\w.-])"), lambda m: names[m[0]]))
+    subs.append((UID_TOKEN, lambda m: _deidentified_uid(key, m[0])))
+
+    def scrubbed(text: str) -> str:
+        for pattern, said in subs:
+            text = pattern.sub(said, text)
+        return text
+    return scrubbed
 
 
 #: folder names that name no one, which ``scrub`` leaves alone where they stand on their own in a message
@@ -275,10 +290,7 @@ def deidentify_key(create: bool = True) -> bytes:
     sources, and give every machine of a batch the same one; runs with one key give one mapping."""
     given = os.environ.get("MEDRECON_DEID_KEY")
     if given:
-        key = _key_bytes(given.strip())
-        if len(key) < 16:
-            raise InputError("MEDRECON_DEID_KEY: give the key file's text or a passphrase of at least 16 characters")
-        return key
+        return _given_key(given)
     path = key_path()
     if not path.exists() and not create:
         raise FileNotFoundError(path)
@@ -299,6 +311,33 @@ def deidentify_key(create: bool = True) -> bytes:
         except OSError as e:
             raise InputError(f"cannot create the de-identification key {path} ({os_reason(e)}); set "
                              "MEDRECON_DEID_KEY to a secret of your own") from None
+    try:
+        st = path.stat()
+    except OSError:
+        st = None  # read below, which says why
+    stamp = (str(path), st.st_ino, st.st_mtime_ns, st.st_size) if st else None
+    cached = _key_cache.get("file")
+    if stamp and cached and cached[0] == stamp:
+        return cached[1]
+    key = _read_key_file(path)
+    if stamp:
+        _key_cache["file"] = (stamp, key)
+    return key
+
+
+_key_cache: dict = {}  # the key file's last read, by its path and stat: a new or changed file is read again
+
+
+@functools.lru_cache(maxsize=4)
+def _given_key(given: str) -> bytes:
+    """$MEDRECON_DEID_KEY's key (memoised by its text)."""
+    key = _key_bytes(given.strip())
+    if len(key) < 16:
+        raise InputError("MEDRECON_DEID_KEY: give the key file's text or a passphrase of at least 16 characters")
+    return key
+
+
+def _read_key_file(path: Path) -> bytes:
     try:
         key = _key_bytes(path.read_text().strip())
     except (OSError, UnicodeDecodeError) as e:

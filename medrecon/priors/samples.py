@@ -83,6 +83,12 @@ def save_grid(images: torch.Tensor, path: Path, value_range=MODEL_RANGE) -> Path
     return path
 
 
+def draw_grid(prior: Denoiser, path: Path, n: int, steps: int) -> Path:
+    """Draw ``n`` samples of ``prior`` in ``steps`` Heun steps (``quick_samples``) and save them as a grid at
+    ``path`` (``save_grid``; ``grid_path`` for a run's)."""
+    return save_grid(quick_samples(prior, n, steps), path)
+
+
 def grid_path(folder, step: int) -> Path:
     """Where ``medrecon train`` writes the sample grid of step ``step`` of the prior in ``folder``."""
     return Path(folder) / "samples" / f"step_{int(step):07d}.png"
@@ -130,13 +136,12 @@ def main(argv=None) -> int:
         opts = training.get("options") or {}
         n = a.n if a.n is not None else int(opts.get("num_samples") or 16)
         steps = a.steps if a.steps is not None else int(opts.get("sample_steps") or GRID_STEPS)
-        if n < 1 or steps < 1:
+        if n < 1 or steps < 1:  # a card's negative values (the flags' were refused above, a card's 0 falls back)
             raise InputError(f"-n {n} --steps {steps}: give at least one sample and one step")
         out = Path(a.output) if a.output else grid_path(a.prior, int(training.get("steps") or 0))
         print(f"drawing {n} samples, {steps} steps ...", file=sys.stderr)
-        images = quick_samples(prior, n, steps)
         try:
-            save_grid(images, out)
+            draw_grid(prior, out, n, steps)
         except OSError as e:
             raise InputError(f"cannot write {out}: {e.strerror or e}; choose a writable --output") from None
         print(out)

@@ -47,7 +47,7 @@ from ..errors import InputError
 from .base import Denoiser, IntensityMap, schedule_from_dict
 from .card import CARD_NAME
 from .network import EDMPrior, bf16_autocast, edm_denoise, image_convs
-from .samples import GRID_STEPS, draw_command, grid_path, quick_samples, save_grid, skipped_note
+from .samples import GRID_STEPS, draw_command, draw_grid, grid_path, skipped_note
 from .training_data import volume_name, volume_names
 from .unet import EDM_SCHEDULE, WEIGHTS_NAME, build_unet, save_unet_prior, unet_config
 from .widen import wide_config, widen_state_dict, widening_factor
@@ -899,7 +899,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
                     bar.write(f"step {tr.step}: held-out loss {tr.heldout_log[-1][1]:.4f} "
                               f"(start {held['loss_before']:.4f})")
                 if opts.sample_every > 0 and tr.step % opts.sample_every == 0 and tr.step < opts.steps:
-                    save_grid(quick_samples(tr.prior(), opts.num_samples, opts.sample_steps), grid_path(out, tr.step))
+                    draw_grid(tr.prior(), grid_path(out, tr.step), opts.num_samples, opts.sample_steps)
                 if opts.checkpoint_every and tr.step % opts.checkpoint_every == 0 and tr.step < opts.steps:
                     tr.export({**held, "log": tr.heldout_log} if held else None)
         except StoppedAtOnce:
@@ -929,7 +929,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
     if opts.sample_every > 0 and not tr.grid_skipped:  # said whatever the progress setting: it takes minutes
         tqdm.write(f"prior written to {out}; drawing the final sample grid ({opts.num_samples} samples, "
                    f"{opts.sample_steps} steps; Ctrl-C loses nothing, --sample-every -1 skips it)", file=sys.stderr)
-        save_grid(quick_samples(tr.prior(), opts.num_samples, opts.sample_steps), grid_path(out, tr.step))
+        draw_grid(tr.prior(), grid_path(out, tr.step), opts.num_samples, opts.sample_steps)
     return out
 
 

@@ -588,12 +588,12 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
         return BatchResult(manifest, rows[len(kept):])
     rows = kept + unread
     bar = tqdm(jobs, desc="series", unit="series", disable=not progress, position=0)
-    say = bar.write if progress else echo
+    say = (lambda line: bar.write(one_line(line))) if progress else echo  # (echo: the CLI's escapes too)
     if unread:
         write_manifest(manifest, rows + [k.row("pending") for k in jobs])
     try:
         for i, j in enumerate(bar, 1):
-            bar.set_postfix_str(j.output.name, refresh=True)
+            bar.set_postfix_str(one_line(j.output.name), refresh=True)
             rows.append(run_series(j, cfg, overwrite=overwrite, progress=progress, resample=resample))
             save_progress(manifest, rows + [k.row("pending") for k in jobs[i:]])
             r = rows[-1]

@@ -47,7 +47,7 @@ from ..errors import InputError
 from .base import Denoiser, IntensityMap, schedule_from_dict
 from .card import CARD_NAME
 from .network import EDMPrior, bf16_autocast, edm_denoise, image_convs
-from .samples import GRID_STEPS, draw_command, draw_grid, grid_path, skipped_note
+from .samples import GRID_STEPS, draw_command, draw_grid, grid_path, skipped_grid
 from .training_data import volume_name, volume_names
 from .unet import EDM_SCHEDULE, WEIGHTS_NAME, build_unet, save_unet_prior, unet_config
 from .widen import wide_config, widen_state_dict, widening_factor
@@ -396,7 +396,7 @@ class _Trainer:
         self._build(config, start)
         self.gen = torch.Generator().manual_seed(opts.seed + 1)
         self.step, self.seconds, self.recent, self.heldout_log = 0, 0.0, [], []
-        self.grid_skipped: str | None = None  # this run's final sample grid not drawn, why and how to (the card's)
+        self.grid_skipped: str | None = None  # why this run's final sample grid is not drawn (the card's, skipped_grid)
         self.log_window: list[float] = []  # losses since loss.csv's last row (kept across a resume)
         self.warmup = warmup_steps(opts.warmup, opts.steps)  # a resumed run keeps its own (restore)
         self.segments = [self._segment(0)]  # the run's parts: a resume adds one (restore)
@@ -570,7 +570,7 @@ class _Trainer:
         if heldout:
             training["heldout"] = heldout
         if self.grid_skipped:
-            training["sample_grid"] = self.grid_skipped
+            training.update(skipped_grid(self.grid_skipped, self.out))
         return training
 
     def card(self, heldout: dict | None = None) -> dict:
@@ -874,8 +874,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
                 if opts.time_limit is not None and tr.step > first_step and \
                         time.perf_counter() - started >= 60 * opts.time_limit:  # wall clock: scoring, checkpoints too
                     if opts.sample_every:  # the limit bounds the run: no grid of minutes after it
-                        tr.grid_skipped = skipped_note(f"--time-limit {opts.time_limit:g} min ended the run at step "
-                                                       f"{tr.step}", out)
+                        tr.grid_skipped = f"--time-limit {opts.time_limit:g} min ended the run at step {tr.step}"
                     bar.write(f"--time-limit {opts.time_limit:g} min reached at step {tr.step}: exporting; "
                               "--resume continues" + (f"; the final sample grid is skipped (minutes for a large prior "
                                                       f"on a CPU): draw it with {draw_command(out)}"

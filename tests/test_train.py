@@ -1264,6 +1264,23 @@ def test_a_card_with_only_the_older_prose_note_still_reads_why_the_grid_was_skip
     training = read_model_card(out / "model_card.yaml")["training"]
     assert training["sample_grid"].endswith(f"; the run skipped it: {why}") and training["sample_grid_skipped"] == why
 
+
+def test_a_prior_folder_holding_a_newline_is_printed_on_one_line_by_train_and_the_grid_command(data, tmp_path,
+                                                                                              monkeypatch, capsys):
+    """train's lines naming its output folder and the grid command's printed path were raw: a newline in the
+    folder's name split them. Escaped now, as errors are."""
+    from medrecon.priors.samples import main
+
+    train, _ = data
+    out = tmp_path / "p\nq"
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=2, batch_size=4, warmup=1, checkpoint_every=0,
+                        sample_every=4, num_samples=1, sample_steps=1, log_every=1, time_limit=1e-9)
+    train_prior(train, out, opts, progress=False)
+    err = capsys.readouterr().err
+    assert f"draw it with python -m medrecon.priors.sample_grid '{tmp_path}/p\\nq'\n" in err, err
+    assert main([str(out), "--device", "cpu", "--output", str(out / "g\x1b.png")]) == 0
+    assert capsys.readouterr().out == f"{tmp_path}/p\\nq/g\\x1b.png\n"
+
 def test_a_model_card_is_written_atomically(tmp_path, monkeypatch):
     """A rewrite that fails before its rename leaves the old card whole and no temporary behind."""
     import os

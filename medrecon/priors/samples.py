@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     written by ``medrecon train`` as the run would have: its card's ``training.options`` num_samples and sample_steps
     (or -n / --steps), into PRIOR/samples/step_N.png, N its card's steps. A card whose ``training.sample_grid`` says
     the grid was skipped (``training.sample_grid_skipped``) then says where it was drawn (``sample_grid_drawn``)."""
-    from ..errors import InputError
+    from ..errors import InputError, one_line, printed
     from .loader import load_prior
 
     ap = argparse.ArgumentParser(prog="python -m medrecon.priors.sample_grid", description=main.__doc__)
@@ -156,10 +156,10 @@ def main(argv=None) -> int:
             draw_grid(prior, out, n, steps)
         except OSError as e:
             raise InputError(f"cannot write {out}: {e.strerror or e}; choose a writable --output") from None
-        print(out)
+        print(one_line(str(out)))  # a newline or terminal escape in the path escaped, as in errors
         _note_drawn(a.prior, out, n, steps)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printed(e)}", file=sys.stderr)
         return 2
     return 0
 
@@ -168,6 +168,7 @@ def _note_drawn(prior, out: Path, n: int, steps: int) -> None:
     """Where the card of the prior folder ``prior`` says its grid was skipped (``training.sample_grid``, written by
     ``medrecon train``), say where it is now drawn (the card rewritten atomically, ``write_model_card``); a card that
     cannot be rewritten is a warning, the grid being drawn."""
+    from ..errors import one_line
     from .card import CARD_NAME, read_model_card, write_model_card
 
     folder = Path(prior)
@@ -185,5 +186,5 @@ def _note_drawn(prior, out: Path, n: int, steps: int) -> None:
                         sample_grid_drawn={"path": str(out.absolute()), "samples": n, "steps": steps})
         write_model_card(path, card)
     except Exception as e:  # noqa: BLE001 - the grid is drawn; only the card's note is stale
-        print(f"warning: {path}: could not note the drawn grid in the card ({e}); its sample_grid note still says "
-              "skipped", file=sys.stderr)
+        print(one_line(f"warning: {path}: could not note the drawn grid in the card ({e}); its sample_grid note "
+                       "still says skipped"), file=sys.stderr)

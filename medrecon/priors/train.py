@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ..device import bf16_native, resolve_device
-from ..errors import InputError
+from ..errors import InputError, one_line
 from .base import Denoiser, IntensityMap, schedule_from_dict
 from .card import CARD_NAME
 from .network import EDMPrior, bf16_autocast, edm_denoise, image_convs
@@ -832,8 +832,8 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
             if tr.step > opts.steps:
                 raise InputError(f"--steps {opts.steps}: the run in {out} already reached step {tr.step} (with "
                                  f"--resume, --steps is the new total): give more than {tr.step} to train on")
-            tqdm.write(f"nothing left to train: the run in {out} reached step {tr.step}, --steps {opts.steps}; "
-                       "the prior is left as it was", file=sys.stderr)
+            tqdm.write(one_line(f"nothing left to train: the run in {out} reached step {tr.step}, --steps "
+                                f"{opts.steps}; the prior is left as it was"), file=sys.stderr)
             return out
         for log_file in (out / "loss.csv", out / "heldout.csv"):  # drop what was logged after the checkpoint
             _truncate_log(log_file, tr.step)
@@ -875,10 +875,10 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
                         time.perf_counter() - started >= 60 * opts.time_limit:  # wall clock: scoring, checkpoints too
                     if opts.sample_every:  # the limit bounds the run: no grid of minutes after it
                         tr.grid_skipped = f"--time-limit {opts.time_limit:g} min ended the run at step {tr.step}"
-                    bar.write(f"--time-limit {opts.time_limit:g} min reached at step {tr.step}: exporting; "
-                              "--resume continues" + (f"; the final sample grid is skipped (minutes for a large prior "
-                                                      f"on a CPU): draw it with {draw_command(out)}"
-                                                      if tr.grid_skipped else ""), file=sys.stderr)
+                    skipped = (f"; the final sample grid is skipped (minutes for a large prior on a CPU): draw it "
+                               f"with {draw_command(out)}" if tr.grid_skipped else "")
+                    bar.write(one_line(f"--time-limit {opts.time_limit:g} min reached at step {tr.step}: exporting; "
+                                       f"--resume continues{skipped}"), file=sys.stderr)
                     break
                 with _step_finishes_first():  # a step and its log row are whole when Ctrl-C stops the run
                     loss = tr.timed_step(f"lower --lr and resume from the last checkpoint in {out / STATE_FILE}")
@@ -926,8 +926,9 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         held["log"] = tr.heldout_log
     tr.export(held or None)  # before the last sample grid, which takes minutes for a large prior on a CPU
     if opts.sample_every > 0 and not tr.grid_skipped:  # said whatever the progress setting: it takes minutes
-        tqdm.write(f"prior written to {out}; drawing the final sample grid ({opts.num_samples} samples, "
-                   f"{opts.sample_steps} steps; Ctrl-C loses nothing, --sample-every -1 skips it)", file=sys.stderr)
+        tqdm.write(one_line(f"prior written to {out}; drawing the final sample grid ({opts.num_samples} samples, "
+                            f"{opts.sample_steps} steps; Ctrl-C loses nothing, --sample-every -1 skips it)"),
+                   file=sys.stderr)
         draw_grid(tr.prior(), grid_path(out, tr.step), opts.num_samples, opts.sample_steps)
     return out
 

@@ -11,6 +11,7 @@ except ImportError:  # a typer without them: NaN is refused when the command is 
     build_runtime_param = None
 
 from medrecon import __version__
+from medrecon.errors import one_line
 
 
 def _not_finite(param, values):
@@ -88,6 +89,12 @@ class Typer(typer.Typer):
 
     def command(self, *args, cls=None, **kwargs):
         return super().command(*args, cls=cls or FiniteCommand, **kwargs)
+
+
+def say(line: str, err: bool = False, **style) -> None:
+    """Print one line of a command's output as its errors are printed (``one_line``): a path or a DICOM
+    description holding a newline or a terminal escape stays on its line, escaped."""
+    typer.secho(one_line(line), err=err, **style)
 
 
 app = Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,

@@ -96,11 +96,19 @@ class Job:
     config_sha256: str = ""  # the batch's Config.fingerprint ("": any config)
     refused: str = ""  # why reading the series will fail, from its headers (``SeriesInfo.refused``), or ""
     deidentify: bool = False  # outputs.deidentify: its row names the series and input as a de-identified record does
+    marker: dict | None = None  # its output folder's marker once read (``output_marker``)
+
+    def output_marker(self) -> dict | None:
+        """Its output folder's marker (``read_marker``), kept once found (the batch hands in those it read for
+        ``check_key``); none is looked for again, as the run may yet write the output."""
+        if self.marker is None:
+            self.marker = read_marker(self.output)
+        return self.marker
 
     @property
     def state(self) -> str:
         """The output folder's ``output_state`` for this series."""
-        return output_state(self.output, self.uid, self.files_sha256, self.config_sha256)
+        return output_state(self.output_marker(), self.uid, self.files_sha256, self.config_sha256)
 
     def state_for(self, overwrite: bool) -> str:
         """The ``state`` a run acts on, or 'new' with ``overwrite`` (its marker then unread): 'new' is reconstructed
@@ -146,12 +154,12 @@ CONFLICT = {"changed": "the series' files changed since it was written",
             "other": "it holds the output of another series, or one that does not record its series"}
 
 
-def output_state(output: Path, uid: str, files_sha256: str | None, config_sha256: str = "") -> str:
+def output_state(mark: dict | None, uid: str, files_sha256: str | None, config_sha256: str = "") -> str:
     """'new' (no output yet), 'done', 'reconfigured' (made with another config; ``config_sha256`` "": any),
     'changed' (made with this config, from files that changed since; not checked with ``files_sha256`` None) or
-    'other' (the folder holds an output of another series, or one that does not say which), from its marker (the
-    series compared in the form the marker records it: de-identified or not)."""
-    mark = read_marker(output)
+    'other' (the folder holds an output of another series, or one that does not say which), from the output
+    folder's marker ``mark`` (``read_marker``; the series compared in the form the marker records it:
+    de-identified or not)."""
     if mark is None:
         return "new"
     recorded = recorded_source(uid, files_sha256, bool(mark.get("deidentified")))
@@ -346,6 +354,13 @@ def known_outputs(output_root: Path, rows: list[dict]) -> dict[str, Path]:
     """Series UID -> output folder recorded by the manifest rows of earlier runs (``earlier_rows``)."""
     return {r["series_uid"]: _absolute(output_root / r["output_path"]) for r in rows
             if r.get("series_uid") and r.get("output_path")}
+
+
+def earlier_markers(output_root: Path, rows: list[dict]) -> dict[Path, dict]:
+    """Output folder -> marker of the outputs that the rows of earlier runs name (those with a marker), each read
+    once: ``check_key`` checks them, and the jobs of their series act on them (``Job.marker``)."""
+    folders = {_absolute(output_root / r["output_path"]) for r in rows if r.get("output_path")}
+    return {f: m for f in folders if (m := read_marker(f)) is not None}
 
 
 def check_deidentified_alike(output_root: Path, rows: list[dict], deidentify: bool) -> None:
@@ -551,14 +566,14 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     deidentify = bool(cfg.outputs.deidentify)
     before = earlier_rows(output_root)
     check_deidentified_alike(output_root, before, deidentify)
+    marks = earlier_markers(output_root, before) if deidentify else {}
     if deidentify and before:  # before any key is made: a new one named every series anew
-        check_key(output_root, [m for r in before if r.get("output_path")
-                                and (m := read_marker(output_root / r["output_path"])) is not None],
-                  [str(s.uid) for s in found if s.uid])
+        check_key(output_root, list(marks.values()), [str(s.uid) for s in found if s.uid])
     jobs = plan(input_root, output_root, found, known_outputs(output_root, before), passed_over, deidentify)
     fingerprint = cfg.fingerprint()
     for j in jobs:
         j.config_sha256 = fingerprint
+        j.marker = marks.get(j.output)  # read once, for check_key
     for f, why in passed_over:
         echo(f"pass    {relative(f, _absolute(input_root))}: {why}")
     unread = []  # folders where series may be but none can be read: a failed row each, without a series or output
@@ -588,12 +603,12 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
         return BatchResult(manifest, rows[len(kept):])
     rows = kept + unread
     bar = tqdm(jobs, desc="series", unit="series", disable=not progress, position=0)
-    say = bar.write if progress else echo
+    say = (lambda line: bar.write(one_line(line))) if progress else echo  # (echo: the CLI's escapes too)
     if unread:
         write_manifest(manifest, rows + [k.row("pending") for k in jobs])
     try:
         for i, j in enumerate(bar, 1):
-            bar.set_postfix_str(j.output.name, refresh=True)
+            bar.set_postfix_str(one_line(j.output.name), refresh=True)
             rows.append(run_series(j, cfg, overwrite=overwrite, progress=progress, resample=resample))
             save_progress(manifest, rows + [k.row("pending") for k in jobs[i:]])
             r = rows[-1]

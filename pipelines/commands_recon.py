@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import app
+from .app import app, say
 
 CONFIG = typer.Option(..., "--config", "-c", help="YAML file, or a name in configs/ (e.g. sparse_view_ct_8).")
 SET = typer.Option(None, "--set", help="Override a config value: --set solver.steps=50 (repeatable).")
@@ -30,7 +30,7 @@ def simulate(config: str = CONFIG,
     """Simulate noisy measurements of a volume (no inverse crime) and write the reference."""
     from .tasks import simulate as run
     out = run(config, input, output, overrides=set or [], overwrite=overwrite, series=series, resample=resample)
-    typer.echo(f"wrote {out / 'measurements.npz'} and {out / 'reference.nii.gz'}")
+    say(f"wrote {out / 'measurements.npz'} and {out / 'reference.nii.gz'}")
 
 
 @app.command()
@@ -47,10 +47,10 @@ def reconstruct(config: str = CONFIG,
               resample=resample)
     r = res.report
     scored = r.get("vs_reference")
-    typer.echo(f"wrote {res.output}: {', '.join(r['files'])}, report.json, index.html "
-               f"({r['timings_s']['total']:.1f} s, {r['network_evaluations_per_slice']} network evaluations/slice"
-               + (f"; PSNR axial {scored['psnr']['axial']:.2f} dB against {scored['reference']}" if scored else "")
-               + ")")
+    say(f"wrote {res.output}: {', '.join(r['files'])}, report.json, index.html "
+        f"({r['timings_s']['total']:.1f} s, {r['network_evaluations_per_slice']} network evaluations/slice"
+        + (f"; PSNR axial {scored['psnr']['axial']:.2f} dB against {scored['reference']}" if scored else "")
+        + ")")
 
 
 @app.command()
@@ -90,9 +90,9 @@ def batch(input_root: Path = typer.Argument(..., help="Folder tree holding DICOM
     from .engines import make_engine
     eng = make_engine(engine, address, gpus_per_series, cpus_per_series, retries)
     res = run(input_root, output_root, config, overrides=set or [], dry_run=dry_run, overwrite=overwrite,
-              progress=progress, echo=typer.echo, resample=resample, engine=eng)
+              progress=progress, echo=say, resample=resample, engine=eng)
     if not dry_run:
-        typer.echo(f"manifest: {res.manifest} ({res.summary()})")
+        say(f"manifest: {res.manifest} ({res.summary()})")
     exit_if_series_failed(res)
 
 
@@ -103,5 +103,5 @@ def exit_if_series_failed(res) -> None:
         what = " and ".join(t for t in (f"{res.failed} failed" if res.failed else "",
                                         f"{res.conflicts} left as they were (conflict: --overwrite redoes them, or remove their folders)"
                                         if res.conflicts else "") if t)
-        typer.secho(f"error: of {len(res.rows)} series, {what}; see {res.manifest}", err=True, fg=typer.colors.RED)
+        say(f"error: of {len(res.rows)} series, {what}; see {res.manifest}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)

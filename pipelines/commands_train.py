@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 
 import typer
 
-from .app import app
+from .app import app, say
 from .modality import Modality, training_volume_check
 
 
@@ -337,7 +337,7 @@ def train(
             given = f"--pixel-range {pixel_range[0]:g} {pixel_range[1]:g}" if pixel_range else None  # states a cut,
             cut = given and (lo, hi) != tuple(pixel_range)  # naming the scans: a given range cut makes it a warning
             refused = ": the prior will refuse other pixel sizes in reconstruct (without --resample)" if cut else ""
-            typer.echo(f"{'warning: ' if cut else ''}pixel sizes drawn from {lo:g}-{hi:g} mm ({why}){refused}", err=True)
+            say(f"{'warning: ' if cut else ''}pixel sizes drawn from {lo:g}-{hi:g} mm ({why}){refused}", err=True)
             outside = sorted({round(min(sp), 4) for sp in sd.spacings if not lo <= min(sp) <= hi})
             if given and outside:  # (the default range takes in every scan's own)
                 typer.echo(f"warning: training scans at {', '.join(f'{v:g}' for v in outside)} mm lie outside "
@@ -365,4 +365,4 @@ def train(
                f"{n_held} held-out slices", err=True)
     out = train_prior(sd, output, opts, command=_command_line(ctx), resume=resume, overwrite=overwrite,
                       heldout=heldout, progress=progress)
-    typer.echo(str(out))
+    say(str(out))

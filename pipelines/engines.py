@@ -197,9 +197,10 @@ class RayEngine:
         except ray.exceptions.RayError as e:
             lost = isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                                   ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError))
-            if lost:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                what = job.said(f"worker lost {self.max_retries + 1} times (last: {type(e).__name__}: {first})")
+            if lost:  # Ray's text may repr the task's arguments (a description): a de-identified record keeps none
+                first = "" if job.deidentify else (str(e).strip().splitlines() or [""])[0]
+                last = f"{type(e).__name__}: {first}" if first else type(e).__name__
+                what = job.said(f"worker lost {self.max_retries + 1} times (last: {last})")  # (said: one line)
             else:  # recorded as the local engine records it: not Ray's text (its traceback, the console's message)
                 cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) and \
                     isinstance(e.cause, BaseException) else e

@@ -645,6 +645,24 @@ def test_the_dry_run_reads_each_output_marker_once(tmp_path, monkeypatch):
     assert _run(root, out, "--dry-run", "--overwrite") == 0 and not [r for r in reads if out in r.parents]
 
 
+
+def test_a_deidentified_rerun_reads_each_output_marker_once(tmp_path, monkeypatch):
+    """A de-identified rerun read every earlier output's marker twice: for ``check_key`` (the key that made them)
+    and again for the series' state (skip it or not). Once each now, the run and the dry run alike."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    write_named_series(root / "p1" / "s1", seed=1)
+    write_named_series(root / "p2" / "s2", seed=2, surname="Oakenshield", given="Tamsin", patient_id="PID0815")
+    deid = ["--set", "outputs.deidentify=true", "--quiet"]
+    assert _run(root, out, *deid) == 0
+    reads, read_marker = [], batch_mod.read_marker
+    monkeypatch.setattr(batch_mod, "read_marker", lambda f: reads.append(Path(f)) or read_marker(f))
+    for dry in ([], ["--dry-run"]):
+        reads.clear()
+        assert _run(root, out, *deid, *dry) == 0
+        outputs = [r for r in reads if out in r.parents]
+        assert len(outputs) == 2 and len(set(outputs)) == 2, (dry, outputs)
+    assert [r["status"] for r in _manifest(out)] == ["skipped", "skipped"]
+
 def test_the_dry_run_says_an_enhanced_series_will_fail_as_the_run_then_does(tmp_path, capsys):
     """The dry run listed an enhanced multi-frame series as `run`, and the real run then failed it: both now decide
     from the same headers (``dicom_scan.refusal``), and the dry run prints the run's reason."""

@@ -303,6 +303,32 @@ def test_a_ray_task_error_is_recorded_by_its_cause_alone(tmp_path, monkeypatch):
     assert row["error"] == f"InputError: {input_label(series)}: the series", row["error"]
 
 
+
+@needs_ray
+@pytest.mark.parametrize("deidentify", [True, False])
+def test_a_lost_workers_record_under_deidentify_holds_no_ray_text(tmp_path, monkeypatch, deidentify):
+    """A worker lost more often than its retries was recorded with the first line of Ray's text, which may repr
+    the task's arguments (a series' description naming the patient, not in any path: not ``scrub``-bed). Under
+    outputs.deidentify the record keeps only the exception's type and the tries; without, the line escaped."""
+    from pipelines.batching import Job
+
+    root, name = tmp_path / "in", " ".join(["Quintessa", "Zyxwaldo"])
+    job = Job("1.2.826.0.1.3680043.2.1125.7", root / "s1", tmp_path / "out" / "series-1", "", root,
+              tmp_path / "out", deidentify=deidentify)
+    error = ray.exceptions.RayActorError(error_msg=f"The actor died: SeriesWorker.run(description='{name}\x1b[2J')"
+                                                   "\nits traceback")
+
+    def get(ref):
+        raise error
+    monkeypatch.setattr(ray, "get", get)
+    row, lost = RayEngine(max_retries=2)._result(None, job, 1.0)
+    assert lost and row["status"] == "failed" and "\x1b" not in row["error"] and "\n" not in row["error"]
+    if deidentify:
+        assert row["error"] == "worker lost 3 times (last: RayActorError)", row["error"]
+    else:
+        assert row["error"] == (f"worker lost 3 times (last: RayActorError: The actor died: "
+                                f"SeriesWorker.run(description='{name}\\x1b[2J'))"), row["error"]
+
 @needs_ray
 def test_series_answered_at_once_are_echoed_as_the_local_engine_echoes_them(cluster, tree, tmp_path):
     """A series the driver answers without a worker (finished, or a conflict) is echoed with its row's status and

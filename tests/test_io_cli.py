@@ -812,3 +812,12 @@ def test_an_rt_dose_file_is_refused_as_what_it_is_not_read_as_an_image(tmp_path,
         code, _, err = run(capsys, *args)
         assert code == 2 and said in err and len(err.strip().splitlines()) == 1, (args, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == [dose.name]  # nothing written
+
+
+def test_convert_prints_the_path_it_wrote_on_one_line_with_control_characters_escaped(tmp_path, capsys):
+    """`convert`'s "wrote PATH" (like every line of normal output naming a user's path) printed the path raw: a
+    newline in it split the line and a terminal escape reached the terminal. It is escaped as errors are."""
+    (folder := tmp_path / "a\nb\x1b[31m").mkdir()
+    code, out, _ = run(capsys, "convert", CT5N, folder / "ct.nii.gz")
+    assert code == 0 and out.count("\n") == 1 and "\x1b" not in out, out
+    assert out.startswith(f"wrote {tmp_path}/a\\nb\\x1b[31m/ct.nii.gz: shape (Z,Y,X) 5 x 16 x 16"), out

@@ -1221,6 +1221,66 @@ def test_sample_grid_command_notes_the_drawn_grid_in_the_card(data, tmp_path, mo
         "ended the run at step 1")
 
 
+
+def test_the_skipped_grid_facts_are_a_field_of_the_card_that_drawing_it_reads_and_adds_to(data, tmp_path,
+                                                                                           monkeypatch, capsys):
+    """The card's sample_grid note was prose that drawing the grid parsed back for why the run skipped it. The
+    facts are fields now (sample_grid_skipped, then sample_grid_drawn), read back as written; the note stays for
+    people, and what it says is not read."""
+    from medrecon.priors.card import write_model_card
+    from medrecon.priors.samples import main
+
+    out = _grid_skipped_prior(data, tmp_path, monkeypatch)
+    card = read_model_card(out / "model_card.yaml")
+    why = "--time-limit 1e-09 min ended the run at step 1"
+    assert card["training"]["sample_grid_skipped"] == why, card["training"]
+    card["training"]["sample_grid"] = "a note a person reworded"
+    write_model_card(out / "model_card.yaml", card)
+    assert main([str(out), "--device", "cpu"]) == 0
+    training = read_model_card(out / "model_card.yaml")["training"]
+    grid = out / "samples" / "step_0000001.png"
+    assert training["sample_grid_skipped"] == why
+    assert training["sample_grid_drawn"] == {"path": str(grid), "samples": 2, "steps": 2}, training
+    assert training["sample_grid"] == f"drawn afterwards: {grid} (2 samples, 2 steps); the run skipped it: {why}"
+
+
+@pytest.mark.parametrize("drawn_before", [False, True])
+def test_a_card_with_only_the_older_prose_note_still_reads_why_the_grid_was_skipped(data, tmp_path, monkeypatch,
+                                                                                     capsys, drawn_before):
+    """Cards written before the sample_grid_skipped field hold only the note ('skipped: WHY; draw it with ...', or
+    after a drawing 'drawn afterwards: ...; the run skipped it: WHY'): drawing the grid still finds WHY there."""
+    from medrecon.priors.card import write_model_card
+    from medrecon.priors.samples import draw_command, main
+
+    out = _grid_skipped_prior(data, tmp_path, monkeypatch)
+    card = read_model_card(out / "model_card.yaml")
+    why = "--time-limit 1e-09 min ended the run at step 1"
+    for key in ("sample_grid_skipped", "sample_grid_drawn"):
+        card["training"].pop(key, None)
+    card["training"]["sample_grid"] = (f"drawn afterwards: /x.png (1 sample, 2 steps); the run skipped it: {why}"
+                                       if drawn_before else f"skipped: {why}; draw it with {draw_command(out)}")
+    write_model_card(out / "model_card.yaml", card)
+    assert main([str(out), "--device", "cpu"]) == 0
+    training = read_model_card(out / "model_card.yaml")["training"]
+    assert training["sample_grid"].endswith(f"; the run skipped it: {why}") and training["sample_grid_skipped"] == why
+
+
+def test_a_prior_folder_holding_a_newline_is_printed_on_one_line_by_train_and_the_grid_command(data, tmp_path,
+                                                                                              monkeypatch, capsys):
+    """train's lines naming its output folder and the grid command's printed path were raw: a newline in the
+    folder's name split them. Escaped now, as errors are."""
+    from medrecon.priors.samples import main
+
+    train, _ = data
+    out = tmp_path / "p\nq"
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=2, batch_size=4, warmup=1, checkpoint_every=0,
+                        sample_every=4, num_samples=1, sample_steps=1, log_every=1, time_limit=1e-9)
+    train_prior(train, out, opts, progress=False)
+    err = capsys.readouterr().err
+    assert f"draw it with python -m medrecon.priors.sample_grid '{tmp_path}/p\\nq'\n" in err, err
+    assert main([str(out), "--device", "cpu", "--output", str(out / "g\x1b.png")]) == 0
+    assert capsys.readouterr().out == f"{tmp_path}/p\\nq/g\\x1b.png\n"
+
 def test_a_model_card_is_written_atomically(tmp_path, monkeypatch):
     """A rewrite that fails before its rename leaves the old card whole and no temporary behind."""
     import os

@@ -18,7 +18,9 @@ Fields (all plain YAML):
 ``modality``          ``ct`` | ``mri``
 ``intensity``         physical units -> model range: ``{physical_min, physical_max, model_min, model_max, unit}``
                       plus, for MRI, ``normalisation`` (how each volume was scaled before the map)
-``training``          data description, exact command, steps, final loss, ...
+``training``          data description, exact command, steps, final loss, ...; a run that skipped its final sample
+                      grid: ``sample_grid_skipped`` (why) and, once drawn, ``sample_grid_drawn`` {path, samples,
+                      steps}, with the ``sample_grid`` note for people (``samples.skipped_grid``)
 ``assumptions``       list of statements that were guessed rather than known (the user may override them)
 """
 from __future__ import annotations

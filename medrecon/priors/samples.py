@@ -101,21 +101,33 @@ def draw_command(folder) -> str:
     return f"python -m medrecon.priors.sample_grid {shlex.quote(str(Path(folder).absolute()))}"
 
 
-#: the wording of a card's ``training.sample_grid`` note, written (``skipped_note``) and read (``_note_drawn``) here
+#: the wording of a card's ``training.sample_grid`` note for people (``skipped_grid``, ``_note_drawn``); code reads
+#: the fields beside it, and the note only on a card written before them (``skipped_why``)
 _SKIP, _DRAW, _SKIPPED = "skipped: ", "; draw it with ", "; the run skipped it: "
 
 
-def skipped_note(why: str, folder) -> str:
-    """The card's note of a final sample grid the run skipped (``why``), with the command that draws it."""
-    return f"{_SKIP}{why}{_DRAW}{draw_command(folder)}"
+def skipped_grid(why: str, folder) -> dict:
+    """A card's ``training`` fields for a final sample grid the run skipped: ``sample_grid_skipped`` (``why``) and
+    the ``sample_grid`` note, which adds the command that draws it."""
+    return {"sample_grid": f"{_SKIP}{why}{_DRAW}{draw_command(folder)}", "sample_grid_skipped": why}
+
+
+def skipped_why(training: dict) -> str:
+    """Why the run skipped its final sample grid: the card's ``training.sample_grid_skipped``, or on a card written
+    before that field, as its ``sample_grid`` note words it ('skipped: WHY; draw it with ...', or after a drawing
+    '...; the run skipped it: WHY')."""
+    if training.get("sample_grid_skipped"):
+        return str(training["sample_grid_skipped"])
+    note = str(training["sample_grid"])
+    return note.partition(_SKIPPED)[2] if _SKIPPED in note else note.removeprefix(_SKIP).partition(_DRAW)[0]
 
 
 def main(argv=None) -> int:
     """``python -m medrecon.priors.sample_grid PRIOR`` (sample_grid.py): draw the sample grid of a prior folder
     written by ``medrecon train`` as the run would have: its card's ``training.options`` num_samples and sample_steps
     (or -n / --steps), into PRIOR/samples/step_N.png, N its card's steps. A card whose ``training.sample_grid`` says
-    the grid was skipped then says where it was drawn."""
-    from ..errors import InputError
+    the grid was skipped (``training.sample_grid_skipped``) then says where it was drawn (``sample_grid_drawn``)."""
+    from ..errors import InputError, one_line, printed
     from .loader import load_prior
 
     ap = argparse.ArgumentParser(prog="python -m medrecon.priors.sample_grid", description=main.__doc__)
@@ -144,10 +156,10 @@ def main(argv=None) -> int:
             draw_grid(prior, out, n, steps)
         except OSError as e:
             raise InputError(f"cannot write {out}: {e.strerror or e}; choose a writable --output") from None
-        print(out)
+        print(one_line(str(out)))  # a newline or terminal escape in the path escaped, as in errors
         _note_drawn(a.prior, out, n, steps)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printed(e)}", file=sys.stderr)
         return 2
     return 0
 
@@ -156,6 +168,7 @@ def _note_drawn(prior, out: Path, n: int, steps: int) -> None:
     """Where the card of the prior folder ``prior`` says its grid was skipped (``training.sample_grid``, written by
     ``medrecon train``), say where it is now drawn (the card rewritten atomically, ``write_model_card``); a card that
     cannot be rewritten is a warning, the grid being drawn."""
+    from ..errors import one_line
     from .card import CARD_NAME, read_model_card, write_model_card
 
     folder = Path(prior)
@@ -165,13 +178,13 @@ def _note_drawn(prior, out: Path, n: int, steps: int) -> None:
     try:
         card = read_model_card(path)
         training = card.get("training")
-        if not isinstance(training, dict) or not training.get("sample_grid"):  # drawn by the run: no note
-            return
-        note = str(training["sample_grid"])
-        why = note.partition(_SKIPPED)[2] if _SKIPPED in note else note.removeprefix(_SKIP).partition(_DRAW)[0]
-        training["sample_grid"] = (f"drawn afterwards: {out.absolute()} ({n} sample{'s' * (n != 1)}, "
-                                   f"{steps} step{'s' * (steps != 1)}){_SKIPPED}{why}")
+        if not isinstance(training, dict) or not (training.get("sample_grid_skipped") or training.get("sample_grid")):
+            return  # drawn by the run: nothing noted
+        why = skipped_why(training)
+        training.update(sample_grid=f"drawn afterwards: {out.absolute()} ({n} sample{'s' * (n != 1)}, "
+                                    f"{steps} step{'s' * (steps != 1)}){_SKIPPED}{why}", sample_grid_skipped=why,
+                        sample_grid_drawn={"path": str(out.absolute()), "samples": n, "steps": steps})
         write_model_card(path, card)
     except Exception as e:  # noqa: BLE001 - the grid is drawn; only the card's note is stale
-        print(f"warning: {path}: could not note the drawn grid in the card ({e}); its sample_grid note still says "
-              "skipped", file=sys.stderr)
+        print(one_line(f"warning: {path}: could not note the drawn grid in the card ({e}); its sample_grid note "
+                       "still says skipped"), file=sys.stderr)

@@ -43,11 +43,11 @@ import numpy as np
 import torch
 
 from ..device import bf16_native, resolve_device
-from ..errors import InputError
+from ..errors import InputError, one_line
 from .base import Denoiser, IntensityMap, schedule_from_dict
 from .card import CARD_NAME
 from .network import EDMPrior, bf16_autocast, edm_denoise, image_convs
-from .samples import GRID_STEPS, draw_command, draw_grid, grid_path, skipped_note
+from .samples import GRID_STEPS, draw_command, draw_grid, grid_path, skipped_grid
 from .training_data import volume_name, volume_names
 from .unet import EDM_SCHEDULE, WEIGHTS_NAME, build_unet, save_unet_prior, unet_config
 from .widen import wide_config, widen_state_dict, widening_factor
@@ -396,7 +396,7 @@ class _Trainer:
         self._build(config, start)
         self.gen = torch.Generator().manual_seed(opts.seed + 1)
         self.step, self.seconds, self.recent, self.heldout_log = 0, 0.0, [], []
-        self.grid_skipped: str | None = None  # this run's final sample grid not drawn, why and how to (the card's)
+        self.grid_skipped: str | None = None  # why this run's final sample grid is not drawn (the card's, skipped_grid)
         self.log_window: list[float] = []  # losses since loss.csv's last row (kept across a resume)
         self.warmup = warmup_steps(opts.warmup, opts.steps)  # a resumed run keeps its own (restore)
         self.segments = [self._segment(0)]  # the run's parts: a resume adds one (restore)
@@ -570,7 +570,7 @@ class _Trainer:
         if heldout:
             training["heldout"] = heldout
         if self.grid_skipped:
-            training["sample_grid"] = self.grid_skipped
+            training.update(skipped_grid(self.grid_skipped, self.out))
         return training
 
     def card(self, heldout: dict | None = None) -> dict:
@@ -832,8 +832,8 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
             if tr.step > opts.steps:
                 raise InputError(f"--steps {opts.steps}: the run in {out} already reached step {tr.step} (with "
                                  f"--resume, --steps is the new total): give more than {tr.step} to train on")
-            tqdm.write(f"nothing left to train: the run in {out} reached step {tr.step}, --steps {opts.steps}; "
-                       "the prior is left as it was", file=sys.stderr)
+            tqdm.write(one_line(f"nothing left to train: the run in {out} reached step {tr.step}, --steps "
+                                f"{opts.steps}; the prior is left as it was"), file=sys.stderr)
             return out
         for log_file in (out / "loss.csv", out / "heldout.csv"):  # drop what was logged after the checkpoint
             _truncate_log(log_file, tr.step)
@@ -874,12 +874,11 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
                 if opts.time_limit is not None and tr.step > first_step and \
                         time.perf_counter() - started >= 60 * opts.time_limit:  # wall clock: scoring, checkpoints too
                     if opts.sample_every:  # the limit bounds the run: no grid of minutes after it
-                        tr.grid_skipped = skipped_note(f"--time-limit {opts.time_limit:g} min ended the run at step "
-                                                       f"{tr.step}", out)
-                    bar.write(f"--time-limit {opts.time_limit:g} min reached at step {tr.step}: exporting; "
-                              "--resume continues" + (f"; the final sample grid is skipped (minutes for a large prior "
-                                                      f"on a CPU): draw it with {draw_command(out)}"
-                                                      if tr.grid_skipped else ""), file=sys.stderr)
+                        tr.grid_skipped = f"--time-limit {opts.time_limit:g} min ended the run at step {tr.step}"
+                    skipped = (f"; the final sample grid is skipped (minutes for a large prior on a CPU): draw it "
+                               f"with {draw_command(out)}" if tr.grid_skipped else "")
+                    bar.write(one_line(f"--time-limit {opts.time_limit:g} min reached at step {tr.step}: exporting; "
+                                       f"--resume continues{skipped}"), file=sys.stderr)
                     break
                 with _step_finishes_first():  # a step and its log row are whole when Ctrl-C stops the run
                     loss = tr.timed_step(f"lower --lr and resume from the last checkpoint in {out / STATE_FILE}")
@@ -927,8 +926,9 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         held["log"] = tr.heldout_log
     tr.export(held or None)  # before the last sample grid, which takes minutes for a large prior on a CPU
     if opts.sample_every > 0 and not tr.grid_skipped:  # said whatever the progress setting: it takes minutes
-        tqdm.write(f"prior written to {out}; drawing the final sample grid ({opts.num_samples} samples, "
-                   f"{opts.sample_steps} steps; Ctrl-C loses nothing, --sample-every -1 skips it)", file=sys.stderr)
+        tqdm.write(one_line(f"prior written to {out}; drawing the final sample grid ({opts.num_samples} samples, "
+                            f"{opts.sample_steps} steps; Ctrl-C loses nothing, --sample-every -1 skips it)"),
+                   file=sys.stderr)
         draw_grid(tr.prior(), grid_path(out, tr.step), opts.num_samples, opts.sample_steps)
     return out
 

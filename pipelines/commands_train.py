@@ -134,6 +134,39 @@ def _dataset_volumes(names: list[str], modality: Modality, heldout: bool = False
     return paths, prov
 
 
+def _heldout_sources(names: list[str], paths: list[Path], modality: Modality) -> tuple[list, list]:
+    """The held-out volumes' paths and sources (read_volumes'): the registered scans ``names`` (--heldout-dataset),
+    recorded by their provenance, then the user's ``paths`` (--heldout-data), recorded when read as a training
+    volume of one's own is (training_data.volume_record: path, voxels' SHA-256, pixel size)."""
+    dpaths, prov = _dataset_volumes(names, modality, heldout=True) if names else ([], [])
+    return dpaths + paths, prov + paths
+
+
+def _refuse_trained_heldout(trained: list, held: list) -> None:
+    """One line for a held-out volume that is also a training volume, the same file (links resolved) or the same
+    voxels (what the card records of a volume of one's own): its loss would not be held out. ``trained``, ``held``:
+    the card's records of the volumes (read_volumes')."""
+    from medrecon.errors import InputError
+
+    def path(record) -> str | None:
+        return str(Path(record["path"]).resolve()) if isinstance(record, dict) and record.get("path") else None
+
+    files = {path(t): t for t in trained if path(t)}
+    voxels = {t["voxels_sha256"]: t for t in trained if isinstance(t, dict) and t.get("voxels_sha256")}
+    for h in held:
+        if not isinstance(h, dict):
+            continue
+        t, same = files.get(path(h)), "the same file"
+        if t is None:
+            t = voxels.get(h.get("voxels_sha256"))
+            same = t and f"the same voxels as the training volume {t.get('name') or path(t)}"
+        if t is not None:
+            held_opt = f"--heldout-dataset {h['name']}" if h.get("name") else "--heldout-data"
+            raise InputError(f"{h.get('name') or path(h)}: both held out and trained on ({same}); a held-out volume "
+                             f"is never trained on: drop it from {held_opt} or from "
+                             f"{'--dataset' if t.get('name') else '--data'}")
+
+
 @app.command()
 def train(
     ctx: typer.Context,
@@ -153,6 +186,12 @@ def train(
     heldout_dataset: Optional[List[str]] = typer.Option(None, "--heldout-dataset", help="Registered scans scored "
                                                         "for the held-out loss (never trained on); 'test' = every "
                                                         "held-out scan of the modality."),
+    heldout_data: Optional[List[Path]] = typer.Option(None, "--heldout-data", help="Volumes of one's own (DICOM "
+                                                      "series folders, NIfTI/NRRD files, or folders holding them, "
+                                                      "read as --data reads them) scored for the held-out loss, "
+                                                      "never trained on; one path per --heldout-data, repeatable "
+                                                      "(paths after it without an option are training data). A "
+                                                      "training volume (the same file or voxels) is refused."),
     output: Path = typer.Option(..., "--output", "-o", help="Prior folder to write (model card, weights, logs)."),
     arch: Arch = typer.Option(Arch.unet, "--arch", help="unet: whole slices at --image-size; patch: position-aware "
                               "patches (PaDIS), usable on slices of any size."),
@@ -216,8 +255,9 @@ def train(
                                                   help="CT: HU mapped to the model range [-1, 1]."),
     mri_percentile: float = typer.Option(99.5, "--mri-percentile", min=50.0, max=100.0, help="MRI: percentile that maps to 1."),
     ema_decay: float = typer.Option(0.999, "--ema-decay", min=0.0, max=1.0),
-    heldout_fraction: float = typer.Option(0.05, "--heldout-fraction", min=0.0, max=0.5, help="unet without --heldout-dataset: last "
-                                           "slices held out to score denoising before/after."),
+    heldout_fraction: float = typer.Option(0.05, "--heldout-fraction", min=0.0, max=0.5, help="unet without "
+                                           "--heldout-dataset or --heldout-data: last slices held out to score "
+                                           "denoising before/after."),
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every", min=0, help="Checkpoint (and export the prior) every N steps (0: only at the end)."),
     heldout_every: Optional[int] = typer.Option(None, "--heldout-every", min=0, help="Held-out loss every N steps "
                                                 "(default: at every checkpoint; 0: only before/after)."),
@@ -279,6 +319,7 @@ def train(
     overlap = sorted(set(held_names) & set(names))
     if overlap:
         raise InputError(f"datasets {', '.join(overlap)} are both trained on and held out: drop them from one list")
+    hpaths, hsources = _heldout_sources(held_names, list(heldout_data or []), modality)
     if planes != Planes.axial and arch != Arch.patch:
         raise InputError("--planes all needs --arch patch; drop it for a whole-slice prior")
     if context_slices and arch != Arch.patch:
@@ -322,12 +363,11 @@ def train(
                              check=train_check, series=series, planes=planes.value, fits=lambda v: too_small_for_patches(
                                  v.shape[-2:], v.spacing[:2], sizes, pixel_range or DEFAULT_PIXEL_RANGE,
                                  opts.max_upsample) is None)
-        if held_names:
-            hp, hprov = _dataset_volumes(held_names, modality, heldout=True)
-            hd = load_patch_data(hp, imap, magnitude_percentile=pct, modality=modality.value, sources=hprov,
+        if hpaths:
+            hd = load_patch_data(hpaths, imap, magnitude_percentile=pct, modality=modality.value, sources=hsources,
                                  check=check)
             heldout = heldout_slices(hd, opts.heldout_spacing_mm, context=context_slices)
-            held_desc = hprov
+            held_desc = hd.description["volumes"]
         what = f"{sd.n_slices} slices at their own pixel size, patches {','.join(map(str, sizes))}"
         if resume and pixel_range is None:  # train_prior takes the run's own range from its state
             typer.echo("pixel sizes drawn from the resumed run's own range (its card's pixel_spacing_range_why)",
@@ -346,10 +386,9 @@ def train(
     else:
         sd = load_slices(paths, imap, image_size, magnitude_percentile=pct, modality=modality.value, sources=sources,
                          check=train_check, series=series)
-        if held_names:
-            hp, hprov = _dataset_volumes(held_names, modality, heldout=True)
-            heldout = load_slices(hp, imap, image_size, magnitude_percentile=pct, sources=hprov, check=check).slices
-            held_desc = hprov
+        if hpaths:
+            hd = load_slices(hpaths, imap, image_size, magnitude_percentile=pct, sources=hsources, check=check)
+            heldout, held_desc = hd.slices, hd.description["volumes"]
         else:
             n = sd.slices.shape[0]
             n_held = int(round(n * heldout_fraction)) if n >= 8 else 0
@@ -359,6 +398,7 @@ def train(
                 sd.description["heldout_slices"] = n_held
         what = f"{sd.slices.shape[0]} slices ({image_size}x{image_size})"
     if held_desc:
+        _refuse_trained_heldout(sd.description["volumes"], held_desc)
         sd.description["heldout_volumes"] = held_desc
     n_held = 0 if heldout is None else sum(h.shape[0] for h in ([heldout] if torch.is_tensor(heldout) else heldout))
     typer.echo(f"training {arch.value} prior on {what} from {sd.description['n_volumes']} volumes, "

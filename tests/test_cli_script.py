@@ -42,6 +42,7 @@ def test_help_shows_no_value_type_for_flags_and_full_option_names():
     for opt in ("--heldout-dataset", "--checkpoint-every", "--heldout-fraction", "--mri-percentile",
                 "--attention / --no-attention", "--layers-per-block"):
         assert opt in r.stdout, opt
+    assert "--heldout-data " in r.stdout  # its own option, not only --heldout-dataset
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

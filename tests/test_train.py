@@ -1296,3 +1296,73 @@ def test_a_model_card_is_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"model_card\.yaml.*No space left on device"):
         write_model_card(path, {"name": "new"})
     assert read_model_card(path)["name"] == "old" and [p.name for p in tmp_path.iterdir()] == ["model_card.yaml"]
+
+
+def test_heldout_data_scores_ones_own_volume_with_a_registered_one_and_a_resume_keeps_it(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """--heldout-data FILE (the GPU lease's validation slab: no data cache there) is scored as --heldout-dataset
+    volumes are: heldout_slices of it, before, every --heldout-every steps and after, recorded in the card's
+    heldout_volumes with its path and voxels' checksum; it may go with --heldout-dataset; a resume keeps it, and
+    one with another held-out volume is refused naming it."""
+    from medrecon.io import read_volume
+    from medrecon.io.common import voxels_sha256
+    from medrecon.priors.patch import heldout_slices
+    from medrecon.priors.training_data import load_patch_data
+    from pipelines import datasets
+    from pipelines.commands_train import training_intensity
+    from pipelines.cli import main
+    from pipelines.modality import Modality
+
+    rng = np.random.default_rng(11)
+    train = _nifti(tmp_path / "train.nii.gz", rng, z=6, n=24)
+    held = Path(_nifti(tmp_path / "val.nii", rng, n=24))  # 3 slices: heldout_slices takes all three
+    other = _nifti(tmp_path / "other.nii", rng, n=24)
+    lung2 = _nifti(tmp_path / "lung2.nii.gz", rng, z=8, n=20, mm=1.1)  # the registered scan's stand-in
+    monkeypatch.setattr(datasets, "path", lambda name, cache_dir=None: {"ct_lung2": lung2}[name])
+    out = tmp_path / "p"
+    run = ["train", "--data", train, "--heldout-dataset", "ct_lung2", "--output", str(out), *PATCH_RUN]
+    assert main([*run, "--heldout-data", str(held), "--steps", "2", "--heldout-every", "1"]) == 0
+    assert "step 2: held-out loss " in capsys.readouterr().out  # the run's output tells the last one too
+    prior = load_prior(out)
+    training = prior.card["training"]
+    vols = training["data"]["heldout_volumes"]
+    assert [v.get("name") for v in vols] == ["ct_lung2", None]  # the registered scan, then the file of one's own
+    assert vols[1]["path"] == str(held.resolve()) and vols[1]["voxels_sha256"] == voxels_sha256(read_volume(held))
+    assert training["data"]["n_volumes"] == 1 and "--heldout-data " + str(held) in training["command"]
+    imap, _ = training_intensity(Modality.ct, (-1000.0, 1000.0), 99.5)
+    slices = heldout_slices(load_patch_data([lung2, held], imap, modality="ct"), 2.0)
+    h = training["heldout"]
+    assert [s.shape[0] for s in slices] == [4, 3] and h["n_slices"] == 7
+    assert [step for step, _ in h["log"]] == [0, 1, 2] and np.isfinite(h["loss_after"])
+    assert abs(heldout_loss(prior, slices) - h["loss_after"]) < 1e-4  # the loss of these very slices
+    assert main([*run, "--heldout-data", str(held), "--steps", "3", "--resume"]) == 0
+    h = load_prior(out).card["training"]["heldout"]
+    assert h["loss_before_step"] == 0 and [step for step, _ in h["log"]] == [0, 1, 2, 3]
+    capsys.readouterr()
+    assert main([*run, "--heldout-data", other, "--steps", "4", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "held-out volume 2: its voxels differ (SHA-256)" in err and "--heldout-data/--heldout-dataset" in err
+
+
+def test_heldout_data_that_is_also_trained_on_is_refused_in_one_line(tmp_path, capsys):
+    """A --heldout-data volume that is also a training volume, given as the same path, the same file by another
+    path, or a copy (the same voxels), is refused in one line naming it and the fix, and nothing is written."""
+    import shutil
+
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(12)
+    a, b = Path(_nifti(tmp_path / "a.nii.gz", rng, z=4, n=24)), _nifti(tmp_path / "b.nii.gz", rng, z=4, n=24)
+    shutil.copy(a, tmp_path / "a_copy.nii.gz")
+    (tmp_path / "link.nii.gz").symlink_to(a)
+    for given, same in ((a, "the same file"), (tmp_path / "link.nii.gz", "the same file"),
+                        (tmp_path / "a_copy.nii.gz", f"the same voxels as the training volume {a}")):
+        capsys.readouterr()
+        out = tmp_path / f"p_{given.name}"
+        assert main(["train", "--data", str(a), b, "--heldout-data", str(given), "--output", str(out),
+                     *PATCH_RUN]) == 2
+        err = capsys.readouterr().err
+        said = f"{given.resolve()}: both held out and trained on ({same}); a held-out volume is never trained on: " \
+               "drop it from --heldout-data or from --data"
+        assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err  # (after the pixel range)
+        assert not out.exists()

@@ -3,12 +3,12 @@
 # so the call's carry names it). The GPU machine has torch 2.11+cu130 on Python 3.12 and no package index; ASTRA 2.5.0's
 # wheel links CUDA 12's libcudart.so.12 and libcufft.so.11, which CUDA 13 lacks. Whole call: one tar.xz of the
 # stripped site-packages (about 7 MB), libcudart.so.12, a stand-in libcufft.so.11 (cufft11.c) and a SimpleITK
-# stand-in (its 50 MB wheel does not fit the 64 MiB transfer; no gpu test needs it); the training data as int16
-# copies (gpu_train_data.py, about 17 MB); ct_patch_wide's weights in fp16 (20 MB; run.sh restores them in fp32 and
-# trains on from them). Usage: bash benchmarks/gpu_lease/pack.sh  (from the repository root); then
-# `bash benchmarks/gpu_lease/slim.sh mri_patch` for the weight files. Budget: packages 8 + data 17 + fp16 weights 20
-# + tracked files without weights 3 + mri_patch 10 MB, under the 64 MiB a call carries. The training scans are
-# fetched where not cached.
+# stand-in (its 50 MB wheel does not fit the 64 MiB transfer; no gpu test needs it); the training data and the
+# held-out validation slab ct_head_val.nii as int16 copies (gpu_train_data.py, 18.1 MB: the slab adds 1 MB);
+# ct_patch_wide's weights in fp16 (20 MB; run.sh restores them in fp32 and trains on from them). Usage:
+# bash benchmarks/gpu_lease/pack.sh  (from the repository root); then `bash benchmarks/gpu_lease/slim.sh mri_patch`
+# for the weight files. Budget: packages 8 + data 18 + fp16 weights 20 + tracked files without weights 3 + mri_patch
+# 10 MB, under the 64 MiB a call carries. The training scans are fetched where not cached.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}; W=$(mktemp -d); S=$(mktemp -d)
 mkdir -p .gpu/lib .gpu/stub/SimpleITK

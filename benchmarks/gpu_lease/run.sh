@@ -2,7 +2,10 @@
 # One device call (benchmarks/gpu_lease/pack.sh first): unpack the carried packages and data, go on training the wide
 # CT patch prior from its bundled weights (carried as fp16 in .gpu/, pack.sh; the forty-sixth session trained it
 # 6182 steps in 5 min on an H100 from ct_patch, its loss still falling), now with a cosine decay of the learning rate
-# over STEPS, return its weights split under $OUT/wide, then run the GPU check (148 s). Device tool: command
+# over STEPS, return its weights split under $OUT/wide, then run the GPU check (148 s). The held-out loss is scored on
+# ct_head_val.nii, ct_head slices 82-107 (the validation slab the wide prior was chosen on, never trained on; carried
+# in .gpu/traindata.tar.xz, gpu_train_data.py), before, at every checkpoint (--heldout-every's default: every 500
+# steps) and after, into the card's training.heldout and $OUT/train.log. Device tool: command
 # "bash benchmarks/gpu_lease/run.sh", carry [".gpu"], timeout 590.
 # Dry run here: DEV=cpu TL=0.2 SMALL=--small LW=2 BS=8 OUT=/tmp/dry PY=.venv/bin/python bash benchmarks/gpu_lease/run.sh
 set -u
@@ -24,7 +27,8 @@ fi
 rm -rf /tmp/ct_patch_wide   # a fresh run: a dry run here may have left one
 stamp "training (time limit $TL min)"
 $PY -m pipelines.cli train --data /tmp/data/ct_head.nii --data /tmp/data/ct_chest_contrast.nii \
-    --data /tmp/data/ct_lung1.nii --data /tmp/data/ct_abdomen.nii --output /tmp/ct_patch_wide --arch patch \
+    --data /tmp/data/ct_lung1.nii --data /tmp/data/ct_abdomen.nii --heldout-data /tmp/data/ct_head_val.nii \
+    --output /tmp/ct_patch_wide --arch patch \
     --modality ct --image-size 64 --patch-sizes 16,32,64 --pixel-range 0.5 4.0 --init-from bundled:ct_patch_wide \
     --channels 32,64,128,256 --layers-per-block 1 --steps ${STEPS:-6000} --time-limit $TL --batch-size ${BS:-128} \
     --lr 0.0002 --lr-final 0.00002 \

@@ -467,7 +467,8 @@ class _Trainer:
                                    volume_names(self.data.description))
         if differs:  # first: other data also resolve other defaults (the pixel range)
             raise InputError(f"{path}: the run was trained on other data than given now ({differs}); resume with "
-                             f"the run's own --data/--dataset (and --planes, --hu-window/--mri-percentile), or start a new run from it with --init-from "
+                             "the run's own --data/--dataset, --heldout-data/--heldout-dataset (and --planes, "
+                             "--hu-window/--mri-percentile), or start a new run from it with --init-from "
                              f"{path.parent.parent}")
         resolved = {"attention": lambda v: resolved_attention(self.opts.arch, v)}
         changed = [k for k in old if k not in RESUME_MAY_CHANGE and hasattr(self.opts, k)
@@ -844,6 +845,9 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
     def score() -> float:
         return round(heldout_loss(tr.prior(), heldout, sigma_data=opts.sigma_data), 5)
 
+    def said() -> str:  # the last held-out loss, as the run's output tells it
+        return f"step {tr.step}: held-out loss {tr.heldout_log[-1][1]:.4f} (start {held['loss_before']:.4f})"
+
     def log_heldout(value: float):
         tr.heldout_log.append([tr.step, value])
         fresh = not held_csv.is_file()
@@ -895,8 +899,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
                         tr.log_window, n_img, t_win = [], 0, time.perf_counter()
                 if heldout is not None and held_every and tr.step % held_every == 0 and tr.step < opts.steps:
                     log_heldout(score())
-                    bar.write(f"step {tr.step}: held-out loss {tr.heldout_log[-1][1]:.4f} "
-                              f"(start {held['loss_before']:.4f})")
+                    bar.write(said())
                 if opts.sample_every > 0 and tr.step % opts.sample_every == 0 and tr.step < opts.steps:
                     draw_grid(tr.prior(), grid_path(out, tr.step), opts.num_samples, opts.sample_steps)
                 if opts.checkpoint_every and tr.step % opts.checkpoint_every == 0 and tr.step < opts.steps:
@@ -924,6 +927,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         held["loss_after"] = tr.heldout_log[-1][1]
         held["n_slices"] = int(sum(h.shape[0] for h in ([heldout] if torch.is_tensor(heldout) else heldout)))
         held["log"] = tr.heldout_log
+        tqdm.write(said())
     tr.export(held or None)  # before the last sample grid, which takes minutes for a large prior on a CPU
     if opts.sample_every > 0 and not tr.grid_skipped:  # said whatever the progress setting: it takes minutes
         tqdm.write(one_line(f"prior written to {out}; drawing the final sample grid ({opts.num_samples} samples, "

@@ -56,3 +56,57 @@ def test_score_mean_scores_the_mean_of_saved_runs_and_refuses_other_references(t
     write_nifti(Volume(ref + 1), runs[1] / "ct4_s_reference.nii.gz", overwrite=True)
     with pytest.raises(SystemExit, match="another reference"):
         score_mean.score(runs, score_mean.FAST, 2000.0)
+
+
+def _lease_eval():
+    spec = importlib.util.spec_from_file_location("bench_lease_eval", BENCH / "gpu_lease" / "lease_eval.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _real_json(folder, scores):
+    """A bench_real.py output folder: real.json with the ADMM-TV and default rows of {(case, scan): (admm, fast)}."""
+    import json
+    rows = {}
+    for (case, scan), (admm, fast) in scores.items():
+        rows.setdefault(case, {"tuned": {}, "scans": {}})["scans"][scan] = [
+            {"method": "FBP", "psnr_axial": 10.0}, {"method": "ADMM-TV 3D (lam 5)", "psnr_axial": admm},
+            {"method": "fast + z-TV (warm)", "psnr_axial": fast}]
+    folder.mkdir()
+    (folder / "real.json").write_text(json.dumps(rows))
+    return folder
+
+
+def test_gpu_lease_eval_rules(tmp_path, capsys):
+    """evaluate.sh's rules on hand-made runs: validation needs +0.10 dB mean at 8 and 4 views and no more cases
+    below ADMM-TV (the same slice full and cropped counted as two cases); held out, the README's wide column is
+    compared per case (mean change >= 0, none below -0.2) and an ADMM-TV that does not reproduce it voids the run."""
+    le = _lease_eval()
+    scans = ["a", "b"]
+    cur = {(c, s): (20.0, 21.0) for c in ("ct8", "ct4") for s in scans}
+    for name, new_fast, new_low, ok in [("pass", 21.10, 21.10, True), ("short", 21.09, 21.09, False),
+                                        ("below", 21.50, 19.9, False)]:
+        runs = {k: _real_json(tmp_path / f"{name}_{k}", {**{key: (20.0, new_fast) for key in cur},
+                                                          ("ct4", "b"): (20.0, new_low if k == "crop" else new_fast)})
+                for k in ("full", "crop")}
+        currents = [_real_json(tmp_path / f"{name}_cur_{k}", cur) for k in ("full", "crop")]
+        summary = le.val_summary(le.axial([runs["full"], runs["crop"]], by_run=True))
+        assert summary["ct4"]["n"] == 4
+        assert le.validate(currents, [runs["full"], runs["crop"]], ("ct8", "ct4")) is ok, name
+    readme = {(c, s): v for s, by in le.README.items() for c, v in by.items()}
+    assert len(readme) == 18
+    same = _real_json(tmp_path / "same", readme)
+    assert le.heldout([same], None, ("ct8", "ct4")) is True  # no change: mean 0, none lower
+    worse = dict(readme)
+    worse["ct4", "ct_lung2"] = (20.03, 21.32 - 0.21)
+    worse["ct4", "ct_tumour1"] = (20.10, 20.87 + 0.5)
+    assert le.heldout([_real_json(tmp_path / "worse", worse)], None, ("ct8", "ct4")) is False  # mean up, one -0.21
+    off = dict(readme)
+    off["ct8", "ct_tumour2"] = (23.64, 27.0)
+    assert le.heldout([_real_json(tmp_path / "off", off)], None, ("ct8", "ct4")) is None  # no verdict
+    assert "INVALID" in capsys.readouterr().out
+    # a rerun of the current prior replaces the README's figures
+    assert le.heldout([_real_json(tmp_path / "off2", off)], [_real_json(tmp_path / "cur", off)], ("ct8", "ct4"))
+    text = "patch:\n  sizes:\n  - 16\n  inference_size: 64\n  inference_shifts: 2\n  seed: 0\n"
+    assert le.set_shifts(text, 1) == text.replace("shifts: 2", "shifts: 1")

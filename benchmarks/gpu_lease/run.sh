@@ -6,7 +6,9 @@
 # ct_head_val.nii, ct_head slices 82-107 (the validation slab the wide prior was chosen on, never trained on; carried
 # in .gpu/traindata.tar.xz, gpu_train_data.py), before, at every checkpoint (--heldout-every's default: every 500
 # steps) and after, into the card's training.heldout and $OUT/train.log. Device tool: command
-# "bash benchmarks/gpu_lease/run.sh", carry [".gpu"], timeout 590.
+# "bash benchmarks/gpu_lease/run.sh", carry [".gpu"], timeout 590; then, on the CPU, whether its weights replace
+# the bundled ones: bash benchmarks/gpu_lease/evaluate.sh FILES_AT (the folder the returned files lie in; its rule
+# in its header).
 # Dry run here: DEV=cpu TL=0.2 SMALL=--small LW=2 BS=8 OUT=/tmp/dry PY=.venv/bin/python bash benchmarks/gpu_lease/run.sh
 set -u
 DEV=${DEV:-cuda}; TL=${TL:-5}; SMALL=${SMALL:-}; PY=${PY:-python3}

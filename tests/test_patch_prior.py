@@ -518,3 +518,27 @@ def test_fp32_network_calls_on_cuda_turn_cudnn_tf32_off_and_back():
     assert cudnn.allow_tf32
     with exact_fp32("cpu"):
         assert cudnn.allow_tf32  # nothing to change on the CPU
+
+
+def test_a_fine_tune_keeps_the_tile_grids_of_the_prior_it_starts_from(tmp_path):
+    """A card's inference_shifts sets a patch prior's CPU cost (2 grids: twice 1's). A run started from a prior
+    (--init-from) keeps that prior's count, also when resumed without --init-from; a fresh run writes 2; a count
+    given in the options wins."""
+    rng = np.random.default_rng(1)
+    data = prepare_volumes([phantom(rng) for _ in range(2)], CT, modality="ct")
+    opts = TrainOptions(arch="patch", channels=(8, 16), patch_sizes=(8, 16), batch_size=4, steps=2, warmup=1,
+                        checkpoint_every=0, heldout_every=0, sample_every=0, pixel_spacing_range=(0.8, 1.5),
+                        device="cpu")
+
+    def shifts(folder):
+        return read_model_card(folder)["patch"]["inference_shifts"], load_prior(folder).shifts
+
+    one = train_prior(data, tmp_path / "one", replace(opts, patch_inference_shifts=1), progress=False)
+    fresh = train_prior(data, tmp_path / "fresh", opts, progress=False)
+    tuned = train_prior(data, tmp_path / "tuned", replace(opts, init_from=str(one)), progress=False)
+    given = train_prior(data, tmp_path / "given", replace(opts, init_from=str(one), patch_inference_shifts=2),
+                        progress=False)
+    assert shifts(one) == (1, 1) and shifts(fresh) == (2, 2) and shifts(tuned) == (1, 1) and shifts(given) == (2, 2)
+    resumed = train_prior(data, tuned, replace(opts, steps=3), resume=True, progress=False)
+    assert shifts(resumed) == (1, 1)
+    assert read_model_card(resumed)["training"]["steps"] == 3

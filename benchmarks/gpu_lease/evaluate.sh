@@ -7,8 +7,9 @@
 # most two jobs at a time (LANES=1: one), each on one thread (OMP_NUM_THREADS=1).
 #  1. Reassemble: cat wide/part_* | gunzip | tar x -C OUT_DIR/prior; load it as the pipelines do and print its card's
 #     training record (steps, seconds, training.heldout: the held-out loss log on the head validation slab). A card
-#     with patch.inference_shifts other than the bundled card's (the trainer writes 2, the bundled card has 1) is set
-#     to the bundled value, so the runs compare weights, not tile grids.
+#     with patch.inference_shifts other than the bundled card's 1 (the trainer wrote 2 before the sixty-fourth
+#     session; it now keeps the --init-from prior's) is set to the bundled value, so the runs compare weights, not
+#     tile grids.
 #  2. Held-out denoising loss of both priors, as ct_patch_wide's card's training.heldout note measured it:
 #     benchmarks/heldout_by_pixel.py bundled:ct_patch_wide OUT_DIR/prior --scans (the eight CT test scans)
 #     --pixels 2.0 --per-volume 4 -> OUT_DIR/heldout_loss.md (information; not part of the rule).

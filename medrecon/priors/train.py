@@ -85,7 +85,9 @@ class TrainOptions:
     patch_sizes: tuple = (16, 32, 64)  # patch: training patch sizes (each divisible by 2^(levels-1))
     patch_probs: tuple | None = None  # patch: probability of each size (None: equal)
     patch_inference_size: int | None = None  # patch: tile size at inference (None: the largest)
-    patch_inference_shifts: int = 2  # patch: tile grids averaged per denoiser call (1: PaDIS's single grid, seams)
+    # patch: tile grids averaged per denoiser call (1: PaDIS's single grid, seams); None: the --init-from patch
+    # prior's (a fine-tune runs as fast as what it started from), else 2
+    patch_inference_shifts: int | None = None
     pixel_spacing_range: tuple | None = None  # patch: in-plane pixel sizes (mm) drawn by random rescaling (None:
     #                                           0.7-4.0 widened to take in the training scans' own, pixel_range_for)
     max_upsample: float = 1.25  # patch: never draw pixels finer than the scan's own / this
@@ -390,6 +392,9 @@ class _Trainer:
 
         if start is None and opts.init_from:
             start = load_prior(opts.init_from)  # read by the loader, with its checks
+        self.shifts_given = opts.patch_inference_shifts is not None  # else the start's, or a resumed run's own
+        if not self.shifts_given:
+            self.opts = replace(opts, patch_inference_shifts=int(getattr(start, "shifts", 2)))
         config = self.network_config()
         if start is not None:  # a narrower prior's heads are copied whole: the head width follows it
             config = wide_config(dict(start.network.config), config)
@@ -497,6 +502,8 @@ class _Trainer:
                 record["warning"] = said
         if "init_from" in old:  # what the run started from, not a --init-from given at a resume (never used there)
             self.opts = replace(self.opts, init_from=old["init_from"])
+        if old.get("patch_inference_shifts") and not self.shifts_given:  # the run's own, unless given now
+            self.opts = replace(self.opts, patch_inference_shifts=old["patch_inference_shifts"])
         before = [dict(p) for p in st.get("segments") or [{  # a checkpoint of before: its command unknown
             "from_step": 0, "to_step": None, "command": "not recorded (a checkpoint from before medrecon kept each "
             "resumed part's command)", "lr": old.get("lr"), "lr_final": old.get("lr_final"),

@@ -645,7 +645,6 @@ def test_the_dry_run_reads_each_output_marker_once(tmp_path, monkeypatch):
     assert _run(root, out, "--dry-run", "--overwrite") == 0 and not [r for r in reads if out in r.parents]
 
 
-
 def test_a_deidentified_rerun_reads_each_output_marker_once(tmp_path, monkeypatch):
     """A de-identified rerun read every earlier output's marker twice: for ``check_key`` (the key that made them)
     and again for the series' state (skip it or not). The dry run, which writes nothing, now acts on those read for

@@ -303,7 +303,6 @@ def test_a_ray_task_error_is_recorded_by_its_cause_alone(tmp_path, monkeypatch):
     assert row["error"] == f"InputError: {input_label(series)}: the series", row["error"]
 
 
-
 @needs_ray
 @pytest.mark.parametrize("deidentify", [True, False])
 def test_a_lost_workers_record_under_deidentify_holds_no_ray_text(tmp_path, monkeypatch, deidentify):
@@ -368,6 +367,7 @@ def test_a_ray_error_under_deidentify_is_recorded_by_its_type_alone(tmp_path, mo
         assert row["error"] == f"Ray error: {kind}", row["error"]
     else:
         assert row["error"].startswith(f"{kind}: ") and name in row["error"], row["error"]
+
 
 @needs_ray
 def test_series_answered_at_once_are_echoed_as_the_local_engine_echoes_them(cluster, tree, tmp_path):

@@ -93,8 +93,12 @@ class Typer(typer.Typer):
 
 def say(line: str, err: bool = False, **style) -> None:
     """Print one line of a command's output as its errors are printed (``one_line``): a path or a DICOM
-    description holding a newline or a terminal escape stays on its line, escaped."""
-    typer.secho(one_line(line), err=err, **style)
+    description holding a newline or a terminal escape stays on its line, escaped. Styled only when ``style`` is
+    given: ``secho`` without one still ends the line with a reset escape on a terminal."""
+    if style:
+        typer.secho(one_line(line), err=err, **style)
+    else:
+        typer.echo(one_line(line), err=err)
 
 
 app = Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,

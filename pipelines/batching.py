@@ -96,24 +96,23 @@ class Job:
     config_sha256: str = ""  # the batch's Config.fingerprint ("": any config)
     refused: str = ""  # why reading the series will fail, from its headers (``SeriesInfo.refused``), or ""
     deidentify: bool = False  # outputs.deidentify: its row names the series and input as a de-identified record does
-    marker: dict | None = None  # its output folder's marker once read (``output_marker``)
-
-    def output_marker(self) -> dict | None:
-        """Its output folder's marker (``read_marker``), kept once found (the batch hands in those it read for
-        ``check_key``); none is looked for again, as the run may yet write the output."""
-        if self.marker is None:
-            self.marker = read_marker(self.output)
-        return self.marker
 
     @property
     def state(self) -> str:
-        """The output folder's ``output_state`` for this series."""
-        return output_state(self.output_marker(), self.uid, self.files_sha256, self.config_sha256)
+        """The output folder's ``output_state`` for this series, from its marker read now: at a run's turn, as the
+        folder may have been removed or replaced since the batch began."""
+        return output_state(read_marker(self.output), self.uid, self.files_sha256, self.config_sha256)
 
-    def state_for(self, overwrite: bool) -> str:
+    def state_for(self, overwrite: bool, read: dict[Path, dict] | None = None) -> str:
         """The ``state`` a run acts on, or 'new' with ``overwrite`` (its marker then unread): 'new' is reconstructed
-        (``todo``), 'done' skipped, any other a conflict."""
-        return "new" if overwrite else self.state
+        (``todo``), 'done' skipped, any other a conflict. ``read``: output folder -> marker read before
+        (``earlier_markers``), acted on instead of reading its own again: only where nothing has been written
+        since (the dry run)."""
+        if overwrite:
+            return "new"
+        if read and self.output in read:
+            return output_state(read[self.output], self.uid, self.files_sha256, self.config_sha256)
+        return self.state
 
     def todo(self, overwrite: bool) -> bool:
         """Whether ``run_series`` would reconstruct it (else it returns 'skipped' or 'conflict' at once)."""
@@ -358,7 +357,9 @@ def known_outputs(output_root: Path, rows: list[dict]) -> dict[str, Path]:
 
 def earlier_markers(output_root: Path, rows: list[dict]) -> dict[Path, dict]:
     """Output folder -> marker of the outputs that the rows of earlier runs name (those with a marker), each read
-    once: ``check_key`` checks them, and the jobs of their series act on them (``Job.marker``)."""
+    once at the batch's start: ``check_key`` checks them, and the dry run, which writes nothing, acts on them
+    (``Job.state_for``). A run reads each series' marker again at its turn (``run_series``): an output removed
+    or replaced while earlier series ran is then acted on as it is."""
     folders = {_absolute(output_root / r["output_path"]) for r in rows if r.get("output_path")}
     return {f: m for f in folders if (m := read_marker(f)) is not None}
 
@@ -573,7 +574,6 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     fingerprint = cfg.fingerprint()
     for j in jobs:
         j.config_sha256 = fingerprint
-        j.marker = marks.get(j.output)  # read once, for check_key
     for f, why in passed_over:
         echo(f"pass    {relative(f, _absolute(input_root))}: {why}")
     unread = []  # folders where series may be but none can be read: a failed row each, without a series or output
@@ -586,7 +586,7 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     manifest = output_root / MANIFEST
     if dry_run:
         for j in jobs:
-            state = j.state_for(overwrite)  # its output's marker read once
+            state = j.state_for(overwrite, marks)  # nothing is written: those read for check_key stand
             if state == "new" and j.refused:  # the run reads these headers and fails the series
                 echo(f"fail  {j.uid}  {j.input}: {j.refused}")
                 continue

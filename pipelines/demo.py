@@ -111,7 +111,8 @@ def run_demo(output: str | Path, source: str = "scan", prior: str | None = None,
         (tmp / "metrics.md").write_text(table)
         write_series_page(tmp, [("reference", ref)] + [(r.label, r.volume) for r in results], DEMO_WINDOW,
                           title=f"medrecon demo: 8-view sparse-view CT of the {case.describe}")
-    for line in ["", *table.splitlines()]:  # (echo prints one line each: the CLI's escapes control characters)
+    # echo prints one line each (the CLI's escapes control characters); the table's final newline: a blank line
+    for line in ["", *table.split("\n")]:
         echo(line)
     echo(f"wrote {out}/: reference.nii.gz, {', '.join(_slug(r.label) + '.nii.gz' for r in results)}, dicom/, "
          f"preview.png, metrics.json, metrics.md, report.json, index.html")

@@ -19,8 +19,10 @@ series' manifest row.
   actor up to ``max_retries`` times and then recorded as failed with the reason; the rerun removes the
   half-written temporary folder first. An error inside a series, or raised by the worker's own code, is
   recorded as the local engine records it, without a rerun (it would fail again): ``recorded_error`` of the
-  worker's exception, ``Job.said``; not Ray's text of it, a traceback ending in the console's message. Exit
-  status and resumption are the local engine's.
+  worker's exception, ``Job.said``; not Ray's text of it, a traceback ending in the console's message. Under
+  outputs.deidentify any other error (Ray's own: a lost worker or object, a full disk) is recorded by its type
+  alone, as Ray's text may repr the task's arguments (``RayEngine._recorded``). Exit status and resumption are
+  the local engine's.
 * Ctrl-C: the actors are killed (with the series they were running), the manifest keeps those series as
   'pending' and KeyboardInterrupt propagates; a rerun of the batch redoes them.
 """
@@ -197,15 +199,25 @@ class RayEngine:
         except ray.exceptions.RayError as e:
             lost = isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                                   ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError))
-            if lost:  # Ray's text may repr the task's arguments (a description): a de-identified record keeps none
-                first = "" if job.deidentify else (str(e).strip().splitlines() or [""])[0]
-                last = f"{type(e).__name__}: {first}" if first else type(e).__name__
-                what = job.said(f"worker lost {self.max_retries + 1} times (last: {last})")  # (said: one line)
-            else:  # recorded as the local engine records it: not Ray's text (its traceback, the console's message)
-                cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) and \
-                    isinstance(e.cause, BaseException) else e
-                what = job.said(recorded_error(cause))
+            what = job.said(self._recorded(e, lost, job.deidentify))  # (said: one line, paths scrubbed)
             return {**job.row("pending"), "status": "failed", "seconds": f"{seconds:.2f}", "error": what}, lost
+
+    def _recorded(self, e: BaseException, lost: bool, deidentify: bool) -> str:
+        """How a series' row records the Ray error ``e`` (``lost``: its worker lost more than max_retries times).
+        The worker's own exception (the cause of a RayTaskError) as the local engine records it, ``recorded_error``:
+        not Ray's text of it (its traceback, the console's message). Any other error is Ray's own (a lost worker
+        or object, a full disk or object store, a cause Ray could not carry back, its traceback in the text):
+        de-identified, by its type alone, as Ray's text may repr the task's arguments (a SeriesDescription naming
+        the patient, in no path for ``scrub`` to find); else with Ray's text (a lost worker's first line)."""
+        cause = e.cause if isinstance(e, self.ray.exceptions.RayTaskError) else None
+        if isinstance(cause, BaseException) and not isinstance(cause, self.ray.exceptions.RayError):
+            return recorded_error(cause)
+        error = cause if isinstance(cause, BaseException) else e
+        if lost:
+            first = "" if deidentify else (str(e).strip().splitlines() or [""])[0]
+            last = f"{type(e).__name__}: {first}" if first else type(e).__name__
+            return f"worker lost {self.max_retries + 1} times (last: {last})"
+        return f"Ray error: {type(error).__name__}" if deidentify else recorded_error(error)
 
 
 def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:

@@ -645,10 +645,12 @@ def test_the_dry_run_reads_each_output_marker_once(tmp_path, monkeypatch):
     assert _run(root, out, "--dry-run", "--overwrite") == 0 and not [r for r in reads if out in r.parents]
 
 
-
 def test_a_deidentified_rerun_reads_each_output_marker_once(tmp_path, monkeypatch):
     """A de-identified rerun read every earlier output's marker twice: for ``check_key`` (the key that made them)
-    and again for the series' state (skip it or not). Once each now, the run and the dry run alike."""
+    and again for the series' state (skip it or not). The dry run, which writes nothing, now acts on those read for
+    ``check_key``: once each. A run reads each again at the series' turn (an output may be removed or replaced while
+    earlier series run: test_a_deidentified_rerun_rebuilds_an_output_removed_while_an_earlier_series_ran): twice
+    each, no more."""
     root, out = tmp_path / "in", tmp_path / "out"
     write_named_series(root / "p1" / "s1", seed=1)
     write_named_series(root / "p2" / "s2", seed=2, surname="Oakenshield", given="Tamsin", patient_id="PID0815")
@@ -656,12 +658,39 @@ def test_a_deidentified_rerun_reads_each_output_marker_once(tmp_path, monkeypatc
     assert _run(root, out, *deid) == 0
     reads, read_marker = [], batch_mod.read_marker
     monkeypatch.setattr(batch_mod, "read_marker", lambda f: reads.append(Path(f)) or read_marker(f))
-    for dry in ([], ["--dry-run"]):
+    for dry, each in ((["--dry-run"], 1), ([], 2)):
         reads.clear()
         assert _run(root, out, *deid, *dry) == 0
         outputs = [r for r in reads if out in r.parents]
-        assert len(outputs) == 2 and len(set(outputs)) == 2, (dry, outputs)
+        assert len(set(outputs)) == 2 and all(outputs.count(o) == each for o in outputs), (dry, outputs)
     assert [r["status"] for r in _manifest(out)] == ["skipped", "skipped"]
+
+
+def test_a_deidentified_rerun_rebuilds_an_output_removed_while_an_earlier_series_ran(tmp_path, monkeypatch):
+    """A de-identified rerun acted on each output's marker as read at the batch's start (for ``check_key``): an
+    output removed while an earlier series ran was recorded 'skipped', and stayed missing. The run now reads it at
+    the series' turn and rebuilds it, as a batch that is not de-identified does."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    write_named_series(root / "p1" / "s1", seed=1)
+    write_named_series(root / "p2" / "s2", seed=2, surname="Oakenshield", given="Tamsin", patient_id="PID0815")
+    deid = ["--set", "outputs.deidentify=true", "--quiet"]
+    assert _run(root, out, *deid) == 0
+    outputs = {p for p in out.iterdir() if p.is_dir()}
+    assert len(outputs) == 2
+    removed, run_series = [], batch_mod.run_series
+
+    def first_then_remove_the_other(job, cfg, **kw):
+        row = run_series(job, cfg, **kw)
+        if not removed:  # the user removes the other series' output while this one is handled
+            removed.append((outputs - {job.output}).pop())
+            shutil.rmtree(removed[0])
+        return row
+    monkeypatch.setattr(batch_mod, "run_series", first_then_remove_the_other)
+    assert _run(root, out, *deid) == 0
+    rows = {out / r["output_path"]: r["status"] for r in _manifest(out)}
+    assert rows[removed[0]] == "done" and list(rows.values()).count("skipped") == 1, rows
+    assert removed[0].is_dir() and batch_mod.read_marker(removed[0]) is not None
+
 
 def test_the_dry_run_says_an_enhanced_series_will_fail_as_the_run_then_does(tmp_path, capsys):
     """The dry run listed an enhanced multi-frame series as `run`, and the real run then failed it: both now decide

@@ -303,7 +303,6 @@ def test_a_ray_task_error_is_recorded_by_its_cause_alone(tmp_path, monkeypatch):
     assert row["error"] == f"InputError: {input_label(series)}: the series", row["error"]
 
 
-
 @needs_ray
 @pytest.mark.parametrize("deidentify", [True, False])
 def test_a_lost_workers_record_under_deidentify_holds_no_ray_text(tmp_path, monkeypatch, deidentify):
@@ -328,6 +327,47 @@ def test_a_lost_workers_record_under_deidentify_holds_no_ray_text(tmp_path, monk
     else:
         assert row["error"] == (f"worker lost 3 times (last: RayActorError: The actor died: "
                                 f"SeriesWorker.run(description='{name}\\x1b[2J'))"), row["error"]
+
+
+RAY_ERRORS = {  # Ray's own errors, each with the text Ray may give it (a task's arguments repr-ed), a name planted
+    "ObjectLostError": lambda t: ray.exceptions.ObjectLostError("ffff", None, f"SeriesWorker.run({t})"),
+    "OwnerDiedError": lambda t: ray.exceptions.OwnerDiedError("ffff", None, f"SeriesWorker.run({t})"),
+    "RaySystemError": lambda t: ray.exceptions.RaySystemError(f"task SeriesWorker.run({t}) failed"),
+    "ActorUnschedulableError": lambda t: ray.exceptions.ActorUnschedulableError(f"actor for {t}"),
+    "OutOfDiskError": lambda t: ray.exceptions.OutOfDiskError(f"disk full running {t}"),
+    "ObjectStoreFullError": lambda t: ray.exceptions.ObjectStoreFullError(f"store full running {t}"),
+    # a worker's exception Ray could not carry back: the cause holds the worker's traceback, as text
+    "UnserializableException": lambda t: ray.exceptions.RayTaskError(
+        "run", "Traceback", ray.exceptions.UnserializableException(f"Traceback ...\nValueError: {t}"),
+        "ray::SeriesWorker.run", 1, "10.1.2.3").as_instanceof_cause(),
+} if ray is not None else {}
+
+
+@needs_ray
+@pytest.mark.parametrize("deidentify", [True, False])
+@pytest.mark.parametrize("kind", sorted(RAY_ERRORS))
+def test_a_ray_error_under_deidentify_is_recorded_by_its_type_alone(tmp_path, monkeypatch, kind, deidentify):
+    """Only a lost worker's record dropped Ray's text under outputs.deidentify: any other Ray error (an object
+    lost, a full disk, a cause Ray could not carry back) was recorded with it, a patient's name in a repr-ed
+    argument or traceback too (in no path: not ``scrub``-bed). De-identified, the record is its type alone;
+    without, Ray's text stays as it was."""
+    from pipelines.batching import Job
+
+    root, name = tmp_path / "in", " ".join(["Quintessa", "Zyxwaldo"])
+    job = Job("1.2.826.0.1.3680043.2.1125.7", root / "s1", tmp_path / "out" / "series-1", "", root,
+              tmp_path / "out", deidentify=deidentify)
+    error = RAY_ERRORS[kind](f"description='{name}'")
+
+    def get(ref):
+        raise error
+    monkeypatch.setattr(ray, "get", get)
+    row, lost = RayEngine(max_retries=2)._result(None, job, 1.0)
+    assert not lost and row["status"] == "failed" and "\n" not in row["error"], row["error"]
+    if deidentify:
+        assert row["error"] == f"Ray error: {kind}", row["error"]
+    else:
+        assert row["error"].startswith(f"{kind}: ") and name in row["error"], row["error"]
+
 
 @needs_ray
 def test_series_answered_at_once_are_echoed_as_the_local_engine_echoes_them(cluster, tree, tmp_path):

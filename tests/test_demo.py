@@ -56,6 +56,7 @@ def test_demo_reduced_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| FBP |" in printed and "PSNR axial" in printed
     assert printed.rstrip().endswith("metrics.md, report.json, index.html")  # #13.19: the last line lists every file
+    assert "|\n\nwrote " in printed, printed  # a blank line between the metrics table and that line
     for f in ("reference.nii.gz", "fbp.nii.gz", "admm_tv_3d.nii.gz", "diffusion_z_tv_fast.nii.gz", "preview.png",
               "metrics.json", "metrics.md"):
         assert (out / f).is_file(), f

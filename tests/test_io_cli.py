@@ -821,3 +821,14 @@ def test_convert_prints_the_path_it_wrote_on_one_line_with_control_characters_es
     code, out, _ = run(capsys, "convert", CT5N, folder / "ct.nii.gz")
     assert code == 0 and out.count("\n") == 1 and "\x1b" not in out, out
     assert out.startswith(f"wrote {tmp_path}/a\\nb\\x1b[31m/ct.nii.gz: shape (Z,Y,X) 5 x 16 x 16"), out
+
+
+def test_an_unstyled_output_line_carries_no_terminal_escape_where_colour_is_on(tmp_path):
+    """Every line printed through ``pipelines.app.say`` went through ``typer.secho``, which ends a line with a reset
+    escape (ESC [0m) where colour is on (a terminal): `convert`'s "wrote PATH" carried one. A line without a style
+    is now printed plain (``typer.echo``)."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    res = CliRunner().invoke(app, ["convert", str(CT5N), str(tmp_path / "ct.nii.gz")], color=True)
+    assert res.exit_code == 0 and res.output.startswith("wrote ") and "\x1b[" not in res.output, repr(res.output)

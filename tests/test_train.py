@@ -1221,7 +1221,6 @@ def test_sample_grid_command_notes_the_drawn_grid_in_the_card(data, tmp_path, mo
         "ended the run at step 1")
 
 
-
 def test_the_skipped_grid_facts_are_a_field_of_the_card_that_drawing_it_reads_and_adds_to(data, tmp_path,
                                                                                            monkeypatch, capsys):
     """The card's sample_grid note was prose that drawing the grid parsed back for why the run skipped it. The
@@ -1280,6 +1279,7 @@ def test_a_prior_folder_holding_a_newline_is_printed_on_one_line_by_train_and_th
     assert f"draw it with python -m medrecon.priors.sample_grid '{tmp_path}/p\\nq'\n" in err, err
     assert main([str(out), "--device", "cpu", "--output", str(out / "g\x1b.png")]) == 0
     assert capsys.readouterr().out == f"{tmp_path}/p\\nq/g\\x1b.png\n"
+
 
 def test_a_model_card_is_written_atomically(tmp_path, monkeypatch):
     """A rewrite that fails before its rename leaves the old card whole and no temporary behind."""

@@ -165,9 +165,11 @@ def main(argv=None) -> int:
 
 
 def _note_drawn(prior, out: Path, n: int, steps: int) -> None:
-    """Where the card of the prior folder ``prior`` says its grid was skipped (``training.sample_grid``, written by
-    ``medrecon train``), say where it is now drawn (the card rewritten atomically, ``write_model_card``); a card that
-    cannot be rewritten is a warning, the grid being drawn."""
+    """Where the card of the prior folder ``prior`` says its grid was skipped (``training.sample_grid_skipped``, or on
+    a card written before that field the ``training.sample_grid`` note; written by ``medrecon train``), say where it
+    is now drawn: ``sample_grid_drawn`` {path, samples, steps}, ``sample_grid_skipped`` (added to an older card) and
+    the note reworded (the card rewritten atomically, ``write_model_card``); a card that cannot be rewritten is a
+    warning, the grid being drawn."""
     from ..errors import one_line
     from .card import CARD_NAME, read_model_card, write_model_card
 

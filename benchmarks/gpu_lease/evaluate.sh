@@ -7,6 +7,7 @@
 # skipped when it holds the same command (rerun the same line to resume after a stop); a marker of another command
 # (a QUICK=1 run's, say: the same job names) refuses the run: give another OUT_DIR. At most two jobs at a time
 # (LANES=1: one), each on one thread (OMP_NUM_THREADS=1).
+# lease_eval.py scores the runs: any error of it (exit 3) is "EVALUATION ERROR, NO VERDICT", never a verdict.
 #  1. Reassemble: cat wide/part_* | gunzip | tar x -C OUT_DIR/prior; load it as the pipelines do and print its card's
 #     training record (steps, seconds, training.heldout: the held-out loss log on the head validation slab). A card
 #     with patch.inference_shifts other than the bundled card's 1 (the trainer wrote 2 before the sixty-fourth
@@ -125,9 +126,15 @@ for p in current new; do
 done
 lanes val_current_full val_new_full heldout_loss val_current_crop val_new_crop
 cat "$OUT/heldout_loss.md"; $HELP loss "$OUT/heldout_loss.md"
-$HELP validate --cases $CASES --current "$OUT"/val_current_{full,crop} --new "$OUT"/val_new_{full,crop} \
+no_verdict() {  # no_verdict CODE FILE: lease_eval.py stopped on an error (its exit 3, or any code but 0, 1, 2)
+  echo "EVALUATION ERROR, NO VERDICT: lease_eval.py exited $1 (the error above, also in $2); fix it and rerun this" \
+    "line (the finished jobs are kept)" | tee -a "$2"; exit 1
+}
+$HELP validate --cases $CASES --current "$OUT"/val_current_{full,crop} --new "$OUT"/val_new_{full,crop} 2>&1 \
     | tee "$OUT/validation.txt"
-if [ "${PIPESTATUS[0]}" != 0 ]; then
+valid=${PIPESTATUS[0]}
+[ "$valid" = 0 ] || [ "$valid" = 1 ] || no_verdict "$valid" "$OUT/validation.txt"
+if [ "$valid" = 1 ]; then
   [ "${FORCE_HELDOUT:-0}" = 1 ] || { stamp "validation failed: the bundled prior stays; no held-out run"; exit 0; }
   echo "FORCE_HELDOUT=1: running the held-out cases anyway (plumbing; such a verdict does not count)"
 fi
@@ -150,8 +157,9 @@ held new "$PRIOR"
 names=(); for n in "${ORDER[@]}"; do [[ $n == held_* ]] && names+=("$n"); done
 lanes "${names[@]}"
 cur=(); [ $RERUN = 1 ] && cur=(--current "$OUT"/held_current_*)
-$HELP heldout "$OUT"/held_new_* --cases $CASES "${cur[@]}" | tee "$OUT/heldout.txt"
+$HELP heldout "$OUT"/held_new_* --cases $CASES "${cur[@]}" 2>&1 | tee "$OUT/heldout.txt"
 verdict=${PIPESTATUS[0]}
+case $verdict in 0|1|2) ;; *) no_verdict "$verdict" "$OUT/heldout.txt";; esac
 if [ "$verdict" = 2 ]; then
   stamp "no verdict: rerun this line with --rerun-current (the new prior's runs are kept; the current prior's run)"
 elif [ "$verdict" = 0 ]; then

@@ -144,8 +144,9 @@ def _heldout_sources(names: list[str], paths: list[Path], modality: Modality) ->
 
 def _refuse_trained_heldout(trained: list, held: list) -> None:
     """One line for a held-out volume that is also a training volume, the same file (links resolved) or the same
-    voxels (what the card records of a volume of one's own): its loss would not be held out. ``trained``, ``held``:
-    the card's records of the volumes (read_volumes')."""
+    voxels (the voxels' SHA-256 the card records of every volume, a registered scan's too: a copy of one is caught
+    either way round): its loss would not be held out. ``trained``, ``held``: the card's records of the volumes
+    (read_volumes')."""
     from medrecon.errors import InputError
 
     def path(record) -> str | None:

@@ -1366,3 +1366,36 @@ def test_heldout_data_that_is_also_trained_on_is_refused_in_one_line(tmp_path, c
                "drop it from --heldout-data or from --data"
         assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err  # (after the pixel range)
         assert not out.exists()
+
+
+def test_a_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_both_ways(tmp_path, capsys, monkeypatch):
+    """A registered scan's record (its provenance: the file's SHA-256, its cache path) had no voxels' SHA-256, so a
+    copy of it given with --heldout-data while --dataset trains on it, or trained on with --data while
+    --heldout-dataset scores it, was accepted: its loss was not held out. read_volumes now records the voxels'
+    SHA-256 of a registered scan too, and both are refused in one line naming it and the fix."""
+    import shutil
+
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(13)
+    files = {n: Path(_nifti(tmp_path / f"{n}.nii.gz", rng, z=4, n=24)) for n in ("ct_head", "ct_lung2")}
+    monkeypatch.setattr(datasets, "path", lambda name, cache_dir=None: files[name])
+    for n in files:
+        shutil.copy(files[n], tmp_path / f"copy_{n}.nii.gz")
+    other = _nifti(tmp_path / "other.nii.gz", rng, z=4, n=24)
+    cases = [(["--dataset", "ct_head", "--heldout-data", str(tmp_path / "copy_ct_head.nii.gz")],
+              f"{tmp_path / 'copy_ct_head.nii.gz'}: both held out and trained on (the same voxels as the training "
+              "volume ct_head); a held-out volume is never trained on: drop it from --heldout-data or from "
+              "--dataset"),
+             (["--data", other, str(tmp_path / "copy_ct_lung2.nii.gz"), "--heldout-dataset", "ct_lung2"],
+              f"ct_lung2: both held out and trained on (the same voxels as the training volume "
+              f"{tmp_path / 'copy_ct_lung2.nii.gz'}); a held-out volume is never trained on: drop it from "
+              "--heldout-dataset ct_lung2 or from --data")]
+    for k, (args, said) in enumerate(cases):
+        capsys.readouterr()
+        out = tmp_path / f"p{k}"
+        assert main(["train", *args, "--output", str(out), *PATCH_RUN]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err
+        assert not out.exists()

@@ -145,27 +145,42 @@ def _heldout_sources(names: list[str], paths: list[Path], modality: Modality) ->
 def _refuse_trained_heldout(trained: list, held: list) -> None:
     """One line for a held-out volume that is also a training volume, the same file (links resolved) or the same
     voxels (the voxels' SHA-256 the card records of every volume, a registered scan's too: a copy of one is caught
-    either way round): its loss would not be held out. ``trained``, ``held``: the card's records of the volumes
-    (read_volumes')."""
+    either way round): its loss would not be held out; or that is given twice as held-out data (the same file or
+    voxels: a file and its folder, say), which would weigh its loss twice. ``trained``, ``held``: the card's records
+    of the volumes (read_volumes')."""
     from medrecon.errors import InputError
 
     def path(record) -> str | None:
-        return str(Path(record["path"]).resolve()) if isinstance(record, dict) and record.get("path") else None
+        return str(Path(record["path"]).resolve()) if record.get("path") else None
 
-    files = {path(t): t for t in trained if path(t)}
-    voxels = {t["voxels_sha256"]: t for t in trained if isinstance(t, dict) and t.get("voxels_sha256")}
+    def keys(record) -> list:  # what identifies a volume: its file, its voxels
+        return [k for k in (("file", path(record)), ("voxels", record.get("voxels_sha256"))) if k[1]]
+
+    def name(record) -> str:
+        return record.get("name") or path(record)
+
+    def first(record, seen: dict):
+        return next(((kind, seen[(kind, v)]) for kind, v in keys(record) if (kind, v) in seen), (None, None))
+
+    trained_at, held_at = {}, {}
+    for t in trained:
+        for k in keys(t) if isinstance(t, dict) else ():
+            trained_at.setdefault(k, t)
     for h in held:
         if not isinstance(h, dict):
             continue
-        t, same = files.get(path(h)), "the same file"
-        if t is None:
-            t = voxels.get(h.get("voxels_sha256"))
-            same = t and f"the same voxels as the training volume {t.get('name') or path(t)}"
+        kind, t = first(h, trained_at)
         if t is not None:
+            same = "the same file" if kind == "file" else f"the same voxels as the training volume {name(t)}"
             held_opt = f"--heldout-dataset {h['name']}" if h.get("name") else "--heldout-data"
-            raise InputError(f"{h.get('name') or path(h)}: both held out and trained on ({same}); a held-out volume "
-                             f"is never trained on: drop it from {held_opt} or from "
-                             f"{'--dataset' if t.get('name') else '--data'}")
+            raise InputError(f"{name(h)}: both held out and trained on ({same}); a held-out volume is never trained "
+                             f"on: drop it from {held_opt} or from {'--dataset' if t.get('name') else '--data'}")
+        kind, o = first(h, held_at)
+        if o is not None:
+            same = "" if kind == "file" else f" (the same voxels as {name(o)})"
+            raise InputError(f"{name(h)}{same}: given twice as held-out data; give it once")
+        for k in keys(h):
+            held_at.setdefault(k, h)
 
 
 @app.command()
@@ -192,7 +207,8 @@ def train(
                                                       "read as --data reads them) scored for the held-out loss, "
                                                       "never trained on; one path per --heldout-data, repeatable "
                                                       "(paths after it without an option are training data). A "
-                                                      "training volume (the same file or voxels) is refused."),
+                                                      "training volume (the same file or voxels), or one given "
+                                                      "twice, is refused."),
     output: Path = typer.Option(..., "--output", "-o", help="Prior folder to write (model card, weights, logs)."),
     arch: Arch = typer.Option(Arch.unet, "--arch", help="unet: whole slices at --image-size; patch: position-aware "
                               "patches (PaDIS), usable on slices of any size."),

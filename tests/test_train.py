@@ -1368,6 +1368,31 @@ def test_heldout_data_that_is_also_trained_on_is_refused_in_one_line(tmp_path, c
         assert not out.exists()
 
 
+def test_a_volume_given_twice_as_heldout_data_is_refused_in_one_line(tmp_path, capsys):
+    """The same held-out volume given twice (--heldout-data H --heldout-data H, a file and its folder, a copy: the
+    same voxels) was accepted and its loss weighed twice; now one line names it, and nothing is written."""
+    import shutil
+
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(14)
+    train = _nifti(tmp_path / "train.nii.gz", rng, z=4, n=24)
+    (tmp_path / "held").mkdir()
+    h = Path(_nifti(tmp_path / "held" / "h.nii", rng, n=24))
+    shutil.copy(h, tmp_path / "h_copy.nii")
+    for k, (given, said) in enumerate([((h, h), f"{h}: given twice as held-out data; give it once"),
+                                       ((h, tmp_path / "held"), f"{h}: given twice as held-out data; give it once"),
+                                       ((h, tmp_path / "h_copy.nii"), f"{tmp_path / 'h_copy.nii'} (the same voxels "
+                                        f"as {h}): given twice as held-out data; give it once")]):
+        capsys.readouterr()
+        out = tmp_path / f"p{k}"
+        held = [w for g in given for w in ("--heldout-data", str(g))]
+        assert main(["train", "--data", train, *held, "--output", str(out), *PATCH_RUN]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err
+        assert not out.exists()
+
+
 def test_a_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_both_ways(tmp_path, capsys, monkeypatch):
     """A registered scan's record (its provenance: the file's SHA-256, its cache path) had no voxels' SHA-256, so a
     copy of it given with --heldout-data while --dataset trains on it, or trained on with --data while

@@ -142,12 +142,22 @@ def _heldout_sources(names: list[str], paths: list[Path], modality: Modality) ->
     return dpaths + paths, prov + paths
 
 
+def _found_records(sources: list) -> list:
+    """``sources`` (read_volumes': registered scans' records, paths of one's own) as records of each volume's path,
+    found as read_volumes finds them but before anything is read: _refuse_trained_heldout's file part, in seconds
+    where reading the data takes minutes (its voxel part needs the data read)."""
+    from medrecon.priors.training_data import found_volumes
+
+    return [r for s in sources for r in ([s] if isinstance(s, dict) else
+                                         [{"path": str(f)} for f in found_volumes([s])])]
+
+
 def _refuse_trained_heldout(trained: list, held: list) -> None:
     """One line for a held-out volume that is also a training volume, the same file (links resolved) or the same
     voxels (the voxels' SHA-256 the card records of every volume, a registered scan's too: a copy of one is caught
     either way round): its loss would not be held out; or that is given twice as held-out data (the same file or
     voxels: a file and its folder, say), which would weigh its loss twice. ``trained``, ``held``: the card's records
-    of the volumes (read_volumes')."""
+    of the volumes (read_volumes'), checked after the volumes are read; before, _found_records' (paths alone)."""
     from medrecon.errors import InputError
 
     def path(record) -> str | None:
@@ -371,6 +381,8 @@ def train(
                         random_contrast=random_contrast,
                         sampler_errors=str(sampler_errors) if sampler_errors else None,
                         sampler_error_prob=sampler_error_prob, sampler_error_sigma_min=sampler_error_sigma_min)
+    if hpaths:  # a file both trained on and held out, or held out twice: before the data are read (the voxels after)
+        _refuse_trained_heldout(_found_records(sources), _found_records(hsources))
     heldout, held_desc = None, None
     check = training_volume_check(modality)
     notes = {p: datasets.scan(n).training_note for n, p in zip(names, dpaths)}

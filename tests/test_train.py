@@ -1393,6 +1393,35 @@ def test_a_volume_given_twice_as_heldout_data_is_refused_in_one_line(tmp_path, c
         assert not out.exists()
 
 
+def test_a_file_held_out_and_trained_on_or_held_out_twice_is_refused_before_any_volume_is_read(tmp_path, capsys,
+                                                                                                  monkeypatch):
+    """The overlap refusal came after every volume was read (minutes on large data); the same file (a path, its
+    folder) trained on and held out, or held out twice, is now refused before any is read (a copy, the same voxels,
+    after: the voxels need reading)."""
+    from medrecon.priors import training_data
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(15)
+    (tmp_path / "d").mkdir()
+    a, b = Path(_nifti(tmp_path / "d" / "a.nii.gz", rng, z=4, n=24)), _nifti(tmp_path / "b.nii.gz", rng, z=4, n=24)
+
+    def no_reading(*args, **kw):
+        raise AssertionError("a volume was read")
+
+    monkeypatch.setattr(training_data, "read_training_volume", no_reading)
+    for k, (args, said) in enumerate([
+            (["--data", tmp_path / "d", b, "--heldout-data", a], f"{a}: both held out and trained on (the same file); "
+             "a held-out volume is never trained on: drop it from --heldout-data or from --data"),
+            (["--data", b, "--heldout-data", a, "--heldout-data", tmp_path / "d"],
+             f"{a}: given twice as held-out data; give it once")]):
+        capsys.readouterr()
+        out = tmp_path / f"p{k}"
+        assert main(["train", *map(str, args), "--output", str(out), *PATCH_RUN]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err
+        assert not out.exists()
+
+
 def test_a_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_both_ways(tmp_path, capsys, monkeypatch):
     """A registered scan's record (its provenance: the file's SHA-256, its cache path) had no voxels' SHA-256, so a
     copy of it given with --heldout-data while --dataset trains on it, or trained on with --data while

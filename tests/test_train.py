@@ -1342,6 +1342,15 @@ def test_heldout_data_scores_ones_own_volume_with_a_registered_one_and_a_resume_
     assert main([*run, "--heldout-data", other, "--steps", "4", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "held-out volume 2: its voxels differ (SHA-256)" in err and "--heldout-data/--heldout-dataset" in err
+    # dropping the held-out data, or adding a volume, reads as the other lines do (was "heldout volumes None now,
+    # the run had [{'pixel_spacing_mm': ...}]" and "3 heldout volumes now, the run had 2")
+    had = f"the run had 2 ({lung2}, {held.resolve()})"
+    for given, said in ((["train", "--data", train, "--output", str(out), *PATCH_RUN],
+                         f"held-out volumes: none now, {had}"),
+                        ([*run, "--heldout-data", str(held), "--heldout-data", other],
+                         f"3 held-out volumes now, {had}")):
+        assert main([*given, "--steps", "4", "--resume"]) == 2
+        assert f"({said}); resume with" in capsys.readouterr().err
 
 
 def test_heldout_data_that_is_also_trained_on_is_refused_in_one_line(tmp_path, capsys):

@@ -142,29 +142,55 @@ def _heldout_sources(names: list[str], paths: list[Path], modality: Modality) ->
     return dpaths + paths, prov + paths
 
 
+def _found_records(sources: list) -> list:
+    """``sources`` (read_volumes': registered scans' records, paths of one's own) as records of each volume's path,
+    found as read_volumes finds them but before anything is read: _refuse_trained_heldout's file part, in seconds
+    where reading the data takes minutes (its voxel part needs the data read)."""
+    from medrecon.priors.training_data import found_volumes
+
+    return [r for s in sources for r in ([s] if isinstance(s, dict) else
+                                         [{"path": str(f)} for f in found_volumes([s])])]
+
+
 def _refuse_trained_heldout(trained: list, held: list) -> None:
     """One line for a held-out volume that is also a training volume, the same file (links resolved) or the same
-    voxels (what the card records of a volume of one's own): its loss would not be held out. ``trained``, ``held``:
-    the card's records of the volumes (read_volumes')."""
+    voxels (the voxels' SHA-256 the card records of every volume, a registered scan's too: a copy of one is caught
+    either way round): its loss would not be held out; or that is given twice as held-out data (the same file or
+    voxels: a file and its folder, say), which would weigh its loss twice. ``trained``, ``held``: the card's records
+    of the volumes (read_volumes'), checked after the volumes are read; before, _found_records' (paths alone)."""
     from medrecon.errors import InputError
 
     def path(record) -> str | None:
-        return str(Path(record["path"]).resolve()) if isinstance(record, dict) and record.get("path") else None
+        return str(Path(record["path"]).resolve()) if record.get("path") else None
 
-    files = {path(t): t for t in trained if path(t)}
-    voxels = {t["voxels_sha256"]: t for t in trained if isinstance(t, dict) and t.get("voxels_sha256")}
+    def keys(record) -> list:  # what identifies a volume: its file, its voxels
+        return [k for k in (("file", path(record)), ("voxels", record.get("voxels_sha256"))) if k[1]]
+
+    def name(record) -> str:
+        return record.get("name") or path(record)
+
+    def first(record, seen: dict):
+        return next(((kind, seen[(kind, v)]) for kind, v in keys(record) if (kind, v) in seen), (None, None))
+
+    trained_at, held_at = {}, {}
+    for t in trained:
+        for k in keys(t) if isinstance(t, dict) else ():
+            trained_at.setdefault(k, t)
     for h in held:
         if not isinstance(h, dict):
             continue
-        t, same = files.get(path(h)), "the same file"
-        if t is None:
-            t = voxels.get(h.get("voxels_sha256"))
-            same = t and f"the same voxels as the training volume {t.get('name') or path(t)}"
+        kind, t = first(h, trained_at)
         if t is not None:
+            same = "the same file" if kind == "file" else f"the same voxels as the training volume {name(t)}"
             held_opt = f"--heldout-dataset {h['name']}" if h.get("name") else "--heldout-data"
-            raise InputError(f"{h.get('name') or path(h)}: both held out and trained on ({same}); a held-out volume "
-                             f"is never trained on: drop it from {held_opt} or from "
-                             f"{'--dataset' if t.get('name') else '--data'}")
+            raise InputError(f"{name(h)}: both held out and trained on ({same}); a held-out volume is never trained "
+                             f"on: drop it from {held_opt} or from {'--dataset' if t.get('name') else '--data'}")
+        kind, o = first(h, held_at)
+        if o is not None:
+            same = "" if kind == "file" else f" (the same voxels as {name(o)})"
+            raise InputError(f"{name(h)}{same}: given twice as held-out data; give it once")
+        for k in keys(h):
+            held_at.setdefault(k, h)
 
 
 @app.command()
@@ -191,7 +217,8 @@ def train(
                                                       "read as --data reads them) scored for the held-out loss, "
                                                       "never trained on; one path per --heldout-data, repeatable "
                                                       "(paths after it without an option are training data). A "
-                                                      "training volume (the same file or voxels) is refused."),
+                                                      "training volume (the same file or voxels), or one given "
+                                                      "twice, is refused."),
     output: Path = typer.Option(..., "--output", "-o", help="Prior folder to write (model card, weights, logs)."),
     arch: Arch = typer.Option(Arch.unet, "--arch", help="unet: whole slices at --image-size; patch: position-aware "
                               "patches (PaDIS), usable on slices of any size."),
@@ -354,6 +381,8 @@ def train(
                         random_contrast=random_contrast,
                         sampler_errors=str(sampler_errors) if sampler_errors else None,
                         sampler_error_prob=sampler_error_prob, sampler_error_sigma_min=sampler_error_sigma_min)
+    if hpaths:  # a file both trained on and held out, or held out twice: before the data are read (the voxels after)
+        _refuse_trained_heldout(_found_records(sources), _found_records(hsources))
     heldout, held_desc = None, None
     check = training_volume_check(modality)
     notes = {p: datasets.scan(n).training_note for n, p in zip(names, dpaths)}

@@ -110,3 +110,26 @@ def test_gpu_lease_eval_rules(tmp_path, capsys):
     assert le.heldout([_real_json(tmp_path / "off2", off)], [_real_json(tmp_path / "cur", off)], ("ct8", "ct4"))
     text = "patch:\n  sizes:\n  - 16\n  inference_size: 64\n  inference_shifts: 2\n  seed: 0\n"
     assert le.set_shifts(text, 1) == text.replace("shifts: 2", "shifts: 1")
+
+
+def test_gpu_lease_eval_exits_3_on_any_error_never_a_verdict(tmp_path, capsys):
+    """A lease_eval.py error exited 1 (an exception, a SystemExit("message")) or 2 (a usage error), which
+    evaluate.sh reads as FAIL / NO or as "no verdict, rerun with --rerun-current". Any error now exits 3 (evaluate.sh:
+    "evaluation error, no verdict"); the verdicts keep 0, 1 and 2."""
+    import subprocess
+
+    missing = tmp_path / "nonexistent"
+    done = subprocess.run([sys.executable, str(BENCH / "gpu_lease" / "lease_eval.py"), "heldout", str(missing)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3 and str(missing) in done.stderr and not done.stdout, done
+    le = _lease_eval()
+    (tmp_path / "loss.md").write_text("no table\n")
+    assert le.run(["loss", str(tmp_path / "loss.md")]) == 3  # a SystemExit with a message
+    assert "lease_eval.py: error: " in capsys.readouterr().err
+    assert le.run(["validate", "--current", str(missing)]) == 3  # a usage error (argparse's 2)
+    readme = {(c, s): v for s, by in le.README.items() for c, v in by.items()}
+    worse, off = dict(readme), dict(readme)
+    worse["ct4", "ct_lung2"] = (20.03, 21.32 - 0.21)
+    off["ct8", "ct_tumour2"] = (23.64, 27.0)
+    assert [le.run(["heldout", str(_real_json(tmp_path / name, runs))])
+            for name, runs in (("same", readme), ("worse", worse), ("off", off))] == [0, 1, 2]

@@ -1342,6 +1342,15 @@ def test_heldout_data_scores_ones_own_volume_with_a_registered_one_and_a_resume_
     assert main([*run, "--heldout-data", other, "--steps", "4", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "held-out volume 2: its voxels differ (SHA-256)" in err and "--heldout-data/--heldout-dataset" in err
+    # dropping the held-out data, or adding a volume, reads as the other lines do (was "heldout volumes None now,
+    # the run had [{'pixel_spacing_mm': ...}]" and "3 heldout volumes now, the run had 2")
+    had = f"the run had 2 ({lung2}, {held.resolve()})"
+    for given, said in ((["train", "--data", train, "--output", str(out), *PATCH_RUN],
+                         f"held-out volumes: none now, {had}"),
+                        ([*run, "--heldout-data", str(held), "--heldout-data", other],
+                         f"3 held-out volumes now, {had}")):
+        assert main([*given, "--steps", "4", "--resume"]) == 2
+        assert f"({said}); resume with" in capsys.readouterr().err
 
 
 def test_heldout_data_that_is_also_trained_on_is_refused_in_one_line(tmp_path, capsys):
@@ -1365,4 +1374,91 @@ def test_heldout_data_that_is_also_trained_on_is_refused_in_one_line(tmp_path, c
         said = f"{given.resolve()}: both held out and trained on ({same}); a held-out volume is never trained on: " \
                "drop it from --heldout-data or from --data"
         assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err  # (after the pixel range)
+        assert not out.exists()
+
+
+def test_a_volume_given_twice_as_heldout_data_is_refused_in_one_line(tmp_path, capsys):
+    """The same held-out volume given twice (--heldout-data H --heldout-data H, a file and its folder, a copy: the
+    same voxels) was accepted and its loss weighed twice; now one line names it, and nothing is written."""
+    import shutil
+
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(14)
+    train = _nifti(tmp_path / "train.nii.gz", rng, z=4, n=24)
+    (tmp_path / "held").mkdir()
+    h = Path(_nifti(tmp_path / "held" / "h.nii", rng, n=24))
+    shutil.copy(h, tmp_path / "h_copy.nii")
+    for k, (given, said) in enumerate([((h, h), f"{h}: given twice as held-out data; give it once"),
+                                       ((h, tmp_path / "held"), f"{h}: given twice as held-out data; give it once"),
+                                       ((h, tmp_path / "h_copy.nii"), f"{tmp_path / 'h_copy.nii'} (the same voxels "
+                                        f"as {h}): given twice as held-out data; give it once")]):
+        capsys.readouterr()
+        out = tmp_path / f"p{k}"
+        held = [w for g in given for w in ("--heldout-data", str(g))]
+        assert main(["train", "--data", train, *held, "--output", str(out), *PATCH_RUN]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err
+        assert not out.exists()
+
+
+def test_a_file_held_out_and_trained_on_or_held_out_twice_is_refused_before_any_volume_is_read(tmp_path, capsys,
+                                                                                                  monkeypatch):
+    """The overlap refusal came after every volume was read (minutes on large data); the same file (a path, its
+    folder) trained on and held out, or held out twice, is now refused before any is read (a copy, the same voxels,
+    after: the voxels need reading)."""
+    from medrecon.priors import training_data
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(15)
+    (tmp_path / "d").mkdir()
+    a, b = Path(_nifti(tmp_path / "d" / "a.nii.gz", rng, z=4, n=24)), _nifti(tmp_path / "b.nii.gz", rng, z=4, n=24)
+
+    def no_reading(*args, **kw):
+        raise AssertionError("a volume was read")
+
+    monkeypatch.setattr(training_data, "read_training_volume", no_reading)
+    for k, (args, said) in enumerate([
+            (["--data", tmp_path / "d", b, "--heldout-data", a], f"{a}: both held out and trained on (the same file); "
+             "a held-out volume is never trained on: drop it from --heldout-data or from --data"),
+            (["--data", b, "--heldout-data", a, "--heldout-data", tmp_path / "d"],
+             f"{a}: given twice as held-out data; give it once")]):
+        capsys.readouterr()
+        out = tmp_path / f"p{k}"
+        assert main(["train", *map(str, args), "--output", str(out), *PATCH_RUN]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err
+        assert not out.exists()
+
+
+def test_a_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_both_ways(tmp_path, capsys, monkeypatch):
+    """A registered scan's record (its provenance: the file's SHA-256, its cache path) had no voxels' SHA-256, so a
+    copy of it given with --heldout-data while --dataset trains on it, or trained on with --data while
+    --heldout-dataset scores it, was accepted: its loss was not held out. read_volumes now records the voxels'
+    SHA-256 of a registered scan too, and both are refused in one line naming it and the fix."""
+    import shutil
+
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(13)
+    files = {n: Path(_nifti(tmp_path / f"{n}.nii.gz", rng, z=4, n=24)) for n in ("ct_head", "ct_lung2")}
+    monkeypatch.setattr(datasets, "path", lambda name, cache_dir=None: files[name])
+    for n in files:
+        shutil.copy(files[n], tmp_path / f"copy_{n}.nii.gz")
+    other = _nifti(tmp_path / "other.nii.gz", rng, z=4, n=24)
+    cases = [(["--dataset", "ct_head", "--heldout-data", str(tmp_path / "copy_ct_head.nii.gz")],
+              f"{tmp_path / 'copy_ct_head.nii.gz'}: both held out and trained on (the same voxels as the training "
+              "volume ct_head); a held-out volume is never trained on: drop it from --heldout-data or from "
+              "--dataset"),
+             (["--data", other, str(tmp_path / "copy_ct_lung2.nii.gz"), "--heldout-dataset", "ct_lung2"],
+              f"ct_lung2: both held out and trained on (the same voxels as the training volume "
+              f"{tmp_path / 'copy_ct_lung2.nii.gz'}); a held-out volume is never trained on: drop it from "
+              "--heldout-dataset ct_lung2 or from --data")]
+    for k, (args, said) in enumerate(cases):
+        capsys.readouterr()
+        out = tmp_path / f"p{k}"
+        assert main(["train", *args, "--output", str(out), *PATCH_RUN]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err
         assert not out.exists()

@@ -3,8 +3,11 @@
 # unattended run on the 2-core CPU, from the repository root:
 #   bash benchmarks/gpu_lease/evaluate.sh RETURNED_DIR [OUT_DIR] [--rerun-current]
 # RETURNED_DIR: the device call's files (wide/part_*, train.log, ...); OUT_DIR: default out/lease_eval. Every step
-# logs under OUT_DIR/logs and is skipped when its output exists (rerun the same line to resume after a stop); at
-# most two jobs at a time (LANES=1: one), each on one thread (OMP_NUM_THREADS=1).
+# logs under OUT_DIR/logs; a finished job's marker OUT_DIR/logs/NAME.done holds its command line, and the job is
+# skipped when it holds the same command (rerun the same line to resume after a stop); a marker of another command
+# (a QUICK=1 run's, say: the same job names) refuses the run: give another OUT_DIR. At most two jobs at a time
+# (LANES=1: one), each on one thread (OMP_NUM_THREADS=1).
+# lease_eval.py scores the runs: any error of it (exit 3) is "EVALUATION ERROR, NO VERDICT", never a verdict.
 #  1. Reassemble: cat wide/part_* | gunzip | tar x -C OUT_DIR/prior; load it as the pipelines do and print its card's
 #     training record (steps, seconds, training.heldout: the held-out loss log on the head validation slab). A card
 #     with patch.inference_shifts other than the bundled card's 1 (the trainer wrote 2 before the sixty-fourth
@@ -74,20 +77,29 @@ declare -A JOB   # name -> command (its output: OUT/name/, its log: OUT/logs/nam
 ORDER=()         # the bench_real.py jobs in the order they were declared
 bench() { local name=$1; shift; ORDER+=("$name")
   JOB[$name]="$PY benchmarks/bench_real.py --cases $CASES --no-slicewise --fast-steps $FS --out $OUT/$name $*"; }
+done_before() {  # done_before NAME: its marker holds its command line (run_job wrote it when the job finished)
+  [ -f "$OUT/logs/$1.done" ] && [ "$(cat "$OUT/logs/$1.done")" = "${JOB[$1]}" ]
+}
 run_job() {
-  if [ -f "$OUT/logs/$1.done" ]; then stamp "$1: done before, skipped"; return; fi
+  if done_before "$1"; then stamp "$1: done before, skipped"; return; fi
   stamp "$1: ${JOB[$1]}"
-  if eval "${JOB[$1]}" > "$OUT/logs/$1.log" 2>&1; then touch "$OUT/logs/$1.done"; stamp "$1: ok"
+  if eval "${JOB[$1]}" > "$OUT/logs/$1.log" 2>&1; then printf '%s\n' "${JOB[$1]}" > "$OUT/logs/$1.done"; stamp "$1: ok"
   else stamp "$1: FAILED (exit $?; $OUT/logs/$1.log):"; tail -5 "$OUT/logs/$1.log"; fi
 }
 lanes() {  # the jobs named, LANES at a time: each lane takes the next job no lane has claimed (give the longest first)
   local lane n
+  for n in "$@"; do  # a job done with another command (QUICK=1's, another OUT_DIR's, an older script's): not reused
+    if [ -f "$OUT/logs/$n.done" ] && ! done_before "$n"; then
+      echo "$OUT holds a run of another command ($OUT/logs/$n.done: QUICK=1, another script version or OUT_DIR; its" \
+        "results would be taken for this run's): give another OUT_DIR, or delete $OUT"; exit 1
+    fi
+  done
   for n in "$@"; do rm -rf "$OUT/logs/$n.claim"; done   # a stopped run's claims
   for ((lane = 0; lane < LANES; lane++)); do
     ( for n in "$@"; do mkdir "$OUT/logs/$n.claim" 2> /dev/null && run_job "$n"; done ) &
   done
   wait
-  for n in "$@"; do [ -f "$OUT/logs/$n.done" ] || { echo "$n did not finish: stopping (rerun to resume)"; exit 1; }; done
+  for n in "$@"; do done_before "$n" || { echo "$n did not finish: stopping (rerun to resume)"; exit 1; }; done
 }
 
 stamp "1. reassemble $RET/wide/part_* into $PRIOR"
@@ -114,9 +126,15 @@ for p in current new; do
 done
 lanes val_current_full val_new_full heldout_loss val_current_crop val_new_crop
 cat "$OUT/heldout_loss.md"; $HELP loss "$OUT/heldout_loss.md"
-$HELP validate --cases $CASES --current "$OUT"/val_current_{full,crop} --new "$OUT"/val_new_{full,crop} \
+no_verdict() {  # no_verdict CODE FILE: lease_eval.py stopped on an error (its exit 3, or any code but 0, 1, 2)
+  echo "EVALUATION ERROR, NO VERDICT: lease_eval.py exited $1 (the error above, also in $2); fix it and rerun this" \
+    "line (the finished jobs are kept)" | tee -a "$2"; exit 1
+}
+$HELP validate --cases $CASES --current "$OUT"/val_current_{full,crop} --new "$OUT"/val_new_{full,crop} 2>&1 \
     | tee "$OUT/validation.txt"
-if [ "${PIPESTATUS[0]}" != 0 ]; then
+valid=${PIPESTATUS[0]}
+[ "$valid" = 0 ] || [ "$valid" = 1 ] || no_verdict "$valid" "$OUT/validation.txt"
+if [ "$valid" = 1 ]; then
   [ "${FORCE_HELDOUT:-0}" = 1 ] || { stamp "validation failed: the bundled prior stays; no held-out run"; exit 0; }
   echo "FORCE_HELDOUT=1: running the held-out cases anyway (plumbing; such a verdict does not count)"
 fi
@@ -139,8 +157,9 @@ held new "$PRIOR"
 names=(); for n in "${ORDER[@]}"; do [[ $n == held_* ]] && names+=("$n"); done
 lanes "${names[@]}"
 cur=(); [ $RERUN = 1 ] && cur=(--current "$OUT"/held_current_*)
-$HELP heldout "$OUT"/held_new_* --cases $CASES "${cur[@]}" | tee "$OUT/heldout.txt"
+$HELP heldout "$OUT"/held_new_* --cases $CASES "${cur[@]}" 2>&1 | tee "$OUT/heldout.txt"
 verdict=${PIPESTATUS[0]}
+case $verdict in 0|1|2) ;; *) no_verdict "$verdict" "$OUT/heldout.txt";; esac
 if [ "$verdict" = 2 ]; then
   stamp "no verdict: rerun this line with --rerun-current (the new prior's runs are kept; the current prior's run)"
 elif [ "$verdict" = 0 ]; then

@@ -5,7 +5,9 @@
     python benchmarks/gpu_lease/lease_eval.py validate --current CURRENT_FULL CURRENT_CROP --new NEW_FULL NEW_CROP
     python benchmarks/gpu_lease/lease_eval.py heldout NEW_RUN... [--current CURRENT_RUN...]
 
-Each RUN is a benchmarks/bench_real.py --out folder (its real.json). The rules (fixed before any run; evaluate.sh's
+Each RUN is a benchmarks/bench_real.py --out folder (its real.json). Exit status: validate 0 pass, 1 fail; heldout
+0 adopt, 1 not, 2 no verdict (an invalid comparison); any error (a missing or malformed run, a usage error) 3, so
+that evaluate.sh never reads a crash as a verdict. The rules (fixed before any run; evaluate.sh's
 header): validation passes if at 8 and at 4 views the new prior's mean axial delta over tuned ADMM-TV on the eight
 validation cases is >= the current prior's + 0.10 dB and it has no more cases below ADMM-TV; then held out, once,
 adopt if the mean change against the current default over the nine cases of the README's issue-12 table is >= 0 at
@@ -17,11 +19,13 @@ import argparse
 import json
 import re
 import sys
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: pipelines, medrecon
 FAST = "fast + z-TV (warm)"
 VAL_MARGIN, MAX_LOSS, ADMM_TOL = 0.10, 0.2, 0.02
+ERROR = 3  #: the exit status of any error: neither a verdict (0, 1) nor "no verdict" (2)
 #: the README's table "Where it stands on held-out real scans (issue 12)": axial PSNR of tuned 3D ADMM-TV and of
 #: the current default (the "wide" column, bundled:ct_patch_wide; the single slices' 4-view figure the two-sample
 #: default, the bold one), per case and config
@@ -213,7 +217,8 @@ def heldout(new_runs, cur_runs, cases) -> bool | None:
     return ok
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    """The command's exit status (0, 1, 2: see the module's docstring); errors raise."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("card", help="load a prior folder, print its training record").add_argument("prior", type=Path)
@@ -233,11 +238,28 @@ def main(argv=None) -> None:
     elif a.cmd == "loss":
         loss(a.table)
     elif a.cmd == "validate":
-        sys.exit(0 if validate(a.current, a.new, a.cases) else 1)
+        return 0 if validate(a.current, a.new, a.cases) else 1
     else:
         verdict = heldout(a.runs, a.current, a.cases)
-        sys.exit(2 if verdict is None else 0 if verdict else 1)
+        return 2 if verdict is None else 0 if verdict else 1
+    return 0
+
+
+def run(argv=None) -> int:
+    """``main``'s exit status, or ERROR (3) for any error: a SystemExit with a message (the checks above), a usage
+    error (argparse's 2, which would read as "no verdict") or any exception, said on stderr."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        if e.code in (0, None):  # --help
+            return 0
+        if isinstance(e.code, str):
+            print(f"lease_eval.py: error: {e.code}", file=sys.stderr)
+        return ERROR
+    except Exception:  # noqa: BLE001 - any error is "no verdict", with its traceback
+        traceback.print_exc()
+        return ERROR
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

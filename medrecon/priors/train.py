@@ -339,10 +339,11 @@ def _planes_option(record: dict) -> str:
     return "all" if isinstance(vols, list) and any(isinstance(v, dict) and "plane" in v for v in vols) else "axial"
 
 
-def _data_difference(old: str | None, new: str, old_paths: list, new_paths: list) -> str | None:
+def _data_difference(old: str | None, new: str, old_paths: list, new_paths: list, old_held: list = ()) -> str | None:
     """What differs between a checkpoint's data record and the data given now, in words (None: the same data).
-    A record from before a field was kept (a checkpoint without the data, a volume without its checksums)
-    compares what it has."""
+    ``old_paths``, ``new_paths``: the training volumes' names (``volume_names``); ``old_held``: the run's held-out
+    volumes' (its checkpoint's, where it kept them). A record from before a field was kept (a checkpoint without
+    the data, a volume without its checksums, a run's held-out volumes) compares what it has."""
     if old is None or old == new:
         return None
     a, b = json.loads(old), json.loads(new)
@@ -350,12 +351,15 @@ def _data_difference(old: str | None, new: str, old_paths: list, new_paths: list
         return f"--planes {_planes_option(b)} now, the run had --planes {_planes_option(a)}"
     if a.get("n_volumes") != b.get("n_volumes"):
         return f"{b.get('n_volumes')} volumes now, the run had {a.get('n_volumes')}"
-    for key in ("volumes", "heldout_volumes"):
+    for key, label in (("volumes", "volumes"), ("heldout_volumes", "held-out volumes")):
         va, vb = a.get(key), b.get(key)
+        was = f" ({', '.join(map(str, old_held))})" if key == "heldout_volumes" and old_held else ""
+        if key == "heldout_volumes" and isinstance(va, list) and vb is None:  # no held-out data given now
+            return f"{label}: none now, the run had {len(va)}{was}"
         if not (isinstance(va, list) and isinstance(vb, list)):
             continue
         if len(va) != len(vb):
-            return f"{len(vb)} {key.replace('_', ' ')} now, the run had {len(va)}"
+            return f"{len(vb)} {label} now, the run had {len(va)}{was}"
         for k, (x, y) in enumerate(zip(va, vb)):
             # an older record: a checksum, None, or a coronal or sagittal view with the axial view's pixel size
             x = {"sha256": x} if isinstance(x, str) else (_volume_identity(x) or {})
@@ -440,7 +444,7 @@ class _Trainer:
                 "step": self.step, "seconds": self.seconds, "unet_config": self.unet_config,
                 "options": asdict(self.opts), "generator": self.gen.get_state(), "recent": self.recent,
                 "log_window": list(self.log_window), "heldout_log": self.heldout_log, "data": self._data_record(),
-                "data_paths": volume_names(self.data.description),
+                "data_paths": volume_names(self.data.description), "heldout_paths": self._heldout_names(),
                 "data_warnings": [v.get("warning") for v in self._volume_records()],
                 "warmup_steps": self.warmup, "segments": self.segments_now()}
 
@@ -457,6 +461,10 @@ class _Trainer:
                                     window.get("normalisation")]                         # --mri-percentile
         return json.dumps(desc, sort_keys=True, default=str)
 
+    def _heldout_names(self) -> list[str]:
+        """The held-out volumes as the resume's messages name them (``volume_names``: their recorded paths)."""
+        return volume_names({"volumes": self.data.description.get("heldout_volumes")})
+
     def _volume_records(self) -> list[dict]:
         """The card's record of each training volume ({} for one recorded by its path alone)."""
         vols = self.data.description.get("volumes")
@@ -469,7 +477,7 @@ class _Trainer:
             raise InputError(f"{path}: the run was trained with --arch {old['arch']} (now {self.opts.arch}); resume "
                              f"with its own --arch, or start a new run from it with --init-from {path.parent.parent}")
         differs = _data_difference(st.get("data"), self._data_record(), st.get("data_paths") or [],
-                                   volume_names(self.data.description))
+                                   volume_names(self.data.description), st.get("heldout_paths") or [])
         if differs:  # first: other data also resolve other defaults (the pixel range)
             raise InputError(f"{path}: the run was trained on other data than given now ({differs}); resume with "
                              "the run's own --data/--dataset, --heldout-data/--heldout-dataset (and --planes, "

@@ -164,8 +164,9 @@ def volume_record(found: Path, vol: Volume) -> dict:
 
 def read_volumes(paths, sources=None, check=None, series=None) -> tuple[list[Volume], list, list]:
     """The volumes under each of ``paths`` (files or folders, searched recursively), read, what the card
-    records for each: ``sources[i]`` where it is a registered scan's provenance record, else ``volume_record``
-    (absolute path, voxels' SHA-256, pixel size, DICOM series), and the volumes skipped. ``check(path, volume)``,
+    records for each: ``sources[i]`` where it is a registered scan's provenance record (with its voxels' SHA-256
+    added), else ``volume_record`` (absolute path, voxels' SHA-256, pixel size, DICOM series), and the volumes
+    skipped. ``check(path, volume)``,
     from the pipelines, raises for a volume that is not of the prior's modality, or returns a warning about it (a
     copy of a held-out scan, say), which is logged and kept in its record as ``warning``. ``series``:
     SeriesInstanceUIDs; a DICOM folder holding any of them gives those (each its own volume), another its only or
@@ -189,7 +190,10 @@ def read_volumes(paths, sources=None, check=None, series=None) -> tuple[list[Vol
         if said:
             log.warning(f"{found}: {said}")
         volumes.append(vol)
-        record = given if isinstance(given, dict) else volume_record(found, vol)
+        # a registered scan's provenance record gets its voxels' SHA-256 as one's own volume's record has it (the
+        # same scan held out and trained on, one a copy of the other, is refused by the voxels; train --heldout-data)
+        record = {**given, "voxels_sha256": voxels_sha256(vol)} if isinstance(given, dict) else \
+            volume_record(found, vol)
         recorded.append({**record, "warning": said} if said else record)
     if not volumes:
         raise first

@@ -33,13 +33,31 @@ from .pacs_retrieve import Inbox, retrieve_series, serve
 from .tasks import reconstruct
 
 
+def pacs_config(config, overrides, output_root, check_files: bool = True):
+    """The config of ``pacs run`` and ``pacs listen``, loaded and validated before any network use.
+    ``outputs.deidentify`` is refused: their OUTPUT_ROOT keeps each source series as retrieved (``received/``),
+    names its output by SeriesDescription and UID, its manifest records the source UIDs, and a de-identified
+    derived series sent back would be filed on the PACS under a pseudonym, away from its patient's study. A batch
+    over ``received/`` gives de-identified results (until the sixty-fourth session the setting was applied to each
+    output's own files only and that series was sent)."""
+    cfg = load_config(config, overrides, check_files=check_files)
+    if cfg.outputs.deidentify:
+        received = Path(output_root) / "received"
+        raise InputError(f"outputs.deidentify: pacs run and pacs listen keep the series they retrieve ({received}), "
+                         "name each output by its SeriesDescription, record the source UIDs and send the results "
+                         "to the PACS, so their outputs identify the patient; run them without it (--no-send stores "
+                         f"nothing on the PACS), then `medrecon batch {received} OUT --config ... --set "
+                         "outputs.deidentify=true` writes de-identified outputs into OUT")
+    return cfg
+
+
 class Runner:
     """What every series goes through: retrieve (unless received), reconstruct (unless done), store back
     (when ``send``); one manifest row each, the manifest and index.html rewritten after every series."""
 
     def __init__(self, settings: PacsSettings, output_root: Path, config, overrides=(), send: bool = True,
                  overwrite: bool = False, progress: bool = False, echo=print):
-        self.cfg = load_config(config, overrides)  # validated before anything runs
+        self.cfg = pacs_config(config, overrides, output_root)  # validated before anything runs
         self.fingerprint = self.cfg.fingerprint()
         self.settings, self.send, self.overwrite, self.progress, self.echo = settings, send, overwrite, progress, echo
         if send:
@@ -162,6 +180,7 @@ def hit_line(h) -> str:
 def pacs_batch(settings: PacsSettings, query: Query, output_root, config, overrides=(), send: bool = True,
                overwrite: bool = False, dry_run: bool = False, progress: bool = False, echo=print) -> BatchResult:
     """Find the series matching ``query`` on the PACS, retrieve, reconstruct and store each (see the module)."""
+    pacs_config(config, overrides, output_root, check_files=not dry_run)  # its refusals before the PACS is asked
     settings.need_host()
     hits = find_series(settings, query)
     ours = [h for h in hits if h.made_by_medrecon]

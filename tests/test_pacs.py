@@ -532,6 +532,52 @@ def test_a_users_manifest_or_index_in_the_output_root_stops_before_any_work(tmp_
     assert (out / "index.html").read_text() == "<html>my notes</html>"
 
 
+def test_pacs_run_and_listen_refuse_outputs_deidentify_before_any_network_use(tmp_path, capsys, monkeypatch):
+    """outputs.deidentify was honoured by each output's own files only: the output root kept the retrieved series
+    (received/: the patient's name and ID), folders named by the SeriesDescription ('Topogram_Doe_Jane_<UID tail>'),
+    the source UIDs in manifest.csv, index.html and pacs.json, and the derived series, de-identified, was stored on
+    the PACS under a pseudonym beside the patient's study. Refused now in one line naming the key and the way to
+    de-identified outputs (a batch over received/), before the PACS is asked anything: nothing retrieved or written."""
+    import pipelines.pacs_batch as pacs_batch
+
+    def no_network(*a, **k):
+        raise AssertionError("the PACS was used")
+    for name in ("find_series", "retrieve_series", "serve", "store_folder"):
+        monkeypatch.setattr(pacs_batch, name, no_network)
+    out, port = tmp_path / "out", str(free_port())
+    net = ["--host", "127.0.0.1", "--port", port, "--aet", "ORTHANC", "--store-port", str(free_port()),
+           "--store-address", "127.0.0.1"]
+    deid = ["--config", "sparse_view_ct_8", *SETS, "--set", "outputs.deidentify=true"]
+    for argv in (["pacs", "run", str(out), *deid, *net, "--patient-id", PATIENT[1]],
+                 ["pacs", "run", str(out), *deid, *net, "--no-send"],
+                 ["pacs", "run", str(out), *deid, *net, "--dry-run"],
+                 ["pacs", "listen", str(out), *deid, *net, "--idle-exit", "1"],
+                 ["pacs", "listen", str(out), *deid, *net, "--no-send", "--idle-exit", "1"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: outputs.deidentify: pacs run and pacs listen keep"), err
+        assert f"`medrecon batch {out / 'received'} OUT --config ... --set outputs.deidentify=true`" in err
+        assert not out.exists()
+
+
+def test_the_batch_over_received_that_the_refusal_names_gives_de_identified_outputs(tmp_path, capsys):
+    """The way the refusal above names: `pacs run --no-send` (here its Runner, the series as the inbox keeps it),
+    whose root identifies the patient (the output folder is named by the SeriesDescription), then `medrecon batch
+    OUTPUT_ROOT/received OUT` with outputs.deidentify: no byte nor name in OUT holds the patient or the source."""
+    from dicom_trees import leaked, write_named_series
+    src, root, out = tmp_path / "src", tmp_path / "pacs", tmp_path / "shared"
+    said = write_named_series(src)
+    uid = _source_uids(src)[0]
+    run = _runner(root)
+    shutil.copytree(src, run.received / uid)
+    row = run.process(uid, "Quintessa Zyxwaldo chest")
+    assert row["status"] == "done" and row["output_path"].startswith("Quintessa_Zyxwaldo_chest_")
+    assert main(["batch", str(root / "received"), str(out), "--config", "sparse_view_ct_8", *SETS,
+                 "--set", "outputs.deidentify=true", "--quiet"]) == 0
+    assert [p.name[:7] for p in out.iterdir() if p.is_dir()] == ["series-"]  # no description, no source UID
+    assert leaked(out, said + [uid[-12:], str(root)]) == []
+
+
 def test_a_second_listener_or_run_into_one_output_root_is_refused(tmp_path, capsys):
     """Two PACS jobs into one OUTPUT_ROOT (a listener and a scheduled run) would retrieve, reconstruct and store the
     same series twice and overwrite each other's manifest: the batch's lock refuses the second in one line."""

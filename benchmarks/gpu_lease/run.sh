@@ -9,7 +9,7 @@
 # "bash benchmarks/gpu_lease/run.sh", carry [".gpu"], timeout 590; then, on the CPU, whether its weights replace
 # the bundled ones: bash benchmarks/gpu_lease/evaluate.sh FILES_AT (the folder the returned files lie in; its rule
 # in its header).
-# Dry run here: DEV=cpu TL=0.2 SMALL=--small LW=2 BS=8 OUT=/tmp/dry PY=.venv/bin/python bash benchmarks/gpu_lease/run.sh
+# Dry run here: mkdir -p /tmp/dry && DEV=cpu TL=0.2 SMALL=--small LW=2 BS=8 OUT=/tmp/dry PY=.venv/bin/python bash benchmarks/gpu_lease/run.sh
 set -u
 DEV=${DEV:-cuda}; TL=${TL:-5}; SMALL=${SMALL:-}; PY=${PY:-python3}
 export PYTHONUNBUFFERED=1

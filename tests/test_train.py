@@ -1322,7 +1322,9 @@ def test_heldout_data_scores_ones_own_volume_with_a_registered_one_and_a_resume_
     out = tmp_path / "p"
     run = ["train", "--data", train, "--heldout-dataset", "ct_lung2", "--output", str(out), *PATCH_RUN]
     assert main([*run, "--heldout-data", str(held), "--steps", "2", "--heldout-every", "1"]) == 0
-    assert "step 2: held-out loss " in capsys.readouterr().out  # the run's output tells the last one too
+    said = capsys.readouterr()
+    assert "step 2: held-out loss " in said.err  # the run's output tells the last one too, on stderr
+    assert said.out.strip() == str(out)  # stdout holds only the prior's folder: PRIOR=$(medrecon train ...)
     prior = load_prior(out)
     training = prior.card["training"]
     vols = training["data"]["heldout_volumes"]

@@ -914,7 +914,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
                         tr.log_window, n_img, t_win = [], 0, time.perf_counter()
                 if heldout is not None and held_every and tr.step % held_every == 0 and tr.step < opts.steps:
                     log_heldout(score())
-                    bar.write(said())
+                    bar.write(said(), file=sys.stderr)
                 if opts.sample_every > 0 and tr.step % opts.sample_every == 0 and tr.step < opts.steps:
                     draw_grid(tr.prior(), grid_path(out, tr.step), opts.num_samples, opts.sample_steps)
                 if opts.checkpoint_every and tr.step % opts.checkpoint_every == 0 and tr.step < opts.steps:
@@ -942,7 +942,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         held["loss_after"] = tr.heldout_log[-1][1]
         held["n_slices"] = int(sum(h.shape[0] for h in ([heldout] if torch.is_tensor(heldout) else heldout)))
         held["log"] = tr.heldout_log
-        tqdm.write(said())
+        tqdm.write(said(), file=sys.stderr)  # stdout holds only the prior's folder: PRIOR=$(medrecon train ...)
     tr.export(held or None)  # before the last sample grid, which takes minutes for a large prior on a CPU
     if opts.sample_every > 0 and not tr.grid_skipped:  # said whatever the progress setting: it takes minutes
         tqdm.write(one_line(f"prior written to {out}; drawing the final sample grid ({opts.num_samples} samples, "

@@ -171,3 +171,26 @@ def test_gpu_lease_evaluate_reextracts_a_prior_whose_extraction_stopped(tmp_path
     assert (out / "prior" / "weights.bin").read_bytes() == weights and not (out / "prior.tmp").exists()
     assert (out / "returned.sha256").read_text().strip() == \
         __import__("hashlib").sha256((ret / "wide" / "part_00").read_bytes()).hexdigest()
+
+
+def test_gpu_lease_card_rewrites_the_card_atomically(tmp_path, monkeypatch):
+    """lease_eval.py card sets patch.inference_shifts in the returned prior's model_card.yaml; it rewrote the file
+    in place, so a write stopped midway (a full disk, a kill) left half a card. It now writes a temporary beside it
+    and renames it over the card: a failed write keeps the card whole."""
+    import pathlib
+
+    le = _lease_eval()
+    card = tmp_path / "model_card.yaml"
+    text = "name: returned\npatch:\n  sizes:\n  - 16\n  inference_size: 64\n  inference_shifts: 2\n  seed: 0\n"
+    card.write_text(text)
+    plain = pathlib.Path.write_text
+
+    def cut(self, data, *a, **k):  # half the text, then the disk is full
+        plain(self, data[: len(data) // 2], *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", cut)
+    with pytest.raises(Exception):
+        le.card(tmp_path)
+    monkeypatch.setattr(pathlib.Path, "write_text", plain)
+    assert card.read_text() == text and [p.name for p in tmp_path.iterdir()] == ["model_card.yaml"]

@@ -1464,3 +1464,17 @@ def test_a_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_both_way
         err = capsys.readouterr().err
         assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err
         assert not out.exists()
+
+
+def test_a_resume_with_heldout_data_of_a_run_that_held_out_training_slices_says_so_in_words():
+    """A unet run with --heldout-fraction records heldout_slices; a --resume with --heldout-data (no such field)
+    was refused as "heldout slices None now, the run had 3", the raw field and value; it is worded as the others."""
+    from medrecon.priors.train import _data_difference
+
+    vol = {"sha256": "a" * 64, "pixel_spacing_mm": 1.0}
+    run = {"n_volumes": 1, "volumes": [vol], "heldout_slices": 3}
+    now = {"n_volumes": 1, "volumes": [vol], "heldout_volumes": [{"voxels_sha256": "b" * 64}]}
+    said = _data_difference(json.dumps(run), json.dumps(now), ["t.nii"], ["t.nii"])
+    assert said == "held-out slices of the training data: none now, the run had 3"
+    assert _data_difference(json.dumps(now | {"heldout_slices": 2}), json.dumps(run), ["t.nii"], ["t.nii"]) == \
+        "held-out volumes: none now, the run had 1"  # (the other way: the run's held-out volumes are missed first)

@@ -377,6 +377,9 @@ def _data_difference(old: str | None, new: str, old_paths: list, new_paths: list
         a.pop(key, None), b.pop(key, None)
     for key in sorted(a):  # what the checkpoint recorded (a newer record may keep more)
         if a.get(key) != b.get(key):
+            if key == "heldout_slices":  # --heldout-fraction's: absent where held-out data is given (or none taken)
+                return (f"held-out slices of the training data: {b.get(key) or 'none'} now, the run had "
+                        f"{a.get(key) or 'none'}")
             return f"{key.replace('_', ' ')} {b.get(key)} now, the run had {a.get(key)}"
     return None
 

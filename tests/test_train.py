@@ -1374,7 +1374,7 @@ def test_heldout_data_that_is_also_trained_on_is_refused_in_one_line(tmp_path, c
                      *PATCH_RUN]) == 2
         err = capsys.readouterr().err
         said = f"{given.resolve()}: both held out and trained on ({same}); a held-out volume is never trained on: " \
-               "drop it from --heldout-data or from --data"
+               f"keep it in only one of --heldout-data {given} and --data {a}"  # the options as given
         assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err  # (after the pixel range)
         assert not out.exists()
 
@@ -1391,10 +1391,11 @@ def test_a_volume_given_twice_as_heldout_data_is_refused_in_one_line(tmp_path, c
     (tmp_path / "held").mkdir()
     h = Path(_nifti(tmp_path / "held" / "h.nii", rng, n=24))
     shutil.copy(h, tmp_path / "h_copy.nii")
-    for k, (given, said) in enumerate([((h, h), f"{h}: given twice as held-out data; give it once"),
-                                       ((h, tmp_path / "held"), f"{h}: given twice as held-out data; give it once"),
+    twice = "given twice as held-out data (--heldout-data {} and --heldout-data {}); give it once"
+    for k, (given, said) in enumerate([((h, h), f"{h}: {twice.format(h, h)}"),
+                                       ((h, tmp_path / "held"), f"{h}: {twice.format(h, tmp_path / 'held')}"),
                                        ((h, tmp_path / "h_copy.nii"), f"{tmp_path / 'h_copy.nii'} (the same voxels "
-                                        f"as {h}): given twice as held-out data; give it once")]):
+                                        f"as {h}): {twice.format(h, tmp_path / 'h_copy.nii')}")]):
         capsys.readouterr()
         out = tmp_path / f"p{k}"
         held = [w for g in given for w in ("--heldout-data", str(g))]
@@ -1422,9 +1423,11 @@ def test_a_file_held_out_and_trained_on_or_held_out_twice_is_refused_before_any_
     monkeypatch.setattr(training_data, "read_training_volume", no_reading)
     for k, (args, said) in enumerate([
             (["--data", tmp_path / "d", b, "--heldout-data", a], f"{a}: both held out and trained on (the same file); "
-             "a held-out volume is never trained on: drop it from --heldout-data or from --data"),
+             f"a held-out volume is never trained on: keep it in only one of --heldout-data {a} and --data "
+             f"{tmp_path / 'd'}"),  # the folder given, not a file the user never named
             (["--data", b, "--heldout-data", a, "--heldout-data", tmp_path / "d"],
-             f"{a}: given twice as held-out data; give it once")]):
+             f"{a}: given twice as held-out data (--heldout-data {a} and --heldout-data {tmp_path / 'd'}); give it "
+             "once")]):
         capsys.readouterr()
         out = tmp_path / f"p{k}"
         assert main(["train", *map(str, args), "--output", str(out), *PATCH_RUN]) == 2
@@ -1451,12 +1454,12 @@ def test_a_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_both_way
     other = _nifti(tmp_path / "other.nii.gz", rng, z=4, n=24)
     cases = [(["--dataset", "ct_head", "--heldout-data", str(tmp_path / "copy_ct_head.nii.gz")],
               f"{tmp_path / 'copy_ct_head.nii.gz'}: both held out and trained on (the same voxels as the training "
-              "volume ct_head); a held-out volume is never trained on: drop it from --heldout-data or from "
-              "--dataset"),
+              "volume ct_head); a held-out volume is never trained on: keep it in only one of --heldout-data "
+              f"{tmp_path / 'copy_ct_head.nii.gz'} and --dataset ct_head"),
              (["--data", other, str(tmp_path / "copy_ct_lung2.nii.gz"), "--heldout-dataset", "ct_lung2"],
               f"ct_lung2: both held out and trained on (the same voxels as the training volume "
-              f"{tmp_path / 'copy_ct_lung2.nii.gz'}); a held-out volume is never trained on: drop it from "
-              "--heldout-dataset ct_lung2 or from --data")]
+              f"{tmp_path / 'copy_ct_lung2.nii.gz'}); a held-out volume is never trained on: keep it in only one "
+              f"of --heldout-dataset ct_lung2 and --data {tmp_path / 'copy_ct_lung2.nii.gz'}")]
     for k, (args, said) in enumerate(cases):
         capsys.readouterr()
         out = tmp_path / f"p{k}"
@@ -1478,3 +1481,24 @@ def test_a_resume_with_heldout_data_of_a_run_that_held_out_training_slices_says_
     assert said == "held-out slices of the training data: none now, the run had 3"
     assert _data_difference(json.dumps(now | {"heldout_slices": 2}), json.dumps(run), ["t.nii"], ["t.nii"]) == \
         "held-out volumes: none now, the run had 1"  # (the other way: the run's held-out volumes are missed first)
+
+
+def test_a_registered_scan_held_out_twice_through_test_names_the_options_given(tmp_path, capsys, monkeypatch):
+    """--heldout-dataset test --heldout-dataset ct_lung2 holds ct_lung2 out twice; the refusal said "give it once"
+    though the user named it once: it now names both options as given."""
+    from medrecon.priors import training_data
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(16)
+    train = _nifti(tmp_path / "train.nii.gz", rng, z=4, n=24)
+    monkeypatch.setattr(datasets, "path", lambda name, cache_dir=None: tmp_path / f"{name}.nii.gz")
+    monkeypatch.setattr(training_data, "read_training_volume", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("a volume was read")))
+    out = tmp_path / "p"
+    assert main(["train", "--data", train, "--heldout-dataset", "test", "--heldout-dataset", "ct_lung2",
+                 "--output", str(out), *PATCH_RUN]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "error: ct_lung2: given twice as held-out data (--heldout-dataset test and " \
+        "--heldout-dataset ct_lung2); give it once", err
+    assert not out.exists()

@@ -1343,10 +1343,11 @@ def test_heldout_data_scores_ones_own_volume_with_a_registered_one_and_a_resume_
     capsys.readouterr()
     assert main([*run, "--heldout-data", other, "--steps", "4", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "held-out volume 2: its voxels differ (SHA-256)" in err and "--heldout-data/--heldout-dataset" in err
+    assert f"held-out volume 2: its voxels differ (SHA-256); the run held out {held.resolve()}" in err  # its file
+    assert "--heldout-data/--heldout-dataset" in err
     # dropping the held-out data, or adding a volume, reads as the other lines do (was "heldout volumes None now,
     # the run had [{'pixel_spacing_mm': ...}]" and "3 heldout volumes now, the run had 2")
-    had = f"the run had 2 ({lung2}, {held.resolve()})"
+    had = f"the run had 2 (ct_lung2, {held.resolve()})"  # a registered scan by its name, not its cache path
     for given, said in ((["train", "--data", train, "--output", str(out), *PATCH_RUN],
                          f"held-out volumes: none now, {had}"),
                         ([*run, "--heldout-data", str(held), "--heldout-data", other],
@@ -1502,3 +1503,21 @@ def test_a_registered_scan_held_out_twice_through_test_names_the_options_given(t
     assert err.splitlines()[-1] == "error: ct_lung2: given twice as held-out data (--heldout-dataset test and " \
         "--heldout-dataset ct_lung2); give it once", err
     assert not out.exists()
+
+
+def test_a_resume_names_the_runs_heldout_file_and_a_registered_scan_by_its_name():
+    """A resume whose held-out volume's voxels differ said only "held-out volume 1: its voxels differ": it now names
+    the run's file; and the checkpoint's heldout_paths named a registered scan by its data-cache path: its name."""
+    from types import SimpleNamespace
+
+    from medrecon.priors.train import _data_difference, _Trainer
+
+    vol = {"sha256": "a" * 64, "pixel_spacing_mm": 1.0}
+    run = {"n_volumes": 1, "volumes": [vol], "heldout_volumes": [{"path": "/d/val.nii", "voxels_sha256": "b" * 64}]}
+    now = {**run, "heldout_volumes": [{"path": "/d/val.nii", "voxels_sha256": "c" * 64}]}
+    said = _data_difference(json.dumps(run), json.dumps(now), ["t.nii"], ["t.nii"], ["/d/val.nii"])
+    assert said == "held-out volume 1: its voxels differ (SHA-256); the run held out /d/val.nii"
+    held = [{"name": "ct_lung2", "path": "/cache/ct_lung2/lung.nii.gz", "sha256": "d" * 64},
+            {"path": "/d/val.nii", "voxels_sha256": "b" * 64}]
+    trainer = SimpleNamespace(data=SimpleNamespace(description={"heldout_volumes": held}))
+    assert _Trainer._heldout_names(trainer) == ["ct_lung2", "/d/val.nii"]

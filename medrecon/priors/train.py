@@ -370,9 +370,10 @@ def _data_difference(old: str | None, new: str, old_paths: list, new_paths: list
                     "sha256": "its file differs (SHA-256)", "voxels_sha256": "its voxels differ (SHA-256)"}
             differ = [text for field, text in what.items() if field in x and x[field] != y.get(field)]
             if differ:
-                held = key == "heldout_volumes"
-                now, then = ((f"held-out volume {k + 1}",) * 2 if held
-                             else (volume_name(new_paths, k), volume_name(old_paths, k)))
+                if key == "heldout_volumes":  # the run's file, where its checkpoint kept the names
+                    then = f"; the run held out {old_held[k]}" if k < len(old_held) else ""
+                    return f"held-out volume {k + 1}: {', '.join(differ)}{then}"
+                now, then = volume_name(new_paths, k), volume_name(old_paths, k)
                 return f"{now}: {', '.join(differ)}" + (f"; the run trained on {then}" if then != now else "")
         a.pop(key, None), b.pop(key, None)
     for key in sorted(a):  # what the checkpoint recorded (a newer record may keep more)
@@ -465,8 +466,11 @@ class _Trainer:
         return json.dumps(desc, sort_keys=True, default=str)
 
     def _heldout_names(self) -> list[str]:
-        """The held-out volumes as the resume's messages name them (``volume_names``: their recorded paths)."""
-        return volume_names({"volumes": self.data.description.get("heldout_volumes")})
+        """The held-out volumes as the resume's messages name them: a registered scan by its name, else its recorded
+        path (``volume_names``), not the data cache's path of the scan."""
+        vols = self.data.description.get("heldout_volumes")
+        return [v.get("name") or n if isinstance(v, dict) else n
+                for v, n in zip(vols or [], volume_names({"volumes": vols}))]
 
     def _volume_records(self) -> list[dict]:
         """The card's record of each training volume ({} for one recorded by its path alone)."""

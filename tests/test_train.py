@@ -1521,3 +1521,24 @@ def test_a_resume_names_the_runs_heldout_file_and_a_registered_scan_by_its_name(
             {"path": "/d/val.nii", "voxels_sha256": "b" * 64}]
     trainer = SimpleNamespace(data=SimpleNamespace(description={"heldout_volumes": held}))
     assert _Trainer._heldout_names(trainer) == ["ct_lung2", "/d/val.nii"]
+
+
+def test_a_resume_on_a_registered_scan_whose_voxels_read_otherwise_is_accepted(tmp_path, capsys, monkeypatch):
+    """A registered scan's record carries the file's SHA-256 and its voxels' (for the held-out overlap check); the
+    resume compared both, so a reader that changed a voxel made a --dataset run refuse to resume on the very same
+    file. The file's checksum identifies it; the voxels' is no longer compared for such a record."""
+    from medrecon.priors import training_data
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    name = datasets.names("train", "ct")[0]
+    scan = _nifti(tmp_path / "scan.nii.gz", np.random.default_rng(17), z=6, n=24)
+    monkeypatch.setattr(datasets, "path", lambda n, cache_dir=None: scan)
+    out = tmp_path / "p"
+    run = ["train", "--dataset", name, "--output", str(out), *PATCH_RUN]
+    assert main([*run, "--steps", "2", "--checkpoint-every", "1"]) == 0
+    vols = load_prior(out).card["training"]["data"]["volumes"]
+    assert vols[0]["name"] == name and vols[0]["sha256"] and vols[0]["voxels_sha256"]
+    monkeypatch.setattr(training_data, "voxels_sha256", lambda vol: "0" * 64)  # another reader's voxels
+    capsys.readouterr()
+    assert main([*run, "--steps", "3", "--resume"]) == 0, capsys.readouterr().err

@@ -325,10 +325,12 @@ def patch_batch_stream(sampler, seed: int, start: int, steps: int, workers: int)
 
 def _volume_identity(v) -> dict | None:
     """What identifies a training volume whatever its path: a registered scan's file checksum, the voxels'
-    checksum and pixel size of one of the user's own (training_data.volume_record); None for a bare path."""
+    checksum and pixel size of one of the user's own (training_data.volume_record); None for a bare path. A
+    registered scan's record carries its voxels' checksum too (for the held-out overlap check), not compared here:
+    the file's identifies it, and a reader that changed a voxel would refuse a resume on the very same file."""
     if not isinstance(v, dict):
         return None
-    keys = ("sha256", "voxels_sha256", "series_uid", "plane") + \
+    keys = ("sha256",) + (() if "sha256" in v else ("voxels_sha256",)) + ("series_uid", "plane") + \
         (() if v.get("plane") in ("coronal", "sagittal") else ("pixel_spacing_mm",))  # the axial one's says it
     return {k: v[k] for k in keys if k in v}
 

@@ -1542,3 +1542,44 @@ def test_a_resume_on_a_registered_scan_whose_voxels_read_otherwise_is_accepted(t
     monkeypatch.setattr(training_data, "voxels_sha256", lambda vol: "0" * 64)  # another reader's voxels
     capsys.readouterr()
     assert main([*run, "--steps", "3", "--resume"]) == 0, capsys.readouterr().err
+
+
+def test_a_byte_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_before_any_volume_is_read(
+        tmp_path, capsys, monkeypatch):
+    """A --data byte copy of a registered scan that --heldout-dataset scores (or a --heldout-data one of a --dataset
+    scan) was warned of while reading (held_out_copy) and refused only after every volume was read, by its voxels;
+    its file's SHA-256, which the registered scan's record carries, is known before: refused before reading."""
+    import dataclasses
+    import shutil
+
+    from medrecon.io.common import file_sha256
+    from medrecon.priors import training_data
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(18)
+    files = {n: Path(_nifti(tmp_path / f"{n}.nii.gz", rng, z=4, n=24)) for n in ("ct_lung1", "ct_lung2")}
+    monkeypatch.setattr(datasets, "path", lambda name, cache_dir=None: files[name])
+    for n, f in files.items():  # the registry's checksum of the stand-in
+        monkeypatch.setitem(datasets.SCANS, n, dataclasses.replace(datasets.SCANS[n], sha256=file_sha256(f)))
+        shutil.copy(f, tmp_path / f"copy_{n}.nii.gz")
+    other = _nifti(tmp_path / "other.nii.gz", rng, z=4, n=24)
+
+    def no_reading(*args, **kw):
+        raise AssertionError("a volume was read")
+
+    monkeypatch.setattr(training_data, "read_training_volume", no_reading)
+    lung1, lung = tmp_path / "copy_ct_lung1.nii.gz", tmp_path / "copy_ct_lung2.nii.gz"
+    cases = [(["--dataset", "ct_lung1", "--heldout-data", str(lung1)],
+              f"{lung1}: both held out and trained on (the same bytes as the training volume ct_lung1); a held-out "
+              f"volume is never trained on: keep it in only one of --heldout-data {lung1} and --dataset ct_lung1"),
+             (["--data", other, str(lung), "--heldout-dataset", "ct_lung2"],
+              f"ct_lung2: both held out and trained on (the same bytes as the training volume {lung}); a held-out "
+              f"volume is never trained on: keep it in only one of --heldout-dataset ct_lung2 and --data {lung}")]
+    for k, (args, said) in enumerate(cases):
+        capsys.readouterr()
+        out = tmp_path / f"p{k}"
+        assert main(["train", *args, "--output", str(out), *PATCH_RUN]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err
+        assert not out.exists()

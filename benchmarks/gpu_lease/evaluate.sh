@@ -160,7 +160,7 @@ held new "$PRIOR"
 names=(); for n in "${ORDER[@]}"; do [[ $n == held_* ]] && names+=("$n"); done
 lanes "${names[@]}"
 cur=(); [ $RERUN = 1 ] && cur=(--current "$OUT"/held_current_*)
-$HELP heldout "$OUT"/held_new_* --cases $CASES "${cur[@]}" 2>&1 | tee "$OUT/heldout.txt"
+$HELP heldout "$OUT"/held_new_* --cases $CASES ${cur[@]+"${cur[@]}"} 2>&1 | tee "$OUT/heldout.txt"
 verdict=${PIPESTATUS[0]}
 case $verdict in 0|1|2) ;; *) no_verdict "$verdict" "$OUT/heldout.txt";; esac
 if [ "$verdict" = 2 ]; then

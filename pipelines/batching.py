@@ -101,18 +101,18 @@ class Job:
     def state(self) -> str:
         """The output folder's ``output_state`` for this series, from its marker read now: at a run's turn, as the
         folder may have been removed or replaced since the batch began."""
-        return output_state(read_marker(self.output), self.uid, self.files_sha256, self.config_sha256)
+        return self.state_for(False)
 
-    def state_for(self, overwrite: bool, read: dict[Path, dict] | None = None) -> str:
+    def state_for(self, overwrite: bool, dry_run_marks: dict[Path, dict] | None = None) -> str:
         """The ``state`` a run acts on, or 'new' with ``overwrite`` (its marker then unread): 'new' is reconstructed
-        (``todo``), 'done' skipped, any other a conflict. ``read``: output folder -> marker read before
-        (``earlier_markers``), acted on instead of reading its own again: only where nothing has been written
-        since (the dry run)."""
+        (``todo``), 'done' skipped, any other a conflict. ``dry_run_marks``: the dry run's only (nothing is written
+        there since they were read): output folder -> marker read before (``earlier_markers``), acted on instead of
+        reading its own again."""
         if overwrite:
             return "new"
-        if read and self.output in read:
-            return output_state(read[self.output], self.uid, self.files_sha256, self.config_sha256)
-        return self.state
+        known = dry_run_marks is not None and self.output in dry_run_marks
+        mark = dry_run_marks[self.output] if known else read_marker(self.output)
+        return output_state(mark, self.uid, self.files_sha256, self.config_sha256)
 
     def todo(self, overwrite: bool) -> bool:
         """Whether ``run_series`` would reconstruct it (else it returns 'skipped' or 'conflict' at once)."""
@@ -603,7 +603,7 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
         return BatchResult(manifest, rows[len(kept):])
     rows = kept + unread
     bar = tqdm(jobs, desc="series", unit="series", disable=not progress, position=0)
-    say = (lambda line: bar.write(one_line(line))) if progress else echo  # (echo: the CLI's escapes too)
+    tell = (lambda line: bar.write(one_line(line))) if progress else echo  # (echo: the CLI's escapes too)
     if unread:
         write_manifest(manifest, rows + [k.row("pending") for k in jobs])
     try:
@@ -612,7 +612,7 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
             rows.append(run_series(j, cfg, overwrite=overwrite, progress=progress, resample=resample))
             save_progress(manifest, rows + [k.row("pending") for k in jobs[i:]])
             r = rows[-1]
-            say(progress_line(i, len(jobs), r))
+            tell(progress_line(i, len(jobs), r))
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: the series not finished stay 'pending'
         left = jobs[len(rows) - len(kept) - len(unread):]
         rows += [k.row("pending") for k in left]

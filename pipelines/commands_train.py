@@ -142,32 +142,46 @@ def _heldout_sources(names: list[str], paths: list[Path], modality: Modality) ->
     return dpaths + paths, prov + paths
 
 
-def _found_records(sources: list) -> list:
+def _found_records(sources: list, given: list[str], hashed: bool = False) -> list:
     """``sources`` (read_volumes': registered scans' records, paths of one's own) as records of each volume's path,
     found as read_volumes finds them but before anything is read: _refuse_trained_heldout's file part, in seconds
-    where reading the data takes minutes (its voxel part needs the data read)."""
+    where reading the data takes minutes (its voxel part needs the data read). ``given``: the option each source
+    came with, as the user gave it ("--data DIR", "--heldout-dataset test"), kept with its records as "given".
+    ``hashed``: a file of one's own gets its SHA-256 too, which a registered scan's record carries (a byte copy of
+    one, held out and trained on, is refused before reading; where the other side has a registered scan)."""
+    from medrecon.io.common import file_sha256
     from medrecon.priors.training_data import found_volumes
 
-    return [r for s in sources for r in ([s] if isinstance(s, dict) else
-                                         [{"path": str(f)} for f in found_volumes([s])])]
+    def own(f: Path) -> dict:
+        return {"path": str(f), **({"sha256": file_sha256(f)} if hashed and Path(f).is_file() else {})}
+
+    return [{**r, "given": g} for s, g in zip(sources, given, strict=True)
+            for r in ([s] if isinstance(s, dict) else [own(f) for f in found_volumes([s])])]
 
 
-def _refuse_trained_heldout(trained: list, held: list) -> None:
-    """One line for a held-out volume that is also a training volume, the same file (links resolved) or the same
-    voxels (the voxels' SHA-256 the card records of every volume, a registered scan's too: a copy of one is caught
-    either way round): its loss would not be held out; or that is given twice as held-out data (the same file or
-    voxels: a file and its folder, say), which would weigh its loss twice. ``trained``, ``held``: the card's records
-    of the volumes (read_volumes'), checked after the volumes are read; before, _found_records' (paths alone)."""
+def _refuse_trained_heldout(trained: list, held: list, given: dict | None = None) -> None:
+    """One line for a held-out volume that is also a training volume, the same file (links resolved), the same
+    bytes as a registered scan (its file's SHA-256) or the same voxels (the voxels' SHA-256 the card records of
+    every volume, a registered scan's too: a copy of one is caught either way round): its loss would not be held
+    out; or that is given twice as held-out data (the same file, bytes or voxels: a file and its folder, say), which
+    would weigh its loss twice. ``trained``, ``held``: the card's records of the volumes (read_volumes'), checked
+    after the volumes are read; before, _found_records' (paths, a file's SHA-256 where a registered scan is on the
+    other side, the option each came with). ``given``: {resolved path: that option} for the records read."""
     from medrecon.errors import InputError
 
     def path(record) -> str | None:
         return str(Path(record["path"]).resolve()) if record.get("path") else None
 
-    def keys(record) -> list:  # what identifies a volume: its file, its voxels
-        return [k for k in (("file", path(record)), ("voxels", record.get("voxels_sha256"))) if k[1]]
+    def keys(record) -> list:  # what identifies a volume: its file, its bytes (a registered scan's), its voxels
+        return [k for k in (("file", path(record)), ("bytes", record.get("sha256")),
+                            ("voxels", record.get("voxels_sha256"))) if k[1]]
 
     def name(record) -> str:
         return record.get("name") or path(record)
+
+    def option(record) -> str:  # the option that gave it, as the user gave it: a folder, 'test', not its file
+        return record.get("given") or (given or {}).get(path(record)) or \
+            (f"--dataset {record['name']}" if record.get("name") else f"--data {path(record)}")
 
     def first(record, seen: dict):
         return next(((kind, seen[(kind, v)]) for kind, v in keys(record) if (kind, v) in seen), (None, None))
@@ -181,14 +195,14 @@ def _refuse_trained_heldout(trained: list, held: list) -> None:
             continue
         kind, t = first(h, trained_at)
         if t is not None:
-            same = "the same file" if kind == "file" else f"the same voxels as the training volume {name(t)}"
-            held_opt = f"--heldout-dataset {h['name']}" if h.get("name") else "--heldout-data"
+            same = "the same file" if kind == "file" else f"the same {kind} as the training volume {name(t)}"
             raise InputError(f"{name(h)}: both held out and trained on ({same}); a held-out volume is never trained "
-                             f"on: drop it from {held_opt} or from {'--dataset' if t.get('name') else '--data'}")
+                             f"on: keep it in only one of {option(h)} and {option(t)}")
         kind, o = first(h, held_at)
         if o is not None:
-            same = "" if kind == "file" else f" (the same voxels as {name(o)})"
-            raise InputError(f"{name(h)}{same}: given twice as held-out data; give it once")
+            same = "" if kind == "file" else f" (the same {kind} as {name(o)})"
+            raise InputError(f"{name(h)}{same}: given twice as held-out data ({option(o)} and {option(h)}); give it "
+                             "once")
         for k in keys(h):
             held_at.setdefault(k, h)
 
@@ -333,7 +347,11 @@ def train(
     _check_network(arch, image_size, widths, sizes, channels)  # before the data are loaded (minutes for many)
     paths = list(data or []) + list(more or [])
     sources: list = list(paths)
-    names = [n for d in (dataset or []) for n in (datasets.names("train", modality.value) if d == "train" else [d])]
+    given = [f"--data {p}" for p in paths]  # the option each source came with, as given: the overlap refusal's
+    named = [(n, f"--dataset {d}") for d in (dataset or [])
+             for n in (datasets.names("train", modality.value) if d == "train" else [d])]
+    names = [n for n, _ in named]
+    given += [g for _, g in named]
     dpaths: list = []
     if names:
         dpaths, prov = _dataset_volumes(names, modality)
@@ -341,8 +359,10 @@ def train(
         sources += prov
     if not paths:
         raise InputError("no training data: give --data PATH... and/or --dataset NAME")
-    held_names = [n for d in (heldout_dataset or [])
+    held_named = [(n, f"--heldout-dataset {d}") for d in (heldout_dataset or [])
                   for n in (datasets.names("test", modality.value) if d == "test" else [d])]
+    held_names = [n for n, _ in held_named]
+    held_given = [g for _, g in held_named] + [f"--heldout-data {p}" for p in heldout_data or []]
     overlap = sorted(set(held_names) & set(names))
     if overlap:
         raise InputError(f"datasets {', '.join(overlap)} are both trained on and held out: drop them from one list")
@@ -381,8 +401,12 @@ def train(
                         random_contrast=random_contrast,
                         sampler_errors=str(sampler_errors) if sampler_errors else None,
                         sampler_error_prob=sampler_error_prob, sampler_error_sigma_min=sampler_error_sigma_min)
+    found_given = {}  # {resolved path: the option that gave it}: the overlap refusal after reading names it too
     if hpaths:  # a file both trained on and held out, or held out twice: before the data are read (the voxels after)
-        _refuse_trained_heldout(_found_records(sources), _found_records(hsources))
+        registered = [any(isinstance(s, dict) for s in side) for side in (sources, hsources)]  # hashed against
+        found = _found_records(sources, given, registered[1]), _found_records(hsources, held_given, any(registered))
+        found_given = {str(Path(r["path"]).resolve()): r["given"] for rs in found for r in rs if r.get("path")}
+        _refuse_trained_heldout(*found)
     heldout, held_desc = None, None
     check = training_volume_check(modality)
     notes = {p: datasets.scan(n).training_note for n, p in zip(names, dpaths)}
@@ -427,7 +451,7 @@ def train(
                 sd.description["heldout_slices"] = n_held
         what = f"{sd.slices.shape[0]} slices ({image_size}x{image_size})"
     if held_desc:
-        _refuse_trained_heldout(sd.description["volumes"], held_desc)
+        _refuse_trained_heldout(sd.description["volumes"], held_desc, found_given)
         sd.description["heldout_volumes"] = held_desc
     n_held = 0 if heldout is None else sum(h.shape[0] for h in ([heldout] if torch.is_tensor(heldout) else heldout))
     typer.echo(f"training {arch.value} prior on {what} from {sd.description['n_volumes']} volumes, "

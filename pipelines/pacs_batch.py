@@ -26,7 +26,7 @@ from medrecon.io.dicom_scan import modality_not_a_volume
 
 from .batching import (CONFLICT, PASSED_OVER, BatchResult, batch_lock, check_batch_root, manifest_line,
                        no_volume_reason, output_state, read_manifest, relative, sanitize, save_progress)
-from .config import load_config
+from .config import load_config, override_list
 from .outputs import write_json
 from .pacs import PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
 from .pacs_retrieve import Inbox, retrieve_series, serve
@@ -43,10 +43,12 @@ def pacs_config(config, overrides, output_root, check_files: bool = True):
     cfg = load_config(config, overrides, check_files=check_files)
     if cfg.outputs.deidentify:
         received = Path(output_root) / "received"
+        set_here = any(o.split("=", 1)[0].strip() == "outputs.deidentify" for o in override_list(overrides))
+        without = "without it" if set_here else "without it (the config sets it: --set outputs.deidentify=false)"
         raise InputError(f"outputs.deidentify: pacs run and pacs listen keep the series they retrieve ({received}), "
                          "name each output by its SeriesDescription, record the source UIDs and send the results "
-                         "to the PACS, so their outputs identify the patient; run them without it (--no-send stores "
-                         f"nothing on the PACS), then `medrecon batch {received} OUT --config ... --set "
+                         f"to the PACS, so their outputs identify the patient; run them {without} (--no-send "
+                         f"stores nothing on the PACS), then `medrecon batch {received} OUT --config ... --set "
                          "outputs.deidentify=true` writes de-identified outputs into OUT")
     return cfg
 
@@ -56,8 +58,10 @@ class Runner:
     (when ``send``); one manifest row each, the manifest and index.html rewritten after every series."""
 
     def __init__(self, settings: PacsSettings, output_root: Path, config, overrides=(), send: bool = True,
-                 overwrite: bool = False, progress: bool = False, echo=print):
-        self.cfg = pacs_config(config, overrides, output_root)  # validated before anything runs
+                 overwrite: bool = False, progress: bool = False, echo=print, cfg=None):
+        """``cfg``: ``config`` with ``overrides`` as ``pacs_config`` loaded and checked it (pacs_batch's, before
+        the PACS is asked); None: loaded and checked here (listen, the Python API)."""
+        self.cfg = cfg if cfg is not None else pacs_config(config, overrides, output_root)  # before anything runs
         self.fingerprint = self.cfg.fingerprint()
         self.settings, self.send, self.overwrite, self.progress, self.echo = settings, send, overwrite, progress, echo
         if send:
@@ -180,7 +184,7 @@ def hit_line(h) -> str:
 def pacs_batch(settings: PacsSettings, query: Query, output_root, config, overrides=(), send: bool = True,
                overwrite: bool = False, dry_run: bool = False, progress: bool = False, echo=print) -> BatchResult:
     """Find the series matching ``query`` on the PACS, retrieve, reconstruct and store each (see the module)."""
-    pacs_config(config, overrides, output_root, check_files=not dry_run)  # its refusals before the PACS is asked
+    cfg = pacs_config(config, overrides, output_root, check_files=not dry_run)  # refusals before the PACS is asked
     settings.need_host()
     hits = find_series(settings, query)
     ours = [h for h in hits if h.made_by_medrecon]
@@ -200,7 +204,7 @@ def pacs_batch(settings: PacsSettings, query: Query, output_root, config, overri
     if settings.retrieve == "move" and settings.store_port is None:
         raise InputError("C-MOVE needs medrecon's storage SCP: give --store-port (the port the PACS knows for "
                          f"AE {settings.calling_aet!r}) or use --retrieve get")
-    run = Runner(settings, output_root, config, overrides, send, overwrite, progress, echo)
+    run = Runner(settings, output_root, config, overrides, send, overwrite, progress, echo, cfg=cfg)
     with batch_lock(run.root):  # one run or listener per output root
         server = serve(settings, run.inbox) if settings.retrieve == "move" else None
         rows = []

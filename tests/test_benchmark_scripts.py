@@ -133,3 +133,64 @@ def test_gpu_lease_eval_exits_3_on_any_error_never_a_verdict(tmp_path, capsys):
     off["ct8", "ct_tumour2"] = (23.64, 27.0)
     assert [le.run(["heldout", str(_real_json(tmp_path / name, runs))])
             for name, runs in (("same", readme), ("worse", worse), ("off", off))] == [0, 1, 2]
+
+
+def test_gpu_lease_evaluate_reextracts_a_prior_whose_extraction_stopped(tmp_path):
+    """evaluate.sh extracted the returned prior straight into OUT/prior: an extraction stopped midway (a truncated
+    stream, Ctrl-C) left a card beside partial weights, and a rerun took the card for a finished extraction and
+    scored the partial prior. It now extracts into OUT/prior.tmp and moves it into place (with returned.sha256)
+    only when the extraction finished, so a rerun extracts again."""
+    import os
+    import shutil
+    import subprocess
+    import tarfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model_card.yaml").write_text("name: returned\n")
+    weights = np.random.default_rng(0).bytes(300_000)
+    (src / "weights.bin").write_bytes(weights)
+    ret = tmp_path / "ret"
+    (ret / "wide").mkdir(parents=True)
+    with tarfile.open(ret / "wide" / "part_00", "w:gz") as tar:
+        for name in ("model_card.yaml", "weights.bin"):  # the card first: whole in a cut stream
+            tar.add(src / name, arcname=name)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "gunzip").write_text(f"#!/bin/bash\n{shutil.which('gunzip')} | head -c 100000\nexit 1\n")
+    (fake / "gunzip").chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PY": "false"}  # `false lease_eval.py card`: the script stops after step 1
+    cmd = ["bash", str(BENCH / "gpu_lease" / "evaluate.sh"), str(ret), str(out)]
+    cut = subprocess.run(cmd, env={**env, "PATH": f"{fake}:{os.environ['PATH']}"}, capture_output=True, text=True,
+                         timeout=120)
+    assert cut.returncode == 1 and "reassembly failed" in cut.stdout, cut
+    assert not (out / "prior" / "model_card.yaml").exists() and not (out / "returned.sha256").exists()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert "does not load" in again.stdout, again  # extracted, then `false` for the card
+    assert (out / "prior" / "weights.bin").read_bytes() == weights and not (out / "prior.tmp").exists()
+    assert (out / "returned.sha256").read_text().strip() == \
+        __import__("hashlib").sha256((ret / "wide" / "part_00").read_bytes()).hexdigest()
+
+
+def test_gpu_lease_card_rewrites_the_card_atomically(tmp_path, monkeypatch):
+    """lease_eval.py card sets patch.inference_shifts in the returned prior's model_card.yaml; it rewrote the file
+    in place, so a write stopped midway (a full disk, a kill) left half a card. It now writes a temporary beside it
+    and renames it over the card: a failed write keeps the card whole."""
+    import pathlib
+
+    le = _lease_eval()
+    card = tmp_path / "model_card.yaml"
+    text = "name: returned\npatch:\n  sizes:\n  - 16\n  inference_size: 64\n  inference_shifts: 2\n  seed: 0\n"
+    card.write_text(text)
+    plain = pathlib.Path.write_text
+
+    def cut(self, data, *a, **k):  # half the text, then the disk is full
+        plain(self, data[: len(data) // 2], *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", cut)
+    with pytest.raises(Exception):
+        le.card(tmp_path)
+    monkeypatch.setattr(pathlib.Path, "write_text", plain)
+    assert card.read_text() == text and [p.name for p in tmp_path.iterdir()] == ["model_card.yaml"]

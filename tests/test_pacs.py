@@ -806,3 +806,39 @@ def test_pacs_settings_take_yaml_merge_keys_and_load_no_torch(tmp_path):
     probe = "import sys, pipelines.pacs; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_pacs_run_loads_its_config_once_and_a_config_setting_deidentify_is_told_the_set_that_undoes_it(
+        tmp_path, capsys, monkeypatch):
+    """pacs run loaded and checked the config twice (before the PACS is asked, and again in Runner); the Runner
+    now takes the one loaded. The de-identification refusal said "run them without it": for a config file that sets
+    the key it now names `--set outputs.deidentify=false`."""
+    import yaml
+
+    import pipelines.pacs_batch as pacs_batch
+    from pipelines.config import resolve_config_path
+    from pipelines.pacs import PacsSettings, SeriesHit
+
+    loads = []
+    load = pacs_batch.load_config
+    monkeypatch.setattr(pacs_batch, "load_config", lambda *a, **k: loads.append(a) or load(*a, **k))
+    monkeypatch.setattr(pacs_batch, "find_series", lambda *a, **k: [SeriesHit("1.2", "1.2.3", "CT", "Chest")])
+
+    def stop(self, *a, **k):
+        raise RuntimeError("stopped before the series")
+    monkeypatch.setattr(pacs_batch.Runner, "process", stop)
+    with pytest.raises(RuntimeError, match="stopped before"):
+        pacs_batch.pacs_batch(PacsSettings(host="127.0.0.1", retrieve="get"), None, tmp_path / "out",
+                              "sparse_view_ct_8", ["solver.name=fbp", "ct.image_size=16"], send=False,
+                              echo=lambda s: None)
+    assert len(loads) == 1
+    raw = yaml.safe_load(resolve_config_path("sparse_view_ct_8").read_text())
+    raw.setdefault("outputs", {})["deidentify"] = True
+    (tmp_path / "deid.yaml").write_text(yaml.safe_dump(raw))
+    for config, sets, told in (("sparse_view_ct_8", ["--set", "outputs.deidentify=true"], False),
+                               (str(tmp_path / "deid.yaml"), [], True)):
+        assert main(["pacs", "run", str(tmp_path / "o"), "--config", config, *SETS, *sets, "--host", "127.0.0.1",
+                     "--retrieve", "get", "--no-send"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: outputs.deidentify: ") and \
+            ("run them without it (the config sets it: --set outputs.deidentify=false)" in err) == told, err

@@ -1322,7 +1322,9 @@ def test_heldout_data_scores_ones_own_volume_with_a_registered_one_and_a_resume_
     out = tmp_path / "p"
     run = ["train", "--data", train, "--heldout-dataset", "ct_lung2", "--output", str(out), *PATCH_RUN]
     assert main([*run, "--heldout-data", str(held), "--steps", "2", "--heldout-every", "1"]) == 0
-    assert "step 2: held-out loss " in capsys.readouterr().out  # the run's output tells the last one too
+    said = capsys.readouterr()
+    assert "step 2: held-out loss " in said.err  # the run's output tells the last one too, on stderr
+    assert said.out.strip() == str(out)  # stdout holds only the prior's folder: PRIOR=$(medrecon train ...)
     prior = load_prior(out)
     training = prior.card["training"]
     vols = training["data"]["heldout_volumes"]
@@ -1341,10 +1343,11 @@ def test_heldout_data_scores_ones_own_volume_with_a_registered_one_and_a_resume_
     capsys.readouterr()
     assert main([*run, "--heldout-data", other, "--steps", "4", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "held-out volume 2: its voxels differ (SHA-256)" in err and "--heldout-data/--heldout-dataset" in err
+    assert f"held-out volume 2: its voxels differ (SHA-256); the run held out {held.resolve()}" in err  # its file
+    assert "--heldout-data/--heldout-dataset" in err
     # dropping the held-out data, or adding a volume, reads as the other lines do (was "heldout volumes None now,
     # the run had [{'pixel_spacing_mm': ...}]" and "3 heldout volumes now, the run had 2")
-    had = f"the run had 2 ({lung2}, {held.resolve()})"
+    had = f"the run had 2 (ct_lung2, {held.resolve()})"  # a registered scan by its name, not its cache path
     for given, said in ((["train", "--data", train, "--output", str(out), *PATCH_RUN],
                          f"held-out volumes: none now, {had}"),
                         ([*run, "--heldout-data", str(held), "--heldout-data", other],
@@ -1372,7 +1375,7 @@ def test_heldout_data_that_is_also_trained_on_is_refused_in_one_line(tmp_path, c
                      *PATCH_RUN]) == 2
         err = capsys.readouterr().err
         said = f"{given.resolve()}: both held out and trained on ({same}); a held-out volume is never trained on: " \
-               "drop it from --heldout-data or from --data"
+               f"keep it in only one of --heldout-data {given} and --data {a}"  # the options as given
         assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err  # (after the pixel range)
         assert not out.exists()
 
@@ -1389,10 +1392,11 @@ def test_a_volume_given_twice_as_heldout_data_is_refused_in_one_line(tmp_path, c
     (tmp_path / "held").mkdir()
     h = Path(_nifti(tmp_path / "held" / "h.nii", rng, n=24))
     shutil.copy(h, tmp_path / "h_copy.nii")
-    for k, (given, said) in enumerate([((h, h), f"{h}: given twice as held-out data; give it once"),
-                                       ((h, tmp_path / "held"), f"{h}: given twice as held-out data; give it once"),
+    twice = "given twice as held-out data (--heldout-data {} and --heldout-data {}); give it once"
+    for k, (given, said) in enumerate([((h, h), f"{h}: {twice.format(h, h)}"),
+                                       ((h, tmp_path / "held"), f"{h}: {twice.format(h, tmp_path / 'held')}"),
                                        ((h, tmp_path / "h_copy.nii"), f"{tmp_path / 'h_copy.nii'} (the same voxels "
-                                        f"as {h}): given twice as held-out data; give it once")]):
+                                        f"as {h}): {twice.format(h, tmp_path / 'h_copy.nii')}")]):
         capsys.readouterr()
         out = tmp_path / f"p{k}"
         held = [w for g in given for w in ("--heldout-data", str(g))]
@@ -1420,12 +1424,27 @@ def test_a_file_held_out_and_trained_on_or_held_out_twice_is_refused_before_any_
     monkeypatch.setattr(training_data, "read_training_volume", no_reading)
     for k, (args, said) in enumerate([
             (["--data", tmp_path / "d", b, "--heldout-data", a], f"{a}: both held out and trained on (the same file); "
-             "a held-out volume is never trained on: drop it from --heldout-data or from --data"),
+             f"a held-out volume is never trained on: keep it in only one of --heldout-data {a} and --data "
+             f"{tmp_path / 'd'}"),  # the folder given, not a file the user never named
             (["--data", b, "--heldout-data", a, "--heldout-data", tmp_path / "d"],
-             f"{a}: given twice as held-out data; give it once")]):
+             f"{a}: given twice as held-out data (--heldout-data {a} and --heldout-data {tmp_path / 'd'}); give it "
+             "once")]):
         capsys.readouterr()
         out = tmp_path / f"p{k}"
         assert main(["train", *map(str, args), "--output", str(out), *PATCH_RUN]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err
+        assert not out.exists()
+
+
+def _refused_in_one_line(tmp_path, capsys, cases):
+    """Each (train's ARGS, the refusal): exit 2, the refusal its last line, no traceback, nothing written."""
+    from pipelines.cli import main
+
+    for k, (args, said) in enumerate(cases):
+        capsys.readouterr()
+        out = tmp_path / f"p{k}"
+        assert main(["train", *args, "--output", str(out), *PATCH_RUN]) == 2
         err = capsys.readouterr().err
         assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err
         assert not out.exists()
@@ -1435,11 +1454,12 @@ def test_a_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_both_way
     """A registered scan's record (its provenance: the file's SHA-256, its cache path) had no voxels' SHA-256, so a
     copy of it given with --heldout-data while --dataset trains on it, or trained on with --data while
     --heldout-dataset scores it, was accepted: its loss was not held out. read_volumes now records the voxels'
-    SHA-256 of a registered scan too, and both are refused in one line naming it and the fix."""
+    SHA-256 of a registered scan too, and both are refused in one line naming it and the fix. (The stand-ins' bytes
+    are not the registry's checksums: a converted copy, found by its voxels after reading; a byte copy is refused
+    before, test_a_byte_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_before_any_volume_is_read.)"""
     import shutil
 
     from pipelines import datasets
-    from pipelines.cli import main
 
     rng = np.random.default_rng(13)
     files = {n: Path(_nifti(tmp_path / f"{n}.nii.gz", rng, z=4, n=24)) for n in ("ct_head", "ct_lung2")}
@@ -1449,16 +1469,118 @@ def test_a_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_both_way
     other = _nifti(tmp_path / "other.nii.gz", rng, z=4, n=24)
     cases = [(["--dataset", "ct_head", "--heldout-data", str(tmp_path / "copy_ct_head.nii.gz")],
               f"{tmp_path / 'copy_ct_head.nii.gz'}: both held out and trained on (the same voxels as the training "
-              "volume ct_head); a held-out volume is never trained on: drop it from --heldout-data or from "
-              "--dataset"),
+              "volume ct_head); a held-out volume is never trained on: keep it in only one of --heldout-data "
+              f"{tmp_path / 'copy_ct_head.nii.gz'} and --dataset ct_head"),
              (["--data", other, str(tmp_path / "copy_ct_lung2.nii.gz"), "--heldout-dataset", "ct_lung2"],
               f"ct_lung2: both held out and trained on (the same voxels as the training volume "
-              f"{tmp_path / 'copy_ct_lung2.nii.gz'}); a held-out volume is never trained on: drop it from "
-              "--heldout-dataset ct_lung2 or from --data")]
-    for k, (args, said) in enumerate(cases):
-        capsys.readouterr()
-        out = tmp_path / f"p{k}"
-        assert main(["train", *args, "--output", str(out), *PATCH_RUN]) == 2
-        err = capsys.readouterr().err
-        assert err.splitlines()[-1] == f"error: {said}" and "Traceback" not in err, err
-        assert not out.exists()
+              f"{tmp_path / 'copy_ct_lung2.nii.gz'}); a held-out volume is never trained on: keep it in only one "
+              f"of --heldout-dataset ct_lung2 and --data {tmp_path / 'copy_ct_lung2.nii.gz'}")]
+    _refused_in_one_line(tmp_path, capsys, cases)
+
+
+def test_a_resume_with_heldout_data_of_a_run_that_held_out_training_slices_says_so_in_words():
+    """A unet run with --heldout-fraction records heldout_slices; a --resume with --heldout-data (no such field)
+    was refused as "heldout slices None now, the run had 3", the raw field and value; it is worded as the others."""
+    from medrecon.priors.train import _data_difference
+
+    vol = {"sha256": "a" * 64, "pixel_spacing_mm": 1.0}
+    run = {"n_volumes": 1, "volumes": [vol], "heldout_slices": 3}
+    now = {"n_volumes": 1, "volumes": [vol], "heldout_volumes": [{"voxels_sha256": "b" * 64}]}
+    said = _data_difference(json.dumps(run), json.dumps(now), ["t.nii"], ["t.nii"])
+    assert said == "held-out slices of the training data: none now, the run had 3"
+    assert _data_difference(json.dumps(now | {"heldout_slices": 2}), json.dumps(run), ["t.nii"], ["t.nii"]) == \
+        "held-out volumes: none now, the run had 1"  # (the other way: the run's held-out volumes are missed first)
+
+
+def test_a_registered_scan_held_out_twice_through_test_names_the_options_given(tmp_path, capsys, monkeypatch):
+    """--heldout-dataset test --heldout-dataset ct_lung2 holds ct_lung2 out twice; the refusal said "give it once"
+    though the user named it once: it now names both options as given."""
+    from medrecon.priors import training_data
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(16)
+    train = _nifti(tmp_path / "train.nii.gz", rng, z=4, n=24)
+    monkeypatch.setattr(datasets, "path", lambda name, cache_dir=None: tmp_path / f"{name}.nii.gz")
+    monkeypatch.setattr(training_data, "read_training_volume", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("a volume was read")))
+    out = tmp_path / "p"
+    assert main(["train", "--data", train, "--heldout-dataset", "test", "--heldout-dataset", "ct_lung2",
+                 "--output", str(out), *PATCH_RUN]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "error: ct_lung2: given twice as held-out data (--heldout-dataset test and " \
+        "--heldout-dataset ct_lung2); give it once", err
+    assert not out.exists()
+
+
+def test_a_resume_names_the_runs_heldout_file_and_a_registered_scan_by_its_name():
+    """A resume whose held-out volume's voxels differ said only "held-out volume 1: its voxels differ": it now names
+    the run's file; and the checkpoint's heldout_paths named a registered scan by its data-cache path: its name."""
+    from types import SimpleNamespace
+
+    from medrecon.priors.train import _data_difference, _Trainer
+
+    vol = {"sha256": "a" * 64, "pixel_spacing_mm": 1.0}
+    run = {"n_volumes": 1, "volumes": [vol], "heldout_volumes": [{"path": "/d/val.nii", "voxels_sha256": "b" * 64}]}
+    now = {**run, "heldout_volumes": [{"path": "/d/val.nii", "voxels_sha256": "c" * 64}]}
+    said = _data_difference(json.dumps(run), json.dumps(now), ["t.nii"], ["t.nii"], ["/d/val.nii"])
+    assert said == "held-out volume 1: its voxels differ (SHA-256); the run held out /d/val.nii"
+    held = [{"name": "ct_lung2", "path": "/cache/ct_lung2/lung.nii.gz", "sha256": "d" * 64},
+            {"path": "/d/val.nii", "voxels_sha256": "b" * 64}]
+    trainer = SimpleNamespace(data=SimpleNamespace(description={"heldout_volumes": held}))
+    assert _Trainer._heldout_names(trainer) == ["ct_lung2", "/d/val.nii"]
+
+
+def test_a_resume_on_a_registered_scan_whose_voxels_read_otherwise_is_accepted(tmp_path, capsys, monkeypatch):
+    """A registered scan's record carries the file's SHA-256 and its voxels' (for the held-out overlap check); the
+    resume compared both, so a reader that changed a voxel made a --dataset run refuse to resume on the very same
+    file. The file's checksum identifies it; the voxels' is no longer compared for such a record."""
+    from medrecon.priors import training_data
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    name = datasets.names("train", "ct")[0]
+    scan = _nifti(tmp_path / "scan.nii.gz", np.random.default_rng(17), z=6, n=24)
+    monkeypatch.setattr(datasets, "path", lambda n, cache_dir=None: scan)
+    out = tmp_path / "p"
+    run = ["train", "--dataset", name, "--output", str(out), *PATCH_RUN]
+    assert main([*run, "--steps", "2", "--checkpoint-every", "1"]) == 0
+    vols = load_prior(out).card["training"]["data"]["volumes"]
+    assert vols[0]["name"] == name and vols[0]["sha256"] and vols[0]["voxels_sha256"]
+    monkeypatch.setattr(training_data, "voxels_sha256", lambda vol: "0" * 64)  # another reader's voxels
+    capsys.readouterr()
+    assert main([*run, "--steps", "3", "--resume"]) == 0, capsys.readouterr().err
+
+
+def test_a_byte_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_before_any_volume_is_read(
+        tmp_path, capsys, monkeypatch):
+    """A --data byte copy of a registered scan that --heldout-dataset scores (or a --heldout-data one of a --dataset
+    scan) was warned of while reading (held_out_copy) and refused only after every volume was read, by its voxels;
+    its file's SHA-256, which the registered scan's record carries, is known before: refused before reading."""
+    import dataclasses
+    import shutil
+
+    from medrecon.io.common import file_sha256
+    from medrecon.priors import training_data
+    from pipelines import datasets
+
+    rng = np.random.default_rng(18)
+    files = {n: Path(_nifti(tmp_path / f"{n}.nii.gz", rng, z=4, n=24)) for n in ("ct_lung1", "ct_lung2")}
+    monkeypatch.setattr(datasets, "path", lambda name, cache_dir=None: files[name])
+    for n, f in files.items():  # the registry's checksum of the stand-in
+        monkeypatch.setitem(datasets.SCANS, n, dataclasses.replace(datasets.SCANS[n], sha256=file_sha256(f)))
+        shutil.copy(f, tmp_path / f"copy_{n}.nii.gz")
+    other = _nifti(tmp_path / "other.nii.gz", rng, z=4, n=24)
+
+    def no_reading(*args, **kw):
+        raise AssertionError("a volume was read")
+
+    monkeypatch.setattr(training_data, "read_training_volume", no_reading)
+    lung1, lung = tmp_path / "copy_ct_lung1.nii.gz", tmp_path / "copy_ct_lung2.nii.gz"
+    cases = [(["--dataset", "ct_lung1", "--heldout-data", str(lung1)],
+              f"{lung1}: both held out and trained on (the same bytes as the training volume ct_lung1); a held-out "
+              f"volume is never trained on: keep it in only one of --heldout-data {lung1} and --dataset ct_lung1"),
+             (["--data", other, str(lung), "--heldout-dataset", "ct_lung2"],
+              f"ct_lung2: both held out and trained on (the same bytes as the training volume {lung}); a held-out "
+              f"volume is never trained on: keep it in only one of --heldout-dataset ct_lung2 and --data {lung}")]
+    _refused_in_one_line(tmp_path, capsys, cases)

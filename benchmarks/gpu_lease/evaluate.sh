@@ -8,11 +8,11 @@
 # (a QUICK=1 run's, say: the same job names) refuses the run: give another OUT_DIR. At most two jobs at a time
 # (LANES=1: one), each on one thread (OMP_NUM_THREADS=1).
 # lease_eval.py scores the runs: any error of it (exit 3) is "EVALUATION ERROR, NO VERDICT", never a verdict.
-#  1. Reassemble: cat wide/part_* | gunzip | tar x -C OUT_DIR/prior; load it as the pipelines do and print its card's
-#     training record (steps, seconds, training.heldout: the held-out loss log on the head validation slab). A card
-#     with patch.inference_shifts other than the bundled card's 1 (the trainer wrote 2 before the sixty-fourth
-#     session; it now keeps the --init-from prior's) is set to the bundled value, so the runs compare weights, not
-#     tile grids.
+#  1. Reassemble: cat wide/part_* | gunzip | tar x -C OUT_DIR/prior.tmp, moved to OUT_DIR/prior when whole (a
+#     stopped extraction is redone by a rerun); load it as the pipelines do and print its card's training record
+#     (steps, seconds, training.heldout: the held-out loss log on the head validation slab). A card with
+#     patch.inference_shifts other than the bundled card's 1 (the trainer wrote 2 before the sixty-fourth session;
+#     it now keeps the --init-from prior's) is set to the bundled value, so the runs compare weights, not tile grids.
 #  2. Held-out denoising loss of both priors, as ct_patch_wide's card's training.heldout note measured it:
 #     benchmarks/heldout_by_pixel.py bundled:ct_patch_wide OUT_DIR/prior --scans (the eight CT test scans)
 #     --pixels 2.0 --per-volume 4 -> OUT_DIR/heldout_loss.md (information; not part of the rule).
@@ -108,10 +108,13 @@ sum=$(cat "$RET"/wide/part_* | sha256sum | cut -d' ' -f1)   # a resumed run must
 if [ -f "$OUT/returned.sha256" ] && [ "$(cat "$OUT/returned.sha256")" != "$sum" ]; then
   echo "$OUT holds the runs of another returned prior: give a new OUT_DIR"; exit 1
 fi
-if [ ! -s "$PRIOR/model_card.yaml" ]; then
-  mkdir -p "$PRIOR" && cat "$RET"/wide/part_* | gunzip | tar x -C "$PRIOR" || { echo "reassembly failed"; exit 1; }
+if [ ! -s "$PRIOR/model_card.yaml" ]; then  # into PRIOR.tmp, moved into place whole: a stopped one is redone
+  rm -rf "$PRIOR.tmp" && mkdir -p "$PRIOR.tmp" || exit 1
+  set -o pipefail  # a cut stream (gunzip's error) fails the step even where tar stops quietly
+  cat "$RET"/wide/part_* | gunzip | tar x -C "$PRIOR.tmp" || { echo "reassembly failed"; exit 1; }
+  set +o pipefail
+  echo "$sum" > "$OUT/returned.sha256" && rm -rf "$PRIOR" && mv "$PRIOR.tmp" "$PRIOR" || exit 1
 fi
-echo "$sum" > "$OUT/returned.sha256"
 ls -la "$PRIOR"
 $HELP card "$PRIOR" 2>&1 | tee "$OUT/logs/card.log"; [ "${PIPESTATUS[0]}" = 0 ] || { echo "$PRIOR does not load"; exit 1; }
 for f in device.txt train.log; do [ -f "$RET/$f" ] && { echo "--- $RET/$f (tail)"; tail -4 "$RET/$f"; }; done
@@ -157,7 +160,7 @@ held new "$PRIOR"
 names=(); for n in "${ORDER[@]}"; do [[ $n == held_* ]] && names+=("$n"); done
 lanes "${names[@]}"
 cur=(); [ $RERUN = 1 ] && cur=(--current "$OUT"/held_current_*)
-$HELP heldout "$OUT"/held_new_* --cases $CASES "${cur[@]}" 2>&1 | tee "$OUT/heldout.txt"
+$HELP heldout "$OUT"/held_new_* --cases $CASES ${cur[@]+"${cur[@]}"} 2>&1 | tee "$OUT/heldout.txt"
 verdict=${PIPESTATUS[0]}
 case $verdict in 0|1|2) ;; *) no_verdict "$verdict" "$OUT/heldout.txt";; esac
 if [ "$verdict" = 2 ]; then

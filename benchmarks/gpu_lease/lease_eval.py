@@ -144,7 +144,9 @@ def card(path: Path) -> None:
     want = want["patch"]["inference_shifts"]
     got = (yaml.safe_load(text).get("patch") or {}).get("inference_shifts")
     if got is not None and got != want:
-        Path(path, "model_card.yaml").write_text(set_shifts(text, want))
+        from medrecon.io.atomic import atomic_path
+        with atomic_path(Path(path, "model_card.yaml"), overwrite=True, marker=False) as tmp:  # never half a card
+            tmp.write_text(set_shifts(text, want))
         print(f"NOTE: the card's patch.inference_shifts was {got}; set to {want}, bundled:ct_patch_wide's (the CPU "
               f"runs compare weights, not tile grids; the bundled card's notes say the trainer writes 2)")
     prior = load_prior_for(str(path))

@@ -325,10 +325,12 @@ def patch_batch_stream(sampler, seed: int, start: int, steps: int, workers: int)
 
 def _volume_identity(v) -> dict | None:
     """What identifies a training volume whatever its path: a registered scan's file checksum, the voxels'
-    checksum and pixel size of one of the user's own (training_data.volume_record); None for a bare path."""
+    checksum and pixel size of one of the user's own (training_data.volume_record); None for a bare path. A
+    registered scan's record carries its voxels' checksum too (for the held-out overlap check), not compared here:
+    the file's identifies it, and a reader that changed a voxel would refuse a resume on the very same file."""
     if not isinstance(v, dict):
         return None
-    keys = ("sha256", "voxels_sha256", "series_uid", "plane") + \
+    keys = ("sha256",) + (() if "sha256" in v else ("voxels_sha256",)) + ("series_uid", "plane") + \
         (() if v.get("plane") in ("coronal", "sagittal") else ("pixel_spacing_mm",))  # the axial one's says it
     return {k: v[k] for k in keys if k in v}
 
@@ -370,13 +372,17 @@ def _data_difference(old: str | None, new: str, old_paths: list, new_paths: list
                     "sha256": "its file differs (SHA-256)", "voxels_sha256": "its voxels differ (SHA-256)"}
             differ = [text for field, text in what.items() if field in x and x[field] != y.get(field)]
             if differ:
-                held = key == "heldout_volumes"
-                now, then = ((f"held-out volume {k + 1}",) * 2 if held
-                             else (volume_name(new_paths, k), volume_name(old_paths, k)))
+                if key == "heldout_volumes":  # the run's file, where its checkpoint kept the names
+                    then = f"; the run held out {old_held[k]}" if k < len(old_held) else ""
+                    return f"held-out volume {k + 1}: {', '.join(differ)}{then}"
+                now, then = volume_name(new_paths, k), volume_name(old_paths, k)
                 return f"{now}: {', '.join(differ)}" + (f"; the run trained on {then}" if then != now else "")
         a.pop(key, None), b.pop(key, None)
     for key in sorted(a):  # what the checkpoint recorded (a newer record may keep more)
         if a.get(key) != b.get(key):
+            if key == "heldout_slices":  # --heldout-fraction's: absent where held-out data is given (or none taken)
+                return (f"held-out slices of the training data: {b.get(key) or 'none'} now, the run had "
+                        f"{a.get(key) or 'none'}")
             return f"{key.replace('_', ' ')} {b.get(key)} now, the run had {a.get(key)}"
     return None
 
@@ -462,8 +468,11 @@ class _Trainer:
         return json.dumps(desc, sort_keys=True, default=str)
 
     def _heldout_names(self) -> list[str]:
-        """The held-out volumes as the resume's messages name them (``volume_names``: their recorded paths)."""
-        return volume_names({"volumes": self.data.description.get("heldout_volumes")})
+        """The held-out volumes as the resume's messages name them: a registered scan by its name, else its recorded
+        path (``volume_names``), not the data cache's path of the scan."""
+        vols = self.data.description.get("heldout_volumes")
+        return [v.get("name") or n if isinstance(v, dict) else n
+                for v, n in zip(vols or [], volume_names({"volumes": vols}))]
 
     def _volume_records(self) -> list[dict]:
         """The card's record of each training volume ({} for one recorded by its path alone)."""
@@ -914,7 +923,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
                         tr.log_window, n_img, t_win = [], 0, time.perf_counter()
                 if heldout is not None and held_every and tr.step % held_every == 0 and tr.step < opts.steps:
                     log_heldout(score())
-                    bar.write(said())
+                    bar.write(said(), file=sys.stderr)
                 if opts.sample_every > 0 and tr.step % opts.sample_every == 0 and tr.step < opts.steps:
                     draw_grid(tr.prior(), grid_path(out, tr.step), opts.num_samples, opts.sample_steps)
                 if opts.checkpoint_every and tr.step % opts.checkpoint_every == 0 and tr.step < opts.steps:
@@ -942,7 +951,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         held["loss_after"] = tr.heldout_log[-1][1]
         held["n_slices"] = int(sum(h.shape[0] for h in ([heldout] if torch.is_tensor(heldout) else heldout)))
         held["log"] = tr.heldout_log
-        tqdm.write(said())
+        tqdm.write(said(), file=sys.stderr)  # stdout holds only the prior's folder: PRIOR=$(medrecon train ...)
     tr.export(held or None)  # before the last sample grid, which takes minutes for a large prior on a CPU
     if opts.sample_every > 0 and not tr.grid_skipped:  # said whatever the progress setting: it takes minutes
         tqdm.write(one_line(f"prior written to {out}; drawing the final sample grid ({opts.num_samples} samples, "

@@ -280,6 +280,7 @@ def test_one_file_of_a_series_given_alone_is_read_with_a_warning_naming_its_fold
     tail = f"; give that folder to read the whole series (with --series {vol.meta['series_uid']} if it holds several)"
     assert f"{files[2]}: one slice of a series whose 5 files lie in {folder}{tail}" in caplog.text
     assert vol.meta["warnings"] == [f"{files[2]}: one slice of a series whose 5 files lie in its folder{tail}"]
+    assert "geometry_assumed" not in vol.meta
     (tmp_path / "alone").mkdir()
     shutil.copy(files[2], tmp_path / "alone")
     assert read_volume(tmp_path / "alone" / files[2].name).meta["warnings"] == []
@@ -329,6 +330,23 @@ def test_a_projection_image_given_alone_is_not_told_to_read_its_folder(tmp_path,
         ds.save_as(f)
     vol = read_volume(files[2])
     assert not any("one slice of a series" in w for w in vol.meta.get("warnings", []))
+    assert vol.meta.get("geometry_assumed", False) is (edit == "no geometry")
+
+
+def test_a_slice_without_patient_geometry_is_told_by_a_meta_flag_not_its_warning_text(tmp_path, monkeypatch):
+    """Review of the sixty-fourth session: the lone-file check searched the warnings for NO_GEOMETRY's text, so a
+    reworded warning would have told a slice without geometry to read its folder. The read sets
+    ``meta['geometry_assumed']`` and the check reads that."""
+    import medrecon.io.dicom_read as dicom_read
+    monkeypatch.setattr(dicom_read, "NO_GEOMETRY", "no patient geometry (reworded)")
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.ImagePositionPatient, ds.ImageOrientationPatient
+        ds.save_as(f)
+    vol = read_volume(files[2])
+    assert vol.meta["geometry_assumed"] is True
+    assert vol.meta["warnings"] == [f"{files[2]}: no patient geometry (reworded)"]
 
 
 def test_a_ct_slice_without_the_rescale_its_neighbours_have_is_refused(tmp_path, capsys):

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
-from .dicom_read import NO_GEOMETRY, read_dicom_series
+from .dicom_read import read_dicom_series
 from .dicom_scan import PROJECTION_MODALITIES, choose_series, is_dicom_file, list_series, read_header, series_uid
 from .deidentify import refuse_identifying_pixels
 from .dicom_write import write_dicom_series
@@ -114,9 +114,9 @@ def _say_if_one_file_of_a_series(vol: Volume, path: Path) -> None:
     uid = vol.meta.get("series_uid")
     if not uid or vol.data.shape[0] > 1:  # a mosaic or multi-frame file holds its own volume
         return
-    # the read's own header: its Modality, and its warning where it had no patient geometry
+    # the read's own header: its Modality, and whether it had no patient geometry (placed at the origin)
     if str(vol.meta.get("dicom", {}).get("Modality", "") or "").strip().upper() in PROJECTION_MODALITIES or \
-            any(NO_GEOMETRY in w for w in vol.meta.get("warnings", [])):
+            vol.meta.get("geometry_assumed"):
         return
     try:
         siblings = [p for p in path.parent.iterdir() if p.is_file() and not p.name.startswith(".")]

@@ -278,12 +278,31 @@ def test_one_file_of_a_series_given_alone_is_read_with_a_warning_naming_its_fold
         vol = read_volume(files[2])
     assert vol.data.shape[0] == 1
     tail = f"; give that folder to read the whole series (with --series {vol.meta['series_uid']} if it holds several)"
-    assert f"{files[2]}: one slice of a series whose 5 files lie in {folder}{tail}" in caplog.text
-    assert vol.meta["warnings"] == [f"{files[2]}: one slice of a series whose 5 files lie in its folder{tail}"]
+    assert f"{files[2]}: one slice of a series whose other files lie in {folder}{tail}" in caplog.text
+    assert vol.meta["warnings"] == [f"{files[2]}: one slice of a series whose other files lie in its folder{tail}"]
     assert "geometry_assumed" not in vol.meta
     (tmp_path / "alone").mkdir()
     shutil.copy(files[2], tmp_path / "alone")
     assert read_volume(tmp_path / "alone" / files[2].name).meta["warnings"] == []
+
+
+def test_the_lone_file_check_stops_at_the_first_other_file_of_the_series(tmp_path, monkeypatch):
+    """Review of the sixty-fourth session: the check read every file's header in the folder to count the series'
+    files (2,000 reads on a big folder for one warning); it needs only one other file of the series."""
+    import medrecon.io.dispatch as dispatch
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
+    given = sorted(files)[2]
+    read = []
+
+    def counted(p, **kw):
+        read.append(p)
+        return real(p, **kw)
+    real = dispatch.read_header
+    monkeypatch.setattr(dispatch, "read_header", counted)
+    vol = read_volume(given)
+    assert read == [sorted(files)[0]]
+    assert len(vol.meta["warnings"]) == 1 and "one slice of a series whose other files lie in its folder" in \
+        vol.meta["warnings"][0]
 
 
 def test_the_lone_file_warning_does_not_record_a_folder_named_like_the_patient(tmp_path):

@@ -97,17 +97,12 @@ class Job:
     refused: str = ""  # why reading the series will fail, from its headers (``SeriesInfo.refused``), or ""
     deidentify: bool = False  # outputs.deidentify: its row names the series and input as a de-identified record does
 
-    @property
-    def state(self) -> str:
-        """The output folder's ``output_state`` for this series, from its marker read now: at a run's turn, as the
-        folder may have been removed or replaced since the batch began."""
-        return self.state_for(False)
-
     def state_for(self, overwrite: bool, dry_run_marks: dict[Path, dict] | None = None) -> str:
-        """The ``state`` a run acts on, or 'new' with ``overwrite`` (its marker then unread): 'new' is reconstructed
-        (``todo``), 'done' skipped, any other a conflict. ``dry_run_marks``: the dry run's only (nothing is written
-        there since they were read): output folder -> marker read before (``earlier_markers``), acted on instead of
-        reading its own again."""
+        """The output folder's ``output_state`` for this series a run acts on, from its marker read now (at a run's
+        turn, as the folder may have been removed or replaced since the batch began), or 'new' with ``overwrite``
+        (its marker then unread): 'new' is reconstructed (``todo``), 'done' skipped, any other a conflict.
+        ``dry_run_marks``: the dry run's only (nothing is written there since they were read): output folder ->
+        marker read before (``earlier_markers``), acted on instead of reading its own again."""
         if overwrite:
             return "new"
         known = dry_run_marks is not None and self.output in dry_run_marks

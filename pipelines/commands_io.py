@@ -81,6 +81,8 @@ def info(path: Path = typer.Argument(..., help="DICOM series folder or file, .ni
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return
+    # say for the lines holding a path or a DICOM description (a newline or terminal escape in them escaped, one
+    # line each); typer.echo for those made of numbers and fixed words only, which need no escaping
     for s in d.get("series", []):
         mark = "*" if s["uid"] == d.get("series_uid") else " "
         say(f"{mark} series {s['uid']}  {s['n_files']} files  {s['modality']}  '{s['description']}'")

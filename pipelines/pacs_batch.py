@@ -40,10 +40,11 @@ def pacs_config(config, overrides, output_root, check_files: bool = True):
     derived series sent back would be filed on the PACS under a pseudonym, away from its patient's study. A batch
     over ``received/`` gives de-identified results (until the sixty-fourth session the setting was applied to each
     output's own files only and that series was sent)."""
+    overrides = override_list(overrides)  # once: a generator is read here only
     cfg = load_config(config, overrides, check_files=check_files)
     if cfg.outputs.deidentify:
         received = Path(output_root) / "received"
-        set_here = any(o.split("=", 1)[0].strip() == "outputs.deidentify" for o in override_list(overrides))
+        set_here = any(o.split("=", 1)[0].strip() == "outputs.deidentify" for o in overrides)
         without = "without it" if set_here else "without it (the config sets it: --set outputs.deidentify=false)"
         raise InputError(f"outputs.deidentify: pacs run and pacs listen keep the series they retrieve ({received}), "
                          "name each output by its SeriesDescription, record the source UIDs and send the results "
@@ -57,11 +58,11 @@ class Runner:
     """What every series goes through: retrieve (unless received), reconstruct (unless done), store back
     (when ``send``); one manifest row each, the manifest and index.html rewritten after every series."""
 
-    def __init__(self, settings: PacsSettings, output_root: Path, config, overrides=(), send: bool = True,
-                 overwrite: bool = False, progress: bool = False, echo=print, cfg=None):
-        """``cfg``: ``config`` with ``overrides`` as ``pacs_config`` loaded and checked it (pacs_batch's, before
-        the PACS is asked); None: loaded and checked here (listen, the Python API)."""
-        self.cfg = cfg if cfg is not None else pacs_config(config, overrides, output_root)  # before anything runs
+    def __init__(self, settings: PacsSettings, output_root: Path, cfg, send: bool = True, overwrite: bool = False,
+                 progress: bool = False, echo=print):
+        """``cfg``: the config as ``pacs_config`` loaded and checked it (by ``pacs_batch`` and ``listen``, before
+        the PACS is asked or anything is written)."""
+        self.cfg = cfg
         self.fingerprint = self.cfg.fingerprint()
         self.settings, self.send, self.overwrite, self.progress, self.echo = settings, send, overwrite, progress, echo
         if send:
@@ -204,7 +205,7 @@ def pacs_batch(settings: PacsSettings, query: Query, output_root, config, overri
     if settings.retrieve == "move" and settings.store_port is None:
         raise InputError("C-MOVE needs medrecon's storage SCP: give --store-port (the port the PACS knows for "
                          f"AE {settings.calling_aet!r}) or use --retrieve get")
-    run = Runner(settings, output_root, config, overrides, send, overwrite, progress, echo, cfg=cfg)
+    run = Runner(settings, output_root, cfg, send, overwrite, progress, echo)
     with batch_lock(run.root):  # one run or listener per output root
         server = serve(settings, run.inbox) if settings.retrieve == "move" else None
         rows = []
@@ -227,7 +228,8 @@ def listen(settings: PacsSettings, output_root, config, overrides=(), send: bool
     reconstructed and, with ``send``, stored back on the PACS. Stops on Ctrl-C, after ``max_series``
     series, or after ``idle_exit_s`` seconds without work. Series received earlier but not finished are
     done first (resume)."""
-    run = Runner(settings, output_root, config, overrides, send, False, progress, echo)
+    cfg = pacs_config(config, overrides, output_root)  # refusals before anything is written or served
+    run = Runner(settings, output_root, cfg, send, False, progress, echo)
     with batch_lock(run.root):  # one run or listener per output root
         return _listen(run, settings, stable_s, max_series, idle_exit_s, echo)
 

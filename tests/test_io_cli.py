@@ -278,11 +278,31 @@ def test_one_file_of_a_series_given_alone_is_read_with_a_warning_naming_its_fold
         vol = read_volume(files[2])
     assert vol.data.shape[0] == 1
     tail = f"; give that folder to read the whole series (with --series {vol.meta['series_uid']} if it holds several)"
-    assert f"{files[2]}: one slice of a series whose 5 files lie in {folder}{tail}" in caplog.text
-    assert vol.meta["warnings"] == [f"{files[2]}: one slice of a series whose 5 files lie in its folder{tail}"]
+    assert f"{files[2]}: one slice of a series whose other files lie in {folder}{tail}" in caplog.text
+    assert vol.meta["warnings"] == [f"{files[2]}: one slice of a series whose other files lie in its folder{tail}"]
+    assert "geometry_assumed" not in vol.meta
     (tmp_path / "alone").mkdir()
     shutil.copy(files[2], tmp_path / "alone")
     assert read_volume(tmp_path / "alone" / files[2].name).meta["warnings"] == []
+
+
+def test_the_lone_file_check_stops_at_the_first_other_file_of_the_series(tmp_path, monkeypatch):
+    """Review of the sixty-fourth session: the check read every file's header in the folder to count the series'
+    files (2,000 reads on a big folder for one warning); it needs only one other file of the series."""
+    import medrecon.io.dispatch as dispatch
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
+    given = sorted(files)[2]
+    read = []
+
+    def counted(p, **kw):
+        read.append(p)
+        return real(p, **kw)
+    real = dispatch.read_header
+    monkeypatch.setattr(dispatch, "read_header", counted)
+    vol = read_volume(given)
+    assert read == [sorted(files)[0]]
+    assert len(vol.meta["warnings"]) == 1 and "one slice of a series whose other files lie in its folder" in \
+        vol.meta["warnings"][0]
 
 
 def test_the_lone_file_warning_does_not_record_a_folder_named_like_the_patient(tmp_path):
@@ -329,6 +349,23 @@ def test_a_projection_image_given_alone_is_not_told_to_read_its_folder(tmp_path,
         ds.save_as(f)
     vol = read_volume(files[2])
     assert not any("one slice of a series" in w for w in vol.meta.get("warnings", []))
+    assert vol.meta.get("geometry_assumed", False) is (edit == "no geometry")
+
+
+def test_a_slice_without_patient_geometry_is_told_by_a_meta_flag_not_its_warning_text(tmp_path, monkeypatch):
+    """Review of the sixty-fourth session: the lone-file check searched the warnings for NO_GEOMETRY's text, so a
+    reworded warning would have told a slice without geometry to read its folder. The read sets
+    ``meta['geometry_assumed']`` and the check reads that."""
+    import medrecon.io.dicom_read as dicom_read
+    monkeypatch.setattr(dicom_read, "NO_GEOMETRY", "no patient geometry (reworded)")
+    folder, files = edited_ct5n(tmp_path, lambda k, ds: None)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.ImagePositionPatient, ds.ImageOrientationPatient
+        ds.save_as(f)
+    vol = read_volume(files[2])
+    assert vol.meta["geometry_assumed"] is True
+    assert vol.meta["warnings"] == [f"{files[2]}: no patient geometry (reworded)"]
 
 
 def test_a_ct_slice_without_the_rescale_its_neighbours_have_is_refused(tmp_path, capsys):

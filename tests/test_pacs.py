@@ -478,9 +478,9 @@ def test_a_listening_scp_with_a_ca_requires_the_peers_certificate(tmp_path):
 
 def _runner(out, **kw):
     from pipelines.pacs import PacsSettings
-    from pipelines.pacs_batch import Runner
-    return Runner(PacsSettings(), out, "sparse_view_ct_8", ["solver.name=fbp", "ct.image_size=16"], send=False,
-                  echo=lambda s: None, **kw)
+    from pipelines.pacs_batch import Runner, pacs_config
+    return Runner(PacsSettings(), out, pacs_config("sparse_view_ct_8", ["solver.name=fbp", "ct.image_size=16"], out),
+                  send=False, echo=lambda s: None, **kw)
 
 
 def test_a_relative_output_root_works_from_any_working_folder(tmp_path, monkeypatch):
@@ -842,3 +842,15 @@ def test_pacs_run_loads_its_config_once_and_a_config_setting_deidentify_is_told_
         err = capsys.readouterr().err
         assert err.startswith("error: outputs.deidentify: ") and \
             ("run them without it (the config sets it: --set outputs.deidentify=false)" in err) == told, err
+
+
+def test_pacs_config_reads_its_overrides_once_so_a_generator_of_them_is_told_the_plain_refusal(tmp_path):
+    """Review of the sixty-fourth session: pacs_config parsed the overrides again after load_config had read them, so
+    a generator (the Python API) was empty the second time and the refusal of outputs.deidentify set there told the
+    user the config file set it."""
+    from medrecon.errors import InputError
+    from pipelines.pacs_batch import pacs_config
+    sets = (o for o in ["solver.name=fbp", "ct.image_size=16", "outputs.deidentify=true"])
+    with pytest.raises(InputError, match="outputs.deidentify: ") as e:
+        pacs_config("sparse_view_ct_8", sets, tmp_path / "out")
+    assert "run them without it (--no-send" in str(e.value) and "the config sets it" not in str(e.value)

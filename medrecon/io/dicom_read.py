@@ -149,7 +149,8 @@ def read_dicom_series(series: SeriesInfo | Sequence, resample_nonuniform: bool =
             "dicom": {**_source_tags(stack.headers[0]), **_pixel_flags(stack.headers),
                       "SourceImages": _source_images(stack.headers, stack.positions),
                       **({"PerSliceRescale": True} if len({_rescale(ds) for ds in stack.headers}) > 1 else {})},
-            "warnings": notes, "skipped_files": skipped, **({"rescale_assumed": True} if rescale_assumed else {})}
+            "warnings": notes, "skipped_files": skipped, **({"rescale_assumed": True} if rescale_assumed else {}),
+            **({"geometry_assumed": True} if stack.geometry_assumed else {})}
     step = stack.grid_step
     if not stack.uniform:
         data = resample_along_normal(data, stack.positions, step := stack.resample_step)
@@ -239,6 +240,7 @@ class _Stack:
     pixel_spacing: tuple[float, float]  # (x, y) mm
     positions: np.ndarray  # mm along the normal, ascending
     step: float  # slice spacing (median gap) in mm
+    geometry_assumed: bool = False  # one slice without patient geometry, placed at the origin (``NO_GEOMETRY``)
 
     @property
     def gaps(self) -> np.ndarray:
@@ -344,7 +346,7 @@ class _Stack:
         if missing and len(headers) == 1:
             warn(notes, f"{missing[0]}: {NO_GEOMETRY}")
             return cls([headers[0][0]], [first], where, np.zeros(3), np.eye(3), pixel_spacing,
-                       np.zeros(1), _single_slice_step(first))
+                       np.zeros(1), _single_slice_step(first), geometry_assumed=True)
         if missing:
             raise InputError(f"{missing[0]} has no ImagePositionPatient/ImageOrientationPatient, so the "
                              f"slices of {where} cannot be placed in 3D; use a series with patient geometry")
@@ -495,7 +497,8 @@ def _same(headers, where, key, what: str, close=None, fix: str = "choose another
 
 
 #: rescaled values beyond this magnitude are no image's (HU, MR signal, PET Bq/ml are far below it) but a damaged
-#: the warning of a one-slice read without patient geometry (``dispatch`` tells such a slice from a series' slice)
+#: the warning of a one-slice read without patient geometry (such a read also sets ``meta['geometry_assumed']``,
+#: by which ``dispatch`` tells such a slice from a series' slice)
 NO_GEOMETRY = ("no ImagePositionPatient/ImageOrientationPatient; placing the slice at the origin with identity "
                "orientation")
 

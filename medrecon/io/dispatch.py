@@ -12,8 +12,9 @@ import numpy as np
 from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
-from .dicom_read import NO_GEOMETRY, read_dicom_series
-from .dicom_scan import PROJECTION_MODALITIES, choose_series, is_dicom_file, list_series, read_header, series_uid
+from .dicom_read import read_dicom_series
+from .dicom_scan import (PROJECTION_MODALITIES, _files, choose_series, is_dicom_file, list_series, read_header,
+                         series_uid)
 from .deidentify import refuse_identifying_pixels
 from .dicom_write import write_dicom_series
 from .itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
@@ -114,26 +115,28 @@ def _say_if_one_file_of_a_series(vol: Volume, path: Path) -> None:
     uid = vol.meta.get("series_uid")
     if not uid or vol.data.shape[0] > 1:  # a mosaic or multi-frame file holds its own volume
         return
-    # the read's own header: its Modality, and its warning where it had no patient geometry
+    # the read's own header: its Modality, and whether it had no patient geometry (placed at the origin)
     if str(vol.meta.get("dicom", {}).get("Modality", "") or "").strip().upper() in PROJECTION_MODALITIES or \
-            any(NO_GEOMETRY in w for w in vol.meta.get("warnings", [])):
+            vol.meta.get("geometry_assumed"):
         return
     try:
-        siblings = [p for p in path.parent.iterdir() if p.is_file() and not p.name.startswith(".")]
+        siblings = _files(path.parent, False)
     except OSError:  # an execute-only folder cannot be listed: the file alone is read
         return
-    n = 0
-    for p in siblings:  # the visible files of its folder in the same series (only their UIDs read)
-        try:
-            ds = read_header(p, specific_tags=["SeriesInstanceUID", "Rows"])
-        except Exception:  # noqa: BLE001  (a damaged file is none of the series' readable slices)
-            continue
-        n += ds is not None and series_uid(ds) == uid
-    if n > 1:
+    if any(_same_series(p, uid) for p in siblings if p.name != path.name):  # stops at the first other slice
         tail = f"; give that folder to read the whole series (with --series {uid} if it holds several)"
         warn(vol.meta.setdefault("warnings", []),
-             f"{path}: one slice of a series whose {n} files lie in {path.parent}{tail}",
-             recorded=f"{path}: one slice of a series whose {n} files lie in its folder{tail}")
+             f"{path}: one slice of a series whose other files lie in {path.parent}{tail}",
+             recorded=f"{path}: one slice of a series whose other files lie in its folder{tail}")
+
+
+def _same_series(p: Path, uid: str) -> bool:
+    """Whether a file is a readable DICOM file of the series ``uid`` (only its UID read)."""
+    try:
+        ds = read_header(p, specific_tags=["SeriesInstanceUID", "Rows"])
+    except Exception:  # noqa: BLE001  (a damaged file is none of the series' readable slices)
+        return False
+    return ds is not None and series_uid(ds) == uid
 
 
 def is_volume_file(path) -> bool:

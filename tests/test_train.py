@@ -1552,6 +1552,28 @@ def test_a_resume_on_a_registered_scan_whose_voxels_read_otherwise_is_accepted(t
     assert main([*run, "--steps", "3", "--resume"]) == 0, capsys.readouterr().err
 
 
+def test_a_file_of_ones_own_is_hashed_once_in_a_run(tmp_path, monkeypatch):
+    """The overlap refusal before reading (_found_records: a file's SHA-256 where a registered scan is held out) and
+    the held-out copy warning while reading (datasets.held_out_copy) share the run's digests: each file is hashed
+    once, not once by each."""
+    from medrecon.io import common
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    file_sha256 = common.file_sha256
+    rng = np.random.default_rng(20)
+    own = Path(_nifti(tmp_path / "own.nii.gz", rng, z=4, n=24)).resolve()
+    reg = _nifti(tmp_path / "reg.nii.gz", rng, z=4, n=24)
+    monkeypatch.setattr(datasets, "path", lambda name, cache_dir=None: reg)
+    hashed = []
+    for module in (common, datasets):  # however it is reached
+        monkeypatch.setattr(module, "file_sha256", lambda f: hashed.append(Path(f).resolve()) or file_sha256(f))
+    held = datasets.names("test", "ct")[0]
+    assert main(["train", "--data", str(own), "--heldout-dataset", held, "--output", str(tmp_path / "p"),
+                 *PATCH_RUN]) == 0
+    assert hashed.count(own) == 1, hashed
+
+
 def test_a_byte_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_before_any_volume_is_read(
         tmp_path, capsys, monkeypatch):
     """A --data byte copy of a registered scan that --heldout-dataset scores (or a --heldout-data one of a --dataset

@@ -420,9 +420,11 @@ def train(
     check = training_volume_check(modality)
     notes = {p: datasets.scan(n).training_note for n, p in zip(names, dpaths)}
     train_check = _with_training_warnings(check, notes, digests)  # the training volumes': a held-out copy is warned of
+    # a registered training scan's voxels are hashed only for the overlap check, which needs held-out data
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources,
-                             check=train_check, series=series, planes=planes.value, fits=lambda v: too_small_for_patches(
+                             check=train_check, series=series, planes=planes.value, registered_voxels=bool(hpaths),
+                             fits=lambda v: too_small_for_patches(
                                  v.shape[-2:], v.spacing[:2], sizes, pixel_range or DEFAULT_PIXEL_RANGE,
                                  opts.max_upsample) is None)
         if hpaths:
@@ -447,7 +449,7 @@ def train(
                            "--pixel-range LO HI to take them in, or leave it out", err=True)
     else:
         sd = load_slices(paths, imap, image_size, magnitude_percentile=pct, modality=modality.value, sources=sources,
-                         check=train_check, series=series)
+                         check=train_check, series=series, registered_voxels=bool(hpaths))
         if hpaths:
             hd = load_slices(hpaths, imap, image_size, magnitude_percentile=pct, sources=hsources, check=check)
             heldout, held_desc = hd.slices, hd.description["volumes"]

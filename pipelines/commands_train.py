@@ -187,8 +187,9 @@ def _refuse_trained_heldout(trained: list, held: list, given: dict | None = None
         return record.get("name") or path(record)
 
     def option(record) -> str:  # the option that gave it, as the user gave it: a folder, 'test', not its file
-        return record.get("given") or (given or {}).get(path(record)) or \
-            (f"--dataset {record['name']}" if record.get("name") else f"--data {path(record)}")
+        # _found_records' carry it; a record read has its path among theirs (read_volumes finds each source's
+        # volumes as _found_records does, a registered scan's path is its provenance's), so ``given`` holds it
+        return record.get("given") or given[path(record)]
 
     def first(record, seen: dict):
         return next(((kind, seen[(kind, v)]) for kind, v in keys(record) if (kind, v) in seen), (None, None))
@@ -354,11 +355,11 @@ def train(
     _check_network(arch, image_size, widths, sizes, channels)  # before the data are loaded (minutes for many)
     paths = list(data or []) + list(more or [])
     sources: list = list(paths)
-    given = [f"--data {p}" for p in paths]  # the option each source came with, as given: the overlap refusal's
+    source_options = [f"--data {p}" for p in paths]  # the option each source came with, as given: the overlap refusal's
     named = [(n, f"--dataset {d}") for d in (dataset or [])
              for n in (datasets.names("train", modality.value) if d == "train" else [d])]
     names = [n for n, _ in named]
-    given += [g for _, g in named]
+    source_options += [g for _, g in named]
     dpaths: list = []
     if names:
         dpaths, prov = _dataset_volumes(names, modality)
@@ -412,7 +413,7 @@ def train(
     digests: dict = {}  # {resolved path: its files' SHA-256}: each file of one's own hashed once in the run
     if hpaths:  # a file both trained on and held out, or held out twice: before the data are read (the voxels after)
         registered = [any(isinstance(s, dict) for s in side) for side in (sources, hsources)]  # hashed against
-        found = (_found_records(sources, given, registered[1], digests),
+        found = (_found_records(sources, source_options, registered[1], digests),
                  _found_records(hsources, held_given, any(registered), digests))
         found_given = {str(Path(r["path"]).resolve()): r["given"] for rs in found for r in rs if r.get("path")}
         _refuse_trained_heldout(*found)

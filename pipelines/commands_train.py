@@ -90,13 +90,15 @@ def training_intensity(modality: Modality, hu_window, mri_percentile: float) -> 
     return imap, float(mri_percentile)
 
 
-def _with_training_warnings(check, registered: dict):
+def _with_training_warnings(check, registered: dict, digests: dict | None = None):
     """``check`` (the modality's), which also returns a warning for a training volume that is a copy of a registered
     val or test scan (``--dataset`` refuses those; a copy given with ``--data`` would make its figures no longer held
     out): read_volumes logs it and the card keeps it with the volume, a resume too (train._Trainer.restore).
     ``registered``: {path: its Scan.training_note} of the --dataset volumes, whose note is their warning (they are
-    checked against their checksums already, not hashed again)."""
-    notes, digests = {str(Path(p).resolve()): note for p, note in registered.items()}, {}
+    checked against their checksums already, not hashed again). ``digests``: the run's {resolved path: its files'
+    SHA-256} (datasets.file_digests), shared with _found_records so that a file is hashed once."""
+    notes = {str(Path(p).resolve()): note for p, note in registered.items()}
+    digests = {} if digests is None else digests
 
     def checked(path, vol) -> str | None:
         check(path, vol)
@@ -142,18 +144,23 @@ def _heldout_sources(names: list[str], paths: list[Path], modality: Modality) ->
     return dpaths + paths, prov + paths
 
 
-def _found_records(sources: list, given: list[str], hashed: bool = False) -> list:
+def _found_records(sources: list, given: list[str], hashed: bool = False, digests: dict | None = None) -> list:
     """``sources`` (read_volumes': registered scans' records, paths of one's own) as records of each volume's path,
     found as read_volumes finds them but before anything is read: _refuse_trained_heldout's file part, in seconds
     where reading the data takes minutes (its voxel part needs the data read). ``given``: the option each source
     came with, as the user gave it ("--data DIR", "--heldout-dataset test"), kept with its records as "given".
     ``hashed``: a file of one's own gets its SHA-256 too, which a registered scan's record carries (a byte copy of
-    one, held out and trained on, is refused before reading; where the other side has a registered scan)."""
-    from medrecon.io.common import file_sha256
+    one, held out and trained on, is refused before reading; where the other side has a registered scan).
+    ``digests``: the run's {resolved path: its files' SHA-256} (datasets.file_digests), filled here and read by
+    _with_training_warnings' held_out_copy, so that a file is hashed once."""
     from medrecon.priors.training_data import found_volumes
 
+    from .datasets import file_digests
+
+    digests = {} if digests is None else digests
+
     def own(f: Path) -> dict:
-        return {"path": str(f), **({"sha256": file_sha256(f)} if hashed and Path(f).is_file() else {})}
+        return {"path": str(f), **({"sha256": file_digests(f, digests)[0]} if hashed and Path(f).is_file() else {})}
 
     return [{**r, "given": g} for s, g in zip(sources, given, strict=True)
             for r in ([s] if isinstance(s, dict) else [own(f) for f in found_volumes([s])])]
@@ -180,8 +187,9 @@ def _refuse_trained_heldout(trained: list, held: list, given: dict | None = None
         return record.get("name") or path(record)
 
     def option(record) -> str:  # the option that gave it, as the user gave it: a folder, 'test', not its file
-        return record.get("given") or (given or {}).get(path(record)) or \
-            (f"--dataset {record['name']}" if record.get("name") else f"--data {path(record)}")
+        # _found_records' carry it; a record read has its path among theirs (read_volumes finds each source's
+        # volumes as _found_records does, a registered scan's path is its provenance's), so ``given`` holds it
+        return record.get("given") or given[path(record)]
 
     def first(record, seen: dict):
         return next(((kind, seen[(kind, v)]) for kind, v in keys(record) if (kind, v) in seen), (None, None))
@@ -347,11 +355,11 @@ def train(
     _check_network(arch, image_size, widths, sizes, channels)  # before the data are loaded (minutes for many)
     paths = list(data or []) + list(more or [])
     sources: list = list(paths)
-    given = [f"--data {p}" for p in paths]  # the option each source came with, as given: the overlap refusal's
+    source_options = [f"--data {p}" for p in paths]  # the option each source came with, as given: the overlap refusal's
     named = [(n, f"--dataset {d}") for d in (dataset or [])
              for n in (datasets.names("train", modality.value) if d == "train" else [d])]
     names = [n for n, _ in named]
-    given += [g for _, g in named]
+    source_options += [g for _, g in named]
     dpaths: list = []
     if names:
         dpaths, prov = _dataset_volumes(names, modality)
@@ -402,18 +410,22 @@ def train(
                         sampler_errors=str(sampler_errors) if sampler_errors else None,
                         sampler_error_prob=sampler_error_prob, sampler_error_sigma_min=sampler_error_sigma_min)
     found_given = {}  # {resolved path: the option that gave it}: the overlap refusal after reading names it too
+    digests: dict = {}  # {resolved path: its files' SHA-256}: each file of one's own hashed once in the run
     if hpaths:  # a file both trained on and held out, or held out twice: before the data are read (the voxels after)
         registered = [any(isinstance(s, dict) for s in side) for side in (sources, hsources)]  # hashed against
-        found = _found_records(sources, given, registered[1]), _found_records(hsources, held_given, any(registered))
+        found = (_found_records(sources, source_options, registered[1], digests),
+                 _found_records(hsources, held_given, any(registered), digests))
         found_given = {str(Path(r["path"]).resolve()): r["given"] for rs in found for r in rs if r.get("path")}
         _refuse_trained_heldout(*found)
     heldout, held_desc = None, None
     check = training_volume_check(modality)
     notes = {p: datasets.scan(n).training_note for n, p in zip(names, dpaths)}
-    train_check = _with_training_warnings(check, notes)  # the training volumes': a held-out copy is warned of
+    train_check = _with_training_warnings(check, notes, digests)  # the training volumes': a held-out copy is warned of
+    # a registered training scan's voxels are hashed only for the overlap check, which needs held-out data
     if arch == Arch.patch:
         sd = load_patch_data(paths, imap, magnitude_percentile=pct, modality=modality.value, sources=sources,
-                             check=train_check, series=series, planes=planes.value, fits=lambda v: too_small_for_patches(
+                             check=train_check, series=series, planes=planes.value, registered_voxels=bool(hpaths),
+                             fits=lambda v: too_small_for_patches(
                                  v.shape[-2:], v.spacing[:2], sizes, pixel_range or DEFAULT_PIXEL_RANGE,
                                  opts.max_upsample) is None)
         if hpaths:
@@ -438,7 +450,7 @@ def train(
                            "--pixel-range LO HI to take them in, or leave it out", err=True)
     else:
         sd = load_slices(paths, imap, image_size, magnitude_percentile=pct, modality=modality.value, sources=sources,
-                         check=train_check, series=series)
+                         check=train_check, series=series, registered_voxels=bool(hpaths))
         if hpaths:
             hd = load_slices(hpaths, imap, image_size, magnitude_percentile=pct, sources=hsources, check=check)
             heldout, held_desc = hd.slices, hd.description["volumes"]

@@ -339,10 +339,18 @@ def held_out_copy(path, digests: dict) -> str | None:
     as the reader takes them) holds a file of, byte for byte, as "NAME (role)"; None when it holds none. Converted
     copies are not recognised. ``digests``: the run's own {path: digests}, filled here, so that a folder of several
     series is hashed once."""
-    key, known = str(Path(path).resolve()), _held_out_digests()
+    known = _held_out_digests()
+    return next((known[d] for d in file_digests(path, digests) if d in known), None)
+
+
+def file_digests(path, digests: dict) -> tuple:
+    """``_file_digests`` of ``path`` (a file, or a folder: the files directly in it), from ``digests``, the run's
+    own {resolved path: digests}, where it is there, else hashed and put there: train hashes each file once (the
+    overlap refusal before reading, held_out_copy while reading)."""
+    key = str(Path(path).resolve())
     if key not in digests:
         digests[key] = _file_digests(Path(key))
-    return next((known[d] for d in digests[key] if d in known), None)
+    return digests[key]
 
 
 def _file_digests(found: Path) -> tuple:

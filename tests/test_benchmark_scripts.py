@@ -190,7 +190,10 @@ def test_gpu_lease_card_rewrites_the_card_atomically(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pathlib.Path, "write_text", cut)
-    with pytest.raises(Exception):
-        le.card(tmp_path)
+    from medrecon.errors import InputError
+
+    with pytest.raises(InputError, match=r"cannot write .*model_card\.yaml: No space left on device") as raised:
+        le.card(tmp_path)  # the injected error, from the write itself (atomic_path says which file)
+    assert isinstance(raised.value.__cause__, OSError) and raised.value.__cause__.errno == 28
     monkeypatch.setattr(pathlib.Path, "write_text", plain)
     assert card.read_text() == text and [p.name for p in tmp_path.iterdir()] == ["model_card.yaml"]

@@ -677,9 +677,13 @@ def _centred_box(mask, default: int = 24, ndim: int = 2) -> int:
     return _centred_width(_plane(mask, ndim), default)
 
 
-def test_calibration_width_from_mask():
+def test_the_centred_box_and_calibration_region_of_a_1d_mask():
+    """The test's centred-box helper (espirit._centred_width) and the public calibration_region on the same mask:
+    the 8 central lines (0.125 of 64) along the phase-encode axis, the readout sampled throughout."""
     m = make_mask("uniform1d", (64, 64), 4, 0.125, seed=0)
     assert _centred_box(m, default=64) >= 8
+    region = calibration_region(m, default=64)
+    assert region.widths == (64, 8) and region.lines == (False, True)
     with pytest.raises(InputError, match="centre"):
         calibration_region(np.zeros(16, bool))
 
@@ -865,9 +869,13 @@ def test_espirit_maps_are_sigpys_stored_ones():
     assert np.abs(ours - theirs).max() < 1e-4  # the same maps, phase included (both relative to coil 0)
 
 
-def test_calibration_width_of_a_3d_poisson_mask_is_its_centre_box():
+def test_the_centred_box_and_calibration_region_of_a_3d_poisson_mask_are_its_centre_box():
+    """The test's centred-box helper (espirit._centred_width) and the public calibration_region on the same mask:
+    8 wide along kz and kx, the axis of size 1 (read out) at ESPIRIT_READOUT_CALIBRATION."""
     m = make_mask("poisson2d", (16, 8, 32), 3, 0.5, seed=0)  # (Z, 1, X); centre box 8 x 16, the rest sparse
     assert m.shape == (16, 1, 32) and _centred_box(m, default=24, ndim=3) == 8
+    region = calibration_region(m, ndim=3)
+    assert region.widths == (8, ESPIRIT_READOUT_CALIBRATION, 8) and region.lines == (True, False, True)
     with pytest.raises(InputError, match="centre"):  # read as 2D, no column is sampled on every slice
         calibration_region(m, ndim=2)
 

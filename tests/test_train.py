@@ -1540,16 +1540,66 @@ def test_a_resume_on_a_registered_scan_whose_voxels_read_otherwise_is_accepted(t
     from pipelines.cli import main
 
     name = datasets.names("train", "ct")[0]
-    scan = _nifti(tmp_path / "scan.nii.gz", np.random.default_rng(17), z=6, n=24)
+    rng = np.random.default_rng(17)
+    scan = _nifti(tmp_path / "scan.nii.gz", rng, z=6, n=24)
+    held = _nifti(tmp_path / "held.nii.gz", rng, z=6, n=24)  # held-out data: the record carries the voxels' too
     monkeypatch.setattr(datasets, "path", lambda n, cache_dir=None: scan)
     out = tmp_path / "p"
-    run = ["train", "--dataset", name, "--output", str(out), *PATCH_RUN]
+    run = ["train", "--dataset", name, "--heldout-data", str(held), "--output", str(out), *PATCH_RUN]
     assert main([*run, "--steps", "2", "--checkpoint-every", "1"]) == 0
     vols = load_prior(out).card["training"]["data"]["volumes"]
     assert vols[0]["name"] == name and vols[0]["sha256"] and vols[0]["voxels_sha256"]
-    monkeypatch.setattr(training_data, "voxels_sha256", lambda vol: "0" * 64)  # another reader's voxels
+    read = training_data.voxels_sha256  # another reader's voxels of the registered scan (the held-out one's alike)
+    monkeypatch.setattr(training_data, "voxels_sha256",
+                        lambda vol: "0" * 64 if read(vol) == vols[0]["voxels_sha256"] else read(vol))
     capsys.readouterr()
     assert main([*run, "--steps", "3", "--resume"]) == 0, capsys.readouterr().err
+
+
+def test_a_registered_scan_is_hashed_by_its_voxels_only_with_held_out_data(tmp_path, monkeypatch):
+    """Only the held-out overlap check uses a registered scan's voxels' SHA-256: without held-out data train does
+    not hash its voxels, nor records it (the file's SHA-256 identifies it); with held-out data it records it."""
+    from medrecon.priors import training_data
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    name = datasets.names("train", "ct")[0]
+    rng = np.random.default_rng(19)
+    scan = _nifti(tmp_path / "scan.nii.gz", rng, z=6, n=24)
+    held = _nifti(tmp_path / "held.nii.gz", rng, z=6, n=24)
+    monkeypatch.setattr(datasets, "path", lambda n, cache_dir=None: scan)
+    read, hashed = training_data.voxels_sha256, []
+    monkeypatch.setattr(training_data, "voxels_sha256", lambda vol: hashed.append(vol) or read(vol))
+    assert main(["train", "--dataset", name, "--output", str(tmp_path / "a"), *PATCH_RUN]) == 0
+    vols = load_prior(tmp_path / "a").card["training"]["data"]["volumes"]
+    assert hashed == [] and vols[0]["name"] == name and vols[0]["sha256"] and "voxels_sha256" not in vols[0]
+    assert main(["train", "--dataset", name, "--heldout-data", str(held), "--output", str(tmp_path / "b"),
+                 *PATCH_RUN]) == 0
+    data = load_prior(tmp_path / "b").card["training"]["data"]
+    assert len(hashed) == 2 and data["volumes"][0]["voxels_sha256"] == read(training_data.read_training_volume(scan))
+    assert data["heldout_volumes"][0]["voxels_sha256"] == read(training_data.read_training_volume(held))
+
+
+def test_a_file_of_ones_own_is_hashed_once_in_a_run(tmp_path, monkeypatch):
+    """The overlap refusal before reading (_found_records: a file's SHA-256 where a registered scan is held out) and
+    the held-out copy warning while reading (datasets.held_out_copy) share the run's digests: each file is hashed
+    once, not once by each."""
+    from medrecon.io import common
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    file_sha256 = common.file_sha256
+    rng = np.random.default_rng(20)
+    own = Path(_nifti(tmp_path / "own.nii.gz", rng, z=4, n=24)).resolve()
+    reg = _nifti(tmp_path / "reg.nii.gz", rng, z=4, n=24)
+    monkeypatch.setattr(datasets, "path", lambda name, cache_dir=None: reg)
+    hashed = []
+    for module in (common, datasets):  # however it is reached
+        monkeypatch.setattr(module, "file_sha256", lambda f: hashed.append(Path(f).resolve()) or file_sha256(f))
+    held = datasets.names("test", "ct")[0]
+    assert main(["train", "--data", str(own), "--heldout-dataset", held, "--output", str(tmp_path / "p"),
+                 *PATCH_RUN]) == 0
+    assert hashed.count(own) == 1, hashed
 
 
 def test_a_byte_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_before_any_volume_is_read(

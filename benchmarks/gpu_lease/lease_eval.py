@@ -133,8 +133,9 @@ def set_shifts(text: str, want: int) -> str:
 
 def card(path: Path) -> None:
     """Load the prior as the pipelines do and print its training record; a patch card with inference_shifts other
-    than bundled:ct_patch_wide's is set to it (the trainer writes 2; the bundled card 1: one tile grid) so the
-    comparison is of weights alone, and said so."""
+    than bundled:ct_patch_wide's (1: one tile grid) is set to it, so the comparison is of weights alone, and said
+    so. A fine-tune keeps its --init-from prior's count (since the sixty-fourth session), so this matters only for
+    a prior trained before, when the trainer wrote 2 into every new card."""
     import yaml
 
     from pipelines.config import resolve_prior_path
@@ -148,7 +149,7 @@ def card(path: Path) -> None:
         with atomic_path(Path(path, "model_card.yaml"), overwrite=True, marker=False) as tmp:  # never half a card
             tmp.write_text(set_shifts(text, want))
         print(f"NOTE: the card's patch.inference_shifts was {got}; set to {want}, bundled:ct_patch_wide's (the CPU "
-              f"runs compare weights, not tile grids; the bundled card's notes say the trainer writes 2)")
+              f"runs compare weights, not tile grids; a fine-tune trained before the sixty-fourth session wrote 2)")
     prior = load_prior_for(str(path))
     tr = yaml.safe_load(Path(path, "model_card.yaml").read_text()).get("training", {})
     print(f"loaded {path} as a prior: {type(prior).__name__}, card name {prior.card.get('name')}")

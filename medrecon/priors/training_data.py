@@ -162,10 +162,12 @@ def volume_record(found: Path, vol: Volume) -> dict:
     return record
 
 
-def read_volumes(paths, sources=None, check=None, series=None) -> tuple[list[Volume], list, list]:
+def read_volumes(paths, sources=None, check=None, series=None, *, registered_voxels: bool = True
+                 ) -> tuple[list[Volume], list, list]:
     """The volumes under each of ``paths`` (files or folders, searched recursively), read, what the card
     records for each: ``sources[i]`` where it is a registered scan's provenance record (with its voxels' SHA-256
-    added), else ``volume_record`` (absolute path, voxels' SHA-256, pixel size, DICOM series), and the volumes
+    added where ``registered_voxels``: only the held-out overlap check uses it, so train passes False without
+    held-out data and each registered scan's voxels are not hashed), else ``volume_record`` (absolute path, voxels' SHA-256, pixel size, DICOM series), and the volumes
     skipped. ``check(path, volume)``,
     from the pipelines, raises for a volume that is not of the prior's modality, or returns a warning about it (a
     copy of a held-out scan, say), which is logged and kept in its record as ``warning``. ``series``:
@@ -192,8 +194,8 @@ def read_volumes(paths, sources=None, check=None, series=None) -> tuple[list[Vol
         volumes.append(vol)
         # a registered scan's provenance record gets its voxels' SHA-256 as one's own volume's record has it (the
         # same scan held out and trained on, one a copy of the other, is refused by the voxels; train --heldout-data)
-        record = {**given, "voxels_sha256": voxels_sha256(vol)} if isinstance(given, dict) else \
-            volume_record(found, vol)
+        record = ({**given, "voxels_sha256": voxels_sha256(vol)} if registered_voxels else dict(given)) \
+            if isinstance(given, dict) else volume_record(found, vol)
         recorded.append({**record, "warning": said} if said else record)
     if not volumes:
         raise first
@@ -208,10 +210,10 @@ def _with_skipped(data, skipped: list):
 
 
 def load_slices(paths, intensity: dict, image_size: int = 64, *, sources=None, modality: str | None = None,
-                check=None, series=None, **kw) -> SliceData:
+                check=None, series=None, registered_voxels: bool = True, **kw) -> SliceData:
     """Find, read and prepare the volumes under ``paths`` (files or folders) for a whole-slice prior.
-    ``sources``, ``check``, ``series``: see ``read_volumes``."""
-    volumes, recorded, skipped = read_volumes(paths, sources, check, series)
+    ``sources``, ``check``, ``series``, ``registered_voxels``: see ``read_volumes``."""
+    volumes, recorded, skipped = read_volumes(paths, sources, check, series, registered_voxels=registered_voxels)
     return _with_skipped(prepare_slices(volumes, intensity, image_size, sources=recorded, modality=modality, **kw),
                          skipped)
 
@@ -239,13 +241,13 @@ def in_all_planes(volumes, recorded, fits=None) -> tuple[list[Volume], list]:
 
 
 def load_patch_data(paths, intensity: dict, *, sources=None, modality: str | None = None, check=None, series=None,
-                    planes: str = "axial", fits=None, **kw):
+                    planes: str = "axial", fits=None, registered_voxels: bool = True, **kw):
     """Find, read and prepare the volumes under ``paths`` for a patch prior (kept at their own pixel size).
-    ``sources``, ``check``, ``series``: see ``read_volumes``; ``planes``: 'axial' (the slices as stored) or 'all'
-    (``in_all_planes`` with ``fits``)."""
+    ``sources``, ``check``, ``series``, ``registered_voxels``: see ``read_volumes``; ``planes``: 'axial' (the
+    slices as stored) or 'all' (``in_all_planes`` with ``fits``)."""
     from .patch import prepare_volumes
 
-    volumes, recorded, skipped = read_volumes(paths, sources, check, series)
+    volumes, recorded, skipped = read_volumes(paths, sources, check, series, registered_voxels=registered_voxels)
     if planes == "all":
         volumes, recorded = in_all_planes(volumes, recorded, fits)
     elif planes != "axial":

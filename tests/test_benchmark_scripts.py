@@ -31,6 +31,23 @@ def test_script_imports_and_answers_help(script, monkeypatch, capsys):
     assert "usage" in capsys.readouterr().out.lower()
 
 
+def test_the_scans_reported_held_out_are_test_scans_no_baseline_is_tuned_on(monkeypatch):
+    """The README's issue-12 table (embedded in lease_eval.py) reports its scans held out: each is a registered test
+    scan, and bench_real tunes ADMM-TV's lam on none of them (until the sixty-fifth session ct_chest_drr, a row of
+    that table, was registered 'train' and among TUNE_SCANS)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    mods = {}
+    for name, path in {"bench_real": BENCH / "bench_real.py", "lease_eval": BENCH / "gpu_lease" / "lease_eval.py"}.items():
+        spec = importlib.util.spec_from_file_location(f"bench_{name}_split", path)
+        mods[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mods[name])
+    from pipelines import datasets
+    reported = set(mods["lease_eval"].README) | set(mods["bench_real"].TEST_SCANS["ct"])
+    assert len(reported) == 9 and reported <= set(datasets.names("test", "ct"))
+    for modality, scans in mods["bench_real"].TUNE_SCANS.items():
+        assert set(scans) <= set(datasets.names("train", modality)), modality
+
+
 def test_score_mean_scores_the_mean_of_saved_runs_and_refuses_other_references(tmp_path, monkeypatch):
     """score_mean.py reports what the voxel-wise mean of two saved runs scores (an error that averages out: the mean
     beats both runs), and runs of another simulation are refused, not averaged."""

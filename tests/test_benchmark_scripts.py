@@ -48,6 +48,27 @@ def test_the_scans_reported_held_out_are_test_scans_no_baseline_is_tuned_on(monk
         assert set(scans) <= set(datasets.names("train", modality)), modality
 
 
+def test_lease_eval_holds_the_readme_held_out_table(monkeypatch):
+    """lease_eval.py compares a returned prior with the README's issue-12 table, which it embeds: the two agree on
+    every case's ADMM-TV and wide figure (the sixty-fifth session re-tuned ADMM-TV and changed both)."""
+    import re
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_lease_eval_table", BENCH / "gpu_lease" / "lease_eval.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    readme = (BENCH.parent / "README.md").read_text()
+    table = readme[readme.index("| held-out CT (pixel) |"):]
+    table = table[:table.index("\n\n")]
+    seen = {}
+    for row in table.splitlines()[2:-1]:  # the header, the rule; the mean
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        scan = re.match(r"`(\w+)`", cells[0]).group(1)
+        figures = [[float(x) for x in re.findall(r"\d+\.\d+", re.sub(r"\((was|one sample) [^)]*\)", "", c))]
+                   for c in (cells[1], cells[4])]
+        seen[scan] = {"ct8": (figures[0][0], figures[0][2]), "ct4": (figures[1][0], figures[1][2])}
+    assert seen == mod.README
+
+
 def test_score_mean_scores_the_mean_of_saved_runs_and_refuses_other_references(tmp_path, monkeypatch):
     """score_mean.py reports what the voxel-wise mean of two saved runs scores (an error that averages out: the mean
     beats both runs), and runs of another simulation are refused, not averaged."""

@@ -42,7 +42,7 @@ from pipelines.registry import SELF_ADAPT_DEFAULT  # noqa: E402
 CASES = {"ct8": ("sparse_view_ct_8", "ct"), "ct4": ("sparse_view_ct_4", "ct"), "ct2": ("sparse_view_ct_2", "ct"),
          "la90": ("limited_angle_ct_90", "ct"), "mri4": ("cs_mri_x4", "mri"), "mri8": ("cs_mri_x8", "mri")}
 TEST_SCANS = {"ct": ["ct_abdomen_dicom", "ct_lung2"], "mri": ["mr_brain2"]}
-TUNE_SCANS = {"ct": ["ct_chest_contrast", "ct_lung1", "ct_abdomen", "ct_chest_drr"],
+TUNE_SCANS = {"ct": ["ct_chest_contrast", "ct_lung1", "ct_abdomen"],
               "mri": ["mr_head_t1w", "mr_brain1"]}
 LAMBDA_GRID = {"ct": [0.3, 0.5, 1.0, 2.0, 5.0, 10.0], "mri": [0.0003, 0.001, 0.003, 0.006, 0.01, 0.03]}
 START_GRID = {"ct": [0.4, 0.8, 1.2], "mri": [0.2, 0.4, 0.8]}

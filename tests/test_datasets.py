@@ -12,10 +12,9 @@ from pipelines.datasets import Scan
 
 def test_registry_split_and_provenance():
     assert set(datasets.names("test", "ct")) == {"ct_lung2", "ct_abdomen_dicom", "ct_abdomen_slice", "ct_pelvis_slice",
-                                                 "ct_chest_lungdx", "ct_chest_rider", "ct_chest_lctsc",
+                                                 "ct_chest_lungdx", "ct_chest_rider", "ct_chest_lctsc", "ct_chest_drr",
                                                  *(f"ct_tumour{n}" for n in range(1, 5))}
-    assert set(datasets.names("train", "ct")) == {"ct_chest_contrast", "ct_abdomen", "ct_lung1", "ct_head",
-                                                  "ct_chest_drr"}
+    assert set(datasets.names("train", "ct")) == {"ct_chest_contrast", "ct_abdomen", "ct_lung1", "ct_head"}
     assert set(datasets.names("train", "mri")) == {"mr_brain1", "mr_head_t1w", "mr_abdomen", "mr_brain_epi",
                                                   "mr_brain_t2_epi"}
     assert datasets.names("val", "ct") == ["ct_val_head", "ct_val_skull_base", "ct_val_neck", "ct_val_chest"]

@@ -30,13 +30,13 @@ ERROR = 3  #: the exit status of any error: neither a verdict (0, 1) nor "no ver
 #: the current default (the "wide" column, bundled:ct_patch_wide; the single slices' 4-view figure the two-sample
 #: default, the bold one), per case and config
 README = {  # scan: {case: (ADMM-TV, wide)}
-    "ct_abdomen_slice": {"ct8": (23.65, 24.62), "ct4": (21.92, 22.60)},
-    "ct_pelvis_slice": {"ct8": (22.60, 23.32), "ct4": (21.76, 21.80)},
-    "ct_tumour1": {"ct8": (23.87, 25.05), "ct4": (20.10, 20.87)},
-    "ct_tumour2": {"ct8": (23.61, 26.18), "ct4": (20.15, 21.82)},
-    "ct_tumour3": {"ct8": (23.48, 25.73), "ct4": (20.47, 21.85)},
-    "ct_tumour4": {"ct8": (23.36, 25.86), "ct4": (20.83, 21.44)},
-    "ct_abdomen_dicom": {"ct8": (21.81, 22.74), "ct4": (20.25, 20.24)},
+    "ct_abdomen_slice": {"ct8": (23.70, 24.62), "ct4": (22.00, 22.60)},
+    "ct_pelvis_slice": {"ct8": (22.91, 23.32), "ct4": (21.58, 21.80)},
+    "ct_tumour1": {"ct8": (24.05, 25.05), "ct4": (20.06, 20.87)},
+    "ct_tumour2": {"ct8": (24.25, 26.18), "ct4": (20.19, 21.82)},
+    "ct_tumour3": {"ct8": (24.03, 25.73), "ct4": (20.44, 21.85)},
+    "ct_tumour4": {"ct8": (23.95, 25.86), "ct4": (20.63, 21.44)},
+    "ct_abdomen_dicom": {"ct8": (21.87, 22.74), "ct4": (20.31, 20.24)},
     "ct_lung2": {"ct8": (23.55, 25.51), "ct4": (20.03, 21.32)},
     "ct_chest_drr": {"ct8": (22.44, 23.94), "ct4": (19.03, 20.31)},
 }

@@ -2,7 +2,8 @@
 ADMM-TV, the two errors' correlation, and the squared error (HU^2) in bands along the slice's borders and inside.
 
     python benchmarks/error_probe.py --case ct8 --scans ct_chest_contrast ct_lung1 ct_abdomen ct_chest_drr --lam 1 \\
-        --baseline-lam 0.3       # the averages (fifteenth session; Δ over ADMM-TV 0.3, averaged with its λ 1)
+        --baseline-lam 0.3       # the averages (fifteenth session, when ct_chest_drr was a training scan;
+                                 # Δ over ADMM-TV 0.3, averaged with its λ 1)
     python benchmarks/error_probe.py --case ct8 --scans ct_tumour4 --lam 1   # where ct_tumour4 loses (border bands)
     python benchmarks/error_probe.py --case ct8 --scans ct_chest_contrast ct_lung1 ct_abdomen --fov 120   # bodies cut
 """

@@ -23,7 +23,8 @@ other scan here comes from, an MR FLAIR slice, a 3D T1 head) are never trained o
 that choices are made on unseen patients without looking at the held-out set; ``test`` scans are held out (never
 trained on) and used for evaluation and the demo. CT test: ``ct_lung2``, ``ct_abdomen_dicom`` (the demo's
 series), ``ct_tumour1``-``4`` (licensed for non-commercial use: evaluation only) and two single slices,
-``ct_abdomen_slice`` and ``ct_pelvis_slice``; and three chests found after the others had chosen settings,
+``ct_abdomen_slice`` and ``ct_pelvis_slice``, and ``ct_chest_drr`` (a training scan until the sixty-fifth
+session, though no bundled prior trained on it); and three chests found after the others had chosen settings,
 ``ct_chest_lungdx``, ``ct_chest_rider`` and ``ct_chest_lctsc``; MR test: ``mr_brain2``, ``mr_brain_pd`` (proton
 density), ``mr_brain_tumour`` and ``mr_head_sagittal``;
 measured MR k-space (test): ``mr_kspace_vfa`` and ``mr_kspace_t2``; measured complex MR images (test):

@@ -27,7 +27,8 @@ from medrecon.solvers import DiffusionMBIR, DPSSampler, FastSampler, MCGSampler,
 ADMM_DEFAULTS = {"ct": {"lam": 0.04, "rho": 10.0}, "mri": {"lam": 0.005, "rho": 0.01}}
 #: warm start per modality: the noise level the reverse diffusion starts at and the 3D ADMM-TV weight of the
 #: starting point (model units, MODEL_RANGE), chosen on training scans (benchmarks/bench_real.py --tune), never on test scans
-# CT start_sigma tuned at 20 steps; sparse_view_ct_8 sets 0.4 for its 50 (four training scans), _4 1.2 (README)
+# CT start_sigma tuned at 20 steps; sparse_view_ct_8 sets 0.4 for its 50 (four scans, ct_chest_drr among them, a test
+# scan since the sixty-fifth session; the validation slices kept 0.4), _4 1.2 (README)
 WARM_START_DEFAULTS = {"ct": {"method": "admm_tv", "start_sigma": 0.8, "lam": 1.0},  # tuned: ct_chest_contrast, 8 views, 2 mm
                        "mri": {"method": "admm_tv", "start_sigma": 0.8, "lam": 0.003}}  # tuned: mr_head_t1w, x4, 2 mm
 # (MRI start_sigma, eta 1, 20 steps, the earlier z-TV (0.05, 10): 0.2 / 0.4 / 0.8 gave 26.98 / 27.09 / 27.01 dB on

@@ -37,7 +37,8 @@ def test_the_scans_reported_held_out_are_test_scans_no_baseline_is_tuned_on(monk
     that table, was registered 'train' and among TUNE_SCANS)."""
     monkeypatch.syspath_prepend(str(BENCH))
     mods = {}
-    for name, path in {"bench_real": BENCH / "bench_real.py", "lease_eval": BENCH / "gpu_lease" / "lease_eval.py"}.items():
+    scripts = {"bench_real": BENCH / "bench_real.py", "lease_eval": BENCH / "gpu_lease" / "lease_eval.py"}
+    for name, path in scripts.items():
         spec = importlib.util.spec_from_file_location(f"bench_{name}_split", path)
         mods[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mods[name])

@@ -4,8 +4,8 @@ cold with --cold; weights by cross-validation with --cv) and DiffusionMBIR (--mb
 Held out: the test scans of ``pipelines.datasets`` (CT: ct_abdomen_dicom, ct_lung2, the default; also ct_tumour1-4,
 ct_abdomen_slice, ct_pelvis_slice, ct_chest_drr with --scans; MR: mr_brain2), never used for training. Every weight
 that is tuned is tuned on *training* scans against their references, then frozen for the test scans: the ADMM-TV
-lam of the baseline by its mean axial PSNR over TUNE_SCANS, the warm start's noise level on the first of them. Measurements
-are simulated on a 2x finer grid with noise (no inverse crime).
+lam of the baseline by its mean axial PSNR over TUNE_SCANS, the warm start's noise level on the first of them.
+Measurements are simulated on a 2x finer grid with noise (no inverse crime).
 
     medrecon data fetch                                   # set-up: the scans (once)
     python benchmarks/bench_real.py                       # CT 8 and 4 views, both test scans

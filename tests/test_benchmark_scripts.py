@@ -18,9 +18,7 @@ def test_the_scripts_are_found():
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
 def test_script_imports_and_answers_help(script, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCH))  # the scripts import one another by name
-    spec = importlib.util.spec_from_file_location(f"bench_{script.stem}", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script(script)
     main = getattr(mod, "main", None)
     if main is None or "argparse" not in script.read_text():
         return  # no options to ask for; importing it is the check
@@ -36,27 +34,18 @@ def test_the_scans_reported_held_out_are_test_scans_no_baseline_is_tuned_on(monk
     scan, and bench_real tunes ADMM-TV's lam on none of them (until the sixty-fifth session ct_chest_drr, a row of
     that table, was registered 'train' and among TUNE_SCANS)."""
     monkeypatch.syspath_prepend(str(BENCH))
-    mods = {}
-    scripts = {"bench_real": BENCH / "bench_real.py", "lease_eval": BENCH / "gpu_lease" / "lease_eval.py"}
-    for name, path in scripts.items():
-        spec = importlib.util.spec_from_file_location(f"bench_{name}_split", path)
-        mods[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mods[name])
+    bench_real = _script(BENCH / "bench_real.py")
     from pipelines import datasets
-    reported = set(mods["lease_eval"].README) | set(mods["bench_real"].TEST_SCANS["ct"])
+    reported = set(_lease_eval().README) | set(bench_real.TEST_SCANS["ct"])
     assert len(reported) == 9 and reported <= set(datasets.names("test", "ct"))
-    for modality, scans in mods["bench_real"].TUNE_SCANS.items():
+    for modality, scans in bench_real.TUNE_SCANS.items():
         assert set(scans) <= set(datasets.names("train", modality)), modality
 
 
-def test_lease_eval_holds_the_readme_held_out_table(monkeypatch):
+def test_lease_eval_holds_the_readme_held_out_table():
     """lease_eval.py compares a returned prior with the README's issue-12 table, which it embeds: the two agree on
     every case's ADMM-TV and wide figure (the sixty-fifth session re-tuned ADMM-TV and changed both)."""
     import re
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_lease_eval_table", BENCH / "gpu_lease" / "lease_eval.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     readme = (BENCH.parent / "README.md").read_text()
     table = readme[readme.index("| held-out CT (pixel) |"):]
     table = table[:table.index("\n\n")]
@@ -67,7 +56,7 @@ def test_lease_eval_holds_the_readme_held_out_table(monkeypatch):
         figures = [[float(x) for x in re.findall(r"\d+\.\d+", re.sub(r"\((was|one sample) [^)]*\)", "", c))]
                    for c in (cells[1], cells[4])]
         seen[scan] = {"ct8": (figures[0][0], figures[0][2]), "ct4": (figures[1][0], figures[1][2])}
-    assert seen == mod.README
+    assert seen == _lease_eval().README
 
 
 def test_score_mean_scores_the_mean_of_saved_runs_and_refuses_other_references(tmp_path, monkeypatch):
@@ -97,11 +86,16 @@ def test_score_mean_scores_the_mean_of_saved_runs_and_refuses_other_references(t
         score_mean.score(runs, score_mean.FAST, 2000.0)
 
 
-def _lease_eval():
-    spec = importlib.util.spec_from_file_location("bench_lease_eval", BENCH / "gpu_lease" / "lease_eval.py")
+def _script(path):
+    """A benchmark script loaded as a module (its folder must be on sys.path where it imports a sibling)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _lease_eval():
+    return _script(BENCH / "gpu_lease" / "lease_eval.py")
 
 
 def _real_json(folder, scores):

@@ -854,3 +854,13 @@ def test_pacs_config_reads_its_overrides_once_so_a_generator_of_them_is_told_the
     with pytest.raises(InputError, match="outputs.deidentify: ") as e:
         pacs_config("sparse_view_ct_8", sets, tmp_path / "out")
     assert "run them without it (--no-send" in str(e.value) and "the config sets it" not in str(e.value)
+
+
+def test_outputs_deidentify_set_by_a_whole_section_override_is_told_it_was_set_here(tmp_path):
+    """The refusal took only `outputs.deidentify=...` as set with --set: a section given whole (`outputs={deidentify:
+    true}`) was told the config set it, and to pass --set outputs.deidentify=false. ``override_keys`` names both."""
+    from medrecon.errors import InputError
+    from pipelines.pacs_batch import pacs_config
+    with pytest.raises(InputError, match="outputs.deidentify: ") as e:
+        pacs_config("sparse_view_ct_8", ["solver.name=fbp", "outputs={deidentify: true}"], tmp_path / "out")
+    assert "run them without it (--no-send" in str(e.value) and "the config sets it" not in str(e.value)

@@ -97,21 +97,15 @@ class Job:
     refused: str = ""  # why reading the series will fail, from its headers (``SeriesInfo.refused``), or ""
     deidentify: bool = False  # outputs.deidentify: its row names the series and input as a de-identified record does
 
-    def state_for(self, overwrite: bool, dry_run_marks: dict[Path, dict] | None = None) -> str:
+    def state_for(self, overwrite: bool) -> str:
         """The output folder's ``output_state`` for this series a run acts on, from its marker read now (at a run's
         turn, as the folder may have been removed or replaced since the batch began), or 'new' with ``overwrite``
-        (its marker then unread): 'new' is reconstructed (``todo``), 'done' skipped, any other a conflict.
-        ``dry_run_marks``: the dry run's only (nothing is written there since they were read): output folder ->
-        marker read before (``earlier_markers``), acted on instead of reading its own again."""
-        if overwrite:
-            return "new"
-        known = dry_run_marks is not None and self.output in dry_run_marks
-        mark = dry_run_marks[self.output] if known else read_marker(self.output)
-        return output_state(mark, self.uid, self.files_sha256, self.config_sha256)
+        (its marker then unread): 'new' is reconstructed, 'done' skipped, any other a conflict."""
+        return "new" if overwrite else self.state_of(read_marker(self.output))
 
-    def todo(self, overwrite: bool) -> bool:
-        """Whether ``run_series`` would reconstruct it (else it returns 'skipped' or 'conflict' at once)."""
-        return self.state_for(overwrite) == "new"
+    def state_of(self, mark: dict | None) -> str:
+        """``output_state`` of this series against its output folder's marker ``mark`` (``read_marker``)."""
+        return output_state(mark, self.uid, self.files_sha256, self.config_sha256)
 
     @cached_property
     def recorded_uid(self) -> str:
@@ -353,7 +347,7 @@ def known_outputs(output_root: Path, rows: list[dict]) -> dict[str, Path]:
 def earlier_markers(output_root: Path, rows: list[dict]) -> dict[Path, dict]:
     """Output folder -> marker of the outputs that the rows of earlier runs name (those with a marker), each read
     once at the batch's start: ``check_key`` checks them, and the dry run, which writes nothing, acts on them
-    (``Job.state_for``). A run reads each series' marker again at its turn (``run_series``): an output removed
+    (``Job.state_of``). A run reads each series' marker again at its turn (``run_series``): an output removed
     or replaced while earlier series ran is then acted on as it is."""
     folders = {_absolute(output_root / r["output_path"]) for r in rows if r.get("output_path")}
     return {f: m for f in folders if (m := read_marker(f)) is not None}
@@ -422,11 +416,12 @@ def _same_file(f, path: Path) -> bool:
 
 
 def run_series(job: Job, cfg, *, overwrite: bool = False, progress: bool = False, resample: bool = False,
-               prior=None) -> dict:
+               prior=None, state: str | None = None) -> dict:
     """Reconstruct one series of a batch unless it is finished; returns its manifest row. Never raises for a
     bad series: the error goes into the row, and a failed or interrupted series leaves no empty folders. ``prior``:
-    the config's prior already loaded (None: loaded for this series)."""
-    state = job.state_for(overwrite)
+    the config's prior already loaded (None: loaded for this series); ``state``: its ``Job.state_for`` just read
+    by the caller (None: read now)."""
+    state = state or job.state_for(overwrite)
     if state == "done":
         return job.row("skipped", "0.0")
     if state != "new":
@@ -581,7 +576,8 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     manifest = output_root / MANIFEST
     if dry_run:
         for j in jobs:
-            state = j.state_for(overwrite, marks)  # nothing is written: those read for check_key stand
+            known = j.output in marks and not overwrite  # nothing is written: those read for check_key stand
+            state = j.state_of(marks[j.output]) if known else j.state_for(overwrite)
             if state == "new" and j.refused:  # the run reads these headers and fails the series
                 echo(f"fail  {j.uid}  {j.input}: {j.refused}")
                 continue

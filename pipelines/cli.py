@@ -55,8 +55,8 @@ def _main(argv: list[str] | None) -> int:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
             typer.echo(f"interrupted ({signal.Signals(code - 128).name}): nothing half-written is kept, what was "
-                        "finished stays (a batch's done series, a training run's saved state: --resume goes on where one was "
-                        "saved)", err=True)
+                       "finished stays (a batch's done series, a training run's saved state: --resume goes on where "
+                       "one was saved)", err=True)
         return code
     except MedreconError as e:
         typer.secho(f"error: {printed(e)}", err=True, fg=typer.colors.RED)

@@ -306,6 +306,15 @@ def override_list(overrides) -> list[str]:
     return given
 
 
+def override_keys(overrides) -> set[str]:
+    """Every key the 'KEY=VALUE' ``overrides`` give a value: each KEY and, for a section given whole
+    (``outputs={deidentify: true}``), the keys under it."""
+    keys: set[str] = set()
+    for o in override_list(overrides):
+        _apply_override({}, o, keys)
+    return keys
+
+
 def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = (),
                 check_files: bool = True) -> Config:
     """Load, override and validate a config; raise InputError listing every problem. ``overrides``: 'KEY=VALUE'
@@ -340,8 +349,7 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
             raise InputError(f"{label}: expected a mapping of keys at the top level")
     file_solver = dict(raw.get("solver") or {}) if isinstance(raw.get("solver"), dict) else None
     in_file = _key_paths(raw)  # before the overrides: a problem under a section only --set made is --set's
-    written: set[str] = set()  # every key a --set gave a value (the leaves of a section given whole)
-    problems = [p for o in overrides for p in _apply_override(raw, o, written)]
+    problems = [p for o in overrides for p in _apply_override(raw, o)]
     if problems:
         raise InputError(lines=[_as_override(p) for p in problems])
     if file_solver is not None:
@@ -354,7 +362,8 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
     if cfg is not None and check_files:
         problems += _check_files(cfg, Path(label).parent if label != "<config>" else Path("."))
     if problems:
-        given = {str(o).split("=", 1)[0].strip() for o in overrides}  # a key set with --set is named as such
+        written = override_keys(overrides)  # a key set with --set is named as such
+        given = {str(o).split("=", 1)[0].strip() for o in overrides}
 
         known = in_file | {""}  # "" : keys that share no section
 

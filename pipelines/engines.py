@@ -135,10 +135,11 @@ class RayEngine:
         rows: dict[int, dict] = {}
         queue = []
         for i, j in enumerate(jobs):
-            if j.todo(overwrite):
+            state = j.state_for(overwrite)  # read once; a worker reads it again at the series' turn
+            if state == "new":
                 queue.append(i)
-            else:
-                rows[i] = run_series(j, cfg, overwrite=overwrite)  # the skip rule's one home: answers at once
+            else:  # the skip rule's one home: answers at once
+                rows[i] = run_series(j, cfg, overwrite=overwrite, state=state)
         n_todo = len(queue)
         worker_cls = ray.remote(max_restarts=-1, max_task_retries=self.max_retries, **res)(SeriesWorker)
 

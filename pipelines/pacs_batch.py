@@ -26,7 +26,7 @@ from medrecon.io.dicom_scan import modality_not_a_volume
 
 from .batching import (CONFLICT, PASSED_OVER, BatchResult, batch_lock, check_batch_root, manifest_line,
                        no_volume_reason, output_state, read_manifest, relative, sanitize, save_progress)
-from .config import load_config, override_list
+from .config import load_config, override_keys, override_list
 from .outputs import write_json
 from .pacs import PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
 from .pacs_retrieve import Inbox, retrieve_series, serve
@@ -44,8 +44,8 @@ def pacs_config(config, overrides, output_root, check_files: bool = True):
     cfg = load_config(config, overrides, check_files=check_files)
     if cfg.outputs.deidentify:
         received = Path(output_root) / "received"
-        set_here = any(o.split("=", 1)[0].strip() == "outputs.deidentify" for o in overrides)
-        without = "without it" if set_here else "without it (the config sets it: --set outputs.deidentify=false)"
+        without = "without it" + ("" if "outputs.deidentify" in override_keys(overrides) else
+                                  " (the config sets it: --set outputs.deidentify=false)")
         raise InputError(f"outputs.deidentify: pacs run and pacs listen keep the series they retrieve ({received}), "
                          "name each output by its SeriesDescription, record the source UIDs and send the results "
                          f"to the PACS, so their outputs identify the patient; run them {without} (--no-send "

@@ -429,3 +429,26 @@ def test_a_worker_whose_de_identification_key_is_not_the_drivers_fails_its_serie
     row = other.run(job, False)
     assert row["status"] == "failed" and "not the driver's" in row["error"] and ran == [1]
     assert not (tmp_path / "node_b" / "medrecon" / "deidentify.key").exists()  # made no key of its own
+
+
+def test_a_series_the_driver_answers_has_its_marker_read_once(tree, tmp_path, monkeypatch):
+    """The driver read a finished series' marker twice (to do? then ``run_series`` again): once now, its state
+    passed on, as the local engine reads it. Without a cluster: a stand-in for the few Ray calls a batch with
+    nothing to do makes."""
+    import shutil
+    from types import SimpleNamespace
+
+    import pipelines.batching as batching
+    import pipelines.engines as engines
+    fake = SimpleNamespace(is_initialized=lambda: True, cluster_resources=lambda: {"CPU": 1.0},
+                           remote=lambda **kw: (lambda cls: cls), kill=lambda w: None)
+    monkeypatch.setattr(engines, "import_ray", lambda: fake)
+    shutil.rmtree(tree / "broken")  # (a failed series is redone: a worker's)
+    out = tmp_path / "out"
+    batch(tree, out, "sparse_view_ct_8", FBP, echo=_quiet)
+    reads, read_marker = [], batching.read_marker
+    monkeypatch.setattr(batching, "read_marker", lambda f: reads.append(Path(f)) or read_marker(f))
+    res = batch(tree, out, "sparse_view_ct_8", FBP, echo=_quiet, engine=RayEngine())
+    outputs = [r for r in reads if out in r.parents]
+    assert [r["status"] for r in res.rows if r["output_path"]] == ["skipped", "skipped"]
+    assert len(outputs) == 2 and len(set(outputs)) == 2, outputs

@@ -560,22 +560,22 @@ def test_pacs_run_and_listen_refuse_outputs_deidentify_before_any_network_use(tm
         assert not out.exists()
 
 
-def test_the_batch_over_received_that_the_refusal_names_gives_de_identified_outputs(tmp_path, capsys):
-    """The way the refusal above names: `pacs run --no-send` (here its Runner, the series as the inbox keeps it),
-    whose root identifies the patient (the output folder is named by the SeriesDescription), then `medrecon batch
-    OUTPUT_ROOT/received OUT` with outputs.deidentify: no byte nor name in OUT holds the patient or the source."""
-    from dicom_trees import leaked, write_named_series
+def test_the_batch_over_received_that_the_refusal_names_takes_it_as_pacs_run_leaves_it(tmp_path):
+    """The way the refusal above names: `medrecon batch OUTPUT_ROOT/received OUT` with outputs.deidentify, over
+    received/ as `pacs run --no-send` leaves it (here its Runner; a folder named by each source UID): every series is
+    done, and OUT names neither that UID nor the root (the batch's own de-identification: tests/test_batch.py)."""
+    from dicom_trees import leaked
     src, root, out = tmp_path / "src", tmp_path / "pacs", tmp_path / "shared"
-    said = write_named_series(src)
+    _series(src, 1, "Chest 1.0", n=3)
     uid = _source_uids(src)[0]
     run = _runner(root)
     shutil.copytree(src, run.received / uid)
-    row = run.process(uid, "Quintessa Zyxwaldo chest")
-    assert row["status"] == "done" and row["output_path"].startswith("Quintessa_Zyxwaldo_chest_")
+    assert run.process(uid, "Chest 1.0")["status"] == "done"
     assert main(["batch", str(root / "received"), str(out), "--config", "sparse_view_ct_8", *SETS,
                  "--set", "outputs.deidentify=true", "--quiet"]) == 0
-    assert [p.name[:7] for p in out.iterdir() if p.is_dir()] == ["series-"]  # no description, no source UID
-    assert leaked(out, said + [uid[-12:], str(root)]) == []
+    with open(out / "manifest.csv", newline="") as fh:
+        assert [r["status"] for r in csv.DictReader(fh)] == ["done"]
+    assert leaked(out, [uid[-12:], str(root)]) == []
 
 
 def test_a_second_listener_or_run_into_one_output_root_is_refused(tmp_path, capsys):
@@ -853,4 +853,14 @@ def test_pacs_config_reads_its_overrides_once_so_a_generator_of_them_is_told_the
     sets = (o for o in ["solver.name=fbp", "ct.image_size=16", "outputs.deidentify=true"])
     with pytest.raises(InputError, match="outputs.deidentify: ") as e:
         pacs_config("sparse_view_ct_8", sets, tmp_path / "out")
+    assert "run them without it (--no-send" in str(e.value) and "the config sets it" not in str(e.value)
+
+
+def test_outputs_deidentify_set_by_a_whole_section_override_is_told_it_was_set_here(tmp_path):
+    """The refusal took only `outputs.deidentify=...` as set with --set: a section given whole (`outputs={deidentify:
+    true}`) was told the config set it, and to pass --set outputs.deidentify=false. ``override_keys`` names both."""
+    from medrecon.errors import InputError
+    from pipelines.pacs_batch import pacs_config
+    with pytest.raises(InputError, match="outputs.deidentify: ") as e:
+        pacs_config("sparse_view_ct_8", ["solver.name=fbp", "outputs={deidentify: true}"], tmp_path / "out")
     assert "run them without it (--no-send" in str(e.value) and "the config sets it" not in str(e.value)

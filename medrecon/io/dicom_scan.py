@@ -98,7 +98,7 @@ def list_series(folder, recursive: bool = False, problems: list | None = None,
         raise InputError(f"{folder} is not a folder; give the folder that holds the DICOM files")
     found: dict[str, SeriesInfo] = {}
     damaged: dict[Path, list[str]] = {}
-    for path in _files(folder, recursive, problems):
+    for path in visible_files(folder, recursive, problems):
         if path.suffix.lower() == ".dcm" and path.stat().st_size == 0:  # named as DICOM, but nothing in it
             damaged.setdefault(path.parent, []).append(f"{path} (an empty file)")
             continue
@@ -253,7 +253,7 @@ def dicom_text(value) -> str:
     return str(value)
 
 
-def _files(folder: Path, recursive: bool, problems: list | None = None) -> list[Path]:
+def visible_files(folder: Path, recursive: bool, problems: list | None = None) -> list[Path]:
     """Visible files under ``folder``, following symbolic links to folders; each real folder is visited once
     (a link loop, or a link back into the tree, adds nothing) and each real file is listed once. Folders that
     cannot be listed go into ``problems`` (folder, why) when it is given."""

@@ -13,8 +13,8 @@ from ..errors import InputError, UnreadableError
 from ..volume import Volume
 from .common import check_fits_in_memory, check_voxels, volume_array, volume_shape, warn
 from .dicom_read import read_dicom_series
-from .dicom_scan import (PROJECTION_MODALITIES, _files, choose_series, is_dicom_file, list_series, read_header,
-                         series_uid)
+from .dicom_scan import (PROJECTION_MODALITIES, choose_series, is_dicom_file, list_series, read_header, series_uid,
+                         visible_files)
 from .deidentify import refuse_identifying_pixels
 from .dicom_write import write_dicom_series
 from .itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
@@ -120,7 +120,7 @@ def _say_if_one_file_of_a_series(vol: Volume, path: Path) -> None:
             vol.meta.get("geometry_assumed"):
         return
     try:
-        siblings = _files(path.parent, False)
+        siblings = visible_files(path.parent, False)
     except OSError:  # an execute-only folder cannot be listed: the file alone is read
         return
     if any(_same_series(p, uid) for p in siblings if p.name != path.name):  # stops at the first other slice

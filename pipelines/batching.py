@@ -101,7 +101,7 @@ class Job:
         """The output folder's ``output_state`` for this series a run acts on, from its marker read now (at a run's
         turn, as the folder may have been removed or replaced since the batch began), or 'new' with ``overwrite``
         (its marker then unread): 'new' is reconstructed, 'done' skipped, any other a conflict."""
-        return "new" if overwrite else self.state_of(read_marker(self.output))
+        return state_now(self.output, overwrite, self.uid, self.files_sha256, self.config_sha256)
 
     def state_of(self, mark: dict | None) -> str:
         """``output_state`` of this series against its output folder's marker ``mark`` (``read_marker``)."""
@@ -140,6 +140,12 @@ def recorded_uid(uid: str, deidentify: bool) -> str:
 CONFLICT = {"changed": "the series' files changed since it was written",
             "reconfigured": "it was made with another config (or other --set values)",
             "other": "it holds the output of another series, or one that does not record its series"}
+
+
+def state_now(output: Path, overwrite: bool, uid: str, files_sha256: str | None, config_sha256: str = "") -> str:
+    """``output_state`` of a series' output folder from its marker read now, or 'new' with ``overwrite`` (a series
+    redone whatever its folder holds; the marker then unread)."""
+    return "new" if overwrite else output_state(read_marker(output), uid, files_sha256, config_sha256)
 
 
 def output_state(mark: dict | None, uid: str, files_sha256: str | None, config_sha256: str = "") -> str:

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from medrecon.errors import InputError, recorded_error
 from medrecon.io import list_series
-from medrecon.io.atomic import mark_as_written, read_marker
+from medrecon.io.atomic import mark_as_written
 from medrecon.io.dicom_scan import modality_not_a_volume
 
 from .batching import (CONFLICT, PASSED_OVER, BatchResult, batch_lock, check_batch_root, manifest_line,
-                       no_volume_reason, output_state, read_manifest, relative, sanitize, save_progress)
+                       no_volume_reason, read_manifest, relative, sanitize, save_progress, state_now)
 from .config import load_config, override_keys, override_list
 from .outputs import write_json
 from .pacs import PacsError, PacsSettings, Query, SeriesHit, find_series, store_folder
@@ -113,7 +113,7 @@ class Runner:
             listed, damaged, others = _listing(src)
             mine = [s for s in listed if s.uid == uid]
         files = mine[0].files_sha256 if mine else None
-        state = "new" if self.overwrite else output_state(read_marker(out), uid, files, self.fingerprint)
+        state = state_now(out, self.overwrite, uid, files, self.fingerprint)
         if state in ("reconfigured", "other"):
             row["status"], row["error"] = "conflict", (f"{out.name} exists but {CONFLICT[state]}; redo it with "
                                                        "`medrecon pacs run --overwrite`, or remove the folder")

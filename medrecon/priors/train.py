@@ -424,8 +424,7 @@ class _Trainer:
 
         if start is None and opts.init_from:
             start = load_prior(opts.init_from)  # read by the loader, with its checks
-        self.shifts_given = opts.patch_inference_shifts is not None  # else the start's, or a resumed run's own
-        if not self.shifts_given:
+        if opts.patch_inference_shifts is None:  # neither given nor a resumed run's own (train_prior): the start's
             self.opts = replace(opts, patch_inference_shifts=int(getattr(start, "shifts", 2)))
         config = self.network_config()
         if start is not None:  # a narrower prior's heads are copied whole: the head width follows it
@@ -541,8 +540,6 @@ class _Trainer:
                 record["warning"] = said
         if "init_from" in old:  # what the run started from, not a --init-from given at a resume (never used there)
             self.opts = replace(self.opts, init_from=old["init_from"])
-        if old.get("patch_inference_shifts") and not self.shifts_given:  # the run's own, unless given now
-            self.opts = replace(self.opts, patch_inference_shifts=old["patch_inference_shifts"])
         before = [dict(p) for p in st.get("segments") or [{  # a checkpoint of before: its command unknown
             "from_step": 0, "to_step": None, "command": "not recorded (a checkpoint from before medrecon kept each "
             "resumed part's command)", "lr": old.get("lr"), "lr_final": old.get("lr_final"),
@@ -867,6 +864,8 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
     if resume and opts.arch == "patch" and opts.pixel_spacing_range is None:  # the run's own range, not the default
         was = (state.get("options") or {}).get("pixel_spacing_range")  # (a checkpoint of before: 0.7-4.0 whatever
         opts = replace(opts, pixel_spacing_range=tuple(was)) if was else opts  # its scans)
+    if resume and opts.patch_inference_shifts is None:  # the run's own tile grids (else its start's: _Trainer)
+        opts = replace(opts, patch_inference_shifts=(state.get("options") or {}).get("patch_inference_shifts") or None)
     tr = (_PatchTrainer if opts.arch == "patch" else _Trainer)(data, out, opts, command)  # reads --init-from
     out.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume and ((out / CARD_NAME).is_file() or (out / STATE_FILE).is_file()):

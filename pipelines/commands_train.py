@@ -90,7 +90,7 @@ def training_intensity(modality: Modality, hu_window, mri_percentile: float) -> 
     return imap, float(mri_percentile)
 
 
-def _with_training_warnings(check, registered: dict, digests: dict | None = None):
+def _with_training_warnings(check, registered: dict, digests: dict):
     """``check`` (the modality's), which also returns a warning for a training volume that is a copy of a registered
     val or test scan (``--dataset`` refuses those; a copy given with ``--data`` would make its figures no longer held
     out): read_volumes logs it and the card keeps it with the volume, a resume too (train._Trainer.restore).
@@ -98,7 +98,6 @@ def _with_training_warnings(check, registered: dict, digests: dict | None = None
     checked against their checksums already, not hashed again). ``digests``: the run's {resolved path: its files'
     SHA-256} (datasets.file_digests), shared with _found_records so that a file is hashed once."""
     notes = {str(Path(p).resolve()): note for p, note in registered.items()}
-    digests = {} if digests is None else digests
 
     def checked(path, vol) -> str | None:
         check(path, vol)
@@ -144,7 +143,7 @@ def _heldout_sources(names: list[str], paths: list[Path], modality: Modality) ->
     return dpaths + paths, prov + paths
 
 
-def _found_records(sources: list, given: list[str], hashed: bool = False, digests: dict | None = None) -> list:
+def _found_records(sources: list, given: list[str], hashed: bool, digests: dict) -> list:
     """``sources`` (read_volumes': registered scans' records, paths of one's own) as records of each volume's path,
     found as read_volumes finds them but before anything is read: _refuse_trained_heldout's file part, in seconds
     where reading the data takes minutes (its voxel part needs the data read). ``given``: the option each source
@@ -157,8 +156,6 @@ def _found_records(sources: list, given: list[str], hashed: bool = False, digest
 
     from .datasets import file_digests
 
-    digests = {} if digests is None else digests
-
     def own(f: Path) -> dict:
         return {"path": str(f), **({"sha256": file_digests(f, digests)[0]} if hashed and Path(f).is_file() else {})}
 
@@ -166,7 +163,7 @@ def _found_records(sources: list, given: list[str], hashed: bool = False, digest
             for r in ([s] if isinstance(s, dict) else [own(f) for f in found_volumes([s])])]
 
 
-def _refuse_trained_heldout(trained: list, held: list, given: dict | None = None) -> None:
+def _refuse_trained_heldout(trained: list, held: list, given: dict) -> None:
     """One line for a held-out volume that is also a training volume, the same file (links resolved), the same
     bytes as a registered scan (its file's SHA-256) or the same voxels (the voxels' SHA-256 the card records of
     every volume, a registered scan's too: a copy of one is caught either way round): its loss would not be held
@@ -416,7 +413,7 @@ def train(
         found = (_found_records(sources, source_options, registered[1], digests),
                  _found_records(hsources, held_given, any(registered), digests))
         found_given = {str(Path(r["path"]).resolve()): r["given"] for rs in found for r in rs if r.get("path")}
-        _refuse_trained_heldout(*found)
+        _refuse_trained_heldout(*found, found_given)
     heldout, held_desc = None, None
     check = training_volume_check(modality)
     notes = {p: datasets.scan(n).training_note for n, p in zip(names, dpaths)}

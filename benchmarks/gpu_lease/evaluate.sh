@@ -25,9 +25,9 @@
 #     (ct_abdomen_dicom and ct_tumour1-4 at --pixel 0.977 --slices 6; ct_abdomen_slice and ct_pelvis_slice at
 #     --slices 1; ct_lung2 at --pixel 0.627 and ct_chest_drr at --pixel 0.703, --slices 6, with FINE.json), one
 #     bench_real.py run per scan (OUT_DIR/held_new_*), compared per case with the README table's "wide" column
-#     (embedded in lease_eval.py); the run's ADMM-TV must reproduce the README's to 0.02 dB, else the comparison
-#     is invalid and the script says so: --rerun-current then runs the current prior too (OUT_DIR/held_current_*)
-#     and compares with that run instead.
+#     (lease_eval.py reads it from README.md); the run's ADMM-TV must reproduce the README's to 0.02 dB, else the
+#     comparison is invalid and the script says so: --rerun-current then runs the current prior too
+#     (OUT_DIR/held_current_*) and compares with that run instead.
 # The rule (fixed before any run; printed before the first):
 # RULE  validation passes if, at 8 and at 4 views, the new prior's mean axial delta over tuned 3D ADMM-TV on the
 # RULE  eight validation cases (four slices, full field and cut to 160 mm) is >= the current prior's + 0.10 dB and

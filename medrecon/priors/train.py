@@ -353,37 +353,59 @@ def _data_difference(old: str | None, new: str, old_paths: list, new_paths: list
         return f"--planes {_planes_option(b)} now, the run had --planes {_planes_option(a)}"
     if a.get("n_volumes") != b.get("n_volumes"):
         return f"{b.get('n_volumes')} volumes now, the run had {a.get('n_volumes')}"
-    for key, label in (("volumes", "volumes"), ("heldout_volumes", "held-out volumes")):
-        va, vb = a.get(key), b.get(key)
-        was = f" ({', '.join(map(str, old_held))})" if key == "heldout_volumes" and old_held else ""
-        if key == "heldout_volumes" and isinstance(va, list) and vb is None:  # no held-out data given now
-            return f"{label}: none now, the run had {len(va)}{was}"
-        if not (isinstance(va, list) and isinstance(vb, list)):
-            continue
+    listed = {k for k in ("volumes", "heldout_volumes") if isinstance(a.get(k), list) and isinstance(b.get(k), list)}
+    if "volumes" in listed:
+        va, vb = a["volumes"], b["volumes"]
         if len(va) != len(vb):
-            return f"{len(vb)} {label} now, the run had {len(va)}{was}"
-        for k, (x, y) in enumerate(zip(va, vb)):
-            # an older record: a checksum, None, or a coronal or sagittal view with the axial view's pixel size
-            x = {"sha256": x} if isinstance(x, str) else (_volume_identity(x) or {})
-            y = y or {}
-            what = {"pixel_spacing_mm": f"pixel size {y.get('pixel_spacing_mm')} mm, the run's "
-                                        f"{x.get('pixel_spacing_mm')} mm",
-                    "series_uid": f"series {y.get('series_uid')}, the run's {x.get('series_uid')}",
-                    "sha256": "its file differs (SHA-256)", "voxels_sha256": "its voxels differ (SHA-256)"}
-            differ = [text for field, text in what.items() if field in x and x[field] != y.get(field)]
-            if differ:
-                if key == "heldout_volumes":  # the run's file, where its checkpoint kept the names
-                    then = f"; the run held out {old_held[k]}" if k < len(old_held) else ""
-                    return f"held-out volume {k + 1}: {', '.join(differ)}{then}"
-                now, then = volume_name(new_paths, k), volume_name(old_paths, k)
-                return f"{now}: {', '.join(differ)}" + (f"; the run trained on {then}" if then != now else "")
-        a.pop(key, None), b.pop(key, None)
-    for key in sorted(a):  # what the checkpoint recorded (a newer record may keep more)
-        if a.get(key) != b.get(key):
-            if key == "heldout_slices":  # --heldout-fraction's: absent where held-out data is given (or none taken)
-                return (f"held-out slices of the training data: {b.get(key) or 'none'} now, the run had "
-                        f"{a.get(key) or 'none'}")
+            return f"{len(vb)} volumes now, the run had {len(va)}"
+        k, differ = _volume_difference(va, vb)
+        if differ:
+            now, then = volume_name(new_paths, k), volume_name(old_paths, k)
+            return f"{now}: {', '.join(differ)}" + (f"; the run trained on {then}" if then != now else "")
+    said = _heldout_difference(a, b, old_held)
+    if said:
+        return said
+    for key in sorted(set(a) - listed - {"heldout_slices"}):  # what the checkpoint recorded (a newer record may
+        if a.get(key) != b.get(key):                           # keep more)
             return f"{key.replace('_', ' ')} {b.get(key)} now, the run had {a.get(key)}"
+    return None
+
+
+def _volume_difference(va: list, vb: list) -> tuple[int, list[str]]:
+    """The first volume whose record differs between the run's ``va`` and now's ``vb`` and what differs, in words
+    ((0, []): none)."""
+    for k, (x, y) in enumerate(zip(va, vb)):
+        # an older record: a checksum, None, or a coronal or sagittal view with the axial view's pixel size
+        x = {"sha256": x} if isinstance(x, str) else (_volume_identity(x) or {})
+        y = y or {}
+        what = {"pixel_spacing_mm": f"pixel size {y.get('pixel_spacing_mm')} mm, the run's "
+                                    f"{x.get('pixel_spacing_mm')} mm",
+                "series_uid": f"series {y.get('series_uid')}, the run's {x.get('series_uid')}",
+                "sha256": "its file differs (SHA-256)", "voxels_sha256": "its voxels differ (SHA-256)"}
+        differ = [text for field, text in what.items() if field in x and x[field] != y.get(field)]
+        if differ:
+            return k, differ
+    return 0, []
+
+
+def _heldout_difference(a: dict, b: dict, old_held: list) -> str | None:
+    """What differs in the held-out data between the run's data record ``a`` and now's ``b``: its volumes (none
+    given now, their count, a volume's identity) or --heldout-fraction's slices; ``old_held``: _data_difference's."""
+    va, vb = a.get("heldout_volumes"), b.get("heldout_volumes")
+    was = f" ({', '.join(map(str, old_held))})" if old_held else ""
+    if isinstance(va, list) and vb is None:  # no held-out data given now
+        return f"held-out volumes: none now, the run had {len(va)}{was}"
+    if isinstance(va, list) and isinstance(vb, list):
+        if len(va) != len(vb):
+            return f"{len(vb)} held-out volumes now, the run had {len(va)}{was}"
+        k, differ = _volume_difference(va, vb)
+        if differ:  # the run's file, where its checkpoint kept the names
+            then = f"; the run held out {old_held[k]}" if k < len(old_held) else ""
+            return f"held-out volume {k + 1}: {', '.join(differ)}{then}"
+    if "heldout_slices" in a and a["heldout_slices"] != b.get("heldout_slices"):
+        # --heldout-fraction's: absent where held-out data is given (or none taken)
+        return (f"held-out slices of the training data: {b.get('heldout_slices') or 'none'} now, the run had "
+                f"{a['heldout_slices'] or 'none'}")
     return None
 
 
@@ -402,8 +424,7 @@ class _Trainer:
 
         if start is None and opts.init_from:
             start = load_prior(opts.init_from)  # read by the loader, with its checks
-        self.shifts_given = opts.patch_inference_shifts is not None  # else the start's, or a resumed run's own
-        if not self.shifts_given:
+        if opts.patch_inference_shifts is None:  # neither given nor a resumed run's own (train_prior): the start's
             self.opts = replace(opts, patch_inference_shifts=int(getattr(start, "shifts", 2)))
         config = self.network_config()
         if start is not None:  # a narrower prior's heads are copied whole: the head width follows it
@@ -519,8 +540,6 @@ class _Trainer:
                 record["warning"] = said
         if "init_from" in old:  # what the run started from, not a --init-from given at a resume (never used there)
             self.opts = replace(self.opts, init_from=old["init_from"])
-        if old.get("patch_inference_shifts") and not self.shifts_given:  # the run's own, unless given now
-            self.opts = replace(self.opts, patch_inference_shifts=old["patch_inference_shifts"])
         before = [dict(p) for p in st.get("segments") or [{  # a checkpoint of before: its command unknown
             "from_step": 0, "to_step": None, "command": "not recorded (a checkpoint from before medrecon kept each "
             "resumed part's command)", "lr": old.get("lr"), "lr_final": old.get("lr_final"),
@@ -845,6 +864,8 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
     if resume and opts.arch == "patch" and opts.pixel_spacing_range is None:  # the run's own range, not the default
         was = (state.get("options") or {}).get("pixel_spacing_range")  # (a checkpoint of before: 0.7-4.0 whatever
         opts = replace(opts, pixel_spacing_range=tuple(was)) if was else opts  # its scans)
+    if resume and opts.patch_inference_shifts is None:  # the run's own tile grids (else its start's: _Trainer)
+        opts = replace(opts, patch_inference_shifts=(state.get("options") or {}).get("patch_inference_shifts") or None)
     tr = (_PatchTrainer if opts.arch == "patch" else _Trainer)(data, out, opts, command)  # reads --init-from
     out.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume and ((out / CARD_NAME).is_file() or (out / STATE_FILE).is_file()):

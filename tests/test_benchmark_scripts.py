@@ -53,6 +53,21 @@ def test_lease_eval_reads_the_readme_held_out_table():
     assert table["ct_abdomen_slice"]["ct4"] == (22.00, 22.60)
 
 
+def test_lease_eval_refuses_a_readme_table_row_it_cannot_read(tmp_path, monkeypatch):
+    """A row whose cells lost a figure (or its scan's backticks) is an error naming the row, not a verdict drawn from
+    shifted columns."""
+    le = _lease_eval()
+    readme = (le.ROOT / "README.md").read_text().replace("24.25 (was 23.61) / 25.99 / 26.18", "24.25 / 26.18")
+    (tmp_path / "README.md").write_text(readme)
+    monkeypatch.setattr(le, "ROOT", tmp_path)
+    le.readme_table.cache_clear()
+    try:
+        with pytest.raises(SystemExit, match="ct_tumour2"):
+            le.readme_table()
+    finally:
+        le.readme_table.cache_clear()
+
+
 def test_score_mean_scores_the_mean_of_saved_runs_and_refuses_other_references(tmp_path, monkeypatch):
     """score_mean.py reports what the voxel-wise mean of two saved runs scores (an error that averages out: the mean
     beats both runs), and runs of another simulation are refused, not averaged."""

@@ -42,10 +42,12 @@ def readme_table() -> dict:
         raise SystemExit(f"README.md: the held-out table's columns moved: {rows[0]}")
     out = {}
     for cells in rows[2:-1]:  # the header, the rule; the mean
-        scan = re.match(r"`(\w+)`", cells[0]).group(1)
+        scan = re.match(r"`(\w+)`", cells[0])
         ct8, ct4 = ([float(x) for x in re.findall(r"\d+\.\d+", re.sub(r"\((was|one sample) [^)]*\)", "", c))]
                     for c in (cells[1], cells[4]))
-        out[scan] = {"ct8": (ct8[0], ct8[2]), "ct4": (ct4[0], ct4[2])}
+        if scan is None or len(ct8) != 3 or len(ct4) != 3:
+            raise SystemExit(f"README.md: a held-out table row is not `scan` | ADMM-TV / ct_patch / wide: {cells[0]}")
+        out[scan.group(1)] = {"ct8": (ct8[0], ct8[2]), "ct4": (ct4[0], ct4[2])}
     return out
 
 

@@ -373,6 +373,7 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
             section --set misspelt or a solver key --set kept after a switch; or a key in a section only --set
             made (intensity.physical_max, with intensity.physical_min set)."""
             key, _, message = problem.partition(":")
+            key = re.sub(r"\[\d+\]", "", key)  # a list's element (outputs.window[0]) is the list's key
             return key in written or any((key.startswith(g + ".") and key not in in_file)
                        or (g.startswith(key + ".") and ("unknown key" in message or "not a setting of solver" in message
                                                         or g.rsplit(".", 1)[1] in message))

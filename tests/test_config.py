@@ -403,3 +403,13 @@ def test_a_list_too_short_is_told_its_bound_not_an_exact_length():
         load_config("sparse_view_ct_8", ["solver.cross_validate.lam=[]"], check_files=False)
     with pytest.raises(InputError, match=r"outputs\.window: expected 2 values, got \[1, 2, 3\]"):  # a pair: exactly
         load_config("sparse_view_ct_8", ["outputs.window=[1,2,3]"], check_files=False)
+
+
+def test_a_bad_element_of_a_list_set_with_set_is_named_as_set():
+    """--set outputs.window=[.nan,1] (or solver.clip) was blamed on the bundled file ('configs/sparse_view_ct_8.yaml:
+    outputs.window[0]: expected a finite number'), which holds a good window: an element's key is its list's."""
+    for sets, said in ((["outputs.window=[.nan, 1]"], "overrides: outputs.window[0]: expected a finite number"),
+                       (["solver.clip=[0, .inf]"], "overrides: solver.clip[1]: expected a finite number")):
+        with pytest.raises(InputError) as e:
+            load_config("sparse_view_ct_8", sets, check_files=False)
+        assert str(e.value).startswith(said), str(e.value)

@@ -358,7 +358,7 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as e:
-        problems = [_describe(err) for err in e.errors()]
+        problems = list(dict.fromkeys(_describe(err) for err in e.errors()))  # window: [] misses [0] and [1]: one line
     if cfg is not None and check_files:
         problems += _check_files(cfg, Path(label).parent if label != "<config>" else Path("."))
     if problems:

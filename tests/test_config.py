@@ -413,3 +413,16 @@ def test_a_bad_element_of_a_list_set_with_set_is_named_as_set():
         with pytest.raises(InputError) as e:
             load_config("sparse_view_ct_8", sets, check_files=False)
         assert str(e.value).startswith(said), str(e.value)
+
+
+def test_an_empty_pair_is_told_once(tmp_path):
+    """window: [] (or --set solver.clip=[]) printed 'outputs.window: expected a list [low, high]' twice, once for each
+    missing element."""
+    text = (REPO_CONFIGS / "sparse_view_ct_8.yaml").read_text()
+    user = _write(tmp_path, text.replace("window: [-1000.0, 1000.0]", "window: []"))
+    with pytest.raises(InputError) as e:
+        load_config(user, check_files=False)
+    assert str(e.value) == f"{user}: outputs.window: expected a list [low, high]"
+    with pytest.raises(InputError) as e:
+        load_config("sparse_view_ct_8", ["solver.clip=[]"], check_files=False)
+    assert str(e.value) == "overrides: solver.clip: expected a list [low, high]"

@@ -426,3 +426,16 @@ def test_an_empty_pair_is_told_once(tmp_path):
     with pytest.raises(InputError) as e:
         load_config("sparse_view_ct_8", ["solver.clip=[]"], check_files=False)
     assert str(e.value) == "overrides: solver.clip: expected a list [low, high]"
+
+
+def test_a_config_path_that_is_a_folder_is_told_a_folder(tmp_path):
+    """-c some_folder said 'config not found: some_folder', though the folder is there: it is told a folder, with the
+    YAML files in it."""
+    (tmp_path / "mine.yaml").write_text("task: x\n")
+    with pytest.raises(InputError) as e:
+        load_config(tmp_path)
+    assert str(e.value) == f"{tmp_path}: a folder, not a config file; give a YAML file (in it: mine.yaml)"
+    folder = tmp_path / "named.yaml"
+    folder.mkdir()
+    with pytest.raises(InputError, match=r"named.yaml: a folder, not a config file; give a YAML file$"):
+        load_config(folder)

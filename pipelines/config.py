@@ -505,6 +505,9 @@ def _describe(err: dict) -> str:
         if solver is not None and len(loc) == 2 and owners:
             return f"{where}: not a setting of solver {solver} (it belongs to {', '.join(owners)})"
         return f"{where}: unknown key ({hint})"
+    if kind == "invalid_key":  # YAML read the key as a number, true/false (yes, on, ...) or null
+        where = ".".join(str(part) for part in loc[:-1]) + "." * (len(loc) > 1) + _show(err["input"])
+        return f"{where}: a key must be a name, got {_show(err['input'])}; write the key meant (or quote it)"
     if kind == "union_tag_invalid":
         return f"{where}.name: expected one of {', '.join(SOLVERS)}, got {_show(ctx.get('tag'))}"
     if kind == "union_tag_not_found":

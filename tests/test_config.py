@@ -439,3 +439,15 @@ def test_a_config_path_that_is_a_folder_is_told_a_folder(tmp_path):
     folder.mkdir()
     with pytest.raises(InputError, match=r"named.yaml: a folder, not a config file; give a YAML file$"):
         load_config(folder)
+
+
+def test_a_key_yaml_reads_as_no_name_is_told_with_the_fix(tmp_path):
+    """A key YAML reads as a number, true/false or null ('1:', 'on:', '~:') said '[1]: Keys should be strings', as if
+    a list element were wrong, naming no fix."""
+    text = (REPO_CONFIGS / "sparse_view_ct_8.yaml").read_text()
+    for key, said in (("1", "ct.1: a key must be a name, got 1"), ("on", "ct.true: a key must be a name, got true"),
+                      ("~", "ct.null: a key must be a name, got null")):
+        user = _write(tmp_path, text.replace("  beam: parallel", f"  {key}: parallel"))
+        with pytest.raises(InputError) as e:
+            load_config(user, check_files=False)
+        assert str(e.value) == f"{user}: {said}; write the key meant (or quote it)"

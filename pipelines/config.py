@@ -288,7 +288,7 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     if p.is_dir():  # "not found" sent the user looking for a file that is there
         inside = sorted(q.name for q in p.glob("*.y*ml"))
         raise InputError(f"{name_or_path}: a folder, not a config file; give a YAML file" +
-                         (f" (in it: {', '.join(inside)})" if inside else ""))
+                         (f" (in it: {', '.join(inside[:5])}{', ...' * (len(inside) > 5)})" if inside else ""))
     names = config_names()
     raise InputError(f"config not found: {name_or_path} (give a YAML file or one of: {', '.join(names)})" if names
                      else f"config not found: {name_or_path}, and no bundled configs are installed ({REPO_CONFIGS} "

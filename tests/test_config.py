@@ -435,6 +435,10 @@ def test_a_config_path_that_is_a_folder_is_told_a_folder(tmp_path):
     with pytest.raises(InputError) as e:
         load_config(tmp_path)
     assert str(e.value) == f"{tmp_path}: a folder, not a config file; give a YAML file (in it: mine.yaml)"
+    for i in range(6):
+        (tmp_path / f"more{i}.yaml").write_text("task: x\n")
+    with pytest.raises(InputError, match=r"\(in it: mine.yaml, more0.yaml, more1.yaml, more2.yaml, more3.yaml, ...\)$"):
+        load_config(tmp_path)
     folder = tmp_path / "named.yaml"
     folder.mkdir()
     with pytest.raises(InputError, match=r"named.yaml: a folder, not a config file; give a YAML file$"):

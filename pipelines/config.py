@@ -498,6 +498,8 @@ _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "l
 
 def _describe(err: dict) -> str:
     (loc, solver), kind, ctx = _solver_loc(tuple(err["loc"])), err["type"], err.get("ctx") or {}
+    if kind == "key_problem":  # a section's own check of one key (registry.Section): named by the key
+        loc, err = (*loc, ctx["key"]), {**err, "msg": ctx["problem"]}
     where = _loc(loc) or "(top level)"
     if kind == "extra_forbidden":
         hint = unknown_key_hint(section_at(loc[:-1], solver), loc[-1])

@@ -134,7 +134,7 @@ def test_set_overrides_apply_with_yaml_types(tmp_path):
     assert cfg.solver.steps == 7 and cfg.solver.clip == (-1000.0, 2000.0)
     assert cfg.noise.sigma == 0.01 and cfg.source == str(p)
     assert load_config(p, ["ct.n_views=010"]).ct.n_views == 10  # decimal, not YAML 1.1's octal 8
-    with pytest.raises(InputError, match="ct: n_views: expected a number, got true"):
+    with pytest.raises(InputError, match="^overrides: ct.n_views: expected an integer, got true$"):
         load_config(p, ["ct.n_views=true"])  # not 1 view
 
 
@@ -455,3 +455,23 @@ def test_a_key_yaml_reads_as_no_name_is_told_with_the_fix(tmp_path):
         with pytest.raises(InputError) as e:
             load_config(user, check_files=False)
         assert str(e.value) == f"{user}: {said}; write the key meant (or quote it)"
+
+
+def test_a_whole_number_beyond_64_bits_is_refused_naming_its_key(tmp_path):
+    """--set solver.steps=10^30 passed the check and the run stopped after the simulation with 'solver (fast):
+    Overflow when unpacking long long' (numpy and torch take 64-bit integers); true for a number named the section
+    ('ct: n_views: expected a number'), not the key."""
+    big = 10 ** 30
+    for name, key in (("sparse_view_ct_8", "solver.steps"), ("sparse_view_ct_8", "ct.n_views"),
+                      ("sparse_view_ct_8", "simulation.upsample"), ("cs_mri_x4", "solver.self_adapt.steps"),
+                      ("cs_mri_x4", "mri.n_coils")):
+        with pytest.raises(InputError) as e:
+            load_config(name, [f"{key}={big}"], check_files=False)
+        assert str(e.value) == f"overrides: {key}: must be <= {2 ** 63 - 1}, got {big}"
+    text = (REPO_CONFIGS / "sparse_view_ct_8.yaml").read_text()
+    user = _write(tmp_path, text.replace("  seed: 0\n  device", f"  seed: {big}\n  device"))
+    with pytest.raises(InputError, match=rf"^{user}: solver.seed: must be <= {2 ** 63 - 1}, got {big}$"):
+        load_config(user, check_files=False)
+    with pytest.raises(InputError, match="^overrides: solver.steps: expected an integer, got false$"):
+        load_config("sparse_view_ct_8", ["solver.steps=no"], check_files=False)
+    assert load_config("sparse_view_ct_8", [f"solver.seed={2 ** 63 - 1}"], check_files=False).solver.seed == 2 ** 63 - 1

@@ -21,6 +21,7 @@ solver, z-TV weight and ADMM penalty per modality).
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import re
@@ -518,6 +519,10 @@ def _describe(err: dict) -> str:
         return f"{_loc(loc[:-1])}: expected a list [low, high]"
     if kind == "missing":
         return f"{where}: required key missing"
+    if kind == "string_type":  # YAML read it as a number, true/false (no, on, ...), a date (2020-01-01) or null
+        value = err["input"]
+        shown = f"the date {value.isoformat()}" if isinstance(value, datetime.date) else _show(value)
+        return f"{where}: expected a string, got {shown}; " + ("give a value" if value is None else "write it in quotes")
     if kind in _EXPECT:
         return f"{where}: expected {_EXPECT[kind]}, got {_show(err['input'])}"
     if kind == "literal_error":

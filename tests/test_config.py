@@ -475,3 +475,15 @@ def test_a_whole_number_beyond_64_bits_is_refused_naming_its_key(tmp_path):
     with pytest.raises(InputError, match="^overrides: solver.steps: expected an integer, got false$"):
         load_config("sparse_view_ct_8", ["solver.steps=no"], check_files=False)
     assert load_config("sparse_view_ct_8", [f"solver.seed={2 ** 63 - 1}"], check_files=False).solver.seed == 2 ** 63 - 1
+
+
+@pytest.mark.parametrize("written, said", [("no", "got false; write it in quotes"), ("2020-01-01", "got the date 2020-01-01; write it in quotes"),
+                                           ("8", "got 8; write it in quotes"), ("", "got null; give a value")])
+def test_a_string_yaml_reads_as_something_else_is_told_the_fix(tmp_path, written, said):
+    """task: no (YAML 1.1's false) or task: 2020-01-01 said 'expected a string, got false' or 'got
+    datetime.date(2020, 1, 1)' (Python's repr), naming no fix: quoting it is."""
+    text = (REPO_CONFIGS / "sparse_view_ct_8.yaml").read_text()
+    user = _write(tmp_path, text.replace("task: sparse_view_ct_8", f"task: {written}"))
+    with pytest.raises(InputError) as e:
+        load_config(user, check_files=False)
+    assert str(e.value) == f"{user}: task: expected a string, {said}"

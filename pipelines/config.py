@@ -130,7 +130,9 @@ class Prior(Section):
 
 class Noise(Section):
     kind: Literal["poisson", "gaussian", "complex_gaussian", "none"] = "none"
-    I0: float = Field(1e5, gt=0)  # CT incident photons per detector bin
+    # CT incident photons per detector bin; at most 1e18: numpy's Poisson sampler takes no mean above about 9.2e18
+    # (noise.I0=1e308 passed and the simulation stopped with a traceback, 'lam value too large')
+    I0: float = Field(1e5, gt=0, le=1e18)
     sigma: float = Field(0.0, ge=0)  # gaussian: line-integral units (CT); complex: per real/imag part (MRI)
     seed: Seed = 0
 

@@ -487,3 +487,15 @@ def test_a_string_yaml_reads_as_something_else_is_told_the_fix(tmp_path, written
     with pytest.raises(InputError) as e:
         load_config(user, check_files=False)
     assert str(e.value) == f"{user}: task: expected a string, {said}"
+
+
+def test_an_incident_count_numpy_cannot_sample_is_refused_at_load_time(tmp_path):
+    """noise.I0=1e308 passed the check and the simulation stopped with a traceback ('ValueError: lam value too
+    large', numpy's Poisson sampler); 1e18 still simulates."""
+    with pytest.raises(InputError, match=r"^overrides: noise.I0: must be <= 1e\+18, got \"1e308\"$"):
+        load_config("sparse_view_ct_8", ["noise.I0=1e308"], check_files=False)
+    import numpy as np
+    from operators.ct.physics import noisy_line_integrals
+    cfg = load_config("sparse_view_ct_8", ["noise.I0=1e18"], check_files=False)
+    y = noisy_line_integrals(np.full((2, 3), 0.5), "poisson", np.random.default_rng(0), I0=cfg.noise.I0)
+    assert np.isfinite(y).all()

@@ -499,3 +499,20 @@ def test_an_incident_count_numpy_cannot_sample_is_refused_at_load_time(tmp_path)
     cfg = load_config("sparse_view_ct_8", ["noise.I0=1e18"], check_files=False)
     y = noisy_line_integrals(np.full((2, 3), 0.5), "poisson", np.random.default_rng(0), I0=cfg.noise.I0)
     assert np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name, sets", [("sparse_view_ct_8", ["noise.kind=gaussian"]), ("cs_mri_x4", [])])
+def test_a_noise_too_large_for_single_precision_is_told_by_its_key(name, sets):
+    """noise.sigma=1e300 simulated infinite measurements (with numpy's 'overflow encountered in cast' warning) and the
+    run stopped with 'solver fbp diverged ... lower its step sizes (e.g. solver.zeta, solver.lambda_proj)', keys
+    fbp has not."""
+    import warnings
+    from medrecon.volume import Volume
+    from pipelines.phantoms import ct_phantom
+    from pipelines.simulation import simulate_volume
+    cfg = load_config(name, [*sets, "noise.sigma=1.0e+300"], check_files=False)
+    vol = Volume(ct_phantom((1, 16, 16), seed=0).data + 1000.0, spacing=(2.0, 2.0, 3.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=r"^noise.sigma 1e\+300: the simulated measurements are not finite"):
+            simulate_volume(cfg, vol, 16)

@@ -514,7 +514,8 @@ def _describe(err: dict) -> str:
         where = ".".join(str(part) for part in loc[:-1]) + "." * (len(loc) > 1) + _show(err["input"])
         return f"{where}: a key must be a name, got {_show(err['input'])}; write the key meant (or quote it)"
     if kind == "union_tag_invalid":
-        return f"{where}.name: expected one of {', '.join(SOLVERS)}, got {_show(ctx.get('tag'))}"
+        given = err["input"].get("name") if isinstance(err["input"], dict) else ctx.get("tag")  # the tag is str()'s
+        return f"{where}.name: expected one of {', '.join(SOLVERS)}, got {_show(given)}"
     if kind == "union_tag_not_found":
         return f"{where}.name: required key missing (one of {', '.join(SOLVERS)})"
     if kind == "missing" and loc and isinstance(loc[-1], int):

@@ -516,3 +516,10 @@ def test_a_noise_too_large_for_single_precision_is_told_by_its_key(name, sets):
         warnings.simplefilter("error")
         with pytest.raises(InputError, match=r"^noise.sigma 1e\+300: the simulated measurements are not finite"):
             simulate_volume(cfg, vol, 16)
+
+
+def test_a_solver_name_that_is_no_string_is_shown_as_written():
+    """solver.name=null (or 5) said 'got "None"' (the union's tag is the name's str()), as if "None" were written."""
+    for value, shown in (("null", "null"), ("5", "5"), ("Fast", '"Fast"')):
+        with pytest.raises(InputError, match=rf"^overrides: solver.name: expected one of diffusion_mbir, .*, got {shown}$"):
+            load_config("sparse_view_ct_8", [f"solver.name={value}"], check_files=False)

@@ -21,6 +21,7 @@ solver, z-TV weight and ADMM penalty per modality).
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import re
@@ -129,7 +130,9 @@ class Prior(Section):
 
 class Noise(Section):
     kind: Literal["poisson", "gaussian", "complex_gaussian", "none"] = "none"
-    I0: float = Field(1e5, gt=0)  # CT incident photons per detector bin
+    # CT incident photons per detector bin; at most 1e18: numpy's Poisson sampler takes no mean above about 9.2e18
+    # (noise.I0=1e308 passed and the simulation stopped with a traceback, 'lam value too large')
+    I0: float = Field(1e5, gt=0, le=1e18)
     sigma: float = Field(0.0, ge=0)  # gaussian: line-integral units (CT); complex: per real/imag part (MRI)
     seed: Seed = 0
 
@@ -285,6 +288,10 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         for cand in (REPO_CONFIGS / p.name, REPO_CONFIGS / f"{p.name}.yaml", REPO_CONFIGS / f"{p.name}.yml"):
             if cand.is_file():
                 return cand
+    if p.is_dir():  # "not found" sent the user looking for a file that is there
+        inside = sorted(q.name for q in p.glob("*.y*ml"))
+        raise InputError(f"{name_or_path}: a folder, not a config file; give a YAML file" +
+                         (f" (in it: {', '.join(inside[:5])}{', ...' * (len(inside) > 5)})" if inside else ""))
     names = config_names()
     raise InputError(f"config not found: {name_or_path} (give a YAML file or one of: {', '.join(names)})" if names
                      else f"config not found: {name_or_path}, and no bundled configs are installed ({REPO_CONFIGS} "
@@ -358,7 +365,7 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as e:
-        problems = [_describe(err) for err in e.errors()]
+        problems = list(dict.fromkeys(_describe(err) for err in e.errors()))  # window: [] misses [0] and [1]: one line
     if cfg is not None and check_files:
         problems += _check_files(cfg, Path(label).parent if label != "<config>" else Path("."))
     if problems:
@@ -373,6 +380,7 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
             section --set misspelt or a solver key --set kept after a switch; or a key in a section only --set
             made (intensity.physical_max, with intensity.physical_min set)."""
             key, _, message = problem.partition(":")
+            key = re.sub(r"\[\d+\]", "", key)  # a list's element (outputs.window[0]) is the list's key
             return key in written or any((key.startswith(g + ".") and key not in in_file)
                        or (g.startswith(key + ".") and ("unknown key" in message or "not a setting of solver" in message
                                                         or g.rsplit(".", 1)[1] in message))
@@ -493,6 +501,8 @@ _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "l
 
 def _describe(err: dict) -> str:
     (loc, solver), kind, ctx = _solver_loc(tuple(err["loc"])), err["type"], err.get("ctx") or {}
+    if kind == "key_problem":  # a section's own check of one key (registry.Section): named by the key
+        loc, err = (*loc, ctx["key"]), {**err, "msg": ctx["problem"]}
     where = _loc(loc) or "(top level)"
     if kind == "extra_forbidden":
         hint = unknown_key_hint(section_at(loc[:-1], solver), loc[-1])
@@ -500,14 +510,22 @@ def _describe(err: dict) -> str:
         if solver is not None and len(loc) == 2 and owners:
             return f"{where}: not a setting of solver {solver} (it belongs to {', '.join(owners)})"
         return f"{where}: unknown key ({hint})"
+    if kind == "invalid_key":  # YAML read the key as a number, true/false (yes, on, ...) or null
+        where = ".".join(str(part) for part in loc[:-1]) + "." * (len(loc) > 1) + _show(err["input"])
+        return f"{where}: a key must be a name, got {_show(err['input'])}; write the key meant (or quote it)"
     if kind == "union_tag_invalid":
-        return f"{where}.name: expected one of {', '.join(SOLVERS)}, got {_show(ctx.get('tag'))}"
+        given = err["input"].get("name") if isinstance(err["input"], dict) else ctx.get("tag")  # the tag is str()'s
+        return f"{where}.name: expected one of {', '.join(SOLVERS)}, got {_show(given)}"
     if kind == "union_tag_not_found":
         return f"{where}.name: required key missing (one of {', '.join(SOLVERS)})"
     if kind == "missing" and loc and isinstance(loc[-1], int):
         return f"{_loc(loc[:-1])}: expected a list [low, high]"
     if kind == "missing":
         return f"{where}: required key missing"
+    if kind == "string_type":  # YAML read it as a number, true/false (no, on, ...), a date (2020-01-01) or null
+        value = err["input"]
+        shown = f"the date {value.isoformat()}" if isinstance(value, datetime.date) else _show(value)
+        return f"{where}: expected a string, got {shown}; " + ("give a value" if value is None else "write it in quotes")
     if kind in _EXPECT:
         return f"{where}: expected {_EXPECT[kind]}, got {_show(err['input'])}"
     if kind == "literal_error":

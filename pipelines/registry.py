@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from medrecon.solvers import DiffusionMBIR, DPSSampler, FastSampler, MCGSampler, ProjectionSampler
 
@@ -127,17 +128,24 @@ SELF_ADAPT_OFF = {("mri", "3d"): "3D masks, where it gained nothing on the valid
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, and so is true/false for a number (pydantic reads it as 1/0)."""
+    """A config section: unknown keys are errors, and so are true/false for a number (pydantic reads it as 1/0) and a
+    whole number beyond 2^63 - 1 (solver.steps=10^30 passed, and numpy or torch overflowed on it mid-run, after the
+    simulation: 'Overflow when unpacking long long'). Each is a ``key_problem`` naming its key (config._describe)."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # an infinite sigma or lam failed only later
 
     @model_validator(mode="before")
     @classmethod
-    def _no_booleans_for_numbers(cls, data):
+    def _numbers_are_numbers(cls, data):
         for name, field in cls.model_fields.items():
             value = data.get(name) if isinstance(data, dict) else None
             kinds = set(get_args(field.annotation)) or {field.annotation}
+            problem = None
             if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
-                raise ValueError(f"{name}: expected a number, got {str(value).lower()}")
+                problem = f"expected {'an integer' if int in kinds else 'a number'}, got {str(value).lower()}"
+            elif type(value) is int and int in kinds and value > SEED_MAX:
+                problem = f"must be <= {SEED_MAX}, got {value}"
+            if problem:
+                raise PydanticCustomError("key_problem", "{key}: {problem}", {"key": name, "problem": problem})
         return data
 
 
@@ -194,7 +202,7 @@ class ADMM(Section):
 
 
 #: a random seed, 0 to 2^63 - 1: numpy's generators take no negative one, torch's none of 2^64 or more (self-adaptation
-#: seeds its training with seed + 1)
+#: seeds its training with seed + 1); also the largest whole number any setting takes (Section)
 SEED_MAX = 2 ** 63 - 1
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 

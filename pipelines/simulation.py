@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter, map_coordinates
 
+from medrecon.errors import InputError
 from medrecon.volume import Volume
 from operators.ct import DEFAULT_PROJECTOR, MU_WATER, hu_to_mu, make_geometry, noisy_line_integrals, pixel_unit_projector
 from operators.mri import centre_crop, fftc, ifftc, make_mask, synthetic_coil_maps
@@ -118,7 +119,8 @@ def simulate_ct(cfg: Config, src: Volume, size: int, pixel_mm: float | None = No
     # pixels wide, where the reconstruction's operator would now take strips)
     p = pixel_unit_projector(fine_geom, DEFAULT_PROJECTOR[fine_geom.type]).forward(mu_pix).numpy()
     n = cfg.noise
-    y = noisy_line_integrals(p, n.kind, np.random.default_rng(n.seed), I0=n.I0, sigma=n.sigma).astype(np.float32)
+    with np.errstate(over="ignore"):  # a noise too large for single precision: simulate_volume says so
+        y = noisy_line_integrals(p, n.kind, np.random.default_rng(n.seed), I0=n.I0, sigma=n.sigma).astype(np.float32)
     info = {"units": "line integrals of mu (-log(I/I0)); mu = MU_WATER * (1 + HU/1000)",
             "mu_water_per_mm": MU_WATER, "noise": n.model_dump(), "upsample": f, "reference_unit": "HU",
             "reference_floor_hu": CT_FLOOR_HU}
@@ -181,6 +183,9 @@ def simulate_volume(cfg: Config, src: Volume, size: int, pixel_mm: float | None 
     """Reference volume on the reconstruction grid (size x size pixels of ``pixel_mm``; None: the config's
     pixel size, else the field of view / size), in physical units, and the simulated measurement."""
     ref, meas = (simulate_ct if cfg.modality == "ct" else simulate_mri)(cfg, src, size, pixel_mm)
+    if cfg.noise.kind in ("gaussian", "complex_gaussian") and not np.isfinite(meas.data).all():  # else every solver 'diverged', told to lower step sizes it may not have
+        raise InputError(f"noise.sigma {cfg.noise.sigma:g}: the simulated measurements are not finite in single "
+                         "precision; give a noise level of the data's own size (e.g. 0.01)")
     meas.info["source"] = Path(str(src.meta.get("source", ""))).name  # a name only: folders may name patients
     return ref, meas
 

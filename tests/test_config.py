@@ -134,7 +134,7 @@ def test_set_overrides_apply_with_yaml_types(tmp_path):
     assert cfg.solver.steps == 7 and cfg.solver.clip == (-1000.0, 2000.0)
     assert cfg.noise.sigma == 0.01 and cfg.source == str(p)
     assert load_config(p, ["ct.n_views=010"]).ct.n_views == 10  # decimal, not YAML 1.1's octal 8
-    with pytest.raises(InputError, match="ct: n_views: expected a number, got true"):
+    with pytest.raises(InputError, match="^overrides: ct.n_views: expected an integer, got true$"):
         load_config(p, ["ct.n_views=true"])  # not 1 view
 
 
@@ -403,3 +403,123 @@ def test_a_list_too_short_is_told_its_bound_not_an_exact_length():
         load_config("sparse_view_ct_8", ["solver.cross_validate.lam=[]"], check_files=False)
     with pytest.raises(InputError, match=r"outputs\.window: expected 2 values, got \[1, 2, 3\]"):  # a pair: exactly
         load_config("sparse_view_ct_8", ["outputs.window=[1,2,3]"], check_files=False)
+
+
+def test_a_bad_element_of_a_list_set_with_set_is_named_as_set():
+    """--set outputs.window=[.nan,1] (or solver.clip) was blamed on the bundled file ('configs/sparse_view_ct_8.yaml:
+    outputs.window[0]: expected a finite number'), which holds a good window: an element's key is its list's."""
+    for sets, said in ((["outputs.window=[.nan, 1]"], "overrides: outputs.window[0]: expected a finite number"),
+                       (["solver.clip=[0, .inf]"], "overrides: solver.clip[1]: expected a finite number")):
+        with pytest.raises(InputError) as e:
+            load_config("sparse_view_ct_8", sets, check_files=False)
+        assert str(e.value).startswith(said), str(e.value)
+
+
+def test_an_empty_pair_is_told_once(tmp_path):
+    """window: [] (or --set solver.clip=[]) printed 'outputs.window: expected a list [low, high]' twice, once for each
+    missing element."""
+    text = (REPO_CONFIGS / "sparse_view_ct_8.yaml").read_text()
+    user = _write(tmp_path, text.replace("window: [-1000.0, 1000.0]", "window: []"))
+    with pytest.raises(InputError) as e:
+        load_config(user, check_files=False)
+    assert str(e.value) == f"{user}: outputs.window: expected a list [low, high]"
+    with pytest.raises(InputError) as e:
+        load_config("sparse_view_ct_8", ["solver.clip=[]"], check_files=False)
+    assert str(e.value) == "overrides: solver.clip: expected a list [low, high]"
+
+
+def test_a_config_path_that_is_a_folder_is_told_a_folder(tmp_path):
+    """-c some_folder said 'config not found: some_folder', though the folder is there: it is told a folder, with the
+    YAML files in it."""
+    (tmp_path / "mine.yaml").write_text("task: x\n")
+    with pytest.raises(InputError) as e:
+        load_config(tmp_path)
+    assert str(e.value) == f"{tmp_path}: a folder, not a config file; give a YAML file (in it: mine.yaml)"
+    for i in range(6):
+        (tmp_path / f"more{i}.yaml").write_text("task: x\n")
+    with pytest.raises(InputError, match=r"\(in it: mine.yaml, more0.yaml, more1.yaml, more2.yaml, more3.yaml, ...\)$"):
+        load_config(tmp_path)
+    folder = tmp_path / "named.yaml"
+    folder.mkdir()
+    with pytest.raises(InputError, match=r"named.yaml: a folder, not a config file; give a YAML file$"):
+        load_config(folder)
+
+
+def test_a_key_yaml_reads_as_no_name_is_told_with_the_fix(tmp_path):
+    """A key YAML reads as a number, true/false or null ('1:', 'on:', '~:') said '[1]: Keys should be strings', as if
+    a list element were wrong, naming no fix."""
+    text = (REPO_CONFIGS / "sparse_view_ct_8.yaml").read_text()
+    for key, said in (("1", "ct.1: a key must be a name, got 1"), ("on", "ct.true: a key must be a name, got true"),
+                      ("~", "ct.null: a key must be a name, got null")):
+        user = _write(tmp_path, text.replace("  beam: parallel", f"  {key}: parallel"))
+        with pytest.raises(InputError) as e:
+            load_config(user, check_files=False)
+        assert str(e.value) == f"{user}: {said}; write the key meant (or quote it)"
+
+
+def test_a_whole_number_beyond_64_bits_is_refused_naming_its_key(tmp_path):
+    """--set solver.steps=10^30 passed the check and the run stopped after the simulation with 'solver (fast):
+    Overflow when unpacking long long' (numpy and torch take 64-bit integers); true for a number named the section
+    ('ct: n_views: expected a number'), not the key."""
+    big = 10 ** 30
+    for name, key in (("sparse_view_ct_8", "solver.steps"), ("sparse_view_ct_8", "ct.n_views"),
+                      ("sparse_view_ct_8", "simulation.upsample"), ("cs_mri_x4", "solver.self_adapt.steps"),
+                      ("cs_mri_x4", "mri.n_coils")):
+        with pytest.raises(InputError) as e:
+            load_config(name, [f"{key}={big}"], check_files=False)
+        assert str(e.value) == f"overrides: {key}: must be <= {2 ** 63 - 1}, got {big}"
+    text = (REPO_CONFIGS / "sparse_view_ct_8.yaml").read_text()
+    user = _write(tmp_path, text.replace("  seed: 0\n  device", f"  seed: {big}\n  device"))
+    with pytest.raises(InputError, match=rf"^{user}: solver.seed: must be <= {2 ** 63 - 1}, got {big}$"):
+        load_config(user, check_files=False)
+    with pytest.raises(InputError, match="^overrides: solver.steps: expected an integer, got false$"):
+        load_config("sparse_view_ct_8", ["solver.steps=no"], check_files=False)
+    assert load_config("sparse_view_ct_8", [f"solver.seed={2 ** 63 - 1}"], check_files=False).solver.seed == 2 ** 63 - 1
+
+
+@pytest.mark.parametrize("written, said", [("no", "got false; write it in quotes"), ("2020-01-01", "got the date 2020-01-01; write it in quotes"),
+                                           ("8", "got 8; write it in quotes"), ("", "got null; give a value")])
+def test_a_string_yaml_reads_as_something_else_is_told_the_fix(tmp_path, written, said):
+    """task: no (YAML 1.1's false) or task: 2020-01-01 said 'expected a string, got false' or 'got
+    datetime.date(2020, 1, 1)' (Python's repr), naming no fix: quoting it is."""
+    text = (REPO_CONFIGS / "sparse_view_ct_8.yaml").read_text()
+    user = _write(tmp_path, text.replace("task: sparse_view_ct_8", f"task: {written}"))
+    with pytest.raises(InputError) as e:
+        load_config(user, check_files=False)
+    assert str(e.value) == f"{user}: task: expected a string, {said}"
+
+
+def test_an_incident_count_numpy_cannot_sample_is_refused_at_load_time(tmp_path):
+    """noise.I0=1e308 passed the check and the simulation stopped with a traceback ('ValueError: lam value too
+    large', numpy's Poisson sampler); 1e18 still simulates."""
+    with pytest.raises(InputError, match=r"^overrides: noise.I0: must be <= 1e\+18, got \"1e308\"$"):
+        load_config("sparse_view_ct_8", ["noise.I0=1e308"], check_files=False)
+    import numpy as np
+    from operators.ct.physics import noisy_line_integrals
+    cfg = load_config("sparse_view_ct_8", ["noise.I0=1e18"], check_files=False)
+    y = noisy_line_integrals(np.full((2, 3), 0.5), "poisson", np.random.default_rng(0), I0=cfg.noise.I0)
+    assert np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name, sets", [("sparse_view_ct_8", ["noise.kind=gaussian"]), ("cs_mri_x4", [])])
+def test_a_noise_too_large_for_single_precision_is_told_by_its_key(name, sets):
+    """noise.sigma=1e300 simulated infinite measurements (with numpy's 'overflow encountered in cast' warning) and the
+    run stopped with 'solver fbp diverged ... lower its step sizes (e.g. solver.zeta, solver.lambda_proj)', keys
+    fbp has not."""
+    import warnings
+    from medrecon.volume import Volume
+    from pipelines.phantoms import ct_phantom
+    from pipelines.simulation import simulate_volume
+    cfg = load_config(name, [*sets, "noise.sigma=1.0e+300"], check_files=False)
+    vol = Volume(ct_phantom((1, 16, 16), seed=0).data + 1000.0, spacing=(2.0, 2.0, 3.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=r"^noise.sigma 1e\+300: the simulated measurements are not finite"):
+            simulate_volume(cfg, vol, 16)
+
+
+def test_a_solver_name_that_is_no_string_is_shown_as_written():
+    """solver.name=null (or 5) said 'got "None"' (the union's tag is the name's str()), as if "None" were written."""
+    for value, shown in (("null", "null"), ("5", "5"), ("Fast", '"Fast"')):
+        with pytest.raises(InputError, match=rf"^overrides: solver.name: expected one of diffusion_mbir, .*, got {shown}$"):
+            load_config("sparse_view_ct_8", [f"solver.name={value}"], check_files=False)

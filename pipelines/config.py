@@ -525,7 +525,8 @@ def _describe(err: dict) -> str:
     if kind == "string_type":  # YAML read it as a number, true/false (no, on, ...), a date (2020-01-01) or null
         value = err["input"]
         shown = f"the date {value.isoformat()}" if isinstance(value, datetime.date) else _show(value)
-        return f"{where}: expected a string, got {shown}; " + ("give a value" if value is None else "write it in quotes")
+        fix = "give a value" if value is None else "write it in quotes"
+        return f"{where}: expected a string, got {shown}; {fix}"
     if kind in _EXPECT:
         return f"{where}: expected {_EXPECT[kind]}, got {_show(err['input'])}"
     if kind == "literal_error":

@@ -183,7 +183,8 @@ def simulate_volume(cfg: Config, src: Volume, size: int, pixel_mm: float | None 
     """Reference volume on the reconstruction grid (size x size pixels of ``pixel_mm``; None: the config's
     pixel size, else the field of view / size), in physical units, and the simulated measurement."""
     ref, meas = (simulate_ct if cfg.modality == "ct" else simulate_mri)(cfg, src, size, pixel_mm)
-    if cfg.noise.kind in ("gaussian", "complex_gaussian") and not np.isfinite(meas.data).all():  # else every solver 'diverged', told to lower step sizes it may not have
+    # a noise too large for single precision: else every solver 'diverged', told to lower step sizes it may not have
+    if cfg.noise.kind in ("gaussian", "complex_gaussian") and not np.isfinite(meas.data).all():
         raise InputError(f"noise.sigma {cfg.noise.sigma:g}: the simulated measurements are not finite in single "
                          "precision; give a noise level of the data's own size (e.g. 0.01)")
     meas.info["source"] = Path(str(src.meta.get("source", ""))).name  # a name only: folders may name patients

@@ -1634,3 +1634,26 @@ def test_a_byte_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_bef
               f"ct_lung2: both held out and trained on (the same bytes as the training volume {lung}); a held-out "
               f"volume is never trained on: keep it in only one of --heldout-dataset ct_lung2 and --data {lung}")]
     _refused_in_one_line(tmp_path, capsys, cases)
+
+
+@pytest.mark.parametrize("damage", ["cut", "empty", "text", "other"])
+def test_resume_from_a_damaged_training_state_is_one_line_naming_it(data, tmp_path, damage):
+    """A state.pt cut short (a full disk, a copy cut off), emptied, overwritten or holding something else ended
+    `--resume` in torch.load's traceback (or click's bare 'Aborted!' for an empty file); now one line naming the
+    file, what is wrong and how to go on, the prior it exported left as it was."""
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=2, batch_size=4, checkpoint_every=0, sample_every=0)
+    out = train_prior(train, tmp_path / "p", opts, progress=False)
+    state = out / "checkpoints" / "state.pt"
+    whole = state.read_bytes()
+    if damage == "other":
+        torch.save([1, 2], state)
+    else:
+        state.write_bytes({"cut": whole[:3000], "empty": b"", "text": b"not a checkpoint\n"}[damage])
+    weights = (out / "diffusion_pytorch_model.safetensors").read_bytes()
+    with pytest.raises(InputError) as e:
+        train_prior(train, out, replace(opts, steps=4), resume=True, progress=False)
+    said = str(e.value)
+    assert said.startswith(f"{state}: ") and "\n" not in said and f"--init-from {out}" in said
+    assert ("not a training state" if damage == "other" else "unreadable") in said
+    assert (out / "diffusion_pytorch_model.safetensors").read_bytes() == weights

@@ -793,6 +793,26 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
         raise InputError(f"{out}: already holds a prior; use --resume to continue it or --overwrite to replace it")
 
 
+def read_state(path: Path) -> dict:
+    """The training state ``path`` (checkpoints/state.pt) that ``--resume`` continues; one line naming it where it
+    cannot be read (cut short by a full disk or a copy, overwritten) or holds no training state."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as e:
+        why = str(e).strip().split(". ")[0].splitlines()[0][:100] if str(e).strip() else ""
+        state, what = None, f"unreadable ({type(e).__name__}{': ' + why if why else ''}), the file is damaged"
+    else:
+        what = "not a training state of medrecon train"
+    if not isinstance(state, dict) or not {"model", "ema", "optimizer", "step", "unet_config"} <= state.keys():
+        prior = f" (from the prior last exported there: --init-from {path.parent.parent})" \
+            if (path.parent.parent / CARD_NAME).is_file() else ""
+        raise InputError(f"{path}: {what}; restore it from a copy to --resume, or start a new run into another "
+                         f"--output{prior}")
+    return state
+
+
 class StoppedAtOnce(KeyboardInterrupt):
     """A second Ctrl-C (or SIGTERM) while a step waits to finish: the run stops at once and saves nothing of the
     half-done step (the last checkpoint stays, written atomically)."""
@@ -860,7 +880,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
     out = Path(output)
     check_output(out, resume, overwrite)
     resolve_device(opts.device)  # an unusable device is an error before anything is written
-    state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True) if resume else None  # read once
+    state = read_state(out / STATE_FILE) if resume else None  # read once
     if resume and opts.arch == "patch" and opts.pixel_spacing_range is None:  # the run's own range, not the default
         was = (state.get("options") or {}).get("pixel_spacing_range")  # (a checkpoint of before: 0.7-4.0 whatever
         opts = replace(opts, pixel_spacing_range=tuple(was)) if was else opts  # its scans)

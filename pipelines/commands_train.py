@@ -323,6 +323,7 @@ def train(
     import torch
 
     from medrecon.errors import InputError
+    from medrecon.io.atomic import check_not_input
     from medrecon.priors.patch import heldout_slices, too_small_for_patches
     from medrecon.priors.train import DEFAULT_PIXEL_RANGE, TrainOptions, check_output, trained_pixel_range, train_prior
     from medrecon.priors.training_data import load_patch_data, load_slices
@@ -390,6 +391,8 @@ def train(
     if sampler_errors and not sampler_errors.is_dir():
         raise InputError(f"--sampler-errors {sampler_errors}: no such folder; record the sampler's steps with "
                          "benchmarks/sampler_errors.py --out FOLDER first")
+    scan_folders = [datasets.cache_root() / n for n in [*names, *held_names]]  # a registered scan's, in the cache
+    check_not_input(output, [*paths, *hpaths, *scan_folders, sampler_errors])  # the prior would land among the scans
     if init_from:
         from .config import resolve_prior_path
 

@@ -1657,3 +1657,32 @@ def test_resume_from_a_damaged_training_state_is_one_line_naming_it(data, tmp_pa
     assert said.startswith(f"{state}: ") and "\n" not in said and f"--init-from {out}" in said
     assert ("not a training state" if damage == "other" else "unreadable") in said
     assert (out / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+
+
+def test_an_output_that_is_in_or_holds_the_training_data_is_refused_before_anything_is_written(tmp_path, capsys,
+                                                                                             monkeypatch):
+    """`--output` the --data folder, a folder inside it, or the cached folder of a registered scan trained on
+    (`--dataset`) trained and wrote the prior among the scans; now refused in one line naming the input, as every
+    other command's output is (medrecon.io.atomic.check_not_input), and nothing is written there."""
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(3)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    nib.save(nib.Nifti1Image(phantom_volume(rng, z=4, n=24).transpose(2, 1, 0), np.diag([-1.0, -1.0, 2.0, 1.0])),
+             scans / "v.nii.gz")
+    cached = tmp_path / "cache" / "ct_lung1"
+    cached.mkdir(parents=True)
+    (cached / "lung1_image.nrrd").write_bytes((scans / "v.nii.gz").read_bytes())
+    monkeypatch.setenv("MEDRECON_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(datasets, "path", lambda name, cache_dir=None: cached / "lung1_image.nrrd")
+    run = ["--image-size", "16", "--channels", "8,16", "--steps", "1", "--batch-size", "2", "--sample-every", "-1",
+           "--device", "cpu", "--no-progress"]
+    for given, out in ((["--data", str(scans)], scans), (["--data", str(scans)], scans / "prior"),
+                       (["--dataset", "ct_lung1"], cached / "prior")):
+        assert main(["train", *given, "--output", str(out), *run]) == 2
+        err = capsys.readouterr().err
+        assert f"refusing to write {out}: it is, contains or lies inside the input" in err and "Traceback" not in err
+    assert sorted(p.name for p in scans.iterdir()) == ["v.nii.gz"]
+    assert sorted(p.name for p in cached.iterdir()) == ["lung1_image.nrrd"]

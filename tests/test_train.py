@@ -1686,3 +1686,26 @@ def test_an_output_that_is_in_or_holds_the_training_data_is_refused_before_anyth
         assert f"refusing to write {out}: it is, contains or lies inside the input" in err and "Traceback" not in err
     assert sorted(p.name for p in scans.iterdir()) == ["v.nii.gz"]
     assert sorted(p.name for p in cached.iterdir()) == ["lung1_image.nrrd"]
+
+
+def test_an_output_that_cannot_be_made_is_one_line_before_the_data_are_read(tmp_path, capsys, monkeypatch):
+    """`--output FILE/sub` (a file where a folder must be) ended, after every volume was read, in mkdir's
+    NotADirectoryError traceback; now one line naming the file, before the data are read (here they do not even
+    exist). A folder the check cannot see is unwritable (a read-only file system) is one line too, from mkdir."""
+    from medrecon.priors import train as train_module
+    from pipelines.cli import main
+
+    (tmp_path / "f").write_text("a file")
+    missing = ["train", "--data", str(tmp_path / "missing"), *PATCH_RUN, "--output"]
+    assert main([*missing, str(tmp_path / "f" / "sub" / "p")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'f'} is a file" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    def read_only(self, *a, **k):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    rng = np.random.default_rng(2)
+    with pytest.raises(InputError, match="p: cannot be made .Read-only file system.; choose another --output"):
+        train_prior(prepare_slices([phantom_volume(rng, z=4)], CT, 16, modality="ct"), tmp_path / "p",
+                    TrainOptions(image_size=16, channels=(8, 16), steps=1, batch_size=2, sample_every=0),
+                    progress=False)

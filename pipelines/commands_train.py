@@ -191,10 +191,19 @@ def _refuse_trained_heldout(trained: list, held: list, given: dict) -> None:
     def first(record, seen: dict):
         return next(((kind, seen[(kind, v)]) for kind, v in keys(record) if (kind, v) in seen), (None, None))
 
-    trained_at, held_at = {}, {}
+    trained_at, held_at, twice = {}, {}, {}
     for t in trained:
-        for k in keys(t) if isinstance(t, dict) else ():
+        if not isinstance(t, dict):
+            continue
+        view = (t.get("series_uid"), t.get("plane"))  # a folder's series, a volume's planes: each its own volume
+        kind, o = first(t, {(k, v): r for (k, v, w), r in twice.items() if w == view})
+        if o is not None:  # trained on twice: weighed twice, and a unet's last slices held out would be trained on
+            same = "" if kind == "file" else f" (the same {kind} as {name(o)})"
+            raise InputError(f"{name(t)}{same}: given twice as training data ({option(o)} and {option(t)}); give "
+                             "it once")
+        for k in keys(t):
             trained_at.setdefault(k, t)
+            twice.setdefault((*k, view), t)
     for h in held:
         if not isinstance(h, dict):
             continue
@@ -409,14 +418,14 @@ def train(
                         random_contrast=random_contrast,
                         sampler_errors=str(sampler_errors) if sampler_errors else None,
                         sampler_error_prob=sampler_error_prob, sampler_error_sigma_min=sampler_error_sigma_min)
-    found_given = {}  # {resolved path: the option that gave it}: the overlap refusal after reading names it too
     digests: dict = {}  # {resolved path: its files' SHA-256}: each file of one's own hashed once in the run
-    if hpaths:  # a file both trained on and held out, or held out twice: before the data are read (the voxels after)
-        registered = [any(isinstance(s, dict) for s in side) for side in (sources, hsources)]  # hashed against
-        found = (_found_records(sources, source_options, registered[1], digests),
-                 _found_records(hsources, held_given, any(registered), digests))
-        found_given = {str(Path(r["path"]).resolve()): r["given"] for rs in found for r in rs if r.get("path")}
-        _refuse_trained_heldout(*found, found_given)
+    # a file given twice, or both trained on and held out: before the data are read (the voxels after)
+    registered = [any(isinstance(s, dict) for s in side) for side in (sources, hsources)]  # hashed against
+    found = (_found_records(sources, source_options, bool(hpaths) and registered[1], digests),
+             _found_records(hsources, held_given, any(registered), digests) if hpaths else [])
+    # {resolved path: the option that gave it}: the refusal after reading names it too
+    found_given = {str(Path(r["path"]).resolve()): r["given"] for rs in found for r in rs if r.get("path")}
+    _refuse_trained_heldout(*found, found_given)
     heldout, held_desc = None, None
     check = training_volume_check(modality)
     notes = {p: datasets.scan(n).training_note for n, p in zip(names, dpaths)}
@@ -462,8 +471,8 @@ def train(
                 sd.slices = sd.slices[:n - n_held]
                 sd.description["heldout_slices"] = n_held
         what = f"{sd.slices.shape[0]} slices ({image_size}x{image_size})"
+    _refuse_trained_heldout(sd.description["volumes"], held_desc or [], found_given)
     if held_desc:
-        _refuse_trained_heldout(sd.description["volumes"], held_desc, found_given)
         sd.description["heldout_volumes"] = held_desc
     n_held = 0 if heldout is None else sum(h.shape[0] for h in ([heldout] if torch.is_tensor(heldout) else heldout))
     typer.echo(f"training {arch.value} prior on {what} from {sd.description['n_volumes']} volumes, "

@@ -1709,3 +1709,35 @@ def test_an_output_that_cannot_be_made_is_one_line_before_the_data_are_read(tmp_
         train_prior(prepare_slices([phantom_volume(rng, z=4)], CT, 16, modality="ct"), tmp_path / "p",
                     TrainOptions(image_size=16, channels=(8, 16), steps=1, batch_size=2, sample_every=0),
                     progress=False)
+
+
+def test_a_training_volume_given_twice_is_refused_naming_it_and_both_options(tmp_path, capsys):
+    """The same file given twice (twice over, or as a file and within its folder, or through a link) or a copy of
+    its voxels trained twice over, weighing it double, and a unet's held-out last slices were then slices of a
+    volume trained on; now refused in one line naming the volume and both options, as held-out data given twice
+    is (the file before the data are read, the voxels after)."""
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(9)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a", "b"):
+        nib.save(nib.Nifti1Image(phantom_volume(rng, z=4, n=24).transpose(2, 1, 0), np.diag([-1.0, -1.0, 2.0, 1.0])),
+                 scans / f"{name}.nii.gz")
+    (tmp_path / "copy.nii.gz").write_bytes((scans / "a.nii.gz").read_bytes())
+    (tmp_path / "link").symlink_to(scans)
+    a = scans / "a.nii.gz"
+    run = ["--image-size", "16", "--channels", "8,16", "--steps", "1", "--batch-size", "2", "--sample-every", "-1",
+           "--device", "cpu", "--no-progress"]
+    for data, said in (([a, a], f"{a}: given twice as training data (--data {a} and --data {a})"),
+                       ([scans, a], f"{a}: given twice as training data (--data {scans} and --data {a})"),
+                       ([tmp_path / "link", scans], f"{a}: given twice as training data (--data {tmp_path / 'link'} "
+                                                    f"and --data {scans})"),
+                       ([a, tmp_path / "copy.nii.gz"], f"{tmp_path / 'copy.nii.gz'} (the same voxels as {a}): given "
+                                                       "twice as training data")):
+        out = tmp_path / "p"
+        assert main(["train", "--data", *map(str, data), "--output", str(out), *run]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "give it once" in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    assert main(["train", "--data", str(scans), "--output", str(tmp_path / "p"), *run]) == 0

@@ -406,6 +406,10 @@ def train(
         from .config import resolve_prior_path
 
         init_from = str(resolve_prior_path(init_from))
+        if not resume:  # read by the loader, with its checks, before the data (a resume keeps the run's own)
+            from medrecon.priors import load_prior
+
+            load_prior(init_from)
     imap, pct = training_intensity(modality, hu_window, mri_percentile)
     opts = TrainOptions(arch=arch.value, image_size=image_size, channels=widths, layers_per_block=layers_per_block,
                         attention=attention, steps=steps, time_limit=time_limit, loader_workers=loader_workers,

@@ -1741,3 +1741,18 @@ def test_a_training_volume_given_twice_is_refused_naming_it_and_both_options(tmp
         assert said in err and "give it once" in err and len(err.strip().splitlines()) == 1
         assert not out.exists()
     assert main(["train", "--data", str(scans), "--output", str(tmp_path / "p"), *run]) == 0
+
+
+def test_an_init_from_that_is_no_prior_is_told_before_the_data_are_read(tmp_path, capsys):
+    """`--init-from` a path that does not exist or a folder without a model card was told only once every volume
+    had been read (minutes for many); now the loader's own one line comes first (here the data do not even exist)."""
+    from pipelines.cli import main
+
+    (tmp_path / "notes").mkdir()
+    missing = ["train", "--data", str(tmp_path / "missing"), *PATCH_RUN, "--output", str(tmp_path / "p"),
+               "--init-from"]
+    assert main([*missing, str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'}: no such file or folder (give a prior folder" in capsys.readouterr().err
+    assert main([*missing, str(tmp_path / "notes")]) == 2
+    assert "model_card.yaml: model card not found" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

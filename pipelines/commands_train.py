@@ -361,6 +361,10 @@ def train(
     sizes = _ints(patch_sizes, "--patch-sizes")
     _check_network(arch, image_size, widths, sizes, channels)  # before the data are loaded (minutes for many)
     paths = list(data or []) + list(more or [])
+    for p in paths:  # `--dataset a b` gives b as a path: say how a registered scan is named
+        if str(p) in datasets.SCANS and not p.exists():
+            raise InputError(f"{p}: no such file or folder; the registered scan {p} is trained on with --dataset {p} "
+                             "(one name per --dataset)")
     sources: list = list(paths)
     source_options = [f"--data {p}" for p in paths]  # the option each source came with, as given: the overlap refusal's
     named = [(n, f"--dataset {d}") for d in (dataset or [])

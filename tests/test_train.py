@@ -1756,3 +1756,17 @@ def test_an_init_from_that_is_no_prior_is_told_before_the_data_are_read(tmp_path
     assert main([*missing, str(tmp_path / "notes")]) == 2
     assert "model_card.yaml: model card not found" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_registered_scans_name_given_as_a_data_path_says_how_it_is_named(tmp_path, capsys, monkeypatch):
+    """`--dataset ct_lung1 ct_abdomen` gives ct_abdomen as a path of --data's, which was refused as a missing file
+    (NIfTI, NRRD, ...) without a word of --dataset; now the line says how a registered scan is named. A file or
+    folder of that name, where there is one, is still data."""
+    from pipelines.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = ["train", "--dataset", "ct_lung1", "ct_abdomen", "--output", str(tmp_path / "p"), *PATCH_RUN]
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert "ct_abdomen: no such file or folder; the registered scan ct_abdomen is trained on with --dataset " \
+           "ct_abdomen (one name per --dataset)" in err and not (tmp_path / "p").exists()

@@ -191,10 +191,19 @@ def _refuse_trained_heldout(trained: list, held: list, given: dict) -> None:
     def first(record, seen: dict):
         return next(((kind, seen[(kind, v)]) for kind, v in keys(record) if (kind, v) in seen), (None, None))
 
-    trained_at, held_at = {}, {}
+    trained_at, held_at, twice = {}, {}, {}
     for t in trained:
-        for k in keys(t) if isinstance(t, dict) else ():
+        if not isinstance(t, dict):
+            continue
+        view = (t.get("series_uid"), t.get("plane"))  # a folder's series, a volume's planes: each its own volume
+        kind, o = first(t, {(k, v): r for (k, v, w), r in twice.items() if w == view})
+        if o is not None:  # trained on twice: weighed twice, and a unet's last slices held out would be trained on
+            same = "" if kind == "file" else f" (the same {kind} as {name(o)})"
+            raise InputError(f"{name(t)}{same}: given twice as training data ({option(o)} and {option(t)}); give "
+                             "it once")
+        for k in keys(t):
             trained_at.setdefault(k, t)
+            twice.setdefault((*k, view), t)
     for h in held:
         if not isinstance(h, dict):
             continue
@@ -323,6 +332,7 @@ def train(
     import torch
 
     from medrecon.errors import InputError
+    from medrecon.io.atomic import check_not_input
     from medrecon.priors.patch import heldout_slices, too_small_for_patches
     from medrecon.priors.train import DEFAULT_PIXEL_RANGE, TrainOptions, check_output, trained_pixel_range, train_prior
     from medrecon.priors.training_data import load_patch_data, load_slices
@@ -351,6 +361,10 @@ def train(
     sizes = _ints(patch_sizes, "--patch-sizes")
     _check_network(arch, image_size, widths, sizes, channels)  # before the data are loaded (minutes for many)
     paths = list(data or []) + list(more or [])
+    for p in paths:  # `--dataset a b` gives b as a path: say how a registered scan is named
+        if str(p) in datasets.SCANS and not p.exists():
+            raise InputError(f"{p}: no such file or folder; the registered scan {p} is trained on with --dataset {p} "
+                             "(one name per --dataset)")
     sources: list = list(paths)
     source_options = [f"--data {p}" for p in paths]  # the option each source came with, as given: the overlap refusal's
     named = [(n, f"--dataset {d}") for d in (dataset or [])
@@ -390,10 +404,16 @@ def train(
     if sampler_errors and not sampler_errors.is_dir():
         raise InputError(f"--sampler-errors {sampler_errors}: no such folder; record the sampler's steps with "
                          "benchmarks/sampler_errors.py --out FOLDER first")
+    scan_folders = [datasets.cache_root() / n for n in [*names, *held_names]]  # a registered scan's, in the cache
+    check_not_input(output, [*paths, *hpaths, *scan_folders, sampler_errors])  # the prior would land among the scans
     if init_from:
         from .config import resolve_prior_path
 
         init_from = str(resolve_prior_path(init_from))
+        if not resume:  # read by the loader, with its checks, before the data (a resume keeps the run's own)
+            from medrecon.priors import load_prior
+
+            load_prior(init_from)
     imap, pct = training_intensity(modality, hu_window, mri_percentile)
     opts = TrainOptions(arch=arch.value, image_size=image_size, channels=widths, layers_per_block=layers_per_block,
                         attention=attention, steps=steps, time_limit=time_limit, loader_workers=loader_workers,
@@ -406,14 +426,14 @@ def train(
                         random_contrast=random_contrast,
                         sampler_errors=str(sampler_errors) if sampler_errors else None,
                         sampler_error_prob=sampler_error_prob, sampler_error_sigma_min=sampler_error_sigma_min)
-    found_given = {}  # {resolved path: the option that gave it}: the overlap refusal after reading names it too
     digests: dict = {}  # {resolved path: its files' SHA-256}: each file of one's own hashed once in the run
-    if hpaths:  # a file both trained on and held out, or held out twice: before the data are read (the voxels after)
-        registered = [any(isinstance(s, dict) for s in side) for side in (sources, hsources)]  # hashed against
-        found = (_found_records(sources, source_options, registered[1], digests),
-                 _found_records(hsources, held_given, any(registered), digests))
-        found_given = {str(Path(r["path"]).resolve()): r["given"] for rs in found for r in rs if r.get("path")}
-        _refuse_trained_heldout(*found, found_given)
+    # a file given twice, or both trained on and held out: before the data are read (the voxels after)
+    registered = [any(isinstance(s, dict) for s in side) for side in (sources, hsources)]  # hashed against
+    found = (_found_records(sources, source_options, bool(hpaths) and registered[1], digests),
+             _found_records(hsources, held_given, any(registered), digests) if hpaths else [])
+    # {resolved path: the option that gave it}: the refusal after reading names it too
+    found_given = {str(Path(r["path"]).resolve()): r["given"] for rs in found for r in rs if r.get("path")}
+    _refuse_trained_heldout(*found, found_given)
     heldout, held_desc = None, None
     check = training_volume_check(modality)
     notes = {p: datasets.scan(n).training_note for n, p in zip(names, dpaths)}
@@ -459,8 +479,8 @@ def train(
                 sd.slices = sd.slices[:n - n_held]
                 sd.description["heldout_slices"] = n_held
         what = f"{sd.slices.shape[0]} slices ({image_size}x{image_size})"
+    _refuse_trained_heldout(sd.description["volumes"], held_desc or [], found_given)
     if held_desc:
-        _refuse_trained_heldout(sd.description["volumes"], held_desc, found_given)
         sd.description["heldout_volumes"] = held_desc
     n_held = 0 if heldout is None else sum(h.shape[0] for h in ([heldout] if torch.is_tensor(heldout) else heldout))
     typer.echo(f"training {arch.value} prior on {what} from {sd.description['n_volumes']} volumes, "

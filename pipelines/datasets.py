@@ -380,7 +380,8 @@ def verify(name: str, cache_dir: str | Path | None = None) -> Path:
         got = file_sha256(f)
         if got != digest:
             raise InputError(f"{f}: SHA-256 mismatch (expected {digest[:16]}..., got {got[:16]}...): the file is "
-                             f"corrupt or not the one from {s.requirement}; delete it and run `{SETUP_COMMAND}`")
+                             f"corrupt or not the one from {s.requirement}; run `{SETUP_COMMAND} {name}`, which "
+                             "extracts it again")
     return _target(s, root)
 
 

@@ -2,6 +2,7 @@
 import hashlib
 import io
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -321,3 +322,18 @@ def test_a_fetched_scan_is_readable_as_the_umask_says(fake):
     finally:
         os.umask(old)
     assert got.parent.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_cached_file_failing_its_checksum_names_the_fetch_that_mends_it(tmp_path, monkeypatch):
+    """The message said `delete it and run medrecon data fetch`: that fetches (and hashes) every scan, and no
+    deletion is needed (fetch extracts a cached copy that fails its checksum again); it names the scan's fetch."""
+    monkeypatch.setenv("MEDRECON_DATA", str(tmp_path))
+    s = datasets.scan("ct_lung1")
+    target = tmp_path / "ct_lung1" / Path(s.member).name
+    target.parent.mkdir()
+    target.write_bytes(b"not the scan")
+    with pytest.raises(InputError) as e:
+        datasets.path("ct_lung1")
+    said = str(e.value)
+    assert said.startswith(f"{target}: SHA-256 mismatch") and "run `medrecon data fetch ct_lung1`" in said
+    assert "delete it" not in said and "\n" not in said

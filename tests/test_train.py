@@ -1634,3 +1634,139 @@ def test_a_byte_copy_of_a_registered_scan_held_out_and_trained_on_is_refused_bef
               f"ct_lung2: both held out and trained on (the same bytes as the training volume {lung}); a held-out "
               f"volume is never trained on: keep it in only one of --heldout-dataset ct_lung2 and --data {lung}")]
     _refused_in_one_line(tmp_path, capsys, cases)
+
+
+@pytest.mark.parametrize("damage", ["cut", "empty", "text", "other"])
+def test_resume_from_a_damaged_training_state_is_one_line_naming_it(data, tmp_path, damage):
+    """A state.pt cut short (a full disk, a copy cut off), emptied, overwritten or holding something else ended
+    `--resume` in torch.load's traceback (or click's bare 'Aborted!' for an empty file); now one line naming the
+    file, what is wrong and how to go on, the prior it exported left as it was."""
+    train, _ = data
+    opts = TrainOptions(image_size=16, channels=(8, 16), steps=2, batch_size=4, checkpoint_every=0, sample_every=0)
+    out = train_prior(train, tmp_path / "p", opts, progress=False)
+    state = out / "checkpoints" / "state.pt"
+    whole = state.read_bytes()
+    if damage == "other":
+        torch.save([1, 2], state)
+    else:
+        state.write_bytes({"cut": whole[:3000], "empty": b"", "text": b"not a checkpoint\n"}[damage])
+    weights = (out / "diffusion_pytorch_model.safetensors").read_bytes()
+    with pytest.raises(InputError) as e:
+        train_prior(train, out, replace(opts, steps=4), resume=True, progress=False)
+    said = str(e.value)
+    assert said.startswith(f"{state}: ") and "\n" not in said and f"--init-from {out}" in said
+    assert ("not a training state" if damage == "other" else "unreadable") in said
+    assert (out / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+
+
+def test_an_output_that_is_in_or_holds_the_training_data_is_refused_before_anything_is_written(tmp_path, capsys,
+                                                                                             monkeypatch):
+    """`--output` the --data folder, a folder inside it, or the cached folder of a registered scan trained on
+    (`--dataset`) trained and wrote the prior among the scans; now refused in one line naming the input, as every
+    other command's output is (medrecon.io.atomic.check_not_input), and nothing is written there."""
+    from pipelines import datasets
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(3)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    nib.save(nib.Nifti1Image(phantom_volume(rng, z=4, n=24).transpose(2, 1, 0), np.diag([-1.0, -1.0, 2.0, 1.0])),
+             scans / "v.nii.gz")
+    cached = tmp_path / "cache" / "ct_lung1"
+    cached.mkdir(parents=True)
+    (cached / "lung1_image.nrrd").write_bytes((scans / "v.nii.gz").read_bytes())
+    monkeypatch.setenv("MEDRECON_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(datasets, "path", lambda name, cache_dir=None: cached / "lung1_image.nrrd")
+    run = ["--image-size", "16", "--channels", "8,16", "--steps", "1", "--batch-size", "2", "--sample-every", "-1",
+           "--device", "cpu", "--no-progress"]
+    for given, out in ((["--data", str(scans)], scans), (["--data", str(scans)], scans / "prior"),
+                       (["--dataset", "ct_lung1"], cached / "prior")):
+        assert main(["train", *given, "--output", str(out), *run]) == 2
+        err = capsys.readouterr().err
+        assert f"refusing to write {out}: it is, contains or lies inside the input" in err and "Traceback" not in err
+    assert sorted(p.name for p in scans.iterdir()) == ["v.nii.gz"]
+    assert sorted(p.name for p in cached.iterdir()) == ["lung1_image.nrrd"]
+
+
+def test_an_output_that_cannot_be_made_is_one_line_before_the_data_are_read(tmp_path, capsys, monkeypatch):
+    """`--output FILE/sub` (a file where a folder must be) ended, after every volume was read, in mkdir's
+    NotADirectoryError traceback; now one line naming the file, before the data are read (here they do not even
+    exist). A folder the check cannot see is unwritable (a read-only file system) is one line too, from mkdir."""
+    from medrecon.priors import train as train_module
+    from pipelines.cli import main
+
+    (tmp_path / "f").write_text("a file")
+    missing = ["train", "--data", str(tmp_path / "missing"), *PATCH_RUN, "--output"]
+    assert main([*missing, str(tmp_path / "f" / "sub" / "p")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'f'} is a file" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    def read_only(self, *a, **k):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    rng = np.random.default_rng(2)
+    with pytest.raises(InputError, match="p: cannot be made .Read-only file system.; choose another --output"):
+        train_prior(prepare_slices([phantom_volume(rng, z=4)], CT, 16, modality="ct"), tmp_path / "p",
+                    TrainOptions(image_size=16, channels=(8, 16), steps=1, batch_size=2, sample_every=0),
+                    progress=False)
+
+
+def test_a_training_volume_given_twice_is_refused_naming_it_and_both_options(tmp_path, capsys):
+    """The same file given twice (twice over, or as a file and within its folder, or through a link) or a copy of
+    its voxels trained twice over, weighing it double, and a unet's held-out last slices were then slices of a
+    volume trained on; now refused in one line naming the volume and both options, as held-out data given twice
+    is (the file before the data are read, the voxels after)."""
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(9)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a", "b"):
+        nib.save(nib.Nifti1Image(phantom_volume(rng, z=4, n=24).transpose(2, 1, 0), np.diag([-1.0, -1.0, 2.0, 1.0])),
+                 scans / f"{name}.nii.gz")
+    (tmp_path / "copy.nii.gz").write_bytes((scans / "a.nii.gz").read_bytes())
+    (tmp_path / "link").symlink_to(scans)
+    a = scans / "a.nii.gz"
+    run = ["--image-size", "16", "--channels", "8,16", "--steps", "1", "--batch-size", "2", "--sample-every", "-1",
+           "--device", "cpu", "--no-progress"]
+    for data, said in (([a, a], f"{a}: given twice as training data (--data {a} and --data {a})"),
+                       ([scans, a], f"{a}: given twice as training data (--data {scans} and --data {a})"),
+                       ([tmp_path / "link", scans], f"{a}: given twice as training data (--data {tmp_path / 'link'} "
+                                                    f"and --data {scans})"),
+                       ([a, tmp_path / "copy.nii.gz"], f"{tmp_path / 'copy.nii.gz'} (the same voxels as {a}): given "
+                                                       "twice as training data")):
+        out = tmp_path / "p"
+        assert main(["train", "--data", *map(str, data), "--output", str(out), *run]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "give it once" in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    assert main(["train", "--data", str(scans), "--output", str(tmp_path / "p"), *run]) == 0
+
+
+def test_an_init_from_that_is_no_prior_is_told_before_the_data_are_read(tmp_path, capsys):
+    """`--init-from` a path that does not exist or a folder without a model card was told only once every volume
+    had been read (minutes for many); now the loader's own one line comes first (here the data do not even exist)."""
+    from pipelines.cli import main
+
+    (tmp_path / "notes").mkdir()
+    missing = ["train", "--data", str(tmp_path / "missing"), *PATCH_RUN, "--output", str(tmp_path / "p"),
+               "--init-from"]
+    assert main([*missing, str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'}: no such file or folder (give a prior folder" in capsys.readouterr().err
+    assert main([*missing, str(tmp_path / "notes")]) == 2
+    assert "model_card.yaml: model card not found" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_registered_scans_name_given_as_a_data_path_says_how_it_is_named(tmp_path, capsys, monkeypatch):
+    """`--dataset ct_lung1 ct_abdomen` gives ct_abdomen as a path of --data's, which was refused as a missing file
+    (NIfTI, NRRD, ...) without a word of --dataset; now the line says how a registered scan is named. A file or
+    folder of that name, where there is one, is still data."""
+    from pipelines.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = ["train", "--dataset", "ct_lung1", "ct_abdomen", "--output", str(tmp_path / "p"), *PATCH_RUN]
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert "ct_abdomen: no such file or folder; the registered scan ct_abdomen is trained on with --dataset " \
+           "ct_abdomen (one name per --dataset)" in err and not (tmp_path / "p").exists()

@@ -267,10 +267,13 @@ def check_destination(dest, protect: Iterable = ()) -> None:
     if here is not None and (dest.resolve() == here or here.is_relative_to(dest.resolve())):
         raise InputError(f"{dest}: the output would replace the folder this command runs in (the shell would be "
                          "left in a deleted one); give a new folder inside it, e.g. -o out")
-    _check_not_input(dest, protect)
+    check_not_input(dest, protect)
 
 
-def _check_not_input(dest: Path, protect: Iterable) -> None:
+def check_not_input(dest, protect: Iterable) -> None:
+    """Raise if ``dest`` is, contains or lies inside an input in ``protect`` (a detached header's data file too):
+    inputs are never modified, an output written in place (a trained prior's folder) included."""
+    dest = Path(dest)
     d = dest.resolve()
     for p in (q for given in protect if given is not None for q in with_data_files(Path(given))):
         p = p.resolve()

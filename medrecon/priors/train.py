@@ -30,6 +30,7 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -44,6 +45,7 @@ import torch
 
 from ..device import bf16_native, resolve_device
 from ..errors import InputError, one_line
+from ..io.atomic import os_reason
 from .base import Denoiser, IntensityMap, schedule_from_dict
 from .card import CARD_NAME
 from .network import EDMPrior, bf16_autocast, edm_denoise, image_convs
@@ -787,10 +789,36 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
     ``resume`` or, without ``overwrite``, no prior yet."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: is a file; --output names the folder the prior is written to")
+    made_in = next(p for p in (out, *out.absolute().parents) if p.exists())  # the folder it is, or is made in
+    if not made_in.is_dir():
+        raise InputError(f"{out}: cannot be made, {made_in} is a file; --output names the folder the prior is "
+                         "written to: give a path in a folder")
+    if not os.access(made_in, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: cannot be written, {made_in} is not writable here; choose another --output")
     if resume and not (out / STATE_FILE).is_file():
         raise InputError(f"{out / STATE_FILE}: nothing to resume (no training state); drop --resume to start anew")
     if not resume and (out / CARD_NAME).exists() and not overwrite:
         raise InputError(f"{out}: already holds a prior; use --resume to continue it or --overwrite to replace it")
+
+
+def read_state(path: Path) -> dict:
+    """The training state ``path`` (checkpoints/state.pt) that ``--resume`` continues; one line naming it where it
+    cannot be read (cut short by a full disk or a copy, overwritten) or holds no training state."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as e:
+        why = str(e).strip().split(". ")[0].splitlines()[0][:100] if str(e).strip() else ""
+        state, what = None, f"unreadable ({type(e).__name__}{': ' + why if why else ''}), the file is damaged"
+    else:
+        what = "not a training state of medrecon train"
+    if not isinstance(state, dict) or not {"model", "ema", "optimizer", "step", "unet_config"} <= state.keys():
+        prior = f" (from the prior last exported there: --init-from {path.parent.parent})" \
+            if (path.parent.parent / CARD_NAME).is_file() else ""
+        raise InputError(f"{path}: {what}; restore it from a copy to --resume, or start a new run into another "
+                         f"--output{prior}")
+    return state
 
 
 class StoppedAtOnce(KeyboardInterrupt):
@@ -860,14 +888,17 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
     out = Path(output)
     check_output(out, resume, overwrite)
     resolve_device(opts.device)  # an unusable device is an error before anything is written
-    state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True) if resume else None  # read once
+    state = read_state(out / STATE_FILE) if resume else None  # read once
     if resume and opts.arch == "patch" and opts.pixel_spacing_range is None:  # the run's own range, not the default
         was = (state.get("options") or {}).get("pixel_spacing_range")  # (a checkpoint of before: 0.7-4.0 whatever
         opts = replace(opts, pixel_spacing_range=tuple(was)) if was else opts  # its scans)
     if resume and opts.patch_inference_shifts is None:  # the run's own tile grids (else its start's: _Trainer)
         opts = replace(opts, patch_inference_shifts=(state.get("options") or {}).get("patch_inference_shifts") or None)
     tr = (_PatchTrainer if opts.arch == "patch" else _Trainer)(data, out, opts, command)  # reads --init-from
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # what check_output cannot see (a read-only file system, /proc)
+        raise InputError(f"{out}: cannot be made ({os_reason(e)}); choose another --output") from None
     if overwrite and not resume and ((out / CARD_NAME).is_file() or (out / STATE_FILE).is_file()):
         for old_file in (out / STATE_FILE, out / "loss.csv", out / "heldout.csv"):  # nothing of the old run may
             old_file.unlink(missing_ok=True)                                         # pass as this one's

@@ -145,7 +145,7 @@ def _heldout_sources(names: list[str], paths: list[Path], modality: Modality) ->
 
 def _found_records(sources: list, given: list[str], hashed: bool, digests: dict) -> list:
     """``sources`` (read_volumes': registered scans' records, paths of one's own) as records of each volume's path,
-    found as read_volumes finds them but before anything is read: _refuse_trained_heldout's file part, in seconds
+    found as read_volumes finds them but before anything is read: _refuse_repeated_volumes's file part, in seconds
     where reading the data takes minutes (its voxel part needs the data read). ``given``: the option each source
     came with, as the user gave it ("--data DIR", "--heldout-dataset test"), kept with its records as "given".
     ``hashed``: a file of one's own gets its SHA-256 too, which a registered scan's record carries (a byte copy of
@@ -163,12 +163,13 @@ def _found_records(sources: list, given: list[str], hashed: bool, digests: dict)
             for r in ([s] if isinstance(s, dict) else [own(f) for f in found_volumes([s])])]
 
 
-def _refuse_trained_heldout(trained: list, held: list, given: dict) -> None:
-    """One line for a held-out volume that is also a training volume, the same file (links resolved), the same
-    bytes as a registered scan (its file's SHA-256) or the same voxels (the voxels' SHA-256 the card records of
-    every volume, a registered scan's too: a copy of one is caught either way round): its loss would not be held
-    out; or that is given twice as held-out data (the same file, bytes or voxels: a file and its folder, say), which
-    would weigh its loss twice. ``trained``, ``held``: the card's records of the volumes (read_volumes'), checked
+def _refuse_repeated_volumes(trained: list, held: list, given: dict) -> None:
+    """One line for a volume given twice as training data (the same file, bytes or voxels of one plane and series:
+    a file and its folder, say), which would weigh it twice; for a held-out volume that is also a training volume,
+    the same file (links resolved), the same bytes as a registered scan (its file's SHA-256) or the same voxels (the
+    voxels' SHA-256 the card records of every volume, a registered scan's too: a copy of one is caught either way
+    round): its loss would not be held out; or for one given twice as held-out data, which would weigh its loss
+    twice. ``trained``, ``held``: the card's records of the volumes (read_volumes'), checked
     after the volumes are read; before, _found_records' (paths, a file's SHA-256 where a registered scan is on the
     other side, the option each came with). ``given``: {resolved path: that option} for the records read."""
     from medrecon.errors import InputError
@@ -433,7 +434,7 @@ def train(
              _found_records(hsources, held_given, any(registered), digests) if hpaths else [])
     # {resolved path: the option that gave it}: the refusal after reading names it too
     found_given = {str(Path(r["path"]).resolve()): r["given"] for rs in found for r in rs if r.get("path")}
-    _refuse_trained_heldout(*found, found_given)
+    _refuse_repeated_volumes(*found, found_given)
     heldout, held_desc = None, None
     check = training_volume_check(modality)
     notes = {p: datasets.scan(n).training_note for n, p in zip(names, dpaths)}
@@ -479,7 +480,7 @@ def train(
                 sd.slices = sd.slices[:n - n_held]
                 sd.description["heldout_slices"] = n_held
         what = f"{sd.slices.shape[0]} slices ({image_size}x{image_size})"
-    _refuse_trained_heldout(sd.description["volumes"], held_desc or [], found_given)
+    _refuse_repeated_volumes(sd.description["volumes"], held_desc or [], found_given)
     if held_desc:
         sd.description["heldout_volumes"] = held_desc
     n_held = 0 if heldout is None else sum(h.shape[0] for h in ([heldout] if torch.is_tensor(heldout) else heldout))

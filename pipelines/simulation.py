@@ -16,6 +16,7 @@ import torch
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from medrecon.errors import InputError
+from medrecon.io.common import check_memory
 from medrecon.volume import Volume
 from operators.ct import DEFAULT_PROJECTOR, MU_WATER, hu_to_mu, make_geometry, noisy_line_integrals, pixel_unit_projector
 from operators.mri import centre_crop, fftc, ifftc, make_mask, synthetic_coil_maps
@@ -179,9 +180,27 @@ def simulate_mri(cfg: Config, src: Volume, size: int, pixel_mm: float | None = N
     return ref, Measurement("mri", y, ref.with_data(np.zeros(ref.shape)), None, mask, maps, info)
 
 
+def check_simulation_fits(cfg: Config, n_slices: int, size: int) -> None:
+    """One line naming the keys where the simulated data of ``n_slices`` slices on a ``size`` grid cannot fit in
+    memory (``ct.n_views=1e9`` was killed by the kernel without a word): an estimate of the largest arrays, the
+    projections in float64 with their noisy copy (CT; ``2 * size`` detector bins where the config gives none), every
+    coil's k-space of the finer grid in complex64 with its product's (MRI)."""
+    f = cfg.simulation.upsample
+    if cfg.modality == "ct":
+        views = cfg.ct.n_views or math.ceil(cfg.ct.wedge_deg)  # a wedge: one view per degree
+        need = 16.0 * n_slices * views * (cfg.ct.detector.n_det or 2 * size)
+        what, keys = f"{views} views", "ct.n_views (or ct.detector.n_det)"
+    else:
+        coils = cfg.mri.n_coils if cfg.mri.coils == "multi" else 1
+        need = 16.0 * n_slices * coils * (size * f) ** 2
+        what, keys = f"{coils} coils", "mri.n_coils"
+    check_memory(need, f"simulating {n_slices} slices of {size}x{size} with {what}", f"lower {keys} or the grid size")
+
+
 def simulate_volume(cfg: Config, src: Volume, size: int, pixel_mm: float | None = None) -> tuple[Volume, Measurement]:
     """Reference volume on the reconstruction grid (size x size pixels of ``pixel_mm``; None: the config's
     pixel size, else the field of view / size), in physical units, and the simulated measurement."""
+    check_simulation_fits(cfg, src.shape[0], size)
     ref, meas = (simulate_ct if cfg.modality == "ct" else simulate_mri)(cfg, src, size, pixel_mm)
     # a noise too large for single precision: else every solver 'diverged', told to lower step sizes it may not have
     if cfg.noise.kind in ("gaussian", "complex_gaussian") and not np.isfinite(meas.data).all():
@@ -191,5 +210,5 @@ def simulate_volume(cfg: Config, src: Volume, size: int, pixel_mm: float | None 
     return ref, meas
 
 
-__all__ = ["CT_FLOOR_HU", "ct_geometry", "mri_mask", "resample_inplane", "simulate_ct", "simulate_mri",
-           "simulate_volume"]
+__all__ = ["CT_FLOOR_HU", "check_simulation_fits", "ct_geometry", "mri_mask", "resample_inplane", "simulate_ct",
+           "simulate_mri", "simulate_volume"]

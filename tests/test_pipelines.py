@@ -5,6 +5,7 @@ must beat the direct one (FBP / zero-filled) by a stated margin. Numbers measure
 """
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from pipelines import problem as problem_module
 from pipelines.problem import Problem
 from pipelines.simulation import CT_FLOOR_HU, resample_inplane, simulate_ct
 from pipelines.cli import main
+from pipelines.config import load_config
 from pipelines.registry import FAST_END, FAST_ZTV, SOLVERS
 from pipelines.phantoms import ct_phantom
 
@@ -1563,11 +1565,28 @@ def test_inputs_too_large_for_memory_are_refused_before_reading_in_every_format(
     np.save(tmp_path / "four.npy", np.zeros((3, 8, 64, 64), np.float32))
     monkeypatch.setattr(common, "available_memory", lambda: 64 * 1024)
     for path in (tmp_path / "dcm", tmp_path / "v.nrrd"):
-        with pytest.raises(InputError, match=r"needs .* GiB as float32 but only .* is available"):
+        with pytest.raises(InputError, match=r"as float32 needs .* GiB but only .* is available"):
             read_volume(path)
     for four in ("four.nii.gz", "four.npy"):  # too large for the memory too: refused as 4D, first
         with pytest.raises(InputError, match="split 4D data into single volumes first"):
             read_volume(tmp_path / four)
+
+
+@pytest.mark.parametrize("config, key, value", [("sparse_view_ct_8", "ct.n_views", 4096),
+                                                ("cs_mri_x4", "mri.n_coils", 512)])
+def test_a_simulation_too_large_for_the_memory_is_one_line_naming_its_key(config, key, value, monkeypatch):
+    """ct.n_views=1e9 in `simulate` was killed by the kernel without a word (mri.n_coils=1e8 ran until stopped): the
+    simulated data's size is checked first, the message naming the key (here a machine of 256 KiB)."""
+    from medrecon.io import common
+    from pipelines.simulation import simulate_volume
+
+    cfg = load_config(config, [f"{key}={value}", *(["mri.coils=multi"] if key.startswith("mri") else [])])
+    src = Volume(np.zeros((2, 16, 16), np.float32), (1.0, 1.0, 1.0))
+    monkeypatch.setattr(common, "available_memory", lambda: 256 * 1024)
+    with pytest.raises(InputError, match=rf"simulating 2 slices of 16x16 with {value} .* lower {re.escape(key)}"):
+        simulate_volume(cfg, src, 16)
+    monkeypatch.setattr(common, "available_memory", lambda: None)  # where unknown, nothing is refused
+    assert simulate_volume(cfg, src, 16)[1].data.size > 0
 
 
 def test_slices_of_one_pixel_run_the_default_sampler_on_one_scale_and_wide_slices_are_no_dicom(tmp_path):

@@ -104,14 +104,19 @@ def _address_space_used() -> int:
         return 0
 
 
-def check_fits_in_memory(shape, path) -> None:
-    """An :class:`InputError` naming ``path`` when a float32 volume of ``shape`` cannot fit in memory."""
-    need = int(np.prod([int(n) for n in shape], dtype=np.float64)) * 4
+def check_memory(need: float, what: str, fix: str) -> None:
+    """An :class:`InputError` when ``need`` bytes cannot fit in the memory available (``available_memory``): ``what``
+    needs them, ``fix`` says what to change (the kernel would kill the process without a word)."""
     avail = available_memory()
     if avail is not None and need > avail:
-        raise InputError(f"{path}: a volume of shape {tuple(int(n) for n in shape)} needs {need / 2 ** 30:.1f} GiB "
-                         f"as float32 but only {avail / 2 ** 30:.1f} GiB of memory is available; crop or "
-                         "downsample it first, or use a machine with more memory")
+        raise InputError(f"{what} needs {need / 2 ** 30:.1f} GiB but only {avail / 2 ** 30:.1f} GiB of memory is "
+                         f"available; {fix}, or use a machine with more memory")
+
+
+def check_fits_in_memory(shape, path) -> None:
+    """An :class:`InputError` naming ``path`` when a float32 volume of ``shape`` cannot fit in memory."""
+    check_memory(float(np.prod([int(n) for n in shape], dtype=np.float64)) * 4,
+                 f"{path}: a volume of shape {tuple(int(n) for n in shape)} as float32", "crop or downsample it first")
 
 
 def check_voxels(data: np.ndarray, path) -> np.ndarray:

@@ -265,8 +265,10 @@ class Problem:
         out.nfe_per_slice += cv_nfe
         bad = int((~torch.isfinite(out.x)).sum())
         if bad:  # a diverged run: say so here, not as a NaN in some later reader's message
-            raise InputError(f"solver {s.name} diverged: {bad} of {out.x.numel()} voxels are NaN or infinite; lower "
-                             "its step sizes (e.g. solver.zeta, solver.lambda_proj) or use the config's own solver")
+            steps = [f"solver.{k}" for k in ("zeta", "lambda_proj") if k in type(s).model_fields]  # its own only
+            fix = f"lower its step sizes ({', '.join(steps)})" if steps else "check the data's units and scale"
+            raise InputError(f"solver {s.name} diverged: {bad} of {out.x.numel()} voxels are NaN or infinite; {fix} "
+                             "or use the config's own solver")
         out.x = self.zero_unseen(out.x)
         if out.std is not None and self.seen is not None:
             out.std = torch.where(self.seen.to(out.std.device), out.std, 0.0)  # no spread where the result is set

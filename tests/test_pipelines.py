@@ -1299,8 +1299,11 @@ def test_scores_are_over_the_modality_window_and_a_diverged_run_says_so(tmp_path
     assert problem.score(problem.reference)["data_range"] == 2000.0
     monkeypatch.setattr(Problem, "_run", lambda self, *a, **k: problem_module.Solution(
         torch.full(self.shape, float("nan"))))
-    with pytest.raises(InputError, match="solver fbp diverged: .* NaN or infinite"):
-        problem.solve()
+    with pytest.raises(InputError, match="solver fbp diverged: .* NaN or infinite; check the data's units") as e:
+        problem.solve()  # fbp has no step sizes to lower (the message named solver.zeta, solver.lambda_proj)
+    assert "zeta" not in str(e.value)
+    with pytest.raises(InputError, match=r"solver dps diverged: .* lower its step sizes \(solver\.zeta\)"):
+        problem.solve(load_config("sparse_view_ct_8", ["solver.name=dps"]).solver)
     with pytest.raises(InputError, match="window .* low < high"):
         load_config("sparse_view_ct_8", ["outputs.window=[1000,-1000]"])
 

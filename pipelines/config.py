@@ -33,13 +33,12 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_valid
 
 from medrecon.bundled import PREFIX as BUNDLED_PREFIX, bundled_prior_path
 from medrecon.errors import InputError
-from medrecon.io.atomic import os_reason
 from operators.ct.fbp import FILTERS
 
 from . import OVERRIDES_FROM
 from .modality import intensity_card, modality_name
 from .registry import SOLVERS, FastSettings, Section, Seed, SolverSettings
-from .yaml_settings import model_at, unknown_key_hint, yaml_load
+from .yaml_settings import model_at, parse_yaml, read_settings_text, unknown_key_hint, yaml_load
 
 # the bundled configs: where a wheel installs them (pyproject maps configs/ to pipelines.configs; first, so that
 # another package's top-level configs/ in site-packages is never taken), else configs/ of a checkout
@@ -334,18 +333,8 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
     else:
         path = resolve_config_path(source)
         label = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-            raw = yaml_load(text)
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{label}: cannot read it ({os_reason(e) if isinstance(e, OSError) else e}); make it "
-                             "readable and "
-                             "save it as UTF-8") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            what = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise InputError(f"{label}:{where}: not valid YAML ({what}); fix the syntax") from None
+        text = read_settings_text(path)
+        raw = parse_yaml(text, label)
         if raw is None and not overrides:  # one line, not "required key missing" for each (--set may give them)
             names = config_names()
             raise InputError(f"{label}: the file is empty{' (it holds only comments)' if text.strip() else ''}; "

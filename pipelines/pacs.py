@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydicom.dataset import Dataset
 
 from medrecon.errors import InputError, MedreconError
 from medrecon.io.dicom_scan import MANUFACTURER, modality_not_a_volume
 
-from .yaml_settings import model_at, unknown_key_hint, yaml_load
+from .yaml_settings import model_at, read_yaml_file, unknown_key_hint
 
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # PacsError says what failed, in one line
 
@@ -100,10 +99,7 @@ def load_settings(path: Path | None = None, **overrides) -> PacsSettings:
     data, where = {}, "command line"
     if path is not None:
         where = str(path)
-        try:
-            doc = yaml_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise InputError(f"{path}: cannot read the PACS settings: {e}") from None
+        doc = read_yaml_file(path) or {}
         if not isinstance(doc, dict) or not isinstance(doc.get("pacs", {}), dict):
             raise InputError(f"{path}: expected a mapping with a 'pacs:' section")
         data = dict(doc.get("pacs") or {})

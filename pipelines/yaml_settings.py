@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Hashable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -34,6 +35,37 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def yaml_load(text: str):
     """A YAML document as safe_load reads it, a key given twice in one mapping being an error (yaml.YAMLError)."""
     return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def read_yaml_file(path):
+    """The YAML document of the file ``path`` (``read_settings_text``, ``parse_yaml``)."""
+    return parse_yaml(read_settings_text(path), path)
+
+
+def read_settings_text(path) -> str:
+    """The text of the settings file ``path``; one line naming it where it cannot be read or is not UTF-8."""
+    from medrecon.errors import InputError
+    from medrecon.io.atomic import os_reason
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read it ({os_reason(e) if isinstance(e, OSError) else e}); make it "
+                         "readable and save it as UTF-8") from None
+
+
+def parse_yaml(text: str, label):
+    """``text`` read by ``yaml_load``; one line naming ``label`` (its file) and the line and column where it is not
+    valid YAML."""
+    from medrecon.errors import InputError
+
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InputError(f"{label}:{where}: not valid YAML ({what}); fix the syntax") from None
 
 
 def model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:

@@ -793,6 +793,21 @@ def test_pacs_settings_name_a_misspelt_key_and_a_missing_certificate(tmp_path):
     assert load_settings(cfg).tls.ca_file == tmp_path / "ca.pem"
 
 
+def test_pacs_settings_not_utf8_or_not_yaml_are_told_as_a_config_file_is(tmp_path):
+    """A PACS settings file saved as Latin-1 was a UnicodeDecodeError traceback (read without an encoding, and the
+    error not caught); bad YAML said PyYAML's whole multi-line message. Both now read as a config file does
+    (yaml_settings.read_yaml_file, their one home): one line naming the file and the fix."""
+    from medrecon.errors import InputError, printed
+    from pipelines.pacs import load_settings
+    (cfg := tmp_path / "pacs.yaml").write_bytes("pacs:\n  host: st\xe4dtisches-spital\n".encode("latin-1"))
+    with pytest.raises(InputError, match=rf"{cfg}: cannot read it .*save it as UTF-8"):
+        load_settings(cfg)
+    cfg.write_text("pacs:\n  host: [localhost\n")
+    with pytest.raises(InputError, match=rf"{cfg}: line \d+, column \d+: not valid YAML") as e:
+        load_settings(cfg)
+    assert "\n" not in printed(e.value)
+
+
 def test_pacs_settings_take_yaml_merge_keys_and_load_no_torch(tmp_path):
     """Review: the duplicate-key loader refused a merge key (`<<: *anchor`: 'could not determine a constructor'),
     and importing the settings' hints from pipelines.config loaded torch and astra for `pacs echo`."""

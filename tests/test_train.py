@@ -963,6 +963,23 @@ def test_output_problems_are_told_before_the_data_are_read(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err and not (tmp_path / "q").exists()
 
 
+def test_an_output_holding_files_a_run_writes_but_no_prior_is_refused_unless_overwrite(tmp_path, capsys):
+    """A folder holding a config.json or loss.csv of the user's own (or of a run killed before its first
+    checkpoint) but no model card took a new run, which overwrote them without a word; now refused naming them,
+    and --overwrite replaces them. A folder of other files is still an output."""
+    from medrecon.errors import InputError
+    from medrecon.priors.train import check_output
+
+    (out := tmp_path / "p").mkdir()
+    (out / "notes.txt").write_text("mine")
+    check_output(out, resume=False, overwrite=False)  # other files: no problem
+    (out / "config.json").write_text("{}")
+    (out / "loss.csv").write_text("step,loss\n")
+    with pytest.raises(InputError, match=r"p: holds config.json, loss.csv but no prior .* --overwrite"):
+        check_output(out, resume=False, overwrite=False)
+    check_output(out, resume=False, overwrite=True)
+
+
 def test_a_copy_of_a_registered_held_out_scan_given_with_data_is_warned_of_and_kept_in_the_card(tmp_path, caplog,
                                                                                                monkeypatch):
     """`--dataset` refuses val and test scans; a byte-for-byte copy of one given with --data trained silently. Now

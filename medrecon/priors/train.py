@@ -51,7 +51,7 @@ from .card import CARD_NAME
 from .network import EDMPrior, bf16_autocast, edm_denoise, image_convs
 from .samples import GRID_STEPS, draw_command, draw_grid, grid_path, skipped_grid
 from .training_data import volume_name, volume_names
-from .unet import EDM_SCHEDULE, WEIGHTS_NAME, build_unet, save_unet_prior, unet_config
+from .unet import CONFIG_NAME, EDM_SCHEDULE, WEIGHTS_NAME, build_unet, save_unet_prior, unet_config
 from .widen import wide_config, widen_state_dict, widening_factor
 
 STATE_FILE = Path("checkpoints") / "state.pt"
@@ -799,6 +799,10 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
         raise InputError(f"{out / STATE_FILE}: nothing to resume (no training state); drop --resume to start anew")
     if not resume and (out / CARD_NAME).exists() and not overwrite:
         raise InputError(f"{out}: already holds a prior; use --resume to continue it or --overwrite to replace it")
+    theirs = [str(n) for n in (CONFIG_NAME, WEIGHTS_NAME, "loss.csv", "heldout.csv", STATE_FILE) if (out / n).exists()]
+    if not resume and not overwrite and theirs and not (out / CARD_NAME).exists():  # a run would overwrite them
+        raise InputError(f"{out}: holds {', '.join(theirs)} but no prior (files of a run stopped before its first "
+                         "checkpoint, or not medrecon's); choose another --output, or --overwrite to replace them")
 
 
 def read_state(path: Path) -> dict:

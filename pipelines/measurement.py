@@ -6,6 +6,8 @@ ISMRMRD HDF5, BART .cfl) through ``pipelines.raw_mri``.
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -137,18 +139,42 @@ class Measurement:
             z = np.load(path, allow_pickle=False)
             if "format" not in z or "data" not in z:
                 raise InputError(f"{path}: not a medrecon measurements file (no 'format'/'data' arrays)")
-            g = json.loads(str(z["grid"]))
+            missing = [k for k in ("modality", "grid", "info") if k not in z]
+            if missing:
+                raise InputError(f"{path}: no {', '.join(repr(k) for k in missing)} array: a measurements file "
+                                 f"holds {NPZ_KEYS} (README: A measured CT sinogram)")
+            g, info = (_json_object(z[k], k) for k in ("grid", "info"))
             grid = Volume(np.zeros(g["shape"], np.float32), g["spacing"], g["origin"], np.array(g["direction"]),
                           {"nifti": g["nifti"]} if g.get("nifti") else {})  # the input's NIfTI codes
             meas = cls(str(z["modality"]), z["data"], grid,
                        json.loads(str(z["geometry"])) if "geometry" in z else None,
                        z["mask"] if "mask" in z else None, z["coil_maps"] if "coil_maps" in z else None,
-                       json.loads(str(z["info"])), z["reference"] if "reference" in z else None)
-        except (OSError, ValueError, KeyError) as e:
+                       info, z["reference"] if "reference" in z else None)
+        except (EOFError, zipfile.BadZipFile, zlib.error) as e:  # (an empty file's EOFError was click's "Aborted!")
+            raise InputError(f"{path}: cannot read measurements: the file is empty, truncated or corrupt ({e}); "
+                             f"{REWRITE}") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:  # (TypeError: a grid value of the wrong kind)
             raise InputError(f"{path}: cannot read measurements ({e})") from None
         made_from = meas.info.get("source")  # messages name the file given, and what it was simulated from
         meas.info["source"] = f"{path} (simulated from {made_from})" if made_from else str(path)
         return meas
+
+
+#: the arrays of a measurements file (``Measurement.save``)
+NPZ_KEYS = ("'format', 'modality', 'data', 'grid' (JSON), 'info' (JSON) and, for CT, 'geometry' (JSON); for MRI "
+            "'mask'")
+#: the fix for a measurements file that cannot be read
+REWRITE = ("write it again with medrecon simulate or pipelines.measurement.Measurement.save (README: A measured CT "
+           "sinogram)")
+
+
+def _json_object(value: np.ndarray, key: str) -> dict:
+    """A JSON object stored as an array of a measurements file (``grid``, ``info``): anything else is a ValueError
+    naming the key."""
+    obj = json.loads(str(value))
+    if not isinstance(obj, dict):
+        raise ValueError(f"its {key!r} must hold a JSON object, not {type(obj).__name__}")
+    return obj
 
 
 #: what a CT measurements file must hold beside its sinogram (README: "A measured CT sinogram")

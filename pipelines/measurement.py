@@ -118,8 +118,10 @@ class Measurement:
         measurements made in Python (once: a loaded file given to it is not checked again)."""
         if self._checked:
             return self
+        refuse_no_values(self.data, where)
         if not finite_checked:
             refuse_non_finite(self.data, where, self.modality)
+        _refuse_wrong_arrays(self, where)
         if self.modality == "mri":
             _refuse_empty_mask(self, where)
         if self.modality == "ct":
@@ -196,6 +198,41 @@ def refuse_non_finite(values, path, modality: str, axes: str = "") -> None:
                          f"{where}{' ' + axes if axes else ''}); {fix}, e.g. with numpy.nan_to_num")
 
 
+def refuse_no_values(values, path) -> None:
+    """The refusal of measurements holding no values at all (0 slices, views, coils or samples): the solvers failed
+    on them with a torch traceback, the raw readers with a reshape's."""
+    if np.size(values) == 0:
+        raise InputError(f"{path}: the measurements hold no values (shape {tuple(np.shape(values))}): every axis "
+                         "needs at least one slice, view, coil or sample")
+
+
+def real_kspace_refusal(path, dtype) -> InputError:
+    """The refusal of real-valued k-space (a raw file's or a measurements file's)."""
+    return InputError(f"{path}: kspace is real-valued ({dtype}), but measured k-space is complex: its imaginary part "
+                      "was lost or magnitudes were stored; write the complex k-space (e.g. complex64)")
+
+
+def _refuse_wrong_arrays(meas: Measurement, path) -> None:
+    """Arrays of the wrong kind: a CT sinogram that is not real numbers (complex: its imaginary part was dropped
+    with only numpy's ComplexWarning; bool), MRI k-space that is not complex (reconstructed as if its imaginary part
+    were 0), and a mask or coil maps holding NaN or infinite values or coil maps of only zeros (both gave an image
+    of zeros without a word)."""
+    kind = np.asarray(meas.data).dtype.kind
+    if meas.modality == "ct" and kind not in "iuf":
+        raise InputError(f"{path}: the sinogram is {np.asarray(meas.data).dtype}, but a CT sinogram holds real line "
+                         "integrals -log(I/I0): store them as float32")
+    if meas.modality == "mri" and kind != "c":
+        raise real_kspace_refusal(path, np.asarray(meas.data).dtype)
+    for key in ("mask", "coil_maps"):
+        values = getattr(meas, key)
+        if values is not None and not np.isfinite(values).all():
+            fix = "the coils' maps, 0 outside the object" if key == "coil_maps" else "1 where k-space was measured, else 0"
+            raise InputError(f"{path}: its '{key}' holds NaN or infinite values: store finite ones ({fix})")
+    if meas.coil_maps is not None and not np.any(meas.coil_maps):
+        raise InputError(f"{path}: its 'coil_maps' hold only zeros: store the coils' maps, or leave them out to "
+                         "estimate them (mri.coil_maps=estimate / espirit)")
+
+
 def _refuse_empty_mask(meas: Measurement, path: Path) -> None:
     """MRI measurements need k-space that holds something and a sampling mask that samples something: refused
     when the mask is missing (a medrecon .npz without 'mask'), the k-space all zero (whatever the mask), or the
@@ -238,4 +275,5 @@ def is_measurement_file(path: str | Path) -> bool:
     return p.is_file() and p.suffix.lower() in MEASUREMENT_SUFFIXES and not is_nifti_pair(p)
 
 
-__all__ = ["MEASUREMENT_SUFFIXES", "Measurement", "is_measurement_file", "refuse_non_finite"]
+__all__ = ["MEASUREMENT_SUFFIXES", "Measurement", "is_measurement_file", "real_kspace_refusal", "refuse_no_values",
+           "refuse_non_finite"]

@@ -21,7 +21,7 @@ from medrecon.io.common import check_voxels
 from medrecon.volume import Volume
 from operators.mri import mask_acceleration
 
-from .measurement import Measurement, refuse_non_finite
+from .measurement import Measurement, real_kspace_refusal, refuse_no_values, refuse_non_finite
 
 MEASURED = "measured k-space, rescaled at load"
 
@@ -109,6 +109,7 @@ def _energy(k: np.ndarray, path: Path, axes: str = "") -> np.ndarray:
     """|k| summed over coils, (Z, H, W): the one pass over the whole k-space (Z, [C,] H, W) whose result the checks
     after it share. NaN or infinite samples, which make their pixel's sum NaN or infinite, are refused here
     (``refuse_non_finite``; ``axes`` names the order of its index)."""
+    refuse_no_values(k, path)
     energy = np.abs(k).reshape(k.shape[0], -1, *k.shape[-2:]).sum(1)
     if not np.isfinite(energy).all():  # (a sum past float32's range alone is not refused there)
         refuse_non_finite(k, path, "mri", axes)
@@ -173,9 +174,7 @@ def _complex_kspace(raw, path: Path) -> np.ndarray:
         raise InputError(f"{path}: kspace is real with a last axis of 2 ({raw.shape}): real and imaginary "
                          "parts? store it as complex (k[..., 0] + 1j * k[..., 1])")
     if raw.dtype.kind != "c":
-        raise InputError(f"{path}: kspace is real-valued ({raw.dtype}), but measured k-space is complex: its "
-                         "imaginary part was lost or magnitudes were stored; write the complex k-space (e.g. "
-                         "complex64)")
+        raise real_kspace_refusal(path, raw.dtype)
     return np.asarray(raw[()]).astype(np.complex64)
 
 

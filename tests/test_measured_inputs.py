@@ -85,3 +85,57 @@ def test_a_grid_or_info_that_is_not_a_json_object_is_refused_naming_the_key(tmp_
     with pytest.raises(InputError, match=rf"m.npz: cannot read measurements \(its '{key}' must hold a JSON object, "
                                          rf"not {kind}\)"):
         Measurement.load(_ct(tmp_path, **{key: np.array(value)}))
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, bool])
+def test_a_ct_sinogram_that_is_not_real_numbers_is_refused(tmp_path, dtype):
+    """A complex sinogram lost its imaginary part with only numpy's ComplexWarning; a bool one passed as 0/1."""
+    data = np.load(_ct(tmp_path, "ok.npz"))["data"]
+    with pytest.raises(InputError, match=rf"m.npz: the sinogram is {np.dtype(dtype).name}, but a CT sinogram holds "
+                                         r"real line integrals"):
+        Measurement.load(_ct(tmp_path, data=(data > 1 if dtype is bool else data.astype(dtype))))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_real_k_space_in_a_measurements_file_is_refused_as_a_raw_files_is(tmp_path, dtype):
+    k = np.load(_mri(tmp_path, "ok.npz"))["data"]
+    with pytest.raises(InputError, match=rf"k.npz: kspace is real-valued \({np.dtype(dtype).name}\), but measured "
+                                         r"k-space is complex"):
+        Measurement.load(_mri(tmp_path, data=(k.real * 100).astype(dtype)))
+
+
+def test_coil_maps_or_a_mask_holding_nan_and_coil_maps_of_zeros_are_refused_naming_the_key(tmp_path):
+    """Each reconstructed an image of zeros without a word."""
+    maps = np.full((4, 16, 16), 0.5, np.complex64)
+    maps[:, 3] = np.nan
+    with pytest.raises(InputError, match=r"k.npz: its 'coil_maps' holds NaN or infinite values"):
+        Measurement.load(_mri(tmp_path, coil_maps=maps))
+    with pytest.raises(InputError, match=r"k.npz: its 'coil_maps' hold only zeros: store the coils' maps, or leave "
+                                         r"them out"):
+        Measurement.load(_mri(tmp_path, coil_maps=np.zeros((4, 16, 16), np.complex64)))
+    mask = np.zeros((1, 16), np.float32)
+    mask[0, ::2] = np.nan
+    with pytest.raises(InputError, match=r"k.npz: its 'mask' holds NaN or infinite values: store finite ones \(1 "
+                                         r"where k-space was measured"):
+        Measurement.load(_mri(tmp_path, mask=mask))
+
+
+def test_measurements_of_no_values_are_refused_at_load_not_in_the_solver(tmp_path, capsys):
+    """0 slices: a torch traceback in the solver (a .npz) or a reshape's in the raw reader (HDF5, .cfl)."""
+    import h5py
+    from medrecon.io import write_cfl
+    geom = ParallelBeamGeometry(16, np.linspace(0, 180, 8, endpoint=False), n_det=24, pixel_size_mm=2.0,
+                                det_spacing_mm=2.0)
+    Measurement("ct", np.zeros((0, 8, 24), np.float32), Volume(np.zeros((0, 16, 16), np.float32)),
+                geom.to_dict()).save(tmp_path / "none.npz")
+    with h5py.File(tmp_path / "none.h5", "w") as f:
+        f["kspace"] = np.zeros((0, 4, 16, 16), np.complex64)
+    write_cfl(tmp_path / "none", np.zeros((16, 0, 1, 4), np.complex64))
+    for name in ("none.npz", "none.h5", "none.cfl"):
+        with pytest.raises(InputError, match=rf"{name}: the measurements hold no values \(shape \("):
+            Measurement.load(tmp_path / name)
+    rc = main(["reconstruct", "-c", "sparse_view_ct_8", "-i", str(tmp_path / "none.npz"), "-o", str(tmp_path / "o"),
+               "--set", "solver.name=fbp"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "hold no values" in err, err
+    assert not (tmp_path / "o").exists()

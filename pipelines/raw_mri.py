@@ -220,6 +220,9 @@ def load_fastmri(path: Path) -> Measurement:
             if "kspace" not in f:
                 raise InputError(f"{path}: no 'kspace' dataset (fastMRI-style files hold kspace "
                                  f"(slices, [coils,] H, W))")
+            if not isinstance(f["kspace"], h5py.Dataset):  # (a group: an AttributeError's traceback)
+                raise InputError(f"{path}: 'kspace' is a group, not a dataset: fastMRI-style files hold kspace as one "
+                                 "array (slices, [coils,] H, W)")
             k = _complex_kspace(f["kspace"], path)
             maps = next((np.asarray(f[n][()]).astype(np.complex64) for n in ("sens_maps", "coil_maps") if n in f),
                         None)

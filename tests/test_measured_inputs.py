@@ -139,3 +139,17 @@ def test_measurements_of_no_values_are_refused_at_load_not_in_the_solver(tmp_pat
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "hold no values" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_bart_header_of_negative_sizes_and_an_hdf5_kspace_group_are_refused_in_one_line(tmp_path):
+    """Both were tracebacks (numpy's reshape; h5py's Group has no dtype)."""
+    import h5py
+    from medrecon.io import write_cfl
+    write_cfl(tmp_path / "k", np.ones((16, 16, 1, 4), np.complex64))
+    (tmp_path / "k.hdr").write_text("# Dimensions\n-16 -16 1 4 1\n")
+    with pytest.raises(InputError, match=r"k.hdr: the '# Dimensions' line must hold sizes >= 0, got \[-16, -16, 1, 4"):
+        Measurement.load(tmp_path / "k.cfl")
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        f.create_group("kspace")
+    with pytest.raises(InputError, match=r"g.h5: 'kspace' is a group, not a dataset"):
+        Measurement.load(tmp_path / "g.h5")

@@ -228,6 +228,13 @@ def _refuse_wrong_arrays(meas: Measurement, path) -> None:
         if values is not None and not np.isfinite(values).all():
             fix = "the coils' maps, 0 outside the object" if key == "coil_maps" else "1 where k-space was measured, else 0"
             raise InputError(f"{path}: its '{key}' holds NaN or infinite values: store finite ones ({fix})")
+    maps = meas.coil_maps
+    if maps is not None and np.ndim(meas.data) == 3 and np.ndim(maps) >= 3:  # single-coil k-space (Z, H, W)
+        coils = np.shape(maps)[0 if meas.mask_layout == "3d" else -3]  # maps (C, [Z,] Y, X) | ([Z,] C, H, W)
+        if coils > 1:  # maps of other data: the operator drops them for single-coil k-space, unseen
+            raise InputError(f"{path}: coil maps of {coils} coils {tuple(np.shape(maps))} are stored with single-coil "
+                             f"k-space {tuple(np.shape(meas.data))}: store the coils' k-space as (slices, coils, H, "
+                             "W), or leave the maps out")
     if meas.coil_maps is not None and not np.any(meas.coil_maps):
         raise InputError(f"{path}: its 'coil_maps' hold only zeros: store the coils' maps, or leave them out to "
                          "estimate them (mri.coil_maps=estimate / espirit)")

@@ -153,3 +153,12 @@ def test_a_bart_header_of_negative_sizes_and_an_hdf5_kspace_group_are_refused_in
         f.create_group("kspace")
     with pytest.raises(InputError, match=r"g.h5: 'kspace' is a group, not a dataset"):
         Measurement.load(tmp_path / "g.h5")
+
+
+def test_coil_maps_of_several_coils_stored_with_single_coil_k_space_are_refused(tmp_path):
+    """The operator dropped them for single-coil k-space, and the file was reconstructed without a word."""
+    k = np.load(_mri(tmp_path, "ok.npz"))["data"][:, 0]
+    with pytest.raises(InputError, match=r"k.npz: coil maps of 4 coils \(4, 16, 16\) are stored with single-coil "
+                                         r"k-space \(2, 16, 16\): store the coils' k-space as \(slices, coils, H, W\)"):
+        Measurement.load(_mri(tmp_path, data=k))
+    Measurement.load(_mri(tmp_path, "one.npz", data=k, coil_maps=np.ones((1, 16, 16), np.complex64)))  # one coil

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medrecon.errors import InputError
+from medrecon.io.common import check_voxels
 from medrecon.io.dispatch import MEASUREMENT_SUFFIXES
 from medrecon.io.nifti import is_nifti_pair
 from medrecon.volume import Volume
@@ -119,8 +120,9 @@ class Measurement:
         if self._checked:
             return self
         refuse_no_values(self.data, where)
-        if not finite_checked:
+        if not finite_checked:  # (raw files: their data and reference checked as read, naming the dataset)
             refuse_non_finite(self.data, where, self.modality)
+            self.reference = checked_reference(self.reference, self.grid.shape, where, "its 'reference'")
         _refuse_wrong_arrays(self, where)
         if self.modality == "mri":
             _refuse_empty_mask(self, where)
@@ -206,6 +208,18 @@ def refuse_no_values(values, path) -> None:
                          "needs at least one slice, view, coil or sample")
 
 
+def checked_reference(ref, grid_shape, path, name: str):
+    """A reference image stored with measurements (fastMRI's ``reconstruction_rss``, a .npz's ``reference``) as
+    float32, refused naming ``path`` and ``name`` unless real, finite and of the grid's shape (a .npz's of another
+    shape was a traceback after the reconstruction, a NaN blamed on the output's reference.nii.gz, a complex one cut
+    to its real part); None stays None."""
+    if ref is None:
+        return None
+    if tuple(np.shape(ref)) != tuple(grid_shape):
+        raise InputError(f"{path}: {name} has shape {tuple(np.shape(ref))}, the recon grid is {tuple(grid_shape)}")
+    return check_voxels(ref, f"{path}: {name}")
+
+
 def real_kspace_refusal(path, dtype) -> InputError:
     """The refusal of real-valued k-space (a raw file's or a measurements file's)."""
     return InputError(f"{path}: kspace is real-valued ({dtype}), but measured k-space is complex: its imaginary part "
@@ -282,5 +296,5 @@ def is_measurement_file(path: str | Path) -> bool:
     return p.is_file() and p.suffix.lower() in MEASUREMENT_SUFFIXES and not is_nifti_pair(p)
 
 
-__all__ = ["MEASUREMENT_SUFFIXES", "Measurement", "is_measurement_file", "real_kspace_refusal", "refuse_no_values",
+__all__ = ["MEASUREMENT_SUFFIXES", "Measurement", "checked_reference", "is_measurement_file", "real_kspace_refusal", "refuse_no_values",
            "refuse_non_finite"]

@@ -17,11 +17,10 @@ import numpy as np
 
 from medrecon.errors import InputError
 from medrecon.io import read_cfl
-from medrecon.io.common import check_voxels
 from medrecon.volume import Volume
 from operators.mri import mask_acceleration
 
-from .measurement import Measurement, real_kspace_refusal, refuse_no_values, refuse_non_finite
+from .measurement import Measurement, checked_reference, real_kspace_refusal, refuse_no_values, refuse_non_finite
 
 MEASURED = "measured k-space, rescaled at load"
 
@@ -232,7 +231,7 @@ def load_fastmri(path: Path) -> Measurement:
             # they were emulated from; reconstruction_esc is the image of this k-space
             names = ("reconstruction_esc", "reconstruction_rss") if f["kspace"].ndim == 3 else ("reconstruction_rss",)
             name = next((n for n in names if n in f), None)
-            ref = None if name is None else np.asarray(f[name][()], np.float32)
+            ref = None if name is None else np.asarray(f[name][()])  # float32 once checked
     except OSError as e:
         raise InputError(f"{path}: cannot read HDF5 ({e})") from None
     if k.ndim not in (3, 4):
@@ -241,10 +240,7 @@ def load_fastmri(path: Path) -> Measurement:
     _refuse_uncentred(energy, path)
     header = None if xml is None else parse_ismrmrd_header(xml.tobytes() if hasattr(xml, "tobytes") else xml)
     grid, info = _grid(k.shape[0], k.shape[-2:], header)
-    if ref is not None and ref.shape != grid.shape:
-        raise InputError(f"{path}: {name} has shape {ref.shape}, the recon grid is {grid.shape}")
-    if ref is not None:  # (its NaN was blamed on the output's reference.nii.gz, which is then never written)
-        ref = check_voxels(ref, f"{path}: {name}")
+    ref = checked_reference(ref, grid.shape, path, name)
     source = "file" if mask is not None else "non-zero columns"
     if mask is None:  # (ISMRMRD places each line at its own ky: never along the rows)
         _refuse_lines_along_rows(energy, path)

@@ -162,3 +162,14 @@ def test_coil_maps_of_several_coils_stored_with_single_coil_k_space_are_refused(
                                          r"k-space \(2, 16, 16\): store the coils' k-space as \(slices, coils, H, W\)"):
         Measurement.load(_mri(tmp_path, data=k))
     Measurement.load(_mri(tmp_path, "one.npz", data=k, coil_maps=np.ones((1, 16, 16), np.complex64)))  # one coil
+
+
+@pytest.mark.parametrize("ref, said", [
+    (np.ones((2, 10, 10), np.float32), r"its 'reference' has shape \(2, 10, 10\), the recon grid is \(2, 16, 16\)"),
+    (np.full((2, 16, 16), np.nan, np.float32), r"its 'reference': 512 NaN and 0 Inf voxels"),
+    (np.ones((2, 16, 16), np.complex64), r"its 'reference': voxels of type complex64 are not supported")])
+def test_a_reference_stored_in_a_measurements_file_is_checked_at_load_naming_it(tmp_path, ref, said):
+    """Of another shape: a traceback after the reconstruction; NaN: blamed on the output's reference.nii.gz;
+    complex: cut to its real part with numpy's warning."""
+    with pytest.raises(InputError, match=rf"k.npz: {said}"):
+        Measurement.load(_mri(tmp_path, reference=ref))

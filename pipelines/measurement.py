@@ -85,7 +85,7 @@ class Measurement:
 
     def save(self, path: Path) -> None:
         g = self.grid
-        arrays = {"format": np.array("medrecon-measurements-1"), "modality": np.array(self.modality),
+        arrays = {"format": np.array(FORMAT), "modality": np.array(self.modality),
                   "data": self.data, "info": np.array(json.dumps(self.info)),
                   "grid": np.array(json.dumps({"shape": list(g.shape), "spacing": list(g.spacing),
                                                "origin": list(g.origin), "direction": g.direction.tolist(),
@@ -143,6 +143,9 @@ class Measurement:
             z = np.load(path, allow_pickle=False)
             if "format" not in z or "data" not in z:
                 raise InputError(f"{path}: not a medrecon measurements file (no 'format'/'data' arrays)")
+            if str(z["format"]) != FORMAT:  # (read as if it were, whatever it said)
+                raise InputError(f"{path}: its format is {str(z['format'])!r}, not {FORMAT!r}, the one this medrecon "
+                                 f"reads; {REWRITE}")
             missing = [k for k in ("modality", "grid", "info") if k not in z]
             if missing:
                 raise InputError(f"{path}: no {', '.join(repr(k) for k in missing)} array: a measurements file "
@@ -164,6 +167,8 @@ class Measurement:
         return meas
 
 
+#: the ``format`` a measurements file holds (``Measurement.save``)
+FORMAT = "medrecon-measurements-1"
 #: the arrays of a measurements file (``Measurement.save``)
 NPZ_KEYS = ("'format', 'modality', 'data', 'grid' (JSON), 'info' (JSON) and, for CT, 'geometry' (JSON); for MRI "
             "'mask'")

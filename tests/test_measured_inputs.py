@@ -173,3 +173,9 @@ def test_a_reference_stored_in_a_measurements_file_is_checked_at_load_naming_it(
     complex: cut to its real part with numpy's warning."""
     with pytest.raises(InputError, match=rf"k.npz: {said}"):
         Measurement.load(_mri(tmp_path, reference=ref))
+
+
+def test_a_measurements_file_of_another_format_is_refused_not_read_as_if_it_were_this_one(tmp_path):
+    with pytest.raises(InputError, match=r"m.npz: its format is 'medrecon-measurements-2', not "
+                                         r"'medrecon-measurements-1', the one this medrecon reads"):
+        Measurement.load(_ct(tmp_path, format=np.array("medrecon-measurements-2")))

@@ -6,6 +6,8 @@ ISMRMRD HDF5, BART .cfl) through ``pipelines.raw_mri``.
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medrecon.errors import InputError
+from medrecon.io.common import check_voxels
 from medrecon.io.dispatch import MEASUREMENT_SUFFIXES
 from medrecon.io.nifti import is_nifti_pair
 from medrecon.volume import Volume
@@ -82,7 +85,7 @@ class Measurement:
 
     def save(self, path: Path) -> None:
         g = self.grid
-        arrays = {"format": np.array("medrecon-measurements-1"), "modality": np.array(self.modality),
+        arrays = {"format": np.array(FORMAT), "modality": np.array(self.modality),
                   "data": self.data, "info": np.array(json.dumps(self.info)),
                   "grid": np.array(json.dumps({"shape": list(g.shape), "spacing": list(g.spacing),
                                                "origin": list(g.origin), "direction": g.direction.tolist(),
@@ -116,8 +119,11 @@ class Measurement:
         measurements made in Python (once: a loaded file given to it is not checked again)."""
         if self._checked:
             return self
-        if not finite_checked:
+        refuse_no_values(self.data, where)
+        if not finite_checked:  # (raw files: their data and reference checked as read, naming the dataset)
             refuse_non_finite(self.data, where, self.modality)
+            self.reference = checked_reference(self.reference, self.grid.shape, where, "its 'reference'")
+        _refuse_wrong_arrays(self, where)
         if self.modality == "mri":
             _refuse_empty_mask(self, where)
         if self.modality == "ct":
@@ -137,18 +143,47 @@ class Measurement:
             z = np.load(path, allow_pickle=False)
             if "format" not in z or "data" not in z:
                 raise InputError(f"{path}: not a medrecon measurements file (no 'format'/'data' arrays)")
-            g = json.loads(str(z["grid"]))
+            if str(z["format"]) != FORMAT:  # (read as if it were, whatever it said)
+                raise InputError(f"{path}: its format is {str(z['format'])!r}, not {FORMAT!r}, the one this medrecon "
+                                 f"reads; {REWRITE}")
+            missing = [k for k in ("modality", "grid", "info") if k not in z]
+            if missing:
+                raise InputError(f"{path}: no {', '.join(repr(k) for k in missing)} array: a measurements file "
+                                 f"holds {NPZ_KEYS} (README: A measured CT sinogram)")
+            g, info = (_json_object(z[k], k) for k in ("grid", "info"))
             grid = Volume(np.zeros(g["shape"], np.float32), g["spacing"], g["origin"], np.array(g["direction"]),
                           {"nifti": g["nifti"]} if g.get("nifti") else {})  # the input's NIfTI codes
             meas = cls(str(z["modality"]), z["data"], grid,
                        json.loads(str(z["geometry"])) if "geometry" in z else None,
                        z["mask"] if "mask" in z else None, z["coil_maps"] if "coil_maps" in z else None,
-                       json.loads(str(z["info"])), z["reference"] if "reference" in z else None)
-        except (OSError, ValueError, KeyError) as e:
+                       info, z["reference"] if "reference" in z else None)
+        except (EOFError, zipfile.BadZipFile, zlib.error) as e:  # (an empty file's EOFError was click's "Aborted!")
+            raise InputError(f"{path}: cannot read measurements: the file is empty, truncated or corrupt ({e}); "
+                             f"{REWRITE}") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:  # (TypeError: a grid value of the wrong kind)
             raise InputError(f"{path}: cannot read measurements ({e})") from None
         made_from = meas.info.get("source")  # messages name the file given, and what it was simulated from
         meas.info["source"] = f"{path} (simulated from {made_from})" if made_from else str(path)
         return meas
+
+
+#: the ``format`` a measurements file holds (``Measurement.save``)
+FORMAT = "medrecon-measurements-1"
+#: the arrays of a measurements file (``Measurement.save``)
+NPZ_KEYS = ("'format', 'modality', 'data', 'grid' (JSON), 'info' (JSON) and, for CT, 'geometry' (JSON); for MRI "
+            "'mask'")
+#: the fix for a measurements file that cannot be read
+REWRITE = ("write it again with medrecon simulate or pipelines.measurement.Measurement.save (README: A measured CT "
+           "sinogram)")
+
+
+def _json_object(value: np.ndarray, key: str) -> dict:
+    """A JSON object stored as an array of a measurements file (``grid``, ``info``): anything else is a ValueError
+    naming the key."""
+    obj = json.loads(str(value))
+    if not isinstance(obj, dict):
+        raise ValueError(f"its {key!r} must hold a JSON object, not {type(obj).__name__}")
+    return obj
 
 
 #: what a CT measurements file must hold beside its sinogram (README: "A measured CT sinogram")
@@ -168,6 +203,60 @@ def refuse_non_finite(values, path, modality: str, axes: str = "") -> None:
             if modality == "ct" else "set them to 0 and leave them out of the mask"
         raise InputError(f"{path}: {int(bad.sum())} measured values are NaN or infinite (the first at index "
                          f"{where}{' ' + axes if axes else ''}); {fix}, e.g. with numpy.nan_to_num")
+
+
+def refuse_no_values(values, path) -> None:
+    """The refusal of measurements holding no values at all (0 slices, views, coils or samples): the solvers failed
+    on them with a torch traceback, the raw readers with a reshape's."""
+    if np.size(values) == 0:
+        raise InputError(f"{path}: the measurements hold no values (shape {tuple(np.shape(values))}): every axis "
+                         "needs at least one slice, view, coil or sample")
+
+
+def checked_reference(ref, grid_shape, path, name: str):
+    """A reference image stored with measurements (fastMRI's ``reconstruction_rss``, a .npz's ``reference``) as
+    float32, refused naming ``path`` and ``name`` unless real, finite and of the grid's shape (a .npz's of another
+    shape was a traceback after the reconstruction, a NaN blamed on the output's reference.nii.gz, a complex one cut
+    to its real part); None stays None."""
+    if ref is None:
+        return None
+    if tuple(np.shape(ref)) != tuple(grid_shape):
+        raise InputError(f"{path}: {name} has shape {tuple(np.shape(ref))}, the recon grid is {tuple(grid_shape)}")
+    return check_voxels(ref, f"{path}: {name}")
+
+
+def real_kspace_refusal(path, dtype) -> InputError:
+    """The refusal of real-valued k-space (a raw file's or a measurements file's)."""
+    return InputError(f"{path}: kspace is real-valued ({dtype}), but measured k-space is complex: its imaginary part "
+                      "was lost or magnitudes were stored; write the complex k-space (e.g. complex64)")
+
+
+def _refuse_wrong_arrays(meas: Measurement, path) -> None:
+    """Arrays of the wrong kind: a CT sinogram that is not real numbers (complex: its imaginary part was dropped
+    with only numpy's ComplexWarning; bool), MRI k-space that is not complex (reconstructed as if its imaginary part
+    were 0), and a mask or coil maps holding NaN or infinite values or coil maps of only zeros (both gave an image
+    of zeros without a word)."""
+    kind = np.asarray(meas.data).dtype.kind
+    if meas.modality == "ct" and kind not in "iuf":
+        raise InputError(f"{path}: the sinogram is {np.asarray(meas.data).dtype}, but a CT sinogram holds real line "
+                         "integrals -log(I/I0): store them as float32")
+    if meas.modality == "mri" and kind != "c":
+        raise real_kspace_refusal(path, np.asarray(meas.data).dtype)
+    for key in ("mask", "coil_maps"):
+        values = getattr(meas, key)
+        if values is not None and not np.isfinite(values).all():
+            fix = "the coils' maps, 0 outside the object" if key == "coil_maps" else "1 where k-space was measured, else 0"
+            raise InputError(f"{path}: its '{key}' holds NaN or infinite values: store finite ones ({fix})")
+    maps = meas.coil_maps
+    if maps is not None and np.ndim(meas.data) == 3 and np.ndim(maps) >= 3:  # single-coil k-space (Z, H, W)
+        coils = np.shape(maps)[0 if meas.mask_layout == "3d" else -3]  # maps (C, [Z,] Y, X) | ([Z,] C, H, W)
+        if coils > 1:  # maps of other data: the operator drops them for single-coil k-space, unseen
+            raise InputError(f"{path}: coil maps of {coils} coils {tuple(np.shape(maps))} are stored with single-coil "
+                             f"k-space {tuple(np.shape(meas.data))}: store the coils' k-space as (slices, coils, H, "
+                             "W), or leave the maps out")
+    if meas.coil_maps is not None and not np.any(meas.coil_maps):
+        raise InputError(f"{path}: its 'coil_maps' hold only zeros: store the coils' maps, or leave them out to "
+                         "estimate them (mri.coil_maps=estimate / espirit)")
 
 
 def _refuse_empty_mask(meas: Measurement, path: Path) -> None:
@@ -212,4 +301,5 @@ def is_measurement_file(path: str | Path) -> bool:
     return p.is_file() and p.suffix.lower() in MEASUREMENT_SUFFIXES and not is_nifti_pair(p)
 
 
-__all__ = ["MEASUREMENT_SUFFIXES", "Measurement", "is_measurement_file", "refuse_non_finite"]
+__all__ = ["MEASUREMENT_SUFFIXES", "Measurement", "checked_reference", "is_measurement_file", "real_kspace_refusal", "refuse_no_values",
+           "refuse_non_finite"]

@@ -17,11 +17,10 @@ import numpy as np
 
 from medrecon.errors import InputError
 from medrecon.io import read_cfl
-from medrecon.io.common import check_voxels
 from medrecon.volume import Volume
 from operators.mri import mask_acceleration
 
-from .measurement import Measurement, refuse_non_finite
+from .measurement import Measurement, checked_reference, real_kspace_refusal, refuse_no_values, refuse_non_finite
 
 MEASURED = "measured k-space, rescaled at load"
 
@@ -109,6 +108,7 @@ def _energy(k: np.ndarray, path: Path, axes: str = "") -> np.ndarray:
     """|k| summed over coils, (Z, H, W): the one pass over the whole k-space (Z, [C,] H, W) whose result the checks
     after it share. NaN or infinite samples, which make their pixel's sum NaN or infinite, are refused here
     (``refuse_non_finite``; ``axes`` names the order of its index)."""
+    refuse_no_values(k, path)
     energy = np.abs(k).reshape(k.shape[0], -1, *k.shape[-2:]).sum(1)
     if not np.isfinite(energy).all():  # (a sum past float32's range alone is not refused there)
         refuse_non_finite(k, path, "mri", axes)
@@ -173,9 +173,7 @@ def _complex_kspace(raw, path: Path) -> np.ndarray:
         raise InputError(f"{path}: kspace is real with a last axis of 2 ({raw.shape}): real and imaginary "
                          "parts? store it as complex (k[..., 0] + 1j * k[..., 1])")
     if raw.dtype.kind != "c":
-        raise InputError(f"{path}: kspace is real-valued ({raw.dtype}), but measured k-space is complex: its "
-                         "imaginary part was lost or magnitudes were stored; write the complex k-space (e.g. "
-                         "complex64)")
+        raise real_kspace_refusal(path, raw.dtype)
     return np.asarray(raw[()]).astype(np.complex64)
 
 
@@ -221,6 +219,9 @@ def load_fastmri(path: Path) -> Measurement:
             if "kspace" not in f:
                 raise InputError(f"{path}: no 'kspace' dataset (fastMRI-style files hold kspace "
                                  f"(slices, [coils,] H, W))")
+            if not isinstance(f["kspace"], h5py.Dataset):  # (a group: an AttributeError's traceback)
+                raise InputError(f"{path}: 'kspace' is a group, not a dataset: fastMRI-style files hold kspace as one "
+                                 "array (slices, [coils,] H, W)")
             k = _complex_kspace(f["kspace"], path)
             maps = next((np.asarray(f[n][()]).astype(np.complex64) for n in ("sens_maps", "coil_maps") if n in f),
                         None)
@@ -230,7 +231,7 @@ def load_fastmri(path: Path) -> Measurement:
             # they were emulated from; reconstruction_esc is the image of this k-space
             names = ("reconstruction_esc", "reconstruction_rss") if f["kspace"].ndim == 3 else ("reconstruction_rss",)
             name = next((n for n in names if n in f), None)
-            ref = None if name is None else np.asarray(f[name][()], np.float32)
+            ref = None if name is None else np.asarray(f[name][()])  # float32 once checked
     except OSError as e:
         raise InputError(f"{path}: cannot read HDF5 ({e})") from None
     if k.ndim not in (3, 4):
@@ -239,10 +240,7 @@ def load_fastmri(path: Path) -> Measurement:
     _refuse_uncentred(energy, path)
     header = None if xml is None else parse_ismrmrd_header(xml.tobytes() if hasattr(xml, "tobytes") else xml)
     grid, info = _grid(k.shape[0], k.shape[-2:], header)
-    if ref is not None and ref.shape != grid.shape:
-        raise InputError(f"{path}: {name} has shape {ref.shape}, the recon grid is {grid.shape}")
-    if ref is not None:  # (its NaN was blamed on the output's reference.nii.gz, which is then never written)
-        ref = check_voxels(ref, f"{path}: {name}")
+    ref = checked_reference(ref, grid.shape, path, name)
     source = "file" if mask is not None else "non-zero columns"
     if mask is None:  # (ISMRMRD places each line at its own ky: never along the rows)
         _refuse_lines_along_rows(energy, path)

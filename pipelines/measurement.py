@@ -113,10 +113,12 @@ class Measurement:
         return cls._load_npz(path).check(path)
 
     def check(self, where, finite_checked: bool = False) -> "Measurement":
-        """These measurements, refused (InputError naming ``where``) unless usable: finite values (unless
-        ``finite_checked``: raw files are checked as read, in their own axis order); MRI: k-space and a mask that sample something; CT: a geometry the
-        sinogram fits, and values that can be line integrals. ``load`` checks a file; ``Problem.build`` checks
-        measurements made in Python (once: a loaded file given to it is not checked again)."""
+        """These measurements, refused (InputError naming ``where``) unless usable: some values, finite (unless
+        ``finite_checked``: raw files are checked as read, in their own axis order), of the modality's kind (real
+        line integrals, complex k-space), a finite mask and coil maps; MRI: k-space and a mask that sample
+        something; CT: a geometry the sinogram fits, and values that can be line integrals. ``load`` checks a
+        file; ``Problem.build`` checks measurements made in Python (once: a loaded file given to it is not checked
+        again)."""
         if self._checked:
             return self
         refuse_no_values(self.data, where)
@@ -245,7 +247,8 @@ def _refuse_wrong_arrays(meas: Measurement, path) -> None:
     for key in ("mask", "coil_maps"):
         values = getattr(meas, key)
         if values is not None and not np.isfinite(values).all():
-            fix = "the coils' maps, 0 outside the object" if key == "coil_maps" else "1 where k-space was measured, else 0"
+            fix = ("the coils' maps, 0 outside the object" if key == "coil_maps" else
+                   "1 where k-space was measured, else 0")
             raise InputError(f"{path}: its '{key}' holds NaN or infinite values: store finite ones ({fix})")
     maps = meas.coil_maps
     if maps is not None and np.ndim(meas.data) == 3 and np.ndim(maps) >= 3:  # single-coil k-space (Z, H, W)
@@ -301,5 +304,5 @@ def is_measurement_file(path: str | Path) -> bool:
     return p.is_file() and p.suffix.lower() in MEASUREMENT_SUFFIXES and not is_nifti_pair(p)
 
 
-__all__ = ["MEASUREMENT_SUFFIXES", "Measurement", "checked_reference", "is_measurement_file", "real_kspace_refusal", "refuse_no_values",
-           "refuse_non_finite"]
+__all__ = ["MEASUREMENT_SUFFIXES", "Measurement", "checked_reference", "is_measurement_file", "real_kspace_refusal",
+           "refuse_no_values", "refuse_non_finite"]

@@ -187,7 +187,7 @@ def _refuse_repeated_volumes(trained: list, held: list, given: dict) -> None:
     def option(record) -> str:  # the option that gave it, as the user gave it: a folder, 'test', not its file
         # _found_records' carry it; a record read has its path among theirs (read_volumes finds each source's
         # volumes as _found_records does, a registered scan's path is its provenance's), so ``given`` holds it
-        return record.get("given") or given[path(record)]
+        return record.get("given") or given.get(path(record), path(record))  # (else the path itself)
 
     def first(record, seen: dict):
         return next(((kind, seen[(kind, v)]) for kind, v in keys(record) if (kind, v) in seen), (None, None))
@@ -407,14 +407,15 @@ def train(
                          "benchmarks/sampler_errors.py --out FOLDER first")
     scan_folders = [datasets.cache_root() / n for n in [*names, *held_names]]  # a registered scan's, in the cache
     check_not_input(output, [*paths, *hpaths, *scan_folders, sampler_errors])  # the prior would land among the scans
+    start = None  # the --init-from prior, read by the loader (its checks) before the data, and trained from
     if init_from:
         from .config import resolve_prior_path
 
         init_from = str(resolve_prior_path(init_from))
-        if not resume:  # read by the loader, with its checks, before the data (a resume keeps the run's own)
+        if not resume:  # (a resume keeps the run's own)
             from medrecon.priors import load_prior
 
-            load_prior(init_from)
+            start = load_prior(init_from)
     imap, pct = training_intensity(modality, hu_window, mri_percentile)
     opts = TrainOptions(arch=arch.value, image_size=image_size, channels=widths, layers_per_block=layers_per_block,
                         attention=attention, steps=steps, time_limit=time_limit, loader_workers=loader_workers,
@@ -487,5 +488,5 @@ def train(
     typer.echo(f"training {arch.value} prior on {what} from {sd.description['n_volumes']} volumes, "
                f"{n_held} held-out slices", err=True)
     out = train_prior(sd, output, opts, command=_command_line(ctx), resume=resume, overwrite=overwrite,
-                      heldout=heldout, progress=progress)
+                      heldout=heldout, progress=progress, start=start)
     say(str(out))

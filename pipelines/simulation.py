@@ -180,15 +180,17 @@ def simulate_mri(cfg: Config, src: Volume, size: int, pixel_mm: float | None = N
     return ref, Measurement("mri", y, ref.with_data(np.zeros(ref.shape)), None, mask, maps, info)
 
 
-def check_simulation_fits(cfg: Config, n_slices: int, size: int) -> None:
-    """One line naming the keys where the simulated data of ``n_slices`` slices on a ``size`` grid cannot fit in
-    memory (``ct.n_views=1e9`` was killed by the kernel without a word): an estimate of the largest arrays, the
-    projections in float64 with their noisy copy (CT; ``2 * size`` detector bins where the config gives none), every
-    coil's k-space of the finer grid in complex64 with its product's (MRI)."""
-    f = cfg.simulation.upsample
+def check_simulation_fits(cfg: Config, src: Volume, size: int, pixel_mm: float | None = None) -> None:
+    """One line naming the keys where the simulated data of ``src``'s slices on a ``size`` grid cannot fit in memory
+    (``ct.n_views=1e9`` was killed by the kernel without a word): an estimate of the largest arrays, the projections
+    in float64 with their noisy copy (CT; the geometry's own detector count), every coil's k-space of the finer
+    grid in complex64 with its product's (MRI)."""
+    f, n_slices = cfg.simulation.upsample, src.shape[0]
     if cfg.modality == "ct":
         views = cfg.ct.n_views or math.ceil(cfg.ct.wedge_deg)  # a wedge: one view per degree
-        need = 16.0 * n_slices * views * (cfg.ct.detector.n_det or 2 * size)
+        one_view = cfg.model_copy(update={"ct": cfg.ct.model_copy(update={"n_views": 1, "wedge_deg": None})})
+        n_det = ct_geometry(one_view, size, grid_pixel(src, size, pixel_mm or cfg.ct.pixel_size)).n_det
+        need = 16.0 * n_slices * views * n_det
         what, keys = f"{views} views", "ct.n_views (or ct.detector.n_det)"
     else:
         coils = cfg.mri.n_coils if cfg.mri.coils == "multi" else 1
@@ -200,7 +202,7 @@ def check_simulation_fits(cfg: Config, n_slices: int, size: int) -> None:
 def simulate_volume(cfg: Config, src: Volume, size: int, pixel_mm: float | None = None) -> tuple[Volume, Measurement]:
     """Reference volume on the reconstruction grid (size x size pixels of ``pixel_mm``; None: the config's
     pixel size, else the field of view / size), in physical units, and the simulated measurement."""
-    check_simulation_fits(cfg, src.shape[0], size)
+    check_simulation_fits(cfg, src, size, pixel_mm)
     ref, meas = (simulate_ct if cfg.modality == "ct" else simulate_mri)(cfg, src, size, pixel_mm)
     # a noise too large for single precision: else every solver 'diverged', told to lower step sizes it may not have
     if cfg.noise.kind in ("gaussian", "complex_gaussian") and not np.isfinite(meas.data).all():

@@ -47,6 +47,8 @@ def read_settings_text(path) -> str:
     from medrecon.errors import InputError
     from medrecon.io.atomic import os_reason
 
+    if Path(path).is_dir():  # (told "Is a directory; make it readable")
+        raise InputError(f"{path}: a folder, not a settings file; give the YAML file")
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

@@ -806,6 +806,8 @@ def test_pacs_settings_not_utf8_or_not_yaml_are_told_as_a_config_file_is(tmp_pat
     with pytest.raises(InputError, match=rf"{cfg}: line \d+, column \d+: not valid YAML") as e:
         load_settings(cfg)
     assert "\n" not in printed(e.value)
+    with pytest.raises(InputError, match=rf"{tmp_path}: a folder, not a settings file"):  # was "make it readable"
+        load_settings(tmp_path)
 
 
 def test_pacs_settings_take_yaml_merge_keys_and_load_no_torch(tmp_path):

@@ -1760,6 +1760,27 @@ def test_a_training_volume_given_twice_is_refused_naming_it_and_both_options(tmp
     assert main(["train", "--data", str(scans), "--output", str(tmp_path / "p"), *run]) == 0
 
 
+def test_a_fine_tune_reads_its_init_from_prior_once(tmp_path, monkeypatch):
+    """--init-from is read before the data (its errors first); the trainer then loaded it a second time (the
+    weights read and the network built twice). Now the one loaded prior starts the network."""
+    from medrecon.priors import loader
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(4)
+    nib.save(nib.Nifti1Image(phantom_volume(rng, z=6, n=24).transpose(2, 1, 0), np.diag([-1.0, -1.0, 2.0, 1.0])),
+             tmp_path / "v.nii.gz")
+    run = ["train", "--data", str(tmp_path / "v.nii.gz"), "--image-size", "16", "--channels", "8,16",
+           "--batch-size", "2", "--steps", "1", "--sample-every", "0", "--checkpoint-every", "0", "--device", "cpu",
+           "--no-progress", "--output"]
+    assert main([*run, str(tmp_path / "p")]) == 0
+    loads = []
+    real = loader.load_prior
+    monkeypatch.setattr(loader, "load_prior", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr("medrecon.priors.load_prior", loader.load_prior)
+    assert main([*run, str(tmp_path / "q"), "--init-from", str(tmp_path / "p")]) == 0
+    assert loads == [str(tmp_path / "p")]
+
+
 def test_an_init_from_that_is_no_prior_is_told_before_the_data_are_read(tmp_path, capsys):
     """`--init-from` a path that does not exist or a folder without a model card was told only once every volume
     had been read (minutes for many); now the loader's own one line comes first (here the data do not even exist)."""

@@ -865,7 +865,7 @@ def _versions() -> dict:
 
 def train_prior(data, output: str | Path, options: TrainOptions | None = None, *,
                 command: str | None = None, resume: bool = False, overwrite: bool = False,
-                heldout=None, progress: bool = True) -> Path:
+                heldout=None, progress: bool = True, start: Denoiser | None = None) -> Path:
     """Train an EDM-preconditioned UNet2DModel prior on ``data`` and write a prior folder to ``output``.
 
     ``options.arch``: 'unet' (``data`` a SliceData from prepare_slices/load_slices) or 'patch' (``data`` a
@@ -873,7 +873,8 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
     ``output/checkpoints/state.pt`` up to ``options.steps`` in total. ``heldout``: slices in the model range
     (a tensor, or a list of tensors of different sizes), scored with :func:`heldout_loss` before, at every
     ``heldout_every`` steps (heldout.csv) and after, into the card. ``command`` is recorded in the model card
-    (the CLI passes its exact command line). Returns ``output``.
+    (the CLI passes its exact command line). ``start``: ``options.init_from``'s prior already loaded (else read
+    here). Returns ``output``.
     """
     from tqdm.auto import tqdm
 
@@ -898,7 +899,7 @@ def train_prior(data, output: str | Path, options: TrainOptions | None = None, *
         opts = replace(opts, pixel_spacing_range=tuple(was)) if was else opts  # its scans)
     if resume and opts.patch_inference_shifts is None:  # the run's own tile grids (else its start's: _Trainer)
         opts = replace(opts, patch_inference_shifts=(state.get("options") or {}).get("patch_inference_shifts") or None)
-    tr = (_PatchTrainer if opts.arch == "patch" else _Trainer)(data, out, opts, command)  # reads --init-from
+    tr = (_PatchTrainer if opts.arch == "patch" else _Trainer)(data, out, opts, command, start)  # or --init-from
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # what check_output cannot see (a read-only file system, /proc)

@@ -103,10 +103,6 @@ class Job:
         (its marker then unread): 'new' is reconstructed, 'done' skipped, any other a conflict."""
         return state_now(self.output, overwrite, self.uid, self.files_sha256, self.config_sha256)
 
-    def state_of(self, mark: dict | None) -> str:
-        """``output_state`` of this series against its output folder's marker ``mark`` (``read_marker``)."""
-        return output_state(mark, self.uid, self.files_sha256, self.config_sha256)
-
     @cached_property
     def recorded_uid(self) -> str:
         """The series' UID as its row and output record it (de-identified: the derived series' reference). Cached,
@@ -353,7 +349,7 @@ def known_outputs(output_root: Path, rows: list[dict]) -> dict[str, Path]:
 def earlier_markers(output_root: Path, rows: list[dict]) -> dict[Path, dict]:
     """Output folder -> marker of the outputs that the rows of earlier runs name (those with a marker), each read
     once at the batch's start: ``check_key`` checks them, and the dry run, which writes nothing, acts on them
-    (``Job.state_of``). A run reads each series' marker again at its turn (``run_series``): an output removed
+    (``output_state``). A run reads each series' marker again at its turn (``run_series``): an output removed
     or replaced while earlier series ran is then acted on as it is."""
     folders = {_absolute(output_root / r["output_path"]) for r in rows if r.get("output_path")}
     return {f: m for f in folders if (m := read_marker(f)) is not None}
@@ -583,7 +579,8 @@ def _batch(cfg, input_root: Path, output_root: Path, found, problems, dry_run, o
     if dry_run:
         for j in jobs:
             known = j.output in marks and not overwrite  # nothing is written: those read for check_key stand
-            state = j.state_of(marks[j.output]) if known else j.state_for(overwrite)
+            state = (output_state(marks[j.output], j.uid, j.files_sha256, j.config_sha256) if known
+                     else j.state_for(overwrite))
             if state == "new" and j.refused:  # the run reads these headers and fails the series
                 echo(f"fail  {j.uid}  {j.input}: {j.refused}")
                 continue

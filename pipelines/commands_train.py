@@ -189,15 +189,16 @@ def _refuse_repeated_volumes(trained: list, held: list, given: dict) -> None:
         # volumes as _found_records does, a registered scan's path is its provenance's), so ``given`` holds it
         return record.get("given") or given.get(path(record), path(record))  # (else the path itself)
 
-    def first(record, seen: dict):
-        return next(((kind, seen[(kind, v)]) for kind, v in keys(record) if (kind, v) in seen), (None, None))
+    def first(record, seen: dict, *also):  # (kind, the record seen first) of a key of ``record`` (plus ``also``)
+        return next(((kind, seen[(kind, v, *also)]) for kind, v in keys(record) if (kind, v, *also) in seen),
+                    (None, None))
 
     trained_at, held_at, twice = {}, {}, {}
     for t in trained:
         if not isinstance(t, dict):
             continue
         view = (t.get("series_uid"), t.get("plane"))  # a folder's series, a volume's planes: each its own volume
-        kind, o = first(t, {(k, v): r for (k, v, w), r in twice.items() if w == view})
+        kind, o = first(t, twice, view)
         if o is not None:  # trained on twice: weighed twice, and a unet's last slices held out would be trained on
             same = "" if kind == "file" else f" (the same {kind} as {name(o)})"
             raise InputError(f"{name(t)}{same}: given twice as training data ({option(o)} and {option(t)}); give "

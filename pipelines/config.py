@@ -38,7 +38,7 @@ from operators.ct.fbp import FILTERS
 from . import OVERRIDES_FROM
 from .modality import intensity_card, modality_name
 from .registry import SOLVERS, FastSettings, Section, Seed, SolverSettings
-from .yaml_settings import model_at, parse_yaml, read_settings_text, unknown_key_hint, yaml_load
+from .yaml_settings import model_at, parse_yaml, read_settings_text, refuse_folder, unknown_key_hint, yaml_load
 
 # the bundled configs: where a wheel installs them (pyproject maps configs/ to pipelines.configs; first, so that
 # another package's top-level configs/ in site-packages is never taken), else configs/ of a checkout
@@ -132,7 +132,9 @@ class Noise(Section):
     # CT incident photons per detector bin; at most 1e18: numpy's Poisson sampler takes no mean above about 9.2e18
     # (noise.I0=1e308 passed and the simulation stopped with a traceback, 'lam value too large')
     I0: float = Field(1e5, gt=0, le=1e18)
-    sigma: float = Field(0.0, ge=0)  # gaussian: line-integral units (CT); complex: per real/imag part (MRI)
+    # gaussian: line-integral units (CT); complex: per real/imag part (MRI); at most 1e30, so that the simulated
+    # data stay finite in single precision (1e300 simulated infinities, and the run was told its solver diverged)
+    sigma: float = Field(0.0, ge=0, le=1e30)
     seed: Seed = 0
 
 
@@ -287,10 +289,7 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         for cand in (REPO_CONFIGS / p.name, REPO_CONFIGS / f"{p.name}.yaml", REPO_CONFIGS / f"{p.name}.yml"):
             if cand.is_file():
                 return cand
-    if p.is_dir():  # "not found" sent the user looking for a file that is there
-        inside = sorted(q.name for q in p.glob("*.y*ml"))
-        raise InputError(f"{name_or_path}: a folder, not a config file; give a YAML file" +
-                         (f" (in it: {', '.join(inside[:5])}{', ...' * (len(inside) > 5)})" if inside else ""))
+    refuse_folder(name_or_path, "config file")  # "not found" sent the user looking for a file that is there
     names = config_names()
     raise InputError(f"config not found: {name_or_path} (give a YAML file or one of: {', '.join(names)})" if names
                      else f"config not found: {name_or_path}, and no bundled configs are installed ({REPO_CONFIGS} "
@@ -345,7 +344,8 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
             raise InputError(f"{label}: expected a mapping of keys at the top level")
     file_solver = dict(raw.get("solver") or {}) if isinstance(raw.get("solver"), dict) else None
     in_file = _key_paths(raw)  # before the overrides: a problem under a section only --set made is --set's
-    problems = [p for o in overrides for p in _apply_override(raw, o)]
+    written: set[str] = set()  # every key a --set gave a value (the leaves of a section given whole)
+    problems = [p for o in overrides for p in _apply_override(raw, o, written)]
     if problems:
         raise InputError(lines=[_as_override(p) for p in problems])
     if file_solver is not None:
@@ -358,8 +358,7 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | tuple
     if cfg is not None and check_files:
         problems += _check_files(cfg, Path(label).parent if label != "<config>" else Path("."))
     if problems:
-        written = override_keys(overrides)  # a key set with --set is named as such
-        given = {str(o).split("=", 1)[0].strip() for o in overrides}
+        given = {str(o).split("=", 1)[0].strip() for o in overrides}  # a key set with --set is named as such
 
         known = in_file | {""}  # "" : keys that share no section
 

@@ -122,10 +122,10 @@ class Measurement:
         if self._checked:
             return self
         refuse_no_values(self.data, where)
+        _refuse_wrong_arrays(self, where)  # (the kinds first: a pass over every value only for usable ones)
         if not finite_checked:  # (raw files: their data and reference checked as read, naming the dataset)
             refuse_non_finite(self.data, where, self.modality)
             self.reference = checked_reference(self.reference, self.grid.shape, where, "its 'reference'")
-        _refuse_wrong_arrays(self, where)
         if self.modality == "mri":
             _refuse_empty_mask(self, where)
         if self.modality == "ct":
@@ -238,12 +238,12 @@ def _refuse_wrong_arrays(meas: Measurement, path) -> None:
     with only numpy's ComplexWarning; bool), MRI k-space that is not complex (reconstructed as if its imaginary part
     were 0), and a mask or coil maps holding NaN or infinite values or coil maps of only zeros (both gave an image
     of zeros without a word)."""
-    kind = np.asarray(meas.data).dtype.kind
-    if meas.modality == "ct" and kind not in "iuf":
-        raise InputError(f"{path}: the sinogram is {np.asarray(meas.data).dtype}, but a CT sinogram holds real line "
-                         "integrals -log(I/I0): store them as float32")
-    if meas.modality == "mri" and kind != "c":
-        raise real_kspace_refusal(path, np.asarray(meas.data).dtype)
+    dtype = np.asarray(meas.data).dtype
+    if meas.modality == "ct" and dtype.kind not in "iuf":
+        raise InputError(f"{path}: the sinogram is {dtype}, but a CT sinogram holds real line integrals -log(I/I0): "
+                         "store them as float32")
+    if meas.modality == "mri" and dtype.kind != "c":
+        raise real_kspace_refusal(path, dtype)
     for key in ("mask", "coil_maps"):
         values = getattr(meas, key)
         if values is not None and not np.isfinite(values).all():
@@ -251,13 +251,15 @@ def _refuse_wrong_arrays(meas: Measurement, path) -> None:
                    "1 where k-space was measured, else 0")
             raise InputError(f"{path}: its '{key}' holds NaN or infinite values: store finite ones ({fix})")
     maps = meas.coil_maps
-    if maps is not None and np.ndim(meas.data) == 3 and np.ndim(maps) >= 3:  # single-coil k-space (Z, H, W)
+    if maps is None:
+        return
+    if np.ndim(meas.data) == 3 and np.ndim(maps) >= 3:  # single-coil k-space (Z, H, W)
         coils = np.shape(maps)[0 if meas.mask_layout == "3d" else -3]  # maps (C, [Z,] Y, X) | ([Z,] C, H, W)
         if coils > 1:  # maps of other data: the operator drops them for single-coil k-space, unseen
             raise InputError(f"{path}: coil maps of {coils} coils {tuple(np.shape(maps))} are stored with single-coil "
                              f"k-space {tuple(np.shape(meas.data))}: store the coils' k-space as (slices, coils, H, "
                              "W), or leave the maps out")
-    if meas.coil_maps is not None and not np.any(meas.coil_maps):
+    if not np.any(maps):
         raise InputError(f"{path}: its 'coil_maps' hold only zeros: store the coils' maps, or leave them out to "
                          "estimate them (mri.coil_maps=estimate / espirit)")
 

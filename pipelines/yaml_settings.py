@@ -47,13 +47,23 @@ def read_settings_text(path) -> str:
     from medrecon.errors import InputError
     from medrecon.io.atomic import os_reason
 
-    if Path(path).is_dir():  # (told "Is a directory; make it readable")
-        raise InputError(f"{path}: a folder, not a settings file; give the YAML file")
+    refuse_folder(path, "settings file")
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read it ({os_reason(e) if isinstance(e, OSError) else e}); make it "
                          "readable and save it as UTF-8") from None
+
+
+def refuse_folder(path, what: str) -> None:
+    """One line for a folder given where a YAML file (``what``) goes, naming up to five YAML files in it (it was
+    "not found", or "Is a directory; make it readable")."""
+    from medrecon.errors import InputError
+
+    if Path(path).is_dir():
+        inside = sorted(q.name for q in Path(path).glob("*.y*ml"))
+        raise InputError(f"{path}: a folder, not a {what}; give a YAML file" +
+                         (f" (in it: {', '.join(inside[:5])}{', ...' * (len(inside) > 5)})" if inside else ""))
 
 
 def parse_yaml(text: str, label):

@@ -59,13 +59,9 @@ def test_lease_eval_refuses_a_readme_table_row_it_cannot_read(tmp_path, monkeypa
     le = _lease_eval()
     readme = (le.ROOT / "README.md").read_text().replace("24.25 (was 23.61) / 25.99 / 26.18", "24.25 / 26.18")
     (tmp_path / "README.md").write_text(readme)
-    monkeypatch.setattr(le, "ROOT", tmp_path)
-    le.readme_table.cache_clear()
-    try:
-        with pytest.raises(SystemExit, match="ct_tumour2"):
-            le.readme_table()
-    finally:
-        le.readme_table.cache_clear()
+    monkeypatch.setattr(le, "ROOT", tmp_path)  # (a module loaded afresh: its README cache is empty)
+    with pytest.raises(SystemExit, match="ct_tumour2"):
+        le.readme_table()
 
 
 def test_score_mean_scores_the_mean_of_saved_runs_and_refuses_other_references(tmp_path, monkeypatch):
@@ -241,7 +237,8 @@ def test_gpu_lease_card_rewrites_the_card_atomically(tmp_path, monkeypatch):
 
 def test_gpu_lease_card_sets_the_bundled_tile_grids(tmp_path, monkeypatch, capsys):
     """lease_eval.py card sets a returned patch prior's patch.inference_shifts to bundled:ct_patch_wide's, so that
-    the CPU runs compare weights, not tile grids; the rest of the card stays as it was."""
+    the CPU runs compare weights, not tile grids; the rest of the card stays as it was (the project's card writer
+    adds its `format` line)."""
     import types
 
     import pipelines.prior_cards

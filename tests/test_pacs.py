@@ -561,21 +561,24 @@ def test_pacs_run_and_listen_refuse_outputs_deidentify_before_any_network_use(tm
 
 
 def test_the_batch_over_received_that_the_refusal_names_takes_it_as_pacs_run_leaves_it(tmp_path):
-    """The way the refusal above names: `medrecon batch OUTPUT_ROOT/received OUT` with outputs.deidentify, over
-    received/ as `pacs run --no-send` leaves it (here its Runner; a folder named by each source UID): every series is
-    done, and OUT names neither that UID nor the root (the batch's own de-identification: tests/test_batch.py)."""
-    from dicom_trees import leaked
+    """The way the refusal above names: `pacs run --no-send` (here its Runner, the series as the inbox keeps it: a
+    folder named by its source UID), whose root identifies the patient (the output folder is named by the
+    SeriesDescription), then `medrecon batch OUTPUT_ROOT/received OUT` with outputs.deidentify: every series is done,
+    and no byte nor name in OUT holds the patient, the source UID or the root."""
+    from dicom_trees import leaked, write_named_series
     src, root, out = tmp_path / "src", tmp_path / "pacs", tmp_path / "shared"
-    _series(src, 1, "Chest 1.0", n=3)
+    said = write_named_series(src)
     uid = _source_uids(src)[0]
     run = _runner(root)
     shutil.copytree(src, run.received / uid)
-    assert run.process(uid, "Chest 1.0")["status"] == "done"
+    row = run.process(uid, "Quintessa Zyxwaldo chest")
+    assert row["status"] == "done" and row["output_path"].startswith("Quintessa_Zyxwaldo_chest_")
     assert main(["batch", str(root / "received"), str(out), "--config", "sparse_view_ct_8", *SETS,
                  "--set", "outputs.deidentify=true", "--quiet"]) == 0
     with open(out / "manifest.csv", newline="") as fh:
         assert [r["status"] for r in csv.DictReader(fh)] == ["done"]
-    assert leaked(out, [uid[-12:], str(root)]) == []
+    assert [p.name[:7] for p in out.iterdir() if p.is_dir()] == ["series-"]  # no description, no source UID
+    assert leaked(out, said + [uid[-12:], str(root)]) == []
 
 
 def test_a_second_listener_or_run_into_one_output_root_is_refused(tmp_path, capsys):

@@ -39,7 +39,8 @@
 # Time (one thread per job; 2-core CPU), measured in this script's dry run (the other core busy): the wide prior costs
 # about 8 us a pixel per network evaluation on one thread; at --fast-steps 50 a sample takes 74 evaluations at 8
 # views (end_sigma 0.02) and 70 at 4 (4 views: two samples on single slices). ct_tumour3 (137 x 136 x 6) took 68 s
-# of diffusion a config and reproduced the README's wide column to the digit (25.73 / 21.85, ADMM-TV 23.48 / 20.47).
+# of diffusion a config and reproduced the README's wide column to the digit (25.73 / 21.85, ADMM-TV 23.48 / 20.47
+# at the earlier λ).
 # The README's "About 10 minutes per CT row" fits a 256 x 256 x 6 slab; a 512 x 512 x 6 row takes about 30 min.
 # Step 1 under a minute; step 2 a few minutes; step 3: the validation grids (251, 225, 563, 347 pixels square, the
 # crops 164) are 0.66 M pixels a prior, about 19 min of CPU a prior, about 20 min wall clock in two lanes; step 4:

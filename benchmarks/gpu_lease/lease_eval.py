@@ -37,11 +37,11 @@ def readme_table() -> dict:
     slices' 4-view figure the two-sample default, not the one sample's in brackets), per scan and config."""
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("| held-out CT (pixel) |"):]
-    rows = [[c.strip() for c in row.strip("|").split("|")] for row in table[:table.index("\n\n")].splitlines()]
+    rows = _md_rows(table[:table.index("\n\n")])
     if not (rows[0][1].startswith("8 views") and rows[0][4].startswith("4 views")):
         raise SystemExit(f"README.md: the held-out table's columns moved: {rows[0]}")
     out = {}
-    for cells in rows[2:-1]:  # the header, the rule; the mean
+    for cells in rows[1:-1]:  # the header; the mean
         scan = re.match(r"`(\w+)`", cells[0])
         ct8, ct4 = ([float(x) for x in re.findall(r"\d+\.\d+", re.sub(r"\((was|one sample) [^)]*\)", "", c))]
                     for c in (cells[1], cells[4]))
@@ -49,6 +49,12 @@ def readme_table() -> dict:
             raise SystemExit(f"README.md: a held-out table row is not `scan` | ADMM-TV / ct_patch / wide: {cells[0]}")
         out[scan.group(1)] = {"ct8": (ct8[0], ct8[2]), "ct4": (ct4[0], ct4[2])}
     return out
+
+
+def _md_rows(text: str) -> list[list[str]]:
+    """The cells of each row of the markdown tables in ``text``, the header's included, the rule lines not."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|") and not line.startswith("|---")]
 
 
 def axial(runs, by_run: bool = False) -> dict:
@@ -166,8 +172,7 @@ def card(path: Path) -> None:
 
 def loss(path: Path) -> None:
     """Summarise heldout_by_pixel.py's table: mean per prior over the scans, scans lower with the second."""
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in Path(path).read_text().splitlines()
-            if line.startswith("|") and not line.startswith("|---")]
+    rows = _md_rows(Path(path).read_text())
     if len(rows) < 2:
         raise SystemExit(f"{path}: no table rows")
     head, body = rows[0], [[float(x) for x in r[2:]] for r in rows[1:]]

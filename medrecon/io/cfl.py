@@ -30,8 +30,10 @@ def read_cfl(path) -> np.ndarray:
     try:
         dims = [int(v) for v in lines[lines.index("# Dimensions") + 1].split()]
     except (ValueError, IndexError):
-        raise InputError(f"{hdr}: no '# Dimensions' line followed by integer sizes") from None
-    if not dims or min(dims) < 0:  # (numpy's reshape failed on them with a traceback; sizes of 0 hold no values)
+        dims = []
+    if not dims:
+        raise InputError(f"{hdr}: no '# Dimensions' line followed by integer sizes")
+    if min(dims) < 0:  # (numpy's reshape failed on them with a traceback; sizes of 0 hold no values)
         raise InputError(f"{hdr}: the '# Dimensions' line must hold sizes >= 0, got {dims}")
     while len(dims) > 1 and dims[-1] == 1:
         dims.pop()

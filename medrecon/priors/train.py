@@ -808,13 +808,14 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
 def read_state(path: Path) -> dict:
     """The training state ``path`` (checkpoints/state.pt) that ``--resume`` continues; one line naming it where it
     cannot be read (cut short by a full disk or a copy, overwritten) or holds no training state."""
-    import pickle
+    from .loader import torch_load
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as e:
-        why = str(e).strip().split(". ")[0].splitlines()[0][:100] if str(e).strip() else ""
-        state, what = None, f"unreadable ({type(e).__name__}{': ' + why if why else ''}), the file is damaged"
+        state = torch_load(path)
+    except InputError as e:  # the loader's, for a damaged file; its cause kept as the context
+        cause = e.__context__ or e
+        why = str(cause).strip().split(". ")[0].splitlines()[0][:100] if str(cause).strip() else ""
+        state, what = None, f"unreadable ({type(cause).__name__}{': ' + why if why else ''}), the file is damaged"
     else:
         what = "not a training state of medrecon train"
     if not isinstance(state, dict) or not {"model", "ema", "optimizer", "step", "unet_config"} <= state.keys():
